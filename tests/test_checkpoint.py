@@ -1,0 +1,113 @@
+"""Checkpoint loading: official layouts, interpolation, dtype, and every bad-input case."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmm
+from vmm.errors import CheckpointError
+
+
+def tiny(**kw):
+    base = dict(depth=2, num_frames=4, img_size=32, num_classes=5)
+    base.update(kw)
+    return vmm.create_model("videomamba_tiny", **base).eval()
+
+
+def tiny_vision(**kw):
+    base = dict(depth=2, num_frames=4, img_size=32)
+    base.update(kw)
+    return vmm.create_model("videomamba_tiny_vision", **base).eval()
+
+
+def test_flat_and_wrapped_files_and_bf16(tmp_path):
+    src = tiny()
+    flat, wrapped = tmp_path / "flat.pth", tmp_path / "wrapped.pth"
+    torch.save(src.state_dict(), flat)
+    torch.save({"model": {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, "epoch": 3}, wrapped)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vmm.load_checkpoint(tiny(), flat)(x), src(x))
+        got = vmm.load_checkpoint(tiny(), wrapped)
+        assert got.pos_embed.dtype == torch.float32
+        torch.testing.assert_close(got.pos_embed, src.pos_embed.to(torch.bfloat16).float())
+
+
+def test_vision_part_of_multimodal_file(tmp_path):
+    src = tiny_vision()
+    sd = {f"vision_encoder.{k}": v for k, v in src.state_dict().items()}
+    sd.update({"text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(3, 2),
+               "clip_teacher.proj": torch.zeros(2, 2), "temp": torch.tensor(0.07)})
+    path = tmp_path / "mm.pth"
+    torch.save({"model": sd}, path)
+    got = vmm.load_checkpoint(tiny_vision(), path)
+    assert torch.equal(got.pool_norm.weight, src.pool_norm.weight)
+
+
+def test_temporal_and_spatial_interpolation():
+    src = tiny()
+    sd = src.state_dict()
+    dst = vmm.load_checkpoint(tiny(num_frames=8, img_size=64), sd)
+    expect_t = F.interpolate(sd["temporal_pos_embedding"].permute(0, 2, 1), size=8, mode="linear",
+                             align_corners=False).permute(0, 2, 1)
+    torch.testing.assert_close(dst.temporal_pos_embedding, expect_t)
+    assert dst.pos_embed.shape == (1, 17, 192)
+    torch.testing.assert_close(dst.pos_embed[:, 0], sd["pos_embed"][:, 0])
+    grid = sd["pos_embed"][:, 1:].reshape(1, 2, 2, 192).permute(0, 3, 1, 2)
+    expect_s = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(dst.pos_embed[:, 1:], expect_s.reshape(1, 16, 192))
+
+
+def test_wrong_shape_is_an_error_naming_the_key():
+    sd = tiny().state_dict()
+    sd["head.weight"] = torch.zeros(7, 192)
+    with pytest.raises(CheckpointError, match=r"head\.weight \(7, 192\)"):
+        vmm.load_checkpoint(tiny(), sd)
+
+
+def test_missing_and_unexpected_keys(tmp_path):
+    sd = tiny().state_dict()
+    del sd["layers.1.mixer.D_b"]
+    sd["layers.9.mixer.D"] = torch.zeros(384)
+    with pytest.raises(CheckpointError, match=r"missing keys: layers\.1\.mixer\.D_b") as e:
+        vmm.load_checkpoint(tiny(), sd)
+    assert "unexpected keys: layers.9.mixer.D" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_not_a_checkpoint(tmp_path):
+    p = tmp_path / "notes.pth"
+    p.write_text("these are my notes, not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        vmm.load_checkpoint(tiny(), p)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vmm.load_checkpoint(tiny(), tmp_path / "nope.pth")
+    p2 = tmp_path / "list.pth"
+    torch.save([1, 2, 3], p2)
+    with pytest.raises(CheckpointError, match="no state dict"):
+        vmm.load_checkpoint(tiny(), p2)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_pickle_with_arbitrary_object_is_refused(tmp_path, capsys):
+    p = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": Payload()}, p)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        vmm.load_checkpoint(tiny(), p)
+    assert "arbitrary code ran" not in capsys.readouterr().out
+
+
+def test_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+    src = tiny()
+    save_file(src.state_dict(), str(tmp_path / "m.safetensors"))
+    got = vmm.load_checkpoint(tiny(), tmp_path / "m.safetensors")
+    assert torch.equal(got.head.weight, src.head.weight)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        vmm.load_checkpoint(tiny(), tmp_path / "bad.safetensors")

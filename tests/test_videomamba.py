@@ -1,0 +1,125 @@
+"""The VideoMamba encoders against the official key lists and the official golden outputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vmm
+from vmm.errors import CheckpointError, VmmError
+
+
+def _shapes(model):
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "middle"])
+def test_classifier_state_dict_matches_official(reference_dir, size):
+    ref = json.loads((reference_dir / f"videomamba_state_dict_{size}.json").read_text())
+    model = vmm.create_model(f"videomamba_{size}")
+    assert _shapes(model) == ref
+
+
+def test_param_counts_match_spec():
+    counts = {n: sum(p.numel() for p in vmm.create_model(f"videomamba_{n}").parameters())
+              for n in ("tiny", "small", "middle")}
+    assert counts == {"tiny": 7_033_744, "small": 25_568_656, "middle": 73_875_856}
+
+
+def test_vision_encoder_matches_official_multimodal_subset(reference_dir):
+    ref = json.loads((reference_dir / "videomamba_state_dict_mm_m16_retrieval.json").read_text())
+    sub = {k[len("vision_encoder."):]: v for k, v in ref.items() if k.startswith("vision_encoder.")}
+    assert _shapes(vmm.create_model("videomamba_middle_vision")) == sub
+
+
+@pytest.fixture(scope="module")
+def golden(reference_dir):
+    return np.load(reference_dir / "videomamba_golden_tiny_d2.npz", allow_pickle=False)
+
+
+def _sub(z, prefix):
+    return {k[len(prefix):]: torch.from_numpy(z[k]) for k in z.files if k.startswith(prefix)}
+
+
+def _close(a, b, tol=1e-5):
+    err = (a - torch.from_numpy(b)).abs().max().item()
+    assert err <= tol, f"max abs error {err}"
+
+
+def test_golden_classifier(golden):
+    m = vmm.create_model("videomamba_tiny", depth=2, num_frames=4, img_size=32, num_classes=5).eval()
+    vmm.load_checkpoint(m, _sub(golden, "sm/state_dict/"))
+    x = torch.from_numpy(golden["sm/input_BCTHW"])
+    with torch.no_grad():
+        _close(m.forward_features(x), golden["sm/cls_feature"])
+        _close(m(x), golden["sm/logits"])
+        _close(m.layers[0].mixer(torch.from_numpy(golden["sm/mixer0_input_BLD"])), golden["sm/mixer0_output_BLD"])
+
+
+def test_golden_multimodal_vision_encoder(golden):
+    e = vmm.create_model("videomamba_tiny_vision", depth=2, num_frames=4, img_size=32).eval()
+    vmm.load_checkpoint(e, _sub(golden, "mm/state_dict/"))
+    x = torch.from_numpy(golden["mm/input_BCTHW"])
+    with torch.no_grad():
+        x_vis, pooled, x_clip = e(x, keep_temporal=True)
+        _close(x_vis, golden["mm/patch_tokens_keep_temporal"])
+        _close(pooled, golden["mm/pooled_keep_temporal"])
+        assert x_clip is None
+        _close(e(x, keep_temporal=False)[1], golden["mm/pooled_no_temporal"])
+        _close(e(x[:, :, :1])[1], golden["mm/image_input_first_frame_pooled"])  # T=1: image path
+
+
+def test_official_init_details():
+    m = vmm.create_model("videomamba_tiny", depth=3, num_frames=2, img_size=32)
+    mixer = m.layers[1].mixer
+    assert torch.equal(mixer.dt_proj.bias, torch.zeros_like(mixer.dt_proj.bias))
+    assert torch.equal(mixer.dt_proj_b.bias, torch.zeros_like(mixer.dt_proj_b.bias))
+    assert torch.allclose(mixer.A_log[0].exp(), torch.arange(1, 17, dtype=torch.float32))
+    assert torch.equal(mixer.D, torch.ones_like(mixer.D))
+    assert m.cls_token.abs().sum() == 0 and m.temporal_pos_embedding.abs().sum() == 0
+    assert 0.015 < m.pos_embed.std().item() < 0.025
+    bound = 1 / (mixer.d_inner ** 0.5) / (3 ** 0.5)  # kaiming-uniform(a=sqrt 5) bound / sqrt(depth)
+    assert mixer.out_proj.weight.abs().max().item() <= bound + 1e-6
+    # shifted drop-path schedule: block 0 has none, block i has linspace(0, r, depth)[i - 1]
+    m = vmm.create_model("videomamba_tiny", depth=4, drop_path_rate=0.3, num_frames=2, img_size=32)
+    rates = [layer.drop_path.p for layer in m.layers]
+    assert rates == pytest.approx([0.0, 0.0, 0.1, 0.2]) and m.drop_path.p == pytest.approx(0.3)
+    assert {"A_log", "D", "A_b_log", "D_b"} <= {n.split(".")[-1] for n in m.no_weight_decay()}
+
+
+def _no_grad(m):
+    return [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
+def test_every_parameter_gets_a_gradient():
+    e = vmm.create_model("videomamba_tiny_vision", depth=2, num_frames=2, img_size=32)
+    x_vis, pooled, x_clip = e(torch.randn(2, 3, 2, 32, 32), mask=None)
+    (x_vis.sum() + pooled.sum()).backward()
+    assert _no_grad(e) == ["clip_decoder.0.head.weight", "clip_decoder.0.head.bias",
+                           "clip_decoder.0.norm.weight", "clip_decoder.0.norm.bias"]  # used only with a mask
+    # The classifier reads only the CLS, which sits first: the last layer's forward scan sees nothing but
+    # itself there, so that layer's forward A cannot matter (the official model behaves the same).
+    m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=3)
+    m(torch.randn(2, 3, 2, 32, 32)).sum().backward()
+    assert _no_grad(m) == ["layers.1.mixer.A_log"]
+
+
+def test_grad_checkpointing_changes_nothing():
+    m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=3)
+    x = torch.randn(1, 3, 2, 32, 32)
+    ref = m(x)
+    m.set_grad_checkpointing(True)
+    torch.testing.assert_close(m(x), ref)
+
+
+def test_overrides_are_checked():
+    with pytest.raises(VmmError, match="unknown model option"):
+        vmm.create_model("videomamba_tiny", num_layers=3)
+    with pytest.raises(VmmError, match="unknown model"):
+        vmm.create_model("videomamba_huge")
+
+
+def test_wrong_frame_count_is_a_clear_error():
+    m = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32)
+    with pytest.raises(VmmError, match="num_frames=2"):
+        m(torch.randn(1, 3, 2, 32, 32))

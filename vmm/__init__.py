@@ -1,0 +1,13 @@
+"""vmm: video-text retrieval with VideoMamba.
+
+>>> import vmm
+>>> model = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32)
+"""
+from vmm.errors import CheckpointError, VmmError
+from vmm.models.checkpoint import load_checkpoint, read_checkpoint
+from vmm.models.registry import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = ["create_model", "list_models", "register_model", "load_checkpoint", "read_checkpoint",
+           "VmmError", "CheckpointError", "__version__"]

@@ -1,0 +1,1 @@
+"""vmm models: VideoMamba encoders, the multimodal VideoMamba-BERT model, registry and checkpoint loading."""

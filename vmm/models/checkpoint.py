@@ -1,0 +1,148 @@
+"""Loading official and vmm checkpoints into vmm models, strictly.
+
+One place adapts official weights (timm's ``checkpoint_filter_fn`` idea): unwrap ``model``/``module``, pick the
+sub-tree a model needs (``vision_encoder.`` of multimodal files), rename ``text_encoder.bert.`` to
+``text_encoder.``, drop the documented ignorable keys, cast to the model's dtype, and resample position tables
+when frames or resolution differ. Anything else that does not match is an error listing the keys.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from vmm.errors import CheckpointError
+
+StateDict = Mapping[str, Tensor]
+
+# Keys the official multimodal files carry that an inference model does not have. They are dropped only when
+# the target model has no such parameters (a pretraining model that owns them loads them).
+IGNORABLE_PREFIXES = ("clip_teacher.", "text_encoder.cls.")
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
+    """Read a ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors`` file.
+
+    Returns the state dict, unwrapped from ``{'model': ...}``, ``{'module': ...}`` or ``{'state_dict': ...}``.
+    Never unpickles arbitrary objects: such a file is refused with a one-line :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a downloaded .pth or .safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises several types for damaged headers
+            raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} contains objects other than tensors and was refused for safety "
+                              f"(weights_only load: {first[:160]})") from None
+    except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'})") from None
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
+    for key in ("model", "module", "state_dict"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} holds no state dict (expected a dict of tensors, optionally under 'model')")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{source} is not a state dict: entries {_short(bad)} are not tensors")
+    return dict(obj)
+
+
+def _short(keys, n: int = 5) -> str:
+    keys = list(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _vision_prefix(sd: StateDict) -> Optional[str]:
+    return "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else None
+
+
+def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
+    """Map an official or vmm state dict onto ``model``'s keys (no strictness check here)."""
+    from vmm.models.videomamba import VideoMamba, VideoMambaBackbone
+
+    own = model.state_dict()
+    sd = {k.replace("text_encoder.bert.", "text_encoder.", 1) if k.startswith("text_encoder.bert.") else k: v
+          for k, v in sd.items()}
+    # A bare video encoder given a multimodal file takes its vision part.
+    if isinstance(model, VideoMambaBackbone):
+        prefix = _vision_prefix(sd)
+        if prefix and not any(k.startswith(prefix) for k in own):
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        # The classifier calls its final norm norm_f; pretraining/multimodal encoders call it norm.
+        if isinstance(model, VideoMamba) and "norm_f.weight" not in sd and "norm.weight" in sd:
+            sd["norm_f.weight"] = sd.pop("norm.weight")
+    sd = {k: v for k, v in sd.items() if k in own or not k.startswith(IGNORABLE_PREFIXES)}
+    # Position tables follow the model's frames and resolution (official interpolation rules).
+    from vmm.models.videomamba import interpolate_pos_embed, interpolate_temporal_embed
+    for key, tensor in list(sd.items()):
+        if key not in own or own[key].shape == tensor.shape:
+            continue
+        target = own[key]
+        if key.endswith("temporal_pos_embedding") and tensor.ndim == 3:
+            sd[key] = interpolate_temporal_embed(tensor, target.shape[1])
+        elif key.endswith("pos_embed") and not key.endswith("clip_pos_embed") and tensor.ndim == 3:
+            new_grid = int(round((target.shape[1] - 1) ** 0.5))
+            sd[key] = interpolate_pos_embed(tensor, new_grid)
+        elif key.endswith("patch_embed.proj.weight") and tensor.ndim == 4 and target.ndim == 5:
+            # ImageNet 2-D patchify inflated "center": the kernel in the middle temporal slice.
+            inflated = tensor.new_zeros(target.shape)
+            inflated[:, :, target.shape[2] // 2] = tensor
+            sd[key] = inflated
+    return sd
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], strict: bool = True) -> nn.Module:
+    """Load an official or vmm checkpoint into ``model`` and return it.
+
+    Accepts flat classifier files, ``{'model': ...}``-wrapped files, multimodal files (their
+    ``vision_encoder.`` part for a bare video encoder), bf16 tensors (cast to the model's dtype), and
+    different frame counts or resolutions (linear / bicubic interpolation of the position tables).
+    Strict: after the documented ignorable keys (``clip_teacher.*``, ``text_encoder.cls.*``), any missing,
+    unexpected or mis-shaped key raises :class:`CheckpointError` naming them.
+
+    >>> import torch, vmm
+    >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=5)
+    >>> _ = vmm.load_checkpoint(m, m.state_dict())
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "state dict"
+    sd = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else unwrap_state_dict(checkpoint)
+    sd = adapt_state_dict(model, sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in sd and sd[k].shape != own[k].shape]
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {_short(mismatched, 3)}")
+    if strict and missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if problems:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit model {name}: " + "; ".join(problems)
+                              + " (check --model / the model config matches the checkpoint)")
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k in own:
+                own[k].copy_(v.to(dtype=own[k].dtype))
+    return model

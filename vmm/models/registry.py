@@ -1,0 +1,104 @@
+"""Model registry: code entrypoints (timm style) plus JSON model configs (open_clip style).
+
+An entrypoint is a small function ``name(**overrides) -> nn.Module`` decorated with :func:`register_model`.
+A JSON file ``configs/models/<name>.json`` names an entrypoint under ``"architecture"`` and the overrides
+under ``"model"``; other keys (labels, pretrained file names, preprocessing) are metadata kept with it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch.nn as nn
+
+from vmm.errors import VmmError
+
+_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "models"]
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` under its own name; a second registration of one name is a programming error."""
+    if fn.__name__ in _ENTRYPOINTS:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _ENTRYPOINTS[fn.__name__] = fn
+    return fn
+
+
+def add_model_config_dir(path: str | Path) -> None:
+    """Make the JSON model configs in ``path`` available to :func:`create_model` (searched first)."""
+    _CONFIG_DIRS.insert(0, Path(path))
+
+
+def _config_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(_CONFIG_DIRS):  # earlier dirs win
+        if d.is_dir():
+            found.update({p.stem: p for p in sorted(d.glob("*.json"))})
+    return found
+
+
+def get_model_config(name: str) -> Optional[dict[str, Any]]:
+    """The JSON model config of ``name`` as a dict, or None when ``name`` is a bare entrypoint."""
+    path = _config_files().get(name)
+    if path is None:
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VmmError(f"model config {path} is not valid JSON ({e}); fix or delete the file") from None
+    if cfg.get("architecture") not in _ENTRYPOINTS:
+        _import_builtin_models()
+    if cfg.get("architecture") not in _ENTRYPOINTS:
+        raise VmmError(f"model config {path} names unknown architecture {cfg.get('architecture')!r}; "
+                       f"known: {', '.join(sorted(_ENTRYPOINTS))}")
+    return cfg
+
+
+def _import_builtin_models() -> None:
+    # Importing the model modules registers their entrypoints (deferred so `import vmm` stays light).
+    import vmm.models.factory  # noqa: F401
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`create_model`: entrypoints and JSON configs, sorted.
+
+    >>> import vmm
+    >>> "videomamba_tiny" in vmm.list_models()
+    True
+    """
+    _import_builtin_models()
+    names = set(_ENTRYPOINTS) | set(_config_files())
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a model by registered name; keyword overrides replace config fields (nested dicts merge).
+
+    >>> import vmm
+    >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0)
+    >>> m.cfg.depth, m.cfg.embed_dim
+    (2, 192)
+    """
+    _import_builtin_models()
+    cfg = get_model_config(name)
+    if cfg is not None:
+        model = _ENTRYPOINTS[cfg["architecture"]](**_merge(cfg.get("model", {}), overrides))
+        model.model_name = name
+        model.model_meta = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}
+        return model
+    if name not in _ENTRYPOINTS:
+        raise VmmError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    model = _ENTRYPOINTS[name](**overrides)
+    model.model_name = name
+    model.model_meta = {}
+    return model

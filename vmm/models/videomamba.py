@@ -1,0 +1,218 @@
+"""VideoMamba video encoders: the K400-style classifier and the multimodal vision encoder.
+
+Token layout ("spatial-first"): [CLS, frame 0 patches (row-major), frame 1 patches, ...], L = 1 + T * P.
+The CLS carries ``cls_token + pos_embed[0]`` only; every patch gets the shared spatial ``pos_embed`` plus the
+``temporal_pos_embedding`` of its frame.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from vmm.errors import VmmError
+from vmm.models.config import VideoMambaConfig
+from vmm.models.layers import BiMambaMixer, DropPath, MambaBlock, RMSNorm, init_videomamba_weights
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d patchify with kernel = stride = (tubelet, patch, patch)."""
+
+    def __init__(self, cfg: VideoMambaConfig):
+        super().__init__()
+        k, p = cfg.tubelet_size, cfg.patch_size
+        self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=(k, p, p), stride=(k, p, p))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W) -> (B, D, T', H', W')
+        return self.proj(x)
+
+
+class VideoMambaBackbone(nn.Module):
+    """Embedding and residual Mamba stack shared by both encoders; subclasses own the final norm and heads."""
+
+    final_norm_name = "norm"
+
+    def __init__(self, cfg: VideoMambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.embed_dim = self.num_features = D
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, D))
+        self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames // cfg.tubelet_size, D))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        block_dpr = [0.0] + dpr  # the official schedule is shifted by one: block i uses dpr[i - 1]
+        self.layers = nn.ModuleList([
+            MambaBlock(D, BiMambaMixer(D, cfg.d_state, cfg.d_conv, cfg.expand, cfg.resolved_dt_rank,
+                                       cfg.scan_backend), drop_path=block_dpr[i], eps=cfg.norm_eps)
+            for i in range(cfg.depth)
+        ])
+        self.drop_path = DropPath(cfg.drop_path_rate)
+        setattr(self, self.final_norm_name, RMSNorm(D, eps=cfg.norm_eps))
+        self.grad_checkpointing = cfg.grad_checkpointing
+
+    def _init_weights(self) -> None:
+        init_videomamba_weights(self, self.cfg.depth)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def set_scan_backend(self, backend: Optional[str]) -> None:
+        self.cfg.scan_backend = backend
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        names = {"pos_embed", "cls_token", "temporal_pos_embedding"}
+        names |= {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        return names
+
+    def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
+        """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""
+        if x.ndim != 5:
+            raise VmmError(f"video input must be (batch, channels, frames, height, width), got shape {tuple(x.shape)}")
+        x = self.patch_embed(x)
+        B, D, T, H, W = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(B, T, H * W, D)
+        pos = self.pos_embed
+        if H * W + 1 != pos.shape[1]:
+            raise VmmError(f"input is {H * W} patches per frame but the model was built for {pos.shape[1] - 1} "
+                           f"(img_size={self.cfg.img_size}); resize frames or create the model with img_size=...")
+        x = x + pos[:, 1:].unsqueeze(1)
+        if not use_image:
+            if T != self.temporal_pos_embedding.shape[1]:
+                raise VmmError(f"input has {T} frames but the model was built for "
+                               f"{self.temporal_pos_embedding.shape[1]}; create it with num_frames={T} "
+                               f"(checkpoints are interpolated on load)")
+            x = x + self.temporal_pos_embedding.unsqueeze(2)
+        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
+        return self.pos_drop(torch.cat([cls, x.reshape(B, T * H * W, D)], dim=1))
+
+    def run_layers(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Residual stack; returns (last mixer output, fp32 residual stream entering the last add)."""
+        hidden, residual = x, None
+        for layer in self.layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
+            else:
+                hidden, residual = layer(hidden, residual)
+        return hidden, residual
+
+    def final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
+        norm: RMSNorm = getattr(self, self.final_norm_name)
+        return norm(residual + self.drop_path(hidden).float(), out_dtype=hidden.dtype)
+
+
+class VideoMamba(VideoMambaBackbone):
+    """The VideoMamba classifier (official ``VisionMamba``): normalised CLS -> linear head.
+
+    >>> import torch, vmm
+    >>> model = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=5).eval()
+    >>> model(torch.randn(1, 3, 2, 32, 32)).shape
+    torch.Size([1, 5])
+    """
+
+    final_norm_name = "norm_f"
+
+    def __init__(self, cfg: VideoMambaConfig):
+        super().__init__(cfg)
+        self.head_drop = nn.Dropout(cfg.head_drop_rate)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> normalised CLS feature (B, D)."""
+        hidden, residual = self.run_layers(self.embed(x))
+        return self.final_norm(hidden[:, :1], residual[:, :1])[:, 0]
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        features = self.head_drop(features)
+        return features if pre_logits else self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class VideoMambaVisionEncoder(VideoMambaBackbone):
+    """The multimodal vision encoder (official ``PretrainVideoMamba``).
+
+    ``forward`` returns ``(x_vis, x_pool, x_clip)``: final-normalised patch tokens without CLS (B, T'P, D);
+    ``pool_norm(CLS + mean of patch tokens)``, per frame (B, T, D) with ``keep_temporal`` or over all visible
+    tokens (B, 1, D) without; and, when a visibility ``mask`` is given, the CLIP-aligned student tokens
+    (K, B, N_vis, clip_output_dim) used for distillation, else None.
+    """
+
+    def __init__(self, cfg: VideoMambaConfig):
+        super().__init__(cfg)
+        dec_dim = cfg.clip_decoder_embed_dim or cfg.embed_dim
+        self.clip_decoder = nn.ModuleList([
+            nn.Sequential() for _ in range(cfg.clip_return_layer)
+        ])
+        for dec in self.clip_decoder:
+            dec.add_module("head", nn.Linear(dec_dim, cfg.clip_output_dim))
+            dec.add_module("norm", nn.LayerNorm(cfg.clip_output_dim))
+        self.pool_norm = nn.LayerNorm(cfg.embed_dim)
+        self._init_weights()
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, use_image: Optional[bool] = None,
+                keep_temporal: bool = True) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        B, _, T = x.shape[:3]
+        if use_image is None:
+            use_image = T == 1
+        tokens = self.embed(x, use_image=use_image)
+        if mask is not None:  # True = masked; CLS must stay visible
+            tokens = tokens[~mask].reshape(B, -1, tokens.shape[-1])
+        hidden, residual = self.run_layers(tokens)
+        out = self.final_norm(hidden, residual)
+        x_clip = None
+        if mask is not None:
+            # Student target: the fp32 residual entering the final add (official clip_return_layer=1),
+            # plus a fixed sinusoidal position table at the visible positions.
+            pos = sinusoid_table(mask.shape[1], residual.shape[-1], residual.device, residual.dtype)
+            pos = pos.expand(B, -1, -1)[~mask].reshape(B, -1, residual.shape[-1])
+            x_clip = torch.stack([dec(residual + pos) for dec in self.clip_decoder])
+        cls, x_vis = out[:, :1], out[:, 1:]
+        if self.cfg.pool_type != "cls+avg":
+            raise VmmError(f"pool_type={self.cfg.pool_type!r} is not supported; use 'cls+avg'")
+        if keep_temporal and mask is None:
+            pooled = cls + x_vis.reshape(B, T, -1, x_vis.shape[-1]).mean(2)
+        else:
+            pooled = cls + x_vis.mean(1, keepdim=True)
+        return x_vis, self.pool_norm(pooled), x_clip
+
+
+def sinusoid_table(n_position: int, dim: int, device=None, dtype=None) -> Tensor:
+    """The fixed 1-D sin/cos position table of the official CLIP decoder, shape (1, n_position, dim)."""
+    pos = torch.arange(n_position, dtype=torch.float64)[:, None]
+    idx = torch.arange(dim, dtype=torch.float64)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(idx, 2, rounding_mode="floor") / dim)
+    table = torch.where(idx.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(device=device, dtype=dtype or torch.float32).unsqueeze(0)
+
+
+def interpolate_pos_embed(pos_embed: Tensor, new_grid: int) -> Tensor:
+    """Bicubic resize of the (1, 1 + g*g, D) spatial table to a new grid, CLS slot untouched (official rule)."""
+    n_extra = 1
+    old_grid = int(round((pos_embed.shape[1] - n_extra) ** 0.5))
+    if old_grid == new_grid:
+        return pos_embed
+    D = pos_embed.shape[-1]
+    grid = pos_embed[:, n_extra:].reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(pos_embed.dtype)
+    return torch.cat([pos_embed[:, :n_extra], grid], dim=1)
+
+
+def interpolate_temporal_embed(temporal: Tensor, new_t: int) -> Tensor:
+    """Linear resize of the (1, T, D) temporal table along T (official rule, align_corners=False)."""
+    if temporal.shape[1] == new_t:
+        return temporal
+    t = F.interpolate(temporal.permute(0, 2, 1).float(), size=(new_t,), mode="linear", align_corners=False)
+    return t.permute(0, 2, 1).to(temporal.dtype)

@@ -5,9 +5,12 @@
 """
 from vmm.errors import CheckpointError, VmmError
 from vmm.models.checkpoint import load_checkpoint, read_checkpoint
+from vmm.factory import create_model_and_transforms, get_tokenizer
+from vmm.models.persistence import from_pretrained, save_pretrained
 from vmm.models.registry import create_model, list_models, register_model
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "register_model", "load_checkpoint", "read_checkpoint",
+__all__ = ["create_model", "create_model_and_transforms", "get_tokenizer", "list_models", "register_model",
+           "load_checkpoint", "read_checkpoint", "save_pretrained", "from_pretrained",
            "VmmError", "CheckpointError", "__version__"]

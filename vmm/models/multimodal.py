@@ -1,0 +1,146 @@
+"""The multimodal VideoMamba-BERT model (official ``UMT_VIDEOMAMBA``): contrastive towers plus ITM fusion.
+
+ITC (the retrieval score) = mean over frames of the cosine between each frame's embedding and the text
+embedding, with no temperature. ITM re-scores (video, text) pairs through the fusion layers; its
+``itm_head(CLS)[:, 1]`` logit replaces the ITC score for the top-k in the official two-stage evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from vmm.errors import VmmError
+from vmm.models.config import VideoMambaConfig, replace_checked
+from vmm.models.registry import register_model
+from vmm.models.text import TextConfig, TextEncoder
+from vmm.models.videomamba import VideoMambaVisionEncoder
+
+
+@dataclass
+class MultimodalConfig:
+    vision: VideoMambaConfig = field(default_factory=lambda: VideoMambaConfig(
+        embed_dim=576, depth=32, num_classes=0, drop_path_rate=0.25))
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512
+    temp_init: float = 0.07
+    max_text_len: int = 32  # official pretraining / MSRVTT length; eval protocols override per dataset
+    tokenizer: str = "bert-base-uncased"
+
+
+def build_multimodal_config(vision: Optional[dict] = None, text: Optional[dict] = None, **top: Any) -> MultimodalConfig:
+    """MultimodalConfig from nested override dicts, naming any unknown key."""
+    cfg = MultimodalConfig()
+    cfg = replace_checked(cfg, top, where="model")
+    cfg.vision = replace_checked(cfg.vision, vision or {}, where="vision")
+    cfg.text = replace_checked(cfg.text, text or {}, where="text")
+    if not 0 <= cfg.text.fusion_layer <= cfg.text.num_hidden_layers:
+        raise VmmError(f"text fusion_layer={cfg.text.fusion_layer} must lie in [0, num_hidden_layers="
+                       f"{cfg.text.num_hidden_layers}]")
+    return cfg
+
+
+class VideoTextModel(nn.Module):
+    """VideoMamba video encoder + BERT text encoder with fusion layers, projections, ``temp`` and ``itm_head``.
+
+    >>> import torch, vmm
+    >>> m = vmm.create_model("videomamba_m16_mm", vision=dict(embed_dim=192, depth=2, img_size=32, num_frames=2),
+    ...     text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    ...     fusion_layer=1, max_position_embeddings=32), embed_dim=32).eval()
+    >>> m.encode_video(torch.randn(2, 3, 2, 32, 32)).shape
+    torch.Size([2, 32])
+    """
+
+    def __init__(self, cfg: MultimodalConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision_encoder = VideoMambaVisionEncoder(cfg.vision)
+        self.text_encoder = TextEncoder(cfg.text, encoder_width=cfg.vision.embed_dim)
+        self.vision_proj = nn.Linear(cfg.vision.embed_dim, cfg.embed_dim)
+        self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
+        self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
+        for lin in (self.vision_proj, self.text_proj, self.itm_head):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    # -- towers --------------------------------------------------------------------------------------
+    def encode_video(self, video: Tensor, per_frame: bool = False, return_tokens: bool = False):
+        """Video (B, 3, T, H, W), ImageNet-normalised -> L2-normalised embeddings.
+
+        ``per_frame``: (B, T, E), one unit vector per frame (what the official ITC averages over).
+        Otherwise (B, E): the normalised mean of the per-frame vectors. For a unit text vector t the
+        official score is ``mean_f <v_f, t> = |m| <m/|m|, t>`` with ``m = mean_f v_f``: the pooled vector
+        ranks texts for one video exactly as the official score does, and videos for one text up to the
+        per-video factor |m| (close to 1 when frames agree). With ``return_tokens`` also returns the
+        final-normed patch tokens without CLS, (B, T*P, D), which ITM needs.
+        """
+        x_vis, pooled, _ = self.vision_encoder(video, keep_temporal=True)
+        frames = F.normalize(self.vision_proj(pooled).float(), dim=-1)
+        emb = frames if per_frame else F.normalize(frames.mean(1), dim=-1)
+        return (emb, x_vis) if return_tokens else emb
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, return_hidden: bool = False):
+        """Token ids (B, L) and mask -> (B, E) unit vectors from the CLS after the text-only layers.
+
+        With ``return_hidden`` also returns those text-only hidden states (B, L, H), the ITM input.
+        """
+        hidden = self.text_encoder.forward_text(input_ids, attention_mask)
+        emb = F.normalize(self.text_proj(hidden[:, 0]).float(), dim=-1)
+        return (emb, hidden) if return_hidden else emb
+
+    @staticmethod
+    def similarity(video_per_frame: Tensor, text: Tensor) -> Tensor:
+        """Official ITC: (Bv, T, E) x (Bt, E) -> (Bv, Bt), mean over frames of per-frame cosine."""
+        if video_per_frame.ndim == 2:
+            return video_per_frame.float() @ text.float().t()
+        return torch.einsum("vfe,te->vtf", video_per_frame.float(), text.float()).mean(-1)
+
+    def itm_logits(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """Paired ITM logits: row i of each input is one (video, text) pair -> (B, 2)."""
+        fused = self.text_encoder.forward_fusion(text_hidden, attention_mask, video_tokens)
+        return self.itm_head(fused[:, 0])
+
+    def itm_scores(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor,
+                   batch_size: int = 32) -> Tensor:
+        """All-pairs match logits (Bv, Bt) = ``itm_head(fusion(text, video))[:, 1]``, in pair batches."""
+        Bv, Bt = video_tokens.shape[0], text_hidden.shape[0]
+        out = text_hidden.new_empty(Bv, Bt, dtype=torch.float32)
+        for v in range(Bv):
+            for s in range(0, Bt, batch_size):
+                th = text_hidden[s:s + batch_size]
+                vt = video_tokens[v:v + 1].expand(th.shape[0], -1, -1)
+                out[v, s:s + th.shape[0]] = self.itm_logits(vt, th, attention_mask[s:s + batch_size])[:, 1].float()
+        return out
+
+    def clamp_temp(self) -> None:
+        """Keep ``temp`` in [0.001, 0.5], as the official training step does."""
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (each atomically) to ``directory``."""
+        from vmm.models.persistence import save_pretrained
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path]) -> "VideoTextModel":
+        """Rebuild a model written by :meth:`save_pretrained`, bit-exactly."""
+        from vmm.models.persistence import from_pretrained
+        model = from_pretrained(directory)
+        if not isinstance(model, cls):
+            raise VmmError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+@register_model
+def videomamba_m16_mm(vision: Optional[dict] = None, text: Optional[dict] = None, **top: Any) -> VideoTextModel:
+    """The official multimodal model: VideoMamba-M (8x224) + BERT-base with fusion layers 9-11, embed 512."""
+    return VideoTextModel(build_multimodal_config(vision, text, **top))

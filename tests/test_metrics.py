@@ -1,0 +1,289 @@
+"""Retrieval metrics, ITC similarity and the published numbers, checked against the official outputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import retrieval.metrics as metrics_module
+import retrieval.paper_numbers as paper_module
+from retrieval.metrics import (
+    chunked_similarity,
+    gt_ranks,
+    rank_summary,
+    retrieval_metrics,
+    to_official_keys,
+)
+from retrieval.paper_numbers import PAPER_ZERO_SHOT, checkpoint_corpus, paper_delta, paper_row
+from vmm.errors import VmmError
+
+
+@pytest.fixture(scope="module")
+def golden(reference_dir):
+    return np.load(reference_dir / "videomamba_golden_mm_tiny.npz", allow_pickle=False)
+
+
+def _official_ranks(scores, ground_truth):
+    """The official itm_eval ranking loop, transcribed as the test oracle."""
+    ranks = np.zeros(scores.shape[0])
+    for index, score in enumerate(scores):
+        inds = np.argsort(score)[::-1]
+        gts = ground_truth[index]
+        if isinstance(gts, int):
+            ranks[index] = np.where(inds == gts)[0][0]
+        else:
+            ranks[index] = min(np.where(inds == i)[0][0] for i in gts)
+    return ranks
+
+
+# ---------------------------------------------------------------- golden fixture
+
+
+@pytest.mark.parametrize("kind", ["itm", "itc"])
+def test_official_keys_match_official_itm_eval_output(golden, kind):
+    txt2vid = json.loads(str(golden["input/txt2img_json"]))
+    vid2txt = json.loads(str(golden["input/img2txt_json"]))
+    ours = retrieval_metrics(golden[f"out/{kind}_v2t"], golden[f"out/{kind}_t2v"], txt2vid, vid2txt)
+    assert to_official_keys(ours) == json.loads(str(golden[f"out/metrics_{kind}_json"]))
+    assert ours["v2t"]["count"] == 3 and ours["t2v"]["count"] == 4
+
+
+def test_golden_ranks_by_hand(golden):
+    # ITM v2t: video 0 (GT texts 0 and 3) scores text 0 highest -> rank 0; video 1 (GT 1):
+    # row [0.0745, 0.0669, 0.0728, 0.0702] puts text 1 last -> rank 3; video 2 (GT 2) -> rank 1.
+    assert gt_ranks(golden["out/itm_v2t"], [[0, 3], [1], [2]]).tolist() == [0, 3, 1]
+    m = retrieval_metrics(golden["out/itm_v2t"], golden["out/itm_t2v"], [0, 1, 2, 0], [[0, 3], [1], [2]])
+    assert m["v2t"]["MdR"] == 2.0 and m["v2t"]["MnR"] == pytest.approx((1 + 4 + 2) / 3)
+
+
+def test_similarity_matches_official_get_sim(golden):
+    expected = golden["out/itc_v2t"]
+    from_normalised = chunked_similarity(golden["out/video_emb"], golden["out/text_emb"], chunk=2)
+    from_projections = chunked_similarity(golden["out/vision_proj"], golden["out/text_proj"], normalize=True)
+    assert from_normalised.dtype == torch.float32
+    np.testing.assert_allclose(from_normalised.numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(from_projections.numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(from_normalised.T.numpy(), golden["out/itc_t2v"], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- hand-computed
+
+
+def test_hand_computed_single_caption_metrics():
+    # 4 texts x 4 videos, GT on the diagonal; ranks of the GT: 0, 1, 3, 0.
+    t2v = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],
+            [0.8, 0.7, 0.1, 0.2],
+            [0.5, 0.6, 0.1, 0.4],
+            [0.0, 0.1, 0.2, 0.3],
+        ],
+        dtype=np.float32,
+    )
+    m = retrieval_metrics(t2v.T, t2v, txt2vid=[0, 1, 2, 3], vid2txt=[[0], [1], [2], [3]])
+    assert m["t2v"] == {"R@1": 50.0, "R@5": 100.0, "R@10": 100.0, "MdR": 1.5, "MnR": 2.0, "count": 4}
+    # v2t reads the columns: video 0 -> [0.9 0.8 0.5 0.0] rank 0; video 1 -> [.1 .7 .6 .1] rank 0;
+    # video 2 -> [.2 .1 .1 .2]: text 2 (0.1) is behind the two 0.2s, tied with text 1 -> rank 2 or 3;
+    # video 3 -> [.3 .2 .4 .3]: text 3 ties with text 0 behind text 2 -> rank 1 or 2.
+    ranks = gt_ranks(t2v.T, [0, 1, 2, 3])
+    assert ranks[0] == 0 and ranks[1] == 0 and ranks[2] in (2, 3) and ranks[3] in (1, 2)
+    assert m["v2t"]["R@1"] == 50.0 and m["v2t"]["R@5"] == 100.0
+
+
+def test_multi_caption_v2t_uses_best_ranked_ground_truth():
+    # 2 videos, 5 texts; video 0 owns texts 0, 2, 4 and video 1 owns texts 1, 3.
+    v2t = np.array([[0.1, 0.9, 0.3, 0.8, 0.2], [0.5, 0.4, 0.25, 0.2, 0.1]], dtype=np.float32)
+    vid2txt = [[0, 2, 4], [1, 3]]
+    txt2vid = [0, 1, 0, 1, 0]
+    # video 0 order: 1, 3, 2, 4, 0 -> best own text (2) at rank 2; video 1 order: 0, 1, ... -> rank 1.
+    assert gt_ranks(v2t, vid2txt).tolist() == [2, 1]
+    m = retrieval_metrics(v2t, v2t.T, txt2vid, vid2txt)
+    assert m["v2t"]["R@1"] == 0.0 and m["v2t"]["R@5"] == 100.0 and m["v2t"]["MdR"] == 2.5
+    # t2v reads the columns: text 0 [.1 .5] -> wrong video first; text 1 [.9 .4] wrong; text 2 [.3 .25]
+    # right; text 3 [.8 .2] wrong; text 4 [.2 .1] right.
+    assert gt_ranks(v2t.T, txt2vid).tolist() == [1, 1, 0, 1, 0]
+    assert m["t2v"]["R@1"] == 40.0 and m["t2v"]["MnR"] == pytest.approx(1.6) and m["t2v"]["count"] == 5
+
+
+def test_ties_where_the_outcome_does_not_depend_on_tie_order():
+    scores = np.array(
+        [
+            [0.7, 0.7, 0.7, 0.1],  # GTs 0 and 2 both in the 3-way tie at the top -> best rank 0
+            [0.5, 0.5, 0.9, 0.5],  # tie among non-GT items only below the GT (index 2) -> rank 0
+            [0.3, 0.3, 0.3, 0.3],  # all tied, single GT -> rank 0..3, whatever numpy picks
+        ],
+        dtype=np.float32,
+    )
+    ranks = gt_ranks(scores, [[0, 2], 2, 1])
+    assert ranks[0] == 0 and ranks[1] == 0 and 0 <= ranks[2] <= 3
+    assert ranks.tolist() == _official_ranks(scores, [[0, 2], 2, 1]).tolist()
+
+
+def test_rows_of_minus_100_after_reranking_rank_outside_top_k():
+    k = 4
+    rng = np.random.default_rng(0)
+    scores = np.full((6, 30), -100.0, dtype=np.float32)
+    for row in scores:
+        row[rng.choice(30, size=k, replace=False)] = rng.normal(size=k)
+    gt = [int(np.flatnonzero(scores[q] == -100.0)[q]) for q in range(6)]  # always a non-shortlisted item
+    assert (gt_ranks(scores, gt) >= k).all()
+    assert rank_summary(gt_ranks(scores, gt))["R@1"] == 0.0
+
+
+def test_ranks_equal_official_loop_with_heavy_ties_and_large_rows():
+    rng = np.random.default_rng(1)
+    # Large enough rows (300) that numpy's SIMD / introsort paths are used, integer scores for many ties.
+    scores = rng.integers(0, 4, size=(40, 300)).astype(np.float32)
+    single = [int(i) for i in rng.integers(0, 300, size=40)]
+    multi = [[int(i) for i in rng.choice(300, size=rng.integers(1, 6), replace=False)] for _ in range(40)]
+    assert gt_ranks(scores, single).tolist() == _official_ranks(scores, single).tolist()
+    assert gt_ranks(scores, multi).tolist() == _official_ranks(scores, multi).tolist()
+
+
+def test_torch_and_bf16_inputs_are_evaluated_as_float32():
+    itc = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.bfloat16)
+    m = retrieval_metrics(itc, itc.T, [0, 1], [[0], [1]])
+    assert m["t2v"]["R@1"] == 100.0 and m["v2t"]["MnR"] == 1.0
+
+
+def test_rank_summary_percentages_and_one_based_ranks():
+    s = rank_summary(np.array([0, 4, 5, 9, 10, 100]))
+    assert s["R@1"] == pytest.approx(100 / 6) and s["R@5"] == pytest.approx(200 / 6) and s["R@10"] == pytest.approx(400 / 6)
+    assert s["MdR"] == 8.0 and s["MnR"] == pytest.approx(128 / 6 + 1)
+
+
+def test_bad_inputs_are_rejected():
+    scores = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="2 rows"):
+        gt_ranks(scores, [0])
+    with pytest.raises(ValueError, match="no ground-truth"):
+        gt_ranks(scores, [0, []])
+    with pytest.raises(ValueError, match="out of range"):
+        gt_ranks(scores, [0, 3])
+    with pytest.raises(ValueError, match="transposed"):
+        retrieval_metrics(scores, scores, [0, 1], [[0], [1]])
+    scores[1, 2] = np.nan
+    with pytest.raises(VmmError, match="1 NaN"):
+        gt_ranks(scores, [0, 1])
+
+
+def test_official_key_rounding_happens_after_the_means():
+    m = {"v2t": {"R@1": 100 / 3, "R@5": 200 / 3, "R@10": 100.0}, "t2v": {"R@1": 12.345, "R@5": 50.0, "R@10": 75.0}}
+    official = to_official_keys(m)
+    assert official["txt_r1"] == 33.33 and official["txt_r5"] == 66.67
+    assert official["img_r1"] == round(12.345, 2)  # Python rounding of the float, as official
+    assert official["txt_r_mean"] == round((100 / 3 + 200 / 3 + 100) / 3, 2)
+    assert official["r_mean"] == round(((100 / 3 + 200 / 3 + 100) / 3 + (12.345 + 50 + 75) / 3) / 2, 2)
+    assert list(official) == [
+        "txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean",
+    ]
+
+
+# ---------------------------------------------------------------- chunked similarity
+
+
+def _reference_similarity(video, text):
+    # Independent formula: explicit broadcasted products, summed over E, averaged over frames.
+    return (video[:, :, None, :] * text[None, None, :, :]).sum(-1).mean(1)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 7, 100, None])
+def test_chunked_equals_unchunked_including_uneven_last_chunk(chunk):
+    video = torch.nn.functional.normalize(torch.randn(7, 3, 16), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    got = chunked_similarity(video, text, chunk=chunk)
+    torch.testing.assert_close(got, _reference_similarity(video, text), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, chunked_similarity(video, text, chunk=7), rtol=0, atol=1e-6)
+
+
+def test_chunked_similarity_never_builds_the_full_v_f_t_block(monkeypatch):
+    blocks = []
+    real_einsum = torch.einsum
+
+    def recording_einsum(eq, *ops):
+        out = real_einsum(eq, *ops)
+        blocks.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(metrics_module.torch, "einsum", recording_einsum)
+    video = torch.nn.functional.normalize(torch.randn(10, 4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    chunked_similarity(video, text, chunk=4)
+    assert blocks == [(4, 4, 6), (4, 4, 6), (2, 4, 6)]
+    # The default chunk keeps each block near 2**25 floats: a 10k x 10k x 8 eval uses 419-video blocks.
+    blocks.clear()
+    big_text = torch.zeros(10_000, 2)
+    chunked_similarity(torch.zeros(500, 8, 2), big_text)
+    assert blocks[0] == (419, 8, 10_000) and len(blocks) == 2
+
+
+def test_two_dimensional_video_embeddings_give_the_plain_dot_product():
+    video, text = torch.randn(4, 6), torch.randn(3, 6)
+    torch.testing.assert_close(chunked_similarity(video, text, chunk=3), video @ text.T)
+    with pytest.raises(ValueError, match="expected video"):
+        chunked_similarity(torch.randn(4, 2, 6), torch.randn(3, 5))
+
+
+# ---------------------------------------------------------------- published numbers
+
+
+def test_paper_table_is_complete_and_looked_up_by_checkpoint_or_model_name():
+    assert set(PAPER_ZERO_SHOT) == {"msrvtt", "didemo", "anet", "lsmdc", "msvd"}
+    for dataset, by_corpus in PAPER_ZERO_SHOT.items():
+        assert set(by_corpus) == {"5M", "17M", "25M"}
+        for rows in by_corpus.values():
+            for r1, r5, r10 in rows.values():
+                assert 0 < r1 <= r5 <= r10 <= 100, dataset
+    row = paper_row("msrvtt", "videomamba_m16_25M_f8_res224")
+    assert row["t2v"] == {"R@1": 35.6, "R@5": 58.1, "R@10": 69.5}
+    assert row["v2t"] == {"R@1": 29.1, "R@5": 51.6, "R@10": 62.2}
+    assert paper_row("MSVD", "/models/videomamba_m16_5M_f8_res224.pth")["v2t"]["R@1"] == 57.5
+    assert paper_row("didemo", "videomamba_m16_17m")["t2v"]["R@10"] == 76.8
+    assert paper_row("activitynet", "videomamba_m16_25m")["v2t"] == {"R@1": 37.1, "R@5": 65.0, "R@10": 75.1}
+    assert paper_row("lsmdc", "videomamba_m16_5m")["t2v"]["R@1"] == 18.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["videomamba_s16_25m", "videomamba_m16_25M_f16_res224", "videomamba_m16_25M_f8_res384", "videomamba_m16",
+     "videomamba_m16_k400_mask_pt_f8_res224", "umt_b16_25m"],
+)
+def test_unpublished_checkpoints_have_no_paper_row(name):
+    assert paper_row("msrvtt", name) is None
+
+
+def test_unknown_dataset_has_no_paper_row_and_delta_is_measured_minus_published():
+    assert paper_row("kinetics", "videomamba_m16_25m") is None
+    assert checkpoint_corpus("videomamba_middle_17m") == "17M"
+    row = paper_row("msrvtt", "videomamba_m16_25m")
+    measured = {"t2v": {"R@1": 35.0, "R@5": 58.1, "R@10": 70.0}, "v2t": {"R@1": 30.1, "R@5": 51.6, "R@10": 62.2}}
+    assert paper_delta(measured, row) == {
+        "t2v": {"R@1": -0.6, "R@5": 0.0, "R@10": 0.5},
+        "v2t": {"R@1": 1.0, "R@5": 0.0, "R@10": 0.0},
+    }
+
+
+# ---------------------------------------------------------------- documentation examples
+
+
+@pytest.mark.parametrize("module", [metrics_module, paper_module])
+def test_docstring_examples_run(module):
+    import doctest
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_docs_evaluation_examples_run(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/evaluation.md block {i}", "exec"), {})
+    out = capsys.readouterr().out
+    assert "['a man sings', 'someone is singing', 'a dog runs fast']" in out
+    assert "{'R@1': 35.6, 'R@5': 58.1, 'R@10': 69.5}" in out

@@ -1,0 +1,44 @@
+"""Caption cleaning, identical to the official VideoMamba/UMT ``pre_text``.
+
+The retrieval numbers in the paper were measured on cleaned captions, so the
+tokenizer must see exactly the same strings. The order of the steps matters
+(for example ``<PERSON>`` only becomes ``person`` because lower-casing runs
+first), and so do the official quirks kept here on purpose:
+
+- only runs of two or more whitespace characters are collapsed, so a single
+  tab or newline inside a caption survives (BERT's tokenizer splits on it
+  anyway);
+- at the ends, trailing newlines and then spaces are removed, not all
+  whitespace.
+"""
+from __future__ import annotations
+
+import re
+
+# Punctuation deleted outright by the official code: , . ' ! ? " ( ) * # : ; ~
+_DELETED_CHARS = re.compile(r"[,.'!?\"()*#:;~]")
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
+
+
+def clean_caption(text: str, max_words: int | None = None) -> str:
+    """Clean one caption the way the official evaluation does.
+
+    Lower-case; delete ``, . ' ! ? " ( ) * # : ; ~``; turn ``-`` and ``/`` into
+    spaces and ``<person>`` into ``person``; collapse whitespace runs; strip.
+    ``max_words`` (the official ``max_l``, unused at evaluation) keeps only
+    the first words, counted by splitting on single spaces.
+
+    >>> clean_caption("A man's <PERSON> plays a step-by-step  guitar solo!")
+    'a mans person plays a step by step guitar solo'
+    >>> clean_caption("one two three four", max_words=2)
+    'one two'
+    """
+    text = _DELETED_CHARS.sub("", text.lower())
+    text = text.replace("-", " ").replace("/", " ").replace("<person>", "person")
+    text = _WHITESPACE_RUN.sub(" ", text)
+    text = text.rstrip("\n").strip(" ")
+    if max_words:
+        words = text.split(" ")
+        if len(words) > max_words:
+            text = " ".join(words[:max_words])
+    return text

@@ -1,0 +1,286 @@
+"""vmm classify: Kinetics-400 labels, the official K400 test views, the CLI, and bad input.
+
+The test video is lossless RGB (FFV1), so both decoders return exactly the frames written and the test can
+build the model input from those frames on its own, without going through vmm's decoding or preprocessing.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmm
+from vmm.classify import (ClassifyOptions, classify_video, crop_starts, make_views, read_views,
+                          resolve_labels, sample_clip_indices, view_probabilities)
+from vmm.cli import main
+from vmm.errors import VmmError
+from vmm.labels import load_labels
+
+REPO = Path(__file__).resolve().parents[1]
+N_FRAMES, H, W = 30, 48, 64  # landscape: crops run along the width
+SIZE, T = 32, 8
+TINY = dict(depth=2, num_frames=T, img_size=SIZE)
+TINY_ARGS = ["--model", "videomamba_tiny", "--model-arg", "depth=2", "--model-arg", f"img_size={SIZE}"]
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+# Official K400 test sampling worked by hand for a 30-frame video, 8 frames per clip: segment s = 29/8 = 3.625,
+# round(s*i) = 0 4 7 11 14 18 22 25 (14.5 rounds to even); clip offsets int(s/(C+1)*(c+1)).
+SINGLE_CLIP = [1, 5, 8, 12, 15, 19, 23, 26]  # C=1: offset int(1.8125) = 1
+FOUR_CLIPS = [[0, 4, 7, 11, 14, 18, 22, 25], [1, 5, 8, 12, 15, 19, 23, 26],
+              [2, 6, 9, 13, 16, 20, 24, 27], [2, 6, 9, 13, 16, 20, 24, 27]]  # offsets 0, 1, 2, 2
+# Short side 48 -> 32, long side int(32 * 64 / 48) = 42; crops of 32 along it.
+RESIZED = (32, 42)
+ONE_CROP, THREE_CROPS = [5], [0, 5, 10]
+
+
+def write_video(path: Path, frames: np.ndarray) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = np.stack([np.clip((xx * 3 + yy * 2 + 7 * t)[..., None] % 256 + rng.normal(0, 30, (H, W, 3)), 0, 255)
+                       for t in range(N_FRAMES)]).astype(np.uint8)
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mkv", frames), frames
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_tiny", num_classes=400, **TINY)
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # spread the random softmax so the top-5 are well separated
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_k400.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    m = vmm.create_model("videomamba_tiny", num_classes=400, **TINY)
+    m.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return m.eval()
+
+
+def reference_view(frames: np.ndarray, indices: list[int], crop_x: int) -> torch.Tensor:
+    """The official test input written out directly: pick frames, bilinear resize, crop along the width, normalise."""
+    x = torch.from_numpy(frames[indices]).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=RESIZED, mode="bilinear", align_corners=False, antialias=False).round().clamp(0, 255)
+    x = x[:, :, :, crop_x:crop_x + SIZE]
+    return ((x / 255 - MEAN) / STD).permute(1, 0, 2, 3)
+
+
+def direct_probabilities(model, view: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(view[None]).float().softmax(-1)[0]
+
+
+def run_cli(args, capsys):
+    code = main(["classify", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- labels ----------------------------------------------------------------------------------------------------
+
+def test_kinetics400_labels_are_400_unique_names_in_head_order():
+    names = load_labels("kinetics400")
+    assert len(names) == 400 and len(set(names)) == 400
+    assert "abseiling" in names and "zumba" in names
+    assert all(n == n.strip() and n for n in names)
+    # The released VideoMamba heads' order (official demo's kinetics_class_index.py), not alphabetical.
+    assert names[:3] == ["riding a bike", "marching", "dodgeball"]
+    assert (names[331], names[341], names[399]) == ("zumba", "abseiling", "playing badminton")
+    assert names != sorted(names)
+    text = (REPO / "vmm" / "labels" / "kinetics400.txt").read_text(encoding="utf-8")
+    assert text.endswith("\n") and text.count("\n") == 400
+
+
+def test_load_labels_from_file_and_errors(tmp_path):
+    good = tmp_path / "three.txt"
+    good.write_text("cat\ndog\nbird\n")
+    assert load_labels(good) == ["cat", "dog", "bird"]
+    dup = tmp_path / "dup.txt"
+    dup.write_text("cat\ndog\ncat\n")
+    with pytest.raises(VmmError, match="twice"):
+        load_labels(dup)
+    with pytest.raises(VmmError, match="unknown label set 'kinetics401'"):
+        load_labels("kinetics401")
+
+
+# -- the official views ----------------------------------------------------------------------------------------
+
+def test_frame_indices_follow_the_official_test_sampling():
+    assert sample_clip_indices(N_FRAMES, T) == SINGLE_CLIP
+    assert [sample_clip_indices(N_FRAMES, T, c, 4) for c in range(4)] == FOUR_CLIPS
+    assert sample_clip_indices(1, T) == [0] * T  # a one-frame video repeats its frame
+    assert crop_starts(42, SIZE, 1) == ONE_CROP and crop_starts(42, SIZE, 3) == THREE_CROPS
+    assert crop_starts(43, SIZE, 1) == [5] and crop_starts(43, SIZE, 3) == [0, 5, 11]  # int() truncates
+    assert crop_starts(SIZE, SIZE, 3) == [0, 0, 0]
+
+
+def test_portrait_frames_are_cropped_along_the_height():
+    rows = np.repeat(np.arange(64, dtype=np.uint8)[None, :, None, None] * 3, 48, axis=2)  # (1, 64 rows, 48, 1)
+    frames = np.repeat(np.repeat(rows, 3, axis=3), 8, axis=0)  # (8, 64, 48, 3): value grows down the rows
+    views = make_views([frames], SIZE, 3)
+    assert views.shape == (3, 3, 8, SIZE, SIZE)
+    top_rows = [v[0, 0, 0, 0].item() for v in views]
+    assert top_rows[0] < top_rows[1] < top_rows[2]  # top, middle, bottom crops
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(42, SIZE), mode="bilinear", align_corners=False, antialias=False).round().clamp(0, 255)
+    for view, y in zip(views, THREE_CROPS):  # int(32 * 64 / 48) = 42 rows, full width
+        assert torch.allclose(view, ((x[:, :, y:y + SIZE] / 255 - MEAN) / STD).permute(1, 0, 2, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_views_equal_the_official_input_built_from_the_written_frames(video, backend):
+    path, frames = video
+    views = read_views(path, T, SIZE, clips=4, crops=3, backend=backend)
+    expected = torch.stack([reference_view(frames, idx, x) for idx in FOUR_CLIPS for x in THREE_CROPS])
+    assert views.shape == (12, 3, T, SIZE, SIZE)
+    assert torch.allclose(views, expected, atol=1e-6, rtol=0)
+
+
+# -- classification --------------------------------------------------------------------------------------------
+
+def test_cli_prints_top5_of_the_model_softmax(video, checkpoint, model, capsys):
+    path, frames = video
+    probs = direct_probabilities(model, reference_view(frames, SINGLE_CLIP, ONE_CROP[0]))
+    top_p, top_i = probs.topk(5)
+    names = load_labels("kinetics400")
+
+    result = subprocess.run([sys.executable, "-m", "vmm.cli", "classify", str(path), *TINY_ARGS,
+                             "--checkpoint", str(checkpoint), "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["clips"], report["crops"], report["frames"], report["num_classes"]) == (1, 1, T, 400)
+    assert [r["index"] for r in report["top"]] == top_i.tolist()
+    assert [r["label"] for r in report["top"]] == [names[i] for i in top_i.tolist()]
+    assert np.allclose([r["probability"] for r in report["top"]], top_p.tolist(), atol=1e-6, rtol=0)
+    assert top_p[0] - top_p[4] > 0.01  # the check above compares real, separated probabilities
+
+    code, out, _ = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    rows = out.strip().splitlines()[1:]
+    assert code == 0 and len(rows) == 5
+    for row, p, i in zip(rows, top_p.tolist(), top_i.tolist()):
+        rank, prob, label = row.split(maxsplit=2)
+        assert label == names[i] and label in names and abs(float(prob) - p) < 1e-4
+
+
+def test_four_clips_three_crops_average_the_per_view_softmax(video, checkpoint, model, capsys):
+    path, frames = video
+    per_view = torch.stack([direct_probabilities(model, reference_view(frames, idx, x))
+                            for idx in FOUR_CLIPS for x in THREE_CROPS])  # one view at a time, built here
+    names = load_labels("kinetics400")
+    # Batching views changes float32 rounding only (~1e-6 on these x20 logits).
+    batched = view_probabilities(model, read_views(path, T, SIZE, clips=4, crops=3), batch_size=4)
+    assert torch.allclose(batched, per_view, atol=1e-5, rtol=0)
+
+    everything = dict(classify_video(path, model, clips=4, crops=3, top_k=400, batch_size=4))
+    got = torch.tensor([everything[n] for n in names])
+    assert torch.equal(got, batched.mean(0))  # exactly the mean of the per-view softmax
+    assert torch.allclose(got, per_view.mean(0), atol=1e-5, rtol=0)
+    assert (per_view[0] - per_view.mean(0)).abs().max() > 1e-3  # the views differ: averaging is visible
+
+    code, out, _ = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint),
+                            "--clips", "4", "--crops", "3", "--json"], capsys)
+    top = json.loads(out)["top"]
+    assert code == 0
+    assert [r["index"] for r in top] == got.topk(5).indices.tolist()
+    assert [r["probability"] for r in top] == got.topk(5).values.tolist()
+
+
+def test_classify_video_restores_train_mode_and_uses_labels_list(video, model):
+    path, _ = video
+    model.train()
+    try:
+        top = classify_video(path, model, labels=[f"class {i}" for i in range(400)], top_k=3)
+        assert model.training
+    finally:
+        model.eval()
+    assert len(top) == 3 and all(label.startswith("class ") for label, _ in top)
+    assert top[0][1] >= top[1][1] >= top[2][1]
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_video(checkpoint, tmp_path, capsys):
+    missing = tmp_path / "nope.mp4"
+    code, _, err = run_cli([str(missing), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, str(missing), "does not exist")
+    with pytest.raises(VmmError, match="does not exist"):
+        read_views(missing, T, SIZE)
+
+
+def test_not_a_video(checkpoint, tmp_path, capsys):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are meeting notes, not a video\n")
+    code, _, err = run_cli([str(fake), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, str(fake), "not a video")
+
+
+def test_model_without_classification_head(video, checkpoint, capsys):
+    path, _ = video
+    mm_args = ["--model", "videomamba_m16_mm", "--model-arg", 'vision={"depth": 2, "img_size": 32, "num_frames": 8}',
+               "--model-arg", "text.hidden_size=64", "--model-arg", "text.num_hidden_layers=2",
+               "--model-arg", "text.num_attention_heads=4", "--model-arg", "text.intermediate_size=128",
+               "--model-arg", "text.fusion_layer=1", "--model-arg", "embed_dim=32"]
+    code, _, err = run_cli([str(path), *mm_args, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, "videomamba_m16_mm", "no classification head", "video-text model")
+
+    headless = vmm.create_model("videomamba_tiny", num_classes=0, **TINY)
+    with pytest.raises(VmmError, match="no classification head .*num_classes=0"):
+        classify_video(path, headless)
+
+
+def test_label_count_differs_from_head(video, tmp_path, capsys):
+    path, _ = video
+    model10 = vmm.create_model("videomamba_tiny", num_classes=10, **TINY)
+    ckpt = tmp_path / "tiny_10.pth"
+    torch.save(model10.state_dict(), ckpt)
+    args = [str(path), *TINY_ARGS, "--model-arg", "num_classes=10", "--checkpoint", str(ckpt)]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "kinetics400 has 400 names", "has 10 classes", "--labels")
+
+    ten = tmp_path / "ten.txt"
+    ten.write_text("".join(f"action {i}\n" for i in range(10)))
+    code, out, _ = run_cli([*args, "--labels", str(ten)], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 6 and "action " in out
+    with pytest.raises(VmmError, match="3 names but the head"):
+        resolve_labels(model10, ["a", "b", "c"])
+
+
+def test_bad_options(video, checkpoint, capsys):
+    path, _ = video
+    code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), "--clips", "0"], capsys)
+    assert_one_line_error(code, err, "clips must be >= 1")
+    code, _, err = run_cli([str(path), *TINY_ARGS], capsys)
+    assert_one_line_error(code, err, "--checkpoint is required")
+    code, _, err = run_cli([str(path), *TINY_ARGS, "--model-arg", "depth"], capsys)
+    assert_one_line_error(code, err, "--model-arg expects KEY=VALUE")
+    with pytest.raises(VmmError, match="backend must be"):
+        ClassifyOptions(backend="opencv").check()

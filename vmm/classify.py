@@ -1,0 +1,285 @@
+"""Classify a video file with a VideoMamba classifier, using the official Kinetics-400 test protocol.
+
+The official K400 evaluation (``video_sm``, dataset ``Kinetics_sparse``, mode ``test``; scripts pass
+``--short_side_size 224 --test_num_segment 4 --test_num_crop 3``) scores ``clips x crops`` views of a video:
+
+- **Frames** of temporal view ``c`` of ``C`` (``T`` frames per clip, ``n`` frames in the video): with
+  ``s = (n - 1) / T``, frame ``i`` is ``min(round(s * i) + int(s / (C + 1) * (c + 1)), n - 1)``
+  (``round`` halves to even, as NumPy's). With ``C = 1`` this is one frame near the middle of each of ``T``
+  equal segments of the whole video.
+- **Resize**: bilinear (no antialiasing, as OpenCV's ``INTER_LINEAR``) so the short side becomes the model's
+  ``img_size`` S and the long side ``int(S * long / short)``; values are rounded back to 0..255 like the uint8
+  frames the official code crops.
+- **Crops**: S x S squares along the long side, starting at ``int(k * (long - S) / (K - 1))`` for crop ``k``
+  of ``K``, or at ``int((long - S) / 2)`` when ``K = 1`` (the centre crop). Then ``/255`` and ImageNet
+  mean/std.
+- **Score**: softmax of each view's logits, averaged over the views.
+
+>>> sample_clip_indices(100, 8)
+[6, 18, 31, 43, 56, 68, 80, 93]
+>>> crop_starts(298, 224, 3)
+[0, 37, 74]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from vmm.errors import VmmError
+from vmm.labels import load_labels
+from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+DEFAULT_LABELS = "kinetics400"
+Labels = Union[None, str, Path, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """How a video becomes views and scores. ``clips=4, crops=3`` is the official K400 test protocol."""
+
+    clips: int = 1  # temporal views (official test_num_segment)
+    crops: int = 1  # spatial views along the long side (official test_num_crop)
+    top_k: int = 5
+    batch_size: int = 4  # views per forward pass
+    backend: str = "auto"  # video decoder: "auto" (decord, then PyAV), "decord" or "pyav"
+
+    def check(self) -> None:
+        """Raise VmmError naming the first bad option."""
+        for name in ("clips", "crops", "top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise VmmError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.backend not in ("auto", "decord", "pyav"):
+            raise VmmError(f"backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}")
+
+
+def sample_clip_indices(num_video_frames: int, num_frames: int, clip: int = 0, num_clips: int = 1) -> list[int]:
+    """Frame indices of temporal view ``clip`` of ``num_clips`` (official ``_get_seq_frames`` in test mode).
+
+    >>> sample_clip_indices(20, 8, clip=0, num_clips=4)
+    [0, 2, 5, 7, 10, 12, 14, 17]
+    >>> sample_clip_indices(3, 8)
+    [0, 0, 0, 1, 1, 1, 2, 2]
+    """
+    if num_video_frames < 1 or num_frames < 1 or not 0 <= clip < num_clips:
+        raise ValueError(f"need frames >= 1 and 0 <= clip < num_clips, got n={num_video_frames}, "
+                         f"T={num_frames}, clip={clip}, num_clips={num_clips}")
+    segment = max(0.0, (num_video_frames - 1) / num_frames)
+    offset = int(segment / (num_clips + 1) * (clip + 1))
+    return [min(int(np.round(segment * i)) + offset, num_video_frames - 1) for i in range(num_frames)]
+
+
+def crop_starts(long_side: int, size: int, num_crops: int) -> list[int]:
+    """Offsets of the ``num_crops`` square crops of ``size`` along a side of ``long_side`` pixels.
+
+    >>> crop_starts(42, 32, 1), crop_starts(42, 32, 3)
+    ([5], [0, 5, 10])
+    """
+    if num_crops == 1:
+        return [int((long_side - size) / 2)]
+    step = (long_side - size) / (num_crops - 1)
+    return [int(k * step) for k in range(num_crops)]
+
+
+def resize_short_side(frames: np.ndarray, size: int) -> Tensor:
+    """uint8 frames (T, H, W, 3) -> float (T, 3, h, w) with short side ``size``, values rounded to 0..255.
+
+    >>> resize_short_side(np.zeros((2, 48, 64, 3), np.uint8), 32).shape
+    torch.Size([2, 3, 32, 42])
+    """
+    h, w = frames.shape[1:3]
+    new_h, new_w = (int(size * h / w), size) if w < h else (size, int(size * w / h))
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if (new_h, new_w) == (h, w):
+        return x
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
+    return x.round_().clamp_(0, 255)
+
+
+def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor:
+    """Clips of uint8 frames -> normalised views (len(clips) * num_crops, 3, T, size, size), clip-major.
+
+    >>> make_views([np.zeros((8, 48, 64, 3), np.uint8)] * 4, 32, 3).shape
+    torch.Size([12, 3, 8, 32, 32])
+    """
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    views = []
+    for frames in clips:
+        x = resize_short_side(frames, size)
+        h, w = x.shape[-2:]
+        for start in crop_starts(max(h, w), size, num_crops):
+            crop = x[:, :, start:start + size, :] if h >= w else x[:, :, :, start:start + size]
+            views.append(((crop / 255.0 - mean) / std).permute(1, 0, 2, 3))
+    return torch.stack(views)
+
+
+def _read_decord(path: str, indices: list[int], num_video_frames: int) -> dict[int, np.ndarray]:
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        batch = reader.get_batch(indices).asnumpy()
+    except Exception as error:  # decord raises its own DECORDError and RuntimeError
+        message = " ".join(str(error).split())[:200]
+        raise VmmError(f"{path}: decord cannot read frames {indices[:4]}...: {message}") from None
+    return dict(zip(indices, batch))
+
+
+def _read_pyav(path: str, indices: list[int], num_video_frames: int) -> dict[int, np.ndarray]:
+    import av
+
+    wanted, found, position, last = set(indices), {}, 0, None
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            for last in container.decode(container.streams.best("video")):
+                if position in wanted:
+                    found[position] = last.to_ndarray(format="rgb24")
+                position += 1
+                if position > indices[-1]:
+                    break
+    except av.error.FFmpegError as error:
+        raise VmmError(f"{path}: decoding failed at frame {position} ({' '.join(str(error).split())[:200]}); "
+                       "the file is truncated or corrupt") from None
+    missing = [i for i in indices if i not in found]
+    # The container may count a few frames more than it holds; more than 10% missing is truncation.
+    if missing and (last is None or position < 0.9 * num_video_frames):
+        raise VmmError(f"{path}: only {position} of {num_video_frames} frames could be decoded; "
+                       "the file is truncated or corrupt")
+    final = last.to_ndarray(format="rgb24") if missing else None
+    return {i: found.get(i, final) for i in indices}
+
+
+_FRAME_READERS = {"decord": _read_decord, "pyav": _read_pyav}
+
+
+def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
+                 backend: str = "auto") -> list[np.ndarray]:
+    """The frames of each temporal view: ``num_clips`` uint8 arrays (num_frames, H, W, 3).
+
+    Probes with :func:`index.decode.probe_video`; reads the frames with the decoder that counted them
+    (decord, or PyAV when decord cannot open or read the file). Raises VmmError for unreadable files.
+    """
+    from index.decode import probe_video
+
+    path = str(path)
+    if not Path(path).exists():
+        raise VmmError(f"video {path} does not exist; pass the path of a video file")
+    if not Path(path).is_file():
+        raise VmmError(f"{path} is not a file; pass the path of a video file")
+    error: Optional[VmmError] = None
+    for name in (["decord", "pyav"] if backend == "auto" else [backend]):
+        try:
+            info = probe_video(path, backend=name)
+            clips = [sample_clip_indices(info.num_frames, num_frames, c, num_clips) for c in range(num_clips)]
+            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info.num_frames)
+        except VmmError as e:
+            error = e
+            continue
+        return [np.stack([frames[i] for i in clip]) for clip in clips]
+    raise error
+
+
+def read_views(path: Union[str, Path], num_frames: int, size: int, clips: int = 1, crops: int = 1,
+               backend: str = "auto") -> Tensor:
+    """Decode and preprocess the ``clips x crops`` views of a video: (clips * crops, 3, num_frames, size, size)."""
+    return make_views(decode_clips(path, num_frames, clips, backend), size, crops)
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model, "model_name", None) or type(model).__name__
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The linear classification head of a VideoMamba classifier; VmmError for any other model."""
+    from vmm.models.videomamba import VideoMamba
+
+    head = getattr(model, "head", None)
+    if isinstance(model, VideoMamba) and isinstance(head, nn.Linear):
+        return head
+    if hasattr(model, "encode_text"):
+        what = "it is a video-text model, for vmm index/search/eval"
+    elif isinstance(model, VideoMamba):
+        what = "it was built with num_classes=0"
+    else:
+        what = f"it is a {type(model).__name__}, not a VideoMamba classifier"
+    raise VmmError(f"model {_model_name(model)} has no classification head ({what}); classify needs a "
+                   "classifier such as videomamba_m16_k400 with its Kinetics-400 checkpoint")
+
+
+def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
+    """Class names for ``model``'s head: ``labels`` (a set name, a file, or a list), else the model's
+    ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size."""
+    head = classifier_head(model)
+    if labels is None:
+        labels = (getattr(model, "model_meta", None) or {}).get("labels") or DEFAULT_LABELS
+    if isinstance(labels, (str, Path)):
+        source, names = str(labels), load_labels(labels)
+    else:
+        source, names = "the given label list", [str(n) for n in labels]
+    if len(names) != head.out_features:
+        raise VmmError(f"label set {source} has {len(names)} names but the head of {_model_name(model)} has "
+                       f"{head.out_features} classes; pass labels (CLI: --labels FILE) with "
+                       f"{head.out_features} names, one per line in head order")
+    return names
+
+
+@torch.inference_mode()
+def view_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> Tensor:
+    """Softmax of the logits of each view: (V, 3, T, S, S) -> (V, num_classes) float32."""
+    classifier_head(model)
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    try:
+        probs = [model(views[i:i + batch_size].to(param.device, param.dtype)).float().softmax(-1).cpu()
+                 for i in range(0, len(views), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(probs)
+
+
+def top_labels(probabilities: Tensor, labels: Sequence[str], k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most probable (label, probability) pairs, most probable first.
+
+    >>> top_labels(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2)
+    [('b', 0.699999988079071), ('c', 0.20000000298023224)]
+    """
+    values, indices = probabilities.topk(min(k, len(labels)))
+    return [(labels[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def classify_video(path: Union[str, Path], model: nn.Module, *, clips: int = 1, crops: int = 1, top_k: int = 5,
+                   labels: Labels = None, batch_size: int = 4, backend: str = "auto") -> list[tuple[str, float]]:
+    """Top-``top_k`` (label, probability) of a video: softmax per view, averaged over ``clips x crops`` views.
+
+    ``model``: a VideoMamba classifier (e.g. ``videomamba_m16_k400`` with its checkpoint loaded); its
+    ``num_frames`` and ``img_size`` set the views. ``clips=4, crops=3`` is the official K400 test protocol.
+    ``labels``: None (the model's ``"labels"`` metadata, else Kinetics-400), a set name, a file or a list.
+
+    >>> import av, numpy as np, tempfile, os, vmm
+    >>> from vmm.classify import classify_video
+    >>> path = os.path.join(tempfile.mkdtemp(), "clip.mkv")
+    >>> with av.open(path, "w") as out:
+    ...     stream = out.add_stream("ffv1", rate=10); stream.width, stream.height = 64, 48
+    ...     for t in range(20):
+    ...         frame = np.full((48, 64, 3), 12 * t, np.uint8)
+    ...         out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    ...     out.mux(stream.encode())
+    >>> model = vmm.create_model("videomamba_tiny", depth=2, num_frames=8, img_size=32, num_classes=400)
+    >>> top = classify_video(path, model, clips=4, crops=3)
+    >>> len(top), top[0][1] >= top[4][1]
+    (5, True)
+    """
+    options = ClassifyOptions(clips, crops, top_k, batch_size, backend)
+    options.check()
+    names = resolve_labels(model, labels)
+    cfg = model.cfg
+    views = read_views(path, cfg.num_frames, cfg.img_size, clips, crops, backend)
+    return top_labels(view_probabilities(model, views, batch_size).mean(0), names, top_k)

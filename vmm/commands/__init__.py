@@ -1,0 +1,1 @@
+"""One module per ``vmm`` subcommand (see vmm/cli.py)."""

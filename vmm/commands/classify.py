@@ -1,0 +1,133 @@
+"""``vmm classify``: top-5 Kinetics-400 labels of a video with a VideoMamba classifier.
+
+    vmm classify clip.mp4 --model videomamba_m16_k400 --checkpoint videomamba_m16_k400_f8_res224.pth
+    vmm classify clip.mp4 --model videomamba_m16_k400 --checkpoint ... --clips 4 --crops 3 --json
+
+Bad input is checked before the weights load: the video path, the model's head, the label count, then
+the decoding of the views.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file")
+    p.add_argument("--model", default="videomamba_m16_k400",
+                   help="classifier name or save_pretrained folder [videomamba_m16_k400]")
+    p.add_argument("--checkpoint", help="weights: a .pth/.safetensors file, a save_pretrained folder, "
+                   "hf-hub:OpenGVLab/VideoMamba/<file>, or 'default' (the model config's official file)")
+    p.add_argument("--clips", type=int, default=1, help="temporal views (official K400 test: 4) [1]")
+    p.add_argument("--crops", type=int, default=1, help="spatial views along the long side (official: 3) [1]")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print [5]")
+    p.add_argument("--labels", help="class names: a built-in set (kinetics400) or a text file, one name per "
+                   "line in head order (default: the model's, else kinetics400)")
+    p.add_argument("--frames", type=int, help="frames per clip, for 16/32/64-frame checkpoints (default: the model's)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, repeatable; dotted keys nest (e.g. depth=2, vision.depth=2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--batch-size", type=int, default=4, help="views per forward pass [4]")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"], help="video decoder [auto]")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def parse_model_args(items: list[str]) -> dict:
+    """``["depth=2", "vision.img_size=32"]`` -> ``{"depth": 2, "vision": {"img_size": 32}}`` (JSON values).
+
+    >>> parse_model_args(["depth=2", "vision.img_size=32", "scan_backend=torch"])
+    {'depth': 2, 'vision': {'img_size': 32}, 'scan_backend': 'torch'}
+    """
+    from vmm.errors import VmmError
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise VmmError(f"--model-arg expects KEY=VALUE (e.g. depth=2), got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word such as a backend name
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise VmmError(f"--model-arg {item!r} conflicts with an earlier value for {part!r}")
+        node[leaf] = value
+    return overrides
+
+
+def _checkpoint_path(model, checkpoint: str) -> Path:
+    from vmm.errors import VmmError
+    from vmm.factory import HF_PREFIX, HF_REPO, resolve_pretrained
+    from vmm.models.persistence import WEIGHTS_NAME, is_pretrained_dir
+
+    if checkpoint == "default":
+        hf_file = (model.model_meta.get("pretrained") or {}).get("hf_file")
+        if not hf_file:
+            raise VmmError(f"model {model.model_name} names no default checkpoint; pass --checkpoint PATH")
+        checkpoint = f"{HF_PREFIX}{HF_REPO}/{hf_file}"
+    if is_pretrained_dir(checkpoint):
+        return Path(checkpoint) / WEIGHTS_NAME
+    return resolve_pretrained(checkpoint)
+
+
+def _build_model(args: argparse.Namespace):
+    import vmm
+    from vmm.errors import VmmError
+    from vmm.models.persistence import is_pretrained_dir
+
+    overrides = parse_model_args(args.model_arg)
+    if args.frames:
+        overrides["num_frames"] = args.frames
+    if is_pretrained_dir(args.model):
+        return vmm.from_pretrained(args.model, **overrides)
+    if not args.checkpoint:
+        raise VmmError(f"--checkpoint is required for {args.model} (random weights give meaningless labels); pass "
+                       "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
+    return vmm.create_model(args.model, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import vmm
+    from vmm.classify import ClassifyOptions, read_views, resolve_labels, view_probabilities
+    from vmm.errors import VmmError
+
+    options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
+    options.check()
+    if not Path(args.video).is_file():
+        raise VmmError(f"video {args.video} does not exist or is not a file; pass the path of a video file")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _build_model(args)
+    names = resolve_labels(model, args.labels)  # also refuses a model without a classification head
+    cfg = model.cfg
+    views = read_views(args.video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
+    if args.checkpoint:
+        vmm.load_checkpoint(model, _checkpoint_path(model, args.checkpoint))
+    model = model.to(args.device)
+    t0 = time.perf_counter()
+    probs = view_probabilities(model, views, options.batch_size).mean(0)
+    seconds = time.perf_counter() - t0
+    values, indices = probs.topk(min(options.top_k, len(names)))
+    top = [{"rank": r + 1, "index": i, "label": names[i], "probability": p}
+           for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
+    if args.json:
+        print(json.dumps({"video": args.video, "model": getattr(model, "model_name", args.model),
+                          "clips": options.clips, "crops": options.crops, "frames": cfg.num_frames,
+                          "img_size": cfg.img_size, "num_classes": len(names), "top": top,
+                          "seconds": round(seconds, 3)}))
+        return 0
+    views_text = f"{options.clips} clip{'s' * (options.clips > 1)} x {options.crops} crop{'s' * (options.crops > 1)}"
+    print(f"{args.video}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
+          f"{getattr(model, 'model_name', args.model)}, {seconds:.2f} s on {args.device}")
+    for row in top:
+        print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
+    return 0

@@ -1,0 +1,352 @@
+"""The procedural corpus: real encoded files whose captions match what the frames show.
+
+One small corpus (40 clips, 64x64, 24 frames) is generated per test session and
+checked from decoded pixels; determinism is checked against a second and a third
+generation (another worker count, another seed).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import pytest
+
+from vmm.data import synthetic as syn
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+# 40 clips: train 20, val 4, test 16 of which 14 form 7 pairs (one of each pair kind).
+CORPUS = dict(num_videos=40, seed=0, splits=(0.5, 0.1, 0.4), size=64, fps=8, seconds=3.0, order_fraction=0.875)
+JSON_FILES = ("train.json", "val.json", "test.json", "test_paragraph.json", "test_order.json", "meta.json")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    info = syn.generate_corpus(out, workers=1, **CORPUS)
+    assert info.num_videos == 40 and info.num_frames == 24
+    return out
+
+
+@pytest.fixture(scope="module")
+def meta(corpus) -> dict:
+    return {v["video"]: v for v in json.loads((corpus / "meta.json").read_text())["videos"]}
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def colour_masks(frame: np.ndarray, background: np.ndarray) -> dict[str, np.ndarray]:
+    """Per object colour, the pixels nearer to it than to the background and to every other colour."""
+    names = list(syn.COLORS)
+    refs = np.array([syn.COLORS[n] for n in names], np.float64)
+    pixels = frame.astype(np.float64)
+    to_colours = np.linalg.norm(pixels[:, :, None, :] - refs[None, None], axis=-1)
+    to_background = np.linalg.norm(pixels - background, axis=-1)
+    nearest = to_colours.argmin(-1)
+    is_object = to_colours.min(-1) < np.minimum(to_background, 60.0)
+    return {name: is_object & (nearest == i) for i, name in enumerate(names)}
+
+
+def words(caption: str) -> list[str]:
+    return re.findall(r"[a-z]+", caption)
+
+
+def caption_colours(caption: str) -> set[str]:
+    return set(words(caption)) & set(syn.COLORS)
+
+
+MOVE_PATTERN = re.compile(r"\b(?:{verbs}) (?:\w+ )?(?:{ways})\b".format(
+    verbs="|".join(syn.MOVE_VERBS),
+    ways="|".join(sorted((p for ps in syn.DIRECTION_PHRASES.values() for p in ps), key=len, reverse=True))))
+
+
+def caption_directions(caption: str) -> list[str]:
+    """Directions of the moves a caption states, in the order it states them."""
+    found = []
+    for match in MOVE_PATTERN.finditer(caption):
+        text = match.group(0)
+        found += [d for d, phrases in syn.DIRECTION_PHRASES.items() if any(text.endswith(" " + p) for p in phrases)]
+    return found
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_gives_identical_files_and_frames(corpus, tmp_path):
+    again = tmp_path / "again"
+    syn.generate_corpus(again, workers=2, **CORPUS)  # another worker count must not matter
+    for name in JSON_FILES:
+        assert (corpus / name).read_bytes() == (again / name).read_bytes(), name
+    videos = sorted(p.name for p in (corpus / "videos").iterdir())
+    assert videos == sorted(p.name for p in (again / "videos").iterdir())
+    for name in videos:
+        assert np.array_equal(decode(corpus / "videos" / name), decode(again / "videos" / name)), name
+        assert (corpus / "videos" / name).read_bytes() == (again / "videos" / name).read_bytes(), name
+
+
+def test_different_seed_gives_different_corpus(corpus, tmp_path):
+    other = tmp_path / "other"
+    syn.generate_corpus(other, workers=1, **dict(CORPUS, seed=1))
+    first = json.loads((corpus / "train.json").read_text())
+    second = json.loads((other / "train.json").read_text())
+    assert len(first) == len(second)
+    assert sum(a["caption"] != b["caption"] for a, b in zip(first, second)) > len(first) // 2
+    name = first[0]["video"]
+    assert not np.array_equal(decode(corpus / name), decode(other / name))
+
+
+# ---------------------------------------------------------------------------- files and splits
+
+
+def test_videos_decode_with_decord_at_the_asked_size_rate_and_length(corpus):
+    videos = sorted((corpus / "videos").glob("*.mp4"))
+    assert len(videos) == 40
+    for path in videos:
+        reader = decord.VideoReader(str(path))
+        assert len(reader) == 24
+        assert reader.get_avg_fps() == pytest.approx(8.0)
+        frames = reader.get_batch(list(range(24))).asnumpy()
+        assert frames.shape == (24, 64, 64, 3) and frames.dtype == np.uint8
+        assert frames.std() > 5  # something is drawn, not a blank clip
+
+
+def test_decoded_frames_match_the_rendered_frames(corpus, meta):
+    for name, entry in list(meta.items())[:10]:
+        rendered = syn.render_frames(syn.VideoSpec.from_dict(entry["spec"])).astype(np.float64)
+        assert np.abs(decode(corpus / name) - rendered).mean() < 4.0, name
+
+
+def test_splits_are_disjoint_sized_as_asked_and_cover_every_file(corpus):
+    splits = {s: json.loads((corpus / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in splits.items()} == {"train": 20, "val": 4, "test": 16}
+    names = [{e["video"] for e in v} for v in splits.values()]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    on_disk = {f"videos/{p.name}" for p in (corpus / "videos").iterdir()}
+    assert names[0] | names[1] | names[2] == on_disk
+    for entries in splits.values():
+        for entry in entries:
+            assert isinstance(entry["caption"], str) and entry["caption"]
+            assert set(entry) <= {"video", "caption", "order_sensitive", "pair_id"}
+    test_captions = [e["caption"] for e in splits["test"]]
+    assert len(set(test_captions)) == len(test_captions)
+
+
+def test_annotation_files_load_with_the_official_format_loader(corpus):
+    from retrieval.annotations import load_retrieval_dataset
+
+    single = load_retrieval_dataset(corpus / "test.json", corpus, "msrvtt")
+    paragraph = load_retrieval_dataset(corpus / "test_paragraph.json", corpus, "didemo")
+    order = load_retrieval_dataset(corpus / "test_order.json", corpus, "msrvtt")
+    assert len(single.videos) == len(single.texts) == len(paragraph.texts) == 16
+    assert single.videos == paragraph.videos and len(order.videos) == 14
+
+
+def test_paragraphs_have_one_sentence_per_event_plus_still_objects(corpus, meta):
+    paragraphs = json.loads((corpus / "test_paragraph.json").read_text())
+    tests = json.loads((corpus / "test.json").read_text())
+    assert [p["video"] for p in paragraphs] == [t["video"] for t in tests]
+    for item in paragraphs:
+        spec = syn.VideoSpec.from_dict(meta[item["video"]]["spec"])
+        assert len(item["caption"]) == len(spec.events) + len(spec.static_objects())
+        assert all(isinstance(s, str) and s for s in item["caption"])
+
+
+def test_refuses_folders_it_did_not_write_and_needs_overwrite_for_its_own(corpus, tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(VmmError, match="notes.txt"):
+        syn.generate_corpus(user, num_videos=4, workers=1)
+    assert (user / "notes.txt").read_text() == "keep me"
+
+    own = tmp_path / "own"
+    syn.generate_corpus(own, num_videos=12, seed=3, workers=1)
+    with pytest.raises(VmmError, match="--overwrite"):
+        syn.generate_corpus(own, num_videos=4, workers=1)
+    syn.generate_corpus(own, num_videos=4, seed=3, workers=1, overwrite=True)
+    assert len(list((own / "videos").iterdir())) == 4  # stale clips of the larger corpus are gone
+
+
+@pytest.mark.parametrize("num_videos, splits, sizes", [
+    (300, (0.8, 0.1, 0.1), (240, 30, 30)),
+    (6, (0.8, 0.1, 0.1), (4, 1, 1)),
+    (2, (0.8, 0.1, 0.1), (1, 0, 1)),
+    (101, (0.7, 0.0, 0.3), (71, 0, 30)),
+    (5, (0.0, 0.0, 1.0), (0, 0, 5)),
+])
+def test_split_sizes_add_up_and_keep_held_out_clips(num_videos, splits, sizes):
+    config = syn.CorpusConfig(num_videos=num_videos, splits=splits)
+    assert tuple(config.split_sizes().values()) == sizes
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    (dict(splits=(0.5, 0.5, 0.5)), "--splits"),
+    (dict(size=63), "--size"),
+    (dict(fps=4, seconds=1.0), "--seconds"),
+    (dict(num_videos=0), "--num-videos"),
+    (dict(codec="vp9"), "--codec"),
+    (dict(seed=-1), "--seed"),
+])
+def test_bad_options_raise_one_line_errors(tmp_path, kwargs, option):
+    with pytest.raises(VmmError, match=re.escape(option)) as err:
+        syn.generate_corpus(tmp_path / "x", **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------- captions vs pixels
+
+
+def clean_frames(spec: syn.VideoSpec) -> list[int]:
+    """Frames where no change is under way: the first, the last and every event's end."""
+    return sorted({0, spec.num_frames - 1, *(e.end for e in spec.events)})
+
+
+def test_caption_colours_are_the_colours_in_the_decoded_frames(corpus, meta):
+    for name, entry in meta.items():
+        spec = syn.VideoSpec.from_dict(entry["spec"])
+        frames = decode(corpus / name)
+        background = syn.render_background(spec.background, spec.size)
+        seen = set()
+        for k in clean_frames(spec):
+            counts = {c: int(m.sum()) for c, m in colour_masks(frames[k], background).items()}
+            seen |= {c for c, n in counts.items() if n >= 25}
+            assert all(n >= 25 or n <= 6 for n in counts.values()), (name, k, counts)
+        assert seen == caption_colours(entry["caption"]), (name, entry["caption"])
+
+
+def test_single_object_dominant_colour_matches_caption(corpus, meta):
+    checked = 0
+    for name, entry in meta.items():
+        spec = syn.VideoSpec.from_dict(entry["spec"])
+        if len(spec.objects) != 1 or any(e.kind == "recolor" for e in spec.events):
+            continue
+        frames = decode(corpus / name).astype(np.float64)
+        background = syn.render_background(spec.background, spec.size)
+        changed = np.abs(frames - background).max(-1) > 60
+        pixels = frames[changed]
+        refs = np.array(list(syn.COLORS.values()), np.float64)
+        votes = np.bincount(np.linalg.norm(pixels[:, None] - refs[None], axis=-1).argmin(1), minlength=len(refs))
+        dominant = list(syn.COLORS)[int(votes.argmax())]
+        assert caption_colours(entry["caption"]) == {dominant}, (name, entry["caption"], dominant)
+        checked += 1
+    assert checked >= 5
+
+
+def test_objects_move_in_the_captioned_direction(corpus, meta):
+    checked = 0
+    for name, entry in meta.items():
+        spec = syn.VideoSpec.from_dict(entry["spec"])
+        moves = [e for e in spec.events if e.kind == "move"]
+        assert caption_directions(entry["caption"]) == [e.direction for e in moves], entry["caption"]
+        if not moves:
+            continue
+        frames = decode(corpus / name)
+        background = syn.render_background(spec.background, spec.size)
+        for ev in moves:
+            colour = syn.object_state(spec, ev.obj, ev.start)[3]
+            colour_name = min(syn.COLORS, key=lambda c: np.abs(np.array(syn.COLORS[c]) - colour).sum())
+            (y0, x0), (y1, x1) = (np.argwhere(colour_masks(frames[k], background)[colour_name]).mean(0)
+                                  for k in (ev.start, ev.end))
+            step = np.array([x1 - x0, y1 - y0])
+            along = step @ np.array(syn.DIRECTIONS[ev.direction])
+            distance = np.hypot(ev.target[0] - ev.origin[0], ev.target[1] - ev.origin[1])
+            assert along > 0.7 * distance and abs(along - np.linalg.norm(step)) < 1.5, (name, ev, step)
+            checked += 1
+    assert checked >= 8
+
+
+# ---------------------------------------------------------------------------- order-sensitive pairs
+
+
+def test_order_subset_holds_every_pair_kind_in_the_test_split(corpus, meta):
+    order = json.loads((corpus / "test_order.json").read_text())
+    tests = {e["video"]: e for e in json.loads((corpus / "test.json").read_text())}
+    assert len(order) == 14
+    assert all(e["order_sensitive"] is True and tests[e["video"]] == e for e in order)
+    assert sorted(e["pair_id"] for e in order) == sorted(list(range(7)) * 2)
+    kinds = {meta[e["video"]]["pair_kind"] for e in order}
+    assert kinds == {"direction", "sequence", "color_order", "size", "visibility"}
+    assert sum("order_sensitive" in e for e in tests.values()) == 14
+
+
+def pairs(corpus) -> list[tuple[dict, dict]]:
+    order = json.loads((corpus / "test_order.json").read_text())
+    by_id: dict[int, list[dict]] = {}
+    for entry in order:
+        by_id.setdefault(entry["pair_id"], []).append(entry)
+    return [tuple(v) for v in by_id.values()]
+
+
+def test_pair_members_are_exact_time_reversals_with_the_same_frame_set(corpus, meta):
+    for a, b in pairs(corpus):
+        frames_a = syn.render_frames(syn.VideoSpec.from_dict(meta[a["video"]]["spec"]))
+        frames_b = syn.render_frames(syn.VideoSpec.from_dict(meta[b["video"]]["spec"]))
+        assert np.array_equal(frames_a, frames_b[::-1])
+        assert not np.array_equal(frames_a, frames_b)
+        as_set = lambda f: sorted(x.tobytes() for x in f)  # noqa: E731
+        assert as_set(frames_a) == as_set(frames_b)
+
+
+def test_decoded_pairs_look_the_same_to_a_model_that_ignores_order(corpus):
+    """Mean-of-frames features barely separate a pair, yet frame by frame the clips differ."""
+    gaps, in_order, other = [], [], []
+    decoded = {e["video"]: decode(corpus / e["video"]).astype(np.float64) for p in pairs(corpus) for e in p}
+    for a, b in pairs(corpus):
+        fa, fb = decoded[a["video"]], decoded[b["video"]]
+        gaps.append(np.abs(fa.mean(0) - fb.mean(0)).mean())
+        in_order.append(np.abs(fa - fb).mean())
+        assert np.abs(fa - fb[::-1]).mean() < 3.0
+    names = list(decoded)
+    for i in range(0, len(names) - 2, 2):
+        other.append(np.abs(decoded[names[i]].mean(0) - decoded[names[i + 2]].mean(0)).mean())
+    assert max(gaps) < 1.0 < min(other)
+    assert min(in_order) > 2 * max(gaps)
+
+
+def test_pair_captions_differ_only_in_direction_and_order_words(corpus, meta):
+    direction_words = {w for phrases in syn.DIRECTION_PHRASES.values() for p in phrases for w in p.split()}
+    for a, b in pairs(corpus):
+        ca, cb = a["caption"], b["caption"]
+        assert ca != cb and len(words(ca)) == len(words(cb))
+        kind = meta[a["video"]]["pair_kind"]
+        if kind == "direction":
+            changed = {x for x, y in zip(words(ca), words(cb)) if x != y}
+            assert changed and changed <= direction_words, (ca, cb)
+        if kind == "color_order":  # the same words, colours swapped ("a"/"an" may follow the colour)
+            articles = {"a", "an"}
+            assert sorted(set(words(ca)) - articles) == sorted(set(words(cb)) - articles), (ca, cb)
+
+
+# ---------------------------------------------------------------------------- spec-level properties
+
+
+def test_every_sampled_spec_reverses_exactly_and_round_trips_through_json():
+    for seed in range(25):
+        spec = syn.sample_spec(np.random.default_rng(seed), size=64, fps=8, num_frames=24)
+        assert syn.VideoSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+        back = syn.reverse_spec(spec)
+        assert syn.reverse_spec(back) == spec
+        assert np.array_equal(syn.render_frames(back), syn.render_frames(spec)[::-1])
+
+
+def test_cli_writes_a_corpus_and_reports_errors_on_one_line(tmp_path, capsys):
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "vmm.data.synthetic", str(out), "--num-videos", "6", "--seed", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 6 videos" in done.stdout
+    assert len(json.loads((out / "meta.json").read_text())["videos"]) == 6
+    assert syn.main([str(out), "--num-videos", "6", "--seed", "2"]) == 2  # the folder is taken now
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err

@@ -1,0 +1,47 @@
+"""vmm video libraries: find videos, cut them into clips, embed them, store and search the vectors.
+
+Public API (imported lazily, so decoder worker processes load only what they use):
+
+* :func:`build_library`, :func:`remove_paths`, :func:`sync_index`, :class:`IngestSummary` (index.library)
+* :func:`open_library`, :class:`LibraryReader`, :class:`ClipFilter`, :class:`Hit` (index.reader)
+* :class:`ClipEncoder`, :class:`ColorHistogramEncoder` (index.encoder)
+* :class:`VectorStore` (index.store), :class:`Catalog`, :class:`LibraryManifest` (index.catalog)
+* :func:`discover`, :func:`probe_video`, :func:`decode_video`, :func:`sample_middle_indices`,
+  :func:`plan_windows` (index.discover, index.decode)
+
+>>> import index
+>>> index.sample_middle_indices(8, 4).tolist()
+[0, 2, 4, 6]
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "build_library": "index.library",
+    "remove_paths": "index.library",
+    "sync_index": "index.library",
+    "IngestSummary": "index.library",
+    "open_library": "index.reader",
+    "LibraryReader": "index.reader",
+    "ClipFilter": "index.reader",
+    "Hit": "index.reader",
+    "ClipEncoder": "index.encoder",
+    "ColorHistogramEncoder": "index.encoder",
+    "VectorStore": "index.store",
+    "Catalog": "index.catalog",
+    "LibraryManifest": "index.catalog",
+    "discover": "index.discover",
+    "probe_video": "index.decode",
+    "decode_video": "index.decode",
+    "sample_middle_indices": "index.decode",
+    "plan_windows": "index.decode",
+    "DecodeOptions": "index.decode",
+    "ProgressUpdate": "index.progress",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'index' has no attribute {name!r}")

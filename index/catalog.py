@@ -1,0 +1,398 @@
+"""The library catalog: SQLite tables for files, clips (with their vectors) and the manifest.
+
+The catalog is the library's single source of truth; the FAISS file is a cache
+derived from it (see :mod:`index.library`). Every write is one SQLite transaction
+that also bumps ``generation``; clips remember the generation that added them and
+deleted clips leave a tombstone with the generation that removed them, so a FAISS
+index saved at generation G is brought up to date with "add clips newer than G,
+remove tombstones newer than G". Clip ids come from AUTOINCREMENT and are never
+reused. WAL mode lets readers keep a consistent snapshot while a writer commits.
+
+>>> import tempfile, os
+>>> manifest = LibraryManifest("toy", "w0", 4, 8, "middle", {}, 10.0, 5.0, None)
+>>> catalog = Catalog.create(os.path.join(tempfile.mkdtemp(), "catalog.sqlite"), manifest)
+>>> catalog.generation(), catalog.manifest().model_name
+(1, 'toy')
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT,
+    fps REAL, num_frames INTEGER, duration REAL, width INTEGER, height INTEGER,
+    codec TEXT, backend TEXT,
+    indexed_at REAL NOT NULL
+);
+CREATE TABLE clips (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    start_sec REAL NOT NULL,
+    end_sec REAL NOT NULL,
+    generation INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX clips_by_file ON clips(file_id);
+CREATE INDEX clips_by_generation ON clips(generation);
+CREATE TABLE tombstones (clip_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class LibraryManifest:
+    """What a library's vectors depend on. Opening a library with another model is refused."""
+
+    model_name: str
+    weights_hash: str
+    dim: int
+    num_frames: int
+    sampling: str
+    preprocessing: dict
+    window: float  # seconds per clip window; math.inf = one clip per video
+    stride: float
+    max_seconds: float | None
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def for_encoder(cls, encoder, *, window: float, stride: float, max_seconds: float | None) -> "LibraryManifest":
+        """The manifest a library built with ``encoder`` and these clip settings gets."""
+        preprocessing = dict(getattr(encoder, "preprocessing", {}) or {})
+        return cls(str(encoder.name), str(encoder.weights_hash), int(encoder.dim), int(encoder.num_frames),
+                   str(preprocessing.get("sampling", "middle")), preprocessing, float(window), float(stride),
+                   None if max_seconds is None else float(max_seconds))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["window"] = None if math.isinf(self.window) else self.window  # JSON has no infinity
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "LibraryManifest":
+        data = json.loads(text)
+        data["window"] = math.inf if data.get("window") is None else float(data["window"])
+        return cls(**data)
+
+    def model_mismatch(self, model: "LibraryManifest") -> str | None:
+        """A one-phrase description of how ``model``'s embedding differs from this library's, or None."""
+        for name in ("model_name", "weights_hash", "dim", "num_frames", "sampling", "preprocessing"):
+            mine, theirs = getattr(self, name), getattr(model, name)
+            if _canonical(mine) != _canonical(theirs):
+                return f"{name} is {_short(mine)} in the library but {_short(theirs)} for this model"
+        return None
+
+    def clip_mismatch(self, other: "LibraryManifest") -> str | None:
+        """How the window/stride/max_seconds settings differ, or None."""
+        for name in ("window", "stride", "max_seconds"):
+            if getattr(self, name) != getattr(other, name):
+                return f"{name} is {getattr(self, name)} in the library but {getattr(other, name)} was asked for"
+        return None
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(value) -> str:
+    text = _canonical(value) if isinstance(value, dict) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One row of the files table."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    status: str  # "ok" or "failed"
+    error: str | None
+    fps: float | None
+    num_frames: int | None
+    duration: float | None
+    width: int | None
+    height: int | None
+    codec: str | None
+    backend: str | None
+    indexed_at: float
+
+
+_FILE_COLUMNS = ("id, path, size, mtime_ns, fingerprint, status, error, fps, num_frames, duration, width, "
+                 "height, codec, backend, indexed_at")
+
+
+@dataclass
+class FileResult:
+    """The outcome of processing one file, written by :meth:`Catalog.commit`."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    info: object | None = None  # index.decode.VideoInfo for decoded files
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # (len(spans), dim) float32
+
+
+def _connect(path: str, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _under(root: str) -> tuple[str, tuple]:
+    """SQL condition and parameters for "path is root or inside it" (no LIKE: paths may hold % or _)."""
+    root = root.rstrip(os.sep) or os.sep
+    if root == os.sep:
+        return "1", ()
+    return "(path = ? OR (path >= ? AND path < ?))", (root, root + os.sep, root + chr(ord(os.sep) + 1))
+
+
+class Catalog:
+    """A library's SQLite catalog. Writers hold the library lock (see :mod:`index.library`)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, read_only: bool):
+        self._conn = conn
+        self.path = path
+        self.read_only = read_only
+
+    @classmethod
+    def create(cls, path: str, manifest: LibraryManifest) -> "Catalog":
+        """Create a new catalog at ``path`` holding ``manifest``.
+
+        It is built under a temporary name and renamed into place, so a reader or a
+        crash never sees a catalog without its tables.
+        """
+        staging = path + ".new"
+        for leftover in (staging, staging + "-wal", staging + "-shm", staging + "-journal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        conn = _connect(staging, read_only=False)
+        with _transaction(conn):
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+                ("format_version", str(FORMAT_VERSION)),
+                ("manifest", manifest.to_json()),
+                ("generation", "1"),
+                ("created_at", repr(time.time())),
+            ])
+        conn.close()  # checkpoints and removes the -wal file: the database is one file now
+        os.replace(staging, path)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str, *, read_only: bool = False) -> "Catalog":
+        """Open an existing catalog; raises sqlite3.Error if it is not one."""
+        conn = _connect(path, read_only)
+        catalog = cls(conn, path, read_only)
+        version = int(catalog._meta("format_version"))
+        if version != FORMAT_VERSION:
+            from vmm.errors import VmmError
+
+            raise VmmError(f"{path}: library format {version} is not supported by this vmm "
+                           f"(it reads format {FORMAT_VERSION}); rebuild the library")
+        return catalog
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- metadata --------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def manifest(self) -> LibraryManifest:
+        return LibraryManifest.from_json(self._meta("manifest"))
+
+    def generation(self) -> int:
+        return int(self._meta("generation"))
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        value = self._meta(f"setting:{key}")
+        return default if value is None else value
+
+    def set_setting(self, key: str, value: str) -> int:
+        with self._write() as generation:
+            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"setting:{key}", value))
+        return generation
+
+    # -- reads -----------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator["Catalog"]:
+        """Every read inside sees the same committed state (a read transaction)."""
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()  # pins the snapshot
+            yield self
+        finally:
+            self._conn.execute("COMMIT")
+
+    def files(self, under: list[str] | None = None) -> list[FileRecord]:
+        """All file rows, or those at or below the paths in ``under``."""
+        if under is None:
+            rows = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY path").fetchall()
+        else:
+            rows = []
+            for root in under:
+                condition, params = _under(root)
+                rows += self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE {condition}", params).fetchall()
+            rows = sorted(set(rows), key=lambda r: r[1])
+        return [FileRecord(*row) for row in rows]
+
+    def file_by_path(self, path: str) -> FileRecord | None:
+        row = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else FileRecord(*row)
+
+    def clip_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All clips as arrays: (ids, file_ids, starts, ends, generations), sorted by id."""
+        rows = self._conn.execute(
+            "SELECT id, file_id, start_sec, end_sec, generation FROM clips ORDER BY id").fetchall()
+        if not rows:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
+        ids, files, starts, ends, generations = zip(*rows)
+        return (np.array(ids, np.int64), np.array(files, np.int64), np.array(starts, np.float64),
+                np.array(ends, np.float64), np.array(generations, np.int64))
+
+    def clip_count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+
+    def iter_vectors(self, *, newer_than: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in id order for clips added after generation ``newer_than``."""
+        dim = self.manifest().dim
+        last = 0
+        while True:
+            rows = self._conn.execute(
+                "SELECT id, vector FROM clips WHERE generation > ? AND id > ? ORDER BY id LIMIT ?",
+                (newer_than, last, chunk)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+            yield ids, vectors
+            last = int(ids[-1])
+
+    def vectors_for(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of clip ``ids`` (KeyError for an unknown id)."""
+        dim = self.manifest().dim
+        out = np.empty((len(ids), dim), np.float32)
+        for row, clip_id in enumerate(np.asarray(ids).tolist()):
+            found = self._conn.execute("SELECT vector FROM clips WHERE id = ?", (clip_id,)).fetchone()
+            if found is None:
+                raise KeyError(clip_id)
+            out[row] = np.frombuffer(found[0], np.float32)
+        return out
+
+    def tombstones_newer_than(self, generation: int) -> np.ndarray:
+        rows = self._conn.execute("SELECT clip_id FROM tombstones WHERE generation > ?", (generation,)).fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    # -- writes ----------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[int]:
+        """One write transaction; yields the generation it commits."""
+        with _transaction(self._conn, immediate=True):
+            generation = self.generation() + 1
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+            yield generation
+
+    def _drop_clips(self, file_ids: list[int], generation: int) -> None:
+        for file_id in file_ids:
+            self._conn.execute("INSERT OR REPLACE INTO tombstones(clip_id, generation) "
+                               "SELECT id, ? FROM clips WHERE file_id = ?", (generation, file_id))
+            self._conn.execute("DELETE FROM clips WHERE file_id = ?", (file_id,))
+
+    def commit(self, results: list[FileResult] = (), *, remove: list[int] = (),
+               rename: list[tuple[int, str, int, int]] = (), touch: list[tuple[int, int, int]] = ()) -> int:
+        """Apply one batch atomically and return its generation.
+
+        ``results`` replace the row and all clips of their path; ``remove`` deletes
+        file ids with their clips; ``rename`` is (file_id, new_path, size, mtime_ns)
+        for moved files; ``touch`` is (file_id, size, mtime_ns) for files whose stat
+        changed but whose content did not.
+        """
+        with self._write() as generation:
+            self._drop_clips(list(remove), generation)
+            self._conn.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in remove])
+            for file_id, path, size, mtime_ns in rename:
+                self._conn.execute("UPDATE files SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                                   (path, size, mtime_ns, file_id))
+            for file_id, size, mtime_ns in touch:
+                self._conn.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
+            for result in results:
+                self._write_result(result, generation)
+        return generation
+
+    def _write_result(self, result: FileResult, generation: int) -> None:
+        info = result.info
+        values = (result.size, result.mtime_ns, result.fingerprint, result.status, result.error,
+                  getattr(info, "fps", None), getattr(info, "num_frames", None), getattr(info, "duration", None),
+                  getattr(info, "width", None), getattr(info, "height", None), getattr(info, "codec", None),
+                  getattr(info, "backend", None), time.time())
+        existing = self._conn.execute("SELECT id FROM files WHERE path = ?", (result.path,)).fetchone()
+        if existing is None:
+            file_id = self._conn.execute(
+                "INSERT INTO files(path, size, mtime_ns, fingerprint, status, error, fps, num_frames, duration, "
+                "width, height, codec, backend, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.path, *values)).lastrowid
+        else:
+            file_id = existing[0]
+            self._drop_clips([file_id], generation)
+            self._conn.execute(
+                "UPDATE files SET size = ?, mtime_ns = ?, fingerprint = ?, status = ?, error = ?, fps = ?, "
+                "num_frames = ?, duration = ?, width = ?, height = ?, codec = ?, backend = ?, indexed_at = ? "
+                "WHERE id = ?", (*values, file_id))
+        if result.status == "ok":
+            vectors = np.ascontiguousarray(result.vectors, dtype=np.float32)
+            self._conn.executemany(
+                "INSERT INTO clips(file_id, start_sec, end_sec, generation, vector) VALUES (?, ?, ?, ?, ?)",
+                [(file_id, float(start), float(end), generation, vectors[i].tobytes())
+                 for i, (start, end) in enumerate(result.spans)])
+
+    def prune_tombstones(self, up_to: int) -> None:
+        """Forget tombstones a saved FAISS index (at generation ``up_to``) already reflects."""
+        with _transaction(self._conn, immediate=True):
+            self._conn.execute("DELETE FROM tombstones WHERE generation <= ?", (up_to,))
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, immediate: bool = False):
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,455 @@
+"""Turn a video file into clips of sampled frames: probe, plan windows, decode.
+
+The frame sampling is the official VideoMamba/UMT test-time "middle" sampling; a
+long video is cut into overlapping windows first, and each window is sampled the
+same way, so a video no longer than one window gets exactly the official frames.
+
+Decoding uses decord and falls back to PyAV when decord cannot open or read a
+file. This module runs inside decoder worker processes (see :mod:`index.pool`), so
+it imports neither torch nor ``vmm`` at module level: failures are raised as
+:class:`DecodeFailure` and turned into :class:`vmm.errors.VmmError` by the public
+functions :func:`probe_video` and :func:`decode_video`.
+
+>>> sample_middle_indices(16, 8).tolist()
+[0, 2, 4, 6, 8, 10, 12, 14]
+>>> plan_windows(22.0, window=10.0, stride=5.0)
+[(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (12.0, 22.0)]
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+DEFAULT_WINDOW = 10.0
+DEFAULT_STRIDE = 5.0
+DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; one 8-frame clip at this size is ~800 MB of RGB
+_CHUNK_BYTES = 256 << 20  # decoded frames fetched per decord call, at most
+_EPS = 1e-6
+
+
+class DecodeFailure(Exception):
+    """A file that cannot be turned into clips; the message is one line naming the cause."""
+
+
+class _BackendError(DecodeFailure):
+    """One decoding library failed; another may still succeed."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probing learned about a video. ``duration`` is ``num_frames / fps``."""
+
+    fps: float
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+    codec: str
+    backend: str  # "decord" or "pyav": the library that decodes (and counted) the frames
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How files become clips. Everything that changes which frames are read is here."""
+
+    num_frames: int = 8  # frames per clip (the encoder's num_frames)
+    window: float = DEFAULT_WINDOW  # seconds per clip window; math.inf = one clip per video
+    stride: float = DEFAULT_STRIDE  # seconds between window starts
+    max_seconds: float | None = None  # only the first max_seconds of each video (DiDeMo: 30)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse frames larger than this (width * height)
+    backend: str = "auto"  # "auto" (decord, then PyAV), "decord" or "pyav"
+    threads: int = 1  # decoder threads per file
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if not self.window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {self.window}")
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"stride must be > 0 and <= window ({self.window} s), got {self.stride}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.backend not in ("auto", "decord", "pyav"):
+            raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """One planned clip: its window in seconds and the frame indices it samples."""
+
+    index: int
+    start: float
+    end: float
+    frames: tuple[int, ...]
+
+
+@dataclass
+class DecodeStart:
+    """Yielded by :func:`iter_decode` before the clips of an attempt.
+
+    A second DecodeStart for the same file means the first decoder failed midway:
+    drop the clips received since the previous one.
+    """
+
+    info: VideoInfo
+    spans: list[ClipSpan] = field(default_factory=list)
+
+
+@dataclass
+class Clip:
+    """Decoded frames of one :class:`ClipSpan`: uint8 array (T, H, W, 3)."""
+
+    index: int
+    start: float
+    end: float
+    frames: np.ndarray
+
+
+def sample_middle_indices(num_frames_in_clip: int, n: int) -> np.ndarray:
+    """The official test-time "middle" sampling of ``n`` frames from ``num_frames_in_clip``.
+
+    Split [0, vlen) into min(n, vlen) intervals with integer boundaries from
+    ``linspace(0, vlen, k + 1)``, take frame ``(b_i + b_{i+1} - 1) // 2`` of each,
+    and pad with the last index when the clip has fewer than ``n`` frames.
+
+    >>> sample_middle_indices(100, 8).tolist()
+    [5, 18, 30, 43, 55, 68, 80, 93]
+    >>> sample_middle_indices(3, 8).tolist()
+    [0, 1, 2, 2, 2, 2, 2, 2]
+    """
+    if num_frames_in_clip < 1 or n < 1:
+        raise ValueError(f"need at least one frame and one sample, got vlen={num_frames_in_clip}, n={n}")
+    intervals = min(n, num_frames_in_clip)
+    bounds = np.linspace(0, num_frames_in_clip, intervals + 1).astype(int)
+    picked = (bounds[:-1] + bounds[1:] - 1) // 2
+    if intervals < n:
+        picked = np.concatenate([picked, np.full(n - intervals, picked[-1])])
+    return picked.astype(np.int64)
+
+
+def plan_windows(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """Clip windows (start, end) in seconds covering [0, duration].
+
+    A video no longer than ``window`` is one clip. A longer one gets windows of
+    ``window`` seconds every ``stride`` seconds; when they do not reach the end, one
+    more window ends exactly at ``duration``, so every second is covered and every
+    window has the same length.
+
+    >>> plan_windows(4.0, 10.0, 5.0)
+    [(0.0, 4.0)]
+    >>> plan_windows(20.0, 10.0, 5.0)
+    [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
+    """
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration}")
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+    if duration <= window + _EPS:
+        return [(0.0, round(duration, 6))]
+    windows = []
+    k = 0
+    while k * stride + window <= duration + _EPS:
+        windows.append((round(k * stride, 6), round(k * stride + window, 6)))
+        k += 1
+    if windows[-1][1] < duration - _EPS:
+        windows.append((round(duration - window, 6), round(duration, 6)))
+    return windows
+
+
+def plan_clips(info: VideoInfo, options: DecodeOptions) -> list[ClipSpan]:
+    """Windows of ``info`` (limited to ``max_seconds``) with their sampled frame indices.
+
+    Like the official ``trimmed30`` loader, a video longer than ``max_seconds`` is
+    treated as its first ``int(max_seconds * fps)`` frames.
+
+    >>> info = VideoInfo(25.0, 1000, 40.0, 64, 48, "h264", "decord")
+    >>> [(s.start, s.end, s.frames[:2]) for s in plan_clips(info, DecodeOptions(window=math.inf, max_seconds=30))]
+    [(0.0, 30.0, (46, 139))]
+    """
+    vlen = info.num_frames
+    if options.max_seconds is not None and info.duration > options.max_seconds:
+        vlen = max(1, int(options.max_seconds * info.fps))
+    duration = vlen / info.fps
+    spans = []
+    for index, (start, end) in enumerate(plan_windows(duration, options.window, options.stride)):
+        first = min(int(start * info.fps + _EPS), vlen - 1)
+        stop = vlen if end >= duration - _EPS else min(vlen, int(end * info.fps + _EPS))
+        stop = max(stop, first + 1)
+        frames = first + sample_middle_indices(stop - first, options.num_frames)
+        spans.append(ClipSpan(index, start, end, tuple(int(i) for i in frames)))
+    return spans
+
+
+def _one_line(error: BaseException) -> str:
+    # FFmpeg errors carry "[Errno N] message: 'path'"; the message alone reads better.
+    text = getattr(error, "strerror", None) or str(error)
+    text = " ".join(str(text).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@dataclass(frozen=True)
+class _Header:
+    width: int
+    height: int
+    codec: str
+    declared_duration: float | None  # what the container says the video stream lasts
+
+
+def _parse_hms(text: str) -> float | None:
+    try:
+        hours, minutes, seconds = text.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def _read_header(path: str) -> _Header:
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as error:
+        raise DecodeFailure(f"cannot read the container ({_one_line(error)}); the file is truncated, "
+                            "corrupt or not a video") from None
+    with container:
+        stream = container.streams.best("video")
+        if stream is None:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            raise DecodeFailure(f"no video stream in the container (it holds {', '.join(kinds)})")
+        context = stream.codec_context
+        declared = None
+        if stream.duration and stream.time_base:
+            declared = float(stream.duration * stream.time_base)
+        elif "DURATION" in stream.metadata:
+            declared = _parse_hms(stream.metadata["DURATION"])
+        elif len(container.streams) == 1 and container.duration:
+            declared = container.duration / 1_000_000
+        return _Header(int(context.width or 0), int(context.height or 0), context.name or "?", declared)
+
+
+class _DecordReader:
+    name = "decord"
+
+    def __init__(self, path: str, threads: int):
+        try:
+            import decord
+
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
+            self.num_frames = len(self._reader)
+            self.fps = float(self._reader.get_avg_fps())
+        except Exception as error:  # decord raises its own DECORDError and RuntimeError
+            raise _BackendError(f"decord cannot open it: {_one_line(error)}") from None
+
+    def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
+        # Overlapping windows interleave their frames; asking decord for each window in
+        # turn would seek backwards and decode every frame twice. Fetch the union of all
+        # indices in ascending chunks instead, and hand out windows as they complete.
+        needed = sorted({i for span in spans for i in span.frames})
+        chunk = int(max(1, min(32, _CHUNK_BYTES // max(1, frame_bytes))))
+        kept: dict[int, np.ndarray] = {}
+        pending = list(spans)
+        for first in range(0, len(needed), chunk):
+            indices = needed[first:first + chunk]
+            try:
+                batch = self._reader.get_batch(indices).asnumpy()
+            except Exception as error:
+                raise _BackendError(f"decord failed at frames {indices[0]}-{indices[-1]}: {_one_line(error)}") from None
+            kept.update(zip(indices, batch))
+            while pending and max(pending[0].frames) <= indices[-1]:
+                span = pending.pop(0)
+                yield np.stack([kept[i] for i in span.frames])
+                lowest = min(pending[0].frames) if pending else indices[-1] + 1
+                for index in [i for i in kept if i < lowest]:
+                    del kept[index]
+
+    def close(self) -> None:
+        self._reader = None
+
+
+class _PyAVReader:
+    """Sequential PyAV decoding: slower than decord's seeking but tolerant of odd files."""
+
+    name = "pyav"
+
+    def __init__(self, path: str, threads: int):
+        import av
+
+        self._path = path
+        self._threads = threads
+        try:
+            with av.open(path, metadata_errors="ignore") as container:
+                stream = container.streams.best("video")
+                rate = stream.average_rate or stream.guessed_rate
+                self.fps = float(rate) if rate else 0.0
+                self.num_frames = int(stream.frames or 0)
+                if self.num_frames <= 0:  # e.g. WebM: count packets, which costs I/O but no decoding
+                    self.num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.error.FFmpegError as error:
+            raise _BackendError(f"PyAV cannot open it: {_one_line(error)}") from None
+
+    def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
+        import av
+
+        needed = {i for span in spans for i in span.frames}
+        kept: dict[int, np.ndarray] = {}
+        pending = list(spans)
+        position = 0
+        last_frame = None
+        with av.open(self._path, metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self._threads
+            try:
+                for last_frame in container.decode(stream):
+                    if position in needed:
+                        kept[position] = last_frame.to_ndarray(format="rgb24")
+                    position += 1
+                    while pending and max(pending[0].frames) < position:
+                        span = pending.pop(0)
+                        yield np.stack([kept[i] for i in span.frames])
+                        lowest = min(pending[0].frames) if pending else position
+                        for index in [i for i in kept if i < lowest]:
+                            del kept[index]
+                    if not pending:
+                        return
+            except av.error.FFmpegError as error:
+                raise DecodeFailure(f"decoding failed at frame {position} of {self.num_frames} "
+                                    f"({_one_line(error)}); the file is truncated or corrupt") from None
+        # The container promised more frames than it holds. A few missing frames at the
+        # end (a common counting slip) are replaced by the last one; more is truncation.
+        if last_frame is None or position < 0.9 * self.num_frames:
+            raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
+                                "the file is truncated or corrupt")
+        final = last_frame.to_ndarray(format="rgb24")
+        for span in pending:
+            yield np.stack([kept.get(i, final) for i in span.frames])
+
+    def close(self) -> None:
+        pass
+
+
+_READERS = {"decord": _DecordReader, "pyav": _PyAVReader}
+
+
+def _info_from(reader, header: _Header) -> VideoInfo:
+    if reader.num_frames < 1:
+        raise _BackendError(f"{reader.name} finds no frames")
+    if not (reader.fps > 0 and math.isfinite(reader.fps)):
+        raise _BackendError(f"{reader.name} cannot tell the frame rate")
+    readable = reader.num_frames / reader.fps
+    if header.declared_duration and header.declared_duration > 1.1 * readable + 1.0:
+        raise DecodeFailure(f"truncated: the video stream declares {header.declared_duration:.1f} s but only "
+                            f"{readable:.1f} s ({reader.num_frames} frames) can be read; re-download or "
+                            "re-encode it")
+    return VideoInfo(reader.fps, reader.num_frames, readable, header.width, header.height, header.codec, reader.name)
+
+
+def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Clip]:
+    """Yield a :class:`DecodeStart`, then one :class:`Clip` per planned window.
+
+    With ``backend="auto"`` a file decord cannot read is decoded with PyAV; if decord
+    fails midway, a new DecodeStart announces the restart. Raises
+    :class:`DecodeFailure` when no backend can decode the file.
+
+    >>> import os, tempfile
+    >>> empty = os.path.join(tempfile.mkdtemp(), "empty.webm"); open(empty, "wb").close()
+    >>> next(iter_decode(empty, DecodeOptions()))
+    Traceback (most recent call last):
+    ...
+    index.decode.DecodeFailure: empty file (0 bytes)
+    """
+    options.check()
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        raise DecodeFailure(f"cannot read the file ({error.strerror})") from None
+    if size == 0:
+        raise DecodeFailure("empty file (0 bytes)")
+    header = _read_header(path)
+    if header.width * header.height > options.max_pixels:
+        raise DecodeFailure(f"resolution {header.width}x{header.height} is above max_pixels={options.max_pixels:,}; "
+                            "pass a larger max_pixels to index it")
+    backends = ["decord", "pyav"] if options.backend == "auto" else [options.backend]
+    failure: DecodeFailure | None = None
+    for name in backends:
+        reader = None
+        try:
+            reader = _READERS[name](path, options.threads)
+            info = _info_from(reader, header)
+            spans = plan_clips(info, options)
+            yield DecodeStart(info, spans)
+            for span, frames in zip(spans, reader.read(spans, 3 * header.width * header.height)):
+                yield Clip(span.index, span.start, span.end, frames)
+            return
+        except DecodeFailure as error:
+            failure = error
+        finally:
+            if reader is not None:
+                reader.close()
+    raise failure
+
+
+def _as_vmm_error(path: str, error: DecodeFailure):
+    from vmm.errors import VmmError
+
+    return VmmError(f"{path}: {error}")
+
+
+def probe_video(path: str, *, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
+    """Probe a video without decoding its clips; raises VmmError for anything unreadable.
+
+    >>> import tempfile, os
+    >>> empty = os.path.join(tempfile.mkdtemp(), "empty.mp4"); open(empty, "wb").close()
+    >>> probe_video(empty)
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: ...empty.mp4: empty file (0 bytes)
+    """
+    options = DecodeOptions(backend=backend, max_pixels=max_pixels, window=math.inf)
+    events = iter_decode(path, options)
+    try:
+        start = next(events)
+    except DecodeFailure as error:
+        raise _as_vmm_error(path, error) from None
+    finally:
+        events.close()
+    return start.info
+
+
+def decode_video(path: str, options: DecodeOptions | None = None, **overrides) -> tuple[VideoInfo, list[Clip]]:
+    """Decode every clip of one video in this process (no timeout; for small files and tests).
+
+    Keyword arguments override fields of ``options``.
+
+    >>> import av, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "gray.mp4")
+    >>> with av.open(path, "w") as out:
+    ...     stream = out.add_stream("libx264", rate=10)
+    ...     stream.width, stream.height = 32, 32
+    ...     for _ in range(30):
+    ...         out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8))))
+    ...     out.mux(stream.encode())
+    >>> info, clips = decode_video(path, window=2.0, stride=1.0)
+    >>> info.num_frames, [(c.start, c.end) for c in clips], clips[0].frames.shape
+    (30, [(0.0, 2.0), (1.0, 3.0)], (8, 32, 32, 3))
+    """
+    options = options or DecodeOptions()
+    if overrides:
+        options = DecodeOptions(**{**options.__dict__, **overrides})
+    info, clips = None, []
+    try:
+        for event in iter_decode(path, options):
+            if isinstance(event, DecodeStart):
+                info, clips = event.info, []
+            else:
+                clips.append(event)
+    except DecodeFailure as error:
+        raise _as_vmm_error(path, error) from None
+    return info, clips

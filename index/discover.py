@@ -1,0 +1,218 @@
+"""Find video files under the paths a user gives, and fingerprint their content.
+
+A file is a video candidate when its extension is a video extension or its first
+bytes are a video container's signature (so ``holiday.bin`` holding an MP4 is found).
+A file with a video extension whose bytes are clearly not a video (empty, or text)
+is returned with a ``problem`` so the library records it as failed instead of
+handing it to a decoder. Hidden files and folders (``.name``) are skipped.
+
+>>> import os, tempfile
+>>> root = tempfile.mkdtemp()
+>>> with open(os.path.join(root, "notes.mp4"), "w") as f:
+...     _ = f.write("not a video")
+>>> found = discover([root])
+>>> [(os.path.basename(c.path), c.problem) for c in found.candidates]
+[('notes.mp4', 'not a video: the file holds text')]
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .qt .mkv .webm .avi .wmv .asf .flv .f4v .mpg .mpeg .mpe .m1v .m2v .ts .mts "
+    ".m2ts .3gp .3g2 .ogv .vob .mxf .rm .rmvb .y4m .divx .dv .h264 .264 .hevc .265".split()
+)
+# Containers that also hold audio or still images: found by extension only, never by sniffing.
+NOT_VIDEO_EXTENSIONS = frozenset(
+    ".m4a .m4b .m4p .m4r .mka .mp3 .aac .wav .flac .oga .ogg .opus .wma .heic .heif .avif .jpg .jpeg "
+    ".png .gif .webp .mid .mpc".split()
+)
+_NON_VIDEO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
+_HEAD_BYTES = 4096
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file that should end up in the library (as clips, or as a recorded failure)."""
+
+    path: str  # absolute path as stored in the library
+    size: int
+    mtime_ns: int
+    container: str | None  # sniffed container family ("mp4", "matroska", ...) or None
+    problem: str | None = None  # why it cannot be a video, when that is clear without decoding
+
+
+@dataclass
+class Discovery:
+    """Result of :func:`discover`: candidates in path order and folders that could not be read."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def sniff_container(head: bytes) -> str | None:
+    """Name the container family from a file's first bytes, or None when unknown.
+
+    >>> sniff_container(b"\\x00\\x00\\x00\\x20ftypisom" + bytes(20))
+    'mp4'
+    >>> sniff_container(b"hello world") is None
+    True
+    """
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return "mp4-audio-or-image" if head[8:12] in _NON_VIDEO_BRANDS else "mp4"
+    if len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
+        return "quicktime"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] in (b"AVI ", b"AVIX"):
+        return "avi"
+    if head.startswith(b"FLV\x01"):
+        return "flv"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "asf"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg-ps"
+    if head.startswith(b"\x00\x00\x01\xb3"):
+        return "mpeg-video"
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
+        return "mpeg-ts"
+    if len(head) > 388 and head[4] == head[196] == head[388] == 0x47:
+        return "mpeg-ts"  # M2TS: a 4-byte timestamp before each 188-byte packet
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b".RMF"):
+        return "realmedia"
+    if head.startswith(b"\x06\x0e\x2b\x34"):
+        return "mxf"
+    if head.startswith(b"YUV4MPEG2"):
+        return "y4m"
+    if head.startswith(b"\x00\x00\x00\x01\x67") or head.startswith(b"\x00\x00\x01\x67"):
+        return "h264-annexb"
+    return None
+
+
+# Sniffed without a video extension: only signatures that are (nearly) always video.
+_SNIFF_ACCEPTS = {"mp4", "quicktime", "matroska", "avi", "flv", "asf", "mpeg-ps", "mpeg-ts", "mxf", "y4m"}
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # A multi-byte character cut at the end of the sample is still text.
+        if error.start < len(head) - 4:
+            return False
+    return True
+
+
+def classify_file(path: str, explicit: bool = False) -> Candidate | None:
+    """Decide whether ``path`` is a video candidate; None means "not a video, ignore".
+
+    ``explicit`` files (named on the command line) are always returned, with a
+    ``problem`` when they are clearly not videos.
+    """
+    st = os.stat(path)
+    ext = os.path.splitext(path)[1].lower()
+    by_extension = ext in VIDEO_EXTENSIONS
+    if st.st_size == 0:
+        if by_extension or explicit:
+            return Candidate(path, 0, st.st_mtime_ns, None, "empty file (0 bytes)")
+        return None
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    container = sniff_container(head)
+    if container == "mp4-audio-or-image":
+        problem = "not a video: MP4 container of audio or a still image (ftyp brand %r)" % head[8:12].decode("latin-1")
+        return Candidate(path, st.st_size, st.st_mtime_ns, None, problem) if by_extension or explicit else None
+    if by_extension:
+        problem = "not a video: the file holds text" if container is None and _looks_like_text(head) else None
+        return Candidate(path, st.st_size, st.st_mtime_ns, container, problem)
+    if container in _SNIFF_ACCEPTS and (explicit or ext not in NOT_VIDEO_EXTENSIONS):
+        return Candidate(path, st.st_size, st.st_mtime_ns, container)  # the decoder has the last word
+    if explicit:
+        kind = "text" if _looks_like_text(head) else "unrecognised content"
+        return Candidate(path, st.st_size, st.st_mtime_ns, container, f"not a video: {kind} and no video extension")
+    return None
+
+
+def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
+    """Walk ``paths`` (files or folders, recursively) and return video candidates.
+
+    Raises :class:`vmm.errors.VmmError` for a path that does not exist. Folders
+    listed in ``exclude`` (for example the library itself) are not entered.
+    """
+    from vmm.errors import VmmError
+
+    excluded = {os.path.abspath(p) for p in exclude}
+    found: dict[str, Candidate] = {}
+    result = Discovery()
+    for given in paths:
+        root = os.path.abspath(os.fspath(given))
+        if not os.path.exists(root):
+            raise VmmError(f"{given}: no such file or folder; check the path")
+        if os.path.isfile(root):
+            _add(found, result, root, explicit=True)
+            continue
+        if not os.path.isdir(root):
+            raise VmmError(f"{given}: not a regular file or folder; pass video files or folders")
+
+        def on_error(error: OSError) -> None:
+            result.unreadable.append((error.filename or root, error.strerror or str(error)))
+
+        for folder, subfolders, files in os.walk(root, onerror=on_error):
+            subfolders[:] = sorted(
+                d for d in subfolders if not d.startswith(".") and os.path.join(folder, d) not in excluded
+            )
+            for name in sorted(files):
+                if not name.startswith("."):
+                    _add(found, result, os.path.join(folder, name), explicit=False)
+    result.candidates = [found[p] for p in sorted(found)]
+    return result
+
+
+def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bool) -> None:
+    if path in found:
+        return
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name: the catalog stores UTF-8 text
+        result.unreadable.append((path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                  "file name is not valid UTF-8; rename the file"))
+        return
+    try:
+        candidate = classify_file(path, explicit=explicit)
+    except OSError as error:
+        result.unreadable.append((path, error.strerror or str(error)))
+        return
+    if candidate is not None:
+        found[path] = candidate
+
+
+def fingerprint_file(path: str) -> str:
+    """Content fingerprint: blake2b-128 of the size and the first, middle and last MiB.
+
+    Files up to 3 MiB are hashed whole. Renames keep the fingerprint; any edit that
+    changes the size or those bytes changes it.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> len(fingerprint_file(f.name))
+    32
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(size.to_bytes(8, "little"))
+        if size <= 3 * _CHUNK:
+            digest.update(f.read())
+        else:
+            for offset in (0, size // 2 - _CHUNK // 2, size - _CHUNK):
+                f.seek(offset)
+                digest.update(f.read(_CHUNK))
+    return digest.hexdigest()

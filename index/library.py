@@ -1,0 +1,671 @@
+"""Build and update a video library: discover, decode, embed, commit, refresh the FAISS file.
+
+On-disk layout of a library folder::
+
+    manifest.json              the manifest, human-readable copy (the catalog holds the master)
+    catalog.sqlite (+ -wal)    files, clips with their float32 vectors, tombstones, manifest
+    index-state.json           {"generation": G, "file": "vectors.g...faiss", "factory": ...}
+    vectors.g000000000042.<random>.faiss   FAISS index of all clips as of generation G
+    lock                       held (flock) by the one process writing the library
+
+Crash safety: the catalog is the only source of truth. A file's row and all its clip
+vectors go in with one SQLite transaction (WAL, synchronous=FULL), together with the
+deletion of that file's previous clips, so after a SIGKILL every file is either
+entirely in the library (old or new version) or not at all, and a re-run redoes
+exactly the files that are missing or stale. The FAISS file is a cache: it is written
+under a new name (temp file, fsync, rename), then ``index-state.json`` is replaced
+the same way to point at it. Whatever moment a crash hits, the state names a
+complete index of a committed generation, and the catalog's generation numbers tell
+which clips to add and which to remove to bring it up to date (readers do this in
+memory, writers on disk). No step can duplicate a vector or lose one.
+
+>>> import tempfile
+>>> from index.encoder import ColorHistogramEncoder
+>>> folder = tempfile.mkdtemp()           # an empty folder: nothing to index
+>>> summary = build_library([folder], folder + "/lib", ColorHistogramEncoder(), progress=False)
+>>> summary.line().startswith("indexed 0 files (0 clips), 0 unchanged, 0 failed, 0 removed in ")
+True
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
+from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
+from index.discover import Candidate, discover, fingerprint_file
+from index.pool import DecodePool
+from index.progress import IngestProgress, ProgressUpdate
+from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, resolve_factory
+from vmm.errors import VmmError
+
+CATALOG_FILE = "catalog.sqlite"
+MANIFEST_FILE = "manifest.json"
+STATE_FILE = "index-state.json"
+LOCK_FILE = "lock"
+
+
+# -- summary ---------------------------------------------------------------------------------
+@dataclass
+class IngestSummary:
+    """What one :func:`build_library` run did; ``line()`` is the final summary line."""
+
+    library: str
+    indexed: int = 0  # files embedded by this run
+    unchanged: int = 0  # files already in the library with the same content
+    failed: int = 0  # files that failed in this run (recorded with their error)
+    removed: int = 0  # files gone from disk whose clips were dropped
+    moved: int = 0  # files found under a new path with the same content (vectors kept)
+    skipped_failed: int = 0  # files that failed before and were not retried
+    clips: int = 0  # clips embedded by this run
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of this run's failures
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # folders/files that could not be listed
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        text = (f"indexed {self.indexed} files ({self.clips} clips), {self.unchanged} unchanged, "
+                f"{self.failed} failed, {self.removed} removed")
+        if self.moved:
+            text += f", {self.moved} moved"
+        text += f" in {self.seconds:.1f} s"
+        if self.clips:
+            text += f" ({self.clips_per_second:.1f} clips/s)"
+        if self.skipped_failed:
+            text += f"; {self.skipped_failed} earlier failures skipped (retry_failed=True retries them)"
+        return text
+
+
+# -- opening a library for writing ------------------------------------------------------------
+class _Lock:
+    """An exclusive flock on the library's lock file; the kernel drops it if the process dies."""
+
+    def __init__(self, library: str):
+        path = os.path.join(library, LOCK_FILE)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise VmmError(f"cannot write to library folder {library} ({error.strerror}); "
+                           "choose a folder you can write to") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise VmmError(f"library {library} is being written by {holder}; wait for it to finish") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()}".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing drops the flock
+
+
+def _prepare_folder(library: str) -> None:
+    if os.path.exists(library) and not os.path.isdir(library):
+        raise VmmError(f"library path {library} exists and is not a folder; choose another library folder")
+    try:
+        os.makedirs(library, exist_ok=True)
+    except OSError as error:
+        raise VmmError(f"cannot create library folder {library} ({error.strerror}); "
+                       "choose a folder you can write to") from None
+    if not os.access(library, os.W_OK | os.X_OK):
+        raise VmmError(f"library folder {library} is not writable; choose a folder you can write to")
+
+
+def _open_catalog(library: str, *, read_only: bool) -> Catalog:
+    path = os.path.join(library, CATALOG_FILE)
+    if not os.path.isfile(path):
+        raise VmmError(f"no vmm library at {library} (no {CATALOG_FILE}); build one with "
+                       f"build_library / `vmm index PATH --library {library}`")
+    try:
+        return Catalog.open(path, read_only=read_only)
+    except sqlite3.DatabaseError as error:
+        raise VmmError(f"{path} is damaged or not a vmm catalog ({error}); rebuild the library "
+                       "into a new folder") from None
+
+
+class LibraryWriter:
+    """A library opened for writing: the folder lock plus the catalog (use as a context manager)."""
+
+    def __init__(self, library: str, catalog: Catalog, lock: _Lock):
+        self.library = library
+        self.catalog = catalog
+        self._lock = lock
+
+    @classmethod
+    def open(cls, library_dir: str, wanted: LibraryManifest | None = None, *,
+             explicit: tuple[str, ...] = ()) -> "LibraryWriter":
+        """Lock and open ``library_dir``, creating it for ``wanted`` if it is new.
+
+        An existing library whose model differs from ``wanted`` is refused; so is a
+        clip setting named in ``explicit`` ("window", "stride", "max_seconds") that
+        differs from the library's.
+        """
+        library = os.path.abspath(os.fspath(library_dir))
+        _prepare_folder(library)
+        lock = _Lock(library)
+        try:
+            path = os.path.join(library, CATALOG_FILE)
+            if not os.path.exists(path):
+                if wanted is None:
+                    raise VmmError(f"no vmm library at {library} (no {CATALOG_FILE})")
+                leftovers = {name for name in os.listdir(library)
+                             if name not in (LOCK_FILE, MANIFEST_FILE) and not name.startswith(CATALOG_FILE + ".new")}
+                if leftovers:
+                    raise VmmError(f"{library} is not empty and holds no vmm library (no {CATALOG_FILE}); "
+                                   "choose an empty or new folder for the library")
+                for stale in glob.glob(path + "-*"):  # a -wal/-shm without its database
+                    os.remove(stale)
+                _check_clip_settings(wanted)
+                catalog = Catalog.create(path, wanted)
+            else:
+                catalog = _open_catalog(library, read_only=False)
+                _check_manifest(library, catalog.manifest(), wanted, explicit)
+            writer = cls(library, catalog, lock)
+            writer._write_manifest_copy()
+            return writer
+        except sqlite3.OperationalError as error:
+            lock.release()
+            raise VmmError(f"cannot write the library catalog in {library} ({error}); "
+                           "choose a folder you can write to") from None
+        except BaseException:
+            lock.release()
+            raise
+
+    @property
+    def manifest(self) -> LibraryManifest:
+        return self.catalog.manifest()
+
+    def _write_manifest_copy(self) -> None:
+        path = os.path.join(self.library, MANIFEST_FILE)
+        text = self.catalog.manifest().to_json()
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    return
+        except OSError:
+            pass
+        atomic_write_bytes(path, text.encode())
+
+    def close(self) -> None:
+        self.catalog.close()
+        self._lock.release()
+
+    def __enter__(self) -> "LibraryWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_manifest(library: str, have: LibraryManifest, wanted: LibraryManifest | None,
+                    explicit: tuple[str, ...]) -> None:
+    if wanted is None:
+        return
+    problem = have.model_mismatch(wanted)
+    if problem:
+        raise VmmError(
+            f"library {library} was built with model {have.model_name} (weights {have.weights_hash}, dim {have.dim}) "
+            f"but this run uses {wanted.model_name} (weights {wanted.weights_hash}, dim {wanted.dim}): {problem}; "
+            "use the library's model or index into a new library folder")
+    for name in explicit:
+        if getattr(have, name) != getattr(wanted, name):
+            raise VmmError(f"library {library} uses {name}={getattr(have, name)} but {name}={getattr(wanted, name)} "
+                           "was asked for; drop the option to use the library's value or index into a new folder")
+
+
+# -- the FAISS cache ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexState:
+    """Contents of index-state.json: which FAISS file reflects which catalog generation."""
+
+    generation: int
+    file: str
+    factory: str  # resolved factory string of that file
+    factory_setting: str  # what the library asks for ("auto" or a factory string)
+    count: int
+    dim: int
+
+
+def read_state(library: str) -> IndexState | None:
+    try:
+        with open(os.path.join(library, STATE_FILE)) as f:
+            return IndexState(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: LibraryWriter | None = None) -> IndexState:
+    """Bring the library's FAISS file up to date with its catalog (writers only; takes the lock).
+
+    ``build_library`` and ``remove_paths`` end with this; call it yourself after an
+    interrupted run if you want the file refreshed before the next run.
+
+    >>> import tempfile
+    >>> from index.encoder import ColorHistogramEncoder
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
+    >>> state = sync_index(folder + "/lib")
+    >>> state.factory, state.count
+    ('IDMap2,Flat', 0)
+    """
+    writer = _writer or LibraryWriter.open(library_dir)
+    try:
+        return _sync(writer, flat_max)
+    finally:
+        if _writer is None:
+            writer.close()
+
+
+def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
+    library, catalog = writer.library, writer.catalog
+    setting = catalog.setting("index_factory", "auto")
+    state = read_state(library)
+    with catalog.snapshot():
+        generation = catalog.generation()
+        count = catalog.clip_count()
+        dim = catalog.manifest().dim
+        if (state is not None and state.generation == generation and state.factory_setting == setting
+                and os.path.isfile(os.path.join(library, state.file))):
+            return state
+        wanted = resolve_factory(setting, count, flat_max=flat_max)
+        if "IVF" in wanted and count < _ivf_lists(wanted):
+            wanted = "IDMap2,Flat"  # too few vectors to train the IVF the library asks for, yet
+        store = None
+        if state is not None and state.factory == wanted and os.path.isfile(os.path.join(library, state.file)):
+            store = _apply_changes(VectorStore.load(os.path.join(library, state.file), state.factory, mmap=False),
+                                   catalog, state.generation)
+        if store is None or store.ntotal != count:
+            store = _rebuild(catalog, wanted, count, dim)
+    # A fresh name every time: a file that a state ever named is never rewritten.
+    name = f"vectors.g{generation:012d}.{os.urandom(4).hex()}.faiss"
+    store.save(os.path.join(library, name))
+    new_state = IndexState(generation, name, wanted, setting, count, dim)
+    atomic_write_bytes(os.path.join(library, STATE_FILE), (json.dumps(asdict(new_state), indent=2) + "\n").encode())
+    for old in glob.glob(os.path.join(library, "vectors.g*.faiss*")):
+        if os.path.basename(old) != name:
+            os.remove(old)
+    catalog.prune_tombstones(generation)
+    return new_state
+
+
+def _ivf_lists(factory: str) -> int:
+    part = next(p for p in factory.split(",") if p.startswith("IVF"))
+    return int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
+
+
+def _apply_changes(store: VectorStore, catalog: Catalog, since: int) -> VectorStore | None:
+    if not store.remove(catalog.tombstones_newer_than(since)):
+        return None  # HNSW cannot remove: rebuild
+    for ids, vectors in catalog.iter_vectors(newer_than=since):
+        store.add(vectors, ids)
+    return store
+
+
+def _rebuild(catalog: Catalog, factory: str, count: int, dim: int) -> VectorStore:
+    store = VectorStore.create(dim, factory)
+    if not store.index.is_trained:
+        # A fixed-seed sample of the library's own vectors, drawn chunk by chunk.
+        limit = 64 * _ivf_lists(factory)
+        keep = min(1.0, limit / max(count, 1))
+        rng = np.random.default_rng(0)
+        sample = [vectors[rng.random(len(vectors)) < keep] for _, vectors in catalog.iter_vectors()]
+        store.train(np.concatenate(sample) if sample else np.zeros((0, dim), np.float32))
+    for ids, vectors in catalog.iter_vectors():
+        store.add(vectors, ids)
+    return store
+
+
+# -- planning a run -------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    todo: list[Candidate] = field(default_factory=list)
+    problems: list[FileResult] = field(default_factory=list)
+    remove: list[FileRecord] = field(default_factory=list)
+    rename: list[tuple[int, str, int, int]] = field(default_factory=list)
+    touch: list[tuple[int, int, int]] = field(default_factory=list)
+    unchanged: int = 0
+    skipped_failed: int = 0
+
+
+def _safe_fingerprint(path: str) -> str:
+    try:
+        return fingerprint_file(path)
+    except OSError:
+        return ""
+
+
+def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_failed: bool) -> _Plan:
+    plan = _Plan()
+    known = {row.path: row for row in catalog.files(under=roots)}
+    fresh: list[Candidate] = []
+    for candidate in found:
+        row = known.pop(candidate.path, None)
+        if row is None:
+            fresh.append(candidate)
+            continue
+        retry = row.status == "failed" and retry_failed
+        if (row.size, row.mtime_ns) != (candidate.size, candidate.mtime_ns):
+            if _safe_fingerprint(candidate.path) != row.fingerprint:
+                _schedule(plan, candidate)
+                continue
+            plan.touch.append((row.id, candidate.size, candidate.mtime_ns))  # touched, same content
+        if retry:
+            _schedule(plan, candidate)
+        elif row.status == "ok":
+            plan.unchanged += 1
+        else:
+            plan.skipped_failed += 1
+    # What is left in `known` vanished from disk; a fresh file with its content is a move.
+    missing_by_size: dict[int, list[FileRecord]] = defaultdict(list)
+    for row in known.values():
+        if row.status == "ok":
+            missing_by_size[row.size].append(row)
+    for candidate in fresh:
+        rows = missing_by_size.get(candidate.size)
+        if rows and candidate.problem is None:
+            fingerprint = _safe_fingerprint(candidate.path)
+            match = next((row for row in rows if row.fingerprint == fingerprint), None)
+            if match is not None:
+                rows.remove(match)
+                del known[match.path]
+                plan.rename.append((match.id, candidate.path, candidate.size, candidate.mtime_ns))
+                continue
+        _schedule(plan, candidate)
+    plan.remove = sorted(known.values(), key=lambda row: row.path)
+    return plan
+
+
+def _schedule(plan: _Plan, candidate: Candidate) -> None:
+    if candidate.problem is None:
+        plan.todo.append(candidate)
+    else:
+        plan.problems.append(FileResult(candidate.path, candidate.size, candidate.mtime_ns,
+                                        _safe_fingerprint(candidate.path), "failed", candidate.problem))
+
+
+# -- the ingestion pipeline -------------------------------------------------------------------------
+@dataclass
+class _FileState:
+    candidate: Candidate
+    attempt: int = 0
+    fingerprint: str = ""
+    info: object = None
+    spans: list = field(default_factory=list)
+    vectors: dict = field(default_factory=dict)  # clip index -> vector
+    decoded: bool = False
+    finished: bool = False
+
+
+class _Pipeline:
+    """Consumes decoder events, embeds clips in batches, commits finished files in batches."""
+
+    def __init__(self, catalog: Catalog, encoder, summary: IngestSummary, progress: IngestProgress,
+                 batch_size: int, commit_seconds: float):
+        self.catalog = catalog
+        self.encoder = encoder
+        self.summary = summary
+        self.progress = progress
+        self.batch_size = batch_size
+        self.commit_seconds = commit_seconds
+        self.states: dict[int, _FileState] = {}
+        self.batch: list[tuple[int, int, object]] = []  # (key, attempt, Clip)
+        self.finished: list[FileResult] = []
+        self.finished_clips = 0
+        self.last_commit = time.monotonic()
+
+    def run(self, pool: DecodePool, todo: list[Candidate]) -> None:
+        for key, candidate in enumerate(todo):
+            self.states[key] = _FileState(candidate)
+            pool.submit(key, candidate.path)
+        try:
+            while pool.pending() or self.batch:
+                event = pool.get(timeout=0.02 if self.batch else 0.5)
+                if event is None:
+                    if self.batch:  # the decoders are behind: embed what we have
+                        self._encode()
+                else:
+                    self._handle(*event)
+                self._maybe_commit()
+        finally:
+            self._commit()  # files finished before an interruption are complete: keep them
+
+    def _handle(self, kind: str, key: int, payload) -> None:
+        state = self.states[key]
+        if kind == "start":
+            state.fingerprint, start = payload
+            state.attempt += 1
+            state.info, state.spans, state.vectors, state.decoded = start.info, start.spans, {}, False
+        elif kind == "clip":
+            self.batch.append((key, state.attempt, payload))
+            if len(self.batch) >= self.batch_size:
+                self._encode()
+        elif kind == "done":
+            state.decoded = True
+            self._finish_if_complete(key)
+        elif kind == "failed":
+            self._fail(key, payload)
+
+    def _encode(self) -> None:
+        batch, self.batch = self.batch, []
+        live = [(key, attempt, clip) for key, attempt, clip in batch
+                if not self.states[key].finished and self.states[key].attempt == attempt]
+        if not live:
+            return
+        vectors = np.asarray(self.encoder.encode_clips([clip.frames for _, _, clip in live]), dtype=np.float32)
+        dim = self.encoder.dim
+        if vectors.shape != (len(live), dim):
+            raise VmmError(f"encoder {self.encoder.name} returned an array of shape {vectors.shape} for "
+                           f"{len(live)} clips; it must return ({len(live)}, {dim})")
+        norms = np.linalg.norm(vectors, axis=1)
+        touched = set()
+        for (key, _, clip), vector, norm in zip(live, vectors, norms):
+            state = self.states[key]
+            if state.finished:
+                continue
+            if not (np.isfinite(norm) and norm > 0):
+                self._fail(key, f"the encoder returned a {'zero' if norm == 0 else 'non-finite'} vector for the "
+                                f"clip at {clip.start:.1f}-{clip.end:.1f} s")
+                continue
+            state.vectors[clip.index] = vector / norm
+            touched.add(key)
+        self.progress.advance(clips=len(live))
+        for key in touched:
+            self._finish_if_complete(key)
+
+    def _finish_if_complete(self, key: int) -> None:
+        state = self.states[key]
+        if state.finished or not state.decoded or len(state.vectors) < len(state.spans):
+            return
+        state.finished = True
+        c = state.candidate
+        order = sorted(state.vectors)
+        result = FileResult(c.path, c.size, c.mtime_ns, state.fingerprint, "ok", None, state.info,
+                            [(state.spans[i].start, state.spans[i].end) for i in order],
+                            np.stack([state.vectors[i] for i in order]))
+        self.finished.append(result)
+        self.finished_clips += len(order)
+        self.summary.indexed += 1
+        self.summary.clips += len(order)
+        state.vectors = {}
+        self.progress.advance(files=1, path=c.path)
+
+    def _fail(self, key: int, message: str) -> None:
+        state = self.states[key]
+        if state.finished:
+            return
+        state.finished = True
+        state.vectors = {}
+        c = state.candidate
+        self.finished.append(FileResult(c.path, c.size, c.mtime_ns, state.fingerprint or _safe_fingerprint(c.path),
+                                        "failed", message))
+        self.summary.failed += 1
+        self.summary.failures.append((c.path, message))
+        self.progress.advance(files=1, path=c.path)
+
+    def _maybe_commit(self) -> None:
+        if self.finished and (time.monotonic() - self.last_commit >= self.commit_seconds
+                              or self.finished_clips >= 8192):
+            self._commit()
+
+    def _commit(self) -> None:
+        if self.finished:
+            self.catalog.commit(self.finished)
+            self.finished, self.finished_clips = [], 0
+        self.last_commit = time.monotonic()
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def build_library(paths: list[str], library_dir: str, encoder, *, window: float | None = None,
+                  stride: float | None = None, max_seconds: float | None = None, batch_size: int = 16,
+                  workers: int | None = None, timeout: float = 60.0, retry_failed: bool = False,
+                  factory: str | None = None, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                  progress: bool | Callable[[ProgressUpdate], None] = True, commit_seconds: float = 2.0,
+                  flat_max: int = AUTO_FLAT_MAX, worker_hook: str | None = None) -> IngestSummary:
+    """Index the videos under ``paths`` into ``library_dir`` with ``encoder``; incremental and crash-safe.
+
+    ``window``/``stride`` (seconds) cut long videos into overlapping clips
+    (``window=math.inf``: one clip per video); ``max_seconds`` uses only the start
+    of each video (DiDeMo: 30). None takes the library's value (10 s / 5 s / all for a
+    new library). ``workers`` decoder processes (0: decode in this process, no
+    timeout) each get ``timeout`` seconds per decoding step before being killed.
+    ``factory`` sets the FAISS index type ("auto", "Flat", "HNSW32,Flat",
+    "IVF4096,Flat", ...). Files that failed before are skipped unless
+    ``retry_failed``. ``progress`` is True (rich bar), False, or a callback.
+
+    >>> import tempfile
+    >>> from index.encoder import ColorHistogramEncoder
+    >>> folder = tempfile.mkdtemp()
+    >>> build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False).failed
+    0
+    """
+    started = time.monotonic()
+    _check_encoder(encoder)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise VmmError("no paths to index; pass video files or folders")
+    roots = [os.path.abspath(os.fspath(p)) for p in paths]
+    for given, root in zip(paths, roots):
+        if not os.path.exists(root):
+            raise VmmError(f"{given}: no such file or folder; check the path")
+    if batch_size < 1:
+        raise VmmError(f"batch_size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise VmmError(f"workers must be >= 0, got {workers}")
+    if not timeout > 0:
+        raise VmmError(f"timeout must be > 0 seconds, got {timeout}")
+
+    explicit = tuple(name for name, value in (("window", window), ("stride", stride), ("max_seconds", max_seconds))
+                     if value is not None)
+    window_s = DEFAULT_WINDOW if window is None else float(window)
+    stride_s = (min(DEFAULT_STRIDE, window_s) if stride is None else float(stride))
+    wanted = LibraryManifest.for_encoder(encoder, window=window_s, stride=stride_s, max_seconds=max_seconds)
+    for name in explicit:  # the combination is checked when a library is created with it
+        if not getattr(wanted, name) > 0:
+            raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
+    library = os.path.abspath(os.fspath(library_dir))
+    with LibraryWriter.open(library, wanted, explicit=explicit) as writer:
+        try:
+            return _ingest(writer, roots, encoder, started, batch_size=batch_size, workers=workers,
+                           timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
+                           max_pixels=max_pixels, progress=progress, commit_seconds=commit_seconds,
+                           flat_max=flat_max, worker_hook=worker_hook)
+        except sqlite3.OperationalError as error:
+            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space and "
+                           "permissions, then run again (finished files are kept)") from None
+
+
+def _check_encoder(encoder) -> None:
+    missing = [name for name in ("name", "weights_hash", "dim", "num_frames", "encode_clips")
+               if not hasattr(encoder, name)]
+    if missing:
+        raise VmmError(f"{type(encoder).__name__} is not a ClipEncoder (missing {', '.join(missing)}); "
+                       "see index.encoder.ClipEncoder")
+
+
+def _check_clip_settings(manifest: LibraryManifest) -> None:
+    try:
+        DecodeOptions(num_frames=manifest.num_frames, window=manifest.window, stride=manifest.stride,
+                      max_seconds=manifest.max_seconds).check()
+    except ValueError as error:
+        raise VmmError(f"{error}; fix the option") from None
+
+
+def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *, batch_size, workers, timeout,
+            retry_failed, factory, backend, max_pixels, progress, commit_seconds, flat_max,
+            worker_hook) -> IngestSummary:
+    catalog, manifest = writer.catalog, writer.manifest
+    summary = IngestSummary(writer.library)
+    if factory is not None and factory != catalog.setting("index_factory", "auto"):
+        if factory != "auto":
+            VectorStore.create(manifest.dim, factory)  # a bad factory string fails here, before any work
+        catalog.set_setting("index_factory", factory)
+
+    workers = _default_workers() if workers is None else workers
+    options = DecodeOptions(num_frames=manifest.num_frames, window=manifest.window, stride=manifest.stride,
+                            max_seconds=manifest.max_seconds, max_pixels=max_pixels, backend=backend,
+                            threads=max(1, (os.cpu_count() or 2) // max(1, workers)))
+    try:
+        options.check()
+    except ValueError as error:
+        raise VmmError(f"{error}; fix the option") from None
+
+    found = discover(roots, exclude=[writer.library])
+    summary.unreadable = found.unreadable
+    plan = _plan(catalog, found.candidates, roots, retry_failed)
+    summary.unchanged, summary.skipped_failed = plan.unchanged, plan.skipped_failed
+    summary.removed, summary.moved = len(plan.remove), len(plan.rename)
+    summary.failed = len(plan.problems)
+    summary.failures = [(r.path, r.error) for r in plan.problems]
+    if plan.problems or plan.remove or plan.rename or plan.touch:
+        catalog.commit(plan.problems, remove=[row.id for row in plan.remove], rename=plan.rename, touch=plan.touch)
+
+    bar = IngestProgress(progress, len(plan.todo))
+    pipeline = _Pipeline(catalog, encoder, summary, bar, batch_size, commit_seconds)
+    try:
+        with DecodePool(options, workers=workers, timeout=timeout, prefetch=max(8, 2 * batch_size),
+                        worker_hook=worker_hook) as pool:
+            pipeline.run(pool, plan.todo)
+    finally:
+        bar.close()
+    _sync(writer, flat_max)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX) -> int:
+    """Drop files (or everything under folders) from a library; returns how many files were removed.
+
+    The files on disk are not touched.
+
+    >>> import tempfile
+    >>> from index.encoder import ColorHistogramEncoder
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
+    >>> remove_paths(folder + "/lib", [folder + "/old-videos"])
+    0
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    with LibraryWriter.open(library_dir) as writer:
+        rows = writer.catalog.files(under=[os.path.abspath(os.fspath(p)) for p in paths])
+        if rows:
+            writer.catalog.commit(remove=[row.id for row in rows])
+        _sync(writer, flat_max)
+        return len(rows)

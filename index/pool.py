@@ -1,0 +1,396 @@
+"""Decode files in worker processes, with a watchdog that kills a hung decoder.
+
+decord can hang in native code while holding the GIL (a container that
+over-reports its frame count), where no Python-level timeout can interrupt it; only
+killing the process works. So each worker is a separate process (started with
+``python -c``, so it imports the decoders and not the caller's ``__main__``) with its
+own pipes (a killed worker can corrupt nothing shared), and before every decoding step it
+stamps the start time into shared memory. A manager thread in the parent reads the
+pipes into a bounded queue (so decoding runs ahead of encoding) and kills a worker
+whose current step has run longer than ``timeout`` seconds. Time a worker spends
+waiting for the encoder to catch up is not a decoding step, so a slow model never
+triggers the watchdog; a long file is never killed for being long.
+
+A file whose decoder hung or crashed with ``backend="auto"`` is retried once with
+PyAV in a fresh worker; if that fails too it is reported as failed.
+
+Events, in order per file: ``("start", key, (fingerprint, DecodeStart))``, then
+``("clip", key, Clip)`` per clip, then ``("done", key, None)``; or
+``("failed", key, message)`` at any point. A second "start" for a key means the
+decoder restarted: drop that key's earlier clips.
+
+>>> from index.decode import DecodeOptions
+>>> with DecodePool(DecodeOptions(), workers=0) as pool:
+...     pool.pending()
+0
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import importlib
+import json
+import mmap
+import multiprocessing.connection
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from index.decode import DecodeFailure, DecodeOptions, DecodeStart, iter_decode
+from index.discover import fingerprint_file
+
+Event = tuple  # (kind, key, payload)
+
+
+def _resolve_hook(name: str | None) -> Callable[[str, str], None] | None:
+    if not name:
+        return None
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (a SIGKILLed indexer leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+class _Stamp:
+    """Stand-in for the shared start-time value when decoding inline."""
+
+    value = 0.0
+
+
+def _task_events(key: int, path: str, options: DecodeOptions, hook, busy):
+    """Yield the events of one file; ``busy.value`` is the start time of the running step, 0 between steps."""
+    try:
+        busy.value = time.monotonic()
+        if hook is not None:
+            hook(path, options.backend)
+        fingerprint = fingerprint_file(path)
+        for event in iter_decode(path, options):
+            busy.value = 0.0
+            yield ("start", key, (fingerprint, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
+            busy.value = time.monotonic()
+        busy.value = 0.0
+        yield ("done", key, None)
+    except DecodeFailure as error:
+        busy.value = 0.0
+        yield ("failed", key, str(error))
+    except OSError as error:
+        busy.value = 0.0
+        yield ("failed", key, f"cannot read the file ({error.strerror or error})")
+    except Exception as error:  # a decoder bug must cost one file, not the run
+        busy.value = 0.0
+        yield ("failed", key, f"unexpected {type(error).__name__} while decoding: {' '.join(str(error).split())[:200]}")
+
+
+class _SharedStamp:
+    """A float in a shared memory page: the worker writes it, the parent's watchdog reads it."""
+
+    def __init__(self, fd: int):
+        self._map = mmap.mmap(fd, 8)
+
+    @property
+    def value(self) -> float:
+        return struct.unpack_from("d", self._map, 0)[0]
+
+    @value.setter
+    def value(self, stamp: float) -> None:
+        struct.pack_into("d", self._map, 0, stamp)
+
+    def close(self) -> None:
+        self._map.close()
+
+
+def _worker_entry() -> None:
+    """Body of a worker process: ``python -c`` calls it with the pipe fds and settings in argv."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    task_fd, result_fd, stamp_fd = (int(x) for x in sys.argv[2:5])
+    options, hook_name = pickle.loads(bytes.fromhex(sys.argv[5]))
+    tasks = multiprocessing.connection.Connection(task_fd, writable=False)
+    results = multiprocessing.connection.Connection(result_fd, readable=False)
+    busy = _SharedStamp(stamp_fd)
+    hook = _resolve_hook(hook_name)
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        key, path, backend = task
+        try:
+            for event in _task_events(key, path, replace(options, backend=backend), hook, busy):
+                results.send(event)
+        except (BrokenPipeError, EOFError):
+            return
+
+
+# The child gets the parent's sys.path, so whatever the parent can import (an
+# uninstalled checkout, a test helper module for worker_hook) the worker can too.
+_BOOTSTRAP = "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); import index.pool as p; p._worker_entry()"
+
+
+@dataclass
+class _Task:
+    key: int
+    path: str
+    backend: str
+    retried: bool = False
+
+
+class _Worker:
+    """One decoder process, started with ``python -c`` (no re-import of the caller's __main__)."""
+
+    def __init__(self, options: DecodeOptions, hook: str | None, quiet: bool):
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        stamp_file = tempfile.TemporaryFile()
+        stamp_file.write(bytes(8))
+        stamp_file.flush()
+        fds = (task_r, result_w, stamp_file.fileno())
+        settings = pickle.dumps((options, hook)).hex()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), *map(str, fds), settings],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
+        finally:
+            os.close(task_r)
+            os.close(result_w)
+        self.tasks = multiprocessing.connection.Connection(task_w, readable=False)
+        self.results = multiprocessing.connection.Connection(result_r, writable=False)
+        self.busy = _SharedStamp(stamp_file.fileno())
+        stamp_file.close()
+        self.task: _Task | None = None
+        self.done = 0
+
+    def assign(self, task: _Task) -> None:
+        self.task = task
+        self.busy.value = 0.0
+        self.tasks.send((task.key, task.path, task.backend))
+
+    def stop(self, kill: bool) -> None:
+        if not kill:
+            try:
+                self.tasks.send(None)
+            except OSError:
+                kill = True
+        if kill:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.tasks.close()
+        self.results.close()
+        self.busy.close()
+
+
+class DecodePool:
+    """Decode submitted files in ``workers`` processes; ``workers=0`` decodes inline (no timeout).
+
+    ``timeout`` bounds each decoding step (opening a file or decoding one clip);
+    ``prefetch`` bounds how many decoded clips wait for the encoder.
+    ``worker_hook`` ("module:function") is called as ``hook(path, backend)`` inside the
+    worker before decoding: a test and debugging seam.
+    """
+
+    def __init__(self, options: DecodeOptions, *, workers: int = 1, timeout: float = 60.0, prefetch: int = 32,
+                 max_files_per_worker: int = 200, worker_hook: str | None = None,
+                 quiet: bool = True):
+        options.check()
+        self.options = options
+        self.workers = workers
+        self.timeout = timeout
+        self.max_files_per_worker = max_files_per_worker
+        self.worker_hook = worker_hook
+        self.quiet = quiet
+        self._todo: collections.deque[_Task] = collections.deque()
+        self._out: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+        self._unfinished = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._inline = None
+        self._thread = None
+        self._early_deaths = 0
+        self._deferred: list[Event] = []  # failures found while emitting; sent after the current event
+        if workers > 0:
+            self._workers: list[_Worker] = []
+            self._thread = threading.Thread(target=self._manage, name="vmm-decode-pool", daemon=True)
+            self._thread.start()
+
+    # -- consumer side -------------------------------------------------------------------
+    def submit(self, key: int, path: str) -> None:
+        """Queue a file; its events will carry ``key``."""
+        with self._lock:
+            self._todo.append(_Task(key, path, self.options.backend))
+            self._unfinished += 1
+
+    def pending(self) -> int:
+        """Files submitted whose "done"/"failed" event has not been returned by :meth:`get` yet."""
+        with self._lock:
+            return self._unfinished
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """Next event, or None if none arrives within ``timeout`` seconds."""
+        if self.workers == 0:
+            event = self._next_inline()
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            event = None
+            while event is None:
+                if self._error is not None:
+                    raise RuntimeError(f"decoder pool failed: {self._error}") from self._error
+                wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+                try:
+                    event = self._out.get(timeout=wait)
+                except queue.Empty:
+                    continue
+        if event is not None and event[0] in ("done", "failed"):
+            with self._lock:
+                self._unfinished -= 1
+        return event
+
+    def close(self) -> None:
+        """Stop all workers (killing busy ones)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- inline mode -----------------------------------------------------------------------
+    def _next_inline(self) -> Event | None:
+        while True:
+            if self._inline is None:
+                with self._lock:
+                    if not self._todo:
+                        return None
+                    task = self._todo.popleft()
+                self._inline = _task_events(task.key, task.path, replace(self.options, backend=task.backend),
+                                            _resolve_hook(self.worker_hook), _Stamp())
+            try:
+                return next(self._inline)
+            except StopIteration:
+                self._inline = None
+
+    # -- manager thread ------------------------------------------------------------------
+    def _manage(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._dispatch()
+                self._flush_deferred()
+                busy = [w for w in self._workers if w.task is not None]
+                if not busy:
+                    time.sleep(0.02)
+                    continue
+                ready = multiprocessing.connection.wait([w.results for w in busy], timeout=0.1)
+                for worker in busy:
+                    if worker.results in ready and worker in self._workers:
+                        self._receive(worker)
+                self._watch()
+                self._flush_deferred()
+        except BaseException as error:  # surfaced to the consumer by get()
+            self._error = error
+        finally:
+            for worker in self._workers:
+                worker.stop(kill=worker.task is not None)
+            self._workers = []
+
+    def _dispatch(self) -> None:
+        while True:
+            idle = [w for w in self._workers if w.task is None]
+            with self._lock:
+                if not self._todo:
+                    return
+                if not idle and len(self._workers) >= self.workers:
+                    return
+                task = self._todo.popleft()
+            if idle:
+                worker = idle[0]
+            else:
+                worker = _Worker(self.options, self.worker_hook, self.quiet)
+                self._workers.append(worker)
+            try:
+                worker.assign(task)
+            except OSError:  # the worker died before taking its first task
+                self._lost(worker, "the decoder process exited")
+
+    def _flush_deferred(self) -> None:
+        while self._deferred:
+            self._emit(self._deferred.pop(0))
+
+    def _emit(self, event: Event) -> None:
+        while not self._stop.is_set():
+            try:
+                self._out.put(event, timeout=0.1)
+                return
+            except queue.Full:
+                self._watch()  # the consumer is busy; busy workers are still watched
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.results.recv()
+        except (EOFError, OSError):
+            try:
+                code = worker.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
+            self._lost(worker, f"the decoder crashed (worker exit code {code})")
+            return
+        if message[0] in ("done", "failed"):
+            worker.task = None
+            worker.done += 1
+            if worker.done >= self.max_files_per_worker:  # decord leaks memory over many files
+                worker.stop(kill=False)
+                self._workers.remove(worker)
+        self._emit(message)
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            started = worker.busy.value
+            if worker.task is not None and started > 0 and now - started > self.timeout:
+                self._lost(worker, f"decoding timed out after {self.timeout:g} s (the decoder hung and was killed)")
+
+    def _lost(self, worker: _Worker, reason: str) -> None:
+        """A worker hung or died mid-file: replace it and retry the file with PyAV once."""
+        task = worker.task
+        worker.task = None
+        worker.stop(kill=True)
+        self._workers.remove(worker)
+        self._early_deaths = self._early_deaths + 1 if worker.done == 0 and "timed out" not in reason else 0
+        if self._early_deaths >= 3:
+            raise RuntimeError(f"decoder worker processes die before finishing any file (exit code "
+                               f"{worker.process.returncode}); pass workers=0 to decode in-process and see why")
+        if task.backend == "auto" and not task.retried:
+            with self._lock:
+                self._todo.appendleft(_Task(task.key, task.path, "pyav", retried=True))
+        else:
+            self._deferred.append(("failed", task.key, reason))

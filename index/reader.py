@@ -1,0 +1,238 @@
+"""Read-only access to a library: a consistent snapshot and filtered vector search.
+
+:func:`open_library` reads, inside one SQLite read transaction, the catalog's
+metadata and whatever vectors the saved FAISS file does not reflect yet. The FAISS
+file is memory-mapped read-only and never modified; clips added since it was saved
+are searched in a small in-memory index and clips deleted since are excluded by id.
+So a reader opened while ``build_library`` runs sees exactly the files committed at
+that instant, each with all of its clips, and keeps seeing them until it is closed.
+
+>>> import tempfile
+>>> from index.encoder import ColorHistogramEncoder
+>>> from index.library import build_library
+>>> folder = tempfile.mkdtemp()
+>>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
+>>> with open_library(folder + "/lib") as library:
+...     len(library), library.search_vectors(np.zeros((1, library.manifest.dim), np.float32), k=3)
+(0, [[]])
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from index.catalog import Catalog, FileRecord, LibraryManifest
+from index.library import _open_catalog, read_state
+from index.store import SearchOptions, VectorStore, merge_results
+from vmm.errors import VmmError
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a clip of a video, its time window and its cosine score."""
+
+    clip_id: int
+    path: str
+    start: float
+    end: float
+    score: float
+    file_id: int
+
+
+@dataclass(frozen=True)
+class ClipFilter:
+    """Metadata conditions applied before ranking (all given conditions must hold).
+
+    ``path_glob`` is matched (fnmatch, ``*`` also crosses ``/``) against the absolute
+    path; a list means any of them. Durations are the video's, in seconds.
+    """
+
+    path_glob: str | list[str] | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+
+    def accepts(self, record: FileRecord) -> bool:
+        if self.path_glob is not None:
+            globs = [self.path_glob] if isinstance(self.path_glob, str) else list(self.path_glob)
+            if not any(fnmatch.fnmatchcase(record.path, g) for g in globs):
+                return False
+        duration = record.duration or 0.0
+        if self.min_duration is not None and duration < self.min_duration:
+            return False
+        if self.max_duration is not None and duration > self.max_duration:
+            return False
+        return True
+
+
+class LibraryReader:
+    """A consistent, read-only snapshot of a library. Create it with :func:`open_library`."""
+
+    def __init__(self, library: str, manifest: LibraryManifest, generation: int, files: list[FileRecord],
+                 clips: tuple, base: VectorStore | None, base_generation: int, excluded: np.ndarray,
+                 delta: VectorStore | None):
+        self.library = library
+        self.manifest = manifest
+        self.generation = generation
+        self.files = {record.id: record for record in files}
+        self._clip_ids, self._clip_files, self._starts, self._ends, self._clip_generations = clips
+        self._base = base
+        self._base_generation = base_generation
+        self._excluded = excluded
+        self._delta = delta
+
+    def __len__(self) -> int:
+        """Number of clips in the snapshot."""
+        return len(self._clip_ids)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._base is not None and self._base.on_gpu
+
+    def clips_of(self, path: str) -> list[tuple[int, float, float]]:
+        """(clip_id, start, end) of one file's clips, in time order."""
+        ids = [record.id for record in self.files.values() if record.path == os.path.abspath(path)]
+        mask = np.isin(self._clip_files, ids)
+        order = np.argsort(self._starts[mask], kind="stable")
+        return [(int(i), float(s), float(e)) for i, s, e in
+                zip(self._clip_ids[mask][order], self._starts[mask][order], self._ends[mask][order])]
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, *, where: ClipFilter | Callable | None = None,
+                       nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+        """The ``k`` best clips per query vector, best first; one list per row of ``queries``.
+
+        ``queries`` is (Q, dim) or (dim,) float32, L2-normalised like the library's
+        vectors (scores are cosines). ``where`` is a :class:`ClipFilter` or a
+        function of a :class:`FileRecord`; it selects clips before ranking, so k hits
+        come back whenever k clips match.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
+            raise VmmError(f"query vectors have shape {queries.shape} but library {self.library} holds "
+                           f"dim-{self.manifest.dim} vectors of model {self.manifest.model_name}; embed the "
+                           "queries with that model")
+        if k < 1 or not len(self._clip_ids):
+            return [[] for _ in queries]
+        options = SearchOptions(nprobe=nprobe, ef_search=ef_search)
+        allowed_base = allowed_delta = None
+        if where is not None:
+            accepts = where.accepts if isinstance(where, ClipFilter) else where
+            files = np.array([i for i, record in self.files.items() if record.status == "ok" and accepts(record)],
+                             np.int64)
+            mask = np.isin(self._clip_files, files)
+            in_base = self._clip_generations <= self._base_generation
+            allowed_base = self._clip_ids[mask & in_base]
+            allowed_delta = self._clip_ids[mask & ~in_base]
+        parts = []
+        if self._base is not None and (allowed_base is None or len(allowed_base)):
+            parts.append(self._base.search(queries, k, allowed=allowed_base, excluded=self._excluded, options=options))
+        if self._delta is not None and (allowed_delta is None or len(allowed_delta)):
+            parts.append(self._delta.search(queries, k, allowed=allowed_delta))
+        if not parts:
+            return [[] for _ in queries]
+        scores, ids = merge_results(parts, k) if len(parts) > 1 else parts[0]
+        return [self._hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, ids)]
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        hits = []
+        for score, clip_id in zip(scores.tolist(), ids.tolist()):
+            if clip_id < 0:
+                continue
+            row = int(np.searchsorted(self._clip_ids, clip_id))
+            if row >= len(self._clip_ids) or self._clip_ids[row] != clip_id:
+                raise RuntimeError(f"library {self.library}: the vector index returned clip {clip_id}, which the "
+                                   "catalog snapshot does not hold; run sync_index (this is a bug)")
+            file_id = int(self._clip_files[row])
+            hits.append(Hit(int(clip_id), self.files[file_id].path, float(self._starts[row]), float(self._ends[row]),
+                            float(score), file_id))
+        return hits
+
+    def close(self) -> None:
+        self._base = self._delta = None
+
+    def __enter__(self) -> "LibraryReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_model(library: str, manifest: LibraryManifest, model) -> None:
+    if model is None:
+        return
+    mine = (manifest.model_name, manifest.weights_hash, manifest.dim)
+    theirs = (str(model.name), str(model.weights_hash), int(model.dim))
+    if mine != theirs:
+        raise VmmError(f"library {library} was built with model {mine[0]} (weights {mine[1]}, dim {mine[2]}) but "
+                       f"this model is {theirs[0]} (weights {theirs[1]}, dim {theirs[2]}); search it with the "
+                       "model it was built with, or re-index into a new library")
+
+
+def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bool = True) -> LibraryReader:
+    """Open a library read-only as a consistent snapshot.
+
+    ``model`` (anything with ``name``, ``weights_hash``, ``dim``) is checked against
+    the manifest: another model is refused. ``device`` "auto" searches on all GPUs
+    when faiss-gpu sees any, "cpu" never, "gpu" requires them. ``mmap`` maps the
+    FAISS file instead of reading it into memory.
+
+    >>> import tempfile
+    >>> from index.encoder import ColorHistogramEncoder
+    >>> from index.library import build_library
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
+    >>> open_library(folder + "/lib", model=ColorHistogramEncoder(bins=5))
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: library ... was built with model color-histogram (weights cfg-..., dim 86) but ...
+    """
+    if device not in ("auto", "cpu", "gpu"):
+        raise VmmError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    library = os.path.abspath(os.fspath(library_dir))
+    catalog = _open_catalog(library, read_only=True)
+    try:
+        reader = _snapshot(library, catalog, mmap)
+    finally:
+        catalog.close()
+    _check_model(library, reader.manifest, model)
+    if device != "cpu" and reader._base is not None:
+        if not reader._base.to_gpu() and device == "gpu":
+            raise VmmError("device='gpu' but FAISS sees no GPU (is faiss-gpu installed?); use device='cpu'")
+    elif device == "gpu":
+        import faiss
+
+        if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+            raise VmmError("device='gpu' but FAISS sees no GPU (is faiss-gpu installed?); use device='cpu'")
+    return reader
+
+
+def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> LibraryReader:
+    for attempt in range(attempts + 1):
+        use_file = attempt < attempts  # last resort: ignore the FAISS file, read every vector
+        with catalog.snapshot():
+            generation = catalog.generation()
+            state = read_state(library) if use_file else None
+            if state is not None and state.generation > generation:
+                continue  # a writer committed and saved after our snapshot began: take a newer snapshot
+            base, base_generation = None, 0
+            if state is not None:
+                try:
+                    base = VectorStore.load(os.path.join(library, state.file), state.factory, mmap=mmap)
+                    base_generation = state.generation
+                except RuntimeError:  # replaced by a writer between reading the state and opening it
+                    continue
+            manifest = catalog.manifest()
+            excluded = catalog.tombstones_newer_than(base_generation) if base is not None else np.zeros(0, np.int64)
+            delta = None
+            for ids, vectors in catalog.iter_vectors(newer_than=base_generation):
+                if delta is None:
+                    delta = VectorStore.create(manifest.dim, "Flat")
+                delta.add(vectors, ids)
+            return LibraryReader(library, manifest, generation, catalog.files(), catalog.clip_table(), base,
+                                 base_generation, excluded, delta)
+    raise AssertionError("unreachable")

@@ -1,0 +1,362 @@
+"""FAISS vector store: inner product on L2-normalised vectors, int64 ids, atomic files.
+
+Index types come from a FAISS factory string, or ``"auto"``:
+
+* fewer than ``AUTO_FLAT_MAX`` (1,000,000) vectors: ``IDMap2,Flat``, exact search;
+* more: ``IVF{nlist},Flat`` with ``nlist`` the power of two nearest ``4 * sqrt(n)``,
+  trained on (a sample of) the library's own vectors, searched with
+  ``nprobe = clamp(nlist // 32, 16, 256)`` unless the caller asks for another.
+
+Flat codes are kept (no PQ) because video vectors are searched with text queries,
+where quantisation hurts most. Index types without their own id support
+(``Flat``, ``HNSW``...) are wrapped in ``IDMap2`` so ids survive; removal works for
+Flat and IVF; HNSW cannot remove, so :meth:`VectorStore.remove` returns False and
+the library rebuilds it from its catalog.
+
+Search options are per call (``SearchParameters``), never written into the shared
+index, so concurrent searches with different ``nprobe`` or filters cannot interfere.
+
+>>> import numpy as np
+>>> vectors = np.eye(4, dtype=np.float32)
+>>> store = VectorStore.create(4)
+>>> store.add(vectors, np.array([10, 11, 12, 13]))
+>>> scores, ids = store.search(vectors[:1], k=2)
+>>> ids.tolist(), scores.tolist()
+([[10, 11]], [[1.0, 0.0]])
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+AUTO_FLAT_MAX = 1_000_000
+_EXACT_SUBSET_MAX = 20_000  # filtered searches over at most this many ids are scored exactly
+
+
+def resolve_factory(factory: str, n: int, *, flat_max: int = AUTO_FLAT_MAX) -> str:
+    """The concrete factory string for ``factory`` holding ``n`` vectors.
+
+    >>> resolve_factory("auto", 5_000)
+    'IDMap2,Flat'
+    >>> resolve_factory("auto", 4_000_000)
+    'IVF8192,Flat'
+    >>> resolve_factory("HNSW32,Flat", 10)
+    'IDMap2,HNSW32,Flat'
+    """
+    if factory == "auto":
+        if n < flat_max:
+            return "IDMap2,Flat"
+        return f"IVF{auto_nlist(n)},Flat"
+    if factory.startswith("IDMap") or "IVF" in factory.split(",")[0]:
+        return factory
+    return "IDMap2," + factory
+
+
+def auto_nlist(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: the power of two nearest 4 * sqrt(n) (at least 16).
+
+    >>> auto_nlist(1_000_000), auto_nlist(10_000)
+    (4096, 512)
+    """
+    return 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1)))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists visited per query unless the caller says otherwise: about 3% of them.
+
+    >>> default_nprobe(4096), default_nprobe(256)
+    (128, 16)
+    """
+    return int(min(256, max(16, nlist // 32)))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, whole.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
+    >>> atomic_write_bytes(path, b"{}"); open(path).read()
+    '{}'
+    """
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+@dataclass
+class SearchOptions:
+    """Per-call search settings; None means the index's default."""
+
+    nprobe: int | None = None  # IVF lists to visit
+    ef_search: int | None = None  # HNSW candidate list size
+
+
+class VectorStore:
+    """One FAISS index of unit vectors with int64 ids (``factory`` is the resolved string)."""
+
+    def __init__(self, index: faiss.Index, factory: str, *, read_only: bool = False):
+        self.index = index
+        self.factory = factory
+        self.read_only = read_only
+        self._gpu_index = None
+        self._id_cache: np.ndarray | None = None
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def create(cls, dim: int, factory: str = "auto", *, expected: int = 0) -> "VectorStore":
+        """An empty store; ``auto`` resolves for ``expected`` vectors. IVF must be :meth:`train`-ed."""
+        resolved = resolve_factory(factory, expected)
+        try:
+            index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as error:
+            from vmm.errors import VmmError
+
+            message = " ".join(str(error).split())[:200]
+            raise VmmError(f"index factory {factory!r} is not a valid FAISS factory string ({message}); "
+                           "try 'auto', 'Flat', 'HNSW32,Flat' or 'IVF1024,Flat'") from None
+        return cls(index, resolved)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "auto", *,
+              flat_max: int = AUTO_FLAT_MAX, seed: int = 0) -> "VectorStore":
+        """A store holding ``vectors`` under ``ids``, trained on them when the type needs it.
+
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((6000, 8)).astype(np.float32)
+        >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+        >>> store = VectorStore.build(x, np.arange(6000), "auto", flat_max=1000)
+        >>> store.factory, store.ntotal
+        ('IVF256,Flat', 6000)
+        """
+        vectors = _as_vectors(vectors)
+        resolved = resolve_factory(factory, len(vectors), flat_max=flat_max)
+        store = cls.create(vectors.shape[1], resolved)
+        if not store.index.is_trained:
+            store.train(vectors, seed=seed)
+        store.add(vectors, ids)
+        return store
+
+    def train(self, vectors: np.ndarray, *, seed: int = 0) -> None:
+        """Train (IVF centroids...) on ``vectors`` or a fixed-seed sample of 64 per list."""
+        vectors = _as_vectors(vectors)
+        ivf = _ivf(self.index)
+        limit = 64 * ivf.nlist if ivf is not None else len(vectors)
+        if len(vectors) > limit:
+            pick = np.sort(np.random.default_rng(seed).choice(len(vectors), limit, replace=False))
+            vectors = vectors[pick]
+        if ivf is not None and len(vectors) < ivf.nlist:
+            from vmm.errors import VmmError
+
+            raise VmmError(f"index factory {self.factory!r} needs at least {ivf.nlist} vectors to train, "
+                           f"the library has {len(vectors)}; use a smaller nlist or 'auto'")
+        self.index.train(vectors)
+
+    # -- contents ------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def supports_remove(self) -> bool:
+        return "HNSW" not in self.factory
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add unit vectors (N, dim) under int64 ``ids``."""
+        self._writable()
+        vectors = _as_vectors(vectors, self.dim)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+        if len(ids):
+            self.index.add_with_ids(vectors, ids)
+            self._gpu_index = self._id_cache = None
+
+    def remove(self, ids: np.ndarray) -> bool:
+        """Remove ``ids`` (absent ids are ignored). False if this index type cannot remove."""
+        self._writable()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return True
+        if not self.supports_remove:
+            return False
+        self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        self._gpu_index = self._id_cache = None
+        return True
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError("this store was loaded read-only (memory-mapped); load it with mmap=False to change it")
+
+    # -- search --------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               excluded: np.ndarray | None = None, options: SearchOptions | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, both (Q, k); missing slots have id -1 and score -inf.
+
+        ``allowed`` restricts the search to those ids (metadata filters), ``excluded``
+        removes ids; both act before ranking, so k hits come back when k exist.
+        """
+        queries = _as_vectors(queries, self.dim)
+        options = options or SearchOptions()
+        k = int(k)
+        if k <= 0 or self.ntotal == 0 or not len(queries):
+            return _empty(len(queries), max(k, 0))
+        excluded = None if excluded is None or not len(excluded) else np.ascontiguousarray(excluded, np.int64)
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            if excluded is not None:
+                allowed = np.setdiff1d(allowed, excluded)
+            if not len(allowed):
+                return _empty(len(queries), k)
+            if len(allowed) <= _EXACT_SUBSET_MAX and self._can_reconstruct():
+                return self._exact(queries, k, allowed)
+            selector = faiss.IDSelectorBatch(allowed)
+            expected = min(k, len(allowed))
+        elif excluded is not None:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
+            expected = min(k, self.ntotal - len(excluded))
+        else:
+            selector, expected = None, min(k, self.ntotal)
+        scores, ids = self._search(queries, k, selector, options)
+        if selector is not None and (ids[:, :expected] < 0).any():
+            # An approximate index missed filtered ids (unvisited IVF lists, an HNSW graph
+            # cut by the filter): redo it exhaustively so a filter never loses hits.
+            if self._can_reconstruct():
+                candidates = self._ids() if allowed is None else allowed
+                if excluded is not None:
+                    candidates = np.setdiff1d(candidates, excluded)
+                return self._exact(queries, k, candidates)
+            scores, ids = self._search(queries, k, selector, options, exhaustive=True)
+        return _clean(scores, ids)
+
+    def _search(self, queries, k, selector, options: SearchOptions, exhaustive: bool = False):
+        ivf = _ivf(self.index)
+        extra = {} if selector is None else {"sel": selector}
+        if ivf is not None:
+            nprobe = ivf.nlist if exhaustive else (options.nprobe or default_nprobe(ivf.nlist))
+            params = faiss.SearchParametersIVF(nprobe=int(min(nprobe, ivf.nlist)), **extra)
+        elif "HNSW" in self.factory:
+            params = faiss.SearchParametersHNSW(efSearch=int(max(k, options.ef_search or max(64, 2 * k))), **extra)
+        else:
+            params = faiss.SearchParameters(**extra) if extra else None
+        if selector is None and self._gpu_index is not None:
+            try:
+                return self._gpu_index.search(queries, k, params=params)
+            except (RuntimeError, TypeError):  # a GPU type without per-call parameters
+                pass
+        return self.index.search(queries, k, params=params)
+
+    def _can_reconstruct(self) -> bool:
+        return self.factory.startswith("IDMap2")
+
+    def _ids(self) -> np.ndarray:
+        if self._id_cache is None:
+            self._id_cache = faiss.vector_to_array(faiss.downcast_index(self.index).id_map).astype(np.int64)
+        return self._id_cache
+
+    def _exact(self, queries: np.ndarray, k: int, candidates: np.ndarray):
+        present = candidates[np.isin(candidates, self._ids())]
+        if not len(present):
+            return _empty(len(queries), k)
+        vectors = self.index.reconstruct_batch(present)
+        return _top_k(queries @ vectors.T, present, k)
+
+    # -- GPU -----------------------------------------------------------------------------
+    def to_gpu(self) -> bool:
+        """Use all GPUs (faiss-gpu) for unfiltered searches; False when there are none or the type can't."""
+        if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+            return False
+        try:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+        except (RuntimeError, AttributeError):  # e.g. HNSW has no GPU version
+            self._gpu_index = None
+        return self._gpu_index is not None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu_index is not None
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write atomically: temp file, fsync, rename, fsync of the folder."""
+        tmp = f"{path}.tmp.{os.getpid()}"
+        faiss.write_index(self.index, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    @classmethod
+    def load(cls, path: str, factory: str, *, mmap: bool = True) -> "VectorStore":
+        """Open an index file; with ``mmap`` it is read-only and memory-mapped (IVF lists, flat codes)."""
+        if not mmap:
+            return cls(faiss.read_index(path), factory)
+        # Flat codes can be mapped since faiss 1.10 (IO_FLAG_MMAP_IFC); older versions read them.
+        mapping = faiss.IO_FLAG_MMAP if "IVF" in factory else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+        return cls(faiss.read_index(path, faiss.IO_FLAG_READ_ONLY | mapping), factory, read_only=True)
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _as_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim):
+        raise ValueError(f"expected vectors of shape (N, {dim or 'dim'}), got {vectors.shape}")
+    return vectors
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank columns of ``scores`` (Q, N) by score, ties by id; pad to k with (-inf, -1)."""
+    q, n = scores.shape
+    take = min(k, n)
+    order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :take]
+    out_scores = np.full((q, k), -np.inf, np.float32)
+    out_ids = np.full((q, k), -1, np.int64)
+    out_scores[:, :take] = np.take_along_axis(scores, order, axis=1)
+    out_ids[:, :take] = ids[order]
+    return out_scores, out_ids
+
+
+def _empty(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
+
+
+def _clean(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    return scores, ids.astype(np.int64)
+
+
+def merge_results(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-query top-k lists from several stores into one top-k."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return _clean(np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1))

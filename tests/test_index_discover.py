@@ -1,0 +1,109 @@
+"""Finding videos by extension and by content, and fingerprinting them."""
+import os
+
+import pytest
+
+import videos
+from index.discover import discover, fingerprint_file, sniff_container
+from vmm.errors import VmmError
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "media"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    videos.write_solid(str(root / "a" / "green.webm"), videos.GREEN, codec="vp9")
+    videos.write_solid(str(root / "a" / "b" / "blue.avi"), videos.BLUE, codec="mpeg4")
+    videos.write_solid(str(root / "a" / "renamed.dat"), videos.YELLOW)  # an MP4 without a video extension
+    videos.write_solid(str(root / "a" / "noextension"), videos.WHITE)
+    videos.write_solid(str(root / ".hidden" / "secret.mp4"), videos.RED)
+    videos.write_solid(str(root / "._appledouble.mp4"), videos.RED)
+    videos.write_text(str(root / "notes.mp4"))  # text with a video extension
+    videos.write_text(str(root / "readme.txt"))
+    videos.write_empty(str(root / "empty.mkv"))
+    videos.write_empty(str(root / "empty.bin"))
+    videos.write_audio_only(str(root / "song.m4a"))  # MP4 container, audio brand, audio extension
+    return root
+
+
+def test_discovery_by_extension_and_content(tree):
+    found = discover([str(tree)])
+    by_name = {os.path.relpath(c.path, tree): c for c in found.candidates}
+    assert sorted(by_name) == sorted([
+        "red.mp4", "a/green.webm", "a/b/blue.avi", "a/renamed.dat", "a/noextension", "notes.mp4", "empty.mkv",
+    ])
+    assert all(os.path.isabs(c.path) for c in found.candidates)
+    assert [c.path for c in found.candidates] == sorted(c.path for c in found.candidates)
+    assert by_name["a/renamed.dat"].container == "mp4" and by_name["a/renamed.dat"].problem is None
+    assert by_name["a/green.webm"].container == "matroska"
+    assert by_name["a/b/blue.avi"].container == "avi"
+    assert by_name["notes.mp4"].problem == "not a video: the file holds text"
+    assert by_name["empty.mkv"].problem == "empty file (0 bytes)"
+    assert by_name["red.mp4"].size == os.path.getsize(tree / "red.mp4")
+
+
+def test_explicit_files_are_always_reported(tree):
+    found = discover([str(tree / "readme.txt"), str(tree / "a" / "renamed.dat"), str(tree / "song.m4a")])
+    problems = {os.path.basename(c.path): c.problem for c in found.candidates}
+    assert problems["renamed.dat"] is None
+    assert problems["readme.txt"] == "not a video: text and no video extension"
+    assert problems["song.m4a"] is None  # a container named explicitly: the decoder has the last word
+
+
+def test_exclude_and_duplicates(tree):
+    found = discover([str(tree), str(tree / "a")], exclude=[str(tree / "a" / "b")])
+    paths = [os.path.relpath(c.path, tree) for c in found.candidates]
+    assert "a/b/blue.avi" not in paths and len(paths) == len(set(paths))
+
+
+def test_undecodable_file_name_is_reported_not_fatal(tmp_path):
+    videos.write_solid(str(tmp_path / "fine.mp4"), videos.RED)
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.mp4"), "wb") as f:
+        f.write(open(tmp_path / "fine.mp4", "rb").read())
+    found = discover([str(tmp_path)])
+    assert [os.path.basename(c.path) for c in found.candidates] == ["fine.mp4"]
+    ((path, reason),) = found.unreadable
+    assert path.endswith("bad\ufffd.mp4") and reason == "file name is not valid UTF-8; rename the file"
+
+
+def test_nonexistent_path_is_a_clear_error(tmp_path):
+    with pytest.raises(VmmError, match=r"^.*nowhere: no such file or folder; check the path$"):
+        discover([str(tmp_path / "nowhere")])
+
+
+def test_sniffing_signatures():
+    assert sniff_container(b"\x00\x00\x00\x18ftypmp42" + bytes(8)) == "mp4"
+    assert sniff_container(b"\x00\x00\x00\x18ftypM4A " + bytes(8)) == "mp4-audio-or-image"
+    assert sniff_container(b"\x1a\x45\xdf\xa3" + bytes(8)) == "matroska"
+    assert sniff_container(b"RIFF\x00\x00\x00\x00AVI LIST") == "avi"
+    assert sniff_container(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
+    ts = bytearray(400)
+    ts[0] = ts[188] = ts[376] = 0x47
+    assert sniff_container(bytes(ts)) == "mpeg-ts"
+    assert sniff_container(b"just some words") is None
+
+
+def test_fingerprint_follows_content_not_name(tmp_path):
+    a = videos.write_solid(str(tmp_path / "a.mp4"), videos.RED)
+    b = str(tmp_path / "b.mp4")
+    with open(a, "rb") as src, open(b, "wb") as dst:
+        dst.write(src.read())
+    assert fingerprint_file(a) == fingerprint_file(b)
+    with open(b, "r+b") as f:  # one byte changed in the middle
+        f.seek(os.path.getsize(b) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert fingerprint_file(a) != fingerprint_file(b)
+    big = tmp_path / "big.bin"  # > 3 MiB: sampled; the unsampled region does not count
+    data = bytearray(os.urandom(5 << 20))
+    big.write_bytes(bytes(data))
+    first = fingerprint_file(str(big))
+    data[(3 << 19)] ^= 0xFF  # at 1.5 MiB, between the first and the middle MiB: not sampled
+    big.write_bytes(bytes(data))
+    assert fingerprint_file(str(big)) == first
+    data[(5 << 20) - (1 << 20) + 10] ^= 0xFF  # inside the last MiB: counts
+    big.write_bytes(bytes(data))
+    assert fingerprint_file(str(big)) != first

@@ -1,0 +1,402 @@
+"""Building, updating and reading libraries of real generated videos."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+
+import faiss
+import numpy as np
+import pytest
+
+import videos
+from index.catalog import Catalog
+from index.decode import decode_video
+from index.encoder import ColorHistogramEncoder
+from index.library import LibraryWriter, build_library, read_state, remove_paths, sync_index
+from index.reader import ClipFilter, open_library
+from vmm.errors import VmmError
+
+ENCODER = ColorHistogramEncoder()
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def make_media(root) -> dict[str, str]:
+    """Good and bad files; returns name -> path."""
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "red": videos.write_solid(str(root / "red.mp4"), videos.RED),
+        "green": videos.write_solid(str(root / "green.webm"), videos.GREEN, codec="vp9"),
+        "blue": videos.write_solid(str(root / "sub" / "blue.avi"), videos.BLUE, codec="mpeg4"),
+        "square": videos.write_moving_square(str(root / "sub" / "square.mp4"), width=97, height=61, codec="h264-444"),
+        "long": videos.write_long(str(root / "long.mp4"), seconds=40.0),  # red, green, blue, yellow per 10 s
+        "renamed": videos.write_solid(str(root / "sub" / "clip.dat"), videos.WHITE),
+        "one": videos.write_solid(str(root / "one.mp4"), videos.RED, seconds=0.1),
+        "text": videos.write_text(str(root / "notes.mp4")),
+        "empty": videos.write_empty(str(root / "empty.mp4")),
+        "audio": videos.write_audio_only(str(root / "audio.mp4")),
+    }
+    files["cut"] = videos.write_truncated(str(root / "cut.mp4"), files["red"])
+    return files
+
+
+def query(color, seconds: float = 1.0) -> np.ndarray:
+    frames = np.stack(videos.solid_frames(color, 8, 40, 30))
+    return ENCODER.encode_clips([frames])
+
+
+def library_contents(library: str) -> dict[tuple[str, float, float], bytes]:
+    """(path, start, end) -> vector bytes, straight from the catalog."""
+    conn = sqlite3.connect(f"file:{library}/catalog.sqlite?mode=ro", uri=True)
+    rows = conn.execute("SELECT f.path, c.start_sec, c.end_sec, c.vector FROM clips c JOIN files f ON f.id = c.file_id"
+                        ).fetchall()
+    conn.close()
+    contents = {(p, s, e): v for p, s, e, v in rows}
+    assert len(contents) == len(rows), "duplicate clips"
+    return contents
+
+
+def assert_index_matches_catalog(library: str) -> None:
+    """The FAISS file holds exactly the catalog's clip ids, with the catalog's vectors."""
+    state = read_state(library)
+    catalog = Catalog.open(f"{library}/catalog.sqlite", read_only=True)
+    ids, vectors = zip(*catalog.iter_vectors()) if catalog.clip_count() else ((), ())
+    assert state.generation == catalog.generation()
+    catalog.close()
+    index = faiss.read_index(f"{library}/{state.file}")
+    stored = np.sort(faiss.vector_to_array(faiss.downcast_index(index).id_map)) if index.ntotal else np.zeros(0)
+    expected = np.sort(np.concatenate(ids)) if ids else np.zeros(0)
+    assert np.array_equal(stored, expected)
+    if ids:
+        all_ids, all_vectors = np.concatenate(ids), np.concatenate(vectors)
+        assert np.array_equal(index.reconstruct_batch(all_ids), all_vectors)
+
+
+# -- a full build and search --------------------------------------------------------------------------
+def test_build_and_search(tmp_path):
+    media = make_media(tmp_path / "media")
+    library = str(tmp_path / "lib")
+    updates = []
+    summary = build_library([str(tmp_path / "media")], library, ENCODER, workers=2, batch_size=4,
+                            progress=updates.append)
+    assert (summary.indexed, summary.failed, summary.unchanged, summary.removed) == (7, 4, 0, 0)
+    # long: 7 windows of 10 s every 5 s; the six short videos one clip each
+    assert summary.clips == 13 and summary.clips_per_second > 0
+    # Progress counts the files handed to decoders (the text and the empty file fail before that).
+    assert updates[-1].files_done == updates[-1].files_total == 9 and updates[-1].clips_done == 13
+    failures = dict(summary.failures)
+    assert failures[media["text"]] == "not a video: the file holds text"
+    assert failures[media["empty"]] == "empty file (0 bytes)"
+    assert failures[media["audio"]] == "no video stream in the container (it holds audio)"
+    assert failures[media["cut"]].startswith("cannot read the container")
+    assert summary.line().startswith("indexed 7 files (13 clips), 0 unchanged, 4 failed, 0 removed in ")
+    assert_index_matches_catalog(library)
+    manifest = json.load(open(f"{library}/manifest.json"))
+    assert (manifest["model_name"], manifest["dim"], manifest["window"], manifest["stride"]) == \
+        ("color-histogram", ENCODER.dim, 10.0, 5.0)
+
+    with open_library(library, model=ENCODER) as reader:
+        assert len(reader) == 13
+        failed = {r.path: r.error for r in reader.files.values() if r.status == "failed"}
+        assert failed == failures
+        assert [(s, e) for _, s, e in reader.clips_of(media["long"])] == \
+            [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0), (20.0, 30.0), (25.0, 35.0), (30.0, 40.0)]
+        (hits,) = reader.search_vectors(query(videos.RED), k=3)
+        assert {(h.path, h.start) for h in hits} == {(media["red"], 0.0), (media["one"], 0.0), (media["long"], 0.0)}
+        assert hits[0].score > 0.99 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        # Filters apply before ranking: the best clips of long.mp4 for each colour.
+        only_long = ClipFilter(path_glob="*/long.mp4")
+        for color, window in ((videos.GREEN, (10.0, 20.0)), (videos.BLUE, (20.0, 30.0)), (videos.YELLOW, (30.0, 40.0))):
+            (best, *_), = reader.search_vectors(query(color), k=2, where=only_long)
+            assert (best.path, best.start, best.end) == (media["long"], *window)
+        (hits,) = reader.search_vectors(query(videos.RED), k=10, where=ClipFilter(max_duration=1.0))
+        assert [h.path for h in hits] == [media["one"]]
+        (hits,) = reader.search_vectors(query(videos.RED), k=10, where=lambda f: f.path.endswith(".avi"))
+        assert [h.path for h in hits] == [media["blue"]]
+        # A clip of the indexed square video finds itself first.
+        _, clips = decode_video(media["square"])
+        (hits,) = reader.search_vectors(ENCODER.encode_clips([clips[0].frames])[0], k=1)
+        assert hits[0].path == media["square"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        with pytest.raises(VmmError, match="query vectors have shape"):
+            reader.search_vectors(np.zeros((1, 5), np.float32))
+
+
+def test_incremental_runs(tmp_path):
+    root = tmp_path / "media"
+    media = make_media(root)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    before = library_contents(library)
+
+    again = build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    assert (again.indexed, again.unchanged, again.failed, again.skipped_failed, again.clips) == (0, 7, 0, 4, 0)
+    assert library_contents(library) == before
+
+    videos.write_solid(str(root / "new.mp4"), videos.YELLOW)  # new
+    videos.write_solid(media["red"], videos.BLUE, seconds=3.0)  # changed content
+    videos.set_mtime_later(media["red"])
+    os.remove(media["green"])  # deleted
+    os.rename(media["blue"], str(root / "moved.avi"))  # moved: same content, new path
+    os.utime(media["square"], ns=(0, 123))  # touched: new mtime, same content
+    summary = build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.removed, summary.moved, summary.unchanged) == (2, 1, 1, 4)
+    after = library_contents(library)
+    assert {k[0] for k in after} == {k[0] for k in before} - {media["green"], media["blue"]} | \
+        {str(root / "new.mp4"), str(root / "moved.avi")}
+    assert after[(str(root / "moved.avi"), 0.0, 2.0)] == before[(media["blue"], 0.0, 2.0)]
+    assert after[(media["square"], 0.0, 2.0)] == before[(media["square"], 0.0, 2.0)]
+    assert (media["red"], 0.0, 3.0) in after and (media["red"], 0.0, 2.0) not in after
+    assert_index_matches_catalog(library)
+    with open_library(library) as reader:
+        (hits,) = reader.search_vectors(query(videos.BLUE), k=2)
+        assert {h.path for h in hits} == {media["red"], str(root / "moved.avi")}  # red.mp4 is blue now
+        assert len(reader) == len(after)
+
+
+def test_failed_files_are_skipped_then_retried(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    bad = videos.write_text(str(root / "bad.mp4"))
+    library = str(tmp_path / "lib")
+    assert build_library([str(root)], library, ENCODER, workers=0, progress=False).failed == 1
+    skipped = build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    assert (skipped.failed, skipped.skipped_failed) == (0, 1) and "retry_failed=True" in skipped.line()
+    retried = build_library([str(root)], library, ENCODER, workers=0, progress=False, retry_failed=True)
+    assert (retried.failed, retried.skipped_failed) == (1, 0)
+    videos.write_solid(bad, videos.RED)  # fixed by the user: a change is picked up without retry_failed
+    fixed = build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    assert (fixed.indexed, fixed.failed) == (1, 0)
+    with open_library(library) as reader:
+        (record,) = reader.files.values()
+        assert (record.status, record.error, len(reader)) == ("ok", None, 1)
+
+
+def test_oversized_frames_are_recorded_as_failed(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    big = videos.write_solid(str(root / "big.mp4"), videos.RED, width=128, height=96)
+    videos.write_solid(str(root / "small.mp4"), videos.GREEN, width=32, height=24)
+    summary = build_library([str(root)], str(tmp_path / "lib"), ENCODER, workers=1, progress=False, max_pixels=5000)
+    assert (summary.indexed, summary.failed) == (1, 1)
+    assert summary.failures == [(big, "resolution 128x96 is above max_pixels=5,000; pass a larger max_pixels to "
+                                      "index it")]
+
+
+def test_remove_paths_and_scoped_runs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    videos.write_solid(str(a / "red.mp4"), videos.RED)
+    videos.write_solid(str(b / "green.mp4"), videos.GREEN)
+    videos.write_solid(str(b / "blue.mp4"), videos.BLUE)
+    library = str(tmp_path / "lib")
+    build_library([str(a)], library, ENCODER, workers=0, progress=False)
+    # Indexing b must not drop a's files: only paths under the given roots are reconciled.
+    assert build_library([str(b)], library, ENCODER, workers=0, progress=False).removed == 0
+    assert remove_paths(library, [str(b / "green.mp4")]) == 1
+    assert remove_paths(library, [str(tmp_path / "nothing-here")]) == 0
+    assert {p for p, _, _ in library_contents(library)} == {str(a / "red.mp4"), str(b / "blue.mp4")}
+    assert_index_matches_catalog(library)
+
+
+# -- the manifest and bad setups ----------------------------------------------------------------------------
+def test_another_model_or_setting_is_refused(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False, window=4.0, stride=2.0)
+    before = library_contents(library)
+    other = ColorHistogramEncoder(bins=5)
+    with pytest.raises(VmmError) as caught:
+        build_library([str(root)], library, other, workers=0, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and f"library {library} was built with model color-histogram" in message
+    assert "weights_hash is" in message and "use the library's model or index into a new library folder" in message
+    with pytest.raises(VmmError, match="uses window=4.0 but window=8.0 was asked for"):
+        build_library([str(root)], library, ENCODER, workers=0, progress=False, window=8.0)
+    with pytest.raises(VmmError, match="search it with the model it was built with"):
+        open_library(library, model=other)
+    # Without explicit settings a run takes the library's own.
+    assert build_library([str(root)], library, ENCODER, workers=0, progress=False).unchanged == 1
+    assert library_contents(library) == before
+
+
+def test_bad_paths_and_folders(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = tmp_path / "lib"
+    with pytest.raises(VmmError, match=r"missing: no such file or folder; check the path$"):
+        build_library([str(tmp_path / "missing")], str(library), ENCODER, progress=False)
+    assert not library.exists()  # nothing was created
+    with pytest.raises(VmmError, match="no paths to index"):
+        build_library([], str(library), ENCODER, progress=False)
+    not_a_folder = videos.write_text(str(tmp_path / "file.txt"))
+    with pytest.raises(VmmError, match="exists and is not a folder"):
+        build_library([str(root)], not_a_folder, ENCODER, progress=False)
+    with pytest.raises(VmmError, match="cannot create library folder .*Not a directory"):
+        build_library([str(root)], not_a_folder + "/lib", ENCODER, progress=False)
+    with pytest.raises(VmmError, match="is not empty and holds no vmm library"):
+        build_library([str(root)], str(root), ENCODER, progress=False)
+    with pytest.raises(VmmError, match="no vmm library at"):
+        open_library(str(tmp_path / "nowhere"))
+    with pytest.raises(VmmError, match="stride must be > 0 and <= window"):
+        build_library([str(root)], str(library), ENCODER, window=2.0, stride=3.0, progress=False)
+    with pytest.raises(VmmError, match="not a valid FAISS factory string"):
+        build_library([str(root)], str(library), ENCODER, factory="Nonsense", workers=0, progress=False)
+
+
+@pytest.fixture()
+def unwritable(tmp_path):
+    """A folder this process cannot write to: chmod for a normal user, chattr +i for root."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("running as root without chattr: cannot make an unwritable folder")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_unwritable_library_folder(tmp_path, unwritable):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    with pytest.raises(VmmError) as caught:
+        build_library([str(root)], str(unwritable), ENCODER, workers=0, progress=False)
+    assert "not writable" in str(caught.value) or "cannot write" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(VmmError, match="cannot create library folder"):
+        build_library([str(root)], str(unwritable / "lib"), ENCODER, workers=0, progress=False)
+
+
+def test_existing_library_made_read_only_is_readable_and_refuses_writes(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = tmp_path / "lib"
+    build_library([str(root)], str(library), ENCODER, workers=0, progress=False)
+    before = library_contents(str(library))
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(library)]).returncode != 0:
+            pytest.skip("running as root without chattr")
+    else:
+        library.chmod(0o555)
+    try:
+        videos.write_solid(str(root / "green.mp4"), videos.GREEN)
+        with pytest.raises(VmmError, match="not writable|cannot write"):
+            build_library([str(root)], str(library), ENCODER, workers=0, progress=False)
+        with open_library(str(library)) as reader:
+            assert len(reader) == 1 and reader.search_vectors(query(videos.RED), k=1)[0][0].score > 0.99
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(library)], check=True)
+        else:
+            library.chmod(0o755)
+    assert library_contents(str(library)) == before
+
+
+def test_second_writer_is_refused(tmp_path):
+    library = str(tmp_path / "lib")
+    (tmp_path / "media").mkdir()
+    build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
+    with LibraryWriter.open(library):
+        with pytest.raises(VmmError, match=r"is being written by pid \d+; wait for it to finish"):
+            build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
+
+
+# -- readers and the FAISS cache ------------------------------------------------------------------------------
+def test_reader_keeps_its_snapshot_and_applies_uncommitted_index_changes(tmp_path):
+    root = tmp_path / "media"
+    media = make_media(root)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    old_reader = open_library(library)
+    red_hits = {h.path for h in old_reader.search_vectors(query(videos.RED), k=3)[0]}
+
+    # A writer commits changes but dies before refreshing the FAISS file.
+    with LibraryWriter.open(library) as writer:
+        red = writer.catalog.file_by_path(media["red"])
+        writer.catalog.commit(remove=[red.id])
+    videos.write_solid(str(root / "yellow.mp4"), videos.YELLOW)
+    from index.catalog import FileResult
+    from index.discover import fingerprint_file
+    info, clips = decode_video(str(root / "yellow.mp4"))
+    with LibraryWriter.open(library) as writer:
+        writer.catalog.commit([FileResult(str(root / "yellow.mp4"), 1, 1, fingerprint_file(str(root / "yellow.mp4")),
+                                          "ok", None, info, [(0.0, 2.0)], ENCODER.encode_clips([clips[0].frames]))])
+    assert read_state(library).generation < Catalog.open(f"{library}/catalog.sqlite", read_only=True).generation()
+
+    # The old reader still sees its snapshot; a new one sees the committed state.
+    assert {h.path for h in old_reader.search_vectors(query(videos.RED), k=3)[0]} == red_hits
+    with open_library(library) as reader:
+        assert len(reader) == len(old_reader)  # one clip removed, one added
+        (everything,) = reader.search_vectors(query(videos.RED), k=len(reader))
+        assert len(everything) == len(reader) and media["red"] not in {h.path for h in everything}
+        paths = {h.path for hits in reader.search_vectors(np.concatenate([query(videos.RED), query(videos.YELLOW)]),
+                                                          k=20) for h in hits}
+        assert media["red"] not in paths and str(root / "yellow.mp4") in paths
+        (best,) = reader.search_vectors(query(videos.YELLOW), k=1, where=ClipFilter(path_glob="*yellow*"))[0]
+        assert best.score > 0.99
+        before_sync = [[(h.clip_id, round(h.score, 5)) for h in hits]
+                       for hits in reader.search_vectors(query(videos.GREEN), k=5)]
+    old_reader.close()
+    sync_index(library)
+    assert_index_matches_catalog(library)
+    with open_library(library) as reader:
+        after_sync = [[(h.clip_id, round(h.score, 5)) for h in hits]
+                      for hits in reader.search_vectors(query(videos.GREEN), k=5)]
+    assert after_sync == before_sync
+
+
+def test_crash_while_saving_the_index_file(tmp_path):
+    # The FAISS file is written under a new name, then index-state.json is switched to it.
+    # A crash in between leaves a stray complete file and maybe a partial temp file; the
+    # state still names a complete index, and the next writer cleans up.
+    root = tmp_path / "media"
+    media = make_media(root)
+    library = tmp_path / "lib"
+    build_library([str(root)], str(library), ENCODER, workers=0, progress=False)
+    state = read_state(str(library))
+    shutil.copy(library / state.file, library / "vectors.g000000000099.faiss")
+    (library / "vectors.g000000000100.faiss.tmp.4242").write_bytes(b"half an index")
+    with open_library(str(library)) as reader:
+        assert len(reader) == 13 and reader.search_vectors(query(videos.GREEN), k=1)[0][0].path in \
+            (media["green"], media["long"])
+    os.remove(media["blue"])
+    assert build_library([str(root)], str(library), ENCODER, workers=0, progress=False).removed == 1
+    assert sorted(f for f in os.listdir(library) if f.startswith("vectors")) == [read_state(str(library)).file]
+    assert_index_matches_catalog(str(library))
+
+
+def test_index_types_and_rebuilds(tmp_path):
+    root = tmp_path / "media"
+    media = make_media(root)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False, factory="HNSW16,Flat")
+    assert read_state(library).factory == "IDMap2,HNSW16,Flat"
+    os.remove(media["green"])  # HNSW cannot remove ids: the file is rebuilt from the catalog
+    assert build_library([str(root)], library, ENCODER, workers=0, progress=False).removed == 1
+    assert_index_matches_catalog(library)
+    # An IVF the library is too small to train stays flat until it has enough vectors.
+    build_library([str(root)], library, ENCODER, workers=0, progress=False, factory="IVF64,Flat")
+    assert read_state(library).factory == "IDMap2,Flat" and read_state(library).factory_setting == "IVF64,Flat"
+    with open_library(library) as reader:
+        assert reader.search_vectors(query(videos.RED), k=1)[0][0].path in (media["red"], media["one"], media["long"])
+    # A damaged FAISS file is only a cache: deleting it is repaired by the next sync.
+    os.remove(os.path.join(library, read_state(library).file))
+    with open_library(library) as reader:
+        assert len(reader) == 12 and reader.search_vectors(query(videos.BLUE), k=1)[0][0].score > 0.99
+    sync_index(library)
+    assert_index_matches_catalog(library)

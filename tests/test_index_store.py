@@ -1,0 +1,151 @@
+"""FAISS vector store: add/remove/search, filters, atomic files, mmap, IVF recall against exact search."""
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+from index.store import (SearchOptions, VectorStore, auto_nlist, default_nprobe, merge_results,
+                         resolve_factory)
+from vmm.errors import VmmError
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    # OpenMP spin-waits badly on a shared 2-core machine; one thread is 5-10x faster here.
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around random centres: closer to real embeddings than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    return unit(centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim)))
+
+
+def exact_top_k(data: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return ids[np.argsort(-(queries @ data.T), axis=1, kind="stable")[:, :k]]
+
+
+def test_factory_resolution_policy():
+    assert resolve_factory("auto", 0) == "IDMap2,Flat"
+    assert resolve_factory("auto", 999_999) == "IDMap2,Flat"
+    assert resolve_factory("auto", 1_000_000) == "IVF4096,Flat"  # 4 * sqrt(1e6) = 4000 -> 4096
+    assert resolve_factory("auto", 10_000_000) == "IVF16384,Flat"
+    assert resolve_factory("Flat", 5) == "IDMap2,Flat"
+    assert resolve_factory("IVF64,Flat", 5) == "IVF64,Flat"
+    assert auto_nlist(1) == 16 and default_nprobe(4096) == 128 and default_nprobe(64) == 16
+
+
+def test_add_search_remove_flat():
+    rng = np.random.default_rng(0)
+    data = unit(rng.standard_normal((500, 16)))
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    store = VectorStore.build(data, ids)
+    assert (store.factory, store.ntotal, store.dim) == ("IDMap2,Flat", 500, 16)
+    scores, found = store.search(data[:5], k=3)
+    assert found[:, 0].tolist() == ids[:5].tolist() and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert np.array_equal(found, exact_top_k(data, ids, data[:5], 3))
+    assert store.remove(np.array([1000, 1001, 999_999]))  # an absent id is ignored
+    assert store.ntotal == 498
+    _, found = store.search(data[:2], k=1)
+    assert 1000 not in found and 1001 not in found
+    with pytest.raises(ValueError):
+        store.add(data[:2, :8], np.array([1, 2]))
+
+
+def test_filters_act_before_ranking():
+    rng = np.random.default_rng(1)
+    data = unit(rng.standard_normal((3000, 16)))
+    ids = np.arange(3000, dtype=np.int64)
+    query = data[:1]
+    allowed = np.arange(2000, 2010)  # ten ids far down the ranking
+    for factory in ("Flat", "IVF32,Flat", "HNSW16,Flat"):
+        store = VectorStore.build(data, ids, factory)
+        scores, found = store.search(query, k=5, allowed=allowed, options=SearchOptions(nprobe=1))
+        assert set(found[0]) <= set(allowed) and (found[0] >= 0).all(), factory  # k hits even with nprobe=1
+        assert np.array_equal(found[0], exact_top_k(data[2000:2010], allowed, query, 5)[0]), factory
+        _, found = store.search(query, k=3, excluded=np.array([0]))
+        assert 0 not in found[0] and (found[0] >= 0).all(), factory
+        _, found = store.search(query, k=4, allowed=np.array([5, 6]))
+        assert sorted(found[0][:2]) == [5, 6] and found[0][2:].tolist() == [-1, -1], factory
+
+
+def test_search_options_are_per_call():
+    data = clustered(4000, 16, 20, seed=2)
+    store = VectorStore.build(data, np.arange(4000), "IVF64,Flat")
+    ivf = faiss.extract_index_ivf(store.index)
+    before = ivf.nprobe
+    narrow = store.search(data[:50], 10, options=SearchOptions(nprobe=1))[1]
+    wide = store.search(data[:50], 10, options=SearchOptions(nprobe=64))[1]
+    assert ivf.nprobe == before  # nothing was written into the shared index
+    assert np.array_equal(wide, exact_top_k(data, np.arange(4000), data[:50], 10))
+    assert not np.array_equal(narrow, wide)
+
+
+def test_ivf_recall_against_exact_search():
+    data = clustered(20_000, 32, 100, seed=3)
+    ids = np.arange(20_000, dtype=np.int64) * 7  # non-contiguous ids
+    queries = clustered(200, 32, 100, seed=4)
+    truth = exact_top_k(data, ids, queries, 10)
+    exact = VectorStore.build(data, ids, "auto")
+    assert exact.factory == "IDMap2,Flat"
+    assert np.array_equal(exact.search(queries, 10)[1], truth)
+    ivf = VectorStore.build(data, ids, "auto", flat_max=10_000)  # auto switches to IVF above flat_max
+    assert ivf.factory == f"IVF{auto_nlist(20_000)},Flat"
+    found = ivf.search(queries, 10)[1]  # default nprobe
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.9, recall
+    all_lists = ivf.search(queries, 10, options=SearchOptions(nprobe=auto_nlist(20_000)))[1]
+    assert np.array_equal(all_lists, truth)  # IVF-Flat visiting every list is exact
+
+
+def test_atomic_save_and_memory_mapped_load(tmp_path):
+    data = clustered(3000, 16, 10, seed=5)
+    ids = np.arange(3000, dtype=np.int64) + 10
+    queries = data[:20]
+    for factory in ("IVF32,Flat", "Flat"):
+        store = VectorStore.build(data, ids, factory)
+        path = str(tmp_path / f"{factory.replace(',', '_')}.faiss")
+        store.save(path)
+        assert not [f for f in os.listdir(tmp_path) if ".tmp." in f]  # temp file renamed away
+        expected = store.search(queries, 5, options=SearchOptions(nprobe=32))
+        mapped = VectorStore.load(path, store.factory, mmap=True)
+        assert mapped.read_only and mapped.ntotal == 3000
+        got = mapped.search(queries, 5, options=SearchOptions(nprobe=32))
+        assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0])
+        with pytest.raises(RuntimeError, match="read-only"):
+            mapped.remove(ids[:1])
+        loaded = VectorStore.load(path, store.factory, mmap=False)
+        assert loaded.remove(ids[:1]) and loaded.ntotal == 2999
+    mapped = VectorStore.load(str(tmp_path / "IVF32_Flat.faiss"), "IVF32,Flat")
+    ivf = faiss.extract_index_ivf(mapped.index)
+    assert "OnDisk" in type(faiss.downcast_InvertedLists(ivf.invlists)).__name__  # lists are mmapped
+
+
+def test_hnsw_cannot_remove_and_says_so():
+    data = clustered(500, 8, 5, seed=6)
+    store = VectorStore.build(data, np.arange(500), "HNSW16,Flat")
+    assert store.factory == "IDMap2,HNSW16,Flat" and not store.supports_remove
+    assert store.remove(np.array([1])) is False and store.ntotal == 500
+
+
+def test_bad_factory_is_a_clear_error():
+    with pytest.raises(VmmError, match="not a valid FAISS factory string"):
+        VectorStore.create(8, "Bogus42")
+    with pytest.raises(VmmError, match="needs at least 64 vectors to train"):
+        VectorStore.build(clustered(10, 8, 2, seed=7), np.arange(10), "IVF64,Flat")
+
+
+def test_merge_results_keeps_best_scores():
+    a = (np.array([[0.9, 0.5]], np.float32), np.array([[1, 2]]))
+    b = (np.array([[0.7, -np.inf]], np.float32), np.array([[3, -1]]))
+    scores, ids = merge_results([a, b], 3)
+    assert ids.tolist() == [[1, 3, 2]] and scores.tolist()[0] == pytest.approx([0.9, 0.7, 0.5])

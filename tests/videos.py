@@ -1,0 +1,187 @@
+"""Write small synthetic videos (and non-videos) with PyAV for the index tests.
+
+Every function writes one file and returns its path. Videos are tiny (64x48 at
+10 fps by default) so a test suite can make dozens in well under a second.
+"""
+from __future__ import annotations
+
+import ctypes
+import fractions
+import os
+import time
+
+import av
+import numpy as np
+
+RED = (220, 20, 20)
+GREEN = (20, 200, 40)
+BLUE = (30, 40, 220)
+YELLOW = (230, 220, 30)
+WHITE = (240, 240, 240)
+
+_CONTAINER_CODEC = {"h264": ("libx264", "yuv420p"), "vp9": ("libvpx-vp9", "yuv420p"),
+                    "mpeg4": ("mpeg4", "yuv420p"), "h264-444": ("libx264", "yuv444p")}
+
+
+def solid_frames(color, n: int, width: int = 64, height: int = 48):
+    """n identical frames of one colour."""
+    frame = np.empty((height, width, 3), np.uint8)
+    frame[:] = color
+    return [frame] * n
+
+
+def moving_square_frames(n: int, width: int = 64, height: int = 48, background=(0, 0, 0), color=WHITE,
+                         side: int = 12):
+    """A square moving left to right across the frame."""
+    frames = []
+    for i in range(n):
+        frame = np.empty((height, width, 3), np.uint8)
+        frame[:] = background
+        x = int((width - side) * i / max(1, n - 1))
+        y = (height - side) // 2
+        frame[y:y + side, x:x + side] = color
+        frames.append(frame)
+    return frames
+
+
+def write_frames(path: str, frames, *, fps: int = 10, codec: str = "h264", options: dict | None = None) -> str:
+    """Encode RGB frames into ``path``; ``codec`` is h264, h264-444 (odd sizes), vp9 or mpeg4.
+
+    A path without a video extension gets an MP4 container (a "renamed" video).
+    """
+    encoder, pix_fmt = _CONTAINER_CODEC[codec]
+    height, width = frames[0].shape[:2]
+    known = os.path.splitext(path)[1].lower() in (".mp4", ".webm", ".avi", ".mkv", ".mov")
+    with av.open(path, "w", format=None if known else "mp4", options=options or {}) as container:
+        stream = container.add_stream(encoder, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if encoder == "libx264":
+            stream.options = {"preset": "ultrafast"}
+        elif encoder == "mpeg4":
+            stream.bit_rate = 4_000_000  # near-lossless, so tests can read frame contents
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_solid(path: str, color, seconds: float = 2.0, *, fps: int = 10, codec: str = "h264",
+                width: int = 64, height: int = 48) -> str:
+    """A solid-colour video."""
+    return write_frames(path, solid_frames(color, max(1, round(seconds * fps)), width, height), fps=fps, codec=codec)
+
+
+def write_moving_square(path: str, seconds: float = 2.0, *, fps: int = 10, codec: str = "h264", width: int = 64,
+                        height: int = 48, background=(0, 0, 0), color=WHITE) -> str:
+    return write_frames(path, moving_square_frames(max(1, round(seconds * fps)), width, height, background, color),
+                        fps=fps, codec=codec)
+
+
+def write_counter(path: str, n: int, *, fps: int = 10, codec: str = "h264", width: int = 64, height: int = 48) -> str:
+    """Frame i has brightness 6*i (n <= 42): decoded frames reveal their own index."""
+    frames = [np.full((height, width, 3), 6 * i, np.uint8) for i in range(n)]
+    return write_frames(path, frames, fps=fps, codec=codec, options={})
+
+
+def write_long(path: str, seconds: float = 40.0, *, fps: int = 4, width: int = 32, height: int = 24) -> str:
+    """A long, cheap video: low resolution and frame rate, colour changing every 10 s."""
+    colors = [RED, GREEN, BLUE, YELLOW, WHITE]
+    frames = []
+    for i in range(round(seconds * fps)):
+        frame = np.empty((height, width, 3), np.uint8)
+        frame[:] = colors[int(i / fps // 10) % len(colors)]
+        frames.append(frame)
+    return write_frames(path, frames, fps=fps)
+
+
+def write_blank_large(path: str, width: int, height: int) -> str:
+    """One black H.264 frame of any size, built directly in YUV (fast even at 8K and above)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return path
+
+
+def write_vfr(path: str, n: int = 30, *, width: int = 64, height: int = 48) -> str:
+    """Variable frame rate H.264: frame gaps alternate between 100 ms and 33 ms."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        pts = 0
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), (8 * i) % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+            pts += 33 if i % 2 else 100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_audio_only(path: str, seconds: float = 1.0) -> str:
+    """An MP4 container holding only an AAC audio stream."""
+    with av.open(path, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        samples = 1024
+        for i in range(int(seconds * 16000 / samples)):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * samples
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_truncated(path: str, source: str, fraction: float = 0.5) -> str:
+    """The first ``fraction`` of ``source``'s bytes."""
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * fraction)])
+    return path
+
+
+def write_text(path: str, text: str = "this is not a video\n") -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_empty(path: str) -> str:
+    open(path, "wb").close()
+    return path
+
+
+def set_mtime_later(path: str, seconds: float = 10.0) -> None:
+    """Move a file's mtime forward so a rewrite is seen as a change even on coarse clocks."""
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + int(seconds * 1e9)))
+
+
+# -- worker hooks (called in decoder worker processes as "videos:<name>") --------------------------
+def hang_holding_gil(path: str, backend: str) -> None:
+    """Block forever inside native code that holds the GIL, like decord's nb_frames hang."""
+    if "hang" in os.path.basename(path):
+        ctypes.PyDLL(None).sleep(3600)
+
+
+def hang_unless_pyav(path: str, backend: str) -> None:
+    """Hang like decord does on some files, but let the PyAV retry through."""
+    if "hang" in os.path.basename(path) and backend != "pyav":
+        ctypes.PyDLL(None).sleep(3600)
+
+
+def slow_decode(path: str, backend: str) -> None:
+    """Make each file take a while, so a test can interrupt a run midway."""
+    time.sleep(0.25)

@@ -1,0 +1,14 @@
+"""Search and evaluation on top of vmm models and video libraries.
+
+``from retrieval import VideoLibrary`` is the search API (imported lazily so metric helpers stay light).
+"""
+_EXPORTS = {"VideoLibrary": "retrieval.library", "SearchHit": "retrieval.library", "Where": "retrieval.library"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

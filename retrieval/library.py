@@ -1,0 +1,310 @@
+"""Search a video library by text or by example video: the Python API behind ``vmm search``.
+
+>>> from retrieval import VideoLibrary                      # doctest: +SKIP
+>>> lib = VideoLibrary.open("my-library")                    # doctest: +SKIP
+>>> for hit in lib.search(text="a dog catches a frisbee", k=5):   # doctest: +SKIP
+...     print(hit.rank, f"{hit.score:.3f}", hit.path, hit.start, hit.end)
+
+A library remembers the model it was built with (``model.json`` beside the catalog); ``open`` loads it and
+checks its weights against the manifest, so vectors and queries always come from the same model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from vmm.errors import VmmError
+
+MODEL_FILE = "model.json"
+COLOR_HISTOGRAM = "color-histogram"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: a moment of a video (merged overlapping windows), its score and rank (1-based)."""
+
+    rank: int
+    path: str
+    start: float
+    end: float
+    score: float
+    clip_ids: tuple[int, ...] = ()
+    itm: Optional[float] = None  # ITM match logit when re-ranked (it replaces the score)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["clip_ids"] = list(self.clip_ids)
+        return d
+
+
+@dataclass
+class Where:
+    """Metadata filter applied before ranking: path glob(s) and video duration range (seconds)."""
+
+    path_glob: Union[str, list[str], None] = None
+    min_duration: Optional[float] = None
+    max_duration: Optional[float] = None
+
+
+def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, device: Optional[str] = None,
+                 frames: Optional[int] = None, batch_size: int = 8):
+    """The encoder a library uses: a vmm model name or ``save_pretrained`` folder (+ optional checkpoint file),
+    or ``"color-histogram"`` for the dependency-free colour/motion baseline (video queries only)."""
+    if model == COLOR_HISTOGRAM:
+        from index.encoder import ColorHistogramEncoder
+        return ColorHistogramEncoder(num_frames=frames or 8)
+    import vmm
+    from vmm.embedder import VideoTextEncoder
+    if model is None and checkpoint is None:
+        raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH")
+    name = model or "videomamba_m16_25m"
+    overrides = {"vision": {"num_frames": frames}} if frames else {}
+    if checkpoint and Path(checkpoint).is_dir():
+        name, checkpoint = checkpoint, None
+    net, _, _ = vmm.create_model_and_transforms(name, pretrained=checkpoint, **overrides)
+    return VideoTextEncoder(net, device=device, batch_size=batch_size)
+
+
+def merge_moments(hits: Sequence[Any], gap: float = 0.0) -> list[dict]:
+    """Temporal NMS: hits of one video whose windows overlap (or touch within ``gap`` s), directly or through a
+    chain of overlapping hits, become one moment spanning them all, scored by its best hit.
+
+    Returns dicts with path, start, end, score and clip_ids (best hit first), best moment first.
+
+    >>> from types import SimpleNamespace as H
+    >>> [(m["start"], m["end"]) for m in merge_moments([H(path="a", start=0, end=10, score=.9, clip_id=1),
+    ...     H(path="a", start=5, end=15, score=.8, clip_id=2), H(path="a", start=30, end=40, score=.7, clip_id=3)])]
+    [(0, 15), (30, 40)]
+    """
+    by_path: dict[str, list] = {}
+    for h in hits:
+        by_path.setdefault(h.path, []).append(h)
+    moments: list[dict] = []
+    for path, group in by_path.items():
+        group.sort(key=lambda h: (h.start, h.end))
+        current: list = []
+        end = -math.inf
+        for h in group + [None]:
+            if h is None or (current and h.start > end + gap):
+                best = sorted(current, key=lambda x: -x.score)
+                moments.append({"path": path, "start": min(x.start for x in current), "end": end,
+                                "score": float(best[0].score), "clip_ids": [x.clip_id for x in best]})
+                current, end = [], -math.inf
+            if h is not None:
+                current.append(h)
+                end = max(end, h.end)
+    moments.sort(key=lambda m: -m["score"])
+    return moments
+
+
+class VideoLibrary:
+    """A searchable video library (a folder made by ``vmm index`` / :meth:`VideoLibrary.create`).
+
+    Thread-safe for concurrent searches: each search reads the snapshot taken at :meth:`open` (or at the
+    last :meth:`refresh`), and model calls are serialised.
+    """
+
+    def __init__(self, path: str, encoder, reader):
+        self.path = path
+        self.encoder = encoder
+        self._reader = reader
+        self._model_lock = threading.Lock()
+        self._model_source: Optional[tuple] = None
+
+    # -- opening ------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Union[str, Path], model: Optional[str] = None, checkpoint: Optional[str] = None,
+               device: Optional[str] = None, frames: Optional[int] = None) -> "VideoLibrary":
+        """A new (or existing) library folder bound to a model; add videos with :meth:`add`."""
+        path = os.path.abspath(os.fspath(path))
+        lib = cls(path, encoder=load_encoder(model, checkpoint, device, frames), reader=None)
+        lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
+        return lib
+
+    @classmethod
+    def open(cls, path: Union[str, Path], model: Optional[str] = None, checkpoint: Optional[str] = None,
+             device: Optional[str] = None) -> "VideoLibrary":
+        """Open an existing library with the model it was built with (or the one given, which must match)."""
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(path):
+            raise VmmError(f"library {path} does not exist; create it with `vmm index VIDEOS --library {path}`")
+        saved = _read_model_file(path)
+        if model is None and checkpoint is None:
+            model, checkpoint = saved.get("model"), saved.get("checkpoint")
+        encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
+        from index.reader import open_library
+        reader = open_library(path, model=encoder)
+        return cls(path, encoder, reader)
+
+    def refresh(self) -> None:
+        """Take a new snapshot (see videos indexed since :meth:`open`)."""
+        from index.reader import open_library
+        old, self._reader = self._reader, open_library(self.path, model=self.encoder)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "VideoLibrary":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        """Number of clips (vectors) in the snapshot."""
+        return 0 if self._reader is None else len(self._reader)
+
+    # -- changing -----------------------------------------------------------------------------------
+    def add(self, paths: Sequence[Union[str, Path]], **options):
+        """Index new or changed videos under ``paths`` (see ``index.build_library`` for options)."""
+        from index.library import build_library
+        options.setdefault("progress", False)
+        summary = build_library([os.fspath(p) for p in paths], self.path, self.encoder, **options)
+        if self._model_source is not None:
+            _write_model_file(self.path, *self._model_source)
+            self._model_source = None
+        self.refresh()
+        return summary
+
+    def remove(self, paths: Sequence[Union[str, Path]]) -> int:
+        """Drop videos (files or folders) from the library; the files on disk are untouched."""
+        from index.library import remove_paths
+        n = remove_paths(self.path, [os.fspath(p) for p in paths])
+        self.refresh()
+        return n
+
+    # -- searching ----------------------------------------------------------------------------------
+    def search(self, text: Optional[str] = None, video: Optional[Union[str, Path]] = None, k: int = 10,
+               rerank: int = 0, where: Union[Where, dict, Callable, None] = None, per_video: bool = False,
+               merge: bool = True) -> list[SearchHit]:
+        """Top ``k`` moments for a text query or an example video.
+
+        ``rerank=K`` re-scores the top K clips with the ITM head (the official two-stage recipe: the match
+        logit replaces the embedding score); ``where`` filters on metadata before ranking (path glob,
+        duration range, or a callable on the file record); ``per_video`` keeps one moment per video;
+        ``merge`` joins overlapping windows of a video into one moment.
+        """
+        if self._reader is None:
+            self.refresh()
+        if (text is None) == (video is None):
+            raise VmmError("give exactly one query: text=... or video=...")
+        if k < 1:
+            raise VmmError(f"k must be >= 1, got {k}")
+        if text is not None and not text.strip():
+            raise VmmError("empty query text; give some words to search for")
+        query = self._query_vector(text, video)
+        fetch = max(k, rerank) * (4 if merge or per_video else 1)
+        hits = self._reader.search_vectors(query, k=fetch, where=_as_filter(where))[0]
+        itm: dict[int, float] = {}
+        if rerank:
+            if text is None:
+                raise VmmError("--rerank needs a text query (ITM scores text-video pairs)")
+            itm = self._rerank_scores(text, hits[:rerank])
+            hits = sorted(hits[:rerank], key=lambda h: -itm[h.clip_id]) + list(hits[rerank:])
+            hits = [_with_score(h, itm[h.clip_id]) if h.clip_id in itm else _with_score(h, -math.inf)
+                    for h in hits]
+        moments = merge_moments(hits) if merge else [
+            {"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "clip_ids": [h.clip_id]}
+            for h in hits]
+        if per_video:
+            seen, kept = set(), []
+            for m in moments:
+                if m["path"] not in seen:
+                    seen.add(m["path"])
+                    kept.append(m)
+            moments = kept
+        out = []
+        for rank, m in enumerate(moments[:k], 1):
+            best = m["clip_ids"][0]
+            out.append(SearchHit(rank, m["path"], float(m["start"]), float(m["end"]), m["score"],
+                                 tuple(m["clip_ids"]), itm.get(best)))
+        return out
+
+    def _query_vector(self, text, video) -> np.ndarray:
+        with self._model_lock:
+            if text is not None:
+                if not hasattr(self.encoder, "encode_texts"):
+                    raise VmmError(f"model {self.encoder.name} has no text tower; search it with --video QUERY.mp4")
+                return self.encoder.encode_texts([text]).astype(np.float32)
+            return self.encoder.encode_clips([read_query_clip(video, self.encoder.num_frames)]).astype(np.float32)
+
+    def _rerank_scores(self, text: str, hits) -> dict[int, float]:
+        m = self._reader.manifest
+        by_path: dict[str, list] = {}
+        for h in hits:
+            by_path.setdefault(h.path, []).append(h)
+        frames = {}
+        for path, group in by_path.items():
+            windows = read_windows(path, m.num_frames, m.window, m.stride, m.max_seconds)
+            for h in group:
+                frames[h.clip_id] = windows[min(windows, key=lambda se: abs(se[0] - h.start) + abs(se[1] - h.end))]
+        clips = [frames[h.clip_id] for h in hits]
+        with self._model_lock:
+            scores = self.encoder.itm_scores_for(text, clips)
+        return {h.clip_id: float(s) for h, s in zip(hits, scores)}
+
+
+def _with_score(hit, score: float):
+    from dataclasses import replace
+    return replace(hit, score=score)
+
+
+def _as_filter(where):
+    if where is None or callable(where):
+        return where
+    from index.reader import ClipFilter
+    if isinstance(where, dict):
+        where = Where(**where)
+    return ClipFilter(path_glob=where.path_glob, min_duration=where.min_duration, max_duration=where.max_duration)
+
+
+def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:
+    """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3))."""
+    from index.decode import decode_video
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VmmError(f"query video {path} does not exist")
+    _, clips = decode_video(path, num_frames=num_frames, window=math.inf)
+    return clips[0].frames
+
+
+def read_windows(path: str, num_frames: int, window: float, stride: float,
+                 max_seconds: Optional[float]) -> dict[tuple[float, float], np.ndarray]:
+    """All clip windows of a video planned exactly as at indexing time: {(start, end): frames}."""
+    from index.decode import decode_video
+    if not os.path.isfile(path):
+        raise VmmError(f"{path} is gone since it was indexed; run `vmm index` again to update the library")
+    _, clips = decode_video(path, num_frames=num_frames, window=window, stride=stride, max_seconds=max_seconds)
+    return {(c.start, c.end): c.frames for c in clips}
+
+
+def _write_model_file(path: str, model, checkpoint, frames) -> None:
+    os.makedirs(path, exist_ok=True)
+    data = {"model": model, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "frames": frames}
+    tmp = os.path.join(path, f".{MODEL_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, MODEL_FILE))
+
+
+def _read_model_file(path: str) -> dict:
+    p = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(p):
+        return {}
+    try:
+        return json.loads(Path(p).read_text())
+    except json.JSONDecodeError:
+        raise VmmError(f"{p} is damaged; pass --model/--checkpoint explicitly (it is rewritten by vmm index)") from None

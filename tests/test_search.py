@@ -1,0 +1,158 @@
+"""`vmm index` + `vmm search` and the VideoLibrary API, end to end on generated videos with a real model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vmm
+from retrieval.library import VideoLibrary, Where, merge_moments
+from tests import videos
+from vmm.cli import main
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
+            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    torch.manual_seed(0)
+    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    vids = root / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED, seconds=2)
+    videos.write_solid(str(vids / "green.mp4"), videos.GREEN, seconds=2)
+    videos.write_moving_square(str(vids / "square.mp4"), seconds=2)
+    videos.write_long(str(vids / "long.mp4"), seconds=24)
+    lib = root / "lib"
+    assert main(["index", str(vids), "--library", str(lib), "--model", str(root / "model"), "--quiet",
+                 "--window", "8", "--stride", "4", "--workers", "0"]) == 0
+    return root, vids, lib
+
+
+def test_text_search_equals_brute_force_model_scores(setup, capsys):
+    root, vids, lib = setup
+    capsys.readouterr()
+    assert main(["search", str(lib), "a red screen", "-k", "20", "--json", "--no-merge"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert {"rank", "score", "path", "start", "end"} <= set(hits[0])
+    # brute force: embed every indexed window and the text with the same model, directly
+    with VideoLibrary.open(lib) as library:
+        enc = library.encoder
+        q = enc.encode_texts(["a red screen"])[0]
+        from retrieval.library import read_windows
+        m = library._reader.manifest
+        expect = []
+        for p in sorted(vids.iterdir()):
+            for (s, e), frames in read_windows(str(p), m.num_frames, m.window, m.stride, m.max_seconds).items():
+                expect.append((float(enc.encode_clips([frames])[0] @ q), str(p), s, e))
+    expect.sort(key=lambda t: -t[0])
+    assert len(hits) == len(expect) == 3 + 5  # 3 short videos + 24 s in windows of 8 s every 4 s
+    for h, (score, path, s, e) in zip(hits, expect):
+        assert h["path"] == path and (h["start"], h["end"]) == (s, e)
+        assert h["score"] == pytest.approx(score, abs=1e-5)
+
+
+def test_video_query_finds_itself_and_filters(setup):
+    root, vids, lib = setup
+    with VideoLibrary.open(lib) as library:
+        assert len(library) == 8
+        hits = library.search(video=vids / "square.mp4", k=2)
+        assert hits[0].path == str(vids / "square.mp4") and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        only_long = library.search(video=vids / "square.mp4", k=10, where=Where(min_duration=10))
+        assert {h.path for h in only_long} == {str(vids / "long.mp4")}
+        globbed = library.search(text="anything", k=10, where={"path_glob": "*/gr*.mp4"})
+        assert [h.path for h in globbed] == [str(vids / "green.mp4")]
+
+
+def test_overlapping_windows_merge_into_moments(setup):
+    root, vids, lib = setup
+    with VideoLibrary.open(lib) as library:
+        merged = library.search(video=vids / "long.mp4", k=10, where=Where(path_glob="*long.mp4"))
+        raw = library.search(video=vids / "long.mp4", k=10, where=Where(path_glob="*long.mp4"), merge=False)
+    assert len(raw) == 5 and len(merged) == 1  # windows 0-8, 4-12, ..., 16-24 all overlap a neighbour
+    assert (merged[0].start, merged[0].end) == (0.0, 24.0)
+    assert merged[0].score == max(h.score for h in raw) and len(merged[0].clip_ids) == 5
+
+
+def test_merge_moments_keeps_separate_spans():
+    from types import SimpleNamespace as H
+    hits = [H(path="a", start=0, end=10, score=.5, clip_id=1), H(path="a", start=20, end=30, score=.9, clip_id=2),
+            H(path="b", start=0, end=10, score=.7, clip_id=3), H(path="a", start=25, end=35, score=.8, clip_id=4)]
+    out = merge_moments(hits)
+    assert [(m["path"], m["start"], m["end"], m["clip_ids"]) for m in out] == [
+        ("a", 20, 35, [2, 4]), ("b", 0, 10, [3]), ("a", 0, 10, [1])]
+
+
+def test_rerank_orders_by_itm_logits(setup):
+    root, vids, lib = setup
+    with VideoLibrary.open(lib) as library:
+        emb = library.search(text="a square moving", k=8, merge=False)
+        re = library.search(text="a square moving", k=8, rerank=3, merge=False)
+        top3 = [h for h in emb[:3]]
+        from retrieval.library import read_windows
+        m = library._reader.manifest
+        clips = [read_windows(h.path, m.num_frames, m.window, m.stride, m.max_seconds)[(h.start, h.end)] for h in top3]
+        itm = library.encoder.itm_scores_for("a square moving", clips)
+    order = np.argsort(-itm, kind="stable")
+    assert [(h.path, h.start) for h in re[:3]] == [(top3[i].path, top3[i].start) for i in order]
+    assert [h.score for h in re[:3]] == pytest.approx(sorted(itm.tolist(), reverse=True), abs=1e-5)
+    assert all(h.itm is not None for h in re[:3]) and all(h.itm is None for h in re[3:])
+
+
+def test_per_video_and_table_output(setup, capsys):
+    root, vids, lib = setup
+    capsys.readouterr()
+    assert main(["search", str(lib), "--video", str(vids / "red.mp4"), "-k", "10", "--per-video"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "start-end" in out
+    assert sum(str(vids / name) in out for name in ("red.mp4", "green.mp4", "square.mp4", "long.mp4")) == 4
+
+
+def test_incremental_add_and_remove(setup, tmp_path):
+    root, vids, lib = setup
+    lib2 = tmp_path / "lib2"
+    library = VideoLibrary.create(lib2, model=str(root / "model"))
+    summary = library.add([vids / "red.mp4", vids / "green.mp4"], workers=0, window=8, stride=4)
+    assert summary.indexed == 2 and len(library) == 2
+    assert library.add([vids], workers=0).indexed == 2 and len(library) == 8
+    assert library.remove([vids / "long.mp4"]) == 1 and len(library) == 3
+    library.close()
+    with VideoLibrary.open(lib2) as again:
+        assert len(again) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "{lib}", ""], "empty query text"),
+    (["search", "{lib}"], "give a text query or --video"),
+    (["search", "{tmp}/nope", "dogs"], "does not exist"),
+    (["search", "{lib}", "dogs", "--model", "vmm_nano"], "was built with model"),
+    (["search", "{lib}", "--video", "{tmp}/missing.mp4"], "query video"),
+    (["index", "{tmp}/no-such-folder", "--library", "{tmp}/l", "--model", "{model}"], "no-such-folder"),
+    (["index", "{vids}", "--library", "{tmp}/l2"], "no model given"),
+])
+def test_bad_input_is_one_line(setup, tmp_path, capsys, argv, message):
+    root, vids, lib = setup
+    argv = [a.format(lib=lib, tmp=tmp_path, model=root / "model", vids=vids) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_cli_entry_point_runs_as_a_subprocess(setup):
+    root, vids, lib = setup
+    r = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(lib), "--video", str(vids / "green.mp4"),
+                        "-k", "1", "--json"], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["path"] == str(vids / "green.mp4")

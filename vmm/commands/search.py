@@ -1,0 +1,54 @@
+"""``vmm search LIB "text"`` or ``vmm search LIB --video QUERY.mp4``: ranked moments of a library."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("library", metavar="LIB", help="library folder made by `vmm index`")
+    p.add_argument("text", nargs="?", help="text query")
+    p.add_argument("--video", metavar="QUERY", help="search by an example video instead of text")
+    p.add_argument("-k", type=int, default=10, help="number of results [10]")
+    p.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="re-score the top K clips with the ITM head (official two-stage recipe)")
+    p.add_argument("--per-video", action="store_true", help="at most one moment per video")
+    p.add_argument("--no-merge", action="store_true", help="list overlapping windows separately")
+    p.add_argument("--path", dest="path_glob", help="only videos whose path matches this glob")
+    p.add_argument("--min-duration", type=float, help="only videos at least this long (s)")
+    p.add_argument("--max-duration", type=float, help="only videos at most this long (s)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of hits")
+    p.add_argument("--model", help="override the library's model (must be the same weights)")
+    p.add_argument("--checkpoint", help="override the library's checkpoint (must be the same weights)")
+    p.add_argument("--device", default=None)
+
+
+def _fmt_time(t: float) -> str:
+    m, s = divmod(t, 60)
+    return f"{int(m)}:{s:05.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from retrieval.library import VideoLibrary, Where
+    from vmm.errors import VmmError
+    if (args.text is None) == (args.video is None):
+        raise VmmError("give a text query or --video QUERY.mp4 (exactly one)")
+    where = Where(args.path_glob, args.min_duration, args.max_duration)
+    with VideoLibrary.open(args.library, model=args.model, checkpoint=args.checkpoint, device=args.device) as lib:
+        hits = lib.search(text=args.text, video=args.video, k=args.k, rerank=args.rerank, where=where,
+                          per_video=args.per_video, merge=not args.no_merge)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return 0
+    if not hits:
+        print("no results")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(box=None)
+    for col in ("rank", "score", "path", "start-end"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
+    Console(width=200).print(table)
+    return 0

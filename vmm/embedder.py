@@ -1,0 +1,116 @@
+"""A :class:`VideoTextModel` wrapped for indexing and search: uint8 clips and strings in, unit vectors out.
+
+It satisfies ``index.encoder.ClipEncoder`` (``name``, ``weights_hash``, ``dim``, ``num_frames``,
+``preprocessing``, ``encode_clips``) and adds ``encode_texts`` and ``itm_scores_for`` for re-ranking.
+On CUDA it runs under bf16 autocast (the official eval precision); on CPU in fp32.
+"""
+from __future__ import annotations
+
+import hashlib
+from contextlib import nullcontext
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from vmm.errors import VmmError
+from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """blake2b over every tensor's name, dtype, shape and bytes: equal iff the weights are equal."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class VideoTextEncoder:
+    """Index-side view of a multimodal model.
+
+    >>> import numpy as np, vmm
+    >>> from vmm.embedder import VideoTextEncoder
+    >>> model = vmm.create_model("videomamba_m16_mm", vision=dict(embed_dim=192, depth=1, img_size=32, num_frames=2),
+    ...     text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    ...     fusion_layer=1, max_position_embeddings=32), embed_dim=16)
+    >>> enc = VideoTextEncoder(model, device="cpu")
+    >>> enc.encode_clips([np.zeros((2, 40, 40, 3), np.uint8)]).shape, enc.encode_texts(["a red square"]).shape
+    ((1, 16), (1, 16))
+    """
+
+    def __init__(self, model, device: Optional[Union[str, torch.device]] = None, batch_size: int = 8,
+                 max_text_len: Optional[int] = None, tokenizer=None):
+        if not hasattr(model, "encode_video") or not hasattr(model, "encode_text"):
+            raise VmmError(f"model {getattr(model, 'model_name', type(model).__name__)} is not a video-text model; "
+                           f"use a multimodal model such as vmm_nano or videomamba_m16_25m")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        cfg = model.cfg
+        self.name = getattr(model, "model_name", None) or "videomamba_m16_mm"
+        self.dim = cfg.embed_dim
+        self.num_frames = cfg.vision.num_frames
+        self.img_size = cfg.vision.img_size
+        self.batch_size = batch_size
+        self.max_text_len = max_text_len or cfg.max_text_len
+        self.transform = EvalTransform(self.img_size)
+        if tokenizer is None:
+            from vmm.tokenizer import Tokenizer
+            tokenizer = Tokenizer(cfg.tokenizer, max_length=self.max_text_len)
+        self.tokenizer = tokenizer
+        self.preprocessing = {"resize": self.img_size, "interp": "bicubic-squash", "antialias": False,
+                              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "sampling": "middle",
+                              "frames": self.num_frames, "pooling": "normalised mean of per-frame embeddings"}
+        self._weights_hash: Optional[str] = None
+
+    @property
+    def weights_hash(self) -> str:
+        if self._weights_hash is None:
+            self._weights_hash = state_dict_hash(self.model)
+        return self._weights_hash
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+    def _video_batch(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([self.transform(c) for c in clips]).to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
+        """uint8 clips (T, H, W, 3) -> (N, dim) float32 unit vectors (and patch tokens with ``return_tokens``)."""
+        out, toks = [], []
+        for s in range(0, len(clips), self.batch_size):
+            with self._autocast():
+                emb, tokens = self.model.encode_video(self._video_batch(clips[s:s + self.batch_size]),
+                                                      return_tokens=True)
+            out.append(emb.float().cpu())
+            if return_tokens:
+                toks.append(tokens)
+        vecs = torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+        return (vecs, torch.cat(toks)) if return_tokens else vecs
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], return_hidden: bool = False):
+        """Strings -> (N, dim) float32 unit vectors (and (hidden, mask) for ITM with ``return_hidden``)."""
+        if any(not t or not t.strip() for t in texts):
+            raise VmmError("empty query text; give some words to search for")
+        ids, mask = self.tokenizer(list(texts), max_length=self.max_text_len)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with self._autocast():
+            emb, hidden = self.model.encode_text(ids, mask, return_hidden=True)
+        vecs = emb.float().cpu().numpy()
+        return (vecs, hidden, mask) if return_hidden else vecs
+
+    @torch.inference_mode()
+    def itm_scores_for(self, text: str, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """ITM match logits of one text against each clip (the official re-ranking score)."""
+        _, hidden, mask = self.encode_texts([text], return_hidden=True)
+        scores = []
+        for s in range(0, len(clips), self.batch_size):
+            _, tokens = self.encode_clips(clips[s:s + self.batch_size], return_tokens=True)
+            n = tokens.shape[0]
+            with self._autocast():
+                logits = self.model.itm_logits(tokens, hidden.expand(n, -1, -1), mask.expand(n, -1))
+            scores.append(logits[:, 1].float().cpu())
+        return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)

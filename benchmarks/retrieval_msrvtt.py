@@ -1,0 +1,17 @@
+r"""Reproduce VideoMamba-M's zero-shot MSRVTT (1k-A) retrieval row.
+
+Prints the ITC (emb), ITM re-ranked (rerank) and FAISS (index) rows beside the published numbers::
+
+    python benchmarks/retrieval_msrvtt.py --annotations anno_downstream/msrvtt_ret_test1k.json \
+        --videos MSRVTT/videos/all [--checkpoint hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth]
+
+Several GPUs: ``accelerate launch --multi_gpu --num_processes 8 benchmarks/retrieval_msrvtt.py ...``.
+docs/evaluation.md says where to get the annotation file and the videos.
+"""
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+    from retrieval.evaluate import benchmark_main
+    sys.exit(benchmark_main("msrvtt"))

@@ -1,0 +1,844 @@
+"""Zero-shot video-text retrieval evaluation, end to end, with the official protocol.
+
+:func:`evaluate` runs what the official ``exp_zs`` evaluation runs, and reports three rows:
+
+- ``emb``: ITC only. Per-frame video embeddings (8 frames, "middle" sampling, DiDeMo: first
+  30 s; bicubic squash to the model's size) against text embeddings: mean over frames of
+  the per-frame cosine.
+- ``rerank``: the top-k of every query by ITC (both directions) re-scored by the ITM head;
+  the ITM logit replaces the score (the published numbers are this row).
+- ``index``: what a video library returns. Each video is stored as one vector, the
+  L2-normalised mean of its per-frame embeddings, in a FAISS index (exact ``IndexFlatIP``
+  or an IVF index); texts rank videos by inner product, and videos rank texts through an
+  index of the text embeddings. ANN recall@10 against exact search is reported.
+
+Decoding runs in worker processes (:class:`index.pool.DecodePool`) while the model
+encodes; under ``torchrun`` / ``accelerate launch`` each rank encodes a strided shard of
+videos and texts, rank 0 gathers them and does the rest (other ranks return ``None``).
+
+>>> from retrieval.evaluate import EvalConfig
+>>> EvalConfig("msrvtt", "msrvtt_ret_test1k.json", "MSRVTT/videos/all").rerank_k
+128
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from retrieval.annotations import RetrievalDataset, get_protocol, load_retrieval_dataset
+from retrieval.metrics import chunked_similarity, rank_summary, retrieval_metrics, to_official_keys
+from retrieval.paper_numbers import checkpoint_corpus, paper_delta, paper_row
+from retrieval.rerank import rerank_topk
+from vmm.errors import VmmError
+
+ROWS = ("emb", "rerank", "index")
+DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
+
+
+@dataclass
+class EvalConfig:
+    """Everything that decides what :func:`evaluate` measures and how fast.
+
+    ``checkpoint=None`` uses the weights of a ``save_pretrained`` folder given as ``model``,
+    or the official file named in a registered model's config (``"default"``).
+    ``batch_size`` is videos per encoder batch; ``text_batch_size`` (official 256) and
+    ``itm_batch_size`` (pairs per ITM forward; official 32, any value gives the same
+    scores) only change speed. ``sim_chunk`` is videos per ITC block (None: automatic).
+    ``index`` is ``"flat"`` (exact) or ``"ivf"`` (``nlist``/``nprobe``, automatic if None).
+    """
+
+    dataset: str
+    annotations: str | Path
+    videos: str | Path
+    model: str | Path = "videomamba_m16_25m"
+    checkpoint: Optional[str | Path] = None
+    frames: int = 8
+    rerank_k: int = 128
+    batch_size: int = 16
+    text_batch_size: int = 256
+    itm_batch_size: int = 128
+    allow_missing: bool = False
+    device: str = "auto"
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
+    workers: int = 4
+    decode_timeout: float = 120.0
+    index: str = "flat"
+    nlist: Optional[int] = None
+    nprobe: Optional[int] = None
+    sim_chunk: Optional[int] = None
+    progress: bool = False
+
+    def check(self) -> None:
+        """Raise VmmError naming the first bad option."""
+        get_protocol(self.dataset)
+        for name in ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size"):
+            if getattr(self, name) < 1:
+                raise VmmError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise VmmError(f"workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise VmmError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.index not in ("flat", "ivf"):
+            raise VmmError(f"index must be 'flat' or 'ivf', got {self.index!r}")
+        if self.sim_chunk is not None and self.sim_chunk < 1:
+            raise VmmError(f"sim-chunk must be >= 1, got {self.sim_chunk}")
+
+
+@dataclass
+class EvalResult:
+    """The report (JSON-ready dict) plus the score matrices behind it.
+
+    ``itc`` is (V, T); ``i2t`` (V, T) and ``t2i`` (T, V) are the re-ranked matrices; all
+    float32 on the CPU, over the evaluated videos and texts of ``dataset``.
+    """
+
+    report: dict
+    itc: Tensor
+    i2t: Tensor
+    t2i: Tensor
+    dataset: RetrievalDataset
+
+    def markdown(self) -> str:
+        return format_markdown(self.report)
+
+    def save_scores(self, path: str | Path) -> Path:
+        """Write itc, i2t, t2i, txt2vid and video paths to an ``.npz`` file (atomically)."""
+        arrays = dict(itc=self.itc.numpy(), i2t=self.i2t.numpy(), t2i=self.t2i.numpy(),
+                      txt2vid=np.asarray(self.dataset.txt2vid, dtype=np.int64),
+                      videos=np.asarray([str(p) for p in self.dataset.videos]))
+        return _atomic_write(Path(path), lambda f: np.savez(f, **arrays), binary=True)
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+@dataclass
+class _Runtime:
+    device: torch.device
+    dtype: torch.dtype  # model weights and activations
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False  # we initialised torch.distributed, so we tear it down
+
+    @property
+    def comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        kind = self.device.type if self.device.type == "cpu" else f"cuda ({name})"
+        return kind + (f" x {self.world} processes" if self.world > 1 else "")
+
+
+def _start_runtime(config: EvalConfig) -> _Runtime:
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = config.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise VmmError(f"--device {config.device}: no CUDA GPU is visible; pass --device cpu")
+    device = torch.device(wanted)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    runtime = _Runtime(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            runtime.owns_group = True
+        runtime.rank, runtime.world = dist.get_rank(), dist.get_world_size()
+    return runtime
+
+
+def _stop_runtime(runtime: _Runtime) -> None:
+    if runtime.owns_group:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- model
+def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32):
+    """(model, eval transform, tokenizer, model name, checkpoint) ready for evaluation.
+
+    >>> # model, transform, tokenizer, name, ckpt = load_eval_model(EvalConfig("msrvtt", "a.json", "videos"))
+    """
+    import vmm
+    from vmm.models.persistence import is_pretrained_dir
+    model_arg, checkpoint = config.model, config.checkpoint
+    is_dir = is_pretrained_dir(model_arg)
+    if is_dir and checkpoint is not None:
+        raise VmmError(f"--model {model_arg} is a model folder with its own weights; drop --checkpoint, or pass a "
+                       "registered model name (e.g. videomamba_m16_25m) with --checkpoint")
+    if not is_dir and Path(str(model_arg)).exists():
+        raise VmmError(f"--model {model_arg} is not a vmm model folder (needs config.json and model.safetensors); "
+                       "pass a registered model name or a save_pretrained folder")
+    if not is_dir and str(model_arg) in vmm.list_models():
+        from vmm.models.registry import get_model_config
+        arch = (get_model_config(str(model_arg)) or {}).get("architecture", str(model_arg))
+        if arch != "videomamba_m16_mm":
+            video_text = [m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
+                          == "videomamba_m16_mm" and m != "videomamba_m16_mm"]
+            raise VmmError(f"--model {model_arg} is not a video-text model; use one of {', '.join(video_text)}")
+    if is_dir:
+        model, _, transform = vmm.create_model_and_transforms(model_arg)
+    else:
+        # Random weights are never evaluated: no checkpoint means the official file of the model config.
+        # Loading a checkpoint interpolates the temporal position table to the requested frame count.
+        model, _, transform = vmm.create_model_and_transforms(
+            model_arg, pretrained="default" if checkpoint is None else checkpoint,
+            vision={"num_frames": config.frames})
+    vision = getattr(model.cfg, "vision", None)
+    if vision is None or not hasattr(model, "itm_logits"):
+        raise VmmError(f"--model {model_arg} is not a video-text model (it has no text tower and ITM head)")
+    if vision.num_frames != config.frames:
+        raise VmmError(f"--frames {config.frames}: the model in {model_arg} was saved for {vision.num_frames} "
+                       f"frames; pass --frames {vision.num_frames}")
+    protocol = get_protocol(config.dataset)
+    if model.cfg.text.max_position_embeddings < protocol.max_text_len:
+        raise VmmError(f"{protocol.name} needs texts of {protocol.max_text_len} tokens but the model's text tower "
+                       f"has {model.cfg.text.max_position_embeddings} positions; use a model with more")
+    tokenizer = vmm.get_tokenizer(str(model_arg))
+    model = model.to(device=device, dtype=dtype).eval()
+    name = getattr(model, "model_name", None) or str(model_arg)
+    source = None if is_dir else str(getattr(model, "pretrained_source", checkpoint))
+    return model, transform, tokenizer, name, source
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class _Progress:
+    """A rich progress display (or nothing) with named tasks."""
+
+    def __init__(self, enabled: bool):
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self._progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=Console(stderr=True))
+
+    def __enter__(self) -> "_Progress":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def task(self, description: str, total: int):
+        if self._progress is None:
+            return lambda advance=0, note=None, completed=None: None
+        task_id = self._progress.add_task(description, total=total, note="")
+
+        def update(advance: int = 0, note: str | None = None, completed: int | None = None) -> None:
+            fields = {} if note is None else {"note": note}
+            self._progress.update(task_id, advance=advance, completed=completed, **fields)
+        return update
+
+
+# ---------------------------------------------------------------------------------------------- features
+@dataclass
+class TextFeatures:
+    """Unit text embeddings (N, E) float32, text-only hidden states (N, L, H) for ITM, masks (N, L)."""
+
+    emb: Tensor
+    hidden: Tensor
+    mask: Tensor
+
+
+@dataclass
+class VideoFeatures:
+    """Unit per-frame embeddings (N, F, E) float32, patch tokens (N, F*P, D) for ITM, failures by row."""
+
+    frames: Tensor
+    tokens: Tensor
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def encode_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: int, runtime: _Runtime,
+                 progress=None) -> TextFeatures:
+    """Encode texts in batches: CLS embeddings for ITC, hidden states and masks for ITM (kept on the CPU)."""
+    if texts:
+        ids, mask = tokenizer(texts, max_length=max_len)
+    else:  # an empty shard (more ranks than texts) still takes part in the gather
+        ids = mask = torch.zeros(0, max_len, dtype=torch.long)
+    emb = torch.empty(len(texts), model.cfg.embed_dim)
+    hidden = torch.empty(len(texts), max_len, model.cfg.text.hidden_size, dtype=runtime.dtype)
+    for start in range(0, len(texts), batch_size):
+        stop = min(start + batch_size, len(texts))
+        with runtime.autocast():
+            e, h = model.encode_text(ids[start:stop].to(runtime.device), mask[start:stop].to(runtime.device),
+                                     return_hidden=True)
+        emb[start:stop] = e.float().cpu()
+        hidden[start:stop] = h.to(runtime.dtype).cpu()
+        if progress:
+            progress(stop - start)
+    return TextFeatures(emb, hidden, mask)
+
+
+def _decoded_batches(pool, transform, batch_size: int, failures: dict[int, str],
+                     stop: threading.Event) -> Iterator[tuple[list[int], Tensor]]:
+    """Batches of (row indices, transformed clips) from a running DecodePool, prepared in a thread.
+
+    The thread pulls decoded frames and applies the transform while the caller's model runs,
+    so decoding, resizing and encoding overlap. Failed files land in ``failures``.
+    """
+    out: queue.Queue = queue.Queue(maxsize=2)
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        rows: list[int] = []
+        clips: list[Tensor] = []
+        try:
+            while pool.pending() and not stop.is_set():
+                event = pool.get(timeout=0.2)
+                if event is None:
+                    continue
+                kind, key, payload = event
+                if kind == "clip":
+                    rows.append(key)
+                    clips.append(transform(payload.frames))
+                elif kind == "failed":
+                    failures[key] = payload
+                if len(rows) == batch_size:
+                    put((rows, torch.stack(clips)))
+                    rows, clips = [], []
+            if rows:
+                put((rows, torch.stack(clips)))
+            put(None)
+        except BaseException as error:  # surfaced in the consumer
+            put(error)
+
+    thread = threading.Thread(target=produce, name="vmm-eval-frames", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@torch.inference_mode()
+def encode_videos(model, transform, paths: list[Path], decode_options, batch_size: int, runtime: _Runtime,
+                  workers: int = 4, decode_timeout: float = 120.0, stop_on_failure: bool = False,
+                  progress=None) -> VideoFeatures:
+    """Decode (in worker processes) and encode videos; one row per path, zeros where decoding failed.
+
+    With ``stop_on_failure`` the model stops encoding after the first failure, but decoding
+    continues so that every unreadable file is found and listed in one run.
+    """
+    from index.pool import DecodePool
+    n = len(paths)
+    frames_emb = torch.zeros(n, decode_options.num_frames, model.cfg.embed_dim)
+    tokens: Optional[Tensor] = None
+    failures: dict[int, str] = {}
+    stop = threading.Event()
+    with DecodePool(decode_options, workers=workers, timeout=decode_timeout, prefetch=2 * batch_size) as pool:
+        for row, path in enumerate(paths):
+            pool.submit(row, str(path))
+        batches = _decoded_batches(pool, transform, batch_size, failures, stop)
+        try:
+            for rows, clips in batches:
+                if not (stop_on_failure and failures):
+                    with runtime.autocast():
+                        emb, vis = model.encode_video(clips.to(runtime.device, runtime.dtype, non_blocking=True),
+                                                      per_frame=True, return_tokens=True)
+                    if tokens is None:
+                        tokens = torch.zeros(n, *vis.shape[1:], dtype=runtime.dtype)
+                    index = torch.as_tensor(rows)
+                    frames_emb[index] = emb.float().cpu()
+                    tokens[index] = vis.to(runtime.dtype).cpu()
+                if progress:
+                    progress(len(rows), note=f"{len(failures)} unreadable" if failures else "")
+        finally:
+            batches.close()  # stops the frame thread before the pool goes away, also on errors
+        if progress and failures:
+            progress(0, note=f"{len(failures)} unreadable")
+    if tokens is None:  # nothing decoded here: the shape still has to be right for gathering
+        side = model.cfg.vision.img_size // model.cfg.vision.patch_size
+        tokens = torch.zeros(n, decode_options.num_frames * side * side, model.cfg.vision.embed_dim,
+                             dtype=runtime.dtype)
+    return VideoFeatures(frames_emb, tokens, failures)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _gather_rows(shard: Tensor, total: int, runtime: _Runtime, chunk_bytes: int = 64 << 20) -> Optional[Tensor]:
+    """Rank r holds global rows r, r + W, r + 2W, ...; rank 0 gets all ``total`` rows in order (others: None).
+
+    Sent in fixed-size chunks (padded shards) so memory stays bounded, as raw bytes: every dtype
+    travels bit-exactly over every backend (NCCL has no int16, gloo no bfloat16 everywhere).
+    """
+    import torch.distributed as dist
+    if runtime.world == 1:
+        return shard
+    world, rank = runtime.world, runtime.rank
+    max_rows = math.ceil(total / world)
+    dtype, row_shape = shard.dtype, shard.shape[1:]
+    wire = shard.contiguous().view(torch.uint8) if shard.ndim > 1 else shard.contiguous()
+    wire_shape = wire.shape[1:]
+    row_bytes = max(1, int(np.prod(wire_shape)) * wire.element_size())
+    rows_per_chunk = max(1, chunk_bytes // row_bytes)
+    out = torch.empty((total, *wire_shape), dtype=wire.dtype) if rank == 0 else None
+    for start in range(0, max_rows, rows_per_chunk):
+        count = min(rows_per_chunk, max_rows - start)
+        piece = torch.zeros((count, *wire_shape), dtype=wire.dtype, device=runtime.comm_device)
+        mine = wire[start:start + count]
+        piece[:len(mine)] = mine.to(runtime.comm_device)
+        parts = [torch.empty_like(piece) for _ in range(world)] if rank == 0 else None
+        dist.gather(piece, parts, dst=0)
+        if rank == 0:
+            local = torch.arange(start, start + count)
+            for r, part in enumerate(parts):
+                rows = r + local * world
+                valid = rows < total
+                out[rows[valid]] = part[valid].cpu()
+    if out is None:
+        return None
+    return out.view(dtype).reshape(total, *row_shape) if shard.ndim > 1 else out
+
+
+def _gather_objects(obj: Any, runtime: _Runtime) -> list:
+    import torch.distributed as dist
+    if runtime.world == 1:
+        return [obj]
+    gathered: list = [None] * runtime.world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+# ---------------------------------------------------------------------------------------------- drops
+def _drop_videos(dataset: RetrievalDataset, bad: set[int]) -> tuple[RetrievalDataset, list[int], list[int]]:
+    """The dataset without videos ``bad`` and their texts; also the kept video and text rows."""
+    keep_videos = [v for v in range(len(dataset.videos)) if v not in bad]
+    new_index = {v: i for i, v in enumerate(keep_videos)}
+    keep_texts = [t for t, v in enumerate(dataset.txt2vid) if v in new_index]
+    new_text = {t: i for i, t in enumerate(keep_texts)}
+    subset = replace(
+        dataset,
+        videos=[dataset.videos[v] for v in keep_videos],
+        texts=[dataset.texts[t] for t in keep_texts],
+        txt2vid=[new_index[dataset.txt2vid[t]] for t in keep_texts],
+        vid2txt=[[new_text[t] for t in dataset.vid2txt[v]] for v in keep_videos],
+        missing=list(dataset.missing) + [dataset.videos[v] for v in sorted(bad)],
+    )
+    return subset, keep_videos, keep_texts
+
+
+def _failure_error(failures: dict[int, str], dataset: RetrievalDataset) -> VmmError:
+    first = sorted(failures)[:3]
+    shown = "; ".join(f"{dataset.videos[v]}: {failures[v]}" for v in first)
+    more = f" (and {len(failures) - len(first)} more)" if len(failures) > len(first) else ""
+    return VmmError(f"{len(failures)} of {len(dataset.videos)} videos cannot be decoded: {shown}{more}; "
+                    "re-download them or pass --allow-missing to evaluate without them")
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def _place(tensor: Tensor, device: torch.device, share: float = 0.4) -> Tensor:
+    """Move to the GPU when it takes less than ``share`` of the free memory; else keep it on the CPU."""
+    if device.type != "cuda":
+        return tensor
+    free, _ = torch.cuda.mem_get_info(device)
+    return tensor.to(device) if tensor.numel() * tensor.element_size() < share * free else tensor
+
+
+def itm_scorer(model, video_tokens: Tensor, text: TextFeatures, direction: str, runtime: _Runtime):
+    """``score_pairs(query, candidates)`` for :func:`rerank_topk`: ITM match logits of paired rows.
+
+    ``v2t``: one video against candidate texts; ``t2v``: one text against candidate videos.
+    Each call is one batch through ``model.itm_logits`` (fusion layers + ITM head).
+    """
+    device = runtime.device
+
+    @torch.inference_mode()
+    def score(query: int, candidates: Tensor) -> Tensor:
+        n = len(candidates)
+        if direction == "v2t":
+            c = candidates.to(text.hidden.device)
+            hidden, mask = text.hidden[c].to(device), text.mask[c].to(device)
+            vis = video_tokens[query:query + 1].to(device).expand(n, -1, -1)
+        else:
+            vis = video_tokens[candidates.to(video_tokens.device)].to(device)
+            hidden = text.hidden[query:query + 1].to(device).expand(n, -1, -1)
+            mask = text.mask[query:query + 1].to(device).expand(n, -1)
+        with runtime.autocast():
+            return model.itm_logits(vis, hidden, mask)[:, 1].float()
+    return score
+
+
+def pooled_video_vectors(frames: Tensor) -> Tensor:
+    """What a video library stores: the L2-normalised mean of the unit per-frame embeddings.
+
+    >>> pooled_video_vectors(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])).tolist()
+    [[0.7071067690849304, 0.7071067690849304]]
+    """
+    return F.normalize(frames.float().mean(1), dim=-1)
+
+
+def _build_faiss_index(vectors: np.ndarray, kind: str, nlist: Optional[int], nprobe: Optional[int]):
+    import faiss
+    n, d = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+        info = {"type": "flat"}
+    else:
+        if nlist is None:
+            nlist = max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+        nlist = max(1, min(nlist, n))
+        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).cp.min_points_per_centroid = 1  # tiny sets: no "too few points" noise
+        index.train(vectors)
+        index.nprobe = max(1, min(nprobe or max(1, nlist // 8), nlist))
+        info = {"type": "ivf", "nlist": nlist, "nprobe": index.nprobe}
+    index.add(vectors)
+    return index, info
+
+
+def _index_direction(stored: np.ndarray, queries: np.ndarray, query_owner: np.ndarray, stored_owner: np.ndarray,
+                     kind: str, nlist: Optional[int], nprobe: Optional[int]) -> tuple[np.ndarray, float, dict]:
+    """0-based rank of each query's ground truth through a FAISS index, and ANN recall@10 vs exact search.
+
+    A query's ground truth are the stored items whose owner video equals the query's owner video.
+    A ground truth that an ANN search does not return at all counts as ranked last.
+    """
+    index, info = _build_faiss_index(stored, kind, nlist, nprobe)
+    n_stored = len(stored)
+    top = min(10, n_stored)
+    ranks = np.empty(len(queries), dtype=np.int64)
+    hits, chunk = 0, max(1, (1 << 23) // n_stored)
+    stored_t = torch.from_numpy(stored)
+    for start in range(0, len(queries), chunk):
+        q = queries[start:start + chunk]
+        _, found = index.search(q, n_stored)
+        owner = np.where(found >= 0, stored_owner[np.clip(found, 0, None)], -1)
+        is_gt = owner == query_owner[start:start + chunk, None]
+        ranks[start:start + chunk] = np.where(is_gt.any(1), is_gt.argmax(1), n_stored - 1)
+        exact = (torch.from_numpy(q) @ stored_t.T).topk(top, dim=1).indices.numpy()
+        hits += sum(len(set(a) & set(e)) for a, e in zip(found[:, :top].tolist(), exact.tolist()))
+    return ranks, hits / (top * len(queries)), info
+
+
+def index_metrics(video_frames: Tensor, text_emb: Tensor, txt2vid: list[int], kind: str = "flat",
+                  nlist: Optional[int] = None, nprobe: Optional[int] = None) -> dict:
+    """The ``index`` row: ranking through FAISS with pooled video vectors, plus ANN recall@10.
+
+    >>> v = F.normalize(torch.randn(4, 8, 16), dim=-1); t = F.normalize(torch.randn(6, 16), dim=-1)
+    >>> row = index_metrics(v, t, txt2vid=[0, 1, 2, 3, 0, 1])
+    >>> row["t2v"]["count"], row["v2t"]["count"], row["ann_recall@10"]
+    (6, 4, {'t2v': 1.0, 'v2t': 1.0})
+    """
+    videos = np.ascontiguousarray(pooled_video_vectors(video_frames).numpy(), dtype=np.float32)
+    texts = np.ascontiguousarray(text_emb.float().numpy(), dtype=np.float32)
+    owners = np.asarray(txt2vid, dtype=np.int64)
+    video_ids = np.arange(len(videos), dtype=np.int64)
+    t2v_ranks, t2v_recall, info = _index_direction(videos, texts, owners, video_ids, kind, nlist, nprobe)
+    v2t_ranks, v2t_recall, _ = _index_direction(texts, videos, video_ids, owners, kind, nlist, nprobe)
+    return {"t2v": rank_summary(t2v_ranks), "v2t": rank_summary(v2t_ranks), **info,
+            "ann_recall@10": {"t2v": round(t2v_recall, 4), "v2t": round(v2t_recall, 4)}}
+
+
+# ---------------------------------------------------------------------------------------------- main entry
+def evaluate(config: EvalConfig) -> Optional[EvalResult]:
+    """Run the official zero-shot evaluation; returns the result on rank 0 (None on other ranks).
+
+    >>> # result = evaluate(EvalConfig("msrvtt", "msrvtt_ret_test1k.json", "MSRVTT/videos/all"))
+    >>> # print(result.markdown())
+    """
+    config.check()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    protocol = get_protocol(config.dataset)
+    dataset = load_retrieval_dataset(config.annotations, config.videos, protocol, allow_missing=config.allow_missing)
+    listed = len(dataset.videos) + len(dataset.missing)
+    if not dataset.videos:
+        raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}")
+    runtime = _start_runtime(config)
+    try:
+        return _evaluate(config, dataset, protocol, listed, runtime, timings, t_start)
+    finally:
+        _stop_runtime(runtime)
+
+
+def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> Optional[EvalResult]:
+    from index.decode import DecodeOptions
+    tick = time.perf_counter()
+    model, transform, tokenizer, model_name, checkpoint = load_eval_model(config, runtime.device, runtime.dtype)
+    timings["load_model"] = time.perf_counter() - tick
+    world, rank = runtime.world, runtime.rank
+    my_videos = list(range(rank, len(dataset.videos), world))
+    my_texts = list(range(rank, len(dataset.texts), world))
+    decode_options = DecodeOptions(num_frames=config.frames, window=math.inf, max_seconds=protocol.trim_seconds)
+
+    with _Progress(config.progress and rank == 0) as progress:
+        tick = time.perf_counter()
+        text = encode_texts(model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len,
+                            config.text_batch_size, runtime, progress.task("texts", len(my_texts)))
+        timings["texts"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        video = encode_videos(model, transform, [dataset.videos[v] for v in my_videos], decode_options,
+                              config.batch_size, runtime, config.workers, config.decode_timeout,
+                              stop_on_failure=not config.allow_missing,
+                              progress=progress.task("videos (decode+encode)", len(my_videos)))
+        timings["videos"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        failures = {r + row * world: reason  # shard row -> dataset row
+                    for r, part in enumerate(_gather_objects(video.failures, runtime)) for row, reason in part.items()}
+        frames = _gather_rows(video.frames, len(dataset.videos), runtime)
+        tokens = _gather_rows(video.tokens, len(dataset.videos), runtime)
+        text_emb = _gather_rows(text.emb, len(dataset.texts), runtime)
+        text_hidden = _gather_rows(text.hidden, len(dataset.texts), runtime)
+        text_mask = _gather_rows(text.mask, len(dataset.texts), runtime)
+        timings["gather"] = time.perf_counter() - tick
+        if rank != 0:
+            return None
+
+        missing = [{"video": str(p), "reason": "file not found"} for p in dataset.missing]
+        if failures:
+            if not config.allow_missing:
+                raise _failure_error(failures, dataset)
+            missing += [{"video": str(dataset.videos[v]), "reason": failures[v]} for v in sorted(failures)]
+            dataset, keep_v, keep_t = _drop_videos(dataset, set(failures))
+            if not dataset.videos:
+                raise VmmError(f"none of the {listed} videos of {config.annotations} could be decoded")
+            frames, tokens = frames[keep_v], tokens[keep_v]
+            text_emb, text_hidden, text_mask = text_emb[keep_t], text_hidden[keep_t], text_mask[keep_t]
+        text = TextFeatures(text_emb, text_hidden, text_mask)
+
+        tick = time.perf_counter()
+        itc = chunked_similarity(frames.to(runtime.device), text_emb.to(runtime.device), chunk=config.sim_chunk)
+        rows = {"emb": retrieval_metrics(itc, itc.T, dataset.txt2vid, dataset.vid2txt)}
+        timings["itc"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        text = TextFeatures(text.emb, _place(text.hidden, runtime.device), _place(text.mask, runtime.device))
+        tokens = _place(tokens, runtime.device)
+        k = config.rerank_k
+        n_v, n_t = len(dataset.videos), len(dataset.texts)
+        v2t_bar = progress.task(f"re-rank v2t (top {min(k, n_t)})", n_v)
+        i2t = rerank_topk(itc, k, itm_scorer(model, tokens, text, "v2t", runtime), config.itm_batch_size, "v2t",
+                          progress=lambda done, total: v2t_bar(completed=done))
+        t2v_bar = progress.task(f"re-rank t2v (top {min(k, n_v)})", n_t)
+        t2i = rerank_topk(itc, k, itm_scorer(model, tokens, text, "t2v", runtime), config.itm_batch_size, "t2v",
+                          progress=lambda done, total: t2v_bar(completed=done))
+        rows["rerank"] = retrieval_metrics(i2t, t2i, dataset.txt2vid, dataset.vid2txt)
+        timings["rerank"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    rows["index"] = index_metrics(frames, text_emb, dataset.txt2vid, config.index, config.nlist, config.nprobe)
+    timings["index"] = time.perf_counter() - tick
+
+    report = _build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint,
+                           runtime, timings, time.perf_counter() - t_start)
+    return EvalResult(report, itc.float().cpu(), i2t.cpu(), t2i.cpu(), dataset)
+
+
+def _build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint, runtime,
+                  timings, seconds) -> dict:
+    from vmm import __version__
+    img_size = model.cfg.vision.img_size
+    # The checkpoint's name decides the published row; a folder model is known by its model name.
+    paper = paper_row(protocol.name, checkpoint) if checkpoint else paper_row(protocol.name, model_name)
+    if paper is not None and (config.frames != 8 or img_size != 224):
+        paper = None  # published numbers exist only for 8 frames at 224 px
+    report = {
+        "dataset": protocol.name,
+        "annotations": str(config.annotations),
+        "videos_dir": str(config.videos),
+        "model": model_name,
+        "checkpoint": checkpoint,
+        "num_videos": len(dataset.videos),
+        "num_texts": len(dataset.texts),
+        "listed_videos": listed,
+        "missing": missing,
+        "missing_count": len(missing),
+        "frames": config.frames,
+        "img_size": img_size,
+        "max_text_len": protocol.max_text_len,
+        "trim_seconds": protocol.trim_seconds,
+        "paragraph": protocol.paragraph,
+        "rerank_k": config.rerank_k,
+    }
+    for name in ROWS:
+        report[name] = {**rows[name], "official": to_official_keys(rows[name])}
+    report["paper"] = paper
+    report["delta"] = paper_delta(rows["rerank"], paper) if paper else None
+    report["delta_row"] = "rerank"
+    report["comparable"] = bool(paper) and not missing
+    report["seconds"] = round(seconds, 2)
+    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    report["device"] = runtime.describe()
+    report["precision"] = "bf16" if runtime.dtype == torch.bfloat16 else "fp32"
+    report["world_size"] = runtime.world
+    report["vmm_version"] = __version__
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _fmt(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as a Markdown table: emb, rerank, index rows, then the paper row and the difference.
+
+    >>> m = {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0, "MdR": 4.0, "MnR": 5.0, "count": 2}
+    >>> r = {"dataset": "msrvtt", "model": "m", "checkpoint": None, "num_videos": 2, "num_texts": 2,
+    ...      "missing_count": 0, "frames": 8, "rerank_k": 128, "seconds": 1.0, "device": "cpu",
+    ...      "emb": {"t2v": m, "v2t": m}, "rerank": {"t2v": m, "v2t": m},
+    ...      "index": {"t2v": m, "v2t": m, "type": "flat", "ann_recall@10": {"t2v": 1.0, "v2t": 1.0}},
+    ...      "paper": None, "delta": None}
+    >>> print(format_markdown(r).splitlines()[-1])
+    | index (FAISS flat) | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 |
+    """
+    keys = ("R@1", "R@5", "R@10", "MdR", "MnR")
+    ann = report["index"]["ann_recall@10"]
+    index_name = report["index"]["type"]
+    if index_name == "ivf":
+        index_name += f" nlist={report['index']['nlist']} nprobe={report['index']['nprobe']}"
+    lines = [
+        f"### Zero-shot retrieval: {report['dataset']}",
+        "",
+        f"model `{report['model']}`" + (f", checkpoint `{report['checkpoint']}`" if report["checkpoint"] else ""),
+        f"{report['num_videos']} videos and {report['num_texts']} texts evaluated, "
+        f"{report['missing_count']} videos missing or unreadable; {report['frames']} frames, "
+        f"ITM re-ranking of the top {report['rerank_k']}; index ANN recall@10 t2v {ann['t2v']:.3f}, "
+        f"v2t {ann['v2t']:.3f}; {report['seconds']:.1f} s on {report['device']}",
+        "",
+        "| row | " + " | ".join(f"T2V {k}" for k in keys) + " | " + " | ".join(f"V2T {k}" for k in keys) + " |",
+        "|---|" + "---:|" * (2 * len(keys)),
+    ]
+
+    def row(label: str, data: dict, signed: bool = False) -> str:
+        cells = [_fmt(data[d].get(k), signed) for d in ("t2v", "v2t") for k in keys]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append(row("emb (ITC)", report["emb"]))
+    lines.append(row(f"rerank (ITM top-{report['rerank_k']})", report["rerank"]))
+    lines.append(row(f"index (FAISS {index_name})", report["index"]))
+    if report.get("paper"):
+        lines.append(row(f"paper ({report['paper']['corpus']})", report["paper"]))
+        lines.append(row("rerank - paper", report["delta"], signed=True))
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write, binary: bool = False) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written report."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VmmError(f"cannot create {path.parent} ({e.strerror}); choose a writable folder") from None
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise VmmError(f"cannot write {path} ({e.strerror}); choose a writable path") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_json(report: dict, path: str | Path) -> Path:
+    """Write the report as indented JSON (atomically)."""
+    return _atomic_write(Path(path), lambda f: f.write(json.dumps(report, indent=2) + "\n"))
+
+
+def write_markdown(report: dict, path: str | Path) -> Path:
+    """Write :func:`format_markdown` output (atomically)."""
+    return _atomic_write(Path(path), lambda f: f.write(format_markdown(report) + "\n"))
+
+
+def default_model_for(checkpoint: str | Path) -> str:
+    """The registered model matching an official checkpoint name (the 25M model otherwise).
+
+    >>> default_model_for("hf-hub:OpenGVLab/VideoMamba/videomamba_m16_5M_f8_res224.pth")
+    'videomamba_m16_5m'
+    """
+    corpus = checkpoint_corpus(str(checkpoint))
+    return f"videomamba_m16_{corpus.lower()}" if corpus else "videomamba_m16_25m"
+
+
+def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
+    """Command line of ``benchmarks/retrieval_<dataset>.py``: reproduce a published row and print the table.
+
+    Writes ``benchmarks/results/retrieval_<dataset>.{json,md}`` unless told otherwise.
+
+    >>> # benchmark_main("msrvtt", ["--annotations", "msrvtt_ret_test1k.json", "--videos", "MSRVTT/videos/all"])
+    """
+    import argparse
+    import sys
+    protocol = get_protocol(dataset)
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    p = argparse.ArgumentParser(description=f"Reproduce the published zero-shot {dataset} retrieval numbers "
+                                            f"of VideoMamba-M ({protocol.annotation_file}).")
+    p.add_argument("--annotations", required=True, help=f"the official {protocol.annotation_file}")
+    p.add_argument("--videos", required=True, help="folder the annotation's video paths are relative to")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"weights [{DEFAULT_CHECKPOINT}]")
+    p.add_argument("--model", default=None, help="registered model name [the one matching --checkpoint]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoder processes")
+    p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
+    p.add_argument("--allow-missing", action="store_true", help="evaluate without missing or unreadable videos")
+    p.add_argument("--json", default=str(results / f"retrieval_{dataset}.json"))
+    p.add_argument("--markdown", default=str(results / f"retrieval_{dataset}.md"))
+    args = p.parse_args(argv)
+    config = EvalConfig(dataset, args.annotations, args.videos, model=args.model or default_model_for(args.checkpoint),
+                        checkpoint=args.checkpoint, batch_size=args.batch_size, allow_missing=args.allow_missing,
+                        device=args.device, workers=args.workers, progress=sys.stderr.isatty())
+    try:
+        result = evaluate(config)
+        if result is None:
+            return 0
+        write_json(result.report, args.json)
+        write_markdown(result.report, args.markdown)
+    except VmmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.markdown())
+    print(f"\nwrote {args.json} and {args.markdown}")
+    return 0

@@ -1,0 +1,67 @@
+"""``vmm eval``: the official zero-shot retrieval evaluation on one test set (see docs/evaluation.md)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DATASETS = ("msrvtt", "didemo", "anet", "lsmdc", "msvd")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=DATASETS, help="test-set protocol (text length, paragraphs, DiDeMo 30 s trim)")
+    p.add_argument("--annotations", required=True, metavar="FILE.json",
+                   help="official test annotation file, e.g. msrvtt_ret_test1k.json")
+    p.add_argument("--videos", required=True, metavar="DIR", help="folder the annotation's video paths are relative to")
+    p.add_argument("--model", default=None,
+                   help="registered model name or save_pretrained folder [the model matching --checkpoint, "
+                        "else videomamba_m16_25m]")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights: .pth/.safetensors path or hf-hub:OpenGVLab/VideoMamba/<file> "
+                        "[the model's official file]")
+    p.add_argument("--frames", type=int, default=8, help="frames per video (official: 8) [8]")
+    p.add_argument("--rerank-k", type=int, default=128, help="ITM re-ranks the top k by ITC per query [128]")
+    p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch [16]")
+    p.add_argument("--text-batch-size", type=int, default=256, help="texts per encoder batch [256]")
+    p.add_argument("--itm-batch-size", type=int, default=128, help="(video, text) pairs per ITM batch [128]")
+    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--markdown", metavar="OUT", help="write the report as a Markdown table")
+    p.add_argument("--save-scores", metavar="OUT.npz", help="also write the ITC and re-ranked score matrices")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="evaluate without missing or unreadable videos (numbers then not comparable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 weights and autocast on CUDA (as the official eval), fp32 on CPU [auto]")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="decoder processes per rank; 0 decodes in the main process [min(8, CPUs)]")
+    p.add_argument("--decode-timeout", type=float, default=120.0, help="seconds before a hung decoder is killed [120]")
+    p.add_argument("--index", default="flat", choices=("flat", "ivf"),
+                   help="FAISS index of the 'index' row: exact flat or IVF (ANN) [flat]")
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists [about 4*sqrt(N)]")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query [nlist/8]")
+    p.add_argument("--sim-chunk", type=int, default=None, help="videos per ITC block [automatic, ~128 MiB]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from retrieval.evaluate import EvalConfig, default_model_for, evaluate, write_json, write_markdown
+    model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
+    config = EvalConfig(
+        dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,
+        checkpoint=args.checkpoint, frames=args.frames, rerank_k=args.rerank_k, batch_size=args.batch_size,
+        text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size, allow_missing=args.allow_missing,
+        device=args.device, precision=args.precision, workers=args.workers, decode_timeout=args.decode_timeout,
+        index=args.index, nlist=args.nlist, nprobe=args.nprobe, sim_chunk=args.sim_chunk,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    result = evaluate(config)
+    if result is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
+    if args.json:
+        write_json(result.report, args.json)
+    if args.markdown:
+        write_markdown(result.report, args.markdown)
+    if args.save_scores:
+        result.save_scores(args.save_scores)
+    print(result.markdown())
+    return 0

@@ -72,7 +72,27 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
                   backend: Optional[str] = None) -> Tensor:
     """Dispatch point for a whole bidirectional layer; see :func:`bimamba_inner_ref` for the contract.
 
-    ``backend`` names a scan backend of :func:`vmm.ops.selective_scan` (``"reference"``, ``"mamba_ssm"``) or a
-    fused layer backend; ``None`` picks the fastest available for the device.
+    ``backend`` names a scan backend of :func:`vmm.ops.selective_scan` (``"reference"``, ``"mamba_ssm"``) or the
+    fused layer backend ``"triton"`` (both directions, conv and gating in two launches, no flip copies);
+    ``None`` picks the fastest available for the device: ``triton`` on CUDA when Triton is importable.
     """
+    if backend == "triton" or (backend is None and x.is_cuda):
+        from vmm.ops import triton_bimamba
+        if triton_bimamba.is_available(x.device):
+            _log_layer_choice("triton", x)
+            return triton_bimamba.bimamba_inner_triton(x, z, fwd, bwd)
+        if backend == "triton":
+            from vmm.errors import VmmError
+            raise VmmError("scan backend 'triton' needs a CUDA device and the triton package; "
+                           "use backend='reference' (or None for automatic choice)")
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
+
+
+_logged: set = set()
+
+
+def _log_layer_choice(name: str, x: Tensor) -> None:
+    if (name, x.device.type) not in _logged:
+        _logged.add((name, x.device.type))
+        import logging
+        logging.getLogger(__name__).info("bimamba_inner: using the fused %s layer kernel on %s", name, x.device)

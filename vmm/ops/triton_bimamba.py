@@ -1,0 +1,696 @@
+"""Fused bidirectional Mamba layer ("bimamba v2") in Triton: the ``triton`` backend of
+:func:`vmm.ops.bimamba.bimamba_inner`.
+
+The official code runs each direction as its own pipeline and materialises ``xz.flip`` and ``out_b.flip``.
+Here the backward direction reads the sequence by reversed index instead, and a layer costs:
+
+1. one conv kernel that reads x once and writes SiLU(causal conv) and SiLU(anti-causal conv) for both
+   directions;
+2. the four small GEMMs (x_proj, dt_proj per direction) through cuBLAS;
+3. one scan launch for both directions: softplus(delta + bias), exp(delta * A), the N-state recurrence,
+   the D skip, the SiLU(z) gate and the sum of the two directions, written once.
+
+Everything works in a channel-last layout, (B, L, E) with E contiguous, which is what ``in_proj(u)``
+produces: one program owns a block of channels of one sequence, so the B/C rows of a time step are loaded
+once per block of channels (not once per channel) and every load of u, delta, z is a coalesced row.
+The scan is a sequential loop over L with the (BLOCK_E, N) state in registers (one channel per lane, its
+N states in that lane's registers); inputs arrive in tiles of FWD_TILE steps loaded a tile ahead.
+
+The backward pass (for training) recomputes the states: it first reruns the forward recurrence and keeps
+the state every ``CK`` steps, then walks chunks from the end, recomputes each chunk's per-step states into
+a small scratch buffer and runs the adjoint recurrence backwards through them. dB/dC are summed over the
+block of channels in registers and then added across blocks with atomics, as are dA, dD and the dt bias.
+
+Numerics follow the reference: fp32 arithmetic, each direction's gated output rounded to the I/O dtype
+before the two are summed (the reference sums two tensors of that dtype).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # Triton is optional: CPU-only installs use the reference backends.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+LOG2E = 1.4426950408889634
+
+__all__ = ["is_available", "bimamba_inner_triton", "bimamba_scan", "conv1d_bidir_silu", "add_rmsnorm", "HAS_TRITON"]
+
+
+def is_available(device: Optional[torch.device] = None) -> bool:
+    """True when the fused kernels can run on ``device`` (CUDA with Triton importable).
+
+    >>> from vmm.ops.triton_bimamba import is_available
+    >>> isinstance(is_available(torch.device("cpu")), bool)
+    True
+    """
+    if not HAS_TRITON:
+        return False
+    if device is None:
+        return torch.cuda.is_available()
+    return torch.device(device).type == "cuda"
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _softplus(x):
+        # torch's softplus (threshold 20); log1p(e) as log(u) * e / (u - 1) stays accurate when e is tiny.
+        e = tl.exp(x)
+        u = 1.0 + e
+        lp = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+        return tl.where(x > 20.0, x, lp)
+
+    @triton.jit
+    def _conv_bidir_kernel(x_ptr, w_ptr, bias_ptr, of_ptr, ob_ptr, L, E,
+                           s_xb, s_xl, s_ob, s_ol,
+                           K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+        pid_l = tl.program_id(0)
+        pid_e = tl.program_id(1)
+        b = tl.program_id(2)
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        x_base = x_ptr + b * s_xb
+        acc_f = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
+        acc_b = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
+        if HAS_BIAS:
+            acc_f += tl.load(bias_ptr + offs_e, mask=mask_e, other=0.0)[None, :]
+            acc_b += tl.load(bias_ptr + E + offs_e, mask=mask_e, other=0.0)[None, :]
+        for k in tl.static_range(K):
+            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
+            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
+            # causal: x[t - (K-1) + k]; anti-causal with mirrored taps: x[t + (K-1) - k]
+            t_f = offs_l - (K - 1) + k
+            t_b = offs_l + (K - 1) - k
+            m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
+            m_b = (t_b < L)[:, None] & mask_e[None, :]
+            x_f = tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f, other=0.0).to(tl.float32)
+            x_b = tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b, other=0.0).to(tl.float32)
+            acc_f += w_f[None, :] * x_f
+            acc_b += w_b[None, :] * x_b
+        acc_f = acc_f * tl.sigmoid(acc_f)
+        acc_b = acc_b * tl.sigmoid(acc_b)
+        m_o = (offs_l < L)[:, None] & mask_e[None, :]
+        o_off = b * s_ob + offs_l[:, None] * s_ol + offs_e[None, :]
+        tl.store(of_ptr + o_off, acc_f.to(of_ptr.dtype.element_ty), mask=m_o)
+        tl.store(ob_ptr + o_off, acc_b.to(ob_ptr.dtype.element_ty), mask=m_o)
+
+    @triton.jit
+    def _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
+                            A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
+                            s_ul, s_zl, s_bl, s_ol,
+                            REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, WRITE_OUT: tl.constexpr,
+                            SAVE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
+        """One direction's recurrence over the whole sequence; step s reads position L-1-s when REVERSE.
+
+        WRITE_OUT stores the gated output (added to what is already there when ACCUMULATE); SAVE keeps the
+        state before every CK-th step in ck (slot 0, the zero state, is never written).
+        """
+        # Inputs of step s+2 are loaded during step s: two steps of slack hide the load latency. Loads past
+        # the end re-read the last position (clamped, so no mask is needed) and are never used.
+        u0, dt0, b0, z0, c0, pr0 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, 0, L, offs_e, mask_e,
+                                              offs_n, s_ul, s_zl, s_bl, s_ol, REVERSE, ACCUMULATE, WRITE_OUT)
+        u1, dt1, b1, z1, c1, pr1 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, 1, L, offs_e, mask_e,
+                                              offs_n, s_ul, s_zl, s_bl, s_ol, REVERSE, ACCUMULATE, WRITE_OUT)
+        h = tl.zeros([BLOCK_E, N], tl.float32)
+        for s in range(L):
+            u2, dt2, b2, z2, c2, pr2 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, s + 2, L, offs_e,
+                                                  mask_e, offs_n, s_ul, s_zl, s_bl, s_ol,
+                                                  REVERSE, ACCUMULATE, WRITE_OUT)
+            if REVERSE:
+                p = L - 1 - s
+            else:
+                p = s
+            u = u0.to(tl.float32)
+            delta = _softplus(dt0.to(tl.float32) + bias)
+            h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * b0.to(tl.float32)[None, :]
+            if WRITE_OUT:
+                z = z0.to(tl.float32)
+                y = tl.sum(h * c0.to(tl.float32)[None, :], axis=1) + Dv * u
+                y = (y * (z * tl.sigmoid(z))).to(out_ptr.dtype.element_ty)
+                if ACCUMULATE:
+                    y = (y.to(tl.float32) + pr0.to(tl.float32)).to(out_ptr.dtype.element_ty)
+                tl.store(out_ptr + p * s_ol + offs_e, y, mask=mask_e)
+            if SAVE:
+                if (s + 1) % CK == 0:
+                    slot = (s + 1) // CK
+                    tl.store(ck_ptr + slot * N * sE + offs_n[None, :] * sE + offs_e[:, None], h,
+                             mask=mask_e[:, None] & (s + 1 < L))
+            u0, dt0, b0, z0, c0, pr0 = u1, dt1, b1, z1, c1, pr1
+            u1, dt1, b1, z1, c1, pr1 = u2, dt2, b2, z2, c2, pr2
+
+    @triton.jit
+    def _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, s, L, offs_e, mask_e, offs_n,
+                   s_ul, s_zl, s_bl, s_ol,
+                   REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, WRITE_OUT: tl.constexpr):
+        """Raw inputs of scan step s (clamped to the sequence); unused outputs are the u row again."""
+        if REVERSE:
+            p = tl.maximum(L - 1 - s, 0)
+        else:
+            p = tl.minimum(s, L - 1)
+        u = tl.load(u_ptr + p * s_ul + offs_e, mask=mask_e, other=0.0)
+        dt = tl.load(dt_ptr + p * s_ul + offs_e, mask=mask_e, other=0.0)
+        bv = tl.load(b_ptr + p * s_bl + offs_n)
+        z = u
+        cv = bv
+        prev = u
+        if WRITE_OUT:
+            z = tl.load(z_ptr + p * s_zl + offs_e, mask=mask_e, other=0.0)
+            cv = tl.load(c_ptr + p * s_bl + offs_n)
+            if ACCUMULATE:
+                prev = tl.load(out_ptr + p * s_ol + offs_e, mask=mask_e, other=0.0)
+        return u, dt, bv, z, cv, prev
+
+    @triton.jit
+    def _tile_rows(ptr, c0, L, s_l, rows, offs_e, mask_e, REVERSE: tl.constexpr):
+        """The (T, BLOCK_E) tile of rows for scan steps c0 .. c0+T-1 (zeros past the end)."""
+        s = c0 + rows
+        if REVERSE:
+            p = L - 1 - s
+        else:
+            p = s
+        m = (s < L)[:, None] & mask_e[None, :]
+        return tl.load(ptr + p[:, None] * s_l + offs_e[None, :], mask=m, other=0.0)
+
+    @triton.jit
+    def _row(tile, rows, t: tl.constexpr):
+        # Row t of a tile whose rows sit in each thread's registers: the max against -inf folds away,
+        # so this is a register pick, not arithmetic.
+        return tl.max(tl.where(rows[:, None] == t, tile, float("-inf")), axis=0)
+
+    @triton.jit
+    def _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr,
+                                  A2, Dv, bias, offs_e, mask_e, offs_n, L,
+                                  s_ul, s_zl, s_bl, s_ol,
+                                  REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, T: tl.constexpr,
+                                  N: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z (and the
+        earlier direction's output) arrive as (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave
+        as one tile store, and no store sits between the unrolled steps, so their B/C loads issue early."""
+        rows = tl.arange(0, T)
+        U = _tile_rows(u_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
+        DT = _tile_rows(dt_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
+        Z = _tile_rows(z_ptr, 0, L, s_zl, rows, offs_e, mask_e, REVERSE)
+        if ACCUMULATE:
+            P = _tile_rows(out_ptr, 0, L, s_ol, rows, offs_e, mask_e, REVERSE)
+        else:
+            P = U
+        h = tl.zeros([BLOCK_E, N], tl.float32)
+        for c0 in range(0, L, T):
+            U1 = _tile_rows(u_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
+            DT1 = _tile_rows(dt_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
+            Z1 = _tile_rows(z_ptr, c0 + T, L, s_zl, rows, offs_e, mask_e, REVERSE)
+            if ACCUMULATE:
+                P1 = _tile_rows(out_ptr, c0 + T, L, s_ol, rows, offs_e, mask_e, REVERSE)
+            else:
+                P1 = U1
+            Uf = U.to(tl.float32)
+            Delta = _softplus(DT.to(tl.float32) + bias[None, :])
+            Zf = Z.to(tl.float32)
+            Gate = Zf * tl.sigmoid(Zf)
+            Y = tl.zeros([T, BLOCK_E], tl.float32)
+            for t in tl.static_range(T):
+                if REVERSE:
+                    p = tl.maximum(L - 1 - (c0 + t), 0)
+                else:
+                    p = tl.minimum(c0 + t, L - 1)
+                bv = tl.load(b_ptr + p * s_bl + offs_n)
+                cv = tl.load(c_ptr + p * s_bl + offs_n)
+                u = _row(Uf, rows, t)
+                delta = _row(Delta, rows, t)
+                h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * bv[None, :]
+                y = tl.sum(h * cv[None, :], axis=1) + Dv * u
+                Y = tl.where(rows[:, None] == t, y[None, :], Y)
+            Y = (Y * Gate).to(out_ptr.dtype.element_ty)
+            if ACCUMULATE:
+                Y = (Y.to(tl.float32) + P.to(tl.float32)).to(out_ptr.dtype.element_ty)
+            s = c0 + rows
+            if REVERSE:
+                po = L - 1 - s
+            else:
+                po = s
+            tl.store(out_ptr + po[:, None] * s_ol + offs_e[None, :], Y, mask=(s < L)[:, None] & mask_e[None, :])
+            U = U1
+            DT = DT1
+            Z = Z1
+            P = P1
+
+    # sE (= E) must not be specialised as a multiple of 16: that keeps (N, E)-major tiles at one element per
+    # thread with the 32 lanes over channels and all N states in registers (no shuffles, no layout converts).
+    # The row strides are not specialised either, for the same reason on (T, BLOCK_E) tiles.
+    @triton.jit(do_not_specialize=["sE", "s_ul", "s_zl", "s_ol"])
+    def _bimamba_fwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, bf_ptr, cf_ptr, bb_ptr, cb_ptr,
+                            A_ptr, D_ptr, bias_ptr, out_ptr,
+                            L, E, sE, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol,
+                            N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr):
+        pid_e = tl.program_id(0)
+        b = tl.program_id(1)
+        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        offs_n = tl.arange(0, N)
+        a_off = offs_n[None, :] * sE + offs_e[:, None]  # (N, E)-major: lanes run over channels
+        for d in tl.static_range(2):
+            A2 = tl.load(A_ptr + d * N * sE + a_off, mask=mask_e[:, None], other=0.0) * 1.4426950408889634
+            Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+            if d == 0:
+                if TILE > 0:
+                    _scan_direction_fwd_tiled(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb,
+                                              bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, out_ptr + b * s_ob,
+                                              A2, Dv, bias, offs_e, mask_e, offs_n, L, s_ul, s_zl, s_bfl, s_ol,
+                                              REVERSE=False, ACCUMULATE=False, T=TILE, N=N, BLOCK_E=BLOCK_E)
+                else:
+                    _scan_direction_fwd(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb,
+                                        bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, out_ptr + b * s_ob, out_ptr,
+                                        A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bfl, s_ol,
+                                        REVERSE=False, ACCUMULATE=False, WRITE_OUT=True, SAVE=False, CK=1,
+                                        N=N, BLOCK_E=BLOCK_E)
+                # The backward direction adds to what the forward one wrote.
+                tl.debug_barrier()
+            else:
+                if TILE > 0:
+                    _scan_direction_fwd_tiled(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb,
+                                              bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, out_ptr + b * s_ob,
+                                              A2, Dv, bias, offs_e, mask_e, offs_n, L, s_ul, s_zl, s_bbl, s_ol,
+                                              REVERSE=True, ACCUMULATE=True, T=TILE, N=N, BLOCK_E=BLOCK_E)
+                else:
+                    _scan_direction_fwd(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb,
+                                        bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, out_ptr + b * s_ob, out_ptr,
+                                        A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol,
+                                        REVERSE=True, ACCUMULATE=True, WRITE_OUT=True, SAVE=False, CK=1,
+                                        N=N, BLOCK_E=BLOCK_E)
+
+    @triton.jit
+    def _scan_direction_bwd(u_ptr, dt_ptr, z_ptr, g_ptr, b_ptr, c_ptr, ck_ptr, scr_ptr,
+                            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                            A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK,
+                            s_ul, s_zl, s_bl,
+                            REVERSE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
+        A2 = A * 1.4426950408889634
+        n_true = offs_n < N
+        # Pass 1: states every CK steps (slot c = state before step c*CK).
+        _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, u_ptr, ck_ptr,
+                            A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ul,
+                            REVERSE=REVERSE, ACCUMULATE=False, WRITE_OUT=False, SAVE=True, CK=CK,
+                            N=N, BLOCK_E=BLOCK_E)
+        tl.debug_barrier()
+        tile = offs_n[None, :] * sE + offs_e[:, None]  # (N, E)-major, like A and the checkpoints
+        dh_prop = tl.zeros([BLOCK_E, N], tl.float32)  # a_{s+1} * dh_{s+1}, carried backwards
+        dA_acc = tl.zeros([BLOCK_E, N], tl.float32)
+        dD_acc = tl.zeros([BLOCK_E], tl.float32)
+        dbias_acc = tl.zeros([BLOCK_E], tl.float32)
+        for i in range(NCK):
+            c = NCK - 1 - i
+            s0 = c * CK
+            h = tl.load(ck_ptr + c * N * sE + tile, mask=mask_e[:, None] & (c > 0), other=0.0)
+            # Pass 2: this chunk's per-step states into scratch.
+            for j in range(CK):
+                s = s0 + j
+                valid = s < L
+                if REVERSE:
+                    p = L - 1 - s
+                else:
+                    p = s
+                m = mask_e & valid
+                u = tl.load(u_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
+                dt = tl.load(dt_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
+                bv = tl.load(b_ptr + p * s_bl + offs_n, mask=n_true & valid, other=0.0).to(tl.float32)
+                delta = _softplus(dt + bias)
+                tl.store(scr_ptr + j * N * sE + tile, h, mask=mask_e[:, None])  # the state before step s
+                h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * bv[None, :]
+            tl.debug_barrier()
+            # Pass 3: the adjoint recurrence, last step of the chunk first.
+            for jj in range(CK):
+                j = CK - 1 - jj
+                s = s0 + j
+                valid = s < L
+                if REVERSE:
+                    p = L - 1 - s
+                else:
+                    p = s
+                m = mask_e & valid
+                u = tl.load(u_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
+                dt = tl.load(dt_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + p * s_zl + offs_e, mask=m, other=0.0).to(tl.float32)
+                g = tl.load(g_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
+                bv = tl.load(b_ptr + p * s_bl + offs_n, mask=n_true & valid, other=0.0).to(tl.float32)
+                cv = tl.load(c_ptr + p * s_bl + offs_n, mask=n_true & valid, other=0.0).to(tl.float32)
+                h_prev = tl.load(scr_ptr + j * N * sE + tile, mask=mask_e[:, None], other=0.0)
+                xb = dt + bias
+                delta = _softplus(xb)
+                a = tl.exp2(delta[:, None] * A2)
+                zs = tl.sigmoid(z)
+                dy = g * z * zs
+                dh = dh_prop + dy[:, None] * cv[None, :]
+                du_ = delta * u
+                hb = a * h_prev  # not h - delta*u*B, which cancels when a is small
+                h = hb + du_[:, None] * bv[None, :]
+                dA_acc += dh * delta[:, None] * hb
+                ddelta = tl.sum(dh * (bv[None, :] * u[:, None] + A * hb), axis=1)
+                du = tl.sum(dh * bv[None, :], axis=1) * delta + dy * Dv
+                y = tl.sum(h * cv[None, :], axis=1) + Dv * u
+                dz = g * y * zs * (1.0 + z * (1.0 - zs))
+                ddt = ddelta * tl.sigmoid(xb)
+                dD_acc += dy * u
+                dbias_acc += tl.where(m, ddt, 0.0)
+                tl.store(du_ptr + p * s_ul + offs_e, du.to(du_ptr.dtype.element_ty), mask=m)
+                tl.store(ddt_ptr + p * s_ul + offs_e, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
+                tl.atomic_add(dz_ptr + p * s_ul + offs_e, dz, mask=m, sem="relaxed")
+                dB_row = tl.sum(dh * du_[:, None], axis=0)
+                dC_row = tl.sum(h * dy[:, None], axis=0)
+                tl.atomic_add(dB_ptr + p * s_bl + offs_n, dB_row, mask=n_true & valid, sem="relaxed")
+                tl.atomic_add(dC_ptr + p * s_bl + offs_n, dC_row, mask=n_true & valid, sem="relaxed")
+                dh_prop = a * dh
+            tl.debug_barrier()
+        tl.atomic_add(dA_ptr + tile, dA_acc, mask=mask_e[:, None], sem="relaxed")
+        tl.atomic_add(dD_ptr + offs_e, dD_acc, mask=mask_e, sem="relaxed")
+        tl.atomic_add(dbias_ptr + offs_e, dbias_acc, mask=mask_e, sem="relaxed")
+
+    @triton.jit(do_not_specialize=["sE"])
+    def _bimamba_bwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, g_ptr, bf_ptr, cf_ptr, bb_ptr, cb_ptr,
+                            A_ptr, D_ptr, bias_ptr, ck_ptr, scr_ptr,
+                            duf_ptr, dub_ptr, ddtf_ptr, ddtb_ptr, dz_ptr, dB_ptr, dC_ptr,
+                            dA_ptr, dD_ptr, dbias_ptr,
+                            L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl,
+                            N: tl.constexpr, CK: tl.constexpr, BLOCK_E: tl.constexpr):
+        pid_e = tl.program_id(0)
+        b = tl.program_id(1)
+        d = tl.program_id(2)
+        n_eb = tl.num_programs(0)
+        B = tl.num_programs(1)
+        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        offs_n = tl.arange(0, N)
+        a_off = offs_n[None, :] * sE + offs_e[:, None]
+        A = tl.load(A_ptr + d * N * sE + a_off, mask=mask_e[:, None], other=0.0)
+        Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+        bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+        ck = ck_ptr + (d * B + b).to(tl.int64) * NCK * N * sE
+        scr = scr_ptr + (d * B + b).to(tl.int64) * CK * N * sE
+        dBC = (d * B + b).to(tl.int64) * s_bfb  # d(B|C) has the layout of B|C
+        if d == 0:
+            _scan_direction_bwd(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, g_ptr + b * s_ub,
+                                bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, ck, scr,
+                                duf_ptr + b * s_ub, ddtf_ptr + b * s_ub, dz_ptr + b * s_ub,
+                                dB_ptr + dBC, dC_ptr + dBC, dA_ptr, dD_ptr, dbias_ptr,
+                                A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bfl,
+                                REVERSE=False, CK=CK, N=N, BLOCK_E=BLOCK_E)
+        else:
+            _scan_direction_bwd(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, g_ptr + b * s_ub,
+                                bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, ck, scr,
+                                dub_ptr + b * s_ub, ddtb_ptr + b * s_ub, dz_ptr + b * s_ub,
+                                dB_ptr + dBC, dC_ptr + dBC, dA_ptr + N * sE, dD_ptr + E, dbias_ptr + E,
+                                A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bbl,
+                                REVERSE=True, CK=CK, N=N, BLOCK_E=BLOCK_E)
+
+
+    @triton.jit
+    def _add_rmsnorm_kernel(h_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, D, eps,
+                            HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK_D)
+        m = offs < D
+        r = tl.load(h_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            r += tl.load(r_ptr + row * D + offs, mask=m, other=0.0)
+        tl.store(rout_ptr + row * D + offs, r, mask=m)
+        rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / D + eps)
+        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * D + offs, (r * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
+
+# Launch settings; one warp per 32 channels keeps enough programs resident to hide the per-step latency.
+FWD_BLOCK_E = 32
+FWD_WARPS = 1
+FWD_TILE = 4  # steps per chunk of tile loads in the forward kernel; 0 = one step at a time
+FWD_MAXNREG = None  # a register cap trades spills for more resident warps; the benchmark tries both
+BWD_BLOCK_E = 32
+BWD_WARPS = 1
+BWD_CK = 32
+CONV_BLOCK_L = 32
+CONV_BLOCK_E = 64
+
+
+def _check_rows(t: Tensor, name: str) -> Tensor:
+    """Kernels index the last dim with stride 1; anything else is copied once."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias) -> Tensor:
+    Bsz, L, E = uf.shape
+    N = A.shape[1]
+    out = torch.empty((Bsz, L, E), device=uf.device, dtype=uf.dtype)
+    grid = (triton.cdiv(E, FWD_BLOCK_E), Bsz)
+    _bimamba_fwd_kernel[grid](
+        uf, ub, dtf, dtb, z, bcf, bcf[..., N:], bcb, bcb[..., N:], A, D, bias, out,
+        L, E, E, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
+        bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(0), out.stride(1),
+        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, num_warps=FWD_WARPS,
+        **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
+    )
+    return out
+
+
+def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias):
+    Bsz, L, E = uf.shape
+    N = A.shape[1]
+    dev = uf.device
+    n_eb = triton.cdiv(E, BWD_BLOCK_E)
+    nck = triton.cdiv(L, BWD_CK)
+    f32 = dict(device=dev, dtype=torch.float32)
+    ck = torch.empty((2, Bsz, nck, N, E), **f32)
+    scratch = torch.empty((2, Bsz, BWD_CK, N, E), **f32)
+    du_f, du_b = torch.empty_like(uf), torch.empty_like(ub)
+    ddt_f, ddt_b = torch.empty_like(dtf), torch.empty_like(dtb)
+    dz = torch.zeros((Bsz, L, E), **f32)
+    dbc = torch.zeros((2, Bsz, L, 2 * N), **f32)  # per direction, the layout of B|C
+    dA = torch.zeros((2, N, E), **f32)
+    dD = torch.zeros((2, E), **f32)
+    dbias = torch.zeros((2, E), **f32)
+    grid = (n_eb, Bsz, 2)
+    _bimamba_bwd_kernel[grid](
+        uf, ub, dtf, dtb, z, g, bcf, bcf[..., N:], bcb, bcb[..., N:], A, D, bias, ck, scratch,
+        du_f, du_b, ddt_f, ddt_b, dz, dbc, dbc[..., N:], dA, dD, dbias,
+        L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
+        bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1),
+        N=N, CK=BWD_CK, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,
+    )
+    return du_f, du_b, ddt_f, ddt_b, dz, dbc, dA, dD, dbias
+
+
+class _BiScanFn(torch.autograd.Function):
+    """uf, ub, dtf, dtb, z: (B, L, E); bcf, bcb: (B, L, 2N) fp32 contiguous ([B | C], so a time step's
+    B and C rows are two aligned 64-byte vector loads); A: (2, N, E); D, bias: (2, E) fp32."""
+
+    @staticmethod
+    def forward(ctx, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias):
+        out = _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias)
+        ctx.save_for_backward(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias = ctx.saved_tensors
+        du_f, du_b, ddt_f, ddt_b, dz, dbc, dA, dD, dbias = _launch_bwd(
+            g.contiguous(), uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias)
+        return du_f, du_b, ddt_f, ddt_b, dz.to(z.dtype), dbc[0], dbc[1], dA, dD, dbias
+
+
+def _scan_bc(u_f, u_b, dt_f, dt_b, z, bc_f, bc_b, A, D, delta_bias) -> Tensor:
+    """:func:`bimamba_scan` with B and C already side by side: ``bc_*`` (B, L, 2N) = [B | C]."""
+    uf, ub = u_f.contiguous(), u_b.contiguous()
+    dtf = dt_f if dt_f.stride() == uf.stride() else dt_f.contiguous()
+    dtb = dt_b if dt_b.stride() == uf.stride() else dt_b.contiguous()
+    z = _check_rows(z, "z")
+    bcf = bc_f.float().contiguous()
+    bcb = bc_b.float().contiguous()
+    A_ne = A.float().transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over channels
+    return _BiScanFn.apply(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D.float().contiguous(),
+                           delta_bias.float().contiguous())
+
+
+def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor,
+                 B_f: Tensor, C_f: Tensor, B_b: Tensor, C_b: Tensor,
+                 A: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
+    """Both directions of the selective scan in one launch, channel-last.
+
+    ``u_*``, ``dt_*`` (raw delta, before bias and softplus) and ``z``: (B, L, E); ``B_*``, ``C_*``: (B, L, N);
+    ``A``: (2, E, N) (already ``-exp(A_log)``), ``D`` and ``delta_bias``: (2, E); index 0 is the forward
+    direction, 1 the backward one, which reads position L-1-s at step s. Returns (B, L, E)::
+
+        y = SiLU(z) * (scan_fwd(u_f) + D_f u_f) + SiLU(z) * (scan_bwd(u_b) + D_b u_b)
+
+    Differentiable in every argument. Example (needs a CUDA GPU)::
+
+        >>> if is_available():
+        ...     t = lambda *s: torch.randn(*s, device="cuda")
+        ...     y = bimamba_scan(t(1, 9, 32), t(1, 9, 32), t(1, 9, 32), t(1, 9, 32), t(1, 9, 32),
+        ...                      t(1, 9, 16), t(1, 9, 16), t(1, 9, 16), t(1, 9, 16),
+        ...                      -t(2, 32, 16).exp(), t(2, 32), t(2, 32))
+        ...     assert y.shape == (1, 9, 32)
+    """
+    return _scan_bc(u_f, u_b, dt_f, dt_b, z, torch.cat([B_f, C_f], -1), torch.cat([B_b, C_b], -1),
+                    A, D, delta_bias)
+
+
+class _ConvBidirFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        Bsz, L, E = x.shape
+        K = w.shape[-1]
+        of = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
+        ob = torch.empty_like(of)
+        grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
+        _conv_bidir_kernel[grid](
+            x, w, bias if bias is not None else w, of, ob, L, E,
+            x.stride(0), x.stride(1), of.stride(0), of.stride(1),
+            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+        )
+        ctx.save_for_backward(x, w, bias)
+        return of, ob
+
+    @staticmethod
+    def backward(ctx, g_f, g_b):
+        # Recompute in PyTorch: the conv is a small share of a layer's time.
+        x, w, bias = ctx.saved_tensors
+        with torch.enable_grad():
+            xs = x.detach().requires_grad_(ctx.needs_input_grad[0])
+            ws = w.detach().requires_grad_(ctx.needs_input_grad[1])
+            bs = bias.detach().requires_grad_(ctx.needs_input_grad[2]) if bias is not None else None
+            of, ob = _conv_bidir_torch(xs, ws, bs)
+            inputs = [t for t in (xs, ws, bs) if t is not None and t.requires_grad]
+            grads = torch.autograd.grad((of, ob), inputs, (g_f, g_b), allow_unused=True)
+        it = iter(grads)
+        out = [next(it) if t is not None and t.requires_grad else None for t in (xs, ws, bs)]
+        return out[0], out[1], out[2]
+
+
+def _conv_bidir_torch(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Reference for the conv kernel on (B, L, E) input, weights (2, E, K), bias (2, E)."""
+    K = w.shape[-1]
+    xt = x.transpose(1, 2).float()
+    E = xt.shape[1]
+    bf = bias[0].float() if bias is not None else None
+    bb = bias[1].float() if bias is not None else None
+    yf = F.conv1d(F.pad(xt, (K - 1, 0)), w[0].float().unsqueeze(1), bf, groups=E)
+    yb = F.conv1d(F.pad(xt, (0, K - 1)), w[1].float().flip(-1).unsqueeze(1), bb, groups=E)
+    return F.silu(yf).transpose(1, 2).to(x.dtype), F.silu(yb).transpose(1, 2).to(x.dtype)
+
+
+def conv1d_bidir_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """SiLU(causal depthwise conv) and SiLU(anti-causal, mirrored taps) of channel-last x, reading x once.
+
+    ``x``: (B, L, E) with stride 1 over E; ``weight``: (2, E, K) (forward, backward direction);
+    ``bias``: (2, E) or None. Returns two (B, L, E) tensors. Example (needs a CUDA GPU)::
+
+        >>> if is_available():
+        ...     yf, yb = conv1d_bidir_silu(torch.randn(2, 7, 64, device="cuda"),
+        ...                                torch.randn(2, 64, 4, device="cuda"), None)
+        ...     assert yf.shape == yb.shape == (2, 7, 64)
+    """
+    x = _check_rows(x, "x")
+    return _ConvBidirFn.apply(x, weight.float().contiguous(), None if bias is None else bias.float().contiguous())
+
+
+def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:
+    """The ``triton`` backend of :func:`vmm.ops.bimamba.bimamba_inner`: same contract as
+    :func:`vmm.ops.bimamba.bimamba_inner_ref` (x, z: (B, E, L) -> (B, E, L)).
+
+    Fastest when x and z are transposed views of a channel-last ``in_proj`` output, as in
+    ``xz = in_proj(u).transpose(1, 2); x, z = xz.chunk(2, 1)``; the result is then a transposed view of a
+    (B, L, E) tensor, so ``out_proj(y.transpose(1, 2))`` reads it without a copy. Example (needs a CUDA GPU)::
+
+        >>> if is_available():
+        ...     from vmm.ops.bimamba import DirectionWeights
+        ...     E, N, R = 64, 16, 4
+        ...     t = lambda *s: torch.randn(*s, device="cuda") * 0.5
+        ...     w = lambda: DirectionWeights(t(E, 1, 4), t(E), t(R + 2 * N, E), t(E, R), t(E), t(E, N), t(E))
+        ...     xz = t(2, 11, 2 * E).transpose(1, 2)
+        ...     y = bimamba_inner_triton(xz[:, :E], xz[:, E:], w(), w())
+        ...     assert y.shape == (2, E, 11)
+    """
+    N = fwd.A_log.shape[1]
+    R = fwd.dt_proj_weight.shape[1]
+    xl = _check_rows(x.transpose(1, 2), "x")  # (B, L, E)
+    zl = _check_rows(z.transpose(1, 2), "z")
+    conv_w = torch.stack([fwd.conv_weight.reshape(fwd.conv_weight.shape[0], -1),
+                          bwd.conv_weight.reshape(bwd.conv_weight.shape[0], -1)])
+    conv_b = None
+    if fwd.conv_bias is not None or bwd.conv_bias is not None:
+        zero = torch.zeros(xl.shape[-1], device=xl.device, dtype=torch.float32)
+        conv_b = torch.stack([fwd.conv_bias.float() if fwd.conv_bias is not None else zero,
+                              bwd.conv_bias.float() if bwd.conv_bias is not None else zero])
+    xc_f, xc_b = conv1d_bidir_silu(xl, conv_w, conv_b)
+    parts = []
+    for xc, w in ((xc_f, fwd), (xc_b, bwd)):
+        x_dbl = F.linear(xc, w.x_proj_weight.to(xc.dtype))  # (B, L, R + 2N)
+        dt = F.linear(x_dbl[..., :R], w.dt_proj_weight.to(xc.dtype))  # (B, L, E)
+        parts.append((dt, x_dbl[..., R:]))  # [B | C], side by side as the kernel wants them
+    (dt_f, bc_f), (dt_b, bc_b) = parts
+    A = -torch.exp(torch.stack([fwd.A_log, bwd.A_log]).float())
+    D = torch.stack([fwd.D, bwd.D]).float()
+    bias = torch.stack([fwd.dt_proj_bias, bwd.dt_proj_bias]).float()
+    out = _scan_bc(xc_f, xc_b, dt_f, dt_b, zl, bc_f, bc_b, A, D, bias)
+    return out.transpose(1, 2)
+
+
+class _AddRMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, residual, weight, eps):
+        shape = hidden.shape
+        D = shape[-1]
+        h2 = hidden.reshape(-1, D)
+        r2 = residual.reshape(-1, D) if residual is not None else None
+        out = torch.empty_like(h2)
+        r_out = torch.empty(h2.shape, device=h2.device, dtype=torch.float32)
+        _add_rmsnorm_kernel[(h2.shape[0],)](
+            h2, r2 if r2 is not None else r_out, weight, out, r_out, D, eps,
+            HAS_RESIDUAL=r2 is not None, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 1024 else 8)
+        ctx.save_for_backward(r_out, weight)
+        ctx.eps = eps
+        ctx.has_residual = residual is not None
+        return out.view(shape), r_out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g_out, g_res):
+        r, weight = ctx.saved_tensors  # r: (rows, D) fp32, the summed residual
+        with torch.enable_grad():
+            rs = r.detach().requires_grad_()
+            ws = weight.detach().requires_grad_(ctx.needs_input_grad[2])
+            y = rs * torch.rsqrt(rs.pow(2).mean(-1, keepdim=True) + ctx.eps) * ws.float()
+            inputs = [rs] + ([ws] if ws.requires_grad else [])
+            grads = torch.autograd.grad(y, inputs, g_out.reshape(r.shape).float())
+        g_r = grads[0]
+        if g_res is not None:
+            g_r = g_r + g_res.reshape(r.shape)
+        g_w = grads[1] if ws.requires_grad else None
+        g_r = g_r.view(g_out.shape)
+        return g_r.to(g_out.dtype), (g_r if ctx.has_residual else None), g_w, None
+
+
+def add_rmsnorm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float = 1e-5
+                ) -> Tuple[Tensor, Tensor]:
+    """Fused ``residual = residual + hidden`` (fp32) and ``RMSNorm(residual) * weight`` (hidden's dtype).
+
+    The official block's "fused_add_norm" with ``residual_in_fp32``; ``residual=None`` starts the stream.
+    Returns ``(normed, residual)``; contiguous (..., D) inputs. Example (needs a CUDA GPU)::
+
+        >>> if is_available():
+        ...     h = torch.randn(2, 5, 64, device="cuda", dtype=torch.bfloat16)
+        ...     y, r = add_rmsnorm(h, None, torch.ones(64, device="cuda"))
+        ...     assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
+    """
+    return _AddRMSNormFn.apply(hidden.contiguous(), None if residual is None else residual.contiguous(),
+                               weight, eps)

@@ -19,6 +19,7 @@ _EXPORTS = {
     "build_library": "index.library",
     "remove_paths": "index.library",
     "sync_index": "index.library",
+    "build_library_distributed": "index.distributed",
     "IngestSummary": "index.library",
     "open_library": "index.reader",
     "LibraryReader": "index.reader",

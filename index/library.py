@@ -7,6 +7,7 @@ On-disk layout of a library folder::
     index-state.json           {"generation": G, "file": "vectors.g...faiss", "factory": ...}
     vectors.g000000000042.<random>.faiss   FAISS index of all clips as of generation G
     lock                       held (flock) by the one process writing the library
+    .staging/<run>/            a distributed run's staged work, merged by rank 0 (index.distributed)
 
 Crash safety: the catalog is the only source of truth. A file's row and all its clip
 vectors go in with one SQLite transaction (WAL, synchronous=FULL), together with the
@@ -555,6 +556,33 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     0
     """
     started = time.monotonic()
+    request = _check_request(paths, library_dir, encoder, window=window, stride=stride, max_seconds=max_seconds,
+                             batch_size=batch_size, workers=workers, timeout=timeout)
+    library = request.library
+    with LibraryWriter.open(library, request.wanted, explicit=request.explicit) as writer:
+        try:
+            return _ingest(writer, request.roots, encoder, started, batch_size=batch_size, workers=workers,
+                           timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
+                           max_pixels=max_pixels, progress=progress, commit_seconds=commit_seconds,
+                           flat_max=flat_max, worker_hook=worker_hook)
+        except sqlite3.OperationalError as error:
+            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space and "
+                           "permissions, then run again (finished files are kept)") from None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A checked build request: absolute roots and library, the manifest it asks for, options given explicitly."""
+
+    roots: list[str]
+    library: str
+    wanted: LibraryManifest
+    explicit: tuple[str, ...]
+
+
+def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, batch_size, workers,
+                   timeout) -> _Request:
+    """Validate build_library's arguments (raising VmmError) before anything is written."""
     _check_encoder(encoder)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -579,16 +607,7 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     for name in explicit:  # the combination is checked when a library is created with it
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
-    library = os.path.abspath(os.fspath(library_dir))
-    with LibraryWriter.open(library, wanted, explicit=explicit) as writer:
-        try:
-            return _ingest(writer, roots, encoder, started, batch_size=batch_size, workers=workers,
-                           timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
-                           max_pixels=max_pixels, progress=progress, commit_seconds=commit_seconds,
-                           flat_max=flat_max, worker_hook=worker_hook)
-        except sqlite3.OperationalError as error:
-            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space and "
-                           "permissions, then run again (finished files are kept)") from None
+    return _Request(roots, os.path.abspath(os.fspath(library_dir)), wanted, explicit)
 
 
 def _check_encoder(encoder) -> None:
@@ -610,21 +629,49 @@ def _check_clip_settings(manifest: LibraryManifest) -> None:
 def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *, batch_size, workers, timeout,
             retry_failed, factory, backend, max_pixels, progress, commit_seconds, flat_max,
             worker_hook) -> IngestSummary:
+    workers = _default_workers() if workers is None else workers
+    options = _decode_options(writer.manifest, max_pixels=max_pixels, backend=backend, workers=workers)
+    summary, plan = _start_run(writer, roots, factory=factory, retry_failed=retry_failed)
+
+    bar = IngestProgress(progress, len(plan.todo))
+    pipeline = _Pipeline(writer.catalog, encoder, summary, bar, batch_size, commit_seconds)
+    try:
+        with DecodePool(options, workers=workers, timeout=timeout, prefetch=max(8, 2 * batch_size),
+                        worker_hook=worker_hook) as pool:
+            pipeline.run(pool, plan.todo)
+    finally:
+        bar.close()
+    _sync(writer, flat_max)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _decode_options(manifest: LibraryManifest, *, max_pixels: int, backend: str, workers: int,
+                    cpus: int | None = None) -> DecodeOptions:
+    """Decoding settings for a run; ``cpus`` (default: all) are shared among ``workers`` as decoder threads."""
+    cpus = cpus or os.cpu_count() or 2
+    options = DecodeOptions(num_frames=manifest.num_frames, window=manifest.window, stride=manifest.stride,
+                            max_seconds=manifest.max_seconds, max_pixels=max_pixels, backend=backend,
+                            threads=max(1, cpus // max(1, workers)))
+    try:
+        options.check()
+    except ValueError as error:
+        raise VmmError(f"{error}; fix the option") from None
+    return options
+
+
+def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
+               retry_failed: bool) -> tuple[IngestSummary, _Plan]:
+    """Apply the factory setting, compare disk with the catalog, and commit what needs no decoding.
+
+    Returns the run's summary so far and the plan, whose ``todo`` files still need decoding.
+    """
     catalog, manifest = writer.catalog, writer.manifest
     summary = IngestSummary(writer.library)
     if factory is not None and factory != catalog.setting("index_factory", "auto"):
         if factory != "auto":
             VectorStore.create(manifest.dim, factory)  # a bad factory string fails here, before any work
         catalog.set_setting("index_factory", factory)
-
-    workers = _default_workers() if workers is None else workers
-    options = DecodeOptions(num_frames=manifest.num_frames, window=manifest.window, stride=manifest.stride,
-                            max_seconds=manifest.max_seconds, max_pixels=max_pixels, backend=backend,
-                            threads=max(1, (os.cpu_count() or 2) // max(1, workers)))
-    try:
-        options.check()
-    except ValueError as error:
-        raise VmmError(f"{error}; fix the option") from None
 
     found = discover(roots, exclude=[writer.library])
     summary.unreadable = found.unreadable
@@ -635,18 +682,7 @@ def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *,
     summary.failures = [(r.path, r.error) for r in plan.problems]
     if plan.problems or plan.remove or plan.rename or plan.touch:
         catalog.commit(plan.problems, remove=[row.id for row in plan.remove], rename=plan.rename, touch=plan.touch)
-
-    bar = IngestProgress(progress, len(plan.todo))
-    pipeline = _Pipeline(catalog, encoder, summary, bar, batch_size, commit_seconds)
-    try:
-        with DecodePool(options, workers=workers, timeout=timeout, prefetch=max(8, 2 * batch_size),
-                        worker_hook=worker_hook) as pool:
-            pipeline.run(pool, plan.todo)
-    finally:
-        bar.close()
-    _sync(writer, flat_max)
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary, plan
 
 
 def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX) -> int:

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-import videos
+from tests import videos
 from index.decode import plan_windows
 from index.encoder import ColorHistogramEncoder
 from index.library import build_library, read_state
@@ -24,7 +24,7 @@ sys.path[:0] = {paths!r}
 from index.encoder import ColorHistogramEncoder
 from index.library import build_library
 build_library([{root!r}], {library!r}, ColorHistogramEncoder(), workers=1, batch_size=2, commit_seconds=0.0,
-              progress=False, worker_hook="videos:slow_decode")
+              progress=False, worker_hook="tests.videos:slow_decode")
 """
 
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-import videos
+from tests import videos
 from index.decode import (DecodeOptions, VideoInfo, decode_video, plan_clips, plan_windows, probe_video,
                           sample_middle_indices)
 from index.pool import DecodePool
@@ -185,7 +185,7 @@ def test_hung_decoder_is_killed_and_recorded_as_timeout(tmp_path):
     good = videos.write_solid(str(tmp_path / "good.mp4"), videos.GREEN)
     hang = videos.write_solid(str(tmp_path / "hang.mp4"), videos.RED)
     started = time.monotonic()
-    with DecodePool(DecodeOptions(), workers=2, timeout=1.0, worker_hook="videos:hang_holding_gil") as pool:
+    with DecodePool(DecodeOptions(), workers=2, timeout=1.0, worker_hook="tests.videos:hang_holding_gil") as pool:
         pool.submit(0, hang)
         pool.submit(1, good)
         events = _drain(pool)
@@ -200,7 +200,7 @@ def test_hung_decoder_is_killed_and_recorded_as_timeout(tmp_path):
 
 def test_hung_decord_is_retried_with_pyav(tmp_path):
     hang = videos.write_counter(str(tmp_path / "hang.mp4"), 20)
-    with DecodePool(DecodeOptions(), workers=1, timeout=1.0, worker_hook="videos:hang_unless_pyav") as pool:
+    with DecodePool(DecodeOptions(), workers=1, timeout=1.0, worker_hook="tests.videos:hang_unless_pyav") as pool:
         pool.submit(7, hang)
         events = _drain(pool)
     assert [kind for kind, _, _ in events] == ["start", "clip", "done"]

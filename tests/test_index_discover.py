@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-import videos
+from tests import videos
 from index.discover import discover, fingerprint_file, sniff_container
 from vmm.errors import VmmError
 

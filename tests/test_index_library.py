@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-import videos
+from tests import videos
 from index.catalog import Catalog
 from index.decode import decode_video
 from index.encoder import ColorHistogramEncoder

@@ -43,12 +43,18 @@ def run(args: argparse.Namespace) -> int:
     if model is None and checkpoint is None:
         raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH")
     frames = args.frames or saved.get("frames")
-    encoder = load_encoder(model, checkpoint, args.device, frames, batch_size=args.batch_size)
+    device = args.device
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and device is None:
+        import torch
+        if torch.cuda.is_available():  # one GPU per rank under accelerate launch / torchrun
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    encoder = load_encoder(model, checkpoint, device, frames, batch_size=args.batch_size)
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
                   retry_failed=args.retry_failed, factory=args.factory, progress=not args.quiet)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed:
         from index.distributed import build_library_distributed
         summary = build_library_distributed(args.paths, library, encoder, **kwargs)
     else:

@@ -1,0 +1,359 @@
+"""build_library_distributed: real rank processes (gloo or file barriers) give the library one process gives.
+
+The rank processes are plain ``python -c`` children with RANK / WORLD_SIZE /
+MASTER_ADDR / MASTER_PORT set, as ``accelerate launch`` or ``torchrun`` would set them.
+"""
+import doctest
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from tests import videos
+from index import distributed
+from index.distributed import assign_shards, build_library_distributed, launch_info
+from index.encoder import ColorHistogramEncoder
+from index.library import build_library, read_state
+from index.reader import open_library
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+
+RANK_SCRIPT = """
+import json, os, sys
+sys.path[:0] = {paths!r}
+{prelude}
+from index.distributed import build_library_distributed
+from index.encoder import ColorHistogramEncoder
+summary = build_library_distributed([{root!r}], {library!r}, ColorHistogramEncoder(), workers=1, batch_size=2,
+                                    commit_seconds=0.0, progress=False, worker_hook={hook!r})
+{postlude}
+print("SUMMARY " + json.dumps(None if summary is None else summary.to_json()), flush=True)
+"""
+
+# The caller made the process group (as accelerate's Accelerator() does); it must still work afterwards.
+CALLER_GROUP = "import torch.distributed as dist; dist.init_process_group('gloo')"
+CALLER_GROUP_STILL_WORKS = "dist.barrier(); assert dist.is_initialized(); dist.destroy_process_group()"
+
+# Rank 0 SIGKILLs itself in the middle of the merge: inside the transaction of the second merged file.
+KILL_IN_MERGE = """
+import os, signal
+import index.catalog, index.distributed
+index.distributed._MERGE_MAX_CLIPS = 1  # one file per merge transaction
+_write = index.catalog.Catalog._write_result
+_seen = []
+def _write_then_die(self, result, generation):
+    if result.status == "ok":
+        _seen.append(result.path)
+        if len(_seen) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _write(self, result, generation)
+index.catalog.Catalog._write_result = _write_then_die
+"""
+
+
+def make_media(root: Path) -> None:
+    root.mkdir()
+    colors = [videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW, videos.WHITE, (130, 60, 200)]
+    for i, color in enumerate(colors):  # distinct colours: no two clips score the same
+        videos.write_solid(str(root / f"solid{i}.mp4"), color, seconds=1.0 + 0.3 * i)
+    videos.write_moving_square(str(root / "square.webm"), codec="vp9")
+    videos.write_long(str(root / "long.mp4"), seconds=30.0)
+    videos.write_text(str(root / "broken.mp4"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(root: Path, library: Path, *, world: int = 2, torch_group: bool = True, run_id: str = "",
+                prelude: dict | None = None, hook: dict | None = None,
+                postlude: dict | None = None) -> list[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "VMM_RUN_ID", "SLURM_JOB_ID")}
+    env.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    if torch_group:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    else:
+        env["VMM_RUN_ID"] = run_id
+    procs = []
+    for rank in range(world):
+        script = RANK_SCRIPT.format(paths=[str(REPO), str(REPO / "tests")], root=str(root), library=str(library),
+                                    prelude=(prelude or {}).get(rank, ""), hook=(hook or {}).get(rank),
+                                    postlude=(postlude or {}).get(rank, ""))
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), text=True,
+                                      env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 60.0) -> list[tuple[int, str, str]]:
+    outcomes = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        outcomes.append((proc.returncode, out, err))
+    return outcomes
+
+
+def run_ranks(root: Path, library: Path, **kwargs) -> list[dict]:
+    """Run all ranks to success; returns each rank's summary."""
+    summaries = []
+    for rank, (code, out, err) in enumerate(finish(start_ranks(root, library, **kwargs))):
+        assert code == 0, f"rank {rank} failed:\n{err}"
+        summaries.append(json.loads(out.split("SUMMARY ", 1)[1]))
+    return summaries
+
+
+def contents(library: Path) -> dict:
+    conn = sqlite3.connect(f"file:{library}/catalog.sqlite?mode=ro", uri=True)
+    rows = conn.execute("SELECT f.path, c.start_sec, c.end_sec, c.vector FROM clips c JOIN files f ON f.id = c.file_id"
+                        ).fetchall()
+    files = conn.execute("SELECT path, size, mtime_ns, status, error, fingerprint, fps, num_frames, duration, width, "
+                         "height, codec, backend FROM files").fetchall()
+    conn.close()
+    found = {(p, s, e): v for p, s, e, v in rows}
+    assert len(found) == len(rows), "duplicate clips"
+    return {"clips": found, "files": sorted(files)}
+
+
+def assert_same_library(library: Path, reference: Path) -> None:
+    """Same files, same (path, start, end) -> vector bytes, FAISS = catalog, same search answers."""
+    assert contents(library) == contents(reference)
+    state = read_state(str(library))
+    index = faiss.read_index(str(library / state.file))
+    conn = sqlite3.connect(str(library / "catalog.sqlite"))
+    ids = sorted(r[0] for r in conn.execute("SELECT id FROM clips"))
+    conn.close()
+    assert sorted(faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist()) == ids
+    queries = np.random.default_rng(0).standard_normal((6, ColorHistogramEncoder().dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    answers = []
+    for lib in (library, reference):
+        with open_library(str(lib)) as reader:
+            answers.append([[(h.path, h.start, h.end, h.score) for h in hits]
+                            for hits in reader.search_vectors(queries, k=len(reader))])
+    for mine, theirs in zip(*answers):
+        assert [hit[3] for hit in mine] == [hit[3] for hit in theirs]  # the same ranking scores, bit for bit
+        # Clips with equal vectors (a red video and a red window of long.mp4) are ordered by clip id,
+        # which may differ between the libraries.
+        assert sorted(mine, key=lambda h: (-h[3], h)) == sorted(theirs, key=lambda h: (-h[3], h))
+    assert not (library / ".staging").exists()
+
+
+def assert_whole_files_of(partial: dict, reference: dict) -> None:
+    """Every clip present is the reference's, and a file present has all of its clips."""
+    for key, vector in partial["clips"].items():
+        assert reference["clips"][key] == vector
+    present = {path for path, _, _ in partial["clips"]}
+    assert all(key in partial["clips"] for key in reference["clips"] if key[0] in present)
+
+
+def staged_batches(library: Path, rank: int) -> int:
+    return len(list((library / ".staging").glob(f"*/rank-{rank:05d}/batch-*.json")))
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+# -- two real processes --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_library(tmp_path):
+    root = tmp_path / "media"
+    make_media(root)
+    reference = tmp_path / "reference"
+    expected = build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+
+    library = tmp_path / "library"
+    first, second = run_ranks(root, library)  # torch.distributed gloo barriers
+    assert second is None  # rank 0 returns the summary, after the merge; the others None
+    assert (first["indexed"], first["clips"], first["failed"]) == (expected.indexed, expected.clips, 1)
+    assert first["world_size"] == 2 and [r["files"] for r in first["ranks"]] == [4, 4]  # both ranks worked
+    assert_same_library(library, reference)
+
+    # An incremental run with file barriers (no process group): a file removed, one rewritten, two added.
+    (root / "solid0.mp4").unlink()
+    videos.write_moving_square(str(root / "solid1.mp4"), seconds=1.5)
+    videos.set_mtime_later(str(root / "solid1.mp4"))
+    videos.write_solid(str(root / "new_red.mp4"), videos.RED, seconds=3.0)
+    videos.write_long(str(root / "new_long.mp4"), seconds=22.0)
+    expected = build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    summary, _ = run_ranks(root, library, torch_group=False, run_id="incremental-1")
+    assert (summary["indexed"], summary["removed"], summary["unchanged"]) == (3, 1, 6)
+    assert (summary["indexed"], summary["removed"], summary["unchanged"]) == (
+        expected.indexed, expected.removed, expected.unchanged)
+    assert_same_library(library, reference)
+
+    summary, _ = run_ranks(root, library, torch_group=False, run_id="incremental-2")
+    assert (summary["indexed"], summary["unchanged"], summary["skipped_failed"]) == (0, 9, 1)
+
+    # Inside a process group the caller made: a gloo subgroup of our own, the caller's group left working.
+    videos.write_solid(str(root / "late.mp4"), (90, 160, 200), seconds=1.5)
+    expected = build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    summary, _ = run_ranks(root, library, prelude={0: CALLER_GROUP, 1: CALLER_GROUP},
+                           postlude={0: CALLER_GROUP_STILL_WORKS, 1: CALLER_GROUP_STILL_WORKS})
+    assert (summary["indexed"], summary["unchanged"]) == (expected.indexed, expected.unchanged) == (1, 9)
+    assert_same_library(library, reference)
+
+
+@pytest.mark.slow
+def test_killed_rank_and_killed_merge_then_rerun(tmp_path):
+    root = tmp_path / "media"
+    make_media(root)
+    reference = tmp_path / "reference"
+    build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    library = tmp_path / "library"
+
+    # 1) SIGKILL rank 1 once it has staged a file; rank 0 notices, merges what is staged, and fails.
+    procs = start_ranks(root, library, hook={1: "tests.videos:slow_decode"})
+    deadline = time.monotonic() + 60
+    while staged_batches(library, 1) < 1 and procs[1].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGKILL)
+    (code0, _, err0), (code1, _, _) = finish(procs)
+    assert code1 == -signal.SIGKILL
+    assert code0 != 0 and "did not finish" in err0 and "run the same command again" in err0
+    partial = contents(library)
+    assert 0 < len(partial["clips"]) < len(contents(reference)["clips"])
+    assert_whole_files_of(partial, contents(reference))
+
+    # 2) Re-run, but rank 0 dies inside a merge transaction; rank 1 then fails too.
+    procs = start_ranks(root, library, prelude={0: KILL_IN_MERGE})
+    (code0, _, _), (code1, _, err1) = finish(procs)
+    assert code0 == -signal.SIGKILL and code1 != 0 and "lost contact" in err1
+    merged = contents(library)
+    assert len(merged["files"]) == len(partial["files"]) + 1  # the first merged file committed, the second not
+    assert_whole_files_of(merged, contents(reference))
+    assert staged_batches(library, 0) + staged_batches(library, 1) >= 1  # staged work survived
+
+    # 3) Re-run to the end: staged files are merged without embedding them again.
+    summary, _ = run_ranks(root, library)
+    assert summary["reused"] >= 1
+    assert_same_library(library, reference)
+
+
+# -- in-process checks (threads as ranks, file barriers) ---------------------------------------------------
+def run_threads(root: Path, library: Path, encoders: list, run_id: str, **options) -> list:
+    """Run ranks as threads; returns each rank's summary or the exception it raised."""
+    results = [None] * len(encoders)
+
+    def rank_main(rank):
+        try:
+            results[rank] = build_library_distributed(
+                [str(root)], str(library), encoders[rank], rank=rank, world_size=len(encoders),
+                coordination="files", run_id=run_id, workers=0, progress=False, barrier_timeout=60, **options)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            results[rank] = error
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(len(encoders))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    return results
+
+
+def test_three_thread_ranks_equal_one_process(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color, seconds=1.0 + i)
+    reference = tmp_path / "reference"
+    build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    results = run_threads(root, tmp_path / "lib", [ColorHistogramEncoder() for _ in range(3)], "threads")
+    assert results[1:] == [None, None], results
+    assert results[0].indexed == 4 and sum(r["files"] for r in results[0].ranks) == 4
+    assert_same_library(tmp_path / "lib", reference)
+
+
+def test_a_rank_with_another_model_fails_every_rank_and_keeps_finished_files(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color)
+    library = tmp_path / "lib"
+    results = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder(bins=5)], "mismatch")
+    for error in results:
+        assert isinstance(error, VmmError)
+        assert "rank 1: this rank's model differs from the library's: weights_hash" in str(error)
+    assert str(results[0]) == str(results[1])
+    with open_library(str(library)) as reader:  # rank 0's shard was merged
+        assert len(reader.files) == 2
+    assert (library / ".staging").exists()  # kept until a run succeeds
+
+
+def test_a_library_of_another_model_is_refused_on_every_rank(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = tmp_path / "lib"
+    build_library([str(root)], str(library), ColorHistogramEncoder(bins=5), workers=0, progress=False)
+    results = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder()], "other-model")
+    assert all(isinstance(r, VmmError) and "was built with model color-histogram" in str(r) for r in results)
+
+
+def test_file_barriers_need_a_run_id(tmp_path, monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT", "VMM_RUN_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(VmmError, match="ranks cannot meet: no torch.distributed process group"):
+        build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
+                                  world_size=2, coordination="files", progress=False)
+    with pytest.raises(VmmError, match="must be a plain name"):
+        build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
+                                  world_size=2, coordination="files", run_id="../x", progress=False)
+
+
+def test_one_process_is_build_library(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED)
+    summary = build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(),
+                                        workers=0, progress=False)
+    assert (summary.indexed, summary.clips, summary.world_size) == (1, 1, 1)
+    assert summary.line().endswith(" on 1 rank")
+
+
+def test_launch_info_from_environment():
+    info = launch_info(environ={"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"})
+    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (5, 8, 1, 4)
+    assert launch_info(2, 4, environ={}).rank == 2
+    with pytest.raises(VmmError, match="rank 4 is outside a world of 4 processes"):
+        launch_info(environ={"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(VmmError, match="WORLD_SIZE='two' is not an integer"):
+        launch_info(environ={"WORLD_SIZE": "two"})
+
+
+def test_shards_are_deterministic_balanced_and_complete():
+    rng = np.random.default_rng(0)
+    files = [(f"/v/{i:04d}.mp4", int(rng.integers(1, 500)) << 20) for i in range(1000)]
+    shards = assign_shards(files, 8)
+    assert shards == assign_shards(list(reversed(files)), 8)  # independent of discovery order
+    assert sorted(p for shard in shards for p in shard) == sorted(p for p, _ in files)
+    sizes = dict(files)
+    loads = [sum(sizes[p] for p in shard) for shard in shards]
+    assert max(loads) - min(loads) <= max(sizes.values()) + distributed._FILE_COST
+    assert assign_shards([], 3) == [[], [], []]
+
+
+def test_docstring_examples():
+    result = doctest.testmod(distributed, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops.selective_scan import selective_scan
+from vmm.ops.selective_scan import causal_conv1d, selective_scan
 
 
 class DirectionWeights(NamedTuple):
@@ -29,23 +29,12 @@ class DirectionWeights(NamedTuple):
     D: Tensor  # D (E,)
 
 
-def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: bool = False) -> Tensor:
-    """SiLU(depthwise conv) over (B, E, L); causal, or anti-causal with ``reverse`` (taps mirrored)."""
-    K = weight.shape[-1]
-    if reverse:
-        x = F.pad(x, (0, K - 1))
-        weight = weight.flip(-1)
-    else:
-        x = F.pad(x, (K - 1, 0))
-    return F.silu(F.conv1d(x, weight, bias, groups=weight.shape[0]))
-
-
 def mamba_direction_ref(x: Tensor, z: Optional[Tensor], w: DirectionWeights, reverse: bool,
                         scan_backend: Optional[str] = None) -> Tensor:
     """One direction of the official ``mamba_inner_fn_no_out_proj``: conv, x_proj, dt_proj, scan, gate."""
     N = w.A_log.shape[1]
     R = w.dt_proj_weight.shape[1]
-    xc = causal_conv1d_silu(x, w.conv_weight, w.conv_bias, reverse=reverse)  # (B, E, L)
+    xc = causal_conv1d(x, w.conv_weight, w.conv_bias, activation="silu", reverse=reverse)  # (B, E, L)
     x_dbl = F.linear(xc.transpose(1, 2), w.x_proj_weight)  # (B, L, R + 2N)
     dt, Bm, Cm = x_dbl.split([R, N, N], dim=-1)
     delta = F.linear(dt, w.dt_proj_weight).transpose(1, 2)  # (B, E, L)

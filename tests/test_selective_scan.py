@@ -1,0 +1,432 @@
+"""The selective scan and causal conv against plain loops written from the equations, their gradients, and the
+backend choice. CPU tests use small channel counts; CUDA tests compare the mamba-ssm / causal-conv1d kernels with
+the reference and are skipped where those are not installed."""
+import importlib
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vmm.errors import VmmError
+from vmm.ops import (available_backends, causal_conv1d, causal_conv1d_ref, register_backend, selective_scan,
+                     selective_scan_ref, unregister_backend)
+
+scan_module = importlib.import_module("vmm.ops.selective_scan")
+mamba_backend = importlib.import_module("vmm.ops.mamba_ssm_backend")
+
+
+# ------------------------------------------------------------------------------------------------ oracles
+
+def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """h_t = exp(delta_t A) h_prev + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t; y *= SiLU(z); float64, one
+    position at a time. Differentiable, so its autograd gradients are the gradient oracle."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = torch.log1p(torch.exp(delta))
+    batch, channels, length = u.shape
+    h = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
+    ys = [None] * length
+    for t in (reversed(range(length)) if reverse else range(length)):
+        decay = torch.exp(delta[:, :, t, None] * A)
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
+        ys[t] = (h * C[:, None, :, t]).sum(-1)
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        z = z.double()
+        y = y * z * torch.sigmoid(z)
+    return y
+
+
+def naive_conv(x, weight, bias, silu, reverse):
+    """out[t] = bias + sum_k w[k] x[t - (K-1) + k] (causal) or w[k] x[t + (K-1) - k] (anti-causal)."""
+    x, w = x.double(), weight.reshape(weight.shape[0], -1).double()
+    K = w.shape[1]
+    L = x.shape[-1]
+    out = torch.zeros_like(x) if bias is None else bias.double()[:, None].expand_as(x).clone()
+    for t in range(L):
+        for k in range(K):
+            src = t + (K - 1) - k if reverse else t - (K - 1) + k
+            if 0 <= src < L:
+                out[:, :, t] += w[:, k] * x[:, :, src]
+    return F.silu(out) if silu else out
+
+
+def rel_err(got, want):
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(batch, channels, length, state=4, dtype=torch.float64, seed=0, softplus=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return dict(
+        u=rnd(batch, channels, length),
+        # raw delta goes through softplus; without it delta must already be a positive step
+        delta=rnd(batch, channels, length, scale=0.5) if softplus else (torch.rand(
+            batch, channels, length, generator=g, dtype=torch.float64) * 0.5).to(dtype),
+        A=-torch.exp(rnd(channels, state, scale=0.7)).to(dtype),
+        B=rnd(batch, state, length),
+        C=rnd(batch, state, length),
+        D=rnd(channels),
+        z=rnd(batch, channels, length),
+        delta_bias=rnd(channels, scale=0.3),
+    )
+
+
+OPTION_SETS = {
+    "plain": dict(D=False, z=False, delta_bias=False, softplus=False),
+    "D_only": dict(D=True, z=False, delta_bias=False, softplus=False),
+    "gate_softplus": dict(D=False, z=True, delta_bias=False, softplus=True),
+    "all": dict(D=True, z=True, delta_bias=True, softplus=True),
+}
+
+
+def scan_args(inputs, opts):
+    kwargs = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
+    for name in ("D", "z", "delta_bias"):
+        kwargs[name] = inputs[name] if opts[name] else None
+    kwargs["delta_softplus"] = opts["softplus"]
+    return kwargs
+
+
+@pytest.fixture(params=["default_blocks", "tiny_blocks"])
+def block_elems(request, monkeypatch):
+    """Tiny blocks make every test cross many block boundaries with a ragged last block."""
+    if request.param == "tiny_blocks":
+        monkeypatch.setattr(scan_module, "_BLOCK_ELEMS", 50)
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+@pytest.mark.parametrize("length", [1, 2, 7, 63, 130])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("options", list(OPTION_SETS))
+def test_reference_matches_naive_loop(length, reverse, options, block_elems):
+    opts = OPTION_SETS[options]
+    inputs = make_inputs(2, 3, length, softplus=opts["softplus"], seed=length)
+    want = naive_scan(**scan_args(inputs, opts), reverse=reverse)
+    got64 = selective_scan_ref(**scan_args(inputs, opts), reverse=reverse)
+    assert got64.dtype == torch.float64
+    assert rel_err(got64, want) < 1e-12
+    inputs32 = {k: v.float() for k, v in inputs.items()}
+    got32 = selective_scan_ref(**scan_args(inputs32, opts), reverse=reverse)
+    assert got32.dtype == torch.float32
+    assert rel_err(got32, want) < 2e-6
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_full_clip_length_fp32_is_exact_to_1e6(reverse):
+    """L = 1569 (8 frames of 196 patches + CLS) with realistic magnitudes: softplus steps up to ~3, A down to -16."""
+    g = torch.Generator().manual_seed(7)
+    E, N, L = 4, 16, 1569
+    u = torch.randn(1, E, L, generator=g)
+    delta = torch.randn(1, E, L, generator=g) * 1.5 - 1.0
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1) * torch.rand(E, 1, generator=g).add(0.5)
+    B, C = torch.randn(1, N, L, generator=g), torch.randn(1, N, L, generator=g)
+    D, z, bias = torch.randn(E, generator=g), torch.randn(1, E, L, generator=g), torch.randn(E, generator=g) * 0.1
+    want = naive_scan(u, delta, A, B, C, D, z, bias, True, reverse)
+    got = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, reverse)
+    assert rel_err(got, want) < 1e-6
+
+
+def test_reverse_equals_flip_forward_flip(block_elems):
+    inputs = make_inputs(2, 5, 130, state=16, dtype=torch.float32, seed=3)
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "B", "C", "z") else v) for k, v in kw.items()}
+    via_flip = selective_scan_ref(**flipped).flip(-1)
+    assert rel_err(selective_scan_ref(**kw, reverse=True), via_flip) < 1e-6
+
+
+def test_extreme_decays_underflow_to_zero_without_nan():
+    """delta*A far below exp's range (state forgotten at once) and tiny decays both match the float64 loop."""
+    inputs = make_inputs(1, 3, 40, dtype=torch.float32, softplus=False)
+    inputs["delta"] = torch.full_like(inputs["delta"], 30.0)
+    inputs["delta"][:, :, ::3] = 1e-3
+    inputs["A"] = inputs["A"] * 100
+    kw = scan_args(inputs, OPTION_SETS["D_only"])
+    got = selective_scan_ref(**kw)
+    assert torch.isfinite(got).all()
+    assert rel_err(got, naive_scan(**kw)) < 2e-6
+
+
+def test_low_precision_inputs_compute_in_fp32_and_keep_dtype():
+    inputs = make_inputs(2, 4, 50, dtype=torch.float32)
+    kw32 = scan_args(inputs, OPTION_SETS["all"])
+    want = selective_scan_ref(**kw32)
+    for dtype in (torch.bfloat16, torch.float16):
+        kw = {k: (v.to(dtype) if torch.is_tensor(v) and k in ("u", "delta", "B", "C", "z") else v)
+              for k, v in kw32.items()}
+        got = selective_scan_ref(**kw)
+        assert got.dtype == dtype
+        assert rel_err(got, want) < 3e-2
+
+
+def test_batches_are_independent():
+    inputs = make_inputs(3, 4, 30, dtype=torch.float32)
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    whole = selective_scan_ref(**kw)
+    for b in range(3):
+        one = {k: (v[b:b + 1] if torch.is_tensor(v) and v.dim() == 3 else v) for k, v in kw.items()}
+        assert torch.allclose(selective_scan_ref(**one), whole[b:b + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_shape_errors_name_the_argument():
+    inputs = make_inputs(2, 3, 10)
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    kw["B"] = kw["B"][:, :, :5]
+    with pytest.raises(VmmError, match="B must have shape"):
+        selective_scan_ref(**kw)
+    with pytest.raises(VmmError, match="A must be"):
+        selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"][:2], inputs["B"], inputs["C"])
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.mark.parametrize("length", [1, 7, 130])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("options", ["all", "plain", "D_only"])
+def test_gradients_match_naive_autograd(length, reverse, options, block_elems):
+    opts = OPTION_SETS[options]
+    inputs = make_inputs(2, 3, length, softplus=opts["softplus"], seed=11 + length)
+    weights = torch.randn(2, 3, length, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
+        kw = scan_args(leaves, opts)
+        (fn(**kw, reverse=reverse).double() * weights).sum().backward()
+        return {k: leaves[k].grad for k in GRAD_NAMES if kw.get(k, None) is not None}
+
+    want = grads(naive_scan, torch.float64)
+    got64 = grads(selective_scan_ref, torch.float64)
+    got32 = grads(selective_scan_ref, torch.float32)
+    assert set(got64) == set(want)
+    for name in want:
+        assert rel_err(got64[name], want[name]) < 1e-10, name
+        assert got32[name].dtype == torch.float32
+        assert rel_err(got32[name], want[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_float64(reverse, monkeypatch):
+    monkeypatch.setattr(scan_module, "_BLOCK_ELEMS", 1)  # one position per block: every boundary is exercised
+    inputs = make_inputs(2, 3, 5, state=2, seed=5)
+    order = GRAD_NAMES
+    leaves = tuple(inputs[k].clone().requires_grad_(True) for k in order)
+
+    def fn(*tensors):
+        kw = dict(zip(order, tensors))
+        return selective_scan_ref(**kw, delta_softplus=True, reverse=reverse)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_gradient_for_a_subset_of_inputs_and_no_grad_path_agree():
+    inputs = make_inputs(1, 4, 20, dtype=torch.float32)
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    with torch.no_grad():
+        plain = selective_scan_ref(**kw)
+    u = kw["u"].clone().requires_grad_(True)
+    tracked = selective_scan_ref(**{**kw, "u": u})
+    assert torch.equal(tracked.detach(), plain)
+    tracked.sum().backward()
+    u64 = kw["u"].double().requires_grad_(True)
+    naive_scan(**{**kw, "u": u64}).sum().backward()
+    assert rel_err(u.grad, u64.grad) < 2e-5
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+def test_cpu_uses_reference_and_logs_the_choice_once(caplog, monkeypatch):
+    monkeypatch.setattr(scan_module, "_logged_choices", set())
+    inputs = make_inputs(1, 2, 6, dtype=torch.float32)
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    assert available_backends("cpu") == ["reference"]
+    if not torch.cuda.is_available():
+        assert available_backends("cuda") == []
+    with caplog.at_level(logging.INFO, logger="vmm.ops.selective_scan"):
+        first = selective_scan(**kw)
+        selective_scan(**kw)
+    choices = [r.getMessage() for r in caplog.records if "using backend" in r.getMessage()]
+    assert choices == ["selective_scan: using backend 'reference' for cpu tensors"]
+    assert torch.equal(first, selective_scan_ref(**kw))
+
+
+def test_unavailable_or_unknown_backend_raises_one_line_vmm_error():
+    inputs = make_inputs(1, 2, 6, dtype=torch.float32)
+    kw = scan_args(inputs, OPTION_SETS["plain"])
+    with pytest.raises(VmmError) as err:
+        selective_scan(**kw, backend="mamba_ssm")
+    assert "pip install --no-build-isolation mamba-ssm" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(VmmError, match="unknown selective_scan backend 'cuda_magic'"):
+        selective_scan(**kw, backend="cuda_magic")
+
+
+def test_registered_backend_is_chosen_by_priority_and_availability(monkeypatch):
+    monkeypatch.setattr(scan_module, "_SCAN_BACKENDS", dict(scan_module._SCAN_BACKENDS))
+    calls = []
+
+    def spy(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+        calls.append(reverse)
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+    kw = scan_args(make_inputs(1, 2, 6, dtype=torch.float32), OPTION_SETS["plain"])
+    register_backend("never", spy, available=lambda t: False, priority=100, install_hint="build the never kernel")
+    register_backend("spy", spy, available=lambda t: t.is_cpu, priority=50)
+    assert available_backends("cpu") == ["spy", "reference"]
+    selective_scan(**kw, reverse=True)
+    assert calls == [True]
+    with pytest.raises(VmmError, match="build the never kernel"):
+        selective_scan(**kw, backend="never")
+    unregister_backend("spy")
+    selective_scan(**kw)
+    assert calls == [True]
+
+
+def test_mamba_ssm_wrapper_casts_and_flips_around_the_kernel(monkeypatch):
+    """The CUDA kernel wants u, delta, B, C, z in one dtype and A, D, delta_bias in fp32, and has no reverse; a
+    stand-in with the kernel's signature checks what the wrapper passes (the real kernel: CUDA tests below)."""
+    seen = []
+
+    def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        seen.append(tuple(t.dtype for t in (u, delta, B, C, z, A, D, delta_bias)))
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    monkeypatch.setattr(mamba_backend, "_load_selective_scan_fn", lambda: kernel)
+    kw = scan_args(make_inputs(2, 4, 30, dtype=torch.float64), OPTION_SETS["all"])
+    kw.update(u=kw["u"].bfloat16(), delta=kw["delta"].bfloat16(), z=kw["z"].bfloat16(), B=kw["B"].float(),
+              C=kw["C"].float())
+    got = mamba_backend.selective_scan_mamba_ssm(**kw, reverse=True)
+    assert seen == [(torch.bfloat16,) * 5 + (torch.float32,) * 3]
+    cast = {k: (v.bfloat16() if k in ("B", "C") else v.float() if k in ("A", "D", "delta_bias") else v)
+            for k, v in kw.items()}
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, selective_scan_ref(**cast, reverse=True))
+
+
+def test_causal_conv1d_wrapper_flips_around_the_kernel(monkeypatch):
+    def kernel(x, weight, bias=None, activation=None):
+        assert weight.dim() == 2 and weight.is_contiguous() and bias.dtype == weight.dtype
+        return causal_conv1d_ref(x, weight, bias, activation)
+
+    monkeypatch.setattr(mamba_backend, "_load_causal_conv1d_fn", lambda: kernel)
+    x, w, b = torch.randn(2, 6, 20), torch.randn(6, 4), torch.randn(6).double()
+    got = mamba_backend.causal_conv1d_cuda(x, w, b, "silu", reverse=True)
+    assert torch.allclose(got, causal_conv1d_ref(x, w, b.float(), "silu", reverse=True), atol=1e-6)
+
+
+def test_missing_or_broken_extension_is_unavailable_and_a_broken_one_warns(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "vmm_test_broken_kernels"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("import vmm_test_compiled_extension_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.DEBUG, logger="vmm.ops.mamba_ssm_backend"):
+        assert mamba_backend._import_or_none("vmm_test_broken_kernels", "scan_fn") is None
+        assert mamba_backend._import_or_none("vmm_test_not_installed_kernels.ops", "scan_fn") is None
+    levels = {r.getMessage().split()[0]: r.levelname for r in caplog.records}
+    assert levels == {"vmm_test_broken_kernels": "WARNING", "vmm_test_not_installed_kernels": "DEBUG"}
+    assert not mamba_backend.selective_scan_available(torch.zeros(1))  # CPU tensors never import mamba_ssm
+
+
+def test_docstring_examples_run():
+    import doctest
+    result = doctest.testmod(scan_module)
+    assert result.failed == 0 and result.attempted >= 5
+    assert doctest.testmod(mamba_backend).failed == 0
+
+
+# ------------------------------------------------------------------------------------------------ causal conv1d
+
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("silu", [False, True])
+def test_causal_conv1d_ref_matches_loop(width, reverse, silu):
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 1, width, generator=g, dtype=torch.float64)
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    act = "silu" if silu else None
+    want = naive_conv(x, w, b, silu, reverse)
+    assert rel_err(causal_conv1d_ref(x, w, b, activation=act, reverse=reverse), want) < 1e-12
+    assert rel_err(causal_conv1d_ref(x, w[:, 0], None, activation=act, reverse=reverse),
+                   naive_conv(x, w, None, silu, reverse)) < 1e-12
+    got = causal_conv1d(x.float(), w.float(), b.float(), activation=act, reverse=reverse)
+    assert got.dtype == torch.float32 and rel_err(got, want) < 1e-6
+
+
+def test_causal_conv1d_backend_errors():
+    x, w = torch.randn(1, 2, 5), torch.randn(2, 4)
+    with pytest.raises(VmmError, match="causal-conv1d"):
+        causal_conv1d(x, w, backend="causal_conv1d")
+    with pytest.raises(VmmError, match="activation"):
+        causal_conv1d(x, w, activation="relu")
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+
+def _cuda_probe():
+    return torch.empty(0, device="cuda") if torch.cuda.is_available() else None
+
+
+needs_mamba_ssm = pytest.mark.skipif(
+    not torch.cuda.is_available() or not mamba_backend.selective_scan_available(_cuda_probe()),
+    reason="needs CUDA and mamba-ssm's compiled extension")
+needs_causal_conv1d = pytest.mark.skipif(
+    not torch.cuda.is_available() or not mamba_backend.causal_conv1d_available(_cuda_probe()),
+    reason="needs CUDA and causal-conv1d's compiled extension")
+
+
+@pytest.mark.cuda
+@needs_mamba_ssm
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_mamba_ssm_matches_reference(reverse, dtype, tol):
+    inputs = make_inputs(2, 64, 1569, state=16, dtype=torch.float32, seed=1)
+    kw = scan_args({k: v.cuda() for k, v in inputs.items()}, OPTION_SETS["all"])
+    kw = {k: (v.to(dtype) if torch.is_tensor(v) and k in ("u", "delta", "B", "C", "z") else v) for k, v in kw.items()}
+    want = selective_scan(**kw, reverse=reverse, backend="reference")
+    got = selective_scan(**kw, reverse=reverse, backend="mamba_ssm")
+    assert got.dtype == dtype
+    assert rel_err(got, want) <= tol
+    assert "mamba_ssm" in available_backends("cuda")
+
+
+@pytest.mark.cuda
+@needs_mamba_ssm
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_ssm_gradients_match_reference(reverse):
+    inputs = make_inputs(2, 16, 300, state=16, dtype=torch.float32, seed=2)
+    opts = OPTION_SETS["all"]
+
+    def grads(backend):
+        leaves = {k: v.cuda().requires_grad_(True) for k, v in inputs.items()}
+        selective_scan(**scan_args(leaves, opts), reverse=reverse, backend=backend).square().sum().backward()
+        return {k: leaves[k].grad for k in GRAD_NAMES}
+
+    want, got = grads("reference"), grads("mamba_ssm")
+    for name in GRAD_NAMES:
+        assert rel_err(got[name], want[name]) < 1e-4, name
+
+
+@pytest.mark.cuda
+@needs_causal_conv1d
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_causal_conv1d_cuda_matches_reference(reverse, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 1569, generator=g).cuda().to(dtype)
+    w = torch.randn(64, 1, 4, generator=g).cuda()
+    b = torch.randn(64, generator=g).cuda()
+    want = causal_conv1d(x, w, b, reverse=reverse, backend="reference")
+    got = causal_conv1d(x, w, b, reverse=reverse, backend="causal_conv1d")
+    assert got.dtype == dtype and rel_err(got, want) <= tol

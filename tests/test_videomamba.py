@@ -123,3 +123,15 @@ def test_wrong_frame_count_is_a_clear_error():
     m = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32)
     with pytest.raises(VmmError, match="num_frames=2"):
         m(torch.randn(1, 3, 2, 32, 32))
+
+
+def test_per_frame_mode_is_a_frame_order_blind_image_encoder():
+    e = vmm.create_model("videomamba_tiny_vision", depth=2, num_frames=4, img_size=32, frame_mode="per_frame").eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        x_vis, pooled, _ = e(x)
+        _, reversed_pooled, _ = e(x.flip(2))
+        _, one, _ = e(x[:, :, 2:3])  # frame 2 alone, through the T=1 image path
+    assert x_vis.shape == (2, 16, 192) and pooled.shape == (2, 4, 192)
+    torch.testing.assert_close(pooled.flip(1), reversed_pooled)
+    torch.testing.assert_close(pooled[:, 2], one[:, 0])

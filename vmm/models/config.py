@@ -33,6 +33,9 @@ class VideoMambaConfig:
     grad_checkpointing: bool = False
     # multimodal vision encoder (PretrainVideoMamba) only
     pool_type: str = "cls+avg"
+    # "joint": one scan over all frames (VideoMamba). "per_frame": every frame encoded alone as an image (T=1
+    # path) - the frame-mean baseline with no temporal modelling; same weights, order of frames irrelevant.
+    frame_mode: str = "joint"
     clip_decoder_embed_dim: Optional[int] = None  # None -> embed_dim
     clip_output_dim: int = 512
     clip_return_layer: int = 1

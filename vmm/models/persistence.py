@@ -52,8 +52,10 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
 
 
 def is_pretrained_dir(path: Union[str, Path]) -> bool:
+    """A ``save_pretrained`` folder, or a trainable-only training export (frozen parts rebuilt on load)."""
+    from vmm.training.export import is_trainable_export
     p = Path(path)
-    return p.is_dir() and (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+    return p.is_dir() and (p / CONFIG_NAME).is_file() and ((p / WEIGHTS_NAME).is_file() or is_trainable_export(p))
 
 
 def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
@@ -61,6 +63,11 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     from safetensors.torch import load_model
     from vmm.models.registry import create_model
     directory = Path(directory)
+    from vmm.training.export import is_trainable_export, load_trainable_export
+    if is_trainable_export(directory) and not (directory / WEIGHTS_NAME).is_file():
+        model = load_trainable_export(directory)
+        model.pretrained_source = str(directory)
+        return model
     if not is_pretrained_dir(directory):
         raise VmmError(f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:

@@ -164,6 +164,10 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, use_image: Optional[bool] = None,
                 keep_temporal: bool = True) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         B, _, T = x.shape[:3]
+        if self.cfg.frame_mode == "per_frame" and T > 1:
+            return self._forward_per_frame(x, mask, keep_temporal)
+        if self.cfg.frame_mode not in ("joint", "per_frame"):
+            raise VmmError(f"frame_mode={self.cfg.frame_mode!r} is not supported; use 'joint' or 'per_frame'")
         if use_image is None:
             use_image = T == 1
         tokens = self.embed(x, use_image=use_image)
@@ -186,6 +190,20 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
         else:
             pooled = cls + x_vis.mean(1, keepdim=True)
         return x_vis, self.pool_norm(pooled), x_clip
+
+    def _forward_per_frame(self, x: Tensor, mask: Optional[Tensor], keep_temporal: bool):
+        if mask is not None:
+            raise _per_frame_unsupported()
+        B, C, T, H, W = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)
+        x_vis, pooled, _ = self.forward(frames, use_image=True, keep_temporal=True)  # (B*T, P, D), (B*T, 1, D)
+        x_vis = x_vis.reshape(B, T * x_vis.shape[1], x_vis.shape[-1])
+        pooled = pooled.reshape(B, T, pooled.shape[-1])
+        return x_vis, (pooled if keep_temporal else pooled.mean(1, keepdim=True)), None
+
+
+def _per_frame_unsupported() -> VmmError:
+    return VmmError("frame_mode='per_frame' does not take a token mask; train it without the CLIP teacher (loss.uta=0)")
 
 
 def sinusoid_table(n_position: int, dim: int, device=None, dtype=None) -> Tensor:

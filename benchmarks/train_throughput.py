@@ -1,0 +1,198 @@
+"""Training throughput (samples/s) of the pretraining step, on 1 and N processes (scaling efficiency).
+
+Measures exactly the step of ``vmm.train`` (``vmm.training.loop.micro_step``: CLIP teacher + attention mask
+for stage 1, forward of every loss, backward, AdamW update, DDP all-reduce under ``accelerate launch``) on
+synthetic in-memory batches, so decoding speed does not enter the number. Each (model, stage, processes)
+runs in its own launched job; results and the device name go to one JSON file.
+
+    # GPU: VideoMamba-M and vmm_nano, stage 1 (masked + CLIP teacher) and 2, on 1 and 2 GPUs
+    python benchmarks/train_throughput.py --models videomamba_m16 vmm_nano --stages 1 2 --processes 1 2 \
+        --batch-size 32 --out benchmarks/results/train_throughput_gpu.json
+    # CPU smoke variant (what runs on a laptop)
+    python benchmarks/train_throughput.py --cpu --models vmm_nano --stages 2 --processes 1 --batch-size 2 \
+        --steps 3 --warmup 1 --out benchmarks/results/train_throughput_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODELS = {
+    # Official VideoMamba-M + BERT-base (random init: throughput does not depend on the values).
+    "videomamba_m16": dict(name="videomamba_m16_mm", text={"init_from": None}, freeze=[]),
+    # vmm_nano as in configs/pretrain/vmm_nano_synthetic.yaml (frozen MiniLM embeddings + layers 0-3).
+    "vmm_nano": dict(name="vmm_nano", text={"init_from": None},
+                     freeze=["text_encoder.embeddings", "text_encoder.encoder.layer.0-3"]),
+}
+
+
+def device_name(cpu: bool) -> str:
+    import torch
+    if not cpu and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()}"
+
+
+def worker(args) -> None:
+    """Runs inside one launched job: build, warm up, time ``--steps`` optimizer steps."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    import vmm
+    from vmm.training.config import LossSection
+    from vmm.training.loop import micro_step
+    from vmm.training.objective import PretrainObjective
+    from vmm.training.optim import build_optimizer, freeze
+    from vmm.training.teacher import ClipTeacher
+
+    spec = MODELS[args.model]
+    stage1 = args.stage == 1
+    loss = LossSection(uta=1.0 if stage1 else 0.0)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.precision, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=not stage1)])
+    set_seed(0)
+    model = vmm.create_model(spec["name"], text={**spec["text"], "mlm_head": True},
+                             vision={"grad_checkpointing": args.grad_checkpointing})
+    freeze(model, spec["freeze"])
+    vcfg = model.cfg.vision
+    teacher = None
+    if stage1:  # ViT-B/16 at the student's resolution, random weights
+        teacher = ClipTeacher("ViT-B-16", vcfg.img_size, None, True).to(accelerator.device)
+        if accelerator.mixed_precision == "bf16":
+            teacher.to(torch.bfloat16)
+    objective = PretrainObjective(model, loss, 103, (0, 101, 102))
+    optimizer = build_optimizer(objective, 1e-5, 0.05, (0.9, 0.999), 1e-8)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    set_seed(0, device_specific=True)
+    B, L = args.batch_size, model.cfg.max_text_len
+    g = torch.Generator().manual_seed(accelerator.process_index)
+    lengths = torch.randint(6, L, (B,), generator=g)
+    ids = torch.randint(1000, 29000, (B, L), generator=g)
+    att = (torch.arange(L)[None] < lengths[:, None]).long()
+    ids = ids * att
+    ids[:, 0] = 101
+    ids[torch.arange(B), lengths - 1] = 102
+    batch = {"video": torch.randn(B, 3, vcfg.num_frames, vcfg.img_size, vcfg.img_size, generator=g),
+             "input_ids": ids, "attention_mask": att,
+             "sample_id": torch.arange(B) + accelerator.process_index * B}
+    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    def sync():
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+    for _ in range(args.warmup):
+        micro_step(accelerator, objective, optimizer, batch, loss, teacher)
+    sync()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        out, _ = micro_step(accelerator, objective, optimizer, batch, loss, teacher)
+    final_loss = float(out["loss"].detach())
+    sync()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
+    world = accelerator.num_processes
+    if accelerator.is_main_process:
+        result = {"model": args.model, "stage": args.stage, "processes": world, "batch_per_process": B,
+                  "frames": vcfg.num_frames, "img_size": vcfg.img_size, "precision": accelerator.mixed_precision,
+                  "steps": args.steps, "seconds": elapsed, "samples_per_s": B * world * args.steps / elapsed,
+                  "step_ms": 1000 * elapsed / args.steps, "peak_gib_per_process": peak, "loss": final_loss,
+                  "device": device_name(args.cpu), "grad_checkpointing": args.grad_checkpointing}
+        Path(args.result).write_text(json.dumps(result))
+
+
+def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
+    """One job: plain python for 1 process, ``accelerate launch`` (torchrun + DDP) for more."""
+    common = [str(Path(__file__).resolve()), "--worker", "--model", model, "--stage", str(stage),
+              "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--precision", args.precision, "--result", str(result)]
+    common += ["--cpu"] if args.cpu else []
+    common += ["--grad-checkpointing"] if args.grad_checkpointing else []
+    if processes == 1:
+        cmd = [sys.executable] + common
+    else:
+        accelerate = str(Path(sys.executable).with_name("accelerate"))
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", args.precision, "--dynamo_backend", "no"] + common
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if run.returncode != 0 or not result.is_file():
+        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"model": model, "stage": stage, "processes": processes, "error": tail[0][:300]}
+    return json.loads(result.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["videomamba_m16", "vmm_nano"], choices=sorted(MODELS))
+    parser.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=[1, 2],
+                        help="1: masked with the CLIP teacher (UTA); 2: unmasked")
+    parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--batch-size", type=int, default=32, help="per process")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--precision", default=None, help="bf16 (GPU default) or no (CPU default)")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even if CUDA is present")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import torch
+    args.cpu = args.cpu or not torch.cuda.is_available()
+    args.precision = args.precision or ("no" if args.cpu else "bf16")
+    if args.worker:
+        worker(args)
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for stage in args.stages:
+                for n in args.processes:
+                    row = launch(args, model, stage, n, Path(tmp) / f"{model}_{stage}_{n}.json")
+                    rows.append(row)
+                    shown = (f"{row['samples_per_s']:.2f} samples/s ({row['step_ms']:.0f} ms/step)"
+                             if "error" not in row else f"failed: {row['error']}")
+                    print(f"{model:15s} stage {stage}  {n} process(es)  batch {args.batch_size}/process: {shown}",
+                          flush=True)
+    for row in rows:  # scaling efficiency against the 1-process run of the same model and stage
+        one = next((r for r in rows if r.get("model") == row["model"] and r.get("stage") == row["stage"]
+                    and r.get("processes") == 1 and "error" not in r), None)
+        if one and "error" not in row:
+            row["scaling_efficiency"] = row["samples_per_s"] / (row["processes"] * one["samples_per_s"])
+    report = {"device": device_name(args.cpu), "torch": torch.__version__,
+              "cuda_devices": torch.cuda.device_count() if not args.cpu else 0,
+              "settings": {"batch_per_process": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+                           "precision": args.precision}, "results": rows}
+    print(f"device: {report['device']}")
+    for row in rows:
+        if "scaling_efficiency" in row and row["processes"] > 1:
+            print(f"{row['model']} stage {row['stage']}: scaling efficiency on {row['processes']} processes "
+                  f"{100 * row['scaling_efficiency']:.0f}%")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Training recipes: typed loading, overrides, and the one-line errors of bad input (exit status 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmm.errors import VmmError
+from vmm.train import main
+from vmm.training.config import load_config, parse_override
+from vmm.training.loop import check_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "pretrain" / "tiny.yaml")
+RECIPES = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from vmm.data.synthetic import generate_corpus
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, num_videos=12, seed=0, size=32, seconds=1.0, workers=1)
+    return root
+
+
+def data_override(root: Path, anno: str = "train.json") -> str:
+    return f"data.train=[{{'anno': '{root / anno}', 'root': '{root}'}}]"
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    code = main(["--config", TINY, *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    cfg = load_config(recipe)
+    assert cfg.data.train and cfg.optim.lr > 0
+    if "stage1" in recipe.name:
+        assert cfg.loss.uta > 0 and cfg.teacher.clip_model == "ViT-B-16"
+    if "stage2" in recipe.name:
+        assert cfg.loss.uta == 0 and cfg.model.init
+
+
+def test_official_stage_settings():
+    s1 = load_config(REPO / "configs/pretrain/videomamba_m16_5m_stage1.yaml")
+    s2 = load_config(REPO / "configs/pretrain/videomamba_m16_5m_stage2.yaml")
+    assert (s1.optim.lr, s1.optim.weight_decay, s1.optim.betas) == (4e-4, 0.05, [0.9, 0.999])
+    assert (s1.schedule.epochs, s1.schedule.warmup_epochs, s1.data.batch_size) == (10, 1, 128)
+    assert (s1.loss.video_mask_ratio, s1.loss.image_mask_ratio, s1.loss.mlm_prob) == (0.8, 0.5, 0.5)
+    assert (s2.optim.lr, s2.schedule.epochs, s2.schedule.warmup_epochs, s2.data.batch_size) == (8e-5, 1, 0.2, 64)
+    assert len(load_config(REPO / "configs/pretrain/videomamba_m16_17m_stage1.yaml").data.train) == 6
+
+
+def test_overrides_are_typed_literals(tmp_path):
+    cfg = load_config(TINY, ["optim.lr=2e-4", "train.output_dir=runs/x y", "loss.uta=0", "model.vision.depth=3",
+                             "train.resume=None", "optim.betas=[0.8, 0.9]"])
+    assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.output_dir == "runs/x y" and cfg.loss.uta == 0.0
+    assert cfg.model.vision["depth"] == 3 and cfg.model.vision["img_size"] == 32  # merged, not replaced
+    assert cfg.train.resume is None and cfg.optim.betas == [0.8, 0.9]
+    assert parse_override("data.batch_size=16") == (["data", "batch_size"], 16)
+
+
+def test_base_recipe_is_merged_underneath(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {TINY}\noptim: {{lr: 5.0e-5}}\n")
+    cfg = load_config(child)
+    assert cfg.optim.lr == 5e-5 and cfg.optim.weight_decay == 0.05 and cfg.model.vision["depth"] == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown config key optim.lrr; valid keys of optim: lr, weight_decay"),
+    ("no_such.key=1", "unknown config key no_such"),
+    ("model.vision.dept=2", "unknown config key model.vision.dept"),
+    ("optim.lr=fast", "option optim.lr must be a number, got 'fast'"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("data.train=[{'root': 'x'}]", "data.train[0] needs exactly one of 'anno'"),
+])
+def test_bad_config_is_one_line_exit_2(capsys, override, message):
+    code, err = run_main(capsys, override)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_missing_data_file(capsys, tmp_path):
+    code, err = run_main(capsys, data_override(tmp_path, "nope.json"))
+    assert code == 2 and f"annotation file {tmp_path / 'nope.json'} not found" in err and err.count("\n") == 1
+
+
+def test_empty_dataset(capsys, tmp_path):
+    (tmp_path / "train.json").write_text("[]")
+    code, err = run_main(capsys, data_override(tmp_path))
+    assert code == 2 and "is empty (no samples)" in err and err.count("\n") == 1
+
+
+def test_dataset_smaller_than_one_step(capsys, corpus):
+    code, err = run_main(capsys, data_override(corpus), "data.batch_size=64")
+    assert code == 2 and "gives 10 samples per epoch, fewer than 64 for one optimizer step" in err
+
+
+def test_media_root_without_the_files(capsys, corpus, tmp_path):
+    code, err = run_main(capsys, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{tmp_path}'}}]")
+    assert code == 2 and "none of the first 10 media files exist under" in err
+
+
+def test_teacher_file_absent(capsys, corpus, tmp_path):
+    code, err = run_main(capsys, data_override(corpus), f"teacher.clip_weights={tmp_path / 'clip.bin'}")
+    assert code == 2 and f"CLIP teacher weights file {tmp_path / 'clip.bin'} not found" in err
+
+
+def test_bad_resume_folder(capsys, corpus, tmp_path):
+    code, err = run_main(capsys, data_override(corpus), f"train.resume={tmp_path}", "loss.uta=0")
+    assert code == 2 and "is not a vmm checkpoint" in err
+
+
+def test_check_inputs_passes_on_good_data(corpus, tmp_path):
+    cfg = load_config(TINY, [data_override(corpus), f"train.output_dir={tmp_path / 'out'}", "loss.uta=0"])
+    inputs = check_inputs(cfg)
+    assert len(inputs.corpora[0]) == 10 and inputs.clip_weights is None and inputs.resume_dir is None
+
+
+def test_cli_subprocess_unknown_key_and_offline_teacher(corpus, tmp_path):
+    """The real command: status 2, one stderr line, no traceback; the 'openai' tag offline and uncached."""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "vmm.train", "--config", TINY, data_override(corpus)]
+    bad_key = subprocess.run(cmd + ["train.epochz=1"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad_key.returncode == 2 and bad_key.stdout == ""
+    assert bad_key.stderr.startswith("error: unknown config key train.epochz") and bad_key.stderr.count("\n") == 1
+    offline = subprocess.run(cmd + ["teacher.clip_weights=openai", "loss.uta=1"], cwd=REPO, env=env,
+                             capture_output=True, text=True)
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    lines = [line for line in offline.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "not in the local cache and the hub is offline" in lines[0]
+    assert "teacher.clip_weights=/path/to/" in lines[0]
+
+
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(capsys, corpus, tmp_path):
+    done = tmp_path / "checkpoints" / "step_00000005"
+    done.mkdir(parents=True)
+    (done / "trainer_state.json").write_text("{}")
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path}", "loss.uta=0")
+    assert code == 2 and "already holds checkpoints of a run; pass train.resume=auto" in err
+    cfg = load_config(TINY, [data_override(corpus), f"train.output_dir={tmp_path}", "train.resume=auto"])
+    assert check_inputs(cfg).resume_dir == done

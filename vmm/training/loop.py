@@ -73,7 +73,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     corpora = data.load_corpora(cfg.data.train)
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
     data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
-                   cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)
+                   cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum,
+                   data.unit_groups(corpora, cfg.data.caption_sampling))
     clip_weights = None
     if cfg.loss.uta > 0:
         clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
@@ -302,7 +303,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
                                        cfg.train.seed, cfg.data.caption_sampling, cfg.data.max_retries)
     plan = data_mod.EpochPlan([dataset.num_units(i) for i in range(len(inputs.corpora))],
                               [c.weight for c in inputs.corpora], cfg.data.batch_size, world, cfg.train.seed,
-                              cfg.train.grad_accum)
+                              cfg.train.grad_accum, data_mod.unit_groups(inputs.corpora, cfg.data.caption_sampling))
     collate = data_mod.Collate(tokenizer, max_text_len)
     spe = plan.steps_per_epoch
     total_steps = cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * spe))

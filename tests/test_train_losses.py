@@ -213,6 +213,14 @@ def test_clip_teacher_tokens_attention_and_weight_loading(tmp_path):
     bigger = tiny_teacher(image_size=48, weights=tmp_path / "clip.pt")  # position table resized to 3x3
     assert bigger.visual.positional_embedding.shape == (10, 64)
     assert torch.equal(bigger.visual.conv1.weight, teacher.visual.conv1.weight)
+    # the teacher inside an official multimodal checkpoint (clip_teacher.*, Conv3d patchify) is kept on resume
+    official = {"clip_teacher." + k: (v.unsqueeze(2) if k == "conv1.weight" else v)
+                for k, v in teacher.visual.state_dict().items()}
+    official["vision_encoder.cls_token"] = torch.zeros(1, 1, 64)
+    torch.save({"model": official}, tmp_path / "videomamba_m16_5M_f8_res224.pth")
+    resumed = tiny_teacher(weights=tmp_path / "videomamba_m16_5M_f8_res224.pth")
+    assert all(torch.equal(a, b) for a, b in zip(resumed.visual.state_dict().values(),
+                                                 teacher.visual.state_dict().values()))
 
 
 def test_attention_guided_mask_keeps_the_attended_patches():

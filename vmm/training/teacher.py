@@ -75,8 +75,9 @@ def resolve_clip_weights(model_name: str, weights: Optional[str]) -> Optional[Pa
 
 
 def _read_visual_state_dict(path: Path) -> dict[str, Tensor]:
-    """Visual-tower tensors of a CLIP file: open_clip/OpenAI state dicts, visual-only dicts, or OpenAI's
-    original TorchScript archive (what open_clip downloads when the Hugging Face hub is not available)."""
+    """Visual-tower tensors of a CLIP file: open_clip/OpenAI state dicts, visual-only dicts, an official VideoMamba
+    multimodal checkpoint (its ``clip_teacher.*``), or OpenAI's original TorchScript archive (what open_clip
+    downloads when the Hugging Face hub is not available)."""
     from vmm.errors import CheckpointError
     from vmm.models.checkpoint import read_checkpoint
     try:
@@ -87,6 +88,13 @@ def _read_visual_state_dict(path: Path) -> dict[str, Tensor]:
         except Exception:
             raise VmmError(f"teacher.clip_weights: {path} is neither a state dict nor a TorchScript CLIP "
                            f"archive; pass open_clip_model.safetensors of {path.stem}") from None
+    # An official VideoMamba multimodal checkpoint carries its frozen teacher as clip_teacher.* (OpenAI names,
+    # patchify as a Conv3d with one frame): resuming pretraining from it keeps that teacher.
+    official = {k[len("clip_teacher."):]: v for k, v in sd.items() if k.startswith("clip_teacher.")}
+    if official:
+        if official.get("conv1.weight") is not None and official["conv1.weight"].ndim == 5:
+            official["conv1.weight"] = official["conv1.weight"][:, :, 0]
+        return official
     visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     return visual or sd
 

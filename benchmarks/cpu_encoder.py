@@ -12,51 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import vmm
+from common import cpu_name
+from scan_cpu import naive_per_token_scan
 from vmm.ops.selective_scan import register_backend, unregister_backend
 
 TARGETS_S = {"videomamba_tiny": 1.5, "videomamba_middle": 6.0}
-
-
-def naive_loop_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    """The official reference algorithm (per-token loop over a materialised (B, E, L, N) decay tensor)."""
-    dtype = u.dtype
-    u, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = F.softplus(delta)
-    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A.float()))
-    dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B.float(), u)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = [None] * u.shape[2]
-    for t in (range(u.shape[2] - 1, -1, -1) if reverse else range(u.shape[2])):
-        h = dA[:, :, t] * h + dBu[:, :, t]
-        ys[t] = torch.einsum("bdn,bn->bd", h, C[:, :, t].float())
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_model(model, x, repeats: int) -> float:
@@ -82,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(1, 3, 8, 224, 224)
-    register_backend("naive_loop", naive_loop_scan, available=lambda t: True, priority=-100)
+    register_backend("naive_loop", naive_per_token_scan, available=lambda t: True, priority=-100)
     rows = []
     try:
         for name in args.models:

@@ -42,6 +42,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
+from common import cpu_name  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -52,14 +53,6 @@ from vmm.embedder import VideoTextEncoder  # noqa: E402
 
 
 # -- hardware ---------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware() -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import cpu_name
 from vmm.ops import selective_scan_ref
 
 SHAPES = {"videomamba_tiny": dict(E=384, depth=24, target_ms=15.0),
@@ -67,14 +67,6 @@ def layer_inputs(E: int, seed: int = 0) -> dict:
                 delta_softplus=True)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn) -> float:

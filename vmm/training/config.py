@@ -57,6 +57,9 @@ class DataSection:
     max_text_len: Optional[int] = None  # None: the model's (32 for the official models)
     caption_sampling: str = "random"  # "random": one caption of a list per epoch; "all": each is a sample
     max_retries: int = 20  # corrupt samples in a row before giving up
+    # Probability of the official horizontal flip. 0 for data whose captions name left and right: a flipped
+    # "moves left" clip shows a right move, so training would teach that the direction does not matter.
+    hflip: float = 0.5
 
 
 @dataclass
@@ -294,6 +297,7 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (cfg.data.caption_sampling in ("random", "all"), "data.caption_sampling must be 'random' or 'all'"),
+        (0.0 <= cfg.data.hflip <= 1.0, "data.hflip must be a probability in [0, 1]"),
         (cfg.loss.distill_type in ("cosine", "mse"), "loss.distill_type must be 'cosine' or 'mse'"),
         (0.0 <= cfg.loss.mlm_prob <= 1.0, "loss.mlm_prob must lie in [0, 1]"),
         (0.0 <= cfg.loss.video_mask_ratio < 1.0, "loss.video_mask_ratio must lie in [0, 1)"),

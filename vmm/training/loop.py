@@ -299,7 +299,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     set_seed(cfg.train.seed, device_specific=True)
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
-    dataset = data_mod.PretrainDataset(inputs.corpora, vcfg.num_frames, TrainTransform(vcfg.img_size),
+    dataset = data_mod.PretrainDataset(inputs.corpora, vcfg.num_frames,
+                                       TrainTransform(vcfg.img_size, flip_p=cfg.data.hflip),
                                        cfg.train.seed, cfg.data.caption_sampling, cfg.data.max_retries)
     plan = data_mod.EpochPlan([dataset.num_units(i) for i in range(len(inputs.corpora))],
                               [c.weight for c in inputs.corpora], cfg.data.batch_size, world, cfg.train.seed,

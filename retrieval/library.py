@@ -65,9 +65,10 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     if model is None and checkpoint is None:
         raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH")
     name = model or "videomamba_m16_25m"
-    overrides = {"vision": {"num_frames": frames}} if frames else {}
     if checkpoint and Path(checkpoint).is_dir():
         name, checkpoint = checkpoint, None
+    from vmm.factory import frames_override
+    overrides = frames_override(name, frames)
     net, _, _ = vmm.create_model_and_transforms(name, pretrained=checkpoint, **overrides)
     return VideoTextEncoder(net, device=device, batch_size=batch_size)
 

@@ -79,9 +79,8 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
                 raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
             pretrained = f"{HF_PREFIX}{HF_REPO}/{hf_file}"
         if pretrained is not None:
-            if is_pretrained_dir(pretrained):
-                from safetensors.torch import load_model
-                load_model(model, str(Path(pretrained) / "model.safetensors"))
+            if is_pretrained_dir(pretrained):  # a save_pretrained folder or a trainable-only export
+                model.load_state_dict(from_pretrained(pretrained).state_dict())
                 model.pretrained_source = str(pretrained)
             else:
                 _load_pretrained(model, pretrained)
@@ -89,6 +88,25 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
         model = model.to(device)
     size = model.cfg.vision.img_size if hasattr(model.cfg, "vision") else model.cfg.img_size
     return model, TrainTransform(size), EvalTransform(size)
+
+
+def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
+    """The override that sets the frame count of model ``name`` (top level for encoders, ``vision`` for
+    multimodal models); empty when ``frames`` is None.
+
+    >>> frames_override("videomamba_tiny", 16), frames_override("vmm_nano", 16)
+    ({'num_frames': 16}, {'vision': {'num_frames': 16}})
+    """
+    if not frames:
+        return {}
+    if is_pretrained_dir(name):
+        import json
+        multimodal = "vision" in json.loads((Path(name) / "config.json").read_text()).get("model", {})
+    else:
+        cfg = get_model_config(str(name))
+        arch = cfg["architecture"] if cfg else str(name)
+        multimodal = arch == "videomamba_m16_mm"
+    return {"vision": {"num_frames": frames}} if multimodal else {"num_frames": frames}
 
 
 def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Optional[int] = None) -> Tokenizer:

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from vmm.errors import VmmError
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"num_frames": args.frames} if args.frames else {}
+    from vmm.factory import frames_override
+    overrides = frames_override(args.model, args.frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
     model = model.to(args.device).eval()
     cfg = model.cfg.vision if hasattr(model.cfg, "vision") else model.cfg

@@ -180,3 +180,19 @@ def test_two_processes_with_accelerate_launch(corpus, tmp_path):
         ["random_states_0.pkl", "random_states_1.pkl"]
     model, _, _ = vmm.create_model_and_transforms(out / "final")
     assert model.cfg.vision.depth == 2
+
+
+def test_model_init_from_a_saved_folder_and_a_checkpoint_file(tmp_path):
+    import torch
+    from vmm.training.config import load_config
+    from vmm.training.loop import build_model
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
+    cfg = load_config(recipe, ["loss.uta=0", "loss.mlm=0"])
+    source, _ = build_model(cfg)
+    with torch.no_grad():
+        source.itm_head.weight.add_(1.0)
+    source.save_pretrained(tmp_path / "folder")
+    torch.save({"model": source.state_dict()}, tmp_path / "file.pth")
+    for init in (tmp_path / "folder", tmp_path / "file.pth"):
+        model, _ = build_model(load_config(recipe, ["loss.uta=0", "loss.mlm=0", f"model.init={init}"]))
+        assert torch.equal(model.itm_head.weight, source.itm_head.weight), init

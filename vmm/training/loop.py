@@ -108,7 +108,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
 def build_model(cfg: TrainConfig):
     """The model of the recipe with its starting weights; returns (model, frozen parameter names)."""
     import vmm
-    from vmm.models.persistence import WEIGHTS_NAME, is_pretrained_dir
+    from vmm.models.persistence import is_pretrained_dir
     from vmm.training.optim import freeze
     text = dict(cfg.model.text)
     text.setdefault("mlm_head", cfg.loss.mlm > 0)
@@ -120,7 +120,11 @@ def build_model(cfg: TrainConfig):
         vmm.load_checkpoint(model.vision_encoder, cfg.model.vision_init, strict=False)
     if cfg.model.init:
         path = Path(cfg.model.init)
-        vmm.load_checkpoint(model, path / WEIGHTS_NAME if is_pretrained_dir(path) else path, strict=False)
+        if is_pretrained_dir(path):  # a save_pretrained folder or a trainable-only export
+            init_sd = vmm.from_pretrained(path).state_dict()
+            vmm.load_checkpoint(model, {k: v for k, v in init_sd.items() if k in model.state_dict()}, strict=False)
+        else:
+            vmm.load_checkpoint(model, path, strict=False)
     frozen = freeze(model, cfg.freeze)
     if cfg.export.trainable_only:
         from vmm.training.export import check_trainable_export

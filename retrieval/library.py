@@ -69,6 +69,10 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
         name, checkpoint = checkpoint, None
     from vmm.factory import frames_override
     overrides = frames_override(name, frames)
+    if checkpoint is None and not Path(name).is_dir():
+        from vmm.factory import default_pretrained
+        # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.
+        checkpoint = "default" if default_pretrained(name) else None
     net, _, _ = vmm.create_model_and_transforms(name, pretrained=checkpoint, **overrides)
     return VideoTextEncoder(net, device=device, batch_size=batch_size)
 

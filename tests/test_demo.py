@@ -59,3 +59,14 @@ def test_demo_command_runs_end_to_end(tmp_path):
                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert again.returncode == 0, again.stderr
     assert len(json.loads(again.stdout)) == 3
+
+
+def test_model_names_mean_their_released_weights(monkeypatch, tmp_path):
+    from retrieval.library import load_encoder
+    from vmm.errors import VmmError
+    enc = load_encoder("vmm_nano", device="cpu")
+    assert enc.model.pretrained_source == str(SHIPPED_NANO)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(VmmError, match=r"videomamba_m16_25M_f8_res224\.pth .*--checkpoint"):
+        load_encoder("videomamba_m16_25m", device="cpu")

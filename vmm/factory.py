@@ -40,11 +40,36 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
     except Exception:
         pass
     try:
+        if not _hub_reachable():  # fail at once offline instead of after the client's retries
+            raise ConnectionError("the Hugging Face hub is not reachable")
         return Path(hf_hub_download(repo, filename))
     except Exception as e:
         raise VmmError(f"{filename} is not in the local Hugging Face cache and could not be downloaded "
                        f"({type(e).__name__}); download it from https://huggingface.co/{repo} and pass "
                        f"--checkpoint /path/to/{filename} (or pretrained='/path/to/{filename}')") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import os
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def default_pretrained(name: str) -> Optional[str]:
+    """The weights a registered model name stands for: a checkpoint shipped in the repository (vmm_nano) or the
+    official file on the Hugging Face hub (looked up in the local cache first); None for bare architectures."""
+    info = (get_model_config(name) or {}).get("pretrained") or {}
+    if info.get("shipped"):
+        return str(Path(__file__).resolve().parents[1] / info["shipped"])
+    if info.get("hf_file"):
+        return f"{HF_PREFIX}{info.get('hf_repo', HF_REPO)}/{info['hf_file']}"
+    return None
 
 
 def _load_pretrained(model: nn.Module, pretrained: Union[str, Path]) -> nn.Module:
@@ -61,7 +86,7 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     ``name``: a registered model name (see :func:`vmm.list_models`) or a folder written by
     ``save_pretrained``. ``pretrained``: None, a checkpoint path (official ``.pth`` or ``.safetensors``), a
     ``save_pretrained`` folder, ``"hf-hub:OpenGVLab/VideoMamba/<file>"``, or ``"default"`` for the file named
-    in the model config. The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
+    in the model config (vmm_nano: the checkpoint shipped in ``vmm/weights``). The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
 
     >>> import vmm
     >>> model, train_tf, eval_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=2, num_frames=2, img_size=32)
@@ -74,10 +99,9 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     else:
         model = create_model(str(name), **overrides)
         if pretrained == "default":
-            hf_file = (model.model_meta.get("pretrained") or {}).get("hf_file")
-            if not hf_file:
+            pretrained = default_pretrained(str(name))
+            if pretrained is None:
                 raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
-            pretrained = f"{HF_PREFIX}{HF_REPO}/{hf_file}"
         if pretrained is not None:
             if is_pretrained_dir(pretrained):  # a save_pretrained folder or a trainable-only export
                 model.load_state_dict(from_pretrained(pretrained).state_dict())

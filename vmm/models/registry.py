@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,7 +17,9 @@ import torch.nn as nn
 from vmm.errors import VmmError
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
-_CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "models"]
+# The checkout's configs/ (editable installs, CI) and the copy a wheel installs under <prefix>/share.
+_CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "models",
+                            Path(sys.prefix) / "share" / "vmm" / "configs" / "models"]
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -195,7 +195,7 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         raise VmmError(f"--model {model_arg} is a model folder with its own weights; drop --checkpoint, or pass a "
                        "registered model name (e.g. videomamba_m16_25m) with --checkpoint")
     if not is_dir and Path(str(model_arg)).exists():
-        raise VmmError(f"--model {model_arg} is not a vmm model folder (needs config.json and model.safetensors); "
+        raise VmmError(f"--model {model_arg} is not a vmm model folder (needs config.json and model.safetensors, or a trainable-only export); "
                        "pass a registered model name or a save_pretrained folder")
     if not is_dir and str(model_arg) in vmm.list_models():
         from vmm.models.registry import get_model_config

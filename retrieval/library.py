@@ -23,6 +23,7 @@ import numpy as np
 from vmm.errors import VmmError
 
 MODEL_FILE = "model.json"
+NOT_RERANKED = -100.0  # score of hits outside the re-ranked top K (the official value)
 COLOR_HISTOGRAM = "color-histogram"
 
 
@@ -216,9 +217,10 @@ class VideoLibrary:
             if text is None:
                 raise VmmError("--rerank needs a text query (ITM scores text-video pairs)")
             itm = self._rerank_scores(text, hits[:rerank])
-            hits = sorted(hits[:rerank], key=lambda h: -itm[h.clip_id]) + list(hits[rerank:])
-            hits = [_with_score(h, itm[h.clip_id]) if h.clip_id in itm else _with_score(h, -math.inf)
-                    for h in hits]
+            # As the official evaluation: the ITM logit replaces the score of the top K, the rest get -100
+            # (finite, so --json stays valid JSON; ITM logits never come near it).
+            hits = [_with_score(h, itm.get(h.clip_id, NOT_RERANKED)) for h in hits]
+            hits.sort(key=lambda h: -h.score)
         moments = merge_moments(hits) if merge else [
             {"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "clip_ids": [h.clip_id]}
             for h in hits]

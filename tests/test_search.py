@@ -107,6 +107,8 @@ def test_rerank_orders_by_itm_logits(setup):
     assert [(h.path, h.start) for h in re[:3]] == [(top3[i].path, top3[i].start) for i in order]
     assert [h.score for h in re[:3]] == pytest.approx(sorted(itm.tolist(), reverse=True), abs=1e-5)
     assert all(h.itm is not None for h in re[:3]) and all(h.itm is None for h in re[3:])
+    assert [h.score for h in re[3:]] == [-100.0] * (len(re) - 3)  # the official value, valid in JSON
+    json.loads(json.dumps([h.to_dict() for h in re], allow_nan=False))
 
 
 def test_per_video_and_table_output(setup, capsys):

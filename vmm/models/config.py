@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from vmm.errors import VmmError
@@ -68,12 +68,4 @@ def replace_checked(cfg: Any, overrides: dict, where: str = "model") -> Any:
     return dataclasses.replace(cfg, **overrides)
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    return replace_checked(cls(), dict(data), where=where)
-
-
-__all__ = ["VideoMambaConfig", "replace_checked", "config_to_dict", "config_from_dict", "field"]
+__all__ = ["VideoMambaConfig", "replace_checked"]

@@ -193,17 +193,14 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
 
     def _forward_per_frame(self, x: Tensor, mask: Optional[Tensor], keep_temporal: bool):
         if mask is not None:
-            raise _per_frame_unsupported()
+            raise VmmError("frame_mode='per_frame' does not take a token mask; train it without the CLIP teacher "
+                           "(loss.uta=0)")
         B, C, T, H, W = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)
         x_vis, pooled, _ = self.forward(frames, use_image=True, keep_temporal=True)  # (B*T, P, D), (B*T, 1, D)
         x_vis = x_vis.reshape(B, T * x_vis.shape[1], x_vis.shape[-1])
         pooled = pooled.reshape(B, T, pooled.shape[-1])
         return x_vis, (pooled if keep_temporal else pooled.mean(1, keepdim=True)), None
-
-
-def _per_frame_unsupported() -> VmmError:
-    return VmmError("frame_mode='per_frame' does not take a token mask; train it without the CLIP teacher (loss.uta=0)")
 
 
 def sinusoid_table(n_position: int, dim: int, device=None, dtype=None) -> Tensor:

@@ -1,7 +1,7 @@
 """Indexing and search speed: end-to-end clips/s with the decode/encode split, search latency at 10k-1M vectors.
 
 (a) ``build_library`` over generated videos (24 of 10 s at 320x240, 25 fps: one 10 s clip each)
-    with ``vmm_nano`` (``vmm.embedder.VideoTextEncoder``; bf16 on a GPU, fp32 on CPU) and with
+    with ``--model`` (default ``vmm_nano``; ``vmm.embedder.VideoTextEncoder``, bf16 on a GPU, fp32 on CPU) and with
     ``ColorHistogramEncoder`` as the cheap baseline, in the same process. Decoding runs in worker
     processes and overlaps encoding in this one, so both busy times are reported beside the
     wall time: encode = wall time inside ``encode_clips``; decode = CPU time of the decoder
@@ -16,6 +16,8 @@
 
     python benchmarks/indexing.py            # about 5 minutes on 2 busy cores
     python benchmarks/indexing.py --quick    # 8 videos, 10k/100k vectors, a smaller merge
+    # GPU host: the official-size model over 64 videos of 30 s (5 clips each), search on 16 cores
+    python benchmarks/indexing.py --model videomamba_m16_25m --videos 64 --video-seconds 30 --batch-size 32
 Writes benchmarks/results/indexing_cpu.json (indexing_gpu.json when a GPU embeds) or --out.
 """
 from __future__ import annotations
@@ -37,7 +39,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import av  # noqa: E402
 import faiss  # noqa: E402
 import torch  # noqa: E402
 
@@ -66,6 +67,7 @@ def hardware() -> dict:
 # -- (a) indexing -----------------------------------------------------------------------------------------
 def write_videos(folder: Path, count: int, seconds: float, width: int = 320, height: int = 240, fps: int = 25):
     """H.264 videos with a moving colour gradient and a moving square: real motion, realistic decode cost."""
+    import av  # only to write the test videos: a GPU host may have decord alone (--video-dir)
     folder.mkdir(parents=True, exist_ok=True)
     ys, xs = np.mgrid[0:height, 0:width]
     for v in range(count):
@@ -136,30 +138,36 @@ def index_once(label: str, encoder, media: Path, workdir: Path, workers: int, ba
 
 
 def bench_indexing(args, workdir: Path) -> dict:
-    media = workdir / "media"
     started = time.perf_counter()
-    write_videos(media, args.videos, args.video_seconds)
+    if args.video_dir:  # videos written by an earlier run (``--write-videos``), e.g. on a host without PyAV
+        media = Path(args.video_dir)
+    else:
+        media = workdir / "media"
+        write_videos(media, args.videos, args.video_seconds)
     videos = sorted(media.glob("*.mp4"))
     setup_s = time.perf_counter() - started
 
     workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
     threads = max(1, (os.cpu_count() or 2) // workers)  # what build_library gives each decoder
     baseline = ColorHistogramEncoder()
-    model = vmm.create_model("vmm_nano")  # random weights: speed does not depend on them
-    nano = VideoTextEncoder(model, batch_size=args.batch_size)
-    warm = [np.zeros((nano.num_frames, 240, 320, 3), np.uint8)] * min(4, args.batch_size)
-    nano.encode_clips(warm)  # first-call costs (kernel selection, allocator) are not indexing speed
-    if nano.device.type == "cuda":
+    # Random weights: speed does not depend on them. Any registered multimodal model (vmm_nano by default;
+    # videomamba_m16_25m is the official size, 8 x 224 px) or a save_pretrained folder.
+    model = vmm.from_pretrained(args.model) if Path(args.model).is_dir() else vmm.create_model(args.model)
+    encoder = VideoTextEncoder(model, batch_size=args.batch_size)
+    warm = [np.zeros((encoder.num_frames, 240, 320, 3), np.uint8)] * args.batch_size
+    encoder.encode_clips(warm)  # first-call costs (kernel selection, allocator) are not indexing speed
+    if encoder.device.type == "cuda":
         torch.cuda.synchronize()
 
     rows = {"decode_only": decode_only(videos, baseline.num_frames, threads)}
     rows["color_histogram"] = index_once("color-histogram", baseline, media, workdir, workers, args.batch_size)
-    rows["vmm_nano"] = index_once("vmm_nano", nano, media, workdir, workers, args.batch_size)
-    rows["vmm_nano"].update(device=str(nano.device), precision="bf16 autocast" if nano.device.type == "cuda"
-                            else "fp32", img_size=nano.img_size, frames=nano.num_frames)
-    return {"videos": len(videos), "video": f"{args.video_seconds:g} s, 320x240, 25 fps, H.264",
-            "window_s": 10.0, "stride_s": 5.0, "batch_size": args.batch_size, "video_writing_s": round(setup_s, 1),
-            **rows}
+    rows["model"] = index_once(args.model, encoder, media, workdir, workers, args.batch_size)
+    rows["model"].update(device=str(encoder.device), precision="bf16 autocast" if encoder.device.type == "cuda"
+                         else "fp32", img_size=encoder.img_size, frames=encoder.num_frames)
+    video = (f"{args.video_seconds:g} s, 320x240, 25 fps, H.264" if not args.video_dir
+             else f"from {args.video_dir} (written by --write-videos)")
+    return {"videos": len(videos), "video": video, "window_s": 10.0, "stride_s": 5.0,
+            "batch_size": args.batch_size, "video_writing_s": round(setup_s, 1), **rows}
 
 
 # -- (b) search latency -----------------------------------------------------------------------------------
@@ -312,12 +320,21 @@ def main() -> None:
     ap.add_argument("--ivf-train-per-list", type=int, default=16,
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")
     ap.add_argument("--merge-files", type=int, default=None, help="files staged for the merge [4000; quick: 2000]")
+    ap.add_argument("--model", default="vmm_nano",
+                    help="model to embed with, random weights [vmm_nano; videomamba_m16_25m: official size]")
+    ap.add_argument("--video-dir", default=None, help="index these .mp4 files instead of writing new ones")
+    ap.add_argument("--write-videos", default=None, metavar="DIR",
+                    help="only write the benchmark videos to DIR (for a host without PyAV) and exit")
     ap.add_argument("--skip", nargs="*", default=[], choices=["indexing", "search", "merge"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.videos = args.videos or (8 if args.quick else 24)
     args.sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     args.merge_files = args.merge_files or (2000 if args.quick else 4000)
+    if args.write_videos:
+        write_videos(Path(args.write_videos), args.videos, args.video_seconds)
+        print(f"wrote {args.videos} videos to {args.write_videos}")
+        return
     gpu = torch.cuda.is_available()
     out = Path(args.out or REPO / "benchmarks" / "results" / f"indexing_{'gpu' if gpu else 'cpu'}.json")
 
@@ -353,12 +370,13 @@ def report(result: dict) -> None:
         print(f"  decode only, this process, {d['decoder_threads']} threads: {d['clips_per_s']:.1f} clips/s")
         print(f"  {'encoder':<16}{'clips':>6}{'wall s':>8}{'clips/s':>9}{'encode s':>10}{'enc clips/s':>12}"
               f"{'decode cpu s':>13}{'workers':>8}")
-        for key in ("color_histogram", "vmm_nano"):
+        for key in ("color_histogram", "model"):
             r = ix[key]
             print(f"  {r['encoder']:<16}{r['clips']:>6}{r['wall_s']:>8.2f}{r['clips_per_s']:>9.2f}"
                   f"{r['encode_busy_s']:>10.2f}{r['encode_clips_per_s'] or math.nan:>12.2f}{r['decode_cpu_s']:>13.2f}"
                   f"{r['decode_workers']:>8}")
-        print(f"  vmm_nano ran on {ix['vmm_nano']['device']} ({ix['vmm_nano']['precision']})")
+        m = ix["model"]
+        print(f"  {m['encoder']} ({m['frames']} x {m['img_size']} px) ran on {m['device']} ({m['precision']})")
     if "merge" in result:
         m = result["merge"]
         print(f"\nmerge (rank 0, distributed run): {m['clips']} staged clips of dim {m['dim']} in {m['merge_s']:.2f} s "

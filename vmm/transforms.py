@@ -35,8 +35,8 @@ def _resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _normalise(x: Tensor) -> Tensor:  # (T, 3, H, W) float in [0, 255] -> (3, T, H, W)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x / 255.0 - mean) / std).permute(1, 0, 2, 3).contiguous()
 
 

@@ -161,9 +161,9 @@ def test_cuda_fp32_matches_reference(Bsz, E, L):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tile", [0, 8, 16])
+@pytest.mark.parametrize("tile", [0, 4, 8, 16])
 def test_cuda_forward_variants_match_reference(tile, monkeypatch):
-    """The step-at-a-time and 8- and 16-step-tile forward kernels (the default tile is 4)."""
+    """The step-at-a-time and 4-, 8- and 16-step-tile forward kernels (the default tile is 2)."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
     xz, wf, wb = make_layer(2, 96, 77, device="cuda", seed=tile)
     check_against_reference(xz, wf, wb, tol=1e-5)

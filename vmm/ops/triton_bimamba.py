@@ -73,6 +73,29 @@ if HAS_TRITON:
         return tl.where(x > 20.0, x, lp)
 
     @triton.jit
+    def _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
+                  K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Pre-activations of both conv directions for rows offs_l: causal taps read x[t - (K-1) + k],
+        the anti-causal ones (mirrored) x[t + (K-1) - k]."""
+        pre_f = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
+        pre_b = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
+        if HAS_BIAS:
+            pre_f += tl.load(bias_ptr + offs_e, mask=mask_e, other=0.0)[None, :]
+            pre_b += tl.load(bias_ptr + E + offs_e, mask=mask_e, other=0.0)[None, :]
+        for k in tl.static_range(K):
+            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
+            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
+            t_f = offs_l - (K - 1) + k
+            t_b = offs_l + (K - 1) - k
+            m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
+            m_b = (t_b < L)[:, None] & mask_e[None, :]
+            pre_f += w_f[None, :] * tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f,
+                                            other=0.0).to(tl.float32)
+            pre_b += w_b[None, :] * tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b,
+                                            other=0.0).to(tl.float32)
+        return pre_f, pre_b
+
+    @triton.jit
     def _conv_bidir_kernel(x_ptr, w_ptr, bias_ptr, of_ptr, ob_ptr, L, E,
                            s_xb, s_xl, s_ob, s_ol,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -83,24 +106,8 @@ if HAS_TRITON:
         offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E
-        x_base = x_ptr + b * s_xb
-        acc_f = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
-        acc_b = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
-        if HAS_BIAS:
-            acc_f += tl.load(bias_ptr + offs_e, mask=mask_e, other=0.0)[None, :]
-            acc_b += tl.load(bias_ptr + E + offs_e, mask=mask_e, other=0.0)[None, :]
-        for k in tl.static_range(K):
-            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
-            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
-            # causal: x[t - (K-1) + k]; anti-causal with mirrored taps: x[t + (K-1) - k]
-            t_f = offs_l - (K - 1) + k
-            t_b = offs_l + (K - 1) - k
-            m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
-            m_b = (t_b < L)[:, None] & mask_e[None, :]
-            x_f = tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f, other=0.0).to(tl.float32)
-            x_b = tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b, other=0.0).to(tl.float32)
-            acc_f += w_f[None, :] * x_f
-            acc_b += w_b[None, :] * x_b
+        acc_f, acc_b = _conv_pre(x_ptr + b * s_xb, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
+                                 K, HAS_BIAS, BLOCK_L, BLOCK_E)
         acc_f = acc_f * tl.sigmoid(acc_f)
         acc_b = acc_b * tl.sigmoid(acc_b)
         m_o = (offs_l < L)[:, None] & mask_e[None, :]
@@ -109,27 +116,92 @@ if HAS_TRITON:
         tl.store(ob_ptr + o_off, acc_b.to(ob_ptr.dtype.element_ty), mask=m_o)
 
     @triton.jit
+    def _dsilu(a):
+        sg = tl.sigmoid(a)
+        return sg * (1.0 + a * (1.0 - sg))
+
+    @triton.jit
+    def _conv_bidir_bwd_gp_kernel(x_ptr, w_ptr, bias_ptr, gf_ptr, gb_ptr, gp_ptr, dw_ptr, db_ptr, L, E,
+                                  s_xb, s_xl, s_gb, s_gl, s_pd, s_pb,
+                                  K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                  BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Backward of the conv kernel, part 1: the pre-activation gradients gp = g * SiLU'(pre) of both
+        directions (pre recomputed from x), written in fp32, and this tile's share of dw and dbias (atomics)."""
+        pid_l = tl.program_id(0)
+        pid_e = tl.program_id(1)
+        b = tl.program_id(2)
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        m_o = (offs_l < L)[:, None] & mask_e[None, :]
+        x_base = x_ptr + b * s_xb
+        pre_f, pre_b = _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
+                                 K, HAS_BIAS, BLOCK_L, BLOCK_E)
+        g_off = b * s_gb + offs_l[:, None] * s_gl + offs_e[None, :]
+        gp_f = tl.load(gf_ptr + g_off, mask=m_o, other=0.0).to(tl.float32) * _dsilu(pre_f)
+        gp_b = tl.load(gb_ptr + g_off, mask=m_o, other=0.0).to(tl.float32) * _dsilu(pre_b)
+        p_off = b * s_pb + offs_l[:, None] * E + offs_e[None, :]
+        tl.store(gp_ptr + p_off, gp_f, mask=m_o)
+        tl.store(gp_ptr + s_pd + p_off, gp_b, mask=m_o)
+        if HAS_BIAS:
+            tl.atomic_add(db_ptr + offs_e, tl.sum(gp_f, axis=0), mask=mask_e, sem="relaxed")
+            tl.atomic_add(db_ptr + E + offs_e, tl.sum(gp_b, axis=0), mask=mask_e, sem="relaxed")
+        for k in tl.static_range(K):
+            t_f = offs_l - (K - 1) + k
+            t_b = offs_l + (K - 1) - k
+            m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
+            m_b = (t_b < L)[:, None] & mask_e[None, :]
+            x_f = tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f, other=0.0).to(tl.float32)
+            x_b = tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b, other=0.0).to(tl.float32)
+            tl.atomic_add(dw_ptr + offs_e * K + k, tl.sum(gp_f * x_f, axis=0), mask=mask_e, sem="relaxed")
+            tl.atomic_add(dw_ptr + E * K + offs_e * K + k, tl.sum(gp_b * x_b, axis=0), mask=mask_e,
+                          sem="relaxed")
+
+    @triton.jit
+    def _conv_bidir_bwd_dx_kernel(gp_ptr, w_ptr, dx_ptr, L, E, s_pd, s_pb, s_db, s_dl,
+                                  K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Part 2: dx[s] = sum_k w_f[k] gp_f[s + K-1-k] + w_b[k] gp_b[s - (K-1) + k] (the taps transposed)."""
+        pid_l = tl.program_id(0)
+        pid_e = tl.program_id(1)
+        b = tl.program_id(2)
+        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        base = gp_ptr + b * s_pb
+        acc = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
+        for k in tl.static_range(K):
+            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
+            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
+            t_f = offs_l + (K - 1) - k
+            t_b = offs_l - (K - 1) + k
+            m_f = (t_f < L)[:, None] & mask_e[None, :]
+            m_b = ((t_b >= 0) & (t_b < L))[:, None] & mask_e[None, :]
+            acc += w_f[None, :] * tl.load(base + t_f[:, None] * E + offs_e[None, :], mask=m_f, other=0.0)
+            acc += w_b[None, :] * tl.load(base + s_pd + t_b[:, None] * E + offs_e[None, :], mask=m_b, other=0.0)
+        m_o = (offs_l < L)[:, None] & mask_e[None, :]
+        tl.store(dx_ptr + b * s_db + offs_l[:, None] * s_dl + offs_e[None, :], acc.to(dx_ptr.dtype.element_ty),
+                 mask=m_o)
+
+    @triton.jit
     def _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                             A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                             s_ul, s_zl, s_bl, s_ol,
-                            REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, WRITE_OUT: tl.constexpr,
-                            SAVE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
+                            REVERSE: tl.constexpr, WRITE_OUT: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
         """One direction's recurrence over the whole sequence; step s reads position L-1-s when REVERSE.
 
-        WRITE_OUT stores the gated output (added to what is already there when ACCUMULATE); SAVE keeps the
+        WRITE_OUT stores the gated output; SAVE keeps the
         state before every CK-th step in ck (slot 0, the zero state, is never written).
         """
         # Inputs of step s+2 are loaded during step s: two steps of slack hide the load latency. Loads past
         # the end re-read the last position (clamped, so no mask is needed) and are never used.
-        u0, dt0, b0, z0, c0, pr0 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, 0, L, offs_e, mask_e,
-                                              offs_n, s_ul, s_zl, s_bl, s_ol, REVERSE, ACCUMULATE, WRITE_OUT)
-        u1, dt1, b1, z1, c1, pr1 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, 1, L, offs_e, mask_e,
-                                              offs_n, s_ul, s_zl, s_bl, s_ol, REVERSE, ACCUMULATE, WRITE_OUT)
+        u0, dt0, b0, z0, c0 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, 0, L, offs_e, mask_e,
+                                              offs_n, s_ul, s_zl, s_bl, REVERSE, WRITE_OUT)
+        u1, dt1, b1, z1, c1 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, 1, L, offs_e, mask_e,
+                                              offs_n, s_ul, s_zl, s_bl, REVERSE, WRITE_OUT)
         h = tl.zeros([BLOCK_E, N], tl.float32)
         for s in range(L):
-            u2, dt2, b2, z2, c2, pr2 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, s + 2, L, offs_e,
-                                                  mask_e, offs_n, s_ul, s_zl, s_bl, s_ol,
-                                                  REVERSE, ACCUMULATE, WRITE_OUT)
+            u2, dt2, b2, z2, c2 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, s + 2, L, offs_e,
+                                                  mask_e, offs_n, s_ul, s_zl, s_bl, REVERSE, WRITE_OUT)
             if REVERSE:
                 p = L - 1 - s
             else:
@@ -141,21 +213,19 @@ if HAS_TRITON:
                 z = z0.to(tl.float32)
                 y = tl.sum(h * c0.to(tl.float32)[None, :], axis=1) + Dv * u
                 y = (y * (z * tl.sigmoid(z))).to(out_ptr.dtype.element_ty)
-                if ACCUMULATE:
-                    y = (y.to(tl.float32) + pr0.to(tl.float32)).to(out_ptr.dtype.element_ty)
                 tl.store(out_ptr + p * s_ol + offs_e, y, mask=mask_e)
             if SAVE:
                 if (s + 1) % CK == 0:
                     slot = (s + 1) // CK
                     tl.store(ck_ptr + slot * N * sE + offs_n[None, :] * sE + offs_e[:, None], h,
                              mask=mask_e[:, None] & (s + 1 < L))
-            u0, dt0, b0, z0, c0, pr0 = u1, dt1, b1, z1, c1, pr1
-            u1, dt1, b1, z1, c1, pr1 = u2, dt2, b2, z2, c2, pr2
+            u0, dt0, b0, z0, c0 = u1, dt1, b1, z1, c1
+            u1, dt1, b1, z1, c1 = u2, dt2, b2, z2, c2
 
     @triton.jit
-    def _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, s, L, offs_e, mask_e, offs_n,
-                   s_ul, s_zl, s_bl, s_ol,
-                   REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, WRITE_OUT: tl.constexpr):
+    def _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, s, L, offs_e, mask_e, offs_n,
+                   s_ul, s_zl, s_bl,
+                   REVERSE: tl.constexpr, WRITE_OUT: tl.constexpr):
         """Raw inputs of scan step s (clamped to the sequence); unused outputs are the u row again."""
         if REVERSE:
             p = tl.maximum(L - 1 - s, 0)
@@ -166,13 +236,10 @@ if HAS_TRITON:
         bv = tl.load(b_ptr + p * s_bl + offs_n)
         z = u
         cv = bv
-        prev = u
         if WRITE_OUT:
             z = tl.load(z_ptr + p * s_zl + offs_e, mask=mask_e, other=0.0)
             cv = tl.load(c_ptr + p * s_bl + offs_n)
-            if ACCUMULATE:
-                prev = tl.load(out_ptr + p * s_ol + offs_e, mask=mask_e, other=0.0)
-        return u, dt, bv, z, cv, prev
+        return u, dt, bv, z, cv
 
     @triton.jit
     def _tile_rows(ptr, c0, L, s_l, rows, offs_e, mask_e, REVERSE: tl.constexpr):
@@ -195,28 +262,19 @@ if HAS_TRITON:
     def _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr,
                                   A2, Dv, bias, offs_e, mask_e, offs_n, L,
                                   s_ul, s_zl, s_bl, s_ol,
-                                  REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, T: tl.constexpr,
+                                  REVERSE: tl.constexpr, T: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z (and the
-        earlier direction's output) arrive as (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave
+        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave
         as one tile store, and no store sits between the unrolled steps, so their B/C loads issue early."""
         rows = tl.arange(0, T)
         U = _tile_rows(u_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
         DT = _tile_rows(dt_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
         Z = _tile_rows(z_ptr, 0, L, s_zl, rows, offs_e, mask_e, REVERSE)
-        if ACCUMULATE:
-            P = _tile_rows(out_ptr, 0, L, s_ol, rows, offs_e, mask_e, REVERSE)
-        else:
-            P = U
         h = tl.zeros([BLOCK_E, N], tl.float32)
         for c0 in range(0, L, T):
             U1 = _tile_rows(u_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
             DT1 = _tile_rows(dt_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
             Z1 = _tile_rows(z_ptr, c0 + T, L, s_zl, rows, offs_e, mask_e, REVERSE)
-            if ACCUMULATE:
-                P1 = _tile_rows(out_ptr, c0 + T, L, s_ol, rows, offs_e, mask_e, REVERSE)
-            else:
-                P1 = U1
             Uf = U.to(tl.float32)
             Delta = _softplus(DT.to(tl.float32) + bias[None, :])
             Zf = Z.to(tl.float32)
@@ -235,8 +293,6 @@ if HAS_TRITON:
                 y = tl.sum(h * cv[None, :], axis=1) + Dv * u
                 Y = tl.where(rows[:, None] == t, y[None, :], Y)
             Y = (Y * Gate).to(out_ptr.dtype.element_ty)
-            if ACCUMULATE:
-                Y = (Y.to(tl.float32) + P.to(tl.float32)).to(out_ptr.dtype.element_ty)
             s = c0 + rows
             if REVERSE:
                 po = L - 1 - s
@@ -246,7 +302,21 @@ if HAS_TRITON:
             U = U1
             DT = DT1
             Z = Z1
-            P = P1
+
+    @triton.jit
+    def _fwd_direction(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, A2, Dv, bias, offs_e, mask_e, offs_n,
+                       L, sE, s_ul, s_zl, s_bl, s_ol,
+                       REVERSE: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr,
+                       TILE: tl.constexpr):
+        if TILE > 0:
+            _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, A2, Dv, bias, offs_e, mask_e,
+                                      offs_n, L, s_ul, s_zl, s_bl, s_ol,
+                                      REVERSE=REVERSE, T=TILE, N=N, BLOCK_E=BLOCK_E)
+        else:
+            _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, out_ptr, A2, Dv, bias, offs_e, mask_e,
+                                offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
+                                REVERSE=REVERSE, WRITE_OUT=True, SAVE=False, CK=1,
+                                N=N, BLOCK_E=BLOCK_E)
 
     # sE (= E) must not be specialised as a multiple of 16: that keeps (N, E)-major tiles at one element per
     # thread with the 32 lanes over channels and all N states in registers (no shuffles, no layout converts).
@@ -254,44 +324,30 @@ if HAS_TRITON:
     @triton.jit(do_not_specialize=["sE", "s_ul", "s_zl", "s_ol"])
     def _bimamba_fwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, bf_ptr, cf_ptr, bb_ptr, cb_ptr,
                             A_ptr, D_ptr, bias_ptr, out_ptr,
-                            L, E, sE, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol,
+                            L, E, sE, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol, s_od,
                             N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr):
+        """One program per (channel block, sequence, direction): program_id(2) is the direction, and each
+        writes its own output (s_od apart). Running the two directions one after the other in one program,
+        the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
+        programs."""
         pid_e = tl.program_id(0)
         b = tl.program_id(1)
+        d = tl.program_id(2)
         offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E
         offs_n = tl.arange(0, N)
         a_off = offs_n[None, :] * sE + offs_e[:, None]  # (N, E)-major: lanes run over channels
-        for d in tl.static_range(2):
-            A2 = tl.load(A_ptr + d * N * sE + a_off, mask=mask_e[:, None], other=0.0) * 1.4426950408889634
-            Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.0)
-            bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.0)
-            if d == 0:
-                if TILE > 0:
-                    _scan_direction_fwd_tiled(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb,
-                                              bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, out_ptr + b * s_ob,
-                                              A2, Dv, bias, offs_e, mask_e, offs_n, L, s_ul, s_zl, s_bfl, s_ol,
-                                              REVERSE=False, ACCUMULATE=False, T=TILE, N=N, BLOCK_E=BLOCK_E)
-                else:
-                    _scan_direction_fwd(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb,
-                                        bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, out_ptr + b * s_ob, out_ptr,
-                                        A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bfl, s_ol,
-                                        REVERSE=False, ACCUMULATE=False, WRITE_OUT=True, SAVE=False, CK=1,
-                                        N=N, BLOCK_E=BLOCK_E)
-                # The backward direction adds to what the forward one wrote.
-                tl.debug_barrier()
-            else:
-                if TILE > 0:
-                    _scan_direction_fwd_tiled(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb,
-                                              bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, out_ptr + b * s_ob,
-                                              A2, Dv, bias, offs_e, mask_e, offs_n, L, s_ul, s_zl, s_bbl, s_ol,
-                                              REVERSE=True, ACCUMULATE=True, T=TILE, N=N, BLOCK_E=BLOCK_E)
-                else:
-                    _scan_direction_fwd(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb,
-                                        bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, out_ptr + b * s_ob, out_ptr,
-                                        A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol,
-                                        REVERSE=True, ACCUMULATE=True, WRITE_OUT=True, SAVE=False, CK=1,
-                                        N=N, BLOCK_E=BLOCK_E)
+        A2 = tl.load(A_ptr + d * N * sE + a_off, mask=mask_e[:, None], other=0.0) * 1.4426950408889634
+        Dv = tl.load(D_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+        bias = tl.load(bias_ptr + d * E + offs_e, mask=mask_e, other=0.0)
+        if d == 0:
+            _fwd_direction(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, bf_ptr + b * s_bfb,
+                           cf_ptr + b * s_bfb, out_ptr + b * s_ob, A2, Dv, bias, offs_e, mask_e, offs_n,
+                           L, sE, s_ul, s_zl, s_bfl, s_ol, REVERSE=False, N=N, BLOCK_E=BLOCK_E, TILE=TILE)
+        else:
+            _fwd_direction(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, bb_ptr + b * s_bbb,
+                           cb_ptr + b * s_bbb, out_ptr + s_od + b * s_ob, A2, Dv, bias, offs_e, mask_e, offs_n,
+                           L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE)
 
     @triton.jit
     def _scan_direction_bwd(u_ptr, dt_ptr, z_ptr, g_ptr, b_ptr, c_ptr, ck_ptr, scr_ptr,
@@ -304,7 +360,7 @@ if HAS_TRITON:
         # Pass 1: states every CK steps (slot c = state before step c*CK).
         _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, u_ptr, ck_ptr,
                             A2, Dv, bias, offs_e, mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ul,
-                            REVERSE=REVERSE, ACCUMULATE=False, WRITE_OUT=False, SAVE=True, CK=CK,
+                            REVERSE=REVERSE, WRITE_OUT=False, SAVE=True, CK=CK,
                             N=N, BLOCK_E=BLOCK_E)
         tl.debug_barrier()
         tile = offs_n[None, :] * sE + offs_e[:, None]  # (N, E)-major, like A and the checkpoints
@@ -434,11 +490,12 @@ if HAS_TRITON:
 # Launch settings; one warp per 32 channels keeps enough programs resident to hide the per-step latency.
 FWD_BLOCK_E = 32
 FWD_WARPS = 1
-FWD_TILE = 4  # steps per chunk of tile loads in the forward kernel; 0 = one step at a time
-FWD_MAXNREG = None  # a register cap trades spills for more resident warps; the benchmark tries both
+FWD_TILE = 2  # steps per chunk of tile loads in the forward kernel; 0 = one step at a time
+FWD_MAXNREG = 80  # a register cap: more resident warps for this latency-bound loop (H200: 1.54 vs 2.36 ms uncapped)
 BWD_BLOCK_E = 32
 BWD_WARPS = 1
 BWD_CK = 32
+BWD_MAXNREG = 96
 CONV_BLOCK_L = 32
 CONV_BLOCK_E = 64
 
@@ -451,16 +508,18 @@ def _check_rows(t: Tensor, name: str) -> Tensor:
 def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias) -> Tensor:
     Bsz, L, E = uf.shape
     N = A.shape[1]
-    out = torch.empty((Bsz, L, E), device=uf.device, dtype=uf.dtype)
-    grid = (triton.cdiv(E, FWD_BLOCK_E), Bsz)
+    # Each direction writes its own (B, L, E) and one add sums them (what the reference does: both rounded
+    # to the I/O dtype, then added).
+    out = torch.empty((2, Bsz, L, E), device=uf.device, dtype=uf.dtype)
+    grid = (triton.cdiv(E, FWD_BLOCK_E), Bsz, 2)
     _bimamba_fwd_kernel[grid](
         uf, ub, dtf, dtb, z, bcf, bcf[..., N:], bcb, bcb[..., N:], A, D, bias, out,
         L, E, E, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
-        bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(0), out.stride(1),
+        bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
         N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
-    return out
+    return torch.add(out[0], out[1])
 
 
 def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias):
@@ -486,6 +545,7 @@ def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias):
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1),
         N=N, CK=BWD_CK, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,
+        **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}),
     )
     return du_f, du_b, ddt_f, ddt_b, dz, dbc, dA, dD, dbias
 
@@ -563,18 +623,29 @@ class _ConvBidirFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_f, g_b):
-        # Recompute in PyTorch: the conv is a small share of a layer's time.
         x, w, bias = ctx.saved_tensors
-        with torch.enable_grad():
-            xs = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            ws = w.detach().requires_grad_(ctx.needs_input_grad[1])
-            bs = bias.detach().requires_grad_(ctx.needs_input_grad[2]) if bias is not None else None
-            of, ob = _conv_bidir_torch(xs, ws, bs)
-            inputs = [t for t in (xs, ws, bs) if t is not None and t.requires_grad]
-            grads = torch.autograd.grad((of, ob), inputs, (g_f, g_b), allow_unused=True)
-        it = iter(grads)
-        out = [next(it) if t is not None and t.requires_grad else None for t in (xs, ws, bs)]
-        return out[0], out[1], out[2]
+        Bsz, L, E = x.shape
+        K = w.shape[-1]
+        g_f, g_b = g_f.contiguous(), g_b.contiguous()
+        f32 = dict(device=x.device, dtype=torch.float32)
+        gp = torch.empty((2, Bsz, L, E), **f32)  # pre-activation gradients, both directions
+        dw = torch.zeros((2, E, K), **f32)
+        db = torch.zeros((2, E), **f32)
+        grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
+        _conv_bidir_bwd_gp_kernel[grid](
+            x, w, bias if bias is not None else w, g_f, g_b, gp, dw, db, L, E,
+            x.stride(0), x.stride(1), g_f.stride(0), g_f.stride(1), gp.stride(0), gp.stride(1),
+            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+        )
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
+            _conv_bidir_bwd_dx_kernel[grid](
+                gp, w, dx, L, E, gp.stride(0), gp.stride(1), dx.stride(0), dx.stride(1),
+                K=K, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+            )
+        return dx, (dw if ctx.needs_input_grad[1] else None), (db if bias is not None and ctx.needs_input_grad[2]
+                                                               else None)
 
 
 def _conv_bidir_torch(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:

@@ -305,17 +305,17 @@ def scan_section(args, res):
         y.backward(gy)
 
     best = None
-    for reg in (None, 128, 96):
-        triton_bimamba.BWD_MAXNREG = reg
+    for ck, reg in ((32, 96), (16, 96), (8, 96), (64, 96), (32, None), (16, None)):  # (checkpoint interval, cap)
+        triton_bimamba.BWD_CK, triton_bimamba.BWD_MAXNREG = ck, reg
         ms = bench(ours_fb)
-        out[f"ours_bidir_fwdbwd_ms[bwd_maxnreg={reg}]"] = ms
-        log(f"scan ours fwd+bwd bwd_maxnreg={reg}: {ms:.3f} ms")
+        out[f"ours_bidir_fwdbwd_ms[ck={ck},bwd_maxnreg={reg}]"] = ms
+        log(f"scan ours fwd+bwd ck={ck} bwd_maxnreg={reg}: {ms:.3f} ms")
         if best is None or ms < best[0]:
-            best = (ms, reg)
-    triton_bimamba.BWD_MAXNREG = best[1]
+            best = (ms, ck, reg)
+    triton_bimamba.BWD_CK, triton_bimamba.BWD_MAXNREG = best[1:]
     out["ours_bidir_fwdbwd_ms"] = best[0]
-    out["ours_bwd_config"] = {"maxnreg": best[1], "BLOCK_E": triton_bimamba.BWD_BLOCK_E,
-                              "num_warps": triton_bimamba.BWD_WARPS, "CK": triton_bimamba.BWD_CK}
+    out["ours_bwd_config"] = {"CK": best[1], "maxnreg": best[2], "BLOCK_E": triton_bimamba.BWD_BLOCK_E,
+                              "num_warps": triton_bimamba.BWD_WARPS}
     if selective_scan_cuda is not None:
         m_leaves = [t.clone().requires_grad_() for t in (m_u_f, m_u_b, m_dt_f, m_dt_b, m_z)]
         m_gy = gy.transpose(1, 2).contiguous()

@@ -7,11 +7,12 @@ Here the backward direction reads the sequence by reversed index instead, and a 
 1. one conv kernel that reads x once and writes SiLU(causal conv) and SiLU(anti-causal conv) for both
    directions;
 2. the four small GEMMs (x_proj, dt_proj per direction) through cuBLAS;
-3. one scan launch for both directions: softplus(delta + bias), exp(delta * A), the N-state recurrence,
-   the D skip, the SiLU(z) gate and the sum of the two directions, written once.
+3. one scan launch for both directions (a program per channel block, sequence and direction):
+   softplus(delta + bias), exp(delta * A), the N-state recurrence, the D skip and the SiLU(z) gate; each
+   direction writes its gated output and one add sums the two.
 
 Everything works in a channel-last layout, (B, L, E) with E contiguous, which is what ``in_proj(u)``
-produces: one program owns a block of channels of one sequence, so the B/C rows of a time step are loaded
+produces: one program owns a block of channels of one sequence and direction, so the B/C rows of a time step are loaded
 once per block of channels (not once per channel) and every load of u, delta, z is a coalesced row.
 The scan is a sequential loop over L with the (BLOCK_E, N) state in registers (one channel per lane, its
 N states in that lane's registers); inputs arrive in tiles of FWD_TILE steps loaded a tile ahead.
@@ -20,6 +21,7 @@ The backward pass (for training) recomputes the states: it first reruns the forw
 the state every ``CK`` steps, then walks chunks from the end, recomputes each chunk's per-step states into
 a small scratch buffer and runs the adjoint recurrence backwards through them. dB/dC are summed over the
 block of channels in registers and then added across blocks with atomics, as are dA, dD and the dt bias.
+The conv's backward is two kernels: pre-activation gradients (with dw, dbias) and the transposed taps.
 
 Numerics follow the reference: fp32 arithmetic, each direction's gated output rounded to the I/O dtype
 before the two are summed (the reference sums two tensors of that dtype).

@@ -353,14 +353,19 @@ if HAS_TRITON:
                            L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE)
 
     @triton.jit
-    def _bwd_rows(u_ptr, dt_ptr, b_ptr, s, L, offs_e, mask_e, offs_n, n_true, s_ul, s_bl, REVERSE: tl.constexpr):
-        """u and dt (fp32) and the B row of scan step s; zeros past the end of the sequence."""
+    def _step_position(s, L, mask_e, REVERSE: tl.constexpr):
+        """The row of scan step s (position L-1-s when REVERSE), whether it exists, and the channel mask."""
         valid = s < L
         if REVERSE:
             p = L - 1 - s
         else:
             p = s
-        m = mask_e & valid
+        return p, valid, mask_e & valid
+
+    @triton.jit
+    def _bwd_rows(u_ptr, dt_ptr, b_ptr, s, L, offs_e, mask_e, offs_n, n_true, s_ul, s_bl, REVERSE: tl.constexpr):
+        """u and dt (fp32) and the B row of scan step s; zeros past the end of the sequence."""
+        p, valid, m = _step_position(s, L, mask_e, REVERSE)
         u = tl.load(u_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
         dt = tl.load(dt_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
         bv = tl.load(b_ptr + p * s_bl + offs_n, mask=n_true & valid, other=0.0).to(tl.float32)
@@ -371,12 +376,7 @@ if HAS_TRITON:
                           s_ul, s_zl, s_bl, REVERSE: tl.constexpr, N: tl.constexpr):
         """What the adjoint step s needs beyond :func:`_bwd_rows`: z, the output gradient g, the C row and the
         state before the step (scratch slot j)."""
-        valid = s < L
-        if REVERSE:
-            p = L - 1 - s
-        else:
-            p = s
-        m = mask_e & valid
+        p, valid, m = _step_position(s, L, mask_e, REVERSE)
         z = tl.load(z_ptr + p * s_zl + offs_e, mask=m, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + p * s_ul + offs_e, mask=m, other=0.0).to(tl.float32)
         cv = tl.load(c_ptr + p * s_bl + offs_n, mask=n_true & valid, other=0.0).to(tl.float32)
@@ -428,13 +428,7 @@ if HAS_TRITON:
                                                      REVERSE, N)
             for jj in range(CK):
                 j = CK - 1 - jj
-                s = s0 + j
-                valid = s < L
-                if REVERSE:
-                    p = L - 1 - s
-                else:
-                    p = s
-                m = mask_e & valid
+                p, valid, m = _step_position(s0 + j, L, mask_e, REVERSE)
                 u = u_n
                 dt = dt_n
                 bv = bv_n

@@ -332,6 +332,21 @@ def scan_section(args, res):
 
         out["mamba_one_dir_fwdbwd_ms"] = bench(m_fb_one)
         out["mamba_bidir_flips_fwdbwd_ms"] = bench(m_fb)
+    # The conv kernel at the encoder's shape (B=64, 8 frames), x a strided view of in_proj's output as in a layer.
+    x = rnd(64, L, 2 * E).to(dt)[..., :E]
+    w, cb = rnd(2, E, 4, scale=0.5), rnd(2, E, scale=0.2)
+    best = None
+    with torch.no_grad():
+        for bl, be, nw in ((32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 8)):
+            triton_bimamba.CONV_BLOCK_L, triton_bimamba.CONV_BLOCK_E, triton_bimamba.CONV_WARPS = bl, be, nw
+            ms = bench(lambda: triton_bimamba.conv1d_bidir_silu(x, w, cb))
+            out[f"conv_fwd_ms[B=64,block_l={bl},block_e={be},warps={nw}]"] = ms
+            if best is None or ms < best[0]:
+                best = (ms, bl, be, nw)
+    triton_bimamba.CONV_BLOCK_L, triton_bimamba.CONV_BLOCK_E, triton_bimamba.CONV_WARPS = best[1:]
+    out["conv_fwd_ms"] = best[0]
+    out["conv_config"] = {"BLOCK_L": best[1], "BLOCK_E": best[2], "num_warps": best[3]}
+    del x
     for k, v in out.items():
         log(f"  {k}: {v}")
     res["scan"] = {"shape": {"B": Bsz, "E": E, "L": L, "N": N, "dtype": "bf16"}, **out}

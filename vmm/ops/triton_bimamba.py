@@ -534,7 +534,8 @@ BWD_WARPS = 1
 BWD_CK = 32
 BWD_MAXNREG = None  # with the loads one step ahead a cap spills: 25.4 ms fwd+bwd at 96 vs 13.9 uncapped (H200)
 CONV_BLOCK_L = 32
-CONV_BLOCK_E = 64
+CONV_BLOCK_E = 128  # (32, 128, 4 warps): 0.43 ms at the encoder shape vs 0.66 for (32, 64) on an H200
+CONV_WARPS = 4
 
 
 def _check_rows(t: Tensor, name: str) -> Tensor:
@@ -653,7 +654,7 @@ class _ConvBidirFn(torch.autograd.Function):
         _conv_bidir_kernel[grid](
             x, w, bias if bias is not None else w, of, ob, L, E,
             x.stride(0), x.stride(1), of.stride(0), of.stride(1),
-            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,
         )
         ctx.save_for_backward(x, w, bias)
         return of, ob
@@ -672,14 +673,14 @@ class _ConvBidirFn(torch.autograd.Function):
         _conv_bidir_bwd_gp_kernel[grid](
             x, w, bias if bias is not None else w, g_f, g_b, gp, dw, db, L, E,
             x.stride(0), x.stride(1), g_f.stride(0), g_f.stride(1), gp.stride(0), gp.stride(1),
-            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+            K=K, HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,
         )
         dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
             _conv_bidir_bwd_dx_kernel[grid](
                 gp, w, dx, L, E, gp.stride(0), gp.stride(1), dx.stride(0), dx.stride(1),
-                K=K, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=4,
+                K=K, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,
             )
         return dx, (dw if ctx.needs_input_grad[1] else None), (db if bias is not None and ctx.needs_input_grad[2]
                                                                else None)

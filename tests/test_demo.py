@@ -1,4 +1,5 @@
 """The shipped vmm_nano checkpoint and the README's main job (`vmm demo`)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -46,9 +47,10 @@ def test_shipped_checkpoint_reaches_its_documented_r1(tmp_path):
         got = report["emb"][direction]["R@1"]
         assert abs(got - expected) <= TOLERANCE, f"{direction} R@1 {got} vs documented {expected}"
     assert report["emb"]["t2v"]["count"] == 150
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from nano_synthetic import pair_accuracy
-    assert pair_accuracy(str(SHIPPED_NANO), corpus)["itc_t2v"] >= MIN_PAIR_ACCURACY
+    spec = importlib.util.spec_from_file_location("nano_synthetic", REPO / "benchmarks" / "nano_synthetic.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # the benchmark's own pair accuracy, so test and README measure the same
+    assert bench.pair_accuracy(str(SHIPPED_NANO), corpus)["itc_t2v"] >= MIN_PAIR_ACCURACY
 
 
 @pytest.mark.slow

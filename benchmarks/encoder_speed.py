@@ -240,6 +240,26 @@ class PerFrameViT(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- sections
+def sweep(out: dict, key: str, settings: dict, configs: list, fn: Callable[[], object], prefix: str = "") -> tuple:
+    """Time ``fn`` under each config, a tuple of values for the ``triton_bimamba`` module settings named by
+    ``settings`` (setting -> label). Each time goes to ``out[key[prefix label=value,...]]``; the fastest config
+    stays set, its time goes to ``out[key]``, and it is returned."""
+    best = None
+    for values in configs:
+        for name, value in zip(settings, values):
+            setattr(triton_bimamba, name, value)
+        ms = bench(fn)
+        label = prefix + ",".join(f"{lab}={v}" for lab, v in zip(settings.values(), values))
+        out[f"{key}[{label}]"] = ms
+        log(f"{key}[{label}]: {ms:.3f} ms")
+        if best is None or ms < best[0]:
+            best = (ms, values)
+    for name, value in zip(settings, best[1]):
+        setattr(triton_bimamba, name, value)
+    out[key] = best[0]
+    return best[1]
+
+
 def scan_section(args, res):
     """The scan alone at VideoMamba-M shapes: B=32, E=1152, L=1569, N=16, bf16."""
     Bsz, E, L, N = args.scan_batch, 1152, 1569, 16
@@ -263,18 +283,9 @@ def scan_section(args, res):
 
     with torch.no_grad():
         # (steps per tile, register cap); the library's default is (2, 80), the best of this sweep on an H200
-        configs = [(2, 80), (4, 96), (2, 96), (4, 80), (4, 64), (4, 128), (4, None)]
-        best = None
-        for tile, reg in configs:
-            triton_bimamba.FWD_TILE, triton_bimamba.FWD_MAXNREG = tile, reg
-            ms = bench(ours)
-            out[f"ours_bidir_fwd_ms[tile={tile},maxnreg={reg}]"] = ms
-            log(f"scan ours fwd tile={tile} maxnreg={reg}: {ms:.3f} ms")
-            if best is None or ms < best[0]:
-                best = (ms, tile, reg)
-        triton_bimamba.FWD_TILE, triton_bimamba.FWD_MAXNREG = best[1:]
-        out["ours_bidir_fwd_ms"] = best[0]
-        out["ours_fwd_config"] = {"tile": best[1], "maxnreg": best[2], "BLOCK_E": triton_bimamba.FWD_BLOCK_E,
+        tile, reg = sweep(out, "ours_bidir_fwd_ms", {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg"},
+                          [(2, 80), (4, 96), (2, 96), (4, 80), (4, 64), (4, 128), (4, None)], ours)
+        out["ours_fwd_config"] = {"tile": tile, "maxnreg": reg, "BLOCK_E": triton_bimamba.FWD_BLOCK_E,
                                   "num_warps": triton_bimamba.FWD_WARPS}
         if selective_scan_cuda is not None:
             def m_one():
@@ -304,17 +315,10 @@ def scan_section(args, res):
         y = triton_bimamba.bimamba_scan(*leaves, B_f, C_f, B_b, C_b, A, D, bias)
         y.backward(gy)
 
-    best = None
-    for ck, reg in ((32, 96), (32, None), (32, 128), (16, None), (64, None)):  # (checkpoint interval, cap)
-        triton_bimamba.BWD_CK, triton_bimamba.BWD_MAXNREG = ck, reg
-        ms = bench(ours_fb)
-        out[f"ours_bidir_fwdbwd_ms[ck={ck},bwd_maxnreg={reg}]"] = ms
-        log(f"scan ours fwd+bwd ck={ck} bwd_maxnreg={reg}: {ms:.3f} ms")
-        if best is None or ms < best[0]:
-            best = (ms, ck, reg)
-    triton_bimamba.BWD_CK, triton_bimamba.BWD_MAXNREG = best[1:]
-    out["ours_bidir_fwdbwd_ms"] = best[0]
-    out["ours_bwd_config"] = {"CK": best[1], "maxnreg": best[2], "BLOCK_E": triton_bimamba.BWD_BLOCK_E,
+    # (checkpoint interval, register cap)
+    ck, reg = sweep(out, "ours_bidir_fwdbwd_ms", {"BWD_CK": "ck", "BWD_MAXNREG": "bwd_maxnreg"},
+                    [(32, 96), (32, None), (32, 128), (16, None), (64, None)], ours_fb)
+    out["ours_bwd_config"] = {"CK": ck, "maxnreg": reg, "BLOCK_E": triton_bimamba.BWD_BLOCK_E,
                               "num_warps": triton_bimamba.BWD_WARPS}
     if selective_scan_cuda is not None:
         m_leaves = [t.clone().requires_grad_() for t in (m_u_f, m_u_b, m_dt_f, m_dt_b, m_z)]
@@ -335,17 +339,12 @@ def scan_section(args, res):
     # The conv kernel at the encoder's shape (B=64, 8 frames), x a strided view of in_proj's output as in a layer.
     x = rnd(64, L, 2 * E).to(dt)[..., :E]
     w, cb = rnd(2, E, 4, scale=0.5), rnd(2, E, scale=0.2)
-    best = None
     with torch.no_grad():
-        for bl, be, nw in ((32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 8)):
-            triton_bimamba.CONV_BLOCK_L, triton_bimamba.CONV_BLOCK_E, triton_bimamba.CONV_WARPS = bl, be, nw
-            ms = bench(lambda: triton_bimamba.conv1d_bidir_silu(x, w, cb))
-            out[f"conv_fwd_ms[B=64,block_l={bl},block_e={be},warps={nw}]"] = ms
-            if best is None or ms < best[0]:
-                best = (ms, bl, be, nw)
-    triton_bimamba.CONV_BLOCK_L, triton_bimamba.CONV_BLOCK_E, triton_bimamba.CONV_WARPS = best[1:]
-    out["conv_fwd_ms"] = best[0]
-    out["conv_config"] = {"BLOCK_L": best[1], "BLOCK_E": best[2], "num_warps": best[3]}
+        bl, be, nw = sweep(out, "conv_fwd_ms", {"CONV_BLOCK_L": "block_l", "CONV_BLOCK_E": "block_e",
+                                                "CONV_WARPS": "warps"},
+                           [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 8)],
+                           lambda: triton_bimamba.conv1d_bidir_silu(x, w, cb), prefix="B=64,")
+    out["conv_config"] = {"BLOCK_L": bl, "BLOCK_E": be, "num_warps": nw}
     del x
     for k, v in out.items():
         log(f"  {k}: {v}")

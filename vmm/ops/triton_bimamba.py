@@ -76,6 +76,15 @@ if HAS_TRITON:
         return tl.where(x > 20.0, x, lp)
 
     @triton.jit
+    def _conv_tile(L, E, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
+        """A conv program's sequence, rows, channels, channel mask and (row, channel) mask; grid (L, E, B)."""
+        b = tl.program_id(2)
+        offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        return b, offs_l, offs_e, mask_e, (offs_l < L)[:, None] & mask_e[None, :]
+
+    @triton.jit
     def _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
                   K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
         """Pre-activations of both conv directions for rows offs_l: causal taps read x[t - (K-1) + k],
@@ -103,17 +112,11 @@ if HAS_TRITON:
                            s_xb, s_xl, s_ob, s_ol,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr,
                            BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        pid_l = tl.program_id(0)
-        pid_e = tl.program_id(1)
-        b = tl.program_id(2)
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
+        b, offs_l, offs_e, mask_e, m_o = _conv_tile(L, E, BLOCK_L, BLOCK_E)
         acc_f, acc_b = _conv_pre(x_ptr + b * s_xb, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
                                  K, HAS_BIAS, BLOCK_L, BLOCK_E)
         acc_f = acc_f * tl.sigmoid(acc_f)
         acc_b = acc_b * tl.sigmoid(acc_b)
-        m_o = (offs_l < L)[:, None] & mask_e[None, :]
         o_off = b * s_ob + offs_l[:, None] * s_ol + offs_e[None, :]
         tl.store(of_ptr + o_off, acc_f.to(of_ptr.dtype.element_ty), mask=m_o)
         tl.store(ob_ptr + o_off, acc_b.to(ob_ptr.dtype.element_ty), mask=m_o)
@@ -130,13 +133,7 @@ if HAS_TRITON:
                                   BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
         """Backward of the conv kernel, part 1: the pre-activation gradients gp = g * SiLU'(pre) of both
         directions (pre recomputed from x), written in fp32, and this tile's share of dw and dbias (atomics)."""
-        pid_l = tl.program_id(0)
-        pid_e = tl.program_id(1)
-        b = tl.program_id(2)
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
-        m_o = (offs_l < L)[:, None] & mask_e[None, :]
+        b, offs_l, offs_e, mask_e, m_o = _conv_tile(L, E, BLOCK_L, BLOCK_E)
         x_base = x_ptr + b * s_xb
         pre_f, pre_b = _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
                                  K, HAS_BIAS, BLOCK_L, BLOCK_E)
@@ -164,12 +161,7 @@ if HAS_TRITON:
     def _conv_bidir_bwd_dx_kernel(gp_ptr, w_ptr, dx_ptr, L, E, s_pd, s_pb, s_db, s_dl,
                                   K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
         """Part 2: dx[s] = sum_k w_f[k] gp_f[s + K-1-k] + w_b[k] gp_b[s - (K-1) + k] (the taps transposed)."""
-        pid_l = tl.program_id(0)
-        pid_e = tl.program_id(1)
-        b = tl.program_id(2)
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
+        b, offs_l, offs_e, mask_e, m_o = _conv_tile(L, E, BLOCK_L, BLOCK_E)
         base = gp_ptr + b * s_pb
         acc = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
         for k in tl.static_range(K):
@@ -181,7 +173,6 @@ if HAS_TRITON:
             m_b = ((t_b >= 0) & (t_b < L))[:, None] & mask_e[None, :]
             acc += w_f[None, :] * tl.load(base + t_f[:, None] * E + offs_e[None, :], mask=m_f, other=0.0)
             acc += w_b[None, :] * tl.load(base + s_pd + t_b[:, None] * E + offs_e[None, :], mask=m_b, other=0.0)
-        m_o = (offs_l < L)[:, None] & mask_e[None, :]
         tl.store(dx_ptr + b * s_db + offs_l[:, None] * s_dl + offs_e[None, :], acc.to(dx_ptr.dtype.element_ty),
                  mask=m_o)
 
@@ -189,11 +180,12 @@ if HAS_TRITON:
     def _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                             A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                             s_ul, s_zl, s_bl, s_ol,
-                            REVERSE: tl.constexpr, WRITE_OUT: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
+                            REVERSE: tl.constexpr, WRITE_OUT: tl.constexpr, SAVE: tl.constexpr,
+                            CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr):
         """One direction's recurrence over the whole sequence; step s reads position L-1-s when REVERSE.
 
-        WRITE_OUT stores the gated output; SAVE keeps the
-        state before every CK-th step in ck (slot 0, the zero state, is never written).
+        WRITE_OUT stores the gated output; SAVE keeps the state before every CK-th step in ck (slot 0, the
+        zero state, is never written).
         """
         # Inputs of step s+2 are loaded during step s: two steps of slack hide the load latency. Loads past
         # the end re-read the last position (clamped, so no mask is needed) and are never used.
@@ -267,8 +259,9 @@ if HAS_TRITON:
                                   s_ul, s_zl, s_bl, s_ol,
                                   REVERSE: tl.constexpr, T: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave
-        as one tile store, and no store sits between the unrolled steps, so their B/C loads issue early."""
+        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as
+        (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave as one tile store, and no store sits
+        between the unrolled steps, so their B/C loads issue early."""
         rows = tl.arange(0, T)
         U = _tile_rows(u_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
         DT = _tile_rows(dt_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
@@ -482,7 +475,6 @@ if HAS_TRITON:
         pid_e = tl.program_id(0)
         b = tl.program_id(1)
         d = tl.program_id(2)
-        n_eb = tl.num_programs(0)
         B = tl.num_programs(1)
         offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E

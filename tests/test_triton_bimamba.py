@@ -82,8 +82,7 @@ def check_against_reference(xz, wf, wb, tol):
 
     The forward is also compared with the library reference as it is (float32 scan).
     """
-    x, z = split(xz)
-    y = triton_bimamba.bimamba_inner_triton(x, z, wf, wb)
+    y = triton_bimamba.bimamba_inner_xz_triton(xz.transpose(1, 2), wf, wb)  # as a layer calls it
     leaves = [xz, *wf, *wb]
     ref_leaves = [t.detach().double().cpu().requires_grad_() for t in leaves]
     xr, zr = split(ref_leaves[0])
@@ -117,6 +116,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     from vmm.ops import triton_bimamba
     from test_triton_bimamba import make_layer, check_against_reference, rel
     triton_bimamba.BWD_CK = 4  # several checkpoint chunks even on short sequences
+    triton_bimamba.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
+    triton_bimamba.CONV_BWD_ROW_TILES = 2
     results = {}
     for Bsz, E, L in [(2, 40, 13), (1, 32, 8), (3, 36, 1)]:
         xz, wf, wb = make_layer(Bsz, E, L, seed=L)
@@ -124,11 +125,23 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     triton_bimamba.FWD_TILE = 0  # the step-at-a-time forward too
     xz, wf, wb = make_layer(1, 40, 11, seed=11)
     results["1x40x11/tile0"] = check_against_reference(xz, wf, wb, tol=1e-5)
-    h, r, w = torch.randn(3, 5, 48), torch.randn(3, 5, 48), torch.randn(48)
-    y, r2 = triton_bimamba.add_rmsnorm(h, r, w)
-    rr = (h + r).double()
-    yr = rr * torch.rsqrt(rr.pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
-    results["add_rmsnorm"] = {"out": rel(y, yr), "residual": rel(r2, rr)}
+    # add + RMSNorm, forward and backward (rows not a multiple of the backward's rows per program), with
+    # and without an incoming residual; both outputs get a gradient, as inside a stack of blocks.
+    triton_bimamba.ADD_RMSNORM_BWD_ROWS = 4
+    errs = {}
+    for with_res in (True, False):
+        h, r, w = (torch.randn(*s, dtype=torch.float64).requires_grad_() for s in ((3, 5, 48), (3, 5, 48), (48,)))
+        y, r2 = triton_bimamba.add_rmsnorm(h.float(), r.float() if with_res else None, w.float())
+        rr = h + r if with_res else h
+        yr = rr * torch.rsqrt(rr.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+        gy, gr = torch.randn(3, 5, 48, dtype=torch.float64), torch.randn(3, 5, 48, dtype=torch.float64)
+        leaves = [h, w] + ([r] if with_res else [])
+        got = torch.autograd.grad((y.double() * gy).sum() + (r2.double() * gr).sum(), leaves)
+        want = torch.autograd.grad((yr * gy).sum() + (rr * gr).sum(), leaves)
+        tag = "res" if with_res else "nores"
+        errs.update({f"out_{tag}": rel(y, yr), f"residual_{tag}": rel(r2, rr)})
+        errs.update({f"grad{i}_{tag}": rel(a, b) for i, (a, b) in enumerate(zip(got, want))})
+    results["add_rmsnorm"] = errs
     print(json.dumps(results))
 """)
 
@@ -148,7 +161,8 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "add_rmsnorm"}
-    assert max(results.pop("add_rmsnorm").values()) <= 1e-6
+    norm_errors = results.pop("add_rmsnorm")
+    assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
     for errors in results.values():
         assert len(errors) == 17 and max(errors.values()) <= 1e-5
 
@@ -166,6 +180,16 @@ def test_cuda_forward_variants_match_reference(tile, monkeypatch):
     """The step-at-a-time and 4-, 8- and 16-step-tile forward kernels (the default tile is 2)."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
     xz, wf, wb = make_layer(2, 96, 77, device="cuda", seed=tile)
+    check_against_reference(xz, wf, wb, tol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("block_e", [8, 16, 64])
+def test_cuda_channel_blocks_match_reference(block_e, monkeypatch):
+    """Other channel blocks per program (lanes split over states below 32) in the forward and backward."""
+    monkeypatch.setattr(triton_bimamba, "FWD_BLOCK_E", block_e)
+    monkeypatch.setattr(triton_bimamba, "BWD_BLOCK_E", block_e)
+    xz, wf, wb = make_layer(2, 72, 101, device="cuda", seed=block_e)
     check_against_reference(xz, wf, wb, tol=1e-5)
 
 
@@ -199,3 +223,27 @@ def test_cuda_conv_kernel_matches_torch():
     yf, yb = triton_bimamba.conv1d_bidir_silu(x, w, b)
     rf, rb = triton_bimamba._conv_bidir_torch(x, w, b)
     assert rel(yf, rf) < 1e-6 and rel(yb, rb) < 1e-6
+
+
+@pytest.mark.cuda
+def test_cuda_library_model_fused_path_matches_reference():
+    """vmm's own model on CUDA: the automatic (fused Triton layer and add + RMSNorm) path against the reference
+    backend, outputs and every parameter gradient, with drop path on (same random masks on both paths)."""
+    import vmm
+    model = vmm.create_model("videomamba_tiny", depth=3, num_frames=2, img_size=32, num_classes=4,
+                             drop_path_rate=0.2).cuda().train()
+    video = torch.randn(2, 3, 2, 32, 32, device="cuda")
+    results = {}
+    for backend in (None, "reference"):
+        model.set_scan_backend(backend)
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(video)
+        out.pow(2).sum().backward()
+        results[backend] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                           if p.grad is not None})
+    (y, g), (y_ref, g_ref) = results[None], results["reference"]
+    assert rel(y, y_ref) < 1e-4
+    assert g.keys() == g_ref.keys() and len(g) > 30
+    bad = {n: rel(g[n], g_ref[n]) for n in g if not rel(g[n], g_ref[n]) < 1e-3}
+    assert not bad, bad

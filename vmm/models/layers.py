@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops.bimamba import DirectionWeights, bimamba_inner
+from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz
 
 
 class RMSNorm(nn.Module):
@@ -27,6 +27,25 @@ class RMSNorm(nn.Module):
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
         return y.to(out_dtype or x.dtype)
+
+    def add_forward(self, hidden: Tensor, residual: Optional[Tensor], fused: bool = False) -> tuple[Tensor, Tensor]:
+        """``residual = residual + hidden`` in fp32 (``hidden`` alone when ``residual`` is None), then this norm
+        of it in ``hidden``'s dtype; returns ``(normed, residual)``, the official ``fused_add_norm``.
+
+        ``fused`` runs it as one Triton kernel (forward and backward) when ``hidden`` is on a CUDA device with
+        Triton; otherwise, and on CPU, in PyTorch::
+
+            >>> norm = RMSNorm(8)
+            >>> normed, residual = norm.add_forward(torch.randn(2, 3, 8), None)
+            >>> normed.shape, residual.dtype
+            (torch.Size([2, 3, 8]), torch.float32)
+        """
+        if fused and hidden.is_cuda:
+            from vmm.ops import triton_bimamba
+            if triton_bimamba.is_available(hidden.device):
+                return triton_bimamba.add_rmsnorm(hidden, residual, self.weight, self.eps)
+        residual = hidden.float() if residual is None else residual + hidden.float()
+        return self(residual, out_dtype=hidden.dtype), residual
 
 
 class DropPath(nn.Module):
@@ -86,9 +105,8 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)
-        y = bimamba_inner(x, z, self.direction_weights(False), self.direction_weights(True),
-                          backend=self.scan_backend)
+        y = bimamba_inner_xz(xz, self.direction_weights(False), self.direction_weights(True),
+                             backend=self.scan_backend)
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -103,9 +121,10 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         # Block 0 gets no drop path: its "hidden" is the embedding itself (official behaviour).
-        residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
-        hidden = self.mixer(self.norm(residual, out_dtype=hidden.dtype))
-        return hidden, residual
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        normed, residual = self.norm.add_forward(hidden, residual, fused=self.mixer.scan_backend in (None, "triton"))
+        return self.mixer(normed), residual
 
 
 def init_videomamba_weights(model: nn.Module, depth: int) -> None:

@@ -107,7 +107,8 @@ class VideoMambaBackbone(nn.Module):
 
     def final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
         norm: RMSNorm = getattr(self, self.final_norm_name)
-        return norm(residual + self.drop_path(hidden).float(), out_dtype=hidden.dtype)
+        fused = self.cfg.scan_backend in (None, "triton")
+        return norm.add_forward(self.drop_path(hidden), residual, fused=fused)[0]
 
 
 class VideoMamba(VideoMambaBackbone):

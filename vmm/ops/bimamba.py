@@ -77,6 +77,27 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
 
 
+def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
+                     backend: Optional[str] = None) -> Tensor:
+    """:func:`bimamba_inner` on in_proj's output ``xz`` (B, 2E, L), x its first E channels and z the rest, as a
+    layer holds them; returns (B, E, L). The ``triton`` backend takes xz whole, so in training the gradient of
+    xz comes back in one piece (no concatenation of the two halves, no transposing copy). Example::
+
+        >>> E, N, R = 8, 16, 1
+        >>> w = lambda: DirectionWeights(torch.randn(E, 1, 4), torch.zeros(E), torch.randn(R + 2 * N, E) * 0.1,
+        ...                              torch.randn(E, R), torch.zeros(E), torch.zeros(E, N), torch.ones(E))
+        >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
+        torch.Size([2, 8, 5])
+    """
+    if backend == "triton" or (backend is None and xz.is_cuda):
+        from vmm.ops import triton_bimamba
+        if triton_bimamba.is_available(xz.device):
+            _log_layer_choice("triton", xz)
+            return triton_bimamba.bimamba_inner_xz_triton(xz, fwd, bwd)
+    x, z = xz.chunk(2, dim=1)
+    return bimamba_inner(x, z, fwd, bwd, backend=backend)
+
+
 _logged: set = set()
 
 

@@ -41,6 +41,7 @@ except ImportError:
     causal_conv1d_fn = None
 
 SIZES = {"ti": (192, 24), "s": (384, 24), "m": (576, 32)}
+MODEL_NAMES = {"ti": "videomamba_tiny", "s": "videomamba_small", "m": "videomamba_middle"}
 
 
 def log(*args):
@@ -99,12 +100,12 @@ def mamba_scan(u, delta, A, B, C, D, z, delta_bias):
 
 # ------------------------------------------------------------------------------------------- encoders
 class Mixer(nn.Module):
-    """Bimamba v2 parameters with the official names; ``impl`` picks the data flow."""
+    """Bimamba v2 with the official names and the official data flow (each direction its own pipeline)."""
 
-    def __init__(self, d_model: int, impl: str, d_state: int = 16, d_conv: int = 4):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4):
         super().__init__()
         E, R, N = 2 * d_model, math.ceil(d_model / 16), d_state
-        self.impl, self.E, self.R, self.N = impl, E, R, N
+        self.E, self.R, self.N = E, R, N
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
         self.out_proj = nn.Linear(E, d_model, bias=False)
         for sfx in ("", "_b"):
@@ -128,11 +129,6 @@ class Mixer(nn.Module):
         return DirectionWeights(conv.weight, conv.bias, xp.weight, dt.weight, dt.bias, A_log, D)
 
     def forward(self, hidden):  # (B, L, D) -> (B, L, D)
-        if self.impl == "fused":
-            xz = self.in_proj(hidden).transpose(1, 2)
-            y = triton_bimamba.bimamba_inner_triton(xz[:, :self.E], xz[:, self.E:], self.weights(""),
-                                                    self.weights("_b"))
-            return self.out_proj(y.transpose(1, 2))
         return self._official(hidden)
 
     def _official_direction(self, xz, sfx):
@@ -173,17 +169,17 @@ def add_rmsnorm_torch(hidden, residual, weight, eps=1e-5):
     return y.to(hidden.dtype), residual
 
 
-class BenchVideoMamba(nn.Module):
-    """VideoMamba encoder (spec section 2): one CLS, spatial-first tokens, prenorm residual in fp32."""
+class OfficialVideoMamba(nn.Module):
+    """The official-style VideoMamba encoder (spec section 2): one CLS, spatial-first tokens, prenorm residual in
+    fp32, mamba-ssm's kernels with flip copies, the norm in PyTorch."""
 
-    def __init__(self, dim: int, depth: int, frames: int, impl: str):
+    def __init__(self, dim: int, depth: int, frames: int):
         super().__init__()
-        self.impl = impl
         self.patch_embed = nn.Conv3d(3, dim, (1, 16, 16), (1, 16, 16))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 197, dim) * 0.02)
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, frames, dim))
-        self.mixers = nn.ModuleList([Mixer(dim, impl) for _ in range(depth)])
+        self.mixers = nn.ModuleList([Mixer(dim) for _ in range(depth)])
         self.norms = nn.ModuleList([RMSNormW(dim) for _ in range(depth)])
         self.norm_f = RMSNormW(dim)
 
@@ -195,13 +191,12 @@ class BenchVideoMamba(nn.Module):
         x = x.view(B, T, H * W, D) + self.temporal_pos_embedding[:, :, None]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)
         hidden = torch.cat([cls.to(x.dtype), x.reshape(B, T * H * W, D)], dim=1)
-        norm = triton_bimamba.add_rmsnorm if self.impl == "fused" else add_rmsnorm_torch
         residual = None
         for mixer, nw in zip(self.mixers, self.norms):
-            normed, residual = norm(hidden, residual, nw.weight)
+            normed, residual = add_rmsnorm_torch(hidden, residual, nw.weight)
             hidden = mixer(normed)
-        out, _ = norm(hidden, residual, self.norm_f.weight)
-        return out
+        out, _ = add_rmsnorm_torch(hidden, residual, self.norm_f.weight)
+        return out[:, 0]  # the CLS feature, as the official forward_features returns
 
 
 class JointViT(nn.Module):
@@ -282,11 +277,13 @@ def scan_section(args, res):
         return triton_bimamba.bimamba_scan(u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, bias)
 
     with torch.no_grad():
-        # (steps per tile, register cap); the library's default is (2, 80), the best of this sweep on an H200
-        tile, reg = sweep(out, "ours_bidir_fwd_ms", {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg"},
-                          [(2, 80), (4, 96), (2, 96), (4, 80), (4, 64), (4, 128), (4, None)], ours)
-        out["ours_fwd_config"] = {"tile": tile, "maxnreg": reg, "BLOCK_E": triton_bimamba.FWD_BLOCK_E,
-                                  "num_warps": triton_bimamba.FWD_WARPS}
+        # (steps per tile, register cap, channels per one-warp program); the library's default is the best
+        # of this sweep on an H200
+        tile, reg, be = sweep(out, "ours_bidir_fwd_ms",
+                              {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_BLOCK_E": "block_e"},
+                              [(2, 80, 32), (2, 96, 32), (4, 96, 32), (4, 80, 32), (2, 80, 16), (4, 80, 16)],
+                              ours)
+        out["ours_fwd_config"] = {"tile": tile, "maxnreg": reg, "BLOCK_E": be, "num_warps": triton_bimamba.FWD_WARPS}
         if selective_scan_cuda is not None:
             def m_one():
                 return mamba_scan(m_u_f, m_dt_f, A[0], m_B_f, m_C_f, D[0], m_z, bias[0])
@@ -315,10 +312,13 @@ def scan_section(args, res):
         y = triton_bimamba.bimamba_scan(*leaves, B_f, C_f, B_b, C_b, A, D, bias)
         y.backward(gy)
 
-    # (checkpoint interval, register cap)
-    ck, reg = sweep(out, "ours_bidir_fwdbwd_ms", {"BWD_CK": "ck", "BWD_MAXNREG": "bwd_maxnreg"},
-                    [(32, 96), (32, None), (32, 128), (16, None), (64, None)], ours_fb)
-    out["ours_bwd_config"] = {"CK": ck, "maxnreg": reg, "BLOCK_E": triton_bimamba.BWD_BLOCK_E,
+    # (checkpoint interval, register cap, channels per one-warp program, shuffle reduce-scatter of dB/dC)
+    ck, reg, be, shfl = sweep(out, "ours_bidir_fwdbwd_ms",
+                              {"BWD_CK": "ck", "BWD_MAXNREG": "bwd_maxnreg", "BWD_BLOCK_E": "bwd_block_e",
+                               "BWD_SHFL": "shfl"},
+                              [(32, None, 32, True), (32, None, 32, False), (64, None, 32, True),
+                               (16, None, 32, True), (32, 128, 32, True), (32, None, 16, False)], ours_fb)
+    out["ours_bwd_config"] = {"CK": ck, "maxnreg": reg, "BLOCK_E": be, "shfl": shfl,
                               "num_warps": triton_bimamba.BWD_WARPS}
     if selective_scan_cuda is not None:
         m_leaves = [t.clone().requires_grad_() for t in (m_u_f, m_u_b, m_dt_f, m_dt_b, m_z)]
@@ -344,8 +344,14 @@ def scan_section(args, res):
                                                 "CONV_WARPS": "warps"},
                            [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 8)],
                            lambda: triton_bimamba.conv1d_bidir_silu(x, w, cb), prefix="B=64,")
-    out["conv_config"] = {"BLOCK_L": bl, "BLOCK_E": be, "num_warps": nw}
-    del x
+    # its backward at the training shape (B=16), where a program sums the dw terms of ROW_TILES row tiles
+    xg = rnd(16, L, E).to(dt).requires_grad_()
+    gf, gb = rnd(16, L, E).to(dt), rnd(16, L, E).to(dt)
+    (tiles,) = sweep(out, "conv_fwdbwd_ms", {"CONV_BWD_ROW_TILES": "row_tiles"}, [(4,), (8,), (16,)],
+                     lambda: torch.autograd.backward(triton_bimamba.conv1d_bidir_silu(xg, w, cb), (gf, gb)),
+                     prefix="B=16,")
+    out["conv_config"] = {"BLOCK_L": bl, "BLOCK_E": be, "num_warps": nw, "bwd_row_tiles": tiles}
+    del x, xg
     for k, v in out.items():
         log(f"  {k}: {v}")
     res["scan"] = {"shape": {"B": Bsz, "E": E, "L": L, "N": N, "dtype": "bf16"}, **out}
@@ -375,13 +381,11 @@ def encoder_section(args, res):
         cands: list[tuple[str, Callable[[], nn.Module]]] = []
         for size in args.sizes:
             dim, depth = SIZES[size]
-            cands.append((f"videomamba_{size}/fused", lambda d=dim, n=depth: BenchVideoMamba(d, n, T, "fused")))
+            cands.append((f"videomamba_{size}/fused", lambda s=size: vmm_model(s, T)))
             if selective_scan_cuda is not None and (size == "m" or args.official_all):
-                cands.append((f"videomamba_{size}/official", lambda d=dim, n=depth: BenchVideoMamba(d, n, T, "official")))
+                cands.append((f"videomamba_{size}/official", lambda d=dim, n=depth: OfficialVideoMamba(d, n, T)))
         cands.append(("vit_b16/joint_sdpa", lambda: JointViT(T)))
         cands.append(("vit_b16/per_frame", PerFrameViT))
-        if args.vmm_model:
-            cands.append(("vmm.create_model(videomamba_middle)/triton", lambda: vmm_model(T)))
         for name, ctor in cands:
             if time.time() - args.t0 > args.max_wall:
                 log(f"skipping {name} T={T}: --max-wall reached")
@@ -403,12 +407,11 @@ def encoder_section(args, res):
                                                    if "clips_per_s" in r else r["error"]))
 
 
-def vmm_model(T):
-    """The library's own model with the Triton layer backend (wired here in case the dispatch is not yet)."""
+def vmm_model(size: str, T: int) -> nn.Module:
+    """Our path is the library's own encoder, as users build it: ``vmm.create_model`` with the Triton backend
+    (fused layer kernels and the fused add + RMSNorm); it returns the CLS feature."""
     import vmm
-    import vmm.models.layers as layers
-    layers.bimamba_inner = lambda x, z, f, b, backend=None: triton_bimamba.bimamba_inner_triton(x, z, f, b)
-    return vmm.create_model("videomamba_middle", num_frames=T, num_classes=0, scan_backend="triton")
+    return vmm.create_model(MODEL_NAMES[size], num_frames=T, num_classes=0, scan_backend="triton")
 
 
 def train_section(args, res):
@@ -420,7 +423,7 @@ def train_section(args, res):
     for impl in ("fused", "official"):
         if impl == "official" and selective_scan_cuda is None:
             continue
-        model = BenchVideoMamba(dim, depth, T, impl).cuda().train()
+        model = (vmm_model("m", T) if impl == "fused" else OfficialVideoMamba(dim, depth, T)).cuda().train()
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -442,7 +445,7 @@ def profile_section(args, res, out_dir: Path):
     """Where the fused encoder's time goes: torch profiler over one VideoMamba-M forward at 8 frames."""
     from torch.profiler import ProfilerActivity, profile
     B = 64 if not args.quick else 8
-    model = BenchVideoMamba(*SIZES["m"], 8, "fused").cuda().eval()
+    model = vmm_model("m", 8).cuda().eval()
     video = make_video(B, 8)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         model(video)
@@ -454,7 +457,7 @@ def profile_section(args, res, out_dir: Path):
     res["profile_top"] = table
     log(table)
     # The training step (forward + backward, batch 16), where the fused path has the most to gain.
-    model = BenchVideoMamba(*SIZES["m"], 8, "fused").cuda().train()
+    model = vmm_model("m", 8).cuda().train()
     video = make_video(16 if not args.quick else 4, 8)
 
     def step():
@@ -463,10 +466,11 @@ def profile_section(args, res, out_dir: Path):
         loss.backward()
     step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    # CPU activity too, so that the aten op behind each elementwise kernel shows with its CUDA time.
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
     res["profile_train_top"] = table
     log(table)
 
@@ -592,7 +596,6 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--budget", type=float, default=1.5, help="seconds of timed repeats per measurement")
     p.add_argument("--official-all", action="store_true", help="official-style baseline for Ti and S too")
-    p.add_argument("--vmm-model", action="store_true", help="also time vmm.create_model('videomamba_middle')")
     p.add_argument("--max-wall", type=float, default=1e9, help="skip remaining encoder runs after this many s")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)

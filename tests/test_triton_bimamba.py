@@ -247,3 +247,16 @@ def test_cuda_library_model_fused_path_matches_reference():
     assert g.keys() == g_ref.keys() and len(g) > 30
     bad = {n: rel(g[n], g_ref[n]) for n in g if not rel(g[n], g_ref[n]) < 1e-3}
     assert not bad, bad
+
+
+@pytest.mark.cuda
+def test_cuda_patch_embed_gemm_matches_conv():
+    """On CUDA the patch embedding runs as one GEMM over patches; it must equal the official Conv3d."""
+    import vmm
+    model = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, num_classes=0).cuda()
+    x = torch.randn(2, 3, 4, 224, 224, device="cuda")
+    proj = model.patch_embed.proj
+    with torch.no_grad():  # the reference in float64: cuDNN may run a float32 conv in TF32
+        got = model.patch_embed(x)
+        want = F.conv3d(x.double(), proj.weight.double(), proj.bias.double(), stride=proj.stride)
+    assert got.shape == want.shape and rel(got, want) < 1e-5

@@ -20,7 +20,11 @@ from vmm.models.layers import BiMambaMixer, DropPath, MambaBlock, RMSNorm, init_
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d patchify with kernel = stride = (tubelet, patch, patch)."""
+    """Conv3d patchify with kernel = stride = (tubelet, patch, patch) (the official ``patch_embed.proj``).
+
+    With kernel == stride the conv is one GEMM over non-overlapping patches, and on CUDA it runs as one:
+    cuDNN's Conv3d for this shape took 3.8 ms of a 133 ms VideoMamba-M batch of 64 clips (bf16, H200).
+    """
 
     def __init__(self, cfg: VideoMambaConfig):
         super().__init__()
@@ -28,7 +32,15 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=(k, p, p), stride=(k, p, p))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W) -> (B, D, T', H', W')
-        return self.proj(x)
+        B, C, T, H, W = x.shape
+        k, p, _ = self.proj.kernel_size
+        # On CPU the conv is the faster of the two; where the conv drops a remainder, keep its exact behaviour.
+        if not x.is_cuda or T % k or H % p or W % p:
+            return self.proj(x)
+        patches = x.reshape(B, C, T // k, k, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        y = F.linear(patches.reshape(-1, C * k * p * p), self.proj.weight.reshape(self.proj.out_channels, -1),
+                     self.proj.bias)
+        return y.view(B, T // k, H // p, W // p, -1).permute(0, 4, 1, 2, 3)  # a view: tokens stay channel-last
 
 
 class VideoMambaBackbone(nn.Module):

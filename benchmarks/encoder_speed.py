@@ -102,9 +102,10 @@ def mamba_scan(u, delta, A, B, C, D, z, delta_bias):
 class Mixer(nn.Module):
     """Bimamba v2 with the official names and the official data flow (each direction its own pipeline)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, torch_conv: bool = False):
         super().__init__()
         E, R, N = 2 * d_model, math.ceil(d_model / 16), d_state
+        self.torch_conv = torch_conv or causal_conv1d_fn is None
         self.E, self.R, self.N = E, R, N
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
         self.out_proj = nn.Linear(E, d_model, bias=False)
@@ -137,7 +138,7 @@ class Mixer(nn.Module):
         L = xz.shape[-1]
         x, z = xz.chunk(2, dim=1)
         conv_w = w.conv_weight.squeeze(1)
-        if causal_conv1d_fn is not None:
+        if not self.torch_conv:
             xc = causal_conv1d_fn(x, conv_w, w.conv_bias, activation="silu")
         else:
             xc = F.silu(F.conv1d(x, w.conv_weight, w.conv_bias, padding=conv_w.shape[-1] - 1, groups=self.E)[..., :L])
@@ -173,13 +174,13 @@ class OfficialVideoMamba(nn.Module):
     """The official-style VideoMamba encoder (spec section 2): one CLS, spatial-first tokens, prenorm residual in
     fp32, mamba-ssm's kernels with flip copies, the norm in PyTorch."""
 
-    def __init__(self, dim: int, depth: int, frames: int):
+    def __init__(self, dim: int, depth: int, frames: int, torch_conv: bool = False):
         super().__init__()
         self.patch_embed = nn.Conv3d(3, dim, (1, 16, 16), (1, 16, 16))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 197, dim) * 0.02)
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, frames, dim))
-        self.mixers = nn.ModuleList([Mixer(dim) for _ in range(depth)])
+        self.mixers = nn.ModuleList([Mixer(dim, torch_conv=torch_conv) for _ in range(depth)])
         self.norms = nn.ModuleList([RMSNormW(dim) for _ in range(depth)])
         self.norm_f = RMSNormW(dim)
 
@@ -384,6 +385,10 @@ def encoder_section(args, res):
             cands.append((f"videomamba_{size}/fused", lambda s=size: vmm_model(s, T)))
             if selective_scan_cuda is not None and (size == "m" or args.official_all):
                 cands.append((f"videomamba_{size}/official", lambda d=dim, n=depth: OfficialVideoMamba(d, n, T)))
+            if selective_scan_cuda is not None and causal_conv1d_fn is not None and size == "m" and T in (8, 16):
+                # the same with PyTorch's conv1d, as the official code runs without causal-conv1d installed
+                cands.append((f"videomamba_{size}/official_torch_conv",
+                              lambda d=dim, n=depth: OfficialVideoMamba(d, n, T, torch_conv=True)))
         cands.append(("vit_b16/joint_sdpa", lambda: JointViT(T)))
         cands.append(("vit_b16/per_frame", PerFrameViT))
         for name, ctor in cands:
@@ -498,7 +503,10 @@ def summarize(res):
         "encoder_8f_vs_official": ratio(find(rows, "videomamba_m/fused", 8), find(rows, "videomamba_m/official", 8)),
         "encoder_16f_vs_joint_vit": ratio(find(rows, "videomamba_m/fused", 16), find(rows, "vit_b16/joint_sdpa", 16)),
         "encoder_64f_vs_joint_vit": ratio(find(rows, "videomamba_m/fused", 64), find(rows, "vit_b16/joint_sdpa", 64)),
-        "train_step_vs_official": ratio(tr.get("fused", {}).get("clips_per_s"), tr.get("official", {}).get("clips_per_s")),
+        "train_step_vs_official": ratio(tr.get("fused", {}).get("clips_per_s"),
+                                        tr.get("official", {}).get("clips_per_s")),
+        "encoder_8f_vs_official_torch_conv": ratio(find(rows, "videomamba_m/fused", 8),
+                                                   find(rows, "videomamba_m/official_torch_conv", 8)),
     }
     res["targets"] = {"scan_bidir_vs_mamba_ssm": 3.0, "encoder_8f_vs_official": 5.0, "encoder_16f_vs_joint_vit": 1.0,
                       "encoder_64f_vs_joint_vit": 2.0, "train_step_vs_official": 2.0}

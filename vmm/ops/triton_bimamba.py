@@ -349,7 +349,7 @@ if HAS_TRITON:
     # thread with the 32 lanes over channels and all N states in registers (no shuffles, no layout converts).
     # The row strides are not specialised either, for the same reason on (T, BLOCK_E) tiles.
     @triton.jit(do_not_specialize=["sE", "s_ul", "s_zl", "s_ol"])
-    def _bimamba_fwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, bf_ptr, cf_ptr, bb_ptr, cb_ptr,
+    def _bimamba_fwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, bf_ptr, bb_ptr,
                             A_ptr, D_ptr, bias_ptr, out_ptr, ck_ptr,
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol, s_od,
                             N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr,
@@ -372,12 +372,12 @@ if HAS_TRITON:
         ck = ck_ptr + (d * tl.num_programs(1) + b).to(tl.int64) * NCK * N * sE
         if d == 0:
             _fwd_direction(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, bf_ptr + b * s_bfb,
-                           cf_ptr + b * s_bfb, out_ptr + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e, offs_n,
+                           bf_ptr + b * s_bfb + N, out_ptr + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e, offs_n,
                            L, sE, s_ul, s_zl, s_bfl, s_ol, REVERSE=False, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
                            SAVE=SAVE, CK=CK, INTERP=INTERP)
         else:
             _fwd_direction(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, bb_ptr + b * s_bbb,
-                           cb_ptr + b * s_bbb, out_ptr + s_od + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e,
+                           bb_ptr + b * s_bbb + N, out_ptr + s_od + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e,
                            offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
                            SAVE=SAVE, CK=CK, INTERP=INTERP)
 
@@ -545,9 +545,9 @@ if HAS_TRITON:
         tl.atomic_add(dbias_ptr + offs_e, dbias_acc, mask=mask_e, sem="relaxed")
 
     @triton.jit(do_not_specialize=["sE", "scr_pad"])
-    def _bimamba_bwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, g_ptr, bf_ptr, cf_ptr, bb_ptr, cb_ptr,
+    def _bimamba_bwd_kernel(uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, z_ptr, g_ptr, bf_ptr, bb_ptr,
                             A_ptr, D_ptr, bias_ptr, ck_ptr, scr_ptr,
-                            duf_ptr, dub_ptr, ddtf_ptr, ddtb_ptr, dz_ptr, dB_ptr, dC_ptr,
+                            duf_ptr, dub_ptr, ddtf_ptr, ddtb_ptr, dz_ptr, dB_ptr,
                             dA_ptr, dD_ptr, dbias_ptr,
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_dzd, scr_pad,
                             N: tl.constexpr, CK: tl.constexpr, BLOCK_E: tl.constexpr, SHFL: tl.constexpr,
@@ -567,19 +567,20 @@ if HAS_TRITON:
         # scr_pad (0, never specialised) hides the scratch's alignment from the compiler, which would otherwise
         # vectorise its rows over channels and convert every tile to and from the lanes-over-channels layout.
         scr = scr_ptr + ((d * B + b) * tl.num_programs(0) + pid_e).to(tl.int64) * CK * N * BLOCK_E + scr_pad
+        # [B | C] rows: C sits N past B, so both rows of a step load from one address (immediate offsets).
         dBC = (d * B + b).to(tl.int64) * s_bfb  # d(B|C) has the layout of B|C
         if d == 0:
             _scan_direction_bwd(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, g_ptr + b * s_ub,
-                                bf_ptr + b * s_bfb, cf_ptr + b * s_bfb, ck, scr,
+                                bf_ptr + b * s_bfb, bf_ptr + b * s_bfb + N, ck, scr,
                                 duf_ptr + b * s_ub, ddtf_ptr + b * s_ub, dz_ptr + b * s_ub,
-                                dB_ptr + dBC, dC_ptr + dBC, dA_ptr, dD_ptr, dbias_ptr,
+                                dB_ptr + dBC, dB_ptr + dBC + N, dA_ptr, dD_ptr, dbias_ptr,
                                 A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bfl,
                                 REVERSE=False, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, INTERP=INTERP)
         else:
             _scan_direction_bwd(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, g_ptr + b * s_ub,
-                                bb_ptr + b * s_bbb, cb_ptr + b * s_bbb, ck, scr,
+                                bb_ptr + b * s_bbb, bb_ptr + b * s_bbb + N, ck, scr,
                                 dub_ptr + b * s_ub, ddtb_ptr + b * s_ub, dz_ptr + s_dzd + b * s_ub,
-                                dB_ptr + dBC, dC_ptr + dBC, dA_ptr + N * sE, dD_ptr + E, dbias_ptr + E,
+                                dB_ptr + dBC, dB_ptr + dBC + N, dA_ptr + N * sE, dD_ptr + E, dbias_ptr + E,
                                 A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bbl,
                                 REVERSE=True, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, INTERP=INTERP)
 
@@ -671,7 +672,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
     ck = torch.empty((2, Bsz, nck, N, E), device=uf.device, dtype=torch.float32) if save else out
     grid = (triton.cdiv(E, FWD_BLOCK_E), Bsz, 2)
     _bimamba_fwd_kernel[grid](
-        uf, ub, dtf, dtb, z, bcf, bcf[..., N:], bcb, bcb[..., N:], A, D, bias, out, ck,
+        uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, out, ck,
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
         N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, CK=max(ck_interval, 1), INTERP=_interpreting(),
@@ -699,8 +700,8 @@ def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ck_interval: i
     dbias = torch.zeros((2, E), **f32)
     grid = (n_eb, Bsz, 2)
     _bimamba_bwd_kernel[grid](
-        uf, ub, dtf, dtb, z, g, bcf, bcf[..., N:], bcb, bcb[..., N:], A, D, bias, ck, scratch,
-        du_f, du_b, ddt_f, ddt_b, dz, dbc, dbc[..., N:], dA, dD, dbias,
+        uf, ub, dtf, dtb, z, g, bcf, bcb, A, D, bias, ck, scratch,
+        du_f, du_b, ddt_f, ddt_b, dz, dbc, dA, dD, dbias,
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), dz.stride(0), 0,
         N=N, CK=ck_interval, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,

@@ -1,0 +1,110 @@
+"""Instructions per scan step of the fused kernels, from a local sm_90 compile: no GPU needed.
+
+The scan loops are issue-bound, so the SASS count of a loop body is the quickest check of a change before
+spending GPU time. Compiles ``_bimamba_fwd_kernel`` and ``_bimamba_bwd_kernel`` for sm_90 with the
+library's settings (Triton's bundled ptxas), disassembles them with the bundled ``nvdisasm``, finds the
+loops (backward branches) and prints each body's instruction count with its most frequent opcodes, plus the
+registers and stack per thread::
+
+    python benchmarks/kernel_sass.py            # both kernels
+    python benchmarks/kernel_sass.py --kernel fwd --tile 4 --maxnreg 96
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from vmm.ops import triton_bimamba as tb  # noqa: E402
+
+NV_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+BF16_ARGS = {"uf_ptr", "ub_ptr", "dtf_ptr", "dtb_ptr", "z_ptr", "out_ptr", "g_ptr", "duf_ptr", "dub_ptr",
+             "ddtf_ptr", "ddtb_ptr", "dz_ptr"}
+# Integer arguments that are multiples of 16 at VideoMamba-M shapes, so Triton specialises them as such.
+DIV16_ARGS = {"E", "s_ub", "s_zb", "s_bfb", "s_bfl", "s_bbb", "s_bbl", "s_ob", "s_od", "s_dzd"}
+
+
+def compile_sm90(kernel, constexprs: dict, options: dict):
+    names = list(kernel.arg_names)
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in BF16_ARGS else "*fp32"
+        else:
+            signature[name] = "i32"
+        if (name.endswith("_ptr") or name in DIV16_ARGS) and name not in kernel.do_not_specialize:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=kernel, signature=signature, attrs=attrs,
+                    constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def loop_bodies(sass: str) -> list[tuple[str, list[str]]]:
+    """(label, instructions) of every loop: the code from a label to a branch back to it."""
+    ins, label_at, loops = [], {}, []
+    for line in sass.splitlines():
+        s = line.strip()
+        m = re.match(r"\.(L_x_\d+):", s)
+        if m:
+            label_at[m.group(1)] = len(ins)
+            continue
+        m = re.match(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", s)
+        if m:
+            ins.append(m.group(1))
+    for i, text in enumerate(ins):
+        m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", text)
+        if m and label_at.get(m.group(1), i + 1) < i:
+            loops.append((m.group(1), ins[label_at[m.group(1)]: i + 1]))
+    return loops
+
+
+def report(name: str, compiled) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([str(NV_BIN / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
+        usage = subprocess.run([str(NV_BIN / "cuobjdump"), "--dump-resource-usage", str(cubin)],
+                               capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    print(f"{name}: {regs.group(1) if regs else '?'} registers, stack {stack.group(1) if stack else '?'} bytes")
+    for label, body in loop_bodies(sass):
+        ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body)
+        top = ", ".join(f"{op} {n}" for op, n in ops.most_common(10))
+        print(f"  loop {label}: {len(body)} instructions ({top})")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernel", choices=["fwd", "bwd", "both"], default="both")
+    p.add_argument("--tile", type=int, default=tb.FWD_TILE, help="forward steps per tile (FWD_TILE)")
+    p.add_argument("--maxnreg", type=int, default=tb.FWD_MAXNREG, help="forward register cap (FWD_MAXNREG)")
+    p.add_argument("--ck", type=int, default=tb.BWD_CK, help="backward checkpoint interval (BWD_CK)")
+    args = p.parse_args(argv)
+    if args.kernel in ("fwd", "both"):
+        fwd = compile_sm90(tb._bimamba_fwd_kernel,
+                           {"N": 16, "BLOCK_E": tb.FWD_BLOCK_E, "TILE": args.tile, "SAVE": False, "CK": args.ck,
+                            "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
+        report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
+    if args.kernel in ("bwd", "both"):
+        bwd = compile_sm90(tb._bimamba_bwd_kernel,
+                           {"N": 16, "CK": args.ck, "BLOCK_E": tb.BWD_BLOCK_E, "SHFL": tb.BWD_SHFL,
+                            "INTERP": False},
+                           {"num_warps": tb.BWD_WARPS, **({"maxnreg": tb.BWD_MAXNREG} if tb.BWD_MAXNREG else {})})
+        report("_bimamba_bwd_kernel (per direction: the recompute step, the adjoint step, the chunk loop)", bwd)
+
+
+if __name__ == "__main__":
+    main()

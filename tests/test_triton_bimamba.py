@@ -275,3 +275,16 @@ def test_kernel_sass_tool_reads_both_kernels(tmp_path):
     counts_bwd = [int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", bwd)]
     assert len(counts_fwd) == 2 and len(counts_bwd) == 6  # one loop per direction; three per direction
     assert "MUFU" in fwd and "SHFL" in bwd  # exp2 in the forward; the shuffle reduce-scatter in the backward
+
+
+def test_forward_keeps_state_checkpoints_only_when_a_backward_can_follow():
+    """Inference (no_grad, or inputs without grad) must not pay for the backward's checkpoints, although
+    ``ctx.needs_input_grad`` is True under no_grad for parameters."""
+    w = torch.zeros(3, requires_grad=True)
+    x = torch.zeros(3)
+    assert triton_bimamba._builds_graph(x, w, None)
+    assert not triton_bimamba._builds_graph(x, None)
+    with torch.no_grad():
+        assert not triton_bimamba._builds_graph(x, w)
+    with torch.inference_mode():
+        assert not triton_bimamba._builds_graph(x, w)

@@ -648,6 +648,13 @@ CONV_BWD_ROW_TILES = 4  # row tiles per program of the conv backward, which sums
 ADD_RMSNORM_BWD_ROWS = 32  # rows per backward program: its dweight partial is one row of a small buffer
 
 
+def _builds_graph(*tensors) -> bool:
+    """Whether a backward can follow: only then does the forward keep state checkpoints. Inside
+    ``Function.forward`` neither grad mode nor ``ctx.needs_input_grad`` tells (the latter is True under
+    ``torch.no_grad()`` for inputs that require grad), so the caller asks."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _interpreting() -> bool:
     """Triton's CPU interpreter runs no inline PTX."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -716,8 +723,8 @@ class _BiScanFn(torch.autograd.Function):
     B and C rows are two aligned 64-byte vector loads); A: (2, N, E); D, bias: (2, E) fp32."""
 
     @staticmethod
-    def forward(ctx, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias):
-        ctx.ck_interval = BWD_CK if any(ctx.needs_input_grad) else 0
+    def forward(ctx, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, training):
+        ctx.ck_interval = BWD_CK if training else 0
         out, ck = _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ctx.ck_interval)
         ctx.save_for_backward(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck)
         return out
@@ -727,7 +734,7 @@ class _BiScanFn(torch.autograd.Function):
         uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck = ctx.saved_tensors
         du_f, du_b, ddt_f, ddt_b, dz, dbc, dA, dD, dbias = _launch_bwd(
             g.contiguous(), uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ctx.ck_interval)
-        return du_f, du_b, ddt_f, ddt_b, dz, dbc[0], dbc[1], dA, dD, dbias
+        return du_f, du_b, ddt_f, ddt_b, dz, dbc[0], dbc[1], dA, dD, dbias, None
 
 
 def _scan_bc(u_f, u_b, dt_f, dt_b, z, bc_f, bc_b, A, D, delta_bias) -> Tensor:
@@ -739,8 +746,9 @@ def _scan_bc(u_f, u_b, dt_f, dt_b, z, bc_f, bc_b, A, D, delta_bias) -> Tensor:
     bcf = bc_f.float().contiguous()
     bcb = bc_b.float().contiguous()
     A_ne = A.float().transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over channels
-    return _BiScanFn.apply(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D.float().contiguous(),
-                           delta_bias.float().contiguous())
+    D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
+    return _BiScanFn.apply(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias,
+                           _builds_graph(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias))
 
 
 def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor,
@@ -872,13 +880,13 @@ class _BiMambaInnerFn(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D):
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, training):
         E = xz.shape[-1] // 2
         xc = _conv_fwd(xz[..., :E], conv_w, conv_b)
         Wx, Wdt = x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype)
         (xd_f, dt_f, bc_f), (xd_b, dt_b, bc_b) = (_projections(xc[d], Wx[d], Wdt[d]) for d in (0, 1))
         A = -torch.exp(A_log.float()).transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over E
-        ctx.ck_interval = BWD_CK if any(ctx.needs_input_grad) else 0
+        ctx.ck_interval = BWD_CK if training else 0
         out, ck = _launch_fwd(xc[0], xc[1], dt_f, dt_b, xz[..., E:], bc_f, bc_b, A, D.float().contiguous(),
                               dt_bias.float().contiguous(), ctx.ck_interval)
         ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, xd_f, xd_b, ck)
@@ -911,7 +919,7 @@ class _BiMambaInnerFn(torch.autograd.Function):
         dw, db = _conv_bwd(x, conv_w, conv_b, dxc[0], dxc[1], dxz[..., :E])
         return (dxz, dw.to(conv_w.dtype), None if conv_b is None else db.to(conv_b.dtype),
                 torch.stack(dWx).to(x_proj_w.dtype), torch.stack(dWdt).to(dt_proj_w.dtype), dbias.to(dt_bias.dtype),
-                (dA.transpose(1, 2) * A).to(A_log.dtype), dD.to(D.dtype))
+                (dA.transpose(1, 2) * A).to(A_log.dtype), dD.to(D.dtype), None)
 
 
 def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
@@ -939,11 +947,10 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         zero = torch.zeros(E, device=xzl.device, dtype=torch.float32)
         conv_b = torch.stack([fwd.conv_bias.float() if fwd.conv_bias is not None else zero,
                               bwd.conv_bias.float() if bwd.conv_bias is not None else zero])
-    out = _BiMambaInnerFn.apply(
-        xzl, conv_w, conv_b, torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]),
-        torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]), torch.stack([fwd.dt_proj_bias, bwd.dt_proj_bias]),
-        torch.stack([fwd.A_log, bwd.A_log]), torch.stack([fwd.D, bwd.D]))
-    return out.transpose(1, 2)
+    args = (xzl, conv_w, conv_b, torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]),
+            torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]), torch.stack([fwd.dt_proj_bias, bwd.dt_proj_bias]),
+            torch.stack([fwd.A_log, bwd.A_log]), torch.stack([fwd.D, bwd.D]))
+    return _BiMambaInnerFn.apply(*args, _builds_graph(*args)).transpose(1, 2)
 
 
 def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmm.ops import triton_bimamba  # noqa: E402
+from vmm.ops import triton_bimamba, triton_conv  # noqa: E402
 from vmm.ops.bimamba import DirectionWeights  # noqa: E402
 
 try:
@@ -236,16 +236,17 @@ class PerFrameViT(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- sections
-def sweep(out: dict, key: str, settings: dict, configs: list, fn: Callable[[], object], prefix: str = "") -> tuple:
-    """Time ``fn`` under each config, a tuple of values for the ``triton_bimamba`` module settings named by
-    ``settings`` (setting -> label), then once more under the library's defaults, which are restored: every
+def sweep(out: dict, key: str, settings: dict, configs: list, fn: Callable[[], object], prefix: str = "",
+          module=triton_bimamba) -> tuple:
+    """Time ``fn`` under each config, a tuple of values for the settings (globals of the kernel ``module``) named
+    by ``settings`` (setting -> label), then once more under the library's defaults, which are restored: every
     other number of the run is what users get. Each time goes to ``out[key[prefix label=value,...]]``, the
     defaults' time to ``out[key]``; the fastest config is returned (to check the defaults against)."""
-    defaults = tuple(getattr(triton_bimamba, name) for name in settings)
+    defaults = tuple(getattr(module, name) for name in settings)
     best = None
     for values in configs:
         for name, value in zip(settings, values):
-            setattr(triton_bimamba, name, value)
+            setattr(module, name, value)
         ms = bench(fn)
         label = prefix + ",".join(f"{lab}={v}" for lab, v in zip(settings.values(), values))
         out[f"{key}[{label}]"] = ms
@@ -253,7 +254,7 @@ def sweep(out: dict, key: str, settings: dict, configs: list, fn: Callable[[], o
         if best is None or ms < best[0]:
             best = (ms, values)
     for name, value in zip(settings, defaults):
-        setattr(triton_bimamba, name, value)
+        setattr(module, name, value)
     out[key] = bench(fn)
     log(f"{key} (library defaults {defaults}): {out[key]:.3f} ms; fastest of the sweep {best[1]}: {best[0]:.3f} ms")
     return best[1]
@@ -348,13 +349,13 @@ def scan_section(args, res):
         bl, be, nw = sweep(out, "conv_fwd_ms", {"CONV_BLOCK_L": "block_l", "CONV_BLOCK_E": "block_e",
                                                 "CONV_WARPS": "warps"},
                            [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8), (128, 64, 8)],
-                           lambda: triton_bimamba.conv1d_bidir_silu(x, w, cb), prefix="B=64,")
+                           lambda: triton_conv.conv1d_bidir_silu(x, w, cb), prefix="B=64,", module=triton_conv)
     # its backward at the training shape (B=16), where a program sums the dw terms of ROW_TILES row tiles
     xg = rnd(16, L, E).to(dt).requires_grad_()
     gf, gb = rnd(16, L, E).to(dt), rnd(16, L, E).to(dt)
     (tiles,) = sweep(out, "conv_fwdbwd_ms", {"CONV_BWD_ROW_TILES": "row_tiles"}, [(4,), (8,), (16,)],
-                     lambda: torch.autograd.backward(triton_bimamba.conv1d_bidir_silu(xg, w, cb), (gf, gb)),
-                     prefix="B=16,")
+                     lambda: torch.autograd.backward(triton_conv.conv1d_bidir_silu(xg, w, cb), (gf, gb)),
+                     prefix="B=16,", module=triton_conv)
     out["conv_sweep_fastest"] = {"BLOCK_L": bl, "BLOCK_E": be, "num_warps": nw, "bwd_row_tiles": tiles}
     del x, xg
     for k, v in out.items():

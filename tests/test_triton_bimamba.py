@@ -23,7 +23,7 @@ from vmm.ops.bimamba import DirectionWeights, bimamba_inner_ref
 
 REPO = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
-from vmm.ops import triton_bimamba  # noqa: E402  (after the importorskip)
+from vmm.ops import triton_bimamba, triton_conv  # noqa: E402  (after the importorskip)
 
 
 def make_layer(Bsz, E, L, N=16, R=4, dtype=torch.float32, device="cpu", seed=0):
@@ -114,11 +114,11 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, sys.argv[1] + "/tests")
-    from vmm.ops import triton_bimamba
+    from vmm.ops import triton_bimamba, triton_conv, triton_norm
     from test_triton_bimamba import make_layer, check_against_reference, rel
     triton_bimamba.BWD_CK = 4  # several checkpoint chunks even on short sequences
-    triton_bimamba.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
-    triton_bimamba.CONV_BWD_ROW_TILES = 2
+    triton_conv.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
+    triton_conv.CONV_BWD_ROW_TILES = 2
     results = {}
     for Bsz, E, L in [(2, 40, 13), (1, 32, 8), (3, 36, 1)]:
         xz, wf, wb = make_layer(Bsz, E, L, seed=L)
@@ -128,11 +128,11 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     results["1x40x11/tile0"] = check_against_reference(xz, wf, wb, tol=1e-5)
     # add + RMSNorm, forward and backward (rows not a multiple of the backward's rows per program), with
     # and without an incoming residual; both outputs get a gradient, as inside a stack of blocks.
-    triton_bimamba.ADD_RMSNORM_BWD_ROWS = 4
+    triton_norm.ADD_RMSNORM_BWD_ROWS = 4
     errs = {}
     for with_res in (True, False):
         h, r, w = (torch.randn(*s, dtype=torch.float64).requires_grad_() for s in ((3, 5, 48), (3, 5, 48), (48,)))
-        y, r2 = triton_bimamba.add_rmsnorm(h.float(), r.float() if with_res else None, w.float())
+        y, r2 = triton_norm.add_rmsnorm(h.float(), r.float() if with_res else None, w.float())
         rr = h + r if with_res else h
         yr = rr * torch.rsqrt(rr.pow(2).mean(-1, keepdim=True) + 1e-5) * w
         gy, gr = torch.randn(3, 5, 48, dtype=torch.float64), torch.randn(3, 5, 48, dtype=torch.float64)
@@ -221,8 +221,8 @@ def test_cuda_conv_kernel_matches_torch():
     x = torch.randn(2, 50, 96, device="cuda")
     w = torch.randn(2, 96, 4, device="cuda")
     b = torch.randn(2, 96, device="cuda")
-    yf, yb = triton_bimamba.conv1d_bidir_silu(x, w, b)
-    rf, rb = triton_bimamba._conv_bidir_torch(x, w, b)
+    yf, yb = triton_conv.conv1d_bidir_silu(x, w, b)
+    rf, rb = triton_conv.conv1d_bidir_silu_ref(x, w, b)
     assert rel(yf, rf) < 1e-6 and rel(yb, rb) < 1e-6
 
 

@@ -41,9 +41,10 @@ class RMSNorm(nn.Module):
             (torch.Size([2, 3, 8]), torch.float32)
         """
         if fused and hidden.is_cuda:
-            from vmm.ops import triton_bimamba
-            if triton_bimamba.is_available(hidden.device):
-                return triton_bimamba.add_rmsnorm(hidden, residual, self.weight, self.eps)
+            from vmm.ops import triton_norm
+            from vmm.ops._triton import is_available
+            if is_available(hidden.device):
+                return triton_norm.add_rmsnorm(hidden, residual, self.weight, self.eps)
         residual = hidden.float() if residual is None else residual + hidden.float()
         return self(residual, out_dtype=hidden.dtype), residual
 

@@ -1,71 +1,44 @@
 """Fused bidirectional Mamba layer ("bimamba v2") in Triton: the ``triton`` backend of
-:func:`vmm.ops.bimamba.bimamba_inner`.
+:func:`vmm.ops.bimamba.bimamba_inner_xz` (and :func:`vmm.ops.bimamba.bimamba_inner`).
 
 The official code runs each direction as its own pipeline and materialises ``xz.flip`` and ``out_b.flip``.
 Here the backward direction reads the sequence by reversed index instead, and a layer costs:
 
-1. one conv kernel that reads x once and writes SiLU(causal conv) and SiLU(anti-causal conv) for both
-   directions;
+1. one conv kernel (:mod:`vmm.ops.triton_conv`) that reads x once and writes SiLU(causal conv) and
+   SiLU(anti-causal conv) for both directions;
 2. the four small GEMMs (x_proj, dt_proj per direction) through cuBLAS;
 3. one scan launch for both directions (a program per channel block, sequence and direction):
    softplus(delta + bias), exp(delta * A), the N-state recurrence, the D skip and the SiLU(z) gate; each
    direction writes its gated output and one add sums the two.
 
 Everything works in a channel-last layout, (B, L, E) with E contiguous, which is what ``in_proj(u)``
-produces: one program owns a block of channels of one sequence and direction, so the B/C rows of a time step are loaded
-once per block of channels (not once per channel) and every load of u, delta, z is a coalesced row.
-The scan is a sequential loop over L with the (BLOCK_E, N) state in registers (one channel per lane, its
-N states in that lane's registers); inputs arrive in tiles of FWD_TILE steps loaded a tile ahead.
+produces: one program owns a block of channels of one sequence and direction, so the B/C rows of a time
+step are loaded once per block of channels (not once per channel) and every load of u, delta, z is a
+coalesced row. The scan is a sequential loop over L with the (BLOCK_E, N) state in registers (one channel
+per lane, its N states in that lane's registers); inputs arrive in tiles of FWD_TILE steps loaded a tile
+ahead.
 
-The backward pass (for training) recomputes the states: the forward, when gradients are needed, keeps
-the state every ``CK`` steps; the backward walks chunks from the end, recomputes each chunk's per-step
-states from its checkpoint into a small scratch buffer and runs the adjoint recurrence backwards through
-them, each step's rows loaded one step ahead. dB/dC are summed over the
-block of channels in registers and then added across blocks with atomics, as are dA, dD and the dt bias.
-The conv's backward is two kernels: pre-activation gradients (with dw, dbias) and the transposed taps.
+The backward pass (for training) recomputes the states: the forward, when a backward can follow, keeps the
+state every ``BWD_CK`` steps; the backward walks chunks from the end, recomputes each chunk's per-step
+states from its checkpoint into a program-private scratch block and runs the adjoint recurrence backwards
+through them, each step's rows loaded one step ahead. dB/dC are summed over the block of channels by a
+shuffle reduce-scatter and added across blocks with atomics, as are dA, dD and the dt bias. The whole
+layer is one autograd node (:class:`_BiMambaInnerFn`), so the gradient of xz comes back in one piece.
 
 Numerics follow the reference: fp32 arithmetic, each direction's gated output rounded to the I/O dtype
 before the two are summed (the reference sums two tensors of that dtype).
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-try:  # Triton is optional: CPU-only installs use the reference backends.
-    import triton
-    import triton.language as tl
+from vmm.ops._triton import HAS_TRITON, check_rows, interpreting, is_available, tl, triton
+from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only without triton
-    triton = None
-    tl = None
-    HAS_TRITON = False
-
-LOG2E = 1.4426950408889634
-
-__all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "conv1d_bidir_silu",
-           "add_rmsnorm", "HAS_TRITON"]
-
-
-def is_available(device: Optional[torch.device] = None) -> bool:
-    """True when the fused kernels can run on ``device`` (CUDA with Triton importable).
-
-    >>> from vmm.ops.triton_bimamba import is_available
-    >>> isinstance(is_available(torch.device("cpu")), bool)
-    True
-    """
-    if not HAS_TRITON:
-        return False
-    if device is None:
-        return torch.cuda.is_available()
-    return torch.device(device).type == "cuda"
-
+__all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
 
 if HAS_TRITON:
 
@@ -88,124 +61,6 @@ if HAS_TRITON:
         else:
             lp = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
         return tl.where(x > 20.0, x, lp)
-
-    @triton.jit
-    def _conv_tile(L, E, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        """A conv program's sequence, rows, channels, channel mask and (row, channel) mask; grid (L, E, B)."""
-        b = tl.program_id(2)
-        offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
-        return b, offs_l, offs_e, mask_e, (offs_l < L)[:, None] & mask_e[None, :]
-
-    @triton.jit
-    def _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
-                  K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Pre-activations of both conv directions for rows offs_l: causal taps read x[t - (K-1) + k],
-        the anti-causal ones (mirrored) x[t + (K-1) - k]."""
-        pre_f = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
-        pre_b = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
-        if HAS_BIAS:
-            pre_f += tl.load(bias_ptr + offs_e, mask=mask_e, other=0.0)[None, :]
-            pre_b += tl.load(bias_ptr + E + offs_e, mask=mask_e, other=0.0)[None, :]
-        for k in tl.static_range(K):
-            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
-            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
-            t_f = offs_l - (K - 1) + k
-            t_b = offs_l + (K - 1) - k
-            m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
-            m_b = (t_b < L)[:, None] & mask_e[None, :]
-            pre_f += w_f[None, :] * tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f,
-                                            other=0.0).to(tl.float32)
-            pre_b += w_b[None, :] * tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b,
-                                            other=0.0).to(tl.float32)
-        return pre_f, pre_b
-
-    @triton.jit
-    def _conv_bidir_kernel(x_ptr, w_ptr, bias_ptr, of_ptr, ob_ptr, L, E,
-                           s_xb, s_xl, s_ob, s_ol,
-                           K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        b, offs_l, offs_e, mask_e, m_o = _conv_tile(L, E, BLOCK_L, BLOCK_E)
-        acc_f, acc_b = _conv_pre(x_ptr + b * s_xb, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
-                                 K, HAS_BIAS, BLOCK_L, BLOCK_E)
-        acc_f = acc_f * tl.sigmoid(acc_f)
-        acc_b = acc_b * tl.sigmoid(acc_b)
-        o_off = b * s_ob + offs_l[:, None] * s_ol + offs_e[None, :]
-        tl.store(of_ptr + o_off, acc_f.to(of_ptr.dtype.element_ty), mask=m_o)
-        tl.store(ob_ptr + o_off, acc_b.to(ob_ptr.dtype.element_ty), mask=m_o)
-
-    @triton.jit
-    def _dsilu(a):
-        sg = tl.sigmoid(a)
-        return sg * (1.0 + a * (1.0 - sg))
-
-    @triton.jit
-    def _conv_bidir_bwd_gp_kernel(x_ptr, w_ptr, bias_ptr, gf_ptr, gb_ptr, gp_ptr, dw_ptr, db_ptr, L, E,
-                                  s_xb, s_xl, s_gb, s_gl, s_pd, s_pb,
-                                  K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                                  BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, ROW_TILES: tl.constexpr):
-        """Backward of the conv kernel, part 1: the pre-activation gradients gp = g * SiLU'(pre) of both
-        directions (pre recomputed from x), written in fp32, and dw, dbias. A program walks ROW_TILES tiles of
-        rows and sums its dw, dbias terms in registers before one set of atomics: with an atomic per tile, 800
-        programs added to each weight and the kernel took 5x the forward's time."""
-        b = tl.program_id(2)
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
-        x_base = x_ptr + b * s_xb
-        taps = tl.arange(0, KP)[:, None]
-        dw_f = tl.zeros([KP, BLOCK_E], tl.float32)
-        dw_b = tl.zeros([KP, BLOCK_E], tl.float32)
-        db_f = tl.zeros([BLOCK_E], tl.float32)
-        db_b = tl.zeros([BLOCK_E], tl.float32)
-        for i in range(ROW_TILES):
-            offs_l = (tl.program_id(0) * ROW_TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
-            m_o = (offs_l < L)[:, None] & mask_e[None, :]
-            pre_f, pre_b = _conv_pre(x_base, w_ptr, bias_ptr, offs_l, offs_e, mask_e, L, E, s_xl,
-                                     K, HAS_BIAS, BLOCK_L, BLOCK_E)
-            g_off = b * s_gb + offs_l[:, None] * s_gl + offs_e[None, :]
-            gp_f = tl.load(gf_ptr + g_off, mask=m_o, other=0.0).to(tl.float32) * _dsilu(pre_f)
-            gp_b = tl.load(gb_ptr + g_off, mask=m_o, other=0.0).to(tl.float32) * _dsilu(pre_b)
-            p_off = b * s_pb + offs_l[:, None] * E + offs_e[None, :]
-            tl.store(gp_ptr + p_off, gp_f, mask=m_o)
-            tl.store(gp_ptr + s_pd + p_off, gp_b, mask=m_o)
-            db_f += tl.sum(gp_f, axis=0)
-            db_b += tl.sum(gp_b, axis=0)
-            for k in tl.static_range(K):
-                t_f = offs_l - (K - 1) + k
-                t_b = offs_l + (K - 1) - k
-                m_f = ((t_f >= 0) & (t_f < L))[:, None] & mask_e[None, :]
-                m_b = (t_b < L)[:, None] & mask_e[None, :]
-                x_f = tl.load(x_base + t_f[:, None] * s_xl + offs_e[None, :], mask=m_f, other=0.0).to(tl.float32)
-                x_b = tl.load(x_base + t_b[:, None] * s_xl + offs_e[None, :], mask=m_b, other=0.0).to(tl.float32)
-                dw_f += tl.where(taps == k, tl.sum(gp_f * x_f, axis=0)[None, :], 0.0)
-                dw_b += tl.where(taps == k, tl.sum(gp_b * x_b, axis=0)[None, :], 0.0)
-        if HAS_BIAS:
-            tl.atomic_add(db_ptr + offs_e, db_f, mask=mask_e, sem="relaxed")
-            tl.atomic_add(db_ptr + E + offs_e, db_b, mask=mask_e, sem="relaxed")
-        w_off = offs_e[None, :] * K + taps
-        m_w = (taps < K) & mask_e[None, :]
-        tl.atomic_add(dw_ptr + w_off, dw_f, mask=m_w, sem="relaxed")
-        tl.atomic_add(dw_ptr + E * K + w_off, dw_b, mask=m_w, sem="relaxed")
-
-    @triton.jit
-    def _conv_bidir_bwd_dx_kernel(gp_ptr, w_ptr, dx_ptr, L, E, s_pd, s_pb, s_db, s_dl,
-                                  K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Part 2: dx[s] = sum_k w_f[k] gp_f[s + K-1-k] + w_b[k] gp_b[s - (K-1) + k] (the taps transposed)."""
-        b, offs_l, offs_e, mask_e, m_o = _conv_tile(L, E, BLOCK_L, BLOCK_E)
-        base = gp_ptr + b * s_pb
-        acc = tl.zeros([BLOCK_L, BLOCK_E], tl.float32)
-        for k in tl.static_range(K):
-            w_f = tl.load(w_ptr + offs_e * K + k, mask=mask_e, other=0.0)
-            w_b = tl.load(w_ptr + E * K + offs_e * K + k, mask=mask_e, other=0.0)
-            t_f = offs_l + (K - 1) - k
-            t_b = offs_l - (K - 1) + k
-            m_f = (t_f < L)[:, None] & mask_e[None, :]
-            m_b = ((t_b >= 0) & (t_b < L))[:, None] & mask_e[None, :]
-            acc += w_f[None, :] * tl.load(base + t_f[:, None] * E + offs_e[None, :], mask=m_f, other=0.0)
-            acc += w_b[None, :] * tl.load(base + s_pd + t_b[:, None] * E + offs_e[None, :], mask=m_b, other=0.0)
-        tl.store(dx_ptr + b * s_db + offs_l[:, None] * s_dl + offs_e[None, :], acc.to(dx_ptr.dtype.element_ty),
-                 mask=m_o)
 
     @triton.jit
     def _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
@@ -584,51 +439,6 @@ if HAS_TRITON:
                                 A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bbl,
                                 REVERSE=True, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, INTERP=INTERP)
 
-
-    @triton.jit
-    def _add_rmsnorm_kernel(h_ptr, r_ptr, w_ptr, out_ptr, rout_ptr, D, eps,
-                            HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.arange(0, BLOCK_D)
-        m = offs < D
-        r = tl.load(h_ptr + row * D + offs, mask=m, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            r += tl.load(r_ptr + row * D + offs, mask=m, other=0.0)
-        tl.store(rout_ptr + row * D + offs, r, mask=m)
-        rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / D + eps)
-        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * D + offs, (r * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
-
-    @triton.jit
-    def _add_rmsnorm_bwd_kernel(r_ptr, w_ptr, g_ptr, gres_ptr, gh_ptr, gr_ptr, dw_ptr, n_rows, D, eps,
-                                HAS_RESIDUAL: tl.constexpr, HAS_GRES: tl.constexpr, ROWS: tl.constexpr,
-                                BLOCK_D: tl.constexpr):
-        """Backward of :func:`_add_rmsnorm_kernel` for ROWS rows: the gradient of the summed residual r (fp32,
-        plus the incoming residual gradient) in hidden's dtype and, with a residual input, in fp32; this
-        program's share of dweight goes to row program_id of dw (summed by the caller)."""
-        pid = tl.program_id(0)
-        offs = tl.arange(0, BLOCK_D)
-        m = offs < D
-        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        dw = tl.zeros([BLOCK_D], tl.float32)
-        for i in range(ROWS):
-            row = pid * ROWS + i
-            mr = m & (row < n_rows)
-            base = row.to(tl.int64) * D + offs
-            r = tl.load(r_ptr + base, mask=mr, other=0.0)
-            g = tl.load(g_ptr + base, mask=mr, other=0.0).to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / D + eps)
-            gw = g * w
-            # d/dr of r * rstd(r): rstd * (gw - r * rstd^2 * mean(gw * r))
-            gr = rstd * (gw - r * (rstd * rstd) * (tl.sum(gw * r, axis=0) / D))
-            if HAS_GRES:
-                gr += tl.load(gres_ptr + base, mask=mr, other=0.0)
-            tl.store(gh_ptr + base, gr.to(gh_ptr.dtype.element_ty), mask=mr)
-            if HAS_RESIDUAL:
-                tl.store(gr_ptr + base, gr, mask=mr)
-            dw += g * r * rstd
-        tl.store(dw_ptr + pid * D + offs, dw, mask=m)
-
 # Launch settings; one warp per 32 channels keeps enough programs resident to hide the per-step latency.
 FWD_BLOCK_E = 32
 FWD_WARPS = 1
@@ -641,11 +451,6 @@ BWD_WARPS = 1
 BWD_CK = 16
 BWD_SHFL = True  # dB/dC rows summed over channels by a shuffle reduce-scatter (N = 16, 32-channel blocks)
 BWD_MAXNREG = None  # with the loads one step ahead a cap spills: 25.4 ms fwd+bwd at 96 vs 13.9 uncapped (H200)
-CONV_BLOCK_L = 32
-CONV_BLOCK_E = 128  # (32, 128, 4 warps): 0.43 ms at the encoder shape vs 0.66 for (32, 64) on an H200
-CONV_WARPS = 4
-CONV_BWD_ROW_TILES = 4  # row tiles per program of the conv backward, which sums its dw terms before the atomics
-ADD_RMSNORM_BWD_ROWS = 32  # rows per backward program: its dweight partial is one row of a small buffer
 
 
 def _builds_graph(*tensors) -> bool:
@@ -653,16 +458,6 @@ def _builds_graph(*tensors) -> bool:
     ``Function.forward`` neither grad mode nor ``ctx.needs_input_grad`` tells (the latter is True under
     ``torch.no_grad()`` for inputs that require grad), so the caller asks."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _interpreting() -> bool:
-    """Triton's CPU interpreter runs no inline PTX."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _check_rows(t: Tensor, name: str) -> Tensor:
-    """Kernels index the last dim with stride 1; anything else is copied once."""
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
@@ -682,7 +477,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
         uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, out, ck,
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
-        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, CK=max(ck_interval, 1), INTERP=_interpreting(),
+        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, CK=max(ck_interval, 1), INTERP=interpreting(),
         num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
@@ -712,7 +507,7 @@ def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ck_interval: i
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), dz.stride(0), 0,
         N=N, CK=ck_interval, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,
-        SHFL=BWD_SHFL and N == 16 and BWD_BLOCK_E == 32 and BWD_WARPS == 1, INTERP=_interpreting(),
+        SHFL=BWD_SHFL and N == 16 and BWD_BLOCK_E == 32 and BWD_WARPS == 1, INTERP=interpreting(),
         **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}),
     )
     return du_f, du_b, ddt_f, ddt_b, torch.add(dz[0], dz[1], out=dz_out), dbc, dA, dD, dbias
@@ -742,7 +537,7 @@ def _scan_bc(u_f, u_b, dt_f, dt_b, z, bc_f, bc_b, A, D, delta_bias) -> Tensor:
     uf, ub = u_f.contiguous(), u_b.contiguous()
     dtf = dt_f if dt_f.stride() == uf.stride() else dt_f.contiguous()
     dtb = dt_b if dt_b.stride() == uf.stride() else dt_b.contiguous()
-    z = _check_rows(z, "z")
+    z = check_rows(z)
     bcf = bc_f.float().contiguous()
     bcb = bc_b.float().contiguous()
     A_ne = A.float().transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over channels
@@ -775,89 +570,6 @@ def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor
                     A, D, delta_bias)
 
 
-def _conv_fwd(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Both conv directions of x (B, L, E) (stride 1 over E): two new (B, L, E) tensors."""
-    Bsz, L, E = x.shape
-    of = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
-    ob = torch.empty_like(of)
-    grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
-    _conv_bidir_kernel[grid](
-        x, w, bias if bias is not None else w, of, ob, L, E,
-        x.stride(0), x.stride(1), of.stride(0), of.stride(1),
-        K=w.shape[-1], HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,
-    )
-    return of, ob
-
-
-def _conv_bwd(x: Tensor, w: Tensor, bias: Optional[Tensor], g_f: Tensor, g_b: Tensor,
-              dx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """The conv's weight and bias gradients (fp32); the input gradient is written into ``dx`` (any (B, L, E)
-    view with stride 1 over E, for instance one half of a layer's input gradient) unless it is None."""
-    Bsz, L, E = x.shape
-    K = w.shape[-1]
-    g_f, g_b = g_f.contiguous(), g_b.contiguous()
-    f32 = dict(device=x.device, dtype=torch.float32)
-    gp = torch.empty((2, Bsz, L, E), **f32)  # pre-activation gradients, both directions
-    dw = torch.zeros((2, E, K), **f32)
-    db = torch.zeros((2, E), **f32)
-    grid_gp = (triton.cdiv(L, CONV_BLOCK_L * CONV_BWD_ROW_TILES), triton.cdiv(E, CONV_BLOCK_E), Bsz)
-    _conv_bidir_bwd_gp_kernel[grid_gp](
-        x, w, bias if bias is not None else w, g_f, g_b, gp, dw, db, L, E,
-        x.stride(0), x.stride(1), g_f.stride(0), g_f.stride(1), gp.stride(0), gp.stride(1),
-        K=K, KP=triton.next_power_of_2(K), HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E,
-        ROW_TILES=CONV_BWD_ROW_TILES, num_warps=CONV_WARPS,
-    )
-    grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
-    if dx is not None:
-        _conv_bidir_bwd_dx_kernel[grid](
-            gp, w, dx, L, E, gp.stride(0), gp.stride(1), dx.stride(0), dx.stride(1),
-            K=K, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,
-        )
-    return dw, db
-
-
-class _ConvBidirFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, bias):
-        ctx.save_for_backward(x, w, bias)
-        return _conv_fwd(x, w, bias)
-
-    @staticmethod
-    def backward(ctx, g_f, g_b):
-        x, w, bias = ctx.saved_tensors
-        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        dw, db = _conv_bwd(x, w, bias, g_f, g_b, dx)
-        return dx, (dw if ctx.needs_input_grad[1] else None), (db if bias is not None and ctx.needs_input_grad[2]
-                                                               else None)
-
-
-def _conv_bidir_torch(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Reference for the conv kernel on (B, L, E) input, weights (2, E, K), bias (2, E)."""
-    K = w.shape[-1]
-    xt = x.transpose(1, 2).float()
-    E = xt.shape[1]
-    bf = bias[0].float() if bias is not None else None
-    bb = bias[1].float() if bias is not None else None
-    yf = F.conv1d(F.pad(xt, (K - 1, 0)), w[0].float().unsqueeze(1), bf, groups=E)
-    yb = F.conv1d(F.pad(xt, (0, K - 1)), w[1].float().flip(-1).unsqueeze(1), bb, groups=E)
-    return F.silu(yf).transpose(1, 2).to(x.dtype), F.silu(yb).transpose(1, 2).to(x.dtype)
-
-
-def conv1d_bidir_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """SiLU(causal depthwise conv) and SiLU(anti-causal, mirrored taps) of channel-last x, reading x once.
-
-    ``x``: (B, L, E) with stride 1 over E; ``weight``: (2, E, K) (forward, backward direction);
-    ``bias``: (2, E) or None. Returns two (B, L, E) tensors. Example (needs a CUDA GPU)::
-
-        >>> if is_available():
-        ...     yf, yb = conv1d_bidir_silu(torch.randn(2, 7, 64, device="cuda"),
-        ...                                torch.randn(2, 64, 4, device="cuda"), None)
-        ...     assert yf.shape == yb.shape == (2, 7, 64)
-    """
-    x = _check_rows(x, "x")
-    return _ConvBidirFn.apply(x, weight.float().contiguous(), None if bias is None else bias.float().contiguous())
-
-
 def _projections(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """x_proj and dt_proj of one direction: x_dbl (B*L, R + 2N), dt (B, L, E) and [B | C] (B, L, 2N) fp32."""
     Bsz, L, E = xc.shape
@@ -882,7 +594,7 @@ class _BiMambaInnerFn(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, training):
         E = xz.shape[-1] // 2
-        xc = _conv_fwd(xz[..., :E], conv_w, conv_b)
+        xc = conv_fwd(xz[..., :E], conv_w, conv_b)
         Wx, Wdt = x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype)
         (xd_f, dt_f, bc_f), (xd_b, dt_b, bc_b) = (_projections(xc[d], Wx[d], Wdt[d]) for d in (0, 1))
         A = -torch.exp(A_log.float()).transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over E
@@ -899,7 +611,7 @@ class _BiMambaInnerFn(torch.autograd.Function):
         E = xz.shape[-1] // 2
         R = dt_proj_w.shape[-1]
         x, z = xz[..., :E], xz[..., E:]
-        xc = _conv_fwd(x, conv_w, conv_b)  # recomputed
+        xc = conv_fwd(x, conv_w, conv_b)  # recomputed
         Wx, Wdt = x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype)
         xd = (xd_f, xd_b)
         dt = [(xd[d][:, :R] @ Wdt[d].t()).view(xc[d].shape) for d in (0, 1)]
@@ -916,7 +628,7 @@ class _BiMambaInnerFn(torch.autograd.Function):
             dxd = torch.cat([ddt @ Wdt[d], dbc[d].reshape(ddt.shape[0], -1).to(ddt.dtype)], 1)  # d x_dbl
             dWx.append(dxd.t() @ xc[d].reshape(-1, E))
             dxc.append(torch.addmm(du.reshape(-1, E), dxd, Wx[d]).view(du.shape))
-        dw, db = _conv_bwd(x, conv_w, conv_b, dxc[0], dxc[1], dxz[..., :E])
+        dw, db = conv_bwd(x, conv_w, conv_b, dxc[0], dxc[1], dxz[..., :E])
         return (dxz, dw.to(conv_w.dtype), None if conv_b is None else db.to(conv_b.dtype),
                 torch.stack(dWx).to(x_proj_w.dtype), torch.stack(dWdt).to(dt_proj_w.dtype), dbias.to(dt_bias.dtype),
                 (dA.transpose(1, 2) * A).to(A_log.dtype), dD.to(D.dtype), None)
@@ -939,7 +651,7 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     y = bimamba_inner_xz_triton(t(2, 11, 2 * E).transpose(1, 2), w(), w())
         ...     assert y.shape == (2, E, 11)
     """
-    xzl = _check_rows(xz.transpose(1, 2), "xz")  # (B, L, 2E)
+    xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
     E = xzl.shape[-1] // 2
     conv_w = torch.stack([fwd.conv_weight.reshape(E, -1), bwd.conv_weight.reshape(E, -1)]).float()
     conv_b = None
@@ -969,55 +681,3 @@ def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:
     """
     xz = torch.cat([x.transpose(1, 2), z.transpose(1, 2)], dim=-1).transpose(1, 2)  # channel-last underneath
     return bimamba_inner_xz_triton(xz, fwd, bwd)
-
-
-class _AddRMSNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, residual, weight, eps):
-        shape = hidden.shape
-        D = shape[-1]
-        h2 = hidden.reshape(-1, D)
-        r2 = residual.reshape(-1, D) if residual is not None else None
-        out = torch.empty_like(h2)
-        r_out = torch.empty(h2.shape, device=h2.device, dtype=torch.float32)
-        _add_rmsnorm_kernel[(h2.shape[0],)](
-            h2, r2 if r2 is not None else r_out, weight, out, r_out, D, eps,
-            HAS_RESIDUAL=r2 is not None, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 1024 else 8)
-        ctx.save_for_backward(r_out, weight)
-        ctx.eps = eps
-        ctx.has_residual = residual is not None
-        return out.view(shape), r_out.view(shape)
-
-    @staticmethod
-    def backward(ctx, g_out, g_res):
-        r, weight = ctx.saved_tensors  # r: (rows, D) fp32, the summed residual
-        n_rows, D = r.shape
-        g2 = g_out.reshape(n_rows, D)
-        g2 = g2 if g2.is_contiguous() else g2.contiguous()
-        gres = g_res.reshape(n_rows, D).float().contiguous() if g_res is not None else None
-        gh = torch.empty((n_rows, D), device=r.device, dtype=g_out.dtype)
-        gr = torch.empty_like(r) if ctx.has_residual else gh
-        n_prog = triton.cdiv(n_rows, ADD_RMSNORM_BWD_ROWS)
-        dw = torch.empty((n_prog, D), device=r.device, dtype=torch.float32)
-        _add_rmsnorm_bwd_kernel[(n_prog,)](
-            r, weight, g2, gres if gres is not None else r, gh, gr, dw, n_rows, D, ctx.eps,
-            HAS_RESIDUAL=ctx.has_residual, HAS_GRES=gres is not None, ROWS=ADD_RMSNORM_BWD_ROWS,
-            BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 1024 else 8)
-        g_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return gh.view(g_out.shape), (gr.view(g_out.shape) if ctx.has_residual else None), g_w, None
-
-
-def add_rmsnorm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float = 1e-5
-                ) -> Tuple[Tensor, Tensor]:
-    """Fused ``residual = residual + hidden`` (fp32) and ``RMSNorm(residual) * weight`` (hidden's dtype).
-
-    The official block's "fused_add_norm" with ``residual_in_fp32``; ``residual=None`` starts the stream.
-    Returns ``(normed, residual)``; contiguous (..., D) inputs. Example (needs a CUDA GPU)::
-
-        >>> if is_available():
-        ...     h = torch.randn(2, 5, 64, device="cuda", dtype=torch.bfloat16)
-        ...     y, r = add_rmsnorm(h, None, torch.ones(64, device="cuda"))
-        ...     assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
-    """
-    return _AddRMSNormFn.apply(hidden.contiguous(), None if residual is None else residual.contiguous(),
-                               weight, eps)

@@ -288,3 +288,20 @@ def test_forward_keeps_state_checkpoints_only_when_a_backward_can_follow():
         assert not triton_bimamba._builds_graph(x, w)
     with torch.inference_mode():
         assert not triton_bimamba._builds_graph(x, w)
+
+
+def test_fused_kernels_available_only_on_nvidia_gpus_that_run_them(monkeypatch):
+    """CPU devices, GPUs older than sm_70 and ROCm builds (whose devices are also "cuda") take the reference
+    backends instead of failing at the first kernel compile."""
+    from vmm.ops import _triton
+    assert not _triton.is_available(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert _triton.is_available(torch.device("cuda:0")) and _triton.is_available()
+    assert not _triton.is_available(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert not _triton.is_available(torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert not _triton.is_available(torch.device("cuda:0"))

@@ -22,17 +22,20 @@ __all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "triton",
 
 
 def is_available(device: Optional[torch.device] = None) -> bool:
-    """True when the fused kernels can run on ``device`` (CUDA with Triton importable).
+    """True when the fused kernels can run on ``device`` (default: the current CUDA device): Triton is
+    importable and the device is an NVIDIA GPU of compute capability 7.0 or newer (the kernels use inline
+    PTX, so ROCm builds, whose GPUs also show as "cuda", take the reference backends).
 
     >>> from vmm.ops.triton_bimamba import is_available
-    >>> isinstance(is_available(torch.device("cpu")), bool)
-    True
+    >>> is_available(torch.device("cpu"))
+    False
     """
-    if not HAS_TRITON:
+    if not HAS_TRITON or getattr(torch.version, "hip", None) or not torch.cuda.is_available():
         return False
-    if device is None:
-        return torch.cuda.is_available()
-    return torch.device(device).type == "cuda"
+    device = torch.device("cuda") if device is None else torch.device(device)
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def interpreting() -> bool:

@@ -72,8 +72,8 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
             return triton_bimamba.bimamba_inner_triton(x, z, fwd, bwd)
         if backend == "triton":
             from vmm.errors import VmmError
-            raise VmmError("scan backend 'triton' needs a CUDA device and the triton package; "
-                           "use backend='reference' (or None for automatic choice)")
+            raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
+                           "package; use backend='reference' (or None for automatic choice)")
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
 
 

@@ -450,6 +450,7 @@ BWD_WARPS = 1
 # 10.2 at 32 (H200), for 15 MB a layer and clip at 8 frames.
 BWD_CK = 16
 BWD_SHFL = True  # dB/dC rows summed over channels by a shuffle reduce-scatter (N = 16, 32-channel blocks)
+PROJ_ALIGN = 8  # x_proj/dt_proj rank padded to a multiple of this (see _aligned_projections); 1 = none
 BWD_MAXNREG = None  # with the loads one step ahead a cap spills: 25.4 ms fwd+bwd at 96 vs 13.9 uncapped (H200)
 
 
@@ -570,8 +571,22 @@ def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor
                     A, D, delta_bias)
 
 
+def _aligned_projections(x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, Tensor]:
+    """x_proj's rows as [dt rank | zeros | B | C] and dt_proj's columns with zeros, the rank padded to a multiple
+    of ``PROJ_ALIGN``: x_dbl rows and the dt GEMM's K then stay 16-byte aligned for bf16, which cuBLAS's
+    fast kernels want (VideoMamba-M: R = 36 -> 40, x_dbl 68 -> 72 columns). The results are unchanged."""
+    R = dt_proj_w.shape[-1]
+    RP = -(-R // PROJ_ALIGN) * PROJ_ALIGN if PROJ_ALIGN > 1 else R
+    if RP == R:
+        return x_proj_w, dt_proj_w
+    pad_x = x_proj_w.new_zeros(*x_proj_w.shape[:-2], RP - R, x_proj_w.shape[-1])
+    return (torch.cat([x_proj_w[..., :R, :], pad_x, x_proj_w[..., R:, :]], dim=-2),
+            torch.cat([dt_proj_w, dt_proj_w.new_zeros(*dt_proj_w.shape[:-1], RP - R)], dim=-1))
+
+
 def _projections(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """x_proj and dt_proj of one direction: x_dbl (B*L, R + 2N), dt (B, L, E) and [B | C] (B, L, 2N) fp32."""
+    """x_proj and dt_proj of one direction (weights from :func:`_aligned_projections`, rank R): x_dbl
+    (B*L, R + 2N), dt (B, L, E) and [B | C] (B, L, 2N) fp32."""
     Bsz, L, E = xc.shape
     R = dt_proj_w.shape[1]
     x_dbl = xc.reshape(-1, E) @ x_proj_w.t()
@@ -595,7 +610,7 @@ class _BiMambaInnerFn(torch.autograd.Function):
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, training):
         E = xz.shape[-1] // 2
         xc = conv_fwd(xz[..., :E], conv_w, conv_b)
-        Wx, Wdt = x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype)
+        Wx, Wdt = _aligned_projections(x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype))
         (xd_f, dt_f, bc_f), (xd_b, dt_b, bc_b) = (_projections(xc[d], Wx[d], Wdt[d]) for d in (0, 1))
         A = -torch.exp(A_log.float()).transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over E
         ctx.ck_interval = BWD_CK if training else 0
@@ -612,10 +627,11 @@ class _BiMambaInnerFn(torch.autograd.Function):
         R = dt_proj_w.shape[-1]
         x, z = xz[..., :E], xz[..., E:]
         xc = conv_fwd(x, conv_w, conv_b)  # recomputed
-        Wx, Wdt = x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype)
+        Wx, Wdt = _aligned_projections(x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype))
+        RP = Wdt.shape[-1]  # the padded rank
         xd = (xd_f, xd_b)
-        dt = [(xd[d][:, :R] @ Wdt[d].t()).view(xc[d].shape) for d in (0, 1)]
-        bc = [xd[d][:, R:].float().contiguous().view(*xc[d].shape[:2], -1) for d in (0, 1)]
+        dt = [(xd[d][:, :RP] @ Wdt[d].t()).view(xc[d].shape) for d in (0, 1)]
+        bc = [xd[d][:, RP:].float().contiguous().view(*xc[d].shape[:2], -1) for d in (0, 1)]
         A = -torch.exp(A_log.float())  # (2, E, N)
         dxz = torch.empty(xz.shape, device=xz.device, dtype=xz.dtype)
         du_f, du_b, ddt_f, ddt_b, _, dbc, dA, dD, dbias = _launch_bwd(
@@ -626,7 +642,8 @@ class _BiMambaInnerFn(torch.autograd.Function):
             ddt = ddt.reshape(-1, E)
             dWdt.append(ddt.t() @ xd[d][:, :R])
             dxd = torch.cat([ddt @ Wdt[d], dbc[d].reshape(ddt.shape[0], -1).to(ddt.dtype)], 1)  # d x_dbl
-            dWx.append(dxd.t() @ xc[d].reshape(-1, E))
+            dWx_pad = dxd.t() @ xc[d].reshape(-1, E)
+            dWx.append(torch.cat([dWx_pad[:R], dWx_pad[RP:]]) if RP > R else dWx_pad)  # the zero rows drop
             dxc.append(torch.addmm(du.reshape(-1, E), dxd, Wx[d]).view(du.shape))
         dw, db = conv_bwd(x, conv_w, conv_b, dxc[0], dxc[1], dxz[..., :E])
         return (dxz, dw.to(conv_w.dtype), None if conv_b is None else db.to(conv_b.dtype),

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz
+from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz, use_triton
 
 
 class RMSNorm(nn.Module):
@@ -28,23 +28,23 @@ class RMSNorm(nn.Module):
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
         return y.to(out_dtype or x.dtype)
 
-    def add_forward(self, hidden: Tensor, residual: Optional[Tensor], fused: bool = False) -> tuple[Tensor, Tensor]:
+    def add_forward(self, hidden: Tensor, residual: Optional[Tensor],
+                    backend: Optional[str] = "reference") -> tuple[Tensor, Tensor]:
         """``residual = residual + hidden`` in fp32 (``hidden`` alone when ``residual`` is None), then this norm
         of it in ``hidden``'s dtype; returns ``(normed, residual)``, the official ``fused_add_norm``.
 
-        ``fused`` runs it as one Triton kernel (forward and backward) when ``hidden`` is on a CUDA device with
-        Triton; otherwise, and on CPU, in PyTorch::
+        ``backend`` is the model's scan backend: where the fused Triton kernels run for it
+        (:func:`vmm.ops.bimamba.use_triton`), this is one Triton kernel, forward and backward; otherwise, and on
+        CPU, PyTorch::
 
             >>> norm = RMSNorm(8)
             >>> normed, residual = norm.add_forward(torch.randn(2, 3, 8), None)
             >>> normed.shape, residual.dtype
             (torch.Size([2, 3, 8]), torch.float32)
         """
-        if fused and hidden.is_cuda:
+        if use_triton(hidden, backend):
             from vmm.ops import triton_norm
-            from vmm.ops._triton import is_available
-            if is_available(hidden.device):
-                return triton_norm.add_rmsnorm(hidden, residual, self.weight, self.eps)
+            return triton_norm.add_rmsnorm(hidden, residual, self.weight, self.eps)
         residual = hidden.float() if residual is None else residual + hidden.float()
         return self(residual, out_dtype=hidden.dtype), residual
 
@@ -124,7 +124,7 @@ class MambaBlock(nn.Module):
         # Block 0 gets no drop path: its "hidden" is the embedding itself (official behaviour).
         if residual is not None:
             hidden = self.drop_path(hidden)
-        normed, residual = self.norm.add_forward(hidden, residual, fused=self.mixer.scan_backend in (None, "triton"))
+        normed, residual = self.norm.add_forward(hidden, residual, backend=self.mixer.scan_backend)
         return self.mixer(normed), residual
 
 

@@ -119,8 +119,7 @@ class VideoMambaBackbone(nn.Module):
 
     def final_norm(self, hidden: Tensor, residual: Tensor) -> Tensor:
         norm: RMSNorm = getattr(self, self.final_norm_name)
-        fused = self.cfg.scan_backend in (None, "triton")
-        return norm.add_forward(self.drop_path(hidden), residual, fused=fused)[0]
+        return norm.add_forward(self.drop_path(hidden), residual, backend=self.cfg.scan_backend)[0]
 
 
 class VideoMamba(VideoMambaBackbone):

@@ -57,6 +57,21 @@ def bimamba_inner_ref(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: Directio
     return y_f + y_b
 
 
+def use_triton(t: Tensor, backend: Optional[str]) -> bool:
+    """Whether the fused Triton kernels run on tensor ``t`` under a model's ``scan_backend``: asked for by name
+    ("triton") or chosen automatically (None) on a CUDA tensor, and able to run on its device. The layer, the
+    add + RMSNorm and the final norm all decide here, so they never disagree; Triton is imported only for a
+    CUDA tensor or an explicit "triton".
+
+    >>> use_triton(torch.zeros(1), None), use_triton(torch.zeros(1), "reference")
+    (False, False)
+    """
+    if backend == "triton" or (backend is None and t.is_cuda):
+        from vmm.ops._triton import is_available
+        return is_available(t.device)
+    return False
+
+
 def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
                   backend: Optional[str] = None) -> Tensor:
     """Dispatch point for a whole bidirectional layer; see :func:`bimamba_inner_ref` for the contract.
@@ -65,15 +80,14 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
     fused layer backend ``"triton"`` (both directions, conv and gating in two launches, no flip copies);
     ``None`` picks the fastest available for the device: ``triton`` on CUDA when Triton is importable.
     """
-    if backend == "triton" or (backend is None and x.is_cuda):
+    if use_triton(x, backend):
         from vmm.ops import triton_bimamba
-        if triton_bimamba.is_available(x.device):
-            _log_layer_choice("triton", x)
-            return triton_bimamba.bimamba_inner_triton(x, z, fwd, bwd)
-        if backend == "triton":
-            from vmm.errors import VmmError
-            raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
-                           "package; use backend='reference' (or None for automatic choice)")
+        _log_layer_choice("triton", x)
+        return triton_bimamba.bimamba_inner_triton(x, z, fwd, bwd)
+    if backend == "triton":
+        from vmm.errors import VmmError
+        raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
+                       "package; use backend='reference' (or None for automatic choice)")
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
 
 
@@ -89,13 +103,12 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
         >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
         torch.Size([2, 8, 5])
     """
-    if backend == "triton" or (backend is None and xz.is_cuda):
+    if use_triton(xz, backend):
         from vmm.ops import triton_bimamba
-        if triton_bimamba.is_available(xz.device):
-            _log_layer_choice("triton", xz)
-            return triton_bimamba.bimamba_inner_xz_triton(xz, fwd, bwd)
+        _log_layer_choice("triton", xz)
+        return triton_bimamba.bimamba_inner_xz_triton(xz, fwd, bwd)
     x, z = xz.chunk(2, dim=1)
-    return bimamba_inner(x, z, fwd, bwd, backend=backend)
+    return bimamba_inner(x, z, fwd, bwd, backend=backend)  # the reference path (or its error for "triton")
 
 
 _logged: set = set()

@@ -100,7 +100,7 @@ def main(argv=None) -> None:
         report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
     if args.kernel in ("bwd", "both"):
         bwd = compile_sm90(tb._bimamba_bwd_kernel,
-                           {"N": 16, "CK": args.ck, "BLOCK_E": tb.BWD_BLOCK_E, "SHFL": tb.BWD_SHFL,
+                           {"N": 16, "CK": args.ck, "BLOCK_E": tb.BWD_BLOCK_E, "SHFL": tb._bwd_shfl(16),
                             "INTERP": False},
                            {"num_warps": tb.BWD_WARPS, **({"maxnreg": tb.BWD_MAXNREG} if tb.BWD_MAXNREG else {})})
         report("_bimamba_bwd_kernel (per direction: the recompute step, the adjoint step, the chunk loop)", bwd)

@@ -485,6 +485,12 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
     return torch.add(out[0], out[1]), (ck if save else None)
 
 
+def _bwd_shfl(N: int) -> bool:
+    """Whether the backward sums dB/dC with the shuffle reduce-scatter: it needs one warp of 32 channels (one
+    per lane) and 2N = 32 outputs a step."""
+    return BWD_SHFL and N == 16 and BWD_BLOCK_E == 32 and BWD_WARPS == 1
+
+
 def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ck_interval: int, dz_out=None):
     """Every gradient of the scan; dz (the two directions' terms summed) goes into ``dz_out`` when given."""
     Bsz, L, E = uf.shape
@@ -508,7 +514,7 @@ def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ck_interval: i
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), dz.stride(0), 0,
         N=N, CK=ck_interval, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,
-        SHFL=BWD_SHFL and N == 16 and BWD_BLOCK_E == 32 and BWD_WARPS == 1, INTERP=interpreting(),
+        SHFL=_bwd_shfl(N), INTERP=interpreting(),
         **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}),
     )
     return du_f, du_b, ddt_f, ddt_b, torch.add(dz[0], dz[1], out=dz_out), dbc, dA, dD, dbias
@@ -587,11 +593,16 @@ def _aligned_projections(x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, T
 def _projections(xc: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """x_proj and dt_proj of one direction (weights from :func:`_aligned_projections`, rank R): x_dbl
     (B*L, R + 2N), dt (B, L, E) and [B | C] (B, L, 2N) fp32."""
-    Bsz, L, E = xc.shape
+    x_dbl = xc.reshape(-1, xc.shape[-1]) @ x_proj_w.t()
+    return (x_dbl, *_from_x_dbl(x_dbl, dt_proj_w, xc.shape))
+
+
+def _from_x_dbl(x_dbl: Tensor, dt_proj_w: Tensor, shape: torch.Size) -> Tuple[Tensor, Tensor]:
+    """dt (``shape``, (B, L, E)) and the fp32 [B | C] (B, L, 2N) of x_dbl: the forward's, and what the
+    backward recomputes from the x_dbl it kept."""
     R = dt_proj_w.shape[1]
-    x_dbl = xc.reshape(-1, E) @ x_proj_w.t()
-    dt = (x_dbl[:, :R] @ dt_proj_w.t()).view(Bsz, L, E)
-    return x_dbl, dt, x_dbl[:, R:].float().contiguous().view(Bsz, L, -1)
+    dt = (x_dbl[:, :R] @ dt_proj_w.t()).view(shape)
+    return dt, x_dbl[:, R:].float().contiguous().view(*shape[:2], -1)
 
 
 class _BiMambaInnerFn(torch.autograd.Function):
@@ -630,12 +641,11 @@ class _BiMambaInnerFn(torch.autograd.Function):
         Wx, Wdt = _aligned_projections(x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype))
         RP = Wdt.shape[-1]  # the padded rank
         xd = (xd_f, xd_b)
-        dt = [(xd[d][:, :RP] @ Wdt[d].t()).view(xc[d].shape) for d in (0, 1)]
-        bc = [xd[d][:, RP:].float().contiguous().view(*xc[d].shape[:2], -1) for d in (0, 1)]
+        (dt_f, bc_f), (dt_b, bc_b) = (_from_x_dbl(xd[d], Wdt[d], xc[d].shape) for d in (0, 1))
         A = -torch.exp(A_log.float())  # (2, E, N)
         dxz = torch.empty(xz.shape, device=xz.device, dtype=xz.dtype)
         du_f, du_b, ddt_f, ddt_b, _, dbc, dA, dD, dbias = _launch_bwd(
-            g.contiguous(), xc[0], xc[1], dt[0], dt[1], z, bc[0], bc[1], A.transpose(1, 2).contiguous(),
+            g.contiguous(), xc[0], xc[1], dt_f, dt_b, z, bc_f, bc_b, A.transpose(1, 2).contiguous(),
             D.float().contiguous(), dt_bias.float().contiguous(), ck, ctx.ck_interval, dz_out=dxz[..., E:])
         dWx, dWdt, dxc = [], [], []
         for d, (du, ddt) in enumerate(((du_f, ddt_f), (du_b, ddt_b))):

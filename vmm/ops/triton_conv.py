@@ -160,7 +160,7 @@ def conv_fwd(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tens
 
 
 def conv_bwd(x: Tensor, w: Tensor, bias: Optional[Tensor], g_f: Tensor, g_b: Tensor,
-              dx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+             dx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """The conv's weight and bias gradients (fp32); the input gradient is written into ``dx`` (any (B, L, E)
     view with stride 1 over E, for instance one half of a layer's input gradient) unless it is None."""
     Bsz, L, E = x.shape
@@ -177,8 +177,8 @@ def conv_bwd(x: Tensor, w: Tensor, bias: Optional[Tensor], g_f: Tensor, g_b: Ten
         K=K, KP=triton.next_power_of_2(K), HAS_BIAS=bias is not None, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E,
         ROW_TILES=CONV_BWD_ROW_TILES, num_warps=CONV_WARPS,
     )
-    grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
     if dx is not None:
+        grid = (triton.cdiv(L, CONV_BLOCK_L), triton.cdiv(E, CONV_BLOCK_E), Bsz)
         _conv_bidir_bwd_dx_kernel[grid](
             gp, w, dx, L, E, gp.stride(0), gp.stride(1), dx.stride(0), dx.stride(1),
             K=K, BLOCK_L=CONV_BLOCK_L, BLOCK_E=CONV_BLOCK_E, num_warps=CONV_WARPS,

@@ -61,6 +61,11 @@ if HAS_TRITON:
 ADD_RMSNORM_BWD_ROWS = 32  # rows per backward program: its dweight partial is one row of a small buffer
 
 
+def _row_launch(D: int) -> dict:
+    """A whole row of D per program, in both kernels."""
+    return {"BLOCK_D": triton.next_power_of_2(D), "num_warps": 4 if D <= 1024 else 8}
+
+
 class _AddRMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, residual, weight, eps):
@@ -72,7 +77,7 @@ class _AddRMSNormFn(torch.autograd.Function):
         r_out = torch.empty(h2.shape, device=h2.device, dtype=torch.float32)
         _add_rmsnorm_kernel[(h2.shape[0],)](
             h2, r2 if r2 is not None else r_out, weight, out, r_out, D, eps,
-            HAS_RESIDUAL=r2 is not None, BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 1024 else 8)
+            HAS_RESIDUAL=r2 is not None, **_row_launch(D))
         ctx.save_for_backward(r_out, weight)
         ctx.eps = eps
         ctx.has_residual = residual is not None
@@ -91,8 +96,7 @@ class _AddRMSNormFn(torch.autograd.Function):
         dw = torch.empty((n_prog, D), device=r.device, dtype=torch.float32)
         _add_rmsnorm_bwd_kernel[(n_prog,)](
             r, weight, g2, gres if gres is not None else r, gh, gr, dw, n_rows, D, ctx.eps,
-            HAS_RESIDUAL=ctx.has_residual, HAS_GRES=gres is not None, ROWS=ADD_RMSNORM_BWD_ROWS,
-            BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D <= 1024 else 8)
+            HAS_RESIDUAL=ctx.has_residual, HAS_GRES=gres is not None, ROWS=ADD_RMSNORM_BWD_ROWS, **_row_launch(D))
         g_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
         return gh.view(g_out.shape), (gr.view(g_out.shape) if ctx.has_residual else None), g_w, None
 

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vmm.ops import triton_bimamba, triton_conv  # noqa: E402
+from vmm.models.layers import RMSNorm  # noqa: E402
 from vmm.ops.bimamba import DirectionWeights  # noqa: E402
 
 try:
@@ -158,18 +159,6 @@ class Mixer(nn.Module):
         return F.linear((out + out_b.flip([-1])).transpose(1, 2), self.out_proj.weight)
 
 
-class RMSNormW(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-
-
-def add_rmsnorm_torch(hidden, residual, weight, eps=1e-5):
-    residual = hidden.float() if residual is None else residual + hidden.float()
-    y = residual * torch.rsqrt(residual.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    return y.to(hidden.dtype), residual
-
-
 class OfficialVideoMamba(nn.Module):
     """The official-style VideoMamba encoder (spec section 2): one CLS, spatial-first tokens, prenorm residual in
     fp32, mamba-ssm's kernels with flip copies, the norm in PyTorch."""
@@ -181,8 +170,9 @@ class OfficialVideoMamba(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, 197, dim) * 0.02)
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, frames, dim))
         self.mixers = nn.ModuleList([Mixer(dim, torch_conv=torch_conv) for _ in range(depth)])
-        self.norms = nn.ModuleList([RMSNormW(dim) for _ in range(depth)])
-        self.norm_f = RMSNormW(dim)
+        # PyTorch add + RMSNorm (the library's reference path of the official fused_add_norm)
+        self.norms = nn.ModuleList([RMSNorm(dim) for _ in range(depth)])
+        self.norm_f = RMSNorm(dim)
 
     def forward(self, video):  # (B, 3, T, H, W) -> (B, 1 + T*196, D)
         x = self.patch_embed(video)
@@ -194,9 +184,9 @@ class OfficialVideoMamba(nn.Module):
         hidden = torch.cat([cls.to(x.dtype), x.reshape(B, T * H * W, D)], dim=1)
         residual = None
         for mixer, nw in zip(self.mixers, self.norms):
-            normed, residual = add_rmsnorm_torch(hidden, residual, nw.weight)
+            normed, residual = nw.add_forward(hidden, residual)
             hidden = mixer(normed)
-        out, _ = add_rmsnorm_torch(hidden, residual, self.norm_f.weight)
+        out, _ = self.norm_f.add_forward(hidden, residual)
         return out[:, 0]  # the CLS feature, as the official forward_features returns
 
 

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -73,7 +73,7 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     if checkpoint is None and not Path(name).is_dir():
         from vmm.factory import default_pretrained
         # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.
-        checkpoint = "default" if default_pretrained(name) else None
+        checkpoint = default_pretrained(name)
     net, _, _ = vmm.create_model_and_transforms(name, pretrained=checkpoint, **overrides)
     return VideoTextEncoder(net, device=device, batch_size=batch_size)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
-
 from vmm.errors import VmmError
 
 

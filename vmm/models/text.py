@@ -8,7 +8,6 @@ parameter names; weights of any transformers BERT (``BertModel.state_dict()``) l
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional

@@ -11,7 +11,6 @@ uninterrupted one step for step.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys

@@ -305,3 +305,19 @@ def test_fused_kernels_available_only_on_nvidia_gpus_that_run_them(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.version, "hip", "6.2")
     assert not _triton.is_available(torch.device("cuda:0"))
+
+
+def test_asking_for_triton_where_it_cannot_run_is_a_one_line_error():
+    """backend="triton" on a CPU tensor (or without Triton / an NVIDIA GPU): a VmmError naming the fix, from the
+    layer entry the model uses and from the split-halves one, and the norm quietly stays in PyTorch."""
+    from vmm.errors import VmmError
+    from vmm.models.layers import RMSNorm
+    xz, wf, wb = make_layer(1, 8, 5, R=1)
+    for call in (lambda: bimamba.bimamba_inner_xz(xz.transpose(1, 2), wf, wb, backend="triton"),
+                 lambda: bimamba.bimamba_inner(*split(xz), wf, wb, backend="triton")):
+        with pytest.raises(VmmError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and "backend='reference'" in message and "NVIDIA GPU" in message
+    normed, residual = RMSNorm(16).add_forward(xz, None, backend="triton")
+    assert normed.shape == xz.shape and residual.dtype == torch.float32

@@ -1,5 +1,5 @@
-"""What the Triton kernels of :mod:`vmm.ops` share: the optional import, the device check and two small
-launch helpers. Triton is optional: CPU-only installs use the reference backends."""
+"""What the Triton kernels of :mod:`vmm.ops` share: the optional import, the device check, two small
+launch helpers and two math helpers. Triton is optional: CPU-only installs use the reference backends."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,29 @@ except ImportError:  # pragma: no cover - exercised only without triton
     tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "triton", "tl"]
+if HAS_TRITON:
+    # FAST is False under the interpreter, which runs no inline PTX.
+    @triton.jit
+    def fast_exp(x, FAST: tl.constexpr):
+        """e^x. FAST: one flush-to-zero ex2.approx, where tl.exp also rescales around 2^-126 (5 instructions
+        instead of 2; a result below 1e-38 is 0 either way, to fp32 accuracy)."""
+        if FAST:
+            return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.exp(x)
+
+    @triton.jit
+    def fast_sigmoid(x, FAST: tl.constexpr):
+        """1 / (1 + e^-x). FAST: rcp.approx (1 ulp), where tl.sigmoid's division adds range checks."""
+        if FAST:
+            return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + fast_exp(-x, FAST)],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.sigmoid(x)
+
+
+__all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "fast_exp", "fast_sigmoid", "triton", "tl"]
 
 
 def is_available(device: Optional[torch.device] = None) -> bool:

@@ -35,12 +35,24 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from vmm.ops._triton import HAS_TRITON, check_rows, interpreting, is_available, tl, triton
+from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available, tl,
+                             triton)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _dot_cols(h, c, y, W: tl.constexpr):
+        """y + sum_n h[:, n] c[:, n] over W columns as one multiply-add chain. Each lane holds whole rows, so
+        the even/odd column splits are register picks; tl.sum's tree cost W/2 - 1 more instructions a row."""
+        if W == 1:
+            return tl.fma(tl.reshape(h, [h.shape[0]]), tl.reshape(c, [c.shape[0]]), y)
+        else:
+            h0, h1 = tl.split(tl.reshape(h, [h.shape[0], W // 2, 2]))
+            c0, c1 = tl.split(tl.reshape(c, [c.shape[0], W // 2, 2]))
+            return _dot_cols(h1, c1, _dot_cols(h0, c0, y, W // 2), W // 2)
 
     @triton.jit
     def _softplus(x, FAST: tl.constexpr):
@@ -50,7 +62,7 @@ if HAS_TRITON:
         error stays below 2e-6 relative, and the series e - e^2/2 + ... (8 terms, < 2e-8 relative) below: a
         third of the instructions of libdevice's log, which this loop ran once per channel and step. Else
         (the interpreter): log(u) * e / (u - 1), accurate when e is tiny."""
-        e = tl.exp(x)
+        e = fast_exp(x, FAST)
         u = 1.0 + e
         if FAST:
             lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [u], dtype=tl.float32,
@@ -90,8 +102,8 @@ if HAS_TRITON:
             delta = _softplus(dt0.to(tl.float32) + bias, not INTERP)
             h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * b0.to(tl.float32)[None, :]
             z = z0.to(tl.float32)
-            y = tl.sum(h * c0.to(tl.float32)[None, :], axis=1) + Dv * u
-            y = (y * (z * tl.sigmoid(z))).to(out_ptr.dtype.element_ty)
+            y = _dot_cols(h, tl.broadcast_to(c0.to(tl.float32)[None, :], (BLOCK_E, N)), Dv * u, N)
+            y = (y * (z * fast_sigmoid(z, not INTERP))).to(out_ptr.dtype.element_ty)
             tl.store(out_ptr + p * s_ol + offs_e, y, mask=mask_e)
             if SAVE:
                 _save_checkpoint(ck_ptr, h, s + 1, L, offs_e, mask_e, offs_n, sE, CK, N)
@@ -158,7 +170,7 @@ if HAS_TRITON:
             Uf = U.to(tl.float32)
             Delta = _softplus(DT.to(tl.float32) + bias[None, :], not INTERP)
             Zf = Z.to(tl.float32)
-            Gate = Zf * tl.sigmoid(Zf)
+            Gate = Zf * fast_sigmoid(Zf, not INTERP)
             Y = tl.zeros([T, BLOCK_E], tl.float32)
             for t in tl.static_range(T):
                 if REVERSE:
@@ -170,7 +182,7 @@ if HAS_TRITON:
                 u = _row(Uf, rows, t)
                 delta = _row(Delta, rows, t)
                 h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * bv[None, :]
-                y = tl.sum(h * cv[None, :], axis=1) + Dv * u
+                y = _dot_cols(h, tl.broadcast_to(cv[None, :], (BLOCK_E, N)), Dv * u, N)
                 Y = tl.where(rows[:, None] == t, y[None, :], Y)
             Y = (Y * Gate).to(out_ptr.dtype.element_ty)
             s = c0 + rows
@@ -213,7 +225,11 @@ if HAS_TRITON:
         writes its own output (s_od apart). Running the two directions one after the other in one program,
         the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
         programs. SAVE (training) keeps every CK-th state in ck for the backward pass, so that it does not
-        rerun the whole recurrence first."""
+        rerun the whole recurrence first.
+
+        The two outputs are added afterwards by one add. Adding them here instead, in the program of a pair
+        that finishes second (a counter per pair, after a fence), was slower: 1.42 against 1.36 ms (H200,
+        B=32), the loop being bound by issue and the MUFU pipe, which the extra pass shares."""
         pid_e = tl.program_id(0)
         b = tl.program_id(1)
         d = tl.program_id(2)
@@ -371,7 +387,7 @@ if HAS_TRITON:
                 xb = dt + bias
                 delta = _softplus(xb, not INTERP)
                 a = tl.exp2(delta[:, None] * A2)
-                zs = tl.sigmoid(z)
+                zs = fast_sigmoid(z, not INTERP)
                 dy = g * z * zs
                 dh = dh_prop + dy[:, None] * cv[None, :]
                 du_ = delta * u
@@ -383,9 +399,10 @@ if HAS_TRITON:
                 s_b = tl.sum(dh * bv[None, :], axis=1)
                 ddelta = s_b * u + tl.sum(q * A2, axis=1) * 0.6931471805599453  # A = A2 ln 2
                 du = s_b * delta + dy * Dv
+                # tl.sum here, not _dot_cols: at 255 registers the chains made the step longer (510 -> 549 SASS)
                 y = tl.sum(h * cv[None, :], axis=1) + Dv * u
                 dz = g * y * zs * (1.0 + z * (1.0 - zs))
-                ddt = ddelta * tl.sigmoid(xb)
+                ddt = ddelta * fast_sigmoid(xb, not INTERP)
                 dD_acc += dy * u
                 dbias_acc += tl.where(m, ddt, 0.0)
                 tl.store(du_ptr + p * s_ul + offs_e, du.to(du_ptr.dtype.element_ty), mask=m)

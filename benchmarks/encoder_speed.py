@@ -272,12 +272,15 @@ def scan_section(args, res):
         return triton_bimamba.bimamba_scan(u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, bias)
 
     with torch.no_grad():
-        # (steps per tile, register cap); the library's default is the best of this sweep on an H200 (16-channel
-        # blocks, two lanes per channel, were slower in session 3's runs)
-        tile, reg = sweep(out, "ours_bidir_fwd_ms", {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg"},
-                          [(2, 96), (4, 96), (2, 80), (4, 80), (2, 112)], ours)
-        out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "BLOCK_E": triton_bimamba.FWD_BLOCK_E,
-                                         "num_warps": triton_bimamba.FWD_WARPS}
+        # (steps per tile, register cap, SiLU gate in each direction's scan or once in the add); the library's
+        # default is the best of this sweep on an H200 (16-channel blocks, two lanes per channel, were slower in
+        # session 3's runs)
+        tile, reg, gate = sweep(out, "ours_bidir_fwd_ms",
+                                {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan"},
+                                [(2, 96, False), (2, 96, True), (4, 96, False), (4, 104, False), (2, 80, False)],
+                                ours)
+        out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate,
+                                         "BLOCK_E": triton_bimamba.FWD_BLOCK_E, "num_warps": triton_bimamba.FWD_WARPS}
         if selective_scan_cuda is not None:
             def m_one():
                 return mamba_scan(m_u_f, m_dt_f, A[0], m_B_f, m_C_f, D[0], m_z, bias[0])

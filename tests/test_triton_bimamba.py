@@ -127,6 +127,11 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     triton_bimamba.FWD_TILE = 0  # the step-at-a-time forward too
     xz, wf, wb = make_layer(1, 40, 11, seed=11)
     results["1x40x11/tile0"] = check_against_reference(xz, wf, wb, tol=1e-5)
+    triton_bimamba.FWD_GATE_IN_SCAN = True  # each direction gates its own output, both forward forms
+    for tile in (0, 2):
+        triton_bimamba.FWD_TILE = tile
+        xz, wf, wb = make_layer(2, 40, 9, seed=9)
+        results[f"2x40x9/tile{tile}/gate_in_scan"] = check_against_reference(xz, wf, wb, tol=1e-5)
     # add + RMSNorm, forward and backward (rows not a multiple of the backward's rows per program), with
     # and without an incoming residual; both outputs get a gradient, as inside a stack of blocks.
     triton_norm.ADD_RMSNORM_BWD_ROWS = 4
@@ -172,7 +177,8 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "add_rmsnorm", "conv"}
+    assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
+                            "2x40x9/tile2/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
     assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
     conv_errors = results.pop("conv")
@@ -189,12 +195,17 @@ def test_cuda_fp32_matches_reference(Bsz, E, L):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tile", [0, 4, 8, 16])
-def test_cuda_forward_variants_match_reference(tile, monkeypatch):
-    """The step-at-a-time and 4-, 8- and 16-step-tile forward kernels (the default tile is 2)."""
+@pytest.mark.parametrize("tile,gate_in_scan", [(0, False), (4, False), (8, False), (16, False), (2, True),
+                                               (0, True)])
+def test_cuda_forward_variants_match_reference(tile, gate_in_scan, monkeypatch):
+    """The step-at-a-time and 4-, 8- and 16-step-tile forward kernels (the default tile is 2), and the SiLU gate
+    applied inside each direction's scan instead of once in the add."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
+    monkeypatch.setattr(triton_bimamba, "FWD_GATE_IN_SCAN", gate_in_scan)
     xz, wf, wb = make_layer(2, 96, 77, device="cuda", seed=tile)
     check_against_reference(xz, wf, wb, tol=1e-5)
+    xz, wf, wb = make_layer(2, 128, 197, dtype=torch.bfloat16, device="cuda", seed=tile)
+    check_against_reference(xz, wf, wb, tol=1e-2)
 
 
 @pytest.mark.cuda

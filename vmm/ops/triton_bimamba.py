@@ -78,22 +78,23 @@ if HAS_TRITON:
     def _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                             A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                             s_ul, s_zl, s_bl, s_ol,
-                            REVERSE: tl.constexpr, SAVE: tl.constexpr,
+                            REVERSE: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr,
                             CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
         """One direction's recurrence over the whole sequence, one step at a time; step s reads position
         L-1-s when REVERSE. SAVE keeps the state before every CK-th step in ck for the backward pass (slot 0,
-        the zero state, is never written).
+        the zero state, is never written). GATE: the output is multiplied by SiLU(z) here (else the add of
+        both directions does it, once).
         """
         # Inputs of step s+2 are loaded during step s: two steps of slack hide the load latency. Loads past
         # the end re-read the last position (clamped, so no mask is needed) and are never used.
         u0, dt0, b0, z0, c0 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, 0, L, offs_e, mask_e,
-                                         offs_n, s_ul, s_zl, s_bl, REVERSE)
+                                         offs_n, s_ul, s_zl, s_bl, REVERSE, GATE)
         u1, dt1, b1, z1, c1 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, 1, L, offs_e, mask_e,
-                                         offs_n, s_ul, s_zl, s_bl, REVERSE)
+                                         offs_n, s_ul, s_zl, s_bl, REVERSE, GATE)
         h = tl.zeros([BLOCK_E, N], tl.float32)
         for s in range(L):
             u2, dt2, b2, z2, c2 = _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, s + 2, L, offs_e,
-                                             mask_e, offs_n, s_ul, s_zl, s_bl, REVERSE)
+                                             mask_e, offs_n, s_ul, s_zl, s_bl, REVERSE, GATE)
             if REVERSE:
                 p = L - 1 - s
             else:
@@ -101,10 +102,11 @@ if HAS_TRITON:
             u = u0.to(tl.float32)
             delta = _softplus(dt0.to(tl.float32) + bias, not INTERP)
             h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * b0.to(tl.float32)[None, :]
-            z = z0.to(tl.float32)
             y = _dot_cols(h, tl.broadcast_to(c0.to(tl.float32)[None, :], (BLOCK_E, N)), Dv * u, N)
-            y = (y * (z * fast_sigmoid(z, not INTERP))).to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + p * s_ol + offs_e, y, mask=mask_e)
+            if GATE:
+                z = z0.to(tl.float32)
+                y = y * (z * fast_sigmoid(z, not INTERP))
+            tl.store(out_ptr + p * s_ol + offs_e, y.to(out_ptr.dtype.element_ty), mask=mask_e)
             if SAVE:
                 _save_checkpoint(ck_ptr, h, s + 1, L, offs_e, mask_e, offs_n, sE, CK, N)
             u0, dt0, b0, z0, c0 = u1, dt1, b1, z1, c1
@@ -119,8 +121,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, s, L, offs_e, mask_e, offs_n,
-                   s_ul, s_zl, s_bl, REVERSE: tl.constexpr):
-        """Raw inputs of scan step s (clamped to the sequence)."""
+                   s_ul, s_zl, s_bl, REVERSE: tl.constexpr, GATE: tl.constexpr):
+        """Raw inputs of scan step s (clamped to the sequence); z only when the scan gates."""
         if REVERSE:
             p = tl.maximum(L - 1 - s, 0)
         else:
@@ -128,7 +130,10 @@ if HAS_TRITON:
         u = tl.load(u_ptr + p * s_ul + offs_e, mask=mask_e, other=0.0)
         dt = tl.load(dt_ptr + p * s_ul + offs_e, mask=mask_e, other=0.0)
         bv = tl.load(b_ptr + p * s_bl + offs_n)
-        z = tl.load(z_ptr + p * s_zl + offs_e, mask=mask_e, other=0.0)
+        if GATE:
+            z = tl.load(z_ptr + p * s_zl + offs_e, mask=mask_e, other=0.0)
+        else:
+            z = u
         cv = tl.load(c_ptr + p * s_bl + offs_n)
         return u, dt, bv, z, cv
 
@@ -153,7 +158,8 @@ if HAS_TRITON:
     def _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                                   A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                                   s_ul, s_zl, s_bl, s_ol,
-                                  REVERSE: tl.constexpr, T: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr,
+                                  REVERSE: tl.constexpr, T: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr,
+                                  CK: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
         """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as
         (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave as one tile store, and no store sits
@@ -161,16 +167,14 @@ if HAS_TRITON:
         rows = tl.arange(0, T)
         U = _tile_rows(u_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
         DT = _tile_rows(dt_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
-        Z = _tile_rows(z_ptr, 0, L, s_zl, rows, offs_e, mask_e, REVERSE)
+        Z = _tile_rows(z_ptr, 0, L, s_zl, rows, offs_e, mask_e, REVERSE) if GATE else U
         h = tl.zeros([BLOCK_E, N], tl.float32)
         for c0 in range(0, L, T):
             U1 = _tile_rows(u_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
             DT1 = _tile_rows(dt_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
-            Z1 = _tile_rows(z_ptr, c0 + T, L, s_zl, rows, offs_e, mask_e, REVERSE)
+            Z1 = _tile_rows(z_ptr, c0 + T, L, s_zl, rows, offs_e, mask_e, REVERSE) if GATE else U1
             Uf = U.to(tl.float32)
             Delta = _softplus(DT.to(tl.float32) + bias[None, :], not INTERP)
-            Zf = Z.to(tl.float32)
-            Gate = Zf * fast_sigmoid(Zf, not INTERP)
             Y = tl.zeros([T, BLOCK_E], tl.float32)
             for t in tl.static_range(T):
                 if REVERSE:
@@ -184,7 +188,10 @@ if HAS_TRITON:
                 h = tl.exp2(delta[:, None] * A2) * h + (delta * u)[:, None] * bv[None, :]
                 y = _dot_cols(h, tl.broadcast_to(cv[None, :], (BLOCK_E, N)), Dv * u, N)
                 Y = tl.where(rows[:, None] == t, y[None, :], Y)
-            Y = (Y * Gate).to(out_ptr.dtype.element_ty)
+            if GATE:
+                Zf = Z.to(tl.float32)
+                Y = Y * (Zf * fast_sigmoid(Zf, not INTERP))
+            Y = Y.to(out_ptr.dtype.element_ty)
             s = c0 + rows
             if REVERSE:
                 po = L - 1 - s
@@ -201,16 +208,17 @@ if HAS_TRITON:
     def _fwd_direction(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e, mask_e, offs_n,
                        L, sE, s_ul, s_zl, s_bl, s_ol,
                        REVERSE: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr,
-                       TILE: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, INTERP: tl.constexpr):
+                       TILE: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr,
+                       INTERP: tl.constexpr):
         if TILE > 0:
             _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e,
                                       mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
-                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, CK=CK, N=N, BLOCK_E=BLOCK_E,
+                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, N=N, BLOCK_E=BLOCK_E,
                                       INTERP=INTERP)
         else:
             _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e, mask_e,
                                 offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
-                                REVERSE=REVERSE, SAVE=SAVE, CK=CK, N=N, BLOCK_E=BLOCK_E, INTERP=INTERP)
+                                REVERSE=REVERSE, SAVE=SAVE, GATE=GATE, CK=CK, N=N, BLOCK_E=BLOCK_E, INTERP=INTERP)
 
     # sE (= E) must not be specialised as a multiple of 16: that keeps (N, E)-major tiles at one element per
     # thread with the 32 lanes over channels and all N states in registers (no shuffles, no layout converts).
@@ -220,7 +228,7 @@ if HAS_TRITON:
                             A_ptr, D_ptr, bias_ptr, out_ptr, ck_ptr,
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol, s_od,
                             N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr,
-                            SAVE: tl.constexpr, CK: tl.constexpr, INTERP: tl.constexpr):
+                            SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr, INTERP: tl.constexpr):
         """One program per (channel block, sequence, direction): program_id(2) is the direction, and each
         writes its own output (s_od apart). Running the two directions one after the other in one program,
         the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
@@ -245,12 +253,27 @@ if HAS_TRITON:
             _fwd_direction(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, bf_ptr + b * s_bfb,
                            bf_ptr + b * s_bfb + N, out_ptr + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e, offs_n,
                            L, sE, s_ul, s_zl, s_bfl, s_ol, REVERSE=False, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, CK=CK, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, INTERP=INTERP)
         else:
             _fwd_direction(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, bb_ptr + b * s_bbb,
                            bb_ptr + b * s_bbb + N, out_ptr + s_od + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e,
                            offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, CK=CK, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, INTERP=INTERP)
+
+    @triton.jit
+    def _gated_sum_kernel(y_ptr, z_ptr, out_ptr, L, E, s_yd, s_zb, s_zl,
+                          BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
+        """out = (y_f + y_b) * SiLU(z), the two ungated outputs rounded to the I/O dtype as the scan wrote them;
+        y: (2, B, L, E) and out (B, L, E) contiguous, z any (B, L, E) view with stride 1 over E."""
+        b = tl.program_id(2)
+        offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        m = (offs_l < L)[:, None] & (offs_e < E)[None, :]
+        off = (b * L + offs_l)[:, None] * E + offs_e[None, :]
+        yf = tl.load(y_ptr + off, mask=m, other=0.0).to(tl.float32)
+        yb = tl.load(y_ptr + s_yd + off, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + b * s_zb + offs_l[:, None] * s_zl + offs_e[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + off, ((yf + yb) * (z * fast_sigmoid(z, not INTERP))).to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _step_position(s, L, mask_e, REVERSE: tl.constexpr):
@@ -460,6 +483,9 @@ if HAS_TRITON:
 FWD_BLOCK_E = 32
 FWD_WARPS = 1
 FWD_TILE = 2  # steps per chunk of tile loads in the forward kernel; 0 = one step at a time
+# SiLU(z) applied by each direction's scan and the outputs added (True: the reference's rounding, each direction
+# rounded after its gate), or once in the add (False: 2 of the 20 MUFU operations of a scan step saved)
+FWD_GATE_IN_SCAN = False
 FWD_MAXNREG = 96  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped)
 BWD_BLOCK_E = 32
 BWD_WARPS = 1
@@ -482,8 +508,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
     """The summed output and, when ``ck_interval`` > 0, the (2, B, L / interval, N, E) fp32 checkpoints."""
     Bsz, L, E = uf.shape
     N = A.shape[1]
-    # Each direction writes its own (B, L, E) and one add sums them (what the reference does: both rounded
-    # to the I/O dtype, then added).
+    # Each direction writes its own (B, L, E), gated or not (FWD_GATE_IN_SCAN), and one pass adds them.
     out = torch.empty((2, Bsz, L, E), device=uf.device, dtype=uf.dtype)
     save = ck_interval > 0
     if save and FWD_TILE and ck_interval % FWD_TILE:
@@ -495,11 +520,17 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
         uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, out, ck,
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
-        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, CK=max(ck_interval, 1), INTERP=interpreting(),
-        num_warps=FWD_WARPS,
+        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN, CK=max(ck_interval, 1),
+        INTERP=interpreting(), num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
-    return torch.add(out[0], out[1]), (ck if save else None)
+    if FWD_GATE_IN_SCAN:
+        return torch.add(out[0], out[1]), (ck if save else None)
+    total = torch.empty((Bsz, L, E), device=uf.device, dtype=uf.dtype)
+    _gated_sum_kernel[(triton.cdiv(L, 16), triton.cdiv(E, 256), Bsz)](
+        out, z, total, L, E, out.stride(0), z.stride(0), z.stride(1),
+        BLOCK_L=16, BLOCK_E=256, INTERP=interpreting(), num_warps=4)
+    return total, (ck if save else None)
 
 
 def _bwd_shfl(N: int) -> bool:

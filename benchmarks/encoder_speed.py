@@ -277,7 +277,7 @@ def scan_section(args, res):
         # session 3's runs)
         tile, reg, gate = sweep(out, "ours_bidir_fwd_ms",
                                 {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan"},
-                                [(2, 96, False), (2, 96, True), (4, 96, False), (4, 104, False), (2, 80, False)],
+                                [(4, 96, False), (4, 96, True), (2, 96, False), (2, 96, True), (8, 96, False), (4, 104, False)],
                                 ours)
         out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate,
                                          "BLOCK_E": triton_bimamba.FWD_BLOCK_E, "num_warps": triton_bimamba.FWD_WARPS}

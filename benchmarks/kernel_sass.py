@@ -96,7 +96,8 @@ def main(argv=None) -> None:
     if args.kernel in ("fwd", "both"):
         fwd = compile_sm90(tb._bimamba_fwd_kernel,
                            {"N": 16, "BLOCK_E": tb.FWD_BLOCK_E, "TILE": args.tile, "SAVE": False, "CK": args.ck,
-                            "GATE": tb.FWD_GATE_IN_SCAN, "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
+                            "GATE": tb.FWD_GATE_IN_SCAN, "PF": tb.FWD_PREFETCH,
+                            "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
         report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
     if args.kernel in ("bwd", "both"):
         bwd = compile_sm90(tb._bimamba_bwd_kernel,

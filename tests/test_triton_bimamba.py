@@ -195,13 +195,14 @@ def test_cuda_fp32_matches_reference(Bsz, E, L):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tile,gate_in_scan", [(0, False), (2, False), (8, False), (16, False), (4, True),
-                                               (0, True)])
-def test_cuda_forward_variants_match_reference(tile, gate_in_scan, monkeypatch):
-    """The step-at-a-time and 2-, 8- and 16-step-tile forward kernels (the default tile is 4), and the SiLU gate
-    applied inside each direction's scan instead of once in the add."""
+@pytest.mark.parametrize("tile,gate_in_scan,prefetch", [(0, False, 0), (2, False, 0), (8, False, 0), (16, False, 0),
+                                                        (4, True, 0), (0, True, 0), (4, False, 16), (2, True, 32)])
+def test_cuda_forward_variants_match_reference(tile, gate_in_scan, prefetch, monkeypatch):
+    """The step-at-a-time and 2-, 8- and 16-step-tile forward kernels (the default tile is 4), the SiLU gate
+    applied inside each direction's scan instead of once in the add, and L2 prefetches of the rows ahead."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
     monkeypatch.setattr(triton_bimamba, "FWD_GATE_IN_SCAN", gate_in_scan)
+    monkeypatch.setattr(triton_bimamba, "FWD_PREFETCH", prefetch)
     xz, wf, wb = make_layer(2, 96, 77, device="cuda", seed=tile)
     check_against_reference(xz, wf, wb, tol=1e-5)
     xz, wf, wb = make_layer(2, 128, 197, dtype=torch.bfloat16, device="cuda", seed=tile)

@@ -155,11 +155,24 @@ if HAS_TRITON:
         return tl.max(tl.where(rows[:, None] == t, tile, float("-inf")), axis=0)
 
     @triton.jit
+    def _prefetch_rows(ptr, s0, L, s_l, offs_e, REVERSE: tl.constexpr, T: tl.constexpr):
+        """Ask L2 for the rows of steps s0 .. s0+T-1 of this program's channels (lane l asks for row s0 + l % T;
+        a row of 32 channels is one 64-byte piece of a line): a hint, so the loads of those steps find L2 instead
+        of DRAM."""
+        s = tl.minimum(s0 + tl.arange(0, offs_e.shape[0]) % T, L - 1)
+        if REVERSE:
+            p = L - 1 - s
+        else:
+            p = s
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
+                                  [ptr + p * s_l + tl.min(offs_e, axis=0)], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                                   A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                                   s_ul, s_zl, s_bl, s_ol,
                                   REVERSE: tl.constexpr, T: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr,
-                                  CK: tl.constexpr,
+                                  CK: tl.constexpr, PF: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
         """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as
         (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave as one tile store, and no store sits
@@ -173,6 +186,9 @@ if HAS_TRITON:
             U1 = _tile_rows(u_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
             DT1 = _tile_rows(dt_ptr, c0 + T, L, s_ul, rows, offs_e, mask_e, REVERSE)
             Z1 = _tile_rows(z_ptr, c0 + T, L, s_zl, rows, offs_e, mask_e, REVERSE) if GATE else U1
+            if PF > 0 and not INTERP:
+                _prefetch_rows(u_ptr, c0 + T + PF, L, s_ul, offs_e, REVERSE, T)
+                _prefetch_rows(dt_ptr, c0 + T + PF, L, s_ul, offs_e, REVERSE, T)
             Uf = U.to(tl.float32)
             Delta = _softplus(DT.to(tl.float32) + bias[None, :], not INTERP)
             Y = tl.zeros([T, BLOCK_E], tl.float32)
@@ -209,11 +225,12 @@ if HAS_TRITON:
                        L, sE, s_ul, s_zl, s_bl, s_ol,
                        REVERSE: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr,
                        TILE: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr,
-                       INTERP: tl.constexpr):
+                       PF: tl.constexpr, INTERP: tl.constexpr):
         if TILE > 0:
             _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e,
                                       mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
-                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, N=N, BLOCK_E=BLOCK_E,
+                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, N=N,
+                                      BLOCK_E=BLOCK_E,
                                       INTERP=INTERP)
         else:
             _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e, mask_e,
@@ -228,7 +245,8 @@ if HAS_TRITON:
                             A_ptr, D_ptr, bias_ptr, out_ptr, ck_ptr,
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol, s_od,
                             N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr,
-                            SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr, INTERP: tl.constexpr):
+                            SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr, PF: tl.constexpr,
+                            INTERP: tl.constexpr):
         """One program per (channel block, sequence, direction): program_id(2) is the direction, and each
         writes its own output (s_od apart). Running the two directions one after the other in one program,
         the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
@@ -253,12 +271,12 @@ if HAS_TRITON:
             _fwd_direction(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, bf_ptr + b * s_bfb,
                            bf_ptr + b * s_bfb + N, out_ptr + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e, offs_n,
                            L, sE, s_ul, s_zl, s_bfl, s_ol, REVERSE=False, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, GATE=GATE, CK=CK, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, INTERP=INTERP)
         else:
             _fwd_direction(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, bb_ptr + b * s_bbb,
                            bb_ptr + b * s_bbb + N, out_ptr + s_od + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e,
                            offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, GATE=GATE, CK=CK, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, INTERP=INTERP)
 
     @triton.jit
     def _gated_sum_kernel(y_ptr, z_ptr, out_ptr, L, E, s_yd, s_zb, s_zl,
@@ -487,6 +505,8 @@ FWD_TILE = 4  # steps per chunk of tile loads in the forward kernel (4: 1.18-1.2
 # SiLU(z) applied by each direction's scan and the outputs added (True: the reference's rounding, each direction
 # rounded after its gate), or once in the add (False: 2 of the 20 MUFU operations of a scan step saved)
 FWD_GATE_IN_SCAN = False
+FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many steps past the next tile; 0 = none
+# (tile 4 on one H200: 1.24 ms with it, 1.40-1.43 without; on another tile 4 without was already 1.18-1.20)
 FWD_MAXNREG = 96  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped)
 BWD_BLOCK_E = 32
 BWD_WARPS = 1
@@ -522,6 +542,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
         N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN, CK=max(ck_interval, 1),
+        PF=FWD_PREFETCH,
         INTERP=interpreting(), num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )

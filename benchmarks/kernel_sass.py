@@ -1,10 +1,10 @@
 """Instructions per scan step of the fused kernels, from a local sm_90 compile: no GPU needed.
 
 The scan loops are bound by issue slots, the MUFU pipe and latency, so the SASS count of a loop body (and
-its MUFU count) is the quickest check of a change before spending GPU time. Compiles ``_bimamba_fwd_kernel`` and ``_bimamba_bwd_kernel`` for sm_90 with the
-library's settings (Triton's bundled ptxas), disassembles them with the bundled ``nvdisasm``, finds the
-loops (backward branches) and prints each body's instruction count with its most frequent opcodes, plus the
-registers and stack per thread::
+its MUFU count) is the quickest check of a change before spending GPU time. Compiles ``_bimamba_fwd_kernel``
+and ``_bimamba_bwd_kernel`` for sm_90 with the library's settings (Triton's bundled ptxas), disassembles them
+with the bundled ``nvdisasm``, finds the loops (backward branches) and prints each body's instruction count
+with its most frequent opcodes, plus the registers and stack per thread::
 
     python benchmarks/kernel_sass.py            # both kernels
     python benchmarks/kernel_sass.py --kernel fwd --tile 2 --maxnreg 96

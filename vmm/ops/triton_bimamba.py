@@ -8,15 +8,15 @@ Here the backward direction reads the sequence by reversed index instead, and a 
    SiLU(anti-causal conv) for both directions;
 2. the four small GEMMs (x_proj, dt_proj per direction) through cuBLAS;
 3. one scan launch for both directions (a program per channel block, sequence and direction):
-   softplus(delta + bias), exp(delta * A), the N-state recurrence, the D skip and the SiLU(z) gate; each
-   direction writes its gated output and one add sums the two.
+   softplus(delta + bias), exp(delta * A), the N-state recurrence and the D skip; each direction writes its
+   output and one pass computes (y_f + y_b) * SiLU(z).
 
 Everything works in a channel-last layout, (B, L, E) with E contiguous, which is what ``in_proj(u)``
 produces: one program owns a block of channels of one sequence and direction, so the B/C rows of a time
 step are loaded once per block of channels (not once per channel) and every load of u, delta, z is a
 coalesced row. The scan is a sequential loop over L with the (BLOCK_E, N) state in registers (one channel
 per lane, its N states in that lane's registers); inputs arrive in tiles of FWD_TILE steps loaded a tile
-ahead.
+ahead, with L2 prefetches further ahead.
 
 The backward pass (for training) recomputes the states: the forward, when a backward can follow, keeps the
 state every ``BWD_CK`` steps; the backward walks chunks from the end, recomputes each chunk's per-step
@@ -25,8 +25,9 @@ through them, each step's rows loaded one step ahead. dB/dC are summed over the 
 shuffle reduce-scatter and added across blocks with atomics, as are dA, dD and the dt bias. The whole
 layer is one autograd node (:class:`_BiMambaInnerFn`), so the gradient of xz comes back in one piece.
 
-Numerics follow the reference: fp32 arithmetic, each direction's gated output rounded to the I/O dtype
-before the two are summed (the reference sums two tensors of that dtype).
+Numerics: fp32 arithmetic throughout. Each direction's output is rounded to the I/O dtype before the gated
+sum; the reference gates each direction first, rounds, then adds, which FWD_GATE_IN_SCAN = True reproduces
+(in bf16 the two orders differ by about one rounding, 3e-3 relative; fp32 is unaffected).
 """
 from __future__ import annotations
 
@@ -174,9 +175,10 @@ if HAS_TRITON:
                                   REVERSE: tl.constexpr, T: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr,
                                   CK: tl.constexpr, PF: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
-        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt, z arrive as
-        (T, BLOCK_E) tiles loaded one chunk ahead, its outputs leave as one tile store, and no store sits
-        between the unrolled steps, so their B/C loads issue early."""
+        """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt (and z when GATE)
+        arrive as (T, BLOCK_E) tiles loaded one chunk ahead, with L2 prefetches of the u and dt rows PF steps
+        further when PF > 0; its outputs leave as one tile store, and no store sits between the unrolled steps,
+        so their B/C loads issue early."""
         rows = tl.arange(0, T)
         U = _tile_rows(u_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
         DT = _tile_rows(dt_ptr, 0, L, s_ul, rows, offs_e, mask_e, REVERSE)
@@ -230,8 +232,7 @@ if HAS_TRITON:
             _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e,
                                       mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
                                       REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, N=N,
-                                      BLOCK_E=BLOCK_E,
-                                      INTERP=INTERP)
+                                      BLOCK_E=BLOCK_E, INTERP=INTERP)
         else:
             _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e, mask_e,
                                 offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
@@ -253,9 +254,9 @@ if HAS_TRITON:
         programs. SAVE (training) keeps every CK-th state in ck for the backward pass, so that it does not
         rerun the whole recurrence first.
 
-        The two outputs are added afterwards by one add. Adding them here instead, in the program of a pair
-        that finishes second (a counter per pair, after a fence), was slower: 1.42 against 1.36 ms (H200,
-        B=32), the loop being bound by issue and the MUFU pipe, which the extra pass shares."""
+        The two outputs are added (and gated, unless GATE) by one pass afterwards. Adding them here instead, in
+        the program of a pair that finishes second (a counter per pair, after a fence), was slower: 1.42 against
+        1.36 ms (H200, B=32), as that pass competes with the scans for issue slots."""
         pid_e = tl.program_id(0)
         b = tl.program_id(1)
         d = tl.program_id(2)
@@ -291,7 +292,8 @@ if HAS_TRITON:
         yf = tl.load(y_ptr + off, mask=m, other=0.0).to(tl.float32)
         yb = tl.load(y_ptr + s_yd + off, mask=m, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + b * s_zb + offs_l[:, None] * s_zl + offs_e[None, :], mask=m, other=0.0).to(tl.float32)
-        tl.store(out_ptr + off, ((yf + yb) * (z * fast_sigmoid(z, not INTERP))).to(out_ptr.dtype.element_ty), mask=m)
+        y = (yf + yb) * (z * fast_sigmoid(z, not INTERP))
+        tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _step_position(s, L, mask_e, REVERSE: tl.constexpr):
@@ -542,8 +544,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
         N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN, CK=max(ck_interval, 1),
-        PF=FWD_PREFETCH,
-        INTERP=interpreting(), num_warps=FWD_WARPS,
+        PF=FWD_PREFETCH, INTERP=interpreting(), num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
     if FWD_GATE_IN_SCAN:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -188,6 +189,17 @@ class OfficialVideoMamba(nn.Module):
             hidden = mixer(normed)
         out, _ = self.norm_f.add_forward(hidden, residual)
         return out[:, 0]  # the CLS feature, as the official forward_features returns
+
+
+def official_state_dict(state_dict: dict) -> dict:
+    """A ``vmm`` VideoMamba encoder's weights under :class:`OfficialVideoMamba`'s names, so both paths can run the
+    same weights (benchmarks/encoder_accuracy.py)."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace("patch_embed.proj.", "patch_embed.")
+        k = re.sub(r"^layers\.(\d+)\.mixer\.", r"mixers.\1.", k)
+        out[re.sub(r"^layers\.(\d+)\.norm\.", r"norms.\1.", k)] = v
+    return out
 
 
 class JointViT(nn.Module):

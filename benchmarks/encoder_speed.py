@@ -356,14 +356,19 @@ def scan_section(args, res):
                                   [(False, 0, 0, 0), (True, 32, 128, 1), (True, 64, 128, 1), (True, 128, 128, 1),
                                    (True, 64, 256, 1), (True, 64, 256, 2), (True, 64, 64, 1)],
                                   lambda: triton_conv.conv1d_bidir_silu(x, w, cb), prefix="B=64,", module=triton_conv)
-    # its backward at the training shape (B=16), where a program sums the dw terms of ROW_TILES row tiles
+    # its backward at the training shape (B=16)
     xg = rnd(16, L, E).to(dt).requires_grad_()
     gf, gb = rnd(16, L, E).to(dt), rnd(16, L, E).to(dt)
-    (tiles,) = sweep(out, "conv_fwdbwd_ms", {"CONV_BWD_ROW_TILES": "row_tiles"}, [(4,), (8,), (16,)],
-                     lambda: torch.autograd.backward(triton_conv.conv1d_bidir_silu(xg, w, cb), (gf, gb)),
-                     prefix="B=16,", module=triton_conv)
+    # (windowed kernels or the tile kernels, rows, channels and warps per windowed backward program)
+    bwin, brows, bbe, bnw = sweep(out, "conv_fwdbwd_ms", {"CONV_WINDOWED": "windowed", "CONV_BWD_ROWS": "bwd_rows",
+                                                          "CONV_BWD_BLOCK_E": "bwd_block_e",
+                                                          "CONV_BWD_WARPS": "bwd_warps"},
+                                  [(False, 0, 0, 0), (True, 128, 64, 1), (True, 256, 64, 1), (True, 512, 64, 1),
+                                   (True, 256, 32, 1), (True, 256, 128, 2)],
+                                  lambda: torch.autograd.backward(triton_conv.conv1d_bidir_silu(xg, w, cb), (gf, gb)),
+                                  prefix="B=16,", module=triton_conv)
     out["conv_sweep_fastest"] = {"windowed": win, "rows": rows, "BLOCK_E": be, "num_warps": nw,
-                                 "bwd_row_tiles": tiles}
+                                 "bwd": {"windowed": bwin, "rows": brows, "BLOCK_E": bbe, "num_warps": bnw}}
     del x, xg
     # x_proj + dt_proj of both directions at the encoder's shape (B=64), the rank padded for alignment or not.
     R = 36

@@ -119,7 +119,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     triton_bimamba.BWD_CK = 4  # several checkpoint chunks even on short sequences
     triton_conv.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
     triton_conv.CONV_BWD_ROW_TILES = 2
-    triton_conv.CONV_ROWS = 4  # several windowed conv programs along L
+    triton_conv.CONV_ROWS = 4  # several windowed conv programs along L, forward and backward
+    triton_conv.CONV_BWD_ROWS = 4
     results = {}
     for Bsz, E, L in [(2, 40, 13), (1, 32, 8), (3, 36, 1)]:
         xz, wf, wb = make_layer(Bsz, E, L, seed=L)
@@ -149,15 +150,19 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
         errs.update({f"out_{tag}": rel(y, yr), f"residual_{tag}": rel(r2, rr)})
         errs.update({f"grad{i}_{tag}": rel(a, b) for i, (a, b) in enumerate(zip(got, want))})
     results["add_rmsnorm"] = errs
-    # The conv forward on its own: the windowed kernel (2 and 4 taps, the shorter padded) and the tile kernel
-    # (5 taps), both directions, against PyTorch's conv1d.
+    # The conv on its own: the windowed kernels (2 and 4 taps, the shorter padded) and the tile kernels
+    # (5 taps), both directions, forward and the x, weight and bias gradients, against PyTorch's conv1d in
+    # float64.
     errs = {}
     for K in (2, 4, 5):
-        x = torch.randn(2, 9, 40)
-        w, bias = torch.randn(2, 40, K), torch.randn(2, 40)
-        got = triton_conv.conv1d_bidir_silu(x, w, bias)
+        x, w, bias = (torch.randn(*s, dtype=torch.float64).requires_grad_() for s in ((2, 9, 40), (2, 40, K), (2, 40)))
+        got = triton_conv.conv1d_bidir_silu(x.float(), w.float(), bias.float())
         want = triton_conv.conv1d_bidir_silu_ref(x, w, bias)
         errs.update({f"k{K}_{d}": rel(a, b) for d, a, b in zip("fb", got, want)})
+        gf, gb = torch.randn(2, 9, 40, dtype=torch.float64), torch.randn(2, 9, 40, dtype=torch.float64)
+        g_got = torch.autograd.grad(got, (x, w, bias), (gf.float(), gb.float()))
+        g_want = torch.autograd.grad(want, (x, w, bias), (gf, gb))
+        errs.update({f"k{K}_grad_{n}": rel(a, b) for n, a, b in zip(("x", "w", "bias"), g_got, g_want)})
     results["conv"] = errs
     print(json.dumps(results))
 """)
@@ -182,7 +187,7 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
     norm_errors = results.pop("add_rmsnorm")
     assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
     conv_errors = results.pop("conv")
-    assert len(conv_errors) == 6 and max(conv_errors.values()) <= 1e-6, conv_errors
+    assert len(conv_errors) == 15 and max(conv_errors.values()) <= 1e-6, conv_errors
     for errors in results.values():
         assert len(errors) == 17 and max(errors.values()) <= 1e-5
 
@@ -243,18 +248,26 @@ def test_cuda_scan_writes_every_output_and_is_deterministic_forward():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("K,L,E,dtype", [(4, 50, 96, torch.float32), (4, 1569, 1152, torch.bfloat16),
-                                         (3, 130, 300, torch.float32), (2, 7, 40, torch.float32),
-                                         (5, 70, 96, torch.float32)])
+                                         (4, 600, 200, torch.float32), (3, 130, 300, torch.float32),
+                                         (2, 7, 40, torch.float32), (5, 70, 96, torch.float32)])
 def test_cuda_conv_kernel_matches_torch(K, L, E, dtype):
-    """The windowed kernel (up to 4 taps; rows and channels not multiples of its blocks) and the tile kernel
-    (5 taps) against PyTorch's conv1d, both directions."""
-    x = torch.randn(2, L, E, device="cuda").to(dtype)
-    w = torch.randn(2, E, K, device="cuda")
-    b = torch.randn(2, E, device="cuda")
+    """The windowed kernels (up to 4 taps; rows and channels not multiples of their blocks, several backward
+    programs along L at L=600) and the tile kernels (5 taps) against PyTorch's conv1d, both directions, forward
+    and the x, weight and bias gradients (these against float64)."""
+    x = torch.randn(2, L, E, device="cuda").to(dtype).requires_grad_()
+    w = torch.randn(2, E, K, device="cuda", requires_grad=True)
+    b = torch.randn(2, E, device="cuda", requires_grad=True)
     yf, yb = triton_conv.conv1d_bidir_silu(x, w, b)
     rf, rb = triton_conv.conv1d_bidir_silu_ref(x, w, b)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     assert rel(yf.float(), rf.float()) < tol and rel(yb.float(), rb.float()) < tol
+    gf, gb = torch.randn_like(yf), torch.randn_like(yb)
+    got = torch.autograd.grad((yf, yb), (x, w, b), (gf, gb))
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    want = torch.autograd.grad(triton_conv.conv1d_bidir_silu_ref(*leaves64), leaves64, (gf.double(), gb.double()))
+    tol_grad = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, g1, g2 in zip(("x", "w", "bias"), got, want):
+        assert rel(g1, g2) < tol_grad, name
 
 
 @pytest.mark.cuda

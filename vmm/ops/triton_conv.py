@@ -70,18 +70,8 @@ if HAS_TRITON:
         return tl.load(x_base + t * s_xl + offs_e, mask=mask_e & (t >= 0) & (t < L), other=0.0).to(tl.float32)
 
     @triton.jit
-    def _conv_bidir_rows_kernel(x_ptr, w_ptr, bias_ptr, of_ptr, ob_ptr, L, E,
-                                s_xb, s_xl, s_ob, s_ol,
-                                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
-                                FAST: tl.constexpr):
-        """The forward of both directions for up to 4 taps (``w_ptr``: (2, E, 4), shorter kernels padded with
-        leading zero taps), walking ROWS rows with the last four x rows in registers: each x row is loaded
-        once, where the tile kernel loads it once per tap and direction. At row t the window x[t-3..t] gives
-        the causal output of row t and the anti-causal one of row t-3."""
-        b = tl.program_id(2)
-        l0 = tl.program_id(0) * ROWS
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
+    def _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS: tl.constexpr):
+        """The 4 taps of each direction (``w_ptr``: (2, E, 4)) and the biases of this program's channels."""
         wf0 = tl.load(w_ptr + offs_e * 4, mask=mask_e, other=0.0)
         wf1 = tl.load(w_ptr + offs_e * 4 + 1, mask=mask_e, other=0.0)
         wf2 = tl.load(w_ptr + offs_e * 4 + 2, mask=mask_e, other=0.0)
@@ -94,8 +84,24 @@ if HAS_TRITON:
             bf = tl.load(bias_ptr + offs_e, mask=mask_e, other=0.0)
             bb = tl.load(bias_ptr + E + offs_e, mask=mask_e, other=0.0)
         else:
-            bf = tl.zeros([BLOCK_E], tl.float32)
-            bb = tl.zeros([BLOCK_E], tl.float32)
+            bf = tl.zeros(offs_e.shape, tl.float32)
+            bb = tl.zeros(offs_e.shape, tl.float32)
+        return wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb
+
+    @triton.jit
+    def _conv_bidir_rows_kernel(x_ptr, w_ptr, bias_ptr, of_ptr, ob_ptr, L, E,
+                                s_xb, s_xl, s_ob, s_ol,
+                                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
+                                FAST: tl.constexpr):
+        """The forward of both directions for up to 4 taps (``w_ptr``: (2, E, 4), shorter kernels padded with
+        leading zero taps), walking ROWS rows with the last four x rows in registers: each x row is loaded
+        once, where the tile kernel loads it once per tap and direction. At row t the window x[t-3..t] gives
+        the causal output of row t and the anti-causal one of row t-3."""
+        b = tl.program_id(2)
+        l0 = tl.program_id(0) * ROWS
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb = _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS)
         x_base = x_ptr + b * s_xb
         o_f = of_ptr + b * s_ob + offs_e
         o_b = ob_ptr + b * s_ob + offs_e
@@ -121,6 +127,87 @@ if HAS_TRITON:
     def _dsilu(a):
         sg = tl.sigmoid(a)
         return sg * (1.0 + a * (1.0 - sg))
+
+    @triton.jit
+    def _conv_bidir_bwd_rows_kernel(x_ptr, w_ptr, bias_ptr, gf_ptr, gb_ptr, dx_ptr, dw_ptr, db_ptr, L, E, K,
+                                    s_xb, s_xl, s_gb, s_gl, s_db, s_dl,
+                                    HAS_BIAS: tl.constexpr, HAS_DX: tl.constexpr, ROWS: tl.constexpr,
+                                    BLOCK_E: tl.constexpr, FAST: tl.constexpr):
+        """The whole backward of the windowed forward in one pass over ROWS rows: at row r it recomputes both
+        pre-activations from a 7-row window of x, forms gp = g * SiLU'(pre) for both directions, adds this
+        program's rows into dw and dbias (registers, one set of atomics at the end), and writes dx of row
+        r - 3 from the last 4 forward and the 7 last backward gp values, so gp never goes to memory. Rows of
+        the neighbouring programs within 3 (6 for the backward direction's gp) are recomputed, not shared.
+        dw_ptr: (2, E, K) with K <= 4 real taps, the last K of the padded 4."""
+        b = tl.program_id(2)
+        l0 = tl.program_id(0) * ROWS
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < E
+        wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb = _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS)
+        x_base = x_ptr + b * s_xb
+        g_f = gf_ptr + b * s_gb + offs_e
+        g_b = gb_ptr + b * s_gb + offs_e
+        zero = tl.zeros([BLOCK_E], tl.float32)
+        # x[r-3 .. r+3] for the first row r = l0 - 3; the loop loads x[r+3]
+        xm3 = _conv_row(x_base, l0 - 6, L, s_xl, offs_e, mask_e)
+        xm2 = _conv_row(x_base, l0 - 5, L, s_xl, offs_e, mask_e)
+        xm1 = _conv_row(x_base, l0 - 4, L, s_xl, offs_e, mask_e)
+        x0 = _conv_row(x_base, l0 - 3, L, s_xl, offs_e, mask_e)
+        xp1 = _conv_row(x_base, l0 - 2, L, s_xl, offs_e, mask_e)
+        xp2 = _conv_row(x_base, l0 - 1, L, s_xl, offs_e, mask_e)
+        xp3 = _conv_row(x_base, l0, L, s_xl, offs_e, mask_e)
+        f1, f2, f3 = zero, zero, zero  # gp_f of rows r-1, r-2, r-3
+        b1, b2, b3, b4, b5, b6 = zero, zero, zero, zero, zero, zero  # gp_b of rows r-1 .. r-6
+        dwf0, dwf1, dwf2, dwf3, dbf = zero, zero, zero, zero, zero
+        dwb0, dwb1, dwb2, dwb3, dbb = zero, zero, zero, zero, zero
+        for i in range(ROWS + 6):
+            r = l0 - 3 + i
+            xp4 = _conv_row(x_base, r + 4, L, s_xl, offs_e, mask_e)  # a row ahead
+            m_g = mask_e & (r >= 0) & (r < L)
+            ga = tl.load(g_f + r * s_gl, mask=m_g, other=0.0).to(tl.float32)
+            gc = tl.load(g_b + r * s_gl, mask=m_g, other=0.0).to(tl.float32)
+            pf = bf + wf0 * xm3 + wf1 * xm2 + wf2 * xm1 + wf3 * x0
+            pb = bb + wb0 * xp3 + wb1 * xp2 + wb2 * xp1 + wb3 * x0
+            sf = fast_sigmoid(pf, FAST)
+            sb = fast_sigmoid(pb, FAST)
+            f0 = ga * sf * (1.0 + pf * (1.0 - sf))
+            b0 = gc * sb * (1.0 + pb * (1.0 - sb))
+            own = ((r >= l0) & (r < l0 + ROWS)).to(tl.float32)  # each row's dw terms from one program only
+            of = f0 * own
+            ob = b0 * own
+            dbf += of
+            dbb += ob
+            dwf0 += of * xm3
+            dwf1 += of * xm2
+            dwf2 += of * xm1
+            dwf3 += of * x0
+            dwb0 += ob * xp3
+            dwb1 += ob * xp2
+            dwb2 += ob * xp1
+            dwb3 += ob * x0
+            if HAS_DX:
+                dx = wf0 * f0 + wf1 * f1 + wf2 * f2 + wf3 * f3 + wb0 * b6 + wb1 * b5 + wb2 * b4 + wb3 * b3
+                s = r - 3
+                tl.store(dx_ptr + b * s_db + s * s_dl + offs_e, dx.to(dx_ptr.dtype.element_ty),
+                         mask=mask_e & (s >= l0) & (s < l0 + ROWS) & (s < L))
+            xm3, xm2, xm1, x0, xp1, xp2, xp3 = xm2, xm1, x0, xp1, xp2, xp3, xp4
+            f3, f2, f1 = f2, f1, f0
+            b6, b5, b4, b3, b2, b1 = b5, b4, b3, b2, b1, b0
+        if HAS_BIAS:
+            tl.atomic_add(db_ptr + offs_e, dbf, mask=mask_e, sem="relaxed")
+            tl.atomic_add(db_ptr + E + offs_e, dbb, mask=mask_e, sem="relaxed")
+        # padded tap j holds real tap j - (4 - K)
+        _add_tap(dw_ptr, offs_e, mask_e, E, K, 0, dwf0, dwb0)
+        _add_tap(dw_ptr, offs_e, mask_e, E, K, 1, dwf1, dwb1)
+        _add_tap(dw_ptr, offs_e, mask_e, E, K, 2, dwf2, dwb2)
+        _add_tap(dw_ptr, offs_e, mask_e, E, K, 3, dwf3, dwb3)
+
+    @triton.jit
+    def _add_tap(dw_ptr, offs_e, mask_e, E, K, j: tl.constexpr, dwf, dwb):
+        k = j - (4 - K)
+        m = mask_e & (k >= 0)
+        tl.atomic_add(dw_ptr + offs_e * K + k, dwf, mask=m, sem="relaxed")
+        tl.atomic_add(dw_ptr + E * K + offs_e * K + k, dwb, mask=m, sem="relaxed")
 
     @triton.jit
     def _conv_bidir_bwd_gp_kernel(x_ptr, w_ptr, bias_ptr, gf_ptr, gb_ptr, gp_ptr, dw_ptr, db_ptr, L, E,
@@ -198,6 +285,9 @@ CONV_WINDOWED = True  # the forward of kernels up to 4 taps by the windowed kern
 CONV_ROWS = 64  # the windowed forward: rows walked per program, its channels and warps (0.31 ms at the encoder
 CONV_ROWS_BLOCK_E = 256  # shape on an H200, 128 channels and 1 warp 0.32-0.36, the tile kernel 0.50)
 CONV_ROWS_WARPS = 2
+CONV_BWD_ROWS = 256  # the windowed backward (up to 4 taps): rows per program (fewer programs add into each dw)
+CONV_BWD_BLOCK_E = 64
+CONV_BWD_WARPS = 1
 CONV_BWD_ROW_TILES = 4  # row tiles per program of the conv backward, which sums its dw terms before the atomics
 
 
@@ -234,9 +324,20 @@ def conv_bwd(x: Tensor, w: Tensor, bias: Optional[Tensor], g_f: Tensor, g_b: Ten
     K = w.shape[-1]
     g_f, g_b = g_f.contiguous(), g_b.contiguous()
     f32 = dict(device=x.device, dtype=torch.float32)
-    gp = torch.empty((2, Bsz, L, E), **f32)  # pre-activation gradients, both directions
     dw = torch.zeros((2, E, K), **f32)
     db = torch.zeros((2, E), **f32)
+    if CONV_WINDOWED and K <= 4:
+        w4 = w if K == 4 else F.pad(w, (4 - K, 0))
+        grid = (triton.cdiv(L, CONV_BWD_ROWS), triton.cdiv(E, CONV_BWD_BLOCK_E), Bsz)
+        _conv_bidir_bwd_rows_kernel[grid](
+            x, w4, bias if bias is not None else w4, g_f, g_b, dx if dx is not None else x, dw, db, L, E, K,
+            x.stride(0), x.stride(1), g_f.stride(0), g_f.stride(1),
+            dx.stride(0) if dx is not None else 0, dx.stride(1) if dx is not None else 0,
+            HAS_BIAS=bias is not None, HAS_DX=dx is not None, ROWS=CONV_BWD_ROWS, BLOCK_E=CONV_BWD_BLOCK_E,
+            FAST=not interpreting(), num_warps=CONV_BWD_WARPS,
+        )
+        return dw, db
+    gp = torch.empty((2, Bsz, L, E), **f32)  # pre-activation gradients, both directions
     grid_gp = (triton.cdiv(L, CONV_BLOCK_L * CONV_BWD_ROW_TILES), triton.cdiv(E, CONV_BLOCK_E), Bsz)
     _conv_bidir_bwd_gp_kernel[grid_gp](
         x, w, bias if bias is not None else w, g_f, g_b, gp, dw, db, L, E,

@@ -129,6 +129,10 @@ if HAS_TRITON:
         return sg * (1.0 + a * (1.0 - sg))
 
     @triton.jit
+    def _zeros(n: tl.constexpr):
+        return tl.zeros([n], tl.float32)
+
+    @triton.jit
     def _conv_bidir_bwd_rows_kernel(x_ptr, w_ptr, bias_ptr, gf_ptr, gb_ptr, dx_ptr, dw_ptr, db_ptr, L, E, K,
                                     s_xb, s_xl, s_gb, s_gl, s_db, s_dl,
                                     HAS_BIAS: tl.constexpr, HAS_DX: tl.constexpr, ROWS: tl.constexpr,
@@ -147,7 +151,6 @@ if HAS_TRITON:
         x_base = x_ptr + b * s_xb
         g_f = gf_ptr + b * s_gb + offs_e
         g_b = gb_ptr + b * s_gb + offs_e
-        zero = tl.zeros([BLOCK_E], tl.float32)
         # x[r-3 .. r+3] for the first row r = l0 - 3; the loop loads x[r+3]
         xm3 = _conv_row(x_base, l0 - 6, L, s_xl, offs_e, mask_e)
         xm2 = _conv_row(x_base, l0 - 5, L, s_xl, offs_e, mask_e)
@@ -156,10 +159,15 @@ if HAS_TRITON:
         xp1 = _conv_row(x_base, l0 - 2, L, s_xl, offs_e, mask_e)
         xp2 = _conv_row(x_base, l0 - 1, L, s_xl, offs_e, mask_e)
         xp3 = _conv_row(x_base, l0, L, s_xl, offs_e, mask_e)
-        f1, f2, f3 = zero, zero, zero  # gp_f of rows r-1, r-2, r-3
-        b1, b2, b3, b4, b5, b6 = zero, zero, zero, zero, zero, zero  # gp_b of rows r-1 .. r-6
-        dwf0, dwf1, dwf2, dwf3, dbf = zero, zero, zero, zero, zero
-        dwb0, dwb1, dwb2, dwb3, dbb = zero, zero, zero, zero, zero
+        # gp_f of rows r-1 .. r-3 and gp_b of rows r-1 .. r-6. Each starts as its own zeros: Triton carries a
+        # name through the loop only if the body gives it a new value, and "f3 = f2" would look unchanged if
+        # both started as one tensor (the interpreter, running plain Python, cannot tell).
+        f1, f2, f3 = _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E)
+        b1, b2, b3 = _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E)
+        b4, b5, b6 = _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E)
+        dwf0, dwf1, dwf2, dwf3 = _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E)
+        dwb0, dwb1, dwb2, dwb3 = _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E), _zeros(BLOCK_E)
+        dbf, dbb = _zeros(BLOCK_E), _zeros(BLOCK_E)
         for i in range(ROWS + 6):
             r = l0 - 3 + i
             xp4 = _conv_row(x_base, r + 4, L, s_xl, offs_e, mask_e)  # a row ahead

@@ -70,6 +70,12 @@ if HAS_TRITON:
         return tl.load(x_base + t * s_xl + offs_e, mask=mask_e & (t >= 0) & (t < L), other=0.0).to(tl.float32)
 
     @triton.jit
+    def _rows_program(E, ROWS: tl.constexpr, BLOCK_E: tl.constexpr):
+        """A windowed program's sequence, first row, channels and channel mask; grid (L / ROWS, E, B)."""
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        return tl.program_id(2), tl.program_id(0) * ROWS, offs_e, offs_e < E
+
+    @triton.jit
     def _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS: tl.constexpr):
         """The 4 taps of each direction (``w_ptr``: (2, E, 4)) and the biases of this program's channels."""
         wf0 = tl.load(w_ptr + offs_e * 4, mask=mask_e, other=0.0)
@@ -97,10 +103,7 @@ if HAS_TRITON:
         leading zero taps), walking ROWS rows with the last four x rows in registers: each x row is loaded
         once, where the tile kernel loads it once per tap and direction. At row t the window x[t-3..t] gives
         the causal output of row t and the anti-causal one of row t-3."""
-        b = tl.program_id(2)
-        l0 = tl.program_id(0) * ROWS
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
+        b, l0, offs_e, mask_e = _rows_program(E, ROWS, BLOCK_E)
         wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb = _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS)
         x_base = x_ptr + b * s_xb
         o_f = of_ptr + b * s_ob + offs_e
@@ -143,10 +146,7 @@ if HAS_TRITON:
         r - 3 from the last 4 forward and the 7 last backward gp values, so gp never goes to memory. Rows of
         the neighbouring programs within 3 (6 for the backward direction's gp) are recomputed, not shared.
         dw_ptr: (2, E, K) with K <= 4 real taps, the last K of the padded 4."""
-        b = tl.program_id(2)
-        l0 = tl.program_id(0) * ROWS
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < E
+        b, l0, offs_e, mask_e = _rows_program(E, ROWS, BLOCK_E)
         wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb = _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS)
         x_base = x_ptr + b * s_xb
         g_f = gf_ptr + b * s_gb + offs_e

@@ -6,7 +6,7 @@ and ``_bimamba_bwd_kernel`` for sm_90 with the library's settings (Triton's bund
 with the bundled ``nvdisasm``, finds the loops (backward branches) and prints each body's instruction count
 with its most frequent opcodes, plus the registers and stack per thread::
 
-    python benchmarks/kernel_sass.py            # both kernels
+    python benchmarks/kernel_sass.py            # both scan kernels and the windowed conv kernels
     python benchmarks/kernel_sass.py --kernel fwd --tile 2 --maxnreg 96
 """
 from __future__ import annotations
@@ -26,12 +26,14 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from vmm.ops import triton_bimamba as tb  # noqa: E402
+from vmm.ops import triton_conv as tc  # noqa: E402
 
 NV_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 BF16_ARGS = {"uf_ptr", "ub_ptr", "dtf_ptr", "dtb_ptr", "z_ptr", "out_ptr", "g_ptr", "duf_ptr", "dub_ptr",
-             "ddtf_ptr", "ddtb_ptr", "dz_ptr"}
+             "ddtf_ptr", "ddtb_ptr", "dz_ptr", "x_ptr", "of_ptr", "ob_ptr", "gf_ptr", "gb_ptr", "dx_ptr"}
 # Integer arguments that are multiples of 16 at VideoMamba-M shapes, so Triton specialises them as such.
-DIV16_ARGS = {"E", "s_ub", "s_zb", "s_bfb", "s_bfl", "s_bbb", "s_bbl", "s_ob", "s_od", "s_dzd"}
+DIV16_ARGS = {"E", "s_ub", "s_zb", "s_bfb", "s_bfl", "s_bbb", "s_bbl", "s_ob", "s_ol", "s_od", "s_dzd", "s_xb",
+              "s_xl", "s_gb", "s_gl", "s_db", "s_dl"}
 
 
 def compile_sm90(kernel, constexprs: dict, options: dict):
@@ -84,27 +86,42 @@ def report(name: str, compiled) -> None:
         ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body)
         top = ", ".join(f"{op} {n}" for op, n in ops.most_common(10))
         print(f"  loop {label}: {len(body)} instructions ({top})")
+    # Values each loop carries from one iteration to the next (Triton IR). Triton carries a name only if the
+    # loop body gives it a new value, which the interpreter cannot check: a register window whose slots start
+    # as one tensor loses its shifts (the first windowed conv backward did).
+    loops = re.findall(r"iter_args\((.*?)\) ->", compiled.asm["ttir"])
+    carried = [len(re.findall(r"%[\w.]+ = ", args)) for args in loops]
+    print(f"  loops carry {carried} values")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["fwd", "bwd", "both"], default="both")
+    p.add_argument("--kernel", choices=["fwd", "bwd", "conv", "all"], default="all")
     p.add_argument("--tile", type=int, default=tb.FWD_TILE, help="forward steps per tile (FWD_TILE)")
     p.add_argument("--maxnreg", type=int, default=tb.FWD_MAXNREG, help="forward register cap (FWD_MAXNREG)")
     p.add_argument("--ck", type=int, default=tb.BWD_CK, help="backward checkpoint interval (BWD_CK)")
     args = p.parse_args(argv)
-    if args.kernel in ("fwd", "both"):
+    if args.kernel in ("fwd", "all"):
         fwd = compile_sm90(tb._bimamba_fwd_kernel,
                            {"N": 16, "BLOCK_E": tb.FWD_BLOCK_E, "TILE": args.tile, "SAVE": False, "CK": args.ck,
                             "GATE": tb.FWD_GATE_IN_SCAN, "PF": tb.FWD_PREFETCH,
                             "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
         report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
-    if args.kernel in ("bwd", "both"):
+    if args.kernel in ("bwd", "all"):
         bwd = compile_sm90(tb._bimamba_bwd_kernel,
                            {"N": 16, "CK": args.ck, "BLOCK_E": tb.BWD_BLOCK_E, "SHFL": tb._bwd_shfl(16),
                             "INTERP": False},
                            {"num_warps": tb.BWD_WARPS, **({"maxnreg": tb.BWD_MAXNREG} if tb.BWD_MAXNREG else {})})
         report("_bimamba_bwd_kernel (per direction: the recompute step, the adjoint step, the chunk loop)", bwd)
+    if args.kernel in ("conv", "all"):
+        fast = {"HAS_BIAS": True, "FAST": True}
+        cf = compile_sm90(tc._conv_bidir_rows_kernel, {**fast, "ROWS": tc.CONV_ROWS, "BLOCK_E": tc.CONV_ROWS_BLOCK_E},
+                          {"num_warps": tc.CONV_ROWS_WARPS})
+        report(f"_conv_bidir_rows_kernel (a loop body is one row of {tc.CONV_ROWS_BLOCK_E} channels)", cf)
+        cb = compile_sm90(tc._conv_bidir_bwd_rows_kernel,
+                          {**fast, "HAS_DX": True, "ROWS": tc.CONV_BWD_ROWS, "BLOCK_E": tc.CONV_BWD_BLOCK_E},
+                          {"num_warps": tc.CONV_BWD_WARPS})
+        report(f"_conv_bidir_bwd_rows_kernel (a loop body is one row of {tc.CONV_BWD_BLOCK_E} channels)", cb)
 
 
 if __name__ == "__main__":

@@ -307,20 +307,27 @@ def test_cuda_patch_embed_gemm_matches_conv():
     assert got.shape == want.shape and rel(got, want) < 1e-5
 
 
-def test_kernel_sass_tool_reads_both_kernels(tmp_path):
-    """benchmarks/kernel_sass.py compiles both kernels for sm_90 on this CPU machine and finds their loops."""
+def test_kernel_sass_tool_reads_the_kernels(tmp_path):
+    """benchmarks/kernel_sass.py compiles the scan and windowed conv kernels for sm_90 on this CPU machine,
+    finds their loops, and reports what each loop carries: the check the interpreter cannot make (it runs
+    plain Python, where a loop keeps every name)."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_sass.py")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    fwd, bwd = proc.stdout.split("_bimamba_bwd_kernel")
+    fwd, rest = proc.stdout.split("_bimamba_bwd_kernel")
+    bwd, conv_fwd, conv_bwd = rest.split("_conv_bidir_")
     # Under the register cap the forward keeps at most a value or two on the stack (tile 4 at 96 registers: one
     # store and one load per 4 steps); a cap that spills the states shows as a stack of 64 bytes or more.
     assert "_bimamba_fwd_kernel" in fwd and int(re.search(r"registers, stack (\d+) bytes", fwd).group(1)) <= 16
-    counts_fwd = [int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", fwd)]
-    counts_bwd = [int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", bwd)]
-    assert len(counts_fwd) == 2 and len(counts_bwd) == 6  # one loop per direction; three per direction
+    counts = [[int(n) for n in re.findall(r"loop L_x_\d+: (\d+) instructions", part)]
+              for part in (fwd, bwd, conv_fwd, conv_bwd)]
+    assert [len(c) for c in counts] == [2, 6, 1, 1]  # scans: one loop per direction, three per direction
     assert "MUFU" in fwd and "SHFL" in bwd  # exp2 in the forward; the shuffle reduce-scatter in the backward
+    assert "stack 0 bytes" in conv_fwd and "stack 0 bytes" in conv_bwd
+    # The windowed conv backward carries its 7 x rows, 3 + 6 gp values, 8 dw and 2 dbias sums; the forward its
+    # 4 x rows. Fewer means a window shift was dropped from the loop.
+    assert "loops carry [4] values" in conv_fwd and "loops carry [26] values" in conv_bwd
 
 
 def test_forward_keeps_state_checkpoints_only_when_a_backward_can_follow():

@@ -258,7 +258,7 @@ if HAS_TRITON:
         the program of a pair that finishes second (a counter per pair, after a fence), was slower: 1.42 against
         1.36 ms (H200, B=32), as that pass competes with the scans for issue slots."""
         pid_e = tl.program_id(0)
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)  # b * (L * 2E) passes 2^31 at 64 frames from batch 75
         d = tl.program_id(2)
         offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E
@@ -284,16 +284,17 @@ if HAS_TRITON:
                           BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
         """out = (y_f + y_b) * SiLU(z), the two ungated outputs rounded to the I/O dtype as the scan wrote them;
         y: (2, B, L, E) and out (B, L, E) contiguous, z any (B, L, E) view with stride 1 over E."""
-        b = tl.program_id(2)
+        b = tl.program_id(2).to(tl.int64)  # sequence offsets in 64 bits, as in the scan kernels
         offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         m = (offs_l < L)[:, None] & (offs_e < E)[None, :]
-        off = (b * L + offs_l)[:, None] * E + offs_e[None, :]
-        yf = tl.load(y_ptr + off, mask=m, other=0.0).to(tl.float32)
-        yb = tl.load(y_ptr + s_yd + off, mask=m, other=0.0).to(tl.float32)
+        off = offs_l[:, None] * E + offs_e[None, :]
+        seq = b * L * E
+        yf = tl.load(y_ptr + seq + off, mask=m, other=0.0).to(tl.float32)
+        yb = tl.load(y_ptr + s_yd + seq + off, mask=m, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + b * s_zb + offs_l[:, None] * s_zl + offs_e[None, :], mask=m, other=0.0).to(tl.float32)
         y = (yf + yb) * (z * fast_sigmoid(z, not INTERP))
-        tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(out_ptr + seq + off, y.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _step_position(s, L, mask_e, REVERSE: tl.constexpr):
@@ -468,7 +469,7 @@ if HAS_TRITON:
                             N: tl.constexpr, CK: tl.constexpr, BLOCK_E: tl.constexpr, SHFL: tl.constexpr,
                             INTERP: tl.constexpr):
         pid_e = tl.program_id(0)
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)  # b * (L * 2E) passes 2^31 at 64 frames from batch 75
         d = tl.program_id(2)
         B = tl.num_programs(1)
         offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)

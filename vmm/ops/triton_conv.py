@@ -21,8 +21,9 @@ if HAS_TRITON:
 
     @triton.jit
     def _conv_tile(L, E, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-        """A conv program's sequence, rows, channels, channel mask and (row, channel) mask; grid (L, E, B)."""
-        b = tl.program_id(2)
+        """A conv program's sequence (64-bit: b * L * 2E passes 2^31 at 64 frames from batch 75), rows,
+        channels, channel mask and (row, channel) mask; grid (L, E, B)."""
+        b = tl.program_id(2).to(tl.int64)
         offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E
@@ -71,9 +72,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _rows_program(E, ROWS: tl.constexpr, BLOCK_E: tl.constexpr):
-        """A windowed program's sequence, first row, channels and channel mask; grid (L / ROWS, E, B)."""
+        """A windowed program's sequence (64-bit, as in _conv_tile), first row, channels and channel mask; grid
+        (L / ROWS, E, B)."""
         offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        return tl.program_id(2), tl.program_id(0) * ROWS, offs_e, offs_e < E
+        return tl.program_id(2).to(tl.int64), tl.program_id(0) * ROWS, offs_e, offs_e < E
 
     @triton.jit
     def _conv_taps(w_ptr, bias_ptr, offs_e, mask_e, E, HAS_BIAS: tl.constexpr):
@@ -226,7 +228,7 @@ if HAS_TRITON:
         directions (pre recomputed from x), written in fp32, and dw, dbias. A program walks ROW_TILES tiles of
         rows and sums its dw, dbias terms in registers before one set of atomics: with an atomic per tile, 800
         programs added to each weight and the kernel took 5x the forward's time."""
-        b = tl.program_id(2)
+        b = tl.program_id(2).to(tl.int64)
         offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         mask_e = offs_e < E
         x_base = x_ptr + b * s_xb

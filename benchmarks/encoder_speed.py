@@ -285,14 +285,16 @@ def scan_section(args, res):
 
     with torch.no_grad():
         # (steps per tile, register cap, SiLU gate in each direction's scan or once in the add, L2 prefetch of the
-        # rows this many steps ahead); the library's default is the best of this sweep on an H200 (16-channel
-        # blocks, two lanes per channel, were slower in session 3's runs)
-        tile, reg, gate, pf = sweep(out, "ours_bidir_fwd_ms",
-                                    {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan",
-                                     "FWD_PREFETCH": "prefetch"},
-                                    [(4, 96, False, 32), (4, 96, True, 32), (4, 96, False, 0), (2, 96, False, 0),
-                                     (2, 96, False, 32), (4, 96, False, 64), (8, 96, False, 32)], ours)
+        # u/dt rows and L1 prefetch of the B/C rows this many steps ahead); the library's default is the best of
+        # this sweep on an H200 (16-channel blocks, two lanes per channel, were slower in session 3's runs)
+        tile, reg, gate, pf, pfbc = sweep(
+            out, "ours_bidir_fwd_ms", {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan",
+                                       "FWD_PREFETCH": "prefetch", "FWD_PREFETCH_BC": "prefetch_bc"},
+            [(4, 96, False, 32, 8), (4, 96, False, 32, 0), (4, 96, False, 32, 4), (4, 96, False, 32, 16),
+             (4, 96, False, 32, 32), (4, 96, False, 0, 8), (4, 96, True, 32, 8), (2, 96, False, 32, 8),
+             (8, 96, False, 32, 8), (4, 80, False, 32, 8), (4, 96, False, 32, 8), (4, 96, False, 32, 0)], ours)
         out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate, "prefetch": pf,
+                                         "prefetch_bc": pfbc,
                                          "BLOCK_E": triton_bimamba.FWD_BLOCK_E, "num_warps": triton_bimamba.FWD_WARPS}
         if selective_scan_cuda is not None:
             def m_one():
@@ -322,13 +324,16 @@ def scan_section(args, res):
         y = triton_bimamba.bimamba_scan(*leaves, B_f, C_f, B_b, C_b, A, D, bias)
         y.backward(gy)
 
-    # (checkpoint interval, register cap, channels per one-warp program, shuffle reduce-scatter of dB/dC)
-    ck, reg, be, shfl = sweep(out, "ours_bidir_fwdbwd_ms",
-                              {"BWD_CK": "ck", "BWD_MAXNREG": "bwd_maxnreg", "BWD_BLOCK_E": "bwd_block_e",
-                               "BWD_SHFL": "shfl"},
-                              [(32, None, 32, True), (32, None, 32, False), (64, None, 32, True),
-                               (16, None, 32, True), (32, 128, 32, True), (32, None, 16, False)], ours_fb)
-    out["ours_bwd_sweep_fastest"] = {"CK": ck, "maxnreg": reg, "BLOCK_E": be, "shfl": shfl,
+    # (checkpoint interval, register cap, channels per one-warp program, shuffle reduce-scatter of dB/dC, L2
+    # prefetch of the rows two chunks ahead)
+    ck, reg, be, shfl, bpf = sweep(out, "ours_bidir_fwdbwd_ms",
+                                   {"BWD_CK": "ck", "BWD_MAXNREG": "bwd_maxnreg", "BWD_BLOCK_E": "bwd_block_e",
+                                    "BWD_SHFL": "shfl", "BWD_PREFETCH": "bwd_prefetch"},
+                                   [(16, None, 32, True, True), (16, None, 32, True, False), (32, None, 32, True, True),
+                                    (32, None, 32, False, True), (64, None, 32, True, True),
+                                    (32, 128, 32, True, True), (32, None, 16, False, True),
+                                    (16, None, 32, True, True), (16, None, 32, True, False)], ours_fb)
+    out["ours_bwd_sweep_fastest"] = {"CK": ck, "maxnreg": reg, "BLOCK_E": be, "shfl": shfl, "prefetch": bpf,
                               "num_warps": triton_bimamba.BWD_WARPS}
     if selective_scan_cuda is not None:
         m_leaves = [t.clone().requires_grad_() for t in (m_u_f, m_u_b, m_dt_f, m_dt_b, m_z)]

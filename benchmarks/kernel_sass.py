@@ -99,18 +99,19 @@ def main(argv=None) -> None:
     p.add_argument("--kernel", choices=["fwd", "bwd", "conv", "all"], default="all")
     p.add_argument("--tile", type=int, default=tb.FWD_TILE, help="forward steps per tile (FWD_TILE)")
     p.add_argument("--maxnreg", type=int, default=tb.FWD_MAXNREG, help="forward register cap (FWD_MAXNREG)")
+    p.add_argument("--pfbc", type=int, default=tb.FWD_PREFETCH_BC, help="forward B/C L1 prefetch (FWD_PREFETCH_BC)")
     p.add_argument("--ck", type=int, default=tb.BWD_CK, help="backward checkpoint interval (BWD_CK)")
     args = p.parse_args(argv)
     if args.kernel in ("fwd", "all"):
         fwd = compile_sm90(tb._bimamba_fwd_kernel,
                            {"N": 16, "BLOCK_E": tb.FWD_BLOCK_E, "TILE": args.tile, "SAVE": False, "CK": args.ck,
-                            "GATE": tb.FWD_GATE_IN_SCAN, "PF": tb.FWD_PREFETCH,
+                            "GATE": tb.FWD_GATE_IN_SCAN, "PF": tb.FWD_PREFETCH, "PFBC": args.pfbc,
                             "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
         report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
     if args.kernel in ("bwd", "all"):
         bwd = compile_sm90(tb._bimamba_bwd_kernel,
                            {"N": 16, "CK": args.ck, "BLOCK_E": tb.BWD_BLOCK_E, "SHFL": tb._bwd_shfl(16),
-                            "INTERP": False},
+                            "PF": tb.BWD_PREFETCH, "INTERP": False},
                            {"num_warps": tb.BWD_WARPS, **({"maxnreg": tb.BWD_MAXNREG} if tb.BWD_MAXNREG else {})})
         report("_bimamba_bwd_kernel (per direction: the recompute step, the adjoint step, the chunk loop)", bwd)
     if args.kernel in ("conv", "all"):

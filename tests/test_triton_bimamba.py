@@ -200,14 +200,17 @@ def test_cuda_fp32_matches_reference(Bsz, E, L):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("tile,gate_in_scan,prefetch", [(0, False, 0), (2, False, 0), (8, False, 0), (16, False, 0),
-                                                        (4, True, 0), (0, True, 0), (4, False, 16), (2, True, 32)])
-def test_cuda_forward_variants_match_reference(tile, gate_in_scan, prefetch, monkeypatch):
+@pytest.mark.parametrize("tile,gate_in_scan,prefetch,prefetch_bc",
+                         [(0, False, 0, 0), (2, False, 0, 8), (8, False, 0, 0), (16, False, 0, 16), (4, True, 0, 8),
+                          (0, True, 0, 0), (4, False, 16, 4), (2, True, 32, 32), (4, False, 32, 0)])
+def test_cuda_forward_variants_match_reference(tile, gate_in_scan, prefetch, prefetch_bc, monkeypatch):
     """The step-at-a-time and 2-, 8- and 16-step-tile forward kernels (the default tile is 4), the SiLU gate
-    applied inside each direction's scan instead of once in the add, and L2 prefetches of the rows ahead."""
+    applied inside each direction's scan instead of once in the add, and the L2 (u, dt) and L1 (B, C)
+    prefetches of the rows ahead, on and off."""
     monkeypatch.setattr(triton_bimamba, "FWD_TILE", tile)
     monkeypatch.setattr(triton_bimamba, "FWD_GATE_IN_SCAN", gate_in_scan)
     monkeypatch.setattr(triton_bimamba, "FWD_PREFETCH", prefetch)
+    monkeypatch.setattr(triton_bimamba, "FWD_PREFETCH_BC", prefetch_bc)
     xz, wf, wb = make_layer(2, 96, 77, device="cuda", seed=tile)
     check_against_reference(xz, wf, wb, tol=1e-5)
     xz, wf, wb = make_layer(2, 128, 197, dtype=torch.bfloat16, device="cuda", seed=tile)

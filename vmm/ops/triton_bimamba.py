@@ -169,11 +169,30 @@ if HAS_TRITON:
                                   [ptr + p * s_l + tl.min(offs_e, axis=0)], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
+    def _prefetch_bc_rows(b_ptr, s0, L, s_bl, lanes, REVERSE: tl.constexpr, T: tl.constexpr, N: tl.constexpr,
+                          L1: tl.constexpr):
+        """Ask L1 (else L2) for the B and C rows (2N values from b_ptr) of steps s0 .. s0+T-1: lane l asks for
+        row s0 + l % T at its first or last value, as a row may straddle two lines. Every program of a sequence
+        reads these rows, each on its own SM, so without this each step's B/C loads wait out an L2 hit."""
+        s = tl.minimum(s0 + lanes % T, L - 1)
+        if REVERSE:
+            p = L - 1 - s
+        else:
+            p = s
+        ptr = b_ptr + p * s_bl + ((lanes // T) % 2) * (2 * N - 1)
+        if L1:
+            tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr,
                                   A2, Dv, bias, offs_e, mask_e, offs_n, L, sE,
                                   s_ul, s_zl, s_bl, s_ol,
                                   REVERSE: tl.constexpr, T: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr,
-                                  CK: tl.constexpr, PF: tl.constexpr,
+                                  CK: tl.constexpr, PF: tl.constexpr, PFBC: tl.constexpr,
                                   N: tl.constexpr, BLOCK_E: tl.constexpr, INTERP: tl.constexpr):
         """Inference form of :func:`_scan_direction_fwd`: T steps at a time. A chunk's u, dt (and z when GATE)
         arrive as (T, BLOCK_E) tiles loaded one chunk ahead, with L2 prefetches of the u and dt rows PF steps
@@ -191,6 +210,8 @@ if HAS_TRITON:
             if PF > 0 and not INTERP:
                 _prefetch_rows(u_ptr, c0 + T + PF, L, s_ul, offs_e, REVERSE, T)
                 _prefetch_rows(dt_ptr, c0 + T + PF, L, s_ul, offs_e, REVERSE, T)
+            if PFBC > 0 and not INTERP:
+                _prefetch_bc_rows(b_ptr, c0 + T + PFBC, L, s_bl, tl.arange(0, BLOCK_E), REVERSE, T, N, True)
             Uf = U.to(tl.float32)
             Delta = _softplus(DT.to(tl.float32) + bias[None, :], not INTERP)
             Y = tl.zeros([T, BLOCK_E], tl.float32)
@@ -227,11 +248,11 @@ if HAS_TRITON:
                        L, sE, s_ul, s_zl, s_bl, s_ol,
                        REVERSE: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr,
                        TILE: tl.constexpr, SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr,
-                       PF: tl.constexpr, INTERP: tl.constexpr):
+                       PF: tl.constexpr, PFBC: tl.constexpr, INTERP: tl.constexpr):
         if TILE > 0:
             _scan_direction_fwd_tiled(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e,
                                       mask_e, offs_n, L, sE, s_ul, s_zl, s_bl, s_ol,
-                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, N=N,
+                                      REVERSE=REVERSE, T=TILE, SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, PFBC=PFBC, N=N,
                                       BLOCK_E=BLOCK_E, INTERP=INTERP)
         else:
             _scan_direction_fwd(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, out_ptr, ck_ptr, A2, Dv, bias, offs_e, mask_e,
@@ -247,7 +268,7 @@ if HAS_TRITON:
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_ob, s_ol, s_od,
                             N: tl.constexpr, BLOCK_E: tl.constexpr, TILE: tl.constexpr,
                             SAVE: tl.constexpr, GATE: tl.constexpr, CK: tl.constexpr, PF: tl.constexpr,
-                            INTERP: tl.constexpr):
+                            PFBC: tl.constexpr, INTERP: tl.constexpr):
         """One program per (channel block, sequence, direction): program_id(2) is the direction, and each
         writes its own output (s_od apart). Running the two directions one after the other in one program,
         the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
@@ -272,12 +293,12 @@ if HAS_TRITON:
             _fwd_direction(uf_ptr + b * s_ub, dtf_ptr + b * s_ub, z_ptr + b * s_zb, bf_ptr + b * s_bfb,
                            bf_ptr + b * s_bfb + N, out_ptr + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e, offs_n,
                            L, sE, s_ul, s_zl, s_bfl, s_ol, REVERSE=False, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, PFBC=PFBC, INTERP=INTERP)
         else:
             _fwd_direction(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, bb_ptr + b * s_bbb,
                            bb_ptr + b * s_bbb + N, out_ptr + s_od + b * s_ob, ck, A2, Dv, bias, offs_e, mask_e,
                            offs_n, L, sE, s_ul, s_zl, s_bbl, s_ol, REVERSE=True, N=N, BLOCK_E=BLOCK_E, TILE=TILE,
-                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, INTERP=INTERP)
+                           SAVE=SAVE, GATE=GATE, CK=CK, PF=PF, PFBC=PFBC, INTERP=INTERP)
 
     @triton.jit
     def _gated_sum_kernel(y_ptr, z_ptr, out_ptr, L, E, s_yd, s_zb, s_zl,
@@ -376,7 +397,7 @@ if HAS_TRITON:
                             A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK,
                             s_ul, s_zl, s_bl,
                             REVERSE: tl.constexpr, CK: tl.constexpr, N: tl.constexpr, BLOCK_E: tl.constexpr,
-                            SHFL: tl.constexpr, INTERP: tl.constexpr):
+                            SHFL: tl.constexpr, PF: tl.constexpr, INTERP: tl.constexpr):
         A2 = A * 1.4426950408889634
         n_true = offs_n < N
         tile = offs_n[None, :] * sE + offs_e[:, None]  # (N, E)-major, like A and the checkpoints
@@ -456,6 +477,13 @@ if HAS_TRITON:
                              SHFL, INTERP, BLOCK_E, N)
                 dh_prop = a * dh
             tl.debug_barrier()
+            if PF and not INTERP:  # the rows of the chunk after next into L2: its first loads come from DRAM otherwise
+                sn = tl.maximum(s0 - 2 * CK, 0)
+                _prefetch_rows(u_ptr, sn, L, s_ul, offs_e, REVERSE, CK)
+                _prefetch_rows(dt_ptr, sn, L, s_ul, offs_e, REVERSE, CK)
+                _prefetch_rows(z_ptr, sn, L, s_zl, offs_e, REVERSE, CK)
+                _prefetch_rows(g_ptr, sn, L, s_ul, offs_e, REVERSE, CK)
+                _prefetch_bc_rows(b_ptr, sn, L, s_bl, tl.arange(0, BLOCK_E), REVERSE, CK, N, False)
         tl.atomic_add(dA_ptr + tile, dA_acc, mask=mask_e[:, None], sem="relaxed")
         tl.atomic_add(dD_ptr + offs_e, dD_acc, mask=mask_e, sem="relaxed")
         tl.atomic_add(dbias_ptr + offs_e, dbias_acc, mask=mask_e, sem="relaxed")
@@ -467,7 +495,7 @@ if HAS_TRITON:
                             dA_ptr, dD_ptr, dbias_ptr,
                             L, E, sE, NCK, s_ub, s_ul, s_zb, s_zl, s_bfb, s_bfl, s_bbb, s_bbl, s_dzd, scr_pad,
                             N: tl.constexpr, CK: tl.constexpr, BLOCK_E: tl.constexpr, SHFL: tl.constexpr,
-                            INTERP: tl.constexpr):
+                            PF: tl.constexpr, INTERP: tl.constexpr):
         pid_e = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)  # b * (L * 2E) passes 2^31 at 64 frames from batch 75
         d = tl.program_id(2)
@@ -491,14 +519,16 @@ if HAS_TRITON:
                                 duf_ptr + b * s_ub, ddtf_ptr + b * s_ub, dz_ptr + b * s_ub,
                                 dB_ptr + dBC, dB_ptr + dBC + N, dA_ptr, dD_ptr, dbias_ptr,
                                 A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bfl,
-                                REVERSE=False, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, INTERP=INTERP)
+                                REVERSE=False, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, PF=PF,
+                                INTERP=INTERP)
         else:
             _scan_direction_bwd(ub_ptr + b * s_ub, dtb_ptr + b * s_ub, z_ptr + b * s_zb, g_ptr + b * s_ub,
                                 bb_ptr + b * s_bbb, bb_ptr + b * s_bbb + N, ck, scr,
                                 dub_ptr + b * s_ub, ddtb_ptr + b * s_ub, dz_ptr + s_dzd + b * s_ub,
                                 dB_ptr + dBC, dB_ptr + dBC + N, dA_ptr + N * sE, dD_ptr + E, dbias_ptr + E,
                                 A, Dv, bias, offs_e, mask_e, offs_n, L, sE, NCK, s_ul, s_zl, s_bbl,
-                                REVERSE=True, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, INTERP=INTERP)
+                                REVERSE=True, CK=CK, N=N, BLOCK_E=BLOCK_E, SHFL=SHFL, PF=PF,
+                                INTERP=INTERP)
 
 # Launch settings; one warp per 32 channels keeps enough programs resident to hide the per-step latency.
 FWD_BLOCK_E = 32
@@ -508,9 +538,14 @@ FWD_TILE = 4  # steps per chunk of tile loads in the forward kernel (4: 1.18-1.2
 # SiLU(z) applied by each direction's scan and the outputs added (True: the reference's rounding, each direction
 # rounded after its gate), or once in the add (False: 2 of the 20 MUFU operations of a scan step saved)
 FWD_GATE_IN_SCAN = False
+# Tiled forward: L1 prefetch of the B/C rows this many steps past the next tile; 0 = none. Every channel block
+# of a sequence reads the same rows from its own SM, so each step's B/C loads were L2 hits the warps waited on
+# (ncu: 47% of stall cycles): VideoMamba-M 8 frames 605 vs 561 clips/s on an H200 (16 steps: 606).
+FWD_PREFETCH_BC = 8
 FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many steps past the next tile; 0 = none
 # (tile 4 on one H200: 1.24 ms with it, 1.40-1.43 without; on another tile 4 without was already 1.18-1.20)
 FWD_MAXNREG = 96  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped)
+BWD_PREFETCH = True  # the backward asks L2 for the next chunk's rows (u, dt, z, g, B/C) as it starts a chunk
 BWD_BLOCK_E = 32
 BWD_WARPS = 1
 # The forward keeps every BWD_CK-th state for the backward (a multiple of FWD_TILE): at 16, fwd+bwd 9.4 ms vs
@@ -545,7 +580,7 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0)
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
         N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN, CK=max(ck_interval, 1),
-        PF=FWD_PREFETCH, INTERP=interpreting(), num_warps=FWD_WARPS,
+        PF=FWD_PREFETCH, PFBC=FWD_PREFETCH_BC, INTERP=interpreting(), num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
     if FWD_GATE_IN_SCAN:
@@ -586,7 +621,7 @@ def _launch_bwd(g, uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck, ck_interval: i
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), dz.stride(0), 0,
         N=N, CK=ck_interval, BLOCK_E=BWD_BLOCK_E, num_warps=BWD_WARPS,
-        SHFL=_bwd_shfl(N), INTERP=interpreting(),
+        SHFL=_bwd_shfl(N), PF=BWD_PREFETCH, INTERP=interpreting(),
         **({"maxnreg": BWD_MAXNREG} if BWD_MAXNREG else {}),
     )
     return du_f, du_b, ddt_f, ddt_b, torch.add(dz[0], dz[1], out=dz_out), dbc, dA, dD, dbias

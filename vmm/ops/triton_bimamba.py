@@ -545,7 +545,10 @@ FWD_PREFETCH_BC = 8
 FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many steps past the next tile; 0 = none
 # (tile 4 on one H200: 1.24 ms with it, 1.40-1.43 without; on another tile 4 without was already 1.18-1.20)
 FWD_MAXNREG = 96  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped)
-BWD_PREFETCH = True  # the backward asks L2 for the next chunk's rows (u, dt, z, g, B/C) as it starts a chunk
+# The backward asks L2 for the rows (u, dt, z, g, B/C) of the chunk after next as it ends a chunk: training step
+# at batch 32 350 vs 356 ms (H200). Asked for at a chunk's start instead, the reverse direction's adjoint step
+# took 40 more instructions (register moves; benchmarks/kernel_sass.py).
+BWD_PREFETCH = True
 BWD_BLOCK_E = 32
 BWD_WARPS = 1
 # The forward keeps every BWD_CK-th state for the backward (a multiple of FWD_TILE): at 16, fwd+bwd 9.4 ms vs

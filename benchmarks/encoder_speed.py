@@ -288,15 +288,15 @@ def scan_section(args, res):
         # u/dt rows and L1 prefetch of the B/C rows this many steps ahead, channels and warps per program); the
         # library's default is the best of this sweep on an H200 (16-channel blocks, two lanes per channel, were
         # slower in session 3's runs). Repeats on one machine differ by up to 10%, so the default runs twice.
-        d = (4, 96, False, 32, 8, 32, 1)
+        d = (4, 128, False, 32, 8, 32, 1)
         tile, reg, gate, pf, pfbc, be, nw = sweep(
             out, "ours_bidir_fwd_ms", {"FWD_TILE": "tile", "FWD_MAXNREG": "maxnreg", "FWD_GATE_IN_SCAN": "gate_in_scan",
                                        "FWD_PREFETCH": "prefetch", "FWD_PREFETCH_BC": "prefetch_bc",
                                        "FWD_BLOCK_E": "block_e", "FWD_WARPS": "warps"},
-            [d, (4, 96, False, 32, 0, 32, 1), (4, 96, False, 32, 16, 32, 1), (4, 96, False, 0, 8, 32, 1),
-             (4, 96, True, 32, 8, 32, 1), (2, 96, False, 32, 8, 32, 1), (8, 96, False, 32, 8, 32, 1),
-             (4, 80, False, 32, 8, 32, 1), (4, 112, False, 32, 8, 32, 1), (4, 128, False, 32, 8, 32, 1),
-             (4, 96, False, 32, 8, 64, 2), d], ours)
+            [d, (4, 128, False, 32, 0, 32, 1), (4, 128, False, 32, 16, 32, 1), (4, 128, False, 0, 8, 32, 1),
+             (4, 128, True, 32, 8, 32, 1), (2, 128, False, 32, 8, 32, 1), (8, 128, False, 32, 8, 32, 1),
+             (4, 96, False, 32, 8, 32, 1), (4, 112, False, 32, 8, 32, 1), (4, 160, False, 32, 8, 32, 1),
+             (4, 128, False, 32, 8, 64, 2), d], ours)
         out["ours_fwd_sweep_fastest"] = {"tile": tile, "maxnreg": reg, "gate_in_scan": gate, "prefetch": pf,
                                          "prefetch_bc": pfbc, "BLOCK_E": be, "num_warps": nw}
         if selective_scan_cuda is not None:

@@ -545,7 +545,9 @@ FWD_GATE_IN_SCAN = False
 FWD_PREFETCH_BC = 8
 FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many steps past the next tile; 0 = none
 # (tile 4 on one H200: 1.24 ms with it, 1.40-1.43 without; on another tile 4 without was already 1.18-1.20)
-FWD_MAXNREG = 96  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped)
+FWD_MAXNREG = 128  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped
+# at 96 before the B/C prefetch; with it, 128 over 96: scan at B=64 1.92 vs 2.02-2.17 ms, VideoMamba-M 8 frames
+# 609-611 vs 592-600 clips/s, ABAB in one run)
 # The backward asks L2 for the rows (u, dt, z, g, B/C) of the chunk after next as it ends a chunk: training step
 # at batch 32 350 vs 356 ms (H200). Asked for at a chunk's start instead, the reverse direction's adjoint step
 # took 40 more instructions (register moves; benchmarks/kernel_sass.py).

@@ -401,8 +401,8 @@ class DistributedSummary(IngestSummary):
     merge_seconds: float = 0.0  # rank 0's merge and FAISS refresh, the serial part of the run
     ranks: list[dict] = field(default_factory=list)  # per rank: files, clips, failed, seconds, encode_seconds
 
-    def line(self) -> str:
-        text = super().line() + f" on {self.world_size} rank{'s' if self.world_size != 1 else ''}"
+    def line(self, retry_hint: str = "retry_failed=True") -> str:
+        text = super().line(retry_hint) + f" on {self.world_size} rank{'s' if self.world_size != 1 else ''}"
         if self.reused:
             text += f" ({self.reused} files reused from an interrupted run)"
         return text

@@ -76,7 +76,9 @@ class IngestSummary:
     def clips_per_second(self) -> float:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
 
-    def line(self) -> str:
+    def line(self, retry_hint: str = "retry_failed=True") -> str:
+        """The summary in one line; ``retry_hint`` names how the caller retries earlier failures (the CLI passes
+        its flag, ``--retry-failed``)."""
         text = (f"indexed {self.indexed} files ({self.clips} clips), {self.unchanged} unchanged, "
                 f"{self.failed} failed, {self.removed} removed")
         if self.moved:
@@ -85,7 +87,7 @@ class IngestSummary:
         if self.clips:
             text += f" ({self.clips_per_second:.1f} clips/s)"
         if self.skipped_failed:
-            text += f"; {self.skipped_failed} earlier failures skipped (retry_failed=True retries them)"
+            text += f"; {self.skipped_failed} earlier failures skipped ({retry_hint} retries them)"
         return text
 
 

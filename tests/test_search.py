@@ -62,6 +62,24 @@ def test_text_search_equals_brute_force_model_scores(setup, capsys):
         assert h["score"] == pytest.approx(score, abs=1e-5)
 
 
+def test_index_cli_names_its_retry_flag(setup, tmp_path, capsys):
+    """A file that failed is skipped by the next run, whose summary names the flag that retries it."""
+    root, vids, lib = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    videos.write_solid(str(folder / "red.mp4"), videos.RED, seconds=2)
+    (folder / "notes.mp4").write_text("not a video")
+    args = ["index", str(folder), "--library", str(tmp_path / "lib"), "--model", str(root / "model"), "--quiet",
+            "--workers", "0"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "1 failed" in first.out and "notes.mp4" in first.err
+    assert main(args) == 0
+    assert "1 earlier failures skipped (--retry-failed retries them)" in capsys.readouterr().out
+    assert main(args + ["--retry-failed"]) == 0
+    assert "1 failed" in capsys.readouterr().out
+
+
 def test_video_query_finds_itself_and_filters(setup):
     root, vids, lib = setup
     with VideoLibrary.open(lib) as library:

@@ -66,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"failed: {path}: {error}", file=sys.stderr)
         if len(summary.failures) > 20:
             print(f"... and {len(summary.failures) - 20} more failures (listed in the catalog)", file=sys.stderr)
-        print(summary.line())
+        print(summary.line(retry_hint="--retry-failed"))
     return 0

@@ -128,13 +128,15 @@ def load_retrieval_dataset(
     videos_dir: str | Path,
     protocol: str | DatasetProtocol,
     allow_missing: bool = False,
+    missing_hint: str = "point videos_dir at the folder that holds them or pass allow_missing=True to drop them",
 ) -> RetrievalDataset:
     """Load a test annotation file and build texts and ground truth the official way.
 
     Video paths are ``videos_dir / item["video"]``. Missing video files raise a
     :class:`VmmError` naming how many and which; with ``allow_missing=True`` those
     items (and their captions) are dropped and listed in ``.missing`` instead, and
-    the numbers are then no longer comparable with published ones.
+    the numbers are then no longer comparable with published ones. ``missing_hint`` is the
+    fix that error suggests (a command line names its own options there).
 
     >>> import json, tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -159,8 +161,7 @@ def load_retrieval_dataset(
     if missing and not allow_missing:
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise VmmError(
-            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
-            f"point videos_dir at the folder that holds them or pass allow_missing=True to drop them"
+            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); {missing_hint}"
         )
     missing_set = set(missing)
 

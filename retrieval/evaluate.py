@@ -27,8 +27,10 @@ import json
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -46,6 +48,7 @@ from vmm.errors import VmmError
 
 ROWS = ("emb", "rerank", "index")
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
+MISSING_HINT = "point --videos at the folder that holds them or pass --allow-missing to evaluate without them"
 
 
 @dataclass
@@ -95,6 +98,26 @@ class EvalConfig:
             raise VmmError(f"index must be 'flat' or 'ivf', got {self.index!r}")
         if self.sim_chunk is not None and self.sim_chunk < 1:
             raise VmmError(f"sim-chunk must be >= 1, got {self.sim_chunk}")
+        # 0 or NaN would time out every decode and blame good videos as unreadable.
+        if not self.decode_timeout > 0:
+            raise VmmError(f"--decode-timeout must be a number of seconds > 0, got {self.decode_timeout}")
+        for name in ("nlist", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise VmmError(f"--{name} must be >= 1, got {value}; leave it out for the automatic value")
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    """Refuse anything but auto, cpu, cuda, cuda:N here, before torch turns it into a traceback mid-run."""
+    if device in ("auto", "cpu", "cuda"):
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type != "cuda":
+        raise VmmError(f"--device {device!r} is not a device this evaluation runs on; pass auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -156,6 +179,9 @@ def _start_runtime(config: EvalConfig) -> _Runtime:
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         raise VmmError(f"--device {config.device}: no CUDA GPU is visible; pass --device cpu")
     device = torch.device(wanted)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise VmmError(f"--device {config.device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+                       f"pass --device cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     elif device.type == "cuda" and device.index is None:
@@ -188,6 +214,7 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     >>> # model, transform, tokenizer, name, ckpt = load_eval_model(EvalConfig("msrvtt", "a.json", "videos"))
     """
     import vmm
+    from vmm.factory import default_pretrained
     from vmm.models.persistence import is_pretrained_dir
     model_arg, checkpoint = config.model, config.checkpoint
     is_dir = is_pretrained_dir(model_arg)
@@ -208,10 +235,23 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         model, _, transform = vmm.create_model_and_transforms(model_arg)
     else:
         # Random weights are never evaluated: no checkpoint means the official file of the model config.
-        # Loading a checkpoint interpolates the temporal position table to the requested frame count.
-        model, _, transform = vmm.create_model_and_transforms(
-            model_arg, pretrained="default" if checkpoint is None else checkpoint,
-            vision={"num_frames": config.frames})
+        # Loading a checkpoint interpolates the temporal position table to the requested frame count,
+        # but weights from a model folder (e.g. the shipped vmm_nano) load strictly, so their frame count must match.
+        weights = checkpoint if checkpoint is not None else default_pretrained(str(model_arg))
+        saved = _folder_frames(weights) if weights is not None else None
+        if saved is not None and saved != config.frames:
+            raise VmmError(f"--frames {config.frames}: the weights of {model_arg} ({weights}) were saved for {saved} "
+                           f"frames; pass --frames {saved}")
+        try:
+            model, _, transform = vmm.create_model_and_transforms(
+                model_arg, pretrained="default" if checkpoint is None else checkpoint,
+                vision={"num_frames": config.frames})
+        except RuntimeError as e:
+            if "size mismatch" not in str(e):
+                raise
+            raise VmmError(f"--model {model_arg} with --frames {config.frames}: the weights "
+                           f"{weights or 'of the model'} do not fit ({str(e).strip().splitlines()[-1].strip()}); "
+                           "pass the frame count and model they were saved for") from None
     vision = getattr(model.cfg, "vision", None)
     if vision is None or not hasattr(model, "itm_logits"):
         raise VmmError(f"--model {model_arg} is not a video-text model (it has no text tower and ITM head)")
@@ -227,6 +267,18 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     name = getattr(model, "model_name", None) or str(model_arg)
     source = None if is_dir else str(getattr(model, "pretrained_source", checkpoint))
     return model, transform, tokenizer, name, source
+
+
+def _folder_frames(weights: str | Path) -> Optional[int]:
+    """The frame count a save_pretrained folder was saved for (None for checkpoint files or other layouts)."""
+    from vmm.models.persistence import is_pretrained_dir
+    if not is_pretrained_dir(weights):
+        return None
+    try:
+        frames = json.loads((Path(weights) / "config.json").read_text())["model"]["vision"]["num_frames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return frames if isinstance(frames, int) else None
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -588,7 +640,8 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     protocol = get_protocol(config.dataset)
-    dataset = load_retrieval_dataset(config.annotations, config.videos, protocol, allow_missing=config.allow_missing)
+    dataset = load_retrieval_dataset(config.annotations, config.videos, protocol, allow_missing=config.allow_missing,
+                                     missing_hint=MISSING_HINT)
     listed = len(dataset.videos) + len(dataset.missing)
     if not dataset.videos:
         raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}")
@@ -783,6 +836,62 @@ def _atomic_write(path: Path, write, binary: bool = False) -> Path:
     return path
 
 
+def _is_eval_output(path: Path) -> bool:
+    """A report or score file that an earlier evaluation wrote, which a new one may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    if head.startswith(b'{\n  "dataset": ') or head.startswith(b"### Zero-shot retrieval: "):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {"itc.npy", "i2t.npy", "t2i.npy"} <= set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) -> None:
+    """Refuse, before any work is done, an output path that cannot be written or would destroy a file.
+
+    ``outputs`` maps each output option (``"--json"``) to its path, None when not asked for.
+    An existing file may only be replaced if an earlier evaluation wrote it: never the annotation
+    file, a listed video or anything else the user did not get from us.
+    """
+    listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True,
+                                    missing_hint=MISSING_HINT)
+    inputs = {os.path.realpath(config.annotations): "the --annotations file"}
+    inputs.update({os.path.realpath(v): "a video listed in the annotations" for v in [*listed.videos, *listed.missing]})
+    taken: dict[str, str] = {}
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        key = os.path.realpath(path)
+        where = f"{option} {value}"
+        if key in inputs:
+            raise VmmError(f"{where} is {inputs[key]}; writing there would destroy it, choose another output path")
+        if key in taken:
+            raise VmmError(f"{where} is also the {taken[key]} path; give each output its own file")
+        taken[key] = option
+        if path.is_dir():
+            example = path / {"--json": "report.json", "--markdown": "report.md"}.get(option, "scores.npz")
+            raise VmmError(f"{where} is a directory; pass a file path, e.g. {example}")
+        if path.exists() and not _is_eval_output(path):
+            raise VmmError(f"{where} already exists and is not an evaluation output; "
+                           "delete it or choose another output path")
+        folder = path.absolute().parent
+        while not folder.exists():  # missing folders are created when writing
+            folder = folder.parent
+        if not folder.is_dir():
+            raise VmmError(f"{where}: {folder} is a file, not a folder; choose a writable path")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise VmmError(f"{where}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None
+
+
 def write_json(report: dict, path: str | Path) -> Path:
     """Write the report as indented JSON (atomically)."""
     return _atomic_write(Path(path), lambda f: f.write(json.dumps(report, indent=2) + "\n"))
@@ -831,14 +940,16 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
                         checkpoint=args.checkpoint, batch_size=args.batch_size, allow_missing=args.allow_missing,
                         device=args.device, workers=args.workers, progress=sys.stderr.isatty())
     try:
+        config.check()
+        check_outputs({"--json": args.json, "--markdown": args.markdown}, config)
         result = evaluate(config)
         if result is None:
             return 0
+        print(result.markdown())  # first, so a failing write loses no numbers
         write_json(result.report, args.json)
         write_markdown(result.report, args.markdown)
     except VmmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(result.markdown())
     print(f"\nwrote {args.json} and {args.markdown}")
     return 0

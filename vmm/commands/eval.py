@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from vmm.errors import VmmError
+
 DATASETS = ("msrvtt", "didemo", "anet", "lsmdc", "msvd")
 
 
@@ -44,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import EvalConfig, default_model_for, evaluate, write_json, write_markdown
+    from retrieval.evaluate import (EvalConfig, check_outputs, default_model_for, evaluate, write_json,
+                                    write_markdown)
     model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
     config = EvalConfig(
         dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,
@@ -54,14 +57,24 @@ def run(args: argparse.Namespace) -> int:
         index=args.index, nlist=args.nlist, nprobe=args.nprobe, sim_chunk=args.sim_chunk,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    # A bad option or output path is refused now, not after an evaluation that may take an hour.
+    config.check()
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--save-scores": args.save_scores}, config)
     result = evaluate(config)
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
-    if args.json:
-        write_json(result.report, args.json)
-    if args.markdown:
-        write_markdown(result.report, args.markdown)
-    if args.save_scores:
-        result.save_scores(args.save_scores)
-    print(result.markdown())
+    print(result.markdown(), flush=True)  # before writing, so a write that still fails loses no numbers
+    writes = [(args.json, lambda path: write_json(result.report, path)),
+              (args.markdown, lambda path: write_markdown(result.report, path)),
+              (args.save_scores, result.save_scores)]
+    failed = []
+    for path, write in writes:
+        if path:
+            try:
+                write(path)
+            except VmmError as error:
+                failed.append(error)
+    if failed:
+        more = f" (and {len(failed) - 1} more output(s) failed)" if len(failed) > 1 else ""
+        raise VmmError(f"{failed[0]}{more}; the metrics are printed above")
     return 0

@@ -1,0 +1,192 @@
+"""`vmm eval` refuses bad options and output paths up front, never overwrites an input, and keeps its numbers.
+
+Real generated videos, a tiny random-weight model folder (4 frames) and the real CLI; a bad option must give
+one `error: ...` line with exit status 2 and leave every file as it was.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import retrieval.evaluate
+import vmm
+from tests import videos
+from vmm.cli import main
+
+TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
+            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_robust")
+    torch.manual_seed(0)
+    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    vids = root / "vids"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED, seconds=2)
+    videos.write_solid(str(vids / "green.mp4"), videos.GREEN, seconds=2)
+    videos.write_moving_square(str(vids / "square.mp4"), seconds=2)
+    items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "green.mp4", "caption": "A green screen."},
+             {"video": "square.mp4", "caption": "A square moves right."}]
+    (root / "ok.json").write_text(json.dumps(items))
+    (root / "missing.json").write_text(json.dumps([*items, {"video": "gone.mp4", "caption": "Nothing."}]))
+    return root
+
+
+def eval_args(data, *extra, annotations="ok.json", model=None, frames=4):
+    return ["eval", "msrvtt", "--annotations", str(data / annotations), "--videos", str(data / "vids"),
+            "--model", str(model or data / "model"), "--frames", str(frames), "--device", "cpu", "--workers", "0",
+            "--no-progress", *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_evaluation(monkeypatch):
+    """Fail the test if the evaluation starts: these mistakes must be caught before any work."""
+    def refuse(config):
+        raise AssertionError("evaluate() ran although the command line was bad")
+    monkeypatch.setattr(retrieval.evaluate, "evaluate", refuse)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- finding 1: data loss
+def test_json_over_the_annotation_file_is_refused_and_the_file_kept(data, tmp_path, capsys, no_evaluation):
+    copy = tmp_path / "ok_copy.json"
+    shutil.copy(data / "ok.json", copy)
+    before = copy.read_bytes()
+    assert main(eval_args(data, "--json", str(copy), annotations=copy)) == 2
+    err = one_line_error(capsys)
+    assert f"--json {copy}" in err and "--annotations file" in err
+    assert copy.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--save-scores", "--markdown", "--json"])
+def test_output_over_an_evaluated_video_is_refused_and_the_video_kept(data, capsys, no_evaluation, option):
+    before = snapshot(data / "vids")
+    assert main(eval_args(data, option, str(data / "vids" / "red.mp4"))) == 2
+    err = one_line_error(capsys)
+    assert option in err and "red.mp4" in err and "video listed in the annotations" in err
+    assert snapshot(data / "vids") == before
+
+
+def test_output_over_a_missing_listed_video_is_refused(data, tmp_path, capsys, no_evaluation):
+    # with --allow-missing the video is dropped, but a score file in its place would be read as it next time
+    assert main(eval_args(data, "--allow-missing", "--save-scores", str(data / "vids" / "gone.mp4"),
+                          annotations="missing.json")) == 2
+    assert "video listed in the annotations" in one_line_error(capsys)
+    assert not (data / "vids" / "gone.mp4").exists()
+
+
+def test_existing_foreign_file_is_refused_but_a_previous_report_is_replaced(data, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("my own notes\n")
+    assert main(eval_args(data, "--markdown", str(notes))) == 2
+    err = one_line_error(capsys)
+    assert f"--markdown {notes} already exists" in err and "delete it or choose another" in err
+    assert notes.read_text() == "my own notes\n"
+
+    outputs = ["--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
+               "--save-scores", str(tmp_path / "r.npz")]
+    assert main(eval_args(data, *outputs)) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    (tmp_path / "r.md").write_text((tmp_path / "r.md").read_text() + "stale line\n")
+    assert main(eval_args(data, *outputs, "--rerank-k", "2")) == 0  # a second run replaces its own outputs
+    second = json.loads((tmp_path / "r.json").read_text())
+    assert (first["rerank_k"], second["rerank_k"]) == (128, 2) and first["emb"] == second["emb"]
+    assert "stale line" not in (tmp_path / "r.md").read_text()
+    assert np.load(tmp_path / "r.npz")["itc"].shape == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------- finding 2: wasted work
+@pytest.mark.parametrize("case", ["directory", "parent is a file", "same path twice"])
+def test_unwritable_output_is_refused_before_evaluating(data, tmp_path, capsys, no_evaluation, case):
+    (tmp_path / "afile").write_text("x")
+    extra = {"directory": ["--json", str(data / "vids")],
+             "parent is a file": ["--save-scores", str(tmp_path / "afile" / "scores.npz")],
+             "same path twice": ["--json", str(tmp_path / "r.out"), "--markdown", str(tmp_path / "r.out")]}[case]
+    before = snapshot(data / "vids")
+    assert main(eval_args(data, *extra)) == 2
+    err = one_line_error(capsys)
+    expected = {"directory": "is a directory", "parent is a file": "is a file, not a folder",
+                "same path twice": "also the --json path"}[case]
+    assert expected in err and extra[-2] in err
+    assert snapshot(data / "vids") == before and (tmp_path / "afile").read_text() == "x"
+
+
+def test_missing_output_folders_are_still_created(data, tmp_path):
+    out = tmp_path / "results" / "deeper" / "r.json"
+    assert main(eval_args(data, "--json", str(out))) == 0
+    assert json.loads(out.read_text())["num_videos"] == 3
+
+
+def test_a_write_that_fails_at_the_end_still_prints_the_metrics(data, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    real = retrieval.evaluate.evaluate
+
+    def evaluate_then_break_the_folder(config):
+        result = real(config)
+        folder.rmdir()
+        folder.write_text("the output folder became a file during the run")
+        return result
+
+    monkeypatch.setattr(retrieval.evaluate, "evaluate", evaluate_then_break_the_folder)
+    assert main(eval_args(data, "--json", str(folder / "r.json"), "--save-scores", str(tmp_path / "s.npz"))) == 2
+    captured = capsys.readouterr()
+    assert "| rerank (ITM top-128) |" in captured.out and "3 videos and 3 texts evaluated" in captured.out
+    err = captured.err.strip()
+    assert err.startswith("error: cannot create") and str(folder) in err and "metrics are printed above" in err
+    assert np.load(tmp_path / "s.npz")["itc"].shape == (3, 3)  # the other output was still written
+
+
+# ---------------------------------------------------------------------------------------------- findings 3-7: messages
+def test_missing_videos_name_the_cli_options(data, capsys):
+    assert main(eval_args(data, annotations="missing.json")) == 2
+    err = one_line_error(capsys)
+    assert "1 of 4 videos" in err and "gone.mp4" in err
+    assert "--videos" in err and "--allow-missing" in err and "allow_missing=True" not in err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--decode-timeout", "0"], "--decode-timeout"),
+    (["--decode-timeout", "-5"], "--decode-timeout"),
+    (["--decode-timeout", "nan"], "--decode-timeout"),
+    (["--index", "ivf", "--nlist", "0"], "--nlist"),
+    (["--index", "ivf", "--nprobe", "0"], "--nprobe"),
+    (["--index", "ivf", "--nlist", "-3"], "--nlist"),
+    (["--device", "bogus"], "--device 'bogus'"),
+    (["--device", "mps"], "--device 'mps'"),
+])
+def test_bad_option_values_are_refused_naming_the_option(data, capsys, no_evaluation, extra, named):
+    assert main(eval_args(data, *extra)) == 2
+    assert named in one_line_error(capsys)
+
+
+def test_good_decode_timeout_and_ivf_options_still_run(data, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(eval_args(data, "--decode-timeout", "30", "--index", "ivf", "--nlist", "1", "--nprobe", "1",
+                          "--json", str(out))) == 0
+    report = json.loads(out.read_text())
+    assert report["num_videos"] == 3 and (report["index"]["nlist"], report["index"]["nprobe"]) == (1, 1)
+
+
+def test_named_model_with_the_wrong_frame_count_says_which_to_pass(data, capsys):
+    # vmm_nano's shipped weights are an 8-frame model folder: they load strictly, with no interpolation
+    assert main(eval_args(data, model="vmm_nano", frames=16)) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("error: --frames 16:") and "vmm_nano" in err and "pass --frames 8" in err

@@ -26,6 +26,7 @@ import numpy as np
 
 DEFAULT_WINDOW = 10.0
 DEFAULT_STRIDE = 5.0
+MIN_STRIDE = 0.01  # seconds between window starts, at least
 DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; one 8-frame clip at this size is ~800 MB of RGB
 _CHUNK_BYTES = 256 << 20  # decoded frames fetched per decord call, at most
 _EPS = 1e-6
@@ -72,6 +73,9 @@ class DecodeOptions:
             raise ValueError(f"window must be > 0 seconds, got {self.window}")
         if not 0 < self.stride <= self.window:
             raise ValueError(f"stride must be > 0 and <= window ({self.window} s), got {self.stride}")
+        if self.stride < MIN_STRIDE:  # each window is a clip to decode and embed: this many is a runaway
+            raise ValueError(f"stride must be >= {MIN_STRIDE} s (at most {round(1 / MIN_STRIDE)} clip windows "
+                             f"per second of video), got {self.stride}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if self.max_pixels < 1:

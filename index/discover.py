@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 
 VIDEO_EXTENSIONS = frozenset(
@@ -51,6 +52,7 @@ class Discovery:
 
     candidates: list[Candidate] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    rejected: set[str] = field(default_factory=set)  # files read and found not to be videos
 
 
 def sniff_container(head: bytes) -> str | None:
@@ -116,15 +118,15 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     ``explicit`` files (named on the command line) are always returned, with a
     ``problem`` when they are clearly not videos.
     """
-    st = os.stat(path)
+    with _open_regular(path) as f:
+        st = os.fstat(f.fileno())
+        head = f.read(_HEAD_BYTES) if st.st_size else b""
     ext = os.path.splitext(path)[1].lower()
     by_extension = ext in VIDEO_EXTENSIONS
     if st.st_size == 0:
         if by_extension or explicit:
             return Candidate(path, 0, st.st_mtime_ns, None, "empty file (0 bytes)")
         return None
-    with open(path, "rb") as f:
-        head = f.read(_HEAD_BYTES)
     container = sniff_container(head)
     if container == "mp4-audio-or-image":
         problem = "not a video: MP4 container of audio or a still image (ftyp brand %r)" % head[8:12].decode("latin-1")
@@ -140,6 +142,23 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     return None
 
 
+class NotRegularFile(OSError):
+    """A FIFO, socket or device: reading it could block forever, so it is never opened for reading."""
+
+
+def _open_regular(path: str):
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(0, "not a regular file (a FIFO, socket or device); skipped", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
     """Walk ``paths`` (files or folders, recursively) and return video candidates.
 
@@ -153,8 +172,7 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
     result = Discovery()
     for given in paths:
         root = os.path.abspath(os.fspath(given))
-        if not os.path.exists(root):
-            raise VmmError(f"{given}: no such file or folder; check the path")
+        check_root(given, root)
         if os.path.isfile(root):
             _add(found, result, root, explicit=True)
             continue
@@ -162,7 +180,7 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
             raise VmmError(f"{given}: not a regular file or folder; pass video files or folders")
 
         def on_error(error: OSError) -> None:
-            result.unreadable.append((error.filename or root, error.strerror or str(error)))
+            result.unreadable.append((_printable(error.filename or root), error.strerror or str(error)))
 
         for folder, subfolders, files in os.walk(root, onerror=on_error):
             subfolders[:] = sorted(
@@ -175,21 +193,44 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
     return result
 
 
+def _printable(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def check_root(given, root: str) -> None:
+    """Raise VmmError unless ``root`` (the absolute form of the user's ``given`` path) can be looked at."""
+    from vmm.errors import VmmError
+
+    try:
+        os.stat(root)
+    except FileNotFoundError:
+        if os.path.islink(root):
+            raise VmmError(f"{given}: broken symbolic link (its target is missing); fix the link or drop the path")
+        raise VmmError(f"{given}: no such file or folder; check the path") from None
+    except OSError as error:
+        raise VmmError(f"{given}: cannot be read ({error.strerror}); check its permissions") from None
+
+
 def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bool) -> None:
     if path in found:
         return
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes in the name: the catalog stores UTF-8 text
-        result.unreadable.append((path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                  "file name is not valid UTF-8; rename the file"))
+        result.unreadable.append((_printable(path), "file name is not valid UTF-8; rename the file"))
         return
     try:
         candidate = classify_file(path, explicit=explicit)
+    except FileNotFoundError as error:
+        reason = "broken symbolic link (its target is missing)" if os.path.islink(path) else error.strerror
+        result.unreadable.append((path, reason or str(error)))
+        return
     except OSError as error:
         result.unreadable.append((path, error.strerror or str(error)))
         return
-    if candidate is not None:
+    if candidate is None:
+        result.rejected.add(path)
+    else:
         found[path] = candidate
 
 
@@ -206,7 +247,7 @@ def fingerprint_file(path: str) -> str:
     32
     """
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         digest.update(size.to_bytes(8, "little"))
         if size <= 3 * _CHUNK:

@@ -452,7 +452,8 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
                               backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
                               progress: bool | Callable[[ProgressUpdate], None] = True,
                               commit_seconds: float = 2.0, flat_max: int = AUTO_FLAT_MAX,
-                              worker_hook: str | None = None) -> DistributedSummary | None:
+                              worker_hook: str | None = None,
+                              on_open: Callable[[str], None] | None = None) -> DistributedSummary | None:
     """:func:`~index.library.build_library` spread over ``world_size`` processes; call it on every rank.
 
     ``rank``/``world_size`` default to RANK/WORLD_SIZE (set by ``accelerate launch``
@@ -462,7 +463,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
     (``coordination="files"``), which needs a ``run_id`` shared by all ranks and new
     for every launch (default: VMM_RUN_ID, else the SLURM job and step). ``barrier_timeout`` bounds how long a rank waits for the others. Each rank
     should embed on its own GPU (LOCAL_RANK, see :func:`launch_info`). The other
-    options are ``build_library``'s; ``workers`` is per rank (default: the node's
+    options are ``build_library``'s (``on_open`` runs on rank 0); ``workers`` is per rank (default: the node's
     CPUs shared among its ranks) and ``progress=True`` draws rank 0's bar only.
     Rank 0 returns the run's summary and the other ranks None, all after the merge
     (the library is complete when any rank returns); if any rank failed, every rank
@@ -491,7 +492,8 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
         summary = build_library(paths, library_dir, encoder, window=window, stride=stride, max_seconds=max_seconds,
                                 batch_size=batch_size, workers=workers, timeout=timeout, retry_failed=retry_failed,
                                 factory=factory, backend=backend, max_pixels=max_pixels, progress=progress,
-                                commit_seconds=commit_seconds, flat_max=flat_max, worker_hook=worker_hook)
+                                commit_seconds=commit_seconds, flat_max=flat_max, worker_hook=worker_hook,
+                                on_open=on_open)
         return DistributedSummary(**asdict(summary), ranks=[{"rank": 0, "files": summary.indexed + summary.failed,
                                                              "clips": summary.clips, "seconds": summary.seconds}])
     library = os.path.abspath(os.fspath(library_dir))
@@ -500,7 +502,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
         if info.rank == 0:
             return _run_rank0(coordinator, info, run_id, started, paths, library, encoder, settings, window=window,
                               stride=stride, max_seconds=max_seconds, retry_failed=retry_failed, factory=factory,
-                              backend=backend, max_pixels=max_pixels, flat_max=flat_max)
+                              backend=backend, max_pixels=max_pixels, flat_max=flat_max, on_open=on_open)
         return _run_rank(coordinator, info, run_id, library, encoder, settings)
     except BaseException as error:  # Ctrl-C, a bug: let the others stop waiting for us
         coordinator.abort(_one_line(error) or type(error).__name__)
@@ -552,7 +554,7 @@ def _run_id_from_environment() -> str | None:
 
 def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths, library: str, encoder,
                settings: _Settings, *, window, stride, max_seconds, retry_failed, factory, backend, max_pixels,
-               flat_max) -> DistributedSummary:
+               flat_max, on_open=None) -> DistributedSummary:
     staging = os.path.join(library, STAGING_DIR)
     run_dir = os.path.join(staging, run_id)
     writer = None
@@ -561,10 +563,12 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
         try:
             request = _check_request(paths, library, encoder, window=window, stride=stride, max_seconds=max_seconds,
                                      batch_size=settings.batch_size, workers=settings.workers,
-                                     timeout=settings.timeout)
+                                     timeout=settings.timeout, factory=factory)
             if os.path.exists(os.path.join(run_dir, "plan.json")):
                 raise VmmError(f"run id {run_id} was already used in {library}; give every launch a new run id")
             writer = LibraryWriter.open(library, request.wanted, explicit=request.explicit)
+            if on_open is not None:
+                on_open(library)
             summary, plan = _plan_run(writer, request.roots, run_id, info.world_size, retry_failed=retry_failed,
                                       factory=factory, backend=backend, max_pixels=max_pixels)
             message = {"error": None}

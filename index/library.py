@@ -33,7 +33,9 @@ import fcntl
 import glob
 import json
 import os
+import re
 import sqlite3
+import stat
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -43,10 +45,10 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
-from index.discover import Candidate, discover, fingerprint_file
+from index.discover import Candidate, check_root, discover, fingerprint_file
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
-from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, resolve_factory
+from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, resolve_factory
 from vmm.errors import VmmError
 
 CATALOG_FILE = "catalog.sqlite"
@@ -83,6 +85,8 @@ class IngestSummary:
                 f"{self.failed} failed, {self.removed} removed")
         if self.moved:
             text += f", {self.moved} moved"
+        if self.unreadable:
+            text += f", {len(self.unreadable)} unreadable (kept as they were)"
         text += f" in {self.seconds:.1f} s"
         if self.clips:
             text += f" ({self.clips_per_second:.1f} clips/s)"
@@ -98,7 +102,7 @@ class _Lock:
     def __init__(self, library: str):
         path = os.path.join(library, LOCK_FILE)
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as error:
             raise VmmError(f"cannot write to library folder {library} ({error.strerror}); "
                            "choose a folder you can write to") from None
@@ -116,8 +120,6 @@ class _Lock:
 
 
 def _prepare_folder(library: str) -> None:
-    if os.path.exists(library) and not os.path.isdir(library):
-        raise VmmError(f"library path {library} exists and is not a folder; choose another library folder")
     try:
         os.makedirs(library, exist_ok=True)
     except OSError as error:
@@ -127,11 +129,54 @@ def _prepare_folder(library: str) -> None:
         raise VmmError(f"library folder {library} is not writable; choose a folder you can write to")
 
 
+def _foreign_files(library: str) -> list[str]:
+    """Names in a folder without a catalog that a library run did not write (so must never be touched)."""
+    try:
+        names = os.listdir(library)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # a new folder; one that cannot be created is reported when creating it
+    except OSError as error:
+        raise VmmError(f"cannot list library folder {library} ({error.strerror}); "
+                       "choose a folder you can read and write") from None
+    return sorted(name for name in names if not _is_ours(library, name))
+
+
+def _is_ours(library: str, name: str) -> bool:
+    path = os.path.join(library, name)
+    if name == ".staging":  # index.distributed's STAGING_DIR: a distributed run that failed before its plan
+        return os.path.isdir(path) and not os.path.islink(path)
+    if name.startswith(CATALOG_FILE + ".new") or name in (CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
+        return os.path.isfile(path) and not os.path.islink(path)
+    if name not in (LOCK_FILE, MANIFEST_FILE) or os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 16).decode()
+        if name == LOCK_FILE:  # empty only in the instant between our truncate and write
+            return text == "" or re.fullmatch(r"pid \d+", text) is not None
+        LibraryManifest.from_json(text)
+        return True
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _refuse_foreign(library: str) -> None:
+    foreign = _foreign_files(library)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise VmmError(f"{library} is not empty and holds no vmm library (no {CATALOG_FILE}; it holds {shown}); "
+                       "nothing was written there: choose an empty or new folder for the library (--library)")
+
+
+def _no_library(library: str) -> VmmError:
+    return VmmError(f"no vmm library at {library} (no {CATALOG_FILE}; nothing was created); check the --library "
+                    f"path, or build one with `vmm index PATH --library {library}`")
+
+
 def _open_catalog(library: str, *, read_only: bool) -> Catalog:
     path = os.path.join(library, CATALOG_FILE)
     if not os.path.isfile(path):
-        raise VmmError(f"no vmm library at {library} (no {CATALOG_FILE}); build one with "
-                       f"build_library / `vmm index PATH --library {library}`")
+        raise _no_library(library)
     try:
         return Catalog.open(path, read_only=read_only)
     except sqlite3.DatabaseError as error:
@@ -157,18 +202,22 @@ class LibraryWriter:
         differs from the library's.
         """
         library = os.path.abspath(os.fspath(library_dir))
+        path = os.path.join(library, CATALOG_FILE)
+        # Everything that can refuse the folder is decided before a file (even the lock) is created in it.
+        if os.path.lexists(library) and not os.path.isdir(library):
+            raise VmmError(f"library path {library} exists and is not a folder; choose another library folder")
+        if not os.path.exists(path):
+            if wanted is None:
+                raise _no_library(library)
+            _refuse_foreign(library)
+            _check_clip_settings(wanted)
         _prepare_folder(library)
         lock = _Lock(library)
         try:
-            path = os.path.join(library, CATALOG_FILE)
             if not os.path.exists(path):
                 if wanted is None:
-                    raise VmmError(f"no vmm library at {library} (no {CATALOG_FILE})")
-                leftovers = {name for name in os.listdir(library)
-                             if name not in (LOCK_FILE, MANIFEST_FILE) and not name.startswith(CATALOG_FILE + ".new")}
-                if leftovers:
-                    raise VmmError(f"{library} is not empty and holds no vmm library (no {CATALOG_FILE}); "
-                                   "choose an empty or new folder for the library")
+                    raise _no_library(library)
+                _refuse_foreign(library)  # again under the lock: the folder may have changed meanwhile
                 for stale in glob.glob(path + "-*"):  # a -wal/-shm without its database
                     os.remove(stale)
                 _check_clip_settings(wanted)
@@ -225,8 +274,15 @@ def _check_manifest(library: str, have: LibraryManifest, wanted: LibraryManifest
             "use the library's model or index into a new library folder")
     for name in explicit:
         if getattr(have, name) != getattr(wanted, name):
-            raise VmmError(f"library {library} uses {name}={getattr(have, name)} but {name}={getattr(wanted, name)} "
-                           "was asked for; drop the option to use the library's value or index into a new folder")
+            raise VmmError(f"library {library} uses {_setting(name, getattr(have, name))} but "
+                           f"{_setting(name, getattr(wanted, name))} was asked for; drop the option to use the "
+                           "library's value or index into a new folder")
+
+
+def _setting(name: str, value) -> str:
+    if name == "window" and value == float("inf"):
+        return "window=inf (one clip per video, --window 0)"
+    return f"{name}={value}"
 
 
 # -- the FAISS cache ----------------------------------------------------------------------------
@@ -274,7 +330,7 @@ def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: Libr
 
 def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
     library, catalog = writer.library, writer.catalog
-    setting = catalog.setting("index_factory", "auto")
+    setting = _factory_setting(writer)
     state = read_state(library)
     with catalog.snapshot():
         generation = catalog.generation()
@@ -305,8 +361,20 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
 
 
 def _ivf_lists(factory: str) -> int:
-    part = next(p for p in factory.split(",") if p.startswith("IVF"))
-    return int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else 1
+
+
+def _factory_setting(writer: LibraryWriter) -> str:
+    """The library's index type, checked (a library may hold a setting that an older version accepted)."""
+    setting = writer.catalog.setting("index_factory", "auto")
+    try:
+        check_factory(writer.catalog.manifest().dim, setting)
+    except VmmError as error:
+        raise VmmError(f"library {writer.library} is set to an index type it cannot build ({error}); set a "
+                       "supported one with `vmm index PATH --library LIB --factory auto` (build_library(factory=...))"
+                       ) from None
+    return setting
 
 
 def _apply_changes(store: VectorStore, catalog: Catalog, since: int) -> VectorStore | None:
@@ -350,7 +418,8 @@ def _safe_fingerprint(path: str) -> str:
         return ""
 
 
-def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_failed: bool) -> _Plan:
+def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_failed: bool,
+          rejected: set[str] = frozenset()) -> _Plan:
     plan = _Plan()
     known = {row.path: row for row in catalog.files(under=roots)}
     fresh: list[Candidate] = []
@@ -371,7 +440,10 @@ def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_fail
             plan.unchanged += 1
         else:
             plan.skipped_failed += 1
-    # What is left in `known` vanished from disk; a fresh file with its content is a move.
+    # Only a file that is really gone loses its clips (a fresh file with its content is a move): one that still
+    # exists (unreadable, or under a folder that could not be listed) keeps them until it can be looked at again.
+    listable: dict[str, bool] = {}
+    known = {path: row for path, row in known.items() if path in rejected or _gone(path, listable)}
     missing_by_size: dict[int, list[FileRecord]] = defaultdict(list)
     for row in known.values():
         if row.status == "ok":
@@ -389,6 +461,45 @@ def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_fail
         _schedule(plan, candidate)
     plan.remove = sorted(known.values(), key=lambda row: row.path)
     return plan
+
+
+def _gone(path: str, listable: dict[str, bool]) -> bool:
+    """True when ``path`` does not exist and the folder that would hold it was listed fine.
+
+    ``listable`` caches, per folder, whether it could be listed (a deleted folder of many files asks once).
+    """
+    try:
+        os.lstat(path)
+        return False
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return False  # permission denied on the way, I/O error...: cannot tell
+    folder = os.path.dirname(path)
+    while True:
+        try:
+            st = os.lstat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            folder, above = os.path.dirname(folder), folder
+            if folder == above:
+                return True
+            continue
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):  # a broken link may be an unmounted drive
+            return os.path.exists(folder) and _listable(folder, listable)
+        return not stat.S_ISDIR(st.st_mode) or _listable(folder, listable)
+
+
+def _listable(folder: str, cache: dict[str, bool]) -> bool:
+    if folder not in cache:
+        try:
+            with os.scandir(folder) as entries:
+                next(entries, None)
+            cache[folder] = True
+        except OSError:
+            cache[folder] = False
+    return cache[folder]
 
 
 def _schedule(plan: _Plan, candidate: Candidate) -> None:
@@ -539,7 +650,8 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
                   workers: int | None = None, timeout: float = 60.0, retry_failed: bool = False,
                   factory: str | None = None, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
                   progress: bool | Callable[[ProgressUpdate], None] = True, commit_seconds: float = 2.0,
-                  flat_max: int = AUTO_FLAT_MAX, worker_hook: str | None = None) -> IngestSummary:
+                  flat_max: int = AUTO_FLAT_MAX, worker_hook: str | None = None,
+                  on_open: Callable[[str], None] | None = None) -> IngestSummary:
     """Index the videos under ``paths`` into ``library_dir`` with ``encoder``; incremental and crash-safe.
 
     ``window``/``stride`` (seconds) cut long videos into overlapping clips
@@ -550,6 +662,8 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     ``factory`` sets the FAISS index type ("auto", "Flat", "HNSW32,Flat",
     "IVF4096,Flat", ...). Files that failed before are skipped unless
     ``retry_failed``. ``progress`` is True (rich bar), False, or a callback.
+    ``on_open(library)`` runs once the library is locked and checked, before the
+    run commits anything (``vmm index`` writes ``model.json`` there).
 
     >>> import tempfile
     >>> from index.encoder import ColorHistogramEncoder
@@ -559,9 +673,11 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     """
     started = time.monotonic()
     request = _check_request(paths, library_dir, encoder, window=window, stride=stride, max_seconds=max_seconds,
-                             batch_size=batch_size, workers=workers, timeout=timeout)
+                             batch_size=batch_size, workers=workers, timeout=timeout, factory=factory)
     library = request.library
     with LibraryWriter.open(library, request.wanted, explicit=request.explicit) as writer:
+        if on_open is not None:
+            on_open(library)
         try:
             return _ingest(writer, request.roots, encoder, started, batch_size=batch_size, workers=workers,
                            timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
@@ -583,7 +699,7 @@ class _Request:
 
 
 def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, batch_size, workers,
-                   timeout) -> _Request:
+                   timeout, factory=None) -> _Request:
     """Validate build_library's arguments (raising VmmError) before anything is written."""
     _check_encoder(encoder)
     if isinstance(paths, (str, os.PathLike)):
@@ -592,14 +708,15 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
         raise VmmError("no paths to index; pass video files or folders")
     roots = [os.path.abspath(os.fspath(p)) for p in paths]
     for given, root in zip(paths, roots):
-        if not os.path.exists(root):
-            raise VmmError(f"{given}: no such file or folder; check the path")
+        check_root(given, root)
     if batch_size < 1:
         raise VmmError(f"batch_size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise VmmError(f"workers must be >= 0, got {workers}")
     if not timeout > 0:
         raise VmmError(f"timeout must be > 0 seconds, got {timeout}")
+    if factory is not None:
+        check_factory(encoder.dim, factory)
 
     explicit = tuple(name for name, value in (("window", window), ("stride", stride), ("max_seconds", max_seconds))
                      if value is not None)
@@ -671,13 +788,13 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     catalog, manifest = writer.catalog, writer.manifest
     summary = IngestSummary(writer.library)
     if factory is not None and factory != catalog.setting("index_factory", "auto"):
-        if factory != "auto":
-            VectorStore.create(manifest.dim, factory)  # a bad factory string fails here, before any work
+        check_factory(manifest.dim, factory)  # a bad factory string fails here, before any work
         catalog.set_setting("index_factory", factory)
+    _factory_setting(writer)
 
     found = discover(roots, exclude=[writer.library])
     summary.unreadable = found.unreadable
-    plan = _plan(catalog, found.candidates, roots, retry_failed)
+    plan = _plan(catalog, found.candidates, roots, retry_failed, found.rejected)
     summary.unchanged, summary.skipped_failed = plan.unchanged, plan.skipped_failed
     summary.removed, summary.moved = len(plan.remove), len(plan.rename)
     summary.failed = len(plan.problems)
@@ -687,10 +804,12 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     return summary, plan
 
 
-def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX) -> int:
+def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX,
+                 not_found: list | None = None) -> int:
     """Drop files (or everything under folders) from a library; returns how many files were removed.
 
-    The files on disk are not touched.
+    The files on disk are not touched. The ``paths`` that match no file of the library
+    are appended to ``not_found`` when it is given.
 
     >>> import tempfile
     >>> from index.encoder import ColorHistogramEncoder
@@ -702,7 +821,11 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     with LibraryWriter.open(library_dir) as writer:
-        rows = writer.catalog.files(under=[os.path.abspath(os.fspath(p)) for p in paths])
+        _factory_setting(writer)
+        roots = [os.path.abspath(os.fspath(p)) for p in paths]
+        rows = writer.catalog.files(under=roots)
+        if not_found is not None:
+            not_found.extend(given for given, root in zip(paths, roots) if not writer.catalog.files(under=[root]))
         if rows:
             writer.catalog.commit(remove=[row.id for row in rows])
         _sync(writer, flat_max)

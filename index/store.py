@@ -56,6 +56,36 @@ def resolve_factory(factory: str, n: int, *, flat_max: int = AUTO_FLAT_MAX) -> s
     return "IDMap2," + factory
 
 
+SUPPORTED_FACTORIES = "'auto', 'Flat', 'HNSW<M>,Flat' (e.g. 'HNSW32,Flat') or 'IVF<nlist>,Flat' (e.g. 'IVF1024,Flat')"
+
+
+def check_factory(dim: int, factory: str) -> None:
+    """Raise VmmError unless a library can hold ``factory``.
+
+    A library trains nothing but the coarse lists of an IVF with flat codes (on its own
+    vectors, once it has enough); any other trained part (PQ, SQ, OPQ, PCA) would never be trained.
+
+    >>> check_factory(8, "IVF16,Flat")
+    >>> check_factory(8, "PQ4")
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: index factory 'PQ4' needs training that a vmm library does not do (only IVF lists with Flat codes are trained); use 'auto', 'Flat', 'HNSW<M>,Flat' (e.g. 'HNSW32,Flat') or 'IVF<nlist>,Flat' (e.g. 'IVF1024,Flat')
+    """
+    if factory == "auto":
+        return
+    if not isinstance(factory, str) or not factory.strip():
+        from vmm.errors import VmmError
+
+        raise VmmError(f"index factory {factory!r} is empty or not text; use {SUPPORTED_FACTORIES}")
+    index = VectorStore.create(dim, factory).index
+    if index.is_trained or type(index) is faiss.IndexIVFFlat:
+        return
+    from vmm.errors import VmmError
+
+    raise VmmError(f"index factory {factory!r} needs training that a vmm library does not do (only IVF lists "
+                   f"with Flat codes are trained); use {SUPPORTED_FACTORIES}")
+
+
 def auto_nlist(n: int) -> int:
     """Number of IVF lists for ``n`` vectors: the power of two nearest 4 * sqrt(n) (at least 16).
 
@@ -129,7 +159,7 @@ class VectorStore:
 
             message = " ".join(str(error).split())[:200]
             raise VmmError(f"index factory {factory!r} is not a valid FAISS factory string ({message}); "
-                           "try 'auto', 'Flat', 'HNSW32,Flat' or 'IVF1024,Flat'") from None
+                           f"use {SUPPORTED_FACTORIES}") from None
         return cls(index, resolved)
 
     @classmethod

@@ -141,10 +141,17 @@ class VideoLibrary:
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             raise VmmError(f"library {path} does not exist; create it with `vmm index VIDEOS --library {path}`")
+        if not _is_library(path):
+            raise VmmError(f"{path} is not a vmm library (no catalog.sqlite); index videos into one with "
+                           f"`vmm index VIDEOS --library LIB`, then search LIB")
         saved = _read_model_file(path)
         if model is None and checkpoint is None:
-            model, checkpoint = saved.get("model"), saved.get("checkpoint")
-        encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
+            if not saved:
+                raise VmmError(f"library {path} records no model (no {MODEL_FILE}); pass --model/--checkpoint "
+                               "with the model it was built with")
+            encoder = _load_recorded_encoder(path, saved, device)
+        else:
+            encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
         from index.reader import open_library
         reader = open_library(path, model=encoder)
         return cls(path, encoder, reader)
@@ -176,10 +183,11 @@ class VideoLibrary:
         """Index new or changed videos under ``paths`` (see ``index.build_library`` for options)."""
         from index.library import build_library
         options.setdefault("progress", False)
-        summary = build_library([os.fspath(p) for p in paths], self.path, self.encoder, **options)
         if self._model_source is not None:
-            _write_model_file(self.path, *self._model_source)
-            self._model_source = None
+            source = self._model_source
+            options.setdefault("on_open", lambda library: _write_model_file(library, *source))
+        summary = build_library([os.fspath(p) for p in paths], self.path, self.encoder, **options)
+        self._model_source = None
         self.refresh()
         return summary
 
@@ -297,21 +305,54 @@ def read_windows(path: str, num_frames: int, window: float, stride: float,
 
 
 def _write_model_file(path: str, model, checkpoint, frames) -> None:
-    os.makedirs(path, exist_ok=True)
+    """Record the model beside the catalog (called with the library locked, before its first commit)."""
+    if model and model != COLOR_HISTOGRAM and Path(model).is_dir():
+        model = os.path.abspath(model)  # a relative folder would name another one from another working directory
     data = {"model": model, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "frames": frames}
     tmp = os.path.join(path, f".{MODEL_FILE}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(path, MODEL_FILE))
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(path, MODEL_FILE))
+    except OSError as error:
+        raise VmmError(f"cannot write {os.path.join(path, MODEL_FILE)} ({error.strerror}); check free space and "
+                       "permissions of the library folder") from None
 
 
 def _read_model_file(path: str) -> dict:
     p = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(p):
         return {}
+    damaged = f"{p} is damaged; pass --model/--checkpoint explicitly (it is rewritten by vmm index)"
     try:
-        return json.loads(Path(p).read_text())
-    except json.JSONDecodeError:
-        raise VmmError(f"{p} is damaged; pass --model/--checkpoint explicitly (it is rewritten by vmm index)") from None
+        data = json.loads(Path(p).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise VmmError(damaged) from None
+    except OSError as error:
+        raise VmmError(f"cannot read {p} ({error.strerror}); check its permissions or pass --model/--checkpoint "
+                       "explicitly") from None
+    if (not isinstance(data, dict) or not all(isinstance(data.get(key), (str, type(None))) for key in
+                                              ("model", "checkpoint"))
+            or not isinstance(data.get("frames"), (int, type(None))) or isinstance(data.get("frames"), bool)):
+        raise VmmError(damaged)
+    return data
+
+
+def _is_library(path: str) -> bool:
+    from index.library import CATALOG_FILE
+    return os.path.isfile(os.path.join(path, CATALOG_FILE))
+
+
+def _load_recorded_encoder(path: str, saved: dict, device, frames=None, batch_size: int = 8):
+    """The encoder model.json names; a model that no longer loads gets a message naming model.json and the fix."""
+    try:
+        return load_encoder(saved.get("model"), saved.get("checkpoint"), device, frames or saved.get("frames"),
+                            batch_size=batch_size)
+    except VmmError as error:
+        if saved.get("model") is None and saved.get("checkpoint") is None:
+            raise
+        recorded = " + ".join(repr(v) for v in (saved.get("model"), saved.get("checkpoint")) if v)
+        raise VmmError(f"the model recorded in {os.path.join(path, MODEL_FILE)} ({recorded}) cannot be loaded "
+                       f"({error}); pass --model/--checkpoint with the library's model") from None

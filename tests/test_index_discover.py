@@ -107,3 +107,20 @@ def test_fingerprint_follows_content_not_name(tmp_path):
     data[(5 << 20) - (1 << 20) + 10] ^= 0xFF  # inside the last MiB: counts
     big.write_bytes(bytes(data))
     assert fingerprint_file(str(big)) != first
+
+
+def test_fifo_and_broken_link_are_reported_never_read(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening it for reading would wait for a writer forever
+    os.symlink(tmp_path / "nowhere.mp4", tmp_path / "link.mp4")
+    found = discover([str(tmp_path)])
+    assert found.candidates == []
+    assert sorted(found.unreadable) == [
+        (str(tmp_path / "link.mp4"), "broken symbolic link (its target is missing)"),
+        (str(tmp_path / "pipe.mp4"), "not a regular file (a FIFO, socket or device); skipped")]
+    with pytest.raises(OSError, match="not a regular file"):
+        fingerprint_file(str(tmp_path / "pipe.mp4"))
+
+
+def test_files_read_and_found_not_video_are_rejected(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert discover([str(tmp_path)]).rejected == {str(tmp_path / "notes.txt")}

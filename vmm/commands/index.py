@@ -27,21 +27,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# Options that only make sense when indexing, with their defaults: --remove refuses them rather than ignore them.
+_INDEXING_OPTIONS = (("model", None), ("checkpoint", None), ("window", None), ("stride", None),
+                     ("max_seconds", None), ("frames", None), ("batch_size", 16), ("workers", None), ("timeout", 60.0),
+                     ("device", None), ("factory", None), ("retry_failed", False))
+
+
 def run(args: argparse.Namespace) -> int:
-    from retrieval.library import _read_model_file, _write_model_file, load_encoder
     from vmm.errors import VmmError
     library = os.path.abspath(args.library)
     if args.remove:
-        from index.library import remove_paths
-        n = remove_paths(library, args.paths)
-        print(f"removed {n} file(s) from {library}")
-        return 0
-    saved = _read_model_file(library) if os.path.isdir(library) else {}
+        return _remove(args, library)
+    from index.decode import MIN_STRIDE
+    from index.library import CATALOG_FILE
+    from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, load_encoder
+    # Checked before the model loads: a bad value costs nothing and names the option.
+    if args.window is not None and not (args.window == 0 or args.window >= MIN_STRIDE):
+        raise VmmError(f"--window must be 0 (one clip per video) or >= {MIN_STRIDE} seconds, got {args.window}")
+    if args.stride is not None and not args.stride >= MIN_STRIDE:
+        raise VmmError(f"--stride must be >= {MIN_STRIDE} seconds (at most {round(1 / MIN_STRIDE)} clips per "
+                       f"second of video), got {args.stride}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
+    if args.frames is not None and args.frames < 1:
+        raise VmmError(f"--frames must be >= 1, got {args.frames}")
+    is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
+    saved = _read_model_file(library) if is_library else {}
     model, checkpoint = args.model, args.checkpoint
-    if model is None and checkpoint is None:
-        model, checkpoint = saved.get("model"), saved.get("checkpoint")
-    if model is None and checkpoint is None:
-        raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH")
     frames = args.frames or saved.get("frames")
     device = args.device
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -49,11 +61,19 @@ def run(args: argparse.Namespace) -> int:
         import torch
         if torch.cuda.is_available():  # one GPU per rank under accelerate launch / torchrun
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    encoder = load_encoder(model, checkpoint, device, frames, batch_size=args.batch_size)
+    if model is None and checkpoint is None:
+        if not saved:
+            raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
+                           + (f" (library {library} records none)" if is_library else ""))
+        model, checkpoint = saved.get("model"), saved.get("checkpoint")
+        encoder = _load_recorded_encoder(library, saved, device, frames, batch_size=args.batch_size)
+    else:
+        encoder = load_encoder(model, checkpoint, device, frames, batch_size=args.batch_size)
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
-                  retry_failed=args.retry_failed, factory=args.factory, progress=not args.quiet)
+                  retry_failed=args.retry_failed, factory=args.factory, progress=not args.quiet,
+                  on_open=lambda folder: _write_model_file(folder, model, checkpoint, frames))
     if distributed:
         from index.distributed import build_library_distributed
         summary = build_library_distributed(args.paths, library, encoder, **kwargs)
@@ -61,10 +81,30 @@ def run(args: argparse.Namespace) -> int:
         from index.library import build_library
         summary = build_library(args.paths, library, encoder, **kwargs)
     if summary is not None:  # non-zero ranks of a distributed run return None
-        _write_model_file(library, model, checkpoint, frames)
-        for path, error in summary.failures[:20]:
-            print(f"failed: {path}: {error}", file=sys.stderr)
-        if len(summary.failures) > 20:
-            print(f"... and {len(summary.failures) - 20} more failures (listed in the catalog)", file=sys.stderr)
+        _print_problems("failed", summary.failures, "failures (listed in the catalog)")
+        _print_problems("unreadable", summary.unreadable, "unreadable paths")
         print(summary.line(retry_hint="--retry-failed"))
+    return 0
+
+
+def _print_problems(label: str, problems: list, more: str) -> None:
+    for path, error in problems[:20]:
+        print(f"{label}: {path}: {error}", file=sys.stderr)
+    if len(problems) > 20:
+        print(f"... and {len(problems) - 20} more {more}", file=sys.stderr)
+
+
+def _remove(args: argparse.Namespace, library: str) -> int:
+    from index.library import remove_paths
+    from vmm.errors import VmmError
+    given = [f"--{name.replace('_', '-')}" for name, default in _INDEXING_OPTIONS if getattr(args, name) != default]
+    if given:
+        raise VmmError(f"--remove takes only PATHs and --library; {', '.join(given)} would be ignored, drop "
+                       f"{'it' if len(given) == 1 else 'them'}")
+    not_found: list[str] = []
+    n = remove_paths(library, args.paths, not_found=not_found)
+    for path in not_found:
+        print(f"not in the library: {path} (check the path; nothing under it was indexed)", file=sys.stderr)
+    print(f"removed {n} file(s) from {library}"
+          + (f"; {len(not_found)} of the PATHs matched nothing" if not_found else ""))
     return 0

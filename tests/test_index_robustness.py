@@ -1,0 +1,313 @@
+"""`vmm index` / `vmm search` against unreadable files, foreign folders, bad settings and damaged model records."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import vmm
+from index.catalog import Catalog
+from index.encoder import ColorHistogramEncoder
+from index.library import build_library, remove_paths
+from retrieval.library import VideoLibrary
+from tests import videos
+from vmm.cli import main
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+HIST = ["--model", "color-histogram", "--quiet", "--workers", "0"]
+TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
+            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
+# Root ignores file modes; without these capabilities it is held to them like any user.
+DROP_CAPS = ["setpriv", "--inh-caps=-dac_override,-dac_read_search,-fowner",
+             "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
+
+def indexed_paths(library) -> list[str]:
+    catalog = Catalog.open(os.path.join(library, "catalog.sqlite"), read_only=True)
+    try:
+        return sorted(row.path for row in catalog.files())
+    finally:
+        catalog.close()
+
+
+def make_videos(folder, names=("red", "green")) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {"red": videos.RED, "green": videos.GREEN, "blue": videos.BLUE}
+    return [videos.write_solid(str(folder / f"{name}.mp4"), colours[name], seconds=1) for name in names]
+
+
+def vmm_as_user(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(DROP_CAPS + [sys.executable, "-m", "vmm.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+
+
+def caps_can_be_dropped(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0)
+    try:
+        if shutil.which("setpriv") is None:
+            return False
+        r = subprocess.run(DROP_CAPS + ["ls", str(probe)], capture_output=True)
+        return r.returncode != 0
+    finally:
+        probe.chmod(0o755)
+
+
+# -- finding 1: files that exist but cannot be read keep their clips ----------------------------------
+def test_unlistable_folder_keeps_its_clips(tmp_path):
+    if not caps_can_be_dropped(tmp_path):
+        pytest.skip("cannot make a folder unreadable here (setpriv missing or capabilities cannot be dropped)")
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids / "sub")
+    make_videos(vids, ("blue",))
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    before = indexed_paths(lib)
+    assert len(before) == 3
+    os.chmod(lib, 0o777)  # the capability-less run must still write the library
+    for path in [lib, *(os.path.join(lib, n) for n in os.listdir(lib))]:
+        os.chmod(path, 0o777 if os.path.isdir(path) else 0o666)
+    try:
+        (vids / "sub").chmod(0)
+        r = vmm_as_user("index", str(vids), "--library", lib, *HIST)
+        assert r.returncode == 0, r.stderr
+        assert "0 removed" in r.stdout and "1 unchanged" in r.stdout
+        assert f"unreadable: {vids / 'sub'}: Permission denied" in r.stderr
+        assert ", 1 unreadable" in r.stdout
+        vids.chmod(0)  # the folder given itself
+        r = vmm_as_user("index", str(vids), "--library", lib, *HIST)
+        assert r.returncode == 0, r.stderr
+        assert "0 removed" in r.stdout and f"unreadable: {vids}" in r.stderr
+        vids.chmod(0o755)
+        (vids / "sub").chmod(0o755)
+        (vids / "sub" / "red.mp4").chmod(0)  # a file that cannot be read
+        r = vmm_as_user("index", str(vids), "--library", lib, *HIST)
+        assert r.returncode == 0, r.stderr
+        assert "0 removed" in r.stdout and f"unreadable: {vids / 'sub' / 'red.mp4'}" in r.stderr
+    finally:
+        for p in (vids, vids / "sub", vids / "sub" / "red.mp4"):
+            p.chmod(0o755)
+    assert indexed_paths(lib) == before
+
+
+def test_broken_link_and_bad_names_keep_clips_and_are_reported(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, green = make_videos(vids)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    moved = shutil.move(green, tmp_path / "green-elsewhere.mp4")
+    os.symlink(tmp_path / "unmounted" / "green.mp4", green)  # the link outlives its target's drive
+    shutil.copy(red, os.fsencode(vids) + b"/bad-\xff.mp4")
+    capsys.readouterr()
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    out, err = capsys.readouterr()
+    assert "0 removed" in out and "2 unreadable" in out
+    assert f"unreadable: {green}: broken symbolic link" in err
+    assert "bad-\ufffd.mp4: file name is not valid UTF-8; rename the file" in err
+    assert indexed_paths(lib) == sorted([red, green])
+    os.remove(green)  # now it is really gone: its clips go
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    assert "1 removed" in capsys.readouterr().out
+    assert indexed_paths(lib) == [red]
+    assert os.path.exists(moved)
+
+
+def test_file_that_stops_being_a_video_is_removed(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, _ = make_videos(vids)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    os.remove(red)
+    videos.write_text(str(vids / "red.txt"))
+    os.rename(vids / "red.txt", red.replace(".mp4", ".dat"))  # read, and found not to be a video
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    assert "1 removed" in capsys.readouterr().out
+
+
+# -- finding 4: a FIFO never blocks discovery -----------------------------------------------------
+def test_fifo_named_like_a_video_is_skipped_not_read(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red",))
+    os.mkfifo(vids / "pipe.mp4")
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("rc", main(["index", str(vids), "--library", lib,
+                                                                          *HIST])), daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # release the reader so the test run can end, then fail
+        with open(vids / "pipe.mp4", "wb"):
+            pass
+        pytest.fail("vmm index hangs on a FIFO named *.mp4")
+    assert done["rc"] == 0
+    out, err = capsys.readouterr()
+    assert "indexed 1 files" in out and "1 unreadable" in out
+    assert f"unreadable: {vids / 'pipe.mp4'}: not a regular file" in err
+
+
+# -- findings 2 and 3: refused runs write nothing, and nothing of the user's is overwritten ---------
+@pytest.mark.parametrize("content", [{"lock": "my notes\n"}, {"manifest.json": '{"mine": true}\n'},
+                                     {"notes.txt": "hello\n"}])
+def test_folder_with_a_users_files_is_refused_untouched(tmp_path, capsys, content):
+    vids = tmp_path / "vids"
+    make_videos(vids, ("red",))
+    folder = tmp_path / "um"
+    folder.mkdir()
+    for name, text in content.items():
+        (folder / name).write_text(text)
+    assert main(["index", str(vids), "--library", str(folder), *HIST]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no vmm library" in err and "choose an empty or new folder" in err
+    assert {p.name: p.read_text() for p in folder.iterdir()} == content
+
+
+def test_videos_folder_as_library_is_refused_without_a_lock(tmp_path, capsys):
+    vids = tmp_path / "vids"
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", str(vids), *HIST]) == 2
+    assert "is not empty and holds no vmm library" in capsys.readouterr().err
+    assert sorted(os.listdir(vids)) == ["red.mp4"]
+
+
+def test_remove_from_a_missing_library_creates_nothing(tmp_path, capsys):
+    assert main(["index", str(tmp_path), "--library", str(tmp_path / "nolib"), "--remove"]) == 2
+    err = capsys.readouterr().err
+    assert "no vmm library at" in err and "check the --library path" in err
+    assert not (tmp_path / "nolib").exists()
+
+
+# -- finding 5: absurd window counts are refused --------------------------------------------------
+def test_tiny_stride_is_refused_before_work(tmp_path, capsys):
+    vids = tmp_path / "vids"
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", str(tmp_path / "lo"), "--window", "3", "--stride", "1e-9",
+                 *HIST]) == 2
+    assert "--stride must be >= 0.01 seconds" in capsys.readouterr().err
+    assert not (tmp_path / "lo").exists()
+    with pytest.raises(VmmError, match=r"stride must be >= 0.01 s"):
+        build_library([str(vids)], str(tmp_path / "lo"), ColorHistogramEncoder(), window=3, stride=1e-9,
+                      progress=False)
+    assert not (tmp_path / "lo").exists()
+
+
+# -- finding 6: factories a library cannot train ----------------------------------------------------
+@pytest.mark.parametrize("factory", ["PQ2", "SQ8", "HNSW32,PQ2", "OPQ2,PQ2", "PCA8,Flat", "IVF16,PQ2"])
+def test_untrainable_factory_is_refused_before_embedding(tmp_path, capsys, factory):
+    vids, lib = tmp_path / "vids", tmp_path / "lib"
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", str(lib), "--factory", factory, *HIST]) == 2
+    err = capsys.readouterr().err
+    assert f"index factory {factory!r} needs training" in err and "'IVF<nlist>,Flat'" in err
+    assert not lib.exists()
+
+
+def test_library_holding_an_untrainable_factory_says_how_to_fix_it(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, _ = make_videos(vids)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    catalog = Catalog.open(os.path.join(lib, "catalog.sqlite"))
+    catalog.set_setting("index_factory", "PQ4")  # as an older version could leave it
+    catalog.close()
+    capsys.readouterr()
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 2
+    err = capsys.readouterr().err
+    assert "is set to an index type it cannot build" in err and "--factory auto" in err
+    assert main(["index", red, "--library", lib, "--remove"]) == 2
+    assert "cannot build" in capsys.readouterr().err
+    assert main(["index", str(vids), "--library", lib, "--factory", "auto", *HIST]) == 0
+    assert "2 unchanged" in capsys.readouterr().out
+
+
+# -- findings 7, 8, 9: model.json -----------------------------------------------------------------
+def test_library_is_searchable_while_its_first_run_embeds(tmp_path, monkeypatch, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red",))
+    seen = []
+    encode = ColorHistogramEncoder.encode_clips
+
+    def encode_and_open(self, clips):
+        if not seen:  # before the first commit of the first run
+            with VideoLibrary.open(lib) as library:
+                seen.append(len(library))
+        return encode(self, clips)
+
+    monkeypatch.setattr(ColorHistogramEncoder, "encode_clips", encode_and_open)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    assert seen == [0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    return root
+
+
+def test_relative_model_folder_is_recorded_absolute(tiny_model, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model / "model", work / "model")
+    vids = make_videos(work / "vids", ("red",))
+    monkeypatch.chdir(work)
+    assert main(["index", "vids", "--library", "lib", "--model", "model", "--quiet", "--workers", "0"]) == 0
+    assert json.loads((work / "lib" / "model.json").read_text())["model"] == str(work / "model")
+    monkeypatch.chdir("/")
+    capsys.readouterr()
+    assert main(["search", str(work / "lib"), "--video", vids[0], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["path"] == vids[0]
+    shutil.move(work / "model", work / "model-moved")
+    assert main(["search", str(work / "lib"), "red"]) == 2
+    err = capsys.readouterr().err
+    assert f"{work / 'lib' / 'model.json'}" in err and "pass --model" in err
+
+
+@pytest.mark.parametrize("text", ['{"model": 5}', "[1, 2]", '{"model": "x", "frames": "8"}', "\"text\""])
+def test_damaged_model_json_gives_the_damaged_message(tmp_path, capsys, text):
+    vids, lib = tmp_path / "vids", tmp_path / "lib"
+    red, _ = make_videos(vids)
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 0
+    (lib / "model.json").write_text(text)
+    capsys.readouterr()
+    assert main(["search", str(lib), "--video", red]) == 2
+    assert "model.json is damaged; pass --model/--checkpoint" in capsys.readouterr().err
+
+
+# -- finding 10: messages ------------------------------------------------------------------------
+def test_remove_names_paths_that_matched_nothing_and_refuses_indexing_options(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, _ = make_videos(vids)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "nonexist"), red, "--library", lib, "--remove"]) == 0
+    out, err = capsys.readouterr()
+    assert "removed 1 file(s)" in out and "1 of the PATHs matched nothing" in out
+    assert f"not in the library: {tmp_path / 'nonexist'}" in err
+    assert main(["index", str(vids), "--library", lib, "--remove", "--window", "4", "--model", "x"]) == 2
+    assert "--remove takes only PATHs and --library; --model, --window would be ignored" in capsys.readouterr().err
+    assert indexed_paths(lib) == [str(vids / "green.mp4")]
+    not_found = []
+    assert remove_paths(lib, [str(tmp_path / "nonexist")], not_found=not_found) == 0
+    assert not_found == [str(tmp_path / "nonexist")]
+
+
+def test_window_zero_on_an_existing_library_is_named_as_the_option(tmp_path, capsys):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    capsys.readouterr()
+    assert main(["index", str(vids), "--library", lib, "--window", "0", *HIST]) == 2
+    assert "window=inf (one clip per video, --window 0) was asked for" in capsys.readouterr().err
+
+
+def test_search_of_a_folder_that_is_not_a_library(tmp_path, capsys):
+    vids = tmp_path / "vids"
+    make_videos(vids, ("red",))
+    assert main(["search", str(vids), "red"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a vmm library (no catalog.sqlite)" in err and "vmm index VIDEOS --library LIB" in err
+    assert sorted(os.listdir(vids)) == ["red.mp4"]

@@ -54,8 +54,8 @@ def caps_can_be_dropped(tmp_path) -> bool:
     probe = tmp_path / "probe"
     probe.mkdir(mode=0)
     try:
-        if shutil.which("setpriv") is None:
-            return False
+        if shutil.which("setpriv") is None or subprocess.run(DROP_CAPS + ["true"], capture_output=True).returncode:
+            return False  # setpriv itself refused (a failing `ls` below would then prove nothing)
         r = subprocess.run(DROP_CAPS + ["ls", str(probe)], capture_output=True)
         return r.returncode != 0
     finally:

@@ -46,6 +46,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     from retrieval.library import VideoLibrary, _write_model_file, load_encoder
     from vmm.data.synthetic import generate_corpus
 
+    from vmm.factory import resolve_device
+
+    if not isinstance(cfg.num_videos, int) or cfg.num_videos < 1:
+        raise VmmError(f"num_videos={cfg.num_videos} (--videos): the demo needs at least 1 video")
+    if not isinstance(cfg.queries, int) or cfg.queries < 0:
+        raise VmmError(f"queries={cfg.queries} (--queries): pass 0 or more example searches")
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise VmmError(f"out_dir {cfg.out_dir} (--out) is a file; pass a folder (new or existing) for the output")
+    if cfg.device is not None:
+        resolve_device(cfg.device)  # before the corpus is generated, which takes a while
     model = cfg.model or str(SHIPPED_NANO)
     if cfg.model is None and not SHIPPED_NANO.is_dir():
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "

@@ -45,7 +45,8 @@ class VideoTextEncoder:
         if not hasattr(model, "encode_video") or not hasattr(model, "encode_text"):
             raise VmmError(f"model {getattr(model, 'model_name', type(model).__name__)} is not a video-text model; "
                            f"use a multimodal model such as vmm_nano or videomamba_m16_25m")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from vmm.factory import resolve_device
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         cfg = model.cfg
         self.name = getattr(model, "model_name", None) or "videomamba_m16_mm"

@@ -74,9 +74,279 @@ def default_pretrained(name: str) -> Optional[str]:
 
 def _load_pretrained(model: nn.Module, pretrained: Union[str, Path]) -> nn.Module:
     path = resolve_pretrained(pretrained)
-    load_checkpoint(model, path)
+    load_weights(model, path)
     model.pretrained_source = str(path)
     return model
+
+
+# More frames than any released model uses (64) by far; beyond this a clip's tokens exhaust memory instead of
+# giving a result.
+MAX_FRAMES = 1024
+
+# Integer config fields and their least valid value: a bad value otherwise surfaces as a tensor-shape error
+# deep inside the model (or, for depth=0, a model that fails on its first input).
+INT_FIELDS = {
+    "img_size": 1, "patch_size": 1, "num_frames": 1, "tubelet_size": 1, "in_chans": 1, "embed_dim": 1,
+    "depth": 1, "d_state": 1, "d_conv": 1, "expand": 1, "num_classes": 0, "clip_output_dim": 1,
+    "clip_return_layer": 1, "vocab_size": 1, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
+    "intermediate_size": 1, "max_position_embeddings": 1, "type_vocab_size": 1, "fusion_layer": 0,
+    "pad_token_id": 0, "max_text_len": 1,
+}
+OPTIONAL_INT_FIELDS = {"dt_rank": 1, "clip_decoder_embed_dim": 1}
+
+
+def check_frames(frames: Any, option: str = "--frames", python_name: Optional[str] = None) -> int:
+    """``frames`` as a frame count for a clip, or VmmError naming ``option`` (and ``python_name``, the keyword
+    a Python caller used).
+
+    >>> check_frames(8)
+    8
+    >>> check_frames(0, python_name="num_frames")
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: --frames 0 (num_frames=0): a clip needs at least 1 frame; pass e.g. --frames 8 (or omit --frames)
+    """
+    joined = option if option.endswith("=") else option + " "
+    shown = f"{joined}{frames!r}" + (f" ({python_name}={frames!r})" if python_name else "")
+    fix = f"pass e.g. {joined}8" + (" (or omit --frames)" if option == "--frames" else "")
+    if isinstance(frames, bool) or not isinstance(frames, int):
+        raise VmmError(f"{shown}: frames per clip must be a whole number; {fix}")
+    if frames < 1:
+        raise VmmError(f"{shown}: a clip needs at least 1 frame; {fix}")
+    if frames > MAX_FRAMES:
+        raise VmmError(f"{shown}: more than {MAX_FRAMES} frames per clip does not fit in memory; {fix}")
+    return frames
+
+
+def check_overrides(overrides: dict, option: str = "", _prefix: str = "") -> None:
+    """Refuse config overrides of the wrong type or range (``option``: how the caller spells them, e.g.
+    ``"--model-arg "``), naming the field: ``create_model`` would fail later with a tensor error.
+
+    >>> check_overrides({"depth": 2, "vision": {"num_frames": 4}})
+    >>> check_overrides({"depth": -1}, "--model-arg ")
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: --model-arg depth=-1: depth must be a whole number >= 1
+    """
+    for key, value in overrides.items():
+        name = f"{_prefix}{key}"
+        if isinstance(value, dict):
+            check_overrides(value, option, f"{name}.")
+            continue
+        if key == "num_frames":
+            if option:
+                check_frames(value, f"{option}{name}=")
+            else:
+                check_frames(value, python_name=name)
+            continue
+        low = INT_FIELDS.get(key, OPTIONAL_INT_FIELDS.get(key))
+        if low is None or (value is None and key in OPTIONAL_INT_FIELDS):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            shown = f"{option}{name}={value}" if option else f"{name}={value!r}"
+            raise VmmError(f"{shown}: {key} must be a whole number >= {low}")
+
+
+def _check_built(model: nn.Module, name: Union[str, Path]) -> None:
+    # A grid of zero patches builds, but fails on the first clip with an empty-tensor error.
+    cfg = getattr(model.cfg, "vision", model.cfg)
+    if getattr(cfg, "img_size", 1) < getattr(cfg, "patch_size", 1):
+        raise VmmError(f"model {name}: img_size={cfg.img_size} is smaller than patch_size={cfg.patch_size}; "
+                       f"pass img_size >= {cfg.patch_size}")
+    if getattr(cfg, "num_frames", 1) < getattr(cfg, "tubelet_size", 1):
+        raise VmmError(f"model {name}: --frames {cfg.num_frames} is fewer than tubelet_size={cfg.tubelet_size}; "
+                       f"pass at least {cfg.tubelet_size} frames")
+
+
+def requested_frames(overrides: dict) -> Optional[int]:
+    """The frame count ``overrides`` ask for (top level or under ``vision``), or None."""
+    vision = overrides.get("vision")
+    return overrides.get("num_frames", vision.get("num_frames") if isinstance(vision, dict) else None)
+
+
+def _saved_config(directory: Union[str, Path]) -> dict:
+    import json
+    try:
+        return json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports a damaged config with its own message
+
+
+def _folder_weights_file(directory: Union[str, Path]) -> Path:
+    from vmm.models.persistence import WEIGHTS_NAME
+    directory = Path(directory)
+    if (directory / WEIGHTS_NAME).is_file():
+        return directory / WEIGHTS_NAME
+    info = _saved_config(directory).get("trainable_only")
+    return directory / (info.get("weights", "trainable.safetensors") if isinstance(info, dict) else WEIGHTS_NAME)
+
+
+def _frames_error(wanted: int, saved: int, weights: Union[str, Path]) -> VmmError:
+    return VmmError(f"--frames {wanted} (num_frames={wanted}): the weights in {weights} were trained for {saved} "
+                    f"frames; pass --frames {saved} (or omit --frames)")
+
+
+def _first_mismatch(own: dict, theirs: dict) -> Optional[str]:
+    """The first key (in model order) that is missing, unexpected or shaped differently, described; None if
+    every key fits."""
+    for key, shape in own.items():
+        if key not in theirs:
+            return f"{key} is missing from the file"
+        if tuple(theirs[key]) != tuple(shape):
+            return f"{key} has shape {tuple(theirs[key])} in the file but {tuple(shape)} in the model"
+    extra = next((k for k in theirs if k not in own), None)
+    return None if extra is None else f"the file has {extra}, which the model lacks"
+
+
+def _file_shapes(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
+    """``from_pretrained`` that explains a frame count or other override the folder's weights cannot take."""
+    weights = _folder_weights_file(directory)
+    wanted = requested_frames(overrides)
+    model_cfg = _saved_config(directory).get("model") or {}
+    saved = requested_frames(model_cfg) if isinstance(model_cfg, dict) else None
+    if wanted is not None and saved is not None and wanted != saved:
+        raise _frames_error(wanted, saved, directory)
+    try:
+        return from_pretrained(directory, **overrides)
+    except VmmError as e:
+        if not overrides or "does not fit its config" not in str(e):
+            raise
+    detail = None
+    try:  # only on failure: rebuild the model to name the key the overrides broke
+        cfg = _saved_config(directory)
+        kwargs = dict(cfg["model"])
+        if isinstance(kwargs.get("text"), dict):
+            kwargs["text"] = {**kwargs["text"], "init_from": None}
+        for k, v in overrides.items():
+            kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
+        own = {k: tuple(t.shape) for k, t in create_model(cfg["architecture"], **kwargs).state_dict().items()}
+        detail = _first_mismatch(own, _file_shapes(weights))
+    except Exception:
+        pass
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    raise VmmError(f"the weights in {weights} do not fit model {directory} with {changed}"
+                   + (f" ({detail})" if detail else "") + "; drop those overrides: a model folder keeps the "
+                   "shapes it was saved with") from None
+
+
+def _load_folder_weights(model: nn.Module, folder: Union[str, Path], name: Union[str, Path]) -> None:
+    """Load a save_pretrained folder's weights into ``model`` exactly (no interpolation: a folder is a whole
+    model), explaining a frame-count or architecture mismatch."""
+    source = _from_folder(folder, {})
+    theirs = {k: tuple(t.shape) for k, t in source.state_dict().items()}
+    own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    temporal = [k for k in own if k.endswith("temporal_pos_embedding")]
+    if set(own) == set(theirs) and temporal and all(own[k] == theirs[k] for k in own if k not in temporal):
+        key = temporal[0]
+        if own[key] != theirs[key]:
+            tubelet = getattr(getattr(model.cfg, "vision", model.cfg), "tubelet_size", 1)
+            raise _frames_error(own[key][1] * tubelet, theirs[key][1] * tubelet, folder)
+    detail = _first_mismatch(own, theirs)
+    if detail:
+        raise VmmError(f"the weights in {_folder_weights_file(folder)} do not fit model {name}: {detail}; load the "
+                       f"folder as the model instead (--model {folder} without --checkpoint, or "
+                       f"create_model_and_transforms({str(folder)!r}))")
+    model.load_state_dict(source.state_dict())
+
+
+def _sniff_weights_file(path: Path) -> None:
+    """Refuse a file that is not a checkpoint, or a truncated one, before torch.load or safetensors give an
+    error about pickles or errno that does not say so."""
+    import json
+    import struct
+    import zipfile
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        looks_safetensors = 2 <= header_len <= min(size - 8, 100_000_000) and f.read(1) == b"{"
+        header = None
+        if looks_safetensors:
+            f.seek(8)
+            try:
+                header = json.loads(f.read(header_len))
+            except ValueError:
+                header = None
+    damaged = f"checkpoint {path} is truncated or damaged; download or save it again"
+    if path.suffix == ".safetensors" or (looks_safetensors and header is not None):
+        if size - 8 < header_len <= 100_000_000:
+            raise VmmError(damaged)
+        if not looks_safetensors:
+            raise VmmError(f"checkpoint {path} is not a safetensors file (or it is damaged); pass a .safetensors "
+                           "or .pth weights file")
+        if not isinstance(header, dict):
+            raise VmmError(damaged)
+        ends = [v["data_offsets"][1] for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
+        if 8 + header_len + max(ends, default=0) > size:
+            raise VmmError(damaged)
+        if path.suffix != ".safetensors":
+            raise VmmError(f"checkpoint {path} is a safetensors file; rename it to {path.stem}.safetensors")
+        return
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip format
+        try:
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise VmmError(damaged) from None
+        return
+    if head[:1] != b"\x80":  # nor a legacy torch.save pickle
+        raise VmmError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint (it is some other kind of "
+                       "file); pass the downloaded .pth or .safetensors weights file")
+
+
+def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+    """:func:`vmm.load_checkpoint` from a file, with plain messages for files that are not checkpoints."""
+    from vmm.errors import CheckpointError
+    path = Path(path)
+    if path.is_file():
+        _sniff_weights_file(path)
+    try:
+        return load_checkpoint(model, path)
+    except CheckpointError as e:
+        text = str(e)
+        if "refused for safety" in text:
+            raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors, which vmm does not "
+                                  "unpickle for safety; re-save it as a plain state dict "
+                                  "(torch.save(model.state_dict(), ...)) or as .safetensors") from None
+        if "is not a PyTorch checkpoint" in text or "is not a valid safetensors file" in text:
+            raise CheckpointError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint, or it is truncated "
+                                  "or damaged; download or save it again") from None
+        raise
+
+
+def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--device") -> torch.device:
+    """A torch.device for ``device`` (None or "auto": cuda when visible, else cpu), or VmmError naming
+    ``option`` for a string that is no device or a GPU that is not there.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(device).strip()
+    try:
+        dev = torch.device(text) if not isinstance(device, torch.device) else device
+    except (RuntimeError, ValueError):
+        raise VmmError(f"{option} {text} is not a device; pass cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VmmError(f"{option} {text}: no CUDA GPU is visible; pass {option} cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise VmmError(f"{option} {text}: only {count} CUDA GPU{'s' * (count > 1)} visible (cuda:0 to "
+                           f"cuda:{count - 1}); pass one of those or {option} cpu")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise VmmError(f"{option} {text}: no Apple GPU (MPS) is available; pass {option} cpu")
+    elif dev.type != "cpu":
+        raise VmmError(f"{option} {text} is not a device vmm runs on; pass cpu or cuda[:N]")
+    return dev
 
 
 def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Union[str, Path]] = None,
@@ -94,17 +364,24 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     >>> eval_tf(np.zeros((2, 48, 64, 3), np.uint8)).shape
     torch.Size([3, 2, 32, 32])
     """
+    check_overrides(overrides)
+    if device is not None:
+        device = resolve_device(device, "device= / --device")
     if is_pretrained_dir(name):
-        model = from_pretrained(name, **overrides)
+        if pretrained is not None:
+            raise VmmError(f"model {name} is a model folder with its own weights; drop pretrained= / --checkpoint "
+                           f"({pretrained}), or pass a registered model name (e.g. videomamba_m16_25m) with it")
+        model = _from_folder(name, overrides)
     else:
         model = create_model(str(name), **overrides)
+        _check_built(model, name)
         if pretrained == "default":
             pretrained = default_pretrained(str(name))
             if pretrained is None:
                 raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
         if pretrained is not None:
             if is_pretrained_dir(pretrained):  # a save_pretrained folder or a trainable-only export
-                model.load_state_dict(from_pretrained(pretrained).state_dict())
+                _load_folder_weights(model, pretrained, name)
                 model.pretrained_source = str(pretrained)
             else:
                 _load_pretrained(model, pretrained)
@@ -121,8 +398,9 @@ def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
     >>> frames_override("videomamba_tiny", 16), frames_override("vmm_nano", 16)
     ({'num_frames': 16}, {'vision': {'num_frames': 16}})
     """
-    if not frames:
+    if frames is None:
         return {}
+    check_frames(frames)
     if is_pretrained_dir(name):
         import json
         multimodal = "vision" in json.loads((Path(name) / "config.json").read_text()).get("model", {})

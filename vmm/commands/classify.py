@@ -84,35 +84,43 @@ def _build_model(args: argparse.Namespace):
     from vmm.errors import VmmError
     from vmm.models.persistence import is_pretrained_dir
 
+    from vmm.factory import check_frames, check_overrides
+
     overrides = parse_model_args(args.model_arg)
-    if args.frames:
-        overrides["num_frames"] = args.frames
+    check_overrides(overrides, "--model-arg ")
+    if args.frames is not None:
+        overrides["num_frames"] = check_frames(args.frames)
     if is_pretrained_dir(args.model):
-        return vmm.from_pretrained(args.model, **overrides)
+        model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
+        return model
     if not args.checkpoint:
         raise VmmError(f"--checkpoint is required for {args.model} (random weights give meaningless labels); pass "
                        "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
-    return vmm.create_model(args.model, **overrides)
+    model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
-    import vmm
     from vmm.classify import ClassifyOptions, read_views, resolve_labels, view_probabilities
     from vmm.errors import VmmError
+    from vmm.factory import load_weights, resolve_device
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
     options.check()
     if not Path(args.video).is_file():
         raise VmmError(f"video {args.video} does not exist or is not a file; pass the path of a video file")
-    if args.threads:
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VmmError(f"--threads {args.threads}: pass at least 1 (or omit --threads for torch's default)")
         torch.set_num_threads(args.threads)
     model = _build_model(args)
     names = resolve_labels(model, args.labels)  # also refuses a model without a classification head
     cfg = model.cfg
     views = read_views(args.video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
     if args.checkpoint:
-        vmm.load_checkpoint(model, _checkpoint_path(model, args.checkpoint))
-    model = model.to(args.device)
+        load_weights(model, _checkpoint_path(model, args.checkpoint))
+    model = model.to(device)
     t0 = time.perf_counter()
     probs = view_probabilities(model, views, options.batch_size).mean(0)
     seconds = time.perf_counter() - t0

@@ -29,27 +29,30 @@ def _generated_clip(frames: int, size: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import vmm
     from vmm.errors import VmmError
-    if args.threads:
+    from vmm.factory import frames_override, resolve_device
+    device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VmmError(f"--threads {args.threads}: pass at least 1 (or omit --threads for torch's default)")
         torch.set_num_threads(args.threads)
-    from vmm.factory import frames_override
     overrides = frames_override(args.model, args.frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
-    model = model.to(args.device).eval()
+    model = model.to(device).eval()
     cfg = model.cfg.vision if hasattr(model.cfg, "vision") else model.cfg
     if args.video:
         from retrieval.library import read_query_clip
         frames = read_query_clip(args.video, cfg.num_frames)
     else:
         frames = _generated_clip(cfg.num_frames, cfg.img_size)
-    x = eval_tf(frames).unsqueeze(0).to(args.device)
+    x = eval_tf(frames).unsqueeze(0).to(device)
     with torch.inference_mode():
         encode = model.encode_video if hasattr(model, "encode_video") else model.forward_features
         encode(x)  # warm-up: first-call allocations and backend selection stay out of the timing
-        if args.device.startswith("cuda"):
+        if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = encode(x)
-        if args.device.startswith("cuda"):
+        if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
     if not torch.isfinite(out).all():

@@ -28,15 +28,44 @@ def _fmt_time(t: float) -> str:
     return f"{int(m)}:{s:05.2f}"
 
 
-def run(args: argparse.Namespace) -> int:
-    from retrieval.library import VideoLibrary, Where
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options that would otherwise fail deep in the search or quietly return nothing."""
+    import math
+    import os
     from vmm.errors import VmmError
+    from vmm.factory import resolve_device
     if (args.text is None) == (args.video is None):
         raise VmmError("give a text query or --video QUERY.mp4 (exactly one)")
+    if args.text is not None:
+        try:
+            args.text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode reach argv as surrogate escapes
+            raise VmmError(f"the query {os.fsencode(args.text)!r} is not valid UTF-8 text; type it again, or set a "
+                           "UTF-8 locale (e.g. LANG=C.UTF-8) for the terminal") from None
+    if args.k < 1:
+        raise VmmError(f"-k {args.k}: pass at least 1 result")
+    if args.rerank < 0:
+        raise VmmError(f"--rerank {args.rerank}: pass the number of top clips to re-score (0, the default, "
+                       "re-scores none)")
+    for option, value in (("--min-duration", args.min_duration), ("--max-duration", args.max_duration)):
+        if value is not None and math.isnan(value):
+            raise VmmError(f"{option} {value}: pass a number of seconds")
+    if args.min_duration is not None and args.max_duration is not None and args.min_duration > args.max_duration:
+        raise VmmError(f"--min-duration {args.min_duration:g} is above --max-duration {args.max_duration:g}: no "
+                       "video can match; swap or widen them")
+    if args.device is not None:
+        resolve_device(args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from retrieval.library import VideoLibrary, Where
+    _check_options(args)
     where = Where(args.path_glob, args.min_duration, args.max_duration)
     with VideoLibrary.open(args.library, model=args.model, checkpoint=args.checkpoint, device=args.device) as lib:
-        hits = lib.search(text=args.text, video=args.video, k=args.k, rerank=args.rerank, where=where,
-                          per_video=args.per_video, merge=not args.no_merge)
+        # Neither can exceed the library: asking for more only allocates result arrays of that size.
+        size = max(len(lib), 1)
+        hits = lib.search(text=args.text, video=args.video, k=min(args.k, size), rerank=min(args.rerank, size),
+                          where=where, per_video=args.per_video, merge=not args.no_merge)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0

@@ -1,0 +1,132 @@
+"""User mistakes on the command line end in one `error: ...` line naming the option or file, exit status 2."""
+import os
+
+import pytest
+import torch
+
+import vmm
+from tests import videos
+from vmm.cli import main
+from vmm.errors import VmmError
+
+TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
+            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
+CLASSIFIER = ["--model", "videomamba_tiny", "--model-arg", "depth=1", "--model-arg", "img_size=32",
+              "--frames", "2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robust")
+    torch.manual_seed(0)
+    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=2)
+    torch.save(vmm.create_model("videomamba_tiny", depth=1, img_size=32, num_frames=2).state_dict(),
+               root / "tiny.pth")
+    assert main(["index", str(root / "red.mp4"), "--library", str(root / "lib"), "--model", str(root / "model"),
+                 "--quiet", "--workers", "0"]) == 0
+    return root
+
+
+def fails(args, capsys, *needles):
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_checkpoint_with_a_model_folder_is_refused(setup, capsys):
+    fails(["encode", str(setup / "red.mp4"), "--model", str(setup / "model"), "--checkpoint",
+           str(setup / "tiny.pth")], capsys, "model folder with its own weights", "--checkpoint")
+    fails(["search", str(setup / "lib"), "red", "--model", str(setup / "model"), "--checkpoint",
+           str(setup / "tiny.pth")], capsys, "model folder with its own weights")
+
+
+def test_frame_count_the_weights_were_not_trained_for(setup, capsys):
+    fails(["encode", str(setup / "red.mp4"), "--model", str(setup / "model"), "--frames", "8"], capsys,
+          "--frames 8", "trained for 4 frames", "pass --frames 4")
+    # a registered name given the folder's weights: vmm index and vmm eval load vmm_nano this way
+    with pytest.raises(VmmError, match="--frames 8 .*trained for 4 frames"):
+        vmm.create_model_and_transforms("videomamba_m16_mm", pretrained=setup / "model",
+                                        **{k: (dict(v, num_frames=8) if k == "vision" else v) for k, v in TINY.items()})
+    fails(["encode", str(setup / "red.mp4"), "--checkpoint", str(setup / "model")], capsys,
+          "model.safetensors do not fit model videomamba_tiny", "cls_token")
+
+
+@pytest.mark.parametrize("frames, needle", [("-2", "at least 1 frame"), ("0", "at least 1 frame"),
+                                            ("100000", "more than 1024")])
+def test_bad_frame_counts(setup, capsys, frames, needle):
+    fails(["encode", "--frames", frames], capsys, f"--frames {frames}", needle)
+    fails(["classify", str(setup / "red.mp4"), *CLASSIFIER[:-2], "--frames", frames, "--checkpoint",
+           str(setup / "tiny.pth")], capsys, f"--frames {frames}", needle)
+    with pytest.raises(VmmError, match="num_frames"):
+        vmm.create_model_and_transforms("videomamba_tiny", depth=1, num_frames=int(frames))
+
+
+@pytest.mark.parametrize("arg, needle", [("depth=-1", "depth must be a whole number >= 1"),
+                                         ("depth=abc", "depth must be a whole number"),
+                                         ("img_size=0", "img_size must be a whole number >= 1"),
+                                         ("img_size=8", "smaller than patch_size=16")])
+def test_bad_model_args(setup, capsys, arg, needle):
+    fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--model-arg", arg, "--checkpoint",
+           str(setup / "tiny.pth")], capsys, needle)
+
+
+@pytest.mark.parametrize("command", [["encode"], ["classify", "VIDEO", *CLASSIFIER, "--checkpoint", "CKPT"],
+                                     ["search", "LIB", "red"], ["index", "VIDEO", "--library", "NEW", "--model",
+                                     "MODEL", "--quiet", "--workers", "0"], ["demo", "--out", "NEW", "--videos", "3"]])
+def test_bad_devices(setup, capsys, command):
+    paths = {"VIDEO": setup / "red.mp4", "CKPT": setup / "tiny.pth", "LIB": setup / "lib",
+             "NEW": setup / "unused", "MODEL": setup / "model"}
+    args = [str(paths.get(a, a)) for a in command]
+    fails(args + ["--device", "bogus"], capsys, "--device bogus is not a device; pass cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        fails(args + ["--device", "cuda"], capsys, "--device cuda: no CUDA GPU is visible; pass --device cpu")
+    assert not (setup / "unused").exists()
+
+
+@pytest.mark.parametrize("threads", ["-1", "0"])
+def test_bad_thread_counts(setup, capsys, threads):
+    fails(["encode", "--threads", threads], capsys, f"--threads {threads}")
+    fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--checkpoint", str(setup / "tiny.pth"),
+           "--threads", threads], capsys, f"--threads {threads}")
+
+
+def test_search_options(setup, capsys):
+    lib = str(setup / "lib")
+    capsys.readouterr()
+    assert main(["search", lib, "red", "-k", "1000000000", "--json"]) == 0  # all hits, not a memory error
+    assert '"rank": 1' in capsys.readouterr().out
+    fails(["search", lib, "red", "--rerank", "-1"], capsys, "--rerank -1")
+    fails(["search", lib, os.fsdecode(b"\xff\xfe abc")], capsys, "not valid UTF-8", r"b'\xff\xfe abc'")
+    fails(["search", lib, "red", "--min-duration", "10", "--max-duration", "1"], capsys,
+          "--min-duration 10", "--max-duration 1")
+    fails(["search", lib, "red", "--min-duration", "nan"], capsys, "--min-duration nan")
+
+
+def test_demo_options(setup, capsys):
+    fails(["demo", "--out", str(setup / "red.mp4"), "--videos", "3"], capsys, "--out", "is a file")
+    fails(["demo", "--out", str(setup / "unused"), "--queries", "-1"], capsys, "--queries -1")
+    fails(["demo", "--out", str(setup / "unused"), "--videos", "0"], capsys, "--videos 0")
+    assert not (setup / "unused").exists()
+
+
+def test_files_that_are_not_checkpoints(setup, tmp_path, capsys):
+    (tmp_path / "bytes.pth").write_bytes(bytes(range(1, 256)) * 16)
+    (tmp_path / "notes.pth").write_text("these are my notes, not weights\n")
+    whole = (setup / "tiny.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "cut.safetensors").write_bytes((setup / "model" / "model.safetensors").read_bytes()[:5000])
+    for name in ("bytes.pth", "notes.pth"):
+        err = fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--checkpoint", str(tmp_path / name)], capsys,
+                    str(tmp_path / name), "not a PyTorch or safetensors checkpoint")
+        assert "safety" not in err and "KeyError" not in err
+    for name in ("cut.pth", "cut.safetensors"):
+        fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--checkpoint", str(tmp_path / name)], capsys,
+              str(tmp_path / name), "truncated or damaged")
+    fails(["encode", "--model", "videomamba_m16_mm", "--checkpoint", str(tmp_path / "cut.pth")], capsys,
+          "truncated or damaged")

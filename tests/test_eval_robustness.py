@@ -16,11 +16,8 @@ import torch
 import retrieval.evaluate
 import vmm
 from tests import videos
+from tests.tiny_model import TINY
 from vmm.cli import main
-
-TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
-            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,12 @@ from index.encoder import ColorHistogramEncoder
 from index.library import build_library, remove_paths
 from retrieval.library import VideoLibrary
 from tests import videos
+from tests.tiny_model import TINY
 from vmm.cli import main
 from vmm.errors import VmmError
 
 REPO = Path(__file__).resolve().parents[1]
 HIST = ["--model", "color-histogram", "--quiet", "--workers", "0"]
-TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
-            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)
 # Root ignores file modes; without these capabilities it is held to them like any user.
 DROP_CAPS = ["setpriv", "--inh-caps=-dac_override,-dac_read_search,-fowner",
              "--bounding-set=-dac_override,-dac_read_search,-fowner"]

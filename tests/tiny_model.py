@@ -1,0 +1,6 @@
+"""The tiny random-weight video-text model the CLI, library and evaluation tests build: the real model classes at
+a size that saves, loads and encodes in well under a second."""
+
+TINY = dict(vision=dict(embed_dim=64, depth=1, img_size=32, num_frames=4),
+            text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, fusion_layer=1, max_position_embeddings=32), embed_dim=16)

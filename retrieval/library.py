@@ -179,22 +179,24 @@ class VideoLibrary:
         return 0 if self._reader is None else len(self._reader)
 
     # -- changing -----------------------------------------------------------------------------------
-    def add(self, paths: Sequence[Union[str, Path]], **options):
-        """Index new or changed videos under ``paths`` (see ``index.build_library`` for options)."""
+    def add(self, paths: Union[str, Path, Sequence[Union[str, Path]]], **options):
+        """Index new or changed videos under ``paths``, one path or a list (see ``index.build_library`` for
+        options)."""
         from index.library import build_library
+        paths = _path_list(paths, "add")
         options.setdefault("progress", False)
         if self._model_source is not None:
             source = self._model_source
             options.setdefault("on_open", lambda library: _write_model_file(library, *source))
-        summary = build_library([os.fspath(p) for p in paths], self.path, self.encoder, **options)
+        summary = build_library(paths, self.path, self.encoder, **options)
         self._model_source = None
         self.refresh()
         return summary
 
-    def remove(self, paths: Sequence[Union[str, Path]]) -> int:
-        """Drop videos (files or folders) from the library; the files on disk are untouched."""
+    def remove(self, paths: Union[str, Path, Sequence[Union[str, Path]]]) -> int:
+        """Drop videos (files or folders, one path or a list) from the library; the files on disk are untouched."""
         from index.library import remove_paths
-        n = remove_paths(self.path, [os.fspath(p) for p in paths])
+        n = remove_paths(self.path, _path_list(paths, "remove"))
         self.refresh()
         return n
 
@@ -213,8 +215,14 @@ class VideoLibrary:
             self.refresh()
         if (text is None) == (video is None):
             raise VmmError("give exactly one query: text=... or video=...")
-        if k < 1:
-            raise VmmError(f"k must be >= 1, got {k}")
+        if text is not None and not isinstance(text, str):
+            raise VmmError(f"text must be a string, got {type(text).__name__}; pass text='a red car'")
+        if video is not None and not isinstance(video, (str, os.PathLike)):
+            raise VmmError(f"video must be a path, got {type(video).__name__}; pass video='clip.mp4'")
+        if not _is_int(k) or k < 1:
+            raise VmmError(f"k must be a whole number >= 1, got {k!r}")
+        if not _is_int(rerank) or rerank < 0:
+            raise VmmError(f"rerank must be a whole number >= 0 (0: no re-ranking), got {rerank!r}")
         if text is not None and not text.strip():
             raise VmmError("empty query text; give some words to search for")
         query = self._query_vector(text, video)
@@ -261,6 +269,7 @@ class VideoLibrary:
             by_path.setdefault(h.path, []).append(h)
         frames = {}
         for path, group in by_path.items():
+            _check_unchanged(self._reader.files.get(group[0].file_id), path)
             windows = read_windows(path, m.num_frames, m.window, m.stride, m.max_seconds)
             for h in group:
                 frames[h.clip_id] = windows[min(windows, key=lambda se: abs(se[0] - h.start) + abs(se[1] - h.end))]
@@ -275,21 +284,66 @@ def _with_score(hit, score: float):
     return replace(hit, score=score)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _path_list(paths, what: str) -> list[str]:
+    # A lone path is one path: iterating a string would give its characters, and "/" matches every file.
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    try:
+        return [os.fspath(p) for p in paths]
+    except TypeError:
+        raise VmmError(f"{what}() takes a path or a list of paths, got {paths!r}") from None
+
+
 def _as_filter(where):
     if where is None or callable(where):
         return where
     from index.reader import ClipFilter
     if isinstance(where, dict):
+        unknown = set(where) - {"path_glob", "min_duration", "max_duration"}
+        if unknown:
+            raise VmmError(f"where has unknown keys {sorted(unknown)}; use path_glob, min_duration, max_duration")
         where = Where(**where)
+    if not isinstance(where, Where):
+        raise VmmError(f"where must be a Where, a dict or a callable on the file record, got {type(where).__name__}")
+    globs = [where.path_glob] if isinstance(where.path_glob, str) else where.path_glob
+    if globs is not None and not (isinstance(globs, (list, tuple)) and all(isinstance(g, str) for g in globs)):
+        raise VmmError(f"where path_glob must be a glob string or a list of them, got {where.path_glob!r}")
+    for name in ("min_duration", "max_duration"):
+        value = getattr(where, name)
+        if value is not None and not (_is_int(value) or isinstance(value, float)):
+            raise VmmError(f"where {name} must be a number of seconds, got {value!r}")
+        if value is not None and (math.isnan(value) or value < 0):
+            raise VmmError(f"where {name} must be a number of seconds >= 0, got {value!r}")
+    if where.min_duration is not None and where.max_duration is not None and where.min_duration > where.max_duration:
+        raise VmmError(f"where min_duration {where.min_duration} is above max_duration {where.max_duration}; "
+                       "no video can match")
     return ClipFilter(path_glob=where.path_glob, min_duration=where.min_duration, max_duration=where.max_duration)
+
+
+def _check_unchanged(record, path: str) -> None:
+    """Re-ranking decodes the file again: one replaced since indexing would be scored on other content than the
+    clip its vectors describe."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # read_windows reports a file that is gone
+    if record is not None and (st.st_size != record.size or st.st_mtime_ns != record.mtime_ns):
+        raise VmmError(f"{path} changed since it was indexed; run `vmm index` again to update the library, "
+                       "or search without --rerank")
 
 
 def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:
     """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3))."""
     from index.decode import decode_video
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise VmmError(f"query video {path} does not exist")
+    if not os.path.isfile(path):  # a folder, a FIFO (reading one would wait forever)...
+        raise VmmError(f"query video {path} is not a file; pass the path of a video file")
     _, clips = decode_video(path, num_frames=num_frames, window=math.inf)
     return clips[0].frames
 

@@ -174,3 +174,50 @@ def test_cli_entry_point_runs_as_a_subprocess(setup):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["path"] == str(vids / "green.mp4")
+
+
+def test_api_takes_a_lone_path_as_one_path(setup, tmp_path):
+    """add() and remove() given one path (not a list) act on that path: iterated as characters, the "/" of a
+    path string once matched, and removed, every file of the library."""
+    root, vids, lib = setup
+    with VideoLibrary.create(tmp_path / "lib", model=str(root / "model")) as library:
+        library.add(str(vids), window=8, stride=4, workers=0)
+        assert len(library) == 8
+        assert library.remove(vids / "red.mp4") == 1
+        assert len(library) == 7 and not library.search(text="red", k=10, where=Where(path_glob="*/red.mp4"))
+        with pytest.raises(VmmError, match="takes a path or a list of paths"):
+            library.remove(5)
+
+
+def test_api_refuses_wrong_argument_types(setup):
+    root, vids, lib = setup
+    with VideoLibrary.open(lib) as library:
+        for kwargs, message in [(dict(text=123), "text must be a string"), (dict(text=b"red"), "text must be"),
+                                (dict(video=b"x.mp4"), "video must be a path"),
+                                (dict(text="red", k=2.5), "k must be a whole number"),
+                                (dict(text="red", k=True), "k must be a whole number"),
+                                (dict(text="red", rerank=-1), "rerank must be a whole number >= 0"),
+                                (dict(text="red", rerank="3"), "rerank must be"),
+                                (dict(text="red", where="*.mp4"), "where must be a Where"),
+                                (dict(text="red", where={"min_duration": "abc"}), "min_duration must be a number"),
+                                (dict(text="red", where={"min_durations": 1}), "unknown keys"),
+                                (dict(text="red", where=Where(min_duration=5, max_duration=1)), "no video can")]:
+            with pytest.raises(VmmError, match=message):
+                library.search(**kwargs)
+        assert len(library.search(text="red", k=np.int64(2))) == 2
+        with pytest.raises(VmmError, match="is not a file"):
+            library.search(video=vids)
+
+
+def test_rerank_refuses_a_video_replaced_since_indexing(setup, tmp_path):
+    root, vids, lib = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    red = videos.write_solid(str(folder / "red.mp4"), videos.RED, seconds=2)
+    videos.write_solid(str(folder / "green.mp4"), videos.GREEN, seconds=2)
+    with VideoLibrary.create(tmp_path / "lib", model=str(root / "model")) as library:
+        library.add([folder], workers=0)
+        assert len(library.search(text="red", k=2, rerank=2)) == 2
+        videos.write_moving_square(red, seconds=3)  # replaced in place: its vectors now describe other content
+        with pytest.raises(VmmError, match="changed since it was indexed"):
+            library.search(text="red", k=2, rerank=2)

@@ -16,6 +16,7 @@ official ``VidTxtRetEvalDataset``:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,15 @@ def load_retrieval_dataset(
     if not videos_dir.is_dir():
         raise VmmError(f"videos directory {videos_dir} does not exist; pass the folder that holds the videos")
 
+    # One video listed twice would be two gallery entries competing for the same captions (each copy's match
+    # ranks the other first), lowering every metric without a sign.
+    first_at: dict[str, int] = {}
+    for i, (video, _) in enumerate(items):
+        key = os.path.normpath(os.path.join(os.fspath(videos_dir), video))
+        if key in first_at:
+            raise VmmError(f"{annotation_file}: item {i} lists video {video!r} again (first at item {first_at[key]}); "
+                           "list each video once, with all its captions in one list")
+        first_at[key] = i
     missing = [videos_dir / video for video, _ in items if not (videos_dir / video).is_file()]
     if missing and not allow_missing:
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")

@@ -18,6 +18,7 @@ import vmm
 from tests import videos
 from tests.tiny_model import TINY
 from vmm.cli import main
+from vmm.errors import VmmError
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,15 @@ def test_named_model_with_the_wrong_frame_count_says_which_to_pass(data, capsys)
     assert main(eval_args(data, model="vmm_nano", frames=16)) == 2
     err = one_line_error(capsys)
     assert err.startswith("error: --frames 16:") and "vmm_nano" in err and "pass --frames 8" in err
+
+
+def test_a_video_listed_twice_is_refused(tmp_path):
+    """Two gallery entries of one file compete for the same captions and lower every metric silently."""
+    from retrieval.annotations import load_retrieval_dataset
+    (tmp_path / "red.mp4").touch()
+    (tmp_path / "sq.mp4").touch()
+    items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "sq.mp4", "caption": "A square."},
+             {"video": "./red.mp4", "caption": "Red again."}]
+    (tmp_path / "dup.json").write_text(json.dumps(items))
+    with pytest.raises(VmmError, match=r"item 2 lists video './red.mp4' again \(first at item 0\)"):
+        load_retrieval_dataset(tmp_path / "dup.json", tmp_path, "msrvtt")

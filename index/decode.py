@@ -219,6 +219,8 @@ def _read_header(path: str) -> _Header:
 
     try:
         container = av.open(path, metadata_errors="ignore")
+    except PermissionError:  # an FFmpegError too, but the file's content is not at fault
+        raise DecodeFailure("permission denied; make the file readable (chmod a+r) and run again") from None
     except av.error.FFmpegError as error:
         raise DecodeFailure(f"cannot read the container ({_one_line(error)}); the file is truncated, "
                             "corrupt or not a video") from None

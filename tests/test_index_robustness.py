@@ -309,3 +309,14 @@ def test_search_of_a_folder_that_is_not_a_library(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a vmm library (no catalog.sqlite)" in err and "vmm index VIDEOS --library LIB" in err
     assert sorted(os.listdir(vids)) == ["red.mp4"]
+
+
+def test_unreadable_video_is_blamed_on_permissions_not_content(tmp_path):
+    if not caps_can_be_dropped(tmp_path):
+        pytest.skip("cannot make a file unreadable here (setpriv missing or capabilities cannot be dropped)")
+    (path,) = make_videos(tmp_path / "vids", ("red",))
+    os.chmod(path, 0)
+    code = f"from index.decode import _read_header\ntry:\n    _read_header({path!r})\nexcept Exception as e:\n    print(e)"
+    r = subprocess.run(DROP_CAPS + [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert "permission denied; make the file readable" in r.stdout, r.stdout + r.stderr

@@ -189,8 +189,26 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
             for name in sorted(files):
                 if not name.startswith("."):
                     _add(found, result, os.path.join(folder, name), explicit=False)
-    result.candidates = [found[p] for p in sorted(found)]
+    result.candidates = _one_path_per_file(found)
     return result
+
+
+def _one_path_per_file(found: dict[str, Candidate]) -> list[Candidate]:
+    """Candidates in path order, each file once: a folder given beside a symbolic link to it (or a hard link)
+    reaches one file by two paths, and indexing both would return every match of it twice. A path without
+    symbolic links in it is kept over one through a link."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for path in sorted(found, key=lambda p: (os.path.realpath(p) != p, p)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            kept.append(found[path])  # fingerprinting reports it
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            kept.append(found[path])
+    return sorted(kept, key=lambda c: c.path)
 
 
 def _printable(path: str) -> str:

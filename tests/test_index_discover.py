@@ -124,3 +124,15 @@ def test_fifo_and_broken_link_are_reported_never_read(tmp_path):
 def test_files_read_and_found_not_video_are_rejected(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     assert discover([str(tmp_path)]).rejected == {str(tmp_path / "notes.txt")}
+
+
+def test_a_file_reached_by_two_paths_is_found_once(tmp_path):
+    """A folder given beside a symbolic link to it: each video once, under its first path."""
+    from index.discover import discover
+    folder = tmp_path / "vids"
+    folder.mkdir()
+    videos.write_solid(str(folder / "red.mp4"), videos.RED, seconds=1)
+    (tmp_path / "link").symlink_to(folder)
+    os.link(folder / "red.mp4", folder / "red-hardlink.mp4")
+    found = discover([str(folder), str(tmp_path / "link")])
+    assert [c.path for c in found.candidates] == [str(folder / "red-hardlink.mp4")]

@@ -221,3 +221,13 @@ def test_rerank_refuses_a_video_replaced_since_indexing(setup, tmp_path):
         videos.write_moving_square(red, seconds=3)  # replaced in place: its vectors now describe other content
         with pytest.raises(VmmError, match="changed since it was indexed"):
             library.search(text="red", k=2, rerank=2)
+
+
+def test_relative_path_glob_is_taken_from_the_current_folder(setup, capsys, monkeypatch):
+    root, vids, lib = setup
+    monkeypatch.chdir(vids.parent)
+    capsys.readouterr()
+    assert main(["search", str(lib), "a red screen", "--json", "--path", f"{vids.name}/gr*"]) == 0
+    assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {str(vids / "green.mp4")}
+    assert main(["search", str(lib), "a red screen", "--json", "--path", "*/gr*"]) == 0
+    assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {str(vids / "green.mp4")}

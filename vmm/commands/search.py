@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-score the top K clips with the ITM head (official two-stage recipe)")
     p.add_argument("--per-video", action="store_true", help="at most one moment per video")
     p.add_argument("--no-merge", action="store_true", help="list overlapping windows separately")
-    p.add_argument("--path", dest="path_glob", help="only videos whose path matches this glob")
+    p.add_argument("--path", dest="path_glob", help="only videos whose path matches this glob (a relative one is "
+                                                    "taken from the current folder; '*red*' matches anywhere)")
     p.add_argument("--min-duration", type=float, help="only videos at least this long (s)")
     p.add_argument("--max-duration", type=float, help="only videos at most this long (s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits")
@@ -60,7 +62,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.library import VideoLibrary, Where
     _check_options(args)
-    where = Where(args.path_glob, args.min_duration, args.max_duration)
+    where = Where(_absolute_glob(args.path_glob), args.min_duration, args.max_duration)
     with VideoLibrary.open(args.library, model=args.model, checkpoint=args.checkpoint, device=args.device) as lib:
         # Neither can exceed the library: asking for more only allocates result arrays of that size.
         size = max(len(lib), 1)
@@ -81,3 +83,10 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
     Console(width=200).print(table)
     return 0
+
+
+def _absolute_glob(pattern):
+    # The library stores absolute paths: `--path vids/*` typed in the videos' parent folder matched nothing.
+    if pattern is None or os.path.isabs(pattern) or pattern.startswith("*"):
+        return pattern
+    return os.path.join(os.getcwd(), pattern)

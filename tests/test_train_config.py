@@ -81,6 +81,18 @@ def test_base_recipe_is_merged_underneath(tmp_path):
     ("optim.lr=fast", "option optim.lr must be a number, got 'fast'"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
     ("data.train=[{'root': 'x'}]", "data.train[0] needs exactly one of 'anno'"),
+    # values that trained without complaint: no steps, gradient ascent, a silent skip of warmup...
+    ("schedule.max_steps=-1", "schedule.max_steps must be >= 1"),
+    ("schedule.min_lr_ratio=-5", "schedule.min_lr_ratio must lie in [0, 1]"),
+    ("schedule.warmup_steps=-3", "schedule.warmup_steps must be >= 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be > 0"),
+    ("optim.eps=-1", "optim.eps must be > 0"),
+    ("optim.betas=[0.9,2.0]", "optim.betas must both lie in [0, 1)"),
+    ("train.seed=-1", "train.seed must lie in [0, 2**32)"),
+    ("data.max_retries=-1", "data.max_retries must be >= 1"),
+    ("data.prefetch_factor=-1", "data.prefetch_factor must be >= 1"),
+    ("data.max_text_len=0", "data.max_text_len must be >= 2"),
 ])
 def test_bad_config_is_one_line_exit_2(capsys, override, message):
     code, err = run_main(capsys, override)
@@ -164,3 +176,11 @@ def test_hflip_is_a_checked_probability_and_reaches_the_transform():
     for seed in range(20):
         out = never(frames, random.Random(seed))
         assert out[:, :, :, :4].mean() > out[:, :, :, -4:].mean()
+
+
+def test_config_that_is_not_utf8(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe model:\n")
+    code = main(["--config", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not UTF-8 text" in err and err.count("\n") == 1

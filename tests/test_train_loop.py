@@ -96,6 +96,32 @@ def test_resume_mid_epoch_with_another_batch_size_is_refused(uninterrupted, corp
                        f"train.resume={uninterrupted / 'checkpoints/step_00000003'}"))
 
 
+def test_a_new_run_never_replaces_what_its_folder_holds(uninterrupted, corpus, tmp_path):
+    """A folder of the user's, or an earlier run's whose checkpoints were deleted: a fresh run would replace its
+    final/ (deleting what was in it), its config and its metrics."""
+    from vmm.errors import VmmError
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "notes.txt").write_text("precious")
+    for resume in ("", "auto"):
+        with pytest.raises(VmmError, match="is not empty .*choose a new or empty train.output_dir"):
+            train(tiny_cfg(corpus, tmp_path, "schedule.max_steps=1", *([f"train.resume={resume}"] if resume else [])))
+    assert (tmp_path / "final" / "notes.txt").read_text() == "precious"
+
+
+def test_a_damaged_checkpoint_is_one_line(uninterrupted, corpus, tmp_path):
+    import shutil
+    from vmm.errors import VmmError
+    for damage in ("state", "weights"):
+        ck = tmp_path / damage / "step_00000003"
+        shutil.copytree(uninterrupted / "checkpoints/step_00000003", ck)
+        if damage == "state":
+            (ck / "trainer_state.json").write_text("{bad")
+        else:
+            (ck / "pytorch_model.bin").write_bytes((ck / "pytorch_model.bin").read_bytes()[:1000])
+        with pytest.raises(VmmError, match="train.resume: .*(damaged|cannot load)"):
+            train(tiny_cfg(corpus, tmp_path / f"out_{damage}", "schedule.max_steps=4", f"train.resume={ck}"))
+
+
 def test_final_export_loads_with_create_model_and_transforms(uninterrupted):
     model, train_tf, eval_tf = vmm.create_model_and_transforms(uninterrupted / "final")
     trained = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")

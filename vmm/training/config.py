@@ -150,6 +150,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise VmmError(f"config {path} includes itself through 'base'; remove the loop")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise VmmError(f"config {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -313,6 +315,18 @@ def _check_values(cfg: TrainConfig) -> None:
         (len(cfg.optim.betas) == 2, "optim.betas must be a list of two numbers"),
         (cfg.schedule.epochs > 0 or (cfg.schedule.max_steps or 0) > 0,
          "schedule.epochs or schedule.max_steps must be > 0"),
+        (cfg.schedule.max_steps is None or cfg.schedule.max_steps >= 1,
+         "schedule.max_steps must be >= 1 (or null: train for schedule.epochs)"),
+        (cfg.schedule.warmup_steps is None or cfg.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
+        (0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must lie in [0, 1] (a fraction of optim.lr)"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.optim.eps > 0, "optim.eps must be > 0"),
+        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip must be > 0 (or null: no clipping)"),
+        (cfg.data.max_text_len is None or cfg.data.max_text_len >= 2,
+         "data.max_text_len must be >= 2 (room for [CLS] and [SEP]; null: the model's)"),
+        (0 <= cfg.train.seed < 2 ** 32, "train.seed must lie in [0, 2**32)"),
+        (cfg.data.max_retries >= 1, "data.max_retries must be >= 1"),
+        (cfg.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
         (cfg.loss.vtc + cfg.loss.vtm + cfg.loss.mlm + cfg.loss.uta + cfg.loss.distill > 0,
          "all loss weights are 0; enable at least one of loss.vtc/vtm/mlm/uta/distill"),
     ]
@@ -332,6 +346,8 @@ def _check_values(cfg: TrainConfig) -> None:
         sources.append(src)
     cfg.data.train = sources
     cfg.optim.betas = [_coerce(b, float, "optim.betas") for b in cfg.optim.betas]
+    if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise VmmError(f"optim.betas must both lie in [0, 1), got {cfg.optim.betas}")
     if cfg.export.trainable_only and not cfg.freeze:
         raise VmmError("export.trainable_only needs a freeze list (nothing is frozen, so everything is trainable)")
 

@@ -94,6 +94,15 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         # A fresh run here would mix its checkpoints with the old ones and prune the wrong ones.
         raise VmmError(f"train.output_dir {out} already holds checkpoints of a run; pass train.resume=auto to "
                        f"continue it or choose a new train.output_dir")
+    if resume_dir is None and int(os.environ.get("RANK", "0")) == 0 and out.is_dir():
+        # A fresh run replaces final/, train_config.yaml and metrics.jsonl: never in a folder that holds anything.
+        # (Rank 0 only: the other ranks may look after it has created its first files.)
+        held = sorted(p.name for p in out.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
+            raise VmmError(f"train.output_dir {out} is not empty (it holds {shown}){found}; a new run would replace "
+                           "what is there: choose a new or empty train.output_dir")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -101,6 +110,14 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         raise VmmError(f"train.output_dir: cannot create {out} ({existing} is not a writable folder); choose "
                        f"a writable folder")
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+
+
+def _read_state(checkpoint: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise VmmError(f"train.resume: {checkpoint / STATE_FILE} is damaged ({type(e).__name__}); resume from an "
+                       "earlier checkpoint") from None
 
 
 # -- setup -----------------------------------------------------------------------------------------------
@@ -316,13 +333,21 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
 
     state = TrainerState(global_batch=plan.global_batch)
     metrics_path = out / "metrics.jsonl"
+    if inputs.resume_dir is None and cfg.train.resume == "auto":
+        accelerator.print(f"train.resume=auto: no checkpoint in {out}; starting a new run")
     if inputs.resume_dir is not None:
-        saved = TrainerState(**json.loads((inputs.resume_dir / STATE_FILE).read_text()))
+        saved = _read_state(inputs.resume_dir)
         if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
             raise VmmError(f"train.resume: {inputs.resume_dir} stopped mid-epoch with {saved.global_batch} samples "
                            f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
                            f"resume with the same settings")
-        accelerator.load_state(str(inputs.resume_dir))
+        try:
+            accelerator.load_state(str(inputs.resume_dir))
+        except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise VmmError(f"train.resume: cannot load {inputs.resume_dir} ({first}); it is damaged or from another "
+                           "model config: resume from an earlier checkpoint or with the config it was saved with"
+                           ) from None
         state = saved
         state.global_batch = plan.global_batch
         accelerator.print(f"resumed from {inputs.resume_dir} at step {state.global_step} (epoch {state.epoch}, "

@@ -62,4 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # DataLoader workers hit by the same Ctrl-C can leave the interpreter's shutdown waiting for them forever;
+        # every file the run writes is complete on disk (checkpoints are renamed into place), so skip that wait.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

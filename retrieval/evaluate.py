@@ -173,15 +173,8 @@ def _start_runtime(config: EvalConfig) -> _Runtime:
     import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = config.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise VmmError(f"--device {config.device}: no CUDA GPU is visible; pass --device cpu")
-    device = torch.device(wanted)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise VmmError(f"--device {config.device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
-                       f"pass --device cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    from vmm.factory import resolve_device
+    device = resolve_device(config.device)  # auto, a visible GPU and its index, as every command checks them
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     elif device.type == "cuda" and device.index is None:
@@ -214,7 +207,7 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     >>> # model, transform, tokenizer, name, ckpt = load_eval_model(EvalConfig("msrvtt", "a.json", "videos"))
     """
     import vmm
-    from vmm.factory import default_pretrained
+    from vmm.factory import default_pretrained, saved_frames
     from vmm.models.persistence import is_pretrained_dir
     model_arg, checkpoint = config.model, config.checkpoint
     is_dir = is_pretrained_dir(model_arg)
@@ -238,7 +231,7 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         # Loading a checkpoint interpolates the temporal position table to the requested frame count,
         # but weights from a model folder (e.g. the shipped vmm_nano) load strictly, so their frame count must match.
         weights = checkpoint if checkpoint is not None else default_pretrained(str(model_arg))
-        saved = _folder_frames(weights) if weights is not None else None
+        saved = saved_frames(weights) if weights is not None and is_pretrained_dir(weights) else None
         if saved is not None and saved != config.frames:
             raise VmmError(f"--frames {config.frames}: the weights of {model_arg} ({weights}) were saved for {saved} "
                            f"frames; pass --frames {saved}")
@@ -267,18 +260,6 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     name = getattr(model, "model_name", None) or str(model_arg)
     source = None if is_dir else str(getattr(model, "pretrained_source", checkpoint))
     return model, transform, tokenizer, name, source
-
-
-def _folder_frames(weights: str | Path) -> Optional[int]:
-    """The frame count a save_pretrained folder was saved for (None for checkpoint files or other layouts)."""
-    from vmm.models.persistence import is_pretrained_dir
-    if not is_pretrained_dir(weights):
-        return None
-    try:
-        frames = json.loads((Path(weights) / "config.json").read_text())["model"]["vision"]["num_frames"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return frames if isinstance(frames, int) else None
 
 
 # ---------------------------------------------------------------------------------------------- progress

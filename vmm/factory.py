@@ -181,6 +181,14 @@ def _folder_weights_file(directory: Union[str, Path]) -> Path:
     return directory / (info.get("weights", "trainable.safetensors") if isinstance(info, dict) else WEIGHTS_NAME)
 
 
+def saved_frames(directory: Union[str, Path]) -> Optional[int]:
+    """The frame count a save_pretrained folder was saved for, or None when its config does not say."""
+    cfg = _saved_config(directory)
+    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+    frames = requested_frames(model_cfg) if isinstance(model_cfg, dict) else None
+    return frames if isinstance(frames, int) else None
+
+
 def _frames_error(wanted: int, saved: int, weights: Union[str, Path]) -> VmmError:
     return VmmError(f"--frames {wanted} (num_frames={wanted}): the weights in {weights} were trained for {saved} "
                     f"frames; pass --frames {saved} (or omit --frames)")
@@ -208,8 +216,7 @@ def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
     """``from_pretrained`` that explains a frame count or other override the folder's weights cannot take."""
     weights = _folder_weights_file(directory)
     wanted = requested_frames(overrides)
-    model_cfg = _saved_config(directory).get("model") or {}
-    saved = requested_frames(model_cfg) if isinstance(model_cfg, dict) else None
+    saved = saved_frames(directory)
     if wanted is not None and saved is not None and wanted != saved:
         raise _frames_error(wanted, saved, directory)
     try:

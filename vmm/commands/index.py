@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
     from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, load_encoder
+    from vmm.factory import check_frames
     # Checked before the model loads: a bad value costs nothing and names the option.
     if args.window is not None and not (args.window == 0 or args.window >= MIN_STRIDE):
         raise VmmError(f"--window must be 0 (one clip per video) or >= {MIN_STRIDE} seconds, got {args.window}")
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
                        f"second of video), got {args.stride}")
     if args.max_seconds is not None and not args.max_seconds > 0:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
-    if args.frames is not None and args.frames < 1:
-        raise VmmError(f"--frames must be >= 1, got {args.frames}")
+    if args.frames is not None:
+        check_frames(args.frames)
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
     model, checkpoint = args.model, args.checkpoint

@@ -273,8 +273,8 @@ if HAS_TRITON:
         writes its own output (s_od apart). Running the two directions one after the other in one program,
         the second adding to the first's output, was twice as slow: the loop is latency-bound and wants
         programs; interleaving them a tiled chunk of each at a time was 9-15% slower (150-170 registers, so
-        fewer resident warps than the independent work it adds). SAVE (training) keeps every CK-th state in ck for the backward pass, so that it does not
-        rerun the whole recurrence first.
+        fewer resident warps than the independent work it adds). SAVE (training) keeps every CK-th state in ck
+        for the backward pass, so that it does not rerun the whole recurrence first.
 
         The two outputs are added (and gated, unless GATE) by one pass afterwards. Adding them here instead, in
         the program of a pair that finishes second (a counter per pair, after a fence), was slower: 1.42 against
@@ -545,9 +545,10 @@ FWD_GATE_IN_SCAN = False
 FWD_PREFETCH_BC = 8
 FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many steps past the next tile; 0 = none
 # (tile 4 on one H200: 1.24 ms with it, 1.40-1.43 without; on another tile 4 without was already 1.18-1.20)
-FWD_MAXNREG = 128  # a register cap: more resident warps for this latency-bound loop (H200: 1.64 vs 2.55 ms uncapped
-# at 96 before the B/C prefetch; with it, 128 over 96: scan at B=64 1.92 vs 2.02-2.17 ms, VideoMamba-M 8 frames
-# 609-611 vs 592-600 clips/s, ABAB in one run)
+FWD_MAXNREG = 168  # a register cap: resident warps for this latency-bound loop. H200, before the B/C prefetch:
+# 1.64 vs 2.55 ms uncapped at 96; with it, 128 over 96 (scan at B=64 1.92 vs 2.02-2.17 ms); then 168 (12 warps an
+# SM; no stack at any cap from 112 up) over 112, 128, 144 and 160 at every shape tried, ABAB in one run: B=32/64 x
+# L=1569/3137/12545 1-5% faster than 128 (B=32 at 64 frames 7.97 vs 8.39 ms; VideoMamba-M there 75.5 vs 74.0 clips/s)
 # The backward asks L2 for the rows (u, dt, z, g, B/C) of the chunk after next as it ends a chunk: training step
 # at batch 32 350 vs 356 ms (H200). Asked for at a chunk's start instead, the reverse direction's adjoint step
 # took 40 more instructions (register moves; benchmarks/kernel_sass.py).

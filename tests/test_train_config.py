@@ -91,6 +91,8 @@ def test_base_recipe_is_merged_underneath(tmp_path):
     ("optim.betas=[0.9,2.0]", "optim.betas must both lie in [0, 1)"),
     ("train.seed=-1", "train.seed must lie in [0, 2**32)"),
     ("data.max_retries=-1", "data.max_retries must be >= 1"),
+    ("data.max_missing=1.0", "data.max_missing must lie in [0, 1)"),
+    ("data.max_missing=-0.1", "data.max_missing must lie in [0, 1)"),
     ("data.prefetch_factor=-1", "data.prefetch_factor must be >= 1"),
     ("data.max_text_len=0", "data.max_text_len must be >= 2"),
 ])
@@ -118,7 +120,39 @@ def test_dataset_smaller_than_one_step(capsys, corpus):
 
 def test_media_root_without_the_files(capsys, corpus, tmp_path):
     code, err = run_main(capsys, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{tmp_path}'}}]")
-    assert code == 2 and "none of the first 10 media files exist under" in err
+    assert code == 2 and err.count("\n") == 1
+    assert f"10 of 10 media files listed in {corpus / 'train.json'} are missing under {tmp_path}" in err
+    assert "fix data.train[0].root" in err and "max_missing" not in err  # no fraction can help here
+
+
+@pytest.fixture
+def partly_missing(corpus, tmp_path) -> Path:
+    """The corpus's 10 training clips with 4 entries pointing at files that are not there (a half-copied corpus)."""
+    entries = json.loads((corpus / "train.json").read_text())
+    for i in (2, 5, 6, 9):
+        entries[i]["video"] = f"videos/not_copied_{i}.mp4"
+    (tmp_path / "partial.json").write_text(json.dumps(entries))
+    return tmp_path / "partial.json"
+
+
+def test_missing_media_files_refuse_the_run(capsys, corpus, partly_missing):
+    """Past the first 10 entries or not, missing files used to be replaced by other samples without a word."""
+    override = f"data.train=[{{'anno': '{partly_missing}', 'root': '{corpus}'}}]"
+    code, err = run_main(capsys, override, "loss.uta=0")
+    assert code == 2 and err.startswith("error: data.train[0]: ") and err.count("\n") == 1
+    assert f"4 of 10 media files listed in {partly_missing} are missing under {corpus}" in err
+    assert f"(e.g. {corpus / 'videos/not_copied_2.mp4'})" in err and "data.max_missing" in err
+    code, err = run_main(capsys, override, "loss.uta=0", "data.max_missing=0.3")
+    assert code == 2 and "4 of 10" in err and "data.max_missing (now 0.3)" in err
+
+
+def test_allowed_missing_media_warn_and_pass(capsys, corpus, partly_missing):
+    code = main(["--config", TINY, f"data.train=[{{'anno': '{partly_missing}', 'root': '{corpus}'}}]", "loss.uta=0",
+                 "data.max_missing=0.4", "--check"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("ok: ") and "(10 items)" in out
+    assert err.startswith("warning: data.train[0]: 4 of 10 media files") and err.count("\n") == 1
+    assert "replaced by other samples (data.max_missing=0.4)" in err
 
 
 def test_teacher_file_absent(capsys, corpus, tmp_path):

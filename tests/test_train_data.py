@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import tarfile
 from pathlib import Path
 
@@ -145,3 +146,26 @@ def test_group_key_puts_each_group_in_one_batch_and_changes_nothing_else(tmp_pat
     assert base.global_batches(0) == D.EpochPlan([40], [1.0], 8, 1, 3, unit_groups=[None]).global_batches(0)
     with pytest.raises(VmmError, match="no entry .* has the key 'nope'"):
         D.load_corpora([SourceConfig(anno=str(tmp_path / "a.json"), root=str(tmp_path), group_key="nope")])
+
+
+def test_a_big_corpus_checks_a_seeded_sample_of_its_media(corpus, tmp_path, monkeypatch):
+    """Past FULL_MEDIA_CHECK entries only MEDIA_SAMPLE of them are stat-ed: the same ones on every start."""
+    from vmm.training import data as D
+    monkeypatch.setattr(D, "FULL_MEDIA_CHECK", 300)
+    monkeypatch.setattr(D, "MEDIA_SAMPLE", 100)
+    real = json.loads((corpus / "train.json").read_text())[0]["video"]
+    entries = [{"video": real if i % 5 else f"videos/gone_{i}.mp4", "caption": f"c{i}"} for i in range(1000)]
+    (tmp_path / "big.json").write_text(json.dumps(entries))
+    errors = []
+    for _ in range(2):
+        with pytest.raises(VmmError, match=r"of 100 media files sampled from the 1000 entries") as err:
+            load_annotation_corpus(str(tmp_path / "big.json"), str(corpus))
+        errors.append(str(err.value))
+    assert errors[0] == errors[1]
+    missing = int(re.search(r"(\d+) of 100", errors[0]).group(1))
+    assert 8 <= missing <= 35  # a fifth of the entries are gone
+    allowed = load_annotation_corpus(str(tmp_path / "big.json"), str(corpus), max_missing=0.5)
+    assert len(allowed) == 1000 and allowed.missing_note.startswith(f"warning: data.train[0]: {missing} of 100")
+    monkeypatch.setattr(D, "FULL_MEDIA_CHECK", 1000)
+    with pytest.raises(VmmError, match="200 of 1000 media files listed in"):
+        load_annotation_corpus(str(tmp_path / "big.json"), str(corpus))

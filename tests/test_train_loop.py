@@ -122,6 +122,23 @@ def test_a_damaged_checkpoint_is_one_line(uninterrupted, corpus, tmp_path):
             train(tiny_cfg(corpus, tmp_path / f"out_{damage}", "schedule.max_steps=4", f"train.resume={ck}"))
 
 
+def test_allowed_missing_media_are_replaced_and_counted(corpus, tmp_path, capsys):
+    """data.max_missing lets a run start with a few files gone; they are then skipped like corrupt ones."""
+    entries = json.loads((corpus / "train.json").read_text())
+    for i in (3, 11):
+        entries[i]["video"] = f"videos/gone_{i}.mp4"
+    (tmp_path / "gaps.json").write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    cfg = load_config(TINY, [f"data.train=[{{'anno': '{tmp_path / 'gaps.json'}', 'root': '{corpus}'}}]",
+                             f"train.output_dir={out}", "train.progress=False", "loss.uta=0", "schedule.epochs=1",
+                             "data.max_missing=0.15"])
+    summary = train(cfg)
+    err = capsys.readouterr().err
+    assert f"warning: data.train[0]: 2 of 19 media files listed in {tmp_path / 'gaps.json'}" in err
+    assert summary["steps"] == 4 and summary["corrupt"] >= 2  # one epoch draws every entry once
+    assert "skipped corrupt sample" in err and "gone_3.mp4" in err and "gone_11.mp4" in err
+
+
 def test_final_export_loads_with_create_model_and_transforms(uninterrupted):
     model, train_tf, eval_tf = vmm.create_model_and_transforms(uninterrupted / "final")
     trained = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")

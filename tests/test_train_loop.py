@@ -122,6 +122,61 @@ def test_a_damaged_checkpoint_is_one_line(uninterrupted, corpus, tmp_path):
             train(tiny_cfg(corpus, tmp_path / f"out_{damage}", "schedule.max_steps=4", f"train.resume={ck}"))
 
 
+def test_resuming_with_nothing_left_to_train_is_refused(uninterrupted, corpus, tmp_path):
+    """A resume at or past the run's length used to re-export the checkpoint as the final model without a word."""
+    from vmm.errors import VmmError
+    finished = tmp_path / "finished"
+    # The 7-step run with its last checkpoint and final/ (the earlier checkpoints only cost copying time).
+    shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns("step_00000003", "step_00000006"))
+    before = (finished / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(VmmError, match=rf"^train.resume: {finished}/checkpoints/step_00000007 is at step 7 and "
+                                       r"schedule.max_steps=7 leaves nothing to train; raise schedule.max_steps above "
+                                       rf"7 to train on, or the run is already finished: its final model is in "
+                                       rf"{finished}/final$"):
+        train(tiny_cfg(corpus, finished, "schedule.max_steps=7", "train.resume=auto"))
+    six = f"train.resume={uninterrupted / 'checkpoints/step_00000006'}"
+    with pytest.raises(VmmError, match="is at step 6 and schedule.max_steps=5 leaves nothing to train; raise "
+                                       "schedule.max_steps above 6 to train on, or resume from a checkpoint at or "
+                                       "before step 5"):
+        train(tiny_cfg(corpus, tmp_path / "shorter", "schedule.max_steps=5", six))
+    # Counted in epochs: 20 samples at batch 4 are 5 steps per epoch.
+    with pytest.raises(VmmError, match=r"is at step 6 and schedule.epochs=1 \(5 steps of 5 per epoch\) leaves "
+                                       r"nothing to train; raise schedule.epochs or set schedule.max_steps above 6"):
+        train(tiny_cfg(corpus, tmp_path / "epochs", "schedule.epochs=1", six))
+    with pytest.raises(VmmError, match=rf"step 7 and schedule.epochs=1.4 \(7 steps of 5 per epoch\).* final model "
+                                       rf"is in {finished}/final"):
+        train(tiny_cfg(corpus, finished, "schedule.epochs=1.4", "train.resume=auto"))
+    assert (finished / "final" / "model.safetensors").read_bytes() == before
+    assert metrics(finished) == metrics(uninterrupted)
+    assert not any((tmp_path / name).exists() for name in ("shorter", "epochs"))
+
+
+def test_resuming_the_last_checkpoint_without_its_export_writes_it(uninterrupted, corpus, tmp_path, capsys):
+    """Stopped between the last checkpoint and the export: resuming writes final/ from that checkpoint."""
+    last = uninterrupted / "checkpoints/step_00000007"
+    summary = train(tiny_cfg(corpus, tmp_path, "schedule.max_steps=7", f"train.resume={last}"))
+    assert summary["steps"] == 7 and not (tmp_path / "metrics.jsonl").exists()  # no step trained
+    assert f"{last} is the run's last step: writing its final model without training" in capsys.readouterr().out
+    from safetensors.torch import load_file
+    exported, reference = (load_file(str(d / "final" / "model.safetensors")) for d in (tmp_path, uninterrupted))
+    assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
+
+
+def test_cli_refuses_a_finished_run_in_one_line(uninterrupted, corpus, tmp_path):
+    """The real command, run twice on a finished run (a retried job): status 2, one line, nothing rewritten."""
+    finished = tmp_path / "finished"
+    shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns("step_00000003", "step_00000006"))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "vmm.train", "--config", TINY,
+                          f"data.train=[{{'anno': '{corpus / 'train_with_corrupt.json'}', 'root': '{corpus}'}}]",
+                          f"train.output_dir={finished}", "schedule.max_steps=7", "train.resume=auto"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert run.stderr.startswith(f"error: train.resume: {finished}/checkpoints/step_00000007 is at step 7")
+    assert f"its final model is in {finished}/final" in run.stderr
+    assert (finished / "train_config.yaml").read_text() == (uninterrupted / "train_config.yaml").read_text()
+
+
 def test_allowed_missing_media_are_replaced_and_counted(corpus, tmp_path, capsys):
     """data.max_missing lets a run start with a few files gone; they are then skipped like corrupt ones."""
     entries = json.loads((corpus / "train.json").read_text())

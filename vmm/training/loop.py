@@ -75,9 +75,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             if corpus.missing_note:
                 print(corpus.missing_note, file=sys.stderr)
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
-    data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
-                   cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum,
-                   data.unit_groups(corpora, cfg.data.caption_sampling))
+    plan = data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
+                          cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed,
+                          cfg.train.grad_accum, data.unit_groups(corpora, cfg.data.caption_sampling))
     clip_weights = None
     if cfg.loss.uta > 0:
         clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
@@ -98,6 +98,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         # A fresh run here would mix its checkpoints with the old ones and prune the wrong ones.
         raise VmmError(f"train.output_dir {out} already holds checkpoints of a run; pass train.resume=auto to "
                        f"continue it or choose a new train.output_dir")
+    if resume_dir is not None:
+        check_resume_length(cfg, resume_dir, _read_state(resume_dir).global_step, plan.steps_per_epoch)
     if resume_dir is None and int(os.environ.get("RANK", "0")) == 0 and out.is_dir():
         # A fresh run replaces final/, train_config.yaml and metrics.jsonl: never in a folder that holds anything.
         # (Rank 0 only: the other ranks may look after it has created its first files.)
@@ -114,6 +116,32 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         raise VmmError(f"train.output_dir: cannot create {out} ({existing} is not a writable folder); choose "
                        f"a writable folder")
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``schedule.max_steps``, else ``schedule.epochs`` of the epoch plan."""
+    return cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * steps_per_epoch))
+
+
+def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per_epoch: int) -> None:
+    """Refuse a resume with nothing left to train (it exported the checkpoint as the final model without a word).
+
+    A checkpoint of the last step with no ``final/`` beside it passes: the run stopped between its last
+    checkpoint and the export, and resuming writes that export.
+    """
+    total = planned_steps(cfg, steps_per_epoch)
+    final = Path(cfg.train.output_dir) / "final"
+    if step < total or (step == total and not final.exists()):
+        return
+    if cfg.schedule.max_steps:
+        length, more = f"schedule.max_steps={total}", f"raise schedule.max_steps above {step}"
+    else:
+        length = f"schedule.epochs={cfg.schedule.epochs:g} ({total} steps of {steps_per_epoch} per epoch)"
+        more = f"raise schedule.epochs or set schedule.max_steps above {step}"
+    end = (f"or the run is already finished: its final model is in {final}" if step == total
+           else f"or resume from a checkpoint at or before step {total}")
+    raise VmmError(f"train.resume: {checkpoint} is at step {step} and {length} leaves nothing to train; {more} to "
+                   f"train on, {end}")
 
 
 def _read_state(checkpoint: Path) -> TrainerState:
@@ -331,7 +359,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
                               cfg.train.grad_accum, data_mod.unit_groups(inputs.corpora, cfg.data.caption_sampling))
     collate = data_mod.Collate(tokenizer, max_text_len)
     spe = plan.steps_per_epoch
-    total_steps = cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * spe))
+    total_steps = planned_steps(cfg, spe)
     warmup = (cfg.schedule.warmup_steps if cfg.schedule.warmup_steps is not None
               else round(cfg.schedule.warmup_epochs * spe))
 
@@ -341,6 +369,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
         accelerator.print(f"train.resume=auto: no checkpoint in {out}; starting a new run")
     if inputs.resume_dir is not None:
         saved = _read_state(inputs.resume_dir)
+        # Again with this run's process count (check_inputs took it from WORLD_SIZE, which not every launcher sets).
+        check_resume_length(cfg, inputs.resume_dir, saved.global_step, spe)
         if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
             raise VmmError(f"train.resume: {inputs.resume_dir} stopped mid-epoch with {saved.global_batch} samples "
                            f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
@@ -356,6 +386,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
         state.global_batch = plan.global_batch
         accelerator.print(f"resumed from {inputs.resume_dir} at step {state.global_step} (epoch {state.epoch}, "
                           f"{state.micro_in_epoch} micro-batches in)")
+        if state.global_step == total_steps:
+            accelerator.print(f"{inputs.resume_dir} is the run's last step: writing its final model without training")
         if main and metrics_path.is_file():  # drop steps logged after the checkpoint by the interrupted run
             rows = [r for r in metrics_path.read_text().splitlines()
                     if r.strip() and json.loads(r).get("step", 0) <= state.global_step]

@@ -59,7 +59,7 @@ from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
 from index.discover import Candidate
 from index.library import (IngestSummary, LibraryWriter, _check_request, _decode_options, _Pipeline, _start_run,
-                           _sync, build_library)
+                           _sync, build_library, refuse_foreign_folder)
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, atomic_write_bytes
@@ -531,6 +531,9 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
                        "launch with accelerate/torchrun, or give every rank the same new VMM_RUN_ID")
     if os.sep in run_id or run_id.startswith("."):
         raise VmmError(f"run_id {run_id!r} must be a plain name (no '/', not starting with '.'); choose another")
+    # The markers live in the library folder, so a folder that is not ours is refused here, by every rank alike
+    # (rank 0 cannot tell the others through markers it must not write there).
+    refuse_foreign_folder(library)
     return _FileCoordinator(info, os.path.join(library, STAGING_DIR, run_id), timeout_s), run_id, library
 
 

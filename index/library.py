@@ -143,6 +143,8 @@ def _foreign_files(library: str) -> list[str]:
 
 def _is_ours(library: str, name: str) -> bool:
     path = os.path.join(library, name)
+    if not os.path.lexists(path):  # gone since the listing: another rank's finished temporary file
+        return True
     if name == ".staging":  # index.distributed's STAGING_DIR: a distributed run that failed before its plan
         return os.path.isdir(path) and not os.path.islink(path)
     if name.startswith(CATALOG_FILE + ".new") or name in (CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
@@ -160,7 +162,11 @@ def _is_ours(library: str, name: str) -> bool:
         return False
 
 
-def _refuse_foreign(library: str) -> None:
+def refuse_foreign_folder(library: str) -> None:
+    """Raise VmmError when ``library`` holds no catalog but files a library run did not write (nothing may be
+    written there)."""
+    if os.path.exists(os.path.join(library, CATALOG_FILE)):
+        return
     foreign = _foreign_files(library)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -209,7 +215,7 @@ class LibraryWriter:
         if not os.path.exists(path):
             if wanted is None:
                 raise _no_library(library)
-            _refuse_foreign(library)
+            refuse_foreign_folder(library)
             _check_clip_settings(wanted)
         _prepare_folder(library)
         lock = _Lock(library)
@@ -217,7 +223,7 @@ class LibraryWriter:
             if not os.path.exists(path):
                 if wanted is None:
                     raise _no_library(library)
-                _refuse_foreign(library)  # again under the lock: the folder may have changed meanwhile
+                refuse_foreign_folder(library)  # again under the lock: the folder may have changed meanwhile
                 for stale in glob.glob(path + "-*"):  # a -wal/-shm without its database
                     os.remove(stale)
                 _check_clip_settings(wanted)

@@ -308,6 +308,20 @@ def test_a_library_of_another_model_is_refused_on_every_rank(tmp_path):
     assert all(isinstance(r, VmmError) and "was built with model color-histogram" in str(r) for r in results)
 
 
+def test_a_folder_that_is_not_a_library_is_refused_on_every_rank_and_left_untouched(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"not ours")
+    results = run_threads(root, folder, [ColorHistogramEncoder(), ColorHistogramEncoder()], "foreign")
+    for error in results:
+        assert isinstance(error, VmmError), results
+        assert "is not empty and holds no vmm library" in str(error) and "holiday.jpg" in str(error)
+    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]  # no .staging, lock or markers
+
+
 def test_file_barriers_need_a_run_id(tmp_path, monkeypatch):
     for name in ("MASTER_ADDR", "MASTER_PORT", "VMM_RUN_ID", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)

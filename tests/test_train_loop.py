@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +195,70 @@ def test_allowed_missing_media_are_replaced_and_counted(corpus, tmp_path, capsys
     assert f"warning: data.train[0]: 2 of 19 media files listed in {tmp_path / 'gaps.json'}" in err
     assert summary["steps"] == 4 and summary["corrupt"] >= 2  # one epoch draws every entry once
     assert "skipped corrupt sample" in err and "gone_3.mp4" in err and "gone_11.mp4" in err
+
+
+def ctrl_c_a_run(corpus: Path, out: Path, *extra: str, ready=lambda out: True) -> tuple[int, str]:
+    """Run ``python -m vmm.train`` with 2 decoding workers and press Ctrl-C once it trains and ``ready(out)``.
+
+    Like a terminal's Ctrl-C, SIGINT goes to the whole process group, workers included. Returns the exit status
+    and stderr; fails if the run has not started within 180 s or has not exited 20 s after the signal.
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "vmm.train", "--config", TINY,
+           f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]", f"train.output_dir={out}",
+           "data.num_workers=2", "schedule.max_steps=100000", "train.progress=False", "loss.uta=0", *extra]
+    stderr_file = out.with_name(out.name + ".stderr")
+    with open(stderr_file, "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+    lines: list[str] = []
+
+    def read_stdout():  # a thread, so the pipe never fills and the wait below can time out
+        for line in proc.stdout:
+            lines.append(line)
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180  # start-up imports torch and builds the model: slow on a loaded machine
+        while not (any(line.startswith("training ") for line in lines) and (out / "metrics.jsonl").is_file()
+                   and ready(out)):
+            assert proc.poll() is None, f"the run ended before the signal:\n{stderr_file.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the run did not start training within 180 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        status = proc.wait(timeout=20)
+        for _ in range(100):  # the workers go with the main process, which reaps them
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("processes of the run outlived it by 10 s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=5)
+    return status, stderr_file.read_text()
+
+
+def test_ctrl_c_with_decoding_workers_exits_with_the_resume_hint(corpus, tmp_path):
+    """Status 130 and the hint, no traceback, no process left behind, complete files, and the hint works."""
+    from vmm.training.loop import find_latest_checkpoint
+    out = tmp_path / "run"
+    status, stderr = ctrl_c_a_run(corpus, out, "train.save_every=2",
+                                  ready=lambda out: find_latest_checkpoint(out) is not None)
+    assert status == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "interrupted; resume with train.resume=auto"
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # every line complete
+    # The hint works: the newest complete checkpoint continues for one more step.
+    step = json.loads((find_latest_checkpoint(out) / "trainer_state.json").read_text())["global_step"]
+    summary = train(tiny_cfg(corpus, out, "train.resume=auto", f"schedule.max_steps={step + 1}", "loss.uta=0",
+                             anno="train.json"))
+    assert summary["steps"] == step + 1 and [r["step"] for r in metrics(out)] == list(range(1, step + 2))
 
 
 def test_final_export_loads_with_create_model_and_transforms(uninterrupted):

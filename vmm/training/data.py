@@ -11,13 +11,16 @@ processes draw from the same corpus at the same step, so gathered features alway
 from __future__ import annotations
 
 import bisect
+import contextlib
 import glob
 import io
 import json
 import os
 import random
 import re
+import signal
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -467,7 +470,53 @@ class Collate:
 def make_loader(dataset: PretrainDataset, plan: EpochPlan, epoch: int, rank: int, collate: Collate,
                 num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
     """The DataLoader of one epoch for one process; its own generator keeps the global RNG untouched."""
-    kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers > 0 else {}
+    kwargs = (dict(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_ignore_ctrl_c)
+              if num_workers > 0 else {})
     return DataLoader(dataset, batch_sampler=plan.rank_batches(epoch, rank), collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(plan.seed * 1000003 + epoch), **kwargs)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    # The main process stops the workers when it is interrupted; one that dies of the same Ctrl-C first makes the
+    # main process report a crashed worker instead of the interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Deliver a Ctrl-C that arrives in the block when the block ends; a second one interrupts at once."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield
+        return
+    held = []
+
+    def hold(signum, frame):
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if held:
+        signal.raise_signal(signal.SIGINT)
+
+
+def batches(loader: DataLoader):
+    """The loader's batches, with Ctrl-C held while its workers start and while a batch is taken from them.
+
+    A KeyboardInterrupt raised while the workers fork (inside an at-fork callback, such as logging's) is printed as
+    "Exception ignored" and lost; one raised while a batch's tensors are being received leaves a worker's
+    resource-sharing thread to print a ConnectionResetError traceback.
+    """
+    with ctrl_c_held():
+        loaded = iter(loader)
+    while True:
+        with ctrl_c_held():
+            batch = next(loaded, None)
+        if batch is None:
+            return
+        yield batch

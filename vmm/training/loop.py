@@ -417,7 +417,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
                                       cfg.data.prefetch_factor, pin_memory=not cpu)
         if state.micro_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.micro_in_epoch)
-        for batch in loader:
+        for batch in data_mod.batches(loader):
             lr = base_lr * lr_factor(state.global_step, total_steps, warmup, cfg.schedule.min_lr_ratio)
             outputs, grad_norm = micro_step(accelerator, objective, optimizer, batch, cfg.loss, clip_teacher,
                                             distill_teacher, lr, cfg.optim.grad_clip)

@@ -261,6 +261,19 @@ def test_ctrl_c_with_decoding_workers_exits_with_the_resume_hint(corpus, tmp_pat
     assert summary["steps"] == step + 1 and [r["step"] for r in metrics(out)] == list(range(1, step + 2))
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(corpus, tmp_path):
+    """The hint 'resume with train.resume=auto' led to a refusal here: no checkpoint, and a folder not empty."""
+    from vmm.errors import VmmError
+    from vmm.training.loop import check_inputs
+    out = tmp_path / "run"
+    status, stderr = ctrl_c_a_run(corpus, out, "train.save_every=0")
+    assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == ("interrupted; nothing to resume, as no checkpoint was saved yet "
+                                       "(train.save_every=0): run again into a new or empty train.output_dir")
+    with pytest.raises(VmmError, match="is not empty .* and train.resume=auto found no checkpoint there"):
+        check_inputs(tiny_cfg(corpus, out, "train.resume=auto", anno="train.json"))
+
+
 def test_final_export_loads_with_create_model_and_transforms(uninterrupted):
     model, train_tf, eval_tf = vmm.create_model_and_transforms(uninterrupted / "final")
     trained = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")

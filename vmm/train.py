@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from vmm.errors import VmmError
@@ -37,9 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _next_step(cfg) -> str:
+    """What to run after Ctrl-C: train.resume=auto continues only from a complete checkpoint."""
+    if cfg is None:
+        return ""
+    from vmm.training.loop import find_latest_checkpoint
+    if find_latest_checkpoint(Path(cfg.train.output_dir)) is None:
+        return (f"; nothing to resume, as no checkpoint was saved yet (train.save_every={cfg.train.save_every}): "
+                f"run again into a new or empty train.output_dir")
+    return "; resume with train.resume=auto"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 done, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    cfg = None
     try:
         from vmm.training.config import load_config
         from vmm.training.loop import check_inputs, train
@@ -56,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with train.resume=auto", file=sys.stderr)
+        if _first_process():
+            print(f"interrupted{_next_step(cfg)}", file=sys.stderr)
         return 130
     return 0
 

@@ -127,15 +127,14 @@ def test_a_damaged_checkpoint_is_one_line(uninterrupted, corpus, tmp_path):
 
 def test_resuming_with_nothing_left_to_train_is_refused(uninterrupted, corpus, tmp_path):
     """A resume at or past the run's length used to re-export the checkpoint as the final model without a word."""
-    from vmm.errors import VmmError
+    from vmm.errors import RunFinished, VmmError
     finished = tmp_path / "finished"
     # The 7-step run with its last checkpoint and final/ (the earlier checkpoints only cost copying time).
     shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns("step_00000003", "step_00000006"))
     before = (finished / "final" / "model.safetensors").read_bytes()
-    with pytest.raises(VmmError, match=rf"^train.resume: {finished}/checkpoints/step_00000007 is at step 7 and "
-                                       r"schedule.max_steps=7 leaves nothing to train; raise schedule.max_steps above "
-                                       rf"7 to train on, or the run is already finished: its final model is in "
-                                       rf"{finished}/final$"):
+    with pytest.raises(RunFinished, match=rf"^the run in {finished} is finished \(step_00000007 is its last step "
+                                          rf"for schedule.max_steps=7\): its final model is in {finished}/final; raise "
+                                          r"schedule.max_steps above 7 to train on$"):
         train(tiny_cfg(corpus, finished, "schedule.max_steps=7", "train.resume=auto"))
     six = f"train.resume={uninterrupted / 'checkpoints/step_00000006'}"
     with pytest.raises(VmmError, match="is at step 6 and schedule.max_steps=5 leaves nothing to train; raise "
@@ -146,8 +145,8 @@ def test_resuming_with_nothing_left_to_train_is_refused(uninterrupted, corpus, t
     with pytest.raises(VmmError, match=r"is at step 6 and schedule.epochs=1 \(5 steps of 5 per epoch\) leaves "
                                        r"nothing to train; raise schedule.epochs or set schedule.max_steps above 6"):
         train(tiny_cfg(corpus, tmp_path / "epochs", "schedule.epochs=1", six))
-    with pytest.raises(VmmError, match=rf"step 7 and schedule.epochs=1.4 \(7 steps of 5 per epoch\).* final model "
-                                       rf"is in {finished}/final"):
+    with pytest.raises(RunFinished, match=rf"last step for schedule.epochs=1.4 \(7 steps of 5 per epoch\).* final "
+                                          rf"model is in {finished}/final"):
         train(tiny_cfg(corpus, finished, "schedule.epochs=1.4", "train.resume=auto"))
     assert (finished / "final" / "model.safetensors").read_bytes() == before
     assert metrics(finished) == metrics(uninterrupted)
@@ -165,8 +164,8 @@ def test_resuming_the_last_checkpoint_without_its_export_writes_it(uninterrupted
     assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
 
 
-def test_cli_refuses_a_finished_run_in_one_line(uninterrupted, corpus, tmp_path):
-    """The real command, run twice on a finished run (a retried job): status 2, one line, nothing rewritten."""
+def test_cli_reports_a_finished_run_in_one_line(uninterrupted, corpus, tmp_path):
+    """The real command, run twice on a finished run (a retried job): status 0, one line, nothing rewritten."""
     finished = tmp_path / "finished"
     shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns("step_00000003", "step_00000006"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -174,9 +173,11 @@ def test_cli_refuses_a_finished_run_in_one_line(uninterrupted, corpus, tmp_path)
                           f"data.train=[{{'anno': '{corpus / 'train_with_corrupt.json'}', 'root': '{corpus}'}}]",
                           f"train.output_dir={finished}", "schedule.max_steps=7", "train.resume=auto"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr[-2000:]
-    assert run.stderr.startswith(f"error: train.resume: {finished}/checkpoints/step_00000007 is at step 7")
-    assert f"its final model is in {finished}/final" in run.stderr
+    assert run.returncode == 0 and run.stdout.count("\n") == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stdout.startswith(f"done: the run in {finished} is finished (step_00000007 is its last step")
+    assert f"its final model is in {finished}/final" in run.stdout and "Traceback" not in run.stderr
+    assert ((finished / "final" / "model.safetensors").read_bytes()
+            == (uninterrupted / "final" / "model.safetensors").read_bytes())
     assert (finished / "train_config.yaml").read_text() == (uninterrupted / "train_config.yaml").read_text()
 
 

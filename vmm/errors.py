@@ -13,3 +13,7 @@ class VmmError(Exception):
 
 class CheckpointError(VmmError):
     """A checkpoint file that cannot be loaded into the requested model."""
+
+
+class RunFinished(VmmError):
+    """A resumed training run that has already trained all its steps and exported its final model."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vmm.errors import VmmError
+from vmm.errors import RunFinished, VmmError
 
 
 def _first_process() -> bool:
@@ -50,7 +50,7 @@ def _next_step(cfg) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command; returns the exit status (0 done, 2 bad input)."""
+    """Run the command; returns the exit status (0 done or already finished, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     cfg = None
     try:
@@ -64,6 +64,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"({sum(len(c) for c in inputs.corpora)} items)")
             return 0
         train(cfg, inputs)
+    except RunFinished as done:  # the same command again after the run ended (a retried job): nothing to do
+        if _first_process():
+            print(f"done: {done}")
+        return 0
     except VmmError as err:
         if _first_process():
             print(f"error: {err}", file=sys.stderr)
@@ -78,8 +82,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 if __name__ == "__main__":
     code = main()
     if code == 130:
-        # DataLoader workers hit by the same Ctrl-C can leave the interpreter's shutdown waiting for them forever;
-        # every file the run writes is complete on disk (checkpoints are renamed into place), so skip that wait.
+        # A last guard: the workers ignore SIGINT now, but a worker stuck in a read could still hold the
+        # interpreter's shutdown forever; every file the run writes is complete on disk (checkpoints are renamed
+        # into place), so nothing is lost by skipping that wait.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

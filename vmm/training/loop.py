@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from vmm.errors import VmmError
+from vmm.errors import RunFinished, VmmError
 from vmm.training.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
@@ -127,7 +127,8 @@ def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per
     """Refuse a resume with nothing left to train (it exported the checkpoint as the final model without a word).
 
     A checkpoint of the last step with no ``final/`` beside it passes: the run stopped between its last
-    checkpoint and the export, and resuming writes that export.
+    checkpoint and the export, and resuming writes that export. With ``final/`` there the run is finished:
+    :class:`RunFinished`, which ``python -m vmm.train`` reports with status 0, so a retried job is not a failure.
     """
     total = planned_steps(cfg, steps_per_epoch)
     final = Path(cfg.train.output_dir) / "final"
@@ -138,10 +139,11 @@ def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per
     else:
         length = f"schedule.epochs={cfg.schedule.epochs:g} ({total} steps of {steps_per_epoch} per epoch)"
         more = f"raise schedule.epochs or set schedule.max_steps above {step}"
-    end = (f"or the run is already finished: its final model is in {final}" if step == total
-           else f"or resume from a checkpoint at or before step {total}")
+    if step == total:
+        raise RunFinished(f"the run in {cfg.train.output_dir} is finished ({checkpoint.name} is its last step for "
+                          f"{length}): its final model is in {final}; {more} to train on")
     raise VmmError(f"train.resume: {checkpoint} is at step {step} and {length} leaves nothing to train; {more} to "
-                   f"train on, {end}")
+                   f"train on, or resume from a checkpoint at or before step {total}")
 
 
 def _read_state(checkpoint: Path) -> TrainerState:

@@ -5,10 +5,12 @@ long video is cut into overlapping windows first, and each window is sampled the
 same way, so a video no longer than one window gets exactly the official frames.
 
 Decoding uses decord and falls back to PyAV when decord cannot open or read a
-file. This module runs inside decoder worker processes (see :mod:`index.pool`), so
-it imports neither torch nor ``vmm`` at module level: failures are raised as
-:class:`DecodeFailure` and turned into :class:`vmm.errors.VmmError` by the public
-functions :func:`probe_video` and :func:`decode_video`.
+file; a rotated (phone) video is read with PyAV and its frames turned upright. At a
+variable frame rate the windows follow the frame timestamps. This module runs inside
+decoder worker processes (see :mod:`index.pool`), so it imports neither torch nor
+``vmm`` at module level: failures are raised as :class:`DecodeFailure` and turned
+into :class:`vmm.errors.VmmError` by the public functions :func:`probe_video` and
+:func:`decode_video`.
 
 >>> sample_middle_indices(16, 8).tolist()
 [0, 2, 4, 6, 8, 10, 12, 14]
@@ -42,7 +44,13 @@ class _BackendError(DecodeFailure):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What probing learned about a video. ``duration`` is ``num_frames / fps``."""
+    """What probing learned about a video.
+
+    ``duration`` is ``num_frames / fps``, or the span of the frame timestamps when the
+    frame rate varies. ``width`` and ``height`` are as displayed: a phone video stored
+    sideways with ``rotation=90`` or ``270`` has them swapped, and its frames come out
+    upright.
+    """
 
     fps: float
     num_frames: int
@@ -51,6 +59,7 @@ class VideoInfo:
     height: int
     codec: str
     backend: str  # "decord" or "pyav": the library that decodes (and counted) the frames
+    rotation: int = 0  # degrees counter-clockwise that turn a stored frame upright (the display matrix)
 
 
 @dataclass(frozen=True)
@@ -167,16 +176,25 @@ def plan_windows(duration: float, window: float, stride: float) -> list[tuple[fl
     return windows
 
 
-def plan_clips(info: VideoInfo, options: DecodeOptions) -> list[ClipSpan]:
+def plan_clips(info: VideoInfo, options: DecodeOptions, times: np.ndarray | None = None) -> list[ClipSpan]:
     """Windows of ``info`` (limited to ``max_seconds``) with their sampled frame indices.
 
     Like the official ``trimmed30`` loader, a video longer than ``max_seconds`` is
     treated as its first ``int(max_seconds * fps)`` frames.
 
+    ``times`` (seconds from the first frame, one per frame, ascending) is given for a
+    variable frame rate video: a window then takes the frames shown during it.
+
     >>> info = VideoInfo(25.0, 1000, 40.0, 64, 48, "h264", "decord")
     >>> [(s.start, s.end, s.frames[:2]) for s in plan_clips(info, DecodeOptions(window=math.inf, max_seconds=30))]
     [(0.0, 30.0, (46, 139))]
+    >>> vfr = VideoInfo(2.0, 4, 2.0, 64, 48, "h264", "pyav")  # three frames in the first second, one in the next
+    >>> [(s.start, s.end, s.frames) for s in plan_clips(vfr, DecodeOptions(num_frames=2, window=1.0, stride=1.0),
+    ...                                                   np.array([0.0, 0.3, 0.6, 1.0]))]
+    [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3))]
     """
+    if times is not None:
+        return _plan_clips_by_time(info, options, times)
     vlen = info.num_frames
     if options.max_seconds is not None and info.duration > options.max_seconds:
         vlen = max(1, int(options.max_seconds * info.fps))
@@ -189,6 +207,33 @@ def plan_clips(info: VideoInfo, options: DecodeOptions) -> list[ClipSpan]:
         frames = first + sample_middle_indices(stop - first, options.num_frames)
         spans.append(ClipSpan(index, start, end, tuple(int(i) for i in frames)))
     return spans
+
+
+def _plan_clips_by_time(info: VideoInfo, options: DecodeOptions, times: np.ndarray) -> list[ClipSpan]:
+    vlen, duration = info.num_frames, info.duration
+    if options.max_seconds is not None and duration > options.max_seconds:
+        vlen = max(1, int(np.searchsorted(times, options.max_seconds - _EPS)))
+        duration = options.max_seconds
+    spans = []
+    for index, (start, end) in enumerate(plan_windows(duration, options.window, options.stride)):
+        first = min(int(np.searchsorted(times, start - _EPS)), vlen - 1)
+        stop = vlen if end >= duration - _EPS else min(vlen, int(np.searchsorted(times, end - _EPS)))
+        stop = max(stop, first + 1)
+        frames = first + sample_middle_indices(stop - first, options.num_frames)
+        spans.append(ClipSpan(index, start, end, tuple(int(i) for i in frames)))
+    return spans
+
+
+def _variable_rate_times(times: np.ndarray | None, fps: float) -> np.ndarray | None:
+    """``times`` when the frames stray from ``index / fps`` by more than a frame, else None (constant rate).
+
+    Phones lower the frame rate in dim light and screen recorders write frames only when
+    the screen changes: there ``index / average fps`` can be seconds off.
+    """
+    if times is None or len(times) < 2 or not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+        return None  # no usable timestamps (e.g. a raw H.264 stream): frame index / fps is all there is
+    drift = np.abs(times - np.arange(len(times)) / fps).max()
+    return times if drift > 1.0 / fps else None
 
 
 def _one_line(error: BaseException) -> str:
@@ -204,6 +249,7 @@ class _Header:
     height: int
     codec: str
     declared_duration: float | None  # what the container says the video stream lasts
+    rotation: int  # degrees counter-clockwise, a multiple of 90
 
 
 def _parse_hms(text: str) -> float | None:
@@ -214,7 +260,7 @@ def _parse_hms(text: str) -> float | None:
         return None
 
 
-def _read_header(path: str) -> _Header:
+def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
     import av
 
     try:
@@ -237,7 +283,63 @@ def _read_header(path: str) -> _Header:
             declared = _parse_hms(stream.metadata["DURATION"])
         elif len(container.streams) == 1 and container.duration:
             declared = container.duration / 1_000_000
-        return _Header(int(context.width or 0), int(context.height or 0), context.name or "?", declared)
+        width, height = int(context.width or 0), int(context.height or 0)
+        if width * height > max_pixels:  # refused before a frame is decoded
+            raise DecodeFailure(f"resolution {width}x{height} is above max_pixels={max_pixels:,}; "
+                                "pass a larger max_pixels to index it")
+        return _Header(width, height, context.name or "?", declared, _display_rotation(container, stream))
+
+
+def _display_rotation(container, stream) -> int:
+    """The rotation of the display matrix (phones store portrait video sideways and set it), from the first frame.
+
+    PyAV exposes the matrix only on decoded frames. An undecodable first frame is left to
+    the readers to report.
+    """
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return round(frame.rotation / 90) % 4 * 90
+    except av.error.FFmpegError:
+        pass
+    return 0
+
+
+def _count_packets(container, stream) -> tuple[int, np.ndarray | None]:
+    """The number of frames of ``stream`` and their presentation times (None when packets carry none)."""
+    import av
+
+    pts = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_discard:
+                pts.append(packet.pts)
+    except av.error.FFmpegError:
+        pass  # a cut file: its frames stop here, which the length checks report
+    if not pts or None in pts or not stream.time_base:
+        return len(pts), None
+    pts.sort()
+    return len(pts), np.round((np.array(pts, np.float64) - pts[0]) * float(stream.time_base), 6)
+
+
+def _demux_times(path: str) -> tuple[int, np.ndarray | None]:
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            return _count_packets(container, container.streams.best("video"))
+    except av.error.FFmpegError:
+        return 0, None
+
+
+def import_decord():
+    """decord, with the log of its own FFmpeg silenced: it printed lines such as "[h264 @ 0x...] error while
+    decoding MB" above the one-line message that reports the same failure."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
 
 
 class _DecordReader:
@@ -245,13 +347,19 @@ class _DecordReader:
 
     def __init__(self, path: str, threads: int):
         try:
-            import decord
-
+            decord = import_decord()
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
+            times = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0] if self.num_frames else None
         except Exception as error:  # decord raises its own DECORDError and RuntimeError
             raise _BackendError(f"decord cannot open it: {_one_line(error)}") from None
+        self.times = None
+        if times is not None and _variable_rate_times(times - times[0], self.fps) is not None:
+            # decord's times are float32 (quarter-millisecond steps after an hour): take PyAV's, so that both
+            # backends cut a variable frame rate video at the same frames.
+            count, exact = _demux_times(path)
+            self.times = exact if count == self.num_frames else np.round(times - times[0], 6)
 
     def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
         # Overlapping windows interleave their frames; asking decord for each window in
@@ -284,19 +392,20 @@ class _PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, rotation: int = 0):
         import av
 
         self._path = path
         self._threads = threads
+        self._turns = rotation // 90  # np.rot90 turns counter-clockwise, like the display matrix
         try:
             with av.open(path, metadata_errors="ignore") as container:
                 stream = container.streams.best("video")
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else 0.0
-                self.num_frames = int(stream.frames or 0)
-                if self.num_frames <= 0:  # e.g. WebM: count packets, which costs I/O but no decoding
-                    self.num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+                # Count the packets (I/O, no decoding) rather than trust the header's frame count: an AVI
+                # header can say half of what its index holds, and the rest of the video was left out.
+                self.num_frames, self.times = _count_packets(container, stream)
         except av.error.FFmpegError as error:
             raise _BackendError(f"PyAV cannot open it: {_one_line(error)}") from None
 
@@ -315,7 +424,7 @@ class _PyAVReader:
             try:
                 for last_frame in container.decode(stream):
                     if position in needed:
-                        kept[position] = last_frame.to_ndarray(format="rgb24")
+                        kept[position] = self._upright(last_frame)
                     position += 1
                     while pending and max(pending[0].frames) < position:
                         span = pending.pop(0)
@@ -333,28 +442,36 @@ class _PyAVReader:
         if last_frame is None or position < 0.9 * self.num_frames:
             raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
                                 "the file is truncated or corrupt")
-        final = last_frame.to_ndarray(format="rgb24")
+        final = self._upright(last_frame)
         for span in pending:
             yield np.stack([kept.get(i, final) for i in span.frames])
+
+    def _upright(self, frame) -> np.ndarray:
+        array = frame.to_ndarray(format="rgb24")
+        return np.ascontiguousarray(np.rot90(array, self._turns)) if self._turns else array
 
     def close(self) -> None:
         pass
 
 
-_READERS = {"decord": _DecordReader, "pyav": _PyAVReader}
-
-
-def _info_from(reader, header: _Header) -> VideoInfo:
+def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
+    """The video's info, and its frame times when the frame rate varies (None for a constant rate)."""
     if reader.num_frames < 1:
         raise _BackendError(f"{reader.name} finds no frames")
     if not (reader.fps > 0 and math.isfinite(reader.fps)):
         raise _BackendError(f"{reader.name} cannot tell the frame rate")
-    readable = reader.num_frames / reader.fps
+    times = _variable_rate_times(reader.times, reader.fps)
+    if times is None:
+        readable = reader.num_frames / reader.fps
+    else:  # the last frame lasts as long as the gap before it
+        readable = round(float(2 * times[-1] - times[-2]), 6)
     if header.declared_duration and header.declared_duration > 1.1 * readable + 1.0:
         raise DecodeFailure(f"truncated: the video stream declares {header.declared_duration:.1f} s but only "
                             f"{readable:.1f} s ({reader.num_frames} frames) can be read; re-download or "
                             "re-encode it")
-    return VideoInfo(reader.fps, reader.num_frames, readable, header.width, header.height, header.codec, reader.name)
+    width, height = (header.height, header.width) if header.rotation in (90, 270) else (header.width, header.height)
+    return VideoInfo(reader.fps, reader.num_frames, readable, width, height, header.codec, reader.name,
+                     header.rotation), times
 
 
 def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Clip]:
@@ -378,18 +495,25 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
         raise DecodeFailure(f"cannot read the file ({error.strerror})") from None
     if size == 0:
         raise DecodeFailure("empty file (0 bytes)")
-    header = _read_header(path)
-    if header.width * header.height > options.max_pixels:
-        raise DecodeFailure(f"resolution {header.width}x{header.height} is above max_pixels={options.max_pixels:,}; "
-                            "pass a larger max_pixels to index it")
+    header = _read_header(path, options.max_pixels)
     backends = ["decord", "pyav"] if options.backend == "auto" else [options.backend]
+    if header.rotation:
+        # decord fails on 90/270 degrees in MP4 and MOV, turns 180 itself there and ignores the rotation in
+        # Matroska: only PyAV's frames can be turned upright the same way for every container.
+        if backends == ["decord"]:
+            raise DecodeFailure(f"the video is stored rotated by {header.rotation} degrees and decord cannot turn "
+                                "its frames upright; use the 'auto' or 'pyav' decoder")
+        backends = ["pyav"]
     failure: DecodeFailure | None = None
     for name in backends:
         reader = None
         try:
-            reader = _READERS[name](path, options.threads)
-            info = _info_from(reader, header)
-            spans = plan_clips(info, options)
+            if name == "decord":
+                reader = _DecordReader(path, options.threads)
+            else:
+                reader = _PyAVReader(path, options.threads, header.rotation)
+            info, times = _info_from(reader, header)
+            spans = plan_clips(info, options, times)
             yield DecodeStart(info, spans)
             for span, frames in zip(spans, reader.read(spans, 3 * header.width * header.height)):
                 yield Clip(span.index, span.start, span.end, frames)

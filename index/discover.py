@@ -182,15 +182,35 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
         def on_error(error: OSError) -> None:
             result.unreadable.append((_printable(error.filename or root), error.strerror or str(error)))
 
-        for folder, subfolders, files in os.walk(root, onerror=on_error):
+        # Symbolic links to folders are followed: a phone's DCIM linked into ~/Videos was skipped without a word.
+        walked = _folder_ids(excluded)
+        for folder, subfolders, files in os.walk(root, onerror=on_error, followlinks=True):
+            walked |= _folder_ids([folder])
             subfolders[:] = sorted(
                 d for d in subfolders if not d.startswith(".") and os.path.join(folder, d) not in excluded
+                and not _links_to_walked(os.path.join(folder, d), walked)
             )
             for name in sorted(files):
                 if not name.startswith("."):
                     _add(found, result, os.path.join(folder, name), explicit=False)
     result.candidates = _one_path_per_file(found)
     return result
+
+
+def _links_to_walked(path: str, walked: set[tuple[int, int]]) -> bool:
+    """A symbolic link to a folder already walked (a parent: following it would loop) or to the library."""
+    return os.path.islink(path) and bool(_folder_ids([path]) & walked)
+
+
+def _folder_ids(folders) -> set[tuple[int, int]]:
+    ids = set()
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
 
 
 def _one_path_per_file(found: dict[str, Candidate]) -> list[Candidate]:

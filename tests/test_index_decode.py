@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests import videos
-from index.decode import (DecodeOptions, VideoInfo, decode_video, plan_clips, plan_windows, probe_video,
-                          sample_middle_indices)
+from index.decode import (DecodeOptions, VideoInfo, _variable_rate_times, decode_video, plan_clips, plan_windows,
+                          probe_video, sample_middle_indices)
 from index.pool import DecodePool
 from vmm.errors import VmmError
 
@@ -68,6 +68,21 @@ def test_plan_clips_uses_official_sampling_and_didemo_trim():
     spans = plan_clips(info, DecodeOptions(window=10.0, stride=10.0))
     assert [(s.start, s.end) for s in spans] == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, 40.0)]
     assert spans[1].frames == tuple((250 + sample_middle_indices(250, 8)).tolist())
+
+
+def test_variable_frame_rate_windows_take_the_frames_shown_during_them():
+    # Three frames in the first second, then fewer (a phone dimming its frame rate).
+    info = VideoInfo(fps=2.5, num_frames=5, duration=3.0, width=64, height=48, codec="h264", backend="pyav")
+    times = np.array([0.0, 0.3, 0.6, 1.0, 2.2])
+    assert _variable_rate_times(times, info.fps) is times  # frame 4 comes 0.6 s after 4 / 2.5 fps: over a frame
+    spans = plan_clips(info, DecodeOptions(num_frames=2, window=1.0, stride=1.0), times)
+    assert [(s.start, s.end, s.frames) for s in spans] == [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3)), (2.0, 3.0, (4, 4))]
+    (trimmed,) = plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5), times)
+    assert (trimmed.start, trimmed.end, trimmed.frames) == (0.0, 1.5, (0, 1, 2, 3))
+    # Jitter within a frame keeps the constant-rate plan (frame index / fps), and so the official frames.
+    jittery = np.arange(100) / 25 + np.where(np.arange(100) % 2, 0.02, 0.0)
+    assert _variable_rate_times(jittery, 25.0) is None
+    assert _variable_rate_times(np.zeros(3), 25.0) is None  # no usable timestamps
 
 
 # -- decoding real files ---------------------------------------------------------------------------
@@ -155,11 +170,11 @@ def test_truncated_streams_are_detected(tmp_path):
     webm = videos.write_moving_square(str(tmp_path / "full.webm"), seconds=10.0, codec="vp9")
     cut = videos.write_truncated(str(tmp_path / "cut.webm"), webm)
     assert "truncated: the video stream declares 10.0 s" in _error(cut)
-    # Fast-start MP4 cut in half: the index is intact, the frames stop midway.
+    # Fast-start MP4 cut in half: the index is intact, the packets stop midway.
     noisy = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(60)]
     mp4 = videos.write_frames(str(tmp_path / "faststart.mp4"), noisy, options={"movflags": "faststart"})
     message = _error(videos.write_truncated(str(tmp_path / "cut-faststart.mp4"), mp4))
-    assert "truncated or corrupt" in message
+    assert "truncated: the video stream declares 6.0 s but only 3.0 s (30 frames) can be read" in message
 
 
 def test_very_large_resolution_is_refused_before_decoding(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import fractions
 import os
+import struct
 import time
 
 import av
@@ -125,6 +126,110 @@ def write_vfr(path: str, n: int = 30, *, width: int = 64, height: int = 48) -> s
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def marker_frame(width: int = 64, height: int = 48) -> np.ndarray:
+    """Black with a red top-left quadrant and a green bottom-right one: shows which way up a frame is."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[: height // 2, : width // 2] = RED
+    frame[height // 2:, width // 2:] = GREEN
+    return frame
+
+
+def write_rotated(path: str, rotation: int, n: int = 10, *, width: int = 64, height: int = 48) -> str:
+    """A phone video: ``marker_frame`` stored as is, with a display matrix that turns it ``rotation`` degrees
+    counter-clockwise to show it (FFmpeg's and PyAV's ``VideoFrame.rotation`` convention; a phone held upright
+    writes -90, ``rotate=90`` in older tools). MP4, MOV and MKV keep the matrix."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        stream.set_display_rotation(rotation)
+        frame = av.VideoFrame.from_ndarray(marker_frame(width, height), format="rgb24")
+        for _ in range(n):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_rate_changes(path: str, segments, *, width: int = 64, height: int = 48) -> str:
+    """Variable frame rate like a phone dimming to 5 fps: ``segments`` of (seconds, fps, colour), in order."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        stream.options = {"preset": "ultrafast"}
+        t = 0.0
+        for seconds, fps, color in segments:
+            for _ in range(round(seconds * fps)):
+                frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), color, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = round(t * 1000), fractions.Fraction(1, 1000)
+                t += 1 / fps
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_two_video_streams(path: str, first=GREEN, second=BLUE, seconds: float = 1.0) -> str:
+    """An MP4 with two video streams: ``first`` at 64x48, ``second`` at 32x24."""
+    with av.open(path, "w") as container:
+        streams = []
+        for width, height, color in ((64, 48, first), (32, 24, second)):
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            streams.append((stream, av.VideoFrame.from_ndarray(np.full((height, width, 3), color, np.uint8),
+                                                               format="rgb24")))
+        for _ in range(round(seconds * 10)):
+            for stream, frame in streams:
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for stream, _ in streams:
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def set_avi_frame_count(path: str, source: str, count: int) -> str:
+    """A copy of AVI ``source`` whose headers (avih and strh) claim ``count`` frames, as a crashed recorder
+    leaves them; the index (idx1) still lists every frame."""
+    with open(source, "rb") as f:
+        data = bytearray(f.read())
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    struct.pack_into("<I", data, avih + 8 + 16, count)  # dwTotalFrames
+    struct.pack_into("<I", data, strh + 8 + 32, count)  # dwLength
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def scale_mp4_duration(path: str, source: str, factor: float) -> str:
+    """A copy of MP4 ``source`` (version-0 boxes) whose movie, track and media headers give ``factor`` times the
+    real duration (0: none); the sample table still times every frame."""
+    with open(source, "rb") as f:
+        data = bytearray(f.read())
+    for box, offset in ((b"mvhd", 8 + 12), (b"tkhd", 8 + 16), (b"mdhd", 8 + 12)):
+        at = data.find(box)
+        (duration,) = struct.unpack_from(">I", data, at + offset)
+        struct.pack_into(">I", data, at + offset, int(duration * factor))
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_damaged(path: str, source: str, at: float = 0.5, length: int = 4000) -> str:
+    """A copy of ``source`` with ``length`` bytes zeroed at fraction ``at`` of the file: the header and the first
+    packets are fine, later packets are corrupt (a bad sector, a broken download)."""
+    with open(source, "rb") as f:
+        data = bytearray(f.read())
+    start = int(len(data) * at)
+    data[start:start + length] = bytes(len(data[start:start + length]))
+    with open(path, "wb") as f:
+        f.write(data)
     return path
 
 

@@ -120,9 +120,10 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     return torch.stack(views)
 
 
-def _read_decord(path: str, indices: list[int], num_video_frames: int) -> dict[int, np.ndarray]:
-    import decord
+def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
+    from index.decode import import_decord
 
+    decord = import_decord()
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         batch = reader.get_batch(indices).asnumpy()
@@ -132,15 +133,18 @@ def _read_decord(path: str, indices: list[int], num_video_frames: int) -> dict[i
     return dict(zip(indices, batch))
 
 
-def _read_pyav(path: str, indices: list[int], num_video_frames: int) -> dict[int, np.ndarray]:
+def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
     import av
+
+    def upright(frame) -> np.ndarray:  # a phone's portrait video is stored sideways (see index.decode)
+        return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90))
 
     wanted, found, position, last = set(indices), {}, 0, None
     try:
         with av.open(path, metadata_errors="ignore") as container:
             for last in container.decode(container.streams.best("video")):
                 if position in wanted:
-                    found[position] = last.to_ndarray(format="rgb24")
+                    found[position] = upright(last)
                 position += 1
                 if position > indices[-1]:
                     break
@@ -152,7 +156,7 @@ def _read_pyav(path: str, indices: list[int], num_video_frames: int) -> dict[int
     if missing and (last is None or position < 0.9 * num_video_frames):
         raise VmmError(f"{path}: only {position} of {num_video_frames} frames could be decoded; "
                        "the file is truncated or corrupt")
-    final = last.to_ndarray(format="rgb24") if missing else None
+    final = upright(last) if missing else None
     return {i: found.get(i, final) for i in indices}
 
 
@@ -178,7 +182,8 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
         try:
             info = probe_video(path, backend=name)
             clips = [sample_clip_indices(info.num_frames, num_frames, c, num_clips) for c in range(num_clips)]
-            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info.num_frames)
+            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info.num_frames,
+                                          info.rotation)
         except VmmError as e:
             error = e
             continue

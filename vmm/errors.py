@@ -17,3 +17,18 @@ class CheckpointError(VmmError):
 
 class RunFinished(VmmError):
     """A resumed training run that has already trained all its steps and exported its final model."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with control characters escaped, for printing a message or a path on one line.
+
+    A file name may hold a newline: printed as is, it splits ``failed: PATH: error`` in two
+    and the second half reads as another message.
+
+    >>> one_line("clips/new\nline.mp4: no video stream")
+    'clips/new\\nline.mp4: no video stream'
+    """
+    return text.translate(_CONTROL)

@@ -102,7 +102,7 @@ def _build_model(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from vmm.classify import ClassifyOptions, read_views, resolve_labels, view_probabilities
-    from vmm.errors import VmmError
+    from vmm.errors import VmmError, one_line
     from vmm.factory import load_weights, resolve_device
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                           "seconds": round(seconds, 3)}))
         return 0
     views_text = f"{options.clips} clip{'s' * (options.clips > 1)} x {options.crops} crop{'s' * (options.crops > 1)}"
-    print(f"{args.video}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
+    print(f"{one_line(args.video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
           f"{getattr(model, 'model_name', args.model)}, {seconds:.2f} s on {args.device}")
     for row in top:
         print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")

@@ -89,15 +89,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_problems(label: str, problems: list, more: str) -> None:
+    from vmm.errors import one_line
     for path, error in problems[:20]:
-        print(f"{label}: {path}: {error}", file=sys.stderr)
+        print(one_line(f"{label}: {path}: {error}"), file=sys.stderr)
     if len(problems) > 20:
         print(f"... and {len(problems) - 20} more {more}", file=sys.stderr)
 
 
 def _remove(args: argparse.Namespace, library: str) -> int:
     from index.library import remove_paths
-    from vmm.errors import VmmError
+    from vmm.errors import VmmError, one_line
     given = [f"--{name.replace('_', '-')}" for name, default in _INDEXING_OPTIONS if getattr(args, name) != default]
     if given:
         raise VmmError(f"--remove takes only PATHs and --library; {', '.join(given)} would be ignored, drop "
@@ -105,7 +106,7 @@ def _remove(args: argparse.Namespace, library: str) -> int:
     not_found: list[str] = []
     n = remove_paths(library, args.paths, not_found=not_found)
     for path in not_found:
-        print(f"not in the library: {path} (check the path; nothing under it was indexed)", file=sys.stderr)
+        print(f"not in the library: {one_line(path)} (check the path; nothing under it was indexed)", file=sys.stderr)
     print(f"removed {n} file(s) from {library}"
           + (f"; {len(not_found)} of the PATHs matched nothing" if not_found else ""))
     return 0

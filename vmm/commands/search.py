@@ -76,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+    from vmm.errors import one_line
     table = Table(box=None)
     for col in ("rank", "score", "path", "start-end"):
         table.add_column(col, justify="right" if col in ("rank", "score") else "left")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
+        # Text, not markup: a file named "[intro] clip.mp4" lost its "[intro]" as a style tag.
+        table.add_row(str(h.rank), f"{h.score:.4f}", Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
     Console(width=200).print(table)
     return 0
 

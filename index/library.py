@@ -164,7 +164,17 @@ def _is_ours(library: str, name: str) -> bool:
 
 def refuse_foreign_folder(library: str) -> None:
     """Raise VmmError when ``library`` holds no catalog but files a library run did not write (nothing may be
-    written there)."""
+    written there). A new, empty or library folder passes.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> refuse_foreign_folder(folder)  # empty: fine
+    >>> _ = open(os.path.join(folder, "notes.txt"), "w").write("mine")
+    >>> refuse_foreign_folder(folder)
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: ... is not empty and holds no vmm library (no catalog.sqlite; it holds notes.txt); ...
+    """
     if os.path.exists(os.path.join(library, CATALOG_FILE)):
         return
     foreign = _foreign_files(library)

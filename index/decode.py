@@ -46,8 +46,9 @@ class _BackendError(DecodeFailure):
 class VideoInfo:
     """What probing learned about a video.
 
-    ``duration`` is ``num_frames / fps``, or the span of the frame timestamps when the
-    frame rate varies. ``width`` and ``height`` are as displayed: a phone video stored
+    ``duration`` is ``num_frames / fps``, or when the frame rate varies the time from the
+    first frame to the end of the last (the longer of its packet's duration and the gap
+    before it). ``width`` and ``height`` are as displayed: a phone video stored
     sideways with ``rotation=90`` or ``270`` has them swapped, and its frames come out
     upright.
     """
@@ -183,41 +184,37 @@ def plan_clips(info: VideoInfo, options: DecodeOptions, times: np.ndarray | None
     treated as its first ``int(max_seconds * fps)`` frames.
 
     ``times`` (seconds from the first frame, one per frame, ascending) is given for a
-    variable frame rate video: a window then takes the frames shown during it.
+    variable frame rate video: a window then takes the frames shown during it, starting
+    with the one on screen at its start.
 
     >>> info = VideoInfo(25.0, 1000, 40.0, 64, 48, "h264", "decord")
     >>> [(s.start, s.end, s.frames[:2]) for s in plan_clips(info, DecodeOptions(window=math.inf, max_seconds=30))]
     [(0.0, 30.0, (46, 139))]
-    >>> vfr = VideoInfo(2.0, 4, 2.0, 64, 48, "h264", "pyav")  # three frames in the first second, one in the next
+    >>> vfr = VideoInfo(2.0, 4, 3.0, 64, 48, "h264", "pyav")  # three frames in the first second, one held 2 s
     >>> [(s.start, s.end, s.frames) for s in plan_clips(vfr, DecodeOptions(num_frames=2, window=1.0, stride=1.0),
     ...                                                   np.array([0.0, 0.3, 0.6, 1.0]))]
-    [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3))]
+    [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3)), (2.0, 3.0, (3, 3))]
     """
-    if times is not None:
-        return _plan_clips_by_time(info, options, times)
-    vlen = info.num_frames
-    if options.max_seconds is not None and info.duration > options.max_seconds:
-        vlen = max(1, int(options.max_seconds * info.fps))
-    duration = vlen / info.fps
-    spans = []
-    for index, (start, end) in enumerate(plan_windows(duration, options.window, options.stride)):
-        first = min(int(start * info.fps + _EPS), vlen - 1)
-        stop = vlen if end >= duration - _EPS else min(vlen, int(end * info.fps + _EPS))
-        stop = max(stop, first + 1)
-        frames = first + sample_middle_indices(stop - first, options.num_frames)
-        spans.append(ClipSpan(index, start, end, tuple(int(i) for i in frames)))
-    return spans
-
-
-def _plan_clips_by_time(info: VideoInfo, options: DecodeOptions, times: np.ndarray) -> list[ClipSpan]:
     vlen, duration = info.num_frames, info.duration
-    if options.max_seconds is not None and duration > options.max_seconds:
-        vlen = max(1, int(np.searchsorted(times, options.max_seconds - _EPS)))
-        duration = options.max_seconds
+    if times is None:
+        def frame_at(t: float) -> int:  # the frame on screen at t
+            return int(t * info.fps + _EPS)
+        frames_before = frame_at  # the official loader's rule: frames [frame_at(start), frame_at(end))
+        if options.max_seconds is not None and duration > options.max_seconds:
+            vlen = max(1, int(options.max_seconds * info.fps))
+        duration = vlen / info.fps
+    else:
+        def frame_at(t: float) -> int:
+            return max(0, int(np.searchsorted(times, t + _EPS, side="right")) - 1)
+
+        def frames_before(t: float) -> int:  # how many frames start before t
+            return int(np.searchsorted(times, t - _EPS))
+        if options.max_seconds is not None and duration > options.max_seconds:
+            vlen, duration = max(1, frames_before(options.max_seconds)), options.max_seconds
     spans = []
     for index, (start, end) in enumerate(plan_windows(duration, options.window, options.stride)):
-        first = min(int(np.searchsorted(times, start - _EPS)), vlen - 1)
-        stop = vlen if end >= duration - _EPS else min(vlen, int(np.searchsorted(times, end - _EPS)))
+        first = min(frame_at(start), vlen - 1)
+        stop = vlen if end >= duration - _EPS else min(vlen, frames_before(end))
         stop = max(stop, first + 1)
         frames = first + sample_middle_indices(stop - first, options.num_frames)
         spans.append(ClipSpan(index, start, end, tuple(int(i) for i in frames)))
@@ -306,31 +303,37 @@ def _display_rotation(container, stream) -> int:
     return 0
 
 
-def _count_packets(container, stream) -> tuple[int, np.ndarray | None]:
-    """The number of frames of ``stream`` and their presentation times (None when packets carry none)."""
+def _count_packets(container, stream) -> tuple[int, np.ndarray | None, float | None]:
+    """The number of frames of ``stream``, their presentation times (None when packets carry none) and when the
+    last one ends (None when packets carry no durations): a screen recorder holds its last frame for as long as
+    the screen stays still, which the times alone do not tell."""
     import av
 
-    pts = []
+    pts, ends = [], []
     try:
         for packet in container.demux(stream):
             if packet.size and not packet.is_discard:
                 pts.append(packet.pts)
+                if packet.pts is not None and packet.duration:
+                    ends.append(packet.pts + packet.duration)
     except av.error.FFmpegError:
         pass  # a cut file: its frames stop here, which the length checks report
     if not pts or None in pts or not stream.time_base:
-        return len(pts), None
+        return len(pts), None, None
     pts.sort()
-    return len(pts), np.round((np.array(pts, np.float64) - pts[0]) * float(stream.time_base), 6)
+    base, unit = pts[0], float(stream.time_base)
+    end = round((max(ends) - base) * unit, 6) if ends else None
+    return len(pts), np.round((np.array(pts, np.float64) - base) * unit, 6), end
 
 
-def _demux_times(path: str) -> tuple[int, np.ndarray | None]:
+def _demux_times(path: str) -> tuple[int, np.ndarray | None, float | None]:
     import av
 
     try:
         with av.open(path, metadata_errors="ignore") as container:
             return _count_packets(container, container.streams.best("video"))
     except av.error.FFmpegError:
-        return 0, None
+        return 0, None, None
 
 
 def import_decord():
@@ -354,12 +357,15 @@ class _DecordReader:
             times = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0] if self.num_frames else None
         except Exception as error:  # decord raises its own DECORDError and RuntimeError
             raise _BackendError(f"decord cannot open it: {_one_line(error)}") from None
-        self.times = None
+        self.times, self.end = None, None
         if times is not None and _variable_rate_times(times - times[0], self.fps) is not None:
             # decord's times are float32 (quarter-millisecond steps after an hour): take PyAV's, so that both
             # backends cut a variable frame rate video at the same frames.
-            count, exact = _demux_times(path)
-            self.times = exact if count == self.num_frames else np.round(times - times[0], 6)
+            count, exact, end = _demux_times(path)
+            if count == self.num_frames:
+                self.times, self.end = exact, end
+            else:
+                self.times = np.round(times - times[0], 6)
 
     def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
         # Overlapping windows interleave their frames; asking decord for each window in
@@ -405,7 +411,7 @@ class _PyAVReader:
                 self.fps = float(rate) if rate else 0.0
                 # Count the packets (I/O, no decoding) rather than trust the header's frame count: an AVI
                 # header can say half of what its index holds, and the rest of the video was left out.
-                self.num_frames, self.times = _count_packets(container, stream)
+                self.num_frames, self.times, self.end = _count_packets(container, stream)
         except av.error.FFmpegError as error:
             raise _BackendError(f"PyAV cannot open it: {_one_line(error)}") from None
 
@@ -463,8 +469,10 @@ def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
     times = _variable_rate_times(reader.times, reader.fps)
     if times is None:
         readable = reader.num_frames / reader.fps
-    else:  # the last frame lasts as long as the gap before it
-        readable = round(float(2 * times[-1] - times[-2]), 6)
+    else:
+        # The last frame lasts as long as the gap before it, or as its packet says when longer: a screen
+        # recorder holds it while the screen stays still, while encoders often stamp every packet 1 / rate.
+        readable = round(max(float(2 * times[-1] - times[-2]), reader.end or 0.0), 6)
     if header.declared_duration and header.declared_duration > 1.1 * readable + 1.0:
         raise DecodeFailure(f"truncated: the video stream declares {header.declared_duration:.1f} s but only "
                             f"{readable:.1f} s ({reader.num_frames} frames) can be read; re-download or "

@@ -143,13 +143,16 @@ def _foreign_files(library: str) -> list[str]:
 
 def _is_ours(library: str, name: str) -> bool:
     path = os.path.join(library, name)
-    if not os.path.lexists(path):  # gone since the listing: another rank's finished temporary file
+    try:
+        # One lstat decides, as another rank's temporary file can vanish between two checks.
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:  # gone since the listing: another rank's finished temporary file
         return True
     if name == ".staging":  # index.distributed's STAGING_DIR: a distributed run that failed before its plan
-        return os.path.isdir(path) and not os.path.islink(path)
+        return stat.S_ISDIR(mode)
     if name.startswith(CATALOG_FILE + ".new") or name in (CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
-        return os.path.isfile(path) and not os.path.islink(path)
-    if name not in (LOCK_FILE, MANIFEST_FILE) or os.path.islink(path) or not os.path.isfile(path):
+        return stat.S_ISREG(mode)
+    if name not in (LOCK_FILE, MANIFEST_FILE) or not stat.S_ISREG(mode):
         return False
     try:
         with open(path, "rb") as f:
@@ -157,6 +160,8 @@ def _is_ours(library: str, name: str) -> bool:
         if name == LOCK_FILE:  # empty only in the instant between our truncate and write
             return text == "" or re.fullmatch(r"pid \d+", text) is not None
         LibraryManifest.from_json(text)
+        return True
+    except FileNotFoundError:
         return True
     except (OSError, ValueError, TypeError, KeyError):
         return False

@@ -76,7 +76,8 @@ def test_variable_frame_rate_windows_take_the_frames_shown_during_them():
     times = np.array([0.0, 0.3, 0.6, 1.0, 2.2])
     assert _variable_rate_times(times, info.fps) is times  # frame 4 comes 0.6 s after 4 / 2.5 fps: over a frame
     spans = plan_clips(info, DecodeOptions(num_frames=2, window=1.0, stride=1.0), times)
-    assert [(s.start, s.end, s.frames) for s in spans] == [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3)), (2.0, 3.0, (4, 4))]
+    # 2-3 s shows frame 3 (on screen since 1.0 s) and then frame 4 (from 2.2 s).
+    assert [(s.start, s.end, s.frames) for s in spans] == [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3)), (2.0, 3.0, (3, 4))]
     (trimmed,) = plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5), times)
     assert (trimmed.start, trimmed.end, trimmed.frames) == (0.0, 1.5, (0, 1, 2, 3))
     # Jitter within a frame keeps the constant-rate plan (frame index / fps), and so the official frames.

@@ -116,6 +116,30 @@ def test_variable_frame_rate_clips_are_cut_at_their_real_times(tmp_path):
     assert spans["decord"] == spans["pyav"] == [(0.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 20.0)]
 
 
+def test_a_held_last_frame_counts_for_its_whole_duration(tmp_path):
+    # 1 s of typing at 10 fps, then the screen stays still for 9 s: the last packet lasts 9 s. Its length used to
+    # be taken as the gap before it, 1.1 s, and the file was refused as truncated against its declared 10 s.
+    path = videos.write_held_last_frame(str(tmp_path / "screen.mp4"))
+    for backend in ("decord", "pyav"):
+        info, clips = decode_video(path, backend=backend, window=2.0, stride=2.0)
+        assert info.duration == 10.0 and info.num_frames == 11
+        assert [(c.start, c.end) for c in clips] == [(t, t + 2.0) for t in (0.0, 2.0, 4.0, 6.0, 8.0)]
+        for clip in clips[1:]:  # the green frame is on screen from 1 s to the end
+            assert np.abs(clip.frames.astype(int) - videos.GREEN).max() < 12, (backend, clip.start)
+
+
+def test_a_window_starts_with_the_frame_on_screen(tmp_path):
+    # Red for 1 s, one green frame held 6 s, blue for 1 s: the windows at 2-4 and 4-6 s show green (they took the
+    # next frame to start, the blue of 7 s, and green was in no clip).
+    path = videos.write_rate_changes(str(tmp_path / "still.mp4"),
+                                     [(1, 10, videos.RED), (6, 1 / 6, videos.GREEN), (1, 10, videos.BLUE)])
+    for backend in ("decord", "pyav"):
+        _, clips = decode_video(path, backend=backend, window=2.0, stride=2.0, num_frames=4)
+        for clip in clips[1:3]:
+            assert (clip.start, clip.end) in ((2.0, 4.0), (4.0, 6.0))
+            assert np.abs(clip.frames.astype(int) - videos.GREEN).max() < 12, (backend, clip.start)
+
+
 def test_search_reports_the_real_times_of_a_variable_frame_rate_video(tmp_path):
     vids, lib = tmp_path / "vids", str(tmp_path / "lib")
     vids.mkdir()

@@ -175,6 +175,28 @@ def write_rate_changes(path: str, segments, *, width: int = 64, height: int = 48
     return path
 
 
+def write_held_last_frame(path: str, frames: int = 10, fps: int = 10, held: float = 9.0, *,
+                          color=RED, last=GREEN, width: int = 64, height: int = 48) -> str:
+    """A screen recording: ``frames`` of ``color`` at ``fps``, then one ``last`` frame whose packet lasts ``held``
+    seconds (the screen stayed still), so the file plays for frames / fps + held seconds."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        stream.options = {"bf": "0", "preset": "ultrafast"}
+        packets = []
+        for i in range(frames + 1):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), color if i < frames else last, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = i * 1000 // fps, fractions.Fraction(1, 1000)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            packet.duration = round(held * 1000) if packet.pts == frames * 1000 // fps else 1000 // fps
+            container.mux(packet)
+    return path
+
+
 def write_two_video_streams(path: str, first=GREEN, second=BLUE, seconds: float = 1.0) -> str:
     """An MP4 with two video streams: ``first`` at 64x48, ``second`` at 32x24."""
     with av.open(path, "w") as container:

@@ -358,8 +358,13 @@ def test_broken_pipe_ends_quietly(tmp_path):
     (red,) = [videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)]
     lib = str(tmp_path / "lib")
     assert main(["index", red, "--library", lib, *HIST]) == 0
-    # `vmm search ... | head`: the reader is gone (here before the first write) and the output has nowhere to go.
-    shell = f"{sys.executable} -m vmm.cli search {lib} --video {red} --json | true; echo status ${{PIPESTATUS[0]}} >&2"
-    r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert r.stderr == "status 141\n"
+    # `vmm search ... | head`: the reader is gone (here before the first write) and the output has nowhere to go;
+    # with buffered stdout (no PYTHONUNBUFFERED) the error comes at the flush, and Rich's table has its own path.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(REPO)}
+    for unbuffered in ("", "1"):
+        for output in ("--json", ""):
+            shell = (f"{sys.executable} -m vmm.cli search {lib} --video {red} {output} | true; "
+                     "echo status ${PIPESTATUS[0]} >&2")
+            r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=REPO, timeout=120,
+                               env=env | ({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {}))
+            assert r.stderr == "status 141\n", (unbuffered, output, r.stderr)

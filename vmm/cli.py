@@ -71,7 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed pipe shows here, not at exit
+        return code
     except VmmError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

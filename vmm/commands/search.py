@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     for h in hits:
         # Text, not markup: a file named "[intro] clip.mp4" lost its "[intro]" as a style tag.
         table.add_row(str(h.rank), f"{h.score:.4f}", Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
-    Console(width=200).print(table)
+    console = Console(width=200)
+    with console.capture() as captured:  # printed by us: on a closed pipe Rich exits with status 1 by itself
+        console.print(table)
+    sys.stdout.write(captured.get())
     return 0
 
 

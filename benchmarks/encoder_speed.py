@@ -639,8 +639,8 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=["m", "s", "ti"], choices=list(SIZES))
     p.add_argument("--sections", nargs="+", default=["scan", "encoders", "train", "profile"])
     # One batch at every length, the issue's 64: at 32 the scan's 2304 programs (VideoMamba-M) are 1.09 waves of an
-    # H200's resident slots at the 128-register cap, so half of the second wave idled (64 frames: 75.5 vs 78.5
-    # clips/s at 32 and 64; the joint ViT-B 47.1 at both)
+    # H200's resident slots at the 128-register cap (1.45 at 168), so much of the second wave idles (64 frames, cap
+    # 160: 75.5 clips/s at batch 32, 78.5 at 64; the joint ViT-B 47.1 at both)
     p.add_argument("--batch", type=int, default=64, help="encoder batch at every frame count")
     p.add_argument("--scan-batch", type=int, default=32)
     p.add_argument("--train-batch", type=int, default=16)

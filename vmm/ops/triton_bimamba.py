@@ -548,7 +548,8 @@ FWD_PREFETCH = 32  # tiled forward: L2 prefetch of the u and dt rows this many s
 FWD_MAXNREG = 168  # a register cap: resident warps for this latency-bound loop. H200, before the B/C prefetch:
 # 1.64 vs 2.55 ms uncapped at 96; with it, 128 over 96 (scan at B=64 1.92 vs 2.02-2.17 ms); then 168 (12 warps an
 # SM; no stack at any cap from 112 up) over 112, 128, 144 and 160 at every shape tried, ABAB in one run: B=32/64 x
-# L=1569/3137/12545 1-5% faster than 128 (B=32 at 64 frames 7.97 vs 8.39 ms; VideoMamba-M there 75.5 vs 74.0 clips/s)
+# L=1569/3137/12545 the scan 1-5% faster than 128 and 0.5-1% than 160 (B=32 at 64 frames 7.97 ms; 8.39 at 128,
+# 8.01 at 160)
 # The backward asks L2 for the rows (u, dt, z, g, B/C) of the chunk after next as it ends a chunk: training step
 # at batch 32 350 vs 356 ms (H200). Asked for at a chunk's start instead, the reverse direction's adjoint step
 # took 40 more instructions (register moves; benchmarks/kernel_sass.py).

@@ -233,7 +233,7 @@ def _variable_rate_times(times: np.ndarray | None, fps: float) -> np.ndarray | N
     return times if drift > 1.0 / fps else None
 
 
-def _one_line(error: BaseException) -> str:
+def _error_text(error: BaseException) -> str:
     # FFmpeg errors carry "[Errno N] message: 'path'"; the message alone reads better.
     text = getattr(error, "strerror", None) or str(error)
     text = " ".join(str(text).split()) or type(error).__name__
@@ -265,7 +265,7 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
     except PermissionError:  # an FFmpegError too, but the file's content is not at fault
         raise DecodeFailure("permission denied; make the file readable (chmod a+r) and run again") from None
     except av.error.FFmpegError as error:
-        raise DecodeFailure(f"cannot read the container ({_one_line(error)}); the file is truncated, "
+        raise DecodeFailure(f"cannot read the container ({_error_text(error)}); the file is truncated, "
                             "corrupt or not a video") from None
     with container:
         stream = container.streams.best("video")
@@ -336,6 +336,19 @@ def _demux_times(path: str) -> tuple[int, np.ndarray | None, float | None]:
         return 0, None, None
 
 
+def upright_rgb(frame, rotation: int) -> np.ndarray:
+    """A decoded PyAV frame as an (H, W, 3) uint8 array, turned ``rotation`` degrees counter-clockwise (the
+    display matrix's angle, as in :attr:`VideoInfo.rotation`): a phone stores portrait video sideways.
+
+    >>> import av
+    >>> stored = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")  # 64 wide, 48 high
+    >>> upright_rgb(stored, 90).shape, upright_rgb(stored, 0).shape
+    ((64, 48, 3), (48, 64, 3))
+    """
+    array = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation else array
+
+
 def import_decord():
     """decord, with the log of its own FFmpeg silenced: it printed lines such as "[h264 @ 0x...] error while
     decoding MB" above the one-line message that reports the same failure."""
@@ -356,7 +369,7 @@ class _DecordReader:
             self.fps = float(self._reader.get_avg_fps())
             times = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0] if self.num_frames else None
         except Exception as error:  # decord raises its own DECORDError and RuntimeError
-            raise _BackendError(f"decord cannot open it: {_one_line(error)}") from None
+            raise _BackendError(f"decord cannot open it: {_error_text(error)}") from None
         self.times, self.end = None, None
         if times is not None and _variable_rate_times(times - times[0], self.fps) is not None:
             # decord's times are float32 (quarter-millisecond steps after an hour): take PyAV's, so that both
@@ -380,7 +393,7 @@ class _DecordReader:
             try:
                 batch = self._reader.get_batch(indices).asnumpy()
             except Exception as error:
-                raise _BackendError(f"decord failed at frames {indices[0]}-{indices[-1]}: {_one_line(error)}") from None
+                raise _BackendError(f"decord failed at frames {indices[0]}-{indices[-1]}: {_error_text(error)}") from None
             kept.update(zip(indices, batch))
             while pending and max(pending[0].frames) <= indices[-1]:
                 span = pending.pop(0)
@@ -403,7 +416,7 @@ class _PyAVReader:
 
         self._path = path
         self._threads = threads
-        self._turns = rotation // 90  # np.rot90 turns counter-clockwise, like the display matrix
+        self._rotation = rotation
         try:
             with av.open(path, metadata_errors="ignore") as container:
                 stream = container.streams.best("video")
@@ -413,7 +426,7 @@ class _PyAVReader:
                 # header can say half of what its index holds, and the rest of the video was left out.
                 self.num_frames, self.times, self.end = _count_packets(container, stream)
         except av.error.FFmpegError as error:
-            raise _BackendError(f"PyAV cannot open it: {_one_line(error)}") from None
+            raise _BackendError(f"PyAV cannot open it: {_error_text(error)}") from None
 
     def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
         import av
@@ -430,7 +443,7 @@ class _PyAVReader:
             try:
                 for last_frame in container.decode(stream):
                     if position in needed:
-                        kept[position] = self._upright(last_frame)
+                        kept[position] = upright_rgb(last_frame, self._rotation)
                     position += 1
                     while pending and max(pending[0].frames) < position:
                         span = pending.pop(0)
@@ -442,19 +455,15 @@ class _PyAVReader:
                         return
             except av.error.FFmpegError as error:
                 raise DecodeFailure(f"decoding failed at frame {position} of {self.num_frames} "
-                                    f"({_one_line(error)}); the file is truncated or corrupt") from None
+                                    f"({_error_text(error)}); the file is truncated or corrupt") from None
         # The container promised more frames than it holds. A few missing frames at the
         # end (a common counting slip) are replaced by the last one; more is truncation.
         if last_frame is None or position < 0.9 * self.num_frames:
             raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
                                 "the file is truncated or corrupt")
-        final = self._upright(last_frame)
+        final = upright_rgb(last_frame, self._rotation)
         for span in pending:
             yield np.stack([kept.get(i, final) for i in span.frames])
-
-    def _upright(self, frame) -> np.ndarray:
-        array = frame.to_ndarray(format="rgb24")
-        return np.ascontiguousarray(np.rot90(array, self._turns)) if self._turns else array
 
     def close(self) -> None:
         pass

@@ -154,7 +154,7 @@ class _TorchCoordinator:
             try:
                 dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size, timeout=timeout)
             except (ValueError, RuntimeError) as error:
-                raise VmmError(f"rank {info.rank} cannot join the other ranks ({_one_line(error)}); check "
+                raise VmmError(f"rank {info.rank} cannot join the other ranks ({_error_text(error)}); check "
                                "MASTER_ADDR/MASTER_PORT, or use coordination='files' with a run id") from None
             self._group = None
         else:
@@ -170,14 +170,14 @@ class _TorchCoordinator:
         try:
             self._dist.barrier(group=self._group)
         except RuntimeError as error:
-            raise _PeerLost(_one_line(error)) from None
+            raise _PeerLost(_error_text(error)) from None
 
     def broadcast(self, name: str, value=None):
         box = [value]
         try:
             self._dist.broadcast_object_list(box, src=0, group=self._group)
         except RuntimeError as error:
-            raise _PeerLost(_one_line(error)) from None
+            raise _PeerLost(_error_text(error)) from None
         return box[0]
 
     def abort(self, message: str) -> None:
@@ -258,7 +258,7 @@ class _FileCoordinator:
         pass
 
 
-def _one_line(error: BaseException) -> str:
+def _error_text(error: BaseException) -> str:
     return " ".join(str(error).split())[:300]
 
 
@@ -505,7 +505,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
                               backend=backend, max_pixels=max_pixels, flat_max=flat_max, on_open=on_open)
         return _run_rank(coordinator, info, run_id, library, encoder, settings)
     except BaseException as error:  # Ctrl-C, a bug: let the others stop waiting for us
-        coordinator.abort(_one_line(error) or type(error).__name__)
+        coordinator.abort(_error_text(error) or type(error).__name__)
         raise
     finally:
         coordinator.close()
@@ -600,7 +600,7 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
             _merge(writer, plan, staging, summary)
             _sync(writer, flat_max)
         except (VmmError, sqlite3.Error, OSError) as error:
-            errors.append(f"merging the staged files failed ({_one_line(error)})")
+            errors.append(f"merging the staged files failed ({_error_text(error)})")
         summary.merge_seconds = time.monotonic() - merge_started
         summary.ranks = _rank_reports(run_dir, info.world_size)
         for report in summary.ranks:
@@ -690,7 +690,7 @@ def _stage_and_report(plan: dict | None, info: LaunchInfo, run_dir: str, encoder
         report["error"] = f"rank {info.rank}: {error}"
     except Exception as error:  # a bug on one rank: report it, and still meet the others at the barrier
         traceback.print_exc()
-        report["error"] = f"rank {info.rank}: unexpected {type(error).__name__}: {_one_line(error)}"
+        report["error"] = f"rank {info.rank}: unexpected {type(error).__name__}: {_error_text(error)}"
     try:
         os.makedirs(folder, exist_ok=True)
         _write_json(os.path.join(folder, "done.json"), report)

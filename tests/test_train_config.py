@@ -91,8 +91,8 @@ def test_base_recipe_is_merged_underneath(tmp_path):
     ("optim.betas=[0.9,2.0]", "optim.betas must both lie in [0, 1)"),
     ("train.seed=-1", "train.seed must lie in [0, 2**32)"),
     ("data.max_retries=-1", "data.max_retries must be >= 1"),
-    ("data.max_missing=1.0", "data.max_missing must lie in [0, 1)"),
-    ("data.max_missing=-0.1", "data.max_missing must lie in [0, 1)"),
+    ("data.max_missing=0.6", "data.max_missing must lie in [0, 0.5]"),
+    ("data.max_missing=-0.1", "data.max_missing must lie in [0, 0.5]"),
     ("data.prefetch_factor=-1", "data.prefetch_factor must be >= 1"),
     ("data.max_text_len=0", "data.max_text_len must be >= 2"),
 ])

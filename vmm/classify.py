@@ -121,6 +121,7 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
 
 
 def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
+    # rotation is always 0 here: probing with decord refuses a rotated file (it reads them sideways)
     from index.decode import import_decord
 
     decord = import_decord()
@@ -136,15 +137,14 @@ def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation:
 def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
     import av
 
-    def upright(frame) -> np.ndarray:  # a phone's portrait video is stored sideways (see index.decode)
-        return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90))
+    from index.decode import upright_rgb
 
     wanted, found, position, last = set(indices), {}, 0, None
     try:
         with av.open(path, metadata_errors="ignore") as container:
             for last in container.decode(container.streams.best("video")):
                 if position in wanted:
-                    found[position] = upright(last)
+                    found[position] = upright_rgb(last, rotation)
                 position += 1
                 if position > indices[-1]:
                     break
@@ -156,7 +156,7 @@ def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: i
     if missing and (last is None or position < 0.9 * num_video_frames):
         raise VmmError(f"{path}: only {position} of {num_video_frames} frames could be decoded; "
                        "the file is truncated or corrupt")
-    final = upright(last) if missing else None
+    final = upright_rgb(last, rotation) if missing else None
     return {i: found.get(i, final) for i in indices}
 
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _next_step(cfg) -> str:
+def _resume_hint(cfg) -> str:
     """What to run after Ctrl-C: train.resume=auto continues only from a complete checkpoint."""
     if cfg is None:
         return ""
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         if _first_process():
-            print(f"interrupted{_next_step(cfg)}", file=sys.stderr)
+            print(f"interrupted{_resume_hint(cfg)}", file=sys.stderr)
         return 130
     return 0
 

@@ -329,8 +329,10 @@ def _check_values(cfg: TrainConfig) -> None:
          "data.max_text_len must be >= 2 (room for [CLS] and [SEP]; null: the model's)"),
         (0 <= cfg.train.seed < 2 ** 32, "train.seed must lie in [0, 2**32)"),
         (cfg.data.max_retries >= 1, "data.max_retries must be >= 1"),
-        (0.0 <= cfg.data.max_missing < 1.0,
-         "data.max_missing must lie in [0, 1) (a fraction of a corpus's media files)"),
+        # Above half, runs of replaced samples hit data.max_retries and stop the run anyway; and a corpus
+        # missing most of its files is more likely the wrong root than a lossy download.
+        (0.0 <= cfg.data.max_missing <= 0.5,
+         "data.max_missing must lie in [0, 0.5] (a fraction of a corpus's media files)"),
         (cfg.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
         (cfg.loss.vtc + cfg.loss.vtm + cfg.loss.mlm + cfg.loss.uta + cfg.loss.distill > 0,
          "all loss weights are 0; enable at least one of loss.vtc/vtm/mlm/uta/distill"),

@@ -9,7 +9,6 @@ cannot tell the two videos of a pair apart).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +47,15 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from vmm.factory import resolve_device
 
+    # Each message names the command-line option and the DemoConfig field, as either may have set it.
     if not isinstance(cfg.num_videos, int) or cfg.num_videos < 1:
-        raise VmmError(f"num_videos={cfg.num_videos} (--videos): the demo needs at least 1 video")
+        raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos}): the demo needs at least 1 video; "
+                       "pass e.g. --videos 300")
     if not isinstance(cfg.queries, int) or cfg.queries < 0:
-        raise VmmError(f"queries={cfg.queries} (--queries): pass 0 or more example searches")
+        raise VmmError(f"--queries {cfg.queries} (queries={cfg.queries}): pass 0 or more example searches")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise VmmError(f"out_dir {cfg.out_dir} (--out) is a file; pass a folder (new or existing) for the output")
+        raise VmmError(f"--out {cfg.out_dir} (out_dir) is a file; pass a folder (new or existing) for the demo's "
+                       "output")
     if cfg.device is not None:
         resolve_device(cfg.device)  # before the corpus is generated, which takes a while
     model = cfg.model or str(SHIPPED_NANO)

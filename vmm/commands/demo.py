@@ -17,14 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vmm.demo import DemoConfig, run_demo
-    from vmm.errors import VmmError
-    # Checked here to name the options as typed; run_demo checks the same under its keyword names.
-    if args.videos < 1:
-        raise VmmError(f"--videos {args.videos}: the demo needs at least 1 video; pass e.g. --videos 300")
-    if args.queries < 0:
-        raise VmmError(f"--queries {args.queries}: pass 0 or more example searches")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise VmmError(f"--out {args.out} is a file; pass a folder (new or existing) for the demo's output")
     run_demo(DemoConfig(out_dir=Path(args.out), model=args.model, num_videos=args.videos, seed=args.seed,
                         queries=args.queries, workers=args.workers, device=args.device))
     return 0

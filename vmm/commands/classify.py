@@ -102,6 +102,7 @@ def _build_model(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from vmm.classify import ClassifyOptions, read_views, resolve_labels, view_probabilities
+    from vmm.commands import set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import load_weights, resolve_device
 
@@ -110,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.video).is_file():
         raise VmmError(f"video {args.video} does not exist or is not a file; pass the path of a video file")
     device = resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise VmmError(f"--threads {args.threads}: pass at least 1 (or omit --threads for torch's default)")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = _build_model(args)
     names = resolve_labels(model, args.labels)  # also refuses a model without a classification head
     cfg = model.cfg

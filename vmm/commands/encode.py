@@ -28,13 +28,11 @@ def _generated_clip(frames: int, size: int) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     import vmm
+    from vmm.commands import set_threads
     from vmm.errors import VmmError
     from vmm.factory import frames_override, resolve_device
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
-    if args.threads is not None:
-        if args.threads < 1:
-            raise VmmError(f"--threads {args.threads}: pass at least 1 (or omit --threads for torch's default)")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     overrides = frames_override(args.model, args.frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
     model = model.to(device).eval()

@@ -811,7 +811,8 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     if factory is not None and factory != catalog.setting("index_factory", "auto"):
         check_factory(manifest.dim, factory)  # a bad factory string fails here, before any work
         catalog.set_setting("index_factory", factory)
-    _factory_setting(writer)
+    else:
+        _factory_setting(writer)  # the stored one, which an older version may have accepted
 
     found = discover(roots, exclude=[writer.library])
     summary.unreadable = found.unreadable

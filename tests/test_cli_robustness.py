@@ -6,7 +6,7 @@ import torch
 
 import vmm
 from tests import videos
-from tests.tiny_model import TINY
+from tests.tiny_model import TINY, save_tiny_model
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -17,8 +17,7 @@ CLASSIFIER = ["--model", "videomamba_tiny", "--model-arg", "depth=1", "--model-a
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    torch.manual_seed(0)
-    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=2)
     torch.save(vmm.create_model("videomamba_tiny", depth=1, img_size=32, num_frames=2).state_dict(),
                root / "tiny.pth")

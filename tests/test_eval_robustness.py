@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import retrieval.evaluate
-import vmm
 from tests import videos
-from tests.tiny_model import TINY
+from tests.tiny_model import save_tiny_model
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -24,13 +22,10 @@ from vmm.errors import VmmError
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_robust")
-    torch.manual_seed(0)
-    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     vids = root / "vids"
     vids.mkdir()
-    videos.write_solid(str(vids / "red.mp4"), videos.RED, seconds=2)
-    videos.write_solid(str(vids / "green.mp4"), videos.GREEN, seconds=2)
-    videos.write_moving_square(str(vids / "square.mp4"), seconds=2)
+    videos.write_red_green_square(vids)
     items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "green.mp4", "caption": "A green screen."},
              {"video": "square.mp4", "caption": "A square moves right."}]
     (root / "ok.json").write_text(json.dumps(items))

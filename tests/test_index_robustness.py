@@ -8,15 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-import vmm
 from index.catalog import Catalog
 from index.encoder import ColorHistogramEncoder
 from index.library import build_library, remove_paths
 from retrieval.library import VideoLibrary
 from tests import videos
-from tests.tiny_model import TINY
+from tests.tiny_model import save_tiny_model
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -242,8 +240,7 @@ def test_library_is_searchable_while_its_first_run_embeds(tmp_path, monkeypatch,
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     return root
 
 

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import vmm
 from retrieval.library import VideoLibrary, Where, merge_moments
 from tests import videos
-from tests.tiny_model import TINY
+from tests.tiny_model import save_tiny_model
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -22,13 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    torch.manual_seed(0)
-    vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     vids = root / "videos"
     vids.mkdir()
-    videos.write_solid(str(vids / "red.mp4"), videos.RED, seconds=2)
-    videos.write_solid(str(vids / "green.mp4"), videos.GREEN, seconds=2)
-    videos.write_moving_square(str(vids / "square.mp4"), seconds=2)
+    videos.write_red_green_square(vids)
     videos.write_long(str(vids / "long.mp4"), seconds=24)
     lib = root / "lib"
     assert main(["index", str(vids), "--library", str(lib), "--model", str(root / "model"), "--quiet",

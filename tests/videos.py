@@ -80,6 +80,13 @@ def write_moving_square(path: str, seconds: float = 2.0, *, fps: int = 10, codec
                         fps=fps, codec=codec)
 
 
+def write_red_green_square(folder) -> None:
+    """red.mp4 and green.mp4 (solid, 2 s) and square.mp4 (a square moving right, 2 s) in ``folder``."""
+    write_solid(os.path.join(folder, "red.mp4"), RED, seconds=2)
+    write_solid(os.path.join(folder, "green.mp4"), GREEN, seconds=2)
+    write_moving_square(os.path.join(folder, "square.mp4"), seconds=2)
+
+
 def write_counter(path: str, n: int, *, fps: int = 10, codec: str = "h264", width: int = 64, height: int = 48) -> str:
     """Frame i has brightness 6*i (n <= 42): decoded frames reveal their own index."""
     frames = [np.full((height, width, 3), 6 * i, np.uint8) for i in range(n)]

@@ -1,0 +1,337 @@
+"""Every shell command of README.md and docs/*.md that runs vmm code parses with that command's real argument
+parser, and the ones that can run offline with the shipped vmm_nano model run as written.
+
+A command line is one that starts with ``vmm``, ``python -m vmm.<module>`` or ``accelerate launch ... -m
+vmm.<module>`` in a ```bash (or unlabelled) block, with backslash continuations joined; lines starting with
+``#`` (comments, sample output) and other tools' lines are not commands.
+
+Only parse-checked, because they need what a test machine lacks:
+- ``vmm classify``: the official Kinetics-400 checkpoint file;
+- ``vmm eval`` (and its ``accelerate launch`` form): the MSRVTT / DiDeMo test sets, official checkpoints, 8 GPUs;
+- ``python -m vmm.train`` / ``accelerate launch -m vmm.train``: training data, GPUs, teacher weights (the tiny
+  CPU recipe runs in tests/test_train_loop.py); their ``--config`` files must exist and load with the overrides;
+- ``python -m vmm.data.synthetic``: 300 to 2000 videos into /tmp and data/ (tests/test_synthetic.py runs it small);
+- ``vmm index``/``vmm search`` with an official model (``--checkpoint``, or a name other than vmm_nano).
+``vmm encode`` runs with vmm_nano in place of its documented model (see SMALL_MODEL).
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import videos
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}  # ```text and ```json hold output and data
+MODULES = ("vmm.cli", "vmm.train", "vmm.data.synthetic")
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    doc: str  # path relative to the repository
+    line: int  # line of the doc where the command starts
+    text: str  # the command as written, continuations joined
+    module: str  # the vmm module it runs
+    argv: tuple  # the module's arguments
+    launcher: tuple = ()  # accelerate launch's own options, before -m
+
+    def __str__(self) -> str:
+        return f"{self.doc}:{self.line}: {self.text}"
+
+
+def _logical_lines(block: str, first_line: int):
+    """(line number, text) of each logical line: a trailing backslash continues on the next line, as in a shell."""
+    pending, start = [], first_line
+    for i, line in enumerate(block.splitlines()):
+        if not pending:
+            start = first_line + i
+        if line.rstrip().endswith("\\"):
+            pending.append(line.rstrip()[:-1].strip())
+            continue
+        pending.append(line.strip())
+        yield start, " ".join(pending)
+        pending = []
+    if pending:  # a backslash on the block's last line
+        yield start, " ".join(pending)
+
+
+def _command(doc: str, line: int, text: str):
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:  # unbalanced quotes: sample output, unless the line starts like one of ours
+        if re.match(r"(vmm|python3? -m vmm\.|accelerate launch)\b", text):
+            raise AssertionError(f"{doc}:{line}: {text}\n  the shell cannot split this line") from None
+        return None
+    while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):  # VAR=value before the command
+        words = words[1:]
+    if words[:1] == ["vmm"]:
+        return DocCommand(doc, line, text, "vmm.cli", tuple(words[1:]))
+    if words[:1] in (["python"], ["python3"]) and words[1:2] == ["-m"] and words[2:3] and words[2].startswith("vmm."):
+        return DocCommand(doc, line, text, words[2], tuple(words[3:]))
+    if words[:2] == ["accelerate", "launch"] and "-m" in words:
+        at = words.index("-m")
+        if words[at + 1:at + 2] and words[at + 1].startswith("vmm."):
+            return DocCommand(doc, line, text, words[at + 1], tuple(words[at + 2:]), tuple(words[2:at]))
+    return None
+
+
+def doc_commands() -> list[DocCommand]:
+    found = []
+    for path in DOCS:
+        source = path.read_text(encoding="utf-8")
+        for block in FENCE.finditer(source):
+            if block.group(1) not in SHELL_BLOCKS:
+                continue
+            first = source.count("\n", 0, block.start(2)) + 1
+            for line, text in _logical_lines(block.group(2), first):
+                command = _command(str(path.relative_to(REPO)), line, text)
+                if command is not None:
+                    found.append(command)
+    return found
+
+
+COMMANDS = doc_commands()
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------
+class _Parsed(Exception):
+    """Raised in place of the synthetic corpus writer: its parser lives inside main(), so main stops there."""
+
+
+def _parse_error(parse, argv) -> str | None:
+    """argparse's one-line complaint about ``argv``, or None when it parses."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parse(list(argv))
+    except _Parsed:
+        return None
+    except SystemExit as e:
+        if e.code:
+            return err.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def _without_placeholders(argv) -> list[str]:
+    """Drop optional ``[key=value ...]`` groups: they stand for nothing or for overrides of the reader's choice."""
+    out, optional = [], False
+    for word in argv:
+        optional = optional or word.startswith("[")
+        if not optional:
+            out.append(word)
+        optional = optional and not word.endswith("]")
+    return out
+
+
+def _repo_files(pattern: str) -> list[Path]:
+    """The repository files a documented path names; ``<recipe>`` stands for any name."""
+    return sorted(REPO.glob(re.sub(r"<[^>]*>", "*", pattern)))
+
+
+def _check_vmm(argv) -> str | None:
+    import vmm
+    from vmm.cli import build_parser
+    argv = _without_placeholders(argv)
+    error = _parse_error(build_parser().parse_args, argv)
+    if error:
+        return error
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "_run"):
+        return "no subcommand"
+    model = getattr(args, "model", None)
+    # A name, not a folder: a renamed model breaks the line as surely as a renamed option.
+    if model and "/" not in model and model != "color-histogram" and model not in vmm.list_models():
+        return f"--model {model} is not a registered model ({', '.join(vmm.list_models())})"
+    return None
+
+
+def _check_train(argv) -> str | None:
+    from vmm.errors import VmmError
+    from vmm.train import build_parser
+    from vmm.training.config import load_config
+    argv = _without_placeholders(argv)
+    error = _parse_error(build_parser().parse_args, argv)
+    if error:
+        return error
+    args = build_parser().parse_args(argv)
+    recipes = _repo_files(args.config)
+    if not recipes:
+        return f"--config {args.config}: no such file in the repository"
+    for recipe in recipes:  # every override names a real field with a value of its type, in every recipe meant
+        try:
+            load_config(recipe, args.overrides)
+        except VmmError as e:
+            return f"{recipe.relative_to(REPO)}: {e}"
+    return None
+
+
+def _check_synthetic(argv, monkeypatch) -> str | None:
+    from vmm.data import synthetic
+
+    def parsed(*args, **kwargs):
+        raise _Parsed
+
+    monkeypatch.setattr(synthetic, "generate_corpus", parsed)
+    return _parse_error(synthetic.main, _without_placeholders(argv))
+
+
+def _check_launcher(options) -> str | None:
+    from accelerate.commands.launch import launch_command_parser
+    error = _parse_error(launch_command_parser().parse_args, [*options, "-m", "vmm.cli"])
+    if error:
+        return f"accelerate launch: {error}"
+    for option, value in zip(options, options[1:]):
+        if option == "--config_file" and not _repo_files(value):
+            return f"--config_file {value}: no such file in the repository"
+    return None
+
+
+def test_the_docs_have_commands_of_every_kind():
+    by_module = {m: [c for c in COMMANDS if c.module == m] for m in MODULES}
+    assert all(by_module.values()), {m: len(c) for m, c in by_module.items()}
+    assert len(COMMANDS) >= 35, "\n".join(map(str, COMMANDS))
+    # A continued line is one command; a commented output line is none.
+    eval_line = next(c for c in COMMANDS if c.doc == "README.md" and c.argv[:1] == ("eval",))
+    assert eval_line.argv[-2:] == ("--json", "report.json")
+    assert not [c for c in COMMANDS if c.text.startswith("#")]
+    assert {c.doc for c in COMMANDS} >= {"README.md", "docs/search.md", "docs/classify.md", "docs/evaluation.md",
+                                          "docs/synthetic.md", "docs/training.md"}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.doc}:{c.line}")
+def test_documented_command_parses(command, monkeypatch):
+    assert command.module in MODULES, f"{command}\n  no parser known for {command.module}: add it to this test"
+    error = _check_launcher(command.launcher) if command.launcher else None
+    if error is None:
+        if command.module == "vmm.cli":
+            error = _check_vmm(command.argv)
+        elif command.module == "vmm.train":
+            error = _check_train(command.argv)
+        else:
+            error = _check_synthetic(command.argv, monkeypatch)
+    assert error is None, f"{command}\n  {error}"
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+# The videos under ~/videos, in seconds: one long enough for `--min-duration 60` under holidays/, a short one beside
+# it that the filter must drop, and ~/videos/old for `--remove`.
+VIDEOS = {"red.mp4": 2, "square.mp4": 2, "holidays/long.mp4": 61, "holidays/beach.mp4": 2, "old/green.mp4": 2}
+QUERY_SOURCE = "square.mp4"  # query.mp4 is a copy: a search by it must rank this video first
+ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(.+?)\s+\d+:\d\d\.\d\d-\d+:\d\d\.\d\d\s*$", re.M)
+JSON_FIELDS = {"rank", "score", "path", "start", "end", "clip_ids", "itm"}  # as docs/search.md lists them
+# The one substitution in a command's text: `vmm encode` of a 224-pixel model (README: videomamba_middle) takes 10 s
+# on an idle 2-core machine and over a minute on a busy one, so it runs with the shipped small model instead.
+SMALL_MODEL = "vmm_nano"
+
+
+def _make_videos(home: Path, work: Path) -> None:
+    for name, seconds in VIDEOS.items():
+        path = home / "videos" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if seconds > 10:  # 1 fps at 32x24 keeps a minute of video cheap to write and to index
+            videos.write_long(str(path), seconds, fps=1)
+        elif "square" in name:
+            videos.write_moving_square(str(path), seconds)
+        else:
+            videos.write_solid(str(path), videos.GREEN if "green" in name else videos.RED, seconds)
+    shutil.copy(home / "videos" / QUERY_SOURCE, work / "query.mp4")
+    videos.write_moving_square(str(work / "clip.mp4"), seconds=1.0)
+
+
+def _runs_offline(args) -> bool:
+    if args.command == "encode":  # without --checkpoint any model runs with random weights
+        return args.checkpoint is None
+    if args.command in ("index", "search"):  # the shipped model, or the one the library records
+        return args.checkpoint is None and args.model in (None, "vmm_nano")
+    return False
+
+
+def _expand(path: str, home: Path) -> Path:
+    """``path`` as the shell of the test sees it: ``~`` is the test's home, a relative path is absolute."""
+    return Path(str(home) + path[1:] if path.startswith("~") else path).absolute()
+
+
+def _videos_under(home: Path, paths) -> list[str]:
+    roots = [_expand(p, home) for p in paths]
+    return [name for name in VIDEOS if any(r == home / "videos" / name or r in (home / "videos" / name).parents
+                                           for r in roots)]
+
+
+def _check_output(args, out: str, home: Path, indexed: set) -> None:
+    if args.command == "encode":
+        assert re.search(r"-> embedding \(1, \d+\)", out)
+    elif args.command == "index" and args.remove:
+        assert f"removed {len(_videos_under(home, args.paths))} file(s)" in out
+    elif args.command == "index":
+        n = len(_videos_under(home, args.paths))
+        library = _expand(args.library, home)
+        new = 0 if library in indexed else n  # a second run embeds only new or changed files
+        assert re.search(rf"^indexed {new} files .*, {n - new} unchanged, 0 failed", out, re.M)
+        indexed.add(library)
+    elif args.json:
+        hits = json.loads(out)
+        assert hits and all(JSON_FIELDS <= set(h) for h in hits)
+        if args.rerank:  # the top hits carry their ITM logit, which is their score
+            assert hits[0]["itm"] is not None and hits[0]["score"] == hits[0]["itm"]
+    else:
+        paths = [m.group(3) for m in ROW.finditer(out)]
+        assert 1 <= len(paths) <= args.k
+        if args.per_video:
+            assert len(set(paths)) == len(paths)
+        if args.video:
+            assert paths[0] == str(home / "videos" / QUERY_SOURCE)
+        if args.path_glob or args.min_duration:
+            wanted = {str(home / "videos" / name) for name, seconds in VIDEOS.items()
+                      if fnmatch.fnmatch(str(home / "videos" / name), args.path_glob or "*")
+                      and seconds >= (args.min_duration or 0)}
+            assert wanted and set(paths) == wanted
+
+
+@pytest.mark.slow
+def test_offline_commands_run_as_written(tmp_path):
+    from vmm.cli import build_parser
+    home, work, bin_dir = tmp_path / "home", tmp_path / "work", tmp_path / "bin"
+    for folder in (home, work, bin_dir):
+        folder.mkdir()
+    _make_videos(home, work)
+    # `vmm` on PATH is this interpreter's: the command text stays exactly as the docs have it.
+    (bin_dir / "vmm").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m vmm.cli "$@"\n')
+    (bin_dir / "vmm").chmod(0o755)
+    # One OpenMP thread: on a busy 2-core machine a second one spins, and each command took 5 s instead of 3.
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    indexed, ran = set(), []
+    for command in COMMANDS:
+        if command.module != "vmm.cli":
+            continue
+        if _parse_error(build_parser().parse_args, command.argv):
+            continue  # test_documented_command_parses names it; the count of commands run below drops
+        args = build_parser().parse_args(list(command.argv))
+        if not _runs_offline(args):
+            continue
+        text = command.text
+        if args.command == "encode" and args.model != SMALL_MODEL:
+            text = text.replace(f"--model {args.model}", f"--model {SMALL_MODEL}")
+            assert SMALL_MODEL in text, f"{command}\n  write --model NAME so that the test can swap the model"
+        done = subprocess.run(["bash", "-c", text], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"{command}\n  exit {done.returncode}: {done.stderr[-2000:]}"
+        try:
+            _check_output(args, done.stdout, home, indexed)
+        except AssertionError as e:
+            raise AssertionError(f"{command}\n  unexpected output ({e}):\n{done.stdout[-2000:]}") from None
+        ran.append(command)
+    assert {c.doc for c in ran} == {"README.md", "docs/search.md"} and len(ran) >= 11, "\n".join(map(str, ran))

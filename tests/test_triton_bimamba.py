@@ -115,8 +115,7 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, sys.argv[1] + "/tests")
     from vmm.ops import triton_bimamba, triton_conv, triton_norm
-    from test_triton_bimamba import make_layer, check_against_reference, rel, split
-    from vmm.ops.bimamba import DirectionWeights, bimamba_inner_ref
+    from test_triton_bimamba import make_layer, check_against_reference, rel
     triton_bimamba.BWD_CK = 4  # several checkpoint chunks even on short sequences
     triton_conv.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
     triton_conv.CONV_BWD_ROW_TILES = 2
@@ -165,26 +164,6 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
         g_want = torch.autograd.grad(want, (x, w, bias), (gf, gb))
         errs.update({f"k{K}_grad_{n}": rel(a, b) for n, a, b in zip(("x", "w", "bias"), g_got, g_want)})
     results["conv"] = errs
-    # Inference's out_proj with the gated sum inside: a whole layer against out_proj(reference layer) in
-    # float64, and the kernel alone at widths that need one and two accumulators, rows not a multiple of the
-    # program's; fp32 here (the library uses it for 16-bit activations only).
-    from vmm.ops import triton_out_proj
-    triton_out_proj.BLOCK_M, triton_out_proj.BLOCK_K = 16, 16
-    errs = {}
-    xz, wf, wb = make_layer(2, 40, 9, seed=3)
-    w_out = torch.randn(24, 40, dtype=torch.float64)
-    with torch.no_grad():
-        y = triton_bimamba.bimamba_out_proj_triton(xz.detach(), wf, wb, w_out.float())
-        xr, zr = split(xz.detach().double())
-        y_ref = bimamba_inner_ref(xr, zr, DirectionWeights(*[t.detach().double() for t in wf]),
-                                  DirectionWeights(*[t.detach().double() for t in wb])).transpose(1, 2) @ w_out.t()
-    errs["layer"] = rel(y, y_ref)
-    for D, E, rows in ((48, 40, 21), (16, 24, 5), (32, 48, 16)):
-        y2, z2 = torch.randn(2, 1, rows, E, dtype=torch.float64), torch.randn(1, rows, 2 * E, dtype=torch.float64)
-        w = torch.randn(D, E, dtype=torch.float64)
-        got = triton_out_proj.gated_out_proj(y2.float(), z2[..., E:].float(), w.float())
-        errs[f"D{D}_E{E}_rows{rows}"] = rel(got, ((y2[0] + y2[1]) * torch.nn.functional.silu(z2[..., E:])) @ w.t())
-    results["out_proj"] = errs
     print(json.dumps(results))
 """)
 
@@ -204,9 +183,7 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
-                            "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv", "out_proj"}
-    out_proj_errors = results.pop("out_proj")
-    assert len(out_proj_errors) == 4 and max(out_proj_errors.values()) <= 1e-5, out_proj_errors
+                            "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
     assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
     conv_errors = results.pop("conv")
@@ -321,53 +298,6 @@ def test_cuda_library_model_fused_path_matches_reference():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("D,E,rows", [(576, 1152, 3137), (384, 768, 197), (192, 384, 61), (48, 64, 1)])
-def test_cuda_gated_out_proj_matches_float64(D, E, rows):
-    """The gated sum fused into out_proj, bf16 at the widths of VideoMamba-M/S/Ti and a small one, against
-    float64 on the same bf16 inputs; rows not a multiple of the program's."""
-    from vmm.ops.triton_out_proj import gated_out_proj
-    g = torch.Generator(device="cuda").manual_seed(D)
-    y2 = torch.randn(2, 2, rows, E, device="cuda", generator=g).bfloat16()
-    xz = torch.randn(2, rows, 2 * E, device="cuda", generator=g).bfloat16()
-    w = (torch.randn(D, E, device="cuda", generator=g) * E ** -0.5).bfloat16()
-    got = gated_out_proj(y2, xz[..., E:], w)
-    want = ((y2[0].double() + y2[1].double()) * F.silu(xz[..., E:].double())) @ w.double().t()
-    assert got.dtype == torch.bfloat16 and got.shape == (2, rows, D)
-    assert rel(got, want) < 1e-2
-
-
-@pytest.mark.cuda
-def test_cuda_inference_with_fused_out_proj_matches_the_separate_pass(monkeypatch):
-    """vmm's model in bf16 inference takes the fused out_proj; its features stay within bf16 noise of the
-    separate gated-sum pass and of the fp32 reference backend, and training never takes it."""
-    import vmm
-    from vmm.ops import triton_out_proj
-    model = vmm.create_model("videomamba_small", depth=4, num_frames=4, num_classes=0).cuda().eval()
-    video = torch.randn(2, 3, 4, 224, 224, device="cuda")
-    calls = []
-    monkeypatch.setattr(triton_bimamba, "gated_out_proj",
-                        lambda *a: calls.append(1) or triton_out_proj.gated_out_proj(*a))
-
-    def features(fused, backend=None):
-        monkeypatch.setattr(triton_bimamba, "FUSED_OUT_PROJ", fused)
-        model.set_scan_backend(backend)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(video).float()
-
-    fused, separate = features(True), features(False)
-    assert len(calls) == 4  # one per layer, only when asked for
-    model.set_scan_backend("reference")
-    with torch.no_grad():
-        ref = model(video)
-    assert rel(fused, separate) < 1e-2 and rel(fused, ref) < 2e-2 and rel(separate, ref) < 2e-2
-    calls.clear()
-    model.set_scan_backend(None)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        model.train()(video).float().sum().backward()  # training: the separate pass, with its backward
-    assert calls == [] and model.patch_embed.proj.weight.grad is not None
-
-
-@pytest.mark.cuda
 def test_cuda_patch_embed_gemm_matches_conv():
     """On CUDA the patch embedding runs as one GEMM over patches; it must equal the official Conv3d."""
     import vmm
@@ -414,24 +344,6 @@ def test_forward_keeps_state_checkpoints_only_when_a_backward_can_follow():
         assert not triton_bimamba._builds_graph(x, w)
     with torch.inference_mode():
         assert not triton_bimamba._builds_graph(x, w)
-
-
-def test_fused_out_proj_serves_only_16_bit_inference(monkeypatch):
-    """The gated sum moves into out_proj only where nothing needs its backward, for bf16/fp16 (fp32 keeps
-    cuBLAS's fp32 GEMM), for widths the kernel takes, and not when the official gate order is asked for."""
-    xz, wf, wb = make_layer(1, 8, 3)
-    w16 = lambda t: t.detach().bfloat16()  # noqa: E731
-    plain = (xz.detach().bfloat16(), DirectionWeights(*[w16(t) for t in wf]), DirectionWeights(*[w16(t) for t in wb]))
-    applies = triton_bimamba.fused_out_proj_applies
-    assert applies(*plain, torch.zeros(576, 8))
-    assert not applies(plain[0].float(), *plain[1:], torch.zeros(576, 8))  # fp32 activations
-    assert not applies(*plain, torch.zeros(576, 8, requires_grad=True))  # out_proj being trained
-    assert not applies(xz.bfloat16(), *plain[1:], torch.zeros(576, 8))  # a gradient flows into xz
-    assert not applies(*plain, torch.zeros(1024, 8))  # wider than the kernel's accumulators
-    with torch.no_grad():
-        assert applies(xz.bfloat16(), wf, wb, torch.zeros(576, 8, requires_grad=True))
-    monkeypatch.setattr(triton_bimamba, "FWD_GATE_IN_SCAN", True)
-    assert not applies(*plain, torch.zeros(576, 8))
 
 
 def test_fused_kernels_available_only_on_nvidia_gpus_that_run_them(monkeypatch):

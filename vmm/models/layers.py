@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops.bimamba import DirectionWeights, bimamba_layer_xz, use_triton
+from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz, use_triton
 
 
 class RMSNorm(nn.Module):
@@ -105,8 +105,10 @@ class BiMambaMixer(nn.Module):
                                 getattr(self, "A_b_log" if backward else "A_log"), getattr(self, "D" + s))
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        return bimamba_layer_xz(self.in_proj(hidden), self.direction_weights(False), self.direction_weights(True),
-                                self.out_proj, backend=self.scan_backend)
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2E, L)
+        y = bimamba_inner_xz(xz, self.direction_weights(False), self.direction_weights(True),
+                             backend=self.scan_backend)
+        return self.out_proj(y.transpose(1, 2))
 
 
 class MambaBlock(nn.Module):

@@ -111,29 +111,6 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
     return bimamba_inner(x, z, fwd, bwd, backend=backend)  # the reference path (or its error for "triton")
 
 
-def bimamba_layer_xz(xzl: Tensor, fwd: DirectionWeights, bwd: DirectionWeights, out_proj: torch.nn.Linear,
-                     backend: Optional[str] = None) -> Tensor:
-    """A layer from in_proj's channel-last output ``xzl`` (B, L, 2E) through ``out_proj``: (B, L, D). For
-    inference on the ``triton`` backend (16-bit activations, nothing needing a backward) the gated sum of both
-    directions is formed inside out_proj's GEMM (:func:`vmm.ops.triton_bimamba.bimamba_out_proj_triton`);
-    otherwise ``out_proj(bimamba_inner_xz(xzl.transpose(1, 2), ...).transpose(1, 2))``. Example::
-
-        >>> E, N, R = 8, 16, 1
-        >>> w = lambda: DirectionWeights(torch.randn(E, 1, 4), torch.zeros(E), torch.randn(R + 2 * N, E) * 0.1,
-        ...                              torch.randn(E, R), torch.zeros(E), torch.zeros(E, N), torch.ones(E))
-        >>> bimamba_layer_xz(torch.randn(2, 5, 2 * E), w(), w(), torch.nn.Linear(E, 4, bias=False),
-        ...                  backend="reference").shape
-        torch.Size([2, 5, 4])
-    """
-    if out_proj.bias is None and use_triton(xzl, backend):
-        from vmm.ops import triton_bimamba
-        if triton_bimamba.fused_out_proj_applies(xzl, fwd, bwd, out_proj.weight):
-            _log_layer_choice("triton", xzl)
-            return triton_bimamba.bimamba_out_proj_triton(xzl, fwd, bwd, out_proj.weight)
-    y = bimamba_inner_xz(xzl.transpose(1, 2), fwd, bwd, backend=backend)
-    return out_proj(y.transpose(1, 2))
-
-
 _logged: set = set()
 
 

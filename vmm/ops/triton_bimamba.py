@@ -39,8 +39,6 @@ from torch import Tensor
 from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available, tl,
                              triton)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
-from vmm.ops.triton_out_proj import gated_out_proj
-from vmm.ops.triton_out_proj import supports as supports_out_columns
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
 
@@ -541,9 +539,6 @@ FWD_TILE = 4  # steps per chunk of tile loads in the forward kernel (4: 1.18-1.2
 # SiLU(z) applied by each direction's scan and the outputs added (True: the reference's rounding, each direction
 # rounded after its gate), or once in the add (False: 2 of the 20 MUFU operations of a scan step saved)
 FWD_GATE_IN_SCAN = False
-# Inference: the gated sum of both directions formed inside out_proj's GEMM (vmm.ops.triton_out_proj) instead of
-# in its own pass over memory; training keeps the pass (the backward needs the sum's inputs anyway).
-FUSED_OUT_PROJ = True
 # Tiled forward: L1 prefetch of the B/C rows this many steps past the next tile; 0 = none. Every channel block
 # of a sequence reads the same rows from its own SM, so each step's B/C loads were L2 hits the warps waited on
 # (ncu: 47% of stall cycles): VideoMamba-M 8 frames 605 vs 561 clips/s on an H200 (16 steps: 606).
@@ -576,10 +571,8 @@ def _builds_graph(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0,
-                summed: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
-    """The summed output and, when ``ck_interval`` > 0, the (2, B, L / interval, N, E) fp32 checkpoints;
-    ``summed=False`` returns the two directions' ungated outputs (2, B, L, E) instead."""
+def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
+    """The summed output and, when ``ck_interval`` > 0, the (2, B, L / interval, N, E) fp32 checkpoints."""
     Bsz, L, E = uf.shape
     N = A.shape[1]
     # Each direction writes its own (B, L, E), gated or not (FWD_GATE_IN_SCAN), and one pass adds them.
@@ -594,12 +587,10 @@ def _launch_fwd(uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, ck_interval: int = 0,
         uf, ub, dtf, dtb, z, bcf, bcb, A, D, bias, out, ck,
         L, E, E, nck, uf.stride(0), uf.stride(1), z.stride(0), z.stride(1),
         bcf.stride(0), bcf.stride(1), bcb.stride(0), bcb.stride(1), out.stride(1), out.stride(2), out.stride(0),
-        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN and summed, CK=max(ck_interval, 1),
+        N=N, BLOCK_E=FWD_BLOCK_E, TILE=FWD_TILE, SAVE=save, GATE=FWD_GATE_IN_SCAN, CK=max(ck_interval, 1),
         PF=FWD_PREFETCH, PFBC=FWD_PREFETCH_BC, INTERP=interpreting(), num_warps=FWD_WARPS,
         **({"maxnreg": FWD_MAXNREG} if FWD_MAXNREG else {}),
     )
-    if not summed:
-        return out, (ck if save else None)
     if FWD_GATE_IN_SCAN:
         return torch.add(out[0], out[1]), (ck if save else None)
     total = torch.empty((Bsz, L, E), device=uf.device, dtype=uf.dtype)
@@ -729,19 +720,6 @@ def _from_x_dbl(x_dbl: Tensor, dt_proj_w: Tensor, shape: torch.Size) -> Tuple[Te
     return dt, x_dbl[:, R:].float().contiguous().view(*shape[:2], -1)
 
 
-def _inner_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, ck_interval: int, summed: bool = True):
-    """The inner layer's forward on the channel-last xz (weights stacked per direction, see
-    :class:`_BiMambaInnerFn`): the output (summed, or both directions), the checkpoints and both x_dbl."""
-    E = xz.shape[-1] // 2
-    xc = conv_fwd(xz[..., :E], conv_w, conv_b)
-    Wx, Wdt = _aligned_projections(x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype))
-    (xd_f, dt_f, bc_f), (xd_b, dt_b, bc_b) = (_projections(xc[d], Wx[d], Wdt[d]) for d in (0, 1))
-    A = -torch.exp(A_log.float()).transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over E
-    out, ck = _launch_fwd(xc[0], xc[1], dt_f, dt_b, xz[..., E:], bc_f, bc_b, A, D.float().contiguous(),
-                          dt_bias.float().contiguous(), ck_interval, summed=summed)
-    return out, ck, xd_f, xd_b
-
-
 class _BiMambaInnerFn(torch.autograd.Function):
     """The whole inner layer on the channel-last in_proj output xz (B, L, 2E): conv, x_proj, dt_proj, scan.
 
@@ -756,9 +734,14 @@ class _BiMambaInnerFn(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, training):
+        E = xz.shape[-1] // 2
+        xc = conv_fwd(xz[..., :E], conv_w, conv_b)
+        Wx, Wdt = _aligned_projections(x_proj_w.to(xz.dtype), dt_proj_w.to(xz.dtype))
+        (xd_f, dt_f, bc_f), (xd_b, dt_b, bc_b) = (_projections(xc[d], Wx[d], Wdt[d]) for d in (0, 1))
+        A = -torch.exp(A_log.float()).transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over E
         ctx.ck_interval = BWD_CK if training else 0
-        out, ck, xd_f, xd_b = _inner_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D,
-                                         ctx.ck_interval)
+        out, ck = _launch_fwd(xc[0], xc[1], dt_f, dt_b, xz[..., E:], bc_f, bc_b, A, D.float().contiguous(),
+                              dt_bias.float().contiguous(), ctx.ck_interval)
         ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D, xd_f, xd_b, ck)
         return out
 
@@ -810,12 +793,7 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     y = bimamba_inner_xz_triton(t(2, 11, 2 * E).transpose(1, 2), w(), w())
         ...     assert y.shape == (2, E, 11)
     """
-    args = _stacked(check_rows(xz.transpose(1, 2)), fwd, bwd)  # xz as (B, L, 2E)
-    return _BiMambaInnerFn.apply(*args, _builds_graph(*args)).transpose(1, 2)
-
-
-def _stacked(xzl: Tensor, fwd, bwd) -> tuple:
-    """xzl and the two directions' weights stacked, as :class:`_BiMambaInnerFn` takes them."""
+    xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
     E = xzl.shape[-1] // 2
     conv_w = torch.stack([fwd.conv_weight.reshape(E, -1), bwd.conv_weight.reshape(E, -1)]).float()
     conv_b = None
@@ -823,40 +801,10 @@ def _stacked(xzl: Tensor, fwd, bwd) -> tuple:
         zero = torch.zeros(E, device=xzl.device, dtype=torch.float32)
         conv_b = torch.stack([fwd.conv_bias.float() if fwd.conv_bias is not None else zero,
                               bwd.conv_bias.float() if bwd.conv_bias is not None else zero])
-    return (xzl, conv_w, conv_b, torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]),
+    args = (xzl, conv_w, conv_b, torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]),
             torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]), torch.stack([fwd.dt_proj_bias, bwd.dt_proj_bias]),
             torch.stack([fwd.A_log, bwd.A_log]), torch.stack([fwd.D, bwd.D]))
-
-
-def fused_out_proj_applies(xzl: Tensor, fwd, bwd, out_weight: Tensor) -> bool:
-    """Whether :func:`bimamba_out_proj_triton` serves this layer call: inference (nothing that would need a
-    backward), 16-bit activations (fp32 keeps cuBLAS's exact GEMM rather than the tensor cores' TF32), the
-    default gate order and an output width the kernel takes."""
-    return (FUSED_OUT_PROJ and not FWD_GATE_IN_SCAN and xzl.dtype in (torch.float16, torch.bfloat16)
-            and supports_out_columns(out_weight.shape[0])
-            and not _builds_graph(xzl, out_weight, *fwd, *bwd))
-
-
-def bimamba_out_proj_triton(xzl: Tensor, fwd, bwd, out_weight: Tensor) -> Tensor:
-    """A whole layer after ``in_proj`` for inference: conv, projections, both scans, then
-    ``out_proj((y_f + y_b) * SiLU(z))`` with the gated sum fused into the projection
-    (:func:`vmm.ops.triton_out_proj.gated_out_proj`). ``xzl`` is in_proj's channel-last output (B, L, 2E);
-    returns (B, L, D), what ``out_proj(bimamba_inner_xz_triton(xzl.transpose(1, 2), fwd, bwd).transpose(1, 2))``
-    returns up to the GEMM's rounding. No autograd: check :func:`fused_out_proj_applies` first. Example
-    (needs a CUDA GPU)::
-
-        >>> if is_available():
-        ...     from vmm.ops.bimamba import DirectionWeights
-        ...     E, N, R = 64, 16, 4
-        ...     t = lambda *s: torch.randn(*s, device="cuda") * 0.5
-        ...     w = lambda: DirectionWeights(t(E, 1, 4), t(E), t(R + 2 * N, E), t(E, R), t(E), t(E, N), t(E))
-        ...     y = bimamba_out_proj_triton(t(2, 11, 2 * E).bfloat16(), w(), w(), t(32, E))
-        ...     assert y.shape == (2, 11, 32) and y.dtype == torch.bfloat16
-    """
-    xzl = check_rows(xzl)
-    args = _stacked(xzl, fwd, bwd)
-    y2, _, _, _ = _inner_fwd(*args, ck_interval=0, summed=False)
-    return gated_out_proj(y2, xzl[..., xzl.shape[-1] // 2:], out_weight.to(y2.dtype))
+    return _BiMambaInnerFn.apply(*args, _builds_graph(*args)).transpose(1, 2)
 
 
 def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:

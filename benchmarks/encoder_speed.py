@@ -380,17 +380,17 @@ def scan_section(args, res):
     del x, xg
     # x_proj + dt_proj of both directions at the encoder's shape (B=64), the rank padded for alignment or not.
     R = 36
-    xc = rnd(64, L, E).to(dt)
+    xc2 = rnd(2, 64, L, E).to(dt)  # both directions' conv outputs
     Wx, Wdt = rnd(2, R + 2 * N, E, scale=E ** -0.5).to(dt), rnd(2, E, R, scale=R ** -0.5).to(dt)
 
     def projections():
         wx, wdt = triton_bimamba._aligned_projections(Wx, Wdt)
-        return [triton_bimamba._projections(xc, wx[d], wdt[d]) for d in (0, 1)]
+        return triton_bimamba._projections(xc2, wx, wdt)
 
     with torch.no_grad():
         (align,) = sweep(out, "projections_ms", {"PROJ_ALIGN": "align"}, [(8,), (1,)], projections, prefix="B=64,")
     out["projections_sweep_fastest"] = {"align": align}
-    del xc
+    del xc2
     for k, v in out.items():
         log(f"  {k}: {v}")
     res["scan"] = {"shape": {"B": Bsz, "E": E, "L": L, "N": N, "dtype": "bf16"}, **out}

@@ -301,12 +301,16 @@ CONV_BWD_WARPS = 1
 CONV_BWD_ROW_TILES = 4  # row tiles per program of the conv backward, which sums its dw terms before the atomics
 
 
-def conv_fwd(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Both conv directions of x (B, L, E) (stride 1 over E): two new (B, L, E) tensors."""
+def conv_fwd(x: Tensor, w: Tensor, bias: Optional[Tensor], out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Both conv directions of x (B, L, E) (stride 1 over E): two new (B, L, E) tensors, or ``out[0]`` and
+    ``out[1]`` of a contiguous (2, B, L, E) ``out`` (one operand for both directions' x_proj)."""
     Bsz, L, E = x.shape
     K = w.shape[-1]
-    of = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
-    ob = torch.empty_like(of)
+    if out is None:
+        of = torch.empty((Bsz, L, E), device=x.device, dtype=x.dtype)
+        ob = torch.empty_like(of)
+    else:
+        of, ob = out[0], out[1]
     if CONV_WINDOWED and K <= 4:
         w4 = w if K == 4 else F.pad(w, (4 - K, 0))
         grid = (triton.cdiv(L, CONV_ROWS), triton.cdiv(E, CONV_ROWS_BLOCK_E), Bsz)

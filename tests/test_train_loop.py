@@ -198,11 +198,12 @@ def test_allowed_missing_media_are_replaced_and_counted(corpus, tmp_path, capsys
     assert "skipped corrupt sample" in err and "gone_3.mp4" in err and "gone_11.mp4" in err
 
 
-def ctrl_c_a_run(corpus: Path, out: Path, *extra: str, ready=lambda out: True) -> tuple[int, str]:
+def ctrl_c_a_run(corpus: Path, out: Path, *extra: str, ready=lambda out: True,
+                 sig: int = signal.SIGINT) -> tuple[int, str]:
     """Run ``python -m vmm.train`` with 2 decoding workers and press Ctrl-C once it trains and ``ready(out)``.
 
-    Like a terminal's Ctrl-C, SIGINT goes to the whole process group, workers included. Returns the exit status
-    and stderr; fails if the run has not started within 180 s or has not exited 20 s after the signal.
+    Like a terminal's Ctrl-C, SIGINT (or ``sig``) goes to the whole process group, workers included. Returns the
+    exit status and stderr; fails if the run has not started within 180 s or has not exited 20 s after the signal.
     """
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "vmm.train", "--config", TINY,
@@ -226,7 +227,7 @@ def ctrl_c_a_run(corpus: Path, out: Path, *extra: str, ready=lambda out: True) -
             assert proc.poll() is None, f"the run ended before the signal:\n{stderr_file.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "the run did not start training within 180 s"
             time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         status = proc.wait(timeout=20)
         for _ in range(100):  # the workers go with the main process, which reaps them
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -49,43 +50,49 @@ def _resume_hint(cfg) -> str:
     return "; resume with train.resume=auto"
 
 
+def _stop_line(cfg, signum: int) -> Optional[str]:
+    """The one line a stopped run prints, by process 0 only (every process of a run receives the signal)."""
+    if not _first_process():
+        return None
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return f"{what}{_resume_hint(cfg)}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command; returns the exit status (0 done or already finished, 2 bad input, 130 interrupted)."""
+    """Run the command; returns the exit status (0 done or already finished, 2 bad input).
+
+    Ctrl-C (SIGINT) or SIGTERM ends the process from within, with status 130 or 143 (see
+    :mod:`vmm.training.stop`); 130 is also returned where signals cannot be handled (not the main thread).
+    """
     args = build_parser().parse_args(argv)
     cfg = None
-    try:
-        from vmm.training.config import load_config
-        from vmm.training.loop import check_inputs, train
-        cfg = load_config(args.config, args.overrides)
-        inputs = check_inputs(cfg)
-        if args.check:
-            n = len(inputs.corpora)
-            print(f"ok: {args.config} with {n} {'corpus' if n == 1 else 'corpora'} "
-                  f"({sum(len(c) for c in inputs.corpora)} items)")
+    from vmm.training import stop
+    with stop.on_signals(lambda signum: _stop_line(cfg, signum)):
+        try:
+            from vmm.training.config import load_config
+            from vmm.training.loop import check_inputs, train
+            cfg = load_config(args.config, args.overrides)
+            inputs = check_inputs(cfg)
+            if args.check:
+                n = len(inputs.corpora)
+                print(f"ok: {args.config} with {n} {'corpus' if n == 1 else 'corpora'} "
+                      f"({sum(len(c) for c in inputs.corpora)} items)")
+                return 0
+            train(cfg, inputs)
+        except RunFinished as done:  # the same command again after the run ended (a retried job): nothing to do
+            if _first_process():
+                print(f"done: {done}")
             return 0
-        train(cfg, inputs)
-    except RunFinished as done:  # the same command again after the run ended (a retried job): nothing to do
-        if _first_process():
-            print(f"done: {done}")
-        return 0
-    except VmmError as err:
-        if _first_process():
-            print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if _first_process():
-            print(f"interrupted{_resume_hint(cfg)}", file=sys.stderr)
-        return 130
+        except VmmError as err:
+            if _first_process():
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if _first_process():
+                print(f"interrupted{_resume_hint(cfg)}", file=sys.stderr)
+            return 130
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == 130:
-        # A last guard: the workers ignore SIGINT now, but a worker stuck in a read could still hold the
-        # interpreter's shutdown forever; every file the run writes is complete on disk (checkpoints are renamed
-        # into place), so nothing is lost by skipping that wait.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    sys.exit(main())

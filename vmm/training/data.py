@@ -486,9 +486,15 @@ def _ignore_ctrl_c(worker_id: int) -> None:
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Deliver a Ctrl-C that arrives in the block when the block ends; a second one interrupts at once."""
+    """Deliver a Ctrl-C that arrives in the block when the block ends; a second one interrupts at once.
+
+    Under ``python -m vmm.train`` nothing is held: its Ctrl-C ends the process without unwinding (see
+    :mod:`vmm.training.stop`), so there is nothing to protect, and holding would wait for a stuck worker.
+    """
+    from vmm.training.stop import is_handler
     previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+    if (threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN
+            or is_handler(previous)):
         yield
         return
     held = []

@@ -208,10 +208,16 @@ def _flat_hparams(cfg: TrainConfig) -> dict:
     return out
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
+    # A run stopped by Ctrl-C or SIGTERM exits on the spot (vmm.training.stop): a file rewritten in place could be
+    # left empty or cut, so it is written beside and renamed over.
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------
@@ -393,12 +399,12 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
         if main and metrics_path.is_file():  # drop steps logged after the checkpoint by the interrupted run
             rows = [r for r in metrics_path.read_text().splitlines()
                     if r.strip() and json.loads(r).get("step", 0) <= state.global_step]
-            metrics_path.write_text("".join(r + "\n" for r in rows))
+            _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
     if clip_teacher is not None and inputs.clip_weights is None:
         accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")
     if main:
         import yaml
-        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=_flat_hparams(cfg))
 

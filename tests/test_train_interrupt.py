@@ -219,3 +219,37 @@ def test_sigterm_stops_a_run_like_ctrl_c(corpus, tmp_path):
                                   ready=lambda out: find_latest_checkpoint(out) is not None)
     assert status == 143, stderr[-3000:]
     assert "Traceback" not in stderr and stderr.splitlines()[-1] == "stopped by SIGTERM; resume with train.resume=auto"
+
+
+def test_a_stop_inside_a_folder_swap_waits_for_its_end(tmp_path):
+    """A signal that arrives while a complete checkpoint or final model replaces the old one ends the process
+    right after the swap, never between its two renames."""
+    marker = tmp_path / "swapped"
+    script = (f"import os, signal, sys\n"
+              f"from vmm.training import stop\n"
+              f"with stop.on_signals(lambda s: f'stopped by signal {{s}}'):\n"
+              f"    with stop.deferred():\n"
+              f"        os.kill(os.getpid(), signal.SIGTERM)\n"
+              f"        open({str(marker)!r}, 'w').write('done')\n"
+              f"    print('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (128 + signal.SIGTERM, "", "stopped by signal 15\n")
+    assert marker.read_text() == "done"
+
+
+def test_checkpoint_save_clears_what_an_interrupted_save_left(tmp_path):
+    """Hidden folders of saves a stop cut short are removed by the next save; saving a step again replaces it."""
+    from accelerate import Accelerator
+
+    from vmm.training.loop import TrainerState, save_checkpoint
+    root = tmp_path / "checkpoints"
+    for stale in (".tmp_step_00000003", ".old_step_00000002"):
+        (root / stale).mkdir(parents=True)
+        (root / stale / "model.bin").write_bytes(b"partial")
+    accelerator = Accelerator(cpu=True)
+    save_checkpoint(accelerator, tmp_path, TrainerState(global_step=5), keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000005"]
+    save_checkpoint(accelerator, tmp_path, TrainerState(global_step=5, samples=40), keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000005"]
+    assert json.loads((root / "step_00000005" / "trainer_state.json").read_text())["samples"] == 40

@@ -23,6 +23,7 @@ import torch
 
 from vmm.errors import RunFinished, VmmError
 from vmm.training.config import TrainConfig
+from vmm.training.stop import deferred
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -227,7 +228,9 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
     final = root / f"step_{state.global_step:08d}"
     tmp = root / f".tmp_step_{state.global_step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Every rank is here, so no save is under way: hidden folders are left over from saves a stop cut short.
+        for stale in [*root.glob(".tmp_step_*"), *root.glob(".old_step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     # Pickled tensors, not safetensors: the MLM decoder shares its weight with the word embeddings.
@@ -235,9 +238,12 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json_atomic(tmp / STATE_FILE, asdict(state))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        aside = root / f".old_step_{state.global_step:08d}"
+        with deferred():  # the same step saved again (a rerun from an earlier checkpoint): swap, never lose both
+            if final.exists():
+                os.replace(final, aside)
+            os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -254,9 +260,10 @@ def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) ->
     else:
         model.save_pretrained(tmp)
     shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
+    with deferred():  # a stop between the two renames would leave no final/ at all
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -4,7 +4,9 @@ Under :func:`on_signals`, the first SIGINT or SIGTERM that reaches a process end
 one line (the command's hint), the process kills its decoding workers and exits with status 128 + the signal.
 
 It does not unwind first, because there is nothing to finish: checkpoints and the final export are written to
-hidden folders and renamed when complete, and a metrics line reaches the file whole or not at all. Unwinding
+hidden folders and renamed when complete, and a metrics line reaches the file whole or not at all. The few steps
+that swap a complete folder for the one it replaces run under :func:`deferred`: a signal there ends the process
+right after them, so a stop never leaves the run without its newest complete checkpoint or final model. Unwinding
 only gave a run ways to hang or to print tracebacks: a KeyboardInterrupt had to wait for a DataLoader worker
 stuck in a read (for ever, on a dead mount), a process whose peer had already left waited in a gloo collective,
 the launcher gave up after 30 s and killed both without a word, and a second signal during the unwinding
@@ -29,6 +31,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _line: Optional[Callable[[int], Optional[str]]] = None  # the command's last words for a signal (None: say nothing)
 _owner = 0  # the process that installed the handlers; forked decoding workers inherit them
 _stopping = False
+_deferring = 0  # depth of deferred() blocks in the owning process
+_pending: Optional[int] = None  # a signal that arrived inside one
 
 
 def _stop(signum: int, frame) -> None:
@@ -37,6 +41,10 @@ def _stop(signum: int, frame) -> None:
         # A decoding worker between its fork and its own signal set-up: the process that owns it kills it.
         return
     if _stopping:  # a second signal while the first one's line is being written: the exit below follows
+        return
+    if _deferring:
+        global _pending
+        _pending = signum  # deferred() stops the process when its block ends
         return
     _stopping = True
     try:
@@ -85,6 +93,25 @@ def _kill_children() -> None:
                 pids.discard(pid)
         if pids:
             time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that a stop signal does not cut in two (a folder swap: remove or move the old one, rename the new
+    one): a SIGINT or SIGTERM arriving inside it stops the process as soon as the block ends. Outside
+    :func:`on_signals` (a library call of ``train()``), it does nothing.
+
+    >>> with deferred():
+    ...     pass
+    """
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None and os.getpid() == _owner:
+            _stop(_pending, None)
 
 
 def is_handler(handler) -> bool:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -253,3 +254,60 @@ def test_checkpoint_save_clears_what_an_interrupted_save_left(tmp_path):
     save_checkpoint(accelerator, tmp_path, TrainerState(global_step=5, samples=40), keep_last=2)
     assert sorted(p.name for p in root.iterdir()) == ["step_00000005"]
     assert json.loads((root / "step_00000005" / "trainer_state.json").read_text())["samples"] == 40
+
+
+def run_under_on_signals(body: str, sig: int, wait: float) -> tuple[int, str, str, float]:
+    """Run ``body`` (which prints "ready" once it is where the signal should land) inside ``stop.on_signals`` in
+    a subprocess, send it ``sig``, and return its status, stdout, stderr and the seconds it took to exit."""
+    script = ("import os, signal, sys, time\n"
+              "from vmm.training import stop\n"
+              "with stop.on_signals(lambda s: f'stopped by signal {s}'):\n"
+              + textwrap.indent(textwrap.dedent(body), "    "))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"))
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        start = time.monotonic()
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {wait:g} s after the signal") from None
+        return proc.returncode, proc.stdout.read(), proc.stderr.read(), time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_stop_reaches_a_main_thread_waiting_in_c_code():
+    """Python runs a handler only when the main thread is back in Python; a process of a GPU run waiting in
+    .item() for an NCCL collective whose peer had stopped never was (2 H100s: it outlived its peer until killed,
+    without the line). A C call that waits with the signal retried inside stands in for it here: a TCPStore get
+    of a key that never comes."""
+    status, out, err, took = run_under_on_signals("""
+        import datetime
+        from torch.distributed import TCPStore
+        store = TCPStore("127.0.0.1", 0, 1, True, timeout=datetime.timedelta(seconds=120))
+        print("ready")
+        store.get("never")
+    """, signal.SIGTERM, wait=20)
+    assert (status, err) == (128 + signal.SIGTERM, "stopped by signal 15\n"), err
+    assert took < 10
+
+
+def test_a_forked_childs_signal_does_not_stop_its_parent():
+    """A forked child (a decoding worker) inherits the wakeup fd that tells the watcher thread of a signal; a
+    signal only the child receives must not stop the parent."""
+    status, out, err, took = run_under_on_signals("""
+        pid = os.fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # before its own set-up a worker ignores it: its parent decides
+            time.sleep(0.2)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(stop.GRACE_S + 1)
+        print("ready")
+        time.sleep(60)
+    """, signal.SIGINT, wait=20)
+    assert (status, out, err) == (128 + signal.SIGINT, "", "stopped by signal 2\n"), err

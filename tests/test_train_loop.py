@@ -92,6 +92,17 @@ def test_resume_mid_epoch_reproduces_the_next_losses(uninterrupted, corpus, tmp_
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
 
 
+def test_resume_drops_a_metrics_line_cut_by_a_crash(uninterrupted, corpus, tmp_path):
+    """A run killed in the middle of writing a metrics line (a full disk, a SIGKILL) left half of it; resuming
+    stopped with a JSONDecodeError traceback. The cut line is of a step after the checkpoint: it is dropped."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run, ignore=shutil.ignore_patterns("step_00000007", "final"))
+    rows = (run / "metrics.jsonl").read_text().splitlines()[:6]
+    (run / "metrics.jsonl").write_text("".join(r + "\n" for r in rows) + rows[0][:25])
+    train(tiny_cfg(corpus, run, "schedule.max_steps=7", "train.keep_last=5", "train.resume=auto"))
+    assert [r["step"] for r in metrics(run)] == list(range(1, 8))
+
+
 def test_resume_mid_epoch_with_another_batch_size_is_refused(uninterrupted, corpus, tmp_path):
     from vmm.errors import VmmError
     with pytest.raises(VmmError, match="stopped mid-epoch with 4 samples per micro-batch, this run has 2"):

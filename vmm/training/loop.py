@@ -217,6 +217,15 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _metrics_step(row: str) -> Optional[int]:
+    """The step of a metrics.jsonl line; None for a blank one or the cut last line of a run killed while writing
+    it (a full disk, a SIGKILL): the checkpoint of that step was never written, so the resume drops it."""
+    try:
+        return int(json.loads(row).get("step", 0))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     _write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
@@ -405,7 +414,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
             accelerator.print(f"{inputs.resume_dir} is the run's last step: writing its final model without training")
         if main and metrics_path.is_file():  # drop steps logged after the checkpoint by the interrupted run
             rows = [r for r in metrics_path.read_text().splitlines()
-                    if r.strip() and json.loads(r).get("step", 0) <= state.global_step]
+                    if (step := _metrics_step(r)) is not None and step <= state.global_step]
             _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
     if clip_teacher is not None and inputs.clip_weights is None:
         accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")

@@ -111,18 +111,16 @@ class _Parsed(Exception):
     """Raised in place of the synthetic corpus writer: its parser lives inside main(), so main stops there."""
 
 
-def _parse_error(parse, argv) -> str | None:
-    """argparse's one-line complaint about ``argv``, or None when it parses."""
+def _parse(parse, argv):
+    """(what ``parse(argv)`` returns, None), or (None, argparse's one-line complaint about ``argv``)."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            parse(list(argv))
+            return parse(list(argv)), None
     except _Parsed:
-        return None
+        return None, None
     except SystemExit as e:
-        if e.code:
-            return err.getvalue().strip().splitlines()[-1]
-    return None
+        return None, (err.getvalue().strip().splitlines()[-1] if e.code else "exits while parsing (status 0)")
 
 
 def _without_placeholders(argv) -> list[str]:
@@ -144,11 +142,9 @@ def _repo_files(pattern: str) -> list[Path]:
 def _check_vmm(argv) -> str | None:
     import vmm
     from vmm.cli import build_parser
-    argv = _without_placeholders(argv)
-    error = _parse_error(build_parser().parse_args, argv)
+    args, error = _parse(build_parser().parse_args, _without_placeholders(argv))
     if error:
         return error
-    args = build_parser().parse_args(argv)
     if not hasattr(args, "_run"):
         return "no subcommand"
     model = getattr(args, "model", None)
@@ -162,11 +158,9 @@ def _check_train(argv) -> str | None:
     from vmm.errors import VmmError
     from vmm.train import build_parser
     from vmm.training.config import load_config
-    argv = _without_placeholders(argv)
-    error = _parse_error(build_parser().parse_args, argv)
+    args, error = _parse(build_parser().parse_args, _without_placeholders(argv))
     if error:
         return error
-    args = build_parser().parse_args(argv)
     recipes = _repo_files(args.config)
     if not recipes:
         return f"--config {args.config}: no such file in the repository"
@@ -185,12 +179,12 @@ def _check_synthetic(argv, monkeypatch) -> str | None:
         raise _Parsed
 
     monkeypatch.setattr(synthetic, "generate_corpus", parsed)
-    return _parse_error(synthetic.main, _without_placeholders(argv))
+    return _parse(synthetic.main, _without_placeholders(argv))[1]
 
 
 def _check_launcher(options) -> str | None:
     from accelerate.commands.launch import launch_command_parser
-    error = _parse_error(launch_command_parser().parse_args, [*options, "-m", "vmm.cli"])
+    error = _parse(launch_command_parser().parse_args, [*options, "-m", "vmm.cli"])[1]
     if error:
         return f"accelerate launch: {error}"
     for option, value in zip(options, options[1:]):
@@ -314,9 +308,9 @@ def test_offline_commands_run_as_written(tmp_path):
     for command in COMMANDS:
         if command.module != "vmm.cli":
             continue
-        if _parse_error(build_parser().parse_args, command.argv):
+        args, error = _parse(build_parser().parse_args, command.argv)
+        if error:
             continue  # test_documented_command_parses names it; the count of commands run below drops
-        args = build_parser().parse_args(list(command.argv))
         if not _runs_offline(args):
             continue
         done = subprocess.run(["bash", "-c", command.text], cwd=work, env=env, capture_output=True, text=True,

@@ -247,16 +247,23 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json_atomic(tmp / STATE_FILE, asdict(state))
-        aside = root / f".old_step_{state.global_step:08d}"
-        with deferred():  # the same step saved again (a rerun from an earlier checkpoint): swap, never lose both
-            if final.exists():
-                os.replace(final, aside)
-            os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
+        # The same step saved again (a rerun from an earlier checkpoint) replaces its folder.
+        _swap_in(tmp, final, root / f".old_step_{state.global_step:08d}")
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _swap_in(new: Path, target: Path, aside: Path) -> None:
+    """Put the complete folder ``new`` in ``target``'s place: the old one is moved to ``aside`` and deleted after
+    the rename, and a stop signal cannot fall between the two renames (which would leave neither)."""
+    shutil.rmtree(aside, ignore_errors=True)
+    with deferred():
+        if target.exists():
+            os.replace(target, aside)
+        os.replace(new, target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) -> Path:
@@ -268,12 +275,7 @@ def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) ->
         save_trainable(model, tmp, frozen)
     else:
         model.save_pretrained(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    with deferred():  # a stop between the two renames would leave no final/ at all
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(tmp, final, old)
     return final
 
 

@@ -87,9 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if _first_process():
                 print(f"error: {err}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            if _first_process():
-                print(f"interrupted{_resume_hint(cfg)}", file=sys.stderr)
+        except KeyboardInterrupt:  # where the handlers could not be installed (not the main thread)
+            line = _stop_line(cfg, signal.SIGINT)
+            if line:
+                print(line, file=sys.stderr)
             return 130
     return 0
 

@@ -840,6 +840,8 @@ def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) 
     An existing file may only be replaced if an earlier evaluation wrote it: never the annotation
     file, a listed video or anything else the user did not get from us.
     """
+    if all(value is None for value in outputs.values()):
+        return  # nothing to check, so the annotations are read once, by the evaluation
     listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True,
                                     missing_hint=MISSING_HINT)
     inputs = {os.path.realpath(config.annotations): "the --annotations file"}

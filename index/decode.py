@@ -50,7 +50,8 @@ class VideoInfo:
     first frame to the end of the last (the longer of its packet's duration and the gap
     before it). ``width`` and ``height`` are as displayed: a phone video stored
     sideways with ``rotation=90`` or ``270`` has them swapped, and its frames come out
-    upright.
+    upright. ``mirrored``: the display matrix also flips the picture (left to right, after
+    the rotation), and the frames come out flipped as players show them.
     """
 
     fps: float
@@ -61,6 +62,7 @@ class VideoInfo:
     codec: str
     backend: str  # "decord" or "pyav": the library that decodes (and counted) the frames
     rotation: int = 0  # degrees counter-clockwise that turn a stored frame upright (the display matrix)
+    mirrored: bool = False  # then flipped left to right (a mirror in the display matrix)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class _Header:
     codec: str
     declared_duration: float | None  # what the container says the video stream lasts
     rotation: int  # degrees counter-clockwise, a multiple of 90
+    mirrored: bool  # flipped left to right after the rotation
 
 
 def _parse_hms(text: str) -> float | None:
@@ -284,23 +287,55 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
         if width * height > max_pixels:  # refused before a frame is decoded
             raise DecodeFailure(f"resolution {width}x{height} is above max_pixels={max_pixels:,}; "
                                 "pass a larger max_pixels to index it")
-        return _Header(width, height, context.name or "?", declared, _display_rotation(container, stream))
+        return _Header(width, height, context.name or "?", declared, *_display_orientation(container, stream))
 
 
-def _display_rotation(container, stream) -> int:
-    """The rotation of the display matrix (phones store portrait video sideways and set it), from the first frame.
-
-    PyAV exposes the matrix only on decoded frames. An undecodable first frame is left to
-    the readers to report.
-    """
+def _display_orientation(container, stream) -> tuple[int, bool]:
+    """(rotation, mirrored) of the display matrix (phones store portrait video sideways and set it), from the
+    first frame: PyAV exposes the matrix only on decoded frames. An undecodable first frame is left to the
+    readers to report."""
     import av
 
     try:
         for frame in container.decode(stream):
-            return round(frame.rotation / 90) % 4 * 90
+            for side_data in frame.side_data:
+                if side_data.type.name == "DISPLAYMATRIX" and len(bytes(side_data)) == 36:
+                    return _orientation_from_display_matrix(np.frombuffer(bytes(side_data), "<i4").tolist())
+            return round(frame.rotation / 90) % 4 * 90, False
     except av.error.FFmpegError:
         pass
-    return 0
+    return 0, False
+
+
+def _orientation_from_display_matrix(matrix: list[int]) -> tuple[int, bool]:
+    """How FFmpeg's command line shows a frame stored with this display matrix (9 integers, FFmpeg's
+    ``AV_PKT_DATA_DISPLAYMATRIX``): turned ``rotation`` degrees counter-clockwise, then flipped left to right when
+    ``mirrored``. The cases are those of ``ffmpeg``'s autorotate (transpose, hflip, vflip); other angles are
+    rounded to the nearest quarter turn.
+
+    >>> one = 1 << 16
+    >>> _orientation_from_display_matrix([0, -one, 0, one, 0, 0, 0, 0, 1 << 30])  # a phone held upright
+    (90, False)
+    >>> _orientation_from_display_matrix([-one, 0, 0, 0, one, 0, 0, 0, 1 << 30])  # a mirror (selfie camera)
+    (0, True)
+    >>> _orientation_from_display_matrix([one, 0, 0, 0, -one, 0, 0, 0, 1 << 30])  # upside down, mirrored
+    (180, True)
+    """
+    a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+    scale_a, scale_b = math.hypot(a, c), math.hypot(b, d)
+    if not scale_a or not scale_b:
+        return 0, False
+    clockwise = round(math.degrees(math.atan2(b / scale_b, a / scale_a)))
+    clockwise -= 360 * math.floor(clockwise / 360 + 0.9 / 360)
+    if abs(clockwise - 90) < 1:
+        return 270, c > 0  # transpose: clockwise, or counter-clockwise and upside down
+    if abs(clockwise - 180) < 1:
+        return (180, False) if d < 0 else (0, True)  # hflip, and vflip too when d < 0
+    if abs(clockwise - 270) < 1:
+        return 90, c < 0
+    if abs(clockwise) < 1:
+        return (180, True) if d < 0 else (0, False)  # vflip = half a turn, then a mirror
+    return round(-clockwise / 90) % 4 * 90, False
 
 
 def _count_packets(container, stream) -> tuple[int, np.ndarray | None, float | None]:
@@ -336,17 +371,22 @@ def _demux_times(path: str) -> tuple[int, np.ndarray | None, float | None]:
         return 0, None, None
 
 
-def upright_rgb(frame, rotation: int) -> np.ndarray:
-    """A decoded PyAV frame as an (H, W, 3) uint8 array, turned ``rotation`` degrees counter-clockwise (the
-    display matrix's angle, as in :attr:`VideoInfo.rotation`): a phone stores portrait video sideways.
+def upright_rgb(frame, rotation: int, mirrored: bool = False) -> np.ndarray:
+    """A decoded PyAV frame as an (H, W, 3) uint8 array, turned ``rotation`` degrees counter-clockwise and then
+    flipped left to right when ``mirrored`` (the display matrix, as in :attr:`VideoInfo.rotation` and
+    :attr:`VideoInfo.mirrored`): a phone stores portrait video sideways.
 
     >>> import av
     >>> stored = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")  # 64 wide, 48 high
-    >>> upright_rgb(stored, 90).shape, upright_rgb(stored, 0).shape
-    ((64, 48, 3), (48, 64, 3))
+    >>> upright_rgb(stored, 90).shape, upright_rgb(stored, 0).shape, upright_rgb(stored, 270, True).shape
+    ((64, 48, 3), (48, 64, 3), (64, 48, 3))
     """
     array = frame.to_ndarray(format="rgb24")
-    return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation else array
+    if rotation:
+        array = np.rot90(array, rotation // 90)
+    if mirrored:
+        array = array[:, ::-1]
+    return np.ascontiguousarray(array) if rotation or mirrored else array
 
 
 def import_decord():
@@ -411,12 +451,12 @@ class _PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, threads: int, rotation: int = 0):
+    def __init__(self, path: str, threads: int, rotation: int = 0, mirrored: bool = False):
         import av
 
         self._path = path
         self._threads = threads
-        self._rotation = rotation
+        self._orientation = (rotation, mirrored)
         try:
             with av.open(path, metadata_errors="ignore") as container:
                 stream = container.streams.best("video")
@@ -443,7 +483,7 @@ class _PyAVReader:
             try:
                 for last_frame in container.decode(stream):
                     if position in needed:
-                        kept[position] = upright_rgb(last_frame, self._rotation)
+                        kept[position] = upright_rgb(last_frame, *self._orientation)
                     position += 1
                     while pending and max(pending[0].frames) < position:
                         span = pending.pop(0)
@@ -461,7 +501,7 @@ class _PyAVReader:
         if last_frame is None or position < 0.9 * self.num_frames:
             raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
                                 "the file is truncated or corrupt")
-        final = upright_rgb(last_frame, self._rotation)
+        final = upright_rgb(last_frame, *self._orientation)
         for span in pending:
             yield np.stack([kept.get(i, final) for i in span.frames])
 
@@ -488,7 +528,7 @@ def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
                             "re-encode it")
     width, height = (header.height, header.width) if header.rotation in (90, 270) else (header.width, header.height)
     return VideoInfo(reader.fps, reader.num_frames, readable, width, height, header.codec, reader.name,
-                     header.rotation), times
+                     header.rotation, header.mirrored), times
 
 
 def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Clip]:
@@ -514,12 +554,15 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
         raise DecodeFailure("empty file (0 bytes)")
     header = _read_header(path, options.max_pixels)
     backends = ["decord", "pyav"] if options.backend == "auto" else [options.backend]
-    if header.rotation:
+    if header.rotation or header.mirrored:
         # decord fails on 90/270 degrees in MP4 and MOV, turns 180 itself there and ignores the rotation in
         # Matroska: only PyAV's frames can be turned upright the same way for every container.
         if backends == ["decord"]:
-            raise DecodeFailure(f"the video is stored rotated by {header.rotation} degrees and decord cannot turn "
-                                "its frames upright; use the 'auto' or 'pyav' decoder")
+            stored = " and ".join(([f"rotated by {header.rotation} degrees"] if header.rotation else [])
+                                  + (["mirrored"] if header.mirrored else []))
+            fix = "flip its frames as players do" if header.mirrored else "turn its frames upright"
+            raise DecodeFailure(f"the video is stored {stored} and decord cannot {fix}; use the 'auto' or 'pyav' "
+                                "decoder")
         backends = ["pyav"]
     failure: DecodeFailure | None = None
     for name in backends:
@@ -528,7 +571,7 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
             if name == "decord":
                 reader = _DecordReader(path, options.threads)
             else:
-                reader = _PyAVReader(path, options.threads, header.rotation)
+                reader = _PyAVReader(path, options.threads, header.rotation, header.mirrored)
             info, times = _info_from(reader, header)
             spans = plan_clips(info, options, times)
             yield DecodeStart(info, spans)

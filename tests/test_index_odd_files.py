@@ -83,6 +83,36 @@ def test_rotation_is_honoured_in_every_container(tmp_path, rotation, name):
     assert np.abs(clips[0].frames[0].astype(int) - np.rot90(videos.marker_frame(), rotation // 90)).mean() < 4
 
 
+@pytest.mark.parametrize("rotation, hflip, vflip, name", [
+    (0, True, False, "selfie.mp4"), (0, False, True, "upside_down.mov"), (90, True, False, "r90m.mkv"),
+    (-90, False, True, "r270v.mp4"), (180, True, True, "r180hv.mov"), (270, True, False, "r270m.mp4")])
+def test_mirrored_display_matrix_is_shown_as_players_show_it(tmp_path, rotation, hflip, vflip, name):
+    # PyAV writes the matrix as the rotation, then the mirrors; it used to come back as a rotation alone (a
+    # left-right mirror as half a turn, an upside-down one as no turn at all), so such videos were indexed upside
+    # down or mirrored.
+    path = videos.write_rotated(str(tmp_path / name), rotation, hflip=hflip, vflip=vflip)
+    shown = np.rot90(videos.marker_frame(), rotation // 90)
+    shown = shown[::-1] if vflip else shown
+    shown = shown[:, ::-1] if hflip else shown
+    info, clips = decode_video(path)
+    assert (info.width, info.height) == (shown.shape[1], shown.shape[0])
+    assert info.mirrored == (hflip != vflip)
+    assert info.backend == ("pyav" if info.rotation or info.mirrored else "decord")  # half a turn twice: none
+    assert np.abs(clips[0].frames.astype(int) - shown).mean() < 4
+    (view,) = decode_clips(path, 4)  # vmm classify's reader
+    assert np.abs(view.astype(int) - shown).mean() < 4
+
+
+def test_decord_refuses_a_mirrored_video(tmp_path):
+    path = videos.write_rotated(str(tmp_path / "selfie.mp4"), 0, hflip=True)
+    with pytest.raises(VmmError, match=r"selfie.mp4: the video is stored mirrored and decord cannot flip its frames "
+                                       r"as players do; use the 'auto' or 'pyav' decoder"):
+        decode_video(path, backend="decord")
+    path = videos.write_rotated(str(tmp_path / "both.mov"), 90, hflip=True)
+    with pytest.raises(VmmError, match=r"stored rotated by 90 degrees and mirrored and decord cannot flip"):
+        probe_video(path, backend="decord")
+
+
 def test_rotated_video_is_indexed_and_found_upright(tmp_path, capsys):
     vids, lib = tmp_path / "vids", str(tmp_path / "lib")
     vids.mkdir()

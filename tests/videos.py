@@ -144,15 +144,17 @@ def marker_frame(width: int = 64, height: int = 48) -> np.ndarray:
     return frame
 
 
-def write_rotated(path: str, rotation: int, n: int = 10, *, width: int = 64, height: int = 48) -> str:
+def write_rotated(path: str, rotation: int, n: int = 10, *, width: int = 64, height: int = 48,
+                  hflip: bool = False, vflip: bool = False) -> str:
     """A phone video: ``marker_frame`` stored as is, with a display matrix that turns it ``rotation`` degrees
     counter-clockwise to show it (FFmpeg's and PyAV's ``VideoFrame.rotation`` convention; a phone held upright
-    writes -90, ``rotate=90`` in older tools). MP4, MOV and MKV keep the matrix."""
+    writes -90, ``rotate=90`` in older tools), then mirrors it left to right (``hflip``) and upside down
+    (``vflip``). MP4, MOV and MKV keep the matrix."""
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast"}
-        stream.set_display_rotation(rotation)
+        stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
         frame = av.VideoFrame.from_ndarray(marker_frame(width, height), format="rgb24")
         for _ in range(n):
             for packet in stream.encode(frame):

@@ -120,8 +120,9 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     return torch.stack(views)
 
 
-def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
-    # rotation is always 0 here: probing with decord refuses a rotated file (it reads them sideways)
+def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation: int = 0,
+                 mirrored: bool = False) -> dict[int, np.ndarray]:
+    # rotation is always 0 and mirrored False here: probing with decord refuses such files (it reads them as stored)
     from index.decode import import_decord
 
     decord = import_decord()
@@ -134,7 +135,8 @@ def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation:
     return dict(zip(indices, batch))
 
 
-def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: int = 0) -> dict[int, np.ndarray]:
+def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: int = 0,
+               mirrored: bool = False) -> dict[int, np.ndarray]:
     import av
 
     from index.decode import upright_rgb
@@ -144,7 +146,7 @@ def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: i
         with av.open(path, metadata_errors="ignore") as container:
             for last in container.decode(container.streams.best("video")):
                 if position in wanted:
-                    found[position] = upright_rgb(last, rotation)
+                    found[position] = upright_rgb(last, rotation, mirrored)
                 position += 1
                 if position > indices[-1]:
                     break
@@ -156,7 +158,7 @@ def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: i
     if missing and (last is None or position < 0.9 * num_video_frames):
         raise VmmError(f"{path}: only {position} of {num_video_frames} frames could be decoded; "
                        "the file is truncated or corrupt")
-    final = upright_rgb(last, rotation) if missing else None
+    final = upright_rgb(last, rotation, mirrored) if missing else None
     return {i: found.get(i, final) for i in indices}
 
 
@@ -183,7 +185,7 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
             info = probe_video(path, backend=name)
             clips = [sample_clip_indices(info.num_frames, num_frames, c, num_clips) for c in range(num_clips)]
             frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info.num_frames,
-                                          info.rotation)
+                                          info.rotation, info.mirrored)
         except VmmError as e:
             error = e
             continue

@@ -71,6 +71,19 @@ def test_corrupt_sample_is_replaced_and_counted(corpus, tmp_path):
                         max_retries=2)[(0, 0, 0)]
 
 
+def test_a_missing_decord_is_named_at_start_up(corpus, monkeypatch):
+    """Without decord every sample failed to decode, and the run stopped on "21 corrupt samples in a row"."""
+    from types import SimpleNamespace
+
+    from vmm.training.data import load_corpora
+    source = SimpleNamespace(anno=str(corpus / "train.json"), root=str(corpus), weight=1.0, name=None)
+    assert load_corpora([source])[0].kind == "video"
+    monkeypatch.setitem(sys.modules, "decord", None)  # import decord -> ImportError
+    with pytest.raises(VmmError, match=r"^data.train\[0\] holds videos, which training decodes with decord, but "
+                                       r"it cannot be imported \(.*\); install it \(pip install decord\)$"):
+        load_corpora([source])
+
+
 def _write_shard(path: Path, members: dict[str, bytes]) -> None:
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():

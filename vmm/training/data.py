@@ -270,6 +270,13 @@ def load_corpora(sources: Sequence, max_missing: float = 0.0) -> list[Corpus]:
             if getattr(src, "group_key", None) is not None:
                 raise VmmError(f"{where}.group_key works with annotation lists ('anno'), not tar shards")
             corpora.append(load_tar_corpus(src.shards, src.weight, src.name, where))
+    videos = [i for i, corpus in enumerate(corpora) if corpus.kind == "video"]
+    if videos:
+        try:
+            import decord  # noqa: F401
+        except ImportError as e:  # else every sample fails and the run stops on "corrupt samples in a row"
+            raise VmmError(f"data.train[{videos[0]}] holds videos, which training decodes with decord, but it cannot "
+                           f"be imported ({e}); install it (pip install decord)") from None
     return corpora
 
 

@@ -23,7 +23,9 @@ import pytest
 
 from tests.test_train_loop import REPO, TINY, ctrl_c_a_run, metrics
 
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# the launcher beside this Python (a virtual environment), else the one on PATH (a system Python)
+_BESIDE = Path(sys.executable).with_name("accelerate")
+ACCELERATE = str(_BESIDE) if _BESIDE.is_file() else shutil.which("accelerate") or "accelerate"
 TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                  "--dynamo_backend", "no"]
 
@@ -120,10 +122,11 @@ def launch(corpus: Path, out: Path, *extra: str) -> list[str]:
             "data.batch_size=2", "train.progress=False", "loss.uta=0", *extra]
 
 
-def signal_a_launched_run(corpus: Path, out: Path, sig: int, ready, *extra: str) -> tuple[int, str]:
+def signal_a_launched_run(corpus: Path, out: Path, sig: int, ready, *extra: str) -> tuple[int, str, list[str]]:
     """Launch 2 processes, and once a checkpoint exists and ``ready(out)``, send ``sig`` to the launcher's group
-    (a terminal's Ctrl-C; a job scheduler's SIGTERM). Returns the launcher's status and stderr; fails if the run
-    has not exited 25 s after the signal (the launcher itself gives up after 30 s and kills its processes)."""
+    (a terminal's Ctrl-C; a job scheduler's SIGTERM). Returns the launcher's status, stderr and stdout lines; fails
+    if the run has not exited 25 s after the signal (the launcher itself gives up after 30 s and kills its
+    processes)."""
     from vmm.training.loop import find_latest_checkpoint
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     stderr_file = out.with_name(out.name + ".stderr")
@@ -156,7 +159,7 @@ def signal_a_launched_run(corpus: Path, out: Path, sig: int, ready, *extra: str)
         for pid in processes_of(out):
             os.kill(pid, signal.SIGKILL)
         reader.join(timeout=5)
-    return status, stderr_file.read_text()
+    return status, stderr_file.read_text(), lines
 
 
 def assert_only_the_launchers_traceback(stderr: str) -> None:
@@ -175,7 +178,7 @@ def test_ctrl_c_stops_two_processes_at_once_with_a_decoder_stuck_in_a_read(corpu
     from vmm.training.loop import find_latest_checkpoint
     out, stuck = tmp_path / "run", StuckMount(corpus)
     try:
-        status, stderr = signal_a_launched_run(corpus, out, signal.SIGINT, stuck.once_checkpointed())
+        status, stderr, _ = signal_a_launched_run(corpus, out, signal.SIGINT, stuck.once_checkpointed())
     finally:
         stuck.restore()
     assert status == 1, stderr[-3000:]  # accelerate's, whatever its processes return (see docs/training.md)
@@ -196,9 +199,31 @@ def test_ctrl_c_stops_two_processes_at_once_with_a_decoder_stuck_in_a_read(corpu
 @pytest.mark.slow
 def test_sigterm_stops_two_processes_with_one_line(corpus, tmp_path):
     """A job scheduler's SIGTERM killed every process without a word; now it is stopped like a Ctrl-C."""
-    status, stderr = signal_a_launched_run(corpus, tmp_path / "run", signal.SIGTERM, lambda out: True)
+    status, stderr, _ = signal_a_launched_run(corpus, tmp_path / "run", signal.SIGTERM, lambda out: True)
     assert status == 1, stderr[-3000:]
     assert stderr.count("stopped by SIGTERM; resume with train.resume=auto\n") == 1, stderr[-3000:]
+    assert_only_the_launchers_traceback(stderr)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, line", [(signal.SIGINT, "interrupted; resume with train.resume=auto\n"),
+                                       (signal.SIGTERM, "stopped by SIGTERM; resume with train.resume=auto\n")])
+def test_a_stop_ends_two_gpu_processes_when_one_waits_on_nccl(corpus, tmp_path, sig, line):
+    """On GPUs the processes talk over NCCL: with one decoder stuck, its peer waits in C code (``.item()`` on an
+    all-reduce that never completes), where Python runs no signal handler. On two H200s it outlived its peer by
+    40 s without its line until the watcher thread of vmm/training/stop.py; now both end at once."""
+    import torch
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    out, stuck = tmp_path / "run", StuckMount(corpus)
+    try:
+        status, stderr, stdout = signal_a_launched_run(corpus, out, sig, stuck.once_checkpointed())
+    finally:
+        stuck.restore()
+    assert any(" on 2 process(es), device cuda:" in text for text in stdout), stdout  # GPUs, so NCCL
+    assert status == 1, stderr[-3000:]
+    assert stderr.count(line) == 1, stderr[-3000:]
     assert_only_the_launchers_traceback(stderr)
 
 

@@ -272,6 +272,15 @@ class Catalog:
             rows = sorted(set(rows), key=lambda r: r[1])
         return [FileRecord(*row) for row in rows]
 
+    def paths_of_size(self, sizes) -> list[str]:
+        """Paths of the files whose recorded size is one of ``sizes``, in path order."""
+        sizes, paths = sorted(set(sizes)), []
+        for i in range(0, len(sizes), 500):  # SQLite limits the parameters of one statement
+            chunk = sizes[i:i + 500]
+            paths += [row[0] for row in self._conn.execute(
+                f"SELECT path FROM files WHERE size IN ({', '.join('?' * len(chunk))})", chunk)]
+        return sorted(paths)
+
     def file_by_path(self, path: str) -> FileRecord | None:
         row = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
         return None if row is None else FileRecord(*row)

@@ -53,6 +53,7 @@ class Discovery:
     candidates: list[Candidate] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     rejected: set[str] = field(default_factory=set)  # files read and found not to be videos
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, the kept path of the same file)
 
 
 def sniff_container(head: bytes) -> str | None:
@@ -159,11 +160,13 @@ def _open_regular(path: str):
         raise
 
 
-def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
+def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = frozenset()) -> Discovery:
     """Walk ``paths`` (files or folders, recursively) and return video candidates.
 
     Raises :class:`vmm.errors.VmmError` for a path that does not exist. Folders
-    listed in ``exclude`` (for example the library itself) are not entered.
+    listed in ``exclude`` (for example the library itself) are not entered. A file
+    reached by several paths is returned once, under the one in ``prefer`` (the
+    library's) if any, else the one without a symbolic link in it.
     """
     from vmm.errors import VmmError
 
@@ -193,7 +196,7 @@ def discover(paths: list[str], *, exclude: list[str] = ()) -> Discovery:
             for name in sorted(files):
                 if not name.startswith("."):
                     _add(found, result, os.path.join(folder, name), explicit=False)
-    result.candidates = _one_path_per_file(found)
+    result.candidates, result.duplicates = _one_path_per_file(found, prefer)
     return result
 
 
@@ -213,22 +216,28 @@ def _folder_ids(folders) -> set[tuple[int, int]]:
     return ids
 
 
-def _one_path_per_file(found: dict[str, Candidate]) -> list[Candidate]:
-    """Candidates in path order, each file once: a folder given beside a symbolic link to it (or a hard link)
-    reaches one file by two paths, and indexing both would return every match of it twice. A path without
-    symbolic links in it is kept over one through a link."""
-    seen: set[tuple[int, int]] = set()
-    kept = []
-    for path in sorted(found, key=lambda p: (os.path.realpath(p) != p, p)):
+def _one_path_per_file(found: dict[str, Candidate],
+                       prefer: set[str]) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Candidates in path order, each file once, and the (path, kept path) pairs left out.
+
+    A folder given beside a symbolic link to it (or a hard link) reaches one file by two paths, and indexing both
+    would return every match of it twice. The path the library already has is kept, so a new link never moves a
+    file; among new paths, one without symbolic links in it."""
+    kept: dict[tuple[int, int], str] = {}
+    candidates, duplicates = [], []
+    for path in sorted(found, key=lambda p: (p not in prefer, os.path.realpath(p) != p, p)):
         try:
             st = os.stat(path)
         except OSError:
-            kept.append(found[path])  # fingerprinting reports it
+            candidates.append(found[path])  # fingerprinting reports it
             continue
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            kept.append(found[path])
-    return sorted(kept, key=lambda c: c.path)
+        identity = (st.st_dev, st.st_ino)
+        if identity in kept:
+            duplicates.append((path, kept[identity]))
+        else:
+            kept[identity] = path
+            candidates.append(found[path])
+    return sorted(candidates, key=lambda c: c.path), sorted(duplicates)
 
 
 def _printable(path: str) -> str:

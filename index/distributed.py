@@ -566,7 +566,8 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
         try:
             request = _check_request(paths, library, encoder, window=window, stride=stride, max_seconds=max_seconds,
                                      batch_size=settings.batch_size, workers=settings.workers,
-                                     timeout=settings.timeout, factory=factory)
+                                     timeout=settings.timeout, factory=factory, max_pixels=max_pixels,
+                                     commit_seconds=settings.commit_seconds, flat_max=flat_max, on_open=on_open)
             if os.path.exists(os.path.join(run_dir, "plan.json")):
                 raise VmmError(f"run id {run_id} was already used in {library}; give every launch a new run id")
             writer = LibraryWriter.open(library, request.wanted, explicit=request.explicit)

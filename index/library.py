@@ -32,8 +32,10 @@ from __future__ import annotations
 import fcntl
 import glob
 import json
+import numbers
 import os
 import re
+import reprlib
 import sqlite3
 import stat
 import time
@@ -45,7 +47,7 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
-from index.discover import Candidate, check_root, discover, fingerprint_file
+from index.discover import Candidate, Discovery, check_root, discover, fingerprint_file
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, resolve_factory
@@ -73,6 +75,7 @@ class IngestSummary:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of this run's failures
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # folders/files that could not be listed
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path the same file is indexed under)
 
     @property
     def clips_per_second(self) -> float:
@@ -85,6 +88,9 @@ class IngestSummary:
                 f"{self.failed} failed, {self.removed} removed")
         if self.moved:
             text += f", {self.moved} moved"
+        if self.duplicates:
+            n = len(self.duplicates)
+            text += f", {n} duplicate path{'s' if n != 1 else ''} skipped (same file as another path)"
         if self.unreadable:
             text += f", {len(self.unreadable)} unreadable (kept as they were)"
         text += f" in {self.seconds:.1f} s"
@@ -183,10 +189,33 @@ def refuse_foreign_folder(library: str) -> None:
     if os.path.exists(os.path.join(library, CATALOG_FILE)):
         return
     foreign = _foreign_files(library)
+    if foreign and all(_is_leftover(library, name) for name in foreign):
+        # The catalog was deleted (or not copied along): the rest would make a new catalog's generations name
+        # vectors of the lost one, so it must go first, and that is the user's call (they may restore the catalog).
+        raise VmmError(f"{library} holds a vmm library whose {CATALOG_FILE} is missing, and its other files are no "
+                       f"use without it; nothing was written there: put {CATALOG_FILE} back, or delete "
+                       f"{', '.join(foreign)} from {library} and run again to build the library anew")
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise VmmError(f"{library} is not empty and holds no vmm library (no {CATALOG_FILE}; it holds {shown}); "
                        "nothing was written there: choose an empty or new folder for the library (--library)")
+
+
+def _is_leftover(library: str, name: str) -> bool:
+    """A file only a library writes (the FAISS cache, its state, vmm index's model.json), checked by content."""
+    path = os.path.join(library, name)
+    if re.fullmatch(r"vectors\.g\d{12}\.[0-9a-f]{8}\.faiss(\.tmp\.\d+)?", name):
+        return os.path.isfile(path) and not os.path.islink(path)
+    if name == STATE_FILE:
+        return not os.path.islink(path) and read_state(library) is not None
+    if name == "model.json":  # retrieval.library.MODEL_FILE
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return not os.path.islink(path) and isinstance(data, dict) and set(data) == {"model", "checkpoint", "frames"}
+    return False
 
 
 def _no_library(library: str) -> VmmError:
@@ -428,6 +457,7 @@ class _Plan:
     remove: list[FileRecord] = field(default_factory=list)
     rename: list[tuple[int, str, int, int]] = field(default_factory=list)
     touch: list[tuple[int, int, int]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
     skipped_failed: int = 0
 
@@ -439,12 +469,15 @@ def _safe_fingerprint(path: str) -> str:
         return ""
 
 
-def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_failed: bool,
-          rejected: set[str] = frozenset()) -> _Plan:
-    plan = _Plan()
-    known = {row.path: row for row in catalog.files(under=roots)}
+def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_failed: bool) -> _Plan:
+    """Compare disk (``found``) with the catalog (``known``: its rows under the run's paths)."""
+    plan = _Plan(duplicates=list(found.duplicates))
+    known = {row.path: row for row in known}
+    # Discovery keeps the library's path of a file reached twice, so a path it left out whose row is in the
+    # library is a second row of one file (made before files were told apart by identity): it goes.
+    plan.remove = [known.pop(path) for path, _ in found.duplicates if path in known]
     fresh: list[Candidate] = []
-    for candidate in found:
+    for candidate in found.candidates:
         row = known.pop(candidate.path, None)
         if row is None:
             fresh.append(candidate)
@@ -464,12 +497,16 @@ def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_fail
     # Only a file that is really gone loses its clips (a fresh file with its content is a move): one that still
     # exists (unreadable, or under a folder that could not be listed) keeps them until it can be looked at again.
     listable: dict[str, bool] = {}
-    known = {path: row for path, row in known.items() if path in rejected or _gone(path, listable)}
+    known = {path: row for path, row in known.items() if path in found.rejected or _gone(path, listable)}
     missing_by_size: dict[int, list[FileRecord]] = defaultdict(list)
     for row in known.values():
         if row.status == "ok":
             missing_by_size[row.size].append(row)
+    indexed_as = _indexed_elsewhere(catalog, fresh)
     for candidate in fresh:
+        if candidate.path in indexed_as:
+            plan.duplicates.append((candidate.path, indexed_as[candidate.path]))
+            continue
         rows = missing_by_size.get(candidate.size)
         if rows and candidate.problem is None:
             fingerprint = _safe_fingerprint(candidate.path)
@@ -480,8 +517,33 @@ def _plan(catalog: Catalog, found: list[Candidate], roots: list[str], retry_fail
                 plan.rename.append((match.id, candidate.path, candidate.size, candidate.mtime_ns))
                 continue
         _schedule(plan, candidate)
-    plan.remove = sorted(known.values(), key=lambda row: row.path)
+    plan.remove = sorted(plan.remove + list(known.values()), key=lambda row: row.path)
+    plan.duplicates.sort()
     return plan
+
+
+def _indexed_elsewhere(catalog: Catalog, fresh: list[Candidate]) -> dict[str, str]:
+    """New paths whose file the library already holds under another path that still reaches it: a hard link made
+    since, or a file indexed through a symbolic link (or a link to its folder) and now reached directly, or the
+    other way round. The library may hold that path outside this run's paths, so the whole catalog is asked; only
+    rows of the same size can be the same file, so only those are looked at on disk."""
+    if not fresh:
+        return {}
+    by_identity: dict[tuple[int, int], str] = {}
+    for path in catalog.paths_of_size({c.size for c in fresh}):
+        identity = _identity(path)
+        if identity is not None:
+            by_identity.setdefault(identity, path)
+    return {c.path: by_identity[identity] for c in fresh
+            if (identity := _identity(c.path)) is not None and identity in by_identity}
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _gone(path: str, listable: dict[str, bool]) -> bool:
@@ -694,7 +756,8 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     """
     started = time.monotonic()
     request = _check_request(paths, library_dir, encoder, window=window, stride=stride, max_seconds=max_seconds,
-                             batch_size=batch_size, workers=workers, timeout=timeout, factory=factory)
+                             batch_size=batch_size, workers=workers, timeout=timeout, factory=factory,
+                             max_pixels=max_pixels, commit_seconds=commit_seconds, flat_max=flat_max, on_open=on_open)
     library = request.library
     with LibraryWriter.open(library, request.wanted, explicit=request.explicit) as writer:
         if on_open is not None:
@@ -720,16 +783,21 @@ class _Request:
 
 
 def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, batch_size, workers,
-                   timeout, factory=None) -> _Request:
+                   timeout, factory=None, max_pixels=DEFAULT_MAX_PIXELS, commit_seconds=2.0, flat_max=AUTO_FLAT_MAX,
+                   on_open=None) -> _Request:
     """Validate build_library's arguments (raising VmmError) before anything is written."""
     _check_encoder(encoder)
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = _path_args(paths, "index")
     if not paths:
         raise VmmError("no paths to index; pass video files or folders")
-    roots = [os.path.abspath(os.fspath(p)) for p in paths]
+    roots = [os.path.abspath(p) for p in paths]
     for given, root in zip(paths, roots):
         check_root(given, root)
+    optional = {"workers": workers, "window": window, "stride": stride, "max_seconds": max_seconds}
+    _check_numbers(batch_size=batch_size, timeout=timeout, max_pixels=max_pixels, commit_seconds=commit_seconds,
+                   flat_max=flat_max, **{name: value for name, value in optional.items() if value is not None})
+    if on_open is not None and not callable(on_open):
+        raise VmmError(f"on_open must be a function of the library folder or None, got {reprlib.repr(on_open)}")
     if batch_size < 1:
         raise VmmError(f"batch_size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
@@ -748,6 +816,43 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
     return _Request(roots, os.path.abspath(os.fspath(library_dir)), wanted, explicit)
+
+
+def _path_args(paths, action: str) -> list[str]:
+    """``paths`` (one path or a list) as a list of str paths; VmmError for anything else."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
+    try:
+        paths = list(paths)
+    except TypeError:
+        paths = [paths]  # None or a number: named below
+    given = []
+    for path in paths:
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if isinstance(path, bytes):
+            raise VmmError(f"paths must be str, not bytes: got {reprlib.repr(path)}; decode it with os.fsdecode")
+        if not isinstance(path, str):
+            raise VmmError(f"paths must be file or folder paths (str or os.PathLike), got {reprlib.repr(path)}; "
+                           f"pass the videos to {action}")
+        if not path:
+            # abspath("") is the working folder: removing "" would empty the library of everything below it.
+            raise VmmError(f"paths holds an empty path (''); pass the files or folders to {action}")
+        if "\0" in path:
+            raise VmmError(f"paths holds {reprlib.repr(path)}, with a NUL character no file name can hold; fix the path")
+        given.append(path)
+    return given
+
+
+_WHOLE_NUMBERS = ("batch_size", "workers", "max_pixels", "flat_max")
+
+
+def _check_numbers(**values) -> None:
+    """A string or None where a number belongs is named here, not left to fail inside a comparison later."""
+    for name, value in values.items():
+        whole = name in _WHOLE_NUMBERS
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+            raise VmmError(f"{name} must be {'a whole number' if whole else 'a number of seconds'}, got "
+                           f"{reprlib.repr(value)}; fix the option")
 
 
 def _check_encoder(encoder) -> None:
@@ -814,10 +919,11 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     else:
         _factory_setting(writer)  # the stored one, which an older version may have accepted
 
-    found = discover(roots, exclude=[writer.library])
+    known = catalog.files(under=roots)
+    found = discover(roots, exclude=[writer.library], prefer={row.path for row in known})
     summary.unreadable = found.unreadable
-    plan = _plan(catalog, found.candidates, roots, retry_failed, found.rejected)
-    summary.unchanged, summary.skipped_failed = plan.unchanged, plan.skipped_failed
+    plan = _plan(catalog, found, known, retry_failed)
+    summary.unchanged, summary.skipped_failed, summary.duplicates = plan.unchanged, plan.skipped_failed, plan.duplicates
     summary.removed, summary.moved = len(plan.remove), len(plan.rename)
     summary.failed = len(plan.problems)
     summary.failures = [(r.path, r.error) for r in plan.problems]
@@ -840,14 +946,15 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
     >>> remove_paths(folder + "/lib", [folder + "/old-videos"])
     0
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = _path_args(paths, "remove")
+    # A file is stored under the path it was indexed by: the link's path when reached only through a symbolic
+    # link, its real path otherwise. So a path matches under both of its spellings.
+    spellings = [sorted({os.path.abspath(p), os.path.realpath(p)}) for p in paths]
     with LibraryWriter.open(library_dir) as writer:
         _factory_setting(writer)
-        roots = [os.path.abspath(os.fspath(p)) for p in paths]
-        rows = writer.catalog.files(under=roots)
+        rows = writer.catalog.files(under=[root for roots in spellings for root in roots])
         if not_found is not None:
-            not_found.extend(given for given, root in zip(paths, roots) if not writer.catalog.files(under=[root]))
+            not_found.extend(given for given, roots in zip(paths, spellings) if not writer.catalog.files(under=roots))
         if rows:
             writer.catalog.commit(remove=[row.id for row in rows])
         _sync(writer, flat_max)

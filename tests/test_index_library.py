@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import videos
-from index.catalog import Catalog
+from index.catalog import Catalog, FileResult
 from index.decode import decode_video
 from index.encoder import ColorHistogramEncoder
 from index.library import LibraryWriter, build_library, read_state, remove_paths, sync_index
@@ -396,4 +396,81 @@ def test_index_types_and_rebuilds(tmp_path):
     with open_library(library) as reader:
         assert len(reader) == 12 and reader.search_vectors(query(videos.BLUE), k=1)[0][0].score > 0.99
     sync_index(library)
+    assert_index_matches_catalog(library)
+
+
+# -- one file, one row, also across runs -----------------------------------------------------------------
+def red_hit_paths(library: str) -> list[str]:
+    with open_library(library) as reader:
+        (hits,) = reader.search_vectors(query(videos.RED), k=10)
+    return [hit.path for hit in hits]
+
+
+@pytest.mark.parametrize("case", ["hard link made later", "link to the file, then its folder",
+                                  "link to the folder, then its parent", "link to the folder, then the real one"])
+def test_a_file_reached_by_a_new_path_in_a_later_run_is_not_indexed_again(tmp_path, case):
+    """docs/index.md: a file reached by two paths is indexed once, so no match comes back twice. Before, that held
+    only within one run: the second run below added the file again under its other path."""
+    d = tmp_path / "d"
+    (d / "real").mkdir(parents=True)
+    real = d / "real" / "a.mp4"
+    videos.write_solid(str(real), videos.RED, seconds=1)
+    if case == "hard link made later":
+        first, later, kept, duplicate = d, d, real, d / "b.mp4"
+    elif case == "link to the file, then its folder":
+        (d / "alias.mp4").symlink_to(real)
+        first, later, kept, duplicate = d / "alias.mp4", d, d / "alias.mp4", real
+    else:
+        (d / "linkdir").symlink_to(d / "real")
+        first, kept, duplicate = d / "linkdir", d / "linkdir" / "a.mp4", real
+        later = d if case.endswith("its parent") else d / "real"  # the real folder: the row is outside the run
+    library = str(tmp_path / "lib")
+    assert build_library([str(first)], library, ENCODER, workers=0, progress=False).indexed == 1
+    if case == "hard link made later":
+        os.link(real, duplicate)
+    for _ in range(2):  # and a run after that finds the same
+        summary = build_library([str(later)], library, ENCODER, workers=0, progress=False)
+        assert red_hit_paths(library) == [str(kept)]
+        assert (summary.indexed, summary.removed, summary.duplicates) == (0, 0, [(str(duplicate), str(kept))])
+        assert ", 1 duplicate path skipped (same file as another path)" in summary.line()
+    assert_index_matches_catalog(library)
+
+
+def test_a_file_changed_behind_a_new_hard_link_is_embedded_again_under_its_path(tmp_path):
+    """Before, the new link was indexed and the library's own path, left out as its duplicate, kept the old
+    vectors: the file came back twice, once with its old content."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    path, link = tmp_path / "d" / "sub" / "a.mp4", tmp_path / "d" / "b.mp4"
+    videos.write_solid(str(path), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    build_library([str(tmp_path / "d")], library, ENCODER, workers=0, progress=False)
+    os.link(path, link)
+    videos.write_solid(str(link), videos.BLUE, seconds=2)  # rewritten in place: both names see it
+    assert os.path.samefile(path, link)
+    summary = build_library([str(tmp_path / "d")], library, ENCODER, workers=0, progress=False)
+    with open_library(library) as reader:
+        (hits,) = reader.search_vectors(query(videos.BLUE), k=10)
+    assert [(hit.path, hit.end) for hit in hits] == [(str(path), 2.0)] and hits[0].score > 0.99
+    assert (summary.indexed, summary.duplicates) == (1, [(str(link), str(path))])
+
+
+def test_a_library_holding_one_file_twice_keeps_one_row_after_the_next_run(tmp_path):
+    """A library from before files were told apart by identity may hold a file under two paths; a run over both
+    keeps the one it would have chosen (the path without a symbolic link) and drops the other's clips."""
+    (tmp_path / "d" / "real").mkdir(parents=True)
+    real = videos.write_solid(str(tmp_path / "d" / "real" / "a.mp4"), videos.RED, seconds=1)
+    (tmp_path / "d" / "linkdir").symlink_to(tmp_path / "d" / "real")
+    library = str(tmp_path / "lib")
+    build_library([real], library, ENCODER, workers=0, progress=False)
+    catalog = Catalog.open(f"{library}/catalog.sqlite")
+    row, = catalog.files()
+    (vectors,) = [v for _, v in catalog.iter_vectors()]
+    alias = str(tmp_path / "d" / "linkdir" / "a.mp4")
+    catalog.commit([FileResult(alias, row.size, row.mtime_ns, row.fingerprint, "ok", spans=[(0.0, 1.0)],
+                               vectors=vectors)])
+    catalog.close()
+    assert sorted(red_hit_paths(library)) == sorted([real, alias])
+    summary = build_library([str(tmp_path / "d")], library, ENCODER, workers=0, progress=False)
+    assert red_hit_paths(library) == [real]
+    assert (summary.unchanged, summary.removed, summary.duplicates) == (1, 1, [(alias, real)])
     assert_index_matches_catalog(library)

@@ -340,3 +340,100 @@ def test_a_temporary_file_vanishing_during_the_folder_check_is_not_foreign(tmp_p
     finally:
         stop.set()
         thread.join()
+
+
+# -- paths and options of the wrong kind ------------------------------------------------------------
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, monkeypatch):
+    """abspath('') is the working folder: remove_paths(lib, ['']) emptied the library of every file below it."""
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids)
+    build_library([str(vids)], lib, ColorHistogramEncoder(), workers=0, progress=False)
+    monkeypatch.chdir(vids)
+    for paths in ("", [""], [str(vids / "red.mp4"), ""]):
+        with pytest.raises(VmmError, match=r"^paths holds an empty path \(''\); pass the files or folders to remove$"):
+            remove_paths(lib, paths)
+    with pytest.raises(VmmError, match=r"^paths holds an empty path"):
+        VideoLibrary(lib, ColorHistogramEncoder(), None).remove("")
+    with pytest.raises(VmmError, match=r"^paths holds an empty path \(''\); pass the files or folders to index$"):
+        build_library([""], lib, ColorHistogramEncoder(), workers=0, progress=False)
+    assert indexed_paths(lib) == [str(vids / "green.mp4"), str(vids / "red.mp4")]
+
+
+def test_removing_through_a_symbolic_link_removes_the_files_it_reaches(tmp_path):
+    """Files reached without a link are stored under their real paths; removing by the link's path found none."""
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red", "green", "blue"))
+    (tmp_path / "link").symlink_to(vids)
+    (tmp_path / "red-link.mp4").symlink_to(vids / "red.mp4")
+    build_library([str(vids)], lib, ColorHistogramEncoder(), workers=0, progress=False)
+    not_found = []
+    assert remove_paths(lib, [str(tmp_path / "red-link.mp4")], not_found=not_found) == 1
+    assert remove_paths(lib, [str(tmp_path / "link" / "green.mp4")], not_found=not_found) == 1
+    assert not_found == [] and indexed_paths(lib) == [str(vids / "blue.mp4")]
+    assert remove_paths(lib, str(tmp_path / "link")) == 1
+    assert indexed_paths(lib) == []
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("paths", [3], "paths must be file or folder paths (str or os.PathLike), got 3; pass the videos to index"),
+    ("paths", None, "paths must be file or folder paths (str or os.PathLike), got None; pass the videos to index"),
+    ("paths", [b"/videos"], "paths must be str, not bytes: got b'/videos'; decode it with os.fsdecode"),
+    ("paths", ["a\0b"], "paths holds 'a\\x00b', with a NUL character no file name can hold; fix the path"),
+    ("batch_size", "2", "batch_size must be a whole number, got '2'; fix the option"),
+    ("batch_size", 2.5, "batch_size must be a whole number, got 2.5; fix the option"),
+    ("workers", "1", "workers must be a whole number, got '1'; fix the option"),
+    ("timeout", "5", "timeout must be a number of seconds, got '5'; fix the option"),
+    ("window", "abc", "window must be a number of seconds, got 'abc'; fix the option"),
+    ("max_seconds", "30", "max_seconds must be a number of seconds, got '30'; fix the option"),
+    ("max_pixels", "8k", "max_pixels must be a whole number, got '8k'; fix the option"),
+    ("commit_seconds", "2", "commit_seconds must be a number of seconds, got '2'; fix the option"),
+    ("on_open", "model.json", "on_open must be a function of the library folder or None, got 'model.json'"),
+])
+def test_arguments_of_the_wrong_kind_are_named_before_anything_is_written(tmp_path, option, value, message):
+    vids, lib = tmp_path / "vids", tmp_path / "lib"
+    make_videos(vids, ("red",))
+    options = {"paths": [str(vids)], "workers": 0, "progress": False, option: value}
+    paths = options.pop("paths")
+    with pytest.raises(VmmError) as error:
+        build_library(paths, str(lib), ColorHistogramEncoder(), **options)
+    assert str(error.value) == message
+    assert not lib.exists()
+
+
+@pytest.mark.parametrize("paths, message", [
+    (None, "got None; pass the videos to remove"), (3, "got 3; pass the videos to remove"),
+    ([3], "got 3; pass the videos to remove"), ([b"/videos"], "not bytes: got b'/videos'"),
+])
+def test_remove_paths_of_the_wrong_kind_are_named(tmp_path, paths, message):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red",))
+    build_library([str(vids)], lib, ColorHistogramEncoder(), workers=0, progress=False)
+    with pytest.raises(VmmError, match=f"^paths must be .*{message}"):
+        remove_paths(lib, paths)
+    assert indexed_paths(lib) == [str(vids / "red.mp4")]
+
+
+def test_a_library_whose_catalog_was_deleted_names_the_files_to_delete(tmp_path, capsys):
+    """It was called a foreign folder ('choose an empty or new folder'), though every file in it was the library's
+    own and deleting the leftovers was the fix."""
+    vids, lib = tmp_path / "vids", tmp_path / "lib"
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 0
+    (lib / "catalog.sqlite").unlink()
+    before = {p.name: p.read_bytes() for p in lib.iterdir()}
+    leftovers = sorted(set(before) - {"lock", "manifest.json"})
+    assert [name for name in leftovers if not name.startswith("vectors.g")] == ["index-state.json", "model.json"]
+    capsys.readouterr()
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 2
+    err = capsys.readouterr().err
+    assert "holds a vmm library whose catalog.sqlite is missing" in err
+    assert f"put catalog.sqlite back, or delete {', '.join(leftovers)} from {lib} and run again" in err
+    assert {p.name: p.read_bytes() for p in lib.iterdir()} == before  # nothing was written
+    (lib / "notes.txt").write_text("mine")  # a user's file beside them: not a library folder to touch
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 2
+    assert "is not empty and holds no vmm library" in capsys.readouterr().err
+    (lib / "notes.txt").unlink()
+    for name in leftovers:  # the fix the message gives
+        (lib / name).unlink()
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 0
+    assert indexed_paths(str(lib)) == [str(vids / "red.mp4")]

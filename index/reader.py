@@ -55,6 +55,20 @@ class ClipFilter:
     min_duration: float | None = None
     max_duration: float | None = None
 
+    def __post_init__(self):
+        # Checked here, not at search time: a wrong type failed deep inside fnmatch or a comparison.
+        globs = [self.path_glob] if isinstance(self.path_glob, str) else self.path_glob
+        if globs is not None and not (isinstance(globs, (list, tuple)) and all(isinstance(g, str) for g in globs)):
+            raise VmmError(f"where path_glob must be a glob string or a list of them, got {self.path_glob!r}")
+        for name in ("min_duration", "max_duration"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if value is not None and not (number and value >= 0):  # NaN fails >= 0
+                raise VmmError(f"where {name} must be a number of seconds >= 0, got {value!r}")
+        if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
+            raise VmmError(f"where min_duration {self.min_duration} is above max_duration {self.max_duration}; "
+                           "no video can match")
+
     def accepts(self, record: FileRecord) -> bool:
         if self.path_glob is not None:
             globs = [self.path_glob] if isinstance(self.path_glob, str) else list(self.path_glob)
@@ -66,6 +80,21 @@ class ClipFilter:
         if self.max_duration is not None and duration > self.max_duration:
             return False
         return True
+
+
+def as_clip_filter(where):
+    """``where`` of a search as a :class:`ClipFilter` (a dict of its fields makes one), a function of a
+    :class:`FileRecord`, or None."""
+    if isinstance(where, dict):
+        unknown = set(where) - {"path_glob", "min_duration", "max_duration"}
+        if unknown:
+            raise VmmError(f"where has unknown keys {sorted(map(str, unknown))}; use path_glob, min_duration, "
+                           "max_duration")
+        return ClipFilter(**where)
+    if where is None or isinstance(where, ClipFilter) or callable(where):
+        return where
+    raise VmmError(f"where must be a Where (or ClipFilter), a dict of path_glob/min_duration/max_duration or a "
+                   f"function of the file record, got {type(where).__name__}")
 
 
 class LibraryReader:
@@ -83,6 +112,7 @@ class LibraryReader:
         self._base_generation = base_generation
         self._excluded = excluded
         self._delta = delta
+        self._closed = False
 
     def __len__(self) -> int:
         """Number of clips in the snapshot."""
@@ -105,18 +135,21 @@ class LibraryReader:
         """The ``k`` best clips per query vector, best first; one list per row of ``queries``.
 
         ``queries`` is (Q, dim) or (dim,) float32, L2-normalised like the library's
-        vectors (scores are cosines). ``where`` is a :class:`ClipFilter` or a
-        function of a :class:`FileRecord`; it selects clips before ranking, so k hits
-        come back whenever k clips match.
+        vectors (scores are cosines); a torch tensor is taken too. ``where`` is a
+        :class:`ClipFilter`, a dict of its fields or a function of a :class:`FileRecord`;
+        it selects clips before ranking, so k hits come back whenever k clips match.
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None]
-        if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
-            raise VmmError(f"query vectors have shape {queries.shape} but library {self.library} holds "
-                           f"dim-{self.manifest.dim} vectors of model {self.manifest.model_name}; embed the "
-                           "queries with that model")
-        if k < 1 or not len(self._clip_ids):
+        base, delta = self._base, self._delta  # read before the check: close() marks the reader closed first
+        if self._closed:
+            raise VmmError(f"this reader of library {self.library} is closed; open the library again with "
+                           "open_library")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise VmmError(f"k must be a whole number >= 1, got {k!r}")
+        queries = self._as_queries(queries)
+        where = as_clip_filter(where)
+        # No more hits than clips can exist; a larger k only allocated (Q, k) result arrays, up to all memory.
+        k = min(int(k), len(self._clip_ids))
+        if not k:
             return [[] for _ in queries]
         options = SearchOptions(nprobe=nprobe, ef_search=ef_search)
         allowed_base = allowed_delta = None
@@ -129,14 +162,31 @@ class LibraryReader:
             allowed_base = self._clip_ids[mask & in_base]
             allowed_delta = self._clip_ids[mask & ~in_base]
         parts = []
-        if self._base is not None and (allowed_base is None or len(allowed_base)):
-            parts.append(self._base.search(queries, k, allowed=allowed_base, excluded=self._excluded, options=options))
-        if self._delta is not None and (allowed_delta is None or len(allowed_delta)):
-            parts.append(self._delta.search(queries, k, allowed=allowed_delta))
+        if base is not None and (allowed_base is None or len(allowed_base)):
+            parts.append(base.search(queries, k, allowed=allowed_base, excluded=self._excluded, options=options))
+        if delta is not None and (allowed_delta is None or len(allowed_delta)):
+            parts.append(delta.search(queries, k, allowed=allowed_delta))
         if not parts:
             return [[] for _ in queries]
         scores, ids = merge_results(parts, k) if len(parts) > 1 else parts[0]
         return [self._hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, ids)]
+
+    def _as_queries(self, queries) -> np.ndarray:
+        if hasattr(queries, "detach"):  # a torch tensor: one that needs grad, is on a GPU or is bf16 has no numpy view
+            queries = queries.detach().float().cpu().numpy()
+        fix = f"embed the queries with model {self.manifest.model_name} (dim {self.manifest.dim})"
+        try:
+            queries = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise VmmError(f"queries must be float vectors, got {type(queries).__name__}; {fix}") from None
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
+            raise VmmError(f"query vectors have shape {queries.shape} but library {self.library} holds "
+                           f"dim-{self.manifest.dim} vectors; {fix}")
+        if not np.isfinite(queries).all():  # FAISS ranks NaN below everything: the search returned nothing
+            raise VmmError(f"query vectors hold NaN or infinite values; {fix}, and check its output")
+        return queries
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         hits = []
@@ -153,6 +203,7 @@ class LibraryReader:
         return hits
 
     def close(self) -> None:
+        self._closed = True
         self._base = self._delta = None
 
     def __enter__(self) -> "LibraryReader":
@@ -166,7 +217,11 @@ def _check_model(library: str, manifest: LibraryManifest, model) -> None:
     if model is None:
         return
     mine = (manifest.model_name, manifest.weights_hash, manifest.dim)
-    theirs = (str(model.name), str(model.weights_hash), int(model.dim))
+    try:
+        theirs = (str(model.name), str(model.weights_hash), int(model.dim))
+    except (AttributeError, TypeError, ValueError):
+        raise VmmError(f"model must be the encoder that library {library} was built with (an object with name, "
+                       f"weights_hash and dim), got {type(model).__name__}; or pass model=None") from None
     if mine != theirs:
         raise VmmError(f"library {library} was built with model {mine[0]} (weights {mine[1]}, dim {mine[2]}) but "
                        f"this model is {theirs[0]} (weights {theirs[1]}, dim {theirs[2]}); search it with the "
@@ -193,7 +248,13 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
     """
     if device not in ("auto", "cpu", "gpu"):
         raise VmmError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if not isinstance(library_dir, (str, os.PathLike)) or not isinstance(os.fspath(library_dir), str):
+        raise VmmError(f"library_dir must be the library folder as a str or pathlib.Path, got "
+                       f"{type(library_dir).__name__}" + ("; decode it with os.fsdecode" if isinstance(
+                           library_dir, bytes) else ""))
     library = os.path.abspath(os.fspath(library_dir))
+    if os.path.isfile(library):
+        raise VmmError(f"{library} is a file, not a library folder; pass the folder the library was built in")
     catalog = _open_catalog(library, read_only=True)
     try:
         reader = _snapshot(library, catalog, mmap)

@@ -78,35 +78,51 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     return VideoTextEncoder(net, device=device, batch_size=batch_size)
 
 
-def merge_moments(hits: Sequence[Any], gap: float = 0.0) -> list[dict]:
-    """Temporal NMS: hits of one video whose windows overlap (or touch within ``gap`` s), directly or through a
-    chain of overlapping hits, become one moment spanning them all, scored by its best hit.
+def merge_moments(hits: Sequence[Any], gap: float = 0.0, *, partial: bool = False) -> list[dict]:
+    """Temporal NMS over a ranking. Walking the hits best first, a window that overlaps (or touches within
+    ``gap`` s) a still-open moment of its video joins it (one that bridges two of them joins them); the moments
+    of a video stay open until a window of another video starts a moment, and a window overlapping a closed
+    moment is dropped. So a moment spans its video's overlapping windows ranked above the next video's best
+    window: its extent depends on the ranking only, never on how many results are asked for.
 
-    Returns dicts with path, start, end, score and clip_ids (best hit first), best moment first.
+    ``partial``: ``hits`` are only the top of a longer ranking, so the moments still open at their end (which
+    lower windows could grow) are left out. Returns dicts with path, start, end, score and clip_ids (best hit
+    first), best moment first.
 
     >>> from types import SimpleNamespace as H
     >>> [(m["start"], m["end"]) for m in merge_moments([H(path="a", start=0, end=10, score=.9, clip_id=1),
     ...     H(path="a", start=5, end=15, score=.8, clip_id=2), H(path="a", start=30, end=40, score=.7, clip_id=3)])]
     [(0, 15), (30, 40)]
     """
-    by_path: dict[str, list] = {}
-    for h in hits:
-        by_path.setdefault(h.path, []).append(h)
+    def touches(m, h) -> bool:
+        return h.start <= m["end"] + gap and m["start"] <= h.end + gap
+
     moments: list[dict] = []
-    for path, group in by_path.items():
-        group.sort(key=lambda h: (h.start, h.end))
-        current: list = []
-        end = -math.inf
-        for h in group + [None]:
-            if h is None or (current and h.start > end + gap):
-                best = sorted(current, key=lambda x: -x.score)
-                moments.append({"path": path, "start": min(x.start for x in current), "end": end,
-                                "score": float(best[0].score), "clip_ids": [x.clip_id for x in best]})
-                current, end = [], -math.inf
-            if h is not None:
-                current.append(h)
-                end = max(end, h.end)
-    moments.sort(key=lambda m: -m["score"])
+    closed: dict[str, list] = {}
+    current: list[dict] = []  # the open moments, all of one video
+    ranked = sorted(hits, key=lambda h: -h.score)  # stable: equal scores keep the caller's order
+    for i, h in enumerate(ranked):
+        if any(touches(m, h) for m in closed.get(h.path, ())):
+            continue
+        joined = [m for m in current if m["path"] == h.path and touches(m, h)]
+        if not joined and current and current[0]["path"] != h.path:
+            moments += current
+            closed.setdefault(current[0]["path"], []).extend(current)
+            current = []
+        if not joined:
+            current.append({"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "ranks": []})
+            joined = current[-1:]
+        first = joined[0]  # the earliest opened, so the best
+        first["start"] = min([h.start] + [m["start"] for m in joined])
+        first["end"] = max([h.end] + [m["end"] for m in joined])
+        for m in joined[1:]:
+            first["ranks"] += m["ranks"]
+            current.remove(m)
+        first["ranks"].append(i)
+    if not partial:
+        moments += current
+    for m in moments:
+        m["clip_ids"] = [ranked[i].clip_id for i in sorted(m.pop("ranks"))]
     return moments
 
 
@@ -114,7 +130,8 @@ class VideoLibrary:
     """A searchable video library (a folder made by ``vmm index`` / :meth:`VideoLibrary.create`).
 
     Thread-safe for concurrent searches: each search reads the snapshot taken at :meth:`open` (or at the
-    last :meth:`refresh`), and model calls are serialised.
+    last :meth:`refresh`) from start to end, even when another thread refreshes, adds or removes meanwhile,
+    and model calls are serialised.
     """
 
     def __init__(self, path: str, encoder, reader):
@@ -122,6 +139,7 @@ class VideoLibrary:
         self.encoder = encoder
         self._reader = reader
         self._model_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._model_source: Optional[tuple] = None
 
     # -- opening ------------------------------------------------------------------------------------
@@ -129,7 +147,9 @@ class VideoLibrary:
     def create(cls, path: Union[str, Path], model: Optional[str] = None, checkpoint: Optional[str] = None,
                device: Optional[str] = None, frames: Optional[int] = None) -> "VideoLibrary":
         """A new (or existing) library folder bound to a model; add videos with :meth:`add`."""
-        path = os.path.abspath(os.fspath(path))
+        path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
+        if frames is not None and not _is_int(frames):
+            raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
         lib = cls(path, encoder=load_encoder(model, checkpoint, device, frames), reader=None)
         lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
         return lib
@@ -138,7 +158,9 @@ class VideoLibrary:
     def open(cls, path: Union[str, Path], model: Optional[str] = None, checkpoint: Optional[str] = None,
              device: Optional[str] = None) -> "VideoLibrary":
         """Open an existing library with the model it was built with (or the one given, which must match)."""
-        path = os.path.abspath(os.fspath(path))
+        path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
+        if os.path.isfile(path):
+            raise VmmError(f"{path} is a file, not a library folder; pass the folder the library was built in")
         if not os.path.isdir(path):
             raise VmmError(f"library {path} does not exist; create it with `vmm index VIDEOS --library {path}`")
         if not _is_library(path):
@@ -157,16 +179,19 @@ class VideoLibrary:
         return cls(path, encoder, reader)
 
     def refresh(self) -> None:
-        """Take a new snapshot (see videos indexed since :meth:`open`)."""
+        """Take a new snapshot (see videos indexed since :meth:`open`); searches already running finish on theirs."""
+        self._new_snapshot()
+
+    def _new_snapshot(self):
         from index.reader import open_library
-        old, self._reader = self._reader, open_library(self.path, model=self.encoder)
-        if old is not None:
-            old.close()
+        with self._refresh_lock:  # of two refreshes at once, the later snapshot must be the one kept
+            # The old snapshot is dropped, not closed: a search in another thread may still be reading it, and
+            # it is freed with its last reference.
+            self._reader = reader = open_library(self.path, model=self.encoder)
+        return reader
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._reader = None  # not reader.close(), for the same reason as in _new_snapshot
 
     def __enter__(self) -> "VideoLibrary":
         return self
@@ -176,7 +201,8 @@ class VideoLibrary:
 
     def __len__(self) -> int:
         """Number of clips (vectors) in the snapshot."""
-        return 0 if self._reader is None else len(self._reader)
+        reader = self._reader
+        return 0 if reader is None else len(reader)
 
     # -- changing -----------------------------------------------------------------------------------
     def add(self, paths: Union[str, Path, Sequence[Union[str, Path]]], **options):
@@ -211,8 +237,6 @@ class VideoLibrary:
         duration range, or a callable on the file record); ``per_video`` keeps one moment per video;
         ``merge`` joins overlapping windows of a video into one moment.
         """
-        if self._reader is None:
-            self.refresh()
         if (text is None) == (video is None):
             raise VmmError("give exactly one query: text=... or video=...")
         if text is not None and not isinstance(text, str):
@@ -223,36 +247,48 @@ class VideoLibrary:
             raise VmmError(f"k must be a whole number >= 1, got {k!r}")
         if not _is_int(rerank) or rerank < 0:
             raise VmmError(f"rerank must be a whole number >= 0 (0: no re-ranking), got {rerank!r}")
+        if rerank and text is None:
+            raise VmmError("rerank needs a text query (ITM scores text-video pairs), not a video query")
         if text is not None and not text.strip():
             raise VmmError("empty query text; give some words to search for")
+        where = _as_filter(where)
+        reader = self._reader
+        if reader is None:
+            reader = self._new_snapshot()
         query = self._query_vector(text, video)
-        fetch = max(k, rerank) * (4 if merge or per_video else 1)
-        hits = self._reader.search_vectors(query, k=fetch, where=_as_filter(where))[0]
-        itm: dict[int, float] = {}
-        if rerank:
-            if text is None:
-                raise VmmError("--rerank needs a text query (ITM scores text-video pairs)")
-            itm = self._rerank_scores(text, hits[:rerank])
-            # As the official evaluation: the ITM logit replaces the score of the top K, the rest get -100
-            # (finite, so --json stays valid JSON; ITM logits never come near it).
-            hits = [_with_score(h, itm.get(h.clip_id, NOT_RERANKED)) for h in hits]
-            hits.sort(key=lambda h: -h.score)
-        moments = merge_moments(hits) if merge else [
-            {"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "clip_ids": [h.clip_id]}
-            for h in hits]
-        if per_video:
-            seen, kept = set(), []
-            for m in moments:
-                if m["path"] not in seen:
-                    seen.add(m["path"])
-                    kept.append(m)
-            moments = kept
-        out = []
-        for rank, m in enumerate(moments[:k], 1):
-            best = m["clip_ids"][0]
-            out.append(SearchHit(rank, m["path"], float(m["start"]), float(m["end"]), m["score"],
-                                 tuple(m["clip_ids"]), itm.get(best)))
-        return out
+        if where is not None:  # decided once per file, not once per round below
+            from index.reader import ClipFilter
+            accepts = where.accepts if isinstance(where, ClipFilter) else where
+            allowed = {i for i, record in reader.files.items() if record.status == "ok" and accepts(record)}
+            where = lambda record: record.id in allowed  # noqa: E731
+        total, k, rerank = len(reader), int(k), int(rerank)
+        fetch, moments, itm = min(total, 4 * max(k, rerank)), [], {}
+        # Fetch deeper until k moments (or videos) are final: one long video can fill any fixed depth with its
+        # windows and leave fewer than k results, each cut short by the depth.
+        while fetch:
+            hits = reader.search_vectors(query, k=fetch, where=where)[0]
+            complete = fetch == total or len(hits) < fetch
+            if not complete:  # clips tied with the last are ordered by FAISS beyond it, not by the ranking
+                hits = [h for h in hits if h.score > hits[-1].score]
+            hits.sort(key=lambda h: (-h.score, h.clip_id))
+            if complete or len(hits) >= rerank:
+                if rerank:
+                    itm.update(self._rerank_scores(reader, text, [h for h in hits[:rerank] if h.clip_id not in itm]))
+                    # As the official evaluation: the ITM logit replaces the score of the top K, the rest get -100
+                    # (finite, so --json stays valid JSON; ITM logits never come near it).
+                    hits = sorted((_with_score(h, itm.get(h.clip_id, NOT_RERANKED)) for h in hits),
+                                  key=lambda h: -h.score)
+                moments = merge_moments(hits, partial=not complete) if merge else [
+                    {"path": h.path, "start": h.start, "end": h.end, "score": float(h.score),
+                     "clip_ids": [h.clip_id]} for h in hits]
+                if per_video:
+                    seen: set = set()
+                    moments = [m for m in moments if not (m["path"] in seen or seen.add(m["path"]))]
+                if complete or len(moments) >= k:
+                    break
+            fetch = min(total, 4 * fetch)
+        return [SearchHit(rank, m["path"], float(m["start"]), float(m["end"]), m["score"], tuple(m["clip_ids"]),
+                          itm.get(m["clip_ids"][0])) for rank, m in enumerate(moments[:k], 1)]
 
     def _query_vector(self, text, video) -> np.ndarray:
         with self._model_lock:
@@ -262,14 +298,16 @@ class VideoLibrary:
                 return self.encoder.encode_texts([text]).astype(np.float32)
             return self.encoder.encode_clips([read_query_clip(video, self.encoder.num_frames)]).astype(np.float32)
 
-    def _rerank_scores(self, text: str, hits) -> dict[int, float]:
-        m = self._reader.manifest
+    def _rerank_scores(self, reader, text: str, hits) -> dict[int, float]:
+        if not hits:
+            return {}
+        m = reader.manifest
         by_path: dict[str, list] = {}
         for h in hits:
             by_path.setdefault(h.path, []).append(h)
         frames = {}
         for path, group in by_path.items():
-            _check_unchanged(self._reader.files.get(group[0].file_id), path)
+            _check_unchanged(reader.files.get(group[0].file_id), path)
             windows = read_windows(path, m.num_frames, m.window, m.stride, m.max_seconds)
             for h in group:
                 frames[h.clip_id] = windows[min(windows, key=lambda se: abs(se[0] - h.start) + abs(se[1] - h.end))]
@@ -299,29 +337,22 @@ def _path_list(paths, what: str) -> list[str]:
 
 
 def _as_filter(where):
-    if where is None or callable(where):
-        return where
-    from index.reader import ClipFilter
-    if isinstance(where, dict):
-        unknown = set(where) - {"path_glob", "min_duration", "max_duration"}
-        if unknown:
-            raise VmmError(f"where has unknown keys {sorted(unknown)}; use path_glob, min_duration, max_duration")
-        where = Where(**where)
-    if not isinstance(where, Where):
-        raise VmmError(f"where must be a Where, a dict or a callable on the file record, got {type(where).__name__}")
-    globs = [where.path_glob] if isinstance(where.path_glob, str) else where.path_glob
-    if globs is not None and not (isinstance(globs, (list, tuple)) and all(isinstance(g, str) for g in globs)):
-        raise VmmError(f"where path_glob must be a glob string or a list of them, got {where.path_glob!r}")
-    for name in ("min_duration", "max_duration"):
-        value = getattr(where, name)
-        if value is not None and not (_is_int(value) or isinstance(value, float)):
-            raise VmmError(f"where {name} must be a number of seconds, got {value!r}")
-        if value is not None and (math.isnan(value) or value < 0):
-            raise VmmError(f"where {name} must be a number of seconds >= 0, got {value!r}")
-    if where.min_duration is not None and where.max_duration is not None and where.min_duration > where.max_duration:
-        raise VmmError(f"where min_duration {where.min_duration} is above max_duration {where.max_duration}; "
-                       "no video can match")
-    return ClipFilter(path_glob=where.path_glob, min_duration=where.min_duration, max_duration=where.max_duration)
+    from index.reader import as_clip_filter
+    return as_clip_filter(asdict(where) if isinstance(where, Where) else where)
+
+
+def _check_arguments(path, model, checkpoint, device) -> tuple:
+    """The library path, model and checkpoint as strings, or VmmError naming the argument of a wrong type."""
+    for name, value, what in (("path", path, "the library folder"),
+                              ("model", model, "a model name or folder, e.g. 'vmm_nano',"),
+                              ("checkpoint", checkpoint, "a checkpoint file")):
+        if not isinstance(value, (str, os.PathLike)) and (value is not None or name == "path"):
+            raise VmmError(f"{name} must be {what} as a str or pathlib.Path, got {type(value).__name__}"
+                           + ("; decode it with os.fsdecode" if isinstance(value, bytes) else ""))
+    if device is not None:  # before the model loads, so that a bad device is not reported as a bad model
+        from vmm.factory import resolve_device
+        resolve_device(device, option="device")
+    return (os.path.abspath(os.fspath(path)), *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
 
 
 def _check_unchanged(record, path: str) -> None:

@@ -1,0 +1,165 @@
+"""The search API on real colour-histogram libraries: results that do not depend on k, snapshots that hold while
+another thread refreshes, and one-line errors for wrong arguments."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from index.reader import ClipFilter, open_library
+from retrieval.library import VideoLibrary
+from tests import videos
+from vmm.errors import VmmError
+
+SHORT = {"green": videos.GREEN, "blue": videos.BLUE, "yellow": videos.YELLOW, "white": videos.WHITE}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """A 130 s red video (25 windows), a 60 s red-blue-red one (11 windows) and four short solid videos."""
+    root = tmp_path_factory.mktemp("search-api")
+    vids = root / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "long.mp4"), videos.RED, seconds=130, fps=2)
+    stripes = videos.solid_frames(videos.RED, 40) + videos.solid_frames(videos.BLUE, 40) + \
+        videos.solid_frames(videos.RED, 40)
+    videos.write_frames(str(vids / "stripes.mp4"), stripes, fps=2)
+    for name, colour in SHORT.items():
+        videos.write_solid(str(vids / f"{name}.mp4"), colour, seconds=2)
+    lib = VideoLibrary.create(root / "lib", model="color-histogram")
+    assert lib.add(vids, workers=0).clips == 25 + 11 + 4
+    yield lib, vids
+    lib.close()
+
+
+def moments(hits):
+    return [(h.path.rsplit("/", 1)[-1], h.start, h.end, h.score, h.clip_ids) for h in hits]
+
+
+def test_a_long_video_does_not_crowd_out_other_results(library):
+    """Fetching a fixed 4*k windows let the long video's windows fill them all: k=3 gave one moment."""
+    lib, vids = library
+    for k in (1, 3, 5, 10):
+        hits = lib.search(video=vids / "long.mp4", k=k)
+        assert len(hits) == min(k, 7)
+        assert (hits[0].path, hits[0].start, hits[0].end) == (str(vids / "long.mp4"), 0.0, 130.0)
+    per_video = lib.search(video=vids / "long.mp4", k=6, per_video=True)
+    assert sorted(h.path for h in per_video) == sorted(str(p) for p in vids.iterdir())
+    assert (per_video[0].start, per_video[0].end) == (0.0, 130.0)
+
+
+@pytest.mark.parametrize("merge, per_video", [(True, False), (True, True), (False, False), (False, True)])
+def test_the_top_k_are_the_first_k_of_a_longer_list(library, merge, per_video):
+    """Asking for more results appends to the list: no moment grows, shrinks or moves when k changes."""
+    lib, vids = library
+    full = moments(lib.search(video=vids / "stripes.mp4", k=100, merge=merge, per_video=per_video))
+    assert len(full) == {(True, False): 7, (True, True): 6, (False, False): 40, (False, True): 6}[merge, per_video]
+    for k in range(1, len(full) + 2):
+        assert moments(lib.search(video=vids / "stripes.mp4", k=k, merge=merge, per_video=per_video)) == full[:k]
+    if merge:  # moments of one video never overlap: overlapping windows are merged or dropped
+        spans = sorted((path, start, end) for path, start, end, *_ in full)
+        assert all(a[0] != b[0] or a[2] < b[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_a_search_keeps_its_snapshot_while_another_thread_changes_the_library(library, tmp_path):
+    lib, vids = library
+    with VideoLibrary.create(tmp_path / "lib", model="color-histogram") as mine:
+        mine.add(vids, workers=0)
+        # With a filter, as below: filtered clips are scored exactly, which rounds unlike FAISS in the last bit.
+        expected = moments(mine.search(video=vids / "long.mp4", k=8, where=lambda record: True))
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_filter(record):
+            entered.set()
+            release.wait(30)
+            return True
+
+        found = []
+        search = threading.Thread(target=lambda: found.append(mine.search(video=vids / "long.mp4", k=8,
+                                                                          where=slow_filter)))
+        search.start()
+        assert entered.wait(30)
+        mine.refresh()  # closed the reader the search was reading: it came back empty
+        assert mine.remove(vids / "yellow.mp4") == 1
+        release.set()
+        search.join(30)
+        assert [moments(hits) for hits in found] == [expected]  # the snapshot the search began with
+        assert "yellow.mp4" not in {m[0] for m in moments(mine.search(video=vids / "long.mp4", k=8))}
+
+
+def test_a_closed_reader_refuses_to_search(library):
+    lib, vids = library
+    reader = open_library(lib.path)
+    query = np.ones(reader.manifest.dim, np.float32)
+    assert len(reader.search_vectors(query, k=3)[0]) == 3
+    reader.close()
+    with pytest.raises(VmmError, match="reader of library .* is closed"):
+        reader.search_vectors(query, k=3)  # returned [[]], as if nothing matched
+
+
+def test_a_huge_k_is_capped_at_the_library_size(library):
+    lib, vids = library
+    with open_library(lib.path) as reader:
+        query = np.ones(reader.manifest.dim, np.float32)
+        assert len(reader.search_vectors(query, k=10**15)[0]) == len(reader) == 40
+    assert len(lib.search(video=vids / "long.mp4", k=10**15, merge=False)) == 40
+
+
+def test_search_vectors_takes_what_videolibrary_search_takes(library):
+    lib, vids = library
+    with open_library(lib.path) as reader:
+        q = np.linspace(0.1, 1, reader.manifest.dim, dtype=np.float32)
+        q /= np.linalg.norm(q)
+        best = reader.search_vectors(q, k=4)[0]
+        assert reader.search_vectors(torch.tensor(q, requires_grad=True), k=4)[0] == best
+        assert reader.search_vectors(q, k=np.int64(4))[0] == best
+        long_only = reader.search_vectors(q, k=40, where={"min_duration": 100})[0]
+        assert long_only == reader.search_vectors(q, k=40, where=ClipFilter(min_duration=100))[0]
+        assert {h.path for h in long_only} == {str(vids / "long.mp4")} and len(long_only) == 25
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k="2"), "k must be a whole number >= 1, got '2'"),
+    (dict(k=None), "k must be a whole number >= 1, got None"),
+    (dict(k=2.0), "k must be a whole number >= 1, got 2.0"),
+    (dict(k=0), "k must be a whole number >= 1, got 0"),
+    (dict(where={"min_durations": 3}), r"where has unknown keys \['min_durations'\]"),
+    (dict(where="*.mp4"), "where must be a Where .*got str"),
+    (dict(queries="red"), "queries must be float vectors, got str; embed the queries with model color-histogram"),
+    (dict(queries=np.full(86, np.nan, np.float32)), "query vectors hold NaN"),
+])
+def test_search_vectors_refuses_bad_arguments_in_one_line(library, kwargs, message):
+    lib, vids = library
+    with open_library(lib.path) as reader:
+        kwargs = {"queries": np.ones(reader.manifest.dim, np.float32), **kwargs}
+        with pytest.raises(VmmError, match=message) as error:
+            reader.search_vectors(**kwargs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ClipFilter(path_glob=3), "where path_glob must be a glob string or a list of them, got 3"),
+    (lambda: ClipFilter(min_duration="3"), "where min_duration must be a number of seconds >= 0, got '3'"),
+    (lambda: ClipFilter(max_duration=float("nan")), "where max_duration must be a number of seconds >= 0"),
+    (lambda: open_library(None), "library_dir must be the library folder as a str or pathlib.Path, got NoneType"),
+    (lambda: open_library(b"lib"), "got bytes; decode it with os.fsdecode"),
+    (lambda: VideoLibrary.open(None), "path must be the library folder as a str or pathlib.Path, got NoneType"),
+    (lambda: VideoLibrary.create("lib", model=3), "model must be a model name or folder, .* got int"),
+    (lambda: VideoLibrary.create("lib", model="color-histogram", frames="8"), "frames must be a whole number"),
+])
+def test_wrong_argument_types_are_named(make, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VmmError, match=message):
+        make()
+
+
+def test_opening_names_the_real_problem(library):
+    lib, vids = library
+    with pytest.raises(VmmError, match="model must be the encoder that library .* was built with"):
+        open_library(lib.path, model=object())
+    for opening in (lambda: VideoLibrary.open(vids / "long.mp4"), lambda: open_library(str(vids / "long.mp4"))):
+        with pytest.raises(VmmError, match="long.mp4 is a file, not a library folder"):
+            opening()
+    with pytest.raises(VmmError, match="^device tpu is not a device; pass cpu or cuda") as error:
+        VideoLibrary.open(lib.path, device="tpu")  # was accepted, or blamed the recorded model and named --model
+    assert "--model" not in str(error.value)

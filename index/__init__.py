@@ -13,7 +13,9 @@ Public API (imported lazily, so decoder worker processes load only what they use
 >>> index.sample_middle_indices(8, 4).tolist()
 [0, 2, 4, 6]
 """
+import sys
 from importlib import import_module
+from types import ModuleType
 
 _EXPORTS = {
     "build_library": "index.library",
@@ -44,5 +46,20 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'index' has no attribute {name!r}")
+
+
+class _Package(ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Loading a submodule binds it on its package, and index.discover (the module) would then hide
+        # discover (the function) from `from index import discover`. `from index.discover import ...` and
+        # importlib.import_module("index.discover") still give the module: they read sys.modules.
+        if name in _EXPORTS and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

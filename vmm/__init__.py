@@ -11,7 +11,7 @@ from vmm.errors import CheckpointError, VmmError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "vmm.models.registry",
+    "create_model": "vmm.factory",
     "list_models": "vmm.models.registry",
     "register_model": "vmm.models.registry",
     "get_model_config": "vmm.models.registry",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vmm.errors import VmmError
+from vmm.tokenizer import as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 
@@ -54,7 +55,11 @@ class VideoTextEncoder:
         self.num_frames = cfg.vision.num_frames
         self.img_size = cfg.vision.img_size
         self.batch_size = batch_size
-        self.max_text_len = max_text_len or cfg.max_text_len
+        self.max_text_len = cfg.max_text_len if max_text_len is None else check_max_length(max_text_len, "max_text_len")
+        positions = cfg.text.max_position_embeddings
+        if self.max_text_len > positions:
+            raise VmmError(f"max_text_len={self.max_text_len} is more than the text tower's {positions} positions; "
+                           f"pass max_text_len <= {positions}")
         self.transform = EvalTransform(self.img_size)
         if tokenizer is None:
             from vmm.tokenizer import Tokenizer
@@ -95,11 +100,13 @@ class VideoTextEncoder:
         return (vecs, torch.cat(toks)) if return_tokens else vecs
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], return_hidden: bool = False):
-        """Strings -> (N, dim) float32 unit vectors (and (hidden, mask) for ITM with ``return_hidden``)."""
-        if any(not t or not t.strip() for t in texts):
+    def encode_texts(self, texts: Union[str, Sequence[str]], return_hidden: bool = False):
+        """Strings (one string is one text) -> (N, dim) float32 unit vectors (and (hidden, mask) for ITM with
+        ``return_hidden``)."""
+        texts = as_texts(texts)
+        if any(not t.strip() for t in texts):
             raise VmmError("empty query text; give some words to search for")
-        ids, mask = self.tokenizer(list(texts), max_length=self.max_text_len)
+        ids, mask = self.tokenizer(texts, max_length=self.max_text_len)
         ids, mask = ids.to(self.device), mask.to(self.device)
         with self._autocast():
             emb, hidden = self.model.encode_text(ids, mask, return_hidden=True)

@@ -1,4 +1,5 @@
-"""The open_clip-style entry points: ``create_model_and_transforms``, ``get_tokenizer``, pretrained resolution."""
+"""The open_clip-style entry points: ``create_model``, ``create_model_and_transforms``, ``get_tokenizer``, pretrained
+resolution."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,11 @@ import torch
 import torch.nn as nn
 
 from vmm.errors import VmmError
+from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint
+from vmm.models.config import MAX_FRAMES
 from vmm.models.persistence import from_pretrained, is_pretrained_dir
-from vmm.models.registry import create_model, get_model_config
+from vmm.models.registry import get_model_config
 from vmm.tokenizer import Tokenizer
 from vmm.transforms import EvalTransform, TrainTransform
 
@@ -79,36 +82,17 @@ def _load_pretrained(model: nn.Module, pretrained: Union[str, Path]) -> nn.Modul
     return model
 
 
-# More frames than any released model uses (64) by far; beyond this a clip's tokens exhaust memory instead of
-# giving a result.
-MAX_FRAMES = 1024
-
-# Integer config fields and their least valid value: a bad value otherwise surfaces as a tensor-shape error
-# deep inside the model (or, for depth=0, a model that fails on its first input).
-INT_FIELDS = {
-    "img_size": 1, "patch_size": 1, "num_frames": 1, "tubelet_size": 1, "in_chans": 1, "embed_dim": 1,
-    "depth": 1, "d_state": 1, "d_conv": 1, "expand": 1, "num_classes": 0, "clip_output_dim": 1,
-    "clip_return_layer": 1, "vocab_size": 1, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
-    "intermediate_size": 1, "max_position_embeddings": 1, "type_vocab_size": 1, "fusion_layer": 0,
-    "pad_token_id": 0, "max_text_len": 1,
-}
-OPTIONAL_INT_FIELDS = {"dt_rank": 1, "clip_decoder_embed_dim": 1}
-
-
-def check_frames(frames: Any, option: str = "--frames", python_name: Optional[str] = None) -> int:
-    """``frames`` as a frame count for a clip, or VmmError naming ``option`` (and ``python_name``, the keyword
-    a Python caller used).
+def check_frames(frames: Any, option: str = "--frames") -> int:
+    """``frames`` (a command's frame-count option) as a frame count for a clip, or VmmError naming ``option``.
 
     >>> check_frames(8)
     8
-    >>> check_frames(0, python_name="num_frames")
+    >>> check_frames(0)
     Traceback (most recent call last):
     ...
-    vmm.errors.VmmError: --frames 0 (num_frames=0): a clip needs at least 1 frame; pass e.g. --frames 8 (or omit --frames)
+    vmm.errors.VmmError: --frames 0: a clip needs at least 1 frame; pass e.g. --frames 8 (or omit --frames)
     """
-    joined = option if option.endswith("=") else option + " "
-    shown = f"{joined}{frames!r}" + (f" ({python_name}={frames!r})" if python_name else "")
-    fix = f"pass e.g. {joined}8" + (" (or omit --frames)" if option == "--frames" else "")
+    shown, fix = f"{option} {frames!r}", f"pass e.g. {option} 8 (or omit {option})"
     if isinstance(frames, bool) or not isinstance(frames, int):
         raise VmmError(f"{shown}: frames per clip must be a whole number; {fix}")
     if frames < 1:
@@ -116,46 +100,6 @@ def check_frames(frames: Any, option: str = "--frames", python_name: Optional[st
     if frames > MAX_FRAMES:
         raise VmmError(f"{shown}: more than {MAX_FRAMES} frames per clip does not fit in memory; {fix}")
     return frames
-
-
-def check_overrides(overrides: dict, option: str = "", _prefix: str = "") -> None:
-    """Refuse config overrides of the wrong type or range (``option``: how the caller spells them, e.g.
-    ``"--model-arg "``), naming the field: ``create_model`` would fail later with a tensor error.
-
-    >>> check_overrides({"depth": 2, "vision": {"num_frames": 4}})
-    >>> check_overrides({"depth": -1}, "--model-arg ")
-    Traceback (most recent call last):
-    ...
-    vmm.errors.VmmError: --model-arg depth=-1: depth must be a whole number >= 1
-    """
-    for key, value in overrides.items():
-        name = f"{_prefix}{key}"
-        if isinstance(value, dict):
-            check_overrides(value, option, f"{name}.")
-            continue
-        if key == "num_frames":
-            if option:
-                check_frames(value, f"{option}{name}=")
-            else:
-                check_frames(value, python_name=name)
-            continue
-        low = INT_FIELDS.get(key, OPTIONAL_INT_FIELDS.get(key))
-        if low is None or (value is None and key in OPTIONAL_INT_FIELDS):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            shown = f"{option}{name}={value}" if option else f"{name}={value!r}"
-            raise VmmError(f"{shown}: {key} must be a whole number >= {low}")
-
-
-def _check_built(model: nn.Module, name: Union[str, Path]) -> None:
-    # A grid of zero patches builds, but fails on the first clip with an empty-tensor error.
-    cfg = getattr(model.cfg, "vision", model.cfg)
-    if getattr(cfg, "img_size", 1) < getattr(cfg, "patch_size", 1):
-        raise VmmError(f"model {name}: img_size={cfg.img_size} is smaller than patch_size={cfg.patch_size}; "
-                       f"pass img_size >= {cfg.patch_size}")
-    if getattr(cfg, "num_frames", 1) < getattr(cfg, "tubelet_size", 1):
-        raise VmmError(f"model {name}: --frames {cfg.num_frames} is fewer than tubelet_size={cfg.tubelet_size}; "
-                       f"pass at least {cfg.tubelet_size} frames")
 
 
 def requested_frames(overrides: dict) -> Optional[int]:
@@ -232,7 +176,8 @@ def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
             kwargs["text"] = {**kwargs["text"], "init_from": None}
         for k, v in overrides.items():
             kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
-        own = {k: tuple(t.shape) for k, t in create_model(cfg["architecture"], **kwargs).state_dict().items()}
+        model = registry.create_model(cfg["architecture"], **kwargs)
+        own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
         detail = _first_mismatch(own, _file_shapes(weights))
     except Exception:
         pass
@@ -356,33 +301,33 @@ def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--
     return dev
 
 
-def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Union[str, Path]] = None,
-                                device: Optional[Union[str, torch.device]] = None, **overrides: Any):
-    """Build a model, optionally load weights, and return ``(model, train_transform, eval_transform)``.
+def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
+                 device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> nn.Module:
+    """Build a model by registered name or from a ``save_pretrained`` folder, optionally loading weights.
 
-    ``name``: a registered model name (see :func:`vmm.list_models`) or a folder written by
-    ``save_pretrained``. ``pretrained``: None, a checkpoint path (official ``.pth`` or ``.safetensors``), a
-    ``save_pretrained`` folder, ``"hf-hub:OpenGVLab/VideoMamba/<file>"``, or ``"default"`` for the file named
-    in the model config (vmm_nano: the checkpoint shipped in ``vmm/weights``). The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
+    ``overrides`` replace config fields (nested dicts merge; a bad value is a VmmError naming it).
+    ``pretrained`` (open_clip / timm style): None or False for random weights, a checkpoint path (official
+    ``.pth`` or ``.safetensors``), a ``save_pretrained`` folder, ``"hf-hub:OpenGVLab/VideoMamba/<file>"``, or
+    ``"default"`` (or True) for the file named in the model config (vmm_nano: the checkpoint shipped in
+    ``vmm/weights``).
 
     >>> import vmm
-    >>> model, train_tf, eval_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=2, num_frames=2, img_size=32)
-    >>> import numpy as np
-    >>> eval_tf(np.zeros((2, 48, 64, 3), np.uint8)).shape
-    torch.Size([3, 2, 32, 32])
+    >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0)
+    >>> m.cfg.depth, m.cfg.embed_dim
+    (2, 192)
     """
-    check_overrides(overrides)
     if device is not None:
         device = resolve_device(device, "device= / --device")
+    if pretrained is False:
+        pretrained = None
     if is_pretrained_dir(name):
         if pretrained is not None:
             raise VmmError(f"model {name} is a model folder with its own weights; drop pretrained= / --checkpoint "
                            f"({pretrained}), or pass a registered model name (e.g. videomamba_m16_25m) with it")
         model = _from_folder(name, overrides)
     else:
-        model = create_model(str(name), **overrides)
-        _check_built(model, name)
-        if pretrained == "default":
+        model = registry.create_model(str(name), **overrides)
+        if pretrained is True or pretrained == "default":
             pretrained = default_pretrained(str(name))
             if pretrained is None:
                 raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
@@ -392,8 +337,22 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
                 model.pretrained_source = str(pretrained)
             else:
                 _load_pretrained(model, pretrained)
-    if device is not None:
-        model = model.to(device)
+    return model if device is None else model.to(device)
+
+
+def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
+                                device: Optional[Union[str, torch.device]] = None, **overrides: Any):
+    """:func:`create_model`, returning ``(model, train_transform, eval_transform)``.
+
+    The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
+
+    >>> import vmm
+    >>> model, train_tf, eval_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=2, num_frames=2, img_size=32)
+    >>> import numpy as np
+    >>> eval_tf(np.zeros((2, 48, 64, 3), np.uint8)).shape
+    torch.Size([3, 2, 32, 32])
+    """
+    model = create_model(name, pretrained, device, **overrides)
     size = model.cfg.vision.img_size if hasattr(model.cfg, "vision") else model.cfg.img_size
     return model, TrainTransform(size), EvalTransform(size)
 
@@ -434,4 +393,4 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")
     default_len = model_cfg.get("max_text_len", 32)
-    return Tokenizer(vocab, max_length=max_length or default_len)
+    return Tokenizer(vocab, max_length=default_len if max_length is None else max_length)

@@ -6,10 +6,38 @@ The vocabulary comes from (first found): an explicit folder or ``vocab.txt``; th
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Union
 
 from vmm.errors import VmmError
+
+
+def as_texts(texts: Union[str, Iterable[str]]) -> list[str]:
+    """``texts`` as a list of strings; one string is one text (not a sequence of one-letter texts).
+
+    >>> as_texts("a dog"), as_texts(("a dog", "a cat"))
+    (['a dog'], ['a dog', 'a cat'])
+    """
+    if isinstance(texts, str):
+        return [texts]
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise VmmError(f"texts must be a string or a list of strings, got {type(texts).__name__}") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise VmmError(f"texts[{i}] is {t!r:.60} ({type(t).__name__}), not a string; pass a list of strings")
+    return texts
+
+
+def check_max_length(max_length: Any, option: str = "max_length") -> int:
+    """``max_length`` as a token count, or VmmError: WordPiece ignores a length that cannot hold [CLS] and
+    [SEP] and returns the text untruncated."""
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
+        raise VmmError(f"{option}={max_length!r}: must be a whole number >= 2 (room for [CLS] and [SEP]), "
+                       f"e.g. {option}=32")
+    return int(max_length)
 
 
 def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
@@ -62,21 +90,24 @@ class Tokenizer:
     def __init__(self, vocab: Optional[Union[str, Path]] = None, max_length: int = 32, clean: bool = True):
         from transformers import BertTokenizerFast
         self.vocab_file = find_vocab(vocab)
-        self.max_length = max_length
+        self.max_length = check_max_length(max_length)
         self.clean = clean
         self._tok = _build_wordpiece(BertTokenizerFast, self.vocab_file)
         self.vocab_size = self._tok.vocab_size
         self.pad_token_id, self.cls_token_id = self._tok.pad_token_id, self._tok.cls_token_id
         self.sep_token_id, self.mask_token_id = self._tok.sep_token_id, self._tok.mask_token_id
 
-    def __call__(self, texts: Union[str, Sequence[str]], max_length: Optional[int] = None):
-        if isinstance(texts, str):
-            texts = [texts]
+    def __call__(self, texts: Union[str, Iterable[str]], max_length: Optional[int] = None):
+        texts = as_texts(texts)
+        max_length = self.max_length if max_length is None else check_max_length(max_length)
+        if not texts:  # the WordPiece tokenizer raises IndexError on an empty batch
+            import torch
+            empty = torch.zeros((0, max_length), dtype=torch.long)
+            return empty, empty.clone()
         if self.clean:
             from vmm.data.text import clean_caption
             texts = [clean_caption(t) for t in texts]
-        out = self._tok(list(texts), padding="max_length", truncation=True, max_length=max_length or self.max_length,
-                        return_tensors="pt")
+        out = self._tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         return out["input_ids"], out["attention_mask"]
 
     def decode(self, ids) -> str:

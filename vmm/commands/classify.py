@@ -84,10 +84,9 @@ def _build_model(args: argparse.Namespace):
     from vmm.errors import VmmError
     from vmm.models.persistence import is_pretrained_dir
 
-    from vmm.factory import check_frames, check_overrides
+    from vmm.factory import check_frames
 
     overrides = parse_model_args(args.model_arg)
-    check_overrides(overrides, "--model-arg ")
     if args.frames is not None:
         overrides["num_frames"] = check_frames(args.frames)
     if is_pretrained_dir(args.model):

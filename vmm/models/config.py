@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 from vmm.errors import VmmError
+
+# More frames than any released model uses (64) by far; beyond this a clip's tokens exhaust memory instead of
+# giving a result.
+MAX_FRAMES = 1024
+# Whole-number fields whose valid range is not "1 or more" (same name, same range in every config).
+INT_RANGES = {"num_frames": (1, MAX_FRAMES), "num_classes": (0, None), "fusion_layer": (0, None),
+              "pad_token_id": (0, None)}
 
 
 @dataclass
@@ -56,16 +64,76 @@ class VideoMambaConfig:
     def num_patches(self) -> int:
         return self.grid_size ** 2
 
+    def conflict(self) -> Optional[str]:
+        """The first fields that do not fit together, with the fix; None when they all do."""
+        if self.img_size < self.patch_size:  # a grid of zero patches builds, then fails on the first clip
+            return (f"img_size={self.img_size} is smaller than patch_size={self.patch_size}; "
+                    f"pass img_size >= {self.patch_size}")
+        if self.num_frames < self.tubelet_size:
+            return (f"num_frames={self.num_frames} is fewer than tubelet_size={self.tubelet_size}; "
+                    f"pass num_frames >= {self.tubelet_size}")
+        return None
+
+
+def _field_problem(name: str, value: Any, hint: Any) -> Optional[str]:
+    if type(None) in get_args(hint):  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is int:
+        low, high = INT_RANGES.get(name, (1, None))
+        if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+                or (high is not None and value > high)):
+            return f"{name} must be a whole number " + (f">= {low}" if high is None else f"from {low} to {high}")
+    elif hint is float:
+        # Drop rates and probabilities are fractions; eps and the temperature sit under a division.
+        rate = name.endswith(("_rate", "_prob"))
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                or not (0 <= value < 1 if rate else value > 0)):
+            return f"{name} must be a number " + (">= 0 and < 1" if rate else "> 0")
+    elif hint is bool and not isinstance(value, bool):
+        return f"{name} must be True or False"
+    elif hint is str and not isinstance(value, str):
+        return f"{name} must be a string"
+    return None
+
+
+def check_config(cfg: Any, where: str = "model") -> None:
+    """Refuse a field of the wrong type or range, or fields that do not fit together, naming them.
+
+    Built anyway, such a model fails later with a tensor error from deep inside torch, or (depth=0,
+    img_size < patch_size) only on its first input. Numbers are stored as plain int/float, as JSON writes them.
+
+    >>> check_config(VideoMambaConfig(depth=0))
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: depth=0: depth must be a whole number >= 1
+    """
+    prefix = "" if where == "model" else f"{where} "
+    hints = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        problem = _field_problem(f.name, value, hints[f.name])
+        if problem:
+            raise VmmError(f"{prefix}{f.name}={value!r}: {problem}")
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            setattr(cfg, f.name, float(value) if hints[f.name] is float else int(value))
+    conflict = cfg.conflict() if hasattr(cfg, "conflict") else None
+    if conflict:
+        raise VmmError(prefix + conflict)
+
 
 def replace_checked(cfg: Any, overrides: dict, where: str = "model") -> Any:
-    """``dataclasses.replace`` that names unknown keys instead of raising a TypeError."""
+    """``dataclasses.replace``, then :func:`check_config`; unknown keys are named instead of a TypeError."""
     names = {f.name for f in fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise VmmError(
             f"unknown {where} option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
         )
-    return dataclasses.replace(cfg, **overrides)
+    new = dataclasses.replace(cfg, **overrides)
+    check_config(new, where)
+    return new
 
 
-__all__ = ["VideoMambaConfig", "replace_checked"]
+__all__ = ["VideoMambaConfig", "check_config", "replace_checked"]

@@ -33,17 +33,27 @@ class MultimodalConfig:
     max_text_len: int = 32  # official pretraining / MSRVTT length; eval protocols override per dataset
     tokenizer: str = "bert-base-uncased"
 
+    def conflict(self) -> Optional[str]:
+        """The first fields that do not fit together, with the fix; None when they all do."""
+        positions = self.text.max_position_embeddings
+        if self.max_text_len > positions:
+            return (f"max_text_len={self.max_text_len} is more than the text tower's {positions} positions "
+                    f"(text max_position_embeddings); pass max_text_len <= {positions}")
+        return None
+
+
+_EXAMPLE = {"vision": "vision=dict(depth=2)", "text": "text=dict(num_hidden_layers=2)"}
+
 
 def build_multimodal_config(vision: Optional[dict] = None, text: Optional[dict] = None, **top: Any) -> MultimodalConfig:
-    """MultimodalConfig from nested override dicts, naming any unknown key."""
+    """MultimodalConfig from nested override dicts, naming any unknown key or bad value."""
     cfg = MultimodalConfig()
-    cfg = replace_checked(cfg, top, where="model")
-    cfg.vision = replace_checked(cfg.vision, vision or {}, where="vision")
-    cfg.text = replace_checked(cfg.text, text or {}, where="text")
-    if not 0 <= cfg.text.fusion_layer <= cfg.text.num_hidden_layers:
-        raise VmmError(f"text fusion_layer={cfg.text.fusion_layer} must lie in [0, num_hidden_layers="
-                       f"{cfg.text.num_hidden_layers}]")
-    return cfg
+    parts = {}
+    for where, value in (("vision", vision), ("text", text)):
+        if value is not None and not isinstance(value, dict):
+            raise VmmError(f"{where}={value!r}: {where} takes a dict of {where} options, e.g. {_EXAMPLE[where]}")
+        parts[where] = replace_checked(getattr(cfg, where), value or {}, where=where)
+    return replace_checked(cfg, {**top, **parts}, where="model")
 
 
 class VideoTextModel(nn.Module):
@@ -98,6 +108,11 @@ class VideoTextModel(nn.Module):
     @staticmethod
     def similarity(video_per_frame: Tensor, text: Tensor) -> Tensor:
         """Official ITC: (Bv, T, E) x (Bt, E) -> (Bv, Bt), mean over frames of per-frame cosine."""
+        if not (isinstance(video_per_frame, Tensor) and isinstance(text, Tensor) and video_per_frame.ndim in (2, 3)
+                and text.ndim == 2 and video_per_frame.shape[-1] == text.shape[-1]):
+            got = [tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in (video_per_frame, text)]
+            raise VmmError(f"similarity takes video embeddings (videos, [frames,] dim) and text embeddings (texts, "
+                           f"dim) of one model, got {got[0]} and {got[1]}")
         if video_per_frame.ndim == 2:
             return video_per_frame.float() @ text.float().t()
         return torch.einsum("vfe,te->vtf", video_per_frame.float(), text.float()).mean(-1)

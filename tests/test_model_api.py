@@ -1,0 +1,146 @@
+"""The Python API refuses misuse with one-line VmmErrors and accepts what is unambiguous: create_model with
+pretrained=, config validation in both factories, tokenizer and model inputs, ``from index import discover``."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vmm
+from tests.tiny_model import TINY
+from tests.videos import write_solid
+from vmm.embedder import VideoTextEncoder
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSIFIER = dict(depth=1, num_frames=2, img_size=32, num_classes=5)
+
+
+def refused(needle, fn, *args, **kwargs):
+    with pytest.raises(VmmError, match=needle) as e:
+        fn(*args, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def mm():
+    torch.manual_seed(0)
+    return vmm.create_model("videomamba_m16_mm", **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return vmm.get_tokenizer("vmm_nano")
+
+
+def test_create_model_takes_pretrained_like_create_model_and_transforms(tmp_path):
+    src = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    torch.save({"model": src.state_dict()}, tmp_path / "tiny.pth")
+    x = torch.randn(1, 3, 2, 32, 32)
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER, pretrained=tmp_path / "tiny.pth").eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), src.eval()(x))
+    assert model.pretrained_source == str(tmp_path / "tiny.pth")
+    vmm.save_pretrained(src, tmp_path / "folder")
+    for loaded in (vmm.create_model("videomamba_tiny", **CLASSIFIER, pretrained=tmp_path / "folder"),
+                   vmm.create_model(tmp_path / "folder")):
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(x), src(x))
+    refused("does not exist", vmm.create_model, "videomamba_tiny", pretrained=tmp_path / "missing.pth")
+    refused("names no default pretrained file", vmm.create_model, "videomamba_tiny", pretrained=True)
+
+
+@pytest.mark.parametrize("name, overrides, needle", [
+    ("videomamba_tiny", dict(num_frames=0), "num_frames=0: num_frames must be a whole number from 1 to 1024"),
+    ("videomamba_tiny", dict(num_frames=5000), "num_frames=5000: num_frames must be a whole number from 1 to"),
+    ("videomamba_tiny", dict(depth=0), "depth=0: depth must be a whole number >= 1"),
+    ("videomamba_tiny", dict(depth=-1), "depth=-1: depth must be a whole number >= 1"),
+    ("videomamba_tiny", dict(depth=2.0), "depth=2.0: depth must be a whole number"),
+    ("videomamba_tiny", dict(depth="2"), "depth='2': depth must be a whole number"),
+    ("videomamba_tiny", dict(drop_path_rate="0.1"), "drop_path_rate='0.1': drop_path_rate must be a number >= 0"),
+    ("videomamba_tiny", dict(embed_dim=0), "embed_dim=0: embed_dim must be a whole number >= 1"),
+    ("videomamba_tiny", dict(img_size=8), "img_size=8 is smaller than patch_size=16; pass img_size >= 16"),
+    ("videomamba_m16_mm", dict(vision=3), "vision=3: vision takes a dict of vision options"),
+    ("videomamba_m16_mm", dict(vision=dict(depth=0)), "vision depth=0: depth must be a whole number >= 1"),
+    ("videomamba_m16_mm", {**TINY, "text": {**TINY["text"], "num_attention_heads": 5}},
+     "text num_attention_heads=5 does not divide hidden_size=64; pass a head count that divides it \\(e.g. 4\\)"),
+    ("videomamba_m16_mm", {**TINY, "max_text_len": 40}, "max_text_len=40 is more than the text tower's 32 positions"),
+])
+def test_both_factories_refuse_a_bad_config_before_building(name, overrides, needle):
+    for factory in (vmm.create_model, vmm.create_model_and_transforms):
+        refused(needle, factory, name, **overrides)
+
+
+def test_numpy_numbers_are_stored_as_plain_numbers(tmp_path):
+    model = vmm.create_model("videomamba_tiny", **{**CLASSIFIER, "depth": np.int64(1), "drop_path_rate": np.float32(0)})
+    assert type(model.cfg.depth) is int and type(model.cfg.drop_path_rate) is float
+    vmm.save_pretrained(model, tmp_path / "saved")  # config.json: JSON cannot write numpy numbers
+    assert vmm.from_pretrained(tmp_path / "saved").cfg.depth == 1
+
+
+def test_from_index_import_discover_is_the_function_whatever_was_imported_first(tmp_path):
+    write_solid(str(tmp_path / "red.mp4"), (255, 0, 0), seconds=0.5)
+    for first in ("", "import index.library; ", "import index.discover; ", "import index; index.discover; "):
+        code = (f"{first}from index import discover; import index; "
+                f"assert index.discover is discover; "
+                f"print(len(discover([{str(tmp_path)!r}]).candidates))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 0 and out.stdout.strip() == "1", (first, out.stderr[-400:])
+
+
+def test_tokenizer_inputs(tok):
+    assert torch.equal(tok("a dog", max_length=8)[0], tok(["a dog"], max_length=8)[0])
+    ids, mask = tok([], max_length=8)
+    assert ids.shape == mask.shape == (0, 8) and ids.dtype == torch.long
+    refused(r"texts\[1\] is None \(NoneType\), not a string", tok, ["a dog", None])
+    refused("texts must be a string or a list of strings, got int", tok, 3)
+    for bad in (-1, 0, 1, 2.5):
+        refused(f"max_length={bad}: must be a whole number >= 2", tok, ["a dog"], max_length=bad)
+    refused("max_length=0: must be a whole number >= 2", vmm.get_tokenizer, "vmm_nano", max_length=0)
+
+
+def test_encode_texts_takes_one_string_as_one_text(mm, tok):
+    enc = VideoTextEncoder(mm, device="cpu", tokenizer=tok)
+    np.testing.assert_array_equal(enc.encode_texts("a dog"), enc.encode_texts(["a dog"]))
+    assert enc.encode_texts([]).shape == (0, 16)
+    refused("max_text_len=64 is more than the text tower's 32 positions; pass max_text_len <= 32",
+            VideoTextEncoder, mm, device="cpu", tokenizer=tok, max_text_len=64)
+
+
+def test_encode_text_inputs(mm, tok):
+    ids, mask = tok(["a dog"], max_length=8)
+    with torch.no_grad():
+        expected = mm.encode_text(ids, mask)
+        torch.testing.assert_close(mm.encode_text(ids.to(torch.int16), mask), expected, rtol=0, atol=0)
+    refused("needs the input_ids and attention_mask tensors", mm.encode_text, ids, None)
+    refused(r"input_ids \(1, 8\) and attention_mask \(1, 7\) must both be", mm.encode_text, ids, mask[:, :7])
+    refused("input_ids are torch.float32", mm.encode_text, ids.float(), mask)
+    refused("input_ids have 64 tokens but the text tower has 32 positions; tokenize with max_length <= 32",
+            mm.encode_text, *tok(["a dog"], max_length=64))
+
+
+def test_video_inputs():
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER).eval()
+    x = torch.rand(1, 3, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.double()), model(x))
+    refused("video input must be a torch.Tensor .* got ndarray; convert it with torch.from_numpy", model, x.numpy())
+    refused("video input is torch.uint8; the model takes float frames normalised",
+            model, (x * 255).to(torch.uint8))
+    refused("video input has 4 channels but the model takes 3", model, torch.rand(1, 4, 2, 32, 32))
+    refused("input is 1 patches per frame", model, torch.rand(1, 3, 2, 16, 16))
+
+
+def test_multimodal_video_inputs_and_similarity(mm):
+    video = torch.rand(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        frames = mm.encode_video(video, per_frame=True)
+        torch.testing.assert_close(mm.encode_video(video.double(), per_frame=True), frames)
+    refused("video input must be a torch.Tensor", mm.encode_video, video.numpy())
+    refused("video input is torch.uint8", mm.encode_video, video.to(torch.uint8))
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    assert mm.similarity(frames, text).shape == (2, 3)
+    refused(r"similarity takes video embeddings .* got \(2, 4, 16\) and \(3, 8\)", mm.similarity, frames, text[:, :8])
+    refused(r"got \(2, 16\) and \(16,\)", mm.similarity, frames[:, 0], text[0])

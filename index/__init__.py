@@ -7,15 +7,13 @@ Public API (imported lazily, so decoder worker processes load only what they use
 * :class:`ClipEncoder`, :class:`ColorHistogramEncoder` (index.encoder)
 * :class:`VectorStore` (index.store), :class:`Catalog`, :class:`LibraryManifest` (index.catalog)
 * :func:`discover`, :func:`probe_video`, :func:`decode_video`, :func:`sample_middle_indices`,
-  :func:`plan_windows` (index.discover, index.decode)
+  :func:`plan_windows` (index.discovery, index.decode)
 
 >>> import index
 >>> index.sample_middle_indices(8, 4).tolist()
 [0, 2, 4, 6]
 """
-import sys
 from importlib import import_module
-from types import ModuleType
 
 _EXPORTS = {
     "build_library": "index.library",
@@ -32,7 +30,7 @@ _EXPORTS = {
     "VectorStore": "index.store",
     "Catalog": "index.catalog",
     "LibraryManifest": "index.catalog",
-    "discover": "index.discover",
+    "discover": "index.discovery",
     "probe_video": "index.decode",
     "decode_video": "index.decode",
     "sample_middle_indices": "index.decode",
@@ -51,15 +49,3 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'index' has no attribute {name!r}")
 
-
-class _Package(ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # Loading a submodule binds it on its package, and index.discover (the module) would then hide
-        # discover (the function) from `from index import discover`. `from index.discover import ...` and
-        # importlib.import_module("index.discover") still give the module: they read sys.modules.
-        if name in _EXPORTS and isinstance(value, ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

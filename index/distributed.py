@@ -57,7 +57,7 @@ import numpy as np
 
 from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
-from index.discover import Candidate
+from index.discovery import Candidate
 from index.library import (IngestSummary, LibraryWriter, _check_request, _decode_options, _Pipeline, _start_run,
                            _sync, build_library, refuse_foreign_folder)
 from index.pool import DecodePool

@@ -47,7 +47,7 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
-from index.discover import Candidate, Discovery, check_root, discover, fingerprint_file
+from index.discovery import Candidate, Discovery, check_root, discover, fingerprint_file
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, resolve_factory

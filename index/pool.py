@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from index.decode import DecodeFailure, DecodeOptions, DecodeStart, iter_decode
-from index.discover import fingerprint_file
+from index.discovery import fingerprint_file
 
 Event = tuple  # (kind, key, payload)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ["index", "index.distributed", "index.encoder", "index.discover", "index.decode", "index.pool", "index.store", "index.catalog",
+MODULES = ["index", "index.distributed", "index.encoder", "index.discovery", "index.decode", "index.pool", "index.store", "index.catalog",
            "index.progress", "index.library", "index.reader"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

@@ -328,7 +328,7 @@ def test_reader_keeps_its_snapshot_and_applies_uncommitted_index_changes(tmp_pat
         writer.catalog.commit(remove=[red.id])
     videos.write_solid(str(root / "yellow.mp4"), videos.YELLOW)
     from index.catalog import FileResult
-    from index.discover import fingerprint_file
+    from index.discovery import fingerprint_file
     info, clips = decode_video(str(root / "yellow.mp4"))
     with LibraryWriter.open(library) as writer:
         writer.catalog.commit([FileResult(str(root / "yellow.mp4"), 1, 1, fingerprint_file(str(root / "yellow.mp4")),

@@ -82,7 +82,7 @@ def test_numpy_numbers_are_stored_as_plain_numbers(tmp_path):
 
 def test_from_index_import_discover_is_the_function_whatever_was_imported_first(tmp_path):
     write_solid(str(tmp_path / "red.mp4"), (255, 0, 0), seconds=0.5)
-    for first in ("", "import index.library; ", "import index.discover; ", "import index; index.discover; "):
+    for first in ("", "import index.library; ", "import index.discovery; ", "import index; index.discover; "):
         code = (f"{first}from index import discover; import index; "
                 f"assert index.discover is discover; "
                 f"print(len(discover([{str(tmp_path)!r}]).candidates))")

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from tests import videos
-from index.discover import discover, fingerprint_file, sniff_container
+from index.discovery import discover, fingerprint_file, sniff_container
 from vmm.errors import VmmError
 
 
@@ -128,7 +128,7 @@ def test_files_read_and_found_not_video_are_rejected(tmp_path):
 
 def test_a_file_reached_by_two_paths_is_found_once(tmp_path):
     """A folder given beside a symbolic link to it: each video once, under its first path."""
-    from index.discover import discover
+    from index.discovery import discover
     folder = tmp_path / "vids"
     folder.mkdir()
     videos.write_solid(str(folder / "red.mp4"), videos.RED, seconds=1)

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -195,12 +196,66 @@ def test_split_sizes_add_up_and_keep_held_out_clips(num_videos, splits, sizes):
     (dict(num_videos=0), "--num-videos"),
     (dict(codec="vp9"), "--codec"),
     (dict(seed=-1), "--seed"),
+    (dict(seconds=float("nan")), "--seconds"),
+    (dict(seconds=float("inf")), "--seconds"),
+    (dict(seconds=100000.0, fps=60), "--seconds"),
+    (dict(splits=(float("nan"), 1, 1)), "--splits"),
+    (dict(size=100000), "--size"),
+    (dict(workers=-1), "--workers"),
 ])
 def test_bad_options_raise_one_line_errors(tmp_path, kwargs, option):
     with pytest.raises(VmmError, match=re.escape(option)) as err:
         syn.generate_corpus(tmp_path / "x", **kwargs)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_long_clips_are_encoded_one_frame_at_a_time(tmp_path):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        info = syn.generate_corpus(tmp_path / "long", num_videos=1, size=128, fps=50, seconds=16.0, workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.num_frames == 800
+    whole_clip = 800 * 128 * 128 * 3  # 39 MB as uint8
+    assert peak < whole_clip / 8
+    assert len(decode(tmp_path / "long" / "videos" / "synth_00000.mp4")) == 800
+
+
+def test_a_failed_write_leaves_nothing_and_the_next_run_works(tmp_path):
+    # A real write failure: meta.json (about 5 kB for 6 clips) goes over a 3 kB file size limit,
+    # after every video (under 3 kB at 32x32) and the smaller annotation files are written.
+    out = tmp_path / "cut"
+    command = [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000));"
+               "from vmm.data.synthetic import main; sys.exit(main(sys.argv[1:]))",
+               str(out), "--num-videos", "6", "--size", "32", "--seconds", "1", "--workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: cannot write the corpus") and done.stderr.count("\n") == 1
+    assert not out.exists()
+    syn.generate_corpus(out, num_videos=6, size=32, seconds=1.0, workers=1)
+    assert (out / "meta.json").is_file()
+
+
+def test_a_killed_run_does_not_block_the_next_one(tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "vmm.data.synthetic", str(out), "--num-videos", "400", "--workers", "1"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((out / "videos").glob("synth_*.mp4"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        run.kill()
+        run.wait()
+    assert list((out / "videos").glob("synth_*.mp4")) and not (out / "meta.json").exists()
+    info = syn.generate_corpus(out, num_videos=4, seed=5, workers=1)  # no overwrite needed: it was never a corpus
+    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(
+        Path(e["video"]).name for e in json.loads((out / "meta.json").read_text())["videos"])
+    assert info.num_videos == 4
 
 
 # ---------------------------------------------------------------------------- captions vs pixels

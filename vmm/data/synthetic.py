@@ -21,7 +21,10 @@ Pieces, top to bottom: vocabulary, the spec dataclasses, rendering
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -30,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -103,6 +106,11 @@ STILL_PHRASES_PLURAL = ("stay still", "do not move", "sit still", "remain in pla
 MIN_EVENT_FRAMES = 4  # each event gets a slot at least this long, so every change is visible
 MAX_CAPTION_WORDS = 26  # optional phrases are dropped above this, for a 32-token text encoder
 MAX_MOVE_FRACTION = 0.5  # of the frame side, per move
+# Frames are streamed to the encoder, so memory is about one frame whatever the
+# length (drawn in float64, 24 bytes a pixel: 25 MB at 1024); the frame cap only
+# bounds the time one clip takes to encode.
+MAX_SIZE = 1024
+MAX_FRAMES = 36000  # 10 minutes at 60 fps
 SHAPE_REACH = 1.3  # furthest point of any shape from its centre, in half-sizes
 CORPUS_FORMAT_VERSION = 1
 OWN_JSON_FILES = ("train.json", "val.json", "test.json", "test_paragraph.json", "test_order.json", "meta.json")
@@ -310,10 +318,17 @@ def render_frames(spec: VideoSpec, frames: Sequence[int] | None = None) -> np.nd
     (30, 64, 64, 3)
     """
     indices = range(spec.num_frames) if frames is None else frames
+    out = np.empty((len(indices), spec.size, spec.size, 3), np.uint8)
+    for slot, image in enumerate(_iter_frames(spec, indices)):
+        out[slot] = image
+    return out
+
+
+def _iter_frames(spec: VideoSpec, indices: Sequence[int]) -> Iterator[np.ndarray]:
+    # One frame at a time, so encoding a clip holds one frame, not the whole clip.
     background = render_background(spec.background, spec.size)
     centres = np.arange(spec.size, dtype=np.float64) + 0.5
-    out = np.empty((len(indices), spec.size, spec.size, 3), np.uint8)
-    for slot, frame in enumerate(indices):
+    for frame in indices:
         image = background.copy()
         for index, obj in enumerate(spec.objects):
             x, y, half, rgb, alpha = object_state(spec, index, frame)
@@ -330,8 +345,7 @@ def render_frames(spec: VideoSpec, frames: Sequence[int] | None = None) -> np.nd
             dist = _signed_distance(obj.shape, centres[None, x0:x1] - x, centres[y0:y1, None] - y, half)
             cover = (np.clip(0.5 - dist, 0.0, 1.0) * alpha)[:, :, None]
             image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1.0 - cover) + rgb * cover
-        out[slot] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return out
+        yield np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------
@@ -742,8 +756,8 @@ def pick_codec(requested: str = "auto") -> str:
     return requested
 
 
-def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int, codec: str = "libx264") -> None:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames into an mp4 at ``path`` (even H and W).
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int, codec: str = "libx264") -> None:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames (or any iterable of ``(H, W, 3)`` frames) into an mp4 at ``path``.
 
     Encoding runs on one thread so the bytes are identical from run to run.
 
@@ -755,9 +769,13 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int, codec: st
     """
     import av
 
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise VmmError(f"write_video: no frames to encode into {path}")
     with av.open(os.fspath(path), "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.height, stream.width = first.shape[0], first.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = fps
         # Bytes must not depend on the run: one encoder thread, explicit
@@ -769,8 +787,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int, codec: st
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast", "x264-params": "asm=0"}
         else:
-            stream.bit_rate = int(frames.shape[1] * frames.shape[2] * fps * 3)
-        for number, frame in enumerate(frames):
+            stream.bit_rate = int(first.shape[0] * first.shape[1] * fps * 3)
+        for number, frame in enumerate(itertools.chain([first], frames)):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = number
             picture.time_base = Fraction(1, fps)
@@ -782,7 +800,7 @@ def _render_and_write(job: tuple[dict[str, Any], str, str]) -> None:
     spec_dict, path, codec = job
     spec = VideoSpec.from_dict(spec_dict)
     partial = Path(path).with_name("." + Path(path).name + ".partial")
-    write_video(render_frames(spec), partial, spec.fps, codec)
+    write_video(_iter_frames(spec, range(spec.num_frames)), partial, spec.fps, codec)
     os.replace(partial, path)
 
 
@@ -827,16 +845,19 @@ class CorpusConfig:
             raise VmmError(f"--num-videos {self.num_videos}: must be a whole number of at least 1")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise VmmError(f"--seed {self.seed}: must be a whole number >= 0")
-        if len(self.splits) != 3 or any(f < 0 for f in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
+        # "not 0 <= f" also refuses NaN, which every comparison fails.
+        if len(self.splits) != 3 or not all(0 <= f <= 1 for f in self.splits) or abs(sum(self.splits) - 1) > 1e-6:
             raise VmmError(f"--splits {' '.join(map(str, self.splits))}: give three fractions >= 0 "
                            "(train val test) that sum to 1")
-        if not isinstance(self.size, int) or self.size < 32 or self.size % 2:
-            raise VmmError(f"--size {self.size}: must be an even number of pixels, at least 32")
+        if not isinstance(self.size, int) or not 32 <= self.size <= MAX_SIZE or self.size % 2:
+            raise VmmError(f"--size {self.size}: must be an even number of pixels from 32 to {MAX_SIZE}")
         if not isinstance(self.fps, int) or not 1 <= self.fps <= 60:
             raise VmmError(f"--fps {self.fps}: must be a whole number from 1 to 60")
-        if self.num_frames < 8:
-            raise VmmError(f"--seconds {self.seconds} at --fps {self.fps} gives {self.num_frames} frames; "
-                           "use at least 8 frames (fps x seconds)")
+        if not math.isfinite(self.seconds) or not 8 <= self.num_frames <= MAX_FRAMES:
+            frames = (f"gives {self.num_frames} frames" if abs(self.seconds) < 1e9 else "is far too long"
+                      ) if math.isfinite(self.seconds) else "is not a finite length"
+            raise VmmError(f"--seconds {self.seconds} at --fps {self.fps} {frames}; "
+                           f"use 8 to {MAX_FRAMES} frames (fps x seconds)")
         if not 0 <= self.order_fraction <= 1:
             raise VmmError(f"--order-fraction {self.order_fraction}: must be between 0 and 1")
 
@@ -927,10 +948,10 @@ def _plan(config: CorpusConfig) -> list[_Clip]:
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder holding anything this generator did not write; never delete user files."""
+    """Refuse a folder holding anything this generator did not write, or a corpus without ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise VmmError(f"{out_dir} is a file; give a folder path for the corpus")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    if not out_dir.is_dir():
         return
     foreign = [p for p in out_dir.iterdir() if _unpartial(p.name) not in OWN_JSON_FILES and p.name != "videos"]
     videos = out_dir / "videos"
@@ -941,15 +962,23 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if foreign:
         raise VmmError(f"{out_dir} holds files this generator did not write (e.g. {foreign[0].name}); "
                        "choose an empty or new folder")
-    if not overwrite:
+    # Without meta.json (written last) the folder holds what a failed run left: nothing worth keeping.
+    if (out_dir / "meta.json").exists() and not overwrite:
         raise VmmError(f"{out_dir} already holds a synthetic corpus; pass --overwrite (overwrite=True) "
                        "to replace it or choose a new folder")
-    for name in OWN_JSON_FILES:
+
+
+def _clear(out_dir: Path) -> None:
+    """Delete the files this generator writes (by name; nothing else)."""
+    # meta.json first: once it is gone, what is left no longer passes for a corpus.
+    for name in ("meta.json", *OWN_JSON_FILES):
         (out_dir / name).unlink(missing_ok=True)
         (out_dir / f".{name}.partial").unlink(missing_ok=True)
+    videos = out_dir / "videos"
     if videos.is_dir():
         for p in videos.iterdir():
-            p.unlink()
+            if _is_own_video_name(p.name):
+                p.unlink()
 
 
 def _unpartial(name: str) -> str:
@@ -993,25 +1022,19 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
                           seconds=seconds, order_fraction=order_fraction, codec=codec)
     config.validate()
     codec_name = pick_codec(codec)
+    if workers is not None and workers < 0:
+        raise VmmError(f"--workers {workers}: must be 0 or more (0 and 1 encode in this process)")
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
+    try:
+        _check_out_dir(out, overwrite)
+    except OSError as err:
+        raise VmmError(f"cannot read {out} ({err.strerror or err}); choose a readable folder for the corpus") from None
+    # Everything that can be refused is refused above or here, before anything is created or deleted.
     clips = _plan(config)
     # File numbers are shuffled so a file name does not reveal its split.
     file_number = np.random.default_rng([seed, 1 << 30]).permutation(len(clips))
     width = max(5, len(str(len(clips) - 1)))
     names = [f"videos/synth_{int(n):0{width}d}.mp4" for n in file_number]
-
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
-    workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, int(workers))
-    if workers == 1 or len(jobs) < 8:
-        for job in jobs:
-            _render_and_write(job)
-    else:
-        # Forked workers only render with numpy and encode with PyAV, never touching torch.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            list(pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
     order = np.argsort(file_number, kind="stable")
     annotations: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
@@ -1035,21 +1058,49 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
         meta_entry["spec"] = clip.spec.to_dict()
         meta_videos.append(meta_entry)
     order_subset.sort(key=lambda e: (e["pair_id"], e["video"]))
-    files = {}
-    for split, entries in annotations.items():
-        files[split] = out / f"{split}.json"
-        _write_json(files[split], entries)
-    files["test_paragraph"] = out / "test_paragraph.json"
-    _write_json(files["test_paragraph"], paragraphs)
-    files["test_order"] = out / "test_order.json"
-    _write_json(files["test_order"], order_subset)
-    files["meta"] = out / "meta.json"
     meta_config = {"num_videos": num_videos, "seed": seed, "splits": list(config.splits), "size": size,
                    "fps": fps, "seconds": seconds, "num_frames": config.num_frames,
                    "order_fraction": order_fraction, "codec": codec_name}
-    # meta.json is written last: its presence marks a complete corpus.
-    _write_json(files["meta"], {"format": "vmm.synthetic", "version": CORPUS_FORMAT_VERSION,
-                                "config": meta_config, "videos": meta_videos})
+
+    workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, int(workers))
+    created = not out.exists()
+    try:
+        if out.is_dir():
+            _clear(out)
+        (out / "videos").mkdir(parents=True, exist_ok=True)
+        jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
+        if workers == 1 or len(jobs) < 8:
+            for job in jobs:
+                _render_and_write(job)
+        else:
+            # Forked workers only render with numpy and encode with PyAV, never touching torch.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+                list(pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+        files = {}
+        for split, entries in annotations.items():
+            files[split] = out / f"{split}.json"
+            _write_json(files[split], entries)
+        files["test_paragraph"] = out / "test_paragraph.json"
+        _write_json(files["test_paragraph"], paragraphs)
+        files["test_order"] = out / "test_order.json"
+        _write_json(files["test_order"], order_subset)
+        files["meta"] = out / "meta.json"
+        # meta.json is written last: its presence marks a complete corpus.
+        _write_json(files["meta"], {"format": "vmm.synthetic", "version": CORPUS_FORMAT_VERSION,
+                                    "config": meta_config, "videos": meta_videos})
+    except BaseException as err:
+        # A failed run leaves nothing a loader or the next run could take for a corpus.
+        with contextlib.suppress(OSError):
+            _clear(out)
+            (out / "videos").rmdir()
+            if created:
+                out.rmdir()
+        if isinstance(err, OSError):
+            raise VmmError(f"cannot write the corpus to {out} ({err.strerror or err}); "
+                           "choose a writable folder with free space") from None
+        raise
     return CorpusInfo(out_dir=out, num_videos=len(clips), split_sizes=config.split_sizes(),
                       num_order_pairs=len(order_subset) // 2, codec=codec_name, size=size, fps=fps,
                       num_frames=config.num_frames, annotation_files=files,

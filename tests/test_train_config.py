@@ -218,3 +218,46 @@ def test_config_that_is_not_utf8(capsys, tmp_path):
     code = main(["--config", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and "is not UTF-8 text" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.vision.depth=0", "model.vision.depth=0: depth must be a whole number >= 1"),
+    ("model.vision.img_size=8", "model.vision.img_size=8 is smaller than patch_size=16"),
+    ("model.vision.drop_path_rate=2.0", "model.vision.drop_path_rate=2.0: drop_path_rate must be a number >= 0"),
+    ("model.text.num_attention_heads=5", "model.text.num_attention_heads=5 does not divide hidden_size=64"),
+    ("model.overrides.embed_dim=-1", "model.overrides.embed_dim=-1: embed_dim must be a whole number >= 1"),
+    ("model.overrides.max_text_len=100", "model.overrides.max_text_len=100 is more than the text tower's 64"),
+    ("model.overrides.foo=1", "model.overrides: unknown model option(s) foo"),
+    ("model.overrides={'vision': {'depth': 3}}", "model.overrides.vision: set vision options in model.vision"),
+    ("model.name=videomamba_tiny", "model.name 'videomamba_tiny' has no text tower"),
+    ("data.max_text_len=100", "data.max_text_len=100 is more than the text tower's 64 positions"),
+])
+def test_check_refuses_every_bad_model_field(capsys, corpus, tmp_path, override, message):
+    """These passed --check (ok:) and failed only once the real run had started."""
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'out'}", override, "--check")
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_bad_model_field_stops_the_real_run_before_it_creates_anything(corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vmm.train", "--config", TINY, data_override(corpus), f"train.output_dir={out}",
+           "model.vision.depth=0"]
+    done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "error: model.vision.depth=0: depth must be a whole number >= 1\n"
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_dir_that_cannot_be_created_is_refused_by_check_and_run(capsys, corpus, tmp_path):
+    # /proc refuses new folders even to root, whose permission bits say every folder is writable.
+    code, err = run_main(capsys, data_override(corpus), "train.output_dir=/proc/vmm_x", "--check")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: train.output_dir: cannot create /proc/vmm_x (/proc: ")
+    cmd = [sys.executable, "-m", "vmm.train", "--config", TINY, data_override(corpus), "train.output_dir=/proc/vmm_x"]
+    done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: train.output_dir: cannot create /proc/vmm_x")
+    assert done.stderr.count("\n") == 1
+    # A creatable one passes --check, which creates nothing (its probe folder is removed).
+    code, _ = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'new' / 'run'}", "--check")
+    assert code == 0 and list(tmp_path.iterdir()) == []

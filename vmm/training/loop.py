@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +64,11 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     from vmm.training import data, teacher
     if cfg.model.name not in vmm.list_models():
         raise VmmError(f"model.name {cfg.model.name!r} is not a registered model; see vmm.list_models()")
+    model_cfg = check_model_config(cfg)
+    if cfg.data.max_text_len and cfg.data.max_text_len > model_cfg.text.max_position_embeddings:
+        raise VmmError(f"data.max_text_len={cfg.data.max_text_len} is more than the text tower's "
+                       f"{model_cfg.text.max_position_embeddings} positions (model.text.max_position_embeddings); "
+                       f"pass data.max_text_len <= {model_cfg.text.max_position_embeddings}")
     for key in ("init", "vision_init"):
         value = getattr(cfg.model, key)
         if value and not Path(value).exists():
@@ -110,13 +116,61 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
             raise VmmError(f"train.output_dir {out} is not empty (it holds {shown}){found}; a new run would replace "
                            "what is there: choose a new or empty train.output_dir")
+    if int(os.environ.get("RANK", "0")) == 0:  # (a probe of another rank would show in the check above)
+        _probe_output_dir(out)
+    return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+
+
+def _probe_output_dir(out: Path) -> None:
+    """Refuse a train.output_dir that cannot be created or written, leaving nothing behind."""
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise VmmError(f"train.output_dir: cannot create {out} ({existing} is not a writable folder); choose "
-                       f"a writable folder")
-    return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+    # Permission bits do not tell: root passes os.access everywhere, yet /proc and read-only mounts refuse.
+    # So make (and remove) a folder where the run's first folder or file would go.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vmm_probe_", dir=existing))
+    except OSError as e:
+        raise VmmError(f"train.output_dir: cannot create {out} ({existing}: {e.strerror or e}); choose a writable "
+                       f"folder") from None
+
+
+def model_kwargs(cfg: TrainConfig) -> dict:
+    """The ``create_model`` keyword arguments of the recipe's model section."""
+    text = dict(cfg.model.text)
+    text.setdefault("mlm_head", cfg.loss.mlm > 0)
+    vision = dict(cfg.model.vision)
+    if cfg.model.grad_checkpointing:
+        vision["grad_checkpointing"] = True
+    return dict(vision=vision, text=text, **cfg.model.overrides)
+
+
+def check_model_config(cfg: TrainConfig):
+    """The recipe's ``MultimodalConfig``, every field checked, without building the model (seconds at full size)."""
+    from vmm.models.multimodal import MultimodalConfig, build_multimodal_config
+    from vmm.models.registry import get_model_config
+    from vmm.training.config import _deep_merge
+    spec = get_model_config(cfg.model.name) or {"architecture": cfg.model.name}
+    if spec["architecture"] != "videomamba_m16_mm":
+        raise VmmError(f"model.name {cfg.model.name!r} has no text tower (a {spec['architecture']} model); train a "
+                       f"video-text model such as vmm_nano or videomamba_m16_5m")
+    for part in ("vision", "text"):
+        if part in cfg.model.overrides:
+            raise VmmError(f"model.overrides.{part}: set {part} options in model.{part} instead")
+    try:
+        return build_multimodal_config(**_deep_merge(spec.get("model", {}), model_kwargs(cfg)))
+    except VmmError as e:
+        # The model names a field "vision depth=0: ..." or "embed_dim=0: ..."; the recipe's keys are
+        # model.vision.depth and model.overrides.embed_dim.
+        message = str(e)
+        section, _, rest = message.partition(" ")
+        if section in ("vision", "text"):
+            message = f"model.{section}.{rest}"
+        elif message.split("=")[0] in {f.name for f in fields(MultimodalConfig)}:
+            message = f"model.overrides.{message}"
+        else:
+            message = f"model.overrides: {message}"
+        raise VmmError(message) from None
 
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -161,12 +215,7 @@ def build_model(cfg: TrainConfig):
     import vmm
     from vmm.models.persistence import is_pretrained_dir
     from vmm.training.optim import freeze
-    text = dict(cfg.model.text)
-    text.setdefault("mlm_head", cfg.loss.mlm > 0)
-    vision = dict(cfg.model.vision)
-    if cfg.model.grad_checkpointing:
-        vision["grad_checkpointing"] = True
-    model = vmm.create_model(cfg.model.name, vision=vision, text=text, **cfg.model.overrides)
+    model = vmm.create_model(cfg.model.name, **model_kwargs(cfg))
     if cfg.model.vision_init:
         vmm.load_checkpoint(model.vision_encoder, cfg.model.vision_init, strict=False)
     if cfg.model.init:
@@ -333,7 +382,10 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     from vmm.transforms import TrainTransform
 
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # checked by rank 0 only, and the file system may have changed since
+        raise VmmError(f"train.output_dir: cannot create {out} ({e.strerror or e}); choose a writable folder") from None
     cpu = cfg.train.cpu or not torch.cuda.is_available()
     has_images = any(c.kind == "image" for c in inputs.corpora)
     losses_on = [cfg.loss.vtc, cfg.loss.vtm, cfg.loss.mlm, cfg.loss.uta]

@@ -7,6 +7,7 @@ generation (another worker count, another seed).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -256,6 +257,27 @@ def test_a_killed_run_does_not_block_the_next_one(tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(
         Path(e["video"]).name for e in json.loads((out / "meta.json").read_text())["videos"])
     assert info.num_videos == 4
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_nothing(tmp_path):
+    """A Ctrl-C printed a KeyboardInterrupt traceback from the main process and one from every worker."""
+    import signal
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "vmm.data.synthetic", str(out), "--num-videos", "400", "--workers", "2"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((out / "videos").glob("synth_*.mp4"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert (run.returncode, stdout, stderr) == (130, "", "interrupted; nothing was kept\n")
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------- captions vs pixels

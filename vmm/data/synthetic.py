@@ -27,9 +27,9 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -1075,8 +1075,12 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
         else:
             # Forked workers only render with numpy and encode with PyAV, never touching torch.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-                list(pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+            # A Pool, not a ProcessPoolExecutor: leaving the block on Ctrl-C terminates the workers at once
+            # (the executor would first finish every queued clip), and they ignore the Ctrl-C themselves, so
+            # it is reported once, by this process.
+            with multiprocessing.get_context(method).Pool(workers, initializer=signal.signal,
+                                                          initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+                pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
 
         files = {}
         for split, entries in annotations.items():
@@ -1162,6 +1166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VmmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # generate_corpus has removed what it wrote
+        print("interrupted; nothing was kept", file=sys.stderr)
+        return 130
     sizes = ", ".join(f"{k} {v}" for k, v in info.split_sizes.items())
     print(f"wrote {info.num_videos} videos ({sizes}; {info.num_order_pairs} order pairs) "
           f"to {info.out_dir} in {info.seconds_taken:.1f} s [{info.codec}, {info.size}x{info.size}, "

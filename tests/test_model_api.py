@@ -62,6 +62,8 @@ def test_create_model_takes_pretrained_like_create_model_and_transforms(tmp_path
     ("videomamba_tiny", dict(drop_path_rate="0.1"), "drop_path_rate='0.1': drop_path_rate must be a number >= 0"),
     ("videomamba_tiny", dict(embed_dim=0), "embed_dim=0: embed_dim must be a whole number >= 1"),
     ("videomamba_tiny", dict(img_size=8), "img_size=8 is smaller than patch_size=16; pass img_size >= 16"),
+    ("videomamba_tiny", dict(scan_backend="foo"), "scan_backend='foo' is not a scan backend; pass one of mamba_ssm, "
+     "reference, triton or leave it unset"),
     ("videomamba_m16_mm", dict(vision=3), "vision=3: vision takes a dict of vision options"),
     ("videomamba_m16_mm", dict(vision=dict(depth=0)), "vision depth=0: depth must be a whole number >= 1"),
     ("videomamba_m16_mm", {**TINY, "text": {**TINY["text"], "num_attention_heads": 5}},

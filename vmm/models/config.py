@@ -72,6 +72,12 @@ class VideoMambaConfig:
         if self.num_frames < self.tubelet_size:
             return (f"num_frames={self.num_frames} is fewer than tubelet_size={self.tubelet_size}; "
                     f"pass num_frames >= {self.tubelet_size}")
+        if self.scan_backend is not None:  # else it fails on the first clip, after a training run has started
+            from vmm.ops.selective_scan import _SCAN_BACKENDS
+            names = sorted({"triton", *_SCAN_BACKENDS})
+            if self.scan_backend not in names:
+                return (f"scan_backend={self.scan_backend!r} is not a scan backend; pass one of {', '.join(names)} "
+                        "or leave it unset (the fastest for the device)")
         return None
 
 

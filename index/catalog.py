@@ -156,6 +156,13 @@ class FileResult:
     vectors: np.ndarray | None = None  # (len(spans), dim) float32
 
 
+def damaged(path: str, detail: str):
+    """The VmmError for a catalog that SQLite opens but whose contents a vmm library never writes."""
+    from vmm.errors import VmmError
+
+    return VmmError(f"{path} is damaged or not a vmm catalog ({detail}); rebuild the library into a new folder")
+
+
 def _connect(path: str, read_only: bool) -> sqlite3.Connection:
     if read_only:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
@@ -218,7 +225,12 @@ class Catalog:
         """Open an existing catalog; raises sqlite3.Error if it is not one."""
         conn = _connect(path, read_only)
         catalog = cls(conn, path, read_only)
-        version = int(catalog._meta("format_version"))
+        version = catalog._meta("format_version")
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            conn.close()
+            raise damaged(path, f"meta.format_version is {version!r}, not a number") from None
         if version != FORMAT_VERSION:
             from vmm.errors import VmmError
 
@@ -235,10 +247,22 @@ class Catalog:
         return None if row is None else row[0]
 
     def manifest(self) -> LibraryManifest:
-        return LibraryManifest.from_json(self._meta("manifest"))
+        text = self._meta("manifest")
+        try:
+            manifest = LibraryManifest.from_json(text)
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise damaged(self.path, f"meta.manifest is not a library manifest: {type(error).__name__}: "
+                                     f"{str(error)[:100]}") from None
+        if not all(type(n) is int and n > 0 for n in (manifest.dim, manifest.num_frames)):
+            raise damaged(self.path, f"meta.manifest holds dim={manifest.dim!r}, num_frames={manifest.num_frames!r}")
+        return manifest
 
     def generation(self) -> int:
-        return int(self._meta("generation"))
+        value = self._meta("generation")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise damaged(self.path, f"meta.generation is {value!r}, not a number") from None
 
     def setting(self, key: str, default: str | None = None) -> str | None:
         value = self._meta(f"setting:{key}")
@@ -292,11 +316,17 @@ class Catalog:
         if not rows:
             return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
         ids, files, starts, ends, generations = zip(*rows)
-        return (np.array(ids, np.int64), np.array(files, np.int64), np.array(starts, np.float64),
-                np.array(ends, np.float64), np.array(generations, np.int64))
+        try:
+            return (np.array(ids, np.int64), np.array(files, np.int64), np.array(starts, np.float64),
+                    np.array(ends, np.float64), np.array(generations, np.int64))
+        except (TypeError, ValueError) as error:  # SQLite keeps text that a numeric column was given
+            raise damaged(self.path, f"the clips table holds a value that is not a number: {error}") from None
 
-    def clip_count(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+    def clip_count(self, *, up_to: int | None = None) -> int:
+        """Number of clips, or of those added at or before generation ``up_to``."""
+        if up_to is None:
+            return self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM clips WHERE generation <= ?", (up_to,)).fetchone()[0]
 
     def iter_vectors(self, *, newer_than: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in id order for clips added after generation ``newer_than``."""
@@ -309,7 +339,10 @@ class Catalog:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+            blobs = [r[1] for r in rows]
+            if not all(type(b) is bytes and len(b) == 4 * dim for b in blobs):
+                raise self._bad_vector(ids, blobs, dim)
+            vectors = np.frombuffer(b"".join(blobs), np.float32).reshape(len(rows), dim)
             yield ids, vectors
             last = int(ids[-1])
 
@@ -321,8 +354,15 @@ class Catalog:
             found = self._conn.execute("SELECT vector FROM clips WHERE id = ?", (clip_id,)).fetchone()
             if found is None:
                 raise KeyError(clip_id)
+            if type(found[0]) is not bytes or len(found[0]) != 4 * dim:
+                raise self._bad_vector([clip_id], [found[0]], dim)
             out[row] = np.frombuffer(found[0], np.float32)
         return out
+
+    def _bad_vector(self, ids, blobs, dim: int):
+        clip_id, blob = next((i, b) for i, b in zip(ids, blobs) if type(b) is not bytes or len(b) != 4 * dim)
+        size = f"{len(blob)} bytes" if type(blob) is bytes else f"a {type(blob).__name__}"
+        return damaged(self.path, f"clip {int(clip_id)}'s vector is {size}, not {4 * dim} (dim {dim} float32)")
 
     def tombstones_newer_than(self, generation: int) -> np.ndarray:
         rows = self._conn.execute("SELECT clip_id FROM tombstones WHERE generation > ?", (generation,)).fetchall()

@@ -24,7 +24,7 @@ memory, writers on disk). No step can duplicate a vector or lose one.
 >>> from index.encoder import ColorHistogramEncoder
 >>> folder = tempfile.mkdtemp()           # an empty folder: nothing to index
 >>> summary = build_library([folder], folder + "/lib", ColorHistogramEncoder(), progress=False)
->>> summary.line().startswith("indexed 0 files (0 clips), 0 unchanged, 0 failed, 0 removed in ")
+>>> summary.line().startswith("indexed 0 files (0 clips), 0 unchanged, 0 failed, 0 removed, no videos found under ")
 True
 """
 from __future__ import annotations
@@ -45,12 +45,13 @@ from typing import Callable
 
 import numpy as np
 
-from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
+from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest, damaged
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
 from index.discovery import Candidate, Discovery, check_root, discover, fingerprint_file
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
-from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, resolve_factory
+from index.store import (AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, factory_problem,
+                         resolve_factory)
 from vmm.errors import VmmError
 
 CATALOG_FILE = "catalog.sqlite"
@@ -76,6 +77,7 @@ class IngestSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of this run's failures
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # folders/files that could not be listed
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path the same file is indexed under)
+    empty: list[str] = field(default_factory=list)  # paths given to the run under which no video was found
 
     @property
     def clips_per_second(self) -> float:
@@ -93,6 +95,10 @@ class IngestSummary:
             text += f", {n} duplicate path{'s' if n != 1 else ''} skipped (same file as another path)"
         if self.unreadable:
             text += f", {len(self.unreadable)} unreadable (kept as they were)"
+        if self.empty:
+            # A mistyped folder (or a folder of .mov files behind the wrong mount) otherwise reads like success.
+            shown = ", ".join(self.empty[:3]) + (f" and {len(self.empty) - 3} more" if len(self.empty) > 3 else "")
+            text += f", no videos found under {shown}"
         text += f" in {self.seconds:.1f} s"
         if self.clips:
             text += f" ({self.clips_per_second:.1f} clips/s)"
@@ -230,8 +236,7 @@ def _open_catalog(library: str, *, read_only: bool) -> Catalog:
     try:
         return Catalog.open(path, read_only=read_only)
     except sqlite3.DatabaseError as error:
-        raise VmmError(f"{path} is damaged or not a vmm catalog ({error}); rebuild the library "
-                       "into a new folder") from None
+        raise damaged(path, str(error)) from None
 
 
 class LibraryWriter:
@@ -351,9 +356,15 @@ class IndexState:
 def read_state(library: str) -> IndexState | None:
     try:
         with open(os.path.join(library, STATE_FILE)) as f:
-            return IndexState(**json.load(f))
+            state = IndexState(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
+    # A hand-edited or foreign file: wrong types would fail later, far from here; without a state the FAISS
+    # file is rebuilt (writers) or ignored (readers).
+    texts, counts = (state.file, state.factory, state.factory_setting), (state.generation, state.count, state.dim)
+    if not all(isinstance(t, str) for t in texts) or not all(type(n) is int for n in counts):
+        return None
+    return state
 
 
 def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: LibraryWriter | None = None) -> IndexState:
@@ -387,15 +398,16 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
         count = catalog.clip_count()
         dim = catalog.manifest().dim
         if (state is not None and state.generation == generation and state.factory_setting == setting
-                and os.path.isfile(os.path.join(library, state.file))):
+                and _load_saved(library, state, dim, count, mmap=True) is not None):
             return state
         wanted = resolve_factory(setting, count, flat_max=flat_max)
         if "IVF" in wanted and count < _ivf_lists(wanted):
             wanted = "IDMap2,Flat"  # too few vectors to train the IVF the library asks for, yet
         store = None
-        if state is not None and state.factory == wanted and os.path.isfile(os.path.join(library, state.file)):
-            store = _apply_changes(VectorStore.load(os.path.join(library, state.file), state.factory, mmap=False),
-                                   catalog, state.generation)
+        if state is not None and state.factory == wanted:
+            store = _load_saved(library, state, dim, mmap=False)
+            if store is not None:
+                store = _apply_changes(store, catalog, state.generation)
         if store is None or store.ntotal != count:
             store = _rebuild(catalog, wanted, count, dim)
     # A fresh name every time: a file that a state ever named is never rewritten.
@@ -410,6 +422,26 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
     return new_state
 
 
+def _load_saved(library: str, state: IndexState, dim: int, count: int | None = None, *,
+                mmap: bool) -> VectorStore | None:
+    """The FAISS file ``state`` names, or None when it is missing, unreadable or not the index the state describes.
+
+    A valid FAISS file of another library or generation copied over it (a restored backup) loads fine but would
+    hide or invent clips, so its size and dimension must match the state's (and ``count``, the catalog's, when
+    the state claims to be current); a mismatch is rebuilt from the catalog like a missing file.
+    """
+    path = os.path.join(library, state.file)
+    if factory_problem(state.factory) is not None or not os.path.isfile(path):
+        return None
+    try:
+        store = VectorStore.load(path, state.factory, mmap=mmap)
+    except (RuntimeError, MemoryError):  # not a FAISS file (truncated, overwritten)
+        return None
+    if (store.dim, store.ntotal, state.dim) != (dim, state.count, dim) or count not in (None, state.count):
+        return None
+    return store
+
+
 def _ivf_lists(factory: str) -> int:
     match = re.search(r"IVF(\d+)", factory)
     return int(match.group(1)) if match else 1
@@ -421,8 +453,9 @@ def _factory_setting(writer: LibraryWriter) -> str:
     try:
         check_factory(writer.catalog.manifest().dim, setting)
     except VmmError as error:
-        raise VmmError(f"library {writer.library} is set to an index type it cannot build ({error}); set a "
-                       "supported one with `vmm index PATH --library LIB --factory auto` (build_library(factory=...))"
+        # The stored setting is all that is wrong: one run with --factory replaces it and rebuilds the FAISS file.
+        raise VmmError(f"library {writer.library} is set to an index type it cannot build: {error}, with `vmm index "
+                       "PATH --library LIB --factory auto` (build_library(factory=...)); the catalog is intact"
                        ) from None
     return setting
 
@@ -922,6 +955,7 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     known = catalog.files(under=roots)
     found = discover(roots, exclude=[writer.library], prefer={row.path for row in known})
     summary.unreadable = found.unreadable
+    summary.empty = _empty_roots(roots, found)
     plan = _plan(catalog, found, known, retry_failed)
     summary.unchanged, summary.skipped_failed, summary.duplicates = plan.unchanged, plan.skipped_failed, plan.duplicates
     summary.removed, summary.moved = len(plan.remove), len(plan.rename)
@@ -930,6 +964,22 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     if plan.problems or plan.remove or plan.rename or plan.touch:
         catalog.commit(plan.problems, remove=[row.id for row in plan.remove], rename=plan.rename, touch=plan.touch)
     return summary, plan
+
+
+def _empty_roots(roots: list[str], found: Discovery) -> list[str]:
+    """The roots under which discovery found nothing, not even an unreadable entry or another path of a file."""
+    seen = [c.path for c in found.candidates] + [p for p, _ in found.duplicates] + [p for p, _ in found.unreadable]
+    empty = [root for root in roots if not any(_at_or_under(path, root) for path in seen)]
+    if empty and seen:
+        # A file is stored under the path the library knows it by, which may reach it through another spelling
+        # of the root (a symbolic link to it, or the real folder of a linked root): compare real paths too.
+        real = [os.path.realpath(path) for path in seen]
+        empty = [root for root in empty if not any(_at_or_under(path, os.path.realpath(root)) for path in real)]
+    return empty
+
+
+def _at_or_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX,

@@ -27,7 +27,7 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, LibraryManifest
 from index.library import _open_catalog, read_state
-from index.store import SearchOptions, VectorStore, merge_results
+from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError
 
 
@@ -280,15 +280,19 @@ def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> 
             state = read_state(library) if use_file else None
             if state is not None and state.generation > generation:
                 continue  # a writer committed and saved after our snapshot began: take a newer snapshot
+            manifest = catalog.manifest()
             base, base_generation = None, 0
-            if state is not None:
+            if state is not None and factory_problem(state.factory) is None:  # else an older version's IVF0...
                 try:
                     base = VectorStore.load(os.path.join(library, state.file), state.factory, mmap=mmap)
                     base_generation = state.generation
                 except RuntimeError:  # replaced by a writer between reading the state and opening it
                     continue
-            manifest = catalog.manifest()
             excluded = catalog.tombstones_newer_than(base_generation) if base is not None else np.zeros(0, np.int64)
+            if base is not None and not _base_fits(base, state, manifest, catalog, excluded):
+                # A valid FAISS file of another library or generation copied over this one would hide clips
+                # or return ids the catalog lacks: search the catalog's own vectors instead.
+                base, base_generation, excluded = None, 0, np.zeros(0, np.int64)
             delta = None
             for ids, vectors in catalog.iter_vectors(newer_than=base_generation):
                 if delta is None:
@@ -297,3 +301,12 @@ def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> 
             return LibraryReader(library, manifest, generation, catalog.files(), catalog.clip_table(), base,
                                  base_generation, excluded, delta)
     raise AssertionError("unreachable")
+
+
+def _base_fits(base: VectorStore, state, manifest: LibraryManifest, catalog: Catalog, excluded: np.ndarray) -> bool:
+    """Whether the FAISS file holds what its state says: the catalog's clips up to its generation, plus at most
+    the ones deleted since (tombstones), at the library's dimension."""
+    if (base.dim, state.dim, base.ntotal) != (manifest.dim, manifest.dim, state.count):
+        return False
+    kept = catalog.clip_count(up_to=state.generation)
+    return kept <= base.ntotal <= kept + len(excluded)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -58,6 +59,45 @@ def resolve_factory(factory: str, n: int, *, flat_max: int = AUTO_FLAT_MAX) -> s
 
 SUPPORTED_FACTORIES = "'auto', 'Flat', 'HNSW<M>,Flat' (e.g. 'HNSW32,Flat') or 'IVF<nlist>,Flat' (e.g. 'IVF1024,Flat')"
 
+# What a library keeps: the types its store searches, removes from and rebuilds correctly (an optional IDMap
+# wrapper, as resolve_factory writes it; an IVF may use an HNSW coarse quantizer for many lists).
+_KEPT = re.compile(r"(IDMap2?,)?(Flat|HNSW\d+(,Flat)?)|IVF\d+(_HNSW\d+)?,Flat")
+HNSW_M_RANGE = (2, 512)  # M=1 segfaults and M=0 aborts inside FAISS; beyond 512 links a vector costs more than its codes
+IVF_NLIST_MAX = 1 << 20  # auto picks 4*sqrt(n): a million lists serve 6e10 vectors; FAISS allocates every list up front
+_NUMBER_MAX = 1 << 20  # any other count in a factory string: FAISS allocates some of them before checking
+
+
+def _parameter_problem(factory: str) -> str | None:
+    # FAISS does not check these numbers: HNSW1 segfaults when vectors are added, HNSW0 aborts the process,
+    # IVF0 fails every search and a huge count allocates memory before anything else is looked at.
+    for m in re.findall(r"HNSW(\d+)", factory):
+        if not HNSW_M_RANGE[0] <= int(m) <= HNSW_M_RANGE[1]:
+            return (f"has HNSW M={int(m)}, and HNSW needs M from {HNSW_M_RANGE[0]} to {HNSW_M_RANGE[1]} links per "
+                    "vector (16-64 is usual)")
+    for nlist in re.findall(r"IVF(\d+)", factory):
+        if not 1 <= int(nlist) <= IVF_NLIST_MAX:
+            return f"has nlist={int(nlist)}, and an IVF needs 1 to {IVF_NLIST_MAX} lists (auto picks about 4*sqrt(clips))"
+    for number in re.findall(r"\d+", factory):
+        if int(number) > _NUMBER_MAX:
+            return f"holds the number {int(number)}, far larger than any index a library builds"
+    return None
+
+
+_NOT_KEPT = "is not an index type a vmm library keeps (Flat, HNSW, or IVF with Flat codes)"
+
+
+def factory_problem(factory: str) -> str | None:
+    """Why a library cannot use ``factory`` (a setting or a resolved string), from its text alone; or None.
+
+    >>> factory_problem("IDMap2,HNSW32,Flat") is None
+    True
+    >>> factory_problem("HNSW1,Flat")
+    'has HNSW M=1, and HNSW needs M from 2 to 512 links per vector (16-64 is usual)'
+    >>> factory_problem("IVF0,Flat")
+    'has nlist=0, and an IVF needs 1 to 1048576 lists (auto picks about 4*sqrt(clips))'
+    """
+    return _parameter_problem(factory) or (None if _KEPT.fullmatch(factory) else _NOT_KEPT)
+
 
 def check_factory(dim: int, factory: str) -> None:
     """Raise VmmError unless a library can hold ``factory``.
@@ -70,20 +110,28 @@ def check_factory(dim: int, factory: str) -> None:
     Traceback (most recent call last):
     ...
     vmm.errors.VmmError: index factory 'PQ4' needs training that a vmm library does not do (only IVF lists with Flat codes are trained); use 'auto', 'Flat', 'HNSW<M>,Flat' (e.g. 'HNSW32,Flat') or 'IVF<nlist>,Flat' (e.g. 'IVF1024,Flat')
+    >>> check_factory(8, "HNSW1,Flat")
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: index factory 'HNSW1,Flat' has HNSW M=1, and HNSW needs M from 2 to 512 links per vector ...
     """
     if factory == "auto":
         return
-    if not isinstance(factory, str) or not factory.strip():
-        from vmm.errors import VmmError
-
-        raise VmmError(f"index factory {factory!r} is empty or not text; use {SUPPORTED_FACTORIES}")
-    index = VectorStore.create(dim, factory).index
-    if index.is_trained or type(index) is faiss.IndexIVFFlat:
-        return
     from vmm.errors import VmmError
 
-    raise VmmError(f"index factory {factory!r} needs training that a vmm library does not do (only IVF lists "
-                   f"with Flat codes are trained); use {SUPPORTED_FACTORIES}")
+    if not isinstance(factory, str) or not factory.strip():
+        raise VmmError(f"index factory {factory!r} is empty or not text; use {SUPPORTED_FACTORIES}")
+    problem = _parameter_problem(factory)
+    if problem is None and _KEPT.fullmatch(factory):
+        return
+    if problem is None:
+        # FAISS names the more specific fault, if any: not a factory string at all, or one that needs training.
+        index = VectorStore.create(dim, factory).index
+        if not (index.is_trained or type(index) is faiss.IndexIVFFlat):
+            raise VmmError(f"index factory {factory!r} needs training that a vmm library does not do (only IVF "
+                           f"lists with Flat codes are trained); use {SUPPORTED_FACTORIES}")
+        problem = _NOT_KEPT
+    raise VmmError(f"index factory {factory!r} {problem}; use {SUPPORTED_FACTORIES}")
 
 
 def auto_nlist(n: int) -> int:
@@ -152,6 +200,11 @@ class VectorStore:
     def create(cls, dim: int, factory: str = "auto", *, expected: int = 0) -> "VectorStore":
         """An empty store; ``auto`` resolves for ``expected`` vectors. IVF must be :meth:`train`-ed."""
         resolved = resolve_factory(factory, expected)
+        problem = _parameter_problem(resolved)
+        if problem is not None:
+            from vmm.errors import VmmError
+
+            raise VmmError(f"index factory {factory!r} {problem}; use {SUPPORTED_FACTORIES}")
         try:
             index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as error:
@@ -195,6 +248,10 @@ class VectorStore:
 
             raise VmmError(f"index factory {self.factory!r} needs at least {ivf.nlist} vectors to train, "
                            f"the library has {len(vectors)}; use a smaller nlist or 'auto'")
+        if ivf is not None:
+            # A library trains its IVF as soon as it holds nlist vectors, on purpose; FAISS would print a raw
+            # "WARNING clustering N points to K centroids" on stderr whenever that is under 39 per list.
+            ivf.cp.min_points_per_centroid = 1
         self.index.train(vectors)
 
     # -- contents ------------------------------------------------------------------------

@@ -156,7 +156,8 @@ def load_retrieval_dataset(
     videos_dir = Path(videos_dir)
     items = [_item_captions(annotation_file, i, item) for i, item in enumerate(_read_json_list(annotation_file))]
     if not videos_dir.is_dir():
-        raise VmmError(f"videos directory {videos_dir} does not exist; pass the folder that holds the videos")
+        problem = "is a file, not a folder" if videos_dir.exists() else "does not exist"
+        raise VmmError(f"videos directory {videos_dir} {problem}; pass the folder that holds the videos")
 
     # One video listed twice would be two gallery entries competing for the same captions (each copy's match
     # ranks the other first), lowering every metric without a sign.
@@ -176,7 +177,7 @@ def load_retrieval_dataset(
     missing_set = set(missing)
 
     dataset = RetrievalDataset([], [], [], [], protocol, annotation_file, missing)
-    for video, captions in items:
+    for i, (video, captions) in enumerate(items):
         path = videos_dir / video
         if path in missing_set:
             continue
@@ -188,7 +189,11 @@ def load_retrieval_dataset(
         dataset.videos.append(path)
         dataset.vid2txt.append([])
         for caption in captions:
+            text = clean_caption(caption)
+            if not text:  # an empty query matches nothing in particular; dropping it would change the test set
+                raise VmmError(f"annotation file {annotation_file}: item {i} ({video}) has the caption {caption!r:.40} "
+                               "with no words left after cleaning; write the caption or remove the item")
             dataset.vid2txt[video_index].append(len(dataset.texts))
             dataset.txt2vid.append(video_index)
-            dataset.texts.append(clean_caption(caption))
+            dataset.texts.append(text)
     return dataset

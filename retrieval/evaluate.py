@@ -105,6 +105,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise VmmError(f"--{name} must be >= 1, got {value}; leave it out for the automatic value")
+            if value is not None and self.index != "ivf":  # an exact index has no lists: the value would be ignored
+                raise VmmError(f"--{name} {value} applies only to --index ivf; add --index ivf or drop --{name}")
         _check_device(self.device)
 
 

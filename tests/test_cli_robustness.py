@@ -127,3 +127,63 @@ def test_files_that_are_not_checkpoints(setup, tmp_path, capsys):
               str(tmp_path / name), "truncated or damaged")
     fails(["encode", "--model", "videomamba_m16_mm", "--checkpoint", str(tmp_path / "cut.pth")], capsys,
           "truncated or damaged")
+
+
+@pytest.mark.parametrize("command", [["encode", "--threads", "100000"],
+                                     ["classify", "VIDEO", *CLASSIFIER, "--checkpoint", "CKPT", "--threads", "1000"],
+                                     ["index", "VIDEO", "--library", "NEW", "--model", "MODEL", "--workers", "1000"],
+                                     ["eval", "msrvtt", "--annotations", "A", "--videos", "V", "--workers", "1000"],
+                                     ["demo", "--out", "NEW", "--workers", "100000"]])
+def test_thread_and_process_counts_far_above_the_cpus(setup, capsys, command):
+    # torch segfaulted on --threads 100000; --threads 1000 took a minute instead of a second
+    paths = {"VIDEO": setup / "red.mp4", "CKPT": setup / "tiny.pth", "NEW": setup / "unused", "MODEL": setup / "model"}
+    option = command[-2]
+    fails([str(paths.get(a, a)) for a in command], capsys, f"{option} {command[-1]}", "far above",
+          f"at most {4 * os.cpu_count()}")
+    assert not (setup / "unused").exists()
+
+
+def test_empty_paths_and_early_demo_checks(setup, capsys):
+    fails(["encode", ""], capsys, "video path is empty")
+    fails(["demo", "--out", ""], capsys, "--out is empty")
+    fails(["demo", "--out", str(setup / "unused"), "--seed", "-1"], capsys, "--seed -1")
+    fails(["demo", "--out", str(setup / "unused"), "--workers", "-1"], capsys, "--workers -1")
+    fails(["demo", "--out", str(setup / "unused"), "--model", "nosuch"], capsys, "unknown model 'nosuch'")
+    (setup / "demo_out").mkdir()
+    os.symlink(setup / "lib", setup / "demo_out" / "library")  # a library of the tiny model, not vmm_nano
+    fails(["demo", "--out", str(setup / "demo_out")], capsys, "holds a demo library", "pass a new --out")
+    fails(["demo", "--out", "/proc/vmm-demo"], capsys, "--out /proc/vmm-demo", "cannot create folders in /proc")
+    fails(["demo", "--out", str(setup / "red.mp4" / "demo")], capsys, "cannot create folders in", "red.mp4")
+    assert not (setup / "unused").exists() and sorted(os.listdir(setup / "demo_out")) == ["library"]
+
+
+def test_messages_name_the_real_problem(setup, tmp_path, capsys):
+    fails(["encode", str(setup / "red.mp4"), "--checkpoint", str(tmp_path)], capsys, "is a folder")
+    fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--checkpoint", str(setup / "tiny.pth"), "--labels",
+           str(tmp_path)], capsys, f"--labels {tmp_path} is a folder")
+    fails(["search", str(setup / "lib"), "red", "--min-duration", "-1"], capsys, "--min-duration -1")
+    err = fails(["classify", str(setup / "red.mp4"), "--model", "tinycls"], capsys, "unknown model",
+                "videomamba_tiny")
+    assert "--checkpoint is required" not in err
+    assert main(["index", str(setup / "red.mp4"), "--library", str(tmp_path / "ch"), "--model", "color-histogram",
+                 "--quiet", "--workers", "0"]) == 0
+    err = fails(["search", str(tmp_path / "ch"), "--video", str(setup / "red.mp4"), "--checkpoint",
+                 str(setup / "tiny.pth")], capsys, "color-histogram", "drop --checkpoint")
+    assert "videomamba_m16_25m" not in err
+
+
+def test_unreadable_library_and_weights(setup, tmp_path, capsys):
+    import shutil
+    shutil.copytree(setup / "lib", tmp_path / "lib")
+    shutil.copytree(setup / "model", tmp_path / "model")
+    os.chmod(tmp_path / "lib", 0)
+    os.chmod(tmp_path / "model" / "model.safetensors", 0)
+    try:
+        if os.access(tmp_path / "lib", os.R_OK):
+            pytest.skip("permissions do not apply to this user (root)")
+        fails(["search", str(tmp_path / "lib"), "red"], capsys, "is not readable")
+        fails(["encode", str(setup / "red.mp4"), "--model", str(tmp_path / "model")], capsys, "is not readable")
+        fails(["encode", str(setup / "red.mp4"), "--model", "videomamba_m16_mm", "--checkpoint",
+               str(tmp_path / "model" / "model.safetensors")], capsys, "is not readable")
+    finally:
+        os.chmod(tmp_path / "lib", 0o755)

@@ -195,3 +195,29 @@ def test_a_video_listed_twice_is_refused(tmp_path):
     (tmp_path / "dup.json").write_text(json.dumps(items))
     with pytest.raises(VmmError, match=r"item 2 lists video './red.mp4' again \(first at item 0\)"):
         load_retrieval_dataset(tmp_path / "dup.json", tmp_path, "msrvtt")
+
+
+@pytest.mark.parametrize("caption", ["", "   ", "!!!"])
+def test_a_caption_empty_after_cleaning_is_refused(data, tmp_path, capsys, caption):
+    items = json.loads((data / "ok.json").read_text())
+    items[1]["caption"] = [caption]
+    (tmp_path / "empty.json").write_text(json.dumps(items))
+    assert main(eval_args(data, annotations=tmp_path / "empty.json")) == 2
+    err = one_line_error(capsys)
+    assert "item 1 (green.mp4)" in err and "empty.json" in err and "no words left" in err
+
+
+def test_options_that_would_be_ignored_or_misread(data, capsys, no_evaluation):
+    assert main(eval_args(data, "--nlist", "4")) == 2
+    assert "--nlist 4 applies only to --index ivf" in one_line_error(capsys)
+
+
+def test_a_file_given_as_the_videos_folder(data, capsys):
+    assert main(eval_args(data)[:5] + [str(data / "ok.json"), *eval_args(data)[6:]]) == 2
+    assert "is a file, not a folder" in one_line_error(capsys)
+
+
+def test_frames_default_to_the_model_folders_own(data, capsys):
+    args = eval_args(data)
+    del args[args.index("--frames"):args.index("--frames") + 2]  # the tiny model folder is a 4-frame model
+    assert main(args) == 0, capsys.readouterr().err

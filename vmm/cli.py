@@ -63,31 +63,110 @@ def build_parser(dash_files: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+class _StdoutError(Exception):
+    """Writing to standard output failed: its own type, so that no command's ``except OSError`` mistakes it for a
+    problem with one of its files."""
+
+
+class _GuardedStdout:
+    """sys.stdout, whose write errors other than a closed pipe raise :class:`_StdoutError`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _StdoutError(e.strerror or str(e)) from None
+
+    def write(self, text):
+        return self._guard(self._stream.write, text)
+
+    def flush(self):
+        return self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _mute_stdout() -> None:
+    # Python flushes stdout again at exit: pointed at /dev/null, that flush cannot fail a second time.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is no file (captured)
+
+
+def _check_parallelism(args: argparse.Namespace) -> None:
+    """Refuse thread and process counts far above the CPUs: torch crashes on a huge --threads, and hundreds of
+    threads or decoders only contend for the same cores."""
+    limit = 4 * (os.cpu_count() or 1)
+    for name, least in (("threads", 1), ("workers", 0)):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if value < least:
+            raise VmmError(f"--{name} {value}: pass at least {least} (or omit --{name} for the default)")
+        if value > limit:
+            raise VmmError(f"--{name} {value} is far above the {os.cpu_count()} CPUs of this machine; pass at most "
+                           f"{limit} (or omit --{name} for the default)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``vmm ARGS``; returns the exit status (0 done, 2 user error, 130 interrupted, 141 closed pipe)."""
+    # Everything, the imports of the commands (torch) included, runs under these handlers: a Ctrl-C in the first
+    # second of start-up should print one word, not the traceback of an import.
+    if sys.stdout is None:  # started with stdout closed (>&-): a file opened later would take its place as fd 1
+        _say_error("standard output is closed; redirect it instead (e.g. > /dev/null)")
+        return 2
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    try:
+        return _main(argv)
+    except VmmError as e:
+        _say_error(one_line(str(e)))
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except _StdoutError as e:
+        _say_error(f"cannot write to standard output ({e}); redirect it to a file or device with room (what the "
+                   "command finished before is kept)")
+        _mute_stdout()
+        return 2
+    except BrokenPipeError:
+        # The reader of the output went away (`vmm search ... | head`): stop quietly like other tools.
+        _mute_stdout()
+        return 141  # 128 + SIGPIPE, the status of a command the signal ended
+    finally:
+        sys.stdout = stdout
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, AttributeError):
+        pass  # stderr is closed or full as well: the exit status still tells
+
+
+def _say_error(message: str) -> None:
+    _say(f"error: {message}")
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_dash_files(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    try:
-        code = int(args._run(args) or 0)
-        sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed pipe shows here, not at exit
-        return code
-    except VmmError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader of the output went away (`vmm search ... | head`): stop quietly like other tools, and point
-        # stdout at /dev/null so that flushing it at exit does not fail again.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass  # stdout is no file (captured)
-        return 141  # 128 + SIGPIPE, the status of a command the signal ended
+    _check_parallelism(args)
+    code = int(args._run(args) or 0)
+    sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed pipe shows here, not at exit
+    return code
 
 
 if __name__ == "__main__":

@@ -214,7 +214,11 @@ def _sniff_weights_file(path: Path) -> None:
     import struct
     import zipfile
     size = path.stat().st_size
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise VmmError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
+    with f:
         head = f.read(8)
         header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         looks_safetensors = 2 <= header_len <= min(size - 8, 100_000_000) and f.read(1) == b"{"

@@ -92,11 +92,23 @@ def _build_model(args: argparse.Namespace):
     if is_pretrained_dir(args.model):
         model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
         return model
+    if args.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
+        raise VmmError(f"--model {args.model}: unknown model; {_close_names(args.model, vmm.list_models())}")
     if not args.checkpoint:
         raise VmmError(f"--checkpoint is required for {args.model} (random weights give meaningless labels); pass "
                        "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
     model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
     return model
+
+
+def _close_names(typed: str, names: list[str]) -> str:
+    """Names resembling ``typed``, whole or one '_' part ('tinycls' -> videomamba_tiny), else the classifiers."""
+    from difflib import SequenceMatcher
+    score = {n: max(SequenceMatcher(None, typed.lower(), p).ratio() for p in [n, *n.split("_")]) for n in names}
+    close = sorted((n for n in names if score[n] >= 0.6), key=lambda n: -score[n])[:4]
+    if close:
+        return f"did you mean {', '.join(close)}?"
+    return f"classifiers: {', '.join(n for n in names if 'k400' in n)} (or a save_pretrained folder)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
     options.check()
+    if args.labels and Path(args.labels).is_dir():
+        raise VmmError(f"--labels {args.labels} is a folder; pass a text file with one class name per line, or a "
+                       "built-in set (kinetics400)")
     if not Path(args.video).is_file():
         raise VmmError(f"video {args.video} does not exist or is not a file; pass the path of a video file")
     device = resolve_device(args.device)

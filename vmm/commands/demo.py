@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -15,8 +16,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
+def _check(args: argparse.Namespace) -> None:
+    """What would otherwise fail after the corpus is generated (minutes) is refused before any work."""
+    from vmm.errors import VmmError
+    if not args.out:
+        raise VmmError("--out is empty; pass a folder for the demo's output (e.g. --out demo_output)")
+    if args.seed < 0:
+        raise VmmError(f"--seed {args.seed}: pass a seed of 0 or more")
+    if args.videos < 1 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
+        return  # run_demo names these, before it writes anything
+    from retrieval.library import load_encoder
+    from vmm.demo import SHIPPED_NANO
+    from vmm.factory import resolve_device
+    if args.device is not None:
+        resolve_device(args.device)
+    if args.model is not None or SHIPPED_NANO.is_dir():  # run_demo explains a missing shipped model
+        encoder = load_encoder(args.model or str(SHIPPED_NANO), None, args.device)
+        _check_library_model(Path(args.out) / "library", encoder, args.out)
+        del encoder  # run_demo loads its own
+    _check_writable(args.out)
+
+
+def _check_library_model(library: Path, encoder, out: str) -> None:
+    from index.catalog import LibraryManifest
+    from vmm.errors import VmmError
+    try:
+        have = LibraryManifest.from_json((library / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return  # no library yet (or a damaged copy of its manifest: indexing names that)
+    problem = have.model_mismatch(LibraryManifest.for_encoder(encoder, window=10.0, stride=5.0, max_seconds=None))
+    if problem:
+        raise VmmError(f"--out {out} holds a demo library built with model {have.model_name}, not "
+                       f"{encoder.name} ({problem}); pass a new --out folder for this model")
+
+
+def _check_writable(out: str) -> None:
+    """Try to create a folder where the output goes, so a read-only or impossible --out fails now."""
+    import tempfile
+    from vmm.errors import VmmError
+    parent = Path(os.path.abspath(out))
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".vmm-demo-"))
+    except OSError as e:
+        raise VmmError(f"--out {out}: cannot create folders in {parent} ({e.strerror}); pass a folder you can "
+                       "write to") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from vmm.demo import DemoConfig, run_demo
+    _check(args)
     run_demo(DemoConfig(out_dir=Path(args.out), model=args.model, num_videos=args.videos, seed=args.seed,
                         queries=args.queries, workers=args.workers, device=args.device))
     return 0

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from vmm.commands import set_threads
     from vmm.errors import VmmError
     from vmm.factory import frames_override, resolve_device
+    if args.video == "":  # not the same as leaving it out, which encodes the generated clip
+        raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
     set_threads(args.threads)
     overrides = frames_override(args.model, args.frames)

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="weights: .pth/.safetensors path or hf-hub:OpenGVLab/VideoMamba/<file> "
                         "[the model's official file]")
-    p.add_argument("--frames", type=int, default=8, help="frames per video (official: 8) [8]")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per video (official: 8) [a model folder's own, else 8]")
     p.add_argument("--rerank-k", type=int, default=128, help="ITM re-ranks the top k by ITC per query [128]")
     p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch [16]")
     p.add_argument("--text-batch-size", type=int, default=256, help="texts per encoder batch [256]")
@@ -48,10 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.evaluate import (EvalConfig, check_outputs, default_model_for, evaluate, write_json,
                                     write_markdown)
+    import vmm
+    from vmm.factory import default_pretrained, saved_frames
+    from vmm.models.persistence import is_pretrained_dir
     model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
+    frames = args.frames
+    if frames is None:  # a model folder's weights fit only the frame count they were saved for
+        weights = model if is_pretrained_dir(model) else args.checkpoint
+        if weights is None and model in vmm.list_models():
+            weights = default_pretrained(model)
+        frames = (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or 8
     config = EvalConfig(
         dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,
-        checkpoint=args.checkpoint, frames=args.frames, rerank_k=args.rerank_k, batch_size=args.batch_size,
+        checkpoint=args.checkpoint, frames=frames, rerank_k=args.rerank_k, batch_size=args.batch_size,
         text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size, allow_missing=args.allow_missing,
         device=args.device, precision=args.precision, workers=args.workers, decode_timeout=args.decode_timeout,
         index=args.index, nlist=args.nlist, nprobe=args.nprobe, sim_chunk=args.sim_chunk,
@@ -63,17 +73,19 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(config)
     if result is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
-    print(result.markdown(), flush=True)  # before writing, so a write that still fails loses no numbers
     writes = [(args.json, lambda path: write_json(result.report, path)),
               (args.markdown, lambda path: write_markdown(result.report, path)),
               (args.save_scores, result.save_scores)]
     failed = []
-    for path, write in writes:
-        if path:
-            try:
-                write(path)
-            except VmmError as error:
-                failed.append(error)
+    try:
+        print(result.markdown(), flush=True)  # before writing, so a write that still fails loses no numbers
+    finally:  # and the files, even when stdout fails: they may be the only copy of the numbers
+        for path, write in writes:
+            if path:
+                try:
+                    write(path)
+                except VmmError as error:
+                    failed.append(error)
     if failed:
         more = f" (and {len(failed) - 1} more output(s) failed)" if len(failed) > 1 else ""
         raise VmmError(f"{failed[0]}{more}; the metrics are printed above")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -33,7 +34,6 @@ def _fmt_time(t: float) -> str:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that would otherwise fail deep in the search or quietly return nothing."""
-    import math
     import os
     from vmm.errors import VmmError
     from vmm.factory import resolve_device
@@ -51,13 +51,25 @@ def _check_options(args: argparse.Namespace) -> None:
         raise VmmError(f"--rerank {args.rerank}: pass the number of top clips to re-score (0, the default, "
                        "re-scores none)")
     for option, value in (("--min-duration", args.min_duration), ("--max-duration", args.max_duration)):
-        if value is not None and math.isnan(value):
-            raise VmmError(f"{option} {value}: pass a number of seconds")
+        if value is not None and not value >= 0:
+            raise VmmError(f"{option} {value:g}: pass a number of seconds >= 0")
     if args.min_duration is not None and args.max_duration is not None and args.min_duration > args.max_duration:
         raise VmmError(f"--min-duration {args.min_duration:g} is above --max-duration {args.max_duration:g}: no "
                        "video can match; swap or widen them")
     if args.device is not None:
         resolve_device(args.device)
+    try:
+        os.listdir(args.library)
+    except PermissionError as e:  # else it reads as a folder without a catalog, i.e. not a library
+        raise VmmError(f"library {args.library} is not readable ({e.strerror}); check its permissions") from None
+    except OSError:
+        return  # missing or not a folder: opening the library names it
+    from retrieval.library import COLOR_HISTOGRAM, _read_model_file
+    recorded = _read_model_file(args.library).get("model")
+    given = [f"--{name}" for name in ("model", "checkpoint") if getattr(args, name) not in (None, COLOR_HISTOGRAM)]
+    if recorded == COLOR_HISTOGRAM and given:  # else the override loads the default video-text model's weights
+        raise VmmError(f"library {args.library} was indexed with {COLOR_HISTOGRAM}, which has no weights: drop "
+                       f"{' and '.join(given)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
     for h in hits:
         # Text, not markup: a file named "[intro] clip.mp4" lost its "[intro]" as a style tag.
         table.add_row(str(h.rank), f"{h.score:.4f}", Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
-    console = Console(width=200)
-    with console.capture() as captured:  # printed by us: on a closed pipe Rich exits with status 1 by itself
-        console.print(table)
-    sys.stdout.write(captured.get())
+    # Rendered into a string and printed by us: writing stdout itself, Rich exits with status 1 on a closed pipe
+    # and its write errors escape vmm.cli's handling.
+    rendered = io.StringIO()
+    Console(file=rendered, width=200, force_terminal=sys.stdout.isatty()).print(table)
+    sys.stdout.write(rendered.getvalue())
     return 0
 
 

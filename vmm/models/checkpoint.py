@@ -31,8 +31,15 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     Never unpickles arbitrary objects: such a file is refused with a one-line :class:`CheckpointError`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file or a vmm model folder (config.json "
+                              "+ model.safetensors); pass the downloaded .pth or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a downloaded .pth or .safetensors file")
+    try:
+        open(path, "rb").close()
+    except OSError as e:  # else torch and safetensors report it as a missing or damaged file
+        raise CheckpointError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:

@@ -80,6 +80,7 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     for k, v in overrides.items():
         kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
     model = create_model(arch, **kwargs)
+    _check_readable(directory / WEIGHTS_NAME)
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_NAME), strict=True)
     except Exception as e:
@@ -89,3 +90,11 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     model.model_meta = cfg.get("model_meta") or {}
     model.pretrained_source = str(directory)
     return model
+
+
+def _check_readable(path: Path) -> None:
+    # Else the loaders' errors for a file without read permission read as a damaged or missing file.
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise VmmError(f"{path} is not readable ({e.strerror}); check its permissions") from None

@@ -1,0 +1,79 @@
+"""The real `vmm` process when its output cannot be written or it is interrupted while starting: one line on
+stderr and an exit status, never a traceback, and the work done stays done."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import videos
+from tests.tiny_model import save_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    root = tmp_path_factory.mktemp("output")
+    save_tiny_model(root / "model")
+    (root / "vids").mkdir()
+    videos.write_red_green_square(root / "vids")
+    (root / "vids" / "a.json").write_text(json.dumps([{"video": f"{c}.mp4", "caption": c}
+                                                      for c in ("red", "green", "square")]))
+    return root
+
+
+def vmm(*args, stdout=subprocess.PIPE, shell_suffix=""):
+    command = [sys.executable, "-m", "vmm.cli", *map(str, args)]
+    if shell_suffix:
+        command = ["bash", "-c", " ".join(f"'{a}'" for a in command) + shell_suffix]
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=ENV, timeout=300)
+
+
+def one_error_line(r, *needles):
+    err = r.stderr.strip()
+    assert r.returncode == 2 and err.startswith("error: ") and "\n" not in err, (r.returncode, err)
+    for needle in needles:
+        assert needle in err, err
+
+
+@needs_dev_full
+def test_a_full_stdout(lib):
+    with open("/dev/full", "w") as full:
+        r = vmm("index", lib / "vids", "--library", lib / "lib", "--model", lib / "model", "--quiet",
+                "--workers", "0", stdout=full)
+        one_error_line(r, "cannot write to standard output", "No space left")
+        for extra in ([], ["--json"]):
+            one_error_line(vmm("search", lib / "lib", "red", *extra, stdout=full), "No space left")
+        r = vmm("eval", "msrvtt", "--annotations", lib / "vids" / "a.json", "--videos", lib / "vids", "--model",
+                lib / "model", "--workers", "0", "--device", "cpu", "--no-progress", "--json", lib / "report.json",
+                stdout=full)
+        one_error_line(r, "No space left")
+    assert (lib / "report.json").is_file()  # the report file is still written
+    r = vmm("search", lib / "lib", "red", "--json")  # the index finished before its summary failed
+    assert r.returncode == 0 and r.stdout.count('"rank"') == 3
+
+
+def test_a_closed_stdout(lib):
+    r = vmm("search", lib / "missing", "red", shell_suffix=" >&-")
+    one_error_line(r, "standard output is closed")
+
+
+def test_ctrl_c_while_starting(lib):
+    # A Ctrl-C while torch is imported; a library's import may swallow one now and then, so several delays.
+    results = []
+    for delay in (0.3, 0.6, 0.9):
+        p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "encode", str(lib / "vids" / "red.mp4")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        results.append((p.returncode, err.strip()))
+    assert all("Traceback" not in err for _, err in results), results
+    assert (130, "interrupted") in results and all(r in ((130, "interrupted"), (0, "")) for r in results), results

@@ -172,6 +172,19 @@ def test_messages_name_the_real_problem(setup, tmp_path, capsys):
     assert "videomamba_m16_25m" not in err
 
 
+def test_index_names_an_unreadable_library(setup, monkeypatch, capsys):
+    """It said "no model given": a library it cannot list reads as a folder without a catalog."""
+    library, listdir = str(setup / "lib"), os.listdir
+
+    def denied(path="."):  # chmod 000 as any user, root included
+        if os.fspath(path) == library:
+            raise PermissionError(13, "Permission denied", library)
+        return listdir(path)
+    monkeypatch.setattr(os, "listdir", denied)
+    fails(["index", str(setup / "red.mp4"), "--library", library], capsys,
+          f"library {library} is not readable (Permission denied); check its permissions")
+
+
 def test_unreadable_library_and_weights(setup, tmp_path, capsys):
     import shutil
     shutil.copytree(setup / "lib", tmp_path / "lib")

@@ -52,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
         check_frames(args.frames)
+    try:
+        os.listdir(library)
+    except PermissionError as e:  # else it reads as a folder without a catalog: "no model given"
+        raise VmmError(f"library {library} is not readable ({e.strerror}); check its permissions") from None
+    except OSError:
+        pass  # missing (created by the run) or not a folder (named by the run)
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
     model, checkpoint = args.model, args.checkpoint

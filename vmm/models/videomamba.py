@@ -101,7 +101,9 @@ class VideoMambaBackbone(nn.Module):
             raise VmmError(f"video input has {x.shape[1]} channels but the model takes {self.cfg.in_chans}; pass "
                            f"(batch, {self.cfg.in_chans}, frames, height, width)")
         weight = self.patch_embed.proj.weight
-        return x if x.dtype == weight.dtype else x.to(weight.dtype)  # outside autocast the conv needs one dtype
+        if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return x  # autocast casts for the conv itself; a copy in the weights' dtype would only cost memory
+        return x.to(weight.dtype)  # outside autocast the conv needs one dtype
 
     def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
         """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""

@@ -82,6 +82,10 @@ class ClipFilter:
         return True
 
 
+def _is_whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def as_clip_filter(where):
     """``where`` of a search as a :class:`ClipFilter` (a dict of its fields makes one), a function of a
     :class:`FileRecord`, or None."""
@@ -137,21 +141,28 @@ class LibraryReader:
         ``queries`` is (Q, dim) or (dim,) float32, L2-normalised like the library's
         vectors (scores are cosines); a torch tensor is taken too. ``where`` is a
         :class:`ClipFilter`, a dict of its fields or a function of a :class:`FileRecord`;
-        it selects clips before ranking, so k hits come back whenever k clips match.
+        it selects clips before ranking, so k hits come back whenever k clips match. ``nprobe`` (IVF) and
+        ``ef_search`` (HNSW) trade speed for recall on those index types (whole numbers >= 1; None: the default).
         """
         base, delta = self._base, self._delta  # read before the check: close() marks the reader closed first
         if self._closed:
             raise VmmError(f"this reader of library {self.library} is closed; open the library again with "
                            "open_library")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not _is_whole(k) or k < 1:
             raise VmmError(f"k must be a whole number >= 1, got {k!r}")
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            # FAISS casts these to size_t or int: -1 overflowed, while 0 and 1.5 were silently replaced or truncated.
+            if value is not None and not (_is_whole(value) and value >= 1):
+                raise VmmError(f"{name} must be a whole number >= 1 (or None for the default), got {value!r}")
         queries = self._as_queries(queries)
         where = as_clip_filter(where)
         # No more hits than clips can exist; a larger k only allocated (Q, k) result arrays, up to all memory.
-        k = min(int(k), len(self._clip_ids))
+        total = len(self._clip_ids)
+        k = min(int(k), total)
         if not k:
             return [[] for _ in queries]
-        options = SearchOptions(nprobe=nprobe, ef_search=ef_search)
+        # A candidate list longer than the library changes nothing, and FAISS overflowed above 2**31 - 1.
+        options = SearchOptions(nprobe=nprobe, ef_search=None if ef_search is None else min(int(ef_search), total))
         allowed_base = allowed_delta = None
         if where is not None:
             accepts = where.accepts if isinstance(where, ClipFilter) else where

@@ -123,6 +123,10 @@ def test_search_vectors_takes_what_videolibrary_search_takes(library):
     (dict(k=None), "k must be a whole number >= 1, got None"),
     (dict(k=2.0), "k must be a whole number >= 1, got 2.0"),
     (dict(k=0), "k must be a whole number >= 1, got 0"),
+    (dict(nprobe=0), r"nprobe must be a whole number >= 1 \(or None for the default\), got 0"),
+    (dict(nprobe=2.5), "nprobe must be a whole number >= 1 .*got 2.5"),
+    (dict(ef_search=-1), "ef_search must be a whole number >= 1 .*got -1"),
+    (dict(ef_search="64"), "ef_search must be a whole number >= 1 .*got '64'"),
     (dict(where={"min_durations": 3}), r"where has unknown keys \['min_durations'\]"),
     (dict(where="*.mp4"), "where must be a Where .*got str"),
     (dict(queries="red"), "queries must be float vectors, got str; embed the queries with model color-histogram"),
@@ -135,6 +139,22 @@ def test_search_vectors_refuses_bad_arguments_in_one_line(library, kwargs, messa
         with pytest.raises(VmmError, match=message) as error:
             reader.search_vectors(**kwargs)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("factory", ["IVF2,Flat", "HNSW4,Flat"])
+def test_search_options_reach_approximate_indexes_checked(library, tmp_path, factory):
+    """FAISS casts nprobe and ef_search to size_t or int: -1 raised OverflowError, 2**31 too (HNSW)."""
+    from index.library import build_library
+    lib, vids = library
+    build_library([str(vids)], str(tmp_path / "lib"), lib.encoder, workers=0, progress=False, factory=factory)
+    with open_library(str(tmp_path / "lib")) as reader:
+        assert reader._base is not None and factory in reader._base.factory
+        query = np.ones(reader.manifest.dim, np.float32)
+        exact = reader.search_vectors(query, k=5, nprobe=2, ef_search=40)[0]
+        assert reader.search_vectors(query, k=5, nprobe=np.int64(10**12), ef_search=2**31)[0] == exact
+        for bad in (dict(nprobe=-1), dict(ef_search=-1), dict(ef_search=0)):
+            with pytest.raises(VmmError, match=f"^{next(iter(bad))} must be a whole number >= 1"):
+                reader.search_vectors(query, k=5, **bad)
 
 
 @pytest.mark.parametrize("make, message", [

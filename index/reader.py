@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, LibraryManifest
-from index.library import _open_catalog, read_state
+from index.library import STATE_FILE, _open_catalog, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError
 
@@ -101,22 +102,30 @@ def as_clip_filter(where):
                    f"function of the file record, got {type(where).__name__}")
 
 
+class _StaleIndex(RuntimeError):
+    """The FAISS file does not hold the snapshot's clip ids; search_vectors falls back to the catalog."""
+
+
 class LibraryReader:
     """A consistent, read-only snapshot of a library. Create it with :func:`open_library`."""
 
     def __init__(self, library: str, manifest: LibraryManifest, generation: int, files: list[FileRecord],
                  clips: tuple, base: VectorStore | None, base_generation: int, excluded: np.ndarray,
-                 delta: VectorStore | None):
+                 delta: VectorStore | None, base_file: str | None = None):
         self.library = library
         self.manifest = manifest
         self.generation = generation
         self.files = {record.id: record for record in files}
         self._clip_ids, self._clip_files, self._starts, self._ends, self._clip_generations = clips
-        self._base = base
-        self._base_generation = base_generation
-        self._excluded = excluded
-        self._delta = delta
+        # One tuple, swapped whole when the FAISS file proves stale, so a concurrent search never mixes the two.
+        self._stores = (base, base_generation, excluded, delta)
+        self._base_file = base_file
+        self._stale_lock = threading.Lock()
         self._closed = False
+
+    @property
+    def _base(self) -> VectorStore | None:
+        return self._stores[0]
 
     def __len__(self) -> int:
         """Number of clips in the snapshot."""
@@ -144,7 +153,7 @@ class LibraryReader:
         it selects clips before ranking, so k hits come back whenever k clips match. ``nprobe`` (IVF) and
         ``ef_search`` (HNSW) trade speed for recall on those index types (whole numbers >= 1; None: the default).
         """
-        base, delta = self._base, self._delta  # read before the check: close() marks the reader closed first
+        stores = self._stores  # read before the check: close() marks the reader closed first
         if self._closed:
             raise VmmError(f"this reader of library {self.library} is closed; open the library again with "
                            "open_library")
@@ -163,24 +172,56 @@ class LibraryReader:
             return [[] for _ in queries]
         # A candidate list longer than the library changes nothing, and FAISS overflowed above 2**31 - 1.
         options = SearchOptions(nprobe=nprobe, ef_search=None if ef_search is None else min(int(ef_search), total))
-        allowed_base = allowed_delta = None
+        mask = None
         if where is not None:
             accepts = where.accepts if isinstance(where, ClipFilter) else where
             files = np.array([i for i, record in self.files.items() if record.status == "ok" and accepts(record)],
                              np.int64)
             mask = np.isin(self._clip_files, files)
-            in_base = self._clip_generations <= self._base_generation
+        try:
+            return self._search(stores, queries, k, mask, options)
+        except _StaleIndex:
+            return self._search(self._without_stale_file(stores), queries, k, mask, options)
+
+    def _search(self, stores, queries: np.ndarray, k: int, mask, options: SearchOptions) -> list[list[Hit]]:
+        base, base_generation, excluded, delta = stores
+        allowed_base = allowed_delta = None
+        if mask is not None:
+            in_base = self._clip_generations <= base_generation
             allowed_base = self._clip_ids[mask & in_base]
             allowed_delta = self._clip_ids[mask & ~in_base]
         parts = []
         if base is not None and (allowed_base is None or len(allowed_base)):
-            parts.append(base.search(queries, k, allowed=allowed_base, excluded=self._excluded, options=options))
+            parts.append(base.search(queries, k, allowed=allowed_base, excluded=excluded, options=options))
+            if allowed_base is not None and (parts[-1][1][:, :min(k, len(allowed_base))] < 0).any():
+                # A filtered search returns every allowed clip up to k; these ones are missing from the file.
+                raise _StaleIndex(f"library {self.library}: the vector index lacks clips of its generation")
         if delta is not None and (allowed_delta is None or len(allowed_delta)):
             parts.append(delta.search(queries, k, allowed=allowed_delta))
         if not parts:
             return [[] for _ in queries]
         scores, ids = merge_results(parts, k) if len(parts) > 1 else parts[0]
         return [self._hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, ids)]
+
+    def _without_stale_file(self, stale: tuple) -> tuple:
+        """The snapshot's vectors read from the catalog, used from now on instead of a FAISS file that returned a
+        clip id the catalog does not hold or missed one it should. Clip ids are never reused, so such a file is an
+        older index copied over this one (a restored backup); its size and dimension matched, so nothing cheaper
+        noticed it."""
+        with self._stale_lock:
+            if self._stores is stale:  # else another thread's search has replaced it already
+                catalog = _open_catalog(self.library, read_only=True)
+                try:
+                    with catalog.snapshot():
+                        delta = VectorStore.create(self.manifest.dim, "Flat")
+                        for ids, vectors in catalog.iter_vectors():
+                            keep = np.isin(ids, self._clip_ids)  # not the clips added since the snapshot
+                            delta.add(vectors[keep], ids[keep])
+                finally:
+                    catalog.close()
+                self._stores = (None, 0, np.zeros(0, np.int64), delta)
+                _forget_state(self.library, self._base_file)
+            return self._stores
 
     def _as_queries(self, queries) -> np.ndarray:
         if hasattr(queries, "detach"):  # a torch tensor: one that needs grad, is on a GPU or is bf16 has no numpy view
@@ -206,7 +247,7 @@ class LibraryReader:
                 continue
             row = int(np.searchsorted(self._clip_ids, clip_id))
             if row >= len(self._clip_ids) or self._clip_ids[row] != clip_id:
-                raise RuntimeError(f"library {self.library}: the vector index returned clip {clip_id}, which the "
+                raise _StaleIndex(f"library {self.library}: the vector index returned clip {clip_id}, which the "
                                    "catalog snapshot does not hold; run sync_index (this is a bug)")
             file_id = int(self._clip_files[row])
             hits.append(Hit(int(clip_id), self.files[file_id].path, float(self._starts[row]), float(self._ends[row]),
@@ -215,7 +256,7 @@ class LibraryReader:
 
     def close(self) -> None:
         self._closed = True
-        self._base = self._delta = None
+        self._stores = (None, 0, np.zeros(0, np.int64), None)
 
     def __enter__(self) -> "LibraryReader":
         return self
@@ -310,8 +351,20 @@ def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> 
                     delta = VectorStore.create(manifest.dim, "Flat")
                 delta.add(vectors, ids)
             return LibraryReader(library, manifest, generation, catalog.files(), catalog.clip_table(), base,
-                                 base_generation, excluded, delta)
+                                 base_generation, excluded, delta, state.file if base is not None else None)
     raise AssertionError("unreachable")
+
+
+def _forget_state(library: str, name: str | None) -> None:
+    """Remove index-state.json while it still names the stale FAISS file ``name``: its count and dimension match,
+    so the next writer would keep it; without a state it rebuilds the file from the catalog, and readers score
+    the catalog meanwhile. The only write a reader makes, to a cache; a writer racing it costs one rebuild."""
+    state = read_state(library)
+    if name is not None and state is not None and state.file == name:
+        try:
+            os.remove(os.path.join(library, STATE_FILE))
+        except OSError:  # a library on read-only storage: each reader falls back again until it is re-indexed
+            pass
 
 
 def _base_fits(base: VectorStore, state, manifest: LibraryManifest, catalog: Catalog, excluded: np.ndarray) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 from index.catalog import Catalog
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library, read_state
+from index.library import build_library, read_state, remove_paths
 from index.reader import open_library
 from tests import videos
 from vmm.cli import main
@@ -181,6 +181,35 @@ def test_a_stale_faiss_file_is_not_trusted_and_a_rerun_repairs_it(tmp_path, othe
     assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).unchanged == 3
     repaired = read_state(lib)
     assert faiss.read_index(os.path.join(lib, repaired.file)).ntotal == 3 == repaired.count
+    assert search_paths(lib) == ["red.mp4", "blue.mp4", "green.mp4"]
+
+
+@pytest.mark.parametrize("where, expected", [(None, ["red.mp4", "blue.mp4", "green.mp4"]),
+                                             ({"path_glob": "*/red.mp4"}, ["red.mp4"])])
+def test_a_backup_faiss_file_with_old_clip_ids_is_searched_exactly_and_rebuilt(tmp_path, where, expected):
+    """An older index of the same library (same count and dimension, other clip ids) copied over the current
+    one passed every cheap check: the first hit with an old id raised "(this is a bug)", a filter on the clips
+    it lacks found nothing, and re-runs kept the file."""
+    vids = tmp_path / "vids"
+    make_videos(vids)
+    lib = str(tmp_path / "lib")
+    build_library([str(vids)], lib, ENCODER, workers=0, progress=False)
+    backup = tmp_path / "backup.faiss"
+    shutil.copyfile(os.path.join(lib, read_state(lib).file), backup)
+    remove_paths(lib, [str(vids / "red.mp4")])  # indexed again, red gets new clip ids
+    assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).indexed == 1
+    shutil.copyfile(backup, os.path.join(lib, read_state(lib).file))
+
+    with open_library(lib, model=ENCODER) as reader:
+        assert reader._base is not None  # the cheap checks pass: the file is only found out by a search
+        for _ in range(2):
+            (hits,) = reader.search_vectors(red_query(), k=10, where=where)
+            assert [os.path.basename(h.path) for h in hits] == expected  # filtered: was no hits
+            assert {h.clip_id for h in hits} <= set(reader._clip_ids.tolist())
+    assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).unchanged == 3
+    with open_library(lib, model=ENCODER) as reader:
+        ids = faiss.vector_to_array(faiss.downcast_index(reader._base.index).id_map)
+        assert sorted(ids.tolist()) == sorted(reader._clip_ids.tolist())  # the rebuilt file, not the backup
     assert search_paths(lib) == ["red.mp4", "blue.mp4", "green.mp4"]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import queue
 import tempfile
@@ -85,29 +86,53 @@ class EvalConfig:
     progress: bool = False
 
     def check(self) -> None:
-        """Raise VmmError naming the first bad option."""
+        """Raise VmmError naming the first bad option (as the field and its ``vmm eval`` flag)."""
         get_protocol(self.dataset)
-        for name in ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size"):
-            if getattr(self, name) < 1:
-                raise VmmError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise VmmError(f"workers must be >= 0 (0 decodes in the main process), got {self.workers}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise VmmError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.index not in ("flat", "ivf"):
-            raise VmmError(f"index must be 'flat' or 'ivf', got {self.index!r}")
-        if self.sim_chunk is not None and self.sim_chunk < 1:
-            raise VmmError(f"sim-chunk must be >= 1, got {self.sim_chunk}")
-        # 0 or NaN would time out every decode and blame good videos as unreadable.
-        if not self.decode_timeout > 0:
-            raise VmmError(f"--decode-timeout must be a number of seconds > 0, got {self.decode_timeout}")
-        for name in ("nlist", "nprobe"):
+        for name in ("annotations", "videos", "model", "checkpoint"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise VmmError(f"--{name} must be >= 1, got {value}; leave it out for the automatic value")
-            if value is not None and self.index != "ivf":  # an exact index has no lists: the value would be ignored
-                raise VmmError(f"--{name} {value} applies only to --index ivf; add --index ivf or drop --{name}")
+            if not isinstance(value, (str, os.PathLike)) and (value is not None or name != "checkpoint"):
+                raise VmmError(f"{_option(name)} must be a str or pathlib.Path, got {type(value).__name__}")
+        # Wrong types failed later as a TypeError (rerank_k="5") or deep in the encoder (frames=4.0).
+        for name in ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size", "sim_chunk"):
+            value = getattr(self, name)
+            if not (_whole(value, 1) or (value is None and name == "sim_chunk")):
+                raise VmmError(f"{_option(name)} must be a whole number >= 1, got {value!r}")
+        if not _whole(self.workers, 0):
+            raise VmmError(f"{_option('workers')} must be a whole number >= 0 (0 decodes in the main process), "
+                           f"got {self.workers!r}")
+        for name in ("allow_missing", "progress"):
+            if not isinstance(getattr(self, name), bool):  # allow_missing="no" would be true
+                raise VmmError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise VmmError(f"{_option('precision')} must be auto, bf16 or fp32, got {self.precision!r}")
+        # 0 or NaN would time out every decode and blame good videos as unreadable.
+        timeout = self.decode_timeout
+        if not (isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0):
+            raise VmmError(f"{_option('decode_timeout')} must be a number of seconds > 0, got {timeout!r}")
+        _check_index_options(self.index, self.nlist, self.nprobe, cli=True)
         _check_device(self.device)
+
+
+def _option(name: str) -> str:
+    """A field of EvalConfig with the vmm eval flag that sets it: the same check serves both."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+
+def _check_index_options(kind, nlist, nprobe, *, cli: bool = False) -> None:
+    name = {"kind": "index (--index)", "nlist": _option("nlist"), "nprobe": _option("nprobe")} if cli else {}
+    if kind not in ("flat", "ivf"):  # anything else silently built an IVF
+        raise VmmError(f"{name.get('kind', 'kind')} must be 'flat' or 'ivf', got {kind!r}")
+    for option, value in (("nlist", nlist), ("nprobe", nprobe)):
+        if value is not None and not _whole(value, 1):
+            raise VmmError(f"{name.get(option, option)} must be a whole number >= 1, got {value!r}; leave it out "
+                           "for the automatic value")
+        if value is not None and kind != "ivf":  # an exact index has no lists: the value would be ignored
+            raise VmmError(f"{name.get(option, option)} is {value}, but it applies only to {name.get('kind', 'kind')} "
+                           f"'ivf'; leave it out or use 'ivf'")
 
 
 def _check_device(device: str) -> None:
@@ -115,11 +140,12 @@ def _check_device(device: str) -> None:
     if device in ("auto", "cpu", "cuda"):
         return
     try:
-        parsed = torch.device(device)
+        parsed = torch.device(device) if isinstance(device, str) else None  # torch.device(5) is cuda:5
     except (RuntimeError, ValueError, TypeError):
         parsed = None
     if parsed is None or parsed.type != "cuda":
-        raise VmmError(f"--device {device!r} is not a device this evaluation runs on; pass auto, cpu, cuda or cuda:N")
+        raise VmmError(f"{_option('device')} {device!r} is not a device this evaluation runs on; pass auto, cpu, "
+                       "cuda or cuda:N")
 
 
 @dataclass
@@ -597,11 +623,14 @@ def index_metrics(video_frames: Tensor, text_emb: Tensor, txt2vid: list[int], ki
                   nlist: Optional[int] = None, nprobe: Optional[int] = None) -> dict:
     """The ``index`` row: ranking through FAISS with pooled video vectors, plus ANN recall@10.
 
+    ``kind`` is ``"flat"`` (exact) or ``"ivf"``, whose ``nlist``/``nprobe`` are whole numbers >= 1 (None: automatic).
+
     >>> v = F.normalize(torch.randn(4, 8, 16), dim=-1); t = F.normalize(torch.randn(6, 16), dim=-1)
     >>> row = index_metrics(v, t, txt2vid=[0, 1, 2, 3, 0, 1])
     >>> row["t2v"]["count"], row["v2t"]["count"], row["ann_recall@10"]
     (6, 4, {'t2v': 1.0, 'v2t': 1.0})
     """
+    _check_index_options(kind, nlist, nprobe)
     videos = np.ascontiguousarray(pooled_video_vectors(video_frames).numpy(), dtype=np.float32)
     texts = np.ascontiguousarray(text_emb.float().numpy(), dtype=np.float32)
     owners = np.asarray(txt2vid, dtype=np.int64)

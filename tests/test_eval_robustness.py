@@ -162,8 +162,8 @@ def test_missing_videos_name_the_cli_options(data, capsys):
     (["--index", "ivf", "--nlist", "0"], "--nlist"),
     (["--index", "ivf", "--nprobe", "0"], "--nprobe"),
     (["--index", "ivf", "--nlist", "-3"], "--nlist"),
-    (["--device", "bogus"], "--device 'bogus'"),
-    (["--device", "mps"], "--device 'mps'"),
+    (["--device", "bogus"], "device (--device) 'bogus'"),
+    (["--device", "mps"], "device (--device) 'mps'"),
 ])
 def test_bad_option_values_are_refused_naming_the_option(data, capsys, no_evaluation, extra, named):
     assert main(eval_args(data, *extra)) == 2
@@ -209,7 +209,7 @@ def test_a_caption_empty_after_cleaning_is_refused(data, tmp_path, capsys, capti
 
 def test_options_that_would_be_ignored_or_misread(data, capsys, no_evaluation):
     assert main(eval_args(data, "--nlist", "4")) == 2
-    assert "--nlist 4 applies only to --index ivf" in one_line_error(capsys)
+    assert "nlist (--nlist) is 4, but it applies only to index (--index) 'ivf'" in one_line_error(capsys)
 
 
 def test_a_file_given_as_the_videos_folder(data, capsys):
@@ -221,3 +221,41 @@ def test_frames_default_to_the_model_folders_own(data, capsys):
     args = eval_args(data)
     del args[args.index("--frames"):args.index("--frames") + 2]  # the tiny model folder is a 4-frame model
     assert main(args) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- the Python API
+@pytest.mark.parametrize("field, value, message", [
+    ("rerank_k", "5", r"^rerank_k \(--rerank-k\) must be a whole number >= 1, got '5'$"),  # was a TypeError
+    ("frames", 4.0, r"^frames \(--frames\) must be a whole number >= 1, got 4.0$"),  # was a TypeError in the encoder
+    ("batch_size", True, r"^batch_size \(--batch-size\) must be a whole number >= 1, got True$"),
+    ("workers", 1.5, r"^workers \(--workers\) must be a whole number >= 0"),
+    ("sim_chunk", "3", r"^sim_chunk \(--sim-chunk\) must be a whole number >= 1, got '3'$"),
+    ("decode_timeout", "9", r"^decode_timeout \(--decode-timeout\) must be a number of seconds > 0, got '9'$"),
+    ("allow_missing", "no", r"^allow_missing must be True or False, got 'no'$"),  # "no" was taken as True
+    ("device", 5, r"^device \(--device\) 5 is not a device"),  # torch.device(5) is cuda:5
+    ("model", 5, r"^model \(--model\) must be a str or pathlib.Path, got int$"),
+])
+def test_eval_config_refuses_wrong_types_in_one_line(data, field, value, message):
+    options = {"model": data / "model", "frames": 4, "device": "cpu", "workers": 0, field: value}
+    config = retrieval.evaluate.EvalConfig("msrvtt", data / "ok.json", data / "vids", **options)
+    with pytest.raises(VmmError, match=message):
+        config.check()
+    with pytest.raises(VmmError, match=message):
+        retrieval.evaluate.evaluate(config)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(kind="hnsw"), r"^kind must be 'flat' or 'ivf', got 'hnsw'$"),  # silently built an IVF
+    (dict(kind="ivf", nprobe=-1), r"^nprobe must be a whole number >= 1, got -1; leave it out"),
+    (dict(kind="ivf", nlist=0), r"^nlist must be a whole number >= 1, got 0; leave it out"),
+    (dict(kind="ivf", nlist=2.5), r"^nlist must be a whole number >= 1, got 2.5"),  # FAISS could not parse IVF2.5
+    (dict(nlist=3), r"^nlist is 3, but it applies only to kind 'ivf'; leave it out or use 'ivf'$"),
+])
+def test_index_metrics_refuses_unknown_kinds_and_bad_ivf_options(options, message):
+    import torch
+    frames = torch.nn.functional.normalize(torch.randn(4, 8, 16), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    with pytest.raises(VmmError, match=message):
+        retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], **options)
+    assert retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], kind="ivf", nlist=2, nprobe=2)[
+        "nprobe"] == 2

@@ -68,6 +68,13 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     name = model or "videomamba_m16_25m"
     if checkpoint and Path(checkpoint).is_dir():
         name, checkpoint = checkpoint, None
+    from vmm.models.persistence import is_pretrained_dir
+    # Else "unknown model" and the list of registered names, which hides that the folder was found.
+    if Path(name).is_dir() and not is_pretrained_dir(name) and name not in vmm.list_models():
+        fix = ("checkpoint= (--checkpoint) a .pth or .safetensors file" if name != model else
+               "model= (--model) a model name such as 'vmm_nano'")
+        raise VmmError(f"{'model' if name == model else 'checkpoint'} {name} is a folder but not a vmm model folder "
+                       f"(no config.json + model.safetensors); pass {fix}, or a folder written by save_pretrained")
     from vmm.factory import frames_override
     overrides = frames_override(name, frames)
     if checkpoint is None and not Path(name).is_dir():

@@ -89,6 +89,17 @@ def test_not_a_checkpoint(tmp_path):
         vmm.load_checkpoint(tiny(), p2)
 
 
+def test_a_folder_says_what_to_pass_instead(tmp_path):
+    saved = vmm.save_pretrained(tiny(), tmp_path / "saved")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {saved} is a saved vmm model folder, not a weights file; "
+                                              rf"load it with vmm.from_pretrained\('{saved}'\)$"):
+        vmm.load_checkpoint(tiny(), saved)  # was "is a folder, not ... a vmm model folder", which it is
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty is a folder, not a weights file or a vmm model folder \(no "
+                                              r"config.json \+ model.safetensors\); pass a .pth or .safetensors file$"):
+        vmm.load_checkpoint(tiny(), tmp_path / "empty")
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("arbitrary code ran",))

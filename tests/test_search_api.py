@@ -173,6 +173,23 @@ def test_wrong_argument_types_are_named(make, message, tmp_path, monkeypatch):
         make()
 
 
+@pytest.mark.parametrize("given, message", [
+    (dict(model="folder"), r"^model .*folder is a folder but not a vmm model folder \(no config.json \+ "
+                           r"model.safetensors\); pass model= \(--model\) a model name such as 'vmm_nano', or a "
+                           r"folder written by save_pretrained$"),
+    (dict(checkpoint="folder"), r"^checkpoint .*folder is a folder but not a vmm model folder .*; pass checkpoint= "
+                                r"\(--checkpoint\) a .pth or .safetensors file, or a folder written by save_pretrained$"),
+])
+def test_a_folder_that_is_no_model_is_named_as_such(library, tmp_path, given, message):
+    """It was "unknown model '/path/folder'; available: ..." and fifteen registered names."""
+    lib, vids = library
+    (tmp_path / "folder").mkdir()
+    given = {key: str(tmp_path / value) for key, value in given.items()}
+    for opening in (lambda: VideoLibrary.open(lib.path, **given), lambda: VideoLibrary.create(tmp_path / "new", **given)):
+        with pytest.raises(VmmError, match=message):
+            opening()
+
+
 def test_opening_names_the_real_problem(library):
     lib, vids = library
     with pytest.raises(VmmError, match="model must be the encoder that library .* was built with"):

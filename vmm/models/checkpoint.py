@@ -32,8 +32,12 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file or a vmm model folder (config.json "
-                              "+ model.safetensors); pass the downloaded .pth or .safetensors file")
+        from vmm.models.persistence import is_pretrained_dir
+        if is_pretrained_dir(path):  # it names its own architecture, which this function does not build
+            raise CheckpointError(f"checkpoint {path} is a saved vmm model folder, not a weights file; load it with "
+                                  f"vmm.from_pretrained('{path}')")
+        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file or a vmm model folder (no "
+                              "config.json + model.safetensors); pass a .pth or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a downloaded .pth or .safetensors file")
     try:

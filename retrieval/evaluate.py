@@ -49,7 +49,8 @@ from vmm.errors import VmmError
 
 ROWS = ("emb", "rerank", "index")
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
-MISSING_HINT = "point --videos at the folder that holds them or pass --allow-missing to evaluate without them"
+MISSING_HINT = ("point videos= (--videos) at the folder that holds them or pass allow_missing=True (--allow-missing) "
+                "to evaluate without them")
 
 
 @dataclass
@@ -202,7 +203,7 @@ def _start_runtime(config: EvalConfig) -> _Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     from vmm.factory import resolve_device
-    device = resolve_device(config.device)  # auto, a visible GPU and its index, as every command checks them
+    device = resolve_device(config.device, _option("device"))  # auto, a visible GPU and its index, as every command checks them
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     elif device.type == "cuda" and device.index is None:
@@ -240,18 +241,20 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     model_arg, checkpoint = config.model, config.checkpoint
     is_dir = is_pretrained_dir(model_arg)
     if is_dir and checkpoint is not None:
-        raise VmmError(f"--model {model_arg} is a model folder with its own weights; drop --checkpoint, or pass a "
-                       "registered model name (e.g. videomamba_m16_25m) with --checkpoint")
+        raise VmmError(f"model (--model) {model_arg} is a model folder with its own weights; drop checkpoint "
+                       "(--checkpoint), or pass a registered model name (e.g. videomamba_m16_25m) with it")
     if not is_dir and Path(str(model_arg)).exists():
-        raise VmmError(f"--model {model_arg} is not a vmm model folder (needs config.json and model.safetensors, or a trainable-only export); "
-                       "pass a registered model name or a save_pretrained folder")
+        raise VmmError(f"model (--model) {model_arg} is not a vmm model folder (needs config.json and "
+                       "model.safetensors, or a trainable-only export); pass a registered model name or a "
+                       "save_pretrained folder")
     if not is_dir and str(model_arg) in vmm.list_models():
         from vmm.models.registry import get_model_config
         arch = (get_model_config(str(model_arg)) or {}).get("architecture", str(model_arg))
         if arch != "videomamba_m16_mm":
             video_text = [m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
                           == "videomamba_m16_mm" and m != "videomamba_m16_mm"]
-            raise VmmError(f"--model {model_arg} is not a video-text model; use one of {', '.join(video_text)}")
+            raise VmmError(f"model (--model) {model_arg} is not a video-text model; use one of "
+                           f"{', '.join(video_text)}")
     if is_dir:
         model, _, transform = vmm.create_model_and_transforms(model_arg)
     else:
@@ -261,8 +264,8 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         weights = checkpoint if checkpoint is not None else default_pretrained(str(model_arg))
         saved = saved_frames(weights) if weights is not None and is_pretrained_dir(weights) else None
         if saved is not None and saved != config.frames:
-            raise VmmError(f"--frames {config.frames}: the weights of {model_arg} ({weights}) were saved for {saved} "
-                           f"frames; pass --frames {saved}")
+            raise VmmError(f"--frames {config.frames} (frames={config.frames}): the weights of {model_arg} ({weights}) "
+                           f"were saved for {saved} frames; pass --frames {saved} (frames={saved})")
         try:
             model, _, transform = vmm.create_model_and_transforms(
                 model_arg, pretrained="default" if checkpoint is None else checkpoint,
@@ -270,15 +273,15 @@ def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         except RuntimeError as e:
             if "size mismatch" not in str(e):
                 raise
-            raise VmmError(f"--model {model_arg} with --frames {config.frames}: the weights "
+            raise VmmError(f"model (--model) {model_arg} with frames (--frames) {config.frames}: the weights "
                            f"{weights or 'of the model'} do not fit ({str(e).strip().splitlines()[-1].strip()}); "
                            "pass the frame count and model they were saved for") from None
     vision = getattr(model.cfg, "vision", None)
     if vision is None or not hasattr(model, "itm_logits"):
-        raise VmmError(f"--model {model_arg} is not a video-text model (it has no text tower and ITM head)")
+        raise VmmError(f"model (--model) {model_arg} is not a video-text model (it has no text tower and ITM head)")
     if vision.num_frames != config.frames:
-        raise VmmError(f"--frames {config.frames}: the model in {model_arg} was saved for {vision.num_frames} "
-                       f"frames; pass --frames {vision.num_frames}")
+        raise VmmError(f"--frames {config.frames} (frames={config.frames}): the model in {model_arg} was saved for "
+                       f"{vision.num_frames} frames; pass --frames {vision.num_frames} (frames={vision.num_frames})")
     protocol = get_protocol(config.dataset)
     if model.cfg.text.max_position_embeddings < protocol.max_text_len:
         raise VmmError(f"{protocol.name} needs texts of {protocol.max_text_len} tokens but the model's text tower "
@@ -531,7 +534,7 @@ def _failure_error(failures: dict[int, str], dataset: RetrievalDataset) -> VmmEr
     shown = "; ".join(f"{dataset.videos[v]}: {failures[v]}" for v in first)
     more = f" (and {len(failures) - len(first)} more)" if len(failures) > len(first) else ""
     return VmmError(f"{len(failures)} of {len(dataset.videos)} videos cannot be decoded: {shown}{more}; "
-                    "re-download them or pass --allow-missing to evaluate without them")
+                    "re-download them or pass allow_missing=True (--allow-missing) to evaluate without them")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -875,7 +878,7 @@ def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) 
         return  # nothing to check, so the annotations are read once, by the evaluation
     listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True,
                                     missing_hint=MISSING_HINT)
-    inputs = {os.path.realpath(config.annotations): "the --annotations file"}
+    inputs = {os.path.realpath(config.annotations): "the annotations (--annotations) file"}
     inputs.update({os.path.realpath(v): "a video listed in the annotations" for v in [*listed.videos, *listed.missing]})
     taken: dict[str, str] = {}
     for option, value in outputs.items():

@@ -64,7 +64,8 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     import vmm
     from vmm.embedder import VideoTextEncoder
     if model is None and checkpoint is None:
-        raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH")
+        raise VmmError("no model given; pass model= (--model) a name such as vmm_nano, or checkpoint= (--checkpoint) a "
+                       "weights file")
     name = model or "videomamba_m16_25m"
     if checkpoint and Path(checkpoint).is_dir():
         name, checkpoint = checkpoint, None
@@ -177,7 +178,7 @@ class VideoLibrary:
         if model is None and checkpoint is None:
             if not saved:
                 raise VmmError(f"library {path} records no model (no {MODEL_FILE}); pass --model/--checkpoint "
-                               "with the model it was built with")
+                               "(model=/checkpoint=) with the model it was built with")
             encoder = _load_recorded_encoder(path, saved, device)
         else:
             encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
@@ -301,7 +302,7 @@ class VideoLibrary:
         with self._model_lock:
             if text is not None:
                 if not hasattr(self.encoder, "encode_texts"):
-                    raise VmmError(f"model {self.encoder.name} has no text tower; search it with --video QUERY.mp4")
+                    raise VmmError(f"model {self.encoder.name} has no text tower; search it with video= (--video) QUERY.mp4")
                 return self.encoder.encode_texts([text]).astype(np.float32)
             return self.encoder.encode_clips([read_query_clip(video, self.encoder.num_frames)]).astype(np.float32)
 
@@ -371,7 +372,7 @@ def _check_unchanged(record, path: str) -> None:
         return  # read_windows reports a file that is gone
     if record is not None and (st.st_size != record.size or st.st_mtime_ns != record.mtime_ns):
         raise VmmError(f"{path} changed since it was indexed; run `vmm index` again to update the library, "
-                       "or search without --rerank")
+                       "or search without rerank= (--rerank)")
 
 
 def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:
@@ -417,14 +418,14 @@ def _read_model_file(path: str) -> dict:
     p = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(p):
         return {}
-    damaged = f"{p} is damaged; pass --model/--checkpoint explicitly (it is rewritten by vmm index)"
+    damaged = f"{p} is damaged; pass --model/--checkpoint (model=/checkpoint=) explicitly (it is rewritten by vmm index)"
     try:
         data = json.loads(Path(p).read_text())
     except (ValueError, UnicodeDecodeError):
         raise VmmError(damaged) from None
     except OSError as error:
         raise VmmError(f"cannot read {p} ({error.strerror}); check its permissions or pass --model/--checkpoint "
-                       "explicitly") from None
+                       "(model=/checkpoint=) explicitly") from None
     if (not isinstance(data, dict) or not all(isinstance(data.get(key), (str, type(None))) for key in
                                               ("model", "checkpoint"))
             or not isinstance(data.get("frames"), (int, type(None))) or isinstance(data.get("frames"), bool)):
@@ -447,4 +448,5 @@ def _load_recorded_encoder(path: str, saved: dict, device, frames=None, batch_si
             raise
         recorded = " + ".join(repr(v) for v in (saved.get("model"), saved.get("checkpoint")) if v)
         raise VmmError(f"the model recorded in {os.path.join(path, MODEL_FILE)} ({recorded}) cannot be loaded "
-                       f"({error}); pass --model/--checkpoint with the library's model") from None
+                       f"({error}); pass --model/--checkpoint (model=/checkpoint=) "
+                       "with the library's model") from None

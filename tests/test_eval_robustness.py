@@ -64,7 +64,7 @@ def test_json_over_the_annotation_file_is_refused_and_the_file_kept(data, tmp_pa
     before = copy.read_bytes()
     assert main(eval_args(data, "--json", str(copy), annotations=copy)) == 2
     err = one_line_error(capsys)
-    assert f"--json {copy}" in err and "--annotations file" in err
+    assert f"--json {copy}" in err and "the annotations (--annotations) file" in err
     assert copy.read_bytes() == before
 
 
@@ -152,7 +152,7 @@ def test_missing_videos_name_the_cli_options(data, capsys):
     assert main(eval_args(data, annotations="missing.json")) == 2
     err = one_line_error(capsys)
     assert "1 of 4 videos" in err and "gone.mp4" in err
-    assert "--videos" in err and "--allow-missing" in err and "allow_missing=True" not in err
+    assert "videos= (--videos)" in err and "allow_missing=True (--allow-missing)" in err
 
 
 @pytest.mark.parametrize("extra, named", [
@@ -182,7 +182,8 @@ def test_named_model_with_the_wrong_frame_count_says_which_to_pass(data, capsys)
     # vmm_nano's shipped weights are an 8-frame model folder: they load strictly, with no interpolation
     assert main(eval_args(data, model="vmm_nano", frames=16)) == 2
     err = one_line_error(capsys)
-    assert err.startswith("error: --frames 16:") and "vmm_nano" in err and "pass --frames 8" in err
+    assert err.startswith("error: --frames 16 (frames=16):") and "vmm_nano" in err
+    assert "pass --frames 8 (frames=8)" in err
 
 
 def test_a_video_listed_twice_is_refused(tmp_path):

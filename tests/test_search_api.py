@@ -190,6 +190,20 @@ def test_a_folder_that_is_no_model_is_named_as_such(library, tmp_path, given, me
             opening()
 
 
+def test_python_callers_are_told_the_argument_not_only_the_flag(library, tmp_path):
+    lib, vids = library
+    from retrieval.library import load_encoder
+    for call, message in [
+        (lambda: lib.search(text="a red screen"), r"has no text tower; search it with video= \(--video\) QUERY.mp4$"),
+        (lambda: load_encoder(None), r"^no model given; pass model= \(--model\) a name such as vmm_nano, or "
+                                     r"checkpoint= \(--checkpoint\) a weights file$"),
+        (lambda: VideoLibrary.create(tmp_path / "new", model="vmm_nano", frames=0),
+         r"^--frames 0 \(frames=0\): a clip needs at least 1 frame; pass e.g. --frames 8 \(frames=8\), or leave"),
+    ]:
+        with pytest.raises(VmmError, match=message):  # each named only the --flag
+            call()
+
+
 def test_opening_names_the_real_problem(library):
     lib, vids = library
     with pytest.raises(VmmError, match="model must be the encoder that library .* was built with"):

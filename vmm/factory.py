@@ -90,9 +90,10 @@ def check_frames(frames: Any, option: str = "--frames") -> int:
     >>> check_frames(0)
     Traceback (most recent call last):
     ...
-    vmm.errors.VmmError: --frames 0: a clip needs at least 1 frame; pass e.g. --frames 8 (or omit --frames)
+    vmm.errors.VmmError: --frames 0 (frames=0): a clip needs at least 1 frame; pass e.g. --frames 8 (frames=8), or leave it out
     """
-    shown, fix = f"{option} {frames!r}", f"pass e.g. {option} 8 (or omit {option})"
+    # Python callers (frames_override) reach this too: the message names the argument as well as the flag.
+    shown, fix = f"{option} {frames!r} (frames={frames!r})", f"pass e.g. {option} 8 (frames=8), or leave it out"
     if isinstance(frames, bool) or not isinstance(frames, int):
         raise VmmError(f"{shown}: frames per clip must be a whole number; {fix}")
     if frames < 1:
@@ -135,7 +136,7 @@ def saved_frames(directory: Union[str, Path]) -> Optional[int]:
 
 def _frames_error(wanted: int, saved: int, weights: Union[str, Path]) -> VmmError:
     return VmmError(f"--frames {wanted} (num_frames={wanted}): the weights in {weights} were trained for {saved} "
-                    f"frames; pass --frames {saved} (or omit --frames)")
+                    f"frames; pass --frames {saved} (num_frames={saved}), or leave it out")
 
 
 def _first_mismatch(own: dict, theirs: dict) -> Optional[str]:
@@ -202,8 +203,8 @@ def _load_folder_weights(model: nn.Module, folder: Union[str, Path], name: Union
     detail = _first_mismatch(own, theirs)
     if detail:
         raise VmmError(f"the weights in {_folder_weights_file(folder)} do not fit model {name}: {detail}; load the "
-                       f"folder as the model instead (--model {folder} without --checkpoint, or "
-                       f"create_model_and_transforms({str(folder)!r}))")
+                       f"folder as the model instead (create_model_and_transforms({str(folder)!r}) without "
+                       f"pretrained=, or --model {folder} without --checkpoint)")
     model.load_state_dict(source.state_dict())
 
 

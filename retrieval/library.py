@@ -88,14 +88,15 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
 
 def merge_moments(hits: Sequence[Any], gap: float = 0.0, *, partial: bool = False) -> list[dict]:
     """Temporal NMS over a ranking. Walking the hits best first, a window that overlaps (or touches within
-    ``gap`` s) a still-open moment of its video joins it (one that bridges two of them joins them); the moments
-    of a video stay open until a window of another video starts a moment, and a window overlapping a closed
-    moment is dropped. So a moment spans its video's overlapping windows ranked above the next video's best
-    window: its extent depends on the ranking only, never on how many results are asked for.
+    ``gap`` s) no moment of its video seeds a new one, and the moment seeded before it is final; until then,
+    a window touching the open moment's seed window joins it, and any other window touching a moment of its
+    video is dropped. So a moment is its seed window widened by the neighbours that touch the seed and rank
+    above the next seed, however much of a video matches (chaining windows let one video become a single
+    moment as long as itself), and never changed by asking for more results.
 
-    ``partial``: ``hits`` are only the top of a longer ranking, so the moments still open at their end (which
-    lower windows could grow) are left out. Returns dicts with path, start, end, score and clip_ids (best hit
-    first), best moment first.
+    ``partial``: ``hits`` are only the top of a longer ranking, so the open moment (which lower windows
+    could still widen) is left out. Returns dicts with path, start, end, score and clip_ids (best hit first),
+    best moment first.
 
     >>> from types import SimpleNamespace as H
     >>> [(m["start"], m["end"]) for m in merge_moments([H(path="a", start=0, end=10, score=.9, clip_id=1),
@@ -105,32 +106,26 @@ def merge_moments(hits: Sequence[Any], gap: float = 0.0, *, partial: bool = Fals
     def touches(m, h) -> bool:
         return h.start <= m["end"] + gap and m["start"] <= h.end + gap
 
-    moments: list[dict] = []
-    closed: dict[str, list] = {}
-    current: list[dict] = []  # the open moments, all of one video
+    moments: list[dict] = []  # final, best first
+    by_path: dict[str, list] = {}  # every moment of a video, the open one included
+    current = None  # the open moment
     ranked = sorted(hits, key=lambda h: -h.score)  # stable: equal scores keep the caller's order
     for i, h in enumerate(ranked):
-        if any(touches(m, h) for m in closed.get(h.path, ())):
-            continue
-        joined = [m for m in current if m["path"] == h.path and touches(m, h)]
-        if not joined and current and current[0]["path"] != h.path:
-            moments += current
-            closed.setdefault(current[0]["path"], []).extend(current)
-            current = []
-        if not joined:
-            current.append({"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "ranks": []})
-            joined = current[-1:]
-        first = joined[0]  # the earliest opened, so the best
-        first["start"] = min([h.start] + [m["start"] for m in joined])
-        first["end"] = max([h.end] + [m["end"] for m in joined])
-        for m in joined[1:]:
-            first["ranks"] += m["ranks"]
-            current.remove(m)
-        first["ranks"].append(i)
-    if not partial:
-        moments += current
+        if current is not None and current["path"] == h.path and touches(current["seed"], h) and not any(
+                m is not current and touches(m, h) for m in by_path[h.path]):
+            current["start"], current["end"] = min(current["start"], h.start), max(current["end"], h.end)
+            current["ranks"].append(i)
+        elif not any(touches(m, h) for m in by_path.get(h.path, ())):
+            if current is not None:
+                moments.append(current)
+            current = {"path": h.path, "start": h.start, "end": h.end, "score": float(h.score), "ranks": [i],
+                       "seed": {"start": h.start, "end": h.end}}
+            by_path.setdefault(h.path, []).append(current)
+    if current is not None and not partial:
+        moments.append(current)
     for m in moments:
-        m["clip_ids"] = [ranked[i].clip_id for i in sorted(m.pop("ranks"))]
+        del m["seed"]
+        m["clip_ids"] = [ranked[i].clip_id for i in m.pop("ranks")]
     return moments
 
 
@@ -270,6 +265,8 @@ class VideoLibrary:
             allowed = {i for i, record in reader.files.items() if record.status == "ok" and accepts(record)}
             where = lambda record: record.id in allowed  # noqa: E731
         total, k, rerank = len(reader), int(k), int(rerank)
+        # per_video: more videos than the library (or the filter) holds cannot come, however deep the fetch
+        videos = len(allowed) if where is not None else sum(r.status == "ok" for r in reader.files.values())
         fetch, moments, itm = min(total, 4 * max(k, rerank)), [], {}
         # Fetch deeper until k moments (or videos) are final: one long video can fill any fixed depth with its
         # windows and leave fewer than k results, each cut short by the depth.
@@ -292,7 +289,7 @@ class VideoLibrary:
                 if per_video:
                     seen: set = set()
                     moments = [m for m in moments if not (m["path"] in seen or seen.add(m["path"]))]
-                if complete or len(moments) >= k:
+                if complete or len(moments) >= (min(k, videos) if per_video else k):
                     break
             fetch = min(total, 4 * fetch)
         return [SearchHit(rank, m["path"], float(m["start"]), float(m["end"]), m["score"], tuple(m["clip_ids"]),

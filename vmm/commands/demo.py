@@ -30,7 +30,10 @@ def _check(args: argparse.Namespace) -> None:
     from vmm.factory import resolve_device
     if args.device is not None:
         resolve_device(args.device)
-    if args.model is not None or SHIPPED_NANO.is_dir():  # run_demo explains a missing shipped model
+    # Loaded here only to refuse a --model that does not load or does not fit a library already in --out; the
+    # default demo into a new folder has nothing to check and loads its model once, in run_demo.
+    existing = (Path(args.out) / "library" / "manifest.json").is_file()
+    if args.model is not None or (existing and SHIPPED_NANO.is_dir()):  # run_demo explains a missing shipped model
         encoder = load_encoder(args.model or str(SHIPPED_NANO), None, args.device)
         _check_library_model(Path(args.out) / "library", encoder, args.out)
         del encoder  # run_demo loads its own

@@ -29,6 +29,7 @@ True
 """
 from __future__ import annotations
 
+import bisect
 import fcntl
 import glob
 import json
@@ -969,13 +970,28 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
 def _empty_roots(roots: list[str], found: Discovery) -> list[str]:
     """The roots under which discovery found nothing, not even an unreadable entry or another path of a file."""
     seen = [c.path for c in found.candidates] + [p for p, _ in found.duplicates] + [p for p, _ in found.unreadable]
-    empty = [root for root in roots if not any(_at_or_under(path, root) for path in seen)]
+    # Sorted once and searched per root: a run given 16,000 files as paths spent 15 s comparing every root with
+    # every path.
+    ordered = sorted(seen)
+    empty = [root for root in roots if not _holds_any(ordered, root)]
     if empty and seen:
         # A file is stored under the path the library knows it by, which may reach it through another spelling
         # of the root (a symbolic link to it, or the real folder of a linked root): compare real paths too.
-        real = [os.path.realpath(path) for path in seen]
-        empty = [root for root in empty if not any(_at_or_under(path, os.path.realpath(root)) for path in real)]
+        real = sorted(os.path.realpath(path) for path in seen)
+        empty = [root for root in empty if not _holds_any(real, os.path.realpath(root))]
     return empty
+
+
+def _holds_any(ordered: list[str], root: str) -> bool:
+    """Whether a path of the sorted list is ``root`` or lies under it.
+
+    Paths under root sort together from root + '/' on; root itself sorts before them (siblings such as
+    root + '-2' come in between), so each needs one look.
+    """
+    at = bisect.bisect_left(ordered, root)
+    under = bisect.bisect_left(ordered, root.rstrip(os.sep) + os.sep)
+    return ((at < len(ordered) and ordered[at] == root)
+            or (under < len(ordered) and _at_or_under(ordered[under], root)))
 
 
 def _at_or_under(path: str, root: str) -> bool:

@@ -13,6 +13,7 @@ from tests import videos
 from index.catalog import Catalog, FileResult
 from index.decode import decode_video
 from index.encoder import ColorHistogramEncoder
+from index import library as library_module
 from index.library import LibraryWriter, build_library, read_state, remove_paths, sync_index
 from index.reader import ClipFilter, open_library
 from vmm.errors import VmmError
@@ -474,3 +475,26 @@ def test_a_library_holding_one_file_twice_keeps_one_row_after_the_next_run(tmp_p
     assert red_hit_paths(library) == [real]
     assert (summary.unchanged, summary.removed, summary.duplicates) == (1, 1, [(alias, real)])
     assert_index_matches_catalog(library)
+
+
+def test_many_file_paths_are_checked_for_videos_in_near_linear_work(tmp_path, monkeypatch):
+    """`vmm index dir/*.mp4` compared every path given with every file found to name the empty ones: with 8,000
+    paths a run with nothing to do took 4.3 s instead of 0.3 s. Counted, not timed: each path given is compared
+    with at most one file found, and once more by its real path when still empty."""
+    d = tmp_path / "d"
+    d.mkdir()
+    first = videos.write_solid(str(d / "v00.mp4"), videos.RED, seconds=1)
+    paths = [first] + [str(shutil.copyfile(first, d / f"v{i:02d}.mp4")) for i in range(1, 29)]
+    paths.append(str(shutil.copyfile(first, d / "none-2.mp4")))  # sorts between d/none and anything under it
+    (d / "none").mkdir()
+    (tmp_path / "linked").symlink_to(d)  # the same files under another spelling
+    roots = paths + [str(d / "none"), str(tmp_path / "linked")]
+    library = str(tmp_path / "lib")
+    build_library(paths, library, ENCODER, workers=0, progress=False)
+    calls = []
+    real_at_or_under = library_module._at_or_under
+    monkeypatch.setattr(library_module, "_at_or_under",
+                        lambda path, root: calls.append(root) or real_at_or_under(path, root))
+    summary = build_library(roots, library, ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.unchanged, summary.empty) == (0, 30, [str(d / "none")])
+    assert len(calls) <= 2 * len(roots)  # was 616

@@ -1013,15 +1013,20 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
     0
     """
     paths = _path_args(paths, "remove")
-    # A file is stored under the path it was indexed by: the link's path when reached only through a symbolic
-    # link, its real path otherwise. So a path matches under both of its spellings.
-    spellings = [sorted({os.path.abspath(p), os.path.realpath(p)}) for p in paths]
     with LibraryWriter.open(library_dir) as writer:
         _factory_setting(writer)
-        rows = writer.catalog.files(under=[root for roots in spellings for root in roots])
-        if not_found is not None:
-            not_found.extend(given for given, roots in zip(paths, spellings) if not writer.catalog.files(under=roots))
+        rows = {}
+        for given in paths:
+            # A file is stored under the path it was indexed by: the link's path when reached only through a
+            # symbolic link, its real path otherwise. The path as written comes first, and the real path only
+            # when it matches nothing: a link repointed since (current -> 2023, now -> 2024) removes what was
+            # indexed through it, not the folder it reaches now.
+            found = (writer.catalog.files(under=[os.path.abspath(given)])
+                     or writer.catalog.files(under=[os.path.realpath(given)]))
+            rows.update((row.id, row) for row in found)
+            if not found and not_found is not None:
+                not_found.append(given)
         if rows:
-            writer.catalog.commit(remove=[row.id for row in rows])
+            writer.catalog.commit(remove=list(rows))
         _sync(writer, flat_max)
         return len(rows)

@@ -374,6 +374,24 @@ def test_removing_through_a_symbolic_link_removes_the_files_it_reaches(tmp_path)
     assert indexed_paths(lib) == []
 
 
+def test_removing_through_a_repointed_link_removes_what_was_indexed_through_it(tmp_path):
+    """remove_paths resolved the link before matching: with current -> d2023 indexed through the link and d2024
+    indexed on its own, repointing current to d2024 made remove_paths([current]) remove both years."""
+    d2023, d2024, current, lib = tmp_path / "d2023", tmp_path / "d2024", tmp_path / "current", str(tmp_path / "lib")
+    make_videos(d2023, ("red", "green"))
+    make_videos(d2024, ("blue",))
+    current.symlink_to(d2023)
+    build_library([str(current), str(d2024)], lib, ColorHistogramEncoder(), workers=0, progress=False)
+    assert indexed_paths(lib) == [str(current / "green.mp4"), str(current / "red.mp4"), str(d2024 / "blue.mp4")]
+    current.unlink()
+    current.symlink_to(d2024)
+    not_found = []
+    assert remove_paths(lib, [str(current)], not_found=not_found) == 2
+    assert not_found == [] and indexed_paths(lib) == [str(d2024 / "blue.mp4")]
+    assert remove_paths(lib, [str(current)]) == 1  # nothing left under the written path: its real one is used
+    assert indexed_paths(lib) == []
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("paths", [3], "paths must be file or folder paths (str or os.PathLike), got 3; pass the videos to index"),
     ("paths", None, "paths must be file or folder paths (str or os.PathLike), got None; pass the videos to index"),

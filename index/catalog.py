@@ -55,6 +55,9 @@ CREATE INDEX clips_by_file ON clips(file_id);
 CREATE INDEX clips_by_generation ON clips(generation);
 CREATE TABLE tombstones (clip_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 """
+# New paths are matched to known files by size (paths_of_size): without this index every batch scanned the
+# files table. Libraries made before it get it when a writer opens them; readers of any version ignore it.
+_SIZE_INDEX = "CREATE INDEX IF NOT EXISTS files_by_size ON files(size)"
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,12 @@ class Catalog:
 
             raise VmmError(f"{path}: library format {version} is not supported by this vmm "
                            f"(it reads format {FORMAT_VERSION}); rebuild the library")
+        if not read_only:
+            try:
+                conn.execute(_SIZE_INDEX)
+            except sqlite3.OperationalError:
+                pass  # a catalog file this process cannot write: the lookups work without it (a run that must
+                # write says so then), as before the index existed
         return catalog
 
     def close(self) -> None:

@@ -498,3 +498,34 @@ def test_many_file_paths_are_checked_for_videos_in_near_linear_work(tmp_path, mo
     summary = build_library(roots, library, ENCODER, workers=0, progress=False)
     assert (summary.indexed, summary.unchanged, summary.empty) == (0, 30, [str(d / "none")])
     assert len(calls) <= 2 * len(roots)  # was 616
+
+
+def test_files_are_looked_up_by_size_through_an_index_that_older_libraries_get_on_the_next_run(tmp_path):
+    """paths_of_size scanned the whole files table once per batch of new sizes: files.size had no index."""
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False)
+    db = f"{library}/catalog.sqlite"
+
+    def plan():
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            query = "EXPLAIN QUERY PLAN SELECT path FROM files WHERE size IN (1, 2)"
+            return " ".join(row[-1] for row in conn.execute(query))
+        finally:
+            conn.close()
+
+    assert "files_by_size" in plan()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX files_by_size")  # a library made before the index
+    conn.close()
+    with open_library(library) as reader:  # readers neither need nor add it
+        assert len(reader) == 1
+    assert "files_by_size" not in plan()
+    videos.write_solid(str(root / "green.mp4"), videos.GREEN)
+    assert build_library([str(root)], library, ENCODER, workers=0, progress=False).indexed == 1
+    assert "files_by_size" in plan()
+    with open_library(library) as reader:
+        assert len(reader) == 2 and reader.search_vectors(query(videos.GREEN), k=1)[0][0].score > 0.99

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -57,6 +58,24 @@ def caps_can_be_dropped(tmp_path) -> bool:
     finally:
         probe.chmod(0o755)
 
+
+def test_a_catalog_file_this_user_cannot_write_still_serves_a_run_with_nothing_to_write(tmp_path):
+    """Writers add the files.size index to libraries made before it; where the catalog file is read-only that
+    failed the run as 'catalog.sqlite is damaged' though it had nothing to write."""
+    if not caps_can_be_dropped(tmp_path):
+        pytest.skip("setpriv missing or capabilities cannot be dropped")
+    vids, lib = tmp_path / "vids", tmp_path / "lib"
+    make_videos(vids, ("red",))
+    assert main(["index", str(vids), "--library", str(lib), *HIST]) == 0
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    conn.execute("DROP INDEX files_by_size")  # a library made before the index
+    conn.close()
+    for path in [lib, *lib.iterdir()]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (lib / "catalog.sqlite").chmod(0o444)
+    r = vmm_as_user("index", str(vids), "--library", str(lib), *HIST)
+    assert r.returncode == 0 and "1 unchanged" in r.stdout, r.stderr
+    assert indexed_paths(str(lib)) == [str(vids / "red.mp4")]
 
 # -- finding 1: files that exist but cannot be read keep their clips ----------------------------------
 def test_unlistable_folder_keeps_its_clips(tmp_path):

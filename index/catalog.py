@@ -337,6 +337,11 @@ class Catalog:
             return self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
         return self._conn.execute("SELECT COUNT(*) FROM clips WHERE generation <= ?", (up_to,)).fetchone()[0]
 
+    def clip_ids(self, *, up_to: int) -> np.ndarray:
+        """Ids of the clips added at or before generation ``up_to``, sorted."""
+        rows = self._conn.execute("SELECT id FROM clips WHERE generation <= ? ORDER BY id", (up_to,))
+        return np.fromiter((row[0] for row in rows), np.int64)
+
     def iter_vectors(self, *, newer_than: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in id order for clips added after generation ``newer_than``."""
         dim = self.manifest().dim

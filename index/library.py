@@ -44,6 +44,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import faiss
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest, damaged
@@ -399,14 +400,14 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
         count = catalog.clip_count()
         dim = catalog.manifest().dim
         if (state is not None and state.generation == generation and state.factory_setting == setting
-                and _load_saved(library, state, dim, count, mmap=True) is not None):
+                and _load_saved(library, state, dim, catalog, count, mmap=True) is not None):
             return state
         wanted = resolve_factory(setting, count, flat_max=flat_max)
         if "IVF" in wanted and count < _ivf_lists(wanted):
             wanted = "IDMap2,Flat"  # too few vectors to train the IVF the library asks for, yet
         store = None
         if state is not None and state.factory == wanted:
-            store = _load_saved(library, state, dim, mmap=False)
+            store = _load_saved(library, state, dim, catalog, mmap=False)
             if store is not None:
                 store = _apply_changes(store, catalog, state.generation)
         if store is None or store.ntotal != count:
@@ -423,13 +424,14 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
     return new_state
 
 
-def _load_saved(library: str, state: IndexState, dim: int, count: int | None = None, *,
+def _load_saved(library: str, state: IndexState, dim: int, catalog: Catalog, count: int | None = None, *,
                 mmap: bool) -> VectorStore | None:
     """The FAISS file ``state`` names, or None when it is missing, unreadable or not the index the state describes.
 
     A valid FAISS file of another library or generation copied over it (a restored backup) loads fine but would
     hide or invent clips, so its size and dimension must match the state's (and ``count``, the catalog's, when
-    the state claims to be current); a mismatch is rebuilt from the catalog like a missing file.
+    the state claims to be current), and its clip ids the catalog's; a mismatch is rebuilt from the catalog like
+    a missing file.
     """
     path = os.path.join(library, state.file)
     if factory_problem(state.factory) is not None or not os.path.isfile(path):
@@ -440,7 +442,29 @@ def _load_saved(library: str, state: IndexState, dim: int, count: int | None = N
         return None
     if (store.dim, store.ntotal, state.dim) != (dim, state.count, dim) or count not in (None, state.count):
         return None
+    if not _holds_catalog_ids(store, catalog, state.generation):
+        return None
     return store
+
+
+def _holds_catalog_ids(store: VectorStore, catalog: Catalog, generation: int) -> bool:
+    """Whether the file holds the ids it should at ``generation``: the clips added up to then, plus any deleted
+    since (tombstones). An older backup of the same library has the right count and dimension but other ids
+    (clip ids are never reused); readers only notice it when a search meets one, and cannot repair it. Checked
+    where the type lists its ids without reading its vectors (IDMap/IDMap2, IVF lists), else trusted."""
+    index = faiss.downcast_index(store.index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        ids = faiss.vector_to_array(index.id_map)
+    else:
+        try:
+            lists = faiss.extract_index_ivf(index).invlists
+        except RuntimeError:  # neither: no cheap list of ids
+            return True
+        ids = np.concatenate([np.zeros(0, np.int64)] + [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                                                        for i in range(lists.nlist) if lists.list_size(i)])
+    ids, live = np.unique(ids), catalog.clip_ids(up_to=generation)
+    return (len(ids) == store.ntotal and bool(np.isin(live, ids).all())
+            and bool(np.isin(ids, np.concatenate([live, catalog.tombstones_newer_than(generation)])).all()))
 
 
 def _ivf_lists(factory: str) -> int:

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, LibraryManifest
-from index.library import STATE_FILE, _open_catalog, read_state
+from index.library import _open_catalog, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError
 
@@ -111,7 +111,7 @@ class LibraryReader:
 
     def __init__(self, library: str, manifest: LibraryManifest, generation: int, files: list[FileRecord],
                  clips: tuple, base: VectorStore | None, base_generation: int, excluded: np.ndarray,
-                 delta: VectorStore | None, base_file: str | None = None):
+                 delta: VectorStore | None):
         self.library = library
         self.manifest = manifest
         self.generation = generation
@@ -119,7 +119,6 @@ class LibraryReader:
         self._clip_ids, self._clip_files, self._starts, self._ends, self._clip_generations = clips
         # One tuple, swapped whole when the FAISS file proves stale, so a concurrent search never mixes the two.
         self._stores = (base, base_generation, excluded, delta)
-        self._base_file = base_file
         self._stale_lock = threading.Lock()
         self._closed = False
 
@@ -207,7 +206,8 @@ class LibraryReader:
         """The snapshot's vectors read from the catalog, used from now on instead of a FAISS file that returned a
         clip id the catalog does not hold or missed one it should. Clip ids are never reused, so such a file is an
         older index copied over this one (a restored backup); its size and dimension matched, so nothing cheaper
-        noticed it."""
+        noticed it. Readers write nothing: the next writer (any vmm index run) checks the file's ids and rebuilds
+        it."""
         with self._stale_lock:
             if self._stores is stale:  # else another thread's search has replaced it already
                 catalog = _open_catalog(self.library, read_only=True)
@@ -220,7 +220,6 @@ class LibraryReader:
                 finally:
                     catalog.close()
                 self._stores = (None, 0, np.zeros(0, np.int64), delta)
-                _forget_state(self.library, self._base_file)
             return self._stores
 
     def _as_queries(self, queries) -> np.ndarray:
@@ -351,20 +350,8 @@ def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> 
                     delta = VectorStore.create(manifest.dim, "Flat")
                 delta.add(vectors, ids)
             return LibraryReader(library, manifest, generation, catalog.files(), catalog.clip_table(), base,
-                                 base_generation, excluded, delta, state.file if base is not None else None)
+                                 base_generation, excluded, delta)
     raise AssertionError("unreachable")
-
-
-def _forget_state(library: str, name: str | None) -> None:
-    """Remove index-state.json while it still names the stale FAISS file ``name``: its count and dimension match,
-    so the next writer would keep it; without a state it rebuilds the file from the catalog, and readers score
-    the catalog meanwhile. The only write a reader makes, to a cache; a writer racing it costs one rebuild."""
-    state = read_state(library)
-    if name is not None and state is not None and state.file == name:
-        try:
-            os.remove(os.path.join(library, STATE_FILE))
-        except OSError:  # a library on read-only storage: each reader falls back again until it is re-indexed
-            pass
 
 
 def _base_fits(base: VectorStore, state, manifest: LibraryManifest, catalog: Catalog, excluded: np.ndarray) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 from index.catalog import Catalog
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library, read_state, remove_paths
+from index.library import STATE_FILE, build_library, read_state, remove_paths, sync_index
 from index.reader import open_library
 from tests import videos
 from vmm.cli import main
@@ -189,7 +189,8 @@ def test_a_stale_faiss_file_is_not_trusted_and_a_rerun_repairs_it(tmp_path, othe
 def test_a_backup_faiss_file_with_old_clip_ids_is_searched_exactly_and_rebuilt(tmp_path, where, expected):
     """An older index of the same library (same count and dimension, other clip ids) copied over the current
     one passed every cheap check: the first hit with an old id raised "(this is a bug)", a filter on the clips
-    it lacks found nothing, and re-runs kept the file."""
+    it lacks found nothing, and re-runs kept the file. Readers fall back to the catalog and write nothing; the
+    next run finds the file's ids are not the catalog's and rebuilds it."""
     vids = tmp_path / "vids"
     make_videos(vids)
     lib = str(tmp_path / "lib")
@@ -199,6 +200,7 @@ def test_a_backup_faiss_file_with_old_clip_ids_is_searched_exactly_and_rebuilt(t
     remove_paths(lib, [str(vids / "red.mp4")])  # indexed again, red gets new clip ids
     assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).indexed == 1
     shutil.copyfile(backup, os.path.join(lib, read_state(lib).file))
+    before = {name: Path(lib, name).read_bytes() for name in os.listdir(lib) if "catalog" not in name}
 
     with open_library(lib, model=ENCODER) as reader:
         assert reader._base is not None  # the cheap checks pass: the file is only found out by a search
@@ -206,11 +208,44 @@ def test_a_backup_faiss_file_with_old_clip_ids_is_searched_exactly_and_rebuilt(t
             (hits,) = reader.search_vectors(red_query(), k=10, where=where)
             assert [os.path.basename(h.path) for h in hits] == expected  # filtered: was no hits
             assert {h.clip_id for h in hits} <= set(reader._clip_ids.tolist())
+    after = {name: Path(lib, name).read_bytes() for name in os.listdir(lib) if "catalog" not in name}
+    assert after == before and STATE_FILE in after  # the reader deleted index-state.json
     assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).unchanged == 3
     with open_library(lib, model=ENCODER) as reader:
         ids = faiss.vector_to_array(faiss.downcast_index(reader._base.index).id_map)
         assert sorted(ids.tolist()) == sorted(reader._clip_ids.tolist())  # the rebuilt file, not the backup
     assert search_paths(lib) == ["red.mp4", "blue.mp4", "green.mp4"]
+
+
+@pytest.mark.parametrize("factory", ["auto", "IDMap,Flat", "HNSW8,Flat", "IVF2,Flat"])
+@pytest.mark.parametrize("run", ["build_library", "remove_paths", "sync_index"])
+def test_every_writer_rebuilds_a_backup_faiss_file_whose_clip_ids_are_not_the_catalogs(tmp_path, factory, run):
+    """Without a search in between (it was the reader that made the next run rebuild the file), each writer
+    compares the saved file's ids with the catalog's: IDMap's id map, an IVF's lists."""
+    vids = tmp_path / "vids"
+    make_videos(vids)
+    lib = str(tmp_path / "lib")
+    build_library([str(vids)], lib, ENCODER, workers=0, progress=False, factory=factory)
+    backup = tmp_path / "backup.faiss"
+    shutil.copyfile(os.path.join(lib, read_state(lib).file), backup)
+    remove_paths(lib, [str(vids / "red.mp4")])
+    assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).indexed == 1
+    stale = read_state(lib)
+    shutil.copyfile(backup, os.path.join(lib, stale.file))
+    if run == "build_library":
+        assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).unchanged == 3
+    elif run == "remove_paths":
+        assert remove_paths(lib, [str(tmp_path / "elsewhere")]) == 0
+    else:
+        sync_index(lib)
+    state = read_state(lib)
+    assert state.file != stale.file and state.count == 3
+    with open_library(lib, model=ENCODER) as reader:
+        assert reader._base is not None
+        expected = reader._clip_ids.tolist()
+        (hits,) = reader.search_vectors(red_query(), k=10)
+    assert sorted(h.clip_id for h in hits) == sorted(expected)
+    assert os.path.basename(hits[0].path) == "red.mp4" and hits[0].score > 0.99
 
 
 # -- 5: what a run prints ---------------------------------------------------------------------------------

@@ -338,8 +338,10 @@ class Catalog:
         return self._conn.execute("SELECT COUNT(*) FROM clips WHERE generation <= ?", (up_to,)).fetchone()[0]
 
     def clip_ids(self, *, up_to: int) -> np.ndarray:
-        """Ids of the clips added at or before generation ``up_to``, sorted."""
-        rows = self._conn.execute("SELECT id FROM clips WHERE generation <= ? ORDER BY id", (up_to,))
+        """Ids of the clips added at or before generation ``up_to``, in no particular order: read from the
+        generation index alone (ORDER BY id made SQLite scan the table, vectors and all: 750 MB for 2M clips)."""
+        rows = self._conn.execute("SELECT id FROM clips INDEXED BY clips_by_generation WHERE generation <= ?",
+                                  (up_to,))
         return np.fromiter((row[0] for row in rows), np.int64)
 
     def iter_vectors(self, *, newer_than: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:

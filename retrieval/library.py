@@ -266,7 +266,8 @@ class VideoLibrary:
             where = lambda record: record.id in allowed  # noqa: E731
         total, k, rerank = len(reader), int(k), int(rerank)
         # per_video: more videos than the library (or the filter) holds cannot come, however deep the fetch
-        videos = len(allowed) if where is not None else sum(r.status == "ok" for r in reader.files.values())
+        videos = (len(allowed) if where is not None else sum(r.status == "ok" for r in reader.files.values())
+                  ) if per_video else 0
         fetch, moments, itm = min(total, 4 * max(k, rerank)), [], {}
         # Fetch deeper until k moments (or videos) are final: one long video can fill any fixed depth with its
         # windows and leave fewer than k results, each cut short by the depth.

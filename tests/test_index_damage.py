@@ -209,7 +209,7 @@ def test_a_backup_faiss_file_with_old_clip_ids_is_searched_exactly_and_rebuilt(t
             assert [os.path.basename(h.path) for h in hits] == expected  # filtered: was no hits
             assert {h.clip_id for h in hits} <= set(reader._clip_ids.tolist())
     after = {name: Path(lib, name).read_bytes() for name in os.listdir(lib) if "catalog" not in name}
-    assert after == before and STATE_FILE in after  # the reader deleted index-state.json
+    assert after == before and STATE_FILE in after  # readers write nothing, not even a stale file's state
     assert build_library([str(vids)], lib, ENCODER, workers=0, progress=False).unchanged == 3
     with open_library(lib, model=ENCODER) as reader:
         ids = faiss.vector_to_array(faiss.downcast_index(reader._base.index).id_map)

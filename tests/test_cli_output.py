@@ -76,4 +76,7 @@ def test_ctrl_c_while_starting(lib):
         _, err = p.communicate(timeout=120)
         results.append((p.returncode, err.strip()))
     assert all("Traceback" not in err for _, err in results), results
-    assert (130, "interrupted") in results and all(r in ((130, "interrupted"), (0, "")) for r in results), results
+    # -2: ended by the signal itself after the line (now and then, when it lands as the interpreter winds down);
+    # a shell shows both as status 130.
+    stopped = [(130, "interrupted"), (-signal.SIGINT, "interrupted")]
+    assert any(r in stopped for r in results) and all(r in (*stopped, (0, "")) for r in results), results

@@ -29,7 +29,7 @@ import numpy as np
 from index.catalog import Catalog, FileRecord, LibraryManifest
 from index.library import _open_catalog, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,6 @@ class ClipFilter:
         if self.max_duration is not None and duration > self.max_duration:
             return False
         return True
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def as_clip_filter(where):
@@ -156,11 +152,11 @@ class LibraryReader:
         if self._closed:
             raise VmmError(f"this reader of library {self.library} is closed; open the library again with "
                            "open_library")
-        if not _is_whole(k) or k < 1:
+        if not is_whole_number(k) or k < 1:
             raise VmmError(f"k must be a whole number >= 1, got {k!r}")
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
             # FAISS casts these to size_t or int: -1 overflowed, while 0 and 1.5 were silently replaced or truncated.
-            if value is not None and not (_is_whole(value) and value >= 1):
+            if value is not None and not (is_whole_number(value) and value >= 1):
                 raise VmmError(f"{name} must be a whole number >= 1 (or None for the default), got {value!r}")
         queries = self._as_queries(queries)
         where = as_clip_filter(where)

@@ -45,7 +45,7 @@ from retrieval.annotations import RetrievalDataset, get_protocol, load_retrieval
 from retrieval.metrics import chunked_similarity, rank_summary, retrieval_metrics, to_official_keys
 from retrieval.paper_numbers import checkpoint_corpus, paper_delta, paper_row
 from retrieval.rerank import rerank_topk
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 ROWS = ("emb", "rerank", "index")
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
@@ -120,7 +120,7 @@ def _option(name: str) -> str:
 
 
 def _whole(value, least: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+    return is_whole_number(value) and value >= least
 
 
 def _check_index_options(kind, nlist, nprobe, *, cli: bool = False) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 MODEL_FILE = "model.json"
 NOT_RERANKED = -100.0  # score of hits outside the re-ranked top K (the official value)
@@ -151,7 +151,7 @@ class VideoLibrary:
                device: Optional[str] = None, frames: Optional[int] = None) -> "VideoLibrary":
         """A new (or existing) library folder bound to a model; add videos with :meth:`add`."""
         path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
-        if frames is not None and not _is_int(frames):
+        if frames is not None and not is_whole_number(frames):
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
         lib = cls(path, encoder=load_encoder(model, checkpoint, device, frames), reader=None)
         lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
@@ -246,9 +246,9 @@ class VideoLibrary:
             raise VmmError(f"text must be a string, got {type(text).__name__}; pass text='a red car'")
         if video is not None and not isinstance(video, (str, os.PathLike)):
             raise VmmError(f"video must be a path, got {type(video).__name__}; pass video='clip.mp4'")
-        if not _is_int(k) or k < 1:
+        if not is_whole_number(k) or k < 1:
             raise VmmError(f"k must be a whole number >= 1, got {k!r}")
-        if not _is_int(rerank) or rerank < 0:
+        if not is_whole_number(rerank) or rerank < 0:
             raise VmmError(f"rerank must be a whole number >= 0 (0: no re-ranking), got {rerank!r}")
         if rerank and text is None:
             raise VmmError("rerank needs a text query (ITM scores text-video pairs), not a video query")
@@ -326,10 +326,6 @@ class VideoLibrary:
 def _with_score(hit, score: float):
     from dataclasses import replace
     return replace(hit, score=score)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _path_list(paths, what: str) -> list[str]:

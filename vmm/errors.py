@@ -5,6 +5,7 @@ Anything a user can cause (a bad path, a wrong option, a damaged file) raises
 fix. The CLI prints ``error: <message>`` and exits with status 2 instead of a
 traceback; library callers can catch it like any other exception.
 """
+import numbers
 
 
 class VmmError(Exception):
@@ -17,6 +18,15 @@ class CheckpointError(VmmError):
 
 class RunFinished(VmmError):
     """A resumed training run that has already trained all its steps and exported its final model."""
+
+
+def is_whole_number(value) -> bool:
+    """An int or NumPy integer, not a bool: what counts, sizes and ``k`` accept.
+
+    >>> is_whole_number(3), is_whole_number(True), is_whole_number(2.0)
+    (True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}

@@ -1,15 +1,31 @@
 """One module per ``vmm`` subcommand (see vmm/cli.py)."""
+import os
 
 
 def set_threads(threads) -> None:
-    """Apply ``--threads`` (None: torch's default), refusing a count below 1 in one line.
+    """Apply ``--threads`` (None: torch's default); vmm.cli has checked its range.
 
     >>> set_threads(None)
     """
     if threads is None:
         return
-    from vmm.errors import VmmError
-    if threads < 1:
-        raise VmmError(f"--threads {threads}: pass at least 1 (or omit --threads for torch's default)")
     import torch
     torch.set_num_threads(threads)
+
+
+def check_library_readable(library: str) -> bool:
+    """Whether ``library`` is a folder this user can list; a folder it cannot is refused in one line, since it
+    would otherwise read as a folder without a catalog ("not a library", "no model given"). False when it is
+    missing or not a folder: the caller's own checks name that.
+
+    >>> check_library_readable("/nonexistent-library")
+    False
+    """
+    from vmm.errors import VmmError
+    try:
+        os.listdir(library)
+    except PermissionError as e:
+        raise VmmError(f"library {library} is not readable ({e.strerror}); check its permissions") from None
+    except OSError:
+        return False
+    return True

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
     from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, load_encoder
+    from vmm.commands import check_library_readable
     from vmm.factory import check_frames
     # Checked before the model loads: a bad value costs nothing and names the option.
     if args.window is not None and not (args.window == 0 or args.window >= MIN_STRIDE):
@@ -52,12 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
         check_frames(args.frames)
-    try:
-        os.listdir(library)
-    except PermissionError as e:  # else it reads as a folder without a catalog: "no model given"
-        raise VmmError(f"library {library} is not readable ({e.strerror}); check its permissions") from None
-    except OSError:
-        pass  # missing (created by the run) or not a folder (named by the run)
+    check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
     model, checkpoint = args.model, args.checkpoint

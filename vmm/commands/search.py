@@ -58,11 +58,8 @@ def _check_options(args: argparse.Namespace) -> None:
                        "video can match; swap or widen them")
     if args.device is not None:
         resolve_device(args.device)
-    try:
-        os.listdir(args.library)
-    except PermissionError as e:  # else it reads as a folder without a catalog, i.e. not a library
-        raise VmmError(f"library {args.library} is not readable ({e.strerror}); check its permissions") from None
-    except OSError:
+    from vmm.commands import check_library_readable
+    if not check_library_readable(args.library):
         return  # missing or not a folder: opening the library names it
     from retrieval.library import COLOR_HISTOGRAM, _read_model_file
     recorded = _read_model_file(args.library).get("model")

@@ -440,11 +440,17 @@ def _load_saved(library: str, state: IndexState, dim: int, catalog: Catalog, cou
         store = VectorStore.load(path, state.factory, mmap=mmap)
     except (RuntimeError, MemoryError):  # not a FAISS file (truncated, overwritten)
         return None
-    if (store.dim, store.ntotal, state.dim) != (dim, state.count, dim) or count not in (None, state.count):
+    if not matches_state(store, state, dim) or count not in (None, state.count):
         return None
     if not _holds_catalog_ids(store, catalog, state.generation):
         return None
     return store
+
+
+def matches_state(store: VectorStore, state: IndexState, dim: int) -> bool:
+    """Whether a loaded FAISS file has the size and dimension its state records, at the library's dimension (a
+    file of another library or generation copied over it has not); readers and writers both ask."""
+    return store.dim == state.dim == dim and store.ntotal == state.count
 
 
 def _holds_catalog_ids(store: VectorStore, catalog: Catalog, generation: int) -> bool:

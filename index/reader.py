@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, LibraryManifest
-from index.library import _open_catalog, read_state
+from index.library import _open_catalog, matches_state, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError, is_whole_number
 
@@ -353,7 +353,7 @@ def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> 
 def _base_fits(base: VectorStore, state, manifest: LibraryManifest, catalog: Catalog, excluded: np.ndarray) -> bool:
     """Whether the FAISS file holds what its state says: the catalog's clips up to its generation, plus at most
     the ones deleted since (tombstones), at the library's dimension."""
-    if (base.dim, state.dim, base.ntotal) != (manifest.dim, manifest.dim, state.count):
+    if not matches_state(base, state, manifest.dim):
         return False
     kept = catalog.clip_count(up_to=state.generation)
     return kept <= base.ntotal <= kept + len(excluded)

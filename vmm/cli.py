@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -156,9 +157,23 @@ def _say_error(message: str) -> None:
     _say(f"error: {message}")
 
 
+def _holding_ctrl_c(build, *args):
+    """``build(*args)`` with Ctrl-C held until it returns. Building the parser imports torch and numpy, and a
+    KeyboardInterrupt raised inside numpy's import is half-caught there: numpy stays loaded without most of its
+    functions, and the command then failed with an AttributeError traceback. Held, the Ctrl-C arrives as soon as
+    the imports are done and stops the command cleanly."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        return build(*args)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return build(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_dash_files(argv))
+    parser = _holding_ctrl_c(build_parser, _dash_files(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()

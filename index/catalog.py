@@ -314,6 +314,15 @@ class Catalog:
                 f"SELECT path FROM files WHERE size IN ({', '.join('?' * len(chunk))})", chunk)]
         return sorted(paths)
 
+    def files_of_size(self, sizes) -> list[FileRecord]:
+        """The rows of the files whose recorded size is one of ``sizes``, in path order."""
+        sizes, rows = sorted(set(sizes)), []
+        for i in range(0, len(sizes), 500):  # SQLite limits the parameters of one statement
+            chunk = sizes[i:i + 500]
+            rows += self._conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE size IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+        return [FileRecord(*row) for row in sorted(rows, key=lambda r: r[1])]
+
     def file_by_path(self, path: str) -> FileRecord | None:
         row = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
         return None if row is None else FileRecord(*row)

@@ -539,6 +539,7 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
     """Compare disk (``found``) with the catalog (``known``: its rows under the run's paths)."""
     plan = _Plan(duplicates=list(found.duplicates))
     known = {row.path: row for row in known}
+    scoped = set(known)
     # Discovery keeps the library's path of a file reached twice, so a path it left out whose row is in the
     # library is a second row of one file (made before files were told apart by identity): it goes.
     plan.remove = [known.pop(path) for path, _ in found.duplicates if path in known]
@@ -569,6 +570,13 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
         if row.status == "ok":
             missing_by_size[row.size].append(row)
     indexed_as = _indexed_elsewhere(catalog, fresh)
+    # A folder moved out from under the paths of the runs that indexed it (`mv ~/videos/trip ~/archive/`, then
+    # `vmm index ~/archive`) leaves its rows outside this run's paths: those that are gone are moves too, else
+    # the library would embed every file again and keep searching the vanished paths. They are only followed,
+    # never removed: files outside this run's paths are not reconciled.
+    for row in catalog.files_of_size({c.size for c in fresh if c.path not in indexed_as}):
+        if row.status == "ok" and row.path not in scoped and _gone(row.path, listable):
+            missing_by_size[row.size].append(row)
     for candidate in fresh:
         if candidate.path in indexed_as:
             plan.duplicates.append((candidate.path, indexed_as[candidate.path]))
@@ -579,7 +587,7 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
             match = next((row for row in rows if row.fingerprint == fingerprint), None)
             if match is not None:
                 rows.remove(match)
-                del known[match.path]
+                known.pop(match.path, None)
                 plan.rename.append((match.id, candidate.path, candidate.size, candidate.mtime_ns))
                 continue
         _schedule(plan, candidate)

@@ -158,6 +158,32 @@ def test_incremental_runs(tmp_path):
         assert len(reader) == len(after)
 
 
+def test_folder_moved_outside_the_runs_paths_follows_its_rows(tmp_path):
+    # `mv ~/videos/trip ~/archive/trip`, then `vmm index ~/archive`: the old paths are outside this run's paths,
+    # yet they are gone, so their rows must follow (not be embedded again and leave vanished paths in searches).
+    trip = tmp_path / "videos" / "trip"
+    trip.mkdir(parents=True)
+    red = videos.write_solid(str(trip / "red.mp4"), videos.RED)
+    videos.write_solid(str(trip / "blue.mp4"), videos.BLUE)
+    kept = videos.write_solid(str(tmp_path / "videos" / "green.mp4"), videos.GREEN)
+    library = str(tmp_path / "lib")
+    build_library([str(tmp_path / "videos")], library, ENCODER, workers=0, progress=False)
+    before = library_contents(library)
+    (tmp_path / "archive").mkdir()
+    os.rename(trip, tmp_path / "archive" / "trip")
+    summary = build_library([str(tmp_path / "archive")], library, ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.moved, summary.removed) == (0, 2, 0)
+    after = library_contents(library)
+    moved = str(tmp_path / "archive" / "trip" / "red.mp4")
+    assert {k[0] for k in after} == {kept, moved, str(tmp_path / "archive" / "trip" / "blue.mp4")}
+    assert after[(moved, 0.0, 2.0)] == before[(red, 0.0, 2.0)]
+    assert_index_matches_catalog(library)
+    # A file that is still at its old path is a copy, not a move: both stay.
+    shutil.copy(kept, tmp_path / "archive" / "green-copy.mp4")
+    copied = build_library([str(tmp_path / "archive")], library, ENCODER, workers=0, progress=False)
+    assert (copied.indexed, copied.moved) == (1, 0) and kept in {k[0] for k in library_contents(library)}
+
+
 def test_failed_files_are_skipped_then_retried(tmp_path):
     root = tmp_path / "media"
     root.mkdir()

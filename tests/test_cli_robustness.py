@@ -86,6 +86,16 @@ def test_bad_devices(setup, capsys, command):
     assert not (setup / "unused").exists()
 
 
+def test_index_option_values_name_the_option(setup, capsys):
+    # Into a library with a recorded model: a bad --device used to be reported as model.json failing to load,
+    # and --batch-size/--timeout by their Python names, only after the model had loaded.
+    base = ["index", str(setup / "red.mp4"), "--library", str(setup / "lib"), "--quiet", "--workers", "0"]
+    err = fails(base + ["--device", "bogus"], capsys, "--device bogus is not a device; pass cpu or cuda[:N]")
+    assert "model.json" not in err
+    fails(base + ["--batch-size", "0"], capsys, "--batch-size 0", "at least 1")
+    fails(base + ["--timeout", "0"], capsys, "--timeout 0", "> 0")
+
+
 @pytest.mark.parametrize("threads", ["-1", "0"])
 def test_bad_thread_counts(setup, capsys, threads):
     fails(["encode", "--threads", threads], capsys, f"--threads {threads}")

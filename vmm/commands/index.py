@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from index.library import CATALOG_FILE
     from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, load_encoder
     from vmm.commands import check_library_readable
-    from vmm.factory import check_frames
+    from vmm.factory import check_frames, resolve_device
     # Checked before the model loads: a bad value costs nothing and names the option.
     if args.window is not None and not (args.window == 0 or args.window >= MIN_STRIDE):
         raise VmmError(f"--window must be 0 (one clip per video) or >= {MIN_STRIDE} seconds, got {args.window}")
@@ -53,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
         check_frames(args.frames)
+    if args.batch_size < 1:
+        raise VmmError(f"--batch-size {args.batch_size}: pass at least 1 clip per encoder batch")
+    if not args.timeout > 0:
+        raise VmmError(f"--timeout {args.timeout:g}: pass a number of seconds > 0 (the default is 60)")
+    if args.device is not None:
+        # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
+        resolve_device(args.device)
     check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}

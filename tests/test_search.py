@@ -164,6 +164,19 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys, argv, message):
     assert err.startswith("error: ") and message in err and "\n" not in err, err
 
 
+def test_video_query_that_is_not_a_video_says_so(setup, tmp_path, capsys):
+    # FFmpeg opens a JSON file as subtitles: the message was "no video stream in the container (it holds subtitle)".
+    root, vids, lib = setup
+    (tmp_path / "test.json").write_text('[{"video": "a.mp4", "caption": "a dog"}]\n')
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    for name, message in [("test.json", "not a video: text"), ("notes.mp4", "not a video: the file holds text")]:
+        capsys.readouterr()
+        assert main(["search", str(lib), "--video", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: query video {tmp_path / name}: {message}" + \
+            (" and no video extension" if name.endswith(".json") else "") + "; pass a video file", err
+
+
 def test_cli_entry_point_runs_as_a_subprocess(setup):
     root, vids, lib = setup
     r = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(lib), "--video", str(vids / "green.mp4"),

@@ -434,7 +434,8 @@ def encode_videos(model, transform, paths: list[Path], decode_options, batch_siz
     """
     from index.pool import DecodePool
     n = len(paths)
-    frames_emb = torch.zeros(n, decode_options.num_frames, model.cfg.embed_dim)
+    # keep_temporal=False or pool_type="cls" pool a whole clip into one vector, not one per frame
+    frames_emb = torch.zeros(n, model.pooled_per_clip(decode_options.num_frames), model.cfg.embed_dim)
     tokens: Optional[Tensor] = None
     failures: dict[int, str] = {}
     stop = threading.Event()

@@ -13,6 +13,7 @@ from vmm.errors import VmmError
 # giving a result.
 MAX_FRAMES = 1024
 # Whole-number fields whose valid range is not "1 or more" (same name, same range in every config).
+POOL_TYPES = ("cls+avg", "cls", "avg", "cls_cat_avg")
 INT_RANGES = {"num_frames": (1, MAX_FRAMES), "num_classes": (0, None), "fusion_layer": (0, None),
               "pad_token_id": (0, None)}
 
@@ -40,7 +41,10 @@ class VideoMambaConfig:
     scan_backend: Optional[str] = None  # None -> fastest available for the device
     grad_checkpointing: bool = False
     # multimodal vision encoder (PretrainVideoMamba) only
-    pool_type: str = "cls+avg"
+    pool_type: str = "cls+avg"  # official pool_type: "cls+avg", "cls", "avg" or "cls_cat_avg"
+    # Official vision_encoder.keep_temporal, which encode_vision passes at eval: True pools each frame
+    # (B, T, D), False pools the whole clip (B, 1, D), and the ITC then averages over that one "frame".
+    keep_temporal: bool = True
     # "joint": one scan over all frames (VideoMamba). "per_frame": every frame encoded alone as an image (T=1
     # path) - the frame-mean baseline with no temporal modelling; same weights, order of frames irrelevant.
     frame_mode: str = "joint"
@@ -72,6 +76,13 @@ class VideoMambaConfig:
         if self.num_frames < self.tubelet_size:
             return (f"num_frames={self.num_frames} is fewer than tubelet_size={self.tubelet_size}; "
                     f"pass num_frames >= {self.tubelet_size}")
+        if self.pool_type not in POOL_TYPES:  # else it fails only after the whole stack has run on a clip
+            return f"pool_type={self.pool_type!r} is not an official pool type; pass one of {', '.join(POOL_TYPES)}"
+        if self.clip_return_layer != 1:
+            # With more than one returned layer the official student targets mix normalised and raw
+            # residuals in a way the spec does not describe; refusing beats silently computing something else.
+            return (f"clip_return_layer={self.clip_return_layer} is not supported (only the official 1, "
+                    "the raw residual entering the final norm); pass clip_return_layer=1")
         if self.scan_backend is not None:  # else it fails on the first clip, after a training run has started
             from vmm.ops.selective_scan import _SCAN_BACKENDS
             names = sorted({"triton", *_SCAN_BACKENDS})

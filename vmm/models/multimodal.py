@@ -56,6 +56,80 @@ def build_multimodal_config(vision: Optional[dict] = None, text: Optional[dict] 
     return replace_checked(cfg, {**top, **parts}, where="model")
 
 
+# Official (UMT_VIDEOMAMBA / PretrainVideoMamba / xbert BertConfig) setting -> our field, per section.
+_OFFICIAL_VISION = {"img_size": "img_size", "patch_size": "patch_size", "num_frames": "num_frames",
+                    "kernel_size": "tubelet_size", "embed_dim": "embed_dim", "depth": "depth",
+                    "d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank",
+                    "norm_epsilon": "norm_eps", "drop_path_rate": "drop_path_rate", "pool_type": "pool_type",
+                    "keep_temporal": "keep_temporal", "clip_decoder_embed_dim": "clip_decoder_embed_dim",
+                    "clip_output_dim": "clip_output_dim", "clip_return_layer": "clip_return_layer"}
+# Settings our model has exactly one value of: anything else would be silently computed differently.
+# fused_add_norm is absent on purpose: both values give the same add-then-RMSNorm with an fp32 residual.
+_OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba": True,
+                          "class_": "PretrainVideoMamba", "clip_teacher": "none"}
+_OFFICIAL_VISION_ANY = {"fused_add_norm"}
+_OFFICIAL_TEXT = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "fusion_layer", "pad_token_id",
+                  "hidden_act"}
+_OFFICIAL_EVAL_FIXED = {"eval_frame_ensemble": "concat", "deep_fusion": False, "model_cls": "UMT_VIDEOMAMBA",
+                        "text_encoder_class": "BertModel(add_pooling_layer=False)"}
+# Descriptions of how a fixture was made, and evaluation settings that are not part of the model.
+_OFFICIAL_INFO = {"fixture", "device", "dtype", "mode", "seeds", "weights", "tokenizer", "n_state_dict_keys",
+                  "k_test", "fp16"}
+
+
+def official_config_overrides(official: dict) -> dict:
+    """``create_model("videomamba_m16_mm", **overrides)`` arguments for an official UMT_VIDEOMAMBA config.
+
+    ``official`` is the config as the golden fixtures record it (``config_json``: ``vision_encoder``,
+    ``bert_config``, ``embed_dim``, ``temp_init``, ``max_txt_l``...). Every setting is mapped or checked: one
+    this model cannot honour is a VmmError naming it, never silently dropped.
+    """
+    vision, text = {}, {}
+    top: dict[str, Any] = {}
+    for key, value in official.items():
+        if key == "vision_encoder":
+            for k, v in value.items():
+                if k in _OFFICIAL_VISION:
+                    if k == "dt_rank" and isinstance(v, str) and v.startswith("auto"):
+                        v = None  # official "auto" = ceil(D / 16), our None
+                    vision[_OFFICIAL_VISION[k]] = v
+                elif k in _OFFICIAL_VISION_FIXED:
+                    if v != _OFFICIAL_VISION_FIXED[k]:
+                        raise VmmError(f"official vision_encoder.{k}={v!r} is not supported; vmm implements only "
+                                       f"{k}={_OFFICIAL_VISION_FIXED[k]!r}")
+                elif k not in _OFFICIAL_VISION_ANY:
+                    raise VmmError(f"official vision_encoder.{k}={v!r} has no vmm equivalent; remove it or add "
+                                   "support for it in vmm.models.multimodal")
+        elif key == "bert_config":
+            for k, v in value.items():
+                if k not in _OFFICIAL_TEXT:
+                    raise VmmError(f"official bert_config.{k}={v!r} has no vmm equivalent; remove it or add "
+                                   "support for it in vmm.models.text")
+                text[k] = v
+        elif key == "embed_dim":
+            top["embed_dim"] = value
+        elif key == "temp_init":
+            top["temp_init"] = value
+        elif key == "max_txt_l":
+            top["max_text_len"] = value
+        elif key == "is_pretrain":
+            text["mlm_head"] = bool(value)  # pretraining builds BertForMaskedLM (the text_encoder.cls head)
+        elif key == "encoder_width":
+            pass  # checked below: it is the vision width by construction here
+        elif key in _OFFICIAL_EVAL_FIXED:
+            if value != _OFFICIAL_EVAL_FIXED[key]:
+                raise VmmError(f"official {key}={value!r} is not supported; vmm implements only "
+                               f"{key}={_OFFICIAL_EVAL_FIXED[key]!r}")
+        elif key not in _OFFICIAL_INFO:
+            raise VmmError(f"official setting {key}={value!r} has no vmm equivalent; remove it or add support for it")
+    width = official.get("encoder_width")
+    if width is not None and width != vision.get("embed_dim", MultimodalConfig().vision.embed_dim):
+        raise VmmError(f"official encoder_width={width} differs from vision_encoder.embed_dim; the cross-attention "
+                       "reads the vision tokens, so they must be equal")
+    return {"vision": vision, "text": {"init_from": None, **text}, **top}
+
+
 class VideoTextModel(nn.Module):
     """VideoMamba video encoder + BERT text encoder with fusion layers, projections, ``temp`` and ``itm_head``.
 
@@ -84,17 +158,28 @@ class VideoTextModel(nn.Module):
     def encode_video(self, video: Tensor, per_frame: bool = False, return_tokens: bool = False):
         """Video (B, 3, T, H, W), ImageNet-normalised -> L2-normalised embeddings.
 
-        ``per_frame``: (B, T, E), one unit vector per frame (what the official ITC averages over).
+        ``per_frame``: (B, T, E), one unit vector per frame (what the official ITC averages over); (B, 1, E)
+        when the config pools the whole clip (``keep_temporal=False`` or ``pool_type="cls"``), (B, 2, E) for
+        ``cls_cat_avg`` without ``keep_temporal``.
         Otherwise (B, E): the normalised mean of the per-frame vectors. For a unit text vector t the
         official score is ``mean_f <v_f, t> = |m| <m/|m|, t>`` with ``m = mean_f v_f``: the pooled vector
         ranks texts for one video exactly as the official score does, and videos for one text up to the
         per-video factor |m| (close to 1 when frames agree). With ``return_tokens`` also returns the
         final-normed patch tokens without CLS, (B, T*P, D), which ITM needs.
         """
-        x_vis, pooled, _ = self.vision_encoder(video, keep_temporal=True)
+        x_vis, pooled, _ = self.vision_encoder(video, keep_temporal=self.cfg.vision.keep_temporal)
         frames = F.normalize(self.vision_proj(pooled).float(), dim=-1)
         emb = frames if per_frame else F.normalize(frames.mean(1), dim=-1)
         return (emb, x_vis) if return_tokens else emb
+
+    def pooled_per_clip(self, num_frames: int) -> int:
+        """How many pooled vectors ``encode_video(per_frame=True)`` gives for a clip of ``num_frames`` frames."""
+        v = self.cfg.vision
+        if v.pool_type == "cls":
+            return 1
+        if v.keep_temporal:
+            return num_frames
+        return 2 if v.pool_type == "cls_cat_avg" else 1
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, return_hidden: bool = False):
         """Token ids (B, L) and mask -> (B, E) unit vectors from the CLS after the text-only layers.

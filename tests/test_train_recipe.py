@@ -1,13 +1,15 @@
 """The pretraining recipe against the official one (spec sections 3.1, 3.4, 3.5): every released recipe's
-settings and the tokens MLM never masks."""
+settings, the tokens MLM never masks, and starting weights that never load partly or not at all without a word."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
+from vmm.errors import VmmError
 from vmm.training.config import load_config
-from vmm.training.loop import check_model_config
+from vmm.training.loop import build_model, check_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "configs" / "pretrain"
@@ -54,3 +56,45 @@ def test_mlm_can_choose_sep_but_never_pad_or_cls():
     sep = ids == tok.sep_token_id
     assert sep.any() and (labels[sep] == tok.sep_token_id).all()
     assert (labels[(ids == tok.cls_token_id) | (att == 0)] == -100).all()
+
+
+def _tiny(*overrides):
+    return load_config(TINY, ["loss.uta=0", *overrides])
+
+
+def test_stage2_init_missing_tensors_are_named(tmp_path, capsys):
+    """A stage-2 model that stage 1 does not fully cover (here one layer more) says which tensors stay random."""
+    source, _ = build_model(_tiny("loss.mlm=0"))
+    source.save_pretrained(tmp_path / "stage1")
+    capsys.readouterr()
+    model, _ = build_model(_tiny("loss.mlm=0", "model.vision.depth=3", f"model.init={tmp_path / 'stage1'}"))
+    err = capsys.readouterr().err
+    assert "warning: model.init: 17 of the" in err and "vision_encoder.layers.2." in err
+    assert torch.equal(model.vision_encoder.layers[1].mixer.in_proj.weight,
+                       source.vision_encoder.layers[1].mixer.in_proj.weight)
+    build_model(_tiny("loss.mlm=0", f"model.init={tmp_path / 'stage1'}"))  # the same model: nothing to say
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_starting_weights_that_fit_nothing_are_refused(tmp_path):
+    source, _ = build_model(_tiny())
+    torch.save({"model": source.text_encoder.state_dict()}, tmp_path / "text_only.pth")
+    with pytest.raises(VmmError, match=r"model.vision_init: .*text_only.pth holds none of the .* tensors"):
+        build_model(_tiny(f"model.vision_init={tmp_path / 'text_only.pth'}"))
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, tmp_path / "classifier.pth")
+    with pytest.raises(VmmError, match=r"model.init: .*classifier.pth holds none of the .* stage-1 run's final"):
+        build_model(_tiny(f"model.init={tmp_path / 'classifier.pth'}"))
+
+
+def test_vision_init_in_the_k400_layout_loads_quietly(tmp_path, capsys):
+    """The K400 masked-pretraining file has no pool_norm (spec 4.5): that alone is expected, not warned about."""
+    source, _ = build_model(_tiny())
+    vision = {k: v for k, v in source.vision_encoder.state_dict().items() if not k.startswith("pool_norm.")}
+    torch.save({"model": vision}, tmp_path / "k400.pth")
+    capsys.readouterr()
+    model, _ = build_model(_tiny(f"model.vision_init={tmp_path / 'k400.pth'}"))
+    assert "warning" not in capsys.readouterr().err
+    assert torch.equal(model.vision_encoder.pos_embed, source.vision_encoder.pos_embed)
+    source.save_pretrained(tmp_path / "whole")
+    build_model(_tiny(f"model.vision_init={tmp_path / 'k400.pth'}", f"model.init={tmp_path / 'whole'}"))
+    assert "model.vision_init=" in capsys.readouterr().err  # overwritten entirely by model.init

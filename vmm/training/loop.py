@@ -217,19 +217,63 @@ def build_model(cfg: TrainConfig):
     from vmm.training.optim import freeze
     model = vmm.create_model(cfg.model.name, **model_kwargs(cfg))
     if cfg.model.vision_init:
-        vmm.load_checkpoint(model.vision_encoder, cfg.model.vision_init, strict=False)
+        # The official K400 masked-pretraining file has no pool_norm (multimodal only): that one starts fresh.
+        load_init(model.vision_encoder, cfg.model.vision_init, "model.vision_init", expected_missing=("pool_norm.",),
+                  hint="pass VideoMamba vision weights such as videomamba_m16_k400_mask_pt_f8_res224.pth")
     if cfg.model.init:
         path = Path(cfg.model.init)
         if is_pretrained_dir(path):  # a save_pretrained folder or a trainable-only export
-            init_sd = vmm.from_pretrained(path).state_dict()
-            vmm.load_checkpoint(model, {k: v for k, v in init_sd.items() if k in model.state_dict()}, strict=False)
+            covered = load_init(model, vmm.from_pretrained(path).state_dict(), "model.init", source_name=str(path),
+                                hint=_INIT_HINT)
         else:
-            vmm.load_checkpoint(model, path, strict=False)
+            covered = load_init(model, path, "model.init", hint=_INIT_HINT)
+        vision_keys = [f"vision_encoder.{k}" for k in model.vision_encoder.state_dict()]
+        if cfg.model.vision_init and all(k in covered for k in vision_keys):
+            _warn(f"warning: model.vision_init={cfg.model.vision_init} has no effect: model.init={cfg.model.init} "
+                  f"replaces every vision_encoder tensor after it; set model.vision_init=null")
     frozen = freeze(model, cfg.freeze)
     if cfg.export.trainable_only:
         from vmm.training.export import check_trainable_export
         check_trainable_export(model, frozen)
     return model, frozen
+
+
+_INIT_HINT = "pass a checkpoint of this model (stage 2: the stage-1 run's final folder)"
+
+
+def _warn(line: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
+        print(line, file=sys.stderr)
+
+
+def load_init(target, source, option: str, expected_missing: tuple = (), source_name: Optional[str] = None,
+              hint: str = "pass a checkpoint of this model") -> set:
+    """Load starting weights into ``target`` non-strictly (as the official code does), but never silently.
+
+    A source that fits none of ``target``'s tensors is refused (a wrong file would leave the whole model at its
+    random initialisation); tensors it lacks, other than ``expected_missing`` prefixes, are named in a warning
+    line, since they start from random values (stage 2 must start from all of stage 1). Returns the keys loaded.
+    """
+    import vmm
+    from vmm.models.checkpoint import _short, adapt_state_dict, read_checkpoint, unwrap_state_dict
+    name = source_name or str(source)
+    sd = read_checkpoint(source) if isinstance(source, (str, Path)) else unwrap_state_dict(source, name)
+    sd = adapt_state_dict(target, sd)
+    own = target.state_dict()
+    covered = {k for k in own if k in sd}
+    if not covered:
+        raise VmmError(f"{option}: {name} holds none of the {len(own)} tensors of {_module_name(target)} (its keys look "
+                       f"like {_short(sorted(sd), 3)}); {hint}")
+    vmm.load_checkpoint(target, {k: v for k, v in sd.items() if k in own}, strict=False)
+    missing = [k for k in own if k not in covered and not k.startswith(expected_missing)]
+    if missing:
+        _warn(f"warning: {option}: {len(missing)} of the {len(own)} model tensors are not in {name} "
+              f"({_short(missing, 3)}); they keep their random initialisation")
+    return covered
+
+
+def _module_name(module) -> str:
+    return getattr(module, "model_name", None) or type(module).__name__
 
 
 def resolve_precision(cfg: TrainConfig, cpu: bool) -> str:

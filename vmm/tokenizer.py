@@ -97,14 +97,17 @@ class Tokenizer:
         self.pad_token_id, self.cls_token_id = self._tok.pad_token_id, self._tok.cls_token_id
         self.sep_token_id, self.mask_token_id = self._tok.sep_token_id, self._tok.mask_token_id
 
-    def __call__(self, texts: Union[str, Iterable[str]], max_length: Optional[int] = None):
+    def __call__(self, texts: Union[str, Iterable[str]], max_length: Optional[int] = None,
+                 clean: Optional[bool] = None):
+        """``clean`` overrides the tokenizer's setting: texts cleaned already (the retrieval test sets) must not be
+        cleaned again, since ``pre_text`` is not idempotent ("<<person>>" -> "<person>" -> "person")."""
         texts = as_texts(texts)
         max_length = self.max_length if max_length is None else check_max_length(max_length)
         if not texts:  # the WordPiece tokenizer raises IndexError on an empty batch
             import torch
             empty = torch.zeros((0, max_length), dtype=torch.long)
             return empty, empty.clone()
-        if self.clean:
+        if self.clean if clean is None else clean:
             from vmm.data.text import clean_caption
             texts = [clean_caption(t) for t in texts]
         out = self._tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")

@@ -164,6 +164,25 @@ def test_a_differently_shaped_official_config_is_honoured(golden):
     assert frames.shape == (2, 1, 12) and tokens.shape == (2, 2 * 9, D)
 
 
+def test_official_ssm_cfg_and_bert_config_extras(golden):
+    """The official configs nest the Mamba sizes in ssm_cfg and carry config_bert.json's own keys."""
+    official = copy.deepcopy(_official(golden))
+    v = official["vision_encoder"]
+    for k in ("d_state", "d_conv", "expand", "dt_rank"):
+        v.pop(k)
+    v.update(ssm_cfg={"d_state": 8, "d_conv": 3, "expand": 1, "dt_rank": "auto", "dt_min": 0.001},
+             channels=3, use_checkpoint=False, bimamba_type="v2")
+    official["bert_config"].update(architectures=["BertForMaskedLM"], model_type="bert", initializer_range=0.02,
+                                   position_embedding_type="absolute", encoder_width=192,
+                                   hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    model = _build(official)
+    mixer = model.vision_encoder.layers[0].mixer
+    assert (mixer.d_state, mixer.d_conv, mixer.d_inner, mixer.dt_rank) == (8, 3, 192, 12)
+    official["vision_encoder"]["ssm_cfg"]["bias"] = True
+    with pytest.raises(VmmError, match="ssm_cfg.bias"):
+        _build(official)
+
+
 @pytest.mark.parametrize("section,key,value,match", [
     ("vision_encoder", "rms_norm", False, "rms_norm"),
     ("vision_encoder", "bimamba", False, "bimamba"),
@@ -175,6 +194,8 @@ def test_a_differently_shaped_official_config_is_honoured(golden):
     ("bert_config", "position_embedding_type", "relative_key", "position_embedding_type"),
     (None, "eval_frame_ensemble", "mean", "eval_frame_ensemble"),
     (None, "encoder_width", 64, "encoder_width"),
+    ("bert_config", "encoder_width", 64, "encoder_width"),
+    ("vision_encoder", "add_pool_norm", False, "add_pool_norm"),
 ])
 def test_official_settings_vmm_cannot_honour_are_refused(golden, section, key, value, match):
     official = copy.deepcopy(_official(golden))

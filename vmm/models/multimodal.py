@@ -62,15 +62,29 @@ _OFFICIAL_VISION = {"img_size": "img_size", "patch_size": "patch_size", "num_fra
                     "d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank",
                     "norm_epsilon": "norm_eps", "drop_path_rate": "drop_path_rate", "pool_type": "pool_type",
                     "keep_temporal": "keep_temporal", "clip_decoder_embed_dim": "clip_decoder_embed_dim",
-                    "clip_output_dim": "clip_output_dim", "clip_return_layer": "clip_return_layer"}
+                    "clip_output_dim": "clip_output_dim", "clip_return_layer": "clip_return_layer",
+                    "channels": "in_chans"}
 # Settings our model has exactly one value of: anything else would be silently computed differently.
 # fused_add_norm is absent on purpose: both values give the same add-then-RMSNorm with an fp32 residual.
 _OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba": True,
                           "class_": "PretrainVideoMamba", "clip_teacher": "none"}
-_OFFICIAL_VISION_ANY = {"fused_add_norm"}
+_OFFICIAL_VISION_FIXED.update(add_pool_norm=True, bimamba_type="v2")
+# Settings that do not change what the model computes at eval: checkpointing, the init file (loaded weights
+# replace it), and the masked-pretraining / teacher settings of UMT_VIDEOMAMBA (no teacher is built here).
+_OFFICIAL_VISION_ANY = {"fused_add_norm", "use_checkpoint", "checkpoint_num", "clip_student_return_interval",
+                        "pretrained", "name", "ckpt_num_frame", "clip_img_size", "video_mask_type",
+                        "video_mask_ratio", "image_mask_type", "image_mask_ratio", "clip_teacher_embed_dim",
+                        "clip_teacher_final_dim", "clip_norm_type", "clip_return_interval"}
 _OFFICIAL_TEXT = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "fusion_layer", "pad_token_id",
-                  "hidden_act"}
+                  "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob"}
+_OFFICIAL_TEXT_FIXED = {"position_embedding_type": "absolute"}
+_OFFICIAL_TEXT_ANY = {"architectures", "model_type", "initializer_range", "gradient_checkpointing", "encoder_width"}
+# Mamba's ssm_cfg: the sizes are ours; bias/conv_bias have one value here; dt_* only shape an init that the
+# official ViT-style init overwrites (spec 2.4), and use_fast_path does not change the math.
+_OFFICIAL_SSM = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank"}
+_OFFICIAL_SSM_FIXED = {"bias": False, "conv_bias": True}
+_OFFICIAL_SSM_ANY = {"dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "use_fast_path"}
 _OFFICIAL_EVAL_FIXED = {"eval_frame_ensemble": "concat", "deep_fusion": False, "model_cls": "UMT_VIDEOMAMBA",
                         "text_encoder_class": "BertModel(add_pooling_layer=False)"}
 # Descriptions of how a fixture was made, and evaluation settings that are not part of the model.
@@ -90,7 +104,9 @@ def official_config_overrides(official: dict) -> dict:
     for key, value in official.items():
         if key == "vision_encoder":
             for k, v in value.items():
-                if k in _OFFICIAL_VISION:
+                if k == "ssm_cfg":
+                    vision.update(_official_ssm(v or {}))
+                elif k in _OFFICIAL_VISION:
                     if k == "dt_rank" and isinstance(v, str) and v.startswith("auto"):
                         v = None  # official "auto" = ceil(D / 16), our None
                     vision[_OFFICIAL_VISION[k]] = v
@@ -103,10 +119,15 @@ def official_config_overrides(official: dict) -> dict:
                                    "support for it in vmm.models.multimodal")
         elif key == "bert_config":
             for k, v in value.items():
-                if k not in _OFFICIAL_TEXT:
+                if k in _OFFICIAL_TEXT:
+                    text[k] = v
+                elif k in _OFFICIAL_TEXT_FIXED:
+                    if v != _OFFICIAL_TEXT_FIXED[k]:
+                        raise VmmError(f"official bert_config.{k}={v!r} is not supported; vmm implements only "
+                                       f"{k}={_OFFICIAL_TEXT_FIXED[k]!r}")
+                elif k not in _OFFICIAL_TEXT_ANY:
                     raise VmmError(f"official bert_config.{k}={v!r} has no vmm equivalent; remove it or add "
                                    "support for it in vmm.models.text")
-                text[k] = v
         elif key == "embed_dim":
             top["embed_dim"] = value
         elif key == "temp_init":
@@ -123,11 +144,26 @@ def official_config_overrides(official: dict) -> dict:
                                f"{key}={_OFFICIAL_EVAL_FIXED[key]!r}")
         elif key not in _OFFICIAL_INFO:
             raise VmmError(f"official setting {key}={value!r} has no vmm equivalent; remove it or add support for it")
-    width = official.get("encoder_width")
-    if width is not None and width != vision.get("embed_dim", MultimodalConfig().vision.embed_dim):
-        raise VmmError(f"official encoder_width={width} differs from vision_encoder.embed_dim; the cross-attention "
-                       "reads the vision tokens, so they must be equal")
+    for where, width in (("encoder_width", official.get("encoder_width")),
+                         ("bert_config.encoder_width", (official.get("bert_config") or {}).get("encoder_width"))):
+        if width is not None and width != vision.get("embed_dim", MultimodalConfig().vision.embed_dim):
+            raise VmmError(f"official {where}={width} differs from vision_encoder.embed_dim; the cross-attention "
+                           "reads the vision tokens, so they must be equal")
     return {"vision": vision, "text": {"init_from": None, **text}, **top}
+
+
+def _official_ssm(ssm: dict) -> dict:
+    out = {}
+    for k, v in ssm.items():
+        if k in _OFFICIAL_SSM:
+            out[_OFFICIAL_SSM[k]] = None if k == "dt_rank" and v == "auto" else v
+        elif k in _OFFICIAL_SSM_FIXED:
+            if v != _OFFICIAL_SSM_FIXED[k]:
+                raise VmmError(f"official ssm_cfg.{k}={v!r} is not supported; vmm implements only "
+                               f"{k}={_OFFICIAL_SSM_FIXED[k]!r}")
+        elif k not in _OFFICIAL_SSM_ANY:
+            raise VmmError(f"official ssm_cfg.{k}={v!r} has no vmm equivalent; remove it or add support for it")
+    return out
 
 
 class VideoTextModel(nn.Module):

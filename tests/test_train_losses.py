@@ -6,6 +6,7 @@ gradients must equal the single-process loss and gradients on the concatenated b
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -291,8 +292,18 @@ def test_freeze_ranges_and_unknown_pattern():
 
 def test_cosine_schedule_with_warmup():
     values = [lr_factor(s, 100, 10, 0.01) for s in range(101)]
-    assert values[0] == 0 and values[5] == 0.5 and values[10] == 1.0
+    assert values[5] == 0.5 and values[10] == 1.0
     assert all(a >= b for a, b in zip(values[10:], values[11:])) and abs(values[100] - 0.01) < 1e-12
+
+
+def test_schedule_is_clipped_at_the_floor_as_the_official_one():
+    """min_lr_multi clips the official curve (max(floor, warmup or cosine)); it does not rescale it."""
+    floor, total, warmup = 0.2, 100, 10
+    values = [lr_factor(s, total, warmup, floor) for s in range(total + 1)]
+    assert values[0] == floor and values[1] == floor and values[3] == 0.3  # warmup starts at the floor
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))  # noqa: E731
+    assert values[40] == cosine(40)  # above the floor the curve is the plain cosine, not floor + (1 - floor) * cos
+    assert all(v == floor for s, v in enumerate(values) if s > warmup and cosine(s) <= floor)
 
 
 def test_degenerate_batches_still_reach_every_head():

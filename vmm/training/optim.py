@@ -95,13 +95,19 @@ def freeze(module: nn.Module, patterns: Iterable[str]) -> list[str]:
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup from 0, then cosine from 1 to ``min_ratio`` at ``total_steps`` (step counts from 0).
+    """Linear warmup from 0, then a half cosine from 1 to 0, both floored at ``min_ratio`` (step counts from 0).
+
+    The official schedule (``get_cosine_schedule_with_warmup`` of the UMT/VideoMamba multi-modality code, with
+    ``min_lr_multi``) clips the curve at the floor rather than rescaling it: the first step already runs at
+    ``min_ratio`` times the learning rate, and the cosine reaches the floor at about 94% of the run with 0.01.
 
     >>> [round(lr_factor(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
+    >>> [round(lr_factor(s, 10, 2, 0.1), 3) for s in (0, 1, 2, 6, 10)]
+    [0.1, 0.5, 1.0, 0.5, 0.1]
     """
     if step < warmup_steps:
-        return step / warmup_steps
+        return max(min_ratio, step / warmup_steps)
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return max(min_ratio, 0.5 * (1 + math.cos(math.pi * progress)))

@@ -143,6 +143,29 @@ def test_epoch_plan_shards_one_corpus_per_step_across_ranks():
         EpochPlan([10], [1.0], batch_size=8, world=4, seed=0)
 
 
+def test_corpora_of_one_kind_share_batches_as_the_official_loader_concatenates_them():
+    """Spec 3.5's 17M/25M recipes list several image corpora; the official loader concatenates the datasets of
+    a media type, so an image batch mixes them. Videos never meet images, and weights still count."""
+    from vmm.training.data import Corpus, training_plan
+    corpora = [Corpus("webvid", "video", [["v"]] * 24), Corpus("cc3m", "image", [["a"]] * 40),
+               Corpus("coco", "image", [["b"]] * 40, weight=0.5), Corpus("sbu", "image", [["c"]] * 20)]
+    plan = training_plan(corpora, "random", batch_size=4, world=2, seed=7)
+    assert plan.steps_per_epoch == 24 // 8 + (40 + 20 + 20) // 8
+    for epoch in range(3):
+        batches = plan.global_batches(epoch)
+        assert len(batches) == plan.steps_per_epoch and batches == plan.global_batches(epoch)
+        kinds = [{corpora[c].kind for _, c, _ in b} for b in batches]
+        assert all(len(k) == 1 for k in kinds) and kinds.count({"video"}) == 3
+        image = [b for b in batches if corpora[b[0][1]].kind == "image"]
+        assert sum(len({c for _, c, _ in b}) > 1 for b in image) >= 5  # most of the 10 image batches mix corpora
+        seen = [(c, u) for b in image for _, c, u in b]
+        assert len(set(seen)) == len(seen) == 80
+        assert sum(c == 2 for c, _ in seen) == 20 and sum(c == 3 for c, _ in seen) == 20  # coco at weight 0.5
+    # A kind with one corpus keeps the plan it had before pooling.
+    single = training_plan(corpora[:2], "random", batch_size=4, world=2, seed=7)
+    assert single.global_batches(1) == EpochPlan([24, 40], [1.0, 1.0], 4, 2, 7).global_batches(1)
+
+
 def test_group_key_puts_each_group_in_one_batch_and_changes_nothing_else(tmp_path):
     import json
     from vmm.training import data as D

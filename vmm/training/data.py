@@ -5,8 +5,9 @@ root) or webdataset-style tar shards (``key.mp4``/``key.jpg`` next to ``key.txt`
 standard ``tarfile`` module and indexed once so any sample can be read by offset). Several corpora mix with
 weights. All randomness of a sample (its caption, frames, crop, flip, and the replacement drawn for a corrupt
 file) comes from ``(seed, epoch, corpus, unit, attempt)``, not from worker state, so a resumed run sees the
-same pixels as an uninterrupted one. Every batch holds one corpus (images and videos never mix), and all
-processes draw from the same corpus at the same step, so gathered features always have equal shapes.
+same pixels as an uninterrupted one. Corpora of one kind are shuffled together, as the official loader
+concatenates them; a batch never mixes images and videos, and all processes draw the same kind at the same
+step, so gathered features always have equal shapes.
 """
 from __future__ import annotations
 
@@ -398,25 +399,29 @@ class EpochPlan:
     """The seeded batch schedule shared by all processes.
 
     Per epoch each corpus contributes ``round(weight * units)`` units (a fresh permutation, repeated when
-    weight > 1), cut into global batches of ``batch_size * world`` (an incomplete tail is dropped); global
-    batches of all corpora are shuffled together (the official MetaLoader order) and the count is cut to a
-    multiple of ``grad_accum``. Process r takes slice r of every global batch.
+    weight > 1). Corpora of one pool (one media kind in training, see :func:`training_plan`) are shuffled
+    together, as the official loader concatenates the datasets of a media type, and cut into global batches
+    of ``batch_size * world`` (an incomplete tail is dropped); global batches of all pools are shuffled
+    together (the official MetaLoader order) and the count is cut to a multiple of ``grad_accum``. Process r
+    takes slice r of every global batch. Without ``pools`` every corpus is a pool of its own.
     """
 
     def __init__(self, units_per_corpus: Sequence[int], weights: Sequence[float], batch_size: int, world: int,
-                 seed: int, grad_accum: int = 1, unit_groups: Optional[Sequence[Optional[list]]] = None):
+                 seed: int, grad_accum: int = 1, unit_groups: Optional[Sequence[Optional[list]]] = None,
+                 pools: Optional[Sequence[Any]] = None):
         self.units = list(units_per_corpus)
         # Per corpus, None or the group id of every unit: a group's units are kept next to each other in the
         # shuffled order, so they fall into one global batch (unless the group straddles a batch boundary).
         self.unit_groups = list(unit_groups) if unit_groups is not None else [None] * len(self.units)
         self.weights = list(weights)
+        self.pools = list(pools) if pools is not None else list(range(len(self.units)))
         self.batch_size, self.world, self.seed, self.grad_accum = batch_size, world, seed, grad_accum
         self.global_batch = batch_size * world
-        per_corpus = [max(0, int(round(w * n))) // self.global_batch for n, w in zip(self.units, self.weights)]
-        self.batches_per_epoch = sum(per_corpus) // grad_accum * grad_accum
+        counts = [max(0, int(round(w * n))) for n, w in zip(self.units, self.weights)]
+        per_pool = [sum(counts[c] for c in members) // self.global_batch for members in self._pool_members()]
+        self.batches_per_epoch = sum(per_pool) // grad_accum * grad_accum
         if self.batches_per_epoch == 0:
-            total = sum(int(round(w * n)) for n, w in zip(self.units, self.weights))
-            raise VmmError(f"the training data gives {total} samples per epoch, fewer than "
+            raise VmmError(f"the training data gives {sum(counts)} samples per epoch, fewer than "
                            f"{self.global_batch * grad_accum} for one optimizer step (data.batch_size="
                            f"{batch_size} x {world} processes x train.grad_accum={grad_accum}); lower "
                            f"data.batch_size or add data")
@@ -425,16 +430,46 @@ class EpochPlan:
     def steps_per_epoch(self) -> int:
         return self.batches_per_epoch // self.grad_accum
 
+    def _pool_members(self) -> list[list[int]]:
+        """Corpus indices of each pool, pools in order of first appearance."""
+        members: dict = {}
+        for c, pool in enumerate(self.pools):
+            members.setdefault(pool, []).append(c)
+        return list(members.values())
+
     def global_batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
         batches = []
-        for c, (n, w) in enumerate(zip(self.units, self.weights)):
-            rng = np.random.default_rng([self.seed, epoch, c])
-            count = int(round(w * n))
-            order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
-            for s in range(0, count - self.global_batch + 1, self.global_batch):
-                batches.append([(epoch, c, int(u)) for u in order[s:s + self.global_batch]])
+        for members in self._pool_members():
+            blocks = []
+            for c in members:
+                n, count = self.units[c], int(round(self.weights[c] * self.units[c]))
+                if count <= 0:
+                    continue
+                rng = np.random.default_rng([self.seed, epoch, c])
+                order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
+                blocks += self._blocks(c, order)
+            if len(members) > 1:  # a pool of one keeps its corpus order, so single-corpus plans are unchanged
+                mix = np.random.default_rng([self.seed, epoch, 1 << 21, members[0]]).permutation(len(blocks))
+                blocks = [blocks[i] for i in mix]
+            units = [unit for block in blocks for unit in block]
+            for s in range(0, len(units) - self.global_batch + 1, self.global_batch):
+                batches.append([(epoch, c, u) for c, u in units[s:s + self.global_batch]])
         shuffle = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(batches))
         return [batches[i] for i in shuffle[: self.batches_per_epoch]]
+
+    def _blocks(self, corpus: int, order: np.ndarray) -> list[list[tuple[int, int]]]:
+        """``order`` as (corpus, unit) blocks that stay together when pooled: a run of one group, else one unit."""
+        groups = self.unit_groups[corpus]
+        blocks: list[list[tuple[int, int]]] = []
+        previous = None
+        for u in order.tolist():
+            g = None if groups is None else groups[u]
+            if g is not None and g == previous and blocks:
+                blocks[-1].append((corpus, u))
+            else:
+                blocks.append([(corpus, u)])
+            previous = g
+        return blocks
 
     def _permutation(self, corpus: int, n: int, rng: np.random.Generator) -> np.ndarray:
         groups = self.unit_groups[corpus]
@@ -455,6 +490,20 @@ class EpochPlan:
     def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
         lo = rank * self.batch_size
         return [b[lo:lo + self.batch_size] for b in self.global_batches(epoch)]
+
+
+def training_plan(corpora: Sequence[Corpus], caption_sampling: str, batch_size: int, world: int, seed: int,
+                  grad_accum: int = 1) -> EpochPlan:
+    """The plan of a training run: one pool per media kind, so image corpora (CC3M, COCO, ...) share batches
+    as in the official loader, and videos never meet images.
+
+    >>> plan = training_plan([Corpus("a", "image", [["x"]] * 6), Corpus("b", "image", [["y"]] * 6)], "random",
+    ...                      batch_size=4, world=1, seed=0)
+    >>> plan.steps_per_epoch, sorted({c for b in plan.global_batches(0) for _, c, _ in b})
+    (3, [0, 1])
+    """
+    return EpochPlan(units_per_corpus(corpora, caption_sampling), [c.weight for c in corpora], batch_size, world,
+                     seed, grad_accum, unit_groups(corpora, caption_sampling), pools=[c.kind for c in corpora])
 
 
 class Collate:

@@ -84,9 +84,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             if corpus.missing_note:
                 print(corpus.missing_note, file=sys.stderr)
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
-    plan = data.EpochPlan(data.units_per_corpus(corpora, cfg.data.caption_sampling), [c.weight for c in corpora],
-                          cfg.data.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed,
-                          cfg.train.grad_accum, data.unit_groups(corpora, cfg.data.caption_sampling))
+    plan = data.training_plan(corpora, cfg.data.caption_sampling, cfg.data.batch_size,
+                              int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)
     clip_weights = None
     if cfg.loss.uta > 0:
         clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
@@ -484,9 +483,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     dataset = data_mod.PretrainDataset(inputs.corpora, vcfg.num_frames,
                                        TrainTransform(vcfg.img_size, flip_p=cfg.data.hflip),
                                        cfg.train.seed, cfg.data.caption_sampling, cfg.data.max_retries)
-    plan = data_mod.EpochPlan([dataset.num_units(i) for i in range(len(inputs.corpora))],
-                              [c.weight for c in inputs.corpora], cfg.data.batch_size, world, cfg.train.seed,
-                              cfg.train.grad_accum, data_mod.unit_groups(inputs.corpora, cfg.data.caption_sampling))
+    plan = data_mod.training_plan(inputs.corpora, cfg.data.caption_sampling, cfg.data.batch_size, world,
+                                  cfg.train.seed, cfg.train.grad_accum)
     collate = data_mod.Collate(tokenizer, max_text_len)
     spe = plan.steps_per_epoch
     total_steps = planned_steps(cfg, spe)

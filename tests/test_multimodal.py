@@ -169,6 +169,19 @@ def test_train_transform_shares_one_crop_across_frames():
     assert all(torch.equal(out[:, 0], out[:, t]) for t in range(4))
 
 
+def test_train_crop_falls_back_as_torchvision_does():
+    """Spec 3.5: RandomResizedCrop(224, scale 0.5-1). When ten draws miss (one 16:9 frame in six), torchvision
+    crops the whole frame clamped to the allowed aspect ratios, not a central square."""
+    import random
+    from torchvision.transforms import RandomResizedCrop
+    from vmm.transforms import TrainTransform
+    impossible = (2.0, 3.0)  # a crop larger than the frame: every draw misses, so both take the fallback
+    for h, w in [(100, 300), (300, 100), (90, 160), (120, 160), (160, 120), (64, 64)]:
+        ours = TrainTransform(24, scale=impossible).crop_box(h, w, random.Random(0))
+        theirs = RandomResizedCrop.get_params(torch.zeros(3, h, w), list(impossible), [3 / 4, 4 / 3])
+        assert ours == tuple(theirs), (h, w)
+
+
 def test_tokenizer_vocab_from_a_folder_or_the_hugging_face_cache(tmp_path, monkeypatch):
     from vmm.tokenizer import Tokenizer, find_vocab
     packaged = find_vocab()

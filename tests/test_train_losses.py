@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import vmm
+from vmm.errors import VmmError
 from vmm.training import losses
 from vmm.training.config import LossSection
 from vmm.training.objective import PretrainObjective
@@ -258,9 +259,26 @@ def test_student_clip_tokens_align_with_teacher_targets():
 
 
 # -- optimizer -------------------------------------------------------------------------------------------
-def test_weight_decay_groups_use_tags_and_names():
+def test_official_weight_decay_spares_only_1d_parameters_and_biases():
+    """The official create_optimizer runs over the DDP-wrapped model, which has no no_weight_decay(): only
+    len(shape) == 1 and *.bias skip decay, so temp (0-D), A_log and the position tables are decayed."""
     model = tiny_model()
     skip = no_weight_decay_names(model)
+    expected = {n for n, p in model.named_parameters() if p.ndim == 1 or n.endswith(".bias")}
+    assert skip == expected
+    for name in ("temp", "vision_encoder.pos_embed", "vision_encoder.layers.0.mixer.A_log",
+                 "text_encoder.embeddings.position_embeddings.weight"):
+        assert name not in skip, name
+    assert {"vision_encoder.layers.0.mixer.D", "vision_encoder.layers.0.norm.weight", "vision_proj.bias"} <= skip
+    groups = param_groups(model, 0.05)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for n, p in model.named_parameters() if n in expected}
+    with pytest.raises(VmmError, match="optim.no_decay must be one of official, extended, got 'none'"):
+        no_weight_decay_names(model, "none")
+
+
+def test_weight_decay_groups_use_tags_and_names():
+    model = tiny_model()
+    skip = no_weight_decay_names(model, "extended")
     for name in ("temp", "vision_encoder.pos_embed", "vision_encoder.cls_token", "vision_encoder.temporal_pos_embedding",
                  "vision_encoder.layers.0.mixer.A_log", "vision_encoder.layers.0.mixer.D",
                  "vision_encoder.layers.1.mixer.A_b_log", "vision_encoder.layers.0.norm.weight",
@@ -271,7 +289,7 @@ def test_weight_decay_groups_use_tags_and_names():
                  "text_encoder.encoder.layer.0.attention.self.query.weight", "vision_proj.weight",
                  "text_encoder.embeddings.word_embeddings.weight", "itm_head.weight"):
         assert name not in skip, name
-    groups = param_groups(model, 0.05)
+    groups = param_groups(model, 0.05, "extended")
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert groups[1]["weight_decay"] == 0.0
 

@@ -94,6 +94,7 @@ class OptimSection:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     grad_clip: Optional[float] = None  # max global grad norm; None: no clipping (official)
+    no_decay: str = "official"  # which parameters skip weight decay: "official" (1-D and biases) or "extended"
 
 
 @dataclass
@@ -325,6 +326,8 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.optim.eps > 0, "optim.eps must be > 0"),
         (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip must be > 0 (or null: no clipping)"),
+        (cfg.optim.no_decay in ("official", "extended"),
+         f"optim.no_decay must be official or extended, got {cfg.optim.no_decay!r}"),
         (cfg.data.max_text_len is None or cfg.data.max_text_len >= 2,
          "data.max_text_len must be >= 2 (room for [CLS] and [SEP]; null: the model's)"),
         (0 <= cfg.train.seed < 2 ** 32, "train.seed must lie in [0, 2**32)"),

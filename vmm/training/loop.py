@@ -474,7 +474,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
                                   mlm_never_masked(tokenizer),
                                   distill_teacher.embed_dim if distill_teacher is not None else None)
-    optimizer = build_optimizer(objective, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    optimizer = build_optimizer(objective, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps,
+                                cfg.optim.no_decay)
     base_lr = cfg.optim.lr
     # From here on every process draws its own random numbers (masking, dropout, negatives).
     set_seed(cfg.train.seed, device_specific=True)

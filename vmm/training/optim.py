@@ -1,4 +1,4 @@
-"""AdamW parameter groups (no decay where decay hurts), freezing, and the warmup + cosine schedule."""
+"""AdamW parameter groups (the official no-decay rule or a wider one), freezing, and the warmup + cosine schedule."""
 from __future__ import annotations
 
 import fnmatch
@@ -16,32 +16,45 @@ _NO_DECAY_SUFFIXES = ("position_embeddings.weight", "token_type_embeddings.weigh
                       "temporal_pos_embedding", "cls_token", "class_embedding")
 
 
-def no_weight_decay_names(module: nn.Module) -> set[str]:
+NO_DECAY_RULES = ("official", "extended")
+
+
+def no_weight_decay_names(module: nn.Module, rule: str = "official") -> set[str]:
     """Names of trainable parameters that get no weight decay.
 
-    Norm weights and biases (1-D), the scalar ``temp``, parameters tagged ``_no_weight_decay`` (Mamba's
-    ``A_log``/``D``), every name a submodule lists in ``no_weight_decay()`` (VideoMamba's position tables and
-    CLS), and BERT/CLIP position and type embeddings.
+    ``"official"`` is what the official pretraining does: its ``create_optimizer`` runs over the
+    DDP-wrapped model, which lists no names, so only 1-D parameters (norm weights, biases, Mamba's ``D``) and
+    names ending in ``.bias`` skip decay; ``temp``, ``A_log`` and the position tables are decayed.
+    ``"extended"`` also spares the scalar ``temp``, parameters tagged ``_no_weight_decay`` (Mamba's
+    ``A_log``), every name a submodule lists in ``no_weight_decay()`` (VideoMamba's position tables and CLS)
+    and BERT/CLIP position and type embeddings, as timm-style training does.
 
     >>> import vmm
     >>> m = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=2, img_size=32)
     >>> sorted(n for n in no_weight_decay_names(m) if "mixer" in n)[:2]
+    ['layers.0.mixer.D', 'layers.0.mixer.D_b']
+    >>> sorted(n for n in no_weight_decay_names(m, "extended") if "mixer" in n)[:2]
     ['layers.0.mixer.A_b_log', 'layers.0.mixer.A_log']
     """
-    names: set[str] = set()
+    if rule not in NO_DECAY_RULES:
+        raise VmmError(f"optim.no_decay must be one of {', '.join(NO_DECAY_RULES)}, got {rule!r}")
+    names = {n for n, p in module.named_parameters() if p.ndim == 1 or n.endswith(".bias")}
+    if rule == "official":
+        return names
     for prefix, sub in module.named_modules():
         listed = getattr(sub, "no_weight_decay", None)
         if callable(listed):
             names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
     for name, p in module.named_parameters():
-        if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) or name.endswith(_NO_DECAY_SUFFIXES):
+        if p.ndim == 0 or getattr(p, "_no_weight_decay", False) or name.endswith(_NO_DECAY_SUFFIXES):
             names.add(name)
     return names
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: with and without weight decay."""
-    skip = no_weight_decay_names(module)
+def param_groups(module: nn.Module, weight_decay: float, rule: str = "official") -> list[dict]:
+    """Two AdamW groups over the trainable parameters: with and without weight decay (see
+    :func:`no_weight_decay_names` for ``rule``)."""
+    skip = no_weight_decay_names(module, rule)
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
@@ -50,8 +63,9 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def build_optimizer(module: nn.Module, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(module: nn.Module, lr: float, weight_decay: float, betas, eps: float,
+                    no_decay: str = "official") -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(module, weight_decay, no_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:

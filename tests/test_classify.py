@@ -277,10 +277,13 @@ def test_label_count_differs_from_head(video, tmp_path, capsys):
 def test_bad_options(video, checkpoint, capsys):
     path, _ = video
     code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), "--clips", "0"], capsys)
-    assert_one_line_error(code, err, "clips must be >= 1")
+    assert_one_line_error(code, err, "--clips 0 (clips=0): must be >= 1")
+    for option, name in (("--top-k", "top_k"), ("--batch-size", "batch_size"), ("--crops", "crops")):
+        code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), option, "0"], capsys)
+        assert_one_line_error(code, err, f"{option} 0 ({name}=0): must be >= 1")
     code, _, err = run_cli([str(path), *TINY_ARGS], capsys)
     assert_one_line_error(code, err, "--checkpoint is required")
     code, _, err = run_cli([str(path), *TINY_ARGS, "--model-arg", "depth"], capsys)
     assert_one_line_error(code, err, "--model-arg expects KEY=VALUE")
-    with pytest.raises(VmmError, match="backend must be"):
+    with pytest.raises(VmmError, match="backend='opencv'.*must be 'auto'"):
         ClassifyOptions(backend="opencv").check()

@@ -52,11 +52,14 @@ class ClassifyOptions:
 
     def check(self) -> None:
         """Raise VmmError naming the first bad option."""
+        # Named both ways, as `vmm classify` passes its options straight through: "--top-k 0 (top_k=0)".
         for name in ("clips", "crops", "top_k", "batch_size"):
-            if getattr(self, name) < 1:
-                raise VmmError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value < 1:
+                raise VmmError(f"--{name.replace('_', '-')} {value} ({name}={value}): must be >= 1")
         if self.backend not in ("auto", "decord", "pyav"):
-            raise VmmError(f"backend must be 'auto', 'decord' or 'pyav', got {self.backend!r}")
+            raise VmmError(f"--decoder {self.backend} (backend={self.backend!r}): must be 'auto', 'decord' or "
+                           "'pyav'")
 
 
 def sample_clip_indices(num_video_frames: int, num_frames: int, clip: int = 0, num_clips: int = 1) -> list[int]:

@@ -169,6 +169,17 @@ def test_train_transform_shares_one_crop_across_frames():
     assert all(torch.equal(out[:, 0], out[:, t]) for t in range(4))
 
 
+def test_projection_and_itm_heads_keep_pytorchs_default_init():
+    """Official UMT_VIDEOMAMBA builds vision_proj, text_proj and itm_head as plain nn.Linear and never re-inits
+    them: weights and biases uniform in +-1/sqrt(fan_in), not truncated normal 0.02 with zero bias."""
+    torch.manual_seed(0)
+    m = tiny_mm()
+    for lin in (m.vision_proj, m.text_proj, m.itm_head):
+        bound = 1 / lin.in_features ** 0.5
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.8 * bound
+        assert lin.bias.abs().max() <= bound and lin.bias.abs().min() > 0
+
+
 def test_train_crop_falls_back_as_torchvision_does():
     """Spec 3.5: RandomResizedCrop(224, scale 0.5-1). When ten draws miss (one 16:9 frame in six), torchvision
     crops the whole frame clamped to the allowed aspect ratios, not a central square."""

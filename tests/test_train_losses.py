@@ -187,8 +187,9 @@ def test_two_process_gathered_vtc_equals_single_process_loss_and_gradients(real_
         assert abs(float(r["loss"]) - float(out["loss"].detach())) < 1e-6
     assert set(ranks[0]["grads"]) == set(single)
     for name, grad in single.items():  # DDP averages: the result is the full-batch gradient on every rank
+        scale = float(grad.abs().max())  # fp32 rounding of two half-batch sums, relative to the tensor's size
         for r in ranks:
-            assert torch.allclose(r["grads"][name], grad, rtol=1e-4, atol=1e-7), name
+            assert torch.allclose(r["grads"][name], grad, rtol=1e-4, atol=1e-5 * scale + 1e-9), name
     assert single["model.temp"].abs() > 0 and single["model.vision_encoder.patch_embed.proj.weight"].abs().sum() > 0
 
 

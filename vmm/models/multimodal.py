@@ -185,10 +185,8 @@ class VideoTextModel(nn.Module):
         self.vision_proj = nn.Linear(cfg.vision.embed_dim, cfg.embed_dim)
         self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
         self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
+        # The three heads keep PyTorch's default Linear init, as in the official UMT_VIDEOMAMBA (no re-init).
         self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
-        for lin in (self.vision_proj, self.text_proj, self.itm_head):
-            nn.init.trunc_normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
 
     # -- towers --------------------------------------------------------------------------------------
     def encode_video(self, video: Tensor, per_frame: bool = False, return_tokens: bool = False):

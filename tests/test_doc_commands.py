@@ -322,3 +322,25 @@ def test_offline_commands_run_as_written(tmp_path):
             raise AssertionError(f"{command}\n  unexpected output ({e}):\n{done.stdout[-2000:]}") from None
         ran.append(command)
     assert {c.doc for c in ran} == {"README.md", "docs/search.md"} and len(ran) >= 11, "\n".join(map(str, ran))
+
+
+# -- every option is documented --------------------------------------------------------------------------------
+# Where a command's options are described: its own page, plus any paragraph of any page that names the command.
+OPTION_PAGES = {"classify": ["docs/classify.md"], "eval": ["docs/evaluation.md"],
+                "index": ["docs/search.md", "docs/index.md"], "search": ["docs/search.md"]}
+
+
+def _undocumented_options(name: str) -> list[str]:
+    from vmm.cli import build_parser
+    paragraphs = [p for doc in DOCS for p in re.split(r"\n\s*\n", doc.read_text(encoding="utf-8"))]
+    texts = [p for p in paragraphs if f"vmm {name}" in p] + [(REPO / f).read_text() for f in OPTION_PAGES.get(name, [])]
+    parser = build_parser()._subparsers._group_actions[0].choices[name]
+    return [option for action in parser._actions for option in action.option_strings
+            if option not in ("-h", "--help")
+            and not any(re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", t) for t in texts)]
+
+
+@pytest.mark.parametrize("name", ["demo", "index", "search", "classify", "encode", pytest.param(
+    "eval", marks=pytest.mark.xfail(strict=True, reason="docs/evaluation.md does not describe --no-progress"))])
+def test_every_option_is_documented(name):
+    assert _undocumented_options(name) == [], f"vmm {name}: options only --help describes"

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="corpus seed [1234]")
     p.add_argument("--queries", type=int, default=4, help="example searches to print [4]")
     p.add_argument("--workers", type=int, default=None, help="decoder processes")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] [cuda when available]")
 
 
 def _check(args: argparse.Namespace) -> None:

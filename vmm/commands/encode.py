@@ -10,10 +10,12 @@ import torch
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", nargs="?", help="video file (default: a generated 8-frame moving-square clip)")
-    p.add_argument("--model", default="videomamba_tiny", help="model name (vmm list: see README) [videomamba_tiny]")
+    p.add_argument("--model", default="videomamba_tiny",
+                   help="model name, e.g. vmm_nano or videomamba_middle (an unknown one lists them all) [videomamba_tiny]")
     p.add_argument("--checkpoint", help="weights file or save_pretrained folder (default: random init)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] [cuda when available]")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
     if not torch.isfinite(out).all():
         raise VmmError("the encoder produced non-finite values; check the checkpoint")
+    threads = torch.get_num_threads()
     print(f"model {args.model}: input {tuple(x.shape)} -> embedding {tuple(out.shape)} "
-          f"in {dt * 1000:.0f} ms on {args.device} ({torch.get_num_threads()} threads)")
+          f"in {dt * 1000:.0f} ms on {args.device} ({threads} thread{'s' * (threads != 1)})")
     return 0

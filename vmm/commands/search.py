@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of hits")
     p.add_argument("--model", help="override the library's model (must be the same weights)")
     p.add_argument("--checkpoint", help="override the library's checkpoint (must be the same weights)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] for the model [cuda when available]")
 
 
 def _fmt_time(t: float) -> str:

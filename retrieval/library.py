@@ -392,7 +392,8 @@ def read_windows(path: str, num_frames: int, window: float, stride: float,
     """All clip windows of a video planned exactly as at indexing time: {(start, end): frames}."""
     from index.decode import decode_video
     if not os.path.isfile(path):
-        raise VmmError(f"{path} is gone since it was indexed; run `vmm index` again to update the library")
+        raise VmmError(f"{path} is gone since it was indexed; run `vmm index` again to update the library, or "
+                       "search without rerank= (--rerank)")
     _, clips = decode_video(path, num_frames=num_frames, window=window, stride=stride, max_seconds=max_seconds)
     return {(c.start, c.end): c.frames for c in clips}
 

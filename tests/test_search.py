@@ -231,6 +231,10 @@ def test_rerank_refuses_a_video_replaced_since_indexing(setup, tmp_path):
         videos.write_moving_square(red, seconds=3)  # replaced in place: its vectors now describe other content
         with pytest.raises(VmmError, match="changed since it was indexed"):
             library.search(text="red", k=2, rerank=2)
+        os.remove(red)  # ITM needs the frames: the way out without re-indexing is the same for a deleted file
+        with pytest.raises(VmmError, match="is gone since it was indexed; .*, or search without rerank="):
+            library.search(text="red", k=2, rerank=2)
+        assert len(library.search(text="red", k=2)) == 2
 
 
 def test_relative_path_glob_is_taken_from_the_current_folder(setup, capsys, monkeypatch):

@@ -94,6 +94,9 @@ def test_index_option_values_name_the_option(setup, capsys):
     assert "model.json" not in err
     fails(base + ["--batch-size", "0"], capsys, "--batch-size 0", "at least 1")
     fails(base + ["--timeout", "0"], capsys, "--timeout 0", "> 0")
+    # The library pins 4 frames per clip; the recorded model's loading error used to take the blame.
+    err = fails(base + ["--frames", "2"], capsys, "uses 4 frames per clip but --frames 2 was asked for", "drop --frames")
+    assert "model.json" not in err
 
 
 @pytest.mark.parametrize("threads", ["-1", "0"])

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
+    if is_library and args.frames is not None:
+        _check_library_frames(library, args.frames)
     model, checkpoint = args.model, args.checkpoint
     frames = args.frames or saved.get("frames")
     device = args.device
@@ -95,6 +97,21 @@ def run(args: argparse.Namespace) -> int:
         _print_problems("unreadable", summary.unreadable, "unreadable paths")
         print(summary.line(retry_hint="--retry-failed"))
     return 0
+
+
+def _check_library_frames(library: str, frames: int) -> None:
+    """The library pins its frames per clip: another --frames is refused here, before the recorded model loads with
+    it, which failed as "the model recorded in model.json cannot be loaded" and advised another --model."""
+    from index.catalog import LibraryManifest
+    from vmm.errors import VmmError
+    try:
+        with open(os.path.join(library, "manifest.json"), encoding="utf-8") as f:
+            have = LibraryManifest.from_json(f.read()).num_frames
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # no readable copy of the manifest: the run compares with the catalog's own
+    if have != frames:
+        raise VmmError(f"library {library} uses {have} frames per clip but --frames {frames} was asked for; drop "
+                       "--frames to use the library's value or index into a new folder")
 
 
 def _print_problems(label: str, problems: list, more: str) -> None:

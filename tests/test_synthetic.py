@@ -226,6 +226,21 @@ def test_long_clips_are_encoded_one_frame_at_a_time(tmp_path):
     assert len(decode(tmp_path / "long" / "videos" / "synth_00000.mp4")) == 800
 
 
+@pytest.mark.parametrize("frames, fps, message", [
+    (np.zeros((4, 63, 64, 3), np.uint8), 10, "64x63 pixels cannot be encoded as yuv420p; use an even width"),
+    (np.zeros((4, 64, 64, 3), np.float32), 10, "frame 0 must be a uint8 RGB array of shape \\(H, W, 3\\), got float32"),
+    (np.zeros((4, 64, 64), np.uint8), 10, "got uint8 array of shape \\(64, 64\\)"),
+    (np.zeros((4, 64, 64, 3), np.uint8), 0, "fps must be a whole number >= 1"),
+    ([np.zeros((64, 64, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)], 10, "frame 1 has shape \\(32, 32, 3\\)"),
+])
+def test_write_video_refuses_frames_it_cannot_encode(tmp_path, frames, fps, message):
+    # An odd width failed inside PyAV as "Generic error in an external library: avcodec_open2(...)".
+    path = tmp_path / "clip.mp4"
+    with pytest.raises(VmmError, match=message):
+        syn.write_video(frames, path, fps=fps)
+    assert not path.exists()  # nothing, rather than an mp4 cut off without its index
+
+
 def test_a_failed_write_leaves_nothing_and_the_next_run_works(tmp_path):
     # A real write failure: meta.json (about 5 kB for 6 clips) goes over a 3 kB file size limit,
     # after every video (under 3 kB at 32x32) and the smaller annotation files are written.

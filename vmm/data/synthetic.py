@@ -767,15 +767,43 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int,
     >>> os.path.getsize(out) > 0
     True
     """
-    import av
-
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
         raise VmmError(f"write_video: no frames to encode into {path}")
+    # Checked before the file is opened: PyAV's own errors for these ("Generic error in an external library" for an
+    # odd width) name neither the frame nor the fix.
+    _check_frame(first, 0)
+    if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or fps < 1:
+        raise VmmError(f"write_video: fps must be a whole number >= 1, got {fps!r}")
+    try:
+        _encode(itertools.chain([first], frames), first.shape, path, fps, codec)
+    except BaseException:
+        # Half an mp4 has no index and reads as a corrupt video: leave no file rather than that one.
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+
+
+def _check_frame(frame, number: int, shape=None) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        got = (f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray)
+               else type(frame).__name__)
+        raise VmmError(f"write_video: frame {number} must be a uint8 RGB array of shape (H, W, 3), got {got}")
+    if shape is None and (frame.shape[0] % 2 or frame.shape[1] % 2 or min(frame.shape[:2]) < 2):
+        raise VmmError(f"write_video: frames of {frame.shape[1]}x{frame.shape[0]} pixels cannot be encoded as "
+                       "yuv420p; use an even width and height")
+    if shape is not None and frame.shape != shape:
+        raise VmmError(f"write_video: frame {number} has shape {frame.shape}, but frame 0 has {shape}; give every "
+                       "frame the same size")
+
+
+def _encode(frames, shape, path, fps: int, codec: str) -> None:
+    import av
+
     with av.open(os.fspath(path), "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = first.shape[0], first.shape[1]
+        stream.height, stream.width = shape[0], shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = fps
         # Bytes must not depend on the run: one encoder thread, explicit
@@ -787,8 +815,9 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int,
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast", "x264-params": "asm=0"}
         else:
-            stream.bit_rate = int(first.shape[0] * first.shape[1] * fps * 3)
-        for number, frame in enumerate(itertools.chain([first], frames)):
+            stream.bit_rate = int(shape[0] * shape[1] * fps * 3)
+        for number, frame in enumerate(frames):
+            _check_frame(frame, number, shape)
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = number
             picture.time_base = Fraction(1, fps)

@@ -211,8 +211,16 @@ class VideoLibrary:
     def add(self, paths: Union[str, Path, Sequence[Union[str, Path]]], **options):
         """Index new or changed videos under ``paths``, one path or a list (see ``index.build_library`` for
         options)."""
+        import inspect
         from index.library import build_library
         paths = _path_list(paths, "add")
+        # build_library's TypeError named build_library, not add, and not the options there are.
+        accepted = [name for name, p in inspect.signature(build_library).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise VmmError(f"add() got unknown option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; the options "
+                           f"are {', '.join(accepted)} (see index.build_library)")
         options.setdefault("progress", False)
         if self._model_source is not None:
             source = self._model_source

@@ -217,6 +217,9 @@ def test_api_refuses_wrong_argument_types(setup):
         assert len(library.search(text="red", k=np.int64(2))) == 2
         with pytest.raises(VmmError, match="is not a file"):
             library.search(video=vids)
+        # A misspelt option was a TypeError about build_library, which the caller never called.
+        with pytest.raises(VmmError, match="add\\(\\) got unknown option windw; the options are window, stride"):
+            library.add([vids], windw=4)
 
 
 def test_rerank_refuses_a_video_replaced_since_indexing(setup, tmp_path):

@@ -259,7 +259,8 @@ class VideoLibrary:
         if not is_whole_number(rerank) or rerank < 0:
             raise VmmError(f"rerank must be a whole number >= 0 (0: no re-ranking), got {rerank!r}")
         if rerank and text is None:
-            raise VmmError("rerank needs a text query (ITM scores text-video pairs), not a video query")
+            raise VmmError("rerank= (--rerank) needs a text query (ITM scores text-video pairs), not a video query; "
+                           "drop it for a search by video")
         if text is not None and not text.strip():
             raise VmmError("empty query text; give some words to search for")
         where = _as_filter(where)

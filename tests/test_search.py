@@ -215,6 +215,8 @@ def test_api_refuses_wrong_argument_types(setup):
             with pytest.raises(VmmError, match=message):
                 library.search(**kwargs)
         assert len(library.search(text="red", k=np.int64(2))) == 2
+        with pytest.raises(VmmError, match=r"^rerank= \(--rerank\) needs a text query .*; drop it for a search by video$"):
+            library.search(video=vids / "red.mp4", rerank=2)
         with pytest.raises(VmmError, match="is not a file"):
             library.search(video=vids)
         # A misspelt option was a TypeError about build_library, which the caller never called.

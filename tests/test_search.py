@@ -250,3 +250,12 @@ def test_relative_path_glob_is_taken_from_the_current_folder(setup, capsys, monk
     assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {str(vids / "green.mp4")}
     assert main(["search", str(lib), "a red screen", "--json", "--path", "*/gr*"]) == 0
     assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {str(vids / "green.mp4")}
+    # "./", "../" and a quoted "~" are not in any stored path, and a folder means the videos under it.
+    monkeypatch.setenv("HOME", str(vids.parent))
+    everything = {str(vids / name) for name in ("red.mp4", "green.mp4", "square.mp4", "long.mp4")}
+    for pattern, wanted in [(f"./{vids.name}/gr*", {str(vids / "green.mp4")}),
+                            (f"../{vids.parent.name}/{vids.name}/gr*", {str(vids / "green.mp4")}),
+                            (f"~/{vids.name}/gr*", {str(vids / "green.mp4")}),
+                            (vids.name, everything), (f"{vids.name}/", everything), (str(vids), everything)]:
+        assert main(["search", str(lib), "a red screen", "--json", "--path", pattern]) == 0
+        assert {h["path"] for h in json.loads(capsys.readouterr().out)} == wanted, pattern

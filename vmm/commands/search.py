@@ -103,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _absolute_glob(pattern):
-    # The library stores absolute paths: `--path vids/*` typed in the videos' parent folder matched nothing.
-    if pattern is None or os.path.isabs(pattern) or pattern.startswith("*"):
+    # The library stores absolute, normalised paths: `--path vids/*` typed in the videos' parent folder matched
+    # nothing, and so did `./vids/*`, `../vids/*` and a quoted `~/vids/*`, whose "." , ".." and "~" no stored
+    # path holds.
+    if pattern is None or pattern.startswith("*"):
         return pattern
-    return os.path.join(os.getcwd(), pattern)
+    import glob
+    absolute = os.path.normpath(os.path.abspath(os.path.expanduser(pattern)))
+    if not glob.has_magic(pattern) and os.path.isdir(absolute):
+        return os.path.join(absolute, "*")  # a folder means the videos under it
+    return absolute

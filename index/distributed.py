@@ -59,7 +59,7 @@ from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
 from index.discovery import Candidate
 from index.library import (IngestSummary, LibraryWriter, _check_request, _decode_options, _Pipeline, _start_run,
-                           _sync, build_library, refuse_foreign_folder)
+                           _sync, build_library, library_folder, refuse_foreign_folder)
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, atomic_write_bytes
@@ -496,7 +496,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
                                 on_open=on_open)
         return DistributedSummary(**asdict(summary), ranks=[{"rank": 0, "files": summary.indexed + summary.failed,
                                                              "clips": summary.clips, "seconds": summary.seconds}])
-    library = os.path.abspath(os.fspath(library_dir))
+    library = library_folder(library_dir)
     coordinator, run_id, library = _coordinator(info, library, coordination, run_id, barrier_timeout)
     try:
         if info.rank == 0:

@@ -258,7 +258,7 @@ class LibraryWriter:
         clip setting named in ``explicit`` ("window", "stride", "max_seconds") that
         differs from the library's.
         """
-        library = os.path.abspath(os.fspath(library_dir))
+        library = library_folder(library_dir)
         path = os.path.join(library, CATALOG_FILE)
         # Everything that can refuse the folder is decided before a file (even the lock) is created in it.
         if os.path.lexists(library) and not os.path.isdir(library):
@@ -353,6 +353,18 @@ class IndexState:
     factory_setting: str  # what the library asks for ("auto" or a factory string)
     count: int
     dim: int
+
+
+def library_folder(library_dir) -> str:
+    """The absolute path of a library folder; an empty one is refused, since abspath("") is the working folder
+    (a library would be built in, or looked for in, whatever folder the command ran from).
+
+    >>> library_folder("/videos/lib")
+    '/videos/lib'
+    """
+    if os.fspath(library_dir) == "":
+        raise VmmError("the library folder is empty (''); pass the library's folder")
+    return os.path.abspath(os.fspath(library_dir))
 
 
 def read_state(library: str) -> IndexState | None:
@@ -889,7 +901,7 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
     for name in explicit:  # the combination is checked when a library is created with it
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
-    return _Request(roots, os.path.abspath(os.fspath(library_dir)), wanted, explicit)
+    return _Request(roots, library_folder(library_dir), wanted, explicit)
 
 
 def _path_args(paths, action: str) -> list[str]:

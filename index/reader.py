@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, LibraryManifest
-from index.library import _open_catalog, matches_state, read_state
+from index.library import _open_catalog, library_folder, matches_state, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError, is_whole_number
 
@@ -299,7 +299,7 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
         raise VmmError(f"library_dir must be the library folder as a str or pathlib.Path, got "
                        f"{type(library_dir).__name__}" + ("; decode it with os.fsdecode" if isinstance(
                            library_dir, bytes) else ""))
-    library = os.path.abspath(os.fspath(library_dir))
+    library = library_folder(library_dir)
     if os.path.isfile(library):
         raise VmmError(f"{library} is a file, not a library folder; pass the folder the library was built in")
     catalog = _open_catalog(library, read_only=True)

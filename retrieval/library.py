@@ -363,7 +363,8 @@ def _check_arguments(path, model, checkpoint, device) -> tuple:
     if device is not None:  # before the model loads, so that a bad device is not reported as a bad model
         from vmm.factory import resolve_device
         resolve_device(device, option="device")
-    return (os.path.abspath(os.fspath(path)), *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
+    from index.library import library_folder
+    return (library_folder(path), *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
 
 
 def _check_unchanged(record, path: str) -> None:

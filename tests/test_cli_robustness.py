@@ -1,5 +1,6 @@
 """User mistakes on the command line end in one `error: ...` line naming the option or file, exit status 2."""
 import os
+import re
 
 import pytest
 import torch
@@ -154,6 +155,26 @@ def test_thread_and_process_counts_far_above_the_cpus(setup, capsys, command):
     fails([str(paths.get(a, a)) for a in command], capsys, f"{option} {command[-1]}", "far above",
           f"at most {4 * os.cpu_count()}")
     assert not (setup / "unused").exists()
+
+
+def test_an_empty_library_path_is_refused(setup, tmp_path, monkeypatch, capsys):
+    # abspath("") is the working folder: in an empty one, `--library ""` built a library right there.
+    from index.library import build_library, remove_paths
+    from index.encoder import ColorHistogramEncoder
+    from index.reader import open_library
+    from retrieval.library import VideoLibrary
+    monkeypatch.chdir(tmp_path)
+    message = "the library folder is empty ('')"
+    fails(["index", str(setup / "red.mp4"), "--library", "", "--model", str(setup / "model"), "--quiet"], capsys,
+          message)
+    fails(["index", str(setup / "red.mp4"), "--library", "", "--remove"], capsys, message)
+    fails(["search", "", "red"], capsys, message)
+    for call in (lambda: build_library([str(setup / "red.mp4")], "", ColorHistogramEncoder(), progress=False),
+                 lambda: remove_paths("", [str(setup / "red.mp4")]), lambda: open_library(""),
+                 lambda: VideoLibrary.open(""), lambda: VideoLibrary.create("", model="color-histogram")):
+        with pytest.raises(VmmError, match=re.escape(message)):
+            call()
+    assert os.listdir(tmp_path) == []
 
 
 def test_empty_paths_and_early_demo_checks(setup, capsys):

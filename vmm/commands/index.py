@@ -34,8 +34,9 @@ _INDEXING_OPTIONS = (("model", None), ("checkpoint", None), ("window", None), ("
 
 
 def run(args: argparse.Namespace) -> int:
+    from index.library import library_folder
     from vmm.errors import VmmError
-    library = os.path.abspath(args.library)
+    library = library_folder(args.library)
     if args.remove:
         return _remove(args, library)
     from index.decode import MIN_STRIDE

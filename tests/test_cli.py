@@ -33,3 +33,30 @@ def test_encode_bad_input(tmp_path, capsys):
     assert err.startswith("error: ") and "notes.mp4" in err and "\n" not in err
     assert main(["encode", "--model", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "LIB", "red", "-k", "abc"], "error: vmm search: argument -k: invalid int value: 'abc'"),
+    (["search", "LIB", "red", "--bogus"], "error: vmm search: unrecognized arguments: --bogus"),
+    (["index", "--library", "LIB"], "error: vmm index: the following arguments are required: PATH"),
+    (["nosuch"], "error: vmm: argument COMMAND: invalid choice: 'nosuch'"),
+])
+def test_usage_mistakes_are_one_line(argv, message, capsys):
+    # The README promises one `error: ...` line; argparse printed its usage block first, and an unknown option
+    # was blamed on `vmm` rather than the command whose --help lists the options.
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+    command = "vmm " + argv[0] if argv[0] != "nosuch" else "vmm"
+    assert err.endswith(f"(`{command} --help` lists the options)\n"), err
+
+
+def test_index_paths_may_follow_the_options(tmp_path, capsys):
+    a = videos.write_solid(str(tmp_path / "a.mp4"), videos.RED, seconds=1)
+    b = videos.write_solid(str(tmp_path / "b.mp4"), videos.GREEN, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", a, "--library", library, "--model", "color-histogram", "--quiet", b]) == 0
+    assert capsys.readouterr().out.startswith("indexed 2 files (2 clips)")
+    assert main(["index", a, "--library", library, "--remove", b]) == 0
+    assert capsys.readouterr().out.startswith("removed 2 file(s)")

@@ -291,9 +291,9 @@ def test_leading_dash_file_name_is_explained(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exited:
         main(["index", "-x.mp4", "--library", "lib", *HIST])
     assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "vmm index: error: the following arguments are required: PATH; '-x.mp4' is a file, but a name that starts "
-        "with '-' reads as an option: write it as ./-x.mp4")
+    assert capsys.readouterr().err == (
+        "error: vmm index: the following arguments are required: PATH; '-x.mp4' is a file, but a name that starts "
+        "with '-' reads as an option: write it as ./-x.mp4 (`vmm index --help` lists the options)\n")
     assert not (tmp_path / "lib").exists()
     assert main(["index", "./-x.mp4", "--library", "lib", *HIST]) == 0
     assert main(["index", "--library", "lib", *HIST, "--", "-x.mp4"]) == 0

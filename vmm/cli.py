@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
             name = self.dash_files[0]
             message += (f"; {one_line(name)!r} is a file, but a name that starts with '-' reads as an option: "
                         f"write it as ./{one_line(name)}")
-        super().error(message)
+        # One line, as every other mistake gets (argparse prints its whole usage block first), with the way to the
+        # options instead.
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (`{self.prog} --help` lists the options)\n")
 
 
 def _dash_files(argv: Sequence[str]) -> list[str]:
@@ -51,6 +53,7 @@ def build_parser(dash_files: Sequence[str] = ()) -> argparse.ArgumentParser:
     from vmm import __version__
     parser.add_argument("--version", action="version", version=f"vmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}
     for name, help_text in COMMANDS.items():
         try:
             module = importlib.import_module(f"vmm.commands.{name}")
@@ -59,6 +62,7 @@ def build_parser(dash_files: Sequence[str] = ()) -> argparse.ArgumentParser:
                 continue  # command not part of this build
             raise
         p = sub.add_parser(name, help=help_text, description=help_text, dash_files=dash_files)
+        parser.commands[name] = p
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -174,7 +178,14 @@ def _holding_ctrl_c(build, *args):
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _holding_ctrl_c(build_parser, _dash_files(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command = parser.commands.get(getattr(args, "command", None), parser)
+    many = [a for a in command._actions if not a.option_strings and a.nargs in ("+", "*")]
+    if extra and many and not any(word.startswith("-") for word in extra):
+        # `vmm index ~/a --library L ~/b`: argparse ends a list of PATHs at the first option and left ~/b over.
+        setattr(args, many[0].dest, getattr(args, many[0].dest) + extra)
+    elif extra:  # named by the command's parser: "vmm: unrecognized arguments" pointed at the wrong --help
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2

@@ -442,3 +442,11 @@ def test_cli_writes_a_corpus_and_reports_errors_on_one_line(tmp_path, capsys):
     assert syn.main([str(out), "--num-videos", "6", "--seed", "2"]) == 2  # the folder is taken now
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
+    # argparse's own complaints too: they came after its whole usage block
+    for argv, message in [(["--splits", "0.5", "0.5"], "error: argument --splits: expected 3 arguments"),
+                          (["--codec", "h265"], "error: argument --codec: invalid choice: 'h265'")]:
+        with pytest.raises(SystemExit) as exited:
+            syn.main([str(tmp_path / "new"), *argv])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()

@@ -240,7 +240,12 @@ def test_not_a_video(checkpoint, tmp_path, capsys):
     fake = tmp_path / "notes.mp4"
     fake.write_text("these are meeting notes, not a video\n")
     code, _, err = run_cli([str(fake), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
-    assert_one_line_error(code, err, str(fake), "not a video")
+    assert_one_line_error(code, err, str(fake), "not a video: the file holds text")
+    # FFmpeg reads JSON as subtitles: "no video stream in the container (it holds subtitle)" named no fix
+    annotations = tmp_path / "test.json"
+    annotations.write_text('[{"video": "a.mp4", "caption": "a dog"}]\n')
+    code, _, err = run_cli([str(annotations), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, f"video {annotations}: not a video: text and no video extension; pass a video")
 
 
 def test_model_without_classification_head(video, checkpoint, capsys):

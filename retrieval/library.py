@@ -173,7 +173,7 @@ class VideoLibrary:
         if model is None and checkpoint is None:
             if not saved:
                 raise VmmError(f"library {path} records no model (no {MODEL_FILE}); pass --model/--checkpoint "
-                               "(model=/checkpoint=) with the model it was built with")
+                               f"(model=/checkpoint=) with the model it was built with{built_with(path)}")
             encoder = _load_recorded_encoder(path, saved, device)
         else:
             encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
@@ -377,6 +377,21 @@ def _check_unchanged(record, path: str) -> None:
     if record is not None and (st.st_size != record.size or st.st_mtime_ns != record.mtime_ns):
         raise VmmError(f"{path} changed since it was indexed; run `vmm index` again to update the library, "
                        "or search without rerank= (--rerank)")
+
+
+def built_with(library: str) -> str:
+    """", per its manifest.json: model 'vmm_nano' (weights ...)", or "" when that copy cannot be read: the name is
+    all that is left to go on once model.json is gone.
+
+    >>> built_with("/nonexistent-library")
+    ''
+    """
+    try:
+        with open(os.path.join(library, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        return f", per its manifest.json: model {manifest['model_name']!r} (weights {manifest['weights_hash']})"
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
 
 
 def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:

@@ -177,6 +177,20 @@ def test_video_query_that_is_not_a_video_says_so(setup, tmp_path, capsys):
             (" and no video extension" if name.endswith(".json") else "") + "; pass a video file", err
 
 
+def test_a_library_without_model_json_names_the_model_of_its_manifest(setup, tmp_path, capsys):
+    import shutil
+    root, vids, lib = setup
+    copy = tmp_path / "lib"
+    shutil.copytree(lib, copy)
+    (copy / "model.json").unlink()
+    name = json.loads((copy / "manifest.json").read_text())["model_name"]
+    for argv in (["search", str(copy), "red"], ["index", str(vids), "--library", str(copy), "--quiet"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"per its manifest.json: model {name!r} (weights " in err and err.count("\n") == 1, err
+
+
 def test_cli_entry_point_runs_as_a_subprocess(setup):
     root, vids, lib = setup
     r = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(lib), "--video", str(vids / "green.mp4"),

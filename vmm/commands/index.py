@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library)
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
-    from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, load_encoder
+    from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, built_with, load_encoder
     from vmm.commands import check_library_readable
     from vmm.factory import check_frames, resolve_device
     # Checked before the model loads: a bad value costs nothing and names the option.
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if model is None and checkpoint is None:
         if not saved:
             raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
-                           + (f" (library {library} records none)" if is_library else ""))
+                           + (f" (library {library} records none{built_with(library)})" if is_library else ""))
         model, checkpoint = saved.get("model"), saved.get("checkpoint")
         encoder = _load_recorded_encoder(library, saved, device, frames, batch_size=args.batch_size)
     else:

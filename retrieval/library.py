@@ -67,6 +67,11 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
         raise VmmError("no model given; pass model= (--model) a name such as vmm_nano, or checkpoint= (--checkpoint) a "
                        "weights file")
     name = model or "videomamba_m16_25m"
+    if model and os.sep in model and not os.path.exists(model) and model not in vmm.list_models():
+        # A folder path (model.json records them absolute) is no model name: "unknown model" and the list of
+        # every registered name hid that the folder was moved or deleted.
+        raise VmmError(f"model folder {model} does not exist (moved, renamed or mistyped?); pass the folder's "
+                       "current path, or a model name such as 'vmm_nano'")
     if checkpoint and Path(checkpoint).is_dir():
         name, checkpoint = checkpoint, None
     from vmm.models.persistence import is_pretrained_dir

@@ -191,6 +191,22 @@ def test_a_library_without_model_json_names_the_model_of_its_manifest(setup, tmp
         assert f"per its manifest.json: model {name!r} (weights " in err and err.count("\n") == 1, err
 
 
+def test_a_moved_model_folder_is_named_as_missing(setup, tmp_path, capsys):
+    import shutil
+    root, vids, lib = setup
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    assert main(["index", str(vids / "red.mp4"), "--library", str(tmp_path / "lib"), "--model", str(model),
+                 "--quiet", "--workers", "0"]) == 0
+    model.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "lib"), "red"]) == 2
+    err = capsys.readouterr().err
+    # It said "unknown model '/.../model'; available: " and every registered name.
+    assert f"model folder {model} does not exist (moved, renamed or mistyped?)" in err and "available" not in err
+    assert "model.json" in err and err.count("\n") == 1
+
+
 def test_cli_entry_point_runs_as_a_subprocess(setup):
     root, vids, lib = setup
     r = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(lib), "--video", str(vids / "green.mp4"),

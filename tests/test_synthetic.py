@@ -211,6 +211,29 @@ def test_bad_options_raise_one_line_errors(tmp_path, kwargs, option):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seconds="3"), "--seconds (seconds='3'): must be a number"),
+    (dict(order_fraction="x"), "--order-fraction (order_fraction='x'): must be a number"),
+    (dict(splits=None), "--splits (splits=None): must be three numbers"),
+    (dict(splits=(0.8, 0.1, "0.1")), "--splits (splits=(0.8, 0.1, '0.1')): must be three numbers"),
+    (dict(workers="2"), "--workers (workers='2'): must be a whole number or None"),
+    (dict(num_videos=True), "--num-videos (num_videos=True): must be a whole number"),
+    (dict(overwrite="no"), "--overwrite (overwrite='no'): must be True or False"),
+])
+def test_arguments_of_the_wrong_type_raise_one_line_errors(tmp_path, kwargs, message):
+    # These were TypeErrors from inside the range checks (and overwrite="no" meant yes).
+    with pytest.raises(VmmError, match=re.escape(message)):
+        syn.generate_corpus(tmp_path / "x", **{"num_videos": 3, **kwargs})
+    assert not (tmp_path / "x").exists()
+
+
+def test_numpy_numbers_are_accepted(tmp_path):
+    info = syn.generate_corpus(tmp_path / "x", num_videos=np.int64(3), seed=np.int32(0), seconds=np.float32(3.0),
+                               splits=np.array([0.8, 0.1, 0.1]), workers=1)
+    assert info.split_sizes == {"train": 1, "val": 1, "test": 1}
+    assert json.loads((tmp_path / "x" / "meta.json").read_text())
+
+
 def test_long_clips_are_encoded_one_frame_at_a_time(tmp_path):
     import tracemalloc
 

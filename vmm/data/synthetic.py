@@ -1026,6 +1026,13 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(partial, path)
 
 
+def _is_kind(value, kind: str) -> bool:
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    return {"a whole number": whole, "a number": whole or isinstance(value, (float, np.floating)),
+            "a whole number or None": value is None or whole, "a str": isinstance(value, str),
+            "True or False": isinstance(value, (bool, np.bool_))}[kind]
+
+
 def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int = 0,
                     splits: Sequence[float] = (0.8, 0.1, 0.1), size: int = 64, fps: int = 10,
                     seconds: float = 3.0, workers: int | None = None, order_fraction: float = 0.5,
@@ -1047,8 +1054,27 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     (10, 30)
     """
     began = time.perf_counter()
-    config = CorpusConfig(num_videos=num_videos, seed=seed, splits=tuple(splits), size=size, fps=fps,
-                          seconds=seconds, order_fraction=order_fraction, codec=codec)
+    # Types first: a str or None from a Python caller failed inside the range checks with a bare TypeError, and
+    # overwrite="no" counted as yes.
+    for name, value, kind in (("num_videos", num_videos, "a whole number"), ("seed", seed, "a whole number"),
+                              ("size", size, "a whole number"), ("fps", fps, "a whole number"),
+                              ("seconds", seconds, "a number"), ("order_fraction", order_fraction, "a number"),
+                              ("workers", workers, "a whole number or None"), ("codec", codec, "a str"),
+                              ("overwrite", overwrite, "True or False")):
+        if not _is_kind(value, kind):
+            raise VmmError(f"--{name.replace('_', '-')} ({name}={value!r}): must be {kind}")
+    try:
+        parts = None if isinstance(splits, (str, bytes)) else tuple(splits)
+    except TypeError:
+        parts = None
+    if parts is None or not all(_is_kind(f, "a number") for f in parts):
+        raise VmmError(f"--splits (splits={splits!r}): must be three numbers (train val test) that sum to 1")
+    # NumPy numbers are fine, as plain ones from here on (the checks below and the JSON written need those).
+    num_videos, seed, size, fps = int(num_videos), int(seed), int(size), int(fps)
+    seconds, order_fraction = float(seconds), float(order_fraction)
+    workers = None if workers is None else int(workers)
+    config = CorpusConfig(num_videos=num_videos, seed=seed, splits=tuple(float(f) for f in parts), size=size,
+                          fps=fps, seconds=seconds, order_fraction=order_fraction, codec=codec)
     config.validate()
     codec_name = pick_codec(codec)
     if workers is not None and workers < 0:

@@ -60,3 +60,17 @@ def test_index_paths_may_follow_the_options(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("indexed 2 files (2 clips)")
     assert main(["index", a, "--library", library, "--remove", b]) == 0
     assert capsys.readouterr().out.startswith("removed 2 file(s)")
+
+
+def test_a_query_that_starts_with_a_dash(tmp_path, capsys):
+    # argparse left "-- -red" over, so such a query could not be given at all, and the error did not say why.
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", str(tmp_path / "red.mp4"), "--library", library, "--model", "vmm_nano", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", library, "-k", "1", "--json", "--", "-red screen"]) == 0
+    assert '"rank": 1' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["search", library, "-red"])
+    assert "a query that starts with '-' reads as an option: give it last, after --: vmm search LIB [options] -- " \
+           "-red" in capsys.readouterr().err

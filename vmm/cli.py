@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import signal
 import sys
 from typing import Optional, Sequence
@@ -181,11 +182,20 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     args, extra = parser.parse_known_args(argv)
     command = parser.commands.get(getattr(args, "command", None), parser)
     many = [a for a in command._actions if not a.option_strings and a.nargs in ("+", "*")]
-    if extra and many and not any(word.startswith("-") for word in extra):
+    empty = [a for a in command._actions if not a.option_strings and a.nargs == "?" and getattr(args, a.dest) is None]
+    if extra[:1] == ["--"] and len(extra) == 2 and empty:
+        # `vmm search LIB -k 5 -- "-red car"`: argparse leaves "--" and what follows it over when the positional
+        # it belongs to is optional, so a query that starts with '-' could not be given at all.
+        setattr(args, empty[0].dest, extra[1])
+    elif extra and many and not any(word.startswith("-") for word in extra):
         # `vmm index ~/a --library L ~/b`: argparse ends a list of PATHs at the first option and left ~/b over.
         setattr(args, many[0].dest, getattr(args, many[0].dest) + extra)
     elif extra:  # named by the command's parser: "vmm: unrecognized arguments" pointed at the wrong --help
-        command.error(f"unrecognized arguments: {' '.join(extra)}")
+        hint = ""
+        if args.command == "search" and args.text is None and extra[0].startswith("-") and extra[0] != "--":
+            hint = (f"; a query that starts with '-' reads as an option: give it last, after --: vmm search LIB "
+                    f"[options] -- {shlex.quote(' '.join(extra))}")
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2

@@ -340,7 +340,6 @@ def _undocumented_options(name: str) -> list[str]:
             and not any(re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", t) for t in texts)]
 
 
-@pytest.mark.parametrize("name", ["demo", "index", "search", "classify", "encode", pytest.param(
-    "eval", marks=pytest.mark.xfail(strict=True, reason="docs/evaluation.md does not describe --no-progress"))])
+@pytest.mark.parametrize("name", ["demo", "index", "search", "classify", "encode", "eval"])
 def test_every_option_is_documented(name):
     assert _undocumented_options(name) == [], f"vmm {name}: options only --help describes"

@@ -133,6 +133,18 @@ def test_per_video_and_table_output(setup, capsys):
     assert sum(str(vids / name) in out for name in ("red.mp4", "green.mp4", "square.mp4", "long.mp4")) == 4
 
 
+def test_table_marks_hits_the_itm_head_did_not_rescore(setup, capsys):
+    root, vids, lib = setup
+    capsys.readouterr()
+    assert main(["search", str(lib), "a square moving", "-k", "6", "--no-merge", "--rerank", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == 6 and all(r[1] != "-" for r in rows[:2]) and all(r[1] == "-" for r in rows[2:])
+    assert "-100" not in "".join(r[1] for r in rows) and "outside the 2 re-scored clips" in out
+    assert main(["search", str(lib), "a square moving", "-k", "6", "--no-merge"]) == 0
+    assert "re-scored" not in capsys.readouterr().out
+
+
 def test_incremental_add_and_remove(setup, tmp_path):
     root, vids, lib = setup
     lib2 = tmp_path / "lib2"

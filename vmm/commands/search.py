@@ -91,13 +91,20 @@ def run(args: argparse.Namespace) -> int:
     table = Table(box=None)
     for col in ("rank", "score", "path", "start-end"):
         table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    outside = args.rerank > 0 and any(h.itm is None for h in hits)
     for h in hits:
+        # -100 is the official score of a hit the ITM head did not re-score (JSON keeps it); a table reader
+        # would take it for a terrible match, so the table shows a dash and says why below.
+        score = "-" if args.rerank > 0 and h.itm is None else f"{h.score:.4f}"
         # Text, not markup: a file named "[intro] clip.mp4" lost its "[intro]" as a style tag.
-        table.add_row(str(h.rank), f"{h.score:.4f}", Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
+        table.add_row(str(h.rank), score, Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
     # Rendered into a string and printed by us: writing stdout itself, Rich exits with status 1 on a closed pipe
     # and its write errors escape vmm.cli's handling.
     rendered = io.StringIO()
     Console(file=rendered, width=200, force_terminal=sys.stdout.isatty()).print(table)
+    if outside:
+        rendered.write(f"-: outside the {args.rerank} re-scored clips, in their first-stage order "
+                       f"(score -100 in --json, the official value)\n")
     sys.stdout.write(rendered.getvalue())
     return 0
 

@@ -145,6 +145,21 @@ def test_table_marks_hits_the_itm_head_did_not_rescore(setup, capsys):
     assert "re-scored" not in capsys.readouterr().out
 
 
+def test_table_marks_a_file_deleted_since_indexing(setup, tmp_path, capsys):
+    import shutil
+    root, vids, lib = setup
+    shutil.copy(vids / "red.mp4", tmp_path / "gone.mp4")
+    shutil.copy(vids / "green.mp4", tmp_path / "kept.mp4")
+    with VideoLibrary.create(tmp_path / "lib", model=str(root / "model")) as library:
+        assert library.add([tmp_path / "gone.mp4", tmp_path / "kept.mp4"], workers=0).indexed == 2
+    (tmp_path / "gone.mp4").unlink()
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "lib"), "a red screen", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [("gone.mp4" in line, "file not found" in line) for line in lines if ".mp4" in line] in (
+        [(True, True), (False, False)], [(False, False), (True, True)])
+
+
 def test_incremental_add_and_remove(setup, tmp_path):
     root, vids, lib = setup
     lib2 = tmp_path / "lib2"

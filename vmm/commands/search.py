@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         # would take it for a terrible match, so the table shows a dash and says why below.
         score = "-" if args.rerank > 0 and h.itm is None else f"{h.score:.4f}"
         # Text, not markup: a file named "[intro] clip.mp4" lost its "[intro]" as a style tag.
-        table.add_row(str(h.rank), score, Text(one_line(h.path)), f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
+        path = Text(one_line(h.path))
+        if not os.path.exists(h.path):  # deleted or moved since the last vmm index: say so rather than list it bare
+            path.append("  (file not found; vmm index updates the library)")
+        table.add_row(str(h.rank), score, path, f"{_fmt_time(h.start)}-{_fmt_time(h.end)}")
     # Rendered into a string and printed by us: writing stdout itself, Rich exits with status 1 on a closed pipe
     # and its write errors escape vmm.cli's handling.
     rendered = io.StringIO()

@@ -415,6 +415,7 @@ class EpochPlan:
         self.unit_groups = list(unit_groups) if unit_groups is not None else [None] * len(self.units)
         self.weights = list(weights)
         self.pools = list(pools) if pools is not None else list(range(len(self.units)))
+        self._codes: dict[int, np.ndarray] = {}
         self.batch_size, self.world, self.seed, self.grad_accum = batch_size, world, seed, grad_accum
         self.global_batch = batch_size * world
         counts = [max(0, int(round(w * n))) for n, w in zip(self.units, self.weights)]
@@ -437,39 +438,72 @@ class EpochPlan:
             members.setdefault(pool, []).append(c)
         return list(members.values())
 
-    def global_batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
-        batches = []
+    def _plan_arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(corpus, unit) of every slot of the epoch's global batches, each (batches, global_batch), shuffled.
+
+        Arrays rather than tuples: a 25M-sample epoch is built by every process, which then keeps only its slice.
+        """
+        corpus_rows, unit_rows = [], []
         for members in self._pool_members():
-            blocks = []
+            cs, us, codes = [], [], []
             for c in members:
                 n, count = self.units[c], int(round(self.weights[c] * self.units[c]))
                 if count <= 0:
                     continue
                 rng = np.random.default_rng([self.seed, epoch, c])
                 order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
-                blocks += self._blocks(c, order)
+                cs.append(np.full(count, c, dtype=np.int64))
+                us.append(order)
+                code = self._group_codes(c)
+                codes.append(code[order] if code is not None else np.full(count, -1, dtype=np.int64))
+            if not us:
+                continue
+            c_all, u_all = np.concatenate(cs), np.concatenate(us)
             if len(members) > 1:  # a pool of one keeps its corpus order, so single-corpus plans are unchanged
-                mix = np.random.default_rng([self.seed, epoch, 1 << 21, members[0]]).permutation(len(blocks))
-                blocks = [blocks[i] for i in mix]
-            units = [unit for block in blocks for unit in block]
-            for s in range(0, len(units) - self.global_batch + 1, self.global_batch):
-                batches.append([(epoch, c, u) for c, u in units[s:s + self.global_batch]])
-        shuffle = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(batches))
-        return [batches[i] for i in shuffle[: self.batches_per_epoch]]
+                # Blocks stay together when pooled: a run of one group of one corpus, else a single unit.
+                mixer = np.random.default_rng([self.seed, epoch, 1 << 21, members[0]])
+                if all(self._group_codes(c) is None for c in members):
+                    index = mixer.permutation(len(u_all))  # every block one unit: the same draw, less memory
+                else:
+                    code = np.concatenate(codes)
+                    new = np.ones(len(u_all), dtype=bool)
+                    new[1:] = (code[1:] < 0) | (code[1:] != code[:-1]) | (c_all[1:] != c_all[:-1])
+                    starts = np.flatnonzero(new)
+                    lengths = np.diff(np.append(starts, len(u_all)))
+                    mix = mixer.permutation(len(starts))
+                    take = lengths[mix]
+                    index = np.arange(len(u_all)) + np.repeat(starts[mix] - (np.cumsum(take) - take), take)
+                c_all, u_all = c_all[index], u_all[index]
+            full = len(u_all) // self.global_batch * self.global_batch
+            corpus_rows.append(c_all[:full].reshape(-1, self.global_batch))
+            unit_rows.append(u_all[:full].reshape(-1, self.global_batch))
+        if not corpus_rows:
+            empty = np.zeros((0, self.global_batch), dtype=np.int64)
+            return empty, empty
+        corpora, units = np.concatenate(corpus_rows), np.concatenate(unit_rows)
+        shuffle = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(units))[: self.batches_per_epoch]
+        return corpora[shuffle], units[shuffle]
 
-    def _blocks(self, corpus: int, order: np.ndarray) -> list[list[tuple[int, int]]]:
-        """``order`` as (corpus, unit) blocks that stay together when pooled: a run of one group, else one unit."""
+    def global_batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        corpora, units = self._plan_arrays(epoch)
+        return [list(zip([epoch] * len(u), c, u)) for c, u in zip(corpora.tolist(), units.tolist())]
+
+    def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
+        lo = rank * self.batch_size
+        corpora, units = self._plan_arrays(epoch)
+        corpora, units = corpora[:, lo:lo + self.batch_size], units[:, lo:lo + self.batch_size]
+        return [list(zip([epoch] * len(u), c, u)) for c, u in zip(corpora.tolist(), units.tolist())]
+
+    def _group_codes(self, corpus: int) -> Optional[np.ndarray]:
+        """Per unit of a grouped corpus, an integer for its group (-1: none); None for a corpus without groups."""
         groups = self.unit_groups[corpus]
-        blocks: list[list[tuple[int, int]]] = []
-        previous = None
-        for u in order.tolist():
-            g = None if groups is None else groups[u]
-            if g is not None and g == previous and blocks:
-                blocks[-1].append((corpus, u))
-            else:
-                blocks.append([(corpus, u)])
-            previous = g
-        return blocks
+        if groups is None:
+            return None
+        if corpus not in self._codes:
+            ids: dict = {}
+            self._codes[corpus] = np.array([-1 if g is None else ids.setdefault(g, len(ids)) for g in groups],
+                                           dtype=np.int64)
+        return self._codes[corpus]
 
     def _permutation(self, corpus: int, n: int, rng: np.random.Generator) -> np.ndarray:
         groups = self.unit_groups[corpus]
@@ -487,9 +521,6 @@ class EpochPlan:
                 members[g].append(unit)
         return np.array([u for i in rng.permutation(len(blocks)) for u in blocks[i]], dtype=np.int64)
 
-    def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
-        lo = rank * self.batch_size
-        return [b[lo:lo + self.batch_size] for b in self.global_batches(epoch)]
 
 
 def training_plan(corpora: Sequence[Corpus], caption_sampling: str, batch_size: int, world: int, seed: int,

@@ -127,6 +127,37 @@ def test_official_avg_and_cls_pool_types(golden_d2):
     assert a.shape == (2, 1, 192) and torch.equal(a, b)
 
 
+@pytest.mark.parametrize("frame_mode", ["joint", "per_frame"])
+@pytest.mark.parametrize("pool_type", ["cls+avg", "cls", "avg", "cls_cat_avg"])
+@pytest.mark.parametrize("keep_temporal", [True, False])
+def test_pooled_per_clip_is_what_encode_video_gives(frame_mode, pool_type, keep_temporal):
+    """vmm eval sizes its per-video buffer from pooled_per_clip, so it must agree with every pooling setting."""
+    model = vmm.create_model("videomamba_m16_mm", embed_dim=16, vision=dict(
+        embed_dim=32, depth=1, img_size=32, num_frames=3, frame_mode=frame_mode, pool_type=pool_type,
+        keep_temporal=keep_temporal), text=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, fusion_layer=1)).eval()
+    with torch.no_grad():
+        frames = model.encode_video(torch.randn(2, 3, 3, 32, 32), per_frame=True)
+    assert frames.shape == (2, model.pooled_per_clip(3), 16)
+
+
+def test_training_pools_as_the_config_says(monkeypatch):
+    """The official encode_vision passes keep_temporal in training too; vmm's objective forced True."""
+    from vmm.training.config import LossSection
+    from vmm.training.objective import PretrainObjective
+    shapes = []
+    for keep_temporal in (True, False):
+        model = vmm.create_model("videomamba_m16_mm", embed_dim=16, vision=dict(
+            embed_dim=32, depth=1, img_size=32, num_frames=3, keep_temporal=keep_temporal),
+            text=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      fusion_layer=1))
+        model.vision_proj.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+        objective = PretrainObjective(model, LossSection(vtc=1.0, vtm=0.0, mlm=0.0), 103, (0, 101))
+        ids = torch.tensor([[101, 2023, 102, 0], [101, 2003, 1037, 102]])
+        objective(torch.randn(2, 3, 3, 32, 32), ids, (ids != 0).long(), torch.tensor([0, 1]))["loss"].backward()
+    assert shapes == [(2, 3, 16), (2, 1, 16)]
+
+
 def test_a_differently_shaped_official_config_is_honoured(golden):
     """Every size setting of the official config reaches the model (shapes follow the official formulas)."""
     official = copy.deepcopy(_official(golden))

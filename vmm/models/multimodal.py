@@ -209,6 +209,8 @@ class VideoTextModel(nn.Module):
     def pooled_per_clip(self, num_frames: int) -> int:
         """How many pooled vectors ``encode_video(per_frame=True)`` gives for a clip of ``num_frames`` frames."""
         v = self.cfg.vision
+        if v.frame_mode == "per_frame":  # every frame pools to one vector, whatever the pool type
+            return num_frames if v.keep_temporal else 1
         if v.pool_type == "cls":
             return 1
         if v.keep_temporal:

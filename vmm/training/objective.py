@@ -43,7 +43,8 @@ class PretrainObjective(nn.Module):
                 mask: Optional[Tensor] = None, clip_targets: Optional[Tensor] = None,
                 distill_targets: Optional[Tensor] = None, rank: int = 0, world: int = 1) -> dict[str, Tensor]:
         m, w = self.model, self.weights
-        x_vis, pooled, x_clip = m.vision_encoder(video, mask=mask, keep_temporal=True)
+        # The config's keep_temporal, as the official encode_vision passes it (a token mask forces one vector).
+        x_vis, pooled, x_clip = m.vision_encoder(video, mask=mask, keep_temporal=m.cfg.vision.keep_temporal)
         video_emb = F.normalize(m.vision_proj(pooled).float(), dim=-1)  # (B, T or 1, E)
         text_hidden = m.text_encoder.forward_text(input_ids, attention_mask)
         text_emb = F.normalize(m.text_proj(text_hidden[:, 0]).float(), dim=-1)

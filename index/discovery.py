@@ -143,6 +143,25 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     return None
 
 
+def named_video_problem(path: str) -> str | None:
+    """Why a file a user named as a video (a query, a file to classify) cannot be one, with the fix; or None.
+
+    >>> import tempfile, os; d = tempfile.mkdtemp(); p = os.path.join(d, "notes.json")
+    >>> _ = open(p, "w").write('{"a": 1}')
+    >>> named_video_problem(p)
+    'not a video: text and no video extension; pass a video file'
+    """
+    try:
+        problem = classify_file(path, explicit=True).problem
+    except PermissionError:
+        return "permission denied; make the file readable (chmod a+r) and run again"
+    except NotRegularFile:
+        return "not a regular file (a FIFO, socket or device); pass a video file"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}); pass a readable video file"
+    return None if problem is None else f"{problem}; pass a video file"
+
+
 class NotRegularFile(OSError):
     """A FIFO, socket or device: reading it could block forever, so it is never opened for reading."""
 

@@ -407,12 +407,12 @@ def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:
         raise VmmError(f"query video {path} does not exist")
     if not os.path.isfile(path):  # a folder, a FIFO (reading one would wait forever)...
         raise VmmError(f"query video {path} is not a file; pass the path of a video file")
-    from index.discovery import classify_file
+    from index.discovery import named_video_problem
     # The indexer's own test: FFmpeg reads some text files as subtitles, and a JSON file given by mistake was
     # reported as "no video stream in the container (it holds subtitle)".
-    problem = classify_file(path, explicit=True).problem
+    problem = named_video_problem(path)
     if problem is not None:
-        raise VmmError(f"query video {path}: {problem}; pass a video file")
+        raise VmmError(f"query video {path}: {problem}")
     _, clips = decode_video(path, num_frames=num_frames, window=math.inf)
     return clips[0].frames
 

@@ -246,6 +246,18 @@ def test_not_a_video(checkpoint, tmp_path, capsys):
     annotations.write_text('[{"video": "a.mp4", "caption": "a dog"}]\n')
     code, _, err = run_cli([str(annotations), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
     assert_one_line_error(code, err, f"video {annotations}: not a video: text and no video extension; pass a video")
+    # Unreadable (chmod 000 for anyone but root): the test before decoding raised PermissionError, a traceback.
+    import index.discovery as discovery
+    real_open = discovery.os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(fake):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(discovery.os, "open", refuse)
+        code, _, err = run_cli([str(fake), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, f"video {fake}: permission denied; make the file readable")
 
 
 def test_model_without_classification_head(video, checkpoint, capsys):

@@ -204,6 +204,26 @@ def test_video_query_that_is_not_a_video_says_so(setup, tmp_path, capsys):
             (" and no video extension" if name.endswith(".json") else "") + "; pass a video file", err
 
 
+def test_unreadable_query_video_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    """The query is tested before decoding; an unreadable one raised PermissionError from that test (a traceback).
+    os.open is made to refuse it, as chmod 000 does for anyone but root."""
+    import index.discovery as discovery
+    root, vids, lib = setup
+    locked = tmp_path / "locked.mp4"
+    locked.write_bytes((vids / "red.mp4").read_bytes())
+    real_open = discovery.os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(discovery.os, "open", refuse)
+    capsys.readouterr()
+    assert main(["search", str(lib), "--video", str(locked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: query video {locked}: permission denied; make the file readable (chmod a+r) and run again"
+
+
 def test_a_library_without_model_json_names_the_model_of_its_manifest(setup, tmp_path, capsys):
     import shutil
     root, vids, lib = setup

@@ -182,12 +182,12 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
         raise VmmError(f"video {path} does not exist; pass the path of a video file")
     if not Path(path).is_file():
         raise VmmError(f"{path} is not a file; pass the path of a video file")
-    from index.discovery import classify_file
+    from index.discovery import named_video_problem
     # The indexer's test for text and empty files: FFmpeg opened a JSON file as subtitles ("no video stream in the
     # container (it holds subtitle)") and a text .mp4 as a corrupt container.
-    problem = classify_file(path, explicit=True).problem
+    problem = named_video_problem(path)
     if problem is not None:
-        raise VmmError(f"video {path}: {problem}; pass a video file")
+        raise VmmError(f"video {path}: {problem}")
     error: Optional[VmmError] = None
     for name in (["decord", "pyav"] if backend == "auto" else [backend]):
         try:

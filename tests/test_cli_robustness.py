@@ -100,6 +100,17 @@ def test_index_option_values_name_the_option(setup, capsys):
     assert "model.json" not in err
 
 
+def test_colour_histogram_index_takes_any_device(setup, tmp_path, capsys):
+    """The colour histogram runs on no device, so --device is moot: --device cuda on a machine without one
+    indexed before the up-front device check came in, and still does."""
+    args = ["index", str(setup / "red.mp4"), "--library", str(tmp_path / "lib"), "--model", "color-histogram",
+            "--quiet", "--workers", "0", "--device"]
+    assert main(args + ["cuda"]) == 0
+    assert "indexed 1 files" in capsys.readouterr().out
+    assert main(args[:4] + args[6:] + ["cuda:0"]) == 0  # the recorded model decides for an existing library
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("threads", ["-1", "0"])
 def test_bad_thread_counts(setup, capsys, threads):
     fails(["encode", "--threads", threads], capsys, f"--threads {threads}")

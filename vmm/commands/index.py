@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library)
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
-    from retrieval.library import _load_recorded_encoder, _read_model_file, _write_model_file, built_with, load_encoder
+    from retrieval.library import (COLOR_HISTOGRAM, _load_recorded_encoder, _read_model_file, _write_model_file,
+                                   built_with, load_encoder)
     from vmm.commands import check_library_readable
     from vmm.factory import check_frames, resolve_device
     # Checked before the model loads: a bad value costs nothing and names the option.
@@ -58,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--batch-size {args.batch_size}: pass at least 1 clip per encoder batch")
     if not args.timeout > 0:
         raise VmmError(f"--timeout {args.timeout:g}: pass a number of seconds > 0 (the default is 60)")
-    if args.device is not None:
-        # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
-        resolve_device(args.device)
     check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
+    if args.device is not None and (args.model or saved.get("model")) != COLOR_HISTOGRAM:
+        # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
+        # The colour histogram runs on no device, so --device is moot there.
+        resolve_device(args.device)
     if is_library and args.frames is not None:
         _check_library_frames(library, args.frames)
     model, checkpoint = args.model, args.checkpoint

@@ -756,10 +756,12 @@ def pick_codec(requested: str = "auto") -> str:
     return requested
 
 
-def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int, codec: str = "libx264") -> None:
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int | Fraction | float,
+                codec: str = "libx264") -> None:
     """Encode ``(T, H, W, 3)`` uint8 RGB frames (or any iterable of ``(H, W, 3)`` frames) into an mp4 at ``path``.
 
-    Encoding runs on one thread so the bytes are identical from run to run.
+    ``fps`` may be a fraction (``Fraction(30000, 1001)``, NTSC's 29.97). Encoding runs on one thread so the bytes
+    are identical from run to run.
 
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "clip.mp4")
@@ -774,10 +776,13 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int,
     # Checked before the file is opened: PyAV's own errors for these ("Generic error in an external library" for an
     # odd width) name neither the frame nor the fix.
     _check_frame(first, 0)
-    if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or fps < 1:
-        raise VmmError(f"write_video: fps must be a whole number >= 1, got {fps!r}")
+    rate = None
+    if not isinstance(fps, bool) and isinstance(fps, (int, np.integer, Fraction, float, np.floating)):
+        rate = Fraction(int(fps)) if isinstance(fps, (int, np.integer)) else Fraction(fps).limit_denominator(1001)
+    if rate is None or not 0 < rate <= 1000:
+        raise VmmError(f"write_video: fps must be a number of frames per second in (0, 1000], got {fps!r}")
     try:
-        _encode(itertools.chain([first], frames), first.shape, path, fps, codec)
+        _encode(itertools.chain([first], frames), first.shape, path, rate, codec)
     except BaseException:
         # Half an mp4 has no index and reads as a corrupt video: leave no file rather than that one.
         with contextlib.suppress(OSError):
@@ -798,14 +803,14 @@ def _check_frame(frame, number: int, shape=None) -> None:
                        "frame the same size")
 
 
-def _encode(frames, shape, path, fps: int, codec: str) -> None:
+def _encode(frames, shape, path, fps: Fraction, codec: str) -> None:
     import av
 
     with av.open(os.fspath(path), "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = shape[0], shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = fps
+        stream.codec_context.gop_size = max(1, round(fps))
         # Bytes must not depend on the run: one encoder thread, explicit
         # timestamps, and x264's plain C code paths. With x264's SIMD code on an
         # AVX-512 machine, about 1 clip in 30 of this size came out different
@@ -820,7 +825,7 @@ def _encode(frames, shape, path, fps: int, codec: str) -> None:
             _check_frame(frame, number, shape)
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = number
-            picture.time_base = Fraction(1, fps)
+            picture.time_base = 1 / fps
             container.mux(stream.encode(picture))
         container.mux(stream.encode())
 

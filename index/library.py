@@ -363,7 +363,7 @@ def library_folder(library_dir) -> str:
     '/videos/lib'
     """
     if os.fspath(library_dir) == "":
-        raise VmmError("the library folder is empty (''); pass the library's folder")
+        raise VmmError("the library path is an empty string (''); pass the library's folder")
     return os.path.abspath(os.fspath(library_dir))
 
 

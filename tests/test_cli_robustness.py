@@ -175,7 +175,7 @@ def test_an_empty_library_path_is_refused(setup, tmp_path, monkeypatch, capsys):
     from index.reader import open_library
     from retrieval.library import VideoLibrary
     monkeypatch.chdir(tmp_path)
-    message = "the library folder is empty ('')"
+    message = "the library path is an empty string ('')"
     fails(["index", str(setup / "red.mp4"), "--library", "", "--model", str(setup / "model"), "--quiet"], capsys,
           message)
     fails(["index", str(setup / "red.mp4"), "--library", "", "--remove"], capsys, message)

@@ -22,9 +22,10 @@ NO_DECAY_RULES = ("official", "extended")
 def no_weight_decay_names(module: nn.Module, rule: str = "official") -> set[str]:
     """Names of trainable parameters that get no weight decay.
 
-    ``"official"`` is what the official pretraining does: its ``create_optimizer`` runs over the
-    DDP-wrapped model, which lists no names, so only 1-D parameters (norm weights, biases, Mamba's ``D``) and
-    names ending in ``.bias`` skip decay; ``temp``, ``A_log`` and the position tables are decayed.
+    ``"official"`` is what the official pretraining does: its ``create_optimizer`` asks the model for a
+    ``no_weight_decay()`` list, which neither ``UMT_VIDEOMAMBA`` nor its DDP wrapper has, so only 1-D parameters
+    (norm weights, biases, Mamba's ``D``) and names ending in ``.bias`` skip decay; ``temp``, ``A_log`` and the
+    position tables are decayed.
     ``"extended"`` also spares the scalar ``temp``, parameters tagged ``_no_weight_decay`` (Mamba's
     ``A_log``), every name a submodule lists in ``no_weight_decay()`` (VideoMamba's position tables and CLS)
     and BERT/CLIP position and type embeddings, as timm-style training does.

@@ -103,31 +103,13 @@ def official_config_overrides(official: dict) -> dict:
     top: dict[str, Any] = {}
     for key, value in official.items():
         if key == "vision_encoder":
-            for k, v in value.items():
-                if k == "ssm_cfg":
-                    vision.update(_official_ssm(v or {}))
-                elif k in _OFFICIAL_VISION:
-                    if k == "dt_rank" and isinstance(v, str) and v.startswith("auto"):
-                        v = None  # official "auto" = ceil(D / 16), our None
-                    vision[_OFFICIAL_VISION[k]] = v
-                elif k in _OFFICIAL_VISION_FIXED:
-                    if v != _OFFICIAL_VISION_FIXED[k]:
-                        raise VmmError(f"official vision_encoder.{k}={v!r} is not supported; vmm implements only "
-                                       f"{k}={_OFFICIAL_VISION_FIXED[k]!r}")
-                elif k not in _OFFICIAL_VISION_ANY:
-                    raise VmmError(f"official vision_encoder.{k}={v!r} has no vmm equivalent; remove it or add "
-                                   "support for it in vmm.models.multimodal")
+            ssm = value.get("ssm_cfg") or {}
+            _map_official("vision_encoder.", {k: v for k, v in value.items() if k != "ssm_cfg"}, _OFFICIAL_VISION,
+                          _OFFICIAL_VISION_FIXED, _OFFICIAL_VISION_ANY, vision, " in vmm.models.multimodal")
+            _map_official("ssm_cfg.", ssm, _OFFICIAL_SSM, _OFFICIAL_SSM_FIXED, _OFFICIAL_SSM_ANY, vision)
         elif key == "bert_config":
-            for k, v in value.items():
-                if k in _OFFICIAL_TEXT:
-                    text[k] = v
-                elif k in _OFFICIAL_TEXT_FIXED:
-                    if v != _OFFICIAL_TEXT_FIXED[k]:
-                        raise VmmError(f"official bert_config.{k}={v!r} is not supported; vmm implements only "
-                                       f"{k}={_OFFICIAL_TEXT_FIXED[k]!r}")
-                elif k not in _OFFICIAL_TEXT_ANY:
-                    raise VmmError(f"official bert_config.{k}={v!r} has no vmm equivalent; remove it or add "
-                                   "support for it in vmm.models.text")
+            _map_official("bert_config.", value, {k: k for k in _OFFICIAL_TEXT}, _OFFICIAL_TEXT_FIXED,
+                          _OFFICIAL_TEXT_ANY, text, " in vmm.models.text")
         elif key == "embed_dim":
             top["embed_dim"] = value
         elif key == "temp_init":
@@ -136,14 +118,8 @@ def official_config_overrides(official: dict) -> dict:
             top["max_text_len"] = value
         elif key == "is_pretrain":
             text["mlm_head"] = bool(value)  # pretraining builds BertForMaskedLM (the text_encoder.cls head)
-        elif key == "encoder_width":
-            pass  # checked below: it is the vision width by construction here
-        elif key in _OFFICIAL_EVAL_FIXED:
-            if value != _OFFICIAL_EVAL_FIXED[key]:
-                raise VmmError(f"official {key}={value!r} is not supported; vmm implements only "
-                               f"{key}={_OFFICIAL_EVAL_FIXED[key]!r}")
-        elif key not in _OFFICIAL_INFO:
-            raise VmmError(f"official setting {key}={value!r} has no vmm equivalent; remove it or add support for it")
+        elif key != "encoder_width":  # checked below: it is the vision width by construction here
+            _map_official("", {key: value}, {}, _OFFICIAL_EVAL_FIXED, _OFFICIAL_INFO, top)
     for where, width in (("encoder_width", official.get("encoder_width")),
                          ("bert_config.encoder_width", (official.get("bert_config") or {}).get("encoder_width"))):
         if width is not None and width != vision.get("embed_dim", MultimodalConfig().vision.embed_dim):
@@ -152,18 +128,19 @@ def official_config_overrides(official: dict) -> dict:
     return {"vision": vision, "text": {"init_from": None, **text}, **top}
 
 
-def _official_ssm(ssm: dict) -> dict:
-    out = {}
-    for k, v in ssm.items():
-        if k in _OFFICIAL_SSM:
-            out[_OFFICIAL_SSM[k]] = None if k == "dt_rank" and v == "auto" else v
-        elif k in _OFFICIAL_SSM_FIXED:
-            if v != _OFFICIAL_SSM_FIXED[k]:
-                raise VmmError(f"official ssm_cfg.{k}={v!r} is not supported; vmm implements only "
-                               f"{k}={_OFFICIAL_SSM_FIXED[k]!r}")
-        elif k not in _OFFICIAL_SSM_ANY:
-            raise VmmError(f"official ssm_cfg.{k}={v!r} has no vmm equivalent; remove it or add support for it")
-    return out
+def _map_official(where: str, settings: dict, mapped: dict, fixed: dict, free: set, out: dict,
+                  hint: str = "") -> None:
+    """Put ``settings`` into ``out`` under vmm's names (``mapped``: official name -> ours). A ``fixed`` setting
+    must have the one value vmm implements, a ``free`` one changes nothing vmm computes, and any other is refused:
+    an official setting is never silently dropped."""
+    for k, v in settings.items():
+        if k in mapped:
+            out[mapped[k]] = None if k == "dt_rank" and isinstance(v, str) and v.startswith("auto") else v
+        elif k in fixed:
+            if v != fixed[k]:
+                raise VmmError(f"official {where}{k}={v!r} is not supported; vmm implements only {k}={fixed[k]!r}")
+        elif k not in free:
+            raise VmmError(f"official {where}{k}={v!r} has no vmm equivalent; remove it or add support for it{hint}")
 
 
 class VideoTextModel(nn.Module):

@@ -136,3 +136,30 @@ def test_safetensors_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a valid safetensors"):
         vmm.load_checkpoint(tiny(), tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("layout", ["flat", "backbone", "multimodal"])
+def test_sizes_read_from_the_weights_build_a_model_that_loads_them(layout):
+    settings = dict(embed_dim=48, depth=3, img_size=24, patch_size=8, in_chans=3, tubelet_size=2, num_frames=6,
+                    d_state=8, d_conv=3, expand=1, dt_rank=5)
+    if layout == "multimodal":
+        src = vmm.create_model("videomamba_m16_mm", vision=settings, embed_dim=16, text=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, fusion_layer=1))
+        sd, expected = src.state_dict(), dict(settings, clip_output_dim=512, clip_decoder_embed_dim=48)
+    else:
+        src = vmm.create_model("videomamba_tiny", num_classes=9, **settings)
+        expected = dict(settings, num_classes=9)
+        sd = {("backbone." if layout == "backbone" else "") + k: v for k, v in src.state_dict().items()}
+    found = vmm.vision_overrides_from_state_dict(sd)
+    assert found == expected
+    model = vmm.create_model("videomamba_tiny_vision" if layout == "multimodal" else "videomamba_tiny", **found)
+    vmm.load_checkpoint(model, sd)
+    with pytest.raises(CheckpointError, match="not a VideoMamba state dict: no cls_token"):
+        vmm.vision_overrides_from_state_dict({"text_encoder.embeddings.word_embeddings.weight": torch.zeros(3, 2)})
+    # An ImageNet-style image model: a 2-D patch kernel and no temporal table, so no frame count either.
+    prefix = "vision_encoder." if layout == "multimodal" else ""
+    image = {k[len(prefix):]: v for k, v in src.state_dict().items()
+             if k.startswith(prefix) and k != prefix + "temporal_pos_embedding"}
+    image["patch_embed.proj.weight"] = image["patch_embed.proj.weight"][:, :, 0]
+    found = vmm.vision_overrides_from_state_dict(image)
+    assert "num_frames" not in found and found["tubelet_size"] == 1 and found["patch_size"] == 8

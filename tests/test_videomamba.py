@@ -47,8 +47,13 @@ def _close(a, b, tol=1e-5):
 
 
 def test_golden_classifier(golden):
-    m = vmm.create_model("videomamba_tiny", depth=2, num_frames=4, img_size=32, num_classes=5).eval()
-    vmm.load_checkpoint(m, _sub(golden, "sm/state_dict/"))
+    # Sizes come from the fixture's own weights, so a fixture of other sizes is built the same way.
+    sd = _sub(golden, "sm/state_dict/")
+    assert vmm.vision_overrides_from_state_dict(sd) == dict(
+        embed_dim=192, depth=2, img_size=32, patch_size=16, in_chans=3, tubelet_size=1, num_frames=4, d_state=16,
+        d_conv=4, expand=2, dt_rank=12, num_classes=5)
+    m = vmm.create_model("videomamba_tiny", **vmm.vision_overrides_from_state_dict(sd)).eval()
+    vmm.load_checkpoint(m, sd)
     x = torch.from_numpy(golden["sm/input_BCTHW"])
     with torch.no_grad():
         _close(m.forward_features(x), golden["sm/cls_feature"])
@@ -57,8 +62,9 @@ def test_golden_classifier(golden):
 
 
 def test_golden_multimodal_vision_encoder(golden):
-    e = vmm.create_model("videomamba_tiny_vision", depth=2, num_frames=4, img_size=32).eval()
-    vmm.load_checkpoint(e, _sub(golden, "mm/state_dict/"))
+    sd = _sub(golden, "mm/state_dict/")
+    e = vmm.create_model("videomamba_tiny_vision", **vmm.vision_overrides_from_state_dict(sd)).eval()
+    vmm.load_checkpoint(e, sd)
     x = torch.from_numpy(golden["mm/input_BCTHW"])
     with torch.no_grad():
         x_vis, pooled, x_clip = e(x, keep_temporal=True)

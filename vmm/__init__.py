@@ -17,6 +17,7 @@ _LAZY = {
     "get_model_config": "vmm.models.registry",
     "load_checkpoint": "vmm.models.checkpoint",
     "read_checkpoint": "vmm.models.checkpoint",
+    "vision_overrides_from_state_dict": "vmm.models.checkpoint",
     "save_pretrained": "vmm.models.persistence",
     "from_pretrained": "vmm.models.persistence",
     "create_model_and_transforms": "vmm.factory",

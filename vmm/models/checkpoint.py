@@ -93,6 +93,50 @@ def _vision_prefix(sd: StateDict) -> Optional[str]:
     return "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else None
 
 
+def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
+    """The ``create_model`` settings of a VideoMamba video encoder, read from its weights' shapes.
+
+    Takes a classifier or vision-encoder state dict, official or vmm, or a multimodal one (its
+    ``vision_encoder.`` part), so a checkpoint of any size can be built before it is loaded. ``num_classes`` is
+    given for a file with a classifier head, ``clip_output_dim`` and ``clip_decoder_embed_dim`` for one with the
+    distillation decoder, ``num_frames`` for one with a temporal table (an image model has none).
+
+    >>> import vmm
+    >>> m = vmm.create_model("videomamba_tiny", depth=3, num_frames=4, img_size=32, num_classes=7)
+    >>> o = vision_overrides_from_state_dict(m.state_dict())
+    >>> o["depth"], o["num_frames"], o["img_size"], o["num_classes"]
+    (3, 4, 32, 7)
+    """
+    sd = {_strip_finetune_prefix(k): v for k, v in sd.items()}
+    prefix = _vision_prefix(sd)
+    if prefix:
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "layers.0.mixer.A_log",
+              "layers.0.mixer.in_proj.weight", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.weight")
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise CheckpointError(f"not a VideoMamba state dict: no {_short(missing)}")
+    D = sd["cls_token"].shape[-1]
+    proj = sd["patch_embed.proj.weight"]  # (D, C, tubelet, p, p), or (D, C, p, p) from an image model
+    tubelet = proj.shape[2] if proj.ndim == 5 else 1
+    patch = proj.shape[-1]
+    grid = round((sd["pos_embed"].shape[1] - 1) ** 0.5)
+    out: dict[str, Any] = dict(
+        embed_dim=D, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers.")),
+        img_size=grid * patch, patch_size=patch, in_chans=proj.shape[1], tubelet_size=tubelet,
+        d_state=sd["layers.0.mixer.A_log"].shape[1],
+        d_conv=sd["layers.0.mixer.conv1d.weight"].shape[-1],
+        expand=sd["layers.0.mixer.in_proj.weight"].shape[0] // (2 * D),
+        dt_rank=sd["layers.0.mixer.dt_proj.weight"].shape[1])
+    if "temporal_pos_embedding" in sd:  # an ImageNet (image) model has none: the model's default count stays
+        out["num_frames"] = sd["temporal_pos_embedding"].shape[1] * tubelet
+    if "head.weight" in sd:
+        out["num_classes"] = sd["head.weight"].shape[0]
+    if "clip_decoder.0.head.weight" in sd:
+        out["clip_output_dim"], out["clip_decoder_embed_dim"] = sd["clip_decoder.0.head.weight"].shape
+    return out
+
+
 def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
     """Map an official or vmm state dict onto ``model``'s keys (no strictness check here)."""
     from vmm.models.videomamba import VideoMamba, VideoMambaBackbone

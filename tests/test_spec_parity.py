@@ -212,6 +212,13 @@ def test_official_ssm_cfg_and_bert_config_extras(golden):
     official["vision_encoder"]["ssm_cfg"]["bias"] = True
     with pytest.raises(VmmError, match="ssm_cfg.bias"):
         _build(official)
+    # Mamba takes exactly "auto" in ssm_cfg; a size given twice takes the later one, in the config's own order.
+    assert official_config_overrides({"vision_encoder": {"ssm_cfg": {"dt_rank": "auto16"}}})["vision"] == {
+        "dt_rank": "auto16"}  # left for create_model to refuse, as before
+    assert official_config_overrides({"vision_encoder": {"ssm_cfg": {"d_state": 8}, "d_state": 4}})["vision"] == {
+        "d_state": 4}
+    assert official_config_overrides({"vision_encoder": {"d_state": 4, "ssm_cfg": {"d_state": 8}}})["vision"] == {
+        "d_state": 8}
 
 
 @pytest.mark.parametrize("section,key,value,match", [

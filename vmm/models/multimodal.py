@@ -103,10 +103,13 @@ def official_config_overrides(official: dict) -> dict:
     top: dict[str, Any] = {}
     for key, value in official.items():
         if key == "vision_encoder":
-            ssm = value.get("ssm_cfg") or {}
-            _map_official("vision_encoder.", {k: v for k, v in value.items() if k != "ssm_cfg"}, _OFFICIAL_VISION,
-                          _OFFICIAL_VISION_FIXED, _OFFICIAL_VISION_ANY, vision, " in vmm.models.multimodal")
-            _map_official("ssm_cfg.", ssm, _OFFICIAL_SSM, _OFFICIAL_SSM_FIXED, _OFFICIAL_SSM_ANY, vision)
+            for k, v in value.items():  # in order: a size given twice takes the later one, as the official code
+                if k == "ssm_cfg":
+                    _map_official("ssm_cfg.", v or {}, _OFFICIAL_SSM, _OFFICIAL_SSM_FIXED, _OFFICIAL_SSM_ANY, vision,
+                                  auto=lambda rank: rank == "auto")
+                else:
+                    _map_official("vision_encoder.", {k: v}, _OFFICIAL_VISION, _OFFICIAL_VISION_FIXED,
+                                  _OFFICIAL_VISION_ANY, vision, " in vmm.models.multimodal")
         elif key == "bert_config":
             _map_official("bert_config.", value, {k: k for k in _OFFICIAL_TEXT}, _OFFICIAL_TEXT_FIXED,
                           _OFFICIAL_TEXT_ANY, text, " in vmm.models.text")
@@ -119,7 +122,7 @@ def official_config_overrides(official: dict) -> dict:
         elif key == "is_pretrain":
             text["mlm_head"] = bool(value)  # pretraining builds BertForMaskedLM (the text_encoder.cls head)
         elif key != "encoder_width":  # checked below: it is the vision width by construction here
-            _map_official("", {key: value}, {}, _OFFICIAL_EVAL_FIXED, _OFFICIAL_INFO, top)
+            _map_official("setting ", {key: value}, {}, _OFFICIAL_EVAL_FIXED, _OFFICIAL_INFO, top)
     for where, width in (("encoder_width", official.get("encoder_width")),
                          ("bert_config.encoder_width", (official.get("bert_config") or {}).get("encoder_width"))):
         if width is not None and width != vision.get("embed_dim", MultimodalConfig().vision.embed_dim):
@@ -128,14 +131,15 @@ def official_config_overrides(official: dict) -> dict:
     return {"vision": vision, "text": {"init_from": None, **text}, **top}
 
 
-def _map_official(where: str, settings: dict, mapped: dict, fixed: dict, free: set, out: dict,
-                  hint: str = "") -> None:
+def _map_official(where: str, settings: dict, mapped: dict, fixed: dict, free: set, out: dict, hint: str = "",
+                  auto=lambda rank: isinstance(rank, str) and rank.startswith("auto")) -> None:
     """Put ``settings`` into ``out`` under vmm's names (``mapped``: official name -> ours). A ``fixed`` setting
     must have the one value vmm implements, a ``free`` one changes nothing vmm computes, and any other is refused:
-    an official setting is never silently dropped."""
+    an official setting is never silently dropped. A ``dt_rank`` that ``auto`` accepts becomes None (our auto);
+    the configs write "auto=ceil(D/16)" at the top level and Mamba's ssm_cfg takes exactly "auto"."""
     for k, v in settings.items():
         if k in mapped:
-            out[mapped[k]] = None if k == "dt_rank" and isinstance(v, str) and v.startswith("auto") else v
+            out[mapped[k]] = None if k == "dt_rank" and auto(v) else v
         elif k in fixed:
             if v != fixed[k]:
                 raise VmmError(f"official {where}{k}={v!r} is not supported; vmm implements only {k}={fixed[k]!r}")

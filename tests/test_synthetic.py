@@ -253,8 +253,11 @@ def test_long_clips_are_encoded_one_frame_at_a_time(tmp_path):
     (np.zeros((4, 63, 64, 3), np.uint8), 10, "64x63 pixels cannot be encoded as yuv420p; use an even width"),
     (np.zeros((4, 64, 64, 3), np.float32), 10, "frame 0 must be a uint8 RGB array of shape \\(H, W, 3\\), got float32"),
     (np.zeros((4, 64, 64), np.uint8), 10, "got uint8 array of shape \\(64, 64\\)"),
-    (np.zeros((4, 64, 64, 3), np.uint8), 0, "fps must be a number of frames per second in \\(0, 1000\\], got 0"),
+    (np.zeros((4, 64, 64, 3), np.uint8), 0, "fps must be a number of frames per second from 0.01 to 1000, got 0"),
     (np.zeros((4, 64, 64, 3), np.uint8), "30", "fps must be a number .* got '30'"),
+    (np.zeros((4, 64, 64, 3), np.uint8), float("nan"), "fps must be a number .* got nan"),
+    (np.zeros((4, 64, 64, 3), np.uint8), float("inf"), "fps must be a number .* got inf"),
+    (np.zeros((4, 64, 64, 3), np.uint8), 1 / 3000, "fps must be a number .* from 0.01 to 1000"),
     ([np.zeros((64, 64, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)], 10, "frame 1 has shape \\(32, 32, 3\\)"),
 ])
 def test_write_video_refuses_frames_it_cannot_encode(tmp_path, frames, fps, message):
@@ -268,7 +271,8 @@ def test_write_video_refuses_frames_it_cannot_encode(tmp_path, frames, fps, mess
 def test_write_video_takes_a_fractional_rate(tmp_path):
     import av
     from fractions import Fraction
-    for fps, expected in [(Fraction(30000, 1001), Fraction(30000, 1001)), (12.5, Fraction(25, 2)), (np.int64(8), 8)]:
+    for fps, expected in [(Fraction(30000, 1001), Fraction(30000, 1001)), (12.5, Fraction(25, 2)), (np.int64(8), 8),
+                          (np.float32(12.5), Fraction(25, 2)), (29.97, Fraction(2997, 100))]:
         path = tmp_path / f"clip_{float(fps)}.mp4"
         syn.write_video(np.zeros((6, 32, 32, 3), np.uint8), path, fps=fps)
         with av.open(str(path)) as container:

@@ -777,10 +777,13 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     # odd width) name neither the frame nor the fix.
     _check_frame(first, 0)
     rate = None
-    if not isinstance(fps, bool) and isinstance(fps, (int, np.integer, Fraction, float, np.floating)):
-        rate = Fraction(int(fps)) if isinstance(fps, (int, np.integer)) else Fraction(fps).limit_denominator(1001)
-    if rate is None or not 0 < rate <= 1000:
-        raise VmmError(f"write_video: fps must be a number of frames per second in (0, 1000], got {fps!r}")
+    if isinstance(fps, (int, np.integer)) and not isinstance(fps, bool):
+        rate = Fraction(int(fps))
+    elif isinstance(fps, Fraction) or (isinstance(fps, (float, np.floating)) and math.isfinite(fps)):
+        rate = Fraction(fps) if isinstance(fps, Fraction) else Fraction(float(fps))
+    if rate is None or not Fraction(1, 100) <= rate <= 1000:
+        raise VmmError(f"write_video: fps must be a number of frames per second from 0.01 to 1000, got {fps!r}")
+    rate = rate.limit_denominator(1001)  # a float's binary expansion as the short fraction it stands for
     try:
         _encode(itertools.chain([first], frames), first.shape, path, rate, codec)
     except BaseException:

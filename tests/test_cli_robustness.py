@@ -109,6 +109,9 @@ def test_colour_histogram_index_takes_any_device(setup, tmp_path, capsys):
     assert "indexed 1 files" in capsys.readouterr().out
     assert main(args[:4] + args[6:] + ["cuda:0"]) == 0  # the recorded model decides for an existing library
     capsys.readouterr()
+    if not torch.cuda.is_available():  # a checkpoint into that library is a real model: its device is checked
+        fails(args[:4] + ["--checkpoint", str(tmp_path / "none.pth")] + args[6:] + ["cuda"], capsys,
+              "--device cuda: no CUDA GPU is visible")
 
 
 @pytest.mark.parametrize("threads", ["-1", "0"])

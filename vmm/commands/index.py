@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
     saved = _read_model_file(library) if is_library else {}
-    if args.device is not None and (args.model or saved.get("model")) != COLOR_HISTOGRAM:
+    histogram = args.checkpoint is None and (args.model or saved.get("model")) == COLOR_HISTOGRAM
+    if args.device is not None and not histogram:
         # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
         # The colour histogram runs on no device, so --device is moot there.
         resolve_device(args.device)

@@ -501,7 +501,8 @@ class EpochPlan:
             return None
         if corpus not in self._codes:
             ids: dict = {}
-            self._codes[corpus] = np.array([-1 if g is None else ids.setdefault(g, len(ids)) for g in groups],
+            # A NaN id equals nothing, itself included: each such unit is a block of its own, as no group shares it.
+            self._codes[corpus] = np.array([-1 if g is None or g != g else ids.setdefault(g, len(ids)) for g in groups],
                                            dtype=np.int64)
         return self._codes[corpus]
 

@@ -84,7 +84,8 @@ class RetrievalDataset:
 
 def _read_json_list(path: Path) -> list:
     try:
-        with path.open("r", encoding="utf-8") as f:
+        # utf-8-sig: JSON saved by Windows editors starts with a byte-order mark, which plain utf-8 rejects.
+        with path.open("r", encoding="utf-8-sig") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise VmmError(f"annotation file {path} does not exist; check the path") from None
@@ -162,12 +163,22 @@ def load_retrieval_dataset(
     # One video listed twice would be two gallery entries competing for the same captions (each copy's match
     # ranks the other first), lowering every metric without a sign.
     first_at: dict[str, int] = {}
+    repeats: list[tuple[int, str, int]] = []
     for i, (video, _) in enumerate(items):
         key = os.path.normpath(os.path.join(os.fspath(videos_dir), video))
         if key in first_at:
-            raise VmmError(f"{annotation_file}: item {i} lists video {video!r} again (first at item {first_at[key]}); "
-                           "list each video once, with all its captions in one list")
-        first_at[key] = i
+            repeats.append((i, video, first_at[key]))
+        else:
+            first_at[key] = i
+    if repeats:
+        i, video, first = repeats[0]
+        # A training list (msrvtt_ret_train9k.json) has one item per caption, so most of its items repeat a video:
+        # name the test file instead of asking the user to merge 180k items by hand.
+        hint = (f"; this looks like a training list (one item per caption), pass the test file "
+                f"{protocol.annotation_file}" if len(repeats) * 2 > len(items) and protocol.annotation_file else "")
+        raise VmmError(f"annotation file {annotation_file}: item {i} lists video {video!r} again (first at item "
+                       f"{first}; {len(repeats)} of {len(items)} items repeat a video); list each video once, with "
+                       f"all its captions in one list{hint}")
     missing = [videos_dir / video for video, _ in items if not (videos_dir / video).is_file()]
     if missing and not allow_missing:
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -192,7 +203,7 @@ def load_retrieval_dataset(
             text = clean_caption(caption)
             if not text:  # an empty query matches nothing in particular; dropping it would change the test set
                 raise VmmError(f"annotation file {annotation_file}: item {i} ({video}) has the caption {caption!r:.40} "
-                               "with no words left after cleaning; write the caption or remove the item")
+                               "with no words left after cleaning; write the caption or remove it")
             dataset.vid2txt[video_index].append(len(dataset.texts))
             dataset.txt2vid.append(video_index)
             dataset.texts.append(text)

@@ -194,7 +194,8 @@ def test_a_video_listed_twice_is_refused(tmp_path):
     items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "sq.mp4", "caption": "A square."},
              {"video": "./red.mp4", "caption": "Red again."}]
     (tmp_path / "dup.json").write_text(json.dumps(items))
-    with pytest.raises(VmmError, match=r"item 2 lists video './red.mp4' again \(first at item 0\)"):
+    with pytest.raises(VmmError, match=r"item 2 lists video './red.mp4' again \(first at item 0; 1 of 3 items repeat "
+                                         r"a video\); list each video once, with all its captions in one list$"):
         load_retrieval_dataset(tmp_path / "dup.json", tmp_path, "msrvtt")
 
 

@@ -931,6 +931,21 @@ def default_model_for(checkpoint: str | Path) -> str:
     return f"videomamba_m16_{corpus.lower()}" if corpus else "videomamba_m16_25m"
 
 
+def default_frames(model: str | Path, checkpoint: Optional[str | Path]) -> int:
+    """The frame count to evaluate when none is given: a model folder's own (its weights fit no other), else 8.
+
+    >>> default_frames("videomamba_m16_25m", None)
+    8
+    """
+    import vmm
+    from vmm.factory import default_pretrained, saved_frames
+    from vmm.models.persistence import is_pretrained_dir
+    weights = model if is_pretrained_dir(model) else checkpoint
+    if weights is None and str(model) in vmm.list_models():
+        weights = default_pretrained(str(model))
+    return (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or 8
+
+
 def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     """Command line of ``benchmarks/retrieval_<dataset>.py``: reproduce a published row and print the table.
 
@@ -946,19 +961,26 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
                                             f"of VideoMamba-M ({protocol.annotation_file}).")
     p.add_argument("--annotations", required=True, help=f"the official {protocol.annotation_file}")
     p.add_argument("--videos", required=True, help="folder the annotation's video paths are relative to")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"weights [{DEFAULT_CHECKPOINT}]")
-    p.add_argument("--model", default=None, help="registered model name [the one matching --checkpoint]")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"weights [the --model's official file; without --model {DEFAULT_CHECKPOINT}]")
+    p.add_argument("--model", default=None,
+                   help="registered model name or save_pretrained folder [the one matching --checkpoint, "
+                        "else videomamba_m16_25m]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoder processes")
     p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
     p.add_argument("--allow-missing", action="store_true", help="evaluate without missing or unreadable videos")
-    p.add_argument("--json", default=str(results / f"retrieval_{dataset}.json"))
-    p.add_argument("--markdown", default=str(results / f"retrieval_{dataset}.md"))
+    p.add_argument("--json", default=str(results / f"retrieval_{dataset}.json"), help="report [%(default)s]")
+    p.add_argument("--markdown", default=str(results / f"retrieval_{dataset}.md"), help="table [%(default)s]")
     args = p.parse_args(argv)
-    config = EvalConfig(dataset, args.annotations, args.videos, model=args.model or default_model_for(args.checkpoint),
-                        checkpoint=args.checkpoint, batch_size=args.batch_size, allow_missing=args.allow_missing,
-                        device=args.device, workers=args.workers, progress=sys.stderr.isatty())
+    # A fixed default checkpoint loaded the 25M weights into any --model (--model videomamba_m16_5m was compared
+    # with the 5M row on 25M weights) and refused model folders: without --checkpoint the model brings its own.
+    model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
     try:
+        config = EvalConfig(dataset, args.annotations, args.videos, model=model, checkpoint=args.checkpoint,
+                            frames=default_frames(model, args.checkpoint), batch_size=args.batch_size,
+                            allow_missing=args.allow_missing, device=args.device, workers=args.workers,
+                            progress=sys.stderr.isatty())
         config.check()
         check_outputs({"--json": args.json, "--markdown": args.markdown}, config)
         result = evaluate(config)
@@ -970,5 +992,8 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     except VmmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # as vmm eval: one line and the shell's status for Ctrl-C, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     print(f"\nwrote {args.json} and {args.markdown}")
     return 0

@@ -324,3 +324,33 @@ def test_test_set_texts_are_cleaned_once(tmp_path):
     assert torch.equal(got.mask, mask)
     with torch.no_grad():
         torch.testing.assert_close(got.emb, model.encode_text(ids, mask).float())
+
+
+def test_benchmark_script_evaluates_the_given_model_with_its_own_weights(data, tmp_path, monkeypatch):
+    """The benchmark's fixed default checkpoint was the 25M file: --model videomamba_m16_5m was evaluated on 25M
+    weights, and a model folder was refused ('drop --checkpoint', which the script had no way to do)."""
+    import retrieval.evaluate as ev
+    args = ["--annotations", str(data["didemo"]), "--videos", str(data["videos"]), "--device", "cpu",
+            "--workers", "0", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")]
+    assert ev.benchmark_main("didemo", [*args, "--model", str(data["model"])]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["dataset"] == "didemo" and report["checkpoint"] is None and report["num_videos"] == 5
+    seen = []
+    monkeypatch.setattr(ev, "evaluate", lambda config: seen.append(config))  # a non-zero rank: nothing to report
+    assert ev.benchmark_main("msrvtt", [*args[:1], str(data["msrvtt"]), *args[2:], "--model", "videomamba_m16_5m"]) == 0
+    assert (seen[-1].model, seen[-1].checkpoint) == ("videomamba_m16_5m", None)  # its own official 5M file
+    ev.benchmark_main("msrvtt", [*args[:1], str(data["msrvtt"]), *args[2:], "--checkpoint", "/c/videomamba_m16_17M_f8_res224.pth"])
+    assert (seen[-1].model, seen[-1].checkpoint) == ("videomamba_m16_17m", "/c/videomamba_m16_17M_f8_res224.pth")
+
+
+def test_benchmark_script_ctrl_c_is_one_line(data, tmp_path, monkeypatch, capsys):
+    import retrieval.evaluate as ev
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    code = ev.benchmark_main("msrvtt", ["--annotations", str(data["msrvtt"]), "--videos", str(data["videos"]),
+                                        "--model", str(data["model"]), "--json", str(tmp_path / "b.json"),
+                                        "--markdown", str(tmp_path / "b.md")])
+    assert code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "b.json").exists()

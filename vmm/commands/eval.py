@@ -47,18 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import (EvalConfig, check_outputs, default_model_for, evaluate, write_json,
-                                    write_markdown)
-    import vmm
-    from vmm.factory import default_pretrained, saved_frames
-    from vmm.models.persistence import is_pretrained_dir
+    from retrieval.evaluate import (EvalConfig, check_outputs, default_frames, default_model_for, evaluate,
+                                    write_json, write_markdown)
     model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
-    frames = args.frames
-    if frames is None:  # a model folder's weights fit only the frame count they were saved for
-        weights = model if is_pretrained_dir(model) else args.checkpoint
-        if weights is None and model in vmm.list_models():
-            weights = default_pretrained(model)
-        frames = (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or 8
+    frames = args.frames if args.frames is not None else default_frames(model, args.checkpoint)
     config = EvalConfig(
         dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,
         checkpoint=args.checkpoint, frames=frames, rerank_k=args.rerank_k, batch_size=args.batch_size,

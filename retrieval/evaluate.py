@@ -229,11 +229,11 @@ def _stop_runtime(runtime: _Runtime) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- model
-def load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
+def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32):
     """(model, eval transform, tokenizer, model name, checkpoint) ready for evaluation.
 
-    >>> # model, transform, tokenizer, name, ckpt = load_eval_model(EvalConfig("msrvtt", "a.json", "videos"))
+    >>> # model, transform, tokenizer, name, ckpt = _load_eval_model(EvalConfig("msrvtt", "a.json", "videos"))
     """
     import vmm
     from vmm.factory import default_pretrained, saved_frames
@@ -347,7 +347,7 @@ class VideoFeatures:
 
 
 @torch.inference_mode()
-def encode_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: int, runtime: _Runtime,
+def _encode_texts(model, tokenizer, texts: list[str], max_len: int, batch_size: int, runtime: _Runtime,
                  progress=None) -> TextFeatures:
     """Encode texts in batches: CLS embeddings for ITC, hidden states and masks for ITM (kept on the CPU)."""
     if texts:
@@ -425,7 +425,7 @@ def _decoded_batches(pool, transform, batch_size: int, failures: dict[int, str],
 
 
 @torch.inference_mode()
-def encode_videos(model, transform, paths: list[Path], decode_options, batch_size: int, runtime: _Runtime,
+def _encode_videos(model, transform, paths: list[Path], decode_options, batch_size: int, runtime: _Runtime,
                   workers: int = 4, decode_timeout: float = 120.0, stop_on_failure: bool = False,
                   progress=None) -> VideoFeatures:
     """Decode (in worker processes) and encode videos; one row per path, zeros where decoding failed.
@@ -548,7 +548,7 @@ def _place(tensor: Tensor, device: torch.device, share: float = 0.4) -> Tensor:
     return tensor.to(device) if tensor.numel() * tensor.element_size() < share * free else tensor
 
 
-def itm_scorer(model, video_tokens: Tensor, text: TextFeatures, direction: str, runtime: _Runtime):
+def _itm_scorer(model, video_tokens: Tensor, text: TextFeatures, direction: str, runtime: _Runtime):
     """``score_pairs(query, candidates)`` for :func:`rerank_topk`: ITM match logits of paired rows.
 
     ``v2t``: one video against candidate texts; ``t2v``: one text against candidate videos.
@@ -672,7 +672,7 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
 def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> Optional[EvalResult]:
     from index.decode import DecodeOptions
     tick = time.perf_counter()
-    model, transform, tokenizer, model_name, checkpoint = load_eval_model(config, runtime.device, runtime.dtype)
+    model, transform, tokenizer, model_name, checkpoint = _load_eval_model(config, runtime.device, runtime.dtype)
     timings["load_model"] = time.perf_counter() - tick
     world, rank = runtime.world, runtime.rank
     my_videos = list(range(rank, len(dataset.videos), world))
@@ -681,11 +681,11 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
 
     with _Progress(config.progress and rank == 0) as progress:
         tick = time.perf_counter()
-        text = encode_texts(model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len,
+        text = _encode_texts(model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len,
                             config.text_batch_size, runtime, progress.task("texts", len(my_texts)))
         timings["texts"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        video = encode_videos(model, transform, [dataset.videos[v] for v in my_videos], decode_options,
+        video = _encode_videos(model, transform, [dataset.videos[v] for v in my_videos], decode_options,
                               config.batch_size, runtime, config.workers, config.decode_timeout,
                               stop_on_failure=not config.allow_missing,
                               progress=progress.task("videos (decode+encode)", len(my_videos)))
@@ -726,10 +726,10 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
         k = config.rerank_k
         n_v, n_t = len(dataset.videos), len(dataset.texts)
         v2t_bar = progress.task(f"re-rank v2t (top {min(k, n_t)})", n_v)
-        i2t = rerank_topk(itc, k, itm_scorer(model, tokens, text, "v2t", runtime), config.itm_batch_size, "v2t",
+        i2t = rerank_topk(itc, k, _itm_scorer(model, tokens, text, "v2t", runtime), config.itm_batch_size, "v2t",
                           progress=lambda done, total: v2t_bar(completed=done))
         t2v_bar = progress.task(f"re-rank t2v (top {min(k, n_v)})", n_t)
-        t2i = rerank_topk(itc, k, itm_scorer(model, tokens, text, "t2v", runtime), config.itm_batch_size, "t2v",
+        t2i = rerank_topk(itc, k, _itm_scorer(model, tokens, text, "t2v", runtime), config.itm_batch_size, "t2v",
                           progress=lambda done, total: t2v_bar(completed=done))
         rows["rerank"] = retrieval_metrics(i2t, t2i, dataset.txt2vid, dataset.vid2txt)
         timings["rerank"] = time.perf_counter() - tick

@@ -311,14 +311,14 @@ def test_two_processes_give_the_same_report_as_one(data, tmp_path):
 def test_test_set_texts_are_cleaned_once(tmp_path):
     """The official loader runs pre_text once; a second pass is not a no-op ("<<person>>" -> "person")."""
     from retrieval.annotations import load_retrieval_dataset
-    from retrieval.evaluate import _Runtime, encode_texts
+    from retrieval.evaluate import _Runtime, _encode_texts
     (tmp_path / "a.mp4").touch()
     (tmp_path / "t.json").write_text(json.dumps([{"video": "a.mp4", "caption": "A <<PERSON>> walks"}]))
     ds = load_retrieval_dataset(tmp_path / "t.json", tmp_path, "msrvtt")
     assert ds.texts == ["a <person> walks"]  # pre_text, once
     model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
     tok = vmm.get_tokenizer("videomamba_m16_25m")
-    got = encode_texts(model, tok, ds.texts, 8, 256, _Runtime(torch.device("cpu"), torch.float32))
+    got = _encode_texts(model, tok, ds.texts, 8, 256, _Runtime(torch.device("cpu"), torch.float32))
     ids = torch.tensor([[101, 1037, 1026, 2711, 1028, 7365, 102, 0]])  # [CLS] a < person > walks [SEP] [PAD]
     mask = (ids != 0).long()
     assert torch.equal(got.mask, mask)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -205,15 +206,44 @@ _YAML_WORDS = {"null": None, "~": None, "true": True, "false": False}
 
 
 def _apply_override(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise VmmError(f"override {'.'.join(path)}: {part} is not a section")
-        node = child
-    node[path[-1]] = value
+    """Set one dotted key; ``name[i]`` steps into item i of a list, so ``data.train[0].root=...`` works, the
+    spelling the one-line errors use for a corpus's options."""
+    dotted = ".".join(path)
+    steps: list = []
+    for part in path:
+        m = re.fullmatch(r"([^\[\]]+)((?:\[\d+\])*)", part)
+        if not m:
+            raise VmmError(f"override {dotted}: {part!r} is not a key or key[index] (e.g. data.train[0].weight=2)")
+        steps.append(m.group(1))
+        steps += [int(i) for i in re.findall(r"\d+", m.group(2))]
+    node: Any = data
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise VmmError(f"override {dotted}: {_shown(steps[:i])} is not a list")
+            if step >= len(node):
+                raise VmmError(f"override {dotted}: {_shown(steps[:i])} has {len(node)} "
+                               f"entr{'y' if len(node) == 1 else 'ies'}, so [{step}] is out of range")
+        elif not isinstance(node, dict):
+            raise VmmError(f"override {dotted}: {_shown(steps[:i])} is not a section")
+        if last:
+            node[step] = value
+        elif isinstance(step, str) and node.get(step) is None:
+            if isinstance(steps[i + 1], int):
+                raise VmmError(f"override {dotted}: the recipe does not set {_shown(steps[:i + 1])}, so there is no "
+                               f"entry to change; pass the whole list ({_shown(steps[:i + 1])}=[...])")
+            node[step] = {}
+            node = node[step]
+        else:
+            node = node[step]
+
+
+def _shown(steps: list) -> str:
+    out = ""
+    for s in steps:
+        out += f"[{s}]" if isinstance(s, int) else (f".{s}" if out else s)
+    return out
 
 
 # -- typed construction ----------------------------------------------------------------------------------
@@ -322,6 +352,7 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.schedule.max_steps is None or cfg.schedule.max_steps >= 1,
          "schedule.max_steps must be >= 1 (or null: train for schedule.epochs)"),
         (cfg.schedule.warmup_steps is None or cfg.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
+        (cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0 (0: no warmup)"),
         (0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must lie in [0, 1] (a fraction of optim.lr)"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.optim.eps > 0, "optim.eps must be > 0"),

@@ -86,6 +86,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
     plan = data.training_plan(corpora, cfg.data.caption_sampling, cfg.data.batch_size,
                               int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)
+    note = warmup_note(cfg, plan.steps_per_epoch)
+    if note:
+        _warn(note)
     clip_weights = None
     if cfg.loss.uta > 0:
         clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
@@ -179,6 +182,34 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * steps_per_epoch))
 
 
+def planned_warmup(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Warmup optimizer steps: ``schedule.warmup_steps``, else ``schedule.warmup_epochs`` of the epoch plan."""
+    if cfg.schedule.warmup_steps is not None:
+        return cfg.schedule.warmup_steps
+    return round(cfg.schedule.warmup_epochs * steps_per_epoch)
+
+
+def warmup_note(cfg: TrainConfig, steps_per_epoch: int) -> Optional[str]:
+    """A warning when the warmup does not end before the run does: the learning rate never reaches optim.lr.
+
+    Easy to get with ``schedule.max_steps`` on a recipe whose warmup is in epochs (the 5M stage 1 warms up for
+    a whole epoch), and the run would look fine while training at a fraction of its rate.
+    """
+    total, warmup = planned_steps(cfg, steps_per_epoch), planned_warmup(cfg, steps_per_epoch)
+    if warmup < total:
+        return None
+    from vmm.training.optim import lr_factor
+    peak = lr_factor(total - 1, total, warmup, cfg.schedule.min_lr_ratio)
+    source = (f"schedule.warmup_steps={warmup}" if cfg.schedule.warmup_steps is not None
+              else f"schedule.warmup_epochs={cfg.schedule.warmup_epochs:g} ({warmup} steps of {steps_per_epoch} per "
+                   f"epoch)")
+    length = (f"schedule.max_steps={total}" if cfg.schedule.max_steps
+              else f"schedule.epochs={cfg.schedule.epochs:g} ({total} steps)")
+    return (f"warning: the warmup, {source}, is not shorter than the run, {length}: the learning rate stays below "
+            f"optim.lr={cfg.optim.lr:g} (at most {peak:.0%} of it); lower the warmup, e.g. "
+            f"schedule.warmup_steps={max(0, total // 10)}")
+
+
 def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per_epoch: int) -> None:
     """Refuse a resume with nothing left to train (it exported the checkpoint as the final model without a word).
 
@@ -257,11 +288,19 @@ def load_init(target, source, option: str, expected_missing: tuple = (), source_
     """
     import vmm
     from vmm.models.checkpoint import _short, adapt_state_dict, read_checkpoint, unwrap_state_dict
+    from vmm.errors import CheckpointError
     name = source_name or str(source)
-    sd = read_checkpoint(source) if isinstance(source, (str, Path)) else unwrap_state_dict(source, name)
+    try:
+        sd = read_checkpoint(source) if isinstance(source, (str, Path)) else unwrap_state_dict(source, name)
+    except CheckpointError as e:  # it names the file, not the option that pointed at it
+        raise VmmError(f"{option}: {e}") from None
     sd = adapt_state_dict(target, sd)
     own = target.state_dict()
     covered = {k for k in own if k in sd}
+    # A tied tensor (the MLM decoder is the word-embedding table) is stored once in a safetensors file; loading
+    # one name fills the other, so it is covered too.
+    loaded_storage = {own[k].data_ptr() for k in covered if own[k].numel()}
+    covered |= {k for k in own if own[k].numel() and own[k].data_ptr() in loaded_storage}
     if not covered:
         raise VmmError(f"{option}: {name} holds none of the {len(own)} tensors of {_module_name(target)} (its keys look "
                        f"like {_short(sorted(sd), 3)}); {hint}")
@@ -489,8 +528,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     collate = data_mod.Collate(tokenizer, max_text_len)
     spe = plan.steps_per_epoch
     total_steps = planned_steps(cfg, spe)
-    warmup = (cfg.schedule.warmup_steps if cfg.schedule.warmup_steps is not None
-              else round(cfg.schedule.warmup_epochs * spe))
+    warmup = planned_warmup(cfg, spe)
 
     state = TrainerState(global_batch=plan.global_batch)
     metrics_path = out / "metrics.jsonl"

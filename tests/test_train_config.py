@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,33 @@ def test_output_dir_that_cannot_be_created_is_refused_by_check_and_run(capsys, c
     # A creatable one passes --check, which creates nothing (its probe folder is removed).
     code, _ = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'new' / 'run'}", "--check")
     assert code == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_an_override_can_set_one_entry_of_data_train():
+    """The one-line errors name a corpus's options data.train[0].root, data.train[0].weight ...: that spelling
+    works as an override too, and a bad index is one line."""
+    cfg = load_config(TINY, ["data.train[0].weight=2", "data.train[0].name=first"])
+    assert (cfg.data.train[0].weight, cfg.data.train[0].name, cfg.data.train[0].root) == (2.0, "first", "data/tiny")
+    with pytest.raises(VmmError, match=r"^override data.train\[1\].root: data.train has 1 entry, so \[1\] is out"):
+        load_config(TINY, ["data.train[1].root=x"])
+    with pytest.raises(VmmError, match=r"^override freeze\[0\]: the recipe does not set freeze"):
+        load_config(TINY, ["freeze[0]=x"])
+    with pytest.raises(VmmError, match=r"^unknown config key data.train\[0\].wieght"):
+        load_config(TINY, ["data.train[0].wieght=2"])
+
+
+def test_a_negative_warmup_is_refused():
+    with pytest.raises(VmmError, match=r"^schedule.warmup_epochs must be >= 0"):
+        load_config(TINY, ["schedule.warmup_epochs=-1", "schedule.warmup_steps=null"])
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about(corpus, tmp_path, capsys):
+    """schedule.max_steps on a recipe whose warmup is in epochs can leave the whole run in warmup."""
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'o'}", "schedule.max_steps=3",
+                         "schedule.warmup_steps=null", "schedule.warmup_epochs=2", "--check")
+    assert code == 0
+    assert re.search(r"warning: the warmup, schedule.warmup_epochs=2 \((\d+) steps of (\d+) per epoch\), is not "
+                     r"shorter than the run, schedule.max_steps=3: the learning rate stays below optim.lr=0.001 "
+                     r"\(at most \d+% of it\)", err), err
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'o'}", "--check")
+    assert code == 0 and "warmup" not in err

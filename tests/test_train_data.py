@@ -270,3 +270,12 @@ def test_ctrl_c_reaches_the_main_process_whole(corpus):
                          start_new_session=True, timeout=120)
     assert run.stderr == "" and run.returncode == 0, run.stderr[-3000:]
     assert run.stdout == "4 batches of 4\ninterrupted in ctrl_c_held\ninterrupted at the start\n"
+
+
+def test_a_missing_video_fails_without_the_decoders_own_stderr_line(tmp_path, capfd):
+    """A file data.max_missing let through is replaced like a corrupt one; decord used to print its C++
+    "ERROR opening ..." line to stderr every time the file was drawn, beside vmm's own warning."""
+    from vmm.training.data import read_video_frames
+    with pytest.raises(FileNotFoundError):
+        read_video_frames(str(tmp_path / "gone.mp4"), 4, random.Random(0))
+    assert "ERROR opening" not in capfd.readouterr().err

@@ -126,3 +126,21 @@ def test_options_a_switched_off_loss_would_drop_are_warned_about(corpus, tmp_pat
 def test_stage2_recipe_inheriting_stage1_settings_is_quiet():
     from vmm.training.config import unused_options
     assert unused_options(load_config(PRETRAIN / "videomamba_m16_5m_stage2.yaml")) == []
+
+
+def test_stage2_init_from_a_stage1_safetensors_file_names_no_tied_tensor(tmp_path, capsys):
+    """The MLM decoder is the word-embedding table: a safetensors file stores it once, and loading it fills both,
+    so neither name is reported as missing (the model is complete)."""
+    source, _ = build_model(_tiny())
+    source.save_pretrained(tmp_path / "stage1")
+    capsys.readouterr()
+    model, _ = build_model(_tiny(f"model.init={tmp_path / 'stage1' / 'model.safetensors'}"))
+    assert "warning" not in capsys.readouterr().err
+    assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight,
+                       source.text_encoder.embeddings.word_embeddings.weight)
+
+
+def test_an_unreadable_init_file_is_named_by_its_option(tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(VmmError, match=r"^model.init: .*notes.pth"):
+        build_model(_tiny(f"model.init={tmp_path / 'notes.pth'}"))

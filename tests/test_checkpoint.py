@@ -122,9 +122,21 @@ class Payload:
 def test_pickle_with_arbitrary_object_is_refused(tmp_path, capsys):
     p = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "payload": Payload()}, p)
-    with pytest.raises(CheckpointError, match="refused for safety"):
+    with pytest.raises(CheckpointError, match="refused for safety \\(Unsupported global: GLOBAL print was not an "
+                                              "allowed global by default\\); save only the state dict") as e:
         vmm.load_checkpoint(tiny(), p)
+    assert "\n" not in str(e.value) and "PyTorch 2.6" not in str(e.value)  # torch's paragraph, cut mid-sentence
     assert "arbitrary code ran" not in capsys.readouterr().out
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
+    """Text whose first byte is a pickle opcode ('g') made torch's unpickler fail with "Unsupported operand",
+    which read as a checkpoint refused for safety."""
+    p = tmp_path / "garbage.pth"
+    p.write_text("garbage bytes here\n")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint \\(neither a torch.save zip archive nor a "
+                                              "pickle\\); pass a .pth, .pt, .bin or .safetensors weights file$"):
+        vmm.load_checkpoint(tiny(), p)
 
 
 def test_safetensors_file(tmp_path):

@@ -51,12 +51,22 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
             return load_file(str(path))
         except Exception as e:  # safetensors raises several types for damaged headers
             raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), older versions a pickle (protocol opcode 0x80): anything else is not
+    # a checkpoint, and torch's unpickler would call it "Unsupported operand", as if it held unsafe objects.
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
+                              f"pass a .pth, .pt, .bin or .safetensors weights file")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message is a paragraph; its "WeightsUnpickler error:" part names what was refused.
+        text = " ".join(str(e).split())
+        reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please use")[0].split(" Check the doc")[0]
         raise CheckpointError(f"{path} contains objects other than tensors and was refused for safety "
-                              f"(weights_only load: {first[:160]})") from None
+                              f"({reason.strip()[:160]}); save only the state dict, or load it yourself with "
+                              f"torch.load(weights_only=False) if you trust its source") from None
     except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'})") from None

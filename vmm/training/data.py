@@ -300,9 +300,10 @@ def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list
 def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray:
     """Decode N 'rand'-sampled frames with decord -> (N, H, W, 3) uint8."""
     import decord
-    if isinstance(source, str) and not os.path.isfile(source):
+    if isinstance(source, str) and not os.path.exists(source):
         # decord would print its own C++ "ERROR opening" line to stderr before raising, once per draw of a file
-        # that data.max_missing let through.
+        # that data.max_missing let through. (exists, not isfile: a path that is there goes to the decoder as
+        # before, whatever it is.)
         raise FileNotFoundError("no such file")
     reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
     vlen = len(reader)

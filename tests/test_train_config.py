@@ -277,11 +277,19 @@ def test_an_override_can_set_one_entry_of_data_train():
         load_config(TINY, ["freeze[0]=x"])
     with pytest.raises(VmmError, match=r"^unknown config key data.train\[0\].wieght"):
         load_config(TINY, ["data.train[0].wieght=2"])
+    # A misspelt list is an unknown key (the advice to pass the whole list led to that error anyway).
+    with pytest.raises(VmmError, match=r"^unknown config key data.trian; valid keys of data: train, "):
+        load_config(TINY, ["data.trian[0].weight=2"])
+    with pytest.raises(VmmError, match=r"indices count from 0; negative ones are not taken"):
+        load_config(TINY, ["data.train[-1].weight=2"])
+    assert load_config(TINY, ["data.train [0].weight=3"]).data.train[0].weight == 3.0
 
 
 def test_a_negative_warmup_is_refused():
     with pytest.raises(VmmError, match=r"^schedule.warmup_epochs must be >= 0"):
         load_config(TINY, ["schedule.warmup_epochs=-1", "schedule.warmup_steps=null"])
+    # warmup_steps overrides warmup_epochs, which is then not read: as before, not refused
+    assert load_config(TINY, ["schedule.warmup_epochs=-1", "schedule.warmup_steps=5"]).schedule.warmup_steps == 5
 
 
 def test_a_warmup_as_long_as_the_run_is_warned_about(corpus, tmp_path, capsys):

@@ -213,8 +213,10 @@ def _apply_override(data: dict, path: list[str], value: Any) -> None:
     for part in path:
         m = re.fullmatch(r"([^\[\]]+)((?:\[\d+\])*)", part)
         if not m:
-            raise VmmError(f"override {dotted}: {part!r} is not a key or key[index] (e.g. data.train[0].weight=2)")
-        steps.append(m.group(1))
+            negative = " (indices count from 0; negative ones are not taken)" if "[-" in part else ""
+            raise VmmError(f"override {dotted}: {part!r} is not a key or key[index] (e.g. data.train[0].weight=2)"
+                           f"{negative}")
+        steps.append(m.group(1).strip())
         steps += [int(i) for i in re.findall(r"\d+", m.group(2))]
     node: Any = data
     for i, step in enumerate(steps):
@@ -231,12 +233,27 @@ def _apply_override(data: dict, path: list[str], value: Any) -> None:
             node[step] = value
         elif isinstance(step, str) and node.get(step) is None:
             if isinstance(steps[i + 1], int):
+                _check_known_key(steps[:i + 1])  # a typo is an unknown key, not a list the recipe lacks
                 raise VmmError(f"override {dotted}: the recipe does not set {_shown(steps[:i + 1])}, so there is no "
                                f"entry to change; pass the whole list ({_shown(steps[:i + 1])}=[...])")
             node[step] = {}
             node = node[step]
         else:
             node = node[step]
+
+
+def _check_known_key(keys: list) -> None:
+    """The unknown-key error of :func:`_build` for a dotted key that no section of TrainConfig has."""
+    cls: Any = TrainConfig
+    for n, key in enumerate(keys):
+        if not dataclasses.is_dataclass(cls):
+            return  # inside a free-form mapping (model.vision...): checked later
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+        if key not in names:
+            where = ".".join(keys[:n])
+            raise VmmError(f"unknown config key {'.'.join(keys[:n + 1])}; valid keys{' of ' + where if where else ''}: "
+                           f"{', '.join(names)}")
+        cls = typing.get_type_hints(cls)[key]
 
 
 def _shown(steps: list) -> str:
@@ -352,7 +369,8 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.schedule.max_steps is None or cfg.schedule.max_steps >= 1,
          "schedule.max_steps must be >= 1 (or null: train for schedule.epochs)"),
         (cfg.schedule.warmup_steps is None or cfg.schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
-        (cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0 (0: no warmup)"),
+        (cfg.schedule.warmup_steps is not None or cfg.schedule.warmup_epochs >= 0,
+         "schedule.warmup_epochs must be >= 0 (0: no warmup)"),
         (0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must lie in [0, 1] (a fraction of optim.lr)"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.optim.eps > 0, "optim.eps must be > 0"),

@@ -129,6 +129,26 @@ def test_pickle_with_arbitrary_object_is_refused(tmp_path, capsys):
     assert "arbitrary code ran" not in capsys.readouterr().out
 
 
+def test_every_way_torch_and_safetensors_write_a_state_dict(tmp_path):
+    """Read or named for what they are: safetensors bytes under a .pth name load; an old-style pickle with a
+    protocol the safe unpickler cannot read is not called unsafe."""
+    from safetensors.torch import save_file
+    sd = tiny().state_dict()
+    save_file(sd, str(tmp_path / "weights.pth"))
+    torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for name in ("weights.pth", "legacy.pth"):
+        got = vmm.read_checkpoint(tmp_path / name)
+        assert got.keys() == sd.keys() and torch.equal(got["head.weight"], sd["head.weight"]), name
+    torch.save(sd, tmp_path / "p4.pth", pickle_protocol=4)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"p4.pth was pickled in a way the safe loader cannot read "
+                                                  r"\(Unsupported operand 149\); re-save its state dict"):
+            vmm.read_checkpoint(tmp_path / "p4.pth")
+    assert not [w for w in caught if "Detected pickle protocol" in str(w.message)]  # torch's line before ours
+
+
 def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
     """Text whose first byte is a pickle opcode ('g') made torch's unpickler fail with "Unsupported operand",
     which read as a checkpoint refused for safety."""

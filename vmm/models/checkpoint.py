@@ -8,6 +8,7 @@ when frames or resolution differ. Anything else that does not match is an error 
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -42,30 +43,38 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a downloaded .pth or .safetensors file")
     try:
-        open(path, "rb").close()
+        with open(path, "rb") as f:
+            head = f.read(9)
     except OSError as e:  # else torch and safetensors report it as a missing or damaged file
         raise CheckpointError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
-    if path.suffix == ".safetensors":
+    # safetensors: an 8-byte little-endian header length, then the JSON header; read as such whatever the suffix.
+    if path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"
+                                         and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size):
         from safetensors.torch import load_file
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises several types for damaged headers
             raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})") from None
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (PK..), older versions a pickle (protocol opcode 0x80): anything else is not
-    # a checkpoint, and torch's unpickler would call it "Unsupported operand", as if it held unsafe objects.
-    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
-                              f"pass a .pth, .pt, .bin or .safetensors weights file")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its "Detected pickle protocol 4" line comes before our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch.save writes a zip archive (PK..), older versions a pickle (protocol 2+ opens with 0x80, protocols 0
+        # and 1 with torch's magic number as a long, "L1195..."): anything else is not a checkpoint, and torch's
+        # unpickler would call it "Unsupported operand", as if it held unsafe objects.
+        if not (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[:5] == b"L1195"):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                                  f"pickle); pass a .pth, .pt, .bin or .safetensors weights file") from None
         # torch's message is a paragraph; its "WeightsUnpickler error:" part names what was refused.
         text = " ".join(str(e).split())
         reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please use")[0].split(" Check the doc")[0]
+        reason = reason.strip()[:160]
+        if reason.startswith("Unsupported operand"):  # an opcode the safe unpickler lacks, not an unsafe object
+            raise CheckpointError(f"{path} was pickled in a way the safe loader cannot read ({reason}); re-save its "
+                                  f"state dict with torch.save(state_dict, path) and the default protocol") from None
         raise CheckpointError(f"{path} contains objects other than tensors and was refused for safety "
-                              f"({reason.strip()[:160]}); save only the state dict, or load it yourself with "
+                              f"({reason}); save only the state dict, or load it yourself with "
                               f"torch.load(weights_only=False) if you trust its source") from None
     except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "

@@ -13,5 +13,9 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-    from retrieval.evaluate import benchmark_main
+    try:  # a Ctrl-C while torch is imported is one line too, as in vmm eval
+        from retrieval.evaluate import benchmark_main
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(benchmark_main("msrvtt"))

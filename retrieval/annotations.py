@@ -175,7 +175,8 @@ def load_retrieval_dataset(
         # A training list (msrvtt_ret_train9k.json) has one item per caption, so most of its items repeat a video:
         # name the test file instead of asking the user to merge 180k items by hand.
         hint = (f"; this looks like a training list (one item per caption), pass the test file "
-                f"{protocol.annotation_file}" if len(repeats) * 2 > len(items) and protocol.annotation_file else "")
+                f"{protocol.annotation_file}" if len(repeats) * 2 > len(items) >= 20 and protocol.annotation_file
+                else "")  # a handful of items repeating is a hand-made mistake, not a training list
         raise VmmError(f"annotation file {annotation_file}: item {i} lists video {video!r} again (first at item "
                        f"{first}; {len(repeats)} of {len(items)} items repeat a video); list each video once, with "
                        f"all its captions in one list{hint}")

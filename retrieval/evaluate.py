@@ -262,6 +262,9 @@ def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         # Loading a checkpoint interpolates the temporal position table to the requested frame count,
         # but weights from a model folder (e.g. the shipped vmm_nano) load strictly, so their frame count must match.
         weights = checkpoint if checkpoint is not None else default_pretrained(str(model_arg))
+        if weights is None:  # the factory's own message names its Python argument (pretrained=)
+            raise VmmError(f"model (--model) {model_arg} has no official weights file; pass one with checkpoint "
+                           f"(--checkpoint PATH), or a save_pretrained folder as the model")
         saved = saved_frames(weights) if weights is not None and is_pretrained_dir(weights) else None
         if saved is not None and saved != config.frames:
             raise VmmError(f"--frames {config.frames} (frames={config.frames}): the weights of {model_arg} ({weights}) "

@@ -261,3 +261,11 @@ def test_index_metrics_refuses_unknown_kinds_and_bad_ivf_options(options, messag
         retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], **options)
     assert retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], kind="ivf", nlist=2, nprobe=2)[
         "nprobe"] == 2
+
+
+def test_an_architecture_without_official_weights_names_the_checkpoint_option():
+    """A bare architecture has no official file; the factory's message named its Python argument (pretrained=)."""
+    from retrieval.evaluate import EvalConfig, _load_eval_model
+    with pytest.raises(VmmError, match=r"^model \(--model\) videomamba_m16_mm has no official weights file; pass one "
+                                       r"with checkpoint \(--checkpoint PATH\)"):
+        _load_eval_model(EvalConfig("msrvtt", "a.json", "videos", model="videomamba_m16_mm"))

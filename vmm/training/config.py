@@ -449,7 +449,9 @@ def unused_options(cfg: TrainConfig) -> list[str]:
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> TrainConfig:
     """Read a recipe, apply ``key=value`` overrides and check every key and value.
 
-    >>> cfg = load_config("configs/pretrain/tiny.yaml", ["optim.lr=1e-3"])
+    >>> import vmm, pathlib
+    >>> recipe = pathlib.Path(vmm.__file__).parents[1] / "configs" / "pretrain" / "tiny.yaml"
+    >>> cfg = load_config(recipe, ["optim.lr=1e-3"])
     >>> cfg.optim.lr
     0.001
     """

@@ -55,7 +55,7 @@ CREATE INDEX clips_by_file ON clips(file_id);
 CREATE INDEX clips_by_generation ON clips(generation);
 CREATE TABLE tombstones (clip_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 """
-# New paths are matched to known files by size (paths_of_size): without this index every batch scanned the
+# New paths are matched to known files by size (files_of_size): without this index every batch scanned the
 # files table. Libraries made before it get it when a writer opens them; readers of any version ignore it.
 _SIZE_INDEX = "CREATE INDEX IF NOT EXISTS files_by_size ON files(size)"
 
@@ -304,15 +304,6 @@ class Catalog:
                 rows += self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE {condition}", params).fetchall()
             rows = sorted(set(rows), key=lambda r: r[1])
         return [FileRecord(*row) for row in rows]
-
-    def paths_of_size(self, sizes) -> list[str]:
-        """Paths of the files whose recorded size is one of ``sizes``, in path order."""
-        sizes, paths = sorted(set(sizes)), []
-        for i in range(0, len(sizes), 500):  # SQLite limits the parameters of one statement
-            chunk = sizes[i:i + 500]
-            paths += [row[0] for row in self._conn.execute(
-                f"SELECT path FROM files WHERE size IN ({', '.join('?' * len(chunk))})", chunk)]
-        return sorted(paths)
 
     def files_of_size(self, sizes) -> list[FileRecord]:
         """The rows of the files whose recorded size is one of ``sizes``, in path order."""

@@ -581,13 +581,17 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
     for row in known.values():
         if row.status == "ok":
             missing_by_size[row.size].append(row)
-    indexed_as = _indexed_elsewhere(catalog, fresh)
+    # Only a row of a new file's size can be that file (a second path to it, or its old path): one query for both.
+    same_size = catalog.files_of_size({c.size for c in fresh}) if fresh else []
+    indexed_as = _indexed_elsewhere([row.path for row in same_size], fresh)
     # A folder moved out from under the paths of the runs that indexed it (`mv ~/videos/trip ~/archive/`, then
     # `vmm index ~/archive`) leaves its rows outside this run's paths: those that are gone are moves too, else
     # the library would embed every file again and keep searching the vanished paths. They are only followed,
     # never removed: files outside this run's paths are not reconciled.
-    for row in catalog.files_of_size({c.size for c in fresh if c.path not in indexed_as}):
-        if row.status == "ok" and row.path not in scoped and _gone(row.path, listable):
+    sizes = {c.size for c in fresh if c.path not in indexed_as}
+    for row in same_size:
+        if (row.size in sizes and row.status == "ok" and row.path not in scoped
+                and _gone(row.path, listable)):
             missing_by_size[row.size].append(row)
     for candidate in fresh:
         if candidate.path in indexed_as:
@@ -608,15 +612,14 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
     return plan
 
 
-def _indexed_elsewhere(catalog: Catalog, fresh: list[Candidate]) -> dict[str, str]:
+def _indexed_elsewhere(same_size: list[str], fresh: list[Candidate]) -> dict[str, str]:
     """New paths whose file the library already holds under another path that still reaches it: a hard link made
     since, or a file indexed through a symbolic link (or a link to its folder) and now reached directly, or the
-    other way round. The library may hold that path outside this run's paths, so the whole catalog is asked; only
-    rows of the same size can be the same file, so only those are looked at on disk."""
-    if not fresh:
-        return {}
+    other way round. The library may hold that path outside this run's paths, so the whole catalog is asked for
+    ``same_size``, the paths of its rows of a new file's size (only those can be the same file); only they are
+    looked at on disk."""
     by_identity: dict[tuple[int, int], str] = {}
-    for path in catalog.paths_of_size({c.size for c in fresh}):
+    for path in same_size:
         identity = _identity(path)
         if identity is not None:
             by_identity.setdefault(identity, path)

@@ -527,7 +527,8 @@ def test_many_file_paths_are_checked_for_videos_in_near_linear_work(tmp_path, mo
 
 
 def test_files_are_looked_up_by_size_through_an_index_that_older_libraries_get_on_the_next_run(tmp_path):
-    """paths_of_size scanned the whole files table once per batch of new sizes: files.size had no index."""
+    """The lookup by size (files_of_size) scanned the whole files table once per batch of new sizes: files.size had
+    no index."""
     root = tmp_path / "media"
     root.mkdir()
     videos.write_solid(str(root / "red.mp4"), videos.RED)

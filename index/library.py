@@ -367,6 +367,20 @@ def library_folder(library_dir) -> str:
     return os.path.abspath(os.fspath(library_dir))
 
 
+def read_manifest_copy(library: str) -> LibraryManifest | None:
+    """The manifest from the library's human-readable copy (manifest.json), read without opening the catalog; None
+    when there is no readable copy (no library yet, or a damaged file: the catalog holds the master).
+
+    >>> read_manifest_copy("/nonexistent-library") is None
+    True
+    """
+    try:
+        with open(os.path.join(library, MANIFEST_FILE), encoding="utf-8") as f:
+            return LibraryManifest.from_json(f.read())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def read_state(library: str) -> IndexState | None:
     try:
         with open(os.path.join(library, STATE_FILE)) as f:

@@ -391,12 +391,11 @@ def built_with(library: str) -> str:
     >>> built_with("/nonexistent-library")
     ''
     """
-    try:
-        with open(os.path.join(library, "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
-        return f", per its manifest.json: model {manifest['model_name']!r} (weights {manifest['weights_hash']})"
-    except (OSError, ValueError, TypeError, KeyError):
+    from index.library import read_manifest_copy
+    manifest = read_manifest_copy(library)
+    if manifest is None:
         return ""
+    return f", per its manifest.json: model {manifest.model_name!r} (weights {manifest.weights_hash})"
 
 
 def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:

@@ -42,10 +42,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def _check_library_model(library: Path, encoder, out: str) -> None:
     from index.catalog import LibraryManifest
+    from index.library import read_manifest_copy
     from vmm.errors import VmmError
-    try:
-        have = LibraryManifest.from_json((library / "manifest.json").read_text())
-    except (OSError, ValueError, TypeError):
+    have = read_manifest_copy(str(library))
+    if have is None:
         return  # no library yet (or a damaged copy of its manifest: indexing names that)
     problem = have.model_mismatch(LibraryManifest.for_encoder(encoder, window=10.0, stride=5.0, max_seconds=None))
     if problem:

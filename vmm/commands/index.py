@@ -106,13 +106,12 @@ def run(args: argparse.Namespace) -> int:
 def _check_library_frames(library: str, frames: int) -> None:
     """The library pins its frames per clip: another --frames is refused here, before the recorded model loads with
     it, which failed as "the model recorded in model.json cannot be loaded" and advised another --model."""
-    from index.catalog import LibraryManifest
+    from index.library import read_manifest_copy
     from vmm.errors import VmmError
-    try:
-        with open(os.path.join(library, "manifest.json"), encoding="utf-8") as f:
-            have = LibraryManifest.from_json(f.read()).num_frames
-    except (OSError, ValueError, TypeError, AttributeError):
+    manifest = read_manifest_copy(library)
+    if manifest is None:
         return  # no readable copy of the manifest: the run compares with the catalog's own
+    have = manifest.num_frames
     if have != frames:
         raise VmmError(f"library {library} uses {have} frames per clip but --frames {frames} was asked for; drop "
                        "--frames to use the library's value or index into a new folder")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -108,8 +108,14 @@ def _strip_finetune_prefix(key: str) -> str:
     return key
 
 
-def _vision_prefix(sd: StateDict) -> Optional[str]:
-    return "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else None
+def _video_encoder_part(sd: StateDict) -> dict[str, Tensor]:
+    """The keys a bare video encoder reads: a ``backbone.``/``encoder.`` prefix stripped, as the official
+    fine-tune loader does (no key of a video encoder starts with either, so this cannot clash with its own
+    names), and of a multimodal file only its ``vision_encoder.`` part."""
+    sd = {_strip_finetune_prefix(k): v for k, v in sd.items()}
+    if any(k.startswith("vision_encoder.") for k in sd):
+        sd = {k[len("vision_encoder."):]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
+    return sd
 
 
 def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
@@ -126,10 +132,7 @@ def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
     >>> o["depth"], o["num_frames"], o["img_size"], o["num_classes"]
     (3, 4, 32, 7)
     """
-    sd = {_strip_finetune_prefix(k): v for k, v in sd.items()}
-    prefix = _vision_prefix(sd)
-    if prefix:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd = _video_encoder_part(sd)
     needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "layers.0.mixer.A_log",
               "layers.0.mixer.in_proj.weight", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.weight")
     missing = [k for k in needed if k not in sd]
@@ -165,12 +168,7 @@ def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
           for k, v in sd.items()}
     # A bare video encoder given a multimodal file takes its vision part.
     if isinstance(model, VideoMambaBackbone):
-        # The official fine-tune loader strips a "backbone." or "encoder." prefix from each key; no key of a
-        # bare video encoder starts with either, so stripping cannot clash with its own names.
-        sd = {_strip_finetune_prefix(k): v for k, v in sd.items()}
-        prefix = _vision_prefix(sd)
-        if prefix and not any(k.startswith(prefix) for k in own):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = _video_encoder_part(sd)
         # The classifier calls its final norm norm_f; pretraining/multimodal encoders call it norm.
         if isinstance(model, VideoMamba) and "norm_f.weight" not in sd and "norm.weight" in sd:
             sd["norm_f.weight"] = sd.pop("norm.weight")

@@ -265,7 +265,7 @@ def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         if weights is None:  # the factory's own message names its Python argument (pretrained=)
             raise VmmError(f"model (--model) {model_arg} has no official weights file; pass one with checkpoint "
                            f"(--checkpoint PATH), or a save_pretrained folder as the model")
-        saved = saved_frames(weights) if weights is not None and is_pretrained_dir(weights) else None
+        saved = saved_frames(weights) if is_pretrained_dir(weights) else None
         if saved is not None and saved != config.frames:
             raise VmmError(f"--frames {config.frames} (frames={config.frames}): the weights of {model_arg} ({weights}) "
                            f"were saved for {saved} frames; pass --frames {saved} (frames={saved})")

@@ -88,6 +88,10 @@ class TeacherSection:
     distill_model: Optional[str] = None  # save_pretrained folder of a smaller vmm model (loss.distill)
 
 
+# Which parameters skip weight decay (vmm.training.optim.no_weight_decay_names says what each rule spares).
+NO_DECAY_RULES = ("official", "extended")
+
+
 @dataclass
 class OptimSection:
     lr: float = 4e-4
@@ -375,8 +379,8 @@ def _check_values(cfg: TrainConfig) -> None:
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.optim.eps > 0, "optim.eps must be > 0"),
         (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip must be > 0 (or null: no clipping)"),
-        (cfg.optim.no_decay in ("official", "extended"),
-         f"optim.no_decay must be official or extended, got {cfg.optim.no_decay!r}"),
+        (cfg.optim.no_decay in NO_DECAY_RULES,
+         f"optim.no_decay must be {' or '.join(NO_DECAY_RULES)}, got {cfg.optim.no_decay!r}"),
         (cfg.data.max_text_len is None or cfg.data.max_text_len >= 2,
          "data.max_text_len must be >= 2 (room for [CLS] and [SEP]; null: the model's)"),
         (0 <= cfg.train.seed < 2 ** 32, "train.seed must lie in [0, 2**32)"),

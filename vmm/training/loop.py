@@ -79,10 +79,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     corpora = data.load_corpora(cfg.data.train, cfg.data.max_missing)
     for line in unused_options(cfg):
         _warn(line)
-    if int(os.environ.get("RANK", "0")) == 0:
-        for corpus in corpora:
-            if corpus.missing_note:
-                print(corpus.missing_note, file=sys.stderr)
+    for corpus in corpora:
+        if corpus.missing_note:
+            _warn(corpus.missing_note)
     # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
     plan = data.training_plan(corpora, cfg.data.caption_sampling, cfg.data.batch_size,
                               int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)

@@ -10,13 +10,11 @@ import torch
 import torch.nn as nn
 
 from vmm.errors import VmmError
+from vmm.training.config import NO_DECAY_RULES
 
 # Embedding tables that are positions, not features (2-D, so only their names can tell).
 _NO_DECAY_SUFFIXES = ("position_embeddings.weight", "token_type_embeddings.weight", "pos_embed",
                       "temporal_pos_embedding", "cls_token", "class_embedding")
-
-
-NO_DECAY_RULES = ("official", "extended")
 
 
 def no_weight_decay_names(module: nn.Module, rule: str = "official") -> set[str]:

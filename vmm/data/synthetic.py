@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 # ----------------------------------------------------------------------------
 # Vocabulary. Object and background colour names never share a word, so a
@@ -777,7 +777,7 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     # odd width) name neither the frame nor the fix.
     _check_frame(first, 0)
     rate = None
-    if isinstance(fps, (int, np.integer)) and not isinstance(fps, bool):
+    if is_whole_number(fps):
         rate = Fraction(int(fps))
     elif isinstance(fps, Fraction) or (isinstance(fps, (float, np.floating)) and math.isfinite(fps)):
         rate = Fraction(fps) if isinstance(fps, Fraction) else Fraction(float(fps))
@@ -1035,7 +1035,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _is_kind(value, kind: str) -> bool:
-    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    whole = is_whole_number(value)
     return {"a whole number": whole, "a number": whole or isinstance(value, (float, np.floating)),
             "a whole number or None": value is None or whole, "a str": isinstance(value, str),
             "True or False": isinstance(value, (bool, np.bool_))}[kind]

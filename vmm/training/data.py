@@ -450,7 +450,7 @@ class EpochPlan:
         """
         corpus_rows, unit_rows = [], []
         for members in self._pool_members():
-            cs, us, codes = [], [], []
+            cs, us = [], []
             for c in members:
                 n, count = self.units[c], int(round(self.weights[c] * self.units[c]))
                 if count <= 0:
@@ -459,8 +459,6 @@ class EpochPlan:
                 order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
                 cs.append(np.full(count, c, dtype=np.int64))
                 us.append(order)
-                code = self._group_codes(c)
-                codes.append(code[order] if code is not None else np.full(count, -1, dtype=np.int64))
             if not us:
                 continue
             c_all, u_all = np.concatenate(cs), np.concatenate(us)
@@ -470,7 +468,7 @@ class EpochPlan:
                 if all(self._group_codes(c) is None for c in members):
                     index = mixer.permutation(len(u_all))  # every block one unit: the same draw, less memory
                 else:
-                    code = np.concatenate(codes)
+                    code = np.concatenate([self._unit_codes(int(c[0]), u) for c, u in zip(cs, us)])
                     new = np.ones(len(u_all), dtype=bool)
                     new[1:] = (code[1:] < 0) | (code[1:] != code[:-1]) | (c_all[1:] != c_all[:-1])
                     starts = np.flatnonzero(new)
@@ -490,14 +488,21 @@ class EpochPlan:
         return corpora[shuffle], units[shuffle]
 
     def global_batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
-        corpora, units = self._plan_arrays(epoch)
-        return [list(zip([epoch] * len(u), c, u)) for c, u in zip(corpora.tolist(), units.tolist())]
+        return self._keys(epoch, slice(None))
 
     def rank_batches(self, epoch: int, rank: int) -> list[list[tuple[int, int, int]]]:
-        lo = rank * self.batch_size
+        return self._keys(epoch, slice(rank * self.batch_size, (rank + 1) * self.batch_size))
+
+    def _keys(self, epoch: int, columns: slice) -> list[list[tuple[int, int, int]]]:
+        """The dataset keys (epoch, corpus, unit) of those columns of every global batch."""
         corpora, units = self._plan_arrays(epoch)
-        corpora, units = corpora[:, lo:lo + self.batch_size], units[:, lo:lo + self.batch_size]
-        return [list(zip([epoch] * len(u), c, u)) for c, u in zip(corpora.tolist(), units.tolist())]
+        return [list(zip([epoch] * len(u), c, u))
+                for c, u in zip(corpora[:, columns].tolist(), units[:, columns].tolist())]
+
+    def _unit_codes(self, corpus: int, order: np.ndarray) -> np.ndarray:
+        """The group code of each unit in ``order`` (-1 for none)."""
+        code = self._group_codes(corpus)
+        return np.full(len(order), -1, dtype=np.int64) if code is None else code[order]
 
     def _group_codes(self, corpus: int) -> Optional[np.ndarray]:
         """Per unit of a grouped corpus, an integer for its group (-1: none); None for a corpus without groups."""

@@ -34,13 +34,27 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_rand_sampling_one_frame_per_segment():
     rng = random.Random(0)
-    for vlen, n in [(80, 8), (8, 8), (9, 8), (1000, 4)]:
+    for vlen, n in [(80, 8), (16, 8), (17, 8), (1000, 4)]:
         idx = rand_segment_indices(vlen, n, rng)
         edges = np.linspace(0, vlen, n + 1).astype(int)
-        assert all(edges[i] <= idx[i] < edges[i + 1] for i in range(n))
+        # the official ranges end one frame early: a segment's last frame is never drawn
+        assert all(edges[i] <= idx[i] < edges[i + 1] - 1 for i in range(n))
+    assert rand_segment_indices(16, 8, rng) == list(range(0, 16, 2))  # segments of 2 frames: their first
     assert rand_segment_indices(3, 8, rng) == [0, 1, 2, 2, 2, 2, 2, 2]  # short video: last index repeated
     draws = {tuple(rand_segment_indices(80, 8, random.Random(s))) for s in range(20)}
     assert len(draws) > 15
+    assert not any(i % 10 == 9 for d in draws for i in d)
+
+
+def test_rand_sampling_falls_back_to_distinct_sorted_frames():
+    # the official code's fallback when a segment has fewer than 2 frames: N distinct frames of the whole video
+    for vlen in (8, 9, 12, 15):
+        seen = set()
+        for s in range(30):
+            idx = rand_segment_indices(vlen, 8, random.Random(s))
+            assert idx == sorted(set(idx)) and len(idx) == 8 and 0 <= idx[0] and idx[-1] < vlen
+            seen.add(tuple(idx))
+        assert len(seen) > 1 or vlen == 8
 
 
 def test_annotation_dataset_decodes_deterministic_clips(corpus):

@@ -283,17 +283,25 @@ def load_corpora(sources: Sequence, max_missing: float = 0.0) -> list[Corpus]:
 
 # -- frames ----------------------------------------------------------------------------------------------
 def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list[int]:
-    """Official 'rand' sampling: one uniformly random frame from each of N equal segments of [0, vlen).
+    """Official 'rand' sampling: one random frame from each of N equal segments of [0, vlen).
 
-    Segments come from ``linspace(0, vlen, N + 1)`` cast to int; a video shorter than N frames gives one
-    frame per segment of its own length and repeats the last index.
+    Segments come from ``linspace(0, vlen, N + 1)`` cast to int, and the draw from segment [s, e) is taken in
+    [s, e - 1), as the official ``get_frame_indices`` does (its ranges end one frame early, so a segment's last
+    frame is never drawn). When some segment is too short for that (videos under about 2N frames), the official
+    code falls back to N distinct frames drawn from the whole video, sorted; so does this. A video shorter than
+    N frames repeats its last index.
 
     >>> rand_segment_indices(80, 8, random.Random(0))
     [6, 16, 20, 34, 48, 57, 66, 74]
+    >>> rand_segment_indices(12, 8, random.Random(0))  # segments of one frame: distinct sorted frames instead
+    [0, 2, 3, 4, 6, 7, 10, 11]
     """
     n = min(num_frames, vlen)
     edges = np.linspace(0, vlen, n + 1).astype(int)
-    idx = [rng.randrange(edges[i], edges[i + 1]) if edges[i + 1] > edges[i] else int(edges[i]) for i in range(n)]
+    if all(edges[i + 1] - 1 > edges[i] for i in range(n)):
+        idx = [rng.randrange(int(edges[i]), int(edges[i + 1]) - 1) for i in range(n)]
+    else:
+        idx = sorted(rng.sample(range(vlen), n))
     return idx + [idx[-1]] * (num_frames - n)
 
 

@@ -387,3 +387,29 @@ def test_model_init_from_a_saved_folder_and_a_checkpoint_file(tmp_path):
     for init in (tmp_path / "folder", tmp_path / "file.pth"):
         model, _ = build_model(load_config(recipe, ["loss.uta=0", "loss.mlm=0", f"model.init={init}"]))
         assert torch.equal(model.itm_head.weight, source.itm_head.weight), init
+
+
+def test_bfloat16_weights_train_and_export_in_bf16(corpus, tmp_path, capsys):
+    """train.weights_dtype=bfloat16 casts the whole model (weights and AdamW moments) as the official stage 1."""
+    from safetensors.torch import load_file
+    out = tmp_path / "bf16"
+    summary = train(tiny_cfg(corpus, out, "schedule.max_steps=2", "train.precision=bf16",
+                             "train.weights_dtype=bfloat16", "loss.uta=0"))
+    assert summary["steps"] == 2
+    rows = metrics(out)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    floats = {k: v.dtype for k, v in weights.items() if v.is_floating_point()}
+    assert floats and set(floats.values()) == {torch.bfloat16}
+    assert rows[-1]["temp"] == float(torch.tensor(rows[-1]["temp"]).to(torch.bfloat16))  # bf16 temperature
+    model = vmm.create_model(str(out / "final"))  # loads into an fp32 model for CPU evaluation
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_bfloat16_weights_stay_float32_outside_bf16_runs(corpus, tmp_path, capsys):
+    out = tmp_path / "fp32"
+    train(tiny_cfg(corpus, out, "schedule.max_steps=1", "train.weights_dtype=bfloat16", "loss.uta=0"))
+    assert "train.weights_dtype=bfloat16 applies to bf16 runs; this one runs in fp32" in capsys.readouterr().err
+    from safetensors.torch import load_file
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}

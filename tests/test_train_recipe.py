@@ -35,6 +35,7 @@ def test_released_recipes_are_the_official_ones(size):
         assert (cfg.optim.weight_decay, cfg.optim.betas) == (0.05, [0.9, 0.999])
         assert [t.name for t in cfg.data.train] == CORPORA[size]
         assert cfg.freeze == []
+        assert cfg.train.weights_dtype == "bfloat16"  # the official setup_model casts the whole model
     # Stage 1, masked: 10 epochs, cosine, warmup 1 epoch, lr 4e-4, 128 per GPU, UTA with 0.8 / 0.5 masking.
     assert (s1.schedule.epochs, s1.schedule.warmup_epochs, s1.optim.lr, s1.data.batch_size) == (10, 1, 4e-4, 128)
     assert (s1.loss.uta, s1.loss.video_mask_ratio, s1.loss.image_mask_ratio) == (1.0, 0.8, 0.5)

@@ -116,6 +116,9 @@ class TrainSection:
     output_dir: str = "runs/default"
     seed: int = 42
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, no
+    # float32: bf16 autocast over fp32 weights; bfloat16: the whole model cast to bf16 and trained so (the
+    # official setup_model with fp16/bf16 on), when the run's precision is bf16
+    weights_dtype: str = "float32"
     grad_accum: int = 1
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     keep_last: int = 2  # newest checkpoints kept
@@ -362,6 +365,7 @@ def _check_values(cfg: TrainConfig) -> None:
         (all(getattr(cfg.loss, k) >= 0 for k in ("vtc", "vtm", "mlm", "uta", "distill")),
          "loss weights (loss.vtc, vtm, mlm, uta, distill) must be >= 0"),
         (cfg.train.precision in ("auto", "bf16", "fp16", "no"), "train.precision must be auto, bf16, fp16 or no"),
+        (cfg.train.weights_dtype in ("float32", "bfloat16"), "train.weights_dtype must be float32 or bfloat16"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.train.save_every >= 0, "train.save_every must be >= 0 (0: save only at the end)"),
         (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),

@@ -512,6 +512,13 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
                                   mlm_never_masked(tokenizer),
                                   distill_teacher.embed_dim if distill_teacher is not None else None)
+    if cfg.train.weights_dtype == "bfloat16":
+        if accelerator.mixed_precision == "bf16":
+            objective.to(dtype=torch.bfloat16)  # weights and AdamW's moments in bf16, as the official stage 1
+        else:
+            _warn(f"warning: train.weights_dtype=bfloat16 applies to bf16 runs; this one runs in "
+                  f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'}, so the "
+                  f"weights stay float32 (set train.precision=bf16 to cast them)")
     optimizer = build_optimizer(objective, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps,
                                 cfg.optim.no_decay)
     base_lr = cfg.optim.lr

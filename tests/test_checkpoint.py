@@ -1,6 +1,4 @@
 """Checkpoint loading: official layouts, interpolation, dtype, and every bad-input case."""
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F

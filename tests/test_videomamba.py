@@ -75,6 +75,27 @@ def test_golden_multimodal_vision_encoder(golden):
         _close(e(x[:, :, :1])[1], golden["mm/image_input_first_frame_pooled"])  # T=1: image path
 
 
+def test_headless_classifier_sizes_read_from_its_weights():
+    """The official VisionMamba(num_classes=0) has an Identity head, so its state dict has no head keys.
+
+    Its sizes must build a headless classifier; num_classes was left at the default 400, and loading the file
+    then failed with missing head.weight/head.bias."""
+    src = vmm.create_model("videomamba_tiny", depth=2, num_frames=6, tubelet_size=2, img_size=48, patch_size=8,
+                           embed_dim=64, num_classes=0)
+    sd = src.state_dict()
+    assert not any(k.startswith("head.") for k in sd)
+    overrides = vmm.vision_overrides_from_state_dict(sd)
+    assert overrides["num_classes"] == 0
+    m = vmm.load_checkpoint(vmm.create_model("videomamba_tiny", **overrides).eval(), sd)
+    x = torch.randn(1, 3, 6, 48, 48)
+    with torch.no_grad():
+        assert m(x).shape == (1, 64)
+        torch.testing.assert_close(m(x), src.eval()(x))
+    # an encoder file (final norm "norm", no head) still leaves the head to the caller
+    enc = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=2, img_size=32).state_dict()
+    assert "num_classes" not in vmm.vision_overrides_from_state_dict(enc)
+
+
 def test_official_init_details():
     m = vmm.create_model("videomamba_tiny", depth=3, num_frames=2, img_size=32)
     mixer = m.layers[1].mixer

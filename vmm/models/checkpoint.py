@@ -123,8 +123,8 @@ def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
 
     Takes a classifier or vision-encoder state dict, official or vmm, or a multimodal one (its
     ``vision_encoder.`` part), so a checkpoint of any size can be built before it is loaded. ``num_classes`` is
-    given for a file with a classifier head, ``clip_output_dim`` and ``clip_decoder_embed_dim`` for one with the
-    distillation decoder, ``num_frames`` for one with a temporal table (an image model has none).
+    given for a classifier file (0 when it has no head), ``clip_output_dim`` and ``clip_decoder_embed_dim`` for one
+    with the distillation decoder, ``num_frames`` for one with a temporal table (an image model has none).
 
     >>> import vmm
     >>> m = vmm.create_model("videomamba_tiny", depth=3, num_frames=4, img_size=32, num_classes=7)
@@ -154,6 +154,10 @@ def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
         out["num_frames"] = sd["temporal_pos_embedding"].shape[1] * tubelet
     if "head.weight" in sd:
         out["num_classes"] = sd["head.weight"].shape[0]
+    elif "norm_f.weight" in sd:
+        # A classifier without head keys is the official VisionMamba(num_classes=0) (its head is an Identity):
+        # left at the default 400 classes, the model would ask for a head the file does not have.
+        out["num_classes"] = 0
     if "clip_decoder.0.head.weight" in sd:
         out["clip_output_dim"], out["clip_decoder_embed_dim"] = sd["clip_decoder.0.head.weight"].shape
     return out

@@ -226,6 +226,21 @@ def test_clip_teacher_tokens_attention_and_weight_loading(tmp_path):
                                                  teacher.visual.state_dict().values()))
 
 
+def test_clip_teacher_takes_the_students_pixels_as_the_official_one():
+    from vmm.training.teacher import ClipTeacher
+    official = tiny_teacher()
+    renorm = ClipTeacher("ViT-B-16", 32, None, True, {
+        "embed_dim": 32, "vision_cfg": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}},
+        renormalize=True)
+    renorm.load_state_dict(official.state_dict())
+    video = torch.randn(2, 3, 4, 32, 32)
+    assert not torch.allclose(official(video)[0], renorm(video)[0], atol=1e-3)
+    # the default feeds the tower the student tensor unchanged: renormalize=True equals it on the mapped tensor
+    imagenet_to_clip = video * renorm.renorm_scale + renorm.renorm_shift
+    assert torch.allclose(official(imagenet_to_clip)[0], renorm(video)[0], atol=1e-5)
+
+
 def test_attention_guided_mask_keeps_the_attended_patches():
     from vmm.training.teacher import attention_guided_mask
     attn = torch.full((3, 4, 16), 1e-6)

@@ -40,6 +40,7 @@ def test_released_recipes_are_the_official_ones(size):
     assert (s1.schedule.epochs, s1.schedule.warmup_epochs, s1.optim.lr, s1.data.batch_size) == (10, 1, 4e-4, 128)
     assert (s1.loss.uta, s1.loss.video_mask_ratio, s1.loss.image_mask_ratio) == (1.0, 0.8, 0.5)
     assert s1.teacher.clip_model == "ViT-B-16" and s1.model.vision_init.endswith("k400_mask_pt_f8_res224.pth")
+    assert s1.teacher.clip_renormalize is False  # the official teacher sees the student's ImageNet-normalised pixels
     # Stage 2, unmasked: no teacher, 1 epoch, lr 8e-5, warmup 0.2 epoch, 64 per GPU, from stage 1's model.
     assert (s2.loss.uta, s2.schedule.epochs, s2.schedule.warmup_epochs) == (0.0, 1, 0.2)
     assert (s2.optim.lr, s2.data.batch_size, s2.model.vision_init) == (8e-5, 64, None)

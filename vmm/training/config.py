@@ -85,6 +85,8 @@ class TeacherSection:
     clip_weights: Optional[str] = "openai"  # local weights file, or an open_clip pretrained tag
     clip_quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
     clip_overrides: dict = field(default_factory=dict)  # open_clip model kwargs (tests build tiny teachers)
+    # False: the student's ImageNet-normalised pixels as they are (the official teacher); True: CLIP's statistics
+    clip_renormalize: bool = False
     distill_model: Optional[str] = None  # save_pretrained folder of a smaller vmm model (loss.distill)
 
 
@@ -429,7 +431,7 @@ def unused_options(cfg: TrainConfig) -> list[str]:
     groups = [
         ("loss.uta=0 (no CLIP teacher, no masking)", "loss.uta > 0", cfg.loss.uta == 0,
          [("loss", ("video_mask_ratio", "image_mask_ratio")),
-          ("teacher", ("clip_model", "clip_weights", "clip_quick_gelu", "clip_overrides"))]),
+          ("teacher", ("clip_model", "clip_weights", "clip_quick_gelu", "clip_overrides", "clip_renormalize"))]),
         ("loss.mlm=0", "loss.mlm > 0", cfg.loss.mlm == 0, [("loss", ("mlm_prob",))]),
         ("loss.distill=0", "loss.distill > 0", cfg.loss.distill == 0,
          [("loss", ("distill_type",)), ("teacher", ("distill_model",))]),

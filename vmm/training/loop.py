@@ -494,7 +494,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     clip_teacher = distill_teacher = None
     if cfg.loss.uta > 0:
         clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
-                                   cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides)
+                                   cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides,
+                                   cfg.teacher.clip_renormalize)
         if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
             raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
                            f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "

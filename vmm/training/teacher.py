@@ -4,9 +4,9 @@ The CLIP teacher follows the official ``clip_b16`` with ``clip_return_cls=True``
 visual tower one by one (the Conv3d (1,16,16) patchify equals a per-frame Conv2d); the output is the last
 block's tokens before ``ln_post``, projected by ``proj``, with the per-frame CLS averaged over frames, then
 L2-normalised; it also returns the last layer's CLS->patch attention (mean over heads), which decides the
-visible tokens. The student sees ImageNet-normalised pixels, so the teacher re-normalises them with CLIP's
-statistics. It runs at the student's resolution (the position table is resized on load) so both have the same
-patch grid.
+visible tokens. It takes the student's ImageNet-normalised pixels as they are, as the official teacher does
+(``renormalize=True`` maps them to CLIP's statistics first). It runs at the student's resolution (the position
+table is resized on load) so both have the same patch grid.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class ClipTeacher(nn.Module):
     """
 
     def __init__(self, model_name: str = "ViT-B-16", image_size: int = 224, weights: Optional[Path] = None,
-                 quick_gelu: bool = True, overrides: Optional[dict] = None):
+                 quick_gelu: bool = True, overrides: Optional[dict] = None, renormalize: bool = False):
         super().__init__()
         import open_clip
         kwargs = dict(overrides or {})
@@ -130,8 +130,10 @@ class ClipTeacher(nn.Module):
             self._load(weights)
         self.patch_size = self.visual.patch_size[0]
         self.output_dim = self.visual.proj.shape[1]
-        scale = torch.tensor(IMAGENET_STD) / torch.tensor(CLIP_STD)
-        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+        scale, shift = torch.ones(3), torch.zeros(3)
+        if renormalize:
+            scale = torch.tensor(IMAGENET_STD) / torch.tensor(CLIP_STD)
+            shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
         self.register_buffer("renorm_scale", scale.view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("renorm_shift", shift.view(1, 3, 1, 1, 1), persistent=False)
         self.requires_grad_(False)

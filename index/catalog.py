@@ -21,6 +21,7 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -168,7 +169,10 @@ def damaged(path: str, detail: str):
 
 def _connect(path: str, read_only: bool) -> sqlite3.Connection:
     if read_only:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        # Quoted: in a URI '#' starts a fragment and '?' the parameters, so a library folder named "Videos #2" lost
+        # mode=ro and opened (creating) a file named "Videos ", and '%' escapes were decoded into another path.
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -1,8 +1,8 @@
 """``accelerate launch -m vmm.train --config RECIPE.yaml [key=value ...]`` (or ``python -m vmm.train ...``).
 
-Trains the multimodal VideoMamba model with the recipe's losses; see docs/training.md. A bad recipe, missing
-data or absent teacher weights print one ``error: ...`` line and exit with status 2 before any work starts
-(only the first process prints it).
+Trains the multimodal VideoMamba model with the recipe's losses; see docs/training.md. A mistake in the command
+line, a bad recipe, missing data or absent teacher weights print one ``error: ...`` line and exit with status 2
+before any work starts (only the first process prints it).
 
 >>> main(["--config", "configs/pretrain/tiny.yaml", "no_such.key=1"])
 2
@@ -27,8 +27,23 @@ def _first_process() -> bool:
     return True
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage mistakes are one line like every other mistake of this command (argparse printed its
+    usage block first, and under ``accelerate launch`` once per process)."""
+
+    def error(self, message: str):
+        if _first_process():
+            self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+        self.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The command's parser (also used by tests/test_doc_commands.py to check the documented command lines).
+
+    >>> build_parser().parse_args(["--config", "configs/pretrain/tiny.yaml", "optim.lr=1e-4"]).overrides
+    ['optim.lr=1e-4']
+    """
+    parser = _Parser(
         prog="python -m vmm.train",
         description="Pretrain a multimodal VideoMamba model (VTC, VTM, MLM, UTA) from a YAML recipe.",
         epilog="example: python -m vmm.train --config configs/pretrain/tiny.yaml schedule.max_steps=5")

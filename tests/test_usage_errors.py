@@ -1,0 +1,42 @@
+"""Command-line mistakes of the documented commands outside ``vmm`` itself are one ``error:`` line with status 2,
+as docs/training.md and the README promise for every command."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv", [[], ["--config"], ["--config", "configs/pretrain/tiny.yaml", "--no-such-option"]])
+def test_train_usage_mistake_is_one_line(argv, capsys):
+    from vmm.train import main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    # argparse printed its usage block above the error: two lines, and no pointer to --help.
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "`python -m vmm.train --help` lists the options" in err
+
+
+def _ship(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "ship_checkpoint.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def test_ship_checkpoint_refuses_what_is_not_a_trainable_export(tmp_path):
+    import vmm
+    saved = vmm.save_pretrained(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32), tmp_path / "m")
+    for source in (tmp_path / "missing", saved):  # a KeyError or FileNotFoundError traceback before
+        done = _ship(source, tmp_path / "out", cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {source} is not a trainable-only")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ship_checkpoint_usage(tmp_path):
+    assert _ship("--help", cwd=tmp_path).returncode == 0
+    wrong = _ship("only-one", cwd=tmp_path)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: expected 2 arguments")

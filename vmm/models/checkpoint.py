@@ -31,6 +31,18 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
 
     Returns the state dict, unwrapped from ``{'model': ...}``, ``{'module': ...}`` or ``{'state_dict': ...}``.
     Never unpickles arbitrary objects: such a file is refused with a one-line :class:`CheckpointError`.
+
+    >>> import tempfile, torch, vmm
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> torch.save({"model": {"head.weight": torch.zeros(2, 3)}}, f"{tmp.name}/official.pth")
+    >>> {k: tuple(v.shape) for k, v in vmm.read_checkpoint(f"{tmp.name}/official.pth").items()}
+    {'head.weight': (2, 3)}
+    >>> try:
+    ...     vmm.read_checkpoint(f"{tmp.name}/missing.pth")
+    ... except vmm.CheckpointError as e:  # a VmmError: the CLI prints it as one error line
+    ...     print(str(e).split(";")[0].replace(tmp.name, "TMP"))
+    checkpoint TMP/missing.pth does not exist
+    >>> tmp.cleanup()
     """
     path = Path(path)
     if path.is_dir():

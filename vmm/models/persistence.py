@@ -38,7 +38,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file replaced atomically)."""
+    """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file replaced atomically).
+
+    >>> import tempfile, vmm
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model = vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32)
+    >>> folder = vmm.save_pretrained(model, f"{tmp.name}/tiny")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['config.json', 'model.safetensors']
+    >>> tmp.cleanup()
+    """
     from safetensors.torch import save_model
     directory = Path(directory)
     try:
@@ -59,7 +68,19 @@ def is_pretrained_dir(path: Union[str, Path]) -> bool:
 
 
 def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict)."""
+    """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict).
+
+    ``overrides`` change config fields that do not alter the weights' shapes (``drop_path_rate``, ...).
+
+    >>> import tempfile, torch, vmm
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model = vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32)
+    >>> again = vmm.from_pretrained(vmm.save_pretrained(model, tmp.name), drop_path_rate=0.1)
+    >>> again.cfg.drop_path_rate, all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+    ...                                                               again.state_dict().values()))
+    (0.1, True)
+    >>> tmp.cleanup()
+    """
     from safetensors.torch import load_model
     from vmm.models.registry import create_model
     directory = Path(directory)

@@ -23,7 +23,18 @@ _CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "m
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its own name; a second registration of one name is a programming error."""
+    """Register ``fn`` under its own name; a second registration of one name is a programming error.
+
+    The model :func:`create_model` returns carries ``architecture`` and ``model_name``; one with a ``cfg``
+    dataclass can also be saved with ``vmm.save_pretrained``.
+
+    >>> import torch.nn as nn, vmm
+    >>> @vmm.register_model
+    ... def doctest_probe(in_features=192, classes=10):
+    ...     return nn.Linear(in_features, classes)
+    >>> vmm.create_model("doctest_probe", classes=5).out_features
+    5
+    """
     if fn.__name__ in _ENTRYPOINTS:
         raise ValueError(f"model {fn.__name__!r} registered twice")
     _ENTRYPOINTS[fn.__name__] = fn
@@ -31,7 +42,18 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def add_model_config_dir(path: str | Path) -> None:
-    """Make the JSON model configs in ``path`` available to :func:`create_model` (searched first)."""
+    """Make the JSON model configs in ``path`` available to :func:`create_model` (searched first).
+
+    >>> import json, tempfile, vmm
+    >>> from vmm.models.registry import add_model_config_dir
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> spec = {"architecture": "videomamba_tiny", "model": {"num_frames": 16, "num_classes": 174}}
+    >>> _ = open(f"{tmp.name}/my_ssv2_tiny.json", "w").write(json.dumps(spec))
+    >>> add_model_config_dir(tmp.name)
+    >>> vmm.create_model("my_ssv2_tiny", depth=1).cfg.num_classes
+    174
+    >>> tmp.cleanup()  # a folder that is gone is skipped
+    """
     _CONFIG_DIRS.insert(0, Path(path))
 
 
@@ -44,7 +66,13 @@ def _config_files() -> dict[str, Path]:
 
 
 def get_model_config(name: str) -> Optional[dict[str, Any]]:
-    """The JSON model config of ``name`` as a dict, or None when ``name`` is a bare entrypoint."""
+    """The JSON model config of ``name`` as a dict, or None when ``name`` is a bare entrypoint.
+
+    >>> import vmm
+    >>> cfg = vmm.get_model_config("videomamba_t16_k400")
+    >>> cfg["architecture"], cfg["model"]["num_classes"], vmm.get_model_config("videomamba_tiny")
+    ('videomamba_tiny', 400, None)
+    """
     path = _config_files().get(name)
     if path is None:
         return None

@@ -212,7 +212,7 @@ def _model_name(model: nn.Module) -> str:
     return getattr(model, "model_name", None) or type(model).__name__
 
 
-def classifier_head(model: nn.Module) -> nn.Linear:
+def _classifier_head(model: nn.Module) -> nn.Linear:
     """The linear classification head of a VideoMamba classifier; VmmError for any other model."""
     from vmm.models.videomamba import VideoMamba
 
@@ -232,7 +232,7 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
     """Class names for ``model``'s head: ``labels`` (a set name, a file, or a list), else the model's
     ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size."""
-    head = classifier_head(model)
+    head = _classifier_head(model)
     if labels is None:
         labels = (getattr(model, "model_meta", None) or {}).get("labels") or DEFAULT_LABELS
     if isinstance(labels, (str, Path)):
@@ -249,7 +249,7 @@ def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
 @torch.inference_mode()
 def view_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> Tensor:
     """Softmax of the logits of each view: (V, 3, T, S, S) -> (V, num_classes) float32."""
-    classifier_head(model)
+    _classifier_head(model)
     was_training = model.training
     model.eval()
     param = next(model.parameters())

@@ -18,7 +18,7 @@ from vmm.tokenizer import as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 
-def state_dict_hash(model: torch.nn.Module) -> str:
+def _state_dict_hash(model: torch.nn.Module) -> str:
     """blake2b over every tensor's name, dtype, shape and bytes: equal iff the weights are equal."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(model.state_dict().items()):
@@ -73,7 +73,7 @@ class VideoTextEncoder:
     @property
     def weights_hash(self) -> str:
         if self._weights_hash is None:
-            self._weights_hash = state_dict_hash(self.model)
+            self._weights_hash = _state_dict_hash(self.model)
         return self._weights_hash
 
     def _autocast(self):

@@ -103,7 +103,7 @@ def check_frames(frames: Any, option: str = "--frames") -> int:
     return frames
 
 
-def requested_frames(overrides: dict) -> Optional[int]:
+def _requested_frames(overrides: dict) -> Optional[int]:
     """The frame count ``overrides`` ask for (top level or under ``vision``), or None."""
     vision = overrides.get("vision")
     return overrides.get("num_frames", vision.get("num_frames") if isinstance(vision, dict) else None)
@@ -130,7 +130,7 @@ def saved_frames(directory: Union[str, Path]) -> Optional[int]:
     """The frame count a save_pretrained folder was saved for, or None when its config does not say."""
     cfg = _saved_config(directory)
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
-    frames = requested_frames(model_cfg) if isinstance(model_cfg, dict) else None
+    frames = _requested_frames(model_cfg) if isinstance(model_cfg, dict) else None
     return frames if isinstance(frames, int) else None
 
 
@@ -160,7 +160,7 @@ def _file_shapes(path: Path) -> dict:
 def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
     """``from_pretrained`` that explains a frame count or other override the folder's weights cannot take."""
     weights = _folder_weights_file(directory)
-    wanted = requested_frames(overrides)
+    wanted = _requested_frames(overrides)
     saved = saved_frames(directory)
     if wanted is not None and saved is not None and wanted != saved:
         raise _frames_error(wanted, saved, directory)

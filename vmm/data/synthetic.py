@@ -353,7 +353,7 @@ def _iter_frames(spec: VideoSpec, indices: Sequence[int]) -> Iterator[np.ndarray
 # ----------------------------------------------------------------------------
 
 
-def final_objects(spec: VideoSpec) -> tuple[ObjectSpec, ...]:
+def _final_objects(spec: VideoSpec) -> tuple[ObjectSpec, ...]:
     """The objects as they are after the last event."""
     objects = list(spec.objects)
     for ev in spec.events:
@@ -389,7 +389,7 @@ def reverse_spec(spec: VideoSpec) -> VideoSpec:
             direction=OPPOSITE_DIRECTION[ev.direction] if ev.direction else None, speed=ev.speed,
             origin=ev.target, target=ev.origin, color_from=ev.color_to, color_to=ev.color_from,
         ))
-    return replace(spec, objects=final_objects(spec), events=tuple(events))
+    return replace(spec, objects=_final_objects(spec), events=tuple(events))
 
 
 # ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ TRAINABLE_NAME = "trainable.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def init_source_keys(model: nn.Module) -> set[str]:
+def _init_source_keys(model: nn.Module) -> set[str]:
     """Model keys whose values the model's ``text.init_from`` provides (what a rebuild restores)."""
     source = getattr(getattr(getattr(model, "cfg", None), "text", None), "init_from", None)
     if not source:
@@ -36,7 +36,7 @@ def init_source_keys(model: nn.Module) -> set[str]:
 
 def check_trainable_export(model: nn.Module, frozen: list[str]) -> None:
     """Refuse ``export.trainable_only`` when a frozen tensor could not be rebuilt (checked before training)."""
-    restorable = init_source_keys(model)
+    restorable = _init_source_keys(model)
     lost = [n for n in frozen if n not in restorable]
     if lost:
         raise VmmError(f"export.trainable_only: frozen {lost[0]} (and {len(lost) - 1} more) does not come from "

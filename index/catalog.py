@@ -167,12 +167,57 @@ def damaged(path: str, detail: str):
     return VmmError(f"{path} is damaged or not a vmm catalog ({detail}); rebuild the library into a new folder")
 
 
+# SQLite's primary result codes that say a file could not be read or written (permissions, a lock, memory, a
+# read-only medium, an I/O error, a full disk, a file that cannot be opened), not that it holds no catalog.
+_ACCESS_CODES = {3, 5, 6, 7, 8, 10, 13, 14}
+_ACCESS_TEXTS = ("access permission denied", "database is locked", "out of memory", "readonly database",
+                 "disk I/O error", "database or disk is full", "unable to open database file")
+
+
+def is_access_error(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is about reaching the file (its drive, permissions, locks) rather than its contents.
+
+    >>> is_access_error(sqlite3.OperationalError("database or disk is full"))
+    True
+    >>> is_access_error(sqlite3.DatabaseError("file is not a database"))
+    False
+    """
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in _ACCESS_CODES
+    return any(text in str(error) for text in _ACCESS_TEXTS)
+
+
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    # Quoted: in a URI '#' starts a fragment and '?' the parameters, so a library folder named "Videos #2" lost
+    # mode=ro and opened (creating) a file named "Videos ", and '%' escapes were decoded into another path.
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA schema_version")  # the first read opens the WAL index (the -shm file)
+        return conn
+    except sqlite3.OperationalError as error:
+        conn.close()
+        if not _on_read_only_medium(path, error):
+            raise
+    # A WAL database is read through its -shm file, which the last writer deleted when it closed and which cannot
+    # be made where the folder is not writable (a backup drive mounted read-only, a read-only volume): the library
+    # could not be searched there at all. No -shm and no -wal means no writer has the catalog open and every
+    # commit is in the file itself, so it is read as it is.
+    return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+
+def _on_read_only_medium(path: str, error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    cannot_open = code & 0xFF == 14 if code is not None else "unable to open database file" in str(error)
+    wal = path + "-wal"
+    return (cannot_open and not os.path.exists(path + "-shm") and not (os.path.exists(wal) and os.path.getsize(wal))
+            and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK))
+
+
 def _connect(path: str, read_only: bool) -> sqlite3.Connection:
     if read_only:
-        # Quoted: in a URI '#' starts a fragment and '?' the parameters, so a library folder named "Videos #2" lost
-        # mode=ro and opened (creating) a file named "Videos ", and '%' escapes were decoded into another path.
-        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = _connect_read_only(path)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -241,6 +286,10 @@ class Catalog:
         if version != FORMAT_VERSION:
             from vmm.errors import VmmError
 
+            conn.close()
+            if version > FORMAT_VERSION:  # rebuilding it would throw away a library that a newer vmm reads
+                raise VmmError(f"{path}: library format {version} was written by a newer vmm (this one reads format "
+                               f"{FORMAT_VERSION}); use that version, or upgrade vmm")
             raise VmmError(f"{path}: library format {version} is not supported by this vmm "
                            f"(it reads format {FORMAT_VERSION}); rebuild the library")
         if not read_only:

@@ -47,7 +47,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest, damaged
+from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest, damaged, is_access_error
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
 from index.discovery import Candidate, Discovery, check_root, discover, fingerprint_file
 from index.pool import DecodePool
@@ -238,6 +238,10 @@ def _open_catalog(library: str, *, read_only: bool) -> Catalog:
     try:
         return Catalog.open(path, read_only=read_only)
     except sqlite3.DatabaseError as error:
+        if is_access_error(error):  # a full disk or a permission: "damaged, rebuild" would throw an intact library away
+            raise VmmError(f"cannot {'read' if read_only else 'write'} the library catalog {path} ({error}); "
+                           "this is a problem of its drive or permissions, not of its contents: check free space and "
+                           "permissions, then run again") from None
         raise damaged(path, str(error)) from None
 
 
@@ -287,8 +291,8 @@ class LibraryWriter:
             return writer
         except sqlite3.OperationalError as error:
             lock.release()
-            raise VmmError(f"cannot write the library catalog in {library} ({error}); "
-                           "choose a folder you can write to") from None
+            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space on its drive "
+                           "and its permissions, or choose a folder you can write to") from None
         except BaseException:
             lock.release()
             raise

@@ -50,3 +50,93 @@ def test_a_library_folder_named_with_uri_characters_is_searched(tmp_path, capsys
     assert main(["search", str(library), "--video", str(tmp_path / "vids" / "red.mp4"), "-k", "1", "--json"]) == 0
     assert '"path": "' + str(tmp_path / "vids" / "red.mp4") in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == before  # no stray file beside the library
+
+
+@pytest.fixture
+def read_only_folder():
+    """Makes a folder unwritable as a read-only medium would be: chmod for a user, the immutable flag for root."""
+    made = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() == 0:
+            if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+                pytest.skip("running as root without chattr: cannot make an unwritable folder")
+        else:
+            folder.chmod(0o555)
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def vmm(*args, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`vmm ARGS` in a process of its own; with ``file_size_limit`` no file it writes may grow past that many bytes
+    (writes beyond it fail with EFBIG, as on a full disk; Python ignores SIGXFSZ)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+    return subprocess.run([sys.executable, "-m", "vmm.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
+                          preexec_fn=limit if file_size_limit else None)
+
+
+def one_error_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in text, text
+    return lines[0]
+
+
+def test_a_library_on_a_read_only_medium_is_searched(tmp_path, read_only_folder):
+    """A cleanly closed library has no -shm file, and SQLite cannot read a WAL database without one unless it can
+    make it: on a read-only drive every search said the catalog was damaged and should be rebuilt."""
+    media = make_videos(tmp_path / "vids")
+    library = tmp_path / "lib"
+    assert vmm("index", tmp_path / "vids", "--library", library, *HIST).returncode == 0
+    assert not (library / "catalog.sqlite-shm").exists()
+    read_only_folder(library)
+    r = vmm("search", library, "--video", media["red"], "-k", "3")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "red.mp4" in r.stdout.splitlines()[1] and "blue.mp4" in r.stdout
+    assert red_first(str(library))
+    os.remove(media["blue"])
+    r = vmm("index", tmp_path / "vids", "--library", library, *HIST)  # writing is refused, with the reason
+    assert r.returncode == 2 and "is not writable" in one_error_line(r.stderr)
+    assert sorted(os.listdir(library)) == sorted(["catalog.sqlite", "index-state.json", "lock", "manifest.json",
+                                                  "model.json", *[n for n in os.listdir(library) if ".faiss" in n]])
+
+
+def test_a_full_disk_when_opening_the_catalog_is_not_called_damage(tmp_path):
+    """Opening the catalog for writing makes its 32 KiB -shm file; on a full disk that failed with SQLite's
+    'disk I/O error', reported as "catalog.sqlite is damaged or not a vmm catalog ...; rebuild the library"."""
+    make_videos(tmp_path / "vids")
+    library = tmp_path / "lib"
+    assert vmm("index", tmp_path / "vids", "--library", library, *HIST).returncode == 0
+    videos.write_solid(str(tmp_path / "vids" / "white.mp4"), videos.WHITE, seconds=1)
+    r = vmm("index", tmp_path / "vids", "--library", library, *HIST, file_size_limit=16384)
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r.stderr)
+    assert f"cannot write the library catalog {library}/catalog.sqlite (disk I/O error)" in line
+    assert "check free space and permissions" in line and "damaged" not in line and "rebuild" not in line
+    r = vmm("index", tmp_path / "vids", "--library", library, *HIST)  # with room again, the run goes on
+    assert r.returncode == 0 and "indexed 1 files (1 clips), 3 unchanged" in r.stdout, r.stderr
+    assert red_first(str(library))
+
+
+def test_a_library_of_a_newer_format_is_not_to_be_rebuilt(tmp_path, capsys):
+    make_videos(tmp_path / "vids")
+    library = str(tmp_path / "lib")
+    assert main(["index", str(tmp_path / "vids"), "--library", library, *HIST]) == 0
+    conn = sqlite3.connect(os.path.join(library, "catalog.sqlite"))
+    with conn:
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
+    conn.close()
+    capsys.readouterr()
+    for argv in (["search", library, "--video", str(tmp_path / "vids" / "red.mp4")],
+                 ["index", str(tmp_path / "vids"), "--library", library, *HIST]):
+        assert main(argv) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "library format 2 was written by a newer vmm (this one reads format 1)" in line
+        assert "rebuild" not in line

@@ -511,6 +511,9 @@ def _transaction(conn: sqlite3.Connection, immediate: bool = False):
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (a full disk, an I/O error): a ROLLBACK then failed
+        # with "cannot rollback - no transaction is active", which hid the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")

@@ -310,7 +310,10 @@ class LibraryWriter:
                     return
         except OSError:
             pass
-        atomic_write_bytes(path, text.encode())
+        try:
+            atomic_write_bytes(path, text.encode())
+        except OSError:
+            pass  # a copy for people and for checks that do without it; the catalog holds the manifest
 
     def close(self) -> None:
         self.catalog.close()
@@ -444,9 +447,18 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
             store = _rebuild(catalog, wanted, count, dim)
     # A fresh name every time: a file that a state ever named is never rewritten.
     name = f"vectors.g{generation:012d}.{os.urandom(4).hex()}.faiss"
-    store.save(os.path.join(library, name))
     new_state = IndexState(generation, name, wanted, setting, count, dim)
-    atomic_write_bytes(os.path.join(library, STATE_FILE), (json.dumps(asdict(new_state), indent=2) + "\n").encode())
+    try:
+        store.save(os.path.join(library, name))
+        atomic_write_bytes(os.path.join(library, STATE_FILE), (json.dumps(asdict(new_state), indent=2) + "\n").encode())
+    except OSError as error:
+        # A full disk: the FAISS file is only a cache of the catalog, which holds every committed file; the old
+        # state still names a complete file (or none), and readers add the newer clips from the catalog.
+        if os.path.exists(os.path.join(library, name)):
+            os.remove(os.path.join(library, name))
+        raise VmmError(f"cannot write the FAISS index of library {library} ({error.strerror or error}); every "
+                       "finished file is in its catalog and searches find them: free space on its drive, then run "
+                       "the same command again to write the index") from None
     for old in glob.glob(os.path.join(library, "vectors.g*.faiss*")):
         if os.path.basename(old) != name:
             os.remove(old)

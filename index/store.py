@@ -26,6 +26,7 @@ index, so concurrent searches with different ``nprobe`` or filters cannot interf
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -169,12 +170,23 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     '{}'
     """
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        _remove_quietly(tmp)  # a half-written file on a full disk would only keep the space taken
+        raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -387,13 +399,22 @@ class VectorStore:
     def save(self, path: str) -> None:
         """Write atomically: temp file, fsync, rename, fsync of the folder."""
         tmp = f"{path}.tmp.{os.getpid()}"
-        faiss.write_index(self.index, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            faiss.write_index(self.index, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except (RuntimeError, OSError) as error:
+            _remove_quietly(tmp)
+            if isinstance(error, OSError):
+                raise
+            # FAISS says "Error in ... at index_write.cpp:362: Error: 'ret == (size)' failed: write error in PATH:
+            # 49728 != 77824 (No space left on device)": the reason is the last parenthesis.
+            reason = re.search(r"\(([^()]+)\)\s*$", str(error))
+            raise OSError(errno.EIO, reason.group(1) if reason else str(error), path) from None
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     @classmethod

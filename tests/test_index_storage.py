@@ -140,3 +140,47 @@ def test_a_library_of_a_newer_format_is_not_to_be_rebuilt(tmp_path, capsys):
         line = one_error_line(capsys.readouterr().err)
         assert "library format 2 was written by a newer vmm (this one reads format 1)" in line
         assert "rebuild" not in line
+
+
+def test_a_full_disk_while_writing_the_faiss_file_keeps_the_run_and_says_so(tmp_path):
+    """The FAISS file is written last. A write that failed there (a full disk) ended the run with FAISS's
+    RuntimeError traceback and left its half-written temporary file taking the space."""
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    videos.write_long(str(vids / "long.mp4"), seconds=40.0)
+    library, clean = tmp_path / "lib", tmp_path / "clean"
+    # HNSW keeps 2 * 512 links of 4 bytes per vector at level 0: the FAISS file (~170 KB for 40 clips) outgrows the
+    # catalog (~60 KB), so only its write meets the limit.
+    options = ["--window", "1", "--stride", "1", "--factory", "HNSW512,Flat", *HIST]
+    r = vmm("index", vids, "--library", library, *options, file_size_limit=120_000)
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r.stderr)
+    assert f"cannot write the FAISS index of library {library} (File too large); every finished file is in its " \
+           "catalog" in line and "free space" in line
+    assert not [name for name in os.listdir(library) if ".faiss" in name]  # no temporary file left behind
+    with open_library(str(library)) as reader:  # the catalog has every clip, and searches find them
+        assert len(reader) == 40
+    r = vmm("index", vids, "--library", library, *HIST)
+    assert r.returncode == 0 and "0 files (0 clips), 1 unchanged" in r.stdout, r.stderr
+    assert len([name for name in os.listdir(library) if name.endswith(".faiss")]) == 1
+    assert vmm("index", vids, "--library", clean, *options).returncode == 0
+    query = ENCODER.encode_clips([videos.solid_frames(videos.RED, ENCODER.num_frames)])
+    answers = []
+    for lib in (library, clean):
+        with open_library(str(lib)) as reader:
+            (hits,) = reader.search_vectors(query, k=40)
+            answers.append([(h.start, h.end, round(h.score, 5)) for h in hits])
+    assert answers[0] == answers[1] and len(answers[0]) == 40
+
+
+def test_a_full_disk_while_creating_the_catalog_names_sqlites_error(tmp_path):
+    """SQLite rolls a transaction back itself after an I/O error; the ROLLBACK that followed failed with 'cannot
+    rollback - no transaction is active', and that was the message instead of the error."""
+    make_videos(tmp_path / "vids")
+    library = tmp_path / "lib"
+    r = vmm("index", tmp_path / "vids", "--library", library, *HIST, file_size_limit=5000)
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r.stderr)
+    assert f"cannot write the library catalog in {library} (disk I/O error); check free space" in line
+    assert vmm("index", tmp_path / "vids", "--library", library, *HIST).returncode == 0
+    assert red_first(str(library))

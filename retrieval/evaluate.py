@@ -87,7 +87,14 @@ class EvalConfig:
     progress: bool = False
 
     def check(self) -> None:
-        """Raise VmmError naming the first bad option (as the field and its ``vmm eval`` flag)."""
+        """Raise VmmError naming the first bad option (as the field and its ``vmm eval`` flag).
+
+        Files are not looked at here; :func:`evaluate` checks them next.
+
+        >>> EvalConfig("msrvtt", "msrvtt_ret_test1k.json", "MSRVTT/videos/all", rerank_k=0).check()
+        Traceback (most recent call last):
+        vmm.errors.VmmError: rerank_k (--rerank-k) must be a whole number >= 1, got 0
+        """
         get_protocol(self.dataset)
         for name in ("annotations", "videos", "model", "checkpoint"):
             value = getattr(self, name)

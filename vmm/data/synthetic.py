@@ -553,7 +553,12 @@ def _sample_spec_once(rng: np.random.Generator, size: int, fps: int, num_frames:
 
 
 def signature(spec: VideoSpec) -> str:
-    """What a caption can say about the clip, as a string: equal signatures mean indistinguishable captions."""
+    """What a caption can say about the clip, as a string: equal signatures mean indistinguishable captions.
+
+    >>> spec = sample_spec(np.random.default_rng(0), size=64, fps=10, num_frames=30)
+    >>> signature(spec) == signature(spec), signature(spec) == signature(reverse_spec(spec))
+    (True, False)
+    """
     objects = [(o.shape, o.color, o.size, o.visible) for o in spec.objects]
     static = {i: _position_words(spec.objects[i], spec.size) for i in spec.static_objects()}
     events = [(e.kind, e.obj, e.direction, e.speed, e.color_to) for e in spec.events]

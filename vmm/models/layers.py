@@ -9,7 +9,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz, use_triton

@@ -6,7 +6,6 @@ embedding, with no temperature. ITM re-scores (video, text) pairs through the fu
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -66,9 +65,8 @@ _OFFICIAL_VISION = {"img_size": "img_size", "patch_size": "patch_size", "num_fra
                     "channels": "in_chans"}
 # Settings our model has exactly one value of: anything else would be silently computed differently.
 # fused_add_norm is absent on purpose: both values give the same add-then-RMSNorm with an fp32 residual.
-_OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba": True,
-                          "class_": "PretrainVideoMamba", "clip_teacher": "none"}
-_OFFICIAL_VISION_FIXED.update(add_pool_norm=True, bimamba_type="v2")
+_OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba": True, "bimamba_type": "v2",
+                          "add_pool_norm": True, "class_": "PretrainVideoMamba", "clip_teacher": "none"}
 # Settings that do not change what the model computes at eval: checkpointing, the init file (loaded weights
 # replace it), and the masked-pretraining / teacher settings of UMT_VIDEOMAMBA (no teacher is built here).
 _OFFICIAL_VISION_ANY = {"fused_add_norm", "use_checkpoint", "checkpoint_num", "clip_student_return_interval",

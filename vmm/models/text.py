@@ -106,10 +106,13 @@ class BertSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(hidden.shape)
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, c: TextConfig):
+class BertOutput(nn.Module):
+    """dense -> dropout -> add the residual -> LayerNorm: transformers' ``BertSelfOutput`` (after attention,
+    ``in_features=hidden_size``) and ``BertOutput`` (after the FFN, ``intermediate_size``), which differ only there."""
+
+    def __init__(self, c: TextConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.dense = nn.Linear(in_features, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
@@ -121,7 +124,7 @@ class BertAttention(nn.Module):
     def __init__(self, c: TextConfig, kv_width: Optional[int] = None):
         super().__init__()
         self.self = BertSelfAttention(c, kv_width)
-        self.output = BertSelfOutput(c)
+        self.output = BertOutput(c, c.hidden_size)
 
     def forward(self, hidden: Tensor, additive_mask: Optional[Tensor], kv: Optional[Tensor] = None) -> Tensor:
         return self.output(self.self(hidden, additive_mask, kv), hidden)
@@ -137,17 +140,6 @@ class BertIntermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, c: TextConfig):
-        super().__init__()
-        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
-
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
-
 class BertLayer(nn.Module):
     """Self-attention -> (cross-attention to video tokens, fusion layers only) -> FFN."""
 
@@ -158,7 +150,7 @@ class BertLayer(nn.Module):
         if self.has_cross_attention:
             self.crossattention = BertAttention(c, kv_width=encoder_width)
         self.intermediate = BertIntermediate(c)
-        self.output = BertOutput(c)
+        self.output = BertOutput(c, c.intermediate_size)
 
     def forward(self, hidden: Tensor, additive_mask: Optional[Tensor], video: Optional[Tensor] = None,
                 video_mask: Optional[Tensor] = None) -> Tensor:

@@ -12,7 +12,7 @@ from vmm.errors import VmmError
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint
 from vmm.models.config import MAX_FRAMES
-from vmm.models.persistence import from_pretrained, is_pretrained_dir
+from vmm.models.persistence import from_pretrained, is_pretrained_dir, saved_model_kwargs
 from vmm.models.registry import get_model_config
 from vmm.tokenizer import Tokenizer
 from vmm.transforms import EvalTransform, TrainTransform
@@ -172,12 +172,7 @@ def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
     detail = None
     try:  # only on failure: rebuild the model to name the key the overrides broke
         cfg = _saved_config(directory)
-        kwargs = dict(cfg["model"])
-        if isinstance(kwargs.get("text"), dict):
-            kwargs["text"] = {**kwargs["text"], "init_from": None}
-        for k, v in overrides.items():
-            kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
-        model = registry.create_model(cfg["architecture"], **kwargs)
+        model = registry.create_model(cfg["architecture"], **saved_model_kwargs(cfg["model"], overrides))
         own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
         detail = _first_mismatch(own, _file_shapes(weights))
     except Exception:

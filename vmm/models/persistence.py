@@ -67,6 +67,21 @@ def is_pretrained_dir(path: Union[str, Path]) -> bool:
     return p.is_dir() and (p / CONFIG_NAME).is_file() and ((p / WEIGHTS_NAME).is_file() or is_trainable_export(p))
 
 
+def saved_model_kwargs(saved: dict, overrides: dict) -> dict:
+    """The ``create_model`` arguments that rebuild a saved model: its config's ``"model"`` part with ``overrides``
+    on top (a dict override merges one level deep), and no text ``init_from``, as the weights come from the file.
+
+    >>> saved_model_kwargs({"text": {"init_from": "bert", "hidden_size": 64}}, {"text": {"fusion_layer": 1}})
+    {'text': {'init_from': None, 'hidden_size': 64, 'fusion_layer': 1}}
+    """
+    kwargs = dict(saved)
+    if isinstance(kwargs.get("text"), dict):
+        kwargs["text"] = {**kwargs["text"], "init_from": None}
+    for k, v in overrides.items():
+        kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
+    return kwargs
+
+
 def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict).
 
@@ -93,17 +108,13 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
         raise VmmError(f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         cfg = json.loads((directory / CONFIG_NAME).read_text())
-        arch, kwargs = cfg["architecture"], dict(cfg["model"])
+        arch, saved = cfg["architecture"], dict(cfg["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise VmmError(f"{directory / CONFIG_NAME} is damaged ({type(e).__name__}: {e}); re-export the model") from None
-    if isinstance(kwargs.get("text"), dict):
-        kwargs["text"] = {**kwargs["text"], "init_from": None}  # weights come from the file, not the init source
-    for k, v in overrides.items():
-        kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
-    model = create_model(arch, **kwargs)
+    model = create_model(arch, **saved_model_kwargs(saved, overrides))
     _check_readable(directory / WEIGHTS_NAME)
     try:
-        missing, unexpected = load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True)  # strict: a key that does not fit raises
     except Exception as e:
         raise VmmError(f"{directory / WEIGHTS_NAME} does not fit its config ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200]})") from None

@@ -181,15 +181,11 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _OPAQUE_DICT_KEYS:
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-# Dict-valued options replaced whole by a recipe that sets them (none today: model overrides merge).
-_OPAQUE_DICT_KEYS: frozenset = frozenset()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -257,12 +253,20 @@ def _check_known_key(keys: list) -> None:
     for n, key in enumerate(keys):
         if not dataclasses.is_dataclass(cls):
             return  # inside a free-form mapping (model.vision...): checked later
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+        names = _recipe_keys(cls)
         if key not in names:
-            where = ".".join(keys[:n])
-            raise VmmError(f"unknown config key {'.'.join(keys[:n + 1])}; valid keys{' of ' + where if where else ''}: "
-                           f"{', '.join(names)}")
+            raise _unknown_key(".".join(keys[:n]), key, names)
         cls = typing.get_type_hints(cls)[key]
+
+
+def _recipe_keys(cls: type) -> list[str]:
+    """The keys a recipe may set in section ``cls`` (source_file is filled in by load_config)."""
+    return [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+
+
+def _unknown_key(where: str, key: str, names: list[str]) -> VmmError:
+    return VmmError(f"unknown config key {where + '.' if where else ''}{key}; valid keys"
+                    f"{' of ' + where if where else ''}: {', '.join(names)}")
 
 
 def _shown(steps: list) -> str:
@@ -284,12 +288,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
-            except VmmError as e:
-                errors.append(e)
+            except VmmError:
+                pass  # the next type may take it; the message below names them all
         wanted = " or ".join(_type_name(a) for a in args if a is not type(None))
         raise VmmError(f"option {where} must be {wanted}{' or null' if type(None) in args else ''}, got {value!r}")
     if tp is bool:
@@ -326,11 +329,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise VmmError(f"section {where or 'top level'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source_file"]
+    names = _recipe_keys(cls)
     unknown = sorted(set(data) - set(names))
     if unknown:
-        first = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise VmmError(f"unknown config key {first}; valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+        raise _unknown_key(where, unknown[0], names)
     kwargs = {}
     for name in names:
         if name not in data:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +32,6 @@ class DemoConfig:
     workers: Optional[int] = None
     batch_size: int = 16
     device: Optional[str] = None
-    summary: dict = field(default_factory=dict)
 
 
 def _say(msg: str) -> None:
@@ -44,7 +43,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.library import VideoLibrary, _write_model_file, load_encoder
     from vmm.data.synthetic import generate_corpus
-
     from vmm.factory import resolve_device
 
     # Each message names the command-line option and the DemoConfig field, as either may have set it.

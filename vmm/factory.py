@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from vmm.errors import VmmError
+from vmm.errors import CheckpointError, VmmError
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint
 from vmm.models.config import MAX_FRAMES
@@ -254,7 +254,6 @@ def _sniff_weights_file(path: Path) -> None:
 
 def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """:func:`vmm.load_checkpoint` from a file, with plain messages for files that are not checkpoints."""
-    from vmm.errors import CheckpointError
     path = Path(path)
     if path.is_file():
         _sniff_weights_file(path)
@@ -384,11 +383,10 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     >>> vmm.get_tokenizer("vmm_nano")(["a red square moves left"], max_length=6)[0].shape
     torch.Size([1, 6])
     """
-    cfg = None
     if is_pretrained_dir(name):
         import json
         cfg = json.loads((Path(name) / "config.json").read_text())
-    elif get_model_config(str(name)) is not None:
+    else:
         cfg = get_model_config(str(name))
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from vmm.errors import RunFinished, VmmError
+from vmm.errors import CheckpointError, RunFinished, VmmError
 from vmm.training.config import TrainConfig, unused_options
 from vmm.training.stop import deferred
 
@@ -287,7 +287,6 @@ def load_init(target, source, option: str, expected_missing: tuple = (), source_
     """
     import vmm
     from vmm.models.checkpoint import _short, adapt_state_dict, read_checkpoint, unwrap_state_dict
-    from vmm.errors import CheckpointError
     name = source_name or str(source)
     try:
         sd = read_checkpoint(source) if isinstance(source, (str, Path)) else unwrap_state_dict(source, name)
@@ -453,6 +452,61 @@ def micro_step(accelerator, objective, optimizer, batch: dict, loss_cfg, clip_te
     return outputs, grad_norm
 
 
+def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bool):
+    """The frozen teachers the recipe's losses need, on the run's device: (CLIP teacher or None, VideoMamba
+    teacher or None); a teacher whose patch size, output width or input size does not fit the student is refused."""
+    from vmm.training.teacher import ClipTeacher, VideoMambaTeacher
+    clip_teacher = distill_teacher = None
+    if cfg.loss.uta > 0:
+        clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
+                                   cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides,
+                                   cfg.teacher.clip_renormalize)
+        if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
+            raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
+                           f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
+                           f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
+        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and not cpu else torch.float32
+        clip_teacher.to(accelerator.device, dtype=dtype)
+    if cfg.loss.distill > 0:
+        distill_teacher = VideoMambaTeacher(cfg.teacher.distill_model).to(accelerator.device)
+        tcfg = distill_teacher.encoder.cfg
+        if (tcfg.img_size, tcfg.num_frames) != (vcfg.img_size, vcfg.num_frames):
+            raise VmmError(f"teacher.distill_model takes {tcfg.num_frames}x{tcfg.img_size} clips, the student "
+                           f"{vcfg.num_frames}x{vcfg.img_size}; use a teacher of the same input size")
+    return clip_teacher, distill_teacher
+
+
+def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: int,
+            metrics_path: Path) -> TrainerState:
+    """Restore ``checkpoint`` (accelerate state and trainer state) after checking it fits this run, and cut from
+    metrics.jsonl the steps the interrupted run logged after it; returns the trainer state to continue from."""
+    saved = _read_state(checkpoint)
+    # Again with this run's process count (check_inputs took it from WORLD_SIZE, which not every launcher sets).
+    check_resume_length(cfg, checkpoint, saved.global_step, plan.steps_per_epoch)
+    if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
+        raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "
+                       f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
+                       f"resume with the same settings")
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise VmmError(f"train.resume: cannot load {checkpoint} ({first}); it is damaged or from another "
+                       "model config: resume from an earlier checkpoint or with the config it was saved with"
+                       ) from None
+    state = saved
+    state.global_batch = plan.global_batch
+    accelerator.print(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
+                      f"{state.micro_in_epoch} micro-batches in)")
+    if state.global_step == total_steps:
+        accelerator.print(f"{checkpoint} is the run's last step: writing its final model without training")
+    if accelerator.is_main_process and metrics_path.is_file():
+        rows = [r for r in metrics_path.read_text().splitlines()
+                if (step := _metrics_step(r)) is not None and step <= state.global_step]
+        _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
+    return state
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     """Run a recipe end to end; returns a summary (steps, last losses, final folder).
@@ -467,7 +521,6 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     from vmm.training import data as data_mod
     from vmm.training.objective import PretrainObjective
     from vmm.training.optim import build_optimizer, lr_factor
-    from vmm.training.teacher import ClipTeacher, VideoMambaTeacher
     from vmm.transforms import TrainTransform
 
     out = Path(cfg.train.output_dir)
@@ -491,23 +544,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     set_seed(cfg.train.seed)
     model, frozen = build_model(cfg)
     vcfg = model.cfg.vision
-    clip_teacher = distill_teacher = None
-    if cfg.loss.uta > 0:
-        clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
-                                   cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides,
-                                   cfg.teacher.clip_renormalize)
-        if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
-            raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
-                           f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
-                           f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
-        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and not cpu else torch.float32
-        clip_teacher.to(accelerator.device, dtype=dtype)
-    if cfg.loss.distill > 0:
-        distill_teacher = VideoMambaTeacher(cfg.teacher.distill_model).to(accelerator.device)
-        tcfg = distill_teacher.encoder.cfg
-        if (tcfg.img_size, tcfg.num_frames) != (vcfg.img_size, vcfg.num_frames):
-            raise VmmError(f"teacher.distill_model takes {tcfg.num_frames}x{tcfg.img_size} clips, the student "
-                           f"{vcfg.num_frames}x{vcfg.img_size}; use a teacher of the same input size")
+    clip_teacher, distill_teacher = _build_teachers(cfg, inputs, vcfg, accelerator, cpu)
     max_text_len = cfg.data.max_text_len or model.cfg.max_text_len
     tokenizer = vmm.get_tokenizer(cfg.model.name, max_length=max_text_len)
     objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
@@ -537,35 +574,13 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     total_steps = planned_steps(cfg, spe)
     warmup = planned_warmup(cfg, spe)
 
-    state = TrainerState(global_batch=plan.global_batch)
     metrics_path = out / "metrics.jsonl"
-    if inputs.resume_dir is None and cfg.train.resume == "auto":
-        accelerator.print(f"train.resume=auto: no checkpoint in {out}; starting a new run")
-    if inputs.resume_dir is not None:
-        saved = _read_state(inputs.resume_dir)
-        # Again with this run's process count (check_inputs took it from WORLD_SIZE, which not every launcher sets).
-        check_resume_length(cfg, inputs.resume_dir, saved.global_step, spe)
-        if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
-            raise VmmError(f"train.resume: {inputs.resume_dir} stopped mid-epoch with {saved.global_batch} samples "
-                           f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
-                           f"resume with the same settings")
-        try:
-            accelerator.load_state(str(inputs.resume_dir))
-        except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise VmmError(f"train.resume: cannot load {inputs.resume_dir} ({first}); it is damaged or from another "
-                           "model config: resume from an earlier checkpoint or with the config it was saved with"
-                           ) from None
-        state = saved
-        state.global_batch = plan.global_batch
-        accelerator.print(f"resumed from {inputs.resume_dir} at step {state.global_step} (epoch {state.epoch}, "
-                          f"{state.micro_in_epoch} micro-batches in)")
-        if state.global_step == total_steps:
-            accelerator.print(f"{inputs.resume_dir} is the run's last step: writing its final model without training")
-        if main and metrics_path.is_file():  # drop steps logged after the checkpoint by the interrupted run
-            rows = [r for r in metrics_path.read_text().splitlines()
-                    if (step := _metrics_step(r)) is not None and step <= state.global_step]
-            _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
+    if inputs.resume_dir is None:
+        state = TrainerState(global_batch=plan.global_batch)
+        if cfg.train.resume == "auto":
+            accelerator.print(f"train.resume=auto: no checkpoint in {out}; starting a new run")
+    else:
+        state = _resume(accelerator, cfg, inputs.resume_dir, plan, total_steps, metrics_path)
     if clip_teacher is not None and inputs.clip_weights is None:
         accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")
     if main:

@@ -1046,6 +1046,34 @@ def _is_kind(value, kind: str) -> bool:
             "True or False": isinstance(value, (bool, np.bool_))}[kind]
 
 
+def _annotation_lists(clips: Sequence[_Clip], names: Sequence[str], order: Sequence[int]):
+    """The entries of the corpus's JSON files, clips taken in ``order`` (file-number order): per split the
+    ``{"video", "caption"}`` lists, the test paragraphs, the order-sensitive test pairs (sorted by pair) and the
+    meta.json records."""
+    annotations: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    paragraphs, order_subset, meta_videos = [], [], []
+    for i in order:
+        clip, name = clips[i], names[i]
+        entry: dict[str, Any] = {"video": name, "caption": clip.description.caption}
+        paragraph: dict[str, Any] = {"video": name, "caption": list(clip.description.sentences)}
+        if clip.pair_id is not None:
+            entry.update(order_sensitive=True, pair_id=clip.pair_id)
+            paragraph.update(order_sensitive=True, pair_id=clip.pair_id)
+            order_subset.append(entry)
+        annotations[clip.split].append(entry)
+        if clip.split == "test":
+            paragraphs.append(paragraph)
+        meta_entry = {"video": name, "split": clip.split, "caption": clip.description.caption,
+                      "paragraph": list(clip.description.sentences)}
+        if clip.pair_id is not None:
+            meta_entry.update(order_sensitive=True, pair_id=clip.pair_id, pair_kind=clip.pair_kind,
+                              pair_member="reversed" if clip.reversed_member else "forward")
+        meta_entry["spec"] = clip.spec.to_dict()
+        meta_videos.append(meta_entry)
+    order_subset.sort(key=lambda e: (e["pair_id"], e["video"]))
+    return annotations, paragraphs, order_subset, meta_videos
+
+
 def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int = 0,
                     splits: Sequence[float] = (0.8, 0.1, 0.1), size: int = 64, fps: int = 10,
                     seconds: float = 3.0, workers: int | None = None, order_fraction: float = 0.5,
@@ -1104,28 +1132,8 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     width = max(5, len(str(len(clips) - 1)))
     names = [f"videos/synth_{int(n):0{width}d}.mp4" for n in file_number]
 
-    order = np.argsort(file_number, kind="stable")
-    annotations: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    paragraphs, order_subset, meta_videos = [], [], []
-    for i in order:
-        clip, name = clips[i], names[i]
-        entry: dict[str, Any] = {"video": name, "caption": clip.description.caption}
-        paragraph: dict[str, Any] = {"video": name, "caption": list(clip.description.sentences)}
-        if clip.pair_id is not None:
-            entry.update(order_sensitive=True, pair_id=clip.pair_id)
-            paragraph.update(order_sensitive=True, pair_id=clip.pair_id)
-            order_subset.append(entry)
-        annotations[clip.split].append(entry)
-        if clip.split == "test":
-            paragraphs.append(paragraph)
-        meta_entry = {"video": name, "split": clip.split, "caption": clip.description.caption,
-                      "paragraph": list(clip.description.sentences)}
-        if clip.pair_id is not None:
-            meta_entry.update(order_sensitive=True, pair_id=clip.pair_id, pair_kind=clip.pair_kind,
-                              pair_member="reversed" if clip.reversed_member else "forward")
-        meta_entry["spec"] = clip.spec.to_dict()
-        meta_videos.append(meta_entry)
-    order_subset.sort(key=lambda e: (e["pair_id"], e["video"]))
+    annotations, paragraphs, order_subset, meta_videos = _annotation_lists(
+        clips, names, np.argsort(file_number, kind="stable"))
     meta_config = {"num_videos": num_videos, "seed": seed, "splits": list(config.splits), "size": size,
                    "fps": fps, "seconds": seconds, "num_frames": config.num_frames,
                    "order_fraction": order_fraction, "codec": codec_name}

@@ -21,9 +21,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, rank: int, world: int) -> Tensor:
         ctx.rank, ctx.batch = rank, x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
+        return gather_no_grad(x, world)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -38,6 +36,7 @@ def gather_with_grad(x: Tensor, rank: int, world: int) -> Tensor:
 
 
 def gather_no_grad(x: Tensor, world: int) -> Tensor:
+    """Concatenate ``x`` from all ``world`` processes in rank order (equal shapes), without a backward."""
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]

@@ -269,15 +269,25 @@ def bert_weights_path(source: str) -> Path:
     return path
 
 
+def text_encoder_key(bert_key: str) -> Optional[str]:
+    """The :class:`TextEncoder` key a tensor of a transformers BERT file loads into (``bert.`` prefix dropped), or
+    None for the pooler and pretraining heads (``pooler.``, ``cls.``), which the encoder does not have.
+
+    >>> text_encoder_key("bert.encoder.layer.0.output.dense.weight"), text_encoder_key("pooler.dense.bias")
+    ('encoder.layer.0.output.dense.weight', None)
+    """
+    key = bert_key[len("bert."):] if bert_key.startswith("bert.") else bert_key
+    return None if key.startswith(("pooler.", "cls.")) else key
+
+
 def load_bert_weights(encoder: "TextEncoder", source: str) -> list[str]:
     """Copy a pretrained transformers BERT into ``encoder``; returns the keys left at init (cross-attention).
 
     Every pretrained tensor must fit (same names and shapes), else a one-line error names the mismatch.
     """
     from safetensors.torch import load_file
-    sd = load_file(str(bert_weights_path(source)))
-    sd = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith(("pooler.", "cls."))}
+    sd = {key: v for k, v in load_file(str(bert_weights_path(source))).items()
+          if (key := text_encoder_key(k)) is not None}
     own = encoder.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" if k in own else k
            for k, v in sd.items() if k not in own or own[k].shape != v.shape]

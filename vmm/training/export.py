@@ -16,9 +16,9 @@ from typing import Union
 import torch.nn as nn
 
 from vmm.errors import VmmError
+from vmm.models.persistence import CONFIG_NAME
 
 TRAINABLE_NAME = "trainable.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def _init_source_keys(model: nn.Module) -> set[str]:
@@ -27,11 +27,10 @@ def _init_source_keys(model: nn.Module) -> set[str]:
     if not source:
         return set()
     from safetensors import safe_open
-    from vmm.models.text import bert_weights_path
+    from vmm.models.text import bert_weights_path, text_encoder_key
     with safe_open(str(bert_weights_path(source)), "pt") as f:
-        keys = list(f.keys())
-    keys = [k[len("bert."):] if k.startswith("bert.") else k for k in keys]
-    return {"text_encoder." + k for k in keys if not k.startswith(("pooler.", "cls."))}
+        keys = [text_encoder_key(k) for k in f.keys()]
+    return {"text_encoder." + k for k in keys if k is not None}
 
 
 def check_trainable_export(model: nn.Module, frozen: list[str]) -> None:
@@ -76,8 +75,8 @@ def is_trainable_export(directory: Union[str, Path]) -> bool:
 def load_trainable_export(directory: Union[str, Path]) -> nn.Module:
     """Rebuild a model written with ``export.trainable_only``: init_from for frozen parts, the file for the rest.
 
-    This is the function ``vmm.models.persistence.from_pretrained`` should call for a folder where
-    :func:`is_trainable_export` is true.
+    ``vmm.from_pretrained`` calls this for a folder where :func:`is_trainable_export` is true and no
+    ``model.safetensors`` is present.
     """
     from safetensors.torch import load_file
     from vmm.models.registry import create_model

@@ -541,7 +541,6 @@ class EpochPlan:
         return np.array([u for i in rng.permutation(len(blocks)) for u in blocks[i]], dtype=np.int64)
 
 
-
 def training_plan(corpora: Sequence[Corpus], caption_sampling: str, batch_size: int, world: int, seed: int,
                   grad_accum: int = 1) -> EpochPlan:
     """The plan of a training run: one pool per media kind, so image corpora (CC3M, COCO, ...) share batches

@@ -403,21 +403,31 @@ def built_with(library: str) -> str:
     return f", per its manifest.json: model {manifest.model_name!r} (weights {manifest.weights_hash})"
 
 
-def read_query_clip(path: Union[str, Path], num_frames: int) -> np.ndarray:
-    """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3))."""
-    from index.decode import decode_video
+def check_video_file(path: Union[str, Path], what: str = "query video") -> None:
+    """Refuse, in one line naming ``what``, a path that is not a readable video file (before any decoding).
+
+    >>> check_video_file("/nonexistent/clip.mp4", "video")
+    Traceback (most recent call last):
+    vmm.errors.VmmError: video /nonexistent/clip.mp4 does not exist; check the path
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise VmmError(f"query video {path} does not exist")
+        raise VmmError(f"{what} {path} does not exist; check the path")
     if not os.path.isfile(path):  # a folder, a FIFO (reading one would wait forever)...
-        raise VmmError(f"query video {path} is not a file; pass the path of a video file")
+        raise VmmError(f"{what} {path} is not a file; pass the path of a video file")
     from index.discovery import named_video_problem
     # The indexer's own test: FFmpeg reads some text files as subtitles, and a JSON file given by mistake was
     # reported as "no video stream in the container (it holds subtitle)".
     problem = named_video_problem(path)
     if problem is not None:
-        raise VmmError(f"query video {path}: {problem}")
-    _, clips = decode_video(path, num_frames=num_frames, window=math.inf)
+        raise VmmError(f"{what} {path}: {problem}")
+
+
+def read_query_clip(path: Union[str, Path], num_frames: int, what: str = "query video") -> np.ndarray:
+    """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3))."""
+    from index.decode import decode_video
+    check_video_file(path, what)
+    _, clips = decode_video(os.fspath(path), num_frames=num_frames, window=math.inf)
     return clips[0].frames
 
 

@@ -24,9 +24,15 @@ def test_encode_a_video_file(tmp_path, capsys, model, frames, shape):
     assert f"-> embedding {shape}" in out and f"input (1, 3, {frames}," in out
 
 
-def test_encode_bad_input(tmp_path, capsys):
-    assert main(["encode", str(tmp_path / "none.mp4")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_encode_bad_input(tmp_path, capsys, monkeypatch):
+    import vmm
+    built = []
+    monkeypatch.setattr(vmm, "create_model_and_transforms", lambda *a, **k: built.append(a))
+    # a missing file is named with its fix before any model is built (and not as a search's "query video")
+    assert main(["encode", str(tmp_path / "none.mp4"), "--model", "videomamba_middle"]) == 2
+    assert capsys.readouterr().err == f"error: video {tmp_path / 'none.mp4'} does not exist; check the path\n"
+    assert built == []
+    monkeypatch.undo()
     (tmp_path / "notes.mp4").write_text("not a video")
     assert main(["encode", str(tmp_path / "notes.mp4"), "--model", "vmm_nano"]) == 2
     err = capsys.readouterr().err.strip()

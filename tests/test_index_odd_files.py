@@ -282,7 +282,7 @@ def test_odd_file_names_are_indexed_searched_and_printed_on_one_line(tmp_path, c
     assert len(table.strip().splitlines()) == 6
     monkeypatch.chdir(vids)
     assert main(["search", lib, "--video", "new\nline.mp4x"]) == 2
-    assert capsys.readouterr().err == f"error: query video new\\nline.mp4x does not exist\n"
+    assert capsys.readouterr().err == f"error: query video new\\nline.mp4x does not exist; check the path\n"
 
 
 def test_leading_dash_file_name_is_explained(tmp_path, capsys, monkeypatch):

@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.video == "":  # not the same as leaving it out, which encodes the generated clip
         raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
+    if args.video:
+        from retrieval.library import check_video_file
+        check_video_file(args.video, "video")
     set_threads(args.threads)
     overrides = frames_override(args.model, args.frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.cfg.vision if hasattr(model.cfg, "vision") else model.cfg
     if args.video:
         from retrieval.library import read_query_clip
-        frames = read_query_clip(args.video, cfg.num_frames)
+        frames = read_query_clip(args.video, cfg.num_frames, "video")
     else:
         frames = _generated_clip(cfg.num_frames, cfg.img_size)
     x = eval_tf(frames).unsqueeze(0).to(device)

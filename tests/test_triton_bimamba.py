@@ -377,3 +377,28 @@ def test_asking_for_triton_where_it_cannot_run_is_a_one_line_error():
         assert "\n" not in message and "backend='reference'" in message and "NVIDIA GPU" in message
     normed, residual = RMSNorm(16).add_forward(xz, None, backend="triton")
     assert normed.shape == xz.shape and residual.dtype == torch.float32
+
+
+def _reference_path_warnings(device, backend, monkeypatch):
+    import warnings
+    from vmm.ops import _triton, bimamba
+    monkeypatch.setattr(bimamba, "_logged", set())
+    monkeypatch.setattr(_triton, "is_available", lambda device=None: False)  # as without triton
+    xz, wf, wb = make_layer(1, 16, 9, device=device, seed=0)
+    x, z = xz.detach().transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            bimamba.bimamba_inner(x, z, wf, wb, backend=backend)
+    return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_reference_scan_on_the_cpu_is_no_warning(monkeypatch):
+    assert _reference_path_warnings("cpu", None, monkeypatch) == []
+
+
+@pytest.mark.cuda
+def test_a_gpu_without_the_fused_kernels_is_warned_once(monkeypatch):
+    caught = _reference_path_warnings("cuda", None, monkeypatch)
+    assert len(caught) == 1 and "run the PyTorch reference scan" in caught[0]
+    assert _reference_path_warnings("cuda", "reference", monkeypatch) == []  # chosen by name: no surprise

@@ -88,6 +88,8 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
         from vmm.errors import VmmError
         raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
                        "package; use backend='reference' (or None for automatic choice)")
+    if backend is None and x.is_cuda:
+        _warn_reference_on_gpu(x)
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
 
 
@@ -112,6 +114,19 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
 
 
 _logged: set = set()
+
+
+def _warn_reference_on_gpu(x: Tensor) -> None:
+    # A GPU user expects the fast path; dropping to the reference only at log level INFO would look like a
+    # model that is simply slow. Once per device type, like the choice log below.
+    if ("reference-on-gpu", x.device.type) in _logged:
+        return
+    _logged.add(("reference-on-gpu", x.device.type))
+    import warnings
+    warnings.warn(f"vmm: the fused Triton kernels cannot run on {x.device} (they need the triton package and an "
+                  f"NVIDIA GPU of compute capability 7.0+); VideoMamba layers run the PyTorch reference scan, many "
+                  f"times slower: install triton (pip install triton), or pass scan_backend='reference' to "
+                  f"choose it", RuntimeWarning, stacklevel=3)
 
 
 def _log_layer_choice(name: str, x: Tensor) -> None:

@@ -59,6 +59,8 @@ class EvalConfig:
 
     ``checkpoint=None`` uses the weights of a ``save_pretrained`` folder given as ``model``,
     or the official file named in a registered model's config (``"default"``).
+    ``frames=None`` takes a model folder's own frame count, else the dataset protocol's
+    ``num_frames`` (8 for every official dataset; a custom :class:`DatasetProtocol` may set another).
     ``batch_size`` is videos per encoder batch; ``text_batch_size`` (official 256) and
     ``itm_batch_size`` (pairs per ITM forward; official 32, any value gives the same
     scores) only change speed. ``sim_chunk`` is videos per ITC block (None: automatic).
@@ -70,7 +72,7 @@ class EvalConfig:
     videos: str | Path
     model: str | Path = "videomamba_m16_25m"
     checkpoint: Optional[str | Path] = None
-    frames: int = 8
+    frames: Optional[int] = None
     rerank_k: int = 128
     batch_size: int = 16
     text_batch_size: int = 256
@@ -103,7 +105,7 @@ class EvalConfig:
         # Wrong types failed later as a TypeError (rerank_k="5") or deep in the encoder (frames=4.0).
         for name in ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size", "sim_chunk"):
             value = getattr(self, name)
-            if not (_whole(value, 1) or (value is None and name == "sim_chunk")):
+            if not (_whole(value, 1) or (value is None and name in ("frames", "sim_chunk"))):
                 raise VmmError(f"{_option(name)} must be a whole number >= 1, got {value!r}")
         if not _whole(self.workers, 0):
             raise VmmError(f"{_option('workers')} must be a whole number >= 0 (0 decodes in the main process), "
@@ -667,6 +669,9 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     protocol = get_protocol(config.dataset)
+    if config.frames is None:
+        config = replace(config, frames=default_frames(config.model, config.checkpoint,
+                                                       protocol.num_frames))
     dataset = load_retrieval_dataset(config.annotations, config.videos, protocol, allow_missing=config.allow_missing,
                                      missing_hint=MISSING_HINT)
     listed = len(dataset.videos) + len(dataset.missing)
@@ -941,11 +946,14 @@ def default_model_for(checkpoint: str | Path) -> str:
     return f"videomamba_m16_{corpus.lower()}" if corpus else "videomamba_m16_25m"
 
 
-def default_frames(model: str | Path, checkpoint: Optional[str | Path]) -> int:
-    """The frame count to evaluate when none is given: a model folder's own (its weights fit no other), else 8.
+def default_frames(model: str | Path, checkpoint: Optional[str | Path], protocol_frames: int = 8) -> int:
+    """The frame count to evaluate when none is given: a model folder's own (its weights fit no other), else the
+    dataset protocol's ``num_frames`` (8 for every official dataset).
 
     >>> default_frames("videomamba_m16_25m", None)
     8
+    >>> default_frames("videomamba_m16_25m", "weights.pth", protocol_frames=4)  # a plain file: the protocol's
+    4
     """
     import vmm
     from vmm.factory import default_pretrained, saved_frames
@@ -953,7 +961,7 @@ def default_frames(model: str | Path, checkpoint: Optional[str | Path]) -> int:
     weights = model if is_pretrained_dir(model) else checkpoint
     if weights is None and str(model) in vmm.list_models():
         weights = default_pretrained(str(model))
-    return (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or 8
+    return (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or protocol_frames
 
 
 def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:

@@ -354,3 +354,19 @@ def test_benchmark_script_ctrl_c_is_one_line(data, tmp_path, monkeypatch, capsys
                                         "--markdown", str(tmp_path / "b.md")])
     assert code == 130 and capsys.readouterr().err == "interrupted\n"
     assert not (tmp_path / "b.json").exists()
+
+
+def test_frames_default_to_the_model_folder_else_the_protocol(data, tmp_path, monkeypatch):
+    """EvalConfig(frames=None): a model folder's own count (its weights fit no other), else the dataset protocol's
+    num_frames, so a custom DatasetProtocol's frame count is not silently replaced by 8."""
+    import retrieval.evaluate as ev
+    from retrieval.annotations import DatasetProtocol
+    seen = []
+    monkeypatch.setattr(ev, "_evaluate", lambda config, *rest: seen.append(config.frames))
+    mine = DatasetProtocol("mine", False, 32, None, num_frames=4)
+    ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model="vmm_nano",
+                              checkpoint=str(tmp_path / "weights.pth"), device="cpu", workers=0))
+    ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model=data["model"], device="cpu", workers=0))
+    ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model=data["model"], frames=6, device="cpu",
+                              workers=0))
+    assert seen == [4, 8, 6]

@@ -340,6 +340,22 @@ def test_schedule_is_clipped_at_the_floor_as_the_official_one():
     assert all(v == floor for s, v in enumerate(values) if s > warmup and cosine(s) <= floor)
 
 
+def test_fractional_warmup_is_not_rounded():
+    """The official scheduler gets steps_per_epoch * warmup_epochs unrounded (stage 2: 0.2 epoch). 0.2 epoch of 7
+    steps is 1.4 steps: step 1 is still in warmup at 1 / 1.4, and the cosine starts from 1.4; rounding to 1 put
+    step 1 at the peak. Under one step (0.2 epoch of 1 step) step 0 is warmup at the floor, not the peak."""
+    from types import SimpleNamespace as NS
+    from vmm.training.loop import planned_warmup
+    cfg = NS(schedule=NS(warmup_steps=None, warmup_epochs=0.2))
+    assert planned_warmup(cfg, 7) == pytest.approx(1.4) and planned_warmup(cfg, 2441) == pytest.approx(488.2)
+    warmup, total = planned_warmup(cfg, 7), 14
+    assert lr_factor(0, total, warmup, 0.01) == 0.01
+    assert lr_factor(1, total, warmup, 0.01) == pytest.approx(1 / 1.4)
+    assert lr_factor(2, total, warmup, 0.01) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.6 / 12.6)))
+    assert lr_factor(0, 5, planned_warmup(cfg, 1), 0.01) == 0.01
+    assert lr_factor(1, 5, 0.2, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.8 / 4.8)))
+
+
 def test_degenerate_batches_still_reach_every_head():
     """One sample id only (no VTM negative) or no MLM token drawn: losses stay finite and touch the heads."""
     model = tiny_model()

@@ -181,11 +181,14 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.schedule.max_steps or max(1, round(cfg.schedule.epochs * steps_per_epoch))
 
 
-def planned_warmup(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Warmup optimizer steps: ``schedule.warmup_steps``, else ``schedule.warmup_epochs`` of the epoch plan."""
+def planned_warmup(cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Warmup optimizer steps: ``schedule.warmup_steps``, else ``schedule.warmup_epochs`` of the epoch plan.
+
+    Not rounded: the official scheduler is given ``steps_per_epoch * warmup_epochs`` as it is (488.2 steps for the
+    stage-2 recipe's 0.2 epoch of 2441 steps), and :func:`vmm.training.optim.lr_factor` takes the fraction."""
     if cfg.schedule.warmup_steps is not None:
         return cfg.schedule.warmup_steps
-    return round(cfg.schedule.warmup_epochs * steps_per_epoch)
+    return cfg.schedule.warmup_epochs * steps_per_epoch
 
 
 def warmup_note(cfg: TrainConfig, steps_per_epoch: int) -> Optional[str]:
@@ -200,7 +203,7 @@ def warmup_note(cfg: TrainConfig, steps_per_epoch: int) -> Optional[str]:
     from vmm.training.optim import lr_factor
     peak = lr_factor(total - 1, total, warmup, cfg.schedule.min_lr_ratio)
     source = (f"schedule.warmup_steps={warmup}" if cfg.schedule.warmup_steps is not None
-              else f"schedule.warmup_epochs={cfg.schedule.warmup_epochs:g} ({warmup} steps of {steps_per_epoch} per "
+              else f"schedule.warmup_epochs={cfg.schedule.warmup_epochs:g} ({warmup:g} steps of {steps_per_epoch} per "
                    f"epoch)")
     length = (f"schedule.max_steps={total}" if cfg.schedule.max_steps
               else f"schedule.epochs={cfg.schedule.epochs:g} ({total} steps)")

@@ -107,20 +107,25 @@ def freeze(module: nn.Module, patterns: Iterable[str]) -> list[str]:
     return sorted(set(frozen))
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+def lr_factor(step: int, total_steps: int, warmup_steps: float, min_ratio: float) -> float:
     """Linear warmup from 0, then a half cosine from 1 to 0, both floored at ``min_ratio`` (step counts from 0).
 
     The official schedule (``get_cosine_schedule_with_warmup`` of the UMT/VideoMamba multi-modality code, with
     ``min_lr_multi``) clips the curve at the floor rather than rescaling it: the first step already runs at
     ``min_ratio`` times the learning rate, and the cosine reaches the floor at about 94% of the run with 0.01.
+    ``warmup_steps`` may be fractional, as the official ``steps_per_epoch * warmup_epochs`` is: the warmup ends
+    at the first whole step past it, and the cosine starts from that fraction (a warmup under one step divides
+    by 1, as the official ``max(1, num_warmup_steps)`` does).
 
     >>> [round(lr_factor(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
     >>> [round(lr_factor(s, 10, 2, 0.1), 3) for s in (0, 1, 2, 6, 10)]
     [0.1, 0.5, 1.0, 0.5, 0.1]
+    >>> [round(lr_factor(s, 10, 1.4, 0.0), 3) for s in (0, 1, 2)]
+    [0.0, 0.714, 0.988]
     """
     if step < warmup_steps:
-        return max(min_ratio, step / warmup_steps)
+        return max(min_ratio, step / max(1, warmup_steps))
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return max(min_ratio, 0.5 * (1 + math.cos(math.pi * progress)))

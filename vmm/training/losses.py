@@ -1,9 +1,12 @@
 """The pretraining losses: VTC, VTM, MLM, UTA (official ``criterions.py`` semantics) and distillation.
 
 Similarities are the official ITC: mean over frames of the per-frame cosine, divided by ``temp`` in training.
-Contrastive features are all-gathered across processes with a gather that carries gradients back to the
-process that produced them; with each process computing the loss of the whole global batch, the averaged
-data-parallel gradient equals the gradient of the single-process loss on the concatenated batch.
+Contrastive features are all-gathered across processes as the official ``AllGather`` does: each process
+computes the loss of the whole global batch and its backward keeps only the gradient of its own slice. After
+data-parallel averaging the features' VTC gradient is therefore the single-process gradient on the
+concatenated batch divided by the number of processes (``temp``, not gathered, gets the full gradient); the
+released checkpoints were trained that way, so VTC weighs 1/16 (5M) or 1/32 (17M, 25M) of its nominal weight
+against the local VTM, MLM and UTA losses. ``loss.vtc`` = the process count gives the single-process gradient.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from torch import Tensor
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward sums every process's gradient of this process's slice."""
+    """all_gather forward; backward returns this process's own gradient of its slice (the official
+    ``AllGather``: no all-reduce, the other processes' gradients of that slice are dropped)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, rank: int, world: int) -> Tensor:
@@ -25,8 +29,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch], None, None
 
 

@@ -302,3 +302,16 @@ def test_a_warmup_as_long_as_the_run_is_warned_about(corpus, tmp_path, capsys):
                      r"\(at most \d+% of it\)", err), err
     code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'o'}", "--check")
     assert code == 0 and "warmup" not in err
+
+
+def test_start_up_warnings_come_from_the_first_process_of_any_launcher(monkeypatch, capsys):
+    """Under an MPI launcher (no RANK, only OMPI_COMM_WORLD_RANK / PMI_RANK) every process printed the warnings."""
+    from vmm.training.loop import _warn
+    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, rank, shown in [("OMPI_COMM_WORLD_RANK", "1", False), ("PMI_RANK", "2", False),
+                             ("OMPI_COMM_WORLD_RANK", "0", True)]:
+        monkeypatch.setenv(var, rank)
+        _warn("warning: x")
+        assert (capsys.readouterr().err == "warning: x\n") == shown
+        monkeypatch.delenv(var)

@@ -10,7 +10,6 @@ before any work starts (only the first process prints it).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,11 +19,8 @@ from vmm.errors import RunFinished, VmmError
 
 
 def _first_process() -> bool:
-    # Read before the accelerator exists: launchers set RANK (torchrun) or the MPI variables.
-    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if var in os.environ:
-            return os.environ[var] == "0"
-    return True
+    from vmm.training.launch import launch_rank  # read before the accelerator exists
+    return launch_rank() == 0
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,6 +24,7 @@ import torch
 
 from vmm.errors import CheckpointError, RunFinished, VmmError
 from vmm.training.config import TrainConfig, unused_options
+from vmm.training.launch import launch_rank, launch_world_size
 from vmm.training.stop import deferred
 
 CHECKPOINTS = "checkpoints"
@@ -82,9 +83,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     for corpus in corpora:
         if corpus.missing_note:
             _warn(corpus.missing_note)
-    # Raises when one optimizer step needs more samples than an epoch has (WORLD_SIZE is set by launchers).
+    # Raises when one optimizer step needs more samples than an epoch has.
     plan = data.training_plan(corpora, cfg.data.caption_sampling, cfg.data.batch_size,
-                              int(os.environ.get("WORLD_SIZE", "1")), cfg.train.seed, cfg.train.grad_accum)
+                              launch_world_size(), cfg.train.seed, cfg.train.grad_accum)
     note = warmup_note(cfg, plan.steps_per_epoch)
     if note:
         _warn(note)
@@ -110,7 +111,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
                        f"continue it or choose a new train.output_dir")
     if resume_dir is not None:
         check_resume_length(cfg, resume_dir, _read_state(resume_dir).global_step, plan.steps_per_epoch)
-    if resume_dir is None and int(os.environ.get("RANK", "0")) == 0 and out.is_dir():
+    if resume_dir is None and launch_rank() == 0 and out.is_dir():
         # A fresh run replaces final/, train_config.yaml and metrics.jsonl: never in a folder that holds anything.
         # (Rank 0 only: the other ranks may look after it has created its first files.)
         held = sorted(p.name for p in out.iterdir())
@@ -119,7 +120,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
             raise VmmError(f"train.output_dir {out} is not empty (it holds {shown}){found}; a new run would replace "
                            "what is there: choose a new or empty train.output_dir")
-    if int(os.environ.get("RANK", "0")) == 0:  # (a probe of another rank would show in the check above)
+    if launch_rank() == 0:  # (a probe of another rank would show in the check above)
         _probe_output_dir(out)
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
 
@@ -276,7 +277,7 @@ _INIT_HINT = "pass a checkpoint of this model (stage 2: the stage-1 run's final 
 
 
 def _warn(line: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
+    if launch_rank() == 0:  # once, not once per process
         print(line, file=sys.stderr)
 
 
@@ -484,7 +485,7 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
     """Restore ``checkpoint`` (accelerate state and trainer state) after checking it fits this run, and cut from
     metrics.jsonl the steps the interrupted run logged after it; returns the trainer state to continue from."""
     saved = _read_state(checkpoint)
-    # Again with this run's process count (check_inputs took it from WORLD_SIZE, which not every launcher sets).
+    # Again with this run's process count (check_inputs took the launcher's, which not every launcher sets).
     check_resume_length(cfg, checkpoint, saved.global_step, plan.steps_per_epoch)
     if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
         raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "

@@ -315,3 +315,18 @@ def test_start_up_warnings_come_from_the_first_process_of_any_launcher(monkeypat
         _warn("warning: x")
         assert (capsys.readouterr().err == "warning: x\n") == shown
         monkeypatch.delenv(var)
+
+
+def test_a_fractional_warmup_that_ends_inside_the_last_step_is_warned_about():
+    """The warmup is no longer rounded (0.9 epoch of 4 steps is 3.6): the last of 4 steps, step 3, is still in
+    warmup at 3 / 3.6 of optim.lr, which is a warmup as long as the run, though 3.6 < 4."""
+    from types import SimpleNamespace as NS
+    from vmm.training.loop import warmup_note
+
+    def note(warmup_epochs, epochs=1):
+        cfg = NS(schedule=NS(warmup_steps=None, warmup_epochs=warmup_epochs, max_steps=None, epochs=epochs,
+                             min_lr_ratio=0.0), optim=NS(lr=1e-3))
+        return warmup_note(cfg, 4)
+    assert "is not shorter than the run" in note(0.9) and "(at most 83% of it)" in note(0.9)
+    assert note(0.75) is None  # 3 steps: step 3 runs past the warmup
+    assert note(0.74) is None and "(at most 75% of it)" in note(1.0)

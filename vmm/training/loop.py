@@ -199,7 +199,7 @@ def warmup_note(cfg: TrainConfig, steps_per_epoch: int) -> Optional[str]:
     a whole epoch), and the run would look fine while training at a fraction of its rate.
     """
     total, warmup = planned_steps(cfg, steps_per_epoch), planned_warmup(cfg, steps_per_epoch)
-    if warmup < total:
+    if warmup <= total - 1:  # the last step (total - 1) is past the warmup; a fractional one may end in it
         return None
     from vmm.training.optim import lr_factor
     peak = lr_factor(total - 1, total, warmup, cfg.schedule.min_lr_ratio)

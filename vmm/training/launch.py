@@ -15,16 +15,17 @@ _SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 def _first_set(names: tuple, environ: Mapping[str, str], default: int) -> int:
     for name in names:
-        if name in environ:
-            return int(environ[name])
+        value = environ.get(name, "").strip()
+        if value.isdigit():  # a launcher's own variable holding something else is not ours to refuse
+            return int(value)
     return default
 
 
 def launch_rank(environ: Optional[Mapping[str, str]] = None) -> int:
     """This process's rank as the launcher set it (0 without a launcher).
 
-    >>> launch_rank({"OMPI_COMM_WORLD_RANK": "3"}), launch_rank({})
-    (3, 0)
+    >>> launch_rank({"OMPI_COMM_WORLD_RANK": "3"}), launch_rank({}), launch_rank({"PMI_RANK": "n/a"})
+    (3, 0, 0)
     """
     return _first_set(_RANK_VARS, os.environ if environ is None else environ, 0)
 

@@ -6,7 +6,8 @@ computes the loss of the whole global batch and its backward keeps only the grad
 data-parallel averaging the features' VTC gradient is therefore the single-process gradient on the
 concatenated batch divided by the number of processes (``temp``, not gathered, gets the full gradient); the
 released checkpoints were trained that way, so VTC weighs 1/16 (5M) or 1/32 (17M, 25M) of its nominal weight
-against the local VTM, MLM and UTA losses. ``loss.vtc`` = the process count gives the single-process gradient.
+against the local VTM, MLM and UTA losses. ``loss.vtc`` = the process count gives the features the single-process
+gradient (and ``temp`` that many times its own).
 """
 from __future__ import annotations
 

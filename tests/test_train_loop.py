@@ -103,6 +103,19 @@ def test_resume_drops_a_metrics_line_cut_by_a_crash(uninterrupted, corpus, tmp_p
     assert [r["step"] for r in metrics(run)] == list(range(1, 8))
 
 
+def test_resume_with_other_settings_says_which(uninterrupted, corpus, tmp_path, capsys):
+    """A recipe edited between a run's start and its resume (or other overrides) changed the rest of the run
+    without a word; the watching/storage settings (output folder, workers, logging) may change silently."""
+    checkpoint = f"train.resume={uninterrupted / 'checkpoints/step_00000003'}"
+    train(tiny_cfg(corpus, tmp_path / "same", "schedule.max_steps=7", "data.num_workers=1", checkpoint))
+    assert "differ from those the run started with" not in capsys.readouterr().out
+    train(tiny_cfg(corpus, tmp_path / "other", "schedule.max_steps=7", "optim.lr=5e-4", checkpoint))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "differ from those" in ln]
+    assert lines == [f"warning: train.resume: 1 setting(s) differ from those the run started with "
+                     f"({uninterrupted / 'train_config.yaml'}): optim.lr 0.001 -> 0.0005; the steps from here use "
+                     f"this command's"]
+
+
 def test_resume_mid_epoch_with_another_batch_size_is_refused(uninterrupted, corpus, tmp_path):
     from vmm.errors import VmmError
     with pytest.raises(VmmError, match="stopped mid-epoch with 4 samples per micro-batch, this run has 2"):

@@ -480,6 +480,60 @@ def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bo
     return clip_teacher, distill_teacher
 
 
+# Settings that change how a run is watched or stored, not what it computes: a resume may change them freely.
+_RESUME_FREE = ("train.resume", "train.output_dir", "train.progress", "train.tensorboard", "train.log_every",
+                "train.save_every", "train.keep_last", "data.num_workers")
+
+
+def changed_since_start(started: dict, now: dict) -> list[str]:
+    """The settings of ``now`` that differ from ``started`` (a run's saved train_config.yaml), as ``key old -> new``
+    (a key one side lacks shows as ``(not set)``); settings that do not change the computation are left out.
+
+    >>> changed_since_start({"optim": {"lr": 4e-4}, "train": {"log_every": 10}},
+    ...                     {"optim": {"lr": 3e-4, "eps": 1e-8}, "train": {"log_every": 1}})
+    ['optim.lr 0.0004 -> 0.0003', 'optim.eps (not set) -> 1e-08']
+    """
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    def show(v) -> str:
+        text = "(not set)" if v is _MISSING else str(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    a, b = flat(started), flat(now)
+    keys = list(a) + [k for k in b if k not in a]
+    return [f"{k} {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}" for k in sorted(keys, key=keys.index)
+            if k not in _RESUME_FREE and a.get(k, _MISSING) != b.get(k, _MISSING)]
+
+
+_MISSING = object()
+
+
+def _resume_changes_note(cfg: TrainConfig, checkpoint: Path) -> Optional[str]:
+    """A warning line when this command resumes a run with other settings than it started with (a recipe edited
+    since, or other overrides): vmm continues with the command's, which the user may not expect."""
+    import yaml
+    started_file = checkpoint.parent.parent / "train_config.yaml"  # RUN/checkpoints/step_N -> RUN
+    try:
+        started = yaml.safe_load(started_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # nothing to compare with (a checkpoint copied on its own): nothing to say
+    if not isinstance(started, dict):
+        return None
+    changes = changed_since_start(started, cfg.to_dict())
+    if not changes:
+        return None
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    return (f"warning: train.resume: {len(changes)} setting(s) differ from those the run started with "
+            f"({started_file}): {'; '.join(changes[:5])}{more}; the steps from here use this command's")
+
+
 def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: int,
             metrics_path: Path) -> TrainerState:
     """Restore ``checkpoint`` (accelerate state and trainer state) after checking it fits this run, and cut from
@@ -502,6 +556,9 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
     state.global_batch = plan.global_batch
     accelerator.print(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
                       f"{state.micro_in_epoch} micro-batches in)")
+    note = _resume_changes_note(cfg, checkpoint) if accelerator.is_main_process else None
+    if note:
+        accelerator.print(note)
     if state.global_step == total_steps:
         accelerator.print(f"{checkpoint} is the run's last step: writing its final model without training")
     if accelerator.is_main_process and metrics_path.is_file():

@@ -108,10 +108,10 @@ def test_resume_with_other_settings_says_which(uninterrupted, corpus, tmp_path, 
     without a word; the watching/storage settings (output folder, workers, logging) may change silently."""
     checkpoint = f"train.resume={uninterrupted / 'checkpoints/step_00000003'}"
     train(tiny_cfg(corpus, tmp_path / "same", "schedule.max_steps=7", "data.num_workers=1", checkpoint))
-    assert "differ from those the run started with" not in capsys.readouterr().out
+    assert "differ from those of the run's last start" not in capsys.readouterr().out
     train(tiny_cfg(corpus, tmp_path / "other", "schedule.max_steps=7", "optim.lr=5e-4", checkpoint))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "differ from those" in ln]
-    assert lines == [f"warning: train.resume: 1 setting(s) differ from those the run started with "
+    assert lines == [f"warning: train.resume: 1 setting(s) differ from those of the run's last start "
                      f"({uninterrupted / 'train_config.yaml'}): optim.lr 0.001 -> 0.0005; the steps from here use "
                      f"this command's"]
 

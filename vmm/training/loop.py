@@ -530,7 +530,7 @@ def _resume_changes_note(cfg: TrainConfig, checkpoint: Path) -> Optional[str]:
     if not changes:
         return None
     more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-    return (f"warning: train.resume: {len(changes)} setting(s) differ from those the run started with "
+    return (f"warning: train.resume: {len(changes)} setting(s) differ from those of the run's last start "
             f"({started_file}): {'; '.join(changes[:5])}{more}; the steps from here use this command's")
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from vmm.errors import VmmError, one_line
+from vmm.errors import OneLineArgumentParser, VmmError, one_line
 
 COMMANDS = {
     "demo": "run the offline demo: generate a video library, index it, search it, evaluate",
@@ -25,21 +25,20 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose usage errors name a file that was read as an option because its name starts with '-'."""
+class _Parser(OneLineArgumentParser):
+    """The ``vmm`` parser: its usage errors name the command, and a file that was read as an option because its
+    name starts with '-'."""
 
     def __init__(self, *args, dash_files: Sequence[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.dash_files = list(dash_files)
 
-    def error(self, message: str):
+    def error_line(self, message: str) -> str:
         if self.dash_files:
             name = self.dash_files[0]
             message += (f"; {one_line(name)!r} is a file, but a name that starts with '-' reads as an option: "
                         f"write it as ./{one_line(name)}")
-        # One line, as every other mistake gets (argparse prints its whole usage block first), with the way to the
-        # options instead.
-        self.exit(2, f"error: {self.prog}: {one_line(message)} (`{self.prog} --help` lists the options)\n")
+        return f"error: {self.prog}: {one_line(message)} (`{self.prog} --help` lists the options)"
 
 
 def _dash_files(argv: Sequence[str]) -> list[str]:

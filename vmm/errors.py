@@ -5,7 +5,9 @@ Anything a user can cause (a bad path, a wrong option, a damaged file) raises
 fix. The CLI prints ``error: <message>`` and exits with status 2 instead of a
 traceback; library callers can catch it like any other exception.
 """
+import argparse
 import numbers
+from typing import Optional
 
 
 class VmmError(Exception):
@@ -42,3 +44,20 @@ def one_line(text: str) -> str:
     'clips/new\\nline.mp4: no video stream'
     """
     return text.translate(_CONTROL)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes end in one ``error: ...`` line naming ``--help`` and exit status 2, as every
+    other mistake does (argparse printed its whole usage block first). Commands adjust :meth:`error_line`.
+
+    >>> OneLineArgumentParser(prog="tool").error_line("argument --n: invalid int value: 'x'")
+    "error: argument --n: invalid int value: 'x' (`tool --help` lists the options)"
+    """
+
+    def error(self, message: str):
+        line = self.error_line(message)
+        self.exit(2, None if line is None else line + "\n")
+
+    def error_line(self, message: str) -> Optional[str]:
+        """The line printed for a usage mistake (None: exit with status 2 and print nothing)."""
+        return f"error: {one_line(message)} (`{self.prog} --help` lists the options)"

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vmm.errors import RunFinished, VmmError
+from vmm.errors import OneLineArgumentParser, RunFinished, VmmError
 
 
 def _first_process() -> bool:
@@ -23,14 +23,12 @@ def _first_process() -> bool:
     return launch_rank() == 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose usage mistakes are one line like every other mistake of this command (argparse printed its
-    usage block first, and under ``accelerate launch`` once per process)."""
+class _Parser(OneLineArgumentParser):
+    """Usage mistakes are one line, printed by the first process only (under ``accelerate launch`` every process
+    parses the same command line)."""
 
-    def error(self, message: str):
-        if _first_process():
-            self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
-        self.exit(2)
+    def error_line(self, message: str) -> Optional[str]:
+        return super().error_line(message) if _first_process() else None
 
 
 def build_parser() -> argparse.ArgumentParser:

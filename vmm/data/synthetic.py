@@ -20,7 +20,6 @@ Pieces, top to bottom: vocabulary, the spec dataclasses, rendering
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -37,7 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vmm.errors import VmmError, is_whole_number
+from vmm.errors import OneLineArgumentParser, VmmError, is_whole_number
 
 # ----------------------------------------------------------------------------
 # Vocabulary. Object and background colour names never share a word, so a
@@ -1211,13 +1210,6 @@ def read_specs(out_dir: str | os.PathLike) -> dict[str, VideoSpec]:
 # ----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose mistakes are one line like the generator's own (it printed its usage block first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m vmm.data.synthetic OUT_DIR --num-videos N --seed S``; returns the exit status.
 
@@ -1226,8 +1218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrote 4 videos ...
     0
     """
-    parser = _Parser(prog="python -m vmm.data.synthetic",
-                     description="Write a procedural video-text corpus (videos + captions).")
+    parser = OneLineArgumentParser(prog="python -m vmm.data.synthetic",
+                                   description="Write a procedural video-text corpus (videos + captions).")
     parser.add_argument("out_dir", help="folder to write (new or empty; see --overwrite)")
     parser.add_argument("--num-videos", type=int, default=300, help="total clips over all splits (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")

@@ -7,6 +7,19 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 
 
+def golden_files(marker: str) -> list:
+    """The golden fixtures in the reference folder that hold a ``marker`` array (``sm/state_dict/`` for the
+    classifier part of the d2 format, ``config_json`` for the multimodal format...), as pytest parameters: the
+    parity tests run on every fixture of a format, not only on the ones named here."""
+    import numpy as np
+    found = []
+    for path in sorted(REFERENCE.glob("videomamba_golden_*.npz")) if REFERENCE.is_dir() else []:
+        with np.load(path, allow_pickle=False) as z:
+            if any(k == marker or k.startswith(marker) for k in z.files):
+                found.append(pytest.param(path, id=path.stem))
+    return found
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE.is_dir():

@@ -21,6 +21,21 @@ def test_classifier_state_dict_matches_official(reference_dir, size):
     assert _shapes(model) == ref
 
 
+def _key_lists():
+    from tests.conftest import REFERENCE
+    files = sorted(REFERENCE.glob("videomamba_state_dict_*.json")) if REFERENCE.is_dir() else []
+    return [pytest.param(f, id=f.stem) for f in files if "_mm_" not in f.name]
+
+
+@pytest.mark.parametrize("path", _key_lists())
+def test_every_official_key_list_is_built_from_its_own_shapes(path):
+    """Any official classifier key list in the reference folder (other sizes, frame counts, resolutions): the
+    sizes read from its shapes build a model with exactly its keys and shapes."""
+    ref = json.loads(path.read_text())
+    sizes = vmm.vision_overrides_from_state_dict({k: torch.empty(v) for k, v in ref.items()})
+    assert _shapes(vmm.create_model("videomamba_tiny", **sizes)) == ref
+
+
 def test_param_counts_match_spec():
     counts = {n: sum(p.numel() for p in vmm.create_model(f"videomamba_{n}").parameters())
               for n in ("tiny", "small", "middle")}

@@ -304,3 +304,27 @@ def test_bad_options(video, checkpoint, capsys):
     assert_one_line_error(code, err, "--model-arg expects KEY=VALUE")
     with pytest.raises(VmmError, match="backend='opencv'.*must be 'auto'"):
         ClassifyOptions(backend="opencv").check()
+
+
+def test_frames_and_resolution_follow_the_checkpoint_unless_chosen(video, tmp_path, capsys):
+    """A ..._f16_res224to384.pth file runs at 16 frames and 384 px without --frames or img_size (it was squeezed
+    into the config's 8 x 224 by interpolating its position tables); a size chosen on the command line wins."""
+    path, _ = video
+    torch.manual_seed(0)
+    native = vmm.create_model("videomamba_tiny", num_classes=400, depth=2, num_frames=4, img_size=SIZE)
+    ckpt = tmp_path / "videomamba_t16_k400_f4_res32.pth"
+    torch.save(native.state_dict(), ckpt)
+    base = [str(path), "--model", "videomamba_tiny", "--model-arg", "depth=2", "--checkpoint", str(ckpt), "--json"]
+    sizes = []
+    for extra in ([], ["--frames", "8"], ["--model-arg", "img_size=64"]):
+        code, out, err = run_cli([*base, *extra], capsys)
+        assert code == 0, err
+        report = json.loads(out)
+        sizes.append((report["frames"], report["img_size"]))
+    assert sizes == [(4, SIZE), (8, SIZE), (4, 64)]
+    # the file's own size is the model it was saved from: the same probabilities as that model run directly
+    code, out, _ = run_cli(base, capsys)
+    views = read_views(str(path), 4, SIZE, 1, 1)
+    expected = direct_probabilities(native.eval(), views[0])
+    top = json.loads(out)["top"][0]
+    assert top["index"] == int(expected.argmax()) and abs(top["probability"] - float(expected.max())) < 1e-5

@@ -271,6 +271,28 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         raise
 
 
+def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
+    """(frames, img_size) a video encoder checkpoint file was made for, read from its position tables; None when
+    the file cannot tell (no temporal table, not a checkpoint: :func:`load_weights` then says what is wrong).
+
+    >>> import tempfile, torch, vmm
+    >>> m = vmm.create_model("videomamba_tiny", depth=1, num_frames=16, img_size=64, num_classes=3)
+    >>> path = f"{tempfile.mkdtemp()}/videomamba_t16_k400_f16_res64.pth"
+    >>> torch.save(m.state_dict(), path)
+    >>> checkpoint_input_size(path)
+    (16, 64)
+    """
+    from vmm.models.checkpoint import read_checkpoint, vision_overrides_from_state_dict
+    try:
+        _sniff_weights_file(Path(path))
+        sizes = vision_overrides_from_state_dict(read_checkpoint(path))
+    except (VmmError, KeyError, ValueError, OSError):
+        return None
+    if "num_frames" not in sizes or "img_size" not in sizes:
+        return None
+    return sizes["num_frames"], sizes["img_size"]
+
+
 def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--device") -> torch.device:
     """A torch.device for ``device`` (None or "auto": cuda when visible, else cpu), or VmmError naming
     ``option`` for a string that is no device or a GPU that is not there.

@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5, help="labels to print [5]")
     p.add_argument("--labels", help="class names: a built-in set (kinetics400) or a text file, one name per "
                    "line in head order (default: the model's, else kinetics400)")
-    p.add_argument("--frames", type=int, help="frames per clip, for 16/32/64-frame checkpoints (default: the model's)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint's, else the model's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable; dotted keys nest (e.g. depth=2, vision.depth=2)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -79,14 +80,14 @@ def _checkpoint_path(model, checkpoint: str) -> Path:
     return resolve_pretrained(checkpoint)
 
 
-def _build_model(args: argparse.Namespace):
+def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
     import vmm
     from vmm.errors import VmmError
     from vmm.models.persistence import is_pretrained_dir
 
     from vmm.factory import check_frames
 
-    overrides = parse_model_args(args.model_arg)
+    overrides = {**(sizes or {}), **parse_model_args(args.model_arg)}
     if args.frames is not None:
         overrides["num_frames"] = check_frames(args.frames)
     if is_pretrained_dir(args.model):
@@ -99,6 +100,24 @@ def _build_model(args: argparse.Namespace):
                        "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
     model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
     return model
+
+
+def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
+    """The checkpoint's frame count and resolution, each where the command line did not choose it and it differs
+    from the model config's (a chosen size gets the position tables interpolated to it, as before)."""
+    from vmm.factory import checkpoint_input_size
+    chosen = parse_model_args(args.model_arg)
+    if not args.checkpoint:
+        return None
+    found = checkpoint_input_size(_checkpoint_path(model, args.checkpoint))
+    if found is None:
+        return None
+    sizes = {}
+    if args.frames is None and "num_frames" not in chosen and found[0] != model.cfg.num_frames:
+        sizes["num_frames"] = found[0]
+    if "img_size" not in chosen and found[1] != model.cfg.img_size:
+        sizes["img_size"] = found[1]
+    return sizes or None
 
 
 def _close_names(typed: str, names: list[str]) -> str:
@@ -128,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     model = _build_model(args)
     names = resolve_labels(model, args.labels)  # also refuses a model without a classification head
+    sizes = _checkpoint_sizes(args, model)
+    if sizes:  # the file's own frame count and resolution (a ..._f16_res224to384.pth: 16 frames at 384 px)
+        model = _build_model(args, sizes)
     cfg = model.cfg
     views = read_views(args.video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
     if args.checkpoint:

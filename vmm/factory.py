@@ -271,6 +271,22 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         raise
 
 
+def _tensor_shapes(path: Path) -> dict:
+    """A checkpoint's tensors without reading their data where the format allows (the file is read again to load
+    it, and an official multimodal file is about a gigabyte): memory-mapped from a torch.save zip archive, meta
+    tensors from a safetensors header."""
+    from vmm.models.checkpoint import read_checkpoint, unwrap_state_dict
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        return unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), str(path))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    return read_checkpoint(path)  # a legacy pickle: read whole
+
+
 def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
     """(frames, img_size) a video encoder checkpoint file was made for, read from its position tables; None when
     the file cannot tell (no temporal table, not a checkpoint: :func:`load_weights` then says what is wrong).
@@ -282,11 +298,11 @@ def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
     >>> checkpoint_input_size(path)
     (16, 64)
     """
-    from vmm.models.checkpoint import read_checkpoint, vision_overrides_from_state_dict
+    from vmm.models.checkpoint import vision_overrides_from_state_dict
     try:
         _sniff_weights_file(Path(path))
-        sizes = vision_overrides_from_state_dict(read_checkpoint(path))
-    except (VmmError, KeyError, ValueError, OSError):
+        sizes = vision_overrides_from_state_dict(_tensor_shapes(Path(path)))
+    except (VmmError, KeyError, ValueError, OSError, RuntimeError):
         return None
     if "num_frames" not in sizes or "img_size" not in sizes:
         return None

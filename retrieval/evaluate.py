@@ -59,7 +59,7 @@ class EvalConfig:
 
     ``checkpoint=None`` uses the weights of a ``save_pretrained`` folder given as ``model``,
     or the official file named in a registered model's config (``"default"``).
-    ``frames=None`` takes a model folder's own frame count, else the dataset protocol's
+    ``frames=None`` takes a model folder's or checkpoint file's own frame count, else the dataset protocol's
     ``num_frames`` (8 for every official dataset; a custom :class:`DatasetProtocol` may set another).
     ``batch_size`` is videos per encoder batch; ``text_batch_size`` (official 256) and
     ``itm_batch_size`` (pairs per ITM forward; official 32, any value gives the same
@@ -947,21 +947,28 @@ def default_model_for(checkpoint: str | Path) -> str:
 
 
 def default_frames(model: str | Path, checkpoint: Optional[str | Path], protocol_frames: int = 8) -> int:
-    """The frame count to evaluate when none is given: a model folder's own (its weights fit no other), else the
-    dataset protocol's ``num_frames`` (8 for every official dataset).
+    """The frame count to evaluate when none is given: a model folder's own (its weights fit no other), else a
+    checkpoint file's (its temporal table's length; 8 for the released files), else the dataset protocol's
+    ``num_frames`` (8 for every official dataset).
 
     >>> default_frames("videomamba_m16_25m", None)
     8
-    >>> default_frames("videomamba_m16_25m", "weights.pth", protocol_frames=4)  # a plain file: the protocol's
+    >>> default_frames("videomamba_m16_25m", "weights.pth", protocol_frames=4)  # no such file: the protocol's
     4
     """
     import vmm
-    from vmm.factory import default_pretrained, saved_frames
+    from vmm.factory import checkpoint_input_size, default_pretrained, saved_frames
     from vmm.models.persistence import is_pretrained_dir
     weights = model if is_pretrained_dir(model) else checkpoint
     if weights is None and str(model) in vmm.list_models():
         weights = default_pretrained(str(model))
-    return (saved_frames(weights) if weights and is_pretrained_dir(weights) else None) or protocol_frames
+    if weights and is_pretrained_dir(weights):
+        return saved_frames(weights) or protocol_frames
+    if weights and os.path.isfile(weights):
+        size = checkpoint_input_size(weights)
+        if size is not None:
+            return size[0]
+    return protocol_frames
 
 
 def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:

@@ -370,3 +370,13 @@ def test_frames_default_to_the_model_folder_else_the_protocol(data, tmp_path, mo
     ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model=data["model"], frames=6, device="cpu",
                               workers=0))
     assert seen == [4, 8, 6]
+    # a checkpoint file says its own count through its temporal table (a 6-frame fine-tune, here its shapes only)
+    shapes = {"cls_token": (1, 1, 8), "pos_embed": (1, 5, 8), "temporal_pos_embedding": (1, 6, 8),
+              "patch_embed.proj.weight": (8, 3, 1, 16, 16), "layers.0.mixer.A_log": (16, 16),
+              "layers.0.mixer.in_proj.weight": (32, 8), "layers.0.mixer.conv1d.weight": (16, 1, 4),
+              "layers.0.mixer.dt_proj.weight": (16, 1)}
+    torch.save({"model": {f"vision_encoder.{k}": torch.zeros(v) for k, v in shapes.items()}}, tmp_path / "f6.pth")
+    assert ev.default_frames("vmm_nano", tmp_path / "f6.pth") == 6
+    ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model="vmm_nano", checkpoint=tmp_path / "f6.pth",
+                              device="cpu", workers=0))
+    assert seen[-1] == 6

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights: .pth/.safetensors path or hf-hub:OpenGVLab/VideoMamba/<file> "
                         "[the model's official file]")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames per video (official: 8) [a model folder's own, else 8]")
+                   help="frames per video (official: 8) [a model folder's or checkpoint file's own, else 8]")
     p.add_argument("--rerank-k", type=int, default=128, help="ITM re-ranks the top k by ITC per query [128]")
     p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch [16]")
     p.add_argument("--text-batch-size", type=int, default=256, help="texts per encoder batch [256]")

@@ -62,7 +62,8 @@ class Where:
 def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, device: Optional[str] = None,
                  frames: Optional[int] = None, batch_size: int = 8):
     """The encoder a library uses: a vmm model name or ``save_pretrained`` folder (+ optional checkpoint file),
-    or ``"color-histogram"`` for the dependency-free colour/motion baseline (video queries only)."""
+    or ``"color-histogram"`` for the dependency-free colour/motion baseline (video queries only). ``frames=None``:
+    a checkpoint file's own frame count, else the model's."""
     if model == COLOR_HISTOGRAM:
         from index.encoder import ColorHistogramEncoder
         return ColorHistogramEncoder(num_frames=frames or 8)
@@ -86,7 +87,10 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
                "model= (--model) a model name such as 'vmm_nano'")
         raise VmmError(f"{'model' if name == model else 'checkpoint'} {name} is a folder but not a vmm model folder "
                        f"(no config.json + model.safetensors); pass {fix}, or a folder written by save_pretrained")
-    from vmm.factory import frames_override
+    from vmm.factory import checkpoint_input_size, frames_override
+    if frames is None and checkpoint and os.path.isfile(checkpoint):
+        # A 16-frame fine-tune runs at 16 frames, not squeezed into the config's count through its temporal table.
+        frames = (checkpoint_input_size(checkpoint) or (None,))[0]
     overrides = frames_override(name, frames)
     if checkpoint is None and not Path(name).is_dir():
         from vmm.factory import default_pretrained

@@ -224,3 +224,28 @@ def test_opening_names_the_real_problem(library):
     with pytest.raises(VmmError, match="^device tpu is not a device; pass cpu or cuda") as error:
         VideoLibrary.open(lib.path, device="tpu")  # was accepted, or blamed the recorded model and named --model
     assert "--model" not in str(error.value)
+
+
+def test_a_checkpoint_file_sets_the_frames_per_clip(tmp_path, monkeypatch):
+    """A 6-frame fine-tune given as --checkpoint FILE is built for 6 frames (it ran at the config's count through
+    an interpolated temporal table); --frames still wins."""
+    import torch
+
+    import vmm
+    from retrieval.library import load_encoder
+    shapes = {"cls_token": (1, 1, 8), "pos_embed": (1, 5, 8), "temporal_pos_embedding": (1, 6, 8),
+              "patch_embed.proj.weight": (8, 3, 1, 16, 16), "layers.0.mixer.A_log": (16, 16),
+              "layers.0.mixer.in_proj.weight": (32, 8), "layers.0.mixer.conv1d.weight": (16, 1, 4),
+              "layers.0.mixer.dt_proj.weight": (16, 1)}
+    torch.save({f"vision_encoder.{k}": torch.zeros(v) for k, v in shapes.items()}, tmp_path / "f6.pth")
+    built = []
+
+    def record(name, pretrained=None, **overrides):
+        built.append(overrides)
+        raise KeyboardInterrupt  # stop before building: only the requested size matters here
+
+    monkeypatch.setattr(vmm, "create_model_and_transforms", record)
+    for frames in (None, 8):
+        with pytest.raises(KeyboardInterrupt):
+            load_encoder("vmm_nano", str(tmp_path / "f6.pth"), "cpu", frames)
+    assert built == [{"vision": {"num_frames": 6}}, {"vision": {"num_frames": 8}}]

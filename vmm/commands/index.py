@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=float, help="seconds per clip window (default 10; 0 = one clip per video)")
     p.add_argument("--stride", type=float, help="seconds between window starts (default 5)")
     p.add_argument("--max-seconds", type=float, help="index only the first N seconds of each video")
-    p.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint file's, else the model's)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
     p.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1]")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a hung decoder is killed [60]")

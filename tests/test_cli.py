@@ -80,3 +80,17 @@ def test_a_query_that_starts_with_a_dash(tmp_path, capsys):
         main(["search", library, "-red"])
     assert "a query that starts with '-' reads as an option: give it last, after --: vmm search LIB [options] -- " \
            "-red" in capsys.readouterr().err
+
+
+def test_encode_runs_a_checkpoint_file_at_its_own_frame_count(tmp_path, capsys):
+    import torch
+
+    import vmm
+    torch.manual_seed(0)
+    path = tmp_path / "videomamba_t16_f4.pth"
+    torch.save(vmm.create_model("videomamba_tiny", num_frames=4).state_dict(), path)
+    args = ["encode", "--model", "videomamba_tiny", "--checkpoint", str(path), "--threads", "1"]
+    assert main(args) == 0
+    assert "input (1, 3, 4, 224, 224)" in capsys.readouterr().out  # 4 frames, not the config's 8
+    assert main([*args, "--frames", "2"]) == 0
+    assert "input (1, 3, 2, 224, 224)" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -13,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="videomamba_tiny",
                    help="model name, e.g. vmm_nano or videomamba_middle (an unknown one lists them all) [videomamba_tiny]")
     p.add_argument("--checkpoint", help="weights file or save_pretrained folder (default: random init)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per clip (default: the checkpoint file's, else the model's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:N] [cuda when available]")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -40,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
         from retrieval.library import check_video_file
         check_video_file(args.video, "video")
     set_threads(args.threads)
-    overrides = frames_override(args.model, args.frames)
+    frames = args.frames
+    if frames is None and args.checkpoint and os.path.isfile(args.checkpoint):
+        from vmm.factory import checkpoint_input_size  # a 16-frame file runs 16 frames, as in vmm index and eval
+        frames = (checkpoint_input_size(args.checkpoint) or (None,))[0]
+    overrides = frames_override(args.model, frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
     model = model.to(device).eval()
     cfg = model.cfg.vision if hasattr(model.cfg, "vision") else model.cfg

@@ -957,18 +957,14 @@ def default_frames(model: str | Path, checkpoint: Optional[str | Path], protocol
     4
     """
     import vmm
-    from vmm.factory import checkpoint_input_size, default_pretrained, saved_frames
+    from vmm.factory import checkpoint_frames, default_pretrained, saved_frames
     from vmm.models.persistence import is_pretrained_dir
     weights = model if is_pretrained_dir(model) else checkpoint
     if weights is None and str(model) in vmm.list_models():
         weights = default_pretrained(str(model))
     if weights and is_pretrained_dir(weights):
         return saved_frames(weights) or protocol_frames
-    if weights and os.path.isfile(weights):
-        size = checkpoint_input_size(weights)
-        if size is not None:
-            return size[0]
-    return protocol_frames
+    return checkpoint_frames(weights) or protocol_frames
 
 
 def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:

@@ -87,11 +87,8 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
                "model= (--model) a model name such as 'vmm_nano'")
         raise VmmError(f"{'model' if name == model else 'checkpoint'} {name} is a folder but not a vmm model folder "
                        f"(no config.json + model.safetensors); pass {fix}, or a folder written by save_pretrained")
-    from vmm.factory import checkpoint_input_size, frames_override
-    if frames is None and checkpoint and os.path.isfile(checkpoint):
-        # A 16-frame fine-tune runs at 16 frames, not squeezed into the config's count through its temporal table.
-        frames = (checkpoint_input_size(checkpoint) or (None,))[0]
-    overrides = frames_override(name, frames)
+    from vmm.factory import checkpoint_frames, frames_override
+    overrides = frames_override(name, frames if frames is not None else checkpoint_frames(checkpoint))
     if checkpoint is None and not Path(name).is_dir():
         from vmm.factory import default_pretrained
         # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.

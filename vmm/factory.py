@@ -309,6 +309,20 @@ def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
     return sizes["num_frames"], sizes["img_size"]
 
 
+def checkpoint_frames(checkpoint: Optional[Union[str, Path]]) -> Optional[int]:
+    """The frame count a checkpoint *file* was made for (None for no file, a folder, a hub name, or a file that
+    does not tell): the default of the commands' ``--frames`` when ``--checkpoint`` is a file, so that a 16-frame
+    fine-tune runs 16 frames instead of the model config's count through an interpolated temporal table.
+
+    >>> checkpoint_frames(None), checkpoint_frames("hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth")
+    (None, None)
+    """
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    size = checkpoint_input_size(checkpoint)
+    return None if size is None else size[0]
+
+
 def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--device") -> torch.device:
     """A torch.device for ``device`` (None or "auto": cuda when visible, else cpu), or VmmError naming
     ``option`` for a string that is no device or a GPU that is not there.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import vmm
     from vmm.commands import set_threads
     from vmm.errors import VmmError
-    from vmm.factory import frames_override, resolve_device
+    from vmm.factory import checkpoint_frames, frames_override, resolve_device
     if args.video == "":  # not the same as leaving it out, which encodes the generated clip
         raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
@@ -42,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
         from retrieval.library import check_video_file
         check_video_file(args.video, "video")
     set_threads(args.threads)
-    frames = args.frames
-    if frames is None and args.checkpoint and os.path.isfile(args.checkpoint):
-        from vmm.factory import checkpoint_input_size  # a 16-frame file runs 16 frames, as in vmm index and eval
-        frames = (checkpoint_input_size(args.checkpoint) or (None,))[0]
+    frames = args.frames if args.frames is not None else checkpoint_frames(args.checkpoint)
     overrides = frames_override(args.model, frames)
     model, _, eval_tf = vmm.create_model_and_transforms(args.model, pretrained=args.checkpoint, **overrides)
     model = model.to(device).eval()

@@ -164,7 +164,8 @@ class VideoLibrary:
         path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
         if frames is not None and not is_whole_number(frames):
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
-        lib = cls(path, encoder=load_encoder(model, checkpoint, device, frames), reader=None)
+        encoder = load_encoder(model, checkpoint, device, _library_frames(path, frames, checkpoint))
+        lib = cls(path, encoder=encoder, reader=None)
         lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
         return lib
 
@@ -187,7 +188,7 @@ class VideoLibrary:
                                f"(model=/checkpoint=) with the model it was built with{built_with(path)}")
             encoder = _load_recorded_encoder(path, saved, device)
         else:
-            encoder = load_encoder(model, checkpoint, device, saved.get("frames"))
+            encoder = load_encoder(model, checkpoint, device, _library_frames(path, saved.get("frames"), checkpoint))
         from index.reader import open_library
         reader = open_library(path, model=encoder)
         return cls(path, encoder, reader)
@@ -484,11 +485,23 @@ def _is_library(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CATALOG_FILE))
 
 
+def _library_frames(path: str, frames: Optional[int], checkpoint: Optional[str]) -> Optional[int]:
+    """The frame count for an encoder of the library at ``path``: ``frames`` when given; for a checkpoint file
+    without it, the library's own frames per clip (its manifest). load_encoder would take the file's own count
+    (vmm.factory.checkpoint_frames), and a library indexed before it did recorded ``frames: null`` and holds vectors
+    of the model config's count: it was refused as built with another model."""
+    if frames is not None or not checkpoint or not Path(checkpoint).is_file():
+        return frames
+    from index.library import read_manifest_copy
+    manifest = read_manifest_copy(path)
+    return frames if manifest is None else manifest.num_frames
+
+
 def _load_recorded_encoder(path: str, saved: dict, device, frames=None, batch_size: int = 8):
     """The encoder model.json names; a model that no longer loads gets a message naming model.json and the fix."""
     try:
-        return load_encoder(saved.get("model"), saved.get("checkpoint"), device, frames or saved.get("frames"),
-                            batch_size=batch_size)
+        frames = _library_frames(path, frames or saved.get("frames"), saved.get("checkpoint"))
+        return load_encoder(saved.get("model"), saved.get("checkpoint"), device, frames, batch_size=batch_size)
     except VmmError as error:
         if saved.get("model") is None and saved.get("checkpoint") is None:
             raise

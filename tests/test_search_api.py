@@ -249,3 +249,33 @@ def test_a_checkpoint_file_sets_the_frames_per_clip(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             load_encoder("vmm_nano", str(tmp_path / "f6.pth"), "cpu", frames)
     assert built == [{"vision": {"num_frames": 6}}, {"vision": {"num_frames": 8}}]
+
+
+def test_a_library_of_a_checkpoint_file_reopens_at_its_own_frames(tmp_path):
+    """A library indexed with --checkpoint FILE and no --frames before load_encoder took the file's own frame count
+    recorded frames: null and holds vectors of the model config's count: vmm search, vmm index into it again and
+    VideoLibrary.create on it refused it as built with another model (the file's count gave other weights)."""
+    import json
+
+    import vmm
+    from vmm.cli import main
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED, seconds=2)
+    ckpt = tmp_path / "f4.pth"
+    torch.save(vmm.create_model("vmm_nano", vision={"num_frames": 4}).state_dict(), ckpt)
+    lib_dir = tmp_path / "lib"
+    lib = VideoLibrary.create(lib_dir, model="vmm_nano", checkpoint=str(ckpt), device="cpu", frames=8)
+    assert lib.add(vids, workers=0).clips == 1
+    recorded = json.loads((lib_dir / "model.json").read_text())
+    (lib_dir / "model.json").write_text(json.dumps({**recorded, "frames": None}))  # as it was written then
+    for opened in (VideoLibrary.open(lib_dir, device="cpu"),
+                   VideoLibrary.open(lib_dir, model="vmm_nano", checkpoint=str(ckpt), device="cpu")):
+        assert opened.encoder.num_frames == 8 and len(opened.search("red", k=1)) == 1
+    videos.write_solid(str(vids / "blue.mp4"), videos.BLUE, seconds=2)
+    for model in ([], ["--model", "vmm_nano", "--checkpoint", str(ckpt)]):
+        assert main(["index", str(vids), "--library", str(lib_dir), "--workers", "0", "--device", "cpu", "--quiet",
+                     *model]) == 0
+    again = VideoLibrary.create(lib_dir, model="vmm_nano", checkpoint=str(ckpt), device="cpu")
+    assert again.encoder.num_frames == 8
+    assert len(VideoLibrary.open(lib_dir, device="cpu")) == 2

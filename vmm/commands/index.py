@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library)
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
-    from retrieval.library import (COLOR_HISTOGRAM, _load_recorded_encoder, _read_model_file, _write_model_file,
-                                   built_with, load_encoder)
+    from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
+                                   _write_model_file, built_with, load_encoder)
     from vmm.commands import check_library_readable
     from vmm.factory import check_frames, resolve_device
     # Checked before the model loads: a bad value costs nothing and names the option.
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         model, checkpoint = saved.get("model"), saved.get("checkpoint")
         encoder = _load_recorded_encoder(library, saved, device, frames, batch_size=args.batch_size)
     else:
-        encoder = load_encoder(model, checkpoint, device, frames, batch_size=args.batch_size)
+        encoder = load_encoder(model, checkpoint, device, _library_frames(library, frames, checkpoint),
+                               batch_size=args.batch_size)
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,

@@ -193,3 +193,23 @@ def test_sizes_read_from_the_weights_build_a_model_that_loads_them(layout):
     image["patch_embed.proj.weight"] = image["patch_embed.proj.weight"][:, :, 0]
     found = vmm.vision_overrides_from_state_dict(image)
     assert "num_frames" not in found and found["tubelet_size"] == 1 and found["patch_size"] == 8
+
+
+def test_a_file_the_loader_refuses_tells_no_input_size(tmp_path, capsys):
+    """checkpoint_input_size (the commands' default --frames) read a file with Python objects beside its tensors
+    with torch's weights-only load and let its UnpicklingError out: vmm encode/index/eval/classify ended in a
+    traceback instead of the loader's one-line refusal."""
+    import argparse
+
+    from vmm.cli import main
+    from vmm.factory import checkpoint_frames, checkpoint_input_size
+    p = tmp_path / "with_args.pth"
+    torch.save({"model": tiny().state_dict(), "args": argparse.Namespace(lr=1e-4)}, p)
+    assert checkpoint_input_size(p) is None and checkpoint_frames(p) is None
+    bad_shape = tiny().state_dict()
+    bad_shape["pos_embed"] = torch.zeros(5)  # no token axis
+    torch.save(bad_shape, tmp_path / "bad_shape.pth")
+    assert checkpoint_input_size(tmp_path / "bad_shape.pth") is None
+    assert main(["encode", "--model", "videomamba_tiny", "--checkpoint", str(p), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint") and "Python objects" in err and err.count("\n") == 1

@@ -116,6 +116,22 @@ def test_resume_with_other_settings_says_which(uninterrupted, corpus, tmp_path, 
                      f"this command's"]
 
 
+def test_the_recipe_path_spelled_otherwise_is_no_changed_setting(tmp_path):
+    """source_file is where the recipe was read from, not a setting: resuming with the same recipe named by another
+    path (relative, absolute, from another working directory) warned that it differed."""
+    import yaml
+
+    from vmm.training.loop import _resume_changes_note
+    step = tmp_path / "run" / "checkpoints" / "step_00000003"
+    step.mkdir(parents=True)
+    train_set = "data.train=[{'anno': 'a.json', 'root': 'clips'}]"
+    started = load_config(TINY, [train_set])
+    (tmp_path / "run" / "train_config.yaml").write_text(yaml.safe_dump(started.to_dict(), sort_keys=False))
+    assert _resume_changes_note(load_config(os.path.relpath(TINY), [train_set]), step) is None
+    note = _resume_changes_note(load_config(os.path.relpath(TINY), [train_set, "optim.lr=5e-4"]), step)
+    assert "1 setting(s) differ" in note and "optim.lr" in note
+
+
 def test_resume_mid_epoch_with_another_batch_size_is_refused(uninterrupted, corpus, tmp_path):
     from vmm.errors import VmmError
     with pytest.raises(VmmError, match="stopped mid-epoch with 4 samples per micro-batch, this run has 2"):

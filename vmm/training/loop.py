@@ -480,9 +480,10 @@ def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bo
     return clip_teacher, distill_teacher
 
 
-# Settings that change how a run is watched or stored, not what it computes: a resume may change them freely.
+# Settings that change how a run is watched or stored, not what it computes: a resume may change them freely
+# (source_file is only where the recipe was read from).
 _RESUME_FREE = ("train.resume", "train.output_dir", "train.progress", "train.tensorboard", "train.log_every",
-                "train.save_every", "train.keep_last", "data.num_workers")
+                "train.save_every", "train.keep_last", "data.num_workers", "source_file")
 
 
 def changed_since_start(started: dict, now: dict) -> list[str]:

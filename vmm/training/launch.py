@@ -16,7 +16,7 @@ _SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 def _first_set(names: tuple, environ: Mapping[str, str], default: int) -> int:
     for name in names:
         value = environ.get(name, "").strip()
-        if value.isdigit():  # a launcher's own variable holding something else is not ours to refuse
+        if value.isdecimal():  # a launcher's own variable holding something else is not ours to refuse
             return int(value)
     return default
 

@@ -490,14 +490,14 @@ def changed_since_start(started: dict, now: dict) -> list[str]:
     """The settings of ``now`` that differ from ``started`` (a run's saved train_config.yaml), as ``key old -> new``
     (a key one side lacks shows as ``(not set)``); settings that do not change the computation are left out.
 
-    >>> changed_since_start({"optim": {"lr": 4e-4}, "train": {"log_every": 10}},
-    ...                     {"optim": {"lr": 3e-4, "eps": 1e-8}, "train": {"log_every": 1}})
-    ['optim.lr 0.0004 -> 0.0003', 'optim.eps (not set) -> 1e-08']
+    >>> changed_since_start({"optim": {"lr": 4e-4}, "train": {"log_every": 10}, "model": {"vision": {}}},
+    ...                     {"optim": {"lr": 3e-4, "eps": 1e-8}, "train": {"log_every": 1}, "model": {"vision": {"depth": 1}}})
+    ['optim.lr 0.0004 -> 0.0003', 'optim.eps (not set) -> 1e-08', 'model.vision.depth (not set) -> 1']
     """
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
-            if isinstance(v, dict) and v:
+            if isinstance(v, dict):  # an empty one adds no line: {} -> {depth: 1} is the depth's line alone
                 out.update(flat(v, f"{prefix}{k}."))
             else:
                 out[f"{prefix}{k}"] = v

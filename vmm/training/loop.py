@@ -491,7 +491,8 @@ def changed_since_start(started: dict, now: dict) -> list[str]:
     (a key one side lacks shows as ``(not set)``); settings that do not change the computation are left out.
 
     >>> changed_since_start({"optim": {"lr": 4e-4}, "train": {"log_every": 10}, "model": {"vision": {}}},
-    ...                     {"optim": {"lr": 3e-4, "eps": 1e-8}, "train": {"log_every": 1}, "model": {"vision": {"depth": 1}}})
+    ...                     {"optim": {"lr": 3e-4, "eps": 1e-8}, "train": {"log_every": 1},
+    ...                      "model": {"vision": {"depth": 1}}})
     ['optim.lr 0.0004 -> 0.0003', 'optim.eps (not set) -> 1e-08', 'model.vision.depth (not set) -> 1']
     """
     def flat(d: dict, prefix: str = "") -> dict:

@@ -106,8 +106,11 @@ def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     """The checkpoint's frame count and resolution, each where the command line did not choose it and it differs
     from the model config's (a chosen size gets the position tables interpolated to it, as before)."""
     from vmm.factory import checkpoint_input_size
+    from vmm.models.persistence import is_pretrained_dir
     chosen = parse_model_args(args.model_arg)
-    if not args.checkpoint:
+    # Local files and folders only, as vmm eval, index and encode: 'default' and hf-hub: names would be fetched
+    # here, before the video is checked (a config's "default" file is of the config's own size).
+    if not args.checkpoint or not (Path(args.checkpoint).is_file() or is_pretrained_dir(args.checkpoint)):
         return None
     found = checkpoint_input_size(_checkpoint_path(model, args.checkpoint))
     if found is None:

@@ -62,6 +62,16 @@ def _close(a, b, tol=1e-5):
     assert err <= tol, f"max abs error {err}"
 
 
+def _golden_part(path, part: str, name: str):
+    """A fixture's ``part`` (sm/ or mm/): the arrays, its model built from the sizes of its own weights (so every
+    fixture of this format is built the same way) with them loaded, and its input."""
+    z = np.load(path, allow_pickle=False)
+    sd = _sub(z, f"{part}/state_dict/")
+    model = vmm.create_model(name, **vmm.vision_overrides_from_state_dict(sd)).eval()
+    vmm.load_checkpoint(model, sd)
+    return z, model, torch.from_numpy(z[f"{part}/input_BCTHW"])
+
+
 def test_golden_sizes_are_read_from_its_weights(golden):
     assert vmm.vision_overrides_from_state_dict(_sub(golden, "sm/state_dict/")) == dict(
         embed_dim=192, depth=2, img_size=32, patch_size=16, in_chans=3, tubelet_size=1, num_frames=4, d_state=16,
@@ -70,12 +80,7 @@ def test_golden_sizes_are_read_from_its_weights(golden):
 
 @pytest.mark.parametrize("path", golden_files("sm/state_dict/"))
 def test_golden_classifier(path):
-    # Sizes come from the fixture's own weights, so every fixture of this format is built the same way.
-    z = np.load(path, allow_pickle=False)
-    sd = _sub(z, "sm/state_dict/")
-    m = vmm.create_model("videomamba_tiny", **vmm.vision_overrides_from_state_dict(sd)).eval()
-    vmm.load_checkpoint(m, sd)
-    x = torch.from_numpy(z["sm/input_BCTHW"])
+    z, m, x = _golden_part(path, "sm", "videomamba_tiny")
     with torch.no_grad():
         _close(m.forward_features(x), z["sm/cls_feature"])
         if "sm/logits" in z.files:
@@ -86,11 +91,7 @@ def test_golden_classifier(path):
 
 @pytest.mark.parametrize("path", golden_files("mm/state_dict/"))
 def test_golden_multimodal_vision_encoder(path):
-    z = np.load(path, allow_pickle=False)
-    sd = _sub(z, "mm/state_dict/")
-    e = vmm.create_model("videomamba_tiny_vision", **vmm.vision_overrides_from_state_dict(sd)).eval()
-    vmm.load_checkpoint(e, sd)
-    x = torch.from_numpy(z["mm/input_BCTHW"])
+    z, e, x = _golden_part(path, "mm", "videomamba_tiny_vision")
     with torch.no_grad():
         x_vis, pooled, x_clip = e(x, keep_temporal=True)
         _close(x_vis, z["mm/patch_tokens_keep_temporal"])

@@ -281,9 +281,7 @@ def _tensor_shapes(path: Path) -> dict:
     if head == b"PK\x03\x04":
         return unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), str(path))
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        return {k: torch.empty(shape, device="meta") for k, shape in _file_shapes(path).items()}
     return read_checkpoint(path)  # a legacy pickle: read whole
 
 

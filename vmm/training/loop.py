@@ -480,6 +480,8 @@ def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bo
     return clip_teacher, distill_teacher
 
 
+_MISSING = object()  # a setting one side of a comparison lacks
+
 # Settings that change how a run is watched or stored, not what it computes: a resume may change them freely
 # (source_file is only where the recipe was read from).
 _RESUME_FREE = ("train.resume", "train.output_dir", "train.progress", "train.tensorboard", "train.log_every",
@@ -509,12 +511,9 @@ def changed_since_start(started: dict, now: dict) -> list[str]:
         return text if len(text) <= 60 else text[:57] + "..."
 
     a, b = flat(started), flat(now)
-    keys = list(a) + [k for k in b if k not in a]
-    return [f"{k} {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}" for k in sorted(keys, key=keys.index)
+    keys = list(a) + [k for k in b if k not in a]  # the saved file's order, then settings it lacks
+    return [f"{k} {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}" for k in keys
             if k not in _RESUME_FREE and a.get(k, _MISSING) != b.get(k, _MISSING)]
-
-
-_MISSING = object()
 
 
 def _resume_changes_note(cfg: TrainConfig, checkpoint: Path) -> Optional[str]:

@@ -130,12 +130,12 @@ class ClipTeacher(nn.Module):
             self._load(weights)
         self.patch_size = self.visual.patch_size[0]
         self.output_dim = self.visual.proj.shape[1]
-        scale, shift = torch.ones(3), torch.zeros(3)
+        self.renormalize = renormalize
         if renormalize:
             scale = torch.tensor(IMAGENET_STD) / torch.tensor(CLIP_STD)
             shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
-        self.register_buffer("renorm_scale", scale.view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("renorm_shift", shift.view(1, 3, 1, 1, 1), persistent=False)
+            self.register_buffer("renorm_scale", scale.view(1, 3, 1, 1, 1), persistent=False)
+            self.register_buffer("renorm_shift", shift.view(1, 3, 1, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -156,7 +156,7 @@ class ClipTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         B, C, T, H, W = video.shape
-        x = video.to(self.renorm_scale.dtype) * self.renorm_scale + self.renorm_shift
+        x = video.to(self.renorm_scale.dtype) * self.renorm_scale + self.renorm_shift if self.renormalize else video
         x = x.to(self.visual.conv1.weight.dtype).transpose(1, 2).reshape(B * T, C, H, W)
         x = self.visual._embeds(x)  # conv1, CLS, position table, ln_pre -> (BT, 1 + P, width)
         blocks = self.visual.transformer.resblocks

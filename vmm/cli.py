@@ -38,7 +38,7 @@ class _Parser(OneLineArgumentParser):
             name = self.dash_files[0]
             message += (f"; {one_line(name)!r} is a file, but a name that starts with '-' reads as an option: "
                         f"write it as ./{one_line(name)}")
-        return f"error: {self.prog}: {one_line(message)} (`{self.prog} --help` lists the options)"
+        return super().error_line(f"{self.prog}: {message}")
 
 
 def _dash_files(argv: Sequence[str]) -> list[str]:

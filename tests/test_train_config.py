@@ -96,6 +96,8 @@ def test_base_recipe_is_merged_underneath(tmp_path):
     ("data.max_missing=-0.1", "data.max_missing must lie in [0, 0.5]"),
     ("data.prefetch_factor=-1", "data.prefetch_factor must be >= 1"),
     ("data.max_text_len=0", "data.max_text_len must be >= 2"),
+    ("train.weights_dtype=bf16", "train.weights_dtype must be float32 or bfloat16"),
+    ("teacher.clip_renormalize=maybe", "teacher.clip_renormalize"),
 ])
 def test_bad_config_is_one_line_exit_2(capsys, override, message):
     code, err = run_main(capsys, override)

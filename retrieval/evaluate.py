@@ -15,6 +15,7 @@
 Decoding runs in worker processes (:class:`index.pool.DecodePool`) while the model
 encodes; under ``torchrun`` / ``accelerate launch`` each rank encodes a strided shard of
 videos and texts, rank 0 gathers them and does the rest (other ranks return ``None``).
+The ``index`` row is scored by :mod:`retrieval.index_metrics`; :mod:`retrieval.report` builds and writes the report.
 
 >>> from retrieval.evaluate import EvalConfig
 >>> EvalConfig("msrvtt", "msrvtt_ret_test1k.json", "MSRVTT/videos/all").rerank_k
@@ -23,31 +24,28 @@ videos and texts, rank 0 gathers them and does the rest (other ranks return ``No
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import numbers
 import os
 import queue
-import tempfile
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from retrieval.annotations import RetrievalDataset, get_protocol, load_retrieval_dataset
-from retrieval.metrics import chunked_similarity, rank_summary, retrieval_metrics, to_official_keys
-from retrieval.paper_numbers import checkpoint_corpus, paper_delta, paper_row
+from retrieval.index_metrics import check_index_options, index_metrics
+from retrieval.metrics import chunked_similarity, retrieval_metrics
+from retrieval.paper_numbers import checkpoint_corpus
+from retrieval.report import atomic_write, build_report, check_outputs, format_markdown, write_json, write_markdown
 from retrieval.rerank import rerank_topk
 from vmm.errors import VmmError, is_whole_number
 
-ROWS = ("emb", "rerank", "index")
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
 MISSING_HINT = ("point videos= (--videos) at the folder that holds them or pass allow_missing=True (--allow-missing) "
                 "to evaluate without them")
@@ -119,7 +117,8 @@ class EvalConfig:
         timeout = self.decode_timeout
         if not (isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0):
             raise VmmError(f"{_option('decode_timeout')} must be a number of seconds > 0, got {timeout!r}")
-        _check_index_options(self.index, self.nlist, self.nprobe, cli=True)
+        check_index_options(self.index, self.nlist, self.nprobe,
+                            name={"kind": "index (--index)", "nlist": _option("nlist"), "nprobe": _option("nprobe")})
         _check_device(self.device)
 
 
@@ -130,19 +129,6 @@ def _option(name: str) -> str:
 
 def _whole(value, least: int) -> bool:
     return is_whole_number(value) and value >= least
-
-
-def _check_index_options(kind, nlist, nprobe, *, cli: bool = False) -> None:
-    name = {"kind": "index (--index)", "nlist": _option("nlist"), "nprobe": _option("nprobe")} if cli else {}
-    if kind not in ("flat", "ivf"):  # anything else silently built an IVF
-        raise VmmError(f"{name.get('kind', 'kind')} must be 'flat' or 'ivf', got {kind!r}")
-    for option, value in (("nlist", nlist), ("nprobe", nprobe)):
-        if value is not None and not _whole(value, 1):
-            raise VmmError(f"{name.get(option, option)} must be a whole number >= 1, got {value!r}; leave it out "
-                           "for the automatic value")
-        if value is not None and kind != "ivf":  # an exact index has no lists: the value would be ignored
-            raise VmmError(f"{name.get(option, option)} is {value}, but it applies only to {name.get('kind', 'kind')} "
-                           f"'ivf'; leave it out or use 'ivf'")
 
 
 def _check_device(device: str) -> None:
@@ -180,7 +166,7 @@ class EvalResult:
         arrays = dict(itc=self.itc.numpy(), i2t=self.i2t.numpy(), t2i=self.t2i.numpy(),
                       txt2vid=np.asarray(self.dataset.txt2vid, dtype=np.int64),
                       videos=np.asarray([str(p) for p in self.dataset.videos]))
-        return _atomic_write(Path(path), lambda f: np.savez(f, **arrays), binary=True)
+        return atomic_write(Path(path), lambda f: np.savez(f, **arrays), binary=True)
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -584,80 +570,6 @@ def _itm_scorer(model, video_tokens: Tensor, text: TextFeatures, direction: str,
     return score
 
 
-def pooled_video_vectors(frames: Tensor) -> Tensor:
-    """What a video library stores: the L2-normalised mean of the unit per-frame embeddings.
-
-    >>> pooled_video_vectors(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])).tolist()
-    [[0.7071067690849304, 0.7071067690849304]]
-    """
-    return F.normalize(frames.float().mean(1), dim=-1)
-
-
-def _build_faiss_index(vectors: np.ndarray, kind: str, nlist: Optional[int], nprobe: Optional[int]):
-    import faiss
-    n, d = vectors.shape
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-        info = {"type": "flat"}
-    else:
-        if nlist is None:
-            nlist = max(1, min(int(round(4 * math.sqrt(n))), n // 39))
-        nlist = max(1, min(nlist, n))
-        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        faiss.extract_index_ivf(index).cp.min_points_per_centroid = 1  # tiny sets: no "too few points" noise
-        index.train(vectors)
-        index.nprobe = max(1, min(nprobe or max(1, nlist // 8), nlist))
-        info = {"type": "ivf", "nlist": nlist, "nprobe": index.nprobe}
-    index.add(vectors)
-    return index, info
-
-
-def _index_direction(stored: np.ndarray, queries: np.ndarray, query_owner: np.ndarray, stored_owner: np.ndarray,
-                     kind: str, nlist: Optional[int], nprobe: Optional[int]) -> tuple[np.ndarray, float, dict]:
-    """0-based rank of each query's ground truth through a FAISS index, and ANN recall@10 vs exact search.
-
-    A query's ground truth are the stored items whose owner video equals the query's owner video.
-    A ground truth that an ANN search does not return at all counts as ranked last.
-    """
-    index, info = _build_faiss_index(stored, kind, nlist, nprobe)
-    n_stored = len(stored)
-    top = min(10, n_stored)
-    ranks = np.empty(len(queries), dtype=np.int64)
-    hits, chunk = 0, max(1, (1 << 23) // n_stored)
-    stored_t = torch.from_numpy(stored)
-    for start in range(0, len(queries), chunk):
-        q = queries[start:start + chunk]
-        _, found = index.search(q, n_stored)
-        owner = np.where(found >= 0, stored_owner[np.clip(found, 0, None)], -1)
-        is_gt = owner == query_owner[start:start + chunk, None]
-        ranks[start:start + chunk] = np.where(is_gt.any(1), is_gt.argmax(1), n_stored - 1)
-        exact = (torch.from_numpy(q) @ stored_t.T).topk(top, dim=1).indices.numpy()
-        hits += sum(len(set(a) & set(e)) for a, e in zip(found[:, :top].tolist(), exact.tolist()))
-    return ranks, hits / (top * len(queries)), info
-
-
-def index_metrics(video_frames: Tensor, text_emb: Tensor, txt2vid: list[int], kind: str = "flat",
-                  nlist: Optional[int] = None, nprobe: Optional[int] = None) -> dict:
-    """The ``index`` row: ranking through FAISS with pooled video vectors, plus ANN recall@10.
-
-    ``kind`` is ``"flat"`` (exact) or ``"ivf"``, whose ``nlist``/``nprobe`` are whole numbers >= 1 (None: automatic).
-
-    >>> v = F.normalize(torch.randn(4, 8, 16), dim=-1); t = F.normalize(torch.randn(6, 16), dim=-1)
-    >>> row = index_metrics(v, t, txt2vid=[0, 1, 2, 3, 0, 1])
-    >>> row["t2v"]["count"], row["v2t"]["count"], row["ann_recall@10"]
-    (6, 4, {'t2v': 1.0, 'v2t': 1.0})
-    """
-    _check_index_options(kind, nlist, nprobe)
-    videos = np.ascontiguousarray(pooled_video_vectors(video_frames).numpy(), dtype=np.float32)
-    texts = np.ascontiguousarray(text_emb.float().numpy(), dtype=np.float32)
-    owners = np.asarray(txt2vid, dtype=np.int64)
-    video_ids = np.arange(len(videos), dtype=np.int64)
-    t2v_ranks, t2v_recall, info = _index_direction(videos, texts, owners, video_ids, kind, nlist, nprobe)
-    v2t_ranks, v2t_recall, _ = _index_direction(texts, videos, video_ids, owners, kind, nlist, nprobe)
-    return {"t2v": rank_summary(t2v_ranks), "v2t": rank_summary(v2t_ranks), **info,
-            "ann_recall@10": {"t2v": round(t2v_recall, 4), "v2t": round(v2t_recall, 4)}}
-
-
 # ---------------------------------------------------------------------------------------------- main entry
 def evaluate(config: EvalConfig) -> Optional[EvalResult]:
     """Run the official zero-shot evaluation; returns the result on rank 0 (None on other ranks).
@@ -753,187 +665,9 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
     rows["index"] = index_metrics(frames, text_emb, dataset.txt2vid, config.index, config.nlist, config.nprobe)
     timings["index"] = time.perf_counter() - tick
 
-    report = _build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint,
-                           runtime, timings, time.perf_counter() - t_start)
+    report = build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint,
+                          runtime, timings, time.perf_counter() - t_start)
     return EvalResult(report, itc.float().cpu(), i2t.cpu(), t2i.cpu(), dataset)
-
-
-def _build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint, runtime,
-                  timings, seconds) -> dict:
-    from vmm import __version__
-    img_size = model.cfg.vision.img_size
-    # The checkpoint's name decides the published row; a folder model is known by its model name.
-    paper = paper_row(protocol.name, checkpoint) if checkpoint else paper_row(protocol.name, model_name)
-    if paper is not None and (config.frames != 8 or img_size != 224):
-        paper = None  # published numbers exist only for 8 frames at 224 px
-    report = {
-        "dataset": protocol.name,
-        "annotations": str(config.annotations),
-        "videos_dir": str(config.videos),
-        "model": model_name,
-        "checkpoint": checkpoint,
-        "num_videos": len(dataset.videos),
-        "num_texts": len(dataset.texts),
-        "listed_videos": listed,
-        "missing": missing,
-        "missing_count": len(missing),
-        "frames": config.frames,
-        "img_size": img_size,
-        "max_text_len": protocol.max_text_len,
-        "trim_seconds": protocol.trim_seconds,
-        "paragraph": protocol.paragraph,
-        "rerank_k": config.rerank_k,
-    }
-    for name in ROWS:
-        report[name] = {**rows[name], "official": to_official_keys(rows[name])}
-    report["paper"] = paper
-    report["delta"] = paper_delta(rows["rerank"], paper) if paper else None
-    report["delta_row"] = "rerank"
-    report["comparable"] = bool(paper) and not missing
-    report["seconds"] = round(seconds, 2)
-    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
-    report["device"] = runtime.describe()
-    report["precision"] = "bf16" if runtime.dtype == torch.bfloat16 else "fp32"
-    report["world_size"] = runtime.world
-    report["vmm_version"] = __version__
-    return report
-
-
-# ---------------------------------------------------------------------------------------------- output
-def _fmt(value: Optional[float], signed: bool = False) -> str:
-    if value is None:
-        return ""
-    return f"{value:+.1f}" if signed else f"{value:.1f}"
-
-
-def format_markdown(report: dict) -> str:
-    """The report as a Markdown table: emb, rerank, index rows, then the paper row and the difference.
-
-    >>> m = {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0, "MdR": 4.0, "MnR": 5.0, "count": 2}
-    >>> r = {"dataset": "msrvtt", "model": "m", "checkpoint": None, "num_videos": 2, "num_texts": 2,
-    ...      "missing_count": 0, "frames": 8, "rerank_k": 128, "seconds": 1.0, "device": "cpu",
-    ...      "emb": {"t2v": m, "v2t": m}, "rerank": {"t2v": m, "v2t": m},
-    ...      "index": {"t2v": m, "v2t": m, "type": "flat", "ann_recall@10": {"t2v": 1.0, "v2t": 1.0}},
-    ...      "paper": None, "delta": None}
-    >>> print(format_markdown(r).splitlines()[-1])
-    | index (FAISS flat) | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 |
-    """
-    keys = ("R@1", "R@5", "R@10", "MdR", "MnR")
-    ann = report["index"]["ann_recall@10"]
-    index_name = report["index"]["type"]
-    if index_name == "ivf":
-        index_name += f" nlist={report['index']['nlist']} nprobe={report['index']['nprobe']}"
-    lines = [
-        f"### Zero-shot retrieval: {report['dataset']}",
-        "",
-        f"model `{report['model']}`" + (f", checkpoint `{report['checkpoint']}`" if report["checkpoint"] else ""),
-        f"{report['num_videos']} videos and {report['num_texts']} texts evaluated, "
-        f"{report['missing_count']} videos missing or unreadable; {report['frames']} frames, "
-        f"ITM re-ranking of the top {report['rerank_k']}; index ANN recall@10 t2v {ann['t2v']:.3f}, "
-        f"v2t {ann['v2t']:.3f}; {report['seconds']:.1f} s on {report['device']}",
-        "",
-        "| row | " + " | ".join(f"T2V {k}" for k in keys) + " | " + " | ".join(f"V2T {k}" for k in keys) + " |",
-        "|---|" + "---:|" * (2 * len(keys)),
-    ]
-
-    def row(label: str, data: dict, signed: bool = False) -> str:
-        cells = [_fmt(data[d].get(k), signed) for d in ("t2v", "v2t") for k in keys]
-        return f"| {label} | " + " | ".join(cells) + " |"
-
-    lines.append(row("emb (ITC)", report["emb"]))
-    lines.append(row(f"rerank (ITM top-{report['rerank_k']})", report["rerank"]))
-    lines.append(row(f"index (FAISS {index_name})", report["index"]))
-    if report.get("paper"):
-        lines.append(row(f"paper ({report['paper']['corpus']})", report["paper"]))
-        lines.append(row("rerank - paper", report["delta"], signed=True))
-    return "\n".join(lines)
-
-
-def _atomic_write(path: Path, write, binary: bool = False) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written report."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VmmError(f"cannot create {path.parent} ({e.strerror}); choose a writable folder") from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise VmmError(f"cannot write {path} ({e.strerror}); choose a writable path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _is_eval_output(path: Path) -> bool:
-    """A report or score file that an earlier evaluation wrote, which a new one may replace."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return False
-    if head.startswith(b'{\n  "dataset": ') or head.startswith(b"### Zero-shot retrieval: "):
-        return True
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {"itc.npy", "i2t.npy", "t2i.npy"} <= set(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) -> None:
-    """Refuse, before any work is done, an output path that cannot be written or would destroy a file.
-
-    ``outputs`` maps each output option (``"--json"``) to its path, None when not asked for.
-    An existing file may only be replaced if an earlier evaluation wrote it: never the annotation
-    file, a listed video or anything else the user did not get from us.
-    """
-    if all(value is None for value in outputs.values()):
-        return  # nothing to check, so the annotations are read once, by the evaluation
-    listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True,
-                                    missing_hint=MISSING_HINT)
-    inputs = {os.path.realpath(config.annotations): "the annotations (--annotations) file"}
-    inputs.update({os.path.realpath(v): "a video listed in the annotations" for v in [*listed.videos, *listed.missing]})
-    taken: dict[str, str] = {}
-    for option, value in outputs.items():
-        if value is None:
-            continue
-        path = Path(value)
-        key = os.path.realpath(path)
-        where = f"{option} {value}"
-        if key in inputs:
-            raise VmmError(f"{where} is {inputs[key]}; writing there would destroy it, choose another output path")
-        if key in taken:
-            raise VmmError(f"{where} is also the {taken[key]} path; give each output its own file")
-        taken[key] = option
-        if path.is_dir():
-            example = path / {"--json": "report.json", "--markdown": "report.md"}.get(option, "scores.npz")
-            raise VmmError(f"{where} is a directory; pass a file path, e.g. {example}")
-        if path.exists() and not _is_eval_output(path):
-            raise VmmError(f"{where} already exists and is not an evaluation output; "
-                           "delete it or choose another output path")
-        folder = path.absolute().parent
-        while not folder.exists():  # missing folders are created when writing
-            folder = folder.parent
-        if not folder.is_dir():
-            raise VmmError(f"{where}: {folder} is a file, not a folder; choose a writable path")
-        try:
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as e:
-            raise VmmError(f"{where}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None
-
-
-def write_json(report: dict, path: str | Path) -> Path:
-    """Write the report as indented JSON (atomically)."""
-    return _atomic_write(Path(path), lambda f: f.write(json.dumps(report, indent=2) + "\n"))
-
-
-def write_markdown(report: dict, path: str | Path) -> Path:
-    """Write :func:`format_markdown` output (atomically)."""
-    return _atomic_write(Path(path), lambda f: f.write(format_markdown(report) + "\n"))
 
 
 def default_model_for(checkpoint: str | Path) -> str:

@@ -255,11 +255,12 @@ def test_eval_config_refuses_wrong_types_in_one_line(data, field, value, message
 ])
 def test_index_metrics_refuses_unknown_kinds_and_bad_ivf_options(options, message):
     import torch
+    from retrieval.index_metrics import index_metrics
     frames = torch.nn.functional.normalize(torch.randn(4, 8, 16), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
     with pytest.raises(VmmError, match=message):
-        retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], **options)
-    assert retrieval.evaluate.index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], kind="ivf", nlist=2, nprobe=2)[
+        index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], **options)
+    assert index_metrics(frames, texts, [0, 1, 2, 3, 0, 1], kind="ivf", nlist=2, nprobe=2)[
         "nprobe"] == 2
 
 

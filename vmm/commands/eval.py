@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import (EvalConfig, check_outputs, default_frames, default_model_for, evaluate,
-                                    write_json, write_markdown)
+    from retrieval.evaluate import EvalConfig, default_frames, default_model_for, evaluate
+    from retrieval.report import check_outputs, write_json, write_markdown
     model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
     frames = args.frames if args.frames is not None else default_frames(model, args.checkpoint)
     config = EvalConfig(

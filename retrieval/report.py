@@ -1,0 +1,202 @@
+"""The evaluation report: the dict an evaluation returns, its Markdown table, and the files written from it.
+
+Outputs are checked before an evaluation starts and written atomically, so an hour-long run never ends by
+overwriting an input, a file that no evaluation wrote, or half of an earlier report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from retrieval.annotations import load_retrieval_dataset
+from retrieval.metrics import to_official_keys
+from retrieval.paper_numbers import paper_delta, paper_row
+from vmm.errors import VmmError
+
+if TYPE_CHECKING:  # retrieval.evaluate imports this module
+    from retrieval.evaluate import EvalConfig
+
+ROWS = ("emb", "rerank", "index")
+
+
+def build_report(config, dataset, protocol, listed, missing, rows, model, model_name, checkpoint, runtime,
+                 timings, seconds) -> dict:
+    """The JSON-ready report of one evaluation: its inputs, the three rows, the published row if comparable."""
+    from vmm import __version__
+    img_size = model.cfg.vision.img_size
+    # The checkpoint's name decides the published row; a folder model is known by its model name.
+    paper = paper_row(protocol.name, checkpoint) if checkpoint else paper_row(protocol.name, model_name)
+    if paper is not None and (config.frames != 8 or img_size != 224):
+        paper = None  # published numbers exist only for 8 frames at 224 px
+    report = {
+        "dataset": protocol.name,
+        "annotations": str(config.annotations),
+        "videos_dir": str(config.videos),
+        "model": model_name,
+        "checkpoint": checkpoint,
+        "num_videos": len(dataset.videos),
+        "num_texts": len(dataset.texts),
+        "listed_videos": listed,
+        "missing": missing,
+        "missing_count": len(missing),
+        "frames": config.frames,
+        "img_size": img_size,
+        "max_text_len": protocol.max_text_len,
+        "trim_seconds": protocol.trim_seconds,
+        "paragraph": protocol.paragraph,
+        "rerank_k": config.rerank_k,
+    }
+    for name in ROWS:
+        report[name] = {**rows[name], "official": to_official_keys(rows[name])}
+    report["paper"] = paper
+    report["delta"] = paper_delta(rows["rerank"], paper) if paper else None
+    report["delta_row"] = "rerank"
+    report["comparable"] = bool(paper) and not missing
+    report["seconds"] = round(seconds, 2)
+    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    report["device"] = runtime.describe()
+    report["precision"] = "bf16" if runtime.dtype == torch.bfloat16 else "fp32"
+    report["world_size"] = runtime.world
+    report["vmm_version"] = __version__
+    return report
+
+
+def _fmt(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as a Markdown table: emb, rerank, index rows, then the paper row and the difference.
+
+    >>> m = {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0, "MdR": 4.0, "MnR": 5.0, "count": 2}
+    >>> r = {"dataset": "msrvtt", "model": "m", "checkpoint": None, "num_videos": 2, "num_texts": 2,
+    ...      "missing_count": 0, "frames": 8, "rerank_k": 128, "seconds": 1.0, "device": "cpu",
+    ...      "emb": {"t2v": m, "v2t": m}, "rerank": {"t2v": m, "v2t": m},
+    ...      "index": {"t2v": m, "v2t": m, "type": "flat", "ann_recall@10": {"t2v": 1.0, "v2t": 1.0}},
+    ...      "paper": None, "delta": None}
+    >>> print(format_markdown(r).splitlines()[-1])
+    | index (FAISS flat) | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 |
+    """
+    keys = ("R@1", "R@5", "R@10", "MdR", "MnR")
+    ann = report["index"]["ann_recall@10"]
+    index_name = report["index"]["type"]
+    if index_name == "ivf":
+        index_name += f" nlist={report['index']['nlist']} nprobe={report['index']['nprobe']}"
+    lines = [
+        f"### Zero-shot retrieval: {report['dataset']}",
+        "",
+        f"model `{report['model']}`" + (f", checkpoint `{report['checkpoint']}`" if report["checkpoint"] else ""),
+        f"{report['num_videos']} videos and {report['num_texts']} texts evaluated, "
+        f"{report['missing_count']} videos missing or unreadable; {report['frames']} frames, "
+        f"ITM re-ranking of the top {report['rerank_k']}; index ANN recall@10 t2v {ann['t2v']:.3f}, "
+        f"v2t {ann['v2t']:.3f}; {report['seconds']:.1f} s on {report['device']}",
+        "",
+        "| row | " + " | ".join(f"T2V {k}" for k in keys) + " | " + " | ".join(f"V2T {k}" for k in keys) + " |",
+        "|---|" + "---:|" * (2 * len(keys)),
+    ]
+
+    def row(label: str, data: dict, signed: bool = False) -> str:
+        cells = [_fmt(data[d].get(k), signed) for d in ("t2v", "v2t") for k in keys]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append(row("emb (ITC)", report["emb"]))
+    lines.append(row(f"rerank (ITM top-{report['rerank_k']})", report["rerank"]))
+    lines.append(row(f"index (FAISS {index_name})", report["index"]))
+    if report.get("paper"):
+        lines.append(row(f"paper ({report['paper']['corpus']})", report["paper"]))
+        lines.append(row("rerank - paper", report["delta"], signed=True))
+    return "\n".join(lines)
+
+
+def atomic_write(path: Path, write, binary: bool = False) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written report."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VmmError(f"cannot create {path.parent} ({e.strerror}); choose a writable folder") from None
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise VmmError(f"cannot write {path} ({e.strerror}); choose a writable path") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _is_eval_output(path: Path) -> bool:
+    """A report or score file that an earlier evaluation wrote, which a new one may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    if head.startswith(b'{\n  "dataset": ') or head.startswith(b"### Zero-shot retrieval: "):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {"itc.npy", "i2t.npy", "t2i.npy"} <= set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) -> None:
+    """Refuse, before any work is done, an output path that cannot be written or would destroy a file.
+
+    ``outputs`` maps each output option (``"--json"``) to its path, None when not asked for.
+    An existing file may only be replaced if an earlier evaluation wrote it: never the annotation
+    file, a listed video or anything else the user did not get from us.
+    """
+    if all(value is None for value in outputs.values()):
+        return  # nothing to check, so the annotations are read once, by the evaluation
+    listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True)
+    inputs = {os.path.realpath(config.annotations): "the annotations (--annotations) file"}
+    inputs.update({os.path.realpath(v): "a video listed in the annotations" for v in [*listed.videos, *listed.missing]})
+    taken: dict[str, str] = {}
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        key = os.path.realpath(path)
+        where = f"{option} {value}"
+        if key in inputs:
+            raise VmmError(f"{where} is {inputs[key]}; writing there would destroy it, choose another output path")
+        if key in taken:
+            raise VmmError(f"{where} is also the {taken[key]} path; give each output its own file")
+        taken[key] = option
+        if path.is_dir():
+            example = path / {"--json": "report.json", "--markdown": "report.md"}.get(option, "scores.npz")
+            raise VmmError(f"{where} is a directory; pass a file path, e.g. {example}")
+        if path.exists() and not _is_eval_output(path):
+            raise VmmError(f"{where} already exists and is not an evaluation output; "
+                           "delete it or choose another output path")
+        folder = path.absolute().parent
+        while not folder.exists():  # missing folders are created when writing
+            folder = folder.parent
+        if not folder.is_dir():
+            raise VmmError(f"{where}: {folder} is a file, not a folder; choose a writable path")
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise VmmError(f"{where}: cannot write in {folder} ({e.strerror}); choose a writable folder") from None
+
+
+def write_json(report: dict, path: str | Path) -> Path:
+    """Write the report as indented JSON (atomically)."""
+    return atomic_write(Path(path), lambda f: f.write(json.dumps(report, indent=2) + "\n"))
+
+
+def write_markdown(report: dict, path: str | Path) -> Path:
+    """Write :func:`format_markdown` output (atomically)."""
+    return atomic_write(Path(path), lambda f: f.write(format_markdown(report) + "\n"))

@@ -48,7 +48,8 @@ from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
 from index.encoder import ColorHistogramEncoder  # noqa: E402
-from index.library import LibraryWriter, _sync, build_library  # noqa: E402
+from index.ingest import build_library  # noqa: E402
+from index.library import LibraryWriter, _sync  # noqa: E402
 from index.store import VectorStore, auto_nlist, default_nprobe, resolve_factory  # noqa: E402
 from vmm.embedder import VideoTextEncoder  # noqa: E402
 

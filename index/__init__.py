@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so decoder worker processes load only what they use):
 
-* :func:`build_library`, :func:`remove_paths`, :func:`sync_index`, :class:`IngestSummary` (index.library)
+* :func:`build_library`, :class:`IngestSummary` (index.ingest); :func:`remove_paths`, :func:`sync_index` (index.library)
 * :func:`open_library`, :class:`LibraryReader`, :class:`ClipFilter`, :class:`Hit` (index.reader)
 * :class:`ClipEncoder`, :class:`ColorHistogramEncoder` (index.encoder)
 * :class:`VectorStore` (index.store), :class:`Catalog`, :class:`LibraryManifest` (index.catalog)
@@ -16,11 +16,11 @@ Public API (imported lazily, so decoder worker processes load only what they use
 from importlib import import_module
 
 _EXPORTS = {
-    "build_library": "index.library",
+    "build_library": "index.ingest",
     "remove_paths": "index.library",
     "sync_index": "index.library",
     "build_library_distributed": "index.distributed",
-    "IngestSummary": "index.library",
+    "IngestSummary": "index.ingest",
     "open_library": "index.reader",
     "LibraryReader": "index.reader",
     "ClipFilter": "index.reader",

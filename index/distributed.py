@@ -4,7 +4,7 @@ Start the same script on every rank (``accelerate launch``, ``torchrun``, a SLUR
 step...) and call :func:`build_library_distributed` on each. A run has three steps:
 
 1. **Plan** (rank 0). Lock the library, compare disk with the catalog exactly as
-   :func:`index.library.build_library` does, commit what needs no decoding (removed,
+   :func:`index.ingest.build_library` does, commit what needs no decoding (removed,
    moved, touched and unreadable files), and split the files that need decoding into
    one shard per rank (:func:`assign_shards`: by size, deterministic). The plan goes
    to ``LIB/.staging/<run>/plan.json``; rank 0 keeps the library lock until the end.
@@ -58,8 +58,8 @@ import numpy as np
 from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
 from index.discovery import Candidate
-from index.library import (IngestSummary, LibraryWriter, _check_request, _decode_options, _Pipeline, _start_run,
-                           _sync, build_library, library_folder, refuse_foreign_folder)
+from index.ingest import IngestSummary, _check_request, _decode_options, _Pipeline, _start_run, build_library
+from index.library import LibraryWriter, _sync, library_folder, refuse_foreign_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, atomic_write_bytes
@@ -454,7 +454,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
                               commit_seconds: float = 2.0, flat_max: int = AUTO_FLAT_MAX,
                               worker_hook: str | None = None,
                               on_open: Callable[[str], None] | None = None) -> DistributedSummary | None:
-    """:func:`~index.library.build_library` spread over ``world_size`` processes; call it on every rank.
+    """:func:`~index.ingest.build_library` spread over ``world_size`` processes; call it on every rank.
 
     ``rank``/``world_size`` default to RANK/WORLD_SIZE (set by ``accelerate launch``
     and ``torchrun``); with one process this is ``build_library``. Ranks meet through

@@ -9,7 +9,7 @@ that instant, each with all of its clips, and keeps seeing them until it is clos
 
 >>> import tempfile
 >>> from index.encoder import ColorHistogramEncoder
->>> from index.library import build_library
+>>> from index.ingest import build_library
 >>> folder = tempfile.mkdtemp()
 >>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
 >>> with open_library(folder + "/lib") as library:
@@ -285,7 +285,7 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
 
     >>> import tempfile
     >>> from index.encoder import ColorHistogramEncoder
-    >>> from index.library import build_library
+    >>> from index.ingest import build_library
     >>> folder = tempfile.mkdtemp()
     >>> _ = build_library([folder], folder + "/lib", ColorHistogramEncoder(), workers=0, progress=False)
     >>> open_library(folder + "/lib", model=ColorHistogramEncoder(bins=5))

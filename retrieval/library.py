@@ -224,7 +224,7 @@ class VideoLibrary:
         """Index new or changed videos under ``paths``, one path or a list (see ``index.build_library`` for
         options)."""
         import inspect
-        from index.library import build_library
+        from index.ingest import build_library
         paths = _path_list(paths, "add")
         # build_library's TypeError named build_library, not add, and not the options there are.
         accepted = [name for name, p in inspect.signature(build_library).parameters.items()

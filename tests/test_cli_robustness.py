@@ -173,7 +173,8 @@ def test_thread_and_process_counts_far_above_the_cpus(setup, capsys, command):
 
 def test_an_empty_library_path_is_refused(setup, tmp_path, monkeypatch, capsys):
     # abspath("") is the working folder: in an empty one, `--library ""` built a library right there.
-    from index.library import build_library, remove_paths
+    from index.ingest import build_library
+    from index.library import remove_paths
     from index.encoder import ColorHistogramEncoder
     from index.reader import open_library
     from retrieval.library import VideoLibrary

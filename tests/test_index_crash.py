@@ -13,7 +13,8 @@ import pytest
 from tests import videos
 from index.decode import plan_windows
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library, read_state
+from index.ingest import build_library
+from index.library import read_state
 from index.reader import open_library
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -24,7 +25,7 @@ CHILD = """
 import sys
 sys.path[:0] = {paths!r}
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library
+from index.ingest import build_library
 build_library([{root!r}], {library!r}, ColorHistogramEncoder(), workers=1, batch_size=2, commit_seconds=0.0,
               progress=False, worker_hook="tests.videos:slow_decode")
 """

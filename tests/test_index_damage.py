@@ -18,7 +18,8 @@ import pytest
 
 from index.catalog import Catalog
 from index.encoder import ColorHistogramEncoder
-from index.library import STATE_FILE, build_library, read_state, remove_paths, sync_index
+from index.ingest import build_library
+from index.library import STATE_FILE, read_state, remove_paths, sync_index
 from index.reader import open_library
 from tests import videos
 from vmm.cli import main

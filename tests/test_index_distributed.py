@@ -23,7 +23,8 @@ from tests import videos
 from index import distributed
 from index.distributed import assign_shards, build_library_distributed, launch_info
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library, read_state
+from index.ingest import build_library
+from index.library import read_state
 from index.reader import open_library
 from vmm.errors import VmmError
 

@@ -8,7 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["index", "index.distributed", "index.encoder", "index.discovery", "index.decode", "index.pool", "index.store", "index.catalog",
-           "index.progress", "index.library", "index.reader"]
+           "index.progress", "index.library", "index.ingest", "index.reader"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

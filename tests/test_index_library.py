@@ -13,8 +13,9 @@ from tests import videos
 from index.catalog import Catalog, FileResult
 from index.decode import decode_video
 from index.encoder import ColorHistogramEncoder
-from index import library as library_module
-from index.library import LibraryWriter, build_library, read_state, remove_paths, sync_index
+from index import ingest as ingest_module
+from index.ingest import build_library
+from index.library import LibraryWriter, read_state, remove_paths, sync_index
 from index.reader import ClipFilter, open_library
 from vmm.errors import VmmError
 
@@ -518,8 +519,8 @@ def test_many_file_paths_are_checked_for_videos_in_near_linear_work(tmp_path, mo
     library = str(tmp_path / "lib")
     build_library(paths, library, ENCODER, workers=0, progress=False)
     calls = []
-    real_at_or_under = library_module._at_or_under
-    monkeypatch.setattr(library_module, "_at_or_under",
+    real_at_or_under = ingest_module._at_or_under
+    monkeypatch.setattr(ingest_module, "_at_or_under",
                         lambda path, root: calls.append(root) or real_at_or_under(path, root))
     summary = build_library(roots, library, ENCODER, workers=0, progress=False)
     assert (summary.indexed, summary.unchanged, summary.empty) == (0, 30, [str(d / "none")])

@@ -17,7 +17,7 @@ import torch
 import vmm
 from index.decode import decode_video, probe_video
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library
+from index.ingest import build_library
 from index.reader import ClipFilter, open_library
 from tests import videos
 from tests.tiny_model import TINY

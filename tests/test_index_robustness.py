@@ -12,7 +12,8 @@ import pytest
 
 from index.catalog import Catalog
 from index.encoder import ColorHistogramEncoder
-from index.library import build_library, remove_paths
+from index.ingest import build_library
+from index.library import remove_paths
 from retrieval.library import VideoLibrary
 from tests import videos
 from tests.tiny_model import save_tiny_model

@@ -154,7 +154,7 @@ def test_search_vectors_refuses_bad_arguments_in_one_line(library, kwargs, messa
 @pytest.mark.parametrize("factory", ["IVF2,Flat", "HNSW4,Flat"])
 def test_search_options_reach_approximate_indexes_checked(library, tmp_path, factory):
     """FAISS casts nprobe and ef_search to size_t or int: -1 raised OverflowError, 2**31 too (HNSW)."""
-    from index.library import build_library
+    from index.ingest import build_library
     lib, vids = library
     build_library([str(vids)], str(tmp_path / "lib"), lib.encoder, workers=0, progress=False, factory=factory)
     with open_library(str(tmp_path / "lib")) as reader:

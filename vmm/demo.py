@@ -39,7 +39,7 @@ def _say(msg: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from index.library import build_library
+    from index.ingest import build_library
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.library import VideoLibrary, _write_model_file, load_encoder
     from vmm.data.synthetic import generate_corpus

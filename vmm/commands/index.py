@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         from index.distributed import build_library_distributed
         summary = build_library_distributed(args.paths, library, encoder, **kwargs)
     else:
-        from index.library import build_library
+        from index.ingest import build_library
         summary = build_library(args.paths, library, encoder, **kwargs)
     if summary is not None:  # non-zero ranks of a distributed run return None
         _print_problems("failed", summary.failures, "failures (listed in the catalog)")

@@ -173,13 +173,13 @@ def _check_train(argv) -> str | None:
 
 
 def _check_synthetic(argv, monkeypatch) -> str | None:
-    from vmm.data import synthetic
+    from vmm.data.synthetic import corpus
 
     def parsed(*args, **kwargs):
         raise _Parsed
 
-    monkeypatch.setattr(synthetic, "generate_corpus", parsed)
-    return _parse(synthetic.main, _without_placeholders(argv))[1]
+    monkeypatch.setattr(corpus, "generate_corpus", parsed)
+    return _parse(corpus.main, _without_placeholders(argv))[1]
 
 
 def _check_launcher(options) -> str | None:

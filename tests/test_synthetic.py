@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from vmm.data import synthetic as syn
+from vmm.data.synthetic import captions, scene
+from vmm.data.synthetic import corpus as corpus_module
 from vmm.errors import VmmError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +50,8 @@ def decode(path: Path) -> np.ndarray:
 
 def colour_masks(frame: np.ndarray, background: np.ndarray) -> dict[str, np.ndarray]:
     """Per object colour, the pixels nearer to it than to the background and to every other colour."""
-    names = list(syn.COLORS)
-    refs = np.array([syn.COLORS[n] for n in names], np.float64)
+    names = list(scene.COLORS)
+    refs = np.array([scene.COLORS[n] for n in names], np.float64)
     pixels = frame.astype(np.float64)
     to_colours = np.linalg.norm(pixels[:, :, None, :] - refs[None, None], axis=-1)
     to_background = np.linalg.norm(pixels - background, axis=-1)
@@ -63,12 +65,12 @@ def words(caption: str) -> list[str]:
 
 
 def caption_colours(caption: str) -> set[str]:
-    return set(words(caption)) & set(syn.COLORS)
+    return set(words(caption)) & set(scene.COLORS)
 
 
 MOVE_PATTERN = re.compile(r"\b(?:{verbs}) (?:\w+ )?(?:{ways})\b".format(
-    verbs="|".join(syn.MOVE_VERBS),
-    ways="|".join(sorted((p for ps in syn.DIRECTION_PHRASES.values() for p in ps), key=len, reverse=True))))
+    verbs="|".join(captions.MOVE_VERBS),
+    ways="|".join(sorted((p for ps in captions.DIRECTION_PHRASES.values() for p in ps), key=len, reverse=True))))
 
 
 def caption_directions(caption: str) -> list[str]:
@@ -76,7 +78,8 @@ def caption_directions(caption: str) -> list[str]:
     found = []
     for match in MOVE_PATTERN.finditer(caption):
         text = match.group(0)
-        found += [d for d, phrases in syn.DIRECTION_PHRASES.items() if any(text.endswith(" " + p) for p in phrases)]
+        found += [d for d, phrases in captions.DIRECTION_PHRASES.items()
+                  if any(text.endswith(" " + p) for p in phrases)]
     return found
 
 
@@ -186,7 +189,7 @@ def test_refuses_folders_it_did_not_write_and_needs_overwrite_for_its_own(corpus
     (5, (0.0, 0.0, 1.0), (0, 0, 5)),
 ])
 def test_split_sizes_add_up_and_keep_held_out_clips(num_videos, splits, sizes):
-    config = syn.CorpusConfig(num_videos=num_videos, splits=splits)
+    config = corpus_module.CorpusConfig(num_videos=num_videos, splits=splits)
     assert tuple(config.split_sizes().values()) == sizes
 
 
@@ -285,7 +288,7 @@ def test_a_failed_write_leaves_nothing_and_the_next_run_works(tmp_path):
     # after every video (under 3 kB at 32x32) and the smaller annotation files are written.
     out = tmp_path / "cut"
     command = [sys.executable, "-c", "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000));"
-               "from vmm.data.synthetic import main; sys.exit(main(sys.argv[1:]))",
+               "from vmm.data.synthetic.corpus import main; sys.exit(main(sys.argv[1:]))",
                str(out), "--num-videos", "6", "--size", "32", "--seconds", "1", "--workers", "1"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -365,9 +368,9 @@ def test_single_object_dominant_colour_matches_caption(corpus, meta):
         background = syn.render_background(spec.background, spec.size)
         changed = np.abs(frames - background).max(-1) > 60
         pixels = frames[changed]
-        refs = np.array(list(syn.COLORS.values()), np.float64)
+        refs = np.array(list(scene.COLORS.values()), np.float64)
         votes = np.bincount(np.linalg.norm(pixels[:, None] - refs[None], axis=-1).argmin(1), minlength=len(refs))
-        dominant = list(syn.COLORS)[int(votes.argmax())]
+        dominant = list(scene.COLORS)[int(votes.argmax())]
         assert caption_colours(entry["caption"]) == {dominant}, (name, entry["caption"], dominant)
         checked += 1
     assert checked >= 5
@@ -385,11 +388,11 @@ def test_objects_move_in_the_captioned_direction(corpus, meta):
         background = syn.render_background(spec.background, spec.size)
         for ev in moves:
             colour = syn.object_state(spec, ev.obj, ev.start)[3]
-            colour_name = min(syn.COLORS, key=lambda c: np.abs(np.array(syn.COLORS[c]) - colour).sum())
+            colour_name = min(scene.COLORS, key=lambda c: np.abs(np.array(scene.COLORS[c]) - colour).sum())
             (y0, x0), (y1, x1) = (np.argwhere(colour_masks(frames[k], background)[colour_name]).mean(0)
                                   for k in (ev.start, ev.end))
             step = np.array([x1 - x0, y1 - y0])
-            along = step @ np.array(syn.DIRECTIONS[ev.direction])
+            along = step @ np.array(scene.DIRECTIONS[ev.direction])
             distance = np.hypot(ev.target[0] - ev.origin[0], ev.target[1] - ev.origin[1])
             assert along > 0.7 * distance and abs(along - np.linalg.norm(step)) < 1.5, (name, ev, step)
             checked += 1
@@ -445,7 +448,7 @@ def test_decoded_pairs_look_the_same_to_a_model_that_ignores_order(corpus):
 
 
 def test_pair_captions_differ_only_in_direction_and_order_words(corpus, meta):
-    direction_words = {w for phrases in syn.DIRECTION_PHRASES.values() for p in phrases for w in p.split()}
+    direction_words = {w for phrases in captions.DIRECTION_PHRASES.values() for p in phrases for w in p.split()}
     for a, b in pairs(corpus):
         ca, cb = a["caption"], b["caption"]
         assert ca != cb and len(words(ca)) == len(words(cb))
@@ -478,14 +481,14 @@ def test_cli_writes_a_corpus_and_reports_errors_on_one_line(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     assert "wrote 6 videos" in done.stdout
     assert len(json.loads((out / "meta.json").read_text())["videos"]) == 6
-    assert syn.main([str(out), "--num-videos", "6", "--seed", "2"]) == 2  # the folder is taken now
+    assert corpus_module.main([str(out), "--num-videos", "6", "--seed", "2"]) == 2  # the folder is taken now
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     # argparse's own complaints too: they came after its whole usage block
     for argv, message in [(["--splits", "0.5", "0.5"], "error: argument --splits: expected 3 arguments"),
                           (["--codec", "h265"], "error: argument --codec: invalid choice: 'h265'")]:
         with pytest.raises(SystemExit) as exited:
-            syn.main([str(tmp_path / "new"), *argv])
+            corpus_module.main([str(tmp_path / "new"), *argv])
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
     assert not (tmp_path / "new").exists()

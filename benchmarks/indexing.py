@@ -48,7 +48,7 @@ from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
 from index.encoder import ColorHistogramEncoder  # noqa: E402
-from index.ingest import build_library  # noqa: E402
+from index.ingest import build_library, default_workers  # noqa: E402
 from index.library import LibraryWriter, _sync  # noqa: E402
 from index.store import VectorStore, auto_nlist, default_nprobe, resolve_factory  # noqa: E402
 from vmm.embedder import VideoTextEncoder  # noqa: E402
@@ -67,27 +67,39 @@ def hardware() -> dict:
 
 # -- (a) indexing -----------------------------------------------------------------------------------------
 def write_videos(folder: Path, count: int, seconds: float, width: int = 320, height: int = 240, fps: int = 25):
-    """H.264 videos with a moving colour gradient and a moving square: real motion, realistic decode cost."""
-    import av  # only to write the test videos: a GPU host may have decord alone (--video-dir)
+    """H.264 videos with a moving colour gradient and a moving square: real motion, realistic decode cost.
+
+    One process a core: a video's frames depend only on its number, however many processes write."""
     folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(folder / f"video{v:03d}.mp4", v, seconds, width, height, fps) for v in range(count)]
+    processes = min(len(jobs), os.cpu_count() or 1)
+    if processes <= 1:
+        for job in jobs:
+            _write_video(*job)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.starmap(_write_video, jobs, chunksize=1)
+
+
+def _write_video(path: Path, v: int, seconds: float, width: int, height: int, fps: int) -> None:
+    import av  # only to write the test videos: a GPU host may have decord alone (--video-dir)
     ys, xs = np.mgrid[0:height, 0:width]
-    for v in range(count):
-        path = folder / f"video{v:03d}.mp4"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"preset": "veryfast"}
-            hue = np.array([(v * 53) % 256, (v * 97) % 256, (v * 151) % 256], np.float32)
-            for i in range(int(seconds * fps)):
-                frame = np.empty((height, width, 3), np.uint8)
-                shift = (xs + 3 * i) % width / width
-                frame[...] = (hue * shift[..., None] + 40 * (ys[..., None] / height)).astype(np.uint8)
-                x = int((width - 40) * (i / (seconds * fps)))
-                frame[100:140, x:x + 40] = 255 - hue.astype(np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast"}
+        hue = np.array([(v * 53) % 256, (v * 97) % 256, (v * 151) % 256], np.float32)
+        for i in range(int(seconds * fps)):
+            frame = np.empty((height, width, 3), np.uint8)
+            shift = (xs + 3 * i) % width / width
+            frame[...] = (hue * shift[..., None] + 40 * (ys[..., None] / height)).astype(np.uint8)
+            x = int((width - 40) * (i / (seconds * fps)))
+            frame[100:140, x:x + 40] = 255 - hue.astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 class TimedEncoder:
@@ -98,6 +110,7 @@ class TimedEncoder:
         self.seconds = 0.0
         for name in ("name", "weights_hash", "dim", "num_frames", "preprocessing"):
             setattr(self, name, getattr(encoder, name))
+        self.device = getattr(encoder, "device", "cpu")  # build_library's default worker count reads it
 
     def encode_clips(self, clips):
         started = time.perf_counter()
@@ -148,8 +161,6 @@ def bench_indexing(args, workdir: Path) -> dict:
     videos = sorted(media.glob("*.mp4"))
     setup_s = time.perf_counter() - started
 
-    workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
-    threads = max(1, (os.cpu_count() or 2) // workers)  # what build_library gives each decoder
     baseline = ColorHistogramEncoder()
     # Random weights: speed does not depend on them. Any registered multimodal model (vmm_nano by default;
     # videomamba_m16_25m is the official size, 8 x 224 px) or a save_pretrained folder.
@@ -160,9 +171,14 @@ def bench_indexing(args, workdir: Path) -> dict:
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
 
+    # each encoder's own default (vmm index's): more decoders when the model runs on a GPU
+    baseline_workers, model_workers = (default_workers(e) if args.workers is None else args.workers
+                                       for e in (baseline, encoder))
+    threads = max(1, (os.cpu_count() or 2) // baseline_workers)  # what build_library gives each decoder
     rows = {"decode_only": decode_only(videos, baseline.num_frames, threads)}
-    rows["color_histogram"] = index_once("color-histogram", baseline, media, workdir, workers, args.batch_size)
-    rows["model"] = index_once(args.model, encoder, media, workdir, workers, args.batch_size)
+    rows["color_histogram"] = index_once("color-histogram", baseline, media, workdir, baseline_workers,
+                                         args.batch_size)
+    rows["model"] = index_once(args.model, encoder, media, workdir, model_workers, args.batch_size)
     rows["model"].update(device=str(encoder.device), precision="bf16 autocast" if encoder.device.type == "cuda"
                          else "fp32", img_size=encoder.img_size, frames=encoder.num_frames)
     video = (f"{args.video_seconds:g} s, 320x240, 25 fps, H.264" if not args.video_dir
@@ -316,7 +332,8 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=None, help="videos to generate [24; quick: 8]")
     ap.add_argument("--video-seconds", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
-    ap.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1, at most 8]")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="decoder processes [as vmm index: cores - 1, at most 8 for an encoder on the CPU, 32 on a GPU]")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="library sizes [10000 100000 1000000]")
     ap.add_argument("--ivf-train-per-list", type=int, default=16,
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")

@@ -370,8 +370,21 @@ class _Pipeline:
         self.last_commit = time.monotonic()
 
 
-def _default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(encoder, cpus: int | None = None) -> int:
+    """Decoder processes when ``workers`` is not given: ``cpus`` (default: all) less one, at most 8 for an encoder
+    on the CPU and 32 for one on a GPU.
+
+    A model on the CPU is most of the run and needs the cores itself. On a GPU decoding bounds the run, and more
+    processes with one thread each decode more per core than fewer with two (H200, 16 cores, 1280 clips: 15
+    decoders 227-237 clips/s with 51-54 CPU s of decoding, 8 decoders 172-178 clips/s with 70-74 CPU s).
+
+    >>> from index.encoder import ColorHistogramEncoder
+    >>> default_workers(ColorHistogramEncoder(), cpus=16)
+    8
+    """
+    cpus = cpus or os.cpu_count() or 2
+    on_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+    return max(1, min(32 if on_gpu else 8, cpus - 1))
 
 
 def build_library(paths: list[str], library_dir: str, encoder, *, window: float | None = None,
@@ -487,7 +500,7 @@ def _check_encoder(encoder) -> None:
 def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *, batch_size, workers, timeout,
             retry_failed, factory, backend, max_pixels, progress, commit_seconds, flat_max,
             worker_hook) -> IngestSummary:
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers(encoder) if workers is None else workers
     options = _decode_options(writer.manifest, max_pixels=max_pixels, backend=backend, workers=workers)
     summary, plan = _start_run(writer, roots, factory=factory, retry_failed=retry_failed)
 

@@ -557,3 +557,30 @@ def test_files_are_looked_up_by_size_through_an_index_that_older_libraries_get_o
     assert "files_by_size" in plan()
     with open_library(library) as reader:
         assert len(reader) == 2 and reader.search_vectors(query(videos.GREEN), k=1)[0][0].score > 0.99
+
+
+class _HistogramOnGpu(ColorHistogramEncoder):
+    """The colour histogram claiming a GPU: only the default decoder count reads ``device``."""
+    device = "cuda:0"
+
+
+def test_default_decoder_count_follows_the_encoders_device(tmp_path, monkeypatch):
+    """A model on the CPU keeps at most 8 decoders (it needs the cores); one on a GPU gets all cores but one, up
+    to 32, since decoding bounds that run (15 decoders indexed 1.33x faster than 8 on an H200 with 16 cores)."""
+    cpus = (1, 2, 16, 64)
+    assert [ingest_module.default_workers(ENCODER, cpus=c) for c in cpus] == [1, 1, 8, 8]
+    assert [ingest_module.default_workers(_HistogramOnGpu(), cpus=c) for c in cpus] == [1, 1, 15, 32]
+    started, real_pool = [], ingest_module.DecodePool
+
+    def recording_pool(options, *, workers, **kwargs):
+        started.append(workers)
+        return real_pool(options, workers=1, **kwargs)  # the count is what is tested; one process does the work
+
+    monkeypatch.setattr(ingest_module, "DecodePool", recording_pool)
+    monkeypatch.setattr(ingest_module.os, "cpu_count", lambda: 10)
+    (tmp_path / "media").mkdir()
+    videos.write_solid(str(tmp_path / "media" / "red.mp4"), videos.RED)
+    for name, encoder in (("cpu", ENCODER), ("gpu", _HistogramOnGpu())):
+        summary = build_library([str(tmp_path / "media")], str(tmp_path / name), encoder, progress=False)
+        assert summary.indexed == 1
+    assert started == [8, 9]

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="index only the first N seconds of each video")
     p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint file's, else the model's)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
-    p.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1, at most 8]")
+    p.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1: at most 8 with the model on the CPU, 32 on a GPU]")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a hung decoder is killed [60]")
     p.add_argument("--device", default=None, help="cuda or cpu [cuda when available]")
     p.add_argument("--factory", default=None, help="FAISS index type: auto, Flat, HNSW32,Flat, IVF4096,Flat ...")

@@ -111,6 +111,26 @@ def test_encode_texts_takes_one_string_as_one_text(mm, tok):
             VideoTextEncoder, mm, device="cpu", tokenizer=tok, max_text_len=64)
 
 
+
+def test_video_batch_equals_each_clip_through_the_transform(mm, tok, monkeypatch):
+    """Clips of one shape are copied and resized together (in chunks); the result must equal each clip's own
+    transform, whatever the mix of shapes, the order, the container type or the chunk size."""
+    enc = VideoTextEncoder(mm, device="cpu", tokenizer=tok)
+    rng = np.random.default_rng(0)
+    t = enc.num_frames
+    clips = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+             [(t, 40, 48, 3), (t, 17, 9, 3), (t, 40, 48, 3), (t, 32, 32, 3), (t, 40, 48, 3), (t, 17, 9, 3)]]
+    clips[3] = torch.from_numpy(clips[3])  # a tensor clip goes with the arrays
+    clips[4] = np.asfortranarray(clips[4])  # not C-contiguous
+    expected = torch.stack([enc.transform(torch.as_tensor(np.ascontiguousarray(c))) for c in clips])
+    for chunk_bytes in (1 << 28, 2 * t * 40 * 48 * 3, 1):  # whole groups, two clips at a time, one at a time
+        monkeypatch.setattr("vmm.embedder._PREP_CHUNK_BYTES", chunk_bytes)
+        assert torch.equal(enc._video_batch(clips), expected)
+    np.testing.assert_allclose(enc.encode_clips(clips), np.concatenate([enc.encode_clips([c]) for c in clips]),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"frames must be \(T, H, W, 3\), got \(2, 8, 8\)"):
+        enc._video_batch([clips[0], np.zeros((2, 8, 8), np.uint8)])
+
 def test_encode_text_inputs(mm, tok):
     ids, mask = tok(["a dog"], max_length=8)
     with torch.no_grad():

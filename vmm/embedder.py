@@ -101,15 +101,22 @@ class VideoTextEncoder:
         out: list = [None] * len(tensors)
         for (shape, dtype), members in groups.items():
             # a bounded number of frames at once: the resize works in float32, 4x the uint8 bytes, on the device
-            step = max(1, _PREP_CHUNK_BYTES // (math.prod(shape) * dtype.itemsize))
+            # (max 1: a clip of 0 frames or 0 pixels fails in the model or the resize, as it did one by one)
+            step = max(1, _PREP_CHUNK_BYTES // max(1, math.prod(shape) * dtype.itemsize))
             for s in range(0, len(members), step):
                 chunk = members[s:s + step]
                 host = torch.empty((len(chunk), *shape), dtype=dtype, pin_memory=pinned)
-                rows = host.numpy()
-                for row, i in zip(rows, chunk):
-                    # numpy's single-threaded copy: torch's own spreads over OpenMP threads, which wait on each
-                    # other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s)
-                    np.copyto(row, tensors[i].numpy(force=True))
+                try:
+                    rows = host.numpy()
+                except TypeError:  # a bfloat16 tensor, say: numpy has no such type, so torch copies it
+                    rows = None
+                for k, i in enumerate(chunk):
+                    if rows is None:
+                        host[k].copy_(tensors[i])
+                    else:
+                        # numpy's single-threaded copy: torch's own spreads over OpenMP threads, which wait on
+                        # each other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s)
+                        np.copyto(rows[k], tensors[i].numpy(force=True))
                 frames = host.to(self.device, non_blocking=pinned).flatten(0, 1)  # (n T, H, W, 3)
                 x = self.transform(frames).unflatten(1, (len(chunk), shape[0])).transpose(0, 1)  # (n, 3, T, S, S)
                 for j, i in enumerate(chunk):

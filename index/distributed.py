@@ -59,7 +59,7 @@ from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
 from index.discovery import Candidate
 from index.ingest import (IngestSummary, _check_request, _decode_options, _Pipeline, _start_run, build_library,
-                          default_workers)
+                          default_workers, usable_cpus)
 from index.library import LibraryWriter, _sync, library_folder, refuse_foreign_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
@@ -708,7 +708,7 @@ def _stage(plan: dict, info: LaunchInfo, folder: str, encoder, settings: _Settin
         if not os.path.exists(root):
             raise VmmError(f"{root} does not exist on this node; every node must see the videos at the same paths")
     todo = [Candidate(f["path"], f["size"], f["mtime_ns"], None) for f in plan["shards"][info.rank]]
-    cpus = max(1, (os.cpu_count() or 2) // info.local_world_size)
+    cpus = max(1, usable_cpus() // info.local_world_size)
     workers = default_workers(encoder, cpus) if settings.workers is None else settings.workers
     options = _decode_options(manifest, max_pixels=plan["max_pixels"], backend=plan["backend"], workers=workers,
                               cpus=cpus)

@@ -370,6 +370,16 @@ class _Pipeline:
         self.last_commit = time.monotonic()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one (a container or
+    ``taskset`` pinned to 4 cores of a 128-core host gets 4), else the machine's count.
+
+    >>> 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    True
+    """
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+
+
 def default_workers(encoder, cpus: int | None = None) -> int:
     """Decoder processes when ``workers`` is not given: ``cpus`` (default: all) less one, at most 8 for an encoder
     on the CPU and 32 for one on a GPU.
@@ -382,7 +392,7 @@ def default_workers(encoder, cpus: int | None = None) -> int:
     >>> default_workers(ColorHistogramEncoder(), cpus=16)
     8
     """
-    cpus = cpus or os.cpu_count() or 2
+    cpus = cpus or usable_cpus()
     on_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
     return max(1, min(32 if on_gpu else 8, cpus - 1))
 
@@ -520,7 +530,7 @@ def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *,
 def _decode_options(manifest: LibraryManifest, *, max_pixels: int, backend: str, workers: int,
                     cpus: int | None = None) -> DecodeOptions:
     """Decoding settings for a run; ``cpus`` (default: all) are shared among ``workers`` as decoder threads."""
-    cpus = cpus or os.cpu_count() or 2
+    cpus = cpus or usable_cpus()
     options = DecodeOptions(num_frames=manifest.num_frames, window=manifest.window, stride=manifest.stride,
                             max_seconds=manifest.max_seconds, max_pixels=max_pixels, backend=backend,
                             threads=max(1, cpus // max(1, workers)))

@@ -4,6 +4,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -577,10 +578,23 @@ def test_default_decoder_count_follows_the_encoders_device(tmp_path, monkeypatch
         return real_pool(options, workers=1, **kwargs)  # the count is what is tested; one process does the work
 
     monkeypatch.setattr(ingest_module, "DecodePool", recording_pool)
-    monkeypatch.setattr(ingest_module.os, "cpu_count", lambda: 10)
+    monkeypatch.setattr(ingest_module, "usable_cpus", lambda: 10)
     (tmp_path / "media").mkdir()
     videos.write_solid(str(tmp_path / "media" / "red.mp4"), videos.RED)
     for name, encoder in (("cpu", ENCODER), ("gpu", _HistogramOnGpu())):
         summary = build_library([str(tmp_path / "media")], str(tmp_path / name), encoder, progress=False)
         assert summary.indexed == 1
     assert started == [8, 9]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_the_default_counts_the_cpus_this_process_may_use():
+    """A process pinned to one core (taskset, a container's cpuset) counts one CPU, not the machine's: on a
+    large host the GPU default would otherwise start 32 decoders on a few cores."""
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from index.ingest import usable_cpus, default_workers; from index.encoder import ColorHistogramEncoder; "
+            "print(usable_cpus(), default_workers(ColorHistogramEncoder()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["1", "1"]
+

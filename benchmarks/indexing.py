@@ -157,7 +157,7 @@ def bench_indexing(args, workdir: Path) -> dict:
         media = Path(args.video_dir)
     else:
         media = workdir / "media"
-        write_videos(media, args.videos, args.video_seconds)
+        write_videos(media, args.videos, args.video_seconds, *args.video_size)
     videos = sorted(media.glob("*.mp4"))
     setup_s = time.perf_counter() - started
 
@@ -181,7 +181,7 @@ def bench_indexing(args, workdir: Path) -> dict:
     rows["model"] = index_once(args.model, encoder, media, workdir, model_workers, args.batch_size)
     rows["model"].update(device=str(encoder.device), precision="bf16 autocast" if encoder.device.type == "cuda"
                          else "fp32", img_size=encoder.img_size, frames=encoder.num_frames)
-    video = (f"{args.video_seconds:g} s, 320x240, 25 fps, H.264" if not args.video_dir
+    video = (f"{args.video_seconds:g} s, {args.video_size[0]}x{args.video_size[1]}, 25 fps, H.264" if not args.video_dir
              else f"from {args.video_dir} (written by --write-videos)")
     return {"videos": len(videos), "video": video, "window_s": 10.0, "stride_s": 5.0,
             "batch_size": args.batch_size, "video_writing_s": round(setup_s, 1), **rows}
@@ -326,11 +326,21 @@ def bench_merge(args, workdir: Path) -> dict:
 
 
 # -- main -------------------------------------------------------------------------------------------------
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or min(int(width), int(height) - 96) < 48 \
+            or int(width) % 2 or int(height) % 2:  # even sides for yuv420p; room for the moving square
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT with even sides of at least 48x144")
+    return int(width), int(height)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 videos, 10k/100k vectors, 2000 merged files")
     ap.add_argument("--videos", type=int, default=None, help="videos to generate [24; quick: 8]")
     ap.add_argument("--video-seconds", type=float, default=10.0)
+    ap.add_argument("--video-size", type=_size, default=(320, 240), metavar="WxH",
+                    help="size of the generated videos [320x240; 1920x1080 for HD libraries]")
     ap.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
     ap.add_argument("--workers", type=int, default=None,
                     help="decoder processes [as vmm index: cores - 1, at most 8 for an encoder on the CPU, 32 on a GPU]")
@@ -350,7 +360,7 @@ def main() -> None:
     args.sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     args.merge_files = args.merge_files or (2000 if args.quick else 4000)
     if args.write_videos:
-        write_videos(Path(args.write_videos), args.videos, args.video_seconds)
+        write_videos(Path(args.write_videos), args.videos, args.video_seconds, *args.video_size)
         print(f"wrote {args.videos} videos to {args.write_videos}")
         return
     gpu = torch.cuda.is_available()

@@ -48,7 +48,7 @@ from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
 from index.encoder import ColorHistogramEncoder  # noqa: E402
-from index.ingest import build_library, default_workers  # noqa: E402
+from index.ingest import build_library, default_workers, usable_cpus  # noqa: E402
 from index.library import LibraryWriter, _sync  # noqa: E402
 from index.store import VectorStore, auto_nlist, default_nprobe, resolve_factory  # noqa: E402
 from vmm.embedder import VideoTextEncoder  # noqa: E402
@@ -72,7 +72,7 @@ def write_videos(folder: Path, count: int, seconds: float, width: int = 320, hei
     One process a core: a video's frames depend only on its number, however many processes write."""
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(folder / f"video{v:03d}.mp4", v, seconds, width, height, fps) for v in range(count)]
-    processes = min(len(jobs), os.cpu_count() or 1)
+    processes = min(len(jobs), usable_cpus())
     if processes <= 1:
         for job in jobs:
             _write_video(*job)
@@ -174,7 +174,7 @@ def bench_indexing(args, workdir: Path) -> dict:
     # each encoder's own default (vmm index's): more decoders when the model runs on a GPU
     baseline_workers, model_workers = (default_workers(e) if args.workers is None else args.workers
                                        for e in (baseline, encoder))
-    threads = max(1, (os.cpu_count() or 2) // baseline_workers)  # what build_library gives each decoder
+    threads = max(1, usable_cpus() // baseline_workers)  # what build_library gives each decoder
     rows = {"decode_only": decode_only(videos, baseline.num_frames, threads)}
     rows["color_histogram"] = index_once("color-histogram", baseline, media, workdir, baseline_workers,
                                          args.batch_size)

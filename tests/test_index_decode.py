@@ -1,5 +1,6 @@
 """Frame sampling, clip windows, probing and decoding of real generated videos."""
 import math
+import signal
 import time
 
 import numpy as np
@@ -223,6 +224,28 @@ def test_hung_decord_is_retried_with_pyav(tmp_path):
     (_, start), clip = events[0][2], events[1][2]
     assert start.info.backend == "pyav" and start.info.num_frames == 20
     assert np.abs(clip.frames.mean(axis=(1, 2, 3)) - 6 * sample_middle_indices(20, 8)).max() < 3
+
+
+def test_closing_the_pool_ends_every_worker_cleanly(tmp_path):
+    """Idle workers are all told to stop before any is waited for, and each exits by itself (code 0, not killed);
+    a worker still decoding when the pool closes is killed. No process is left behind either way."""
+    paths = [videos.write_solid(str(tmp_path / f"{k}.mp4"), videos.GREEN) for k in range(3)]
+    with DecodePool(DecodeOptions(), workers=3) as pool:
+        for key, path in enumerate(paths):
+            pool.submit(key, path)
+        _drain(pool)
+        processes = [w.process for w in pool._workers]
+    assert len(processes) == 3 and [p.returncode for p in processes] == [0, 0, 0]
+
+    hang = videos.write_solid(str(tmp_path / "hang.mp4"), videos.RED)
+    with DecodePool(DecodeOptions(), workers=1, timeout=60, worker_hook="tests.videos:hang_holding_gil") as pool:
+        pool.submit(0, hang)
+        deadline = time.monotonic() + 30
+        while not pool._workers or pool._workers[0].busy.value == 0:  # the worker is inside the hung step
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        busy = pool._workers[0].process
+    assert busy.returncode == -signal.SIGKILL
 
 
 def test_pool_events_match_inline_decoding(tmp_path):

@@ -179,3 +179,60 @@ def test_multimodal_video_inputs_and_similarity(mm):
     assert mm.similarity(frames, text).shape == (2, 3)
     refused(r"similarity takes video embeddings .* got \(2, 4, 16\) and \(3, 8\)", mm.similarity, frames, text[:, :8])
     refused(r"got \(2, 16\) and \(16,\)", mm.similarity, frames[:, 0], text[0])
+
+
+def test_cuda_graph_is_off_on_the_cpu(mm, tok):
+    """``cuda_graph`` asks for a graph only where there is CUDA: on the CPU every batch runs eagerly, unchanged."""
+    clips = [np.random.default_rng(k).integers(0, 256, (4, 20, 24, 3), dtype=np.uint8) for k in range(4)]
+    enc = VideoTextEncoder(mm, device="cpu", tokenizer=tok, batch_size=2)
+    assert enc.cuda_graph is False
+    for _ in range(3):
+        np.testing.assert_array_equal(enc.encode_clips(clips),
+                                      VideoTextEncoder(mm, device="cpu", tokenizer=tok, batch_size=2,
+                                                       cuda_graph=False).encode_clips(clips))
+    assert enc._graph is None
+
+
+def _cuda_clips(n, seed, t=4):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (t, 36, 44, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_the_eager_forward_bit_for_bit(tok):
+    """Full batches go through a CUDA graph from the second one on; every batch, full or partial, gives the eager
+    forward's vectors exactly, and patch tokens (ITM) still come from the eager path."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    graphed = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4)
+    eager = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4, cuda_graph=False)
+    for seed in range(4):
+        clips = _cuda_clips(6 if seed == 3 else 4, seed)  # the last call: one full batch and a partial one
+        np.testing.assert_array_equal(graphed.encode_clips(clips), eager.encode_clips(clips))
+        assert (graphed._graph is None) == (seed == 0)  # one call of a shape is not worth a capture
+    vectors, tokens = graphed.encode_clips(_cuda_clips(4, 9), return_tokens=True)
+    np.testing.assert_array_equal(vectors, eager.encode_clips(_cuda_clips(4, 9)))
+    assert tokens.shape[0] == 4
+
+
+@pytest.mark.cuda
+def test_cuda_graph_follows_the_weights(tok):
+    """Weights changed in place are read by the next replay; a replaced parameter or buffer means a new capture,
+    never a replay reading the old (freed) tensor."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    graphed = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4)
+    eager = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4, cuda_graph=False)
+    clips = _cuda_clips(4, 0)
+    for _ in range(2):
+        graphed.encode_clips(clips)
+    first = graphed._graph
+    assert first is not None
+    with torch.no_grad():
+        model.vision_proj.weight.mul_(-1)
+    np.testing.assert_array_equal(graphed.encode_clips(clips), eager.encode_clips(clips))
+    assert graphed._graph is first
+    model.vision_proj.weight = torch.nn.Parameter(model.vision_proj.weight.detach() * 3)
+    for _ in range(3):
+        np.testing.assert_array_equal(graphed.encode_clips(clips), eager.encode_clips(clips))
+    assert graphed._graph is not None and graphed._graph is not first

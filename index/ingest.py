@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import bisect
+import math
 import numbers
 import os
 import reprlib
@@ -371,13 +372,80 @@ class _Pipeline:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask where the system has one (a container or
-    ``taskset`` pinned to 4 cores of a 128-core host gets 4), else the machine's count.
+    """The CPUs this process may use: its affinity mask where the system has one (a container or ``taskset``
+    pinned to 4 cores of a 128-core host gets 4), else the machine's count, and no more than a cgroup CPU quota
+    allows (``docker run --cpus 4`` or a Kubernetes CPU limit of 4 on that host also gets 4).
 
     >>> 1 <= usable_cpus() <= (os.cpu_count() or 1)
     True
     """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    quota = cgroup_cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.floor(quota)))
+
+
+def cgroup_cpu_quota(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cgroup") -> float | None:
+    """How many CPUs' worth of time a cgroup CPU quota grants this process (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), the tightest of its own cgroup and those above it; None
+    without a quota, or where there are no cgroups to read (not Linux, no permission).
+
+    >>> quota = cgroup_cpu_quota()
+    >>> quota is None or quota > 0
+    True
+    """
+    try:
+        with open(mountinfo) as f:
+            mounts = f.read().splitlines()
+        with open(cgroup) as f:
+            memberships = [line.split(":", 2) for line in f.read().splitlines() if line.count(":") >= 2]
+    except OSError:
+        return None
+    v2_path = next((path for _, controllers, path in memberships if controllers == ""), None)
+    v1_path = next((path for _, controllers, path in memberships if "cpu" in controllers.split(",")), None)
+    quotas = []
+    for line in mounts:
+        fields, _, tail = line.partition(" - ")
+        fields, tail = fields.split(), tail.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        root, mount_point, (fstype, _, options) = fields[3], fields[4], tail[:3]
+        if fstype == "cgroup2" and v2_path is not None:
+            path, read = v2_path, _cpu_max
+        elif fstype == "cgroup" and "cpu" in options.split(",") and v1_path is not None:
+            path, read = v1_path, _cfs_quota
+        else:
+            continue
+        # The mount shows the hierarchy from `root` down (a container usually sees its own cgroup as "/").
+        relative = os.path.relpath(path, root)
+        if relative.startswith(".."):
+            continue
+        folder = os.path.normpath(os.path.join(mount_point, relative))
+        while True:  # a limit on a parent cgroup binds its children too
+            quota = read(folder)
+            if quota is not None:
+                quotas.append(quota)
+            if folder == os.path.normpath(mount_point):
+                break
+            folder = os.path.dirname(folder)
+    return min(quotas) if quotas else None
+
+
+def _cpu_max(folder: str) -> float | None:
+    try:
+        with open(os.path.join(folder, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(folder: str) -> float | None:
+    try:
+        with open(os.path.join(folder, "cpu.cfs_quota_us")) as f, open(os.path.join(folder, "cpu.cfs_period_us")) as g:
+            quota, period = int(f.read()), int(g.read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def default_workers(encoder, cpus: int | None = None) -> int:

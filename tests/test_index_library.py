@@ -598,3 +598,42 @@ def test_the_default_counts_the_cpus_this_process_may_use():
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.split() == ["1", "1"]
 
+
+
+def _cgroup_files(tmp_path, mounts: list[str], memberships: list[str], files: dict[str, str]):
+    tmp_path.mkdir()
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "mountinfo").write_text("".join(line.replace("TMP", str(tmp_path)) + "\n" for line in mounts))
+    (tmp_path / "cgroup").write_text("".join(line + "\n" for line in memberships))
+    return str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")
+
+
+def test_a_cgroup_cpu_quota_counts_like_fewer_cpus(tmp_path, monkeypatch):
+    """`docker run --cpus 4` or a Kubernetes CPU limit leaves every core in the affinity mask but grants four
+    CPUs' worth of time: the default decoder count must see 4, from cgroup v2 or v1, from the process's own
+    cgroup or one above it (the tightest wins), and nothing where no quota is set."""
+    quota = ingest_module.cgroup_cpu_quota
+    v2 = "31 23 0:28 / TMP/v2 rw,nosuid - cgroup2 cgroup2 rw,nsdelegate"
+    # a container: its cgroup is the mount's root
+    assert quota(*_cgroup_files(tmp_path / "a", [v2], ["0::/"], {"v2/cpu.max": "400000 100000\n"})) == 4.0
+    # a service on a host: the parent's limit binds, the own cgroup has none
+    files = {"v2/cpu.max": "max 100000\n", "v2/user.slice/cpu.max": "250000 100000\n",
+             "v2/user.slice/app.scope/cpu.max": "max 100000\n"}
+    assert quota(*_cgroup_files(tmp_path / "b", [v2], ["0::/user.slice/app.scope"], files)) == 2.5
+    # cgroup v1 without a cgroup namespace: the mount shows the container's part of the hierarchy
+    v1 = "32 31 0:29 /docker/abc TMP/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct"
+    files = {"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert quota(*_cgroup_files(tmp_path / "c", [v1, v2], ["4:cpu,cpuacct:/docker/abc", "0::/"], files)) == 1.5
+    # no quota anywhere (v1 -1, v2 max), a cgroup outside the mount, no files at all
+    files = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n", "v2/cpu.max": "max 100000\n"}
+    assert quota(*_cgroup_files(tmp_path / "d", [v1, v2], ["4:cpu,cpuacct:/docker/abc", "0::/"], files)) is None
+    assert quota(*_cgroup_files(tmp_path / "e", [v1], ["4:cpu,cpuacct:/other"], {})) is None
+    assert quota(str(tmp_path / "missing"), str(tmp_path / "missing")) is None
+
+    monkeypatch.setattr(ingest_module, "cgroup_cpu_quota", lambda: 2.5)
+    assert ingest_module.usable_cpus() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(ingest_module, "cgroup_cpu_quota", lambda: 0.5)
+    assert ingest_module.usable_cpus() == 1

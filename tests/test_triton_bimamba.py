@@ -402,3 +402,27 @@ def test_a_gpu_without_the_fused_kernels_is_warned_once(monkeypatch):
     caught = _reference_path_warnings("cuda", None, monkeypatch)
     assert len(caught) == 1 and "run the PyTorch reference scan" in caught[0]
     assert _reference_path_warnings("cuda", "reference", monkeypatch) == []  # chosen by name: no surprise
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_kernels_run_on_the_tensors_gpu_not_the_current_one():
+    """Layer, conv and add + RMSNorm on cuda:1 while cuda:0 is current (a rank that never called set_device),
+    forward and backward, give what they give on cuda:0 (to float rounding: the backward sums with atomics)."""
+    from vmm.ops import triton_norm
+
+    results = {}
+    for device in ("cuda:0", "cuda:1"):
+        torch.cuda.set_device(0)
+        xz, wf, wb = make_layer(2, 64, 37, device=device, seed=3)
+        y = triton_bimamba.bimamba_inner_xz_triton(xz.transpose(1, 2), wf, wb)
+        h = torch.randn(2, 37, 64, generator=torch.Generator().manual_seed(4)).to(device).requires_grad_()
+        normed, residual = triton_norm.add_rmsnorm(h, None, torch.ones(64, device=device))
+        yf, yb = triton_conv.conv1d_bidir_silu(h, torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(5))
+                                               .to(device), None)
+        loss = y.square().sum() + normed.sum() + residual.sum() + (yf * yb).sum()
+        grads = torch.autograd.grad(loss, [xz, h, *wf])
+        results[device] = [t.detach().cpu() for t in (y, normed, yf, yb, *grads)]
+        assert torch.cuda.current_device() == 0
+    for a, b in zip(results["cuda:0"], results["cuda:1"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 launch helpers and two math helpers. Triton is optional: CPU-only installs use the reference backends."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -40,7 +41,20 @@ if HAS_TRITON:
             return tl.sigmoid(x)
 
 
-__all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "fast_exp", "fast_sigmoid", "triton", "tl"]
+__all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "on_device_of", "fast_exp", "fast_sigmoid",
+           "triton", "tl"]
+
+
+def on_device_of(t: Tensor):
+    """A context in which kernels for ``t`` launch on t's GPU. Triton launches on the current device, so a model
+    on cuda:1 while cuda:0 is current (a second rank that never called ``torch.cuda.set_device``, or
+    ``device="cuda:1"``) failed with "Pointer argument cannot be accessed from Triton". Backward passes need no
+    guard: autograd runs them with the tensors' device current.
+
+    >>> with on_device_of(torch.zeros(1)):  # a CPU tensor (the interpreter): nothing to switch
+    ...     pass
+    """
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def is_available(device: Optional[torch.device] = None) -> bool:

@@ -36,8 +36,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available, tl,
-                             triton)
+from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available,
+                             on_device_of, tl, triton)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
@@ -812,7 +812,8 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
     args = (xzl, conv_w, conv_b, torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]),
             torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]), torch.stack([fwd.dt_proj_bias, bwd.dt_proj_bias]),
             torch.stack([fwd.A_log, bwd.A_log]), torch.stack([fwd.D, bwd.D]))
-    return _BiMambaInnerFn.apply(*args, _builds_graph(*args)).transpose(1, 2)
+    with on_device_of(xz):
+        return _BiMambaInnerFn.apply(*args, _builds_graph(*args)).transpose(1, 2)
 
 
 def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops._triton import HAS_TRITON, check_rows, fast_sigmoid, interpreting, is_available, tl, triton
+from vmm.ops._triton import (HAS_TRITON, check_rows, fast_sigmoid, interpreting, is_available, on_device_of, tl,
+                             triton)
 
 __all__ = ["conv1d_bidir_silu", "conv1d_bidir_silu_ref", "is_available"]
 
@@ -407,6 +408,8 @@ def conv1d_bidir_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tupl
         ...     assert yf.shape == yb.shape == (2, 7, 64)
     """
     x = check_rows(x)
-    return _ConvBidirFn.apply(x, weight.float().contiguous(), None if bias is None else bias.float().contiguous())
+    with on_device_of(x):
+        return _ConvBidirFn.apply(x, weight.float().contiguous(),
+                                  None if bias is None else bias.float().contiguous())
 
 

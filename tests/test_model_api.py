@@ -2,6 +2,7 @@
 pretrained=, config validation in both factories, tokenizer and model inputs, ``from index import discover``."""
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,49 @@ def test_cuda_graph_follows_the_weights(tok):
     for _ in range(3):
         np.testing.assert_array_equal(graphed.encode_clips(clips), eager.encode_clips(clips))
     assert graphed._graph is not None and graphed._graph is not first
+
+
+@pytest.mark.cuda
+def test_a_model_that_cannot_be_captured_stays_eager_and_leaves_cuda_usable(tok, capfd):
+    """A forward that reads a value back to the host cannot be captured: it is refused before the capture (one
+    line on stderr), encodes eagerly with the same vectors, and leaves the caller's stream and CUDA's random
+    numbers as they were (a capture failing midway would have broken them for the whole process)."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    eager = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4, cuda_graph=False)
+    clips = _cuda_clips(4, 0)
+    expected = eager.encode_clips(clips)
+    forward = model.encode_video
+
+    def reads_back(x, **kwargs):
+        assert float(x.abs().sum()) >= 0  # a host sync, as a data-dependent branch would make
+        return forward(x, **kwargs)
+
+    model.encode_video = reads_back
+    graphed = VideoTextEncoder(model, device="cuda", tokenizer=tok, batch_size=4)
+    for _ in range(3):
+        np.testing.assert_array_equal(graphed.encode_clips(clips), expected)
+    assert graphed.cuda_graph is False and graphed._graph is None
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vmm: CUDA graph capture failed (RuntimeError: called a synchron")
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.randn(4, device="cuda").isfinite().all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_an_encoder_on_the_second_gpu_works_while_the_first_is_current(tok):
+    """A rank that never called torch.cuda.set_device, or device="cuda:1": Triton launches on the current device,
+    so the kernels must switch to the tensors' own; eager and graph give the vectors of the same model on cuda:0."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    batches = [_cuda_clips(4, seed) for seed in range(4)]
+    first = VideoTextEncoder(model, device="cuda:0", tokenizer=tok, batch_size=4, cuda_graph=False)
+    expected = [first.encode_clips(clips) for clips in batches]
+    torch.cuda.set_device(0)
+    on_second = VideoTextEncoder(model, device="cuda:1", tokenizer=tok, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The CUDA Graph is empty")  # captured on another GPU's stream
+        for clips, vectors in zip(batches, expected):  # eager, capture, then replays of new clips
+            np.testing.assert_array_equal(on_second.encode_clips(clips), vectors)
+    assert on_second._graph is not None and torch.cuda.current_device() == 0

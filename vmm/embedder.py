@@ -11,6 +11,7 @@ import itertools
 import math
 import sys
 import threading
+import warnings
 from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
@@ -46,17 +47,33 @@ class _GraphedVideoForward:
     """
 
     def __init__(self, model, example: torch.Tensor, autocast):
-        self.input = example.clone()
-        # Warm-up on a side stream, as the CUDA graph docs ask (lazy initialisation must not be captured); the
-        # weight casts stay inside the graph (no autocast cache), as each eager call makes them too.
-        side = torch.cuda.Stream(self.input.device)
-        side.wait_stream(torch.cuda.current_stream(self.input.device))
-        with torch.cuda.stream(side), autocast(cache_enabled=False):
-            model.encode_video(self.input)
-        torch.cuda.current_stream(self.input.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), autocast(cache_enabled=False):
-            self.output = model.encode_video(self.input)
+        device = example.device
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.current_stream(device)):
+            # (the outer stream context puts the caller's stream back even when the capture fails)
+            self.input = example.clone()
+            # Warm-up on a side stream, as the CUDA graph docs ask (lazy initialisation must not be captured).
+            # It runs with synchronising calls made errors: a forward that reads a value back to the host cannot
+            # be captured, and a capture that fails midway leaves CUDA's random-number state unusable for the
+            # rest of the process, so such a model is refused here, before any capture.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # set_sync_debug_mode is a "prototype feature"
+                previous = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    with torch.cuda.stream(side), autocast(cache_enabled=False):
+                        model.encode_video(self.input)
+                finally:
+                    torch.cuda.set_sync_debug_mode(previous)
+            torch.cuda.current_stream(device).wait_stream(side)
+            # The weight casts stay inside the graph (no autocast cache), as each eager call makes them too. The
+            # capture stream is the model's device's: torch.cuda.graph's default one is made once per process, on
+            # whichever device was current then, and a capture for another GPU on it records nothing.
+            self.graph = torch.cuda.CUDAGraph()
+            with (torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"),
+                  autocast(cache_enabled=False)):
+                self.output = model.encode_video(self.input)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The embeddings of ``x`` as a new CPU float32 tensor (the graph's output is overwritten next call)."""
@@ -70,7 +87,9 @@ class VideoTextEncoder:
 
     On CUDA, ``encode_clips`` replays a CUDA graph of the video forward for full batches (``batch_size`` clips)
     once that shape has come twice, with the same results bit for bit; ``cuda_graph=False`` keeps every forward
-    eager (the graph holds its own activation memory, one forward's worth).
+    eager. The graph holds its own activation memory, one forward's worth (VideoMamba-M at batch 32, 8 frames:
+    3.4 GiB more reserved on an H200, 6.5 against 3.1 GiB), so a ``batch_size`` chosen near the GPU's limit
+    may need ``cuda_graph=False``.
 
     >>> import numpy as np, vmm
     >>> from vmm.embedder import VideoTextEncoder
@@ -110,11 +129,16 @@ class VideoTextEncoder:
                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "sampling": "middle",
                               "frames": self.num_frames, "pooling": "normalised mean of per-frame embeddings"}
         self._weights_hash: Optional[str] = None
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._use_graph = bool(cuda_graph) and self.device.type == "cuda"
         self._graph: Optional[_GraphedVideoForward] = None
         self._graph_key: Optional[tuple] = None  # what the graph was captured for: shape, dtype, weights
         self._graph_candidate: Optional[tuple] = None  # a key seen once: captured when it comes again
         self._graph_lock = threading.Lock()  # one replay at a time: the graph's input and output are shared
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether full batches may replay a CUDA graph: asked for, on CUDA, and no capture has failed."""
+        return self._use_graph
 
     @property
     def weights_hash(self) -> str:
@@ -170,7 +194,7 @@ class VideoTextEncoder:
 
     def _graphed(self, x: torch.Tensor) -> Optional[_GraphedVideoForward]:
         """The CUDA graph for a full batch like ``x``, captured the second time such a batch comes; None: eager."""
-        if not self.cuda_graph or x.shape[0] != self.batch_size:
+        if not self._use_graph or x.shape[0] != self.batch_size:
             return None
         # The graph reads weights by address: a replaced parameter (model.half(), a new tensor assigned) or a
         # switch to training mode means a new key and a new capture; updates in place need none.
@@ -187,7 +211,7 @@ class VideoTextEncoder:
                 first_line = (str(error).splitlines() or [""])[0][:200]
                 print(f"vmm: CUDA graph capture failed ({type(error).__name__}: {first_line}); "
                       "encoding without it", file=sys.stderr)
-                self.cuda_graph = False
+                self._use_graph = False
                 return None
             self._graph_key = key
         return self._graph
@@ -198,7 +222,7 @@ class VideoTextEncoder:
         out, toks = [], []
         for s in range(0, len(clips), self.batch_size):
             x = self._video_batch(clips[s:s + self.batch_size])
-            if not return_tokens and self.cuda_graph:
+            if not return_tokens and self._use_graph:
                 with self._graph_lock:
                     graph = self._graphed(x)
                     if graph is not None:

@@ -132,7 +132,9 @@ def _worker_entry() -> None:
             return
         if task is None:
             # Everything was sent; skipping the interpreter's teardown (tens of ms of CPU with the decoders
-            # loaded) lets a pool of many workers close at once.
+            # loaded) lets a pool of many workers close at once. A worker_hook's prints are flushed first.
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(0)
         key, path, backend = task
         try:
@@ -202,7 +204,9 @@ class _Worker:
     def reap(self, deadline: float | None = None) -> None:
         """Wait for the process to exit (killing it past ``deadline``, default 5 s from now) and close its pipes."""
         try:
-            self.process.wait(timeout=max(0.0, (deadline or time.monotonic() + 5) - time.monotonic()))
+            if deadline is None:
+                deadline = time.monotonic() + 5
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

@@ -9,6 +9,7 @@ import pytest
 from tests import videos
 from index.decode import (DecodeOptions, VideoInfo, _variable_rate_times, decode_video, plan_clips, plan_windows,
                           probe_video, sample_middle_indices)
+import index.pool as pool_module
 from index.pool import DecodePool
 from vmm.errors import VmmError
 
@@ -226,9 +227,14 @@ def test_hung_decord_is_retried_with_pyav(tmp_path):
     assert np.abs(clip.frames.mean(axis=(1, 2, 3)) - 6 * sample_middle_indices(20, 8)).max() < 3
 
 
-def test_closing_the_pool_ends_every_worker_cleanly(tmp_path):
-    """Idle workers are all told to stop before any is waited for, and each exits by itself (code 0, not killed);
-    a worker still decoding when the pool closes is killed. No process is left behind either way."""
+def test_closing_the_pool_ends_every_worker_cleanly(tmp_path, monkeypatch):
+    """Idle workers are all told to stop before any is waited for (each takes a while to exit: one after another
+    they held up the end of every run), and each exits by itself (code 0, not killed); a worker still decoding
+    when the pool closes is killed. No process is left behind either way."""
+    calls = []
+    ask, reap = pool_module._Worker.ask_to_stop, pool_module._Worker.reap
+    monkeypatch.setattr(pool_module._Worker, "ask_to_stop", lambda w, kill: (calls.append("ask"), ask(w, kill))[1])
+    monkeypatch.setattr(pool_module._Worker, "reap", lambda w, *a: (calls.append("reap"), reap(w, *a))[1])
     paths = [videos.write_solid(str(tmp_path / f"{k}.mp4"), videos.GREEN) for k in range(3)]
     with DecodePool(DecodeOptions(), workers=3) as pool:
         for key, path in enumerate(paths):
@@ -236,6 +242,7 @@ def test_closing_the_pool_ends_every_worker_cleanly(tmp_path):
         _drain(pool)
         processes = [w.process for w in pool._workers]
     assert len(processes) == 3 and [p.returncode for p in processes] == [0, 0, 0]
+    assert calls == ["ask"] * 3 + ["reap"] * 3
 
     hang = videos.write_solid(str(tmp_path / "hang.mp4"), videos.RED)
     with DecodePool(DecodeOptions(), workers=1, timeout=60, worker_hook="tests.videos:hang_holding_gil") as pool:

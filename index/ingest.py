@@ -18,6 +18,7 @@ import bisect
 import math
 import numbers
 import os
+import re
 import reprlib
 import sqlite3
 import stat
@@ -393,10 +394,10 @@ def cgroup_cpu_quota(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/pr
     >>> quota is None or quota > 0
     True
     """
-    try:
-        with open(mountinfo) as f:
+    try:  # a mount point may have any bytes in its name (a vfat stick's Latin-1), so no decoding can fail
+        with open(mountinfo, errors="surrogateescape") as f:
             mounts = f.read().splitlines()
-        with open(cgroup) as f:
+        with open(cgroup, errors="surrogateescape") as f:
             memberships = [line.split(":", 2) for line in f.read().splitlines() if line.count(":") >= 2]
     except OSError:
         return None
@@ -408,14 +409,17 @@ def cgroup_cpu_quota(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/pr
         fields, tail = fields.split(), tail.split()
         if len(fields) < 5 or len(tail) < 3:
             continue
-        root, mount_point, (fstype, _, options) = fields[3], fields[4], tail[:3]
+        root, mount_point, (fstype, _, options) = _unescape(fields[3]), _unescape(fields[4]), tail[:3]
         if fstype == "cgroup2" and v2_path is not None:
             path, read = v2_path, _cpu_max
         elif fstype == "cgroup" and "cpu" in options.split(",") and v1_path is not None:
             path, read = v1_path, _cfs_quota
         else:
             continue
-        # The mount shows the hierarchy from `root` down (a container usually sees its own cgroup as "/").
+        # The mount shows the hierarchy from `root` down (a container usually sees its own cgroup as "/"). A path
+        # with ".." in it lies outside this cgroup namespace: whatever the walk would read is not this process's.
+        if ".." in path.split("/"):
+            continue
         relative = os.path.relpath(path, root)
         if relative.startswith(".."):
             continue
@@ -428,6 +432,11 @@ def cgroup_cpu_quota(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/pr
                 break
             folder = os.path.dirname(folder)
     return min(quotas) if quotas else None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _cpu_max(folder: str) -> float | None:

@@ -632,6 +632,19 @@ def test_a_cgroup_cpu_quota_counts_like_fewer_cpus(tmp_path, monkeypatch):
     assert quota(*_cgroup_files(tmp_path / "d", [v1, v2], ["4:cpu,cpuacct:/docker/abc", "0::/"], files)) is None
     assert quota(*_cgroup_files(tmp_path / "e", [v1], ["4:cpu,cpuacct:/other"], {})) is None
     assert quota(str(tmp_path / "missing"), str(tmp_path / "missing")) is None
+    # a mount point whose name has a space (written \040) or bytes that are not UTF-8 (a vfat stick's Latin-1)
+    spaced = "33 31 0:30 / TMP/my\\040cgroup rw - cgroup2 cgroup2 rw"
+    stick = "34 23 8:1 / /media/caf\xe9 rw - vfat /dev/sdb1 rw"
+    mounts, memberships = _cgroup_files(tmp_path / "f", [stick, spaced], ["0::/"],
+                                        {"my cgroup/cpu.max": "300000 100000\n"})
+    with open(mounts, "rb") as f:
+        raw = f.read().replace("caf\xe9".encode(), b"caf\xe9")
+    with open(mounts, "wb") as f:
+        f.write(raw)
+    assert quota(mounts, memberships) == 3.0
+    # a cgroup outside this namespace ("/../.."): the namespace root's limit is not this process's
+    outside = _cgroup_files(tmp_path / "g", [v2], ["0::/../../system.slice/x"], {"v2/cpu.max": "200000 100000\n"})
+    assert quota(*outside) is None
 
     monkeypatch.setattr(ingest_module, "cgroup_cpu_quota", lambda: 2.5)
     assert ingest_module.usable_cpus() == min(2, len(os.sched_getaffinity(0)))

@@ -133,8 +133,11 @@ def _worker_entry() -> None:
         if task is None:
             # Everything was sent; skipping the interpreter's teardown (tens of ms of CPU with the decoders
             # loaded) lets a pool of many workers close at once. A worker_hook's prints are flushed first.
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):  # None, a closed pipe, a closed file
+                    pass
             os._exit(0)
         key, path, backend = task
         try:

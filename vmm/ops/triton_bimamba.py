@@ -664,8 +664,9 @@ def _scan_bc(u_f, u_b, dt_f, dt_b, z, bc_f, bc_b, A, D, delta_bias) -> Tensor:
     bcb = bc_b.float().contiguous()
     A_ne = A.float().transpose(1, 2).contiguous()  # (2, N, E): the kernels' lanes run over channels
     D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
-    return _BiScanFn.apply(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias,
-                           _builds_graph(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias))
+    with on_device_of(uf):
+        return _BiScanFn.apply(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias,
+                               _builds_graph(uf, ub, dtf, dtb, z, bcf, bcb, A_ne, D, delta_bias))
 
 
 def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor,

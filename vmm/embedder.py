@@ -11,12 +11,12 @@ import itertools
 import math
 import sys
 import threading
-import warnings
 from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vmm.errors import VmmError
 from vmm.tokenizer import as_texts, check_max_length
@@ -33,6 +33,37 @@ def _state_dict_hash(model: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+class _RefuseHostSync(TorchDispatchMode):
+    """Raises on an op that makes the host wait for the GPU (a value read back, a shape that depends on the data,
+    a copy between host and GPU), which a CUDA graph cannot capture. In this thread only, unlike
+    ``torch.cuda.set_sync_debug_mode``, which would fail every other thread's syncs meanwhile; calls that bypass
+    the dispatcher (``tensor.tolist()``, ``torch.cuda.synchronize()``) are not seen."""
+
+    _READS = {"item", "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "equal", "unique", "_unique",
+              "_unique2", "unique_dim", "unique_consecutive"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        tensors = [t for t in _leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        if kwargs.get("device") is not None:
+            devices.add(torch.device(kwargs["device"]).type)
+        masked = name == "index" and any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:])
+        if ("cuda" in devices and (name in self._READS or masked)) or (
+                {"cuda", "cpu"} <= devices and name in ("to", "_to_copy", "copy_")):
+            raise RuntimeError(f"the forward calls {name}, which makes the host wait for the GPU")
+        return func(*args, **kwargs)
+
+
+def _leaves(tree):
+    if isinstance(tree, (list, tuple)):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    if isinstance(tree, dict):
+        return [leaf for item in tree.values() for leaf in _leaves(item)]
+    return [tree]
 
 
 class _GraphedVideoForward:
@@ -52,20 +83,12 @@ class _GraphedVideoForward:
             # (the outer stream context puts the caller's stream back even when the capture fails)
             self.input = example.clone()
             # Warm-up on a side stream, as the CUDA graph docs ask (lazy initialisation must not be captured).
-            # It runs with synchronising calls made errors: a forward that reads a value back to the host cannot
-            # be captured, and a capture that fails midway leaves CUDA's random-number state unusable for the
-            # rest of the process, so such a model is refused here, before any capture.
+            # It refuses the ops that make the host wait for the GPU: a capture that fails midway on one can leave
+            # CUDA's random-number state unusable for the rest of the process, so such a model stays eager.
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # set_sync_debug_mode is a "prototype feature"
-                previous = torch.cuda.get_sync_debug_mode()
-                torch.cuda.set_sync_debug_mode("error")
-                try:
-                    with torch.cuda.stream(side), autocast(cache_enabled=False):
-                        model.encode_video(self.input)
-                finally:
-                    torch.cuda.set_sync_debug_mode(previous)
+            with torch.cuda.stream(side), autocast(cache_enabled=False), _RefuseHostSync():
+                model.encode_video(self.input)
             torch.cuda.current_stream(device).wait_stream(side)
             # The weight casts stay inside the graph (no autocast cache), as each eager call makes them too. The
             # capture stream is the model's device's: torch.cuda.graph's default one is made once per process, on

@@ -421,7 +421,7 @@ def cgroup_cpu_quota(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/pr
         if ".." in path.split("/"):
             continue
         relative = os.path.relpath(path, root)
-        if relative.startswith(".."):
+        if relative == ".." or relative.startswith("../"):  # (a cgroup may be called "..foo")
             continue
         folder = os.path.normpath(os.path.join(mount_point, relative))
         while True:  # a limit on a parent cgroup binds its children too

@@ -645,6 +645,9 @@ def test_a_cgroup_cpu_quota_counts_like_fewer_cpus(tmp_path, monkeypatch):
     # a cgroup outside this namespace ("/../.."): the namespace root's limit is not this process's
     outside = _cgroup_files(tmp_path / "g", [v2], ["0::/../../system.slice/x"], {"v2/cpu.max": "200000 100000\n"})
     assert quota(*outside) is None
+    # ... while a cgroup whose name starts with dots is inside it
+    dotted = _cgroup_files(tmp_path / "h", [v2], ["0::/..foo"], {"v2/..foo/cpu.max": "200000 100000\n"})
+    assert quota(*dotted) == 2.0
 
     monkeypatch.setattr(ingest_module, "cgroup_cpu_quota", lambda: 2.5)
     assert ingest_module.usable_cpus() == min(2, len(os.sched_getaffinity(0)))

@@ -35,27 +35,53 @@ def _state_dict_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+class _HostSyncError(RuntimeError):
+    pass
+
+
 class _RefuseHostSync(TorchDispatchMode):
     """Raises on an op that makes the host wait for the GPU (a value read back, a shape that depends on the data,
     a copy between host and GPU), which a CUDA graph cannot capture. In this thread only, unlike
-    ``torch.cuda.set_sync_debug_mode``, which would fail every other thread's syncs meanwhile; calls that bypass
-    the dispatcher (``tensor.tolist()``, ``torch.cuda.synchronize()``) are not seen."""
+    ``torch.cuda.set_sync_debug_mode``, which would fail every other thread's syncs meanwhile. Data made by
+    ``torch.tensor(..., device="cuda")`` or ``new_tensor`` never passes the dispatcher and is not seen."""
 
+    gpu = "cuda"  # the tests emulate a GPU with the "meta" device
     _READS = {"item", "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "equal", "unique", "_unique",
               "_unique2", "unique_dim", "unique_consecutive"}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        # Under inference mode a composite op (torch.where(cond), tensor.to(device)) reaches this mode whole and
+        # runs its inner ops (nonzero, _to_copy) without it: decompose it here so they are seen, as PyTorch's
+        # FakeTensorMode does.
+        if _composite(func):
+            try:
+                with self:
+                    out = func.decompose(*args, **kwargs)
+            except _HostSyncError:
+                raise
+            except Exception:  # a decomposition that does not apply here: the op is checked whole
+                out = NotImplemented
+            if out is not NotImplemented:
+                return out
         name = func.overloadpacket.__name__
-        tensors = [t for t in _leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        devices = {t.device.type for t in tensors}
+        leaves = _leaves((args, kwargs))
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors} | {d.type for d in leaves if isinstance(d, torch.device)}
         if kwargs.get("device") is not None:
             devices.add(torch.device(kwargs["device"]).type)
         masked = name == "index" and any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:])
-        if ("cuda" in devices and (name in self._READS or masked)) or (
-                {"cuda", "cpu"} <= devices and name in ("to", "_to_copy", "copy_")):
-            raise RuntimeError(f"the forward calls {name}, which makes the host wait for the GPU")
+        if (self.gpu in devices and (name in self._READS or masked)) or (
+                {self.gpu, "cpu"} <= devices and name in ("to", "_to_copy", "copy_")):
+            raise _HostSyncError(f"the forward calls {name}, which makes the host wait for the GPU")
         return func(*args, **kwargs)
+
+
+def _composite(func) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+    except (AttributeError, RuntimeError):  # a PyTorch without this query: the op is checked whole
+        return False
 
 
 def _leaves(tree):
@@ -232,8 +258,8 @@ class VideoTextEncoder:
                 self._graph = _GraphedVideoForward(self.model, x, self._autocast)
             except Exception as error:  # an op that cannot be captured: eager from now on, as before
                 first_line = (str(error).splitlines() or [""])[0][:200]
-                print(f"vmm: CUDA graph capture failed ({type(error).__name__}: {first_line}); "
-                      "encoding without it", file=sys.stderr)
+                reason = first_line if isinstance(error, _HostSyncError) else f"{type(error).__name__}: {first_line}"
+                print(f"vmm: CUDA graph capture failed ({reason}); encoding without it", file=sys.stderr)
                 self._use_graph = False
                 return None
             self._graph_key = key

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import vmm
 from tests.tiny_model import TINY
 from tests.videos import write_solid
-from vmm.embedder import VideoTextEncoder, _RefuseHostSync
+from vmm._cuda_graph import RefuseHostSync
+from vmm.embedder import VideoTextEncoder
 from vmm.errors import VmmError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +288,7 @@ def test_an_encoder_on_the_second_gpu_works_while_the_first_is_current(tok):
     assert on_second._graph is not None and torch.cuda.current_device() == 0
 
 
-class _MetaRefuseHostSync(_RefuseHostSync):
+class _MetaRefuseHostSync(RefuseHostSync):
     gpu = "meta"  # the "meta" device plays the GPU, so the check runs on a CPU machine
 
 

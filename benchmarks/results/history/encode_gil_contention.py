@@ -1,5 +1,6 @@
-"""Session 12: why encode_clips is slower inside an indexing run than alone (CPU contention, GIL, pipe reads)."""
-import fcntl, json, multiprocessing.connection as mpc, os, pickle, queue, subprocess, sys, threading, time
+"""Session 12 (run on the GPU host from the repository root with OUT set): the eager and the CUDA-graph forward of
+VideoMamba-M, alone and beside 15 processes sending clips to a reader thread (GIL contention, CPU load, pipe size)."""
+import fcntl, json, multiprocessing.connection as mpc, os, queue, subprocess, sys, threading, time
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
 import vmm

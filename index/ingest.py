@@ -587,8 +587,9 @@ def _check_encoder(encoder) -> None:
 def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *, batch_size, workers, timeout,
             retry_failed, factory, backend, max_pixels, progress, commit_seconds, flat_max,
             worker_hook) -> IngestSummary:
-    workers = default_workers(encoder) if workers is None else workers
-    options = _decode_options(writer.manifest, max_pixels=max_pixels, backend=backend, workers=workers)
+    cpus = usable_cpus()  # read once: the quota check parses /proc/self/mountinfo
+    workers = default_workers(encoder, cpus) if workers is None else workers
+    options = _decode_options(writer.manifest, max_pixels=max_pixels, backend=backend, workers=workers, cpus=cpus)
     summary, plan = _start_run(writer, roots, factory=factory, retry_failed=retry_failed)
 
     bar = IngestProgress(progress, len(plan.todo))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 class HostSyncError(RuntimeError):
@@ -37,11 +38,9 @@ class RefuseHostSync(TorchDispatchMode):
             if out is not NotImplemented:
                 return out
         name = func.overloadpacket.__name__
-        leaves = _leaves((args, kwargs))
+        leaves = tree_leaves((args, kwargs))
         tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
         devices = {t.device.type for t in tensors} | {d.type for d in leaves if isinstance(d, torch.device)}
-        if kwargs.get("device") is not None:
-            devices.add(torch.device(kwargs["device"]).type)
         masked = name == "index" and any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:])
         if (self.gpu in devices and (name in self._READS or masked)) or (
                 {self.gpu, "cpu"} <= devices and name in ("to", "_to_copy", "copy_")):
@@ -54,14 +53,6 @@ def _composite(func) -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
     except (AttributeError, RuntimeError):  # a PyTorch without this query: the op is checked whole
         return False
-
-
-def _leaves(tree):
-    if isinstance(tree, (list, tuple)):
-        return [leaf for item in tree for leaf in _leaves(item)]
-    if isinstance(tree, dict):
-        return [leaf for item in tree.values() for leaf in _leaves(item)]
-    return [tree]
 
 
 class GraphedVideoForward:

@@ -290,6 +290,46 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
         return _Header(width, height, context.name or "?", declared, *_display_orientation(container, stream))
 
 
+def _decord_seek_problem(path: str) -> str | None:
+    """Why decord would return other frames of this file than the ones asked for, with no error; None if none.
+
+    decord reaches a frame by seeking to the keyframe before it and counting the frames decoded from there. The
+    count goes wrong in MPEG program and transport streams (every frame of an .mpg came out as its first one, a
+    .ts was shifted by a few frames), where frames decoded after a keyframe are shown before it (open GOPs:
+    MPEG-4 Part 2 (XviD) and MPEG-2 with B-frames, H.264 encoded with open-gop), and where B-frames carry no
+    presentation times (AVI). PyAV decodes in order and counts right.
+    """
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            formats = set(container.format.name.split(","))
+            if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
+                return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
+            stream = container.streams.best("video")
+            if stream is None or not stream.codec_context.has_b_frames:
+                return None  # frames are shown in the order they are decoded
+            if "avi" in formats:
+                return "it holds B-frames in AVI"
+            keyframe_pts, keyframes = None, 0
+            for packet in container.demux(stream):
+                if not packet.size or packet.is_discard:
+                    continue
+                if packet.pts is None:
+                    return "its B-frames carry no presentation times"
+                if packet.is_keyframe:
+                    keyframes += 1
+                    if keyframes > 4:  # an encoder builds every GOP alike: the first few tell
+                        return None
+                    # Nothing is shown before the first keyframe.
+                    keyframe_pts = packet.pts if keyframes > 1 else None
+                elif keyframe_pts is not None and packet.pts < keyframe_pts:
+                    return "it has open GOPs (frames decoded after a keyframe are shown before it)"
+    except av.error.FFmpegError:
+        pass  # a damaged file: the readers report it
+    return None
+
+
 def _display_orientation(container, stream) -> tuple[int, bool]:
     """(rotation, mirrored) of the display matrix (phones store portrait video sideways and set it), from the
     first frame: PyAV exposes the matrix only on decoded frames. An undecodable first frame is left to the
@@ -563,6 +603,12 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
             fix = "flip its frames as players do" if header.mirrored else "turn its frames upright"
             raise DecodeFailure(f"the video is stored {stored} and decord cannot {fix}; use the 'auto' or 'pyav' "
                                 "decoder")
+        backends = ["pyav"]
+    seek_problem = _decord_seek_problem(path) if "decord" in backends else None
+    if seek_problem:
+        if backends == ["decord"]:
+            raise DecodeFailure(f"decord cannot fetch the frames of this video accurately: {seek_problem}; use the "
+                                "'auto' or 'pyav' decoder")
         backends = ["pyav"]
     failure: DecodeFailure | None = None
     for name in backends:

@@ -82,6 +82,26 @@ def test_a_query_that_starts_with_a_dash(tmp_path, capsys):
            "-red" in capsys.readouterr().err
 
 
+def test_a_query_may_follow_the_options(tmp_path, capsys):
+    # argparse fills LIB and the optional query together: `vmm search LIB -k 5 "red screen"` left the query over,
+    # "unrecognized arguments: red screen", although a query after -- worked.
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", str(tmp_path / "red.mp4"), "--library", library, "--model", "vmm_nano", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", library, "red screen", "-k", "1", "--json"]) == 0
+    first = capsys.readouterr().out
+    assert main(["search", library, "-k", "1", "--json", "red screen"]) == 0
+    assert capsys.readouterr().out == first and '"rank": 1' in first
+    for argv in (["search", library, "-k", "1", "red", "screen"], ["search", library, "red", "-k", "1", "screen"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "a query of several words is one argument, quote it: vmm search LIB 'red screen'" in \
+            capsys.readouterr().err
+    assert main(["search", library, "--video", str(tmp_path / "red.mp4"), "-k", "1", "red"]) == 2
+    assert capsys.readouterr().err == "error: give a text query or --video QUERY.mp4 (exactly one)\n"
+
+
 def test_encode_runs_a_checkpoint_file_at_its_own_frame_count(tmp_path, capsys):
     import torch
 

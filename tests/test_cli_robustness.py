@@ -131,6 +131,8 @@ def test_search_options(setup, capsys):
     fails(["search", lib, "red", "--min-duration", "10", "--max-duration", "1"], capsys,
           "--min-duration 10", "--max-duration 1")
     fails(["search", lib, "red", "--min-duration", "nan"], capsys, "--min-duration nan")
+    # An unset variable (--path "$DIR") named the working folder: "no results", as if nothing matched.
+    fails(["search", lib, "red", "--path", ""], capsys, "--path is an empty string ('')", "drop --path")
 
 
 def test_demo_options(setup, capsys):

@@ -271,3 +271,56 @@ def test_pool_events_match_inline_decoding(tmp_path):
     assert results[0] == results[2]
     assert [r[1] for r in results[0] if r[0] == 1] == ["failed"]
     assert sum(1 for r in results[0] if r[0] == 0 and r[1] == "clip") == 4  # 0-10, 5-15, 10-20, 11-21
+
+
+def _write_counter_stream(path, codec, fmt=None, fps=10, bframes=None, gop=None, options=None, n=40):
+    """Frame i has brightness 6 * i (n <= 42), in any container and stream structure PyAV can write."""
+    import av
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.bit_rate = 8_000_000  # near-lossless: every frame's brightness tells its index
+        if bframes is not None:
+            stream.codec_context.max_b_frames = bframes
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("name, codec, fmt, fps, bframes, gop, options", [
+    ("dvd.mpg", "mpeg2video", None, 25, None, None, None),  # MPEG program stream: every frame came out as the first
+    ("dvd.vob", "mpeg2video", "vob", 25, 2, 6, None),
+    ("camcorder.m2ts", "libx264", "mpegts", 25, None, None, {"x264-params": "keyint=6:bframes=3"}),  # shifted
+    ("xvid.avi", "mpeg4", None, 10, 2, 6, None),  # open GOPs, and B-frames without presentation times
+    ("xvid.mp4", "mpeg4", None, 10, 2, 6, None),
+    ("open-gop.mkv", "libx264", None, 10, None, None, {"x264-params": "keyint=6:open-gop=1:bframes=3"}),
+])
+def test_streams_decord_seeks_wrongly_are_read_with_pyav(tmp_path, name, codec, fmt, fps, bframes, gop, options):
+    path = _write_counter_stream(str(tmp_path / name), codec, fmt, fps, bframes, gop, options)
+    info, clips = decode_video(path, window=1.0, stride=0.5)
+    assert [(c.start, c.end) for c in clips] == plan_windows(40 / fps, 1.0, 0.5)
+    for clip in clips:
+        # The official middle sampling of the window's frames, not others: decord gave [0, 0, ...] for the .mpg.
+        first, stop = int(clip.start * fps + 1e-6), min(40, int(clip.end * fps + 1e-6))
+        shown = np.round(clip.frames.mean(axis=(1, 2, 3)) / 6).astype(int).tolist()
+        assert shown == (first + sample_middle_indices(stop - first, 8)).tolist(), (name, clip.start)
+    assert info.backend == "pyav"
+    with pytest.raises(VmmError, match=r"decord cannot fetch the frames of this video accurately: .*; use the "
+                                       r"'auto' or 'pyav' decoder$"):
+        decode_video(path, backend="decord")
+
+
+def test_streams_decord_seeks_rightly_are_still_read_with_decord(tmp_path):
+    for name, options in (("closed-gop.mp4", {"x264-params": "keyint=6:bframes=3"}),
+                          ("no-b-frames.mkv", {"x264-params": "keyint=6:bframes=0"})):
+        path = _write_counter_stream(str(tmp_path / name), "libx264", options=options)
+        info, clips = decode_video(path, window=1.0, stride=0.5)
+        _, expected = decode_video(path, window=1.0, stride=0.5, backend="pyav")
+        assert info.backend == "decord"
+        assert all(np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2 for a, b in zip(clips, expected))

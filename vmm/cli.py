@@ -186,6 +186,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         # `vmm search LIB -k 5 -- "-red car"`: argparse leaves "--" and what follows it over when the positional
         # it belongs to is optional, so a query that starts with '-' could not be given at all.
         setattr(args, empty[0].dest, extra[1])
+    elif len(extra) == 1 and empty and not extra[0].startswith("-"):
+        # `vmm search LIB -k 5 "red car"`: argparse fills LIB and the optional query together, before the options,
+        # and left the query over as unrecognised.
+        setattr(args, empty[0].dest, extra[0])
     elif extra and many and not any(word.startswith("-") for word in extra):
         # `vmm index ~/a --library L ~/b`: argparse ends a list of PATHs at the first option and left ~/b over.
         setattr(args, many[0].dest, getattr(args, many[0].dest) + extra)
@@ -194,6 +198,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if args.command == "search" and args.text is None and extra[0].startswith("-") and extra[0] != "--":
             hint = (f"; a query that starts with '-' reads as an option: give it last, after --: vmm search LIB "
                     f"[options] -- {shlex.quote(' '.join(extra))}")
+        elif args.command == "search" and not any(word.startswith("-") for word in extra):
+            words = " ".join(([args.text] if args.text is not None else []) + extra)
+            hint = f"; a query of several words is one argument, quote it: vmm search LIB {shlex.quote(words)}"
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not hasattr(args, "_run"):
         parser.print_help()

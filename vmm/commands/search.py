@@ -47,6 +47,8 @@ def _check_options(args: argparse.Namespace) -> None:
                            "UTF-8 locale (e.g. LANG=C.UTF-8) for the terminal") from None
     if args.k < 1:
         raise VmmError(f"-k {args.k}: pass at least 1 result")
+    if args.path_glob == "":  # an unset shell variable (--path "$DIR"): it named the working folder, so no results
+        raise VmmError("--path is an empty string (''); pass a glob or a folder of the videos to keep, or drop --path")
     if args.rerank < 0:
         raise VmmError(f"--rerank {args.rerank}: pass the number of top clips to re-score (0, the default, "
                        "re-scores none)")

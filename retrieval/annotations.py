@@ -91,6 +91,9 @@ def _read_json_list(path: Path) -> list:
         raise VmmError(f"annotation file {path} does not exist; check the path") from None
     except IsADirectoryError:
         raise VmmError(f"annotation file {path} is a directory; pass the .json file inside it") from None
+    except OSError as e:  # no permission, a symlink loop, a socket: one line on the command line, not a traceback
+        raise VmmError(f"annotation file {path} cannot be read ({e.strerror or e}); check the path and its "
+                       "permissions") from None
     except UnicodeDecodeError as e:
         raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -123,6 +126,29 @@ def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]
     if isinstance(caption, list) and not caption:
         raise VmmError(f"{where} ({video}) has an empty 'caption' list; every video needs a caption")
     raise VmmError(f"{where} ({video}) needs 'caption' as a string or a list of strings, got {caption!r:.80}")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system (a caption in the 'video' field) names no video either
+        return False
+
+
+def extension_hint(missing: Path) -> str:
+    """The fix when the missing video is there under another extension (or none), e.g. 'video7' for video7.mp4.
+
+    Telling the user to point videos_dir elsewhere would be wrong then: the folder is right, the names are not.
+    """
+    try:
+        others = sorted(entry.name for entry in os.scandir(missing.parent)
+                        if Path(entry.name).stem in (missing.name, missing.stem) and entry.is_file())
+    except OSError:
+        return ""
+    if not others:
+        return ""
+    return (f"{missing.parent} has {others[0]} instead: the 'video' entries must name the files exactly, "
+            "extension included; fix them or rename the files")
 
 
 def load_retrieval_dataset(
@@ -180,11 +206,12 @@ def load_retrieval_dataset(
         raise VmmError(f"annotation file {annotation_file}: item {i} lists video {video!r} again (first at item "
                        f"{first}; {len(repeats)} of {len(items)} items repeat a video); list each video once, with "
                        f"all its captions in one list{hint}")
-    missing = [videos_dir / video for video, _ in items if not (videos_dir / video).is_file()]
+    missing = [videos_dir / video for video, _ in items if not _is_file(videos_dir / video)]
     if missing and not allow_missing:
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise VmmError(
-            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); {missing_hint}"
+            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
+            f"{extension_hint(missing[0]) or missing_hint}"
         )
     missing_set = set(missing)
 
@@ -202,7 +229,9 @@ def load_retrieval_dataset(
         dataset.vid2txt.append([])
         for caption in captions:
             text = clean_caption(caption)
-            if not text:  # an empty query matches nothing in particular; dropping it would change the test set
+            # An empty query matches nothing in particular; dropping it would change the test set. Cleaning strips
+            # spaces only, so a tab or a no-break space is left over, and the tokenizer reads that as empty too.
+            if not text.split():
                 raise VmmError(f"annotation file {annotation_file}: item {i} ({video}) has the caption {caption!r:.40} "
                                "with no words left after cleaning; write the caption or remove it")
             dataset.vid2txt[video_index].append(len(dataset.texts))

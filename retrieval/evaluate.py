@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from retrieval.annotations import RetrievalDataset, get_protocol, load_retrieval_dataset
+from retrieval.annotations import RetrievalDataset, extension_hint, get_protocol, load_retrieval_dataset
 from retrieval.index_metrics import check_index_options, index_metrics
 from retrieval.metrics import chunked_similarity, retrieval_metrics
 from retrieval.paper_numbers import checkpoint_corpus
@@ -242,12 +242,17 @@ def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
         raise VmmError(f"model (--model) {model_arg} is not a vmm model folder (needs config.json and "
                        "model.safetensors, or a trainable-only export); pass a registered model name or a "
                        "save_pretrained folder")
-    if not is_dir and str(model_arg) in vmm.list_models():
-        from vmm.models.registry import get_model_config
+    from vmm.models.registry import get_model_config
+    video_text = [m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
+                  == "videomamba_m16_mm" and m != "videomamba_m16_mm"]
+    if not is_dir and str(model_arg) not in vmm.list_models():
+        # A misspelt name or a folder that is not there was told it "has no official weights file", and sent to
+        # --checkpoint, which cannot help.
+        raise VmmError(f"model (--model) {model_arg} is neither a registered model nor a model folder; use one of "
+                       f"{', '.join(video_text)}, or the path of a save_pretrained folder")
+    if not is_dir:
         arch = (get_model_config(str(model_arg)) or {}).get("architecture", str(model_arg))
         if arch != "videomamba_m16_mm":
-            video_text = [m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
-                          == "videomamba_m16_mm" and m != "videomamba_m16_mm"]
             raise VmmError(f"model (--model) {model_arg} is not a video-text model; use one of "
                            f"{', '.join(video_text)}")
     if is_dir:
@@ -588,7 +593,8 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
                                      missing_hint=MISSING_HINT)
     listed = len(dataset.videos) + len(dataset.missing)
     if not dataset.videos:
-        raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}")
+        hint = extension_hint(dataset.missing[0]) or "point videos= (--videos) at the folder that holds them"
+        raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}; {hint}")
     runtime = _start_runtime(config)
     try:
         return _evaluate(config, dataset, protocol, listed, runtime, timings, t_start)

@@ -201,3 +201,49 @@ def test_a_training_list_given_as_test_list_names_the_test_file(tmp_path, tiny_v
     with pytest.raises(VmmError, match=r"item 5 lists video 'v1.mp4' again") as err:
         load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
     assert "looks like a training list" not in str(err.value)
+
+
+def test_an_annotation_file_that_cannot_be_opened_is_one_line(tmp_path):
+    """A symlink loop (or a file without read permission) was an OSError traceback, not a VmmError."""
+    (tmp_path / "loop_a.json").symlink_to(tmp_path / "loop_b.json")
+    (tmp_path / "loop_b.json").symlink_to(tmp_path / "loop_a.json")
+    with pytest.raises(VmmError, match=r"annotation file .*loop_a.json cannot be read \(Too many levels of symbolic "
+                                       r"links\); check the path and its permissions$"):
+        load_retrieval_dataset(tmp_path / "loop_a.json", tmp_path, "msrvtt")
+
+
+@pytest.mark.parametrize("listed, on_disk", [("v0", "v0.mp4"), ("v0.mp4", "v0.mkv"), ("sub/v0.avi", "sub/v0.mp4")])
+def test_a_video_listed_with_another_extension_names_the_file_on_disk(tmp_path, tiny_video, listed, on_disk):
+    """The folder is right and the names are not: pointing --videos elsewhere would not help."""
+    anno = make_set(tmp_path, tiny_video, [{"video": listed, "caption": "x"}, {"video": "v1.mp4", "caption": "y"}],
+                    present=[on_disk, "v1.mp4"])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    message = str(err.value)
+    assert f"1 of 2 videos listed in {anno} are missing ({tmp_path / 'videos' / listed});" in message
+    assert message.endswith(f"{(tmp_path / 'videos' / on_disk).parent} has {Path(on_disk).name} instead: the 'video' "
+                            "entries must name the files exactly, extension included; fix them or rename the files")
+    assert "POINT ELSEWHERE" not in message
+    # A video that is simply not there keeps the caller's fix.
+    anno = make_set(tmp_path / "other", tiny_video, [{"video": "v9.mp4", "caption": "x"}], present=["v1.mp4"])
+    with pytest.raises(VmmError, match="POINT ELSEWHERE$"):
+        load_retrieval_dataset(anno, tmp_path / "other" / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+
+
+def test_a_video_name_too_long_for_the_file_system_is_a_missing_video(tmp_path, tiny_video):
+    """A caption put in the 'video' field: the file system's ENAMETOOLONG escaped as a traceback."""
+    long_name = "a man is cooking in a kitchen and " * 10
+    anno = make_set(tmp_path, tiny_video, [{"video": long_name, "caption": "v0.mp4"},
+                                           {"video": "v1.mp4", "caption": "y"}], present=["v1.mp4"])
+    with pytest.raises(VmmError, match="1 of 2 videos listed in .* are missing"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    ds = load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", allow_missing=True)
+    assert ds.missing == [tmp_path / "videos" / long_name] and ds.texts == ["y"]
+
+
+@pytest.mark.parametrize("caption", ["\t", "\u00a0", "!\t?"])
+def test_a_caption_of_only_a_tab_or_no_break_space_is_empty(tmp_path, tiny_video, caption):
+    """Cleaning strips spaces only: these survived it and were encoded as [CLS] [SEP], an empty query."""
+    anno = make_set(tmp_path, tiny_video, [{"video": "v0.mp4", "caption": ["a dog", caption]}])
+    with pytest.raises(VmmError, match=r"item 0 \(v0.mp4\) has the caption .* with no words left after cleaning"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msvd")

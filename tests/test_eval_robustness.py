@@ -270,3 +270,62 @@ def test_an_architecture_without_official_weights_names_the_checkpoint_option():
     with pytest.raises(VmmError, match=r"^model \(--model\) videomamba_m16_mm has no official weights file; pass one "
                                        r"with checkpoint \(--checkpoint PATH\)"):
         _load_eval_model(EvalConfig("msrvtt", "a.json", "videos", model="videomamba_m16_mm"))
+
+
+@pytest.mark.parametrize("model", ["vmm_nanoo", "no/such/folder"])
+def test_an_unknown_model_is_named_as_such(data, capsys, model):
+    """A misspelt name or a missing folder was told it 'has no official weights file' and sent to --checkpoint."""
+    assert main(eval_args(data, model=model, frames=8)) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: model (--model) {model} is neither a registered model nor a model folder; use one "
+                          "of ") and "vmm_nano" in err and "save_pretrained folder" in err
+    assert "official weights" not in err and "--checkpoint" not in err
+
+
+def test_an_annotation_file_that_cannot_be_opened_is_one_line(data, tmp_path, capsys):
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    assert main(eval_args(data, annotations=tmp_path / "a.json")) == 2
+    assert "a.json cannot be read (Too many levels of symbolic links)" in one_line_error(capsys)
+
+
+def test_the_paper_row_only_for_the_official_rerank_k(tmp_path):
+    """The published rows re-rank the top 128: --rerank-k 1 was compared with them and reported comparable."""
+    import torch
+
+    import vmm
+    from retrieval.evaluate import EvalConfig, evaluate
+    from tests.tiny_model import TINY
+    torch.manual_seed(0)  # the tiny model at the published 8 frames and 224 px, known by an official model name
+    model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
+                                                                         "num_frames": 8}})
+    model.model_name = "videomamba_m16_25m"
+    model.save_pretrained(tmp_path / "model")
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    videos.write_red_green_square(vids)
+    items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "green.mp4", "caption": "A green screen."},
+             {"video": "square.mp4", "caption": ["A square moves right.", "A white square."]}]
+    (tmp_path / "test.json").write_text(json.dumps(items))
+    reports = {k: evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=tmp_path / "model", rerank_k=k,
+                                      device="cpu", workers=0)).report for k in (3, 4, 128)}
+    assert reports[128]["paper"]["corpus"] == "25M" and reports[128]["comparable"]
+    # k = 4 takes every candidate of both directions, as 128 does: the same evaluation
+    assert reports[4] == {**reports[128], **{k: reports[4][k] for k in ("rerank_k", "seconds", "timings")}}
+    # k = 3 takes every video but not every text (4): not the published protocol
+    assert reports[3]["paper"] is None and reports[3]["delta"] is None and not reports[3]["comparable"]
+
+
+def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):
+    """'none of the 3 videos ... exist' ended there: no word on the folder, or on names that lack the extension."""
+    items = [{"video": v, "caption": f"Video {v}."} for v in ("red", "green", "square")]
+    (tmp_path / "noext.json").write_text(json.dumps(items))
+    assert main(eval_args(data, "--allow-missing", annotations=tmp_path / "noext.json")) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: none of the 3 videos of {tmp_path / 'noext.json'} exist in {data / 'vids'}; "
+                          f"{data / 'vids'} has red.mp4 instead: the 'video' entries must name the files exactly")
+    args = eval_args(data, "--allow-missing", annotations=tmp_path / "noext.json")
+    args[args.index("--videos") + 1] = str(tmp_path)  # a folder without any of them
+    assert main(args) == 2
+    assert one_line_error(capsys).endswith(f"exist in {tmp_path}; point videos= (--videos) at the folder that holds "
+                                           "them")

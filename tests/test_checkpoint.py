@@ -213,3 +213,68 @@ def test_a_file_the_loader_refuses_tells_no_input_size(tmp_path, capsys):
     assert main(["encode", "--model", "videomamba_tiny", "--checkpoint", str(p), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint") and "Python objects" in err and err.count("\n") == 1
+
+
+def test_an_imagenet_file_loads_strictly_as_the_official_video_model_starts_from_it(tmp_path):
+    """Spec 4.2: the official IN-1K files (image_sm: 2-D patch kernel, no temporal table, {'model': ...}) were
+    refused for a missing temporal_pos_embedding. The official video model keeps its zero-initialised table
+    when it loads one, so at one frame the loaded model is the image classifier."""
+    src = tiny(num_frames=1, num_classes=7)
+    with torch.no_grad():
+        src.temporal_pos_embedding.normal_()  # must not survive: the file has no temporal table
+    image = {k: v for k, v in src.state_dict().items() if k != "temporal_pos_embedding"}
+    image["patch_embed.proj.weight"] = image["patch_embed.proj.weight"][:, :, 0].clone()  # [D, 3, 16, 16]
+    torch.save({"model": image}, tmp_path / "videomamba_t16_in1k_res224.pth")
+    model = vmm.load_checkpoint(tiny(**vmm.vision_overrides_from_state_dict(image), num_frames=1),
+                                tmp_path / "videomamba_t16_in1k_res224.pth")
+    assert torch.equal(model.temporal_pos_embedding, torch.zeros(1, 1, 192))
+    assert torch.equal(model.patch_embed.proj.weight[:, :, 0], image["patch_embed.proj.weight"])
+    x = torch.randn(2, 3, 1, 32, 32)
+    with torch.no_grad():  # the official image model: the same stack without any temporal embedding
+        hidden, residual = model.run_layers(model.embed(x, use_image=True))
+        image_logits = model.head(model.final_norm(hidden[:, :1], residual[:, :1])[:, 0])
+        assert torch.equal(model(x), image_logits)
+    # A video file that lacks its temporal table is still incomplete.
+    video = tiny().state_dict()
+    del video["temporal_pos_embedding"]
+    with pytest.raises(CheckpointError, match="missing keys: temporal_pos_embedding"):
+        vmm.load_checkpoint(tiny(), video)
+
+
+def test_a_position_table_the_official_rule_cannot_resample_is_reported_as_the_file_has_it():
+    """A DeiT-style table (CLS + distillation token + grid) made the bicubic reshape raise a bare RuntimeError;
+    a table of another width was resampled first and reported with a shape the file does not have."""
+    sd = tiny().state_dict()
+    sd["pos_embed"] = torch.zeros(1, 2 + 14 * 14, 192)
+    with pytest.raises(CheckpointError, match=r"pos_embed \(1, 198, 192\) vs model \(1, 5, 192\)"):
+        vmm.load_checkpoint(tiny(), sd)
+    small = vmm.create_model("videomamba_small", depth=2, num_frames=8, img_size=224, num_classes=5).state_dict()
+    with pytest.raises(CheckpointError, match=r"pos_embed \(1, 197, 384\) vs model \(1, 5, 192\), "
+                                              r"temporal_pos_embedding \(1, 8, 384\) vs model \(1, 4, 192\)"):
+        vmm.load_checkpoint(tiny(), small)
+
+
+def test_a_file_of_another_size_names_its_size_and_the_model_to_pass(tmp_path):
+    """A VideoMamba-S file given to the Ti model said only "check --model / the model config matches the
+    checkpoint" after a list of mismatched keys: which model fits the file was left to guess."""
+    small = vmm.create_model("videomamba_small", num_frames=4, img_size=32, num_classes=5).state_dict()
+    torch.save(small, tmp_path / "videomamba_s16_k400.pth")
+    with pytest.raises(CheckpointError) as e:
+        vmm.load_checkpoint(tiny(), tmp_path / "videomamba_s16_k400.pth")
+    assert str(e.value).startswith(f"{tmp_path / 'videomamba_s16_k400.pth'} does not fit model videomamba_tiny: ")
+    assert str(e.value).endswith("(the file is a VideoMamba with embed_dim=384 and depth=24 and the model has "
+                                 "embed_dim=192 and depth=2; pass --model videomamba_small or another model of the "
+                                 "file's size, or build one with vmm.vision_overrides_from_state_dict)")
+    assert "\n" not in str(e.value)
+    vision = {f"vision_encoder.{k}": v for k, v in tiny_vision(depth=3).state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"depth=3 and the model has embed_dim=192 and depth=2; pass a --model "
+                                              r"of the file's size"):
+        vmm.load_checkpoint(tiny_vision(), vision)
+    tiny_mm = {f"vision_encoder.{k}": v for k, v in tiny_vision(depth=24).state_dict().items()}
+    with pytest.raises(CheckpointError, match="pass --model videomamba_tiny_vision or another"):
+        vmm.load_checkpoint(tiny_vision(), tiny_mm)
+    # Same sizes, other keys: the key list says what differs, and the generic advice stays.
+    sd = tiny().state_dict()
+    sd["head.weight"] = torch.zeros(7, 192)
+    with pytest.raises(CheckpointError, match=r"\(check --model / the model config matches the checkpoint\)$"):
+        vmm.load_checkpoint(tiny(), sd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -188,24 +188,65 @@ def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
         # The classifier calls its final norm norm_f; pretraining/multimodal encoders call it norm.
         if isinstance(model, VideoMamba) and "norm_f.weight" not in sd and "norm.weight" in sd:
             sd["norm_f.weight"] = sd.pop("norm.weight")
+        # An ImageNet file (official image_sm model: 2-D patch kernel) has no temporal table. The official video
+        # models start theirs at zeros and load such a file non-strictly, so zeros is the official value (and
+        # at one frame the model is then exactly the image classifier).
+        proj = sd.get("patch_embed.proj.weight")
+        if (proj is not None and proj.ndim == 4 and "temporal_pos_embedding" not in sd
+                and "temporal_pos_embedding" in own):
+            sd["temporal_pos_embedding"] = torch.zeros_like(own["temporal_pos_embedding"])
     sd = {k: v for k, v in sd.items() if k in own or not k.startswith(IGNORABLE_PREFIXES)}
-    # Position tables follow the model's frames and resolution (official interpolation rules).
+    # Position tables follow the model's frames and resolution (official interpolation rules). Only a table of
+    # the model's width, and a spatial one of CLS + a square grid, is resampled: any other stays as the file has
+    # it, so the mismatch is reported with the file's shape (a DeiT-style table with a distillation token made
+    # the reshape raise a bare RuntimeError).
     from vmm.models.videomamba import interpolate_pos_embed, interpolate_temporal_embed
     for key, tensor in list(sd.items()):
         if key not in own or own[key].shape == tensor.shape:
             continue
         target = own[key]
-        if key.endswith("temporal_pos_embedding") and tensor.ndim == 3:
+        same_width = tensor.ndim == 3 and target.ndim == 3 and tensor.shape[::2] == target.shape[::2]
+        if key.endswith("temporal_pos_embedding") and same_width:
             sd[key] = interpolate_temporal_embed(tensor, target.shape[1])
-        elif key.endswith("pos_embed") and not key.endswith("clip_pos_embed") and tensor.ndim == 3:
+        elif key.endswith("pos_embed") and not key.endswith("clip_pos_embed") and same_width:
+            old_grid = int(round((tensor.shape[1] - 1) ** 0.5))
             new_grid = int(round((target.shape[1] - 1) ** 0.5))
-            sd[key] = interpolate_pos_embed(tensor, new_grid)
+            if old_grid ** 2 + 1 == tensor.shape[1] and new_grid ** 2 + 1 == target.shape[1]:
+                sd[key] = interpolate_pos_embed(tensor, new_grid)
         elif key.endswith("patch_embed.proj.weight") and tensor.ndim == 4 and target.ndim == 5:
             # ImageNet 2-D patchify inflated "center": the kernel in the middle temporal slice.
             inflated = tensor.new_zeros(target.shape)
             inflated[:, :, target.shape[2] // 2] = tensor
             sd[key] = inflated
     return sd
+
+
+# The official VideoMamba sizes (embed_dim, depth) -> the classifier entrypoint of that size.
+_OFFICIAL_SIZES = {(192, 24): "videomamba_tiny", (384, 24): "videomamba_small", (576, 32): "videomamba_middle"}
+
+
+def _size_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
+    """The fix for a file whose video encoder is another width or depth than the model's (a VideoMamba-S file
+    given to the Ti model): its sizes, and the model of that size. None when the sizes agree or cannot be read;
+    the key list alone then tells what differs."""
+    cfg = getattr(model, "cfg", None)
+    cfg = getattr(cfg, "vision", cfg)
+    mine = (getattr(cfg, "embed_dim", None), getattr(cfg, "depth", None))
+    try:
+        found = vision_overrides_from_state_dict(sd)
+    except Exception:  # not a VideoMamba file (or a damaged one)
+        return None
+    theirs = (found["embed_dim"], found["depth"])
+    if None in mine or theirs == mine:
+        return None
+    name = _OFFICIAL_SIZES.get(theirs)
+    if name and any(k.startswith("vision_encoder.") for k in sd):  # a multimodal file
+        name = "videomamba_m16_25m" if name == "videomamba_middle" else f"{name}_vision"
+    elif name and "pool_norm.weight" in _video_encoder_part(sd):  # a multimodal vision encoder alone
+        name = f"{name}_vision"
+    return (f"the file is a VideoMamba with embed_dim={theirs[0]} and depth={theirs[1]} and the model has embed_dim="
+            f"{mine[0]} and depth={mine[1]}; pass " + (f"--model {name} or another model" if name else "a --model")
+            + " of the file's size, or build one with vmm.vision_overrides_from_state_dict")
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], strict: bool = True) -> nn.Module:
@@ -222,8 +263,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     >>> _ = vmm.load_checkpoint(m, m.state_dict())
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "state dict"
-    sd = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else unwrap_state_dict(checkpoint)
-    sd = adapt_state_dict(model, sd)
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else unwrap_state_dict(checkpoint)
+    sd = adapt_state_dict(model, raw)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -238,8 +279,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
         problems.append(f"unexpected keys: {_short(unexpected)}")
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        raise CheckpointError(f"{source} does not fit model {name}: " + "; ".join(problems)
-                              + " (check --model / the model config matches the checkpoint)")
+        fix = _size_hint(model, raw) or "check --model / the model config matches the checkpoint"
+        raise CheckpointError(f"{source} does not fit model {name}: " + "; ".join(problems) + f" ({fix})")
     with torch.no_grad():
         for k, v in sd.items():
             if k in own:

@@ -275,11 +275,11 @@ def _tensor_shapes(path: Path) -> dict:
     """A checkpoint's tensors without reading their data where the format allows (the file is read again to load
     it, and an official multimodal file is about a gigabyte): memory-mapped from a torch.save zip archive, meta
     tensors from a safetensors header."""
-    from vmm.models.checkpoint import read_checkpoint, unwrap_state_dict
+    from vmm.models.checkpoint import load_tensors, read_checkpoint, unwrap_state_dict
     with open(path, "rb") as f:
         head = f.read(4)
     if head == b"PK\x03\x04":
-        return unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), str(path))
+        return unwrap_state_dict(load_tensors(path, mmap=True), str(path))
     if path.suffix == ".safetensors":
         return {k: torch.empty(shape, device="meta") for k, shape in _file_shapes(path).items()}
     return read_checkpoint(path)  # a legacy pickle: read whole

@@ -30,7 +30,9 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     """Read a ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors`` file.
 
     Returns the state dict, unwrapped from ``{'model': ...}``, ``{'module': ...}`` or ``{'state_dict': ...}``.
-    Never unpickles arbitrary objects: such a file is refused with a one-line :class:`CheckpointError`.
+    Never runs code the file names: objects beside the weights (a training run's config) are read as inert
+    placeholders (:func:`load_tensors`) and dropped; weights that are not tensors are refused with a one-line
+    :class:`CheckpointError`.
 
     >>> import tempfile, torch, vmm
     >>> tmp = tempfile.TemporaryDirectory()
@@ -70,7 +72,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     try:
         with warnings.catch_warnings():  # its "Detected pickle protocol 4" line comes before our own error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            obj = load_tensors(path)
     except pickle.UnpicklingError as e:
         # torch.save writes a zip archive (PK..), older versions a pickle (protocol 2+ opens with 0x80, protocols 0
         # and 1 with torch's magic number as a long, "L1195..."): anything else is not a checkpoint, and torch's
@@ -94,11 +96,83 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     return unwrap_state_dict(obj, source=str(path))
 
 
+class _Inert(dict):
+    """Stands for whatever a checkpoint names besides tensors and plain data: a training run's config (an EasyDict,
+    a dict subclass), its ``argparse.Namespace``, a scheduler, a function. It takes any arguments and state and
+    runs none of their code; nothing of it is kept."""
+
+    def __new__(cls, *args, **kwargs):
+        return dict.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """The unpickler of :func:`load_tensors`: the globals ``torch.load(weights_only=True)`` allows resolve to
+    themselves, every other one to :class:`_Inert`, so no code of the file's choosing can run."""
+
+    def find_class(self, module, name):
+        from torch._weights_only_unpickler import _get_allowed_globals
+        return _get_allowed_globals().get(f"{module}.{name}", _Inert)
+
+
+def _inert_load(file, **kwargs):
+    return _InertUnpickler(file, **kwargs).load()
+
+
+def load_tensors(path: Union[str, Path], mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, except that objects besides the tensors are read as inert
+    placeholders instead of refusing the whole file.
+
+    A training checkpoint keeps its run's config next to the weights: the official multimodal training saves
+    ``{"model", "optimizer", ..., "config", ...}`` and the ImageNet trainer an ``argparse.Namespace`` under
+    ``"args"``. The safe loader refuses such a file whole, and the usual advice, ``weights_only=False``, would run
+    whatever code the file names. Here only the globals the safe loader allows are real; the rest never run.
+
+    >>> import argparse, tempfile, torch
+    >>> path = f"{tempfile.mkdtemp()}/train.pth"
+    >>> torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4)}, path)
+    >>> obj = load_tensors(path)
+    >>> obj["model"], type(obj["args"]).__name__
+    ({'w': tensor([1., 1.])}, '_Inert')
+    """
+    kwargs = {"map_location": "cpu", "mmap": True} if mmap else {"map_location": "cpu"}
+    try:
+        return torch.load(str(path), weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        refused = e  # an object the safe loader does not build, or an opcode it does not read (pickle protocol 4)
+    module = type("inert_pickle", (), {"Unpickler": _InertUnpickler, "load": staticmethod(_inert_load),
+                                       "__name__": "inert_pickle"})
+    try:
+        return torch.load(str(path), weights_only=False, pickle_module=module, **kwargs)
+    except Exception:  # not a checkpoint after all, or a PyTorch without the safe loader's list: its reason stands
+        raise refused from None
+
+
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
     for key in ("model", "module", "state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
+    if isinstance(obj, _Inert):
+        raise CheckpointError(f"{source} holds a pickled Python object (a whole model?), not a state dict; re-save "
+                              "it with torch.save(model.state_dict(), path)")
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source} holds no state dict (expected a dict of tensors, optionally under 'model')")
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -638,6 +639,21 @@ def _as_vmm_error(path: str, error: DecodeFailure):
     return VmmError(f"{path}: {error}")
 
 
+def _video_path(path) -> str:
+    """``path`` as a str for :func:`probe_video` / :func:`decode_video`; VmmError naming what is no video file."""
+    from vmm.errors import VmmError
+
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):  # an int was read as an open file descriptor, None failed inside os.stat
+        raise VmmError(f"path must be a video file's path (str or os.PathLike), got {reprlib.repr(path)}; "
+                       f"pass the path of a video file")
+    if os.path.isdir(path):  # the decoders called a folder "truncated, corrupt or not a video"
+        raise VmmError(f"{path}: is a folder, not a video file; pass the path of a video file "
+                       f"(build_library indexes folders)")
+    return path
+
+
 def probe_video(path: str, *, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
     """Probe a video without decoding its clips; raises VmmError for anything unreadable.
 
@@ -648,6 +664,7 @@ def probe_video(path: str, *, backend: str = "auto", max_pixels: int = DEFAULT_M
     ...
     vmm.errors.VmmError: ...empty.mp4: empty file (0 bytes)
     """
+    path = _video_path(path)
     options = DecodeOptions(backend=backend, max_pixels=max_pixels, window=math.inf)
     events = iter_decode(path, options)
     try:
@@ -676,6 +693,7 @@ def decode_video(path: str, options: DecodeOptions | None = None, **overrides) -
     >>> info.num_frames, [(c.start, c.end) for c in clips], clips[0].frames.shape
     (30, [(0.0, 2.0), (1.0, 3.0)], (8, 32, 32, 3))
     """
+    path = _video_path(path)
     options = options or DecodeOptions()
     if overrides:
         options = DecodeOptions(**{**options.__dict__, **overrides})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import reprlib
 import stat
 from dataclasses import dataclass, field
 
@@ -179,10 +180,38 @@ def _open_regular(path: str):
         raise
 
 
+def _path_args(paths, action: str) -> list[str]:
+    """``paths`` (one path or a list) as a list of str paths; VmmError for anything else."""
+    from vmm.errors import VmmError
+
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
+    try:
+        paths = list(paths)
+    except TypeError:
+        paths = [paths]  # None or a number: named below
+    given = []
+    for path in paths:
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if isinstance(path, bytes):
+            raise VmmError(f"paths must be str, not bytes: got {reprlib.repr(path)}; decode it with os.fsdecode")
+        if not isinstance(path, str):
+            raise VmmError(f"paths must be file or folder paths (str or os.PathLike), got {reprlib.repr(path)}; "
+                           f"pass the videos to {action}")
+        if not path:
+            # abspath("") is the working folder: removing "" would empty the library of everything below it.
+            raise VmmError(f"paths holds an empty path (''); pass the files or folders to {action}")
+        if "\0" in path:
+            raise VmmError(f"paths holds {reprlib.repr(path)}, with a NUL character no file name can hold; fix the path")
+        given.append(path)
+    return given
+
+
 def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = frozenset()) -> Discovery:
     """Walk ``paths`` (files or folders, recursively) and return video candidates.
 
-    Raises :class:`vmm.errors.VmmError` for a path that does not exist. Folders
+    ``paths`` may also be one path. Raises :class:`vmm.errors.VmmError` for a path that
+    does not exist or is no path (a number, bytes, ""). Folders
     listed in ``exclude`` (for example the library itself) are not entered. A file
     reached by several paths is returned once, under the one in ``prefer`` (the
     library's) if any, else the one without a symbolic link in it.
@@ -192,7 +221,8 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
     excluded = {os.path.abspath(p) for p in exclude}
     found: dict[str, Candidate] = {}
     result = Discovery()
-    for given in paths:
+    # One str is one path: iterated, "/videos" was the paths "/", "v", ... and walked the whole file system.
+    for given in _path_args(paths, "find"):
         root = os.path.abspath(os.fspath(given))
         check_root(given, root)
         if os.path.isfile(root):

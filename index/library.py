@@ -28,7 +28,6 @@ import glob
 import json
 import os
 import re
-import reprlib
 import sqlite3
 import stat
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ import numpy as np
 
 from index.catalog import Catalog, LibraryManifest, damaged, is_access_error
 from index.decode import DecodeOptions
+from index.discovery import _path_args
 from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, factory_problem, resolve_factory
 from vmm.errors import VmmError
 
@@ -505,31 +505,6 @@ def _rebuild(catalog: Catalog, factory: str, count: int, dim: int) -> VectorStor
 
 
 # -- removing files ----------------------------------------------------------------------------
-def _path_args(paths, action: str) -> list[str]:
-    """``paths`` (one path or a list) as a list of str paths; VmmError for anything else."""
-    if isinstance(paths, (str, bytes, os.PathLike)):
-        paths = [paths]
-    try:
-        paths = list(paths)
-    except TypeError:
-        paths = [paths]  # None or a number: named below
-    given = []
-    for path in paths:
-        path = os.fspath(path) if isinstance(path, os.PathLike) else path
-        if isinstance(path, bytes):
-            raise VmmError(f"paths must be str, not bytes: got {reprlib.repr(path)}; decode it with os.fsdecode")
-        if not isinstance(path, str):
-            raise VmmError(f"paths must be file or folder paths (str or os.PathLike), got {reprlib.repr(path)}; "
-                           f"pass the videos to {action}")
-        if not path:
-            # abspath("") is the working folder: removing "" would empty the library of everything below it.
-            raise VmmError(f"paths holds an empty path (''); pass the files or folders to {action}")
-        if "\0" in path:
-            raise VmmError(f"paths holds {reprlib.repr(path)}, with a NUL character no file name can hold; fix the path")
-        given.append(path)
-    return given
-
-
 def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLAT_MAX,
                  not_found: list | None = None) -> int:
     """Drop files (or everything under folders) from a library; returns how many files were removed.

@@ -168,6 +168,22 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
         probe_video(str(tmp_path / "missing.mp4"))
 
 
+def test_a_folder_or_no_path_is_named_not_decoded(tmp_path):
+    """A folder was "truncated, corrupt or not a video", an int was read as an open file descriptor and None
+    failed inside os.stat; a pathlib.Path is a path."""
+    videos.write_solid(str(tmp_path / "good.mp4"), videos.RED, seconds=1.0)
+    for read in (probe_video, decode_video):
+        with pytest.raises(VmmError, match=rf"^{tmp_path}: is a folder, not a video file; pass the path of a video"):
+            read(tmp_path)
+        for bad, shown in ((0, "0"), (None, "None"), (b"good.mp4", "b'good.mp4'")):
+            with pytest.raises(VmmError) as e:
+                read(bad)
+            assert str(e.value) == (f"path must be a video file's path (str or os.PathLike), got {shown}; "
+                                    f"pass the path of a video file")
+    assert probe_video(tmp_path / "good.mp4").num_frames == 10
+    assert len(decode_video(tmp_path / "good.mp4")[1]) == 1
+
+
 def test_truncated_streams_are_detected(tmp_path):
     # WebM cut in half: the container still opens but declares twice the readable length.
     webm = videos.write_moving_square(str(tmp_path / "full.webm"), seconds=10.0, codec="vp9")

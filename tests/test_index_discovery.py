@@ -73,6 +73,22 @@ def test_nonexistent_path_is_a_clear_error(tmp_path):
         discover([str(tmp_path / "nowhere")])
 
 
+def test_one_path_is_one_path_and_no_path_is_named(tree, monkeypatch):
+    """discover("media") took each character for a path ("m": no such file; "/videos" walked "/" first), and a
+    number failed inside os.fspath; discover takes what build_library and remove_paths take."""
+    monkeypatch.chdir(tree.parent)
+    one = discover("media")
+    assert [c.path for c in one.candidates] == [c.path for c in discover([str(tree)]).candidates]
+    assert [c.path for c in discover(tree / "red.mp4").candidates] == [str(tree / "red.mp4")]
+    for bad, message in ((3, "paths must be file or folder paths (str or os.PathLike), got 3; pass the videos to find"),
+                         ([None], "paths must be file or folder paths (str or os.PathLike), got None; pass the videos to find"),
+                         ([b"media"], "paths must be str, not bytes: got b'media'; decode it with os.fsdecode"),
+                         ([""], "paths holds an empty path (''); pass the files or folders to find")):
+        with pytest.raises(VmmError) as e:
+            discover(bad)
+        assert str(e.value) == message
+
+
 def test_sniffing_signatures():
     assert sniff_container(b"\x00\x00\x00\x18ftypmp42" + bytes(8)) == "mp4"
     assert sniff_container(b"\x00\x00\x00\x18ftypM4A " + bytes(8)) == "mp4-audio-or-image"

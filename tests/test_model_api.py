@@ -1,5 +1,6 @@
 """The Python API refuses misuse with one-line VmmErrors and accepts what is unambiguous: create_model with
 pretrained=, config validation in both factories, tokenizer and model inputs, ``from index import discover``."""
+import re
 import subprocess
 import sys
 import warnings
@@ -113,6 +114,15 @@ def test_encode_texts_takes_one_string_as_one_text(mm, tok):
     refused("max_text_len=64 is more than the text tower's 32 positions; pass max_text_len <= 32",
             VideoTextEncoder, mm, device="cpu", tokenizer=tok, max_text_len=64)
 
+
+def test_batch_size_must_be_a_whole_number_of_at_least_one(mm, tok):
+    """batch_size=0 failed inside range() at the first encode_clips, and a negative one returned no vectors."""
+    for bad in (0, -1, 2.5, "8", True, None):
+        refused(rf"^batch_size must be a whole number >= 1, got {re.escape(repr(bad))}; e.g. batch_size=8$",
+                VideoTextEncoder, mm, device="cpu", tokenizer=tok, batch_size=bad)
+    enc = VideoTextEncoder(mm, device="cpu", tokenizer=tok, batch_size=np.int64(2))
+    assert enc.batch_size == 2 and type(enc.batch_size) is int
+    assert enc.encode_clips([np.zeros((enc.num_frames, 12, 10, 3), np.uint8)] * 3).shape == (3, 16)
 
 
 def test_video_batch_equals_each_clip_through_the_transform(mm, tok, monkeypatch):

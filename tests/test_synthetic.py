@@ -271,6 +271,13 @@ def test_write_video_refuses_frames_it_cannot_encode(tmp_path, frames, fps, mess
     assert not path.exists()  # nothing, rather than an mp4 cut off without its index
 
 
+def test_write_video_to_a_folder_names_it(tmp_path):
+    # PyAV's own error was "[Errno 21] Is a directory", without the path.
+    with pytest.raises(VmmError) as e:
+        syn.write_video(np.zeros((4, 32, 32, 3), np.uint8), tmp_path, fps=10)
+    assert str(e.value) == f"write_video: {tmp_path} is a folder; pass the path of the .mp4 file to write"
+    assert tmp_path.is_dir()
+
 def test_write_video_takes_a_fractional_rate(tmp_path):
     import av
     from fractions import Fraction

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import numbers
 import sys
 import threading
 from contextlib import nullcontext
@@ -59,6 +60,9 @@ class VideoTextEncoder:
         if not hasattr(model, "encode_video") or not hasattr(model, "encode_text"):
             raise VmmError(f"model {getattr(model, 'model_name', type(model).__name__)} is not a video-text model; "
                            f"use a multimodal model such as vmm_nano or videomamba_m16_25m")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            # 0 failed deep in range(); a negative count returned no vectors at all, without a word
+            raise VmmError(f"batch_size must be a whole number >= 1, got {batch_size!r}; e.g. batch_size=8")
         from vmm.factory import resolve_device
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -67,7 +71,7 @@ class VideoTextEncoder:
         self.dim = cfg.embed_dim
         self.num_frames = cfg.vision.num_frames
         self.img_size = cfg.vision.img_size
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.max_text_len = cfg.max_text_len if max_text_len is None else check_max_length(max_text_len, "max_text_len")
         positions = cfg.text.max_position_embeddings
         if self.max_text_len > positions:

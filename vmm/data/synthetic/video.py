@@ -58,6 +58,8 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     if rate is None or not Fraction(1, 100) <= rate <= 1000:
         raise VmmError(f"write_video: fps must be a number of frames per second from 0.01 to 1000, got {fps!r}")
     rate = rate.limit_denominator(1001)  # a float's binary expansion as the short fraction it stands for
+    if os.path.isdir(path):  # PyAV said "[Errno 21] Is a directory", naming neither the path nor the fix
+        raise VmmError(f"write_video: {path} is a folder; pass the path of the .mp4 file to write")
     try:
         _encode(itertools.chain([first], frames), first.shape, path, rate, codec)
     except BaseException:

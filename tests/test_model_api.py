@@ -352,3 +352,23 @@ def test_the_capture_check_passes_the_shipped_forward(monkeypatch):
         with torch.inference_mode(), _MetaRefuseHostSync():
             out = model.encode_video(torch.empty(2, 3, 4, 32, 32, device="meta"))
         assert out.shape == (2, TINY["embed_dim"])
+
+
+def test_a_name_or_path_of_the_wrong_type_is_named():
+    """create_model(3), get_tokenizer(None) and save_pretrained(model, 3) failed inside pathlib ("expected str,
+    bytes or os.PathLike object"); vision_overrides_from_state_dict("x.pth") with "'str' object has no attribute
+    'items'"."""
+    from vmm.errors import CheckpointError, VmmError
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    for call, message in ((lambda: vmm.create_model(3), "model must be a registered model name or a model "
+                                                          "folder's path, got 3; see vmm.list_models()"),
+                          (lambda: vmm.get_tokenizer(None), "the tokenizer's model name must be"),
+                          (lambda: vmm.save_pretrained(model, 3), "save_pretrained: directory must be a folder's "
+                                                                  "path, got 3"),
+                          (lambda: vmm.vision_overrides_from_state_dict("x.pth"),
+                           "takes a state dict, not a path (x.pth); read the file first")):
+        with pytest.raises(VmmError) as e:
+            call()
+        assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="got int$"):
+        vmm.vision_overrides_from_state_dict(3)

@@ -2,6 +2,8 @@
 resolution."""
 from __future__ import annotations
 
+import os
+import reprlib
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -350,6 +352,13 @@ def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--
     return dev
 
 
+def _check_name(name: Any, what: str = "model") -> None:
+    """A model name or folder must be a str or a path: a number or None failed deep inside pathlib."""
+    if not isinstance(name, (str, os.PathLike)):
+        raise VmmError(f"{what} must be a registered model name or a model folder's path, got {reprlib.repr(name)}; "
+                       "see vmm.list_models()")
+
+
 def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
                  device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> nn.Module:
     """Build a model by registered name or from a ``save_pretrained`` folder, optionally loading weights.
@@ -365,6 +374,7 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     >>> m.cfg.depth, m.cfg.embed_dim
     (2, 192)
     """
+    _check_name(name)
     if device is not None:
         device = resolve_device(device, "device= / --device")
     if pretrained is False:
@@ -433,6 +443,7 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     >>> vmm.get_tokenizer("vmm_nano")(["a red square moves left"], max_length=6)[0].shape
     torch.Size([1, 6])
     """
+    _check_name(name, "the tokenizer's model name")
     if is_pretrained_dir(name):
         import json
         cfg = json.loads((Path(name) / "config.json").read_text())

@@ -218,6 +218,12 @@ def vision_overrides_from_state_dict(sd: StateDict) -> dict[str, Any]:
     >>> o["depth"], o["num_frames"], o["img_size"], o["num_classes"]
     (3, 4, 32, 7)
     """
+    if isinstance(sd, (str, Path)):  # "'str' object has no attribute 'items'"
+        raise CheckpointError(f"vision_overrides_from_state_dict takes a state dict, not a path ({sd}); read the "
+                              "file first: vmm.vision_overrides_from_state_dict(vmm.read_checkpoint(path))")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"vision_overrides_from_state_dict takes a state dict (a mapping of names to "
+                              f"tensors), got {type(sd).__name__}")
     sd = _video_encoder_part(sd)
     needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "layers.0.mixer.A_log",
               "layers.0.mixer.in_proj.weight", "layers.0.mixer.conv1d.weight", "layers.0.mixer.dt_proj.weight")

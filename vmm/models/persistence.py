@@ -49,6 +49,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
     >>> tmp.cleanup()
     """
     from safetensors.torch import save_model
+    if not isinstance(directory, (str, os.PathLike)):  # a number or None failed inside pathlib
+        raise VmmError(f"save_pretrained: directory must be a folder's path, got {directory!r:.60}; pass a path")
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -372,3 +372,14 @@ def test_a_name_or_path_of_the_wrong_type_is_named():
         assert message in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match="got int$"):
         vmm.vision_overrides_from_state_dict(3)
+
+
+def test_one_clip_instead_of_a_list_is_named(mm, tok):
+    """encode_clips(clip) iterated the clip's frames and said "frames must be (T, H, W, 3), got (48, 64, 3)"."""
+    from vmm.errors import VmmError
+    enc = VideoTextEncoder(mm, tokenizer=tok, batch_size=2)
+    clip = np.zeros((mm.cfg.vision.num_frames, 48, 64, 3), np.uint8)
+    with pytest.raises(VmmError, match=r"takes a list of clips \(or an \(N, T, H, W, 3\) array\), got one clip of "
+                                       rf"shape \({len(clip)}, 48, 64, 3\); pass \[clip\]$"):
+        enc.encode_clips(clip)
+    assert enc.encode_clips([clip]).shape == enc.encode_clips(clip[None]).shape == (1, enc.dim)

@@ -176,6 +176,9 @@ class VideoTextEncoder:
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
         """uint8 clips (T, H, W, 3) -> (N, dim) float32 unit vectors (and patch tokens with ``return_tokens``)."""
+        if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
+            raise VmmError(f"encode_clips takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
+                           f"{tuple(clips.shape)}; pass [clip]")
         out, toks = [], []
         for s in range(0, len(clips), self.batch_size):
             x = self._video_batch(clips[s:s + self.batch_size])

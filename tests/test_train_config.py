@@ -116,6 +116,19 @@ def test_empty_dataset(capsys, tmp_path):
     assert code == 2 and "is empty (no samples)" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("caption", ["", "   ", ["a red ball", ""]])
+def test_an_empty_caption_is_refused(capsys, corpus, tmp_path, caption):
+    """A blank caption was trained on as [CLS] [SEP]: every such clip got the same text embedding."""
+    entries = json.loads((corpus / "train.json").read_text())
+    entries[2]["caption"] = caption
+    anno = tmp_path / "blank.json"
+    anno.write_text(json.dumps(entries))
+    code, err = run_main(capsys, f"data.train=[{{'anno': '{anno}', 'root': '{corpus}'}}]", "--check")
+    assert code == 2 and err.count("\n") == 1
+    assert err == (f"error: data.train[0].anno: entry 2 of {anno} ({entries[2]['video']}) has an empty caption; "
+                   f"write one or remove the entry\n")
+
+
 def test_dataset_smaller_than_one_step(capsys, corpus):
     code, err = run_main(capsys, data_override(corpus), "data.batch_size=64")
     assert code == 2 and "gives 10 samples per epoch, fewer than 64 for one optimizer step" in err
@@ -241,6 +254,34 @@ def test_check_refuses_every_bad_model_field(capsys, corpus, tmp_path, override,
     """These passed --check (ok:) and failed only once the real run had started."""
     code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'out'}", override, "--check")
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("freeze=['text_encoder.nope']", "error: freeze pattern 'text_encoder.nope' matches no parameter"),
+    ("model.vision.clip_output_dim=16", "error: teacher ViT-B-16 has patch 16 and output 32, the student patch 16 "
+                                        "and clip_output_dim 16; set model.vision.clip_output_dim to match"),
+    ("teacher.clip_overrides={'bogus': 1}", "error: teacher.clip_model='ViT-B-16' with teacher.clip_overrides keys "
+                                            "['bogus']: open_clip cannot build it (CLIP.__init__() got an "
+                                            "unexpected keyword argument 'bogus')"),
+    ("teacher.clip_model=ViT-Nope", "error: teacher.clip_model='ViT-Nope' with teacher.clip_overrides keys "
+                                    "['embed_dim', 'text_cfg', 'vision_cfg']: open_clip cannot build it (Model "
+                                    "config for 'ViT-Nope' not found in built-ins.)"),
+])
+def test_check_refuses_a_bad_freeze_pattern_or_teacher_as_the_run_does(capsys, corpus, tmp_path, override, message):
+    """--check said ok: for these, and the run then failed once the model was built (the last two with an open_clip
+    traceback); both must give the same line before the model, the teacher or train.output_dir exist."""
+    out = tmp_path / "out"
+    args = [data_override(corpus), f"train.output_dir={out}", "train.progress=False", override]
+    for extra in (["--check"], []):
+        code, err = run_main(capsys, *args, *extra)
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+def test_check_passes_a_freeze_pattern_that_matches(capsys, corpus, tmp_path):
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'out'}",
+                         "freeze=['text_encoder.encoder.layer.0', 'vision_encoder.layers.*.norm']", "--check")
+    assert code == 0 and "error" not in err
 
 
 def test_a_bad_model_field_stops_the_real_run_before_it_creates_anything(corpus, tmp_path):

@@ -85,6 +85,22 @@ def test_corrupt_sample_is_replaced_and_counted(corpus, tmp_path):
                         max_retries=2)[(0, 0, 0)]
 
 
+def test_corrupt_samples_in_a_row_in_a_decoding_worker_are_one_line(tmp_path):
+    """With decoding workers (the recipes' default) the error came back wrapped in the worker's traceback, and
+    python -m vmm.train printed that traceback after 'error:'."""
+    from vmm.training.data import EpochPlan, batches, make_loader
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "anno.json").write_text(json.dumps([{"video": "broken.mp4", "caption": "broken"}] * 2))
+    dataset = PretrainDataset([load_annotation_corpus(str(tmp_path / "anno.json"), str(tmp_path))], 4,
+                              TrainTransform(32), 0, max_retries=2)
+    plan = EpochPlan([2], [1.0], batch_size=2, world=1, seed=0)
+    loader = make_loader(dataset, plan, 0, 0, collate=list, num_workers=1)
+    with pytest.raises(VmmError) as raised:
+        next(iter(batches(loader)))
+    assert str(raised.value).startswith("3 corrupt samples in a row in corpus anno (last: ")
+    assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
+
+
 def test_a_missing_decord_is_named_at_start_up(corpus, monkeypatch):
     """Without decord every sample failed to decode, and the run stopped on "21 corrupt samples in a row"."""
     from types import SimpleNamespace

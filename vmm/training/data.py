@@ -122,6 +122,11 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
         if not isinstance(media, str) or caps is None:
             raise VmmError(f"{where}.anno: entry {i} of {path} needs a \"video\" or \"image\" path and a "
                            f"\"caption\" string or list of strings")
+        if not all(c.strip() for c in caps):
+            # A blank caption tokenizes to [CLS] [SEP]: every such sample gets the same text embedding, and VTC
+            # would push apart clips whose captions it cannot tell apart.
+            raise VmmError(f"{where}.anno: entry {i} of {path} ({media}) has an empty caption; write one or "
+                           f"remove the entry")
         kinds.add(kind)
         paths.append(media)
         captions.append(caps)
@@ -628,7 +633,26 @@ def batches(loader: DataLoader):
         loaded = iter(loader)
     while True:
         with ctrl_c_held():
-            batch = next(loaded, None)
+            try:
+                batch = next(loaded, None)
+            except VmmError as e:
+                raise _worker_error(e) from None
         if batch is None:
             return
         yield batch
+
+
+def _worker_error(error: VmmError) -> VmmError:
+    """A :class:`VmmError` raised in a decoding worker (``data.max_retries`` corrupt samples in a row) comes back
+    from the DataLoader as "Caught VmmError in DataLoader worker process 0." plus the worker's traceback, which
+    ``python -m vmm.train`` would print after ``error:``; keep the worker's own message.
+
+    >>> _worker_error(VmmError("Caught VmmError in DataLoader worker process 0.\\nOriginal Traceback (most recent "
+    ...                        "call last):\\n  ...\\nvmm.errors.VmmError: 3 corrupt samples in a row"))
+    VmmError('3 corrupt samples in a row')
+    """
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__name__}: "
+    if not text.startswith("Caught ") or marker not in text:
+        return error
+    return type(error)(text.rsplit(marker, 1)[1].strip())

@@ -92,6 +92,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     clip_weights = None
     if cfg.loss.uta > 0:
         clip_weights = teacher.resolve_clip_weights(cfg.teacher.clip_model, cfg.teacher.clip_weights)
+    check_model_parts(cfg, model_cfg)
     if cfg.loss.distill > 0:
         if not cfg.teacher.distill_model or not is_pretrained_dir(cfg.teacher.distill_model):
             raise VmmError(f"loss.distill={cfg.loss.distill} needs teacher.distill_model = a save_pretrained folder "
@@ -123,6 +124,33 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     if launch_rank() == 0:  # (a probe of another rank would show in the check above)
         _probe_output_dir(out)
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+
+
+def check_teacher_fit(cfg: TrainConfig, clip_teacher, vcfg) -> None:
+    """Refuse a CLIP teacher whose patch size or output width does not fit the student's UTA decoder."""
+    if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
+        raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
+                       f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
+                       f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
+
+
+def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
+    """The freeze patterns and the UTA teacher's fit, checked on weightless (meta) copies of the model and the
+    teacher: ``--check`` must refuse what the run would, and real ones take seconds to build at full size."""
+    import vmm
+    if cfg.freeze:
+        from accelerate import init_empty_weights
+        from vmm.training.optim import freeze
+        kwargs = model_kwargs(cfg)
+        kwargs["text"] = {**kwargs["text"], "init_from": None}  # the names only: no weights to read
+        with init_empty_weights():
+            skeleton = vmm.create_model(cfg.model.name, **kwargs)
+        freeze(skeleton, cfg.freeze)
+    if cfg.loss.uta > 0:
+        from vmm.training.teacher import ClipTeacher
+        clip = ClipTeacher(cfg.teacher.clip_model, model_cfg.vision.img_size, None, cfg.teacher.clip_quick_gelu,
+                           cfg.teacher.clip_overrides, device="meta")
+        check_teacher_fit(cfg, clip, model_cfg.vision)
 
 
 def _probe_output_dir(out: Path) -> None:
@@ -465,10 +493,7 @@ def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bo
         clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
                                    cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides,
                                    cfg.teacher.clip_renormalize)
-        if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
-            raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
-                           f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
-                           f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
+        check_teacher_fit(cfg, clip_teacher, vcfg)
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and not cpu else torch.float32
         clip_teacher.to(accelerator.device, dtype=dtype)
     if cfg.loss.distill > 0:

@@ -10,6 +10,7 @@ table is resized on load) so both have the same patch grid.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -107,16 +108,25 @@ class ClipTeacher(nn.Module):
     """
 
     def __init__(self, model_name: str = "ViT-B-16", image_size: int = 224, weights: Optional[Path] = None,
-                 quick_gelu: bool = True, overrides: Optional[dict] = None, renormalize: bool = False):
+                 quick_gelu: bool = True, overrides: Optional[dict] = None, renormalize: bool = False,
+                 device: Optional[str] = None):
         super().__init__()
         import open_clip
         kwargs = dict(overrides or {})
         if "vision_cfg" in kwargs:
             kwargs["vision_cfg"] = {**kwargs["vision_cfg"], "image_size": image_size}
+        if device is not None:  # "meta": a weightless copy, so start-up checks see its sizes in milliseconds
+            kwargs["device"] = device
         logging.disable(logging.WARNING)  # open_clip warns that pretrained=None means random weights
         try:
-            clip = open_clip.create_model(model_name, pretrained=None, force_image_size=image_size,
-                                          force_quick_gelu=quick_gelu, **kwargs)
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                clip = open_clip.create_model(model_name, pretrained=None, force_image_size=image_size,
+                                              force_quick_gelu=quick_gelu, **kwargs)
+        except (RuntimeError, TypeError, ValueError, KeyError) as e:  # unknown name, a bad clip_overrides key
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" Available:")[0]
+            given = f" with teacher.clip_overrides keys {sorted(overrides)}" if overrides else ""
+            raise VmmError(f"teacher.clip_model={model_name!r}{given}: open_clip cannot build it ({first[:160]}); "
+                           f"pass an open_clip ViT name such as ViT-B-16 and options its model takes") from None
         finally:
             logging.disable(logging.NOTSET)
         self.visual = clip.visual

@@ -373,3 +373,30 @@ def test_a_fractional_warmup_that_ends_inside_the_last_step_is_warned_about():
     assert "is not shorter than the run" in note(0.9) and "(at most 83% of it)" in note(0.9)
     assert note(0.75) is None  # 3 steps: step 3 runs past the warmup
     assert note(0.74) is None and "(at most 75% of it)" in note(1.0)
+
+
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(capsys, corpus, tmp_path):
+    """model.text.vocab_size below the tokenizer's 30522 ids passed --check; the run then failed at its first step
+    with an IndexError traceback, leaving a folder the corrected command refused."""
+    out = tmp_path / "out"
+    for extra in (["--check"], []):
+        code, err = run_main(capsys, data_override(corpus), f"train.output_dir={out}", "train.progress=False",
+                             "model.text.vocab_size=1000", *extra)
+        assert code == 2 and err == ("error: model.text.vocab_size=1000 is less than the tokenizer's 30522 tokens; "
+                                     "pass model.text.vocab_size=30522 or more\n"), err
+        assert not out.exists()
+
+
+def test_a_folder_left_by_a_run_that_saved_no_checkpoint_is_named_as_such(capsys, corpus, tmp_path):
+    """A run that failed before its first checkpoint (out of memory at step 1) leaves train_config.yaml and
+    tensorboard/: the corrected command was refused as "not empty" with no word of why or what to do."""
+    out = tmp_path / "out"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "train_config.yaml").write_text("model: {}\n")
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={out}", "--check")
+    assert code == 2 and err == (f"error: train.output_dir {out} holds the start of a run that saved no checkpoint "
+                                 f"(tensorboard, train_config.yaml); delete it (rm -r {out}) or choose a new "
+                                 "train.output_dir\n"), err
+    (out / "notes.txt").write_text("mine\n")  # anything else: the general refusal
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={out}", "--check")
+    assert code == 2 and "is not empty (it holds notes.txt, tensorboard, train_config.yaml)" in err

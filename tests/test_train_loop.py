@@ -312,7 +312,8 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(corp
     assert status == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.splitlines()[-1] == ("interrupted; nothing to resume, as no checkpoint was saved yet "
                                        "(train.save_every=0): run again into a new or empty train.output_dir")
-    with pytest.raises(VmmError, match="is not empty .* and train.resume=auto found no checkpoint there"):
+    with pytest.raises(VmmError, match="holds the start of a run that saved no checkpoint .* and train.resume=auto "
+                                       "found no checkpoint there; delete it"):
         check_inputs(tiny_cfg(corpus, out, "train.resume=auto", anno="train.json"))
 
 

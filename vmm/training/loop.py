@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -70,6 +71,10 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         raise VmmError(f"data.max_text_len={cfg.data.max_text_len} is more than the text tower's "
                        f"{model_cfg.text.max_position_embeddings} positions (model.text.max_position_embeddings); "
                        f"pass data.max_text_len <= {model_cfg.text.max_position_embeddings}")
+    vocab = vmm.get_tokenizer(cfg.model.name).vocab_size
+    if model_cfg.text.vocab_size < vocab:  # token ids past the embedding table: an IndexError at the first step
+        raise VmmError(f"model.text.vocab_size={model_cfg.text.vocab_size} is less than the tokenizer's {vocab} "
+                       f"tokens; pass model.text.vocab_size={vocab} or more")
     for key in ("init", "vision_init"):
         value = getattr(cfg.model, key)
         if value and not Path(value).exists():
@@ -119,6 +124,11 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         if held:
             shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
             found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
+            if set(held) <= {"train_config.yaml", "metrics.jsonl", "tensorboard", CHECKPOINTS}:
+                # What a run writes as it starts: one that failed before its first checkpoint (out of memory at
+                # step 1) left only this, and the corrected command was refused with no word of why.
+                raise VmmError(f"train.output_dir {out} holds the start of a run that saved no checkpoint ({shown}){found}; "
+                               f"delete it (rm -r {shlex.quote(str(out))}) or choose a new train.output_dir")
             raise VmmError(f"train.output_dir {out} is not empty (it holds {shown}){found}; a new run would replace "
                            "what is there: choose a new or empty train.output_dir")
     if launch_rank() == 0:  # (a probe of another rank would show in the check above)

@@ -312,7 +312,7 @@ def _decord_seek_problem(path: str) -> str | None:
                 return None  # frames are shown in the order they are decoded
             if "avi" in formats:
                 return "it holds B-frames in AVI"
-            keyframe_pts, keyframes = None, 0
+            keyframe_pts, keyframes, since = None, 0, 0
             for packet in container.demux(stream):
                 if not packet.size or packet.is_discard:
                     continue
@@ -320,12 +320,15 @@ def _decord_seek_problem(path: str) -> str | None:
                     return "its B-frames carry no presentation times"
                 if packet.is_keyframe:
                     keyframes += 1
-                    if keyframes > 4:  # an encoder builds every GOP alike: the first few tell
+                    # Nothing is shown before the first keyframe; the second one's GOP tells, as an encoder builds
+                    # every GOP alike.
+                    keyframe_pts, since = (packet.pts if keyframes > 1 else None), 0
+                elif keyframe_pts is not None:
+                    if packet.pts < keyframe_pts:
+                        return "it has open GOPs (frames decoded after a keyframe are shown before it)"
+                    since += 1
+                    if since > 32:  # leading frames follow their keyframe at once: this file's run is done
                         return None
-                    # Nothing is shown before the first keyframe.
-                    keyframe_pts = packet.pts if keyframes > 1 else None
-                elif keyframe_pts is not None and packet.pts < keyframe_pts:
-                    return "it has open GOPs (frames decoded after a keyframe are shown before it)"
     except av.error.FFmpegError:
         pass  # a damaged file: the readers report it
     return None

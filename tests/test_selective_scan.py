@@ -188,6 +188,50 @@ def test_shape_errors_name_the_argument():
         selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"][:2], inputs["B"], inputs["C"])
 
 
+@pytest.mark.parametrize("name,value,message", [
+    ("delta", None, "delta must be a torch.Tensor, got NoneType"),
+    ("D", 1.0, "D must be a torch.Tensor or None, got float"),
+    ("u", "numpy", "u must be a torch.Tensor, got ndarray"),
+    ("u", "int", "u must be a real floating-point tensor, got torch.int64"),
+    ("B", "complex", "B must be a real floating-point tensor, got torch.complex64"),
+    ("A", "int", "A must be a real floating-point tensor, got torch.int64"),
+])
+def test_public_api_refuses_non_tensors_and_non_float_inputs_in_one_line(name, value, message):
+    """These were AttributeErrors from inside the backend choice, an integer output truncated from a float32
+    scan, or complex B cast to real with only a torch warning."""
+    kw = scan_args(make_inputs(2, 3, 6, dtype=torch.float32), OPTION_SETS["all"])
+    kw[name] = {"numpy": lambda t: t.numpy(), "int": lambda t: t.long(), "complex": lambda t: t.cfloat()}.get(
+        value, lambda t: value)(kw[name]) if isinstance(value, str) else value
+    for fn in (selective_scan, selective_scan_ref):
+        with pytest.raises(VmmError) as err:
+            fn(**kw)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shapes_are_checked_before_any_backend_runs(monkeypatch):
+    """A kernel backend (mamba-ssm's) would meet a bad shape deep inside its extension: selective_scan itself
+    names the argument, whichever backend is chosen."""
+    monkeypatch.setattr(scan_module, "_SCAN_BACKENDS", dict(scan_module._SCAN_BACKENDS))
+    calls = []
+    register_backend("kernel", lambda *a, **k: calls.append(1), available=lambda t: True, priority=50)
+    kw = scan_args(make_inputs(2, 3, 10, dtype=torch.float32), OPTION_SETS["all"])
+    for bad in (dict(B=kw["B"][:, :, :5]), dict(delta_bias=kw["delta_bias"][:2]), dict(u=kw["u"][0])):
+        with pytest.raises(VmmError, match=f"{next(iter(bad))} must"):
+            selective_scan(**{**kw, **bad}, backend="kernel")
+    assert calls == []
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_zero_states_leave_the_skip_term(reverse):
+    """d_state 0: no recurrence, y = D u (the exp2 range check used to fail on an empty A)."""
+    kw = scan_args(make_inputs(2, 3, 7, state=0), OPTION_SETS["D_only"])
+    u = kw["u"].clone().requires_grad_(True)
+    y = selective_scan(**{**kw, "u": u}, reverse=reverse)
+    assert torch.equal(y, kw["D"][:, None] * kw["u"])
+    y.sum().backward()
+    assert torch.equal(u.grad, kw["D"][:, None].expand_as(u))
+
+
 # ------------------------------------------------------------------------------------------------ gradients
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -370,6 +414,49 @@ def test_causal_conv1d_backend_errors():
         causal_conv1d(x, w, backend="causal_conv1d")
     with pytest.raises(VmmError, match="activation"):
         causal_conv1d(x, w, activation="relu")
+
+
+def test_causal_conv1d_argument_errors_name_the_argument():
+    """Were conv1d's errors about groups and padded sizes (in the padded length), or an unbatched result."""
+    x, w, b = torch.randn(2, 4, 6), torch.randn(4, 1, 3), torch.randn(4)
+    for fn in (causal_conv1d, causal_conv1d_ref):
+        for args, message in (((x[0], w, b), r"x must be \(batch, channels, length\), got shape \(4, 6\)"),
+                              ((x, w[:3], b), r"weight must be \(4, width\) or \(4, 1, width\)"),
+                              ((x, w, b[:3]), r"bias must have shape \(4,\)"),
+                              ((x, w.numpy(), b), "weight must be a torch.Tensor, got ndarray"),
+                              ((x.long(), w, b), "x must be a real floating-point tensor")):
+            with pytest.raises(VmmError, match=message):
+                fn(*args)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_causal_conv1d_of_an_empty_sequence_is_empty(reverse):
+    x = torch.randn(2, 4, 0)
+    for width in (1, 4):
+        out = causal_conv1d(x, torch.randn(4, width), torch.randn(4), reverse=reverse)
+        assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_float64_mixer_direction_keeps_float64_parameters():
+    """A float64 layer (the parity oracle) matched the official math only to ~2e-8: A, D and the dt bias were
+    cast down to float32 as the official code casts bf16 ones up."""
+    from vmm.ops.bimamba import DirectionWeights, mamba_direction_ref
+    g = torch.Generator().manual_seed(3)
+    E, N, R, L = 6, 4, 2, 9
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    w = DirectionWeights(rnd(E, 1, 4, scale=0.5), rnd(E, scale=0.2), rnd(R + 2 * N, E, scale=0.4), rnd(E, R),
+                         rnd(E, scale=0.5), rnd(E, N), rnd(E))
+    x, z = rnd(2, E, L), rnd(2, E, L)
+    for reverse in (False, True):
+        xc = naive_conv(x, w.conv_weight, w.conv_bias, True, reverse)
+        dt, Bm, Cm = F.linear(xc.transpose(1, 2), w.x_proj_weight).split([R, N, N], dim=-1)
+        want = naive_scan(xc, F.linear(dt, w.dt_proj_weight).transpose(1, 2), -torch.exp(w.A_log),
+                          Bm.transpose(1, 2), Cm.transpose(1, 2), w.D, z, w.dt_proj_bias, True, reverse)
+        got = mamba_direction_ref(x, z, w, reverse=reverse)
+        assert got.dtype == torch.float64 and rel_err(got, want) < 1e-12
 
 
 # ------------------------------------------------------------------------------------------------ CUDA kernels

@@ -125,6 +125,9 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     for Bsz, E, L in [(2, 40, 13), (1, 32, 8), (3, 36, 1)]:
         xz, wf, wb = make_layer(Bsz, E, L, seed=L)
         results[f"{Bsz}x{E}x{L}"] = check_against_reference(xz, wf, wb, tol=1e-5)
+    # d_state 4: the backward's plain dB/dC sums (the shuffle reduce-scatter needs d_state 16), odd rank
+    xz, wf, wb = make_layer(2, 33, 6, N=4, R=3, seed=4)
+    results["2x33x6/N4"] = check_against_reference(xz, wf, wb, tol=1e-5)
     triton_bimamba.FWD_TILE = 0  # the step-at-a-time forward too
     xz, wf, wb = make_layer(1, 40, 11, seed=11)
     results["1x40x11/tile0"] = check_against_reference(xz, wf, wb, tol=1e-5)
@@ -182,7 +185,7 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
+    assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "2x33x6/N4", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
                             "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
     assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
@@ -377,6 +380,30 @@ def test_asking_for_triton_where_it_cannot_run_is_a_one_line_error():
         assert "\n" not in message and "backend='reference'" in message and "NVIDIA GPU" in message
     normed, residual = RMSNorm(16).add_forward(xz, None, backend="triton")
     assert normed.shape == xz.shape and residual.dtype == torch.float32
+
+
+def test_a_d_state_the_fused_kernels_cannot_build_takes_the_reference(monkeypatch):
+    """The kernels hold the states in a tl.arange(0, d_state) block, which Triton builds only for a power of
+    two: a model with d_state 12 failed on its first GPU clip with a Triton compile error. Now the automatic
+    choice runs such a layer with the reference, and asking for "triton" by name is a one-line error."""
+    from vmm.errors import VmmError
+    from vmm.ops import _triton
+    xz, wf, wb = make_layer(1, 8, 5, N=12, R=1)
+    xzt = xz.detach().transpose(1, 2)
+    want = bimamba.bimamba_inner_xz(xzt, wf, wb, backend="reference")
+    monkeypatch.setattr(bimamba, "use_triton", lambda t, backend: True)  # as on a CUDA tensor with Triton
+    assert torch.equal(bimamba.bimamba_inner_xz(xzt, wf, wb), want)
+    assert torch.equal(bimamba.bimamba_inner(*split(xz.detach()), wf, wb), want)
+    monkeypatch.setattr(_triton, "is_available", lambda device=None: True)
+    for call in (lambda: bimamba.bimamba_inner_xz(xzt, wf, wb, backend="triton"),
+                 lambda: triton_bimamba.bimamba_inner_xz_triton(xzt, wf, wb)):
+        with pytest.raises(VmmError, match="d_state=12 \\(the fused kernels need a power of two\\)") as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert [_triton.unsupported_layer(n) is None for n in (1, 2, 16, 64, 0, 3, 24)] == [True] * 4 + [False] * 3
+    monkeypatch.setattr(bimamba, "_logged", set())
+    with pytest.warns(RuntimeWarning, match="cannot run a layer with d_state=12 .*use a power-of-two d_state"):
+        bimamba._warn_reference_on_gpu(xzt, _triton.unsupported_layer(12))  # what a CUDA tensor gets
 
 
 def _reference_path_warnings(device, backend, monkeypatch):

@@ -41,8 +41,8 @@ if HAS_TRITON:
             return tl.sigmoid(x)
 
 
-__all__ = ["HAS_TRITON", "is_available", "interpreting", "check_rows", "on_device_of", "fast_exp", "fast_sigmoid",
-           "triton", "tl"]
+__all__ = ["HAS_TRITON", "is_available", "unsupported_layer", "interpreting", "check_rows", "on_device_of",
+           "fast_exp", "fast_sigmoid", "triton", "tl"]
 
 
 def on_device_of(t: Tensor):
@@ -72,6 +72,19 @@ def is_available(device: Optional[torch.device] = None) -> bool:
     if device.type != "cuda":
         return False
     return torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+def unsupported_layer(d_state: int) -> Optional[str]:
+    """Why the fused bimamba kernels cannot run a layer of this ``d_state``, or None when they can: they hold
+    the states in a ``tl.arange(0, d_state)`` block, which Triton only builds for a power of two (any other
+    d_state failed to compile, deep inside Triton, on the first clip).
+
+    >>> unsupported_layer(16) is None, unsupported_layer(12)
+    (True, 'd_state=12 (the fused kernels need a power of two)')
+    """
+    if d_state < 1 or d_state & (d_state - 1):
+        return f"d_state={d_state} (the fused kernels need a power of two)"
+    return None
 
 
 def interpreting() -> bool:

@@ -38,11 +38,17 @@ def mamba_direction_ref(x: Tensor, z: Optional[Tensor], w: DirectionWeights, rev
     x_dbl = F.linear(xc.transpose(1, 2), w.x_proj_weight)  # (B, L, R + 2N)
     dt, Bm, Cm = x_dbl.split([R, N, N], dim=-1)
     delta = F.linear(dt, w.dt_proj_weight).transpose(1, 2)  # (B, E, L)
-    A = -torch.exp(w.A_log.float())
+    A = -torch.exp(_at_least_fp32(w.A_log))
     return selective_scan(
-        xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D=w.D.float(), z=z,
-        delta_bias=w.dt_proj_bias.float(), delta_softplus=True, reverse=reverse, backend=scan_backend,
+        xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D=_at_least_fp32(w.D), z=z,
+        delta_bias=_at_least_fp32(w.dt_proj_bias), delta_softplus=True, reverse=reverse, backend=scan_backend,
     )
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    # The official .float() lifts bf16 parameters to fp32; it must not drop float64 ones to fp32, which cost a
+    # float64 layer (the parity oracle) about 2e-8 relative against the official math.
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def bimamba_inner_ref(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
@@ -80,17 +86,27 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
     fused layer backend ``"triton"`` (both directions, conv and gating in two launches, no flip copies);
     ``None`` picks the fastest available for the device: ``triton`` on CUDA when Triton is importable.
     """
-    if use_triton(x, backend):
+    fused = use_triton(x, backend)
+    why_not = _fused_unsupported(fwd) if fused else None
+    if fused and why_not is None:
         from vmm.ops import triton_bimamba
         _log_layer_choice("triton", x)
         return triton_bimamba.bimamba_inner_triton(x, z, fwd, bwd)
     if backend == "triton":
         from vmm.errors import VmmError
+        if why_not is not None:
+            raise VmmError(f"scan backend 'triton' cannot run a layer with {why_not}; use backend='reference' "
+                           f"(or None for automatic choice)")
         raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
                        "package; use backend='reference' (or None for automatic choice)")
     if backend is None and x.is_cuda:
-        _warn_reference_on_gpu(x)
+        _warn_reference_on_gpu(x, why_not)
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
+
+
+def _fused_unsupported(w: DirectionWeights) -> Optional[str]:
+    from vmm.ops._triton import unsupported_layer
+    return unsupported_layer(w.A_log.shape[-1])
 
 
 def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
@@ -105,7 +121,7 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
         >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
         torch.Size([2, 8, 5])
     """
-    if use_triton(xz, backend):
+    if use_triton(xz, backend) and _fused_unsupported(fwd) is None:
         from vmm.ops import triton_bimamba
         _log_layer_choice("triton", xz)
         return triton_bimamba.bimamba_inner_xz_triton(xz, fwd, bwd)
@@ -116,17 +132,21 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
 _logged: set = set()
 
 
-def _warn_reference_on_gpu(x: Tensor) -> None:
+def _warn_reference_on_gpu(x: Tensor, why_not: Optional[str] = None) -> None:
     # A GPU user expects the fast path; dropping to the reference only at log level INFO would look like a
     # model that is simply slow. Once per device type, like the choice log below.
     if ("reference-on-gpu", x.device.type) in _logged:
         return
     _logged.add(("reference-on-gpu", x.device.type))
     import warnings
-    warnings.warn(f"vmm: the fused Triton kernels cannot run on {x.device} (they need the triton package and an "
-                  f"NVIDIA GPU of compute capability 7.0+); VideoMamba layers run the PyTorch reference scan, many "
-                  f"times slower: install triton (pip install triton), or pass scan_backend='reference' to "
-                  f"choose it", RuntimeWarning, stacklevel=3)
+    if why_not is not None:  # the GPU and Triton are fine; this layer's shape is what they cannot run
+        reason, fix = f"a layer with {why_not}", "use a power-of-two d_state"
+    else:
+        reason = f"on {x.device} (they need the triton package and an NVIDIA GPU of compute capability 7.0+)"
+        fix = "install triton (pip install triton)"
+    warnings.warn(f"vmm: the fused Triton kernels cannot run {reason}; VideoMamba layers run the PyTorch reference "
+                  f"scan, many times slower: {fix}, or pass scan_backend='reference' to choose it",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _log_layer_choice(name: str, x: Tensor) -> None:

@@ -108,7 +108,7 @@ def _exp2_floor(p: _Prepared) -> Optional[float]:
     """The clamp _decays needs, or None when no exponent of this call can fall below the normal range (the usual
     case; the check is a few reductions over (L, batch, E) instead of a pass over every state)."""
     floor = _EXP2_FLOOR[p.dlt.dtype]
-    if p.dlt.numel() == 0:
+    if p.dlt.numel() == 0 or p.A2.numel() == 0:  # aminmax has no identity; with no states there is no decay
         return None
     d_lo, d_hi = (v.item() for v in torch.aminmax(p.dlt))
     a_lo, a_hi = (v.item() for v in torch.aminmax(p.A2))
@@ -285,6 +285,19 @@ class _ReferenceScan(torch.autograd.Function):
 
 def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                      z: Optional[Tensor], delta_bias: Optional[Tensor]) -> None:
+    # Types first: a None delta or a float D otherwise fails as an AttributeError inside the backend choice
+    # or the scan, and an integer u would be scanned in float32 and silently truncated on the way out.
+    args = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    for name, t in args.items():
+        optional = name in ("D", "z", "delta_bias")
+        if t is None and optional:
+            continue
+        if not isinstance(t, Tensor):
+            raise VmmError(f"selective_scan: {name} must be a torch.Tensor{' or None' if optional else ''}, "
+                           f"got {type(t).__name__}")
+        if name != "A" and not t.is_floating_point():
+            raise VmmError(f"selective_scan: {name} must be a real floating-point tensor, got {t.dtype}; "
+                           f"convert it with .float()")
     if u.dim() != 3:
         raise VmmError(f"selective_scan: u must be (batch, channels, length), got shape {tuple(u.shape)}")
     batch, channels, length = u.shape
@@ -292,6 +305,9 @@ def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
         raise VmmError(f"selective_scan: A must be (channels, state) = ({channels}, N), got {tuple(A.shape)}")
     if A.is_complex():
         raise VmmError("selective_scan: A must be real (complex A is not supported); pass -exp(A_log)")
+    if not A.is_floating_point():
+        raise VmmError(f"selective_scan: A must be a real floating-point tensor, got {A.dtype}; convert it with "
+                       f".float()")
     state = A.shape[1]
     expected = {"delta": (delta, (batch, channels, length)), "B": (B, (batch, state, length)),
                 "C": (C, (batch, state, length)), "D": (D, (channels,)), "z": (z, (batch, channels, length)),
@@ -430,6 +446,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     >>> y.shape, y.dtype
     (torch.Size([2, 8, 33]), torch.float32)
     """
+    # Checked here, not only in the reference: another backend (mamba-ssm's kernel) would fail on a bad shape
+    # deep inside its extension, and the choice below already needs u to be a tensor.
+    _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     chosen = _resolve_scan_backend(backend, u)
     _log_choice("selective_scan", chosen.name, u)
     return chosen.fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -446,6 +465,27 @@ def _conv_weight_2d(weight: Tensor) -> Tensor:
         raise VmmError(f"causal_conv1d: weight must be (channels, width) or (channels, 1, width), "
                        f"got shape {tuple(weight.shape)}")
     return weight
+
+
+def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The 2-D weight, after checks that turn what would be a conv1d error about groups or padded sizes (or an
+    AttributeError) into one that names the argument."""
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if not (isinstance(t, Tensor) or (name == "bias" and t is None)):
+            raise VmmError(f"causal_conv1d: {name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, "
+                           f"got {type(t).__name__}")
+    if x.dim() != 3:
+        raise VmmError(f"causal_conv1d: x must be (batch, channels, length), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise VmmError(f"causal_conv1d: x must be a real floating-point tensor, got {x.dtype}")
+    w = _conv_weight_2d(weight)
+    if w.shape[0] != x.shape[1] or w.shape[1] < 1:
+        raise VmmError(f"causal_conv1d: weight must be ({x.shape[1]}, width) or ({x.shape[1]}, 1, width) for x "
+                       f"of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (x.shape[1],):
+        raise VmmError(f"causal_conv1d: bias must have shape ({x.shape[1]},) for x of shape {tuple(x.shape)}, "
+                       f"got {tuple(bias.shape)}")
+    return w
 
 
 def _check_activation(activation: Optional[str]) -> bool:
@@ -467,7 +507,9 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, 
     tensor([1., 2., 3., 4., 4.])
     """
     silu = _check_activation(activation)
-    w = _conv_weight_2d(weight)
+    w = _check_conv_args(x, weight, bias)
+    if x.shape[-1] == 0:  # conv1d refuses an input shorter than the kernel, which padding cannot fix here
+        return torch.zeros_like(x)
     channels, width = w.shape
     cdt = _compute_dtype(x, w, bias)
     pad = (0, width - 1) if reverse else (width - 1, 0)
@@ -492,7 +534,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, acti
     True
     """
     _check_activation(activation)
-    width = _conv_weight_2d(weight).shape[-1]
+    width = _check_conv_args(x, weight, bias).shape[-1]
     cuda_ok = mamba_ssm_backend.causal_conv1d_available(x) and 2 <= width <= 4
     if backend is None:
         backend = "causal_conv1d" if cuda_ok else "reference"

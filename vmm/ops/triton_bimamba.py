@@ -36,8 +36,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from vmm.errors import VmmError
 from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available,
-                             on_device_of, tl, triton)
+                             on_device_of, tl, triton, unsupported_layer)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
@@ -689,8 +690,16 @@ def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor
         ...                      -t(2, 32, 16).exp(), t(2, 32), t(2, 32))
         ...     assert y.shape == (1, 9, 32)
     """
+    _check_d_state(A.shape[-1])
     return _scan_bc(u_f, u_b, dt_f, dt_b, z, torch.cat([B_f, C_f], -1), torch.cat([B_b, C_b], -1),
                     A, D, delta_bias)
+
+
+def _check_d_state(d_state: int) -> None:
+    why_not = unsupported_layer(d_state)
+    if why_not is not None:  # else a Triton compile error about arange, from deep inside the launch
+        raise VmmError(f"the fused Triton bimamba kernels cannot run a layer with {why_not}; use "
+                       f"vmm.ops.bimamba.bimamba_inner_xz, which runs such a layer with the reference backend")
 
 
 def _aligned_projections(x_proj_w: Tensor, dt_proj_w: Tensor) -> Tuple[Tensor, Tensor]:
@@ -802,6 +811,7 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     y = bimamba_inner_xz_triton(t(2, 11, 2 * E).transpose(1, 2), w(), w())
         ...     assert y.shape == (2, E, 11)
     """
+    _check_d_state(fwd.A_log.shape[-1])
     xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
     E = xzl.shape[-1] // 2
     conv_w = torch.stack([fwd.conv_weight.reshape(E, -1), bwd.conv_weight.reshape(E, -1)]).float()

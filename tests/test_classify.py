@@ -147,12 +147,40 @@ def test_portrait_frames_are_cropped_along_the_height():
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_views_equal_the_official_input_built_from_the_written_frames(video, backend):
+def test_views_equal_the_official_input_built_from_the_written_frames(video, backend, monkeypatch):
     path, frames = video
+    monkeypatch.setattr(vmm.classify, "_DECODE_CHUNK_BYTES", 3 * H * W * 5)  # decord fetches 5 frames a call
     views = read_views(path, T, SIZE, clips=4, crops=3, backend=backend)
     expected = torch.stack([reference_view(frames, idx, x) for idx in FOUR_CLIPS for x in THREE_CROPS])
     assert views.shape == (12, 3, T, SIZE, SIZE)
     assert torch.allclose(views, expected, atol=1e-6, rtol=0)
+
+
+def test_large_frames_are_resized_as_they_are_decoded(tmp_path):
+    """32 frames of 1080p: held whole and converted to float at once they took ~1 GB (a 64-frame checkpoint on a
+    4K phone video, 2 clips: 10 GB); resized one by one as decoded, the peak stays near one frame's worth.
+    PyAV, as decord's own buffers vary from run to run by a gigabyte."""
+    path = tmp_path / "hd.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame(1920, 1080, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        for _ in range(32):
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    script = ("import resource, sys\nfrom vmm.classify import read_views\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "views = read_views(sys.argv[1], 32, 32, 1, 1, sys.argv[2])\n"
+              "print(tuple(views.shape), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path), "pyav"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    shape, grown_mb = result.stdout.rsplit(maxsplit=1)
+    assert shape == "(1, 3, 32, 32, 32)"
+    assert int(grown_mb) < 500, f"reading the views grew the process by {grown_mb} MB"
 
 
 # -- classification --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from vmm.labels import load_labels
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_LABELS = "kinetics400"
+_DECODE_CHUNK_BYTES = 64 << 20  # decoded frames fetched per decord call, at most
 Labels = Union[None, str, Path, Sequence[str]]
 
 
@@ -123,33 +124,47 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     return torch.stack(views)
 
 
-def _read_decord(path: str, indices: list[int], num_video_frames: int, rotation: int = 0,
-                 mirrored: bool = False) -> dict[int, np.ndarray]:
-    # rotation is always 0 and mirrored False here: probing with decord refuses such files (it reads them as stored)
+def _short_side_uint8(size: Optional[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """One frame (H, W, 3) -> the same resized by :func:`resize_short_side`, back in uint8 (its values are whole)."""
+    if size is None:
+        return lambda frame: frame
+    return lambda frame: resize_short_side(frame[None], size)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def _read_decord(path: str, indices: list[int], info, prepare: Callable[[np.ndarray], np.ndarray]
+                 ) -> dict[int, np.ndarray]:
+    # info.rotation is always 0 and info.mirrored False here: probing with decord refuses such files (it reads
+    # them as stored)
     from index.decode import import_decord
 
     decord = import_decord()
+    # Fetched in chunks and resized at once: 4 clips of 64 frames of a 4K video are 6 GB as decoded.
+    step = max(1, _DECODE_CHUNK_BYTES // (3 * info.width * info.height))
+    frames = {}
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        batch = reader.get_batch(indices).asnumpy()
+        for first in range(0, len(indices), step):
+            chunk = indices[first:first + step]
+            frames.update(zip(chunk, map(prepare, reader.get_batch(chunk).asnumpy())))
     except Exception as error:  # decord raises its own DECORDError and RuntimeError
         message = " ".join(str(error).split())[:200]
         raise VmmError(f"{path}: decord cannot read frames {indices[:4]}...: {message}") from None
-    return dict(zip(indices, batch))
+    return frames
 
 
-def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: int = 0,
-               mirrored: bool = False) -> dict[int, np.ndarray]:
+def _read_pyav(path: str, indices: list[int], info, prepare: Callable[[np.ndarray], np.ndarray]
+               ) -> dict[int, np.ndarray]:
     import av
 
     from index.decode import upright_rgb
 
+    num_video_frames, orientation = info.num_frames, (info.rotation, info.mirrored)
     wanted, found, position, last = set(indices), {}, 0, None
     try:
         with av.open(path, metadata_errors="ignore") as container:
             for last in container.decode(container.streams.best("video")):
                 if position in wanted:
-                    found[position] = upright_rgb(last, rotation, mirrored)
+                    found[position] = prepare(upright_rgb(last, *orientation))
                 position += 1
                 if position > indices[-1]:
                     break
@@ -161,7 +176,7 @@ def _read_pyav(path: str, indices: list[int], num_video_frames: int, rotation: i
     if missing and (last is None or position < 0.9 * num_video_frames):
         raise VmmError(f"{path}: only {position} of {num_video_frames} frames could be decoded; "
                        "the file is truncated or corrupt")
-    final = upright_rgb(last, rotation, mirrored) if missing else None
+    final = prepare(upright_rgb(last, *orientation)) if missing else None
     return {i: found.get(i, final) for i in indices}
 
 
@@ -169,8 +184,11 @@ _FRAME_READERS = {"decord": _read_decord, "pyav": _read_pyav}
 
 
 def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
-                 backend: str = "auto") -> list[np.ndarray]:
+                 backend: str = "auto", size: Optional[int] = None) -> list[np.ndarray]:
     """The frames of each temporal view: ``num_clips`` uint8 arrays (num_frames, H, W, 3).
+
+    ``size``: resize each frame as it is decoded, short side to ``size`` (:func:`resize_short_side`), so that
+    only small frames are held; :func:`make_views` then finds them at their size and leaves them as they are.
 
     Probes with :func:`index.decode.probe_video`; reads the frames with the decoder that counted them
     (decord, or PyAV when decord cannot open or read the file). Raises VmmError for unreadable files.
@@ -193,8 +211,8 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
         try:
             info = probe_video(path, backend=name)
             clips = [sample_clip_indices(info.num_frames, num_frames, c, num_clips) for c in range(num_clips)]
-            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info.num_frames,
-                                          info.rotation, info.mirrored)
+            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info,
+                                          _short_side_uint8(size))
         except VmmError as e:
             error = e
             continue
@@ -205,7 +223,7 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
 def read_views(path: Union[str, Path], num_frames: int, size: int, clips: int = 1, crops: int = 1,
                backend: str = "auto") -> Tensor:
     """Decode and preprocess the ``clips x crops`` views of a video: (clips * crops, 3, num_frames, size, size)."""
-    return make_views(decode_clips(path, num_frames, clips, backend), size, crops)
+    return make_views(decode_clips(path, num_frames, clips, backend, size), size, crops)
 
 
 def _model_name(model: nn.Module) -> str:

@@ -494,6 +494,37 @@ def micro_step(accelerator, objective, optimizer, batch: dict, loss_cfg, clip_te
     return outputs, grad_norm
 
 
+def _agreed_batches(batches, accelerator):
+    """``batches`` (this process's micro-batches), stopping every process with one :class:`VmmError` when any
+    process's loader raised one (``data.max_retries`` corrupt samples in a row in its shard).
+
+    Such an error is one process's own: alone, it left the others waiting for it in the contrastive all-gather
+    (gloo: a "Connection closed by peer" traceback; NCCL: until the launcher's SIGTERM), and ``vmm.train`` prints
+    errors of process 0 only, so the run ended without a word of the data. So the processes agree on each
+    micro-batch before its forward (one integer all-reduce) and all raise the first failing process's error.
+    """
+    world = accelerator.num_processes
+    loaded = iter(batches)
+    while True:
+        error = None
+        try:
+            batch = next(loaded, None)
+        except VmmError as e:
+            batch, error = None, e
+        if world > 1:
+            failed = accelerator.reduce(torch.tensor([int(error is not None)], device=accelerator.device), "sum")
+            if int(failed.item()):
+                from accelerate.utils import gather_object
+                messages = gather_object([None if error is None else str(error)])
+                rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+                raise VmmError(f"[process {rank}] {message}") from None
+        elif error is not None:
+            raise error
+        if batch is None:
+            return
+        yield batch
+
+
 def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bool):
     """The frozen teachers the recipe's losses need, on the run's device: (CLIP teacher or None, VideoMamba
     teacher or None); a teacher whose patch size, output width or input size does not fit the student is refused."""
@@ -703,7 +734,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
                                       cfg.data.prefetch_factor, pin_memory=not cpu)
         if state.micro_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.micro_in_epoch)
-        for batch in data_mod.batches(loader):
+        for batch in _agreed_batches(data_mod.batches(loader), accelerator):
             lr = base_lr * lr_factor(state.global_step, total_steps, warmup, cfg.schedule.min_lr_ratio)
             outputs, grad_norm = micro_step(accelerator, objective, optimizer, batch, cfg.loss, clip_teacher,
                                             distill_teacher, lr, cfg.optim.grad_clip)

@@ -263,7 +263,15 @@ class Catalog:
                 ("generation", "1"),
                 ("created_at", repr(time.time())),
             ])
-        conn.close()  # checkpoints and removes the -wal file: the database is one file now
+        # The tables are in the -wal file until a checkpoint copies them into the database, and the rename below
+        # moves the database alone. close() checkpoints too, but ignores a failure: on a full disk it left half the
+        # pages behind, and the renamed catalog was "malformed" for good. A failed checkpoint raises here instead.
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        if os.path.exists(staging + "-wal") and os.path.getsize(staging + "-wal"):
+            raise sqlite3.OperationalError("database or disk is full")  # the checkpoint did not finish
         os.replace(staging, path)
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:

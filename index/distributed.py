@@ -524,7 +524,11 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
         coordinator = _TorchCoordinator(info, timeout_s)
         if info.rank == 0:
             run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        run_id, library = coordinator.broadcast("run", (run_id, library))  # a relative path may differ by rank
+        try:
+            run_id, library = coordinator.broadcast("run", (run_id, library))  # a relative path may differ by rank
+        except _PeerLost as error:
+            coordinator.close()
+            raise _lost_contact(info, error) from None
         return coordinator, run_id, library
     run_id = run_id or _run_id_from_environment()
     if not run_id:
@@ -657,7 +661,10 @@ def _plan_run(writer: LibraryWriter, roots: list[str], run_id: str, world_size: 
 
 
 def _run_rank(coordinator, info: LaunchInfo, run_id: str, library: str, encoder, settings: _Settings) -> None:
-    message = coordinator.broadcast("plan")
+    try:
+        message = coordinator.broadcast("plan")
+    except _PeerLost as error:  # rank 0 died while planning: a traceback of _PeerLost said less than this
+        raise _lost_contact(info, error) from None
     if message["error"]:
         raise VmmError(message["error"])
     run_dir = os.path.join(library, STAGING_DIR, run_id)
@@ -672,11 +679,15 @@ def _run_rank(coordinator, info: LaunchInfo, run_id: str, library: str, encoder,
         outcome = coordinator.broadcast("result")
         coordinator.barrier("finished")
     except _PeerLost as error:
-        raise VmmError(f"rank {info.rank} lost contact with the other ranks ({error}); the files finished so far "
-                       "are kept, run the same command again to do the rest") from None
+        raise _lost_contact(info, error) from None
     if outcome["error"]:
         raise VmmError(outcome["error"])
     return None
+
+
+def _lost_contact(info: LaunchInfo, error: _PeerLost) -> VmmError:
+    return VmmError(f"rank {info.rank} lost contact with the other ranks ({error}); the files finished so far are "
+                    "kept, run the same command again to do the rest")
 
 
 def _stage_and_report(plan: dict | None, info: LaunchInfo, run_dir: str, encoder, settings: _Settings) -> None:

@@ -65,7 +65,11 @@ class _Lock:
             os.close(self._fd)
             raise VmmError(f"library {library} is being written by {holder}; wait for it to finish") from None
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"pid {os.getpid()}".encode(), 0)
+        try:
+            os.pwrite(self._fd, f"pid {os.getpid()}".encode(), 0)
+        except OSError:
+            pass  # a full disk: the flock is what locks, the pid only names the holder (the catalog's writes then
+            # fail with a message that says to free space, where this ended the run with a traceback)
 
     def release(self) -> None:
         os.close(self._fd)  # closing drops the flock
@@ -381,6 +385,9 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
         dim = catalog.manifest().dim
         if (state is not None and state.generation == generation and state.factory_setting == setting
                 and _load_saved(library, state, dim, catalog, count, mmap=True) is not None):
+            # A run killed after switching the state but before deleting the old file leaves the state current:
+            # without this the old file (as large as the index) stayed until the catalog next changed.
+            _delete_leftovers(library, state.file)
             return state
         wanted = resolve_factory(setting, count, flat_max=flat_max)
         if "IVF" in wanted and count < _ivf_lists(wanted):
@@ -406,11 +413,20 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
         raise VmmError(f"cannot write the FAISS index of library {library} ({error.strerror or error}); every "
                        "finished file is in its catalog and searches find them: free space on its drive, then run "
                        "the same command again to write the index") from None
-    for old in glob.glob(os.path.join(library, "vectors.g*.faiss*")):
-        if os.path.basename(old) != name:
-            os.remove(old)
+    _delete_leftovers(library, name)
     catalog.prune_tombstones(generation)
     return new_state
+
+
+def _delete_leftovers(library: str, keep: str) -> None:
+    """Delete the FAISS files other than ``keep`` (the one the state names), and the temporary files of a writer
+    killed while replacing a file. Only the lock holder writes these, so any other is a dead writer's."""
+    leftovers = glob.glob(os.path.join(library, "vectors.g*.faiss*"))
+    leftovers += glob.glob(os.path.join(library, STATE_FILE + ".tmp.*"))
+    leftovers += glob.glob(os.path.join(library, MANIFEST_FILE + ".tmp.*"))
+    for old in leftovers:
+        if os.path.basename(old) != keep:
+            os.remove(old)
 
 
 def _load_saved(library: str, state: IndexState, dim: int, catalog: Catalog, count: int | None = None, *,

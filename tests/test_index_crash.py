@@ -1,4 +1,5 @@
 """SIGKILL an indexing process at several moments, resume, and compare with an uninterrupted run."""
+import os
 import signal
 import sqlite3
 import subprocess
@@ -177,3 +178,89 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
                             for hits in reader.search_vectors(queries, k=8)])
     assert answers[0] == answers[1]
     assert check_snapshot(library) == len(contents(reference)["clips"]) == 10 + 1 + 5
+
+
+# The child SIGKILLs itself inside the FAISS refresh at the end of its run: right after index-state.json names the
+# new FAISS file (before the old one is deleted), or halfway through writing index-state.json.
+KILL_IN_SYNC = """
+import os, signal, sys
+sys.path[:0] = {paths!r}
+import index.library
+from index.encoder import ColorHistogramEncoder
+from index.ingest import build_library
+_write = index.library.atomic_write_bytes
+def _write_then_die(path, data):
+    if path.endswith("index-state.json"):
+        if {after!r}:
+            _write(path, data)
+        else:
+            open(path + ".tmp." + str(os.getpid()), "wb").write(data[:10])
+        os.kill(os.getpid(), signal.SIGKILL)
+    _write(path, data)
+index.library.atomic_write_bytes = _write_then_die
+build_library([{root!r}], {library!r}, ColorHistogramEncoder(), workers=0, progress=False)
+"""
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["after-state-switch", "inside-state-write"])
+def test_a_run_killed_while_switching_the_faiss_file_leaves_nothing_behind(tmp_path, after):
+    """Killed after index-state.json named the new FAISS file, a run left the old one (as large as the index) for
+    good: the next run had nothing to save, found the state current and returned before deleting anything; a
+    state file's temporary was never deleted at all."""
+    root, library = tmp_path / "media", tmp_path / "library"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=1)
+    build_library([str(root)], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    videos.write_solid(str(root / "blue.mp4"), videos.BLUE, seconds=1)
+    script = KILL_IN_SYNC.format(paths=[str(REPO)], root=str(root), library=str(library), after=after)
+    assert subprocess.run([sys.executable, "-c", script], cwd=str(REPO)).returncode == -signal.SIGKILL
+    left = sorted(os.listdir(library))
+    assert len([n for n in left if n.endswith(".faiss")]) == 2, left  # the new one is written, the old not deleted
+    assert after or any(n.startswith("index-state.json.tmp.") for n in left), left
+
+    summary = build_library([str(root)], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    assert (summary.indexed, summary.unchanged) == (0, 2)
+    state = read_state(str(library))
+    assert [n for n in os.listdir(library) if ".faiss" in n or ".tmp." in n] == [state.file]
+    assert check_snapshot(library) == 2
+
+
+RANK_CLI = """
+import os, signal, sys
+sys.path[:0] = {paths!r}
+if os.environ["RANK"] == "0":
+    import index.distributed
+    def _die(*args, **kwargs):  # SIGKILLed while planning, before the plan reaches the other ranks
+        os.kill(os.getpid(), signal.SIGKILL)
+    index.distributed._plan_run = _die
+from vmm.cli import main
+sys.exit(main(["index", {root!r}, "--library", {library!r}, "--model", "color-histogram", "--quiet",
+               "--workers", "0"]))
+"""
+
+
+def test_rank_0_killed_while_planning_tells_the_other_ranks_in_one_line(tmp_path):
+    """The other ranks wait for rank 0's plan; when rank 0 died there, they ended with a traceback of an internal
+    exception (index.distributed._PeerLost) instead of the 'lost contact' error of a rank lost later."""
+    import socket
+
+    root, library = tmp_path / "media", tmp_path / "library"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if k not in ("VMM_RUN_ID", "SLURM_JOB_ID", "LOCAL_WORLD_SIZE")}
+    script = RANK_CLI.format(paths=[str(REPO)], root=str(root), library=str(library))
+    ranks = [subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in (0, 1)]
+    (_, _), (_, err) = [rank.communicate(timeout=120) for rank in ranks]
+    assert ranks[0].returncode == -signal.SIGKILL
+    lines = err.strip().splitlines()
+    assert ranks[1].returncode == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: rank 1 lost contact with the other ranks (") and "run the same command" in lines[0]
+    summary = build_library([str(root)], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    assert summary.indexed == 1 and check_snapshot(library) == 1

@@ -184,3 +184,50 @@ def test_a_full_disk_while_creating_the_catalog_names_sqlites_error(tmp_path):
     assert f"cannot write the library catalog in {library} (disk I/O error); check free space" in line
     assert vmm("index", tmp_path / "vids", "--library", library, *HIST).returncode == 0
     assert red_first(str(library))
+
+
+FULL_DISK = """
+set -e
+mount -t tmpfs -o size=4m tmpfs "$DRIVE"
+python - <<'PY'
+import os
+drive, free = os.environ["DRIVE"], int(os.environ["FREE"])
+st = os.statvfs(drive)
+with open(os.path.join(drive, "filler"), "wb") as f:
+    f.write(bytes(st.f_bavail * st.f_frsize - free))
+PY
+set +e
+"$@" 2>"$OUT/first.err"; echo $? >"$OUT/first.rc"
+rm "$DRIVE/filler"
+"$@" >"$OUT/second.out" 2>&1; echo $? >"$OUT/second.rc"
+cp -a "$DRIVE/lib" "$OUT/lib"
+"""
+
+
+@pytest.mark.parametrize("free", [0, 90_000], ids=["no-room-at-all", "room-for-the-wal-only"])
+def test_a_full_disk_while_a_library_is_made_leaves_a_library_to_make(tmp_path, free):
+    """A new catalog is written in WAL mode as catalog.sqlite.new and renamed into place. With room for its -wal
+    file but not for the checkpoint into the database, close() failed without a word, the rename moved the half-
+    checkpointed database away from its -wal, and every later run said the library was damaged, to be rebuilt
+    into a new folder. With no room at all, writing the pid into the lock file ended the run with a traceback."""
+    make_videos(tmp_path / "vids")
+    drive, out = tmp_path / "drive", tmp_path / "out"
+    drive.mkdir(), out.mkdir()
+    command = [sys.executable, "-m", "vmm.cli", "index", str(tmp_path / "vids"), "--library", str(drive / "lib"),
+               *HIST]
+    # A small file system of its own, in a mount namespace of its own: nothing is mounted outside the test.
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DRIVE": str(drive), "OUT": str(out), "FREE": str(free)}
+    try:
+        r = subprocess.run([*unshare, "bash", "-c", FULL_DISK, "full-disk", *command], capture_output=True,
+                           text=True, cwd=REPO, env=env, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare command")
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {r.stderr.strip()[-200:]}")
+    assert (out / "first.rc").read_text().strip() == "2"
+    line = one_error_line((out / "first.err").read_text())
+    assert "check free space" in line and "damaged" not in line, line
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.out").read_text()
+    assert "indexed 3 files (3 clips)" in (out / "second.out").read_text()
+    assert red_first(str(out / "lib"))

@@ -289,11 +289,18 @@ class VideoLibrary:
         # per_video: more videos than the library (or the filter) holds cannot come, however deep the fetch
         videos = (len(allowed) if where is not None else sum(r.status == "ok" for r in reader.files.values())
                   ) if per_video else 0
-        fetch, moments, itm = min(total, 4 * max(k, rerank)), [], {}
+        fetch, moments, itm, options = min(total, 4 * max(k, rerank)), [], {}, {}
         # Fetch deeper until k moments (or videos) are final: one long video can fill any fixed depth with its
         # windows and leave fewer than k results, each cut short by the depth.
         while fetch:
-            hits = reader.search_vectors(query, k=fetch, where=where)[0]
+            hits = reader.search_vectors(query, k=fetch, where=where, **options)[0]
+            if where is None and len(hits) < fetch and not options:
+                # Unfiltered, the snapshot holds `total` >= fetch clips: a short answer is an IVF whose nprobe
+                # lists hold fewer than fetch clips (or an HNSW graph cut short), not the end of the library,
+                # and fetching deeper returned the same few (k=50 gave 32 hits of 594). Ask again exhaustively.
+                from index.store import IVF_NLIST_MAX
+                options = {"nprobe": IVF_NLIST_MAX, "ef_search": total}
+                continue
             complete = fetch == total or len(hits) < fetch
             if not complete:  # clips tied with the last are ordered by FAISS beyond it, not by the ranking
                 hits = [h for h in hits if h.score > hits[-1].score]

@@ -336,3 +336,48 @@ def test_relative_path_glob_is_taken_from_the_current_folder(setup, capsys, monk
                             (vids.name, everything), (f"{vids.name}/", everything), (str(vids), everything)]:
         assert main(["search", str(lib), "a red screen", "--json", "--path", pattern]) == 0
         assert {h["path"] for h in json.loads(capsys.readouterr().out)} == wanted, pattern
+
+
+def test_path_names_an_existing_file_or_folder_as_written(tmp_path, capsys):
+    """Brackets in a real name were read as a glob character class: `--path "[2019] trip"` gave "no results"."""
+    trip, other = tmp_path / "[2019] trip", tmp_path / "other"
+    trip.mkdir(), other.mkdir()
+    videos.write_solid(str(trip / "[intro] a.mp4"), videos.RED)
+    videos.write_solid(str(other / "b.mp4"), videos.RED)
+    query = videos.write_solid(str(tmp_path / "query.mp4"), videos.RED)
+    lib = tmp_path / "lib"
+    assert main(["index", str(trip), str(other), "--library", str(lib), "--model", "color-histogram", "--quiet",
+                 "--workers", "0"]) == 0
+
+    def paths(pattern):
+        capsys.readouterr()
+        assert main(["search", str(lib), "--video", query, "--json", "--path", pattern]) == 0
+        return {h["path"] for h in json.loads(capsys.readouterr().out)}
+
+    assert paths(str(trip)) == paths(str(trip / "[intro] a.mp4")) == {str(trip / "[intro] a.mp4")}
+    assert paths(str(tmp_path / "*" / "[[]intro]*")) == {str(trip / "[intro] a.mp4")}  # still a glob
+    (tmp_path / "link").symlink_to(other)  # the library holds the videos under the folder they were indexed from
+    assert paths(str(tmp_path / "link")) == paths(str(tmp_path / "link" / "b.mp4")) == {str(other / "b.mp4")}
+    # A folder gone from disk (an unmounted drive) still means the videos the library holds under it.
+    other.rename(tmp_path / "away")
+    assert paths(str(other)) == {str(other / "b.mp4")}
+
+
+def test_table_rounds_times_up_to_the_next_minute(tmp_path, capsys):
+    """A 59.9976 s video (658 frames at 11000/1003 fps) was listed as ending at "0:60.00"."""
+    import fractions
+
+    import av
+    with av.open(str(tmp_path / "v.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=fractions.Fraction(11000, 1003))
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for i in range(658):
+            frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), i % 255, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    lib = tmp_path / "lib"
+    assert main(["index", str(tmp_path / "v.mp4"), "--library", str(lib), "--model", "color-histogram", "--window",
+                 "0", "--quiet", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(lib), "--video", str(tmp_path / "v.mp4")]) == 0
+    assert "0:00.00-1:00.00" in capsys.readouterr().out

@@ -279,3 +279,18 @@ def test_a_library_of_a_checkpoint_file_reopens_at_its_own_frames(tmp_path):
     again = VideoLibrary.create(lib_dir, model="vmm_nano", checkpoint=str(ckpt), device="cpu")
     assert again.encoder.num_frames == 8
     assert len(VideoLibrary.open(lib_dir, device="cpu")) == 2
+
+
+def test_an_ivf_whose_probed_lists_hold_few_clips_still_gives_k_results(tmp_path):
+    """IVF256 visits 16 lists by default, here about 30 of 400 clips: k=50 gave those 30, as if the library ended."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        colours = [np.full((24, 32, 3), rng.integers(0, 255, 3), np.uint8) for _ in range(100)]
+        videos.write_frames(str(tmp_path / f"v{i}.mp4"), [c for c in colours for _ in range(2)], fps=2)
+    lib = VideoLibrary.create(tmp_path / "lib", model="color-histogram")
+    lib.add(tmp_path, workers=0, factory="IVF256,Flat", window=2, stride=0.5)
+    assert "IVF256" in lib._reader._base.factory
+    unfiltered = lib.search(video=tmp_path / "v0.mp4", k=50, merge=False)
+    filtered = lib.search(video=tmp_path / "v0.mp4", k=50, merge=False, where={"path_glob": "*"})
+    assert len(unfiltered) == 50 and [h.clip_ids for h in unfiltered] == [h.clip_ids for h in filtered]
+    assert len(lib.search(video=tmp_path / "v0.mp4", k=10**6, merge=False)) == len(lib)

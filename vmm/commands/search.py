@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fmt_time(t: float) -> str:
-    m, s = divmod(t, 60)
-    return f"{int(m)}:{s:05.2f}"
+    # Rounded before splitting: the end of a 59.997 s video printed as "0:60.00".
+    m, cs = divmod(round(t * 100), 6000)
+    return f"{m}:{cs // 100:02d}.{cs % 100:02d}"
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -122,6 +123,14 @@ def _absolute_glob(pattern):
         return pattern
     import glob
     absolute = os.path.normpath(os.path.abspath(os.path.expanduser(pattern)))
-    if not glob.has_magic(pattern) and os.path.isdir(absolute):
-        return os.path.join(absolute, "*")  # a folder means the videos under it
-    return absolute
+    if glob.has_magic(pattern) and not os.path.exists(absolute):
+        return absolute
+    # A file or folder that exists is meant as written: "[intro] clip.mp4" or "[2019] holidays" read as a glob
+    # (a character class) matched nothing. A folder means the videos under it, also one no longer on disk (an
+    # unmounted drive) whose videos the library still holds; one reached through a symlink also means its target,
+    # which is where the library holds them when they were indexed from there (as `vmm index --remove` does).
+    globs = []
+    for path in dict.fromkeys((absolute, os.path.realpath(absolute))):
+        literal = glob.escape(path)
+        globs += [literal] if os.path.isfile(path) else [literal, os.path.join(literal, "*")]
+    return globs

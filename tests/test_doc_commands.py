@@ -225,7 +225,7 @@ def test_documented_command_parses(command, monkeypatch):
 VIDEOS = {"red.mp4": 2, "square.mp4": 2, "holidays/long.mp4": 61, "holidays/beach.mp4": 2, "old/green.mp4": 2}
 QUERY_SOURCE = "square.mp4"  # query.mp4 is a copy: a search by it must rank this video first
 ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(.+?)\s+\d+:\d\d\.\d\d-\d+:\d\d\.\d\d\s*$", re.M)
-JSON_FIELDS = {"rank", "score", "path", "start", "end", "clip_ids", "itm"}  # as docs/search.md lists them
+JSON_FIELDS = {"rank", "score", "path", "start", "end", "clip_ids", "itm", "exists"}  # as docs/search.md lists them
 
 
 def _make_videos(home: Path, work: Path) -> None:

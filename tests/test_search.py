@@ -158,6 +158,9 @@ def test_table_marks_a_file_deleted_since_indexing(setup, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [("gone.mp4" in line, "file not found" in line) for line in lines if ".mp4" in line] in (
         [(True, True), (False, False)], [(False, False), (True, True)])
+    assert main(["search", str(tmp_path / "lib"), "a red screen", "-k", "5", "--json"]) == 0
+    assert {os.path.basename(h["path"]): h["exists"] for h in json.loads(capsys.readouterr().out)} == {
+        "gone.mp4": False, "kept.mp4": True}  # the table's words, for a script
 
 
 def test_incremental_add_and_remove(setup, tmp_path):

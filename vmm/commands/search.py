@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         hits = lib.search(text=args.text, video=args.video, k=min(args.k, size), rerank=min(args.rerank, size),
                           where=where, per_video=args.per_video, merge=not args.no_merge)
     if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        # "exists": what the table says in words, for a script (a file deleted or moved since the last vmm index)
+        print(json.dumps([{**h.to_dict(), "exists": os.path.exists(h.path)} for h in hits], indent=2))
         return 0
     if not hits:
         print("no results")

@@ -66,12 +66,21 @@ def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
                    "or pass tokenizer=<folder with vocab.txt>")
 
 
+def _python_wordpiece_class():
+    # The official code ran the pure-Python BertTokenizer. The Rust ("fast") one gives other ids for rare characters:
+    # it keeps unassigned code points (Python drops them as control characters: "a\u0378b" is "ab", not [UNK]), reads
+    # accents and punctuation from its own older Unicode tables, and does not split CJK U+2B820-U+2B91F off.
+    try:  # transformers 5, where BertTokenizer is the Rust one
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+        return BertTokenizerLegacy
+    except ImportError:  # transformers 4
+        from transformers import BertTokenizer
+        return BertTokenizer
+
+
 def _build_wordpiece(cls, vocab_file: Path):
-    # transformers 5 takes the vocabulary as `vocab=` and silently ignores `vocab_file=`; 4.x is the reverse.
     vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
-    tok = cls(vocab=vocab, do_lower_case=True)
-    if tok.convert_tokens_to_ids("[CLS]") != vocab.get("[CLS]"):
-        tok = cls(vocab_file=str(vocab_file), do_lower_case=True)
+    tok = cls(vocab_file=str(vocab_file), do_lower_case=True)
     if tok.convert_tokens_to_ids("[CLS]") != vocab.get("[CLS]") or tok.vocab_size != len(vocab):
         raise VmmError(f"could not build a WordPiece tokenizer from {vocab_file}; is it a BERT vocab.txt?")
     return tok
@@ -88,11 +97,10 @@ class Tokenizer:
     """
 
     def __init__(self, vocab: Optional[Union[str, Path]] = None, max_length: int = 32, clean: bool = True):
-        from transformers import BertTokenizerFast
         self.vocab_file = find_vocab(vocab)
         self.max_length = check_max_length(max_length)
         self.clean = clean
-        self._tok = _build_wordpiece(BertTokenizerFast, self.vocab_file)
+        self._tok = _build_wordpiece(_python_wordpiece_class(), self.vocab_file)
         self.vocab_size = self._tok.vocab_size
         self.pad_token_id, self.cls_token_id = self._tok.pad_token_id, self._tok.cls_token_id
         self.sep_token_id, self.mask_token_id = self._tok.sep_token_id, self._tok.mask_token_id
@@ -107,6 +115,8 @@ class Tokenizer:
             import torch
             empty = torch.zeros((0, max_length), dtype=torch.long)
             return empty, empty.clone()
+        if max_length == 2:  # no room for a word, and transformers 4 would log an error and not truncate at all
+            texts = [""] * len(texts)
         if self.clean if clean is None else clean:
             from vmm.data.text import clean_caption
             texts = [clean_caption(t) for t in texts]

@@ -6,11 +6,10 @@ whole sequence, then a per-token Python loop: mamba-ssm's ``selective_scan_ref``
 vmm's reference scan buys.
 
     python benchmarks/cpu_encoder.py                 # Ti and M, baseline for Ti
-    python benchmarks/cpu_encoder.py --baseline tiny middle --repeats 3
+    python benchmarks/cpu_encoder.py --baseline videomamba_tiny videomamba_middle --repeats 3
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 import vmm
-from common import cpu_name
+from common import cpu_name, parser, positive_int
 from scan_cpu import naive_per_token_scan
 from vmm.ops.selective_scan import register_backend, unregister_backend
 
@@ -38,13 +37,25 @@ def time_model(model, x, repeats: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__file__, __doc__)
     ap.add_argument("--models", nargs="+", default=["videomamba_tiny", "videomamba_middle"])
-    ap.add_argument("--baseline", nargs="*", default=["videomamba_tiny"], help="models also timed with the naive scan")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--baseline", nargs="*", default=None,
+                    help="models also timed with the naive scan [videomamba_tiny when timed]")
+    ap.add_argument("--repeats", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_encoder.json"))
     args = ap.parse_args()
+    # Checked before any timing: an unknown name was a traceback after the models before it had run, and a
+    # --baseline name outside --models (the docstring's "tiny middle") silently timed no baseline.
+    for name in args.models:
+        if name not in vmm.list_models():
+            ap.error(f"argument --models: unknown model {name!r}; e.g. videomamba_tiny or videomamba_middle")
+    if args.baseline is None:
+        args.baseline = [name for name in args.models if name == "videomamba_tiny"]
+    for name in args.baseline:
+        if name not in args.models:
+            ap.error(f"argument --baseline: {name!r} is not one of --models ({' '.join(args.models)}); "
+                     f"name the models to time with the naive scan as --models names them")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ Needs a CUDA GPU and, for the official-style rows, mamba-ssm's ``selective_scan_
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import encoder_speed as es  # noqa: E402
+from common import cpu_name, parser, positive_int  # noqa: E402
 import vmm  # noqa: E402
 from vmm.ops import triton_bimamba  # noqa: E402
 
@@ -31,10 +31,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__file__, __doc__)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--frames", type=positive_int, default=8)
+    p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         rows["official-style (mamba-ssm), fp32"] = run(official, False)
         rows["official-style (mamba-ssm), bf16"] = run(official, True)
     errors = {name: rel(v, ref) for name, v in rows.items()}
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "frames": args.frames,
+    res = {"gpu": torch.cuda.get_device_name(), "cpu": cpu_name(), "torch": torch.__version__, "frames": args.frames,
            "batch": args.batch, "causal_conv1d": es.causal_conv1d_fn is not None,
            "rel_error_vs_fp32_reference": errors}
     if "official-style (mamba-ssm), bf16" in rows:

@@ -12,7 +12,6 @@ PyTorch's conv. Timings: CUDA events, median of the timed repeats after warm-up,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -27,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import cpu_name, parser, positive_int  # noqa: E402
 from vmm.ops import triton_bimamba, triton_conv  # noqa: E402
 from vmm.models.layers import RMSNorm  # noqa: E402
 from vmm.ops.bimamba import DirectionWeights  # noqa: E402
@@ -555,7 +556,7 @@ def fmt(x, nd=1):
 
 def write_markdown(res, path: Path):
     gpu = res["gpu"]
-    lines = [f"# Encoder speed on {gpu}", "",
+    lines = [f"# Encoder speed on {gpu}" + (f" ({res['cpu']})" if res.get("cpu") else ""), "",
              f"torch {res['torch']}, triton {res['triton']}, bf16 autocast, 224x224; "
              f"mamba-ssm kernel: {res['mamba_ssm']}, causal-conv1d: {res['causal_conv1d']}.", ""]
     rows = res.get("encoders", [])
@@ -632,17 +633,19 @@ def plot(res, path: Path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__file__, __doc__)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--frames", type=positive_int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--sizes", nargs="+", default=["m", "s", "ti"], choices=list(SIZES))
-    p.add_argument("--sections", nargs="+", default=["scan", "encoders", "train", "profile"])
+    # a misspelt section ("encoder") ran nothing and wrote empty tables over --out
+    p.add_argument("--sections", nargs="+", default=["scan", "encoders", "train", "profile"],
+                   choices=["scan", "encoders", "train", "profile"])
     # One batch at every length, the issue's 64: at 32 the scan's 2304 programs (VideoMamba-M) are 1.09 waves of an
     # H200's resident slots at the 128-register cap (1.45 at 168), so much of the second wave idles (64 frames, cap
     # 160: 75.5 clips/s at batch 32, 78.5 at 64; the joint ViT-B 47.1 at both)
-    p.add_argument("--batch", type=int, default=64, help="encoder batch at every frame count")
-    p.add_argument("--scan-batch", type=int, default=32)
-    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--batch", type=positive_int, default=64, help="encoder batch at every frame count")
+    p.add_argument("--scan-batch", type=positive_int, default=32)
+    p.add_argument("--train-batch", type=positive_int, default=16)
     p.add_argument("--budget", type=float, default=1.5, help="seconds of timed repeats per measurement")
     p.add_argument("--official-all", action="store_true", help="official-style baseline for Ti and S too")
     p.add_argument("--max-wall", type=float, default=1e9, help="skip remaining encoder runs after this many s")
@@ -654,11 +657,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+    # the CPU too: the official-style path's many small launches make its numbers depend on the host
+    res = {"gpu": torch.cuda.get_device_name(), "cpu": cpu_name(), "torch": torch.__version__,
+           "triton": triton.__version__,
            "mamba_ssm": "selective_scan_cuda" if selective_scan_cuda is not None else "missing",
            "causal_conv1d": "yes" if causal_conv1d_fn is not None else "no (PyTorch conv)",
            "args": {k: str(v) for k, v in vars(args).items()}}
-    log(f"GPU: {res['gpu']}  torch {res['torch']}  triton {res['triton']}  mamba-ssm {res['mamba_ssm']}")
+    log(f"GPU: {res['gpu']}  CPU: {res['cpu']}  torch {res['torch']}  triton {res['triton']}  "
+        f"mamba-ssm {res['mamba_ssm']}")
     t0 = args.t0 = time.time()
     if "scan" in args.sections:
         scan_section(args, res)

@@ -43,7 +43,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
-from common import cpu_name  # noqa: E402
+from common import cpu_name, parser, positive_int  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -52,6 +52,7 @@ from index.ingest import build_library, default_workers, usable_cpus  # noqa: E4
 from index.library import LibraryWriter, _sync  # noqa: E402
 from index.store import VectorStore, auto_nlist, default_nprobe, resolve_factory  # noqa: E402
 from vmm.embedder import VideoTextEncoder  # noqa: E402
+from vmm.errors import VmmError  # noqa: E402
 
 
 # -- hardware ---------------------------------------------------------------------------------------------
@@ -335,20 +336,32 @@ def _size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 0.2:  # at 25 fps, a few frames; also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length in seconds of at least 0.2")
+    return value
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__file__, __doc__)
     ap.add_argument("--quick", action="store_true", help="8 videos, 10k/100k vectors, 2000 merged files")
-    ap.add_argument("--videos", type=int, default=None, help="videos to generate [24; quick: 8]")
-    ap.add_argument("--video-seconds", type=float, default=10.0)
+    ap.add_argument("--videos", type=positive_int, default=None, help="videos to generate [24; quick: 8]")
+    ap.add_argument("--video-seconds", type=_seconds, default=10.0)
     ap.add_argument("--video-size", type=_size, default=(320, 240), metavar="WxH",
                     help="size of the generated videos [320x240; 1920x1080 for HD libraries]")
-    ap.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
-    ap.add_argument("--workers", type=int, default=None,
+    ap.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch [16]")
+    # at least one: the decoders' CPU time is read from the child processes
+    ap.add_argument("--workers", type=positive_int, default=None,
                     help="decoder processes [as vmm index: cores - 1, at most 8 for an encoder on the CPU, 32 on a GPU]")
-    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="library sizes [10000 100000 1000000]")
-    ap.add_argument("--ivf-train-per-list", type=int, default=16,
+    ap.add_argument("--sizes", type=positive_int, nargs="+", default=None, help="library sizes [10000 100000 1000000]")
+    ap.add_argument("--ivf-train-per-list", type=positive_int, default=16,
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")
-    ap.add_argument("--merge-files", type=int, default=None, help="files staged for the merge [4000; quick: 2000]")
+    ap.add_argument("--merge-files", type=positive_int, default=None,
+                    help="files staged for the merge [4000; quick: 2000]")
     ap.add_argument("--model", default="vmm_nano",
                     help="model to embed with, random weights [vmm_nano; videomamba_m16_25m: official size]")
     ap.add_argument("--video-dir", default=None, help="index these .mp4 files instead of writing new ones")
@@ -364,6 +377,15 @@ def main() -> None:
         write_videos(Path(args.write_videos), args.videos, args.video_seconds, *args.video_size)
         print(f"wrote {args.videos} videos to {args.write_videos}")
         return
+    # Checked before any work: a missing folder was a traceback, and one without .mp4 files a run of 0 videos
+    # written as a result; an unknown model a traceback after the videos were written.
+    if args.video_dir and "indexing" not in args.skip and not sorted(Path(args.video_dir).glob("*.mp4")):
+        found = "holds no .mp4 files" if Path(args.video_dir).is_dir() else "is not a folder"
+        ap.error(f"argument --video-dir: {args.video_dir} {found}; write the videos first with "
+                 f"--write-videos {args.video_dir}, or leave --video-dir out to write them in a temp folder")
+    if "indexing" not in args.skip and not Path(args.model).is_dir() and args.model not in vmm.list_models():
+        ap.error(f"argument --model: {args.model!r} is neither a registered model nor a save_pretrained folder; "
+                 f"e.g. vmm_nano or videomamba_m16_25m")
     gpu = torch.cuda.is_available()
     out = Path(args.out or REPO / "benchmarks" / "results" / f"indexing_{'gpu' if gpu else 'cpu'}.json")
 
@@ -424,4 +446,8 @@ def report(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VmmError as error:  # e.g. a damaged model folder: one line, as vmm index prints it
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

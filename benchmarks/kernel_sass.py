@@ -20,11 +20,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from common import non_negative_int, parser, positive_int  # noqa: E402
 from vmm.ops import triton_bimamba as tb  # noqa: E402
 from vmm.ops import triton_conv as tc  # noqa: E402
 
@@ -94,19 +96,30 @@ def report(name: str, compiled) -> None:
     print(f"  loops carry {carried} values")
 
 
+def _tile(text: str) -> int:
+    value = non_negative_int(text)
+    if value & (value - 1):  # the kernel's tl.arange over a tile: a Triton CompilationError traceback before
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 (one step at a time) or a power of two")
+    return value
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__file__, __doc__)
     p.add_argument("--kernel", choices=["fwd", "bwd", "conv", "all"], default="all")
-    p.add_argument("--tile", type=int, default=tb.FWD_TILE, help="forward steps per tile (FWD_TILE)")
-    p.add_argument("--maxnreg", type=int, default=tb.FWD_MAXNREG, help="forward register cap (FWD_MAXNREG)")
-    p.add_argument("--pfbc", type=int, default=tb.FWD_PREFETCH_BC, help="forward B/C L1 prefetch (FWD_PREFETCH_BC)")
-    p.add_argument("--ck", type=int, default=tb.BWD_CK, help="backward checkpoint interval (BWD_CK)")
+    p.add_argument("--tile", type=_tile, default=tb.FWD_TILE, help="forward steps per tile (FWD_TILE)")
+    p.add_argument("--maxnreg", type=non_negative_int, default=tb.FWD_MAXNREG,
+                   help="forward register cap (FWD_MAXNREG; 0: none)")
+    p.add_argument("--pfbc", type=non_negative_int, default=tb.FWD_PREFETCH_BC,
+                   help="forward B/C L1 prefetch (FWD_PREFETCH_BC)")
+    p.add_argument("--ck", type=positive_int, default=tb.BWD_CK, help="backward checkpoint interval (BWD_CK)")
     args = p.parse_args(argv)
     if args.kernel in ("fwd", "all"):
         fwd = compile_sm90(tb._bimamba_fwd_kernel,
                            {"N": 16, "BLOCK_E": tb.FWD_BLOCK_E, "TILE": args.tile, "SAVE": False, "CK": args.ck,
                             "GATE": tb.FWD_GATE_IN_SCAN, "PF": tb.FWD_PREFETCH, "PFBC": args.pfbc,
-                            "INTERP": False}, {"num_warps": tb.FWD_WARPS, "maxnreg": args.maxnreg})
+                            "INTERP": False},
+                           # 0 is no cap, as the library launches it (ptxas refused a cap of 0)
+                           {"num_warps": tb.FWD_WARPS, **({"maxnreg": args.maxnreg} if args.maxnreg else {})})
         report(f"_bimamba_fwd_kernel (tile {args.tile}: a loop body is {args.tile} steps of one direction)", fwd)
     if args.kernel in ("bwd", "all"):
         bwd = compile_sm90(tb._bimamba_bwd_kernel,

@@ -10,9 +10,7 @@ twin?), where a model blind to frame order sits at 50% by construction.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +20,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: python benchmarks/nano_synthetic.py
+sys.path.insert(0, str(HERE))
+
+from common import cpu_name, parser  # noqa: E402
 
 
 def pair_accuracy(model_dir: str, corpus: Path) -> dict:
@@ -45,19 +46,31 @@ def pair_accuracy(model_dir: str, corpus: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__file__, __doc__)
     ap.add_argument("--model", default=str(HERE.parent / "vmm" / "weights" / "vmm_nano"))
     ap.add_argument("--baseline", required=True, help="the frame-mean baseline trained by the same recipe")
     ap.add_argument("--corpus", help="an existing seed-0 corpus (default: regenerate it in a temp folder)")
     ap.add_argument("--out", default=str(HERE / "results" / "nano_synthetic.json"))
     args = ap.parse_args()
+    # Checked before the corpus is written and the first model evaluated: a wrong path was a traceback minutes in.
+    for option, path in (("--model", args.model), ("--baseline", args.baseline)):
+        if not (Path(path) / "config.json").is_file():
+            ap.error(f"argument {option}: {path} is not a save_pretrained model folder (config.json); e.g. the "
+                     f"final folder of a run of configs/pretrain/vmm_nano_framemean_synthetic.yaml")
+    if args.corpus and not all((Path(args.corpus) / f"{split}.json").is_file() for split in ("test", "test_order")):
+        ap.error(f"argument --corpus: {args.corpus} has no test.json and test_order.json; leave --corpus out to "
+                 f"regenerate the seed-0 corpus")
     from retrieval.evaluate import EvalConfig, evaluate
     from vmm.data.synthetic import generate_corpus
     corpus = Path(args.corpus) if args.corpus else Path(tempfile.mkdtemp()) / "corpus"
     if not args.corpus:
         generate_corpus(corpus, num_videos=1500, seed=0)
-    results = {"cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-               "corpus": "synthetic seed 0, 1500 videos; test split 150 videos, 37 order-sensitive pairs"}
+    # Counted from the corpus used: the description was fixed to the seed-0 one even for a --corpus of another size.
+    tests = len(json.loads((corpus / "test.json").read_text()))
+    pairs = len({it["pair_id"] for it in json.loads((corpus / "test_order.json").read_text())})
+    results = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"),
+               "corpus": (args.corpus if args.corpus else "synthetic seed 0, 1500 videos")
+               + f"; test split {tests} videos, {pairs} order-sensitive pairs"}
     for name, model in (("vmm_nano", args.model), ("frame_mean_baseline", args.baseline)):
         row = {}
         for split in ("test", "test_order"):
@@ -68,8 +81,10 @@ def main() -> None:
         row["pair_accuracy"] = pair_accuracy(model, corpus)
         results[name] = row
         print(name, json.dumps(row))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost the whole run's numbers
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{'model':<22}{'test t2v R@1 (ITC)':>20}{'order t2v R@1 (ITC)':>21}{'pair acc ITC':>14}{'pair acc ITM':>14}")
+    print(f"\n{results['cpu']}, {results['corpus']}")
+    print(f"{'model':<22}{'test t2v R@1 (ITC)':>20}{'order t2v R@1 (ITC)':>21}{'pair acc ITC':>14}{'pair acc ITM':>14}")
     for name in ("vmm_nano", "frame_mean_baseline"):
         r = results[name]
         print(f"{name:<22}{r['test']['emb']['t2v']['R@1']:>20.1f}{r['test_order']['emb']['t2v']['R@1']:>21.1f}"
@@ -77,4 +92,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from vmm.errors import VmmError
+    try:
+        main()
+    except VmmError as error:  # a damaged model folder or corpus: one line, as vmm eval prints it
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

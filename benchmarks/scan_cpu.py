@@ -15,7 +15,6 @@ thread; ``OMP_WAIT_POLICY=PASSIVE`` avoids most of that (see docs/kernels.md).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import cpu_name
+from common import cpu_name, parser, positive_int
 from vmm.ops import selective_scan_ref
 
 SHAPES = {"videomamba_tiny": dict(E=384, depth=24, target_ms=15.0),
@@ -103,10 +102,10 @@ def bench_shape(name: str, rounds: int, naive_every: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--naive-every", type=int, default=5, help="time the slow baseline every Nth round")
+    ap = parser(__file__, __doc__)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--rounds", type=positive_int, default=15)
+    ap.add_argument("--naive-every", type=positive_int, default=5, help="time the slow baseline every Nth round")
     ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scan_cpu.json"))
     args = ap.parse_args()

@@ -8,9 +8,9 @@ runs in its own launched job; results and the device name go to one JSON file.
     # GPU: VideoMamba-M and vmm_nano, stage 1 (masked + CLIP teacher) and 2, on 1 and 2 GPUs
     python benchmarks/train_throughput.py --models videomamba_m16 vmm_nano --stages 1 2 --processes 1 2 \
         --batch-size 32 --out benchmarks/results/train_throughput_gpu.json
-    # CPU smoke variant (what runs on a laptop)
+    # CPU smoke variant (what runs on a laptop; docs/training.md has the recorded CPU run)
     python benchmarks/train_throughput.py --cpu --models vmm_nano --stages 2 --processes 1 --batch-size 2 \
-        --steps 3 --warmup 1 --out benchmarks/results/train_throughput_cpu.json
+        --steps 3 --warmup 1 --out /tmp/train_throughput_cpu.json
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import cpu_name, non_negative_int, parser as make_parser, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,15 +141,17 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__file__, __doc__)
     parser.add_argument("--models", nargs="+", default=["videomamba_m16", "vmm_nano"], choices=sorted(MODELS))
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=[1, 2],
                         help="1: masked with the CLIP teacher (UTA); 2: unmasked")
-    parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--batch-size", type=int, default=32, help="per process")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--precision", default=None, help="bf16 (GPU default) or no (CPU default)")
+    # Checked here: a bad count or precision failed inside each launched job, one "failed:" line per job.
+    parser.add_argument("--processes", nargs="+", type=positive_int, default=[1, 2])
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="per process")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--warmup", type=non_negative_int, default=5)
+    parser.add_argument("--precision", default=None, choices=["no", "fp16", "bf16"],
+                        help="bf16 (GPU default) or no (CPU default)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even if CUDA is present")
     parser.add_argument("--out", default=None, help="JSON file for the results")
@@ -178,11 +182,11 @@ def main(argv=None) -> int:
                     and r.get("processes") == 1 and "error" not in r), None)
         if one and "error" not in row:
             row["scaling_efficiency"] = row["samples_per_s"] / (row["processes"] * one["samples_per_s"])
-    report = {"device": device_name(args.cpu), "torch": torch.__version__,
+    report = {"device": device_name(args.cpu), "cpu": cpu_name(), "torch": torch.__version__,
               "cuda_devices": torch.cuda.device_count() if not args.cpu else 0,
               "settings": {"batch_per_process": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                            "precision": args.precision}, "results": rows}
-    print(f"device: {report['device']}")
+    print(f"device: {report['device']}" + ("" if args.cpu else f"; CPU: {report['cpu']}"))
     for row in rows:
         if "scaling_efficiency" in row and row["processes"] > 1:
             print(f"{row['model']} stage {row['stage']}: scaling efficiency on {row['processes']} processes "

@@ -78,3 +78,58 @@ def test_model_names_mean_their_released_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(VmmError, match=r"videomamba_m16_25M_f8_res224\.pth .*--checkpoint"):
         load_encoder("videomamba_m16_25m", device="cpu")
+
+
+def _demo_lines(out: str) -> list[str]:
+    """The demo's output without what depends on the clock ("in 0.4 s", "done in 3 s", clips/s)."""
+    import re
+    return [re.sub(r"\(?\d+\.\d+ s\)?|\(\d+\.\d+ clips/s\)|done in \d+ s", "T", line) for line in out.splitlines()]
+
+
+@pytest.mark.slow
+def test_demo_run_again_in_its_folder_indexes_nothing_new_and_prints_the_same(tmp_path, capsys):
+    from vmm.demo import DEMO_MARKER, DemoConfig, run_demo
+    cfg = DemoConfig(out_dir=tmp_path / "demo", num_videos=4, queries=1, workers=0, device="cpu")
+    first = run_demo(cfg)
+    once = _demo_lines(capsys.readouterr().out)
+    again = run_demo(cfg)
+    twice = _demo_lines(capsys.readouterr().out)
+    assert (tmp_path / "demo" / DEMO_MARKER).is_file()
+    assert first["queries_in_top_k"] == again["queries_in_top_k"] == 1
+    for row in ("emb", "rerank"):
+        assert first["eval"]["test"][row] == again["eval"]["test"][row]
+    assert "indexed 4 files (4 clips), 0 unchanged" in once[3]
+    assert "indexed 0 files (0 clips), 4 unchanged" in twice[3]
+    # The closing line counts the library, not this run's new clips (it said "of 0 clips" on a rerun).
+    assert once[-1] == twice[-1] and "top 5 of 4 clips" in twice[-1]
+    assert once[:3] == twice[:3] and once[4:] == twice[4:]
+
+
+def test_demo_refuses_an_out_folder_holding_a_corpus_or_library_it_did_not_make(tmp_path):
+    from vmm.data.synthetic import generate_corpus
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    mine = tmp_path / "mine"
+    generate_corpus(mine / "corpus", num_videos=4, seed=0, workers=1)  # the user's own corpus, e.g. for training
+    before = {p: p.read_bytes() for p in (mine / "corpus").rglob("*") if p.is_file()}
+    with pytest.raises(VmmError, match=r"--out .*mine \(out_dir\) already holds corpus/.*pass a new or empty folder"):
+        run_demo(DemoConfig(out_dir=mine, num_videos=3, queries=0, workers=0))
+    assert {p: p.read_bytes() for p in (mine / "corpus").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in mine.iterdir()) == ["corpus"]
+    other = tmp_path / "other"
+    (other / "library").mkdir(parents=True)  # a folder of the user's under the name the demo indexes into
+    (other / "library" / "notes.txt").write_text("mine")
+    with pytest.raises(VmmError, match="already holds library/"):
+        run_demo(DemoConfig(out_dir=other, num_videos=3, queries=0, workers=0))
+    assert sorted(p.name for p in other.iterdir()) == ["library"]  # no corpus generated before the refusal
+    from vmm.demo import _check_demo_folder
+    (tmp_path / "empty" / "corpus").mkdir(parents=True)  # nothing there to lose
+    _check_demo_folder(tmp_path / "empty", "empty")
+
+
+def test_demo_refuses_a_single_video_which_leaves_nothing_to_search(tmp_path):
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=r"--videos 1 \(num_videos=1\): the demo needs at least 2 videos"):
+        run_demo(DemoConfig(out_dir=tmp_path / "demo", num_videos=1))
+    assert not (tmp_path / "demo").exists()

@@ -155,6 +155,15 @@ def test_annotation_files_load_with_the_official_format_loader(corpus):
     assert single.videos == paragraph.videos and len(order.videos) == 14
 
 
+
+def test_held_out_captions_are_unique_even_where_distinct_clips_read_the_same():
+    # Two test clips that differed only in a background the caption left out got one caption ("a small cyan
+    # cross becomes larger"): retrieval had two right answers. This plan had one such pair.
+    config = corpus_module.CorpusConfig(num_videos=1000, seed=0, splits=(0, 0, 1), size=32, seconds=0.8,
+                                        order_fraction=0.0)
+    captions = [clip.description.caption for clip in corpus_module._plan(config)]
+    assert len(set(captions)) == len(captions) == 1000
+
 def test_paragraphs_have_one_sentence_per_event_plus_still_objects(corpus, meta):
     paragraphs = json.loads((corpus / "test_paragraph.json").read_text())
     tests = json.loads((corpus / "test.json").read_text())
@@ -236,6 +245,35 @@ def test_numpy_numbers_are_accepted(tmp_path):
     assert info.split_sizes == {"train": 1, "val": 1, "test": 1}
     assert json.loads((tmp_path / "x" / "meta.json").read_text())
 
+
+
+def test_workers_beyond_the_clips_fork_no_idle_processes(tmp_path, monkeypatch):
+    """--workers 10000 for 10 clips forked 10000 processes, a minute of forking on 2 cores."""
+    import multiprocessing
+    asked = []
+    real_get_context = multiprocessing.get_context
+
+    def get_context(method=None):
+        context = real_get_context(method)
+
+        class Counting:
+            def Pool(self, processes, *args, **kwargs):
+                asked.append(processes)
+                return context.Pool(min(processes, 4), *args, **kwargs)  # a failing run must not fork them all
+
+        return Counting()
+
+    monkeypatch.setattr(multiprocessing, "get_context", get_context)
+    info = syn.generate_corpus(tmp_path / "x", num_videos=10, seed=0, workers=10000)
+    assert asked == [10] and info.num_videos == 10
+    assert len(list((tmp_path / "x" / "videos").glob("synth_*.mp4"))) == 10
+
+
+def test_an_empty_folder_name_is_refused_not_taken_for_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VmmError, match=r"the output folder \(out_dir\) is empty"):
+        syn.generate_corpus("", num_videos=3)
+    assert list(tmp_path.iterdir()) == []
 
 def test_long_clips_are_encoded_one_frame_at_a_time(tmp_path):
     import tracemalloc

@@ -9,6 +9,7 @@ cannot tell the two videos of a pair apart).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Optional
 from vmm.errors import VmmError
 
 SHIPPED_NANO = Path(__file__).resolve().parent / "weights" / "vmm_nano"
+# Left in --out by the first run: later runs replace corpus/ and index into library/ there, which they may only do
+# to folders the demo made (a user's own corpus or library under those names was replaced or mixed with the demo's).
+DEMO_MARKER = ".vmm-demo"
 TRAIN_COMMAND = "accelerate launch -m vmm.train --config configs/pretrain/vmm_nano_synthetic.yaml"
 
 
@@ -46,9 +50,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from vmm.factory import resolve_device
 
     # Each message names the command-line option and the DemoConfig field, as either may have set it.
-    if not isinstance(cfg.num_videos, int) or cfg.num_videos < 1:
-        raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos}): the demo needs at least 1 video; "
-                       "pass e.g. --videos 300")
+    # One video is all training split: nothing would be searched or evaluated.
+    if not isinstance(cfg.num_videos, int) or cfg.num_videos < 2:
+        raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos}): the demo needs at least 2 videos "
+                       "(one is held out to search for and evaluate); pass e.g. --videos 300")
     if not isinstance(cfg.queries, int) or cfg.queries < 0:
         raise VmmError(f"--queries {cfg.queries} (queries={cfg.queries}): pass 0 or more example searches")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
@@ -61,7 +66,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "
                        "or pass --model DIR")
     out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    _check_demo_folder(out, cfg.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("written by vmm demo: later runs replace corpus/ and update library/ here\n")
+    except OSError as e:
+        raise VmmError(f"--out {cfg.out_dir} (out_dir): cannot write there ({e.strerror or e}); pass a folder you can "
+                       "write to") from None
     t0 = time.perf_counter()
 
     _say(f"[1/4] generating {cfg.num_videos} captioned synthetic videos (seed {cfg.seed}) in {out / 'corpus'}")
@@ -83,6 +94,7 @@ def run_demo(cfg: DemoConfig) -> dict:
          f"(right answer = the video the caption was written for)")
     found = 0
     with VideoLibrary.open(lib_dir) as lib:
+        clips = len(lib)  # summary.clips counts only this run's new clips: 0 on a rerun
         for item in test[: cfg.queries]:
             hits = lib.search(text=item["caption"], k=cfg.k, rerank=cfg.rerank)
             target = str(info.out_dir / item["video"])
@@ -110,6 +122,20 @@ def run_demo(cfg: DemoConfig) -> dict:
                  f"R@10 {t2v['R@10']:5.1f} | video->text R@1 {v2t['R@1']:5.1f} R@5 {v2t['R@5']:5.1f} "
                  f"R@10 {v2t['R@10']:5.1f}  ({t2v['count']} texts, {rep['num_videos']} videos)")
     total = time.perf_counter() - t0
-    _say(f"done in {total:.0f} s: {found}/{min(cfg.queries, len(test))} queries found their video in the top {cfg.k} of "
-         f"{summary.clips} clips. Search it yourself: vmm search {lib_dir} \"a blue circle moves right\"")
+    asked = min(cfg.queries, len(test))
+    found_line = f"{found}/{asked} queries found their video in the top {cfg.k} of {clips} clips" if asked else \
+        f"{clips} clips in the library"
+    _say(f"done in {total:.0f} s: {found_line}. Search it yourself: vmm search {lib_dir} \"a blue circle moves right\"")
     return {"seconds": total, "queries_in_top_k": found, "eval": rows, "library": str(lib_dir)}
+
+
+def _check_demo_folder(out: Path, given) -> None:
+    if (out / DEMO_MARKER).is_file():
+        return
+    # An empty folder has nothing to lose.
+    taken = [name for name in ("corpus", "library") if os.path.lexists(out / name)
+             and (os.path.islink(out / name) or not (out / name).is_dir() or os.listdir(out / name))]
+    if taken:
+        raise VmmError(f"--out {given} (out_dir) already holds {taken[0]}/, and vmm demo did not make this folder (no "
+                       f"{DEMO_MARKER} file): each run replaces corpus/ and indexes into library/ there; pass a new "
+                       "or empty folder (an older vmm's demo output: delete it first)")

@@ -23,7 +23,7 @@ def _check(args: argparse.Namespace) -> None:
         raise VmmError("--out is empty; pass a folder for the demo's output (e.g. --out demo_output)")
     if args.seed < 0:
         raise VmmError(f"--seed {args.seed}: pass a seed of 0 or more")
-    if args.videos < 1 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
+    if args.videos < 2 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
         return  # run_demo names these, before it writes anything
     from retrieval.library import load_encoder
     from vmm.demo import SHIPPED_NANO

@@ -144,40 +144,47 @@ def _plan(config: CorpusConfig) -> list[_Clip]:
     slot = 0
     for split in ("train", "val", "test"):
         regular = sizes[split] - (2 * num_pairs if split == "test" else 0)
-        # Val and test captions must be unique within their split, or retrieval has two right answers.
+        # Val and test captions must be unique within their split, or retrieval has two right answers. Distinct
+        # content is not enough: a caption may leave out the background, so two clips that differ only there read
+        # the same (a test split of 3000 clips had such a pair).
         seen: set[str] = set()
         for _ in range(regular):
             rng = np.random.default_rng([config.seed, slot])
             spec = sample_spec(rng, **args)
+            description = describe(spec, (config.seed, slot))
             for _attempt in range(50):
-                if split == "train" or signature(spec) not in seen:
+                if split == "train" or not {signature(spec), description.caption} & seen:
                     break
                 spec = sample_spec(rng, **args)
-            seen.add(signature(spec))
-            clips.append(_Clip(split, spec, describe(spec, (config.seed, slot))))
+                description = describe(spec, (config.seed, slot))
+            seen.update((signature(spec), description.caption))
+            clips.append(_Clip(split, spec, description))
             slot += 1
         if split != "test":
             continue
         for pair in range(num_pairs):
             rng = np.random.default_rng([config.seed, slot])
             wanted = PAIR_KIND_CYCLE[pair % len(PAIR_KIND_CYCLE)]
+            style = (config.seed, slot)
             # Short clips cannot hold every kind: after 200 draws any usable pair will do.
             for attempt in range(2000):
                 spec = sample_spec(rng, **args, max_actors=1)
                 back = reverse_spec(spec)
                 if signature(spec) == signature(back) or {signature(spec), signature(back)} & seen:
                     continue
-                if _pair_kind(spec) == wanted or attempt >= 200:
+                if _pair_kind(spec) != wanted and attempt < 200:
+                    continue
+                keys = list(range(len(spec.events)))
+                forward, backward = describe(spec, style, keys), describe(back, style, keys[::-1])
+                if not {forward.caption, backward.caption} & seen:
                     break
             else:
                 raise VmmError(f"could not make {num_pairs} distinct order pairs at --size {config.size}; "
                                "lower --order-fraction or --num-videos")
-            seen.update((signature(spec), signature(back)))
-            keys = list(range(len(spec.events)))
-            style = (config.seed, slot)
+            seen.update((signature(spec), signature(back), forward.caption, backward.caption))
             kind = _pair_kind(spec)
-            clips.append(_Clip("test", spec, describe(spec, style, keys), pair, kind))
-            clips.append(_Clip("test", back, describe(back, style, keys[::-1]), pair, kind, True))
+            clips.append(_Clip("test", spec, forward, pair, kind))
+            clips.append(_Clip("test", back, backward, pair, kind, True))
             slot += 2
     return clips
 
@@ -313,6 +320,8 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     codec_name = pick_codec(codec)
     if workers is not None and workers < 0:
         raise VmmError(f"--workers {workers}: must be 0 or more (0 and 1 encode in this process)")
+    if not os.fspath(out_dir):  # Path("") is the working directory, which the message then named as "."
+        raise VmmError("the output folder (out_dir) is empty; pass a folder for the corpus")
     out = Path(out_dir)
     try:
         _check_out_dir(out, overwrite)
@@ -338,6 +347,9 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
             _clear(out)
         (out / "videos").mkdir(parents=True, exist_ok=True)
         jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
+        # Never more processes than clips: each idle one still costs a fork (--workers 10000 for 10 clips forked
+        # for a minute).
+        workers = min(workers, len(jobs))
         if workers == 1 or len(jobs) < 8:
             for job in jobs:
                 _render_and_write(job)

@@ -6,7 +6,8 @@ space-time ViT-B with SDPA. Every baseline runs in the same process as our path.
     python benchmarks/encoder_speed.py --quick --out /tmp/bench             # smaller batches, fewer repeats
 
 Writes ``encoder_speed.md`` (tables), ``encoder_speed.json`` (every number, ``gpu`` and ``ratios``) and
-``encoder_speed.png`` (clips/s against frames) to ``--out``. The official-style baseline needs mamba-ssm's
+``encoder_speed.png`` (clips/s against frames) to ``--out`` (default ``benchmarks/results``; with ``--quick``, a
+temporary folder, so a quick run never replaces the recorded results). The official-style baseline needs mamba-ssm's
 ``selective_scan_cuda`` (``benchmarks/build_mamba_ssm.sh``); causal-conv1d is used when installed, else
 PyTorch's conv. Timings: CUDA events, median of the timed repeats after warm-up, bf16 autocast.
 """
@@ -17,6 +18,7 @@ import math
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -634,7 +636,9 @@ def plot(res, path: Path):
 
 def main(argv=None):
     p = parser(__file__, __doc__)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the table, JSON and plot [benchmarks/results; with --quick a temporary folder, so a "
+                        "quick run never replaces the recorded results]")
     p.add_argument("--frames", type=positive_int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--sizes", nargs="+", default=["m", "s", "ti"], choices=list(SIZES))
     # a misspelt section ("encoder") ran nothing and wrote empty tables over --out
@@ -654,6 +658,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise SystemExit("encoder_speed.py needs a CUDA GPU")
     import triton
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "vmm-encoder-speed-quick" if args.quick else Path("benchmarks/results")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -680,6 +686,7 @@ def main(argv=None):
     write_markdown(res, args.out / "encoder_speed.md")
     plot(res, args.out / "encoder_speed.png")
     log(json.dumps(res["ratios"], indent=1))
+    log(f"wrote {args.out / 'encoder_speed.json'}, .md and .png")
 
 
 if __name__ == "__main__":

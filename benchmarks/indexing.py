@@ -387,7 +387,9 @@ def main() -> None:
         ap.error(f"argument --model: {args.model!r} is neither a registered model nor a save_pretrained folder; "
                  f"e.g. vmm_nano or videomamba_m16_25m")
     gpu = torch.cuda.is_available()
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"indexing_{'gpu' if gpu else 'cpu'}.json")
+    # A quick run is a smoke test: it must not replace the recorded full run's file.
+    recorded = Path(tempfile.gettempdir()) if args.quick else REPO / "benchmarks" / "results"
+    out = Path(args.out or recorded / f"indexing_{'gpu' if gpu else 'cpu'}.json")
 
     result = {"hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
     started = time.perf_counter()

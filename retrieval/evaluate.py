@@ -243,18 +243,20 @@ def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
                        "model.safetensors, or a trainable-only export); pass a registered model name or a "
                        "save_pretrained folder")
     from vmm.models.registry import get_model_config
-    video_text = [m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
-                  == "videomamba_m16_mm" and m != "videomamba_m16_mm"]
+
+    def video_text_models() -> str:  # for the messages only: it reads every model config
+        return ", ".join(m for m in vmm.list_models() if (get_model_config(m) or {}).get("architecture", m)
+                         == "videomamba_m16_mm" and m != "videomamba_m16_mm")
     if not is_dir and str(model_arg) not in vmm.list_models():
         # A misspelt name or a folder that is not there was told it "has no official weights file", and sent to
         # --checkpoint, which cannot help.
         raise VmmError(f"model (--model) {model_arg} is neither a registered model nor a model folder; use one of "
-                       f"{', '.join(video_text)}, or the path of a save_pretrained folder")
+                       f"{video_text_models()}, or the path of a save_pretrained folder")
     if not is_dir:
         arch = (get_model_config(str(model_arg)) or {}).get("architecture", str(model_arg))
         if arch != "videomamba_m16_mm":
             raise VmmError(f"model (--model) {model_arg} is not a video-text model; use one of "
-                           f"{', '.join(video_text)}")
+                           f"{video_text_models()}")
     if is_dir:
         model, _, transform = vmm.create_model_and_transforms(model_arg)
     else:

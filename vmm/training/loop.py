@@ -136,14 +136,6 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
 
 
-def check_teacher_fit(cfg: TrainConfig, clip_teacher, vcfg) -> None:
-    """Refuse a CLIP teacher whose patch size or output width does not fit the student's UTA decoder."""
-    if clip_teacher.patch_size != vcfg.patch_size or clip_teacher.output_dim != vcfg.clip_output_dim:
-        raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip_teacher.patch_size} and output "
-                       f"{clip_teacher.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
-                       f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
-
-
 def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
     """The freeze patterns and the UTA teacher's fit, checked on weightless (meta) copies of the model and the
     teacher: ``--check`` must refuse what the run would, and real ones take seconds to build at full size."""
@@ -158,9 +150,14 @@ def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
         freeze(skeleton, cfg.freeze)
     if cfg.loss.uta > 0:
         from vmm.training.teacher import ClipTeacher
-        clip = ClipTeacher(cfg.teacher.clip_model, model_cfg.vision.img_size, None, cfg.teacher.clip_quick_gelu,
+        vcfg = model_cfg.vision
+        clip = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, None, cfg.teacher.clip_quick_gelu,
                            cfg.teacher.clip_overrides, device="meta")
-        check_teacher_fit(cfg, clip, model_cfg.vision)
+        # (the only check of the fit: the run's teacher is this one with weights, of the same sizes)
+        if clip.patch_size != vcfg.patch_size or clip.output_dim != vcfg.clip_output_dim:
+            raise VmmError(f"teacher {cfg.teacher.clip_model} has patch {clip.patch_size} and output "
+                           f"{clip.output_dim}, the student patch {vcfg.patch_size} and clip_output_dim "
+                           f"{vcfg.clip_output_dim}; set model.vision.clip_output_dim to match")
 
 
 def _probe_output_dir(out: Path) -> None:
@@ -527,14 +524,14 @@ def _agreed_batches(batches, accelerator):
 
 def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bool):
     """The frozen teachers the recipe's losses need, on the run's device: (CLIP teacher or None, VideoMamba
-    teacher or None); a teacher whose patch size, output width or input size does not fit the student is refused."""
+    teacher or None); a distillation teacher whose input size does not fit the student is refused (the CLIP
+    teacher's fit was checked by :func:`check_inputs`, on a weightless copy)."""
     from vmm.training.teacher import ClipTeacher, VideoMambaTeacher
     clip_teacher = distill_teacher = None
     if cfg.loss.uta > 0:
         clip_teacher = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, inputs.clip_weights,
                                    cfg.teacher.clip_quick_gelu, cfg.teacher.clip_overrides,
                                    cfg.teacher.clip_renormalize)
-        check_teacher_fit(cfg, clip_teacher, vcfg)
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and not cpu else torch.float32
         clip_teacher.to(accelerator.device, dtype=dtype)
     if cfg.loss.distill > 0:

@@ -223,7 +223,7 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
     result = Discovery()
     # One str is one path: iterated, "/videos" was the paths "/", "v", ... and walked the whole file system.
     for given in _path_args(paths, "find"):
-        root = os.path.abspath(os.fspath(given))
+        root = os.path.abspath(given)
         check_root(given, root)
         if os.path.isfile(root):
             _add(found, result, root, explicit=True)

@@ -31,8 +31,8 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
-from index.discovery import Candidate, Discovery, check_root, discover, fingerprint_file
-from index.library import LibraryWriter, _factory_setting, _path_args, _sync, library_folder
+from index.discovery import Candidate, Discovery, _path_args, check_root, discover, fingerprint_file
+from index.library import LibraryWriter, _factory_setting, _sync, library_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, check_factory

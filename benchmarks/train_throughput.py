@@ -3,7 +3,9 @@
 Measures exactly the step of ``vmm.train`` (``vmm.training.loop.micro_step``: CLIP teacher + attention mask
 for stage 1, forward of every loss, backward, AdamW update, DDP all-reduce under ``accelerate launch``) on
 synthetic in-memory batches, so decoding speed does not enter the number. Each (model, stage, processes)
-runs in its own launched job; results and the device name go to one JSON file.
+runs in its own launched job; results and the device name go to one JSON file. With several processes it also
+times the steps as ``vmm.train``'s loop feeds them (the processes agree, before each micro-batch, that none has a
+data error), ABAB against the plain steps: ``agreed_step_ms`` and ``agreement_cost``.
 
     # GPU: VideoMamba-M and vmm_nano, stage 1 (masked + CLIP teacher) and 2, on 1 and 2 GPUs
     python benchmarks/train_throughput.py --models videomamba_m16 vmm_nano --stages 1 2 --processes 1 2 \
@@ -102,12 +104,25 @@ def worker(args) -> None:
     sync()
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        out, _ = micro_step(accelerator, objective, optimizer, batch, loss, teacher)
+
+    def timed(batches) -> tuple[float, dict]:
+        sync()
+        start = time.perf_counter()
+        for b in batches:
+            out, _ = micro_step(accelerator, objective, optimizer, b, loss, teacher)
+        sync()
+        return time.perf_counter() - start, out
+    elapsed, out = timed(batch for _ in range(args.steps))
     final_loss = float(out["loss"].detach())
-    sync()
-    elapsed = time.perf_counter() - start
+    # vmm.train's loop also has its processes agree, before each micro-batch, that none has a data error (one
+    # integer all-reduce and a host sync): timed here against the plain steps, ABAB, for its cost.
+    agreed = None
+    if accelerator.num_processes > 1:
+        from vmm.training.loop import _agreed_batches
+        rounds = [timed(_agreed_batches((batch for _ in range(args.steps)), accelerator))[0],
+                  timed(batch for _ in range(args.steps))[0],
+                  timed(_agreed_batches((batch for _ in range(args.steps)), accelerator))[0]]
+        plain, agreed = min(elapsed, rounds[1]), min(rounds[0], rounds[2])
     peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
     world = accelerator.num_processes
     if accelerator.is_main_process:
@@ -116,6 +131,9 @@ def worker(args) -> None:
                   "steps": args.steps, "seconds": elapsed, "samples_per_s": B * world * args.steps / elapsed,
                   "step_ms": 1000 * elapsed / args.steps, "peak_gib_per_process": peak, "loss": final_loss,
                   "device": device_name(args.cpu), "grad_checkpointing": args.grad_checkpointing}
+        if agreed is not None:
+            result["agreed_step_ms"] = 1000 * agreed / args.steps
+            result["agreement_cost"] = agreed / plain - 1  # of the step time, best of two rounds each
         Path(args.result).write_text(json.dumps(result))
 
 
@@ -175,6 +193,9 @@ def main(argv=None) -> int:
                     rows.append(row)
                     shown = (f"{row['samples_per_s']:.2f} samples/s ({row['step_ms']:.0f} ms/step)"
                              if "error" not in row else f"failed: {row['error']}")
+                    if "agreement_cost" in row:
+                        shown += (f"; with the loop's per-micro-batch agreement {row['agreed_step_ms']:.0f} ms/step "
+                                  f"({100 * row['agreement_cost']:+.1f}%)")
                     print(f"{model:15s} stage {stage}  {n} process(es)  batch {args.batch_size}/process: {shown}",
                           flush=True)
     for row in rows:  # scaling efficiency against the 1-process run of the same model and stage

@@ -629,8 +629,10 @@ def batches(loader: DataLoader):
     "Exception ignored" and lost; one raised while a batch's tensors are being received leaves a worker's
     resource-sharing thread to print a ConnectionResetError traceback.
     """
+    from vmm.training.stop import shield_sigchld
     with ctrl_c_held():
         loaded = iter(loader)
+        shield_sigchld()
     while True:
         with ctrl_c_held():
             try:

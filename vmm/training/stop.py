@@ -183,6 +183,29 @@ def deferred() -> Iterator[None]:
             _stop(pending, None)
 
 
+def shield_sigchld() -> None:
+    """Keep the SIGCHLD handler now installed (torch's, set once per process by the first DataLoader iterator with
+    workers) from running inside :func:`_stop` before it has switched that handler off.
+
+    A job scheduler's SIGTERM goes to the whole process group: the decoding workers die with the process, and
+    their SIGCHLD is pending when Python calls ``_stop`` for the SIGTERM. Python checks for pending signals again at
+    the handler's first bytecode, so torch's handler ran there and raised "DataLoader worker (pid N) is killed by
+    signal: Terminated" out of ``_stop``: a traceback instead of the one line. Call it after creating the iterator.
+    """
+    if _wakeup is None or threading.current_thread() is not threading.main_thread():
+        return  # outside on_signals, _stop never runs
+    current = signal.getsignal(signal.SIGCHLD)
+    if not callable(current) or getattr(current, "_vmm_shielded", False):
+        return
+
+    def handler(signum, frame):
+        if _stopping or (frame is not None and frame.f_code is _stop.__code__):
+            return  # the process is stopping: its workers' deaths are its own doing
+        current(signum, frame)
+    handler._vmm_shielded = True
+    signal.signal(signal.SIGCHLD, handler)
+
+
 def is_handler(handler) -> bool:
     """Whether ``handler`` (from ``signal.getsignal``) is this module's: the process stops at once on it."""
     return handler is _stop

@@ -97,8 +97,12 @@ def _read_json_list(path: Path) -> list:
     except UnicodeDecodeError as e:
         raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
+        # Not JSON from its first character (a CSV such as MSRVTT_JSFUSION_test.csv, an empty file) or one object per
+        # line (JSON Lines): no line and column to fix, the user has another format than the one read here.
+        hint = ("; expected the official JSON list of {\"video\", \"caption\"} objects (e.g. msrvtt_ret_test1k.json), "
+                "see docs/evaluation.md section 2" if e.pos == 0 or (e.msg == "Extra data" and e.colno == 1) else "")
         raise VmmError(
-            f"annotation file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+            f"annotation file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}){hint}"
         ) from None
     if not isinstance(data, list):
         raise VmmError(
@@ -151,6 +155,22 @@ def extension_hint(missing: Path) -> str:
             "extension included; fix them or rename the files")
 
 
+def _check_file_is_of(annotation_file: Path, protocol: DatasetProtocol) -> None:
+    """Refuse another official dataset's file (msrvtt_ret_test1k.json evaluated as didemo).
+
+    Its texts would be joined and truncated by the wrong protocol, and the numbers compared with the other
+    dataset's published row, reported as comparable. A custom protocol may read any file.
+    """
+    if DATASETS.get(protocol.name) != protocol:
+        return
+    name = annotation_file.name.lower()
+    for other in DATASETS.values():
+        if other.name != protocol.name and name.startswith(f"{other.name}_ret_"):
+            raise VmmError(f"annotation file {annotation_file} is for {other.name}, not {protocol.name}; "
+                           f"evaluate it as {other.name}, or pass the {protocol.name} test file "
+                           f"{protocol.annotation_file}")
+
+
 def load_retrieval_dataset(
     annotation_file: str | Path,
     videos_dir: str | Path,
@@ -181,6 +201,7 @@ def load_retrieval_dataset(
     protocol = get_protocol(protocol)
     annotation_file = Path(annotation_file)
     videos_dir = Path(videos_dir)
+    _check_file_is_of(annotation_file, protocol)
     items = [_item_captions(annotation_file, i, item) for i, item in enumerate(_read_json_list(annotation_file))]
     if not videos_dir.is_dir():
         problem = "is a file, not a folder" if videos_dir.exists() else "does not exist"

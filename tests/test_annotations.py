@@ -247,3 +247,41 @@ def test_a_caption_of_only_a_tab_or_no_break_space_is_empty(tmp_path, tiny_video
     anno = make_set(tmp_path, tiny_video, [{"video": "v0.mp4", "caption": ["a dog", caption]}])
     with pytest.raises(VmmError, match=r"item 0 \(v0.mp4\) has the caption .* with no words left after cleaning"):
         load_retrieval_dataset(anno, tmp_path / "videos", "msvd")
+
+
+@pytest.mark.parametrize("file_name, dataset, owner", [("msrvtt_ret_test1k.json", "didemo", "msrvtt"),
+                                                      ("didemo_ret_test.json", "msrvtt", "didemo"),
+                                                      ("anet_ret_val.json", "msvd", "anet")])
+def test_another_datasets_official_file_is_refused(tmp_path, tiny_video, file_name, dataset, owner):
+    """MSRVTT's file evaluated as DiDeMo was joined and truncated the DiDeMo way and compared with DiDeMo's
+    published row, reported comparable."""
+    anno = make_set(tmp_path, tiny_video, [{"video": "v0.mp4", "caption": ["a dog", "runs"]}])
+    anno = anno.rename(anno.with_name(file_name))
+    with pytest.raises(VmmError, match=rf"^annotation file {anno} is for {owner}, not {dataset}; evaluate it as "
+                                       rf"{owner}, or pass the {dataset} test file {DATASETS[dataset].annotation_file}$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", dataset)
+    assert load_retrieval_dataset(anno, tmp_path / "videos", owner).videos == [tmp_path / "videos" / "v0.mp4"]
+    # a custom protocol chooses its own files
+    custom = DatasetProtocol("mine", paragraph=True, max_text_len=40, trim_seconds=None)
+    assert load_retrieval_dataset(anno, tmp_path / "videos", custom).texts == ["a dog runs"]
+
+
+@pytest.mark.parametrize("content, where", [
+    ("key,vid_key,video_id,sentence\nret0,msr7579,video7579,a girl puts a sweater on a dog\n", "line 1 column 1"),
+    ("", "line 1 column 1"),
+    ('{"video": "a.mp4", "caption": "x"}\n{"video": "b.mp4", "caption": "y"}\n', "line 2 column 1"),  # JSON Lines
+])
+def test_another_file_format_names_the_format_read(tmp_path, content, where):
+    """The MSRVTT 1k-A CSV (CLIP4Clip's MSRVTT_JSFUSION_test.csv) or JSON Lines got only 'not valid JSON (... at
+    line 1 column 1)': nothing at that place to fix, the file is of another format."""
+    (tmp_path / "videos").mkdir()
+    anno = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    anno.write_text(content, encoding="utf-8")
+    with pytest.raises(VmmError, match=rf"^annotation file {anno} is not valid JSON \(.* at {where}\); expected the "
+                                       r"official JSON list of \{\"video\", \"caption\"\} objects \(e.g. "
+                                       r"msrvtt_ret_test1k.json\), see docs/evaluation.md section 2$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    # a JSON list broken in the middle is fixed where it breaks: no format hint
+    anno.write_text('[{"video": "a.mp4", "caption": "x"},\n {"video": "b.mp4" "caption": "y"}]', encoding="utf-8")
+    with pytest.raises(VmmError, match=r"\(Expecting ',' delimiter at line 2 column 20\)$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")

@@ -170,6 +170,43 @@ def test_bad_option_values_are_refused_naming_the_option(data, capsys, no_evalua
     assert named in one_line_error(capsys)
 
 
+def test_another_datasets_test_file_is_refused_before_any_work(data, tmp_path, capsys):
+    """msrvtt_ret_test1k.json evaluated as didemo was compared with DiDeMo's published row as comparable."""
+    anno = tmp_path / "msrvtt_ret_test1k.json"
+    shutil.copy(data / "ok.json", anno)
+    for outputs in ([], ["--json", str(tmp_path / "r.json")]):  # caught by the output check or by the evaluation
+        args = eval_args(data, *outputs, annotations=anno)
+        args[args.index("msrvtt")] = "didemo"
+        assert main(args) == 2
+        assert one_line_error(capsys) == (f"error: annotation file {anno} is for msrvtt, not didemo; evaluate it as "
+                                          "msrvtt, or pass the didemo test file didemo_ret_test.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_the_printed_difference_is_the_difference_of_the_printed_rows():
+    """R@5 of 5 in 11 (45.4545) printed as 45.5 beside the paper's 58.1, and the difference as -12.7: the JSON
+    delta (-12.65) was rounded a second time."""
+    from retrieval.paper_numbers import paper_delta, paper_row
+    from retrieval.report import format_markdown
+    paper = paper_row("didemo", "videomamba_m16_25m")
+    for n in range(12):
+        for count in (11, 1003):  # 11 videos; the DiDeMo test set's size
+            m = {"R@1": 100.0 * n / count, "R@5": 100.0 * 5 / 11, "R@10": 100.0 * (count - n) / count,
+                 "MdR": 2.0, "MnR": 2.5, "count": count}
+            rows = {"t2v": m, "v2t": m}
+            report = {"dataset": "didemo", "model": "videomamba_m16_25m", "checkpoint": None, "num_videos": count,
+                      "num_texts": count, "missing_count": 0, "frames": 8, "rerank_k": 128, "seconds": 1.0,
+                      "device": "cpu", "emb": rows, "rerank": rows,
+                      "index": {**rows, "type": "flat", "ann_recall@10": {"t2v": 1.0, "v2t": 1.0}},
+                      "paper": paper, "delta": paper_delta(rows, paper)}
+            table = {line.split(" | ")[0]: line.split(" | ") for line in format_markdown(report).splitlines()}
+            rerank, published, difference = table["| rerank (ITM top-128)"], table["| paper (25M)"], table[
+                "| rerank - paper"]
+            for column in (1, 2, 3, 6, 7, 8):  # R@1/5/10 of both directions
+                shown = round(float(rerank[column]) - float(published[column]), 1) + 0.0
+                assert difference[column] == f"{shown:+.1f}", (n, count, column, rerank, published, difference)
+
+
 def test_good_decode_timeout_and_ivf_options_still_run(data, tmp_path):
     out = tmp_path / "r.json"
     assert main(eval_args(data, "--decode-timeout", "30", "--index", "ivf", "--nlist", "1", "--nprobe", "1",

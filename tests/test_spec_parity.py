@@ -246,3 +246,30 @@ def test_official_settings_vmm_cannot_honour_are_refused(golden, section, key, v
     (official[section] if section else official)[key] = value
     with pytest.raises(VmmError, match=match):
         _build(official)
+
+
+def test_an_official_pretraining_config_builds_its_bert_for_masked_lm(golden):
+    """is_pretrain=True was mapped to the MLM head, but the text encoder class that pretraining builds
+    (BertForMaskedLM, official build_bert) was refused, so no pretraining-mode config could be built."""
+    official = copy.deepcopy(_official(golden))
+    official.update(is_pretrain=True, text_encoder_class="BertForMaskedLM")
+    model = _build(official)
+    assert model.cfg.text.mlm_head
+    # The official pretraining state dict: BERT under text_encoder.bert., plus the MLM head text_encoder.cls.
+    sd = {k.replace("text_encoder.", "text_encoder.bert.", 1): v for k, v in _state(golden).items()}
+    sd.update({k: v for k, v in model.state_dict().items() if k.startswith("text_encoder.cls.")})
+    sd["text_encoder.cls.predictions.decoder.weight"] = sd["text_encoder.bert.embeddings.word_embeddings.weight"]
+    vmm.load_checkpoint(model, sd)  # strict
+    ids, mask = (torch.from_numpy(golden[k]) for k in ("input/text_input_ids", "input/text_attention_mask"))
+    with torch.no_grad():  # the MLM head changes none of the retrieval outputs
+        x_vis, _, _ = model.vision_encoder(torch.from_numpy(golden["input/video_BCTHW"]))
+        text, hidden = model.encode_text(ids, mask, return_hidden=True)
+        fused = model.text_encoder.forward_fusion(hidden, mask, x_vis[:1].expand(len(ids), -1, -1))
+    _close(text, golden["out/text_emb"], "out/text_emb")
+    _close(fused, golden["out/fusion_hidden"][0], "out/fusion_hidden")
+    official["is_pretrain"] = False
+    with pytest.raises(VmmError, match="is_pretrain=False and text_encoder_class='BertForMaskedLM' disagree"):
+        _build(official)
+    official.update(is_pretrain=True, text_encoder_class="BertLMHeadModel")
+    with pytest.raises(VmmError, match="text_encoder_class='BertLMHeadModel' is not supported"):
+        _build(official)

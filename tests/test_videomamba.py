@@ -190,3 +190,42 @@ def test_per_frame_mode_is_a_frame_order_blind_image_encoder():
     assert x_vis.shape == (2, 16, 192) and pooled.shape == (2, 4, 192)
     torch.testing.assert_close(pooled.flip(1), reversed_pooled)
     torch.testing.assert_close(pooled[:, 2], one[:, 0])
+
+
+def test_tubelet_pooling_follows_the_official_view_or_says_why_it_cannot():
+    """With tubelet_size > 1 the official keep_temporal pooling views the T'*P patch tokens as T groups (input
+    frames); where they do not divide it was a bare RuntimeError from reshape."""
+    e = vmm.create_model("videomamba_tiny_vision", depth=1, embed_dim=32, tubelet_size=2, num_frames=2,
+                         img_size=48).eval()
+    x = torch.randn(1, 3, 2, 48, 48)  # one tubelet of 9 patches, 2 input frames
+    with torch.no_grad():
+        with pytest.raises(VmmError, match="tubelet_size=2; pass keep_temporal=False or pool_type='cls'"):
+            e(x, keep_temporal=True)
+        x_vis, pooled, _ = e(x, keep_temporal=False)
+    assert x_vis.shape == (1, 9, 32) and pooled.shape == (1, 1, 32)
+    e = vmm.create_model("videomamba_tiny_vision", depth=1, embed_dim=32, tubelet_size=2, num_frames=4,
+                         img_size=32).eval()
+    with torch.no_grad():  # 2 tubelets x 4 patches in 4 groups of 2 tokens, as the official view(B, T, -1, D)
+        x_vis, pooled, _ = e(torch.randn(1, 3, 4, 32, 32), keep_temporal=True)
+    assert pooled.shape == (1, 4, 32) and x_vis.shape == (1, 8, 32)
+
+
+def test_distillation_target_of_a_float64_model():
+    """The official student target adds its float32 sin-cos table cast to the input's dtype (type_as(x)) to the
+    fp32 residual; vmm cast it to the residual's fp32, so a float64 model failed in its float64 clip decoder."""
+    e = vmm.create_model("videomamba_tiny_vision", depth=2, embed_dim=32, num_frames=2, img_size=32,
+                         clip_output_dim=8).double().eval()
+    x = torch.randn(2, 3, 2, 32, 32, dtype=torch.float64)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, [2, 7]] = mask[1, [1, 4]] = True  # CLS (0) stays visible
+    with torch.no_grad():
+        _, _, x_clip = e(x, mask=mask)
+        _, residual = e.run_layers(e.embed(x)[~mask].reshape(2, 7, 32))
+    table = np.array([[p / np.power(10000, 2 * (j // 2) / 32) for j in range(32)] for p in range(9)])
+    table[:, 0::2], table[:, 1::2] = np.sin(table[:, 0::2]), np.cos(table[:, 1::2])
+    pos = torch.tensor(table, dtype=torch.float).double().expand(2, -1, -1)[~mask].reshape(2, 7, 32)
+    dec = e.clip_decoder[0]
+    expected = torch.nn.functional.layer_norm(
+        (residual.double() + pos) @ dec.head.weight.T + dec.head.bias, (8,), dec.norm.weight, dec.norm.bias)
+    assert x_clip.dtype == torch.float64 and x_clip.shape == (1, 2, 7, 8)
+    torch.testing.assert_close(x_clip[0], expected, rtol=0, atol=1e-12)

@@ -83,8 +83,10 @@ _OFFICIAL_TEXT_ANY = {"architectures", "model_type", "initializer_range", "gradi
 _OFFICIAL_SSM = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank"}
 _OFFICIAL_SSM_FIXED = {"bias": False, "conv_bias": True}
 _OFFICIAL_SSM_ANY = {"dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "use_fast_path"}
-_OFFICIAL_EVAL_FIXED = {"eval_frame_ensemble": "concat", "deep_fusion": False, "model_cls": "UMT_VIDEOMAMBA",
-                        "text_encoder_class": "BertModel(add_pooling_layer=False)"}
+_OFFICIAL_EVAL_FIXED = {"eval_frame_ensemble": "concat", "deep_fusion": False, "model_cls": "UMT_VIDEOMAMBA"}
+# The text encoder the official builder makes (build_bert): BertForMaskedLM when is_pretrain, else BertModel
+# without pooler. The value is vmm's text mlm_head, which is_pretrain sets as well.
+_OFFICIAL_TEXT_CLASSES = {"BertModel(add_pooling_layer=False)": False, "BertForMaskedLM": True}
 # Descriptions of how a fixture was made, and evaluation settings that are not part of the model.
 _OFFICIAL_INFO = {"fixture", "device", "dtype", "mode", "seeds", "weights", "tokenizer", "n_state_dict_keys",
                   "k_test", "fp16"}
@@ -117,8 +119,17 @@ def official_config_overrides(official: dict) -> dict:
             top["temp_init"] = value
         elif key == "max_txt_l":
             top["max_text_len"] = value
-        elif key == "is_pretrain":
-            text["mlm_head"] = bool(value)  # pretraining builds BertForMaskedLM (the text_encoder.cls head)
+        elif key in ("is_pretrain", "text_encoder_class"):
+            # pretraining builds BertForMaskedLM (the text_encoder.cls head)
+            if key == "text_encoder_class" and (not isinstance(value, str) or value not in _OFFICIAL_TEXT_CLASSES):
+                raise VmmError(f"official setting text_encoder_class={value!r} is not supported; vmm implements only "
+                               + " or ".join(repr(c) for c in _OFFICIAL_TEXT_CLASSES))
+            mlm = bool(value) if key == "is_pretrain" else _OFFICIAL_TEXT_CLASSES[value]
+            if text.get("mlm_head", mlm) != mlm:
+                raise VmmError(f"official is_pretrain={official.get('is_pretrain')!r} and text_encoder_class="
+                               f"{official.get('text_encoder_class')!r} disagree: pretraining builds BertForMaskedLM, "
+                               "evaluation BertModel(add_pooling_layer=False); fix one of them")
+            text["mlm_head"] = mlm
         elif key != "encoder_width":  # checked below: it is the vision width by construction here
             _map_official("setting ", {key: value}, {}, _OFFICIAL_EVAL_FIXED, _OFFICIAL_INFO, top)
     for where, width in (("encoder_width", official.get("encoder_width")),

@@ -211,8 +211,9 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
         x_clip = None
         if mask is not None:
             # Student target: the fp32 residual entering the final add (official clip_return_layer=1),
-            # plus a fixed sinusoidal position table at the visible positions.
-            pos = sinusoid_table(mask.shape[1], residual.shape[-1], residual.device, residual.dtype)
+            # plus a fixed sinusoidal position table at the visible positions: a float32 table in the input's
+            # dtype (official .type_as(x)), so a float64 model's target is float64 as its decoder.
+            pos = sinusoid_table(mask.shape[1], residual.shape[-1], residual.device).to(x.dtype)
             pos = pos.expand(B, -1, -1)[~mask].reshape(B, -1, residual.shape[-1])
             x_clip = torch.stack([dec(residual + pos) for dec in self.clip_decoder])
         cls, x_vis = out[:, :1], out[:, 1:]
@@ -224,6 +225,10 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
         if kind == "cls":
             return cls  # one vector per clip, whatever keep_temporal says
         if keep_temporal:
+            if x_vis.shape[1] % T:  # only with tubelet_size > 1: T' * P tokens in T groups, as the official view
+                raise VmmError(f"keep_temporal pooling splits the {x_vis.shape[1]} patch tokens into the {T} input "
+                               f"frames, which does not divide with tubelet_size={self.cfg.tubelet_size}; pass "
+                               f"keep_temporal=False or pool_type='cls'")
             avg = x_vis.reshape(x_vis.shape[0], T, -1, x_vis.shape[-1]).mean(2)
             # official cls_cat_avg with keep_temporal concatenates a single tensor: the same as cls+avg
             return avg if kind == "avg" else cls + avg

@@ -180,6 +180,21 @@ def test_projection_and_itm_heads_keep_pytorchs_default_init():
         assert lin.bias.abs().max() <= bound and lin.bias.abs().min() > 0
 
 
+def test_text_tower_init_matches_transformers_bert_init():
+    """A text tower trained from scratch starts as transformers' BERT does: normal(0.02) rows, but the [PAD]
+    row at zero (it was noise, and with padding_idx set it never gets a gradient to change it)."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    ours = tiny_mm().text_encoder.embeddings.word_embeddings
+    theirs = BertModel(BertConfig(vocab_size=ours.num_embeddings, hidden_size=ours.embedding_dim,
+                                  num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+                                  pad_token_id=ours.padding_idx)).embeddings.word_embeddings
+    for table in (ours.weight, theirs.weight):
+        assert torch.count_nonzero(table[ours.padding_idx]) == 0
+        rest = torch.cat([table[:ours.padding_idx], table[ours.padding_idx + 1:]])
+        assert abs(rest.std().item() - 0.02) < 0.002 and torch.count_nonzero(rest) == rest.numel()
+
+
 def test_train_crop_falls_back_as_torchvision_does():
     """Spec 3.5: RandomResizedCrop(224, scale 0.5-1). When ten draws miss (one 16:9 frame in six), torchvision
     crops the whole frame clamped to the allowed aspect ratios, not a central square."""

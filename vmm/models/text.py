@@ -210,6 +210,9 @@ class TextEncoder(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)  # BERT initializer_range
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():  # as transformers' BERT init: the [PAD] row starts at zero (it gets no gradient)
+                m.weight[m.padding_idx].zero_()
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
         if isinstance(m, nn.LayerNorm):

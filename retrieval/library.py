@@ -277,6 +277,10 @@ class VideoLibrary:
             raise VmmError("empty query text; give some words to search for")
         where = _as_filter(where)
         reader = self._reader
+        if reader is None and self._model_source is not None and not _is_library(self.path):
+            # create()d and nothing added yet: empty, as len() says, not "no vmm library at ... (--library)"
+            self._query_vector(text, video)  # still names a wrong query
+            return []
         if reader is None:
             reader = self._new_snapshot()
         query = self._query_vector(text, video)

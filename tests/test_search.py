@@ -178,6 +178,10 @@ def test_incremental_add_and_remove(setup, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["search", "{lib}", ""], "empty query text"),
+    # cleaned or tokenized away: every such query ranked the library alike, for the text [CLS] [SEP]
+    (["search", "{lib}", "?!"], "query '?!' has no words"),
+    (["search", "{lib}", "--", "..."], "query '...' has no words"),
+    (["search", "{lib}", "\u200b"], "query '\\u200b' has no words"),
     (["search", "{lib}"], "give a text query or --video"),
     (["search", "{tmp}/nope", "dogs"], "does not exist"),
     (["search", "{lib}", "dogs", "--model", "vmm_nano"], "was built with model"),
@@ -384,3 +388,19 @@ def test_table_rounds_times_up_to_the_next_minute(tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(lib), "--video", str(tmp_path / "v.mp4")]) == 0
     assert "0:00.00-1:00.00" in capsys.readouterr().out
+
+
+def test_table_prints_a_long_path_whole_on_one_line(tmp_path, capsys):
+    """At Rich's fixed 200 columns a path over ~165 characters was cut with "…" (its ".mp4" lost) and, with
+    spaces in it, folded over two lines: the table named no file one could open."""
+    folder = tmp_path / "/".join(f"a rather long folder name {i}" for i in range(6))
+    folder.mkdir(parents=True)
+    video = videos.write_solid(str(folder / f"the {'very ' * 10}long name.mp4"), videos.RED)
+    lib = tmp_path / "lib"
+    assert main(["index", video, "--library", str(lib), "--model", "color-histogram", "--quiet",
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(lib), "--video", video]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(video) > 200 and len(rows) == 2  # the header and one row
+    assert video in rows[1] and rows[1].split()[:2] == ["1", "1.0000"] and rows[1].rstrip().endswith("0:00.00-0:02.00")

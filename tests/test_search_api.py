@@ -294,3 +294,15 @@ def test_an_ivf_whose_probed_lists_hold_few_clips_still_gives_k_results(tmp_path
     filtered = lib.search(video=tmp_path / "v0.mp4", k=50, merge=False, where={"path_glob": "*"})
     assert len(unfiltered) == 50 and [h.clip_ids for h in unfiltered] == [h.clip_ids for h in filtered]
     assert len(lib.search(video=tmp_path / "v0.mp4", k=10**6, merge=False)) == len(lib)
+
+
+def test_a_created_library_is_empty_until_the_first_add(library, tmp_path):
+    """Searching a library made by create() before anything was added raised "no vmm library at ... check the
+    --library path", while len() said 0 clips; an empty library has no results."""
+    lib, vids = library
+    new = VideoLibrary.create(tmp_path / "new", model="color-histogram")
+    assert len(new) == 0 and new.search(video=vids / "green.mp4") == []
+    with pytest.raises(VmmError, match="query video .*missing.mp4 does not exist"):
+        new.search(video=tmp_path / "missing.mp4")  # the query's own mistakes are still named
+    new.add(vids / "green.mp4", workers=0)
+    assert [h.path for h in new.search(video=vids / "green.mp4")] == [str(vids / "green.mp4")]

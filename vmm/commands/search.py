@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
     # Rendered into a string and printed by us: writing stdout itself, Rich exits with status 1 on a closed pipe
     # and its write errors escape vmm.cli's handling.
     rendered = io.StringIO()
-    Console(file=rendered, width=200, force_terminal=sys.stdout.isatty()).print(table)
+    console = Console(file=rendered, width=200, force_terminal=sys.stdout.isatty())
+    # As wide as the widest row: at 200 columns a longer path was cut with "…" and folded over two lines.
+    console.width = max(200, console.measure(table, options=console.options.update_width(1 << 20)).maximum)
+    console.print(table)
     if outside:
         rendered.write(f"-: outside the {args.rerank} re-scored clips, in their first-stage order "
                        f"(score -100 in --json, the official value)\n")

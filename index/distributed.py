@@ -804,9 +804,13 @@ def _rank_reports(run_dir: str, world_size: int) -> list[dict]:
     return reports
 
 
-def _clean_staging(staging: str, run_id: str, roots: list[str]) -> None:
-    """Delete this run's folder, and earlier runs' whose staged files this run has merged or outdated."""
-    shutil.rmtree(os.path.join(staging, run_id), ignore_errors=True)
+def _clean_staging(staging: str, run_id: str, roots: list[str], *, unplanned: bool = True) -> None:
+    """Delete this run's folder, and earlier runs' whose staged files this run has merged or outdated.
+
+    ``unplanned=False`` keeps the folders without a plan (a one-process run cannot tell a launch that has not
+    planned yet from a dead one)."""
+    if run_id:
+        shutil.rmtree(os.path.join(staging, run_id), ignore_errors=True)
     if not os.path.isdir(staging):
         return
     for name in os.listdir(staging):
@@ -815,6 +819,8 @@ def _clean_staging(staging: str, run_id: str, roots: list[str]) -> None:
             with open(os.path.join(folder, "plan.json")) as f:
                 old_roots = json.load(f)["roots"]
         except (OSError, ValueError, KeyError, TypeError):
+            if not unplanned:
+                continue
             old_roots = []  # never planned: holds no staged files
         if all(any(old == root or old.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
                for old in old_roots):

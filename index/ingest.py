@@ -601,6 +601,10 @@ def _ingest(writer: LibraryWriter, roots: list[str], encoder, started: float, *,
     finally:
         bar.close()
     _sync(writer, flat_max)
+    # An interrupted multi-process run over these paths left its staged files: every file under them is committed
+    # now, so they are of no more use (they stayed, however large, until a multi-process run succeeded).
+    from index.distributed import STAGING_DIR, _clean_staging
+    _clean_staging(os.path.join(writer.library, STAGING_DIR), "", roots, unplanned=False)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -299,6 +299,28 @@ def test_a_rank_with_another_model_fails_every_rank_and_keeps_finished_files(tmp
     assert (library / ".staging").exists()  # kept until a run succeeds
 
 
+def test_a_one_process_run_after_a_failed_distributed_run_deletes_its_staging(tmp_path):
+    """After a failed multi-process run, the same paths indexed by one process (`vmm index` without the launcher)
+    left the staged files in LIB/.staging for good: nothing but a later successful multi-process run deleted them."""
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color)
+    library, other = tmp_path / "lib", tmp_path / "other"
+    results = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder(bins=5)], "mismatch")
+    assert all(isinstance(error, VmmError) for error in results)
+    assert len(list((library / ".staging").glob("*/rank-*/batch-*.json"))) >= 1
+    other.mkdir()  # a run over other paths keeps its staging, as a multi-process run's clean-up does
+    (library / ".staging" / "elsewhere").mkdir()
+    (library / ".staging" / "elsewhere" / "plan.json").write_text(json.dumps({"roots": [str(other)]}))
+    summary = build_library([str(root)], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    assert (summary.indexed, summary.unchanged) == (2, 2)
+    assert os.listdir(library / ".staging") == ["elsewhere"]
+    reference = tmp_path / "reference"
+    build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    assert contents(library) == contents(reference)
+
+
 def test_a_library_of_another_model_is_refused_on_every_rank(tmp_path):
     root = tmp_path / "media"
     root.mkdir()

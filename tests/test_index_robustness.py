@@ -281,6 +281,23 @@ def test_relative_model_folder_is_recorded_absolute(tiny_model, tmp_path, monkey
     assert f"{work / 'lib' / 'model.json'}" in err and "pass --model" in err
 
 
+def test_another_model_is_refused_as_another_model_not_for_frames_never_given(tiny_model, tmp_path, capsys):
+    """model.json keeps the --frames of a run; a later run naming another model loaded it at those frames, and
+    vmm_nano (weights for 8 frames) then failed with "--frames 4 ...: pass --frames 8, or leave it out", though
+    no --frames was given."""
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    make_videos(vids, ("red",))
+    tiny = ["--model", str(tiny_model / "model"), "--quiet", "--workers", "0"]
+    assert main(["index", str(vids), "--library", lib, *tiny, "--frames", "4"]) == 0
+    capsys.readouterr()
+    assert main(["index", str(vids), "--library", lib, "--model", "vmm_nano", "--quiet", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: library {lib} was built with model videomamba_m16_mm ") and "--frames" not in err
+    assert "this run uses vmm_nano" in err and err.count("\n") == 1
+    assert main(["index", str(vids), "--library", lib, "--quiet", "--workers", "0"]) == 0  # the library's model
+    assert "1 unchanged" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("text", ['{"model": 5}', "[1, 2]", '{"model": "x", "frames": "8"}', "\"text\""])
 def test_damaged_model_json_gives_the_damaged_message(tmp_path, capsys, text):
     vids, lib = tmp_path / "vids", tmp_path / "lib"
@@ -308,6 +325,36 @@ def test_remove_names_paths_that_matched_nothing_and_refuses_indexing_options(tm
     not_found = []
     assert remove_paths(lib, [str(tmp_path / "nonexist")], not_found=not_found) == 0
     assert not_found == [str(tmp_path / "nonexist")]
+
+
+def test_remove_under_a_launcher_removes_once_on_rank_0(tmp_path, capsys):
+    """`torchrun --nproc_per_node 2 -m vmm.cli index PATH --library LIB --remove` (the indexing command of a launch
+    script with --remove added) ran the removal on every rank: rank 0 removed the file and rank 1 then printed
+    that it matched nothing and "nothing under it was indexed", or failed on the lock rank 0 held."""
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, _ = make_videos(vids)
+    assert main(["index", str(vids), "--library", lib, *HIST]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    ranks = [subprocess.Popen([sys.executable, "-m", "vmm.cli", "index", red, "--library", lib, "--remove"],
+                              cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": str(rank),
+                                             "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (rank.communicate(timeout=120) for rank in ranks)
+    assert [rank.returncode for rank in ranks] == [0, 0], err0 + err1
+    assert (out0, err0) == (f"removed 1 file(s) from {lib}\n", "")
+    assert (out1, err1) == ("", "")
+    assert indexed_paths(lib) == [str(vids / "green.mp4")]
+
+
+def test_a_launcher_variable_that_is_no_number_is_named_in_one_line(tmp_path, capsys, monkeypatch):
+    vids, lib = tmp_path / "vids", str(tmp_path / "lib")
+    red, _ = make_videos(vids)
+    monkeypatch.setenv("WORLD_SIZE", "two")  # int() of it ended `vmm index` with a traceback
+    for extra in (HIST, ["--remove"]):
+        assert main(["index", red, "--library", lib, *extra]) == 2
+        assert capsys.readouterr().err == ("error: environment variable WORLD_SIZE='two' is not an integer; unset it "
+                                           "or fix the launcher\n")
+    assert not os.path.exists(lib)
 
 
 def test_window_zero_on_an_existing_library_is_named_as_the_option(tmp_path, capsys):

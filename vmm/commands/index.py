@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from index.library import library_folder
     from vmm.errors import VmmError
     library = library_folder(args.library)
+    launch = _launch()
     if args.remove:
-        return _remove(args, library)
+        return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import MIN_STRIDE
     from index.library import CATALOG_FILE
     from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model, checkpoint = args.model, args.checkpoint
     frames = args.frames or saved.get("frames")
     device = args.device
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = launch is not None
     if distributed and device is None:
         import torch
         if torch.cuda.is_available():  # one GPU per rank under accelerate launch / torchrun
@@ -84,8 +85,17 @@ def run(args: argparse.Namespace) -> int:
         model, checkpoint = saved.get("model"), saved.get("checkpoint")
         encoder = _load_recorded_encoder(library, saved, device, frames, batch_size=args.batch_size)
     else:
-        encoder = load_encoder(model, checkpoint, device, _library_frames(library, frames, checkpoint),
-                               batch_size=args.batch_size)
+        try:
+            encoder = load_encoder(model, checkpoint, device, _library_frames(library, frames, checkpoint),
+                                   batch_size=args.batch_size)
+        except VmmError:
+            if args.frames is not None or frames is None:
+                raise
+            # The frames came from model.json, recorded for the library's model: another model may not run at them,
+            # and its error blamed a --frames never given. At its own count it loads, and the library's check
+            # names the real difference (another model).
+            encoder = load_encoder(model, checkpoint, device, _library_frames(library, None, checkpoint),
+                                   batch_size=args.batch_size)
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
@@ -102,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         _print_problems("unreadable", summary.unreadable, "unreadable paths")
         print(summary.line(retry_hint="--retry-failed"))
     return 0
+
+
+def _launch():
+    """This process's place under torchrun / accelerate launch (WORLD_SIZE above 1), else None; a WORLD_SIZE or
+    RANK that is no number is named in one line (int() of it ended the command with a traceback)."""
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+        return None
+    from index.distributed import launch_info
+    info = launch_info()
+    return info if info.world_size > 1 else None
 
 
 def _check_library_frames(library: str, frames: int) -> None:
@@ -126,13 +146,17 @@ def _print_problems(label: str, problems: list, more: str) -> None:
         print(f"... and {len(problems) - 20} more {more}", file=sys.stderr)
 
 
-def _remove(args: argparse.Namespace, library: str) -> int:
+def _remove(args: argparse.Namespace, library: str, rank: int) -> int:
     from index.library import remove_paths
     from vmm.errors import VmmError, one_line
     given = [f"--{name.replace('_', '-')}" for name, default in _INDEXING_OPTIONS if getattr(args, name) != default]
     if given:
         raise VmmError(f"--remove takes only PATHs and --library; {', '.join(given)} would be ignored, drop "
                        f"{'it' if len(given) == 1 else 'them'}")
+    if rank != 0:
+        # Under torchrun / accelerate every rank runs this command: one removal is the job, and the other ranks
+        # found the files already gone ("matched nothing") or failed on the lock rank 0 held.
+        return 0
     not_found: list[str] = []
     n = remove_paths(library, args.paths, not_found=not_found)
     for path in not_found:

@@ -284,6 +284,10 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
             declared = _parse_hms(stream.metadata["DURATION"])
         elif len(container.streams) == 1 and container.duration:
             declared = container.duration / 1_000_000
+        if declared and not stream.duration and stream.start_time and stream.time_base:
+            # Matroska's DURATION tag and segment duration say when the stream ends, counted from 0: a stream whose
+            # timestamps start at 2.5 s (a cut that kept them) and lasts 4 s says 6.5 s, and was refused as truncated.
+            declared -= max(0.0, float(stream.start_time * stream.time_base))
         width, height = int(context.width or 0), int(context.height or 0)
         if width * height > max_pixels:  # refused before a frame is decoded
             raise DecodeFailure(f"resolution {width}x{height} is above max_pixels={max_pixels:,}; "
@@ -298,7 +302,8 @@ def _decord_seek_problem(path: str) -> str | None:
     count goes wrong in MPEG program and transport streams (every frame of an .mpg came out as its first one, a
     .ts was shifted by a few frames), where frames decoded after a keyframe are shown before it (open GOPs:
     MPEG-4 Part 2 (XviD) and MPEG-2 with B-frames, H.264 encoded with open-gop), and where B-frames carry no
-    presentation times (AVI). PyAV decodes in order and counts right.
+    presentation times (AVI), and where an MP4 edit list hides frames (see :func:`_edit_list_hides_frames`). PyAV
+    decodes in order and counts right.
     """
     import av
 
@@ -308,6 +313,8 @@ def _decord_seek_problem(path: str) -> str | None:
             if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
                 return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
             stream = container.streams.best("video")
+            if stream is not None and _edit_list_hides_frames(path):
+                return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
             if stream is None or not stream.codec_context.has_b_frames:
                 return None  # frames are shown in the order they are decoded
             if "avi" in formats:
@@ -332,6 +339,33 @@ def _decord_seek_problem(path: str) -> str | None:
     except av.error.FFmpegError:
         pass  # a damaged file: the readers report it
     return None
+
+
+def _edit_list_hides_frames(path: str) -> bool:
+    """Whether FFmpeg drops frames at the start or the end of the video stream to follow an MP4/MOV edit list.
+
+    A copy trimmed without re-encoding (``ffmpeg -ss ... -c copy``, a phone's or QuickTime's trim) keeps the
+    whole GOP around each cut and lists the part to show in its edit list; FFmpeg marks the packets outside it
+    discard. decord counted and returned them: a copy trimmed to 1.5-4 s lasted 4 s from its first keyframe, and
+    its frames came out at the wrong times, some repeated.
+    """
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            for packet in container.demux(stream):
+                if packet.size:
+                    if packet.is_discard:
+                        return True
+                    break
+            if not stream.duration:
+                return False
+            # Frames hidden at the end follow the last keyframe before the end: seeking there skips the rest.
+            container.seek((stream.start_time or 0) + stream.duration, stream=stream)
+            return any(packet.is_discard for packet in container.demux(stream) if packet.size)
+    except av.error.FFmpegError:
+        return False  # a damaged file: the readers report it
 
 
 def _display_orientation(container, stream) -> tuple[int, bool]:

@@ -1,6 +1,7 @@
 """Unusual but real video files through `vmm index` / `vmm search` / `vmm encode` / `vmm classify` and their API:
 phone rotation, variable frame rates, missing or wrong durations and frame counts, odd streams and shapes, odd
 file names, symbolic links, truncated and damaged files."""
+import contextlib
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -209,6 +211,79 @@ def test_missing_or_wrong_durations_and_frame_counts(tmp_path):
     for backend in ("auto", "pyav"):
         with pytest.raises(VmmError, match="truncated: the video stream declares 40.0 s but only 4.0 s"):
             decode_video(long, backend=backend)
+
+
+def shift_timestamps(path: str, source: str, seconds: float, audio: str | None = None) -> str:
+    """A copy of ``source`` (packets copied, not re-encoded) whose timestamps are moved by ``seconds``, with the
+    audio of file ``audio`` from 0 when given. Into MP4, a move back is a copy trimmed at -``seconds`` without
+    re-encoding (``ffmpeg -ss ... -c copy``): the frames before 0 stay in the file and its edit list hides them."""
+    with contextlib.ExitStack() as files:
+        inputs = [files.enter_context(av.open(source)).streams.video[0]]
+        if audio is not None:
+            inputs.append(files.enter_context(av.open(audio)).streams.audio[0])
+        out = files.enter_context(av.open(path, "w"))
+        outputs = [out.add_stream_from_template(stream) for stream in inputs]  # all before the first packet
+        for stream, output, shift in zip(inputs, outputs, (seconds, 0.0)):
+            for packet in stream.container.demux(stream):
+                if packet.dts is not None:
+                    offset = round(shift / packet.time_base)
+                    packet.pts, packet.dts, packet.stream = packet.pts + offset, packet.dts + offset, output
+                    out.mux(packet)
+    return path
+
+
+def set_mp4_edit_length(path: str, source: str, seconds: float) -> str:
+    """A copy of MP4 ``source`` (one version-0 edit) whose edit list shows only its first ``seconds``: a copy
+    trimmed at the end without re-encoding (QuickTime's or a phone's trim)."""
+    data = bytearray(Path(source).read_bytes())
+    (timescale,) = struct.unpack_from(">I", data, data.find(b"mvhd") + 4 + 4 + 8)
+    struct.pack_into(">I", data, data.find(b"elst") + 12, round(seconds * timescale))
+    Path(path).write_bytes(data)
+    return path
+
+
+def test_a_copy_trimmed_without_re_encoding_shows_only_its_edit(tmp_path):
+    # 4 s at 10 fps, frame i at brightness 6 * i. decord counted and returned the frames the edit list hides: the
+    # copy trimmed at 1.5 s lasted 3 s instead of 2.5 s and repeated frames; the one trimmed at 2.5 s lasted 3.1 s.
+    full = videos.write_counter(str(tmp_path / "full.mp4"), 40)
+    trimmed = {"start": (shift_timestamps(str(tmp_path / "from-1.5s.mp4"), full, -1.5), 15),
+               "end": (set_mp4_edit_length(str(tmp_path / "to-2.5s.mov"), full, 2.5), 0)}
+    for path, first in trimmed.values():
+        for backend in ("auto", "pyav"):
+            info, (clip,) = decode_video(path, backend=backend, window=math.inf, num_frames=25)
+            assert (info.num_frames, info.duration, info.backend) == (25, 2.5, "pyav"), (path, backend)
+            assert np.abs(clip.frames.mean(axis=(1, 2, 3)) - 6 * np.arange(first, first + 25)).max() < 4, path
+        with pytest.raises(VmmError, match=r"decord cannot fetch the frames of this video accurately: an edit list "
+                                           r"hides some of its frames \(a copy trimmed without re-encoding\); use "
+                                           r"the 'auto' or 'pyav' decoder"):
+            decode_video(path, backend="decord")
+    lib = str(tmp_path / "lib")
+    build_library([path for path, _ in trimmed.values()], lib, ENCODER, window=2.0, stride=1.0, workers=0,
+                  progress=False)
+    rows = catalog_rows(lib)
+    for path, _ in trimmed.values():
+        assert rows[path][4:] == (2.5, [(0.0, 2.0), (0.5, 2.5)])
+
+
+def test_matroska_timestamps_that_start_late_are_not_a_truncation(tmp_path):
+    # A cut that kept its timestamps: 4 s of video from 2.5 s. Matroska's DURATION tag and segment duration say 6.5
+    # s (the end), and the file was refused as "truncated: declares 6.5 s but only 4.0 s"; so was a video stream
+    # that starts 2.5 s after its audio.
+    counter = videos.write_counter(str(tmp_path / "counter.mkv"), 40)
+    late = shift_timestamps(str(tmp_path / "late.mkv"), counter, 2.5)
+    untagged = tmp_path / "late-no-tag.mkv"  # the DURATION tag renamed: the segment duration is all there is
+    untagged.write_bytes(Path(late).read_bytes().replace(b"DURATION", b"DURATIOX"))
+    sound = videos.write_audio_only(str(tmp_path / "sound.mp4"), seconds=6.0)
+    after_audio = shift_timestamps(str(tmp_path / "after-audio.mkv"), counter, 2.5, audio=sound)
+    for path in (late, str(untagged), after_audio):
+        results = {}
+        for backend in ("auto", "pyav"):
+            info, clips = decode_video(path, backend=backend, window=2.0, stride=2.0)
+            assert (info.num_frames, info.duration) == (40, 4.0), (path, backend)
+            results[backend] = [(c.start, c.end, c.frames.mean(axis=(1, 2, 3)).round(-1).tolist()) for c in clips]
+        assert results["auto"] == results["pyav"]
+        (start, end, first), (_, _, second) = results["pyav"]
+        assert (start, end) == (0.0, 2.0) and first[0] < 30 and second[-1] > 200
 
 
 # -- streams, lengths and shapes ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Only parse-checked, because they need what a test machine lacks:
   CPU recipe runs in tests/test_train_loop.py); their ``--config`` files must exist and load with the overrides;
 - ``python -m vmm.data.synthetic``: 300 to 2000 videos into /tmp and data/ (tests/test_synthetic.py runs it small);
 - ``vmm index``/``vmm search`` with an official model (``--checkpoint``, or a name other than vmm_nano).
-``vmm encode`` runs its documented 224-pixel model too (random weights: about 10 s on an idle 2-core machine).
+``vmm encode`` runs its documented 224-pixel model too (random weights: about 10 s on an idle 2-core machine), and
+``vmm demo`` its documented small run (40 videos, about 15 s).
 """
 from __future__ import annotations
 
@@ -243,6 +244,8 @@ def _make_videos(home: Path, work: Path) -> None:
 
 
 def _runs_offline(args) -> bool:
+    if args.command == "demo":  # the shipped vmm_nano; the full 300-video run is `make demo`'s, not a test's
+        return args.model is None and args.videos <= 50
     if args.command == "encode":  # without --checkpoint any model runs with random weights
         return args.checkpoint is None
     if args.command in ("index", "search"):  # the shipped model, or the one the library records
@@ -262,7 +265,14 @@ def _videos_under(home: Path, paths) -> list[str]:
 
 
 def _check_output(args, out: str, home: Path, indexed: set) -> None:
-    if args.command == "encode":
+    if args.command == "demo":
+        library = _expand(args.out, home) / "library"
+        assert re.search(rf"^\[2/4\] vmm index .* --library {re.escape(str(library))} ", out, re.M)
+        assert re.search(rf"^      indexed {args.videos} files \({args.videos} clips\), 0 unchanged, 0 failed", out, re.M)
+        assert out.count("\n        1. ") == args.queries  # one ranked list per example search
+        assert re.search(rf"^done in .*: \d+/{args.queries} queries found their video in the top 5 of {args.videos} clips",
+                         out, re.M)
+    elif args.command == "encode":
         assert re.search(r"-> embedding \(1, \d+\)", out)
     elif args.command == "index" and args.remove:
         assert f"removed {len(_videos_under(home, args.paths))} file(s)" in out
@@ -321,7 +331,8 @@ def test_offline_commands_run_as_written(tmp_path):
         except AssertionError as e:
             raise AssertionError(f"{command}\n  unexpected output ({e}):\n{done.stdout[-2000:]}") from None
         ran.append(command)
-    assert {c.doc for c in ran} == {"README.md", "docs/search.md"} and len(ran) >= 11, "\n".join(map(str, ran))
+    assert {c.doc for c in ran} == {"README.md", "docs/search.md"} and len(ran) >= 12, "\n".join(map(str, ran))
+    assert {c.argv[0] for c in ran} == {"demo", "encode", "index", "search"}, "\n".join(map(str, ran))
 
 
 # -- every option is documented --------------------------------------------------------------------------------
@@ -343,3 +354,24 @@ def _undocumented_options(name: str) -> list[str]:
 @pytest.mark.parametrize("name", ["demo", "index", "search", "classify", "encode", "eval"])
 def test_every_option_is_documented(name):
     assert _undocumented_options(name) == [], f"vmm {name}: options only --help describes"
+
+
+def _parsers():
+    from vmm.cli import build_parser
+    from vmm.train import build_parser as train_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    return {**{f"vmm {name}": parser for name, parser in commands.items()}, "python -m vmm.train": train_parser()}
+
+
+PARSER_NAMES = [*(f"vmm {c}" for c in ("demo", "index", "search", "classify", "encode", "eval")), "python -m vmm.train"]
+
+
+@pytest.mark.parametrize("name", PARSER_NAMES)
+def test_every_option_has_help(name):
+    # `--help` is where a user looks first: an option listed there without a word is a riddle.
+    parsers = _parsers()
+    assert sorted(parsers) == sorted(PARSER_NAMES)  # a new command joins the list above
+    parser = parsers[name]
+    bare = [action.option_strings[0] if action.option_strings else action.dest
+            for action in parser._actions if not action.help]
+    assert bare == [], f"{name} --help lists options without a description"

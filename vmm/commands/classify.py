@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass [4]")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"], help="video decoder [auto]")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] [cuda when available]")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
 
 

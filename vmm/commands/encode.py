@@ -9,7 +9,7 @@ import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", nargs="?", help="video file (default: a generated 8-frame moving-square clip)")
+    p.add_argument("video", nargs="?", help="video file (default: a generated moving-square clip, at the model's frames and size)")
     p.add_argument("--model", default="videomamba_tiny",
                    help="model name, e.g. vmm_nano or videomamba_middle (an unknown one lists them all) [videomamba_tiny]")
     p.add_argument("--checkpoint", help="weights file or save_pretrained folder (default: random init)")

@@ -358,12 +358,15 @@ def test_every_option_is_documented(name):
 
 def _parsers():
     from vmm.cli import build_parser
+    from vmm.data.synthetic.corpus import build_parser as synthetic_parser
     from vmm.train import build_parser as train_parser
     commands = build_parser()._subparsers._group_actions[0].choices
-    return {**{f"vmm {name}": parser for name, parser in commands.items()}, "python -m vmm.train": train_parser()}
+    return {**{f"vmm {name}": parser for name, parser in commands.items()}, "python -m vmm.train": train_parser(),
+            "python -m vmm.data.synthetic": synthetic_parser()}
 
 
-PARSER_NAMES = [*(f"vmm {c}" for c in ("demo", "index", "search", "classify", "encode", "eval")), "python -m vmm.train"]
+PARSER_NAMES = [*(f"vmm {c}" for c in ("demo", "index", "search", "classify", "encode", "eval")), "python -m vmm.train",
+                "python -m vmm.data.synthetic"]
 
 
 @pytest.mark.parametrize("name", PARSER_NAMES)

@@ -416,14 +416,8 @@ def read_specs(out_dir: str | os.PathLike) -> dict[str, VideoSpec]:
 # ----------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vmm.data.synthetic OUT_DIR --num-videos N --seed S``; returns the exit status.
-
-    >>> import tempfile
-    >>> main([tempfile.mkdtemp(), "--num-videos", "4", "--seed", "0", "--workers", "1"])  # doctest: +ELLIPSIS
-    wrote 4 videos ...
-    0
-    """
+def build_parser() -> OneLineArgumentParser:
+    """The options of ``python -m vmm.data.synthetic``."""
     parser = OneLineArgumentParser(prog="python -m vmm.data.synthetic",
                                    description="Write a procedural video-text corpus (videos + captions).")
     parser.add_argument("out_dir", help="folder to write (new or empty; see --overwrite)")
@@ -437,9 +431,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: up to 4 cores)")
     parser.add_argument("--order-fraction", type=float, default=0.5,
                         help="share of the test split made of time-reversed pairs (default 0.5)")
-    parser.add_argument("--codec", default="auto", choices=("auto", "libx264", "mpeg4"))
+    parser.add_argument("--codec", default="auto", choices=("auto", "libx264", "mpeg4"),
+                        help="video codec: libx264 when PyAV has it, else mpeg4 (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus this command wrote earlier")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vmm.data.synthetic OUT_DIR --num-videos N --seed S``; returns the exit status.
+
+    >>> import tempfile
+    >>> main([tempfile.mkdtemp(), "--num-videos", "4", "--seed", "0", "--workers", "1"])  # doctest: +ELLIPSIS
+    wrote 4 videos ...
+    0
+    """
+    args = build_parser().parse_args(argv)
     try:
         info = generate_corpus(args.out_dir, num_videos=args.num_videos, seed=args.seed, splits=args.splits,
                                size=args.size, fps=args.fps, seconds=args.seconds, workers=args.workers,

@@ -98,6 +98,11 @@ def test_base_recipe_is_merged_underneath(tmp_path):
     ("data.max_text_len=0", "data.max_text_len must be >= 2"),
     ("train.weights_dtype=bf16", "train.weights_dtype must be float32 or bfloat16"),
     ("teacher.clip_renormalize=maybe", "teacher.clip_renormalize"),
+    # the recipes' YAML spelling of a list or mapping was one string: "must be a list, got '[...]'"
+    ("freeze=[text_encoder.embeddings]", "need quotes (values are Python literals); pass "
+                                         "\"freeze=['text_encoder.embeddings']\""),
+    ("data.train=[{anno: a.json, root: clips}]", "pass \"data.train=[{'anno': 'a.json', 'root': 'clips'}]\""),
+    ("model.vision={depth: 3}", "pass \"model.vision={'depth': 3}\""),
 ])
 def test_bad_config_is_one_line_exit_2(capsys, override, message):
     code, err = run_main(capsys, override)

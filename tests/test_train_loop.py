@@ -327,6 +327,43 @@ def test_final_export_loads_with_create_model_and_transforms(uninterrupted):
     assert model.eval().encode_video(video).shape == (1, 32)
 
 
+def test_the_saved_train_config_is_a_recipe_that_rebuilds_the_run(uninterrupted, corpus, tmp_path, capsys):
+    """train_config.yaml records source_file, which load_config refused as an unknown key: the resolved recipe
+    the docs point to could neither be rerun (--config RUN/train_config.yaml) nor rebuild the run's model."""
+    from vmm.training.loop import build_model
+    saved = uninterrupted / "train_config.yaml"
+    cfg = load_config(saved)
+    assert cfg.source_file == str(saved)
+    assert {**cfg.to_dict(), "source_file": None} == {**tiny_cfg(corpus, uninterrupted, "schedule.max_steps=7",
+                                                                 "train.save_every=3", "train.keep_last=5").to_dict(),
+                                                      "source_file": None}
+    model, _ = build_model(cfg)
+    trained = torch.load(uninterrupted / "checkpoints/step_00000007/pytorch_model.bin")
+    model.load_state_dict({k[len("model."):]: v for k, v in trained.items() if k.startswith("model.")})  # strict
+    from vmm.train import main
+    assert main(["--config", str(saved), f"train.output_dir={tmp_path / 'again'}", "--check"]) == 0
+    assert "ok: " in capsys.readouterr().out
+
+
+def test_an_intermediate_checkpoint_starts_a_model_and_exports_for_retrieval(uninterrupted, corpus, tmp_path):
+    """A run's checkpoints/step_N (or its pytorch_model.bin) as model.init was refused as holding none of the
+    model's tensors (they are the objective's, under 'model.'); and the documented way to give vmm index/eval the
+    model of step N is to resume it into a new folder with schedule.max_steps=N, which exports without training."""
+    from vmm.training.loop import build_model
+    step = uninterrupted / "checkpoints/step_00000003"
+    trained = {k[len("model."):]: v for k, v in torch.load(step / "pytorch_model.bin").items()
+               if k.startswith("model.")}
+    for init in (step, step / "pytorch_model.bin"):
+        model, _ = build_model(tiny_cfg(corpus, tmp_path / "unused", f"model.init={init}"))
+        own = model.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in trained.items()), init
+    out = tmp_path / "step3"
+    train(tiny_cfg(corpus, out, f"train.resume={step}", "schedule.max_steps=3"))
+    assert not (out / "checkpoints").exists()
+    exported = vmm.create_model(str(out / "final")).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in trained.items())
+
+
 def test_trainable_only_export_rebuilds_frozen_minilm(corpus, tmp_path):
     """vmm_nano's real MiniLM tower with embeddings and layers 0-3 frozen; the export omits them."""
     from vmm.training.export import is_trainable_export, load_trainable_export

@@ -203,11 +203,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
+        if raw.startswith(("[", "{")):
+            _refuse_yaml_spelling(key.strip(), raw)
         value = _YAML_WORDS.get(raw.lower(), raw)
     return key.strip().split("."), value
 
 
 _YAML_WORDS = {"null": None, "~": None, "true": True, "false": False}
+
+
+def _refuse_yaml_spelling(key: str, raw: str) -> None:
+    """A list or mapping spelt as in the recipes' YAML (``freeze=[text_encoder.embeddings]``) is no Python literal:
+    it was taken as one string and refused as "must be a list, got '[text_encoder.embeddings]'", which reads as
+    nonsense. Refused here with the literal to pass, when YAML reads it as a list or mapping."""
+    import yaml
+    try:
+        parsed = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return  # neither spelling: the type check names the option and what it got
+    if isinstance(parsed, (list, dict)):
+        raise VmmError(f"override {key}={raw}: strings in a list or mapping need quotes (values are Python literals); "
+                       f"pass \"{key}={parsed!r}\"")
 
 
 def _apply_override(data: dict, path: list[str], value: Any) -> None:
@@ -468,6 +484,9 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     0.001
     """
     data = _read_yaml(Path(path))
+    # A run's train_config.yaml records the recipe it was read from; as a recipe itself (to rerun or rebuild the
+    # run's model) that record is this file, so the saved one is dropped rather than refused as an unknown key.
+    data.pop("source_file", None)
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply_override(data, keys, value)

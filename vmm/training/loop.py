@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shlex
 import shutil
 import sys
@@ -295,6 +296,8 @@ def build_model(cfg: TrainConfig):
         if is_pretrained_dir(path):  # a save_pretrained folder or a trainable-only export
             covered = load_init(model, vmm.from_pretrained(path).state_dict(), "model.init", source_name=str(path),
                                 hint=_INIT_HINT)
+        elif (run_weights := training_checkpoint_weights(path)) is not None:  # a vmm.train run's checkpoints/step_N
+            covered = load_init(model, run_weights, "model.init", source_name=str(path), hint=_INIT_HINT)
         else:
             covered = load_init(model, path, "model.init", hint=_INIT_HINT)
         vision_keys = [f"vision_encoder.{k}" for k in model.vision_encoder.state_dict()]
@@ -309,6 +312,23 @@ def build_model(cfg: TrainConfig):
 
 
 _INIT_HINT = "pass a checkpoint of this model (stage 2: the stage-1 run's final folder)"
+CHECKPOINT_WEIGHTS = "pytorch_model.bin"  # what accelerator.save_state writes with safe_serialization=False
+
+
+def training_checkpoint_weights(path: Path) -> Optional[dict]:
+    """The model's tensors in a checkpoint of a vmm.train run (``checkpoints/step_N`` or its ``pytorch_model.bin``);
+    None for any other source. accelerate saved the training objective, whose model is its ``model.`` part, so
+    the file read as a model checkpoint held none of the model's keys and was refused."""
+    folder = path if path.is_dir() else path.parent
+    weights = folder / CHECKPOINT_WEIGHTS
+    if not (folder / STATE_FILE).is_file() or not weights.is_file() or path not in (folder, weights):
+        return None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a cut or damaged file
+        raise VmmError(f"model.init: cannot read {weights} ({type(e).__name__}); it is damaged: pass an earlier "
+                       f"checkpoint of the run") from None
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 
 def _warn(line: str) -> None:

@@ -309,3 +309,24 @@ def test_a_missing_video_fails_without_the_decoders_own_stderr_line(tmp_path, ca
     with pytest.raises(FileNotFoundError):
         read_video_frames(str(tmp_path / "gone.mp4"), 4, random.Random(0))
     assert "ERROR opening" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name, codec, fmt, fps, bframes, gop, options", [
+    ("dvd.mpg", "mpeg2video", None, 25, None, None, None),  # decord: every frame came out as the first
+    ("camcorder.m2ts", "libx264", "mpegts", 25, None, None, {"x264-params": "keyint=6:bframes=3"}),  # shifted
+    ("xvid.avi", "mpeg4", None, 10, 2, 6, None),  # open GOPs, and B-frames without presentation times
+    ("closed-gop.mp4", "libx264", None, 10, None, None, {"x264-params": "keyint=6:bframes=3"}),  # decord, right
+])
+def test_training_draws_the_frames_it_samples_from_files_decord_miscounts(tmp_path, name, codec, fmt, fps, bframes,
+                                                                            gop, options):
+    """Training decoded every file with decord, which returns other frames than asked for (no error) from MPEG
+    program/transport streams, open GOPs and AVI B-frames: a DVD rip trained on its first frame only. Such files
+    are decoded by PyAV now; the others still by decord, as the official loader does."""
+    from tests.test_index_decode import _write_counter_stream
+    from vmm.training.data import rand_segment_indices, read_video_frames
+    path = _write_counter_stream(str(tmp_path / name), codec, fmt, fps, bframes, gop, options)
+    for seed in range(3):
+        frames = read_video_frames(path, 8, random.Random(seed))
+        shown = np.round(frames.astype(float).mean(axis=(1, 2, 3)) / 6).astype(int).tolist()
+        assert frames.shape == (8, 48, 64, 3) and frames.dtype == np.uint8
+        assert shown == rand_segment_indices(40, 8, random.Random(seed)), (name, seed)

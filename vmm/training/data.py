@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import glob
 import io
 import json
@@ -311,13 +312,16 @@ def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list
 
 
 def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray:
-    """Decode N 'rand'-sampled frames with decord -> (N, H, W, 3) uint8."""
+    """Decode N 'rand'-sampled frames -> (N, H, W, 3) uint8: with decord, as the official loader does, except a
+    file whose frames decord cannot fetch accurately (see :func:`_decord_miscounts`), which PyAV decodes."""
     import decord
     if isinstance(source, str) and not os.path.exists(source):
         # decord would print its own C++ "ERROR opening" line to stderr before raising, once per draw of a file
         # that data.max_missing let through. (exists, not isfile: a path that is there goes to the decoder as
         # before, whatever it is.)
         raise FileNotFoundError("no such file")
+    if isinstance(source, str) and _decord_miscounts(source):
+        return _read_frames_in_order(source, num_frames, rng)
     reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
     vlen = len(reader)
     if vlen < 1:
@@ -325,6 +329,31 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
     frames = reader.get_batch(rand_segment_indices(vlen, num_frames, rng)).asnumpy()
     if frames.ndim != 4 or frames.shape[0] != num_frames:
         raise ValueError(f"decoder returned frames of shape {frames.shape}")
+    return frames
+
+
+def _decord_miscounts(path: str) -> bool:
+    """Whether decord returns other frames than asked for from this file, with no error (MPEG program and transport
+    streams, open GOPs, B-frames in AVI, MP4 edit lists: index.decode's check, about 1.5-5 ms); remembered per
+    file version, as a corpus draws its files again every epoch."""
+    st = os.stat(path)
+    return _decord_miscounts_version(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _decord_miscounts_version(path: str, size: int, mtime_ns: int) -> bool:
+    from index.decode import _decord_seek_problem
+    return _decord_seek_problem(path) is not None
+
+
+def _read_frames_in_order(path: str, num_frames: int, rng: random.Random) -> np.ndarray:
+    """The same draw as :func:`read_video_frames`, decoded by PyAV from the start (no seeking, so exact)."""
+    from index.decode import ClipSpan, _PyAVReader
+    reader = _PyAVReader(path, threads=1)
+    if reader.num_frames < 1:
+        raise ValueError("video has no frames")
+    indices = tuple(rand_segment_indices(reader.num_frames, num_frames, rng))
+    (frames,) = reader.read([ClipSpan(0, 0.0, 0.0, indices)], frame_bytes=0)
     return frames
 
 

@@ -1,5 +1,6 @@
 """The Python API refuses misuse with one-line VmmErrors and accepts what is unambiguous: create_model with
 pretrained=, config validation in both factories, tokenizer and model inputs, ``from index import discover``."""
+import random
 import re
 import subprocess
 import sys
@@ -383,3 +384,121 @@ def test_one_clip_instead_of_a_list_is_named(mm, tok):
                                        rf"shape \({len(clip)}, 48, 64, 3\); pass \[clip\]$"):
         enc.encode_clips(clip)
     assert enc.encode_clips([clip]).shape == enc.encode_clips(clip[None]).shape == (1, enc.dim)
+
+
+def test_get_tokenizer_refuses_a_name_that_is_no_model():
+    """A misspelt name gave bert-base-uncased at 32 tokens, whatever the intended model's config says."""
+    assert vmm.get_tokenizer("videomamba_tiny").max_length == 32  # an entrypoint without a JSON config
+    refused(r"^unknown model 'videomamba_m16_25'; pass a name from vmm.list_models\(\) or a model folder$",
+            vmm.get_tokenizer, "videomamba_m16_25")
+
+
+def test_overrides_apply_to_a_trainable_only_export():
+    """The shipped vmm_nano folder holds only the trained tensors: create_model(folder, ...) and
+    from_pretrained(folder, ...) dropped every override (drop_path_rate stayed 0.1), and a shape-changing one was
+    explained by a frozen key "missing from the file" instead of the key it changed."""
+    folder = REPO / "vmm" / "weights" / "vmm_nano"
+    base = vmm.from_pretrained(folder)
+    for model in (vmm.create_model(folder, vision=dict(drop_path_rate=0.3)),
+                  vmm.from_pretrained(folder, vision=dict(drop_path_rate=0.3))):
+        assert model.cfg.vision.drop_path_rate == 0.3 and model.vision_encoder.drop_path.p == 0.3
+        assert model.model_name == "vmm_nano" and model.pretrained_source == str(folder)
+        assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), model.state_dict().values()))
+    refused(r"with embed_dim=128 \(vision_proj.weight has shape \(256, 192\) in the file but \(128, 192\) in the "
+            r"model\); drop those overrides", vmm.create_model, folder, embed_dim=128)
+
+
+def test_transforms_take_a_list_of_frames_or_pil_images():
+    """A list of frames (PIL images, as open_clip users hold them, or arrays) failed with "'list' object has no
+    attribute 'ndim'"; other types are named."""
+    from PIL import Image
+    from vmm.transforms import EvalTransform, TrainTransform
+    frames = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    images = [Image.fromarray(f) for f in frames]
+    assert torch.equal(EvalTransform(16)(images), EvalTransform(16)(frames))
+    assert torch.equal(EvalTransform(16)(list(frames)), EvalTransform(16)(frames))
+    assert torch.equal(EvalTransform(16)([i.convert("RGBA") for i in images]), EvalTransform(16)(frames))
+    train = TrainTransform(16)
+    assert torch.equal(train(images, rng=random.Random(1)), train(frames, rng=random.Random(1)))
+    with pytest.raises(ValueError, match=r"^frames must be a \(T, H, W, 3\) uint8 array or tensor, or a list of "
+                                         r"frames, got str$"):
+        EvalTransform(16)("clip.mp4")
+
+
+def test_register_model_refuses_a_name_it_could_not_build():
+    """A built-in's name registered before the built-ins were imported made every later list_models/create_model
+    fail with "model 'videomamba_tiny' registered twice"; a JSON config's name was accepted and never built (the
+    config won); a lambda registered as '<lambda>'."""
+    code = ("import torch.nn as nn, vmm\n"
+            "def videomamba_tiny(**overrides):\n"
+            "    return nn.Identity()\n"
+            "try:\n"
+            "    vmm.register_model(videomamba_tiny)\n"
+            "except ValueError as e:\n"
+            "    print(e)\n"
+            "print(type(vmm.create_model('videomamba_tiny', depth=1)).__name__, len(vmm.list_models()) > 10)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-600:]
+    assert out.stdout.splitlines() == ["model 'videomamba_tiny' registered twice; give the function another name",
+                                       "VideoMamba True"]
+
+    def vmm_nano():
+        return torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"^model 'vmm_nano' is the model config .*vmm_nano.json already; give the "
+                                         r"function another name$"):
+        vmm.register_model(vmm_nano)
+    with pytest.raises(ValueError, match=r"^register_model takes a function defined with def"):
+        vmm.register_model(lambda: torch.nn.Identity())
+    assert "<lambda>" not in vmm.list_models()
+
+
+def test_a_model_config_that_is_not_an_object_is_named(tmp_path, monkeypatch):
+    """A JSON config whose "model" is a list failed with a TypeError from dict(); a top-level list with an
+    AttributeError."""
+    from vmm.models import registry
+    monkeypatch.setattr(registry, "_CONFIG_DIRS", [tmp_path, *registry._CONFIG_DIRS])
+    (tmp_path / "list_model.json").write_text('{"architecture": "videomamba_tiny", "model": [1, 2]}')
+    (tmp_path / "list_config.json").write_text('[1, 2]')
+    for name in ("list_model", "list_config"):
+        for call in (vmm.create_model, vmm.get_tokenizer):
+            refused(rf"^model config {tmp_path / name}.json must be a JSON object ", call, name)
+
+
+def test_a_user_model_without_a_config_is_named_by_save_and_transforms(tmp_path):
+    """save_pretrained and create_model_and_transforms of a registered nn.Linear failed with "'Linear' object has
+    no attribute 'cfg'"."""
+    def api_test_linear_probe(classes=3):
+        return torch.nn.Linear(4, classes)
+    vmm.register_model(api_test_linear_probe)
+    probe = vmm.create_model("api_test_linear_probe", classes=5)
+    assert probe.out_features == 5
+    refused("^model api_test_linear_probe has no dataclass cfg to write as config.json", vmm.save_pretrained,
+            probe, tmp_path / "probe")
+    refused("^model api_test_linear_probe has no cfg.img_size to size its transforms; use vmm.create_model",
+            vmm.create_model_and_transforms, "api_test_linear_probe")
+    refused(r"^pretrained must be a checkpoint file or model folder path, .* got 3$", vmm.create_model,
+            "videomamba_tiny", pretrained=3, **CLASSIFIER)
+
+
+def test_a_vision_option_given_at_the_top_of_a_multimodal_model_names_its_dict():
+    """num_frames=16 works for a classifier; for a multimodal model it was "unknown model option(s) num_frames",
+    with no word of vision=dict(...), where it goes."""
+    with pytest.raises(VmmError, match=r"^img_size, num_frames are vision options of this model; pass "
+                                       r"vision=dict\(img_size=160, num_frames=16\)$"):
+        vmm.create_model("videomamba_m16_25m", num_frames=16, img_size=160)
+    assert vmm.create_model("vmm_nano", vision=dict(num_frames=4)).cfg.vision.num_frames == 4
+
+
+def test_models_build_on_the_meta_device_and_load_into_real_memory(tmp_path):
+    """Building under torch.device("meta") (no memory until the weights come) failed on the drop-path schedule's
+    .tolist() of a meta tensor."""
+    torch.manual_seed(0)
+    source = vmm.create_model("videomamba_tiny", depth=2, num_classes=5)
+    with torch.device("meta"):
+        model = vmm.create_model("videomamba_tiny", depth=2, num_classes=5)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    model = model.to_empty(device="cpu")
+    vmm.load_checkpoint(model, source.state_dict())
+    x = torch.randn(1, 3, 8, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), source.eval()(x))

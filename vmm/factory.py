@@ -175,7 +175,9 @@ def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
     try:  # only on failure: rebuild the model to name the key the overrides broke
         cfg = _saved_config(directory)
         model = registry.create_model(cfg["architecture"], **saved_model_kwargs(cfg["model"], overrides))
-        own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+        info = cfg.get("trainable_only")
+        frozen = set(info.get("frozen", [])) if isinstance(info, dict) else set()  # not in a trainable-only file
+        own = {k: tuple(t.shape) for k, t in model.state_dict().items() if k not in frozen}
         detail = _first_mismatch(own, _file_shapes(weights))
     except Exception:
         pass
@@ -377,6 +379,9 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     _check_name(name)
     if device is not None:
         device = resolve_device(device, "device= / --device")
+    if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):  # failed inside pathlib
+        raise VmmError(f"pretrained must be a checkpoint file or model folder path, 'hf-hub:<repo>/<file>', 'default' "
+                       f"or True/False/None, got {reprlib.repr(pretrained)}")
     if pretrained is False:
         pretrained = None
     if is_pretrained_dir(name):
@@ -412,7 +417,11 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     torch.Size([3, 2, 32, 32])
     """
     model = create_model(name, pretrained, device, **overrides)
-    size = model.cfg.vision.img_size if hasattr(model.cfg, "vision") else model.cfg.img_size
+    cfg = getattr(model, "cfg", None)
+    size = getattr(getattr(cfg, "vision", cfg), "img_size", None)
+    if not isinstance(size, int):  # a registered model of the user's own
+        raise VmmError(f"model {name} has no cfg.img_size to size its transforms; use vmm.create_model and "
+                       "vmm.transforms.EvalTransform(size) / TrainTransform(size)")
     return model, TrainTransform(size), EvalTransform(size)
 
 
@@ -449,6 +458,8 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
         cfg = json.loads((Path(name) / "config.json").read_text())
     else:
         cfg = get_model_config(str(name))
+        if cfg is None and str(name) not in registry.list_models():  # else a typo got the default tokenizer
+            raise VmmError(f"unknown model {str(name)!r}; pass a name from vmm.list_models() or a model folder")
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")
     default_len = model_cfg.get("max_text_len", 32)

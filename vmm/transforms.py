@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -20,8 +20,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _as_tchw_uint8(frames: Union[np.ndarray, Tensor]) -> Tensor:
-    """(T, H, W, 3) uint8 (decoder layout) -> (T, 3, H, W) uint8 tensor."""
+def _as_tchw_uint8(frames: Union[np.ndarray, Tensor, Sequence]) -> Tensor:
+    """(T, H, W, 3) uint8 (decoder layout), or a list of (H, W, 3) frames or PIL images -> (T, 3, H, W) uint8
+    tensor."""
+    if isinstance(frames, (list, tuple)):  # PIL images as RGB, as open_clip's preprocess converts them
+        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+    if not isinstance(frames, (np.ndarray, Tensor)):
+        raise ValueError(f"frames must be a (T, H, W, 3) uint8 array or tensor, or a list of frames, got "
+                         f"{type(frames).__name__}")
     t = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3), got {tuple(t.shape)}")

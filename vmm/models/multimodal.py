@@ -6,6 +6,8 @@ embedding, with no temperature. ITM re-scores (video, text) pairs through the fu
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -52,6 +54,13 @@ def build_multimodal_config(vision: Optional[dict] = None, text: Optional[dict] 
         if value is not None and not isinstance(value, dict):
             raise VmmError(f"{where}={value!r}: {where} takes a dict of {where} options, e.g. {_EXAMPLE[where]}")
         parts[where] = replace_checked(getattr(cfg, where), value or {}, where=where)
+    top_level = {f.name for f in dataclasses.fields(cfg)}
+    for where in ("vision", "text"):  # num_frames=16 as for a classifier: name the dict it goes in
+        misplaced = sorted(k for k in top if k not in top_level and k in {f.name for f in dataclasses.fields(parts[where])})
+        if misplaced:
+            raise VmmError(f"{', '.join(misplaced)} {'is a' if len(misplaced) == 1 else 'are'} {where} option"
+                           f"{'s' * (len(misplaced) > 1)} of this model; pass {where}=dict("
+                           + ", ".join(f"{k}={top[k]!r}" for k in misplaced) + ")")
     return replace_checked(cfg, {**top, **parts}, where="model")
 
 

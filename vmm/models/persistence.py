@@ -20,6 +20,9 @@ def model_config_dict(model: nn.Module) -> dict:
     arch = getattr(model, "architecture", None)
     if arch is None:
         raise VmmError(f"{type(model).__name__} was not built by vmm.create_model and cannot be saved")
+    if not dataclasses.is_dataclass(getattr(model, "cfg", None)):
+        raise VmmError(f"model {arch} has no dataclass cfg to write as {CONFIG_NAME}; give it one (model.cfg, the "
+                       "entrypoint's keyword arguments), or save its weights with torch.save(model.state_dict(), ...)")
     return {"architecture": arch, "model": dataclasses.asdict(model.cfg),
             "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {})}
 
@@ -104,6 +107,15 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     from vmm.training.export import is_trainable_export, load_trainable_export
     if is_trainable_export(directory) and not (directory / WEIGHTS_NAME).is_file():
         model = load_trainable_export(directory)
+        if overrides:  # the export rebuilds its saved config: build the one asked for and move the weights over
+            loaded, model = model, create_model(model.architecture, **saved_model_kwargs(
+                dataclasses.asdict(model.cfg), overrides))
+            try:
+                model.load_state_dict(loaded.state_dict(), strict=True)
+            except RuntimeError as e:
+                raise VmmError(f"{directory} does not fit its config with {', '.join(overrides)} changed "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            model.model_name, model.model_meta = loaded.model_name, loaded.model_meta
         model.pretrained_source = str(directory)
         return model
     if not is_pretrained_dir(directory):

@@ -35,9 +35,19 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     >>> vmm.create_model("doctest_probe", classes=5).out_features
     5
     """
-    if fn.__name__ in _ENTRYPOINTS:
-        raise ValueError(f"model {fn.__name__!r} registered twice")
-    _ENTRYPOINTS[fn.__name__] = fn
+    name = getattr(fn, "__name__", None)
+    if not callable(fn) or not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"register_model takes a function defined with def (its name is the model's name), got "
+                         f"{fn!r:.60}")
+    if fn.__module__ not in _BUILTIN_MODULES:
+        # Else a built-in's name taken first made every later import of the built-ins fail.
+        _import_builtin_models()
+        path = _config_files().get(name)
+        if path is not None:  # create_model would build the config and never call fn
+            raise ValueError(f"model {name!r} is the model config {path} already; give the function another name")
+    if name in _ENTRYPOINTS:
+        raise ValueError(f"model {name!r} registered twice; give the function another name")
+    _ENTRYPOINTS[name] = fn
     return fn
 
 
@@ -80,12 +90,18 @@ def get_model_config(name: str) -> Optional[dict[str, Any]]:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise VmmError(f"model config {path} is not valid JSON ({e}); fix or delete the file") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model", {}), dict):
+        raise VmmError(f'model config {path} must be a JSON object {{"architecture": ..., "model": {{options}}}}; '
+                       "fix or delete the file")
     if cfg.get("architecture") not in _ENTRYPOINTS:
         _import_builtin_models()
     if cfg.get("architecture") not in _ENTRYPOINTS:
         raise VmmError(f"model config {path} names unknown architecture {cfg.get('architecture')!r}; "
                        f"known: {', '.join(sorted(_ENTRYPOINTS))}")
     return cfg
+
+
+_BUILTIN_MODULES = ("vmm.models.factory", "vmm.models.multimodal")
 
 
 def _import_builtin_models() -> None:

@@ -58,7 +58,7 @@ class VideoMambaBackbone(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, D))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames // cfg.tubelet_size, D))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # plain numbers, also under meta
         block_dpr = [0.0] + dpr  # the official schedule is shifted by one: block i uses dpr[i - 1]
         self.layers = nn.ModuleList([
             MambaBlock(D, BiMambaMixer(D, cfg.d_state, cfg.d_conv, cfg.expand, cfg.resolved_dt_rank,

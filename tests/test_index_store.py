@@ -145,3 +145,44 @@ def test_merge_results_keeps_best_scores():
     b = (np.array([[0.7, -np.inf]], np.float32), np.array([[3, -1]]))
     scores, ids = merge_results([a, b], 3)
     assert ids.tolist() == [[1, 3, 2]] and scores.tolist()[0] == pytest.approx([0.9, 0.7, 0.5])
+
+
+def test_an_ivf_returns_k_hits_beyond_the_lists_it_probes():
+    """k above what the nprobe lists hold: an unfiltered IVF search returned only those (one k=3000 search over
+    3000 vectors gave 99 hits), while a filter accepting every id gave all of them."""
+    data = clustered(3000, 16, 30, seed=8)
+    ids = np.arange(3000, dtype=np.int64) + 5
+    store = VectorStore.build(data, ids, "IVF64,Flat")
+    scores, found = store.search(data[:3], k=3000, options=SearchOptions(nprobe=1))
+    assert (found >= 0).all() and all(sorted(row) == ids.tolist() for row in found)
+    assert np.array_equal(found[:, :10], exact_top_k(data, ids, data[:3], 10))
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_a_selective_filter_on_an_ivf_scores_every_selected_vector():
+    """At most 20,000 selected ids are scored exactly, IVF included: with the default nprobe the IVF ranked only the
+    selected vectors in the lists nearest the query (recall@10 0.76 at 5% of a 50k library of 512-d vectors)."""
+    data = clustered(6000, 16, 60, seed=9)
+    ids = np.arange(6000, dtype=np.int64) * 3
+    queries = clustered(30, 16, 60, seed=10)
+    allowed = ids[::20]  # 300 ids spread over every list
+    store = VectorStore.build(data, ids, "IVF128,Flat")
+    found = store.search(queries, k=10, allowed=allowed)[1]
+    assert np.array_equal(found, exact_top_k(data[::20], allowed, queries, 10))
+
+
+def test_a_memory_mapped_ivf_scores_selected_vectors_and_returns_k_hits(tmp_path):
+    """A reader's IVF (read-only, memory-mapped) scores the selected vectors exactly through a map of its ids, and
+    still returns k hits beyond the lists it probes."""
+    data = clustered(6000, 16, 60, seed=9)
+    ids = np.arange(6000, dtype=np.int64) * 3
+    queries = clustered(30, 16, 60, seed=10)
+    allowed = ids[::20]
+    VectorStore.build(data, ids, "IVF128,Flat").save(str(tmp_path / "ivf.faiss"))
+    store = VectorStore.load(str(tmp_path / "ivf.faiss"), "IVF128,Flat", mmap=True)
+    found = store.search(queries, k=10, allowed=allowed)[1]
+    assert np.array_equal(found, exact_top_k(data[::20], allowed, queries, 10))
+    found = store.search(queries[:2], k=6000, options=SearchOptions(nprobe=1))[1]
+    assert all(sorted(row) == ids.tolist() for row in found)
+    found = store.search(queries[:2], k=6000, excluded=ids[:10], options=SearchOptions(nprobe=1))[1]
+    assert all(sorted(row[row >= 0]) == ids[10:].tolist() for row in found)

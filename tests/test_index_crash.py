@@ -225,6 +225,47 @@ def test_a_run_killed_while_switching_the_faiss_file_leaves_nothing_behind(tmp_p
     assert check_snapshot(library) == 2
 
 
+def test_every_library_file_is_synced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """What a power cut needs (a SIGKILL does not): each file is fsynced before it is renamed over the old one and
+    the folder is fsynced after the rename, before the next file that names it (index-state.json names the FAISS
+    file) is switched. The real calls are made; the test only records them."""
+    root, library = tmp_path / "media", tmp_path / "library"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=1)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    for name in ("red", "blue"):  # a new library, then an update of it
+        videos.write_solid(str(root / f"{name}.mp4"), getattr(videos, name.upper()), seconds=1)
+        build_library([str(root)], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    monkeypatch.undo()
+    renamed = [(i, e[1], e[2]) for i, e in enumerate(events) if e[0] == "replace" and e[2].startswith(str(library))]
+    names = [os.path.basename(dst) for _, _, dst in renamed]
+    assert {"catalog.sqlite", "manifest.json", "index-state.json"} <= set(names), names
+    assert sum(n.endswith(".faiss") for n in names) == 2, names
+    for i, src, dst in renamed:
+        if not dst.endswith("catalog.sqlite"):  # SQLite syncs its own file (synchronous=FULL)
+            assert ("fsync", src) in events[:i], f"{dst} renamed into place without an fsync of {src}"
+        after = events[i + 1:]
+        later_renames = [k for k, e in enumerate(after) if e[0] == "replace"]
+        until = after[:later_renames[0]] if later_renames else after
+        assert ("fsync", str(library)) in until, f"folder not fsynced after renaming {dst}"
+    # index-state.json is switched only after the FAISS file it names is in place
+    last_state = max(i for i, _, dst in renamed if dst.endswith("index-state.json"))
+    named = os.path.join(str(library), read_state(str(library)).file)
+    assert any(dst == named and i < last_state for i, _, dst in renamed), (named, names)
+
+
 RANK_CLI = """
 import os, signal, sys
 sys.path[:0] = {paths!r}

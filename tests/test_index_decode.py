@@ -72,6 +72,14 @@ def test_plan_clips_uses_official_sampling_and_didemo_trim():
     assert spans[1].frames == tuple((250 + sample_middle_indices(250, 8)).tolist())
 
 
+def test_windows_shorter_than_a_frame_take_the_frame_on_screen():
+    # A slideshow at 0.5 fps cut into 1 s windows: a window starting mid-frame holds no frame start, and still
+    # shows the frame on screen, not an empty range (which would fail to sample) nor the next one.
+    info = VideoInfo(fps=0.5, num_frames=5, duration=10.0, width=64, height=48, codec="h264", backend="pyav")
+    spans = plan_clips(info, DecodeOptions(num_frames=2, window=1.0, stride=1.0))
+    assert [s.frames for s in spans] == [(k // 2, k // 2) for k in range(10)]
+
+
 def test_variable_frame_rate_windows_take_the_frames_shown_during_them():
     # Three frames in the first second, then fewer (a phone dimming its frame rate).
     info = VideoInfo(fps=2.5, num_frames=5, duration=3.0, width=64, height=48, codec="h264", backend="pyav")

@@ -522,3 +522,62 @@ def test_a_library_whose_catalog_was_deleted_names_the_files_to_delete(tmp_path,
         (lib / name).unlink()
     assert main(["index", str(vids), "--library", str(lib), *HIST]) == 0
     assert indexed_paths(str(lib)) == [str(vids / "red.mp4")]
+
+
+def _pad_to(path: str, size: int) -> None:
+    """Grow an MP4 to ``size`` bytes with a trailing ``free`` box (which players and decoders skip)."""
+    extra = size - os.path.getsize(path)
+    assert extra == 0 or extra >= 8, extra
+    if extra:
+        with open(path, "ab") as f:
+            f.write(extra.to_bytes(4, "big") + b"free" + b"\0" * (extra - 8))
+
+
+def test_a_new_file_of_a_vanished_files_size_is_a_move_only_with_its_content(tmp_path):
+    """A file gone from disk and a new file of the same size are a move only when their contents agree: another
+    video of that size must be embedded, not given the vanished file's vectors."""
+    vids, library = tmp_path / "videos", str(tmp_path / "library")
+    red, blue = make_videos(vids, ("red", "blue"))
+    size = max(os.path.getsize(red), os.path.getsize(blue)) + 64
+    _pad_to(red, size)
+    _pad_to(blue, size)
+    os.rename(blue, tmp_path / "blue-aside.mp4")
+    build_library([str(vids)], library, ColorHistogramEncoder(), workers=0, progress=False)
+    os.remove(red)
+    os.rename(tmp_path / "blue-aside.mp4", blue)  # same size as red.mp4, other content
+    summary = build_library([str(vids)], library, ColorHistogramEncoder(), workers=0, progress=False)
+    assert (summary.indexed, summary.removed, summary.moved) == (1, 1, 0)
+    with VideoLibrary.open(library, model="color-histogram") as lib:
+        (hit,) = lib.search(video=blue, k=5)
+    assert hit.path == blue and hit.score == pytest.approx(1.0, abs=1e-5)
+    # the same content under a new name is a move, and keeps its vectors
+    moved = str(vids / "blue-moved.mp4")
+    os.rename(blue, moved)
+    summary = build_library([str(vids)], library, ColorHistogramEncoder(), workers=0, progress=False)
+    assert (summary.indexed, summary.removed, summary.moved) == (0, 0, 1)
+
+
+class _UnnormalisedEncoder(ColorHistogramEncoder):
+    """A ClipEncoder whose vectors are not unit length (as a user's own model may return them)."""
+
+    def encode_clips(self, clips):
+        return 3.0 * super().encode_clips(clips)
+
+
+def test_vectors_of_any_length_are_stored_unit_length(tmp_path):
+    """Scores are cosines: the library normalises what the encoder returns before storing and indexing it."""
+    import numpy as np
+    from index.reader import open_library
+    vids, library = tmp_path / "videos", str(tmp_path / "library")
+    make_videos(vids, ("red", "green"))
+    build_library([str(vids)], library, _UnnormalisedEncoder(), workers=0, progress=False)
+    with open_library(library) as reader:
+        ids = sorted(clip_id for record in reader.files.values() for clip_id, _, _ in reader.clips_of(record.path))
+        catalog = Catalog.open(os.path.join(library, "catalog.sqlite"), read_only=True)
+        try:
+            stored = catalog.vectors_for(np.array(ids))
+        finally:
+            catalog.close()
+        assert len(ids) == 2 and np.linalg.norm(stored, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
+        (hits,) = reader.search_vectors(stored[:1], k=2)
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[1].score < 1.0 - 1e-3

@@ -169,6 +169,29 @@ def test_train_transform_shares_one_crop_across_frames():
     assert all(torch.equal(out[:, 0], out[:, t]) for t in range(4))
 
 
+def test_train_transform_crops_inside_the_frame_resizes_and_flips_horizontally():
+    """The drawn box lies inside the frame with the allowed area and aspect ratio, the output is that box resized
+    as torchvision's resized_crop does, and the flip mirrors left and right (not up and down)."""
+    import random
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+    h, w = 50, 80
+    for seed in range(100):
+        top, left, ch, cw = TrainTransform(16).crop_box(h, w, random.Random(seed))
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w, (seed, top, left, ch, cw)
+        assert 0.5 * h * w * 0.95 <= ch * cw <= h * w and 3 / 4 - 0.05 <= cw / ch <= 4 / 3 + 0.05, (seed, ch, cw)
+    frames = np.random.default_rng(2).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    plain = TrainTransform(16, flip_p=0.0)(frames, rng=random.Random(5))
+    flipped = TrainTransform(16, flip_p=1.0)(frames, rng=random.Random(5))
+    top, left, ch, cw = TrainTransform(16).crop_box(h, w, random.Random(5))
+    x = TF.resized_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), top, left, ch, cw, [16, 16],
+                        interpolation=InterpolationMode.BICUBIC, antialias=False).float() / 255
+    expected = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
+    torch.testing.assert_close(plain, expected)
+    torch.testing.assert_close(flipped, expected.flip(-1))
+
+
 def test_projection_and_itm_heads_keep_pytorchs_default_init():
     """Official UMT_VIDEOMAMBA builds vision_proj, text_proj and itm_head as plain nn.Linear and never re-inits
     them: weights and biases uniform in +-1/sqrt(fan_in), not truncated normal 0.02 with zero bias."""

@@ -104,6 +104,15 @@ def test_merge_moments_keeps_separate_spans():
     out = merge_moments(hits)
     assert [(m["path"], m["start"], m["end"], m["clip_ids"]) for m in out] == [
         ("a", 20, 35, [2, 4]), ("b", 0, 10, [3]), ("a", 0, 10, [1])]
+    # The top of a longer ranking: the last moment is still open (a lower window could widen it), so it is left
+    # out rather than reported cut short; the final ones are the same as in the full ranking.
+    partial = merge_moments(hits, partial=True)
+    assert [(m["path"], m["start"], m["end"], m["clip_ids"]) for m in partial] == [
+        ("a", 20, 35, [2, 4]), ("b", 0, 10, [3])]
+    # gap: windows less than `gap` seconds apart touch; farther apart they stay separate moments
+    apart = [H(path="a", start=0, end=10, score=.9, clip_id=1), H(path="a", start=11, end=20, score=.8, clip_id=2)]
+    assert [(m["start"], m["end"]) for m in merge_moments(apart, gap=1.0)] == [(0, 20)]
+    assert [(m["start"], m["end"]) for m in merge_moments(apart, gap=0.5)] == [(0, 10), (11, 20)]
 
 
 def test_rerank_orders_by_itm_logits(setup):

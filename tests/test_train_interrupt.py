@@ -279,6 +279,10 @@ def test_checkpoint_save_clears_what_an_interrupted_save_left(tmp_path):
     save_checkpoint(accelerator, tmp_path, TrainerState(global_step=5, samples=40), keep_last=2)
     assert sorted(p.name for p in root.iterdir()) == ["step_00000005"]
     assert json.loads((root / "step_00000005" / "trainer_state.json").read_text())["samples"] == 40
+    # keep_last=2 keeps the two newest and deletes the older ones, by step (10 sorts after 9, zero-padded)
+    for step in (6, 9, 10):
+        save_checkpoint(accelerator, tmp_path, TrainerState(global_step=step), keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000009", "step_00000010"]
 
 
 def run_under_on_signals(body: str, sig: int, wait: float) -> tuple[int, str, str, float]:

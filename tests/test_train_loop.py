@@ -71,6 +71,11 @@ def test_loss_falls_and_corrupt_samples_are_counted(uninterrupted):
     assert last < first - 0.3, (first, last)
     assert rows[-1]["corrupt_skipped"] >= 1  # broken.mp4 is in every epoch; the run went on
     assert all(0.001 <= r["temp"] <= 0.5 for r in rows)
+    # The learning rate each update ran at (tiny recipe: lr 1e-3, 1 warmup step, floor 0.01, 7 steps): update 0
+    # is warmup at the floor, then a half cosine from the peak over the 6 steps after the warmup.
+    import math
+    expected = [1e-3 * 0.01] + [1e-3 * max(0.01, 0.5 * (1 + math.cos(math.pi * (s - 1) / 6))) for s in range(1, 7)]
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-9, abs=0)
     assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == \
         ["step_00000003", "step_00000006", "step_00000007"]
     assert any((uninterrupted / "tensorboard").rglob("events.out.tfevents.*"))

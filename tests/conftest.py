@@ -17,7 +17,9 @@ def golden_files(marker: str) -> list:
         with np.load(path, allow_pickle=False) as z:
             if any(k == marker or k.startswith(marker) for k in z.files):
                 found.append(pytest.param(path, id=path.stem))
-    return found
+    # None found (no shared/ folder, or a fixture format renamed): one parameter that fails on load, where an
+    # empty list would make pytest skip the parity tests without a word.
+    return found or [pytest.param(REFERENCE / f"no videomamba_golden_*.npz holds {marker!r}", id="missing")]
 
 
 @pytest.fixture(scope="session")

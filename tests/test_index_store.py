@@ -186,3 +186,16 @@ def test_a_memory_mapped_ivf_scores_selected_vectors_and_returns_k_hits(tmp_path
     assert all(sorted(row) == ids.tolist() for row in found)
     found = store.search(queries[:2], k=6000, excluded=ids[:10], options=SearchOptions(nprobe=1))[1]
     assert all(sorted(row[row >= 0]) == ids[10:].tolist() for row in found)
+
+
+def test_tied_scores_rank_by_ascending_id_in_an_exact_subset_search():
+    """Equal scores (the same clip indexed twice, a still video) come back in clip-id order from the exact scoring
+    of a filter's subset, as from FAISS's flat search; a merge of parts keeps the parts' order among ties."""
+    vector = np.ones((1, 8), np.float32) / np.sqrt(8)
+    ids = np.array([5, 3, 9, 1, 7, 2])
+    store = VectorStore.build(np.repeat(vector, len(ids), axis=0), ids, "Flat")
+    _, found = store.search(vector, k=3, allowed=np.array([9, 1, 7, 3]))
+    assert found[0].tolist() == [1, 3, 7]
+    scores = np.full((1, 3), 0.5, np.float32)
+    _, merged = merge_results([(scores, np.array([[4, 6, 9]])), (scores, np.array([[2, 5, 8]]))], k=4)
+    assert merged[0].tolist() == [4, 6, 9, 2]

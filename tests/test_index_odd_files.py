@@ -189,6 +189,18 @@ def test_search_reports_the_real_times_of_a_variable_frame_rate_video(tmp_path):
             assert (best.start, best.end) == (start, start + 5.0) and best.score > 0.99
 
 
+def read_alike_by_both_readers(path: str) -> list:
+    """The 2 s clips of a 4 s, 40-frame counter video as (start, end, rounded brightness per frame), the same from
+    the automatic choice of reader as from PyAV."""
+    results = {}
+    for backend in ("auto", "pyav"):
+        info, clips = decode_video(path, backend=backend, window=2.0, stride=2.0)
+        assert (info.num_frames, info.duration) == (40, 4.0), (path, backend)
+        results[backend] = [(c.start, c.end, c.frames.mean(axis=(1, 2, 3)).round(-1).tolist()) for c in clips]
+    assert results["auto"] == results["pyav"]
+    return results["pyav"]
+
+
 def test_missing_or_wrong_durations_and_frame_counts(tmp_path):
     counter = [np.full((48, 64, 3), 6 * i, np.uint8) for i in range(40)]  # 4 s at 10 fps, frame i at 6 * i
     live = videos.write_frames(str(tmp_path / "live.mkv"), counter, options={"live": "1"})  # no duration at all
@@ -198,13 +210,7 @@ def test_missing_or_wrong_durations_and_frame_counts(tmp_path):
     short = videos.set_avi_frame_count(str(tmp_path / "says-20.avi"), avi, 20)  # PyAV trusted it: 2 s were lost
     zero = videos.set_avi_frame_count(str(tmp_path / "says-0.avi"), avi, 0)
     for path in (live, short, zero, *wrong):
-        results = {}
-        for backend in ("auto", "pyav"):
-            info, clips = decode_video(path, backend=backend, window=2.0, stride=2.0)
-            assert (info.num_frames, info.duration) == (40, 4.0), (path, backend)
-            results[backend] = [(c.start, c.end, c.frames.mean(axis=(1, 2, 3)).round(-1).tolist()) for c in clips]
-        assert results["auto"] == results["pyav"]
-        (_, _, first), (start, end, second) = results["pyav"]
+        (_, _, first), (start, end, second) = read_alike_by_both_readers(path)
         assert (start, end) == (2.0, 4.0) and first[0] < 30 and second[-1] > 200
     # A header that claims more frames than the file holds is a truncation, by either reader.
     long = videos.set_avi_frame_count(str(tmp_path / "says-400.avi"), avi, 400)
@@ -276,13 +282,7 @@ def test_matroska_timestamps_that_start_late_are_not_a_truncation(tmp_path):
     sound = videos.write_audio_only(str(tmp_path / "sound.mp4"), seconds=6.0)
     after_audio = shift_timestamps(str(tmp_path / "after-audio.mkv"), counter, 2.5, audio=sound)
     for path in (late, str(untagged), after_audio):
-        results = {}
-        for backend in ("auto", "pyav"):
-            info, clips = decode_video(path, backend=backend, window=2.0, stride=2.0)
-            assert (info.num_frames, info.duration) == (40, 4.0), (path, backend)
-            results[backend] = [(c.start, c.end, c.frames.mean(axis=(1, 2, 3)).round(-1).tolist()) for c in clips]
-        assert results["auto"] == results["pyav"]
-        (start, end, first), (_, _, second) = results["pyav"]
+        (start, end, first), (_, _, second) = read_alike_by_both_readers(path)
         assert (start, end) == (0.0, 2.0) and first[0] < 30 and second[-1] > 200
 
 

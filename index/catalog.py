@@ -188,14 +188,16 @@ def is_access_error(error: sqlite3.Error) -> bool:
     return any(text in str(error) for text in _ACCESS_TEXTS)
 
 
-def _connect_read_only(path: str) -> sqlite3.Connection:
+def _connect_read_only(path: str) -> tuple[sqlite3.Connection, tuple | None]:
+    """The connection, and for one that reads the file without SQLite's locks (see below) the state of the files
+    when it was opened (:meth:`Catalog.changed_since_open`)."""
     # Quoted: in a URI '#' starts a fragment and '?' the parameters, so a library folder named "Videos #2" lost
     # mode=ro and opened (creating) a file named "Videos ", and '%' escapes were decoded into another path.
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA schema_version")  # the first read opens the WAL index (the -shm file)
-        return conn
+        return conn, None
     except sqlite3.OperationalError as error:
         conn.close()
         if not _on_read_only_medium(path, error):
@@ -203,27 +205,40 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     # A WAL database is read through its -shm file, which the last writer deleted when it closed and which cannot
     # be made where the folder is not writable (a backup drive mounted read-only, a read-only volume): the library
     # could not be searched there at all. No -shm and no -wal means no writer has the catalog open and every
-    # commit is in the file itself, so it is read as it is.
-    return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+    # commit is in the file itself, so it is read as it is. Without locks, though: a writer (the owner, where this
+    # user may not write the folder) that opens it meanwhile and checkpoints into the file while it is read gave
+    # "database disk image is malformed" or a torn snapshot, so readers check changed_since_open() and read again.
+    state = _files_state(path)
+    return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False), state
+
+
+def _files_state(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, os.path.exists(path + "-wal"),
+            os.path.exists(path + "-shm"))
 
 
 def _on_read_only_medium(path: str, error: sqlite3.Error) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
-    cannot_open = code & 0xFF == 14 if code is not None else "unable to open database file" in str(error)
+    # SQLite says CANTOPEN (14) on a read-only mount, but READONLY_DIRECTORY (8 | 6 << 8) for a folder this user
+    # may not write (another user's library, chmod a-w): that case was "cannot read the library catalog".
+    cannot_open = (code & 0xFF in (8, 14) if code is not None else
+                   any(text in str(error) for text in ("unable to open database file", "readonly database")))
     wal = path + "-wal"
     return (cannot_open and not os.path.exists(path + "-shm") and not (os.path.exists(wal) and os.path.getsize(wal))
             and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK))
 
 
-def _connect(path: str, read_only: bool) -> sqlite3.Connection:
+def _connect(path: str, read_only: bool) -> tuple[sqlite3.Connection, tuple | None]:
+    unlocked = None
     if read_only:
-        conn = _connect_read_only(path)
+        conn, unlocked = _connect_read_only(path)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    return conn, unlocked
 
 
 def _under(root: str) -> tuple[str, tuple]:
@@ -241,6 +256,7 @@ class Catalog:
         self._conn = conn
         self.path = path
         self.read_only = read_only
+        self._unlocked = None  # the files' state when opened without SQLite's locks (_connect_read_only)
 
     @classmethod
     def create(cls, path: str, manifest: LibraryManifest) -> "Catalog":
@@ -253,7 +269,11 @@ class Catalog:
         for leftover in (staging, staging + "-wal", staging + "-shm", staging + "-journal"):
             if os.path.exists(leftover):
                 os.remove(leftover)
-        conn = _connect(staging, read_only=False)
+        # Made here, as any other file of the library, with the mode the umask allows: SQLite makes a new database
+        # (and its -wal and -shm, which take the database's mode) 0644 whatever the umask, so a library made with
+        # umask 002 in a group's shared folder could not be written by the rest of the group.
+        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        conn, _ = _connect(staging, read_only=False)
         with _transaction(conn):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
@@ -283,8 +303,9 @@ class Catalog:
     @classmethod
     def open(cls, path: str, *, read_only: bool = False) -> "Catalog":
         """Open an existing catalog; raises sqlite3.Error if it is not one."""
-        conn = _connect(path, read_only)
+        conn, unlocked = _connect(path, read_only)
         catalog = cls(conn, path, read_only)
+        catalog._unlocked = unlocked
         version = catalog._meta("format_version")
         try:
             version = int(version)
@@ -310,6 +331,16 @@ class Catalog:
 
     def close(self) -> None:
         self._conn.close()
+
+    def changed_since_open(self) -> bool:
+        """Whether what was read may be torn: True only for a catalog read without SQLite's locks (a folder this
+        user cannot write) whose file was rewritten, or that a writer opened, since it was opened."""
+        if self._unlocked is None:
+            return False
+        try:
+            return _files_state(self.path) != self._unlocked
+        except OSError:
+            return True
 
     # -- metadata --------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:

@@ -28,6 +28,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import sqlite3
 import stat
 from dataclasses import asdict, dataclass
@@ -54,8 +55,13 @@ class _Lock:
     def __init__(self, library: str):
         path = os.path.join(library, LOCK_FILE)
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # the umask decides
         except OSError as error:
+            if os.path.exists(path) and os.access(library, os.W_OK | os.X_OK):
+                # The folder is writable but the lock is another user's (a library shared by a group, made before
+                # its files followed the umask): "choose a folder you can write to" named the wrong thing.
+                raise VmmError(f"cannot write the lock file {path} ({error.strerror}); ask its owner to make the "
+                               f"library's files writable for you (chmod g+w {shlex.quote(library)}/*)") from None
             raise VmmError(f"cannot write to library folder {library} ({error.strerror}); "
                            "choose a folder you can write to") from None
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -302,11 +303,7 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
     library = library_folder(library_dir)
     if os.path.isfile(library):
         raise VmmError(f"{library} is a file, not a library folder; pass the folder the library was built in")
-    catalog = _open_catalog(library, read_only=True)
-    try:
-        reader = _snapshot(library, catalog, mmap)
-    finally:
-        catalog.close()
+    reader = _read_snapshot(library, mmap)
     _check_model(library, reader.manifest, model)
     if device != "cpu" and reader._base is not None:
         if not reader._base.to_gpu() and device == "gpu":
@@ -317,6 +314,30 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
         if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
             raise VmmError("device='gpu' but FAISS sees no GPU (is faiss-gpu installed?); use device='cpu'")
     return reader
+
+
+def _read_snapshot(library: str, mmap: bool, attempts: int = 20) -> LibraryReader:
+    """The snapshot, read again while a writer changed a catalog that had to be read without SQLite's locks (in a
+    folder this user cannot write: Catalog.changed_since_open); such a catalog read while written gave "database disk
+    image is malformed" (a traceback) or a torn snapshot (a file with some of its clips). A writer that keeps it
+    open makes its -shm file, through which the next attempt reads it with locks."""
+    for attempt in range(attempts):
+        catalog = _open_catalog(library, read_only=True)
+        try:
+            try:
+                reader = _snapshot(library, catalog, mmap)
+            except Exception:  # "malformed", or a torn table (a clip of a file the snapshot lacks...)
+                if not catalog.changed_since_open():
+                    raise
+                reader = None
+            if reader is not None and not catalog.changed_since_open():
+                return reader
+        finally:
+            catalog.close()
+        time.sleep(0.01 * attempt)
+    raise VmmError(f"library {library} changed each time it was read ({attempts} times): it is being written, and "
+                   "this user cannot write its folder, where SQLite keeps the files that let readers run beside a "
+                   "writer; search again when the writer has finished")
 
 
 def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> LibraryReader:

@@ -285,6 +285,11 @@ def _check_manifest(library: str, have: LibraryManifest, wanted: LibraryManifest
             f"but this run uses {wanted.model_name} (weights {wanted.weights_hash}, dim {wanted.dim}): {problem}; "
             "use the library's model or index into a new library folder")
     for name in explicit:
+        if name == "stride" and have.window == float("inf") and "window" not in explicit:
+            # The stride recorded beside window=inf is the unused default: "uses stride=5.0" named a setting the
+            # library never had.
+            raise VmmError(f"library {library} holds one clip per video (--window 0), "
+                           "where a stride does not apply; drop --stride, or index into a new folder")
         if getattr(have, name) != getattr(wanted, name):
             raise VmmError(f"library {library} uses {_setting(name, getattr(have, name))} but "
                            f"{_setting(name, getattr(wanted, name))} was asked for; drop the option to use the "

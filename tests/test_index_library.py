@@ -701,3 +701,17 @@ def test_an_ivf_is_retrained_once_the_library_has_doubled(tmp_path):
             exact = set(ids[np.argsort(-(vectors @ q))[:10]].tolist())
             recalls.append(len({h.clip_id for h in hits} & exact) / 10)
     assert np.mean(recalls) >= 0.95, np.mean(recalls)  # 0.80 with the lists trained on the first 400 clips
+
+
+def test_a_stride_for_a_one_clip_per_video_library_says_it_does_not_apply(tmp_path):
+    """A library of one clip per video records the default stride beside window=inf; --stride 3 on it was refused as
+    "uses stride=5.0", a setting the library never had."""
+    root = tmp_path / "media"
+    root.mkdir()
+    videos.write_solid(str(root / "red.mp4"), videos.RED)
+    library = str(tmp_path / "lib")
+    build_library([str(root)], library, ENCODER, workers=0, progress=False, window=float("inf"))
+    with pytest.raises(VmmError, match=rf"^library {library} holds one clip per video \(--window 0\), where a stride "
+                                       r"does not apply; drop --stride, or index into a new folder$"):
+        build_library([str(root)], library, ENCODER, workers=0, progress=False, stride=3.0)
+    assert build_library([str(root)], library, ENCODER, workers=0, progress=False).unchanged == 1

@@ -313,10 +313,11 @@ def _decord_seek_problem(path: str) -> str | None:
             if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
                 return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
             stream = container.streams.best("video")
-            if stream is not None and _edit_list_hides_frames(path):
+            if stream is not None and _edit_list_hides_frames(container, stream):
                 return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
             if stream is None or not stream.codec_context.has_b_frames:
                 return None  # frames are shown in the order they are decoded
+            container.seek(stream.start_time or 0, stream=stream)  # back from the edit-list check's seek
             if "avi" in formats:
                 return "it holds B-frames in AVI"
             keyframe_pts, keyframes, since = None, 0, 0
@@ -341,29 +342,28 @@ def _decord_seek_problem(path: str) -> str | None:
     return None
 
 
-def _edit_list_hides_frames(path: str) -> bool:
+def _edit_list_hides_frames(container, stream) -> bool:
     """Whether FFmpeg drops frames at the start or the end of the video stream to follow an MP4/MOV edit list.
 
     A copy trimmed without re-encoding (``ffmpeg -ss ... -c copy``, a phone's or QuickTime's trim) keeps the
     whole GOP around each cut and lists the part to show in its edit list; FFmpeg marks the packets outside it
     discard. decord counted and returned them: a copy trimmed to 1.5-4 s lasted 4 s from its first keyframe, and
-    its frames came out at the wrong times, some repeated.
+    its frames came out at the wrong times, some repeated. Reads ``container`` (opened by the caller) from where it
+    stands and leaves it near the end.
     """
     import av
 
     try:
-        with av.open(path, metadata_errors="ignore") as container:
-            stream = container.streams.best("video")
-            for packet in container.demux(stream):
-                if packet.size:
-                    if packet.is_discard:
-                        return True
-                    break
-            if not stream.duration:
-                return False
-            # Frames hidden at the end follow the last keyframe before the end: seeking there skips the rest.
-            container.seek((stream.start_time or 0) + stream.duration, stream=stream)
-            return any(packet.is_discard for packet in container.demux(stream) if packet.size)
+        for packet in container.demux(stream):
+            if packet.size:
+                if packet.is_discard:
+                    return True
+                break
+        if not stream.duration:
+            return False
+        # Frames hidden at the end follow the last keyframe before the end: seeking there skips the rest.
+        container.seek((stream.start_time or 0) + stream.duration, stream=stream)
+        return any(packet.is_discard for packet in container.demux(stream) if packet.size)
     except av.error.FFmpegError:
         return False  # a damaged file: the readers report it
 

@@ -330,8 +330,10 @@ def _read_snapshot(library: str, mmap: bool, attempts: int = 20) -> LibraryReade
                 if not catalog.changed_since_open():
                     raise
                 reader = None
-            if reader is not None and not catalog.changed_since_open():
-                return reader
+            if reader is not None:
+                if not catalog.changed_since_open():
+                    return reader
+                reader.close()  # a torn snapshot: its FAISS file stays mapped until closed
         finally:
             catalog.close()
         time.sleep(0.01 * attempt)

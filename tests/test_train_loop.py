@@ -354,6 +354,8 @@ def test_an_intermediate_checkpoint_starts_a_model_and_exports_for_retrieval(uni
     """A run's checkpoints/step_N (or its pytorch_model.bin) as model.init was refused as holding none of the
     model's tensors (they are the objective's, under 'model.'); and the documented way to give vmm index/eval the
     model of step N is to resume it into a new folder with schedule.max_steps=N, which exports without training."""
+    import re
+    from vmm.errors import VmmError
     from vmm.training.loop import build_model
     step = uninterrupted / "checkpoints/step_00000003"
     trained = {k[len("model."):]: v for k, v in torch.load(step / "pytorch_model.bin").items()
@@ -367,6 +369,13 @@ def test_an_intermediate_checkpoint_starts_a_model_and_exports_for_retrieval(uni
     assert not (out / "checkpoints").exists()
     exported = vmm.create_model(str(out / "final")).state_dict()
     assert all(torch.equal(exported[k], v) for k, v in trained.items())
+    # A cut weights file in such a folder is one line naming it, with the fix; the run's own files are untouched.
+    cut = tmp_path / "cut/checkpoints/step_00000003"
+    shutil.copytree(step, cut)
+    (cut / "pytorch_model.bin").write_bytes((step / "pytorch_model.bin").read_bytes()[:5000])
+    with pytest.raises(VmmError, match=rf"^model\.init: {re.escape(str(cut / 'pytorch_model.bin'))} is not a "
+                                       r"PyTorch checkpoint \(.*\); pass an earlier checkpoint of the run$"):
+        build_model(tiny_cfg(corpus, tmp_path / "unused", f"model.init={cut}"))
 
 
 def test_trainable_only_export_rebuilds_frozen_minilm(corpus, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shlex
 import shutil
 import sys
@@ -323,11 +322,11 @@ def training_checkpoint_weights(path: Path) -> Optional[dict]:
     weights = folder / CHECKPOINT_WEIGHTS
     if not (folder / STATE_FILE).is_file() or not weights.is_file() or path not in (folder, weights):
         return None
+    from vmm.models.checkpoint import read_checkpoint
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a cut or damaged file
-        raise VmmError(f"model.init: cannot read {weights} ({type(e).__name__}); it is damaged: pass an earlier "
-                       f"checkpoint of the run") from None
+        state = read_checkpoint(weights)
+    except CheckpointError as e:  # a cut or damaged file
+        raise VmmError(f"model.init: {e}; pass an earlier checkpoint of the run") from None
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 

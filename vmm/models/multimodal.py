@@ -6,9 +6,7 @@ embedding, with no temperature. ITM re-scores (video, text) pairs through the fu
 """
 from __future__ import annotations
 
-import dataclasses
-
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -54,9 +52,9 @@ def build_multimodal_config(vision: Optional[dict] = None, text: Optional[dict] 
         if value is not None and not isinstance(value, dict):
             raise VmmError(f"{where}={value!r}: {where} takes a dict of {where} options, e.g. {_EXAMPLE[where]}")
         parts[where] = replace_checked(getattr(cfg, where), value or {}, where=where)
-    top_level = {f.name for f in dataclasses.fields(cfg)}
+    top_level = {f.name for f in fields(cfg)}
     for where in ("vision", "text"):  # num_frames=16 as for a classifier: name the dict it goes in
-        misplaced = sorted(k for k in top if k not in top_level and k in {f.name for f in dataclasses.fields(parts[where])})
+        misplaced = sorted(k for k in top if k not in top_level and k in {f.name for f in fields(parts[where])})
         if misplaced:
             raise VmmError(f"{', '.join(misplaced)} {'is a' if len(misplaced) == 1 else 'are'} {where} option"
                            f"{'s' * (len(misplaced) > 1)} of this model; pass {where}=dict("

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from index.catalog import Catalog, FileRecord, LibraryManifest
 from index.library import _open_catalog, library_folder, matches_state, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError, is_whole_number
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,18 +207,17 @@ class LibraryReader:
         older index copied over this one (a restored backup); its size and dimension matched, so nothing cheaper
         noticed it. Readers write nothing: the next writer (any vmm index run) checks the file's ids and rebuilds
         it."""
+        def read(catalog: Catalog) -> VectorStore:
+            with catalog.snapshot():
+                delta = VectorStore.create(self.manifest.dim, "Flat")
+                for ids, vectors in catalog.iter_vectors():
+                    keep = np.isin(ids, self._clip_ids)  # not the clips added since the snapshot
+                    delta.add(vectors[keep], ids[keep])
+            return delta
+
         with self._stale_lock:
             if self._stores is stale:  # else another thread's search has replaced it already
-                catalog = _open_catalog(self.library, read_only=True)
-                try:
-                    with catalog.snapshot():
-                        delta = VectorStore.create(self.manifest.dim, "Flat")
-                        for ids, vectors in catalog.iter_vectors():
-                            keep = np.isin(ids, self._clip_ids)  # not the clips added since the snapshot
-                            delta.add(vectors[keep], ids[keep])
-                finally:
-                    catalog.close()
-                self._stores = (None, 0, np.zeros(0, np.int64), delta)
+                self._stores = (None, 0, np.zeros(0, np.int64), _read_whole(self.library, read))
             return self._stores
 
     def _as_queries(self, queries) -> np.ndarray:
@@ -316,24 +317,29 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
     return reader
 
 
-def _read_snapshot(library: str, mmap: bool, attempts: int = 20) -> LibraryReader:
-    """The snapshot, read again while a writer changed a catalog that had to be read without SQLite's locks (in a
+def _read_snapshot(library: str, mmap: bool) -> LibraryReader:
+    return _read_whole(library, lambda catalog: _snapshot(library, catalog, mmap), discard=LibraryReader.close)
+
+
+def _read_whole(library: str, read: Callable[[Catalog], T], discard: Callable[[T], None] = lambda _: None,
+                attempts: int = 20) -> T:
+    """read(catalog), again while a writer changed a catalog that had to be read without SQLite's locks (in a
     folder this user cannot write: Catalog.changed_since_open); such a catalog read while written gave "database disk
-    image is malformed" (a traceback) or a torn snapshot (a file with some of its clips). A writer that keeps it
-    open makes its -shm file, through which the next attempt reads it with locks."""
+    image is malformed" (a traceback) or a torn result (a file with some of its clips). A writer that keeps it
+    open makes its -shm file, through which the next attempt reads it with locks. ``discard`` releases a torn result
+    (a reader's FAISS file stays mapped until closed)."""
     for attempt in range(attempts):
         catalog = _open_catalog(library, read_only=True)
         try:
             try:
-                reader = _snapshot(library, catalog, mmap)
+                result = read(catalog)
             except Exception:  # "malformed", or a torn table (a clip of a file the snapshot lacks...)
                 if not catalog.changed_since_open():
                     raise
-                reader = None
-            if reader is not None:
+            else:
                 if not catalog.changed_since_open():
-                    return reader
-                reader.close()  # a torn snapshot: its FAISS file stays mapped until closed
+                    return result
+                discard(result)
         finally:
             catalog.close()
         time.sleep(0.01 * attempt)

@@ -20,19 +20,23 @@ mamba_backend = importlib.import_module("vmm.ops.mamba_ssm_backend")
 
 def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
     """h_t = exp(delta_t A) h_prev + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t; y *= SiLU(z); float64, one
-    position at a time. Differentiable, so its autograd gradients are the gradient oracle."""
+    position at a time. B and C may have a group dimension (batch, groups, state, length): each channel reads
+    its group's row. Differentiable, so its autograd gradients are the gradient oracle."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.double()[:, None]
     if delta_softplus:
         delta = torch.log1p(torch.exp(delta))
     batch, channels, length = u.shape
+    # (batch, channels, state, length): one row of B and C per channel
+    B, C = ((t if t.dim() == 4 else t[:, None]) for t in (B, C))
+    B, C = (t.repeat_interleave(channels // t.shape[1], dim=1) for t in (B, C))
     h = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
     ys = [None] * length
     for t in (reversed(range(length)) if reverse else range(length)):
         decay = torch.exp(delta[:, :, t, None] * A)
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        ys[t] = (h * C[:, None, :, t]).sum(-1)
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[..., t]
+        ys[t] = (h * C[..., t]).sum(-1)
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.double()[:, None] * u
@@ -237,28 +241,75 @@ def test_zero_states_leave_the_skip_term(reverse):
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
+def scan_grads(fn, inputs, opts, reverse, dtype=torch.float64):
+    """Gradients of sum(w * fn(...)) for fixed random weights w, for every input the options pass."""
+    leaves = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
+    kw = scan_args(leaves, opts)
+    y = fn(**kw, reverse=reverse).double()
+    weights = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(99))
+    (y * weights).sum().backward()
+    return {k: leaves[k].grad for k in GRAD_NAMES if kw.get(k, None) is not None}
+
+
 @pytest.mark.parametrize("length", [1, 7, 130])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("options", ["all", "plain", "D_only"])
 def test_gradients_match_naive_autograd(length, reverse, options, block_elems):
     opts = OPTION_SETS[options]
     inputs = make_inputs(2, 3, length, softplus=opts["softplus"], seed=11 + length)
-    weights = torch.randn(2, 3, length, dtype=torch.float64)
-
-    def grads(fn, dtype):
-        leaves = {k: v.detach().to(dtype).clone().requires_grad_(True) for k, v in inputs.items()}
-        kw = scan_args(leaves, opts)
-        (fn(**kw, reverse=reverse).double() * weights).sum().backward()
-        return {k: leaves[k].grad for k in GRAD_NAMES if kw.get(k, None) is not None}
-
-    want = grads(naive_scan, torch.float64)
-    got64 = grads(selective_scan_ref, torch.float64)
-    got32 = grads(selective_scan_ref, torch.float32)
+    want = scan_grads(naive_scan, inputs, opts, reverse)
+    got64 = scan_grads(selective_scan_ref, inputs, opts, reverse)
+    got32 = scan_grads(selective_scan_ref, inputs, opts, reverse, torch.float32)
     assert set(got64) == set(want)
     for name in want:
         assert rel_err(got64[name], want[name]) < 1e-10, name
         assert got32[name].dtype == torch.float32
         assert rel_err(got32[name], want[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_grouped_B_and_C_match_the_loop_with_gradients(groups, reverse, block_elems):
+    """mamba-ssm's selective_scan_fn takes B and C as (batch, groups, state, length), channel e reading group
+    e // (channels / groups); the reference refused that shape."""
+    inputs = make_inputs(2, 6, 9, state=3, seed=groups)
+    g = torch.Generator().manual_seed(groups)
+    inputs["B"], inputs["C"] = (torch.randn(2, groups, 3, 9, generator=g, dtype=torch.float64) for _ in "BC")
+    opts = OPTION_SETS["all"]
+    got = selective_scan(**scan_args(inputs, opts), reverse=reverse)
+    assert rel_err(got, naive_scan(**scan_args(inputs, opts), reverse=reverse)) < 1e-12
+    if groups == 1:  # one group spelled out is the 3-D layout
+        flat = {**inputs, "B": inputs["B"][:, 0], "C": inputs["C"][:, 0]}
+        assert torch.equal(got, selective_scan(**scan_args(flat, opts), reverse=reverse))
+    want = scan_grads(naive_scan, inputs, opts, reverse)
+    for name, grad in scan_grads(selective_scan_ref, inputs, opts, reverse).items():
+        assert grad.shape == inputs[name].shape and rel_err(grad, want[name]) < 1e-10, name
+
+
+@pytest.mark.parametrize("B_shape,C_shape,message", [
+    ((2, 4, 3, 5), (2, 4, 3, 5), "B of shape (2, 4, 3, 5) has 4 groups, which must be at least 1 and divide the 6"),
+    ((2, 0, 3, 5), (2, 0, 3, 5), "has 0 groups"),
+    ((2, 2, 3, 5), (2, 3, 3, 5), "C must have shape (2, 2, 3, 5)"),
+    ((2, 3, 5), (2, 2, 3, 5), "C must have shape (2, 3, 5)"),
+])
+def test_bad_groups_are_one_line_errors(B_shape, C_shape, message):
+    kw = scan_args(make_inputs(2, 6, 5, state=3), OPTION_SETS["plain"])
+    with pytest.raises(VmmError) as err:
+        selective_scan(**{**kw, "B": torch.randn(B_shape, dtype=torch.float64),
+                          "C": torch.randn(C_shape, dtype=torch.float64)})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0), (0, 3, 4), (2, 0, 4)])
+def test_empty_inputs_have_empty_zero_gradients(shape):
+    """An empty batch, sequence or channel set used to return a tensor outside the graph, so backward()
+    failed with "element 0 of tensors does not require grad"."""
+    inputs = make_inputs(*shape)
+    opts = OPTION_SETS["all"]
+    grads = scan_grads(selective_scan_ref, inputs, opts, reverse=False)
+    assert set(grads) == set(GRAD_NAMES)
+    for name, grad in grads.items():
+        assert grad.shape == inputs[name].shape and not grad.any(), name
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -335,6 +386,30 @@ def test_registered_backend_is_chosen_by_priority_and_availability(monkeypatch):
     unregister_backend("spy")
     selective_scan(**kw)
     assert calls == [True]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("reference", selective_scan_ref, lambda t: True, 5), "'reference' is the built-in fallback and cannot be "
+                                                           "replaced"),
+    (("", selective_scan_ref, lambda t: True, 5), "name must be a non-empty string, got ''"),
+    ((3, selective_scan_ref, lambda t: True, 5), "name must be a non-empty string, got 3"),
+    (("k", None, lambda t: True, 5), "fn must be callable, got NoneType"),
+    (("k", selective_scan_ref, True, 5), "available must be callable, got bool"),
+    (("k", selective_scan_ref, lambda t: True, "high"), "priority must be an int (reference 0, mamba_ssm 10), "
+                                                        "got 'high'"),
+    (("k", selective_scan_ref, lambda t: True, 5, None), "install_hint must be a string, got NoneType"),
+])
+def test_register_backend_refuses_bad_entries_and_keeps_the_registry(args, message, monkeypatch):
+    """Each of these used to register silently and then break every later selective_scan call with a
+    TypeError (or replace the reference for good, since it cannot be unregistered)."""
+    monkeypatch.setattr(scan_module, "_SCAN_BACKENDS", dict(scan_module._SCAN_BACKENDS))
+    before = dict(scan_module._SCAN_BACKENDS)
+    with pytest.raises(VmmError) as err:
+        register_backend(*args)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert scan_module._SCAN_BACKENDS == before
+    kw = scan_args(make_inputs(1, 2, 6, dtype=torch.float32), OPTION_SETS["plain"])
+    assert torch.equal(selective_scan(**kw), selective_scan_ref(**kw))
 
 
 def test_mamba_ssm_wrapper_casts_and_flips_around_the_kernel(monkeypatch):
@@ -424,17 +499,25 @@ def test_causal_conv1d_argument_errors_name_the_argument():
                               ((x, w[:3], b), r"weight must be \(4, width\) or \(4, 1, width\)"),
                               ((x, w, b[:3]), r"bias must have shape \(4,\)"),
                               ((x, w.numpy(), b), "weight must be a torch.Tensor, got ndarray"),
-                              ((x.long(), w, b), "x must be a real floating-point tensor")):
+                              ((x.long(), w, b), "x must be a real floating-point tensor"),
+                              # were cast to real with only a torch warning / silently accepted
+                              ((x, w.cfloat(), b), "weight must be a real floating-point tensor, got "
+                                                   "torch.complex64"),
+                              ((x, w, b.long()), "bias must be a real floating-point tensor, got torch.int64")):
             with pytest.raises(VmmError, match=message):
                 fn(*args)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_causal_conv1d_of_an_empty_sequence_is_empty(reverse):
-    x = torch.randn(2, 4, 0)
+    """The result also stays differentiable: backward() through it used to fail with "element 0 of tensors does
+    not require grad"."""
     for width in (1, 4):
-        out = causal_conv1d(x, torch.randn(4, width), torch.randn(4), reverse=reverse)
+        x, w, b = (torch.randn(*s, requires_grad=True) for s in ((2, 4, 0), (4, width), (4,)))
+        out = causal_conv1d(x, w, b, reverse=reverse)
         assert out.shape == x.shape and out.dtype == x.dtype
+        grads = torch.autograd.grad(out.sum(), (x, w, b))
+        assert [g.shape for g in grads] == [x.shape, w.shape, b.shape] and not any(g.any() for g in grads)
 
 
 def test_float64_mixer_direction_keeps_float64_parameters():

@@ -3,14 +3,15 @@
 ``selective_scan`` keeps mamba-ssm's argument conventions::
 
     u, delta, z: (batch, channels, length)     A: (channels, state), real
-    B, C: (batch, state, length)               D, delta_bias: (channels,)
+    B, C: (batch, state, length) or (batch, groups, state, length)      D, delta_bias: (channels,)
     delta' = softplus(delta + delta_bias)      (bias and softplus only when given / asked)
     h_t = exp(delta'_t A) * h_{t-1} + delta'_t B_t u_t        y_t = <h_t, C_t> + D u_t
     out = y * SiLU(z)
 
-``reverse=True`` runs the recurrence from the last position to the first, which is what the backward direction of
-bimamba needs, without flipping anything. Backends: ``reference`` (pure PyTorch, any device, float64-capable,
-differentiable) and ``mamba_ssm`` (the CUDA kernel), plus whatever :func:`register_backend` adds.
+With groups, channel e reads B and C of group e // (channels / groups), as in mamba-ssm (channels must be a
+multiple of groups). ``reverse=True`` runs the recurrence from the last position to the first, which is what the
+backward direction of bimamba needs, without flipping anything. Backends: ``reference`` (pure PyTorch, any device,
+float64-capable, differentiable) and ``mamba_ssm`` (the CUDA kernel), plus whatever :func:`register_backend` adds.
 
 How the reference is fast on CPU: time is cut into blocks of a few dozen positions whose per-state tensors
 (T, batch, channels, state) stay in cache (about 2 MiB each). Per block, the decays exp(delta A) (as exp2, which is ~4x faster than
@@ -77,10 +78,11 @@ class _Prepared:
 
     dlt: Tensor  # (L, Bt, E) delta after bias and softplus
     du: Tensor  # (L, Bt, E) delta * u
-    Bt: Tensor  # (L, Bt, N)
-    Ct: Tensor  # (L, Bt, N)
+    Bt: Tensor  # (L, Bt, G * N)
+    Ct: Tensor  # (L, Bt, G * N)
     A: Tensor  # (E, N)
     A2: Tensor  # (E, N) A * log2(e)
+    groups: int  # G: channel e reads B and C of group e // (E / G)
 
 
 def _prepare(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Optional[Tensor],
@@ -93,7 +95,20 @@ def _prepare(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bi
     dlt = _time_major(dlt_bm, cdt)
     du = torch.mul(dlt, u.permute(2, 0, 1).to(cdt), out=torch.empty_like(dlt))
     A2 = (A.to(torch.float64) * _LOG2E).to(cdt)
-    return _Prepared(dlt, du, _time_major(B, cdt), _time_major(C, cdt), A.to(cdt), A2), dlt_bm, pre
+    Bt, Ct = (_time_major(t.flatten(1, -2), cdt) for t in (B, C))
+    return _Prepared(dlt, du, Bt, Ct, A.to(cdt), A2, _groups(B)), dlt_bm, pre
+
+
+def _groups(B: Tensor) -> int:
+    return B.shape[1] if B.dim() == 4 else 1
+
+
+def _outer(out: Tensor, per_channel: Tensor, per_state: Tensor, groups: int) -> Tensor:
+    """out[t, b, e, n] = per_channel[t, b, e] * per_state[t, b, group of e, n], written into ``out``."""
+    n, bsz, E, N = out.shape
+    shape = (n, bsz, groups, E // groups)
+    torch.mul(per_channel.view(*shape, 1), per_state.view(n, bsz, groups, 1, N), out=out.view(*shape, N))
+    return out
 
 
 def _decays(out: Tensor, dlt: Tensor, A2: Tensor, floor: Optional[float]) -> Tensor:
@@ -136,7 +151,7 @@ def _scan_forward(p: _Prepared, reverse: bool, block: int, keep_carries: bool) -
     """The recurrence and C contraction. Returns y (L, Bt, E) without the D and z terms, and, if asked, the state
     entering each block in scan order (n_blocks, Bt, E, N), which the backward starts from."""
     L, Bsz, E = p.dlt.shape
-    N = p.A2.shape[1]
+    N, G = p.A2.shape[1], p.groups
     dev, cdt = p.dlt.device, p.dlt.dtype
     y = torch.empty(L, Bsz, E, dtype=cdt, device=dev)
     a_buf = torch.empty(block, Bsz, E, N, dtype=cdt, device=dev)
@@ -154,12 +169,14 @@ def _scan_forward(p: _Prepared, reverse: bool, block: int, keep_carries: bool) -
         a = _decays(a_buf[:n], p.dlt[s:e], p.A2, floor)
         states, prevs = _block_views(h_buf, n, reverse)
         h_buf[n if reverse else 0].copy_(carry)
-        torch.mul(p.du[s:e].unsqueeze(-1), p.Bt[s:e].unsqueeze(-2), out=states)
+        _outer(states, p.du[s:e], p.Bt[s:e], G)
         _recur(states.unbind(0), a.unbind(0), prevs.unbind(0), range(n - 1, -1, -1) if reverse else range(n))
         carry.copy_(states[0] if reverse else states[n - 1])
-        # y[t, b, :] = C[t, b, :] @ states[t, b]^T, batched over (t, b); this orientation is the fast one in MKL.
-        torch.bmm(p.Ct[s:e].reshape(n * Bsz, 1, N), states.view(n * Bsz, E, N).transpose(1, 2),
-                  out=y[s:e].view(n * Bsz, 1, E))
+        # y[t, b, group] = C[t, b, group] @ states[t, b, group]^T, batched over (t, b, group); this orientation is
+        # the fast one in MKL.
+        nbg = n * Bsz * G
+        torch.bmm(p.Ct[s:e].reshape(nbg, 1, N), states.view(nbg, E // G, N).transpose(1, 2),
+                  out=y[s:e].view(nbg, 1, E // G))
     return y, carries
 
 
@@ -190,7 +207,8 @@ def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, blo
     state, runs the adjoint, and turns both into gradients with whole-block ops.
     """
     L, Bsz, E = p.dlt.shape
-    N = p.A2.shape[1]
+    N, G = p.A2.shape[1], p.groups
+    Eg = E // G
     dev, cdt = p.dlt.device, p.dlt.dtype
     g_dlt = torch.empty_like(p.dlt)
     g_du = torch.empty_like(p.du)
@@ -208,7 +226,7 @@ def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, blo
         s = starts[k]
         e = min(L, s + block)
         n = e - s
-        nb = n * Bsz
+        nb, nbg = n * Bsz, n * Bsz * G
         # The decays and the adjoint need their neighbour one step LATER in scan order, so their buffers use the
         # opposite direction's layout; the states need the one earlier.
         a, a_next = _block_views(a_buf, n, not reverse)
@@ -216,18 +234,20 @@ def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, blo
         _decays(a, p.dlt[s:e], p.A2, floor)
         states, prevs = _block_views(h_buf, n, reverse)
         h_buf[n if reverse else 0].copy_(carries[k])
-        torch.mul(p.du[s:e].unsqueeze(-1), p.Bt[s:e].unsqueeze(-2), out=states)
+        _outer(states, p.du[s:e], p.Bt[s:e], G)
         _recur(states.unbind(0), a.unbind(0), prevs.unbind(0), range(n - 1, -1, -1) if reverse else range(n))
         lam, lam_next = _block_views(lam_buf, n, not reverse)
         lam_buf[0 if reverse else n].copy_(lam_carry)
-        torch.mul(gy[s:e].unsqueeze(-1), p.Ct[s:e].unsqueeze(-2), out=lam)
+        _outer(lam, gy[s:e], p.Ct[s:e], G)
         _recur(lam.unbind(0), a_next.unbind(0), lam_next.unbind(0), range(n) if reverse else range(n - 1, -1, -1))
         a_carry.copy_(a[n - 1] if reverse else a[0])
         lam_carry.copy_(lam[n - 1] if reverse else lam[0])
-        # dC_t = gy_t . h_t ; dB_t = (delta u)_t . lambda_t ; d(delta u)_t = lambda_t . B_t (sums over e or n).
-        torch.bmm(gy[s:e].reshape(nb, 1, E), states.reshape(nb, E, N), out=g_C[s:e].view(nb, 1, N))
-        torch.bmm(p.du[s:e].reshape(nb, 1, E), lam.reshape(nb, E, N), out=g_B[s:e].view(nb, 1, N))
-        torch.bmm(p.Bt[s:e].reshape(nb, 1, N), lam.view(nb, E, N).transpose(1, 2), out=g_du[s:e].view(nb, 1, E))
+        # dC_t = gy_t . h_t ; dB_t = (delta u)_t . lambda_t ; d(delta u)_t = lambda_t . B_t (sums over the
+        # group's channels or over n).
+        torch.bmm(gy[s:e].reshape(nbg, 1, Eg), states.reshape(nbg, Eg, N), out=g_C[s:e].view(nbg, 1, N))
+        torch.bmm(p.du[s:e].reshape(nbg, 1, Eg), lam.reshape(nbg, Eg, N), out=g_B[s:e].view(nbg, 1, N))
+        torch.bmm(p.Bt[s:e].reshape(nbg, 1, N), lam.view(nbg, Eg, N).transpose(1, 2),
+                  out=g_du[s:e].view(nbg, 1, Eg))
         # x = delta A enters only through a = exp(x): dL/dx = lambda_t * a_t * h_prev. The states are done with,
         # so this overwrites them (prevs aliases states shifted by one slot).
         gx = prevs.mul_(a).mul_(lam)
@@ -279,8 +299,8 @@ class _ReferenceScan(torch.autograd.Function):
             g_D = (g * u_c).sum(dim=(0, 2)).to(D.dtype)
         g_pre = g_dlt.mul_(torch.sigmoid(pre)) if ctx.delta_softplus else g_dlt
         g_bias = g_pre.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (g_u.to(u.dtype), g_pre.to(delta.dtype), g_A.to(A.dtype), _batch_major(g_B_tm).to(B.dtype),
-                _batch_major(g_C_tm).to(C.dtype), g_D, g_z, g_bias, None, None)
+        g_B, g_C = (_batch_major(g).view(t.shape).to(t.dtype) for g, t in ((g_B_tm, B), (g_C_tm, C)))
+        return (g_u.to(u.dtype), g_pre.to(delta.dtype), g_A.to(A.dtype), g_B, g_C, g_D, g_z, g_bias, None, None)
 
 
 def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -309,13 +329,21 @@ def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
         raise VmmError(f"selective_scan: A must be a real floating-point tensor, got {A.dtype}; convert it with "
                        f".float()")
     state = A.shape[1]
-    expected = {"delta": (delta, (batch, channels, length)), "B": (B, (batch, state, length)),
-                "C": (C, (batch, state, length)), "D": (D, (channels,)), "z": (z, (batch, channels, length)),
-                "delta_bias": (delta_bias, (channels,))}
+    groups = _groups(B)
+    if groups < 1 or channels % groups:
+        raise VmmError(f"selective_scan: B of shape {tuple(B.shape)} has {groups} groups, which must be at least 1 "
+                       f"and divide the {channels} channels of u; pass B as (batch, state, length) for one group")
+    # The group count comes from B; C follows it, and a 3-D B or C is one group, as in mamba-ssm.
+    grouped = (batch, groups, state, length) if groups > 1 else (batch, state, length)
+    expected = {"delta": (delta, (batch, channels, length)), "B": (B, grouped), "C": (C, grouped),
+                "D": (D, (channels,)), "z": (z, (batch, channels, length)), "delta_bias": (delta_bias, (channels,))}
     for name, (t, shape) in expected.items():
-        if t is not None and tuple(t.shape) != shape:
-            raise VmmError(f"selective_scan: {name} must have shape {shape} for u of shape {tuple(u.shape)} "
-                           f"and A of shape {tuple(A.shape)}, got {tuple(t.shape)}")
+        if t is None or tuple(t.shape) == shape:
+            continue
+        if name in ("B", "C") and groups == 1 and tuple(t.shape) == (batch, 1, state, length):
+            continue  # one group, spelled out
+        raise VmmError(f"selective_scan: {name} must have shape {shape} for u of shape {tuple(u.shape)} "
+                       f"and A of shape {tuple(A.shape)}, got {tuple(t.shape)}")
 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
@@ -332,8 +360,6 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     torch.Size([1, 4, 10])
     """
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    if u.numel() == 0:
-        return torch.zeros_like(u)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _ReferenceScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -381,6 +407,20 @@ def register_backend(name: str, fn: Callable[..., Tensor], available: Callable[[
     ['reference', 'ref_copy']
     >>> unregister_backend("ref_copy")
     """
+    # Checked here because a bad entry breaks every later selective_scan call (the choice sorts and probes all
+    # backends), far from the call that added it; and a replaced reference could not be restored.
+    if not isinstance(name, str) or not name:
+        raise VmmError(f"register_backend: name must be a non-empty string, got {name!r}")
+    if name == "reference":
+        raise VmmError("register_backend: 'reference' is the built-in fallback and cannot be replaced; register "
+                       "the backend under another name")
+    for arg, value in (("fn", fn), ("available", available)):
+        if not callable(value):
+            raise VmmError(f"register_backend: {arg} must be callable, got {type(value).__name__}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise VmmError(f"register_backend: priority must be an int (reference 0, mamba_ssm 10), got {priority!r}")
+    if not isinstance(install_hint, str):
+        raise VmmError(f"register_backend: install_hint must be a string, got {type(install_hint).__name__}")
     _SCAN_BACKENDS[name] = Backend(name, fn, available, priority, install_hint)
 
 
@@ -476,8 +516,11 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
                            f"got {type(t).__name__}")
     if x.dim() != 3:
         raise VmmError(f"causal_conv1d: x must be (batch, channels, length), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise VmmError(f"causal_conv1d: x must be a real floating-point tensor, got {x.dtype}")
+    # Complex taps would be cast to real with only a torch warning, integer ones silently accepted.
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise VmmError(f"causal_conv1d: {name} must be a real floating-point tensor, got {t.dtype}; convert "
+                           f"it with .float()")
     w = _conv_weight_2d(weight)
     if w.shape[0] != x.shape[1] or w.shape[1] < 1:
         raise VmmError(f"causal_conv1d: weight must be ({x.shape[1]}, width) or ({x.shape[1]}, 1, width) for x "
@@ -508,14 +551,16 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, 
     """
     silu = _check_activation(activation)
     w = _check_conv_args(x, weight, bias)
-    if x.shape[-1] == 0:  # conv1d refuses an input shorter than the kernel, which padding cannot fix here
-        return torch.zeros_like(x)
     channels, width = w.shape
+    length = x.shape[-1]
     cdt = _compute_dtype(x, w, bias)
-    pad = (0, width - 1) if reverse else (width - 1, 0)
+    # conv1d refuses an input shorter than its kernel: an empty sequence gets one more zero of padding and its
+    # one output is sliced off again, so the (empty) result stays in the autograd graph of x, weight and bias.
+    grow = width - 1 + (length == 0)
+    pad = (0, grow) if reverse else (grow, 0)
     taps = w.flip(-1) if reverse else w
     out = F.conv1d(F.pad(x.to(cdt), pad), taps.to(cdt).unsqueeze(1), None if bias is None else bias.to(cdt),
-                   groups=channels)
+                   groups=channels)[..., :length]
     return (F.silu(out) if silu else out).to(x.dtype)
 
 

@@ -120,6 +120,10 @@ def test_load_labels_from_file_and_errors(tmp_path):
         load_labels(dup)
     with pytest.raises(VmmError, match="unknown label set 'kinetics401'"):
         load_labels("kinetics401")
+    # Saved by Notepad or Excel: a byte-order mark and CRLF line ends (the mark stuck to the first name)
+    windows = tmp_path / "windows.txt"
+    windows.write_bytes(b"\xef\xbb\xbfcat\r\ndog\r\nbird\r\n")
+    assert load_labels(windows) == ["cat", "dog", "bird"]
 
 
 # -- the official views ----------------------------------------------------------------------------------------
@@ -144,6 +148,21 @@ def test_portrait_frames_are_cropped_along_the_height():
     x = F.interpolate(x, size=(42, SIZE), mode="bilinear", align_corners=False, antialias=False).round().clamp(0, 255)
     for view, y in zip(views, THREE_CROPS):  # int(32 * 64 / 48) = 42 rows, full width
         assert torch.allclose(view, ((x[:, :, y:y + SIZE] / 255 - MEAN) / STD).permute(1, 0, 2, 3), atol=1e-6)
+
+
+def test_portrait_video_decoders(tmp_path):
+    """A 48 px wide portrait video: PyAV and 'auto' give the official views cropped along the height; decord (which
+    fails on frames 16, 24, 48 or 72 px wide) gives one line naming the decoders that read it."""
+    frames = np.random.default_rng(1).integers(0, 256, (12, 64, 48, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "portrait.mkv", frames)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(42, SIZE), mode="bilinear", align_corners=False, antialias=False).round().clamp(0, 255)
+    idx = sample_clip_indices(12, T)
+    expected = torch.stack([((x[idx, :, y:y + SIZE] / 255 - MEAN) / STD).permute(1, 0, 2, 3) for y in THREE_CROPS])
+    for backend in ("pyav", "auto"):
+        assert torch.allclose(read_views(path, T, SIZE, crops=3, backend=backend), expected, atol=1e-6, rtol=0)
+    with pytest.raises(VmmError, match=r"decord cannot read frames .*; use the 'auto' or 'pyav' decoder$"):
+        read_views(path, T, SIZE, backend="decord")
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
@@ -322,16 +341,41 @@ def test_label_count_differs_from_head(video, tmp_path, capsys):
 def test_bad_options(video, checkpoint, capsys):
     path, _ = video
     code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), "--clips", "0"], capsys)
-    assert_one_line_error(code, err, "--clips 0 (clips=0): must be >= 1")
+    assert_one_line_error(code, err, "--clips 0 (clips=0): must be a whole number >= 1")
     for option, name in (("--top-k", "top_k"), ("--batch-size", "batch_size"), ("--crops", "crops")):
         code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), option, "0"], capsys)
-        assert_one_line_error(code, err, f"{option} 0 ({name}=0): must be >= 1")
+        assert_one_line_error(code, err, f"{option} 0 ({name}=0): must be a whole number >= 1")
     code, _, err = run_cli([str(path), *TINY_ARGS], capsys)
     assert_one_line_error(code, err, "--checkpoint is required")
     code, _, err = run_cli([str(path), *TINY_ARGS, "--model-arg", "depth"], capsys)
     assert_one_line_error(code, err, "--model-arg expects KEY=VALUE")
     with pytest.raises(VmmError, match="backend='opencv'.*must be 'auto'"):
         ClassifyOptions(backend="opencv").check()
+
+
+@pytest.mark.parametrize("option", [dict(clips=2.0), dict(crops="3"), dict(top_k=3.0), dict(batch_size=None)])
+def test_python_options_that_are_not_whole_numbers(video, model, option):
+    """A float or None from a config file failed inside range() or topk() with a TypeError."""
+    (name, value), = option.items()
+    with pytest.raises(VmmError, match=rf"\({name}={value!r}\): must be a whole number >= 1"):
+        classify_video(video[0], model, **option)
+
+
+@pytest.mark.parametrize("name", ["clips", "crops"])
+def test_read_views_refuses_no_views(video, name):
+    """read_views alone ended in torch's "stack expects a non-empty TensorList"."""
+    with pytest.raises(VmmError, match=rf"--{name} 0 \({name}=0\): must be a whole number >= 1"):
+        read_views(video[0], T, SIZE, **{name: 0})
+
+
+def test_missing_checkpoint_is_named_before_the_video_is_decoded(video, monkeypatch, tmp_path, capsys):
+    """A mistyped --checkpoint was reported only once the views were decoded: minutes for a long phone video."""
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the video was decoded before the checkpoint was checked")
+    monkeypatch.setattr(vmm.classify, "read_views", no_decoding)
+    missing = tmp_path / "videomamba_m16_k400_f8_res224.ptth"
+    code, _, err = run_cli([str(video[0]), *TINY_ARGS, "--checkpoint", str(missing)], capsys)
+    assert_one_line_error(code, err, f"checkpoint {missing} does not exist")
 
 
 def test_frames_and_resolution_follow_the_checkpoint_unless_chosen(video, tmp_path, capsys):

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 from vmm.labels import load_labels
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -56,8 +56,8 @@ class ClassifyOptions:
         # Named both ways, as `vmm classify` passes its options straight through: "--top-k 0 (top_k=0)".
         for name in ("clips", "crops", "top_k", "batch_size"):
             value = getattr(self, name)
-            if value < 1:
-                raise VmmError(f"--{name.replace('_', '-')} {value} ({name}={value}): must be >= 1")
+            if not is_whole_number(value) or value < 1:  # a float or None from Python failed later as a TypeError
+                raise VmmError(f"--{name.replace('_', '-')} {value} ({name}={value!r}): must be a whole number >= 1")
         if self.backend not in ("auto", "decord", "pyav"):
             raise VmmError(f"--decoder {self.backend} (backend={self.backend!r}): must be 'auto', 'decord' or "
                            "'pyav'")
@@ -148,7 +148,9 @@ def _read_decord(path: str, indices: list[int], info, prepare: Callable[[np.ndar
             frames.update(zip(chunk, map(prepare, reader.get_batch(chunk).asnumpy())))
     except Exception as error:  # decord raises its own DECORDError and RuntimeError
         message = " ".join(str(error).split())[:200]
-        raise VmmError(f"{path}: decord cannot read frames {indices[:4]}...: {message}") from None
+        # Only --decoder decord shows this ('auto' goes on to PyAV): decord fails on some frame sizes (48 px wide).
+        raise VmmError(f"{path}: decord cannot read frames {indices[:4]}...: {message}; use the 'auto' or 'pyav' "
+                       "decoder") from None
     return frames
 
 
@@ -223,6 +225,7 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
 def read_views(path: Union[str, Path], num_frames: int, size: int, clips: int = 1, crops: int = 1,
                backend: str = "auto") -> Tensor:
     """Decode and preprocess the ``clips x crops`` views of a video: (clips * crops, 3, num_frames, size, size)."""
+    ClassifyOptions(clips, crops, backend=backend).check()  # 0 clips or crops ended in torch.stack of no views
     return make_views(decode_clips(path, num_frames, clips, backend, size), size, crops)
 
 

@@ -106,13 +106,13 @@ def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
 def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     """The checkpoint's frame count and resolution, each where the command line did not choose it and it differs
     from the model config's (a chosen size gets the position tables interpolated to it, as before)."""
-    from vmm.factory import checkpoint_input_size
-    from vmm.models.persistence import is_pretrained_dir
+    from vmm.factory import HF_PREFIX, checkpoint_input_size
     chosen = parse_model_args(args.model_arg)
     # Local files and folders only, as vmm eval, index and encode: 'default' and hf-hub: names would be fetched
     # here, before the video is checked (a config's "default" file is of the config's own size).
-    if not args.checkpoint or not (Path(args.checkpoint).is_file() or is_pretrained_dir(args.checkpoint)):
+    if not args.checkpoint or args.checkpoint == "default" or args.checkpoint.startswith(HF_PREFIX):
         return None
+    # Resolved now so that a mistyped path is named before the video is decoded (minutes for a long phone video).
     found = checkpoint_input_size(_checkpoint_path(model, args.checkpoint))
     if found is None:
         return None

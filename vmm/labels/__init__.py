@@ -62,7 +62,8 @@ def load_labels(name_or_path: Union[str, Path]) -> list[str]:
     path = Path(text).expanduser()
     if path.is_file():
         try:
-            return _parse(path.read_text(encoding="utf-8"), str(path))
+            # utf-8-sig: Notepad and Excel start a file with a byte-order mark, which stuck to the first class name
+            return _parse(path.read_text(encoding="utf-8-sig"), str(path))
         except UnicodeDecodeError:
             raise VmmError(f"label file {path} is not UTF-8 text; write one class name per line") from None
     raise VmmError(f"unknown label set {text!r}: not a built-in set ({', '.join(builtin_label_sets())}) "

@@ -32,7 +32,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv=None) -> None:
     p = parser(__file__, __doc__)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--frames", type=positive_int, default=8)
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -6,8 +6,8 @@ space-time ViT-B with SDPA. Every baseline runs in the same process as our path.
     python benchmarks/encoder_speed.py --quick --out /tmp/bench             # smaller batches, fewer repeats
 
 Writes ``encoder_speed.md`` (tables), ``encoder_speed.json`` (every number, ``gpu`` and ``ratios``) and
-``encoder_speed.png`` (clips/s against frames) to ``--out`` (default ``benchmarks/results``; with ``--quick``, a
-temporary folder, so a quick run never replaces the recorded results). The official-style baseline needs mamba-ssm's
+``encoder_speed.png`` (clips/s against frames; needs matplotlib, not a vmm dependency) to ``--out`` (default
+``benchmarks/results``; with ``--quick``, a temporary folder, so a quick run never replaces the recorded results). The official-style baseline needs mamba-ssm's
 ``selective_scan_cuda`` (``benchmarks/build_mamba_ssm.sh``); causal-conv1d is used when installed, else
 PyTorch's conv. Timings: CUDA events, median of the timed repeats after warm-up, bf16 autocast.
 """
@@ -611,13 +611,21 @@ def write_markdown(res, path: Path):
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot(res, path: Path):
-    import matplotlib
+def plot(res, path: Path) -> bool:
+    """Draws clips/s against frames to ``path``; False, and no file there, when there is nothing to draw or no
+    matplotlib (not a vmm dependency): a plot left from an earlier run would not match the new JSON beside it."""
+    rows = [r for r in res.get("encoders", []) if "clips_per_s" in r]
+    try:
+        import matplotlib
+    except ImportError:
+        if rows:  # after minutes of GPU time this was a traceback in place of the summary
+            log(f"no {path.name}: matplotlib is not installed (pip install matplotlib to plot)")
+        rows = []
+    if not rows:
+        path.unlink(missing_ok=True)
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in res.get("encoders", []) if "clips_per_s" in r]
-    if not rows:
-        return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in dict.fromkeys(r["model"] for r in rows):
         pts = sorted((r["frames"], r["clips_per_s"]) for r in rows if r["model"] == m)
@@ -632,6 +640,7 @@ def plot(res, path: Path):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return True
 
 
 def main(argv=None):
@@ -659,7 +668,7 @@ def main(argv=None):
         raise SystemExit("encoder_speed.py needs a CUDA GPU")
     import triton
     if args.out is None:
-        args.out = Path(tempfile.gettempdir()) / "vmm-encoder-speed-quick" if args.quick else Path("benchmarks/results")
+        args.out = Path(tempfile.gettempdir()) / "vmm-encoder-speed-quick" if args.quick else Path(__file__).resolve().parent / "results"
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -684,9 +693,9 @@ def main(argv=None):
     summarize(res)
     (args.out / "encoder_speed.json").write_text(json.dumps(res, indent=1))
     write_markdown(res, args.out / "encoder_speed.md")
-    plot(res, args.out / "encoder_speed.png")
+    plotted = plot(res, args.out / "encoder_speed.png")
     log(json.dumps(res["ratios"], indent=1))
-    log(f"wrote {args.out / 'encoder_speed.json'}, .md and .png")
+    log(f"wrote {args.out / 'encoder_speed.json'}, .md" + (" and .png" if plotted else ""))
 
 
 if __name__ == "__main__":

@@ -336,6 +336,16 @@ def _size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _library_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 32:  # the 32 near-duplicate queries are 32 different library vectors: a ValueError traceback before
+        raise argparse.ArgumentTypeError(f"{text!r} is not a library size of at least 32 vectors")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -357,7 +367,7 @@ def main() -> None:
     # at least one: the decoders' CPU time is read from the child processes
     ap.add_argument("--workers", type=positive_int, default=None,
                     help="decoder processes [as vmm index: cores - 1, at most 8 for an encoder on the CPU, 32 on a GPU]")
-    ap.add_argument("--sizes", type=positive_int, nargs="+", default=None, help="library sizes [10000 100000 1000000]")
+    ap.add_argument("--sizes", type=_library_size, nargs="+", default=None, help="library sizes [10000 100000 1000000]")
     ap.add_argument("--ivf-train-per-list", type=positive_int, default=16,
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")
     ap.add_argument("--merge-files", type=positive_int, default=None,
@@ -373,6 +383,8 @@ def main() -> None:
     args.videos = args.videos or (8 if args.quick else 24)
     args.sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     args.merge_files = args.merge_files or (2000 if args.quick else 4000)
+    if {"indexing", "search", "merge"} <= set(args.skip):  # the run's empty result replaced the recorded one
+        ap.error("argument --skip: nothing is left to run; skip at most two of indexing, search and merge")
     if args.write_videos:
         write_videos(Path(args.write_videos), args.videos, args.video_seconds, *args.video_size)
         print(f"wrote {args.videos} videos to {args.write_videos}")
@@ -405,11 +417,35 @@ def main() -> None:
             result["search"] = bench_search(args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    result["ratios"] = ratios(result)
     result["total_s"] = round(time.perf_counter() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     report(result)
     print(f"\nwrote {out}")
+
+
+def ratios(result: dict) -> dict:
+    """Each measurement against its baseline of the same run: the model's end-to-end rate against the colour
+    histogram's (the same pipeline with an almost free encoder) and against decoding alone (the rate a perfect
+    encoder would leave), and each index's 32-query p50 latency as a speedup over exact Flat at the same size and
+    FAISS threads."""
+    out = {}
+    if "indexing" in result:
+        ix = result["indexing"]
+        model = ix["model"]["clips_per_s"]
+        out["indexing_model_vs_color_histogram"] = round(model / ix["color_histogram"]["clips_per_s"], 3)
+        out["indexing_model_vs_decode_only"] = round(model / ix["decode_only"]["clips_per_s"], 3)
+    flat = {(r["n"], r["faiss_threads"]): r["batch32_p50_ms"] for r in result.get("search", [])
+            if r["index"] == "Flat"}
+    for r in result.get("search", []):
+        if r["index"] != "Flat" and (r["n"], r["faiss_threads"]) in flat:
+            out[_speedup_key(r)] = round(flat[r["n"], r["faiss_threads"]] / r["batch32_p50_ms"], 2)
+    return out
+
+
+def _speedup_key(row: dict) -> str:
+    return f"search_{row['index']}_n{row['n']}_{row['faiss_threads']}threads_speedup_vs_flat"
 
 
 def report(result: dict) -> None:
@@ -430,6 +466,9 @@ def report(result: dict) -> None:
                   f"{r['decode_workers']:>8}")
         m = ix["model"]
         print(f"  {m['encoder']} ({m['frames']} x {m['img_size']} px) ran on {m['device']} ({m['precision']})")
+        r = result["ratios"]
+        print(f"  ratios: {r['indexing_model_vs_color_histogram']:.2f}x the colour-histogram baseline's clips/s, "
+              f"{r['indexing_model_vs_decode_only']:.2f}x the decode-only rate")
     if "merge" in result:
         m = result["merge"]
         print(f"\nmerge (rank 0, distributed run): {m['clips']} staged clips of dim {m['dim']} in {m['merge_s']:.2f} s "
@@ -439,6 +478,9 @@ def report(result: dict) -> None:
         print(f"  {'n':>9} {'index':<16}{'threads':>8}{'1q p50':>9}{'1q p99':>9}{'32q p50':>10}{'32q p99':>10}  notes")
         for r in result["search"]:
             notes = "auto's choice" if r["chosen_by_auto"] else ""
+            speedup = result["ratios"].get(_speedup_key(r))
+            if speedup is not None:
+                notes += f"{'; ' if notes else ''}{speedup:.1f}x Flat (32q p50)"
             if "nprobe" in r:
                 notes += (f"; nprobe {r['nprobe']}, recall@10 {r['recall_at_10_random_queries']:.2f} random / "
                           f"{r['recall_at_10_near_duplicate_queries']:.2f} near-duplicate queries")

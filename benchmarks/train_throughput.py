@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,13 +42,7 @@ def device_name(cpu: bool) -> str:
     import torch
     if not cpu and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()}"
+    return f"CPU: {cpu_name()} ({os.cpu_count()} logical cores)"
 
 
 def worker(args) -> None:
@@ -147,9 +140,10 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
     if processes == 1:
         cmd = [sys.executable] + common
     else:
-        accelerate = str(Path(sys.executable).with_name("accelerate"))
-        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", args.precision, "--dynamo_backend", "no"] + common
+        # The module, not the `accelerate` script beside the interpreter: pip install --user and system Pythons put
+        # scripts elsewhere, and every multi-process run ended in a FileNotFoundError traceback.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", args.precision, "--dynamo_backend", "no"] + common
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0 or not result.is_file():

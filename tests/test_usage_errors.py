@@ -49,6 +49,8 @@ BENCHMARK_MISTAKES = [
     ("scan_cpu.py", ["--naive-every", "0"], "--naive-every"),  # ZeroDivisionError
     ("cpu_encoder.py", ["--models", "tiny"], "--models"),  # VmmError traceback
     ("cpu_encoder.py", ["--models", "videomamba_tiny", "--baseline", "tiny"], "--baseline"),  # no baseline timed
+    # a text-video model: a traceback after the models before it had been timed
+    ("cpu_encoder.py", ["--models", "videomamba_tiny", "vmm_nano", "--baseline"], "--models"),
     ("encoder_speed.py", ["--sections", "encoder"], "--sections"),  # nothing run, empty tables written
     ("encoder_speed.py", ["--frames", "0"], "--frames"),
     ("encoder_accuracy.py", ["--batch", "0"], "--batch"),
@@ -56,6 +58,8 @@ BENCHMARK_MISTAKES = [
     ("indexing.py", ["--video-dir", "{tmp}"], "--video-dir"),  # a run of 0 videos written as the result
     ("indexing.py", ["--workers", "0"], "--workers"),  # ZeroDivisionError
     ("indexing.py", ["--model", "nope"], "--model"),  # VmmError traceback after writing the videos
+    ("indexing.py", ["--sizes", "20", "--skip", "indexing", "merge"], "--sizes"),  # ValueError traceback
+    ("indexing.py", ["--skip", "indexing", "search", "merge"], "--skip"),  # an empty run written as the result
     ("train_throughput.py", ["--steps", "0"], "--steps"),  # every launched job failed
     ("train_throughput.py", ["--precision", "fp17"], "--precision"),
     ("nano_synthetic.py", ["--baseline", "{tmp}/missing"], "--baseline"),  # a traceback after the corpus

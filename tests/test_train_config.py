@@ -181,6 +181,9 @@ def test_allowed_missing_media_warn_and_pass(capsys, corpus, partly_missing):
 def test_teacher_file_absent(capsys, corpus, tmp_path):
     code, err = run_main(capsys, data_override(corpus), f"teacher.clip_weights={tmp_path / 'clip.bin'}")
     assert code == 2 and f"CLIP teacher weights file {tmp_path / 'clip.bin'} not found" in err
+    # A hub download folder exists: "not found" sent the user looking for a path that is there.
+    code, err = run_main(capsys, data_override(corpus), f"teacher.clip_weights={tmp_path}")
+    assert code == 2 and f"CLIP teacher weights file {tmp_path} is a folder (a hub download?), not a file" in err
 
 
 def test_bad_resume_folder(capsys, corpus, tmp_path):
@@ -233,6 +236,57 @@ def test_hflip_is_a_checked_probability_and_reaches_the_transform():
     for seed in range(20):
         out = never(frames, random.Random(seed))
         assert out[:, :, :, :4].mean() > out[:, :, :, -4:].mean()
+
+
+@pytest.mark.parametrize("override, option", [
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.lr=1e400", "optim.lr"),
+    ("loss.uta=inf", "loss.uta"),
+    ("optim.weight_decay=inf", "optim.weight_decay"),
+    ("optim.betas=[0.9, 1e400]", "optim.betas"),
+    ("schedule.epochs=inf", "schedule.epochs"),
+    ("data.train[0].weight=nan", "data.train[0].weight"),
+])
+def test_a_number_that_is_not_finite_is_refused(capsys, corpus, override, option):
+    """inf passed every range check (inf > 0): lr or a loss weight of inf trained to NaN without a word, and
+    schedule.epochs=inf or a NaN corpus weight ended in a traceback."""
+    code, err = run_main(capsys, data_override(corpus), override, "--check")
+    assert code == 2 and err.startswith(f"error: option {option} must be a finite number, got ") and \
+        err.count("\n") == 1, err
+
+
+def test_a_recipe_with_an_infinite_value_is_one_line_in_the_real_command(corpus, tmp_path):
+    recipe = tmp_path / "inf.yaml"
+    recipe.write_text(f"base: {TINY}\nschedule: {{epochs: .inf}}\n")
+    done = subprocess.run([sys.executable, "-m", "vmm.train", "--config", str(recipe), data_override(corpus),
+                           f"train.output_dir={tmp_path / 'out'}", "--check"],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "error: option schedule.epochs must be a finite number, got inf\n"
+
+
+def test_a_missing_base_names_the_recipe_that_sets_it(capsys, tmp_path):
+    """It said "config file .../nope.yaml not found; pass --config ...", pointing at the --config path, which
+    exists; the base: line inside it is what to fix."""
+    child = tmp_path / "child.yaml"
+    child.write_text("base: nope.yaml\n")
+    code = main(["--config", str(child), "--check"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: config {child}: its base {tmp_path / 'nope.yaml'} does not exist; "
+                                 f"set base: to a recipe file (a path relative to {tmp_path})\n")
+    child.write_text(f"base: {tmp_path}\n")
+    assert main(["--config", str(child), "--check"]) == 2
+    assert f"its base {tmp_path} is a folder, not a file" in capsys.readouterr().err
+
+
+def test_freezing_every_parameter_is_refused_by_check_and_run(capsys, corpus, tmp_path):
+    """Nothing left to train: the run started, then stopped on a backward traceback."""
+    out = tmp_path / "out"
+    for extra in (["--check"], []):
+        code, err = run_main(capsys, data_override(corpus), f"train.output_dir={out}", "freeze=['*']", *extra)
+        assert code == 2 and err.startswith("error: freeze patterns ['*'] freeze every parameter") and \
+            err.count("\n") == 1, err
+        assert not out.exists()
 
 
 def test_config_that_is_not_utf8(capsys, tmp_path):

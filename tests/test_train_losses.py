@@ -327,6 +327,9 @@ def test_freeze_ranges_and_unknown_pattern():
                for n, p in model.named_parameters() if n in frozen)
     with pytest.raises(VmmError, match="freeze pattern 'text_encoder.layers.0' matches no parameter"):
         freeze(model, ["text_encoder.layers.0"])
+    with pytest.raises(VmmError, match=r"freeze patterns \['text_encoder', 'vision_\*', '\*_proj', 'itm_head', "
+                                        r"'temp'\] freeze every parameter, so nothing would train"):
+        freeze(model, ["text_encoder", "vision_*", "*_proj", "itm_head", "temp"])
 
 
 def test_cosine_schedule_with_warmup():

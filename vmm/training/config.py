@@ -1,7 +1,9 @@
 """The training recipe: typed dataclasses read from YAML, with dotted ``key=value`` overrides.
 
-A recipe is a YAML mapping with the sections below (every key optional, defaults are the official stage-1
-settings where one exists). ``base: other.yaml`` (relative to the recipe) is merged underneath, so stage-2
+A recipe is a YAML mapping with the sections below (every key optional). The defaults of the optimizer, schedule,
+MLM and masking settings are the official stage-1 ones; the model (``vmm_nano``), ``data.batch_size`` (8),
+``loss.uta`` (0: no CLIP teacher to download) and ``train.weights_dtype`` (float32) are not, so the released
+recipes set them. ``base: other.yaml`` (relative to the recipe) is merged underneath, so stage-2
 recipes only list what changes. Overrides on the command line use dotted paths and Python literals
 (``optim.lr=8e-5``, ``data.train=[{'anno': 'a.json', 'root': 'videos'}]``); a value that is not a literal is
 taken as a string (``train.output_dir=runs/x``). Unknown keys and wrongly typed values are refused with a
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -159,7 +162,11 @@ class TrainConfig:
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     import yaml
     if not path.is_file():
-        raise VmmError(f"config file {path} not found; pass --config configs/pretrain/<recipe>.yaml")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        if seen:  # a base: line of a recipe that exists, not the --config path, is what to fix
+            raise VmmError(f"config {seen[-1]}: its base {path} {what}; set base: to a recipe file (a path "
+                           f"relative to {seen[-1].parent})")
+        raise VmmError(f"config file {path} {what}; pass --config configs/pretrain/<recipe>.yaml")
     if path.resolve() in seen:
         raise VmmError(f"config {path} includes itself through 'base'; remove the loop")
     try:
@@ -320,13 +327,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 4e-4 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 4e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # No option means anything by inf or nan: they passed the range checks (inf > 0) and trained to NaN
+            # (optim.lr, loss weights) or crashed in a step count (schedule.epochs).
+            if not math.isfinite(number):
+                raise VmmError(f"option {where} must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

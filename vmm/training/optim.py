@@ -92,11 +92,12 @@ def freeze(module: nn.Module, patterns: Iterable[str]) -> list[str]:
     >>> len(freeze(m, ["layers.0-1"])) == 2 * len(list(m.layers[0].parameters()))
     True
     """
+    patterns = [str(p) for p in patterns]
     frozen = []
     names = [n for n, _ in module.named_parameters()]
     params = dict(module.named_parameters())
     for pattern in patterns:
-        rx = _pattern_regex(str(pattern))
+        rx = _pattern_regex(pattern)
         hit = [n for n in names if rx.match(n)]
         if not hit:
             example = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:4])
@@ -104,6 +105,10 @@ def freeze(module: nn.Module, patterns: Iterable[str]) -> list[str]:
         for n in hit:
             params[n].requires_grad_(False)
         frozen += hit
+    if params and not any(p.requires_grad for p in params.values()):
+        # Otherwise the first backward failed with a traceback ("element 0 of tensors does not require grad").
+        raise VmmError(f"freeze patterns {patterns} freeze every parameter, so nothing would "
+                       f"train; freeze only part of the model (e.g. text_encoder.encoder.layer.0-3)")
     return sorted(set(frozen))
 
 

@@ -40,7 +40,8 @@ def resolve_clip_weights(model_name: str, weights: Optional[str]) -> Optional[Pa
     path = Path(weights).expanduser()
     if path.suffix or os.sep in weights or path.exists():
         if not path.is_file():
-            raise VmmError(f"teacher.clip_weights: CLIP teacher weights file {path} not found; pass an existing "
+            what = "is a folder (a hub download?), not a file" if path.is_dir() else "not found"
+            raise VmmError(f"teacher.clip_weights: CLIP teacher weights file {path} {what}; pass an existing "
                            f"open_clip/OpenAI state dict (.bin/.pt/.safetensors) or the tag 'openai' when online")
         return path
     import open_clip

@@ -459,3 +459,20 @@ def test_a_folder_left_by_a_run_that_saved_no_checkpoint_is_named_as_such(capsys
     (out / "notes.txt").write_text("mine\n")  # anything else: the general refusal
     code, err = run_main(capsys, data_override(corpus), f"train.output_dir={out}", "--check")
     assert code == 2 and "is not empty (it holds notes.txt, tensorboard, train_config.yaml)" in err
+
+
+def test_the_tokenizer_of_the_model_config_is_the_one_checked_and_trained_with(capsys, corpus, tmp_path):
+    """model.overrides.tokenizer is written into the exported config.json; training tokenized with the model
+    name's tokenizer instead, so the saved model named a vocabulary it had never been trained with."""
+    from vmm.tokenizer import find_vocab
+    missing = tmp_path / "no-such-vocab"
+    code, err = run_main(capsys, data_override(corpus), f"model.overrides.tokenizer={missing}", "--check")
+    assert code == 2 and err == f"error: tokenizer vocabulary {missing} not found; pass a folder containing " \
+                                "vocab.txt\n", err
+    bigger = tmp_path / "bigger"
+    bigger.mkdir()
+    words = find_vocab().read_text(encoding="utf-8").splitlines()
+    (bigger / "vocab.txt").write_text("\n".join(words + [f"[unused_extra{i}]" for i in range(8)]) + "\n",
+                                      encoding="utf-8")
+    code, err = run_main(capsys, data_override(corpus), f"model.overrides.tokenizer={bigger}", "--check")
+    assert code == 2 and f"is less than the tokenizer's {len(words) + 8} tokens" in err, err

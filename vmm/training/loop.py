@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from vmm.errors import CheckpointError, RunFinished, VmmError
+from vmm.tokenizer import Tokenizer
 from vmm.training.config import TrainConfig, unused_options
 from vmm.training.launch import launch_rank, launch_world_size
 from vmm.training.stop import deferred
@@ -71,7 +72,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         raise VmmError(f"data.max_text_len={cfg.data.max_text_len} is more than the text tower's "
                        f"{model_cfg.text.max_position_embeddings} positions (model.text.max_position_embeddings); "
                        f"pass data.max_text_len <= {model_cfg.text.max_position_embeddings}")
-    vocab = vmm.get_tokenizer(cfg.model.name).vocab_size
+    # The model config's tokenizer (model.overrides.tokenizer included), which the exported config.json names.
+    vocab = Tokenizer(model_cfg.tokenizer).vocab_size
     if model_cfg.text.vocab_size < vocab:  # token ids past the embedding table: an IndexError at the first step
         raise VmmError(f"model.text.vocab_size={model_cfg.text.vocab_size} is less than the tokenizer's {vocab} "
                        f"tokens; pass model.text.vocab_size={vocab} or more")
@@ -690,7 +692,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     vcfg = model.cfg.vision
     clip_teacher, distill_teacher = _build_teachers(cfg, inputs, vcfg, accelerator, cpu)
     max_text_len = cfg.data.max_text_len or model.cfg.max_text_len
-    tokenizer = vmm.get_tokenizer(cfg.model.name, max_length=max_text_len)
+    tokenizer = Tokenizer(model.cfg.tokenizer, max_length=max_text_len)
     objective = PretrainObjective(model, cfg.loss, tokenizer.mask_token_id,
                                   mlm_never_masked(tokenizer),
                                   distill_teacher.embed_dim if distill_teacher is not None else None)

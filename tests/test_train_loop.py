@@ -494,3 +494,15 @@ def test_bfloat16_weights_stay_float32_outside_bf16_runs(corpus, tmp_path, capsy
     from safetensors.torch import load_file
     weights = load_file(str(out / "final" / "model.safetensors"))
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_temperature_is_clamped_before_the_first_step(corpus, tmp_path):
+    """The official model clamps temp into [0.001, 0.5] before each forward: a temp_init of 5 trains its first step
+    at 0.5, exactly as a temp_init of 0.5 does (it ran at 5 when the clamp came only after each update)."""
+    losses = []
+    for init in (5.0, 0.5):
+        out = tmp_path / str(init)
+        train(tiny_cfg(corpus, out, "schedule.max_steps=1", f"model.overrides.temp_init={init}"))
+        losses.append(metrics(out)[0])
+    assert losses[0]["vtc"] == pytest.approx(losses[1]["vtc"], rel=1e-6), losses
+    assert losses[0]["temp"] == losses[1]["temp"]

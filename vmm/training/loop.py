@@ -746,6 +746,9 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     running = torch.zeros(len(loss_names), device=accelerator.device)
     step_corrupt, reported = 0, 0
     step_start, run_start, last = time.perf_counter(), time.perf_counter(), {}
+    # The official model clamps before each forward; after each update here, and once before the first forward, so
+    # a temp_init outside [0.001, 0.5] is clamped before step 1 as there.
+    unwrapped.model.clamp_temp()
 
     while state.global_step < total_steps:
         loader = data_mod.make_loader(dataset, plan, state.epoch, rank, collate, cfg.data.num_workers,

@@ -589,6 +589,27 @@ def test_mamba_ssm_gradients_match_reference(reverse):
 
 
 @pytest.mark.cuda
+@needs_mamba_ssm
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_ssm_matches_reference_with_grouped_B_and_C(reverse):
+    """The group layout (channel e reads group e // (channels / groups)) is mamba-ssm's own, gradients included."""
+    inputs = make_inputs(2, 24, 257, state=16, dtype=torch.float32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    inputs["B"], inputs["C"] = (torch.randn(2, 3, 16, 257, generator=g) for _ in range(2))
+
+    def run(backend):
+        leaves = {k: v.cuda().requires_grad_(True) for k, v in inputs.items()}
+        y = selective_scan(**scan_args(leaves, OPTION_SETS["all"]), reverse=reverse, backend=backend)
+        y.square().sum().backward()
+        return y.detach(), {k: leaves[k].grad for k in GRAD_NAMES}
+
+    (want, want_grads), (got, got_grads) = run("reference"), run("mamba_ssm")
+    assert rel_err(got, want) <= 1e-5
+    for name in GRAD_NAMES:
+        assert got_grads[name].shape == inputs[name].shape and rel_err(got_grads[name], want_grads[name]) < 1e-4, name
+
+
+@pytest.mark.cuda
 @needs_causal_conv1d
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])

@@ -663,7 +663,6 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     inputs = inputs or check_inputs(cfg)
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    import vmm
     from vmm.training import data as data_mod
     from vmm.training.objective import PretrainObjective
     from vmm.training.optim import build_optimizer, lr_factor

@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,40 @@ def test_demo_refuses_a_single_video_which_leaves_nothing_to_search(tmp_path):
     with pytest.raises(VmmError, match=r"--videos 1 \(num_videos=1\): the demo needs at least 2 videos"):
         run_demo(DemoConfig(out_dir=tmp_path / "demo", num_videos=1))
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("k", 0, "k=0: pass a whole number of 1 or more"),  # refused only after the corpus was generated and indexed
+    ("k", "5", "k='5': pass a whole number of 1 or more"),
+    ("rerank", -1, "rerank=-1: pass a whole number of 0 or more"),
+    ("seed", -1, "--seed -1 (seed=-1): pass a whole number of 0 or more"),
+    ("workers", -2, "--workers -2 (workers=-2): pass a whole number of 0 or more"),
+    ("batch_size", 0, "batch_size must be a whole number >= 1"),
+    ("model", "/nonexistent/model", "/nonexistent/model does not exist"),
+    ("num_videos", 10 ** 20, "and at most 1000000"),  # planned in memory until it ran out
+])
+def test_demo_refuses_bad_settings_before_writing_anything(tmp_path, field, value, message):
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=re.escape(message)):
+        run_demo(DemoConfig(**{"out_dir": tmp_path / "demo", "num_videos": 4, "workers": 0, "device": "cpu",
+                               field: value}))
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_the_commands_the_demo_prints_run_as_printed_from_a_path_with_spaces(tmp_path, capsys):
+    from vmm.demo import DemoConfig, run_demo
+    out = tmp_path / "my démo folder"
+    run_demo(DemoConfig(out_dir=out, num_videos=3, queries=0, workers=0, device="cpu"))
+    lines = capsys.readouterr().out.splitlines()
+    index = shlex.split(next(line for line in lines if line.startswith("[2/4]"))[len("[2/4] "):])
+    assert index[:2] == ["vmm", "index"] and index[2] == str(out / "corpus" / "videos")
+    assert index[index.index("--library") + 1] == str(out / "library")
+    assert index[index.index("--model") + 1] == str(SHIPPED_NANO)
+    search = shlex.split(lines[-1].split("Search it yourself: ")[1])
+    assert search[:3] == ["vmm", "search", str(out / "library")]
+    done = subprocess.run([sys.executable, "-m", "vmm.cli", *search[1:], "-k", "2", "--json"], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 2

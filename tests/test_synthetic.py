@@ -215,6 +215,7 @@ def test_split_sizes_add_up_and_keep_held_out_clips(num_videos, splits, sizes):
     (dict(splits=(float("nan"), 1, 1)), "--splits"),
     (dict(size=100000), "--size"),
     (dict(workers=-1), "--workers"),
+    (dict(num_videos=10 ** 20), "--num-videos"),  # planned clip by clip in memory until it ran out
 ])
 def test_bad_options_raise_one_line_errors(tmp_path, kwargs, option):
     with pytest.raises(VmmError, match=re.escape(option)) as err:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 SHIPPED_NANO = Path(__file__).resolve().parent / "weights" / "vmm_nano"
 # Left in --out by the first run: later runs replace corpus/ and index into library/ there, which they may only do
@@ -47,15 +48,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.library import VideoLibrary, _write_model_file, load_encoder
     from vmm.data.synthetic import generate_corpus
+    from vmm.data.synthetic.corpus import MAX_VIDEOS
     from vmm.factory import resolve_device
 
     # Each message names the command-line option and the DemoConfig field, as either may have set it.
     # One video is all training split: nothing would be searched or evaluated.
-    if not isinstance(cfg.num_videos, int) or cfg.num_videos < 2:
+    if not isinstance(cfg.num_videos, int) or not 2 <= cfg.num_videos <= MAX_VIDEOS:
         raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos}): the demo needs at least 2 videos "
-                       "(one is held out to search for and evaluate); pass e.g. --videos 300")
+                       f"(one is held out to search for and evaluate) and at most {MAX_VIDEOS}; pass e.g. --videos 300")
     if not isinstance(cfg.queries, int) or cfg.queries < 0:
         raise VmmError(f"--queries {cfg.queries} (queries={cfg.queries}): pass 0 or more example searches")
+    # The rest were only checked where they are used: k and rerank after the corpus was generated and indexed.
+    for option, name, least in (("--seed", "seed", 0), (None, "k", 1), (None, "rerank", 0),
+                                ("--workers", "workers", 0)):
+        value = getattr(cfg, name)
+        if not (value is None and name == "workers") and not (is_whole_number(value) and value >= least):
+            given = f"{option} {value} ({name}={value!r})" if option else f"{name}={value!r}"
+            raise VmmError(f"{given}: pass a whole number of {least} or more")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise VmmError(f"--out {cfg.out_dir} (out_dir) is a file; pass a folder (new or existing) for the demo's "
                        "output")
@@ -67,13 +76,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                        "or pass --model DIR")
     out = Path(cfg.out_dir).resolve()
     _check_demo_folder(out, cfg.out_dir)
+    t0 = time.perf_counter()
+    # Loaded first, so a model that does not load (or a bad batch_size) is refused before anything is written.
+    encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / DEMO_MARKER).write_text("written by vmm demo: later runs replace corpus/ and update library/ here\n")
     except OSError as e:
         raise VmmError(f"--out {cfg.out_dir} (out_dir): cannot write there ({e.strerror or e}); pass a folder you can "
                        "write to") from None
-    t0 = time.perf_counter()
 
     _say(f"[1/4] generating {cfg.num_videos} captioned synthetic videos (seed {cfg.seed}) in {out / 'corpus'}")
     info = generate_corpus(out / "corpus", num_videos=cfg.num_videos, seed=cfg.seed, overwrite=True,
@@ -83,14 +94,13 @@ def run_demo(cfg: DemoConfig) -> dict:
          f"({info.seconds_taken:.1f} s)")
 
     lib_dir = out / "library"
-    _say(f"[2/4] vmm index {info.out_dir / 'videos'} --library {lib_dir} --model {model}")
-    encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
+    _say(f"[2/4] vmm index {_arg(info.out_dir / 'videos')} --library {_arg(lib_dir)} --model {_arg(model)}")
     summary = build_library([str(info.out_dir / "videos")], str(lib_dir), encoder, workers=cfg.workers,
                             batch_size=cfg.batch_size, progress=False)
     _write_model_file(str(lib_dir), model, None, None)
     _say(f"      {summary.line()}")
 
-    _say(f"[3/4] vmm search {lib_dir} \"...\" -k {cfg.k} --rerank {cfg.rerank}   "
+    _say(f"[3/4] vmm search {_arg(lib_dir)} \"...\" -k {cfg.k} --rerank {cfg.rerank}   "
          f"(right answer = the video the caption was written for)")
     found = 0
     with VideoLibrary.open(lib_dir) as lib:
@@ -125,8 +135,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     asked = min(cfg.queries, len(test))
     found_line = f"{found}/{asked} queries found their video in the top {cfg.k} of {clips} clips" if asked else \
         f"{clips} clips in the library"
-    _say(f"done in {total:.0f} s: {found_line}. Search it yourself: vmm search {lib_dir} \"a blue circle moves right\"")
+    _say(f"done in {total:.0f} s: {found_line}. Search it yourself: vmm search {_arg(lib_dir)} "
+         "\"a blue circle moves right\"")
     return {"seconds": total, "queries_in_top_k": found, "eval": rows, "library": str(lib_dir)}
+
+
+def _arg(path) -> str:
+    """A path as the shell takes it, so the commands the demo prints run when pasted (a space split them)."""
+    return shlex.quote(str(path))
 
 
 def _check_demo_folder(out: Path, given) -> None:

@@ -27,6 +27,8 @@ from vmm.errors import OneLineArgumentParser, VmmError, is_whole_number
 # bounds the time one clip takes to encode.
 MAX_SIZE = 1024
 MAX_FRAMES = 36000  # 10 minutes at 60 fps
+# Planned in memory and listed in meta.json (about 1 KB a clip): a mistyped 10**20 ran until memory ran out.
+MAX_VIDEOS = 1_000_000
 CORPUS_FORMAT_VERSION = 1
 OWN_JSON_FILES = ("train.json", "val.json", "test.json", "test_paragraph.json", "test_order.json", "meta.json")
 
@@ -76,8 +78,8 @@ class CorpusConfig:
         return dict(zip(("train", "val", "test"), counts))
 
     def validate(self) -> None:
-        if not isinstance(self.num_videos, int) or self.num_videos < 1:
-            raise VmmError(f"--num-videos {self.num_videos}: must be a whole number of at least 1")
+        if not isinstance(self.num_videos, int) or not 1 <= self.num_videos <= MAX_VIDEOS:
+            raise VmmError(f"--num-videos {self.num_videos}: must be a whole number from 1 to {MAX_VIDEOS}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise VmmError(f"--seed {self.seed}: must be a whole number >= 0")
         # "not 0 <= f" also refuses NaN, which every comparison fails.
@@ -421,7 +423,8 @@ def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="python -m vmm.data.synthetic",
                                    description="Write a procedural video-text corpus (videos + captions).")
     parser.add_argument("out_dir", help="folder to write (new or empty; see --overwrite)")
-    parser.add_argument("--num-videos", type=int, default=300, help="total clips over all splits (default 300)")
+    parser.add_argument("--num-videos", type=int, default=300,
+                        help=f"total clips over all splits, up to {MAX_VIDEOS} (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")
     parser.add_argument("--splits", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
                         help="split fractions summing to 1 (default 0.8 0.1 0.1)")

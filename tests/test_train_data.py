@@ -330,3 +330,19 @@ def test_training_draws_the_frames_it_samples_from_files_decord_miscounts(tmp_pa
         shown = np.round(frames.astype(float).mean(axis=(1, 2, 3)) / 6).astype(int).tolist()
         assert frames.shape == (8, 48, 64, 3) and frames.dtype == np.uint8
         assert shown == rand_segment_indices(40, 8, random.Random(seed)), (name, seed)
+
+
+@pytest.mark.parametrize("width", [48, 72, 64])
+def test_widths_decord_cannot_copy_out_are_read_by_pyav_with_the_same_draw(tmp_path, width):
+    """decord 0.6 fails on frames 48 or 72 px wide ("Check failed: from_size == to_size"): every draw of such a
+    video was skipped as corrupt, so a corpus of them did not train at all. PyAV reads them, drawing the same
+    frames; a width decord reads is still decoded by decord."""
+    from vmm.data.synthetic import write_video
+    from vmm.training.data import _read_frames_in_order, read_video_frames
+    frames = np.stack([np.full((32, width, 3), 6 * i, np.uint8) for i in range(20)])
+    path = str(tmp_path / f"{width}.mp4")
+    write_video(frames, path, fps=10)
+    for seed in range(3):
+        got = read_video_frames(path, 4, random.Random(seed))
+        assert got.shape == (4, 32, width, 3)
+        assert np.array_equal(got, _read_frames_in_order(path, 4, random.Random(seed)))

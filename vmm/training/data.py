@@ -326,8 +326,18 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
     vlen = len(reader)
     if vlen < 1:
         raise ValueError("video has no frames")
-    frames = reader.get_batch(rand_segment_indices(vlen, num_frames, rng)).asnumpy()
-    if frames.ndim != 4 or frames.shape[0] != num_frames:
+    draw = rng.getstate()
+    try:
+        frames = reader.get_batch(rand_segment_indices(vlen, num_frames, rng)).asnumpy()
+    except decord.DECORDError:
+        # decord 0.6 fails to copy out frames of some widths (48 and 72 px: "from_size == to_size"), which PyAV
+        # reads; the same draw, so the run does not depend on which decoder read the file. A damaged file fails
+        # there too and is skipped as corrupt.
+        if not isinstance(source, str):
+            raise
+        rng.setstate(draw)
+        return _read_frames_in_order(source, num_frames, rng)
+    if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise ValueError(f"decoder returned frames of shape {frames.shape}")
     return frames
 

@@ -129,6 +129,12 @@ def _is_ours(library: str, name: str) -> bool:
         return False
 
 
+def refuse_non_folder(library: str) -> None:
+    """Raise VmmError when ``library`` exists as something other than a folder (a video file, a broken link)."""
+    if os.path.lexists(library) and not os.path.isdir(library):
+        raise VmmError(f"library path {library} exists and is not a folder; choose another library folder")
+
+
 def refuse_foreign_folder(library: str) -> None:
     """Raise VmmError when ``library`` holds no catalog but files a library run did not write (nothing may be
     written there). A new, empty or library folder passes.
@@ -213,8 +219,7 @@ class LibraryWriter:
         library = library_folder(library_dir)
         path = os.path.join(library, CATALOG_FILE)
         # Everything that can refuse the folder is decided before a file (even the lock) is created in it.
-        if os.path.lexists(library) and not os.path.isdir(library):
-            raise VmmError(f"library path {library} exists and is not a folder; choose another library folder")
+        refuse_non_folder(library)
         if not os.path.exists(path):
             if wanted is None:
                 raise _no_library(library)

@@ -372,7 +372,49 @@ def _path_list(paths, what: str) -> list[str]:
 
 def _as_filter(where):
     from index.reader import as_clip_filter
-    return as_clip_filter(asdict(where) if isinstance(where, Where) else where)
+    if isinstance(where, Where):
+        where = asdict(where)
+    if isinstance(where, dict) and where.get("path_glob") is not None:
+        where = {**where, "path_glob": absolute_path_glob(where["path_glob"])}
+    return as_clip_filter(where)
+
+
+def absolute_path_glob(pattern):
+    """``path_glob`` as the library's stored paths can match it: they are absolute and normalised, so a relative
+    glob is taken from the current folder (``.``, ``..`` and ``~`` resolved as the shell would), one starting with
+    ``*`` matches anywhere, and an existing file or folder means itself, or every video under it. A list is each of
+    its globs; anything else is returned for the filter to name.
+
+    >>> absolute_path_glob("*.mp4")
+    '*.mp4'
+    >>> absolute_path_glob("/videos/./2019/../*.mkv")
+    '/videos/*.mkv'
+    """
+    if isinstance(pattern, (list, tuple)):
+        globs = [absolute_path_glob(g) for g in pattern]
+        return [g for glob in globs for g in ([glob] if isinstance(glob, str) else glob)]
+    if isinstance(pattern, os.PathLike):
+        pattern = os.fspath(pattern)
+    if not isinstance(pattern, str) or pattern.startswith("*"):
+        return pattern
+    if pattern == "":  # an unset variable (path_glob=os.environ.get(...)): abspath("") is the working folder
+        raise VmmError("path_glob is an empty string (''); pass a glob or a folder of the videos to keep, or no "
+                       "path_glob")
+    import glob
+    # "vids/*" typed in the videos' parent folder matched nothing, and so did "./vids/*", "../vids/*" and a quoted
+    # "~/vids/*", whose ".", ".." and "~" no stored path holds.
+    absolute = os.path.normpath(os.path.abspath(os.path.expanduser(pattern)))
+    if glob.has_magic(pattern) and not os.path.exists(absolute):
+        return absolute
+    # A file or folder that exists is meant as written: "[intro] clip.mp4" or "[2019] holidays" read as a glob
+    # (a character class) matched nothing. A folder means the videos under it, also one no longer on disk (an
+    # unmounted drive) whose videos the library still holds; one reached through a symlink also means its target,
+    # which is where the library holds them when they were indexed from there (as `vmm index --remove` does).
+    globs = []
+    for path in dict.fromkeys((absolute, os.path.realpath(absolute))):
+        literal = glob.escape(path)
+        globs += [literal] if os.path.isfile(path) else [literal, os.path.join(literal, "*")]
+    return globs
 
 
 def _check_arguments(path, model, checkpoint, device) -> tuple:

@@ -197,6 +197,11 @@ def test_incremental_add_and_remove(setup, tmp_path):
     (["search", "{lib}", "--video", "{tmp}/missing.mp4"], "query video"),
     (["index", "{tmp}/no-such-folder", "--library", "{tmp}/l", "--model", "{model}"], "no-such-folder"),
     (["index", "{vids}", "--library", "{tmp}/l2"], "no model given"),
+    # the folder is named before the model is asked for (or loaded): it was "no model given"
+    (["index", "{vids}", "--library", "{vids}"], "videos is not empty and holds no vmm library"),
+    (["index", "{vids}", "--library", "{vids}/red.mp4"], "red.mp4 exists and is not a folder"),
+    (["index", "{vids}", "--library", "{tmp}/l3", "--model", "{model}", "--window", "0", "--stride", "3"],
+     "--stride 3 does not apply with --window 0 (one clip per video); drop --stride"),  # was dropped silently
 ])
 def test_bad_input_is_one_line(setup, tmp_path, capsys, argv, message):
     root, vids, lib = setup
@@ -352,6 +357,29 @@ def test_relative_path_glob_is_taken_from_the_current_folder(setup, capsys, monk
                             (vids.name, everything), (f"{vids.name}/", everything), (str(vids), everything)]:
         assert main(["search", str(lib), "a red screen", "--json", "--path", pattern]) == 0
         assert {h["path"] for h in json.loads(capsys.readouterr().out)} == wanted, pattern
+
+
+def test_no_results_says_which_filter_left_nothing(setup, tmp_path, capsys, monkeypatch):
+    """A bare "no results" left a --path typed from the wrong folder looking like no match for the query."""
+    root, vids, lib = setup
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    for options, wanted in [
+        (["--path", "videos/gr*"], f"no results: no indexed video matches --path videos/gr* (taken from {tmp_path}); "
+                                   "widen or drop it"),
+        (["--path", "*gr*", "--min-duration", "5"], "no results: no indexed video matches --path *gr*, "
+                                                    "--min-duration 5; widen or drop them"),
+        (["--max-duration", "0.5"], "no results: no indexed video matches --max-duration 0.5; widen or drop it")]:
+        assert main(["search", str(lib), "a red screen", *options]) == 0
+        assert capsys.readouterr().out == wanted + "\n"
+        assert main(["search", str(lib), "a red screen", "--json", *options]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    (tmp_path / "empty").mkdir()
+    assert main(["index", str(tmp_path / "empty"), "--library", "lib", "--model", str(root / "model"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", "lib", "a red screen"]) == 0
+    assert capsys.readouterr().out == ("no results: the library holds no clips; add videos with "
+                                       "`vmm index VIDEOS --library lib`\n")
 
 
 def test_path_names_an_existing_file_or_folder_as_written(tmp_path, capsys):

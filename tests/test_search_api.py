@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from index.reader import ClipFilter, open_library
-from retrieval.library import VideoLibrary
+from retrieval.library import VideoLibrary, Where
 from tests import videos
 from vmm.errors import VmmError
 
@@ -69,6 +69,36 @@ def test_the_top_k_are_the_first_k_of_a_longer_list(library, merge, per_video):
     if merge:  # moments of one video never overlap: overlapping windows are merged or dropped
         spans = sorted((path, start, end) for path, start, end, *_ in full)
         assert all(a[0] != b[0] or a[2] < b[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_where_path_glob_reads_paths_as_vmm_search_path_does(library, monkeypatch):
+    """The library stores absolute paths: a relative glob, a folder or a file name with glob characters in it
+    matched nothing through the API, silently, while `vmm search --path` found them."""
+    lib, vids = library
+    names = lambda where: sorted({h.path.rsplit("/", 1)[-1] for h in lib.search(video=vids / "green.mp4", k=100,
+                                                                                    where=where)})  # noqa: E731
+    monkeypatch.chdir(vids.parent)
+    every = sorted(p.name for p in vids.iterdir())
+    for where in (Where(path_glob="videos/*"), Where(path_glob="./videos"), Where(path_glob=str(vids)),
+                  {"path_glob": vids}, Where(path_glob=["videos/*"])):
+        assert names(where) == every, where
+    assert names(Where(path_glob="videos/[gb]*.mp4")) == ["blue.mp4", "green.mp4"]  # still a glob
+    assert names(Where(path_glob="*/long.mp4")) == ["long.mp4"]
+    link = vids / "[intro] red.mp4"  # exists: taken as written, not as a character class
+    link.symlink_to(vids / "long.mp4")
+    try:
+        assert names(Where(path_glob=str(link))) == ["long.mp4"]  # the link's target, where the library holds it
+    finally:
+        link.unlink()  # the fixture's folder is shared with the other tests
+    with pytest.raises(VmmError, match=r"^path_glob is an empty string \(''\); pass a glob or a folder"):
+        lib.search(video=vids / "green.mp4", where=Where(path_glob=""))
+
+
+def test_retrieval_library_docstring_examples():
+    import doctest
+    import retrieval.library
+    result = doctest.testmod(retrieval.library)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_a_search_keeps_its_snapshot_while_another_thread_changes_the_library(library, tmp_path):

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stride is not None and not args.stride >= MIN_STRIDE:
         raise VmmError(f"--stride must be >= {MIN_STRIDE} seconds (at most {round(1 / MIN_STRIDE)} clips per "
                        f"second of video), got {args.stride}")
+    if args.window == 0 and args.stride is not None:  # was dropped without a word; alone on such a library, refused
+        raise VmmError(f"--stride {args.stride:g} does not apply with --window 0 (one clip per video); drop --stride, "
+                       "or pass a --window in seconds")
     if args.max_seconds is not None and not args.max_seconds > 0:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--timeout {args.timeout:g}: pass a number of seconds > 0 (the default is 60)")
     check_library_readable(library)  # missing (created by the run) or not a folder (named by the run): checked later
     is_library = os.path.isfile(os.path.join(library, CATALOG_FILE))
+    if not is_library:
+        # Before the model: `--library ~/videos` (the videos' own folder) or a file was answered "no model given",
+        # and with a model given only after it had loaded.
+        _check_new_library_folder(library)
     saved = _read_model_file(library) if is_library else {}
     histogram = args.checkpoint is None and (args.model or saved.get("model")) == COLOR_HISTOGRAM
     if args.device is not None and not histogram:
@@ -122,6 +129,14 @@ def _launch():
     from index.distributed import launch_info
     info = launch_info()
     return info if info.world_size > 1 else None
+
+
+def _check_new_library_folder(library: str) -> None:
+    """Refuse a --library that no run can make a library of (a file, a folder of other files) in the run's words."""
+    from index.library import refuse_foreign_folder, refuse_non_folder
+    refuse_non_folder(library)
+    if os.path.isdir(library):
+        refuse_foreign_folder(library)
 
 
 def _check_library_frames(library: str, frames: int) -> None:

@@ -75,10 +75,12 @@ def _check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.library import VideoLibrary, Where
     _check_options(args)
-    where = Where(_absolute_glob(args.path_glob), args.min_duration, args.max_duration)
+    # A relative --path is taken from the current folder by the library's search (retrieval.absolute_path_glob).
+    where = Where(args.path_glob, args.min_duration, args.max_duration)
     with VideoLibrary.open(args.library, model=args.model, checkpoint=args.checkpoint, device=args.device) as lib:
+        clips = len(lib)
         # Neither can exceed the library: asking for more only allocates result arrays of that size.
-        size = max(len(lib), 1)
+        size = max(clips, 1)
         hits = lib.search(text=args.text, video=args.video, k=min(args.k, size), rerank=min(args.rerank, size),
                           where=where, per_video=args.per_video, merge=not args.no_merge)
     if args.json:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([{**h.to_dict(), "exists": os.path.exists(h.path)} for h in hits], indent=2))
         return 0
     if not hits:
-        print("no results")
+        print(_no_results(args, clips))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -119,22 +121,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _absolute_glob(pattern):
-    # The library stores absolute, normalised paths: `--path vids/*` typed in the videos' parent folder matched
-    # nothing, and so did `./vids/*`, `../vids/*` and a quoted `~/vids/*`, whose "." , ".." and "~" no stored
-    # path holds.
-    if pattern is None or pattern.startswith("*"):
-        return pattern
-    import glob
-    absolute = os.path.normpath(os.path.abspath(os.path.expanduser(pattern)))
-    if glob.has_magic(pattern) and not os.path.exists(absolute):
-        return absolute
-    # A file or folder that exists is meant as written: "[intro] clip.mp4" or "[2019] holidays" read as a glob
-    # (a character class) matched nothing. A folder means the videos under it, also one no longer on disk (an
-    # unmounted drive) whose videos the library still holds; one reached through a symlink also means its target,
-    # which is where the library holds them when they were indexed from there (as `vmm index --remove` does).
-    globs = []
-    for path in dict.fromkeys((absolute, os.path.realpath(absolute))):
-        literal = glob.escape(path)
-        globs += [literal] if os.path.isfile(path) else [literal, os.path.join(literal, "*")]
-    return globs
+def _no_results(args: argparse.Namespace, clips: int) -> str:
+    """Why a search found nothing: with k >= 1 only an empty library or filters that no video passes can do that,
+    and a bare "no results" left a mistyped --path (or one relative to another folder) looking like no match."""
+    from vmm.errors import one_line
+    if clips == 0:
+        return one_line(f"no results: the library holds no clips; add videos with `vmm index VIDEOS --library "
+                        f"{args.library}`")
+    given = [f"--{name.replace('_', '-')} {value:g}" for name, value in
+             (("min_duration", args.min_duration), ("max_duration", args.max_duration)) if value is not None]
+    if args.path_glob is not None:
+        given.insert(0, f"--path {args.path_glob}")
+        if not args.path_glob.startswith("*") and not os.path.isabs(os.path.expanduser(args.path_glob)):
+            given[0] += f" (taken from {os.getcwd()})"
+    if not given:
+        return "no results"
+    return one_line(f"no results: no indexed video matches {', '.join(given)}; widen or drop "
+                    f"{'it' if len(given) == 1 else 'them'}")

@@ -20,6 +20,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from vmm.errors import is_whole_number
+
 
 @runtime_checkable
 class ClipEncoder(Protocol):
@@ -56,20 +58,21 @@ class ColorHistogramEncoder:
     """
 
     def __init__(self, num_frames: int = 8, bins: int = 4, grid: int = 2, max_side: int = 64):
-        if num_frames < 1 or bins < 2 or grid < 1 or max_side < 4:
-            raise ValueError("ColorHistogramEncoder needs num_frames >= 1, bins >= 2, grid >= 1, max_side >= 4")
-        self.num_frames = num_frames
-        self.bins = bins
-        self.grid = grid
-        self.max_side = max_side
+        least = {"num_frames": 1, "bins": 2, "grid": 1, "max_side": 4}
+        for name, value in zip(least, (num_frames, bins, grid, max_side)):
+            # bins=2.5 gave a fractional dim (37.625) and failed at the first clip
+            if not is_whole_number(value) or value < least[name]:
+                raise ValueError(f"ColorHistogramEncoder needs {name} a whole number >= {least[name]}, got {value!r}")
+        # plain ints: a NumPy integer has no JSON form, and the configuration is hashed as JSON below
+        self.num_frames, self.bins, self.grid, self.max_side = int(num_frames), int(bins), int(grid), int(max_side)
         self.name = "color-histogram"
-        self.dim = bins**3 + 3 + 3 + 3 * grid * grid + 4
+        self.dim = self.bins**3 + 3 + 3 + 3 * self.grid**2 + 4
         self.preprocessing = {
             "sampling": "middle",
-            "num_frames": num_frames,
-            "spatial": f"stride-subsample to <= {max_side} px per side",
-            "bins": bins,
-            "grid": grid,
+            "num_frames": self.num_frames,
+            "spatial": f"stride-subsample to <= {self.max_side} px per side",
+            "bins": self.bins,
+            "grid": self.grid,
             "version": 1,
         }
         # No learned weights: the configuration is the model, so it is what gets hashed.
@@ -88,6 +91,8 @@ class ColorHistogramEncoder:
         if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
             raise ValueError(f"expected a uint8 clip of shape (T, H, W, 3), got {clip.dtype} {clip.shape}")
         t, h, w, _ = clip.shape
+        if not t * h * w:  # its statistics would be 0/0: a NaN vector
+            raise ValueError(f"expected a clip with frames and pixels, got an empty one of shape {clip.shape}")
         # Plain striding keeps it exact and fast; colour statistics barely change.
         step = max(1, -(-max(h, w) // self.max_side))
         frames = clip[:, ::step, ::step].astype(np.float32) / 255.0

@@ -13,7 +13,7 @@ import numbers
 import sys
 import threading
 from contextlib import nullcontext
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +34,16 @@ def _state_dict_hash(model: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _check_uint8(clips: Sequence) -> None:
+    """VmmError naming the first clip that is not uint8: the transform reads every value as 0-255, so float
+    frames in 0-1 came out near black and were indexed and searched without a word."""
+    for i, clip in enumerate(clips):
+        dtype = clip.dtype if isinstance(clip, (np.ndarray, torch.Tensor)) else np.asarray(clip).dtype
+        if dtype not in (np.uint8, torch.uint8):
+            raise VmmError(f"clip {i} is {str(dtype).removeprefix('torch.')}, not uint8; clips are decoded frames "
+                           "(0-255): convert 0-1 floats with (frames * 255).round().astype(np.uint8)")
 
 
 class VideoTextEncoder:
@@ -132,17 +142,11 @@ class VideoTextEncoder:
             for s in range(0, len(members), step):
                 chunk = members[s:s + step]
                 host = torch.empty((len(chunk), *shape), dtype=dtype, pin_memory=pinned)
-                try:
-                    rows = host.numpy()
-                except TypeError:  # a bfloat16 tensor, say: numpy has no such type, so torch copies it
-                    rows = None
+                rows = host.numpy()
                 for k, i in enumerate(chunk):
-                    if rows is None:
-                        host[k].copy_(tensors[i])
-                    else:
-                        # numpy's single-threaded copy: torch's own spreads over OpenMP threads, which wait on
-                        # each other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s)
-                        np.copyto(rows[k], tensors[i].numpy(force=True))
+                    # numpy's single-threaded copy: torch's own spreads over OpenMP threads, which wait on
+                    # each other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s)
+                    np.copyto(rows[k], tensors[i].numpy(force=True))
                 frames = host.to(self.device, non_blocking=pinned).flatten(0, 1)  # (n T, H, W, 3)
                 x = self.transform(frames).unflatten(1, (len(chunk), shape[0])).transpose(0, 1)  # (n, 3, T, S, S)
                 for j, i in enumerate(chunk):
@@ -173,15 +177,28 @@ class VideoTextEncoder:
             self._graph_key = key
         return self._graph
 
+    def _batches(self, clips: Sequence) -> Iterator[Sequence]:
+        """Runs of at most ``batch_size`` consecutive clips of one frame count: an image (one frame, no temporal
+        embedding) and clips cannot share a forward, and a batch holding both failed in torch.stack while the
+        same clips one by one encoded."""
+        start = 0
+        while start < len(clips):
+            stop, frames = start + 1, len(clips[start])
+            while stop < min(len(clips), start + self.batch_size) and len(clips[stop]) == frames:
+                stop += 1
+            yield clips[start:stop]
+            start = stop
+
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
         """uint8 clips (T, H, W, 3) -> (N, dim) float32 unit vectors (and patch tokens with ``return_tokens``)."""
         if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
             raise VmmError(f"encode_clips takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
                            f"{tuple(clips.shape)}; pass [clip]")
+        _check_uint8(clips)
         out, toks = [], []
-        for s in range(0, len(clips), self.batch_size):
-            x = self._video_batch(clips[s:s + self.batch_size])
+        for batch in self._batches(clips):
+            x = self._video_batch(batch)
             if not return_tokens and self._use_graph:
                 with self._graph_lock:
                     graph = self._graphed(x)
@@ -223,8 +240,8 @@ class VideoTextEncoder:
         """ITM match logits of one text against each clip (the official re-ranking score)."""
         _, hidden, mask = self.encode_texts([text], return_hidden=True)
         scores = []
-        for s in range(0, len(clips), self.batch_size):
-            _, tokens = self.encode_clips(clips[s:s + self.batch_size], return_tokens=True)
+        for batch in self._batches(clips):
+            _, tokens = self.encode_clips(batch, return_tokens=True)
             n = tokens.shape[0]
             with self._autocast():
                 logits = self.model.itm_logits(tokens, hidden.expand(n, -1, -1), mask.expand(n, -1))

@@ -201,11 +201,12 @@ def test_empty_paths_and_early_demo_checks(setup, capsys):
     fails(["demo", "--out", str(setup / "unused"), "--workers", "-1"], capsys, "--workers -1")
     fails(["demo", "--out", str(setup / "unused"), "--model", "nosuch"], capsys, "unknown model 'nosuch'")
     (setup / "demo_out").mkdir()
+    (setup / "demo_out" / ".vmm-demo").write_text("an earlier demo's folder\n")
     os.symlink(setup / "lib", setup / "demo_out" / "library")  # a library of the tiny model, not vmm_nano
     fails(["demo", "--out", str(setup / "demo_out")], capsys, "holds a demo library", "pass a new --out")
     fails(["demo", "--out", "/proc/vmm-demo"], capsys, "--out /proc/vmm-demo", "cannot create folders in /proc")
     fails(["demo", "--out", str(setup / "red.mp4" / "demo")], capsys, "cannot create folders in", "red.mp4")
-    assert not (setup / "unused").exists() and sorted(os.listdir(setup / "demo_out")) == ["library"]
+    assert not (setup / "unused").exists() and sorted(os.listdir(setup / "demo_out")) == [".vmm-demo", "library"]
 
 
 def test_messages_name_the_real_problem(setup, tmp_path, capsys):

@@ -79,6 +79,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     # Loaded first, so a model that does not load (or a bad batch_size) is refused before anything is written.
     encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
+    _check_library_model(out / "library", encoder, cfg.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / DEMO_MARKER).write_text("written by vmm demo: later runs replace corpus/ and update library/ here\n")
@@ -143,6 +144,20 @@ def run_demo(cfg: DemoConfig) -> dict:
 def _arg(path) -> str:
     """A path as the shell takes it, so the commands the demo prints run when pasted (a space split them)."""
     return shlex.quote(str(path))
+
+
+def _check_library_model(library: Path, encoder, given) -> None:
+    """A demo library of another model in --out is refused before the corpus is regenerated (indexing refused it
+    only after that)."""
+    from index.catalog import LibraryManifest
+    from index.library import read_manifest_copy
+    have = read_manifest_copy(str(library))
+    if have is None:
+        return  # no library yet (or a damaged copy of its manifest: indexing names that)
+    problem = have.model_mismatch(LibraryManifest.for_encoder(encoder, window=10.0, stride=5.0, max_seconds=None))
+    if problem:
+        raise VmmError(f"--out {given} (out_dir) holds a demo library built with model {have.model_name}, not "
+                       f"{encoder.name} ({problem}); pass a new --out folder for this model")
 
 
 def _check_demo_folder(out: Path, given) -> None:

@@ -25,32 +25,12 @@ def _check(args: argparse.Namespace) -> None:
         raise VmmError(f"--seed {args.seed}: pass a seed of 0 or more")
     if args.videos < 2 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
         return  # run_demo names these, before it writes anything
-    from retrieval.library import load_encoder
-    from vmm.demo import SHIPPED_NANO
     from vmm.factory import resolve_device
     if args.device is not None:
         resolve_device(args.device)
-    # Loaded here only to refuse a --model that does not load or does not fit a library already in --out; the
-    # default demo into a new folder has nothing to check and loads its model once, in run_demo.
-    existing = (Path(args.out) / "library" / "manifest.json").is_file()
-    if args.model is not None or (existing and SHIPPED_NANO.is_dir()):  # run_demo explains a missing shipped model
-        encoder = load_encoder(args.model or str(SHIPPED_NANO), None, args.device)
-        _check_library_model(Path(args.out) / "library", encoder, args.out)
-        del encoder  # run_demo loads its own
+    # A --model that does not load, or does not fit a demo library already in --out, is refused by run_demo
+    # before it writes anything.
     _check_writable(args.out)
-
-
-def _check_library_model(library: Path, encoder, out: str) -> None:
-    from index.catalog import LibraryManifest
-    from index.library import read_manifest_copy
-    from vmm.errors import VmmError
-    have = read_manifest_copy(str(library))
-    if have is None:
-        return  # no library yet (or a damaged copy of its manifest: indexing names that)
-    problem = have.model_mismatch(LibraryManifest.for_encoder(encoder, window=10.0, stride=5.0, max_seconds=None))
-    if problem:
-        raise VmmError(f"--out {out} holds a demo library built with model {have.model_name}, not "
-                       f"{encoder.name} ({problem}); pass a new --out folder for this model")
 
 
 def _check_writable(out: str) -> None:

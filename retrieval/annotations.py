@@ -95,7 +95,10 @@ def _read_json_list(path: Path) -> list:
         raise VmmError(f"annotation file {path} cannot be read ({e.strerror or e}); check the path and its "
                        "permissions") from None
     except UnicodeDecodeError as e:
-        raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        # A line is what an editor can go to (a byte offset is not), and the fix is to re-save, e.g. from Latin-1.
+        line = e.object[:e.start].count(b"\n") + 1
+        raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at line {line}); save it as UTF-8"
+                       ) from None
     except json.JSONDecodeError as e:
         # Not JSON from its first character (a CSV such as MSRVTT_JSFUSION_test.csv, an empty file) or one object per
         # line (JSON Lines): no line and column to fix, the user has another format than the one read here.
@@ -114,6 +117,15 @@ def _read_json_list(path: Path) -> list:
     return data
 
 
+def _found(item: dict, key: str) -> str:
+    """What an item holds under ``key``; an absent key lists the keys there (another toolkit's 'video_id',
+    'sentence'), where "got None" sent the user looking for a null that the file does not have."""
+    if key in item:
+        return f", got {item[key]!r:.80}"
+    keys = ", ".join(map(str, list(item)[:8])) + (", ..." if len(item) > 8 else "")
+    return f"; it has no {key!r} key (its keys: {keys or 'none'})"
+
+
 def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]]:
     """Validate one annotation item; return its video path and caption list."""
     where = f"annotation file {path}: item {index}"
@@ -121,7 +133,7 @@ def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]
         raise VmmError(f"{where} is a {type(item).__name__}, expected an object with 'video' and 'caption'")
     video = item.get("video")
     if not isinstance(video, str) or not video:
-        raise VmmError(f"{where} needs a non-empty string 'video' (relative video path), got {video!r}")
+        raise VmmError(f"{where} needs a non-empty string 'video' (relative video path){_found(item, 'video')}")
     caption = item.get("caption")
     if isinstance(caption, str):
         return video, [caption]
@@ -129,7 +141,7 @@ def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]
         return video, caption
     if isinstance(caption, list) and not caption:
         raise VmmError(f"{where} ({video}) has an empty 'caption' list; every video needs a caption")
-    raise VmmError(f"{where} ({video}) needs 'caption' as a string or a list of strings, got {caption!r:.80}")
+    raise VmmError(f"{where} ({video}) needs 'caption' as a string or a list of strings{_found(item, 'caption')}")
 
 
 def _is_file(path: Path) -> bool:

@@ -13,7 +13,7 @@ ranks (MdR, MnR) are reported 1-based (best possible value 1.0).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Union
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from vmm.errors import VmmError
 
 ScoreMatrix = Union[np.ndarray, torch.Tensor]
-GroundTruth = Sequence[Union[int, Sequence[int]]]
+GroundTruth = Union[Sequence[Union[int, Sequence[int]]], Mapping[int, Union[int, Sequence[int]]]]
 
 RECALL_AT = (1, 5, 10)
 
@@ -44,13 +44,27 @@ def _as_numpy_scores(scores: ScoreMatrix, name: str) -> np.ndarray:
 
 
 def _as_index_lists(gt: GroundTruth, n_queries: int, n_candidates: int, name: str) -> list[list[int]]:
+    # The official itm_eval takes dicts ({query: ground truth}); iterating one yields its keys, which were
+    # silently taken for the ground truth, so a mapping is read by query index instead.
+    if isinstance(gt, Mapping):
+        absent = next((q for q in range(n_queries) if q not in gt), None)
+        if absent is not None:
+            raise ValueError(f"{name} has no key {absent}; a dict needs the keys 0..{n_queries - 1}, one per score "
+                             "matrix row")
+        gt = [gt[q] for q in range(n_queries)] if len(gt) == n_queries else gt  # else the length error below
     if len(gt) != n_queries:
         raise ValueError(f"{name} has {len(gt)} entries but the score matrix has {n_queries} rows")
     lists = []
     for q, entry in enumerate(gt):
-        ids = [int(entry)] if isinstance(entry, (int, np.integer)) else [int(i) for i in entry]
-        if not ids:
+        if isinstance(entry, torch.Tensor):
+            entry = entry.cpu()
+        ids = np.asarray(entry)
+        if ids.size == 0:
             raise ValueError(f"{name}[{q}] has no ground-truth item")
+        # int() would truncate an index of 1.7 to 1: only whole-number indices are accepted.
+        if ids.ndim > 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"{name}[{q}] = {entry!r} is not a candidate index or a list of them")
+        ids = [int(i) for i in ids.reshape(-1)]
         if min(ids) < 0 or max(ids) >= n_candidates:
             raise ValueError(f"{name}[{q}] = {ids} is out of range for {n_candidates} candidates")
         lists.append(ids)
@@ -105,7 +119,8 @@ def retrieval_metrics(
 
     ``scores_v2t`` is (V, T), ``scores_t2v`` is (T, V) (after ITM re-ranking the two
     are different matrices; for plain ITC pass ``itc`` and ``itc.T``).
-    ``txt2vid[t]`` is the video of text t; ``vid2txt[v]`` lists the texts of video v.
+    ``txt2vid[t]`` is the video of text t; ``vid2txt[v]`` lists the texts of video v: lists, arrays,
+    tensors, or dicts keyed by query index (the official ``txt2img`` / ``img2txt``).
     R@k are percentages, not rounded.
 
     >>> itc = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]])   # 2 videos x 3 texts
@@ -117,9 +132,9 @@ def retrieval_metrics(
     t2v = _as_numpy_scores(scores_t2v, "scores_t2v")
     if v2t.shape[::-1] != t2v.shape:
         raise ValueError(f"scores_v2t {v2t.shape} and scores_t2v {t2v.shape} are not transposed shapes")
-    return {
-        "t2v": rank_summary(gt_ranks(t2v, txt2vid)),
-        "v2t": rank_summary(gt_ranks(v2t, vid2txt)),
+    return {  # converted here so that an error names txt2vid or vid2txt
+        "t2v": rank_summary(gt_ranks(t2v, _as_index_lists(txt2vid, *t2v.shape, "txt2vid"))),
+        "v2t": rank_summary(gt_ranks(v2t, _as_index_lists(vid2txt, *v2t.shape, "vid2txt"))),
     }
 
 

@@ -138,7 +138,15 @@ def test_allow_missing_drops_those_items_and_reports_them(tmp_path, tiny_video):
         ('["a.mp4"]', "item 0 is a str, expected an object with 'video' and 'caption'"),
         ('[{"video": "a.mp4", "caption": "x"}, {"caption": "y"}]', "item 1 needs a non-empty string 'video'"),
         ('[{"image": "a.jpg", "caption": "y"}]', "item 0 needs a non-empty string 'video'"),
-        ('[{"video": "a.mp4"}]', r"item 0 \(a.mp4\) needs 'caption' as a string or a list of strings, got None"),
+        ('[{"video": "a.mp4", "caption": null}]', r"item 0 \(a.mp4\) needs 'caption' as a string or a list of strings, "
+                                               "got None"),
+        # another toolkit's keys: "got None" had the user look for a null that the file does not have
+        ('[{"video": "a.mp4", "captions": ["x"]}]', r"item 0 \(a.mp4\) needs 'caption' as a string or a list of "
+                                                   r"strings; it has no 'caption' key \(its keys: video, captions\)$"),
+        ('[{"video_id": "video9770", "sentence": "x"}]', r"item 0 needs a non-empty string 'video' \(relative video "
+                                                        r"path\); it has no 'video' key \(its keys: video_id, sentence\)$"),
+        ("[{}]", r"item 0 needs a non-empty string 'video' \(relative video path\); it has no 'video' key \(its keys: "
+                 r"none\)$"),
         ('[{"video": "a.mp4", "caption": 3}]', "needs 'caption' as a string or a list of strings, got 3"),
         ('[{"video": "a.mp4", "caption": ["ok", 7]}]', "needs 'caption' as a string or a list of strings"),
         ('[{"video": "a.mp4", "caption": []}]', r"item 0 \(a.mp4\) has an empty 'caption' list"),
@@ -285,3 +293,19 @@ def test_another_file_format_names_the_format_read(tmp_path, content, where):
     anno.write_text('[{"video": "a.mp4", "caption": "x"},\n {"video": "b.mp4" "caption": "y"}]', encoding="utf-8")
     with pytest.raises(VmmError, match=r"\(Expecting ',' delimiter at line 2 column 20\)$"):
         load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+
+
+def test_a_latin1_file_names_the_line_and_the_fix(tmp_path, tiny_video):
+    """The error gave a byte offset and no fix: an editor goes to lines, and the fix is to re-save."""
+    items = [{"video": f"v{i}.mp4", "caption": f"caption {i}"} for i in range(30)]
+    items[20]["caption"] = "Caf\u00e9 cr\u00e8me"
+    anno = make_set(tmp_path, tiny_video, items)
+    text = json.dumps(items, indent=1, ensure_ascii=False)
+    line = text[:text.index("Caf")].count("\n") + 1
+    for bom in (b"", b"\xef\xbb\xbf"):
+        anno.write_bytes(bom + text.encode("latin-1"))
+        with pytest.raises(VmmError, match=rf"^annotation file {anno} is not UTF-8 text \(invalid continuation byte "
+                                           rf"at line {line}\); save it as UTF-8$"):
+            load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    anno.write_bytes(text.encode("utf-8"))
+    assert load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt").texts[20] == "caf\u00e9 cr\u00e8me"

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+import retrieval.index_metrics as index_metrics_module
 import retrieval.metrics as metrics_module
 import retrieval.paper_numbers as paper_module
+import retrieval.report as report_module
 from retrieval.metrics import (
     chunked_similarity,
     gt_ranks,
@@ -140,6 +142,65 @@ def test_ranks_equal_official_loop_with_heavy_ties_and_large_rows():
     assert gt_ranks(scores, multi).tolist() == _official_ranks(scores, multi).tolist()
 
 
+def test_official_dict_ground_truth_is_read_by_query_index():
+    """itm_eval's txt2img / img2txt are dicts: iterating one gave its keys, which were taken for the ground truth
+    (t2v R@1 0.0 instead of 100.0 below, with no error)."""
+    # 3 videos x 4 texts; video 0 owns texts 2 and 3, video 1 text 0, video 2 text 1; every GT scores highest.
+    v2t = np.array([[0.0, 0.1, 0.9, 0.8], [0.9, 0.2, 0.1, 0.0], [0.1, 0.9, 0.3, 0.2]], dtype=np.float32)
+    txt2img = {2: 0, 0: 1, 3: 0, 1: 2}
+    img2txt = {1: [0], 0: [2, 3], 2: [1]}
+    from_dicts = retrieval_metrics(v2t, v2t.T, txt2img, img2txt)
+    assert from_dicts == retrieval_metrics(v2t, v2t.T, [1, 2, 0, 0], [[2, 3], [0], [1]])
+    assert from_dicts["t2v"]["R@1"] == 100.0 and from_dicts["v2t"]["R@1"] == 100.0
+    assert gt_ranks(v2t.T, txt2img).tolist() == _official_ranks(v2t.T, txt2img).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match=r"^txt2vid has no key 0; a dict needs the keys 0..3"):
+        retrieval_metrics(v2t, v2t.T, {1: 2, 2: 0, 3: 0, 4: 1}, img2txt)
+
+
+def test_tensor_and_array_ground_truth_and_non_integer_indices():
+    v2t = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.3]], dtype=np.float32)
+    expected = retrieval_metrics(v2t, v2t.T, [0, 1, 0], [[0, 2], [1]])
+    # A txt2vid tensor failed with "iteration over a 0-d tensor".
+    assert retrieval_metrics(v2t, v2t.T, torch.tensor([0, 1, 0]), [torch.tensor([0, 2]), np.array([1])]) == expected
+    # int() truncated 1.7 to 1 without a word.
+    with pytest.raises(ValueError, match=r"^vid2txt\[1\] = \[1.7\] is not a candidate index or a list of them$"):
+        retrieval_metrics(v2t, v2t.T, [0, 1, 0], [[0, 2], [1.7]])
+    with pytest.raises(ValueError, match=r"^txt2vid\[2\] = 0.0 is not a candidate index"):
+        retrieval_metrics(v2t, v2t.T, [0, 1, 0.0], [[0, 2], [1]])
+
+
+def _reference_rank_bounds(scores, ground_truth):
+    """From the definition, in float64: a query's rank is at least the number of candidates scoring above its best
+    ground truth, and at most that plus the other candidates tied with it (their order is numpy's choice)."""
+    low, high = [], []
+    for row, gt in zip(scores, ground_truth):
+        gt = [gt] if isinstance(gt, int) else gt
+        best = max(row[i] for i in gt)
+        low.append(int((row > best).sum()))
+        high.append(int((row >= best).sum()) - sum(row[i] == best for i in gt))
+    return np.array(low), np.array(high)
+
+
+def test_metrics_match_a_float64_reference_with_ties_and_several_captions():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        captions = rng.integers(1, 5, size=int(rng.integers(2, 15)))
+        txt2vid = [v for v, n in enumerate(captions) for _ in range(n)]
+        vid2txt = [[t for t, owner in enumerate(txt2vid) if owner == v] for v in range(len(captions))]
+        tied = rng.integers(0, 5, size=(len(captions), len(txt2vid))) / 4  # exact in float32: ties stay ties
+        for scores, gt in ((tied, vid2txt), (tied.T, txt2vid)):
+            low, high = _reference_rank_bounds(scores, gt)
+            ranks = gt_ranks(scores.astype(np.float32), gt)
+            assert ((low <= ranks) & (ranks <= high)).all()
+        distinct = rng.normal(size=tied.shape)
+        m = retrieval_metrics(distinct.astype(np.float32), distinct.T.astype(np.float32), txt2vid, vid2txt)
+        for direction, scores, gt in (("v2t", distinct, vid2txt), ("t2v", distinct.T, txt2vid)):
+            ranks, _ = _reference_rank_bounds(scores, gt)
+            expected = {f"R@{k}": 100.0 * (ranks < k).mean() for k in (1, 5, 10)}
+            expected.update(MdR=np.median(ranks) + 1, MnR=ranks.mean() + 1, count=len(gt))
+            assert m[direction] == pytest.approx(expected, abs=1e-9)
+
+
 def test_torch_and_bf16_inputs_are_evaluated_as_float32():
     itc = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.bfloat16)
     m = retrieval_metrics(itc, itc.T, [0, 1], [[0], [1]])
@@ -224,6 +285,20 @@ def test_two_dimensional_video_embeddings_give_the_plain_dot_product():
         chunked_similarity(torch.randn(4, 2, 6), torch.randn(3, 5))
 
 
+def test_index_row_ann_recall_of_an_exact_index_is_one_with_tied_items():
+    """Repeated captions (MSVD) tie at the 10th place: an exact FAISS index returned other copies than torch.topk and
+    reported v2t ANN recall@10 0.82 instead of 1.0."""
+    torch.manual_seed(0)
+    distinct = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    texts = distinct[torch.arange(39) % 3]  # 13 copies of each caption: every video's 10th best is tied
+    frames = torch.nn.functional.normalize(torch.randn(10, 4, 16), dim=-1)
+    txt2vid = [t % 10 for t in range(39)]
+    assert index_metrics_module.index_metrics(frames, texts, txt2vid)["ann_recall@10"] == {"t2v": 1.0, "v2t": 1.0}
+    # An IVF index probing one list of eight still loses items: recall counts what is returned, not ids.
+    ivf = index_metrics_module.index_metrics(frames, texts, txt2vid, kind="ivf", nlist=8, nprobe=1)["ann_recall@10"]
+    assert ivf["t2v"] < 1.0
+
+
 # ---------------------------------------------------------------- published numbers
 
 
@@ -266,7 +341,7 @@ def test_unknown_dataset_has_no_paper_row_and_delta_is_measured_minus_published(
 # ---------------------------------------------------------------- documentation examples
 
 
-@pytest.mark.parametrize("module", [metrics_module, paper_module])
+@pytest.mark.parametrize("module", [metrics_module, paper_module, index_metrics_module, report_module])
 def test_docstring_examples_run(module):
     import doctest
 

@@ -1,4 +1,5 @@
 """Checkpoint loading: official layouts, interpolation, dtype, and every bad-input case."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,3 +308,87 @@ def test_a_file_of_another_size_names_its_size_and_the_model_to_pass(tmp_path):
     sd["head.weight"] = torch.zeros(7, 192)
     with pytest.raises(CheckpointError, match=r"\(check --model / the model config matches the checkpoint\)$"):
         vmm.load_checkpoint(tiny(), sd)
+
+
+def _resample_1d(table, n_out, cubic):
+    """Resample axis 0 of a float64 array as the official F.interpolate(align_corners=False, no antialias) does:
+    source position (i + 0.5) * n_in / n_out - 0.5, edge values repeated; linear clamps the position at 0,
+    bicubic is Keys' cubic convolution with a = -0.75 on the four nearest rows."""
+    n_in = table.shape[0]
+    out = np.zeros((n_out,) + table.shape[1:])
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        if not cubic:
+            src = max(src, 0.0)
+            x0 = int(np.floor(src))
+            t = src - x0
+            out[i] = (1 - t) * table[x0] + t * table[min(x0 + 1, n_in - 1)]
+            continue
+        x0, t, a = int(np.floor(src)), src - np.floor(src), -0.75
+        for tap, d in zip(range(x0 - 1, x0 + 3), (1 + t, t, 1 - t, 2 - t)):
+            w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            out[i] += w * table[min(max(tap, 0), n_in - 1)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames, size", [(6, 96), (3, 48)])
+def test_position_tables_are_resampled_as_the_official_code_does(frames, size, dtype):
+    """Spec 4.2: linear along T, bicubic on the square grid with the CLS slot kept, both align_corners=False,
+    checked against a float64 computation written from those rules. A bf16 file's tables were rounded back to
+    bf16 after resampling, so the fp32 model got them off by up to 1e-2."""
+    torch.manual_seed(0)
+    src = tiny(depth=1, embed_dim=32, img_size=64)  # a 4x4 grid, 4 frames
+    sd = {k: torch.randn_like(v).to(dtype) if "pos_emb" in k else v.to(dtype) for k, v in src.state_dict().items()}
+    got = vmm.load_checkpoint(tiny(depth=1, embed_dim=32, num_frames=frames, img_size=size), sd)
+    pos, temporal = sd["pos_embed"][0].double().numpy(), sd["temporal_pos_embedding"][0].double().numpy()
+    grid, new = 4, size // 16
+    spatial = pos[1:].reshape(grid, grid, -1)
+    spatial = _resample_1d(spatial, new, cubic=True)  # rows, then columns: the bicubic kernel is separable
+    spatial = _resample_1d(spatial.transpose(1, 0, 2), new, cubic=True).transpose(1, 0, 2)
+    expect = np.concatenate([pos[:1], spatial.reshape(new * new, -1)])
+    np.testing.assert_allclose(got.pos_embed[0].detach().double().numpy(), expect, atol=1e-5)
+    np.testing.assert_allclose(got.temporal_pos_embedding[0].detach().double().numpy(),
+                               _resample_1d(temporal, frames, cubic=False), atol=1e-5)
+
+
+def test_a_file_from_a_newer_torch_says_to_upgrade_torch(tmp_path):
+    """torch refuses a zip archive whose format version is newer than it reads; vmm called it truncated or
+    damaged and said to download it again, which gives the same file."""
+    import zipfile
+    good, newer = tmp_path / "good.pth", tmp_path / "newer.pth"
+    torch.save(tiny(depth=1).state_dict(), good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(newer, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, b"99\n" if name.endswith("/version") else zin.read(name))
+    for load in (lambda: vmm.load_checkpoint(tiny(depth=1), newer),
+                 lambda: vmm.create_model("videomamba_tiny", pretrained=newer, depth=1, num_frames=4, img_size=32,
+                                          num_classes=5)):
+        with pytest.raises(CheckpointError, match=f"^checkpoint {newer} was saved by a newer PyTorch than this one "
+                                                  r"\(.*\); upgrade torch") as e:
+            load()
+        assert "damaged" not in str(e.value)
+
+
+def test_a_file_of_another_kind_names_its_kind_and_the_model_to_pass(tmp_path):
+    """A K400 classifier file given to the multimodal vision encoder (or the other way round) listed the keys
+    norm/head/pool_norm and said only "check --model": the file was of the model's size, so no model was named."""
+    from tests.tiny_model import TINY
+    classifier = tiny().state_dict()
+    with pytest.raises(CheckpointError) as e:
+        vmm.load_checkpoint(tiny_vision(), classifier)
+    assert str(e.value).endswith("(the file is a video classifier (head, norm_f) and the model a multimodal vision "
+                                 "encoder (pool_norm); pass a --model of the file's kind)")
+    assert "\n" not in str(e.value)
+    mm = vmm.create_model("videomamba_m16_mm", **TINY)
+    with pytest.raises(CheckpointError, match=r"the file is a video-text model \(vision_encoder\. \+ text_encoder\.\) "
+                                              r"and the model a video classifier"):
+        vmm.load_checkpoint(vmm.create_model("videomamba_tiny", **vmm.vision_overrides_from_state_dict(
+            mm.state_dict())), mm.state_dict())
+    with torch.device("meta"):  # official sizes name the model to pass; meta: shapes only, no memory
+        middle, vision = vmm.create_model("videomamba_middle"), vmm.create_model("videomamba_middle_vision")
+    with pytest.raises(CheckpointError, match="the model a multimodal vision encoder \\(pool_norm\\); pass --model "
+                                              "videomamba_middle or another model of the file's kind\\)$"):
+        vmm.load_checkpoint(vision, middle.state_dict())
+    with pytest.raises(CheckpointError, match="pass --model videomamba_middle_vision or another model of the file's"):
+        vmm.load_checkpoint(middle, vision.state_dict())

@@ -67,6 +67,11 @@ def test_create_model_takes_pretrained_like_create_model_and_transforms(tmp_path
     ("videomamba_tiny", dict(drop_path_rate="0.1"), "drop_path_rate='0.1': drop_path_rate must be a number >= 0"),
     ("videomamba_tiny", dict(embed_dim=0), "embed_dim=0: embed_dim must be a whole number >= 1"),
     ("videomamba_tiny", dict(img_size=8), "img_size=8 is smaller than patch_size=16; pass img_size >= 16"),
+    # The patchify conv dropped the border pixels and the tubelet conv the last frames, without a word.
+    ("videomamba_tiny", dict(img_size=40), "img_size=40 is not a multiple of patch_size=16; pass img_size=32 or 48"),
+    ("videomamba_tiny", dict(num_frames=5, tubelet_size=2),
+     "num_frames=5 is not a multiple of tubelet_size=2; pass num_frames=4 or 6"),
+    ("videomamba_m16_mm", dict(vision=dict(img_size=230)), "vision img_size=230 is not a multiple of patch_size=16"),
     ("videomamba_tiny", dict(scan_backend="foo"), "scan_backend='foo' is not a scan backend; pass one of mamba_ssm, "
      "reference, triton or leave it unset"),
     ("videomamba_m16_mm", dict(vision=3), "vision=3: vision takes a dict of vision options"),
@@ -499,3 +504,73 @@ def test_models_build_on_the_meta_device_and_load_into_real_memory(tmp_path):
     x = torch.randn(1, 3, 8, 224, 224)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), source.eval()(x))
+
+
+def test_a_path_that_is_no_model_folder_says_what_it_is(tmp_path):
+    """A folder or file given as the model read as an unknown model name, and the message listed every
+    registered model instead of saying what the path is and what to pass."""
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(model.state_dict(), weights / "k400.pth")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for name, needle in ((weights / "k400.pth", f"model {weights / 'k400.pth'} is a weights file, not a model name "
+                                                f"or folder; pass a registered model name"),
+                         (weights, f"is a folder but not a vmm model folder .*; to load {weights / 'k400.pth'}, "
+                                   "pass a registered model name with it as pretrained="),
+                         (tmp_path / "empty", "is a folder but not a vmm model folder \\(no config.json \\+ "
+                                              "model.safetensors\\); pass a folder written by vmm.save_pretrained"),
+                         (tmp_path / "half", "has config.json but no model.safetensors \\(an interrupted save\\?\\)"),
+                         (str(tmp_path / "gone"), "model folder .*gone does not exist; pass a folder written by"),
+                         ("hf-hub:OpenGVLab/VideoMamba/videomamba_t16_k400_f8_res224.pth",
+                          "is a hub weights file, not a model name; pass a registered model name .* with "
+                          "pretrained='hf-hub:OpenGVLab/VideoMamba/videomamba_t16_k400_f8_res224.pth'")):
+        for factory in (vmm.create_model, vmm.create_model_and_transforms, vmm.get_tokenizer):
+            with pytest.raises(VmmError, match=needle) as e:
+                factory(name)
+            assert "\n" not in str(e.value) and "available:" not in str(e.value)
+
+
+def disk_full_at_the_second_file(monkeypatch) -> None:
+    """The disk fills while the second file of a save is written (config.json, after the new weights)."""
+    import os
+    from vmm.models import persistence
+    real_fsync, calls = os.fsync, []
+
+    def fsync_then_disk_full(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(persistence.os, "fsync", fsync_then_disk_full)
+
+
+def test_a_save_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """save_pretrained replaced model.safetensors, then failed writing config.json (a full disk): the folder held
+    the new weights beside the old config and no longer loaded, and the OSError came as a traceback."""
+    torch.manual_seed(0)
+    old = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    folder = vmm.save_pretrained(old, tmp_path / "model")
+    disk_full_at_the_second_file(monkeypatch)
+    refused(f"^cannot write {folder / 'config.json'} \\(No space left on device\\); the folder keeps what it had",
+            vmm.save_pretrained, vmm.create_model("videomamba_tiny", **{**CLASSIFIER, "depth": 2}), folder)
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no temporary files
+    again = vmm.create_model(folder)
+    assert again.cfg == old.cfg
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_trainable_only_export_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """The training export wrote its two files one by one too: new tensors beside the old config."""
+    from tests.tiny_model import TINY
+    from vmm.training.export import save_trainable
+    folder = save_trainable(vmm.create_model("videomamba_m16_mm", **TINY), tmp_path / "final", [])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    disk_full_at_the_second_file(monkeypatch)
+    refused(f"^cannot write {folder / 'config.json'} \\(No space left on device\\); the folder keeps what it had",
+            save_trainable, vmm.create_model("videomamba_m16_mm", **{**TINY, "embed_dim": 24}), folder, [])
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -361,6 +361,33 @@ def _check_name(name: Any, what: str = "model") -> None:
                        "see vmm.list_models()")
 
 
+def _not_a_model(name: Union[str, Path]) -> Optional[str]:
+    """Why ``name``, a path that is no model folder, cannot be built (a weights file, a folder of other files, a
+    folder that does not exist), with the fix; None when it does not look like a path. Else it read as an unknown
+    model name and the message listed every registered model."""
+    if str(name).startswith(HF_PREFIX):  # open_clip takes a hub model as the name; here the hub holds weights only
+        return (f"model {name} is a hub weights file, not a model name; pass a registered model name (see "
+                f"vmm.list_models()) with pretrained='{name}'")
+    path = Path(name)
+    if path.is_file():
+        return (f"model {path} is a weights file, not a model name or folder; pass a registered model name (see "
+                f"vmm.list_models()) with the file as pretrained= / --checkpoint {path}")
+    if path.is_dir():
+        from vmm.models.persistence import CONFIG_NAME, WEIGHTS_NAME
+        if (path / CONFIG_NAME).is_file():
+            return (f"model folder {path} has {CONFIG_NAME} but no {WEIGHTS_NAME} (an interrupted save?); save the "
+                    "model into it again with vmm.save_pretrained")
+        weights = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".bin", ".safetensors"))
+        also = (f"; to load {path / weights[0]}, pass a registered model name with it as pretrained= / "
+                f"--checkpoint") if weights else ""
+        return (f"model {path} is a folder but not a vmm model folder (no {CONFIG_NAME} + {WEIGHTS_NAME}); pass a "
+                f"folder written by vmm.save_pretrained or a registered model name (see vmm.list_models()){also}")
+    if isinstance(name, os.PathLike) or os.sep in str(name) or (os.altsep and os.altsep in str(name)):
+        return (f"model folder {path} does not exist; pass a folder written by vmm.save_pretrained or a registered "
+                "model name (see vmm.list_models())")
+    return None
+
+
 def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
                  device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> nn.Module:
     """Build a model by registered name or from a ``save_pretrained`` folder, optionally loading weights.
@@ -390,6 +417,9 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
                            f"({pretrained}), or pass a registered model name (e.g. videomamba_m16_25m) with it")
         model = _from_folder(name, overrides)
     else:
+        problem = None if str(name) in registry.list_models() else _not_a_model(name)
+        if problem:
+            raise VmmError(problem)
         model = registry.create_model(str(name), **overrides)
         if pretrained is True or pretrained == "default":
             pretrained = default_pretrained(str(name))
@@ -459,7 +489,8 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     else:
         cfg = get_model_config(str(name))
         if cfg is None and str(name) not in registry.list_models():  # else a typo got the default tokenizer
-            raise VmmError(f"unknown model {str(name)!r}; pass a name from vmm.list_models() or a model folder")
+            raise VmmError(_not_a_model(name) or f"unknown model {str(name)!r}; pass a name from vmm.list_models() "
+                           "or a model folder")
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")
     default_len = model_cfg.get("max_text_len", 32)

@@ -91,6 +91,10 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
                               f"({reason}); save only the state dict, or load it yourself with "
                               f"torch.load(weights_only=False) if you trust its source") from None
     except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
+        if "maximum supported version" in str(e):  # else called damaged, and downloading it again cannot help
+            raise CheckpointError(f"checkpoint {path} was saved by a newer PyTorch than this one "
+                                  f"({torch.__version__}); upgrade torch, or re-save the state dict as .safetensors "
+                                  "where it was made") from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'})") from None
     return unwrap_state_dict(obj, source=str(path))
@@ -285,6 +289,9 @@ def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
         if key not in own or own[key].shape == tensor.shape:
             continue
         target = own[key]
+        # Resampled in the wider of the two dtypes: a bf16 file's table was rounded back to bf16 after the
+        # resampling, off by up to 1e-2 from the table the fp32 model should get.
+        tensor = tensor.to(torch.promote_types(tensor.dtype, target.dtype))
         same_width = tensor.ndim == 3 and target.ndim == 3 and tensor.shape[::2] == target.shape[::2]
         if key.endswith("temporal_pos_embedding") and same_width:
             sd[key] = interpolate_temporal_embed(tensor, target.shape[1])
@@ -305,10 +312,34 @@ def adapt_state_dict(model: nn.Module, sd: StateDict) -> dict[str, Tensor]:
 _OFFICIAL_SIZES = {(192, 24): "videomamba_tiny", (384, 24): "videomamba_small", (576, 32): "videomamba_middle"}
 
 
-def _size_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
-    """The fix for a file whose video encoder is another width or depth than the model's (a VideoMamba-S file
-    given to the Ti model): its sizes, and the model of that size. None when the sizes agree or cannot be read;
-    the key list alone then tells what differs."""
+# The kinds of VideoMamba state dict, each told by keys only it has (spec 4.5).
+_KINDS = {"multimodal": "a video-text model (vision_encoder. + text_encoder.)",
+          "classifier": "a video classifier (head, norm_f)", "vision": "a multimodal vision encoder (pool_norm)"}
+
+
+def _kind(sd: StateDict) -> Optional[str]:
+    if any(k.startswith("text_encoder.") for k in sd):
+        return "multimodal"
+    part = _video_encoder_part(sd)
+    if "head.weight" in part or "norm_f.weight" in part:
+        return "classifier"
+    return "vision" if "pool_norm.weight" in part else None  # a masked-pretraining encoder, or not a VideoMamba
+
+
+def _model_of(kind: Optional[str], size_name: Optional[str]) -> Optional[str]:
+    """The registered model of an official size for a file of ``kind`` (only VideoMamba-M has a video-text
+    model: another size's multimodal file fits its vision encoder)."""
+    if size_name is None or kind is None:
+        return None
+    if kind == "multimodal":
+        return "videomamba_m16_25m" if size_name == "videomamba_middle" else f"{size_name}_vision"
+    return size_name + ("_vision" if kind == "vision" else "")
+
+
+def _fit_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
+    """The fix for a file of another width or depth than the model's (a VideoMamba-S file given to the Ti model),
+    or of another kind (a K400 classifier given to a multimodal model): what the file is, and the model that
+    fits it. None when neither differs or the file cannot be read; the key list alone then tells what differs."""
     cfg = getattr(model, "cfg", None)
     cfg = getattr(cfg, "vision", cfg)
     mine = (getattr(cfg, "embed_dim", None), getattr(cfg, "depth", None))
@@ -317,16 +348,16 @@ def _size_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
     except Exception:  # not a VideoMamba file (or a damaged one)
         return None
     theirs = (found["embed_dim"], found["depth"])
-    if None in mine or theirs == mine:
+    kind, own_kind = _kind(sd), _kind(model.state_dict())
+    name = _model_of(kind, _OFFICIAL_SIZES.get(theirs))
+    fits = f"--model {name} or another model" if name else "a --model"
+    if None not in mine and theirs != mine:
+        return (f"the file is a VideoMamba with embed_dim={theirs[0]} and depth={theirs[1]} and the model has "
+                f"embed_dim={mine[0]} and depth={mine[1]}; pass {fits} of the file's size, or build one with "
+                "vmm.vision_overrides_from_state_dict")
+    if kind is None or own_kind is None or kind == own_kind:
         return None
-    name = _OFFICIAL_SIZES.get(theirs)
-    if name and any(k.startswith("vision_encoder.") for k in sd):  # a multimodal file
-        name = "videomamba_m16_25m" if name == "videomamba_middle" else f"{name}_vision"
-    elif name and "pool_norm.weight" in _video_encoder_part(sd):  # a multimodal vision encoder alone
-        name = f"{name}_vision"
-    return (f"the file is a VideoMamba with embed_dim={theirs[0]} and depth={theirs[1]} and the model has embed_dim="
-            f"{mine[0]} and depth={mine[1]}; pass " + (f"--model {name} or another model" if name else "a --model")
-            + " of the file's size, or build one with vmm.vision_overrides_from_state_dict")
+    return f"the file is {_KINDS[kind]} and the model {_KINDS[own_kind]}; pass {fits} of the file's kind"
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], strict: bool = True) -> nn.Module:
@@ -359,7 +390,7 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
         problems.append(f"unexpected keys: {_short(unexpected)}")
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        fix = _size_hint(model, raw) or "check --model / the model config matches the checkpoint"
+        fix = _fit_hint(model, raw) or "check --model / the model config matches the checkpoint"
         raise CheckpointError(f"{source} does not fit model {name}: " + "; ".join(problems) + f" ({fix})")
     with torch.no_grad():
         for k, v in sd.items():

@@ -73,9 +73,17 @@ class VideoMambaConfig:
         if self.img_size < self.patch_size:  # a grid of zero patches builds, then fails on the first clip
             return (f"img_size={self.img_size} is smaller than patch_size={self.patch_size}; "
                     f"pass img_size >= {self.patch_size}")
+        if self.img_size % self.patch_size:  # the patchify conv would silently drop the right and bottom border
+            lower = self.img_size - self.img_size % self.patch_size
+            return (f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}; pass img_size="
+                    f"{lower} or {lower + self.patch_size}")
         if self.num_frames < self.tubelet_size:
             return (f"num_frames={self.num_frames} is fewer than tubelet_size={self.tubelet_size}; "
                     f"pass num_frames >= {self.tubelet_size}")
+        if self.num_frames % self.tubelet_size:  # the last frames would be dropped without a word
+            lower = self.num_frames - self.num_frames % self.tubelet_size
+            return (f"num_frames={self.num_frames} is not a multiple of tubelet_size={self.tubelet_size}; pass "
+                    f"num_frames={lower} or {lower + self.tubelet_size}")
         if self.pool_type not in POOL_TYPES:  # else it fails only after the whole stack has run on a clip
             return f"pool_type={self.pool_type!r} is not an official pool type; pass one of {', '.join(POOL_TYPES)}"
         if self.clip_return_layer != 1:

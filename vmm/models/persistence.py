@@ -27,17 +27,32 @@ def model_config_dict(model: nn.Module) -> dict:
             "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {})}
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _atomic_write_all(directory: Path, writers: dict) -> None:
+    """Write each file (``{name: write(tmp_path)}``) under a temporary name in ``directory`` and rename them into
+    place only once all are written: a write that fails (a full disk, a folder made read-only) leaves the folder
+    as it was. Written one by one, new weights stood beside the old config and the folder loaded no more."""
+    temps: dict[str, str] = {}
+    replaced = False
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for name, write in writers.items():
+            fd, temps[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            write(temps[name])
+            with open(temps[name], "rb+") as f:
+                os.fsync(f.fileno())
+        for name, tmp in temps.items():
+            os.replace(tmp, directory / name)
+            replaced = True
+    except OSError as e:
+        kept = "some files were replaced, save again" if replaced else "the folder keeps what it had"
+        raise VmmError(f"cannot write {directory / name} ({e.strerror or e}); {kept}; free space or choose a "
+                       "writable folder") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps.values():
+            try:
+                os.unlink(tmp)
+            except OSError:  # renamed into place, or the folder is no longer writable
+                pass
 
 
 def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
@@ -59,9 +74,9 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VmmError(f"cannot create {directory} ({e.strerror}); choose a writable folder") from None
-    cfg = model_config_dict(model)
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_model(model, p))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
+    config_text = json.dumps(model_config_dict(model), indent=2) + "\n"  # fails, if at all, before any write
+    _atomic_write_all(directory, {WEIGHTS_NAME: lambda p: save_model(model, p),
+                                  CONFIG_NAME: lambda p: Path(p).write_text(config_text)})
     return directory
 
 

@@ -44,9 +44,9 @@ def check_trainable_export(model: nn.Module, frozen: list[str]) -> None:
 
 
 def save_trainable(model: nn.Module, directory: Union[str, Path], frozen: list[str]) -> Path:
-    """Write the trained tensors and the config (each file atomically)."""
+    """Write the trained tensors and the config, both renamed into place only once both are written."""
     from safetensors.torch import save_file
-    from vmm.models.persistence import _atomic_write, model_config_dict
+    from vmm.models.persistence import _atomic_write_all, model_config_dict
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     frozen_set = set(frozen)
@@ -62,8 +62,9 @@ def save_trainable(model: nn.Module, directory: Union[str, Path], frozen: list[s
     cfg = model_config_dict(model)
     cfg["trainable_only"] = {"weights": TRAINABLE_NAME, "frozen": sorted(frozen_set),
                              "rebuilt_from": cfg["model"].get("text", {}).get("init_from")}
-    _atomic_write(directory / TRAINABLE_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
+    config_text = json.dumps(cfg, indent=2) + "\n"
+    _atomic_write_all(directory, {TRAINABLE_NAME: lambda p: save_file(state, p, metadata={"format": "pt"}),
+                                  CONFIG_NAME: lambda p: Path(p).write_text(config_text)})
     return directory
 
 

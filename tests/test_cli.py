@@ -1,8 +1,12 @@
 """The `vmm` entry point itself and `vmm encode`."""
+import multiprocessing
+import os
+import time
+
 import pytest
 
 from tests import videos
-from vmm.cli import build_parser, main
+from vmm.cli import _stopping_on_sigterm, build_parser, main
 
 
 def test_every_command_has_help(capsys):
@@ -13,7 +17,25 @@ def test_every_command_has_help(capsys):
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
         assert e.value.code == 0
-    assert main([]) == 2
+    capsys.readouterr()
+    assert main([]) == 2  # a usage mistake: its help went to stdout, where results go
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: vmm") and "encode" in err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["serch", "LIB", "red"], "); did you mean 'search'? (`vmm --help`"),
+    (["indx", "VIDEOS", "--library", "LIB"], "); did you mean 'index'? (`vmm --help`"),
+    (["help", "index"], "); for a command's options run `vmm index --help` (`vmm --help`"),
+    (["help"], "); for a command's options run `vmm COMMAND --help` (`vmm --help`"),
+    (["nosuch"], "'encode') (`vmm --help`"),  # nothing close: no guess
+])
+def test_a_mistyped_command_names_the_likely_one(argv, hint, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and f"invalid choice: {argv[0]!r}" in err, err
+    assert hint in err, err
 
 
 @pytest.mark.parametrize("model, frames, shape", [("videomamba_tiny", 2, "(1, 192)"), ("vmm_nano", 4, "(1, 256)")])
@@ -114,3 +136,31 @@ def test_encode_runs_a_checkpoint_file_at_its_own_frame_count(tmp_path, capsys):
     assert "input (1, 3, 4, 224, 224)" in capsys.readouterr().out  # 4 frames, not the config's 8
     assert main([*args, "--frames", "2"]) == 0
     assert "input (1, 3, 2, 224, 224)" in capsys.readouterr().out
+
+
+def test_output_the_locale_cannot_encode(tmp_path, capsys):
+    # capsys writes strict UTF-8, as Python does in a UTF-8 locale: a --path holding bytes that are no UTF-8 was
+    # echoed in the "no results" line and ended the command with a UnicodeEncodeError traceback.
+    red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", red, "--library", library, "--model", "color-histogram", "--quiet", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", library, "--video", red, "--path", os.fsdecode(b"/videos/\xff*")]) == 0
+    assert capsys.readouterr().out == "no results: no indexed video matches --path /videos/\\udcff*; widen or drop it\n"
+
+
+def _sleep_after_touching(path):
+    open(path, "w").close()
+    time.sleep(60)
+
+
+def test_forked_workers_end_without_a_traceback(tmp_path, capfd):
+    # vmm demo renders in a fork pool, whose workers inherit vmm's SIGTERM handler, and a pool ends its workers with
+    # SIGTERM when it closes: a worker still busy printed a traceback of the handler's exception.
+    started = tmp_path / "started"
+    with _stopping_on_sigterm(), multiprocessing.get_context("fork").Pool(1) as pool:
+        pool.apply_async(_sleep_after_touching, (str(started),))
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert started.exists() and "Traceback" not in capfd.readouterr().err

@@ -29,11 +29,12 @@ def lib(tmp_path_factory):
     return root
 
 
-def vmm(*args, stdout=subprocess.PIPE, shell_suffix=""):
+def vmm(*args, stdout=subprocess.PIPE, shell_suffix="", env=None):
     command = [sys.executable, "-m", "vmm.cli", *map(str, args)]
     if shell_suffix:
         command = ["bash", "-c", " ".join(f"'{a}'" for a in command) + shell_suffix]
-    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=ENV, timeout=300)
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})},
+                          timeout=300)
 
 
 def one_error_line(r, *needles):
@@ -63,6 +64,53 @@ def test_a_full_stdout(lib):
 def test_a_closed_stdout(lib):
     r = vmm("search", lib / "missing", "red", shell_suffix=" >&-")
     one_error_line(r, "standard output is closed")
+
+
+def test_python_dash_m_vmm():
+    # for an environment whose scripts folder is not on PATH: "No module named vmm.__main__", status 1
+    from vmm import __version__
+    r = subprocess.run([sys.executable, "-m", "vmm", "--version"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"vmm {__version__}\n", "")
+
+
+def test_a_closed_stderr(lib):
+    # print(file=sys.stderr) with stderr closed printed the error on stdout, among the results
+    r = vmm("search", lib / "missing", "red", shell_suffix=" 2>&-")
+    assert (r.returncode, r.stdout) == (2, "")
+
+
+def test_paths_a_non_utf8_locale_cannot_encode(tmp_path):
+    # In a Latin-1 locale the table of a file named with a snowman was a UnicodeEncodeError traceback, status 1.
+    video = videos.write_solid(str(tmp_path / "snow ☃.mp4"), videos.WHITE, seconds=1)
+    from vmm.cli import main
+    assert main(["index", video, "--library", str(tmp_path / "lib"), "--model", "color-histogram", "--quiet",
+                 "--workers", "0"]) == 0
+    r = vmm("search", tmp_path / "lib", "--video", video, env={"PYTHONIOENCODING": "latin-1"})
+    assert r.returncode == 0 and r.stderr == "" and "snow \\u2603.mp4" in r.stdout, r
+
+
+def test_sigterm_is_one_line(lib, tmp_path):
+    # SIGTERM (a job scheduler, `timeout`) ended the command on the spot without a word, and without the clean-up
+    # a Ctrl-C runs. Reading a FIFO, vmm eval waits at a known place for the signal.
+    fifo = tmp_path / "annotations.json"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "eval", "msrvtt", "--annotations", str(fifo), "--videos",
+                          str(lib / "vids"), "--workers", "0", "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while True:  # opening the FIFO's other end succeeds once vmm eval has opened it
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+    try:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        os.close(writer)
+    assert (p.returncode, out, err) == (128 + signal.SIGTERM, "", "stopped by SIGTERM\n")
 
 
 def test_ctrl_c_while_starting(lib):

@@ -6,6 +6,8 @@ User errors (:class:`vmm.errors.VmmError`) print one line ``error: ...`` and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
 import os
 import shlex
@@ -32,13 +34,23 @@ class _Parser(OneLineArgumentParser):
     def __init__(self, *args, dash_files: Sequence[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.dash_files = list(dash_files)
+        self.hint = ""  # added to its usage errors: what an unknown command was probably meant to be
 
     def error_line(self, message: str) -> str:
         if self.dash_files:
             name = self.dash_files[0]
             message += (f"; {one_line(name)!r} is a file, but a name that starts with '-' reads as an option: "
                         f"write it as ./{one_line(name)}")
-        return super().error_line(f"{self.prog}: {message}")
+        return super().error_line(f"{self.prog}: {message}{self.hint}")
+
+
+def _unknown_command_hint(word: str, commands: Sequence[str], argv: Sequence[str]) -> str:
+    """What `vmm WORD` was probably meant as: `vmm help index` as `vmm index --help`, `vmm serch` as `vmm search`."""
+    if word == "help":
+        asked = next((a for a in argv[argv.index(word) + 1:] if a in commands), "COMMAND")
+        return f"; for a command's options run `vmm {asked} --help`"
+    close = difflib.get_close_matches(word, commands, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _dash_files(argv: Sequence[str]) -> list[str]:
@@ -74,7 +86,8 @@ class _StdoutError(Exception):
 
 
 class _GuardedStdout:
-    """sys.stdout, whose write errors other than a closed pipe raise :class:`_StdoutError`."""
+    """sys.stdout, whose write errors other than a closed pipe raise :class:`_StdoutError`, and which writes what
+    its encoding cannot hold escaped."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -88,7 +101,13 @@ class _GuardedStdout:
             raise _StdoutError(e.strerror or str(e)) from None
 
     def write(self, text):
-        return self._guard(self._stream.write, text)
+        try:
+            return self._guard(self._stream.write, text)
+        except UnicodeEncodeError:
+            # A path the locale cannot encode (a non-UTF-8 locale, or a file name that is not UTF-8) ended the
+            # command with a traceback. The stream encodes the whole text before it writes any: nothing is doubled.
+            encoding = self._stream.encoding
+            return self._guard(self._stream.write, text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self):
         return self._guard(self._stream.flush)
@@ -121,33 +140,95 @@ def _check_parallelism(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``vmm ARGS``; returns the exit status (0 done, 2 user error, 130 interrupted, 141 closed pipe)."""
+    """Run ``vmm ARGS``; returns the exit status (0 done, 2 user error, 130 interrupted, 141 closed pipe, 143 stopped
+    by SIGTERM)."""
     # Everything, the imports of the commands (torch) included, runs under these handlers: a Ctrl-C in the first
     # second of start-up should print one word, not the traceback of an import.
     if sys.stdout is None:  # started with stdout closed (>&-): a file opened later would take its place as fd 1
         _say_error("standard output is closed; redirect it instead (e.g. > /dev/null)")
         return 2
-    stdout = sys.stdout
+    with _standard_streams(), _stopping_on_sigterm():
+        try:
+            return _main(argv)
+        except VmmError as e:
+            _say_error(one_line(str(e)))
+            return 2
+        except _Terminated:
+            _say("stopped by SIGTERM")
+            return 128 + int(signal.SIGTERM)
+        except KeyboardInterrupt:
+            _say("interrupted")
+            return 130
+        except _StdoutError as e:
+            _say_error(f"cannot write to standard output ({e}); redirect it to a file or device with room (what the "
+                       "command finished before is kept)")
+            _mute_stdout()
+            return 2
+        except BrokenPipeError:
+            # The reader of the output went away (`vmm search ... | head`): stop quietly like other tools.
+            _mute_stdout()
+            return 141  # 128 + SIGPIPE, the status of a command the signal ended
+
+
+@contextlib.contextmanager
+def _standard_streams():
+    """sys.stdout guarded (:class:`_GuardedStdout`), and a closed stderr made /dev/null."""
+    stdout, stderr = sys.stdout, sys.stderr
+    if stderr is None:
+        # Started with stderr closed (2>&-): print(file=None) wrote every error and warning to stdout, among the
+        # results, and a file opened later took fd 2, where C libraries and decoder workers write their messages.
+        # The exit status still tells.
+        _cover_fd(2)
+        sys.stderr = open(os.devnull, "w")
     sys.stdout = _GuardedStdout(stdout)
     try:
-        return _main(argv)
-    except VmmError as e:
-        _say_error(one_line(str(e)))
-        return 2
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
-    except _StdoutError as e:
-        _say_error(f"cannot write to standard output ({e}); redirect it to a file or device with room (what the "
-                   "command finished before is kept)")
-        _mute_stdout()
-        return 2
-    except BrokenPipeError:
-        # The reader of the output went away (`vmm search ... | head`): stop quietly like other tools.
-        _mute_stdout()
-        return 141  # 128 + SIGPIPE, the status of a command the signal ended
+        yield
     finally:
-        sys.stdout = stdout
+        if stderr is None:
+            sys.stderr.close()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _cover_fd(fd: int) -> None:
+    """Point a closed ``fd`` at /dev/null, so that no file opened later becomes it."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `timeout`, `kill`), raised as a Ctrl-C is: the same clean-up runs (decoder workers
+    stopped, nothing half-written), where the default action ended the process on the spot without a word."""
+
+
+@contextlib.contextmanager
+def _stopping_on_sigterm():
+    """Raise :class:`_Terminated` on SIGTERM in this process (outside the main thread, where no handler can be set,
+    SIGTERM keeps its default)."""
+    pid = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != pid:
+            # A forked worker (vmm demo renders videos in a fork pool) inherits the handler, and its pool ends it
+            # with SIGTERM: it dies as it would have, without a traceback of its own.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _say(text: str) -> None:
@@ -161,14 +242,14 @@ def _say_error(message: str) -> None:
     _say(f"error: {message}")
 
 
-def _holding_ctrl_c(build, *args):
-    """``build(*args)`` with Ctrl-C held until it returns. Building the parser imports torch and numpy, and a
-    KeyboardInterrupt raised inside numpy's import is half-caught there: numpy stays loaded without most of its
-    functions, and the command then failed with an AttributeError traceback. Held, the Ctrl-C arrives as soon as
+def _holding_signals(build, *args):
+    """``build(*args)`` with Ctrl-C and SIGTERM held until it returns. Building the parser imports torch and numpy,
+    and a KeyboardInterrupt raised inside numpy's import is half-caught there: numpy stays loaded without most of its
+    functions, and the command then failed with an AttributeError traceback. Held, the signal arrives as soon as
     the imports are done and stops the command cleanly."""
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
         return build(*args)
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         return build(*args)
     finally:
@@ -177,7 +258,10 @@ def _holding_ctrl_c(build, *args):
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _holding_ctrl_c(build_parser, _dash_files(argv))
+    parser = _holding_signals(build_parser, _dash_files(argv))
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is not None and word not in parser.commands:
+        parser.hint = _unknown_command_hint(word, list(parser.commands), argv)
     args, extra = parser.parse_known_args(argv)
     command = parser.commands.get(getattr(args, "command", None), parser)
     many = [a for a in command._actions if not a.option_strings and a.nargs in ("+", "*")]
@@ -202,8 +286,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             words = " ".join(([args.text] if args.text is not None else []) + extra)
             hint = f"; a query of several words is one argument, quote it: vmm search LIB {shlex.quote(words)}"
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    if not hasattr(args, "_run"):
-        parser.print_help()
+    if not hasattr(args, "_run"):  # `vmm` alone: a usage mistake, so the help goes where errors go
+        parser.print_help(sys.stderr)
         return 2
     _check_parallelism(args)
     code = int(args._run(args) or 0)

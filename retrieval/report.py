@@ -126,22 +126,33 @@ def format_markdown(report: dict) -> str:
 
 
 def atomic_write(path: Path, write, binary: bool = False) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written report."""
+    """Write through a temporary file in the same folder, then rename: never a half-written report. A symlink's
+    target is what is replaced (the rename replaced the link and left its target stale); a FIFO, a terminal or
+    ``/dev/stdout`` is written in place (the rename replaced the node itself, as root even ``/dev/full``)."""
+    given, path = path, Path(os.path.realpath(path))
+    mode, encoding = ("wb", {}) if binary else ("w", {"encoding": "utf-8"})
+    if path.exists() and not path.is_file():
+        try:
+            with open(path, mode, **encoding) as f:
+                write(f)
+        except OSError as e:
+            raise VmmError(f"cannot write {given} ({e.strerror}); choose a writable path") from None
+        return given
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VmmError(f"cannot create {path.parent} ({e.strerror}); choose a writable folder") from None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(tmp, mode, **encoding) as f:
             write(f)
         os.replace(tmp, path)
     except OSError as e:
-        raise VmmError(f"cannot write {path} ({e.strerror}); choose a writable path") from None
+        raise VmmError(f"cannot write {given} ({e.strerror}); choose a writable path") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+    return given
 
 
 def _is_eval_output(path: Path) -> bool:
@@ -187,7 +198,8 @@ def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) 
         if path.is_dir():
             example = path / {"--json": "report.json", "--markdown": "report.md"}.get(option, "scores.npz")
             raise VmmError(f"{where} is a directory; pass a file path, e.g. {example}")
-        if path.exists() and not _is_eval_output(path):
+        # A FIFO or /dev/stdout is written in place (atomic_write); reading it to check, as a file, would block.
+        if path.is_file() and not _is_eval_output(path):
             raise VmmError(f"{where} already exists and is not an evaluation output; "
                            "delete it or choose another output path")
         folder = path.absolute().parent

@@ -105,6 +105,30 @@ def test_existing_foreign_file_is_refused_but_a_previous_report_is_replaced(data
     assert np.load(tmp_path / "r.npz")["itc"].shape == (3, 3)
 
 
+def test_a_report_through_a_symlink_or_into_a_fifo_keeps_the_link_and_the_fifo(data, tmp_path):
+    """The report was renamed over the path: a symlink to the previous report became a plain file (its target
+    left stale), and a FIFO or device node was replaced by a file (as root, /dev/full became one); reading a
+    FIFO to check it was an earlier report would have blocked."""
+    import os
+    import stat
+    import threading
+    target = tmp_path / "reports" / "latest.json"
+    assert main(eval_args(data, "--json", str(target))) == 0
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    assert main(eval_args(data, "--json", str(link), "--rerank-k", "2")) == 0
+    assert link.is_symlink() and json.loads(target.read_text())["rerank_k"] == 2
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(eval_args(data, "--json", str(fifo))) == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and json.loads(received[0])["rerank_k"] == 128
+
+
 # ---------------------------------------------------------------------------------------------- finding 2: wasted work
 @pytest.mark.parametrize("case", ["directory", "parent is a file", "same path twice"])
 def test_unwritable_output_is_refused_before_evaluating(data, tmp_path, capsys, no_evaluation, case):

@@ -341,7 +341,15 @@ def library_folder(library_dir) -> str:
     """
     if os.fspath(library_dir) == "":
         raise VmmError("the library path is an empty string (''); pass the library's folder")
-    return os.path.abspath(os.fspath(library_dir))
+    path = os.path.abspath(os.fspath(library_dir))
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # A name in another encoding (Latin-1 bytes in a UTF-8 locale): SQLite and FAISS take UTF-8 paths, so
+        # indexing failed in FAISS after creating the catalog, and a search in SQLite, both with a traceback.
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise VmmError(f"the library path {shown} is not valid UTF-8; choose a folder whose name is") from None
+    return path
 
 
 def read_manifest_copy(library: str) -> LibraryManifest | None:

@@ -231,3 +231,18 @@ def test_a_full_disk_while_a_library_is_made_leaves_a_library_to_make(tmp_path, 
     assert (out / "second.rc").read_text().strip() == "0", (out / "second.out").read_text()
     assert "indexed 3 files (3 clips)" in (out / "second.out").read_text()
     assert red_first(str(out / "lib"))
+
+
+def test_a_library_path_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path):
+    """A folder name in another encoding (Latin-1 bytes under a UTF-8 locale): indexing created the catalog, then
+    failed in FAISS's write_index with a traceback; a search failed in SQLite."""
+    from tests import videos
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = os.fsdecode(os.fsencode(str(tmp_path)) + b"/lib\xff")
+    for args in (["index", str(tmp_path), "--library", library, "--model", "color-histogram", "--workers", "0"],
+                 ["search", library, "red"]):
+        run = subprocess.run([sys.executable, "-m", "vmm", *args], capture_output=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert run.returncode == 2 and run.stderr == (f"error: the library path {tmp_path}/lib\\xff is not valid "
+                                                      "UTF-8; choose a folder whose name is\n").encode(), run.stderr
+    assert sorted(os.listdir(tmp_path)) == ["red.mp4"]

@@ -128,3 +128,11 @@ def test_ctrl_c_while_starting(lib):
     # a shell shows both as status 130.
     stopped = [(130, "interrupted"), (-signal.SIGINT, "interrupted")]
     assert any(r in stopped for r in results) and all(r in (*stopped, (0, "")) for r in results), results
+
+
+def test_index_into_a_log_writes_no_progress_bar(lib, tmp_path):
+    """With stderr not a terminal (a log file, a CI job), rich printed the bar's last frame as a line of bar
+    characters above the summary; vmm eval already drew its bars only on a terminal."""
+    r = vmm("index", lib / "vids", "--library", tmp_path / "lib", "--model", "color-histogram", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and r.stdout.startswith("indexed 3 files (3 clips)"), (r.stdout, r.stderr)

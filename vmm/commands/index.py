@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory", default=None, help="FAISS index type: auto, Flat, HNSW32,Flat, IVF4096,Flat ...")
     p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
     p.add_argument("--remove", action="store_true", help="drop PATHs from the library instead of indexing them")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (drawn only when stderr is a terminal)")
 
 
 # Options that only make sense when indexing, with their defaults: --remove refuses them rather than ignore them.
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
-                  retry_failed=args.retry_failed, factory=args.factory, progress=not args.quiet,
+                  retry_failed=args.retry_failed, factory=args.factory,
+                  progress=not args.quiet and sys.stderr.isatty(),  # a log got the bar's last frame as a line
                   on_open=lambda folder: _write_model_file(folder, model, checkpoint, frames))
     if distributed:
         from index.distributed import build_library_distributed

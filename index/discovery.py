@@ -4,7 +4,9 @@ A file is a video candidate when its extension is a video extension or its first
 bytes are a video container's signature (so ``holiday.bin`` holding an MP4 is found).
 A file with a video extension whose bytes are clearly not a video (empty, or text)
 is returned with a ``problem`` so the library records it as failed instead of
-handing it to a decoder. Hidden files and folders (``.name``) are skipped.
+handing it to a decoder. Hidden files and folders (``.name``), downloads in progress
+(``clip.mp4.part``) and the trash and thumbnail folders of other systems
+(``$RECYCLE.BIN``, ``@eaDir``) are skipped.
 
 >>> import os, tempfile
 >>> root = tempfile.mkdtemp()
@@ -31,6 +33,14 @@ NOT_VIDEO_EXTENSIONS = frozenset(
     ".m4a .m4b .m4p .m4r .mka .mp3 .aac .wav .flac .oga .ogg .opus .wma .heic .heif .avif .jpg .jpeg "
     ".png .gif .webp .mid .mpc".split()
 )
+# A browser's or torrent client's download in progress: a truncated copy of a video that gets its real name when
+# complete, so indexing it only records a failure (or half a video) under a path about to vanish.
+PARTIAL_DOWNLOAD_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".opdownload", ".!ut", ".!qb")
+# Folders that other systems hide by an attribute rather than a leading dot, seen when their drive or share is
+# indexed from Linux: Windows' and NAS recycle bins (deleted videos) and Synology's thumbnails (@eaDir holds
+# transcoded copies of every video). Compared in lower case, as those file systems compare names.
+SYSTEM_FOLDERS = frozenset(("$recycle.bin", "recycler", "system volume information", "@eadir", "#recycle",
+                            "@recycle"))
 _NON_VIDEO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
 _HEAD_BYTES = 4096
 _CHUNK = 1 << 20
@@ -219,6 +229,7 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
     from vmm.errors import VmmError
 
     excluded = {os.path.abspath(p) for p in exclude}
+    excluded_ids = _folder_ids(excluded)
     found: dict[str, Candidate] = {}
     result = Discovery()
     # One str is one path: iterated, "/videos" was the paths "/", "v", ... and walked the whole file system.
@@ -232,26 +243,43 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
             raise VmmError(f"{given}: not a regular file or folder; pass video files or folders")
 
         def on_error(error: OSError) -> None:
-            result.unreadable.append((_printable(error.filename or root), error.strerror or str(error)))
+            if not _vanished(error):
+                result.unreadable.append((_printable(error.filename or root), error.strerror or str(error)))
 
         # Symbolic links to folders are followed: a phone's DCIM linked into ~/Videos was skipped without a word.
-        walked = _folder_ids(excluded)
+        walked = set()
         for folder, subfolders, files in os.walk(root, onerror=on_error, followlinks=True):
             walked |= _folder_ids([folder])
             subfolders[:] = sorted(
-                d for d in subfolders if not d.startswith(".") and os.path.join(folder, d) not in excluded
-                and not _links_to_walked(os.path.join(folder, d), walked)
+                d for d in subfolders if _walked_into(d) and os.path.join(folder, d) not in excluded
+                and not _skipped_folder(os.path.join(folder, d), walked, excluded_ids)
             )
             for name in sorted(files):
                 if not name.startswith("."):
-                    _add(found, result, os.path.join(folder, name), explicit=False)
+                    path = os.path.join(folder, name)
+                    if name.lower().endswith(PARTIAL_DOWNLOAD_SUFFIXES):
+                        result.rejected.add(path)  # not read: it is being written
+                    else:
+                        _add(found, result, path, explicit=False)
     result.candidates, result.duplicates = _one_path_per_file(found, prefer)
     return result
 
 
-def _links_to_walked(path: str, walked: set[tuple[int, int]]) -> bool:
-    """A symbolic link to a folder already walked (a parent: following it would loop) or to the library."""
-    return os.path.islink(path) and bool(_folder_ids([path]) & walked)
+def _walked_into(name: str) -> bool:
+    lower = name.lower()
+    return not (name.startswith(".") or lower in SYSTEM_FOLDERS or lower.endswith(PARTIAL_DOWNLOAD_SUFFIXES))
+
+
+def _skipped_folder(path: str, walked: set[tuple[int, int]], excluded: set[tuple[int, int]]) -> bool:
+    """The library (under any path: its folder reached through a link was walked, its files read), or a symbolic
+    link to a folder already walked (a parent: following it would loop)."""
+    ids = _folder_ids([path])
+    return bool(ids & excluded) or (os.path.islink(path) and bool(ids & walked))
+
+
+def _vanished(error: OSError) -> bool:
+    """A file or folder deleted since its folder was listed: gone, not unreadable (a broken link still exists)."""
+    return isinstance(error, FileNotFoundError) and bool(error.filename) and not os.path.lexists(error.filename)
 
 
 def _folder_ids(folders) -> set[tuple[int, int]]:
@@ -318,6 +346,8 @@ def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bo
     try:
         candidate = classify_file(path, explicit=explicit)
     except FileNotFoundError as error:
+        if _vanished(error):
+            return  # deleted by another program during the walk: the plan finds it gone
         reason = "broken symbolic link (its target is missing)" if os.path.islink(path) else error.strerror
         result.unreadable.append((path, reason or str(error)))
         return

@@ -152,3 +152,79 @@ def test_a_file_reached_by_two_paths_is_found_once(tmp_path):
     os.link(folder / "red.mp4", folder / "red-hardlink.mp4")
     found = discover([str(folder), str(tmp_path / "link")])
     assert [c.path for c in found.candidates] == [str(folder / "red-hardlink.mp4")]
+
+
+HIST = ["--model", "color-histogram", "--quiet", "--workers", "0"]
+
+
+@pytest.mark.usefixtures("one_faiss_thread")
+def test_downloads_in_progress_and_other_systems_trash_are_not_indexed(tmp_path, capsys):
+    """A browser's `clip.mp4.part` was indexed as a failed (or half a) video under a path about to vanish, and a
+    drive's recycle bin or a Synology share's @eaDir (transcoded copies) as videos of their own."""
+    from vmm.cli import main
+    media, library = tmp_path / "media", str(tmp_path / "lib")
+    for folder in ("$RECYCLE.BIN/S-1-5-21", "@eaDir/CAM.MOV", "#recycle", "System Volume Information",
+                   "movie.mp4.download"):
+        (media / folder).mkdir(parents=True)
+    cam = videos.write_solid(str(media / "CAM.MOV"), videos.RED, seconds=1)
+    for partial in ("clip.mp4.part", "clip2.MP4.crdownload", "clip3.mkv.partial"):
+        videos.write_truncated(str(media / partial), cam)
+    for copy in ("$RECYCLE.BIN/S-1-5-21/$RAB12CD.mp4", "@eaDir/CAM.MOV/SYNOPHOTO_FILM_M.mp4", "#recycle/old.mp4",
+                 "System Volume Information/x.mp4", "movie.mp4.download/movie.mp4"):  # the last: Safari's
+        videos.write_solid(str(media / copy), videos.GREEN, seconds=1)
+    videos.write_truncated(str(media / "._CAM.MOV"), cam)  # a macOS resource fork
+    (media / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    (media / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512))
+
+    found = discover(str(media))
+    assert [c.path for c in found.candidates] == [cam] and found.unreadable == []
+    assert {os.path.basename(p) for p in found.rejected} == {
+        "clip.mp4.part", "clip2.MP4.crdownload", "clip3.mkv.partial", "Thumbs.db"}
+    # Named on the command line, a partial file is read as any file named there.
+    assert [c.path for c in discover(str(media / "clip.mp4.part")).candidates] == [str(media / "clip.mp4.part")]
+    # A row an earlier run made of one goes when its folder is indexed.
+    assert main(["index", str(media / "clip.mp4.part"), "--library", library, *HIST]) == 0
+    capsys.readouterr()
+    assert main(["index", str(media), "--library", library, *HIST]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("indexed 1 files (1 clips), 0 unchanged, 0 failed, 1 removed in ") and err == ""
+
+
+@pytest.mark.usefixtures("one_faiss_thread")
+def test_a_file_or_folder_deleted_during_the_walk_is_gone_not_unreadable(tmp_path, capsys, monkeypatch):
+    """Deleted by another program after its folder was listed, it was reported `unreadable: ...: No such file or
+    directory` and counted as kept as it was, while the run removed it."""
+    import index.discovery
+    from vmm.cli import main
+    media, library = tmp_path / "media", str(tmp_path / "lib")
+    (media / "z-later").mkdir(parents=True)
+    for name, colour in (("a.mp4", videos.RED), ("b.mp4", videos.GREEN), ("z-later/c.mp4", videos.BLUE)):
+        videos.write_solid(str(media / name), colour, seconds=1)
+    assert main(["index", str(media), "--library", library, *HIST]) == 0
+    capsys.readouterr()
+    classify = index.discovery.classify_file
+
+    def deleting(path, explicit=False):
+        if path == str(media / "a.mp4"):  # root's files come after its listing and before z-later is listed
+            os.remove(media / "b.mp4")
+            os.remove(media / "z-later" / "c.mp4")
+            os.rmdir(media / "z-later")
+        return classify(path, explicit)
+
+    monkeypatch.setattr(index.discovery, "classify_file", deleting)
+    assert main(["index", str(media), "--library", library, *HIST]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("indexed 0 files (0 clips), 1 unchanged, 0 failed, 2 removed in ") and err == ""
+
+
+def test_the_library_is_not_walked_under_another_path(tmp_path):
+    """The library named through a link to the folder indexed: its files were read as candidates."""
+    from index.ingest import build_library
+    from index.encoder import ColorHistogramEncoder
+    (tmp_path / "vids").mkdir()
+    red = videos.write_solid(str(tmp_path / "vids" / "red.mp4"), videos.RED, seconds=1)
+    (tmp_path / "link").symlink_to(tmp_path / "vids")
+    library = str(tmp_path / "link" / "lib")
+    build_library([str(tmp_path / "vids")], library, ColorHistogramEncoder(), workers=0, progress=False)
+    found = discover([str(tmp_path / "vids")], exclude=[library])
+    assert [c.path for c in found.candidates] == [red] and found.rejected == set()

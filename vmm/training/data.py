@@ -22,6 +22,7 @@ import random
 import re
 import signal
 import tarfile
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vmm.data.text import clean_caption
 from vmm.errors import VmmError
 
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
@@ -59,7 +61,7 @@ class Corpus:
     members: list = field(default_factory=list)  # ... and the media member of each item
     weight: float = 1.0
     groups: Optional[list] = None  # per item: a group id (items of a group share batches) or None
-    missing_note: Optional[str] = None  # warning about missing media that data.max_missing allowed
+    missing_note: Optional[str] = None  # start-up warning: missing media data.max_missing allowed, skipped tar keys
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -81,6 +83,20 @@ class Corpus:
         if len(data) != m.size:
             raise OSError(f"tar member truncated ({len(data)} of {m.size} bytes)")
         return io.BytesIO(data)
+
+
+# What clean_caption deletes or turns into spaces, and ASCII whitespace.
+_NO_WORD = ",.'!?\"()*#:;~-/ \t\n\r\x0b\x0c"
+
+
+def _is_blank(caption: str) -> bool:
+    """Whether a caption has no words once cleaned as the tokenizer cleans it ("...", "?!", " \\t").
+
+    Most captions start with a letter after the strip, which settles it without the cleaner's regular expressions
+    (25M captions of a web corpus would cost half a minute of start-up).
+    """
+    rest = caption.strip(_NO_WORD)
+    return not rest or (not rest[0].isalnum() and not clean_caption(rest).strip())
 
 
 def _caption_list(value: Any) -> Optional[list]:
@@ -108,8 +124,11 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
     if not path.is_file():
         raise VmmError(f"{where}.anno: annotation file {path} not found; check the path or generate the data")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+        # utf-8-sig: Notepad and PowerShell start a file with a byte-order mark, which json refuses.
+        entries = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise VmmError(f"{where}.anno: {path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    except ValueError as e:
         raise VmmError(f"{where}.anno: {path} is not valid JSON ({e})") from None
     if not isinstance(entries, list):
         raise VmmError(f"{where}.anno: {path} must hold a JSON list of {{\"video\"|\"image\", \"caption\"}} entries")
@@ -123,11 +142,12 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
         if not isinstance(media, str) or caps is None:
             raise VmmError(f"{where}.anno: entry {i} of {path} needs a \"video\" or \"image\" path and a "
                            f"\"caption\" string or list of strings")
-        if not all(c.strip() for c in caps):
+        blank = next((c for c in caps if _is_blank(c)), None)
+        if blank is not None:
             # A blank caption tokenizes to [CLS] [SEP]: every such sample gets the same text embedding, and VTC
             # would push apart clips whose captions it cannot tell apart.
-            raise VmmError(f"{where}.anno: entry {i} of {path} ({media}) has an empty caption; write one or "
-                           f"remove the entry")
+            raise VmmError(f"{where}.anno: entry {i} of {path} ({media}) has an empty caption ({blank!r}, once "
+                           f"cleaned); write one or remove the entry")
         kinds.add(kind)
         paths.append(media)
         captions.append(caps)
@@ -143,6 +163,10 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
         if all(g is None for g in groups):
             raise VmmError(f"{where}.group_key: no entry of {path} has the key {group_key!r}; remove group_key or "
                            f"fix its name")
+        odd = next((i for i, g in enumerate(groups) if isinstance(g, (list, dict))), None)
+        if odd is not None:  # the epoch plan keys groups by their id, and a JSON list or object is unhashable
+            raise VmmError(f"{where}.group_key: entry {odd} of {path} has {group_key}={json.dumps(groups[odd])}; "
+                           f"a group id must be a string or a number")
     return Corpus(name=name or path.stem, kind=kinds.pop(), captions=captions, paths=paths, root=media_root,
                   weight=weight, groups=groups, missing_note=missing_note)
 
@@ -211,21 +235,30 @@ def expand_shards(spec: Any, where: str = "data.train[0]") -> list[Path]:
 
 
 def _parse_caption_member(ext: str, data: bytes) -> Optional[list]:
+    """The captions of a .txt or .json member with words once cleaned; None if there are none (the sample is
+    skipped, as a blank caption would train every such sample on the same text)."""
     text = data.decode("utf-8", errors="replace")
     if ext == "txt":
-        return [text.strip()] if text.strip() else None
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return None
-    return _caption_list(obj.get("caption") if isinstance(obj, dict) else obj)
+        caps = [text.strip()]
+    else:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return None
+        caps = _caption_list(obj.get("caption") if isinstance(obj, dict) else obj) or []
+    return [c for c in caps if not _is_blank(c)] or None
 
 
 def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,
                     where: str = "data.train[0]") -> Corpus:
-    """Index tar shards: one sample per key with a media member and a caption member (.txt or .json)."""
+    """Index tar shards: one sample per key with a media member and a caption member (.txt or .json).
+
+    A key with only one of the two, or whose captions are all blank, is skipped and counted in the corpus's
+    start-up warning (``missing_note``).
+    """
     shards = expand_shards(spec, where)
     kinds, captions, members = set(), [], []
+    skipped, keys, example = 0, 0, None
     for shard_id, shard in enumerate(shards):
         groups: dict[str, dict[str, tarfile.TarInfo]] = {}
         try:
@@ -249,8 +282,13 @@ def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,
             raise VmmError(f"{where}.shards: {shard} is not a readable uncompressed tar file ({e})") from None
         for key, group in groups.items():
             media_ext = next((e for e in VIDEO_EXTS + IMAGE_EXTS if e in group), None)
+            if media_ext is None and key not in caption_of:
+                continue  # other files of the shard, no sample
+            keys += 1
             caps = caption_of.get(key)
             if media_ext is None or not caps:
+                skipped += 1
+                example = example or f"{shard}:{key}"
                 continue
             kinds.add("video" if media_ext in VIDEO_EXTS else "image")
             info = group[media_ext]
@@ -258,11 +296,13 @@ def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,
             captions.append(caps)
     if not members:
         raise VmmError(f"{where}.shards: {len(shards)} shard(s) hold no samples (need key.mp4|key.jpg + "
-                       f"key.txt|key.json members)")
+                       f"key.txt|key.json members, the caption with words)")
     if len(kinds) > 1:
         raise VmmError(f"{where}.shards: shards mix videos and images; use one source per kind")
+    note = (f"warning: {where}: {skipped} of {keys} samples in the shards are skipped: no media member, or no "
+            f"caption with words in key.txt|key.json (e.g. {example})" if skipped else None)
     return Corpus(name=name or shards[0].stem, kind=kinds.pop(), captions=captions, shards=[str(s) for s in shards],
-                  members=members, weight=weight)
+                  members=members, weight=weight, missing_note=note)
 
 
 def load_corpora(sources: Sequence, max_missing: float = 0.0) -> list[Corpus]:
@@ -333,13 +373,25 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
         # decord 0.6 fails to copy out frames of some widths (48 and 72 px: "from_size == to_size"), which PyAV
         # reads; the same draw, so the run does not depend on which decoder read the file. A damaged file fails
         # there too and is skipped as corrupt.
-        if not isinstance(source, str):
-            raise
         rng.setstate(draw)
-        return _read_frames_in_order(source, num_frames, rng)
+        with _as_path(source) as path:
+            return _read_frames_in_order(path, num_frames, rng)
     if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise ValueError(f"decoder returned frames of shape {frames.shape}")
     return frames
+
+
+@contextlib.contextmanager
+def _as_path(source):
+    """A path to the media: the source itself, or a temporary copy of a tar member's bytes (PyAV opens its input
+    twice, and a file object can be read only once)."""
+    if isinstance(source, str):
+        yield source
+        return
+    with tempfile.NamedTemporaryFile(prefix="vmm-member-") as f:
+        f.write(source.getvalue())
+        f.flush()
+        yield f.name
 
 
 def _decord_miscounts(path: str) -> bool:

@@ -130,8 +130,9 @@ def test_an_empty_caption_is_refused(capsys, corpus, tmp_path, caption):
     anno.write_text(json.dumps(entries))
     code, err = run_main(capsys, f"data.train=[{{'anno': '{anno}', 'root': '{corpus}'}}]", "--check")
     assert code == 2 and err.count("\n") == 1
-    assert err == (f"error: data.train[0].anno: entry 2 of {anno} ({entries[2]['video']}) has an empty caption; "
-                   f"write one or remove the entry\n")
+    blank = caption if isinstance(caption, str) else caption[1]
+    assert err == (f"error: data.train[0].anno: entry 2 of {anno} ({entries[2]['video']}) has an empty caption "
+                   f"({blank!r}, once cleaned); write one or remove the entry\n")
 
 
 def test_dataset_smaller_than_one_step(capsys, corpus):

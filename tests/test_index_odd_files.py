@@ -306,7 +306,7 @@ def test_odd_streams_and_shapes_are_indexed_alike_by_both_readers(tmp_path, caps
             assert clips[0].frames.shape == (8, *shapes[name], 3)
         assert decoded["auto"][:3] == decoded["pyav"][:3]
         assert np.array_equal(decoded["auto"][3], decoded["pyav"][3])
-    # The first video stream is the one read, not the smaller second one.
+    # The main video stream (the first, and the best by FFmpeg's rule) is the one read, not the smaller preview.
     assert np.abs(decode_video(paths["two-streams"])[1][0].frames.astype(int) - videos.GREEN).max() < 12
     assert main(["index", str(vids), "--library", lib, *HIST]) == 0
     assert "indexed 4 files (4 clips), 0 unchanged, 0 failed" in capsys.readouterr().out

@@ -207,16 +207,22 @@ def write_held_last_frame(path: str, frames: int = 10, fps: int = 10, held: floa
 
 
 def write_two_video_streams(path: str, first=GREEN, second=BLUE, seconds: float = 1.0) -> str:
-    """An MP4 with two video streams: ``first`` at 64x48, ``second`` at 32x24."""
+    """An MP4 with two video streams, as a camera's main recording beside its preview: ``first`` at 64x48 with a
+    little noise kept by crf 10 (90 kbit/s against 7: clearly the best stream), ``second`` at 32x24, solid. Both solid, the two
+    bitrates differed by 40 bit/s, and FFmpeg's choice of the best stream (the decoders') could go either way."""
+    rng = np.random.default_rng(0)
     with av.open(path, "w") as container:
         streams = []
         for width, height, color in ((64, 48, first), (32, 24, second)):
             stream = container.add_stream("libx264", rate=10)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            streams.append((stream, av.VideoFrame.from_ndarray(np.full((height, width, 3), color, np.uint8),
-                                                               format="rgb24")))
+            if not streams:
+                stream.options = {"crf": "10"}  # keeps the noise, and so the bitrate
+            streams.append((stream, np.full((height, width, 3), color, np.int16)))
         for _ in range(round(seconds * 10)):
-            for stream, frame in streams:
+            for k, (stream, solid) in enumerate(streams):
+                noise = rng.integers(-3, 4, solid.shape) if k == 0 else 0
+                frame = av.VideoFrame.from_ndarray(np.clip(solid + noise, 0, 255).astype(np.uint8), format="rgb24")
                 for packet in stream.encode(frame):
                     container.mux(packet)
         for stream, _ in streams:

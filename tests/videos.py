@@ -208,8 +208,9 @@ def write_held_last_frame(path: str, frames: int = 10, fps: int = 10, held: floa
 
 def write_two_video_streams(path: str, first=GREEN, second=BLUE, seconds: float = 1.0) -> str:
     """An MP4 with two video streams, as a camera's main recording beside its preview: ``first`` at 64x48 with a
-    little noise kept by crf 10 (90 kbit/s against 7: clearly the best stream), ``second`` at 32x24, solid. Both solid, the two
-    bitrates differed by 40 bit/s, and FFmpeg's choice of the best stream (the decoders') could go either way."""
+    little noise kept by crf 10 (90 kbit/s against 7: clearly the best stream), ``second`` at 32x24, solid. Both
+    solid, the two bitrates differed by 40 bit/s, and FFmpeg's choice of the best stream (the decoders') could go
+    either way."""
     rng = np.random.default_rng(0)
     with av.open(path, "w") as container:
         streams = []

@@ -14,10 +14,14 @@ first), and so do the official quirks kept here on purpose:
 from __future__ import annotations
 
 import re
+import string
 
 # Punctuation deleted outright by the official code: , . ' ! ? " ( ) * # : ; ~
-_DELETED_CHARS = re.compile(r"[,.'!?\"()*#:;~]")
+_DELETED = ",.'!?\"()*#:;~"
+_DELETED_CHARS = re.compile(f"[{re.escape(_DELETED)}]")
 _WHITESPACE_RUN = re.compile(r"\s{2,}")
+# What cleaning deletes or turns into spaces, and ASCII whitespace: a caption of only these has no words.
+_NO_WORD_CHARS = _DELETED + "-/" + string.whitespace
 
 
 def clean_caption(text: str, max_words: int | None = None) -> str:
@@ -42,3 +46,16 @@ def clean_caption(text: str, max_words: int | None = None) -> str:
         if len(words) > max_words:
             text = " ".join(words[:max_words])
     return text
+
+
+def has_words(text: str) -> bool:
+    """Whether :func:`clean_caption` leaves a word of ``text`` ("...", "?!" and " \\t" have none).
+
+    Most captions start with a letter once the characters cleaning removes are stripped, which settles it
+    without the cleaner's regular expressions (25M captions of a web corpus would cost half a minute).
+
+    >>> has_words("A dog!"), has_words("?! ..."), has_words("<person>")
+    (True, False, True)
+    """
+    rest = text.strip(_NO_WORD_CHARS)
+    return bool(rest) and (rest[0].isalnum() or bool(clean_caption(rest).strip()))

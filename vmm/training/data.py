@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vmm.data.text import clean_caption
+from vmm.data.text import has_words
 from vmm.errors import VmmError
 
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")
@@ -85,20 +85,6 @@ class Corpus:
         return io.BytesIO(data)
 
 
-# What clean_caption deletes or turns into spaces, and ASCII whitespace.
-_NO_WORD = ",.'!?\"()*#:;~-/ \t\n\r\x0b\x0c"
-
-
-def _is_blank(caption: str) -> bool:
-    """Whether a caption has no words once cleaned as the tokenizer cleans it ("...", "?!", " \\t").
-
-    Most captions start with a letter after the strip, which settles it without the cleaner's regular expressions
-    (25M captions of a web corpus would cost half a minute of start-up).
-    """
-    rest = caption.strip(_NO_WORD)
-    return not rest or (not rest[0].isalnum() and not clean_caption(rest).strip())
-
-
 def _caption_list(value: Any) -> Optional[list]:
     if isinstance(value, str):
         return [value]
@@ -142,7 +128,7 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
         if not isinstance(media, str) or caps is None:
             raise VmmError(f"{where}.anno: entry {i} of {path} needs a \"video\" or \"image\" path and a "
                            f"\"caption\" string or list of strings")
-        blank = next((c for c in caps if _is_blank(c)), None)
+        blank = next((c for c in caps if not has_words(c)), None)
         if blank is not None:
             # A blank caption tokenizes to [CLS] [SEP]: every such sample gets the same text embedding, and VTC
             # would push apart clips whose captions it cannot tell apart.
@@ -246,7 +232,7 @@ def _parse_caption_member(ext: str, data: bytes) -> Optional[list]:
         except ValueError:
             return None
         caps = _caption_list(obj.get("caption") if isinstance(obj, dict) else obj) or []
-    return [c for c in caps if not _is_blank(c)] or None
+    return [c for c in caps if has_words(c)] or None
 
 
 def load_tar_corpus(spec: Any, weight: float = 1.0, name: Optional[str] = None,

@@ -21,15 +21,10 @@ def _check(args: argparse.Namespace) -> None:
     from vmm.errors import VmmError
     if not args.out:
         raise VmmError("--out is empty; pass a folder for the demo's output (e.g. --out demo_output)")
-    if args.seed < 0:
-        raise VmmError(f"--seed {args.seed}: pass a seed of 0 or more")
     if args.videos < 2 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
         return  # run_demo names these, before it writes anything
-    from vmm.factory import resolve_device
-    if args.device is not None:
-        resolve_device(args.device)
-    # A --model that does not load, or does not fit a demo library already in --out, is refused by run_demo
-    # before it writes anything.
+    # The seed, the device, a --model that does not load or does not fit a demo library already in --out: refused
+    # by run_demo, before it writes anything.
     _check_writable(args.out)
 
 

@@ -188,20 +188,28 @@ def is_access_error(error: sqlite3.Error) -> bool:
     return any(text in str(error) for text in _ACCESS_TEXTS)
 
 
-def _connect_read_only(path: str) -> tuple[sqlite3.Connection, tuple | None]:
+def _connect_read_only(path: str, attempts: int = 50) -> tuple[sqlite3.Connection, tuple | None]:
     """The connection, and for one that reads the file without SQLite's locks (see below) the state of the files
     when it was opened (:meth:`Catalog.changed_since_open`)."""
     # Quoted: in a URI '#' starts a fragment and '?' the parameters, so a library folder named "Videos #2" lost
     # mode=ro and opened (creating) a file named "Videos ", and '%' escapes were decoded into another path.
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA schema_version")  # the first read opens the WAL index (the -shm file)
-        return conn, None
-    except sqlite3.OperationalError as error:
-        conn.close()
-        if not _on_read_only_medium(path, error):
-            raise
+    for attempt in range(attempts):
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA schema_version")  # the first read opens the WAL index (the -shm file)
+            return conn, None
+        except sqlite3.OperationalError as error:
+            conn.close()
+            if not _cannot_make_shm(path, error) or attempt == attempts - 1:
+                raise
+        if not _opened_by_a_writer(path):
+            break
+        # A writer opened the catalog between this attempt, which found no -shm file and could not make one, and
+        # the check above: its -shm is there now, and the next attempt reads through it with locks. Without this
+        # the race gave "cannot read the library catalog (attempt to write a readonly database)" in one read of
+        # about fifty while the owner indexed.
+        time.sleep(0.002 * attempt)
     # A WAL database is read through its -shm file, which the last writer deleted when it closed and which cannot
     # be made where the folder is not writable (a backup drive mounted read-only, a read-only volume): the library
     # could not be searched there at all. No -shm and no -wal means no writer has the catalog open and every
@@ -218,15 +226,22 @@ def _files_state(path: str) -> tuple:
             os.path.exists(path + "-shm"))
 
 
-def _on_read_only_medium(path: str, error: sqlite3.Error) -> bool:
+def _cannot_make_shm(path: str, error: sqlite3.Error) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
     # SQLite says CANTOPEN (14) on a read-only mount, but READONLY_DIRECTORY (8 | 6 << 8) for a folder this user
     # may not write (another user's library, chmod a-w): that case was "cannot read the library catalog".
     cannot_open = (code & 0xFF in (8, 14) if code is not None else
                    any(text in str(error) for text in ("unable to open database file", "readonly database")))
-    wal = path + "-wal"
-    return (cannot_open and not os.path.exists(path + "-shm") and not (os.path.exists(wal) and os.path.getsize(wal))
-            and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK))
+    return cannot_open and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+
+
+def _opened_by_a_writer(path: str) -> bool:
+    if os.path.exists(path + "-shm"):
+        return True
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:  # none, or the writer that had it open just deleted it
+        return False
 
 
 def _connect(path: str, read_only: bool) -> tuple[sqlite3.Connection, tuple | None]:

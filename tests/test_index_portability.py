@@ -205,3 +205,66 @@ def test_a_library_this_user_cannot_write_is_read_whole_while_its_owner_writes(t
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["problems"] == {} and result["reads"] >= 10 and cycles[0] >= 10, (result, cycles)
+
+
+# The reader's first connection finds no -shm file and may not make one; this pauses it there, after SQLite's
+# refusal, until the owner has opened the catalog (and so made the -shm) meanwhile.
+RACE_READ = """
+import sqlite3, sys
+from index.reader import open_library
+connect, paused = sqlite3.connect, []
+
+class PausedOnFirstRefusal:
+    def __init__(self, conn):
+        self.conn = conn
+    def execute(self, *args):
+        try:
+            return self.conn.execute(*args)
+        except sqlite3.OperationalError:
+            if not paused:
+                paused.append(1)
+                print("refused", flush=True)
+                sys.stdin.readline()
+            raise
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+sqlite3.connect = lambda *args, **kwargs: PausedOnFirstRefusal(connect(*args, **kwargs))
+with open_library(sys.argv[1]) as reader:
+    print(len(reader.files), paused, flush=True)
+"""
+
+
+def test_a_writer_that_opens_the_catalog_while_a_reader_that_cannot_write_the_folder_opens_it(tmp_path):
+    """A reader that may not make the -shm file, refused by SQLite because there was none, then found the owner's
+    (who opened the catalog meanwhile) and said "cannot read the library catalog (attempt to write a readonly
+    database)": one read in about fifty while the owner indexed."""
+    import numpy as np
+
+    from index.catalog import FileResult, LibraryManifest
+    from index.library import LibraryWriter
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None \
+            or subprocess.run(DROP_CAPS + ["true"], capture_output=True).returncode:
+        pytest.skip("needs a writer allowed in a folder that the reader may not write (root and a reader without "
+                    "its capabilities)")
+    library = tmp_path / "lib"
+    vectors = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    with LibraryWriter.open(str(library), LibraryManifest("toy", "w0", 16, 8, "middle", {}, 10.0, 5.0, None)) as w:
+        w.catalog.commit([FileResult(f"/videos/{i}.mp4", 1, 1, str(i), "ok", spans=[(0, 1)], vectors=vectors[i:i + 1])
+                          for i in range(3)])
+    assert not os.path.exists(library / "catalog.sqlite-shm")
+    library.chmod(0o555)
+    reader = subprocess.Popen([*DROP_CAPS, sys.executable, "-c", RACE_READ, str(library)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert reader.stdout.readline() == "refused\n", reader.communicate()[1]
+        with LibraryWriter.open(str(library)):  # the owner starts a run
+            assert os.path.exists(library / "catalog.sqlite-shm")
+            out, err = reader.communicate("\n", timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+        library.chmod(0o755)
+    assert reader.returncode == 0 and out == "3 [1]\n", err

@@ -651,7 +651,10 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
         text = TextFeatures(text_emb, text_hidden, text_mask)
 
         tick = time.perf_counter()
-        itc = chunked_similarity(frames.to(runtime.device), text_emb.to(runtime.device), chunk=config.sim_chunk)
+        # The official get_sim runs inside the eval's autocast: in bf16 its einsum rounds every score to bf16, and
+        # those rounded scores (their ties) decide the emb row and the ITM shortlist. fp32 keeps full precision.
+        with runtime.autocast():
+            itc = chunked_similarity(frames.to(runtime.device), text_emb.to(runtime.device), chunk=config.sim_chunk)
         rows = {"emb": retrieval_metrics(itc, itc.T, dataset.txt2vid, dataset.vid2txt)}
         timings["itc"] = time.perf_counter() - tick
 

@@ -177,8 +177,9 @@ def chunked_similarity(
 
     ``video_emb`` is (V, F, E) per-frame embeddings (or (V, E)), ``text_emb`` is
     (T, E); both are expected L2-normalised already (``normalize=True`` does it per
-    frame, as the official ``get_sim``). No temperature, float32, like the official
-    eval. Videos are processed ``chunk`` at a time, so only a (chunk, F, T) block
+    frame, as the official ``get_sim``). No temperature. Float32, unless called under
+    autocast: the official bf16 eval runs it under bf16 autocast, which rounds each
+    score (and the frame mean) to bf16. Videos are processed ``chunk`` at a time, so only a (chunk, F, T) block
     exists at once; by default the chunk keeps that block near 2**25 floats.
     The text->video matrix is the transpose.
 

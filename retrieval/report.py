@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from retrieval.annotations import load_retrieval_dataset
+from retrieval.annotations import DATASETS, load_retrieval_dataset
 from retrieval.metrics import to_official_keys
 from retrieval.paper_numbers import paper_delta, paper_row
 from vmm.errors import VmmError
@@ -37,8 +37,11 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
     # galleries are small enough that either k takes them whole.
     official_k = all(min(config.rerank_k, n) == min(OFFICIAL_RERANK_K, n)
                      for n in (len(dataset.videos), len(dataset.texts)))
-    if paper is not None and (config.frames != 8 or img_size != 224 or not official_k):
-        paper = None  # published numbers exist only for 8 frames at 224 px, re-ranking the top 128
+    # A custom DatasetProtocol may carry an official name (msrvtt with paragraphs or 64 tokens): its texts are not
+    # the ones the published row was measured on.
+    official_protocol = DATASETS.get(protocol.name) == protocol
+    if paper is not None and (config.frames != 8 or img_size != 224 or not official_k or not official_protocol):
+        paper = None  # published numbers exist only for the official protocol: 8 frames at 224 px, the top 128
     report = {
         "dataset": protocol.name,
         "annotations": str(config.annotations),

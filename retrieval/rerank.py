@@ -47,7 +47,7 @@ def rerank_topk(
         raise ValueError(f"direction must be 'v2t' or 't2v', got {direction!r}")
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
-    itc = torch.as_tensor(itc).float()  # the official shortlist is taken on float32 ITC scores
+    itc = torch.as_tensor(itc).float()  # bf16 scores (the official bf16 eval) keep their values and ties in float32
     if itc.ndim != 2:
         raise ValueError(f"itc must be a 2-D (V, T) matrix, got shape {tuple(itc.shape)}")
     sims = itc if direction == "v2t" else itc.T

@@ -375,6 +375,13 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path):
     assert reports[4] == {**reports[128], **{k: reports[4][k] for k in ("rerank_k", "seconds", "timings")}}
     # k = 3 takes every video but not every text (4): not the published protocol
     assert reports[3]["paper"] is None and reports[3]["delta"] is None and not reports[3]["comparable"]
+    # a custom protocol under the official name (texts joined into paragraphs) is not msrvtt either
+    from retrieval.annotations import DatasetProtocol
+    custom = DatasetProtocol("msrvtt", True, 32, None)
+    report = evaluate(EvalConfig(custom, tmp_path / "test.json", vids, model=tmp_path / "model", device="cpu",
+                                 workers=0)).report
+    assert (report["num_texts"], report["paragraph"]) == (3, True)
+    assert report["paper"] is None and report["delta"] is None and not report["comparable"]
 
 
 def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):

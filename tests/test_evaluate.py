@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -380,3 +381,19 @@ def test_frames_default_to_the_model_folder_else_the_protocol(data, tmp_path, mo
     ev.evaluate(ev.EvalConfig(mine, data["msrvtt"], data["videos"], model="vmm_nano", checkpoint=tmp_path / "f6.pth",
                               device="cpu", workers=0))
     assert seen[-1] == 6
+
+
+def test_bf16_itc_is_rounded_as_the_official_autocast_does(data):
+    """The official get_sim runs under the eval's bf16 autocast, so its ITC scores (and their ties, which decide the
+    emb row and the ITM shortlist) are bf16 values; vmm computed them in float32 whatever the precision."""
+    from retrieval.evaluate import EvalConfig, evaluate
+    config = EvalConfig("msrvtt", data["msrvtt"], data["videos"], model=data["model"], device="cpu", workers=0,
+                        batch_size=6)
+    bf16 = evaluate(replace(config, precision="bf16"))
+    assert bf16.report["precision"] == "bf16"
+    assert torch.equal(bf16.itc, bf16.itc.bfloat16().float())  # every score is a bf16 value
+    assert_rows_equal(bf16.report["emb"], retrieval_metrics(bf16.itc, bf16.itc.T, bf16.dataset.txt2vid,
+                                                            bf16.dataset.vid2txt))
+    fp32 = evaluate(replace(config, precision="fp32"))  # full precision stays full precision
+    assert not torch.equal(fp32.itc, fp32.itc.bfloat16().float())
+    torch.testing.assert_close(bf16.itc, fp32.itc, atol=0.03, rtol=0)  # the same scores, rounded

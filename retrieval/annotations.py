@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.data.text import clean_caption
+from vmm.data.text import clean_caption, has_words
 from vmm.errors import VmmError
 
 
@@ -263,8 +263,9 @@ def load_retrieval_dataset(
         for caption in captions:
             text = clean_caption(caption)
             # An empty query matches nothing in particular; dropping it would change the test set. Cleaning strips
-            # spaces only, so a tab or a no-break space is left over, and the tokenizer reads that as empty too.
-            if not text.split():
+            # spaces only, so a tab, a no-break space or a zero-width space is left over, which the tokenizer
+            # reads as empty too.
+            if not has_words(text):
                 raise VmmError(f"annotation file {annotation_file}: item {i} ({video}) has the caption {caption!r:.40} "
                                "with no words left after cleaning; write the caption or remove it")
             dataset.vid2txt[video_index].append(len(dataset.texts))

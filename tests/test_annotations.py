@@ -249,9 +249,10 @@ def test_a_video_name_too_long_for_the_file_system_is_a_missing_video(tmp_path, 
     assert ds.missing == [tmp_path / "videos" / long_name] and ds.texts == ["y"]
 
 
-@pytest.mark.parametrize("caption", ["\t", "\u00a0", "!\t?"])
+@pytest.mark.parametrize("caption", ["\t", "\u00a0", "!\t?", "\u200b", "\ufeff\u0301", "\ufffd"])
 def test_a_caption_of_only_a_tab_or_no_break_space_is_empty(tmp_path, tiny_video, caption):
-    """Cleaning strips spaces only: these survived it and were encoded as [CLS] [SEP], an empty query."""
+    """Cleaning strips spaces only: these survived it and were encoded as [CLS] [SEP], an empty query (zero-width
+    characters, a lone accent and U+FFFD too: the tokenizer drops them)."""
     anno = make_set(tmp_path, tiny_video, [{"video": "v0.mp4", "caption": ["a dog", caption]}])
     with pytest.raises(VmmError, match=r"item 0 \(v0.mp4\) has the caption .* with no words left after cleaning"):
         load_retrieval_dataset(anno, tmp_path / "videos", "msvd")

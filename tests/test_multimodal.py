@@ -160,6 +160,32 @@ def test_eval_transform_matches_official_recipe():
     torch.testing.assert_close(got, x)
 
 
+@pytest.mark.parametrize("make", [lambda f: f / 255.0, lambda f: (f / 255.0).astype(np.float32),
+                                  lambda f: f.astype(np.uint16) * 257, lambda f: torch.from_numpy(f).float(),
+                                  lambda f: list(f / 255.0)])
+def test_transforms_refuse_frames_that_are_not_uint8(make):
+    """Float frames in 0-1 were read as 0-255: a near-black clip (-2.0 everywhere) came out without a word."""
+    import random
+    from vmm.transforms import EvalTransform, TrainTransform
+    frames = np.random.default_rng(0).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    for transform in (EvalTransform(16), lambda x: TrainTransform(16)(x, rng=random.Random(0))):
+        with pytest.raises(ValueError, match=r"^frames are (float64|float32|uint16), not uint8 \(0-255\); convert "
+                                             r"0-1 floats with \(frames \* 255\)\.round\(\)\.astype\(np\.uint8\)$"):
+            transform(make(frames))
+
+
+@pytest.mark.parametrize("size", [224.0, "224", 0, True])
+def test_transforms_refuse_a_size_that_is_not_a_pixel_count(size):
+    """A float or string size (read from a config) failed at the first clip with torch's "expected size to be one
+    of int or Tuple[int]..."; 0 with "Input and output sizes should be greater than 0"."""
+    from vmm.transforms import EvalTransform, TrainTransform
+    for cls in (EvalTransform, TrainTransform):
+        with pytest.raises(ValueError, match=rf"^{cls.__name__} size={size!r}: must be a whole number of pixels "
+                                             rf">= 1, e.g. {cls.__name__}\(224\)$"):
+            cls(size)
+    assert EvalTransform(np.int64(8))(np.zeros((1, 5, 6, 3), np.uint8)).shape == (3, 1, 8, 8)
+
+
 def test_train_transform_shares_one_crop_across_frames():
     import random
     from vmm.transforms import TrainTransform
@@ -190,6 +216,18 @@ def test_train_transform_crops_inside_the_frame_resizes_and_flips_horizontally()
     expected = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
     torch.testing.assert_close(plain, expected)
     torch.testing.assert_close(flipped, expected.flip(-1))
+
+
+def test_text_tower_names_token_ids_outside_its_vocabulary():
+    """Ids from another tokenizer (or for a larger vocabulary) failed deep in the embedding with "IndexError: index
+    out of range in self"."""
+    m = tiny_mm(text={**TINY["text"], "vocab_size": 1000})
+    mask = torch.ones(1, 3, dtype=torch.long)
+    for bad in (2000, -5):
+        with pytest.raises(VmmError, match=rf"^input_ids hold token id {bad}, outside the text tower's vocabulary of "
+                                           r"1000; tokenize with vmm.get_tokenizer\(name\) of this model$"):
+            m.encode_text(torch.tensor([[101, bad, 102]]), mask)
+    assert m.encode_text(torch.tensor([[101, 999, 102]], dtype=torch.int32), mask).shape == (1, 32)
 
 
 def test_projection_and_itm_heads_keep_pytorchs_default_init():

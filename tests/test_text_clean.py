@@ -49,3 +49,33 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(vmm.data.text)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_has_words_agrees_with_the_tokenizer_on_invisible_characters():
+    """has_words passed captions of zero-width spaces, a BOM, U+FFFD (undecodable bytes), NUL, a soft hyphen or a
+    lone accent, all of which BERT drops: such a caption tokenized to [CLS] [SEP] alone and was trained on."""
+    import random
+
+    import vmm
+    from vmm.data.text import has_words
+    tok = vmm.get_tokenizer("videomamba_m16_25m")
+    pool = list(" \t\n-/.,!?'\"a1\u00e9\u0301<>person\U0001F600")
+    pool += list("\u200b\u200d\ufeff\ufffd\x00\x85\u2028\u3000\u00a0\u00ad\u0378")  # invisible to BERT
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    texts += ["\u200b", "\ufeff\u200d", "\ufffd", "\x00", "\u0301", "\u00ad", "e\u0301", "\U0001F600", "\u65e5"]
+    ids, mask = tok(texts, max_length=12)
+    words = (mask.sum(1) > 2).tolist()  # more than [CLS] and [SEP]
+    assert [has_words(t) for t in texts] == words
+    assert 0.3 < sum(words) / len(words) < 0.9  # both answers are exercised
+
+
+def test_training_annotations_refuse_a_caption_of_invisible_characters(tmp_path):
+    import json
+
+    from vmm.errors import VmmError
+    from vmm.training.data import load_annotation_corpus
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "anno.json").write_text(json.dumps([{"video": "a.mp4", "caption": "\ufeff\u200b"}]))
+    with pytest.raises(VmmError, match=r"entry 0 of .*anno\.json \(a\.mp4\) has an empty caption"):
+        load_annotation_corpus(str(tmp_path / "anno.json"), str(tmp_path))

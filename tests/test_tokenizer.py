@@ -39,3 +39,12 @@ def test_padding_truncation_and_special_tokens(tok):
     assert ids.dtype == mask.dtype == torch.long
     ids, mask = tok(["a man plays", ""], max_length=2)  # only [CLS] [SEP] fit (transformers 4 would not truncate)
     assert ids.tolist() == [[101, 102]] * 2 and mask.tolist() == [[1, 1]] * 2
+
+
+@pytest.mark.parametrize("module", ["vmm.tokenizer", "vmm.transforms", "vmm.models.text"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

@@ -123,5 +123,12 @@ class Tokenizer:
         out = self._tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         return out["input_ids"], out["attention_mask"]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids) -> Union[str, list[str]]:
+        """The cleaned words of one text's ids (a list of them for a (N, L) batch), special tokens left out.
+
+        >>> import vmm
+        >>> tok = vmm.get_tokenizer("videomamba_m16_25m")
+        >>> tok.decode(tok(["A dog, running!"])[0][0])
+        'a dog running'
+        """
         return self._tok.decode(ids, skip_special_tokens=True)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vmm.errors import is_whole_number
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -31,7 +33,20 @@ def _as_tchw_uint8(frames: Union[np.ndarray, Tensor, Sequence]) -> Tensor:
     t = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3), got {tuple(t.shape)}")
+    if t.dtype != torch.uint8:  # every value is read as 0-255: 0-1 floats came out a near-black clip, silently
+        raise ValueError(f"frames are {str(t.dtype).removeprefix('torch.')}, not uint8 (0-255); convert 0-1 floats "
+                         "with (frames * 255).round().astype(np.uint8)")
     return t.permute(0, 3, 1, 2)
+
+
+def _checked_size(transform) -> int:
+    # Checked when built: a float or string size (read from a config) failed at the first clip with torch's
+    # "expected size to be one of int or Tuple[int]...".
+    size = transform.size
+    if not is_whole_number(size) or size < 1:
+        raise ValueError(f"{type(transform).__name__} size={size!r}: must be a whole number of pixels >= 1, "
+                         f"e.g. {type(transform).__name__}(224)")
+    return int(size)
 
 
 def _resize_uint8(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -48,9 +63,18 @@ def _normalise(x: Tensor) -> Tensor:  # (T, 3, H, W) float in [0, 255] -> (3, T,
 
 @dataclass
 class EvalTransform:
-    """Official test transform. ``EvalTransform(224)(frames)`` -> (3, T, 224, 224) float32."""
+    """Official test transform: uint8 frames (T, H, W, 3) -> (3, T, size, size) float32.
+
+    >>> import numpy as np
+    >>> x = EvalTransform(224)(np.zeros((8, 240, 320, 3), dtype=np.uint8))  # 8 black frames
+    >>> x.shape, [round(v, 4) for v in x[:, 0, 0, 0].tolist()]  # black is -mean / std per channel
+    (torch.Size([3, 8, 224, 224]), [-2.1179, -2.0357, -1.8044])
+    """
 
     size: int = 224
+
+    def __post_init__(self):
+        self.size = _checked_size(self)
 
     def __call__(self, frames) -> Tensor:
         return _normalise(_resize_uint8(_as_tchw_uint8(frames), (self.size, self.size)))
@@ -58,12 +82,21 @@ class EvalTransform:
 
 @dataclass
 class TrainTransform:
-    """Official training transform: RandomResizedCrop(size, scale=(0.5, 1), bicubic) + horizontal flip."""
+    """Official training transform: RandomResizedCrop(size, scale=(0.5, 1), bicubic) + horizontal flip, one draw
+    for all frames of the clip.
+
+    >>> import numpy as np, random
+    >>> TrainTransform(224)(np.zeros((8, 240, 320, 3), dtype=np.uint8), rng=random.Random(0)).shape
+    torch.Size([3, 8, 224, 224])
+    """
 
     size: int = 224
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
+
+    def __post_init__(self):
+        self.size = _checked_size(self)
 
     def crop_box(self, h: int, w: int, rng: random.Random) -> tuple[int, int, int, int]:
         area = h * w

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 
 # Punctuation deleted outright by the official code: , . ' ! ? " ( ) * # : ; ~
 _DELETED = ",.'!?\"()*#:;~"
@@ -49,13 +50,23 @@ def clean_caption(text: str, max_words: int | None = None) -> str:
 
 
 def has_words(text: str) -> bool:
-    """Whether :func:`clean_caption` leaves a word of ``text`` ("...", "?!" and " \\t" have none).
+    """Whether :func:`clean_caption` leaves a word of ``text`` for BERT: "...", "?!", " \\t" and invisible
+    characters (zero-width space, BOM, U+FFFD, a lone accent) have none and tokenize to [CLS] [SEP] alone.
 
     Most captions start with a letter once the characters cleaning removes are stripped, which settles it
     without the cleaner's regular expressions (25M captions of a web corpus would cost half a minute).
 
-    >>> has_words("A dog!"), has_words("?! ..."), has_words("<person>")
-    (True, False, True)
+    >>> has_words("A dog!"), has_words("?! ..."), has_words("<person>"), has_words("\\u200b\\ufeff")
+    (True, False, True, False)
     """
     rest = text.strip(_NO_WORD_CHARS)
-    return bool(rest) and (rest[0].isalnum() or bool(clean_caption(rest).strip()))
+    if not rest:
+        return False
+    return rest[0].isalnum() or any(map(_bert_keeps, unicodedata.normalize("NFD", clean_caption(rest))))
+
+
+def _bert_keeps(char: str) -> bool:
+    # BERT's basic tokenizer drops NUL, U+FFFD and control/format characters (category C), splits on whitespace
+    # and, lower-casing, strips accents (category Mn after NFD); every other character ends up in a token.
+    category = unicodedata.category(char)
+    return not (char.isspace() or category[0] == "C" or category == "Mn" or char == "\ufffd")

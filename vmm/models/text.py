@@ -233,6 +233,13 @@ class TextEncoder(nn.Module):
         if input_ids.shape[1] > positions:
             raise VmmError(f"input_ids have {input_ids.shape[1]} tokens but the text tower has {positions} "
                            f"positions; tokenize with max_length <= {positions}")
+        # Only on the CPU, where it is free: on a GPU it would wait for the device at every text forward.
+        if input_ids.device.type == "cpu" and input_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(input_ids))
+            if low < 0 or high >= self.config.vocab_size:
+                raise VmmError(f"input_ids hold token id {low if low < 0 else high}, outside the text tower's "
+                               f"vocabulary of {self.config.vocab_size}; tokenize with vmm.get_tokenizer(name) of "
+                               "this model")
         return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
 
     def forward_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

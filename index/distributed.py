@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import traceback
 import uuid
@@ -70,6 +71,8 @@ STAGING_DIR = ".staging"
 DEFAULT_BARRIER_TIMEOUT = 24 * 3600.0
 _MERGE_MAX_CLIPS = 8192  # clips per merge transaction: bounds the work a crash mid-merge undoes
 _FILE_COST = 1 << 20  # bytes a file counts for on top of its size, so many small files spread too
+_HEARTBEAT_S = 5.0  # coordination="files": how often a rank rewrites its heartbeat file
+_SILENCE_S = 120.0  # ... and how long an unchanged heartbeat means the rank is dead (far above any GIL stall)
 
 
 # -- who am I -----------------------------------------------------------------------------------
@@ -202,6 +205,10 @@ class _FileCoordinator:
 
     The run id must be new for every launch (all ranks must agree on it), since
     markers of an earlier launch with the same id would satisfy the barriers.
+
+    No connection breaks when a rank dies here (SIGKILL, a lost node), so each rank also keeps a heartbeat
+    file changing: a rank still awaited whose heartbeat has not changed for ``_SILENCE_S`` seconds of the
+    waiter's own clock (node clocks may differ) is given up on, instead of after ``barrier_timeout`` (24 h).
     """
 
     def __init__(self, info: LaunchInfo, run_dir: str, timeout_s: float, poll_s: float = 0.05):
@@ -209,20 +216,28 @@ class _FileCoordinator:
         self.run_dir = run_dir
         self.timeout_s = timeout_s
         self.poll_s = poll_s
+        self._heard: dict[int, tuple[bytes, float]] = {}  # rank -> (its last heartbeat, when it changed)
+        self._stop = threading.Event()
+        path = self._heartbeat_file(info.rank)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_bytes(path, _beat(0))
+        self._beats = threading.Thread(target=self._keep_beating, args=(path,), daemon=True,
+                                       name=f"vmm-heartbeat-{info.rank}")
+        self._beats.start()
 
     def barrier(self, name: str) -> None:
         folder = os.path.join(self.run_dir, "barriers", name)
         os.makedirs(folder, exist_ok=True)
         atomic_write_bytes(os.path.join(folder, f"rank-{self.info.rank:05d}"), b"")
 
-        def everyone_here() -> bool:
+        def absent() -> list[int]:
             try:
-                arrived = sum(n.startswith("rank-") and ".tmp." not in n for n in os.listdir(folder))
+                here = {n for n in os.listdir(folder) if ".tmp." not in n}
             except FileNotFoundError:  # rank 0 passed the last barrier and cleaned up: all had arrived
-                return True
-            return arrived >= self.info.world_size
+                return []
+            return [rank for rank in range(self.info.world_size) if f"rank-{rank:05d}" not in here]
 
-        self._wait(everyone_here, f"the other ranks at barrier '{name}'")
+        self._wait(absent, f"the other ranks at barrier '{name}'")
 
     def broadcast(self, name: str, value=None):
         path = os.path.join(self.run_dir, "messages", f"{name}.json")
@@ -230,7 +245,7 @@ class _FileCoordinator:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write_bytes(path, json.dumps(value).encode())
             return value
-        self._wait(lambda: os.path.exists(path), f"rank 0's '{name}' message")
+        self._wait(lambda: [] if os.path.exists(path) else [0], f"rank 0's '{name}' message")
         with open(path) as f:
             return json.load(f)
 
@@ -242,21 +257,65 @@ class _FileCoordinator:
         except OSError:
             pass
 
-    def _wait(self, done: Callable[[], bool], what: str) -> None:
+    def _wait(self, awaited: Callable[[], list[int]], what: str) -> None:
+        """Wait until ``awaited()`` (the ranks still to come) is empty."""
         deadline = time.monotonic() + self.timeout_s
         pause = self.poll_s
         abort = os.path.join(self.run_dir, "abort")
-        while not done():
+        while ranks := awaited():
             if os.path.exists(abort):
                 with open(abort) as f:
                     raise _PeerLost(f.read().strip())
+            silent = self._silent_rank(ranks)
+            if silent is not None:
+                raise _PeerLost(f"rank {silent} gave no sign of life for {_SILENCE_S:g} s (killed, or its node "
+                                "was lost)")
             if time.monotonic() > deadline:
                 raise _PeerLost(f"rank {self.info.rank} waited {self.timeout_s:g} s for {what}")
             time.sleep(pause)
             pause = min(1.0, pause * 1.5)
 
+    def _silent_rank(self, ranks: list[int]) -> int | None:
+        now = time.monotonic()
+        for rank in ranks:
+            try:
+                with open(self._heartbeat_file(rank), "rb") as f:
+                    beat = f.read()
+            except OSError:
+                continue  # not started yet: only barrier_timeout can tell a rank that never comes
+            heard = self._heard.get(rank)
+            if heard is None or heard[0] != beat:
+                self._heard[rank] = (beat, now)
+            elif now - heard[1] > _SILENCE_S:
+                return rank
+        return None
+
+    def _heartbeat_file(self, rank: int) -> str:
+        return os.path.join(self.run_dir, "alive", f"rank-{rank:05d}")
+
+    def _keep_beating(self, path: str) -> None:
+        count = 0
+        while not self._stop.wait(_HEARTBEAT_S):
+            count += 1
+            try:
+                # Rewritten in place, never created: once rank 0 has deleted the run's folder, nothing comes back.
+                fd = os.open(path, os.O_WRONLY)
+            except OSError:
+                return
+            try:
+                os.write(fd, _beat(count))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def close(self) -> None:
-        pass
+        self._stop.set()
+        self._beats.join()
+
+
+def _beat(count: int) -> bytes:
+    return f"{count:020d}\n".encode()  # a fixed width, so an in-place rewrite leaves no old digits behind
 
 
 def _error_text(error: BaseException) -> str:
@@ -462,9 +521,10 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
     ``torch.distributed`` (gloo) when a process group exists or MASTER_ADDR/MASTER_PORT
     are set (``coordination="torch"``), else through files under the library
     (``coordination="files"``), which needs a ``run_id`` shared by all ranks and new
-    for every launch (default: VMM_RUN_ID, else the SLURM job and step). ``barrier_timeout`` bounds how long a rank waits for the others. Each rank
-    should embed on its own GPU (LOCAL_RANK, see :func:`launch_info`). The other
-    options are ``build_library``'s (``on_open`` runs on rank 0); ``workers`` is per rank (default: the node's
+    for every launch (default: VMM_RUN_ID, else the SLURM job and step). ``barrier_timeout`` bounds how long a
+    rank waits for the others; with file barriers, a rank that started but has shown no sign of life for 2
+    minutes (killed, or on a lost node) is given up on sooner. Each rank should embed on its own GPU
+    (LOCAL_RANK, see :func:`launch_info`). The other options are ``build_library``'s (``on_open`` runs on rank 0); ``workers`` is per rank (default: the node's
     CPUs shared among its ranks) and ``progress=True`` draws rank 0's bar only.
     Rank 0 returns the run's summary and the other ranks None, all after the merge
     (the library is complete when any rank returns); if any rank failed, every rank
@@ -518,6 +578,8 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
         raise VmmError(f"coordination must be 'auto', 'torch' or 'files', got {coordination!r}")
     if not timeout_s > 0:
         raise VmmError(f"barrier_timeout must be > 0 seconds, got {timeout_s}")
+    if run_id:  # in every mode: with a process group, '../..' had rank 0 delete a folder outside the library
+        _check_run_id(run_id)
     if coordination == "auto":
         coordination = "torch" if _torch_group_possible() else "files"
     if coordination == "torch":
@@ -534,12 +596,18 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
     if not run_id:
         raise VmmError("ranks cannot meet: no torch.distributed process group and no MASTER_ADDR/MASTER_PORT; "
                        "launch with accelerate/torchrun, or give every rank the same new VMM_RUN_ID")
-    if os.sep in run_id or run_id.startswith("."):
-        raise VmmError(f"run_id {run_id!r} must be a plain name (no '/', not starting with '.'); choose another")
+    _check_run_id(run_id)  # VMM_RUN_ID or SLURM's ids
     # The markers live in the library folder, so a folder that is not ours is refused here, by every rank alike
     # (rank 0 cannot tell the others through markers it must not write there).
     refuse_foreign_folder(library)
     return _FileCoordinator(info, os.path.join(library, STAGING_DIR, run_id), timeout_s), run_id, library
+
+
+def _check_run_id(run_id) -> None:
+    """The run's folder, LIB/.staging/<run_id>, is deleted at the end: the id must not lead out of it."""
+    if not isinstance(run_id, str) or run_id.startswith(".") or any(sep and sep in run_id
+                                                                    for sep in (os.sep, os.altsep)):
+        raise VmmError(f"run_id {run_id!r} must be a plain name (no '/', not starting with '.'); choose another")
 
 
 def _torch_group_possible() -> bool:

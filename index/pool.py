@@ -12,7 +12,11 @@ waiting for the encoder to catch up is not a decoding step, so a slow model neve
 triggers the watchdog; a long file is never killed for being long.
 
 A file whose decoder hung or crashed with ``backend="auto"`` is retried once with
-PyAV in a fresh worker; if that fails too it is reported as failed.
+PyAV in a fresh worker; if that fails too it is reported as failed. A worker that dies
+before it begins its file costs the file nothing (it goes to the next worker as it
+was); three in a row, or no worker that can be started at all, end the run with a
+:class:`vmm.errors.VmmError`. When the system refuses more processes or open files,
+the run goes on with the workers that started.
 
 Events, in order per file: ``("start", key, (fingerprint, DecodeStart))``, then
 ``("clip", key, Clip)`` per clip, then ``("done", key, None)``; or
@@ -27,6 +31,7 @@ decoder restarted: drop that key's earlier clips.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib
 import json
@@ -164,29 +169,34 @@ class _Worker:
     """One decoder process, started with ``python -c`` (no re-import of the caller's __main__)."""
 
     def __init__(self, options: DecodeOptions, hook: str | None, quiet: bool):
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        stamp_file = tempfile.TemporaryFile()
-        stamp_file.write(bytes(8))
-        stamp_file.flush()
-        fds = (task_r, result_w, stamp_file.fileno())
-        settings = pickle.dumps((options, hook)).hex()
-        try:
+        # The child's ends and the stamp file are closed here either way, the parent's ends only when the start
+        # fails (a process or open-file limit): the pool goes on with the workers it has, so nothing may leak.
+        with contextlib.ExitStack() as child_ends, contextlib.ExitStack() as parent_ends:
+            task_r, task_w = os.pipe()
+            child_ends.callback(os.close, task_r)
+            parent_ends.callback(os.close, task_w)
+            result_r, result_w = os.pipe()
+            child_ends.callback(os.close, result_w)
+            parent_ends.callback(os.close, result_r)
+            stamp_file = child_ends.enter_context(tempfile.TemporaryFile())
+            stamp_file.write(bytes(8))
+            stamp_file.flush()
+            fds = (task_r, result_w, stamp_file.fileno())
+            settings = pickle.dumps((options, hook)).hex()
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), *map(str, fds), settings],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
-        finally:
-            os.close(task_r)
-            os.close(result_w)
+            self.busy = _SharedStamp(stamp_file.fileno())
+            parent_ends.pop_all()
         self.tasks = multiprocessing.connection.Connection(task_w, readable=False)
         self.results = multiprocessing.connection.Connection(result_r, writable=False)
-        self.busy = _SharedStamp(stamp_file.fileno())
-        stamp_file.close()
         self.task: _Task | None = None
         self.done = 0
+        self.began = False  # it has stamped a step of its task or sent an event of it
 
     def assign(self, task: _Task) -> None:
         self.task = task
+        self.began = False
         self.busy.value = 0.0
         self.tasks.send((task.key, task.path, task.backend))
 
@@ -273,6 +283,9 @@ class DecodePool:
             event = None
             while event is None:
                 if self._error is not None:
+                    from vmm.errors import VmmError
+                    if isinstance(self._error, VmmError):  # already one line for the user
+                        raise self._error
                     raise RuntimeError(f"decoder pool failed: {self._error}") from self._error
                 wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
                 if wait <= 0:
@@ -357,12 +370,27 @@ class DecodePool:
             if idle:
                 worker = idle[0]
             else:
-                worker = _Worker(self.options, self.worker_hook, self.quiet)
+                try:
+                    worker = _Worker(self.options, self.worker_hook, self.quiet)
+                except OSError as error:
+                    self._cannot_start(task, error)
+                    return
                 self._workers.append(worker)
             try:
                 worker.assign(task)
             except OSError:  # the worker died before taking its first task
                 self._lost(worker, "the decoder process exited")
+
+    def _cannot_start(self, task: _Task, error: OSError) -> None:
+        """The system refused another worker (a limit on processes or open files): go on with those running."""
+        with self._lock:
+            self._todo.appendleft(task)
+        if not self._workers:
+            from vmm.errors import VmmError
+            raise VmmError(f"cannot start a decoder worker process ({error.strerror or error}); raise the limit on "
+                           "processes or open files (ulimit -u, ulimit -n), or run with workers=0 (--workers 0) to "
+                           "decode in this process")
+        self.workers = len(self._workers)
 
     def _flush_deferred(self) -> None:
         while self._deferred:
@@ -386,6 +414,8 @@ class DecodePool:
                 code = None
             self._lost(worker, f"the decoder crashed (worker exit code {code})")
             return
+        worker.began = True
+        self._early_deaths = 0  # workers can start: only deaths in a row before decoding mean they cannot
         if message[0] in ("done", "failed"):
             worker.task = None
             worker.done += 1
@@ -402,15 +432,28 @@ class DecodePool:
                 self._lost(worker, f"decoding timed out after {self.timeout:g} s (the decoder hung and was killed)")
 
     def _lost(self, worker: _Worker, reason: str) -> None:
-        """A worker hung or died mid-file: replace it and retry the file with PyAV once."""
+        """A worker hung or died: replace it, and retry its file with PyAV once (as it was if not begun yet)."""
         task = worker.task
         worker.task = None
+        began = worker.began or worker.busy.value > 0
         worker.stop(kill=True)
         self._workers.remove(worker)
-        self._early_deaths = self._early_deaths + 1 if worker.done == 0 and "timed out" not in reason else 0
-        if self._early_deaths >= 3:
-            raise RuntimeError(f"decoder worker processes die before finishing any file (exit code "
-                               f"{worker.process.returncode}); pass workers=0 to decode in-process and see why")
+        if not began:
+            # It died before touching the file (a broken environment, the OOM killer at start-up): the file goes
+            # back as it was, where it was recorded as failed and skipped by later runs. Deaths only of this kind,
+            # again and again, mean no worker can start.
+            self._early_deaths += 1
+            if self._early_deaths >= 3:
+                from vmm.errors import VmmError
+                raise VmmError(f"decoder worker processes exit before decoding anything (exit code "
+                               f"{worker.process.returncode}, {self._early_deaths} in a row); run with workers=0 "
+                               "(--workers 0) to decode in this process and see why")
+            with self._lock:
+                self._todo.appendleft(task)
+            return
+        # What ended a worker that had begun is the file: two files that crash the decoder (each tried twice) cost
+        # those files, where they ended the run.
+        self._early_deaths = 0
         if task.backend == "auto" and not task.retried:
             with self._lock:
                 self._todo.appendleft(_Task(task.key, task.path, "pyav", retried=True))

@@ -249,6 +249,58 @@ def test_killed_rank_and_killed_merge_then_rerun(tmp_path):
     assert_same_library(library, reference)
 
 
+# Heartbeats every 0.1 s, a rank silent for 2 s is dead: the real values (5 s, 120 s) would make the test slow.
+FAST_HEARTBEAT = "import index.distributed as d; d._HEARTBEAT_S = 0.1; d._SILENCE_S = 2.0"
+
+
+def kill_once_staged(procs: list[subprocess.Popen], library: Path, victim: int) -> None:
+    deadline = time.monotonic() + 60
+    while staged_batches(library, victim) < 1 and procs[victim].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs[victim].send_signal(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_file_barriers_give_up_on_a_killed_rank_then_rerun(tmp_path):
+    """With file barriers no connection breaks when a rank dies: the others waited barrier_timeout, 24 h."""
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW, videos.WHITE, (130, 60, 200)]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color, seconds=1.0 + 0.3 * i)
+    reference = tmp_path / "reference"
+    build_library([str(root)], str(reference), ColorHistogramEncoder(), workers=0, progress=False)
+    library = tmp_path / "library"
+    fast = {0: FAST_HEARTBEAT, 1: FAST_HEARTBEAT}
+
+    # Rank 1 killed while rank 0 still stages: rank 0 merges what is staged and fails.
+    procs = start_ranks(root, library, torch_group=False, run_id="killed-1", prelude=fast,
+                        hook={0: "tests.videos:slow_decode"})
+    kill_once_staged(procs, library, 1)
+    (code0, _, err0), (code1, _, _) = finish(procs, timeout=30)
+    assert code1 == -signal.SIGKILL
+    assert code0 != 0 and "rank 1 did not finish its shard" in err0
+    partial = contents(library)
+    assert_whole_files_of(partial, contents(reference))
+
+    # Rank 0 killed while rank 1 waits for it at the barrier: rank 1 gives up.
+    procs = start_ranks(root, library, torch_group=False, run_id="killed-2", prelude=fast,
+                        hook={1: "tests.videos:slow_decode"})
+    while not (library / ".staging" / "killed-2" / "rank-00001" / "done.json").exists() and procs[1].poll() is None:
+        time.sleep(0.02)
+    procs[0].send_signal(signal.SIGKILL)
+    (code0, _, _), (code1, _, err1) = finish(procs, timeout=30)
+    assert code0 == -signal.SIGKILL
+    assert code1 != 0 and "lost contact with the other ranks (rank 0 gave no sign of life for 2 s" in err1
+    assert_whole_files_of(contents(library), contents(reference))
+
+    # How much the two failed runs merged or left staged depends on timing; the rerun completes the library
+    # either way, and leaves no staging behind.
+    summary, second = run_ranks(root, library, torch_group=False, run_id="killed-3", prelude=fast)
+    assert second is None and summary["failed"] == 0 and summary["indexed"] + summary["unchanged"] == 6, summary
+    assert not (library / ".staging").exists()
+    assert_same_library(library, reference)
+
+
 # -- in-process checks (threads as ranks, file barriers) ---------------------------------------------------
 def run_threads(root: Path, library: Path, encoders: list, run_id: str, **options) -> list:
     """Run ranks as threads; returns each rank's summary or the exception it raised."""
@@ -354,6 +406,38 @@ def test_file_barriers_need_a_run_id(tmp_path, monkeypatch):
     with pytest.raises(VmmError, match="must be a plain name"):
         build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
                                   world_size=2, coordination="files", run_id="../x", progress=False)
+
+
+def test_a_run_id_that_leads_out_of_the_staging_folder_is_refused_with_a_process_group_too(tmp_path):
+    """Rank 0 deletes LIB/.staging/<run_id> at the end: with a process group, run_id='../../x' deleted x."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    for run_id in ("../../precious", str(precious), ".."):
+        with pytest.raises(VmmError, match="must be a plain name"):
+            build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
+                                      world_size=2, coordination="torch", run_id=run_id, progress=False)
+    assert (precious / "notes.txt").read_text() == "mine" and not (tmp_path / "lib").exists()
+
+
+def test_file_barriers_tell_a_silent_rank_from_a_slow_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(distributed, "_SILENCE_S", 0.5)
+    run_dir = str(tmp_path / "lib" / ".staging" / "run")
+    ranks = [distributed._FileCoordinator(launch_info(rank, 2, environ={}), run_dir, 30.0) for rank in (0, 1)]
+    try:
+        late = threading.Timer(1.5, ranks[1].barrier, args=("slow",))  # three silences late, but alive
+        late.start()
+        ranks[0].barrier("slow")
+        late.join()
+        ranks[1].close()  # as if killed: its heartbeat stops, and it never comes
+        started = time.monotonic()
+        with pytest.raises(distributed._PeerLost, match="rank 1 gave no sign of life for 0.5 s"):
+            ranks[0].barrier("dead")
+        assert time.monotonic() - started < 5  # not barrier_timeout's 30 s
+    finally:
+        for coordinator in ranks:
+            coordinator.close()
 
 
 def test_one_process_is_build_library(tmp_path, monkeypatch):

@@ -1,0 +1,115 @@
+"""The decoder pool and the ingestion pipeline when decoders crash or decoder workers cannot start.
+
+The decoder workers import this module to run its hooks (``worker_hook="tests.test_index_pool_review:..."``), so
+it imports nothing heavy at module level.
+"""
+import errno
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from index import pool as pool_module
+from index.encoder import ColorHistogramEncoder
+from index.ingest import build_library
+from index.reader import open_library
+from tests import videos
+from vmm.errors import VmmError
+
+ENCODER = ColorHistogramEncoder()
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
+
+def crash_on_crash_files(path: str, backend: str) -> None:
+    """Worker hook: a segmentation fault for files named *crash*, as decord has on some damaged files."""
+    if "crash" in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_files_that_crash_the_decoder_fail_alone_and_the_run_goes_on(tmp_path):
+    # Each crashing file kills two workers (decord, then the PyAV retry): two such files in a row ended the whole
+    # run with "RuntimeError: decoder pool failed: decoder worker processes die before finishing any file".
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("crash-a", "crash-b", "crash-c"):
+        videos.write_solid(str(media / f"{name}.mp4"), videos.RED, 1.0)
+    for name in ("good-a", "good-b"):
+        videos.write_solid(str(media / f"{name}.mp4"), videos.GREEN, 1.0)
+    library = tmp_path / "lib"
+    summary = build_library([str(media)], str(library), ENCODER, workers=1, progress=False,
+                            worker_hook="tests.test_index_pool_review:crash_on_crash_files")
+    assert (summary.indexed, summary.failed) == (2, 3)
+    assert sorted(summary.failures) == [(str(media / f"{name}.mp4"), "the decoder crashed (worker exit code -11)")
+                                        for name in ("crash-a", "crash-b", "crash-c")]
+    with open_library(str(library)) as reader:
+        assert sorted(os.path.basename(r.path) for r in reader.files.values() if r.status == "ok") == [
+            "good-a.mp4", "good-b.mp4"]
+        assert len(reader) == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_that_cannot_start_end_the_run_in_one_line_and_blame_no_file(tmp_path, monkeypatch, workers):
+    # A worker interpreter that exits before decoding anything (a broken environment) is the run's problem, not
+    # the files': said once as a VmmError (one line from `vmm index`), where it was a RuntimeError's traceback,
+    # and with one worker the first file was recorded as failed ("the decoder crashed") and skipped by later runs.
+    media = tmp_path / "media"
+    media.mkdir()
+    for k in range(3):
+        videos.write_solid(str(media / f"{k}.mp4"), videos.BLUE, 1.0)
+    monkeypatch.setattr(pool_module, "_BOOTSTRAP", "import os; os._exit(3)")
+    started = time.monotonic()
+    with pytest.raises(VmmError, match=r"^decoder worker processes exit before decoding anything \(exit code 3, 3 in "
+                                       r"a row\); run with workers=0 \(--workers 0\) to decode in this "
+                                       r"process and see why$"):
+        build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=workers, progress=False)
+    assert time.monotonic() - started < 20
+    with open_library(str(tmp_path / "lib")) as reader:
+        assert not reader.files
+
+    monkeypatch.undo()  # workers start again: every file is indexed, none was left marked failed
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=workers, progress=False)
+    assert (summary.indexed, summary.failed, summary.skipped_failed) == (3, 0, 0)
+
+
+
+def refuse_processes_after(monkeypatch, started: int) -> None:
+    """Let ``started`` decoder processes start, then fail as fork does at a process limit (EAGAIN)."""
+    popen = subprocess.Popen
+    calls = []
+
+    def limited(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > started:
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return popen(*args, **kwargs)
+    monkeypatch.setattr(pool_module.subprocess, "Popen", limited)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_limit_on_processes_leaves_the_run_to_the_workers_that_started(tmp_path, monkeypatch):
+    # The traceback of "RuntimeError: decoder pool failed: [Errno 11] Resource temporarily unavailable" (or
+    # "[Errno 24] Too many open files" under a low `ulimit -n`) ended the run when a fourth worker could not start.
+    media = tmp_path / "media"
+    media.mkdir()
+    for k in range(6):
+        videos.write_solid(str(media / f"{k}.mp4"), videos.GREEN, 1.0)
+    refuse_processes_after(monkeypatch, 3)
+    before = open_fds()
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=5, progress=False)
+    assert (summary.indexed, summary.failed) == (6, 0)
+    assert open_fds() == before  # the failed start left no pipe open
+
+    refuse_processes_after(monkeypatch, 0)
+    videos.write_solid(str(media / "new.mp4"), videos.RED, 1.0)
+    with pytest.raises(VmmError, match=r"^cannot start a decoder worker process \(Resource temporarily "
+                                       r"unavailable\); raise the limit on processes or open files \(ulimit -u, "
+                                       r"ulimit -n\), or run with workers=0 \(--workers 0\) to decode in this "
+                                       r"process$"):
+        build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=2, progress=False)
+    assert open_fds() == before

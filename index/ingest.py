@@ -20,7 +20,6 @@ import numbers
 import os
 import re
 import reprlib
-import sqlite3
 import stat
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ import numpy as np
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
 from index.discovery import Candidate, Discovery, _path_args, check_root, discover, fingerprint_file
-from index.library import LibraryWriter, _factory_setting, _sync, library_folder
+from index.library import LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, check_factory
@@ -508,14 +507,11 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
     with LibraryWriter.open(library, request.wanted, explicit=request.explicit) as writer:
         if on_open is not None:
             on_open(library)
-        try:
+        with _catalog_writes(library, kept="finished files are kept"):
             return _ingest(writer, request.roots, encoder, started, batch_size=batch_size, workers=workers,
                            timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
                            max_pixels=max_pixels, progress=progress, commit_seconds=commit_seconds,
                            flat_max=flat_max, worker_hook=worker_hook)
-        except sqlite3.OperationalError as error:
-            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space and "
-                           "permissions, then run again (finished files are kept)") from None
 
 
 @dataclass(frozen=True)

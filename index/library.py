@@ -23,6 +23,7 @@ memory, writers on disk). No step can duplicate a vector or lose one.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import json
@@ -31,6 +32,7 @@ import re
 import shlex
 import sqlite3
 import stat
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -66,9 +68,16 @@ class _Lock:
                            "choose a folder you can write to") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
             holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
             os.close(self._fd)
+            if error.errno != errno.EWOULDBLOCK:
+                # A file system without locks (NFSv3 without its lock service says ENOLCK): "being written by" named
+                # the last run's pid, long gone, and the user waited for a run that did not exist.
+                raise VmmError(f"cannot lock {path} ({error.strerror}): the drive of library {library} does not "
+                               "support file locks, which keep two runs from writing a library at once; enable "
+                               "locking on it (an NFS mount's lock service) or keep the library on another drive"
+                               ) from None
             raise VmmError(f"library {library} is being written by {holder}; wait for it to finish") from None
         os.ftruncate(self._fd, 0)
         try:
@@ -398,7 +407,8 @@ def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: Libr
     """
     writer = _writer or LibraryWriter.open(library_dir)
     try:
-        return _sync(writer, flat_max)
+        with _catalog_writes(writer.library):
+            return _sync(writer, flat_max)
     finally:
         if _writer is None:
             writer.close()
@@ -446,6 +456,17 @@ def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
     _delete_leftovers(library, name)
     catalog.prune_tombstones(generation)
     return new_state
+
+
+@contextmanager
+def _catalog_writes(library: str, kept: str = "what was committed is kept"):
+    """Catalog writes that SQLite refuses (a full disk, a lost permission) end in one line: each write is one
+    transaction, rolled back whole, so what was committed before is kept and the same command can be run again."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space on its drive "
+                       f"and its permissions, then run the same command again ({kept})") from None
 
 
 def _centroids_outgrown(state: IndexState, count: int) -> bool:
@@ -579,7 +600,7 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
     0
     """
     paths = _path_args(paths, "remove")
-    with LibraryWriter.open(library_dir) as writer:
+    with LibraryWriter.open(library_dir) as writer, _catalog_writes(writer.library):
         _factory_setting(writer)
         rows = {}
         for given in paths:

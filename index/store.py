@@ -279,7 +279,9 @@ class VectorStore:
 
     @property
     def supports_remove(self) -> bool:
-        return "HNSW" not in self.factory
+        # An HNSW graph cannot drop a vector, but an IVF whose coarse quantizer is one (IVF65536_HNSW32,Flat, for
+        # many lists) drops it from its lists: it was rebuilt and retrained whenever a single file was removed.
+        return "HNSW" not in self.factory or _ivf(self.index) is not None
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add unit vectors (N, dim) under int64 ``ids``."""

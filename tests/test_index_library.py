@@ -349,6 +349,27 @@ def test_second_writer_is_refused(tmp_path):
             build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
 
 
+def test_a_drive_without_file_locks_is_named_not_a_run_to_wait_for(tmp_path, monkeypatch):
+    """flock fails with ENOLCK where the drive has no locks (an NFSv3 mount without its lock service): that was
+    'is being written by pid N; wait for it to finish', naming the last run's pid, long gone."""
+    import errno
+    import fcntl
+
+    library = str(tmp_path / "lib")
+    (tmp_path / "media").mkdir()
+    build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(VmmError) as refused:
+        build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
+    assert str(refused.value).startswith(f"cannot lock {library}/lock (No locks available): the drive of library "
+                                         f"{library} does not support file locks"), refused.value
+    assert "being written" not in str(refused.value)
+
+
 # -- readers and the FAISS cache ------------------------------------------------------------------------------
 def test_reader_keeps_its_snapshot_and_applies_uncommitted_index_changes(tmp_path):
     root = tmp_path / "media"

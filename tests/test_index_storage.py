@@ -246,3 +246,24 @@ def test_a_library_path_that_is_not_utf8_is_refused_before_anything_is_written(t
         assert run.returncode == 2 and run.stderr == (f"error: the library path {tmp_path}/lib\\xff is not valid "
                                                       "UTF-8; choose a folder whose name is\n").encode(), run.stderr
     assert sorted(os.listdir(tmp_path)) == ["red.mp4"]
+
+
+def test_a_full_disk_while_removing_files_says_so_in_one_line_and_keeps_the_library(tmp_path, capsys):
+    """`vmm index --remove` commits the removal and refreshes the FAISS file outside the ingest run's handling of
+    SQLite's errors: a full disk there ended the command with a traceback of sqlite3.OperationalError."""
+    make_videos(tmp_path / "vids")
+    videos.write_long(str(tmp_path / "vids" / "long.mp4"), seconds=20.0)
+    library = tmp_path / "lib"
+    assert main(["index", str(tmp_path / "vids"), "--library", str(library), "--window", "1", "--stride", "1",
+                 *HIST]) == 0
+    # Room for the catalog's 32 KiB -shm file, not for a WAL holding the removal of the long video's 20 clips.
+    r = vmm("index", "--remove", tmp_path / "vids" / "long.mp4", "--library", library, file_size_limit=33_000)
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r.stderr)
+    assert f"cannot write the library catalog in {library} (" in line and "check free space" in line
+    with open_library(str(library)) as reader:  # rolled back whole: every clip is still there, once
+        assert len(reader) == 3 + 20
+    capsys.readouterr()
+    assert main(["index", "--remove", str(tmp_path / "vids" / "long.mp4"), "--library", str(library)]) == 0
+    assert "removed 1 file(s)" in capsys.readouterr().out
+    assert red_first(str(library))

@@ -133,6 +133,15 @@ def test_hnsw_cannot_remove_and_says_so():
     assert store.remove(np.array([1])) is False and store.ntotal == 500
 
 
+def test_an_ivf_with_an_hnsw_quantizer_removes_from_its_lists():
+    """Only the coarse quantizer is a graph; the library rebuilt and retrained the whole index on every removal."""
+    data = clustered(2000, 8, 20, seed=8)
+    store = VectorStore.build(data, np.arange(2000), "IVF16_HNSW8,Flat")
+    assert store.supports_remove and store.remove(np.arange(0, 2000, 2)) is True and store.ntotal == 1000
+    _, ids = store.search(data[:4], k=3, options=SearchOptions(nprobe=16))
+    assert (ids % 2 == 1).all() and ids[[1, 3], 0].tolist() == [1, 3]  # removed ones gone, the others still found
+
+
 def test_bad_factory_is_a_clear_error():
     with pytest.raises(VmmError, match="not a valid FAISS factory string"):
         VectorStore.create(8, "Bogus42")

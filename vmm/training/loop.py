@@ -10,6 +10,7 @@ uninterrupted one step for step.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -41,6 +42,7 @@ class TrainerState:
     corrupt: int = 0  # corrupt samples skipped so far (all processes)
     samples: int = 0  # samples seen (all processes)
     global_batch: int = 0  # samples per micro-batch over all processes (a mid-epoch resume needs the same)
+    batches_per_epoch: int = 0  # micro-batches of an epoch (likewise; 0: a checkpoint of an earlier version)
 
 
 @dataclass
@@ -433,17 +435,59 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    # Pickled tensors, not safetensors: the MLM decoder shares its weight with the word embeddings.
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    accelerator.wait_for_everyone()
+    with _failed_write(f"checkpoint {final.name}", output_dir, tmp):
+        # Pickled tensors, not safetensors: the MLM decoder shares its weight with the word embeddings.
+        accelerator.save_state(str(tmp), safe_serialization=False)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json_atomic(tmp / STATE_FILE, asdict(state))
     if accelerator.is_main_process:
-        _write_json_atomic(tmp / STATE_FILE, asdict(state))
         # The same step saved again (a rerun from an earlier checkpoint) replaces its folder.
         _swap_in(tmp, final, root / f".old_step_{state.global_step:08d}")
-        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        saved = sorted(p for p in root.glob("step_*") if p.is_dir())
+        # Later steps are the abandoned continuation of a rerun from an earlier checkpoint (its metrics.jsonl lines
+        # were cut by _resume): counted as the newest, they pushed out the checkpoint just saved, and resume=auto
+        # took them.
+        for old in [p for p in saved if p > final] + [p for p in saved if p <= final][:-keep_last]:
+            _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder, hidden first: a stop during the deletion must not leave a part of it with its
+    trainer_state.json, which resume=auto would take for a complete checkpoint (the next save clears it)."""
+    aside = folder.with_name(f".old_{folder.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# What torch.save's zip writer says when a write fails (it raises RuntimeError, not OSError).
+_TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "unexpected pos", "file write failed")
+
+
+@contextlib.contextmanager
+def _failed_write(what: str, output_dir: Path, partial: Optional[Path] = None):
+    """A write in the block that fails (a full disk, a quota, a file-size limit) is one line naming ``what`` and the
+    way on, not the writer's traceback (torch.save's RuntimeError, safetensors' SafetensorError); ``partial``, a
+    hidden folder being written, is deleted to give the space back."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError, VmmError) as e:
+        if type(e) is RuntimeError and not any(text in str(e) for text in _TORCH_WRITE_ERRORS):
+            raise  # not a write (a collective that failed, ...): "free disk space" would send the user astray
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line
+        with contextlib.suppress(OSError):
+            reason += f"; {shutil.disk_usage(output_dir).free / 2**20:.0f} MB free there"
+        then = ("resume with train.resume=auto" if find_latest_checkpoint(output_dir) is not None
+                else "run again into a new or empty train.output_dir")
+        raise VmmError(f"train.output_dir: cannot write {what} in {output_dir} ({reason}); free disk space, then "
+                       f"{then}") from None
 
 
 def _swap_in(new: Path, target: Path, aside: Path) -> None:
@@ -461,11 +505,12 @@ def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) ->
     """Write ``output_dir/final`` complete or not at all (a hidden folder renamed at the end)."""
     final, tmp, old = output_dir / "final", output_dir / ".final.tmp", output_dir / ".final.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    if trainable_only:
-        from vmm.training.export import save_trainable
-        save_trainable(model, tmp, frozen)
-    else:
-        model.save_pretrained(tmp)
+    with _failed_write("the final model", output_dir, tmp):
+        if trainable_only:
+            from vmm.training.export import save_trainable
+            save_trainable(model, tmp, frozen)
+        else:
+            model.save_pretrained(tmp)
     _swap_in(tmp, final, old)
     return final
 
@@ -630,6 +675,14 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
         raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "
                        f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
                        f"resume with the same settings")
+    # Skipping the consumed micro-batches of another epoch plan continues neither run; one as long as or shorter
+    # than the part consumed left nothing to skip to, and the loop started that epoch again for ever.
+    if saved.micro_in_epoch and (saved.micro_in_epoch >= plan.batches_per_epoch
+                                 or saved.batches_per_epoch not in (0, plan.batches_per_epoch)):
+        saved_epoch = f" of {saved.batches_per_epoch}" if saved.batches_per_epoch else ""
+        raise VmmError(f"train.resume: {checkpoint} stopped {saved.micro_in_epoch} micro-batches into an epoch"
+                       f"{saved_epoch}, an epoch of this run has {plan.batches_per_epoch} (data.train or "
+                       f"train.grad_accum differ); resume with the settings it was saved with")
     try:
         accelerator.load_state(str(checkpoint))
     except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
@@ -638,7 +691,7 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
                        "model config: resume from an earlier checkpoint or with the config it was saved with"
                        ) from None
     state = saved
-    state.global_batch = plan.global_batch
+    state.global_batch, state.batches_per_epoch = plan.global_batch, plan.batches_per_epoch
     accelerator.print(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, "
                       f"{state.micro_in_epoch} micro-batches in)")
     note = _resume_changes_note(cfg, checkpoint) if accelerator.is_main_process else None
@@ -665,7 +718,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from vmm.training import data as data_mod
     from vmm.training.objective import PretrainObjective
-    from vmm.training.optim import build_optimizer, lr_factor
+    from vmm.training.optim import build_optimizer, lr_factor, set_hyperparameters
     from vmm.transforms import TrainTransform
 
     out = Path(cfg.train.output_dir)
@@ -721,18 +774,22 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
 
     metrics_path = out / "metrics.jsonl"
     if inputs.resume_dir is None:
-        state = TrainerState(global_batch=plan.global_batch)
+        state = TrainerState(global_batch=plan.global_batch, batches_per_epoch=plan.batches_per_epoch)
         if cfg.train.resume == "auto":
             accelerator.print(f"train.resume=auto: no checkpoint in {out}; starting a new run")
     else:
         state = _resume(accelerator, cfg, inputs.resume_dir, plan, total_steps, metrics_path)
+        set_hyperparameters(optimizer, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     if clip_teacher is not None and inputs.clip_weights is None:
         accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")
     if main:
         import yaml
         _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if cfg.train.tensorboard:
-        accelerator.init_trackers("tensorboard", config=_flat_hparams(cfg))
+        # The interrupted run may have logged steps after its checkpoint, which this one logs again: TensorBoard
+        # drops the earlier events from purge_step on (metrics.jsonl was cut by _resume).
+        purge = {"purge_step": state.global_step + 1} if inputs.resume_dir is not None else {}
+        accelerator.init_trackers("tensorboard", config=_flat_hparams(cfg), init_kwargs={"tensorboard": purge})
 
     accelerator.print(f"training {cfg.model.name}: {total_steps} steps ({spe} per epoch) x "
                       f"{cfg.data.batch_size * world * cfg.train.grad_accum} samples on {world} process(es), "
@@ -787,7 +844,7 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
             running.zero_()
             step_corrupt = 0
             if main:
-                with open(metrics_path, "a") as f:
+                with _failed_write(metrics_path.name, out), open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", skipped=state.corrupt)

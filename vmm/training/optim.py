@@ -67,6 +67,23 @@ def build_optimizer(module: nn.Module, lr: float, weight_decay: float, betas, ep
     return torch.optim.AdamW(param_groups(module, weight_decay, no_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 
+def set_hyperparameters(optimizer: torch.optim.Optimizer, weight_decay: float, betas, eps: float) -> None:
+    """Give the groups of :func:`build_optimizer` these settings again.
+
+    ``load_state_dict`` (a resume) brings back the saved run's weight decay, betas and eps along with the moments,
+    so a resume with other ``optim`` settings went on with the old ones while saying it used the command's.
+
+    >>> import vmm
+    >>> m = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=2, img_size=32)
+    >>> opt = build_optimizer(m, 1e-3, 0.05, (0.9, 0.999), 1e-8)
+    >>> set_hyperparameters(opt, 0.1, (0.9, 0.98), 1e-6)
+    >>> [(g["weight_decay"], g["betas"], g["eps"]) for g in opt.param_groups]
+    [(0.1, (0.9, 0.98), 1e-06), (0.0, (0.9, 0.98), 1e-06)]
+    """
+    for group in optimizer.param_groups:
+        group.update(weight_decay=weight_decay if group["name"] == "decay" else 0.0, betas=tuple(betas), eps=eps)
+
+
 def _pattern_regex(pattern: str) -> re.Pattern:
     """``text_encoder.encoder.layer.0-3`` -> regex matching that prefix with 0..3 in the range slot."""
     parts = []

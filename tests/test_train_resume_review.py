@@ -1,0 +1,131 @@
+"""Resuming a stopped run: the command's optimizer settings, another epoch plan, TensorBoard's steps, checkpoint
+retention after a rerun from an earlier step, and a disk that fills up while a checkpoint or the model is written."""
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train_loop import TINY, metrics
+from vmm.errors import VmmError
+from vmm.training.config import load_config
+from vmm.training.loop import TrainerState, find_latest_checkpoint, save_checkpoint, train
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """19 training clips (4 micro-batches of 4 per epoch), and the first 8 of them as a smaller annotation list."""
+    from vmm.data.synthetic import generate_corpus
+    root = tmp_path_factory.mktemp("resume")
+    generate_corpus(root, num_videos=24, seed=0, size=32, seconds=1.0, workers=1)
+    (root / "small.json").write_text(json.dumps(json.loads((root / "train.json").read_text())[:8]))
+    return root
+
+
+def cfg(corpus: Path, out: Path, *extra: str, anno: str = "train.json"):
+    return load_config(TINY, [f"data.train=[{{'anno': '{corpus / anno}', 'root': '{corpus}'}}]",
+                              f"train.output_dir={out}", "train.progress=False", "loss.uta=0", *extra])
+
+
+@pytest.fixture(scope="module")
+def five_steps(corpus, tmp_path_factory) -> Path:
+    """A 5-step run with checkpoints at steps 3 (mid-epoch: 3 of 4 micro-batches) and 5."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    out = tmp_path_factory.mktemp("five")
+    train(cfg(corpus, out, "schedule.max_steps=5", "train.save_every=3", "train.keep_last=5"))
+    return out
+
+
+def test_a_resume_trains_with_the_commands_optimizer_settings(five_steps, corpus, tmp_path):
+    """load_state brought back the saved weight decay and eps: the run went on with them while the warning said
+    "the steps from here use this command's"."""
+    train(cfg(corpus, tmp_path, "schedule.max_steps=4", "optim.weight_decay=0.5", "optim.eps=1e-3",
+              "optim.betas=[0.8, 0.9]", f"train.resume={five_steps / 'checkpoints/step_00000003'}"))
+    groups = torch.load(tmp_path / "checkpoints/step_00000004/optimizer.bin")["param_groups"]
+    assert [(g["name"], g["weight_decay"], g["eps"], tuple(g["betas"])) for g in groups] == \
+        [("decay", 0.5, 1e-3, (0.8, 0.9)), ("no_decay", 0.0, 1e-3, (0.8, 0.9))]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("anno, extra, epoch", [("small.json", [], "an epoch of 4, an epoch of this run has 2"),
+                                                ("train.json", ["train.grad_accum=3"],
+                                                 "an epoch of 4, an epoch of this run has 3")])
+def test_a_mid_epoch_resume_with_another_epoch_plan_is_refused(five_steps, corpus, tmp_path, anno, extra, epoch):
+    """3 micro-batches into an epoch of 4, resumed on data giving 2 per epoch (or with grad_accum=3, 3 per epoch and
+    the steps out of line with it): nothing was left to skip to, or the epoch's end fell between two optimizer
+    steps, and the loop began the same epoch again for ever (a hang at 100% CPU)."""
+    checkpoint = five_steps / "checkpoints/step_00000003"
+    with pytest.raises(VmmError, match=rf"^train\.resume: {checkpoint} stopped 3 micro-batches into {epoch} "
+                                       r"\(data\.train or train\.grad_accum differ\); resume with the settings it "
+                                       r"was saved with$"):
+        train(cfg(corpus, tmp_path, "schedule.max_steps=5", f"train.resume={checkpoint}", *extra, anno=anno))
+
+
+def test_tensorboard_keeps_one_value_per_step_after_a_resume(five_steps, corpus, tmp_path):
+    """Stopped after logging step 5, before its checkpoint: the resume logged steps 4 and 5 again, and TensorBoard
+    showed both (a zigzag), while metrics.jsonl was cut to the checkpoint's step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    shutil.copytree(five_steps, run, ignore=shutil.ignore_patterns("step_00000005", "final"))
+    train(cfg(corpus, run, "schedule.max_steps=5", "train.save_every=3", "train.keep_last=5", "train.resume=auto"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("train/loss")
+    assert [e.step for e in logged] == [1, 2, 3, 4, 5]
+    assert [e.value for e in logged] == pytest.approx([r["loss"] for r in metrics(run)], rel=1e-6)
+
+
+def test_a_rerun_from_an_earlier_checkpoint_keeps_its_own_checkpoints(tmp_path):
+    """Resumed from step 2 in its own folder, where steps 4 and 6 of the abandoned continuation were: with
+    keep_last=2 the save of step 3 deleted step 3 itself, and resume=auto then took the old step 6."""
+    from accelerate import Accelerator
+    accelerator = Accelerator(cpu=True)
+    for step in (2, 4, 6):
+        save_checkpoint(accelerator, tmp_path, TrainerState(global_step=step), keep_last=5)
+    save_checkpoint(accelerator, tmp_path, TrainerState(global_step=3), keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    assert find_latest_checkpoint(tmp_path).name == "step_00000003"
+
+
+@pytest.fixture
+def file_size_limit():
+    """Writes of more than 1 MB fail with EFBIG, as on a full disk or over a quota (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, file_size_limit):
+    """torch.save's "[enforce fail at inline_container.cc] unexpected pos" traceback, its half-written hidden
+    folder left holding the space; and safetensors' SafetensorError traceback for the final model."""
+    from accelerate import Accelerator
+
+    from vmm.training.loop import build_model, export_final
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(512, 1024))  # 2 MB of weights
+    small = Accelerator(cpu=True)
+    save_checkpoint(small, tmp_path, TrainerState(global_step=1), keep_last=2)  # RNG states only: a few kB
+    with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write checkpoint step_00000002 in {tmp_path} "
+                                       r"\(.* MB free there\); free disk space, then resume with train\.resume=auto$"):
+        save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
+    tiny, _ = build_model(load_config(TINY, ["loss.uta=0"]))
+    assert model.weight.numel() * 4 > 1 << 20 and sum(p.numel() for p in tiny.parameters()) * 4 > 1 << 20
+    with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write the final model in {tmp_path} \(.*\); "
+                                       r"free disk space, then resume with train\.resume=auto$"):
+        export_final(tiny, tmp_path, [], trainable_only=False)
+    assert not (tmp_path / "final").exists() and not (tmp_path / ".final.tmp").exists()

@@ -563,6 +563,32 @@ def test_a_save_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypa
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), again.state_dict().values()))
 
 
+SAVE_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys, vmm
+from vmm.errors import VmmError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+model = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    vmm.save_pretrained(model, sys.argv[1])
+except VmmError as e:
+    print(e)
+"""
+
+
+def test_a_save_that_runs_out_of_space_in_safetensors_is_one_line(tmp_path):
+    """safetensors' writer reports a failed write as SafetensorError, not OSError: a full disk gave its traceback
+    and left the temporary file."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", SAVE_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path / "model")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith(f"cannot write {tmp_path / 'model' / 'model.safetensors'} (") and r.stdout.count(
+        "\n") == 1 and "the folder keeps what it had" in r.stdout, r.stdout
+    assert list((tmp_path / "model").iterdir()) == []  # no temporary file left
+
+
 def test_a_trainable_only_export_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     """The training export wrote its two files one by one too: new tensors beside the old config."""
     from tests.tiny_model import TINY

@@ -31,6 +31,8 @@ def _atomic_write_all(directory: Path, writers: dict) -> None:
     """Write each file (``{name: write(tmp_path)}``) under a temporary name in ``directory`` and rename them into
     place only once all are written: a write that fails (a full disk, a folder made read-only) leaves the folder
     as it was. Written one by one, new weights stood beside the old config and the folder loaded no more."""
+    from safetensors import SafetensorError
+
     temps: dict[str, str] = {}
     replaced = False
     try:
@@ -43,9 +45,10 @@ def _atomic_write_all(directory: Path, writers: dict) -> None:
         for name, tmp in temps.items():
             os.replace(tmp, directory / name)
             replaced = True
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors' own writer says SafetensorError, not OSError
         kept = "some files were replaced, save again" if replaced else "the folder keeps what it had"
-        raise VmmError(f"cannot write {directory / name} ({e.strerror or e}); {kept}; free space or choose a "
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        raise VmmError(f"cannot write {directory / name} ({reason}); {kept}; free space or choose a "
                        "writable folder") from None
     finally:
         for tmp in temps.values():

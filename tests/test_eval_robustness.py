@@ -350,12 +350,13 @@ def test_an_annotation_file_that_cannot_be_opened_is_one_line(data, tmp_path, ca
     assert "a.json cannot be read (Too many levels of symbolic links)" in one_line_error(capsys)
 
 
-def test_the_paper_row_only_for_the_official_rerank_k(tmp_path):
+def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
     """The published rows re-rank the top 128: --rerank-k 1 was compared with them and reported comparable."""
     import torch
 
     import vmm
     from retrieval.evaluate import EvalConfig, evaluate
+    from retrieval.paper_numbers import OFFICIAL_TEST_VIDEOS
     from tests.tiny_model import TINY
     torch.manual_seed(0)  # the tiny model at the published 8 frames and 224 px, known by an official model name
     model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
@@ -368,6 +369,7 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path):
     items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "green.mp4", "caption": "A green screen."},
              {"video": "square.mp4", "caption": ["A square moves right.", "A white square."]}]
     (tmp_path / "test.json").write_text(json.dumps(items))
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
     reports = {k: evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=tmp_path / "model", rerank_k=k,
                                       device="cpu", workers=0)).report for k in (3, 4, 128)}
     assert reports[128]["paper"]["corpus"] == "25M" and reports[128]["comparable"]
@@ -382,6 +384,11 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path):
                                  workers=0)).report
     assert (report["num_texts"], report["paragraph"]) == (3, True)
     assert report["paper"] is None and report["delta"] is None and not report["comparable"]
+    # 3 of the split's 1,000 videos: the published row is shown beside them, but they are not comparable
+    monkeypatch.undo()
+    report = evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=tmp_path / "model", device="cpu",
+                                 workers=0)).report
+    assert report["paper"] == reports[128]["paper"] and report["delta"] is not None and not report["comparable"]
 
 
 def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):

@@ -23,7 +23,7 @@ import math
 import os
 import reprlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -33,6 +33,11 @@ MIN_STRIDE = 0.01  # seconds between window starts, at least
 DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; one 8-frame clip at this size is ~800 MB of RGB
 _CHUNK_BYTES = 256 << 20  # decoded frames fetched per decord call, at most
 _EPS = 1e-6
+Progress = Callable[[], None]  # called at every packet read or frame decoded in Python (see iter_decode)
+
+
+def _no_progress() -> None:
+    pass
 
 
 class DecodeFailure(Exception):
@@ -295,7 +300,15 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
         return _Header(width, height, context.name or "?", declared, *_display_orientation(container, stream))
 
 
-def _decord_seek_problem(path: str) -> str | None:
+def _demux(container, stream, progress: Progress) -> Iterator:
+    """The packets of ``stream``, calling ``progress`` at each: reading a large file on slow storage takes as long
+    as its size, and a watchdog must see that reading goes on."""
+    for packet in container.demux(stream):
+        progress()
+        yield packet
+
+
+def _decord_seek_problem(path: str, progress: Progress = _no_progress) -> str | None:
     """Why decord would return other frames of this file than the ones asked for, with no error; None if none.
 
     decord reaches a frame by seeking to the keyframe before it and counting the frames decoded from there. The
@@ -313,7 +326,12 @@ def _decord_seek_problem(path: str) -> str | None:
             if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
                 return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
             stream = container.streams.best("video")
-            if stream is not None and _edit_list_hides_frames(container, stream):
+            first = None if stream is None else next((p for p in container.demux(stream) if p.size), None)
+            if first is not None and not first.is_keyframe and not first.is_discard:
+                # Decoders skip the frames before the first keyframe; decord counts them, so each frame it
+                # returned was one a few packets later.
+                return "it starts between keyframes (a recording cut mid-GOP), so its first frames cannot be decoded"
+            if stream is not None and _edit_list_hides_frames(container, stream, first):
                 return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
             if stream is None or not stream.codec_context.has_b_frames:
                 return None  # frames are shown in the order they are decoded
@@ -321,7 +339,7 @@ def _decord_seek_problem(path: str) -> str | None:
             if "avi" in formats:
                 return "it holds B-frames in AVI"
             keyframe_pts, keyframes, since = None, 0, 0
-            for packet in container.demux(stream):
+            for packet in _demux(container, stream, progress):  # a file with one keyframe is read to its end
                 if not packet.size or packet.is_discard:
                     continue
                 if packet.pts is None:
@@ -342,23 +360,20 @@ def _decord_seek_problem(path: str) -> str | None:
     return None
 
 
-def _edit_list_hides_frames(container, stream) -> bool:
+def _edit_list_hides_frames(container, stream, first) -> bool:
     """Whether FFmpeg drops frames at the start or the end of the video stream to follow an MP4/MOV edit list.
 
     A copy trimmed without re-encoding (``ffmpeg -ss ... -c copy``, a phone's or QuickTime's trim) keeps the
     whole GOP around each cut and lists the part to show in its edit list; FFmpeg marks the packets outside it
     discard. decord counted and returned them: a copy trimmed to 1.5-4 s lasted 4 s from its first keyframe, and
-    its frames came out at the wrong times, some repeated. Reads ``container`` (opened by the caller) from where it
-    stands and leaves it near the end.
+    its frames came out at the wrong times, some repeated. ``first`` is the stream's first packet with data, read
+    from ``container`` (opened by the caller), which this leaves near the end.
     """
     import av
 
     try:
-        for packet in container.demux(stream):
-            if packet.size:
-                if packet.is_discard:
-                    return True
-                break
+        if first is not None and first.is_discard:
+            return True
         if not stream.duration:
             return False
         # Frames hidden at the end follow the last keyframe before the end: seeking there skips the rest.
@@ -416,21 +431,33 @@ def _orientation_from_display_matrix(matrix: list[int]) -> tuple[int, bool]:
     return round(-clockwise / 90) % 4 * 90, False
 
 
-def _count_packets(container, stream) -> tuple[int, np.ndarray | None, float | None]:
+def _count_packets(container, stream, progress: Progress = _no_progress) -> tuple[int, np.ndarray | None, float | None]:
     """The number of frames of ``stream``, their presentation times (None when packets carry none) and when the
     last one ends (None when packets carry no durations): a screen recorder holds its last frame for as long as
-    the screen stays still, which the times alone do not tell."""
+    the screen stays still, which the times alone do not tell.
+
+    A recording cut between two keyframes (a broadcast capture, a .ts split at a byte offset) starts with frames
+    that refer to a keyframe it lacks: decoders skip them, so they are not counted, and time 0 is the first
+    keyframe. Counted, every frame came out as the one a few packets later, and the file was called truncated.
+    """
     import av
 
-    pts, ends = [], []
+    packets = []  # (pts, duration) of the frames shown, in decode order
+    undecodable, keyframe_seen = 0, False
     try:
-        for packet in container.demux(stream):
-            if packet.size and not packet.is_discard:
-                pts.append(packet.pts)
-                if packet.pts is not None and packet.duration:
-                    ends.append(packet.pts + packet.duration)
+        for packet in _demux(container, stream, progress):
+            if not packet.size:
+                continue
+            keyframe_seen = keyframe_seen or packet.is_keyframe  # an edit list's hidden first packets count
+            if not packet.is_discard:
+                packets.append((packet.pts, packet.duration))
+                undecodable += not keyframe_seen
     except av.error.FFmpegError:
         pass  # a cut file: its frames stop here, which the length checks report
+    if keyframe_seen:  # a stream that flags no keyframe at all is counted whole
+        del packets[:undecodable]
+    pts = [p for p, _ in packets]
+    ends = [p + duration for p, duration in packets if p is not None and duration]
     if not pts or None in pts or not stream.time_base:
         return len(pts), None, None
     pts.sort()
@@ -439,12 +466,12 @@ def _count_packets(container, stream) -> tuple[int, np.ndarray | None, float | N
     return len(pts), np.round((np.array(pts, np.float64) - base) * unit, 6), end
 
 
-def _demux_times(path: str) -> tuple[int, np.ndarray | None, float | None]:
+def _demux_times(path: str, progress: Progress = _no_progress) -> tuple[int, np.ndarray | None, float | None]:
     import av
 
     try:
         with av.open(path, metadata_errors="ignore") as container:
-            return _count_packets(container, container.streams.best("video"))
+            return _count_packets(container, container.streams.best("video"), progress)
     except av.error.FFmpegError:
         return 0, None, None
 
@@ -479,7 +506,7 @@ def import_decord():
 class _DecordReader:
     name = "decord"
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, progress: Progress = _no_progress):
         try:
             decord = import_decord()
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
@@ -492,7 +519,7 @@ class _DecordReader:
         if times is not None and _variable_rate_times(times - times[0], self.fps) is not None:
             # decord's times are float32 (quarter-millisecond steps after an hour): take PyAV's, so that both
             # backends cut a variable frame rate video at the same frames.
-            count, exact, end = _demux_times(path)
+            count, exact, end = _demux_times(path, progress)
             if count == self.num_frames:
                 self.times, self.end = exact, end
             else:
@@ -529,11 +556,13 @@ class _PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, threads: int, rotation: int = 0, mirrored: bool = False):
+    def __init__(self, path: str, threads: int, rotation: int = 0, mirrored: bool = False,
+                 progress: Progress = _no_progress):
         import av
 
         self._path = path
         self._threads = threads
+        self._progress = progress
         self._orientation = (rotation, mirrored)
         try:
             with av.open(path, metadata_errors="ignore") as container:
@@ -542,7 +571,7 @@ class _PyAVReader:
                 self.fps = float(rate) if rate else 0.0
                 # Count the packets (I/O, no decoding) rather than trust the header's frame count: an AVI
                 # header can say half of what its index holds, and the rest of the video was left out.
-                self.num_frames, self.times, self.end = _count_packets(container, stream)
+                self.num_frames, self.times, self.end = _count_packets(container, stream, progress)
         except av.error.FFmpegError as error:
             raise _BackendError(f"PyAV cannot open it: {_error_text(error)}") from None
 
@@ -560,6 +589,7 @@ class _PyAVReader:
             stream.codec_context.thread_count = self._threads
             try:
                 for last_frame in container.decode(stream):
+                    self._progress()  # frames between two clips (the whole video for window=inf) are one step
                     if position in needed:
                         kept[position] = upright_rgb(last_frame, *self._orientation)
                     position += 1
@@ -609,12 +639,17 @@ def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
                      header.rotation, header.mirrored), times
 
 
-def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Clip]:
+def iter_decode(path: str, options: DecodeOptions, progress: Progress = _no_progress) -> Iterator[DecodeStart | Clip]:
     """Yield a :class:`DecodeStart`, then one :class:`Clip` per planned window.
 
     With ``backend="auto"`` a file decord cannot read is decoded with PyAV; if decord
     fails midway, a new DecodeStart announces the restart. Raises
     :class:`DecodeFailure` when no backend can decode the file.
+
+    ``progress`` is called at every packet read and frame decoded between two yields: PyAV reads a whole file
+    to count its frames before the DecodeStart and decodes every frame up to a clip's last one, so a step lasts
+    as long as the file is large (on slow storage) or the window long; a watchdog that restarts its clock at each
+    call kills a decoder that stopped moving, not one reading a long file. decord's native calls cannot report.
 
     >>> import os, tempfile
     >>> empty = os.path.join(tempfile.mkdtemp(), "empty.webm"); open(empty, "wb").close()
@@ -642,7 +677,7 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
             raise DecodeFailure(f"the video is stored {stored} and decord cannot {fix}; use the 'auto' or 'pyav' "
                                 "decoder")
         backends = ["pyav"]
-    seek_problem = _decord_seek_problem(path) if "decord" in backends else None
+    seek_problem = _decord_seek_problem(path, progress) if "decord" in backends else None
     if seek_problem:
         if backends == ["decord"]:
             raise DecodeFailure(f"decord cannot fetch the frames of this video accurately: {seek_problem}; use the "
@@ -653,9 +688,9 @@ def iter_decode(path: str, options: DecodeOptions) -> Iterator[DecodeStart | Cli
         reader = None
         try:
             if name == "decord":
-                reader = _DecordReader(path, options.threads)
+                reader = _DecordReader(path, options.threads, progress)
             else:
-                reader = _PyAVReader(path, options.threads, header.rotation, header.mirrored)
+                reader = _PyAVReader(path, options.threads, header.rotation, header.mirrored, progress)
             info, times = _info_from(reader, header)
             spans = plan_clips(info, options, times)
             yield DecodeStart(info, spans)

@@ -85,7 +85,10 @@ def _task_events(key: int, path: str, options: DecodeOptions, hook, busy):
         if hook is not None:
             hook(path, options.backend)
         fingerprint = fingerprint_file(path)
-        for event in iter_decode(path, options):
+        # Each packet read and frame decoded restarts the step's clock: PyAV reads a whole file to count its frames
+        # and decodes every frame up to a clip's last, which on slow storage or with a long window outlasted the
+        # timeout, and a file was killed as hung for being large.
+        for event in iter_decode(path, options, progress=lambda: setattr(busy, "value", time.monotonic())):
             busy.value = 0.0
             yield ("start", key, (fingerprint, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
             busy.value = time.monotonic()

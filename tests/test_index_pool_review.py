@@ -113,3 +113,34 @@ def test_a_limit_on_processes_leaves_the_run_to_the_workers_that_started(tmp_pat
                                        r"process$"):
         build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=2, progress=False)
     assert open_fds() == before
+
+
+class _Stamps:
+    """Stands for a worker's shared stamp: records every value the decoding step writes."""
+
+    def __init__(self):
+        self.values = []
+
+    @property
+    def value(self):
+        return self.values[-1] if self.values else 0.0
+
+    @value.setter
+    def value(self, stamp):
+        self.values.append(stamp)
+
+
+def test_a_long_step_keeps_restarting_the_watchdog_clock(tmp_path):
+    """One clip of a whole 40 s video (window 0) decoded with PyAV is one step: its stamp was set once at its
+    start, so a large file on slow storage outlasted the timeout and was killed as hung for being long."""
+    from index.decode import DecodeOptions
+
+    path = videos.write_long(str(tmp_path / "long.mp4"), seconds=40.0)  # 160 frames
+    stamps = _Stamps()
+    events = pool_module._task_events(0, path, DecodeOptions(window=float("inf"), backend="pyav"), None, stamps)
+    assert [event[0] for event in events] == ["start", "clip", "done"]
+    started = [v for v in stamps.values if v > 0]
+    # every packet counted before the start (160), then every frame decoded up to the clip's last sampled one
+    assert len(started) >= 160 + 140
+    assert started == sorted(started)
+

@@ -1,0 +1,84 @@
+"""Decoding steps that last as long as the file report progress; files that start between keyframes."""
+import math
+
+import av
+import numpy as np
+import pytest
+
+from tests import videos
+from index.decode import Clip, DecodeOptions, DecodeStart, decode_video, iter_decode
+from vmm.errors import VmmError
+
+
+def _progress_per_step(path, **options):
+    """(events, progress calls made during the step that ended with each event) of one iter_decode run."""
+    calls = [0]
+    steps = []
+    for event in iter_decode(path, DecodeOptions(**options), progress=lambda: calls.__setitem__(0, calls[0] + 1)):
+        steps.append((event, calls[0]))
+        calls[0] = 0
+    return steps
+
+
+def test_pyav_reports_progress_while_it_counts_and_decodes_a_long_file(tmp_path):
+    # PyAV reads the whole file before the DecodeStart (a large file on a slow share takes minutes) and, with one
+    # clip per video, decodes every frame up to the last sampled one in one step: with no report in between, a
+    # watchdog killed such files as hung, though a long file must never be killed for being long.
+    path = videos.write_counter(str(tmp_path / "long.mp4"), 40)
+    (start, opening), (clip, decoding) = _progress_per_step(path, backend="pyav", window=math.inf)
+    assert isinstance(start, DecodeStart) and isinstance(clip, Clip)
+    assert start.info.num_frames == 40
+    assert opening >= 40  # one report per packet counted
+    assert decoding >= max(start.spans[0].frames) + 1  # one per frame decoded up to the clip's last
+
+
+def test_decord_reports_progress_while_pyav_times_a_variable_frame_rate_file(tmp_path):
+    path = videos.write_vfr(str(tmp_path / "vfr.mp4"), 30)
+    (start, opening), *_ = _progress_per_step(path, backend="decord")
+    assert start.info.backend == "decord"
+    assert opening >= 30  # the exact frame times come from PyAV reading every packet
+
+
+def _counter_with_keyframe_every(path, n, gop, fmt=None):
+    """Frame i has brightness 6*i (as videos.write_counter), with a keyframe every ``gop`` frames and no B-frames."""
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(gop), "bf": "0"}
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _shown(clips):
+    return [[round(float(frame.mean()) / 6) for frame in clip.frames] for clip in clips]
+
+
+def test_a_transport_stream_cut_between_keyframes_starts_at_its_first_keyframe(tmp_path):
+    # A capture that starts mid-GOP: FFmpeg cannot decode the frames before the first keyframe (here frames 10-19).
+    # They were counted: with 11 of 31 missing the file was called truncated, with fewer every frame came out as
+    # one a few later and the last ones repeated.
+    whole = _counter_with_keyframe_every(str(tmp_path / "whole.ts"), 40, 20, fmt="mpegts")
+    data = open(whole, "rb").read()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[len(data) // 4 // 188 * 188:])  # whole 188-byte TS packets, from frame 10 or so
+    info, clips = decode_video(str(cut), window=1.0, stride=1.0)
+    assert info.num_frames == 20 and info.duration == 2.0
+    assert _shown(clips) == [[20, 21, 22, 23, 25, 26, 27, 28], [30, 31, 32, 33, 35, 36, 37, 38]]
+
+
+def test_a_copy_that_starts_between_keyframes_is_read_with_pyav(tmp_path):
+    source = _counter_with_keyframe_every(str(tmp_path / "source.mkv"), 40, 20)
+    path = str(tmp_path / "late.mkv")
+    with av.open(source) as src, av.open(path, "w") as out:  # packets 18-39: two before the keyframe of frame 20
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in [p for p in src.demux(video=0) if p.size][18:]:
+            packet.stream = stream
+            out.mux(packet)
+    info, clips = decode_video(path, window=1.0, stride=1.0)
+    assert (info.backend, info.num_frames) == ("pyav", 20)
+    assert _shown(clips) == [[20, 21, 22, 23, 25, 26, 27, 28], [30, 31, 32, 33, 35, 36, 37, 38]]
+    with pytest.raises(VmmError, match="starts between keyframes.*use the 'auto' or 'pyav' decoder"):
+        decode_video(path, backend="decord")

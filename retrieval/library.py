@@ -328,6 +328,22 @@ class VideoLibrary:
         return [SearchHit(rank, m["path"], float(m["start"]), float(m["end"]), m["score"], tuple(m["clip_ids"]),
                           itm.get(m["clip_ids"][0])) for rank, m in enumerate(moments[:k], 1)]
 
+    def truncated_query(self, text: str) -> Optional[str]:
+        """The words the model reads of a text query longer than its text length (``encoder.max_text_len`` tokens,
+        32 for the released models), or None when it reads all of it. The tokenizer cuts the rest off, as the
+        official model does, so two long queries that differ only after the cut rank the library the same way.
+
+        >>> lib.truncated_query("a dog " * 40)                   # doctest: +SKIP
+        'a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog'
+        """
+        tokenizer = getattr(self.encoder, "tokenizer", None)
+        if tokenizer is None:  # no text tower: a text search is refused anyway
+            return None
+        length = self.encoder.max_text_len
+        if int(tokenizer([text], max_length=length + 1)[1].sum()) <= length:
+            return None
+        return tokenizer.decode(tokenizer([text], max_length=length)[0][0])
+
     def _query_vector(self, text, video) -> np.ndarray:
         with self._model_lock:
             if text is not None:

@@ -296,7 +296,7 @@ def _check_output(args, out: str, home: Path, indexed: set) -> None:
             assert paths[0] == str(home / "videos" / QUERY_SOURCE)
         if args.path_glob or args.min_duration:
             wanted = {str(home / "videos" / name) for name, seconds in VIDEOS.items()
-                      if fnmatch.fnmatch(str(home / "videos" / name), args.path_glob or "*")
+                      if any(fnmatch.fnmatch(str(home / "videos" / name), glob) for glob in args.path_glob or ["*"])
                       and seconds >= (args.min_duration or 0)}
             assert wanted and set(paths) == wanted
 

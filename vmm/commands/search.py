@@ -17,8 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-score the top K clips with the ITM head (official two-stage recipe)")
     p.add_argument("--per-video", action="store_true", help="at most one moment per video")
     p.add_argument("--no-merge", action="store_true", help="list overlapping windows separately")
-    p.add_argument("--path", dest="path_glob", help="only videos whose path matches this glob (a relative one is "
-                                                    "taken from the current folder; '*red*' matches anywhere)")
+    # Appended: a second --path replaced the first, and the videos it kept were silently left out.
+    p.add_argument("--path", dest="path_glob", action="append",
+                   help="only videos whose path matches this glob (a relative one is taken from the current folder; "
+                        "'*red*' matches anywhere); repeat it for videos matching any of the globs")
     p.add_argument("--min-duration", type=float, help="only videos at least this long (s)")
     p.add_argument("--max-duration", type=float, help="only videos at most this long (s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits")
@@ -48,7 +50,7 @@ def _check_options(args: argparse.Namespace) -> None:
                            "UTF-8 locale (e.g. LANG=C.UTF-8) for the terminal") from None
     if args.k < 1:
         raise VmmError(f"-k {args.k}: pass at least 1 result")
-    if args.path_glob == "":  # an unset shell variable (--path "$DIR"): it named the working folder, so no results
+    if "" in (args.path_glob or ()):  # an unset shell variable (--path "$DIR"): it named the working folder
         raise VmmError("--path is an empty string (''); pass a glob or a folder of the videos to keep, or drop --path")
     if args.rerank < 0:
         raise VmmError(f"--rerank {args.rerank}: pass the number of top clips to re-score (0, the default, "
@@ -74,6 +76,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from retrieval.library import VideoLibrary, Where
+    from vmm.errors import one_line
     _check_options(args)
     # A relative --path is taken from the current folder by the library's search (retrieval.absolute_path_glob).
     where = Where(args.path_glob, args.min_duration, args.max_duration)
@@ -83,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         size = max(clips, 1)
         hits = lib.search(text=args.text, video=args.video, k=min(args.k, size), rerank=min(args.rerank, size),
                           where=where, per_video=args.per_video, merge=not args.no_merge)
+        read = None if args.text is None else lib.truncated_query(args.text)
+    if read is not None:  # else the words past the cut were silently left out of the search
+        print(one_line(f"note: the query is longer than the model reads ({lib.encoder.max_text_len} tokens), so it "
+                       f"was searched as {read!r}; shorten it to the words that matter"), file=sys.stderr)
     if args.json:
         # "exists": what the table says in words, for a script (a file deleted or moved since the last vmm index)
         print(json.dumps([{**h.to_dict(), "exists": os.path.exists(h.path)} for h in hits], indent=2))
@@ -93,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-    from vmm.errors import one_line
     table = Table(box=None)
     for col in ("rank", "score", "path", "start-end"):
         table.add_column(col, justify="right" if col in ("rank", "score") else "left")
@@ -130,10 +136,10 @@ def _no_results(args: argparse.Namespace, clips: int) -> str:
                         f"{args.library}`")
     given = [f"--{name.replace('_', '-')} {value:g}" for name, value in
              (("min_duration", args.min_duration), ("max_duration", args.max_duration)) if value is not None]
-    if args.path_glob is not None:
-        given.insert(0, f"--path {args.path_glob}")
-        if not args.path_glob.startswith("*") and not os.path.isabs(os.path.expanduser(args.path_glob)):
-            given[0] += f" (taken from {os.getcwd()})"
+    globs = args.path_glob or []
+    given[:0] = [f"--path {glob}" for glob in globs]
+    if any(not glob.startswith("*") and not os.path.isabs(os.path.expanduser(glob)) for glob in globs):
+        given[len(globs) - 1] += f" (taken from {os.getcwd()})"
     if not given:
         return "no results"
     return one_line(f"no results: no indexed video matches {', '.join(given)}; widen or drop "

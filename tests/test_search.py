@@ -191,6 +191,7 @@ def test_incremental_add_and_remove(setup, tmp_path):
     (["search", "{lib}", "?!"], "query '?!' has no words"),
     (["search", "{lib}", "--", "..."], "query '...' has no words"),
     (["search", "{lib}", "\u200b"], "query '\\u200b' has no words"),
+    (["search", "{lib}", "\U0001f436\U0001f436"], "has no words"),  # [UNK] [UNK]: unknown to the model
     (["search", "{lib}"], "give a text query or --video"),
     (["search", "{tmp}/nope", "dogs"], "does not exist"),
     (["search", "{lib}", "dogs", "--model", "vmm_nano"], "was built with model"),

@@ -222,13 +222,14 @@ class VideoTextEncoder:
             raise VmmError("empty query text; give some words to search for")
         ids, mask = self.tokenizer(texts, max_length=self.max_text_len)
         # Punctuation alone ("?!", "...") is cleaned away and invisible characters are dropped: the encoder saw
-        # [CLS] [SEP] only, and every such query ranked the library the same way, as if it were a match.
-        special = [getattr(self.tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad")]
+        # [CLS] [SEP] only, and every such query ranked the library the same way, as if it were a match. Emoji
+        # alone were the same with [UNK] in between: a word the vocabulary lacks says nothing either.
+        special = [getattr(self.tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad", "unk")]
         words = mask.bool() & ~torch.isin(ids, torch.tensor([t for t in special if t is not None], dtype=ids.dtype))
         for text, has_words in zip(texts, words.any(1).tolist()):
             if not has_words:
-                raise VmmError(f"query {text!r} has no words (punctuation and invisible characters are dropped); "
-                               "give some words to search for")
+                raise VmmError(f"query {text!r} has no words (punctuation and invisible characters are dropped, and "
+                               "emoji and symbols are unknown to the model); give some words to search for")
         ids, mask = ids.to(self.device), mask.to(self.device)
         with self._autocast():
             emb, hidden = self.model.encode_text(ids, mask, return_hidden=True)

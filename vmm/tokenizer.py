@@ -104,6 +104,7 @@ class Tokenizer:
         self.vocab_size = self._tok.vocab_size
         self.pad_token_id, self.cls_token_id = self._tok.pad_token_id, self._tok.cls_token_id
         self.sep_token_id, self.mask_token_id = self._tok.sep_token_id, self._tok.mask_token_id
+        self.unk_token_id = self._tok.unk_token_id
 
     def __call__(self, texts: Union[str, Iterable[str]], max_length: Optional[int] = None,
                  clean: Optional[bool] = None):

@@ -320,6 +320,10 @@ def test_check_refuses_every_bad_model_field(capsys, corpus, tmp_path, override,
     ("freeze=['text_encoder.nope']", "error: freeze pattern 'text_encoder.nope' matches no parameter"),
     ("model.vision.clip_output_dim=16", "error: teacher ViT-B-16 has patch 16 and output 32, the student patch 16 "
                                         "and clip_output_dim 16; set model.vision.clip_output_dim to match"),
+    ("model.vision.tubelet_size=2", "error: loss.uta=1.0 needs model.vision.tubelet_size=1 (the CLIP teacher masks "
+                                    "patches frame by frame), got 2; set it to 1 or loss.uta=0"),
+    ("model.vision.frame_mode=per_frame", "error: loss.uta=1.0 needs model.vision.frame_mode='joint' (a per-frame "
+                                          "encoder takes no token mask), got 'per_frame'; train it with loss.uta=0"),
     ("teacher.clip_overrides={'bogus': 1}", "error: teacher.clip_model='ViT-B-16' with teacher.clip_overrides keys "
                                             "['bogus']: open_clip cannot build it (CLIP.__init__() got an "
                                             "unexpected keyword argument 'bogus')"),

@@ -155,6 +155,14 @@ def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
     if cfg.loss.uta > 0:
         from vmm.training.teacher import ClipTeacher
         vcfg = model_cfg.vision
+        # The teacher's mask keeps patches of every frame, as in the official code (tubelet 1 only), and a
+        # per-frame encoder takes no mask: both passed --check and failed at the first step (one a traceback).
+        if vcfg.tubelet_size != 1:
+            raise VmmError(f"loss.uta={cfg.loss.uta} needs model.vision.tubelet_size=1 (the CLIP teacher masks "
+                           f"patches frame by frame), got {vcfg.tubelet_size}; set it to 1 or loss.uta=0")
+        if vcfg.frame_mode != "joint":
+            raise VmmError(f"loss.uta={cfg.loss.uta} needs model.vision.frame_mode='joint' (a per-frame encoder "
+                           f"takes no token mask), got {vcfg.frame_mode!r}; train it with loss.uta=0")
         clip = ClipTeacher(cfg.teacher.clip_model, vcfg.img_size, None, cfg.teacher.clip_quick_gelu,
                            cfg.teacher.clip_overrides, device="meta")
         # (the only check of the fit: the run's teacher is this one with weights, of the same sizes)

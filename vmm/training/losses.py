@@ -162,6 +162,10 @@ def uta_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Unmasked token alignment: mean(2 - 2 cos) of the student's visible tokens and the teacher's.
 
     ``student`` (K, B, N, D) from the vision encoder's CLIP decoder(s); ``teacher`` (B, N, D).
+
+    >>> t = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # one clip, two tokens
+    >>> float(uta_loss(torch.tensor([[[[3.0, 0.0], [1.0, 0.0]]]]), t))  # cos 1 and 0: (0 + 2) / 2
+    1.0
     """
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1).unsqueeze(0)
@@ -169,7 +173,12 @@ def uta_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def distill_loss(student: Tensor, teacher: Tensor, kind: str = "cosine") -> Tensor:
-    """Feature distillation from a frozen teacher: mean(1 - cos) or MSE of (B, D) features."""
+    """Feature distillation from a frozen teacher: mean(1 - cos) or MSE of (B, D) features.
+
+    >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    >>> round(float(distill_loss(s, t)), 4), float(distill_loss(s, t, "mse"))
+    (0.2929, 1.0)
+    """
     if kind == "cosine":
         return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
     return F.mse_loss(student.float(), teacher.float())

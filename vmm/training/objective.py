@@ -21,6 +21,16 @@ class PretrainObjective(nn.Module):
     ``mask`` (B, 1 + T*P) marks masked video tokens for the masked stage; ``clip_targets`` (B, N_vis, D) are
     the CLIP teacher's tokens at the visible positions; ``distill_targets`` (B, D_teacher) the pooled features
     of a smaller VideoMamba. ``rank``/``world`` size the contrastive all-gather.
+
+    >>> import torch, vmm
+    >>> from vmm.training.config import LossSection
+    >>> model = vmm.create_model("vmm_nano", vision=dict(depth=2, img_size=32, num_frames=2),
+    ...                          text=dict(init_from=None, num_hidden_layers=2, fusion_layer=1, mlm_head=True))
+    >>> objective = PretrainObjective(model, LossSection(), mask_token_id=103, special_ids=(0, 101))
+    >>> ids = torch.tensor([[101, 2023, 2003, 102], [101, 3231, 102, 0]])
+    >>> out = objective(torch.randn(2, 3, 2, 32, 32), ids, (ids != 0).long(), sample_id=torch.tensor([0, 1]))
+    >>> sorted(out), bool(out["loss"] == out["vtc"] + out["vtm"] + out["mlm"])
+    (['loss', 'mlm', 'vtc', 'vtm'], True)
     """
 
     def __init__(self, model: nn.Module, loss: LossSection, mask_token_id: int, special_ids: tuple[int, ...],

@@ -137,6 +137,12 @@ class ClipTeacher(nn.Module):
                 or getattr(self.visual, "proj", None) is None:
             raise VmmError(f"teacher.clip_model={model_name}: only plain open_clip ViTs (MultiheadAttention blocks "
                            f"and a proj) can be UTA teachers")
+        # forward() uses the embedding step and the batch-first blocks of open_clip >= 2.32; older releases
+        # (which pyproject's >= 2.24 admits) have neither and failed at the first step with an AttributeError.
+        if not hasattr(self.visual, "_embeds") or not getattr(self.visual.transformer, "batch_first", False):
+            have = getattr(open_clip, "__version__", "an older one")
+            raise VmmError(f"loss.uta: the CLIP teacher needs open_clip_torch >= 2.32, this environment has {have}; "
+                           f"pip install -U 'open_clip_torch>=2.32'")
         if weights is not None:
             self._load(weights)
         self.patch_size = self.visual.patch_size[0]
@@ -153,7 +159,9 @@ class ClipTeacher(nn.Module):
     def _load(self, path: Path) -> None:
         from open_clip.model import resize_pos_embed
         sd = {"visual." + k: v for k, v in _read_visual_state_dict(path).items()}
-        resize_pos_embed(sd, SimpleNamespace(visual=self.visual))
+        # The official clip.load_state_dict resizes with plain bicubic; open_clip's default antialias=True
+        # uses another cubic kernel (a=-0.5), which changes the table even when upsampling.
+        resize_pos_embed(sd, SimpleNamespace(visual=self.visual), antialias=False)
         sd = {k[len("visual."):]: v for k, v in sd.items()}
         try:
             self.visual.load_state_dict(sd, strict=True)

@@ -78,13 +78,18 @@ _OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba":
 # replace it), and the masked-pretraining / teacher settings of UMT_VIDEOMAMBA (no teacher is built here).
 _OFFICIAL_VISION_ANY = {"fused_add_norm", "use_checkpoint", "checkpoint_num", "clip_student_return_interval",
                         "pretrained", "name", "ckpt_num_frame", "clip_img_size", "video_mask_type",
-                        "video_mask_ratio", "image_mask_type", "image_mask_ratio", "clip_teacher_embed_dim",
-                        "clip_teacher_final_dim", "clip_norm_type", "clip_return_interval"}
+                        "video_mask_ratio", "image_mask_type", "image_mask_ratio", "video_double_mask_ratio",
+                        "image_double_mask_ratio", "clip_teacher_embed_dim", "clip_teacher_final_dim",
+                        "clip_norm_type", "clip_return_interval", "initializer_cfg"}
 _OFFICIAL_TEXT = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "fusion_layer", "pad_token_id",
                   "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob"}
 _OFFICIAL_TEXT_FIXED = {"position_embedding_type": "absolute"}
 _OFFICIAL_TEXT_ANY = {"architectures", "model_type", "initializer_range", "gradient_checkpointing", "encoder_width"}
+# The official config's text_encoder entry (configs/model.py TextEncoders): its sizes, and where the BERT weights
+# and config come from, which the loaded checkpoint replaces.
+_OFFICIAL_TEXT_ENCODER = {"d_model": "hidden_size", "fusion_layer": "fusion_layer"}
+_OFFICIAL_TEXT_ENCODER_ANY = {"name", "pretrained", "config"}
 # Mamba's ssm_cfg: the sizes are ours; bias/conv_bias have one value here; dt_* only shape an init that the
 # official ViT-style init overwrites (spec 2.4), and use_fast_path does not change the math.
 _OFFICIAL_SSM = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank"}
@@ -122,8 +127,13 @@ def official_config_overrides(official: dict) -> dict:
                           _OFFICIAL_TEXT_ANY, text, " in vmm.models.text")
         elif key == "embed_dim":
             top["embed_dim"] = value
-        elif key == "temp_init":
+        elif key in ("temp_init", "temp"):  # the fixtures' name and the official config's
             top["temp_init"] = value
+        elif key == "text_encoder" and isinstance(value, dict):
+            _map_official("text_encoder.", value, _OFFICIAL_TEXT_ENCODER, {}, _OFFICIAL_TEXT_ENCODER_ANY, text,
+                          " in vmm.models.text")
+        elif key == "multimodal" and isinstance(value, dict):
+            _map_official("multimodal.", value, {}, {"enable": True}, set(), top)
         elif key == "max_txt_l":
             top["max_text_len"] = value
         elif key in ("is_pretrain", "text_encoder_class"):

@@ -205,6 +205,13 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
             use_image = T == 1
         tokens = self.embed(x, use_image=use_image)
         if mask is not None:  # True = masked; CLS must stay visible
+            # The decoder reads the encoder's own tokens. Another width builds and evaluates (the decoder is idle
+            # there, as in the official code), but would fail here as a bare matmul error after the whole stack.
+            dec_dim = self.clip_decoder[0].head.in_features
+            if dec_dim != self.embed_dim:
+                raise VmmError(f"clip_decoder_embed_dim={dec_dim} differs from embed_dim={self.embed_dim}; the CLIP "
+                               f"decoder reads the encoder's tokens: build the model with clip_decoder_embed_dim="
+                               f"{self.embed_dim} (or unset) to train with a token mask")
             tokens = tokens[~mask].reshape(B, -1, tokens.shape[-1])
         hidden, residual = self.run_layers(tokens)
         out = self.final_norm(hidden, residual)

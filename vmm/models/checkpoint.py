@@ -402,6 +402,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     # look as if it held some of this one's.)
     if not any("clip_decoder." in k for k in sd):
         missing = [k for k in missing if "clip_decoder." not in k]
+    # BERT's position_ids is always arange(positions); transformers >= 4.31 no longer saves it, so BERT weights
+    # re-saved by it lacked a key whose value the model already holds.
+    missing = [k for k in missing if not k.endswith("embeddings.position_ids")]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in sd and sd[k].shape != own[k].shape]

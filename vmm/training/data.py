@@ -436,9 +436,10 @@ def units_per_corpus(corpora: Sequence[Corpus], caption_sampling: str) -> list[i
 class PretrainDataset(Dataset):
     """Map-style dataset indexed by ``(epoch, corpus, unit)`` keys from :class:`EpochPlan`.
 
-    A unit is an item (``caption_sampling="random"``) or one (item, caption) pair (``"all"``). The sample id
-    used for multi-positive contrastive targets is the item's index over all corpora, so captions of the same
-    video share it.
+    A unit is an item (``caption_sampling="random"``) or one (item, caption) pair (``"all"``); unit
+    ``u + r * units`` is repeat r of unit u (a corpus weighted above 1), with draws of its own. The sample id
+    used for multi-positive contrastive targets is the item's index over all corpora, so captions (and repeats)
+    of the same video share it.
     """
 
     def __init__(self, corpora: list[Corpus], num_frames: int, transform, seed: int,
@@ -453,9 +454,10 @@ class PretrainDataset(Dataset):
         # With "all", unit u of a corpus is caption (u - cum[item]) of item = bisect(cum, u) - 1.
         self.caption_cum = [np.cumsum([0] + [len(caps) for caps in c.captions]).tolist()
                             if caption_sampling == "all" else None for c in corpora]
+        self.units = units_per_corpus(corpora, caption_sampling)  # (a sum over every caption with "all")
 
     def num_units(self, corpus: int) -> int:
-        return units_per_corpus([self.corpora[corpus]], self.caption_sampling)[0]
+        return self.units[corpus]
 
     def _unit(self, corpus: int, unit: int, rng: random.Random) -> tuple[int, str]:
         caps = self.caption_cum[corpus]
@@ -470,7 +472,7 @@ class PretrainDataset(Dataset):
         failed = []
         for attempt in range(self.max_retries + 1):
             rng = random.Random(f"{self.seed}/{epoch}/{corpus_id}/{unit}/{attempt}")
-            item, caption = self._unit(corpus_id, unit, rng)
+            item, caption = self._unit(corpus_id, unit % self.units[corpus_id], rng)
             try:
                 source = corpus.media_source(item)
                 frames = (read_image(source) if corpus.kind == "image"
@@ -494,11 +496,14 @@ class EpochPlan:
     """The seeded batch schedule shared by all processes.
 
     Per epoch each corpus contributes ``round(weight * units)`` units (a fresh permutation, repeated when
-    weight > 1). Corpora of one pool (one media kind in training, see :func:`training_plan`) are shuffled
-    together, as the official loader concatenates the datasets of a media type, and cut into global batches
-    of ``batch_size * world`` (an incomplete tail is dropped); global batches of all pools are shuffled
-    together (the official MetaLoader order) and the count is cut to a multiple of ``grad_accum``. Process r
-    takes slice r of every global batch. Without ``pools`` every corpus is a pool of its own.
+    weight > 1; repeat r of unit u is numbered ``u + r * units``). Corpora of one pool (one media kind in
+    training, see :func:`training_plan`) are shuffled together, as the official loader concatenates the datasets
+    of a media type, and cut into global batches of ``batch_size * world`` (an incomplete tail is dropped, a
+    fresh one each epoch; the official DistributedSampler instead pads a corpus with up to ``world - 1`` repeated
+    samples before each process drops its incomplete batch, so it can run one more step with those repeats);
+    global batches of all pools are shuffled together (the official MetaLoader order) and the count is cut to a
+    multiple of ``grad_accum``. Process r takes slice r of every global batch. Without ``pools`` every corpus is a
+    pool of its own.
     """
 
     def __init__(self, units_per_corpus: Sequence[int], weights: Sequence[float], batch_size: int, world: int,
@@ -513,11 +518,11 @@ class EpochPlan:
         self._codes: dict[int, np.ndarray] = {}
         self.batch_size, self.world, self.seed, self.grad_accum = batch_size, world, seed, grad_accum
         self.global_batch = batch_size * world
-        counts = [max(0, int(round(w * n))) for n, w in zip(self.units, self.weights)]
-        per_pool = [sum(counts[c] for c in members) // self.global_batch for members in self._pool_members()]
+        self.counts = [max(0, int(round(w * n))) for n, w in zip(self.units, self.weights)]  # units per epoch
+        per_pool = [sum(self.counts[c] for c in members) // self.global_batch for members in self._pool_members()]
         self.batches_per_epoch = sum(per_pool) // grad_accum * grad_accum
         if self.batches_per_epoch == 0:
-            raise VmmError(f"the training data gives {sum(counts)} samples per epoch, fewer than "
+            raise VmmError(f"the training data gives {sum(self.counts)} samples per epoch, fewer than "
                            f"{self.global_batch * grad_accum} for one optimizer step (data.batch_size="
                            f"{batch_size} x {world} processes x train.grad_accum={grad_accum}); lower "
                            f"data.batch_size or add data")
@@ -542,11 +547,14 @@ class EpochPlan:
         for members in self._pool_members():
             cs, us = [], []
             for c in members:
-                n, count = self.units[c], int(round(self.weights[c] * self.units[c]))
+                n, count = self.units[c], self.counts[c]
                 if count <= 0:
                     continue
                 rng = np.random.default_rng([self.seed, epoch, c])
-                order = np.concatenate([self._permutation(c, n, rng) for _ in range(-(-count // n))])[:count]
+                # Repeat r (weight > 1) holds units u + r * n: a key of its own, so the dataset draws that copy's
+                # caption, frames, crop and flip afresh instead of decoding the first copy's pixels again.
+                order = np.concatenate([self._permutation(c, n, rng) + r * n
+                                        for r in range(-(-count // n))])[:count]
                 cs.append(np.full(count, c, dtype=np.int64))
                 us.append(order)
             if not us:
@@ -592,7 +600,7 @@ class EpochPlan:
     def _unit_codes(self, corpus: int, order: np.ndarray) -> np.ndarray:
         """The group code of each unit in ``order`` (-1 for none)."""
         code = self._group_codes(corpus)
-        return np.full(len(order), -1, dtype=np.int64) if code is None else code[order]
+        return np.full(len(order), -1, dtype=np.int64) if code is None else code[order % len(code)]
 
     def _group_codes(self, corpus: int) -> Optional[np.ndarray]:
         """Per unit of a grouped corpus, an integer for its group (-1: none); None for a corpus without groups."""
@@ -633,8 +641,13 @@ def training_plan(corpora: Sequence[Corpus], caption_sampling: str, batch_size: 
     >>> plan.steps_per_epoch, sorted({c for b in plan.global_batches(0) for _, c, _ in b})
     (3, [0, 1])
     """
-    return EpochPlan(units_per_corpus(corpora, caption_sampling), [c.weight for c in corpora], batch_size, world,
+    plan = EpochPlan(units_per_corpus(corpora, caption_sampling), [c.weight for c in corpora], batch_size, world,
                      seed, grad_accum, unit_groups(corpora, caption_sampling), pools=[c.kind for c in corpora])
+    for i, (corpus, n, count) in enumerate(zip(corpora, plan.units, plan.counts)):
+        if count == 0:  # else a corpus the user listed would silently never be trained on
+            raise VmmError(f"data.train[{i}].weight={corpus.weight:g} gives corpus {corpus.name} 0 of its {n} samples "
+                           f"per epoch; raise it to {1 / n:.3g} or more, or remove the corpus")
+    return plan
 
 
 class Collate:

@@ -1,0 +1,74 @@
+"""Training data against the official recipe: repeats of an upweighted corpus, corpus weights, launcher variables."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+import torch
+
+from vmm.errors import VmmError
+from vmm.training.data import Corpus, EpochPlan, PretrainDataset, load_annotation_corpus, training_plan
+from vmm.transforms import TrainTransform
+
+
+def test_repeats_of_an_upweighted_corpus_draw_their_own_caption_and_frames(tmp_path):
+    """At weight 2 both copies of a unit had the same key, so the second copy decoded the first one's caption,
+    frames, crop and flip again: upweighting a multi-caption corpus showed no other caption and no new view."""
+    from vmm.data.synthetic import generate_corpus
+    generate_corpus(tmp_path, num_videos=5, seed=0, size=32, seconds=1.0, workers=1)
+    entries = json.loads((tmp_path / "train.json").read_text())
+    for e in entries:
+        e["caption"] = [f"caption {k} of {e['video']}" for k in range(5)]
+    (tmp_path / "multi.json").write_text(json.dumps(entries))
+    corpus = load_annotation_corpus(str(tmp_path / "multi.json"), str(tmp_path), weight=2.0)
+    plan = training_plan([corpus], "random", batch_size=2, world=1, seed=0)
+    dataset = PretrainDataset([corpus], 4, TrainTransform(32), seed=0)
+    copies = defaultdict(list)
+    for batch in plan.global_batches(0):
+        for key in batch:
+            sample = dataset[key]
+            copies[sample["sample_id"]].append((sample["caption"], sample["video"]))
+    assert sorted(copies) == list(range(len(entries))) and all(len(c) == 2 for c in copies.values())
+    assert not any(torch.equal(a[1], b[1]) for a, b in copies.values())
+    assert any(a[0] != b[0] for a, b in copies.values())
+
+
+def test_groups_stay_together_in_the_repeats_of_an_upweighted_corpus():
+    groups = [i // 2 for i in range(16)]
+    plan = EpochPlan([16], [2.0], batch_size=8, world=1, seed=4, unit_groups=[groups])
+    batches = plan.global_batches(0)
+    units = [u for b in batches for _, _, u in b]
+    assert sorted(u % 16 for u in units) == sorted(list(range(16)) * 2) and len(set(units)) == 32
+    for batch in batches:
+        members = [u % 16 for _, _, u in batch]
+        split = [u for u in members if (u ^ 1) not in members]
+        assert len(split) <= 2  # a pair may straddle only a batch's two ends
+
+
+def test_a_weight_that_leaves_a_corpus_no_sample_is_refused_naming_the_option():
+    """round(0.04 x 10) = 0: the corpus was listed, accepted, and never trained on, without a word."""
+    corpora = [Corpus("webvid", "video", [["v"]] * 100), Corpus("small", "video", [["s"]] * 10, weight=0.04)]
+    with pytest.raises(VmmError, match=r"^data.train\[1\].weight=0.04 gives corpus small 0 of its 10 samples per "
+                                       r"epoch; raise it to 0.1 or more"):
+        training_plan(corpora, "random", batch_size=4, world=1, seed=0)
+    corpora[1].weight = 0.1
+    plan = training_plan(corpora, "random", batch_size=4, world=1, seed=0)
+    assert sum(c == 1 for b in plan.global_batches(0) for _, c, _ in b) <= 1 and plan.counts == [100, 1]
+
+
+@pytest.mark.parametrize("rank_var, size_var", [("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                                                ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                                                ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE")])
+def test_launch_rank_and_size_agree_with_accelerate_for_every_launcher(monkeypatch, rank_var, size_var):
+    """Under MVAPICH2's mpirun accelerate ran 4 processes while every one of them was rank 0 of 1 to the start-up
+    checks: each printed the warnings, probed the output folder, and the epoch plan was checked for 1 process."""
+    from accelerate.utils.environment import get_cpu_distributed_information
+    from vmm.training.launch import launch_rank, launch_world_size
+    for var in ("RANK", "WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(rank_var, "2")
+    monkeypatch.setenv(size_var, "4")
+    theirs = get_cpu_distributed_information()
+    assert (launch_rank(), launch_world_size()) == (theirs.rank, theirs.world_size) == (2, 4)

@@ -397,3 +397,18 @@ def test_bf16_itc_is_rounded_as_the_official_autocast_does(data):
     fp32 = evaluate(replace(config, precision="fp32"))  # full precision stays full precision
     assert not torch.equal(fp32.itc, fp32.itc.bfloat16().float())
     torch.testing.assert_close(bf16.itc, fp32.itc, atol=0.03, rtol=0)  # the same scores, rounded
+
+
+@pytest.mark.cuda
+def test_a_cuda_eval_in_bf16_rounds_itc_and_agrees_with_fp32(data):
+    """On a GPU (the default precision there is bf16) the ITC scores are bf16 values, as the official get_sim under
+    its autocast gives, and the whole evaluation agrees with an fp32 one to bf16's precision."""
+    from retrieval.evaluate import EvalConfig, evaluate
+    config = EvalConfig("msrvtt", data["msrvtt"], data["videos"], model=data["model"], device="cuda", workers=0,
+                        batch_size=6)
+    bf16 = evaluate(config)
+    assert bf16.report["precision"] == "bf16" and bf16.report["device"].startswith("cuda")
+    assert torch.equal(bf16.itc, bf16.itc.bfloat16().float())
+    fp32 = evaluate(replace(config, precision="fp32"))
+    assert not torch.equal(fp32.itc, fp32.itc.bfloat16().float())
+    torch.testing.assert_close(bf16.itc.cpu(), fp32.itc.cpu(), atol=0.05, rtol=0)

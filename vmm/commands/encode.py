@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frames per clip (default: the checkpoint file's, else the model's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda[:N] [cuda when available]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch [torch's default: one per core]")
 
 
 def _generated_clip(frames: int, size: int) -> np.ndarray:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
     if args.video:
+        args.video = os.path.expanduser(args.video)  # a quoted "~/My Videos/a.mp4" is not expanded by the shell
         from retrieval.library import check_video_file
         check_video_file(args.video, "video")
     set_threads(args.threads)

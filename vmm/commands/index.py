@@ -12,19 +12,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", required=True, metavar="LIB", help="library folder (created if missing)")
     p.add_argument("--model", help="model name (e.g. vmm_nano, videomamba_m16_25m), a save_pretrained folder, "
                                    "or 'color-histogram'; default: the library's model")
-    p.add_argument("--checkpoint", metavar="PATH", help="weights for --model (official .pth or .safetensors)")
-    p.add_argument("--window", type=float, help="seconds per clip window (default 10; 0 = one clip per video)")
-    p.add_argument("--stride", type=float, help="seconds between window starts (default 5)")
-    p.add_argument("--max-seconds", type=float, help="index only the first N seconds of each video")
-    p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint file's, else the model's)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="weights for --model (official .pth or .safetensors; default: the library's)")
+    p.add_argument("--window", type=float, help="seconds per clip window (default: the library's, else 10; "
+                                                "0 = one clip per video)")
+    p.add_argument("--stride", type=float, help="seconds between window starts (default: the library's, else 5)")
+    p.add_argument("--max-seconds", type=float, metavar="SECONDS",
+                   help="index only the first SECONDS of each video (default: the library's, else the whole video)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: the library's, else the checkpoint file's, "
+                                              "else the model's)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
     p.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1: at most 8 with the model on the CPU, 32 on a GPU]")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a hung decoder is killed [60]")
     p.add_argument("--device", default=None, help="cuda or cpu [cuda when available]")
-    p.add_argument("--factory", default=None, help="FAISS index type: auto, Flat, HNSW32,Flat, IVF4096,Flat ...")
+    p.add_argument("--factory", default=None, help="FAISS index type: auto, Flat, HNSW32,Flat, IVF4096,Flat ... "
+                                                   "(default: the library's setting, else auto)")
     p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
     p.add_argument("--remove", action="store_true", help="drop PATHs from the library instead of indexing them")
     p.add_argument("--quiet", action="store_true", help="no progress bar (drawn only when stderr is a terminal)")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as one JSON object (counts, failures) instead of the summary line")
 
 
 # Options that only make sense when indexing, with their defaults: --remove refuses them rather than ignore them.
@@ -36,11 +43,14 @@ _INDEXING_OPTIONS = (("model", None), ("checkpoint", None), ("window", None), ("
 def run(args: argparse.Namespace) -> int:
     from index.library import library_folder
     from vmm.errors import VmmError
-    library = library_folder(args.library)
+    # The shell expands no `~` in `--library=~/lib` or in a quoted "~/My Videos": taken as written, the library
+    # was built in a folder named '~' under the working folder, and such a PATH was "no such file or folder".
+    args.paths = [os.path.expanduser(path) for path in args.paths]
+    library = library_folder(os.path.expanduser(args.library))
     launch = _launch()
     if args.remove:
         return _remove(args, library, 0 if launch is None else launch.rank)
-    from index.decode import MIN_STRIDE
+    from index.decode import DEFAULT_WINDOW, MIN_STRIDE
     from index.library import CATALOG_FILE
     from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
                                    _write_model_file, built_with, load_encoder)
@@ -69,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         # Before the model: `--library ~/videos` (the videos' own folder) or a file was answered "no model given",
         # and with a model given only after it had loaded.
         _check_new_library_folder(library)
+        new_window = DEFAULT_WINDOW if args.window is None else args.window
+        if args.stride is not None and args.stride > new_window:  # an existing library names its own window
+            raise VmmError(f"--stride {args.stride:g} is longer than the window ({new_window:g} s"
+                           f"{'' if args.window is not None else ', the default'}); pass a --stride of at most "
+                           f"{new_window:g} seconds, or a longer --window")
     saved = _read_model_file(library) if is_library else {}
     histogram = args.checkpoint is None and (args.model or saved.get("model")) == COLOR_HISTOGRAM
     if args.device is not None and not histogram:
@@ -118,8 +133,25 @@ def run(args: argparse.Namespace) -> int:
     if summary is not None:  # non-zero ranks of a distributed run return None
         _print_problems("failed", summary.failures, "failures (listed in the catalog)")
         _print_problems("unreadable", summary.unreadable, "unreadable paths")
-        print(summary.line(retry_hint="--retry-failed"))
+        if args.json:
+            _print_json(_summary_report(summary))
+        else:
+            print(summary.line(retry_hint="--retry-failed"))
     return 0
+
+
+def _summary_report(summary) -> dict:
+    """The run's summary as JSON types, its (path, detail) pairs as objects that say which is which."""
+    import dataclasses
+    report = dataclasses.asdict(summary)
+    for name, detail in (("failures", "error"), ("unreadable", "reason"), ("duplicates", "indexed_as")):
+        report[name] = [{"path": path, detail: value} for path, value in getattr(summary, name)]
+    return report
+
+
+def _print_json(report: dict) -> None:
+    import json
+    print(json.dumps(report, indent=2))
 
 
 def _launch():
@@ -177,6 +209,9 @@ def _remove(args: argparse.Namespace, library: str, rank: int) -> int:
     n = remove_paths(library, args.paths, not_found=not_found)
     for path in not_found:
         print(f"not in the library: {one_line(path)} (check the path; nothing under it was indexed)", file=sys.stderr)
-    print(f"removed {n} file(s) from {library}"
-          + (f"; {len(not_found)} of the PATHs matched nothing" if not_found else ""))
+    if args.json:
+        _print_json({"library": library, "removed": n, "not_found": not_found})
+    else:
+        print(f"removed {n} file(s) from {library}"
+              + (f"; {len(not_found)} of the PATHs matched nothing" if not_found else ""))
     return 0

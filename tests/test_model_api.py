@@ -391,7 +391,8 @@ def test_one_clip_instead_of_a_list_is_named(mm, tok):
 def test_get_tokenizer_refuses_a_name_that_is_no_model():
     """A misspelt name gave bert-base-uncased at 32 tokens, whatever the intended model's config says."""
     assert vmm.get_tokenizer("videomamba_tiny").max_length == 32  # an entrypoint without a JSON config
-    refused(r"^unknown model 'videomamba_m16_25'; pass a name from vmm.list_models\(\) or a model folder$",
+    refused(r"^unknown model 'videomamba_m16_25'; did you mean 'videomamba_m16_25m'\? pass a name from "
+            r"vmm.list_models\(\) or a model folder$",
             vmm.get_tokenizer, "videomamba_m16_25")
 
 

@@ -14,7 +14,7 @@ from vmm.errors import CheckpointError, VmmError
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint
 from vmm.models.config import MAX_FRAMES
-from vmm.models.persistence import from_pretrained, is_pretrained_dir, saved_model_kwargs
+from vmm.models.persistence import from_pretrained, is_pretrained_dir, read_config, saved_model_kwargs
 from vmm.models.registry import get_model_config
 from vmm.tokenizer import Tokenizer
 from vmm.transforms import EvalTransform, TrainTransform
@@ -112,10 +112,9 @@ def _requested_frames(overrides: dict) -> Optional[int]:
 
 
 def _saved_config(directory: Union[str, Path]) -> dict:
-    import json
     try:
-        return json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_config(directory)
+    except VmmError:
         return {}  # from_pretrained reports a damaged config with its own message
 
 
@@ -359,6 +358,9 @@ def _check_name(name: Any, what: str = "model") -> None:
     if not isinstance(name, (str, os.PathLike)):
         raise VmmError(f"{what} must be a registered model name or a model folder's path, got {reprlib.repr(name)}; "
                        "see vmm.list_models()")
+    if isinstance(name, str) and not name.strip():  # Path("") is ".", which read as a folder of other files
+        raise VmmError(f"{what} is empty; pass a registered model name (see vmm.list_models()) or a model "
+                       "folder's path")
 
 
 def _not_a_model(name: Union[str, Path]) -> Optional[str]:
@@ -409,6 +411,9 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):  # failed inside pathlib
         raise VmmError(f"pretrained must be a checkpoint file or model folder path, 'hf-hub:<repo>/<file>', 'default' "
                        f"or True/False/None, got {reprlib.repr(pretrained)}")
+    if isinstance(pretrained, str) and not pretrained.strip():  # else it read as the folder "."
+        raise VmmError(f"pretrained={pretrained!r} is empty; pass a checkpoint file or model folder path, "
+                       "'hf-hub:<repo>/<file>', 'default', or None for random weights")
     if pretrained is False:
         pretrained = None
     if is_pretrained_dir(name):
@@ -466,8 +471,7 @@ def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
         return {}
     check_frames(frames)
     if is_pretrained_dir(name):
-        import json
-        multimodal = "vision" in json.loads((Path(name) / "config.json").read_text()).get("model", {})
+        multimodal = "vision" in read_config(name)["model"]
     else:
         cfg = get_model_config(str(name))
         arch = cfg["architecture"] if cfg else str(name)
@@ -484,13 +488,13 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     """
     _check_name(name, "the tokenizer's model name")
     if is_pretrained_dir(name):
-        import json
-        cfg = json.loads((Path(name) / "config.json").read_text())
+        cfg = read_config(name)
     else:
         cfg = get_model_config(str(name))
         if cfg is None and str(name) not in registry.list_models():  # else a typo got the default tokenizer
-            raise VmmError(_not_a_model(name) or f"unknown model {str(name)!r}; pass a name from vmm.list_models() "
-                           "or a model folder")
+            hint = registry.unknown_model_hint(str(name))
+            raise VmmError(_not_a_model(name) or f"unknown model {str(name)!r}; {hint}pass a name from "
+                           "vmm.list_models() or a model folder")
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")
     default_len = model_cfg.get("max_text_len", 32)

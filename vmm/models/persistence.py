@@ -90,19 +90,52 @@ def is_pretrained_dir(path: Union[str, Path]) -> bool:
     return p.is_dir() and (p / CONFIG_NAME).is_file() and ((p / WEIGHTS_NAME).is_file() or is_trainable_export(p))
 
 
+def read_config(directory: Union[str, Path]) -> dict:
+    """A model folder's ``config.json`` as a dict with a str ``architecture`` and a dict ``model``, or a one-line
+    VmmError naming the file (unreadable, not UTF-8 JSON, not such an object): one edited by hand reached the
+    callers as a UnicodeDecodeError, a JSONDecodeError or an AttributeError.
+
+    >>> import tempfile, vmm
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = vmm.save_pretrained(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32), tmp.name)
+    >>> read_config(folder)["model"]["depth"]
+    1
+    >>> _ = (folder / "config.json").write_text("[]")
+    >>> read_config(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: .../config.json is not a vmm model config (a JSON object with "architecture" and ...
+    >>> tmp.cleanup()
+    """
+    path = Path(directory) / CONFIG_NAME
+    redo = "re-save the model with vmm.save_pretrained"
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise VmmError(f"{path} is not readable ({e.strerror}); check its permissions") from None
+    except UnicodeDecodeError as e:
+        raise VmmError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8 or {redo}") from None
+    except ValueError as e:
+        raise VmmError(f"{path} is not valid JSON ({e}); fix it or {redo}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str) or not isinstance(
+            cfg.get("model"), dict):
+        raise VmmError(f'{path} is not a vmm model config (a JSON object with "architecture" and "model"); {redo}')
+    return cfg
+
+
 def saved_model_kwargs(saved: dict, overrides: dict) -> dict:
     """The ``create_model`` arguments that rebuild a saved model: its config's ``"model"`` part with ``overrides``
-    on top (a dict override merges one level deep), and no text ``init_from``, as the weights come from the file.
+    on top (:func:`vmm.models.registry.merge_overrides`), and no text ``init_from``, as the weights come from the
+    file.
 
     >>> saved_model_kwargs({"text": {"init_from": "bert", "hidden_size": 64}}, {"text": {"fusion_layer": 1}})
     {'text': {'init_from': None, 'hidden_size': 64, 'fusion_layer': 1}}
     """
+    from vmm.models.registry import merge_overrides
     kwargs = dict(saved)
     if isinstance(kwargs.get("text"), dict):
         kwargs["text"] = {**kwargs["text"], "init_from": None}
-    for k, v in overrides.items():
-        kwargs[k] = {**kwargs.get(k, {}), **v} if isinstance(v, dict) else v
-    return kwargs
+    return merge_overrides(kwargs, overrides)
 
 
 def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
@@ -132,28 +165,47 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
                 model.load_state_dict(loaded.state_dict(), strict=True)
             except RuntimeError as e:
                 raise VmmError(f"{directory} does not fit its config with {', '.join(overrides)} changed "
-                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                               f"({type(e).__name__}: {_one_line(e)})") from None
             model.model_name, model.model_meta = loaded.model_name, loaded.model_meta
         model.pretrained_source = str(directory)
         return model
     if not is_pretrained_dir(directory):
         raise VmmError(f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    cfg = read_config(directory)
+    arch, saved = cfg["architecture"], cfg["model"]
     try:
-        cfg = json.loads((directory / CONFIG_NAME).read_text())
-        arch, saved = cfg["architecture"], dict(cfg["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise VmmError(f"{directory / CONFIG_NAME} is damaged ({type(e).__name__}: {e}); re-export the model") from None
-    model = create_model(arch, **saved_model_kwargs(saved, overrides))
+        model = create_model(arch, **saved_model_kwargs(saved, overrides))
+    except VmmError as e:  # a field edited by hand: name the file it is in
+        changed = f" with {', '.join(overrides)}" if overrides else ""
+        raise VmmError(f"{directory / CONFIG_NAME}{changed}: {e}") from None
     _check_readable(directory / WEIGHTS_NAME)
     try:
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)  # strict: a key that does not fit raises
     except Exception as e:
+        lacking = _absent_fields(dataclasses.asdict(model.cfg), saved)
+        why = f"; {CONFIG_NAME} lacks {', '.join(lacking)}, so the default was used" if lacking else ""
         raise VmmError(f"{directory / WEIGHTS_NAME} does not fit its config ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200]})") from None
+                       f"{_one_line(e)}){why}") from None
     model.model_name = cfg.get("model_name") or arch
     model.model_meta = cfg.get("model_meta") or {}
     model.pretrained_source = str(directory)
     return model
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    # torch's load_state_dict error puts the key it names on the lines after "Error(s) in loading state_dict".
+    return " ".join(str(e).split())[:limit]
+
+
+def _absent_fields(built: dict, saved: dict, prefix: str = "") -> list:
+    """Config fields (``vision.depth`` for nested ones) that ``saved`` lacks and the build filled with defaults."""
+    out = []
+    for key, value in built.items():
+        if key not in saved:
+            out.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            out += _absent_fields(value, saved[key], f"{prefix}{key}.")
+    return out
 
 
 def _check_readable(path: Path) -> None:

@@ -6,6 +6,7 @@ under ``"model"``; other keys (labels, pretrained file names, preprocessing) are
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import sys
@@ -87,13 +88,16 @@ def get_model_config(name: str) -> Optional[dict[str, Any]]:
     if path is None:
         return None
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise VmmError(f"model config {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except json.JSONDecodeError as e:
         raise VmmError(f"model config {path} is not valid JSON ({e}); fix or delete the file") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model", {}), dict):
-        raise VmmError(f'model config {path} must be a JSON object {{"architecture": ..., "model": {{options}}}}; '
-                       "fix or delete the file")
-    if cfg.get("architecture") not in _ENTRYPOINTS:
+    if (not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str)
+            or not isinstance(cfg.get("model", {}), dict) or not isinstance(cfg.get("pretrained", {}), dict)):
+        raise VmmError(f'model config {path} must be a JSON object {{"architecture": "<entrypoint>", "model": '
+                       '{options}, "pretrained": {...} (optional)}; fix or delete the file')
+    if cfg["architecture"] not in _ENTRYPOINTS:
         _import_builtin_models()
     if cfg.get("architecture") not in _ENTRYPOINTS:
         raise VmmError(f"model config {path} names unknown architecture {cfg.get('architecture')!r}; "
@@ -110,21 +114,58 @@ def _import_builtin_models() -> None:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names accepted by :func:`create_model`: entrypoints and JSON configs, sorted.
+    """Names accepted by :func:`create_model`: entrypoints and JSON configs, sorted; ``pattern`` (shell-style,
+    case-insensitive) keeps those it matches.
 
     >>> import vmm
     >>> "videomamba_tiny" in vmm.list_models()
     True
+    >>> vmm.list_models("*K400")
+    ['videomamba_m16_k400', 'videomamba_s16_k400', 'videomamba_t16_k400']
     """
+    if not isinstance(pattern, str):  # None or a number failed inside fnmatch
+        raise VmmError(f"list_models: pattern must be a string such as '*k400*', got {pattern!r:.60}")
     _import_builtin_models()
     names = set(_ENTRYPOINTS) | set(_config_files())
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    # fnmatch follows the OS: on Linux '*K400*' matched none of the (lower-case) names.
+    return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower()))
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def close_model_name(name: str) -> Optional[str]:
+    """The registered name a mistyped ``name`` probably means (other case, spaces around it, a letter off), or None.
+
+    >>> close_model_name(" VideoMamba_Tiny"), close_model_name("videomamba_m16_25"), close_model_name("resnet50")
+    ('videomamba_tiny', 'videomamba_m16_25m', None)
+    """
+    names = list_models()
+    typed = name.strip().lower()
+    same = [n for n in names if n.lower() == typed]
+    close = same or difflib.get_close_matches(typed, names, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def unknown_model_hint(name: str) -> str:
+    """The "did you mean ...? " part of an unknown-model message (see :func:`close_model_name`), or nothing."""
+    close = close_model_name(name)
+    return f"did you mean {close!r}? " if close else ""
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """``base`` (a config's ``"model"`` part) with ``overrides`` on top: dicts merge, and None for a dict section
+    keeps it, as None means "this model's own" to an entrypoint (``vision=None`` made vmm_nano a 224px
+    VideoMamba-M).
+
+    >>> merge_overrides({"vision": {"depth": 8, "img_size": 64}}, {"vision": {"depth": 2}, "text": None})
+    {'vision': {'depth': 2, 'img_size': 64}, 'text': None}
+    >>> merge_overrides({"vision": {"depth": 8}}, {"vision": None})
+    {'vision': {'depth': 8}}
+    """
     out = dict(base)
     for k, v in overrides.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(out.get(k), dict) and (v is None or isinstance(v, dict)):
+            out[k] = merge_overrides(out[k], v or {})
+        else:
+            out[k] = v
     return out
 
 
@@ -139,13 +180,13 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     _import_builtin_models()
     cfg = get_model_config(name)
     if cfg is not None:
-        model = _ENTRYPOINTS[cfg["architecture"]](**_merge(cfg.get("model", {}), overrides))
+        model = _ENTRYPOINTS[cfg["architecture"]](**merge_overrides(cfg.get("model", {}), overrides))
         model.architecture = cfg["architecture"]
         model.model_name = name
         model.model_meta = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}
         return model
     if name not in _ENTRYPOINTS:
-        raise VmmError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise VmmError(f"unknown model {name!r}; {unknown_model_hint(name)}available: {', '.join(list_models())}")
     model = _ENTRYPOINTS[name](**overrides)
     model.architecture = name
     model.model_name = name

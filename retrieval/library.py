@@ -40,7 +40,7 @@ class SearchHit:
     itm: Optional[float] = None  # ITM match logit when re-ranked (it replaces the score)
 
     def to_dict(self) -> dict:
-        """The JSON object ``vmm search --json`` prints for the hit.
+        """The JSON object ``vmm search --json`` prints for the hit, less the ``exists`` field the command adds.
 
         >>> SearchHit(rank=1, path="/v/a.mp4", start=0.0, end=10.0, score=0.31, clip_ids=(4, 5)).to_dict()
         {'rank': 1, 'path': '/v/a.mp4', 'start': 0.0, 'end': 10.0, 'score': 0.31, 'clip_ids': [4, 5], 'itm': None}

@@ -123,7 +123,8 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"")
-    with pytest.raises(VmmError, match="damaged"):
+    with pytest.raises(VmmError, match=r"config\.json is not valid JSON \(.*\); fix it or re-save the model with "
+                                       r"vmm\.save_pretrained$"):
         vmm.from_pretrained(tmp_path / "broken")
 
 
@@ -294,3 +295,26 @@ def test_tokenizer_vocab_from_a_folder_or_the_hugging_face_cache(tmp_path, monke
         find_vocab()
     with pytest.raises(VmmError, match="not found"):
         Tokenizer(tmp_path / "missing")
+
+
+def test_itm_inputs_that_do_not_fit_are_named():
+    """Mismatched ITM inputs failed in the cross-attention with a bare shape error; a mask of other rows than the
+    texts' even scored without a word."""
+    import vmm
+    from tests.tiny_model import TINY
+    from vmm.errors import VmmError
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    with torch.no_grad():
+        _, tokens = model.encode_video(torch.randn(2, 3, 4, 32, 32), return_tokens=True)
+        ids = torch.tensor([[101, 2023, 102], [101, 3231, 102], [101, 2000, 102]])
+        _, hidden = model.encode_text(ids, torch.ones_like(ids), return_hidden=True)
+        mask = torch.ones_like(ids)
+        assert model.itm_scores(tokens, hidden, mask).shape == (2, 3)
+        for bad in [(tokens, hidden, mask[:2]), (tokens, hidden, mask[:, :2]), (tokens[..., :8], hidden, mask),
+                    (tokens, hidden[..., :8], mask), (tokens[0], hidden, mask)]:
+            with pytest.raises(VmmError, match=r"^ITM takes video tokens .* got "):
+                model.itm_scores(*bad)
+        with pytest.raises(VmmError, match=r"the same number of rows"):
+            model.itm_logits(tokens, hidden, mask)  # 2 videos, 3 texts: not pairs
+        with pytest.raises(VmmError, match=r"batch_size must be a whole number >= 1, got 0"):
+            model.itm_scores(tokens, hidden, mask, batch_size=0)

@@ -247,12 +247,16 @@ class VideoTextModel(nn.Module):
 
     def itm_logits(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """Paired ITM logits: row i of each input is one (video, text) pair -> (B, 2)."""
+        self._check_itm_inputs(video_tokens, text_hidden, attention_mask, paired=True)
         fused = self.text_encoder.forward_fusion(text_hidden, attention_mask, video_tokens)
         return self.itm_head(fused[:, 0])
 
     def itm_scores(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor,
                    batch_size: int = 32) -> Tensor:
         """All-pairs match logits (Bv, Bt) = ``itm_head(fusion(text, video))[:, 1]``, in pair batches."""
+        self._check_itm_inputs(video_tokens, text_hidden, attention_mask, paired=False)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise VmmError(f"itm_scores: batch_size must be a whole number >= 1, got {batch_size!r}")
         Bv, Bt = video_tokens.shape[0], text_hidden.shape[0]
         out = text_hidden.new_empty(Bv, Bt, dtype=torch.float32)
         for v in range(Bv):
@@ -261,6 +265,22 @@ class VideoTextModel(nn.Module):
                 vt = video_tokens[v:v + 1].expand(th.shape[0], -1, -1)
                 out[v, s:s + th.shape[0]] = self.itm_logits(vt, th, attention_mask[s:s + batch_size])[:, 1].float()
         return out
+
+    def _check_itm_inputs(self, video_tokens, text_hidden, attention_mask, paired: bool) -> None:
+        # Mismatched inputs failed deep in the cross-attention with a bare shape error (or, for a mask of other
+        # rows, scored texts with another text's mask without a word).
+        tensors = (video_tokens, text_hidden, attention_mask)
+        fits = (all(isinstance(t, Tensor) for t in tensors) and video_tokens.ndim == 3 and text_hidden.ndim == 3
+                and attention_mask.ndim == 2 and tuple(attention_mask.shape) == tuple(text_hidden.shape[:2])
+                and video_tokens.shape[-1] == self.cfg.vision.embed_dim
+                and text_hidden.shape[-1] == self.cfg.text.hidden_size
+                and (not paired or video_tokens.shape[0] == text_hidden.shape[0]))
+        if not fits:
+            got = ", ".join(str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__ for t in tensors)
+            pairs = ", the same number of rows (row i of each is one pair)" if paired else ""
+            raise VmmError(f"ITM takes video tokens (B, N, {self.cfg.vision.embed_dim}) from encode_video("
+                           f"return_tokens=True), text hidden states (B, L, {self.cfg.text.hidden_size}) and their "
+                           f"mask (B, L) from encode_text(return_hidden=True){pairs}; got {got}")
 
     def clamp_temp(self) -> None:
         """Keep ``temp`` in [0.001, 0.5], as the official training step does."""

@@ -49,3 +49,12 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps its state in a process-wide singleton: each training test starts and ends without one."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

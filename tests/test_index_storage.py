@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from index.encoder import ColorHistogramEncoder
-from index.ingest import build_library
 from index.reader import open_library
 from tests import videos
 from vmm.cli import main

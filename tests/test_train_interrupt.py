@@ -30,12 +30,7 @@ TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "
                  "--dynamo_backend", "no"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture

@@ -22,12 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "pretrain" / "tiny.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

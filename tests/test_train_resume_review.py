@@ -16,12 +16,7 @@ from vmm.training.config import load_config
 from vmm.training.loop import TrainerState, find_latest_checkpoint, save_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,14 @@ def test_an_empty_name_or_pretrained_is_named():
     refused(r"^the tokenizer's model name is empty", vmm.get_tokenizer, " ")
     refused(r"^pretrained='' is empty; pass a checkpoint file", vmm.create_model, "videomamba_tiny", pretrained="",
             **CLASSIFIER)
+
+
+@pytest.mark.parametrize("reference", ["hf-hub:OpenGVLab/VideoMamba", "hf-hub:VideoMamba/", "hf-hub:/a/b.pth",
+                                       "hf-hub:a//b.pth"])
+def test_a_hub_reference_without_owner_repository_and_file_is_named(reference):
+    """hf-hub:OpenGVLab/VideoMamba (no file) was read as the file VideoMamba of a repository OpenGVLab, and the
+    message said that file was not in the cache."""
+    from vmm.factory import resolve_pretrained
+    with pytest.raises(VmmError, match=r"bad hub reference .*: it needs an owner, a repository and a file; use "
+                                       r"hf-hub:OpenGVLab/VideoMamba/<file.pth>$"):
+        resolve_pretrained(reference)

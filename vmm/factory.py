@@ -37,8 +37,10 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
         return path
     spec = text[len(HF_PREFIX):]
     repo, _, filename = spec.rpartition("/")
-    if not repo or not filename:
-        raise VmmError(f"bad hub reference {text!r}; use hf-hub:{HF_REPO}/<file.pth>")
+    if repo.count("/") != 1 or not all(repo.split("/")) or not filename:  # "hf-hub:OpenGVLab/VideoMamba" read as
+        # the file VideoMamba of a repo OpenGVLab, and the message then named that file as missing
+        raise VmmError(f"bad hub reference {text!r}: it needs an owner, a repository and a file; use "
+                       f"hf-hub:{HF_REPO}/<file.pth>")
     from huggingface_hub import hf_hub_download
     try:
         return Path(hf_hub_download(repo, filename, local_files_only=True))

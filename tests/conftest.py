@@ -58,3 +58,11 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(True)
     yield
     AcceleratorState._reset_state(True)
+
+
+def terminal_sigint() -> None:
+    """``preexec_fn`` for a child that stands for a command typed at a terminal, where Ctrl-C is never ignored: a
+    test run started in the background of a non-interactive shell (``make test &``) hands SIGINT down ignored, and
+    the command then rightly keeps it ignored, as under nohup."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

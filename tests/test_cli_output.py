@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import videos
+from tests.conftest import terminal_sigint
 from tests.tiny_model import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,8 @@ def test_ctrl_c_while_starting(lib):
     results = []
     for delay in (0.3, 0.6, 0.9):
         p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "encode", str(lib / "vids" / "red.mp4")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                             preexec_fn=terminal_sigint)
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)

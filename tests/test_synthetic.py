@@ -19,6 +19,7 @@ import decord
 import numpy as np
 import pytest
 
+from tests.conftest import terminal_sigint
 from vmm.data import synthetic as syn
 from vmm.data.synthetic import captions, scene
 from vmm.data.synthetic import corpus as corpus_module
@@ -368,7 +369,7 @@ def test_ctrl_c_stops_the_workers_and_keeps_nothing(tmp_path):
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "vmm.data.synthetic", str(out), "--num-videos", "400", "--workers", "2"]
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+                           start_new_session=True, preexec_fn=terminal_sigint)
     try:
         deadline = time.monotonic() + 60
         while len(list((out / "videos").glob("synth_*.mp4"))) < 3 and time.monotonic() < deadline:

@@ -600,7 +600,14 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
     # The markers live in the library folder, so a folder that is not ours is refused here, by every rank alike
     # (rank 0 cannot tell the others through markers it must not write there).
     refuse_foreign_folder(library)
-    return _FileCoordinator(info, os.path.join(library, STAGING_DIR, run_id), timeout_s), run_id, library
+    run_dir = os.path.join(library, STAGING_DIR, run_id)
+    try:
+        coordinator = _FileCoordinator(info, run_dir, timeout_s)
+    except OSError as e:  # its first marker, the heartbeat: a folder this rank may not write was a traceback
+        raise VmmError(f"rank {info.rank} cannot write the run's marker files in {run_dir} ({e.strerror or e}); "
+                       "every rank must be able to write the library folder: check its permissions and free "
+                       "space") from None
+    return coordinator, run_id, library
 
 
 def _check_run_id(run_id) -> None:

@@ -420,6 +420,19 @@ def test_a_run_id_that_leads_out_of_the_staging_folder_is_refused_with_a_process
     assert (precious / "notes.txt").read_text() == "mine" and not (tmp_path / "lib").exists()
 
 
+def test_a_rank_that_cannot_write_its_markers_says_so_in_one_line(tmp_path):
+    """The first marker of a file-barrier run (the heartbeat) in a folder this rank cannot write was an OSError
+    traceback; a file named .staging stands in for the folder here (root writes any folder)."""
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1.0)
+    library = tmp_path / "lib"
+    build_library([str(tmp_path / "red.mp4")], str(library), ColorHistogramEncoder(), workers=0, progress=False)
+    (library / ".staging").write_text("not a folder")
+    with pytest.raises(VmmError, match=r"^rank 1 cannot write the run's marker files in .*\.staging/run-x \(.*\); "
+                                       r"every rank must be able to write the library folder"):
+        build_library_distributed([str(tmp_path / "red.mp4")], str(library), ColorHistogramEncoder(), rank=1,
+                                  world_size=2, coordination="files", run_id="run-x", progress=False, workers=0)
+
+
 def test_file_barriers_tell_a_silent_rank_from_a_slow_one(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "_HEARTBEAT_S", 0.05)
     monkeypatch.setattr(distributed, "_SILENCE_S", 0.5)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retrieval.metrics import rank_summary
+from retrieval.metrics import _as_index_lists, gt_ranks, rank_summary
 from vmm.errors import VmmError, is_whole_number
 
 TIE_TOLERANCE = 1e-5  # inner products of unit vectors closer than this count as tied
@@ -80,10 +80,16 @@ def _index_direction(stored: np.ndarray, queries: np.ndarray, query_owner: np.nd
     stored_t = torch.from_numpy(stored)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
-        _, found = index.search(q, n_stored)
-        owner = np.where(found >= 0, stored_owner[np.clip(found, 0, None)], -1)
-        is_gt = owner == query_owner[start:start + chunk, None]
-        ranks[start:start + chunk] = np.where(is_gt.any(1), is_gt.argmax(1), n_stored - 1)
+        distances, found = index.search(q, n_stored)
+        # Ranked by the emb row's rule (gt_ranks) on the scores the index returned, not in FAISS's order: equal
+        # scores (a caption repeated for several videos) were ordered otherwise, so a flat index's v2t row was not
+        # the emb row. Items an ANN search does not return score -inf, after every returned one.
+        rows, cols = np.nonzero(found >= 0)
+        scores = np.full(found.shape, -np.inf, dtype=np.float32)
+        scores[rows, found[rows, cols]] = distances[rows, cols]
+        is_gt = stored_owner[None, :] == query_owner[start:start + chunk, None]
+        chunk_ranks = gt_ranks(scores, [np.flatnonzero(row) for row in is_gt])
+        ranks[start:start + chunk] = np.where((is_gt & (scores > -np.inf)).any(1), chunk_ranks, n_stored - 1)
         # A returned item is one of the exact top 10 if its exact score reaches the 10th best: counting it by id
         # instead made an exact index lose recall wherever items tie there (MSVD's repeated captions). Equal
         # vectors can differ by an ulp in one matrix product (BLAS tiling), hence the tolerance on unit vectors.
@@ -95,10 +101,41 @@ def _index_direction(stored: np.ndarray, queries: np.ndarray, query_owner: np.nd
     return ranks, hits / (top * len(queries)), info
 
 
+def _checked_inputs(video_frames, text_emb, txt2vid) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Float32 CPU (V, F, E) frames, (T, E) texts and each text's video, or an error naming the faulty argument."""
+    frames = torch.as_tensor(video_frames).detach().cpu().float()
+    texts = torch.as_tensor(text_emb).detach().cpu().float()
+    if frames.ndim == 2:
+        frames = frames.unsqueeze(1)  # one vector per video, as chunked_similarity takes it for the emb row
+    if frames.ndim != 3 or texts.ndim != 2 or frames.shape[-1] != texts.shape[-1] or not (len(frames) and len(texts)):
+        raise ValueError(f"expected video_frames (V, F, E) or (V, E) and text_emb (T, E), V and T >= 1; got "
+                         f"{tuple(frames.shape)} and {tuple(texts.shape)}")
+    for name, values in (("video_frames", frames), ("text_emb", texts)):
+        if not torch.isfinite(values).all():  # FAISS would rank them anyway, the emb row refuses them
+            raise VmmError(f"{name} contains {int((~torch.isfinite(values)).sum())} non-finite values; the model "
+                           "produced non-finite outputs (check the checkpoint and the precision setting)")
+    if len(txt2vid) != len(texts):
+        raise ValueError(f"txt2vid has {len(txt2vid)} entries but text_emb has {len(texts)} texts; give one video "
+                         "index per text")
+    owners = _as_index_lists(txt2vid, len(texts), len(frames), "txt2vid")
+    several = next((t for t, ids in enumerate(owners) if len(ids) != 1), None)
+    if several is not None:
+        raise ValueError(f"txt2vid[{several}] = {owners[several]} names several videos; give each text its one video")
+    owners = np.array([ids[0] for ids in owners], dtype=np.int64)
+    captionless = np.setdiff1d(np.arange(len(frames)), owners)
+    if len(captionless):  # the video would count as a v2t miss; retrieval_metrics refuses it too
+        raise ValueError(f"video {int(captionless[0])} has no text in txt2vid ({len(captionless)} such videos); "
+                         "every video needs at least one text")
+    return frames, texts, owners
+
+
 def index_metrics(video_frames: Tensor, text_emb: Tensor, txt2vid: list[int], kind: str = "flat",
                   nlist: Optional[int] = None, nprobe: Optional[int] = None) -> dict:
     """The ``index`` row: ranking through FAISS with pooled video vectors, plus ANN recall@10.
 
+    ``video_frames`` is (V, F, E) unit per-frame embeddings (or (V, E), one vector per video), ``text_emb`` is
+    (T, E), ``txt2vid[t]`` the video of text t; every video needs a text. Ranks follow the ``emb`` row's rule
+    (:func:`retrieval.metrics.gt_ranks`), so a flat index's v2t row is the emb row's, ties included.
     ``kind`` is ``"flat"`` (exact) or ``"ivf"``, whose ``nlist``/``nprobe`` are whole numbers >= 1 (None: automatic).
 
     >>> v = F.normalize(torch.randn(4, 8, 16), dim=-1); t = F.normalize(torch.randn(6, 16), dim=-1)
@@ -107,9 +144,9 @@ def index_metrics(video_frames: Tensor, text_emb: Tensor, txt2vid: list[int], ki
     (6, 4, {'t2v': 1.0, 'v2t': 1.0})
     """
     check_index_options(kind, nlist, nprobe)
-    videos = np.ascontiguousarray(pooled_video_vectors(video_frames).numpy(), dtype=np.float32)
-    texts = np.ascontiguousarray(text_emb.float().numpy(), dtype=np.float32)
-    owners = np.asarray(txt2vid, dtype=np.int64)
+    frames, texts, owners = _checked_inputs(video_frames, text_emb, txt2vid)
+    videos = np.ascontiguousarray(pooled_video_vectors(frames).numpy(), dtype=np.float32)
+    texts = np.ascontiguousarray(texts.numpy(), dtype=np.float32)
     video_ids = np.arange(len(videos), dtype=np.int64)
     t2v_ranks, t2v_recall, info = _index_direction(videos, texts, owners, video_ids, kind, nlist, nprobe)
     v2t_ranks, v2t_recall, _ = _index_direction(texts, videos, video_ids, owners, kind, nlist, nprobe)

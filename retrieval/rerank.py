@@ -14,6 +14,8 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
+from vmm.errors import VmmError, is_whole_number
+
 ScorePairs = Callable[[int, torch.Tensor], torch.Tensor]
 NOT_SHORTLISTED = -100.0  # the official fill value for entries outside the top-k
 
@@ -35,7 +37,8 @@ def rerank_topk(
     LongTensor of at most ``batch_size`` candidates (in ITC top-k order) and
     returns one score per candidate (the ITM match logit). ``k`` larger than the
     number of candidates scores them all. ``progress(done, total)`` is called
-    after each query row.
+    after each query row. NaN ITC scores are an error (``torch.topk`` would
+    shortlist them first).
 
     >>> itc = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])   # 2 videos x 3 texts
     >>> itm = lambda video, texts: 10.0 * video + texts.float()   # any scorer
@@ -45,14 +48,17 @@ def rerank_topk(
     """
     if direction not in ("v2t", "t2v"):
         raise ValueError(f"direction must be 'v2t' or 't2v', got {direction!r}")
-    if k < 1 or batch_size < 1:
-        raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+    if not all(is_whole_number(n) and n >= 1 for n in (k, batch_size)):  # topk and range refuse 2.5 and True
+        raise ValueError(f"k and batch_size must be whole numbers >= 1, got k={k!r}, batch_size={batch_size!r}")
     itc = torch.as_tensor(itc).float()  # bf16 scores (the official bf16 eval) keep their values and ties in float32
     if itc.ndim != 2:
         raise ValueError(f"itc must be a 2-D (V, T) matrix, got shape {tuple(itc.shape)}")
+    if torch.isnan(itc).any():  # topk ranks NaN first: the NaN pairs would fill the shortlist, unnoticed
+        raise VmmError(f"itc contains {int(torch.isnan(itc).sum())} NaN scores; the model produced non-finite "
+                       "outputs (check the checkpoint and the precision setting)")
     sims = itc if direction == "v2t" else itc.T
     n_queries, n_candidates = sims.shape
-    k = min(k, n_candidates)
+    k = min(int(k), n_candidates)
     result = torch.full((n_queries, n_candidates), NOT_SHORTLISTED, dtype=torch.float32, device=sims.device)
     for query in range(n_queries):
         _, topk_idx = sims[query].topk(k=k, dim=0)

@@ -7,6 +7,7 @@ import torch
 
 from retrieval.metrics import retrieval_metrics, to_official_keys
 from retrieval.rerank import NOT_SHORTLISTED, rerank_topk
+from vmm.errors import VmmError
 
 # 3 videos x 6 texts, all scores distinct so the top-k sets are unambiguous.
 ITC = torch.tensor(
@@ -134,6 +135,19 @@ def test_progress_and_bad_arguments():
         rerank_topk(ITC, k=0, score_pairs=RecordingScorer())
     with pytest.raises(ValueError, match="returned shape"):
         rerank_topk(ITC, k=3, score_pairs=lambda q, c: torch.zeros(1))
+    for k, batch_size in ((2.5, 32), (True, 32), (2, 1.5)):  # were TypeErrors from inside torch.topk and range
+        with pytest.raises(ValueError, match=r"^k and batch_size must be whole numbers >= 1"):
+            rerank_topk(ITC, k=k, score_pairs=RecordingScorer(), batch_size=batch_size)
+    assert torch.equal(rerank_topk(ITC, k=np.int64(2), score_pairs=RecordingScorer()),
+                       rerank_topk(ITC, k=2, score_pairs=RecordingScorer()))
+
+
+def test_nan_itc_scores_are_refused_not_shortlisted_first():
+    """torch.topk ranks NaN above every score: the NaN pair took a shortlist place and its ITM logit hid the NaN."""
+    itc = ITC.clone()
+    itc[0, 0] = float("nan")
+    with pytest.raises(VmmError, match=r"^itc contains 1 NaN scores; the model produced non-finite outputs"):
+        rerank_topk(itc, k=1, score_pairs=RecordingScorer(), direction="t2v")
 
 
 def test_docstring_examples_run():

@@ -406,6 +406,56 @@ def test_a_d_state_the_fused_kernels_cannot_build_takes_the_reference(monkeypatc
         bimamba._warn_reference_on_gpu(xzt, _triton.unsupported_layer(12))  # what a CUDA tensor gets
 
 
+def test_the_fused_kernels_name_the_one_reason_they_cannot_run(monkeypatch):
+    """The warning on a GPU told everyone to "install triton", also those who had it on a ROCm build or an sm_61
+    GPU, where installing it changes nothing. Each cause now has its own reason and fix, in the warning and in
+    the error for backend="triton"."""
+    import types
+    import warnings
+
+    from vmm.errors import VmmError
+    from vmm.ops import _triton
+    cuda = torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert _triton.unavailable_reason(cuda) is None
+    cases = [("get_device_capability", lambda device=None: (6, 1), "compute capability 6.1 (they need 7.0+)",
+              "use a GPU of compute capability 7.0+"),
+             ("hip", "6.2", "ROCm build", "use an NVIDIA GPU"),
+             ("HAS_TRITON", False, "without the triton package", "pip install triton")]
+    for name, value, reason, fix in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(_triton if name == "HAS_TRITON" else torch.version if name == "hip" else torch.cuda,
+                          name, value)
+            assert not _triton.is_available(cuda)
+            assert reason in _triton.unavailable_reason(cuda)[0] and fix in _triton.unavailable_reason(cuda)[1]
+            patch.setattr(bimamba, "_logged", set())
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                bimamba._warn_reference_on_gpu(types.SimpleNamespace(device=cuda))  # what a CUDA tensor gets
+            message = str(caught[0].message)
+            assert reason in message and fix in message and "\n" not in message
+            assert ("pip install triton" in message) == (name == "HAS_TRITON")
+    xz, wf, wb = make_layer(1, 8, 5, R=1)
+    with pytest.raises(VmmError, match=r"cannot run on cpu \(they need an NVIDIA GPU .*backend='reference'") as err:
+        bimamba.bimamba_inner_xz(xz.detach().transpose(1, 2), wf, wb, backend="triton")
+    assert "pip install triton" not in str(err.value)  # triton is installed here: the CPU is the reason
+
+
+def test_a_misspelt_backend_lists_every_layer_backend():
+    """A model's scan_backend set by hand ("Triton") reached selective_scan, whose list of names left out
+    "triton", the one the user most likely meant."""
+    from vmm.errors import VmmError
+    xz, wf, wb = make_layer(1, 8, 5, R=1)
+    xzt = xz.detach().transpose(1, 2)
+    for call in (lambda: bimamba.bimamba_inner_xz(xzt, wf, wb, backend="Triton"),
+                 lambda: bimamba.bimamba_inner(*split(xz.detach()), wf, wb, backend="Triton")):
+        with pytest.raises(VmmError, match=r"^unknown scan backend 'Triton'; choose one of mamba_ssm, reference, "
+                                           r"triton or None for automatic choice$"):
+            call()
+
+
 def _reference_path_warnings(device, backend, monkeypatch):
     import warnings
     from vmm.ops import _triton, bimamba

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -41,8 +41,8 @@ if HAS_TRITON:
             return tl.sigmoid(x)
 
 
-__all__ = ["HAS_TRITON", "is_available", "unsupported_layer", "interpreting", "check_rows", "on_device_of",
-           "fast_exp", "fast_sigmoid", "triton", "tl"]
+__all__ = ["HAS_TRITON", "is_available", "unavailable_reason", "unsupported_layer", "interpreting", "check_rows",
+           "on_device_of", "fast_exp", "fast_sigmoid", "triton", "tl"]
 
 
 def on_device_of(t: Tensor):
@@ -66,12 +66,29 @@ def is_available(device: Optional[torch.device] = None) -> bool:
     >>> is_available(torch.device("cpu"))
     False
     """
-    if not HAS_TRITON or getattr(torch.version, "hip", None) or not torch.cuda.is_available():
-        return False
+    return unavailable_reason(device) is None
+
+
+def unavailable_reason(device: Optional[torch.device] = None) -> Optional[Tuple[str, str]]:
+    """Why the fused kernels cannot run on ``device``, as ``(reason, fix)``, or None where they can: the
+    warning and the error of :mod:`vmm.ops.bimamba` name the one cause that applies (telling someone on a
+    ROCm build or an sm_61 GPU to install a Triton they already have sends them in a circle).
+
+    >>> unavailable_reason(torch.device("cpu"))[0]
+    'on cpu (they need an NVIDIA GPU of compute capability 7.0+)'
+    """
+    if getattr(torch.version, "hip", None):
+        return ("on a ROCm build of PyTorch (they use NVIDIA inline PTX)", "use an NVIDIA GPU")
     device = torch.device("cuda") if device is None else torch.device(device)
-    if device.type != "cuda":
-        return False
-    return torch.cuda.get_device_capability(device) >= (7, 0)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return (f"on {device} (they need an NVIDIA GPU of compute capability 7.0+)", "run on an NVIDIA GPU")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (7, 0):
+        return (f"on {device}, of compute capability {capability[0]}.{capability[1]} (they need 7.0+)",
+                "use a GPU of compute capability 7.0+")
+    if not HAS_TRITON:
+        return (f"on {device} without the triton package", "install triton (pip install triton)")
+    return None
 
 
 def unsupported_layer(d_state: int) -> Optional[str]:

@@ -78,6 +78,17 @@ def use_triton(t: Tensor, backend: Optional[str]) -> bool:
     return False
 
 
+def layer_backends() -> list[str]:
+    """The names a layer's ``backend`` (a model's ``scan_backend``) accepts: the fused ``"triton"`` and every
+    selective-scan backend, including those added with :func:`vmm.ops.register_backend`.
+
+    >>> layer_backends()
+    ['mamba_ssm', 'reference', 'triton']
+    """
+    from vmm.ops.selective_scan import _SCAN_BACKENDS
+    return sorted({"triton", *_SCAN_BACKENDS})
+
+
 def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
                   backend: Optional[str] = None) -> Tensor:
     """Dispatch point for a whole bidirectional layer; see :func:`bimamba_inner_ref` for the contract.
@@ -86,6 +97,12 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
     fused layer backend ``"triton"`` (both directions, conv and gating in two launches, no flip copies);
     ``None`` picks the fastest available for the device: ``triton`` on CUDA when Triton is importable.
     """
+    if backend is not None and backend not in layer_backends():
+        from vmm.errors import VmmError
+        # Checked here, not left to selective_scan: its list of names lacks "triton", the layer backend most
+        # likely meant by a misspelt name.
+        raise VmmError(f"unknown scan backend {backend!r}; choose one of {', '.join(layer_backends())} or None "
+                       f"for automatic choice")
     fused = use_triton(x, backend)
     why_not = _fused_unsupported(fwd) if fused else None
     if fused and why_not is None:
@@ -97,11 +114,18 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
         if why_not is not None:
             raise VmmError(f"scan backend 'triton' cannot run a layer with {why_not}; use backend='reference' "
                            f"(or None for automatic choice)")
-        raise VmmError("scan backend 'triton' needs an NVIDIA GPU (compute capability 7.0+) and the triton "
-                       "package; use backend='reference' (or None for automatic choice)")
+        reason, fix = _triton_unavailable(x)
+        raise VmmError(f"scan backend 'triton': the fused Triton kernels cannot run {reason}; {fix}, or use "
+                       f"backend='reference' (or None for automatic choice)")
     if backend is None and x.is_cuda:
         _warn_reference_on_gpu(x, why_not)
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
+
+
+def _triton_unavailable(x: Tensor) -> tuple[str, str]:
+    from vmm.ops._triton import unavailable_reason
+    # None only where is_available was overridden (a test, or a user disabling the kernels by hand).
+    return unavailable_reason(x.device) or (f"on {x.device}", "see docs/gpu.md")
 
 
 def _fused_unsupported(w: DirectionWeights) -> Optional[str]:
@@ -142,8 +166,7 @@ def _warn_reference_on_gpu(x: Tensor, why_not: Optional[str] = None) -> None:
     if why_not is not None:  # the GPU and Triton are fine; this layer's shape is what they cannot run
         reason, fix = f"a layer with {why_not}", "use a power-of-two d_state"
     else:
-        reason = f"on {x.device} (they need the triton package and an NVIDIA GPU of compute capability 7.0+)"
-        fix = "install triton (pip install triton)"
+        reason, fix = _triton_unavailable(x)
     warnings.warn(f"vmm: the fused Triton kernels cannot run {reason}; VideoMamba layers run the PyTorch reference "
                   f"scan, many times slower: {fix}, or pass scan_backend='reference' to choose it",
                   RuntimeWarning, stacklevel=3)

@@ -52,12 +52,21 @@ def _load_causal_conv1d_fn() -> Optional[Callable[..., Tensor]]:
 
 
 def selective_scan_available(u: Tensor) -> bool:
-    """True when mamba-ssm's kernel can run on tensors like ``u`` (CUDA, fp32/fp16/bf16, extension importable)."""
+    """True when mamba-ssm's kernel can run on tensors like ``u`` (CUDA, fp32/fp16/bf16, extension importable).
+    A CPU tensor is answered without importing mamba_ssm:
+
+    >>> selective_scan_available(torch.zeros(1, 4, 8))
+    False
+    """
     return u.is_cuda and u.dtype in _KERNEL_DTYPES and _load_selective_scan_fn() is not None
 
 
 def causal_conv1d_available(x: Tensor) -> bool:
-    """True when causal-conv1d's kernel can run on tensors like ``x`` (CUDA, fp32/fp16/bf16, importable)."""
+    """True when causal-conv1d's kernel can run on tensors like ``x`` (CUDA, fp32/fp16/bf16, importable).
+
+    >>> causal_conv1d_available(torch.zeros(1, 4, 8))
+    False
+    """
     return x.is_cuda and x.dtype in _KERNEL_DTYPES and _load_causal_conv1d_fn() is not None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import site
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,9 +19,13 @@ import torch.nn as nn
 from vmm.errors import VmmError
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
-# The checkout's configs/ (editable installs, CI) and the copy a wheel installs under <prefix>/share.
+# The checkout's configs/ (editable installs, CI) and the copy a wheel installs under <prefix>/share: the
+# environment's prefix, the folder of `pip install --target DIR` (beside the package) or that of `--user`, where
+# vmm_nano was an unknown model.
 _CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "models",
-                            Path(sys.prefix) / "share" / "vmm" / "configs" / "models"]
+                            Path(sys.prefix) / "share" / "vmm" / "configs" / "models",
+                            Path(__file__).resolve().parents[2] / "share" / "vmm" / "configs" / "models",
+                            Path(site.USER_BASE or sys.prefix) / "share" / "vmm" / "configs" / "models"]
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

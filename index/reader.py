@@ -27,7 +27,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from index.catalog import Catalog, FileRecord, LibraryManifest
+from index.catalog import Catalog, FileRecord, LibraryManifest, _opened_by_a_writer
 from index.library import _open_catalog, library_folder, matches_state, read_state
 from index.store import SearchOptions, VectorStore, factory_problem, merge_results
 from vmm.errors import VmmError, is_whole_number
@@ -342,10 +342,20 @@ def _read_whole(library: str, read: Callable[[Catalog], T], discard: Callable[[T
                 discard(result)
         finally:
             catalog.close()
-        time.sleep(0.01 * attempt)
+        _await_writer(catalog.path, 0.05 + 0.01 * attempt)
     raise VmmError(f"library {library} changed each time it was read ({attempts} times): it is being written, and "
                    "this user cannot write its folder, where SQLite keeps the files that let readers run beside a "
                    "writer; search again when the writer has finished")
+
+
+def _await_writer(catalog_path: str, seconds: float) -> None:
+    """Wait up to ``seconds`` for a writer to have the catalog open. A read without locks was torn because a writer
+    ran meanwhile; while one has the catalog open, its -shm file lets the next attempt read with SQLite's locks,
+    which no writer tears. Pausing a fixed time instead, the attempts of a reader slower than a busy writer's short
+    runs (open, commit, close, again) fell between them, each torn, and the search gave up after 20."""
+    end = time.monotonic() + seconds
+    while not _opened_by_a_writer(catalog_path) and time.monotonic() < end:
+        time.sleep(0.002)
 
 
 def _snapshot(library: str, catalog: Catalog, mmap: bool, attempts: int = 5) -> LibraryReader:

@@ -621,3 +621,11 @@ def test_causal_conv1d_cuda_matches_reference(reverse, dtype, tol):
     want = causal_conv1d(x, w, b, reverse=reverse, backend="reference")
     got = causal_conv1d(x, w, b, reverse=reverse, backend="causal_conv1d")
     assert got.dtype == dtype and rel_err(got, want) <= tol
+
+
+def test_a_device_name_torch_does_not_know_is_named_not_taken_for_an_absent_one():
+    """available_backends("gpu") returned [], as for a device merely absent here."""
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=r"^available_backends: 'gpu' is not a device name; pass 'cpu', 'cuda'"):
+        available_backends("gpu")
+    assert available_backends(torch.device("cpu")) == available_backends("cpu")

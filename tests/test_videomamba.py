@@ -229,3 +229,16 @@ def test_distillation_target_of_a_float64_model():
         (residual.double() + pos) @ dec.head.weight.T + dec.head.bias, (8,), dec.norm.weight, dec.norm.bias)
     assert x_clip.dtype == torch.float64 and x_clip.shape == (1, 2, 7, 8)
     torch.testing.assert_close(x_clip[0], expected, rtol=0, atol=1e-12)
+
+
+def test_set_scan_backend_refuses_a_name_that_is_none_at_once():
+    """set_scan_backend took any name, and the model failed at its next forward."""
+    import vmm
+    from vmm.errors import VmmError
+    model = vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32)
+    with pytest.raises(VmmError, match=r"^set_scan_backend: scan_backend='Triton' is not a scan backend; pass one "
+                                       r"of mamba_ssm, reference, triton"):
+        model.set_scan_backend("Triton")
+    model.set_scan_backend("reference")
+    assert model.cfg.scan_backend == "reference" and {layer.mixer.scan_backend for layer in model.layers} == {
+        "reference"}

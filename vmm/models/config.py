@@ -91,13 +91,24 @@ class VideoMambaConfig:
             # residuals in a way the spec does not describe; refusing beats silently computing something else.
             return (f"clip_return_layer={self.clip_return_layer} is not supported (only the official 1, "
                     "the raw residual entering the final norm); pass clip_return_layer=1")
-        if self.scan_backend is not None:  # else it fails on the first clip, after a training run has started
-            from vmm.ops.selective_scan import _SCAN_BACKENDS
-            names = sorted({"triton", *_SCAN_BACKENDS})
-            if self.scan_backend not in names:
-                return (f"scan_backend={self.scan_backend!r} is not a scan backend; pass one of {', '.join(names)} "
-                        "or leave it unset (the fastest for the device)")
+        # else it fails on the first clip, after a training run has started
+        return scan_backend_problem(self.scan_backend)
+
+
+def scan_backend_problem(backend: Optional[str]) -> Optional[str]:
+    """Why ``backend`` is not a layer's scan backend, or None (None itself picks the fastest for the device).
+
+    >>> scan_backend_problem("Triton")  # doctest: +ELLIPSIS
+    "scan_backend='Triton' is not a scan backend; pass one of mamba_ssm, reference, triton or leave it unset..."
+    """
+    if backend is None:
         return None
+    from vmm.ops.bimamba import layer_backends
+    names = layer_backends()
+    if backend not in names:
+        return (f"scan_backend={backend!r} is not a scan backend; pass one of {', '.join(names)} or leave it unset "
+                "(the fastest for the device)")
+    return None
 
 
 def _field_problem(name: str, value: Any, hint: Any) -> Optional[str]:

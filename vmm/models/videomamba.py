@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from vmm.errors import VmmError
-from vmm.models.config import VideoMambaConfig
+from vmm.models.config import VideoMambaConfig, scan_backend_problem
 from vmm.models.layers import BiMambaMixer, DropPath, MambaBlock, RMSNorm, init_videomamba_weights
 
 
@@ -74,6 +74,11 @@ class VideoMambaBackbone(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def set_scan_backend(self, backend: Optional[str]) -> None:
+        """Every layer's scan backend (None: the fastest for the device); a name that is none is refused here,
+        not at the next forward."""
+        problem = scan_backend_problem(backend)
+        if problem:
+            raise VmmError(f"set_scan_backend: {problem}")
         self.cfg.scan_backend = backend
         for layer in self.layers:
             layer.mixer.scan_backend = backend

@@ -439,6 +439,11 @@ def available_backends(device: Union[str, torch.device] = "cpu", dtype: torch.dt
     'reference'
     """
     try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # "gpu" gave [], as if that device were merely absent here
+        raise VmmError(f"available_backends: {device!r} is not a device name; pass 'cpu', 'cuda' or 'cuda:N'"
+                       ) from None
+    try:
         probe = torch.empty(0, device=device, dtype=dtype)
     except (RuntimeError, AssertionError):  # torch raises these for an absent or unsupported device
         return []

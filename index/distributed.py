@@ -65,7 +65,7 @@ from index.library import LibraryWriter, _sync, library_folder, refuse_foreign_f
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, atomic_write_bytes
-from vmm.errors import VmmError
+from vmm.errors import VmmError, error_text
 
 STAGING_DIR = ".staging"
 DEFAULT_BARRIER_TIMEOUT = 24 * 3600.0
@@ -158,7 +158,7 @@ class _TorchCoordinator:
             try:
                 dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size, timeout=timeout)
             except (ValueError, RuntimeError) as error:
-                raise VmmError(f"rank {info.rank} cannot join the other ranks ({_error_text(error)}); check "
+                raise VmmError(f"rank {info.rank} cannot join the other ranks ({error_text(error, 300)}); check "
                                "MASTER_ADDR/MASTER_PORT, or use coordination='files' with a run id") from None
             self._group = None
         else:
@@ -174,14 +174,14 @@ class _TorchCoordinator:
         try:
             self._dist.barrier(group=self._group)
         except RuntimeError as error:
-            raise _PeerLost(_error_text(error)) from None
+            raise _PeerLost(error_text(error, 300)) from None
 
     def broadcast(self, name: str, value=None):
         box = [value]
         try:
             self._dist.broadcast_object_list(box, src=0, group=self._group)
         except RuntimeError as error:
-            raise _PeerLost(_error_text(error)) from None
+            raise _PeerLost(error_text(error, 300)) from None
         return box[0]
 
     def abort(self, message: str) -> None:
@@ -316,10 +316,6 @@ class _FileCoordinator:
 
 def _beat(count: int) -> bytes:
     return f"{count:020d}\n".encode()  # a fixed width, so an in-place rewrite leaves no old digits behind
-
-
-def _error_text(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 # -- staging area -------------------------------------------------------------------------------------
@@ -566,7 +562,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
                               backend=backend, max_pixels=max_pixels, flat_max=flat_max, on_open=on_open)
         return _run_rank(coordinator, info, run_id, library, encoder, settings)
     except BaseException as error:  # Ctrl-C, a bug: let the others stop waiting for us
-        coordinator.abort(_error_text(error) or type(error).__name__)
+        coordinator.abort(error_text(error, 300) or type(error).__name__)
         raise
     finally:
         coordinator.close()
@@ -681,7 +677,7 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
             _merge(writer, plan, staging, summary)
             _sync(writer, flat_max)
         except (VmmError, sqlite3.Error, OSError) as error:
-            errors.append(f"merging the staged files failed ({_error_text(error)})")
+            errors.append(f"merging the staged files failed ({error_text(error, 300)})")
         summary.merge_seconds = time.monotonic() - merge_started
         summary.ranks = _rank_reports(run_dir, info.world_size)
         for report in summary.ranks:
@@ -692,18 +688,18 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
         if lost and not errors:
             errors.append(f"lost contact with the other ranks ({lost})")
         summary.seconds = time.monotonic() - started
-        error_text = None
+        failure = None
         if errors:
-            error_text = (f"distributed indexing into {library} did not finish: {'; '.join(errors)}; the files "
-                          "finished so far are in the library, run the same command again to do the rest")
+            failure = (f"distributed indexing into {library} did not finish: {'; '.join(errors)}; the files "
+                       "finished so far are in the library, run the same command again to do the rest")
         if lost is None:
             try:
-                coordinator.broadcast("result", {"error": error_text})
+                coordinator.broadcast("result", {"error": failure})
                 coordinator.barrier("finished")  # every rank has the result: the run folder can go
             except _PeerLost:
-                error_text = error_text or "lost contact with the other ranks at the end of the run"
-        if error_text:
-            raise VmmError(error_text)
+                failure = failure or "lost contact with the other ranks at the end of the run"
+        if failure:
+            raise VmmError(failure)
         _clean_staging(staging, run_id, plan["roots"])
         return summary
     finally:
@@ -778,7 +774,7 @@ def _stage_and_report(plan: dict | None, info: LaunchInfo, run_dir: str, encoder
         report["error"] = f"rank {info.rank}: {error}"
     except Exception as error:  # a bug on one rank: report it, and still meet the others at the barrier
         traceback.print_exc()
-        report["error"] = f"rank {info.rank}: unexpected {type(error).__name__}: {_error_text(error)}"
+        report["error"] = f"rank {info.rank}: unexpected {type(error).__name__}: {error_text(error, 300)}"
     try:
         os.makedirs(folder, exist_ok=True)
         _write_json(os.path.join(folder, "done.json"), report)

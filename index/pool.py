@@ -101,8 +101,9 @@ def _task_events(key: int, path: str, options: DecodeOptions, hook, busy):
         busy.value = 0.0
         yield ("failed", key, f"cannot read the file ({error.strerror or error})")
     except Exception as error:  # a decoder bug must cost one file, not the run
+        from vmm.errors import error_text
         busy.value = 0.0
-        yield ("failed", key, f"unexpected {type(error).__name__} while decoding: {' '.join(str(error).split())[:200]}")
+        yield ("failed", key, f"unexpected {type(error).__name__} while decoding: {error_text(error)}")
 
 
 class _SharedStamp:

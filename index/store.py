@@ -222,9 +222,9 @@ class VectorStore:
         try:
             index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as error:
-            from vmm.errors import VmmError
+            from vmm.errors import VmmError, error_text
 
-            message = " ".join(str(error).split())[:200]
+            message = error_text(error)
             raise VmmError(f"index factory {factory!r} is not a valid FAISS factory string ({message}); "
                            f"use {SUPPORTED_FACTORIES}") from None
         return cls(index, resolved)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.errors import VmmError, is_whole_number
+from vmm.errors import VmmError, error_text, is_whole_number
 from vmm.labels import load_labels
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -147,7 +147,7 @@ def _read_decord(path: str, indices: list[int], info, prepare: Callable[[np.ndar
             chunk = indices[first:first + step]
             frames.update(zip(chunk, map(prepare, reader.get_batch(chunk).asnumpy())))
     except Exception as error:  # decord raises its own DECORDError and RuntimeError
-        message = " ".join(str(error).split())[:200]
+        message = error_text(error)
         # Only --decoder decord shows this ('auto' goes on to PyAV): decord fails on some frame sizes (48 px wide).
         raise VmmError(f"{path}: decord cannot read frames {indices[:4]}...: {message}; use the 'auto' or 'pyav' "
                        "decoder") from None
@@ -171,7 +171,7 @@ def _read_pyav(path: str, indices: list[int], info, prepare: Callable[[np.ndarra
                 if position > indices[-1]:
                     break
     except av.error.FFmpegError as error:
-        raise VmmError(f"{path}: decoding failed at frame {position} ({' '.join(str(error).split())[:200]}); "
+        raise VmmError(f"{path}: decoding failed at frame {position} ({error_text(error)}); "
                        "the file is truncated or corrupt") from None
     missing = [i for i in indices if i not in found]
     # The container may count a few frames more than it holds; more than 10% missing is truncation.

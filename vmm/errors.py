@@ -46,6 +46,16 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+def error_text(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (its whitespace and line breaks collapsed), cut at ``limit`` characters:
+    the part of a library's multi-line error (FAISS's C++ trace, torch's state-dict report) that fits in ours.
+
+    >>> error_text(RuntimeError("Error(s) in loading state_dict:\\n\\tMissing key(s): a, b"), 40)
+    'Error(s) in loading state_dict: Missing '
+    """
+    return " ".join(str(error).split())[:limit]
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse whose usage mistakes end in one ``error: ...`` line naming ``--help`` and exit status 2, as every
     other mistake does (argparse printed its whole usage block first). Commands adjust :meth:`error_line`.

@@ -10,7 +10,7 @@ from typing import Union
 
 import torch.nn as nn
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, error_text
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -165,7 +165,7 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
                 model.load_state_dict(loaded.state_dict(), strict=True)
             except RuntimeError as e:
                 raise VmmError(f"{directory} does not fit its config with {', '.join(overrides)} changed "
-                               f"({type(e).__name__}: {_one_line(e)})") from None
+                               f"({type(e).__name__}: {error_text(e)})") from None
             model.model_name, model.model_meta = loaded.model_name, loaded.model_meta
         model.pretrained_source = str(directory)
         return model
@@ -185,16 +185,11 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
         lacking = _absent_fields(dataclasses.asdict(model.cfg), saved)
         why = f"; {CONFIG_NAME} lacks {', '.join(lacking)}, so the default was used" if lacking else ""
         raise VmmError(f"{directory / WEIGHTS_NAME} does not fit its config ({type(e).__name__}: "
-                       f"{_one_line(e)}){why}") from None
+                       f"{error_text(e)}){why}") from None
     model.model_name = cfg.get("model_name") or arch
     model.model_meta = cfg.get("model_meta") or {}
     model.pretrained_source = str(directory)
     return model
-
-
-def _one_line(e: Exception, limit: int = 200) -> str:
-    # torch's load_state_dict error puts the key it names on the lines after "Error(s) in loading state_dict".
-    return " ".join(str(e).split())[:limit]
 
 
 def _absent_fields(built: dict, saved: dict, prefix: str = "") -> list:

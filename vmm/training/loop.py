@@ -478,12 +478,11 @@ _TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "unexpected po
 @contextlib.contextmanager
 def _failed_write(what: str, output_dir: Path, partial: Optional[Path] = None):
     """A write in the block that fails (a full disk, a quota, a file-size limit) is one line naming ``what`` and the
-    way on, not the writer's traceback (torch.save's RuntimeError, safetensors' SafetensorError); ``partial``, a
-    hidden folder being written, is deleted to give the space back."""
-    from safetensors import SafetensorError
+    way on, not the writer's traceback (torch.save's RuntimeError; a model folder's writer says VmmError);
+    ``partial``, a hidden folder being written, is deleted to give the space back."""
     try:
         yield
-    except (OSError, RuntimeError, SafetensorError, VmmError) as e:
+    except (OSError, RuntimeError, VmmError) as e:
         if type(e) is RuntimeError and not any(text in str(e) for text in _TORCH_WRITE_ERRORS):
             raise  # not a write (a collective that failed, ...): "free disk space" would send the user astray
         if partial is not None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import vmm
 from vmm.classify import (ClassifyOptions, classify_video, crop_starts, make_views, read_views,
-                          resolve_labels, sample_clip_indices, view_probabilities)
+                          resolve_labels, sample_clip_indices, top_labels, view_probabilities)
 from vmm.cli import main
 from vmm.errors import VmmError
 from vmm.labels import load_labels
@@ -400,3 +400,53 @@ def test_frames_and_resolution_follow_the_checkpoint_unless_chosen(video, tmp_pa
     expected = direct_probabilities(native.eval(), views[0])
     top = json.loads(out)["top"][0]
     assert top["index"] == int(expected.argmax()) and abs(top["probability"] - float(expected.max())) < 1e-5
+
+
+def test_number_of_classes_follows_the_checkpoint(video, tmp_path, capsys):
+    """A fine-tune on other classes (SSv2 174, COIN 180, Breakfast 10) run with a K400 model name: its own label file
+    was refused as "pass labels with 400 names", and without --labels the head mismatch was named only after the
+    video was decoded. A checkpoint without a head is named as such, not as a model "built with num_classes=0"."""
+    path, _ = video
+    torch.manual_seed(0)
+    native = vmm.create_model("videomamba_tiny", num_classes=3, **TINY).eval()
+    with torch.no_grad():
+        native.head.weight.mul_(20)
+    ckpt = tmp_path / "tiny_3.pth"
+    torch.save(native.state_dict(), ckpt)
+    labels = tmp_path / "three.txt"
+    labels.write_text("push\npull\nlift\n")
+    code, out, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(ckpt), "--labels", str(labels), "--json"],
+                             capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    expected = direct_probabilities(native, read_views(path, T, SIZE)[0])
+    assert report["num_classes"] == 3
+    order = expected.argsort(descending=True).tolist()
+    assert [r["label"] for r in report["top"]] == [["push", "pull", "lift"][i] for i in order]
+    assert np.allclose([r["probability"] for r in report["top"]], expected.sort(descending=True).values, atol=1e-5)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the video was decoded before the labels were checked")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vmm.classify, "read_views", no_decoding)
+        code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(ckpt)], capsys)
+        assert_one_line_error(code, err, "kinetics400 has 400 names", "has 3 classes", "with 3 names")
+        headless = tmp_path / "features.pth"
+        torch.save(vmm.create_model("videomamba_tiny", num_classes=0, **TINY).state_dict(), headless)
+        code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(headless)], capsys)
+        assert_one_line_error(code, err, f"checkpoint {headless} has no classification head")
+
+
+def test_lower_level_functions_check_their_counts(video, model):
+    """view_probabilities(batch_size=0) ended in range()'s "arg 3 must not be zero", top_labels(k=-1) in torch's
+    "selected index k out of range"."""
+    views = read_views(video[0], T, SIZE)
+    for bad in (0, 2.0):
+        with pytest.raises(VmmError, match=rf"\(batch_size={bad!r}\): must be a whole number >= 1"):
+            view_probabilities(model, views, batch_size=bad)
+    for bad in (-1, 1.0):
+        with pytest.raises(VmmError, match=rf"\(top_k={bad!r}\): must be a whole number >= 1"):
+            top_labels(torch.tensor([0.1, 0.2, 0.7]), ["a", "b", "c"], k=bad)
+    assert top_labels(torch.tensor([0.1, 0.2, 0.7]), ["a", "b", "c"], k=9) == [("c", pytest.approx(0.7)),
+                                                                            ("b", pytest.approx(0.2)),
+                                                                            ("a", pytest.approx(0.1))]

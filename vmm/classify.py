@@ -270,6 +270,7 @@ def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
 @torch.inference_mode()
 def view_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> Tensor:
     """Softmax of the logits of each view: (V, 3, T, S, S) -> (V, num_classes) float32."""
+    ClassifyOptions(batch_size=batch_size).check()  # 0 ended in range()'s "arg 3 must not be zero"
     _classifier_head(model)
     was_training = model.training
     model.eval()
@@ -288,6 +289,7 @@ def top_labels(probabilities: Tensor, labels: Sequence[str], k: int = 5) -> list
     >>> top_labels(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2)
     [('b', 0.699999988079071), ('c', 0.20000000298023224)]
     """
+    ClassifyOptions(top_k=k).check()  # -1 ended in torch's "selected index k out of range"
     values, indices = probabilities.topk(min(k, len(labels)))
     return [(labels[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 

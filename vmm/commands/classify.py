@@ -104,23 +104,34 @@ def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
 
 
 def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
-    """The checkpoint's frame count and resolution, each where the command line did not choose it and it differs
-    from the model config's (a chosen size gets the position tables interpolated to it, as before)."""
-    from vmm.factory import HF_PREFIX, checkpoint_input_size
+    """The checkpoint's frame count, resolution and number of classes, each where the command line did not choose
+    it and it differs from the model config's (a chosen size gets the position tables interpolated to it, as
+    before): an SSv2 file run as videomamba_m16_k400 has a head of 174 classes, not the config's 400."""
+    from vmm.errors import VmmError
+    from vmm.factory import HF_PREFIX, _sniff_weights_file, _tensor_shapes
+    from vmm.models.checkpoint import vision_overrides_from_state_dict
     chosen = parse_model_args(args.model_arg)
+    if args.frames is not None:
+        chosen["num_frames"] = args.frames
     # Local files and folders only, as vmm eval, index and encode: 'default' and hf-hub: names would be fetched
     # here, before the video is checked (a config's "default" file is of the config's own size).
     if not args.checkpoint or args.checkpoint == "default" or args.checkpoint.startswith(HF_PREFIX):
         return None
-    # Resolved now so that a mistyped path is named before the video is decoded (minutes for a long phone video).
-    found = checkpoint_input_size(_checkpoint_path(model, args.checkpoint))
-    if found is None:
+    # Resolved and sniffed now so that a mistyped path or a damaged file is named before the video is decoded
+    # (minutes for a long phone video).
+    path = _checkpoint_path(model, args.checkpoint)
+    if path.is_file():
+        _sniff_weights_file(path)
+    try:
+        found = vision_overrides_from_state_dict(_tensor_shapes(path))
+    except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what
         return None
-    sizes = {}
-    if args.frames is None and "num_frames" not in chosen and found[0] != model.cfg.num_frames:
-        sizes["num_frames"] = found[0]
-    if "img_size" not in chosen and found[1] != model.cfg.img_size:
-        sizes["img_size"] = found[1]
+    if found.get("num_classes") == 0 and "num_classes" not in chosen:
+        raise VmmError(f"checkpoint {args.checkpoint} has no classification head (it holds features only); pass a "
+                       "classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
+    cfg = model.cfg
+    sizes = {key: found[key] for key in ("num_frames", "img_size", "num_classes")
+             if key in found and key not in chosen and found[key] != getattr(cfg, key)}
     return sizes or None
 
 
@@ -135,7 +146,7 @@ def _close_names(typed: str, names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.classify import ClassifyOptions, read_views, resolve_labels, view_probabilities
+    from vmm.classify import ClassifyOptions, _classifier_head, read_views, resolve_labels, view_probabilities
     from vmm.commands import set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import load_weights, resolve_device
@@ -150,10 +161,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_threads(args.threads)
     model = _build_model(args)
-    names = resolve_labels(model, args.labels)  # also refuses a model without a classification head
+    _classifier_head(model)  # a video-text model has no classifier config to compare the checkpoint with
     sizes = _checkpoint_sizes(args, model)
-    if sizes:  # the file's own frame count and resolution (a ..._f16_res224to384.pth: 16 frames at 384 px)
+    if sizes:  # the file's own frame count, resolution and classes (a ..._f16_res224to384.pth: 16 frames at 384 px)
         model = _build_model(args, sizes)
+    names = resolve_labels(model, args.labels)
     cfg = model.cfg
     views = read_views(args.video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
     if args.checkpoint:

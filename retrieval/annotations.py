@@ -100,13 +100,23 @@ def _read_json_list(path: Path) -> list:
         raise VmmError(f"annotation file {path} is not UTF-8 text ({e.reason} at line {line}); save it as UTF-8"
                        ) from None
     except json.JSONDecodeError as e:
-        # Not JSON from its first character (a CSV such as MSRVTT_JSFUSION_test.csv, an empty file) or one object per
-        # line (JSON Lines): no line and column to fix, the user has another format than the one read here.
-        hint = ("; expected the official JSON list of {\"video\", \"caption\"} objects (e.g. msrvtt_ret_test1k.json), "
-                "see docs/evaluation.md section 2" if e.pos == 0 or (e.msg == "Extra data" and e.colno == 1) else "")
-        raise VmmError(
-            f"annotation file {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}){hint}"
-        ) from None
+        # An interrupted download or copy leaves an empty file, or one that stops inside the list: nothing in it to fix.
+        if not e.doc.strip():
+            raise VmmError(f"annotation file {path} is empty; download it again (docs/evaluation.md section 2)"
+                           ) from None
+        if not e.doc[e.pos:].strip() or e.msg.startswith("Unterminated string"):
+            hint = "; the file ends before its JSON does: it was cut short, download or copy it again"
+        # Not JSON from its first character (a CSV such as MSRVTT_JSFUSION_test.csv) or one object per line (JSON
+        # Lines): no line and column to fix, the user has another format than the one read here.
+        elif e.pos == 0 or (e.msg == "Extra data" and e.colno == 1):
+            hint = ("; expected the official JSON list of {\"video\", \"caption\"} objects "
+                    "(e.g. msrvtt_ret_test1k.json), see docs/evaluation.md section 2")
+        else:
+            hint = ""
+        # Some messages end in "at" ("Unterminated string starting at"), which the position follows.
+        what = e.msg.removesuffix(" at")
+        raise VmmError(f"annotation file {path} is not valid JSON ({what} at line {e.lineno} column {e.colno}){hint}"
+                       ) from None
     if not isinstance(data, list):
         raise VmmError(
             f"annotation file {path}: expected a JSON list of {{\"video\", \"caption\"}} objects, "
@@ -152,10 +162,14 @@ def _is_file(path: Path) -> bool:
 
 
 def extension_hint(missing: Path) -> str:
-    """The fix when the missing video is there under another extension (or none), e.g. 'video7' for video7.mp4.
+    """The fix when the missing video is there under another extension (or none), e.g. 'video7' for video7.mp4, or
+    when its entry uses Windows separators ('all\\video7.mp4', a file name with a backslash off Windows).
 
     Telling the user to point videos_dir elsewhere would be wrong then: the folder is right, the names are not.
     """
+    if "\\" in missing.name and _is_file(missing.parent / missing.name.replace("\\", "/")):
+        return (f"'{missing.name}' is written with Windows '\\' separators; write the 'video' entries with '/', "
+                "which every system reads")
     try:
         others = sorted(entry.name for entry in os.scandir(missing.parent)
                         if Path(entry.name).stem in (missing.name, missing.stem) and entry.is_file())
@@ -167,6 +181,29 @@ def extension_hint(missing: Path) -> str:
             "extension included; fix them or rename the files")
 
 
+def official_dataset_of(annotation_file: str | Path) -> str | None:
+    """The official dataset whose file name ``annotation_file`` has (``<dataset>_ret_<split>.json``), else None.
+
+    >>> official_dataset_of("anno/didemo_ret_val.json"), official_dataset_of("my_clips.json")
+    ('didemo', None)
+    """
+    name = Path(annotation_file).name.lower()
+    return next((other for other in DATASETS if name.startswith(f"{other}_ret_")), None)
+
+
+def other_split_of(annotation_file: str | Path, protocol: DatasetProtocol) -> bool:
+    """Whether ``annotation_file`` is named as another split of the protocol's dataset than its test file
+    (didemo_ret_val.json): the published rows are measured on the test split only. A download's copy suffix
+    (``msrvtt_ret_test1k (1).json``) still names the test file.
+
+    >>> [other_split_of(name, DATASETS["didemo"]) for name in ("didemo_ret_val.json", "didemo_ret_test.json")]
+    [True, False]
+    """
+    test_stem = Path(protocol.annotation_file).stem.lower()
+    return (official_dataset_of(annotation_file) == protocol.name
+            and not Path(annotation_file).name.lower().startswith(test_stem))
+
+
 def _check_file_is_of(annotation_file: Path, protocol: DatasetProtocol) -> None:
     """Refuse another official dataset's file (msrvtt_ret_test1k.json evaluated as didemo).
 
@@ -175,12 +212,10 @@ def _check_file_is_of(annotation_file: Path, protocol: DatasetProtocol) -> None:
     """
     if DATASETS.get(protocol.name) != protocol:
         return
-    name = annotation_file.name.lower()
-    for other in DATASETS.values():
-        if other.name != protocol.name and name.startswith(f"{other.name}_ret_"):
-            raise VmmError(f"annotation file {annotation_file} is for {other.name}, not {protocol.name}; "
-                           f"evaluate it as {other.name}, or pass the {protocol.name} test file "
-                           f"{protocol.annotation_file}")
+    owner = official_dataset_of(annotation_file)
+    if owner not in (None, protocol.name):
+        raise VmmError(f"annotation file {annotation_file} is for {owner}, not {protocol.name}; "
+                       f"evaluate it as {owner}, or pass the {protocol.name} test file {protocol.annotation_file}")
 
 
 def load_retrieval_dataset(

@@ -41,6 +41,9 @@ PAPER_ZERO_SHOT: dict[str, dict[str, dict[str, tuple[float, float, float]]]] = {
 # Videos of the test splits the rows were measured on, where the spec gives the count (MSRVTT 1k-A,
 # LSMDC's 1,000 clips; DiDeMo's JSON may hold fewer than its 1,004 and is not checked).
 OFFICIAL_TEST_VIDEOS = {"msrvtt": 1000, "lsmdc": 1000}
+# Their texts: one caption per video (MSRVTT 1k-A is a 1,000 x 1,000 evaluation), so a file giving MSRVTT's 20
+# captions per video measures another task on the same videos.
+OFFICIAL_TEST_TEXTS = {"msrvtt": 1000, "lsmdc": 1000}
 
 _DATASET_ALIASES = {"activitynet": "anet", "anet_captions": "anet", "msr-vtt": "msrvtt", "msr_vtt": "msrvtt"}
 _CORPUS = re.compile(r"(?:^|[_\-])(5|17|25)m(?:$|[_\-.])")

@@ -1,5 +1,6 @@
 """Annotation loading: official texts / ground truth per protocol, and clear errors on bad files."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -238,6 +239,17 @@ def test_a_video_listed_with_another_extension_names_the_file_on_disk(tmp_path, 
         load_retrieval_dataset(anno, tmp_path / "other" / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
 
 
+@pytest.mark.skipif(os.sep == "\\", reason="Windows reads '\\' as a separator: the entry names the video there")
+def test_a_video_listed_with_windows_separators_says_so(tmp_path, tiny_video):
+    """'all\\v0.mp4' (a custom file written on Windows) is one file name elsewhere: the error said to point the
+    videos folder elsewhere, though the folder was right."""
+    items = [{"video": "all\\v0.mp4", "caption": "x"}, {"video": "all/v1.mp4", "caption": "y"}]
+    anno = make_set(tmp_path, tiny_video, items, present=["all/v0.mp4", "all/v1.mp4"])
+    with pytest.raises(VmmError, match=r"are missing \(.*\); 'all\\v0.mp4' is written with Windows '\\' separators; "
+                                       r"write the 'video' entries with '/', which every system reads$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+
+
 def test_a_video_name_too_long_for_the_file_system_is_a_missing_video(tmp_path, tiny_video):
     """A caption put in the 'video' field: the file system's ENAMETOOLONG escaped as a traceback."""
     long_name = "a man is cooking in a kitchen and " * 10
@@ -277,7 +289,6 @@ def test_another_datasets_official_file_is_refused(tmp_path, tiny_video, file_na
 
 @pytest.mark.parametrize("content, where", [
     ("key,vid_key,video_id,sentence\nret0,msr7579,video7579,a girl puts a sweater on a dog\n", "line 1 column 1"),
-    ("", "line 1 column 1"),
     ('{"video": "a.mp4", "caption": "x"}\n{"video": "b.mp4", "caption": "y"}\n', "line 2 column 1"),  # JSON Lines
 ])
 def test_another_file_format_names_the_format_read(tmp_path, content, where):
@@ -310,3 +321,35 @@ def test_a_latin1_file_names_the_line_and_the_fix(tmp_path, tiny_video):
             load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
     anno.write_bytes(text.encode("utf-8"))
     assert load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt").texts[20] == "caf\u00e9 cr\u00e8me"
+
+
+@pytest.mark.parametrize("end, what", [
+    ("clip number 7", "Unterminated string starting"),  # was "starting at at line"
+    ('"video29.mp4",', "Expecting property name enclosed in double quotes"),
+    ("10.5\n }", "Expecting ',' delimiter"),  # the last item whole, the closing bracket lost
+    ("[", "Expecting value"),
+])
+def test_a_file_cut_short_says_so(tmp_path, end, what):
+    """An interrupted download or copy of the test file got 'not valid JSON (Unterminated string starting at at line
+    .. column ..)': a place to fix, in a file that has nothing to fix there, only its end missing."""
+    (tmp_path / "videos").mkdir()
+    anno = tmp_path / "msrvtt_ret_test1k.json"
+    text = json.dumps([{"video": f"video{i}.mp4", "caption": f"a clip number {i}", "duration": 10.5}
+                       for i in range(30)], indent=1)
+    anno.write_text(text[:text.rindex(end) + len(end)], encoding="utf-8")
+    with pytest.raises(VmmError, match=rf"^annotation file {anno} is not valid JSON \({what} at line \d+ column \d+\); "
+                                       "the file ends before its JSON does: it was cut short, download or copy it "
+                                       "again$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+
+
+@pytest.mark.parametrize("content", ["", " \n", "\ufeff"])
+def test_an_empty_file_is_called_empty(tmp_path, content):
+    """A 0-byte file (an interrupted download) was 'not valid JSON (Expecting value at line 1 column 1); expected the
+    official JSON list': as if it held another format."""
+    (tmp_path / "videos").mkdir()
+    anno = tmp_path / "msrvtt_ret_test1k.json"
+    anno.write_text(content, encoding="utf-8")
+    with pytest.raises(VmmError, match=rf"^annotation file {anno} is empty; download it again \(docs/evaluation.md "
+                                       r"section 2\)$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")

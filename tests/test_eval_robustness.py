@@ -356,7 +356,8 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
 
     import vmm
     from retrieval.evaluate import EvalConfig, evaluate
-    from retrieval.paper_numbers import OFFICIAL_TEST_VIDEOS
+    from retrieval.report import format_markdown
+    from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
     from tests.tiny_model import TINY
     torch.manual_seed(0)  # the tiny model at the published 8 frames and 224 px, known by an official model name
     model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
@@ -369,14 +370,18 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
     items = [{"video": "red.mp4", "caption": "A red screen."}, {"video": "green.mp4", "caption": "A green screen."},
              {"video": "square.mp4", "caption": ["A square moves right.", "A white square."]}]
     (tmp_path / "test.json").write_text(json.dumps(items))
-    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
+    # these 3 videos and 4 texts stand for the 1,000 of the split
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)
+    monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 4)
     reports = {k: evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=tmp_path / "model", rerank_k=k,
                                       device="cpu", workers=0)).report for k in (3, 4, 128)}
     assert reports[128]["paper"]["corpus"] == "25M" and reports[128]["comparable"]
+    assert reports[128]["not_comparable"] == [] and "not comparable" not in format_markdown(reports[128])
     # k = 4 takes every candidate of both directions, as 128 does: the same evaluation
     assert reports[4] == {**reports[128], **{k: reports[4][k] for k in ("rerank_k", "seconds", "timings")}}
     # k = 3 takes every video but not every text (4): not the published protocol
     assert reports[3]["paper"] is None and reports[3]["delta"] is None and not reports[3]["comparable"]
+    assert reports[3]["not_comparable"] == ["ITM re-ranking of the top 3, not 128"]
     # a custom protocol under the official name (texts joined into paragraphs) is not msrvtt either
     from retrieval.annotations import DatasetProtocol
     custom = DatasetProtocol("msrvtt", True, 32, None)
@@ -389,6 +394,8 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
     report = evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=tmp_path / "model", device="cpu",
                                  workers=0)).report
     assert report["paper"] == reports[128]["paper"] and report["delta"] is not None and not report["comparable"]
+    # and the printed table says so: beside the paper row, the subset's numbers looked like the split's
+    assert "\nnot comparable with the paper: 3 of the split's 1000 videos\n" in format_markdown(report)
 
 
 def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):
@@ -404,3 +411,84 @@ def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, caps
     assert main(args) == 2
     assert one_line_error(capsys).endswith(f"exist in {tmp_path}; point videos= (--videos) at the folder that holds "
                                            "them")
+
+
+def report_for(tmp_path, dataset, file_name, captions, listed=3, missing=()):
+    """build_report for a real annotation file of `listed` videos with `captions` each (the videos in `missing` not
+    on disk), its rows scored from embeddings by the real metrics and FAISS, as the 25M checkpoint at 8 frames and
+    224 px would be."""
+    import types
+
+    import torch
+
+    from retrieval.annotations import load_retrieval_dataset
+    from retrieval.evaluate import EvalConfig, _Runtime
+    from retrieval.index_metrics import index_metrics
+    from retrieval.metrics import chunked_similarity, retrieval_metrics
+    from retrieval.report import build_report
+    vids = tmp_path / "vids"
+    vids.mkdir(exist_ok=True)
+    names = [f"video{i}.mp4" for i in range(listed)]
+    for name in set(names) - set(missing):
+        (vids / name).touch()  # the report reads no frame
+    anno = tmp_path / file_name
+    anno.write_text(json.dumps([{"video": n, "caption": [f"clip {i} take {j}" for j in range(captions)]}
+                                for i, n in enumerate(names)]))
+    ds = load_retrieval_dataset(anno, vids, dataset, allow_missing=True)
+    torch.manual_seed(0)
+    frames = torch.nn.functional.normalize(torch.randn(len(ds.videos), 8, 16), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(len(ds.texts), 16), dim=-1)
+    itc = chunked_similarity(frames, texts)
+    rows = {"emb": retrieval_metrics(itc, itc.T, ds.txt2vid, ds.vid2txt),
+            "rerank": retrieval_metrics(itc, itc.T, ds.txt2vid, ds.vid2txt),
+            "index": index_metrics(frames, texts, ds.txt2vid)}
+    config = EvalConfig(dataset, anno, vids, model="videomamba_m16_25m", frames=8)
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(vision=types.SimpleNamespace(img_size=224)))
+    missing = [{"video": str(p), "reason": "file not found"} for p in ds.missing]
+    return build_report(config, ds, ds.protocol, listed, missing, rows, model, "videomamba_m16_25m",
+                        "videomamba_m16_25M_f8_res224.pth", _Runtime(torch.device("cpu"), torch.float32), {}, 1.0)
+
+
+@pytest.mark.parametrize("dataset, file_name, captions, why", [
+    # DiDeMo's val file, read like its test file, was compared with the test split's row as comparable
+    ("didemo", "didemo_ret_val.json", 2, ["didemo_ret_val.json is not the test split didemo_ret_test.json"]),
+    ("didemo", "didemo_ret_test.json", 2, []),
+    ("didemo", "didemo_ret_test (1).json", 2, []),  # a browser's second download of the test file
+    ("didemo", "my_didemo_part.json", 2, []),
+    # MSRVTT 1k-A with MSRVTT's 20 captions per video: another query set on the same videos, called comparable
+    ("msrvtt", "msrvtt_ret_test1k.json", 20, ["60 texts for the split's 3 (one caption per video)"]),
+    ("msrvtt", "msrvtt_ret_test1k.json", 1, []),
+])
+def test_other_splits_and_other_captions_are_not_comparable(tmp_path, monkeypatch, dataset, file_name, captions,
+                                                            why):
+    from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
+    from retrieval.report import format_markdown
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
+    monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 3)
+    report = report_for(tmp_path, dataset, file_name, captions)
+    assert report["paper"]["corpus"] == "25M"  # shown beside them for reference
+    assert (report["comparable"], report["not_comparable"]) == (not why, why)
+    note = [line for line in format_markdown(report).splitlines() if line.startswith("not comparable")]
+    assert note == ([f"not comparable with the paper: {why[0]}"] if why else [])
+
+
+def test_why_not_comparable_is_reported_once_per_cause(tmp_path):
+    """Missing videos of the whole split: one cause, not also the text count their dropped captions change."""
+    report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, listed=1000, missing=["video7.mp4"])
+    assert report["not_comparable"] == ["1 of 1000 videos missing or unreadable"]
+    report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, listed=1000)
+    assert report["comparable"] and report["not_comparable"] == []
+
+
+@pytest.mark.parametrize("typed, dataset", [("MSRVTT", "msrvtt"), ("DiDeMo", "didemo"), ("msvd", "msvd")])
+def test_the_dataset_in_its_own_spelling(data, monkeypatch, typed, dataset):
+    """`vmm eval DiDeMo` was an invalid choice, though get_protocol("DiDeMo") and the docs' tables spell it so."""
+    seen = []
+
+    def record(config):
+        seen.append(config.dataset)
+        raise VmmError("recorded")
+    monkeypatch.setattr(retrieval.evaluate, "evaluate", record)
+    args = eval_args(data)
+    args[args.index("msrvtt")] = typed
+    assert main(args) == 2 and seen == [dataset]

@@ -11,7 +11,9 @@ DATASETS = ("msrvtt", "didemo", "anet", "lsmdc", "msvd")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", choices=DATASETS, help="test-set protocol (text length, paragraphs, DiDeMo 30 s trim)")
+    # str.lower: the datasets' own spellings (MSRVTT, DiDeMo) name them too, as in the Python API.
+    p.add_argument("dataset", type=str.lower, choices=DATASETS,
+                   help="test-set protocol (text length, paragraphs, DiDeMo 30 s trim)")
     p.add_argument("--annotations", required=True, metavar="FILE.json",
                    help="official test annotation file, e.g. msrvtt_ret_test1k.json")
     p.add_argument("--videos", required=True, metavar="DIR", help="folder the annotation's video paths are relative to")

@@ -18,10 +18,14 @@ that instant, each with all of its clips, and keeps seeing them until it is clos
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import os
+import re
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -49,10 +53,18 @@ class Hit:
 
 @dataclass(frozen=True)
 class ClipFilter:
-    """Metadata conditions applied before ranking (all given conditions must hold).
+    r"""Metadata conditions applied before ranking (all given conditions must hold).
 
     ``path_glob`` is matched (fnmatch, ``*`` also crosses ``/``) against the absolute
-    path; a list means any of them. Durations are the video's, in seconds.
+    path; a list means any of them. ``**/`` also matches no folder, as in the shell, and a
+    name matches in either Unicode form (macOS writes "café" as "cafe" and an accent).
+    Durations are the video's, in seconds.
+
+    >>> from types import SimpleNamespace as File
+    >>> where = ClipFilter(path_glob="/videos/**/caf\u00e9*", max_duration=60)
+    >>> [where.accepts(File(path=path, duration=10.0))
+    ...  for path in ("/videos/cafe\u0301.mp4", "/videos/2019/caf\u00e9.mp4", "/videos/tea.mp4")]
+    [True, True, False]
     """
 
     path_glob: str | list[str] | None = None
@@ -76,7 +88,8 @@ class ClipFilter:
     def accepts(self, record: FileRecord) -> bool:
         if self.path_glob is not None:
             globs = [self.path_glob] if isinstance(self.path_glob, str) else list(self.path_glob)
-            if not any(fnmatch.fnmatchcase(record.path, g) for g in globs):
+            path = unicodedata.normalize("NFC", record.path)
+            if not any(_glob_regex(g).match(path) for g in globs):
                 return False
         duration = record.duration or 0.0
         if self.min_duration is not None and duration < self.min_duration:
@@ -86,11 +99,31 @@ class ClipFilter:
         return True
 
 
+_FILTER_FIELDS = {field.name for field in dataclasses.fields(ClipFilter)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(glob: str) -> re.Pattern:
+    """``glob`` as fnmatch reads it, except that a ``**/`` starting the glob or a folder name also matches no
+    folder: "/videos/**/*.mp4" left out the videos directly in /videos, which the shell, pathlib and .gitignore all
+    match. Both sides are NFC: a name typed "café" (one code point) matched nothing written by macOS ("cafe" and a
+    combining accent), and the same name looks identical in both forms."""
+    parts = re.split(r"(?:^|(?<=/))\*\*/", unicodedata.normalize("NFC", glob))
+    # fnmatch.translate gives "(?s:BODY)\Z" in every Python this supports; the bodies join with "any folders".
+    bodies = [fnmatch.translate(part)[len("(?s:"):-len(r")\Z")] for part in parts]
+    return re.compile("(?s:" + "(?:.*/)?".join(bodies) + r")\Z")
+
+
 def as_clip_filter(where):
     """``where`` of a search as a :class:`ClipFilter` (a dict of its fields makes one), a function of a
     :class:`FileRecord`, or None."""
+    if dataclasses.is_dataclass(where) and not isinstance(where, (type, ClipFilter)) and \
+            {field.name for field in dataclasses.fields(where)} == _FILTER_FIELDS:
+        # retrieval's Where (not imported: the index does not depend on retrieval); the message below asks for
+        # one, and search_vectors refused it.
+        where = dataclasses.asdict(where)
     if isinstance(where, dict):
-        unknown = set(where) - {"path_glob", "min_duration", "max_duration"}
+        unknown = set(where) - _FILTER_FIELDS
         if unknown:
             raise VmmError(f"where has unknown keys {sorted(map(str, unknown))}; use path_glob, min_duration, "
                            "max_duration")

@@ -362,9 +362,10 @@ class VideoLibrary:
         frames = {}
         for path, group in by_path.items():
             _check_unchanged(reader.files.get(group[0].file_id), path)
-            windows = read_windows(path, m.num_frames, m.window, m.stride, m.max_seconds)
+            windows = read_windows(path, m.num_frames, m.window, m.stride, m.max_seconds,
+                                   spans=[(h.start, h.end) for h in group])
             for h in group:
-                frames[h.clip_id] = windows[min(windows, key=lambda se: abs(se[0] - h.start) + abs(se[1] - h.end))]
+                frames[h.clip_id] = windows[(h.start, h.end)]
         clips = [frames[h.clip_id] for h in hits]
         with self._model_lock:
             scores = self.encoder.itm_scores_for(text, clips)
@@ -445,7 +446,10 @@ def _check_arguments(path, model, checkpoint, device) -> tuple:
         from vmm.factory import resolve_device
         resolve_device(device, option="device")
     from index.library import library_folder
-    return (library_folder(path), *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
+    # A "~" the shell left alone ("~/My Videos/lib", quoted for its space) is the home folder, as `vmm index
+    # --library` and path_glob take it: `vmm search` looked for a folder named "~" in the working one.
+    return (library_folder(os.path.expanduser(os.fspath(path))),
+            *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
 
 
 def _check_unchanged(record, path: str) -> None:
@@ -502,15 +506,32 @@ def read_query_clip(path: Union[str, Path], num_frames: int, what: str = "query 
     return clips[0].frames
 
 
-def read_windows(path: str, num_frames: int, window: float, stride: float,
-                 max_seconds: Optional[float]) -> dict[tuple[float, float], np.ndarray]:
-    """All clip windows of a video planned exactly as at indexing time: {(start, end): frames}."""
-    from index.decode import decode_video
+def read_windows(path: str, num_frames: int, window: float, stride: float, max_seconds: Optional[float],
+                 spans: Optional[Sequence[tuple[float, float]]] = None) -> dict[tuple[float, float], np.ndarray]:
+    """All clip windows of a video planned exactly as at indexing time: {(start, end): frames}; with ``spans``,
+    only the window nearest each (start, end) of them, keyed by that span.
+
+    Frames are kept at the video's own size, so ``spans`` bounds the memory: re-ranking one hit of a 5-minute 720p
+    video held all of its 59 windows, 0.6 GB (an hour of 1080p: 35 GB).
+    """
+    from index.decode import DecodeFailure, DecodeOptions, DecodeStart, _as_vmm_error, iter_decode
     if not os.path.isfile(path):
         raise VmmError(f"{path} is gone since it was indexed; run `vmm index` again to update the library, or "
                        "search without rerank= (--rerank)")
-    _, clips = decode_video(path, num_frames=num_frames, window=window, stride=stride, max_seconds=max_seconds)
-    return {(c.start, c.end): c.frames for c in clips}
+    options = DecodeOptions(num_frames=num_frames, window=window, stride=stride, max_seconds=max_seconds)
+    nearest: dict = {}  # span: (distance to the window, its frames)
+    try:
+        for event in iter_decode(path, options):
+            if isinstance(event, DecodeStart):  # a first decoder failed midway: its clips are dropped
+                nearest = {}
+                continue
+            for span in [(event.start, event.end)] if spans is None else spans:
+                distance = abs(span[0] - event.start) + abs(span[1] - event.end)
+                if span not in nearest or distance < nearest[span][0]:
+                    nearest[span] = (distance, event.frames)
+    except DecodeFailure as error:
+        raise _as_vmm_error(path, error) from None
+    return {span: frames for span, (_, frames) in nearest.items()}
 
 
 def _write_model_file(path: str, model, checkpoint, frames) -> None:

@@ -442,3 +442,19 @@ def test_table_prints_a_long_path_whole_on_one_line(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(video) > 200 and len(rows) == 2  # the header and one row
     assert video in rows[1] and rows[1].split()[:2] == ["1", "1.0000"] and rows[1].rstrip().endswith("0:00.00-0:02.00")
+
+
+def test_weights_for_a_colour_histogram_library_are_refused_also_under_a_quoted_tilde(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """`vmm search "~/lib" ... --model M` on a colour-histogram library: the check that names the library's own
+    encoder read the model file through a folder named "~" in the working one, found none and let the command go
+    on to load M's weights for a library that has none."""
+    video = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED)
+    assert main(["index", video, "--library", str(tmp_path / "lib"), "--model", "color-histogram", "--quiet",
+                 "--workers", "0"]) == 0
+    monkeypatch.setenv("HOME", str(tmp_path))
+    capsys.readouterr()
+    for library in (str(tmp_path / "lib"), "~/lib"):
+        assert main(["search", library, "a red screen", "--model", "vmm_nano"]) == 2
+        err = capsys.readouterr().err
+        assert "was indexed with color-histogram, which has no weights" in err and len(err.splitlines()) == 1, err

@@ -64,6 +64,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.device is not None:
         resolve_device(args.device)
     from vmm.commands import check_library_readable
+    # A "~" the shell left alone (a quoted "~/My Videos/lib") is the home folder, as VideoLibrary.open takes it:
+    # the checks below read the library's model file through it.
+    args.library = os.path.expanduser(args.library)
     if not check_library_readable(args.library):
         return  # missing or not a folder: opening the library names it
     from retrieval.library import COLOR_HISTOGRAM, _read_model_file

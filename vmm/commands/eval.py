@@ -5,14 +5,13 @@ import argparse
 import os
 import sys
 
+from retrieval.annotations import DATASETS
 from vmm.errors import VmmError
-
-DATASETS = ("msrvtt", "didemo", "anet", "lsmdc", "msvd")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # str.lower: the datasets' own spellings (MSRVTT, DiDeMo) name them too, as in the Python API.
-    p.add_argument("dataset", type=str.lower, choices=DATASETS,
+    p.add_argument("dataset", type=str.lower, choices=tuple(DATASETS),
                    help="test-set protocol (text length, paragraphs, DiDeMo 30 s trim)")
     p.add_argument("--annotations", required=True, metavar="FILE.json",
                    help="official test annotation file, e.g. msrvtt_ret_test1k.json")

@@ -103,3 +103,125 @@ def test_color_histogram_settings_are_whole_numbers(kwargs, message):
         ColorHistogramEncoder(**kwargs)
     # a NumPy integer (a count read from an array) is a setting like any other, with the same hash
     assert ColorHistogramEncoder(num_frames=np.int64(8)).weights_hash == ColorHistogramEncoder().weights_hash
+
+
+@pytest.mark.parametrize("clips, message", [
+    ([np.zeros((4, 8, 8), np.uint8)], r"clip 0 has shape \(4, 8, 8\), not \(frames, height, width, 3\); convert grey"),
+    ([np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 8, 8, 4), np.uint8)], r"clip 1 has shape \(4, 8, 8, 4\), not"),
+    ([torch.zeros((4, 3, 8, 8), dtype=torch.uint8)], r"clip 0 has shape \(4, 3, 8, 8\), not .* channels last$"),
+    ([np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 0, 8, 3), np.uint8)], r"clip 1 of shape \(4, 0, 8, 3\) is empty"),
+    ([np.zeros((0, 8, 8, 3), np.uint8)], r"clip 0 of shape \(0, 8, 8, 3\) is empty; a clip needs frames"),
+    (None, r"^encode_clips takes a list of uint8 clips \(T, H, W, 3\), got NoneType$"),
+    ("clip.mp4", r"^encode_clips takes a list of uint8 clips \(T, H, W, 3\), got str$")])
+def test_clips_the_model_cannot_take_are_named(enc, clips, message):
+    """A grey, RGBA or channels-first clip failed with a ValueError that did not say which clip, an empty one with
+    torch's "Input and output sizes should be greater than 0", one of 0 frames was told to rebuild the model with
+    num_frames=0, and None or a file name with a TypeError or "clip 0 is <U1, not uint8"."""
+    with pytest.raises(VmmError, match=message):
+        enc.encode_clips(clips)
+
+
+def test_clips_may_come_from_any_iterable_and_itm_checks_them_too(enc):
+    """A generator was read by the dtype check and then had no len(); itm_scores_for given one clip blamed
+    encode_clips."""
+    clips = [np.random.default_rng(i).integers(0, 256, (enc.num_frames, 20, 24, 3), dtype=np.uint8) for i in (0, 1)]
+    np.testing.assert_array_equal(enc.encode_clips(c for c in clips), enc.encode_clips(clips))
+    with pytest.raises(VmmError, match=r"^itm_scores_for takes a list of clips .* got one clip of shape"):
+        enc.itm_scores_for("a dog", clips[0])
+    with pytest.raises(VmmError, match=r"^clip 0 has shape \(4, 20, 24\), not"):
+        enc.itm_scores_for("a dog", [clips[0][..., 0]])
+
+
+def test_read_only_clips_encode_without_a_warning(tmp_path):
+    """Clips memory-mapped from .npy files (np.load(mmap_mode="r")) are read-only: torch.from_numpy wrapped them
+    with a UserWarning that writing to the tensor "will result in undefined behavior". In a fresh process, since
+    torch gives that warning once per process."""
+    import subprocess
+    import sys
+    clips = np.random.default_rng(0).integers(0, 256, (2, TINY["vision"]["num_frames"], 20, 24, 3), dtype=np.uint8)
+    np.save(tmp_path / "clips.npy", clips)
+    script = f"""
+import numpy as np, torch, vmm
+from tests.tiny_model import TINY
+from vmm.embedder import VideoTextEncoder
+mapped = np.load({str(tmp_path / "clips.npy")!r}, mmap_mode="r")
+assert not mapped.flags.writeable
+enc = VideoTextEncoder(vmm.create_model("videomamba_m16_mm", **TINY), device="cpu")
+np.testing.assert_array_equal(enc.encode_clips(mapped), enc.encode_clips(np.array(mapped)))
+assert torch.equal(enc.transform(mapped[0]), enc.transform(np.array(mapped[0])))
+"""
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_transforms_refuse_empty_frames():
+    """Frames of 0 pixels failed in the resize with "Input and output sizes should be greater than 0"."""
+    from vmm.transforms import EvalTransform, TrainTransform
+    for shape in [(4, 0, 8, 3), (4, 8, 0, 3), (0, 8, 8, 3)]:
+        for transform in (EvalTransform(32), TrainTransform(32)):
+            with pytest.raises(ValueError, match=rf"^frames of shape \({', '.join(map(str, shape))}\) are empty; "):
+                transform(np.zeros(shape, np.uint8))
+
+
+def test_a_pooling_that_changes_the_vectors_changes_the_manifest(enc):
+    """frame_mode="per_frame", keep_temporal=False, another pool_type or norm_eps give other vectors from the same
+    weights, so the same name, hash and preprocessing: a library built with the released setting took them in."""
+    from index.catalog import LibraryManifest
+
+    def manifest(encoder):
+        return LibraryManifest.for_encoder(encoder, window=10.0, stride=5.0, max_seconds=None)
+    # the released setting keeps the description libraries were built with, so they still open
+    assert enc.preprocessing["pooling"] == "normalised mean of per-frame embeddings"
+    clip = np.random.default_rng(0).integers(0, 256, (enc.num_frames, 32, 32, 3), dtype=np.uint8)
+    for change in [dict(frame_mode="per_frame"), dict(keep_temporal=False), dict(pool_type="cls"),
+                   dict(norm_eps=1e-6)]:
+        other = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], **change}})
+        other.load_state_dict(enc.model.state_dict())
+        other = VideoTextEncoder(other, device="cpu", tokenizer=enc.tokenizer)
+        assert other.weights_hash == enc.weights_hash
+        assert not np.array_equal(other.encode_clips([clip]), enc.encode_clips([clip])), change
+        assert manifest(enc).model_mismatch(manifest(other)).startswith("preprocessing is "), change
+        assert manifest(other).model_mismatch(manifest(other)) is None
+
+
+def test_an_empty_text_in_a_batch_is_named(enc):
+    """One blank caption among thousands was "empty query text" with no hint which."""
+    with pytest.raises(VmmError, match=r"^empty query text \(texts\[2\]\); give some words to search for$"):
+        enc.encode_texts(["a dog", "a cat", " \t", "rain"])
+    with pytest.raises(VmmError, match=r"^empty query text; give some words to search for$"):
+        enc.encode_texts("")
+
+
+def test_weights_hash_follows_weights_changed_in_place():
+    """The hash was computed once: a model trained on (optimiser steps and load_state_dict write in place) between
+    two indexing runs kept its first hash, and its vectors joined a library of the old weights."""
+    from vmm.embedder import _state_dict_hash
+    torch.manual_seed(0)
+    encoder = VideoTextEncoder(vmm.create_model("videomamba_m16_mm", **TINY), device="cpu")
+    first = encoder.weights_hash
+    torch.manual_seed(1)
+    encoder.model.load_state_dict(vmm.create_model("videomamba_m16_mm", **TINY).state_dict())
+    assert encoder.weights_hash == _state_dict_hash(encoder.model) != first
+    with torch.no_grad():
+        encoder.model.vision_proj.bias.add_(1.0)
+    assert encoder.weights_hash == _state_dict_hash(encoder.model)
+    encoder.encode_clips([np.zeros((encoder.num_frames, 32, 32, 3), np.uint8)])  # a forward changes no weight
+    assert encoder.weights_hash == _state_dict_hash(encoder.model)
+
+
+def test_many_texts_are_encoded_in_bounded_batches(enc, monkeypatch):
+    """All texts went through the text tower in one forward: 8000 captions took 3.6 GB of activations with vmm_nano
+    on CPU, and a corpus of 100k would not fit. Batches of 256 (the official evaluation's) give the same rows."""
+    texts = [f"clip {i}: a {('red', 'green', 'blue')[i % 3]} square moves {i % 7} steps" for i in range(300)]
+    rows = []
+    encode_text = enc.model.encode_text
+    monkeypatch.setattr(enc.model, "encode_text", lambda ids, *args, **kw: rows.append(len(ids)) or
+                        encode_text(ids, *args, **kw))
+    vecs, hidden, mask = enc.encode_texts(texts, return_hidden=True)
+    assert rows == [256, 44] and vecs.shape == (300, enc.dim) and hidden.shape[0] == mask.shape[0] == 300
+    monkeypatch.setattr("vmm.embedder._TEXT_BATCH", 10**6)
+    one_forward = enc.encode_texts(texts, return_hidden=True)
+    np.testing.assert_allclose(vecs, one_forward[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden, one_forward[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(mask, one_forward[2]) and enc.encode_texts([]).shape == (0, enc.dim)

@@ -24,6 +24,9 @@ from vmm.tokenizer import as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 _PREP_CHUNK_BYTES = 1 << 28  # uint8 frames prepared at once (256 MB: five 1080p clips of 8 frames)
+# Texts per forward, the official evaluation's text batch: all in one, the activations of 8000 captions took 3.6 GB
+# with vmm_nano on CPU (100k captions of a corpus would need 45).
+_TEXT_BATCH = 256
 
 
 def _state_dict_hash(model: torch.nn.Module) -> str:
@@ -36,14 +39,45 @@ def _state_dict_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _check_uint8(clips: Sequence) -> None:
-    """VmmError naming the first clip that is not uint8: the transform reads every value as 0-255, so float
-    frames in 0-1 came out near black and were indexed and searched without a word."""
+# Vision settings that change the vectors but no weight (so not the weights hash): a model built with
+# frame_mode="per_frame" from the released weights is another embedding, whose vectors must not join a library
+# of theirs.
+_POOLING_FIELDS = ("frame_mode", "pool_type", "keep_temporal", "norm_eps")
+
+
+def _pooling(vision) -> str:
+    """How a clip becomes one vector, for the library's manifest; the settings of :data:`_POOLING_FIELDS` that
+    differ from the defaults (the released models') are named, so libraries of those keep the manifest they have."""
+    default = type(vision)()
+    changed = [f"{name}={getattr(vision, name)!r}" for name in _POOLING_FIELDS
+               if getattr(vision, name) != getattr(default, name)]
+    return "normalised mean of per-frame embeddings" + (f" ({', '.join(changed)})" if changed else "")
+
+
+def _checked_clips(clips, caller: str = "encode_clips") -> list:
+    """``clips`` as a list of arrays or tensors, or VmmError naming the first clip the model cannot take and the fix.
+
+    Checked before any work: float frames in 0-1 were read as 0-255 and indexed near black without a word; a
+    grey, RGBA or channels-first clip failed in the batching without saying which clip; an empty one failed in
+    the resize with a bare RuntimeError, and a clip of 0 frames was told to rebuild the model with num_frames=0.
+    """
+    if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
+        raise VmmError(f"{caller} takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
+                       f"{tuple(clips.shape)}; pass [clip]")
+    if isinstance(clips, (str, bytes)) or not hasattr(clips, "__iter__"):
+        raise VmmError(f"{caller} takes a list of uint8 clips (T, H, W, 3), got {type(clips).__name__}")
+    clips = [c if isinstance(c, torch.Tensor) else np.asarray(c) for c in clips]  # a generator is read once
     for i, clip in enumerate(clips):
-        dtype = clip.dtype if isinstance(clip, (np.ndarray, torch.Tensor)) else np.asarray(clip).dtype
-        if dtype not in (np.uint8, torch.uint8):
-            raise VmmError(f"clip {i} is {str(dtype).removeprefix('torch.')}, not uint8; clips are decoded frames "
-                           "(0-255): convert 0-1 floats with (frames * 255).round().astype(np.uint8)")
+        if clip.dtype not in (np.uint8, torch.uint8):
+            raise VmmError(f"clip {i} is {str(clip.dtype).removeprefix('torch.')}, not uint8; clips are decoded "
+                           "frames (0-255): convert 0-1 floats with (frames * 255).round().astype(np.uint8)")
+        shape = tuple(clip.shape)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise VmmError(f"clip {i} has shape {shape}, not (frames, height, width, 3); convert grey or RGBA "
+                           "frames to RGB, with the channels last")
+        if not math.prod(shape):
+            raise VmmError(f"clip {i} of shape {shape} is empty; a clip needs frames of at least 1 x 1 pixels")
+    return clips
 
 
 class VideoTextEncoder:
@@ -94,8 +128,9 @@ class VideoTextEncoder:
         self.tokenizer = tokenizer
         self.preprocessing = {"resize": self.img_size, "interp": "bicubic-squash", "antialias": False,
                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "sampling": "middle",
-                              "frames": self.num_frames, "pooling": "normalised mean of per-frame embeddings"}
+                              "frames": self.num_frames, "pooling": _pooling(cfg.vision)}
         self._weights_hash: Optional[str] = None
+        self._weights_key: Optional[tuple] = None  # the weights' addresses and versions when last hashed
         self._use_graph = bool(cuda_graph) and self.device.type == "cuda"
         self._graph: Optional[GraphedVideoForward] = None
         self._graph_key: Optional[tuple] = None  # what the graph was captured for: shape, dtype, weights
@@ -109,8 +144,12 @@ class VideoTextEncoder:
 
     @property
     def weights_hash(self) -> str:
-        if self._weights_hash is None:
-            self._weights_hash = _state_dict_hash(self.model)
+        # Hashed again once a weight has changed: training steps and load_state_dict write in place, and a model
+        # trained on between two indexing runs kept its first hash, so its vectors joined a library of the old
+        # weights. A tensor's version counts its in-place writes (an inference tensor has none: its address only).
+        key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in self.model.state_dict().values())
+        if key != self._weights_key:
+            self._weights_hash, self._weights_key = _state_dict_hash(self.model), key
         return self._weights_hash
 
     def _autocast(self, cache_enabled: bool = True):
@@ -118,8 +157,9 @@ class VideoTextEncoder:
             return nullcontext()
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
-    def _video_batch(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 clips (T, H, W, 3) -> (N, 3, T, S, S) on the device, each exactly ``self.transform`` of its clip.
+    def _video_batch(self, clips: Sequence) -> torch.Tensor:
+        """Checked clips (:func:`_checked_clips`) -> (N, 3, T, S, S) on the device, each exactly ``self.transform``
+        of its clip.
 
         The uint8 frames go to the device before the resize: on a GPU host the CPU resize of 8 full-size frames
         costs more than encoding the clip (benchmarks/indexing.py), and uint8 is 4x less to copy. Clips of one
@@ -127,26 +167,25 @@ class VideoTextEncoder:
         8 x 240 x 320 take 12.3 ms instead of 16.2 one by one (the model itself 56 ms), and `vmm index` with
         VideoMamba-M runs at 275 instead of 260 clips/s.
         """
-        tensors = [c if isinstance(c, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(c)) for c in clips]
         groups: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tensors):
-            if t.ndim != 4 or t.shape[-1] != 3:
-                raise ValueError(f"frames must be (T, H, W, 3), got {tuple(t.shape)}")
-            groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
+        for i, clip in enumerate(clips):
+            groups.setdefault(tuple(clip.shape), []).append(i)
         pinned = self.device.type == "cuda"
-        out: list = [None] * len(tensors)
-        for (shape, dtype), members in groups.items():
+        out: list = [None] * len(clips)
+        for shape, members in groups.items():
             # a bounded number of frames at once: the resize works in float32, 4x the uint8 bytes, on the device
-            # (max 1: a clip of 0 frames or 0 pixels fails in the model or the resize, as it did one by one)
-            step = max(1, _PREP_CHUNK_BYTES // max(1, math.prod(shape) * dtype.itemsize))
+            step = max(1, _PREP_CHUNK_BYTES // math.prod(shape))
             for s in range(0, len(members), step):
                 chunk = members[s:s + step]
-                host = torch.empty((len(chunk), *shape), dtype=dtype, pin_memory=pinned)
+                host = torch.empty((len(chunk), *shape), dtype=torch.uint8, pin_memory=pinned)
                 rows = host.numpy()
                 for k, i in enumerate(chunk):
                     # numpy's single-threaded copy: torch's own spreads over OpenMP threads, which wait on
-                    # each other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s)
-                    np.copyto(rows[k], tensors[i].numpy(force=True))
+                    # each other behind busy decoder processes (`vmm index` fell from about 190 to 105 clips/s).
+                    # A NumPy clip is read where it lies: torch.from_numpy of a read-only one (np.load with
+                    # mmap_mode="r") printed a UserWarning about undefined behaviour on writes.
+                    clip = clips[i]
+                    np.copyto(rows[k], clip.numpy(force=True) if isinstance(clip, torch.Tensor) else clip)
                 frames = host.to(self.device, non_blocking=pinned).flatten(0, 1)  # (n T, H, W, 3)
                 x = self.transform(frames).unflatten(1, (len(chunk), shape[0])).transpose(0, 1)  # (n, 3, T, S, S)
                 for j, i in enumerate(chunk):
@@ -192,10 +231,7 @@ class VideoTextEncoder:
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
         """uint8 clips (T, H, W, 3) -> (N, dim) float32 unit vectors (and patch tokens with ``return_tokens``)."""
-        if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
-            raise VmmError(f"encode_clips takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
-                           f"{tuple(clips.shape)}; pass [clip]")
-        _check_uint8(clips)
+        clips = _checked_clips(clips)
         out, toks = [], []
         for batch in self._batches(clips):
             x = self._video_batch(batch)
@@ -218,8 +254,10 @@ class VideoTextEncoder:
         """Strings (one string is one text) -> (N, dim) float32 unit vectors (and (hidden, mask) for ITM with
         ``return_hidden``)."""
         texts = as_texts(texts)
-        if any(not t.strip() for t in texts):
-            raise VmmError("empty query text; give some words to search for")
+        for i, text in enumerate(texts):
+            if not text.strip():  # which one of a batch: one blank caption of thousands is otherwise a hunt
+                raise VmmError(f"empty query text{f' (texts[{i}])' if len(texts) > 1 else ''}; give some words to "
+                               "search for")
         ids, mask = self.tokenizer(texts, max_length=self.max_text_len)
         # Punctuation alone ("?!", "...") is cleaned away and invisible characters are dropped: the encoder saw
         # [CLS] [SEP] only, and every such query ranked the library the same way, as if it were a match. Emoji
@@ -230,16 +268,22 @@ class VideoTextEncoder:
             if not has_words:
                 raise VmmError(f"query {text!r} has no words (punctuation and invisible characters are dropped, and "
                                "emoji and symbols are unknown to the model); give some words to search for")
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        with self._autocast():
-            emb, hidden = self.model.encode_text(ids, mask, return_hidden=True)
-        vecs = emb.float().cpu().numpy()
-        return (vecs, hidden, mask) if return_hidden else vecs
+        out, hiddens = [], []
+        for s in range(0, max(1, len(texts)), _TEXT_BATCH):  # (max 1: no texts are one empty forward, (0, dim))
+            with self._autocast():
+                emb, hidden = self.model.encode_text(ids[s:s + _TEXT_BATCH].to(self.device),
+                                                     mask[s:s + _TEXT_BATCH].to(self.device), return_hidden=True)
+            out.append(emb.float().cpu())
+            if return_hidden:
+                hiddens.append(hidden)
+        vecs = torch.cat(out).numpy()
+        return (vecs, torch.cat(hiddens), mask.to(self.device)) if return_hidden else vecs
 
     @torch.inference_mode()
     def itm_scores_for(self, text: str, clips: Sequence[np.ndarray]) -> np.ndarray:
         """ITM match logits of one text against each clip (the official re-ranking score)."""
         _, hidden, mask = self.encode_texts([text], return_hidden=True)
+        clips = _checked_clips(clips, "itm_scores_for")
         scores = []
         for batch in self._batches(clips):
             _, tokens = self.encode_clips(batch, return_tokens=True)

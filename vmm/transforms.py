@@ -30,9 +30,14 @@ def _as_tchw_uint8(frames: Union[np.ndarray, Tensor, Sequence]) -> Tensor:
     if not isinstance(frames, (np.ndarray, Tensor)):
         raise ValueError(f"frames must be a (T, H, W, 3) uint8 array or tensor, or a list of frames, got "
                          f"{type(frames).__name__}")
-    t = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if isinstance(frames, np.ndarray):
+        # a read-only array (np.load with mmap_mode="r") is copied: torch wraps it with a UserWarning about writes
+        frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames, order="C")
+    t = torch.as_tensor(frames)
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3), got {tuple(t.shape)}")
+    if not t.numel():  # else the resize fails with "Input and output sizes should be greater than 0"
+        raise ValueError(f"frames of shape {tuple(t.shape)} are empty; a clip needs frames of at least 1 x 1 pixels")
     if t.dtype != torch.uint8:  # every value is read as 0-255: 0-1 floats came out a near-black clip, silently
         raise ValueError(f"frames are {str(t.dtype).removeprefix('torch.')}, not uint8 (0-255); convert 0-1 floats "
                          "with (frames * 255).round().astype(np.uint8)")

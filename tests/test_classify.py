@@ -450,3 +450,80 @@ def test_lower_level_functions_check_their_counts(video, model):
     assert top_labels(torch.tensor([0.1, 0.2, 0.7]), ["a", "b", "c"], k=9) == [("c", pytest.approx(0.7)),
                                                                             ("b", pytest.approx(0.2)),
                                                                             ("a", pytest.approx(0.1))]
+
+
+# -- label lists and label maps --------------------------------------------------------------------------------
+
+def test_label_lists_get_the_checks_of_label_files(video):
+    """A list passed from Python was taken as is: with a name twice, dict(classify_video(...)) silently lost a class,
+    and None or "" became a class name."""
+    model3 = vmm.create_model("videomamba_tiny", num_classes=3, **TINY)
+    for labels, message in ((["cat", "dog", "cat"], r"names 'cat' twice \(index 0 and index 2\)"),
+                            (["cat", " ", "dog"], "empty name at index 1"),
+                            (["cat", None, "dog"], "None at index 1, not a name"),
+                            (["cat", "dog\nbird", "fish"], "line break at index 1")):
+        with pytest.raises(VmmError, match=message):
+            resolve_labels(model3, labels)
+        with pytest.raises(VmmError, match=message):
+            classify_video(video[0], model3, labels=labels)
+    assert resolve_labels(model3, (" cat", "dog ", "bird")) == ["cat", "dog", "bird"]
+
+
+def test_label_maps_are_read_in_index_order(tmp_path):
+    """PySlowFast's kinetics_classnames.json, the demo's {"0": name} map and id,name CSVs were read as plain lines:
+    one class named '{"\\"a b\\"": 2, ...}' or classes named "0,abseiling"."""
+    expected = ["cat", "dog", "a b", "x, y"]
+    files = {"pyslowfast.json": json.dumps({'"a b"': 2, "dog": 1, '"x, y"': 3, "cat": 0}),
+             "demo.json": json.dumps({"3": "x, y", "0": "cat", "1": "dog", "2": "a b"}),
+             "list.json": "\ufeff" + json.dumps(expected),
+             "header.csv": 'id,name\r\n2,a b\r\n0,cat\r\n\r\n3,"x, y"\r\n1,dog\r\n',
+             "one_based.csv": '1,cat\n2,dog\n3,a b\n4,"x, y"\n',
+             "names.CSV": 'cat\ndog\na b\n"x, y"\n\n'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8", newline="")
+        assert load_labels(tmp_path / name) == expected, name
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("indexed.txt", "0,abseiling\n1,air drumming\n2,answering questions\n", "starts each line with its class number"),
+    ("header.txt", "id name\n1 abseiling\n2 air drumming\n", r"line 2: '1 abseiling'"),
+    ("gap.json", json.dumps({"a": 0, "b": 2}), "no class index 1"),
+    ("twice.csv", "id,name\n0,a\n0,b\n", "class index 0 twice"),
+    ("unquoted.json", json.dumps({'"a"': 0, "a": 1}), r"names 'a' twice \(index 0 and index 1\)"),
+    ("broken.json", '{"a": 0,', "is not valid JSON"),
+    ("nested.json", json.dumps({"labels": ["a", "b"]}), "JSON of another shape"),
+    ("numbers.json", "[0, 1]", "has 0 at index 0, not a name"),
+    ("name_first.csv", "abseiling,0\nair drumming,1\n", "has the row 'air drumming,1'; write rows index,name"),
+    ("middle.txt", "a\n\nb\n", "empty name at line 2"),
+    ("blank.txt", "\n \n", "has no names"),
+])
+def test_bad_label_files_are_named_with_the_fix(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(VmmError, match=f"label file {tmp_path / name} .*{message}"):
+        load_labels(tmp_path / name)
+
+
+def test_label_lines_are_split_only_at_line_ends(tmp_path):
+    """str.splitlines also splits at U+2028, U+0085 and form feeds, so a label holding one became two classes and the
+    count differed from the file's lines (wc -l)."""
+    path = tmp_path / "odd.txt"
+    path.write_text("cat\ndog\u2028walk\nbird\x0c\nfish\x85eye\r\n\n", encoding="utf-8", newline="")
+    assert load_labels(path) == ["cat", "dog\u2028walk", "bird", "fish\x85eye"]
+
+
+def test_cli_reads_pyslowfast_label_map(video, checkpoint, tmp_path, capsys):
+    """The alphabetical Kinetics map of PySlowFast and PyTorchVideo, keys out of order and some names quoted."""
+    alphabetical = sorted(load_labels("kinetics400"))
+    entries = [(f'"{n}"' if " " in n else n, i) for i, n in enumerate(alphabetical)]
+    labels = tmp_path / "kinetics_classnames.json"
+    labels.write_text(json.dumps(dict(entries[::-1])))
+    code, out, err = run_cli([str(video[0]), *TINY_ARGS, "--checkpoint", str(checkpoint), "--labels", str(labels),
+                              "--json"], capsys)
+    assert code == 0, err
+    assert [r["label"] for r in json.loads(out)["top"]] == [alphabetical[r["index"]] for r in json.loads(out)["top"]]
+
+    labels = tmp_path / "label_map.txt"
+    labels.write_text("".join(f"{i},{n}\n" for i, n in enumerate(alphabetical)))
+    code, _, err = run_cli([str(video[0]), *TINY_ARGS, "--checkpoint", str(checkpoint), "--labels", str(labels)],
+                           capsys)
+    assert_one_line_error(code, err, f"label file {labels} starts each line with its class number", ".csv")

@@ -252,14 +252,13 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 
 def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
     """Class names for ``model``'s head: ``labels`` (a set name, a file, or a list), else the model's
-    ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size."""
+    ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size or a name is
+    empty or repeated (see :func:`vmm.labels.load_labels`)."""
     head = _classifier_head(model)
     if labels is None:
         labels = (getattr(model, "model_meta", None) or {}).get("labels") or DEFAULT_LABELS
-    if isinstance(labels, (str, Path)):
-        source, names = str(labels), load_labels(labels)
-    else:
-        source, names = "the given label list", [str(n) for n in labels]
+    names = load_labels(labels)  # a list gets the checks of a file: a repeated name would lose a class in a dict
+    source = str(labels) if isinstance(labels, (str, Path)) else "the given label list"
     if len(names) != head.out_features:
         raise VmmError(f"label set {source} has {len(names)} names but the head of {_model_name(model)} has "
                        f"{head.out_features} classes; pass labels (CLI: --labels FILE) with "

@@ -99,6 +99,12 @@ class LibraryManifest:
         """A one-phrase description of how ``model``'s embedding differs from this library's, or None."""
         for name in ("model_name", "weights_hash", "dim", "num_frames", "sampling", "preprocessing"):
             mine, theirs = getattr(self, name), getattr(model, name)
+            # In a dict (preprocessing), the first differing entry: the whole dict was cut at 80 characters
+            # before the one that differs ("pooling" comes last).
+            while isinstance(mine, dict) and isinstance(theirs, dict) and _canonical(mine) != _canonical(theirs):
+                key = next(k for k in sorted({*mine, *theirs}, key=str)
+                           if _canonical(mine.get(k)) != _canonical(theirs.get(k)))
+                name, mine, theirs = f"{name}[{key!r}]", mine.get(key), theirs.get(key)
             if _canonical(mine) != _canonical(theirs):
                 return f"{name} is {_short(mine)} in the library but {_short(theirs)} for this model"
         return None

@@ -30,6 +30,11 @@ class _Parser(OneLineArgumentParser):
     def error_line(self, message: str) -> Optional[str]:
         return super().error_line(message) if _first_process() else None
 
+    def parse_args(self, args=None, namespace=None):
+        # Overrides on both sides of an option (`a=1 --config R b=2`, `--config R a=1 --check b=2`): plain
+        # parse_args fills the overrides once and refused the second group as "unrecognized arguments".
+        return self.parse_intermixed_args(args, namespace)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's parser (also used by tests/test_doc_commands.py to check the documented command lines).

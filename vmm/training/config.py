@@ -14,7 +14,10 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import difflib
+import functools
 import math
+import os
 import re
 import types
 import typing
@@ -159,6 +162,72 @@ class TrainConfig:
 
 
 # -- reading ---------------------------------------------------------------------------------------------
+class _SpeltInt(int):
+    """A number of a recipe or override that remembers how it was written: a string option takes that text, so a
+    folder named 2024_01_15 is not the int 20240115, nor is 1.10 the float's '1.1'."""
+    spelt: str
+
+
+class _SpeltFloat(float):
+    spelt: str
+
+
+def _spelt(value: Any, text: str) -> Any:
+    if type(value) in (int, float):
+        value = (_SpeltInt if type(value) is int else _SpeltFloat)(value)
+        value.spelt = text.strip()
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with the spelt numbers inside turned back into ints and floats (yaml.safe_dump refuses subclasses,
+    and free-form sections reach the model config as they are)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return int(value) if isinstance(value, _SpeltInt) else float(value) if isinstance(value, _SpeltFloat) else value
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe_loader() -> type:
+    """PyYAML's safe loader with three of YAML 1.1's traps closed. A key given twice in one mapping is refused
+    (YAML keeps the last: a second ``optim:`` section dropped the settings of the first without a word). Only
+    true/false are booleans, so ``precision: no`` is the string the option wants, not false. ``1e3`` and ``4e-4``
+    are numbers as on the command line (1.1 reads them as strings, which an integer option refused)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice in one mapping, and YAML would keep only the "
+                            "last; merge the two", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node):
+            return _spelt(super().construct_yaml_int(node), node.value)
+
+        def construct_yaml_float(self, node):
+            return _spelt(super().construct_yaml_float(node), node.value)
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_yaml_float)
+    return Loader
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     import yaml
     if not path.is_file():
@@ -170,7 +239,7 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise VmmError(f"config {path} includes itself through 'base'; remove the loop")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_recipe_loader()) or {}
     except UnicodeDecodeError:
         raise VmmError(f"config {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as e:
@@ -208,7 +277,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise VmmError(f"override {text!r} must look like section.key=value (e.g. optim.lr=1e-4)")
     raw = raw.strip()
     try:
-        value = ast.literal_eval(raw)
+        value = _spelt(ast.literal_eval(raw), raw)
     except (ValueError, SyntaxError):
         if raw.startswith(("[", "{")):
             _refuse_yaml_spelling(key.strip(), raw)
@@ -288,8 +357,10 @@ def _recipe_keys(cls: type) -> list[str]:
 
 
 def _unknown_key(where: str, key: str, names: list[str]) -> VmmError:
-    return VmmError(f"unknown config key {where + '.' if where else ''}{key}; valid keys"
-                    f"{' of ' + where if where else ''}: {', '.join(names)}")
+    prefix = where + "." if where else ""
+    close = difflib.get_close_matches(str(key), names, n=1)
+    return VmmError(f"unknown config key {prefix}{key}; valid keys{' of ' + where if where else ''}: "
+                    f"{', '.join(names)}" + (f"; did you mean {prefix}{close[0]}?" if close else ""))
 
 
 def _shown(steps: list) -> str:
@@ -323,7 +394,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
@@ -345,13 +416,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+            return getattr(value, "spelt", str(value))
     elif tp is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
+            # Mappings in a list are sections (data.train's corpora), whose string options are typed when built.
+            return [v if isinstance(v, dict) else _plain(v) for v in value]
     elif tp is dict:
         if isinstance(value, dict):
-            return value
+            return _plain(value)
     raise VmmError(f"option {where} must be {_type_name(tp)}, got {value!r}")
 
 
@@ -360,7 +432,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise VmmError(f"section {where or 'top level'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = _recipe_keys(cls)
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)  # YAML keys need not be strings
     if unknown:
         raise _unknown_key(where, unknown[0], names)
     kwargs = {}
@@ -380,10 +452,10 @@ def _check_model_overrides(cfg: TrainConfig) -> None:
     from vmm.models.config import VideoMambaConfig
     from vmm.models.text import TextConfig
     for section, dc in (("vision", VideoMambaConfig), ("text", TextConfig)):
-        valid = {f.name for f in dataclasses.fields(dc)}
-        bad = sorted(set(getattr(cfg.model, section)) - valid)
+        valid = sorted(f.name for f in dataclasses.fields(dc))
+        bad = sorted(set(getattr(cfg.model, section)) - set(valid), key=str)
         if bad:
-            raise VmmError(f"unknown config key model.{section}.{bad[0]}; valid keys: {', '.join(sorted(valid))}")
+            raise _unknown_key(f"model.{section}", bad[0], valid)
 
 
 def _check_values(cfg: TrainConfig) -> None:
@@ -449,8 +521,24 @@ def _check_values(cfg: TrainConfig) -> None:
     cfg.optim.betas = [_coerce(b, float, "optim.betas") for b in cfg.optim.betas]
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise VmmError(f"optim.betas must both lie in [0, 1), got {cfg.optim.betas}")
+    if not cfg.train.output_dir.strip():  # an unset shell variable (train.output_dir=$RUN): the run would write here
+        raise VmmError("train.output_dir is empty; pass the run's folder, e.g. train.output_dir=runs/my_run")
     if cfg.export.trainable_only and not cfg.freeze:
         raise VmmError("export.trainable_only needs a freeze list (nothing is frozen, so everything is trainable)")
+
+
+def _expand_home(cfg: TrainConfig) -> None:
+    """``~/...`` in the recipe's paths is the home folder, as in the rest of vmm: the shell does not expand it in
+    ``key=~/x`` nor in YAML, and a run wrote into a folder named ``~`` (which ``rm -r ~`` then removes the home of)."""
+    def home(path):
+        if isinstance(path, list):
+            return [home(p) for p in path]
+        return os.path.expanduser(path) if isinstance(path, str) else path
+    for section, name in (("model", "init"), ("model", "vision_init"), ("teacher", "distill_model"),
+                          ("train", "output_dir"), ("train", "resume")):
+        setattr(getattr(cfg, section), name, home(getattr(getattr(cfg, section), name)))
+    for src in cfg.data.train:
+        src.anno, src.root, src.shards = home(src.anno), home(src.root), home(src.shards)
 
 
 def unused_options(cfg: TrainConfig) -> list[str]:
@@ -508,4 +596,5 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     cfg.source_file = str(path)
     _check_model_overrides(cfg)
     _check_values(cfg)
+    _expand_home(cfg)
     return cfg

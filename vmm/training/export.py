@@ -15,7 +15,7 @@ from typing import Union
 
 import torch.nn as nn
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, error_text
 from vmm.models.persistence import CONFIG_NAME
 
 TRAINABLE_NAME = "trainable.safetensors"
@@ -79,26 +79,46 @@ def load_trainable_export(directory: Union[str, Path]) -> nn.Module:
     ``vmm.from_pretrained`` calls this for a folder where :func:`is_trainable_export` is true and no
     ``model.safetensors`` is present.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+    from vmm.models.persistence import _check_readable, read_config
     from vmm.models.registry import create_model
     directory = Path(directory)
+    cfg = read_config(directory)  # a damaged config.json is one line naming it
+    info = cfg.get("trainable_only")
+    weights = info.get("weights", TRAINABLE_NAME) if isinstance(info, dict) else None
+    frozen = info.get("frozen", []) if isinstance(info, dict) else None
+    # A hand-edited entry failed as an AttributeError or TypeError deep in the loader; a weights path that is not
+    # a plain name would read a file outside the folder.
+    if not (isinstance(weights, str) and weights and Path(weights).name == weights and isinstance(frozen, list)
+            and all(isinstance(n, str) for n in frozen)):
+        raise VmmError(f"{directory / CONFIG_NAME}: its \"trainable_only\" entry is not a training export's "
+                       f"({{\"weights\": a file name in the folder, \"frozen\": [tensor names]}}); re-export the model")
     try:
-        cfg = json.loads((directory / CONFIG_NAME).read_text())
-        arch, kwargs, info = cfg["architecture"], dict(cfg["model"]), cfg["trainable_only"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise VmmError(f"{directory} is not a trainable-only export ({type(e).__name__}: {e})") from None
-    model = create_model(arch, **kwargs)  # text.init_from loads the frozen tensors
-    state = load_file(str(directory / info.get("weights", TRAINABLE_NAME)))
+        model = create_model(cfg["architecture"], **cfg["model"])  # text.init_from loads the frozen tensors
+    except VmmError as e:  # a field edited by hand: name the file it is in
+        raise VmmError(f"{directory / CONFIG_NAME}: {e}") from None
+    path = directory / weights
+    if not path.is_file():
+        raise VmmError(f"{path} is missing (config.json names it); copy the whole folder again or re-export the model")
+    _check_readable(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:  # a copy cut short, or another file under that name
+        raise VmmError(f"{path} is not a complete safetensors file ({error_text(e)}); copy it again or re-export "
+                       f"the model") from None
     own = model.state_dict()
-    frozen = set(info.get("frozen", []))
+    frozen = set(frozen)
     unexpected = [k for k in state if k not in own]
     restored = {own[k].data_ptr() for k in list(state) + list(frozen) if k in own}
     missing = [k for k in own if k not in state and own[k].data_ptr() not in restored]
-    if unexpected or missing:
-        raise VmmError(f"{directory / TRAINABLE_NAME} does not fit its config (missing {missing[:3]}, unexpected "
-                       f"{unexpected[:3]}); re-export the model")
-    model.load_state_dict(state, strict=False)
-    model.model_name = cfg.get("model_name") or arch
+    try:
+        if unexpected or missing:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.load_state_dict(state, strict=False)  # RuntimeError for a tensor of another shape
+    except RuntimeError as e:
+        raise VmmError(f"{path} does not fit its config ({error_text(e)}); re-export the model") from None
+    model.model_name = cfg.get("model_name") or cfg["architecture"]
     model.model_meta = cfg.get("model_meta") or {}
     model.pretrained_source = str(directory)
     return model

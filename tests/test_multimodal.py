@@ -128,6 +128,21 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
         vmm.from_pretrained(tmp_path / "broken")
 
 
+def test_saved_files_get_the_mode_the_umask_gives(tmp_path):
+    """save_pretrained wrote through tempfile.mkstemp, whose files are 0600: a model exported on a shared cluster
+    (umask 002, a group's folder) could be loaded by no one but its owner, while its checkpoints could."""
+    import os
+    m = tiny_mm()
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            folder = m.save_pretrained(tmp_path / f"umask{umask:03o}")
+        finally:
+            os.umask(old)
+        assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+            "config.json": mode, "model.safetensors": mode}, oct(umask)
+
+
 def test_offline_hub_reference_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Union
 
@@ -27,6 +27,18 @@ def model_config_dict(model: nn.Module) -> dict:
             "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {})}
 
 
+def _new_temp_file(directory: Path, name: str) -> str:
+    """A new empty file ``.{name}.XXXXXXXX.tmp`` in ``directory``, with the mode the umask gives any new file:
+    tempfile.mkstemp makes it 0600, and a model saved for a shared cluster's group could be loaded by no one else."""
+    while True:
+        path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(path)
+        except FileExistsError:  # another writer's temporary file, by a 1 in 4 billion chance
+            continue
+
+
 def _atomic_write_all(directory: Path, writers: dict) -> None:
     """Write each file (``{name: write(tmp_path)}``) under a temporary name in ``directory`` and rename them into
     place only once all are written: a write that fails (a full disk, a folder made read-only) leaves the folder
@@ -37,9 +49,10 @@ def _atomic_write_all(directory: Path, writers: dict) -> None:
     replaced = False
     try:
         for name, write in writers.items():
-            fd, temps[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
+            temps[name] = _new_temp_file(directory, name)
+            mode = os.stat(temps[name]).st_mode & 0o777
             write(temps[name])
+            os.chmod(temps[name], mode)  # safetensors' writer makes its file anew, 0600
             with open(temps[name], "rb+") as f:
                 os.fsync(f.fileno())
         for name, tmp in temps.items():

@@ -146,6 +146,7 @@ def test_demo_refuses_a_single_video_which_leaves_nothing_to_search(tmp_path):
     ("batch_size", 0, "batch_size must be a whole number >= 1"),
     ("model", "/nonexistent/model", "/nonexistent/model does not exist"),
     ("num_videos", 10 ** 20, "and at most 1000000"),  # planned in memory until it ran out
+    ("queries", True, "--queries True (queries=True): pass 0 or more example searches"),
 ])
 def test_demo_refuses_bad_settings_before_writing_anything(tmp_path, field, value, message):
     from vmm.demo import DemoConfig, run_demo
@@ -154,6 +155,17 @@ def test_demo_refuses_bad_settings_before_writing_anything(tmp_path, field, valu
         run_demo(DemoConfig(**{"out_dir": tmp_path / "demo", "num_videos": 4, "workers": 0, "device": "cpu",
                                field: value}))
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_takes_numpy_counts(tmp_path):
+    # np.int64(4) videos was refused as "needs at least 2 videos and at most 1000000"; taken, the run goes on to
+    # the model, which this one cannot load.
+    import numpy as np
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match="/nonexistent/model does not exist"):
+        run_demo(DemoConfig(out_dir=tmp_path / "demo", num_videos=np.int64(4), queries=np.int64(1),
+                            model="/nonexistent/model", workers=0, device="cpu"))
 
 
 @pytest.mark.slow

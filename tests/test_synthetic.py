@@ -191,6 +191,18 @@ def test_refuses_folders_it_did_not_write_and_needs_overwrite_for_its_own(corpus
     assert len(list((own / "videos").iterdir())) == 4  # stale clips of the larger corpus are gone
 
 
+def test_overwrite_works_in_a_folder_a_file_browser_has_opened(tmp_path):
+    # Finder's .DS_Store counted as a user's file: --overwrite, and every rerun of vmm demo, was refused for good.
+    own = tmp_path / "own"
+    syn.generate_corpus(own, num_videos=4, seed=3, workers=1)
+    (own / ".DS_Store").write_bytes(b"Bud1")
+    (own / "videos" / "Thumbs.db").write_bytes(b"thumbs")
+    syn.generate_corpus(own, num_videos=3, seed=4, workers=1, overwrite=True)
+    assert sorted(p.name for p in (own / "videos").iterdir()) == [
+        "Thumbs.db", *sorted(Path(v["video"]).name for v in json.loads((own / "meta.json").read_text())["videos"])]
+    assert (own / ".DS_Store").read_bytes() == b"Bud1"
+
+
 @pytest.mark.parametrize("num_videos, splits, sizes", [
     (300, (0.8, 0.1, 0.1), (240, 30, 30)),
     (6, (0.8, 0.1, 0.1), (4, 1, 1)),
@@ -213,6 +225,8 @@ def test_split_sizes_add_up_and_keep_held_out_clips(num_videos, splits, sizes):
     (dict(seconds=float("nan")), "--seconds"),
     (dict(seconds=float("inf")), "--seconds"),
     (dict(seconds=100000.0, fps=60), "--seconds"),
+    (dict(seconds=1e308), "--seconds"),  # fps x seconds is infinite: an OverflowError from round()
+    (dict(seconds=-1e308), "--seconds"),
     (dict(splits=(float("nan"), 1, 1)), "--splits"),
     (dict(size=100000), "--size"),
     (dict(workers=-1), "--workers"),
@@ -382,6 +396,25 @@ def test_ctrl_c_stops_the_workers_and_keeps_nothing(tmp_path):
             run.wait()
     assert (run.returncode, stdout, stderr) == (130, "", "interrupted; nothing was kept\n")
     assert not out.exists()
+
+
+def _note_sigterm_action(job):
+    """Stands in for a clip's job in a worker: writes what SIGTERM does there where the clip would go."""
+    import signal
+    Path(job[1]).write_text(str(signal.getsignal(signal.SIGTERM)))
+
+
+def test_workers_die_on_the_pools_sigterm_whatever_handler_the_parent_has(tmp_path, monkeypatch):
+    """Workers inherited the vmm command's Python SIGTERM handler, which runs only between bytecodes: a SIGTERM
+    from the pool landing just before a worker blocked on the task queue was lost, and vmm demo hung for good
+    after writing every clip."""
+    import signal
+    from vmm.cli import _stopping_on_sigterm
+    monkeypatch.setattr(corpus_module, "_render_and_write", _note_sigterm_action)
+    with _stopping_on_sigterm():
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        syn.generate_corpus(tmp_path / "x", num_videos=8, seed=0, workers=2)
+    assert {p.read_text() for p in (tmp_path / "x" / "videos").iterdir()} == {str(signal.SIG_DFL)}
 
 
 # ---------------------------------------------------------------------------- captions vs pixels

@@ -213,8 +213,8 @@ def _stopping_on_sigterm():
 
     def stop(signum, frame):
         if os.getpid() != pid:
-            # A forked worker (vmm demo renders videos in a fork pool) inherits the handler, and its pool ends it
-            # with SIGTERM: it dies as it would have, without a traceback of its own.
+            # A forked worker (of a fork pool that does not reset SIGTERM itself, as vmm demo's does) inherits the
+            # handler, and its pool ends it with SIGTERM: it dies as it would have, without a traceback of its own.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

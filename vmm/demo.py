@@ -53,11 +53,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # Each message names the command-line option and the DemoConfig field, as either may have set it.
     # One video is all training split: nothing would be searched or evaluated.
-    if not isinstance(cfg.num_videos, int) or not 2 <= cfg.num_videos <= MAX_VIDEOS:
-        raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos}): the demo needs at least 2 videos "
+    # is_whole_number, as for the fields below: a NumPy count (np.int64(300)) was refused as out of range.
+    if not is_whole_number(cfg.num_videos) or not 2 <= cfg.num_videos <= MAX_VIDEOS:
+        raise VmmError(f"--videos {cfg.num_videos} (num_videos={cfg.num_videos!r}): the demo needs at least 2 videos "
                        f"(one is held out to search for and evaluate) and at most {MAX_VIDEOS}; pass e.g. --videos 300")
-    if not isinstance(cfg.queries, int) or cfg.queries < 0:
-        raise VmmError(f"--queries {cfg.queries} (queries={cfg.queries}): pass 0 or more example searches")
+    if not is_whole_number(cfg.queries) or cfg.queries < 0:
+        raise VmmError(f"--queries {cfg.queries} (queries={cfg.queries!r}): pass 0 or more example searches")
     # The rest were only checked where they are used: k and rerank after the corpus was generated and indexed.
     for option, name, least in (("--seed", "seed", 0), (None, "k", 1), (None, "rerank", 0),
                                 ("--workers", "workers", 0)):

@@ -31,6 +31,10 @@ MAX_FRAMES = 36000  # 10 minutes at 60 fps
 MAX_VIDEOS = 1_000_000
 CORPUS_FORMAT_VERSION = 1
 OWN_JSON_FILES = ("train.json", "val.json", "test.json", "test_paragraph.json", "test_order.json", "meta.json")
+# What a file browser leaves in a folder someone looked at (macOS Finder, Windows Explorer): neither user data to
+# protect nor ours to delete, so it is left where it is. Counted as foreign, it made --overwrite (and every rerun
+# of vmm demo) refuse a corpus folder once opened in Finder.
+FILE_BROWSER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 # ----------------------------------------------------------------------------
@@ -44,6 +48,16 @@ def _render_and_write(job: tuple[dict[str, Any], str, str]) -> None:
     partial = Path(path).with_name("." + Path(path).name + ".partial")
     write_video(iter_frames(spec, range(spec.num_frames)), partial, spec.fps, codec)
     os.replace(partial, path)
+
+
+def _worker_signals() -> None:
+    """Signals in a worker: Ctrl-C is left to the parent (it is reported once, there), and SIGTERM, which the pool
+    ends its workers with, gets its default action back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the parent's Python SIGTERM handler (the vmm command has one), which runs only
+    # between bytecodes: a SIGTERM landing just before the worker blocked on the pool's task queue was lost, and
+    # leaving the pool waited for that worker for ever (vmm demo hung after writing all 300 clips).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,9 @@ class CorpusConfig:
             raise VmmError(f"--size {self.size}: must be an even number of pixels from 32 to {MAX_SIZE}")
         if not isinstance(self.fps, int) or not 1 <= self.fps <= 60:
             raise VmmError(f"--fps {self.fps}: must be a whole number from 1 to 60")
-        if not math.isfinite(self.seconds) or not 8 <= self.num_frames <= MAX_FRAMES:
+        # fps x seconds is checked as a float first: past about 1.8e307 s it is infinite, which round() in
+        # num_frames cannot take (an OverflowError traceback for --seconds 1e308).
+        if not math.isfinite(self.fps * self.seconds) or not 8 <= self.num_frames <= MAX_FRAMES:
             frames = (f"gives {self.num_frames} frames" if abs(self.seconds) < 1e9 else "is far too long"
                       ) if math.isfinite(self.seconds) else "is not a finite length"
             raise VmmError(f"--seconds {self.seconds} at --fps {self.fps} {frames}; "
@@ -197,10 +213,11 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise VmmError(f"{out_dir} is a file; give a folder path for the corpus")
     if not out_dir.is_dir():
         return
-    foreign = [p for p in out_dir.iterdir() if _unpartial(p.name) not in OWN_JSON_FILES and p.name != "videos"]
+    foreign = [p for p in out_dir.iterdir() if _unpartial(p.name) not in OWN_JSON_FILES
+               and p.name not in ("videos", *FILE_BROWSER_FILES)]
     videos = out_dir / "videos"
     if videos.is_dir():
-        foreign += [p for p in videos.iterdir() if not _is_own_video_name(p.name)]
+        foreign += [p for p in videos.iterdir() if not _is_own_video_name(p.name) and p.name not in FILE_BROWSER_FILES]
     elif videos.exists():
         foreign.append(videos)
     if foreign:
@@ -359,10 +376,8 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
             # Forked workers only render with numpy and encode with PyAV, never touching torch.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             # A Pool, not a ProcessPoolExecutor: leaving the block on Ctrl-C terminates the workers at once
-            # (the executor would first finish every queued clip), and they ignore the Ctrl-C themselves, so
-            # it is reported once, by this process.
-            with multiprocessing.get_context(method).Pool(workers, initializer=signal.signal,
-                                                          initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+            # (the executor would first finish every queued clip).
+            with multiprocessing.get_context(method).Pool(workers, initializer=_worker_signals) as pool:
                 pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
 
         files = {}

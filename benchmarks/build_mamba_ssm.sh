@@ -16,12 +16,23 @@
 # 16 cores for sm_90.
 set -euo pipefail
 
-SDIST_DIR=$(realpath "${1:?usage: build_mamba_ssm.sh SDIST_DIR [WHEEL_DIR]}")
+# Checked before anything is built or created: a missing sdist was a page of ls and tar errors, a host without a
+# GPU a Python traceback.
+die() { echo "error: build_mamba_ssm.sh: $*" >&2; exit 2; }
+[ -d "${1:?usage: build_mamba_ssm.sh SDIST_DIR [WHEEL_DIR]}" ] \
+    || die "SDIST_DIR $1 is not a folder; fetch the sdists into it with the pip download line in this script's header"
+SDIST_DIR=$(realpath "$1")
 WHEEL_DIR=$(realpath -m "${2:-$SDIST_DIR/wheels}")
 PY=${PYTHON:-python3}
-ARCH=${CUDA_ARCH:-$($PY -c 'import torch; m, n = torch.cuda.get_device_capability(); print(f"{m}{n}")')}
+$PY -c 'import torch' 2>/dev/null \
+    || die "$PY cannot import torch; set PYTHON to the python of the environment to install into"
+ARCH=${CUDA_ARCH:-$($PY -c 'import torch; m, n = torch.cuda.get_device_capability(); print(f"{m}{n}")' 2>/dev/null)} \
+    || die "$PY sees no CUDA GPU to build for; run it on the GPU host, or set CUDA_ARCH (e.g. 90 for sm_90)"
 WORK=${BUILD_DIR:-/tmp/vmm_mamba_build}
 JOBS=${MAX_JOBS:-$(nproc)}
+found() { compgen -G "$WHEEL_DIR/$1-*.whl" >/dev/null || compgen -G "$SDIST_DIR/$1-*.tar.gz" >/dev/null; }
+found mamba_ssm || die "no mamba_ssm-*.tar.gz in $SDIST_DIR nor a wheel in $WHEEL_DIR; fetch it with the pip \
+download line in this script's header"
 mkdir -p "$WORK" "$WHEEL_DIR"
 
 build() {  # build NAME ENV_PREFIX jobs
@@ -30,6 +41,7 @@ build() {  # build NAME ENV_PREFIX jobs
         echo "[$name] using wheel in $WHEEL_DIR"
         return 0
     fi
+    found "$name" || { echo "[$name] no $name-*.tar.gz in $SDIST_DIR" >&2; return 1; }
     local tarball
     tarball=$(ls "$SDIST_DIR"/${name}-*.tar.gz | head -n1)
     rm -rf "$WORK/$name" && mkdir -p "$WORK/$name"

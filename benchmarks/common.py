@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import tempfile
 from pathlib import Path
 
 from vmm.errors import OneLineArgumentParser
@@ -36,6 +38,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type of a time limit or budget in seconds: a --max-wall of 0 or less skipped every encoder run and
+    wrote the empty tables over --out."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -44,3 +58,29 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return value
+
+
+def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folder: bool = False) -> Path:
+    """``value`` of an output option as a Path, refused now with one ``error:`` line if the run could not write it
+    at its end: a read-only folder, a file in the way or a folder given for a file was a traceback after minutes
+    of timing, and every number of the run was lost. Missing folders are left to the writer to create.
+
+    >>> output_path(OneLineArgumentParser(prog="bench"), "/tmp/vmm-bench-example/result.json")
+    PosixPath('/tmp/vmm-bench-example/result.json')
+    """
+    path = Path(value)
+    if folder != path.is_dir() and path.exists():
+        wanted = "a folder" if folder else f"a file in it, e.g. {path / 'result.json'}"
+        ap.error(f"argument {option}: {value} is {'a file' if folder else 'a folder'}; name {wanted}")
+    existing = (path if folder else path.parent).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        ap.error(f"argument {option}: {existing} is a file, not a folder; choose another path")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        ap.error(f"argument {option}: cannot write in {existing} ({error.strerror}); choose a folder you can write to")
+    if path.is_file() and not os.access(path, os.W_OK):
+        ap.error(f"argument {option}: {value} is read-only; make it writable or choose another path")
+    return path

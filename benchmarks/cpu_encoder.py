@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import vmm
-from common import cpu_name, parser, positive_int
+from common import cpu_name, output_path, parser, positive_int
 from scan_cpu import naive_per_token_scan
 from vmm.errors import VmmError
 from vmm.ops.selective_scan import register_backend, unregister_backend
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_encoder.json"))
     args = ap.parse_args()
+    args.out = output_path(ap, args.out)
     # Checked before any timing: an unknown name was a traceback after the models before it had run, and a
     # --baseline name outside --models (the docstring's "tiny middle") silently timed no baseline.
     for name in args.models:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import encoder_speed as es  # noqa: E402
-from common import cpu_name, parser, positive_int  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int  # noqa: E402
 import vmm  # noqa: E402
 from vmm.ops import triton_bimamba  # noqa: E402
 
@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.out = output_path(p, args.out, folder=True)
     if not torch.cuda.is_available():
         raise SystemExit("encoder_accuracy.py needs a CUDA GPU")
     torch.manual_seed(args.seed)

@@ -43,7 +43,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
-from common import cpu_name, parser, positive_int  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -386,7 +386,8 @@ def main() -> None:
     if {"indexing", "search", "merge"} <= set(args.skip):  # the run's empty result replaced the recorded one
         ap.error("argument --skip: nothing is left to run; skip at most two of indexing, search and merge")
     if args.write_videos:
-        write_videos(Path(args.write_videos), args.videos, args.video_seconds, *args.video_size)
+        write_videos(output_path(ap, args.write_videos, "--write-videos", folder=True), args.videos,
+                     args.video_seconds, *args.video_size)
         print(f"wrote {args.videos} videos to {args.write_videos}")
         return
     # Checked before any work: a missing folder was a traceback, and one without .mp4 files a run of 0 videos
@@ -401,7 +402,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     # A quick run is a smoke test: it must not replace the recorded full run's file.
     recorded = Path(tempfile.gettempdir()) if args.quick else REPO / "benchmarks" / "results"
-    out = Path(args.out or recorded / f"indexing_{'gpu' if gpu else 'cpu'}.json")
+    out = output_path(ap, args.out or recorded / f"indexing_{'gpu' if gpu else 'cpu'}.json")
 
     result = {"hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick}
     started = time.perf_counter()
@@ -436,10 +437,12 @@ def ratios(result: dict) -> dict:
         model = ix["model"]["clips_per_s"]
         out["indexing_model_vs_color_histogram"] = round(model / ix["color_histogram"]["clips_per_s"], 3)
         out["indexing_model_vs_decode_only"] = round(model / ix["decode_only"]["clips_per_s"], 3)
+    # The exact rows by the factory VectorStore builds for "Flat" (IDMap2,Flat): a bare "Flat" matched no row, and
+    # no IVF row had its speedup.
     flat = {(r["n"], r["faiss_threads"]): r["batch32_p50_ms"] for r in result.get("search", [])
-            if r["index"] == "Flat"}
+            if r["index"] == resolve_factory("Flat", r["n"])}
     for r in result.get("search", []):
-        if r["index"] != "Flat" and (r["n"], r["faiss_threads"]) in flat:
+        if r["index"] != resolve_factory("Flat", r["n"]) and (r["n"], r["faiss_threads"]) in flat:
             out[_speedup_key(r)] = round(flat[r["n"], r["faiss_threads"]] / r["batch32_p50_ms"], 2)
     return out
 

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: python benchmarks/nano_synthetic.py
 sys.path.insert(0, str(HERE))
 
-from common import cpu_name, parser  # noqa: E402
+from common import cpu_name, output_path, parser  # noqa: E402
 
 
 def pair_accuracy(model_dir: str, corpus: Path) -> dict:
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--corpus", help="an existing seed-0 corpus (default: regenerate it in a temp folder)")
     ap.add_argument("--out", default=str(HERE / "results" / "nano_synthetic.json"))
     args = ap.parse_args()
+    args.out = output_path(ap, args.out)
     # Checked before the corpus is written and the first model evaluated: a wrong path was a traceback minutes in.
     for option, path in (("--model", args.model), ("--baseline", args.baseline)):
         if not (Path(path) / "config.json").is_file():

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import cpu_name, parser, positive_int
+from common import cpu_name, output_path, parser, positive_int
 from vmm.ops import selective_scan_ref
 
 SHAPES = {"videomamba_tiny": dict(E=384, depth=24, target_ms=15.0),
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scan_cpu.json"))
     args = ap.parse_args()
+    args.out = output_path(ap, args.out)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows = []

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name, non_negative_int, parser as make_parser, positive_int
+from common import cpu_name, non_negative_int, output_path, parser as make_parser, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out and not args.worker:
+        args.out = output_path(parser, args.out)
     import torch
     args.cpu = args.cpu or not torch.cuda.is_available()
     args.precision = args.precision or ("no" if args.cpu else "bf16")

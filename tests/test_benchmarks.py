@@ -1,6 +1,11 @@
 """The CPU-runnable parts of the benchmark scripts: what they compute from their timings and what they write."""
+import argparse
+import ast
 import importlib.util
 import json
+import re
+import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +15,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPO = BENCHMARKS.parent
+PARSE_ARGS = argparse.ArgumentParser.parse_args
 
 
 @pytest.fixture
@@ -105,8 +112,120 @@ def test_indexing_search_speedup_is_against_flat_at_the_same_size_and_threads(lo
 
     def row(n, index, threads, p50):
         return {"n": n, "index": index, "faiss_threads": threads, "batch32_p50_ms": p50}
-    search = [row(10_000, "Flat", 2, 1.0), row(1_000_000, "Flat", 2, 40.0),
+    # "IDMap2,Flat" is what VectorStore names an exact index (the test before used a bare "Flat", as the code did).
+    search = [row(10_000, "IDMap2,Flat", 2, 1.0), row(1_000_000, "IDMap2,Flat", 2, 40.0),
               row(1_000_000, "IVF4096,Flat", 2, 2.0), row(1_000_000, "IVF4096,Flat", 1, 3.0)]
     # The 1-thread IVF row has no 1-thread Flat row to compare with (a 1M flat scan on one thread is skipped).
     assert indexing.ratios({"search": search}) == {
         "search_IVF4096,Flat_n1000000_2threads_speedup_vs_flat": 20.0}
+
+
+def test_indexing_search_records_each_ivf_rows_speedup_over_the_flat_rows_of_its_run(load, monkeypatch):
+    indexing = load("indexing")
+    # auto picks IVF from 5000 vectors here, so a library of 10k runs the Flat and the IVF rows in seconds.
+    monkeypatch.setattr(indexing, "resolve_factory", partial(indexing.resolve_factory, flat_max=5_000))
+    rows = indexing.bench_search(argparse.Namespace(sizes=[10_000], ivf_train_per_list=16))
+    flat = {r["faiss_threads"]: r["batch32_p50_ms"] for r in rows if "nprobe" not in r}
+    ivf = [r for r in rows if "nprobe" in r]
+    assert ivf and {r["faiss_threads"] for r in ivf} == set(flat)
+    # Every IVF row's ratio was missing: the Flat rows were looked for as "Flat", the store names them IDMap2,Flat.
+    assert indexing.ratios({"search": rows}) == {
+        indexing._speedup_key(r): round(flat[r["faiss_threads"]] / r["batch32_p50_ms"], 2) for r in ivf}
+
+
+@pytest.mark.parametrize("script, args, folder", [
+    ("cpu_encoder", [], False), ("scan_cpu", [], False), ("indexing", ["--quick"], False),
+    ("train_throughput", ["--cpu"], False), ("nano_synthetic", ["--baseline", "vmm/weights/vmm_nano"], False),
+    ("encoder_speed", ["--quick"], True), ("encoder_accuracy", [], True)])
+def test_an_output_the_run_could_not_write_is_refused_before_it_starts(load, monkeypatch, tmp_path, capsys, script,
+                                                                        args, folder):
+    module = load(script)
+    monkeypatch.chdir(BENCHMARKS.parent)
+    in_the_way = tmp_path / "a file"
+    in_the_way.write_text("kept")
+    # A file where the output's folder must go, and a folder given for a file or a file for a folder: each was a
+    # traceback at the very end, after minutes of timing, and the run's numbers were lost.
+    for out in (in_the_way / "result", in_the_way if folder else tmp_path):
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *args, "--out", str(out)])
+        with pytest.raises(SystemExit) as exited:
+            module.main()
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.startswith("error: argument --out: ") and err.count("\n") == 1, err
+    assert in_the_way.read_text() == "kept" and sorted(tmp_path.iterdir()) == [in_the_way]
+
+
+def parsed_arguments(monkeypatch, script: str, argv: list[str]) -> argparse.Namespace:
+    """What ``python benchmarks/SCRIPT ARGV`` parses its command line into; the run itself stops there."""
+    class Parsed(Exception):
+        pass
+
+    def stop(self, args=None, namespace=None):
+        raise Parsed(PARSE_ARGS(self, args, namespace))
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(Parsed) as parsed:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    return parsed.value.args[0]
+
+
+def documented_commands():
+    """(where, script, arguments) of every ``python benchmarks/...`` command line of the scripts' docstrings, the
+    README and docs/, continuation lines joined, ``[optional]`` brackets dropped."""
+    texts = [(path.name, ast.get_docstring(ast.parse(path.read_text())) or "") for path in BENCHMARKS.glob("*.py")]
+    texts += [(path.name, path.read_text()) for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]]
+    for where, text in texts:
+        for line in text.replace("\\\n", " ").splitlines():
+            found = re.match(r"\s*`?(?:PYTHONPATH=\S+ )?python (benchmarks/\w+\.py)([^`]*)", line)
+            if found:
+                yield where, found[1], shlex.split(re.sub(r"[][]", " ", found[2]), comments=True)
+
+
+def test_every_documented_command_line_parses(load, monkeypatch):
+    load("common")  # the scripts' folder on sys.path, as running one puts it
+    commands = list(documented_commands())
+    assert len({script for _, script, _ in commands}) >= 10
+    for where, script, argv in commands:
+        try:
+            parsed_arguments(monkeypatch, script, argv)
+        except SystemExit:
+            pytest.fail(f"{where}: python {script} {shlex.join(argv)} is refused")
+
+
+def test_readme_training_step_row_is_what_its_command_times(load, monkeypatch):
+    load("common")
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| GPU training step"))
+    what, _, where = row.strip("| ").split(" | ")
+    script, *argv = shlex.split(where)
+    # The row is batch 32, as every recorded run; the command's default was 16, so running it timed another step.
+    assert int(re.search(r"batch (\d+)", what)[1]) == parsed_arguments(monkeypatch, script, argv).train_batch
+
+
+@pytest.mark.slow  # each imports torch in a new process
+@pytest.mark.parametrize("settings, says", [
+    ({}, "sees no CUDA GPU to build for; run it on the GPU host, or set CUDA_ARCH"),
+    ({"CUDA_ARCH": "90"}, "no mamba_ssm-*.tar.gz in "),
+    ({"PYTHON": f"{sys.executable} -S"}, "cannot import torch; set PYTHON"),  # no site-packages, as a bare python3
+])
+def test_build_mamba_ssm_refuses_a_host_or_folder_it_cannot_build_from_in_one_line(tmp_path, settings, says):
+    sdists = tmp_path / "sdist"
+    sdists.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "",
+           "BUILD_DIR": str(tmp_path / "build"), **settings}
+    # A Python traceback (no GPU), or a page of ls and tar errors (no sdist) with a build still running behind it.
+    done = subprocess.run(["bash", str(BENCHMARKS / "build_mamba_ssm.sh"), str(sdists)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == [sdists] and not any(sdists.iterdir())  # nothing built or created
+
+
+@pytest.mark.parametrize("option, value", [("--max-wall", "0"), ("--max-wall", "-5"), ("--budget", "nan"),
+                                           ("--budget", "-1")])
+def test_encoder_speed_refuses_a_time_limit_that_measures_nothing_in_one_line(load, tmp_path, capsys, option, value):
+    encoder_speed = load("encoder_speed")
+    # --max-wall 0 skipped every encoder (on a GPU host: after the scan section) and wrote empty tables over --out.
+    with pytest.raises(SystemExit) as exited:
+        encoder_speed.main([option, value, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: argument {option}: {value!r} is not a number of seconds > 0 ")
+    assert not any(tmp_path.iterdir())

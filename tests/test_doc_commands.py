@@ -229,6 +229,14 @@ ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(.+?)\s+\d+:\d\d\.\d\d-\d+:\d\d\.\
 JSON_FIELDS = {"rank", "score", "path", "start", "end", "clip_ids", "itm", "exists"}  # as docs/search.md lists them
 
 
+def _index_json_fields() -> set[str]:
+    """The keys of `vmm index --json` as docs/search.md lists them: the `names` between its "`--json` (the run's
+    summary" and the keys of `--remove`'s object."""
+    text = (REPO / "docs" / "search.md").read_text(encoding="utf-8")
+    start = text.index("`--json` (the run's summary")
+    return set(re.findall(r"`(\w+)`", text[start:text.index("with `--remove`", start)]))
+
+
 def _make_videos(home: Path, work: Path) -> None:
     for name, seconds in VIDEOS.items():
         path = home / "videos" / name
@@ -280,7 +288,13 @@ def _check_output(args, out: str, home: Path, indexed: set) -> None:
         n = len(_videos_under(home, args.paths))
         library = _expand(args.library, home)
         new = 0 if library in indexed else n  # a second run embeds only new or changed files
-        assert re.search(rf"^indexed {new} files .*, {n - new} unchanged, 0 failed", out, re.M)
+        if args.json:
+            report = json.loads(out)
+            documented = _index_json_fields()
+            assert set(report) == documented, f"keys the doc and the output do not share: {set(report) ^ documented}"
+            assert (report["indexed"], report["unchanged"], report["failed"]) == (new, n - new, 0)
+        else:
+            assert re.search(rf"^indexed {new} files .*, {n - new} unchanged, 0 failed", out, re.M)
         indexed.add(library)
     elif args.json:
         hits = json.loads(out)

@@ -6,15 +6,19 @@ checked in :func:`check_inputs` before the accelerator, the model or any worker 
 ``trainer_state.json`` (step, epoch, micro-batches consumed in the epoch), written to a hidden folder and
 renamed when complete. Resuming restores both and skips the consumed micro-batches of the epoch; because
 batches come from a seeded plan and per-sample randomness from the sample key, the resumed run repeats the
-uninterrupted one step for step.
+uninterrupted one step for step. The run's first process holds a lock on its output folder (:class:`RunLock`)
+from before its folder checks to its end, so a second run into the same folder is refused while it runs.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -52,6 +56,7 @@ class Inputs:
     corpora: list
     clip_weights: Optional[Path]
     resume_dir: Optional[Path]
+    steps_per_epoch: int  # of this run's epoch plan (the resume checks need it again under the lock)
 
 
 # -- checks (before any work) ----------------------------------------------------------------------------
@@ -107,6 +112,23 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             raise VmmError(f"loss.distill={cfg.loss.distill} needs teacher.distill_model = a save_pretrained folder "
                            f"(config.json + model.safetensors); got {cfg.teacher.distill_model!r}")
     out = Path(cfg.train.output_dir)
+    if launch_rank() == 0:  # the run's lock is rank 0's (a rank checking after it took it would see it held)
+        holder = _live_run(out)
+        if holder is not None:
+            # Before the folder checks: these would offer the live run's folder to resume=auto or to rm -r.
+            raise _in_use(out, holder)
+    resume_dir = check_output_dir(cfg, plan.steps_per_epoch)
+    if launch_rank() == 0:  # (a probe of another rank would show in the check above)
+        _probe_output_dir(out)
+    return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir,
+                  steps_per_epoch=plan.steps_per_epoch)
+
+
+def check_output_dir(cfg: TrainConfig, steps_per_epoch: int) -> Optional[Path]:
+    """The checkpoint this run resumes from (None: a new run), after refusing a folder it must not write: one
+    holding another run for a new run, a checkpoint that is not one or leaves nothing to train. Checked again
+    under the run's lock (:class:`RunLock`), as another run may have written the folder since."""
+    out = Path(cfg.train.output_dir)
     resume_dir = None
     if cfg.train.resume == "auto":
         resume_dir = find_latest_checkpoint(out)
@@ -115,29 +137,34 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         if not (resume_dir / STATE_FILE).is_file():
             raise VmmError(f"train.resume: {resume_dir} is not a vmm checkpoint (no {STATE_FILE}); pass "
                            f"{out / CHECKPOINTS}/step_NNNNNNNN or train.resume=auto")
-    elif find_latest_checkpoint(out) is not None:
-        # A fresh run here would mix its checkpoints with the old ones and prune the wrong ones.
+    if resume_dir is not None:
+        check_resume_length(cfg, resume_dir, _read_state(resume_dir).global_step, steps_per_epoch)
+    if resume_dir is not None and resume_dir.resolve().parent == (out / CHECKPOINTS).resolve():
+        return resume_dir  # the folder's own run, continued (from an earlier checkpoint: see save_checkpoint)
+    # A new run, or another folder's checkpoint continued here: the folder must hold no other run.
+    if find_latest_checkpoint(out) is not None:
+        # This run would mix its checkpoints with the old ones and prune the wrong ones: a checkpoint of another
+        # run resumed here deleted the folder's later checkpoints, its metrics.jsonl lines and its final model.
         raise VmmError(f"train.output_dir {out} already holds checkpoints of a run; pass train.resume=auto to "
                        f"continue it or choose a new train.output_dir")
-    if resume_dir is not None:
-        check_resume_length(cfg, resume_dir, _read_state(resume_dir).global_step, plan.steps_per_epoch)
-    if resume_dir is None and launch_rank() == 0 and out.is_dir():
+    if launch_rank() == 0 and out.is_dir():
         # A fresh run replaces final/, train_config.yaml and metrics.jsonl: never in a folder that holds anything.
         # (Rank 0 only: the other ranks may look after it has created its first files.)
-        held = sorted(p.name for p in out.iterdir())
+        held = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
         if held:
             shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
             found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
-            if set(held) <= {"train_config.yaml", "metrics.jsonl", "tensorboard", CHECKPOINTS}:
+            if set(held) <= {*_RUN_FILES, *(f".{name}.tmp" for name in _RUN_FILES), "tensorboard", CHECKPOINTS}:
                 # What a run writes as it starts: one that failed before its first checkpoint (out of memory at
                 # step 1) left only this, and the corrected command was refused with no word of why.
                 raise VmmError(f"train.output_dir {out} holds the start of a run that saved no checkpoint ({shown}){found}; "
                                f"delete it (rm -r {shlex.quote(str(out))}) or choose a new train.output_dir")
             raise VmmError(f"train.output_dir {out} is not empty (it holds {shown}){found}; a new run would replace "
                            "what is there: choose a new or empty train.output_dir")
-    if launch_rank() == 0:  # (a probe of another rank would show in the check above)
-        _probe_output_dir(out)
-    return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir)
+    return resume_dir
+
+
+_RUN_FILES = ("train_config.yaml", "metrics.jsonl")  # (rewritten through a hidden .NAME.tmp: _write_text_atomic)
 
 
 def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
@@ -176,6 +203,9 @@ def _probe_output_dir(out: Path) -> None:
     """Refuse a train.output_dir that cannot be created or written, leaving nothing behind."""
     existing = out
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # the run's mkdir fails there ("File exists"), after --check said ok
+            raise VmmError(f"train.output_dir: cannot create {out} ({existing} is a link to {os.readlink(existing)}, "
+                           f"which does not exist); create that folder or choose another train.output_dir")
         existing = existing.parent
     # Permission bits do not tell: root passes os.access everywhere, yet /proc and read-only mounts refuse.
     # So make (and remove) a folder where the run's first folder or file would go.
@@ -184,6 +214,81 @@ def _probe_output_dir(out: Path) -> None:
     except OSError as e:
         raise VmmError(f"train.output_dir: cannot create {out} ({existing}: {e.strerror or e}); choose a writable "
                        f"folder") from None
+
+
+LOCK_FILE = ".vmm_train.lock"  # flock-ed by the run writing the folder; never deleted (see RunLock)
+_LOCK_WAIT_S = 2.0  # how long a start waits for a lock held by a check (held for a moment) before refusing
+
+
+def _lock_holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def _in_use(out: Path, holder: str) -> VmmError:
+    return VmmError(f"train.output_dir {out} is in use by a run that is still going ({holder}); wait for it to "
+                    f"end, stop it, or choose another train.output_dir")
+
+
+def _live_run(out: Path) -> Optional[str]:
+    """Who holds ``out``'s run lock ("pid N on host H"), None when no run does; takes and creates nothing that
+    stays (``--check`` leaves the folder as it was), and says None where the lock cannot be tried."""
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # no run has started here (or the file is odd: RunLock names the problem)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a read-only folder or file can be tried too
+        return None
+    except OSError as e:
+        return _lock_holder(fd) if e.errno == errno.EWOULDBLOCK else None
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An exclusive flock on ``output_dir/.vmm_train.lock``, held by the run's first process from before its
+    folder checks until it ends: a second run into the folder (a new one, or a resume of the live one) is refused
+    with the live run's pid and host, where both passed the empty-folder check and wrote the same files. The kernel
+    drops the lock when the process ends, a SIGKILL or a crash included, so a dead run never blocks a rerun. The
+    file is never deleted: a run deleting it as a second one opened it would let a third lock a new file."""
+
+    def __init__(self, out: Path):
+        path = out / LOCK_FILE
+        self.fd = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise VmmError(f"train.output_dir: cannot write the run's lock file {path} ({e.strerror or e}); "
+                           f"choose a writable folder") from None
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno == errno.EWOULDBLOCK and time.monotonic() < deadline:
+                    time.sleep(0.05)  # perhaps a check's shared lock, held for a moment (_live_run)
+                    continue
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if e.errno != errno.EWOULDBLOCK:
+                    # Lustre without its flock option says ENOSYS, NFS without its lock service ENOLCK: refusing
+                    # to train there would be worse than running unguarded.
+                    _warn(f"warning: train.output_dir: cannot lock {path} ({e.strerror or e}); nothing keeps a "
+                          f"second run from writing {out} while this one runs")
+                    return
+                raise _in_use(out, holder) from None
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the flock is what locks, the text only names the holder
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
 
 
 def model_kwargs(cfg: TrainConfig) -> dict:
@@ -414,7 +519,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
     # A run stopped by Ctrl-C or SIGTERM exits on the spot (vmm.training.stop): a file rewritten in place could be
     # left empty or cut, so it is written beside and renamed over.
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError:
+        with contextlib.suppress(OSError):  # a cut copy left there made the next run refuse the folder
+            tmp.unlink()
+        raise
     os.replace(tmp, path)
 
 
@@ -709,18 +819,39 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
     if accelerator.is_main_process and metrics_path.is_file():
         rows = [r for r in metrics_path.read_text().splitlines()
                 if (step := _metrics_step(r)) is not None and step <= state.global_step]
-        _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
+        with _failed_write(metrics_path.name, metrics_path.parent):
+            _write_text_atomic(metrics_path, "".join(r + "\n" for r in rows))
     return state
 
 
 # -- the run ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
-    """Run a recipe end to end; returns a summary (steps, last losses, final folder).
+    """Run a recipe end to end; returns a summary (steps, last losses, final folder). The first process holds
+    ``train.output_dir``'s :class:`RunLock` throughout, and checks the folder again under it.
 
     >>> from vmm.training.config import load_config  # doctest: +SKIP
     >>> train(load_config("configs/pretrain/tiny.yaml"))  # doctest: +SKIP
     """
     inputs = inputs or check_inputs(cfg)
+    out = Path(cfg.train.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # checked by rank 0 only, and the file system may have changed since
+        raise VmmError(f"train.output_dir: cannot create {out} ({e.strerror or e}); choose a writable folder") from None
+    if launch_rank() != 0:  # one lock per run: its other processes write where rank 0 lets them
+        return _train(cfg, inputs, out)
+    lock = RunLock(out)
+    try:
+        # Another run may have started, ended or written here between check_inputs and the lock.
+        if check_output_dir(cfg, inputs.steps_per_epoch) != inputs.resume_dir:
+            raise VmmError(f"train.output_dir {out} was changed by another run while this one started; run the "
+                           f"command again")
+        return _train(cfg, inputs, out)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from vmm.training import data as data_mod
@@ -728,11 +859,6 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
     from vmm.training.optim import build_optimizer, lr_factor, set_hyperparameters
     from vmm.transforms import TrainTransform
 
-    out = Path(cfg.train.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # checked by rank 0 only, and the file system may have changed since
-        raise VmmError(f"train.output_dir: cannot create {out} ({e.strerror or e}); choose a writable folder") from None
     cpu = cfg.train.cpu or not torch.cuda.is_available()
     has_images = any(c.kind == "image" for c in inputs.corpora)
     losses_on = [cfg.loss.vtc, cfg.loss.vtm, cfg.loss.mlm, cfg.loss.uta]
@@ -791,7 +917,8 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None) -> dict:
         accelerator.print("warning: the UTA teacher has random weights (teacher.clip_weights=null); use it for tests only")
     if main:
         import yaml
-        _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with _failed_write("train_config.yaml", out):
+            _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if cfg.train.tensorboard:
         # The interrupted run may have logged steps after its checkpoint, which this one logs again: TensorBoard
         # drops the earlier events from purge_step on (metrics.jsonl was cut by _resume).

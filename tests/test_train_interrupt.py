@@ -384,3 +384,24 @@ def test_a_workers_sigchld_inside_the_stop_handler_is_not_reported_as_a_crash():
     inside, elsewhere = done.stdout.splitlines()
     assert inside == "None"
     assert "DataLoader worker (pid" in elsewhere and "is killed by signal" in elsewhere, elsewhere
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Without an fsync the rename could reach the disk before the data: after a power loss resume=auto found a
+    checkpoint of empty files, refused as damaged, where the previous one was whole."""
+    from accelerate import Accelerator
+
+    from vmm.training import loop
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(loop.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                      real_fsync(fd))[1])
+    monkeypatch.setattr(loop.os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    loop.save_checkpoint(Accelerator(cpu=True), tmp_path, loop.TrainerState(global_step=3), keep_last=2)
+    final = tmp_path / "checkpoints" / "step_00000003"
+    tmp = str(final.with_name(".tmp_step_00000003"))
+    swap = events.index(("replace", tmp))
+    flushed = {path for kind, path in events[:swap] if kind == "fsync"}
+    written = {str(p).replace(str(final), tmp) for p in final.rglob("*")}
+    assert len(written) >= 2 and written | {tmp} <= flushed, (written, flushed)
+    assert ("fsync", str(final.parent)) in events[swap:]  # the rename itself

@@ -559,9 +559,11 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _write_json_atomic(tmp / STATE_FILE, asdict(state))
+            _fsync_tree(tmp)
     if accelerator.is_main_process:
         # The same step saved again (a rerun from an earlier checkpoint) replaces its folder.
         _swap_in(tmp, final, root / f".old_step_{state.global_step:08d}")
+        _fsync_tree(root, files=False)
         saved = sorted(p for p in root.glob("step_*") if p.is_dir())
         # Later steps are the abandoned continuation of a rerun from an earlier checkpoint (its metrics.jsonl lines
         # were cut by _resume): counted as the newest, they pushed out the checkpoint just saved, and resume=auto
@@ -570,6 +572,18 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep_las
             _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _fsync_tree(folder: Path, files: bool = True) -> None:
+    """Flush ``folder`` (and, with ``files``, everything under it) to the disk. A checkpoint renamed into place
+    before its data reached the disk could stand there with empty files after a power loss: resume=auto took it
+    and refused it as damaged, while the previous checkpoint was whole."""
+    for path in [*(folder.rglob("*") if files else ()), folder]:
+        fd = os.open(path, os.O_RDONLY)  # a folder too: its entries are flushed by its own fsync
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _discard(folder: Path) -> None:

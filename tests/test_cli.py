@@ -1,12 +1,17 @@
 """The `vmm` entry point itself and `vmm encode`."""
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests import videos
 from vmm.cli import _stopping_on_sigterm, build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_command_has_help(capsys):
@@ -164,3 +169,16 @@ def test_forked_workers_end_without_a_traceback(tmp_path, capfd):
         while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     assert started.exists() and "Traceback" not in capfd.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """`vmm --help` and each command's --help took 1.5-2 s: two commands asked torch for their --device default
+    while the parser was built, which imported it (and CUDA's libraries) before any option was read."""
+    from vmm.cli import COMMANDS
+    script = ("import sys\nfrom vmm.cli import main\nfor argv in sys.argv[1:]:\n"
+              "    try:\n        main(argv.split())\n    except SystemExit:\n        pass\n"
+              "print('torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", script, "--help", *(f"{name} --help" for name in COMMANDS)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.stderr.splitlines()[-1] == "False", proc.stderr[-2000:]
+    assert all(f"vmm {name}" in proc.stdout for name in COMMANDS)

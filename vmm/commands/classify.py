@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file")
@@ -34,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass [4]")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"], help="video decoder [auto]")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    # None: cuda when available, decided at run time (asking torch here made every `vmm --help` import it)
+    p.add_argument("--device", default=None,
                    help="cpu or cuda[:N] [cuda when available]")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
 
@@ -185,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     views_text = f"{options.clips} clip{'s' * (options.clips > 1)} x {options.crops} crop{'s' * (options.crops > 1)}"
     print(f"{one_line(args.video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
-          f"{getattr(model, 'model_name', args.model)}, {seconds:.2f} s on {args.device}")
+          f"{getattr(model, 'model_name', args.model)}, {seconds:.2f} s on {device}")
     for row in top:
         print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
     return 0

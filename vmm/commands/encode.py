@@ -6,7 +6,6 @@ import os
 import time
 
 import numpy as np
-import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="weights file or save_pretrained folder (default: random init)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per clip (default: the checkpoint file's, else the model's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    # None: cuda when available, decided at run time (asking torch here made every `vmm --help` import it)
+    p.add_argument("--device", default=None,
                    help="cpu or cuda[:N] [cuda when available]")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch [torch's default: one per core]")
 
@@ -31,6 +31,8 @@ def _generated_clip(frames: int, size: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     import vmm
     from vmm.commands import set_threads
     from vmm.errors import VmmError
@@ -68,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError("the encoder produced non-finite values; check the checkpoint")
     threads = torch.get_num_threads()
     print(f"model {args.model}: input {tuple(x.shape)} -> embedding {tuple(out.shape)} "
-          f"in {dt * 1000:.0f} ms on {args.device} ({threads} thread{'s' * (threads != 1)})")
+          f"in {dt * 1000:.0f} ms on {device} ({threads} thread{'s' * (threads != 1)})")
     return 0

@@ -199,13 +199,17 @@ def test_shape_errors_name_the_argument():
     ("u", "int", "u must be a real floating-point tensor, got torch.int64"),
     ("B", "complex", "B must be a real floating-point tensor, got torch.complex64"),
     ("A", "int", "A must be a real floating-point tensor, got torch.int64"),
+    ("B", "meta", "B is on meta but u is on cpu; move it with .to(u.device)"),
+    ("delta_bias", "meta", "delta_bias is on meta but u is on cpu"),
 ])
 def test_public_api_refuses_non_tensors_and_non_float_inputs_in_one_line(name, value, message):
     """These were AttributeErrors from inside the backend choice, an integer output truncated from a float32
-    scan, or complex B cast to real with only a torch warning."""
+    scan, complex B cast to real with only a torch warning, or a tensor on another device failing deep inside
+    the scan without naming it (meta stands in for a GPU here)."""
     kw = scan_args(make_inputs(2, 3, 6, dtype=torch.float32), OPTION_SETS["all"])
-    kw[name] = {"numpy": lambda t: t.numpy(), "int": lambda t: t.long(), "complex": lambda t: t.cfloat()}.get(
-        value, lambda t: value)(kw[name]) if isinstance(value, str) else value
+    convert = {"numpy": lambda t: t.numpy(), "int": lambda t: t.long(), "complex": lambda t: t.cfloat(),
+               "meta": lambda t: t.to("meta")}
+    kw[name] = convert[value](kw[name]) if isinstance(value, str) else value
     for fn in (selective_scan, selective_scan_ref):
         with pytest.raises(VmmError) as err:
             fn(**kw)
@@ -462,6 +466,21 @@ def test_docstring_examples_run():
     result = doctest.testmod(scan_module)
     assert result.failed == 0 and result.attempted >= 5
     assert doctest.testmod(mamba_backend).failed == 0
+    layer = doctest.testmod(importlib.import_module("vmm.ops.bimamba"))
+    assert layer.failed == 0 and layer.attempted >= 5
+
+
+@pytest.mark.parametrize("channels", [17, 18])
+def test_an_xz_that_does_not_fit_the_layer_names_xz(channels):
+    """xz of 17 or 18 channels for a layer of 8 failed in causal_conv1d, about an x of 9 channels."""
+    from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz
+    E, N = 8, 4
+    w = DirectionWeights(torch.randn(E, 1, 4), None, torch.randn(1 + 2 * N, E), torch.randn(E, 1), torch.zeros(E),
+                         torch.zeros(E, N), torch.ones(E))
+    with pytest.raises(VmmError, match=r"^bimamba_inner_xz: xz must be \(batch, 2 \* channels, length\) = "
+                                       rf"\(B, 16, L\) for layer weights of 8 channels, got \(2, {channels}, 5\)$"):
+        bimamba_inner_xz(torch.randn(2, channels, 5), w, w, backend="reference")
+    assert bimamba_inner_xz(torch.randn(2, 16, 5), w, w, backend="reference").shape == (2, E, 5)
 
 
 # ------------------------------------------------------------------------------------------------ causal conv1d

@@ -145,6 +145,13 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
         >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
         torch.Size([2, 8, 5])
     """
+    E = fwd.D.shape[0]
+    if not isinstance(xz, Tensor) or xz.dim() != 3 or xz.shape[1] != 2 * E:
+        from vmm.errors import VmmError
+        # Else the halves' shapes surface in an error about the conv weight, for an x the caller never passed.
+        got = tuple(xz.shape) if isinstance(xz, Tensor) else type(xz).__name__
+        raise VmmError(f"bimamba_inner_xz: xz must be (batch, 2 * channels, length) = (B, {2 * E}, L) for layer "
+                       f"weights of {E} channels, got {got}")
     if use_triton(xz, backend) and _fused_unsupported(fwd) is None:
         from vmm.ops import triton_bimamba
         _log_layer_choice("triton", xz)

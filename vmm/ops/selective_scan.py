@@ -318,6 +318,11 @@ def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
         if name != "A" and not t.is_floating_point():
             raise VmmError(f"selective_scan: {name} must be a real floating-point tensor, got {t.dtype}; "
                            f"convert it with .float()")
+    # Else "Expected all tensors to be on the same device" from deep inside the scan, naming no argument.
+    for name, t in args.items():
+        if t is not None and t.device != u.device:
+            raise VmmError(f"selective_scan: {name} is on {t.device} but u is on {u.device}; move it with "
+                           f".to(u.device)")
     if u.dim() != 3:
         raise VmmError(f"selective_scan: u must be (batch, channels, length), got shape {tuple(u.shape)}")
     batch, channels, length = u.shape

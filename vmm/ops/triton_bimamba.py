@@ -38,10 +38,11 @@ from torch import Tensor
 
 from vmm.errors import VmmError
 from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available,
-                             on_device_of, tl, triton, unsupported_layer)
+                             on_device_of, tl, triton, unavailable_reason, unsupported_layer)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
-__all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "HAS_TRITON"]
+__all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "bimamba_scan_ref",
+           "HAS_TRITON"]
 
 if HAS_TRITON:
 
@@ -690,9 +691,64 @@ def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor
         ...                      -t(2, 32, 16).exp(), t(2, 32), t(2, 32))
         ...     assert y.shape == (1, 9, 32)
     """
+    _check_bimamba_scan_args("bimamba_scan", u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, delta_bias)
     _check_d_state(A.shape[-1])
+    _check_runs_here("bimamba_scan", u_f, "bimamba_scan_ref")
     return _scan_bc(u_f, u_b, dt_f, dt_b, z, torch.cat([B_f, C_f], -1), torch.cat([B_b, C_b], -1),
                     A, D, delta_bias)
+
+
+def bimamba_scan_ref(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor,
+                     B_f: Tensor, C_f: Tensor, B_b: Tensor, C_b: Tensor,
+                     A: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
+    """:func:`bimamba_scan` in plain PyTorch (two :func:`vmm.ops.selective_scan_ref` calls, any device and
+    d_state), with the same arguments and result: the oracle the kernel is tested against.
+
+    >>> t = lambda *s: torch.randn(*s)
+    >>> bimamba_scan_ref(t(1, 9, 32), t(1, 9, 32), t(1, 9, 32), t(1, 9, 32), t(1, 9, 32),
+    ...                  t(1, 9, 16), t(1, 9, 16), t(1, 9, 16), t(1, 9, 16),
+    ...                  -t(2, 32, 16).exp(), t(2, 32), t(2, 32)).shape
+    torch.Size([1, 9, 32])
+    """
+    from vmm.ops.selective_scan import selective_scan_ref
+    _check_bimamba_scan_args("bimamba_scan_ref", u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, delta_bias)
+    # .mT: channel-last (B, L, X) <-> selective_scan's (B, X, L), as views
+    y = [selective_scan_ref(u.mT, dt.mT, A[d], Bm.mT, Cm.mT, D[d], z.mT, delta_bias[d], delta_softplus=True,
+                            reverse=d == 1)
+         for d, (u, dt, Bm, Cm) in enumerate(((u_f, dt_f, B_f, C_f), (u_b, dt_b, B_b, C_b)))]
+    return (y[0] + y[1]).mT
+
+
+def _check_bimamba_scan_args(fn: str, *tensors: Tensor) -> None:
+    """Shapes, types and devices of :func:`bimamba_scan`'s arguments. The kernel reads them through raw strides,
+    so a wrong channel count or a (E,) D was read out of bounds without any error."""
+    names = ("u_f", "u_b", "dt_f", "dt_b", "z", "B_f", "C_f", "B_b", "C_b", "A", "D", "delta_bias")
+    for name, t in zip(names, tensors):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise VmmError(f"{fn}: {name} must be a real floating-point torch.Tensor, got {got}")
+    u_f, A = tensors[0], tensors[9]
+    if u_f.dim() != 3 or A.dim() != 3 or A.shape[:2] != (2, u_f.shape[-1]):
+        raise VmmError(f"{fn}: u_f must be (batch, length, channels) and A (2, channels, state), got "
+                       f"{tuple(u_f.shape)} and {tuple(A.shape)}")
+    Bsz, L, E = u_f.shape
+    expected = [(Bsz, L, E)] * 5 + [(Bsz, L, A.shape[-1])] * 4 + [tuple(A.shape), (2, E), (2, E)]
+    for name, t, shape in zip(names, tensors, expected):
+        if tuple(t.shape) != shape:
+            raise VmmError(f"{fn}: {name} must have shape {shape} for u_f of shape {tuple(u_f.shape)} and A of "
+                           f"shape {tuple(A.shape)}, got {tuple(t.shape)}")
+        if t.device != u_f.device:
+            raise VmmError(f"{fn}: {name} is on {t.device} but u_f is on {u_f.device}; move it with "
+                           f".to(u_f.device)")
+
+
+def _check_runs_here(fn: str, t: Tensor, reference: str) -> None:
+    # CPU tensors run only in Triton's interpreter; otherwise the launch failed with "0 active drivers" from
+    # deep inside Triton. Other devices are left to the launch (tests drive the wrappers on meta tensors).
+    if t.device.type == "cpu" and not interpreting():
+        reason, fix = unavailable_reason(t.device)
+        raise VmmError(f"{fn}: the fused Triton kernels cannot run {reason}; {fix} (or set TRITON_INTERPRET=1 "
+                       f"before importing triton), or use {reference}")
 
 
 def _check_d_state(d_state: int) -> None:
@@ -812,6 +868,7 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     assert y.shape == (2, E, 11)
     """
     _check_d_state(fwd.A_log.shape[-1])
+    _check_runs_here("bimamba_inner_xz_triton", xz, "vmm.ops.bimamba.bimamba_inner_xz(..., backend='reference')")
     xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
     E = xzl.shape[-1] // 2
     conv_w = torch.stack([fwd.conv_weight.reshape(E, -1), bwd.conv_weight.reshape(E, -1)]).float()

@@ -27,14 +27,22 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["VmmError", "CheckpointError", "__version__"]
 
 
+def _submodules() -> set:
+    import pkgutil
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
 def __getattr__(name: str):
+    import importlib
     if name in _LAZY:
-        import importlib
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vmm' has no attribute {name!r}")
+    elif name in _submodules():  # `import vmm; vmm.ops.selective_scan`, as the README writes it, found no `ops`
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'vmm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return __all__
+    return sorted(set(__all__) | _submodules())

@@ -257,8 +257,20 @@ def _sniff_weights_file(path: Path) -> None:
                        "file); pass the downloaded .pth or .safetensors weights file")
 
 
-def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
-    """:func:`vmm.load_checkpoint` from a file, with plain messages for files that are not checkpoints."""
+def load_weights(model: nn.Module, path: Union[str, Path, dict]) -> nn.Module:
+    """:func:`vmm.load_checkpoint` from a file, with plain messages for files that are not checkpoints; a state
+    dict is loaded as :func:`vmm.load_checkpoint` loads it.
+
+    >>> import tempfile, torch, vmm
+    >>> src = vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32)
+    >>> path = f"{tempfile.mkdtemp()}/tiny.pth"
+    >>> torch.save(src.state_dict(), path)
+    >>> dst = load_weights(vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32), path)
+    >>> dst.temporal_pos_embedding.shape  # 2 frames in the file, interpolated to the model's 4
+    torch.Size([1, 4, 192])
+    """
+    if not isinstance(path, (str, os.PathLike)):  # a state dict failed inside pathlib ("expected str, bytes...")
+        return load_checkpoint(model, path)
     path = Path(path)
     if path.is_file():
         _sniff_weights_file(path)
@@ -400,12 +412,14 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     ``pretrained`` (open_clip / timm style): None or False for random weights, a checkpoint path (official
     ``.pth`` or ``.safetensors``), a ``save_pretrained`` folder, ``"hf-hub:OpenGVLab/VideoMamba/<file>"``, or
     ``"default"`` (or True) for the file named in the model config (vmm_nano: the checkpoint shipped in
-    ``vmm/weights``).
+    ``vmm/weights``). ``device`` (``"cpu"``, ``"cuda[:N]"``, ``"auto"`` or a torch.device) moves the model there;
+    None leaves it on the CPU. The model comes back in training mode, as PyTorch modules do: call ``.eval()``
+    before inference.
 
     >>> import vmm
-    >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0)
-    >>> m.cfg.depth, m.cfg.embed_dim
-    (2, 192)
+    >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0, device="cpu")
+    >>> m.cfg.depth, m.cfg.embed_dim, m.training
+    (2, 192, True)
     """
     _check_name(name)
     if device is not None:

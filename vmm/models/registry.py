@@ -29,7 +29,8 @@ _CONFIG_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "configs" / "m
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its own name; a second registration of one name is a programming error.
+    """Register ``fn`` under its own name. Another function under a name already taken is refused; the same
+    definition run again (a notebook cell re-run after an edit, ``importlib.reload``) replaces the old one.
 
     The model :func:`create_model` returns carries ``architecture`` and ``model_name``; one with a ``cfg``
     dataclass can also be saved with ``vmm.save_pretrained``.
@@ -51,7 +52,9 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         path = _config_files().get(name)
         if path is not None:  # create_model would build the config and never call fn
             raise ValueError(f"model {name!r} is the model config {path} already; give the function another name")
-    if name in _ENTRYPOINTS:
+    old = _ENTRYPOINTS.get(name)
+    # Else a notebook cell that registers a model could not be run twice without restarting the kernel.
+    if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
         raise ValueError(f"model {name!r} registered twice; give the function another name")
     _ENTRYPOINTS[name] = fn
     return fn

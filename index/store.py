@@ -101,6 +101,24 @@ def factory_problem(factory: str) -> str | None:
     return _parameter_problem(factory) or (None if _KEPT.fullmatch(factory) else _NOT_KEPT)
 
 
+_FACTORY_WORDS = {"idmap": "IDMap", "hnsw": "HNSW", "ivf": "IVF", "flat": "Flat"}
+
+
+def factory_spelling(factory: str) -> str:
+    """``factory`` in FAISS's case when it is, in any case, 'auto' or a type a library keeps: `--factory flat` failed
+    with FAISS's C++ parse error. Any other string is returned as written, since case tells FAISS's words apart.
+
+    >>> factory_spelling("hnsw32,flat"), factory_spelling("AUTO"), factory_spelling("pq4")
+    ('HNSW32,Flat', 'auto', 'pq4')
+    """
+    if factory.lower() == "auto":
+        return "auto"
+    if not re.fullmatch(_KEPT.pattern, factory, re.IGNORECASE):
+        return factory
+    return re.sub("|".join(_FACTORY_WORDS), lambda word: _FACTORY_WORDS[word.group().lower()], factory,
+                  flags=re.IGNORECASE)
+
+
 def check_factory(dim: int, factory: str) -> None:
     """Raise VmmError unless a library can hold ``factory``.
 
@@ -224,7 +242,8 @@ class VectorStore:
         except RuntimeError as error:
             from vmm.errors import VmmError, error_text
 
-            message = error_text(error)
+            # FAISS's text starts with the C++ function and source line that raised it: only its reason is ours.
+            message = error_text(re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(error)))
             raise VmmError(f"index factory {factory!r} is not a valid FAISS factory string ({message}); "
                            f"use {SUPPORTED_FACTORIES}") from None
         return cls(index, resolved)

@@ -53,6 +53,29 @@ def _unknown_command_hint(word: str, commands: Sequence[str], argv: Sequence[str
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _misspelt_option(argv: Sequence[str], parser: argparse.ArgumentParser):
+    """The parser and its one-line error for the first option of ``argv`` that its command does not know but is
+    close to one it does (`--libary` for --library), else None: argparse blamed the missing --library, or left
+    `--per-vidoe` over as an unrecognized argument without naming the option meant."""
+    command = parser
+    for arg in argv:
+        if arg == "--":  # what follows is never read as an option
+            break
+        if command is parser and arg in parser.commands:
+            command = parser.commands[arg]
+            continue
+        if not arg.startswith("--") or " " in arg or arg in command.dash_files:
+            continue  # argparse reads a word with a space as a positional (a query), never as an option
+        name = arg.split("=", 1)[0]
+        options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+        if any(o.startswith(name) for o in options):
+            continue  # argparse takes a unique prefix, and names the options an ambiguous one could be
+        close = difflib.get_close_matches(name, options, n=1)
+        if close:
+            return command, f"unrecognized option {name}; did you mean {close[0]}?"
+    return None
+
+
 def _dash_files(argv: Sequence[str]) -> list[str]:
     argv = list(argv)
     if "--" in argv:  # what follows is never read as an option
@@ -262,6 +285,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     word = next((a for a in argv if not a.startswith("-")), None)
     if word is not None and word not in parser.commands:
         parser.hint = _unknown_command_hint(word, list(parser.commands), argv)
+    misspelt = _misspelt_option(argv, parser)
+    if misspelt is not None:
+        command, message = misspelt
+        command.error(message)
     args, extra = parser.parse_known_args(argv)
     command = parser.commands.get(getattr(args, "command", None), parser)
     many = [a for a in command._actions if not a.option_strings and a.nargs in ("+", "*")]

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch [16]")
     p.add_argument("--workers", type=int, default=None, help="decoder processes [cores - 1: at most 8 with the model on the CPU, 32 on a GPU]")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a hung decoder is killed [60]")
-    p.add_argument("--device", default=None, help="cuda or cpu [cuda when available]")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] for the model [cuda when available]")
     p.add_argument("--factory", default=None, help="FAISS index type: auto, Flat, HNSW32,Flat, IVF4096,Flat ... "
                                                    "(default: the library's setting, else auto)")
     p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import DEFAULT_WINDOW, MIN_STRIDE
     from index.library import CATALOG_FILE
+    from index.store import factory_spelling
     from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
                                    _write_model_file, built_with, load_encoder)
     from vmm.commands import check_library_readable
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
         check_frames(args.frames)
+    if args.factory is not None:
+        args.factory = factory_spelling(args.factory)
     if args.batch_size < 1:
         raise VmmError(f"--batch-size {args.batch_size}: pass at least 1 clip per encoder batch")
     if not args.timeout > 0:
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         # Before the model: `--library ~/videos` (the videos' own folder) or a file was answered "no model given",
         # and with a model given only after it had loaded.
         _check_new_library_folder(library)
+        _refuse_stray_space(library)
         new_window = DEFAULT_WINDOW if args.window is None else args.window
         if args.stride is not None and args.stride > new_window:  # an existing library names its own window
             raise VmmError(f"--stride {args.stride:g} is longer than the window ({new_window:g} s"
@@ -170,6 +174,19 @@ def _check_new_library_folder(library: str) -> None:
     refuse_non_folder(library)
     if os.path.isdir(library):
         refuse_foreign_folder(library)
+
+
+def _refuse_stray_space(library: str) -> None:
+    """Refuse a new --library whose name has a space at an end (pasted) beside a library named without it: the run
+    built a second library from scratch there, and searches of the first never saw the videos."""
+    import shlex
+    from index.library import CATALOG_FILE
+    from vmm.errors import VmmError
+    folder, name = os.path.split(library)
+    meant = os.path.join(folder, name.strip())
+    if meant != library and os.path.isfile(os.path.join(meant, CATALOG_FILE)):
+        raise VmmError(f"--library {shlex.quote(library)} has a space at an end of its name, and {shlex.quote(meant)} "
+                       "is a library; drop the space (or index into a folder of another name)")
 
 
 def _check_library_frames(library: str, frames: int) -> None:

@@ -37,7 +37,7 @@ def _fmt_time(t: float) -> str:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that would otherwise fail deep in the search or quietly return nothing."""
-    import os
+    import shlex
     from vmm.errors import VmmError
     from vmm.factory import resolve_device
     if (args.text is None) == (args.video is None):
@@ -63,13 +63,17 @@ def _check_options(args: argparse.Namespace) -> None:
                        "video can match; swap or widen them")
     if args.device is not None:
         resolve_device(args.device)
+    from retrieval.library import COLOR_HISTOGRAM, _is_library, _read_model_file
     from vmm.commands import check_library_readable
     # A "~" the shell left alone (a quoted "~/My Videos/lib") is the home folder, as VideoLibrary.open takes it:
     # the checks below read the library's model file through it.
     args.library = os.path.expanduser(args.library)
+    if args.text is not None and not os.path.isdir(args.library) and _is_library(os.path.expanduser(args.text)):
+        # Else "library QUERY does not exist; create it with `vmm index`", for a library that is right there.
+        raise VmmError(f"the arguments look swapped: {args.text!r} is a library and {args.library!r} is no folder; "
+                       f"give the library first: vmm search {shlex.quote(args.text)} {shlex.quote(args.library)}")
     if not check_library_readable(args.library):
         return  # missing or not a folder: opening the library names it
-    from retrieval.library import COLOR_HISTOGRAM, _read_model_file
     recorded = _read_model_file(args.library).get("model")
     given = [f"--{name}" for name in ("model", "checkpoint") if getattr(args, name) not in (None, COLOR_HISTOGRAM)]
     if recorded == COLOR_HISTOGRAM and given:  # else the override loads the default video-text model's weights

@@ -593,6 +593,20 @@ def test_mamba_ssm_matches_reference(reverse, dtype, tol):
 @pytest.mark.cuda
 @needs_mamba_ssm
 @pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_ssm_last_state_matches_reference(reverse):
+    """The real kernel's return_last_state, through vmm's wrapper (which flips for reverse=True), against the
+    reference's state after the last step in scan order."""
+    inputs = make_inputs(2, 64, 301, state=16, dtype=torch.float32, seed=3)
+    kw = scan_args({k: v.cuda() for k, v in inputs.items()}, OPTION_SETS["all"])
+    want, want_last = selective_scan(**kw, reverse=reverse, backend="reference", return_last_state=True)
+    got, got_last = selective_scan(**kw, reverse=reverse, backend="mamba_ssm", return_last_state=True)
+    assert got_last.shape == want_last.shape == (2, 64, 16) and got_last.dtype == torch.float32
+    assert rel_err(got, want) <= 1e-5 and rel_err(got_last, want_last) <= 1e-5
+
+
+@pytest.mark.cuda
+@needs_mamba_ssm
+@pytest.mark.parametrize("reverse", [False, True])
 def test_mamba_ssm_gradients_match_reference(reverse):
     inputs = make_inputs(2, 16, 300, state=16, dtype=torch.float32, seed=2)
     opts = OPTION_SETS["all"]
@@ -648,3 +662,186 @@ def test_a_device_name_torch_does_not_know_is_named_not_taken_for_an_absent_one(
     with pytest.raises(VmmError, match=r"^available_backends: 'gpu' is not a device name; pass 'cpu', 'cuda'"):
         available_backends("gpu")
     assert available_backends(torch.device("cpu")) == available_backends("cpu")
+
+
+# ------------------------------------------------------------------------------------------------ return_last_state
+
+def naive_last_state(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """The last h of h_t = exp(delta_t A) h_prev + delta_t B_t u_t, in float64, one position at a time (position
+    0 last with reverse=True). D and z do not enter the state."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = torch.log1p(torch.exp(delta))
+    batch, channels, length = u.shape
+    B = (B if B.dim() == 4 else B[:, None]).repeat_interleave(channels // (B.shape[1] if B.dim() == 4 else 1), 1)
+    h = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
+    for t in (reversed(range(length)) if reverse else range(length)):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[..., t]
+    return h
+
+
+@pytest.mark.parametrize("length", [1, 2, 13])
+@pytest.mark.parametrize("state", [1, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("options", list(OPTION_SETS))
+def test_last_state_matches_the_loop(length, state, reverse, options, block_elems):
+    opts = OPTION_SETS[options]
+    inputs = make_inputs(2, 3, length, state=state, softplus=opts["softplus"], seed=length + 10 * state)
+    kw = scan_args(inputs, opts)
+    want = naive_last_state(**kw, reverse=reverse)
+    out, last = selective_scan(**kw, reverse=reverse, return_last_state=True)
+    assert last.shape == (2, 3, state) and last.dtype == torch.float64
+    assert rel_err(last, want) < 1e-12
+    assert torch.equal(out, selective_scan(**kw, reverse=reverse))  # the output is unchanged
+    # the autograd path returns the same state
+    leaves = {k: (v.clone().requires_grad_(True) if torch.is_tensor(v) else v) for k, v in kw.items()}
+    out_g, last_g = selective_scan_ref(**leaves, reverse=reverse, return_last_state=True)
+    assert torch.equal(last_g.detach(), last) and torch.equal(out_g.detach(), out) and last_g.requires_grad
+    # float32 inputs: float32 state, as mamba-ssm's
+    kw32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    out32, last32 = selective_scan(**kw32, reverse=reverse, return_last_state=True)
+    assert out32.dtype == last32.dtype == torch.float32 and rel_err(last32, want) < 1e-5
+
+
+def test_last_state_of_bf16_inputs_is_float32_and_of_an_empty_sequence_is_zero():
+    kw = scan_args(make_inputs(1, 2, 9, dtype=torch.bfloat16), OPTION_SETS["all"])
+    out, last = selective_scan(**kw, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32 and last.shape == (1, 2, 4)
+    kw = scan_args(make_inputs(2, 3, 0), OPTION_SETS["all"])
+    out, last = selective_scan(**kw, return_last_state=True)
+    assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4) and not last.any()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reverse_last_state_is_the_flipped_forward_last_state(reverse):
+    """With reverse=True the last step is position 0: the state flip -> forward scan leaves."""
+    kw = scan_args(make_inputs(2, 3, 13, seed=3), OPTION_SETS["all"])
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "B", "C", "z") else v) for k, v in kw.items()}
+    _, last = selective_scan(**kw, reverse=True, return_last_state=True)
+    _, want = selective_scan(**flipped, return_last_state=True)
+    assert rel_err(last, want) < 1e-13
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_last_state_with_grouped_B_and_C(groups, reverse, block_elems):
+    inputs = make_inputs(2, 6, 13, state=3, seed=groups)
+    g = torch.Generator().manual_seed(groups)
+    inputs["B"], inputs["C"] = (torch.randn(2, groups, 3, 13, generator=g, dtype=torch.float64) for _ in "BC")
+    kw = scan_args(inputs, OPTION_SETS["all"])
+    _, last = selective_scan(**kw, reverse=reverse, return_last_state=True)
+    assert last.shape == (2, 6, 3) and rel_err(last, naive_last_state(**kw, reverse=reverse)) < 1e-12
+    want = state_loss_grads(naive_scan, naive_last_state, inputs, OPTION_SETS["all"], reverse)
+    got = state_loss_grads(selective_scan_ref, None, inputs, OPTION_SETS["all"], reverse)
+    for name in want:
+        assert got[name].shape == inputs[name].shape and rel_err(got[name], want[name]) < 1e-10, name
+
+
+def state_loss_grads(fn, state_fn, inputs, opts, reverse, use_out=True):
+    """Gradients of sum(w1 * out) + sum(w2 * last_state) (or of the state term only). With state_fn (the naive
+    oracles) out and the state come from two functions; otherwise from fn(..., return_last_state=True)."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    kw = scan_args(leaves, opts)
+    if state_fn is None:
+        out, last = fn(**kw, reverse=reverse, return_last_state=True)
+    else:
+        out, last = fn(**kw, reverse=reverse), state_fn(**kw, reverse=reverse)
+    g = torch.Generator().manual_seed(7)
+    w1 = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    w2 = torch.randn(last.shape, dtype=torch.float64, generator=g)
+    loss = (last.double() * w2).sum()
+    if use_out:
+        loss = loss + (out.double() * w1).sum()
+    names = [k for k in GRAD_NAMES if kw.get(k) is not None]
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+    return {k: (torch.zeros_like(leaves[k]) if gr is None else gr) for k, gr in zip(names, grads)}
+
+
+@pytest.mark.parametrize("length", [1, 2, 13])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("options", ["all", "plain"])
+@pytest.mark.parametrize("use_out", [True, False])
+def test_last_state_gradients_match_naive_autograd(length, reverse, options, use_out, block_elems):
+    opts = OPTION_SETS[options]
+    inputs = make_inputs(2, 3, length, state=3, softplus=opts["softplus"], seed=20 + length)
+    want = state_loss_grads(naive_scan, naive_last_state, inputs, opts, reverse, use_out)
+    got = state_loss_grads(selective_scan_ref, None, inputs, opts, reverse, use_out)
+    assert set(got) == set(want)
+    for name in want:
+        assert rel_err(got[name], want[name]) < 1e-10, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("which", ["out_and_state", "state_only"])
+def test_last_state_gradcheck_float64(reverse, which, monkeypatch):
+    monkeypatch.setattr(scan_module, "_BLOCK_ELEMS", 1)  # one position per block: every boundary is exercised
+    inputs = make_inputs(2, 3, 5, state=2, seed=6)
+    leaves = tuple(inputs[k].clone().requires_grad_(True) for k in GRAD_NAMES)
+
+    def fn(*tensors):
+        out, last = selective_scan_ref(**dict(zip(GRAD_NAMES, tensors)), delta_softplus=True, reverse=reverse,
+                                       return_last_state=True)
+        return (out, last) if which == "out_and_state" else last
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_a_backend_without_return_last_state_is_refused_by_name_and_keeps_working(monkeypatch):
+    monkeypatch.setattr(scan_module, "_SCAN_BACKENDS", dict(scan_module._SCAN_BACKENDS))
+    seen = []
+
+    def old_style(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+    def with_kwargs(*args, **kwargs):
+        seen.append(kwargs.get("return_last_state", "absent"))
+        return selective_scan_ref(*args, **kwargs)
+
+    kw = scan_args(make_inputs(1, 2, 6), OPTION_SETS["all"])
+    register_backend("old_style", old_style, available=lambda t: True, priority=50)
+    with pytest.raises(VmmError) as err:
+        selective_scan(**kw, return_last_state=True)
+    message = str(err.value)
+    assert "'old_style' does not support return_last_state=True" in message and "\n" not in message
+    assert torch.equal(selective_scan(**kw), selective_scan_ref(**kw))  # still the choice without the state
+    out, last = selective_scan(**kw, backend="reference", return_last_state=True)
+    assert rel_err(last, naive_last_state(**kw)) < 1e-12
+    register_backend("with_kwargs", with_kwargs, available=lambda t: True, priority=60)
+    selective_scan(**kw)
+    got = selective_scan(**kw, reverse=True, return_last_state=True)
+    assert seen == ["absent", True] and rel_err(got[1], naive_last_state(**kw, reverse=True)) < 1e-12
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_ssm_wrapper_passes_return_last_state_through(reverse, monkeypatch):
+    """A stand-in with mamba-ssm's signature and return convention ((out, last_state), the state of its forward
+    scan): through the wrapper's flips the reverse last state is the reference's."""
+    seen = []
+
+    def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        seen.append(return_last_state)
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                  return_last_state=return_last_state)
+
+    monkeypatch.setattr(mamba_backend, "_load_selective_scan_fn", lambda: kernel)
+    kw = scan_args(make_inputs(2, 4, 13, dtype=torch.float32), OPTION_SETS["all"])
+    kw["u"] = kw["u"].requires_grad_(True)
+    out, last = mamba_backend.selective_scan_mamba_ssm(**kw, reverse=reverse, return_last_state=True)
+    want_out, want_last = selective_scan_ref(**kw, reverse=reverse, return_last_state=True)
+    assert seen == [True] and last.dtype == torch.float32 and not last.requires_grad  # its gradient is ignored
+    assert rel_err(out, want_out) < 1e-5 and rel_err(last, want_last) < 1e-5
+    plain = mamba_backend.selective_scan_mamba_ssm(**kw, reverse=reverse)
+    assert seen == [True, False] and torch.is_tensor(plain)
+
+
+def test_docs_return_last_state_example_runs(capsys):
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "kernels.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "return_last_state" in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/kernels.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == [
+        "torch.Size([2, 8, 20]) torch.Size([2, 8, 4]) torch.float32", "True", "True"]

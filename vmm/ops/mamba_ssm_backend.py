@@ -10,7 +10,7 @@ import functools
 import importlib
 import importlib.util
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -72,10 +72,16 @@ def causal_conv1d_available(x: Tensor) -> bool:
 
 def selective_scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                              z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
-                             delta_softplus: bool = False, reverse: bool = False) -> Tensor:
+                             delta_softplus: bool = False, reverse: bool = False,
+                             return_last_state: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """``selective_scan`` through mamba-ssm's ``selective_scan_fn`` (differentiable, CUDA only).
 
     The kernel wants u, delta, B, C and z in one dtype and A, D, delta_bias in float32; this casts them.
+    ``return_last_state=True`` is passed to the kernel, which returns ``(out, last_state)``, last_state
+    (batch, channels, state) in float32. With ``reverse=True`` the flipped forward scan ends at position 0, which is
+    the last step of the reverse scan, so its last state is returned unflipped. mamba-ssm's backward ignores the
+    gradient of last_state (its docstring says so), so it is returned detached: a loss through it that needs
+    gradients must use the reference backend, rather than get silently wrong ones.
     """
     scan = _load_selective_scan_fn()
     if scan is None:
@@ -86,6 +92,15 @@ def selective_scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
     A = A.float()
     D = None if D is None else D.float()
     delta_bias = None if delta_bias is None else delta_bias.float()
+    if return_last_state:
+        if reverse:
+            flip = (lambda t: None if t is None else t.flip(-1))
+            out, last = scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
+                             delta_softplus=delta_softplus, return_last_state=True)
+            return out.flip(-1), last.detach()
+        out, last = scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                         return_last_state=True)
+        return out, last.detach()
     if not reverse:
         return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
     flip = (lambda t: None if t is None else t.flip(-1))

@@ -13,6 +13,11 @@ multiple of groups). ``reverse=True`` runs the recurrence from the last position
 backward direction of bimamba needs, without flipping anything. Backends: ``reference`` (pure PyTorch, any device,
 float64-capable, differentiable) and ``mamba_ssm`` (the CUDA kernel), plus whatever :func:`register_backend` adds.
 
+``return_last_state=True`` returns ``(out, last_state)`` as mamba-ssm does: the state h after the last step of the
+scan, (batch, channels, state), in the compute dtype (float32, or float64 when any input is float64). With
+``reverse=True`` the last step is position 0: the state a forward scan of the flipped inputs ends in. The
+reference differentiates through it; mamba-ssm's kernel does not (see ``mamba_ssm_backend``).
+
 How the reference is fast on CPU: time is cut into blocks of a few dozen positions whose per-state tensors
 (T, batch, channels, state) stay in cache (about 2 MiB each). Per block, the decays exp(delta A) (as exp2, which is ~4x faster than
 exp in ATen on CPU) and the inputs delta*u*B are made with a few whole-block ops, the recurrence runs as one
@@ -22,6 +27,7 @@ that redoes the same blocks in the opposite order, from states saved only at blo
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -147,9 +153,11 @@ def _block_views(buf: Tensor, n: int, reverse: bool) -> tuple[Tensor, Tensor]:
     return buf[1:n + 1], buf[:n]
 
 
-def _scan_forward(p: _Prepared, reverse: bool, block: int, keep_carries: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """The recurrence and C contraction. Returns y (L, Bt, E) without the D and z terms, and, if asked, the state
-    entering each block in scan order (n_blocks, Bt, E, N), which the backward starts from."""
+def _scan_forward(p: _Prepared, reverse: bool, block: int,
+                  keep_carries: bool) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    """The recurrence and C contraction. Returns y (L, Bt, E) without the D and z terms, if asked the state
+    entering each block in scan order (n_blocks, Bt, E, N), which the backward starts from, and the state after
+    the last step in scan order (Bt, E, N; zeros for an empty sequence), which the loop leaves in its carry."""
     L, Bsz, E = p.dlt.shape
     N, G = p.A2.shape[1], p.groups
     dev, cdt = p.dlt.device, p.dlt.dtype
@@ -177,7 +185,7 @@ def _scan_forward(p: _Prepared, reverse: bool, block: int, keep_carries: bool) -
         nbg = n * Bsz * G
         torch.bmm(p.Ct[s:e].reshape(nbg, 1, N), states.view(nbg, E // G, N).transpose(1, 2),
                   out=y[s:e].view(nbg, 1, E // G))
-    return y, carries
+    return y, carries, carry
 
 
 def _finish(y_tm: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -198,13 +206,16 @@ def _finish(y_tm: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     return out.mul_(gate), None
 
 
-def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, block: int):
-    """Gradients of sum(gy * y) for y = scan(...) without D and z. gy is time-major (L, Bt, E).
+def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, block: int,
+                   g_last: Optional[Tensor] = None):
+    """Gradients of sum(gy * y) + sum(g_last * h_last) for y = scan(...) without D and z, h_last the state after
+    the last step in scan order. gy is time-major (L, Bt, E), g_last (Bt, E, N) or None.
 
     Returns time-major d(delta'), d(u*delta'), dB, dC and dA. The adjoint lambda_t = dL/dh_t obeys the same
     recurrence run the other way: lambda_t = gy_t C_t + a_next lambda_next, where next is one step later in scan
     order. Blocks are visited in reverse scan order; each recomputes its decays and states from its saved entry
-    state, runs the adjoint, and turns both into gradients with whole-block ops.
+    state, runs the adjoint, and turns both into gradients with whole-block ops. g_last enters as the adjoint
+    carry one step past the end, with a decay of 1: lambda_last = gy_last C_last + g_last.
     """
     L, Bsz, E = p.dlt.shape
     N, G = p.A2.shape[1], p.groups
@@ -220,6 +231,9 @@ def _scan_backward(p: _Prepared, gy: Tensor, carries: Tensor, reverse: bool, blo
     lam_buf = torch.empty_like(a_buf)
     a_carry = torch.zeros(Bsz, E, N, dtype=cdt, device=dev)  # decay one step later in scan order
     lam_carry = torch.zeros(Bsz, E, N, dtype=cdt, device=dev)  # adjoint one step later in scan order
+    if g_last is not None:  # the first a_carry is read only by the adjoint recurrence
+        a_carry.fill_(1)
+        lam_carry.copy_(g_last)
     starts = list(range(0, L, block))
     floor = _exp2_floor(p)
     for k in (range(len(starts)) if reverse else reversed(range(len(starts)))):
@@ -265,19 +279,21 @@ class _ReferenceScan(torch.autograd.Function):
     """The reference scan with a hand-derived backward (first order only)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, return_last_state):
         cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         block = _block_len(u.shape[0], u.shape[1], A.shape[1], u.shape[2], for_grad=True)
         p, _, _ = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, cdt)
-        y_tm, carries = _scan_forward(p, reverse, block, keep_carries=True)
+        y_tm, carries, last = _scan_forward(p, reverse, block, keep_carries=True)
         out, pre_gate = _finish(y_tm, u, D, z, keep_pre_gate=True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, carries, pre_gate)
         ctx.delta_softplus, ctx.reverse, ctx.block = delta_softplus, reverse, block
+        if return_last_state:
+            return out.to(u.dtype), last
         return out.to(u.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_out):
+    def backward(ctx, g_out, g_last=None):
         u, delta, A, B, C, D, z, delta_bias, carries, pre_gate = ctx.saved_tensors
         cdt = carries.dtype
         p, dlt_bm, pre = _prepare(u, delta, A, B, C, delta_bias, ctx.delta_softplus, cdt)
@@ -287,8 +303,8 @@ class _ReferenceScan(torch.autograd.Function):
             z_c = z.to(cdt)
             g_z = (g * pre_gate * _dsilu(z_c)).to(z.dtype)
             g = g * F.silu(z_c)
-        g_dlt_tm, g_du_tm, g_B_tm, g_C_tm, g_A = _scan_backward(p, _time_major(g, cdt), carries, ctx.reverse,
-                                                                ctx.block)
+        g_dlt_tm, g_du_tm, g_B_tm, g_C_tm, g_A = _scan_backward(
+            p, _time_major(g, cdt), carries, ctx.reverse, ctx.block, None if g_last is None else g_last.to(cdt))
         u_c = u.to(cdt)
         g_du = _batch_major(g_du_tm)
         g_dlt = _batch_major(g_dlt_tm).addcmul_(g_du, u_c)
@@ -300,7 +316,8 @@ class _ReferenceScan(torch.autograd.Function):
         g_pre = g_dlt.mul_(torch.sigmoid(pre)) if ctx.delta_softplus else g_dlt
         g_bias = g_pre.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         g_B, g_C = (_batch_major(g).view(t.shape).to(t.dtype) for g, t in ((g_B_tm, B), (g_C_tm, C)))
-        return (g_u.to(u.dtype), g_pre.to(delta.dtype), g_A.to(A.dtype), g_B, g_C, g_D, g_z, g_bias, None, None)
+        return (g_u.to(u.dtype), g_pre.to(delta.dtype), g_A.to(A.dtype), g_B, g_C, g_D, g_z, g_bias, None, None,
+                None)
 
 
 def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -353,26 +370,35 @@ def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                        z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                       reverse: bool = False) -> Tensor:
+                       reverse: bool = False, return_last_state: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Pure-PyTorch selective scan: any device, float64-capable, differentiable. See the module docstring.
 
-    Computes in float32 (float64 if any input is float64) and returns u's dtype.
+    Computes in float32 (float64 if any input is float64) and returns u's dtype. ``return_last_state=True``
+    (pass it by keyword: the tenth positional argument is ``reverse``, not mamba-ssm's ``return_last_state``)
+    returns ``(out, last_state)``, last_state (batch, channels, state) in the compute dtype, differentiable: a
+    loss through it gets gradients for every input.
 
     >>> import torch
     >>> u = torch.randn(1, 4, 10); dt = torch.rand(1, 4, 10); A = -torch.rand(4, 16)
     >>> B, C = torch.randn(1, 16, 10), torch.randn(1, 16, 10)
     >>> selective_scan_ref(u, dt, A, B, C, D=torch.ones(4), reverse=True).shape
     torch.Size([1, 4, 10])
+    >>> out, last = selective_scan_ref(u, dt, A, B, C, return_last_state=True)
+    >>> last.shape, last.dtype
+    (torch.Size([1, 4, 16]), torch.float32)
     """
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _ReferenceScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return _ReferenceScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                                    bool(return_last_state))
     cdt = _compute_dtype(*tensors)
     block = _block_len(u.shape[0], u.shape[1], A.shape[1], u.shape[2], for_grad=False)
     p, _, _ = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, cdt)
-    y_tm, _ = _scan_forward(p, reverse, block, keep_carries=False)
+    y_tm, _, last = _scan_forward(p, reverse, block, keep_carries=False)
     out, _ = _finish(y_tm, u, D, z, keep_pre_gate=False)
+    if return_last_state:
+        return out.to(u.dtype), last
     return out.to(u.dtype)
 
 
@@ -402,7 +428,9 @@ def register_backend(name: str, fn: Callable[..., Tensor], available: Callable[[
                      install_hint: str = "") -> None:
     """Adds (or replaces) a selective-scan backend.
 
-    ``fn`` takes ``selective_scan``'s arguments except ``backend``; ``available(u)`` says whether it can run on
+    ``fn`` takes ``selective_scan``'s arguments except ``backend``; it receives ``return_last_state=True`` only when
+    a caller asks for the last state (a ``fn`` without that parameter then gets a VmmError, and keeps working for
+    every other call), never ``return_last_state=False``; ``available(u)`` says whether it can run on
     tensors like ``u`` (device, dtype, installed extension) and must be cheap. With ``backend=None`` the available
     backend of highest ``priority`` runs (reference 0, mamba_ssm 10). ``install_hint`` ends the error raised when
     someone asks for it by name where it is unavailable.
@@ -479,10 +507,25 @@ def _resolve_scan_backend(backend: Optional[str], u: Tensor) -> Backend:
     return chosen
 
 
+def _accepts_return_last_state(fn: Callable[..., Tensor]) -> bool:
+    """Whether ``fn`` takes a ``return_last_state`` keyword (by name or through ``**kwargs``). A callable whose
+    signature cannot be read is given the benefit of the doubt."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "return_last_state" and p.kind is not p.POSITIONAL_ONLY)
+               for p in params)
+
+
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                   reverse: bool = False, backend: Optional[str] = None) -> Tensor:
+                   reverse: bool = False, backend: Optional[str] = None,
+                   return_last_state: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Selective scan with mamba-ssm's conventions (module docstring), run by ``backend``.
+
+    ``return_last_state=True`` returns ``(out, last_state)`` as mamba-ssm's ``selective_scan_fn`` does (pass it by
+    keyword); the chosen backend must accept it, else :class:`vmm.errors.VmmError` names the backend.
 
     ``backend=None`` picks the best available one for u's device and dtype (CUDA: a registered fused kernel or
     mamba_ssm when importable; otherwise the reference) and logs the choice once. Naming an unavailable backend
@@ -495,12 +538,21 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     ...                    delta_bias=torch.zeros(8), delta_softplus=True, reverse=True)
     >>> y.shape, y.dtype
     (torch.Size([2, 8, 33]), torch.float32)
+    >>> y, last = selective_scan(u, dt, A, B, C, return_last_state=True)
+    >>> last.shape
+    torch.Size([2, 8, 16])
     """
     # Checked here, not only in the reference: another backend (mamba-ssm's kernel) would fail on a bad shape
     # deep inside its extension, and the choice below already needs u to be a tensor.
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     chosen = _resolve_scan_backend(backend, u)
     _log_choice("selective_scan", chosen.name, u)
+    if return_last_state:  # passed only when asked, so backends without the parameter keep working
+        if not _accepts_return_last_state(chosen.fn):
+            raise VmmError(f"selective_scan backend {chosen.name!r} does not support return_last_state=True (its "
+                           f"function takes no return_last_state argument); use backend='reference' or add it")
+        return chosen.fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                         reverse=reverse, return_last_state=True)
     return chosen.fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                      reverse=reverse)
 

@@ -650,7 +650,7 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
             if on_open is not None:
                 on_open(library)
             summary, plan = _plan_run(writer, request.roots, run_id, info.world_size, retry_failed=retry_failed,
-                                      factory=factory, backend=backend, max_pixels=max_pixels)
+                                      factory=request.factory, backend=backend, max_pixels=max_pixels)
             message = {"error": None}
         except (VmmError, sqlite3.OperationalError) as error:
             message = {"error": str(error)}

@@ -34,7 +34,7 @@ from index.discovery import Candidate, Discovery, _path_args, check_root, discov
 from index.library import LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
-from index.store import AUTO_FLAT_MAX, check_factory
+from index.store import AUTO_FLAT_MAX, check_factory, factory_spelling
 from vmm.errors import VmmError
 
 
@@ -509,7 +509,7 @@ def build_library(paths: list[str], library_dir: str, encoder, *, window: float 
             on_open(library)
         with _catalog_writes(library, kept="finished files are kept"):
             return _ingest(writer, request.roots, encoder, started, batch_size=batch_size, workers=workers,
-                           timeout=timeout, retry_failed=retry_failed, factory=factory, backend=backend,
+                           timeout=timeout, retry_failed=retry_failed, factory=request.factory, backend=backend,
                            max_pixels=max_pixels, progress=progress, commit_seconds=commit_seconds,
                            flat_max=flat_max, worker_hook=worker_hook)
 
@@ -522,6 +522,7 @@ class _Request:
     library: str
     wanted: LibraryManifest
     explicit: tuple[str, ...]
+    factory: str | None  # in FAISS's case ("flat" given is "Flat")
 
 
 def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, batch_size, workers,
@@ -546,6 +547,8 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
         raise VmmError(f"workers must be >= 0, got {workers}")
     if not timeout > 0:
         raise VmmError(f"timeout must be > 0 seconds, got {timeout}")
+    if isinstance(factory, str):
+        factory = factory_spelling(factory)  # "flat" and "ivf4096,flat" as vmm index --factory takes them
     if factory is not None:
         check_factory(encoder.dim, factory)
 
@@ -557,7 +560,7 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
     for name in explicit:  # the combination is checked when a library is created with it
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
-    return _Request(roots, library_folder(library_dir), wanted, explicit)
+    return _Request(roots, library_folder(library_dir), wanted, explicit, factory)
 
 
 _WHOLE_NUMBERS = ("batch_size", "workers", "max_pixels", "flat_max")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,7 +178,8 @@ class VideoLibrary:
         if os.path.isfile(path):
             raise VmmError(f"{path} is a file, not a library folder; pass the folder the library was built in")
         if not os.path.isdir(path):
-            raise VmmError(f"library {path} does not exist; create it with `vmm index VIDEOS --library {path}`")
+            raise VmmError(f"library {path} does not exist; create it with `vmm index VIDEOS --library "
+                           f"{shlex.quote(path)}`")
         if not _is_library(path):
             raise VmmError(f"{path} is not a vmm library (no catalog.sqlite); index videos into one with "
                            f"`vmm index VIDEOS --library LIB`, then search LIB")

@@ -70,6 +70,24 @@ def test_factory_words_in_any_case(tmp_path, capsys):
         assert json.load(f)["factory_setting"] == "HNSW32,Flat"
 
 
+def test_factory_words_in_any_case_in_the_python_api(tmp_path):
+    """build_library(factory="hnsw8,flat") got FAISS's parse error where `vmm index --factory` took it."""
+    from index.encoder import ColorHistogramEncoder
+    from index.ingest import build_library
+    red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    build_library([red], str(tmp_path / "lib"), ColorHistogramEncoder(), workers=0, factory="hnsw8,flat")
+    with open(os.path.join(tmp_path, "lib", "index-state.json")) as f:
+        assert json.load(f)["factory_setting"] == "HNSW8,Flat"
+
+
+def test_a_missing_library_advice_quotes_its_path(tmp_path, capsys):
+    """The advice `vmm index VIDEOS --library PATH` did not run as printed for a path with a space."""
+    missing = str(tmp_path / "my lib")
+    assert main(["search", missing, "a red screen"]) == 2
+    err = capsys.readouterr().err
+    assert f"create it with `vmm index VIDEOS --library '{missing}'`" in err, err
+
+
 def test_a_bad_factory_names_faiss_reason_without_its_source_line(tmp_path, capsys):
     red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
     argv = ["index", red, "--library", str(tmp_path / "lib"), "--model", "color-histogram", "--factory", "Bogus42"]

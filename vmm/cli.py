@@ -266,7 +266,7 @@ def _say_error(message: str) -> None:
 
 
 def _holding_signals(build, *args):
-    """``build(*args)`` with Ctrl-C and SIGTERM held until it returns. Building the parser imports torch and numpy,
+    """``build(*args)`` with Ctrl-C and SIGTERM held until it returns. Building the parser imports numpy (encode.py),
     and a KeyboardInterrupt raised inside numpy's import is half-caught there: numpy stays loaded without most of its
     functions, and the command then failed with an AttributeError traceback. Held, the signal arrives as soon as
     the imports are done and stops the command cleanly."""

@@ -2,8 +2,10 @@
 
 Source: the official repo's ``videomamba/video_mm/MODEL_ZOO.md`` ("Zero-shot
 Evaluation"), which lists R@1/5/10 for the three released multimodal
-checkpoints ``videomamba_m16_{5M,17M,25M}_f8_res224.pth``. They correspond to the
-ITM re-ranked (``test/``) row of the official evaluation, not the ITC-only row.
+checkpoints ``videomamba_m16_{5M,17M,25M}_f8_res224.pth``. The zoo does not say which row
+of the official evaluation they are; they are taken to be the ITM re-ranked (``test/``) row,
+not the ITC-only one, by inference (the spec marks it [inferred]): for UMT, which shares the
+evaluation code, the author's ``test/`` row in UMT issue #49 equals UMT's MODEL_ZOO.
 """
 from __future__ import annotations
 

@@ -54,3 +54,57 @@ def test_load_weights_takes_a_state_dict_as_load_checkpoint_does():
     src = vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32)
     dst = load_weights(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32), src.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
+def _refused_in_one_line(needle, fn, *args, **kwargs):
+    with pytest.raises(vmm.VmmError, match=needle) as e:
+        fn(*args, **kwargs)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_a_mistyped_model_option_names_the_option_it_resembles():
+    """create_model("videomamba_tiny", num_frame=8) listed the 24 valid options and left the missing "s" to be
+    found; a near miss at a multimodal model's top level did not say that the option lives under vision=."""
+    _refused_in_one_line(r"^unknown model option\(s\) num_frame; valid options: .*; did you mean 'num_frames'\?$",
+                         vmm.create_model, "videomamba_tiny", num_frame=8)
+    _refused_in_one_line(r"^unknown vision option\(s\) num_frame; .*; did you mean 'num_frames'\?$",
+                         vmm.create_model, "vmm_nano", vision=dict(num_frame=8))
+    _refused_in_one_line(r"; did you mean vision=dict\(num_frames=8\)\?$", vmm.create_model, "vmm_nano", num_frame=8)
+    _refused_in_one_line(r"; did you mean 'depth' for depht, 'num_frames' for num_frame\?$", vmm.create_model,
+                         "videomamba_tiny", num_frame=8, depht=2, zzz=1)
+    # nothing close: no guess
+    assert "did you mean" not in _refused_in_one_line("zzz", vmm.create_model, "videomamba_tiny", zzz=1)
+
+
+def test_from_pretrained_explains_a_model_name_none_and_takes_device(tmp_path):
+    """from_pretrained("vmm_nano") said "vmm_nano is not a vmm model folder", from_pretrained(None) raised
+    pathlib's TypeError, and device="cpu" (which create_model takes) was "unknown model option(s) device"."""
+    _refused_in_one_line(r"^vmm_nano is a registered model name, not a model folder; "
+                         r"vmm\.create_model\('vmm_nano', pretrained=True\) builds it with its weights",
+                         vmm.from_pretrained, "vmm_nano")
+    _refused_in_one_line(r"did you mean the registered model 'vmm_nano'\?", vmm.from_pretrained, "vmm_nan")
+    _refused_in_one_line(r"vmm\.create_model\('videomamba_tiny', pretrained=PATH\)", vmm.from_pretrained,
+                         "videomamba_tiny")
+    for bad in (None, 5, ""):
+        _refused_in_one_line(r"^from_pretrained: directory must be the path of a folder written by "
+                             r"vmm\.save_pretrained, got ", vmm.from_pretrained, bad)
+    folder = vmm.save_pretrained(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32), tmp_path)
+    model = vmm.from_pretrained(folder, device="cpu", drop_path_rate=0.1)
+    assert next(model.parameters()).device.type == "cpu" and model.cfg.drop_path_rate == 0.1
+    _refused_in_one_line(r"^device= / --device gpu is not a device", vmm.from_pretrained, folder, device="gpu")
+
+
+def test_a_frame_count_a_multimodal_folder_refuses_suggests_an_argument_it_takes(tmp_path):
+    """vision=dict(num_frames=8) for a folder saved at 4 frames said "pass ... (num_frames=4)", which the
+    multimodal model then refused as "num_frames is a vision option of this model"."""
+    from tests.tiny_model import save_tiny_model
+    folder = save_tiny_model(tmp_path / "mm")
+    _refused_in_one_line(r"^--frames 8 \(vision=dict\(num_frames=8\)\): the weights in .* were trained for 4 "
+                         r"frames; pass --frames 4 \(vision=dict\(num_frames=4\)\), or leave it out$",
+                         vmm.create_model, folder, vision=dict(num_frames=8))
+    assert vmm.create_model(folder, vision=dict(num_frames=4)).cfg.vision.num_frames == 4  # the suggestion works
+    # a classifier folder keeps the top-level argument
+    tiny = vmm.save_pretrained(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32), tmp_path / "t")
+    _refused_in_one_line(r"^--frames 4 \(num_frames=4\): .* pass --frames 2 \(num_frames=2\)", vmm.create_model, tiny,
+                         num_frames=4)

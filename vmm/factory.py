@@ -138,8 +138,11 @@ def saved_frames(directory: Union[str, Path]) -> Optional[int]:
 
 
 def _frames_error(wanted: int, saved: int, weights: Union[str, Path]) -> VmmError:
-    return VmmError(f"--frames {wanted} (num_frames={wanted}): the weights in {weights} were trained for {saved} "
-                    f"frames; pass --frames {saved} (num_frames={saved}), or leave it out")
+    """``weights`` (a model folder) hold ``saved`` frames, not the ``wanted`` ones; the Python argument is written
+    as the folder's kind of model takes it, since a multimodal model refuses a top-level ``num_frames``."""
+    arg = "vision=dict(num_frames={})" if _is_multimodal(weights) else "num_frames={}"
+    return VmmError(f"--frames {wanted} ({arg.format(wanted)}): the weights in {weights} were trained for {saved} "
+                    f"frames; pass --frames {saved} ({arg.format(saved)}), or leave it out")
 
 
 def _first_mismatch(own: dict, theirs: dict) -> Optional[str]:
@@ -486,13 +489,16 @@ def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
     if frames is None:
         return {}
     check_frames(frames)
+    return {"vision": {"num_frames": frames}} if _is_multimodal(name) else {"num_frames": frames}
+
+
+def _is_multimodal(name: Union[str, Path]) -> bool:
+    """Whether model ``name`` (registered or a folder) keeps its frame count under ``vision``."""
     if is_pretrained_dir(name):
-        multimodal = "vision" in read_config(name)["model"]
-    else:
-        cfg = get_model_config(str(name))
-        arch = cfg["architecture"] if cfg else str(name)
-        multimodal = arch == "videomamba_m16_mm"
-    return {"vision": {"num_frames": frames}} if multimodal else {"num_frames": frames}
+        return "vision" in read_config(name)["model"]
+    cfg = get_model_config(str(name))
+    arch = cfg["architecture"] if cfg else str(name)
+    return arch == "videomamba_m16_mm"
 
 
 def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Optional[int] = None) -> Tokenizer:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, get_args, get_type_hints
 
 from vmm.errors import VmmError
+from vmm.models.registry import close_match
 
 # More frames than any released model uses (64) by far; beyond this a clip's tokens exhaust memory instead of
 # giving a result.
@@ -159,13 +160,42 @@ def check_config(cfg: Any, where: str = "model") -> None:
         raise VmmError(prefix + conflict)
 
 
+def _close_option(cfg: Any, key: str, value: Any) -> Optional[str]:
+    """The option of ``cfg`` that the unknown ``key`` probably means, written as it is passed (``'num_frames'``,
+    or ``vision=dict(num_frames=8)`` for a field of a nested section, as a multimodal model's frame count is), or
+    None."""
+    close = close_match(key, [f.name for f in fields(cfg)])
+    if close:
+        return repr(close)
+    for f in fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            close = close_match(key, [g.name for g in fields(section)])
+            if close:
+                return f"{f.name}=dict({close}={value!r})"
+    return None
+
+
 def replace_checked(cfg: Any, overrides: dict, where: str = "model") -> Any:
-    """``dataclasses.replace``, then :func:`check_config`; unknown keys are named instead of a TypeError."""
+    """``dataclasses.replace``, then :func:`check_config`; unknown keys are named instead of a TypeError, with
+    the option each one probably means.
+
+    >>> replace_checked(VideoMambaConfig(), {"num_frame": 8})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: unknown model option(s) num_frame; valid options: ...; did you mean 'num_frames'?
+    """
     names = {f.name for f in fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
+        # The list of valid options alone left the reader to spot num_frame's missing "s" among 24 names.
+        hints = {k: _close_option(cfg, k, overrides[k]) for k in unknown}
+        hints = {k: h for k, h in hints.items() if h}
+        mean = (next(iter(hints.values())) if len(unknown) == 1 and hints
+                else ", ".join(f"{h} for {k}" for k, h in hints.items()))
         raise VmmError(
             f"unknown {where} option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
+            + (f"; did you mean {mean}?" if mean else "")
         )
     new = dataclasses.replace(cfg, **overrides)
     check_config(new, where)

@@ -151,10 +151,12 @@ def saved_model_kwargs(saved: dict, overrides: dict) -> dict:
     return merge_overrides(kwargs, overrides)
 
 
-def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
+def from_pretrained(directory: Union[str, Path], device=None, **overrides) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict).
 
-    ``overrides`` change config fields that do not alter the weights' shapes (``drop_path_rate``, ...).
+    ``overrides`` change config fields that do not alter the weights' shapes (``drop_path_rate``, ...);
+    ``device`` moves the model as :func:`vmm.create_model`'s does. A registered model name is no folder:
+    ``vmm.create_model(name, pretrained=True)`` loads its weights.
 
     >>> import tempfile, torch, vmm
     >>> tmp = tempfile.TemporaryDirectory()
@@ -165,9 +167,43 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
     (0.1, True)
     >>> tmp.cleanup()
     """
+    from vmm.factory import resolve_device
+    if not isinstance(directory, (str, os.PathLike)) or not str(directory).strip():  # None failed inside pathlib,
+        # and "" read as the working folder
+        raise VmmError(f"from_pretrained: directory must be the path of a folder written by vmm.save_pretrained, "
+                       f"got {directory!r:.60}; pass a path, or use vmm.create_model(name) for a registered model")
+    # Checked before the build, and the same device= as create_model's (from_pretrained took it as a config field).
+    device = None if device is None else resolve_device(device, "device= / --device")
+    model = _load_folder(Path(directory), overrides)
+    return model if device is None else model.to(device)
+
+
+def _not_a_folder(directory: Path) -> str:
+    """Why ``directory`` is no model folder; for a registered model name, how that model's weights are loaded."""
+    from vmm.factory import default_pretrained
+    from vmm.models.registry import close_model_name, list_models
+    needs = f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+    name = str(directory)
+    if name not in list_models():
+        # A mistyped name that is no path either: the model it resembles, as create_model suggests.
+        close = None if directory.exists() or os.sep in name else close_model_name(name)
+        name = close if close else None
+        if name is None:
+            return needs
+    try:
+        weights = default_pretrained(name) is not None
+    except VmmError:  # a damaged JSON config: create_model names it
+        weights = False
+    fix = (f"vmm.create_model({name!r}, pretrained=True) builds it with its weights" if weights else
+           f"vmm.create_model({name!r}, pretrained=PATH) builds it with a checkpoint's weights")
+    what = "is a registered model name, not a model folder" if name == str(directory) else \
+        f"is not a model folder (did you mean the registered model {name!r}?)"
+    return f"{directory} {what}; {fix} (from_pretrained takes a folder written by vmm.save_pretrained)"
+
+
+def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     from safetensors.torch import load_model
     from vmm.models.registry import create_model
-    directory = Path(directory)
     from vmm.training.export import is_trainable_export, load_trainable_export
     if is_trainable_export(directory) and not (directory / WEIGHTS_NAME).is_file():
         model = load_trainable_export(directory)
@@ -183,7 +219,7 @@ def from_pretrained(directory: Union[str, Path], **overrides) -> nn.Module:
         model.pretrained_source = str(directory)
         return model
     if not is_pretrained_dir(directory):
-        raise VmmError(f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise VmmError(_not_a_folder(directory))
     cfg = read_config(directory)
     arch, saved = cfg["architecture"], cfg["model"]
     try:

@@ -145,10 +145,20 @@ def close_model_name(name: str) -> Optional[str]:
     >>> close_model_name(" VideoMamba_Tiny"), close_model_name("videomamba_m16_25"), close_model_name("resnet50")
     ('videomamba_tiny', 'videomamba_m16_25m', None)
     """
-    names = list_models()
-    typed = name.strip().lower()
+    return close_match(name, list_models(), cutoff=0.8)
+
+
+def close_match(word: str, names: Any, cutoff: float = 0.6) -> Optional[str]:
+    """The one of ``names`` that ``word`` probably means (the same in another case, else the closest by difflib
+    at ``cutoff``), or None: shared by the "did you mean ...?" hints for model names and config options.
+
+    >>> close_match("num_frame", ["depth", "num_frames"]), close_match("Depth", ["depth"]), close_match("x", ["depth"])
+    ('num_frames', 'depth', None)
+    """
+    names = sorted(names)
+    typed = str(word).strip().lower()
     same = [n for n in names if n.lower() == typed]
-    close = same or difflib.get_close_matches(typed, names, n=1, cutoff=0.8)
+    close = same or difflib.get_close_matches(typed, names, n=1, cutoff=cutoff)
     return close[0] if close else None
 
 

@@ -1,3 +1,4 @@
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,18 @@ def terminal_sigint() -> None:
     the command then rightly keeps it ignored, as under nohup."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Within the block, writes that would grow a file past ``nbytes`` fail with EFBIG, as on a full disk or over
+    a quota (Python ignores SIGXFSZ). A block, not a fixture: pytest reports a test's result before its fixtures'
+    teardown, and with its output going to a file larger than the limit (``make test > log``) that report failed
+    with "File too large" and ended the whole run (an INTERNALERROR)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

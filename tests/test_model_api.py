@@ -465,11 +465,15 @@ def test_a_model_config_that_is_not_an_object_is_named(tmp_path, monkeypatch):
             refused(rf"^model config {tmp_path / name}.json must be a JSON object ", call, name)
 
 
-def test_a_user_model_without_a_config_is_named_by_save_and_transforms(tmp_path):
+def test_a_user_model_without_a_config_is_named_by_save_and_transforms(tmp_path, monkeypatch):
     """save_pretrained and create_model_and_transforms of a registered nn.Linear failed with "'Linear' object has
     no attribute 'cfg'"."""
+    from vmm.models import registry
     def api_test_linear_probe(classes=3):
         return torch.nn.Linear(4, classes)
+    # Registered into a copy of the registry: the probe must not stay a model of every later test.
+    registry.list_models()  # the built-ins register on first use: into the copy, they would be gone after the test
+    monkeypatch.setattr(registry, "_ENTRYPOINTS", dict(registry._ENTRYPOINTS))
     vmm.register_model(api_test_linear_probe)
     probe = vmm.create_model("api_test_linear_probe", classes=5)
     assert probe.out_features == 5

@@ -3,13 +3,13 @@ retention after a rerun from an earlier step, and a disk that fills up while a c
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import file_size_limit
 from tests.test_train_loop import TINY, metrics
 from vmm.errors import VmmError
 from vmm.training.config import load_config
@@ -95,16 +95,7 @@ def test_a_rerun_from_an_earlier_checkpoint_keeps_its_own_checkpoints(tmp_path):
     assert find_latest_checkpoint(tmp_path).name == "step_00000003"
 
 
-@pytest.fixture
-def file_size_limit():
-    """Writes of more than 1 MB fail with EFBIG, as on a full disk or over a quota (Python ignores SIGXFSZ)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, file_size_limit):
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     """torch.save's "[enforce fail at inline_container.cc] unexpected pos" traceback, its half-written hidden
     folder left holding the space; and safetensors' SafetensorError traceback for the final model."""
     from accelerate import Accelerator
@@ -116,11 +107,13 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
     save_checkpoint(small, tmp_path, TrainerState(global_step=1), keep_last=2)  # RNG states only: a few kB
     with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write checkpoint step_00000002 in {tmp_path} "
                                        r"\(.* MB free there\); free disk space, then resume with train\.resume=auto$"):
-        save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep_last=2)
+        with file_size_limit(1 << 20):  # writes of more than 1 MB fail
+            save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep_last=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
     tiny, _ = build_model(load_config(TINY, ["loss.uta=0"]))
     assert model.weight.numel() * 4 > 1 << 20 and sum(p.numel() for p in tiny.parameters()) * 4 > 1 << 20
     with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write the final model in {tmp_path} \(.*\); "
                                        r"free disk space, then resume with train\.resume=auto$"):
-        export_final(tiny, tmp_path, [], trainable_only=False)
+        with file_size_limit(1 << 20):
+            export_final(tiny, tmp_path, [], trainable_only=False)
     assert not (tmp_path / "final").exists() and not (tmp_path / ".final.tmp").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import file_size_limit
 from tests.test_train_loop import REPO, TINY
 from vmm.errors import VmmError
 from vmm.training import loop
@@ -161,26 +161,17 @@ def test_another_runs_checkpoint_is_not_continued_in_a_folder_holding_a_run(four
                             f"train.resume={four_steps}/checkpoints/step_00000002")).resume_dir is not None
 
 
-@pytest.fixture
-def tiny_file_limit():
-    """Writes past 600 bytes fail (EFBIG), as on a full disk: train_config.yaml, the run's first file, is larger
-    (with capsys: pytest's own capture file is limited too)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (600, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def test_a_full_disk_at_the_start_is_one_line_and_leaves_the_folder_reusable(corpus, tmp_path, request, capsys):
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_the_folder_reusable(corpus, tmp_path, capsys):
     """A traceback from yaml's write, and the cut .train_config.yaml.tmp left behind made the rerun refuse the
     folder as 'not empty'."""
     out = tmp_path / "run"
     inputs = check_inputs(cfg(corpus, out, "schedule.max_steps=1"))
-    request.getfixturevalue("tiny_file_limit")
     with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write train_config\.yaml in {out} \(File too "
                                        r"large; .* MB free there\); free disk space, then run again into a new or "
                                        r"empty train\.output_dir$"):
-        train(cfg(corpus, out, "schedule.max_steps=1"), inputs)
+        # train_config.yaml, the run's first file, is larger (with capsys, pytest's own capture file is limited too)
+        with file_size_limit(600):
+            train(cfg(corpus, out, "schedule.max_steps=1"), inputs)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
     assert check_inputs(cfg(corpus, out, "schedule.max_steps=1")).resume_dir is None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import vmm
+from vmm import folder_lock
 from vmm.demo import SHIPPED_NANO
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,3 +185,66 @@ def test_the_commands_the_demo_prints_run_as_printed_from_a_path_with_spaces(tmp
                           text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) == 2
+
+
+def test_a_second_demo_into_the_same_folder_is_refused_at_once_and_a_killed_one_blocks_no_rerun(tmp_path):
+    # The second demo regenerated the corpus while the first indexed it, then failed on the library's lock.
+    import signal
+    import time
+    from vmm.demo import LOCK_FILE
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def demo(videos):
+        return [sys.executable, "-m", "vmm.cli", "demo", "--out", str(out), "--videos", str(videos), "--queries", "0",
+                "--workers", "1", "--device", "cpu"]
+
+    def wait_for(test, proc, what):
+        deadline = time.monotonic() + 120
+        while not test():
+            assert proc.poll() is None and time.monotonic() < deadline, f"{what}: {proc.communicate()}"
+            time.sleep(0.05)
+
+    # Many videos: generating them keeps the first demo busy (and past its lock) for longer than this test runs.
+    first = subprocess.Popen(demo(5000), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        wait_for(lambda: folder_lock.holder(out / LOCK_FILE) is not None, first, "the first demo never took its lock")
+        second = subprocess.run(demo(2), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second
+        assert second.stdout == ""
+        assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: "), second.stderr
+        assert f"--out {out} (out_dir) is in use by a vmm demo that is still running (pid {first.pid} on host " \
+            in second.stderr
+        assert first.poll() is None  # refused without touching the live run
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    # The killed demo left its marker, a half-written corpus and the lock file: a rerun takes the folder and gets
+    # past the corpus generator's own folder check (stopped once it reaches indexing).
+    assert (out / LOCK_FILE).is_file() and folder_lock.holder(out / LOCK_FILE) is None
+    rerun = subprocess.Popen(demo(2), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        lines = []
+        for line in rerun.stdout:
+            lines.append(line)
+            if line.startswith("[2/4]"):
+                break
+        assert lines and lines[-1].startswith("[2/4]"), "".join(lines)
+    finally:
+        rerun.kill()
+        rerun.wait()
+
+
+def test_demo_refuses_an_empty_out_dir_which_wrote_into_the_working_folder(tmp_path, monkeypatch):
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VmmError, match=re.escape("--out '' (out_dir='') is empty; pass a folder for the demo's "
+                                                 "output")):
+        run_demo(DemoConfig(out_dir="", num_videos=2, queries=0, workers=0, device="cpu"))
+    assert list(tmp_path.iterdir()) == []

@@ -572,3 +572,13 @@ def test_cli_writes_a_corpus_and_reports_errors_on_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("out_dir", [None, b"corpus", 3])
+def test_generate_corpus_refuses_an_out_dir_that_is_no_path_in_one_line(out_dir):
+    # None raised a bare TypeError from os.fspath.
+    from vmm.data.synthetic import generate_corpus
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=re.escape(f"out_dir={out_dir!r}: must be a folder path")) as e:
+        generate_corpus(out_dir, num_videos=2, workers=1)
+    assert "\n" not in str(e.value)

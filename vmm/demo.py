@@ -22,6 +22,9 @@ SHIPPED_NANO = Path(__file__).resolve().parent / "weights" / "vmm_nano"
 # Left in --out by the first run: later runs replace corpus/ and index into library/ there, which they may only do
 # to folders the demo made (a user's own corpus or library under those names was replaced or mixed with the demo's).
 DEMO_MARKER = ".vmm-demo"
+# flock-ed by the demo writing --out, for its whole run; never deleted (see _DemoLock). Not in corpus/ or library/,
+# so no folder check (the demo's or the corpus generator's) takes it for a file the demo did not write.
+LOCK_FILE = ".vmm-demo.lock"
 TRAIN_COMMAND = "accelerate launch -m vmm.train --config configs/pretrain/vmm_nano_synthetic.yaml"
 
 
@@ -44,10 +47,6 @@ def _say(msg: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from index.ingest import build_library
-    from retrieval.evaluate import EvalConfig, evaluate
-    from retrieval.library import VideoLibrary, _write_model_file, load_encoder
-    from vmm.data.synthetic import generate_corpus
     from vmm.data.synthetic.corpus import MAX_VIDEOS
     from vmm.factory import resolve_device
 
@@ -66,6 +65,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         if not (value is None and name == "workers") and not (is_whole_number(value) and value >= least):
             given = f"{option} {value} ({name}={value!r})" if option else f"{name}={value!r}"
             raise VmmError(f"{given}: pass a whole number of {least} or more")
+    # Path("") is ".": an empty out_dir wrote the demo into the working folder (the command refuses an empty --out).
+    if cfg.out_dir is None or not str(cfg.out_dir).strip():
+        raise VmmError(f"--out {cfg.out_dir!r} (out_dir={cfg.out_dir!r}) is empty; pass a folder for the demo's "
+                       "output (e.g. --out demo_output)")
     if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
         raise VmmError(f"--out {cfg.out_dir} (out_dir) is a file; pass a folder (new or existing) for the demo's "
                        "output")
@@ -77,12 +80,30 @@ def run_demo(cfg: DemoConfig) -> dict:
                        "or pass --model DIR")
     out = Path(cfg.out_dir).resolve()
     _check_demo_folder(out, cfg.out_dir)
+    # Taken just before the first write (in _run_locked), so that a refused run leaves the folder as it was, and
+    # held to the end: a second demo into the folder is refused then, before it writes anything.
+    locks: list = []
+    try:
+        return _run_locked(cfg, out, model, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:
+    from index.ingest import build_library
+    from retrieval.evaluate import EvalConfig, evaluate
+    from retrieval.library import VideoLibrary, _write_model_file, load_encoder
+    from vmm.data.synthetic import generate_corpus
+
     t0 = time.perf_counter()
     # Loaded first, so a model that does not load (or a bad batch_size) is refused before anything is written.
     encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
     _check_library_model(out / "library", encoder, cfg.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        locks.append(_DemoLock(out, cfg.out_dir))
+        _check_demo_folder(out, cfg.out_dir)  # again: what a demo that ran since the first check may have left
         (out / DEMO_MARKER).write_text("written by vmm demo: later runs replace corpus/ and update library/ here\n")
     except OSError as e:
         raise VmmError(f"--out {cfg.out_dir} (out_dir): cannot write there ({e.strerror or e}); pass a folder you can "
@@ -140,6 +161,33 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say(f"done in {total:.0f} s: {found_line}. Search it yourself: vmm search {_arg(lib_dir)} "
          "\"a blue circle moves right\"")
     return {"seconds": total, "queries_in_top_k": found, "eval": rows, "library": str(lib_dir)}
+
+
+class _DemoLock:
+    """The demo's claim on ``--out`` (:mod:`vmm.folder_lock`, ``.vmm-demo.lock``), held for its whole run: a second
+    demo into the same folder is refused at once, where it regenerated the corpus under the first one's indexing
+    and then failed on the library's lock."""
+
+    def __init__(self, out: Path, given):
+        from vmm import folder_lock
+        path = out / LOCK_FILE
+        self.fd = None
+        try:
+            self.fd = folder_lock.claim(path)
+        except folder_lock.LockHeld as e:
+            raise VmmError(f"--out {given} (out_dir) is in use by a vmm demo that is still running ({e.holder}); "
+                           "wait for it to end, stop it, or pass another --out folder") from None
+        except folder_lock.LocksUnsupported as e:  # NFS without its lock service: unguarded beats refusing
+            _say(f"warning: --out {given}: cannot lock {path} ({e}); nothing keeps a second demo from writing there "
+                 "while this one runs")
+        except OSError as e:
+            raise VmmError(f"--out {given} (out_dir): cannot write the demo's lock file {path} ({e.strerror or e}); "
+                           "pass a folder you can write to") from None
+
+    def release(self) -> None:
+        from vmm import folder_lock
+        folder_lock.release(self.fd)
+        self.fd = None
 
 
 def _arg(path) -> str:

@@ -12,13 +12,10 @@ from before its folder checks to its end, so a second run into the same folder i
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -220,75 +217,45 @@ LOCK_FILE = ".vmm_train.lock"  # flock-ed by the run writing the folder; never d
 _LOCK_WAIT_S = 2.0  # how long a start waits for a lock held by a check (held for a moment) before refusing
 
 
-def _lock_holder(fd: int) -> str:
-    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-
-
 def _in_use(out: Path, holder: str) -> VmmError:
     return VmmError(f"train.output_dir {out} is in use by a run that is still going ({holder}); wait for it to "
                     f"end, stop it, or choose another train.output_dir")
 
 
 def _live_run(out: Path) -> Optional[str]:
-    """Who holds ``out``'s run lock ("pid N on host H"), None when no run does; takes and creates nothing that
-    stays (``--check`` leaves the folder as it was), and says None where the lock cannot be tried."""
-    try:
-        fd = os.open(out / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None  # no run has started here (or the file is odd: RunLock names the problem)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a read-only folder or file can be tried too
-        return None
-    except OSError as e:
-        return _lock_holder(fd) if e.errno == errno.EWOULDBLOCK else None
-    finally:
-        os.close(fd)
+    """Who holds ``out``'s run lock ("pid N on host H"), None when no run does; ``--check`` leaves the folder as
+    it was."""
+    from vmm import folder_lock
+    return folder_lock.holder(out / LOCK_FILE)
 
 
 class RunLock:
-    """An exclusive flock on ``output_dir/.vmm_train.lock``, held by the run's first process from before its
-    folder checks until it ends: a second run into the folder (a new one, or a resume of the live one) is refused
-    with the live run's pid and host, where both passed the empty-folder check and wrote the same files. The kernel
-    drops the lock when the process ends, a SIGKILL or a crash included, so a dead run never blocks a rerun. The
-    file is never deleted: a run deleting it as a second one opened it would let a third lock a new file."""
+    """The run's claim on ``output_dir`` (:mod:`vmm.folder_lock`, ``.vmm_train.lock``), held by its first process
+    from before its folder checks until it ends: a second run into the folder (a new one, or a resume of the live
+    one) is refused with the live run's pid and host, where both passed the empty-folder check and wrote the same
+    files."""
 
     def __init__(self, out: Path):
+        from vmm import folder_lock
         path = out / LOCK_FILE
         self.fd = None
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            self.fd = folder_lock.claim(path, wait_s=_LOCK_WAIT_S)
+        except folder_lock.LockHeld as e:
+            raise _in_use(out, e.holder) from None
+        except folder_lock.LocksUnsupported as e:
+            # Refusing to train on Lustre without flock or NFS without its lock service would be worse than running
+            # unguarded.
+            _warn(f"warning: train.output_dir: cannot lock {path} ({e}); nothing keeps a second run from writing "
+                  f"{out} while this one runs")
         except OSError as e:
             raise VmmError(f"train.output_dir: cannot write the run's lock file {path} ({e.strerror or e}); "
                            f"choose a writable folder") from None
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno == errno.EWOULDBLOCK and time.monotonic() < deadline:
-                    time.sleep(0.05)  # perhaps a check's shared lock, held for a moment (_live_run)
-                    continue
-                holder = _lock_holder(fd)
-                os.close(fd)
-                if e.errno != errno.EWOULDBLOCK:
-                    # Lustre without its flock option says ENOSYS, NFS without its lock service ENOLCK: refusing
-                    # to train there would be worse than running unguarded.
-                    _warn(f"warning: train.output_dir: cannot lock {path} ({e.strerror or e}); nothing keeps a "
-                          f"second run from writing {out} while this one runs")
-                    return
-                raise _in_use(out, holder) from None
-        self.fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        except OSError:
-            pass  # a full disk: the flock is what locks, the text only names the holder
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+        from vmm import folder_lock
+        folder_lock.release(self.fd)
+        self.fd = None
 
 
 def model_kwargs(cfg: TrainConfig) -> dict:

@@ -316,6 +316,14 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     began = time.perf_counter()
     # Types first: a str or None from a Python caller failed inside the range checks with a bare TypeError, and
     # overwrite="no" counted as yes.
+    # os.fspath(None) raised a bare TypeError, and a bytes path failed inside Path().
+    try:
+        out_path = os.fspath(out_dir)
+    except TypeError:
+        out_path = None
+    if not isinstance(out_path, str):
+        raise VmmError(f"out_dir={out_dir!r}: must be a folder path (a str or os.PathLike); pass a folder for the "
+                       "corpus")
     for name, value, kind in (("num_videos", num_videos, "a whole number"), ("seed", seed, "a whole number"),
                               ("size", size, "a whole number"), ("fps", fps, "a whole number"),
                               ("seconds", seconds, "a number"), ("order_fraction", order_fraction, "a number"),
@@ -339,7 +347,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     codec_name = pick_codec(codec)
     if workers is not None and workers < 0:
         raise VmmError(f"--workers {workers}: must be 0 or more (0 and 1 encode in this process)")
-    if not os.fspath(out_dir):  # Path("") is the working directory, which the message then named as "."
+    if not out_path:  # Path("") is the working directory, which the message then named as "."
         raise VmmError("the output folder (out_dir) is empty; pass a folder for the corpus")
     out = Path(out_dir)
     try:

@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.out = output_path(p, args.out, folder=True)
     if not torch.cuda.is_available():
-        raise SystemExit("encoder_accuracy.py needs a CUDA GPU")
+        # a usage error as the other scripts' (one `error:` line, status 2), not a bare line and status 1
+        p.error("encoder_accuracy.py needs a CUDA GPU (torch.cuda.is_available() is False on this host)")
     torch.manual_seed(args.seed)
     model = vmm.create_model("videomamba_middle", num_frames=args.frames, num_classes=0).cuda().eval()
     video = torch.randn(args.batch, 3, args.frames, 224, 224, device="cuda")

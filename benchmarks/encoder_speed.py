@@ -671,7 +671,8 @@ def main(argv=None):
                     else Path(__file__).resolve().parent / "results")
     args.out = output_path(p, args.out, folder=True)
     if not torch.cuda.is_available():
-        raise SystemExit("encoder_speed.py needs a CUDA GPU")
+        # a usage error as the other scripts' (one `error:` line, status 2), not a bare line and status 1
+        p.error("encoder_speed.py needs a CUDA GPU (torch.cuda.is_available() is False on this host)")
     import triton
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -3,6 +3,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import os
 import re
 import runpy
 import shlex
@@ -228,4 +229,16 @@ def test_encoder_speed_refuses_a_time_limit_that_measures_nothing_in_one_line(lo
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: argument {option}: {value!r} is not a number of seconds > 0 ")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["encoder_speed", "encoder_accuracy"])
+def test_a_gpu_benchmark_on_a_host_without_cuda_is_a_usage_error_in_one_line(tmp_path, script):
+    # It exited with status 1 and a bare "encoder_speed.py needs a CUDA GPU", unlike every other usage error of the
+    # scripts (one `error:` line, status 2). No GPU is visible to the run, whatever the host.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.startswith(f"error: {script}.py needs a CUDA GPU") and done.stderr.count("\n") == 1, done.stderr
     assert not any(tmp_path.iterdir())

@@ -77,3 +77,32 @@ def test_every_option_help_says_its_default(command):
                     if action.option_strings and action.nargs != 0 and not action.required
                     and "default" not in action.help and "[" not in action.help]
     assert undocumented == []
+
+
+def test_remove_json_names_the_paths_that_matched_nothing_absolute(tmp_path, monkeypatch, capsys):
+    # `not_found` held the PATHs as typed ("elsewhere") beside an absolute `library`: a script reading the object
+    # could not tell what they were relative to.
+    red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", red, "--library", library, *HIST]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "red.mp4", "elsewhere", "--library", "lib", "--remove", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"library": library, "removed": 1, "not_found": [str(tmp_path / "elsewhere")]}
+    assert err == "not in the library: elsewhere (check the path; nothing under it was indexed)\n"
+
+
+def test_remove_refuses_quiet_which_it_would_ignore(tmp_path, capsys):
+    # --remove draws no progress bar: --quiet was accepted and did nothing, unlike --model and the other options
+    # only indexing uses.
+    red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", red, "--library", library, *HIST]) == 0
+    capsys.readouterr()
+    assert main(["index", red, "--library", library, "--remove", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --remove takes only PATHs and --library; --quiet would be ignored, drop it")
+    assert err.count("\n") == 1, err
+    assert main(["index", red, "--library", library, "--remove"]) == 0  # still there: the refusal removed nothing
+    assert capsys.readouterr().out == f"removed 1 file(s) from {library}\n"

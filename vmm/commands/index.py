@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # Options that only make sense when indexing, with their defaults: --remove refuses them rather than ignore them.
 _INDEXING_OPTIONS = (("model", None), ("checkpoint", None), ("window", None), ("stride", None),
                      ("max_seconds", None), ("frames", None), ("batch_size", 16), ("workers", None), ("timeout", 60.0),
-                     ("device", None), ("factory", None), ("retry_failed", False))
+                     ("device", None), ("factory", None), ("retry_failed", False),
+                     ("quiet", False))  # --remove draws no progress bar for --quiet to hide
 
 
 def run(args: argparse.Namespace) -> int:
@@ -227,7 +228,9 @@ def _remove(args: argparse.Namespace, library: str, rank: int) -> int:
     for path in not_found:
         print(f"not in the library: {one_line(path)} (check the path; nothing under it was indexed)", file=sys.stderr)
     if args.json:
-        _print_json({"library": library, "removed": n, "not_found": not_found})
+        # absolute, as `library` and the indexing run's `empty` are: a relative PATH meant nothing to a script
+        # reading the object from another working folder
+        _print_json({"library": library, "removed": n, "not_found": [os.path.abspath(path) for path in not_found]})
     else:
         print(f"removed {n} file(s) from {library}"
               + (f"; {len(not_found)} of the PATHs matched nothing" if not_found else ""))

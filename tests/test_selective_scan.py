@@ -18,10 +18,12 @@ mamba_backend = importlib.import_module("vmm.ops.mamba_ssm_backend")
 
 # ------------------------------------------------------------------------------------------------ oracles
 
-def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False,
+               return_last_state=False):
     """h_t = exp(delta_t A) h_prev + delta_t B_t u_t; y_t = <h_t, C_t> + D u_t; y *= SiLU(z); float64, one
     position at a time. B and C may have a group dimension (batch, groups, state, length): each channel reads
-    its group's row. Differentiable, so its autograd gradients are the gradient oracle."""
+    its group's row. Differentiable, so its autograd gradients are the gradient oracle. With
+    ``return_last_state``, (y, the last h in scan order: position 0 with reverse=True)."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.double()[:, None]
@@ -43,7 +45,7 @@ def naive_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     if z is not None:
         z = z.double()
         y = y * z * torch.sigmoid(z)
-    return y
+    return (y, h) if return_last_state else y
 
 
 def naive_conv(x, weight, bias, silu, reverse):
@@ -666,20 +668,9 @@ def test_a_device_name_torch_does_not_know_is_named_not_taken_for_an_absent_one(
 
 # ------------------------------------------------------------------------------------------------ return_last_state
 
-def naive_last_state(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    """The last h of h_t = exp(delta_t A) h_prev + delta_t B_t u_t, in float64, one position at a time (position
-    0 last with reverse=True). D and z do not enter the state."""
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.double()[:, None]
-    if delta_softplus:
-        delta = torch.log1p(torch.exp(delta))
-    batch, channels, length = u.shape
-    B = (B if B.dim() == 4 else B[:, None]).repeat_interleave(channels // (B.shape[1] if B.dim() == 4 else 1), 1)
-    h = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
-    for t in (reversed(range(length)) if reverse else range(length)):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[..., t]
-    return h
+def naive_last_state(*args, **kwargs):
+    """The last h of :func:`naive_scan` (D and z do not enter the state)."""
+    return naive_scan(*args, **kwargs, return_last_state=True)[1]
 
 
 @pytest.mark.parametrize("length", [1, 2, 13])

@@ -174,17 +174,23 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
 TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 
-@pytest.mark.skipif(TRITON_VERSION < (3, 7), reason="Triton 3.6's interpreter cannot loop over a scalar passed "
-                    "into a nested @jit function (CI's Triton is newer)")
-def test_kernels_match_reference_in_triton_interpreter(tmp_path):
-    """CPU: the real kernels through TRITON_INTERPRET=1; odd/1-step/chunk-multiple lengths, masked channels."""
+def run_in_interpreter(tmp_path, script_text: str):
+    """Run ``script_text`` (given the repository's path) under TRITON_INTERPRET=1 with no GPU visible, in a process
+    of its own (the interpreter is chosen when triton is imported); what its last stdout line says, as JSON."""
     script = tmp_path / "interp.py"
-    script.write_text(INTERPRETER_SCRIPT)
+    script.write_text(script_text)
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, str(script), str(REPO)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(TRITON_VERSION < (3, 7), reason="Triton 3.6's interpreter cannot loop over a scalar passed "
+                    "into a nested @jit function (CI's Triton is newer)")
+def test_kernels_match_reference_in_triton_interpreter(tmp_path):
+    """CPU: the real kernels through TRITON_INTERPRET=1; odd/1-step/chunk-multiple lengths, masked channels."""
+    results = run_in_interpreter(tmp_path, INTERPRETER_SCRIPT)
     assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "2x33x6/N4", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
                             "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
@@ -231,13 +237,7 @@ BIMAMBA_SCAN_SCRIPT = textwrap.dedent("""
 def test_bimamba_scan_matches_its_reference_in_triton_interpreter(tmp_path):
     """The public two-direction scan had no reference twin and no test; its output and all twelve gradients
     against bimamba_scan_ref in float64, masked channels and a one-step sequence included."""
-    script = tmp_path / "scan.py"
-    script.write_text(BIMAMBA_SCAN_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(script), str(REPO)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = run_in_interpreter(tmp_path, BIMAMBA_SCAN_SCRIPT)
     assert len(errors) == 26 and max(errors.values()) <= 1e-5, errors
 
 

@@ -305,6 +305,28 @@ def _tensor_shapes(path: Path) -> dict:
     return read_checkpoint(path)  # a legacy pickle: read whole
 
 
+def checkpoint_vision_settings(path: Union[str, Path]) -> dict:
+    """The video encoder settings a checkpoint file was made for, read from its tensors' shapes
+    (:func:`vmm.models.checkpoint.vision_overrides_from_state_dict`: ``num_frames`` and ``img_size`` from the
+    position tables, ``num_classes`` from the head, ...); {} when the shapes do not tell. VmmError for a file that is
+    not a checkpoint or is damaged, before any tensor is read.
+
+    >>> import tempfile, torch, vmm
+    >>> m = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32, num_classes=3)
+    >>> path = f"{tempfile.mkdtemp()}/tiny.pth"
+    >>> torch.save(m.state_dict(), path)
+    >>> {k: v for k, v in checkpoint_vision_settings(path).items() if k in ("num_frames", "img_size", "num_classes")}
+    {'img_size': 32, 'num_frames': 4, 'num_classes': 3}
+    """
+    from vmm.models.checkpoint import vision_overrides_from_state_dict
+    path = Path(path)
+    _sniff_weights_file(path)
+    try:
+        return vision_overrides_from_state_dict(_tensor_shapes(path))
+    except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what
+        return {}
+
+
 def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
     """(frames, img_size) a video encoder checkpoint file was made for, read from its position tables; None when
     the file cannot tell (no temporal table, not a checkpoint: :func:`load_weights` then says what is wrong).
@@ -316,11 +338,9 @@ def checkpoint_input_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
     >>> checkpoint_input_size(path)
     (16, 64)
     """
-    from vmm.models.checkpoint import vision_overrides_from_state_dict
     try:
-        _sniff_weights_file(Path(path))
-        sizes = vision_overrides_from_state_dict(_tensor_shapes(Path(path)))
-    except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what
+        sizes = checkpoint_vision_settings(path)
+    except Exception:  # not a checkpoint, a damaged one: load_weights says what
         return None
     if "num_frames" not in sizes or "img_size" not in sizes:
         return None

@@ -107,8 +107,7 @@ def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     it and it differs from the model config's (a chosen size gets the position tables interpolated to it, as
     before): an SSv2 file run as videomamba_m16_k400 has a head of 174 classes, not the config's 400."""
     from vmm.errors import VmmError
-    from vmm.factory import HF_PREFIX, _sniff_weights_file, _tensor_shapes
-    from vmm.models.checkpoint import vision_overrides_from_state_dict
+    from vmm.factory import HF_PREFIX, checkpoint_vision_settings
     chosen = parse_model_args(args.model_arg)
     if args.frames is not None:
         chosen["num_frames"] = args.frames
@@ -119,12 +118,9 @@ def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     # Resolved and sniffed now so that a mistyped path or a damaged file is named before the video is decoded
     # (minutes for a long phone video).
     path = _checkpoint_path(model, args.checkpoint)
-    if path.is_file():
-        _sniff_weights_file(path)
-    try:
-        found = vision_overrides_from_state_dict(_tensor_shapes(path))
-    except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what
-        return None
+    if not path.is_file():
+        return None  # loading it names what is there instead
+    found = checkpoint_vision_settings(path)
     if found.get("num_classes") == 0 and "num_classes" not in chosen:
         raise VmmError(f"checkpoint {args.checkpoint} has no classification head (it holds features only); pass a "
                        "classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")

@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import DEFAULT_WINDOW, MIN_STRIDE
     from index.library import CATALOG_FILE
-    from index.store import factory_spelling
     from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
                                    _write_model_file, built_with, load_encoder)
     from vmm.commands import check_library_readable
@@ -71,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         raise VmmError(f"--max-seconds must be > 0, got {args.max_seconds}")
     if args.frames is not None:
         check_frames(args.frames)
-    if args.factory is not None:
-        args.factory = factory_spelling(args.factory)
     if args.batch_size < 1:
         raise VmmError(f"--batch-size {args.batch_size}: pass at least 1 clip per encoder batch")
     if not args.timeout > 0:

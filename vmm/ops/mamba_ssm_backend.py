@@ -92,21 +92,14 @@ def selective_scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
     A = A.float()
     D = None if D is None else D.float()
     delta_bias = None if delta_bias is None else delta_bias.float()
-    if return_last_state:
-        if reverse:
-            flip = (lambda t: None if t is None else t.flip(-1))
-            out, last = scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
-                             delta_softplus=delta_softplus, return_last_state=True)
-            return out.flip(-1), last.detach()
-        out, last = scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                         return_last_state=True)
-        return out, last.detach()
-    if not reverse:
-        return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
-    flip = (lambda t: None if t is None else t.flip(-1))
-    out = scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
-               delta_softplus=delta_softplus)
-    return out.flip(-1)
+    if reverse:  # the kernel has no reverse: the forward scan of the flipped sequence, its output flipped back
+        u, delta, B, C, z = (None if t is None else t.flip(-1) for t in (u, delta, B, C, z))
+    asked = {"return_last_state": True} if return_last_state else {}  # passed only when asked, as before
+    result = scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, **asked)
+    out, last = result if return_last_state else (result, None)
+    if reverse:
+        out = out.flip(-1)
+    return (out, last.detach()) if return_last_state else out
 
 
 def causal_conv1d_cuda(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str],

@@ -23,8 +23,6 @@ memory, writers on disk). No step can duplicate a vector or lose one.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import glob
 import json
 import os
@@ -34,6 +32,7 @@ import sqlite3
 import stat
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -42,6 +41,7 @@ from index.catalog import Catalog, LibraryManifest, damaged, is_access_error
 from index.decode import DecodeOptions
 from index.discovery import _path_args
 from index.store import AUTO_FLAT_MAX, VectorStore, atomic_write_bytes, check_factory, factory_problem, resolve_factory
+from vmm import folder_lock
 from vmm.errors import VmmError
 
 CATALOG_FILE = "catalog.sqlite"
@@ -52,12 +52,20 @@ LOCK_FILE = "lock"
 
 # -- opening a library for writing ------------------------------------------------------------
 class _Lock:
-    """An exclusive flock on the library's lock file; the kernel drops it if the process dies."""
+    """An exclusive flock on the library's lock file (vmm.folder_lock); the kernel drops it if the process dies."""
 
     def __init__(self, library: str):
         path = os.path.join(library, LOCK_FILE)
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # the umask decides
+            self._fd = folder_lock.claim(Path(path))
+        except folder_lock.LockHeld as held:
+            raise VmmError(f"library {library} is being written by {held.holder}; wait for it to finish") from None
+        except folder_lock.LocksUnsupported as error:
+            # A file system without locks (NFSv3 without its lock service says ENOLCK): "being written by" named
+            # the last run's pid, long gone, and the user waited for a run that did not exist.
+            raise VmmError(f"cannot lock {path} ({error}): the drive of library {library} does not support file "
+                           "locks, which keep two runs from writing a library at once; enable locking on it (an "
+                           "NFS mount's lock service) or keep the library on another drive") from None
         except OSError as error:
             if os.path.exists(path) and os.access(library, os.W_OK | os.X_OK):
                 # The folder is writable but the lock is another user's (a library shared by a group, made before
@@ -66,28 +74,9 @@ class _Lock:
                                f"library's files writable for you (chmod g+w {shlex.quote(library)}/*)") from None
             raise VmmError(f"cannot write to library folder {library} ({error.strerror}); "
                            "choose a folder you can write to") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(self._fd)
-            if error.errno != errno.EWOULDBLOCK:
-                # A file system without locks (NFSv3 without its lock service says ENOLCK): "being written by" named
-                # the last run's pid, long gone, and the user waited for a run that did not exist.
-                raise VmmError(f"cannot lock {path} ({error.strerror}): the drive of library {library} does not "
-                               "support file locks, which keep two runs from writing a library at once; enable "
-                               "locking on it (an NFS mount's lock service) or keep the library on another drive"
-                               ) from None
-            raise VmmError(f"library {library} is being written by {holder}; wait for it to finish") from None
-        os.ftruncate(self._fd, 0)
-        try:
-            os.pwrite(self._fd, f"pid {os.getpid()}".encode(), 0)
-        except OSError:
-            pass  # a full disk: the flock is what locks, the pid only names the holder (the catalog's writes then
-            # fail with a message that says to free space, where this ended the run with a traceback)
 
     def release(self) -> None:
-        os.close(self._fd)  # closing drops the flock
+        folder_lock.release(self._fd)
 
 
 def _prepare_folder(library: str) -> None:
@@ -128,8 +117,8 @@ def _is_ours(library: str, name: str) -> bool:
     try:
         with open(path, "rb") as f:
             text = f.read(1 << 16).decode()
-        if name == LOCK_FILE:  # empty only in the instant between our truncate and write
-            return text == "" or re.fullmatch(r"pid \d+", text) is not None
+        if name == LOCK_FILE:  # empty only in the instant between our truncate and write; an older vmm wrote no host
+            return text == "" or re.fullmatch(r"pid \d+( on host [^\n]*\n)?", text) is not None
         LibraryManifest.from_json(text)
         return True
     except FileNotFoundError:

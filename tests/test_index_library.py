@@ -345,8 +345,26 @@ def test_second_writer_is_refused(tmp_path):
     (tmp_path / "media").mkdir()
     build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
     with LibraryWriter.open(library):
-        with pytest.raises(VmmError, match=r"is being written by pid \d+; wait for it to finish"):
+        # The host too (vmm.folder_lock's text, as training runs and the demo): a library on a shared drive can be
+        # written from another machine, where the pid alone named no process the user could find.
+        with pytest.raises(VmmError, match=rf"is being written by pid {os.getpid()} on host \S+; wait for it to "
+                                           "finish$"):
             build_library([str(tmp_path / "media")], library, ENCODER, workers=0, progress=False)
+
+
+def test_an_older_vmms_lock_file_is_still_the_librarys_own(tmp_path):
+    """Older vmm wrote "pid N" without the host: a folder holding such a lock and a manifest must still read as a
+    library missing its catalog (whose leftovers the message names), not as a user's folder."""
+    from index.library import _foreign_files
+    library = tmp_path / "lib"
+    (tmp_path / "media").mkdir()
+    build_library([str(tmp_path / "media")], str(library), ENCODER, workers=0, progress=False)
+    assert "lock" not in _foreign_files(str(library))
+    for text in ("pid 4242", "pid 4242 on host node-1.cluster\n"):
+        (library / "lock").write_text(text)
+        assert "lock" not in _foreign_files(str(library)), text
+    (library / "lock").write_text("pid 4242 and my notes")
+    assert "lock" in _foreign_files(str(library))
 
 
 def test_a_drive_without_file_locks_is_named_not_a_run_to_wait_for(tmp_path, monkeypatch):

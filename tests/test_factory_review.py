@@ -129,3 +129,133 @@ def test_a_hub_reference_without_owner_repository_and_file_is_named(reference):
     with pytest.raises(VmmError, match=r"bad hub reference .*: it needs an owner, a repository and a file; use "
                                        r"hf-hub:OpenGVLab/VideoMamba/<file.pth>$"):
         resolve_pretrained(reference)
+
+
+def test_precision_casts_the_weights_and_a_bf16_model_runs_on_the_cpu():
+    """create_model took no precision= (open_clip's factory does): "unknown model option(s) precision"."""
+    model = vmm.create_model("videomamba_tiny", precision="bf16", **CLASSIFIER)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        logits = model.eval()(torch.randn(2, 3, 2, 32, 32))  # fp32 frames, as the transforms give them
+    assert logits.shape == (2, 3) and torch.isfinite(logits.float()).all()
+    mm, _, eval_tf = vmm.create_model_and_transforms("videomamba_m16_mm", precision="fp16", **TINY)
+    assert {p.dtype for p in mm.parameters()} == {torch.float16}
+    assert next(vmm.create_model("videomamba_tiny", **CLASSIFIER).parameters()).dtype == torch.float32
+    refused(r"^precision='bfloat16' is not a precision; pass 'fp32', 'bf16', 'fp16' or 'auto' \(the dtype a model "
+            r"folder was saved in\); did you mean 'bf16'\?$", vmm.create_model, "videomamba_tiny", precision="bfloat16")
+    refused(r"^precision=torch\.float16 is not a precision", vmm.from_pretrained, "nowhere", precision=torch.float16)
+
+
+def test_a_bf16_folder_loads_in_fp32_unless_auto_keeps_its_dtype(tmp_path):
+    """A bf16 model saved with save_pretrained came back fp32 whatever was asked, and nothing could keep bf16."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER).to(torch.bfloat16)
+    folder = vmm.save_pretrained(model, tmp_path / "bf16")
+
+    def same(loaded, dtype):
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+        return all(torch.equal(a.to(dtype), b) for a, b in zip(model.state_dict().values(),
+                                                                loaded.state_dict().values()))
+    assert same(vmm.from_pretrained(folder), torch.float32) and same(vmm.create_model(folder), torch.float32)
+    assert same(vmm.from_pretrained(folder, precision="auto"), torch.bfloat16)
+    assert same(vmm.create_model(folder, precision="auto"), torch.bfloat16)
+    assert same(vmm.create_model("videomamba_tiny", pretrained=folder, precision="auto", **CLASSIFIER), torch.bfloat16)
+    assert same(vmm.from_pretrained(folder, precision="fp16"), torch.float16)
+    # no folder: "auto" is fp32, the dtype the model is built in
+    assert next(vmm.create_model("videomamba_tiny", precision="auto", **CLASSIFIER).parameters()).dtype == torch.float32
+
+
+def test_get_model_config_names_a_mistyped_model():
+    """get_model_config("videomamba_m16_25M_typo") returned None, which reads as "a bare entrypoint"."""
+    refused(r"^unknown model 'videomamba_m16_25M_typo'; did you mean 'videomamba_m16_25m'\? available: ",
+            vmm.get_model_config, "videomamba_m16_25M_typo")
+    assert vmm.get_model_config("videomamba_tiny") is None  # a bare entrypoint still has no config
+    # callers that take paths still say what the path is, not "unknown model"
+    assert frames_override("/no/such/folder", 4) == {"num_frames": 4}
+    refused(r"^model folder /no/such/folder does not exist", vmm.get_tokenizer, "/no/such/folder")
+
+
+def test_a_pretrained_folder_holding_the_model_asked_for_is_built_once(tmp_path, monkeypatch):
+    """create_model("vmm_nano", pretrained=True) built vmm_nano, then built the shipped folder's model again only to
+    copy every weight over: twice the time."""
+    from tests.tiny_model import save_tiny_model
+    from vmm.models import registry
+    builds = []
+    entry = registry._ENTRYPOINTS["videomamba_m16_mm"]
+
+    def counted(**kwargs):
+        model = entry(**kwargs)
+        builds.append(next(model.parameters()).device.type)
+        return model
+    monkeypatch.setitem(registry._ENTRYPOINTS, "videomamba_m16_mm", counted)
+    nano = vmm.create_model("vmm_nano", pretrained=True)
+    assert builds.count("cpu") == 1
+    assert (nano.model_name, nano.pretrained_source) == ("vmm_nano", str(vmm.factory.default_pretrained("vmm_nano")))
+    assert nano.model_meta == {k: v for k, v in vmm.get_model_config("vmm_nano").items()
+                               if k not in ("architecture", "model")}
+    folder = save_tiny_model(tmp_path / "mm")
+    builds.clear()
+    once = vmm.create_model("videomamba_m16_mm", pretrained=folder, **TINY)
+    assert builds.count("cpu") == 1
+    # another config (a dropout rate) is still built as asked, with the same weights
+    other = vmm.create_model("videomamba_m16_mm", pretrained=folder, **{**TINY, "vision": {
+        **TINY["vision"], "drop_path_rate": 0.1}})
+    assert other.cfg.vision.drop_path_rate == 0.1 != once.cfg.vision.drop_path_rate
+    assert all(torch.equal(a, b) for a, b in zip(once.state_dict().values(), other.state_dict().values()))
+
+
+def test_save_pretrained_unwraps_compiled_and_data_parallel_models(tmp_path):
+    """A torch.compile'd model was saved with "_orig_mod." before every key, a folder no loader took ("does not fit
+    its config"); a DataParallel one was "DataParallel was not built by vmm.create_model"."""
+    model = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    for name, wrapped in (("compiled", torch.compile(model)), ("dp", torch.nn.DataParallel(torch.compile(model)))):
+        loaded = vmm.from_pretrained(vmm.save_pretrained(wrapped, tmp_path / name))
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_a_home_relative_path_is_expanded_everywhere(tmp_path, monkeypatch):
+    """pretrained="~/x.pth" was expanded but a folder was not: pretrained="~/folder" said the folder was "not a
+    weights file or a vmm model folder", create_model("~/folder") that it did not exist, and save_pretrained("~/m")
+    made a folder named "~" in the working folder."""
+    from tests.tiny_model import save_tiny_model
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    vmm.save_pretrained(vmm.create_model("videomamba_tiny", **CLASSIFIER), "~/tiny")
+    assert (tmp_path / "tiny" / "model.safetensors").is_file() and not (tmp_path / "~").exists()
+    assert vmm.from_pretrained("~/tiny").cfg.depth == vmm.create_model("~/tiny").cfg.depth == 1
+    assert vmm.create_model("videomamba_tiny", pretrained="~/tiny", **CLASSIFIER).cfg.num_classes == 3
+    save_tiny_model(tmp_path / "mm")
+    assert frames_override("~/mm", 4) == {"vision": {"num_frames": 4}}
+    assert vmm.get_tokenizer("~/mm").max_length == vmm.get_tokenizer(tmp_path / "mm").max_length
+
+
+def test_a_hub_reference_may_name_a_file_in_a_folder_of_the_repository(tmp_path, monkeypatch):
+    """hf-hub:owner/repo/sub/file.pth was refused as "bad hub reference": the file was read as repo/sub's."""
+    import huggingface_hub.constants as hc
+    from vmm.factory import resolve_pretrained
+    hub = tmp_path / "hub" / "models--OpenGVLab--VideoMamba"
+    (hub / "snapshots" / "abc" / "k400").mkdir(parents=True)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("abc")
+    torch.save(vmm.create_model("videomamba_tiny", **CLASSIFIER).state_dict(), hub / "snapshots/abc/k400/t.pth")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_pretrained("hf-hub:OpenGVLab/VideoMamba/k400/t.pth") == hub / "snapshots/abc/k400/t.pth"
+    model = vmm.create_model("videomamba_tiny", pretrained="hf-hub:OpenGVLab/VideoMamba/k400/t.pth", **CLASSIFIER)
+    assert model.pretrained_source.endswith("k400/t.pth")
+
+
+def test_a_folder_loads_the_weights_file_its_config_names(tmp_path):
+    """A trainable-only export written or copied over a full save left the old model.safetensors beside it, and
+    every loader took that file, the previous model's weights, without a word."""
+    from vmm.training.export import save_trainable
+    old, new = (vmm.create_model("videomamba_tiny", **CLASSIFIER) for _ in range(2))
+    with torch.no_grad():
+        new.head.bias.fill_(1.0)
+    folder = vmm.save_pretrained(old, tmp_path / "final")
+    save_trainable(new, folder, frozen=[])
+    assert (folder / "model.safetensors").is_file()
+    for loaded in (vmm.from_pretrained(folder), vmm.create_model(folder),
+                   vmm.create_model("videomamba_tiny", pretrained=folder, **CLASSIFIER)):
+        assert torch.equal(loaded.head.bias, new.head.bias)
+    vmm.save_pretrained(old, folder)  # and a full save over an export is the full save
+    assert torch.equal(vmm.from_pretrained(folder).head.bias, old.head.bias)

@@ -2,6 +2,7 @@
 resolution."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import reprlib
 from pathlib import Path
@@ -14,7 +15,8 @@ from vmm.errors import CheckpointError, VmmError
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint
 from vmm.models.config import MAX_FRAMES
-from vmm.models.persistence import from_pretrained, is_pretrained_dir, read_config, saved_model_kwargs
+from vmm.models.persistence import (folder_weights_file, from_pretrained, is_pretrained_dir, precision_dtype,
+                                    read_config, saved_model_kwargs, user_path)
 from vmm.models.registry import get_model_config
 from vmm.tokenizer import Tokenizer
 from vmm.transforms import EvalTransform, TrainTransform
@@ -35,12 +37,13 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
         if not path.exists():
             raise VmmError(f"checkpoint {path} does not exist; pass an existing .pth/.safetensors file or model folder")
         return path
-    spec = text[len(HF_PREFIX):]
-    repo, _, filename = spec.rpartition("/")
-    if repo.count("/") != 1 or not all(repo.split("/")) or not filename:  # "hf-hub:OpenGVLab/VideoMamba" read as
-        # the file VideoMamba of a repo OpenGVLab, and the message then named that file as missing
+    # owner/repository/file, where the file may sit in a folder of the repository (owner/repo/sub/file.pth was
+    # refused); "hf-hub:OpenGVLab/VideoMamba" was read as the file VideoMamba of a repository OpenGVLab
+    parts = text[len(HF_PREFIX):].split("/", 2)
+    if len(parts) != 3 or not all(parts) or not all(parts[2].split("/")):
         raise VmmError(f"bad hub reference {text!r}: it needs an owner, a repository and a file; use "
                        f"hf-hub:{HF_REPO}/<file.pth>")
+    repo, filename = "/".join(parts[:2]), parts[2]
     from huggingface_hub import hf_hub_download
     try:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
@@ -53,7 +56,8 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
     except Exception as e:
         raise VmmError(f"{filename} is not in the local Hugging Face cache and could not be downloaded "
                        f"({type(e).__name__}); download it from https://huggingface.co/{repo} and pass "
-                       f"--checkpoint /path/to/{filename} (or pretrained='/path/to/{filename}')") from None
+                       f"--checkpoint /path/to/{Path(filename).name} (or pretrained='/path/to/{Path(filename).name}')"
+                       ) from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -120,15 +124,6 @@ def _saved_config(directory: Union[str, Path]) -> dict:
         return {}  # from_pretrained reports a damaged config with its own message
 
 
-def _folder_weights_file(directory: Union[str, Path]) -> Path:
-    from vmm.models.persistence import WEIGHTS_NAME
-    directory = Path(directory)
-    if (directory / WEIGHTS_NAME).is_file():
-        return directory / WEIGHTS_NAME
-    info = _saved_config(directory).get("trainable_only")
-    return directory / (info.get("weights", "trainable.safetensors") if isinstance(info, dict) else WEIGHTS_NAME)
-
-
 def saved_frames(directory: Union[str, Path]) -> Optional[int]:
     """The frame count a save_pretrained folder was saved for, or None when its config does not say."""
     cfg = _saved_config(directory)
@@ -165,7 +160,7 @@ def _file_shapes(path: Path) -> dict:
 
 def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
     """``from_pretrained`` that explains a frame count or other override the folder's weights cannot take."""
-    weights = _folder_weights_file(directory)
+    weights = folder_weights_file(directory)
     wanted = _requested_frames(overrides)
     saved = saved_frames(directory)
     if wanted is not None and saved is not None and wanted != saved:
@@ -191,10 +186,32 @@ def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
                    "shapes it was saved with") from None
 
 
-def _load_folder_weights(model: nn.Module, folder: Union[str, Path], name: Union[str, Path]) -> None:
-    """Load a save_pretrained folder's weights into ``model`` exactly (no interpolation: a folder is a whole
-    model), explaining a frame-count or architecture mismatch."""
+def _with_folder_weights(name: str, folder: Union[str, Path], overrides: dict) -> nn.Module:
+    """Registered model ``name`` with a model folder's weights, loaded exactly (no interpolation: a folder is a
+    whole model). When the folder holds that very model (vmm_nano's shipped weights) it is the model: building
+    ``name`` as well, only to overwrite every weight, doubled the time."""
+    try:
+        with torch.device("meta"):  # the config and its checks only: no memory, no initialisation
+            probe = registry.create_model(name, **overrides)
+    except VmmError:
+        raise  # a bad option, named as the build below would name it
+    except Exception:  # noqa: BLE001 - a model of the user's own that cannot be built on "meta": build it below
+        probe = None
     source = _from_folder(folder, {})
+    cfg, wanted = getattr(source, "cfg", None), getattr(probe, "cfg", None)
+    if (dataclasses.is_dataclass(cfg) and type(wanted) is type(cfg) and probe.architecture == source.architecture
+            and dataclasses.asdict(wanted) == dataclasses.asdict(cfg)):
+        source.model_name, source.model_meta = probe.model_name, probe.model_meta
+        return source
+    model = registry.create_model(name, **overrides)
+    _load_folder_weights(model, source, folder, name)
+    return model
+
+
+def _load_folder_weights(model: nn.Module, source: nn.Module, folder: Union[str, Path],
+                         name: Union[str, Path]) -> None:
+    """Load ``source`` (model folder ``folder`` loaded) into ``model`` exactly, explaining a frame-count or
+    architecture mismatch."""
     theirs = {k: tuple(t.shape) for k, t in source.state_dict().items()}
     own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     temporal = [k for k in own if k.endswith("temporal_pos_embedding")]
@@ -205,7 +222,7 @@ def _load_folder_weights(model: nn.Module, folder: Union[str, Path], name: Union
             raise _frames_error(own[key][1] * tubelet, theirs[key][1] * tubelet, folder)
     detail = _first_mismatch(own, theirs)
     if detail:
-        raise VmmError(f"the weights in {_folder_weights_file(folder)} do not fit model {name}: {detail}; load the "
+        raise VmmError(f"the weights in {folder_weights_file(folder)} do not fit model {name}: {detail}; load the "
                        f"folder as the model instead (create_model_and_transforms({str(folder)!r}) without "
                        f"pretrained=, or --model {folder} without --checkpoint)")
     model.load_state_dict(source.state_dict())
@@ -428,7 +445,8 @@ def _not_a_model(name: Union[str, Path]) -> Optional[str]:
 
 
 def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
-                 device: Optional[Union[str, torch.device]] = None, **overrides: Any) -> nn.Module:
+                 device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
+                 **overrides: Any) -> nn.Module:
     """Build a model by registered name or from a ``save_pretrained`` folder, optionally loading weights.
 
     ``overrides`` replace config fields (nested dicts merge; a bad value is a VmmError naming it).
@@ -436,15 +454,22 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     ``.pth`` or ``.safetensors``), a ``save_pretrained`` folder, ``"hf-hub:OpenGVLab/VideoMamba/<file>"``, or
     ``"default"`` (or True) for the file named in the model config (vmm_nano: the checkpoint shipped in
     ``vmm/weights``). ``device`` (``"cpu"``, ``"cuda[:N]"``, ``"auto"`` or a torch.device) moves the model there;
-    None leaves it on the CPU. The model comes back in training mode, as PyTorch modules do: call ``.eval()``
-    before inference.
+    None leaves it on the CPU. ``precision`` (open_clip style) is the weights' dtype: ``"fp32"`` (the default,
+    whatever the weights were saved in), ``"bf16"`` or ``"fp16"`` (the whole model cast, as the official bf16
+    evaluation does; inputs of another float dtype are cast to it), or ``"auto"``: the dtype a model folder (the
+    model or ``pretrained=``) was saved in, fp32 otherwise. The model comes back in training mode, as PyTorch
+    modules do: call ``.eval()`` before inference.
 
     >>> import vmm
     >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0, device="cpu")
     >>> m.cfg.depth, m.cfg.embed_dim, m.training
     (2, 192, True)
+    >>> vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, precision="bf16").cls_token.dtype
+    torch.bfloat16
     """
     _check_name(name)
+    name = user_path(name)
+    precision_dtype(precision)  # a bad value is refused before the build
     if device is not None:
         device = resolve_device(device, "device= / --device")
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):  # failed inside pathlib
@@ -455,31 +480,34 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
                        "'hf-hub:<repo>/<file>', 'default', or None for random weights")
     if pretrained is False:
         pretrained = None
+    pretrained = user_path(pretrained)
+    folder = None  # the model folder whose dtype precision="auto" keeps
     if is_pretrained_dir(name):
         if pretrained is not None:
             raise VmmError(f"model {name} is a model folder with its own weights; drop pretrained= / --checkpoint "
                            f"({pretrained}), or pass a registered model name (e.g. videomamba_m16_25m) with it")
-        model = _from_folder(name, overrides)
+        model, folder = _from_folder(name, overrides), name
     else:
         problem = None if str(name) in registry.list_models() else _not_a_model(name)
         if problem:
             raise VmmError(problem)
-        model = registry.create_model(str(name), **overrides)
         if pretrained is True or pretrained == "default":
             pretrained = default_pretrained(str(name))
             if pretrained is None:
                 raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
-        if pretrained is not None:
-            if is_pretrained_dir(pretrained):  # a save_pretrained folder or a trainable-only export
-                _load_folder_weights(model, pretrained, name)
-                model.pretrained_source = str(pretrained)
-            else:
+        if pretrained is not None and is_pretrained_dir(pretrained):  # save_pretrained or trainable-only export
+            model, folder = _with_folder_weights(str(name), pretrained, overrides), pretrained
+            model.pretrained_source = str(pretrained)
+        else:
+            model = registry.create_model(str(name), **overrides)
+            if pretrained is not None:
                 _load_pretrained(model, pretrained)
-    return model if device is None else model.to(device)
+    return model.to(device=device, dtype=precision_dtype(precision, folder))
 
 
 def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
-                                device: Optional[Union[str, torch.device]] = None, **overrides: Any):
+                                device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
+                                **overrides: Any):
     """:func:`create_model`, returning ``(model, train_transform, eval_transform)``.
 
     The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
@@ -490,7 +518,7 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     >>> eval_tf(np.zeros((2, 48, 64, 3), np.uint8)).shape
     torch.Size([3, 2, 32, 32])
     """
-    model = create_model(name, pretrained, device, **overrides)
+    model = create_model(name, pretrained, device, precision, **overrides)
     cfg = getattr(model, "cfg", None)
     size = getattr(getattr(cfg, "vision", cfg), "img_size", None)
     if not isinstance(size, int):  # a registered model of the user's own
@@ -514,8 +542,11 @@ def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
 
 def _is_multimodal(name: Union[str, Path]) -> bool:
     """Whether model ``name`` (registered or a folder) keeps its frame count under ``vision``."""
+    name = user_path(name)
     if is_pretrained_dir(name):
         return "vision" in read_config(name)["model"]
+    if str(name) not in registry.list_models():
+        return False  # a path or a typo: create_model then says what it is, better than "unknown model"
     cfg = get_model_config(str(name))
     arch = cfg["architecture"] if cfg else str(name)
     return arch == "videomamba_m16_mm"
@@ -529,14 +560,15 @@ def get_tokenizer(name: Union[str, Path] = "videomamba_m16_25m", max_length: Opt
     torch.Size([1, 6])
     """
     _check_name(name, "the tokenizer's model name")
+    name = user_path(name)
     if is_pretrained_dir(name):
         cfg = read_config(name)
     else:
-        cfg = get_model_config(str(name))
-        if cfg is None and str(name) not in registry.list_models():  # else a typo got the default tokenizer
+        if str(name) not in registry.list_models():  # else a typo got the default tokenizer
             hint = registry.unknown_model_hint(str(name))
             raise VmmError(_not_a_model(name) or f"unknown model {str(name)!r}; {hint}pass a name from "
                            "vmm.list_models() or a model folder")
+        cfg = get_model_config(str(name))
     model_cfg = (cfg or {}).get("model", {})
     vocab = model_cfg.get("tokenizer", "bert-base-uncased")
     default_len = model_cfg.get("max_text_len", 32)

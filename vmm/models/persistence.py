@@ -8,11 +8,82 @@ import secrets
 from pathlib import Path
 from typing import Union
 
+import torch
 import torch.nn as nn
 
 from vmm.errors import VmmError, error_text
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def precision_dtype(precision: str, folder: Union[str, Path, None] = None) -> torch.dtype:
+    """The weights' dtype that ``precision`` (``create_model`` / ``from_pretrained``'s argument) asks for:
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` cast the whole model, as the official bf16 evaluation does; ``"auto"`` keeps
+    the dtype model folder ``folder`` was saved in (fp32 without one). VmmError for another value.
+
+    >>> precision_dtype("bf16"), precision_dtype("auto")
+    (torch.bfloat16, torch.float32)
+    """
+    if precision == "auto":
+        return torch.float32 if folder is None else saved_dtype(folder)
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        from vmm.models.registry import close_match
+        close = close_match(str(precision), PRECISIONS) if isinstance(precision, str) else None
+        raise VmmError(f"precision={precision!r:.60} is not a precision; pass 'fp32', 'bf16', 'fp16' or 'auto' (the "
+                       "dtype a model folder was saved in)" + (f"; did you mean {close!r}?" if close else ""))
+    return PRECISIONS[precision]
+
+
+def folder_weights_file(directory: Union[str, Path]) -> Path:
+    """The weights file of a model folder: ``model.safetensors``, or the file a trainable-only export names."""
+    directory = Path(directory)
+    info = _trainable_only_entry(directory)
+    return directory / (info.get("weights", "trainable.safetensors") if isinstance(info, dict) else WEIGHTS_NAME)
+
+
+def _trainable_only_entry(directory: Path):
+    """The ``"trainable_only"`` entry of a folder's config.json (None without one, or for a damaged config, which
+    the loaders name). The config says which weights file is the folder's: a trainable-only export copied or
+    written over a full save left the old ``model.safetensors`` beside it, and that was loaded instead."""
+    try:
+        return read_config(directory).get("trainable_only")
+    except VmmError:
+        return None
+
+
+def saved_dtype(directory: Union[str, Path]) -> torch.dtype:
+    """The dtype most of a model folder's floating tensors were saved in (float32 when it holds none), read from
+    the safetensors header alone."""
+    from collections import Counter
+
+    from safetensors import safe_open
+    with safe_open(str(folder_weights_file(directory)), "pt") as f:
+        kinds = Counter(f.get_slice(k).get_dtype() for k in f.keys())
+    floats = [(n, kind) for kind, n in kinds.items() if kind in _SAFETENSORS_FLOATS]
+    return _SAFETENSORS_FLOATS[max(floats)[1]] if floats else torch.float32
+
+
+def user_path(path):
+    """``path`` (a str or os.PathLike) with a leading ``~`` expanded, as the shell would have done for an unquoted
+    one; anything else as it is. Else "~/models/x" read as a folder that does not exist, or as a checkpoint file
+    where the folder was given as pretrained=, whose paths were expanded."""
+    if isinstance(path, str):
+        return os.path.expanduser(path)
+    return Path(path).expanduser() if isinstance(path, os.PathLike) else path
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile's and (Distributed)DataParallel's wrappers: saved as it was, the weights
+    carried their "_orig_mod." / "module." prefixes and the folder fitted no model."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def model_config_dict(model: nn.Module) -> dict:
@@ -85,7 +156,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path]) -> Path:
     from safetensors.torch import save_model
     if not isinstance(directory, (str, os.PathLike)):  # a number or None failed inside pathlib
         raise VmmError(f"save_pretrained: directory must be a folder's path, got {directory!r:.60}; pass a path")
-    directory = Path(directory)
+    directory = Path(directory).expanduser()  # as every loader reads "~/..."; else a folder named "~" was made
+    model = unwrapped(model)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -151,12 +223,13 @@ def saved_model_kwargs(saved: dict, overrides: dict) -> dict:
     return merge_overrides(kwargs, overrides)
 
 
-def from_pretrained(directory: Union[str, Path], device=None, **overrides) -> nn.Module:
+def from_pretrained(directory: Union[str, Path], device=None, precision: str = "fp32", **overrides) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict).
 
     ``overrides`` change config fields that do not alter the weights' shapes (``drop_path_rate``, ...);
-    ``device`` moves the model as :func:`vmm.create_model`'s does. A registered model name is no folder:
-    ``vmm.create_model(name, pretrained=True)`` loads its weights.
+    ``device`` moves the model as :func:`vmm.create_model`'s does. ``precision`` is the weights' dtype, as
+    :func:`vmm.create_model`'s: fp32 unless asked, ``"auto"`` for the dtype the folder was saved in. A registered
+    model name is no folder: ``vmm.create_model(name, pretrained=True)`` loads its weights.
 
     >>> import tempfile, torch, vmm
     >>> tmp = tempfile.TemporaryDirectory()
@@ -174,8 +247,10 @@ def from_pretrained(directory: Union[str, Path], device=None, **overrides) -> nn
                        f"got {directory!r:.60}; pass a path, or use vmm.create_model(name) for a registered model")
     # Checked before the build, and the same device= as create_model's (from_pretrained took it as a config field).
     device = None if device is None else resolve_device(device, "device= / --device")
-    model = _load_folder(Path(directory), overrides)
-    return model if device is None else model.to(device)
+    precision_dtype(precision)  # a bad value is refused before the build
+    directory = Path(user_path(directory))
+    model = _load_folder(directory, overrides)
+    return model.to(device=device, dtype=precision_dtype(precision, directory))
 
 
 def _not_a_folder(directory: Path) -> str:
@@ -205,7 +280,8 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     from safetensors.torch import load_model
     from vmm.models.registry import create_model
     from vmm.training.export import is_trainable_export, load_trainable_export
-    if is_trainable_export(directory) and not (directory / WEIGHTS_NAME).is_file():
+    if _trainable_only_entry(directory) is not None or (is_trainable_export(directory)
+                                                        and not (directory / WEIGHTS_NAME).is_file()):
         model = load_trainable_export(directory)
         if overrides:  # the export rebuilds its saved config: build the one asked for and move the weights over
             loaded, model = model, create_model(model.architecture, **saved_model_kwargs(

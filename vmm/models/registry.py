@@ -85,15 +85,24 @@ def _config_files() -> dict[str, Path]:
 
 
 def get_model_config(name: str) -> Optional[dict[str, Any]]:
-    """The JSON model config of ``name`` as a dict, or None when ``name`` is a bare entrypoint.
+    """The JSON model config of ``name`` as a dict, or None when ``name`` is a bare entrypoint; a name that is
+    neither is a VmmError naming the registered name it resembles, as :func:`create_model` says.
 
     >>> import vmm
     >>> cfg = vmm.get_model_config("videomamba_t16_k400")
     >>> cfg["architecture"], cfg["model"]["num_classes"], vmm.get_model_config("videomamba_tiny")
     ('videomamba_tiny', 400, None)
+    >>> vmm.get_model_config("videomamba_m16_25M_typo")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vmm.errors.VmmError: unknown model 'videomamba_m16_25M_typo'; did you mean 'videomamba_m16_25m'? available: ...
     """
     path = _config_files().get(name)
     if path is None:
+        # None for a typo read as "a bare entrypoint": the caller then built or described the wrong model.
+        _import_builtin_models()
+        if name not in _ENTRYPOINTS:
+            raise VmmError(f"unknown model {name!r}; {unknown_model_hint(name)}available: {', '.join(list_models())}")
         return None
     try:
         cfg = json.loads(path.read_bytes().decode("utf-8"))
@@ -195,7 +204,6 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     >>> m.cfg.depth, m.cfg.embed_dim
     (2, 192)
     """
-    _import_builtin_models()
     cfg = get_model_config(name)
     if cfg is not None:
         model = _ENTRYPOINTS[cfg["architecture"]](**merge_overrides(cfg.get("model", {}), overrides))
@@ -203,8 +211,6 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         model.model_name = name
         model.model_meta = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}
         return model
-    if name not in _ENTRYPOINTS:
-        raise VmmError(f"unknown model {name!r}; {unknown_model_hint(name)}available: {', '.join(list_models())}")
     model = _ENTRYPOINTS[name](**overrides)
     model.architecture = name
     model.model_name = name

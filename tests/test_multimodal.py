@@ -7,6 +7,7 @@ import torch
 
 import vmm
 from vmm.errors import CheckpointError, VmmError
+from vmm.models.multimodal import VideoTextModel
 
 TINY = dict(vision=dict(embed_dim=192, depth=2, img_size=32, num_frames=4),
             text=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
@@ -120,6 +121,10 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     video = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         assert torch.equal(m.encode_video(video), again.eval().encode_video(video))
+    # The class method takes what vmm.from_pretrained takes (it took the folder only)
+    half = VideoTextModel.from_pretrained(tmp_path / "exported", device="cpu", precision="bf16",
+                                          vision=dict(drop_path_rate=0.2))
+    assert half.temp.dtype == torch.bfloat16 and half.cfg.vision.drop_path_rate == 0.2
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"")

@@ -294,10 +294,12 @@ class VideoTextModel(nn.Module):
         return save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: Union[str, Path]) -> "VideoTextModel":
-        """Rebuild a model written by :meth:`save_pretrained`, bit-exactly."""
+    def from_pretrained(cls, directory: Union[str, Path], device=None, precision: str = "fp32",
+                        **overrides: Any) -> "VideoTextModel":
+        """Rebuild a model written by :meth:`save_pretrained`, bit-exactly; ``device``, ``precision`` and
+        ``overrides`` as :func:`vmm.from_pretrained`'s."""
         from vmm.models.persistence import from_pretrained
-        model = from_pretrained(directory)
+        model = from_pretrained(directory, device=device, precision=precision, **overrides)
         if not isinstance(model, cls):
             raise VmmError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
         return model

@@ -527,3 +527,135 @@ def test_cli_reads_pyslowfast_label_map(video, checkpoint, tmp_path, capsys):
     code, _, err = run_cli([str(video[0]), *TINY_ARGS, "--checkpoint", str(checkpoint), "--labels", str(labels)],
                            capsys)
     assert_one_line_error(code, err, f"label file {labels} starts each line with its class number", ".csv")
+
+
+# -- several videos in one call --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, video):
+    """clips/ with two videos (one in a subfolder), a text file named .mp4 and a truncated MP4."""
+    root = tmp_path_factory.mktemp("many") / "clips"
+    (root / "sub").mkdir(parents=True)
+    frames = np.random.default_rng(5).integers(0, 256, (12, H, W, 3), dtype=np.uint8)
+    write_video(root / "sub" / "noise [1].mkv", frames)
+    (root / "a.mkv").write_bytes(video[0].read_bytes())
+    (root / "notes.mp4").write_text("meeting notes\n")
+    (root / "cut.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(200))
+    (root / "readme.txt").write_text("not a video, no video extension: skipped in a folder\n")
+    return root
+
+
+def expected_top(model, path, k=5):
+    probs = direct_probabilities(model, read_views(path, T, SIZE)[0])
+    values, indices = probs.topk(k)
+    return indices.tolist(), values.tolist()
+
+
+def test_cli_classifies_several_videos_and_folders_with_one_model_load(folder, checkpoint, model, capsys,
+                                                                       monkeypatch):
+    """Several VIDEOs in one call, a folder among them: the model loads once, each video gets its own JSON line
+    (the single-video object), and the bad ones one error line each while the others are still classified."""
+    import vmm.factory
+    loads = []
+    real_load = vmm.factory.load_weights
+    monkeypatch.setattr(vmm.factory, "load_weights", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    missing = folder / "gone.mp4"
+    code, out, err = run_cli([str(folder / "a.mkv"), str(missing), str(folder), *TINY_ARGS,
+                              "--checkpoint", str(checkpoint), "--json"], capsys)
+    assert code == 2 and len(loads) == 1
+    lines = [json.loads(line) for line in out.splitlines()]
+    errors = {r["video"]: r["error"] for r in lines if "error" in r}
+    results = [r for r in lines if "error" not in r]
+    # missing is named at once, before the model builds; the folder's text .mp4 too; the truncated one as decoded
+    assert list(errors) == [str(missing), str(folder / "notes.mp4"), str(folder / "cut.mp4")]
+    assert "does not exist" in errors[str(missing)] and "holds text" in errors[str(folder / "notes.mp4")]
+    assert err.splitlines() == [f"error: {e}" for e in errors.values()]
+    # a.mkv was given alone and again in the folder: classified once, in the order given
+    assert [r["video"] for r in results] == [str(folder / "a.mkv"), str(folder / "sub" / "noise [1].mkv")]
+    for report in results:
+        indices, values = expected_top(model, report["video"])
+        assert [r["index"] for r in report["top"]] == indices
+        assert np.allclose([r["probability"] for r in report["top"]], values, atol=1e-5, rtol=0)
+        assert (report["frames"], report["num_classes"]) == (T, 400)
+    assert results[0]["top"] != results[1]["top"]  # two different videos, two different answers
+
+    code, out, err = run_cli([str(folder / "a.mkv"), str(folder / "sub"), *TINY_ARGS, "--checkpoint",
+                              str(checkpoint), "--top-k", "2"], capsys)
+    blocks = out.split("\n\n")
+    assert code == 0 and err == "" and len(blocks) == 2
+    for block, name in zip(blocks, ["a.mkv", "sub/noise [1].mkv"]):
+        header, *rows = block.strip().splitlines()
+        assert header.startswith(f"{folder / name}: 1 clip x 1 crop of {T} frames") and len(rows) == 2
+
+
+def test_globs_tilde_and_inputs_that_name_no_video(folder, checkpoint, tmp_path, capsys, monkeypatch):
+    """A quoted glob (Windows shells never expand one) and a quoted ~ were read as file names; a folder or glob
+    with no videos is named as such."""
+    from vmm.classify import find_videos
+    monkeypatch.setenv("HOME", str(folder.parent))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    videos, problems = find_videos([str(folder / "**" / "*.mkv"), "~/clips/a.mkv", str(folder / "*.avi"),
+                                    str(empty)])
+    assert videos == [str(folder / "a.mkv"), str(folder / "sub" / "noise [1].mkv")]
+    assert [p for p, _ in problems] == [str(folder / "*.avi"), str(empty)]
+    assert "no file matches this pattern" in problems[0][1] and "no video files in this folder" in problems[1][1]
+    # a name with glob characters that exists is that file, not a pattern
+    assert find_videos(folder / "sub" / "noise [1].mkv") == ([str(folder / "sub" / "noise [1].mkv")], [])
+
+    code, out, err = run_cli([str(empty), str(folder / "*.avi"), *TINY_ARGS, "--checkpoint", str(checkpoint)],
+                             capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 2 and err.startswith(f"error: {empty}: no video")
+
+
+def test_a_bad_lone_video_is_named_before_the_weights_load(folder, capsys):
+    """With one video the weights load only once it has decoded: 'default' would be fetched from the hub first."""
+    code, out, err = run_cli([str(folder / "cut.mp4"), *TINY_ARGS, "--checkpoint", "default", "--json"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: {folder / 'cut.mp4'}: ") and len(err.splitlines()) == 1
+    assert json.loads(out) == {"video": str(folder / "cut.mp4"), "error": err[len("error: "):].strip()}
+
+
+def test_classify_videos_yields_each_result_and_keeps_going(folder, model, monkeypatch):
+    """The Python form: one result per video as it is done, errors as results, options checked at the call."""
+    from vmm.classify import VideoLabels, classify_videos
+    with pytest.raises(VmmError, match=r"\(clips=0\)"):
+        classify_videos([str(folder)], model, clips=0)  # before any video is read, not at the first next()
+    results = list(classify_videos([str(folder), str(folder / "gone.mp4")], model, top_k=3))
+    assert [(Path(r.video).name, r.error is None) for r in results] == [
+        ("notes.mp4", False), ("gone.mp4", False), ("a.mkv", True), ("cut.mp4", False), ("noise [1].mkv", True)]
+    for result in results:
+        assert isinstance(result, VideoLabels)
+        if result.error is None:
+            assert result.top == classify_video(result.video, model, top_k=3) and result.seconds > 0
+        else:
+            assert result.top == [] and result.video in result.error and "\n" not in result.error
+
+    def decoder_bug(path, *args):  # what a decoder raises on a file no test can produce on demand
+        if path.endswith("a.mkv"):
+            raise IndexError("list index out of range")
+        return real_read_views(path, *args)
+    real_read_views = vmm.classify.read_views
+    monkeypatch.setattr(vmm.classify, "read_views", decoder_bug)
+    results = list(classify_videos([str(folder / "a.mkv"), str(folder / "sub")], model))
+    assert results[0].error == f"{folder / 'a.mkv'}: cannot be decoded (IndexError: list index out of range); " \
+                               "convert it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) and try again"
+    assert results[1].error is None and len(results[1].top) == 5
+
+
+def test_model_folder_with_a_checkpoint_is_refused(video, checkpoint, model, tmp_path, capsys):
+    """--model FOLDER --checkpoint FILE silently replaced the folder's own weights (vmm encode and search refuse
+    it); the folder alone classifies with its weights."""
+    folder = vmm.save_pretrained(model, tmp_path / "classifier")
+    code, _, err = run_cli([str(video[0]), "--model", str(folder), "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, f"--model {folder} is a model folder with its own weights", "drop --checkpoint")
+    code, out, _ = run_cli([str(video[0]), "--model", str(folder), "--json"], capsys)
+    indices, _ = expected_top(model, video[0])
+    assert code == 0 and [r["index"] for r in json.loads(out)["top"]] == indices
+
+
+def test_an_empty_video_path_is_named(video, checkpoint, capsys):
+    """An unset shell variable ("$VIDEO") gave "video  does not exist or is not a file"."""
+    code, out, err = run_cli(["", str(video[0]), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
+    assert_one_line_error(code, err, "a VIDEO is an empty path ('')")
+    assert out == ""

@@ -22,9 +22,12 @@ The official K400 evaluation (``video_sm``, dataset ``Kinetics_sparse``, mode ``
 """
 from __future__ import annotations
 
+import glob
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.errors import VmmError, error_text, is_whole_number
+from vmm.errors import VmmError, error_text, is_whole_number, one_line
 from vmm.labels import load_labels
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -185,6 +188,22 @@ def _read_pyav(path: str, indices: list[int], info, prepare: Callable[[np.ndarra
 _FRAME_READERS = {"decord": _read_decord, "pyav": _read_pyav}
 
 
+def _file_problem(path: str) -> Optional[str]:
+    """Why ``path``, named as a video file, cannot be one: a line that names it and the fix; None when it may be."""
+    from index.discovery import named_video_problem
+
+    if not path:  # Path("") is the working folder, reported as " is not a file"
+        return "the video path is empty (''); pass the path of a video file"
+    if not os.path.exists(path):
+        return f"video {path} does not exist; pass the path of a video file"
+    if not os.path.isfile(path):
+        return f"{path} is not a file; pass the path of a video file"
+    # The indexer's test for text and empty files: FFmpeg opened a JSON file as subtitles ("no video stream in the
+    # container (it holds subtitle)") and a text .mp4 as a corrupt container.
+    problem = named_video_problem(path)
+    return None if problem is None else f"video {path}: {problem}"
+
+
 def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
                  backend: str = "auto", size: Optional[int] = None) -> list[np.ndarray]:
     """The frames of each temporal view: ``num_clips`` uint8 arrays (num_frames, H, W, 3).
@@ -198,16 +217,9 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
     from index.decode import probe_video
 
     path = str(path)
-    if not Path(path).exists():
-        raise VmmError(f"video {path} does not exist; pass the path of a video file")
-    if not Path(path).is_file():
-        raise VmmError(f"{path} is not a file; pass the path of a video file")
-    from index.discovery import named_video_problem
-    # The indexer's test for text and empty files: FFmpeg opened a JSON file as subtitles ("no video stream in the
-    # container (it holds subtitle)") and a text .mp4 as a corrupt container.
-    problem = named_video_problem(path)
+    problem = _file_problem(path)
     if problem is not None:
-        raise VmmError(f"video {path}: {problem}")
+        raise VmmError(problem)
     error: Optional[VmmError] = None
     for name in (["decord", "pyav"] if backend == "auto" else [backend]):
         try:
@@ -321,3 +333,148 @@ def classify_video(path: Union[str, Path], model: nn.Module, *, clips: int = 1, 
     cfg = model.cfg
     views = read_views(path, cfg.num_frames, cfg.img_size, clips, crops, backend)
     return top_labels(view_probabilities(model, views, batch_size).mean(0), names, top_k)
+
+
+def find_videos(inputs: Union[str, Path, Iterable[Union[str, Path]]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The video files that ``inputs`` name, and ``(input, message)`` for each one that names none.
+
+    An input is a video file; a folder, searched below as ``vmm index`` searches it (files that are not videos,
+    hidden ones and downloads in progress skipped); or a glob such as ``"clips/*.mp4"`` (``**`` for any depth), for
+    shells that leave a quoted one unexpanded. ``~`` is expanded. Videos come in the order given, a folder's and a
+    glob's sorted by path, each file once however many inputs reach it. A message is one line naming the file and
+    the fix: a missing file, a text file, an empty folder.
+
+    >>> import os, tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> for name, data in (("b.mkv", b"\\x1a\\x45\\xdf\\xa3" + bytes(60)), ("a.mp4", b"\\x00\\x00\\x00\\x18ftypisom"),
+    ...                    ("notes.txt", b"a list of clips")):
+    ...     _ = open(os.path.join(root, name), "wb").write(data)
+    >>> videos, problems = find_videos([root, os.path.join(root, "b.mkv"), os.path.join(root, "gone.mp4")])
+    >>> [os.path.basename(v) for v in videos], [message.endswith("does not exist; pass the path of a video file")
+    ...                                          for _, message in problems]
+    (['a.mp4', 'b.mkv'], [True])
+    """
+    from index.discovery import _path_args, discover
+
+    videos: list[str] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add_file(path: str, checked: bool = False) -> None:
+        problem = None if checked else _file_problem(path)
+        if problem is not None:
+            problems.append((path, problem))
+            return
+        try:
+            st = os.stat(path)
+        except OSError:  # gone since it was checked: decoding names it
+            videos.append(path)
+            return
+        if (st.st_dev, st.st_ino) not in seen:  # `vmm classify clips clips/a.mp4`, or a link: one result per file
+            seen.add((st.st_dev, st.st_ino))
+            videos.append(path)
+
+    def add_folder(folder: str) -> None:
+        try:
+            found = discover([folder])
+        except VmmError as error:
+            problems.append((folder, str(error)))
+            return
+        root = os.path.abspath(folder)
+        for candidate in found.candidates:  # absolute paths: shown under the folder as the user wrote it
+            # discover read each file's first bytes already; read again only to word a problem it found
+            add_file(os.path.join(folder, os.path.relpath(candidate.path, root)), checked=candidate.problem is None)
+        problems.extend((path, f"{path}: {reason}") for path, reason in found.unreadable)
+        if not found.candidates and not found.unreadable:
+            problems.append((folder, f"{folder}: no video files in this folder or below; pass a folder of videos"))
+
+    for given in _path_args(inputs, "classify"):
+        given = os.path.expanduser(given)
+        if not os.path.lexists(given) and glob.escape(given) != given:  # a file named "[intro].mp4" is no pattern
+            matches = sorted(glob.glob(given, recursive=True))
+            if not matches:
+                problems.append((given, f"{given}: no file matches this pattern; check the folder and the pattern"))
+        else:
+            matches = [given]
+        for path in matches:
+            (add_folder if os.path.isdir(path) else add_file)(path)
+    return videos, problems
+
+
+@dataclass(frozen=True)
+class VideoLabels:
+    """One video's result from :func:`classify_videos`."""
+
+    video: str  # the path, as found by find_videos
+    top: list[tuple[str, float]]  # (label, probability), most probable first; [] when the video failed
+    error: Optional[str] = None  # why the video could not be classified: one line naming it and the fix
+    seconds: float = 0.0  # the model's time on the video's views (decoding not included)
+
+
+def classify_videos(videos: Union[str, Path, Iterable[Union[str, Path]]], model: nn.Module, *, clips: int = 1,
+                    crops: int = 1, top_k: int = 5, labels: Labels = None, batch_size: int = 4,
+                    backend: str = "auto") -> Iterator[VideoLabels]:
+    """:func:`classify_video` for many videos with one model: a :class:`VideoLabels` for each, as it is done.
+
+    ``videos``: files, folders and globs (see :func:`find_videos`). A video that cannot be read gives a result with
+    ``error`` set instead of an exception, so the others are still classified; inputs that name no video come
+    first. The options, the labels and the model's head are checked here, before any video is read.
+
+    >>> import av, numpy as np, tempfile, os, vmm
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("dark.mkv", "light.mkv"):
+    ...     with av.open(os.path.join(folder, name), "w") as out:
+    ...         stream = out.add_stream("ffv1", rate=10); stream.width, stream.height = 64, 48
+    ...         for t in range(20):
+    ...             frame = np.full((48, 64, 3), 40 if name == "dark.mkv" else 220, np.uint8)
+    ...             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    ...         out.mux(stream.encode())
+    >>> _ = open(os.path.join(folder, "broken.mp4"), "wb").write(b"\\x00\\x00\\x00\\x18ftypisom" + bytes(100))
+    >>> model = vmm.create_model("videomamba_tiny", depth=2, num_frames=8, img_size=32, num_classes=400)
+    >>> for result in classify_videos([folder], model, top_k=3):
+    ...     print(os.path.basename(result.video), len(result.top), result.error is not None)
+    broken.mp4 0 True
+    dark.mkv 3 False
+    light.mkv 3 False
+    """
+    options = ClassifyOptions(clips, crops, top_k, batch_size, backend)
+    options.check()
+    names = resolve_labels(model, labels)
+    found, problems = find_videos(videos)
+    return _classified(found, problems, model, names, options)
+
+
+def _classified(videos: list[str], problems: list[tuple[str, str]], model: nn.Module, names: list[str],
+                options: ClassifyOptions) -> Iterator[VideoLabels]:
+    for video, error in problems:
+        yield VideoLabels(video, [], error)
+    for video, views, error in _views_or_errors(videos, model, options):
+        if error is not None:
+            yield VideoLabels(video, [], error)
+            continue
+        probabilities, seconds = _mean_probabilities(model, views, options.batch_size)
+        yield VideoLabels(video, top_labels(probabilities, names, options.top_k), seconds=seconds)
+
+
+def _views_or_errors(videos: Iterable[str], model: nn.Module, options: ClassifyOptions
+                    ) -> Iterator[tuple[str, Optional[Tensor], Optional[str]]]:
+    """``(video, views, None)`` for each video that :func:`read_views` reads for ``model``, ``(video, None, error)``
+    for each that it cannot, ``error`` being one line that names the file."""
+    cfg = model.cfg
+    for video in videos:
+        views, error = None, None
+        try:
+            views = read_views(video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
+        except VmmError as e:
+            error = one_line(str(e))
+        except Exception as e:  # a decoder bug on one odd file must cost that file, not the others (as vmm index)
+            error = one_line(f"{video}: cannot be decoded ({type(e).__name__}: {error_text(e)}); "
+                             "convert it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) and try again")
+        yield video, views, error
+
+
+def _mean_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> tuple[Tensor, float]:
+    """The softmax averaged over ``views`` (num_classes,), and the seconds the model took."""
+    start = time.perf_counter()
+    probabilities = view_probabilities(model, views, batch_size).mean(0)
+    return probabilities, time.perf_counter() - start

@@ -1,22 +1,24 @@
-"""``vmm classify``: top-5 Kinetics-400 labels of a video with a VideoMamba classifier.
+"""``vmm classify``: top-5 Kinetics-400 labels of videos with a VideoMamba classifier, the model loaded once.
 
     vmm classify clip.mp4 --model videomamba_m16_k400 --checkpoint videomamba_m16_k400_f8_res224.pth
-    vmm classify clip.mp4 --model videomamba_m16_k400 --checkpoint ... --clips 4 --crops 3 --json
+    vmm classify a.mp4 b.mp4 holiday/ --model videomamba_m16_k400 --checkpoint ... --clips 4 --crops 3 --json
 
-Bad input is checked before the weights load: the video path, the model's head, the label count, then
-the decoding of the views.
+Bad input is checked before the weights load: the options, the video paths, the model's head, the label count,
+then the decoding of the first video. A video that cannot be classified gets one ``error:`` line and the others
+are still classified; the exit status is then 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", help="video file")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files, folders (searched below, as vmm index does) or quoted globs ('clips/*.mp4')")
     p.add_argument("--model", default="videomamba_m16_k400",
                    help="classifier name or save_pretrained folder [videomamba_m16_k400]")
     p.add_argument("--checkpoint", help="weights: a .pth/.safetensors file, a save_pretrained folder, "
@@ -29,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint's, else the model's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable; dotted keys nest (e.g. depth=2, vision.depth=2)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--json", action="store_true", help="print one JSON object per video, a line each, instead of text")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass [4]")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"], help="video decoder [auto]")
     # None: cuda when available, decided at run time (asking torch here made every `vmm --help` import it)
@@ -91,6 +93,9 @@ def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
     if args.frames is not None:
         overrides["num_frames"] = check_frames(args.frames)
     if is_pretrained_dir(args.model):
+        if args.checkpoint:  # it silently replaced the folder's own weights; vmm encode and search refuse it too
+            raise VmmError(f"--model {args.model} is a model folder with its own weights; drop --checkpoint "
+                           f"({args.checkpoint}), or pass a classifier name (e.g. videomamba_m16_k400) with it")
         model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
         return model
     if args.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
@@ -141,7 +146,8 @@ def _close_names(typed: str, names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.classify import ClassifyOptions, _classifier_head, read_views, resolve_labels, view_probabilities
+    from vmm.classify import (ClassifyOptions, _classifier_head, _mean_probabilities, _views_or_errors, find_videos,
+                              resolve_labels, top_labels)
     from vmm.commands import set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import load_weights, resolve_device
@@ -151,8 +157,13 @@ def run(args: argparse.Namespace) -> int:
     if args.labels and Path(args.labels).is_dir():
         raise VmmError(f"--labels {args.labels} is a folder; pass a text file with one class name per line, or a "
                        "built-in set (kinetics400)")
-    if not Path(args.video).is_file():
-        raise VmmError(f"video {args.video} does not exist or is not a file; pass the path of a video file")
+    if "" in args.videos:  # an unset shell variable ("$VIDEO"): named as such, not as Python's empty `paths`
+        raise VmmError("a VIDEO is an empty path (''); pass video files or folders")
+    videos, problems = find_videos(args.videos)
+    for video, error in problems:  # named at once, not after the other videos are classified
+        _report_failure(video, error, args.json)
+    if not videos:
+        return 2
     device = resolve_device(args.device)
     set_threads(args.threads)
     model = _build_model(args)
@@ -161,26 +172,43 @@ def run(args: argparse.Namespace) -> int:
     if sizes:  # the file's own frame count, resolution and classes (a ..._f16_res224to384.pth: 16 frames at 384 px)
         model = _build_model(args, sizes)
     names = resolve_labels(model, args.labels)
+    index = {name: i for i, name in enumerate(names)}
     cfg = model.cfg
-    views = read_views(args.video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
-    if args.checkpoint:
-        load_weights(model, _checkpoint_path(model, args.checkpoint))
-    model = model.to(device)
-    t0 = time.perf_counter()
-    probs = view_probabilities(model, views, options.batch_size).mean(0)
-    seconds = time.perf_counter() - t0
-    values, indices = probs.topk(min(options.top_k, len(names)))
-    top = [{"rank": r + 1, "index": i, "label": names[i], "probability": p}
-           for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
-    if args.json:
-        print(json.dumps({"video": args.video, "model": getattr(model, "model_name", args.model),
-                          "clips": options.clips, "crops": options.crops, "frames": cfg.num_frames,
-                          "img_size": cfg.img_size, "num_classes": len(names), "top": top,
-                          "seconds": round(seconds, 3)}))
-        return 0
-    views_text = f"{options.clips} clip{'s' * (options.clips > 1)} x {options.crops} crop{'s' * (options.crops > 1)}"
-    print(f"{one_line(args.video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
-          f"{getattr(model, 'model_name', args.model)}, {seconds:.2f} s on {device}")
-    for row in top:
-        print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
-    return 0
+    classified, failed = 0, bool(problems)
+    for video, views, error in _views_or_errors(videos, model, options):
+        if error is not None:
+            _report_failure(video, error, args.json)
+            failed = True
+            continue
+        if not classified:  # after the first video decodes: a bad lone video is named before a large checkpoint loads
+            if args.checkpoint:
+                load_weights(model, _checkpoint_path(model, args.checkpoint))
+            model.to(device)
+        classified += 1
+        probabilities, seconds = _mean_probabilities(model, views, options.batch_size)
+        top = [{"rank": r + 1, "index": index[label], "label": label, "probability": p}
+               for r, (label, p) in enumerate(top_labels(probabilities, names, options.top_k))]
+        model_name = getattr(model, "model_name", args.model)
+        if args.json:
+            print(json.dumps({"video": video, "model": model_name, "clips": options.clips, "crops": options.crops,
+                              "frames": cfg.num_frames, "img_size": cfg.img_size, "num_classes": len(names),
+                              "top": top, "seconds": round(seconds, 3)}), flush=True)
+            continue
+        views_text = (f"{options.clips} clip{'s' * (options.clips > 1)} x "
+                      f"{options.crops} crop{'s' * (options.crops > 1)}")
+        if classified > 1:
+            print()
+        print(f"{one_line(video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, {model_name}, "
+              f"{seconds:.2f} s on {device}")
+        for row in top:
+            print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
+        sys.stdout.flush()  # a long run piped to a file or `tee` shows each video as it is done
+    return 2 if failed else 0
+
+
+def _report_failure(video: str, error: str, as_json: bool) -> None:
+    """One ``error:`` line on stderr (``error`` names the video), and with --json a line ``{"video", "error"}``."""
+    from vmm.errors import one_line
+    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps({"video": video, "error": error}), flush=True)

@@ -103,6 +103,7 @@ def test_base_recipe_is_merged_underneath(tmp_path):
                                          "\"freeze=['text_encoder.embeddings']\""),
     ("data.train=[{anno: a.json, root: clips}]", "pass \"data.train=[{'anno': 'a.json', 'root': 'clips'}]\""),
     ("model.vision={depth: 3}", "pass \"model.vision={'depth': 3}\""),
+    ("model.name=vmm_nanoo", "model.name 'vmm_nanoo' is not a registered model; did you mean 'vmm_nano'?"),
 ])
 def test_bad_config_is_one_line_exit_2(capsys, override, message):
     code, err = run_main(capsys, override)
@@ -145,6 +146,18 @@ def test_media_root_without_the_files(capsys, corpus, tmp_path):
     assert code == 2 and err.count("\n") == 1
     assert f"10 of 10 media files listed in {corpus / 'train.json'} are missing under {tmp_path}" in err
     assert "fix data.train[0].root" in err and "max_missing" not in err  # no fraction can help here
+
+
+def test_windows_path_separators_in_an_annotation_list_are_named(capsys, corpus, tmp_path):
+    """A list written on Windows ("videos\\a.mp4") was refused as a wrong root, which it is not."""
+    entries = json.loads((corpus / "train.json").read_text())
+    for entry in entries:
+        entry["video"] = entry["video"].replace("/", "\\")
+    (tmp_path / "win.json").write_text(json.dumps(entries))
+    code, err = run_main(capsys, f"data.train=[{{'anno': '{tmp_path / 'win.json'}', 'root': '{corpus}'}}]")
+    assert code == 2 and err.count("\n") == 1
+    assert err.endswith(f"its paths are separated with \\ (Windows), which names no folder here: write them with / "
+                        f"(e.g. {entries[0]['video'].replace(chr(92), '/')})\n")
 
 
 @pytest.fixture
@@ -190,6 +203,27 @@ def test_teacher_file_absent(capsys, corpus, tmp_path):
 def test_bad_resume_folder(capsys, corpus, tmp_path):
     code, err = run_main(capsys, data_override(corpus), f"train.resume={tmp_path}", "loss.uta=0")
     assert code == 2 and "is not a vmm checkpoint" in err
+
+
+@pytest.mark.parametrize("word", ["none", "Off", "no"])
+def test_resume_none_or_off_means_a_new_run(capsys, corpus, tmp_path, word):
+    """"auto" is a keyword, so the words for no resume are too: train.resume=none was refused as a checkpoint folder
+    named "none", and a recipe could not undo its base's resume: auto."""
+    code, err = run_main(capsys, data_override(corpus), f"train.output_dir={tmp_path / 'new'}", "loss.uta=0",
+                         f"train.resume={word}", "--check")
+    assert code == 0 and "error" not in err
+    (tmp_path / "base.yaml").write_text(f"base: {TINY}\ntrain: {{resume: auto}}\n")
+    (tmp_path / "child.yaml").write_text(f"base: base.yaml\ntrain: {{resume: {word}}}\n")
+    assert load_config(tmp_path / "child.yaml").train.resume is None
+
+
+def test_resume_auto_in_any_case_finds_the_checkpoint(corpus, tmp_path):
+    done = tmp_path / "checkpoints" / "step_00000005"
+    done.mkdir(parents=True)
+    (done / "trainer_state.json").write_text("{}")
+    cfg = load_config(TINY, [data_override(corpus), f"train.output_dir={tmp_path}", "train.resume=AUTO",
+                             "loss.uta=0"])
+    assert cfg.train.resume == "auto" and check_inputs(cfg).resume_dir == done
 
 
 def test_check_inputs_passes_on_good_data(corpus, tmp_path):

@@ -392,6 +392,17 @@ def test_tar_keys_without_media_or_a_caption_with_words_are_skipped_and_counted(
     assert load_tar_corpus(str(tmp_path / "t.tar")).missing_note is None
 
 
+def test_tar_captions_written_with_a_byte_order_mark_are_read(corpus, tmp_path):
+    """Notepad's and PowerShell's UTF-8 starts with a BOM: json refused every .json caption, so every key was skipped
+    ("hold no samples"), and a .txt caption began with an invisible U+FEFF."""
+    video = (corpus / json.loads((corpus / "train.json").read_text())[0]["video"]).read_bytes()
+    bom = "\ufeff".encode()
+    _write_shard(tmp_path / "s.tar", {"k.mp4": video, "k.json": bom + json.dumps({"caption": "a red disc"}).encode(),
+                                      "l.mp4": video, "l.txt": bom + "un café\r\n".encode()})
+    c = load_tar_corpus(str(tmp_path / "s.tar"))
+    assert c.captions == [["a red disc"], ["un café"]] and c.missing_note is None
+
+
 def test_group_ids_that_are_json_lists_are_refused_in_one_line(tmp_path):
     """A list or object as group id reached the epoch plan, which raised "TypeError: unhashable type"."""
     from vmm.training.data import training_plan

@@ -70,6 +70,12 @@ def test_home_in_recipe_paths_is_expanded(tmp_path, monkeypatch):
     assert (cfg.data.train[0].anno, cfg.data.train[0].root) == (str(tmp_path / "data/train.json"),
                                                                  str(tmp_path / "data"))
     assert cfg.model.init == str(tmp_path / "stage1/final") and cfg.train.resume is None
+    # base: ~/... was read as a folder named ~ beside the recipe ("its base ~/recipe.yaml does not exist").
+    stage2 = tmp_path / "elsewhere" / "stage2.yaml"
+    stage2.parent.mkdir()
+    stage2.write_text("base: ~/recipe.yaml\noptim: {lr: 2.0e-3}\n")
+    cfg = load_config(stage2)
+    assert (cfg.optim.lr, cfg.train.output_dir) == (2e-3, str(tmp_path / "runs/a"))
 
 
 def test_an_empty_output_dir_is_refused(capsys):
@@ -80,7 +86,8 @@ def test_an_empty_output_dir_is_refused(capsys):
 
 
 @pytest.mark.parametrize("override, guess", [("optim.lrr=1", "optim.lr"), ("trian.seed=1", "train"),
-                                              ("model.vision.dpeth=3", "model.vision.depth")])
+                                              ("model.vision.dpeth=3", "model.vision.depth"),
+                                              ("optim.LR=1", "optim.lr")])  # (no hint for another case before)
 def test_an_unknown_key_suggests_the_closest(capsys, override, guess):
     assert main(["--config", TINY, override, "--check"]) == 2
     err = capsys.readouterr().err

@@ -115,5 +115,5 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
     with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write the final model in {tmp_path} \(.*\); "
                                        r"free disk space, then resume with train\.resume=auto$"):
         with file_size_limit(1 << 20):
-            export_final(tiny, tmp_path, [], trainable_only=False)
+            export_final(tiny, tmp_path, [], trainable_only=False, step=2)
     assert not (tmp_path / "final").exists() and not (tmp_path / ".final.tmp").exists()

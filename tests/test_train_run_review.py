@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate.state import AcceleratorState
 
 from tests.conftest import file_size_limit
 from tests.test_train_loop import REPO, TINY
-from vmm.errors import VmmError
+from vmm.errors import RunFinished, VmmError
 from vmm.training import loop
 from vmm.training.config import load_config
 from vmm.training.loop import LOCK_FILE, RunLock, check_inputs, train
@@ -195,3 +197,31 @@ def test_an_output_dir_through_a_link_to_a_missing_folder_is_refused_by_the_chec
                                            rf"{tmp_path}/unmounted/runs, which does not exist\); create that folder"):
             check_inputs(cfg(corpus, out))
     assert not (tmp_path / "unmounted").exists()
+
+
+def test_a_run_continued_past_its_export_and_stopped_before_the_next_is_not_finished(four_steps, corpus, tmp_path,
+                                                                                      monkeypatch):
+    """Trained on from step 4 to 6, the export failed (a full disk): its message says to resume, and the resume said
+    "done: the run is finished" with step 4's model in final/, the step-6 weights never exported."""
+    from safetensors.torch import load_file
+
+    from vmm.models.multimodal import VideoTextModel
+    out = tmp_path / "run"
+    shutil.copytree(four_steps, out)
+    on_to_6 = cfg(corpus, out, "schedule.max_steps=6", "train.save_every=2", "train.resume=auto")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as patch:
+        patch.setattr(VideoTextModel, "save_pretrained", full_disk)
+        with pytest.raises(VmmError, match=r"cannot write the final model .* resume with train\.resume=auto$"):
+            train(on_to_6)
+    assert loop.exported_step(out / "final") == 4 and loop.find_latest_checkpoint(out).name == "step_00000006"
+    AcceleratorState._reset_state(True)
+    assert train(on_to_6)["steps"] == 6  # exports step 6 without training
+    assert loop.exported_step(out / "final") == 6
+    exported = load_file(str(out / "final" / "model.safetensors"))
+    saved = torch.load(out / "checkpoints" / "step_00000006" / "pytorch_model.bin", map_location="cpu")
+    assert all(torch.equal(exported[k], saved[f"model.{k}"]) for k in exported)
+    with pytest.raises(RunFinished):
+        train(on_to_6)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import difflib
 import functools
 import math
 import os
@@ -131,7 +130,8 @@ class TrainSection:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     keep_last: int = 2  # newest checkpoints kept
     log_every: int = 10
-    resume: Optional[str] = None  # "auto" (newest in output_dir/checkpoints) or a checkpoint folder
+    # "auto" (newest in output_dir/checkpoints), a checkpoint folder, or null / "none" / "off" (a new run)
+    resume: Optional[str] = None
     progress: bool = True
     tensorboard: bool = True
     cpu: bool = False  # train on CPU even when CUDA is present
@@ -251,7 +251,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return _deep_merge(_read_yaml((path.parent / str(base)), seen + (path.resolve(),)), data)
+    # ~ is the home folder here too, as in the recipe's path options (see _expand_home)
+    return _deep_merge(_read_yaml(path.parent / os.path.expanduser(str(base)), seen + (path.resolve(),)), data)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -357,10 +358,11 @@ def _recipe_keys(cls: type) -> list[str]:
 
 
 def _unknown_key(where: str, key: str, names: list[str]) -> VmmError:
+    from vmm.models.registry import close_match
     prefix = where + "." if where else ""
-    close = difflib.get_close_matches(str(key), names, n=1)
+    close = close_match(key, names)
     return VmmError(f"unknown config key {prefix}{key}; valid keys{' of ' + where if where else ''}: "
-                    f"{', '.join(names)}" + (f"; did you mean {prefix}{close[0]}?" if close else ""))
+                    f"{', '.join(names)}" + (f"; did you mean {prefix}{close}?" if close else ""))
 
 
 def _shown(steps: list) -> str:
@@ -523,8 +525,28 @@ def _check_values(cfg: TrainConfig) -> None:
         raise VmmError(f"optim.betas must both lie in [0, 1), got {cfg.optim.betas}")
     if not cfg.train.output_dir.strip():  # an unset shell variable (train.output_dir=$RUN): the run would write here
         raise VmmError("train.output_dir is empty; pass the run's folder, e.g. train.output_dir=runs/my_run")
+    cfg.train.resume = _resume_setting(cfg.train.resume)
     if cfg.export.trainable_only and not cfg.freeze:
         raise VmmError("export.trainable_only needs a freeze list (nothing is frozen, so everything is trainable)")
+
+
+RESUME_OFF = ("none", "off", "no")
+
+
+def _resume_setting(value: Optional[str]) -> Optional[str]:
+    """``train.resume`` with its keywords in one spelling: "auto" in any case, and None for the words that mean no
+    resume. "auto" being a keyword, ``train.resume=none`` (or ``resume: off`` in a recipe that overrides its base's
+    ``auto``) was taken as a checkpoint folder named "none" and refused.
+
+    >>> _resume_setting("AUTO"), _resume_setting(" none "), _resume_setting("Off"), _resume_setting("runs/a/none")
+    ('auto', None, None, 'runs/a/none')
+    """
+    if value is None:
+        return None
+    word = value.strip().lower()
+    if word in RESUME_OFF:
+        return None
+    return "auto" if word == "auto" else value
 
 
 def _expand_home(cfg: TrainConfig) -> None:

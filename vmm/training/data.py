@@ -185,6 +185,11 @@ def check_media(paths: Sequence[str], media_root: Path, anno: Path, where: str, 
                else f"{len(missing)} of {len(checked)} media files sampled from the {len(paths)} entries")
     found = f"{counted} listed in {anno} are missing under {media_root} (e.g. {os.path.join(root, paths[missing[0]])})"
     if len(missing) == len(checked):  # no fraction can help: the root or the paths are wrong
+        posix = paths[missing[0]].replace("\\", "/")
+        if os.sep == "/" and posix != paths[missing[0]] and os.path.isfile(os.path.join(root, posix)):
+            # A list written on Windows (json.dump of str(path)): "\\" is a character of a file name here.
+            raise VmmError(f"{where}: {found}; its paths are separated with \\ (Windows), which names no folder "
+                           f"here: write them with / (e.g. {posix})")
         raise VmmError(f"{where}: {found}; fix {where}.root or the paths in the annotation file")
     if len(missing) / len(checked) > max_missing:
         allowed = f" (now {max_missing})" if max_missing else ""
@@ -223,7 +228,8 @@ def expand_shards(spec: Any, where: str = "data.train[0]") -> list[Path]:
 def _parse_caption_member(ext: str, data: bytes) -> Optional[list]:
     """The captions of a .txt or .json member with words once cleaned; None if there are none (the sample is
     skipped, as a blank caption would train every such sample on the same text)."""
-    text = data.decode("utf-8", errors="replace")
+    # utf-8-sig: a member written by Notepad or PowerShell starts with a byte-order mark, which json refuses.
+    text = data.decode("utf-8-sig", errors="replace")
     if ext == "txt":
         caps = [text.strip()]
     else:

@@ -70,7 +70,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     from vmm.models.persistence import is_pretrained_dir
     from vmm.training import data, teacher
     if cfg.model.name not in vmm.list_models():
-        raise VmmError(f"model.name {cfg.model.name!r} is not a registered model; see vmm.list_models()")
+        from vmm.models.registry import unknown_model_hint
+        raise VmmError(f"model.name {cfg.model.name!r} is not a registered model; "
+                       f"{unknown_model_hint(str(cfg.model.name))}see vmm.list_models()")
     model_cfg = check_model_config(cfg)
     if cfg.data.max_text_len and cfg.data.max_text_len > model_cfg.text.max_position_embeddings:
         raise VmmError(f"data.max_text_len={cfg.data.max_text_len} is more than the text tower's "
@@ -335,13 +337,14 @@ def warmup_note(cfg: TrainConfig, steps_per_epoch: int) -> Optional[str]:
 def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per_epoch: int) -> None:
     """Refuse a resume with nothing left to train (it exported the checkpoint as the final model without a word).
 
-    A checkpoint of the last step with no ``final/`` beside it passes: the run stopped between its last
-    checkpoint and the export, and resuming writes that export. With ``final/`` there the run is finished:
-    :class:`RunFinished`, which ``python -m vmm.train`` reports with status 0, so a retried job is not a failure.
+    A checkpoint of the last step without its ``final/`` beside it passes: the run stopped between its last
+    checkpoint and the export, and resuming writes that export. With ``final/`` exported at that step the run is
+    finished: :class:`RunFinished`, which ``python -m vmm.train`` reports with status 0, so a retried job is not a
+    failure.
     """
     total = planned_steps(cfg, steps_per_epoch)
     final = Path(cfg.train.output_dir) / "final"
-    if step < total or (step == total and not final.exists()):
+    if step < total or (step == total and exported_step(final) != step):
         return
     if cfg.schedule.max_steps:
         length, more = f"schedule.max_steps={total}", f"raise schedule.max_steps above {step}"
@@ -599,10 +602,15 @@ def _swap_in(new: Path, target: Path, aside: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) -> Path:
-    """Write ``output_dir/final`` complete or not at all (a hidden folder renamed at the end)."""
+TRAINED_STEPS = "trained_steps"  # the model_meta entry of final/config.json: the step it was exported at
+
+
+def export_final(model, output_dir: Path, frozen: list, trainable_only: bool, step: int) -> Path:
+    """Write ``output_dir/final``, the model at optimizer step ``step`` (recorded in its config.json's
+    ``model_meta``), complete or not at all (a hidden folder renamed at the end)."""
     final, tmp, old = output_dir / "final", output_dir / ".final.tmp", output_dir / ".final.old"
     shutil.rmtree(tmp, ignore_errors=True)
+    model.model_meta = {**(getattr(model, "model_meta", None) or {}), TRAINED_STEPS: step}
     with _failed_write("the final model", output_dir, tmp):
         if trainable_only:
             from vmm.training.export import save_trainable
@@ -611,6 +619,23 @@ def export_final(model, output_dir: Path, frozen: list, trainable_only: bool) ->
             model.save_pretrained(tmp)
     _swap_in(tmp, final, old)
     return final
+
+
+def exported_step(final: Path) -> Optional[int]:
+    """The step ``final`` was exported at; None where there is no such export (or one written before the step was
+    recorded). A run continued past its export and stopped before the next one (a full disk, a SIGTERM) leaves the
+    earlier model there: taken for the export of the last checkpoint, it made the rerun report the run finished.
+
+    >>> exported_step(Path("/nonexistent/final")) is None
+    True
+    """
+    try:
+        from vmm.models.persistence import CONFIG_NAME
+        meta = json.loads((final / CONFIG_NAME).read_text(encoding="utf-8")).get("model_meta")
+        step = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def mlm_never_masked(tokenizer) -> tuple[int, int]:
@@ -975,7 +1000,7 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
     accelerator.wait_for_everyone()
     final = None
     if main:
-        final = export_final(unwrapped.model, out, frozen, cfg.export.trainable_only)
+        final = export_final(unwrapped.model, out, frozen, cfg.export.trainable_only, state.global_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     elapsed = time.perf_counter() - run_start

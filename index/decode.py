@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import reprlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -241,11 +242,19 @@ def _variable_rate_times(times: np.ndarray | None, fps: float) -> np.ndarray | N
     return times if drift > 1.0 / fps else None
 
 
-def _error_text(error: BaseException) -> str:
-    # FFmpeg errors carry "[Errno N] message: 'path'"; the message alone reads better.
+def _error_text(error: BaseException, path: str | None = None) -> str:
+    # FFmpeg errors carry "[Errno N] message: 'path'"; the message alone reads better. decord's carry its log line's
+    # "[14:58:43] /github/workspace/src/video/video_reader.cc:270: [PATH] ": a clock time and a build machine's
+    # source file, and the path the message already starts with.
     text = getattr(error, "strerror", None) or str(error)
     text = " ".join(str(text).split()) or type(error).__name__
+    text = _DECORD_LOG_PREFIX.sub("", text)
+    if path is not None:
+        text = text.removeprefix(f"[{path}] ")
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+_DECORD_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 
 @dataclass(frozen=True)
@@ -278,9 +287,13 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
                             "corrupt or not a video") from None
     with container:
         stream = container.streams.best("video")
-        if stream is None:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-            raise DecodeFailure(f"no video stream in the container (it holds {', '.join(kinds)})")
+        if stream is None or stream.disposition & av.stream.Disposition.attached_pic:
+            # A song or podcast saved as .mp4 carries its cover art as a one-picture video stream, which FFmpeg
+            # picks when there is no other: the cover was indexed as a one-frame video of 11 us, or, declaring the
+            # song's length, called truncated.
+            kinds = sorted({s.type for s in container.streams if stream is None or s.index != stream.index})
+            kinds += ["a cover picture"] if stream is not None else []
+            raise DecodeFailure(f"no video stream in the container (it holds {', '.join(kinds or ['no streams'])})")
         context = stream.codec_context
         declared = None
         if stream.duration and stream.time_base:
@@ -514,7 +527,7 @@ class _DecordReader:
             self.fps = float(self._reader.get_avg_fps())
             times = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0] if self.num_frames else None
         except Exception as error:  # decord raises its own DECORDError and RuntimeError
-            raise _BackendError(f"decord cannot open it: {_error_text(error)}") from None
+            raise _BackendError(f"decord cannot open it: {_error_text(error, path)}") from None
         self.times, self.end = None, None
         if times is not None and _variable_rate_times(times - times[0], self.fps) is not None:
             # decord's times are float32 (quarter-millisecond steps after an hour): take PyAV's, so that both
@@ -702,6 +715,9 @@ def iter_decode(path: str, options: DecodeOptions, progress: Progress = _no_prog
         finally:
             if reader is not None:
                 reader.close()
+    if backends == ["decord"] and isinstance(failure, _BackendError):  # the user's choice: name the way out
+        raise DecodeFailure(f"{str(failure).rstrip('.')}; try the 'auto' or 'pyav' decoder, which read files decord "
+                            "cannot")
     raise failure
 
 

@@ -5,8 +5,9 @@ bytes are a video container's signature (so ``holiday.bin`` holding an MP4 is fo
 A file with a video extension whose bytes are clearly not a video (empty, or text)
 is returned with a ``problem`` so the library records it as failed instead of
 handing it to a decoder. Hidden files and folders (``.name``), downloads in progress
-(``clip.mp4.part``) and the trash and thumbnail folders of other systems
-(``$RECYCLE.BIN``, ``@eaDir``) are skipped.
+(``clip.mp4.part``), the trash and thumbnail folders of other systems
+(``$RECYCLE.BIN``, ``@eaDir``) and the low-resolution copies cameras write beside
+each video (GoPro ``.LRV``, DJI ``.LRF``) are skipped.
 
 >>> import os, tempfile
 >>> root = tempfile.mkdtemp()
@@ -33,6 +34,10 @@ NOT_VIDEO_EXTENSIONS = frozenset(
     ".m4a .m4b .m4p .m4r .mka .mp3 .aac .wav .flac .oga .ogg .opus .wma .heic .heif .avif .jpg .jpeg "
     ".png .gif .webp .mid .mpc".split()
 )
+# Low-resolution copies that action cameras and drones write beside each video (GoPro .LRV, DJI .LRF): MP4 inside,
+# so sniffing found them, and every match on a camera's card came back twice. Like audio and images, they are
+# read only when named.
+PROXY_EXTENSIONS = frozenset((".lrv", ".lrf"))
 # A browser's or torrent client's download in progress: a truncated copy of a video that gets its real name when
 # complete, so indexing it only records a failure (or half a video) under a path about to vanish.
 PARTIAL_DOWNLOAD_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".opdownload", ".!ut", ".!qb")
@@ -130,10 +135,14 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     ``explicit`` files (named on the command line) are always returned, with a
     ``problem`` when they are clearly not videos.
     """
+    ext = os.path.splitext(path)[1].lower()
+    if (ext in NOT_VIDEO_EXTENSIONS or ext in PROXY_EXTENSIONS) and not explicit:
+        # Never a candidate whatever its bytes, so never opened: a phone's DCIM folder on a network drive holds
+        # thousands of photos, each open a round trip on every run, and a FIFO or locked photo was "unreadable".
+        return None
     with _open_regular(path) as f:
         st = os.fstat(f.fileno())
         head = f.read(_HEAD_BYTES) if st.st_size else b""
-    ext = os.path.splitext(path)[1].lower()
     by_extension = ext in VIDEO_EXTENSIONS
     if st.st_size == 0:
         if by_extension or explicit:
@@ -146,7 +155,7 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     if by_extension:
         problem = "not a video: the file holds text" if container is None and _looks_like_text(head) else None
         return Candidate(path, st.st_size, st.st_mtime_ns, container, problem)
-    if container in _SNIFF_ACCEPTS and (explicit or ext not in NOT_VIDEO_EXTENSIONS):
+    if container in _SNIFF_ACCEPTS:
         return Candidate(path, st.st_size, st.st_mtime_ns, container)  # the decoder has the last word
     if explicit:
         kind = "text" if _looks_like_text(head) else "unrecognised content"
@@ -217,14 +226,18 @@ def _path_args(paths, action: str) -> list[str]:
     return given
 
 
-def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = frozenset()) -> Discovery:
+def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = frozenset(),
+             utf8_only: bool = False) -> Discovery:
     """Walk ``paths`` (files or folders, recursively) and return video candidates.
 
     ``paths`` may also be one path. Raises :class:`vmm.errors.VmmError` for a path that
     does not exist or is no path (a number, bytes, ""). Folders
     listed in ``exclude`` (for example the library itself) are not entered. A file
     reached by several paths is returned once, under the one in ``prefer`` (the
-    library's) if any, else the one without a symbolic link in it.
+    library's) if any, else the one without a symbolic link in it. ``utf8_only``
+    (``build_library`` passes it) lists a file whose name is not valid UTF-8 in
+    ``unreadable`` instead of returning it: a library's catalog stores names as UTF-8
+    text, while a decoder opens any name (``vmm classify`` reads such a file).
     """
     from vmm.errors import VmmError
 
@@ -237,7 +250,7 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
         root = os.path.abspath(given)
         check_root(given, root)
         if os.path.isfile(root):
-            _add(found, result, root, explicit=True)
+            _add(found, result, root, explicit=True, utf8_only=utf8_only)
             continue
         if not os.path.isdir(root):
             raise VmmError(f"{given}: not a regular file or folder; pass video files or folders")
@@ -260,7 +273,7 @@ def discover(paths: list[str], *, exclude: list[str] = (), prefer: set[str] = fr
                     if name.lower().endswith(PARTIAL_DOWNLOAD_SUFFIXES):
                         result.rejected.add(path)  # not read: it is being written
                     else:
-                        _add(found, result, path, explicit=False)
+                        _add(found, result, path, explicit=False, utf8_only=utf8_only)
     result.candidates, result.duplicates = _one_path_per_file(found, prefer)
     return result
 
@@ -318,7 +331,8 @@ def _one_path_per_file(found: dict[str, Candidate],
 
 
 def _printable(path: str) -> str:
-    return os.fsencode(path).decode("utf-8", "replace")
+    # Escaped, not replaced by U+FFFD: "caf\xe9.mp4" tells which byte to fix, and bash's $'caf\xe9.mp4' names the file.
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_root(given, root: str) -> None:
@@ -335,13 +349,12 @@ def check_root(given, root: str) -> None:
         raise VmmError(f"{given}: cannot be read ({error.strerror}); check its permissions") from None
 
 
-def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bool) -> None:
+def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bool, utf8_only: bool) -> None:
     if path in found:
         return
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes in the name: the catalog stores UTF-8 text
-        result.unreadable.append((_printable(path), "file name is not valid UTF-8; rename the file"))
+    if utf8_only and not _utf8(path):
+        result.unreadable.append((_printable(path), "file name is not valid UTF-8, which a library cannot store; "
+                                                    "rename the file (convmv renames a whole folder)"))
         return
     try:
         candidate = classify_file(path, explicit=explicit)
@@ -358,6 +371,14 @@ def _add(found: dict[str, Candidate], result: Discovery, path: str, explicit: bo
         result.rejected.add(path)
     else:
         found[path] = candidate
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")  # undecodable bytes in the name are lone surrogates here
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def fingerprint_file(path: str) -> str:

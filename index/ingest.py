@@ -637,7 +637,7 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
         _factory_setting(writer)  # the stored one, which an older version may have accepted
 
     known = catalog.files(under=roots)
-    found = discover(roots, exclude=[writer.library], prefer={row.path for row in known})
+    found = discover(roots, exclude=[writer.library], prefer={row.path for row in known}, utf8_only=True)
     summary.unreadable = found.unreadable
     summary.empty = _empty_roots(roots, found)
     plan = _plan(catalog, found, known, retry_failed)

@@ -82,3 +82,22 @@ def test_a_copy_that_starts_between_keyframes_is_read_with_pyav(tmp_path):
     assert _shown(clips) == [[20, 21, 22, 23, 25, 26, 27, 28], [30, 31, 32, 33, 35, 36, 37, 38]]
     with pytest.raises(VmmError, match="starts between keyframes.*use the 'auto' or 'pyav' decoder"):
         decode_video(path, backend="decord")
+
+
+def test_a_file_the_chosen_decord_cannot_read_is_named_once_with_the_way_out(tmp_path):
+    """decord's messages began with its log line ("[14:58:43] /github/workspace/src/video/video_reader.cc:270:
+    [PATH] ..."): a clock time, a build machine's source file and the path a second time, and no fix."""
+    path = str(tmp_path / "browser recording.webm")  # MediaRecorder's WebM: no duration, which decord needs
+    with av.open(path, "w", format="webm", options={"live": "1"}) as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8))))
+        container.mux(stream.encode())
+    with pytest.raises(VmmError) as raised:
+        decode_video(path, backend="decord")
+    message = str(raised.value)
+    assert message.startswith(f"{path}: decord cannot open it: ") and message.count(path) == 1
+    assert ".cc:" not in message and not message.split(": ")[2].startswith("[")
+    assert message.endswith("; try the 'auto' or 'pyav' decoder, which read files decord cannot")
+    assert decode_video(path)[0].backend == "pyav"

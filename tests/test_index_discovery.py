@@ -5,6 +5,7 @@ import pytest
 
 from tests import videos
 from index.discovery import discover, fingerprint_file, sniff_container
+from vmm.classify import find_videos
 from vmm.errors import VmmError
 
 
@@ -58,14 +59,23 @@ def test_exclude_and_duplicates(tree):
     assert "a/b/blue.avi" not in paths and len(paths) == len(set(paths))
 
 
-def test_undecodable_file_name_is_reported_not_fatal(tmp_path):
+def test_undecodable_file_name_is_refused_only_where_a_library_stores_it(tmp_path):
+    """A Latin-1 name (b"caf\\xe9.mp4" from an old camera or a vfat stick) cannot be stored in a catalog, but a
+    decoder opens it: vmm classify found it given alone and refused it in a folder. The refusal names the byte."""
     videos.write_solid(str(tmp_path / "fine.mp4"), videos.RED)
-    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.mp4"), "wb") as f:
+    bad = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
+    with open(bad, "wb") as f:
         f.write(open(tmp_path / "fine.mp4", "rb").read())
     found = discover([str(tmp_path)])
+    assert [c.path for c in found.candidates] == [os.fsdecode(bad), str(tmp_path / "fine.mp4")]
+    assert not found.unreadable
+    videos_found, problems = find_videos([str(tmp_path)])
+    assert videos_found == [os.fsdecode(bad), str(tmp_path / "fine.mp4")] and not problems
+
+    found = discover([str(tmp_path)], utf8_only=True)
     assert [os.path.basename(c.path) for c in found.candidates] == ["fine.mp4"]
-    ((path, reason),) = found.unreadable
-    assert path.endswith("bad\ufffd.mp4") and reason == "file name is not valid UTF-8; rename the file"
+    assert found.unreadable == [(f"{tmp_path}/caf\\xe9.mp4", "file name is not valid UTF-8, which a library "
+                                 "cannot store; rename the file (convmv renames a whole folder)")]
 
 
 def test_nonexistent_path_is_a_clear_error(tmp_path):
@@ -140,6 +150,24 @@ def test_fifo_and_broken_link_are_reported_never_read(tmp_path):
 def test_files_read_and_found_not_video_are_rejected(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     assert discover([str(tmp_path)]).rejected == {str(tmp_path / "notes.txt")}
+
+
+def test_photos_songs_and_camera_proxies_in_a_folder_are_never_opened(tmp_path):
+    """Their extension settles it, so a DCIM folder's photos cost no open (a round trip on a network drive): a
+    FIFO or a broken link named as one was reported unreadable, and a song with a video inside is not sniffed. A
+    GoPro's low-resolution copy (.LRV, an MP4) of each video was sniffed and indexed: every match came twice."""
+    os.mkfifo(tmp_path / "IMG_0001.HEIC")
+    os.symlink(tmp_path / "unmounted" / "IMG_0002.jpg", tmp_path / "IMG_0002.jpg")
+    videos.write_solid(str(tmp_path / "song.m4a"), videos.RED)  # MP4 bytes behind an audio extension
+    videos.write_solid(str(tmp_path / "GX010001.MP4"), videos.RED)
+    videos.write_solid(str(tmp_path / "GL010001.LRV"), videos.RED, width=32, height=24)
+    found = discover([str(tmp_path)])
+    assert [c.path for c in found.candidates] == [str(tmp_path / "GX010001.MP4")] and found.unreadable == []
+    assert found.rejected == {str(tmp_path / name)
+                              for name in ("IMG_0001.HEIC", "IMG_0002.jpg", "song.m4a", "GL010001.LRV")}
+    for name in ("song.m4a", "GL010001.LRV"):  # named on its own, it is read: the decoder decides
+        named = discover([str(tmp_path / name)])
+        assert [(c.container, c.problem) for c in named.candidates] == [("mp4", None)]
 
 
 def test_a_file_reached_by_two_paths_is_found_once(tmp_path):

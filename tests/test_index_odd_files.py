@@ -315,20 +315,23 @@ def test_odd_streams_and_shapes_are_indexed_alike_by_both_readers(tmp_path, caps
     assert rows[paths["tall"]][2:4] == (16, 400)
 
 
-def test_audio_only_mp4_gives_one_line_from_every_command(tmp_path, capsys):
-    audio = videos.write_audio_only(str(tmp_path / "voice memo.mp4"))
+@pytest.mark.parametrize("write, holds", [(videos.write_audio_only, "audio"),
+                                          # its cover art was indexed as a video of one frame lasting 11 us
+                                          (videos.write_audio_with_cover, "audio, a cover picture")])
+def test_audio_only_mp4_gives_one_line_from_every_command(tmp_path, capsys, write, holds):
+    audio = write(str(tmp_path / "voice memo.mp4"))
     videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
     lib = str(tmp_path / "lib")
     assert main(["index", str(tmp_path), "--library", lib, *HIST]) == 0
     out, err = capsys.readouterr()
     assert "indexed 1 files" in out and "1 failed" in out
-    assert err == f"failed: {audio}: no video stream in the container (it holds audio)\n"
+    assert err == f"failed: {audio}: no video stream in the container (it holds {holds})\n"
     for argv in (["search", lib, "--video", audio], ["encode", audio, "--frames", "2"],
                  ["classify", audio, "--model", "videomamba_tiny", "--model-arg", "depth=1", "--model-arg",
                   "img_size=32", "--frames", "2", "--checkpoint", "default"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err == f"error: {audio}: no video stream in the container (it holds audio)\n", argv
+        assert err == f"error: {audio}: no video stream in the container (it holds {holds})\n", argv
 
 
 # -- file names and symbolic links --------------------------------------------------------------------------

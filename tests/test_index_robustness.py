@@ -126,7 +126,7 @@ def test_broken_link_and_bad_names_keep_clips_and_are_reported(tmp_path, capsys)
     out, err = capsys.readouterr()
     assert "0 removed" in out and "2 unreadable" in out
     assert f"unreadable: {green}: broken symbolic link" in err
-    assert "bad-\ufffd.mp4: file name is not valid UTF-8; rename the file" in err
+    assert "bad-\\xff.mp4: file name is not valid UTF-8, which a library cannot store; rename the file" in err
     assert indexed_paths(lib) == sorted([red, green])
     os.remove(green)  # now it is really gone: its clips go
     assert main(["index", str(vids), "--library", lib, *HIST]) == 0

@@ -286,6 +286,26 @@ def write_audio_only(path: str, seconds: float = 1.0) -> str:
     return path
 
 
+def write_audio_with_cover(path: str, seconds: float = 1.0) -> str:
+    """A song as music apps and downloaders save it: an MP4 of AAC audio whose cover art is a one-picture MJPEG
+    video stream marked as an attached picture, the only video stream."""
+    write_audio_only(path, seconds)
+    with av.open(path) as source, av.open(path + ".tmp", "w", format="mp4") as container:
+        audio = container.add_stream_from_template(source.streams.audio[0])
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+        for packet in [*cover.encode(picture.reformat(format="yuvj420p")), *cover.encode()]:
+            container.mux(packet)
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.size:
+                packet.stream = audio
+                container.mux(packet)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def write_truncated(path: str, source: str, fraction: float = 0.5) -> str:
     """The first ``fraction`` of ``source``'s bytes."""
     with open(source, "rb") as f:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from vmm.data.text import clean_caption, has_words
 from vmm.errors import VmmError
@@ -161,24 +162,42 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def extension_hint(missing: Path) -> str:
+def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
     """The fix when the missing video is there under another extension (or none), e.g. 'video7' for video7.mp4, or
-    when its entry uses Windows separators ('all\\video7.mp4', a file name with a backslash off Windows).
+    when its entry uses Windows separators ('all\\video7.mp4', a file name with a backslash off Windows), or, given
+    the ``videos_dir`` it was joined to, when its entry is an absolute path ('/data/v7.mp4', 'C:\\data\\v7.mp4').
 
     Telling the user to point videos_dir elsewhere would be wrong then: the folder is right, the names are not.
     """
+    entry = missing
+    if videos_dir is not None and missing.is_relative_to(videos_dir):
+        entry = missing.relative_to(videos_dir)
+    # Joining drops the folder before a POSIX absolute entry; a Windows one ('C:\\...') stays a name off Windows.
+    if videos_dir is not None and (entry.is_absolute() or PureWindowsPath(entry).drive):
+        return (f"'{entry}' is an absolute path, so the videos folder is not used; write the 'video' entries "
+                "relative to that folder")
     if "\\" in missing.name and _is_file(missing.parent / missing.name.replace("\\", "/")):
         return (f"'{missing.name}' is written with Windows '\\' separators; write the 'video' entries with '/', "
                 "which every system reads")
+    # Compared in one Unicode form: names copied from macOS keep its decomposed accents, which the JSON rarely has.
+    listed = {_nfc(missing.name), _nfc(missing.stem)}
     try:
         others = sorted(entry.name for entry in os.scandir(missing.parent)
-                        if Path(entry.name).stem in (missing.name, missing.stem) and entry.is_file())
+                        if _nfc(Path(entry.name).stem) in listed and entry.is_file())
     except OSError:
         return ""
     if not others:
         return ""
+    if _nfc(others[0]) == _nfc(missing.name):
+        return (f"{missing.parent} has {ascii(others[0])}, the entry's {ascii(missing.name)} in another Unicode "
+                "form (macOS writes accents decomposed); write the 'video' entries with the files' exact characters "
+                "or rename the files")
     return (f"{missing.parent} has {others[0]} instead: the 'video' entries must name the files exactly, "
             "extension included; fix them or rename the files")
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def official_dataset_of(annotation_file: str | Path) -> str | None:
@@ -279,7 +298,7 @@ def load_retrieval_dataset(
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise VmmError(
             f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
-            f"{extension_hint(missing[0]) or missing_hint}"
+            f"{extension_hint(missing[0], videos_dir) or missing_hint}"
         )
     missing_set = set(missing)
 

@@ -595,7 +595,8 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
                                      missing_hint=MISSING_HINT)
     listed = len(dataset.videos) + len(dataset.missing)
     if not dataset.videos:
-        hint = extension_hint(dataset.missing[0]) or "point videos= (--videos) at the folder that holds them"
+        hint = (extension_hint(dataset.missing[0], config.videos)
+                or "point videos= (--videos) at the folder that holds them")
         raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}; {hint}")
     runtime = _start_runtime(config)
     try:

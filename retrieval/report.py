@@ -39,7 +39,7 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
         not_comparable = [f"no published {protocol.name} numbers for {looked_up}"]
     else:
         # Published numbers exist only for the official protocol: then no paper row is shown.
-        not_comparable = _protocol_changes(config, dataset, protocol, img_size)
+        not_comparable = _protocol_changes(config, dataset, protocol, img_size, _trained_steps(model))
         if not_comparable:
             paper = None
         else:  # another part of the data: the paper row is shown beside it for reference
@@ -78,13 +78,25 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
     return report
 
 
-def _protocol_changes(config, dataset, protocol, img_size: int) -> list[str]:
-    """How the evaluation differs from the official protocol of the published rows: 8 frames at 224 px, the top
-    128 re-ranked, the official texts."""
+def _trained_steps(model) -> Optional[int]:
+    """The optimizer steps of the ``vmm train`` run that exported the model's weights (its ``model_meta``), else None.
+
+    Training keeps the model name it started from (videomamba_m16_25m), which alone looked up the zero-shot row."""
+    from vmm.training.loop import TRAINED_STEPS
+    meta = getattr(model, "model_meta", None)
+    steps = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
+def _protocol_changes(config, dataset, protocol, img_size: int, trained_steps: Optional[int] = None) -> list[str]:
+    """How the evaluation differs from the official protocol of the published rows: the released weights at 8 frames
+    and 224 px, the top 128 re-ranked, the official texts."""
     # Another k shortlists other candidates, unless both galleries are small enough that either k takes them whole.
     official_k = all(min(config.rerank_k, n) == min(OFFICIAL_RERANK_K, n)
                      for n in (len(dataset.videos), len(dataset.texts)))
-    changes = {f"{config.frames} frames, not 8": config.frames != 8,
+    changes = {f"weights trained {trained_steps} steps by vmm train, not the released zero-shot checkpoint":
+                   trained_steps is not None,
+               f"{config.frames} frames, not 8": config.frames != 8,
                f"{img_size} px, not 224": img_size != 224,
                f"ITM re-ranking of the top {config.rerank_k}, not {OFFICIAL_RERANK_K}": not official_k,
                # A custom DatasetProtocol may carry an official name (msrvtt with paragraphs or 64 tokens): its

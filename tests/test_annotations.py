@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from retrieval.annotations import DATASETS, DatasetProtocol, get_protocol, load_retrieval_dataset
+from retrieval.annotations import DATASETS, DatasetProtocol, extension_hint, get_protocol, load_retrieval_dataset
 from vmm.errors import VmmError
 
 
@@ -247,6 +247,39 @@ def test_a_video_listed_with_windows_separators_says_so(tmp_path, tiny_video):
     anno = make_set(tmp_path, tiny_video, items, present=["all/v0.mp4", "all/v1.mp4"])
     with pytest.raises(VmmError, match=r"are missing \(.*\); 'all\\v0.mp4' is written with Windows '\\' separators; "
                                        r"write the 'video' entries with '/', which every system reads$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+
+
+@pytest.mark.parametrize("listed", ["/data/MSRVTT/videos/all/v0.mp4", "C:\\data\\MSRVTT\\v0.mp4", "D:/MSRVTT/v0.mp4"])
+def test_a_video_listed_by_an_absolute_path_says_the_folder_is_not_used(tmp_path, tiny_video, listed):
+    """Entries written with another machine's absolute paths ignore the videos folder, yet the error said to point
+    it at the folder that holds the videos, which cannot help."""
+    anno = make_set(tmp_path, tiny_video, [{"video": listed, "caption": "x"}, {"video": "v1.mp4", "caption": "y"}],
+                    present=["v0.mp4", "v1.mp4"])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; '{listed}' is an absolute path, so the videos folder is not used; write the "
+                                   "'video' entries relative to that folder")
+    # the same fix when --allow-missing finds none of them
+    assert extension_hint(tmp_path / "videos" / listed, tmp_path / "videos").startswith(f"'{listed}' is an absolute")
+    assert extension_hint(tmp_path / "videos" / "v9.mp4", tmp_path / "videos") == ""  # just not there
+
+
+def test_a_video_named_in_another_unicode_form_says_so(tmp_path, tiny_video):
+    """Files copied from macOS keep decomposed accents ('cafe' + U+0301); the JSON has the composed U+00E9. Both
+    print alike, and the error said to point the videos folder at the folder that holds them: the one given."""
+    import unicodedata
+    listed, on_disk = (unicodedata.normalize(form, "caf\u00e9 \u00fc.mp4") for form in ("NFC", "NFD"))
+    anno = make_set(tmp_path, tiny_video, [{"video": listed, "caption": "x"}, {"video": "v1.mp4", "caption": "y"}],
+                    present=[on_disk, "v1.mp4"])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; {tmp_path / 'videos'} has {ascii(on_disk)}, the entry's {ascii(listed)} in "
+                                   "another Unicode form (macOS writes accents decomposed); write the 'video' entries "
+                                   "with the files' exact characters or rename the files")
+    # with another extension as well, the extension is what the error names
+    (tmp_path / "videos" / on_disk).rename(tmp_path / "videos" / on_disk.replace(".mp4", ".mkv"))
+    with pytest.raises(VmmError, match=r"has cafe\u0301 u\u0308\.mkv instead: the 'video' entries must name the"):
         load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
 
 

@@ -398,6 +398,41 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
     assert "\nnot comparable with the paper: 3 of the split's 1000 videos\n" in format_markdown(report)
 
 
+def test_a_model_trained_by_vmm_train_is_not_compared_with_the_zero_shot_row(tmp_path, monkeypatch):
+    """vmm train's export keeps the name it started from (videomamba_m16_25m): its fine-tuned weights were shown
+    beside the published zero-shot row as comparable, with a "rerank - paper" difference."""
+    import torch
+
+    import vmm
+    from retrieval.evaluate import EvalConfig, evaluate
+    from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
+    from retrieval.report import format_markdown
+    from tests.tiny_model import TINY
+    from vmm.training.loop import export_final
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
+                                                                         "num_frames": 8}})
+    model.model_name = "videomamba_m16_25m"
+    model.save_pretrained(tmp_path / "released")  # the same weights, as a conversion of the released file
+    export_final(model, tmp_path / "run", [], trainable_only=False, step=500)
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    videos.write_red_green_square(vids)
+    items = [{"video": f"{c}.mp4", "caption": f"A {c} screen."} for c in ("red", "green", "square")]
+    (tmp_path / "test.json").write_text(json.dumps(items))
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
+    monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 3)
+    released, trained = (evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=folder, device="cpu",
+                                             workers=0)).report for folder in (tmp_path / "released",
+                                                                               tmp_path / "run" / "final"))
+    assert released["comparable"] and released["paper"]["corpus"] == "25M"
+    assert trained["model"] == "videomamba_m16_25m" and trained["rerank"] == released["rerank"]
+    why = "weights trained 500 steps by vmm train, not the released zero-shot checkpoint"
+    assert (trained["paper"], trained["delta"], trained["comparable"], trained["not_comparable"]) == (
+        None, None, False, [why])
+    assert f"\nnot comparable with the paper: {why}\n" in format_markdown(trained)
+
+
 def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):
     """'none of the 3 videos ... exist' ended there: no word on the folder, or on names that lack the extension."""
     items = [{"video": v, "caption": f"Video {v}."} for v in ("red", "green", "square")]

@@ -94,6 +94,14 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
         from vmm.factory import default_pretrained
         # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.
         checkpoint = default_pretrained(name)
+        from vmm.models.registry import get_model_config
+        # A video-text architecture without released weights (videomamba_m16_mm, vmm_nano_framemean) got random
+        # ones, new at every load: the library it indexed refused every later search as built with another model.
+        # Other architectures go on to VideoTextEncoder, which names what they are not.
+        if checkpoint is None and (get_model_config(name) or {}).get("architecture", name) == "videomamba_m16_mm":
+            raise VmmError(f"model {name} has no released weights, and random ones would differ at every load (no "
+                           "search could use what they index); pass its weights with checkpoint= (--checkpoint "
+                           "PATH), or a save_pretrained folder as model= (--model)")
     net, _, _ = vmm.create_model_and_transforms(name, pretrained=checkpoint, **overrides)
     return VideoTextEncoder(net, device=device, batch_size=batch_size)
 
@@ -268,33 +276,63 @@ class VideoLibrary:
             raise VmmError(f"text must be a string, got {type(text).__name__}; pass text='a red car'")
         if video is not None and not isinstance(video, (str, os.PathLike)):
             raise VmmError(f"video must be a path, got {type(video).__name__}; pass video='clip.mp4'")
+        if text is not None and not text.strip():
+            raise VmmError("empty query text; give some words to search for")
+        return self._search([text], video, k, rerank, where, per_video, merge)[0]
+
+    def search_many(self, texts: Sequence[str], k: int = 10, rerank: int = 0,
+                    where: Union[Where, dict, Callable, None] = None, per_video: bool = False,
+                    merge: bool = True) -> list[list[SearchHit]]:
+        """The top ``k`` moments of each text, in the order of ``texts``: for each, what ``search(text=...)`` gives
+        for it alone (the same hits; scores equal to float rounding, since the texts are encoded in batches), with
+        one snapshot and one ``where`` decision for all of them.
+
+        >>> lib.search_many(["a dog catches a frisbee", "a red car"], k=5)   # doctest: +SKIP
+        [[SearchHit(rank=1, ...), ...], [SearchHit(rank=1, ...), ...]]
+        """
+        if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+            # A lone string would be searched as its characters, one query each.
+            raise VmmError(f"texts must be a list of strings, got {type(texts).__name__}; for one text pass [text] "
+                           "or call search(text=...)")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise VmmError(f"texts[{i}] must be a string, got {type(text).__name__}; pass texts=['a red car']")
+        return self._search(texts, None, k, rerank, where, per_video, merge)
+
+    def _search(self, texts: list, video, k, rerank, where, per_video: bool, merge: bool) -> list[list[SearchHit]]:
+        """One ranking per text of ``texts`` ([None] with ``video``), all from one snapshot."""
         if not is_whole_number(k) or k < 1:
             raise VmmError(f"k must be a whole number >= 1, got {k!r}")
         if not is_whole_number(rerank) or rerank < 0:
             raise VmmError(f"rerank must be a whole number >= 0 (0: no re-ranking), got {rerank!r}")
-        if rerank and text is None:
+        if rerank and video is not None:
             raise VmmError("rerank= (--rerank) needs a text query (ITM scores text-video pairs), not a video query; "
                            "drop it for a search by video")
-        if text is not None and not text.strip():
-            raise VmmError("empty query text; give some words to search for")
         where = _as_filter(where)
         reader = self._reader
         if reader is None and self._model_source is not None and not _is_library(self.path):
             # create()d and nothing added yet: empty, as len() says, not "no vmm library at ... (--library)"
-            self._query_vector(text, video)  # still names a wrong query
-            return []
+            self._query_vectors(texts, video)  # still names a wrong query
+            return [[] for _ in texts]
         if reader is None:
             reader = self._new_snapshot()
-        query = self._query_vector(text, video)
-        if where is not None:  # decided once per file, not once per round below
+        queries = self._query_vectors(texts, video)
+        if where is not None:  # decided once per file, not once per query or per round of _rank
             from index.reader import ClipFilter
             accepts = where.accepts if isinstance(where, ClipFilter) else where
             allowed = {i for i, record in reader.files.items() if record.status == "ok" and accepts(record)}
             where = lambda record: record.id in allowed  # noqa: E731
-        total, k, rerank = len(reader), int(k), int(rerank)
         # per_video: more videos than the library (or the filter) holds cannot come, however deep the fetch
         videos = (len(allowed) if where is not None else sum(r.status == "ok" for r in reader.files.values())
                   ) if per_video else 0
+        return [self._rank(reader, query[None], text, where, videos, int(k), int(rerank), per_video, merge)
+                for query, text in zip(queries, texts)]
+
+    def _rank(self, reader, query: np.ndarray, text: Optional[str], where, videos: int, k: int, rerank: int,
+              per_video: bool, merge: bool) -> list[SearchHit]:
+        """The top ``k`` moments of one query vector; ``videos``: how many videos ``where`` lets through."""
+        total = len(reader)
         fetch, moments, itm, options = min(total, 4 * max(k, rerank)), [], {}, {}
         # Fetch deeper until k moments (or videos) are final: one long video can fill any fixed depth with its
         # windows and leave fewer than k results, each cut short by the depth.
@@ -346,12 +384,13 @@ class VideoLibrary:
             return None
         return tokenizer.decode(tokenizer([text], max_length=length)[0][0])
 
-    def _query_vector(self, text, video) -> np.ndarray:
+    def _query_vectors(self, texts: list, video) -> np.ndarray:
+        """One row per text of ``texts``, or the one row of ``video`` (``texts`` is then [None])."""
         with self._model_lock:
-            if text is not None:
+            if video is None:
                 if not hasattr(self.encoder, "encode_texts"):
                     raise VmmError(f"model {self.encoder.name} has no text tower; search it with video= (--video) QUERY.mp4")
-                return self.encoder.encode_texts([text]).astype(np.float32)
+                return self.encoder.encode_texts(texts).astype(np.float32)
             return self.encoder.encode_clips([read_query_clip(video, self.encoder.num_frames)]).astype(np.float32)
 
     def _rerank_scores(self, reader, text: str, hits) -> dict[int, float]:

@@ -126,7 +126,7 @@ def test_a_query_may_follow_the_options(tmp_path, capsys):
         assert "a query of several words is one argument, quote it: vmm search LIB 'red screen'" in \
             capsys.readouterr().err
     assert main(["search", library, "--video", str(tmp_path / "red.mp4"), "-k", "1", "red"]) == 2
-    assert capsys.readouterr().err == "error: give a text query or --video QUERY.mp4 (exactly one)\n"
+    assert capsys.readouterr().err == "error: give a text query, --video QUERY.mp4 or --queries FILE (exactly one)\n"
 
 
 def test_encode_runs_a_checkpoint_file_at_its_own_frame_count(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Every shell command of README.md and docs/*.md that runs vmm code parses with that command's real argument
 parser, and the ones that can run offline with the shipped vmm_nano model run as written.
 
-A command line is one that starts with ``vmm``, ``python -m vmm.<module>`` or ``accelerate launch ... -m
-vmm.<module>`` in a ```bash (or unlabelled) block, with backslash continuations joined; lines starting with
-``#`` (comments, sample output) and other tools' lines are not commands.
+A command is one that starts with ``vmm``, ``python -m vmm.<module>`` or ``accelerate launch ... -m
+vmm.<module>`` in a ```bash (or unlabelled) block, with backslash continuations joined, alone on its line or in a
+pipeline or list (``printf ... | vmm search LIB --queries -``); lines starting with ``#`` (comments, sample output)
+and other tools' lines are not commands.
 
 Only parse-checked, because they need what a test machine lacks:
 - ``vmm classify``: the official Kinetics-400 checkpoint file;
@@ -11,7 +12,8 @@ Only parse-checked, because they need what a test machine lacks:
 - ``python -m vmm.train`` / ``accelerate launch -m vmm.train``: training data, GPUs, teacher weights (the tiny
   CPU recipe runs in tests/test_train_loop.py); their ``--config`` files must exist and load with the overrides;
 - ``python -m vmm.data.synthetic``: 300 to 2000 videos into /tmp and data/ (tests/test_synthetic.py runs it small);
-- ``vmm index``/``vmm search`` with an official model (``--checkpoint``, or a name other than vmm_nano).
+- ``vmm index``/``vmm search`` with an official model (``--checkpoint``, or a name other than vmm_nano);
+- any command under ``accelerate launch`` (several GPUs).
 ``vmm encode`` runs its documented 224-pixel model too (random weights: about 10 s on an idle 2-core machine), and
 ``vmm demo`` its documented small run (40 videos, about 15 s).
 """
@@ -69,13 +71,33 @@ def _logical_lines(block: str, first_line: int):
         yield start, " ".join(pending)
 
 
-def _command(doc: str, line: int, text: str):
+def _segments(text: str) -> list[str]:
+    """The commands of a shell line: a pipeline or list (``printf ... | vmm search LIB --queries -``, ``a && b``)
+    split at its unquoted ``|``, ``||``, ``&&``, ``;`` and ``&``, each segment's quotes kept."""
+    lexer = shlex.shlex(text, posix=False, punctuation_chars="|&;")
+    lexer.whitespace_split = True
+    segments, words = [], []
+    for word in lexer:  # a comment ends the lexer's words
+        if set(word) <= set("|&;"):
+            segments.append(" ".join(words))
+            words = []
+        else:
+            words.append(word)
+    return [*segments, " ".join(words)]
+
+
+def _commands(doc: str, line: int, text: str) -> list[DocCommand]:
+    """The vmm commands of one logical line; a line is run whole (its pipe feeds the command)."""
     try:
-        words = shlex.split(text, comments=True)
+        segments = [shlex.split(segment, comments=True) for segment in _segments(text)]
     except ValueError:  # unbalanced quotes: sample output, unless the line starts like one of ours
         if re.match(r"(vmm|python3? -m vmm\.|accelerate launch)\b", text):
             raise AssertionError(f"{doc}:{line}: {text}\n  the shell cannot split this line") from None
-        return None
+        return []
+    return [command for words in segments if (command := _command(doc, line, text, words)) is not None]
+
+
+def _command(doc: str, line: int, text: str, words: list[str]):
     while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):  # VAR=value before the command
         words = words[1:]
     if words[:1] == ["vmm"]:
@@ -98,9 +120,7 @@ def doc_commands() -> list[DocCommand]:
                 continue
             first = source.count("\n", 0, block.start(2)) + 1
             for line, text in _logical_lines(block.group(2), first):
-                command = _command(str(path.relative_to(REPO)), line, text)
-                if command is not None:
-                    found.append(command)
+                found.extend(_commands(str(path.relative_to(REPO)), line, text))
     return found
 
 
@@ -206,6 +226,13 @@ def test_the_docs_have_commands_of_every_kind():
                                           "docs/synthetic.md", "docs/training.md"}
 
 
+def test_commands_in_pipelines_and_lists_are_found():
+    # A line that pipes into vmm was skipped as "another tool's" and its vmm command never checked.
+    line = "printf '%s\\n' 'a | b' x | vmm search ~/lib --queries - && vmm index v --library 'l;1'  # then | vmm demo"
+    assert [c.argv for c in _commands("x.md", 1, line)] == [("search", "~/lib", "--queries", "-"),
+                                                             ("index", "v", "--library", "l;1")]
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.doc}:{c.line}")
 def test_documented_command_parses(command, monkeypatch):
     assert command.module in MODULES, f"{command}\n  no parser known for {command.module}: add it to this test"
@@ -297,22 +324,32 @@ def _check_output(args, out: str, home: Path, indexed: set) -> None:
             assert re.search(rf"^indexed {new} files .*, {n - new} unchanged, 0 failed", out, re.M)
         indexed.add(library)
     elif args.json:
-        hits = json.loads(out)
-        assert hits and all(JSON_FIELDS <= set(h) for h in hits)
-        if args.rerank:  # the top hits carry their ITM logit, which is their score
-            assert hits[0]["itm"] is not None and hits[0]["score"] == hits[0]["itm"]
+        # --queries prints one {"query", "hits"} object per query, a single query its hits alone
+        lists = [q["hits"] for q in json.loads(out)] if getattr(args, "queries", None) else [json.loads(out)]
+        for hits in lists:
+            assert hits and all(JSON_FIELDS <= set(h) for h in hits)
+            if args.rerank:  # the top hits carry their ITM logit, which is their score
+                assert hits[0]["itm"] is not None and hits[0]["score"] == hits[0]["itm"]
     else:
-        paths = [m.group(3) for m in ROW.finditer(out)]
-        assert 1 <= len(paths) <= args.k
-        if args.per_video:
-            assert len(set(paths)) == len(paths)
-        if args.video:
-            assert paths[0] == str(home / "videos" / QUERY_SOURCE)
-        if args.path_glob or args.min_duration:
-            wanted = {str(home / "videos" / name) for name, seconds in VIDEOS.items()
-                      if any(fnmatch.fnmatch(str(home / "videos" / name), glob) for glob in args.path_glob or ["*"])
-                      and seconds >= (args.min_duration or 0)}
-            assert wanted and set(paths) == wanted
+        # --queries prints a table per query, each under a "query: TEXT" line
+        tables = re.split(r"^query: .*$", out, flags=re.M)[1:] if getattr(args, "queries", None) else [out]
+        assert tables
+        for table in tables:
+            _check_table([m.group(3) for m in ROW.finditer(table)], args, home)
+
+
+def _check_table(paths: list[str], args, home: Path) -> None:
+    """The paths of one result table of ``vmm search``, as its options promise them."""
+    assert 1 <= len(paths) <= args.k
+    if args.per_video:
+        assert len(set(paths)) == len(paths)
+    if args.video:
+        assert paths[0] == str(home / "videos" / QUERY_SOURCE)
+    if args.path_glob or args.min_duration:
+        wanted = {str(home / "videos" / name) for name, seconds in VIDEOS.items()
+                  if any(fnmatch.fnmatch(str(home / "videos" / name), glob) for glob in args.path_glob or ["*"])
+                  and seconds >= (args.min_duration or 0)}
+        assert wanted and set(paths) == wanted
 
 
 @pytest.mark.slow
@@ -330,7 +367,7 @@ def test_offline_commands_run_as_written(tmp_path):
            "OMP_NUM_THREADS": "1"}
     indexed, ran = set(), []
     for command in COMMANDS:
-        if command.module != "vmm.cli":
+        if command.module != "vmm.cli" or command.launcher:  # a launcher's processes need their GPUs
             continue
         args, error = _parse(build_parser().parse_args, command.argv)
         if error:
@@ -392,3 +429,22 @@ def test_every_option_has_help(name):
     bare = [action.option_strings[0] if action.option_strings else action.dest
             for action in parser._actions if not action.help]
     assert bare == [], f"{name} --help lists options without a description"
+
+
+# -- what the commands' pages promise ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vmm_nano_framemean", "videomamba_m16_mm"])
+def test_a_model_name_means_released_weights_never_random_ones(name, tmp_path, capsys):
+    """docs/search.md: `--model NAME` means the model's released weights, never random ones. A video-text model
+    registered without any was indexed with random weights, new at every load, so every later search of that
+    library failed as "built with model X (weights A) but this model is X (weights B)"."""
+    from vmm.cli import main
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    video, lib = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, 1.0), tmp_path / "lib"
+    assert main(["index", video, "--library", str(lib), "--model", name, "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model {name} has no released weights") and err.count("\n") == 1
+    assert "--checkpoint PATH" in err and not lib.exists()
+    with pytest.raises(VmmError, match=f"^model {name} has no released weights"):
+        run_demo(DemoConfig(out_dir=tmp_path / "demo", model=name, num_videos=2, workers=0))
+    assert not (tmp_path / "demo").exists()

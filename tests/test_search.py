@@ -192,7 +192,7 @@ def test_incremental_add_and_remove(setup, tmp_path):
     (["search", "{lib}", "--", "..."], "query '...' has no words"),
     (["search", "{lib}", "\u200b"], "query '\\u200b' has no words"),
     (["search", "{lib}", "\U0001f436\U0001f436"], "has no words"),  # [UNK] [UNK]: unknown to the model
-    (["search", "{lib}"], "give a text query or --video"),
+    (["search", "{lib}"], "give a text query, --video QUERY.mp4 or --queries FILE"),
     (["search", "{tmp}/nope", "dogs"], "does not exist"),
     (["search", "{lib}", "dogs", "--model", "vmm_nano"], "was built with model"),
     (["search", "{lib}", "--video", "{tmp}/missing.mp4"], "query video"),

@@ -1,4 +1,5 @@
-"""``vmm search LIB "text"`` or ``vmm search LIB --video QUERY.mp4``: ranked moments of a library."""
+"""``vmm search LIB "text"``, ``vmm search LIB --queries FILE`` or ``vmm search LIB --video QUERY.mp4``: ranked
+moments of a library."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("library", metavar="LIB", help="library folder made by `vmm index`")
     p.add_argument("text", nargs="?", help="text query")
     p.add_argument("--video", metavar="QUERY", help="search by an example video instead of text")
+    # Appended, as --path: a second --queries replaced the first, whose queries were silently not searched.
+    p.add_argument("--queries", metavar="FILE", action="append",
+                   help="search each line of FILE (UTF-8 text, one query a line; - reads stdin) with one model load; "
+                        "repeat it for several files")
     p.add_argument("-k", type=int, default=10, help="number of results [10]")
     p.add_argument("--rerank", type=int, default=0, metavar="K",
                    help="re-score the top K clips with the ITM head (official two-stage recipe)")
@@ -40,8 +45,17 @@ def _check_options(args: argparse.Namespace) -> None:
     import shlex
     from vmm.errors import VmmError
     from vmm.factory import resolve_device
-    if (args.text is None) == (args.video is None):
-        raise VmmError("give a text query or --video QUERY.mp4 (exactly one)")
+    args.texts = None  # (file, line, text) of each query of --queries
+    if args.queries is not None:
+        if args.text is not None:
+            raise VmmError(f"give a text query or --queries {args.queries[0]}, not both; add {args.text!r} to the file "
+                           "as a line of its own")
+        if args.video is not None:
+            raise VmmError("--queries holds text queries and --video is a video query; search by --video in a "
+                           "separate call")
+        args.texts = [query for source in args.queries for query in _read_queries(source)]
+    elif (args.text is None) == (args.video is None):
+        raise VmmError("give a text query, --video QUERY.mp4 or --queries FILE (exactly one)")
     if args.text is not None:
         try:
             args.text.encode("utf-8")
@@ -81,29 +95,80 @@ def _check_options(args: argparse.Namespace) -> None:
                        f"{' and '.join(given)}")
 
 
+def _read_queries(source: str) -> list[tuple[str, int, str]]:
+    """(file, line number, query) of each line of ``source`` (``-``: stdin) that holds more than white space."""
+    from pathlib import Path
+
+    from vmm.errors import VmmError
+    name, shown = ("- (stdin)", "stdin") if source == "-" else (source, source)  # as an option's value; in a note
+    if source == "-" and sys.stdin is None:  # started with stdin closed (<&-)
+        raise VmmError("--queries -: stdin is closed; pipe the queries in, one a line, or pass a file")
+    if source == "-" and sys.stdin.isatty():  # else a silent wait that looks like a hang
+        print("reading queries from the terminal, one a line; end with Ctrl-D", file=sys.stderr)
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(os.path.expanduser(source)).read_bytes()
+    except FileNotFoundError:
+        raise VmmError(f"--queries {source} does not exist; pass a text file with one query a line") from None
+    except IsADirectoryError:
+        raise VmmError(f"--queries {source} is a folder; pass a text file with one query a line") from None
+    except OSError as e:
+        raise VmmError(f"--queries {name} cannot be read ({e.strerror or e}); check the path and its permissions"
+                       ) from None
+    try:
+        # utf-8-sig: Windows editors start a file with a byte-order mark, which stuck to the first query.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1  # a line is what an editor can go to
+        raise VmmError(f"--queries {name} is not UTF-8 text ({e.reason} at line {line}); save it as UTF-8") from None
+    # strip(): a Windows file's lines end in \r, and a query's surrounding spaces change nothing the model reads
+    queries = [(shown, n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not queries:
+        raise VmmError(f"--queries {name} holds no queries; write one query a line")
+    return queries
+
+
 def run(args: argparse.Namespace) -> int:
     from retrieval.library import VideoLibrary, Where
     from vmm.errors import one_line
     _check_options(args)
     # A relative --path is taken from the current folder by the library's search (retrieval.absolute_path_glob).
     where = Where(args.path_glob, args.min_duration, args.max_duration)
+    texts = [args.text] if args.texts is None else [text for *_, text in args.texts]
     with VideoLibrary.open(args.library, model=args.model, checkpoint=args.checkpoint, device=args.device) as lib:
         clips = len(lib)
         # Neither can exceed the library: asking for more only allocates result arrays of that size.
         size = max(clips, 1)
-        hits = lib.search(text=args.text, video=args.video, k=min(args.k, size), rerank=min(args.rerank, size),
-                          where=where, per_video=args.per_video, merge=not args.no_merge)
-        read = None if args.text is None else lib.truncated_query(args.text)
-    if read is not None:  # else the words past the cut were silently left out of the search
-        print(one_line(f"note: the query is longer than the model reads ({lib.encoder.max_text_len} tokens), so it "
-                       f"was searched as {read!r}; shorten it to the words that matter"), file=sys.stderr)
+        options = dict(k=min(args.k, size), rerank=min(args.rerank, size), where=where, per_video=args.per_video,
+                       merge=not args.no_merge)
+        if args.texts is None:
+            results = [lib.search(text=args.text, video=args.video, **options)]
+        else:
+            results = lib.search_many(texts, **options)
+        reads = [None if text is None else lib.truncated_query(text) for text in texts]
+    for i, read in enumerate(reads):
+        if read is not None:  # else the words past the cut were silently left out of the search
+            which = "the query" if args.texts is None else "the query on line {1} of {0}".format(*args.texts[i])
+            print(one_line(f"note: {which} is longer than the model reads ({lib.encoder.max_text_len} tokens), so "
+                           f"it was searched as {read!r}; shorten it to the words that matter"), file=sys.stderr)
     if args.json:
         # "exists": what the table says in words, for a script (a file deleted or moved since the last vmm index)
-        print(json.dumps([{**h.to_dict(), "exists": os.path.exists(h.path)} for h in hits], indent=2))
+        found = [[{**h.to_dict(), "exists": os.path.exists(h.path)} for h in hits] for hits in results]
+        print(json.dumps(found[0] if args.texts is None else
+                         [{"query": text, "hits": hits} for text, hits in zip(texts, found)], indent=2))
         return 0
+    tables = [_table(args, hits, clips) for hits in results]
+    if args.texts is None:
+        sys.stdout.write(tables[0])
+    else:  # each table headed by its query, a blank line between them
+        sys.stdout.write("\n".join(f"query: {one_line(text)}\n{table}" for text, table in zip(texts, tables)))
+    return 0
+
+
+def _table(args: argparse.Namespace, hits, clips: int) -> str:
+    """The hits as the table `vmm search` prints, or why there are none."""
+    from vmm.errors import one_line
     if not hits:
-        print(_no_results(args, clips))
-        return 0
+        return _no_results(args, clips) + "\n"
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -130,8 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if outside:
         rendered.write(f"-: outside the {args.rerank} re-scored clips, in their first-stage order "
                        f"(score -100 in --json, the official value)\n")
-    sys.stdout.write(rendered.getvalue())
-    return 0
+    return rendered.getvalue()
 
 
 def _no_results(args: argparse.Namespace, clips: int) -> str:

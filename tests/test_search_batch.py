@@ -1,0 +1,200 @@
+"""Many text queries at once: `VideoLibrary.search_many` and `vmm search LIB --queries FILE`, on a real library of
+generated videos indexed with the tiny random-weight model."""
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.library import VideoLibrary, Where
+from tests import videos
+from tests.tiny_model import save_tiny_model
+from vmm.cli import main
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["a red screen", "a green square moving", "blue", "a red screen", "zebras crossing a street at night"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A library at HOME/vmm-lib (as the docs name it): three short videos and a 24 s one in windows of 8 s."""
+    root = tmp_path_factory.mktemp("search-batch")
+    save_tiny_model(root / "model")
+    vids = root / "videos"
+    vids.mkdir()
+    videos.write_red_green_square(vids)
+    videos.write_long(str(vids / "long.mp4"), seconds=24)
+    lib = root / "home" / "vmm-lib"
+    assert main(["index", str(vids), "--library", str(lib), "--model", str(root / "model"), "--quiet",
+                 "--window", "8", "--stride", "4", "--workers", "0"]) == 0
+    with VideoLibrary.open(lib) as library:
+        yield root, lib, library
+
+
+def same(a, b) -> bool:
+    """Hits equal but for float rounding of the score: a batch of texts is encoded together, one text alone."""
+    return [(h.rank, h.path, h.start, h.end, h.clip_ids, h.itm) for h in a] == \
+        [(h.rank, h.path, h.start, h.end, h.clip_ids, h.itm) for h in b] and \
+        all(x.score == pytest.approx(y.score, abs=1e-5) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("options", [dict(k=3), dict(k=20, merge=False), dict(k=4, per_video=True),
+                                     dict(k=5, rerank=3, where={"max_duration": 5}),
+                                     dict(k=5, where=Where(path_glob="*long*")),
+                                     dict(k=5, where={"max_duration": 5}, per_video=True)])
+def test_each_text_gets_what_search_gives_it_alone(setup, options):
+    _, _, library = setup
+    many = library.search_many(TEXTS, **options)
+    assert len(many) == len(TEXTS) and all(many)
+    for text, hits in zip(TEXTS, many):
+        assert same(hits, library.search(text=text, **options)), text
+    assert same(many[0], many[3])  # a repeated text is searched again, not dropped
+
+
+def test_texts_are_encoded_together_and_filtered_once(setup, monkeypatch):
+    """The point of a batch: one forward for the texts (not one each) and one `where` decision per file."""
+    _, _, library = setup
+    calls, seen = [], []
+    encode = library.encoder.encode_texts
+    monkeypatch.setattr(library.encoder, "encode_texts", lambda texts: calls.append(len(texts)) or encode(texts))
+    many = library.search_many(TEXTS, k=2, where=lambda record: seen.append(record.path) or True)
+    assert calls == [len(TEXTS)] and len(many) == len(TEXTS)
+    assert len(seen) == len(set(seen)) == 4  # each video once, for all texts
+
+
+@pytest.mark.parametrize("texts, message", [
+    ("a red car", "texts must be a list of strings, got str; for one text pass [text] or call search(text=...)"),
+    (["a red car", 3], "texts[1] must be a string, got int; pass texts=['a red car']"),
+    (["a red car", "  "], "empty query text (texts[1]); give some words to search for"),
+])
+def test_wrong_texts_are_named(setup, texts, message):
+    with pytest.raises(VmmError) as error:
+        setup[2].search_many(texts)
+    assert str(error.value) == message
+
+
+def test_no_texts_and_an_empty_library(setup, tmp_path):
+    root, _, library = setup
+    assert library.search_many([], k=3) == []
+    assert library.search_many(iter(["blue"]), k=1)[0][0].rank == 1  # any iterable of strings
+    new = VideoLibrary.create(tmp_path / "new", model=str(root / "model"))
+    assert new.search_many(["a red car", "blue"]) == [[], []]
+
+
+def queries_file(tmp_path, data: bytes) -> str:
+    path = tmp_path / "queries.txt"
+    path.write_bytes(data)
+    return str(path)
+
+
+def run_cli(capsys, *argv):
+    capsys.readouterr()
+    code = main(["search", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def without_scores(hits: list) -> list:
+    return [{key: value for key, value in h.items() if key != "score"} for h in hits]
+
+
+@pytest.mark.parametrize("options", [["-k", "2", "--no-merge", "--path", "*.mp4", "--min-duration", "0"],
+                                     ["--per-video", "--max-duration", "100"]])
+def test_queries_file_gives_each_line_what_a_search_of_it_gives(setup, tmp_path, capsys, options):
+    """A Windows file (byte-order mark, CRLF), blank and space-only lines, spaces around a query and no trailing
+    newline: each query as `vmm search LIB QUERY` with the same options prints it, in the file's order."""
+    _, lib, _ = setup
+    path = queries_file(tmp_path, "\ufeffa red screen\r\n\r\n   \r\n  café au lait  \r\nblue".encode())
+    code, out, err = run_cli(capsys, lib, "--queries", path, "--json", *options)
+    assert code == 0 and err == ""
+    batch = json.loads(out)
+    assert [entry["query"] for entry in batch] == ["a red screen", "café au lait", "blue"]
+    for entry in batch:
+        code, out, _ = run_cli(capsys, lib, entry["query"], "--json", *options)
+        single = json.loads(out)
+        assert code == 0 and entry["hits"] and without_scores(entry["hits"]) == without_scores(single)
+        assert [h["score"] for h in entry["hits"]] == pytest.approx([h["score"] for h in single], abs=1e-5)
+
+
+def test_queries_tables_are_headed_by_their_query(setup, tmp_path, capsys):
+    _, lib, _ = setup
+    path = queries_file(tmp_path, b"a red screen\nblue\n")
+    code, out, _ = run_cli(capsys, lib, "--queries", path, "-k", "2", "--rerank", "1", "--max-duration", "5")
+    assert code == 0
+    blocks = out.split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == ["query: a red screen", "query: blue"]
+    scoreless = lambda text: re.sub(r"-?\d+\.\d{4}", "S", text)  # noqa: E731  (scores: float rounding)
+    for block, text in zip(blocks, ["a red screen", "blue"]):
+        code, single, _ = run_cli(capsys, lib, text, "-k", "2", "--rerank", "1", "--max-duration", "5")
+        assert code == 0 and scoreless(block.split("\n", 1)[1]).rstrip() == scoreless(single).rstrip()
+        assert "-: outside the 1 re-scored clips" in block  # each table says what its "-" means
+
+
+def test_a_long_query_is_named_by_its_line(setup, tmp_path, capsys):
+    _, lib, _ = setup
+    path = queries_file(tmp_path, b"blue\n\n" + b"a dog " * 40 + b"\n")
+    code, out, err = run_cli(capsys, lib, "--queries", path, "--json")
+    assert code == 0 and len(json.loads(out)) == 2
+    assert err.startswith(f"note: the query on line 3 of {path} is longer than the model reads (32 tokens)")
+    assert err.count("\n") == 1
+
+
+def test_queries_from_stdin_and_several_files(setup, tmp_path, capsys, monkeypatch):
+    """A repeated --queries kept the last file only: the queries of the others were silently not searched."""
+    _, lib, _ = setup
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"blue\na red screen\n")))
+    path = queries_file(tmp_path, b"green\n")
+    code, out, _ = run_cli(capsys, lib, "--queries", path, "--queries", "-", "--json", "-k", "1")
+    assert code == 0 and [entry["query"] for entry in json.loads(out)] == ["green", "blue", "a red screen"]
+
+
+@pytest.mark.parametrize("argv, data, message", [
+    (["--queries", "{tmp}/none.txt"], None, "--queries {tmp}/none.txt does not exist; pass a text file with one "
+                                            "query a line"),
+    (["--queries", "{tmp}"], None, "--queries {tmp} is a folder; pass a text file with one query a line"),
+    (["--queries", "{file}"], b"", "--queries {file} holds no queries; write one query a line"),
+    (["--queries", "{file}"], b"\n  \r\n\t\n", "--queries {file} holds no queries; write one query a line"),
+    (["--queries", "{file}"], "red\ncafé\n".encode("latin-1"),
+     "--queries {file} is not UTF-8 text (invalid continuation byte at line 2); save it as UTF-8"),
+    (["a red car", "--queries", "{file}"], b"blue\n", "give a text query or --queries {file}, not both; add 'a red "
+                                                       "car' to the file as a line of its own"),
+    (["--queries", "{file}", "--video", "{tmp}/q.mp4"], b"blue\n", "--queries holds text queries and --video is a "
+                                                                   "video query; search by --video in a separate call"),
+])
+def test_queries_mistakes_are_one_line(setup, tmp_path, capsys, argv, data, message):
+    """Refused before the model loads, so also for a library path that does not exist."""
+    file = queries_file(tmp_path, data) if data is not None else None
+    fill = lambda s: s.format(tmp=tmp_path, file=file)  # noqa: E731
+    code, out, err = run_cli(capsys, tmp_path / "no-library", *map(fill, argv))
+    assert (code, out, err) == (2, "", f"error: {fill(message)}\n")
+
+
+@pytest.mark.slow
+def test_the_documented_batch_commands_run_as_written(setup, tmp_path):
+    """The docs' --queries lines, run by a shell with the test's home; an empty stdin is named as such."""
+    root, lib, _ = setup
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vmm").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m vmm.cli "$@"\n')
+    (bin_dir / "vmm").chmod(0o755)
+    env = {"HOME": str(lib.parent), "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    os.symlink(lib, lib.parent / "lib")  # README's name for it
+    lines = [line.split("  #")[0] for doc in ("docs/search.md", "README.md")
+             for line in (REPO / doc).read_text(encoding="utf-8").splitlines()
+             if "--queries" in line and line.startswith("printf ")]
+    assert len(lines) == 2
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+        assert done.stdout.count("\nquery: ") == 1 and done.stdout.startswith("query: ")
+    done = subprocess.run([sys.executable, "-m", "vmm.cli", "search", str(lib), "--queries", "-"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, "error: --queries - (stdin) holds no queries; write one query a "
+                                                 "line\n")

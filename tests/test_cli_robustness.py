@@ -83,8 +83,31 @@ def test_bad_devices(setup, capsys, command):
     args = [str(paths.get(a, a)) for a in command]
     fails(args + ["--device", "bogus"], capsys, "--device bogus is not a device; pass cpu or cuda[:N]")
     if not torch.cuda.is_available():
-        fails(args + ["--device", "cuda"], capsys, "--device cuda: no CUDA GPU is visible; pass --device cpu")
+        fails(args + ["--device", "cuda"], capsys, "--device cuda: no CUDA GPU is visible", "; pass --device cpu")
     assert not (setup / "unused").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
+def test_no_visible_gpu_says_what_to_check(monkeypatch):
+    """"no CUDA GPU is visible" alone sent a user whose machine has a GPU (a CPU-only torch wheel, an old driver, an
+    empty CUDA_VISIBLE_DEVICES) to look for the wrong cause."""
+    from vmm.errors import VmmError
+    from vmm.factory import resolve_device
+
+    def message():
+        with pytest.raises(VmmError) as refused:
+            resolve_device("cuda")
+        return str(refused.value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert message() == ("--device cuda: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES is empty, which hides every "
+                         "GPU); pass --device cpu")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert f"(torch {torch.__version__} is a CPU-only build; for a GPU install a CUDA build of torch)" in message()
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert message() == ("--device cuda: no CUDA GPU is visible to this torch (built for CUDA 13.0; if the machine "
+                         "has one, check that nvidia-smi lists it and that its driver supports CUDA 13.0); pass "
+                         "--device cpu")
 
 
 def test_index_option_values_name_the_option(setup, capsys):

@@ -394,7 +394,7 @@ def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--
         raise VmmError(f"{option} {text} is not a device; pass cpu or cuda[:N]") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise VmmError(f"{option} {text}: no CUDA GPU is visible; pass {option} cpu")
+            raise VmmError(f"{option} {text}: no CUDA GPU is visible{_why_no_cuda()}; pass {option} cpu")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise VmmError(f"{option} {text}: only {count} CUDA GPU{'s' * (count > 1)} visible (cuda:0 to "
@@ -405,6 +405,18 @@ def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--
     elif dev.type != "cpu":
         raise VmmError(f"{option} {text} is not a device vmm runs on; pass cpu or cuda[:N]")
     return dev
+
+
+def _why_no_cuda() -> str:
+    """What to check when torch sees no GPU: "no CUDA GPU is visible" alone sent users with a GPU in the machine
+    (a CPU-only torch wheel, a driver older than torch's CUDA, CUDA_VISIBLE_DEVICES) to look for the wrong cause."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and not hidden.strip():
+        return " (CUDA_VISIBLE_DEVICES is empty, which hides every GPU)"
+    if torch.version.cuda is None:
+        return f" (torch {torch.__version__} is a CPU-only build; for a GPU install a CUDA build of torch)"
+    return (f" to this torch (built for CUDA {torch.version.cuda}; if the machine has one, check that nvidia-smi "
+            f"lists it and that its driver supports CUDA {torch.version.cuda})")
 
 
 def _check_name(name: Any, what: str = "model") -> None:

@@ -1,4 +1,11 @@
-"""Classify a video file with a VideoMamba classifier, using the official Kinetics-400 test protocol.
+"""Classify a video file with a VideoMamba classifier, using the official Kinetics-400 test protocol, or zero-shot
+with a video-text model (vmm_nano, videomamba_m16_25m, a ``vmm train`` folder), CLIP style.
+
+Zero-shot: each class name fills prompt templates (``"a video of {}."``); a class's text embedding is the
+normalised mean of its prompts' embeddings (CLIP's prompt ensembling), and a view's logits are the cosines of
+its video embedding (the vector ``vmm index`` stores) with those, divided by the model's learned ``temp``. The
+views are sampled as below; one crop is the whole frame resized as the model's own transform does (bicubic to
+S x S, as ``vmm index``), several are the squares below, each then seen whole.
 
 The official K400 evaluation (``video_sm``, dataset ``Kinetics_sparse``, mode ``test``; scripts pass
 ``--short_side_size 224 --test_num_segment 4 --test_num_crop 3``) scores ``clips x crops`` views of a video:
@@ -25,6 +32,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -40,6 +48,9 @@ from vmm.labels import load_labels
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_LABELS = "kinetics400"
+# Zero-shot prompts, averaged per class: "a video of" as CLIP's video prompts, the rest of its Kinetics ones
+# that name no person (colours or objects read badly in "a video of a person {}").
+DEFAULT_TEMPLATES = ("a video of {}.", "a video showing {}.", "an example of {}.", "a demonstration of {}.")
 _DECODE_CHUNK_BYTES = 64 << 20  # decoded frames fetched per decord call, at most
 Labels = Union[None, str, Path, Sequence[str]]
 
@@ -120,11 +131,17 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     views = []
     for frames in clips:
         x = resize_short_side(frames, size)
-        h, w = x.shape[-2:]
-        for start in crop_starts(max(h, w), size, num_crops):
-            crop = x[:, :, start:start + size, :] if h >= w else x[:, :, :, start:start + size]
-            views.append(((crop / 255.0 - mean) / std).permute(1, 0, 2, 3))
+        for rows, cols in _crop_boxes(*x.shape[-2:], size, num_crops):
+            views.append(((x[:, :, rows, cols] / 255.0 - mean) / std).permute(1, 0, 2, 3))
     return torch.stack(views)
+
+
+def _crop_boxes(height: int, width: int, size: int, num_crops: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) of the :func:`crop_starts` squares of frames ``height x width`` whose short side is ``size``."""
+    starts = crop_starts(max(height, width), size, num_crops)
+    if height >= width:
+        return [(slice(y, y + size), slice(None)) for y in starts]
+    return [(slice(None), slice(x, x + size)) for x in starts]
 
 
 def _short_side_uint8(size: Optional[int]) -> Callable[[np.ndarray], np.ndarray]:
@@ -132,6 +149,18 @@ def _short_side_uint8(size: Optional[int]) -> Callable[[np.ndarray], np.ndarray]
     if size is None:
         return lambda frame: frame
     return lambda frame: resize_short_side(frame[None], size)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def _squashed_uint8(size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One frame (H, W, 3) -> (size, size, 3) uint8, the resize of :class:`vmm.transforms.EvalTransform`: the
+    encoder's own transform then finds it at its size and leaves it as it is, so the vector is that of the
+    full-size frames (as `vmm index` embeds them) while only small frames are held."""
+    from vmm.transforms import _resize_uint8
+
+    def squash(frame: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+        return _resize_uint8(x, (size, size))[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    return squash
 
 
 def _read_decord(path: str, indices: list[int], info, prepare: Callable[[np.ndarray], np.ndarray]
@@ -214,6 +243,12 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
     Probes with :func:`index.decode.probe_video`; reads the frames with the decoder that counted them
     (decord, or PyAV when decord cannot open or read the file). Raises VmmError for unreadable files.
     """
+    return _decode_clips(path, num_frames, num_clips, backend, _short_side_uint8(size))
+
+
+def _decode_clips(path: Union[str, Path], num_frames: int, num_clips: int, backend: str,
+                  prepare: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """:func:`decode_clips`, each frame passed through ``prepare`` as it is decoded."""
     from index.decode import probe_video
 
     path = str(path)
@@ -225,8 +260,7 @@ def decode_clips(path: Union[str, Path], num_frames: int, num_clips: int = 1,
         try:
             info = probe_video(path, backend=name)
             clips = [sample_clip_indices(info.num_frames, num_frames, c, num_clips) for c in range(num_clips)]
-            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info,
-                                          _short_side_uint8(size))
+            frames = _FRAME_READERS[name](path, sorted({i for clip in clips for i in clip}), info, prepare)
         except VmmError as e:
             error = e
             continue
@@ -241,7 +275,105 @@ def read_views(path: Union[str, Path], num_frames: int, size: int, clips: int = 
     return make_views(decode_clips(path, num_frames, clips, backend, size), size, crops)
 
 
-def _model_name(model: nn.Module) -> str:
+def read_clips(path: Union[str, Path], num_frames: int, size: int, clips: int = 1, crops: int = 1,
+               backend: str = "auto") -> list[np.ndarray]:
+    """The ``clips x crops`` views of a video for a video-text model: uint8 clips (num_frames, size, size, 3),
+    clip-major, for :meth:`vmm.embedder.VideoTextEncoder.encode_clips`. One crop is the whole frame resized as the
+    model's own transform does (what `vmm index` embeds); several are the squares of :func:`read_views`."""
+    ClassifyOptions(clips, crops, backend=backend).check()
+    if crops == 1:
+        return _decode_clips(path, num_frames, clips, backend, _squashed_uint8(size))
+    resized = _decode_clips(path, num_frames, clips, backend, _short_side_uint8(size))
+    return [frames[:, rows, cols] for frames in resized for rows, cols in _crop_boxes(*frames.shape[1:3], size, crops)]
+
+
+def is_video_text_model(model) -> bool:
+    """Whether ``model`` is classified zero-shot (a video-text model, or a :class:`VideoTextEncoder` of one)
+    rather than by a classification head."""
+    from vmm.embedder import VideoTextEncoder
+    return isinstance(model, VideoTextEncoder) or (hasattr(model, "encode_video") and hasattr(model, "encode_text"))
+
+
+def check_templates(templates: Optional[Sequence[str]] = None) -> list[str]:
+    """Zero-shot prompt templates: :data:`DEFAULT_TEMPLATES` for None; VmmError for one without ``{}``.
+
+    >>> check_templates("a {} square")
+    ['a {} square']
+    """
+    if templates is None:
+        return list(DEFAULT_TEMPLATES)
+    if isinstance(templates, str):  # one template, not its characters
+        templates = [templates]
+    if not isinstance(templates, Iterable):
+        raise VmmError(f"templates={templates!r}: pass a list of prompt templates such as ['a video of {{}}.']")
+    checked = list(templates)
+    for template in checked:
+        if not isinstance(template, str) or "{}" not in template:  # "{label}" or "{0}" would be sent as written
+            raise VmmError(f"--template {one_line(str(template))!r} (templates): has no {{}} where the class name "
+                           "goes; write e.g. 'a video of {}.'")
+    if not checked:
+        raise VmmError("templates=[]: pass at least one prompt template, e.g. ['a video of {}.'], or None for the "
+                       "defaults")
+    return checked
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """``model`` (or a VideoTextEncoder's) in eval mode, then back in the mode it came in, as
+    :func:`view_probabilities` leaves a classifier."""
+    module = getattr(model, "model", model)
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _encoder(model, batch_size: int):
+    """A :class:`VideoTextEncoder` of ``model`` on the device of its weights (the given one as it is)."""
+    from vmm.embedder import VideoTextEncoder
+    if isinstance(model, VideoTextEncoder):
+        return model
+    with _eval_mode(model):  # the encoder puts it in eval mode for good
+        return VideoTextEncoder(model, device=next(model.parameters()).device, batch_size=batch_size)
+
+
+def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence[str]] = None) -> Tensor:
+    """(len(names), dim) unit vectors: for each class, the normalised mean of the text embeddings of its prompts
+    (every template with the class name in place of each ``{}``), CLIP's prompt ensembling. ``encoder``: a
+    :class:`vmm.embedder.VideoTextEncoder` or a video-text model."""
+    templates = check_templates(templates)
+    encoder = _encoder(encoder, 8)
+    texts = [template.replace("{}", name) for name in names for template in templates]
+    with _eval_mode(encoder):
+        vectors = torch.from_numpy(encoder.encode_texts(texts)).view(len(names), len(templates), -1)
+    return F.normalize(vectors.mean(1), dim=-1)
+
+
+def _temperature(model) -> float:
+    """The learned temperature of a video-text model (its training logits are similarity / temp)."""
+    temp = getattr(getattr(model, "model", model), "temp", None)  # a VideoTextEncoder's model
+    value = float(temp.detach()) if isinstance(temp, Tensor) and temp.numel() == 1 else None
+    if value is None or not value > 0:
+        raise VmmError(f"model {_model_name(model)} has no positive temperature `temp` (got {temp!r}); zero-shot "
+                       "probabilities need a video-text model trained with one, such as vmm_nano")
+    return value
+
+
+@torch.inference_mode()
+def zero_shot_probabilities(encoder, clips: Sequence[np.ndarray], classes: Tensor) -> Tensor:
+    """Softmax over the classes of each clip's cosines with ``classes`` (:func:`class_embeddings`) divided by the
+    model's ``temp``: uint8 clips (T, H, W, 3) -> (len(clips), num_classes) float32. ``encoder``: a
+    :class:`vmm.embedder.VideoTextEncoder` or a video-text model."""
+    encoder = _encoder(encoder, 8)
+    with _eval_mode(encoder):
+        video = torch.from_numpy(encoder.encode_clips(clips))
+    return (video @ classes.T / _temperature(encoder)).softmax(-1)
+
+
+def _model_name(model) -> str:
+    model = getattr(model, "model", model)  # a VideoTextEncoder's model
     return getattr(model, "model_name", None) or type(model).__name__
 
 
@@ -252,8 +384,8 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
     head = getattr(model, "head", None)
     if isinstance(model, VideoMamba) and isinstance(head, nn.Linear):
         return head
-    if hasattr(model, "encode_text"):
-        what = "it is a video-text model, for vmm index/search/eval"
+    if is_video_text_model(model):
+        what = "it is a video-text model: classify_video and classify_videos score it zero-shot"
     elif isinstance(model, VideoMamba):
         what = "it was built with num_classes=0"
     else:
@@ -265,7 +397,10 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
     """Class names for ``model``'s head: ``labels`` (a set name, a file, or a list), else the model's
     ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size or a name is
-    empty or repeated (see :func:`vmm.labels.load_labels`)."""
+    empty or repeated (see :func:`vmm.labels.load_labels`). A video-text model takes any number of names
+    (``labels``, else Kinetics-400)."""
+    if is_video_text_model(model):
+        return load_labels(DEFAULT_LABELS if labels is None else labels)
     head = _classifier_head(model)
     if labels is None:
         labels = (getattr(model, "model_meta", None) or {}).get("labels") or DEFAULT_LABELS
@@ -306,10 +441,13 @@ def top_labels(probabilities: Tensor, labels: Sequence[str], k: int = 5) -> list
 
 
 def classify_video(path: Union[str, Path], model: nn.Module, *, clips: int = 1, crops: int = 1, top_k: int = 5,
-                   labels: Labels = None, batch_size: int = 4, backend: str = "auto") -> list[tuple[str, float]]:
+                   labels: Labels = None, batch_size: int = 4, backend: str = "auto",
+                   templates: Optional[Sequence[str]] = None) -> list[tuple[str, float]]:
     """Top-``top_k`` (label, probability) of a video: softmax per view, averaged over ``clips x crops`` views.
 
-    ``model``: a VideoMamba classifier (e.g. ``videomamba_m16_k400`` with its checkpoint loaded); its
+    ``model``: a VideoMamba classifier (e.g. ``videomamba_m16_k400`` with its checkpoint loaded), or a video-text
+    model (e.g. ``vmm_nano``; or its :class:`~vmm.embedder.VideoTextEncoder`), scored zero-shot against the labels'
+    prompts (``templates``, each with a ``{}`` for the class name; default :data:`DEFAULT_TEMPLATES`); its
     ``num_frames`` and ``img_size`` set the views. ``clips=4, crops=3`` is the official K400 test protocol.
     ``labels``: None (the model's ``"labels"`` metadata, else Kinetics-400), a set name, a file or a list.
 
@@ -330,9 +468,40 @@ def classify_video(path: Union[str, Path], model: nn.Module, *, clips: int = 1, 
     options = ClassifyOptions(clips, crops, top_k, batch_size, backend)
     options.check()
     names = resolve_labels(model, labels)
-    cfg = model.cfg
-    views = read_views(path, cfg.num_frames, cfg.img_size, clips, crops, backend)
-    return top_labels(view_probabilities(model, views, batch_size).mean(0), names, top_k)
+    templates = _templates_for(model, templates)
+    views = _view_reader(model, options)(path)  # before the prompts are encoded: a bad video is named at once
+    return top_labels(_scorer(model, names, templates, options)(views).mean(0), names, top_k)
+
+
+def _templates_for(model, templates: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The checked templates of a video-text model; None for a classifier, which refuses any."""
+    if is_video_text_model(model):
+        return check_templates(templates)
+    if templates is not None:  # else silently unused: the user believes the prompts shaped the scores
+        raise VmmError(f"templates (--template) are for zero-shot classification with a video-text model; "
+                       f"{_model_name(model)} is a classifier, scored by its own head")
+    return None
+
+
+def _view_reader(model, options: ClassifyOptions) -> Callable[[str], Union[Tensor, list[np.ndarray]]]:
+    """path -> the model's views of the video: :func:`read_clips` for a video-text model, else :func:`read_views`."""
+    read, cfg = read_views, getattr(model, "cfg", None)
+    if is_video_text_model(model):
+        read, cfg = read_clips, getattr(model, "model", model).cfg.vision
+    return lambda path: read(path, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
+
+
+def _scorer(model, names: list[str], templates: Optional[list[str]], options: ClassifyOptions
+            ) -> Callable[[Union[Tensor, list[np.ndarray]]], Tensor]:
+    """views -> per-view probabilities (V, len(names)); a video-text model's prompts are encoded here, once."""
+    if templates is None:
+        return lambda views: view_probabilities(model, views, options.batch_size)
+    encoder = _encoder(model, options.batch_size)
+    _temperature(encoder)  # named before the prompts are encoded
+    classes = class_embeddings(encoder, names, templates)
+    return lambda clips: zero_shot_probabilities(encoder, clips, classes)
+
+
 
 
 def find_videos(inputs: Union[str, Path, Iterable[Union[str, Path]]]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -413,12 +582,13 @@ class VideoLabels:
 
 def classify_videos(videos: Union[str, Path, Iterable[Union[str, Path]]], model: nn.Module, *, clips: int = 1,
                     crops: int = 1, top_k: int = 5, labels: Labels = None, batch_size: int = 4,
-                    backend: str = "auto") -> Iterator[VideoLabels]:
+                    backend: str = "auto", templates: Optional[Sequence[str]] = None) -> Iterator[VideoLabels]:
     """:func:`classify_video` for many videos with one model: a :class:`VideoLabels` for each, as it is done.
 
     ``videos``: files, folders and globs (see :func:`find_videos`). A video that cannot be read gives a result with
     ``error`` set instead of an exception, so the others are still classified; inputs that name no video come
-    first. The options, the labels and the model's head are checked here, before any video is read.
+    first. The options, the labels and the model's head are checked here, before any video is read, and a video-text
+    model's prompts are encoded here, once for all the videos.
 
     >>> import av, numpy as np, tempfile, os, vmm
     >>> folder = tempfile.mkdtemp()
@@ -440,31 +610,32 @@ def classify_videos(videos: Union[str, Path, Iterable[Union[str, Path]]], model:
     options = ClassifyOptions(clips, crops, top_k, batch_size, backend)
     options.check()
     names = resolve_labels(model, labels)
+    templates = _templates_for(model, templates)
     found, problems = find_videos(videos)
-    return _classified(found, problems, model, names, options)
+    return _classified(found, problems, model, names, _scorer(model, names, templates, options), options)
 
 
-def _classified(videos: list[str], problems: list[tuple[str, str]], model: nn.Module, names: list[str],
-                options: ClassifyOptions) -> Iterator[VideoLabels]:
+def _classified(videos: list[str], problems: list[tuple[str, str]], model, names: list[str],
+                score: Callable[[Union[Tensor, list[np.ndarray]]], Tensor], options: ClassifyOptions
+                ) -> Iterator[VideoLabels]:
     for video, error in problems:
         yield VideoLabels(video, [], error)
-    for video, views, error in _views_or_errors(videos, model, options):
+    for video, views, error in _views_or_errors(videos, _view_reader(model, options)):
         if error is not None:
             yield VideoLabels(video, [], error)
             continue
-        probabilities, seconds = _mean_probabilities(model, views, options.batch_size)
+        probabilities, seconds = _mean_probabilities(score, views)
         yield VideoLabels(video, top_labels(probabilities, names, options.top_k), seconds=seconds)
 
 
-def _views_or_errors(videos: Iterable[str], model: nn.Module, options: ClassifyOptions
-                    ) -> Iterator[tuple[str, Optional[Tensor], Optional[str]]]:
-    """``(video, views, None)`` for each video that :func:`read_views` reads for ``model``, ``(video, None, error)``
+def _views_or_errors(videos: Iterable[str], read: Callable[[str], Union[Tensor, list[np.ndarray]]]
+                     ) -> Iterator[tuple[str, Optional[Union[Tensor, list[np.ndarray]]], Optional[str]]]:
+    """``(video, views, None)`` for each video that ``read`` (:func:`_view_reader`) reads, ``(video, None, error)``
     for each that it cannot, ``error`` being one line that names the file."""
-    cfg = model.cfg
     for video in videos:
         views, error = None, None
         try:
-            views = read_views(video, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
+            views = read(video)
         except VmmError as e:
             error = one_line(str(e))
         except Exception as e:  # a decoder bug on one odd file must cost that file, not the others (as vmm index)
@@ -473,8 +644,9 @@ def _views_or_errors(videos: Iterable[str], model: nn.Module, options: ClassifyO
         yield video, views, error
 
 
-def _mean_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> tuple[Tensor, float]:
-    """The softmax averaged over ``views`` (num_classes,), and the seconds the model took."""
+def _mean_probabilities(score: Callable[[Union[Tensor, list[np.ndarray]]], Tensor],
+                        views: Union[Tensor, list[np.ndarray]]) -> tuple[Tensor, float]:
+    """The probabilities ``score`` gives the views, averaged over them (num_classes,), and the seconds it took."""
     start = time.perf_counter()
-    probabilities = view_probabilities(model, views, batch_size).mean(0)
+    probabilities = score(views).mean(0)
     return probabilities, time.perf_counter() - start

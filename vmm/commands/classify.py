@@ -1,7 +1,9 @@
-"""``vmm classify``: top-5 Kinetics-400 labels of videos with a VideoMamba classifier, the model loaded once.
+"""``vmm classify``: top-5 labels of videos with a VideoMamba classifier (Kinetics-400), or zero-shot with a
+video-text model and any label set, the model loaded once.
 
     vmm classify clip.mp4 --model videomamba_m16_k400 --checkpoint videomamba_m16_k400_f8_res224.pth
     vmm classify a.mp4 b.mp4 holiday/ --model videomamba_m16_k400 --checkpoint ... --clips 4 --crops 3 --json
+    vmm classify clip.mp4 --model vmm_nano --labels colours.txt --template "a {} shape moves"
 
 Bad input is checked before the weights load: the options, the video paths, the model's head, the label count,
 then the decoding of the first video. A video that cannot be classified gets one ``error:`` line and the others
@@ -20,14 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO",
                    help="video files, folders (searched below, as vmm index does) or quoted globs ('clips/*.mp4')")
     p.add_argument("--model", default="videomamba_m16_k400",
-                   help="classifier name or save_pretrained folder [videomamba_m16_k400]")
+                   help="classifier, or video-text model for zero-shot labels (vmm_nano, videomamba_m16_25m), by name "
+                   "or save_pretrained / vmm train folder [videomamba_m16_k400]")
     p.add_argument("--checkpoint", help="weights: a .pth/.safetensors file, a save_pretrained folder, "
-                   "hf-hub:OpenGVLab/VideoMamba/<file>, or 'default' (the model config's official file)")
+                   "hf-hub:OpenGVLab/VideoMamba/<file>, or 'default' (the model config's official file; a "
+                   "video-text model name's default without it)")
     p.add_argument("--clips", type=int, default=1, help="temporal views (official K400 test: 4) [1]")
     p.add_argument("--crops", type=int, default=1, help="spatial views along the long side (official: 3) [1]")
     p.add_argument("--top-k", type=int, default=5, help="labels to print [5]")
     p.add_argument("--labels", help="class names: a built-in set (kinetics400) or a text file, one name per "
                    "line in head order (default: the model's, else kinetics400)")
+    p.add_argument("--template", action="append", metavar="TEXT",
+                   help="zero-shot prompt with {} for the class name, repeatable: a class scores the mean of its "
+                   "prompts ['a video of {}.' and 3 more]")
     p.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint's, else the model's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable; dotted keys nest (e.g. depth=2, vision.depth=2)")
@@ -82,16 +89,34 @@ def _checkpoint_path(model, checkpoint: str) -> Path:
     return resolve_pretrained(checkpoint)
 
 
+def _merged(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra``'s values, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _overrides(args: argparse.Namespace, sizes: Optional[dict] = None) -> dict:
+    """The config overrides of the command line, over the checkpoint's own ``sizes``."""
+    from vmm.factory import _is_multimodal, checkpoint_frames, frames_override
+
+    # A video-text model's frame count is under vision: a top-level num_frames was refused as unknown. Its
+    # checkpoint file's own count is the default, as in vmm index.
+    found = checkpoint_frames(args.checkpoint) if _is_multimodal(args.model) else None
+    overrides = _merged(_merged(frames_override(args.model, found), sizes or {}), parse_model_args(args.model_arg))
+    return _merged(overrides, frames_override(args.model, args.frames))
+
+
 def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
+    """The model of --model: a folder with its weights, a name without them (loaded once a video decodes)."""
     import vmm
     from vmm.errors import VmmError
+    from vmm.factory import _is_multimodal
     from vmm.models.persistence import is_pretrained_dir
 
-    from vmm.factory import check_frames
-
-    overrides = {**(sizes or {}), **parse_model_args(args.model_arg)}
-    if args.frames is not None:
-        overrides["num_frames"] = check_frames(args.frames)
+    video_text = _is_multimodal(args.model)
+    overrides = _overrides(args, sizes)
     if is_pretrained_dir(args.model):
         if args.checkpoint:  # it silently replaced the folder's own weights; vmm encode and search refuse it too
             raise VmmError(f"--model {args.model} is a model folder with its own weights; drop --checkpoint "
@@ -100,11 +125,43 @@ def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
         return model
     if args.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
         raise VmmError(f"--model {args.model}: unknown model; {_close_names(args.model, vmm.list_models())}")
-    if not args.checkpoint:
+    if video_text:
+        _video_text_checkpoint(args)  # named now, not once a video has decoded
+    elif not args.checkpoint:
         raise VmmError(f"--checkpoint is required for {args.model} (random weights give meaningless labels); pass "
                        "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
     model, _, _ = vmm.create_model_and_transforms(args.model, **overrides)
     return model
+
+
+def _video_text_checkpoint(args: argparse.Namespace) -> str:
+    """The weights of a video-text model name: --checkpoint, else (or for 'default') its released ones."""
+    from vmm.errors import VmmError
+    from vmm.factory import default_pretrained
+
+    checkpoint = args.checkpoint if args.checkpoint not in (None, "default") else default_pretrained(args.model)
+    if checkpoint is None:
+        raise VmmError(f"--model {args.model} has no released weights and random ones give meaningless labels; pass "
+                       "--checkpoint PATH, or a trained model folder (vmm train's final/) as --model")
+    return checkpoint
+
+
+def _with_weights(args: argparse.Namespace, model, sizes: Optional[dict]):
+    """``model`` with the weights of --checkpoint (a video-text model name: its default without one); a model
+    folder as it is."""
+    import vmm
+    from vmm.classify import is_video_text_model
+    from vmm.factory import load_weights
+    from vmm.models.persistence import is_pretrained_dir
+
+    if is_pretrained_dir(args.model):
+        return model
+    if not is_video_text_model(model):
+        return load_weights(model, _checkpoint_path(model, args.checkpoint))
+    checkpoint = _video_text_checkpoint(args)
+    if is_pretrained_dir(checkpoint):  # vmm_nano's shipped folder, a trainable-only export: only a build loads them
+        return vmm.create_model(args.model, pretrained=checkpoint, **_overrides(args, sizes))
+    return load_weights(model, _checkpoint_path(model, checkpoint))
 
 
 def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
@@ -146,11 +203,12 @@ def _close_names(typed: str, names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.classify import (ClassifyOptions, _classifier_head, _mean_probabilities, _views_or_errors, find_videos,
-                              resolve_labels, top_labels)
+    from vmm.classify import (ClassifyOptions, _classifier_head, _mean_probabilities, _scorer, _templates_for,
+                              _view_reader, _views_or_errors, find_videos, is_video_text_model, resolve_labels,
+                              top_labels)
     from vmm.commands import set_threads
     from vmm.errors import VmmError, one_line
-    from vmm.factory import load_weights, resolve_device
+    from vmm.factory import resolve_device
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
     options.check()
@@ -167,38 +225,43 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_threads(args.threads)
     model = _build_model(args)
-    _classifier_head(model)  # a video-text model has no classifier config to compare the checkpoint with
-    sizes = _checkpoint_sizes(args, model)
-    if sizes:  # the file's own frame count, resolution and classes (a ..._f16_res224to384.pth: 16 frames at 384 px)
-        model = _build_model(args, sizes)
+    sizes = None
+    if not is_video_text_model(model):
+        _classifier_head(model)  # a video-text model has no classifier config to compare the checkpoint with
+        sizes = _checkpoint_sizes(args, model)
+        if sizes:  # the file's own frame count, resolution and classes (a ..._f16_res224to384.pth: 16 frames at 384 px)
+            model = _build_model(args, sizes)
     names = resolve_labels(model, args.labels)
+    templates = _templates_for(model, args.template)
     index = {name: i for i, name in enumerate(names)}
-    cfg = model.cfg
-    classified, failed = 0, bool(problems)
-    for video, views, error in _views_or_errors(videos, model, options):
+    cfg = getattr(model.cfg, "vision", model.cfg)
+    mode = {"mode": "head"} if templates is None else {"mode": "zero-shot", "templates": templates}
+    classified, failed, score = 0, bool(problems), None
+    for video, views, error in _views_or_errors(videos, _view_reader(model, options)):
         if error is not None:
             _report_failure(video, error, args.json)
             failed = True
             continue
-        if not classified:  # after the first video decodes: a bad lone video is named before a large checkpoint loads
-            if args.checkpoint:
-                load_weights(model, _checkpoint_path(model, args.checkpoint))
-            model.to(device)
+        if score is None:  # after the first video decodes: a bad lone video is named before a large checkpoint loads
+            model = _with_weights(args, model, sizes).to(device)
+            score = _scorer(model, names, templates, options)  # a video-text model encodes the prompts here
         classified += 1
-        probabilities, seconds = _mean_probabilities(model, views, options.batch_size)
+        probabilities, seconds = _mean_probabilities(score, views)
         top = [{"rank": r + 1, "index": index[label], "label": label, "probability": p}
                for r, (label, p) in enumerate(top_labels(probabilities, names, options.top_k))]
         model_name = getattr(model, "model_name", args.model)
         if args.json:
-            print(json.dumps({"video": video, "model": model_name, "clips": options.clips, "crops": options.crops,
-                              "frames": cfg.num_frames, "img_size": cfg.img_size, "num_classes": len(names),
-                              "top": top, "seconds": round(seconds, 3)}), flush=True)
+            print(json.dumps({"video": video, "model": model_name, **mode, "clips": options.clips,
+                              "crops": options.crops, "frames": cfg.num_frames, "img_size": cfg.img_size,
+                              "num_classes": len(names), "top": top, "seconds": round(seconds, 3)}), flush=True)
             continue
         views_text = (f"{options.clips} clip{'s' * (options.clips > 1)} x "
                       f"{options.crops} crop{'s' * (options.crops > 1)}")
+        how = "" if templates is None else (f" zero-shot ({len(names)} labels x {len(templates)} "
+                                            f"template{'s' * (len(templates) > 1)})")
         if classified > 1:
             print()
-        print(f"{one_line(video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, {model_name}, "
+        print(f"{one_line(video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, {model_name}{how}, "
               f"{seconds:.2f} s on {device}")
         for row in top:
             print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")

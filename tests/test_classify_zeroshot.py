@@ -1,0 +1,198 @@
+"""Zero-shot `vmm classify` with a video-text model: class names as prompts against the video embedding.
+
+The shipped vmm_nano was trained on coloured shapes, so generated videos of a coloured square must get their own
+colour; a tiny random model checks the probabilities against a direct computation from encode_texts/encode_clips.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmm
+from tests.test_classify import assert_one_line_error, run_cli, write_video
+from vmm.classify import (DEFAULT_TEMPLATES, check_templates, class_embeddings, classify_video, classify_videos,
+                          crop_starts, decode_clips, read_clips, view_probabilities, zero_shot_probabilities)
+from vmm.embedder import VideoTextEncoder
+from vmm.errors import VmmError
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (240, 225, 40)}
+H, W, T = 64, 96, 8
+TINY_MM = dict(vision=dict(embed_dim=192, depth=1, img_size=32), embed_dim=16,
+               text=dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, fusion_layer=1, max_position_embeddings=32))
+TINY_MM_ARGS = ["--model", "videomamba_m16_mm", "--model-arg", "vision=" + json.dumps(TINY_MM["vision"]),
+                "--model-arg", "text=" + json.dumps(TINY_MM["text"]), "--model-arg", "embed_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def colour_videos(tmp_path_factory):
+    """One video per colour: a square of that colour moving right on black (vmm_nano's kind of clip)."""
+    folder = tmp_path_factory.mktemp("colours")
+    for name, rgb in COLOURS.items():
+        frames = np.zeros((20, H, W, 3), np.uint8)
+        for t in range(20):
+            frames[t, 16:48, 2 * t:2 * t + 32] = rgb
+        write_video(folder / f"{name}.mkv", frames)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return vmm.create_model("vmm_nano", pretrained="default").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY_MM).eval()
+    with torch.no_grad():
+        model.temp.fill_(0.002)  # random embeddings' cosines are small: a low temperature spreads the softmax
+    return model
+
+
+@pytest.fixture(scope="module")
+def noise_video(tmp_path_factory):
+    frames = np.random.default_rng(3).integers(0, 256, (30, 48, 80, 3), dtype=np.uint8)
+    return write_video(tmp_path_factory.mktemp("noise") / "noise.mkv", frames)
+
+
+@pytest.mark.slow
+def test_nano_names_the_colour_of_each_video(colour_videos, nano):
+    results = list(classify_videos(colour_videos, nano, labels=list(COLOURS), top_k=4))
+    assert [Path(r.video).stem for r in results] == sorted(COLOURS)
+    for result in results:
+        assert result.error is None and result.top[0][0] == Path(result.video).stem, result.top
+        assert sum(p for _, p in result.top) == pytest.approx(1.0, abs=1e-5)  # a softmax over the 4 classes
+        assert result.top[0][1] > 0.5
+
+
+def test_probabilities_are_the_softmax_of_cosines_over_temp(noise_video, tiny):
+    """One crop: the whole frames as encode_clips embeds them (vmm index's vector); class vectors the normalised mean
+    of the prompts' vectors; logits cosine / temp."""
+    names, templates = ["cat", "dog", "bird", "fish", "horse"], ["a video of {}.", "a photo of a {}"]
+    encoder = VideoTextEncoder(tiny, device="cpu")
+    texts = encoder.encode_texts([t.format(n) for n in names for t in templates]).reshape(5, 2, -1)
+    classes = F.normalize(torch.from_numpy(texts).mean(1), dim=-1)
+    clips = decode_clips(noise_video, T, 2)  # full size, official sampling
+    expected = (torch.from_numpy(encoder.encode_clips(clips)) @ classes.T / 0.002).softmax(-1)
+
+    got = dict(classify_video(noise_video, tiny, clips=2, labels=names, templates=templates, top_k=5))
+    assert torch.allclose(torch.tensor([got[n] for n in names]), expected.mean(0), atol=1e-6, rtol=0)
+    assert expected.mean(0).max() - expected.mean(0).min() > 0.05  # the check compares separated probabilities
+    assert (expected[0] - expected[1]).abs().max() > 1e-3  # two different views, averaged
+    assert torch.allclose(class_embeddings(tiny, names, templates), classes, atol=1e-6, rtol=0)
+    # the same from an encoder the caller already has
+    assert dict(classify_video(noise_video, encoder, clips=2, labels=names, templates=templates, top_k=5)) == got
+
+
+def test_several_crops_are_the_official_squares(noise_video, tiny):
+    """--crops 3: the squares of the classifier's official views (short side resized, crops along the long side)."""
+    views = read_clips(noise_video, T, 32, clips=1, crops=3)
+    (frames,) = decode_clips(noise_video, T, 1, size=32)  # 32 x int(32 * 80 / 48) = 53
+    assert [v.shape for v in views] == [(T, 32, 32, 3)] * 3
+    for view, x in zip(views, crop_starts(53, 32, 3)):
+        assert np.array_equal(view, frames[:, :, x:x + 32])
+    classes = class_embeddings(tiny, ["cat", "dog"])
+    expected = zero_shot_probabilities(tiny, views, classes).mean(0)
+    got = dict(classify_video(noise_video, tiny, crops=3, labels=["cat", "dog"]))
+    assert torch.allclose(torch.tensor([got["cat"], got["dog"]]), expected, atol=1e-6, rtol=0)
+
+
+def test_model_mode_is_kept(noise_video, tiny):
+    tiny.train()
+    try:
+        classify_video(noise_video, tiny, labels=["cat", "dog"])
+        assert tiny.training
+    finally:
+        tiny.eval()
+
+
+@pytest.mark.parametrize("templates, message", [
+    (["a video of"], r"--template 'a video of' \(templates\): has no \{\} where the class name goes"),
+    (["a {label}"], r"'a \{label\}' .*has no \{\}"),
+    ([], r"templates=\[\]: pass at least one prompt template"),
+    ([None], r"--template 'None'"),
+    (3, r"templates=3: pass a list of prompt templates"),
+])
+def test_bad_templates(noise_video, tiny, templates, message):
+    with pytest.raises(VmmError, match=message):
+        classify_video(noise_video, tiny, labels=["cat", "dog"], templates=templates)
+
+
+def test_templates(tiny):
+    assert check_templates(None) == list(DEFAULT_TEMPLATES)
+    assert check_templates("a {} square") == ["a {} square"]  # one template, not its characters
+    # braces of the user's own are kept: the name goes only where {} is
+    assert class_embeddings(tiny, ["x"], ["{} {{}}"]).shape == (1, 16)
+
+
+def test_a_classifier_refuses_templates_and_view_probabilities_refuses_a_video_text_model(noise_video, tiny):
+    classifier = vmm.create_model("videomamba_tiny", depth=2, num_frames=T, img_size=32, num_classes=3)
+    with pytest.raises(VmmError, match="templates .* are for zero-shot classification with a video-text model"):
+        classify_video(noise_video, classifier, labels=["a", "b", "c"], templates=["a {}"])
+    with pytest.raises(VmmError, match="it is a video-text model: classify_video and classify_videos score it"):
+        view_probabilities(tiny, torch.zeros(1, 3, T, 32, 32))
+
+
+def test_cli_with_a_checkpoint_file(noise_video, tiny, tmp_path, capsys):
+    """A video-text checkpoint file with a model name: weights loaded once the video decodes, the file's own frame
+    count (4) instead of the config's 8, the same probabilities as the Python API; --frames goes under vision."""
+    torch.manual_seed(1)
+    four = vmm.create_model("videomamba_m16_mm", **{**TINY_MM, "vision": {**TINY_MM["vision"], "num_frames": 4}})
+    with torch.no_grad():
+        four.temp.fill_(0.01)
+    checkpoint = tmp_path / "tiny_mm.pth"
+    torch.save(four.state_dict(), checkpoint)
+    labels = tmp_path / "animals.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    args = [str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(checkpoint), "--labels", str(labels), "--json"]
+    code, out, err = run_cli([*args, "--template", "a {}", "--template", "the {} again"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["mode"], report["templates"], report["frames"], report["num_classes"]) == \
+        ("zero-shot", ["a {}", "the {} again"], 4, 3)
+    expected = classify_video(noise_video, four.eval(), labels=["cat", "dog", "bird"],
+                              templates=["a {}", "the {} again"])
+    assert [(r["label"], r["index"]) for r in report["top"]] == [(n, ["cat", "dog", "bird"].index(n))
+                                                                 for n, _ in expected]
+    assert np.allclose([r["probability"] for r in report["top"]], [p for _, p in expected], atol=1e-6, rtol=0)
+
+    code, out, err = run_cli([*args, "--frames", "2"], capsys)  # a top-level num_frames was an unknown field
+    assert code == 0, err
+    assert (json.loads(out)["frames"], json.loads(out)["templates"]) == (2, list(DEFAULT_TEMPLATES))
+
+
+def test_cli_bad_input(noise_video, tmp_path, capsys):
+    code, _, err = run_cli([str(noise_video), "--model", "vmm_nano", "--template", "a video"], capsys)
+    assert_one_line_error(code, err, "--template 'a video' (templates): has no {} where the class name goes")
+    for default in ([], ["--checkpoint", "default"]):
+        code, _, err = run_cli([str(noise_video), "--model", "vmm_nano_framemean", *default], capsys)
+        assert_one_line_error(code, err, "--model vmm_nano_framemean has no released weights", "--checkpoint PATH")
+    classifier = vmm.create_model("videomamba_tiny", depth=2, num_frames=T, img_size=32, num_classes=400)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(classifier.state_dict(), checkpoint)
+    code, _, err = run_cli([str(noise_video), "--model", "videomamba_tiny", "--model-arg", "depth=2", "--model-arg",
+                            "img_size=32", "--checkpoint", str(checkpoint), "--template", "a {}"], capsys)
+    assert_one_line_error(code, err, "templates (--template) are for zero-shot classification", "is a classifier")
+
+
+@pytest.mark.slow
+def test_cli_nano_without_a_checkpoint(colour_videos, tmp_path):
+    """vmm_nano by name loads its shipped weights (a classifier name needs --checkpoint); text output names the mode."""
+    labels = tmp_path / "colours.txt"
+    labels.write_text("".join(f"{name}\n" for name in COLOURS))
+    result = subprocess.run([sys.executable, "-m", "vmm.cli", "classify", str(colour_videos / "green.mkv"),
+                             "--model", "vmm_nano", "--labels", str(labels), "--top-k", "1", "--device", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.startswith(f"{colour_videos / 'green.mkv'}: 1 clip x 1 crop of 8 frames at 64 px, vmm_nano "
+                             "zero-shot (4 labels x 4 templates), ")
+    assert row.split(maxsplit=2)[::2] == ["1", "green"]

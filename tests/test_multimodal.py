@@ -338,3 +338,47 @@ def test_itm_inputs_that_do_not_fit_are_named():
             model.itm_logits(tokens, hidden, mask)  # 2 videos, 3 texts: not pairs
         with pytest.raises(VmmError, match=r"batch_size must be a whole number >= 1, got 0"):
             model.itm_scores(tokens, hidden, mask, batch_size=0)
+
+
+def test_bert_base_uncased_file_layout_initialises_the_text_tower_and_its_mlm_head(tmp_path, monkeypatch):
+    """bert-base-uncased's own model.safetensors (a BertForPreTraining file) names its LayerNorms gamma/beta, which
+    init_from refused as "does not fit the text config"; the MLM head of such a file was dropped, so a tower built
+    for MLM pretraining started that head at random where the official BertForMaskedLM.from_pretrained loads it;
+    and the name the official configs give, bert-base-uncased, was not looked up in the Hugging Face cache."""
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertForPreTraining
+    torch.manual_seed(0)
+    bert = BertForPreTraining(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=40)).eval()
+    # The decoder is tied to the word embeddings and bias: the hub file stores each tensor once.
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in bert.state_dict().items() if "predictions.decoder." not in k and "position_ids" not in k}
+    assert "bert.embeddings.LayerNorm.gamma" in legacy and "cls.seq_relationship.weight" in legacy
+    hub = tmp_path / "hub" / "models--bert-base-uncased"
+    (hub / "snapshots" / "abc").mkdir(parents=True)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("abc")
+    save_file({k: v.contiguous() for k, v in legacy.items()}, hub / "snapshots" / "abc" / "model.safetensors")
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    text = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                max_position_embeddings=40, fusion_layer=1, init_from="bert-base-uncased")
+    ours = tiny_mm(text=dict(text, mlm_head=True)).text_encoder
+    hidden = torch.randn(2, 5, 32)
+    ids = torch.randint(1, 120, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.mlm_logits(hidden), bert.cls.predictions(hidden), rtol=0, atol=1e-5)
+        # the text-only layer, where the file's LayerNorms are
+        expected = bert.bert.encoder.layer[0](bert.bert.embeddings(ids))
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(ours.forward_text(ids, torch.ones_like(ids)), expected, rtol=0, atol=1e-5)
+    # a tower without MLM head takes the rest of the same file, here given as its folder
+    plain = tiny_mm(text=dict(text, init_from=str(hub / "snapshots" / "abc"))).text_encoder
+    assert not hasattr(plain, "cls")
+    assert torch.equal(plain.embeddings.LayerNorm.weight, bert.bert.embeddings.LayerNorm.weight)
+    (tmp_path / "bin_only").mkdir()
+    (tmp_path / "bin_only" / "pytorch_model.bin").write_bytes(b"")
+    for source, match in [("bert-large-uncased", "no model.safetensors at bert-large-uncased; pass a transformers"),
+                          (str(tmp_path / "bin_only"), r"\(the folder has only pytorch_model.bin: load it with")]:
+        with pytest.raises(VmmError, match=match):
+            tiny_mm(text=dict(text, init_from=source))

@@ -174,11 +174,32 @@ def test_overrides_are_checked():
         vmm.create_model("videomamba_huge")
 
 
+def test_an_unknown_frame_mode_is_refused_before_the_model_is_built():
+    """frame_mode='perframe' built a model (a training run then failed on its first batch); given to the
+    multimodal model, pooled_per_clip already counted it as a joint model."""
+    with pytest.raises(VmmError, match=r"^frame_mode='perframe' is not supported; pass one of joint, per_frame$"):
+        vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=2, img_size=32, frame_mode="perframe")
+    with pytest.raises(VmmError, match=r"^vision frame_mode='per-frame' is not supported"):
+        vmm.create_model("videomamba_m16_mm", vision=dict(depth=1, frame_mode="per-frame"))
+
+
 def test_wrong_frame_count_is_a_clear_error():
     m = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32)
     with pytest.raises(VmmError, match="num_frames=2"):
         m(torch.randn(1, 3, 2, 32, 32))
 
+
+
+@pytest.mark.parametrize("name", ["videomamba_tiny", "videomamba_tiny_vision"])
+def test_a_frame_of_another_shape_with_the_same_patch_count_is_refused(name):
+    """A 16x64 frame has the 4 patches of the model's 32x32 ones: it ran, its 1x4 patches silently given the 2x2
+    grid's position embeddings. Any frame size the model was not built for is named."""
+    m = vmm.create_model(name, depth=1, num_frames=2, img_size=32).eval()
+    for h, w in [(16, 64), (64, 16)]:
+        with pytest.raises(VmmError, match=rf"^input is 4 patches per frame \({h // 16}x{w // 16} from {h}x{w} pixels, "
+                                           r"patch_size=16\) but the model was built for 2x2 \(img_size=32\); resize "
+                                           r"frames to 32x32"):
+            m(torch.randn(1, 3, 2, h, w))
 
 def test_per_frame_mode_is_a_frame_order_blind_image_encoder():
     e = vmm.create_model("videomamba_tiny_vision", depth=2, num_frames=4, img_size=32, frame_mode="per_frame").eval()

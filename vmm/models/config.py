@@ -15,6 +15,7 @@ from vmm.models.registry import close_match
 MAX_FRAMES = 1024
 # Whole-number fields whose valid range is not "1 or more" (same name, same range in every config).
 POOL_TYPES = ("cls+avg", "cls", "avg", "cls_cat_avg")
+FRAME_MODES = ("joint", "per_frame")
 INT_RANGES = {"num_frames": (1, MAX_FRAMES), "num_classes": (0, None), "fusion_layer": (0, None),
               "pad_token_id": (0, None)}
 
@@ -87,6 +88,8 @@ class VideoMambaConfig:
                     f"num_frames={lower} or {lower + self.tubelet_size}")
         if self.pool_type not in POOL_TYPES:  # else it fails only after the whole stack has run on a clip
             return f"pool_type={self.pool_type!r} is not an official pool type; pass one of {', '.join(POOL_TYPES)}"
+        if self.frame_mode not in FRAME_MODES:  # else a training run fails on its first batch
+            return f"frame_mode={self.frame_mode!r} is not supported; pass one of {', '.join(FRAME_MODES)}"
         if self.clip_return_layer != 1:
             # With more than one returned layer the official student targets mix normalised and raw
             # residuals in a way the spec does not describe; refusing beats silently computing something else.

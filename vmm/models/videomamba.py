@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from vmm.errors import VmmError
-from vmm.models.config import VideoMambaConfig, scan_backend_problem
+from vmm.models.config import FRAME_MODES, VideoMambaConfig, scan_backend_problem
 from vmm.models.layers import BiMambaMixer, DropPath, MambaBlock, RMSNorm, init_videomamba_weights
 
 
@@ -113,12 +113,14 @@ class VideoMambaBackbone(nn.Module):
     def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
         """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""
         x = self.check_video(x)
-        (T, H, W), p = x.shape[2:], self.cfg.patch_size
-        patches = (H // p) * (W // p)
-        if patches != self.cfg.num_patches:
-            raise VmmError(f"input is {patches} patches per frame ({H}x{W} pixels, patch_size={p}) but the model was "
-                           f"built for {self.cfg.num_patches} (img_size={self.cfg.img_size}); resize frames or create "
-                           f"the model with img_size=...")
+        (T, H, W), p, grid = x.shape[2:], self.cfg.patch_size, self.cfg.grid_size
+        # Rows and columns each, not their product: a 16x64 frame has the patch count of a 32x32 one, and its
+        # patches were silently given the square grid's position embeddings.
+        if (H // p, W // p) != (grid, grid):
+            raise VmmError(f"input is {(H // p) * (W // p)} patches per frame ({H // p}x{W // p} from {H}x{W} pixels, "
+                           f"patch_size={p}) but the model was built for {grid}x{grid} (img_size={self.cfg.img_size}); "
+                           f"resize frames to {self.cfg.img_size}x{self.cfg.img_size} or create the model with "
+                           "img_size=...")
         if not use_image and T // self.cfg.tubelet_size != self.temporal_pos_embedding.shape[1]:
             raise VmmError(f"input has {T} frames but the model was built for {self.cfg.num_frames}; create it "
                            f"with num_frames={T} (checkpoints are interpolated on load)")
@@ -204,8 +206,8 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
         B, _, T = x.shape[:3]
         if self.cfg.frame_mode == "per_frame" and T > 1:
             return self._forward_per_frame(x, mask, keep_temporal)
-        if self.cfg.frame_mode not in ("joint", "per_frame"):
-            raise VmmError(f"frame_mode={self.cfg.frame_mode!r} is not supported; use 'joint' or 'per_frame'")
+        if self.cfg.frame_mode not in FRAME_MODES:  # a config built without check_config
+            raise VmmError(f"frame_mode={self.cfg.frame_mode!r} is not supported; use one of {', '.join(FRAME_MODES)}")
         if use_image is None:
             use_image = T == 1
         tokens = self.embed(x, use_image=use_image)

@@ -248,3 +248,23 @@ def test_demo_refuses_an_empty_out_dir_which_wrote_into_the_working_folder(tmp_p
                                                  "output")):
         run_demo(DemoConfig(out_dir="", num_videos=2, queries=0, workers=0, device="cpu"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_reads_a_tilde_as_the_home_folder_and_takes_path_models(tmp_path, monkeypatch, capsys):
+    """A "~" the shell leaves alone (--out=~/demo, a quoted "~/my demo") made a folder named "~" in the working
+    folder and wrote the demo there; a pathlib.Path model failed in load_encoder with a TypeError."""
+    from vmm.cli import main
+    from vmm.demo import DemoConfig, run_demo
+    from vmm.errors import VmmError
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").write_text("a file of the user's")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out=~/demo", "--videos", "2", "--model", "/nonexistent/model"]) == 2
+    assert capsys.readouterr().err.startswith("error: --out ~/demo (out_dir) is a file; pass a folder")
+    with pytest.raises(VmmError, match=r"^--out ~/demo \(out_dir\) is a file"):
+        run_demo(DemoConfig(out_dir="~/demo", num_videos=2, model="/nonexistent/model", workers=0, device="cpu"))
+    with pytest.raises(VmmError, match=rf"^model folder {re.escape(str(home))}/nosuch does not exist"):
+        run_demo(DemoConfig(out_dir="~/fresh", num_videos=2, model=Path("~/nosuch"), workers=0, device="cpu"))
+    assert sorted(os.listdir(tmp_path)) == ["home"] and sorted(os.listdir(home)) == ["demo"]

@@ -130,6 +130,12 @@ def test_clips_may_come_from_any_iterable_and_itm_checks_them_too(enc):
         enc.itm_scores_for("a dog", clips[0])
     with pytest.raises(VmmError, match=r"^clip 0 has shape \(4, 20, 24\), not"):
         enc.itm_scores_for("a dog", [clips[0][..., 0]])
+    # several texts were refused by encode_texts with "texts[0] is ['a dog'] (list), not a string; pass a list of
+    # strings", advice that had just been followed
+    for text in (["a dog"], None):
+        with pytest.raises(VmmError, match=rf"^itm_scores_for takes one text \(a string\), got {type(text).__name__}; "
+                                           "call it once per text$"):
+            enc.itm_scores_for(text, clips)
 
 
 def test_read_only_clips_encode_without_a_warning(tmp_path):
@@ -229,3 +235,23 @@ def test_many_texts_are_encoded_in_bounded_batches(enc, monkeypatch):
     np.testing.assert_allclose(vecs, one_forward[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(hidden, one_forward[1], rtol=1e-5, atol=1e-5)
     assert torch.equal(mask, one_forward[2]) and enc.encode_texts([]).shape == (0, enc.dim)
+
+
+def test_a_clip_of_another_frame_count_is_named_with_the_sampling_that_fits(enc):
+    """A clip of 3 or 8 frames for a 4-frame model was told "create it with num_frames=3", without naming the clip:
+    a model rebuilt so gives vectors that fit no library of this one. The suggested sampling must encode; a model
+    that encodes frames one by one takes any count."""
+    from index import sample_middle_indices
+    rng = np.random.default_rng(0)
+    good = [rng.integers(0, 256, (n, 20, 24, 3), dtype=np.uint8) for n in (4, 1)]
+    for frames in (3, 8):
+        clip = rng.integers(0, 256, (frames, 20, 24, 3), dtype=np.uint8)
+        message = (rf"^clip 2 has {frames} frames, but the model takes 4 \(or 1, an image\); sample them as the "
+                   rf"official evaluation does: clip\[index\.sample_middle_indices\({frames}, 4\)\]$")
+        for call in (enc.encode_clips, lambda clips: enc.itm_scores_for("a dog", clips)):
+            with pytest.raises(VmmError, match=message):
+                call([*good, clip])
+        assert enc.encode_clips([*good, clip[sample_middle_indices(frames, 4)]]).shape == (3, enc.dim)
+    per_frame = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "frame_mode": "per_frame"}})
+    per_frame = VideoTextEncoder(per_frame, device="cpu", tokenizer=enc.tokenizer)
+    assert per_frame.encode_clips([*good, rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)]).shape == (3, enc.dim)

@@ -48,3 +48,28 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("texts, message", [
+    (b"a dog", r"^texts must be a string or a list of strings, got bytes; decode it first, e\.g\. texts\.decode"),
+    (bytearray(b"a dog"), r"^texts must be a string or a list of strings, got bytearray; decode it first"),
+    (["a cat", b"a dog"], r"^texts\[1\] is b'a dog' \(bytes\), not a string; decode it first, e\.g\. \.decode"),
+])
+def test_bytes_are_refused_with_the_decoding_that_fits(tok, texts, message):
+    """Bytes (a caption file read in binary mode) were iterated as ints: b"a dog" was "texts[0] is 97 (int)"."""
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=message):
+        tok(texts)
+    assert torch.equal(tok(b"a dog".decode("utf-8"))[0], tok(["a dog"])[0])
+
+
+def test_a_vocabulary_folder_under_the_home_folder(tok, tmp_path, monkeypatch):
+    """A config's tokenizer "~/bert" (model.overrides.tokenizer=~/bert: no shell expands it there) was "tokenizer
+    vocabulary ~/bert not found", as model folders and checkpoints are not."""
+    from vmm.tokenizer import Tokenizer
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_bytes(tok.vocab_file.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mine = Tokenizer("~/bert")
+    assert mine.vocab_file == tmp_path / "bert" / "vocab.txt"
+    assert torch.equal(mine(["A man, a plan!"])[0], tok(["A man, a plan!"])[0])

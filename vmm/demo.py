@@ -69,16 +69,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.out_dir is None or not str(cfg.out_dir).strip():
         raise VmmError(f"--out {cfg.out_dir!r} (out_dir={cfg.out_dir!r}) is empty; pass a folder for the demo's "
                        "output (e.g. --out demo_output)")
-    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+    # A "~" the shell left alone (--out=~/demo, a quoted "~/my demo") is the home folder, as in the other commands:
+    # the demo was written into a folder named "~" in the working folder.
+    out = Path(os.path.expanduser(cfg.out_dir))
+    if out.exists() and not out.is_dir():
         raise VmmError(f"--out {cfg.out_dir} (out_dir) is a file; pass a folder (new or existing) for the demo's "
                        "output")
     if cfg.device is not None:
         resolve_device(cfg.device)  # before the corpus is generated, which takes a while
-    model = cfg.model or str(SHIPPED_NANO)
+    # A str for load_encoder and model.json: a pathlib.Path failed there with a TypeError.
+    model = os.path.expanduser(os.fspath(cfg.model)) if cfg.model else str(SHIPPED_NANO)
     if cfg.model is None and not SHIPPED_NANO.is_dir():
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "
                        "or pass --model DIR")
-    out = Path(cfg.out_dir).resolve()
+    out = out.resolve()
     _check_demo_folder(out, cfg.out_dir)
     # Taken just before the first write (in _run_locked), so that a refused run leaves the folder as it was, and
     # held to the end: a second demo into the folder is refused then, before it writes anything.

@@ -54,12 +54,15 @@ def _pooling(vision) -> str:
     return "normalised mean of per-frame embeddings" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _checked_clips(clips, caller: str = "encode_clips") -> list:
+def _checked_clips(clips, caller: str = "encode_clips", num_frames: Optional[int] = None) -> list:
     """``clips`` as a list of arrays or tensors, or VmmError naming the first clip the model cannot take and the fix.
 
     Checked before any work: float frames in 0-1 were read as 0-255 and indexed near black without a word; a
     grey, RGBA or channels-first clip failed in the batching without saying which clip; an empty one failed in
     the resize with a bare RuntimeError, and a clip of 0 frames was told to rebuild the model with num_frames=0.
+    With ``num_frames`` (a model whose temporal embedding fixes the count), a clip must have that many frames or
+    one (an image): any other count was told, without naming the clip, to rebuild the model for it, which would
+    give vectors that fit no library of this one.
     """
     if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
         raise VmmError(f"{caller} takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
@@ -77,6 +80,10 @@ def _checked_clips(clips, caller: str = "encode_clips") -> list:
                            "frames to RGB, with the channels last")
         if not math.prod(shape):
             raise VmmError(f"clip {i} of shape {shape} is empty; a clip needs frames of at least 1 x 1 pixels")
+        if num_frames is not None and shape[0] not in (1, num_frames):
+            raise VmmError(f"clip {i} has {shape[0]} frames, but the model takes {num_frames} (or 1, an image); "
+                           f"sample them as the official evaluation does: "
+                           f"clip[index.sample_middle_indices({shape[0]}, {num_frames})]")
     return clips
 
 
@@ -122,6 +129,8 @@ class VideoTextEncoder:
             raise VmmError(f"max_text_len={self.max_text_len} is more than the text tower's {positions} positions; "
                            f"pass max_text_len <= {positions}")
         self.transform = EvalTransform(self.img_size)
+        # Frames encoded one by one as images take any count; a joint scan has a temporal embedding per frame.
+        self._clip_frames = None if cfg.vision.frame_mode == "per_frame" else self.num_frames
         if tokenizer is None:
             from vmm.tokenizer import Tokenizer
             tokenizer = Tokenizer(cfg.tokenizer, max_length=self.max_text_len)
@@ -230,8 +239,9 @@ class VideoTextEncoder:
 
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
-        """uint8 clips (T, H, W, 3) -> (N, dim) float32 unit vectors (and patch tokens with ``return_tokens``)."""
-        clips = _checked_clips(clips)
+        """uint8 clips (T, H, W, 3) of ``num_frames`` frames (or 1, an image) -> (N, dim) float32 unit vectors (and
+        patch tokens with ``return_tokens``)."""
+        clips = _checked_clips(clips, num_frames=self._clip_frames)
         out, toks = [], []
         for batch in self._batches(clips):
             x = self._video_batch(batch)
@@ -282,8 +292,11 @@ class VideoTextEncoder:
     @torch.inference_mode()
     def itm_scores_for(self, text: str, clips: Sequence[np.ndarray]) -> np.ndarray:
         """ITM match logits of one text against each clip (the official re-ranking score)."""
+        if not isinstance(text, str):  # a list was refused by encode_texts with "pass a list of strings"
+            raise VmmError(f"itm_scores_for takes one text (a string), got {type(text).__name__}; call it once per "
+                           "text")
         _, hidden, mask = self.encode_texts([text], return_hidden=True)
-        clips = _checked_clips(clips, "itm_scores_for")
+        clips = _checked_clips(clips, "itm_scores_for", self._clip_frames)
         scores = []
         for batch in self._batches(clips):
             _, tokens = self.encode_clips(batch, return_tokens=True)

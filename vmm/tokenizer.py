@@ -7,6 +7,7 @@ The vocabulary comes from (first found): an explicit folder or ``vocab.txt``; th
 from __future__ import annotations
 
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -21,13 +22,19 @@ def as_texts(texts: Union[str, Iterable[str]]) -> list[str]:
     """
     if isinstance(texts, str):
         return [texts]
+    # Bytes (a file read in binary mode) are a sequence of ints: b"a dog" was "texts[0] is 97 (int)".
+    if isinstance(texts, (bytes, bytearray)):
+        raise VmmError(f"texts must be a string or a list of strings, got {type(texts).__name__}; decode it first, "
+                       "e.g. texts.decode('utf-8')")
     try:
         texts = list(texts)
     except TypeError:
         raise VmmError(f"texts must be a string or a list of strings, got {type(texts).__name__}") from None
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise VmmError(f"texts[{i}] is {t!r:.60} ({type(t).__name__}), not a string; pass a list of strings")
+            fix = "decode it first, e.g. .decode('utf-8')" if isinstance(t, (bytes, bytearray)) else \
+                "pass a list of strings"
+            raise VmmError(f"texts[{i}] is {t!r:.60} ({type(t).__name__}), not a string; {fix}")
     return texts
 
 
@@ -43,7 +50,7 @@ def check_max_length(max_length: Any, option: str = "max_length") -> int:
 def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
     """Locate a bert-base-uncased ``vocab.txt``; a clear error says how to provide one."""
     if source is not None and source != "bert-base-uncased":
-        p = Path(source)
+        p = Path(os.path.expanduser(source))  # a config's "~/bert" (no shell expands it), as model paths are read
         p = p / "vocab.txt" if p.is_dir() else p
         if p.is_file():
             return p

@@ -21,11 +21,12 @@ def _check(args: argparse.Namespace) -> None:
     from vmm.errors import VmmError
     if not args.out:
         raise VmmError("--out is empty; pass a folder for the demo's output (e.g. --out demo_output)")
-    if args.videos < 2 or args.queries < 0 or (Path(args.out).exists() and not Path(args.out).is_dir()):
+    out = os.path.expanduser(args.out)  # where run_demo writes: a "~" the shell left alone is the home folder
+    if args.videos < 2 or args.queries < 0 or (Path(out).exists() and not Path(out).is_dir()):
         return  # run_demo names these, before it writes anything
     # The seed, the device, a --model that does not load or does not fit a demo library already in --out: refused
     # by run_demo, before it writes anything.
-    _check_writable(args.out)
+    _check_writable(out)
 
 
 def _check_writable(out: str) -> None:

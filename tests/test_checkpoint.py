@@ -392,3 +392,12 @@ def test_a_file_of_another_kind_names_its_kind_and_the_model_to_pass(tmp_path):
         vmm.load_checkpoint(vision, middle.state_dict())
     with pytest.raises(CheckpointError, match="pass --model videomamba_middle_vision or another model of the file's"):
         vmm.load_checkpoint(middle, vision.state_dict())
+
+
+def test_a_checkpoint_under_the_home_folder_tells_its_frame_count(tmp_path, monkeypatch):
+    """The loaders read a quoted "~/t16.pth" as the home folder, but checkpoint_frames did not: the commands then
+    ran a 16-frame file at the model config's 8 frames through an interpolated temporal table."""
+    from vmm.factory import checkpoint_frames, checkpoint_input_size
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(tiny().state_dict(), tmp_path / "t4.pth")
+    assert checkpoint_frames("~/t4.pth") == 4 and checkpoint_input_size("~/t4.pth") == (4, 32)

@@ -115,7 +115,7 @@ class VideoTextEncoder:
             # 0 failed deep in range(); a negative count returned no vectors at all, without a word
             raise VmmError(f"batch_size must be a whole number >= 1, got {batch_size!r}; e.g. batch_size=8")
         from vmm.factory import resolve_device
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "device= / --device")
         self.model = model.to(self.device).eval()
         cfg = model.cfg
         self.name = getattr(model, "model_name", None) or "videomamba_m16_mm"

@@ -336,7 +336,7 @@ def checkpoint_vision_settings(path: Union[str, Path]) -> dict:
     {'img_size': 32, 'num_frames': 4, 'num_classes': 3}
     """
     from vmm.models.checkpoint import vision_overrides_from_state_dict
-    path = Path(path)
+    path = Path(user_path(path))  # as the loaders read "~/...": a quoted one ran a 16-frame file at 8 frames
     _sniff_weights_file(path)
     try:
         return vision_overrides_from_state_dict(_tensor_shapes(path))
@@ -372,7 +372,7 @@ def checkpoint_frames(checkpoint: Optional[Union[str, Path]]) -> Optional[int]:
     >>> checkpoint_frames(None), checkpoint_frames("hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth")
     (None, None)
     """
-    if not checkpoint or not Path(checkpoint).is_file():
+    if not checkpoint or not Path(user_path(checkpoint)).is_file():
         return None
     size = checkpoint_input_size(checkpoint)
     return None if size is None else size[0]

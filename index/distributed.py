@@ -59,8 +59,8 @@ import numpy as np
 from index.catalog import FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, VideoInfo
 from index.discovery import Candidate
-from index.ingest import (IngestSummary, _check_request, _decode_options, _Pipeline, _start_run, build_library,
-                          default_workers, usable_cpus)
+from index.ingest import (IngestSummary, _check_numbers, _check_request, _decode_options, _Pipeline, _start_run,
+                          build_library, default_workers, usable_cpus)
 from index.library import LibraryWriter, _sync, library_folder, refuse_foreign_folder
 from index.pool import DecodePool
 from index.progress import IngestProgress, ProgressUpdate
@@ -73,6 +73,7 @@ _MERGE_MAX_CLIPS = 8192  # clips per merge transaction: bounds the work a crash 
 _FILE_COST = 1 << 20  # bytes a file counts for on top of its size, so many small files spread too
 _HEARTBEAT_S = 5.0  # coordination="files": how often a rank rewrites its heartbeat file
 _SILENCE_S = 120.0  # ... and how long an unchanged heartbeat means the rank is dead (far above any GIL stall)
+_LONGEST_WAIT_S = 10 * 365 * 86400.0  # a torch.distributed timeout for barrier_timeout=inf
 
 
 # -- who am I -----------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ class _TorchCoordinator:
         import torch.distributed as dist
 
         self._dist = dist
-        timeout = datetime.timedelta(seconds=timeout_s)
+        # barrier_timeout=inf means no limit, which a timedelta cannot hold (it was an OverflowError traceback).
+        timeout = datetime.timedelta(seconds=min(timeout_s, _LONGEST_WAIT_S))
         self._owned = not dist.is_initialized()
         if self._owned:
             try:
@@ -458,10 +460,14 @@ class DistributedSummary(IngestSummary):
     ranks: list[dict] = field(default_factory=list)  # per rank: files, clips, failed, seconds, encode_seconds
 
     def line(self, retry_hint: str = "retry_failed=True") -> str:
-        text = super().line(retry_hint) + f" on {self.world_size} rank{'s' if self.world_size != 1 else ''}"
+        text = super().line(retry_hint)
+        ranks = f" on {self.world_size} rank{'s' if self.world_size != 1 else ''}"
         if self.reused:
-            text += f" ({self.reused} files reused from an interrupted run)"
-        return text
+            ranks += f" ({self.reused} files reused from an interrupted run)"
+        # The ranks go with the run's figures, before the hint on earlier failures that may end the line (after it
+        # they read "... --retry-failed retries them) on 2 ranks").
+        cut = text.rfind("; ") if self.skipped_failed else len(text)
+        return text[:cut] + ranks + text[cut:]
 
     def to_json(self) -> dict:
         """The summary as plain JSON types (what ``vmm index --json`` style output wants)."""
@@ -517,7 +523,7 @@ def build_library_distributed(paths: list[str], library_dir: str, encoder, *, ra
     ``torch.distributed`` (gloo) when a process group exists or MASTER_ADDR/MASTER_PORT
     are set (``coordination="torch"``), else through files under the library
     (``coordination="files"``), which needs a ``run_id`` shared by all ranks and new
-    for every launch (default: VMM_RUN_ID, else the SLURM job and step). ``barrier_timeout`` bounds how long a
+    for every launch (default: VMM_RUN_ID, else the SLURM job, step and restart count). ``barrier_timeout`` bounds how long a
     rank waits for the others; with file barriers, a rank that started but has shown no sign of life for 2
     minutes (killed, or on a lost node) is given up on sooner. Each rank should embed on its own GPU
     (LOCAL_RANK, see :func:`launch_info`). The other options are ``build_library``'s (``on_open`` runs on rank 0); ``workers`` is per rank (default: the node's
@@ -572,6 +578,7 @@ def _coordinator(info: LaunchInfo, library: str, coordination: str, run_id: str 
     """The meeting points, the run id all ranks use, and the library path (rank 0's, when it can be sent)."""
     if coordination not in ("auto", "torch", "files"):
         raise VmmError(f"coordination must be 'auto', 'torch' or 'files', got {coordination!r}")
+    _check_numbers(barrier_timeout=timeout_s)
     if not timeout_s > 0:
         raise VmmError(f"barrier_timeout must be > 0 seconds, got {timeout_s}")
     if run_id:  # in every mode: with a process group, '../..' had rank 0 delete a folder outside the library
@@ -627,7 +634,11 @@ def _run_id_from_environment() -> str | None:
     if os.environ.get("VMM_RUN_ID"):
         return os.environ["VMM_RUN_ID"]
     if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+        run_id = f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+        # A requeued job (preempted, or `scontrol requeue` after a failure) keeps its job and step ids: without the
+        # restart count its rerun was refused as "run id ... was already used", a launch that gave no run id.
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
+        return run_id if restarts in ("", "0") else f"{run_id}-r{restarts}"
     return None
 
 

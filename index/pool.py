@@ -55,6 +55,10 @@ from index.discovery import fingerprint_file
 
 Event = tuple  # (kind, key, payload)
 
+# Decoded frames that may wait for the encoder: frames are full size, so 32 clips of 8 frames of 4K video held
+# 6.4 GB (25 GB at 8K, which max_pixels lets through) where a clip count alone bounded them.
+PREFETCH_BYTES = 1 << 30
+
 
 def _resolve_hook(name: str | None) -> Callable[[str, str], None] | None:
     if not name:
@@ -156,6 +160,10 @@ def _worker_entry() -> None:
             return
 
 
+def _frame_bytes(event: Event) -> int:
+    return event[2].frames.nbytes if event[0] == "clip" else 0
+
+
 # The child gets the parent's sys.path, so whatever the parent can import (an
 # uninstalled checkout, a test helper module for worker_hook) the worker can too.
 _BOOTSTRAP = "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); import index.pool as p; p._worker_entry()"
@@ -236,14 +244,15 @@ class DecodePool:
     """Decode submitted files in ``workers`` processes; ``workers=0`` decodes inline (no timeout).
 
     ``timeout`` bounds each decoding step (opening a file or decoding one clip);
-    ``prefetch`` bounds how many decoded clips wait for the encoder.
+    ``prefetch`` bounds how many decoded clips wait for the encoder, and ``prefetch_bytes``
+    their frames' bytes (one clip may always wait, however large).
     ``worker_hook`` ("module:function") is called as ``hook(path, backend)`` inside the
     worker before decoding: a test and debugging seam.
     """
 
     def __init__(self, options: DecodeOptions, *, workers: int = 1, timeout: float = 60.0, prefetch: int = 32,
-                 max_files_per_worker: int = 200, worker_hook: str | None = None,
-                 quiet: bool = True):
+                 prefetch_bytes: int = PREFETCH_BYTES, max_files_per_worker: int = 200,
+                 worker_hook: str | None = None, quiet: bool = True):
         options.check()
         self.options = options
         self.workers = workers
@@ -253,6 +262,8 @@ class DecodePool:
         self.quiet = quiet
         self._todo: collections.deque[_Task] = collections.deque()
         self._out: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+        self.prefetch_bytes = prefetch_bytes
+        self._queued_bytes = 0  # frames in self._out
         self._unfinished = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -292,12 +303,13 @@ class DecodePool:
                         raise self._error
                     raise RuntimeError(f"decoder pool failed: {self._error}") from self._error
                 wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
                 try:
-                    event = self._out.get(timeout=wait)
+                    event = self._out.get(timeout=max(0.0, wait))  # timeout=0 still takes an event already there
                 except queue.Empty:
-                    continue
+                    if wait <= 0:
+                        return None
+            with self._lock:
+                self._queued_bytes -= _frame_bytes(event)
         if event is not None and event[0] in ("done", "failed"):
             with self._lock:
                 self._unfinished -= 1
@@ -401,12 +413,22 @@ class DecodePool:
             self._emit(self._deferred.pop(0))
 
     def _emit(self, event: Event) -> None:
+        size = _frame_bytes(event)
         while not self._stop.is_set():
-            try:
-                self._out.put(event, timeout=0.1)
-                return
-            except queue.Full:
-                self._watch()  # the consumer is busy; busy workers are still watched
+            with self._lock:
+                fits = self._queued_bytes == 0 or self._queued_bytes + size <= self.prefetch_bytes
+                if fits:
+                    self._queued_bytes += size  # before the put: the consumer may take the event at once
+            if fits:
+                try:
+                    self._out.put(event, timeout=0.1)
+                    return
+                except queue.Full:
+                    with self._lock:
+                        self._queued_bytes -= size
+            else:
+                self._stop.wait(0.02)
+            self._watch()  # the consumer is busy; busy workers are still watched
 
     def _receive(self, worker: _Worker) -> None:
         try:

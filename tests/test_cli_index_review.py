@@ -106,3 +106,20 @@ def test_remove_refuses_quiet_which_it_would_ignore(tmp_path, capsys):
     assert err.count("\n") == 1, err
     assert main(["index", red, "--library", library, "--remove"]) == 0  # still there: the refusal removed nothing
     assert capsys.readouterr().out == f"removed 1 file(s) from {library}\n"
+
+
+def test_each_rank_takes_its_own_gpu_of_the_node(monkeypatch):
+    """Under a launcher that sets RANK and WORLD_SIZE but not LOCAL_RANK every rank took cuda:0, and a node running
+    more ranks than GPUs asked for a cuda:N that was not there."""
+    import torch
+
+    from index.distributed import launch_info
+    from vmm.commands.index import _rank_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}  # rank 5 is the second of its node
+    assert _rank_device(launch_info(environ=env)) == "cuda:1"
+    assert _rank_device(launch_info(environ={**env, "LOCAL_RANK": "3"})) == "cuda:1"  # 4 ranks on 2 GPUs
+    assert _rank_device(launch_info(environ={**env, "LOCAL_RANK": "0"})) == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _rank_device(launch_info(environ=env)) is None

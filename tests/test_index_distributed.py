@@ -5,7 +5,9 @@ MASTER_ADDR / MASTER_PORT set, as ``accelerate launch`` or ``torchrun`` would se
 """
 import doctest
 import json
+import math
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -487,3 +489,56 @@ def test_shards_are_deterministic_balanced_and_complete():
 def test_docstring_examples():
     result = doctest.testmod(distributed, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_summary_line_names_the_ranks_before_the_hint_on_earlier_failures(tmp_path):
+    # It ended "...; 1 earlier failures skipped (--retry-failed retries them) on 2 ranks".
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color)
+    videos.write_text(str(root / "notes.mp4"))
+    encoders = [ColorHistogramEncoder(), ColorHistogramEncoder()]
+    first = run_threads(root, tmp_path / "lib", encoders, "first")[0]
+    assert first.line().endswith(" on 2 ranks")
+    again = run_threads(root, tmp_path / "lib", encoders, "again")[0]
+    assert (again.unchanged, again.skipped_failed) == (2, 1)
+    assert re.fullmatch(r"indexed 0 files \(0 clips\), 2 unchanged, 0 failed, 0 removed in \d+\.\d s on 2 ranks; "
+                        r"1 earlier failures skipped \(--retry-failed retries them\)",
+                        again.line(retry_hint="--retry-failed")), again.line()
+
+
+def test_a_requeued_slurm_job_reruns_with_its_own_run_id(tmp_path, monkeypatch):
+    """A requeued job keeps SLURM_JOB_ID and SLURM_STEP_ID: after a failed first attempt, the requeued one was
+    refused with "run id slurm-77-0 was already used ...; give every launch a new run id" though none was given."""
+    for name in ("MASTER_ADDR", "MASTER_PORT", "VMM_RUN_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color)
+    library = tmp_path / "lib"
+    failed = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder(bins=5)], None)
+    assert all(isinstance(error, VmmError) and "did not finish" in str(error) for error in failed), failed
+    assert os.listdir(library / ".staging") == ["slurm-77-0"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    summary, second = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder()], None)
+    assert second is None and (summary.indexed, summary.unchanged) == (2, 2), summary
+    assert not (library / ".staging").exists()
+
+
+def test_barrier_timeout_of_the_wrong_type_is_named_and_inf_means_no_limit(tmp_path, monkeypatch):
+    # "3600" was a TypeError traceback, and inf an OverflowError one with a process group.
+    with pytest.raises(VmmError, match=r"^barrier_timeout must be a number of seconds, got '3600'; fix the option$"):
+        build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
+                                  world_size=2, coordination="files", run_id="x", barrier_timeout="3600")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    coordinator = distributed._TorchCoordinator(launch_info(0, 1, environ={}), math.inf)
+    try:
+        coordinator.barrier("only")
+        assert coordinator.broadcast("plan", {"error": None}) == {"error": None}
+    finally:
+        coordinator.close()

@@ -144,3 +144,44 @@ def test_a_long_step_keeps_restarting_the_watchdog_clock(tmp_path):
     assert len(started) >= 160 + 140
     assert started == sorted(started)
 
+
+
+def queued_frame_bytes(pool) -> int:
+    return sum(event[2].frames.nbytes for event in list(pool._out.queue) if event[0] == "clip")
+
+
+def test_decoded_frames_waiting_for_the_encoder_are_bounded_in_bytes(tmp_path):
+    # Frames travel at full size and only a count of clips bounded the queue: 32 clips of 4K video waited as 6.4 GB
+    # (25 GB at 8K) while a slow model embedded a batch.
+    from index.decode import DecodeOptions
+
+    paths = [videos.write_frames(str(tmp_path / f"{k}.mp4"), videos.moving_square_frames(40, 320, 240))
+             for k in range(2)]  # 4 s each: 4 clips of 8 frames of 320x240, 1.8 MB a clip
+    clip_bytes = 8 * 240 * 320 * 3
+    with pool_module.DecodePool(DecodeOptions(window=1.0, stride=1.0), workers=2, prefetch=32,
+                                prefetch_bytes=2 * clip_bytes) as pool:
+        for key, path in enumerate(paths):
+            pool.submit(key, path)
+        deadline = time.monotonic() + 20
+        while queued_frame_bytes(pool) < 2 * clip_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the decoders had 6 more clips to send meanwhile, unconsumed
+        assert queued_frame_bytes(pool) == 2 * clip_bytes
+        events = []
+        while pool.pending():
+            events.append(pool.get(timeout=10))
+    assert sorted((key, kind) for kind, key, _ in events if kind != "clip") == [
+        (0, "done"), (0, "start"), (1, "done"), (1, "start")]
+    assert sum(kind == "clip" for kind, _, _ in events) == 8
+
+
+def test_get_with_no_wait_takes_an_event_that_is_already_there(tmp_path):
+    from index.decode import DecodeOptions
+
+    red = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, 1.0)
+    with pool_module.DecodePool(DecodeOptions(), workers=1) as pool:
+        pool.submit(0, red)
+        deadline = time.monotonic() + 20
+        while pool._out.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.get(timeout=0)[0] == "start"  # was None: a zero timeout never looked at the queue

@@ -99,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device
     distributed = launch is not None
     if distributed and device is None:
-        import torch
-        if torch.cuda.is_available():  # one GPU per rank under accelerate launch / torchrun
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = _rank_device(launch)
     if model is None and checkpoint is None:
         if not saved:
             raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
@@ -164,6 +162,21 @@ def _launch():
     from index.distributed import launch_info
     info = launch_info()
     return info if info.world_size > 1 else None
+
+
+def _rank_device(launch) -> str | None:
+    """This rank's GPU under torchrun / accelerate launch: its local rank's, from launch_info (LOCAL_RANK, else the
+    rank within its node: every rank took cuda:0 where LOCAL_RANK was not set), shared round-robin where a node runs
+    more ranks than it has GPUs (cuda:N beyond them failed); None without a GPU.
+
+    >>> from index.distributed import LaunchInfo
+    >>> _rank_device(LaunchInfo(rank=5, world_size=8, local_rank=1, local_world_size=4)) in (None, "cuda:0", "cuda:1")
+    True
+    """
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return f"cuda:{launch.local_rank % torch.cuda.device_count()}"
 
 
 def _check_new_library_folder(library: str) -> None:

@@ -230,7 +230,7 @@ class LibraryWriter:
                 if wanted is None:
                     raise _no_library(library)
                 refuse_foreign_folder(library)  # again under the lock: the folder may have changed meanwhile
-                for stale in glob.glob(path + "-*"):  # a -wal/-shm without its database
+                for stale in glob.glob(glob.escape(path) + "-*"):  # a -wal/-shm without its database
                     os.remove(stale)
                 _check_clip_settings(wanted)
                 catalog = Catalog.create(path, wanted)
@@ -240,9 +240,12 @@ class LibraryWriter:
             writer = cls(library, catalog, lock)
             writer._write_manifest_copy()
             return writer
-        except sqlite3.OperationalError as error:
+        except (sqlite3.OperationalError, OSError) as error:
+            # OSError: a drive out of inodes (or over a quota on files) cannot make catalog.sqlite.new, which
+            # ended the run with a traceback where SQLite's own failure to make a file was this line.
             lock.release()
-            raise VmmError(f"cannot write the library catalog in {library} ({error}); check free space on its drive "
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise VmmError(f"cannot write the library catalog in {library} ({reason}); check free space on its drive "
                            "and its permissions, or choose a folder you can write to") from None
         except BaseException:
             lock.release()
@@ -331,15 +334,17 @@ class IndexState:
 
 
 def library_folder(library_dir) -> str:
-    """The absolute path of a library folder; an empty one is refused, since abspath("") is the working folder
-    (a library would be built in, or looked for in, whatever folder the command ran from).
+    """The absolute path of a library folder, "~" being the home folder; an empty one is refused, since abspath("")
+    is the working folder (a library would be built in, or looked for in, whatever folder the command ran from).
 
-    >>> library_folder("/videos/lib")
-    '/videos/lib'
+    >>> library_folder("/videos/lib"), library_folder("~/lib") == os.path.join(os.path.expanduser("~"), "lib")
+    ('/videos/lib', True)
     """
     if os.fspath(library_dir) == "":
         raise VmmError("the library path is an empty string (''); pass the library's folder")
-    path = os.path.abspath(os.fspath(library_dir))
+    # As vmm index --library and VideoLibrary take it: build_library(..., "~/lib") made a folder named "~" in the
+    # working one, and open_library("~/lib") found no library there.
+    path = os.path.abspath(os.path.expanduser(os.fspath(library_dir)))
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -473,9 +478,12 @@ def _centroids_outgrown(state: IndexState, count: int) -> bool:
 def _delete_leftovers(library: str, keep: str) -> None:
     """Delete the FAISS files other than ``keep`` (the one the state names), and the temporary files of a writer
     killed while replacing a file. Only the lock holder writes these, so any other is a dead writer's."""
-    leftovers = glob.glob(os.path.join(library, "vectors.g*.faiss*"))
-    leftovers += glob.glob(os.path.join(library, STATE_FILE + ".tmp.*"))
-    leftovers += glob.glob(os.path.join(library, MANIFEST_FILE + ".tmp.*"))
+    # Escaped: in a folder named "Videos [2024]" the brackets read as a pattern and matched nothing, so every run
+    # left its old FAISS file behind, each as large as the index.
+    folder = glob.escape(library)
+    leftovers = glob.glob(os.path.join(folder, "vectors.g*.faiss*"))
+    leftovers += glob.glob(os.path.join(folder, STATE_FILE + ".tmp.*"))
+    leftovers += glob.glob(os.path.join(folder, MANIFEST_FILE + ".tmp.*"))
     for old in leftovers:
         if os.path.basename(old) != keep:
             os.remove(old)

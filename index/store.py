@@ -201,6 +201,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -451,9 +454,12 @@ class VectorStore:
             if isinstance(error, OSError):
                 raise
             # FAISS says "Error in ... at index_write.cpp:362: Error: 'ret == (size)' failed: write error in PATH:
-            # 49728 != 77824 (No space left on device)": the reason is the last parenthesis.
-            reason = re.search(r"\(([^()]+)\)\s*$", str(error))
-            raise OSError(errno.EIO, reason.group(1) if reason else str(error), path) from None
+            # 49728 != 77824 (No space left on device)", or "... could not open PATH for writing: No space left on
+            # device" where the file cannot be made (no free inode, a quota on files): the reason ends the text.
+            # Only the first was read, and the second became the message whole, C++ function and source line.
+            reason = re.search(r"\(([^()]+)\)\s*$|for writing: ([^:]+)$", str(error))
+            text = next(filter(None, reason.groups())) if reason else str(error)
+            raise OSError(_ERRNO_BY_TEXT.get(text, errno.EIO), text, path) from None
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     @classmethod

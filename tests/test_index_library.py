@@ -286,6 +286,21 @@ def test_bad_paths_and_folders(tmp_path):
         build_library([str(root)], str(library), ENCODER, factory="Nonsense", workers=0, progress=False)
 
 
+def test_a_library_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    """No shell expands "~" in a Python string: build_library(..., "~/lib") made a folder named "~" in the working
+    one, and open_library("~/lib") found no library, where vmm index --library and VideoLibrary read the home."""
+    (tmp_path / "home").mkdir(), (tmp_path / "work").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
+    assert build_library([str(tmp_path / "red.mp4")], "~/lib", ENCODER, workers=0, progress=False).indexed == 1
+    assert (tmp_path / "home" / "lib" / "catalog.sqlite").is_file() and os.listdir(tmp_path / "work") == []
+    with open_library("~/lib") as reader:
+        assert [record.path for record in reader.files.values()] == [str(tmp_path / "red.mp4")]
+    assert sync_index("~/lib").count == 1
+    assert remove_paths("~/lib", [str(tmp_path / "red.mp4")]) == 1
+
+
 @pytest.fixture()
 def unwritable(tmp_path):
     """A folder this process cannot write to: chmod for a normal user, chattr +i for root."""

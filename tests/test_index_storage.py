@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from index.encoder import ColorHistogramEncoder
+from index.ingest import build_library
+from index.library import read_state, remove_paths
 from index.reader import open_library
 from tests import videos
 from vmm.cli import main
@@ -49,6 +51,23 @@ def test_a_library_folder_named_with_uri_characters_is_searched(tmp_path, capsys
     assert main(["search", str(library), "--video", str(tmp_path / "vids" / "red.mp4"), "-k", "1", "--json"]) == 0
     assert '"path": "' + str(tmp_path / "vids" / "red.mp4") in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == before  # no stray file beside the library
+
+
+@pytest.mark.parametrize("name", ["Videos [2024]", "[a-z]*"])
+def test_a_library_folder_named_with_glob_characters_keeps_one_faiss_file(tmp_path, name):
+    """The next writer deletes the FAISS files no state names and a killed writer's temporary files by pattern:
+    in a folder named "Videos [2024]" the brackets were part of the pattern, so every change left the old FAISS
+    file (as large as the index) behind for good."""
+    media = make_videos(tmp_path / "vids")
+    library = tmp_path / name
+    build_library([str(tmp_path / "vids")], str(library), ENCODER, workers=0, progress=False)
+    (library / "index-state.json.tmp.4242").write_text("{}")  # a writer killed while replacing the state
+    assert remove_paths(str(library), [media["blue"]]) == 1
+    videos.write_solid(str(tmp_path / "vids" / "white.mp4"), videos.WHITE, seconds=1)
+    build_library([str(tmp_path / "vids")], str(library), ENCODER, workers=0, progress=False)
+    assert sorted(os.listdir(library)) == ["catalog.sqlite", "index-state.json", "lock", "manifest.json",
+                                           read_state(str(library)).file]
+    assert red_first(str(library))
 
 
 @pytest.fixture
@@ -187,20 +206,48 @@ def test_a_full_disk_while_creating_the_catalog_names_sqlites_error(tmp_path):
 
 FULL_DISK = """
 set -e
-mount -t tmpfs -o size=4m tmpfs "$DRIVE"
+mount -t tmpfs -o size=4m,nr_inodes=64 tmpfs "$DRIVE"
 python - <<'PY'
 import os
-drive, free = os.environ["DRIVE"], int(os.environ["FREE"])
+drive = os.environ["DRIVE"]
 st = os.statvfs(drive)
-with open(os.path.join(drive, "filler"), "wb") as f:
-    f.write(bytes(st.f_bavail * st.f_frsize - free))
+if "FREE" in os.environ:
+    with open(os.path.join(drive, "filler"), "wb") as f:
+        f.write(bytes(st.f_bavail * st.f_frsize - int(os.environ["FREE"])))
+if "FREE_INODES" in os.environ:  # empty files, each taking one of the drive's inodes
+    os.mkdir(os.path.join(drive, "fillers"))
+    for i in range(os.statvfs(drive).f_favail - int(os.environ["FREE_INODES"])):
+        open(os.path.join(drive, "fillers", str(i)), "w").close()
 PY
 set +e
 "$@" 2>"$OUT/first.err"; echo $? >"$OUT/first.rc"
-rm "$DRIVE/filler"
+rm -r "$DRIVE"/fill*
 "$@" >"$OUT/second.out" 2>&1; echo $? >"$OUT/second.rc"
 cp -a "$DRIVE/lib" "$OUT/lib"
 """
+
+
+def index_on_a_full_drive(tmp_path: Path, **free: int) -> Path:
+    """`vmm index` of make_videos' folder into DRIVE/lib on a small file system with only ``FREE`` bytes or
+    ``FREE_INODES`` files left, then again once the drive has room; the results (first.rc, first.err, second.rc,
+    second.out, and the library) are in the returned folder."""
+    make_videos(tmp_path / "vids")
+    drive, out = tmp_path / "drive", tmp_path / "out"
+    drive.mkdir(), out.mkdir()
+    command = [sys.executable, "-m", "vmm.cli", "index", str(tmp_path / "vids"), "--library", str(drive / "lib"),
+               *HIST]
+    # A small file system of its own, in a mount namespace of its own: nothing is mounted outside the test.
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DRIVE": str(drive), "OUT": str(out),
+           **{name: str(value) for name, value in free.items()}}
+    try:
+        r = subprocess.run([*unshare, "bash", "-c", FULL_DISK, "full-disk", *command], capture_output=True,
+                           text=True, cwd=REPO, env=env, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare command")
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {r.stderr.strip()[-200:]}")
+    return out
 
 
 @pytest.mark.parametrize("free", [0, 90_000], ids=["no-room-at-all", "room-for-the-wal-only"])
@@ -209,26 +256,30 @@ def test_a_full_disk_while_a_library_is_made_leaves_a_library_to_make(tmp_path, 
     file but not for the checkpoint into the database, close() failed without a word, the rename moved the half-
     checkpointed database away from its -wal, and every later run said the library was damaged, to be rebuilt
     into a new folder. With no room at all, writing the pid into the lock file ended the run with a traceback."""
-    make_videos(tmp_path / "vids")
-    drive, out = tmp_path / "drive", tmp_path / "out"
-    drive.mkdir(), out.mkdir()
-    command = [sys.executable, "-m", "vmm.cli", "index", str(tmp_path / "vids"), "--library", str(drive / "lib"),
-               *HIST]
-    # A small file system of its own, in a mount namespace of its own: nothing is mounted outside the test.
-    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DRIVE": str(drive), "OUT": str(out), "FREE": str(free)}
-    try:
-        r = subprocess.run([*unshare, "bash", "-c", FULL_DISK, "full-disk", *command], capture_output=True,
-                           text=True, cwd=REPO, env=env, timeout=300)
-    except FileNotFoundError:
-        pytest.skip("no unshare command")
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {r.stderr.strip()[-200:]}")
+    out = index_on_a_full_drive(tmp_path, FREE=free)
     assert (out / "first.rc").read_text().strip() == "2"
     line = one_error_line((out / "first.err").read_text())
     assert "check free space" in line and "damaged" not in line, line
     assert (out / "second.rc").read_text().strip() == "0", (out / "second.out").read_text()
     assert "indexed 3 files (3 clips)" in (out / "second.out").read_text()
+    assert red_first(str(out / "lib"))
+
+
+@pytest.mark.parametrize("free_inodes, what", [(2, "the library catalog in {lib}"),
+                                               (7, "the FAISS index of library {lib}")])
+def test_a_drive_out_of_inodes_is_named_in_one_line(tmp_path, free_inodes, what):
+    """A drive with bytes to spare but no inode left (or a quota on the number of files, usual on shared
+    clusters) cannot make a new file: with room for the folder and its lock only, making catalog.sqlite.new ended
+    the run with an OSError traceback; with room for every file but the FAISS index, the message was FAISS's
+    C++ text ("Error in faiss::FileIOWriter::FileIOWriter(const char*) at .../io.cpp:103: ... could not open
+    ... for writing: No space left on device")."""
+    out = index_on_a_full_drive(tmp_path, FREE_INODES=free_inodes)
+    assert (out / "first.rc").read_text().strip() == "2"
+    line = one_error_line((out / "first.err").read_text())
+    lib = tmp_path / "drive" / "lib"
+    assert line.startswith(f"error: cannot write {what.format(lib=lib)} (No space left on device); ") and \
+        "free space" in line and "faiss::" not in line, line
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.out").read_text()
     assert red_first(str(out / "lib"))
 
 

@@ -1,4 +1,5 @@
 """FAISS vector store: add/remove/search, filters, atomic files, mmap, IVF recall against exact search."""
+import errno
 import os
 
 import faiss
@@ -124,6 +125,15 @@ def test_atomic_save_and_memory_mapped_load(tmp_path):
     mapped = VectorStore.load(str(tmp_path / "IVF32_Flat.faiss"), "IVF32,Flat")
     ivf = faiss.extract_index_ivf(mapped.index)
     assert "OnDisk" in type(faiss.downcast_InvertedLists(ivf.invlists)).__name__  # lists are mmapped
+
+
+def test_a_file_faiss_cannot_make_is_an_os_error_with_its_reason_and_errno(tmp_path):
+    """FAISS reports a file it cannot open with its C++ function and source line; that whole text was the
+    reason of the OSError (and of the library's one-line message), with errno EIO whatever the cause."""
+    with pytest.raises(OSError) as raised:
+        VectorStore.create(4).save(str(tmp_path / "gone" / "vectors.faiss"))
+    assert (raised.value.errno, raised.value.strerror) == (errno.ENOENT, "No such file or directory")
+    assert raised.value.filename == str(tmp_path / "gone" / "vectors.faiss")
 
 
 def test_hnsw_cannot_remove_and_says_so():

@@ -149,6 +149,8 @@ def refuse_foreign_folder(library: str) -> None:
     if os.path.exists(os.path.join(library, CATALOG_FILE)):
         return
     foreign = _foreign_files(library)
+    if foreign and os.path.exists(os.path.join(library, CATALOG_FILE)):
+        return  # rank 0 of a distributed run renamed its new catalog into place between the two looks
     if foreign and all(_is_leftover(library, name) for name in foreign):
         # The catalog was deleted (or not copied along): the rest would make a new catalog's generations name
         # vectors of the lost one, so it must go first, and that is the user's call (they may restore the catalog).

@@ -581,3 +581,17 @@ def test_vectors_of_any_length_are_stored_unit_length(tmp_path):
         assert len(ids) == 2 and np.linalg.norm(stored, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
         (hits,) = reader.search_vectors(stored[:1], k=2)
         assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[1].score < 1.0 - 1e-3
+
+
+def test_a_catalog_renamed_into_place_during_the_folder_check_is_no_foreign_file(tmp_path, monkeypatch):
+    """Another rank's rank 0 renames the new catalog into place between the check for it and the listing: the
+    listing then holds catalog.sqlite, which read as a user's file ("is not empty and holds no vmm library")."""
+    import index.library as library_module
+    listed = library_module._foreign_files
+
+    def rank0_finishes_meanwhile(folder):
+        (tmp_path / "catalog.sqlite.new").write_bytes(b"")
+        os.replace(tmp_path / "catalog.sqlite.new", tmp_path / "catalog.sqlite")
+        return listed(folder)
+    monkeypatch.setattr(library_module, "_foreign_files", rank0_finishes_meanwhile)
+    library_module.refuse_foreign_folder(str(tmp_path))

@@ -10,6 +10,7 @@ checks its weights against the manifest, so vectors and queries always come from
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -580,16 +581,24 @@ def _write_model_file(path: str, model, checkpoint, frames) -> None:
     if model and model != COLOR_HISTOGRAM and Path(model).is_dir():
         model = os.path.abspath(model)  # a relative folder would name another one from another working directory
     data = {"model": model, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "frames": frames}
-    tmp = os.path.join(path, f".{MODEL_FILE}.tmp")
+    tmp, target = os.path.join(path, f".{MODEL_FILE}.tmp"), os.path.join(path, MODEL_FILE)
+    try:
+        with open(target) as f:
+            if json.load(f) == data:
+                return  # rewritten on every run, it was the first write to fail on a full disk, for no change
+    except (OSError, ValueError):
+        pass
     try:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(path, MODEL_FILE))
+        os.replace(tmp, target)
     except OSError as error:
-        raise VmmError(f"cannot write {os.path.join(path, MODEL_FILE)} ({error.strerror}); check free space and "
-                       "permissions of the library folder") from None
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # else a half-written temporary file stayed in the library folder
+        raise VmmError(f"cannot write {target} ({error.strerror}); check free space and permissions of the library "
+                       "folder") from None
 
 
 def _read_model_file(path: str) -> dict:

@@ -1,5 +1,6 @@
 """The search API on real colour-histogram libraries: results that do not depend on k, snapshots that hold while
 another thread refreshes, and one-line errors for wrong arguments."""
+import os
 import threading
 
 import numpy as np
@@ -336,3 +337,21 @@ def test_a_created_library_is_empty_until_the_first_add(library, tmp_path):
         new.search(video=tmp_path / "missing.mp4")  # the query's own mistakes are still named
     new.add(vids / "green.mp4", workers=0)
     assert [h.path for h in new.search(video=vids / "green.mp4")] == [str(vids / "green.mp4")]
+
+
+def test_the_model_file_is_rewritten_only_when_it_changes(tmp_path):
+    """model.json was rewritten on every vmm index run, so on a full disk it was the first write to fail, for no
+    change; a failed write left its hidden temporary file in the library folder."""
+    from retrieval.library import MODEL_FILE, _read_model_file, _write_model_file
+    from tests.conftest import file_size_limit
+    _write_model_file(str(tmp_path), "vmm_nano", None, 8)
+    first = os.stat(tmp_path / MODEL_FILE).st_ino
+    with file_size_limit(0):  # no write can succeed: the same record needs none
+        _write_model_file(str(tmp_path), "vmm_nano", None, 8)
+    assert os.stat(tmp_path / MODEL_FILE).st_ino == first
+    with file_size_limit(0), pytest.raises(VmmError, match=rf"^cannot write {tmp_path}/{MODEL_FILE} \(File too large\)"):
+        _write_model_file(str(tmp_path), "vmm_nano", None, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_FILE]
+    assert _read_model_file(str(tmp_path))["frames"] == 8
+    _write_model_file(str(tmp_path), "vmm_nano", None, 4)
+    assert _read_model_file(str(tmp_path))["frames"] == 4

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
-from vmm.errors import OneLineArgumentParser
+from vmm.errors import OneLineArgumentParser, VmmError
 
 
 def cpu_name() -> str:
@@ -60,6 +61,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def user_path(text: str) -> str:
+    """argparse type of a path option: a leading ``~`` is the home folder, as for ``vmm``'s own options (the shell
+    leaves a quoted ``"~/runs"`` or ``--out=~/r.json`` alone; it was a folder named ``~`` in the current one).
+
+    >>> user_path("~/runs/final") == str(Path.home() / "runs" / "final")
+    True
+    """
+    return os.path.expanduser(text)
+
+
 def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folder: bool = False) -> Path:
     """``value`` of an output option as a Path, refused now with one ``error:`` line if the run could not write it
     at its end: a read-only folder, a file in the way or a folder given for a file was a traceback after minutes
@@ -68,7 +79,7 @@ def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folde
     >>> output_path(OneLineArgumentParser(prog="bench"), "/tmp/vmm-bench-example/result.json")
     PosixPath('/tmp/vmm-bench-example/result.json')
     """
-    path = Path(value)
+    path = Path(user_path(str(value)))
     if folder != path.is_dir() and path.exists():
         wanted = "a folder" if folder else f"a file in it, e.g. {path / 'result.json'}"
         ap.error(f"argument {option}: {value} is {'a file' if folder else 'a folder'}; name {wanted}")
@@ -84,3 +95,18 @@ def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folde
     if path.is_file() and not os.access(path, os.W_OK):
         ap.error(f"argument {option}: {value} is read-only; make it writable or choose another path")
     return path
+
+
+def run(main) -> None:
+    """Runs a script's ``main`` and exits as ``vmm`` does: a Ctrl-C minutes into a run is the line ``interrupted``
+    and status 130, a VmmError (a damaged model folder or corpus) its ``error:`` line and status 2, not a
+    traceback; otherwise ``main``'s return value is the status."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except VmmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import vmm
-from common import cpu_name, output_path, parser, positive_int
+from common import cpu_name, output_path, parser, positive_int, run
 from scan_cpu import naive_per_token_scan
 from vmm.errors import VmmError
 from vmm.ops.selective_scan import register_backend, unregister_backend
@@ -100,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -43,7 +43,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
-from common import cpu_name, output_path, parser, positive_int  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int, run, user_path  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -52,7 +52,6 @@ from index.ingest import build_library, default_workers, usable_cpus  # noqa: E4
 from index.library import LibraryWriter, _sync  # noqa: E402
 from index.store import VectorStore, auto_nlist, default_nprobe, resolve_factory  # noqa: E402
 from vmm.embedder import VideoTextEncoder  # noqa: E402
-from vmm.errors import VmmError  # noqa: E402
 
 
 # -- hardware ---------------------------------------------------------------------------------------------
@@ -130,18 +129,20 @@ def decode_only(videos: list[Path], num_frames: int, threads: int) -> dict:
     started = time.perf_counter()
     clips = sum(len(decode_video(str(path), options)[1]) for path in videos)
     seconds = time.perf_counter() - started
-    return {"clips": clips, "seconds": round(seconds, 3), "clips_per_s": round(clips / seconds, 2),
-            "decoder_threads": threads}
+    return {"clips": clips, "frames": num_frames, "seconds": round(seconds, 3),
+            "clips_per_s": round(clips / seconds, 2), "decoder_threads": threads}
 
 
-def index_once(label: str, encoder, media: Path, workdir: Path, workers: int, batch_size: int) -> dict:
+def index_once(label: str, encoder, videos: list[Path], workdir: Path, workers: int, batch_size: int) -> dict:
     timed = TimedEncoder(encoder)
     library = workdir / f"lib-{label}"
     shutil.rmtree(library, ignore_errors=True)
     children_before = children_cpu_seconds()
     started = time.perf_counter()
-    summary = build_library([str(media)], str(library), timed, workers=workers, batch_size=batch_size,
-                            progress=False)
+    # The files decode_only timed, not their folder: a --video-dir with subfolders or other video types had more
+    # files indexed than decoded alone, and the ratio against decoding compared different inputs.
+    summary = build_library([str(path) for path in videos], str(library), timed, workers=workers,
+                            batch_size=batch_size, progress=False)
     wall = time.perf_counter() - started
     decode_cpu = children_cpu_seconds() - children_before  # workers are reaped when the pool closes
     assert summary.failed == 0, summary.failures
@@ -162,11 +163,12 @@ def bench_indexing(args, workdir: Path) -> dict:
     videos = sorted(media.glob("*.mp4"))
     setup_s = time.perf_counter() - started
 
-    baseline = ColorHistogramEncoder()
     # Random weights: speed does not depend on them. Any registered multimodal model (vmm_nano by default;
     # videomamba_m16_25m is the official size, 8 x 224 px) or a save_pretrained folder.
     model = vmm.from_pretrained(args.model) if Path(args.model).is_dir() else vmm.create_model(args.model)
     encoder = VideoTextEncoder(model, batch_size=args.batch_size)
+    # The baselines decode the model's frame count: a 16-frame model was compared with 8-frame decoding.
+    baseline = ColorHistogramEncoder(num_frames=encoder.num_frames)
     warm = [np.zeros((encoder.num_frames, 240, 320, 3), np.uint8)] * args.batch_size
     for _ in range(2):  # first-call costs (kernel selection, allocator; the CUDA graph's capture on the second
         encoder.encode_clips(warm)  # full batch) are not indexing speed
@@ -177,10 +179,10 @@ def bench_indexing(args, workdir: Path) -> dict:
     baseline_workers, model_workers = (default_workers(e) if args.workers is None else args.workers
                                        for e in (baseline, encoder))
     threads = max(1, usable_cpus() // baseline_workers)  # what build_library gives each decoder
-    rows = {"decode_only": decode_only(videos, baseline.num_frames, threads)}
-    rows["color_histogram"] = index_once("color-histogram", baseline, media, workdir, baseline_workers,
+    rows = {"decode_only": decode_only(videos, encoder.num_frames, threads)}
+    rows["color_histogram"] = index_once("color-histogram", baseline, videos, workdir, baseline_workers,
                                          args.batch_size)
-    rows["model"] = index_once(args.model, encoder, media, workdir, model_workers, args.batch_size)
+    rows["model"] = index_once(args.model, encoder, videos, workdir, model_workers, args.batch_size)
     rows["model"].update(device=str(encoder.device), precision="bf16 autocast" if encoder.device.type == "cuda"
                          else "fp32", img_size=encoder.img_size, frames=encoder.num_frames)
     video = (f"{args.video_seconds:g} s, {args.video_size[0]}x{args.video_size[1]}, 25 fps, H.264" if not args.video_dir
@@ -372,9 +374,10 @@ def main() -> None:
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")
     ap.add_argument("--merge-files", type=positive_int, default=None,
                     help="files staged for the merge [4000; quick: 2000]")
-    ap.add_argument("--model", default="vmm_nano",
+    ap.add_argument("--model", type=user_path, default="vmm_nano",
                     help="model to embed with, random weights [vmm_nano; videomamba_m16_25m: official size]")
-    ap.add_argument("--video-dir", default=None, help="index these .mp4 files instead of writing new ones")
+    ap.add_argument("--video-dir", type=user_path, default=None,
+                    help="index these .mp4 files instead of writing new ones")
     ap.add_argument("--write-videos", default=None, metavar="DIR",
                     help="only write the benchmark videos to DIR (for a host without PyAV) and exit")
     ap.add_argument("--skip", nargs="*", default=[], choices=["indexing", "search", "merge"])
@@ -493,8 +496,4 @@ def report(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except VmmError as error:  # e.g. a damaged model folder: one line, as vmm index prints it
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

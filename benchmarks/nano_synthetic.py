@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: python benchmarks/nano_synthetic.py
 sys.path.insert(0, str(HERE))
 
-from common import cpu_name, output_path, parser  # noqa: E402
+from common import cpu_name, output_path, parser, run, user_path  # noqa: E402
 
 
 def pair_accuracy(model_dir: str, corpus: Path) -> dict:
@@ -47,9 +47,11 @@ def pair_accuracy(model_dir: str, corpus: Path) -> dict:
 
 def main() -> None:
     ap = parser(__file__, __doc__)
-    ap.add_argument("--model", default=str(HERE.parent / "vmm" / "weights" / "vmm_nano"))
-    ap.add_argument("--baseline", required=True, help="the frame-mean baseline trained by the same recipe")
-    ap.add_argument("--corpus", help="an existing seed-0 corpus (default: regenerate it in a temp folder)")
+    ap.add_argument("--model", type=user_path, default=str(HERE.parent / "vmm" / "weights" / "vmm_nano"))
+    ap.add_argument("--baseline", type=user_path, required=True,
+                    help="the frame-mean baseline trained by the same recipe")
+    ap.add_argument("--corpus", type=user_path,
+                    help="an existing seed-0 corpus (default: regenerate it in a temp folder)")
     ap.add_argument("--out", default=str(HERE / "results" / "nano_synthetic.json"))
     args = ap.parse_args()
     args.out = output_path(ap, args.out)
@@ -61,11 +63,26 @@ def main() -> None:
     if args.corpus and not all((Path(args.corpus) / f"{split}.json").is_file() for split in ("test", "test_order")):
         ap.error(f"argument --corpus: {args.corpus} has no test.json and test_order.json; leave --corpus out to "
                  f"regenerate the seed-0 corpus")
-    from retrieval.evaluate import EvalConfig, evaluate
     from vmm.data.synthetic import generate_corpus
-    corpus = Path(args.corpus) if args.corpus else Path(tempfile.mkdtemp()) / "corpus"
-    if not args.corpus:
-        generate_corpus(corpus, num_videos=1500, seed=0)
+    if args.corpus:
+        results = measure(args, Path(args.corpus))
+    else:  # in a folder removed afterwards: each run left its 1500 videos in the temp folder
+        with tempfile.TemporaryDirectory(prefix="vmm-nano-synthetic-") as tmp:
+            generate_corpus(Path(tmp) / "corpus", num_videos=1500, seed=0)
+            results = measure(args, Path(tmp) / "corpus")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost the whole run's numbers
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{results['cpu']}, {results['corpus']}")
+    print(f"{'model':<22}{'test t2v R@1 (ITC)':>20}{'order t2v R@1 (ITC)':>21}{'pair acc ITC':>14}{'pair acc ITM':>14}")
+    for name in ("vmm_nano", "frame_mean_baseline"):
+        r = results[name]
+        print(f"{name:<22}{r['test']['emb']['t2v']['R@1']:>20.1f}{r['test_order']['emb']['t2v']['R@1']:>21.1f}"
+              f"{r['pair_accuracy']['itc_t2v']:>14.3f}{r['pair_accuracy']['itm_t2v']:>14.3f}")
+
+
+def measure(args, corpus: Path) -> dict:
+    """Both models' retrieval rows and pair accuracy on ``corpus``."""
+    from retrieval.evaluate import EvalConfig, evaluate
     # Counted from the corpus used: the description was fixed to the seed-0 one even for a --corpus of another size.
     tests = len(json.loads((corpus / "test.json").read_text()))
     pairs = len({it["pair_id"] for it in json.loads((corpus / "test_order.json").read_text())})
@@ -82,20 +99,8 @@ def main() -> None:
         row["pair_accuracy"] = pair_accuracy(model, corpus)
         results[name] = row
         print(name, json.dumps(row))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost the whole run's numbers
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{results['cpu']}, {results['corpus']}")
-    print(f"{'model':<22}{'test t2v R@1 (ITC)':>20}{'order t2v R@1 (ITC)':>21}{'pair acc ITC':>14}{'pair acc ITM':>14}")
-    for name in ("vmm_nano", "frame_mean_baseline"):
-        r = results[name]
-        print(f"{name:<22}{r['test']['emb']['t2v']['R@1']:>20.1f}{r['test_order']['emb']['t2v']['R@1']:>21.1f}"
-              f"{r['pair_accuracy']['itc_t2v']:>14.3f}{r['pair_accuracy']['itm_t2v']:>14.3f}")
+    return results
 
 
 if __name__ == "__main__":
-    from vmm.errors import VmmError
-    try:
-        main()
-    except VmmError as error:  # a damaged model folder or corpus: one line, as vmm eval prints it
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import cpu_name, output_path, parser, positive_int
+from common import cpu_name, output_path, parser, positive_int, run
 from vmm.ops import selective_scan_ref
 
 SHAPES = {"videomamba_tiny": dict(E=384, depth=24, target_ms=15.0),
@@ -140,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

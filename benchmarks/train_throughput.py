@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name, non_negative_int, output_path, parser as make_parser, positive_int
+from common import cpu_name, non_negative_int, output_path, parser as make_parser, positive_int, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,4 +216,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

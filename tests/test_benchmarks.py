@@ -10,10 +10,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import pytest
+
+from tests.videos import write_moving_square
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 REPO = BENCHMARKS.parent
@@ -242,3 +245,69 @@ def test_a_gpu_benchmark_on_a_host_without_cuda_is_a_usage_error_in_one_line(tmp
     assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout, done.stderr)
     assert done.stderr.startswith(f"error: {script}.py needs a CUDA GPU") and done.stderr.count("\n") == 1, done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_indexing_times_the_model_and_its_baselines_on_the_same_files_and_frames(load, tmp_path):
+    indexing = load("indexing")
+    import vmm
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    for v in range(2):
+        write_moving_square(str(videos / f"video{v:03d}.mp4"), 1.0)
+    # A folder of one's own (--video-dir) with a subfolder: the indexing runs took it in, decoding alone did not,
+    # and 16 frames a clip for the model against 8 for decoding alone and the colour histogram.
+    shutil.copy(videos / "video000.mp4", videos / "sub" / "copy.mp4")
+    model = tmp_path / "nano16"
+    vmm.create_model("vmm_nano", vision={"num_frames": 16}).save_pretrained(model)
+    ix = indexing.bench_indexing(argparse.Namespace(video_dir=str(videos), model=str(model), batch_size=2,
+                                                    workers=None), tmp_path / "work")
+    assert ix["videos"] == 2 and ix["color_histogram"]["files"] == ix["model"]["files"] == 2
+    assert ix["decode_only"]["clips"] == ix["color_histogram"]["clips"] == ix["model"]["clips"] == 2
+    assert ix["decode_only"]["frames"] == ix["model"]["frames"] == 16
+
+
+def test_benchmark_paths_read_a_leading_tilde_as_the_home_folder(load, monkeypatch, tmp_path):
+    common = load("common")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # A quoted "~/..." or --out=~/... (which no shell expands) wrote into a folder named "~" in the current one.
+    assert common.output_path(common.parser("x.py", "x"), "~/results/r.json") == tmp_path / "results" / "r.json"
+    (tmp_path / "videos").mkdir()
+    args = parsed_arguments(monkeypatch, "benchmarks/indexing.py", ["--video-dir", "~/videos", "--model", "~/m"])
+    assert (args.video_dir, args.model) == (str(tmp_path / "videos"), str(tmp_path / "m"))
+    args = parsed_arguments(monkeypatch, "benchmarks/nano_synthetic.py", ["--baseline", "~/b", "--corpus", "~/c"])
+    assert (args.baseline, args.corpus) == (str(tmp_path / "b"), str(tmp_path / "c"))
+
+
+@pytest.mark.slow
+def test_nano_synthetic_leaves_no_regenerated_corpus_behind(load, monkeypatch, tmp_path):
+    nano_synthetic = load("nano_synthetic")
+    import vmm.data.synthetic
+    generate = vmm.data.synthetic.generate_corpus
+    # 60 videos in place of the real run's 1500: the same code path, in seconds.
+    monkeypatch.setattr(vmm.data.synthetic, "generate_corpus",
+                        lambda out, num_videos, seed: generate(out, num_videos=60, seed=seed))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out = tmp_path / "nano.json"
+    nano = str(REPO / "vmm" / "weights" / "vmm_nano")
+    monkeypatch.setattr(sys, "argv", ["nano_synthetic.py", "--baseline", nano, "--out", str(out)])
+    nano_synthetic.main()
+    result = json.loads(out.read_text())
+    assert result["corpus"].startswith("synthetic seed 0") and result["frame_mean_baseline"]["pair_accuracy"]["pairs"]
+    assert not any(temp.iterdir())  # each run left its corpus of 1500 videos in the temp folder
+
+
+@pytest.mark.parametrize("script", ["cpu_encoder", "scan_cpu", "indexing", "nano_synthetic", "train_throughput"])
+def test_a_ctrl_c_during_a_run_is_one_line_and_status_130(load, monkeypatch, capsys, script):
+    load("common")
+
+    def interrupted(self, args=None, namespace=None):
+        raise KeyboardInterrupt  # as a Ctrl-C minutes into the run
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py"])
+    # It was a traceback (vmm's own commands and the retrieval scripts say "interrupted").
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as exited:
+        runpy.run_path(str(BENCHMARKS / f"{script}.py"), run_name="__main__")
+    assert exited.type is SystemExit and exited.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -720,12 +720,13 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
 
     >>> # benchmark_main("msrvtt", ["--annotations", "msrvtt_ret_test1k.json", "--videos", "MSRVTT/videos/all"])
     """
-    import argparse
     import sys
     protocol = get_protocol(dataset)
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    p = argparse.ArgumentParser(description=f"Reproduce the published zero-shot {dataset} retrieval numbers "
-                                            f"of VideoMamba-M ({protocol.annotation_file}).")
+    from vmm.errors import OneLineArgumentParser
+    p = OneLineArgumentParser(prog=f"python benchmarks/retrieval_{dataset}.py",
+                              description=f"Reproduce the published zero-shot {dataset} retrieval numbers of "
+                                          f"VideoMamba-M ({protocol.annotation_file}).")
     p.add_argument("--annotations", required=True, help=f"the official {protocol.annotation_file}")
     p.add_argument("--videos", required=True, help="folder the annotation's video paths are relative to")
     p.add_argument("--checkpoint", default=None,

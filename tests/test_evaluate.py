@@ -357,6 +357,16 @@ def test_benchmark_script_ctrl_c_is_one_line(data, tmp_path, monkeypatch, capsys
     assert not (tmp_path / "b.json").exists()
 
 
+def test_benchmark_script_usage_mistakes_are_one_line(capsys):
+    """The retrieval scripts printed argparse's whole usage block before the error, unlike every other command."""
+    import retrieval.evaluate as ev
+    with pytest.raises(SystemExit) as ended:
+        ev.benchmark_main("didemo", ["--annotations", "a.json"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == ("error: the following arguments are required: --videos (`python "
+                                       "benchmarks/retrieval_didemo.py --help` lists the options)\n")
+
+
 def test_frames_default_to_the_model_folder_else_the_protocol(data, tmp_path, monkeypatch):
     """EvalConfig(frames=None): a model folder's own count (its weights fit no other), else the dataset protocol's
     num_frames, so a custom DatasetProtocol's frame count is not silently replaced by 8."""

@@ -14,15 +14,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
-import vmm
 from index.decode import decode_video, probe_video
 from index.encoder import ColorHistogramEncoder
 from index.ingest import build_library
 from index.reader import ClipFilter, open_library
 from tests import videos
-from tests.tiny_model import TINY
 from vmm.classify import decode_clips
 from vmm.cli import main
 from vmm.errors import VmmError
@@ -360,7 +357,7 @@ def test_odd_file_names_are_indexed_searched_and_printed_on_one_line(tmp_path, c
     assert len(table.strip().splitlines()) == 6
     monkeypatch.chdir(vids)
     assert main(["search", lib, "--video", "new\nline.mp4x"]) == 2
-    assert capsys.readouterr().err == f"error: query video new\\nline.mp4x does not exist; check the path\n"
+    assert capsys.readouterr().err == "error: query video new\\nline.mp4x does not exist; check the path\n"
 
 
 def test_leading_dash_file_name_is_explained(tmp_path, capsys, monkeypatch):

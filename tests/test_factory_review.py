@@ -165,6 +165,19 @@ def test_a_bf16_folder_loads_in_fp32_unless_auto_keeps_its_dtype(tmp_path):
     assert next(vmm.create_model("videomamba_tiny", precision="auto", **CLASSIFIER).parameters()).dtype == torch.float32
 
 
+def test_auto_keeps_the_dtype_of_most_weights_of_a_mixed_folder(tmp_path):
+    """A bf16 model keeping its norms, biases and D in fp32 (as mixed-precision recipes do) holds more fp32 tensors
+    than bf16 ones: "auto" counted tensors and loaded it in fp32, twice the memory of what was saved."""
+    model = vmm.create_model("videomamba_m16_mm", **TINY).to(torch.bfloat16)
+    for p in model.parameters():
+        if p.ndim <= 1:
+            p.data = p.data.float()
+    dtypes = [t.dtype for t in model.state_dict().values() if t.is_floating_point()]
+    assert dtypes.count(torch.float32) > dtypes.count(torch.bfloat16)  # the case: fp32 wins by tensor count
+    folder = vmm.save_pretrained(model, tmp_path / "mixed")
+    assert {p.dtype for p in vmm.from_pretrained(folder, precision="auto").parameters()} == {torch.bfloat16}
+
+
 def test_get_model_config_names_a_mistyped_model():
     """get_model_config("videomamba_m16_25M_typo") returned None, which reads as "a bare entrypoint"."""
     refused(r"^unknown model 'videomamba_m16_25M_typo'; did you mean 'videomamba_m16_25m'\? available: ",

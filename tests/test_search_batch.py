@@ -145,6 +145,20 @@ def test_a_long_query_is_named_by_its_line(setup, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_lines_are_what_an_editor_shows(setup, tmp_path, capsys):
+    """A U+2028 pasted from a web page or a form feed inside a line split one query in two (str.splitlines), and the
+    notes named every later line one too far; lines ended by a lone CR (old Mac files) are lines."""
+    _, lib, _ = setup
+    path = queries_file(tmp_path, "a red\u2028screen\x0cnow\r".encode() + b"a dog " * 40 + b"\r")
+    code, out, err = run_cli(capsys, lib, "--queries", path, "--json")
+    assert code == 0 and [entry["query"] for entry in json.loads(out)] == ["a red\u2028screen\x0cnow", "a dog" +
+                                                                           " a dog" * 39]
+    assert err.startswith(f"note: the query on line 2 of {path} is longer")
+    path = queries_file(tmp_path, "red\u2028blue\r".encode() + b"caf\xe9\r")  # latin-1 on line 2
+    assert run_cli(capsys, lib, "--queries", path)[2] == (f"error: --queries {path} is not UTF-8 text (invalid "
+                                                          "continuation byte at line 2); save it as UTF-8\n")
+
+
 def test_queries_from_stdin_and_several_files(setup, tmp_path, capsys, monkeypatch):
     """A repeated --queries kept the last file only: the queries of the others were silently not searched."""
     _, lib, _ = setup
@@ -162,6 +176,9 @@ def test_queries_from_stdin_and_several_files(setup, tmp_path, capsys, monkeypat
     (["--queries", "{file}"], b"\n  \r\n\t\n", "--queries {file} holds no queries; write one query a line"),
     (["--queries", "{file}"], "red\ncafé\n".encode("latin-1"),
      "--queries {file} is not UTF-8 text (invalid continuation byte at line 2); save it as UTF-8"),
+    # --queries typed for --video: "not UTF-8 text; save it as UTF-8" sent the user to re-save a video
+    (["--queries", "{tmp}/my clip.MP4"], None, "--queries {tmp}/my clip.MP4 is a video, not a text file of queries; "
+                                               "search by it with --video '{tmp}/my clip.MP4'"),
     (["a red car", "--queries", "{file}"], b"blue\n", "give a text query or --queries {file}, not both; add 'a red "
                                                        "car' to the file as a line of its own"),
     (["--queries", "{file}", "--video", "{tmp}/q.mp4"], b"blue\n", "--queries holds text queries and --video is a "
@@ -170,6 +187,7 @@ def test_queries_from_stdin_and_several_files(setup, tmp_path, capsys, monkeypat
 def test_queries_mistakes_are_one_line(setup, tmp_path, capsys, argv, data, message):
     """Refused before the model loads, so also for a library path that does not exist."""
     file = queries_file(tmp_path, data) if data is not None else None
+    videos.write_solid(str(tmp_path / "my clip.MP4"), videos.RED, seconds=0.2)  # a real video for the case naming it
     fill = lambda s: s.format(tmp=tmp_path, file=file)  # noqa: E731
     code, out, err = run_cli(capsys, tmp_path / "no-library", *map(fill, argv))
     assert (code, out, err) == (2, "", f"error: {fill(message)}\n")

@@ -6,7 +6,10 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
+
+_LINE_END = re.compile(r"\r\n|\r|\n")  # Windows, old Mac and Unix line ends, as editors read them
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,10 +121,18 @@ def _read_queries(source: str) -> list[tuple[str, int, str]]:
         # utf-8-sig: Windows editors start a file with a byte-order mark, which stuck to the first query.
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1  # a line is what an editor can go to
+        import shlex
+
+        from index.discovery import VIDEO_EXTENSIONS
+        if Path(source).suffix.lower() in VIDEO_EXTENSIONS:  # --queries for --video: "save it as UTF-8" misled
+            raise VmmError(f"--queries {source} is a video, not a text file of queries; search by it with --video "
+                           f"{shlex.quote(source)}") from None
+        line = len(_LINE_END.split(data[:e.start].decode("utf-8-sig")))  # a line is what an editor can go to
         raise VmmError(f"--queries {name} is not UTF-8 text ({e.reason} at line {line}); save it as UTF-8") from None
-    # strip(): a Windows file's lines end in \r, and a query's surrounding spaces change nothing the model reads
-    queries = [(shown, n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # Not splitlines(): it also splits at form feeds and Unicode separators (U+2028 pasted from a web page), which
+    # cut one query in two and moved every later line number off the one an editor shows. strip(): a query's
+    # surrounding spaces change nothing the model reads.
+    queries = [(shown, n, line.strip()) for n, line in enumerate(_LINE_END.split(text), 1) if line.strip()]
     if not queries:
         raise VmmError(f"--queries {name} holds no queries; write one query a line")
     return queries

@@ -54,13 +54,19 @@ def _trainable_only_entry(directory: Path):
 
 
 def saved_dtype(directory: Union[str, Path]) -> torch.dtype:
-    """The dtype most of a model folder's floating tensors were saved in (float32 when it holds none), read from
-    the safetensors header alone."""
+    """The dtype most of a model folder's floating-point numbers were saved in (float32 when it holds none), read
+    from the safetensors header alone."""
+    import math
     from collections import Counter
 
     from safetensors import safe_open
+    kinds: Counter = Counter()
     with safe_open(str(folder_weights_file(directory)), "pt") as f:
-        kinds = Counter(f.get_slice(k).get_dtype() for k in f.keys())
+        for key in f.keys():
+            tensor = f.get_slice(key)
+            # Numbers, not tensors: a bf16 model that keeps its norms, biases and D in fp32 (as mixed-precision
+            # recipes do) holds more fp32 tensors than bf16 ones, and "auto" loaded its 99.8% bf16 weights as fp32.
+            kinds[tensor.get_dtype()] += math.prod(tensor.get_shape())
     floats = [(n, kind) for kind, n in kinds.items() if kind in _SAFETENSORS_FLOATS]
     return _SAFETENSORS_FLOATS[max(floats)[1]] if floats else torch.float32
 

@@ -196,3 +196,83 @@ def test_cli_nano_without_a_checkpoint(colour_videos, tmp_path):
     assert header.startswith(f"{colour_videos / 'green.mkv'}: 1 clip x 1 crop of 8 frames at 64 px, vmm_nano "
                              "zero-shot (4 labels x 4 templates), ")
     assert row.split(maxsplit=2)[::2] == ["1", "green"]
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("the video was decoded before the bad input was named")
+
+
+def test_a_lone_label_is_refused(noise_video, tiny, tmp_path, monkeypatch, capsys):
+    """A softmax over one class is 1.0 for any video: "is this a cat?" was always answered yes."""
+    with pytest.raises(VmmError, match=r"label set the given label list has one name \('cat'\); .* pass at least 2"):
+        classify_video(noise_video, tiny, labels=["cat"])
+    assert len(classify_video(noise_video, tiny, labels=["cat", "dog"])) == 2
+    checkpoint = tmp_path / "tiny_mm.pth"
+    torch.save(tiny.state_dict(), checkpoint)
+    labels = tmp_path / "one.txt"
+    labels.write_text("cat\n\n")
+    monkeypatch.setattr(vmm.classify, "read_clips", no_decoding)
+    code, out, err = run_cli([str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(checkpoint), "--labels",
+                              str(labels)], capsys)
+    assert_one_line_error(code, err, f"label set {labels} has one name ('cat')", "a lone label always gets 1.0")
+    assert out == ""
+
+
+def test_a_checkpoint_of_the_other_kind_is_named_before_decoding(noise_video, tiny, tmp_path, monkeypatch, capsys):
+    """A video-text file or folder given to a classifier name, or a classifier file to a video-text name, failed
+    only once the first video had decoded, saying to pass a --model of the file's size (the vmm_nano folder: "its
+    model.safetensors does not exist")."""
+    video_text_file = tmp_path / "tiny_mm.pth"
+    torch.save(tiny.state_dict(), video_text_file)
+    video_text_folder = vmm.save_pretrained(tiny, tmp_path / "final")
+    classifier_file = tmp_path / "tiny_k400.pth"
+    torch.save(vmm.create_model("videomamba_tiny", depth=1, num_frames=T, img_size=32).state_dict(), classifier_file)
+    monkeypatch.setattr(vmm.classify, "read_views", no_decoding)
+    monkeypatch.setattr(vmm.classify, "read_clips", no_decoding)
+    classifier = ["--model", "videomamba_tiny", "--model-arg", "depth=1", "--model-arg", "img_size=32"]
+    code, _, err = run_cli([str(noise_video), *classifier, "--checkpoint", str(video_text_file)], capsys)
+    assert_one_line_error(code, err, f"checkpoint {video_text_file} is a video-text model's, not a classifier's",
+                          "with a video-text --model (e.g. videomamba_m16_25m")
+    code, _, err = run_cli([str(noise_video), *classifier, "--checkpoint", str(video_text_folder)], capsys)
+    assert_one_line_error(code, err, f"pass it as --model {video_text_folder} for zero-shot labels")
+    code, _, err = run_cli([str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(classifier_file)], capsys)
+    assert_one_line_error(code, err, f"checkpoint {classifier_file} is a video classifier's, not a video-text model's")
+
+
+def test_a_quoted_tilde_in_model_and_checkpoint_is_the_home_folder(noise_video, tiny, tmp_path, monkeypatch, capsys):
+    """A quoted "~/final" was no folder: "unknown model" as --model, "a model folder, not a weights file" as
+    --checkpoint."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vmm.save_pretrained(tiny, tmp_path / "final")
+    torch.save(tiny.state_dict(), tmp_path / "tiny_mm.pth")
+    expected = [label for label, _ in classify_video(noise_video, tiny, labels=["cat", "dog"])]
+    labels = tmp_path / "animals.txt"
+    labels.write_text("cat\ndog\n")
+    for args in (["--model", "~/final"], [*TINY_MM_ARGS, "--checkpoint", "~/tiny_mm.pth"],
+                 [*TINY_MM_ARGS, "--checkpoint", "~/final"]):
+        code, out, err = run_cli([str(noise_video), *args, "--labels", str(labels), "--json"], capsys)
+        assert code == 0, err
+        assert [row["label"] for row in json.loads(out)["top"]] == expected
+
+
+def test_a_model_folder_as_checkpoint_sets_the_frame_count(noise_video, tmp_path, monkeypatch, capsys):
+    """A video-text name with a folder of 4 frames (the name's config: 8) failed, --frames left out, as "--frames 8
+    ...: the weights were trained for 4 frames ... or leave it out"; another --frames was named only once the first
+    video had decoded."""
+    torch.manual_seed(2)
+    four = vmm.create_model("videomamba_m16_mm", **{**TINY_MM, "vision": {**TINY_MM["vision"], "num_frames": 4}})
+    with torch.no_grad():
+        four.temp.fill_(0.002)
+    folder = vmm.save_pretrained(four, tmp_path / "final")
+    labels = tmp_path / "animals.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    args = [str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(folder), "--labels", str(labels), "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    expected = classify_video(noise_video, four.eval(), labels=["cat", "dog", "bird"])
+    assert json.loads(out)["frames"] == 4
+    assert [row["label"] for row in json.loads(out)["top"]] == [label for label, _ in expected]
+    monkeypatch.setattr(vmm.classify, "read_clips", no_decoding)
+    code, _, err = run_cli([*args, "--frames", "2"], capsys)
+    assert_one_line_error(code, err, f"--frames 2 (vision=dict(num_frames=2)): the weights in {folder} were trained "
+                                     "for 4 frames")

@@ -397,20 +397,29 @@ def _classifier_head(model: nn.Module) -> nn.Linear:
 def resolve_labels(model: nn.Module, labels: Labels = None) -> list[str]:
     """Class names for ``model``'s head: ``labels`` (a set name, a file, or a list), else the model's
     ``"labels"`` metadata, else Kinetics-400; VmmError when their number differs from the head size or a name is
-    empty or repeated (see :func:`vmm.labels.load_labels`). A video-text model takes any number of names
+    empty or repeated (see :func:`vmm.labels.load_labels`). A video-text model takes any number of names from 2
     (``labels``, else Kinetics-400)."""
     if is_video_text_model(model):
-        return load_labels(DEFAULT_LABELS if labels is None else labels)
+        names = load_labels(DEFAULT_LABELS if labels is None else labels)
+        if len(names) < 2:  # a softmax over one class is 1 for any video: "is it a cat?" was always yes
+            raise VmmError(f"label set {_label_source(labels)} has one name ({names[0]!r}); zero-shot probabilities "
+                           "are a softmax over the labels, so a lone label always gets 1.0: pass at least 2 (e.g. "
+                           f"{names[0]!r} and what else the videos may show)")
+        return names
     head = _classifier_head(model)
     if labels is None:
         labels = (getattr(model, "model_meta", None) or {}).get("labels") or DEFAULT_LABELS
     names = load_labels(labels)  # a list gets the checks of a file: a repeated name would lose a class in a dict
-    source = str(labels) if isinstance(labels, (str, Path)) else "the given label list"
+    source = _label_source(labels)
     if len(names) != head.out_features:
         raise VmmError(f"label set {source} has {len(names)} names but the head of {_model_name(model)} has "
                        f"{head.out_features} classes; pass labels (CLI: --labels FILE) with "
                        f"{head.out_features} names, one per line in head order")
     return names
+
+
+def _label_source(labels: Labels) -> str:
+    return str(labels) if isinstance(labels, (str, Path)) else "the given label list"
 
 
 @torch.inference_mode()

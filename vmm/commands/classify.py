@@ -99,20 +99,30 @@ def _merged(base: dict, extra: dict) -> dict:
 
 def _overrides(args: argparse.Namespace, sizes: Optional[dict] = None) -> dict:
     """The config overrides of the command line, over the checkpoint's own ``sizes``."""
-    from vmm.factory import _is_multimodal, checkpoint_frames, frames_override
+    from vmm.factory import _is_multimodal, frames_override
+    from vmm.models.persistence import is_pretrained_dir
 
     # A video-text model's frame count is under vision: a top-level num_frames was refused as unknown. Its
-    # checkpoint file's own count is the default, as in vmm index.
-    found = checkpoint_frames(args.checkpoint) if _is_multimodal(args.model) else None
+    # weights' own count is the default, as in vmm index: a model folder's too (a folder of 4 frames with the
+    # name's 8 failed as "--frames 8 ... or leave it out", --frames left out).
+    video_text = _is_multimodal(args.model) and not is_pretrained_dir(args.model)
+    found = _own_frames(_video_text_checkpoint(args)) if video_text else None
     overrides = _merged(_merged(frames_override(args.model, found), sizes or {}), parse_model_args(args.model_arg))
     return _merged(overrides, frames_override(args.model, args.frames))
+
+
+def _own_frames(checkpoint: str) -> Optional[int]:
+    """The frame count a checkpoint file or model folder was made for; None when it does not tell (a hub name)."""
+    from vmm.factory import checkpoint_frames, saved_frames
+    from vmm.models.persistence import is_pretrained_dir
+    return saved_frames(checkpoint) if is_pretrained_dir(checkpoint) else checkpoint_frames(checkpoint)
 
 
 def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
     """The model of --model: a folder with its weights, a name without them (loaded once a video decodes)."""
     import vmm
     from vmm.errors import VmmError
-    from vmm.factory import _is_multimodal
+    from vmm.factory import _frames_error, _is_multimodal
     from vmm.models.persistence import is_pretrained_dir
 
     video_text = _is_multimodal(args.model)
@@ -126,7 +136,16 @@ def _build_model(args: argparse.Namespace, sizes: Optional[dict] = None):
     if args.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
         raise VmmError(f"--model {args.model}: unknown model; {_close_names(args.model, vmm.list_models())}")
     if video_text:
-        _video_text_checkpoint(args)  # named now, not once a video has decoded
+        checkpoint = _video_text_checkpoint(args)  # named now, not once a video has decoded
+        if _checkpoint_kind(checkpoint) == "classifier":
+            raise VmmError(f"checkpoint {checkpoint} is a video classifier's, not a video-text model's; pass it with "
+                           "the classifier --model it was trained as (e.g. videomamba_m16_k400) to use its head, or "
+                           f"video-text weights for zero-shot labels with {args.model}")
+        # A model folder is loaded exactly (vmm_nano's shipped one too): another frame count failed only once the
+        # first video had been decoded at that count.
+        saved = _own_frames(checkpoint) if is_pretrained_dir(checkpoint) else None
+        if args.frames is not None and saved is not None and args.frames != saved:
+            raise _frames_error(args.frames, saved, checkpoint)
     elif not args.checkpoint:
         raise VmmError(f"--checkpoint is required for {args.model} (random weights give meaningless labels); pass "
                        "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
@@ -170,6 +189,7 @@ def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     before): an SSv2 file run as videomamba_m16_k400 has a head of 174 classes, not the config's 400."""
     from vmm.errors import VmmError
     from vmm.factory import HF_PREFIX, checkpoint_vision_settings
+    from vmm.models.persistence import is_pretrained_dir
     chosen = parse_model_args(args.model_arg)
     if args.frames is not None:
         chosen["num_frames"] = args.frames
@@ -177,19 +197,43 @@ def _checkpoint_sizes(args: argparse.Namespace, model) -> Optional[dict]:
     # here, before the video is checked (a config's "default" file is of the config's own size).
     if not args.checkpoint or args.checkpoint == "default" or args.checkpoint.startswith(HF_PREFIX):
         return None
+    kind = _checkpoint_kind(args.checkpoint)
+    if kind == "multimodal":  # loading it failed only once a video had decoded, and named the file's size as the fix
+        fix = (f"as --model {args.checkpoint}" if is_pretrained_dir(args.checkpoint)
+               else "with a video-text --model (e.g. videomamba_m16_25m, or the one it was trained as)")
+        raise VmmError(f"checkpoint {args.checkpoint} is a video-text model's, not a classifier's; pass it {fix} for "
+                       "zero-shot labels, or a classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
     # Resolved and sniffed now so that a mistyped path or a damaged file is named before the video is decoded
     # (minutes for a long phone video).
     path = _checkpoint_path(model, args.checkpoint)
     if not path.is_file():
         return None  # loading it names what is there instead
     found = checkpoint_vision_settings(path)
-    if found.get("num_classes") == 0 and "num_classes" not in chosen:
+    if (found.get("num_classes") == 0 or kind == "vision") and "num_classes" not in chosen:
         raise VmmError(f"checkpoint {args.checkpoint} has no classification head (it holds features only); pass a "
                        "classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
     cfg = model.cfg
     sizes = {key: found[key] for key in ("num_frames", "img_size", "num_classes")
              if key in found and key not in chosen and found[key] != getattr(cfg, key)}
     return sizes or None
+
+
+def _checkpoint_kind(checkpoint: Optional[str]) -> Optional[str]:
+    """What a local checkpoint file or model folder holds, in vmm.models.checkpoint's words: "multimodal" (a
+    video-text model), "classifier" or "vision"; None for a hub name, 'default', or weights whose keys do not tell.
+    VmmError for a damaged file."""
+    from vmm.factory import HF_PREFIX, _is_multimodal, _tensor_shapes, checkpoint_vision_settings
+    from vmm.models.checkpoint import _kind
+    from vmm.models.persistence import is_pretrained_dir
+
+    if not checkpoint or checkpoint == "default" or checkpoint.startswith(HF_PREFIX):
+        return None
+    if is_pretrained_dir(checkpoint):  # a trainable-only export lacks the frozen weights: its config tells
+        return "multimodal" if _is_multimodal(checkpoint) else None
+    if not Path(checkpoint).is_file():
+        return None  # loading it names what is there instead
+    checkpoint_vision_settings(checkpoint)  # names a file that is no checkpoint, or a damaged one
+    return _kind(_tensor_shapes(Path(checkpoint)))
 
 
 def _close_names(typed: str, names: list[str]) -> str:
@@ -209,9 +253,13 @@ def run(args: argparse.Namespace) -> int:
     from vmm.commands import set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import resolve_device
+    from vmm.models.persistence import user_path
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
     options.check()
+    # A quoted "~/models/final" (a shell expands only an unquoted one) was no folder: an unknown model, or a
+    # checkpoint "folder, not a weights file"
+    args.model, args.checkpoint = user_path(args.model), user_path(args.checkpoint)
     if args.labels and Path(args.labels).is_dir():
         raise VmmError(f"--labels {args.labels} is a folder; pass a text file with one class name per line, or a "
                        "built-in set (kinetics400)")

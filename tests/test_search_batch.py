@@ -145,6 +145,16 @@ def test_a_long_query_is_named_by_its_line(setup, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_a_query_without_words_is_named_by_its_line(setup, tmp_path, capsys):
+    """'?!' on one line of thousands failed the whole batch naming the text only: the user had to hunt for it."""
+    _, lib, _ = setup
+    path = queries_file(tmp_path, b"blue\n\n?!\nred\n")
+    code, out, err = run_cli(capsys, lib, "--queries", path)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: line 3 of --queries {path}: query '?!' (texts[1]) has no words ("), err
+    assert err.count("\n") == 1
+
+
 def test_lines_are_what_an_editor_shows(setup, tmp_path, capsys):
     """A U+2028 pasted from a web page or a form feed inside a line split one query in two (str.splitlines), and the
     notes named every later line one too far; lines ended by a lone CR (old Mac files) are lines."""

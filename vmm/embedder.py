@@ -87,6 +87,14 @@ def _checked_clips(clips, caller: str = "encode_clips", num_frames: Optional[int
     return clips
 
 
+def _text_error(message: str, index: int) -> VmmError:
+    """A VmmError about text ``index`` of a batch, which it carries as ``text_index``: a caller that read the texts
+    from a file (``vmm search --queries``) names the line."""
+    error = VmmError(message)
+    error.text_index = index
+    return error
+
+
 class VideoTextEncoder:
     """Index-side view of a multimodal model.
 
@@ -266,18 +274,19 @@ class VideoTextEncoder:
         texts = as_texts(texts)
         for i, text in enumerate(texts):
             if not text.strip():  # which one of a batch: one blank caption of thousands is otherwise a hunt
-                raise VmmError(f"empty query text{f' (texts[{i}])' if len(texts) > 1 else ''}; give some words to "
-                               "search for")
+                raise _text_error(f"empty query text{f' (texts[{i}])' if len(texts) > 1 else ''}; give some words to "
+                                  "search for", i)
         ids, mask = self.tokenizer(texts, max_length=self.max_text_len)
         # Punctuation alone ("?!", "...") is cleaned away and invisible characters are dropped: the encoder saw
         # [CLS] [SEP] only, and every such query ranked the library the same way, as if it were a match. Emoji
         # alone were the same with [UNK] in between: a word the vocabulary lacks says nothing either.
         special = [getattr(self.tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad", "unk")]
         words = mask.bool() & ~torch.isin(ids, torch.tensor([t for t in special if t is not None], dtype=ids.dtype))
-        for text, has_words in zip(texts, words.any(1).tolist()):
+        for i, (text, has_words) in enumerate(zip(texts, words.any(1).tolist())):
             if not has_words:
-                raise VmmError(f"query {text!r} has no words (punctuation and invisible characters are dropped, and "
-                               "emoji and symbols are unknown to the model); give some words to search for")
+                raise _text_error(f"query {text!r}{f' (texts[{i}])' if len(texts) > 1 else ''} has no words "
+                                  "(punctuation and invisible characters are dropped, and emoji and symbols are "
+                                  "unknown to the model); give some words to search for", i)
         out, hiddens = [], []
         for s in range(0, max(1, len(texts)), _TEXT_BATCH):  # (max 1: no texts are one empty forward, (0, dim))
             with self._autocast():

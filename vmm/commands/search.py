@@ -140,7 +140,7 @@ def _read_queries(source: str) -> list[tuple[str, int, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from retrieval.library import VideoLibrary, Where
-    from vmm.errors import one_line
+    from vmm.errors import VmmError, one_line
     _check_options(args)
     # A relative --path is taken from the current folder by the library's search (retrieval.absolute_path_glob).
     where = Where(args.path_glob, args.min_duration, args.max_duration)
@@ -154,7 +154,13 @@ def run(args: argparse.Namespace) -> int:
         if args.texts is None:
             results = [lib.search(text=args.text, video=args.video, **options)]
         else:
-            results = lib.search_many(texts, **options)
+            try:
+                results = lib.search_many(texts, **options)
+            except VmmError as error:  # a query of the file that cannot be searched: which line of which file
+                if getattr(error, "text_index", None) is None:
+                    raise
+                raise VmmError("line {1} of --queries {0}: {2}".format(*args.texts[error.text_index][:2], error)
+                               ) from None
         reads = [None if text is None else lib.truncated_query(text) for text in texts]
     for i, read in enumerate(reads):
         if read is not None:  # else the words past the cut were silently left out of the search

@@ -371,6 +371,9 @@ def test_unavailable_or_unknown_backend_raises_one_line_vmm_error():
     assert "pip install --no-build-isolation mamba-ssm" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(VmmError, match="unknown selective_scan backend 'cuda_magic'"):
         selective_scan(**kw, backend="cuda_magic")
+    # a list (say, of backends to try) was "TypeError: unhashable type: 'list'"
+    with pytest.raises(VmmError, match=r"unknown selective_scan backend \['reference'\]; choose one of"):
+        selective_scan(**kw, backend=["reference"])
 
 
 def test_registered_backend_is_chosen_by_priority_and_availability(monkeypatch):
@@ -485,6 +488,27 @@ def test_an_xz_that_does_not_fit_the_layer_names_xz(channels):
     assert bimamba_inner_xz(torch.randn(2, 16, 5), w, w, backend="reference").shape == (2, E, 5)
 
 
+@pytest.mark.parametrize("which,name,shape,expected", [
+    ("fwd", "x_proj_weight", (10, 8), "(9, 8)"),   # one row too many: was "split_with_sizes expects ..."
+    ("bwd", "x_proj_weight", (9, 7), "(9, 8)"),    # was a matmul error about "batch2" sizes
+    ("bwd", "dt_proj_weight", (7, 1), "(8, 1)"),   # was "delta must have shape", for a delta never passed
+    ("fwd", "A_log", (8, 3), "(7, 8)"),            # the d_state of A_log, not x_proj's, is the layer's
+])
+def test_layer_weights_that_do_not_fit_each_other_are_named(which, name, shape, expected):
+    from vmm.ops.bimamba import DirectionWeights, bimamba_inner, bimamba_inner_xz
+    E, N = 8, 4
+    good = DirectionWeights(torch.randn(E, 1, 4), None, torch.randn(1 + 2 * N, E), torch.randn(E, 1),
+                            torch.zeros(E), torch.zeros(E, N), torch.ones(E))
+    bad = good._replace(**{name: torch.randn(shape)})
+    fwd, bwd = (bad, good) if which == "fwd" else (good, bad)
+    for call in (lambda: bimamba_inner_xz(torch.randn(2, 2 * E, 5), fwd, bwd),
+                 lambda: bimamba_inner(torch.randn(2, E, 5), torch.randn(2, E, 5), fwd, bwd, backend="reference")):
+        with pytest.raises(VmmError) as err:
+            call()
+        text = str(err.value)
+        assert text.startswith(f"bimamba: {which}.") and f"must have shape {expected}" in text and "\n" not in text
+
+
 # ------------------------------------------------------------------------------------------------ causal conv1d
 
 @pytest.mark.parametrize("width", [2, 4])
@@ -527,6 +551,17 @@ def test_causal_conv1d_argument_errors_name_the_argument():
                               ((x, w, b.long()), "bias must be a real floating-point tensor, got torch.int64")):
             with pytest.raises(VmmError, match=message):
                 fn(*args)
+
+
+def test_causal_conv1d_refuses_weights_on_another_device():
+    """A weight or bias on another device than x was conv1d's "Expected all tensors to be on the same device",
+    naming no argument; a meta one (standing in for a GPU here) even gave uninitialised output without error."""
+    x, w, b = torch.ones(1, 2, 5), torch.ones(2, 1, 3), torch.ones(2)
+    for fn in (causal_conv1d, causal_conv1d_ref):
+        for args, name in (((x, w.to("meta"), b), "weight"), ((x, w, b.to("meta")), "bias")):
+            with pytest.raises(VmmError) as err:
+                fn(*args, activation=None)
+            assert str(err.value) == f"causal_conv1d: {name} is on meta but x is on cpu; move it with .to(x.device)"
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -664,6 +699,10 @@ def test_a_device_name_torch_does_not_know_is_named_not_taken_for_an_absent_one(
     with pytest.raises(VmmError, match=r"^available_backends: 'gpu' is not a device name; pass 'cpu', 'cuda'"):
         available_backends("gpu")
     assert available_backends(torch.device("cpu")) == available_backends("cpu")
+    # was "TypeError: empty(): argument 'dtype' must be torch.dtype, not str" from inside torch
+    with pytest.raises(VmmError, match=r"^available_backends: dtype must be a torch.dtype such as torch.float32, "
+                                       r"got 'float32'$"):
+        available_backends("cpu", dtype="float32")
 
 
 # ------------------------------------------------------------------------------------------------ return_last_state

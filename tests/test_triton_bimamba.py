@@ -282,10 +282,26 @@ def test_fused_wrappers_on_cpu_without_the_interpreter_are_one_line_errors(monke
     from vmm.errors import VmmError
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     xz, wf, wb = make_layer(1, 8, 5, R=1)
+    from vmm.ops import _triton, triton_norm
     calls = {"bimamba_scan_ref": lambda: triton_bimamba.bimamba_scan(*make_scan_args(1, 5, 8, 16)),
-             "backend='reference'": lambda: triton_bimamba.bimamba_inner_xz_triton(xz.transpose(1, 2), wf, wb)}
+             "backend='reference'": lambda: triton_bimamba.bimamba_inner_xz_triton(xz.transpose(1, 2), wf, wb),
+             # these two still failed that way
+             "conv1d_bidir_silu_ref": lambda: triton_conv.conv1d_bidir_silu(torch.randn(2, 7, 64),
+                                                                            torch.randn(2, 64, 4), None),
+             "RMSNorm.add_forward": lambda: triton_norm.add_rmsnorm(torch.randn(2, 5, 64), None, torch.ones(64))}
     for fix, call in calls.items():
         with pytest.raises(VmmError, match="cannot run on cpu .*TRITON_INTERPRET=1") as err:
+            call()
+        assert fix in str(err.value) and "\n" not in str(err.value)
+    # Triton reads "false" as no interpreter: the launch still failed with "0 active drivers" here.
+    monkeypatch.setenv("TRITON_INTERPRET", "false")
+    with pytest.raises(VmmError, match="cannot run on cpu .*TRITON_INTERPRET=1"):
+        triton_conv.conv1d_bidir_silu(torch.randn(2, 7, 64), torch.randn(2, 64, 4), None)
+    # Without triton installed, even the interpreter has nothing to run: was an AttributeError on None.
+    monkeypatch.setattr(_triton, "HAS_TRITON", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for fix, call in calls.items():
+        with pytest.raises(VmmError, match="need the triton package \\(pip install triton\\), or use") as err:
             call()
         assert fix in str(err.value) and "\n" not in str(err.value)
 
@@ -429,6 +445,18 @@ def test_kernel_sass_tool_reads_the_kernels(tmp_path):
     # The windowed conv backward carries its 7 x rows, 3 + 6 gp values, 8 dw and 2 dbias sums; the forward its
     # 4 x rows. Fewer means a window shift was dropped from the loop.
     assert "loops carry [4] values" in conv_fwd and "loops carry [26] values" in conv_bwd
+
+
+@pytest.mark.parametrize("value,interprets", [("1", True), ("true", True), ("on", True), ("0", False),
+                                              ("false", False), ("off", False), ("", False)])
+def test_the_interpreter_switch_is_read_as_triton_reads_it(monkeypatch, value, interprets):
+    """Any value but "0" counted as interpreting, so TRITON_INTERPRET=false gave a GPU the kernels' slow
+    interpreter paths while Triton compiled for it."""
+    from vmm.ops import _triton
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert _triton.interpreting() is interprets
+    if hasattr(triton, "knobs"):  # Triton 3.4+: its own reading
+        assert triton.knobs.runtime.interpret is interprets
 
 
 def test_forward_keeps_state_checkpoints_only_when_a_backward_can_follow():

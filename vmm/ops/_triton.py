@@ -42,7 +42,7 @@ if HAS_TRITON:
 
 
 __all__ = ["HAS_TRITON", "is_available", "unavailable_reason", "unsupported_layer", "interpreting", "check_rows",
-           "on_device_of", "fast_exp", "fast_sigmoid", "triton", "tl"]
+           "check_runs_here", "on_device_of", "fast_exp", "fast_sigmoid", "triton", "tl"]
 
 
 def on_device_of(t: Tensor):
@@ -105,8 +105,31 @@ def unsupported_layer(d_state: int) -> Optional[str]:
 
 
 def interpreting() -> bool:
-    """Whether Triton runs on the CPU interpreter (``TRITON_INTERPRET=1``), which runs no inline PTX."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs on the CPU interpreter (``TRITON_INTERPRET=1``), which runs no inline PTX. Read as
+    Triton reads it: "false", "off" or "no" mean no, where any value but "0" once told the kernels yes (slow
+    interpreter paths on a GPU, and on a CPU a launch failing with "0 active drivers")."""
+    knobs = getattr(triton, "knobs", None)  # Triton's own parsing, where this Triton has it
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
+
+
+def check_runs_here(fn: str, t: Tensor, reference: str) -> None:
+    """Raises a one-line VmmError naming ``reference`` where the public kernel wrapper ``fn`` cannot launch on
+    ``t``: CPU tensors run only in Triton's interpreter (else the launch failed with "0 active drivers" from deep
+    inside Triton), and nothing runs without the triton package (an AttributeError on None). Other devices are
+    left to the launch (tests drive the wrappers on meta tensors).
+
+    >>> check_runs_here("add_rmsnorm", torch.zeros(1, device="meta"), "RMSNorm.add_forward")
+    """
+    from vmm.errors import VmmError
+    if not HAS_TRITON:
+        raise VmmError(f"{fn}: the fused Triton kernels need the triton package (pip install triton), or use "
+                       f"{reference}")
+    if t.device.type == "cpu" and not interpreting():
+        reason, fix = unavailable_reason(t.device)
+        raise VmmError(f"{fn}: the fused Triton kernels cannot run {reason}; {fix} (or set TRITON_INTERPRET=1 "
+                       f"before importing triton), or use {reference}")
 
 
 def check_rows(t: Tensor) -> Tensor:

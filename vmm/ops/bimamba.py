@@ -103,6 +103,7 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
         # likely meant by a misspelt name.
         raise VmmError(f"unknown scan backend {backend!r}; choose one of {', '.join(layer_backends())} or None "
                        f"for automatic choice")
+    _check_weights(fwd, bwd)
     fused = use_triton(x, backend)
     why_not = _fused_unsupported(fwd) if fused else None
     if fused and why_not is None:
@@ -120,6 +121,25 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
     if backend is None and x.is_cuda:
         _warn_reference_on_gpu(x, why_not)
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
+
+
+def _check_weights(fwd: DirectionWeights, bwd: DirectionWeights) -> None:
+    """Each direction's projections against its own A_log (E, N) and dt rank R (dt_proj_weight's columns). A
+    mismatch failed inside the layer as "split_with_sizes expects split_sizes to sum exactly to ..." or a matmul
+    shape error, naming no weight. The input's channel count and the conv weight are causal_conv1d's to check."""
+    from vmm.errors import VmmError
+    for which, w in (("fwd", fwd), ("bwd", bwd)):
+        if not all(isinstance(t, Tensor) for t in (w.A_log, w.dt_proj_weight)) or w.A_log.dim() != 2 or \
+                w.dt_proj_weight.dim() != 2:
+            continue  # left to selective_scan, which names A and says what it must be
+        (E, N), R = w.A_log.shape, w.dt_proj_weight.shape[1]
+        expected = {"x_proj_weight": (R + 2 * N, E), "dt_proj_weight": (E, R), "dt_proj_bias": (E,), "D": (E,)}
+        for name, shape in expected.items():
+            t = getattr(w, name)
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            if got != shape:
+                raise VmmError(f"bimamba: {which}.{name} must have shape {shape} for A_log of shape {(E, N)} and "
+                               f"dt rank {R} (dt_proj_weight's columns), got {got}")
 
 
 def _triton_unavailable(x: Tensor) -> tuple[str, str]:
@@ -145,6 +165,7 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
         >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
         torch.Size([2, 8, 5])
     """
+    _check_weights(fwd, bwd)  # before E is read from fwd.D
     E = fwd.D.shape[0]
     if not isinstance(xz, Tensor) or xz.dim() != 3 or xz.shape[1] != 2 * E:
         from vmm.errors import VmmError

@@ -320,6 +320,16 @@ class _ReferenceScan(torch.autograd.Function):
                 None)
 
 
+def _check_same_device(op: str, args: dict) -> None:
+    """Every tensor of ``args`` on the device of the first. Else "Expected all tensors to be on the same device"
+    from deep inside the op, naming no argument, or (a meta weight beside a CPU input) uninitialised output."""
+    first, ref = next(iter(args.items()))
+    for name, t in args.items():
+        if t is not None and t.device != ref.device:
+            raise VmmError(f"{op}: {name} is on {t.device} but {first} is on {ref.device}; move it with "
+                           f".to({first}.device)")
+
+
 def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                      z: Optional[Tensor], delta_bias: Optional[Tensor]) -> None:
     # Types first: a None delta or a float D otherwise fails as an AttributeError inside the backend choice
@@ -335,11 +345,7 @@ def _check_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
         if name != "A" and not t.is_floating_point():
             raise VmmError(f"selective_scan: {name} must be a real floating-point tensor, got {t.dtype}; "
                            f"convert it with .float()")
-    # Else "Expected all tensors to be on the same device" from deep inside the scan, naming no argument.
-    for name, t in args.items():
-        if t is not None and t.device != u.device:
-            raise VmmError(f"selective_scan: {name} is on {t.device} but u is on {u.device}; move it with "
-                           f".to(u.device)")
+    _check_same_device("selective_scan", args)
     if u.dim() != 3:
         raise VmmError(f"selective_scan: u must be (batch, channels, length), got shape {tuple(u.shape)}")
     batch, channels, length = u.shape
@@ -476,6 +482,8 @@ def available_backends(device: Union[str, torch.device] = "cpu", dtype: torch.dt
     except (RuntimeError, TypeError):  # "gpu" gave [], as if that device were merely absent here
         raise VmmError(f"available_backends: {device!r} is not a device name; pass 'cpu', 'cuda' or 'cuda:N'"
                        ) from None
+    if not isinstance(dtype, torch.dtype):  # "float32" was a TypeError from inside torch.empty
+        raise VmmError(f"available_backends: dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     try:
         probe = torch.empty(0, device=device, dtype=dtype)
     except (RuntimeError, AssertionError):  # torch raises these for an absent or unsupported device
@@ -497,7 +505,7 @@ def _resolve_scan_backend(backend: Optional[str], u: Tensor) -> Backend:
             if b.available(u):
                 return b
         return _SCAN_BACKENDS["reference"]
-    if backend not in _SCAN_BACKENDS:
+    if not isinstance(backend, str) or backend not in _SCAN_BACKENDS:  # a list was a TypeError (unhashable)
         raise VmmError(f"unknown selective_scan backend {backend!r}; choose one of {sorted(_SCAN_BACKENDS)} "
                        f"or None for automatic choice")
     chosen = _SCAN_BACKENDS[backend]
@@ -576,6 +584,7 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
         if not (isinstance(t, Tensor) or (name == "bias" and t is None)):
             raise VmmError(f"causal_conv1d: {name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, "
                            f"got {type(t).__name__}")
+    _check_same_device("causal_conv1d", {"x": x, "weight": weight, "bias": bias})
     if x.dim() != 3:
         raise VmmError(f"causal_conv1d: x must be (batch, channels, length), got shape {tuple(x.shape)}")
     # Complex taps would be cast to real with only a torch warning, integer ones silently accepted.

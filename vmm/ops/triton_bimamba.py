@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from vmm.errors import VmmError
-from vmm.ops._triton import (HAS_TRITON, check_rows, fast_exp, fast_sigmoid, interpreting, is_available,
-                             on_device_of, tl, triton, unavailable_reason, unsupported_layer)
+from vmm.ops._triton import (HAS_TRITON, check_rows, check_runs_here, fast_exp, fast_sigmoid, interpreting,
+                             is_available, on_device_of, tl, triton, unsupported_layer)
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "bimamba_scan_ref",
@@ -693,7 +693,7 @@ def bimamba_scan(u_f: Tensor, u_b: Tensor, dt_f: Tensor, dt_b: Tensor, z: Tensor
     """
     _check_bimamba_scan_args("bimamba_scan", u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b, A, D, delta_bias)
     _check_d_state(A.shape[-1])
-    _check_runs_here("bimamba_scan", u_f, "bimamba_scan_ref")
+    check_runs_here("bimamba_scan", u_f, "bimamba_scan_ref")
     return _scan_bc(u_f, u_b, dt_f, dt_b, z, torch.cat([B_f, C_f], -1), torch.cat([B_b, C_b], -1),
                     A, D, delta_bias)
 
@@ -740,15 +740,6 @@ def _check_bimamba_scan_args(fn: str, *tensors: Tensor) -> None:
         if t.device != u_f.device:
             raise VmmError(f"{fn}: {name} is on {t.device} but u_f is on {u_f.device}; move it with "
                            f".to(u_f.device)")
-
-
-def _check_runs_here(fn: str, t: Tensor, reference: str) -> None:
-    # CPU tensors run only in Triton's interpreter; otherwise the launch failed with "0 active drivers" from
-    # deep inside Triton. Other devices are left to the launch (tests drive the wrappers on meta tensors).
-    if t.device.type == "cpu" and not interpreting():
-        reason, fix = unavailable_reason(t.device)
-        raise VmmError(f"{fn}: the fused Triton kernels cannot run {reason}; {fix} (or set TRITON_INTERPRET=1 "
-                       f"before importing triton), or use {reference}")
 
 
 def _check_d_state(d_state: int) -> None:
@@ -868,7 +859,7 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     assert y.shape == (2, E, 11)
     """
     _check_d_state(fwd.A_log.shape[-1])
-    _check_runs_here("bimamba_inner_xz_triton", xz, "vmm.ops.bimamba.bimamba_inner_xz(..., backend='reference')")
+    check_runs_here("bimamba_inner_xz_triton", xz, "vmm.ops.bimamba.bimamba_inner_xz(..., backend='reference')")
     xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
     E = xzl.shape[-1] // 2
     conv_w = torch.stack([fwd.conv_weight.reshape(E, -1), bwd.conv_weight.reshape(E, -1)]).float()

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops._triton import (HAS_TRITON, check_rows, fast_sigmoid, interpreting, is_available, on_device_of, tl,
-                             triton)
+from vmm.ops._triton import (HAS_TRITON, check_rows, check_runs_here, fast_sigmoid, interpreting, is_available,
+                             on_device_of, tl, triton)
 
 __all__ = ["conv1d_bidir_silu", "conv1d_bidir_silu_ref", "is_available"]
 
@@ -407,6 +407,7 @@ def conv1d_bidir_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tupl
         ...                                torch.randn(2, 64, 4, device="cuda"), None)
         ...     assert yf.shape == yb.shape == (2, 7, 64)
     """
+    check_runs_here("conv1d_bidir_silu", x, "conv1d_bidir_silu_ref")
     x = check_rows(x)
     with on_device_of(x):
         return _ConvBidirFn.apply(x, weight.float().contiguous(),

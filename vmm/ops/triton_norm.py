@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from vmm.ops._triton import HAS_TRITON, is_available, on_device_of, tl, triton
+from vmm.ops._triton import HAS_TRITON, check_runs_here, is_available, on_device_of, tl, triton
 
 __all__ = ["add_rmsnorm", "is_available"]
 
@@ -113,6 +113,7 @@ def add_rmsnorm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps:
         ...     y, r = add_rmsnorm(h, None, torch.ones(64, device="cuda"))
         ...     assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
     """
+    check_runs_here("add_rmsnorm", hidden, "vmm.models.layers.RMSNorm.add_forward(..., backend='reference')")
     with on_device_of(hidden):
         return _AddRMSNormFn.apply(hidden.contiguous(), None if residual is None else residual.contiguous(),
                                    weight, eps)

@@ -33,6 +33,8 @@ def test_every_command_has_help(capsys):
     (["indx", "VIDEOS", "--library", "LIB"], "); did you mean 'index'? (`vmm --help`"),
     (["help", "index"], "); for a command's options run `vmm index --help` (`vmm --help`"),
     (["help"], "); for a command's options run `vmm COMMAND --help` (`vmm --help`"),
+    (["Search", "LIB", "red"], "); did you mean 'search'? (`vmm --help`"),  # a capital, as a phone's keyboard types
+    (["ENCODE"], "); did you mean 'encode'? (`vmm --help`"),
     (["nosuch"], "'encode') (`vmm --help`"),  # nothing close: no guess
 ])
 def test_a_mistyped_command_names_the_likely_one(argv, hint, capsys):
@@ -66,6 +68,9 @@ def test_encode_bad_input(tmp_path, capsys, monkeypatch):
     assert err.startswith("error: ") and "notes.mp4" in err and "\n" not in err
     assert main(["encode", "--model", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    assert main(["encode", "--checkpoint", ""]) == 2  # was "pretrained='' is empty", the Python API's name
+    assert capsys.readouterr().err == ("error: --checkpoint is empty; pass a weights file or model folder, or leave "
+                                       "it out for random weights\n")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -95,6 +100,22 @@ def test_index_paths_may_follow_the_options(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("removed 2 file(s)")
 
 
+def test_paths_after_a_double_dash_may_follow_the_options(tmp_path, capsys, monkeypatch):
+    # `vmm index a.mp4 --library L -- -b.mp4`, as the hint for a dash file suggests and POSIX tools take: argparse
+    # left "-- -b.mp4" over and the command failed with "unrecognized arguments: -- -b.mp4".
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.mp4", "-b.mp4", "c.mp4"):
+        videos.write_solid(name, videos.RED, seconds=1)
+    index = ["index", "a.mp4", "--library", "lib", "--model", "color-histogram", "--quiet", "--workers", "0"]
+    assert main([*index, "--", "-b.mp4", "c.mp4"]) == 0
+    assert capsys.readouterr().out.startswith("indexed 3 files (3 clips)")
+    assert main([*index, "c.mp4", "--"]) == 0  # a script's `-- "$@"` with no arguments
+    assert capsys.readouterr().out.startswith("indexed 0 files (0 clips), 2 unchanged")
+    with pytest.raises(SystemExit):  # before the --, a word that starts with '-' is still an option
+        main([*index, "--bogus", "--", "c.mp4"])
+    assert "unrecognized arguments: --bogus -- c.mp4" in capsys.readouterr().err
+
+
 def test_a_query_that_starts_with_a_dash(tmp_path, capsys):
     # argparse left "-- -red" over, so such a query could not be given at all, and the error did not say why.
     videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, seconds=1)
@@ -120,13 +141,22 @@ def test_a_query_may_follow_the_options(tmp_path, capsys):
     first = capsys.readouterr().out
     assert main(["search", library, "-k", "1", "--json", "red screen"]) == 0
     assert capsys.readouterr().out == first and '"rank": 1' in first
-    for argv in (["search", library, "-k", "1", "red", "screen"], ["search", library, "red", "-k", "1", "screen"]):
+    for argv in (["search", library, "-k", "1", "red", "screen"], ["search", library, "red", "-k", "1", "screen"],
+                 ["search", library, "-k", "1", "--", "red", "screen"]):
         with pytest.raises(SystemExit):
             main(argv)
         assert "a query of several words is one argument, quote it: vmm search LIB 'red screen'" in \
             capsys.readouterr().err
     assert main(["search", library, "--video", str(tmp_path / "red.mp4"), "-k", "1", "red"]) == 2
     assert capsys.readouterr().err == "error: give a text query, --video QUERY.mp4 or --queries FILE (exactly one)\n"
+
+
+def test_encode_a_model_folder_whose_name_holds_a_newline(tmp_path, capsys):
+    import shutil
+    folder = shutil.copytree(REPO / "vmm" / "weights" / "vmm_nano", tmp_path / "nano\nv2")
+    assert main(["encode", "--model", str(folder), "--threads", "1"]) == 0
+    out = capsys.readouterr().out  # the name was printed as is: the line split in two
+    assert out.count("\n") == 1 and out.startswith(f"model {tmp_path}/nano\\nv2: input (1, 3, 8, 64, 64)"), out
 
 
 def test_encode_runs_a_checkpoint_file_at_its_own_frame_count(tmp_path, capsys):

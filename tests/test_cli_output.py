@@ -138,3 +138,34 @@ def test_index_into_a_log_writes_no_progress_bar(lib, tmp_path):
     r = vmm("index", lib / "vids", "--library", tmp_path / "lib", "--model", "color-histogram", "--workers", "0")
     assert r.returncode == 0, r.stderr
     assert r.stderr == "" and r.stdout.startswith("indexed 3 files (3 clips)"), (r.stdout, r.stderr)
+
+
+OUT_OF_MEMORY = """
+import resource, sys
+import torch
+from vmm.cli import main
+used = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + (256 << 20), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc")
+def test_out_of_memory_is_one_line():
+    # torch's "DefaultCPUAllocator: can't allocate memory" ended `vmm encode --frames 64` on a machine without the
+    # memory with a traceback and status 1, as if vmm had a bug; 256 MiB of room make any machine that machine.
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, "encode", "--model", "videomamba_tiny", "--frames", "64",
+                        "--threads", "1", "--device", "cpu"], capture_output=True, text=True, env=ENV, timeout=300)
+    one_error_line(r, "error: out of memory (could not allocate ", " MiB more); ", "fewer --frames")
+    assert r.stdout == ""
+
+
+def test_a_deleted_current_folder(tmp_path):
+    # A shell left in a folder deleted since (a rebuilt output folder): importing torch there ended the command with
+    # "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", and relative paths could not be resolved.
+    (tmp_path / "gone").mkdir()
+    r = subprocess.run(["bash", "-c", 'cd "$1" && rmdir "$1" && exec "$2" -m vmm.cli encode --model vmm_nano',
+                        "-", str(tmp_path / "gone"), sys.executable], capture_output=True, text=True, env=ENV,
+                       timeout=300)
+    one_error_line(r, "the current folder", "no longer exists", "cd ")
+    assert r.stdout == ""

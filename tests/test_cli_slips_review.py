@@ -38,7 +38,16 @@ def _usage_error(argv, capsys) -> str:
                                                         "mean --factory? (`vmm index --help` lists the options)"),
     (["--verison"], "error: vmm: unrecognized option --verison; did you mean --version? (`vmm --help` lists the "
                     "options)"),
-], ids=["index-libary", "search-per-vidoe", "search-reranks", "index-facotry=", "verison"])
+    # one dash, as ffmpeg or Go tools write long options: "required: --library", and for search a hint to give
+    # "-video q.mp4" as a query after --
+    (["index", "videos", "-library", "lib"], "error: vmm index: unrecognized option -library; did you mean "
+                                             "--library? (`vmm index --help` lists the options)"),
+    (["search", "LIB", "-video", "q.mp4"], "error: vmm search: unrecognized option -video; did you mean --video? "
+                                           "(`vmm search --help` lists the options)"),
+    (["index", "--version"], "error: vmm index: --version is an option of vmm itself: vmm --version (`vmm index "
+                             "--help` lists the options)"),  # was "did you mean --json?"
+], ids=["index-libary", "search-per-vidoe", "search-reranks", "index-facotry=", "verison", "index-one-dash",
+        "search-one-dash", "index-version"])
 def test_a_misspelt_option_names_the_one_meant(argv, line, capsys):
     assert _usage_error(argv, capsys) == line + "\n"
 

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import importlib
 import os
+import re
 import shlex
 import signal
 import sys
@@ -49,14 +50,15 @@ def _unknown_command_hint(word: str, commands: Sequence[str], argv: Sequence[str
     if word == "help":
         asked = next((a for a in argv[argv.index(word) + 1:] if a in commands), "COMMAND")
         return f"; for a command's options run `vmm {asked} --help`"
-    close = difflib.get_close_matches(word, commands, n=1)
+    close = difflib.get_close_matches(word.lower(), commands, n=1)  # `vmm ENCODE` with caps lock on
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _misspelt_option(argv: Sequence[str], parser: argparse.ArgumentParser):
     """The parser and its one-line error for the first option of ``argv`` that its command does not know but is
-    close to one it does (`--libary` for --library), else None: argparse blamed the missing --library, or left
-    `--per-vidoe` over as an unrecognized argument without naming the option meant."""
+    close to one it does (`--libary` or `-library` for --library, `vmm index --version` for vmm's own), else None:
+    argparse blamed the missing --library, or left `--per-vidoe` over as an unrecognized argument without naming
+    the option meant."""
     command = parser
     for arg in argv:
         if arg == "--":  # what follows is never read as an option
@@ -64,10 +66,16 @@ def _misspelt_option(argv: Sequence[str], parser: argparse.ArgumentParser):
         if command is parser and arg in parser.commands:
             command = parser.commands[arg]
             continue
-        if not arg.startswith("--") or " " in arg or arg in command.dash_files:
+        if not arg.startswith("-") or " " in arg or arg in command.dash_files:
             continue  # argparse reads a word with a space as a positional (a query), never as an option
         name = arg.split("=", 1)[0]
         options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+        if not arg.startswith("--"):
+            if "-" + name in options:  # `-library`, as ffmpeg or Go tools write long options
+                return command, f"unrecognized option {name}; did you mean -{name}?"
+            continue
+        if command is not parser and name not in options and name in parser._option_string_actions:
+            return command, f"{name} is an option of vmm itself: vmm {name}"  # `vmm index --version`
         if any(o.startswith(name) for o in options):
             continue  # argparse takes a unique prefix, and names the options an ambiguous one could be
         close = difflib.get_close_matches(name, options, n=1)
@@ -163,8 +171,8 @@ def _check_parallelism(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``vmm ARGS``; returns the exit status (0 done, 2 user error, 130 interrupted, 141 closed pipe, 143 stopped
-    by SIGTERM)."""
+    """Run ``vmm ARGS``; returns the exit status (0 done, 2 user error or out of memory, 130 interrupted, 141 closed
+    pipe, 143 stopped by SIGTERM)."""
     # Everything, the imports of the commands (torch) included, runs under these handlers: a Ctrl-C in the first
     # second of start-up should print one word, not the traceback of an import.
     if sys.stdout is None:  # started with stdout closed (>&-): a file opened later would take its place as fd 1
@@ -191,6 +199,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # The reader of the output went away (`vmm search ... | head`): stop quietly like other tools.
             _mute_stdout()
             return 141  # 128 + SIGPIPE, the status of a command the signal ended
+        except (MemoryError, RuntimeError) as e:
+            what = _out_of_memory(e)
+            if what is None:
+                raise
+            # Sizes too big for this machine (or a GPU another job fills) are no bug of vmm: one line, as a user
+            # error, where a traceback ended with status 1.
+            _say_error(f"out of memory ({what}); a run needs less memory with fewer --frames, a smaller --batch-size "
+                       "or a smaller model, or free memory (other programs, another job on the GPU)")
+            return 2
 
 
 @contextlib.contextmanager
@@ -254,6 +271,28 @@ def _stopping_on_sigterm():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+_MEMORY_TEXTS = ("can't allocate memory", "not enough memory", "out of memory", "Cannot allocate memory")
+
+
+def _out_of_memory(error: BaseException) -> Optional[str]:
+    """What ran out when ``error`` is a failed allocation (torch's CPU or CUDA allocator, the mmap of a weights file,
+    Python itself), else None.
+
+    >>> _out_of_memory(RuntimeError("can't allocate memory: you tried to allocate 20971520 bytes"))
+    'could not allocate 20 MiB more'
+    >>> _out_of_memory(RuntimeError("Expected all tensors to be on the same device")) is None
+    True
+    """
+    text = str(error)
+    if not isinstance(error, MemoryError) and not any(t in text for t in _MEMORY_TEXTS):
+        return None
+    size = re.search(r"(\d+(?:\.\d+)?) ?([KMGTPE]iB|bytes)", text)  # torch says "2.00 GiB" on CUDA, bytes on CPU
+    if size is None:
+        return "an allocation failed"
+    amount = f"{int(size[1]) / 2 ** 20:.0f} MiB" if size[2] == "bytes" else f"{size[1]} {size[2]}"
+    return f"could not allocate {amount} more"
+
+
 def _say(text: str) -> None:
     try:
         print(text, file=sys.stderr)
@@ -279,6 +318,16 @@ def _holding_signals(build, *args):
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def _check_current_folder() -> None:
+    """Refuse to run in a folder deleted since the shell entered it: torch's import died there with "Intel oneMKL
+    FATAL ERROR: Cannot load libtorch_cpu.so", and relative paths cannot be resolved."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise VmmError("the current folder no longer exists (deleted or moved since this shell entered it); cd to an "
+                       "existing folder, e.g. cd ~, and run the command again") from None
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _holding_signals(build_parser, _dash_files(argv))
@@ -293,30 +342,33 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     command = parser.commands.get(getattr(args, "command", None), parser)
     many = [a for a in command._actions if not a.option_strings and a.nargs in ("+", "*")]
     empty = [a for a in command._actions if not a.option_strings and a.nargs == "?" and getattr(args, a.dest) is None]
-    if extra[:1] == ["--"] and len(extra) == 2 and empty:
-        # `vmm search LIB -k 5 -- "-red car"`: argparse leaves "--" and what follows it over when the positional
-        # it belongs to is optional, so a query that starts with '-' could not be given at all.
-        setattr(args, empty[0].dest, extra[1])
-    elif len(extra) == 1 and empty and not extra[0].startswith("-"):
+    # argparse leaves "--" and what follows it over once the positionals before the options are filled, although
+    # no word after "--" is an option: `vmm search LIB -k 5 -- "-red car"`, `vmm index a.mp4 --library L -- -b.mp4`.
+    cut = extra.index("--") if "--" in extra else len(extra)
+    loose = extra[:cut] + extra[cut + 1:]  # the words left over that are no options
+    options = any(word.startswith("-") for word in extra[:cut])
+    if len(loose) == 1 and empty and not options:
         # `vmm search LIB -k 5 "red car"`: argparse fills LIB and the optional query together, before the options,
         # and left the query over as unrecognised.
-        setattr(args, empty[0].dest, extra[0])
-    elif extra and many and not any(word.startswith("-") for word in extra):
+        setattr(args, empty[0].dest, loose[0])
+    elif loose and many and not options:
         # `vmm index ~/a --library L ~/b`: argparse ends a list of PATHs at the first option and left ~/b over.
-        setattr(args, many[0].dest, getattr(args, many[0].dest) + extra)
-    elif extra:  # named by the command's parser: "vmm: unrecognized arguments" pointed at the wrong --help
+        setattr(args, many[0].dest, getattr(args, many[0].dest) + loose)
+    elif loose or options:  # a "--" with nothing after it (a script's `-- "$@"`) is no mistake
+        # named by the command's parser: "vmm: unrecognized arguments" pointed at the wrong --help
         hint = ""
         if args.command == "search" and args.text is None and extra[0].startswith("-") and extra[0] != "--":
             hint = (f"; a query that starts with '-' reads as an option: give it last, after --: vmm search LIB "
                     f"[options] -- {shlex.quote(' '.join(extra))}")
-        elif args.command == "search" and not any(word.startswith("-") for word in extra):
-            words = " ".join(([args.text] if args.text is not None else []) + extra)
+        elif args.command == "search" and not options:
+            words = " ".join(([args.text] if args.text is not None else []) + loose)
             hint = f"; a query of several words is one argument, quote it: vmm search LIB {shlex.quote(words)}"
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not hasattr(args, "_run"):  # `vmm` alone: a usage mistake, so the help goes where errors go
         parser.print_help(sys.stderr)
         return 2
     _check_parallelism(args)
+    _check_current_folder()
     code = int(args._run(args) or 0)
     sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed pipe shows here, not at exit
     return code

@@ -11,8 +11,10 @@ import numpy as np
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", nargs="?", help="video file (default: a generated moving-square clip, at the model's frames and size)")
     p.add_argument("--model", default="videomamba_tiny",
-                   help="model name, e.g. vmm_nano or videomamba_middle (an unknown one lists them all) [videomamba_tiny]")
-    p.add_argument("--checkpoint", help="weights file or save_pretrained folder (default: random init)")
+                   help="model name, e.g. vmm_nano or videomamba_middle (an unknown one lists them all), or a "
+                        "save_pretrained folder [videomamba_tiny]")
+    p.add_argument("--checkpoint", help="weights: a .pth/.safetensors file, a save_pretrained folder or "
+                                        "hf-hub:OpenGVLab/VideoMamba/<file> (default: random init)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per clip (default: the checkpoint file's, else the model's)")
     # None: cuda when available, decided at run time (asking torch here made every `vmm --help` import it)
@@ -35,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     import vmm
     from vmm.commands import set_threads
-    from vmm.errors import VmmError
+    from vmm.errors import VmmError, one_line
     from vmm.factory import checkpoint_frames, frames_override, resolve_device
     if args.video == "":  # not the same as leaving it out, which encodes the generated clip
         raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
+    if args.checkpoint == "":  # else refused in the Python API's words, as pretrained=''
+        raise VmmError("--checkpoint is empty; pass a weights file or model folder, or leave it out for random weights")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
     if args.video:
         args.video = os.path.expanduser(args.video)  # a quoted "~/My Videos/a.mp4" is not expanded by the shell
@@ -69,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if not torch.isfinite(out).all():
         raise VmmError("the encoder produced non-finite values; check the checkpoint")
     threads = torch.get_num_threads()
-    print(f"model {args.model}: input {tuple(x.shape)} -> embedding {tuple(out.shape)} "
+    print(f"model {one_line(args.model)}: input {tuple(x.shape)} -> embedding {tuple(out.shape)} "
           f"in {dt * 1000:.0f} ms on {device} ({threads} thread{'s' * (threads != 1)})")
     return 0

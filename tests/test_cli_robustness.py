@@ -82,9 +82,15 @@ def test_bad_devices(setup, capsys, command):
              "NEW": setup / "unused", "MODEL": setup / "model"}
     args = [str(paths.get(a, a)) for a in command]
     fails(args + ["--device", "bogus"], capsys, "--device bogus is not a device; pass cpu or cuda[:N]")
+    fails(args + ["--device", ""], capsys, "--device is empty (''); pass cpu or cuda[:N]")
     if not torch.cuda.is_available():
         fails(args + ["--device", "cuda"], capsys, "--device cuda: no CUDA GPU is visible", "; pass --device cpu")
     assert not (setup / "unused").exists()
+
+
+def test_a_device_in_capitals_is_the_device():
+    from vmm.factory import resolve_device
+    assert resolve_device("CPU") == resolve_device(" Cpu ") == torch.device("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")

@@ -387,7 +387,9 @@ def resolve_device(device: Optional[Union[str, torch.device]], option: str = "--
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = str(device).strip()
+    text = str(device).strip().lower()  # "CPU", "Cuda:1": torch takes lower case only
+    if not text:  # an unset shell variable (--device "$DEV")
+        raise VmmError(f"{option} is empty (''); pass cpu or cuda[:N], or leave it out for a GPU when there is one")
     try:
         dev = torch.device(text) if not isinstance(device, torch.device) else device
     except (RuntimeError, ValueError):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retrieval.library import VideoLibrary, Where
@@ -66,6 +67,29 @@ def test_texts_are_encoded_together_and_filtered_once(setup, monkeypatch):
     many = library.search_many(TEXTS, k=2, where=lambda record: seen.append(record.path) or True)
     assert calls == [len(TEXTS)] and len(many) == len(TEXTS)
     assert len(seen) == len(set(seen)) == 4  # each video once, for all texts
+
+
+def test_windows_a_text_re_ranked_are_not_decoded_again_for_the_next(setup, monkeypatch):
+    """Each text of a batch decoded its top K again, though texts of one batch often share them."""
+    import retrieval.library as library_module
+    _, _, library = setup
+    reads = []
+    read = library_module.read_windows
+    monkeypatch.setattr(library_module, "read_windows", lambda path, *a, **k: reads.append(path) or read(path, *a, **k))
+    alone = library.search(text=TEXTS[0], k=3, rerank=3)
+    once, reads[:] = list(reads), []
+    first, again = library.search_many([TEXTS[0], TEXTS[0]], k=3, rerank=3)
+    assert once and same(first, alone) and same(again, alone) and reads == once
+
+
+def test_the_window_cache_keeps_to_its_bytes():
+    from retrieval.library import _FrameCache
+    cache = _FrameCache(max_bytes=250)
+    for clip in range(4):
+        cache.add(clip, np.zeros(100, np.uint8))
+    assert list(cache) == [2, 3] and cache.bytes == 200
+    cache.add(9, np.zeros(1000, np.uint8))  # larger than the whole budget: kept, as the text being scored needs it
+    assert list(cache) == [9] and cache.bytes == 1000
 
 
 @pytest.mark.parametrize("texts, message", [

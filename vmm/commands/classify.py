@@ -89,26 +89,20 @@ def _checkpoint_path(model, checkpoint: str) -> Path:
     return resolve_pretrained(checkpoint)
 
 
-def _merged(base: dict, extra: dict) -> dict:
-    """``base`` with ``extra``'s values, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _overrides(args: argparse.Namespace, sizes: Optional[dict] = None) -> dict:
     """The config overrides of the command line, over the checkpoint's own ``sizes``."""
     from vmm.factory import _is_multimodal, frames_override
     from vmm.models.persistence import is_pretrained_dir
+    from vmm.models.registry import merge_overrides
 
     # A video-text model's frame count is under vision: a top-level num_frames was refused as unknown. Its
     # weights' own count is the default, as in vmm index: a model folder's too (a folder of 4 frames with the
     # name's 8 failed as "--frames 8 ... or leave it out", --frames left out).
     video_text = _is_multimodal(args.model) and not is_pretrained_dir(args.model)
     found = _own_frames(_video_text_checkpoint(args)) if video_text else None
-    overrides = _merged(_merged(frames_override(args.model, found), sizes or {}), parse_model_args(args.model_arg))
-    return _merged(overrides, frames_override(args.model, args.frames))
+    overrides = merge_overrides(merge_overrides(frames_override(args.model, found), sizes or {}),
+                                parse_model_args(args.model_arg))
+    return merge_overrides(overrides, frames_override(args.model, args.frames))
 
 
 def _own_frames(checkpoint: str) -> Optional[int]:

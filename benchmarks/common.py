@@ -61,16 +61,6 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def user_path(text: str) -> str:
-    """argparse type of a path option: a leading ``~`` is the home folder, as for ``vmm``'s own options (the shell
-    leaves a quoted ``"~/runs"`` or ``--out=~/r.json`` alone; it was a folder named ``~`` in the current one).
-
-    >>> user_path("~/runs/final") == str(Path.home() / "runs" / "final")
-    True
-    """
-    return os.path.expanduser(text)
-
-
 def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folder: bool = False) -> Path:
     """``value`` of an output option as a Path, refused now with one ``error:`` line if the run could not write it
     at its end: a read-only folder, a file in the way or a folder given for a file was a traceback after minutes
@@ -79,7 +69,7 @@ def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folde
     >>> output_path(OneLineArgumentParser(prog="bench"), "/tmp/vmm-bench-example/result.json")
     PosixPath('/tmp/vmm-bench-example/result.json')
     """
-    path = Path(user_path(str(value)))
+    path = Path(os.path.expanduser(str(value)))  # a quoted "~/r.json" or --out=~/r.json: the shell left it
     if folder != path.is_dir() and path.exists():
         wanted = "a folder" if folder else f"a file in it, e.g. {path / 'result.json'}"
         ap.error(f"argument {option}: {value} is {'a file' if folder else 'a folder'}; name {wanted}")

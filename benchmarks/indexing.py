@@ -43,7 +43,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
-from common import cpu_name, output_path, parser, positive_int, run, user_path  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int, run  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -374,9 +374,9 @@ def main() -> None:
                     help="IVF training vectors per list [16; the library itself uses 64, about 4x slower to train]")
     ap.add_argument("--merge-files", type=positive_int, default=None,
                     help="files staged for the merge [4000; quick: 2000]")
-    ap.add_argument("--model", type=user_path, default="vmm_nano",
+    ap.add_argument("--model", type=os.path.expanduser, default="vmm_nano",
                     help="model to embed with, random weights [vmm_nano; videomamba_m16_25m: official size]")
-    ap.add_argument("--video-dir", type=user_path, default=None,
+    ap.add_argument("--video-dir", type=os.path.expanduser, default=None,
                     help="index these .mp4 files instead of writing new ones")
     ap.add_argument("--write-videos", default=None, metavar="DIR",
                     help="only write the benchmark videos to DIR (for a host without PyAV) and exit")

@@ -11,6 +11,7 @@ twin?), where a model blind to frame order sits at 50% by construction.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: python benchmarks/nano_synthetic.py
 sys.path.insert(0, str(HERE))
 
-from common import cpu_name, output_path, parser, run, user_path  # noqa: E402
+from common import cpu_name, output_path, parser, run  # noqa: E402
 
 
 def pair_accuracy(model_dir: str, corpus: Path) -> dict:
@@ -47,10 +48,10 @@ def pair_accuracy(model_dir: str, corpus: Path) -> dict:
 
 def main() -> None:
     ap = parser(__file__, __doc__)
-    ap.add_argument("--model", type=user_path, default=str(HERE.parent / "vmm" / "weights" / "vmm_nano"))
-    ap.add_argument("--baseline", type=user_path, required=True,
+    ap.add_argument("--model", type=os.path.expanduser, default=str(HERE.parent / "vmm" / "weights" / "vmm_nano"))
+    ap.add_argument("--baseline", type=os.path.expanduser, required=True,
                     help="the frame-mean baseline trained by the same recipe")
-    ap.add_argument("--corpus", type=user_path,
+    ap.add_argument("--corpus", type=os.path.expanduser,
                     help="an existing seed-0 corpus (default: regenerate it in a temp folder)")
     ap.add_argument("--out", default=str(HERE / "results" / "nano_synthetic.json"))
     args = ap.parse_args()

@@ -92,14 +92,13 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     from vmm.factory import checkpoint_frames, frames_override
     overrides = frames_override(name, frames if frames is not None else checkpoint_frames(checkpoint))
     if checkpoint is None and not Path(name).is_dir():
-        from vmm.factory import default_pretrained
+        from vmm.factory import _is_multimodal, default_pretrained
         # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.
         checkpoint = default_pretrained(name)
-        from vmm.models.registry import get_model_config
         # A video-text architecture without released weights (videomamba_m16_mm, vmm_nano_framemean) got random
         # ones, new at every load: the library it indexed refused every later search as built with another model.
         # Other architectures go on to VideoTextEncoder, which names what they are not.
-        if checkpoint is None and (get_model_config(name) or {}).get("architecture", name) == "videomamba_m16_mm":
+        if checkpoint is None and _is_multimodal(name):
             raise VmmError(f"model {name} has no released weights, and random ones would differ at every load (no "
                            "search could use what they index); pass its weights with checkpoint= (--checkpoint "
                            "PATH), or a save_pretrained folder as model= (--model)")

@@ -629,12 +629,12 @@ def exported_step(final: Path) -> Optional[int]:
     >>> exported_step(Path("/nonexistent/final")) is None
     True
     """
+    from vmm.models.persistence import read_config
     try:
-        from vmm.models.persistence import CONFIG_NAME
-        meta = json.loads((final / CONFIG_NAME).read_text(encoding="utf-8")).get("model_meta")
-        step = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
-    except (OSError, ValueError, AttributeError):
+        meta = read_config(final).get("model_meta")
+    except VmmError:  # none there, or not a model's config: no export of this run
         return None
+    step = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 

@@ -459,15 +459,13 @@ class DistributedSummary(IngestSummary):
     merge_seconds: float = 0.0  # rank 0's merge and FAISS refresh, the serial part of the run
     ranks: list[dict] = field(default_factory=list)  # per rank: files, clips, failed, seconds, encode_seconds
 
-    def line(self, retry_hint: str = "retry_failed=True") -> str:
-        text = super().line(retry_hint)
+    def _run_details(self) -> str:
+        # Before the hint on earlier failures that may end the line: after it they read "... --retry-failed
+        # retries them) on 2 ranks".
         ranks = f" on {self.world_size} rank{'s' if self.world_size != 1 else ''}"
         if self.reused:
             ranks += f" ({self.reused} files reused from an interrupted run)"
-        # The ranks go with the run's figures, before the hint on earlier failures that may end the line (after it
-        # they read "... --retry-failed retries them) on 2 ranks").
-        cut = text.rfind("; ") if self.skipped_failed else len(text)
-        return text[:cut] + ranks + text[cut:]
+        return ranks
 
     def to_json(self) -> dict:
         """The summary as plain JSON types (what ``vmm index --json`` style output wants)."""

@@ -80,9 +80,14 @@ class IngestSummary:
         text += f" in {self.seconds:.1f} s"
         if self.clips:
             text += f" ({self.clips_per_second:.1f} clips/s)"
+        text += self._run_details()  # with the run's figures, before the hint that may end the line
         if self.skipped_failed:
             text += f"; {self.skipped_failed} earlier failures skipped ({retry_hint} retries them)"
         return text
+
+    def _run_details(self) -> str:
+        """What a kind of run adds to :meth:`line`'s figures: nothing here, the ranks for a distributed run."""
+        return ""
 
 
 # -- planning a run -------------------------------------------------------------------------------

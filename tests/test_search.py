@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.library import VideoLibrary, Where, merge_moments
 from tests import videos
-from tests.tiny_model import save_tiny_model
+from tests.tiny_model import index_search_library
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -20,15 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    save_tiny_model(root / "model")
-    vids = root / "videos"
-    vids.mkdir()
-    videos.write_red_green_square(vids)
-    videos.write_long(str(vids / "long.mp4"), seconds=24)
     lib = root / "lib"
-    assert main(["index", str(vids), "--library", str(lib), "--model", str(root / "model"), "--quiet",
-                 "--window", "8", "--stride", "4", "--workers", "0"]) == 0
-    return root, vids, lib
+    return root, index_search_library(root, lib), lib
 
 
 def test_text_search_equals_brute_force_model_scores(setup, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 from retrieval.library import VideoLibrary, Where
 from tests import videos
-from tests.tiny_model import save_tiny_model
+from tests.tiny_model import index_search_library
 from vmm.cli import main
 from vmm.errors import VmmError
 
@@ -26,14 +26,8 @@ TEXTS = ["a red screen", "a green square moving", "blue", "a red screen", "zebra
 def setup(tmp_path_factory):
     """A library at HOME/vmm-lib (as the docs name it): three short videos and a 24 s one in windows of 8 s."""
     root = tmp_path_factory.mktemp("search-batch")
-    save_tiny_model(root / "model")
-    vids = root / "videos"
-    vids.mkdir()
-    videos.write_red_green_square(vids)
-    videos.write_long(str(vids / "long.mp4"), seconds=24)
     lib = root / "home" / "vmm-lib"
-    assert main(["index", str(vids), "--library", str(lib), "--model", str(root / "model"), "--quiet",
-                 "--window", "8", "--stride", "4", "--workers", "0"]) == 0
+    index_search_library(root, lib)
     with VideoLibrary.open(lib) as library:
         yield root, lib, library
 

@@ -15,3 +15,18 @@ def save_tiny_model(folder: Path) -> Path:
     torch.manual_seed(0)
     vmm.create_model("videomamba_m16_mm", **TINY).save_pretrained(folder)
     return folder
+
+
+def index_search_library(root: Path, library: Path) -> Path:
+    """The search tests' library at ``library``: the tiny model (saved at ``root/model``) over red, green and a
+    moving square (2 s each) and a 24 s video, in windows of 8 s every 4 s; returns the videos' folder."""
+    from tests import videos
+    from vmm.cli import main
+    save_tiny_model(root / "model")
+    vids = root / "videos"
+    vids.mkdir()
+    videos.write_red_green_square(vids)
+    videos.write_long(str(vids / "long.mp4"), seconds=24)
+    assert main(["index", str(vids), "--library", str(library), "--model", str(root / "model"), "--quiet",
+                 "--window", "8", "--stride", "4", "--workers", "0"]) == 0
+    return vids

@@ -489,6 +489,11 @@ def test_label_maps_are_read_in_index_order(tmp_path):
     ("numbers.json", "[0, 1]", "has 0 at index 0, not a name"),
     ("name_first.csv", "abseiling,0\nair drumming,1\n", "has the row 'air drumming,1'; write rows index,name"),
     ("middle.txt", "a\n\nb\n", "empty name at line 2"),
+    ("tabs.txt", "0\tabseiling\n1\tair drumming\n", r"\(line 2: '1\\tair drumming'\)"),  # shown as repr shows it
+    # Excel's CSV where the comma is the decimal mark: each row was read as one name, "0;abseiling"
+    ("excel.csv", "id;name\n0;abseiling\n1;air drumming\n", r"starts each row with its class number \(row 2: "
+     r"'0;abseiling'\); separate the number and the name with a comma"),
+    ("negative.json", json.dumps({"a": -1, "b": 0}), "has class index -1; number the classes 0 to N-1"),  # not "twice"
     ("blank.txt", "\n \n", "has no names"),
 ])
 def test_bad_label_files_are_named_with_the_fix(tmp_path, name, text, message):

@@ -276,3 +276,71 @@ def test_a_model_folder_as_checkpoint_sets_the_frame_count(noise_video, tmp_path
     code, _, err = run_cli([*args, "--frames", "2"], capsys)
     assert_one_line_error(code, err, f"--frames 2 (vision=dict(num_frames=2)): the weights in {folder} were trained "
                                      "for 4 frames")
+
+
+def test_labels_the_tokenizer_reads_alike_are_named_once(noise_video, tiny, tmp_path, capsys):
+    """The uncased tokenizer drops case, accents and punctuation and keeps 32 tokens: such labels got the same
+    prompts and tied on every video, without a word."""
+    long = "a cat that sits " * 10  # past the 32 tokens a prompt keeps: only the end differs
+    labels = ["Dog", "dog", "café", "cafe", "ice-skating", "ice skating", long + "still", long + "jumps", "bird"]
+    with pytest.warns(UserWarning) as caught:
+        top = dict(classify_video(noise_video, tiny, labels=labels, top_k=len(labels)))
+    assert [str(w.message) for w in caught] == [
+        f"labels 'Dog' and 'dog'; 'café' and 'cafe'; 'ice-skating' and 'ice skating' (and 1 more groups) give the model "
+        "the same prompts (it reads them in lower case, without accents or punctuation, and only their first 32 "
+        "tokens), so they always tie; rename them to differ in words"]
+    assert top["Dog"] == top["dog"] and top[long + "still"] == top[long + "jumps"] != top["bird"]
+
+    checkpoint = tmp_path / "tiny_mm.pth"
+    torch.save(tiny.state_dict(), checkpoint)
+    (tmp_path / "pets.txt").write_text("Cat\ncat\ndog\n")
+    code, out, err = run_cli([str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(checkpoint), "--labels",
+                              str(tmp_path / "pets.txt"), "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["top"]) == 3
+    assert err.splitlines() == ["warning: labels 'Cat' and 'cat' give the model the same prompts (it reads them in "
+                                "lower case, without accents or punctuation, and only their first 32 tokens), so they "
+                                "always tie; rename them to differ in words"]
+
+
+@pytest.mark.parametrize("templates", [None, ["{}"]])
+def test_a_label_with_no_words_is_refused(noise_video, tiny, templates):
+    """'---' was scored as the bare template ("a video of ."), or with the template "{}" refused as a search
+    "query"; emoji are [UNK] to the model."""
+    for name in ("---", "\U0001f436"):
+        with pytest.raises(VmmError, match=rf"^label '{name}' has no words the model can read \(punctuation .*, so "
+                                           "its prompts would be the templates alone; name each class in words$"):
+            classify_video(noise_video, tiny, labels=["cat", name, "dog"], templates=templates)
+    with pytest.raises(VmmError, match=r"^label '!!!' \(and 1 more\) has no words"):
+        class_embeddings(tiny, ["!!!", "cat", "..."], templates)
+    assert len(classify_video(noise_video, tiny, labels=["cat", "123"], templates=templates)) == 2  # a number is a word
+
+
+def test_cli_wordless_label(noise_video, tiny, tmp_path, capsys):
+    checkpoint = tmp_path / "tiny_mm.pth"
+    torch.save(tiny.state_dict(), checkpoint)
+    (tmp_path / "odd.txt").write_text("cat\n???\ndog\n")
+    code, out, err = run_cli([str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(checkpoint), "--labels",
+                              str(tmp_path / "odd.txt")], capsys)
+    assert_one_line_error(code, err, "label '???' has no words the model can read", "name each class in words")
+    assert out == ""
+
+
+def test_many_prompts_show_progress_on_a_terminal_only(noise_video, tiny, tmp_path, capsys, monkeypatch):
+    """10,000 classes x 4 templates encoded for minutes without a sign of life. The bar is on stderr when it is a
+    terminal (as vmm index's), not with --json; batches give the vectors of one call."""
+    names = [f"class {i}" for i in range(70)]  # 280 prompts: more than one batch of 256
+    classes = class_embeddings(tiny, names)
+    encoder = VideoTextEncoder(tiny, device="cpu")
+    whole = encoder.encode_texts([t.format(n) for n in names for t in DEFAULT_TEMPLATES]).reshape(70, 4, -1)
+    assert torch.allclose(classes, F.normalize(torch.from_numpy(whole).mean(1), dim=-1), atol=1e-6, rtol=0)
+
+    checkpoint = tmp_path / "tiny_mm.pth"
+    torch.save(tiny.state_dict(), checkpoint)
+    (tmp_path / "many.txt").write_text("".join(f"{name}\n" for name in names))
+    args = [str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(checkpoint), "--labels", str(tmp_path / "many.txt")]
+    for terminal, extra, bar in ((False, [], False), (True, ["--json"], False), (True, [], True)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+        code, out, err = run_cli([*args, *extra], capsys)
+        assert code == 0, err
+        assert ("encoding prompts" in err and "280/280" in err) == bar, err
+        assert "encoding prompts" not in out

@@ -32,6 +32,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ DEFAULT_LABELS = "kinetics400"
 # that name no person (colours or objects read badly in "a video of a person {}").
 DEFAULT_TEMPLATES = ("a video of {}.", "a video showing {}.", "an example of {}.", "a demonstration of {}.")
 _DECODE_CHUNK_BYTES = 64 << 20  # decoded frames fetched per decord call, at most
+_PROMPT_BATCH = 256  # zero-shot prompts per encode_texts call: a step of the progress bar
 Labels = Union[None, str, Path, Sequence[str]]
 
 
@@ -339,16 +341,70 @@ def _encoder(model, batch_size: int):
         return VideoTextEncoder(model, device=next(model.parameters()).device, batch_size=batch_size)
 
 
-def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence[str]] = None) -> Tensor:
+def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence[str]] = None,
+                     progress: bool = False) -> Tensor:
     """(len(names), dim) unit vectors: for each class, the normalised mean of the text embeddings of its prompts
     (every template with the class name in place of each ``{}``), CLIP's prompt ensembling. ``encoder``: a
-    :class:`vmm.embedder.VideoTextEncoder` or a video-text model."""
+    :class:`vmm.embedder.VideoTextEncoder` or a video-text model. ``progress``: a bar on stderr while more than
+    one batch of prompts encodes. VmmError for a name with no words the model can read; a warning names the
+    names whose prompts the tokenizer makes identical (they always tie).
+
+    >>> import vmm
+    >>> model = vmm.create_model("vmm_nano", pretrained="default")
+    >>> class_embeddings(model, ["red", "green", "blue"], ["a {} square"]).shape
+    torch.Size([3, 256])
+    """
+    from retrieval.evaluate import _Progress
+
     templates = check_templates(templates)
+    names = list(names)
+    if not names:  # an empty batch ended in "cannot reshape tensor of 0 elements"
+        raise VmmError("names=[]: pass the class names to embed, e.g. ['cat', 'dog']")
     encoder = _encoder(encoder, 8)
-    texts = [template.replace("{}", name) for name in names for template in templates]
-    with _eval_mode(encoder):
-        vectors = torch.from_numpy(encoder.encode_texts(texts)).view(len(names), len(templates), -1)
+    texts = _prompts(encoder, names, templates)
+    chunks = []
+    # A bar drawn for one batch could only jump from empty to full: it shows for more than one
+    with _eval_mode(encoder), _Progress(progress and len(texts) > _PROMPT_BATCH) as bar:
+        advance = bar.task("encoding prompts", len(texts))
+        for start in range(0, len(texts), _PROMPT_BATCH):
+            chunks.append(encoder.encode_texts(texts[start:start + _PROMPT_BATCH]))
+            advance(len(chunks[-1]))
+    vectors = torch.from_numpy(np.concatenate(chunks)).view(len(names), len(templates), -1)
     return F.normalize(vectors.mean(1), dim=-1)
+
+
+def _prompts(encoder, names: list[str], templates: list[str]) -> list[str]:
+    """Every template filled with every name, name-major. VmmError for a name the tokenizer reads as no words: its
+    prompts would be the templates alone (encode_texts refused that only for the template "{}", and as a search
+    "query"). A warning names the names whose prompts become the same tokens (case, accents, punctuation,
+    truncation): they tie on every video, whatever it shows."""
+    tokenizer, length = encoder.tokenizer, encoder.max_text_len
+    decode = getattr(tokenizer, "decode", None)  # a custom tokenizer may lack it: its names go unchecked
+    if decode is not None:
+        # decode leaves out [UNK] and the other special tokens, as encode_texts does when it looks for words
+        wordless = [name for name, ids in zip(names, tokenizer(names, max_length=length)[0]) if not decode(ids).strip()]
+        if wordless:
+            more = f" (and {len(wordless) - 1} more)" if len(wordless) > 1 else ""
+            raise VmmError(f"label {wordless[0]!r}{more} has no words the model can read (punctuation and "
+                           "invisible characters are dropped, emoji and symbols are unknown to it), so its prompts "
+                           "would be the templates alone; name each class in words")
+    texts = [template.replace("{}", name) for name in names for template in templates]
+    ids = tokenizer(texts, max_length=length)[0].view(len(names), -1).numpy()
+    same: dict[bytes, list[str]] = {}
+    for name, row in zip(names, ids):
+        same.setdefault(row.tobytes(), []).append(name)
+    ties = [group for group in same.values() if len(group) > 1]
+    if ties:
+        shown = "; ".join(_and([repr(name) for name in group]) for group in ties[:3])
+        more = f" (and {len(ties) - 3} more groups)" if len(ties) > 3 else ""
+        warnings.warn(f"labels {shown}{more} give the model the same prompts (it reads them in lower case, without "
+                      f"accents or punctuation, and only their first {length} tokens), so they always tie; rename "
+                      "them to differ in words", stacklevel=3)
+    return texts
+
+
+def _and(items: list[str]) -> str:
+    return f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _temperature(model) -> float:
@@ -500,14 +556,15 @@ def _view_reader(model, options: ClassifyOptions) -> Callable[[str], Union[Tenso
     return lambda path: read(path, cfg.num_frames, cfg.img_size, options.clips, options.crops, options.backend)
 
 
-def _scorer(model, names: list[str], templates: Optional[list[str]], options: ClassifyOptions
+def _scorer(model, names: list[str], templates: Optional[list[str]], options: ClassifyOptions, progress: bool = False
             ) -> Callable[[Union[Tensor, list[np.ndarray]]], Tensor]:
-    """views -> per-view probabilities (V, len(names)); a video-text model's prompts are encoded here, once."""
+    """views -> per-view probabilities (V, len(names)); a video-text model's prompts are encoded here, once
+    (``progress``: see :func:`class_embeddings`)."""
     if templates is None:
         return lambda views: view_probabilities(model, views, options.batch_size)
     encoder = _encoder(model, options.batch_size)
     _temperature(encoder)  # named before the prompts are encoded
-    classes = class_embeddings(encoder, names, templates)
+    classes = class_embeddings(encoder, names, templates, progress)
     return lambda clips: zero_shot_probabilities(encoder, clips, classes)
 
 

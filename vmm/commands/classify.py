@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # None: cuda when available, decided at run time (asking torch here made every `vmm --help` import it)
     p.add_argument("--device", default=None,
                    help="cpu or cuda[:N] [cuda when available]")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch [torch's default: one per core]")
 
 
 def parse_model_args(items: list[str]) -> dict:
@@ -286,7 +287,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         if score is None:  # after the first video decodes: a bad lone video is named before a large checkpoint loads
             model = _with_weights(args, model, sizes).to(device)
-            score = _scorer(model, names, templates, options)  # a video-text model encodes the prompts here
+            with warnings.catch_warnings():  # labels that tie: one "warning:" line, as the CLI's others
+                warnings.showwarning = _print_warning
+                # a video-text model encodes the prompts here; the bar, as vmm index's, only on a terminal
+                score = _scorer(model, names, templates, options, progress=not args.json and sys.stderr.isatty())
         classified += 1
         probabilities, seconds = _mean_probabilities(score, views)
         top = [{"rank": r + 1, "index": index[label], "label": label, "probability": p}
@@ -309,6 +313,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
         sys.stdout.flush()  # a long run piped to a file or `tee` shows each video as it is done
     return 2 if failed else 0
+
+
+def _print_warning(message, *_) -> None:
+    """A Python warning as one ``warning:`` line on stderr, without its source location."""
+    from vmm.errors import one_line
+    print(f"warning: {one_line(str(message))}", file=sys.stderr, flush=True)
 
 
 def _report_failure(video: str, error: str, as_json: bool) -> None:

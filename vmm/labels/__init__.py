@@ -78,15 +78,21 @@ def _numbered(lines: list[str]) -> bool:
     return len(lines) > 1 and numbers in (list(range(len(lines))), list(range(1, len(lines) + 1)))
 
 
+def _refuse_numbered(lines: list[str], source: str, what: str, fix: str) -> None:
+    """VmmError when each of ``lines`` (but perhaps a header) starts with its class number, which would become
+    part of every name."""
+    if _numbered(lines) or _numbered(lines[1:]):  # with or without a header line
+        raise VmmError(f"label file {source} starts each {what} with its class number ({what} 2: {lines[1]!r}); {fix}")
+
+
 def _from_text(text: str, source: str) -> list[str]:
     # "\n" only: text is read with universal newlines, and str.splitlines would also split inside a name at
     # U+2028, U+0085 or a form feed, giving more classes than the file's lines (`wc -l`)
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing newline is not a class
-    if _numbered(lines) or _numbered(lines[1:]):  # with or without a header line
-        raise VmmError(f"label file {source} starts each line with its class number (line 2: {one_line(lines[1])!r}); "
-                       "save it as .csv (rows index,name) or keep only the names, one per line in index order")
+    _refuse_numbered(lines, source, "line", "save it as .csv (rows index,name) or keep only the names, one per line "
+                     "in index order")
     return _check_names(lines, f"label file {source}", _line)
 
 
@@ -96,7 +102,9 @@ def _by_index(pairs: list, source: str) -> list:
     start = 1 if pairs and pairs[0][0] == 1 else 0
     for want, (index, _) in enumerate(pairs, start):
         if index != want:
-            problem = f"class index {index} twice" if index < want else f"no class index {want}"
+            # sorted: below the one wanted is a repeat, but for a negative first one
+            problem = (f"class index {index}" if index < start else f"class index {index} twice" if index < want
+                       else f"no class index {want}")
             raise VmmError(f"label file {source} has {problem}; number the classes 0 to N-1 in head order, each once")
     return [name for _, name in pairs]
 
@@ -131,12 +139,16 @@ def _from_csv(text: str, source: str) -> list[str]:
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()
     if all(len(row) <= 1 for row in rows):
-        return _check_names([row[0] if row else "" for row in rows], f"label file {source}", _line)
+        names = [row[0] if row else "" for row in rows]
+        # "0;cat": Excel saves CSV with semicolons where the comma is the decimal mark; each row became one name
+        _refuse_numbered(names, source, "row",
+                         "separate the number and the name with a comma (index,name), or keep only the names")
+        return _check_names(names, f"label file {source}", _line)
     rows = [row for row in rows if any(cell.strip() for cell in row)]  # the indices say where each name goes
     body = rows[1:] if not _is_index(rows[0][0]) else rows  # a header such as id,name
     bad = [row for row in body if len(row) != 2 or not _is_index(row[0])]
     if bad:
-        raise VmmError(f"label file {source} has the row {one_line(','.join(bad[0]))!r}; {_CSV_FORMAT}")
+        raise VmmError(f"label file {source} has the row {','.join(bad[0])!r}; {_CSV_FORMAT}")
     names = _by_index([(int(i), name) for i, name in body], source)
     return _check_names(names, f"label file {source}", _index)
 

@@ -163,9 +163,10 @@ def _is_file(path: Path) -> bool:
 
 
 def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
-    """The fix when the missing video is there under another extension (or none), e.g. 'video7' for video7.mp4, or
-    when its entry uses Windows separators ('all\\video7.mp4', a file name with a backslash off Windows), or, given
-    the ``videos_dir`` it was joined to, when its entry is an absolute path ('/data/v7.mp4', 'C:\\data\\v7.mp4').
+    """The fix when the missing video is there under another extension (or none) or letter case, e.g. 'video7' or
+    'Video7.mp4' for video7.mp4, or when its entry uses Windows separators ('all\\video7.mp4', a file name with a
+    backslash off Windows), or, given the ``videos_dir`` it was joined to, when its entry is an absolute path
+    ('/data/v7.mp4', 'C:\\data\\v7.mp4').
 
     Telling the user to point videos_dir elsewhere would be wrong then: the folder is right, the names are not.
     """
@@ -180,10 +181,11 @@ def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
         return (f"'{missing.name}' is written with Windows '\\' separators; write the 'video' entries with '/', "
                 "which every system reads")
     # Compared in one Unicode form: names copied from macOS keep its decomposed accents, which the JSON rarely has.
-    listed = {_nfc(missing.name), _nfc(missing.stem)}
+    # And regardless of case: an entry written on macOS or Windows ('Video7.mp4' for video7.mp4) opens the file there.
+    listed = {_nfc(missing.name).casefold(), _nfc(missing.stem).casefold()}
     try:
         others = sorted(entry.name for entry in os.scandir(missing.parent)
-                        if _nfc(Path(entry.name).stem) in listed and entry.is_file())
+                        if _nfc(Path(entry.name).stem).casefold() in listed and entry.is_file())
     except OSError:
         return ""
     if not others:
@@ -193,7 +195,7 @@ def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
                 "form (macOS writes accents decomposed); write the 'video' entries with the files' exact characters "
                 "or rename the files")
     return (f"{missing.parent} has {others[0]} instead: the 'video' entries must name the files exactly, "
-            "extension included; fix them or rename the files")
+            "letter case and extension included; fix them or rename the files")
 
 
 def _nfc(name: str) -> str:

@@ -101,7 +101,7 @@ class EvalConfig:
             if not isinstance(value, (str, os.PathLike)) and (value is not None or name != "checkpoint"):
                 raise VmmError(f"{_option(name)} must be a str or pathlib.Path, got {type(value).__name__}")
         # Wrong types failed later as a TypeError (rerank_k="5") or deep in the encoder (frames=4.0).
-        for name in ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size", "sim_chunk"):
+        for name in _COUNTS:
             value = getattr(self, name)
             if not (_whole(value, 1) or (value is None and name in ("frames", "sim_chunk"))):
                 raise VmmError(f"{_option(name)} must be a whole number >= 1, got {value!r}")
@@ -120,6 +120,9 @@ class EvalConfig:
         check_index_options(self.index, self.nlist, self.nprobe,
                             name={"kind": "index (--index)", "nlist": _option("nlist"), "nprobe": _option("nprobe")})
         _check_device(self.device)
+
+
+_COUNTS = ("frames", "rerank_k", "batch_size", "text_batch_size", "itm_batch_size", "sim_chunk")  # whole numbers >= 1
 
 
 def _option(name: str) -> str:
@@ -585,6 +588,10 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
     >>> # print(result.markdown())
     """
     config.check()
+    # NumPy integers pass the check (a sweep over np.arange), but the report keeps them and json.dumps refuses them:
+    # the run ended in a TypeError instead of its report file.
+    config = replace(config, **{name: int(getattr(config, name)) for name in (*_COUNTS, "workers", "nlist", "nprobe")
+                                if getattr(config, name) is not None})
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     protocol = get_protocol(config.dataset)

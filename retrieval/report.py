@@ -234,9 +234,15 @@ def check_outputs(outputs: dict[str, Optional[str | Path]], config: EvalConfig) 
     """
     if all(value is None for value in outputs.values()):
         return  # nothing to check, so the annotations are read once, by the evaluation
-    listed = load_retrieval_dataset(config.annotations, config.videos, config.dataset, allow_missing=True)
     inputs = {os.path.realpath(config.annotations): "the annotations (--annotations) file"}
-    inputs.update({os.path.realpath(v): "a video listed in the annotations" for v in [*listed.videos, *listed.missing]})
+    annotations = Path(config.annotations)
+    # A pipe (<(jq ...), /dev/stdin) can be read once only: read here, the evaluation found it empty. Its listed videos
+    # are still safe, as existing files that no evaluation wrote (below).
+    streamed = annotations.exists() and not (annotations.is_file() or annotations.is_dir())
+    if not streamed:
+        listed = load_retrieval_dataset(annotations, config.videos, config.dataset, allow_missing=True)
+        inputs.update({os.path.realpath(v): "a video listed in the annotations"
+                       for v in [*listed.videos, *listed.missing]})
     taken: dict[str, str] = {}
     for option, value in outputs.items():
         if value is None:

@@ -85,6 +85,33 @@ def test_output_over_a_missing_listed_video_is_refused(data, tmp_path, capsys, n
     assert not (data / "vids" / "gone.mp4").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reopening /dev/fd/N of a pipe is Linux's")
+def test_annotations_from_a_pipe_are_read_once_with_an_output(data, tmp_path, capsys):
+    """--annotations <(jq ...) or /dev/stdin: the output check read the pipe first, and the evaluation then found it
+    "empty; download it again". Its listed videos stay safe as existing files that no evaluation wrote."""
+    import os
+    pipes = []
+
+    def piped() -> str:
+        read, write = os.pipe()
+        os.write(write, (data / "ok.json").read_bytes())
+        os.close(write)
+        pipes.append(read)
+        return f"/dev/fd/{read}"
+
+    try:
+        out = tmp_path / "report.json"
+        assert main(eval_args(data, "--json", str(out), annotations=piped())) == 0
+        assert json.loads(out.read_text())["num_texts"] == 3
+        before = snapshot(data / "vids")
+        assert main(eval_args(data, "--json", str(data / "vids" / "red.mp4"), annotations=piped())) == 2
+        assert "already exists and is not an evaluation output" in one_line_error(capsys)
+        assert snapshot(data / "vids") == before
+    finally:
+        for read in pipes:
+            os.close(read)
+
+
 def test_existing_foreign_file_is_refused_but_a_previous_report_is_replaced(data, tmp_path, capsys):
     notes = tmp_path / "notes.md"
     notes.write_text("my own notes\n")
@@ -305,6 +332,20 @@ def test_eval_config_refuses_wrong_types_in_one_line(data, field, value, message
         config.check()
     with pytest.raises(VmmError, match=message):
         retrieval.evaluate.evaluate(config)
+
+
+def test_numpy_counts_give_a_report_that_can_be_written(data, tmp_path):
+    """NumPy integers pass EvalConfig.check() (a sweep over np.arange), but the report kept them and write_json
+    ended the finished run with "TypeError: Object of type int64 is not JSON serializable"."""
+    from retrieval.report import write_json
+    counts = dict(frames=np.int64(4), rerank_k=np.int64(2), batch_size=np.int32(2), itm_batch_size=np.int64(3),
+                  workers=np.int64(0), index="ivf", nlist=np.int64(2), nprobe=np.int64(1))
+    config = retrieval.evaluate.EvalConfig("msrvtt", data / "ok.json", data / "vids", model=data / "model",
+                                           device="cpu", **counts)
+    report = retrieval.evaluate.evaluate(config).report
+    written = json.loads(write_json(report, tmp_path / "report.json").read_text())
+    assert (written["frames"], written["rerank_k"], written["index"]["nlist"]) == (4, 2, 2)
+    assert written["rerank"]["t2v"]["count"] == 3
 
 
 @pytest.mark.parametrize("options, message", [

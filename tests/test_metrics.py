@@ -107,6 +107,34 @@ def test_multi_caption_v2t_uses_best_ranked_ground_truth():
     assert m["t2v"]["R@1"] == 40.0 and m["t2v"]["MnR"] == pytest.approx(1.6) and m["t2v"]["count"] == 5
 
 
+def test_hand_computed_rerank_row_in_both_directions():
+    """The published (test/) row, worked out by hand: top-2 by ITC re-scored by ITM, the logit replacing the score,
+    the rest at -100. Adding ITC to the logit would put text 1 behind video 2; scoring everything would rank video
+    0 first for text 3 (logit 9.0, outside that text's top 2)."""
+    from retrieval.rerank import rerank_topk
+    itc = torch.tensor([[0.9, 0.1, 0.3, 0.1],     # 3 videos x 4 texts; video 0 owns texts 0 and 3
+                        [0.8, 0.2, 0.1, 0.15],
+                        [0.1, 0.6, 0.5, 0.4]])
+    itm = torch.tensor([[1.0, 0.0, 2.0, 9.0],
+                        [3.0, 3.1, 0.0, 0.5],
+                        [0.0, 2.9, 4.0, 0.0]])
+    txt2vid, vid2txt = [0, 1, 2, 0], [[0, 3], [1], [2]]
+    i2t = rerank_topk(itc, 2, lambda v, texts: itm[v, texts], direction="v2t")
+    t2i = rerank_topk(itc, 2, lambda t, videos: itm[videos, t], direction="t2v")
+    # v2t: video 0 shortlists texts 0, 2 -> order 2, 0: rank 1; video 1: texts 0, 1 -> 1 first; video 2: 1, 2 -> 2.
+    assert gt_ranks(i2t, vid2txt).tolist() == [1, 0, 0]
+    # t2v: text 0: videos 0, 1 -> 1 first, rank 1; text 1: 2, 1 -> 1 (3.1 > 2.9); text 2: 2, 0 -> 2;
+    # text 3: 2, 1 -> its video 0 is left at -100, behind both: rank 2.
+    assert gt_ranks(t2i, txt2vid).tolist() == [1, 0, 0, 2]
+    m = retrieval_metrics(i2t, t2i, txt2vid, vid2txt)
+    assert m["v2t"] == pytest.approx({"R@1": 200 / 3, "R@5": 100.0, "R@10": 100.0, "MdR": 1.0, "MnR": 4 / 3,
+                                      "count": 3})
+    assert m["t2v"] == {"R@1": 50.0, "R@5": 100.0, "R@10": 100.0, "MdR": 1.5, "MnR": 1.75, "count": 4}
+    assert to_official_keys(m) == {"txt_r1": 66.67, "txt_r5": 100.0, "txt_r10": 100.0, "txt_r_mean": 88.89,
+                                   "img_r1": 50.0, "img_r5": 100.0, "img_r10": 100.0, "img_r_mean": 83.33,
+                                   "r_mean": 86.11}
+
+
 def test_ties_where_the_outcome_does_not_depend_on_tie_order():
     scores = np.array(
         [
@@ -276,6 +304,16 @@ def test_chunked_similarity_never_builds_the_full_v_f_t_block(monkeypatch):
     big_text = torch.zeros(10_000, 2)
     chunked_similarity(torch.zeros(500, 8, 2), big_text)
     assert blocks[0] == (419, 8, 10_000) and len(blocks) == 2
+
+
+def test_hand_computed_itc_is_the_mean_of_per_frame_cosines():
+    """Spec 3.3: each frame L2-normalised and scored against the text, then the mean over frames. For video 0 and
+    text 0 that is 0.4; the cosine of the mean frame would be 0.447, unnormalised frames would give 2.0."""
+    video = torch.tensor([[[3.0, 4.0], [1.0, 0.0]],    # frame cosines with text 0: 0.8 and 0.0; text 1: 0.6, 1.0
+                          [[0.0, -5.0], [0.0, 0.5]]])  # text 0: -1.0 and 1.0; text 1: 0.0, 0.0
+    text = torch.tensor([[0.0, 2.0], [2.0, 0.0]])
+    torch.testing.assert_close(chunked_similarity(video, text, chunk=1, normalize=True),
+                               torch.tensor([[0.4, 0.8], [0.0, 0.0]]))
 
 
 def test_two_dimensional_video_embeddings_give_the_plain_dot_product():

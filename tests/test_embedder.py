@@ -1,6 +1,7 @@
 """VideoTextEncoder and ColorHistogramEncoder: what a library stores for a clip, checked against `vmm eval` on real
 videos, and the inputs they must refuse or take in any batch."""
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +62,109 @@ def test_a_library_scores_a_video_as_vmm_eval_does(tmp_path):
         assert official == pytest.approx(length * scores[Path(path).name], abs=1e-6), path
 
 
-def test_frames_that_are_not_uint8_are_refused(enc):
-    """Float frames in 0-1 were read as 0-255, came out near black and gave a vector without a word."""
-    clip = np.random.default_rng(0).integers(0, 256, (enc.num_frames, 20, 24, 3), dtype=np.uint8)
-    for bad, name in [(clip / 255.0, "float64"), (torch.from_numpy(clip).float() / 255, "float32"),
-                      (torch.from_numpy(clip).to(torch.bfloat16), "bfloat16"), (clip.astype(np.int64), "int64")]:
-        with pytest.raises(VmmError, match=rf"^clip 1 is {name}, not uint8; .*astype\(np.uint8\)$"):
-            enc.encode_clips([clip, bad])
-    assert enc.encode_clips([clip, torch.from_numpy(clip), list(clip)]).shape == (3, enc.dim)
+CLIP = np.random.default_rng(0).integers(0, 256, (TINY["vision"]["num_frames"], 20, 24, 3), dtype=np.uint8)
+GREY = CLIP[..., :1]
+
+
+@pytest.mark.parametrize("bad, canonical", [
+    (CLIP / 255.0, CLIP), (torch.from_numpy(CLIP).float() / 255, CLIP), (list(CLIP / 255.0), CLIP),
+    (torch.from_numpy(CLIP).to(torch.bfloat16), CLIP), (CLIP.astype(np.float32), CLIP),
+    (CLIP.astype(np.int64), CLIP), (torch.from_numpy(CLIP).to(torch.int16), CLIP),
+    (CLIP.astype(np.uint16) * 257, CLIP), (torch.from_numpy(CLIP).to(torch.uint16) * 257, CLIP),
+    (CLIP > 127, np.where(CLIP > 127, 255, 0).astype(np.uint8)),
+    (CLIP.transpose(0, 3, 1, 2), CLIP), (torch.from_numpy(CLIP).permute(0, 3, 1, 2), CLIP),
+    (GREY, np.repeat(GREY, 3, axis=-1)), (torch.from_numpy(GREY), np.repeat(GREY, 3, axis=-1)),
+    (GREY[..., 0], np.repeat(GREY, 3, axis=-1)), (np.concatenate([CLIP, GREY], -1), CLIP), (CLIP[0], CLIP[:1])])
+def test_a_clip_the_model_cannot_take_is_told_a_fix_that_runs(enc, bad, canonical):
+    """Every int64 clip of 0-255 values, 0-255 floats and 16-bit frames were told to "convert 0-1 floats with
+    (frames * 255)", which wraps them; grey, RGBA, channels-first clips and single frames were told to "convert"
+    them without how. The fix the message gives, run on the clip, must give the clip the model encodes."""
+    with pytest.raises(VmmError) as refused:
+        enc.encode_clips([CLIP, bad])
+    message = str(refused.value)
+    assert message.startswith("clip 1 ") and "\n" not in message, message
+    fixed = eval(message.rsplit(": ", 1)[1], {"np": np, "torch": torch, "clip": bad})
+    fixed = fixed.numpy() if isinstance(fixed, torch.Tensor) else fixed
+    assert fixed.dtype == np.uint8 and np.array_equal(fixed, canonical), message
+    np.testing.assert_array_equal(enc.encode_clips([fixed]), enc.encode_clips([canonical]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (CLIP.astype(np.int32) - 5, r"int32, not uint8 \(0-255\); values from -5 to 250: give the decoded frames, "
+                                r"before any normalisation"),
+    ((CLIP / 255.0 - 0.45) / 0.225, r"float64, not uint8 \(0-255\); values from -2 to 2\.44\d*: give the decoded"),
+    (np.full(CLIP.shape, np.nan, np.float32), r"float32, not uint8 \(0-255\); NaN values; give decoded frames"),
+    (torch.from_numpy(CLIP).to(torch.complex64), r"complex64, not uint8 \(0-255\); give decoded RGB frames$")])
+def test_values_no_conversion_can_trust_are_named(enc, bad, message):
+    """Normalised frames (negative values), NaN and complex numbers were told to multiply by 255."""
+    with pytest.raises(VmmError, match=rf"^clip 0 is {message}"):
+        enc.encode_clips([bad])
+
+
+def test_frames_of_different_sizes_are_named_with_both_sizes(enc):
+    """A list of frames of two sizes failed in numpy: "setting an array element with a sequence. The requested
+    array has an inhomogeneous shape after 1 dimensions"."""
+    from PIL import Image
+    frames = [Image.fromarray(f) for f in CLIP]
+    frames[2] = frames[2].resize((30, 16))
+    message = (r"^frame 2 of clip 1 is 16 x 30 pixels \(height x width\), frame 0 20 x 24; resize the frames to one "
+               r"size, e.g. with PIL: image.resize\(\(24, 20\)\)$")
+    with pytest.raises(VmmError, match=message):
+        enc.encode_clips([CLIP, frames])
+    with pytest.raises(ValueError, match=message.replace("clip 1", "frames")):
+        enc.transform(frames)
+    frames[2] = frames[2].resize((24, 20))  # the fix
+    assert enc.encode_clips([frames]).shape == (1, enc.dim)
+    grey = list(GREY[..., 0])
+    grey[1] = CLIP[1]
+    with pytest.raises(VmmError, match=r"^frame 1 of clip 0 has shape \(20, 24, 3\), frame 0 \(20, 24\); give "):
+        enc.encode_clips([grey])
+
+
+def test_every_form_of_a_clip_encodes_as_its_uint8_array(enc):
+    """Tensors, lists of frames and PIL images of any mode (converted to RGB as PIL does), 5-D batches and views
+    give the vectors of the plain (T, H, W, 3) uint8 array; grey PIL lists were refused while the transform took
+    them."""
+    from PIL import Image
+    rgba = np.concatenate([CLIP, GREY], -1)
+    grey = np.repeat(GREY, 3, axis=-1)
+    forms = [(torch.from_numpy(CLIP), CLIP), (list(CLIP), CLIP), (list(torch.from_numpy(CLIP)), CLIP),
+             ([Image.fromarray(f) for f in CLIP], CLIP), ([Image.fromarray(f, "RGBA") for f in rgba], CLIP),
+             ([Image.fromarray(f[..., 0]) for f in GREY], grey), (np.asfortranarray(CLIP), CLIP),
+             (torch.from_numpy(CLIP.copy()).flip(2).flip(2), CLIP), ([Image.fromarray(CLIP[0])], CLIP[:1])]
+    canonical = enc.encode_clips([c for _, c in forms])
+    np.testing.assert_array_equal(enc.encode_clips([f for f, _ in forms]), canonical)
+    np.testing.assert_array_equal(enc.encode_clips(np.stack([CLIP, grey])), canonical[[0, 5]])
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (8, 2000), (1, 1)])
+def test_frames_smaller_than_the_model_or_very_wide_are_squashed_as_the_model_is_fed(enc, shape):
+    """Frames smaller than the model's input or of any aspect ratio: the official squash resize, no crop."""
+    clip = np.random.default_rng(1).integers(0, 256, (enc.num_frames, *shape, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = enc.model.encode_video(enc.transform(clip)[None]).numpy()
+    np.testing.assert_allclose(enc.encode_clips([clip]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_name_is_told_how_to_decode_it(enc, tmp_path):
+    """A video's path was "clip 0 is <U25, not uint8 ... convert 0-1 floats", a list of them "clip 0 is object";
+    the decoding the message gives must run as written and give the vector of a library's video query."""
+    import math
+    import index
+    from retrieval.library import read_query_clip
+    path = videos.write_frames(str(tmp_path / "vidéo 1.mp4"), videos.moving_square_frames(12))
+    missing = tmp_path / "missing.mp4"
+    for clips, named in [(path, path), (Path(path), path), ([path], path), ([CLIP, missing], str(missing))]:
+        with pytest.raises(VmmError, match=rf"file name \({re.escape(repr(named))}\).*; decode the video first: "
+                                           rf"\[?index\.decode_video\(path, num_frames=4, ") as refused:
+            enc.encode_clips(clips)
+        decoded = eval(str(refused.value).rsplit(": ", 1)[1], {"index": index, "math": math, "path": path})
+        decoded = decoded if isinstance(decoded, list) else [decoded]
+        assert [c.shape for c in decoded] == [(4, 48, 64, 3)]
+        np.testing.assert_array_equal(enc.encode_clips(decoded), enc.encode_clips([read_query_clip(path, 4)]))
+    with pytest.raises(ValueError, match=r"^frames are a file name \('.*'\), not decoded frames; decode the video "
+                                         r"first: index\.decode_video\(path, window=math\.inf\)\[1\]\[0\]\.frames$"):
+        enc.transform(Path(path))
 
 
 def test_images_and_clips_share_a_call_whatever_the_batch_size(enc):
@@ -83,6 +179,14 @@ def test_images_and_clips_share_a_call_whatever_the_batch_size(enc):
         batched = VideoTextEncoder(enc.model, device="cpu", batch_size=batch_size, tokenizer=enc.tokenizer)
         np.testing.assert_allclose(batched.encode_clips(clips), alone, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(batched.itm_scores_for("a red square", clips), itm_alone, rtol=1e-5, atol=1e-5)
+    # their tokens cannot share one tensor (an image has fewer): torch.cat's "Sizes of tensors must match" came after
+    # encoding them all
+    with pytest.raises(VmmError, match=rf"^return_tokens needs clips of one frame count, got {t} \(clip 0\) and 1 "
+                                       r"\(clip 1\); encode images and clips in separate calls$"):
+        enc.encode_clips(clips, return_tokens=True)
+    vecs, tokens = enc.encode_clips(clips[1:3], return_tokens=True)
+    np.testing.assert_allclose(vecs, alone[1:3], rtol=1e-5, atol=1e-6)
+    assert tokens.shape[0] == 2
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 8, 3), (4, 0, 8, 3), (4, 8, 0, 3)])
@@ -106,17 +210,21 @@ def test_color_histogram_settings_are_whole_numbers(kwargs, message):
 
 
 @pytest.mark.parametrize("clips, message", [
-    ([np.zeros((4, 8, 8), np.uint8)], r"clip 0 has shape \(4, 8, 8\), not \(frames, height, width, 3\); convert grey"),
+    ([np.zeros((4, 8, 8), np.uint8)], r"clip 0 has shape \(4, 8, 8\), not \(frames, height, width, 3\); for grey"),
     ([np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 8, 8, 4), np.uint8)], r"clip 1 has shape \(4, 8, 8, 4\), not"),
-    ([torch.zeros((4, 3, 8, 8), dtype=torch.uint8)], r"clip 0 has shape \(4, 3, 8, 8\), not .* channels last$"),
+    ([torch.zeros((4, 3, 8, 8), dtype=torch.uint8)], r"clip 0 has shape \(4, 3, 8, 8\), not .* channels last: clip"),
     ([np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 0, 8, 3), np.uint8)], r"clip 1 of shape \(4, 0, 8, 3\) is empty"),
     ([np.zeros((0, 8, 8, 3), np.uint8)], r"clip 0 of shape \(0, 8, 8, 3\) is empty; a clip needs frames"),
     (None, r"^encode_clips takes a list of uint8 clips \(T, H, W, 3\), got NoneType$"),
-    ("clip.mp4", r"^encode_clips takes a list of uint8 clips \(T, H, W, 3\), got str$")])
+    ([None], r"^clip 0 is NoneType, not image data; give a \(frames, height, width, 3\) uint8 array or tensor, or a "),
+    ([[]], r"^clip 0 is an empty list; a clip needs at least one frame$"),
+    ([[CLIP[0], "frame.png"]], r"^frame 1 of clip 0 is str, not an image; give frames as \(height, width, 3\) "),
+    ({"a.mp4": CLIP}, r"^encode_clips takes a list of clips, got a dict; pass list\(clips.values\(\)\)$"),
+    (CLIP[0], r"^encode_clips takes .* got one frame of shape \(20, 24, 3\); for one image, pass \[frame\[None\]\]$")])
 def test_clips_the_model_cannot_take_are_named(enc, clips, message):
     """A grey, RGBA or channels-first clip failed with a ValueError that did not say which clip, an empty one with
     torch's "Input and output sizes should be greater than 0", one of 0 frames was told to rebuild the model with
-    num_frames=0, and None or a file name with a TypeError or "clip 0 is <U1, not uint8"."""
+    num_frames=0, None with a TypeError or "clip 0 is object, not uint8", a dict's keys were taken for clips."""
     with pytest.raises(VmmError, match=message):
         enc.encode_clips(clips)
 
@@ -255,3 +363,6 @@ def test_a_clip_of_another_frame_count_is_named_with_the_sampling_that_fits(enc)
     per_frame = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "frame_mode": "per_frame"}})
     per_frame = VideoTextEncoder(per_frame, device="cpu", tokenizer=enc.tokenizer)
     assert per_frame.encode_clips([*good, rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)]).shape == (3, enc.dim)
+    # a file name is told the model's frames, as its library's video query decodes (not the decoder's default 8)
+    with pytest.raises(VmmError, match=r"decode the video first: \[index\.decode_video\(path, num_frames=4, "):
+        per_frame.encode_clips("query.mp4")

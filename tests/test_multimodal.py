@@ -185,14 +185,17 @@ def test_eval_transform_matches_official_recipe():
                                   lambda f: f.astype(np.uint16) * 257, lambda f: torch.from_numpy(f).float(),
                                   lambda f: list(f / 255.0)])
 def test_transforms_refuse_frames_that_are_not_uint8(make):
-    """Float frames in 0-1 were read as 0-255: a near-black clip (-2.0 everywhere) came out without a word."""
+    """Float frames in 0-1 were read as 0-255: a near-black clip (-2.0 everywhere) came out without a word. The
+    conversion the message gives (16-bit and 0-255 frames were told to multiply by 255) must restore the frames."""
     import random
     from vmm.transforms import EvalTransform, TrainTransform
     frames = np.random.default_rng(0).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
     for transform in (EvalTransform(16), lambda x: TrainTransform(16)(x, rng=random.Random(0))):
-        with pytest.raises(ValueError, match=r"^frames are (float64|float32|uint16), not uint8 \(0-255\); convert "
-                                             r"0-1 floats with \(frames \* 255\)\.round\(\)\.astype\(np\.uint8\)$"):
+        with pytest.raises(ValueError, match=r"^frames are (float64|float32|uint16), not uint8 \(0-255\); values ") \
+                as refused:
             transform(make(frames))
+        fixed = eval(str(refused.value).rsplit(": ", 1)[1], {"np": np, "torch": torch, "frames": make(frames)})
+        assert np.array_equal(np.asarray(fixed), frames), str(refused.value)
 
 
 @pytest.mark.parametrize("size", [224.0, "224", 0, True])

@@ -10,10 +10,11 @@ import hashlib
 import itertools
 import math
 import numbers
+import os
 import sys
 import threading
 from contextlib import nullcontext
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from vmm._cuda_graph import GraphedVideoForward, HostSyncError
 from vmm.errors import VmmError
 from vmm.tokenizer import as_texts, check_max_length
-from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, as_uint8_frames, decode_hint
 
 _PREP_CHUNK_BYTES = 1 << 28  # uint8 frames prepared at once (256 MB: five 1080p clips of 8 frames)
 # Texts per forward, the official evaluation's text batch: all in one, the activations of 8000 captions took 3.6 GB
@@ -54,36 +55,38 @@ def _pooling(vision) -> str:
     return "normalised mean of per-frame embeddings" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _checked_clips(clips, caller: str = "encode_clips", num_frames: Optional[int] = None) -> list:
-    """``clips`` as a list of arrays or tensors, or VmmError naming the first clip the model cannot take and the fix.
+def _checked_clips(clips, caller: str = "encode_clips", num_frames: Optional[int] = None,
+                   decode_frames: Optional[int] = None) -> list:
+    """``clips`` as a list of (T, H, W, 3) uint8 arrays or tensors (:func:`vmm.transforms.as_uint8_frames` of each),
+    or VmmError naming the first clip the model cannot take and the fix.
 
     Checked before any work: float frames in 0-1 were read as 0-255 and indexed near black without a word; a
     grey, RGBA or channels-first clip failed in the batching without saying which clip; an empty one failed in
     the resize with a bare RuntimeError, and a clip of 0 frames was told to rebuild the model with num_frames=0.
     With ``num_frames`` (a model whose temporal embedding fixes the count), a clip must have that many frames or
     one (an image): any other count was told, without naming the clip, to rebuild the model for it, which would
-    give vectors that fit no library of this one.
+    give vectors that fit no library of this one. A file name is told to decode ``decode_frames`` (default
+    ``num_frames``) frames, as a library's video query does (``retrieval.library.read_query_clip``).
     """
-    if getattr(clips, "ndim", None) == 4:  # one clip: its frames were taken for clips, "got (H, W, 3)"
-        raise VmmError(f"{caller} takes a list of clips (or an (N, T, H, W, 3) array), got one clip of shape "
-                       f"{tuple(clips.shape)}; pass [clip]")
-    if isinstance(clips, (str, bytes)) or not hasattr(clips, "__iter__"):
+    decode_frames = decode_frames or num_frames
+    ndim = getattr(clips, "ndim", None)
+    if ndim in (3, 4):  # one clip or frame: its frames (rows) were taken for clips, "got (H, W, 3)"
+        what, fix = ("clip", "pass [clip]") if ndim == 4 else ("frame", "for one image, pass [frame[None]]")
+        raise VmmError(f"{caller} takes a list of clips (or an (N, T, H, W, 3) array), got one {what} of shape "
+                       f"{tuple(clips.shape)}; {fix}")
+    if isinstance(clips, (str, bytes, os.PathLike)):
+        raise VmmError(f"{caller} takes a list of clips, got a file name ({os.fsdecode(clips)!r}); "
+                       f"decode the video first: [{decode_hint(decode_frames)}]")
+    if isinstance(clips, Mapping):  # its keys were taken for clips
+        raise VmmError(f"{caller} takes a list of clips, got a {type(clips).__name__}; pass list(clips.values())")
+    if not hasattr(clips, "__iter__"):
         raise VmmError(f"{caller} takes a list of uint8 clips (T, H, W, 3), got {type(clips).__name__}")
-    clips = [c if isinstance(c, torch.Tensor) else np.asarray(c) for c in clips]  # a generator is read once
+    clips = [as_uint8_frames(clip, f"clip {i}", decode_frames) for i, clip in enumerate(clips)]  # a generator: once
     for i, clip in enumerate(clips):
-        if clip.dtype not in (np.uint8, torch.uint8):
-            raise VmmError(f"clip {i} is {str(clip.dtype).removeprefix('torch.')}, not uint8; clips are decoded "
-                           "frames (0-255): convert 0-1 floats with (frames * 255).round().astype(np.uint8)")
-        shape = tuple(clip.shape)
-        if len(shape) != 4 or shape[-1] != 3:
-            raise VmmError(f"clip {i} has shape {shape}, not (frames, height, width, 3); convert grey or RGBA "
-                           "frames to RGB, with the channels last")
-        if not math.prod(shape):
-            raise VmmError(f"clip {i} of shape {shape} is empty; a clip needs frames of at least 1 x 1 pixels")
-        if num_frames is not None and shape[0] not in (1, num_frames):
-            raise VmmError(f"clip {i} has {shape[0]} frames, but the model takes {num_frames} (or 1, an image); "
+        if num_frames is not None and clip.shape[0] not in (1, num_frames):
+            raise VmmError(f"clip {i} has {clip.shape[0]} frames, but the model takes {num_frames} (or 1, an image); "
                            f"sample them as the official evaluation does: "
-                           f"clip[index.sample_middle_indices({shape[0]}, {num_frames})]")
+                           f"clip[index.sample_middle_indices({clip.shape[0]}, {num_frames})]")
     return clips
 
 
@@ -248,8 +251,13 @@ class VideoTextEncoder:
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray], return_tokens: bool = False):
         """uint8 clips (T, H, W, 3) of ``num_frames`` frames (or 1, an image) -> (N, dim) float32 unit vectors (and
-        patch tokens with ``return_tokens``)."""
-        clips = _checked_clips(clips, num_frames=self._clip_frames)
+        patch tokens with ``return_tokens``). A clip is an array, a tensor or a list of frames (arrays or PIL
+        images); other dtypes, layouts and file names are refused with the conversion that fits them."""
+        clips = _checked_clips(clips, num_frames=self._clip_frames, decode_frames=self.num_frames)
+        mixed = next((i for i, clip in enumerate(clips) if len(clip) != len(clips[0])), None) if return_tokens else None
+        if mixed is not None:  # an image has fewer tokens than a clip: torch.cat failed after encoding them all
+            raise VmmError(f"return_tokens needs clips of one frame count, got {len(clips[0])} (clip 0) and "
+                           f"{len(clips[mixed])} (clip {mixed}); encode images and clips in separate calls")
         out, toks = [], []
         for batch in self._batches(clips):
             x = self._video_batch(batch)
@@ -305,7 +313,7 @@ class VideoTextEncoder:
             raise VmmError(f"itm_scores_for takes one text (a string), got {type(text).__name__}; call it once per "
                            "text")
         _, hidden, mask = self.encode_texts([text], return_hidden=True)
-        clips = _checked_clips(clips, "itm_scores_for", self._clip_frames)
+        clips = _checked_clips(clips, "itm_scores_for", self._clip_frames, self.num_frames)
         scores = []
         for batch in self._batches(clips):
             _, tokens = self.encode_clips(batch, return_tokens=True)

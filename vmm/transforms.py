@@ -7,41 +7,152 @@ Train: one RandomResizedCrop(S, scale 0.5-1, bicubic) and one horizontal flip sh
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.errors import is_whole_number
+from vmm.errors import VmmError, is_whole_number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _as_tchw_uint8(frames: Union[np.ndarray, Tensor, Sequence]) -> Tensor:
-    """(T, H, W, 3) uint8 (decoder layout), or a list of (H, W, 3) frames or PIL images -> (T, 3, H, W) uint8
-    tensor."""
-    if isinstance(frames, (list, tuple)):  # PIL images as RGB, as open_clip's preprocess converts them
-        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
-    if not isinstance(frames, (np.ndarray, Tensor)):
-        raise ValueError(f"frames must be a (T, H, W, 3) uint8 array or tensor, or a list of frames, got "
-                         f"{type(frames).__name__}")
+class FramesError(VmmError, ValueError):
+    """Frames that are no uint8 RGB clip: a VmmError (one line, with the fix) that callers of the transforms may
+    still catch as the ValueError they raised before."""
+
+
+def decode_hint(num_frames: Optional[int] = None) -> str:
+    """The expression that decodes a video file into one clip, as the evaluation samples it (for messages).
+
+    >>> decode_hint(8)
+    'index.decode_video(path, num_frames=8, window=math.inf)[1][0].frames'
+    """
+    count = f"num_frames={num_frames}, " if num_frames else ""
+    return f"index.decode_video(path, {count}window=math.inf)[1][0].frames"
+
+
+def _stacked(frames: Sequence, name: str) -> np.ndarray:
+    """A list of frames (arrays, tensors, PIL images as RGB, as open_clip's preprocess converts them) as one array."""
+    arrays = []
+    for i, frame in enumerate(frames):
+        array = (frame.numpy(force=True) if isinstance(frame, Tensor)
+                 else np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame))
+        if array.dtype.kind not in "biuf":  # None, a file name: numpy's "object" or "<U5" named no fix
+            raise FramesError(f"frame {i} of {name} is {type(frame).__name__}, not an image; give frames as "
+                              f"(height, width, 3) uint8 arrays or PIL images")
+        if arrays and array.shape != arrays[0].shape:  # numpy's "inhomogeneous shape" named no frame
+            (h0, w0), (h, w) = arrays[0].shape[:2], array.shape[:2]
+            if (h, w) == (h0, w0):
+                raise FramesError(f"frame {i} of {name} has shape {array.shape}, frame 0 {arrays[0].shape}; give "
+                                  "every frame as RGB (height, width, 3)")
+            raise FramesError(f"frame {i} of {name} is {h} x {w} pixels (height x width), frame 0 {h0} x {w0}; "
+                              f"resize the frames to one size, e.g. with PIL: image.resize(({w0}, {h0}))")
+        arrays.append(array)
+    return np.stack(arrays)
+
+
+def _shape_fix(shape: tuple, var: str, tensor: bool) -> str:
+    """How to make an array of ``shape`` (T, H, W, 3), for the message that refuses it."""
+    if len(shape) == 4 and shape[-1] == 1:
+        grey = f"{var}.repeat(1, 1, 1, 3)" if tensor else f"np.repeat({var}, 3, axis=-1)"
+        return f"repeat grey frames as RGB: {grey}"
+    if len(shape) == 4 and shape[-1] == 4:  # what PIL's convert("RGB") does with RGBA
+        return f"drop the alpha channel: {var}[..., :3]"
+    if len(shape) == 4 and shape[1] in (1, 3, 4):
+        return f"put the channels last: {var}.{'permute' if tensor else 'transpose'}(0, 2, 3, 1)"
+    if len(shape) == 3 and shape[-1] == 3:
+        return f"for one frame (an image), make it a clip: {var}[None]"
+    if len(shape) == 3:
+        grey = f"{var}[..., None].repeat(1, 1, 1, 3)" if tensor else f"np.repeat({var}[..., None], 3, axis=-1)"
+        return f"for grey frames, repeat them as RGB: {grey}"
+    return "give decoded RGB frames"
+
+
+def _dtype_fix(frames, var: str, tensor: bool) -> str:
+    """How to make ``frames`` (not uint8) the 0-255 uint8 frames they stand for, judged by their values."""
+    to_uint8 = ".to(torch.uint8)" if tensor else ".astype(np.uint8)"
+    if tensor:
+        dtype = frames.dtype
+        kind = "b" if dtype == torch.bool else "c" if dtype.is_complex else "f" if dtype.is_floating_point else "i"
+    else:
+        kind = frames.dtype.kind
+    if kind == "b":
+        return f"convert: {var}{to_uint8} * 255"
+    if kind not in "iuf":  # complex, object, time
+        return "give decoded RGB frames"
+    values = frames.double() if tensor else frames.astype(np.float64)  # torch has no min of uint16 or float8
+    lo, hi = values.min().item(), values.max().item()
+    if math.isnan(lo) or math.isnan(hi):
+        return "NaN values; give decoded frames"
+    floating = kind == "f"
+    if floating and 0 <= lo and hi <= 1:
+        return f"values in 0-1, convert: ({var} * 255).round(){to_uint8}"
+    if 0 <= lo and hi <= 255:
+        return f"values in 0-255, convert: {var}{'.round()' if floating else ''}{to_uint8}"
+    if lo >= 0 and not floating:  # 10 or 16 bits a sample
+        high_bits = f"({var}.int() // 257)" if tensor else f"({var} // 257)"  # torch cannot divide uint16
+        return f"values up to {hi:g}: scale to 0-255 first, e.g. for 16 bits: {high_bits}{to_uint8}"
+    # ImageNet-normalised frames, or another library's scale
+    return f"values from {lo:g} to {hi:g}: give the decoded frames, before any normalisation"
+
+
+def as_uint8_frames(frames, name: str = "frames", num_frames: Optional[int] = None) -> Union[np.ndarray, Tensor]:
+    """``frames`` as (T, H, W, 3) uint8: an array or tensor as it is, a list of frames (arrays, tensors or PIL
+    images) stacked; anything else raises :class:`FramesError` naming ``name`` and the fix (for a file name, the
+    decoding of ``num_frames`` frames).
+
+    Checked, never guessed: float frames in 0-1 were read as 0-255 and came out a near-black clip without a word,
+    and integers of another width may hold 10 or 16 bits.
+
+    >>> as_uint8_frames([np.zeros((4, 6, 3), np.uint8)] * 2).shape
+    (2, 4, 6, 3)
+    >>> as_uint8_frames(np.full((2, 4, 6, 3), 200, np.int64), "clip 0")
+    Traceback (most recent call last):
+    ...
+    vmm.transforms.FramesError: clip 0 is int64, not uint8 (0-255); values in 0-255, convert: clip.astype(np.uint8)
+    """
+    is_, has, var = ("are", "have", "frames") if name == "frames" else ("is", "has", "clip")
+    if isinstance(frames, (str, bytes, os.PathLike)):
+        raise FramesError(f"{name} {is_} a file name ({os.fsdecode(frames)!r}), not decoded frames; decode the video "
+                          f"first: {decode_hint(num_frames)}")
+    if isinstance(frames, (list, tuple)):
+        if not frames:  # np.stack's "need at least one array to stack"
+            raise FramesError(f"{name} {is_} an empty list; a clip needs at least one frame")
+        frames, var = _stacked(frames, name), f"np.stack({var})"
+    elif hasattr(frames, "convert"):  # one PIL image
+        raise FramesError(f"{name} {is_} one image, not a clip; pass [image], a clip of one frame")
+    elif not isinstance(frames, (np.ndarray, Tensor)):
+        array = np.asarray(frames)
+        if array.dtype.kind not in "biuf":
+            raise FramesError(f"{name} {is_} {type(frames).__name__}, not image data; give a (frames, height, width, "
+                              "3) uint8 array or tensor, or a list of frames")
+        frames = array
+    tensor, shape = isinstance(frames, Tensor), tuple(frames.shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise FramesError(f"{name} {has} shape {shape}, not (frames, height, width, 3); "
+                          f"{_shape_fix(shape, var, tensor)}")
+    if not math.prod(shape):  # else the resize fails with "Input and output sizes should be greater than 0"
+        raise FramesError(f"{name} of shape {shape} {is_} empty; a clip needs frames of at least 1 x 1 pixels")
+    if frames.dtype not in (np.uint8, torch.uint8):
+        raise FramesError(f"{name} {is_} {str(frames.dtype).removeprefix('torch.')}, not uint8 (0-255); "
+                          f"{_dtype_fix(frames, var, tensor)}")
+    return frames
+
+
+def _as_tchw_uint8(frames) -> Tensor:
+    """Frames :func:`as_uint8_frames` takes -> (T, 3, H, W) uint8 tensor."""
+    frames = as_uint8_frames(frames)
     if isinstance(frames, np.ndarray):
         # a read-only array (np.load with mmap_mode="r") is copied: torch wraps it with a UserWarning about writes
         frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames, order="C")
-    t = torch.as_tensor(frames)
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3), got {tuple(t.shape)}")
-    if not t.numel():  # else the resize fails with "Input and output sizes should be greater than 0"
-        raise ValueError(f"frames of shape {tuple(t.shape)} are empty; a clip needs frames of at least 1 x 1 pixels")
-    if t.dtype != torch.uint8:  # every value is read as 0-255: 0-1 floats came out a near-black clip, silently
-        raise ValueError(f"frames are {str(t.dtype).removeprefix('torch.')}, not uint8 (0-255); convert 0-1 floats "
-                         "with (frames * 255).round().astype(np.uint8)")
-    return t.permute(0, 3, 1, 2)
+    return torch.as_tensor(frames).permute(0, 3, 1, 2)
 
 
 def _checked_size(transform) -> int:

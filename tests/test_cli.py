@@ -201,6 +201,27 @@ def test_forked_workers_end_without_a_traceback(tmp_path, capfd):
     assert started.exists() and "Traceback" not in capfd.readouterr().err
 
 
+# Options that do nothing unless given (a filter, an output file, an override): they have no default to show.
+NO_DEFAULT = {("search", "--video"), ("search", "--queries"), ("search", "--path"), ("search", "--min-duration"),
+              ("search", "--max-duration"), ("search", "--model"), ("search", "--checkpoint"), ("eval", "--json"),
+              ("eval", "--markdown"), ("eval", "--save-scores"), ("classify", "--model-arg")}
+
+
+def test_every_option_help_shows_its_default():
+    """`vmm demo --help` said "--workers WORKERS  decoder processes", `vmm classify --help` "--threads CPU threads
+    for torch" and `vmm search --help` nothing of --rerank's 0: what a run does without them was a guess."""
+    parser = build_parser()
+    missing = []
+    for name, command in parser._subparsers._group_actions[0].choices.items():
+        for action in command._actions:
+            if (action.required or not action.option_strings or action.nargs == 0
+                    or (name, action.option_strings[-1]) in NO_DEFAULT):
+                continue  # flags, positionals and required options have no default
+            if "[" not in action.help and "default" not in action.help:
+                missing.append(f"vmm {name} {action.option_strings[-1]}")
+    assert missing == []
+
+
 def test_help_does_not_import_torch():
     """`vmm --help` and each command's --help took 1.5-2 s: two commands asked torch for their --device default
     while the parser was built, which imported it (and CUDA's libraries) before any option was read."""

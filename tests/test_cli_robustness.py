@@ -281,3 +281,27 @@ def test_unreadable_library_and_weights(setup, tmp_path, capsys):
                str(tmp_path / "model" / "model.safetensors")], capsys, "is not readable")
     finally:
         os.chmod(tmp_path / "lib", 0o755)
+
+
+def test_a_checkpoint_that_is_no_regular_file_says_what_it_is(setup, tmp_path, capsys):
+    """A named pipe (the shell's <(...)), a device or a link to a deleted file was a checkpoint that "does not
+    exist", though the path was there."""
+    os.mkfifo(tmp_path / "pipe.pth")
+    (tmp_path / "gone.pth").symlink_to(tmp_path / "deleted.pth")
+    cases = [(tmp_path / "pipe.pth", "is a named pipe (FIFO), not a regular file; save the weights to a file"),
+             ("/dev/null", "is a character device, not a regular file; save the weights to a file"),
+             (tmp_path / "gone.pth", f"is a link to {tmp_path / 'deleted.pth'}, which does not exist; pass ")]
+    for path, needle in cases:
+        fails(["classify", str(setup / "red.mp4"), *CLASSIFIER, "--checkpoint", str(path)], capsys,
+              f"checkpoint {path} {needle}")
+        with pytest.raises(VmmError, match=f"^checkpoint {re.escape(str(path))} {re.escape(needle)}"):
+            vmm.create_model("videomamba_tiny", pretrained=path, depth=1, img_size=32, num_frames=2)
+        with pytest.raises(VmmError, match=f"^checkpoint {re.escape(str(path))} {re.escape(needle)}"):
+            vmm.read_checkpoint(path)
+
+
+def test_checkpoint_default_without_one_names_the_option(setup, capsys):
+    """--checkpoint default for a model without released weights said "pass pretrained=PATH", a Python keyword."""
+    fails(["encode", str(setup / "red.mp4"), "--model", "videomamba_tiny", "--checkpoint", "default"], capsys,
+          "model videomamba_tiny names no default pretrained file (pretrained='default' / --checkpoint default); "
+          "pass a weights file or model folder as pretrained=PATH / --checkpoint PATH, or leave it out")

@@ -141,9 +141,26 @@ def test_precision_casts_the_weights_and_a_bf16_model_runs_on_the_cpu():
     mm, _, eval_tf = vmm.create_model_and_transforms("videomamba_m16_mm", precision="fp16", **TINY)
     assert {p.dtype for p in mm.parameters()} == {torch.float16}
     assert next(vmm.create_model("videomamba_tiny", **CLASSIFIER).parameters()).dtype == torch.float32
-    refused(r"^precision='bfloat16' is not a precision; pass 'fp32', 'bf16', 'fp16' or 'auto' \(the dtype a model "
-            r"folder was saved in\); did you mean 'bf16'\?$", vmm.create_model, "videomamba_tiny", precision="bfloat16")
-    refused(r"^precision=torch\.float16 is not a precision", vmm.from_pretrained, "nowhere", precision=torch.float16)
+    refused(r"^precision='bfloat16' is not a precision; pass 'fp32', 'bf16', 'fp16' \(or torch\.float32, "
+            r"torch\.bfloat16, torch\.float16\) or 'auto' \(the dtype a model folder was saved in\); did you mean "
+            r"'bf16'\?$", vmm.create_model, "videomamba_tiny", precision="bfloat16")
+
+
+def test_precision_takes_the_torch_dtypes_pytorch_code_passes(tmp_path):
+    """precision=torch.bfloat16 (what PyTorch code writes) was refused as "not a precision" by every loader."""
+    from vmm.models.multimodal import VideoTextModel
+    assert vmm.create_model("videomamba_tiny", precision=torch.bfloat16, **CLASSIFIER).cls_token.dtype == torch.bfloat16
+    folder = vmm.save_pretrained(vmm.create_model("videomamba_m16_mm", **TINY), tmp_path / "mm")
+    assert {p.dtype for p in vmm.from_pretrained(folder, precision=torch.float16).parameters()} == {torch.float16}
+    loaded = VideoTextModel.from_pretrained(folder, precision=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    model, _, _ = vmm.create_model_and_transforms(folder, precision=torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # other dtypes are refused before anything is built, by name
+    for dtype in (torch.float64, torch.int8):
+        refused(rf"^precision={re.escape(str(dtype))} is not a precision; pass 'fp32', 'bf16', 'fp16' \(or "
+                r"torch\.float32, torch\.bfloat16, torch\.float16\) or 'auto'", vmm.from_pretrained, "nowhere",
+                precision=dtype)
 
 
 def test_a_bf16_folder_loads_in_fp32_unless_auto_keeps_its_dtype(tmp_path):
@@ -272,3 +289,45 @@ def test_a_folder_loads_the_weights_file_its_config_names(tmp_path):
         assert torch.equal(loaded.head.bias, new.head.bias)
     vmm.save_pretrained(old, folder)  # and a full save over an export is the full save
     assert torch.equal(vmm.from_pretrained(folder).head.bias, old.head.bias)
+
+
+def test_an_empty_or_cut_weights_file_is_named_as_such(saved, tmp_path):
+    """A model folder whose model.safetensors was cut short (an interrupted copy) "did not fit its config", and an
+    empty .pth (an interrupted download) was "some other kind of file": both sent users to the wrong fix."""
+    weights = (saved / "model.safetensors").read_bytes()
+    for name, data, needle in (("cut", weights[:len(weights) // 2], "is truncated or damaged; download or save it"),
+                               ("empty", b"", r"is empty \(0 bytes\); download or save it again")):
+        folder = edited(saved, tmp_path / name, text=(saved / "config.json").read_text())
+        (folder / "model.safetensors").write_bytes(data)
+        for load in (vmm.from_pretrained, vmm.create_model):
+            refused(f"^checkpoint {folder}/model.safetensors {needle}", load, folder)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    refused(rf"^checkpoint {tmp_path}/empty\.pth is empty \(0 bytes\); download or save it again$",
+            vmm.create_model, "videomamba_tiny", pretrained=tmp_path / "empty.pth", **CLASSIFIER)
+
+
+def test_from_pretrained_of_a_weights_file_says_how_to_load_it(tmp_path):
+    """vmm.from_pretrained("videomamba_t16_k400_f16_res224.pth") (transformers' habit) said only that the file
+    "is not a vmm model folder (needs config.json and model.safetensors)"."""
+    path = tmp_path / "tiny.pth"
+    torch.save(vmm.create_model("videomamba_tiny", **CLASSIFIER).state_dict(), path)
+    refused(rf"^{re.escape(str(path))} is a weights file, not a model folder; load it with vmm\.create_model\(NAME, "
+            rf"pretrained='{re.escape(str(path))}'\), where NAME is the registered model it was made for",
+            vmm.from_pretrained, path)
+    assert vmm.create_model("videomamba_tiny", pretrained=path, **CLASSIFIER).pretrained_source == str(path)
+
+
+def test_add_model_config_dir_expands_home_and_refuses_what_is_no_folder(tmp_path, monkeypatch):
+    """add_model_config_dir("~/configs") kept the "~" and a mistyped folder was taken: every config in it was then
+    an "unknown model", with nothing to say why."""
+    from vmm.models import registry
+    monkeypatch.setattr(registry, "_CONFIG_DIRS", list(registry._CONFIG_DIRS))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "configs").mkdir()
+    spec = {"architecture": "videomamba_tiny", "model": {"num_classes": 7}}
+    (tmp_path / "configs" / "review_home_tiny.json").write_text(json.dumps(spec))
+    registry.add_model_config_dir("~/configs")
+    assert vmm.create_model("review_home_tiny", depth=1, num_frames=2, img_size=32).cfg.num_classes == 7
+    for bad in (tmp_path / "confgs", tmp_path / "configs" / "review_home_tiny.json", None):
+        refused(rf"^add_model_config_dir: {re.escape(str(bad))} is not a folder; pass the folder that holds your",
+                registry.add_model_config_dir, bad)

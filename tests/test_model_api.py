@@ -421,9 +421,10 @@ def test_transforms_take_a_list_of_frames_or_pil_images():
     assert torch.equal(EvalTransform(16)([i.convert("RGBA") for i in images]), EvalTransform(16)(frames))
     train = TrainTransform(16)
     assert torch.equal(train(images, rng=random.Random(1)), train(frames, rng=random.Random(1)))
-    with pytest.raises(ValueError, match=r"^frames must be a \(T, H, W, 3\) uint8 array or tensor, or a list of "
-                                         r"frames, got str$"):
+    with pytest.raises(ValueError, match=r"^frames are a file name \('clip.mp4'\), not decoded frames; decode the "):
         EvalTransform(16)("clip.mp4")
+    with pytest.raises(ValueError, match=r"^frames are dict, not image data; give a \(frames, height, width, 3\) uint8 "):
+        EvalTransform(16)({"frames": frames})
 
 
 def test_register_model_refuses_a_name_it_could_not_build():
@@ -603,3 +604,13 @@ def test_a_trainable_only_export_that_fails_midway_leaves_the_folder_as_it_was(t
             save_trainable, vmm.create_model("videomamba_m16_mm", **{**TINY, "embed_dim": 24}), folder, [])
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU has no mamba_ssm kernel to refuse")
+def test_an_unavailable_scan_backend_names_the_models_option():
+    """create_model(scan_backend="mamba_ssm") on a CPU failed on the first clip with the install hint only: the way
+    out, leaving the model's scan_backend unset, was not named."""
+    model = vmm.create_model("videomamba_tiny", scan_backend="mamba_ssm", **CLASSIFIER).eval()
+    refused(r"^selective_scan backend 'mamba_ssm' is unavailable for cpu torch\.float32 tensors: .*pip install "
+            r".*; or leave it unset \(backend=None, or a model's scan_backend=None\) for the automatic choice$",
+            model, torch.zeros(1, 3, 2, 32, 32))

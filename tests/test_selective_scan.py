@@ -400,6 +400,8 @@ def test_registered_backend_is_chosen_by_priority_and_availability(monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (("reference", selective_scan_ref, lambda t: True, 5), "'reference' is the built-in fallback and cannot be "
                                                            "replaced"),
+    # registered, but a model's scan_backend="triton" ran the fused layer kernels instead (on a CPU: an error)
+    (("triton", selective_scan_ref, lambda t: True, 50), "'triton' names the fused layer kernels of vmm.ops.bimamba"),
     (("", selective_scan_ref, lambda t: True, 5), "name must be a non-empty string, got ''"),
     ((3, selective_scan_ref, lambda t: True, 5), "name must be a non-empty string, got 3"),
     (("k", None, lambda t: True, 5), "fn must be callable, got NoneType"),
@@ -875,3 +877,22 @@ def test_docs_return_last_state_example_runs(capsys):
     exec(compile(blocks[0], "docs/kernels.md", "exec"), {})
     assert capsys.readouterr().out.splitlines() == [
         "torch.Size([2, 8, 20]) torch.Size([2, 8, 4]) torch.float32", "True", "True"]
+
+
+def test_the_documented_call_restores_an_unregistered_mamba_ssm(monkeypatch):
+    """unregister_backend("mamba_ssm") had no undo short of restarting Python: the call unregister_backend's
+    docstring shows must give back the very backend the import registered."""
+    monkeypatch.setattr(scan_module, "_SCAN_BACKENDS", dict(scan_module._SCAN_BACKENDS))
+    built_in = scan_module._SCAN_BACKENDS["mamba_ssm"]
+    kw = scan_args(make_inputs(1, 2, 6, dtype=torch.float32), OPTION_SETS["plain"])
+    with pytest.raises(VmmError) as before:
+        selective_scan(**kw, backend="mamba_ssm")
+    unregister_backend("mamba_ssm")
+    with pytest.raises(VmmError, match="unknown selective_scan backend 'mamba_ssm'"):
+        selective_scan(**kw, backend="mamba_ssm")
+    register_backend("mamba_ssm", mamba_backend.selective_scan_mamba_ssm, mamba_backend.selective_scan_available, 10,
+                     mamba_backend.MAMBA_SSM_HINT)
+    assert scan_module._SCAN_BACKENDS["mamba_ssm"] == built_in
+    with pytest.raises(VmmError) as after:
+        selective_scan(**kw, backend="mamba_ssm")
+    assert str(after.value) == str(before.value)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from vmm.errors import CheckpointError, VmmError
 from vmm.models import registry
-from vmm.models.checkpoint import load_checkpoint
+from vmm.models.checkpoint import load_checkpoint, not_a_file
 from vmm.models.config import MAX_FRAMES
 from vmm.models.persistence import (folder_weights_file, from_pretrained, is_pretrained_dir, precision_dtype,
                                     read_config, saved_model_kwargs, user_path)
@@ -34,8 +34,8 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
     text = str(pretrained)
     if not text.startswith(HF_PREFIX):
         path = Path(text).expanduser()
-        if not path.exists():
-            raise VmmError(f"checkpoint {path} does not exist; pass an existing .pth/.safetensors file or model folder")
+        if not path.is_file() and not path.is_dir():
+            raise VmmError(not_a_file(path, "pass an existing .pth/.safetensors file or model folder"))
         return path
     # owner/repository/file, where the file may sit in a folder of the repository (owner/repo/sub/file.pth was
     # refused); "hf-hub:OpenGVLab/VideoMamba" was read as the file VideoMamba of a repository OpenGVLab
@@ -251,6 +251,8 @@ def _sniff_weights_file(path: Path) -> None:
             except ValueError:
                 header = None
     damaged = f"checkpoint {path} is truncated or damaged; download or save it again"
+    if size == 0:  # an interrupted download or copy; "some other kind of file" sent users to check its format
+        raise VmmError(f"checkpoint {path} is empty (0 bytes); download or save it again")
     if path.suffix == ".safetensors" or (looks_safetensors and header is not None):
         if size - 8 < header_len <= 100_000_000:
             raise VmmError(damaged)
@@ -459,7 +461,7 @@ def _not_a_model(name: Union[str, Path]) -> Optional[str]:
 
 
 def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
-                 device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
+                 device: Optional[Union[str, torch.device]] = None, precision: Union[str, torch.dtype] = "fp32",
                  **overrides: Any) -> nn.Module:
     """Build a model by registered name or from a ``save_pretrained`` folder, optionally loading weights.
 
@@ -470,9 +472,9 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
     ``vmm/weights``). ``device`` (``"cpu"``, ``"cuda[:N]"``, ``"auto"`` or a torch.device) moves the model there;
     None leaves it on the CPU. ``precision`` (open_clip style) is the weights' dtype: ``"fp32"`` (the default,
     whatever the weights were saved in), ``"bf16"`` or ``"fp16"`` (the whole model cast, as the official bf16
-    evaluation does; inputs of another float dtype are cast to it), or ``"auto"``: the dtype a model folder (the
-    model or ``pretrained=``) was saved in, fp32 otherwise. The model comes back in training mode, as PyTorch
-    modules do: call ``.eval()`` before inference.
+    evaluation does; inputs of another float dtype are cast to it; torch.float32 / torch.bfloat16 / torch.float16
+    say the same), or ``"auto"``: the dtype a model folder (the model or ``pretrained=``) was saved in, fp32
+    otherwise. The model comes back in training mode, as PyTorch modules do: call ``.eval()`` before inference.
 
     >>> import vmm
     >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=0, device="cpu")
@@ -506,9 +508,11 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
         if problem:
             raise VmmError(problem)
         if pretrained is True or pretrained == "default":
-            pretrained = default_pretrained(str(name))
-            if pretrained is None:
-                raise VmmError(f"model {name} names no default pretrained file; pass pretrained=PATH")
+            asked, pretrained = pretrained, default_pretrained(str(name))
+            if pretrained is None:  # the commands reach this too (--checkpoint default): both spellings
+                raise VmmError(f"model {name} names no default pretrained file (pretrained={asked!r} / --checkpoint "
+                               "default); pass a weights file or model folder as pretrained=PATH / --checkpoint "
+                               "PATH, or leave it out for random weights")
         if pretrained is not None and is_pretrained_dir(pretrained):  # save_pretrained or trainable-only export
             model, folder = _with_folder_weights(str(name), pretrained, overrides), pretrained
             model.pretrained_source = str(pretrained)
@@ -520,8 +524,8 @@ def create_model(name: Union[str, Path], pretrained: Optional[Union[str, Path, b
 
 
 def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Union[str, Path, bool]] = None,
-                                device: Optional[Union[str, torch.device]] = None, precision: str = "fp32",
-                                **overrides: Any):
+                                device: Optional[Union[str, torch.device]] = None,
+                                precision: Union[str, torch.dtype] = "fp32", **overrides: Any):
     """:func:`create_model`, returning ``(model, train_transform, eval_transform)``.
 
     The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.

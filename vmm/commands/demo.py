@@ -12,7 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--videos", type=int, default=300, help="videos to generate [300]")
     p.add_argument("--seed", type=int, default=1234, help="corpus seed [1234]")
     p.add_argument("--queries", type=int, default=4, help="example searches to print [4]")
-    p.add_argument("--workers", type=int, default=None, help="decoder processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that generate, decode and evaluate the videos; 0 works in this process "
+                        "[up to 4 to generate, as vmm index to index, 1 to evaluate]")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] [cuda when available]")
 
 

@@ -7,7 +7,9 @@ when frames or resolution differ. Anything else that does not match is an error 
 """
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -59,7 +61,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint {path} is a folder, not a weights file or a vmm model folder (no "
                               "config.json + model.safetensors); pass a .pth or .safetensors file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a downloaded .pth or .safetensors file")
+        raise CheckpointError(not_a_file(path, "pass the path of a downloaded .pth or .safetensors file"))
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -103,6 +105,28 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'})") from None
     return unwrap_state_dict(obj, source=str(path))
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_file(path: Path, fix: str) -> str:
+    """Why checkpoint ``path``, neither a folder nor a regular file, cannot be read, ending in ``fix`` where the
+    path is missing. A named pipe (the shell's ``<(...)``), a device or a link to a file that is gone was called a
+    file that "does not exist", which sent users to check a path that was there.
+
+    >>> not_a_file(Path("/dev/null"), "pass a .pth file")
+    'checkpoint /dev/null is a character device, not a regular file; save the weights to a file and pass its path'
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        if path.is_symlink():
+            return f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist; {fix}"
+        return f"checkpoint {path} does not exist; {fix}"
+    kind = next((f"{name}, not" for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "not")
+    return f"checkpoint {path} is {kind} a regular file; save the weights to a file and pass its path"
 
 
 class _Inert(dict):

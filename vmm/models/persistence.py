@@ -18,21 +18,25 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 _SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
-def precision_dtype(precision: str, folder: Union[str, Path, None] = None) -> torch.dtype:
+def precision_dtype(precision: Union[str, torch.dtype], folder: Union[str, Path, None] = None) -> torch.dtype:
     """The weights' dtype that ``precision`` (``create_model`` / ``from_pretrained``'s argument) asks for:
-    ``"fp32"``, ``"bf16"`` or ``"fp16"`` cast the whole model, as the official bf16 evaluation does; ``"auto"`` keeps
-    the dtype model folder ``folder`` was saved in (fp32 without one). VmmError for another value.
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` (or the torch.dtype itself: ``torch.float32``, ``torch.bfloat16``,
+    ``torch.float16``) cast the whole model, as the official bf16 evaluation does; ``"auto"`` keeps the dtype model
+    folder ``folder`` was saved in (fp32 without one). VmmError for another value.
 
-    >>> precision_dtype("bf16"), precision_dtype("auto")
-    (torch.bfloat16, torch.float32)
+    >>> precision_dtype("bf16"), precision_dtype(torch.float16), precision_dtype("auto")
+    (torch.bfloat16, torch.float16, torch.float32)
     """
+    if isinstance(precision, torch.dtype) and precision in PRECISIONS.values():  # what PyTorch code passes
+        return precision
     if precision == "auto":
         return torch.float32 if folder is None else saved_dtype(folder)
     if not isinstance(precision, str) or precision not in PRECISIONS:
         from vmm.models.registry import close_match
         close = close_match(str(precision), PRECISIONS) if isinstance(precision, str) else None
-        raise VmmError(f"precision={precision!r:.60} is not a precision; pass 'fp32', 'bf16', 'fp16' or 'auto' (the "
-                       "dtype a model folder was saved in)" + (f"; did you mean {close!r}?" if close else ""))
+        raise VmmError(f"precision={precision!r:.60} is not a precision; pass 'fp32', 'bf16', 'fp16' (or "
+                       "torch.float32, torch.bfloat16, torch.float16) or 'auto' (the dtype a model folder was saved "
+                       "in)" + (f"; did you mean {close!r}?" if close else ""))
     return PRECISIONS[precision]
 
 
@@ -229,7 +233,8 @@ def saved_model_kwargs(saved: dict, overrides: dict) -> dict:
     return merge_overrides(kwargs, overrides)
 
 
-def from_pretrained(directory: Union[str, Path], device=None, precision: str = "fp32", **overrides) -> nn.Module:
+def from_pretrained(directory: Union[str, Path], device=None, precision: Union[str, torch.dtype] = "fp32",
+                    **overrides) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained`; weights load bit-exactly (strict).
 
     ``overrides`` change config fields that do not alter the weights' shapes (``drop_path_rate``, ...);
@@ -264,6 +269,10 @@ def _not_a_folder(directory: Path) -> str:
     from vmm.factory import default_pretrained
     from vmm.models.registry import close_model_name, list_models
     needs = f"{directory} is not a vmm model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+    if directory.is_file():  # an official .pth, loaded as transformers' from_pretrained would load a file
+        return (f"{directory} is a weights file, not a model folder; load it with vmm.create_model(NAME, "
+                f"pretrained={str(directory)!r}), where NAME is the registered model it was made for (see "
+                "vmm.list_models())")
     name = str(directory)
     if name not in list_models():
         # A mistyped name that is no path either: the model it resembles, as create_model suggests.
@@ -309,7 +318,8 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     except VmmError as e:  # a field edited by hand: name the file it is in
         changed = f" with {', '.join(overrides)}" if overrides else ""
         raise VmmError(f"{directory / CONFIG_NAME}{changed}: {e}") from None
-    _check_readable(directory / WEIGHTS_NAME)
+    from vmm.factory import _sniff_weights_file
+    _sniff_weights_file(directory / WEIGHTS_NAME)  # else a copy cut short was weights that "do not fit its config"
     try:
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)  # strict: a key that does not fit raises
     except Exception as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import os
 import site
 import sys
 from pathlib import Path
@@ -73,7 +74,14 @@ def add_model_config_dir(path: str | Path) -> None:
     174
     >>> tmp.cleanup()  # a folder that is gone is skipped
     """
-    _CONFIG_DIRS.insert(0, Path(path))
+    # "~/configs" was kept unexpanded and a mistyped folder accepted: both left every model in it unknown, with
+    # nothing to say why; None failed inside pathlib.
+    folder = Path(os.path.expanduser(path)) if isinstance(path, (str, os.PathLike)) else None
+    if folder is None or not folder.is_dir():
+        shown = folder if folder is not None else f"{path!r:.60}"
+        raise VmmError(f"add_model_config_dir: {shown} is not a folder; pass the folder that holds your "
+                       "<model name>.json configs")
+    _CONFIG_DIRS.insert(0, folder)
 
 
 def _config_files() -> dict[str, Path]:

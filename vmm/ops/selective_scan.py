@@ -453,6 +453,9 @@ def register_backend(name: str, fn: Callable[..., Tensor], available: Callable[[
     if name == "reference":
         raise VmmError("register_backend: 'reference' is the built-in fallback and cannot be replaced; register "
                        "the backend under another name")
+    if name == "triton":  # a model's scan_backend="triton" runs the fused layer kernels, never this function
+        raise VmmError("register_backend: 'triton' names the fused layer kernels of vmm.ops.bimamba, which a model "
+                       "runs instead of any scan backend of that name; register the backend under another name")
     for arg, value in (("fn", fn), ("available", available)):
         if not callable(value):
             raise VmmError(f"register_backend: {arg} must be callable, got {type(value).__name__}")
@@ -464,7 +467,14 @@ def register_backend(name: str, fn: Callable[..., Tensor], available: Callable[[
 
 
 def unregister_backend(name: str) -> None:
-    """Removes a backend added with :func:`register_backend` (the reference cannot be removed)."""
+    """Removes a backend added with :func:`register_backend` (the reference cannot be removed). The built-in
+    ``mamba_ssm`` comes back, as it was, with this call:
+
+    >>> from vmm.ops import mamba_ssm_backend
+    >>> unregister_backend("mamba_ssm")  # e.g. to time what backend=None picks without it
+    >>> register_backend("mamba_ssm", mamba_ssm_backend.selective_scan_mamba_ssm,
+    ...                  mamba_ssm_backend.selective_scan_available, 10, mamba_ssm_backend.MAMBA_SSM_HINT)
+    """
     if name == "reference":
         raise VmmError("selective_scan: the reference backend cannot be unregistered")
     _SCAN_BACKENDS.pop(name, None)
@@ -510,8 +520,11 @@ def _resolve_scan_backend(backend: Optional[str], u: Tensor) -> Backend:
                        f"or None for automatic choice")
     chosen = _SCAN_BACKENDS[backend]
     if not chosen.available(u):
+        # Reached from selective_scan(backend=...) and from a model's layers (create_model(scan_backend=...)):
+        # the way out is named in both spellings.
         raise VmmError(f"selective_scan backend {backend!r} is unavailable for {u.device.type} {u.dtype} tensors: "
-                       f"{chosen.install_hint or 'see docs/kernels.md'}")
+                       f"{chosen.install_hint or 'see docs/kernels.md'}; or leave it unset (backend=None, or a "
+                       "model's scan_backend=None) for the automatic choice")
     return chosen
 
 

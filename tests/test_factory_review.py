@@ -331,3 +331,10 @@ def test_add_model_config_dir_expands_home_and_refuses_what_is_no_folder(tmp_pat
     for bad in (tmp_path / "confgs", tmp_path / "configs" / "review_home_tiny.json", None):
         refused(rf"^add_model_config_dir: {re.escape(str(bad))} is not a folder; pass the folder that holds your",
                 registry.add_model_config_dir, bad)
+
+
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+def test_a_dtype_option_points_to_precision(key):
+    """transformers' torch_dtype= (or dtype=) was an unknown model option with "did you mean 'pool_type'?"."""
+    with pytest.raises(VmmError, match=r"did you mean precision=torch\.bfloat16 \(an argument of create_model"):
+        vmm.create_model("videomamba_tiny", depth=1, img_size=32, num_frames=2, **{key: torch.bfloat16})

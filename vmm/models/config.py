@@ -167,6 +167,8 @@ def _close_option(cfg: Any, key: str, value: Any) -> Optional[str]:
     """The option of ``cfg`` that the unknown ``key`` probably means, written as it is passed (``'num_frames'``,
     or ``vision=dict(num_frames=8)`` for a field of a nested section, as a multimodal model's frame count is), or
     None."""
+    if key in ("dtype", "torch_dtype"):  # transformers' spelling; close_match offered 'pool_type' for torch_dtype
+        return f"precision={value!r} (an argument of create_model / from_pretrained, not a model option)"
     close = close_match(key, [f.name for f in fields(cfg)])
     if close:
         return repr(close)

@@ -294,7 +294,7 @@ class VideoTextModel(nn.Module):
         return save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: Union[str, Path], device=None, precision: str = "fp32",
+    def from_pretrained(cls, directory: Union[str, Path], device=None, precision: Union[str, torch.dtype] = "fp32",
                         **overrides: Any) -> "VideoTextModel":
         """Rebuild a model written by :meth:`save_pretrained`, bit-exactly; ``device``, ``precision`` and
         ``overrides`` as :func:`vmm.from_pretrained`'s."""

@@ -114,10 +114,10 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
         from vmm.errors import VmmError
         if why_not is not None:
             raise VmmError(f"scan backend 'triton' cannot run a layer with {why_not}; use backend='reference' "
-                           f"(or None for automatic choice)")
+                           f"(a model's scan_backend='reference'), or None for automatic choice")
         reason, fix = _triton_unavailable(x)
         raise VmmError(f"scan backend 'triton': the fused Triton kernels cannot run {reason}; {fix}, or use "
-                       f"backend='reference' (or None for automatic choice)")
+                       f"backend='reference' (a model's scan_backend='reference'), or None for automatic choice")
     if backend is None and x.is_cuda:
         _warn_reference_on_gpu(x, why_not)
     return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)

@@ -38,6 +38,7 @@ import numpy as np
 
 AUTO_FLAT_MAX = 1_000_000
 _EXACT_SUBSET_MAX = 20_000  # filtered searches over at most this many ids are scored exactly
+_EXACT_SCORES_MAX = 1 << 22  # scores (query, vector) an exact search holds at once: 32 MB, and its sort's indices
 
 
 def resolve_factory(factory: str, n: int, *, flat_max: int = AUTO_FLAT_MAX) -> str:
@@ -366,16 +367,19 @@ class VectorStore:
         else:
             selector, expected, exhaustive = None, min(k, self.ntotal), False
         scores, ids = self._search(queries, k, selector, options, exhaustive=exhaustive)
-        if (ids[:, :expected] < 0).any():
+        short = (ids[:, :expected] < 0).any(axis=1)
+        if short.any():
             # An approximate index missed ids (k beyond what the visited IVF lists hold, an HNSW
             # graph cut by the filter): redo it exhaustively so k hits come back when k exist. An IVF visits
-            # all of its lists, as scoring them all would copy every vector out of its file.
+            # all of its lists, as scoring them all would copy every vector out of its file. Only the queries cut
+            # short: in a batch, the others would get another ranking than each gets alone, and the batch's time.
             if self.factory.startswith("IDMap2"):
                 candidates = self._ids() if allowed is None else allowed
                 if excluded is not None:
                     candidates = np.setdiff1d(candidates, excluded)
-                return self._exact(queries, k, candidates)
-            scores, ids = self._search(queries, k, selector, options, exhaustive=True)
+                scores[short], ids[short] = self._exact(queries[short], k, candidates)
+            else:
+                scores[short], ids[short] = self._search(queries[short], k, selector, options, exhaustive=True)
         return _clean(scores, ids)
 
     def _search(self, queries, k, selector, options: SearchOptions, exhaustive: bool = False):
@@ -419,8 +423,14 @@ class VectorStore:
         present = candidates[np.isin(candidates, self._ids())]  # _ids() first: it builds an IVF's map
         if not len(present):
             return _empty(len(queries), k)
-        vectors = self.index.reconstruct_batch(present)
-        return _top_k(queries @ vectors.T, present, k)
+        # Summed in float64 and rounded to float32: BLAS's float32 sums depend on a vector's place in its block and
+        # on how many queries share the call, so the same clip indexed twice scored unequal (its tie no longer went
+        # by id) and a query searched in a batch got other scores, and another order, than alone.
+        vectors = self.index.reconstruct_batch(present).astype(np.float64)
+        rows = max(1, _EXACT_SCORES_MAX // len(present))
+        parts = [_top_k((queries[i:i + rows] @ vectors.T).astype(np.float32), present, k)
+                 for i in range(0, len(queries), rows)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # -- GPU -----------------------------------------------------------------------------
     def to_gpu(self) -> bool:

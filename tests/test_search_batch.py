@@ -1,5 +1,6 @@
 """Many text queries at once: `VideoLibrary.search_many` and `vmm search LIB --queries FILE`, on a real library of
 generated videos indexed with the tiny random-weight model."""
+import ast
 import io
 import json
 import os
@@ -50,6 +51,40 @@ def test_each_text_gets_what_search_gives_it_alone(setup, options):
     for text, hits in zip(TEXTS, many):
         assert same(hits, library.search(text=text, **options)), text
     assert same(many[0], many[3])  # a repeated text is searched again, not dropped
+
+
+@pytest.mark.parametrize("block_hits", [None, 9])  # 9: blocks of one or two texts, whatever the first fetch
+def test_every_option_ranks_each_text_of_a_batch_as_alone(setup, monkeypatch, block_hits):
+    """The first fetch of all texts is one FAISS call, read back per text; what each text then gets must not depend
+    on it: k from one window to all of them, filters that keep one video, the short ones or all, per_video, merge."""
+    import retrieval.library as library_module
+    _, _, library = setup
+    if block_hits:
+        monkeypatch.setattr(library_module, "_BLOCK_HITS", block_hits)
+    filters = [None, {"max_duration": 5}, Where(path_glob="*long*"), lambda record: "square" not in record.path]
+    for k in (1, 2, 3, 8):
+        for where in filters:
+            for per_video in (False, True):
+                for merge in (True, False):
+                    options = dict(k=k, where=where, per_video=per_video, merge=merge)
+                    for text, hits in zip(TEXTS, library.search_many(TEXTS, **options)):
+                        assert hits and same(hits, library.search(text=text, **options)), (text, options)
+
+
+def test_the_first_fetch_of_all_texts_is_one_vector_search(setup, monkeypatch):
+    """search_many ran FAISS once per text: 1,000 texts over a 200k-clip flat index took 1,000 scans where one matrix
+    product does (benchmarks/search_many.py). A text goes on alone only when its top k needs a deeper fetch."""
+    _, _, library = setup
+    reader = library._reader
+    calls = []
+    search_vectors = reader.search_vectors
+    monkeypatch.setattr(reader, "search_vectors", lambda queries, **kw: calls.append(len(queries)) or
+                        search_vectors(queries, **kw))
+    library.search_many(TEXTS, k=2)  # a fetch of all 8 clips: every text is complete after it
+    assert calls == [len(TEXTS)]
+    calls[:] = []
+    library.search_many(TEXTS, k=1, per_video=True, where=Where(path_glob="*long*"))  # 4 of long.mp4's 5 windows
+    assert calls[0] == len(TEXTS) and calls[1:] == [1] * (len(calls) - 1)
 
 
 def test_texts_are_encoded_together_and_filtered_once(setup, monkeypatch):
@@ -154,6 +189,18 @@ def test_queries_tables_are_headed_by_their_query(setup, tmp_path, capsys):
         assert "-: outside the 1 re-scored clips" in block  # each table says what its "-" means
 
 
+def test_a_filter_no_video_passes_is_said_once_for_all_queries(setup, tmp_path, capsys):
+    """Every query has the same filter: its "no results" line was printed under each query of the file."""
+    _, lib, _ = setup
+    path = queries_file(tmp_path, b"a red screen\nblue\ngreen\n")
+    code, out, err = run_cli(capsys, lib, "--queries", path, "--path", "*nothing*", "--min-duration", "3")
+    assert (code, err) == (0, "")
+    assert out == ("no results for any of the 3 queries: no indexed video matches --path *nothing*, --min-duration 3; "
+                   "widen or drop them\n")
+    code, out, _ = run_cli(capsys, lib, "--queries", queries_file(tmp_path, b"blue\n"), "--max-duration", "0.5")
+    assert out == "query: blue\nno results: no indexed video matches --max-duration 0.5; widen or drop it\n"
+
+
 def test_a_long_query_is_named_by_its_line(setup, tmp_path, capsys):
     _, lib, _ = setup
     path = queries_file(tmp_path, b"blue\n\n" + b"a dog " * 40 + b"\n")
@@ -244,3 +291,17 @@ def test_the_documented_batch_commands_run_as_written(setup, tmp_path):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (2, "error: --queries - (stdin) holds no queries; write one query a "
                                                  "line\n")
+
+
+@pytest.mark.slow
+def test_the_batch_search_benchmark_finds_the_same_hits_both_ways(tmp_path):
+    """benchmarks/search_many.py at a tiny size: a flat index, an IVF and a filter, each text's hits equal both ways
+    (25 texts: FAISS scores a flat index with BLAS from 20 queries on)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_many.py"), "--clips", "400", "--queries",
+                           "25", "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = [ast.literal_eval(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(row["index"], row["where"]) for row in rows] == [("IDMap2,Flat", None), ("IVF64,Flat", None),
+                                                              ("IVF64,Flat", "/videos/*/*[02468]0.mp4")]
+    assert all(row["texts_whose_hits_differ"] == 0 and row["speedup"] > 0 for row in rows)

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat it for several files")
     p.add_argument("-k", type=int, default=10, help="number of results [10]")
     p.add_argument("--rerank", type=int, default=0, metavar="K",
-                   help="re-score the top K clips with the ITM head (official two-stage recipe)")
+                   help="re-score the top K clips with the ITM head (official two-stage recipe) [0: none]")
     p.add_argument("--per-video", action="store_true", help="at most one moment per video")
     p.add_argument("--no-merge", action="store_true", help="list overlapping windows separately")
     # Appended: a second --path replaced the first, and the videos it kept were silently left out.
@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(found[0] if args.texts is None else
                          [{"query": text, "hits": hits} for text, hits in zip(texts, found)], indent=2))
         return 0
+    if len(results) > 1 and not any(results):
+        # One filter and one library for every query, so one reason: said once per query, it filled the screen.
+        sys.stdout.write(_no_results(args, clips, queries=len(results)) + "\n")
+        return 0
     tables = [_table(args, hits, clips) for hits in results]
     if args.texts is None:
         sys.stdout.write(tables[0])
@@ -215,12 +219,14 @@ def _table(args: argparse.Namespace, hits, clips: int) -> str:
     return rendered.getvalue()
 
 
-def _no_results(args: argparse.Namespace, clips: int) -> str:
-    """Why a search found nothing: with k >= 1 only an empty library or filters that no video passes can do that,
-    and a bare "no results" left a mistyped --path (or one relative to another folder) looking like no match."""
+def _no_results(args: argparse.Namespace, clips: int, queries: int = 1) -> str:
+    """Why a search (of ``queries`` texts) found nothing: with k >= 1 only an empty library or filters that no video
+    passes can do that, and a bare "no results" left a mistyped --path (or one relative to another folder) looking
+    like no match."""
     from vmm.errors import one_line
+    none = "no results" if queries == 1 else f"no results for any of the {queries} queries"
     if clips == 0:
-        return one_line(f"no results: the library holds no clips; add videos with `vmm index VIDEOS --library "
+        return one_line(f"{none}: the library holds no clips; add videos with `vmm index VIDEOS --library "
                         f"{args.library}`")
     given = [f"--{name.replace('_', '-')} {value:g}" for name, value in
              (("min_duration", args.min_duration), ("max_duration", args.max_duration)) if value is not None]
@@ -229,6 +235,6 @@ def _no_results(args: argparse.Namespace, clips: int) -> str:
     if any(not glob.startswith("*") and not os.path.isabs(os.path.expanduser(glob)) for glob in globs):
         given[len(globs) - 1] += f" (taken from {os.getcwd()})"
     if not given:
-        return "no results"
-    return one_line(f"no results: no indexed video matches {', '.join(given)}; widen or drop "
+        return none
+    return one_line(f"{none}: no indexed video matches {', '.join(given)}; widen or drop "
                     f"{'it' if len(given) == 1 else 'them'}")

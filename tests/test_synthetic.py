@@ -191,6 +191,21 @@ def test_refuses_folders_it_did_not_write_and_needs_overwrite_for_its_own(corpus
     assert len(list((own / "videos").iterdir())) == 4  # stale clips of the larger corpus are gone
 
 
+@pytest.mark.parametrize("names", [("train.json", "test.json"), ("meta.json", "train.json")])
+def test_annotation_files_of_the_same_names_are_not_taken_for_its_own(tmp_path, names):
+    # A folder of a user's annotations (train.json, test.json: the official names) was taken for what a failed
+    # run had left, and overwritten without a word; with a meta.json of its own, --overwrite deleted them.
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text('[{"video": "video7010.mp4", "caption": "a man is singing"}]')
+    for overwrite in (False, True):
+        with pytest.raises(VmmError, match=r"did not write \(e\.g\. (train|test|meta)\.json\); choose an empty"):
+            syn.generate_corpus(folder, num_videos=3, workers=1, overwrite=overwrite)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    assert all("a man is singing" in (folder / name).read_text() for name in names)
+
+
 def test_overwrite_works_in_a_folder_a_file_browser_has_opened(tmp_path):
     # Finder's .DS_Store counted as a user's file: --overwrite, and every rerun of vmm demo, was refused for good.
     own = tmp_path / "own"
@@ -332,6 +347,30 @@ def test_write_video_to_a_folder_names_it(tmp_path):
     assert str(e.value) == f"write_video: {tmp_path} is a folder; pass the path of the .mp4 file to write"
     assert tmp_path.is_dir()
 
+def test_a_failed_rewrite_keeps_the_video_that_was_there(tmp_path):
+    # Opening the path emptied the old video, and the failure then deleted what was left of it.
+    path = tmp_path / "clip.mp4"
+    syn.write_video(np.full((6, 32, 32, 3), 200, np.uint8), path, fps=8)
+    before = path.read_bytes()
+
+    def frames_until_the_camera_fails():
+        yield from np.zeros((3, 32, 32, 3), np.uint8)
+        raise OSError("camera unplugged")
+
+    with pytest.raises(OSError, match="camera unplugged"):
+        syn.write_video(frames_until_the_camera_fails(), path, fps=8)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    assert decode(path).shape == (6, 32, 32, 3)
+
+
+def test_write_video_into_a_missing_folder_names_it(tmp_path):
+    # PyAV's own error was "[Errno 2] No such file or directory", without the path.
+    path = tmp_path / "not made" / "clip.mp4"
+    with pytest.raises(VmmError) as e:
+        syn.write_video(np.zeros((4, 32, 32, 3), np.uint8), path, fps=10)
+    assert str(e.value) == f"write_video: the folder of {path} does not exist; create it first"
+
+
 def test_write_video_takes_a_fractional_rate(tmp_path):
     import av
     from fractions import Fraction
@@ -375,6 +414,42 @@ def test_a_killed_run_does_not_block_the_next_one(tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(
         Path(e["video"]).name for e in json.loads((out / "meta.json").read_text())["videos"])
     assert info.num_videos == 4
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused_and_the_first_keeps_every_clip(tmp_path):
+    # The second run cleared the first one's videos (and its failure cleanup deleted more): the first then reported
+    # 300 clips with 28 of them on disk.
+    out = tmp_path / "shared"
+    command = [sys.executable, "-m", "vmm.data.synthetic", str(out), "--num-videos", "150", "--workers", "1"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((out / "videos").glob("synth_*.mp4")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(VmmError, match=f"^{re.escape(str(out))} is being written by another corpus generation "
+                                           r"\(pid \d+ on host .+\); wait for it to end or choose another folder$"):
+            syn.generate_corpus(out, num_videos=4, seed=1, workers=1, overwrite=True)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0 and "wrote 150 videos" in stdout, stderr
+    listed = [e["video"] for e in json.loads((out / "meta.json").read_text())["videos"]]
+    assert sorted(f"videos/{p.name}" for p in (out / "videos").iterdir()) == sorted(listed)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["videos", *JSON_FILES])  # the lock file is gone too
+    syn.generate_corpus(out, num_videos=4, seed=1, workers=1, overwrite=True)  # once it has ended, a rerun works
+
+
+def test_a_folder_given_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    # A "~/corpus" no shell expanded (a Python caller, a config file) made a folder named "~" in the working one.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    info = syn.generate_corpus("~/corpus", num_videos=3, workers=1)
+    assert info.out_dir == tmp_path / "home" / "corpus" and not (tmp_path / "~").exists()
+    assert len(syn.read_specs("~/corpus")) == 3
+    syn.write_video(np.zeros((4, 32, 32, 3), np.uint8), "~/clip.mp4", fps=8)
+    assert len(decode(tmp_path / "home" / "clip.mp4")) == 4
 
 
 def test_ctrl_c_stops_the_workers_and_keeps_nothing(tmp_path):

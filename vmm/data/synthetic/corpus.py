@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vmm import folder_lock
 from vmm.data.synthetic.captions import Description, describe, signature
 from vmm.data.synthetic.scene import VideoSpec, iter_frames, reverse_spec, sample_spec
 from vmm.data.synthetic.video import pick_codec, write_video
@@ -35,6 +36,8 @@ OWN_JSON_FILES = ("train.json", "val.json", "test.json", "test_paragraph.json", 
 # protect nor ours to delete, so it is left where it is. Counted as foreign, it made --overwrite (and every rerun
 # of vmm demo) refuse a corpus folder once opened in Finder.
 FILE_BROWSER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+# flock-ed by the run writing the folder (vmm.folder_lock) and deleted when it ends; one a killed run left is ours.
+LOCK_FILE = ".vmm-synthetic.lock"
 
 
 # ----------------------------------------------------------------------------
@@ -45,9 +48,7 @@ FILE_BROWSER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 def _render_and_write(job: tuple[dict[str, Any], str, str]) -> None:
     spec_dict, path, codec = job
     spec = VideoSpec.from_dict(spec_dict)
-    partial = Path(path).with_name("." + Path(path).name + ".partial")
-    write_video(iter_frames(spec, range(spec.num_frames)), partial, spec.fps, codec)
-    os.replace(partial, path)
+    write_video(iter_frames(spec, range(spec.num_frames)), path, spec.fps, codec)  # via .NAME.partial, as JSON
 
 
 def _worker_signals() -> None:
@@ -213,11 +214,14 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise VmmError(f"{out_dir} is a file; give a folder path for the corpus")
     if not out_dir.is_dir():
         return
-    foreign = [p for p in out_dir.iterdir() if _unpartial(p.name) not in OWN_JSON_FILES
-               and p.name not in ("videos", *FILE_BROWSER_FILES)]
+    # Names alone do not make files ours: an annotations folder's own train.json and test.json were overwritten.
+    ours = _written_here(out_dir)
+    foreign = [p for p in out_dir.iterdir() if not (ours and _unpartial(p.name) in OWN_JSON_FILES)
+               and p.name not in ("videos", LOCK_FILE, *FILE_BROWSER_FILES)]
     videos = out_dir / "videos"
     if videos.is_dir():
-        foreign += [p for p in videos.iterdir() if not _is_own_video_name(p.name) and p.name not in FILE_BROWSER_FILES]
+        foreign += [p for p in videos.iterdir()
+                    if not (ours and _is_own_video_name(p.name)) and p.name not in FILE_BROWSER_FILES]
     elif videos.exists():
         foreign.append(videos)
     if foreign:
@@ -227,6 +231,53 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if (out_dir / "meta.json").exists() and not overwrite:
         raise VmmError(f"{out_dir} already holds a synthetic corpus; pass --overwrite (overwrite=True) "
                        "to replace it or choose a new folder")
+
+
+def _written_here(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a corpus of this generator (its meta.json) or what a killed run of it left (the
+    lock file, there from a run's first write to its end)."""
+    if (out_dir / LOCK_FILE).exists():
+        return True
+    try:
+        with open(out_dir / "meta.json", "rb") as meta:
+            return meta.read(64).startswith(b'{\n "format": "vmm.synthetic"')  # as _write_json writes it
+    except FileNotFoundError:
+        return False
+
+
+def _lock(out_dir: Path) -> int | None:
+    """This run's claim on ``out_dir`` (made if missing): a second run into the same folder is refused, where its
+    clearing and failure cleanup deleted the first one's videos under it (which then reported a corpus of 300
+    clips with 28 on disk). None where the file system has no locks: unguarded beats refused, as in vmm demo."""
+    path = out_dir / LOCK_FILE
+    for _ in range(100):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = folder_lock.claim(path)
+        except FileNotFoundError:  # a failed run removed the folder it had made; make it again
+            continue
+        except folder_lock.LockHeld as held:
+            raise VmmError(f"{out_dir} is being written by another corpus generation ({held.holder}); wait for it "
+                           "to end or choose another folder") from None
+        except folder_lock.LocksUnsupported:
+            return None
+        # The holder deletes the file when it ends (see _unlock): a lock won on that deleted file guards nothing.
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        folder_lock.release(fd)
+    raise VmmError(f"{out_dir} is being written by other corpus generations; wait for them to end or choose "
+                   "another folder")
+
+
+def _unlock(out_dir: Path, fd: int | None, remove_folder: bool) -> None:
+    """Delete the lock file (before letting the lock go, so a run waiting on it sees the change) and, if asked,
+    the folder when nothing else is left in it."""
+    with contextlib.suppress(OSError):
+        (out_dir / LOCK_FILE).unlink()
+        if remove_folder:
+            out_dir.rmdir()
+    folder_lock.release(fd)
 
 
 def _clear(out_dir: Path) -> None:
@@ -349,7 +400,7 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
         raise VmmError(f"--workers {workers}: must be 0 or more (0 and 1 encode in this process)")
     if not out_path:  # Path("") is the working directory, which the message then named as "."
         raise VmmError("the output folder (out_dir) is empty; pass a folder for the corpus")
-    out = Path(out_dir)
+    out = Path(out_path).expanduser()  # as every vmm path is read: a "~/corpus" no shell expanded made a "~" folder
     try:
         _check_out_dir(out, overwrite)
     except OSError as err:
@@ -366,14 +417,35 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
     meta_config = {"num_videos": num_videos, "seed": seed, "splits": list(config.splits), "size": size,
                    "fps": fps, "seconds": seconds, "num_frames": config.num_frames,
                    "order_fraction": order_fraction, "codec": codec_name}
-
+    # meta.json is written last: its presence marks a complete corpus.
+    contents = {**annotations, "test_paragraph": paragraphs, "test_order": order_subset,
+                "meta": {"format": "vmm.synthetic", "version": CORPUS_FORMAT_VERSION, "config": meta_config,
+                         "videos": meta_videos}}
+    jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
     workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, int(workers))
+
     created = not out.exists()
     try:
-        if out.is_dir():
-            _clear(out)
-        (out / "videos").mkdir(parents=True, exist_ok=True)
-        jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
+        lock = _lock(out)
+    except OSError as err:
+        raise VmmError(f"cannot write the corpus to {out} ({err.strerror or err}); choose a writable folder") from None
+    try:
+        _check_out_dir(out, overwrite)  # again: a run that held the folder until now may have left a corpus
+        files = _write_corpus(out, jobs, workers, contents)
+    finally:
+        _unlock(out, lock, remove_folder=created)
+    return CorpusInfo(out_dir=out, num_videos=len(clips), split_sizes=config.split_sizes(),
+                      num_order_pairs=len(order_subset) // 2, codec=codec_name, size=size, fps=fps,
+                      num_frames=config.num_frames, annotation_files=files,
+                      seconds_taken=time.perf_counter() - began)
+
+
+def _write_corpus(out: Path, jobs: list[tuple], workers: int, contents: dict[str, Any]) -> dict[str, Path]:
+    """Clear ``out`` of an earlier corpus, then write the videos, then ``contents`` as NAME.json files in their
+    order; a failure removes what was written."""
+    try:
+        _clear(out)
+        (out / "videos").mkdir(exist_ok=True)
         # Never more processes than clips: each idle one still costs a fork (--workers 10000 for 10 clips forked
         # for a minute).
         workers = min(workers, len(jobs))
@@ -387,34 +459,20 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
             # (the executor would first finish every queued clip).
             with multiprocessing.get_context(method).Pool(workers, initializer=_worker_signals) as pool:
                 pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
-
         files = {}
-        for split, entries in annotations.items():
-            files[split] = out / f"{split}.json"
-            _write_json(files[split], entries)
-        files["test_paragraph"] = out / "test_paragraph.json"
-        _write_json(files["test_paragraph"], paragraphs)
-        files["test_order"] = out / "test_order.json"
-        _write_json(files["test_order"], order_subset)
-        files["meta"] = out / "meta.json"
-        # meta.json is written last: its presence marks a complete corpus.
-        _write_json(files["meta"], {"format": "vmm.synthetic", "version": CORPUS_FORMAT_VERSION,
-                                    "config": meta_config, "videos": meta_videos})
+        for key, data in contents.items():
+            files[key] = out / f"{key}.json"
+            _write_json(files[key], data)
+        return files
     except BaseException as err:
         # A failed run leaves nothing a loader or the next run could take for a corpus.
         with contextlib.suppress(OSError):
             _clear(out)
             (out / "videos").rmdir()
-            if created:
-                out.rmdir()
         if isinstance(err, OSError):
             raise VmmError(f"cannot write the corpus to {out} ({err.strerror or err}); "
                            "choose a writable folder with free space") from None
         raise
-    return CorpusInfo(out_dir=out, num_videos=len(clips), split_sizes=config.split_sizes(),
-                      num_order_pairs=len(order_subset) // 2, codec=codec_name, size=size, fps=fps,
-                      num_frames=config.num_frames, annotation_files=files,
-                      seconds_taken=time.perf_counter() - began)
 
 
 def read_specs(out_dir: str | os.PathLike) -> dict[str, VideoSpec]:
@@ -426,7 +484,7 @@ def read_specs(out_dir: str | os.PathLike) -> dict[str, VideoSpec]:
     >>> len(read_specs(root))
     4
     """
-    path = Path(out_dir) / "meta.json"
+    path = Path(out_dir).expanduser() / "meta.json"
     if not path.is_file():
         raise VmmError(f"{path} not found; generate the corpus first with python -m vmm.data.synthetic {out_dir}")
     try:

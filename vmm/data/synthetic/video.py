@@ -35,7 +35,8 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     """Encode ``(T, H, W, 3)`` uint8 RGB frames (or any iterable of ``(H, W, 3)`` frames) into an mp4 at ``path``.
 
     ``fps`` may be a fraction (``Fraction(30000, 1001)``, NTSC's 29.97). Encoding runs on one thread so the bytes
-    are identical from run to run.
+    are identical from run to run. The file is written under a hidden ``.NAME.partial`` name and renamed when
+    complete, so a failed write leaves ``path`` as it was.
 
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "clip.mp4")
@@ -58,14 +59,22 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     if rate is None or not Fraction(1, 100) <= rate <= 1000:
         raise VmmError(f"write_video: fps must be a number of frames per second from 0.01 to 1000, got {fps!r}")
     rate = rate.limit_denominator(1001)  # a float's binary expansion as the short fraction it stands for
+    path = os.path.expanduser(path)  # as every vmm path is read: a "~/clips/a.mp4" no shell expanded
     if os.path.isdir(path):  # PyAV said "[Errno 21] Is a directory", naming neither the path nor the fix
         raise VmmError(f"write_video: {path} is a folder; pass the path of the .mp4 file to write")
+    folder, name = os.path.split(path)
+    if not os.path.isdir(folder or "."):  # PyAV said "[Errno 2] No such file or directory", without the path
+        raise VmmError(f"write_video: the folder of {path} does not exist; create it first")
+    # Opening path itself emptied an existing file at once, and a failure part way (a bad frame, a generator that
+    # raised) then deleted it: the previous video was lost.
+    partial = os.path.join(folder, f".{name}.partial")
     try:
-        _encode(itertools.chain([first], frames), first.shape, path, rate, codec)
+        _encode(itertools.chain([first], frames), first.shape, partial, rate, codec)
+        os.replace(partial, path)
     except BaseException:
         # Half an mp4 has no index and reads as a corrupt video: leave no file rather than that one.
         with contextlib.suppress(OSError):
-            os.remove(path)
+            os.remove(partial)
         raise
 
 

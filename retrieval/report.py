@@ -31,15 +31,20 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
     """The JSON-ready report of one evaluation: its inputs, the three rows, the published row where the protocol is
     the official one, and ``not_comparable``: why the numbers are not comparable with that row (empty if they are)."""
     from vmm import __version__
+    from vmm.models.persistence import weights_source
     img_size = model.cfg.vision.img_size
-    # The checkpoint's name decides the published row; a folder model is known by its model name.
-    paper = paper_row(protocol.name, checkpoint) if checkpoint else paper_row(protocol.name, model_name)
+    weights = weights_source(model)
+    released = _released_file(weights)
+    # The released file the weights were loaded from decides the published row, else the checkpoint's name, else
+    # the model name (a folder's): those two only look the row up, to say why it is not shown.
+    looked_up = released or (Path(checkpoint).name if checkpoint else model_name)
+    paper = paper_row(protocol.name, looked_up)
     if paper is None:
-        looked_up = Path(checkpoint).name if checkpoint else model_name  # the name paper_row read
         not_comparable = [f"no published {protocol.name} numbers for {looked_up}"]
     else:
         # Published numbers exist only for the official protocol: then no paper row is shown.
-        not_comparable = _protocol_changes(config, dataset, protocol, img_size, _trained_steps(model))
+        not_comparable = ([] if released else [_weights_change(weights, paper["corpus"])]) + _protocol_changes(
+            config, dataset, protocol, img_size)
         if not_comparable:
             paper = None
         else:  # another part of the data: the paper row is shown beside it for reference
@@ -50,6 +55,7 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
         "videos_dir": str(config.videos),
         "model": model_name,
         "checkpoint": checkpoint,
+        "weights_from": weights,
         "num_videos": len(dataset.videos),
         "num_texts": len(dataset.texts),
         "listed_videos": listed,
@@ -78,25 +84,39 @@ def build_report(config, dataset, protocol, listed, missing, rows, model, model_
     return report
 
 
-def _trained_steps(model) -> Optional[int]:
-    """The optimizer steps of the ``vmm train`` run that exported the model's weights (its ``model_meta``), else None.
-
-    Training keeps the model name it started from (videomamba_m16_25m), which alone looked up the zero-shot row."""
-    from vmm.training.loop import TRAINED_STEPS
-    meta = getattr(model, "model_meta", None)
-    steps = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+def _released_files() -> set[str]:
+    """The names of the released checkpoint files: the default files of the registered models."""
+    from vmm.models.registry import get_model_config, list_models
+    return {((get_model_config(m) or {}).get("pretrained") or {}).get("hf_file") for m in list_models()} - {None}
 
 
-def _protocol_changes(config, dataset, protocol, img_size: int, trained_steps: Optional[int] = None) -> list[str]:
-    """How the evaluation differs from the official protocol of the published rows: the released weights at 8 frames
+def _released_file(weights: dict) -> Optional[str]:
+    """The name of the released checkpoint file the weights were loaded from, else None. Only the exact name
+    counts: a fine-tuned "videomamba_m16_25m_ft.pth", and a folder of random weights named like the released model,
+    were compared with the published row; a renamed copy of the released file cannot be told apart from those."""
+    name = weights.get("file") if weights.get("source") == "checkpoint" else None
+    return name if name in _released_files() else None
+
+
+def _weights_change(weights: dict, corpus: str) -> str:
+    """Where weights not loaded from a released file came from (``weights``: :func:`weights_source`), for
+    ``not_comparable`` beside the published row of ``corpus``."""
+    from retrieval.paper_numbers import checkpoint_corpus
+    what = {"vmm train": f"weights trained {weights.get('steps')} steps by vmm train",
+            "random": "random weights (built without a checkpoint)",
+            "checkpoint": f"weights from {weights.get('file')}"}.get(
+        weights.get("source"), "weights of unknown source (a folder saved by a vmm that did not record it)")
+    released = sorted(n for n in _released_files() if checkpoint_corpus(n) == corpus)
+    return f"{what}, not the released {' or '.join(released) or 'zero-shot checkpoint'}"
+
+
+def _protocol_changes(config, dataset, protocol, img_size: int) -> list[str]:
+    """How the evaluation of the released weights differs from the official protocol of the published rows: 8 frames
     and 224 px, the top 128 re-ranked, the official texts."""
     # Another k shortlists other candidates, unless both galleries are small enough that either k takes them whole.
     official_k = all(min(config.rerank_k, n) == min(OFFICIAL_RERANK_K, n)
                      for n in (len(dataset.videos), len(dataset.texts)))
-    changes = {f"weights trained {trained_steps} steps by vmm train, not the released zero-shot checkpoint":
-                   trained_steps is not None,
-               f"{config.frames} frames, not 8": config.frames != 8,
+    changes = {f"{config.frames} frames, not 8": config.frames != 8,
                f"{img_size} px, not 224": img_size != 224,
                f"ITM re-ranking of the top {config.rerank_k}, not {OFFICIAL_RERANK_K}": not official_k,
                # A custom DatasetProtocol may carry an official name (msrvtt with paragraphs or 64 tokens): its

@@ -14,10 +14,12 @@ import pytest
 
 import retrieval.evaluate
 from tests import videos
-from tests.tiny_model import save_tiny_model
+from tests.tiny_model import TINY, save_tiny_model
 from vmm.cli import main
 from vmm.errors import VmmError
 
+RELEASED_25M = "videomamba_m16_25M_f8_res224.pth"  # the released file's name, which its weights are known by
+TINY_224 = {**TINY, "vision": {**TINY["vision"], "img_size": 224, "num_frames": 8}}  # at the published size
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -391,20 +393,23 @@ def test_an_annotation_file_that_cannot_be_opened_is_one_line(data, tmp_path, ca
     assert "a.json cannot be read (Too many levels of symbolic links)" in one_line_error(capsys)
 
 
-def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
-    """The published rows re-rank the top 128: --rerank-k 1 was compared with them and reported comparable."""
+def released_tiny_model(tmp_path):
+    """The tiny model at the published 8 frames and 224 px, loaded from a file under the released 25M checkpoint's
+    name as the released model would be."""
     import torch
 
     import vmm
+    torch.manual_seed(0)
+    torch.save(vmm.create_model("videomamba_m16_mm", **TINY_224).state_dict(), tmp_path / RELEASED_25M)
+    return vmm.create_model("videomamba_m16_25m", pretrained=tmp_path / RELEASED_25M, **TINY_224)
+
+
+def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
+    """The published rows re-rank the top 128: --rerank-k 1 was compared with them and reported comparable."""
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.report import format_markdown
     from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
-    from tests.tiny_model import TINY
-    torch.manual_seed(0)  # the tiny model at the published 8 frames and 224 px, known by an official model name
-    model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
-                                                                         "num_frames": 8}})
-    model.model_name = "videomamba_m16_25m"
-    model.save_pretrained(tmp_path / "model")
+    released_tiny_model(tmp_path).save_pretrained(tmp_path / "model")
     vids = tmp_path / "vids"
     vids.mkdir()
     videos.write_red_green_square(vids)
@@ -441,21 +446,20 @@ def test_the_paper_row_only_for_the_official_rerank_k(tmp_path, monkeypatch):
 
 def test_a_model_trained_by_vmm_train_is_not_compared_with_the_zero_shot_row(tmp_path, monkeypatch):
     """vmm train's export keeps the name it started from (videomamba_m16_25m): its fine-tuned weights were shown
-    beside the published zero-shot row as comparable, with a "rerank - paper" difference."""
+    beside the published zero-shot row as comparable, with a "rerank - paper" difference; so was a folder of random
+    weights saved under the released model's name, as no folder said where its weights came from."""
     import torch
 
     import vmm
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
     from retrieval.report import format_markdown
-    from tests.tiny_model import TINY
     from vmm.training.loop import export_final
-    torch.manual_seed(0)
-    model = vmm.create_model("videomamba_m16_mm", **{**TINY, "vision": {**TINY["vision"], "img_size": 224,
-                                                                         "num_frames": 8}})
-    model.model_name = "videomamba_m16_25m"
+    model = released_tiny_model(tmp_path)
     model.save_pretrained(tmp_path / "released")  # the same weights, as a conversion of the released file
     export_final(model, tmp_path / "run", [], trainable_only=False, step=500)
+    torch.manual_seed(1)
+    vmm.create_model("videomamba_m16_25m", **TINY_224).save_pretrained(tmp_path / "random")
     vids = tmp_path / "vids"
     vids.mkdir()
     videos.write_red_green_square(vids)
@@ -463,15 +467,18 @@ def test_a_model_trained_by_vmm_train_is_not_compared_with_the_zero_shot_row(tmp
     (tmp_path / "test.json").write_text(json.dumps(items))
     monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
     monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 3)
-    released, trained = (evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=folder, device="cpu",
-                                             workers=0)).report for folder in (tmp_path / "released",
-                                                                               tmp_path / "run" / "final"))
+    released, trained, random = (evaluate(EvalConfig("msrvtt", tmp_path / "test.json", vids, model=folder,
+                                                     device="cpu", workers=0)).report
+                                 for folder in (tmp_path / "released", tmp_path / "run" / "final", tmp_path / "random"))
     assert released["comparable"] and released["paper"]["corpus"] == "25M"
-    assert trained["model"] == "videomamba_m16_25m" and trained["rerank"] == released["rerank"]
-    why = "weights trained 500 steps by vmm train, not the released zero-shot checkpoint"
-    assert (trained["paper"], trained["delta"], trained["comparable"], trained["not_comparable"]) == (
-        None, None, False, [why])
-    assert f"\nnot comparable with the paper: {why}\n" in format_markdown(trained)
+    assert released["weights_from"] == {"source": "checkpoint", "file": RELEASED_25M}
+    assert trained["model"] == random["model"] == "videomamba_m16_25m" and trained["rerank"] == released["rerank"]
+    for report, why in ((trained, "weights trained 500 steps by vmm train"),
+                        (random, "random weights (built without a checkpoint)")):
+        why += f", not the released {RELEASED_25M}"
+        assert (report["paper"], report["delta"], report["comparable"], report["not_comparable"]) == (
+            None, None, False, [why])
+        assert f"\nnot comparable with the paper: {why}\n" in format_markdown(report)
 
 
 def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, capsys):
@@ -489,10 +496,10 @@ def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, caps
                                            "them")
 
 
-def report_for(tmp_path, dataset, file_name, captions, listed=3, missing=()):
+def report_for(tmp_path, dataset, file_name, captions, listed=3, missing=(), weights=RELEASED_25M, model=None):
     """build_report for a real annotation file of `listed` videos with `captions` each (the videos in `missing` not
-    on disk), its rows scored from embeddings by the real metrics and FAISS, as the 25M checkpoint at 8 frames and
-    224 px would be."""
+    on disk), its rows scored from embeddings by the real metrics and FAISS, as a model loaded from the checkpoint
+    file `weights` at 8 frames and 224 px would be (or `model`, a model folder's)."""
     import types
 
     import torch
@@ -519,10 +526,12 @@ def report_for(tmp_path, dataset, file_name, captions, listed=3, missing=()):
             "rerank": retrieval_metrics(itc, itc.T, ds.txt2vid, ds.vid2txt),
             "index": index_metrics(frames, texts, ds.txt2vid)}
     config = EvalConfig(dataset, anno, vids, model="videomamba_m16_25m", frames=8)
-    model = types.SimpleNamespace(cfg=types.SimpleNamespace(vision=types.SimpleNamespace(img_size=224)))
+    checkpoint = None if model else str(tmp_path / weights)
+    model = model or types.SimpleNamespace(cfg=types.SimpleNamespace(vision=types.SimpleNamespace(img_size=224)),
+                                           pretrained_source=checkpoint)
     missing = [{"video": str(p), "reason": "file not found"} for p in ds.missing]
     return build_report(config, ds, ds.protocol, listed, missing, rows, model, "videomamba_m16_25m",
-                        "videomamba_m16_25M_f8_res224.pth", _Runtime(torch.device("cpu"), torch.float32), {}, 1.0)
+                        checkpoint, _Runtime(torch.device("cpu"), torch.float32), {}, 1.0)
 
 
 @pytest.mark.parametrize("dataset, file_name, captions, why", [
@@ -554,6 +563,44 @@ def test_why_not_comparable_is_reported_once_per_cause(tmp_path):
     assert report["not_comparable"] == ["1 of 1000 videos missing or unreadable"]
     report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, listed=1000)
     assert report["comparable"] and report["not_comparable"] == []
+
+
+@pytest.mark.parametrize("weights, why", [
+    (RELEASED_25M, []),
+    ("videomamba_m16_5M_f8_res224.pth", []),  # compared with the 5M row
+    # named like a released file, as a fine-tuned one may be, and compared with the zero-shot row as comparable
+    ("videomamba_m16_25m_msrvtt_ft.pth", [f"weights from videomamba_m16_25m_msrvtt_ft.pth, not the released "
+                                          f"{RELEASED_25M}"]),
+    ("videomamba_m16_25M_f8_res224 (1).pth", [f"weights from videomamba_m16_25M_f8_res224 (1).pth, not the released "
+                                              f"{RELEASED_25M}"]),
+    ("vm25.pth", ["no published msrvtt numbers for vm25.pth"]),  # a renamed copy cannot be told from other weights
+])
+def test_only_weights_from_a_released_file_are_comparable(tmp_path, monkeypatch, weights, why):
+    from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)  # these 3 videos stand for the 1,000 of the split
+    monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 3)
+    report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, weights=weights)
+    assert (report["comparable"], report["not_comparable"]) == (not why, why)
+    assert report["weights_from"] == {"source": "checkpoint", "file": weights}
+
+
+def test_a_model_folder_of_an_older_vmm_is_not_taken_for_the_released_weights(tmp_path, monkeypatch):
+    """Such a folder does not say where its weights came from: it may hold random weights as well as a conversion
+    of the released file, and only the latter may be compared; saved again from the released file, it says so."""
+    import vmm
+    from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS
+    monkeypatch.setitem(OFFICIAL_TEST_VIDEOS, "msrvtt", 3)
+    monkeypatch.setitem(OFFICIAL_TEST_TEXTS, "msrvtt", 3)
+    folder = released_tiny_model(tmp_path).save_pretrained(tmp_path / "model")
+    report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, model=vmm.from_pretrained(folder))
+    assert report["comparable"] and report["paper"]["corpus"] == "25M"
+    config = json.loads((folder / "config.json").read_text())
+    del config["weights_from"]  # as vmm wrote it before it recorded the source
+    (folder / "config.json").write_text(json.dumps(config))
+    report = report_for(tmp_path, "msrvtt", "msrvtt_ret_test1k.json", 1, model=vmm.from_pretrained(folder))
+    assert (report["paper"], report["comparable"], report["not_comparable"]) == (None, False, [
+        f"weights of unknown source (a folder saved by a vmm that did not record it), not the released {RELEASED_25M}"])
+    assert report["weights_from"] == {"source": "unknown"}
 
 
 @pytest.mark.parametrize("typed, dataset", [("MSRVTT", "msrvtt"), ("DiDeMo", "didemo"), ("msvd", "msvd")])

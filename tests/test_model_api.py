@@ -57,6 +57,36 @@ def test_create_model_takes_pretrained_like_create_model_and_transforms(tmp_path
     refused("names no default pretrained file", vmm.create_model, "videomamba_tiny", pretrained=True)
 
 
+def test_a_model_folder_records_where_its_weights_came_from(tmp_path):
+    """A folder's config named only the model, so one of random weights saved as videomamba_m16_25m could not be
+    told from the released checkpoint's: config.json now says where the weights came from, through every load."""
+    import json
+
+    from vmm.models.persistence import read_config
+    src = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    vmm.save_pretrained(src, tmp_path / "random")
+    assert read_config(tmp_path / "random")["weights_from"] == {"source": "random"}
+    torch.save(src.state_dict(), tmp_path / "k400.pth")
+    vmm.save_pretrained(vmm.create_model("videomamba_tiny", pretrained=tmp_path / "k400.pth", **CLASSIFIER),
+                        tmp_path / "saved")
+    from_file = {"source": "checkpoint", "file": "k400.pth"}  # the name only: no local path in a shared folder
+    assert read_config(tmp_path / "saved")["weights_from"] == from_file
+    # a folder loaded as the model, or as another model's weights (its config as saved, or with an override that
+    # builds a new model), and saved again, keeps it
+    for i, again in enumerate((vmm.from_pretrained(tmp_path / "saved"), vmm.create_model(tmp_path / "saved"),
+                               vmm.create_model("videomamba_tiny", pretrained=tmp_path / "saved", **CLASSIFIER),
+                               vmm.create_model("videomamba_tiny", pretrained=tmp_path / "saved", **CLASSIFIER,
+                                                drop_path_rate=0.1))):
+        assert read_config(vmm.save_pretrained(again, tmp_path / f"again{i}"))["weights_from"] == from_file
+    # a folder of an older vmm, which did not record it, still loads, and does not claim a source
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    del config["weights_from"]
+    (tmp_path / "saved" / "config.json").write_text(json.dumps(config))
+    old = vmm.from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), src.state_dict().values()))
+    assert read_config(vmm.save_pretrained(old, tmp_path / "resaved"))["weights_from"] == {"source": "unknown"}
+
+
 @pytest.mark.parametrize("name, overrides, needle", [
     ("videomamba_tiny", dict(num_frames=0), "num_frames=0: num_frames must be a whole number from 1 to 1024"),
     ("videomamba_tiny", dict(num_frames=5000), "num_frames=5000: num_frames must be a whole number from 1 to"),

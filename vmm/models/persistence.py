@@ -14,6 +14,7 @@ import torch.nn as nn
 from vmm.errors import VmmError, error_text
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+WEIGHTS_FROM = "weights_from"  # the config.json entry saying where the weights came from
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -105,7 +106,46 @@ def model_config_dict(model: nn.Module) -> dict:
         raise VmmError(f"model {arch} has no dataclass cfg to write as {CONFIG_NAME}; give it one (model.cfg, the "
                        "entrypoint's keyword arguments), or save its weights with torch.save(model.state_dict(), ...)")
     return {"architecture": arch, "model": dataclasses.asdict(model.cfg),
-            "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {})}
+            "model_name": getattr(model, "model_name", None), "model_meta": getattr(model, "model_meta", {}),
+            WEIGHTS_FROM: weights_source(model)}
+
+
+def weights_source(model: nn.Module) -> dict:
+    """Where ``model``'s weights came from, as ``save_pretrained`` records it in config.json (``"weights_from"``):
+    ``{"source": "checkpoint", "file": NAME}`` (the checkpoint file they were loaded from), ``{"source": "vmm
+    train", "steps": N}``, ``{"source": "random"}`` (built without weights) or ``{"source": "unknown"}`` (a folder
+    saved by a vmm that did not record it). A folder's config named only the model (videomamba_m16_25m), so one of
+    random weights was compared with the released checkpoint's published numbers.
+
+    >>> import vmm
+    >>> weights_source(vmm.create_model("videomamba_tiny", depth=1, num_frames=2, img_size=32))
+    {'source': 'random'}
+    """
+    from vmm.training.loop import TRAINED_STEPS
+    meta = getattr(model, "model_meta", None)
+    steps = meta.get(TRAINED_STEPS) if isinstance(meta, dict) else None
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:  # vmm train's export: trained weights
+        return {"source": "vmm train", "steps": steps}
+    recorded = getattr(model, "weights_from", None)
+    if recorded is not None:  # loaded from a model folder: what that folder recorded
+        return recorded
+    source = getattr(model, "pretrained_source", None)
+    if source is None:
+        return {"source": "random"}
+    if Path(source).is_dir():  # create_model(name, pretrained=FOLDER) moved the folder's weights into a new model
+        try:
+            return recorded_source(read_config(source))
+        except VmmError:
+            return {"source": "unknown"}
+    return {"source": "checkpoint", "file": Path(source).name}  # the name only: no local path in a shared folder
+
+
+def recorded_source(config: dict) -> dict:
+    """The ``"weights_from"`` of a model folder's config; ``{"source": "unknown"}`` where it has none (saved by an
+    older vmm) or a hand-edited one."""
+    recorded = config.get(WEIGHTS_FROM)
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("source"), str) else {
+        "source": "unknown"}
 
 
 def _new_temp_file(directory: Path, name: str) -> str:
@@ -307,6 +347,7 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
                 raise VmmError(f"{directory} does not fit its config with {', '.join(overrides)} changed "
                                f"({type(e).__name__}: {error_text(e)})") from None
             model.model_name, model.model_meta = loaded.model_name, loaded.model_meta
+            model.weights_from = loaded.weights_from
         model.pretrained_source = str(directory)
         return model
     if not is_pretrained_dir(directory):
@@ -329,6 +370,7 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
                        f"{error_text(e)}){why}") from None
     model.model_name = cfg.get("model_name") or arch
     model.model_meta = cfg.get("model_meta") or {}
+    model.weights_from = recorded_source(cfg)
     model.pretrained_source = str(directory)
     return model
 

@@ -81,7 +81,7 @@ def load_trainable_export(directory: Union[str, Path]) -> nn.Module:
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from vmm.models.persistence import _check_readable, read_config
+    from vmm.models.persistence import _check_readable, read_config, recorded_source
     from vmm.models.registry import create_model
     directory = Path(directory)
     cfg = read_config(directory)  # a damaged config.json is one line naming it
@@ -120,6 +120,7 @@ def load_trainable_export(directory: Union[str, Path]) -> nn.Module:
         raise VmmError(f"{path} does not fit its config ({error_text(e)}); re-export the model") from None
     model.model_name = cfg.get("model_name") or cfg["architecture"]
     model.model_meta = cfg.get("model_meta") or {}
+    model.weights_from = recorded_source(cfg)
     model.pretrained_source = str(directory)
     return model
 

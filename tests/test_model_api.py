@@ -85,6 +85,11 @@ def test_a_model_folder_records_where_its_weights_came_from(tmp_path):
     old = vmm.from_pretrained(tmp_path / "saved")
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), src.state_dict().values()))
     assert read_config(vmm.save_pretrained(old, tmp_path / "resaved"))["weights_from"] == {"source": "unknown"}
+    # weights loaded over them later are what the model holds: a file by its name, a state dict of unknown source
+    vmm.load_checkpoint(old, tmp_path / "k400.pth")
+    assert read_config(vmm.save_pretrained(old, tmp_path / "reloaded"))["weights_from"] == from_file
+    vmm.load_checkpoint(src, src.state_dict())
+    assert read_config(vmm.save_pretrained(src, tmp_path / "from_dict"))["weights_from"] == {"source": "unknown"}
 
 
 @pytest.mark.parametrize("name, overrides, needle", [

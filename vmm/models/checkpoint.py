@@ -447,4 +447,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
         for k, v in sd.items():
             if k in own:
                 own[k].copy_(v.to(dtype=own[k].dtype))
+    # The weights are now this checkpoint's: save_pretrained records it (weights_source), where a model built from
+    # the released file and then given a fine-tuned one still claimed the released weights in vmm eval.
+    model.pretrained_source = source if isinstance(checkpoint, (str, Path)) else None
+    model.weights_from = None if isinstance(checkpoint, (str, Path)) else {"source": "unknown"}
     return model

@@ -45,6 +45,7 @@ from retrieval.paper_numbers import checkpoint_corpus
 from retrieval.report import atomic_write, build_report, check_outputs, format_markdown, write_json, write_markdown
 from retrieval.rerank import rerank_topk
 from vmm.errors import VmmError, is_whole_number
+from vmm.progress import ProgressBars
 
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
 MISSING_HINT = ("point videos= (--videos) at the folder that holds them or pass allow_missing=True (--allow-missing) "
@@ -299,40 +300,6 @@ def _load_eval_model(config: EvalConfig, device: torch.device | str = "cpu",
     name = getattr(model, "model_name", None) or str(model_arg)
     source = None if is_dir else str(getattr(model, "pretrained_source", checkpoint))
     return model, transform, tokenizer, name, source
-
-
-# ---------------------------------------------------------------------------------------------- progress
-class _Progress:
-    """A rich progress display (or nothing) with named tasks."""
-
-    def __init__(self, enabled: bool):
-        self._progress = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-            self._progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                      console=Console(stderr=True))
-
-    def __enter__(self) -> "_Progress":
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def task(self, description: str, total: int):
-        if self._progress is None:
-            return lambda advance=0, note=None, completed=None: None
-        task_id = self._progress.add_task(description, total=total, note="")
-
-        def update(advance: int = 0, note: str | None = None, completed: int | None = None) -> None:
-            fields = {} if note is None else {"note": note}
-            self._progress.update(task_id, advance=advance, completed=completed, **fields)
-        return update
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -622,7 +589,7 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
     my_texts = list(range(rank, len(dataset.texts), world))
     decode_options = DecodeOptions(num_frames=config.frames, window=math.inf, max_seconds=protocol.trim_seconds)
 
-    with _Progress(config.progress and rank == 0) as progress:
+    with ProgressBars(config.progress and rank == 0) as progress:
         tick = time.perf_counter()
         text = _encode_texts(model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len,
                             config.text_batch_size, runtime, progress.task("texts", len(my_texts)))

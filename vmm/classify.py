@@ -46,6 +46,7 @@ from torch import Tensor
 
 from vmm.errors import VmmError, error_text, is_whole_number, one_line
 from vmm.labels import load_labels
+from vmm.progress import ProgressBars
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_LABELS = "kinetics400"
@@ -354,8 +355,6 @@ def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence
     >>> class_embeddings(model, ["red", "green", "blue"], ["a {} square"]).shape
     torch.Size([3, 256])
     """
-    from retrieval.evaluate import _Progress
-
     templates = check_templates(templates)
     names = list(names)
     if not names:  # an empty batch ended in "cannot reshape tensor of 0 elements"
@@ -364,7 +363,7 @@ def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence
     texts = _prompts(encoder, names, templates)
     chunks = []
     # A bar drawn for one batch could only jump from empty to full: it shows for more than one
-    with _eval_mode(encoder), _Progress(progress and len(texts) > _PROMPT_BATCH) as bar:
+    with _eval_mode(encoder), ProgressBars(progress and len(texts) > _PROMPT_BATCH) as bar:
         advance = bar.task("encoding prompts", len(texts))
         for start in range(0, len(texts), _PROMPT_BATCH):
             chunks.append(encoder.encode_texts(texts[start:start + _PROMPT_BATCH]))

@@ -72,3 +72,52 @@ def test_launch_rank_and_size_agree_with_accelerate_for_every_launcher(monkeypat
     monkeypatch.setenv(size_var, "4")
     theirs = get_cpu_distributed_information()
     assert (launch_rank(), launch_world_size()) == (theirs.rank, theirs.world_size) == (2, 4)
+
+
+def test_entries_naming_one_video_share_its_sample_id_so_no_loss_takes_them_for_negatives(tmp_path):
+    """A list with one entry per caption (MSR-VTT's layout) gave every entry of a video its own sample id: VTC
+    pushed the video away from its own other captions, and VTM drew them as the hardest negatives, training the
+    ITM head to call a video and its caption no match."""
+    from vmm.data.synthetic import generate_corpus
+    from vmm.training.losses import sample_hard_negatives
+    generate_corpus(tmp_path, num_videos=6, seed=0, size=32, seconds=1.0, workers=1)
+    videos = [e["video"] for e in json.loads((tmp_path / "train.json").read_text())]
+    entries = [{"video": v, "caption": f"take {k} of {v}"} for k in range(3) for v in videos]
+    (tmp_path / "per_caption.json").write_text(json.dumps(entries))
+    corpus = load_annotation_corpus(str(tmp_path / "per_caption.json"), str(tmp_path))
+    samples = [PretrainDataset([corpus], 4, TrainTransform(32), seed=0)[(0, 0, u)] for u in range(len(entries))]
+    ids = torch.tensor([s["sample_id"] for s in samples])
+    same_video = torch.tensor([[a["video"] == b["video"] for b in entries] for a in entries])
+    assert torch.equal(ids.view(-1, 1) == ids.view(1, -1), same_video)
+    assert [s["caption"] for s in samples] == [e["caption"] for e in entries]
+    # Captions of one video are the most similar pairs: never drawn as negatives, whatever the draw.
+    sim = same_video.float() * 20
+    for _ in range(20):
+        neg_text, neg_video = sample_hard_negatives(sim, ids)
+        assert not same_video[torch.arange(len(ids)), neg_text].any()
+        assert not same_video[neg_video, torch.arange(len(ids))].any()
+
+
+def test_a_list_in_the_current_folder_with_a_colon_in_a_name_and_animated_gifs_decode(tmp_path, monkeypatch):
+    """Two kinds of valid media that every draw failed on, so a corpus of them stopped on "corrupt samples in a
+    row": a relative "12:30 clip.mp4", which ffmpeg read as a URL of protocol "12", and an animated GIF, which
+    decord cannot open."""
+    import av
+    from PIL import Image
+    from vmm.data.synthetic import generate_corpus
+    generate_corpus(tmp_path / "src", num_videos=2, seed=0, size=32, seconds=1.0, workers=1)
+    video = sorted((tmp_path / "src" / "videos").glob("*.mp4"))[0]
+    (tmp_path / "12:30 clip.mp4").write_bytes(video.read_bytes())
+    with av.open(str(video)) as container:
+        frames = [Image.fromarray(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    (tmp_path / "anno.json").write_text(json.dumps([{"video": "12:30 clip.mp4", "caption": "a clip at 12:30"},
+                                                    {"video": "anim.gif", "caption": "an animated gif"}]))
+    monkeypatch.chdir(tmp_path)
+    dataset = PretrainDataset([load_annotation_corpus("anno.json", "")], 4, TrainTransform(32, flip_p=0.0), seed=0,
+                              max_retries=0)
+    for unit, caption in enumerate(["a clip at 12:30", "an animated gif"]):
+        sample = dataset[(0, 0, unit)]
+        assert sample["failed"] == [] and sample["caption"] == caption
+        clip = sample["video"]
+        assert clip.shape == (3, 4, 32, 32) and not torch.equal(clip[:, 0], clip[:, -1])  # moving, not one frame

@@ -146,3 +146,42 @@ def test_an_unreadable_init_file_is_named_by_its_option(tmp_path):
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     with pytest.raises(VmmError, match=r"^model.init: .*notes.pth"):
         build_model(_tiny(f"model.init={tmp_path / 'notes.pth'}"))
+
+
+@pytest.mark.parametrize("size, gpus", [("5m", 16), ("17m", 32), ("25m", 32)])
+def test_released_recipes_launch_on_the_official_gpus_from_the_official_weights(size, gpus):
+    """Spec 3.5: 2 x 8 GPUs for 5M and 4 x 8 for 17M/25M at 128 clips each (the global batch, which VTC's negatives
+    and the step count depend on), in bf16; the vision tower from the K400 masked pretraining, the text tower from
+    BERT-base, a CLIP ViT-B/16 teacher with OpenAI's weights (QuickGELU); cosine to the official min_lr_multi 0.01."""
+    import re
+
+    import yaml
+    recipe = PRETRAIN / f"videomamba_m16_{size}_stage1.yaml"
+    launch = re.search(r"--config_file (configs/accelerate/\S+\.yaml)", recipe.read_text()).group(1)
+    accelerate = yaml.safe_load((REPO / launch).read_text())
+    assert (accelerate["num_processes"], accelerate["num_machines"] * 8) == (gpus, gpus)
+    assert accelerate["distributed_type"] == "MULTI_GPU" and accelerate["mixed_precision"] == "bf16"
+    s1 = load_config(recipe)
+    assert s1.data.batch_size * gpus == {16: 2048, 32: 4096}[gpus]
+    assert s1.model.text["init_from"].endswith("bert-base-uncased") and s1.model.init is None
+    assert (s1.teacher.clip_model, s1.teacher.clip_weights, s1.teacher.clip_quick_gelu) == ("ViT-B-16", "openai", True)
+    assert s1.schedule.min_lr_ratio == 0.01 and s1.schedule.max_steps is None and s1.optim.grad_clip is None
+    s2 = load_config(PRETRAIN / f"videomamba_m16_{size}_stage2.yaml")
+    assert s2.model.text.get("init_from") is None  # BERT comes from the stage-1 model, not from BERT-base again
+
+
+def test_masked_stage_pools_one_vector_per_clip_and_the_unmasked_stage_one_per_frame():
+    """Spec 3.2: with the attention mask of stage 1 the VTC feature is CLS + mean of the visible tokens (B, 1, D);
+    unmasked (stage 2, eval) it is per frame (B, T, D), as the recipes' model config keeps keep_temporal."""
+    from vmm.training.teacher import attention_guided_mask
+    assert check_model_config(load_config(PRETRAIN / "videomamba_m16_5m_stage2.yaml")).vision.keep_temporal
+    model, _ = build_model(_tiny())
+    encoder, (B, T, P) = model.vision_encoder, (2, 4, 4)  # tiny: 4 frames of 2 x 2 patches
+    video = torch.randn(B, 3, T, 32, 32)
+    mask = attention_guided_mask(torch.rand(B, T, P), 0.5)
+    assert mask.shape == (B, 1 + T * P) and int((~mask[:, 1:]).sum()) == B * T * P // 2
+    with torch.no_grad():
+        _, masked, x_clip = encoder(video, mask=mask, keep_temporal=model.cfg.vision.keep_temporal)
+        _, unmasked, _ = encoder(video, keep_temporal=model.cfg.vision.keep_temporal)
+    assert masked.shape == (B, 1, 64) and unmasked.shape == (B, T, 64)
+    assert x_clip.shape[-2:] == (1 + T * P // 2, 32)  # the visible tokens (CLS too) go to the CLIP decoder

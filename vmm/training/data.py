@@ -62,9 +62,15 @@ class Corpus:
     weight: float = 1.0
     groups: Optional[list] = None  # per item: a group id (items of a group share batches) or None
     missing_note: Optional[str] = None  # start-up warning: missing media data.max_missing allowed, skipped tar keys
+    # Per item, the first item of the list naming the same media file; None when every item names its own.
+    first_of_media: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def media_item(self, item: int) -> int:
+        """The item whose index identifies ``item``'s media file (itself unless the list names the file before)."""
+        return item if self.first_of_media is None else int(self.first_of_media[item])
 
     def describe(self, item: int) -> str:
         if self.shards:
@@ -75,7 +81,9 @@ class Corpus:
     def media_source(self, item: int):
         """A path for decoders, or a file object over a tar member's bytes."""
         if not self.shards:
-            return str(self.root / self.paths[item])
+            # Absolute: ffmpeg takes a relative "12:30 clip.mp4" (a list in the current folder) for a URL whose
+            # protocol is "12", and every draw of the file failed.
+            return str((self.root / self.paths[item]).absolute())
         m = self.members[item]
         with open(self.shards[m.shard], "rb") as f:
             f.seek(m.offset)
@@ -154,7 +162,23 @@ def load_annotation_corpus(anno: str, root: str, weight: float = 1.0, name: Opti
             raise VmmError(f"{where}.group_key: entry {odd} of {path} has {group_key}={json.dumps(groups[odd])}; "
                            f"a group id must be a string or a number")
     return Corpus(name=name or path.stem, kind=kinds.pop(), captions=captions, paths=paths, root=media_root,
-                  weight=weight, groups=groups, missing_note=missing_note)
+                  weight=weight, groups=groups, missing_note=missing_note, first_of_media=first_of_media(paths))
+
+
+def first_of_media(paths: Sequence[str]) -> Optional[np.ndarray]:
+    """Per entry, the index of the first entry naming the same file; None when no file is named twice.
+
+    A list with one entry per caption (MSR-VTT's, a user's) names a video once per caption. Their sample ids must
+    be one, as the official retrieval training's ``match_ids`` make them: else VTC pushes the video away from its
+    own other captions, and VTM draws them as its hardest negatives and trains the ITM head to call them no match.
+
+    >>> first_of_media(["a.mp4", "b.mp4", "a.mp4"]).tolist(), first_of_media(["a.mp4", "b.mp4"])
+    ([0, 1, 0], None)
+    """
+    if len(set(paths)) == len(paths):  # the usual case, and the cheap test (a second for 10M entries)
+        return None
+    first: dict[str, int] = {}
+    return np.fromiter((first.setdefault(p, i) for i, p in enumerate(paths)), dtype=np.int64, count=len(paths))
 
 
 # Up to this many entries every media file is stat-ed (about a second on a local disk); a bigger corpus checks a
@@ -345,7 +369,8 @@ def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list
 
 def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray:
     """Decode N 'rand'-sampled frames -> (N, H, W, 3) uint8: with decord, as the official loader does, except a
-    file whose frames decord cannot fetch accurately (see :func:`_decord_miscounts`), which PyAV decodes."""
+    file whose frames decord cannot fetch accurately (see :func:`_decord_miscounts`) or that it cannot open (an
+    animated GIF), which PyAV decodes."""
     import decord
     if isinstance(source, str) and not os.path.exists(source):
         # decord would print its own C++ "ERROR opening" line to stderr before raising, once per draw of a file
@@ -354,7 +379,12 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
         raise FileNotFoundError("no such file")
     if isinstance(source, str) and _decord_miscounts(source):
         return _read_frames_in_order(source, num_frames, rng)
-    reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
+    try:
+        reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
+    except decord.DECORDError:
+        # decord 0.6 opens no animated GIF ("broken meta"), which PyAV reads (a damaged file fails there too).
+        with _as_path(source) as path:
+            return _read_frames_in_order(path, num_frames, rng)
     vlen = len(reader)
     if vlen < 1:
         raise ValueError("video has no frames")
@@ -445,7 +475,7 @@ class PretrainDataset(Dataset):
     A unit is an item (``caption_sampling="random"``) or one (item, caption) pair (``"all"``); unit
     ``u + r * units`` is repeat r of unit u (a corpus weighted above 1), with draws of its own. The sample id
     used for multi-positive contrastive targets is the item's index over all corpora, so captions (and repeats)
-    of the same video share it.
+    of the same video share it, and so do entries of one list naming the same file (:func:`first_of_media`).
     """
 
     def __init__(self, corpora: list[Corpus], num_frames: int, transform, seed: int,
@@ -488,8 +518,8 @@ class PretrainDataset(Dataset):
                 failed.append(f"{corpus.describe(item)} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
                 unit = rng.randrange(self.num_units(corpus_id))
                 continue
-            return {"video": pixels, "caption": caption, "sample_id": self.item_offset[corpus_id] + item,
-                    "kind": corpus.kind, "failed": failed}
+            return {"video": pixels, "caption": caption, "kind": corpus.kind, "failed": failed,
+                    "sample_id": self.item_offset[corpus_id] + corpus.media_item(item)}
         raise VmmError(f"{self.max_retries + 1} corrupt samples in a row in corpus {corpus.name} "
                        f"(last: {failed[-1]}); check the data (data.max_retries raises the limit)")
 

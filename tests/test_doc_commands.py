@@ -111,8 +111,8 @@ def _command(doc: str, line: int, text: str, words: list[str]):
     return None
 
 
-def doc_commands() -> list[DocCommand]:
-    found = []
+def _shell_lines():
+    """(doc, line, text) of every logical line of the docs' shell blocks, in reading order."""
     for path in DOCS:
         source = path.read_text(encoding="utf-8")
         for block in FENCE.finditer(source):
@@ -120,8 +120,21 @@ def doc_commands() -> list[DocCommand]:
                 continue
             first = source.count("\n", 0, block.start(2)) + 1
             for line, text in _logical_lines(block.group(2), first):
-                found.extend(_commands(str(path.relative_to(REPO)), line, text))
-    return found
+                yield str(path.relative_to(REPO)), line, text
+
+
+def doc_commands() -> list[DocCommand]:
+    return [command for doc, line, text in _shell_lines() for command in _commands(doc, line, text)]
+
+
+def _writes_file(text: str) -> bool:
+    """A line that writes a file the next commands read (``printf '%s\\n' red green > colours.txt``): the run below
+    runs it where it stands, so a command that needs the file works only if its page writes it first."""
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:
+        return False
+    return words[:1] in (["printf"], ["echo"]) and len(words) >= 3 and words[-2] == ">" and "|" not in words
 
 
 COMMANDS = doc_commands()
@@ -233,6 +246,13 @@ def test_commands_in_pipelines_and_lists_are_found():
                                                              ("index", "v", "--library", "l;1")]
 
 
+def test_lines_that_write_a_file_are_found():
+    # README's `vmm classify ... --labels colours.txt` failed as written: the file was written on another page only.
+    assert _writes_file("printf '%s\\n' red 'dark green' > colours.txt   # the labels, one a line")
+    assert not _writes_file("printf '%s\\n' a b | vmm search ~/lib --queries -")
+    assert not _writes_file("vmm search ~/lib 'a > b' > hits.txt")
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.doc}:{c.line}")
 def test_documented_command_parses(command, monkeypatch):
     assert command.module in MODULES, f"{command}\n  no parser known for {command.module}: add it to this test"
@@ -252,6 +272,8 @@ def test_documented_command_parses(command, monkeypatch):
 # it that the filter must drop, and ~/videos/old for `--remove`.
 VIDEOS = {"red.mp4": 2, "square.mp4": 2, "holidays/long.mp4": 61, "holidays/beach.mp4": 2, "old/green.mp4": 2}
 QUERY_SOURCE = "square.mp4"  # query.mp4 is a copy: a search by it must rank this video first
+# clips/ for `vmm classify clips/`: squares of the docs' label colours, which vmm_nano must name zero-shot
+CLIP_COLOURS = {"red": videos.RED, "green": videos.GREEN, "blue": videos.BLUE}
 ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(.+?)\s+\d+:\d\d\.\d\d-\d+:\d\d\.\d\d\s*$", re.M)
 JSON_FIELDS = {"rank", "score", "path", "start", "end", "clip_ids", "itm", "exists"}  # as docs/search.md lists them
 
@@ -276,6 +298,9 @@ def _make_videos(home: Path, work: Path) -> None:
             videos.write_solid(str(path), videos.GREEN if "green" in name else videos.RED, seconds)
     shutil.copy(home / "videos" / QUERY_SOURCE, work / "query.mp4")
     videos.write_moving_square(str(work / "clip.mp4"), seconds=1.0)
+    (work / "clips").mkdir()
+    for name, colour in CLIP_COLOURS.items():
+        videos.write_moving_square(str(work / "clips" / f"{name}.mp4"), seconds=1.0, color=colour)
 
 
 def _runs_offline(args) -> bool:
@@ -283,7 +308,7 @@ def _runs_offline(args) -> bool:
         return args.model is None and args.videos <= 50
     if args.command == "encode":  # without --checkpoint any model runs with random weights
         return args.checkpoint is None
-    if args.command in ("index", "search"):  # the shipped model, or the one the library records
+    if args.command in ("index", "search", "classify"):  # the shipped model, or the one the library records
         return args.checkpoint is None and args.model in (None, "vmm_nano")
     return False
 
@@ -299,8 +324,10 @@ def _videos_under(home: Path, paths) -> list[str]:
                                            for r in roots)]
 
 
-def _check_output(args, out: str, home: Path, indexed: set) -> None:
-    if args.command == "demo":
+def _check_output(args, out: str, home: Path, indexed: set, work: Path) -> None:
+    if args.command == "classify":
+        _check_classify(args, out, work)
+    elif args.command == "demo":
         library = _expand(args.out, home) / "library"
         assert re.search(rf"^\[2/4\] vmm index .* --library {re.escape(str(library))} ", out, re.M)
         assert re.search(rf"^      indexed {args.videos} files \({args.videos} clips\), 0 unchanged, 0 failed", out, re.M)
@@ -338,6 +365,33 @@ def _check_output(args, out: str, home: Path, indexed: set) -> None:
             _check_table([m.group(3) for m in ROW.finditer(table)], args, home)
 
 
+CLASSIFY_HEADER = re.compile(r"(.+): \d+ clips? x \d+ crops? of \d+ frames at \d+ px, \S+ zero-shot "
+                             r"\((\d+) labels x (\d+) templates\), \d+\.\d\d s on cpu")
+LABEL_ROW = re.compile(r"\s+(\d+)\s+([01]\.\d{4})\s+(.+)")
+
+
+def _check_classify(args, out: str, work: Path) -> None:
+    """docs/classify.md's text output: per video a header line, then rank, probability and label, best first; a
+    square of one of the labels' colours is named by that colour."""
+    from vmm.classify import DEFAULT_TEMPLATES
+    labels = [line.strip() for line in (work / args.labels).read_text().splitlines() if line.strip()]
+    named = []
+    for block in out.strip().split("\n\n"):
+        header, *rows = block.splitlines()
+        video, n_labels, n_templates = CLASSIFY_HEADER.fullmatch(header).groups()
+        assert (int(n_labels), int(n_templates)) == (len(labels), len(args.template or DEFAULT_TEMPLATES))
+        top = [LABEL_ROW.fullmatch(row).groups() for row in rows]
+        assert [int(rank) for rank, _, _ in top] == list(range(1, min(args.top_k, len(labels)) + 1))
+        assert [float(p) for _, p, _ in top] == sorted((float(p) for _, p, _ in top), reverse=True)
+        assert {label for _, _, label in top} <= set(labels)
+        if Path(video).stem in labels:
+            assert top[0][2] == Path(video).stem, f"{video}: {top}"
+        named.append(Path(video).name)
+    given = [sorted(p.name for p in (work / v).iterdir()) if (work / v).is_dir() else [Path(v).name]
+             for v in args.videos]
+    assert named == [name for names in given for name in names]
+
+
 def _check_table(paths: list[str], args, home: Path) -> None:
     """The paths of one result table of ``vmm search``, as its options promise them."""
     assert 1 <= len(paths) <= args.k
@@ -366,9 +420,7 @@ def test_offline_commands_run_as_written(tmp_path):
     env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     indexed, ran = set(), []
-    for command in COMMANDS:
-        if command.module != "vmm.cli" or command.launcher:  # a launcher's processes need their GPUs
-            continue
+    for command in _commands_in_reading_order(work, env):
         args, error = _parse(build_parser().parse_args, command.argv)
         if error:
             continue  # test_documented_command_parses names it; the count of commands run below drops
@@ -378,12 +430,24 @@ def test_offline_commands_run_as_written(tmp_path):
                               timeout=300)
         assert done.returncode == 0, f"{command}\n  exit {done.returncode}: {done.stderr[-2000:]}"
         try:
-            _check_output(args, done.stdout, home, indexed)
+            _check_output(args, done.stdout, home, indexed, work)
         except AssertionError as e:
             raise AssertionError(f"{command}\n  unexpected output ({e}):\n{done.stdout[-2000:]}") from None
         ran.append(command)
-    assert {c.doc for c in ran} == {"README.md", "docs/search.md"} and len(ran) >= 12, "\n".join(map(str, ran))
-    assert {c.argv[0] for c in ran} == {"demo", "encode", "index", "search"}, "\n".join(map(str, ran))
+    assert {c.doc for c in ran} == {"README.md", "docs/search.md", "docs/classify.md"} and len(ran) >= 15, \
+        "\n".join(map(str, ran))
+    assert {c.argv[0] for c in ran} == {"demo", "encode", "index", "search", "classify"}, "\n".join(map(str, ran))
+
+
+def _commands_in_reading_order(work: Path, env: dict):
+    """The docs' vmm commands to run, in reading order, after running (in ``work``) each line before them that
+    writes a file they read."""
+    for doc, line, text in _shell_lines():
+        if _writes_file(text):
+            subprocess.run(["bash", "-c", text], cwd=work, env=env, check=True)
+        for command in _commands(doc, line, text):
+            if command.module == "vmm.cli" and not command.launcher:  # a launcher's processes need their GPUs
+                yield command
 
 
 # -- every option is documented --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ COMMANDS = {
     "index": "index a folder of videos into a searchable library",
     "search": "search a library by text or by example video",
     "eval": "zero-shot retrieval evaluation (MSRVTT, DiDeMo, ActivityNet, LSMDC, MSVD protocols)",
-    "classify": "top-5 Kinetics-400 labels of videos with a VideoMamba classifier",
+    "classify": "top labels of videos: Kinetics-400 with a VideoMamba classifier, any label set zero-shot",
     "encode": "encode a video clip with a VideoMamba encoder and print shape and timing",
 }
 

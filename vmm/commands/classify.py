@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=1, help="temporal views (official K400 test: 4) [1]")
     p.add_argument("--crops", type=int, default=1, help="spatial views along the long side (official: 3) [1]")
     p.add_argument("--top-k", type=int, default=5, help="labels to print [5]")
-    p.add_argument("--labels", help="class names: a built-in set (kinetics400) or a text file, one name per "
-                   "line in head order (default: the model's, else kinetics400)")
+    p.add_argument("--labels", help="class names: a built-in set (kinetics400) or a file in head order (.txt one "
+                   "name a line, .csv index,name rows, .json); a video-text model takes any names, zero-shot "
+                   "(default: the model's, else kinetics400)")
     p.add_argument("--template", action="append", metavar="TEXT",
                    help="zero-shot prompt with {} for the class name, repeatable: a class scores the mean of its "
                    "prompts ['a video of {}.' and 3 more]")

@@ -101,6 +101,27 @@ def test_corrupt_samples_in_a_row_in_a_decoding_worker_are_one_line(tmp_path):
     assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
 
 
+def test_decoding_workers_are_capped_at_the_usable_cpus_with_the_same_batches(corpus, monkeypatch):
+    """The released recipes' data.num_workers 12 on a 2-core machine started 12 decoders (and PyTorch's warning
+    about them); the batches are the same whatever the count, each sample drawing from its own seed."""
+    import warnings
+
+    import index.ingest
+    from vmm.training.data import EpochPlan, batches, make_loader
+    dataset = PretrainDataset([load_annotation_corpus(str(corpus / "train.json"), str(corpus))], 2,
+                              TrainTransform(32), 0)
+    plan = EpochPlan([4], [1.0], batch_size=2, world=1, seed=0)
+    monkeypatch.setattr(index.ingest, "usable_cpus", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "This DataLoader will create 12 worker processes in total..."
+        loader = make_loader(dataset, plan, 0, 0, collate=list, num_workers=12)
+        assert loader.num_workers == 2
+        capped = [[s["video"] for s in batch] for batch in batches(loader)]
+    alone = [[s["video"] for s in batch] for batch in batches(make_loader(dataset, plan, 0, 0, list, num_workers=0))]
+    assert len(capped) == len(alone) == 2
+    assert all(torch.equal(a, b) for x, y in zip(capped, alone) for a, b in zip(x, y))
+
+
 def test_a_missing_decord_is_named_at_start_up(corpus, monkeypatch):
     """Without decord every sample failed to decode, and the run stopped on "21 corrupt samples in a row"."""
     from types import SimpleNamespace

@@ -706,7 +706,11 @@ class Collate:
 
 def make_loader(dataset: PretrainDataset, plan: EpochPlan, epoch: int, rank: int, collate: Collate,
                 num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader of one epoch for one process; its own generator keeps the global RNG untouched."""
+    """The DataLoader of one epoch for one process; its own generator keeps the global RNG untouched. At most one
+    decoding worker per usable CPU: more only add memory and contention (the released recipes' 12 drew PyTorch's
+    warning on a laptop), and each sample draws from its own seed, so the batches do not depend on the count."""
+    from index.ingest import usable_cpus
+    num_workers = min(num_workers, usable_cpus())
     kwargs = (dict(prefetch_factor=prefetch_factor, persistent_workers=False, worker_init_fn=_ignore_ctrl_c)
               if num_workers > 0 else {})
     return DataLoader(dataset, batch_sampler=plan.rank_batches(epoch, rank), collate_fn=collate,

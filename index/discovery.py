@@ -57,7 +57,7 @@ class Candidate:
 
     path: str  # absolute path as stored in the library
     size: int
-    mtime_ns: int
+    mtime_ns: int  # as storable_mtime gives it
     container: str | None  # sniffed container family ("mp4", "matroska", ...) or None
     problem: str | None = None  # why it cannot be a video, when that is clear without decoding
 
@@ -143,24 +143,38 @@ def classify_file(path: str, explicit: bool = False) -> Candidate | None:
     with _open_regular(path) as f:
         st = os.fstat(f.fileno())
         head = f.read(_HEAD_BYTES) if st.st_size else b""
+    mtime = storable_mtime(st.st_mtime_ns)
     by_extension = ext in VIDEO_EXTENSIONS
     if st.st_size == 0:
         if by_extension or explicit:
-            return Candidate(path, 0, st.st_mtime_ns, None, "empty file (0 bytes)")
+            return Candidate(path, 0, mtime, None, "empty file (0 bytes)")
         return None
     container = sniff_container(head)
     if container == "mp4-audio-or-image":
         problem = "not a video: MP4 container of audio or a still image (ftyp brand %r)" % head[8:12].decode("latin-1")
-        return Candidate(path, st.st_size, st.st_mtime_ns, None, problem) if by_extension or explicit else None
+        return Candidate(path, st.st_size, mtime, None, problem) if by_extension or explicit else None
     if by_extension:
         problem = "not a video: the file holds text" if container is None and _looks_like_text(head) else None
-        return Candidate(path, st.st_size, st.st_mtime_ns, container, problem)
+        return Candidate(path, st.st_size, mtime, container, problem)
     if container in _SNIFF_ACCEPTS:
-        return Candidate(path, st.st_size, st.st_mtime_ns, container)  # the decoder has the last word
+        return Candidate(path, st.st_size, mtime, container)  # the decoder has the last word
     if explicit:
         kind = "text" if _looks_like_text(head) else "unrecognised content"
-        return Candidate(path, st.st_size, st.st_mtime_ns, container, f"not a video: {kind} and no video extension")
+        return Candidate(path, st.st_size, mtime, container, f"not a video: {kind} and no video extension")
     return None
+
+
+def storable_mtime(mtime_ns: int) -> int:
+    """A file's ``st_mtime_ns`` as a library stores and compares it: a signed 64-bit integer, as SQLite keeps.
+
+    A time after 2262 (a camera with a wrong clock, ``touch -d 2300-01-01``; ext4 and XFS keep such times) does
+    not fit and ended the run with a traceback, losing the files of its batch; it wraps around instead, which
+    keeps two different times different.
+
+    >>> storable_mtime(1_700_000_000_000_000_000), storable_mtime(2**63)
+    (1700000000000000000, -9223372036854775808)
+    """
+    return (mtime_ns + 2**63) % 2**64 - 2**63
 
 
 def named_video_problem(path: str) -> str | None:

@@ -56,6 +56,7 @@ class IngestSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # folders/files that could not be listed
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, path the same file is indexed under)
     empty: list[str] = field(default_factory=list)  # paths given to the run under which no video was found
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (missing file kept, the empty folder that held it)
 
     @property
     def clips_per_second(self) -> float:
@@ -73,10 +74,14 @@ class IngestSummary:
             text += f", {n} duplicate path{'s' if n != 1 else ''} skipped (same file as another path)"
         if self.unreadable:
             text += f", {len(self.unreadable)} unreadable (kept as they were)"
+        if self.kept:
+            n, folders = len(self.kept), list(dict.fromkeys(folder for _, folder in self.kept))
+            text += (f", {n} missing file{'s' if n != 1 else ''} kept (the folder{'s' if len(folders) > 1 else ''} "
+                     f"{_some(folders)} {'are' if len(folders) > 1 else 'is'} empty: a drive not mounted? if deleted, "
+                     "vmm index --remove or remove_paths drops them)")
         if self.empty:
             # A mistyped folder (or a folder of .mov files behind the wrong mount) otherwise reads like success.
-            shown = ", ".join(self.empty[:3]) + (f" and {len(self.empty) - 3} more" if len(self.empty) > 3 else "")
-            text += f", no videos found under {shown}"
+            text += f", no videos found under {_some(self.empty)}"
         text += f" in {self.seconds:.1f} s"
         if self.clips:
             text += f" ({self.clips_per_second:.1f} clips/s)"
@@ -90,6 +95,10 @@ class IngestSummary:
         return ""
 
 
+def _some(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
 # -- planning a run -------------------------------------------------------------------------------
 @dataclass
 class _Plan:
@@ -99,6 +108,7 @@ class _Plan:
     rename: list[tuple[int, str, int, int]] = field(default_factory=list)
     touch: list[tuple[int, int, int]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (missing path, the empty folder that held it)
     unchanged: int = 0
     skipped_failed: int = 0
 
@@ -138,8 +148,9 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
             plan.skipped_failed += 1
     # Only a file that is really gone loses its clips (a fresh file with its content is a move): one that still
     # exists (unreadable, or under a folder that could not be listed) keeps them until it can be looked at again.
-    listable: dict[str, bool] = {}
-    known = {path: row for path, row in known.items() if path in found.rejected or _gone(path, listable)}
+    listing: dict[str, bool | None] = {}
+    held_by = {path: _missing_from(path, listing) for path in known if path not in found.rejected}
+    known = {path: row for path, row in known.items() if path in found.rejected or held_by[path] is not None}
     missing_by_size: dict[int, list[FileRecord]] = defaultdict(list)
     for row in known.values():
         if row.status == "ok":
@@ -154,7 +165,7 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
     sizes = {c.size for c in fresh if c.path not in indexed_as}
     for row in same_size:
         if (row.size in sizes and row.status == "ok" and row.path not in scoped
-                and _gone(row.path, listable)):
+                and _gone(row.path, listing)):
             missing_by_size[row.size].append(row)
     for candidate in fresh:
         if candidate.path in indexed_as:
@@ -170,6 +181,12 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
                 plan.rename.append((match.id, candidate.path, candidate.size, candidate.mtime_ns))
                 continue
         _schedule(plan, candidate)
+    # An empty folder where the library holds files is more often a drive not mounted at its mount point (a NAS
+    # share, a camera card) than every video deleted: removing them cost a whole re-embedding once it was back.
+    # They stay, and the summary says how to drop them; a file found elsewhere with their content still moves.
+    for path in [path for path in known if listing.get(held_by.get(path)) is False]:
+        plan.kept.append((path, held_by[path]))
+        del known[path]
     plan.remove = sorted(plan.remove + list(known.values()), key=lambda row: row.path)
     plan.duplicates.sort()
     return plan
@@ -198,18 +215,25 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _gone(path: str, listable: dict[str, bool]) -> bool:
-    """True when ``path`` does not exist and the folder that would hold it was listed fine.
+def _gone(path: str, listing: dict[str, bool | None]) -> bool:
+    """True when ``path`` does not exist and the folder that would hold it was listed fine."""
+    return _missing_from(path, listing) is not None
 
-    ``listable`` caches, per folder, whether it could be listed (a deleted folder of many files asks once).
+
+def _missing_from(path: str, listing: dict[str, bool | None]) -> str | None:
+    """For a ``path`` that does not exist, the nearest existing folder above it, which could be listed ("" where a
+    file stands in place of a folder); None when the path exists or whether it is gone cannot be told.
+
+    ``listing`` caches, per folder, None when it cannot be listed, else whether it holds anything (a deleted folder
+    of many files is listed once).
     """
     try:
         os.lstat(path)
-        return False
+        return None
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError:
-        return False  # permission denied on the way, I/O error...: cannot tell
+        return None  # permission denied on the way, I/O error...: cannot tell
     folder = os.path.dirname(path)
     while True:
         try:
@@ -217,24 +241,25 @@ def _gone(path: str, listable: dict[str, bool]) -> bool:
         except (FileNotFoundError, NotADirectoryError):
             folder, above = os.path.dirname(folder), folder
             if folder == above:
-                return True
+                return ""
             continue
         except OSError:
-            return False
-        if stat.S_ISLNK(st.st_mode):  # a broken link may be an unmounted drive
-            return os.path.exists(folder) and _listable(folder, listable)
-        return not stat.S_ISDIR(st.st_mode) or _listable(folder, listable)
+            return None
+        if stat.S_ISLNK(st.st_mode) and not os.path.exists(folder):
+            return None  # a broken link may be an unmounted drive
+        if not stat.S_ISLNK(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            return ""
+        return folder if _holds_anything(folder, listing) is not None else None
 
 
-def _listable(folder: str, cache: dict[str, bool]) -> bool:
-    if folder not in cache:
+def _holds_anything(folder: str, listing: dict[str, bool | None]) -> bool | None:
+    if folder not in listing:
         try:
             with os.scandir(folder) as entries:
-                next(entries, None)
-            cache[folder] = True
+                listing[folder] = next(entries, None) is not None
         except OSError:
-            cache[folder] = False
-    return cache[folder]
+            listing[folder] = None
+    return listing[folder]
 
 
 def _schedule(plan: _Plan, candidate: Candidate) -> None:
@@ -647,7 +672,7 @@ def _start_run(writer: LibraryWriter, roots: list[str], *, factory: str | None,
     summary.empty = _empty_roots(roots, found)
     plan = _plan(catalog, found, known, retry_failed)
     summary.unchanged, summary.skipped_failed, summary.duplicates = plan.unchanged, plan.skipped_failed, plan.duplicates
-    summary.removed, summary.moved = len(plan.remove), len(plan.rename)
+    summary.removed, summary.moved, summary.kept = len(plan.remove), len(plan.rename), plan.kept
     summary.failed = len(plan.problems)
     summary.failures = [(r.path, r.error) for r in plan.problems]
     if plan.problems or plan.remove or plan.rename or plan.touch:

@@ -537,7 +537,8 @@ def _check_unchanged(record, path: str) -> None:
         st = os.stat(path)
     except OSError:
         return  # read_windows reports a file that is gone
-    if record is not None and (st.st_size != record.size or st.st_mtime_ns != record.mtime_ns):
+    from index.discovery import storable_mtime  # as the library stored it: a time after 2262 wraps
+    if record is not None and (st.st_size != record.size or storable_mtime(st.st_mtime_ns) != record.mtime_ns):
         raise VmmError(f"{path} changed since it was indexed; run `vmm index` again to update the library, "
                        "or search without rerank= (--rerank)")
 

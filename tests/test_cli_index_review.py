@@ -53,6 +53,21 @@ def test_json_summary_tells_a_script_what_failed(tmp_path, capsys):
     assert json.loads(out) == {"library": library, "removed": 1, "not_found": [str(tmp_path / "elsewhere")]}
 
 
+def test_json_summary_names_files_kept_for_an_empty_folder(tmp_path, capsys):
+    """The files of a folder found empty (a drive not mounted) are kept; --json gave them as [path, folder] pairs
+    where its other lists say which is which."""
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    red = videos.write_solid(str(nas / "red.mp4"), videos.RED, seconds=1)
+    library = str(tmp_path / "lib")
+    assert main(["index", str(nas), "--library", library, *HIST]) == 0
+    os.remove(red)
+    capsys.readouterr()
+    assert main(["index", str(nas), "--library", library, *HIST, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["removed"], report["kept"]) == (0, [{"path": red, "folder": str(nas)}])
+
+
 @pytest.mark.parametrize("options, message", [
     (["--stride", "inf"], "--stride inf is longer than the window (10 s, the default); pass a --stride of at most 10 "
                           "seconds, or a longer --window"),

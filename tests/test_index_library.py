@@ -193,6 +193,39 @@ def test_folder_moved_outside_the_runs_paths_follows_its_rows(tmp_path):
     assert (copied.indexed, copied.moved) == (1, 0) and kept in {k[0] for k in library_contents(library)}
 
 
+def test_files_of_an_empty_folder_are_kept_as_a_drive_not_mounted(tmp_path):
+    """A NAS share or camera card not mounted leaves its mount point an empty folder: a run over it removed every
+    clip of the drive, all to be embedded again once it was back."""
+    drives = tmp_path / "mnt"
+    nas, card = drives / "nas", drives / "card"
+    (nas / "trip").mkdir(parents=True)
+    card.mkdir()
+    videos.write_solid(str(nas / "red.mp4"), videos.RED)
+    videos.write_solid(str(nas / "trip" / "blue.mp4"), videos.BLUE)
+    green = videos.write_solid(str(card / "green.mp4"), videos.GREEN)
+    library = str(tmp_path / "lib")
+    build_library([str(drives)], library, ENCODER, workers=0, progress=False)
+    before = library_contents(library)
+    unmounted = tmp_path / "elsewhere"
+    os.rename(nas, unmounted)
+    nas.mkdir()
+    os.remove(green)  # deleted from a folder that holds something else: gone
+    (card / "notes.txt").write_text("not a video")
+    for roots in ([nas], [drives]):
+        summary = build_library([str(r) for r in roots], library, ENCODER, workers=0, progress=False)
+        assert (summary.removed, [folder for _, folder in summary.kept]) == (int(roots == [drives]), [str(nas)] * 2)
+        assert f", 2 missing files kept (the folder {nas} is empty: a drive not mounted? if deleted, " in summary.line()
+    assert library_contents(library) == {k: v for k, v in before.items() if k[0] != green}
+    assert_index_matches_catalog(library)
+    # Found under another path, they move as any missing file does; one put back is unchanged.
+    shutil.copy(unmounted / "red.mp4", nas / "red.mp4")
+    os.utime(nas / "red.mp4", ns=(0, os.stat(unmounted / "red.mp4").st_mtime_ns))
+    os.rename(unmounted / "trip", tmp_path / "trip")
+    summary = build_library([str(drives), str(tmp_path / "trip")], library, ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.unchanged, summary.moved, summary.removed, summary.kept) == (0, 1, 1, 0, [])
+    assert sorted(k[0] for k in library_contents(library)) == [str(nas / "red.mp4"), str(tmp_path / "trip" / "blue.mp4")]
+
+
 def test_failed_files_are_skipped_then_retried(tmp_path):
     root = tmp_path / "media"
     root.mkdir()

@@ -144,7 +144,8 @@ def _summary_report(summary) -> dict:
     """The run's summary as JSON types, its (path, detail) pairs as objects that say which is which."""
     import dataclasses
     report = dataclasses.asdict(summary)
-    for name, detail in (("failures", "error"), ("unreadable", "reason"), ("duplicates", "indexed_as")):
+    for name, detail in (("failures", "error"), ("unreadable", "reason"), ("duplicates", "indexed_as"),
+                         ("kept", "folder")):
         report[name] = [{"path": path, detail: value} for path, value in getattr(summary, name)]
     return report
 

@@ -19,6 +19,7 @@ into :class:`vmm.errors.VmmError` by the public functions :func:`probe_video` an
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -444,18 +445,16 @@ def _orientation_from_display_matrix(matrix: list[int]) -> tuple[int, bool]:
     return round(-clockwise / 90) % 4 * 90, False
 
 
-def _count_packets(container, stream, progress: Progress = _no_progress) -> tuple[int, np.ndarray | None, float | None]:
-    """The number of frames of ``stream``, their presentation times (None when packets carry none) and when the
-    last one ends (None when packets carry no durations): a screen recorder holds its last frame for as long as
-    the screen stays still, which the times alone do not tell.
+def _frame_packets(container, stream, progress: Progress = _no_progress) -> list[tuple]:
+    """(pts, dts, duration, keyframe) of the packets of the frames of ``stream`` that are shown, in decode order.
 
     A recording cut between two keyframes (a broadcast capture, a .ts split at a byte offset) starts with frames
-    that refer to a keyframe it lacks: decoders skip them, so they are not counted, and time 0 is the first
+    that refer to a keyframe it lacks: decoders skip them, so they are left out, and time 0 is the first
     keyframe. Counted, every frame came out as the one a few packets later, and the file was called truncated.
     """
     import av
 
-    packets = []  # (pts, duration) of the frames shown, in decode order
+    packets = []
     undecodable, keyframe_seen = 0, False
     try:
         for packet in _demux(container, stream, progress):
@@ -463,20 +462,44 @@ def _count_packets(container, stream, progress: Progress = _no_progress) -> tupl
                 continue
             keyframe_seen = keyframe_seen or packet.is_keyframe  # an edit list's hidden first packets count
             if not packet.is_discard:
-                packets.append((packet.pts, packet.duration))
+                packets.append((packet.pts, packet.dts, packet.duration, packet.is_keyframe))
                 undecodable += not keyframe_seen
     except av.error.FFmpegError:
         pass  # a cut file: its frames stop here, which the length checks report
     if keyframe_seen:  # a stream that flags no keyframe at all is counted whole
         del packets[:undecodable]
-    pts = [p for p, _ in packets]
-    ends = [p + duration for p, duration in packets if p is not None and duration]
-    if not pts or None in pts or not stream.time_base:
+    return packets
+
+
+def _packet_times(packets, time_base) -> tuple[int, np.ndarray | None, float | None]:
+    """The number of frames of :func:`_frame_packets`, their presentation times (None when packets carry none) and
+    when the last one ends (None when packets carry no durations): a screen recorder holds its last frame for as
+    long as the screen stays still, which the times alone do not tell."""
+    pts = [p for p, _, _, _ in packets]
+    ends = [p + duration for p, _, duration, _ in packets if p is not None and duration]
+    if not pts or None in pts or not time_base:
         return len(pts), None, None
     pts.sort()
-    base, unit = pts[0], float(stream.time_base)
+    base, unit = pts[0], float(time_base)
     end = round((max(ends) - base) * unit, 6) if ends else None
     return len(pts), np.round((np.array(pts, np.float64) - base) * unit, 6), end
+
+
+def _count_packets(container, stream, progress: Progress = _no_progress) -> tuple[int, np.ndarray | None, float | None]:
+    """:func:`_packet_times` of the packets of ``stream``."""
+    return _packet_times(_frame_packets(container, stream, progress), stream.time_base)
+
+
+def _seek_points(packets) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """(the pts of frame 0, 1, ..., (pts, dts) of each keyframe), both by pts, when a frame can be found by seeking
+    to the keyframe before it and matching its pts: every frame has its own pts and there is more than one
+    keyframe. None otherwise (AVI B-frames and MPEG program streams leave pts out; one keyframe leaves nothing to
+    skip). A keyframe's dts is its pts where the container gives none (Matroska)."""
+    pts = [p for p, _, _, _ in packets]
+    keyframes = sorted((p, p if d is None else d) for p, d, _, key in packets if key and p is not None)
+    if None in pts or len(set(pts)) < len(pts) or len(keyframes) < 2:
+        return None
+    return sorted(pts), keyframes
 
 
 def _demux_times(path: str, progress: Progress = _no_progress) -> tuple[int, np.ndarray | None, float | None]:
@@ -539,33 +562,30 @@ class _DecordReader:
                 self.times = np.round(times - times[0], 6)
 
     def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
+        return _windows(spans, self._frames(spans, frame_bytes))
+
+    def _frames(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
         # Overlapping windows interleave their frames; asking decord for each window in
         # turn would seek backwards and decode every frame twice. Fetch the union of all
-        # indices in ascending chunks instead, and hand out windows as they complete.
+        # indices in ascending chunks instead.
         needed = sorted({i for span in spans for i in span.frames})
         chunk = int(max(1, min(32, _CHUNK_BYTES // max(1, frame_bytes))))
-        kept: dict[int, np.ndarray] = {}
-        pending = list(spans)
         for first in range(0, len(needed), chunk):
             indices = needed[first:first + chunk]
             try:
                 batch = self._reader.get_batch(indices).asnumpy()
             except Exception as error:
                 raise _BackendError(f"decord failed at frames {indices[0]}-{indices[-1]}: {_error_text(error)}") from None
-            kept.update(zip(indices, batch))
-            while pending and max(pending[0].frames) <= indices[-1]:
-                span = pending.pop(0)
-                yield np.stack([kept[i] for i in span.frames])
-                lowest = min(pending[0].frames) if pending else indices[-1] + 1
-                for index in [i for i in kept if i < lowest]:
-                    del kept[index]
+            yield from zip(indices, batch)
 
     def close(self) -> None:
         self._reader = None
 
 
 class _PyAVReader:
-    """Sequential PyAV decoding: slower than decord's seeking but tolerant of odd files."""
+    """PyAV decoding: slower than decord's but tolerant of odd files. Frames are decoded in order, and a frame past
+    the next keyframe is reached by seeking to the keyframe before it and matching its pts, so a few frames of a
+    long video (one clip per video) do not cost decoding all of it."""
 
     name = "pyav"
 
@@ -584,35 +604,73 @@ class _PyAVReader:
                 self.fps = float(rate) if rate else 0.0
                 # Count the packets (I/O, no decoding) rather than trust the header's frame count: an AVI
                 # header can say half of what its index holds, and the rest of the video was left out.
-                self.num_frames, self.times, self.end = _count_packets(container, stream, progress)
+                packets = _frame_packets(container, stream, progress)
+                self.num_frames, self.times, self.end = _packet_times(packets, stream.time_base)
+                self._seek_points = _seek_points(packets)
         except av.error.FFmpegError as error:
             raise _BackendError(f"PyAV cannot open it: {_error_text(error)}") from None
 
     def read(self, spans: list[ClipSpan], frame_bytes: int) -> Iterator[np.ndarray]:
+        needed = sorted({i for span in spans for i in span.frames})
+        frames = self._seek_and_decode(needed) if self._seek_points else self._decode_in_order(needed)
+        return _windows(spans, frames)
+
+    def _open(self):
         import av
 
-        needed = {i for span in spans for i in span.frames}
-        kept: dict[int, np.ndarray] = {}
-        pending = list(spans)
-        position = 0
-        last_frame = None
-        with av.open(self._path, metadata_errors="ignore") as container:
-            stream = container.streams.best("video")
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self._threads
+        container = av.open(self._path, metadata_errors="ignore")
+        stream = container.streams.best("video")
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = self._threads
+        return container, stream
+
+    def _seek_and_decode(self, needed: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, frame) of each of ``needed`` (ascending), skipping the GOPs that hold none of them; what this way
+        misses (a frame the decoder dropped, a seek that landed after its target, a decoding error) is left to
+        :meth:`_decode_in_order`, which also reports what is wrong with the file."""
+        import av
+
+        pts, keyframes = self._seek_points
+        done = 0
+        container, stream = self._open()
+        with container:
+            try:
+                frames = _decoded(container, stream, self._progress)
+                decoded_to = keyframes[0][0]  # the latest pts decoded since the last seek
+                for index in needed:
+                    target = pts[index]
+                    key = bisect.bisect_right(keyframes, (target, math.inf)) - 1
+                    if key > 0 and keyframes[key][0] > decoded_to:  # frames up to that keyframe are of no use
+                        # By its dts: MPEG-TS seeks by dts, and landed after a keyframe sought by its (later) pts.
+                        container.seek(keyframes[key][1], stream=stream)
+                        frames = _decoded(container, stream, self._progress, after_seek_to=target)
+                        decoded_to = keyframes[key][0]
+                    frame = next((f for f in frames if f.pts is not None and f.pts >= target), None)
+                    if frame is None or frame.pts != target:
+                        break  # dropped by the decoder, or the seek landed past it
+                    decoded_to = frame.pts
+                    yield index, upright_rgb(frame, *self._orientation)
+                    done += 1
+            except av.error.FFmpegError:
+                pass
+        if done < len(needed):
+            yield from self._decode_in_order(needed[done:])
+
+    def _decode_in_order(self, needed: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, frame) of each of ``needed`` (ascending), counting every frame decoded from the start."""
+        import av
+
+        wanted = set(needed)
+        position, last_frame = 0, None
+        container, stream = self._open()
+        with container:
             try:
                 for last_frame in container.decode(stream):
                     self._progress()  # frames between two clips (the whole video for window=inf) are one step
-                    if position in needed:
-                        kept[position] = upright_rgb(last_frame, *self._orientation)
+                    if position in wanted:
+                        yield position, upright_rgb(last_frame, *self._orientation)
                     position += 1
-                    while pending and max(pending[0].frames) < position:
-                        span = pending.pop(0)
-                        yield np.stack([kept[i] for i in span.frames])
-                        lowest = min(pending[0].frames) if pending else position
-                        for index in [i for i in kept if i < lowest]:
-                            del kept[index]
-                    if not pending:
+                    if position > needed[-1]:
                         return
             except av.error.FFmpegError as error:
                 raise DecodeFailure(f"decoding failed at frame {position} of {self.num_frames} "
@@ -623,11 +681,44 @@ class _PyAVReader:
             raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
                                 "the file is truncated or corrupt")
         final = upright_rgb(last_frame, *self._orientation)
-        for span in pending:
-            yield np.stack([kept.get(i, final) for i in span.frames])
+        for index in needed:
+            if index >= position:
+                yield index, final
 
     def close(self) -> None:
         pass
+
+
+def _decoded(container, stream, progress: Progress, after_seek_to: int | None = None) -> Iterator:
+    """The frames decoded from the packets of ``stream``. After a seek, decoding starts at the first keyframe (a
+    demuxer that seeks by time may land on any packet, and what precedes a keyframe cannot be decoded), and stops
+    at once when that keyframe comes after pts ``after_seek_to``."""
+    started = after_seek_to is None
+    for packet in _demux(container, stream, progress):
+        if not started:
+            if not packet.is_keyframe:
+                continue
+            if packet.pts is None or packet.pts > after_seek_to:
+                return
+            started = True
+        yield from packet.decode()
+
+
+def _windows(spans: list[ClipSpan], frames: Iterator[tuple[int, np.ndarray]]) -> Iterator[np.ndarray]:
+    """The frames of each span, stacked, as soon as its last one arrives; ``frames`` gives (index, frame) for every
+    index the spans hold, ascending. A frame is kept only until the last span that needs it is out."""
+    kept: dict[int, np.ndarray] = {}
+    pending = list(spans)
+    for index, frame in frames:
+        kept[index] = frame
+        while pending and max(pending[0].frames) <= index:
+            span = pending.pop(0)
+            yield np.stack([kept[i] for i in span.frames])
+            lowest = min(pending[0].frames) if pending else index + 1
+            for old in [i for i in kept if i < lowest]:
+                del kept[old]
+        if not pending:
+            return
 
 
 def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests import videos
-from index.decode import Clip, DecodeOptions, DecodeStart, decode_video, iter_decode
+from index.decode import Clip, DecodeOptions, DecodeStart, decode_video, iter_decode, sample_middle_indices
 from vmm.errors import VmmError
 
 
@@ -37,6 +37,26 @@ def test_decord_reports_progress_while_pyav_times_a_variable_frame_rate_file(tmp
     (start, opening), *_ = _progress_per_step(path, backend="decord")
     assert start.info.backend == "decord"
     assert opening >= 30  # the exact frame times come from PyAV reading every packet
+
+
+@pytest.mark.parametrize("name, writer_options", [
+    ("portrait.mp4", {"rotation": -90}),  # a phone video: rotated, so always read with PyAV
+    ("recording.ts", {"fmt": "mpegts"}),  # MPEG-TS seeks by dts: sought by its pts, a keyframe was passed
+    ("open-gop.mkv", {"open_gop": True}),  # frames shown before a keyframe are decoded from the GOP before
+])
+def test_pyav_seeks_past_the_gops_that_hold_no_sampled_frame(tmp_path, name, writer_options):
+    # One clip per video (vmm classify and encode) of a phone video, a TV recording or an open-GOP file, all read
+    # with PyAV: it decoded every frame up to the last one sampled, so it took as long as the video played.
+    n, fps = 400, 25
+    path = videos.write_index_coded(str(tmp_path / name), n, fps=fps, keyint=10, **writer_options)
+    (start, _), (clip, packets_read) = _progress_per_step(path, window=math.inf)
+    assert start.info.backend == "pyav" and start.info.num_frames == n
+    assert [videos.frame_index(frame) for frame in clip.frames] == sample_middle_indices(n, 8).tolist()
+    assert packets_read < n / 2  # about the 8 GOPs (of 10 frames) that hold a sampled frame, not all 40
+    _, clips = decode_video(path, window=2.0, stride=1.5)  # windows that need some frames of most GOPs
+    for clip in clips:
+        first, stop = int(clip.start * fps + 1e-6), int(clip.end * fps + 1e-6)  # the frames on screen
+        assert [videos.frame_index(f) for f in clip.frames] == (first + sample_middle_indices(stop - first, 8)).tolist()
 
 
 def _counter_with_keyframe_every(path, n, gop, fmt=None):

@@ -93,6 +93,36 @@ def write_counter(path: str, n: int, *, fps: int = 10, codec: str = "h264", widt
     return write_frames(path, frames, fps=fps, codec=codec, options={})
 
 
+def index_coded_frame(i: int, width: int = 32, height: int = 24) -> np.ndarray:
+    """Frame ``i`` (< 729) of :func:`write_index_coded`: red 20 + 8 * (i % 27), green 20 + 8 * (i // 27). The steps
+    outlast YUV 4:2:0 and back (up to 3 off) and the levels its clipping (red 246 with green 6 came back green 3)."""
+    return np.array([20 + 8 * (i % 27), 20 + 8 * (i // 27), 128], np.uint8) + np.zeros((height, width, 3), np.uint8)
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """The index an :func:`index_coded_frame` shows (its colour, averaged against compression noise)."""
+    red, green = frame.reshape(-1, 3).mean(axis=0)[:2]
+    return round((red - 20) / 8) + 27 * round((green - 20) / 8)
+
+
+def write_index_coded(path: str, n: int, *, fps: int = 25, keyint: int = 25, bframes: int = 3,
+                      open_gop: bool = False, rotation: int = 0, fmt: str | None = None) -> str:
+    """A long H.264 video (n < 729 frames) whose frames tell their index (:func:`frame_index`), with a keyframe
+    every ``keyint`` frames, as cameras and encoders write them; ``rotation`` as in :func:`write_rotated`."""
+    params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}:open-gop={int(open_gop)}"
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "x264-params": params})
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_coded_frame(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def write_long(path: str, seconds: float = 40.0, *, fps: int = 4, width: int = 32, height: int = 24) -> str:
     """A long, cheap video: low resolution and frame rate, colour changing every 10 s."""
     colors = [RED, GREEN, BLUE, YELLOW, WHITE]

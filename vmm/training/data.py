@@ -431,7 +431,8 @@ def _decord_miscounts_version(path: str, size: int, mtime_ns: int) -> bool:
 
 
 def _read_frames_in_order(path: str, num_frames: int, rng: random.Random) -> np.ndarray:
-    """The same draw as :func:`read_video_frames`, decoded by PyAV from the start (no seeking, so exact)."""
+    """The same draw as :func:`read_video_frames`, decoded by PyAV, which finds each frame by its timestamp (exact,
+    where decord's seeking is not for these files)."""
     from index.decode import ClipSpan, _PyAVReader
     reader = _PyAVReader(path, threads=1)
     if reader.num_frames < 1:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import encoder_speed as es  # noqa: E402
-from common import cpu_name, output_path, parser, positive_int  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int, run, write_result  # noqa: E402
 import vmm  # noqa: E402
 from vmm.ops import triton_bimamba  # noqa: E402
 
@@ -76,8 +76,6 @@ def main(argv=None) -> None:
     if "official-style (mamba-ssm), bf16" in rows:
         off = rows["official-style (mamba-ssm), bf16"]
         res["fused_bf16_vs_official_bf16"] = {name: rel(rows[name], off) for name in list(rows)[1:3]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encoder_accuracy.json").write_text(json.dumps(res, indent=1))
     lines = [f"# Encoder accuracy on {res['gpu']}", "",
              f"VideoMamba-M CLS features, {args.frames} x 224 x 224, batch {args.batch}, random weights (seed "
              f"{args.seed}); relative error (L2) against the fp32 reference backend, same weights.", "",
@@ -85,9 +83,10 @@ def main(argv=None) -> None:
     lines += [f"| {name} | {e:.2e} |" for name, e in errors.items()]
     for name, e in res.get("fused_bf16_vs_official_bf16", {}).items():
         lines.append(f"| {name} vs official-style bf16 | {e:.2e} |")
-    (args.out / "encoder_accuracy.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines))  # first: a write error below says the numbers are printed above
+    write_result(args.out / "encoder_accuracy.json", json.dumps(res, indent=1))
+    write_result(args.out / "encoder_accuracy.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_name, output_path, parser, positive_int, positive_seconds  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int, positive_seconds, run, write_result  # noqa: E402
 from vmm.ops import triton_bimamba, triton_conv  # noqa: E402
 from vmm.models.layers import RMSNorm  # noqa: E402
 from vmm.ops.bimamba import DirectionWeights  # noqa: E402
@@ -696,7 +696,7 @@ def main(argv=None):
         profile_section(args, res, args.out)
     res["wall_s"] = time.time() - t0
     summarize(res)
-    (args.out / "encoder_speed.json").write_text(json.dumps(res, indent=1))
+    write_result(args.out / "encoder_speed.json", json.dumps(res, indent=1))
     write_markdown(res, args.out / "encoder_speed.md")
     plotted = plot(res, args.out / "encoder_speed.png")
     log(json.dumps(res["ratios"], indent=1))
@@ -704,4 +704,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

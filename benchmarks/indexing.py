@@ -6,7 +6,8 @@
     processes and overlaps encoding in this one, so both busy times are reported beside the
     wall time: encode = wall time inside ``encode_clips``; decode = CPU time of the decoder
     processes (user + sys, from ``getrusage(RUSAGE_CHILDREN)``). A decode-only pass (no model)
-    in this process is the decoding baseline.
+    in this process is the decoding baseline. The three run in turn, ``--repeats`` rounds (3); each row is
+    the round of median clips/s, with every round's clips/s beside it.
 (b) Search latency, p50/p99 in ms, one query and a batch of 32 (k=10), over 10k, 100k and 1M
     random unit vectors of dim 512 in ``index.store.VectorStore``: exact Flat everywhere, and
     what ``"auto"`` picks (Flat below 1M, ``IVF4096,Flat`` at 1M, default nprobe). IVF recall@10
@@ -43,7 +44,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 import vmm  # noqa: E402
-from common import cpu_name, output_path, parser, positive_int, run  # noqa: E402
+from common import cpu_name, output_path, parser, positive_int, run, write_result  # noqa: E402
 from index.catalog import FileResult, LibraryManifest  # noqa: E402
 from index.decode import DecodeOptions, decode_video  # noqa: E402
 from index.distributed import DistributedSummary, _manifest_key, _merge, _StagingArea  # noqa: E402
@@ -179,16 +180,26 @@ def bench_indexing(args, workdir: Path) -> dict:
     baseline_workers, model_workers = (default_workers(e) if args.workers is None else args.workers
                                        for e in (baseline, encoder))
     threads = max(1, usable_cpus() // baseline_workers)  # what build_library gives each decoder
-    rows = {"decode_only": decode_only(videos, encoder.num_frames, threads)}
-    rows["color_histogram"] = index_once("color-histogram", baseline, videos, workdir, baseline_workers,
-                                         args.batch_size)
-    rows["model"] = index_once(args.model, encoder, videos, workdir, model_workers, args.batch_size)
+    # Rounds of all three in turn: one pass each was the whole number, taken at different moments of a shared
+    # machine's load (two runs differed by up to 5x), and no spread showed it.
+    rounds = [{"decode_only": decode_only(videos, encoder.num_frames, threads),
+               "color_histogram": index_once("color-histogram", baseline, videos, workdir, baseline_workers,
+                                             args.batch_size),
+               "model": index_once(args.model, encoder, videos, workdir, model_workers, args.batch_size)}
+              for _ in range(args.repeats)]
+    rows = {key: median_round([r[key] for r in rounds]) for key in rounds[0]}
     rows["model"].update(device=str(encoder.device), precision="bf16 autocast" if encoder.device.type == "cuda"
                          else "fp32", img_size=encoder.img_size, frames=encoder.num_frames)
     video = (f"{args.video_seconds:g} s, {args.video_size[0]}x{args.video_size[1]}, 25 fps, H.264" if not args.video_dir
              else f"from {args.video_dir} (written by --write-videos)")
     return {"videos": len(videos), "video": video, "window_s": 10.0, "stride_s": 5.0,
-            "batch_size": args.batch_size, "video_writing_s": round(setup_s, 1), **rows}
+            "batch_size": args.batch_size, "repeats": args.repeats, "video_writing_s": round(setup_s, 1), **rows}
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The run of median clips/s (of an even count, the slower middle one), with every run's clips/s."""
+    ordered = sorted(runs, key=lambda r: r["clips_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "clips_per_s_runs": [r["clips_per_s"] for r in runs]}
 
 
 # -- (b) search latency -----------------------------------------------------------------------------------
@@ -366,6 +377,9 @@ def main() -> None:
     ap.add_argument("--video-size", type=_size, default=(320, 240), metavar="WxH",
                     help="size of the generated videos [320x240; 1920x1080 for HD libraries]")
     ap.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch [16]")
+    ap.add_argument("--repeats", type=positive_int, default=3,
+                    help="rounds of decoding alone, the colour histogram and the model, in turn; each row is the "
+                         "median round [3]")
     # at least one: the decoders' CPU time is read from the child processes
     ap.add_argument("--workers", type=positive_int, default=None,
                     help="decoder processes [as vmm index: cores - 1, at most 8 for an encoder on the CPU, 32 on a GPU]")
@@ -423,8 +437,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     result["ratios"] = ratios(result)
     result["total_s"] = round(time.perf_counter() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, json.dumps(result, indent=2) + "\n")
     report(result)
     print(f"\nwrote {out}")
 
@@ -454,22 +467,28 @@ def _speedup_key(row: dict) -> str:
     return f"search_{row['index']}_n{row['n']}_{row['faiss_threads']}threads_speedup_vs_flat"
 
 
+def spread(row: dict) -> str:
+    return "[" + ", ".join(f"{rate:.2f}" for rate in row["clips_per_s_runs"]) + "]"
+
+
 def report(result: dict) -> None:
     hw = result["hardware"]
     print(f"\n{hw['cpu']} ({hw['logical_cores']} logical cores, load {hw['load_average_at_start'][0]:.1f} at start)"
           + (f", GPU {hw['gpu']}" if hw["gpu"] else ", no GPU") + f"; {result['date']}")
     if "indexing" in result:
         ix = result["indexing"]
-        print(f"\nindexing {ix['videos']} videos ({ix['video']}), window 10 s / stride 5 s, batch {ix['batch_size']}")
+        print(f"\nindexing {ix['videos']} videos ({ix['video']}), window 10 s / stride 5 s, batch {ix['batch_size']}; "
+              f"the median of {ix['repeats']} rounds, clips/s of every round in brackets")
         d = ix["decode_only"]
-        print(f"  decode only, this process, {d['decoder_threads']} threads: {d['clips_per_s']:.1f} clips/s")
+        print(f"  decode only, this process, {d['decoder_threads']} threads: {d['clips_per_s']:.1f} clips/s "
+              f"{spread(d)}")
         print(f"  {'encoder':<16}{'clips':>6}{'wall s':>8}{'clips/s':>9}{'encode s':>10}{'enc clips/s':>12}"
               f"{'decode cpu s':>13}{'workers':>8}")
         for key in ("color_histogram", "model"):
             r = ix[key]
             print(f"  {r['encoder']:<16}{r['clips']:>6}{r['wall_s']:>8.2f}{r['clips_per_s']:>9.2f}"
                   f"{r['encode_busy_s']:>10.2f}{r['encode_clips_per_s'] or math.nan:>12.2f}{r['decode_cpu_s']:>13.2f}"
-                  f"{r['decode_workers']:>8}")
+                  f"{r['decode_workers']:>8}  {spread(r)}")
         m = ix["model"]
         print(f"  {m['encoder']} ({m['frames']} x {m['img_size']} px) ran on {m['device']} ({m['precision']})")
         r = result["ratios"]

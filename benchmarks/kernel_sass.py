@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from common import non_negative_int, parser, positive_int  # noqa: E402
+from common import non_negative_int, parser, positive_int, run  # noqa: E402
 from vmm.ops import triton_bimamba as tb  # noqa: E402
 from vmm.ops import triton_conv as tc  # noqa: E402
 
@@ -139,4 +139,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: python benchmarks/nano_synthetic.py
 sys.path.insert(0, str(HERE))
 
-from common import cpu_name, output_path, parser, run  # noqa: E402
+from common import cpu_name, output_path, parser, run, write_result  # noqa: E402
 
 
 def pair_accuracy(model_dir: str, corpus: Path) -> dict:
@@ -71,8 +71,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="vmm-nano-synthetic-") as tmp:
             generate_corpus(Path(tmp) / "corpus", num_videos=1500, seed=0)
             results = measure(args, Path(tmp) / "corpus")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost the whole run's numbers
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.out, json.dumps(results, indent=2) + "\n")
     print(f"\n{results['cpu']}, {results['corpus']}")
     print(f"{'model':<22}{'test t2v R@1 (ITC)':>20}{'order t2v R@1 (ITC)':>21}{'pair acc ITC':>14}{'pair acc ITM':>14}")
     for name in ("vmm_nano", "frame_mean_baseline"):

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name, non_negative_int, output_path, parser as make_parser, positive_int, run
+from common import cpu_name, non_negative_int, output_path, parser as make_parser, positive_int, run, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,8 +209,7 @@ def main(argv=None) -> int:
             print(f"{row['model']} stage {row['stage']}: scaling efficiency on {row['processes']} processes "
                   f"{100 * row['scaling_efficiency']:.0f}%")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        write_result(args.out, json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0 if all("error" not in r for r in rows) else 1
 

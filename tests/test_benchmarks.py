@@ -5,9 +5,11 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import runpy
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def test_scan_cpu_row_takes_both_directions_and_compares_forward_with_forward(lo
     assert row["ms_per_call_forward"] == 14.0 and row["ms_per_call_reverse"] == 16.0
     assert row["meets_target"] is False
     assert row["speedup_vs_naive"] == 10.0  # the naive loop is timed forward only
+    assert row["naive_median_ms"] == 145.0 and row["naive_calls"] == 2  # the baseline's spread had no record
     assert row["encoder_scan_ms"] == (14.0 + 16.0) * 24 and row["scan_calls_per_clip"] == 48
     # The naive loop against the reverse direction when that was the faster: 140 / 12 flattered it as 11.7x.
     faster_reverse = scan_cpu.summary("videomamba_tiny", {False: [14.0], True: [12.0]}, [140.0], 1e-7)
@@ -73,6 +76,56 @@ def test_cpu_encoder_records_no_target_as_none_not_met(load, monkeypatch, tmp_pa
     # The model has no target: "meets_target": true claimed one met.
     assert row["model"] == "videomamba_small_vision" and row["target_s"] is None and row["meets_target"] is None
     assert row["seconds"] > 0 and "speedup_vs_naive" not in row
+
+
+def test_cpu_encoder_times_the_baseline_in_rounds_with_the_candidate_and_records_their_spread(load, monkeypatch,
+                                                                                             tmp_path):
+    cpu_encoder = load("cpu_encoder")
+    create_model, backends = cpu_encoder.vmm.create_model, []
+
+    def one_layer(*args, **kwargs):  # the real model at the real input, one layer deep, its scan choices recorded
+        model = create_model(*args, depth=1, **kwargs)
+        choose = model.set_scan_backend
+        model.set_scan_backend = lambda name: (backends.append(name), choose(name))
+        return model
+    monkeypatch.setattr(cpu_encoder.vmm, "create_model", one_layer)
+    out = tmp_path / "cpu.json"
+    monkeypatch.setattr(sys, "argv", ["cpu_encoder.py", "--models", "videomamba_small_vision", "--baseline",
+                                      "videomamba_small_vision", "--repeats", "2", "--out", str(out)])
+    cpu_encoder.main()
+    # The baseline was one timing taken after all of the candidate's: the load of another moment, and no spread.
+    assert backends == ["reference", "naive_loop"] * 3  # a warm-up each, then two rounds of both
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    for key in ("seconds", "baseline_seconds"):
+        assert 0 < row[f"{key}_min"] <= row[key] <= row[f"{key}_max"]
+    # of the medians as timed: the row's are rounded to the ms
+    assert row["speedup_vs_naive"] == pytest.approx(row["baseline_seconds"] / row["seconds"],
+                                                    rel=0.01 + 0.001 / row["seconds"])
+    assert len(result["load_average_1min"]) == 2 and result["logical_cores"] == os.cpu_count()
+
+
+def test_a_result_the_run_cannot_finish_writing_leaves_the_recorded_file_as_it_was(load, monkeypatch, tmp_path):
+    recorded = tmp_path / "scan_cpu.json"
+    recorded.write_text('{"recorded": true}\n')
+
+    def file_size_limit():  # 256 bytes, as a full disk: a write past it fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "scan_cpu.py"), "--models", "videomamba_tiny", "--rounds",
+                           "1", "--out", str(recorded)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=file_size_limit)
+    # It was a traceback, and a JSON cut at the limit in place of the recorded result.
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot write {recorded} (File too large); the run's numbers are printed")
+    assert '"model": "videomamba_tiny"' in done.stdout
+    assert recorded.read_text() == '{"recorded": true}\n' and list(tmp_path.iterdir()) == [recorded]
+    # A Ctrl-C after the new text is written, before it replaces the old: the old stays, nothing is left beside it.
+    common = load("common")
+    monkeypatch.setattr(common.os, "replace", lambda *paths: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        common.write_result(recorded, '{"cut": ')
+    assert recorded.read_text() == '{"recorded": true}\n' and list(tmp_path.iterdir()) == [recorded]
 
 
 @pytest.mark.slow
@@ -109,6 +162,7 @@ def test_indexing_prints_and_records_its_ratios_against_the_baselines_of_the_run
     assert ratios["indexing_model_vs_decode_only"] == pytest.approx(model / ix["decode_only"]["clips_per_s"], abs=1e-3)
     assert (f"ratios: {ratios['indexing_model_vs_color_histogram']:.2f}x the colour-histogram baseline's clips/s, "
             f"{ratios['indexing_model_vs_decode_only']:.2f}x the decode-only rate") in run.stdout
+    assert "the median of 3 rounds" in run.stdout and len(ix["model"]["clips_per_s_runs"]) == ix["repeats"] == 3
 
 
 def test_indexing_search_speedup_is_against_flat_at_the_same_size_and_threads(load):
@@ -260,10 +314,14 @@ def test_indexing_times_the_model_and_its_baselines_on_the_same_files_and_frames
     model = tmp_path / "nano16"
     vmm.create_model("vmm_nano", vision={"num_frames": 16}).save_pretrained(model)
     ix = indexing.bench_indexing(argparse.Namespace(video_dir=str(videos), model=str(model), batch_size=2,
-                                                    workers=None), tmp_path / "work")
+                                                    workers=None, repeats=2), tmp_path / "work")
     assert ix["videos"] == 2 and ix["color_histogram"]["files"] == ix["model"]["files"] == 2
     assert ix["decode_only"]["clips"] == ix["color_histogram"]["clips"] == ix["model"]["clips"] == 2
     assert ix["decode_only"]["frames"] == ix["model"]["frames"] == 16
+    # Each row was one pass: a number of one moment of the load, with no spread beside it.
+    for key in ("decode_only", "color_histogram", "model"):
+        rates = ix[key]["clips_per_s_runs"]
+        assert len(rates) == 2 and ix[key]["clips_per_s"] == min(rates)  # of two rounds, the slower middle one
 
 
 def test_benchmark_paths_read_a_leading_tilde_as_the_home_folder(load, monkeypatch, tmp_path):
@@ -298,7 +356,8 @@ def test_nano_synthetic_leaves_no_regenerated_corpus_behind(load, monkeypatch, t
     assert not any(temp.iterdir())  # each run left its corpus of 1500 videos in the temp folder
 
 
-@pytest.mark.parametrize("script", ["cpu_encoder", "scan_cpu", "indexing", "nano_synthetic", "train_throughput"])
+@pytest.mark.parametrize("script", ["cpu_encoder", "scan_cpu", "indexing", "nano_synthetic", "train_throughput",
+                                    "kernel_sass", "encoder_speed", "encoder_accuracy"])
 def test_a_ctrl_c_during_a_run_is_one_line_and_status_130(load, monkeypatch, capsys, script):
     load("common")
 

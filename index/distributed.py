@@ -838,10 +838,12 @@ def _merge(writer: LibraryWriter, plan: dict, staging: str, summary: Distributed
     reader = _StagedReader(staging, plan["manifest_key"], LibraryManifest.from_json(plan["manifest"]).dim)
     selected = {item["path"]: _StagedRef(item["batch"], item["index"]) for item in plan["reuse"]}
     reused = set(selected)
-    expected = {f["path"]: (f["size"], f["mtime_ns"]) for shard in plan["shards"] for f in shard}
+    # This run's records carry the size and mtime of what was decoded, which differ from the plan's where a file
+    # changed after planning: they are the file's record all the same.
+    planned = {f["path"] for shard in plan["shards"] for f in shard}
     for batch in _staged_batches(staging, plan["run"]):
         for index, entry in enumerate(reader.entries(batch)):
-            if expected.get(entry["path"]) == (entry["size"], entry["mtime_ns"]):
+            if entry["path"] in planned:
                 selected[entry["path"]] = _StagedRef(batch, index)
     chunk: list[FileResult] = []
     clips = 0

@@ -30,9 +30,9 @@ import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
-from index.discovery import Candidate, Discovery, _path_args, check_root, discover, fingerprint_file
+from index.discovery import Candidate, Discovery, _path_args, check_root, discover
 from index.library import LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
-from index.pool import DecodePool
+from index.pool import DecodePool, FileStamp
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, check_factory, factory_spelling
 from vmm.errors import VmmError
@@ -113,11 +113,19 @@ class _Plan:
     skipped_failed: int = 0
 
 
-def _safe_fingerprint(path: str) -> str:
+def _fingerprint_as_seen(candidate: Candidate) -> str:
+    """The fingerprint of ``candidate``'s file while it still has the size and mtime discovery saw, else "".
+
+    A fingerprint is stored or compared beside those two: one of content written since would leave the library
+    holding the old size and mtime with the new content, taken as current whenever they came back (a copy tool
+    that keeps mtimes). "" matches no stored fingerprint, so a file changed since is looked at again.
+    """
     try:
-        return fingerprint_file(path)
+        stamp = FileStamp.read(candidate.path)
+        current = stamp.holds(candidate.path) and (stamp.size, stamp.mtime_ns) == (candidate.size, candidate.mtime_ns)
     except OSError:
         return ""
+    return stamp.fingerprint if current else ""
 
 
 def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_failed: bool) -> _Plan:
@@ -136,7 +144,7 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
             continue
         retry = row.status == "failed" and retry_failed
         if (row.size, row.mtime_ns) != (candidate.size, candidate.mtime_ns):
-            if _safe_fingerprint(candidate.path) != row.fingerprint:
+            if _fingerprint_as_seen(candidate) != row.fingerprint:
                 _schedule(plan, candidate)
                 continue
             plan.touch.append((row.id, candidate.size, candidate.mtime_ns))  # touched, same content
@@ -173,7 +181,7 @@ def _plan(catalog: Catalog, found: Discovery, known: list[FileRecord], retry_fai
             continue
         rows = missing_by_size.get(candidate.size)
         if rows and candidate.problem is None:
-            fingerprint = _safe_fingerprint(candidate.path)
+            fingerprint = _fingerprint_as_seen(candidate)
             match = next((row for row in rows if row.fingerprint == fingerprint), None)
             if match is not None:
                 rows.remove(match)
@@ -267,7 +275,7 @@ def _schedule(plan: _Plan, candidate: Candidate) -> None:
         plan.todo.append(candidate)
     else:
         plan.problems.append(FileResult(candidate.path, candidate.size, candidate.mtime_ns,
-                                        _safe_fingerprint(candidate.path), "failed", candidate.problem))
+                                        _fingerprint_as_seen(candidate), "failed", candidate.problem))
 
 
 # -- the ingestion pipeline -------------------------------------------------------------------------
@@ -275,7 +283,7 @@ def _schedule(plan: _Plan, candidate: Candidate) -> None:
 class _FileState:
     candidate: Candidate
     attempt: int = 0
-    fingerprint: str = ""
+    stamp: FileStamp | None = None  # what the decoder read, from its latest "start"
     info: object = None
     spans: list = field(default_factory=list)
     vectors: dict = field(default_factory=dict)  # clip index -> vector
@@ -319,7 +327,7 @@ class _Pipeline:
     def _handle(self, kind: str, key: int, payload) -> None:
         state = self.states[key]
         if kind == "start":
-            state.fingerprint, start = payload
+            state.stamp, start = payload
             state.attempt += 1
             state.info, state.spans, state.vectors, state.decoded = start.info, start.spans, {}, False
         elif kind == "clip":
@@ -364,9 +372,9 @@ class _Pipeline:
         if state.finished or not state.decoded or len(state.vectors) < len(state.spans):
             return
         state.finished = True
-        c = state.candidate
+        c, stamp = state.candidate, state.stamp
         order = sorted(state.vectors)
-        result = FileResult(c.path, c.size, c.mtime_ns, state.fingerprint, "ok", None, state.info,
+        result = FileResult(c.path, stamp.size, stamp.mtime_ns, stamp.fingerprint, "ok", None, state.info,
                             [(state.spans[i].start, state.spans[i].end) for i in order],
                             np.stack([state.vectors[i] for i in order]))
         self.finished.append(result)
@@ -382,9 +390,10 @@ class _Pipeline:
             return
         state.finished = True
         state.vectors = {}
-        c = state.candidate
-        self.finished.append(FileResult(c.path, c.size, c.mtime_ns, state.fingerprint or _safe_fingerprint(c.path),
-                                        "failed", message))
+        c, stamp = state.candidate, state.stamp
+        if stamp is None:  # failed before the decoder read it (or its worker died): as discovery saw it
+            stamp = FileStamp(_fingerprint_as_seen(c), c.size, c.mtime_ns)
+        self.finished.append(FileResult(c.path, stamp.size, stamp.mtime_ns, stamp.fingerprint, "failed", message))
         self.summary.failed += 1
         self.summary.failures.append((c.path, message))
         self.progress.advance(files=1, path=c.path)

@@ -18,10 +18,12 @@ was); three in a row, or no worker that can be started at all, end the run with 
 :class:`vmm.errors.VmmError`. When the system refuses more processes or open files,
 the run goes on with the workers that started.
 
-Events, in order per file: ``("start", key, (fingerprint, DecodeStart))``, then
+Events, in order per file: ``("start", key, (FileStamp, DecodeStart))``, then
 ``("clip", key, Clip)`` per clip, then ``("done", key, None)``; or
 ``("failed", key, message)`` at any point. A second "start" for a key means the
-decoder restarted: drop that key's earlier clips.
+decoder restarted: drop that key's earlier clips. A file that changed while it was
+decoded is decoded again (a new "start"), so the :class:`FileStamp` of the last "start"
+before "done" is the size, mtime and fingerprint of the content of its clips.
 
 >>> from index.decode import DecodeOptions
 >>> with DecodePool(DecodeOptions(), workers=0) as pool:
@@ -51,13 +53,55 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from index.decode import DecodeFailure, DecodeOptions, DecodeStart, iter_decode
-from index.discovery import fingerprint_file
+from index.discovery import fingerprint_file, storable_mtime
 
 Event = tuple  # (kind, key, payload)
 
 # Decoded frames that may wait for the encoder: frames are full size, so 32 clips of 8 frames of 4K video held
 # 6.4 GB (25 GB at 8K, which max_pixels lets through) where a clip count alone bounded them.
 PREFETCH_BYTES = 1 << 30
+
+
+# A file that changed while it was decoded (still being copied or written) is decoded again this many times before
+# it is reported as failed.
+_CHANGE_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a decoded file was: its content fingerprint and the size and mtime (``storable_mtime``) it had.
+
+    A library stores these beside the file's vectors, and a later run takes a file of the same size and mtime as
+    unchanged, so all three must describe the content that was decoded.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> stamp = FileStamp.read(f.name)
+    >>> stamp.size, stamp.holds(f.name)
+    (3, True)
+    """
+
+    fingerprint: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def read(cls, path: str) -> "FileStamp":
+        """The file's stamp; its size and mtime are taken before the fingerprint, so while :meth:`holds` is True
+        the fingerprint is of the content they describe."""
+        size, mtime_ns = _size_and_mtime(path)
+        return cls(fingerprint_file(path), size, mtime_ns)
+
+    def holds(self, path: str) -> bool:
+        """Whether the file still has this size and mtime: the test by which a library takes it as unchanged
+        (inode numbers and ctimes change without the content on some network and FUSE file systems)."""
+        return _size_and_mtime(path) == (self.size, self.mtime_ns)
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, storable_mtime(st.st_mtime_ns)
 
 
 def _resolve_hook(name: str | None) -> Callable[[str, str], None] | None:
@@ -88,16 +132,23 @@ def _task_events(key: int, path: str, options: DecodeOptions, hook, busy):
         busy.value = time.monotonic()
         if hook is not None:
             hook(path, options.backend)
-        fingerprint = fingerprint_file(path)
-        # Each packet read and frame decoded restarts the step's clock: PyAV reads a whole file to count its frames
-        # and decodes every frame up to a clip's last, which on slow storage or with a long window outlasted the
-        # timeout, and a file was killed as hung for being large.
-        for event in iter_decode(path, options, progress=lambda: setattr(busy, "value", time.monotonic())):
-            busy.value = 0.0
-            yield ("start", key, (fingerprint, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
-            busy.value = time.monotonic()
-        busy.value = 0.0
-        yield ("done", key, None)
+        for _ in range(1 + _CHANGE_RETRIES):
+            stamp = FileStamp.read(path)
+            # Each packet read and frame decoded restarts the step's clock: PyAV reads a whole file to count its
+            # frames and decodes every frame up to a clip's last, which on slow storage or with a long window
+            # outlasted the timeout, and a file was killed as hung for being large.
+            for event in iter_decode(path, options, progress=lambda: setattr(busy, "value", time.monotonic())):
+                busy.value = 0.0
+                yield ("start", key, (stamp, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
+                busy.value = time.monotonic()
+            # Changed since it was stamped: its clips may be of other content than the stamp says, and a library
+            # storing them with that size and mtime would take them as current whenever those came back.
+            if stamp.holds(path):
+                busy.value = 0.0
+                yield ("done", key, None)
+                return
+        raise DecodeFailure(f"the file changed while it was decoded, {1 + _CHANGE_RETRIES} times (still being "
+                            "copied or written?); index it again once it is complete")
     except DecodeFailure as error:
         busy.value = 0.0
         yield ("failed", key, str(error))
@@ -158,6 +209,24 @@ def _worker_entry() -> None:
                 results.send(event)
         except (BrokenPipeError, EOFError):
             return
+
+
+def _crash_reason(code: int | None) -> str:
+    """What a file's failure says of the worker that died decoding it, from its exit status.
+
+    >>> _crash_reason(-9)
+    'the decoder was killed by SIGKILL (out of memory? fewer workers need less memory)'
+    >>> _crash_reason(-11), _crash_reason(3)
+    ('the decoder crashed (SIGSEGV)', 'the decoder crashed (worker exit code 3)')
+    """
+    if code == -signal.SIGKILL:
+        # Mostly the kernel's out-of-memory killer (8 workers decoding 4K video): no fault of the file, which
+        # "crashed (worker exit code -9)" blamed.
+        return "the decoder was killed by SIGKILL (out of memory? fewer workers need less memory)"
+    try:
+        return f"the decoder crashed ({signal.Signals(-code).name})"
+    except (TypeError, ValueError):  # no exit status yet, or an exit code rather than a signal
+        return f"the decoder crashed (worker exit code {code})"
 
 
 def _frame_bytes(event: Event) -> int:
@@ -438,7 +507,7 @@ class DecodePool:
                 code = worker.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 code = None
-            self._lost(worker, f"the decoder crashed (worker exit code {code})")
+            self._lost(worker, _crash_reason(code))
             return
         worker.began = True
         self._early_deaths = 0  # workers can start: only deaths in a row before decoding mean they cannot

@@ -337,6 +337,26 @@ def test_three_thread_ranks_equal_one_process(tmp_path):
     assert_same_library(tmp_path / "lib", reference)
 
 
+def test_files_replaced_after_planning_are_merged_as_the_ranks_decoded_them(tmp_path, monkeypatch):
+    # The plan's size and mtime went into the library beside the vectors of what the ranks decoded; once the
+    # record carried those of the decoded file, the merge dropped it, as staged for another size and mtime.
+    root, replacements = tmp_path / "media", tmp_path / "replacements"
+    root.mkdir()
+    replacements.mkdir()
+    monkeypatch.setenv("VMM_TEST_REPLACEMENTS", str(replacements))
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color, seconds=1.0)
+    for i in (1, 2):  # one on each rank
+        videos.write_solid(str(replacements / f"c{i}.mp4"), videos.WHITE, seconds=2.0 + i)
+    encoders = [ColorHistogramEncoder() for _ in range(2)]
+    results = run_threads(root, tmp_path / "lib", encoders, "replaced",
+                          worker_hook="tests.test_index_pool_review:swap_in_replacement")
+    assert results[1] is None and (results[0].indexed, results[0].failed) == (4, 0), results
+    assert sorted(os.listdir(replacements)) == []
+    build_library([str(root)], str(tmp_path / "reference"), ColorHistogramEncoder(), workers=0, progress=False)
+    assert_same_library(tmp_path / "lib", tmp_path / "reference")
+
+
 def test_a_rank_with_another_model_fails_every_rank_and_keeps_finished_files(tmp_path):
     root = tmp_path / "media"
     root.mkdir()

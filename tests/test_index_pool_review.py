@@ -29,6 +29,25 @@ def crash_on_crash_files(path: str, backend: str) -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
+def killed_on_oom_files(path: str, backend: str) -> None:
+    """Worker hook: SIGKILL for files named *oom*, as the kernel's out-of-memory killer sends it."""
+    if "oom" in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_decoder_killed_by_sigkill_is_reported_as_killed_not_as_a_crash_of_the_file(tmp_path):
+    # "the decoder crashed (worker exit code -9)" blamed the file for what is mostly the out-of-memory killer.
+    media = tmp_path / "media"
+    media.mkdir()
+    videos.write_solid(str(media / "oom.mp4"), videos.RED, 1.0)
+    videos.write_solid(str(media / "good.mp4"), videos.GREEN, 1.0)
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=2, progress=False,
+                            worker_hook="tests.test_index_pool_review:killed_on_oom_files")
+    assert summary.indexed == 1
+    assert summary.failures == [(str(media / "oom.mp4"),
+                                 "the decoder was killed by SIGKILL (out of memory? fewer workers need less memory)")]
+
+
 def test_files_that_crash_the_decoder_fail_alone_and_the_run_goes_on(tmp_path):
     # Each crashing file kills two workers (decord, then the PyAV retry): two such files in a row ended the whole
     # run with "RuntimeError: decoder pool failed: decoder worker processes die before finishing any file".
@@ -42,7 +61,7 @@ def test_files_that_crash_the_decoder_fail_alone_and_the_run_goes_on(tmp_path):
     summary = build_library([str(media)], str(library), ENCODER, workers=1, progress=False,
                             worker_hook="tests.test_index_pool_review:crash_on_crash_files")
     assert (summary.indexed, summary.failed) == (2, 3)
-    assert sorted(summary.failures) == [(str(media / f"{name}.mp4"), "the decoder crashed (worker exit code -11)")
+    assert sorted(summary.failures) == [(str(media / f"{name}.mp4"), "the decoder crashed (SIGSEGV)")
                                         for name in ("crash-a", "crash-b", "crash-c")]
     with open_library(str(library)) as reader:
         assert sorted(os.path.basename(r.path) for r in reader.files.values() if r.status == "ok") == [
@@ -185,3 +204,143 @@ def test_get_with_no_wait_takes_an_event_that_is_already_there(tmp_path):
         while pool._out.empty() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert pool.get(timeout=0)[0] == "start"  # was None: a zero timeout never looked at the queue
+
+
+def swap_in_replacement(path: str, backend: str) -> None:
+    """Worker hook: a file of the same name in $VMM_TEST_REPLACEMENTS is moved over ``path`` before it is decoded,
+    as a copy overwrites a file after a run listed it."""
+    replacement = os.path.join(os.environ["VMM_TEST_REPLACEMENTS"], os.path.basename(path))
+    if os.path.exists(replacement):
+        os.replace(replacement, path)
+
+
+def on_disk(path: str) -> tuple[int, int, str]:
+    from index.discovery import fingerprint_file
+
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, fingerprint_file(path)
+
+
+def stored_row(library) -> tuple[int, int, str]:
+    with open_library(str(library)) as reader:
+        [row] = reader.files.values()
+    return row.size, row.mtime_ns, row.fingerprint
+
+
+def stored_vectors(library) -> list:
+    from index.catalog import Catalog
+
+    catalog = Catalog.open(str(library / "catalog.sqlite"), read_only=True)
+    try:
+        return [vector for _, vector in catalog.iter_vectors()]
+    finally:
+        catalog.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_replaced_after_discovery_is_stored_with_the_size_and_mtime_of_what_was_decoded(tmp_path, monkeypatch,
+                                                                                                workers):
+    # The size and mtime came from discovery and the fingerprint and clips from the decoder: a file replaced in
+    # between was stored with the old size and mtime beside the new content's vectors, and once the old file was
+    # put back with its mtime (cp -p, rsync -t, touch -r) the run took the stale vectors as current.
+    media, replacements = tmp_path / "media", tmp_path / "replacements"
+    media.mkdir()
+    replacements.mkdir()
+    monkeypatch.setenv("VMM_TEST_REPLACEMENTS", str(replacements))
+    clip = videos.write_solid(str(media / "clip.mp4"), videos.RED, 1.0)
+    original, before = open(clip, "rb").read(), os.stat(clip)
+    videos.write_solid(str(replacements / "clip.mp4"), videos.GREEN, 2.0)
+    library = tmp_path / "lib"
+    summary = build_library([str(media)], str(library), ENCODER, workers=workers, progress=False,
+                            worker_hook="tests.test_index_pool_review:swap_in_replacement")
+    assert (summary.indexed, summary.failed) == (1, 0)
+    assert stored_row(library) == on_disk(clip)
+
+    with open(clip, "wb") as f:
+        f.write(original)
+    os.utime(clip, ns=(before.st_atime_ns, before.st_mtime_ns))
+    summary = build_library([str(media)], str(library), ENCODER, workers=workers, progress=False)
+    assert (summary.indexed, summary.unchanged) == (1, 0)
+    build_library([str(media)], str(tmp_path / "fresh"), ENCODER, workers=0, progress=False)
+    assert len(stored_vectors(library)) == 1
+    assert (stored_vectors(library)[0] == stored_vectors(tmp_path / "fresh")[0]).all()
+
+
+def change_while_decoding(times: int, monkeypatch):
+    """Make the next ``times`` decodings of a file see it replaced by a longer green video after their first
+    event, as a copy still in progress does."""
+    real = pool_module.iter_decode
+    changes = []
+
+    def decoding_a_changing_file(path, options, progress):
+        for number, event in enumerate(real(path, options, progress)):
+            yield event
+            if number == 0 and len(changes) < times:
+                changes.append(path)
+                replacement = videos.write_solid(path + ".part", videos.GREEN, 2.0 + len(changes))
+                os.replace(replacement, path)
+    monkeypatch.setattr(pool_module, "iter_decode", decoding_a_changing_file)
+    return changes
+
+
+def test_a_file_changed_while_it_is_decoded_is_decoded_again(tmp_path, monkeypatch):
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = videos.write_solid(str(media / "clip.mp4"), videos.RED, 1.0)
+    changes = change_while_decoding(1, monkeypatch)
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.failed, len(changes)) == (1, 0, 1)
+    assert stored_row(tmp_path / "lib") == on_disk(clip)
+    monkeypatch.undo()
+    build_library([str(media)], str(tmp_path / "fresh"), ENCODER, workers=0, progress=False)
+    assert [v.tolist() for v in stored_vectors(tmp_path / "lib")] == [v.tolist() for v in
+                                                                      stored_vectors(tmp_path / "fresh")]
+
+
+def test_a_file_that_keeps_changing_while_decoded_fails_and_is_read_again_once_complete(tmp_path, monkeypatch):
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = videos.write_solid(str(media / "clip.mp4"), videos.RED, 1.0)
+    change_while_decoding(3, monkeypatch)
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=0, progress=False)
+    assert summary.failures == [(clip, "the file changed while it was decoded, 3 times (still being copied or "
+                                       "written?); index it again once it is complete")]
+    monkeypatch.undo()
+    videos.write_solid(clip, videos.BLUE, 1.0)  # the copy completes
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.failed, summary.skipped_failed) == (1, 0, 0)
+
+
+def test_a_file_changed_after_discovery_is_not_taken_as_touched_with_the_stat_discovery_saw(tmp_path, monkeypatch):
+    # A file edited (B) and then put back (A) between discovery and planning: its fingerprint matched the library's
+    # (A) and the row took B's size and mtime, so B restored with them later (cp -p) kept A's vectors.
+    from index import ingest
+
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = videos.write_solid(str(media / "clip.mp4"), videos.RED, 1.0)
+    library = tmp_path / "lib"
+    build_library([str(media)], str(library), ENCODER, workers=0, progress=False)
+    original = open(clip, "rb").read()
+    videos.write_solid(clip, videos.GREEN, 2.0)
+    videos.set_mtime_later(clip)
+    edited, edited_stat = open(clip, "rb").read(), os.stat(clip)
+    real_discover = ingest.discover
+
+    def discover_then_undo_the_edit(*args, **kwargs):
+        found = real_discover(*args, **kwargs)
+        with open(clip, "wb") as f:
+            f.write(original)
+        videos.set_mtime_later(clip, 20.0)
+        return found
+    monkeypatch.setattr(ingest, "discover", discover_then_undo_the_edit)
+    build_library([str(media)], str(library), ENCODER, workers=0, progress=False)
+    monkeypatch.undo()
+    assert stored_row(library) == on_disk(clip)
+
+    with open(clip, "wb") as f:
+        f.write(edited)
+    os.utime(clip, ns=(edited_stat.st_atime_ns, edited_stat.st_mtime_ns))
+    assert build_library([str(media)], str(library), ENCODER, workers=0, progress=False).indexed == 1
+    build_library([str(media)], str(tmp_path / "fresh"), ENCODER, workers=0, progress=False)
+    assert [v.tolist() for v in stored_vectors(library)] == [v.tolist() for v in stored_vectors(tmp_path / "fresh")]

@@ -494,6 +494,9 @@ def test_label_maps_are_read_in_index_order(tmp_path):
     ("excel.csv", "id;name\n0;abseiling\n1;air drumming\n", r"starts each row with its class number \(row 2: "
      r"'0;abseiling'\); separate the number and the name with a comma"),
     ("negative.json", json.dumps({"a": -1, "b": 0}), "has class index -1; number the classes 0 to N-1"),  # not "twice"
+    # a negative first row passed for a header, and its class was dropped; JSON keys were "another shape"
+    ("negative.csv", "-1,background\n0,cat\n1,dog\n", "has class index -1; number the classes 0 to N-1"),
+    ("negative_keys.json", json.dumps({"-1": "background", "0": "cat"}), "has class index -1; number the classes"),
     ("blank.txt", "\n \n", "has no names"),
 ])
 def test_bad_label_files_are_named_with_the_fix(tmp_path, name, text, message):

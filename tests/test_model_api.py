@@ -92,6 +92,45 @@ def test_a_model_folder_records_where_its_weights_came_from(tmp_path):
     assert read_config(vmm.save_pretrained(src, tmp_path / "from_dict"))["weights_from"] == {"source": "unknown"}
 
 
+def test_weights_loaded_over_a_vmm_train_export_are_not_called_trained(tmp_path):
+    """The step count of a vmm train export (model_meta) outranked a checkpoint loaded over its weights later, so
+    those were saved, and evaluated, as "trained N steps by vmm train"."""
+    from vmm.models.persistence import read_config
+    from vmm.training.loop import TRAINED_STEPS
+    src = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    src.model_meta = {**src.model_meta, TRAINED_STEPS: 100}  # as export_final writes final/
+    vmm.save_pretrained(src, tmp_path / "final")
+    torch.save(vmm.create_model("videomamba_tiny", **CLASSIFIER).state_dict(), tmp_path / "k400.pth")
+    for checkpoint, expected in ((tmp_path / "k400.pth", {"source": "checkpoint", "file": "k400.pth"}),
+                                 (src.state_dict(), {"source": "unknown"})):
+        model = vmm.from_pretrained(tmp_path / "final")
+        assert read_config(vmm.save_pretrained(model, tmp_path / "as_is"))["weights_from"] == {
+            "source": "vmm train", "steps": 100}
+        vmm.load_checkpoint(model, checkpoint)
+        saved = read_config(vmm.save_pretrained(model, tmp_path / "replaced"))
+        assert saved["weights_from"] == expected and TRAINED_STEPS not in saved["model_meta"]
+
+
+def test_a_folder_built_into_another_model_keeps_its_source_when_the_folder_changes(tmp_path, monkeypatch):
+    """A folder loaded into a model of other options (create_model(name, pretrained=FOLDER, drop_path_rate=...))
+    was read for its source only when the model was saved: by then a relative path pointed elsewhere (a file
+    named like the folder was recorded), and a later export into the folder lent its step count."""
+    from vmm.models.persistence import read_config
+    from vmm.training.loop import TRAINED_STEPS
+    monkeypatch.chdir(tmp_path)
+    src = vmm.create_model("videomamba_tiny", **CLASSIFIER)
+    src.model_meta = {**src.model_meta, TRAINED_STEPS: 100}
+    vmm.save_pretrained(src, "final")
+    model = vmm.create_model("videomamba_tiny", pretrained="final", drop_path_rate=0.1, **CLASSIFIER)
+    src.model_meta = {**src.model_meta, TRAINED_STEPS: 900}  # the run continued and exported again
+    vmm.save_pretrained(src, "final")
+    assert read_config(vmm.save_pretrained(model, tmp_path / "a"))["weights_from"] == {"source": "vmm train",
+                                                                                         "steps": 100}
+    monkeypatch.chdir(tmp_path / "a")  # "final" is no longer this folder
+    assert read_config(vmm.save_pretrained(model, tmp_path / "b"))["weights_from"] == {"source": "vmm train",
+                                                                                         "steps": 100}
+
+
 @pytest.mark.parametrize("name, overrides, needle", [
     ("videomamba_tiny", dict(num_frames=0), "num_frames=0: num_frames must be a whole number from 1 to 1024"),
     ("videomamba_tiny", dict(num_frames=5000), "num_frames=5000: num_frames must be a whole number from 1 to"),

@@ -205,6 +205,9 @@ def _with_folder_weights(name: str, folder: Union[str, Path], overrides: dict) -
         return source
     model = registry.create_model(name, **overrides)
     _load_folder_weights(model, source, folder, name)
+    # Taken now: read from the folder when the model is saved, it followed a relative path elsewhere or a later
+    # export into the same folder.
+    model.weights_from = source.weights_from
     return model
 
 

@@ -110,7 +110,10 @@ def _by_index(pairs: list, source: str) -> list:
 
 
 def _is_index(text: str) -> bool:
-    return text.strip().isascii() and text.strip().isdigit()
+    # A negative number too, for _by_index to refuse: "-1,background" as a CSV's first row passed for a header
+    # and the class was dropped without a word.
+    number = text.strip().removeprefix("-")
+    return number.isascii() and number.isdigit()
 
 
 def _unquote(name):

@@ -451,4 +451,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     # the released file and then given a fine-tuned one still claimed the released weights in vmm eval.
     model.pretrained_source = source if isinstance(checkpoint, (str, Path)) else None
     model.weights_from = None if isinstance(checkpoint, (str, Path)) else {"source": "unknown"}
+    # A vmm train export's step count described the weights just replaced; kept, it outranked the file above.
+    from vmm.training.loop import TRAINED_STEPS
+    meta = getattr(model, "model_meta", None)
+    if isinstance(meta, dict) and TRAINED_STEPS in meta:
+        model.model_meta = {key: value for key, value in meta.items() if key != TRAINED_STEPS}
     return model

@@ -132,11 +132,6 @@ def weights_source(model: nn.Module) -> dict:
     source = getattr(model, "pretrained_source", None)
     if source is None:
         return {"source": "random"}
-    if Path(source).is_dir():  # create_model(name, pretrained=FOLDER) moved the folder's weights into a new model
-        try:
-            return recorded_source(read_config(source))
-        except VmmError:
-            return {"source": "unknown"}
     return {"source": "checkpoint", "file": Path(source).name}  # the name only: no local path in a shared folder
 
 

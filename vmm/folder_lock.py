@@ -1,8 +1,10 @@
 """One process's claim on a folder it writes: an exclusive ``flock`` on a file in it, held until released.
 
 The kernel drops the lock when the process ends, a SIGKILL or a crash included, so a dead writer never blocks the
-next one. The file is never deleted: a writer deleting it while a second one opened it would let a third lock a
-new file beside the second's. Used by training runs (``train.output_dir``) and ``vmm demo`` (``--out``); each
+next one. The file is not deleted: a writer deleting it while a second one opened it would let a third lock a
+new file beside the second's (the synthetic corpus generator, which leaves no lock file in a finished corpus,
+deletes its own and so checks after each claim that the file it locked is still the folder's). Used by training
+runs (``train.output_dir``), ``vmm demo`` (``--out``), library writers and the synthetic corpus generator; each
 words its own refusal.
 """
 from __future__ import annotations

@@ -35,7 +35,7 @@ from index.library import LibraryWriter, _catalog_writes, _factory_setting, _syn
 from index.pool import DecodePool, FileStamp
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, check_factory, factory_spelling
-from vmm.errors import VmmError
+from vmm.errors import VmmError, one_line
 
 
 # -- summary ---------------------------------------------------------------------------------
@@ -96,7 +96,8 @@ class IngestSummary:
 
 
 def _some(paths: list[str]) -> str:
-    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    # Escaped: a folder name with a newline split the summary line in two.
+    return one_line(", ".join(paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 # -- planning a run -------------------------------------------------------------------------------

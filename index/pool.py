@@ -137,10 +137,17 @@ def _task_events(key: int, path: str, options: DecodeOptions, hook, busy):
             # Each packet read and frame decoded restarts the step's clock: PyAV reads a whole file to count its
             # frames and decodes every frame up to a clip's last, which on slow storage or with a long window
             # outlasted the timeout, and a file was killed as hung for being large.
-            for event in iter_decode(path, options, progress=lambda: setattr(busy, "value", time.monotonic())):
-                busy.value = 0.0
-                yield ("start", key, (stamp, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
-                busy.value = time.monotonic()
+            try:
+                for event in iter_decode(path, options, progress=lambda: setattr(busy, "value", time.monotonic())):
+                    busy.value = 0.0
+                    yield ("start", key, (stamp, event)) if isinstance(event, DecodeStart) else ("clip", key, event)
+                    busy.value = time.monotonic()
+            except DecodeFailure:
+                # A copy in progress fails as cut short, or as no video at all (an MP4's index comes last): the
+                # failure may be of content the file no longer has.
+                if stamp.holds(path):
+                    raise
+                continue
             # Changed since it was stamped: its clips may be of other content than the stamp says, and a library
             # storing them with that size and mtime would take them as current whenever those came back.
             if stamp.holds(path):

@@ -426,9 +426,9 @@ class VectorStore:
         # Summed in float64 and rounded to float32: BLAS's float32 sums depend on a vector's place in its block and
         # on how many queries share the call, so the same clip indexed twice scored unequal (its tie no longer went
         # by id) and a query searched in a batch got other scores, and another order, than alone.
-        vectors = self.index.reconstruct_batch(present).astype(np.float64)
+        vectors = self.index.reconstruct_batch(present)
         rows = max(1, _EXACT_SCORES_MAX // len(present))
-        parts = [_top_k((queries[i:i + rows] @ vectors.T).astype(np.float32), present, k)
+        parts = [_top_k(_float64_scores(queries[i:i + rows], vectors), present, k)
                  for i in range(0, len(queries), rows)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -494,6 +494,18 @@ def _as_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     if vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim):
         raise ValueError(f"expected vectors of shape (N, {dim or 'dim'}), got {vectors.shape}")
     return vectors
+
+
+def _float64_scores(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``queries @ vectors.T`` summed in float64, as float32. The vectors are widened a block at a time: the exact
+    fallback of an HNSW search cut short scores every allowed clip, and a float64 copy of them all (4 GB for a million
+    clips of 512 dimensions) came on top of the float32 ones."""
+    scores = np.empty((len(queries), len(vectors)), np.float32)
+    wide = queries.astype(np.float64)
+    step = max(1, _EXACT_SCORES_MAX // vectors.shape[1])
+    for start in range(0, len(vectors), step):
+        scores[:, start:start + step] = wide @ vectors[start:start + step].astype(np.float64).T
+    return scores
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

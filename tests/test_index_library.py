@@ -226,6 +226,17 @@ def test_files_of_an_empty_folder_are_kept_as_a_drive_not_mounted(tmp_path):
     assert sorted(k[0] for k in library_contents(library)) == [str(nas / "red.mp4"), str(tmp_path / "trip" / "blue.mp4")]
 
 
+def test_the_summary_line_of_a_kept_file_stays_one_line_whatever_its_folder_is_called(tmp_path):
+    card = tmp_path / "card\none"  # a folder name with a newline split the line, the rest reading as another
+    card.mkdir()
+    red = videos.write_solid(str(card / "red.mp4"), videos.RED, 1.0)
+    library = str(tmp_path / "lib")
+    build_library([str(tmp_path / "card\none")], library, ENCODER, workers=0, progress=False)
+    os.remove(red)
+    line = build_library([str(card)], library, ENCODER, workers=0, progress=False).line()
+    assert "\n" not in line and f"(the folder {tmp_path}/card\\none is empty: " in line
+    assert f"no videos found under {tmp_path}/card\\none in " in line
+
 def test_failed_files_are_skipped_then_retried(tmp_path):
     root = tmp_path / "media"
     root.mkdir()

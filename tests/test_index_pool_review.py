@@ -311,6 +311,30 @@ def test_a_file_that_keeps_changing_while_decoded_fails_and_is_read_again_once_c
     assert (summary.indexed, summary.failed, summary.skipped_failed) == (1, 0, 0)
 
 
+def test_a_file_whose_copy_completes_while_its_partial_content_fails_to_decode_is_decoded_again(tmp_path,
+                                                                                             monkeypatch):
+    # Half an MP4 has no index (it comes last) and failed as "no video stream in the container", though the file
+    # was whole by then: only a file that changed after decoding succeeded was read again.
+    media = tmp_path / "media"
+    media.mkdir()
+    whole = open(videos.write_solid(str(tmp_path / "whole.mp4"), videos.RED, 1.0), "rb").read()
+    clip = media / "clip.mp4"
+    clip.write_bytes(whole[:len(whole) // 2])
+    real = pool_module.iter_decode
+
+    def the_copy_completes_while_decoding(path, options, progress):
+        try:
+            yield from real(path, options, progress)
+        finally:
+            if os.path.getsize(path) < len(whole):
+                with open(path, "r+b") as f:
+                    f.seek(len(whole) // 2)
+                    f.write(whole[len(whole) // 2:])
+    monkeypatch.setattr(pool_module, "iter_decode", the_copy_completes_while_decoding)
+    summary = build_library([str(media)], str(tmp_path / "lib"), ENCODER, workers=0, progress=False)
+    assert (summary.indexed, summary.failures) == (1, [])
+    assert stored_row(tmp_path / "lib") == on_disk(str(clip))
+
 def test_a_file_changed_after_discovery_is_not_taken_as_touched_with_the_stat_discovery_saw(tmp_path, monkeypatch):
     # A file edited (B) and then put back (A) between discovery and planning: its fingerprint matched the library's
     # (A) and the row took B's size and mtime, so B restored with them later (cp -p) kept A's vectors.

@@ -249,3 +249,26 @@ def test_an_exact_subset_search_scores_each_query_as_alone_and_ties_twins_by_id(
         alone = store.search(query[None], k=3000, allowed=allowed)
         assert np.array_equal(alone[1][0], row_ids) and np.array_equal(alone[0][0], row_scores)
         assert (row_ids[1::2] == row_ids[::2] + 1500).all() and (row_scores[1::2] == row_scores[::2]).all()
+
+
+def test_an_exact_search_widens_its_vectors_to_float64_a_block_at_a_time(monkeypatch):
+    """The exact fallback of an HNSW search cut short scores every allowed clip: a float64 copy of them all (4 GB for
+    a million clips of 512 dimensions) came on top of the float32 ones."""
+    import tracemalloc
+
+    import index.store as store_module
+    monkeypatch.setattr(store_module, "_EXACT_SCORES_MAX", 1 << 16)  # blocks of 512 vectors, as 8192 at 512 dims
+    rng = np.random.default_rng(0)
+    data = unit(rng.standard_normal((20000, 128)))
+    store = VectorStore.build(data, np.arange(20000), "Flat")
+    queries = unit(rng.standard_normal((3, 128)))
+    tracemalloc.start()
+    try:
+        scores, ids = store.search(queries, k=5, allowed=np.arange(20000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * data.nbytes  # the float32 copy FAISS hands out, and one block at a time beside it
+    expected = queries.astype(np.float64) @ data.astype(np.float64).T
+    assert (ids == np.argsort(-expected, axis=1)[:, :5]).all()
+    assert np.array_equal(scores, np.take_along_axis(expected, ids, axis=1).astype(np.float32))

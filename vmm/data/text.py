@@ -13,9 +13,12 @@ first), and so do the official quirks kept here on purpose:
 """
 from __future__ import annotations
 
+import numbers
 import re
 import string
 import unicodedata
+
+from vmm.errors import VmmError
 
 # Punctuation deleted outright by the official code: , . ' ! ? " ( ) * # : ; ~
 _DELETED = ",.'!?\"()*#:;~"
@@ -42,6 +45,10 @@ def clean_caption(text: str, max_words: int | None = None) -> str:
     text = text.replace("-", " ").replace("/", " ").replace("<person>", "person")
     text = _WHITESPACE_RUN.sub(" ", text)
     text = text.rstrip("\n").strip(" ")
+    # Checked here, not left to the slice: max_words=-1 ("no limit" elsewhere) silently dropped the last word.
+    if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, numbers.Integral)
+                                  or max_words < 0):
+        raise VmmError(f"max_words={max_words!r}: must be a whole number of words >= 1, or None (or 0) for no limit")
     if max_words:
         words = text.split(" ")
         if len(words) > max_words:

@@ -203,6 +203,9 @@ class TextEncoder(nn.Module):
         if c.mlm_head:
             self.cls = BertMLMHead(c, self.embeddings.word_embeddings)
         self.apply(self._init_weights)
+        with torch.no_grad():  # as transformers' BERT init: the [PAD] row starts at zero. Not in _init_weights:
+            # there the tied MLM decoder, visited after the embeddings, would draw the whole table again.
+            self.embeddings.word_embeddings.weight[c.pad_token_id].zero_()
         if c.init_from:
             load_bert_weights(self, c.init_from)
 
@@ -210,9 +213,6 @@ class TextEncoder(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)  # BERT initializer_range
-        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-            with torch.no_grad():  # as transformers' BERT init: the [PAD] row starts at zero (it gets no gradient)
-                m.weight[m.padding_idx].zero_()
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
         if isinstance(m, nn.LayerNorm):

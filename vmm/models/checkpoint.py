@@ -11,6 +11,7 @@ import os
 import pickle
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -52,7 +53,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     checkpoint TMP/missing.pth does not exist
     >>> tmp.cleanup()
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # as create_model(pretrained=...) reads it; else a file there "does not exist"
     if path.is_dir():
         from vmm.models.persistence import is_pretrained_dir
         if is_pretrained_dir(path):  # it names its own architecture, which this function does not build
@@ -98,6 +99,10 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
                               f"({reason}); save only the state dict, or load it yourself with "
                               f"torch.load(weights_only=False) if you trust its source") from None
     except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
+        if head[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+            # torch.save's zip archive without its end: torch's "internal miniz error" called it no checkpoint.
+            raise CheckpointError(f"checkpoint {path} is truncated or damaged (an incomplete torch.save archive: an "
+                                  "interrupted download or copy?); download or save it again") from None
         if "maximum supported version" in str(e):  # else called damaged, and downloading it again cannot help
             raise CheckpointError(f"checkpoint {path} was saved by a newer PyTorch than this one "
                                   f"({torch.__version__}); upgrade torch, or re-save the state dict as .safetensors "
@@ -355,7 +360,11 @@ _OFFICIAL_SIZES = {(192, 24): "videomamba_tiny", (384, 24): "videomamba_small", 
 
 # The kinds of VideoMamba state dict, each told by keys only it has (spec 4.5).
 _KINDS = {"multimodal": "a video-text model (vision_encoder. + text_encoder.)",
-          "classifier": "a video classifier (head, norm_f)", "vision": "a multimodal vision encoder (pool_norm)"}
+          "classifier": "a video classifier (head, norm_f)", "vision": "a multimodal vision encoder (pool_norm)",
+          "pretrain": "a masked-pretraining encoder (clip_decoder, no head or pool_norm)"}
+# No model has the masked-pretraining layout: the official code only starts training from it, non-strictly.
+_PRETRAIN_FIX = ("it only starts training: pass it as vmm train's model.vision_init, or load it with "
+                 "vmm.load_checkpoint(model, path, strict=False), which keeps the model's own head or pool_norm")
 
 
 def _kind(sd: StateDict) -> Optional[str]:
@@ -364,7 +373,10 @@ def _kind(sd: StateDict) -> Optional[str]:
     part = _video_encoder_part(sd)
     if "head.weight" in part or "norm_f.weight" in part:
         return "classifier"
-    return "vision" if "pool_norm.weight" in part else None  # a masked-pretraining encoder, or not a VideoMamba
+    if "pool_norm.weight" in part:
+        return "vision"
+    # The K400 masked-pretraining release (spec 4.2); a file of none of these kinds is no VideoMamba at all.
+    return "pretrain" if any(k.startswith("clip_decoder.") for k in part) else None
 
 
 def _model_of(kind: Optional[str], size_name: Optional[str]) -> Optional[str]:
@@ -374,7 +386,7 @@ def _model_of(kind: Optional[str], size_name: Optional[str]) -> Optional[str]:
         return None
     if kind == "multimodal":
         return "videomamba_m16_25m" if size_name == "videomamba_middle" else f"{size_name}_vision"
-    return size_name + ("_vision" if kind == "vision" else "")
+    return size_name + ("_vision" if kind in ("vision", "pretrain") else "")
 
 
 def _fit_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
@@ -398,6 +410,8 @@ def _fit_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
                 "vmm.vision_overrides_from_state_dict")
     if kind is None or own_kind is None or kind == own_kind:
         return None
+    if kind == "pretrain":
+        return f"the file is {_KINDS[kind]}; {_PRETRAIN_FIX}"
     return f"the file is {_KINDS[kind]} and the model {_KINDS[own_kind]}; pass {fits} of the file's kind"
 
 
@@ -415,7 +429,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=5)
     >>> _ = vmm.load_checkpoint(m, m.state_dict())
     """
-    source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "state dict"
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = Path(checkpoint).expanduser()
+    source = str(checkpoint) if isinstance(checkpoint, Path) else "state dict"
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else unwrap_state_dict(checkpoint)
     sd = adapt_state_dict(model, raw)
     own = model.state_dict()

@@ -272,6 +272,11 @@ def sinusoid_table(n_position: int, dim: int, device=None, dtype=None) -> Tensor
     return table.to(device=device, dtype=dtype or torch.float32).unsqueeze(0)
 
 
+def _resample_dtype(table: Tensor) -> torch.dtype:
+    """fp32 for half-precision tables (bf16 resampling rounds every step), a float64 table's own precision."""
+    return torch.promote_types(table.dtype, torch.float32)
+
+
 def interpolate_pos_embed(pos_embed: Tensor, new_grid: int) -> Tensor:
     """Bicubic resize of the (1, 1 + g*g, D) spatial table to a new grid, CLS slot untouched (official rule)."""
     n_extra = 1
@@ -279,7 +284,7 @@ def interpolate_pos_embed(pos_embed: Tensor, new_grid: int) -> Tensor:
     if old_grid == new_grid:
         return pos_embed
     D = pos_embed.shape[-1]
-    grid = pos_embed[:, n_extra:].reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2).float()
+    grid = pos_embed[:, n_extra:].reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2).to(_resample_dtype(pos_embed))
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(pos_embed.dtype)
     return torch.cat([pos_embed[:, :n_extra], grid], dim=1)
@@ -289,5 +294,6 @@ def interpolate_temporal_embed(temporal: Tensor, new_t: int) -> Tensor:
     """Linear resize of the (1, T, D) temporal table along T (official rule, align_corners=False)."""
     if temporal.shape[1] == new_t:
         return temporal
-    t = F.interpolate(temporal.permute(0, 2, 1).float(), size=(new_t,), mode="linear", align_corners=False)
+    t = F.interpolate(temporal.permute(0, 2, 1).to(_resample_dtype(temporal)), size=(new_t,), mode="linear",
+                      align_corners=False)
     return t.permute(0, 2, 1).to(temporal.dtype)

@@ -286,7 +286,7 @@ def test_labels_the_tokenizer_reads_alike_are_named_once(noise_video, tiny, tmp_
     with pytest.warns(UserWarning) as caught:
         top = dict(classify_video(noise_video, tiny, labels=labels, top_k=len(labels)))
     assert [str(w.message) for w in caught] == [
-        f"labels 'Dog' and 'dog'; 'café' and 'cafe'; 'ice-skating' and 'ice skating' (and 1 more groups) give the model "
+        "labels 'Dog' and 'dog'; 'café' and 'cafe'; 'ice-skating' and 'ice skating' (and 1 more group) give the model "
         "the same prompts (it reads them in lower case, without accents or punctuation, and only their first 32 "
         "tokens), so they always tie; rename them to differ in words"]
     assert top["Dog"] == top["dog"] and top[long + "still"] == top[long + "jumps"] != top["bird"]

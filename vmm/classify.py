@@ -395,7 +395,7 @@ def _prompts(encoder, names: list[str], templates: list[str]) -> list[str]:
     ties = [group for group in same.values() if len(group) > 1]
     if ties:
         shown = "; ".join(_and([repr(name) for name in group]) for group in ties[:3])
-        more = f" (and {len(ties) - 3} more groups)" if len(ties) > 3 else ""
+        more = f" (and {len(ties) - 3} more group{'s' if len(ties) > 4 else ''})" if len(ties) > 3 else ""
         warnings.warn(f"labels {shown}{more} give the model the same prompts (it reads them in lower case, without "
                       f"accents or punctuation, and only their first {length} tokens), so they always tie; rename "
                       "them to differ in words", stacklevel=3)

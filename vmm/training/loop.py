@@ -413,7 +413,9 @@ def training_checkpoint_weights(path: Path) -> Optional[dict]:
     try:
         state = read_checkpoint(weights)
     except CheckpointError as e:  # a cut or damaged file
-        raise VmmError(f"model.init: {e}; pass an earlier checkpoint of the run") from None
+        # a run's own file cannot be downloaded again: its earlier checkpoints are the way out
+        reason = str(e).removesuffix("; download or save it again")
+        raise VmmError(f"model.init: {reason}; pass an earlier checkpoint of the run") from None
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 

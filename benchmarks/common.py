@@ -3,10 +3,8 @@ writing their result files."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -91,28 +89,16 @@ def output_path(ap: argparse.ArgumentParser, value, option: str = "--out", folde
 
 
 def write_result(path, text: str) -> None:
-    """Writes ``text`` to ``path`` whole or not at all, creating its folder: into a file beside it, then renamed over
-    it. A plain write_text cut short (a Ctrl-C, a full disk) left a truncated JSON in place of the recorded result,
-    and a write error was a traceback after the whole run.
+    """Writes ``text`` to ``path`` whole or not at all, creating its folder (``retrieval.report.atomic_write``, as
+    the evaluation's reports). A plain write_text cut short (a Ctrl-C, a full disk) left a truncated JSON in place of
+    the recorded result, and a write error was a traceback after the whole run.
 
     >>> write_result("/tmp/vmm-bench-example/result.json", "{}\\n")
     """
+    from retrieval.report import atomic_write
     path = Path(path)
-    target = Path(os.path.realpath(path))  # a link's file is rewritten, not the link replaced by a copy
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # the pid: two runs writing at once
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w") as file:
-            file.write(text)
-        if target.exists():
-            shutil.copymode(target, partial)
-        os.replace(partial, target)
-    except OSError as error:
-        raise VmmError(f"cannot write {path} ({error.strerror or error}); the run's numbers are printed above, "
-                       f"{'the file there is unchanged' if path.exists() else 'no file was written'}") from None
-    finally:
-        with contextlib.suppress(OSError):  # left by an error or a Ctrl-C before the rename
-            partial.unlink(missing_ok=True)
+    kept = "the file there is unchanged" if path.exists() else "no file was written"
+    atomic_write(path, lambda file: file.write(text), fix=f"the run's numbers are printed above, {kept}")
 
 
 def run(main) -> None:

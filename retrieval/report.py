@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -199,10 +200,11 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def atomic_write(path: Path, write, binary: bool = False) -> Path:
+def atomic_write(path: Path, write, binary: bool = False, fix: str = "choose a writable path") -> Path:
     """Write through a temporary file in the same folder, then rename: never a half-written report. A symlink's
-    target is what is replaced (the rename replaced the link and left its target stale); a FIFO, a terminal or
-    ``/dev/stdout`` is written in place (the rename replaced the node itself, as root even ``/dev/full``)."""
+    target is what is replaced (the rename replaced the link and left its target stale), and a file replaced keeps
+    its permissions; a FIFO, a terminal or ``/dev/stdout`` is written in place (the rename replaced the node itself,
+    as root even ``/dev/full``). A write that fails is a VmmError ending in ``fix``."""
     given, path = path, Path(os.path.realpath(path))
     mode, encoding = ("wb", {}) if binary else ("w", {"encoding": "utf-8"})
     if path.exists() and not path.is_file():
@@ -210,7 +212,7 @@ def atomic_write(path: Path, write, binary: bool = False) -> Path:
             with open(path, mode, **encoding) as f:
                 write(f)
         except OSError as e:
-            raise VmmError(f"cannot write {given} ({e.strerror}); choose a writable path") from None
+            raise VmmError(f"cannot write {given} ({e.strerror or e}); {fix}") from None
         return given
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,9 +222,11 @@ def atomic_write(path: Path, write, binary: bool = False) -> Path:
     try:
         with open(tmp, mode, **encoding) as f:
             write(f)
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     except OSError as e:
-        raise VmmError(f"cannot write {given} ({e.strerror}); choose a writable path") from None
+        raise VmmError(f"cannot write {given} ({e.strerror or e}); {fix}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -533,12 +533,14 @@ def _check_arguments(path, model, checkpoint, device) -> tuple:
 def _check_unchanged(record, path: str) -> None:
     """Re-ranking decodes the file again: one replaced since indexing would be scored on other content than the
     clip its vectors describe."""
+    if record is None:
+        return
+    from index.pool import FileStamp  # the test a run of vmm index makes, a time after 2262 wrapped as stored
     try:
-        st = os.stat(path)
+        unchanged = FileStamp(record.fingerprint, record.size, record.mtime_ns).holds(path)
     except OSError:
         return  # read_windows reports a file that is gone
-    from index.discovery import storable_mtime  # as the library stored it: a time after 2262 wraps
-    if record is not None and (st.st_size != record.size or storable_mtime(st.st_mtime_ns) != record.mtime_ns):
+    if not unchanged:
         raise VmmError(f"{path} changed since it was indexed; run `vmm index` again to update the library, "
                        "or search without rerank= (--rerank)")
 

@@ -583,7 +583,8 @@ def test_a_video_dated_after_2262_is_indexed_and_followed(tmp_path, capsys):
 
     from index.discovery import storable_mtime
     from retrieval.library import _check_unchanged
-    _check_unchanged(SimpleNamespace(size=os.path.getsize(red), mtime_ns=storable_mtime(year_2300 + 2)), red)
+    _check_unchanged(SimpleNamespace(size=os.path.getsize(red), mtime_ns=storable_mtime(year_2300 + 2), fingerprint=""),
+                     red)
 
 
 class _UnnormalisedEncoder(ColorHistogramEncoder):

@@ -370,3 +370,16 @@ def test_a_ctrl_c_during_a_run_is_one_line_and_status_130(load, monkeypatch, cap
         runpy.run_path(str(BENCHMARKS / f"{script}.py"), run_name="__main__")
     assert exited.type is SystemExit and exited.value.code == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--clips", "10"], "argument --clips: 10 clips make fewer than 20 files, of which the filter keeps one; pass at "
+                        "least 400"),
+    (["--queries", "0"], "argument --queries: '0' is not a whole number >= 1"),
+])
+def test_search_many_refuses_a_library_too_small_or_no_queries_in_one_line(argv, message, tmp_path):
+    """Its own option checks (it writes no result file, so the shared usage-error table does not take it)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_many.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"error: {message}"), done.stderr

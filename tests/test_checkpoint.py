@@ -92,7 +92,7 @@ def test_missing_and_unexpected_keys(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     p = tmp_path / "notes.pth"
     p.write_text("these are my notes, not weights")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch or safetensors checkpoint"):
         vmm.load_checkpoint(tiny(), p)
     with pytest.raises(CheckpointError, match="does not exist"):
         vmm.load_checkpoint(tiny(), tmp_path / "nope.pth")
@@ -177,8 +177,9 @@ def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
     which read as a checkpoint refused for safety."""
     p = tmp_path / "garbage.pth"
     p.write_text("garbage bytes here\n")
-    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint \\(neither a torch.save zip archive nor a "
-                                              "pickle\\); pass a .pth, .pt, .bin or .safetensors weights file$"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch or safetensors checkpoint \\(neither a torch.save "
+                                              "archive, a pickle nor a safetensors file\\); pass a .pth, .pt, .bin or "
+                                              ".safetensors weights file$"):
         vmm.load_checkpoint(tiny(), p)
 
 
@@ -189,7 +190,7 @@ def test_safetensors_file(tmp_path):
     got = vmm.load_checkpoint(tiny(), tmp_path / "m.safetensors")
     assert torch.equal(got.head.weight, src.head.weight)
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors is not a safetensors file \(or it is damaged\)"):
         vmm.load_checkpoint(tiny(), tmp_path / "bad.safetensors")
 
 
@@ -504,3 +505,37 @@ def test_a_cut_torch_archive_is_called_truncated_by_load_checkpoint(tmp_path):
                                                       r"\(an incomplete torch\.save archive: an interrupted download "
                                                       r"or copy\?\); download or save it again$"):
                 load(tmp_path / "cut.pth")
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_every_loader_reads_a_legacy_pickle_and_names_a_cut_one(tmp_path, protocol):
+    """A checkpoint saved before PyTorch 1.6 (a pickle, no zip archive) with protocol 1 opens with torch's magic
+    number as a long ("L1195..."): vmm.read_checkpoint read it, but create_model(pretrained=) and vmm classify's
+    checks called it "some other kind of file". Cut short, any legacy pickle was "not a PyTorch checkpoint
+    (EOFError: unreadable)", which sent users to check the format rather than download it again."""
+    from vmm.factory import checkpoint_vision_settings
+    src = tiny(depth=1)
+    path = tmp_path / "legacy.pth"
+    torch.save(src.state_dict(), path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    assert path.read_bytes()[:1] == (b"L" if protocol == 1 else b"\x80")
+    assert torch.equal(vmm.read_checkpoint(path)["head.weight"], src.head.weight)
+    loaded = vmm.create_model("videomamba_tiny", pretrained=path, depth=1, num_frames=4, img_size=32, num_classes=5)
+    assert torch.equal(loaded.head.weight, src.head.weight)
+    assert checkpoint_vision_settings(path)["num_classes"] == 5
+    if protocol == 2:  # torch's safe unpickler cannot read a cut protocol-1 file at all ("Unsupported operand")
+        data = path.read_bytes()
+        (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {tmp_path}/cut\.pth is truncated or damaged \(.+\); "
+                                                  r"download or save it again$"):
+            vmm.read_checkpoint(tmp_path / "cut.pth")
+
+
+def test_safetensors_under_another_suffix_loads_everywhere(tmp_path):
+    """read_checkpoint reads a safetensors file by its bytes whatever its name, but create_model(pretrained=)
+    refused the same file named .pth and asked to rename it."""
+    from safetensors.torch import save_file
+    src = tiny(depth=1)
+    save_file(src.state_dict(), str(tmp_path / "weights.pth"))
+    loaded = vmm.create_model("videomamba_tiny", pretrained=tmp_path / "weights.pth", depth=1, num_frames=4,
+                              img_size=32, num_classes=5)
+    assert torch.equal(loaded.head.weight, src.head.weight)

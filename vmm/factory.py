@@ -231,57 +231,6 @@ def _load_folder_weights(model: nn.Module, source: nn.Module, folder: Union[str,
     model.load_state_dict(source.state_dict())
 
 
-def _sniff_weights_file(path: Path) -> None:
-    """Refuse a file that is not a checkpoint, or a truncated one, before torch.load or safetensors give an
-    error about pickles or errno that does not say so."""
-    import json
-    import struct
-    import zipfile
-    size = path.stat().st_size
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise VmmError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
-    with f:
-        head = f.read(8)
-        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        looks_safetensors = 2 <= header_len <= min(size - 8, 100_000_000) and f.read(1) == b"{"
-        header = None
-        if looks_safetensors:
-            f.seek(8)
-            try:
-                header = json.loads(f.read(header_len))
-            except ValueError:
-                header = None
-    damaged = f"checkpoint {path} is truncated or damaged; download or save it again"
-    if size == 0:  # an interrupted download or copy; "some other kind of file" sent users to check its format
-        raise VmmError(f"checkpoint {path} is empty (0 bytes); download or save it again")
-    if path.suffix == ".safetensors" or (looks_safetensors and header is not None):
-        if size - 8 < header_len <= 100_000_000:
-            raise VmmError(damaged)
-        if not looks_safetensors:
-            raise VmmError(f"checkpoint {path} is not a safetensors file (or it is damaged); pass a .safetensors "
-                           "or .pth weights file")
-        if not isinstance(header, dict):
-            raise VmmError(damaged)
-        ends = [v["data_offsets"][1] for k, v in header.items()
-                if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
-        if 8 + header_len + max(ends, default=0) > size:
-            raise VmmError(damaged)
-        if path.suffix != ".safetensors":
-            raise VmmError(f"checkpoint {path} is a safetensors file; rename it to {path.stem}.safetensors")
-        return
-    if head[:4] == b"PK\x03\x04":  # torch.save's zip format
-        try:
-            zipfile.ZipFile(path).close()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise VmmError(damaged) from None
-        return
-    if head[:1] != b"\x80":  # nor a legacy torch.save pickle
-        raise VmmError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint (it is some other kind of "
-                       "file); pass the downloaded .pth or .safetensors weights file")
-
-
 def load_weights(model: nn.Module, path: Union[str, Path, dict]) -> nn.Module:
     """:func:`vmm.load_checkpoint` from a file, with plain messages for files that are not checkpoints; a state
     dict is loaded as :func:`vmm.load_checkpoint` loads it.
@@ -297,32 +246,25 @@ def load_weights(model: nn.Module, path: Union[str, Path, dict]) -> nn.Module:
     if not isinstance(path, (str, os.PathLike)):  # a state dict failed inside pathlib ("expected str, bytes...")
         return load_checkpoint(model, path)
     path = Path(path)
-    if path.is_file():
-        _sniff_weights_file(path)
     try:
         return load_checkpoint(model, path)
     except CheckpointError as e:
-        text = str(e)
-        if "refused for safety" in text:
+        if "refused for safety" in str(e):
             raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors, which vmm does not "
                                   "unpickle for safety; re-save it as a plain state dict "
                                   "(torch.save(model.state_dict(), ...)) or as .safetensors") from None
-        if "is not a PyTorch checkpoint" in text or "is not a valid safetensors file" in text:
-            raise CheckpointError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint, or it is truncated "
-                                  "or damaged; download or save it again") from None
         raise
 
 
 def _tensor_shapes(path: Path) -> dict:
     """A checkpoint's tensors without reading their data where the format allows (the file is read again to load
     it, and an official multimodal file is about a gigabyte): memory-mapped from a torch.save zip archive, meta
-    tensors from a safetensors header."""
-    from vmm.models.checkpoint import load_tensors, read_checkpoint, unwrap_state_dict
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04":
+    tensors from a safetensors header. CheckpointError for a file that is no checkpoint or is damaged."""
+    from vmm.models.checkpoint import check_weights_file, load_tensors, read_checkpoint, unwrap_state_dict
+    kind = check_weights_file(path)
+    if kind == "zip":
         return unwrap_state_dict(load_tensors(path, mmap=True), str(path))
-    if path.suffix == ".safetensors":
+    if kind == "safetensors":
         return {k: torch.empty(shape, device="meta") for k, shape in _file_shapes(path).items()}
     return read_checkpoint(path)  # a legacy pickle: read whole
 
@@ -341,8 +283,9 @@ def checkpoint_vision_settings(path: Union[str, Path]) -> dict:
     {'img_size': 32, 'num_frames': 4, 'num_classes': 3}
     """
     from vmm.models.checkpoint import vision_overrides_from_state_dict
+    from vmm.models.checkpoint import check_weights_file
     path = Path(user_path(path))  # as the loaders read "~/...": a quoted one ran a 16-frame file at 8 frames
-    _sniff_weights_file(path)
+    check_weights_file(path)
     try:
         return vision_overrides_from_state_dict(_tensor_shapes(path))
     except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what

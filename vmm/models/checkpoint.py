@@ -7,6 +7,7 @@ when frames or resolution differ. Anything else that does not match is an error 
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import stat
@@ -61,33 +62,19 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
                                   f"vmm.from_pretrained('{path}')")
         raise CheckpointError(f"checkpoint {path} is a folder, not a weights file or a vmm model folder (no "
                               "config.json + model.safetensors); pass a .pth or .safetensors file")
-    if not path.is_file():
-        raise CheckpointError(not_a_file(path, "pass the path of a downloaded .pth or .safetensors file"))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:  # else torch and safetensors report it as a missing or damaged file
-        raise CheckpointError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
-    # safetensors: an 8-byte little-endian header length, then the JSON header; read as such whatever the suffix.
-    if path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"
-                                         and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size):
+    if check_weights_file(path) == "safetensors":
         from safetensors.torch import load_file
         try:
             sd = load_file(str(path))
         except Exception as e:  # safetensors raises several types for damaged headers
-            raise CheckpointError(f"{path} is not a valid safetensors file ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({type(e).__name__}: {e}); "
+                                  f"{_DAMAGED}") from None
         return _strip_wrapper_prefixes(sd)
     try:
         with warnings.catch_warnings():  # its "Detected pickle protocol 4" line comes before our own error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = load_tensors(path)
     except pickle.UnpicklingError as e:
-        # torch.save writes a zip archive (PK..), older versions a pickle (protocol 2+ opens with 0x80, protocols 0
-        # and 1 with torch's magic number as a long, "L1195..."): anything else is not a checkpoint, and torch's
-        # unpickler would call it "Unsupported operand", as if it held unsafe objects.
-        if not (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[:5] == b"L1195"):
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
-                                  f"pickle); pass a .pth, .pt, .bin or .safetensors weights file") from None
         # torch's message is a paragraph; its "WeightsUnpickler error:" part names what was refused.
         text = " ".join(str(e).split())
         reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please use")[0].split(" Check the doc")[0]
@@ -98,17 +85,15 @@ def read_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} contains objects other than tensors and was refused for safety "
                               f"({reason}); save only the state dict, or load it yourself with "
                               f"torch.load(weights_only=False) if you trust its source") from None
-    except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on non-checkpoints
-        if head[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(path):
-            # torch.save's zip archive without its end: torch's "internal miniz error" called it no checkpoint.
-            raise CheckpointError(f"checkpoint {path} is truncated or damaged (an incomplete torch.save archive: an "
-                                  "interrupted download or copy?); download or save it again") from None
+    except Exception as e:  # the unpickler raises many types (IndexError, EOFError...) on a cut legacy pickle
         if "maximum supported version" in str(e):  # else called damaged, and downloading it again cannot help
             raise CheckpointError(f"checkpoint {path} was saved by a newer PyTorch than this one "
                                   f"({torch.__version__}); upgrade torch, or re-save the state dict as .safetensors "
                                   "where it was made") from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'})") from None
+        # check_weights_file found a torch.save archive or pickle, so what fails inside it is damage
+        raise CheckpointError(f"checkpoint {path} is truncated or damaged ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'unreadable'}); "
+                              f"{_DAMAGED}") from None
     return unwrap_state_dict(obj, source=str(path))
 
 
@@ -132,6 +117,78 @@ def not_a_file(path: Path, fix: str) -> str:
         return f"checkpoint {path} does not exist; {fix}"
     kind = next((f"{name}, not" for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "not")
     return f"checkpoint {path} is {kind} a regular file; save the weights to a file and pass its path"
+
+
+_DAMAGED = "download or save it again"
+_SAFETENSORS_HEADER_MAX = 100_000_000  # safetensors' own limit on its JSON header
+
+
+def check_weights_file(path: Path) -> str:
+    """The kind of weights file ``path`` is, from its bytes rather than its name: ``"safetensors"``, ``"zip"``
+    (``torch.save``) or ``"pickle"`` (``torch.save`` before PyTorch 1.6, any protocol). A file that is missing,
+    unreadable, empty, cut short or of another kind is a one-line :class:`CheckpointError` with the fix, before
+    torch.load or safetensors report it as pickle opcodes, errno or "internal miniz error".
+
+    >>> import tempfile, torch
+    >>> path = Path(tempfile.mkdtemp()) / "w.pth"
+    >>> torch.save({"w": torch.zeros(2)}, path)
+    >>> check_weights_file(path)
+    'zip'
+    >>> path.write_bytes(path.read_bytes()[:200])
+    200
+    >>> try:
+    ...     check_weights_file(path)
+    ... except CheckpointError as e:
+    ...     print(str(e).replace(str(path), "W"))
+    checkpoint W is truncated or damaged (an incomplete torch.save archive: an interrupted download or copy?); download or save it again
+    """
+    if not path.is_file():
+        raise CheckpointError(not_a_file(path, "pass the path of a downloaded .pth or .safetensors file"))
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # else torch and safetensors report it as a missing or damaged file
+        raise CheckpointError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(9)
+        # safetensors: an 8-byte little-endian header length, then the JSON header
+        header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        looks_safetensors = 2 <= header_len <= _SAFETENSORS_HEADER_MAX and head[8:9] == b"{"
+        header = None
+        if looks_safetensors and header_len <= size - 8:
+            f.seek(8)
+            try:
+                header = json.loads(f.read(header_len))
+            except ValueError:
+                header = None
+    if size == 0:  # an interrupted download or copy; "some other kind of file" sent users to check its format
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {_DAMAGED}")
+    damaged = f"checkpoint {path} is truncated or damaged; {_DAMAGED}"
+    if path.suffix == ".safetensors" or header is not None or (looks_safetensors and header_len > size - 8):
+        if not looks_safetensors:
+            raise CheckpointError(f"checkpoint {path} is not a safetensors file (or it is damaged); pass a "
+                                  ".safetensors or .pth weights file")
+        if header_len > size - 8 or not isinstance(header, dict):
+            raise CheckpointError(damaged)
+        ends = [v["data_offsets"][1] for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
+        if 8 + header_len + max(ends, default=0) > size:
+            raise CheckpointError(damaged)
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip archive
+        try:
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError, ValueError):  # torch's "internal miniz error" called it no checkpoint
+            raise CheckpointError(f"checkpoint {path} is truncated or damaged (an incomplete torch.save archive: an "
+                                  f"interrupted download or copy?); {_DAMAGED}") from None
+        return "zip"
+    # A legacy pickle opens with 0x80 (protocol 2+), or with torch's magic number as a long ("L1195...", protocols 0
+    # and 1); torch's unpickler calls anything else "Unsupported operand", as if it held unsafe objects.
+    if head[:1] == b"\x80" or head[:5] == b"L1195":
+        return "pickle"
+    raise CheckpointError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint (neither a torch.save "
+                          "archive, a pickle nor a safetensors file); pass a .pth, .pt, .bin or .safetensors weights "
+                          "file")
 
 
 class _Inert(dict):

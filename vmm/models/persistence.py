@@ -354,8 +354,8 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     except VmmError as e:  # a field edited by hand: name the file it is in
         changed = f" with {', '.join(overrides)}" if overrides else ""
         raise VmmError(f"{directory / CONFIG_NAME}{changed}: {e}") from None
-    from vmm.factory import _sniff_weights_file
-    _sniff_weights_file(directory / WEIGHTS_NAME)  # else a copy cut short was weights that "do not fit its config"
+    from vmm.models.checkpoint import check_weights_file
+    check_weights_file(directory / WEIGHTS_NAME)  # else a copy cut short was weights that "do not fit its config"
     try:
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)  # strict: a key that does not fit raises
     except Exception as e:

@@ -123,7 +123,7 @@ _DAMAGED = "download or save it again"
 _SAFETENSORS_HEADER_MAX = 100_000_000  # safetensors' own limit on its JSON header
 
 
-def check_weights_file(path: Path) -> str:
+def check_weights_file(path: Union[str, Path]) -> str:
     """The kind of weights file ``path`` is, from its bytes rather than its name: ``"safetensors"``, ``"zip"``
     (``torch.save``) or ``"pickle"`` (``torch.save`` before PyTorch 1.6, any protocol). A file that is missing,
     unreadable, empty, cut short or of another kind is a one-line :class:`CheckpointError` with the fix, before
@@ -142,6 +142,7 @@ def check_weights_file(path: Path) -> str:
     ...     print(str(e).replace(str(path), "W"))
     checkpoint W is truncated or damaged (an incomplete torch.save archive: an interrupted download or copy?); download or save it again
     """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(not_a_file(path, "pass the path of a downloaded .pth or .safetensors file"))
     try:

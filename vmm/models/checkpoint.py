@@ -125,7 +125,7 @@ _SAFETENSORS_HEADER_MAX = 100_000_000  # safetensors' own limit on its JSON head
 
 def check_weights_file(path: Union[str, Path]) -> str:
     """The kind of weights file ``path`` is, from its bytes rather than its name: ``"safetensors"``, ``"zip"``
-    (``torch.save``) or ``"pickle"`` (``torch.save`` before PyTorch 1.6, any protocol). A file that is missing,
+    (``torch.save``) or ``"pickle"`` (``torch.save`` before PyTorch 1.6). A file that is missing,
     unreadable, empty, cut short or of another kind is a one-line :class:`CheckpointError` with the fix, before
     torch.load or safetensors report it as pickle opcodes, errno or "internal miniz error".
 

@@ -119,10 +119,11 @@ def _read_json_list(path: Path) -> list:
         raise VmmError(f"annotation file {path} is not valid JSON ({what} at line {e.lineno} column {e.colno}){hint}"
                        ) from None
     if not isinstance(data, list):
-        raise VmmError(
-            f"annotation file {path}: expected a JSON list of {{\"video\", \"caption\"}} objects, "
-            f"got a {type(data).__name__}"
-        )
+        # MSR-VTT's own release file (all 10k videos, their 200k sentences by video_id) is what users have at hand
+        what = ("MSR-VTT's own MSRVTT_data.json; use the 1k-A test list msrvtt_ret_test1k.json"
+                if isinstance(data, dict) and {"videos", "sentences"} <= data.keys() else f"got a {type(data).__name__}")
+        raise VmmError(f"annotation file {path}: expected a JSON list of {{\"video\", \"caption\"}} objects, {what} "
+                       "(docs/evaluation.md section 2)")
     if not data:
         raise VmmError(f"annotation file {path} contains no items")
     return data

@@ -134,7 +134,11 @@ def test_allow_missing_drops_those_items_and_reports_them(tmp_path, tiny_video):
     "content, expected",
     [
         ('[{"video": "a.mp4", "caption": "x"},]', r"is not valid JSON \(Expecting value at line 1 column 37\)"),
-        ('{"video": "a.mp4", "caption": "x"}', "expected a JSON list .* got a dict"),
+        ('{"video": "a.mp4", "caption": "x"}', r"expected a JSON list .* got a dict \(docs/evaluation\.md section 2\)$"),
+        # the MSR-VTT release's own file: "got a dict" left the user to find which of their files to pass
+        ('{"info": {}, "videos": [{"video_id": "video0"}], "sentences": [{"caption": "a", "video_id": "video0"}]}',
+         r"expected a JSON list .*, MSR-VTT's own MSRVTT_data\.json; use the 1k-A test list msrvtt_ret_test1k\.json "
+         r"\(docs/evaluation\.md section 2\)$"),
         ("[]", "contains no items"),
         ('["a.mp4"]', "item 0 is a str, expected an object with 'video' and 'caption'"),
         ('[{"video": "a.mp4", "caption": "x"}, {"caption": "y"}]', "item 1 needs a non-empty string 'video'"),

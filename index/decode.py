@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import os
 import re
 import reprlib
@@ -86,7 +87,22 @@ class DecodeOptions:
     threads: int = 1  # decoder threads per file
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad option."""
+        """Raise ValueError naming the first bad option.
+
+        >>> DecodeOptions(num_frames=8.5).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: num_frames must be a whole number, got 8.5
+        """
+        for name in ("num_frames", "max_pixels", "threads", "window", "stride", "max_seconds"):
+            # Named here: a float count failed inside NumPy ("'float' object cannot be interpreted as an integer")
+            # and a string window inside a comparison, neither naming the option.
+            value, whole = getattr(self, name), name in ("num_frames", "max_pixels", "threads")
+            if value is None and name == "max_seconds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                raise ValueError(f"{name} must be {'a whole number' if whole else 'a number of seconds'}, got "
+                                 f"{reprlib.repr(value)}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if not self.window > 0:
@@ -512,17 +528,22 @@ def _demux_times(path: str, progress: Progress = _no_progress) -> tuple[int, np.
         return 0, None, None
 
 
-def upright_rgb(frame, rotation: int, mirrored: bool = False) -> np.ndarray:
+def upright_rgb(frame, rotation: int, mirrored: bool = False, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded PyAV frame as an (H, W, 3) uint8 array, turned ``rotation`` degrees counter-clockwise and then
     flipped left to right when ``mirrored`` (the display matrix, as in :attr:`VideoInfo.rotation` and
-    :attr:`VideoInfo.mirrored`): a phone stores portrait video sideways.
+    :attr:`VideoInfo.mirrored`): a phone stores portrait video sideways. ``size`` (width, height), the stream's
+    stored size, scales a frame stored at another one, as decord and players do: a WebRTC recording or a TV
+    capture that cuts to an SD advert changes resolution midway, and a clip's frames must stack.
 
     >>> import av
     >>> stored = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")  # 64 wide, 48 high
     >>> upright_rgb(stored, 90).shape, upright_rgb(stored, 0).shape, upright_rgb(stored, 270, True).shape
     ((64, 48, 3), (48, 64, 3), (64, 48, 3))
+    >>> upright_rgb(stored, 90, size=(32, 24)).shape
+    (32, 24, 3)
     """
-    array = frame.to_ndarray(format="rgb24")
+    resize = {"width": size[0], "height": size[1]} if size and all(size) and size != (frame.width, frame.height) else {}
+    array = frame.to_ndarray(format="rgb24", **resize)
     if rotation:
         array = np.rot90(array, rotation // 90)
     if mirrored:
@@ -596,10 +617,11 @@ class _PyAVReader:
         self._path = path
         self._threads = threads
         self._progress = progress
-        self._orientation = (rotation, mirrored)
         try:
             with av.open(path, metadata_errors="ignore") as container:
                 stream = container.streams.best("video")
+                # upright_rgb's arguments; every frame comes out at the stream's size, as decord's do
+                self._upright = (rotation, mirrored, (stream.codec_context.width, stream.codec_context.height))
                 rate = stream.average_rate or stream.guessed_rate
                 self.fps = float(rate) if rate else 0.0
                 # Count the packets (I/O, no decoding) rather than trust the header's frame count: an AVI
@@ -649,7 +671,7 @@ class _PyAVReader:
                     if frame is None or frame.pts != target:
                         break  # dropped by the decoder, or the seek landed past it
                     decoded_to = frame.pts
-                    yield index, upright_rgb(frame, *self._orientation)
+                    yield index, upright_rgb(frame, *self._upright)
                     done += 1
             except av.error.FFmpegError:
                 pass
@@ -668,7 +690,7 @@ class _PyAVReader:
                 for last_frame in container.decode(stream):
                     self._progress()  # frames between two clips (the whole video for window=inf) are one step
                     if position in wanted:
-                        yield position, upright_rgb(last_frame, *self._orientation)
+                        yield position, upright_rgb(last_frame, *self._upright)
                     position += 1
                     if position > needed[-1]:
                         return
@@ -680,7 +702,7 @@ class _PyAVReader:
         if last_frame is None or position < 0.9 * self.num_frames:
             raise DecodeFailure(f"only {position} of {self.num_frames} frames could be decoded; "
                                 "the file is truncated or corrupt")
-        final = upright_rgb(last_frame, *self._orientation)
+        final = upright_rgb(last_frame, *self._upright)
         for index in needed:
             if index >= position:
                 yield index, final
@@ -723,8 +745,10 @@ def _windows(spans: list[ClipSpan], frames: Iterator[tuple[int, np.ndarray]]) ->
 
 def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
     """The video's info, and its frame times when the frame rate varies (None for a constant rate)."""
-    if reader.num_frames < 1:
-        raise _BackendError(f"{reader.name} finds no frames")
+    if reader.num_frames < 1:  # the stream's packets are cut off or unreadable, or it never held any
+        declared = f" (its header declares {header.declared_duration:.1f} s)" if header.declared_duration else ""
+        raise _BackendError(f"{reader.name} finds no frames in the video stream{declared}; the file is truncated "
+                            "or corrupt, or its video stream is empty: re-download or re-encode it")
     if not (reader.fps > 0 and math.isfinite(reader.fps)):
         raise _BackendError(f"{reader.name} cannot tell the frame rate")
     times = _variable_rate_times(reader.times, reader.fps)
@@ -741,6 +765,18 @@ def _info_from(reader, header: _Header) -> tuple[VideoInfo, np.ndarray | None]:
     width, height = (header.height, header.width) if header.rotation in (90, 270) else (header.width, header.height)
     return VideoInfo(reader.fps, reader.num_frames, readable, width, height, header.codec, reader.name,
                      header.rotation, header.mirrored), times
+
+
+def _ffmpeg_path(path: str) -> str:
+    """``path`` as FFmpeg (under PyAV and decord) must be given it. FFmpeg reads a name that starts "word:" as a
+    protocol: a file named "12:30 standup.mp4" in the working folder failed with "Protocol not found", and one
+    named "concat:a.mp4" decoded a.mp4 instead. Joined to the working folder, a name starts with "/" and is a file;
+    it is not normalised, since "link/.." is the file system's to resolve.
+
+    >>> _ffmpeg_path("concat:a.mp4") == os.path.join(os.getcwd(), "concat:a.mp4")
+    True
+    """
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def iter_decode(path: str, options: DecodeOptions, progress: Progress = _no_progress) -> Iterator[DecodeStart | Clip]:
@@ -763,6 +799,7 @@ def iter_decode(path: str, options: DecodeOptions, progress: Progress = _no_prog
     index.decode.DecodeFailure: empty file (0 bytes)
     """
     options.check()
+    path = _ffmpeg_path(path)
     try:
         size = os.path.getsize(path)
     except OSError as error:

@@ -45,6 +45,11 @@ def moving_square_frames(n: int, width: int = 64, height: int = 48, background=(
     return frames
 
 
+def _format_for(path: str) -> str | None:
+    """The container to write at ``path``: as its extension says, MP4 for any other (a "renamed" video)."""
+    return None if os.path.splitext(path)[1].lower() in (".mp4", ".webm", ".avi", ".mkv", ".mov") else "mp4"
+
+
 def write_frames(path: str, frames, *, fps: int = 10, codec: str = "h264", options: dict | None = None) -> str:
     """Encode RGB frames into ``path``; ``codec`` is h264, h264-444 (odd sizes), vp9 or mpeg4.
 
@@ -52,8 +57,7 @@ def write_frames(path: str, frames, *, fps: int = 10, codec: str = "h264", optio
     """
     encoder, pix_fmt = _CONTAINER_CODEC[codec]
     height, width = frames[0].shape[:2]
-    known = os.path.splitext(path)[1].lower() in (".mp4", ".webm", ".avi", ".mkv", ".mov")
-    with av.open(path, "w", format=None if known else "mp4", options=options or {}) as container:
+    with av.open(path, "w", format=_format_for(path), options=options or {}) as container:
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if encoder == "libx264":
@@ -106,20 +110,44 @@ def frame_index(frame: np.ndarray) -> int:
 
 
 def write_index_coded(path: str, n: int, *, fps: int = 25, keyint: int = 25, bframes: int = 3,
-                      open_gop: bool = False, rotation: int = 0, fmt: str | None = None) -> str:
-    """A long H.264 video (n < 729 frames) whose frames tell their index (:func:`frame_index`), with a keyframe
-    every ``keyint`` frames, as cameras and encoders write them; ``rotation`` as in :func:`write_rotated`."""
+                      open_gop: bool = False, rotation: int = 0, fmt: str | None = None, width: int = 32,
+                      height: int = 24, first: int = 0) -> str:
+    """A long H.264 video (first + n < 729 frames) whose frames tell their index (:func:`frame_index`), starting at
+    ``first``, with a keyframe every ``keyint`` frames, as cameras and encoders write them; ``rotation`` as in
+    :func:`write_rotated`."""
     params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes={bframes}:open-gop={int(open_gop)}"
     with av.open(path, "w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "x264-params": params})
-        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if rotation:
             stream.set_display_rotation(rotation)
-        for i in range(n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(index_coded_frame(i), format="rgb24")):
+        for i in range(first, first + n):
+            frame = av.VideoFrame.from_ndarray(index_coded_frame(i, width, height), format="rgb24")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def write_size_change(path: str, sizes=((32, 24), (48, 32)), n: int = 25, fps: int = 25) -> str:
+    """An MPEG-TS recording whose resolution changes midway, as a TV capture that cuts to an SD advert: one
+    :func:`write_index_coded` part of ``n`` frames at each (width, height) of ``sizes``, numbered on, with
+    timestamps that run on. Each part's H.264 headers travel in its own packets, so the parts join as they are."""
+    parts = [write_index_coded(f"{path}.{k}.ts", n, fps=fps, keyint=n, fmt="mpegts", width=width, height=height,
+                               first=k * n) for k, (width, height) in enumerate(sizes)]
+    with av.open(path, "w", format="mpegts") as container:
+        stream = None
+        for k, part in enumerate(parts):
+            with av.open(part) as source:
+                video = source.streams.video[0]
+                stream = stream or container.add_stream_from_template(video)
+                shift = round(k * n / fps / video.time_base)
+                for packet in source.demux(video):
+                    if packet.size:
+                        packet.pts, packet.dts, packet.stream = packet.pts + shift, packet.dts + shift, stream
+                        container.mux(packet)
+            os.remove(part)
     return path
 
 
@@ -301,9 +329,13 @@ def write_damaged(path: str, source: str, at: float = 0.5, length: int = 4000) -
     return path
 
 
-def write_audio_only(path: str, seconds: float = 1.0) -> str:
-    """An MP4 container holding only an AAC audio stream."""
-    with av.open(path, "w", format="mp4") as container:
+def write_audio_only(path: str, seconds: float = 1.0, *, empty_video: bool = False) -> str:
+    """A container (MP4, or as the extension says) holding only an AAC audio stream; with ``empty_video``, a video
+    stream without frames besides, as a recorder whose camera failed writes it."""
+    with av.open(path, "w", format=_format_for(path)) as container:
+        if empty_video:
+            video = container.add_stream("libx264", rate=10)
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         stream = container.add_stream("aac", rate=16000)
         samples = 1024
         for i in range(int(seconds * 16000 / samples)):

@@ -202,6 +202,25 @@ def test_large_frames_are_resized_as_they_are_decoded(tmp_path):
     assert int(grown_mb) < 500, f"reading the views grew the process by {grown_mb} MB"
 
 
+def test_a_resolution_change_and_a_colon_in_a_relative_name(tmp_path, monkeypatch):
+    """vmm classify reads frames itself: a TS capture whose size changes midway failed to stack a clip ("all input
+    arrays must have the same shape") with PyAV, and a relative "concat:a.mp4" was read by FFmpeg as a protocol,
+    classifying a.mp4 instead."""
+    from tests.videos import write_size_change
+    changing = write_size_change(str(tmp_path / "capture.ts"))  # 25 frames of 32x24, then 25 of 48x32
+    for backend in ("pyav", "auto"):
+        clips = vmm.classify.decode_clips(changing, 16, 1, backend=backend)
+        assert clips[0].shape == (16, 24, 32, 3), backend
+    rng = np.random.default_rng(3)
+    plain, other = (rng.integers(0, 256, (12, H, W, 3), dtype=np.uint8) for _ in range(2))
+    write_video(tmp_path / "a.mp4", plain)
+    write_video(tmp_path / "concat:a.mp4", other)
+    monkeypatch.chdir(tmp_path)
+    for backend in ("decord", "pyav"):
+        got = vmm.classify.decode_clips("concat:a.mp4", T, 1, backend=backend)[0]
+        assert np.array_equal(got, other[sample_clip_indices(12, T)]), backend
+
+
 # -- classification --------------------------------------------------------------------------------------------
 
 def test_cli_prints_top5_of_the_model_softmax(video, checkpoint, model, capsys):

@@ -170,14 +170,14 @@ def _read_decord(path: str, indices: list[int], info, prepare: Callable[[np.ndar
                  ) -> dict[int, np.ndarray]:
     # info.rotation is always 0 and info.mirrored False here: probing with decord refuses such files (it reads
     # them as stored)
-    from index.decode import import_decord
+    from index.decode import _ffmpeg_path, import_decord
 
     decord = import_decord()
     # Fetched in chunks and resized at once: 4 clips of 64 frames of a 4K video are 6 GB as decoded.
     step = max(1, _DECODE_CHUNK_BYTES // (3 * info.width * info.height))
     frames = {}
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(_ffmpeg_path(path), ctx=decord.cpu(0), num_threads=1)
         for first in range(0, len(indices), step):
             chunk = indices[first:first + step]
             frames.update(zip(chunk, map(prepare, reader.get_batch(chunk).asnumpy())))
@@ -193,13 +193,17 @@ def _read_pyav(path: str, indices: list[int], info, prepare: Callable[[np.ndarra
                ) -> dict[int, np.ndarray]:
     import av
 
-    from index.decode import upright_rgb
+    from index.decode import _ffmpeg_path, upright_rgb
 
     num_video_frames, orientation = info.num_frames, (info.rotation, info.mirrored)
     wanted, found, position, last = set(indices), {}, 0, None
     try:
-        with av.open(path, metadata_errors="ignore") as container:
-            for last in container.decode(container.streams.best("video")):
+        with av.open(_ffmpeg_path(path), metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            # every frame at the stream's size, as index.decode's reader and decord give them: a resolution change
+            # midway (a TV capture cutting to an advert) made a clip's frames of two sizes that could not stack
+            orientation += ((stream.codec_context.width, stream.codec_context.height),)
+            for last in container.decode(stream):
                 if position in wanted:
                     found[position] = prepare(upright_rgb(last, *orientation))
                 position += 1

@@ -1,12 +1,14 @@
 """The selective scan and causal conv against plain loops written from the equations, their gradients, and the
 backend choice. CPU tests use small channel counts; CUDA tests compare the mamba-ssm / causal-conv1d kernels with
 the reference and are skipped where those are not installed."""
-import importlib
+import importlib.util
 import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vmm.errors import VmmError
 from vmm.ops import (available_backends, causal_conv1d, causal_conv1d_ref, register_backend, selective_scan,
@@ -705,6 +707,52 @@ def test_a_device_name_torch_does_not_know_is_named_not_taken_for_an_absent_one(
     with pytest.raises(VmmError, match=r"^available_backends: dtype must be a torch.dtype such as torch.float32, "
                                        r"got 'float32'$"):
         available_backends("cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_reference_runs_on_the_meta_device_with_gradients(reverse):
+    """The reference, said to run on any device, failed on meta tensors (shape inference, FLOP counting, a model
+    built with device="meta") with "Tensor.item() cannot be called on meta tensors": its underflow check reads the
+    range of delta * A."""
+    cpu = make_inputs(2, 6, 9, state=3, dtype=torch.float32)
+    meta = {k: v.to("meta").requires_grad_() for k, v in cpu.items()}
+    out, last = selective_scan(**meta, delta_softplus=True, reverse=reverse, return_last_state=True)
+    assert (out.shape, last.shape, out.device.type) == ((2, 6, 9), (2, 6, 3), "meta")
+    grads = torch.autograd.grad(out.sum() + last.sum(), list(meta.values()))
+    assert [g.shape for g in grads] == [t.shape for t in cpu.values()]
+
+
+class _NoFloat64(TorchDispatchMode):
+    """Refuses any op that reads or makes a float64 tensor, as Apple's MPS device does."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_leaves((args, kwargs, out))):
+            raise TypeError(f"{func} on float64, which MPS does not have")
+        return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_float32_inputs_never_touch_float64(reverse):
+    """The reference, said to run on any device, made A * log2(e) in float64 from float32 inputs, which failed
+    every scan on a Mac's MPS device ("Cannot convert a MPS Tensor to float64 dtype")."""
+    inputs = {k: v.requires_grad_() for k, v in make_inputs(2, 6, 9, dtype=torch.float32).items()}
+    with _NoFloat64():
+        out, last = selective_scan(**inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+        torch.autograd.grad(out.sum() + last.sum(), list(inputs.values()))
+        causal_conv1d(inputs["u"], torch.randn(6, 1, 4), torch.randn(6), reverse=reverse)
+
+
+def test_devices_and_dtypes_nothing_runs_on_list_no_backend():
+    """available_backends("hpu") raised ModuleNotFoundError (torch imports torch.hpu, absent here) instead of
+    answering []; integer, bool and complex dtypes listed the reference, which refuses such inputs."""
+    if importlib.util.find_spec("torch.hpu") is None:  # not an Intel Gaudi install
+        assert available_backends("hpu") == []
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        assert available_backends("cpu", dtype) == []
+        with pytest.raises(VmmError, match="must be a real floating-point tensor"):
+            selective_scan(**dict(make_inputs(1, 2, 3), u=torch.zeros(1, 2, 3, dtype=dtype)))
+    assert available_backends("cpu", torch.bfloat16) == ["reference"]
 
 
 # ------------------------------------------------------------------------------------------------ return_last_state

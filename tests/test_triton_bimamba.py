@@ -152,6 +152,10 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
         tag = "res" if with_res else "nores"
         errs.update({f"out_{tag}": rel(y, yr), f"residual_{tag}": rel(r2, rr)})
         errs.update({f"grad{i}_{tag}": rel(a, b) for i, (a, b) in enumerate(zip(got, want))})
+    # A strided weight (every other column of a wider tensor) was read as if contiguous: wrong, no error.
+    h, w_wide = torch.randn(3, 5, 48), torch.randn(48, 2)
+    errs["out_strided_weight"] = rel(triton_norm.add_rmsnorm(h, None, w_wide[:, 0])[0],
+                                     triton_norm.add_rmsnorm(h, None, w_wide[:, 0].contiguous())[0])
     results["add_rmsnorm"] = errs
     # The conv on its own: the windowed kernels (2 and 4 taps, the shorter padded) and the tile kernels
     # (5 taps), both directions, forward and the x, weight and bias gradients, against PyTorch's conv1d in
@@ -194,7 +198,7 @@ def test_kernels_match_reference_in_triton_interpreter(tmp_path):
     assert set(results) == {"2x40x13", "1x32x8", "3x36x1", "2x33x6/N4", "1x40x11/tile0", "2x40x9/tile0/gate_in_scan",
                             "2x40x9/tile4/gate_in_scan", "add_rmsnorm", "conv"}
     norm_errors = results.pop("add_rmsnorm")
-    assert len(norm_errors) == 9 and max(norm_errors.values()) <= 1e-6, norm_errors
+    assert len(norm_errors) == 10 and max(norm_errors.values()) <= 1e-6, norm_errors
     conv_errors = results.pop("conv")
     assert len(conv_errors) == 15 and max(conv_errors.values()) <= 1e-6, conv_errors
     for errors in results.values():
@@ -254,6 +258,9 @@ def test_docstring_examples_run():
     import doctest
     result = doctest.testmod(triton_bimamba)
     assert result.failed == 0 and result.attempted >= 5
+    from vmm.ops import _triton, triton_norm
+    for module in (_triton, triton_conv, triton_norm):
+        assert doctest.testmod(module).failed == 0
 
 
 @pytest.mark.parametrize("index,bad,message", [
@@ -275,6 +282,81 @@ def test_bimamba_scan_arguments_are_checked_in_one_line(index, bad, message):
             fn(*args)
         text = str(err.value)
         assert message.replace("bimamba_scan:", f"{fn.__name__}:") in text and "\n" not in text
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda f: f(torch.randn(2, 7, 8), torch.randn(8, 4), None),
+     "x must be (batch, length, channels) and weight (2, channels, width), got (2, 7, 8) and (8, 4)"),
+    (lambda f: f(torch.randn(2, 7, 8), torch.randn(2, 6, 4), None),
+     "weight must have shape (2, 8, 4) for x of shape (2, 7, 8), got (2, 6, 4)"),
+    (lambda f: f(torch.randn(2, 7, 8), torch.randn(2, 8, 4), torch.randn(8)),
+     "bias must have shape (2, 8) for x of shape (2, 7, 8), got (8,)"),
+    (lambda f: f(torch.randn(2, 7, 8), torch.randn(2, 8, 4), torch.randn(2, 8, device="meta")),
+     "bias is on meta but x is on cpu; move it with .to(x.device)"),
+    (lambda f: f(torch.randn(2, 7, 8), torch.ones(2, 8, 4, dtype=torch.int64), None),
+     "weight must be a real floating-point torch.Tensor, got torch.int64"),
+])
+def test_conv_wrapper_arguments_are_checked_in_one_line(call, message):
+    """The kernels read x, weight and bias through raw strides: a one-direction (E, K) weight, a weight of other
+    channels or a (E,) bias ran without an error and returned garbage (values of 1e16 under the interpreter),
+    read past the tensors' ends. The reference takes the same arguments and says the same."""
+    from vmm.errors import VmmError
+    for fn in (triton_conv.conv1d_bidir_silu, triton_conv.conv1d_bidir_silu_ref):
+        with pytest.raises(VmmError) as err:
+            call(fn)
+        assert str(err.value) == f"{fn.__name__}: {message}"
+
+
+@pytest.mark.parametrize("residual,weight,message", [
+    ((1, 5, 64), (64,), "residual must have shape (2, 5, 64) for hidden of shape (2, 5, 64), got (1, 5, 64)"),
+    ((5, 2, 64), (64,), "residual must have shape (2, 5, 64) for hidden of shape (2, 5, 64), got (5, 2, 64)"),
+    (None, (32,), "weight must have shape (64,) for hidden of shape (2, 5, 64), got (32,)"),
+    (None, None, "weight must be a real floating-point torch.Tensor, got NoneType"),
+])
+def test_add_rmsnorm_arguments_are_checked_in_one_line(residual, weight, message):
+    """A residual that PyTorch would broadcast, or one of the same size in another shape, and a short weight were
+    read row by row through raw pointers: no error, wrong numbers."""
+    from vmm.errors import VmmError
+    from vmm.ops import triton_norm
+    with pytest.raises(VmmError) as err:
+        triton_norm.add_rmsnorm(torch.randn(2, 5, 64), None if residual is None else torch.randn(residual),
+                                None if weight is None else torch.ones(weight))
+    assert str(err.value) == f"add_rmsnorm: {message}"
+
+
+@pytest.mark.parametrize("which,name,bad,message", [
+    ("both", "D", (5,), "bimamba: fwd.D must have shape (8,) for A_log of shape (8, 16) and dt rank 1"),
+    ("both", "dt_proj_bias", (5,), "bimamba: fwd.dt_proj_bias must have shape (8,)"),
+    ("bwd", "x_proj_weight", (33, 7), "bimamba: bwd.x_proj_weight must have shape (33, 8)"),
+    (None, None, None, "bimamba_inner_xz_triton: xz must be (batch, 2 * channels, length) = (B, 16, L) for layer "
+                       "weights of 8 channels, got (1, 12, 5)"),
+])
+def test_the_fused_layer_wrapper_checks_its_weights_like_the_layer(which, name, bad, message):
+    """bimamba_inner_xz checked the weights before the fused kernels, but their public wrapper did not: a (5,) D
+    in both directions of an 8-channel layer passed torch.stack and was read past its end (outputs of 1e19 under
+    the interpreter)."""
+    from vmm.errors import VmmError
+    xz, wf, wb = make_layer(1, 8, 5, R=1)
+    xzt = xz.detach().transpose(1, 2)
+    if which is None:
+        xzt = xzt[:, :12]
+    if which in ("both", "bwd"):
+        wb = wb._replace(**{name: torch.randn(bad)})
+    if which == "both":
+        wf = wf._replace(**{name: torch.randn(bad)})
+    with pytest.raises(VmmError) as err:
+        triton_bimamba.bimamba_inner_xz_triton(xzt, wf, wb)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_fused_layer_on_halves_names_a_z_that_does_not_fit_x():
+    """bimamba_inner_triton(x, z) with a z of another length failed in torch.cat ("Sizes of tensors must match"),
+    where the reference says which argument is wrong."""
+    from vmm.errors import VmmError
+    _, wf, wb = make_layer(1, 8, 5, R=1)
+    with pytest.raises(VmmError, match=r"^bimamba_inner_triton: x and z must both be \(batch, channels, length\), "
+                                       r"of one shape; got \(2, 8, 11\) and \(2, 8, 9\)$"):
+        triton_bimamba.bimamba_inner_triton(torch.randn(2, 8, 11), torch.randn(2, 8, 9), wf, wb)
 
 
 def test_fused_wrappers_on_cpu_without_the_interpreter_are_one_line_errors(monkeypatch):

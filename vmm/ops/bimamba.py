@@ -142,6 +142,20 @@ def _check_weights(fwd: DirectionWeights, bwd: DirectionWeights) -> None:
                                f"dt rank {R} (dt_proj_weight's columns), got {got}")
 
 
+def _check_layer_args(fn: str, xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights) -> None:
+    """The weights (:func:`_check_weights`) and in_proj's output ``xz`` (B, 2E, L) of a layer: shared by
+    :func:`bimamba_inner_xz` and the fused kernel's public wrapper, which reads them through raw strides (a (E',)
+    D in both directions gave garbage output there, not an error)."""
+    _check_weights(fwd, bwd)  # before E is read from fwd.D
+    E = fwd.D.shape[0]
+    if not isinstance(xz, Tensor) or xz.dim() != 3 or xz.shape[1] != 2 * E:
+        from vmm.errors import VmmError
+        # Else the halves' shapes surface in an error about the conv weight, for an x the caller never passed.
+        got = tuple(xz.shape) if isinstance(xz, Tensor) else type(xz).__name__
+        raise VmmError(f"{fn}: xz must be (batch, 2 * channels, length) = (B, {2 * E}, L) for layer weights of "
+                       f"{E} channels, got {got}")
+
+
 def _triton_unavailable(x: Tensor) -> tuple[str, str]:
     from vmm.ops._triton import unavailable_reason
     # None only where is_available was overridden (a test, or a user disabling the kernels by hand).
@@ -165,18 +179,11 @@ def bimamba_inner_xz(xz: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
         >>> bimamba_inner_xz(torch.randn(2, 2 * E, 5), w(), w(), backend="reference").shape
         torch.Size([2, 8, 5])
     """
-    _check_weights(fwd, bwd)  # before E is read from fwd.D
-    E = fwd.D.shape[0]
-    if not isinstance(xz, Tensor) or xz.dim() != 3 or xz.shape[1] != 2 * E:
-        from vmm.errors import VmmError
-        # Else the halves' shapes surface in an error about the conv weight, for an x the caller never passed.
-        got = tuple(xz.shape) if isinstance(xz, Tensor) else type(xz).__name__
-        raise VmmError(f"bimamba_inner_xz: xz must be (batch, 2 * channels, length) = (B, {2 * E}, L) for layer "
-                       f"weights of {E} channels, got {got}")
+    _check_layer_args("bimamba_inner_xz", xz, fwd, bwd)
     if use_triton(xz, backend) and _fused_unsupported(fwd) is None:
         from vmm.ops import triton_bimamba
         _log_layer_choice("triton", xz)
-        return triton_bimamba.bimamba_inner_xz_triton(xz, fwd, bwd)
+        return triton_bimamba._inner_xz_triton(xz, fwd, bwd)
     x, z = xz.chunk(2, dim=1)
     return bimamba_inner(x, z, fwd, bwd, backend=backend)  # the reference path (or its error for "triton")
 

@@ -100,7 +100,9 @@ def _prepare(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bi
     dlt_bm = F.softplus(pre) if delta_softplus else pre
     dlt = _time_major(dlt_bm, cdt)
     du = torch.mul(dlt, u.permute(2, 0, 1).to(cdt), out=torch.empty_like(dlt))
-    A2 = (A.to(torch.float64) * _LOG2E).to(cdt)
+    # In cdt, not through float64: MPS has no float64, so that detour failed every scan there; it was worth at most
+    # one float32 ulp of A2.
+    A2 = A.to(cdt) * _LOG2E
     Bt, Ct = (_time_major(t.flatten(1, -2), cdt) for t in (B, C))
     return _Prepared(dlt, du, Bt, Ct, A.to(cdt), A2, _groups(B)), dlt_bm, pre
 
@@ -131,6 +133,8 @@ def _exp2_floor(p: _Prepared) -> Optional[float]:
     floor = _EXP2_FLOOR[p.dlt.dtype]
     if p.dlt.numel() == 0 or p.A2.numel() == 0:  # aminmax has no identity; with no states there is no decay
         return None
+    if p.dlt.device.type == "meta":  # no values to read (shape inference, FLOP counts): the clamp is always safe
+        return floor
     d_lo, d_hi = (v.item() for v in torch.aminmax(p.dlt))
     a_lo, a_hi = (v.item() for v in torch.aminmax(p.A2))
     lowest = min(d_lo * a_lo, d_lo * a_hi, d_hi * a_lo, d_hi * a_hi)
@@ -482,10 +486,11 @@ def unregister_backend(name: str) -> None:
 
 def available_backends(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
     """Names of the selective-scan backends that can run on ``device`` and ``dtype``, best first; empty for a
-    device this torch cannot use (``"cuda"`` on a CPU-only machine).
+    device this torch cannot use (``"cuda"`` on a CPU-only machine) and for a dtype no backend takes (integer,
+    bool or complex: selective_scan refuses those inputs).
 
-    >>> available_backends("cpu")[-1]
-    'reference'
+    >>> available_backends("cpu")[-1], available_backends("cpu", torch.int64)
+    ('reference', [])
     """
     try:
         device = torch.device(device)
@@ -494,9 +499,13 @@ def available_backends(device: Union[str, torch.device] = "cpu", dtype: torch.dt
                        ) from None
     if not isinstance(dtype, torch.dtype):  # "float32" was a TypeError from inside torch.empty
         raise VmmError(f"available_backends: dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        return []
     try:
         probe = torch.empty(0, device=device, dtype=dtype)
-    except (RuntimeError, AssertionError):  # torch raises these for an absent or unsupported device
+    # torch raises these for an absent or unsupported device; ImportError for "hpu" and other out-of-tree devices
+    # whose torch module is not installed.
+    except (RuntimeError, AssertionError, ImportError):
         return []
     ranked = sorted(_SCAN_BACKENDS.values(), key=lambda b: -b.priority)
     return [b.name for b in ranked if b.available(probe)]

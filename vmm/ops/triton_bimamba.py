@@ -37,8 +37,9 @@ import torch
 from torch import Tensor
 
 from vmm.errors import VmmError
-from vmm.ops._triton import (HAS_TRITON, check_rows, check_runs_here, fast_exp, fast_sigmoid, interpreting,
-                             is_available, on_device_of, tl, triton, unsupported_layer)
+from vmm.ops._triton import (HAS_TRITON, check_float_tensors, check_rows, check_runs_here, check_shapes, fast_exp,
+                             fast_sigmoid, interpreting, is_available, on_device_of, tl, triton, unsupported_layer)
+from vmm.ops.bimamba import _check_layer_args
 from vmm.ops.triton_conv import conv_bwd, conv_fwd
 
 __all__ = ["is_available", "bimamba_inner_xz_triton", "bimamba_inner_triton", "bimamba_scan", "bimamba_scan_ref",
@@ -723,23 +724,15 @@ def _check_bimamba_scan_args(fn: str, *tensors: Tensor) -> None:
     """Shapes, types and devices of :func:`bimamba_scan`'s arguments. The kernel reads them through raw strides,
     so a wrong channel count or a (E,) D was read out of bounds without any error."""
     names = ("u_f", "u_b", "dt_f", "dt_b", "z", "B_f", "C_f", "B_b", "C_b", "A", "D", "delta_bias")
-    for name, t in zip(names, tensors):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise VmmError(f"{fn}: {name} must be a real floating-point torch.Tensor, got {got}")
+    check_float_tensors(fn, dict(zip(names, tensors)))
     u_f, A = tensors[0], tensors[9]
     if u_f.dim() != 3 or A.dim() != 3 or A.shape[:2] != (2, u_f.shape[-1]):
         raise VmmError(f"{fn}: u_f must be (batch, length, channels) and A (2, channels, state), got "
                        f"{tuple(u_f.shape)} and {tuple(A.shape)}")
     Bsz, L, E = u_f.shape
     expected = [(Bsz, L, E)] * 5 + [(Bsz, L, A.shape[-1])] * 4 + [tuple(A.shape), (2, E), (2, E)]
-    for name, t, shape in zip(names, tensors, expected):
-        if tuple(t.shape) != shape:
-            raise VmmError(f"{fn}: {name} must have shape {shape} for u_f of shape {tuple(u_f.shape)} and A of "
-                           f"shape {tuple(A.shape)}, got {tuple(t.shape)}")
-        if t.device != u_f.device:
-            raise VmmError(f"{fn}: {name} is on {t.device} but u_f is on {u_f.device}; move it with "
-                           f".to(u_f.device)")
+    check_shapes(fn, f"for u_f of shape {tuple(u_f.shape)} and A of shape {tuple(A.shape)}",
+                 {name: (t, shape) for name, t, shape in zip(names, tensors, expected)})
 
 
 def _check_d_state(d_state: int) -> None:
@@ -858,6 +851,13 @@ def bimamba_inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
         ...     y = bimamba_inner_xz_triton(t(2, 11, 2 * E).transpose(1, 2), w(), w())
         ...     assert y.shape == (2, E, 11)
     """
+    _check_layer_args("bimamba_inner_xz_triton", xz, fwd, bwd)
+    return _inner_xz_triton(xz, fwd, bwd)
+
+
+def _inner_xz_triton(xz: Tensor, fwd, bwd) -> Tensor:
+    """:func:`bimamba_inner_xz_triton` for a caller that has run its argument checks already (the layers, through
+    :func:`vmm.ops.bimamba.bimamba_inner_xz`): they cost about 10 us, once per layer and clip batch."""
     _check_d_state(fwd.A_log.shape[-1])
     check_runs_here("bimamba_inner_xz_triton", xz, "vmm.ops.bimamba.bimamba_inner_xz(..., backend='reference')")
     xzl = check_rows(xz.transpose(1, 2))  # (B, L, 2E)
@@ -889,5 +889,10 @@ def bimamba_inner_triton(x: Tensor, z: Tensor, fwd, bwd) -> Tensor:
         ...     y = bimamba_inner_triton(t(2, E, 11), t(2, E, 11), w(), w())
         ...     assert y.shape == (2, E, 11)
     """
+    if not (isinstance(x, Tensor) and isinstance(z, Tensor)) or x.dim() != 3 or x.shape != z.shape:
+        # else torch.cat's "Sizes of tensors must match", where the reference names z
+        got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (x, z)]
+        raise VmmError(f"bimamba_inner_triton: x and z must both be (batch, channels, length), of one shape; got "
+                       f"{got[0]} and {got[1]}")
     xz = torch.cat([x.transpose(1, 2), z.transpose(1, 2)], dim=-1).transpose(1, 2)  # channel-last underneath
     return bimamba_inner_xz_triton(xz, fwd, bwd)

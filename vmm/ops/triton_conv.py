@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vmm.ops._triton import (HAS_TRITON, check_rows, check_runs_here, fast_sigmoid, interpreting, is_available,
-                             on_device_of, tl, triton)
+from vmm.ops._triton import (HAS_TRITON, check_float_tensors, check_rows, check_runs_here, check_shapes,
+                             fast_sigmoid, interpreting, is_available, on_device_of, tl, triton)
 
 __all__ = ["conv1d_bidir_silu", "conv1d_bidir_silu_ref", "is_available"]
 
@@ -384,8 +384,28 @@ class _ConvBidirFn(torch.autograd.Function):
                                                                else None)
 
 
+def _check_conv_args(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """x (B, L, E), weight (2, E, K), bias (2, E) or None: the kernels read them through raw strides, so a
+    one-direction (E, K) weight or a (E,) bias was read past its end into garbage output."""
+    from vmm.errors import VmmError
+    check_float_tensors(fn, {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
+    if x.dim() != 3 or weight.dim() != 3 or weight.shape[-1] < 1:
+        raise VmmError(f"{fn}: x must be (batch, length, channels) and weight (2, channels, width), got "
+                       f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    E = x.shape[-1]
+    check_shapes(fn, f"for x of shape {tuple(x.shape)}",
+                 {"x": (x, x.shape), "weight": (weight, (2, E, weight.shape[-1])), "bias": (bias, (2, E))})
+
+
 def conv1d_bidir_silu_ref(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Reference for the conv kernel on (B, L, E) input, weights (2, E, K), bias (2, E)."""
+    """Reference for the conv kernel on (B, L, E) input, weights (2, E, K), bias (2, E) or None; the same
+    argument checks as :func:`conv1d_bidir_silu`.
+
+    >>> yf, yb = conv1d_bidir_silu_ref(torch.randn(2, 7, 8), torch.randn(2, 8, 4), None)
+    >>> yf.shape
+    torch.Size([2, 7, 8])
+    """
+    _check_conv_args("conv1d_bidir_silu_ref", x, w, bias)
     K = w.shape[-1]
     xt = x.transpose(1, 2).float()
     E = xt.shape[1]
@@ -407,6 +427,7 @@ def conv1d_bidir_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tupl
         ...                                torch.randn(2, 64, 4, device="cuda"), None)
         ...     assert yf.shape == yb.shape == (2, 7, 64)
     """
+    _check_conv_args("conv1d_bidir_silu", x, weight, bias)
     check_runs_here("conv1d_bidir_silu", x, "conv1d_bidir_silu_ref")
     x = check_rows(x)
     with on_device_of(x):

@@ -437,9 +437,10 @@ def _encode_videos(model, transform, paths: list[Path], decode_options, batch_si
         if progress and failures:
             progress(0, note=f"{len(failures)} unreadable")
     if tokens is None:  # nothing decoded here: the shape still has to be right for gathering
-        side = model.cfg.vision.img_size // model.cfg.vision.patch_size
-        tokens = torch.zeros(n, decode_options.num_frames * side * side, model.cfg.vision.embed_dim,
-                             dtype=runtime.dtype)
+        vision = model.cfg.vision
+        side = vision.img_size // vision.patch_size
+        tubelets = decode_options.num_frames // vision.tubelet_size  # one token grid per tubelet, not per frame
+        tokens = torch.zeros(n, tubelets * side * side, vision.embed_dim, dtype=runtime.dtype)
     return VideoFeatures(frames_emb, tokens, failures)
 
 

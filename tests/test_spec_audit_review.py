@@ -100,3 +100,119 @@ def test_each_official_recipe_names_a_launch_config_of_its_official_hardware(siz
     global_batch = load_config(recipe).data.batch_size * launch["num_processes"]
     assert global_batch == {16: 2048, 32: 4096}[gpus]
     assert named.group(1) in (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Inputs the official shapes allow that vmm failed on with a bare torch error or computed silently wrong.
+
+def test_an_empty_batch_of_clips_encodes_to_no_rows():
+    """encode_text takes 0 texts, but 0 clips failed in the per-frame pooling with "cannot reshape tensor of 0
+    elements" (reshape cannot infer a -1 of an empty batch)."""
+    import torch
+    import vmm
+    model = vmm.create_model("videomamba_m16_mm", embed_dim=16, vision=dict(
+        embed_dim=32, depth=1, img_size=32, num_frames=2), text=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, fusion_layer=1)).eval()
+    with torch.no_grad():
+        frames, tokens = model.encode_video(torch.randn(0, 3, 2, 32, 32), per_frame=True, return_tokens=True)
+        one = model.encode_video(torch.randn(1, 3, 2, 32, 32), per_frame=True)
+    assert frames.shape == (0, 2, 16) and tokens.shape == (0, 8, 32) and one.shape == (1, 2, 16)
+
+
+def test_frames_that_tubelets_do_not_divide_are_refused_not_dropped():
+    """With tubelet_size=2 a 4-frame model took a 5-frame clip (5 // 2 == 2 tubelets) and the patch embedding
+    silently dropped the 5th frame; a 1-frame image reached the conv as a bare "kernel size can't be greater"."""
+    import torch
+    import vmm
+    from vmm.errors import VmmError
+    model = vmm.create_model("videomamba_tiny", depth=1, num_frames=4, img_size=32, tubelet_size=2,
+                             num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 4, 32, 32)).shape == (1, 3)
+        with pytest.raises(VmmError, match=r"input has 5 frames, which tubelets of tubelet_size=2 frames do not "
+                                           r"divide \(the last 1 would be dropped\); pass a multiple of 2 frames"):
+            model(torch.randn(1, 3, 5, 32, 32))
+    encoder = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=4, img_size=32, tubelet_size=2).eval()
+    with torch.no_grad(), pytest.raises(VmmError, match="input has 1 frame, which tubelets"):
+        encoder(torch.randn(1, 3, 1, 32, 32))
+
+
+def test_per_frame_mode_with_a_tubelet_is_refused_when_built():
+    """frame_mode='per_frame' encodes each frame as a 1-frame clip, which a 2-frame tubelet conv cannot take: the
+    model built and failed on its first clip with a bare conv RuntimeError."""
+    import vmm
+    from vmm.errors import VmmError
+    with pytest.raises(VmmError, match="frame_mode='per_frame' encodes every frame alone.*pass tubelet_size=1"):
+        vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=4, img_size=32, tubelet_size=2,
+                         frame_mode="per_frame")
+
+
+def test_a_rank_with_no_clips_sizes_its_token_rows_as_the_model_does():
+    """A rank that decodes nothing (more ranks than videos, or all of its videos unreadable) still sends its ITM
+    token rows to the gather; they were sized one token grid per frame, but a tubelet of 2 frames gives one grid
+    per 2 frames, so the ranks' rows differed in size (8 vs 16 here) and the gather could not line them up."""
+    import math
+
+    import torch
+    import vmm
+    from index.decode import DecodeOptions
+    from retrieval.evaluate import _encode_videos, _Runtime
+    model = vmm.create_model("videomamba_m16_mm", embed_dim=16, vision=dict(
+        embed_dim=32, depth=1, img_size=32, num_frames=4, tubelet_size=2), text=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, fusion_layer=1)).eval()
+    with torch.no_grad():
+        _, decoded = model.encode_video(torch.randn(1, 3, 4, 32, 32), return_tokens=True)
+    empty = _encode_videos(model, None, [], DecodeOptions(num_frames=4, window=math.inf), 2,
+                           _Runtime(torch.device("cpu"), torch.float32), workers=0)
+    assert decoded.shape[1:] == (8, 32) and empty.tokens.shape == (0, *decoded.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Every official key list of the reference folder (any size, frame count, resolution, fusion depth): the model built
+# from the list's own shapes has exactly its keys, shapes and order, and loads it strictly.
+
+def _text_overrides(shapes: dict) -> dict:
+    """The text tower settings a multimodal key list implies (head count does not show in shapes: 1 always fits)."""
+    t = {k.replace("text_encoder.bert.", "text_encoder.", 1): v for k, v in shapes.items()}
+    layers = {int(k.split(".")[3]) for k in t if k.startswith("text_encoder.encoder.layer.")}
+    fusion = [int(k.split(".")[3]) for k in t if ".crossattention." in k]
+    vocab, hidden = t["text_encoder.embeddings.word_embeddings.weight"]
+    return dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=1,
+                intermediate_size=t["text_encoder.encoder.layer.0.intermediate.dense.weight"][0],
+                max_position_embeddings=t["text_encoder.embeddings.position_embeddings.weight"][0],
+                type_vocab_size=t["text_encoder.embeddings.token_type_embeddings.weight"][0],
+                fusion_layer=min(fusion, default=len(layers)),
+                mlm_head=any(k.startswith("text_encoder.cls.") for k in t), init_from=None)
+
+
+def _official_key_lists(reference_dir) -> list:
+    return sorted(reference_dir.glob("videomamba_state_dict_*.json"))
+
+
+def test_every_official_key_list_is_the_state_dict_of_the_model_built_from_it(reference_dir):
+    """The classifier registered its head after the layers, so its state dict listed head.* last where the official
+    VisionMamba (and every released file) lists it after patch_embed; the multimodal order was already the official."""
+    import json
+
+    import torch
+    import vmm
+    files = _official_key_lists(reference_dir)
+    assert len(files) >= 5
+    for path in files:
+        shapes = json.loads(path.read_text(encoding="utf-8"))
+        sd = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+        vision = vmm.vision_overrides_from_state_dict(sd)
+        with torch.device("meta"):
+            if any(k.startswith("text_encoder.") for k in shapes):
+                model = vmm.create_model("videomamba_m16_mm", vision=vision, text=_text_overrides(shapes),
+                                         embed_dim=shapes["vision_proj.weight"][0])
+                # the official layout's names: BERT under text_encoder.bert. when it has the MLM head
+                bert = "text_encoder.bert." if model.cfg.text.mlm_head else "text_encoder."
+                own = {(bert + k[len("text_encoder."):] if k.startswith("text_encoder.") and ".cls." not in k
+                        else k): list(v.shape) for k, v in model.state_dict().items()}
+            else:
+                model = vmm.create_model("videomamba_tiny", **vision)
+                own = {k: list(v.shape) for k, v in model.state_dict().items()}
+        official = {k: v for k, v in shapes.items() if not k.startswith("clip_teacher.")}  # the frozen teacher
+        assert list(own.items()) == list(official.items()), path.name
+        vmm.load_checkpoint(model, sd)  # strict

@@ -90,6 +90,9 @@ class VideoMambaConfig:
             return f"pool_type={self.pool_type!r} is not an official pool type; pass one of {', '.join(POOL_TYPES)}"
         if self.frame_mode not in FRAME_MODES:  # else a training run fails on its first batch
             return f"frame_mode={self.frame_mode!r} is not supported; pass one of {', '.join(FRAME_MODES)}"
+        if self.frame_mode == "per_frame" and self.tubelet_size != 1:  # else a bare conv error on the first clip
+            return (f"frame_mode='per_frame' encodes every frame alone, which a tubelet of tubelet_size="
+                    f"{self.tubelet_size} frames cannot patchify; pass tubelet_size=1 or frame_mode='joint'")
         if self.clip_return_layer != 1:
             # With more than one returned layer the official student targets mix normalised and raw
             # residuals in a way the spec does not describe; refusing beats silently computing something else.

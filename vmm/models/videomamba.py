@@ -58,6 +58,7 @@ class VideoMambaBackbone(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, D))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames // cfg.tubelet_size, D))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self._add_head(cfg)  # before the layers: the official modules' order, so the state dict's key order too
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # plain numbers, also under meta
         block_dpr = [0.0] + dpr  # the official schedule is shifted by one: block i uses dpr[i - 1]
         self.layers = nn.ModuleList([
@@ -68,6 +69,9 @@ class VideoMambaBackbone(nn.Module):
         self.drop_path = DropPath(cfg.drop_path_rate)
         setattr(self, self.final_norm_name, RMSNorm(D, eps=cfg.norm_eps))
         self.grad_checkpointing = cfg.grad_checkpointing
+
+    def _add_head(self, cfg: VideoMambaConfig) -> None:
+        """Where a subclass registers its head: called at the official head's place in the module order."""
 
     def _init_weights(self) -> None:
         init_videomamba_weights(self, self.cfg.depth)
@@ -121,7 +125,12 @@ class VideoMambaBackbone(nn.Module):
                            f"patch_size={p}) but the model was built for {grid}x{grid} (img_size={self.cfg.img_size}); "
                            f"resize frames to {self.cfg.img_size}x{self.cfg.img_size} or create the model with "
                            "img_size=...")
-        if not use_image and T // self.cfg.tubelet_size != self.temporal_pos_embedding.shape[1]:
+        k = self.cfg.tubelet_size
+        if T % k:  # the patchify conv would drop the last frames without a word (or fail on a 1-frame image)
+            raise VmmError(f"input has {T} frame{'s' * (T != 1)}, which tubelets of tubelet_size={k} frames do not "
+                           f"divide (the last {T % k} would be dropped); pass a multiple of {k} frames (the model "
+                           f"was built for {self.cfg.num_frames})")
+        if not use_image and T // k != self.temporal_pos_embedding.shape[1]:
             raise VmmError(f"input has {T} frames but the model was built for {self.cfg.num_frames}; create it "
                            f"with num_frames={T} (checkpoints are interpolated on load)")
         x = self.patch_embed(x)
@@ -162,9 +171,11 @@ class VideoMamba(VideoMambaBackbone):
 
     def __init__(self, cfg: VideoMambaConfig):
         super().__init__(cfg)
+        self._init_weights()
+
+    def _add_head(self, cfg: VideoMambaConfig) -> None:
         self.head_drop = nn.Dropout(cfg.head_drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self._init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) -> normalised CLS feature (B, D)."""
@@ -243,7 +254,8 @@ class VideoMambaVisionEncoder(VideoMambaBackbone):
                 raise VmmError(f"keep_temporal pooling splits the {x_vis.shape[1]} patch tokens into the {T} input "
                                f"frames, which does not divide with tubelet_size={self.cfg.tubelet_size}; pass "
                                f"keep_temporal=False or pool_type='cls'")
-            avg = x_vis.reshape(x_vis.shape[0], T, -1, x_vis.shape[-1]).mean(2)
+            # The group size spelt out, not -1: an empty batch (0 clips) has no size for reshape to infer.
+            avg = x_vis.reshape(x_vis.shape[0], T, x_vis.shape[1] // T, x_vis.shape[-1]).mean(2)
             # official cls_cat_avg with keep_temporal concatenates a single tensor: the same as cls+avg
             return avg if kind == "avg" else cls + avg
         avg = x_vis.mean(1, keepdim=True)

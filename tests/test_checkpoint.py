@@ -539,3 +539,24 @@ def test_safetensors_under_another_suffix_loads_everywhere(tmp_path):
     loaded = vmm.create_model("videomamba_tiny", pretrained=tmp_path / "weights.pth", depth=1, num_frames=4,
                               img_size=32, num_classes=5)
     assert torch.equal(loaded.head.weight, src.head.weight)
+
+
+def test_a_multimodal_file_with_other_fusion_layers_names_them():
+    """A multimodal file trained with another fusion_layer listed the crossattention keys of one layer and said
+    only "check --model / the model config matches the checkpoint"."""
+    text = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, fusion_layer=2,
+                max_position_embeddings=32)
+    vision = dict(depth=1, num_frames=2, img_size=32)
+    src = vmm.create_model("videomamba_m16_mm", vision=vision, text=text, embed_dim=32)
+    for changed, file_says in ((dict(fusion_layer=3), "4 layers with cross-attention from layer 2 and the model's 4 "
+                                                      "from layer 3"),
+                               (dict(num_hidden_layers=3), "4 layers with cross-attention from layer 2 and the "
+                                                           "model's 3 from layer 2")):
+        dst = vmm.create_model("videomamba_m16_mm", vision=vision, text={**text, **changed}, embed_dim=32)
+        with pytest.raises(CheckpointError, match=rf"\(the file's text encoder has {file_says}; build the model "
+                                                  r"with text=dict\(num_hidden_layers=4, fusion_layer=2\)\)$"):
+            vmm.load_checkpoint(dst, src.state_dict())
+    official = {k.replace("text_encoder.", "text_encoder.bert.", 1): v for k, v in src.state_dict().items()}
+    dst = vmm.create_model("videomamba_m16_mm", vision=vision, text={**text, "fusion_layer": 1}, embed_dim=32)
+    with pytest.raises(CheckpointError, match=r"text=dict\(num_hidden_layers=4, fusion_layer=2\)\)$"):
+        vmm.load_checkpoint(dst, official)  # the official files' text_encoder.bert. keys

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
 import warnings
 import zipfile
@@ -467,10 +468,44 @@ def _fit_hint(model: nn.Module, sd: StateDict) -> Optional[str]:
                 f"embed_dim={mine[0]} and depth={mine[1]}; pass {fits} of the file's size, or build one with "
                 "vmm.vision_overrides_from_state_dict")
     if kind is None or own_kind is None or kind == own_kind:
-        return None
+        return _text_fit_hint(_text_layout(model.state_dict()), _text_layout(sd))
     if kind == "pretrain":
         return f"the file is {_KINDS[kind]}; {_PRETRAIN_FIX}"
     return f"the file is {_KINDS[kind]} and the model {_KINDS[own_kind]}; pass {fits} of the file's kind"
+
+
+_TEXT_LAYER = re.compile(r"text_encoder\.(?:bert\.)?encoder\.layer\.(\d+)\.(crossattention\.)?")
+
+
+def _text_layout(sd: StateDict) -> Optional[tuple[int, int]]:
+    """A state dict's text encoder as (num_hidden_layers, fusion_layer): its layer count, and its first layer with
+    cross-attention (the layer count when none has any); None without a text encoder.
+
+    >>> _text_layout({"text_encoder.encoder.layer.0.attention.self.query.weight": 0,
+    ...               "text_encoder.bert.encoder.layer.1.crossattention.self.query.weight": 0})
+    (2, 1)
+    """
+    layers, fused = set(), set()
+    for key in sd:
+        m = _TEXT_LAYER.match(key)
+        if m:
+            layers.add(int(m.group(1)))
+            if m.group(2):
+                fused.add(int(m.group(1)))
+    if not layers:
+        return None
+    count = max(layers) + 1
+    return count, min(fused, default=count)
+
+
+def _text_fit_hint(mine: Optional[tuple[int, int]], theirs: Optional[tuple[int, int]]) -> Optional[str]:
+    """The fix for a multimodal file whose text encoder has other layers or fusion layers than the model's: a
+    file trained with fusion_layer=10 listed its layer-9 crossattention keys and said only "check --model"."""
+    if mine is None or theirs is None or mine == theirs:
+        return None
+    return (f"the file's text encoder has {theirs[0]} layers with cross-attention from layer {theirs[1]} and the "
+            f"model's {mine[0]} from layer {mine[1]}; build the model with text=dict(num_hidden_layers={theirs[0]}, "
+            f"fusion_layer={theirs[1]})")
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], strict: bool = True) -> nn.Module:

@@ -71,7 +71,9 @@ _OFFICIAL_VISION = {"img_size": "img_size", "patch_size": "patch_size", "num_fra
                     "clip_output_dim": "clip_output_dim", "clip_return_layer": "clip_return_layer",
                     "channels": "in_chans"}
 # Settings our model has exactly one value of: anything else would be silently computed differently.
-# fused_add_norm is absent on purpose: both values give the same add-then-RMSNorm with an fp32 residual.
+# fused_add_norm is absent on purpose: at eval both values give the same add-then-RMSNorm with an fp32 residual.
+# (In masked pretraining the official unfused path's distillation target also holds the last mixer's output; vmm
+# trains the fused path's target, which every official config uses.)
 _OFFICIAL_VISION_FIXED = {"rms_norm": True, "residual_in_fp32": True, "bimamba": True, "bimamba_type": "v2",
                           "add_pool_norm": True, "class_": "PretrainVideoMamba", "clip_teacher": "none"}
 # Settings that do not change what the model computes at eval: checkpointing, the init file (loaded weights

@@ -88,8 +88,14 @@ def test_variable_frame_rate_windows_take_the_frames_shown_during_them():
     spans = plan_clips(info, DecodeOptions(num_frames=2, window=1.0, stride=1.0), times)
     # 2-3 s shows frame 3 (on screen since 1.0 s) and then frame 4 (from 2.2 s).
     assert [(s.start, s.end, s.frames) for s in spans] == [(0.0, 1.0, (0, 1)), (1.0, 2.0, (3, 3)), (2.0, 3.0, (3, 4))]
+    (trimmed,) = plan_clips(info, DecodeOptions(num_frames=4, window=1.5, stride=1.5, max_seconds=1.5), times)
+    assert (trimmed.start, trimmed.end, trimmed.frames) == (0.0, 1.5, (0, 1, 2, 3))  # the 4 frames shown by 1.5 s
+    # One clip per video, the evaluation protocol: the official trimmed30 rule by index whatever the timestamps,
+    # the first int(1.5 s * 2.5 fps) = 3 frames (the shown-by-1.5 s rule took 4, and DiDeMo's frames differed).
     (trimmed,) = plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5), times)
-    assert (trimmed.start, trimmed.end, trimmed.frames) == (0.0, 1.5, (0, 1, 2, 3))
+    assert (trimmed.start, trimmed.end) == (0.0, 1.2)  # 3 frames at 2.5 fps, as a constant-rate video
+    assert trimmed.frames == plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5))[0].frames
+    assert max(trimmed.frames) == 2
     # Jitter within a frame keeps the constant-rate plan (frame index / fps), and so the official frames.
     jittery = np.arange(100) / 25 + np.where(np.arange(100) % 2, 0.02, 0.0)
     assert _variable_rate_times(jittery, 25.0) is None

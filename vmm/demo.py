@@ -83,6 +83,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "
                        "or pass --model DIR")
     out = out.resolve()
+    # The library's own check of its path (a name that is not UTF-8 is refused): it came after the corpus was written.
+    from index.library import library_folder
+    library_folder(out / "library")
     _check_demo_folder(out, cfg.out_dir)
     # Taken just before the first write (in _run_locked), so that a refused run leaves the folder as it was, and
     # held to the end: a second demo into the folder is refused then, before it writes anything.
@@ -122,9 +125,11 @@ def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:
 
     lib_dir = out / "library"
     _say(f"[2/4] vmm index {_arg(info.out_dir / 'videos')} --library {_arg(lib_dir)} --model {_arg(model)}")
+    # model.json before the first commit, as vmm index writes it: written after indexing, a demo stopped midway
+    # left a library of clips that `vmm search` refused as recording no model.
     summary = build_library([str(info.out_dir / "videos")], str(lib_dir), encoder, workers=cfg.workers,
-                            batch_size=cfg.batch_size, progress=False)
-    _write_model_file(str(lib_dir), model, None, None)
+                            batch_size=cfg.batch_size, progress=False,
+                            on_open=lambda folder: _write_model_file(folder, model, None, None))
     _say(f"      {summary.line()}")
 
     _say(f"[3/4] vmm search {_arg(lib_dir)} \"...\" -k {cfg.k} --rerank {cfg.rerank}   "

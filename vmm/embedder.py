@@ -272,6 +272,12 @@ class VideoTextEncoder:
             out.append(emb.float().cpu())
             if return_tokens:
                 toks.append(tokens)
+        if return_tokens and not toks:
+            # No clips: one empty forward gives the tokens' (0, T*P, D), as encode_texts([], return_hidden=True)
+            # gives its hidden states; torch.cat of no tokens raised a bare ValueError.
+            x = torch.zeros((0, 3, self.num_frames, self.img_size, self.img_size), device=self.device)
+            with self._autocast():
+                toks.append(self.model.encode_video(x, return_tokens=True)[1])
         vecs = torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
         return (vecs, torch.cat(toks)) if return_tokens else vecs
 

@@ -32,6 +32,18 @@ def _generated_clip(frames: int, size: int) -> np.ndarray:
     return clip
 
 
+def _forward(model):
+    """The clip -> embedding forward of ``model``: a video-text model's unit vector, a classifier's normalised CLS
+    (its features before the head), a vision encoder's pooled vectors as its config pools them (per frame with
+    ``keep_temporal``); the vision encoders (``videomamba_tiny_vision`` ...) have neither method, and failed with
+    an AttributeError traceback."""
+    if hasattr(model, "encode_video"):
+        return model.encode_video
+    if hasattr(model, "forward_features"):
+        return model.forward_features
+    return lambda x: model(x, keep_temporal=model.cfg.keep_temporal)[1]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -61,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         frames = _generated_clip(cfg.num_frames, cfg.img_size)
     x = eval_tf(frames).unsqueeze(0).to(device)
     with torch.inference_mode():
-        encode = model.encode_video if hasattr(model, "encode_video") else model.forward_features
+        encode = _forward(model)
         encode(x)  # warm-up: first-call allocations and backend selection stay out of the timing
         if device.type == "cuda":
             torch.cuda.synchronize()

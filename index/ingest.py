@@ -31,7 +31,7 @@ import numpy as np
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
 from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
 from index.discovery import Candidate, Discovery, _path_args, check_root, discover
-from index.library import LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
+from index.library import CATALOG_FILE, LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
 from index.pool import DecodePool, FileStamp
 from index.progress import IngestProgress, ProgressUpdate
 from index.store import AUTO_FLAT_MAX, check_factory, factory_spelling
@@ -573,8 +573,12 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
     paths = _path_args(paths, "index")
     if not paths:
         raise VmmError("no paths to index; pass video files or folders")
-    roots = [os.path.abspath(p) for p in paths]
+    # A "~" is the home folder, as in the library's path (library_folder) and as `vmm index` takes its PATHs:
+    # VideoLibrary.open("~/lib").add("~/Videos") was "no such file or folder".
+    roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
     for given, root in zip(paths, roots):
+        if not os.path.lexists(root):
+            _refuse_gone_root(given, root, library_dir)
         check_root(given, root)
     optional = {"workers": workers, "window": window, "stride": stride, "max_seconds": max_seconds}
     _check_numbers(batch_size=batch_size, timeout=timeout, max_pixels=max_pixels, commit_seconds=commit_seconds,
@@ -601,6 +605,33 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
     return _Request(roots, library_folder(library_dir), wanted, explicit, factory)
+
+
+def _refuse_gone_root(given, root: str, library_dir) -> None:
+    """Raise VmmError naming how to drop the files the library holds under ``root``, a path that no longer exists:
+    a folder deleted since it was indexed was only "no such file or folder; check the path", while `vmm search`
+    listed its files as not found and said that `vmm index` updates the library."""
+    import sqlite3
+    try:
+        path = os.path.join(library_folder(library_dir), CATALOG_FILE)
+        catalog = Catalog.open(path, read_only=True) if os.path.isfile(path) else None
+    except (sqlite3.Error, OSError, VmmError):
+        catalog = None
+    if catalog is None:
+        return  # no library (or none readable): check_root's message says all there is
+    try:
+        held = len(catalog.files(under=[root]))
+    except sqlite3.Error:
+        return
+    finally:
+        catalog.close()
+    if held:
+        them = "them" if held > 1 else "it"
+        # Not removed here: an unmounted drive looks the same, and its files would cost a whole re-embedding.
+        raise VmmError(one_line(f"{given}: no such file or folder, and the library holds {held} file"
+                                f"{'s' * (held > 1)} indexed under it: if its drive is not mounted, mount it; if "
+                                f"deleted, drop {them} with vmm index --remove or remove_paths; if moved, index the "
+                                "new place (the library follows a move)"))
 
 
 _WHOLE_NUMBERS = ("batch_size", "workers", "max_pixels", "flat_max")

@@ -607,8 +607,9 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
             # symbolic link, its real path otherwise. The path as written comes first, and the real path only
             # when it matches nothing: a link repointed since (current -> 2023, now -> 2024) removes what was
             # indexed through it, not the folder it reaches now.
-            found = (writer.catalog.files(under=[os.path.abspath(given)])
-                     or writer.catalog.files(under=[os.path.realpath(given)]))
+            path = os.path.expanduser(given)  # as build_library takes it
+            found = (writer.catalog.files(under=[os.path.abspath(path)])
+                     or writer.catalog.files(under=[os.path.realpath(path)]))
             rows.update((row.id, row) for row in found)
             if not found and not_found is not None:
                 not_found.append(given)

@@ -92,7 +92,10 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
                        f"(no config.json + model.safetensors); pass {fix}, or a folder written by save_pretrained")
     from vmm.factory import checkpoint_frames, frames_override
     overrides = frames_override(name, frames if frames is not None else checkpoint_frames(checkpoint))
-    if checkpoint is None and not Path(name).is_dir():
+    # is_pretrained_dir, not is_dir: a folder in the working one that shares a registered name (an empty "vmm_nano"
+    # made for a run's output) is no model, and vmm.create_model_and_transforms builds the name there; taken as a
+    # folder, vmm_nano got random weights and model.json recorded that folder.
+    if checkpoint is None and not is_pretrained_dir(name):
         from vmm.factory import _is_multimodal, default_pretrained
         # A named model means its released weights (vmm_nano: the shipped checkpoint), never random ones.
         checkpoint = default_pretrained(name)
@@ -192,14 +195,15 @@ class VideoLibrary:
         if not _is_library(path):
             raise VmmError(f"{path} is not a vmm library (no catalog.sqlite); index videos into one with "
                            f"`vmm index VIDEOS --library LIB`, then search LIB")
-        saved = _read_model_file(path)
+        saved = _read_model_file(path, given=model is not None or checkpoint is not None)
         if model is None and checkpoint is None:
             if not saved:
                 raise VmmError(f"library {path} records no model (no {MODEL_FILE}); pass --model/--checkpoint "
                                f"(model=/checkpoint=) with the model it was built with{built_with(path)}")
             encoder = _load_recorded_encoder(path, saved, device)
         else:
-            encoder = load_encoder(model, checkpoint, device, _library_frames(path, saved.get("frames"), checkpoint))
+            encoder = load_encoder(_model_for(saved, model, checkpoint), checkpoint, device,
+                                   _library_frames(path, saved.get("frames"), checkpoint))
         from index.reader import open_library
         reader = open_library(path, model=encoder)
         return cls(path, encoder, reader)
@@ -524,10 +528,12 @@ def _check_arguments(path, model, checkpoint, device) -> tuple:
         from vmm.factory import resolve_device
         resolve_device(device, option="device")
     from index.library import library_folder
+    from vmm.models.persistence import user_path
     # A "~" the shell left alone ("~/My Videos/lib", quoted for its space) is the home folder, as `vmm index
-    # --library` and path_glob take it: `vmm search` looked for a folder named "~" in the working one.
+    # --library` and path_glob take it: `vmm search` looked for a folder named "~" in the working one. So in a
+    # model folder (`--model=~/models/final`, which vmm classify reads): it "did not exist".
     return (library_folder(os.path.expanduser(os.fspath(path))),
-            *(None if v is None else os.fspath(v) for v in (model, checkpoint)))
+            *(None if v is None else user_path(os.fspath(v)) for v in (model, checkpoint)))
 
 
 def _check_unchanged(record, path: str) -> None:
@@ -617,9 +623,15 @@ def read_windows(path: str, num_frames: int, window: float, stride: float, max_s
 
 def _write_model_file(path: str, model, checkpoint, frames) -> None:
     """Record the model beside the catalog (called with the library locked, before its first commit)."""
-    if model and model != COLOR_HISTOGRAM and Path(model).is_dir():
+    from vmm.factory import HF_PREFIX
+    from vmm.models.persistence import is_pretrained_dir
+    if model and model != COLOR_HISTOGRAM and is_pretrained_dir(model):
         model = os.path.abspath(model)  # a relative folder would name another one from another working directory
-    data = {"model": model, "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "frames": frames}
+    if checkpoint and not checkpoint.startswith(HF_PREFIX):
+        # A hub reference names the same file from anywhere: made "absolute" it became a file under the working
+        # folder, and every later search failed to load it.
+        checkpoint = os.path.abspath(checkpoint)
+    data = {"model": model, "checkpoint": checkpoint or None, "frames": frames}
     tmp, target = os.path.join(path, f".{MODEL_FILE}.tmp"), os.path.join(path, MODEL_FILE)
     try:
         with open(target) as f:
@@ -640,7 +652,19 @@ def _write_model_file(path: str, model, checkpoint, frames) -> None:
                        "folder") from None
 
 
-def _read_model_file(path: str) -> dict:
+def _read_model_file(path: str, *, given: bool = False) -> dict:
+    """The library's model.json, {} when it has none. ``given``: the caller passes the model itself, as the message
+    for a damaged or unreadable file asks, so such a file counts as none (vmm index rewrites it); it was refused
+    again, and the only way on was to delete the file by hand."""
+    try:
+        return _model_file(path)
+    except VmmError:
+        if given:
+            return {}
+        raise
+
+
+def _model_file(path: str) -> dict:
     p = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(p):
         return {}
@@ -657,6 +681,20 @@ def _read_model_file(path: str) -> dict:
             or not isinstance(data.get("frames"), (int, type(None))) or isinstance(data.get("frames"), bool)):
         raise VmmError(damaged)
     return data
+
+
+def _model_for(saved: dict, model: Optional[str], checkpoint: Optional[str]) -> Optional[str]:
+    """``model``, or for a checkpoint given alone the model name the library records (``saved``, its model.json): a
+    weights file names no architecture, and load_encoder's default (videomamba_m16_25m) refused the moved weights
+    of any other model as not fitting it.
+
+    >>> _model_for({"model": "vmm_nano", "checkpoint": "/old/nano.pth"}, None, "/new/nano.pth")
+    'vmm_nano'
+    """
+    recorded = saved.get("model")
+    if model is None and checkpoint is not None and recorded not in (None, COLOR_HISTOGRAM) and os.sep not in recorded:
+        return recorded  # a name: recorded model folders are absolute paths, and hold their own weights
+    return model
 
 
 def _is_library(path: str) -> bool:

@@ -47,14 +47,16 @@ def run(args: argparse.Namespace) -> int:
     # The shell expands no `~` in `--library=~/lib` or in a quoted "~/My Videos": taken as written, the library
     # was built in a folder named '~' under the working folder, and such a PATH was "no such file or folder".
     args.paths = [os.path.expanduser(path) for path in args.paths]
+    # So in --model=~/models/final, as vmm classify takes it: it was "model folder ~/models/final does not exist".
+    args.model, args.checkpoint = (None if v is None else os.path.expanduser(v) for v in (args.model, args.checkpoint))
     library = library_folder(os.path.expanduser(args.library))
     launch = _launch()
     if args.remove:
         return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import DEFAULT_WINDOW, MIN_STRIDE
     from index.library import CATALOG_FILE
-    from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _read_model_file,
-                                   _write_model_file, built_with, load_encoder)
+    from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _model_for,
+                                   _read_model_file, _write_model_file, built_with, load_encoder)
     from vmm.commands import check_library_readable
     from vmm.factory import check_frames, resolve_device
     # Checked before the model loads: a bad value costs nothing and names the option.
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             raise VmmError(f"--stride {args.stride:g} is longer than the window ({new_window:g} s"
                            f"{'' if args.window is not None else ', the default'}); pass a --stride of at most "
                            f"{new_window:g} seconds, or a longer --window")
-    saved = _read_model_file(library) if is_library else {}
+    given = args.model is not None or args.checkpoint is not None
+    saved = _read_model_file(library, given=given) if is_library else {}
     histogram = args.checkpoint is None and (args.model or saved.get("model")) == COLOR_HISTOGRAM
     if args.device is not None and not histogram:
         # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     if is_library and args.frames is not None:
         _check_library_frames(library, args.frames)
-    model, checkpoint = args.model, args.checkpoint
+    model, checkpoint = _model_for(saved, args.model, args.checkpoint), args.checkpoint
     frames = args.frames or saved.get("frames")
     device = args.device
     distributed = launch is not None

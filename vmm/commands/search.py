@@ -91,8 +91,8 @@ def _check_options(args: argparse.Namespace) -> None:
                        f"give the library first: vmm search {shlex.quote(args.text)} {shlex.quote(args.library)}")
     if not check_library_readable(args.library):
         return  # missing or not a folder: opening the library names it
-    recorded = _read_model_file(args.library).get("model")
     given = [f"--{name}" for name in ("model", "checkpoint") if getattr(args, name) not in (None, COLOR_HISTOGRAM)]
+    recorded = _read_model_file(args.library, given=args.model is not None or args.checkpoint is not None).get("model")
     if recorded == COLOR_HISTOGRAM and given:  # else the override loads the default video-text model's weights
         raise VmmError(f"library {args.library} was indexed with {COLOR_HISTOGRAM}, which has no weights: drop "
                        f"{' and '.join(given)}")

@@ -90,7 +90,9 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
                "model= (--model) a model name such as 'vmm_nano'")
         raise VmmError(f"{'model' if name == model else 'checkpoint'} {name} is a folder but not a vmm model folder "
                        f"(no config.json + model.safetensors); pass {fix}, or a folder written by save_pretrained")
-    from vmm.factory import checkpoint_frames, frames_override
+    from vmm.factory import _not_a_model, checkpoint_frames, frames_override
+    if Path(name).is_file():  # else looked up as a registered name: "unknown model" and every name listed
+        raise VmmError(_not_a_model(name))
     overrides = frames_override(name, frames if frames is not None else checkpoint_frames(checkpoint))
     # is_pretrained_dir, not is_dir: a folder in the working one that shares a registered name (an empty "vmm_nano"
     # made for a run's output) is no model, and vmm.create_model_and_transforms builds the name there; taken as a

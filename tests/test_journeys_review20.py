@@ -183,3 +183,21 @@ def test_the_python_api_takes_a_tilde_in_the_videos_paths_as_in_the_librarys(tmp
     hist = ColorHistogramEncoder()
     assert build_library(["~/videos/red.mp4"], "~/lib2", hist, workers=0, progress=False).indexed == 1
     assert remove_paths("~/lib2", ["~/videos/red.mp4"]) == 1
+
+
+def test_a_weights_file_given_as_the_model_says_so(tmp_path, capsys):
+    """`vmm demo --model w.safetensors` (and VideoLibrary.open(..., model=FILE)) looked the file up as a registered
+    name: "unknown model" and the list of every name, where create_model says what a weights file needs."""
+    from retrieval.library import load_encoder
+    from vmm.errors import VmmError
+    save_tiny_model(tmp_path / "saved")
+    weights = tmp_path / "saved" / "model.safetensors"
+    try:
+        load_encoder(str(weights), None, "cpu")
+    except VmmError as e:
+        assert str(e).startswith(f"model {weights} is a weights file, not a model name or folder; pass a registered "
+                                 "model name"), e
+    else:
+        raise AssertionError("a weights file was loaded as a model")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--videos", "2", "--model", str(weights)]) != 0
+    assert f"model {weights} is a weights file" in capsys.readouterr().err

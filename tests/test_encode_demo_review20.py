@@ -34,6 +34,21 @@ def test_encode_clips_of_no_clips_gives_empty_tokens_as_encode_texts_gives_empty
     assert hidden.shape[0] == 0
 
 
+
+@pytest.mark.cuda
+def test_no_clips_on_the_gpu_through_the_fused_kernels():
+    """The empty forward of encode_clips([], return_tokens=True) on CUDA runs the Triton kernels with a batch of 0
+    (grids of no programs): under the encoder's bf16 autocast, and in fp32 through the model itself."""
+    torch.manual_seed(0)
+    model = vmm.create_model("videomamba_m16_mm", **TINY).eval()
+    enc = VideoTextEncoder(model, device="cuda")
+    vecs, tokens = enc.encode_clips([], return_tokens=True)
+    _, one = enc.encode_clips([np.zeros((enc.num_frames, 40, 40, 3), np.uint8)], return_tokens=True)
+    assert vecs.shape == (0, enc.dim) and tokens.shape == (0, *one.shape[1:])
+    with torch.no_grad():
+        emb = model.encode_video(torch.zeros(0, 3, enc.num_frames, enc.img_size, enc.img_size, device="cuda"))
+    assert emb.shape == (0, enc.dim)
+
 def test_a_demo_stopped_after_indexing_committed_leaves_a_library_vmm_search_opens(tmp_path, monkeypatch, capsys):
     """model.json was written after indexing: a demo stopped midway left committed clips that `vmm search` refused
     ("records no model") until the demo was run to its end."""

@@ -199,12 +199,20 @@ class _Runtime:
 
 def _start_runtime(config: EvalConfig) -> _Runtime:
     import torch.distributed as dist
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    from index.distributed import launch_info
     from vmm.factory import resolve_device
+    # LOCAL_RANK, else the rank within its node: every rank took cuda:0 where a launcher did not set it
+    launch = launch_info()
+    world = launch.world_size
     device = resolve_device(config.device, _option("device"))  # auto, a visible GPU and its index, as every command checks them
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if launch.local_rank >= count:  # NCCL refuses two ranks on one GPU; beyond them set_device failed raw
+            raise VmmError(f"process {launch.rank} of {world} (local rank {launch.local_rank}) has no GPU of its own: "
+                           f"{count} {'is' if count == 1 else 'are'} visible on its machine; launch at most {count} "
+                           f"process{'es' * (count > 1)} per machine (torchrun --nproc_per_node {count}), or pass "
+                           f"{_option('device')} cpu")
+        device = torch.device("cuda", launch.local_rank)
     elif device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
@@ -548,6 +556,16 @@ def _itm_scorer(model, video_tokens: Tensor, text: TextFeatures, direction: str,
     return score
 
 
+def _sized_by(option: str, config: EvalConfig, doing: str, run):
+    """``run()``, its running out of memory one line naming ``option``, the batch size of this phase: the command's
+    own line named --batch-size and --frames whatever ran out (a re-rank needs a smaller --itm-batch-size, and
+    --frames must fit the model), and the benchmark scripts ended in a CUDA traceback."""
+    from vmm.errors import sized_by
+    return sized_by(run, lambda what: f"out of memory {doing} ({what}); pass a smaller {_option(option)} than "
+                                      f"{getattr(config, option)}, or free memory (other programs, another job on "
+                                      "the GPU)")
+
+
 # ---------------------------------------------------------------------------------------------- main entry
 def evaluate(config: EvalConfig) -> Optional[EvalResult]:
     """Run the official zero-shot evaluation; returns the result on rank 0 (None on other ranks).
@@ -592,14 +610,15 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
 
     with ProgressBars(config.progress and rank == 0) as progress:
         tick = time.perf_counter()
-        text = _encode_texts(model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len,
-                            config.text_batch_size, runtime, progress.task("texts", len(my_texts)))
+        text = _sized_by("text_batch_size", config, "encoding the texts", lambda: _encode_texts(
+            model, tokenizer, [dataset.texts[t] for t in my_texts], protocol.max_text_len, config.text_batch_size,
+            runtime, progress.task("texts", len(my_texts))))
         timings["texts"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        video = _encode_videos(model, transform, [dataset.videos[v] for v in my_videos], decode_options,
-                              config.batch_size, runtime, config.workers, config.decode_timeout,
-                              stop_on_failure=not config.allow_missing,
-                              progress=progress.task("videos (decode+encode)", len(my_videos)))
+        video = _sized_by("batch_size", config, "encoding the videos", lambda: _encode_videos(
+            model, transform, [dataset.videos[v] for v in my_videos], decode_options, config.batch_size, runtime,
+            config.workers, config.decode_timeout, stop_on_failure=not config.allow_missing,
+            progress=progress.task("videos (decode+encode)", len(my_videos))))
         timings["videos"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -640,11 +659,13 @@ def _evaluate(config, dataset, protocol, listed, runtime, timings, t_start) -> O
         k = config.rerank_k
         n_v, n_t = len(dataset.videos), len(dataset.texts)
         v2t_bar = progress.task(f"re-rank v2t (top {min(k, n_t)})", n_v)
-        i2t = rerank_topk(itc, k, _itm_scorer(model, tokens, text, "v2t", runtime), config.itm_batch_size, "v2t",
-                          progress=lambda done, total: v2t_bar(completed=done))
+        i2t = _sized_by("itm_batch_size", config, "re-ranking", lambda: rerank_topk(
+            itc, k, _itm_scorer(model, tokens, text, "v2t", runtime), config.itm_batch_size, "v2t",
+            progress=lambda done, total: v2t_bar(completed=done)))
         t2v_bar = progress.task(f"re-rank t2v (top {min(k, n_v)})", n_t)
-        t2i = rerank_topk(itc, k, _itm_scorer(model, tokens, text, "t2v", runtime), config.itm_batch_size, "t2v",
-                          progress=lambda done, total: t2v_bar(completed=done))
+        t2i = _sized_by("itm_batch_size", config, "re-ranking", lambda: rerank_topk(
+            itc, k, _itm_scorer(model, tokens, text, "t2v", runtime), config.itm_batch_size, "t2v",
+            progress=lambda done, total: t2v_bar(completed=done)))
         rows["rerank"] = retrieval_metrics(i2t, t2i, dataset.txt2vid, dataset.vid2txt)
         timings["rerank"] = time.perf_counter() - tick
 
@@ -712,6 +733,9 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoder processes")
     p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
+    # the other sizes an out-of-memory error may name (they change speed and memory only, never a score)
+    p.add_argument("--text-batch-size", type=int, default=256, help="texts per encoder batch [256]")
+    p.add_argument("--itm-batch-size", type=int, default=128, help="(video, text) pairs per ITM batch [128]")
     p.add_argument("--allow-missing", action="store_true", help="evaluate without missing or unreadable videos")
     p.add_argument("--json", default=str(results / f"retrieval_{dataset}.json"), help="report [%(default)s]")
     p.add_argument("--markdown", default=str(results / f"retrieval_{dataset}.md"), help="table [%(default)s]")
@@ -722,6 +746,7 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     try:
         config = EvalConfig(dataset, args.annotations, args.videos, model=model, checkpoint=args.checkpoint,
                             frames=default_frames(model, args.checkpoint), batch_size=args.batch_size,
+                            text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size,
                             allow_missing=args.allow_missing, device=args.device, workers=args.workers,
                             progress=sys.stderr.isatty())
         config.check()

@@ -10,13 +10,12 @@ import contextlib
 import difflib
 import importlib
 import os
-import re
 import shlex
 import signal
 import sys
 from typing import Optional, Sequence
 
-from vmm.errors import OneLineArgumentParser, VmmError, one_line
+from vmm.errors import OneLineArgumentParser, VmmError, one_line, out_of_memory
 
 COMMANDS = {
     "demo": "run the offline demo: generate a video library, index it, search it, evaluate",
@@ -200,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _mute_stdout()
             return 141  # 128 + SIGPIPE, the status of a command the signal ended
         except (MemoryError, RuntimeError) as e:
-            what = _out_of_memory(e)
+            what = out_of_memory(e)
             if what is None:
                 raise
             # Sizes too big for this machine (or a GPU another job fills) are no bug of vmm: one line, as a user
@@ -269,28 +268,6 @@ def _stopping_on_sigterm():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-_MEMORY_TEXTS = ("can't allocate memory", "not enough memory", "out of memory", "Cannot allocate memory")
-
-
-def _out_of_memory(error: BaseException) -> Optional[str]:
-    """What ran out when ``error`` is a failed allocation (torch's CPU or CUDA allocator, the mmap of a weights file,
-    Python itself), else None.
-
-    >>> _out_of_memory(RuntimeError("can't allocate memory: you tried to allocate 20971520 bytes"))
-    'could not allocate 20 MiB more'
-    >>> _out_of_memory(RuntimeError("Expected all tensors to be on the same device")) is None
-    True
-    """
-    text = str(error)
-    if not isinstance(error, MemoryError) and not any(t in text for t in _MEMORY_TEXTS):
-        return None
-    size = re.search(r"(\d+(?:\.\d+)?) ?([KMGTPE]iB|bytes)", text)  # torch says "2.00 GiB" on CUDA, bytes on CPU
-    if size is None:
-        return "an allocation failed"
-    amount = f"{int(size[1]) / 2 ** 20:.0f} MiB" if size[2] == "bytes" else f"{size[1]} {size[2]}"
-    return f"could not allocate {amount} more"
 
 
 def _say(text: str) -> None:

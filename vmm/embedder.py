@@ -2,7 +2,7 @@
 
 It satisfies ``index.encoder.ClipEncoder`` (``name``, ``weights_hash``, ``dim``, ``num_frames``,
 ``preprocessing``, ``encode_clips``) and adds ``encode_texts`` and ``itm_scores_for`` for re-ranking.
-On CUDA it runs under bf16 autocast (the official eval precision); on CPU in fp32.
+On CUDA it runs under bf16 autocast (the official eval precision; fp16 for fp16 weights); on CPU in the weights' dtype.
 """
 from __future__ import annotations
 
@@ -175,7 +175,10 @@ class VideoTextEncoder:
     def _autocast(self, cache_enabled: bool = True):
         if self.device.type != "cuda":
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+        # bf16, the official eval precision, unless the weights are fp16 (create_model(precision="fp16")): bf16
+        # autocast over fp16 weights failed in torch.cat, which it promotes only to its own dtype.
+        half = next(self.model.parameters()).dtype == torch.float16
+        return torch.autocast("cuda", dtype=torch.float16 if half else torch.bfloat16, cache_enabled=cache_enabled)
 
     def _video_batch(self, clips: Sequence) -> torch.Tensor:
         """Checked clips (:func:`_checked_clips`) -> (N, 3, T, S, S) on the device, each exactly ``self.transform``

@@ -7,7 +7,10 @@ traceback; library callers can catch it like any other exception.
 """
 import argparse
 import numbers
-from typing import Optional
+import re
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
 
 
 class VmmError(Exception):
@@ -71,3 +74,48 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error_line(self, message: str) -> Optional[str]:
         """The line printed for a usage mistake (None: exit with status 2 and print nothing)."""
         return f"error: {one_line(message)} (`{self.prog} --help` lists the options)"
+
+
+_MEMORY_TEXTS = ("can't allocate memory", "not enough memory", "out of memory", "Cannot allocate memory")
+
+
+def out_of_memory(error: BaseException) -> Optional[str]:
+    """What ran out when ``error`` is a failed allocation (torch's CPU or CUDA allocator, the mmap of a weights file,
+    Python itself), else None.
+
+    >>> out_of_memory(RuntimeError("can't allocate memory: you tried to allocate 20971520 bytes"))
+    'could not allocate 20 MiB more'
+    >>> out_of_memory(RuntimeError("Expected all tensors to be on the same device")) is None
+    True
+    """
+    text = str(error)
+    if not isinstance(error, MemoryError) and not any(t in text for t in _MEMORY_TEXTS):
+        return None
+    size = re.search(r"(\d+(?:\.\d+)?) ?([KMGTPE]iB|bytes)", text)  # torch says "2.00 GiB" on CUDA, bytes on CPU
+    if size is None:
+        return "an allocation failed"
+    amount = f"{int(size[1]) / 2 ** 20:.0f} MiB" if size[2] == "bytes" else f"{size[1]} {size[2]}"
+    return f"could not allocate {amount} more"
+
+
+def sized_by(run: Callable[[], T], message: Callable[[str], str]) -> T:
+    """``run()``; running out of memory in it (:func:`out_of_memory`) is a VmmError of ``message(what ran out)``, which
+    names the option that sizes the work, where the CLI's own line could only guess it and scripts ended in a CUDA
+    traceback. Raised outside the handler: the error's traceback, and with it the tensors of the failed work on
+    the GPU, is freed before a caller that catches this tries again smaller.
+
+    >>> def too_big():
+    ...     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    >>> try:
+    ...     sized_by(too_big, lambda what: f"out of memory ({what}); pass a smaller --batch-size")
+    ... except VmmError as e:
+    ...     print(e)
+    out of memory (could not allocate 2.00 GiB more); pass a smaller --batch-size
+    """
+    try:
+        return run()
+    except (MemoryError, RuntimeError) as error:
+        what = out_of_memory(error)
+        if what is None:
+            raise
+    raise VmmError(message(what))

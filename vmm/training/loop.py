@@ -462,14 +462,23 @@ def _module_name(module) -> str:
 
 
 def resolve_precision(cfg: TrainConfig, cpu: bool) -> str:
-    """``train.precision``; ``auto``: bf16/fp16 when the accelerate config asks for it, else bf16 on CUDA and
-    fp32 on CPU (accelerate's default "no" does not turn bf16 off; ``train.precision=no`` does)."""
+    """``train.precision``; ``auto``: bf16/fp16 when the accelerate config asks for it, else bf16 on a CUDA GPU that
+    computes in it (compute capability 8 or newer), fp16 on an older one, and fp32 on CPU (accelerate's default
+    "no" does not turn bf16 off; ``train.precision=no`` does)."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launched in ("bf16", "fp16"):
         return launched
-    return "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if cpu:
+        return "no"
+    try:
+        # Not emulated bf16: torch >= 2.3 counts a GPU that can merely hold bf16 tensors (a V100, a T4), where
+        # auto chose bf16 with no tensor-core support instead of fp16.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch, which counts no emulation
+        native = torch.cuda.is_bf16_supported()
+    return "bf16" if native else "fp16"
 
 
 def _flat_hparams(cfg: TrainConfig) -> dict:
@@ -680,6 +689,22 @@ def micro_step(accelerator, objective, optimizer, batch: dict, loss_cfg, clip_te
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return outputs, grad_norm
+
+
+def _fitting(cfg: TrainConfig, rank: int, world: int, step):
+    """``step()``, its running out of memory one line naming ``data.batch_size``, where a CUDA traceback ended the
+    run. ``vmm.train`` prints process 0's errors only, and another process may be the one that ran out (the others
+    then wait for it until the launcher stops them): it prints its own line."""
+    from vmm.errors import sized_by
+
+    def message(what: str) -> str:
+        text = (f"{f'[process {rank}] ' if world > 1 else ''}out of memory in a training step ({what}); pass a smaller "
+                f"data.batch_size than {cfg.data.batch_size} (samples per process; a larger train.grad_accum keeps "
+                "the samples per update), or free memory (other programs, another job on the GPU)")
+        if rank != 0:
+            print(f"error: {text}", file=sys.stderr)
+        return text
+    return sized_by(step, message)
 
 
 def _agreed_batches(batches, accelerator):
@@ -955,8 +980,9 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
             loader = accelerator.skip_first_batches(loader, state.micro_in_epoch)
         for batch in _agreed_batches(data_mod.batches(loader), accelerator):
             lr = base_lr * lr_factor(state.global_step, total_steps, warmup, cfg.schedule.min_lr_ratio)
-            outputs, grad_norm = micro_step(accelerator, objective, optimizer, batch, cfg.loss, clip_teacher,
-                                            distill_teacher, lr, cfg.optim.grad_clip)
+            outputs, grad_norm = _fitting(cfg, rank, world, lambda: micro_step(
+                accelerator, objective, optimizer, batch, cfg.loss, clip_teacher, distill_teacher, lr,
+                cfg.optim.grad_clip))
             running += torch.stack([outputs[k].detach().float() if k in outputs else running.new_zeros(())
                                     for k in loss_names]) / cfg.train.grad_accum
             step_corrupt += len(batch["failed"])

@@ -484,10 +484,12 @@ def test_every_released_classifier_layout_loads_strictly_at_its_own_and_other_si
 def test_load_checkpoint_reads_a_path_under_the_home_folder(tmp_path, monkeypatch):
     """create_model(pretrained="~/x.pth") expanded the "~", but vmm.load_checkpoint and vmm.read_checkpoint said
     "checkpoint ~/x.pth does not exist" of a file that was there; the model then records the real path."""
+    from vmm.models.checkpoint import check_weights_file
     monkeypatch.setenv("HOME", str(tmp_path))
     src = tiny(depth=1)
     torch.save(src.state_dict(), tmp_path / "t4.pth")
     assert torch.equal(vmm.read_checkpoint("~/t4.pth")["head.weight"], src.head.weight)
+    assert check_weights_file("~/t4.pth") == "zip"  # the check every loader runs, public on its own
     got = vmm.load_checkpoint(tiny(depth=1), "~/t4.pth")
     assert torch.equal(got.head.weight, src.head.weight) and got.pretrained_source == str(tmp_path / "t4.pth")
 
@@ -560,3 +562,51 @@ def test_a_multimodal_file_with_other_fusion_layers_names_them():
     dst = vmm.create_model("videomamba_m16_mm", vision=vision, text={**text, "fusion_layer": 1}, embed_dim=32)
     with pytest.raises(CheckpointError, match=r"text=dict\(num_hidden_layers=4, fusion_layer=2\)\)$"):
         vmm.load_checkpoint(dst, official)  # the official files' text_encoder.bert. keys
+
+
+def test_a_zip_that_torch_did_not_write_is_no_checkpoint_not_a_damaged_one(tmp_path):
+    """A NumPy .npz or a zipped release opens like torch.save's archive (PK..): every loader called it "truncated or
+    damaged; download or save it again", which no new download fixes."""
+    import zipfile
+    from vmm.factory import checkpoint_vision_settings
+    from vmm.models.checkpoint import check_weights_file
+    np.savez(tmp_path / "weights.npz", head=np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "release.zip", "w") as z:
+        z.writestr("videomamba/README.md", "weights inside")
+    for name in ("weights.npz", "release.zip"):
+        path = tmp_path / name
+        for load in (vmm.read_checkpoint, checkpoint_vision_settings,
+                     lambda p: vmm.create_model("videomamba_tiny", pretrained=p, depth=1, num_frames=4, img_size=32)):
+            with pytest.raises(CheckpointError, match=rf"^checkpoint {path} is not a PyTorch or safetensors checkpoint "
+                                                      r"\(a zip archive, but not torch\.save's: it has no data\.pkl\); "
+                                                      r"pass a \.pth, \.pt, \.bin or \.safetensors weights file$"):
+                load(path)
+    torch.save(tiny(depth=1).state_dict(), tmp_path / "t.pth")  # torch's own archive still reads
+    assert check_weights_file(tmp_path / "t.pth") == "zip"
+
+
+@pytest.mark.parametrize("offsets", [["0", "4"], {"0": 0, "1": 4}, None])
+def test_a_safetensors_header_with_malformed_offsets_is_damaged_not_a_traceback(tmp_path, offsets):
+    """A header that is valid JSON but gives a tensor's data_offsets as strings or a dict was a bare TypeError or
+    KeyError from the file check every loader runs first."""
+    import json
+    import struct
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": offsets}}).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path} is truncated or damaged; download or save it "
+                                              r"again$"):
+        vmm.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["videomamba_t16_k400.pth", "model.safetensors"])
+def test_a_git_lfs_pointer_says_to_fetch_the_weights(tmp_path, name):
+    """A repository cloned without git-lfs leaves a small text file where the weights were: it was "not a PyTorch
+    or safetensors checkpoint ...; pass a .pth" (the user had) or "not a safetensors file (or it is damaged)"."""
+    path = tmp_path / name
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "4d7a" * 16 + "\nsize 298046281\n")
+    for load in (vmm.read_checkpoint, lambda p: vmm.create_model("videomamba_tiny", pretrained=p, depth=1)):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {path} is a Git LFS pointer \(\d+ bytes\), not the "
+                                                  r"weights; fetch them with 'git lfs pull' in its repository, or "
+                                                  r"download the file itself$"):
+            load(path)

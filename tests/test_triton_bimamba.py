@@ -245,6 +245,35 @@ def test_bimamba_scan_matches_its_reference_in_triton_interpreter(tmp_path):
     assert len(errors) == 26 and max(errors.values()) <= 1e-5, errors
 
 
+EMPTY_LAYER_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, sys.argv[1] + "/tests")
+    from vmm.ops import triton_bimamba
+    from vmm.ops.bimamba import DirectionWeights
+    from test_triton_bimamba import make_layer
+    results = {}
+    for name, (Bsz, L) in {"no clips": (0, 8), "no tokens": (2, 0)}.items():
+        xz, wf, wb = make_layer(2, 32, 8, seed=1)
+        xz = xz[:Bsz, :L].detach().transpose(1, 2).requires_grad_()
+        y = triton_bimamba.bimamba_inner_xz_triton(xz, wf, wb)
+        grads = torch.autograd.grad(y.sum(), [xz, *wf, *wb])
+        results[name] = {"out": list(y.shape), "grad_xz": list(grads[0].shape),
+                         "grads_zero": all(not g.any() for g in grads)}
+    print(json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(TRITON_VERSION < (3, 7), reason="Triton 3.6's interpreter cannot loop over a scalar passed "
+                    "into a nested @jit function (CI's Triton is newer)")
+def test_the_fused_layer_takes_an_empty_batch_in_triton_interpreter(tmp_path):
+    """The reference layer encodes 0 clips (or 0 tokens) to an empty result, but the fused one, the default on a
+    GPU, failed in its forward and backward with "cannot reshape tensor of 0 elements" (a view's -1)."""
+    results = run_in_interpreter(tmp_path, EMPTY_LAYER_SCRIPT)
+    assert results == {"no clips": {"out": [0, 32, 8], "grad_xz": [0, 64, 8], "grads_zero": True},
+                       "no tokens": {"out": [2, 32, 0], "grad_xz": [2, 64, 0], "grads_zero": True}}
+
+
 def test_bimamba_scan_ref_is_both_directions_of_the_float64_loop():
     args = [a.detach().double() for a in make_scan_args(2, 9, 6, 3, seed=2)]
     u_f, u_b, dt_f, dt_b, z, B_f, C_f, B_b, C_b = (a.mT for a in args[:9])  # to (batch, channels, length)

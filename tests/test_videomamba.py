@@ -301,3 +301,17 @@ def test_set_scan_backend_refuses_a_name_that_is_none_at_once():
     model.set_scan_backend("reference")
     assert model.cfg.scan_backend == "reference" and {layer.mixer.scan_backend for layer in model.layers} == {
         "reference"}
+
+
+def test_the_gpu_patch_embedding_takes_an_empty_batch():
+    """On CUDA the patch embedding runs as one GEMM, whose view(..., -1) could not size an empty batch: 0 clips
+    encoded to no rows on the CPU but failed on a GPU with "cannot reshape tensor of 0 elements". The GEMM path
+    runs here on CPU tensors that say they are CUDA ones."""
+    from unittest import mock
+    embed = vmm.create_model("videomamba_tiny_vision", depth=1, num_frames=4, img_size=32).patch_embed
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad(), mock.patch.object(torch.Tensor, "is_cuda", property(lambda self: True)):
+        gemm, empty = embed(x), embed(x[:0])
+    with torch.no_grad():
+        conv = embed(x)
+    assert torch.allclose(gemm, conv, atol=1e-5) and empty.shape == (0, *conv.shape[1:])

@@ -122,6 +122,7 @@ def not_a_file(path: Path, fix: str) -> str:
 
 _DAMAGED = "download or save it again"
 _SAFETENSORS_HEADER_MAX = 100_000_000  # safetensors' own limit on its JSON header
+_LFS_POINTER = b"version https://git-lfs"  # how the text file git-lfs leaves in place of a large file opens
 
 
 def check_weights_file(path: Union[str, Path]) -> str:
@@ -143,7 +144,7 @@ def check_weights_file(path: Union[str, Path]) -> str:
     ...     print(str(e).replace(str(path), "W"))
     checkpoint W is truncated or damaged (an incomplete torch.save archive: an interrupted download or copy?); download or save it again
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # as read_checkpoint and create_model(pretrained=) read "~/w.pth"
     if not path.is_file():
         raise CheckpointError(not_a_file(path, "pass the path of a downloaded .pth or .safetensors file"))
     try:
@@ -152,9 +153,9 @@ def check_weights_file(path: Union[str, Path]) -> str:
         raise CheckpointError(f"checkpoint {path} is not readable ({e.strerror}); check its permissions") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(9)
+        head = f.read(len(_LFS_POINTER))
         # safetensors: an 8-byte little-endian header length, then the JSON header
-        header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
         looks_safetensors = 2 <= header_len <= _SAFETENSORS_HEADER_MAX and head[8:9] == b"{"
         header = None
         if looks_safetensors and header_len <= size - 8:
@@ -165,6 +166,9 @@ def check_weights_file(path: Union[str, Path]) -> str:
                 header = None
     if size == 0:  # an interrupted download or copy; "some other kind of file" sent users to check its format
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {_DAMAGED}")
+    if head == _LFS_POINTER:  # a repository cloned without git-lfs: a format or a new download is not the fix
+        raise CheckpointError(f"checkpoint {path} is a Git LFS pointer ({size} bytes), not the weights; fetch them "
+                              "with 'git lfs pull' in its repository, or download the file itself")
     damaged = f"checkpoint {path} is truncated or damaged; {_DAMAGED}"
     if path.suffix == ".safetensors" or header is not None or (looks_safetensors and header_len > size - 8):
         if not looks_safetensors:
@@ -172,25 +176,36 @@ def check_weights_file(path: Union[str, Path]) -> str:
                                   ".safetensors or .pth weights file")
         if header_len > size - 8 or not isinstance(header, dict):
             raise CheckpointError(damaged)
-        ends = [v["data_offsets"][1] for k, v in header.items()
-                if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
-        if 8 + header_len + max(ends, default=0) > size:
+        offsets = [v.get("data_offsets") if isinstance(v, dict) else None
+                   for k, v in header.items() if k != "__metadata__"]
+        # Valid JSON can still be no safetensors header (offsets as strings or a dict): damage, not a traceback.
+        if not all(isinstance(o, list) and len(o) == 2 and all(type(i) is int for i in o) for o in offsets):
+            raise CheckpointError(damaged)
+        if 8 + header_len + max((o[1] for o in offsets), default=0) > size:
             raise CheckpointError(damaged)
         return "safetensors"
     if head[:4] == b"PK\x03\x04":  # torch.save's zip archive
         try:
-            zipfile.ZipFile(path).close()
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):  # torch's "internal miniz error" called it no checkpoint
             raise CheckpointError(f"checkpoint {path} is truncated or damaged (an incomplete torch.save archive: an "
                                   f"interrupted download or copy?); {_DAMAGED}") from None
+        # torch.save writes <name>/data.pkl; any other zip (a .npz, a zipped release) failed inside torch.load
+        # and was called damaged, which a new download cannot fix.
+        if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+            raise CheckpointError(_other_kind(path, "a zip archive, but not torch.save's: it has no data.pkl"))
         return "zip"
     # A legacy pickle opens with 0x80 (protocol 2+), or with torch's magic number as a long ("L1195...", protocols 0
     # and 1); torch's unpickler calls anything else "Unsupported operand", as if it held unsafe objects.
     if head[:1] == b"\x80" or head[:5] == b"L1195":
         return "pickle"
-    raise CheckpointError(f"checkpoint {path} is not a PyTorch or safetensors checkpoint (neither a torch.save "
-                          "archive, a pickle nor a safetensors file); pass a .pth, .pt, .bin or .safetensors weights "
-                          "file")
+    raise CheckpointError(_other_kind(path, "neither a torch.save archive, a pickle nor a safetensors file"))
+
+
+def _other_kind(path: Path, why: str) -> str:
+    return (f"checkpoint {path} is not a PyTorch or safetensors checkpoint ({why}); pass a .pth, .pt, .bin or "
+            ".safetensors weights file")
 
 
 class _Inert(dict):

@@ -40,7 +40,8 @@ class PatchEmbed(nn.Module):
         patches = x.reshape(B, C, T // k, k, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
         y = F.linear(patches.reshape(-1, C * k * p * p), self.proj.weight.reshape(self.proj.out_channels, -1),
                      self.proj.bias)
-        return y.view(B, T // k, H // p, W // p, -1).permute(0, 4, 1, 2, 3)  # a view: tokens stay channel-last
+        # The width spelt out, not -1: an empty batch has no size for view to infer.
+        return y.view(B, T // k, H // p, W // p, self.proj.out_channels).permute(0, 4, 1, 2, 3)  # channel-last view
 
 
 class VideoMambaBackbone(nn.Module):

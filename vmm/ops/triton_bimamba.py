@@ -769,7 +769,8 @@ def _from_x_dbl(x_dbl: Tensor, dt_proj_w: Tensor, shape: torch.Size) -> Tuple[Te
     forward's, and what the backward recomputes from the x_dbl it kept."""
     R = dt_proj_w.shape[-1]
     dt = torch.bmm(x_dbl[..., :R], dt_proj_w.transpose(1, 2)).view(shape)
-    return dt, x_dbl[..., R:].float().contiguous().view(*shape[:3], -1)
+    # The width spelt out, not -1: with no clips or no tokens there is no size for view to infer.
+    return dt, x_dbl[..., R:].float().contiguous().view(*shape[:3], x_dbl.shape[-1] - R)
 
 
 def _conv_pair(x: Tensor, conv_w: Tensor, conv_b: Optional[Tensor]) -> Tensor:
@@ -824,7 +825,8 @@ class _BiMambaInnerFn(torch.autograd.Function):
         for d, (du, ddt) in enumerate(((du_f, ddt_f), (du_b, ddt_b))):
             ddt = ddt.reshape(-1, E)
             dWdt.append(ddt.t() @ xd[d][:, :R])
-            dxd = torch.cat([ddt @ Wdt[d], dbc[d].reshape(ddt.shape[0], -1).to(ddt.dtype)], 1)  # d x_dbl
+            # d x_dbl; dbc's width spelt out, as an empty batch leaves view no size to infer
+            dxd = torch.cat([ddt @ Wdt[d], dbc[d].reshape(ddt.shape[0], dbc.shape[-1]).to(ddt.dtype)], 1)
             dWx_pad = dxd.t() @ xc[d].reshape(-1, E)
             dWx.append(torch.cat([dWx_pad[:R], dWx_pad[RP:]]) if RP > R else dWx_pad)  # the zero rows drop
             dxc.append(torch.addmm(du.reshape(-1, E), dxd, Wx[d]).view(du.shape))

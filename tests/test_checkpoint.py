@@ -610,3 +610,15 @@ def test_a_git_lfs_pointer_says_to_fetch_the_weights(tmp_path, name):
                                                   r"weights; fetch them with 'git lfs pull' in its repository, or "
                                                   r"download the file itself$"):
             load(path)
+
+
+def test_a_torch_file_named_safetensors_is_told_to_be_renamed(tmp_path):
+    """torch.load reads a file named .safetensors as safetensors whatever its bytes, so a torch.save file under that
+    name cannot load; it was "not a safetensors file (or it is damaged)", which sent users to download it again."""
+    src = tiny(depth=1)
+    torch.save(src.state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {tmp_path}/w\.safetensors is a torch\.save file named "
+                                              r"\.safetensors; rename it to w\.pth$"):
+        vmm.read_checkpoint(tmp_path / "w.safetensors")
+    (tmp_path / "w.safetensors").rename(tmp_path / "w.pth")
+    assert torch.equal(vmm.read_checkpoint(tmp_path / "w.pth")["head.weight"], src.head.weight)

@@ -172,6 +172,10 @@ def check_weights_file(path: Union[str, Path]) -> str:
     damaged = f"checkpoint {path} is truncated or damaged; {_DAMAGED}"
     if path.suffix == ".safetensors" or header is not None or (looks_safetensors and header_len > size - 8):
         if not looks_safetensors:
+            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[:5] == b"L1195":
+                # torch.load itself picks safetensors by this name, so the bytes alone cannot rescue it
+                raise CheckpointError(f"checkpoint {path} is a torch.save file named .safetensors; rename it to "
+                                      f"{path.stem}.pth")
             raise CheckpointError(f"checkpoint {path} is not a safetensors file (or it is damaged); pass a "
                                   ".safetensors or .pth weights file")
         if header_len > size - 8 or not isinstance(header, dict):

@@ -229,9 +229,12 @@ def plan_clips(info: VideoInfo, options: DecodeOptions, times: np.ndarray | None
         def frame_at(t: float) -> int:  # the frame on screen at t
             return int(t * info.fps + _EPS)
         frames_before = frame_at  # the official loader's rule: frames [frame_at(start), frame_at(end))
-        if options.max_seconds is not None and duration > options.max_seconds:
+        # The official test is vlen / fps, not the timestamps' duration: an MKV's average rate is estimated from its
+        # first seconds, and a screen recording (30 fps, then a frame every 2 s) was planned past its last frame.
+        if options.max_seconds is not None and vlen / info.fps > options.max_seconds:
             vlen = max(1, int(options.max_seconds * info.fps))
-        duration = vlen / info.fps
+        # A whole variable-rate video's clip ends where the video does (vlen / average fps was 4 s of 63 there).
+        duration = info.duration if times is not None and vlen == info.num_frames else vlen / info.fps
     else:
         def frame_at(t: float) -> int:
             return max(0, int(np.searchsorted(times, t + _EPS, side="right")) - 1)

@@ -75,6 +75,13 @@ def load_encoder(model: Optional[str] = None, checkpoint: Optional[str] = None, 
     if model is None and checkpoint is None:
         raise VmmError("no model given; pass model= (--model) a name such as vmm_nano, or checkpoint= (--checkpoint) a "
                        "weights file")
+    for option, value in (("model", model), ("checkpoint", checkpoint)):
+        # An unset variable (--model "$MODEL"): an empty model was videomamba_m16_25m (downloaded, or "not in the
+        # cache"), an empty checkpoint "pretrained='' is empty", an option the commands do not have.
+        if value is not None and not str(value).strip():
+            raise VmmError(f"--{option} is empty ({option}={value!r}); pass a "
+                           f"{'model name such as vmm_nano or a model folder' if option == 'model' else 'weights file'}"
+                           ", or leave it out")
     name = model or "videomamba_m16_25m"
     if model and os.sep in model and not os.path.exists(model) and model not in vmm.list_models():
         # A folder path (model.json records them absolute) is no model name: "unknown model" and the list of
@@ -179,6 +186,8 @@ class VideoLibrary:
         path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
         if frames is not None and not is_whole_number(frames):
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
+        # An existing library's model for a weights file given alone, as `vmm index --checkpoint` takes it
+        model = _model_for(_read_model_file(path, given=True) if _is_library(path) else {}, model, checkpoint)
         encoder = load_encoder(model, checkpoint, device, _library_frames(path, frames, checkpoint))
         lib = cls(path, encoder=encoder, reader=None)
         lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
@@ -588,8 +597,12 @@ def check_video_file(path: Union[str, Path], what: str = "query video") -> None:
 
 
 def read_query_clip(path: Union[str, Path], num_frames: int, what: str = "query video") -> np.ndarray:
-    """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3))."""
+    """The whole video as one clip of ``num_frames`` middle-sampled frames (uint8 (T, H, W, 3)). A leading ``~`` is
+    the home folder, as in the library's own paths: `vmm search LIB --video "~/q.mp4"` and search(video="~/q.mp4")
+    said "does not exist"."""
     from index.decode import decode_video
+    from vmm.models.persistence import user_path
+    path = user_path(path)
     check_video_file(path, what)
     _, clips = decode_video(os.fspath(path), num_frames=num_frames, window=math.inf)
     return clips[0].frames
@@ -629,9 +642,9 @@ def _write_model_file(path: str, model, checkpoint, frames) -> None:
     from vmm.models.persistence import is_pretrained_dir
     if model and model != COLOR_HISTOGRAM and is_pretrained_dir(model):
         model = os.path.abspath(model)  # a relative folder would name another one from another working directory
-    if checkpoint and not checkpoint.startswith(HF_PREFIX):
-        # A hub reference names the same file from anywhere: made "absolute" it became a file under the working
-        # folder, and every later search failed to load it.
+    if checkpoint and checkpoint != "default" and not checkpoint.startswith(HF_PREFIX):
+        # A hub reference, or "default" (the model's released file), names the same file from anywhere: made
+        # "absolute" it became a file under the working folder, and every later search failed to load it.
         checkpoint = os.path.abspath(checkpoint)
     data = {"model": model, "checkpoint": checkpoint or None, "frames": frames}
     tmp, target = os.path.join(path, f".{MODEL_FILE}.tmp"), os.path.join(path, MODEL_FILE)

@@ -200,4 +200,95 @@ def test_a_weights_file_given_as_the_model_says_so(tmp_path, capsys):
     else:
         raise AssertionError("a weights file was loaded as a model")
     assert main(["demo", "--out", str(tmp_path / "demo"), "--videos", "2", "--model", str(weights)]) != 0
-    assert f"model {weights} is a weights file" in capsys.readouterr().err
+    # the demo takes no --checkpoint (load_encoder's message offered it): it names the folder to make instead
+    assert capsys.readouterr().err.startswith(f"error: --model {weights} (model=) is a weights file, not a model name "
+                                              "or folder, and the demo takes no --checkpoint; save it as a model folder "
+                                              f"once, vmm.create_model(NAME, pretrained='{weights}').save_pretrained")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_video_query_written_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch, capsys):
+    """`vmm search LIB --video "~/query.mp4"` (quoted for a space, or --video=~/...) and search(video="~/...") said
+    "query video ~/query.mp4 does not exist", where the library's path, --model and --path take "~" as home."""
+    from retrieval import VideoLibrary
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, color in (("red", videos.RED), ("blue", videos.BLUE)):
+        videos.write_solid(str(tmp_path / f"{name}.mp4"), color)
+    videos.write_solid(str(tmp_path / "my query.mp4"), videos.BLUE)
+    assert main(["index", str(tmp_path / "red.mp4"), str(tmp_path / "blue.mp4"), "--library", str(tmp_path / "lib"),
+                 "--model", "color-histogram", "--quiet", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", "~/lib", "--video", "~/my query.mp4", "-k", "1", "--json"]) == 0
+    assert [hit["path"] for hit in json.loads(capsys.readouterr().out)] == [str(tmp_path / "blue.mp4")]
+    with VideoLibrary.open("~/lib") as library:
+        assert [hit.path for hit in library.search(video="~/my query.mp4", k=1)] == [str(tmp_path / "blue.mp4")]
+
+
+def test_moved_weights_given_alone_to_create_add_to_the_librarys_model(tmp_path, monkeypatch):
+    """VideoLibrary.create(LIB, checkpoint=NEW_PLACE) on an existing library (what `vmm index --checkpoint NEW_PLACE`
+    does) loaded the file into videomamba_m16_25m, load_encoder's default, not the library's recorded model: "does
+    not fit model videomamba_m16_25m"."""
+    from retrieval import VideoLibrary
+    hub = _hub_model(tmp_path, monkeypatch)
+    old = tmp_path / "old.safetensors"
+    os.link(tmp_path / "hub" / "models--OpenGVLab--VideoMamba" / "snapshots" / "abc" / hub.rsplit("/", 1)[1], old)
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED)
+    lib = str(tmp_path / "lib")
+    with VideoLibrary.create(lib, model="journeys_tiny", checkpoint=str(old)) as library:
+        assert library.add(str(vids), workers=0).indexed == 1
+    new = tmp_path / "new.safetensors"
+    os.replace(old, new)
+    videos.write_solid(str(vids / "blue.mp4"), videos.BLUE)
+    with VideoLibrary.create(lib, checkpoint=str(new)) as library:
+        assert library.add(str(vids), workers=0).indexed == 1
+    assert json.loads((tmp_path / "lib" / "model.json").read_text()) == {
+        "model": "journeys_tiny", "checkpoint": str(new), "frames": None}
+    with VideoLibrary.open(lib) as library:
+        assert len(library) == 2
+
+
+def test_a_library_indexed_with_checkpoint_default_is_searched_from_any_folder(tmp_path, monkeypatch, capsys):
+    """`--checkpoint default` (the model's released file, as create_model(pretrained="default") takes it) was
+    recorded in model.json as the file <working folder>/default, as a hub reference was: every later search failed
+    with "the model recorded in model.json ... cannot be loaded"."""
+    _hub_model(tmp_path, monkeypatch)
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED)
+    monkeypatch.chdir(vids)
+    assert main(["index", ".", "--library", "../lib", "--model", "journeys_tiny", "--checkpoint", "default",
+                 "--quiet", "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "lib" / "model.json").read_text())["checkpoint"] == "default"
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["search", "lib", "red", "--json"]) == 0
+    assert [hit["path"] for hit in json.loads(capsys.readouterr().out)] == [str(vids / "red.mp4")]
+
+
+def test_an_empty_model_or_checkpoint_is_named(tmp_path, capsys):
+    """`--model "$MODEL"` with the variable unset: vmm index and vmm search took an empty --model as none given and
+    went for videomamba_m16_25m ("not in the local Hugging Face cache"), and an empty --checkpoint said "pretrained=''
+    is empty", an option the commands do not have; VideoLibrary.open(model="") likewise."""
+    from retrieval import VideoLibrary
+    from vmm.errors import VmmError
+    save_tiny_model(tmp_path / "model")
+    videos.write_solid(str(tmp_path / "red.mp4"), videos.RED)
+    lib = str(tmp_path / "lib")
+    run = [str(tmp_path / "red.mp4"), "--library", lib, "--quiet", "--workers", "0"]
+    assert main(["index", *run, "--model", str(tmp_path / "model")]) == 0
+    capsys.readouterr()
+    for command in (["index", *run], ["search", lib, "red"]):
+        assert main([*command, "--model", ""]) == 2
+        assert capsys.readouterr().err == ("error: --model is empty (model=''); pass a model name such as vmm_nano or "
+                                           "a model folder, or leave it out\n")
+        assert main([*command, "--checkpoint", " "]) == 2
+        assert capsys.readouterr().err == ("error: --checkpoint is empty (checkpoint=' '); pass a weights file, or "
+                                           "leave it out\n")
+    try:
+        VideoLibrary.open(lib, model="")
+    except VmmError as e:
+        assert str(e).startswith("--model is empty (model='')"), e
+    else:
+        raise AssertionError("an empty model was taken as none")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from index.decode import DecodeOptions, DecodeStart, decode_video, iter_decode, probe_video
+from index.decode import Clip, DecodeOptions, DecodeStart, decode_video, iter_decode, probe_video
 from tests import videos
 from vmm.errors import VmmError
 
@@ -63,3 +63,20 @@ def test_an_option_of_the_wrong_type_is_named(tmp_path, option, value, message):
     path = videos.write_counter(str(tmp_path / "clip.mp4"), 10)
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         decode_video(path, **{option: value})
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_one_clip_per_video_stays_inside_a_video_whose_average_rate_is_its_first_seconds(tmp_path, backend):
+    # A screen recording: 3 s at 30 fps, then a frame every 2 s. Matroska's average rate (30 fps) is estimated from
+    # the first seconds, and trimmed30 was tested against the timestamps' 63 s: frames up to 843 of 120 were planned
+    # (the clip was the last frame repeated, or decoded twice), and a whole video's clip ended at 120 / 30 = 4 s.
+    # The official loader tests vlen / fps = 4 s, so it keeps every frame.
+    path = videos.write_rate_changes(str(tmp_path / "screen.mkv"), [(3, 30, videos.RED), (60, 0.5, videos.BLUE)])
+    for max_seconds in (30, None):
+        start, *clips = iter_decode(path, DecodeOptions(backend=backend, window=math.inf, max_seconds=max_seconds))
+        assert (start.info.fps, start.info.num_frames, start.info.duration) == (30.0, 120, 63.0)
+        assert [(s.start, s.end, s.frames) for s in start.spans] == [(0.0, 63.0, (7, 22, 37, 52, 67, 82, 97, 112))]
+        assert len(clips) == 1 and isinstance(clips[0], Clip)
+        # frames 0-89 are the red 3 s, the rest blue
+        assert ["red" if frame[0, 0, 0] > frame[0, 0, 2] else "blue" for frame in clips[0].frames] == ["red"] * 6 + [
+            "blue"] * 2

@@ -79,6 +79,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         resolve_device(cfg.device)  # before the corpus is generated, which takes a while
     # A str for load_encoder and model.json: a pathlib.Path failed there with a TypeError.
     model = os.path.expanduser(os.fspath(cfg.model)) if cfg.model else str(SHIPPED_NANO)
+    if Path(model).is_file():  # load_encoder's message asks for a --checkpoint, which the demo does not take
+        raise VmmError(f"--model {model} (model=) is a weights file, not a model name or folder, and the demo takes no "
+                       f"--checkpoint; save it as a model folder once, vmm.create_model(NAME, pretrained="
+                       f"{model!r}).save_pretrained(DIR) for the NAME it was trained as, and pass --model DIR")
     if cfg.model is None and not SHIPPED_NANO.is_dir():
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "
                        "or pass --model DIR")

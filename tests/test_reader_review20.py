@@ -80,3 +80,16 @@ def test_one_clip_per_video_stays_inside_a_video_whose_average_rate_is_its_first
         # frames 0-89 are the red 3 s, the rest blue
         assert ["red" if frame[0, 0, 0] > frame[0, 0, 2] else "blue" for frame in clips[0].frames] == ["red"] * 6 + [
             "blue"] * 2
+
+
+def test_training_reads_a_relative_file_name_with_a_colon_as_the_file(tmp_path, monkeypatch):
+    # Pretraining's own reader (decord, as the official loader): "concat:a.mp4" decoded a.mp4's frames.
+    import random
+
+    from vmm.training.data import read_video_frames
+    monkeypatch.chdir(tmp_path)
+    videos.write_counter(str(tmp_path / "a.mp4"), 30)
+    videos.write_counter(str(tmp_path / "concat:a.mp4"), 10)
+    frames = read_video_frames("concat:a.mp4", 4, random.Random(0))
+    # brightness 6 * index (write_counter): a.mp4's frames would reach 6 * 29, concat:a.mp4's stay below 6 * 10
+    assert frames.shape[0] == 4 and frames.mean(axis=(1, 2, 3)).max() < 6 * 10

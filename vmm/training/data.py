@@ -377,6 +377,9 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
         # that data.max_missing let through. (exists, not isfile: a path that is there goes to the decoder as
         # before, whatever it is.)
         raise FileNotFoundError("no such file")
+    if isinstance(source, str):
+        from index.decode import _ffmpeg_path
+        source = _ffmpeg_path(source)  # a bare "12:30 clip.mp4" is a file, not an FFmpeg protocol
     if isinstance(source, str) and _decord_miscounts(source):
         return _read_frames_in_order(source, num_frames, rng)
     try:

@@ -15,7 +15,8 @@ Only parse-checked, because they need what a test machine lacks:
 - ``vmm index``/``vmm search`` with an official model (``--checkpoint``, or a name other than vmm_nano);
 - any command under ``accelerate launch`` (several GPUs).
 ``vmm encode`` runs its documented 224-pixel model too (random weights: about 10 s on an idle 2-core machine), and
-``vmm demo`` its documented small run (40 videos, about 15 s).
+``vmm demo`` its documented small run (40 videos, about 15 s), whose output must have every line of README's sample
+of ``make demo`` (numbers and paths aside).
 """
 from __future__ import annotations
 
@@ -328,6 +329,8 @@ def _check_output(args, out: str, home: Path, indexed: set, work: Path) -> None:
     if args.command == "classify":
         _check_classify(args, out, work)
     elif args.command == "demo":
+        for line in _demo_sample():  # README's sample of `make demo`: another run's numbers and paths, same lines
+            assert re.search(_sample_pattern(line), out, re.M), f"README's sample line is not in the output: {line}"
         library = _expand(args.out, home) / "library"
         assert re.search(rf"^\[2/4\] vmm index .* --library {re.escape(str(library))} ", out, re.M)
         assert re.search(rf"^      indexed {args.videos} files \({args.videos} clips\), 0 unchanged, 0 failed", out, re.M)
@@ -363,6 +366,34 @@ def _check_output(args, out: str, home: Path, indexed: set, work: Path) -> None:
         assert tables
         for table in tables:
             _check_table([m.group(3) for m in ROW.finditer(table)], args, home)
+
+
+def _demo_sample() -> list[str]:
+    """The lines of README's ```text block that shows `make demo`'s output."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    [sample] = [body for kind, body in FENCE.findall(text) if kind == "text" and body.startswith("[2/4] vmm index ")]
+    return sample.splitlines()
+
+
+def _sample_pattern(line: str) -> str:
+    """A regex of the output lines a sample line shows: any number for a number, any path for a path (a word from
+    ``/``), anything for ``...``, any run of spaces for one."""
+    def part(text: str) -> str:
+        if text == "...":
+            return ".*"
+        if text.startswith("/"):
+            return r"\S+"
+        if text[0].isdigit():
+            return r"\d+(?:\.\d+)?"
+        return r"\s+" if text[0].isspace() else re.escape(text)
+    return "^" + "".join(part(p) for p in re.split(r"(\.\.\.|(?<!\S)/\S*|\d+(?:\.\d+)?|\s+)", line) if p) + "$"
+
+
+def test_sample_lines_match_other_runs():
+    pattern = _sample_pattern("[2/4] vmm index /.../out/videos --library /x/lib  in 9.0 s (33.3 clips/s) ...")
+    assert re.match(pattern, "[2/4] vmm index /home/u/demo/videos --library /h/l in 12.25 s (4 clips/s) and more")
+    assert not re.match(pattern, "[2/4] vmm index /home/u/demo/videos --library /h/l in 1 s (4 clip/s)")
+    assert len(_demo_sample()) >= 3
 
 
 CLASSIFY_HEADER = re.compile(r"(.+): \d+ clips? x \d+ crops? of \d+ frames at \d+ px, \S+ zero-shot "

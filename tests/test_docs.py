@@ -1,7 +1,26 @@
-"""Every ```python block in README.md and docs/*.md runs as written (each file's blocks in one namespace)."""
+"""Every ```python block in README.md and docs/*.md runs as written (each file's blocks in one namespace), and prints
+what its comments say it prints.
+
+A ``print(...)`` statement's comment states the printed value when its value part (the text before its first
+``: `` or ``;`` outside brackets and quotes, so ``# 42: the tensors of the model`` states ``42``) has one
+whitespace-separated word per positional argument of the print (brackets and quotes keep a word together: ``#
+(5, 256) (1, 256)``). Each word is compared with ``str()`` of its argument at the statement's first call: as
+Python values where both are non-string literals (True/False/None, numbers, tuples, lists, dicts), a float to the
+precision the doc writes it (``# 0.8`` is any value that rounds to 0.8), else as text (``torch.Size([1, 400])``,
+``torch.float32``, ``zip``), where ``...`` or a ``<placeholder>`` stands for any text (``# .../red.mp4``, ``#
+('<label>', <probability>)``). A print spread over several lines is compared with its lines' comments joined; a
+print without a comment of its own, with a comment line right below it (``print(n, names)`` then ``# 3 ['a',
+'b']``). A comment with another number of words is an explanation (``# 2 clips``, ``# the table vmm eval prints``)
+and is not compared; one starting with ``e.g.`` or ``like`` opts out explicitly. A compared print that never runs
+fails too: the doc shows output that the example does not produce.
+"""
+import ast
+import io
+import json
 import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -10,14 +29,216 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
+# Run first in a doc's process: records str() of each argument of each print of the doc's own code (filename
+# "<string>") with its line, and writes them as JSON at exit to the file named by the process's first argument.
+RECORD_PRINTS = """\
+import atexit as __a, builtins as __b, json as __j, pathlib as __p, sys as __s
+__doc_prints__, __print__ = [], __b.print
+def __record_print__(*args, file=None, **kwargs):
+    caller = __s._getframe(1)
+    if file is None and caller.f_code.co_filename == "<string>":
+        __doc_prints__.append([caller.f_lineno, [str(arg) for arg in args]])
+    __print__(*args, file=file, **kwargs)
+__b.print = __record_print__
+__a.register(lambda path=__s.argv[1]: __p.Path(path).write_text(__j.dumps(__doc_prints__)))
+"""
+PRELUDE_LINES = RECORD_PRINTS.count("\n")
+
+
+def _doc_code(doc: Path) -> tuple[str, list[int]]:
+    """A doc's ```python blocks joined into one program, and the doc line of each of its lines (index 0 is line 1)."""
+    source = doc.read_text()
+    parts, lines = [], []
+    for block in BLOCK.finditer(source):
+        first = source.count("\n", 0, block.start(1)) + 1
+        if parts:
+            lines += [0, 0]  # the two blank lines between a block's last newline and the next block
+        parts.append(block.group(1))
+        lines.extend(range(first, first + block.group(1).count("\n")))
+    return "\n\n".join(parts), lines
+
+
+def _top_level(text: str):
+    """(index, char, whether the char is outside brackets and quotes) of each char of ``text``, and at the end
+    (len(text), "", whether every bracket and quote was closed)."""
+    depth, quote = 0, None
+    for i, char in enumerate(text):
+        outside = depth == 0 and quote is None
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        yield i, char, outside
+    yield len(text), "", depth == 0 and quote is None
+
+
+def _words(text: str) -> list[str] | None:
+    """``text`` split at whitespace outside brackets and quotes; None if a bracket or quote is left open."""
+    words, start = [], 0
+    for i, char, outside in _top_level(text):
+        if outside and (char.isspace() or not char):
+            words.append(text[start:i])
+            start = i + 1
+        elif not char:  # the end, inside an open bracket or quote
+            return None
+    return [word for word in words if word]
+
+
+def _value_part(comment: str) -> str:
+    """The text of a comment before its first ``: `` or ``;`` outside brackets and quotes."""
+    for i, char, outside in _top_level(comment):
+        if outside and (char == ";" or char == ":" and comment[i + 1:i + 2] in ("", " ")):
+            return comment[:i]
+    return comment
+
+
+def _stated_prints(code: str) -> dict[int, tuple[int, list[str]]]:
+    """{first line: (last line, stated words)} of each print statement of ``code`` whose comments state its output."""
+    comments, alone = {}, set()
+    for token in tokenize.generate_tokens(io.StringIO(code).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string[1:].strip()
+            if token.line.lstrip().startswith("#"):
+                alone.add(token.start[0])
+    stated = {}
+    for node in ast.walk(ast.parse(code)):
+        call = node.value if isinstance(node, ast.Expr) else None
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print"):
+            continue
+        if any(isinstance(arg, ast.Starred) for arg in call.args) or not call.args:
+            continue
+        notes = [comments[line] for line in range(node.lineno, node.end_lineno + 1) if line in comments]
+        if not notes and node.end_lineno + 1 in alone:  # the output on the line below: print(x)\n# 3 ['a', 'b']
+            notes = [comments[node.end_lineno + 1]]
+        if not notes or any(re.match(r"(e\.g\.|like)(\s|$)", note) for note in notes):
+            continue
+        words = _words(" ".join(_value_part(note) for note in notes))
+        if words is not None and len(words) == len(call.args):
+            stated[node.lineno] = (node.end_lineno, words)
+    return stated
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text  # not a literal: compared as text
+
+
+def _same(printed, stated, tolerance: float) -> bool:
+    if isinstance(stated, bool) or isinstance(printed, bool):
+        return printed is stated
+    if isinstance(stated, (int, float)) and isinstance(printed, (int, float)):
+        return abs(printed - stated) <= tolerance
+    if isinstance(stated, (tuple, list)) and type(printed) is type(stated):
+        return len(printed) == len(stated) and all(_same(p, s, tolerance) for p, s in zip(printed, stated))
+    if isinstance(stated, dict) and isinstance(printed, dict):
+        return printed.keys() == stated.keys() and all(_same(printed[k], stated[k], tolerance) for k in stated)
+    return printed == stated
+
+
+PLACEHOLDER = re.compile(r"\.\.\.|<[a-z][a-z_ ]*>")  # "..." or "<label>": any text
+
+
+def _prints_as_stated(printed: str, stated: str) -> bool:
+    """Whether ``printed`` (str() of one argument) is what the doc's word ``stated`` says it is."""
+    if PLACEHOLDER.search(stated):
+        pattern = ".*".join(re.escape(part) for part in PLACEHOLDER.split(stated))
+        return re.fullmatch(pattern, printed, re.S) is not None
+    decimals = [len(d) for d in re.findall(r"(?<![\w.])\d+\.(\d+)(?![\w.])", stated)]
+    # half a unit of the last decimal written (0.8 is 0.75 to 0.85), and a hair for the float's own rounding
+    tolerance = 0.5 * 10.0 ** -min(decimals) * (1 + 1e-9) if decimals else 0
+    printed_value, stated_value = _literal(printed), _literal(stated)
+    if isinstance(printed_value, str) or isinstance(stated_value, str):  # print shows a str without its quotes
+        return printed == stated
+    return _same(printed_value, stated_value, tolerance)
+
+
+def _mismatches(doc: Path, code: str, lines: list[int], calls: list) -> list[str]:
+    """One line per stated print of ``code`` that printed something else, or nothing."""
+    stated = _stated_prints(code)
+    first_call = {}
+    for line, args in calls:
+        line -= PRELUDE_LINES
+        start = max((s for s, (end, _) in stated.items() if s <= line <= end), default=None)
+        if start is not None:
+            first_call.setdefault(start, args)
+    out = []
+    for start, (_, words) in sorted(stated.items()):
+        args = first_call.get(start)
+        if args is None:
+            out.append(f"{doc.name}:{lines[start - 1]}: never prints; the doc says {' '.join(words)}")
+        elif not all(_prints_as_stated(a, w) for a, w in zip(args, words)):
+            out.append(f"{doc.name}:{lines[start - 1]}: prints {' '.join(args)}; the doc says {' '.join(words)}")
+    return out
+
+
+def _run_examples(doc: Path, folder: Path) -> list[str]:
+    """Runs a doc's examples in ``folder`` (failing the test if they fail) and returns their stated-value mismatches."""
+    code, lines = _doc_code(doc)
+    prints = folder.parent / f"{folder.name}.prints.json"  # beside the run's folder: the example owns that one
+    result = subprocess.run([sys.executable, "-c", RECORD_PRINTS + code, str(prints)], cwd=folder,
+                            capture_output=True, text=True, timeout=600,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, f"{doc.name} example failed:\n{result.stderr[-3000:]}"
+    return _mismatches(doc, code, lines, json.loads(prints.read_text()))
+
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if BLOCK.search(d.read_text())], ids=lambda d: d.name)
 def test_python_examples_run(doc, tmp_path):
-    code = "\n\n".join(BLOCK.findall(doc.read_text()))
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, f"{doc.name} example failed:\n{result.stderr[-3000:]}"
+    mismatches = _run_examples(doc, tmp_path)
+    assert mismatches == [], "the docs' comments state other values than the examples print:\n" + "\n".join(mismatches)
 
+
+def test_stated_values_are_compared(tmp_path):
+    """The rule of the module docstring, on a doc whose comments are right and wrong (line numbers are the doc's)."""
+    doc = tmp_path / "page.md"
+    doc.write_text("""Intro.
+
+```python
+import os
+x = 41 + 1
+print(x)  # 42: the answer
+print(x)  # 43: off by one
+print(x / 100, (x, x))  # 0.4 (42, 42)
+print(x / 100)  # 0.43
+print([x], "a b", os.sep)  # [42] 'a b' /
+print(os.getcwd())  # .../folder
+print(x,
+      x + 1)  # 42 42
+print(True, None)
+# True 0
+print(x)  # 42 explained in three words
+print(x)  # e.g. 7
+print(x)  # like 7
+print(x)  # likely
+```
+
+Text between blocks.
+
+```python
+for i in range(3):
+    print(i)  # 0
+if x < 0:
+    print(x)  # -1
+print(x == 42, "torch.Size([1, 2])")  # True torch.Size([1, 2])
+print("('doing laundry', 0.004)")  # ('<label>', <probability>)
+```
+""")
+    (tmp_path / "folder").mkdir()
+    assert _run_examples(doc, tmp_path / "folder") == [
+        "page.md:7: prints 42; the doc says 43",
+        "page.md:9: prints 0.42; the doc says 0.43",
+        "page.md:10: prints [42] a b /; the doc says [42] 'a b' /",
+        "page.md:12: prints 42 43; the doc says 42 42",
+        "page.md:14: prints True None; the doc says True 0",
+        "page.md:19: prints 42; the doc says likely",
+        "page.md:28: never prints; the doc says -1",
+    ]
 
 def test_every_export_is_documented():
     """Every name of the `vmm`, `index` and `retrieval` APIs is on a docs page; every function is called in an

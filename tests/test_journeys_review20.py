@@ -29,6 +29,18 @@ def _hub_model(tmp_path, monkeypatch) -> str:
     return "hf-hub:OpenGVLab/VideoMamba/tiny.safetensors"
 
 
+def _library_inputs(tmp_path, monkeypatch) -> tuple:
+    """journeys_tiny's weights copied to old.safetensors (the place a library was indexed from), a folder with one
+    red video, and the library's path."""
+    hub = _hub_model(tmp_path, monkeypatch)
+    old = tmp_path / "old.safetensors"
+    os.link(tmp_path / "hub" / "models--OpenGVLab--VideoMamba" / "snapshots" / "abc" / hub.rsplit("/", 1)[1], old)
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    videos.write_solid(str(vids / "red.mp4"), videos.RED)
+    return old, vids, str(tmp_path / "lib")
+
+
 def test_a_library_indexed_with_a_hub_checkpoint_is_searched_from_any_folder(tmp_path, monkeypatch, capsys):
     """model.json recorded `--checkpoint hf-hub:OpenGVLab/VideoMamba/x.pth` as the file <working folder>/hf-hub:...,
     which never exists: every later `vmm search LIB` failed with "the model recorded in model.json cannot be
@@ -59,13 +71,7 @@ def test_moved_weights_are_given_alone_to_search_and_index(tmp_path, monkeypatch
     loaded the file into videomamba_m16_25m (load_encoder's default, not the library's model) and failed with "does
     not fit model videomamba_m16_25m"; it is the library's model now, in vmm search, vmm index and VideoLibrary."""
     from retrieval import VideoLibrary
-    hub = _hub_model(tmp_path, monkeypatch)
-    old = tmp_path / "old.safetensors"
-    os.link(tmp_path / "hub" / "models--OpenGVLab--VideoMamba" / "snapshots" / "abc" / hub.rsplit("/", 1)[1], old)
-    vids = tmp_path / "videos"
-    vids.mkdir()
-    videos.write_solid(str(vids / "red.mp4"), videos.RED)
-    lib = str(tmp_path / "lib")
+    old, vids, lib = _library_inputs(tmp_path, monkeypatch)
     assert main(["index", str(vids), "--library", lib, "--model", "journeys_tiny", "--checkpoint", str(old),
                  "--quiet", "--workers", "0"]) == 0
     new = tmp_path / "moved" / "new.safetensors"
@@ -229,13 +235,7 @@ def test_moved_weights_given_alone_to_create_add_to_the_librarys_model(tmp_path,
     does) loaded the file into videomamba_m16_25m, load_encoder's default, not the library's recorded model: "does
     not fit model videomamba_m16_25m"."""
     from retrieval import VideoLibrary
-    hub = _hub_model(tmp_path, monkeypatch)
-    old = tmp_path / "old.safetensors"
-    os.link(tmp_path / "hub" / "models--OpenGVLab--VideoMamba" / "snapshots" / "abc" / hub.rsplit("/", 1)[1], old)
-    vids = tmp_path / "videos"
-    vids.mkdir()
-    videos.write_solid(str(vids / "red.mp4"), videos.RED)
-    lib = str(tmp_path / "lib")
+    old, vids, lib = _library_inputs(tmp_path, monkeypatch)
     with VideoLibrary.create(lib, model="journeys_tiny", checkpoint=str(old)) as library:
         assert library.add(str(vids), workers=0).indexed == 1
     new = tmp_path / "new.safetensors"

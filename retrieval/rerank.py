@@ -71,7 +71,8 @@ def rerank_topk(
                     f"score_pairs returned shape {tuple(batch_scores.shape)} for {len(batch)} candidates"
                 )
             scores.append(batch_scores.to(device=result.device, dtype=result.dtype))
-        result[query, topk_idx] = torch.cat(scores)
+        if scores:  # none for a query without candidates (no videos, or no texts): torch.cat([]) raised
+            result[query, topk_idx] = torch.cat(scores)
         if progress is not None:
             progress(query + 1, n_queries)
     return result

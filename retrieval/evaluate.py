@@ -44,7 +44,7 @@ from retrieval.metrics import chunked_similarity, retrieval_metrics
 from retrieval.paper_numbers import checkpoint_corpus
 from retrieval.report import atomic_write, build_report, check_outputs, format_markdown, write_json, write_markdown
 from retrieval.rerank import rerank_topk
-from vmm.errors import VmmError, is_whole_number
+from vmm.errors import VmmError, is_whole_number, out_of_memory
 from vmm.progress import ProgressBars
 
 DEFAULT_CHECKPOINT = "hf-hub:OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth"
@@ -207,12 +207,18 @@ def _start_runtime(config: EvalConfig) -> _Runtime:
     device = resolve_device(config.device, _option("device"))  # auto, a visible GPU and its index, as every command checks them
     if device.type == "cuda" and world > 1:
         count = torch.cuda.device_count()
-        if launch.local_rank >= count:  # NCCL refuses two ranks on one GPU; beyond them set_device failed raw
-            raise VmmError(f"process {launch.rank} of {world} (local rank {launch.local_rank}) has no GPU of its own: "
+        local_rank, guessed = launch.local_rank, not os.environ.get("LOCAL_RANK", "").strip()
+        if guessed and count == 1:
+            # Without LOCAL_RANK the rank within one machine is a guess: a process per machine, or a GPU bound to
+            # each process (srun --gpus-per-task=1), sees one GPU, its own, and was refused where it ran before.
+            local_rank = 0
+        if local_rank >= count:  # NCCL refuses two ranks on one GPU; beyond them set_device failed raw
+            raise VmmError(f"process {launch.rank} of {world} (local rank {local_rank}"
+                           f"{', as LOCAL_RANK is not set' if guessed else ''}) has no GPU of its own: "
                            f"{count} {'is' if count == 1 else 'are'} visible on its machine; launch at most {count} "
-                           f"process{'es' * (count > 1)} per machine (torchrun --nproc_per_node {count}), or pass "
-                           f"{_option('device')} cpu")
-        device = torch.device("cuda", launch.local_rank)
+                           f"process{'es' * (count > 1)} per machine (torchrun --nproc_per_node {count})"
+                           f"{', set LOCAL_RANK' if guessed else ''}, or pass {_option('device')} cpu")
+        device = torch.device("cuda", local_rank)
     elif device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
@@ -763,5 +769,13 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:  # as vmm eval: one line and the shell's status for Ctrl-C, not a traceback
         print("interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as error:
+        # Outside the batched phases (loading the model onto a GPU another job fills, the similarity matrix, the
+        # re-rank's tokens) no batch size helps; vmm eval says so in one line, the scripts ended in a CUDA traceback.
+        what = out_of_memory(error)
+        if what is None:
+            raise
+        print(f"error: out of memory ({what}); free memory (other programs, another job on the GPU)", file=sys.stderr)
+        return 2
     print(f"\nwrote {args.json} and {args.markdown}")
     return 0

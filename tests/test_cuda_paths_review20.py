@@ -74,6 +74,18 @@ def test_the_benchmark_scripts_say_an_out_of_memory_in_one_line_with_the_option(
     assert json.loads((tmp_path / "r.json").read_text())["num_videos"] == 3
 
 
+def test_the_benchmark_scripts_say_an_out_of_memory_outside_the_batches_in_one_line(eval_data, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """The similarity matrix (or the model's load, the re-rank's tokens) on a GPU another job fills: vmm eval says one
+    line, the benchmark scripts ended in a CUDA traceback."""
+    import retrieval.evaluate as ev
+    monkeypatch.setattr(ev, "chunked_similarity", gpu_full)
+    assert ev.benchmark_main("msrvtt", eval_args(eval_data, tmp_path)) == 2
+    assert capsys.readouterr().err == ("error: out of memory (could not allocate 2.00 GiB more); free memory (other "
+                                       "programs, another job on the GPU)\n")
+    assert not (tmp_path / "r.json").exists()
+
+
 class _SetDevice(Exception):
     """Where the runtime would select its GPU (no GPU here): the test stops there."""
 
@@ -115,6 +127,26 @@ def test_an_eval_rank_without_local_rank_takes_its_own_gpu(two_gpus):
         _start_runtime(EvalConfig("msrvtt", "a.json", "v", device="cuda"))
     two_gpus.setenv("WORLD_SIZE", "x")
     with pytest.raises(VmmError, match="environment variable WORLD_SIZE='x' is not an integer"):
+        _start_runtime(EvalConfig("msrvtt", "a.json", "v", device="cuda"))
+
+
+def test_an_eval_rank_without_local_rank_that_sees_one_gpu_takes_it(two_gpus):
+    """Two machines of one GPU each (or srun --gpus-per-task=1), a launcher that sets RANK and WORLD_SIZE only: rank
+    1 took cuda:0 before LOCAL_RANK was guessed, and was then refused as "local rank 1" with "launch at most 1
+    process per machine", which it did. Where the guess names more GPUs than the machine shows, LOCAL_RANK is named."""
+    from retrieval.evaluate import EvalConfig, _start_runtime
+    two_gpus.setattr(torch.cuda, "device_count", lambda: 1)
+    two_gpus.setenv("WORLD_SIZE", "2")
+    two_gpus.setenv("RANK", "1")
+    with pytest.raises(_SetDevice, match="^cuda:0$"):
+        _start_runtime(EvalConfig("msrvtt", "a.json", "v", device="cuda"))
+    two_gpus.setattr(torch.cuda, "device_count", lambda: 2)
+    two_gpus.setenv("WORLD_SIZE", "4")
+    two_gpus.setenv("RANK", "3")
+    with pytest.raises(VmmError, match=r"^process 3 of 4 \(local rank 3, as LOCAL_RANK is not set\) has no GPU of its "
+                                       r"own: 2 are visible on its machine; launch at most 2 processes per machine "
+                                       r"\(torchrun --nproc_per_node 2\), set LOCAL_RANK, or pass device \(--device\) "
+                                       r"cpu$"):
         _start_runtime(EvalConfig("msrvtt", "a.json", "v", device="cuda"))
 
 

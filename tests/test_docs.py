@@ -6,13 +6,14 @@ A ``print(...)`` statement's comment states the printed value when its value par
 whitespace-separated word per positional argument of the print (brackets and quotes keep a word together: ``#
 (5, 256) (1, 256)``). Each word is compared with ``str()`` of its argument at the statement's first call: as
 Python values where both are non-string literals (True/False/None, numbers, tuples, lists, dicts), a float to the
-precision the doc writes it (``# 0.8`` is any value that rounds to 0.8), else as text (``torch.Size([1, 400])``,
-``torch.float32``, ``zip``), where ``...`` or a ``<placeholder>`` stands for any text (``# .../red.mp4``, ``#
-('<label>', <probability>)``). A print spread over several lines is compared with its lines' comments joined; a
-print without a comment of its own, with a comment line right below it (``print(n, names)`` then ``# 3 ['a',
-'b']``). A comment with another number of words is an explanation (``# 2 clips``, ``# the table vmm eval prints``)
-and is not compared; one starting with ``e.g.`` or ``like`` opts out explicitly. A compared print that never runs
-fails too: the doc shows output that the example does not produce.
+precision the doc writes it, each number its own (``# 0.8`` is any value that rounds to 0.8; a trailing
+zero adds none), else as text (``torch.Size([1, 400])``, ``torch.float32``, ``zip``), where ``...`` or a
+``<placeholder>`` stands for any text (``# .../red.mp4``, ``# ('<label>', <probability>)``). A print spread over
+several lines is compared with its lines' comments joined; a print without a comment of its own, with a comment line
+right below it (``print(n, names)`` then ``# 3 ['a', 'b']``). A comment with another number of words is an
+explanation (``# 2 clips``, ``# the table vmm eval prints``) and is not compared; one starting with ``e.g.`` or
+``like`` opts out explicitly. A print whose output is its whole comment is as stated (``print(f"fps: {fps}")  #
+fps: 25.0``). A compared print that never runs fails too: the doc shows output that the example does not produce.
 """
 import ast
 import io
@@ -21,6 +22,7 @@ import re
 import subprocess
 import sys
 import tokenize
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -96,8 +98,9 @@ def _value_part(comment: str) -> str:
     return comment
 
 
-def _stated_prints(code: str) -> dict[int, tuple[int, list[str]]]:
-    """{first line: (last line, stated words)} of each print statement of ``code`` whose comments state its output."""
+def _stated_prints(code: str) -> dict[int, tuple[int, list[str], str]]:
+    """{first line: (last line, stated words, whole comment)} of each print statement of ``code`` whose comments state
+    its output."""
     comments, alone = {}, set()
     for token in tokenize.generate_tokens(io.StringIO(code).readline):
         if token.type == tokenize.COMMENT:
@@ -118,7 +121,7 @@ def _stated_prints(code: str) -> dict[int, tuple[int, list[str]]]:
             continue
         words = _words(" ".join(_value_part(note) for note in notes))
         if words is not None and len(words) == len(call.args):
-            stated[node.lineno] = (node.end_lineno, words)
+            stated[node.lineno] = (node.end_lineno, words, " ".join(notes))
     return stated
 
 
@@ -129,15 +132,18 @@ def _literal(text: str):
         return text  # not a literal: compared as text
 
 
-def _same(printed, stated, tolerance: float) -> bool:
+def _same(printed, stated) -> bool:
     if isinstance(stated, bool) or isinstance(printed, bool):
         return printed is stated
     if isinstance(stated, (int, float)) and isinstance(printed, (int, float)):
-        return abs(printed - stated) <= tolerance
+        # Each number to its own last digit (0.8 is 0.75 to 0.85), and a hair for the float's own rounding: one
+        # tolerance for a whole word let "(0.5, 0.123)" pass a printed (0.5, 0.16).
+        last_digit = 10.0 ** Decimal(repr(stated)).as_tuple().exponent if isinstance(stated, float) else 0
+        return abs(printed - stated) <= 0.5 * last_digit * (1 + 1e-9)
     if isinstance(stated, (tuple, list)) and type(printed) is type(stated):
-        return len(printed) == len(stated) and all(_same(p, s, tolerance) for p, s in zip(printed, stated))
+        return len(printed) == len(stated) and all(_same(p, s) for p, s in zip(printed, stated))
     if isinstance(stated, dict) and isinstance(printed, dict):
-        return printed.keys() == stated.keys() and all(_same(printed[k], stated[k], tolerance) for k in stated)
+        return printed.keys() == stated.keys() and all(_same(printed[k], stated[k]) for k in stated)
     return printed == stated
 
 
@@ -149,13 +155,10 @@ def _prints_as_stated(printed: str, stated: str) -> bool:
     if PLACEHOLDER.search(stated):
         pattern = ".*".join(re.escape(part) for part in PLACEHOLDER.split(stated))
         return re.fullmatch(pattern, printed, re.S) is not None
-    decimals = [len(d) for d in re.findall(r"(?<![\w.])\d+\.(\d+)(?![\w.])", stated)]
-    # half a unit of the last decimal written (0.8 is 0.75 to 0.85), and a hair for the float's own rounding
-    tolerance = 0.5 * 10.0 ** -min(decimals) * (1 + 1e-9) if decimals else 0
     printed_value, stated_value = _literal(printed), _literal(stated)
     if isinstance(printed_value, str) or isinstance(stated_value, str):  # print shows a str without its quotes
         return printed == stated
-    return _same(printed_value, stated_value, tolerance)
+    return _same(printed_value, stated_value)
 
 
 def _mismatches(doc: Path, code: str, lines: list[int], calls: list) -> list[str]:
@@ -164,15 +167,16 @@ def _mismatches(doc: Path, code: str, lines: list[int], calls: list) -> list[str
     first_call = {}
     for line, args in calls:
         line -= PRELUDE_LINES
-        start = max((s for s, (end, _) in stated.items() if s <= line <= end), default=None)
+        start = max((s for s, (end, *_) in stated.items() if s <= line <= end), default=None)
         if start is not None:
             first_call.setdefault(start, args)
     out = []
-    for start, (_, words) in sorted(stated.items()):
+    for start, (_, words, comment) in sorted(stated.items()):
         args = first_call.get(start)
         if args is None:
             out.append(f"{doc.name}:{lines[start - 1]}: never prints; the doc says {' '.join(words)}")
-        elif not all(_prints_as_stated(a, w) for a, w in zip(args, words)):
+        # printed as the whole comment: text with its own ": " or ";" (print(f"fps: {fps}")  # fps: 25.0)
+        elif " ".join(args) != comment and not all(_prints_as_stated(a, w) for a, w in zip(args, words)):
             out.append(f"{doc.name}:{lines[start - 1]}: prints {' '.join(args)}; the doc says {' '.join(words)}")
     return out
 
@@ -227,6 +231,9 @@ if x < 0:
     print(x)  # -1
 print(x == 42, "torch.Size([1, 2])")  # True torch.Size([1, 2])
 print("('doing laundry', 0.004)")  # ('<label>', <probability>)
+print((x / 100, x / 1000))  # (0.4, 0.05)
+print((x / 100, x / 1000))  # (0.4, 0.042)
+print(f"x: {x}; {x / 100}")  # x: 42; 0.42
 ```
 """)
     (tmp_path / "folder").mkdir()
@@ -238,6 +245,7 @@ print("('doing laundry', 0.004)")  # ('<label>', <probability>)
         "page.md:14: prints True None; the doc says True 0",
         "page.md:19: prints 42; the doc says likely",
         "page.md:28: never prints; the doc says -1",
+        "page.md:31: prints (0.42, 0.042); the doc says (0.4, 0.05)",
     ]
 
 def test_every_export_is_documented():

@@ -286,6 +286,11 @@ def test_an_empty_model_or_checkpoint_is_named(tmp_path, capsys):
         assert main([*command, "--checkpoint", " "]) == 2
         assert capsys.readouterr().err == ("error: --checkpoint is empty (checkpoint=' '); pass a weights file, or "
                                            "leave it out\n")
+    # the demo ran the shipped model in place of an empty --model
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--videos", "2", "--model", ""]) == 2
+    assert capsys.readouterr().err == ("error: --model is empty (model=''); pass a model name such as vmm_nano or a "
+                                       "model folder, or leave it out\n")
+    assert not (tmp_path / "demo").exists()
     try:
         VideoLibrary.open(lib, model="")
     except VmmError as e:

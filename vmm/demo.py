@@ -77,8 +77,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                        "output")
     if cfg.device is not None:
         resolve_device(cfg.device)  # before the corpus is generated, which takes a while
-    # A str for load_encoder and model.json: a pathlib.Path failed there with a TypeError.
-    model = os.path.expanduser(os.fspath(cfg.model)) if cfg.model else str(SHIPPED_NANO)
+    # A str for load_encoder and model.json: a pathlib.Path failed there with a TypeError. An empty one (--model
+    # "$MODEL", unset) goes to load_encoder, which names it, as vmm index and vmm search do: the shipped model ran.
+    model = os.path.expanduser(os.fspath(cfg.model)) if cfg.model is not None else str(SHIPPED_NANO)
     if Path(model).is_file():  # load_encoder's message asks for a --checkpoint, which the demo does not take
         raise VmmError(f"--model {model} (model=) is a weights file, not a model name or folder, and the demo takes no "
                        f"--checkpoint; save it as a model folder once, vmm.create_model(NAME, pretrained="

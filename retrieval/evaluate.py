@@ -52,6 +52,12 @@ MISSING_HINT = ("point videos= (--videos) at the folder that holds them or pass 
                 "to evaluate without them")
 
 
+_EMPTY_FIX = {"annotations": "the annotation file (e.g. msrvtt_ret_test1k.json)",
+              "videos": "the folder of the dataset's videos",
+              "model": "a model name such as videomamba_m16_25m or a model folder, or leave it out",
+              "checkpoint": "a weights file, or leave it out"}
+
+
 @dataclass
 class EvalConfig:
     """Everything that decides what :func:`evaluate` measures and how fast.
@@ -101,6 +107,8 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, (str, os.PathLike)) and (value is not None or name != "checkpoint"):
                 raise VmmError(f"{_option(name)} must be a str or pathlib.Path, got {type(value).__name__}")
+            if value is not None and not os.fspath(value).strip():  # Path("") is the working folder
+                raise VmmError(f"{_option(name)} is empty; pass {_EMPTY_FIX[name]}")
         # Wrong types failed later as a TypeError (rerank_k="5") or deep in the encoder (frames=4.0).
         for name in _COUNTS:
             value = getattr(self, name)
@@ -748,7 +756,9 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     # A fixed default checkpoint loaded the 25M weights into any --model (--model videomamba_m16_5m was compared
     # with the 5M row on 25M weights) and refused model folders: without --checkpoint the model brings its own.
-    model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
+    # `is not None`: an empty --model "$MODEL" (unset) is named by check, where it evaluated videomamba_m16_25m
+    model = args.model if args.model is not None else (default_model_for(args.checkpoint) if args.checkpoint
+                                                       else "videomamba_m16_25m")
     try:
         config = EvalConfig(dataset, args.annotations, args.videos, model=model, checkpoint=args.checkpoint,
                             frames=default_frames(model, args.checkpoint), batch_size=args.batch_size,

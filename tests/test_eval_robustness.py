@@ -615,3 +615,18 @@ def test_the_dataset_in_its_own_spelling(data, monkeypatch, typed, dataset):
     args = eval_args(data)
     args[args.index("msrvtt")] = typed
     assert main(args) == 2 and seen == [dataset]
+
+
+@pytest.mark.parametrize("option, fix", [
+    ("--model", "a model name such as videomamba_m16_25m or a model folder, or leave it out"),
+    ("--checkpoint", "a weights file, or leave it out"),
+    ("--annotations", "the annotation file (e.g. msrvtt_ret_test1k.json)"),
+])
+def test_an_empty_eval_option_is_named(option, fix, tmp_path, capsys):
+    """`--model "$MODEL"` with the variable unset evaluated videomamba_m16_25m (or asked for it in the hub cache), and
+    an empty --checkpoint said "pretrained='' is empty", an argument the command does not have."""
+    from vmm.cli import main
+    args = {"--annotations": "a.json", "--videos": str(tmp_path), option: ""}
+    assert main(["eval", "msrvtt", *[x for kv in args.items() for x in kv]]) == 2
+    name = option[2:]
+    assert capsys.readouterr().err == f"error: {name} ({option}) is empty; pass {fix}\n"

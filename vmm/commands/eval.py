@@ -50,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.evaluate import EvalConfig, default_frames, default_model_for, evaluate
     from retrieval.report import check_outputs, write_json, write_markdown
-    model = args.model or (default_model_for(args.checkpoint) if args.checkpoint else "videomamba_m16_25m")
+    # `is not None`: an empty --model "$MODEL" (unset) is named by check, where it evaluated videomamba_m16_25m
+    model = args.model if args.model is not None else (default_model_for(args.checkpoint) if args.checkpoint
+                                                       else "videomamba_m16_25m")
     frames = args.frames if args.frames is not None else default_frames(model, args.checkpoint)
     config = EvalConfig(
         dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,

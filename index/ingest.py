@@ -600,8 +600,14 @@ def _check_request(paths, library_dir, encoder, *, window, stride, max_seconds, 
                      if value is not None)
     window_s = DEFAULT_WINDOW if window is None else float(window)
     stride_s = (min(DEFAULT_STRIDE, window_s) if stride is None else float(stride))
-    wanted = LibraryManifest.for_encoder(encoder, window=window_s, stride=stride_s, max_seconds=max_seconds)
+    # No limit, as None records it: JSON has no infinity, and manifest.json got a bare `Infinity` that strict JSON
+    # readers refuse. Still explicit, so a library that keeps only the first seconds names the difference.
+    whole = max_seconds is None or max_seconds == math.inf
+    wanted = LibraryManifest.for_encoder(encoder, window=window_s, stride=stride_s,
+                                         max_seconds=None if whole else max_seconds)
     for name in explicit:  # the combination is checked when a library is created with it
+        if name == "max_seconds" and whole:
+            continue
         if not getattr(wanted, name) > 0:
             raise VmmError(f"{name} must be > 0 seconds, got {getattr(wanted, name)}; fix the option")
     return _Request(roots, library_folder(library_dir), wanted, explicit, factory)

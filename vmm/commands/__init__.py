@@ -29,3 +29,17 @@ def check_library_readable(library: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def refuse_blank(option: str, value, fix: str) -> None:
+    """Refuse an option given as an empty or blank string, as an unset shell variable ("$OUT") passes it: Path("")
+    is the working folder, and a blank name is a file no user meant to make.
+
+    >>> refuse_blank("--json", "report.json", "pass a file path")
+    >>> refuse_blank("--json", " ", "pass a file path, or leave it out")
+    Traceback (most recent call last):
+    vmm.errors.VmmError: --json is empty (' '); pass a file path, or leave it out
+    """
+    from vmm.errors import VmmError
+    if isinstance(value, str) and not value.strip():
+        raise VmmError(f"{option} is empty ({value!r}); {fix}")

@@ -246,13 +246,17 @@ def run(args: argparse.Namespace) -> int:
     from vmm.classify import (ClassifyOptions, _classifier_head, _mean_probabilities, _scorer, _templates_for,
                               _view_reader, _views_or_errors, find_videos, is_video_text_model, resolve_labels,
                               top_labels)
-    from vmm.commands import set_threads
+    from vmm.commands import refuse_blank, set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import resolve_device
     from vmm.models.persistence import user_path
 
     options = ClassifyOptions(args.clips, args.crops, args.top_k, args.batch_size, args.decoder)
     options.check()
+    # An unset "$CKPT": '' was silently dropped beside a model folder, and --model '' was "unknown model"
+    refuse_blank("--model", args.model, "pass a classifier name (e.g. videomamba_m16_k400), a video-text model or a "
+                                        "model folder, or leave it out")
+    refuse_blank("--checkpoint", args.checkpoint, "pass a weights file, a model folder or 'default', or leave it out")
     # A quoted "~/models/final" (a shell expands only an unquoted one) was no folder: an unknown model, or a
     # checkpoint "folder, not a weights file"
     args.model, args.checkpoint = user_path(args.model), user_path(args.checkpoint)

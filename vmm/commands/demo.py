@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     """What would otherwise fail after the corpus is generated (minutes) is refused before any work."""
     from vmm.errors import VmmError
-    if not args.out:
+    if not args.out.strip():  # " " was named by run_demo as "--out PosixPath(' ') (out_dir=PosixPath(' '))"
         raise VmmError("--out is empty; pass a folder for the demo's output (e.g. --out demo_output)")
     out = os.path.expanduser(args.out)  # where run_demo writes: a "~" the shell left alone is the home folder
     if args.videos < 2 or args.queries < 0 or (Path(out).exists() and not Path(out).is_dir()):

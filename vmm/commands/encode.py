@@ -48,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import vmm
-    from vmm.commands import set_threads
+    from vmm.commands import refuse_blank, set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import checkpoint_frames, frames_override, resolve_device
     if args.video == "":  # not the same as leaving it out, which encodes the generated clip
         raise VmmError("the video path is empty; pass a video file, or leave it out for a generated clip")
-    if args.checkpoint == "":  # else refused in the Python API's words, as pretrained=''
+    if args.checkpoint is not None and not args.checkpoint.strip():  # else named as the Python API's pretrained=''
         raise VmmError("--checkpoint is empty; pass a weights file or model folder, or leave it out for random weights")
+    refuse_blank("--model", args.model, "pass a model name (e.g. vmm_nano) or a model folder, or leave it out for "
+                                        "videomamba_tiny")
     device = resolve_device(args.device)  # before the weights load: a typo should not cost a model build
     if args.video:
         args.video = os.path.expanduser(args.video)  # a quoted "~/My Videos/a.mp4" is not expanded by the shell

@@ -50,6 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from retrieval.evaluate import EvalConfig, default_frames, default_model_for, evaluate
     from retrieval.report import check_outputs, write_json, write_markdown
+    from vmm.commands import refuse_blank
+    for option in ("json", "markdown", "save_scores"):
+        # Path("") is the working folder ("--json  is a directory"), and " " wrote a report named " " there
+        refuse_blank(f"--{option.replace('_', '-')}", getattr(args, option),
+                     "pass an output file path, or leave it out")
+    # A "~" the shell left alone (--json=~/r.json, a quoted "~/My Data/ann.json") is the home folder, as in vmm index
+    # and search: the report was written under a folder named "~" in the working folder, and inputs were missing.
+    for option in ("annotations", "videos", "model", "checkpoint", "json", "markdown", "save_scores"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(args, option, os.path.expanduser(value))
     # `is not None`: an empty --model "$MODEL" (unset) is named by check, where it evaluated videomamba_m16_25m
     model = args.model if args.model is not None else (default_model_for(args.checkpoint) if args.checkpoint
                                                        else "videomamba_m16_25m")

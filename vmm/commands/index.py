@@ -43,12 +43,15 @@ _INDEXING_OPTIONS = (("model", None), ("checkpoint", None), ("window", None), ("
 
 def run(args: argparse.Namespace) -> int:
     from index.library import library_folder
+    from vmm.commands import refuse_blank
     from vmm.errors import VmmError
     # The shell expands no `~` in `--library=~/lib` or in a quoted "~/My Videos": taken as written, the library
     # was built in a folder named '~' under the working folder, and such a PATH was "no such file or folder".
     args.paths = [os.path.expanduser(path) for path in args.paths]
     # So in --model=~/models/final, as vmm classify takes it: it was "model folder ~/models/final does not exist".
     args.model, args.checkpoint = (None if v is None else os.path.expanduser(v) for v in (args.model, args.checkpoint))
+    if args.library.isspace():  # '' is named by library_folder; " " was "no model given", or a library named " "
+        refuse_blank("--library", args.library, "pass the library's folder")
     library = library_folder(os.path.expanduser(args.library))
     launch = _launch()
     if args.remove:

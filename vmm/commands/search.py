@@ -46,9 +46,15 @@ def _fmt_time(t: float) -> str:
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that would otherwise fail deep in the search or quietly return nothing."""
     import shlex
+
+    from vmm.commands import refuse_blank
     from vmm.errors import VmmError
     from vmm.factory import resolve_device
     args.texts = None  # (file, line, text) of each query of --queries
+    # An unset "$FILE": '' read as the working folder ("--queries  is a folder"), and --video '' as a missing video
+    for source in args.queries or ():
+        refuse_blank("--queries", source, "pass a text file with one query a line, or - to read stdin")
+    refuse_blank("--video", args.video, "pass the path of a video file to search by")
     if args.queries is not None:
         if args.text is not None:
             raise VmmError(f"give a text query or --queries {args.queries[0]}, not both; add {args.text!r} to the file "

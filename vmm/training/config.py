@@ -523,6 +523,14 @@ def _check_values(cfg: TrainConfig) -> None:
     cfg.optim.betas = [_coerce(b, float, "optim.betas") for b in cfg.optim.betas]
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise VmmError(f"optim.betas must both lie in [0, 1), got {cfg.optim.betas}")
+    # An unset shell variable (model.init=$STAGE1) is no path: model.init and train.resume '' were dropped without a
+    # word (stage 2 trained from random weights), and teacher.clip_weights '' read as the working folder
+    paths = [("model.init", cfg.model.init), ("model.vision_init", cfg.model.vision_init),
+             ("teacher.distill_model", cfg.teacher.distill_model), ("teacher.clip_weights", cfg.teacher.clip_weights),
+             ("train.resume", cfg.train.resume)]
+    for key, value in paths:
+        if isinstance(value, str) and not value.strip():
+            raise VmmError(f"{key} is empty ({value!r}); pass a path, or leave it out ({key}=null)")
     if not cfg.train.output_dir.strip():  # an unset shell variable (train.output_dir=$RUN): the run would write here
         raise VmmError("train.output_dir is empty; pass the run's folder, e.g. train.output_dir=runs/my_run")
     cfg.train.resume = _resume_setting(cfg.train.resume)
@@ -607,7 +615,11 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     >>> cfg.optim.lr
     0.001
     """
-    data = _read_yaml(Path(path))
+    if isinstance(path, str) and not path.strip():  # an unset "$RECIPE": Path("") is the working folder
+        raise VmmError(f"--config is empty ({path!r}); pass --config configs/pretrain/<recipe>.yaml")
+    # A quoted "~/recipes/a.yaml" or --config=~/a.yaml, which the shell leaves alone, is the home folder here too
+    path = Path(path).expanduser()
+    data = _read_yaml(path)
     # A run's train_config.yaml records the recipe it was read from; as a recipe itself (to rerun or rebuild the
     # run's model) that record is this file, so the saved one is dropped rather than refused as an unknown key.
     data.pop("source_file", None)

@@ -286,6 +286,7 @@ class Catalog:
         It is built under a temporary name and renamed into place, so a reader or a
         crash never sees a catalog without its tables.
         """
+        path = os.fspath(path)
         staging = path + ".new"
         for leftover in (staging, staging + "-wal", staging + "-shm", staging + "-journal"):
             if os.path.exists(leftover):
@@ -324,6 +325,7 @@ class Catalog:
     @classmethod
     def open(cls, path: str, *, read_only: bool = False) -> "Catalog":
         """Open an existing catalog; raises sqlite3.Error if it is not one."""
+        path = os.fspath(path)  # a pathlib.Path failed in urllib's quote (read-only) or at ``path + "-wal"``
         conn, unlocked = _connect(path, read_only)
         catalog = cls(conn, path, read_only)
         catalog._unlocked = unlocked
@@ -407,13 +409,15 @@ class Catalog:
             self._conn.execute("COMMIT")
 
     def files(self, under: list[str] | None = None) -> list[FileRecord]:
-        """All file rows, or those at or below the paths in ``under``."""
+        """All file rows, or those at or below the paths in ``under`` (one path or a list of them)."""
+        if isinstance(under, (str, os.PathLike)):  # a lone string was taken for its characters: "/" matched all
+            under = [under]
         if under is None:
             rows = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY path").fetchall()
         else:
             rows = []
             for root in under:
-                condition, params = _under(root)
+                condition, params = _under(os.fspath(root))
                 rows += self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE {condition}", params).fetchall()
             rows = sorted(set(rows), key=lambda r: r[1])
         return [FileRecord(*row) for row in rows]
@@ -428,7 +432,7 @@ class Catalog:
         return [FileRecord(*row) for row in sorted(rows, key=lambda r: r[1])]
 
     def file_by_path(self, path: str) -> FileRecord | None:
-        row = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        row = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (os.fspath(path),)).fetchone()
         return None if row is None else FileRecord(*row)
 
     def clip_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

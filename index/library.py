@@ -401,6 +401,7 @@ def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: Libr
     >>> state.factory, state.count
     ('IDMap2,Flat', 0)
     """
+    _check_flat_max(flat_max)
     writer = _writer or LibraryWriter.open(library_dir)
     try:
         with _catalog_writes(writer.library):
@@ -408,6 +409,12 @@ def sync_index(library_dir: str, *, flat_max: int = AUTO_FLAT_MAX, _writer: Libr
     finally:
         if _writer is None:
             writer.close()
+
+
+def _check_flat_max(flat_max) -> None:
+    """Checked before any write: None or a string failed in the FAISS sync after remove_paths had committed."""
+    from index.ingest import _check_numbers  # as build_library checks it (ingest imports this module)
+    _check_numbers(flat_max=flat_max)
 
 
 def _sync(writer: LibraryWriter, flat_max: int) -> IndexState:
@@ -599,6 +606,7 @@ def remove_paths(library_dir: str, paths: list[str], *, flat_max: int = AUTO_FLA
     0
     """
     paths = _path_args(paths, "remove")
+    _check_flat_max(flat_max)
     with LibraryWriter.open(library_dir) as writer, _catalog_writes(writer.library):
         _factory_setting(writer)
         rows = {}

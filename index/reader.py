@@ -167,8 +167,12 @@ class LibraryReader:
         return self._base is not None and self._base.on_gpu
 
     def clips_of(self, path: str) -> list[tuple[int, float, float]]:
-        """(clip_id, start, end) of one file's clips, in time order."""
-        ids = [record.id for record in self.files.values() if record.path == os.path.abspath(path)]
+        """(clip_id, start, end) of one file's clips, in time order; ``path`` as the library stores it (absolute,
+        "~" the home folder, as build_library takes it)."""
+        if not isinstance(path, (str, os.PathLike)):  # None failed inside posixpath
+            raise VmmError(f"clips_of takes a video's path (str or pathlib.Path), got {type(path).__name__}")
+        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        ids = [record.id for record in self.files.values() if record.path == path]
         mask = np.isin(self._clip_files, ids)
         order = np.argsort(self._starts[mask], kind="stable")
         return [(int(i), float(s), float(e)) for i, s, e in
@@ -314,7 +318,7 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
     """Open a library read-only as a consistent snapshot.
 
     ``model`` (anything with ``name``, ``weights_hash``, ``dim``) is checked against
-    the manifest: another model is refused. ``device`` "auto" searches on all GPUs
+    the manifest: another model is refused. ``device`` "auto" (or None) searches on all GPUs
     when faiss-gpu sees any, "cpu" never, "gpu" requires them. ``mmap`` maps the
     FAISS file instead of reading it into memory.
 
@@ -328,6 +332,7 @@ def open_library(library_dir: str, *, model=None, device: str = "auto", mmap: bo
     ...
     vmm.errors.VmmError: library ... was built with model color-histogram (weights cfg-..., dim 86) but ...
     """
+    device = "auto" if device is None else device  # None means "auto", as VideoLibrary and the encoders take it
     if device not in ("auto", "cpu", "gpu"):
         raise VmmError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
     if not isinstance(library_dir, (str, os.PathLike)) or not isinstance(os.fspath(library_dir), str):

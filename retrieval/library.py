@@ -186,6 +186,7 @@ class VideoLibrary:
         path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
         if frames is not None and not is_whole_number(frames):
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
+        frames = None if frames is None else int(frames)  # a NumPy integer failed in model.json's json.dump
         # An existing library's model for a weights file given alone, as `vmm index --checkpoint` takes it
         model = _model_for(_read_model_file(path, given=True) if _is_library(path) else {}, model, checkpoint)
         encoder = load_encoder(model, checkpoint, device, _library_frames(path, frames, checkpoint))
@@ -310,6 +311,8 @@ class VideoLibrary:
             # A lone string would be searched as its characters, one query each.
             raise VmmError(f"texts must be a list of strings, got {type(texts).__name__}; for one text pass [text] "
                            "or call search(text=...)")
+        from vmm.embedder import refuse_unordered_texts
+        refuse_unordered_texts(texts)
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):

@@ -88,8 +88,10 @@ def sample_clip_indices(num_video_frames: int, num_frames: int, clip: int = 0, n
     >>> sample_clip_indices(3, 8)
     [0, 0, 0, 1, 1, 1, 2, 2]
     """
-    if num_video_frames < 1 or num_frames < 1 or not 0 <= clip < num_clips:
-        raise ValueError(f"need frames >= 1 and 0 <= clip < num_clips, got n={num_video_frames}, "
+    # a bool is no count: True took one frame, a whole float failed in range()
+    if not all(map(is_whole_number, (num_video_frames, num_frames, clip, num_clips))) \
+            or num_video_frames < 1 or num_frames < 1 or not 0 <= clip < num_clips:
+        raise ValueError(f"need whole numbers with frames >= 1 and 0 <= clip < num_clips, got n={num_video_frames}, "
                          f"T={num_frames}, clip={clip}, num_clips={num_clips}")
     segment = max(0.0, (num_video_frames - 1) / num_frames)
     offset = int(segment / (num_clips + 1) * (clip + 1))
@@ -108,12 +110,20 @@ def crop_starts(long_side: int, size: int, num_crops: int) -> list[int]:
     return [int(k * step) for k in range(num_crops)]
 
 
+def _check_size(size) -> int:
+    """``size`` (pixels) as an int, or VmmError: 224.0 or True failed inside torch's interpolate."""
+    if not is_whole_number(size) or size < 1:
+        raise VmmError(f"size={size!r}: must be a whole number of pixels >= 1, e.g. size=224")
+    return int(size)
+
+
 def resize_short_side(frames: np.ndarray, size: int) -> Tensor:
     """uint8 frames (T, H, W, 3) -> float (T, 3, h, w) with short side ``size``, values rounded to 0..255.
 
     >>> resize_short_side(np.zeros((2, 48, 64, 3), np.uint8), 32).shape
     torch.Size([2, 3, 32, 42])
     """
+    size = _check_size(size)
     h, w = frames.shape[1:3]
     new_h, new_w = (int(size * h / w), size) if w < h else (size, int(size * w / h))
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
@@ -159,6 +169,7 @@ def _squashed_uint8(size: int) -> Callable[[np.ndarray], np.ndarray]:
     encoder's own transform then finds it at its size and leaves it as it is, so the vector is that of the
     full-size frames (as `vmm index` embeds them) while only small frames are held."""
     from vmm.transforms import _resize_uint8
+    size = _check_size(size)
 
     def squash(frame: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
@@ -360,7 +371,9 @@ def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence
     torch.Size([3, 256])
     """
     templates = check_templates(templates)
-    names = list(names)
+    from vmm.embedder import refuse_unordered_texts
+    refuse_unordered_texts(names, "names", mappings=False)  # a dict's keys are its names, in its order
+    names = [names] if isinstance(names, str) else list(names)  # "red" was three classes, "r", "e" and "d"
     if not names:  # an empty batch ended in "cannot reshape tensor of 0 elements"
         raise VmmError("names=[]: pass the class names to embed, e.g. ['cat', 'dog']")
     encoder = _encoder(encoder, 8)
@@ -485,7 +498,12 @@ def _label_source(labels: Labels) -> str:
 def view_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> Tensor:
     """Softmax of the logits of each view: (V, 3, T, S, S) -> (V, num_classes) float32."""
     ClassifyOptions(batch_size=batch_size).check()  # 0 ended in range()'s "arg 3 must not be zero"
-    _classifier_head(model)
+    head = _classifier_head(model)
+    if not isinstance(views, Tensor):
+        raise VmmError(f"views must be the tensor read_views or make_views returns, got {type(views).__name__}; "
+                       "convert it with torch.as_tensor(views)")
+    if not len(views):  # torch.cat of no batches raised a bare ValueError
+        return torch.zeros((0, head.out_features))
     was_training = model.training
     model.eval()
     param = next(model.parameters())
@@ -504,7 +522,13 @@ def top_labels(probabilities: Tensor, labels: Sequence[str], k: int = 5) -> list
     [('b', 0.699999988079071), ('c', 0.20000000298023224)]
     """
     ClassifyOptions(top_k=k).check()  # -1 ended in torch's "selected index k out of range"
-    values, indices = probabilities.topk(min(k, len(labels)))
+    labels = list(labels)  # a generator has no len()
+    probabilities = torch.as_tensor(probabilities)  # NumPy probabilities had no .topk
+    if probabilities.shape != (len(labels),):
+        # a label per class: fewer labels than classes failed as an IndexError only when a top class had none
+        raise VmmError(f"top_labels takes one probability per label, got probabilities of shape "
+                       f"{tuple(probabilities.shape)} for {len(labels)} labels; pass the (classes,) row of one video")
+    values, indices = probabilities.topk(min(int(k), len(labels)))
     return [(labels[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from vmm.errors import CheckpointError, VmmError
+from vmm.errors import CheckpointError, VmmError, is_whole_number
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint, not_a_file
 from vmm.models.config import MAX_FRAMES
@@ -102,8 +102,9 @@ def check_frames(frames: Any, option: str = "--frames") -> int:
     """
     # Python callers (frames_override) reach this too: the message names the argument as well as the flag.
     shown, fix = f"{option} {frames!r} (frames={frames!r})", f"pass e.g. {option} 8 (frames=8), or leave it out"
-    if isinstance(frames, bool) or not isinstance(frames, int):
+    if not is_whole_number(frames):  # a NumPy integer was refused as "not a whole number"
         raise VmmError(f"{shown}: frames per clip must be a whole number; {fix}")
+    frames = int(frames)
     if frames < 1:
         raise VmmError(f"{shown}: a clip needs at least 1 frame; {fix}")
     if frames > MAX_FRAMES:
@@ -500,7 +501,7 @@ def frames_override(name: Union[str, Path], frames: Optional[int]) -> dict:
     """
     if frames is None:
         return {}
-    check_frames(frames)
+    frames = check_frames(frames)
     return {"vision": {"num_frames": frames}} if _is_multimodal(name) else {"num_frames": frames}
 
 

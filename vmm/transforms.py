@@ -10,6 +10,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -104,9 +105,9 @@ def _dtype_fix(frames, var: str, tensor: bool) -> str:
 
 
 def as_uint8_frames(frames, name: str = "frames", num_frames: Optional[int] = None) -> Union[np.ndarray, Tensor]:
-    """``frames`` as (T, H, W, 3) uint8: an array or tensor as it is, a list of frames (arrays, tensors or PIL
-    images) stacked; anything else raises :class:`FramesError` naming ``name`` and the fix (for a file name, the
-    decoding of ``num_frames`` frames).
+    """``frames`` as (T, H, W, 3) uint8: an array or tensor as it is, a list (or a generator) of frames (arrays,
+    tensors or PIL images) stacked; anything else raises :class:`FramesError` naming ``name`` and the fix (for a
+    file name, the decoding of ``num_frames`` frames).
 
     Checked, never guessed: float frames in 0-1 were read as 0-255 and came out a near-black clip without a word,
     and integers of another width may hold 10 or 16 bits.
@@ -122,6 +123,8 @@ def as_uint8_frames(frames, name: str = "frames", num_frames: Optional[int] = No
     if isinstance(frames, (str, bytes, os.PathLike)):
         raise FramesError(f"{name} {is_} a file name ({os.fsdecode(frames)!r}), not decoded frames; decode the video "
                           f"first: {decode_hint(num_frames)}")
+    if isinstance(frames, Iterator):  # a generator or map() of frames, read once, was "not image data"
+        frames = list(frames)
     if isinstance(frames, (list, tuple)):
         if not frames:  # np.stack's "need at least one array to stack"
             raise FramesError(f"{name} {is_} an empty list; a clip needs at least one frame")

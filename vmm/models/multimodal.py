@@ -250,7 +250,10 @@ class VideoTextModel(nn.Module):
     def itm_logits(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """Paired ITM logits: row i of each input is one (video, text) pair -> (B, 2)."""
         self._check_itm_inputs(video_tokens, text_hidden, attention_mask, paired=True)
-        fused = self.text_encoder.forward_fusion(text_hidden, attention_mask, video_tokens)
+        # Tokens kept as float64 (NumPy's default) failed inside torch ("mat1 and mat2 must have the same dtype"),
+        # where encode_video takes a float64 video
+        cast = self.vision_encoder._in_weights_dtype
+        fused = self.text_encoder.forward_fusion(cast(text_hidden), attention_mask, cast(video_tokens))
         return self.itm_head(fused[:, 0])
 
     def itm_scores(self, video_tokens: Tensor, text_hidden: Tensor, attention_mask: Tensor,

@@ -110,10 +110,13 @@ class VideoMambaBackbone(nn.Module):
         if x.shape[1] != self.cfg.in_chans:
             raise VmmError(f"video input has {x.shape[1]} channels but the model takes {self.cfg.in_chans}; pass "
                            f"(batch, {self.cfg.in_chans}, frames, height, width)")
+        return self._in_weights_dtype(x)
+
+    def _in_weights_dtype(self, x: Tensor) -> Tensor:
         weight = self.patch_embed.proj.weight
         if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
-            return x  # autocast casts for the conv itself; a copy in the weights' dtype would only cost memory
-        return x.to(weight.dtype)  # outside autocast the conv needs one dtype
+            return x  # autocast casts for the layer itself; a copy in the weights' dtype would only cost memory
+        return x.to(weight.dtype)  # outside autocast a layer needs one dtype
 
     def embed(self, x: Tensor, use_image: bool = False) -> Tensor:
         """(B, C, T, H, W) video -> (B, 1 + T'P, D) tokens in spatial-first order."""
@@ -184,7 +187,17 @@ class VideoMamba(VideoMambaBackbone):
         return self.final_norm(hidden[:, :1], residual[:, :1])[:, 0]
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
-        features = self.head_drop(features)
+        """(B, D) features of :meth:`forward_features` -> (B, num_classes) logits (``pre_logits``: the features).
+
+        Features kept from an earlier run may come back float64 (NumPy's default) or as an array: forward_features
+        takes a float64 video, but the head failed inside torch ("mat1 and mat2 must have the same dtype")."""
+        if not isinstance(features, Tensor) or not features.is_floating_point() or features.ndim < 1 \
+                or features.shape[-1] != self.cfg.embed_dim:
+            got = (f"{features.dtype} of shape {tuple(features.shape)}" if isinstance(features, Tensor)
+                   else type(features).__name__)
+            raise VmmError(f"forward_head takes the float (batch, {self.cfg.embed_dim}) tensor forward_features "
+                           f"returns, got {got}; for stored features pass torch.as_tensor(features)")
+        features = self.head_drop(self._in_weights_dtype(features))
         return features if pre_logits else self.head(features)
 
     def forward(self, x: Tensor) -> Tensor:

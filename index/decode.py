@@ -164,8 +164,11 @@ def sample_middle_indices(num_frames_in_clip: int, n: int) -> np.ndarray:
     >>> sample_middle_indices(3, 8).tolist()
     [0, 1, 2, 2, 2, 2, 2, 2]
     """
-    if num_frames_in_clip < 1 or n < 1:
-        raise ValueError(f"need at least one frame and one sample, got vlen={num_frames_in_clip}, n={n}")
+    # a bool is no count (True sampled one frame) and a float failed inside NumPy
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (num_frames_in_clip, n)) \
+            or num_frames_in_clip < 1 or n < 1:
+        raise ValueError(f"need whole numbers of at least one frame and one sample, got vlen={num_frames_in_clip!r}, "
+                         f"n={n!r}")
     intervals = min(n, num_frames_in_clip)
     bounds = np.linspace(0, num_frames_in_clip, intervals + 1).astype(int)
     picked = (bounds[:-1] + bounds[1:] - 1) // 2
@@ -187,6 +190,9 @@ def plan_windows(duration: float, window: float, stride: float) -> list[tuple[fl
     >>> plan_windows(20.0, 10.0, 5.0)
     [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
     """
+    for name, value in (("duration", duration), ("window", window), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # None failed in a bare comparison
+            raise ValueError(f"{name} must be a number of seconds, got {value!r}")
     if not duration > 0:
         raise ValueError(f"duration must be > 0, got {duration}")
     if not 0 < stride <= window:

@@ -311,7 +311,7 @@ class VideoLibrary:
             # A lone string would be searched as its characters, one query each.
             raise VmmError(f"texts must be a list of strings, got {type(texts).__name__}; for one text pass [text] "
                            "or call search(text=...)")
-        from vmm.embedder import refuse_unordered_texts
+        from vmm.tokenizer import refuse_unordered_texts
         refuse_unordered_texts(texts)
         texts = list(texts)
         for i, text in enumerate(texts):

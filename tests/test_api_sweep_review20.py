@@ -187,3 +187,19 @@ def test_a_numpy_frame_count_builds_and_records_a_library(tmp_path):
     assert lib.add(tmp_path / "videos", workers=0).indexed == 3
     assert json.loads((tmp_path / "lib" / "model.json").read_text())["frames"] == 4
     assert len(VideoLibrary.open(tmp_path / "lib")) == len(lib) == 3
+
+
+def test_the_tokenizer_refuses_unordered_texts_and_the_samplers_bool_counts():
+    """The tokenizer's own as_texts (Tokenizer.__call__ and everything on top of it) took a dict's keys for the texts;
+    index.sample_middle_indices took True as one frame and failed inside NumPy on 4.0; plan_windows compared None."""
+    from vmm.errors import VmmError
+    from vmm.tokenizer import as_texts
+    for texts, kind in (({"video7": "a red square"}, "dict"), ({"a", "b"}, "set")):
+        with pytest.raises(VmmError, match=rf"^texts is a {kind}, "):
+            as_texts(texts)
+    for vlen, n in ((8, True), (8, 4.0), (8.0, 4)):
+        with pytest.raises(ValueError, match=r"^need whole numbers of at least one frame and one sample"):
+            index.sample_middle_indices(vlen, n)
+    assert index.sample_middle_indices(np.int64(10), np.int32(4)).tolist() == [0, 3, 5, 8]
+    with pytest.raises(ValueError, match=r"^stride must be a number of seconds, got None$"):
+        index.plan_windows(10, 4, None)

@@ -371,7 +371,7 @@ def class_embeddings(encoder, names: Sequence[str], templates: Optional[Sequence
     torch.Size([3, 256])
     """
     templates = check_templates(templates)
-    from vmm.embedder import refuse_unordered_texts
+    from vmm.tokenizer import refuse_unordered_texts
     refuse_unordered_texts(names, "names", mappings=False)  # a dict's keys are its names, in its order
     names = [names] if isinstance(names, str) else list(names)  # "red" was three classes, "r", "e" and "d"
     if not names:  # an empty batch ended in "cannot reshape tensor of 0 elements"

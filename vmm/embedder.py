@@ -90,18 +90,6 @@ def _checked_clips(clips, caller: str = "encode_clips", num_frames: Optional[int
     return clips
 
 
-def refuse_unordered_texts(texts, name: str = "texts", mappings: bool = True) -> None:
-    """VmmError for a dict (with ``mappings``) or set of texts: each row of the vectors (or rankings) answers one
-    text by position, and a dict gave the rows of its keys (video ids, not the captions) while a set gave them in an
-    order of its own."""
-    if mappings and isinstance(texts, Mapping):
-        raise VmmError(f"{name} is a {type(texts).__name__}, whose keys would be taken for the texts; pass "
-                       f"list({name}.values()) (the rows come back in that order)")
-    if isinstance(texts, (set, frozenset)):
-        raise VmmError(f"{name} is a {type(texts).__name__}, which has no order to give the rows back in; pass a "
-                       f"list, e.g. sorted({name})")
-
-
 def _text_error(message: str, index: int) -> VmmError:
     """A VmmError about text ``index`` of a batch, which it carries as ``text_index``: a caller that read the texts
     from a file (``vmm search --queries``) names the line."""
@@ -300,7 +288,6 @@ class VideoTextEncoder:
     def encode_texts(self, texts: Union[str, Sequence[str]], return_hidden: bool = False):
         """Strings (one string is one text) -> (N, dim) float32 unit vectors (and (hidden, mask) for ITM with
         ``return_hidden``)."""
-        refuse_unordered_texts(texts)
         texts = as_texts(texts)
         for i, text in enumerate(texts):
             if not text.strip():  # which one of a batch: one blank caption of thousands is otherwise a hunt

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable, Optional, Union
 
 from vmm.errors import VmmError
@@ -26,6 +27,7 @@ def as_texts(texts: Union[str, Iterable[str]]) -> list[str]:
     if isinstance(texts, (bytes, bytearray)):
         raise VmmError(f"texts must be a string or a list of strings, got {type(texts).__name__}; decode it first, "
                        "e.g. texts.decode('utf-8')")
+    refuse_unordered_texts(texts)
     try:
         texts = list(texts)
     except TypeError:
@@ -36,6 +38,23 @@ def as_texts(texts: Union[str, Iterable[str]]) -> list[str]:
                 "pass a list of strings"
             raise VmmError(f"texts[{i}] is {t!r:.60} ({type(t).__name__}), not a string; {fix}")
     return texts
+
+
+def refuse_unordered_texts(texts, name: str = "texts", mappings: bool = True) -> None:
+    """VmmError for a dict (with ``mappings``) or set of texts: each row of the vectors (or rankings) answers one
+    text by position, and a dict gave the rows of its keys (video ids, not the captions) while a set gave them in an
+    order of its own.
+
+    >>> as_texts({"video7": "a red square"})
+    Traceback (most recent call last):
+    vmm.errors.VmmError: texts is a dict, whose keys would be taken for the texts; pass list(texts.values()) (the rows come back in that order)
+    """
+    if mappings and isinstance(texts, Mapping):
+        raise VmmError(f"{name} is a {type(texts).__name__}, whose keys would be taken for the texts; pass "
+                       f"list({name}.values()) (the rows come back in that order)")
+    if isinstance(texts, (set, frozenset)):
+        raise VmmError(f"{name} is a {type(texts).__name__}, which has no order to give the rows back in; pass a "
+                       f"list, e.g. sorted({name})")
 
 
 def check_max_length(max_length: Any, option: str = "max_length") -> int:

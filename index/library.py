@@ -344,6 +344,8 @@ def library_folder(library_dir) -> str:
     """
     if os.fspath(library_dir) == "":
         raise VmmError("the library path is an empty string (''); pass the library's folder")
+    if not os.fspath(library_dir).strip():  # an unset variable in quotes with a space: a folder no one meant
+        raise VmmError(f"the library path is blank ({os.fspath(library_dir)!r}); pass the library's folder")
     # As vmm index --library and VideoLibrary take it: build_library(..., "~/lib") made a folder named "~" in the
     # working one, and open_library("~/lib") found no library there.
     path = os.path.abspath(os.path.expanduser(os.fspath(library_dir)))

@@ -203,3 +203,13 @@ def test_the_tokenizer_refuses_unordered_texts_and_the_samplers_bool_counts():
     assert index.sample_middle_indices(np.int64(10), np.int32(4)).tolist() == [0, 3, 5, 8]
     with pytest.raises(ValueError, match=r"^stride must be a number of seconds, got None$"):
         index.plan_windows(10, 4, None)
+
+
+def test_a_blank_library_path_is_named(capsys):
+    """`vmm search " " red` said "library /work/main/  does not exist", a folder named by a space."""
+    from vmm.cli import main
+    from vmm.errors import VmmError
+    assert main(["search", " ", "red"]) == 2
+    assert capsys.readouterr().err == "error: the library path is blank (' '); pass the library's folder\n"
+    with pytest.raises(VmmError, match=r"^the library path is blank \('\\t'\)"):
+        index.open_library("\t")

@@ -100,7 +100,7 @@ class DecodeOptions:
             value, whole = getattr(self, name), name in ("num_frames", "max_pixels", "threads")
             if value is None and name == "max_seconds":
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+            if not _is_number(value, numbers.Integral if whole else numbers.Real):
                 raise ValueError(f"{name} must be {'a whole number' if whole else 'a number of seconds'}, got "
                                  f"{reprlib.repr(value)}")
         if self.num_frames < 1:
@@ -152,6 +152,16 @@ class Clip:
     frames: np.ndarray
 
 
+def _is_number(value, kind: type) -> bool:
+    """``value`` is a ``kind`` (numbers.Integral or numbers.Real, NumPy's included) and not a bool: True counted as
+    one frame. vmm.errors.is_whole_number's rule, here since this module imports no ``vmm`` at module level.
+
+    >>> _is_number(8, numbers.Integral), _is_number(True, numbers.Integral), _is_number(2.5, numbers.Real)
+    (True, False, True)
+    """
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def sample_middle_indices(num_frames_in_clip: int, n: int) -> np.ndarray:
     """The official test-time "middle" sampling of ``n`` frames from ``num_frames_in_clip``.
 
@@ -165,7 +175,7 @@ def sample_middle_indices(num_frames_in_clip: int, n: int) -> np.ndarray:
     [0, 1, 2, 2, 2, 2, 2, 2]
     """
     # a bool is no count (True sampled one frame) and a float failed inside NumPy
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (num_frames_in_clip, n)) \
+    if not (_is_number(num_frames_in_clip, numbers.Integral) and _is_number(n, numbers.Integral)) \
             or num_frames_in_clip < 1 or n < 1:
         raise ValueError(f"need whole numbers of at least one frame and one sample, got vlen={num_frames_in_clip!r}, "
                          f"n={n!r}")
@@ -191,7 +201,7 @@ def plan_windows(duration: float, window: float, stride: float) -> list[tuple[fl
     [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
     """
     for name, value in (("duration", duration), ("window", window), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # None failed in a bare comparison
+        if not _is_number(value, numbers.Real):  # None failed in a bare comparison
             raise ValueError(f"{name} must be a number of seconds, got {value!r}")
     if not duration > 0:
         raise ValueError(f"duration must be > 0, got {duration}")

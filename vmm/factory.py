@@ -257,12 +257,13 @@ def load_weights(model: nn.Module, path: Union[str, Path, dict]) -> nn.Module:
         raise
 
 
-def _tensor_shapes(path: Path) -> dict:
+def _tensor_shapes(path: Path, kind: Optional[str] = None) -> dict:
     """A checkpoint's tensors without reading their data where the format allows (the file is read again to load
     it, and an official multimodal file is about a gigabyte): memory-mapped from a torch.save zip archive, meta
-    tensors from a safetensors header. CheckpointError for a file that is no checkpoint or is damaged."""
+    tensors from a safetensors header. ``kind``: what check_weights_file said of the file, when the caller asked
+    already; else CheckpointError for a file that is no checkpoint or is damaged."""
     from vmm.models.checkpoint import check_weights_file, load_tensors, read_checkpoint, unwrap_state_dict
-    kind = check_weights_file(path)
+    kind = kind or check_weights_file(path)
     if kind == "zip":
         return unwrap_state_dict(load_tensors(path, mmap=True), str(path))
     if kind == "safetensors":
@@ -283,12 +284,11 @@ def checkpoint_vision_settings(path: Union[str, Path]) -> dict:
     >>> {k: v for k, v in checkpoint_vision_settings(path).items() if k in ("num_frames", "img_size", "num_classes")}
     {'img_size': 32, 'num_frames': 4, 'num_classes': 3}
     """
-    from vmm.models.checkpoint import vision_overrides_from_state_dict
-    from vmm.models.checkpoint import check_weights_file
+    from vmm.models.checkpoint import check_weights_file, vision_overrides_from_state_dict
     path = Path(user_path(path))  # as the loaders read "~/...": a quoted one ran a 16-frame file at 8 frames
-    check_weights_file(path)
+    kind = check_weights_file(path)  # raised here, not taken for shapes that do not tell
     try:
-        return vision_overrides_from_state_dict(_tensor_shapes(path))
+        return vision_overrides_from_state_dict(_tensor_shapes(path, kind))
     except Exception:  # torch's UnpicklingError for a file with Python objects, odd shapes...: loading says what
         return {}
 

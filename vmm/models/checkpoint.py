@@ -170,9 +170,14 @@ def check_weights_file(path: Union[str, Path]) -> str:
         raise CheckpointError(f"checkpoint {path} is a Git LFS pointer ({size} bytes), not the weights; fetch them "
                               "with 'git lfs pull' in its repository, or download the file itself")
     damaged = f"checkpoint {path} is truncated or damaged; {_DAMAGED}"
+    # torch.save's zip archive; or a legacy pickle, which opens with 0x80 (protocol 2+) or with torch's magic number
+    # as a long ("L1195...", protocols 0 and 1): torch's unpickler calls anything else "Unsupported operand", as if
+    # it held unsafe objects.
+    torch_kind = ("zip" if head[:4] == b"PK\x03\x04" else
+                  "pickle" if head[:1] == b"\x80" or head[:5] == b"L1195" else None)
     if path.suffix == ".safetensors" or header is not None or (looks_safetensors and header_len > size - 8):
         if not looks_safetensors:
-            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[:5] == b"L1195":
+            if torch_kind:
                 # torch.load itself picks safetensors by this name, so the bytes alone cannot rescue it
                 raise CheckpointError(f"checkpoint {path} is a torch.save file named .safetensors; rename it to "
                                       f"{path.stem}.pth")
@@ -188,7 +193,7 @@ def check_weights_file(path: Union[str, Path]) -> str:
         if 8 + header_len + max((o[1] for o in offsets), default=0) > size:
             raise CheckpointError(damaged)
         return "safetensors"
-    if head[:4] == b"PK\x03\x04":  # torch.save's zip archive
+    if torch_kind == "zip":
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
@@ -200,9 +205,7 @@ def check_weights_file(path: Union[str, Path]) -> str:
         if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
             raise CheckpointError(_other_kind(path, "a zip archive, but not torch.save's: it has no data.pkl"))
         return "zip"
-    # A legacy pickle opens with 0x80 (protocol 2+), or with torch's magic number as a long ("L1195...", protocols 0
-    # and 1); torch's unpickler calls anything else "Unsupported operand", as if it held unsafe objects.
-    if head[:1] == b"\x80" or head[:5] == b"L1195":
+    if torch_kind == "pickle":
         return "pickle"
     raise CheckpointError(_other_kind(path, "neither a torch.save archive, a pickle nor a safetensors file"))
 

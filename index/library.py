@@ -342,13 +342,13 @@ def library_folder(library_dir) -> str:
     >>> library_folder("/videos/lib"), library_folder("~/lib") == os.path.join(os.path.expanduser("~"), "lib")
     ('/videos/lib', True)
     """
-    if os.fspath(library_dir) == "":
-        raise VmmError("the library path is an empty string (''); pass the library's folder")
-    if not os.fspath(library_dir).strip():  # an unset variable in quotes with a space: a folder no one meant
-        raise VmmError(f"the library path is blank ({os.fspath(library_dir)!r}); pass the library's folder")
+    given = os.fspath(library_dir)
+    if not given.strip():  # an unset variable (in quotes with a space: a folder no one meant)
+        what = f"blank ({given!r})" if given else "an empty string ('')"
+        raise VmmError(f"the library path is {what}; pass the library's folder")
     # As vmm index --library and VideoLibrary take it: build_library(..., "~/lib") made a folder named "~" in the
     # working one, and open_library("~/lib") found no library there.
-    path = os.path.abspath(os.path.expanduser(os.fspath(library_dir)))
+    path = os.path.abspath(os.path.expanduser(given))
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     args.paths = [os.path.expanduser(path) for path in args.paths]
     # So in --model=~/models/final, as vmm classify takes it: it was "model folder ~/models/final does not exist".
     args.model, args.checkpoint = (None if v is None else os.path.expanduser(v) for v in (args.model, args.checkpoint))
-    if args.library.isspace():  # '' is named by library_folder; " " was "no model given", or a library named " "
+    if args.library.isspace():  # named by the option here; library_folder names '' (and " " for the Python API)
         refuse_blank("--library", args.library, "pass the library's folder")
     library = library_folder(os.path.expanduser(args.library))
     launch = _launch()

@@ -142,13 +142,22 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
     else:
         # The module, not the `accelerate` script beside the interpreter: pip install --user and system Pythons put
         # scripts elsewhere, and every multi-process run ended in a FileNotFoundError traceback.
+        # Port 0: accelerate picks a free one. On the default 29500 a second job on the host (a training run, another
+        # benchmark) either took the port or, starting later, could reach this job's rendezvous store.
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", args.precision, "--dynamo_backend", "no"] + common
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", args.precision,
+               "--dynamo_backend", "no"] + common
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0 or not result.is_file():
-        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"model": model, "stage": stage, "processes": processes, "error": tail[0][:300]}
+        lines = (run.stderr or run.stdout).strip().splitlines()
+        # The launcher's last line is often only its own summary, the job's error further up: the whole output is
+        # kept in a file the row names.
+        fd, log = tempfile.mkstemp(prefix=f"train_throughput_{model}_stage{stage}_{processes}p_", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"$ {' '.join(cmd)}\nexit status {run.returncode}\n--- stdout\n{run.stdout}--- stderr\n{run.stderr}")
+        error = (lines[-1] if lines else f"exit status {run.returncode}, no output")[:300]
+        return {"model": model, "stage": stage, "processes": processes, "error": f"{error} (whole output: {log})"}
     return json.loads(result.read_text())
 
 

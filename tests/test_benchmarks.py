@@ -142,9 +142,32 @@ def test_train_throughput_runs_several_processes_without_an_accelerate_script_be
     done = subprocess.run([str(env / "bin" / "python"), str(BENCHMARKS / "train_throughput.py"), "--cpu", "--models",
                            "vmm_nano", "--stages", "2", "--processes", "2", "--batch-size", "1", "--steps", "1",
                            "--warmup", "0", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    if done.returncode != 0:  # the failed job's whole output, which its row names, is what tells why
+        logs = re.findall(r"whole output: (\S+?\.log)", done.stdout)
+        pytest.fail(f"{done.stdout}\n{done.stderr[-2000:]}\n" + "".join(Path(f).read_text()[-4000:] for f in logs))
     (row,) = json.loads(out.read_text())["results"]
     assert row["processes"] == 2 and row["samples_per_s"] > 0 and row["device"].startswith("CPU: ")
+
+
+def test_train_throughput_keeps_a_failed_jobs_whole_output_and_launches_on_a_free_port(load, monkeypatch, tmp_path):
+    # The row kept only the launcher's last line, usually its own summary: why a job failed was lost. And every
+    # multi-process job took the default port 29500, shared with any other job on the host.
+    mod = load("train_throughput")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    launched = []
+
+    def failing(cmd, **kwargs):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback (most recent call last):\n"
+                                           "RuntimeError: Connection closed by peer\nE1127 launcher summary line\n")
+    monkeypatch.setattr(mod.subprocess, "run", failing)
+    args = argparse.Namespace(batch_size=1, steps=1, warmup=0, precision="no", cpu=True, grad_checkpointing=False)
+    row = mod.launch(args, "vmm_nano", 2, 2, tmp_path / "result.json")
+    assert row["error"].startswith("E1127 launcher summary line (whole output: ")
+    (log,) = tmp_path.glob("train_throughput_vmm_nano_stage2_2p_*.log")
+    assert str(log) in row["error"] and "RuntimeError: Connection closed by peer" in log.read_text()
+    (cmd,) = launched
+    assert cmd[cmd.index("--main_process_port") + 1] == "0"
 
 
 @pytest.mark.slow

@@ -26,8 +26,9 @@ from tests.test_train_loop import REPO, TINY, ctrl_c_a_run, metrics
 # the launcher beside this Python (a virtual environment), else the one on PATH (a system Python)
 _BESIDE = Path(sys.executable).with_name("accelerate")
 ACCELERATE = str(_BESIDE) if _BESIDE.is_file() else shutil.which("accelerate") or "accelerate"
-TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                 "--dynamo_backend", "no"]
+# Port 0 (accelerate picks a free one): the default 29500 is shared with any other job on the host.
+TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+                 "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")

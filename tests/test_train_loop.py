@@ -435,7 +435,7 @@ def test_two_processes_with_accelerate_launch(corpus, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vmm.train",
+           "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vmm.train",
            "--config", TINY, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]",
            f"train.output_dir={out}", "schedule.max_steps=2", "data.batch_size=2", "train.progress=False"]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

@@ -39,6 +39,7 @@ across nodes).
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import heapq
@@ -70,6 +71,7 @@ from vmm.errors import VmmError, error_text
 STAGING_DIR = ".staging"
 DEFAULT_BARRIER_TIMEOUT = 24 * 3600.0
 _MERGE_MAX_CLIPS = 8192  # clips per merge transaction: bounds the work a crash mid-merge undoes
+_MAPPED_BATCHES = 64  # staged vector files a reader keeps mapped (see _StagedReader._load_vectors)
 _FILE_COST = 1 << 20  # bytes a file counts for on top of its size, so many small files spread too
 _HEARTBEAT_S = 5.0  # coordination="files": how often a rank rewrites its heartbeat file
 _SILENCE_S = 120.0  # ... and how long an unchanged heartbeat means the rank is dead (far above any GIL stall)
@@ -222,7 +224,17 @@ class _FileCoordinator:
         self._stop = threading.Event()
         path = self._heartbeat_file(info.rank)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_bytes(path, _beat(0))
+        try:
+            # Created, never replaced: one already there is an earlier launch's (or another process's started as
+            # this rank), whose messages and markers would pass for this launch's. A rerun after a failed plan read
+            # that plan's error on rank 1 and met rank 0 at stale barriers.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise _used_run_id(run_dir) from None
+        try:
+            os.write(fd, _beat(0))
+        finally:
+            os.close(fd)
         self._beats = threading.Thread(target=self._keep_beating, args=(path,), daemon=True,
                                        name=f"vmm-heartbeat-{info.rank}")
         self._beats.start()
@@ -302,8 +314,10 @@ class _FileCoordinator:
             try:
                 # Rewritten in place, never created: once rank 0 has deleted the run's folder, nothing comes back.
                 fd = os.open(path, os.O_WRONLY)
-            except OSError:
+            except FileNotFoundError:
                 return
+            except OSError:
+                continue  # a network file system's passing error (ESTALE, EIO): stopping made a live rank look dead
             try:
                 os.write(fd, _beat(count))
             except OSError:
@@ -314,6 +328,12 @@ class _FileCoordinator:
     def close(self) -> None:
         self._stop.set()
         self._beats.join()
+
+
+def _used_run_id(run_dir: str) -> VmmError:
+    library = os.path.dirname(os.path.dirname(run_dir))
+    return VmmError(f"run id {os.path.basename(run_dir)} was already used in {library}; give every launch a new run "
+                    "id")
 
 
 def _beat(count: int) -> bytes:
@@ -394,7 +414,7 @@ class _StagedReader:
         self.manifest_key = manifest_key
         self.dim = dim
         self._lists: dict[str, dict | None] = {}
-        self._vectors: dict[str, np.ndarray | None] = {}
+        self._vectors: collections.OrderedDict[str, np.ndarray | None] = collections.OrderedDict()
 
     def entries(self, batch: str) -> list[dict]:
         if batch not in self._lists:
@@ -422,15 +442,23 @@ class _StagedReader:
                           entry["error"], info, [tuple(span) for span in entry["spans"]], vectors)
 
     def _load_vectors(self, batch: str) -> np.ndarray | None:
-        if batch not in self._vectors:
-            path = os.path.join(self.staging, os.path.dirname(batch), self._lists[batch]["vectors"])
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-                ok = array.ndim == 2 and array.shape[1] == self.dim and array.dtype == np.dtype("<f4")
-                self._vectors[batch] = array if ok else None
-            except (OSError, ValueError):
-                self._vectors[batch] = None
-        return self._vectors[batch]
+        if batch in self._vectors:
+            self._vectors.move_to_end(batch)
+            return self._vectors[batch]
+        path = os.path.join(self.staging, os.path.dirname(batch), self._lists[batch]["vectors"])
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            ok = array.ndim == 2 and array.shape[1] == self.dim and array.dtype == np.dtype("<f4")
+            array = array if ok else None
+        except (OSError, ValueError):
+            array = None
+        self._vectors[batch] = array
+        # A mapped file holds a file descriptor: mapping every batch of a long run ran out of them (ulimit -n, often
+        # 1024), and the merge took the batches past that as damaged and left their files out of a run it called
+        # complete. Path order visits a few batches at a time (about one per rank), so a few stay mapped.
+        if len(self._vectors) > _MAPPED_BATCHES:
+            self._vectors.popitem(last=False)
+        return array
 
 
 def _find_reusable(reader: _StagedReader, todo: list[Candidate], retry_failed: bool) -> dict[str, _StagedRef]:
@@ -654,7 +682,7 @@ def _run_rank0(coordinator, info: LaunchInfo, run_id: str, started: float, paths
                                      timeout=settings.timeout, factory=factory, max_pixels=max_pixels,
                                      commit_seconds=settings.commit_seconds, flat_max=flat_max, on_open=on_open)
             if os.path.exists(os.path.join(run_dir, "plan.json")):
-                raise VmmError(f"run id {run_id} was already used in {library}; give every launch a new run id")
+                raise _used_run_id(run_dir)
             writer = LibraryWriter.open(library, request.wanted, explicit=request.explicit)
             if on_open is not None:
                 on_open(library)
@@ -793,6 +821,9 @@ def _stage_and_report(plan: dict | None, info: LaunchInfo, run_dir: str, encoder
 
 def _stage(plan: dict, info: LaunchInfo, folder: str, encoder, settings: _Settings) -> dict:
     started = time.monotonic()
+    # Rank 0 checked only its own options: another rank's timeout=0 recorded its whole shard as failed.
+    _check_numbers(batch_size=settings.batch_size, timeout=settings.timeout, commit_seconds=settings.commit_seconds,
+                   **({} if settings.workers is None else {"workers": settings.workers}))
     manifest = LibraryManifest.from_json(plan["manifest"])
     _check_rank_encoder(encoder, manifest, info.rank)
     for root in plan["roots"]:

@@ -39,6 +39,7 @@ import importlib
 import json
 import mmap
 import multiprocessing.connection
+import numbers
 import os
 import pickle
 import queue
@@ -236,6 +237,16 @@ def _crash_reason(code: int | None) -> str:
         return f"the decoder crashed (worker exit code {code})"
 
 
+def _check_limits(workers, timeout) -> None:
+    """Refuse what no run can finish with: a negative worker count started no worker and get() waited forever, and a
+    timeout of 0 killed every decoder at once, each file recorded as failed (and skipped by later runs)."""
+    from vmm.errors import VmmError, is_whole_number
+    if not (is_whole_number(workers) and workers >= 0):
+        raise VmmError(f"workers must be a whole number >= 0 (0 decodes in this process), got {workers!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        raise VmmError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+
+
 def _frame_bytes(event: Event) -> int:
     return event[2].frames.nbytes if event[0] == "clip" else 0
 
@@ -330,6 +341,7 @@ class DecodePool:
                  prefetch_bytes: int = PREFETCH_BYTES, max_files_per_worker: int = 200,
                  worker_hook: str | None = None, quiet: bool = True):
         options.check()
+        _check_limits(workers, timeout)
         self.options = options
         self.workers = workers
         self.timeout = timeout

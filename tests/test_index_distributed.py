@@ -4,10 +4,12 @@ The rank processes are plain ``python -c`` children with RANK / WORLD_SIZE /
 MASTER_ADDR / MASTER_PORT set, as ``accelerate launch`` or ``torchrun`` would set them.
 """
 import doctest
+import errno
 import json
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import sqlite3
@@ -304,15 +306,18 @@ def test_file_barriers_give_up_on_a_killed_rank_then_rerun(tmp_path):
 
 
 # -- in-process checks (threads as ranks, file barriers) ---------------------------------------------------
-def run_threads(root: Path, library: Path, encoders: list, run_id: str, **options) -> list:
-    """Run ranks as threads; returns each rank's summary or the exception it raised."""
+def run_threads(root: Path, library: Path, encoders: list, run_id: str, rank_options: dict | None = None,
+                **options) -> list:
+    """Run ranks as threads; returns each rank's summary or the exception it raised. ``rank_options``: rank ->
+    options of that rank alone."""
     results = [None] * len(encoders)
 
     def rank_main(rank):
+        mine = {"workers": 0, **options, **(rank_options or {}).get(rank, {})}
         try:
             results[rank] = build_library_distributed(
                 [str(root)], str(library), encoders[rank], rank=rank, world_size=len(encoders),
-                coordination="files", run_id=run_id, workers=0, progress=False, barrier_timeout=60, **options)
+                coordination="files", run_id=run_id, progress=False, barrier_timeout=60, **mine)
         except Exception as error:  # noqa: BLE001 - the test inspects it
             results[rank] = error
 
@@ -335,6 +340,26 @@ def test_three_thread_ranks_equal_one_process(tmp_path):
     assert results[1:] == [None, None], results
     assert results[0].indexed == 4 and sum(r["files"] for r in results[0].ranks) == 4
     assert_same_library(tmp_path / "lib", reference)
+
+
+def test_a_merge_of_more_batches_than_open_files_allowed_merges_every_file(tmp_path, monkeypatch):
+    """Every staged vector file stayed mapped, each holding a file descriptor: past `ulimit -n` (often 1024) the merge
+    took the later batches as damaged, left their files out and still called the run complete."""
+    root = tmp_path / "media"
+    root.mkdir()
+    for i in range(60):
+        videos.write_solid(str(root / f"c{i:02d}.mp4"), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256), seconds=0.5)
+    monkeypatch.setattr(distributed, "_MAPPED_BATCHES", 4, raising=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    try:  # batch_size=1, commit_seconds=0: a batch per file, 30 per rank
+        results = run_threads(root, tmp_path / "lib", [ColorHistogramEncoder(), ColorHistogramEncoder()], "batches",
+                              batch_size=1, commit_seconds=0.0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert results[1] is None and (results[0].indexed, results[0].failed) == (60, 0), results
+    with open_library(str(tmp_path / "lib")) as reader:
+        assert len(reader.files) == len(reader) == 60
 
 
 def test_files_replaced_after_planning_are_merged_as_the_ranks_decoded_them(tmp_path, monkeypatch):
@@ -373,6 +398,26 @@ def test_a_rank_with_another_model_fails_every_rank_and_keeps_finished_files(tmp
     assert (library / ".staging").exists()  # kept until a run succeeds
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"timeout": 0.0}, "timeout must be a number of seconds > 0, got 0.0"),  # its whole shard was recorded failed
+    ({"workers": -1}, "workers must be a whole number >= 0 (0 decodes in this process), got -1"),  # it hung
+    ({"batch_size": "16"}, "batch_size must be a whole number, got '16'; fix the option"),  # a traceback
+])
+def test_a_rank_with_its_own_bad_option_fails_every_rank_and_records_no_failure(tmp_path, option, message):
+    """Rank 0 checks only its own options; the other ranks' own (batch_size, workers, timeout) were used unchecked."""
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, color in enumerate([videos.RED, videos.GREEN, videos.BLUE, videos.YELLOW]):
+        videos.write_solid(str(root / f"c{i}.mp4"), color)
+    library = tmp_path / "lib"
+    results = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder()], "own-option",
+                          rank_options={1: option}, workers=1)
+    for error in results:
+        assert isinstance(error, VmmError) and f"did not finish: rank 1: {message}" in str(error), results
+    with open_library(str(library)) as reader:  # rank 0's shard merged, nothing of rank 1's recorded as failed
+        assert sorted(record.status for record in reader.files.values()) == ["ok", "ok"]
+
+
 def test_a_one_process_run_after_a_failed_distributed_run_deletes_its_staging(tmp_path):
     """After a failed multi-process run, the same paths indexed by one process (`vmm index` without the launcher)
     left the staged files in LIB/.staging for good: nothing but a later successful multi-process run deleted them."""
@@ -403,6 +448,16 @@ def test_a_library_of_another_model_is_refused_on_every_rank(tmp_path):
     build_library([str(root)], str(library), ColorHistogramEncoder(bins=5), workers=0, progress=False)
     results = run_threads(root, library, [ColorHistogramEncoder(), ColorHistogramEncoder()], "other-model")
     assert all(isinstance(r, VmmError) and "was built with model color-histogram" in str(r) for r in results)
+
+    # The same run id again, with the right model: rank 1 read the failed plan's error from the first launch
+    # ("was built with model ..."), and rank 0 waited for it at the barrier, failing with "did not finish".
+    right = [ColorHistogramEncoder(bins=5), ColorHistogramEncoder(bins=5)]
+    for error in run_threads(root, library, right, "other-model"):
+        assert isinstance(error, VmmError) and str(error) == (
+            f"run id other-model was already used in {library}; give every launch a new run id"), error
+    summary, second = run_threads(root, library, right, "new-id")
+    assert second is None and summary.unchanged == 1, summary
+    assert not (library / ".staging").exists()
 
 
 def test_a_folder_that_is_not_a_library_is_refused_on_every_rank_and_left_untouched(tmp_path):
@@ -470,6 +525,33 @@ def test_file_barriers_tell_a_silent_rank_from_a_slow_one(tmp_path, monkeypatch)
         with pytest.raises(distributed._PeerLost, match="rank 1 gave no sign of life for 0.5 s"):
             ranks[0].barrier("dead")
         assert time.monotonic() - started < 5  # not barrier_timeout's 30 s
+    finally:
+        for coordinator in ranks:
+            coordinator.close()
+
+
+def test_a_heartbeat_that_cannot_be_written_once_goes_on(tmp_path, monkeypatch):
+    """A passing error opening the heartbeat (ESTALE on NFS) stopped it for good: the others gave the rank up."""
+    monkeypatch.setattr(distributed, "_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(distributed, "_SILENCE_S", 0.5)
+    run_dir = str(tmp_path / "lib" / ".staging" / "run")
+    failed = []
+    real_open = os.open
+
+    def stale_once(path, flags, *args, **kwargs):
+        if str(path).endswith("rank-00001") and flags == os.O_WRONLY and not failed:
+            failed.append(path)
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", stale_once)
+    ranks = [distributed._FileCoordinator(launch_info(rank, 2, environ={}), run_dir, 30.0) for rank in (0, 1)]
+    try:
+        late = threading.Timer(1.5, ranks[1].barrier, args=("slow",))  # three silences late, alive all along
+        late.start()
+        ranks[0].barrier("slow")
+        late.join()
+        assert failed
     finally:
         for coordinator in ranks:
             coordinator.close()

@@ -206,6 +206,19 @@ def test_get_with_no_wait_takes_an_event_that_is_already_there(tmp_path):
         assert pool.get(timeout=0)[0] == "start"  # was None: a zero timeout never looked at the queue
 
 
+@pytest.mark.parametrize("limits, message", [
+    ({"workers": -1}, r"^workers must be a whole number >= 0 \(0 decodes in this process\), got -1$"),  # get() hung
+    ({"workers": 1.5}, r"^workers must be a whole number >= 0 \(0 decodes in this process\), got 1.5$"),
+    ({"timeout": 0}, r"^timeout must be a number of seconds > 0, got 0$"),  # every file failed as timed out
+    ({"timeout": "60"}, r"^timeout must be a number of seconds > 0, got '60'$"),
+])
+def test_a_pool_that_could_finish_nothing_is_refused_in_one_line(limits, message):
+    from index.decode import DecodeOptions
+
+    with pytest.raises(VmmError, match=message):
+        pool_module.DecodePool(DecodeOptions(), **limits)
+
+
 def swap_in_replacement(path: str, backend: str) -> None:
     """Worker hook: a file of the same name in $VMM_TEST_REPLACEMENTS is moved over ``path`` before it is decoded,
     as a copy overwrites a file after a run listed it."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -146,6 +147,9 @@ def _item_captions(path: Path, index: int, item: object) -> tuple[str, list[str]
     video = item.get("video")
     if not isinstance(video, str) or not video:
         raise VmmError(f"{where} needs a non-empty string 'video' (relative video path){_found(item, 'video')}")
+    if "\0" in video:  # no file name holds one: resolving the path (the output checks of vmm eval) raised ValueError
+        raise VmmError(f"{where} has the 'video' entry {video!r:.80}, with a NUL character that no file name can "
+                       "hold; the file is damaged, fix the entry")
     caption = item.get("caption")
     if isinstance(caption, str):
         return video, [caption]
@@ -163,11 +167,14 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: 'C:' is a Windows drive
+
+
 def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
     """The fix when the missing video is there under another extension (or none) or letter case, e.g. 'video7' or
     'Video7.mp4' for video7.mp4, or when its entry uses Windows separators ('all\\video7.mp4', a file name with a
     backslash off Windows), or, given the ``videos_dir`` it was joined to, when its entry is an absolute path
-    ('/data/v7.mp4', 'C:\\data\\v7.mp4').
+    ('/data/v7.mp4', 'C:\\data\\v7.mp4') or a URL, or when it is there as a symbolic link whose target is not.
 
     Telling the user to point videos_dir elsewhere would be wrong then: the folder is right, the names are not.
     """
@@ -178,6 +185,18 @@ def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
     if videos_dir is not None and (entry.is_absolute() or PureWindowsPath(entry).drive):
         return (f"'{entry}' is an absolute path, so the videos folder is not used; write the 'video' entries "
                 "relative to that folder")
+    # A URL (https://host/v.mp4, file:///data/v.mp4) joined to the folder reads as a folder named 'https:', and the
+    # error sent the user to look for the folder that holds the videos.
+    if videos_dir is not None and len(entry.parts) > 1 and _URL_SCHEME.fullmatch(entry.parts[0]):
+        return (f"the entry of {missing.name} is a {entry.parts[0][:-1]} URL, not a file path; download the videos "
+                "and write the 'video' entries relative to the videos folder")
+    try:  # a link whose target is gone (a drive not mounted, a moved dataset): the folder and the name are right
+        target = os.readlink(missing)
+    except OSError:  # not a link, or nothing there
+        target = None
+    if target is not None:
+        return (f"{missing} is a symbolic link to {target}, which is not a file (a drive not mounted, or a target "
+                "moved or deleted?); restore the target or re-create the link")
     if "\\" in missing.name and _is_file(missing.parent / missing.name.replace("\\", "/")):
         return (f"'{missing.name}' is written with Windows '\\' separators; write the 'video' entries with '/', "
                 "which every system reads")
@@ -197,6 +216,28 @@ def extension_hint(missing: Path, videos_dir: str | Path | None = None) -> str:
                 "or rename the files")
     return (f"{missing.parent} has {others[0]} instead: the 'video' entries must name the files exactly, "
             "letter case and extension included; fix them or rename the files")
+
+
+def folder_hint(missing: Path, videos_dir: str | Path) -> str:
+    """The fix when none of the videos is found because ``videos_dir`` is one level off: the folder above it or one
+    below it holds the missing video's entry (MSRVTT/videos for entries 'all/video7.mp4' joined to
+    MSRVTT/videos/all, or MSRVTT/videos/all for entries 'video7.mp4' joined to MSRVTT/videos). Only then: where
+    most videos are found, a copy of one elsewhere says nothing about the folder.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "all").mkdir(); (root / "all" / "video7.mp4").touch()
+    >>> folder_hint(root / "video7.mp4", root).replace(str(root), "ROOT")
+    'ROOT/all holds video7.mp4: pass that folder as the videos folder'
+    """
+    base = Path(videos_dir)
+    entry = missing.relative_to(base) if missing.is_relative_to(base) else Path(missing.name)
+    try:
+        below = sorted(Path(e.path) for e in os.scandir(base) if e.is_dir())
+    except OSError:
+        below = []
+    holder = next((f for f in [base.parent, *below] if f != base and _is_file(f / entry)), None)
+    return f"{holder} holds {entry}: pass that folder as the videos folder" if holder else ""
 
 
 def _nfc(name: str) -> str:
@@ -289,20 +330,23 @@ def load_retrieval_dataset(
     if repeats:
         i, video, first = repeats[0]
         # A training list (msrvtt_ret_train9k.json) has one item per caption, so most of its items repeat a video:
-        # name the test file instead of asking the user to merge 180k items by hand.
-        hint = (f"; this looks like a training list (one item per caption), pass the test file "
-                f"{protocol.annotation_file}" if len(repeats) * 2 > len(items) >= 20 and protocol.annotation_file
-                else "")  # a handful of items repeating is a hand-made mistake, not a training list
+        # name the test file instead of asking the user to merge 180k items by hand. A list of the user's own videos
+        # (evaluated as msrvtt, as the README does) has no test file to pass instead: it was sent to MSRVTT's.
+        hint = ""
+        if len(repeats) * 2 > len(items) >= 20:  # a handful of items repeating is a hand-made mistake
+            hint = "; this looks like a training list (one item per caption), " + (
+                f"pass the test file {protocol.annotation_file}" if official_dataset_of(annotation_file)
+                and protocol.annotation_file else "merge each video's items into one")
         raise VmmError(f"annotation file {annotation_file}: item {i} lists video {video!r} again (first at item "
                        f"{first}; {len(repeats)} of {len(items)} items repeat a video); list each video once, with "
                        f"all its captions in one list{hint}")
     missing = [videos_dir / video for video, _ in items if not _is_file(videos_dir / video)]
     if missing and not allow_missing:
         shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise VmmError(
-            f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
-            f"{extension_hint(missing[0], videos_dir) or missing_hint}"
-        )
+        fix = (extension_hint(missing[0], videos_dir)
+               or (folder_hint(missing[0], videos_dir) if len(missing) == len(items) else "") or missing_hint)
+        raise VmmError(f"{len(missing)} of {len(items)} videos listed in {annotation_file} are missing ({shown}); "
+                       f"{fix}")
     missing_set = set(missing)
 
     dataset = RetrievalDataset([], [], [], [], protocol, annotation_file, missing)

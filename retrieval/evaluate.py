@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from retrieval.annotations import RetrievalDataset, extension_hint, get_protocol, load_retrieval_dataset
+from retrieval.annotations import (RetrievalDataset, extension_hint, folder_hint, get_protocol,
+                                   load_retrieval_dataset)
 from retrieval.index_metrics import check_index_options, index_metrics
 from retrieval.metrics import chunked_similarity, retrieval_metrics
 from retrieval.paper_numbers import checkpoint_corpus
@@ -602,7 +603,7 @@ def evaluate(config: EvalConfig) -> Optional[EvalResult]:
                                      missing_hint=MISSING_HINT)
     listed = len(dataset.videos) + len(dataset.missing)
     if not dataset.videos:
-        hint = (extension_hint(dataset.missing[0], config.videos)
+        hint = (extension_hint(dataset.missing[0], config.videos) or folder_hint(dataset.missing[0], config.videos)
                 or "point videos= (--videos) at the folder that holds them")
         raise VmmError(f"none of the {listed} videos of {config.annotations} exist in {config.videos}; {hint}")
     runtime = _start_runtime(config)
@@ -760,6 +761,9 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     model = args.model if args.model is not None else (default_model_for(args.checkpoint) if args.checkpoint
                                                        else "videomamba_m16_25m")
     try:
+        # --workers 64 on a laptop started 64 decoder processes, which vmm eval refuses with this check
+        from vmm.cli import _check_parallelism
+        _check_parallelism(args)
         config = EvalConfig(dataset, args.annotations, args.videos, model=model, checkpoint=args.checkpoint,
                             frames=default_frames(model, args.checkpoint), batch_size=args.batch_size,
                             text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size,

@@ -155,6 +155,9 @@ def test_allow_missing_drops_those_items_and_reports_them(tmp_path, tiny_video):
         ('[{"video": "a.mp4", "caption": 3}]', "needs 'caption' as a string or a list of strings, got 3"),
         ('[{"video": "a.mp4", "caption": ["ok", 7]}]', "needs 'caption' as a string or a list of strings"),
         ('[{"video": "a.mp4", "caption": []}]', r"item 0 \(a.mp4\) has an empty 'caption' list"),
+        # a damaged entry: vmm eval --json resolved it and ended in "ValueError: embedded null byte"
+        ('[{"video": "a\\u0000.mp4", "caption": "x"}]', r"item 0 has the 'video' entry 'a\\x00.mp4', with a NUL "
+                                                          r"character that no file name can hold; the file is damaged"),
     ],
 )
 def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, content, expected):
@@ -199,10 +202,15 @@ def test_a_byte_order_mark_is_read_as_utf8(tmp_path, tiny_video):
 def test_a_training_list_given_as_test_list_names_the_test_file(tmp_path, tiny_video):
     """msrvtt_ret_train9k.json has one item per caption: nearly every item repeats a video."""
     items = [{"video": f"v{v}.mp4", "caption": f"caption {c} of video {v}"} for v in range(5) for c in range(4)]
-    anno = make_set(tmp_path, tiny_video, items)
+    anno = make_set(tmp_path, tiny_video, items).rename(tmp_path / "msrvtt_ret_train9k.json")
     with pytest.raises(VmmError, match=r"item 1 lists video 'v0.mp4' again \(first at item 0; 15 of 20 items repeat "
                                        r"a video\).*looks like a training list .*pass the test file "
                                        r"msrvtt_ret_test1k.json$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
+    # The user's own videos (the README evaluates them as msrvtt) have no test file to pass instead of theirs.
+    anno = make_set(tmp_path, tiny_video, items)
+    with pytest.raises(VmmError, match=r"list each video once, with all its captions in one list; this looks like a "
+                                       r"training list \(one item per caption\), merge each video's items into one$"):
         load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt")
     # Three items of one video are a hand-made slip, too few to call a training list.
     anno = make_set(tmp_path, tiny_video, items[:3])
@@ -272,6 +280,62 @@ def test_a_video_listed_by_an_absolute_path_says_the_folder_is_not_used(tmp_path
     # the same fix when --allow-missing finds none of them
     assert extension_hint(tmp_path / "videos" / listed, tmp_path / "videos").startswith(f"'{listed}' is an absolute")
     assert extension_hint(tmp_path / "videos" / "v9.mp4", tmp_path / "videos") == ""  # just not there
+
+
+@pytest.mark.parametrize("listed, scheme", [("https://example.org/clips/v0.mp4", "https"),
+                                            ("file:///data/clips/v0.mp4", "file"), ("s3://bucket/v0.mp4", "s3")])
+def test_a_video_listed_by_url_says_the_entries_must_be_files(tmp_path, tiny_video, listed, scheme):
+    """Joined to the folder a URL is a path through a folder named 'https:', and the error said to point the videos
+    folder at the folder that holds the videos."""
+    anno = make_set(tmp_path, tiny_video, [{"video": listed, "caption": "x"}, {"video": "v1.mp4", "caption": "y"}],
+                    present=["v1.mp4"])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; the entry of v0.mp4 is a {scheme} URL, not a file path; download the videos "
+                                   "and write the 'video' entries relative to the videos folder")
+    # a folder whose name merely has a colon in it is no URL
+    assert extension_hint(tmp_path / "videos" / "take:2" / "v0.mp4", tmp_path / "videos") == ""
+
+
+def test_a_videos_folder_one_level_off_names_the_folder_that_holds_them(tmp_path, tiny_video):
+    """MSRVTT.zip unpacks to MSRVTT/videos/all: given the folder above or below the one the entries are relative to,
+    the error only said to point the videos folder 'at the folder that holds them'."""
+    items = [{"video": f"video{i}.mp4", "caption": "x"} for i in range(3)]
+    anno = make_set(tmp_path, tiny_video, items, present=[f"all/video{i}.mp4" for i in range(3)])
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; {tmp_path / 'videos' / 'all'} holds video0.mp4: pass that folder as the "
+                                   "videos folder")
+    prefixed = tmp_path / "prefixed.json"
+    prefixed.write_text(json.dumps([{"video": f"all/video{i}.mp4", "caption": "x"} for i in range(3)]))
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(prefixed, tmp_path / "videos" / "all", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; {tmp_path / 'videos'} holds all/video0.mp4: pass that folder as the videos "
+                                   "folder")
+    # Where the other videos are found, a copy of the missing one in a subfolder says nothing about the folder.
+    shutil.copyfile(tiny_video, tmp_path / "videos" / "video1.mp4")
+    shutil.copyfile(tiny_video, tmp_path / "videos" / "video2.mp4")
+    with pytest.raises(VmmError, match=r"are missing \(.*video0\.mp4\); POINT ELSEWHERE$"):
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+
+
+def test_a_video_that_is_a_dangling_symbolic_link_names_its_target(tmp_path, tiny_video):
+    """A folder of links into a drive that is not mounted: the error said to point the videos folder at the folder
+    that holds them, which is the one given (`ls` lists every name)."""
+    anno = make_set(tmp_path, tiny_video, [{"video": "v0.mp4", "caption": "x"}, {"video": "v1.mp4", "caption": "y"}],
+                    present=["v1.mp4"])
+    gone = tmp_path / "unmounted" / "v0.mp4"
+    (tmp_path / "videos" / "v0.mp4").symlink_to(gone)
+    with pytest.raises(VmmError) as err:
+        load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt", missing_hint="POINT ELSEWHERE")
+    assert str(err.value).endswith(f"; {tmp_path / 'videos' / 'v0.mp4'} is a symbolic link to {gone}, which is not a "
+                                   "file (a drive not mounted, or a target moved or deleted?); restore the target or "
+                                   "re-create the link")
+    # once the target is back, the link is a video like any other
+    gone.parent.mkdir()
+    shutil.copyfile(tiny_video, gone)
+    assert load_retrieval_dataset(anno, tmp_path / "videos", "msrvtt").videos == [tmp_path / "videos" / "v0.mp4",
+                                                                                  tmp_path / "videos" / "v1.mp4"]
 
 
 def test_a_video_named_in_another_unicode_form_says_so(tmp_path, tiny_video):

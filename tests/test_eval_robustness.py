@@ -289,6 +289,16 @@ def test_a_video_listed_twice_is_refused(tmp_path):
         load_retrieval_dataset(tmp_path / "dup.json", tmp_path, "msrvtt")
 
 
+def test_a_video_entry_with_a_nul_character_is_one_line_with_an_output(data, tmp_path, capsys, no_evaluation):
+    """Resolving the outputs' inputs met the NUL: "ValueError: embedded null byte", a traceback."""
+    items = json.loads((data / "ok.json").read_text())
+    items[2]["video"] = "square\0.mp4"
+    (tmp_path / "nul.json").write_text(json.dumps(items))
+    assert main(eval_args(data, "--json", str(tmp_path / "r.json"), annotations=tmp_path / "nul.json")) == 2
+    assert "item 2 has the 'video' entry 'square\\x00.mp4', with a NUL character" in one_line_error(capsys)
+    assert not (tmp_path / "r.json").exists()
+
+
 @pytest.mark.parametrize("caption", ["", "   ", "!!!"])
 def test_a_caption_empty_after_cleaning_is_refused(data, tmp_path, capsys, caption):
     items = json.loads((data / "ok.json").read_text())
@@ -494,6 +504,13 @@ def test_allow_missing_with_no_video_found_says_what_to_fix(data, tmp_path, caps
     assert main(args) == 2
     assert one_line_error(capsys).endswith(f"exist in {tmp_path}; point videos= (--videos) at the folder that holds "
                                            "them")
+    # the folder above the videos: the one that holds them is named, with --allow-missing or without
+    for extra in ((), ("--allow-missing",)):
+        args = eval_args(data, *extra)
+        args[args.index("--videos") + 1] = str(data)
+        assert main(args) == 2
+        assert one_line_error(capsys).endswith(f"; {data / 'vids'} holds red.mp4: pass that folder as the videos "
+                                               "folder")
 
 
 def report_for(tmp_path, dataset, file_name, captions, listed=3, missing=(), weights=RELEASED_25M, model=None):

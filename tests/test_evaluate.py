@@ -357,6 +357,22 @@ def test_benchmark_script_ctrl_c_is_one_line(data, tmp_path, monkeypatch, capsys
     assert not (tmp_path / "b.json").exists()
 
 
+def test_benchmark_script_refuses_far_more_decoders_than_cpus_as_vmm_eval(data, tmp_path, monkeypatch, capsys):
+    """--workers 64 on a 2-core machine started 64 decoder processes; vmm eval refused it."""
+    import retrieval.evaluate as ev
+
+    def started(config):
+        raise AssertionError(f"evaluated with {config.workers} workers")
+    monkeypatch.setattr(ev, "evaluate", started)
+    too_many = 4 * (os.cpu_count() or 1) + 1
+    code = ev.benchmark_main("msrvtt", ["--annotations", str(data["msrvtt"]), "--videos", str(data["videos"]),
+                                        "--model", str(data["model"]), "--workers", str(too_many),
+                                        "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
+    assert code == 2 and capsys.readouterr().err == (f"error: --workers {too_many} is far above the {os.cpu_count()} "
+                                                     f"CPUs of this machine; pass at most {too_many - 1} (or omit "
+                                                     "--workers for the default)\n")
+
+
 def test_benchmark_script_usage_mistakes_are_one_line(capsys):
     """The retrieval scripts printed argparse's whole usage block before the error, unlike every other command."""
     import retrieval.evaluate as ev

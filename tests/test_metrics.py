@@ -229,6 +229,43 @@ def test_metrics_match_a_float64_reference_with_ties_and_several_captions():
             assert m[direction] == pytest.approx(expected, abs=1e-9)
 
 
+def _placed_at(rng, n_candidates: int, gts: list[int], rank: int) -> np.ndarray:
+    """One score row whose best ground truth has exactly ``rank`` candidates above it: those tie with each other, the
+    rest tie below it, and the other ground truths sit lower still, so the rank does not depend on any tie order."""
+    row = np.zeros(n_candidates, dtype=np.float32)
+    others = rng.permutation(np.setdiff1d(np.arange(n_candidates), gts))
+    assert rank <= len(others)
+    row[others[:rank]] = 3.0
+    best, *rest = rng.permutation(gts)
+    row[best] = 2.0
+    row[rest] = -1.0
+    return row
+
+
+def test_metrics_equal_a_brute_force_count_with_ranks_either_side_of_1_5_10():
+    rng = np.random.default_rng(7)
+    boundary = [0, 1, 3, 4, 5, 6, 8, 9, 10, 11, 30]  # 0-based ranks either side of R@1, R@5 and R@10
+    for _ in range(20):
+        captions = rng.integers(1, 4, size=int(rng.integers(32, 45)))  # several captions per video; >= 31 candidates
+        txt2vid = [v for v, n in enumerate(captions) for _ in range(n)]
+        vid2txt = [[t for t, owner in enumerate(txt2vid) if owner == v] for v in range(len(captions))]
+        wanted = {d: rng.choice(boundary, size=n) for d, n in (("v2t", len(vid2txt)), ("t2v", len(txt2vid)))}
+        # the two directions as two matrices, as after re-ranking: rows of ties everywhere but at the ground truth
+        v2t = np.stack([_placed_at(rng, len(txt2vid), gt, r) for gt, r in zip(vid2txt, wanted["v2t"])])
+        t2v = np.stack([_placed_at(rng, len(vid2txt), [v], r) for v, r in zip(txt2vid, wanted["t2v"])])
+        measured = retrieval_metrics(torch.from_numpy(v2t), t2v, txt2vid, {v: gt for v, gt in enumerate(vid2txt)})
+        for direction, ranks in wanted.items():
+            ranks = sorted(int(r) for r in ranks)
+            n = len(ranks)
+            expected = {f"R@{k}": 100 * sum(r < k for r in ranks) / n for k in (1, 5, 10)}
+            middle = (ranks[(n - 1) // 2] + ranks[n // 2]) / 2
+            expected.update(MdR=middle + 1, MnR=sum(ranks) / n + 1, count=n)
+            assert measured[direction] == pytest.approx(expected, abs=1e-12), direction
+            counted = {f"{'txt' if direction == 'v2t' else 'img'}_r{k}": round(expected[f"R@{k}"], 2)
+                       for k in (1, 5, 10)}
+            assert counted.items() <= to_official_keys(measured).items()
+
+
 def test_torch_and_bf16_inputs_are_evaluated_as_float32():
     itc = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.bfloat16)
     m = retrieval_metrics(itc, itc.T, [0, 1], [[0], [1]])
@@ -354,6 +391,31 @@ def test_paper_table_is_complete_and_looked_up_by_checkpoint_or_model_name():
     assert paper_row("didemo", "videomamba_m16_17m")["t2v"]["R@10"] == 76.8
     assert paper_row("activitynet", "videomamba_m16_25m")["v2t"] == {"R@1": 37.1, "R@5": 65.0, "R@10": 75.1}
     assert paper_row("lsmdc", "videomamba_m16_5m")["t2v"]["R@1"] == 18.0
+
+
+def _published_table(page: str, start: str, end: str) -> dict:
+    """The R@1 / R@5 / R@10 table between ``start`` and ``end`` of a Markdown page, as PAPER_ZERO_SHOT holds it."""
+    names = {"MSRVTT": "msrvtt", "DiDeMo": "didemo", "ActivityNet": "anet", "LSMDC": "lsmdc", "MSVD": "msvd"}
+    parsed: dict = {}
+    dataset = None
+    for line in page[page.index(start):page.index(end)].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[1] not in ("T2V", "V2T"):
+            continue
+        dataset = names[cells[0].split()[0]] if cells[0] else dataset
+        for corpus, cell in zip(("5M", "17M", "25M"), cells[2:]):
+            numbers = tuple(float(x) for x in cell.replace("*", "").split(" / "))
+            parsed.setdefault(dataset, {}).setdefault(corpus, {})[cells[1].lower()] = numbers
+    return parsed
+
+
+def test_paper_table_is_the_specs_and_the_docs_to_the_last_digit(reference_dir):
+    """Every published number against the spec's table (section 5.4) and the one docs/evaluation.md shows."""
+    from pathlib import Path
+    spec = (reference_dir / "videomamba_official.md").read_text(encoding="utf-8")
+    assert _published_table(spec, "### 5.4 Zero", "Notes on these numbers") == PAPER_ZERO_SHOT
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    assert _published_table(doc, "## 6. Published numbers", "## 7.") == PAPER_ZERO_SHOT
 
 
 @pytest.mark.parametrize(

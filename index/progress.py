@@ -8,9 +8,10 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TextIO
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,42 @@ def _rich_bar(files_total: int):
     task = bar.add_task("indexing", total=files_total, clips=0, rate=0.0)
     bar.start()
     return bar, task
+
+
+def log_lines(stream: TextIO | None = None, every: float = 60.0,
+              label: str = "indexing") -> Callable[[ProgressUpdate], None]:
+    """A progress callback for a log (a batch job's output, ``nohup``, a pipe), where a bar cannot redraw and left
+    only its last frame: a plain line with the first update, at most one every ``every`` seconds after it, and one
+    when the last file is done. ``stream`` defaults to stderr at call time.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> report = log_lines(out, every=1.0)
+    >>> for done, clips, seconds in [(0, 4, 2.0), (1, 8, 3.0), (2, 12, 3.5), (4, 20, 10.0)]:
+    ...     report(ProgressUpdate(done, 4, clips, seconds, None))
+    >>> print(out.getvalue(), end="")
+    indexing: 0/4 files, 4 clips, 2.0 clips/s, 0:00:02 elapsed
+    indexing: 1/4 files, 8 clips, 2.7 clips/s, 0:00:03 elapsed, about 0:00:09 left
+    indexing: 4/4 files, 20 clips, 2.0 clips/s, 0:00:10 elapsed
+    """
+    state = {"printed_at": None, "finished": False}
+
+    def report(update: ProgressUpdate) -> None:
+        finished = update.files_done >= update.files_total
+        if state["finished"] or (state["printed_at"] is not None and not finished
+                                 and update.elapsed - state["printed_at"] < every):
+            return
+        line = (f"{label}: {update.files_done}/{update.files_total} files, {update.clips_done} clips, "
+                f"{update.clips_per_second:.1f} clips/s, {_clock(update.elapsed)} elapsed")
+        if 0 < update.files_done < update.files_total:
+            left = update.elapsed / update.files_done * (update.files_total - update.files_done)
+            line += f", about {_clock(left)} left"
+        print(line, file=stream or sys.stderr, flush=True)
+        state.update(printed_at=update.elapsed, finished=finished)
+
+    return report
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(default: the library's setting, else auto)")
     p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
     p.add_argument("--remove", action="store_true", help="drop PATHs from the library instead of indexing them")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (drawn only when stderr is a terminal)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal; where stderr is a log, a line a minute)")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as one JSON object (counts, failures) instead of the summary line")
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
                   retry_failed=args.retry_failed, factory=args.factory,
-                  progress=not args.quiet and sys.stderr.isatty(),  # a log got the bar's last frame as a line
+                  progress=_progress(args.quiet, launch),
                   on_open=lambda folder: _write_model_file(folder, model, checkpoint, frames))
     if distributed:
         from index.distributed import build_library_distributed
@@ -159,6 +160,17 @@ def _summary_report(summary) -> dict:
 def _print_json(report: dict) -> None:
     import json
     print(json.dumps(report, indent=2))
+
+
+def _progress(quiet: bool, launch):
+    """A bar on a terminal; in a log (a batch job's output) a plain line a minute, each rank its own: a bar there left
+    only its last frame, and hours of indexing showed nothing."""
+    if quiet:
+        return False
+    if sys.stderr.isatty():
+        return True
+    from index.progress import log_lines
+    return log_lines(label="indexing" if launch is None else f"rank {launch.rank}: indexing")
 
 
 def _launch():

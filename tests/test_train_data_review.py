@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from vmm.errors import VmmError
 from vmm.training.data import Corpus, EpochPlan, PretrainDataset, load_annotation_corpus, training_plan
 from vmm.transforms import TrainTransform
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
 
 
 def test_repeats_of_an_upweighted_corpus_draw_their_own_caption_and_frames(tmp_path):
@@ -55,6 +58,32 @@ def test_a_weight_that_leaves_a_corpus_no_sample_is_refused_naming_the_option():
     corpora[1].weight = 0.1
     plan = training_plan(corpora, "random", batch_size=4, world=1, seed=0)
     assert sum(c == 1 for b in plan.global_batches(0) for _, c, _ in b) <= 1 and plan.counts == [100, 1]
+
+
+def test_images_too_few_for_one_batch_beside_videos_are_refused_by_check(tmp_path, capsys):
+    """A batch holds one kind: 3 images beside 5 videos at batch 4 gave every epoch video batches only, so the image
+    corpus was never trained on while --check said "ok ... 2 corpora (8 items)". At weight 2 (6 images) it trains."""
+    from PIL import Image
+
+    from vmm.data.synthetic import generate_corpus
+    from vmm.train import main
+    generate_corpus(tmp_path / "clips", num_videos=5, seed=0, size=32, seconds=1.0, workers=1, splits=(1, 0, 0))
+    for i in range(3):
+        Image.new("RGB", (32, 32), (80 * i, 0, 0)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "images.json").write_text(json.dumps([{"image": f"{i}.jpg", "caption": f"red {i}"} for i in range(3)]))
+
+    def check(weight: float) -> tuple[int, str]:
+        code = main(["--config", str(TINY), "loss.uta=0", f"train.output_dir={tmp_path / 'run'}",
+                     f"data.train=[{{'anno': '{tmp_path / 'clips/train.json'}', 'root': '{tmp_path / 'clips'}'}}, "
+                     f"{{'anno': '{tmp_path / 'images.json'}', 'root': '{tmp_path}', 'weight': {weight}}}]", "--check"])
+        return code, capsys.readouterr()
+    code, out = check(1)
+    assert code == 2 and out.err.splitlines()[-1] == (
+        "error: data.train[1] (images) gives 3 image samples per epoch, fewer than one batch of 4 (data.batch_size=4 "
+        "x 1 processes; a batch never mixes images and videos), so they would never be trained on; raise "
+        "data.train[1].weight, lower data.batch_size or add images")
+    code, out = check(2)
+    assert code == 0 and out.out.startswith("ok: ")
 
 
 @pytest.mark.parametrize("rank_var, size_var", [("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),

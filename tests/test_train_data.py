@@ -449,3 +449,14 @@ def test_tar_videos_decord_cannot_copy_out_are_read_by_pyav_with_the_same_draw(t
     for epoch in range(2):
         sample = from_tar[(epoch, 0, 0)]
         assert sample["failed"] == [] and torch.equal(sample["video"], from_file[(epoch, 0, 0)]["video"])
+
+
+def test_an_audio_only_file_is_skipped_as_having_no_video_stream(tmp_path):
+    # decord refuses it and PyAV took its missing video stream for one: the skip said "AttributeError: 'NoneType'
+    # object has no attribute 'codec_context'".
+    from index.decode import DecodeFailure
+    from tests.videos import write_audio_only
+    from vmm.training.data import read_video_frames
+    path = write_audio_only(str(tmp_path / "song.mp4"))
+    with pytest.raises(DecodeFailure, match="^no video stream in the container$"):
+        read_video_frames(path, 4, random.Random(0))

@@ -35,6 +35,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A command run in-process with --threads 1 (vmm encode, vmm classify) set torch's thread count for the rest
+    of the session: every later test ran on one thread in the suite and on all cores alone."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     for item in items:
@@ -67,6 +76,25 @@ def terminal_sigint() -> None:
     the command then rightly keeps it ignored, as under nohup."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def reserved_port():
+    """A socket bound, not listening, to a free localhost TCP port: the MASTER_PORT of rank processes, kept until
+    they have started (pass its fd to them, or hold it while they run). A port found free and let go at once went
+    back to the kernel's pool of ephemeral ports: any connection opened before rank 0 listened on it (gloo's own
+    between ranks, another job's on a shared host) could take it, and rank 0 failed with "address already in use".
+    Bound with SO_REUSEADDR it is handed to no other socket, while torch's store, which binds with SO_REUSEADDR
+    too, can still listen on it.
+
+    >>> with reserved_port() as held:
+    ...     1024 <= held.getsockname()[1] < 65536
+    True
+    """
+    import socket
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
 
 
 @contextlib.contextmanager

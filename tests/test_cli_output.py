@@ -152,8 +152,8 @@ def test_index_into_a_log_writes_plain_progress_lines_not_a_bar(lib, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("indexed 3 files (3 clips)"), (r.stdout, r.stderr)
     lines = r.stderr.splitlines()
-    assert 1 <= len(lines) <= 2 and lines[-1].startswith("indexing: 3/3 files, 3 clips, "), r.stderr
-    assert all(re.fullmatch(r"indexing: \d/3 files, \d clips, [\d.]+ clips/s, 0:00:\d\d elapsed.*", line)
+    assert lines and lines[-1].startswith("indexing: 3/3 files, 3 clips, "), r.stderr
+    assert all(re.fullmatch(r"indexing: \d/3 files, \d clips, [\d.]+ clips/s, \d+:\d\d:\d\d elapsed.*", line)
                for line in lines), r.stderr
     (tmp_path / "more").mkdir()
     videos.write_solid(str(tmp_path / "more" / "grey.mp4"), (128, 128, 128))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests import videos
+from tests.conftest import reserved_port
 from index.decode import plan_windows
 from index.encoder import ColorHistogramEncoder
 from index.ingest import build_library
@@ -283,22 +284,18 @@ sys.exit(main(["index", {root!r}, "--library", {library!r}, "--model", "color-hi
 def test_rank_0_killed_while_planning_tells_the_other_ranks_in_one_line(tmp_path):
     """The other ranks wait for rank 0's plan; when rank 0 died there, they ended with a traceback of an internal
     exception (index.distributed._PeerLost) instead of the 'lost contact' error of a rank lost later."""
-    import socket
-
     root, library = tmp_path / "media", tmp_path / "library"
     root.mkdir()
     videos.write_solid(str(root / "red.mp4"), videos.RED, seconds=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     environ = {k: v for k, v in os.environ.items() if k not in ("VMM_RUN_ID", "SLURM_JOB_ID", "LOCAL_WORLD_SIZE")}
     script = RANK_CLI.format(paths=[str(REPO)], root=str(root), library=str(library))
-    ranks = [subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-             for rank in (0, 1)]
-    (_, _), (_, err) = [rank.communicate(timeout=120) for rank in ranks]
+    with reserved_port() as held:
+        ranks = [subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(held.getsockname()[1])})
+                 for rank in (0, 1)]
+        (_, _), (_, err) = [rank.communicate(timeout=120) for rank in ranks]
     assert ranks[0].returncode == -signal.SIGKILL
     lines = err.strip().splitlines()
     assert ranks[1].returncode == 2 and len(lines) == 1, err

@@ -11,7 +11,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests import videos
+from tests.conftest import reserved_port
 from index import distributed
 from index.distributed import assign_shards, build_library_distributed, launch_info
 from index.encoder import ColorHistogramEncoder
@@ -79,34 +79,35 @@ def make_media(root: Path) -> None:
     videos.write_text(str(root / "broken.mp4"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_ranks(root: Path, library: Path, *, world: int = 2, torch_group: bool = True, run_id: str = "",
                 prelude: dict | None = None, hook: dict | None = None,
                 postlude: dict | None = None) -> list[subprocess.Popen]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MASTER_ADDR", "MASTER_PORT", "VMM_RUN_ID", "SLURM_JOB_ID")}
     env.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    held = reserved_port()
     if torch_group:
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(held.getsockname()[1]))
     else:
         env["VMM_RUN_ID"] = run_id
     procs = []
-    for rank in range(world):
-        script = RANK_SCRIPT.format(paths=[str(REPO), str(REPO / "tests")], root=str(root), library=str(library),
-                                    prelude=(prelude or {}).get(rank, ""), hook=(hook or {}).get(rank),
-                                    postlude=(postlude or {}).get(rank, ""))
-        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), text=True,
-                                      env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    with held:  # the ranks inherit it: the port stays theirs until they end
+        for rank in range(world):
+            script = RANK_SCRIPT.format(paths=[str(REPO), str(REPO / "tests")], root=str(root), library=str(library),
+                                        prelude=(prelude or {}).get(rank, ""), hook=(hook or {}).get(rank),
+                                        postlude=(postlude or {}).get(rank, ""))
+            procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=str(REPO), text=True,
+                                          env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(held.fileno(),)))
     return procs
 
 
-def finish(procs: list[subprocess.Popen], timeout: float = 60.0) -> list[tuple[int, str, str]]:
+# Ranks end by themselves in seconds; this only catches a hang. 30 s ran out on a busy 2-core machine for ranks
+# that had already printed their last line.
+HANG_S = 300
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = HANG_S) -> list[tuple[int, str, str]]:
     outcomes = []
     for proc in procs:
         try:
@@ -116,6 +117,13 @@ def finish(procs: list[subprocess.Popen], timeout: float = 60.0) -> list[tuple[i
                 proc.kill()
         outcomes.append((proc.returncode, out, err))
     return outcomes
+
+
+def kill_once_staged(procs: list[subprocess.Popen], library: Path, victim: int) -> None:
+    deadline = time.monotonic() + HANG_S
+    while staged_batches(library, victim) < 1 and procs[victim].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs[victim].send_signal(signal.SIGKILL)
 
 
 def run_ranks(root: Path, library: Path, **kwargs) -> list[dict]:
@@ -227,10 +235,7 @@ def test_killed_rank_and_killed_merge_then_rerun(tmp_path):
 
     # 1) SIGKILL rank 1 once it has staged a file; rank 0 notices, merges what is staged, and fails.
     procs = start_ranks(root, library, hook={1: "tests.videos:slow_decode"})
-    deadline = time.monotonic() + 60
-    while staged_batches(library, 1) < 1 and procs[1].poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGKILL)
+    kill_once_staged(procs, library, 1)
     (code0, _, err0), (code1, _, _) = finish(procs)
     assert code1 == -signal.SIGKILL
     assert code0 != 0 and "did not finish" in err0 and "run the same command again" in err0
@@ -257,13 +262,6 @@ def test_killed_rank_and_killed_merge_then_rerun(tmp_path):
 FAST_HEARTBEAT = "import index.distributed as d; d._HEARTBEAT_S = 0.1; d._SILENCE_S = 2.0"
 
 
-def kill_once_staged(procs: list[subprocess.Popen], library: Path, victim: int) -> None:
-    deadline = time.monotonic() + 60
-    while staged_batches(library, victim) < 1 and procs[victim].poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    procs[victim].send_signal(signal.SIGKILL)
-
-
 @pytest.mark.slow
 def test_file_barriers_give_up_on_a_killed_rank_then_rerun(tmp_path):
     """With file barriers no connection breaks when a rank dies: the others waited barrier_timeout, 24 h."""
@@ -280,7 +278,7 @@ def test_file_barriers_give_up_on_a_killed_rank_then_rerun(tmp_path):
     procs = start_ranks(root, library, torch_group=False, run_id="killed-1", prelude=fast,
                         hook={0: "tests.videos:slow_decode"})
     kill_once_staged(procs, library, 1)
-    (code0, _, err0), (code1, _, _) = finish(procs, timeout=30)
+    (code0, _, err0), (code1, _, _) = finish(procs)
     assert code1 == -signal.SIGKILL
     assert code0 != 0 and "rank 1 did not finish its shard" in err0
     partial = contents(library)
@@ -292,7 +290,7 @@ def test_file_barriers_give_up_on_a_killed_rank_then_rerun(tmp_path):
     while not (library / ".staging" / "killed-2" / "rank-00001" / "done.json").exists() and procs[1].poll() is None:
         time.sleep(0.02)
     procs[0].send_signal(signal.SIGKILL)
-    (code0, _, _), (code1, _, err1) = finish(procs, timeout=30)
+    (code0, _, _), (code1, _, err1) = finish(procs)
     assert code0 == -signal.SIGKILL
     assert code1 != 0 and "lost contact with the other ranks (rank 0 gave no sign of life for 2 s" in err1
     assert_whole_files_of(contents(library), contents(reference))
@@ -637,8 +635,9 @@ def test_barrier_timeout_of_the_wrong_type_is_named_and_inf_means_no_limit(tmp_p
         build_library_distributed([str(tmp_path)], str(tmp_path / "lib"), ColorHistogramEncoder(), rank=0,
                                   world_size=2, coordination="files", run_id="x", barrier_timeout="3600")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    coordinator = distributed._TorchCoordinator(launch_info(0, 1, environ={}), math.inf)
+    with reserved_port() as held:
+        monkeypatch.setenv("MASTER_PORT", str(held.getsockname()[1]))
+        coordinator = distributed._TorchCoordinator(launch_info(0, 1, environ={}), math.inf)
     try:
         coordinator.barrier("only")
         assert coordinator.broadcast("plan", {"error": None}) == {"error": None}

@@ -131,12 +131,13 @@ def test_a_lock_file_this_user_cannot_write_is_named_not_the_folder(tmp_path):
                                               f"(chmod g+w '{library}'/*)\n"), r.stderr
 
 
+# Reads the library at least argv[2] times, and until the file argv[3] says the owner has written it ten times
+# meanwhile: six seconds of reads were two on a busy machine.
 READ_LOOP = """
-import collections, json, sys, time
+import collections, json, os, sys
 from index.reader import open_library
 reads, problems = 0, collections.Counter()
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
+while reads < int(sys.argv[2]) or not os.path.exists(sys.argv[3]):
     try:
         with open_library(sys.argv[1]) as reader:
             per_file = collections.Counter(reader._clip_files.tolist())
@@ -182,7 +183,7 @@ def test_a_library_this_user_cannot_write_is_read_whole_while_its_owner_writes(t
         for tag in range(40):
             w.catalog.commit(batch(tag))
     library.chmod(0o555)
-    stop, cycles = threading.Event(), [0]
+    stop, cycles, written = threading.Event(), [0], tmp_path / "written ten times"
 
     def write():  # the owner: a run that opens the library, commits, drops an older folder and closes, again
         tag = 40
@@ -191,20 +192,23 @@ def test_a_library_this_user_cannot_write_is_read_whole_while_its_owner_writes(t
                 writer.catalog.commit(batch(tag))
                 writer.catalog.commit(remove=[r.id for r in writer.catalog.files(under=[f"/videos/{tag - 40}"])])
             tag, cycles[0] = tag + 1, cycles[0] + 1
+            if cycles[0] == 10:
+                written.touch()
             stop.wait(0.02)
 
     thread = threading.Thread(target=write)
     thread.start()
     try:
-        r = subprocess.run([*DROP_CAPS, sys.executable, "-c", READ_LOOP, str(library), "6"], capture_output=True,
-                           text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        r = subprocess.run([*DROP_CAPS, sys.executable, "-c", READ_LOOP, str(library), "40", str(written)],
+                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                           timeout=300)
     finally:
         stop.set()
         thread.join()
         library.chmod(0o755)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["problems"] == {} and result["reads"] >= 10 and cycles[0] >= 10, (result, cycles)
+    assert result["problems"] == {} and result["reads"] >= 40 and cycles[0] >= 10, (result, cycles)
 
 
 # The reader's first connection finds no -shm file and may not make one; this pauses it there, after SQLite's

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from vmm.training import losses
 from vmm.training.config import LossSection
 from vmm.training.objective import PretrainObjective
 from vmm.training.optim import freeze, lr_factor, no_weight_decay_names, param_groups
+from tests.conftest import reserved_port
 
 TEXT = dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             fusion_layer=1, max_position_embeddings=64, mlm_head=True)
@@ -123,12 +123,6 @@ def test_vtc_multi_positive_targets_match_a_direct_computation():
     assert torch.allclose(losses.vtc_loss(v, t, idx, temp), expected, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _distributed_worker(rank: int, world: int, port: int, folder: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -179,7 +173,8 @@ def test_two_process_gathered_vtc_has_the_official_loss_and_gradients(real_batch
     model = tiny_model().eval()
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(real_batch, tmp_path / "batch.pt")
-    mp.spawn(_distributed_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    with reserved_port() as held:
+        mp.spawn(_distributed_worker, args=(2, held.getsockname()[1], str(tmp_path)), nprocs=2, join=True)
 
     objective = PretrainObjective(model, LossSection(vtc=1.0, vtm=0.0, mlm=0.0), 103, SPECIALS)
     out = objective(real_batch["video"], real_batch["input_ids"], real_batch["attention_mask"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,6 +63,12 @@ IN_USE = (r"^train\.output_dir {out} is in use by a run that is still going \(pi
           r"it to end, stop it, or choose another train\.output_dir$")
 
 
+def in_use(out: Path) -> str:
+    """IN_USE for a folder this process holds, with its path and the host name escaped: a TMPDIR such as /tmp/ci+1
+    made the pattern miss the message."""
+    return IN_USE.format(out=re.escape(str(out)), pid=os.getpid(), host=re.escape(socket.gethostname()))
+
+
 def test_a_live_runs_folder_is_refused_to_a_new_run_and_to_a_resume(four_steps, corpus, tmp_path):
     """A second run into a folder holding a live run's first files was told to `rm -r` it (deleting the live run);
     a resume=auto of a live run's folder resumed it, and both wrote its checkpoints and metrics."""
@@ -74,8 +81,7 @@ def test_a_live_runs_folder_is_refused_to_a_new_run_and_to_a_resume(four_steps, 
                        (busy, ["train.resume=auto", "schedule.max_steps=6"])]:
         lock = RunLock(out)  # the live run, in this process
         try:
-            with pytest.raises(VmmError, match=IN_USE.format(out=out, pid=os.getpid(),
-                                                             host=socket.gethostname())):
+            with pytest.raises(VmmError, match=in_use(out)):
                 check_inputs(cfg(corpus, out, *extra))
         finally:
             lock.release()
@@ -93,7 +99,7 @@ def test_a_run_started_while_another_checks_the_folder_again_under_the_lock(corp
     out.mkdir()
     lock = RunLock(out)
     try:
-        with pytest.raises(VmmError, match=IN_USE.format(out=out, pid=os.getpid(), host=socket.gethostname())):
+        with pytest.raises(VmmError, match=in_use(out)):
             train(cfg(corpus, out, "schedule.max_steps=1"), inputs)
     finally:
         lock.release()
@@ -110,8 +116,8 @@ def test_a_resume_auto_that_finds_a_checkpoint_only_under_the_lock_is_refused(fo
     auto = cfg(corpus, out, "schedule.max_steps=6", "train.resume=auto")
     inputs = check_inputs(auto)
     shutil.copytree(four_steps / "checkpoints", out / "checkpoints")
-    with pytest.raises(VmmError, match=rf"^train\.output_dir {out} was changed by another run while this one "
-                                       r"started; run the command again$"):
+    with pytest.raises(VmmError, match=rf"^train\.output_dir {re.escape(str(out))} was changed by another run "
+                                       r"while this one started; run the command again$"):
         train(auto, inputs)
     assert not (out / "metrics.jsonl").exists()
 
@@ -152,8 +158,9 @@ def test_another_runs_checkpoint_is_not_continued_in_a_folder_holding_a_run(four
     other = tmp_path / "other"
     shutil.copytree(four_steps, other)
     before = contents(other)
-    with pytest.raises(VmmError, match=rf"^train\.output_dir {other} already holds checkpoints of a run; pass "
-                                       r"train\.resume=auto to continue it or choose a new train\.output_dir$"):
+    with pytest.raises(VmmError, match=rf"^train\.output_dir {re.escape(str(other))} already holds checkpoints of a "
+                                       r"run; pass train\.resume=auto to continue it or choose a new "
+                                       r"train\.output_dir$"):
         train(cfg(corpus, other, "schedule.max_steps=3", f"train.resume={four_steps}/checkpoints/step_00000002"))
     assert contents(other) == before
     # Its own earlier checkpoint (another continuation, as documented) and a new folder are still fine.
@@ -168,9 +175,9 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_the_folder_reusable(cor
     folder as 'not empty'."""
     out = tmp_path / "run"
     inputs = check_inputs(cfg(corpus, out, "schedule.max_steps=1"))
-    with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write train_config\.yaml in {out} \(File too "
-                                       r"large; .* MB free there\); free disk space, then run again into a new or "
-                                       r"empty train\.output_dir$"):
+    with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot write train_config\.yaml in "
+                                       rf"{re.escape(str(out))} \(File too large; .* MB free there\); free disk "
+                                       r"space, then run again into a new or empty train\.output_dir$"):
         # train_config.yaml, the run's first file, is larger (with capsys, pytest's own capture file is limited too)
         with file_size_limit(600):
             train(cfg(corpus, out, "schedule.max_steps=1"), inputs)
@@ -193,8 +200,9 @@ def test_an_output_dir_through_a_link_to_a_missing_folder_is_refused_by_the_chec
     link = tmp_path / "scratch"
     link.symlink_to(tmp_path / "unmounted" / "runs")
     for out in (link, link / "run"):
-        with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot create {out} \({link} is a link to "
-                                           rf"{tmp_path}/unmounted/runs, which does not exist\); create that folder"):
+        with pytest.raises(VmmError, match=rf"^train\.output_dir: cannot create {re.escape(str(out))} "
+                                           rf"\({re.escape(str(link))} is a link to {re.escape(str(tmp_path))}/"
+                                           r"unmounted/runs, which does not exist\); create that folder"):
             check_inputs(cfg(corpus, out))
     assert not (tmp_path / "unmounted").exists()
 

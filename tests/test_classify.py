@@ -4,6 +4,7 @@ The test video is lossless RGB (FFV1), so both decoders return exactly the frame
 build the model input from those frames on its own, without going through vmm's decoding or preprocessing.
 """
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -520,7 +521,7 @@ def test_label_maps_are_read_in_index_order(tmp_path):
 ])
 def test_bad_label_files_are_named_with_the_fix(tmp_path, name, text, message):
     (tmp_path / name).write_text(text, encoding="utf-8")
-    with pytest.raises(VmmError, match=f"label file {tmp_path / name} .*{message}"):
+    with pytest.raises(VmmError, match=f"label file {re.escape(str(tmp_path / name))} .*{message}"):
         load_labels(tmp_path / name)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -172,9 +173,10 @@ def test_resuming_with_nothing_left_to_train_is_refused(uninterrupted, corpus, t
     # The 7-step run with its last checkpoint and final/ (the earlier checkpoints only cost copying time).
     shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns("step_00000003", "step_00000006"))
     before = (finished / "final" / "model.safetensors").read_bytes()
-    with pytest.raises(RunFinished, match=rf"^the run in {finished} is finished \(step_00000007 is its last step "
-                                          rf"for schedule.max_steps=7\): its final model is in {finished}/final; raise "
-                                          r"schedule.max_steps above 7 to train on$"):
+    finished_re = re.escape(str(finished))
+    with pytest.raises(RunFinished, match=rf"^the run in {finished_re} is finished \(step_00000007 is its last step "
+                                          rf"for schedule.max_steps=7\): its final model is in {finished_re}/final; "
+                                          r"raise schedule.max_steps above 7 to train on$"):
         train(tiny_cfg(corpus, finished, "schedule.max_steps=7", "train.resume=auto"))
     six = f"train.resume={uninterrupted / 'checkpoints/step_00000006'}"
     with pytest.raises(VmmError, match="is at step 6 and schedule.max_steps=5 leaves nothing to train; raise "
@@ -186,7 +188,7 @@ def test_resuming_with_nothing_left_to_train_is_refused(uninterrupted, corpus, t
                                        r"nothing to train; raise schedule.epochs or set schedule.max_steps above 6"):
         train(tiny_cfg(corpus, tmp_path / "epochs", "schedule.epochs=1", six))
     with pytest.raises(RunFinished, match=rf"last step for schedule.epochs=1.4 \(7 steps of 5 per epoch\).* final "
-                                          rf"model is in {finished}/final"):
+                                          rf"model is in {finished_re}/final"):
         train(tiny_cfg(corpus, finished, "schedule.epochs=1.4", "train.resume=auto"))
     assert (finished / "final" / "model.safetensors").read_bytes() == before
     assert metrics(finished) == metrics(uninterrupted)
@@ -349,7 +351,6 @@ def test_an_intermediate_checkpoint_starts_a_model_and_exports_for_retrieval(uni
     """A run's checkpoints/step_N (or its pytorch_model.bin) as model.init was refused as holding none of the
     model's tensors (they are the objective's, under 'model.'); and the documented way to give vmm index/eval the
     model of step N is to resume it into a new folder with schedule.max_steps=N, which exports without training."""
-    import re
     from vmm.errors import VmmError
     from vmm.training.loop import build_model
     step = uninterrupted / "checkpoints/step_00000003"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,18 +138,20 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
               "--precision", args.precision, "--result", str(result)]
     common += ["--cpu"] if args.cpu else []
     common += ["--grad-checkpointing"] if args.grad_checkpointing else []
-    if processes == 1:
-        cmd = [sys.executable] + common
-    else:
-        # The module, not the `accelerate` script beside the interpreter: pip install --user and system Pythons put
-        # scripts elsewhere, and every multi-process run ended in a FileNotFoundError traceback.
-        # Port 0: accelerate picks a free one. On the default 29500 a second job on the host (a training run, another
-        # benchmark) either took the port or, starting later, could reach this job's rendezvous store.
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", args.precision,
-               "--dynamo_backend", "no"] + common
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with reserved_port() as held:
+        if processes == 1:
+            cmd = [sys.executable] + common
+        else:
+            # The module, not the `accelerate` script beside the interpreter: pip install --user and system Pythons
+            # put scripts elsewhere, and every multi-process run ended in a FileNotFoundError traceback.
+            # A port of its own: on the default 29500 a second job on the host (a training run, another benchmark)
+            # either took the port or, starting later, could reach this job's rendezvous store. Not "0": accelerate
+            # before 1.7 (the project allows 0.30) passed it on to torchrun, and every job hung without a word.
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), "--num_machines", "1", "--main_process_port", str(held.getsockname()[1]),
+                   "--mixed_precision", args.precision, "--dynamo_backend", "no"] + common
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0 or not result.is_file():
         lines = (run.stderr or run.stdout).strip().splitlines()
         # The launcher's last line is often only its own summary, the job's error further up: the whole output is
@@ -159,6 +162,21 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
         error = (lines[-1] if lines else f"exit status {run.returncode}, no output")[:300]
         return {"model": model, "stage": stage, "processes": processes, "error": f"{error} (whole output: {log})"}
     return json.loads(result.read_text())
+
+
+def reserved_port() -> socket.socket:
+    """A socket bound, not listening, to a free localhost port, held while a job runs: no other socket is given the
+    port (one found free and let go at once could be taken before rank 0 listened), and torch's store, which binds
+    with SO_REUSEADDR too, still listens on it.
+
+    >>> with reserved_port() as held:
+    ...     1024 <= held.getsockname()[1] < 65536
+    True
+    """
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
 
 
 def main(argv=None) -> int:

@@ -167,7 +167,9 @@ def test_train_throughput_keeps_a_failed_jobs_whole_output_and_launches_on_a_fre
     (log,) = tmp_path.glob("train_throughput_vmm_nano_stage2_2p_*.log")
     assert str(log) in row["error"] and "RuntimeError: Connection closed by peer" in log.read_text()
     (cmd,) = launched
-    assert cmd[cmd.index("--main_process_port") + 1] == "0"
+    # a port of its own, not "0": accelerate before 1.7 passed 0 on to torchrun, and the job hung
+    port = int(cmd[cmd.index("--main_process_port") + 1])
+    assert 1024 <= port < 65536 and port != 29500
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_a_mid_epoch_resume_drawing_other_batches_is_refused(five_steps, corpus,
         train(cfg(corpus, tmp_path / "mid", "schedule.max_steps=5", f"train.resume={checkpoint}", "train.seed=5"))
 
 
-@pytest.mark.parametrize("extra, refusal", [("data.batch_size=2", "with 4 samples per micro-batch, this run has 2"),
+@pytest.mark.parametrize("extra, refusal", [("data.batch_size=3", "with 4 samples per micro-batch, this run has 3"),
                                             ("train.grad_accum=3", "into an epoch of 4, an epoch of this run has 3"),
                                             ("train.seed=5", "into epoch 0, whose batches this run draws differently")])
 def test_check_refuses_a_mid_epoch_resume_the_run_would_refuse(five_steps, corpus, tmp_path, capsys, extra, refusal):
@@ -95,6 +95,24 @@ def test_check_refuses_a_mid_epoch_resume_the_run_would_refuse(five_steps, corpu
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and err[-1].startswith(f"error: train.resume: {checkpoint} stopped ") and refusal in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("launcher", [{}, {"WORLD_SIZE": "2", "RANK": "0"}])
+def test_check_before_launching_takes_the_checkpoints_process_count(five_steps, corpus, tmp_path, capsys,
+                                                                      monkeypatch, launcher):
+    """The checkpoint of 4 samples per micro-batch is that of 2 processes of data.batch_size=2 too. `--check` run
+    before `accelerate launch` (no launcher: 1 process counted) refused it "with 4 samples per micro-batch, this run
+    has 2", a resume the launched run accepts."""
+    from vmm.train import main
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    code = main(["--config", TINY, f"data.train=[{{'anno': '{corpus / 'train.json'}', 'root': '{corpus}'}}]",
+                 f"train.output_dir={tmp_path / 'out'}", "loss.uta=0", "schedule.max_steps=5", "data.batch_size=2",
+                 f"train.resume={five_steps / 'checkpoints/step_00000003'}", "--check"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("ok: "), err
 
 
 def test_a_checkpoint_of_another_model_names_the_changed_settings(five_steps, corpus, tmp_path):
@@ -113,6 +131,48 @@ def test_a_checkpoint_of_another_model_names_the_changed_settings(five_steps, co
                                        r"\['text_encoder\.embeddings'\]; resume with the settings it was saved with$"):
         train(cfg(corpus, tmp_path / "freeze", "schedule.max_steps=5", "freeze=['text_encoder.embeddings']",
                   f"train.resume={checkpoint}"))
+
+
+def test_a_run_of_another_process_count_is_refused_before_the_model_is_built(five_steps, corpus, tmp_path,
+                                                                              monkeypatch):
+    """--check takes the checkpoint's process count where no launcher gives one; the run itself, 1 process of
+    data.batch_size=2 here, still refuses the checkpoint of 4 samples per micro-batch, before building the model and
+    the teachers (minutes for VideoMamba-M)."""
+    import vmm.training.loop as loop
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the checkpoint's epoch plan was checked")
+    monkeypatch.setattr(loop, "build_model", no_model)
+    checkpoint = five_steps / "checkpoints/step_00000003"
+    with pytest.raises(VmmError, match=rf"^train\.resume: {checkpoint} stopped mid-epoch with 4 samples per "
+                                       r"micro-batch, this run has 2 \(data\.batch_size x processes\)"):
+        train(cfg(corpus, tmp_path, "schedule.max_steps=5", "data.batch_size=2", f"train.resume={checkpoint}"))
+
+
+def test_a_resume_with_moved_starting_weights_warns_of_no_change(five_steps, corpus, tmp_path, capsys):
+    """A resume reads no model.init: one pointed at the stage-1 folder's new place was warned of as a setting that
+    differs, "the steps from here use this command's"."""
+    run = tmp_path / "run"
+    shutil.copytree(five_steps, run, ignore=shutil.ignore_patterns("final"))
+    capsys.readouterr()
+    train(cfg(corpus, run, "schedule.max_steps=5", "train.resume=auto", f"model.init={tmp_path / 'moved'}",
+              f"model.vision_init={tmp_path / 'moved.pth'}"))
+    said = "".join(capsys.readouterr())
+    assert "resumed from" in said and "differ from those of the run's last start" not in said, said
+    assert (run / "final").is_dir()
+
+
+def test_a_cut_checkpoint_of_a_run_given_more_steps_is_called_damaged(five_steps, corpus, tmp_path):
+    """A setting that changes nothing the checkpoint holds (more steps, another lr) was named as the reason a cut
+    weights file could not be loaded, with "resume with the settings it was saved with", which cannot load it."""
+    run = tmp_path / "run"
+    shutil.copytree(five_steps, run, ignore=shutil.ignore_patterns("step_00000005", "final"))
+    checkpoint = run / "checkpoints/step_00000003"
+    weights = checkpoint / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(VmmError, match=rf"^train\.resume: cannot load {checkpoint} \(.*\); it is damaged or from "
+                                       r"another model config: resume from an earlier checkpoint"):
+        train(cfg(corpus, run, "schedule.max_steps=8", "optim.lr=2e-3", "train.resume=auto"))
 
 
 @pytest.mark.timeout(120)

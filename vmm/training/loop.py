@@ -115,7 +115,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
             raise _in_use(out, holder)
     resume_dir = check_output_dir(cfg, plan.steps_per_epoch)
     if resume_dir is not None:
-        check_resume_plan(resume_dir, _read_state(resume_dir), plan)
+        saved = _read_state(resume_dir)
+        check_resume_plan(resume_dir, saved, _plan_to_resume(cfg, corpora, plan, saved))
     for key in ("init", "vision_init"):
         value = getattr(cfg.model, key)
         # A resume takes every tensor from its checkpoint: a stage-2 run whose stage-1 folder was moved (or a run
@@ -365,8 +366,8 @@ def check_resume_length(cfg: TrainConfig, checkpoint: Path, step: int, steps_per
 
 def check_resume_plan(checkpoint: Path, saved: TrainerState, plan) -> None:
     """Refuse a mid-epoch checkpoint whose epoch this run's plan would not continue: the run skips the micro-batches
-    the checkpoint consumed, which must be the same ones. Checked by ``--check`` (with the launcher's process count)
-    and again by the run (with its own)."""
+    the checkpoint consumed, which must be the same ones. Checked by ``--check`` (with the launcher's process count,
+    else the checkpoint's) and again by the run (with its own, before the model is built)."""
     if saved.micro_in_epoch and saved.global_batch != plan.global_batch:
         raise VmmError(f"train.resume: {checkpoint} stopped mid-epoch with {saved.global_batch} samples "
                        f"per micro-batch, this run has {plan.global_batch} (data.batch_size x processes); "
@@ -385,6 +386,19 @@ def check_resume_plan(checkpoint: Path, saved: TrainerState, plan) -> None:
         raise VmmError(f"train.resume: {checkpoint} stopped {saved.micro_in_epoch} micro-batches into epoch "
                        f"{saved.epoch}, whose batches this run draws differently (train.seed, data.train or "
                        f"data.caption_sampling differ); resume with the settings it was saved with")
+
+
+def _plan_to_resume(cfg: TrainConfig, corpora, plan, saved: TrainerState):
+    """The epoch plan :func:`check_inputs` holds a mid-epoch checkpoint to. Without a launcher (``--check`` before
+    ``accelerate launch``, as the docs advise) the process count is unknown, and a 4-process run's checkpoint was
+    refused for the 1 process counted: there it is the checkpoint's own count, where ``data.batch_size`` divides its
+    global batch. The run checks again with its real count (:func:`_train`)."""
+    from vmm.training import data
+    world, rest = divmod(saved.global_batch, cfg.data.batch_size)
+    if launch_world_size() != 1 or not saved.micro_in_epoch or rest or world <= 1:
+        return plan
+    return data.training_plan(corpora, cfg.data.caption_sampling, cfg.data.batch_size, world, cfg.train.seed,
+                              cfg.train.grad_accum)
 
 
 def _read_state(checkpoint: Path) -> TrainerState:
@@ -793,9 +807,11 @@ def _build_teachers(cfg: TrainConfig, inputs: Inputs, vcfg, accelerator, cpu: bo
 _MISSING = object()  # a setting one side of a comparison lacks
 
 # Settings that change how a run is watched or stored, not what it computes: a resume may change them freely
-# (source_file is only where the recipe was read from).
+# (source_file is only where the recipe was read from; model.init and model.vision_init a resume never reads, its
+# checkpoint holding every tensor).
 _RESUME_FREE = ("train.resume", "train.output_dir", "train.progress", "train.tensorboard", "train.log_every",
-                "train.save_every", "train.keep_last", "data.num_workers", "source_file")
+                "train.save_every", "train.keep_last", "data.num_workers", "source_file", "model.init",
+                "model.vision_init")
 
 
 def changed_since_start(started: dict, now: dict) -> list[str]:
@@ -824,6 +840,10 @@ def changed_since_start(started: dict, now: dict) -> list[str]:
     keys = list(a) + [k for k in b if k not in a]  # the saved file's order, then settings it lacks
     return [f"{k} {show(a.get(k, _MISSING))} -> {show(b.get(k, _MISSING))}" for k in keys
             if k not in _RESUME_FREE and a.get(k, _MISSING) != b.get(k, _MISSING)]
+
+
+# What decides the modules and optimizer groups saved (not the optimizer's numbers, a resume's own to change)
+_STATE_SETTINGS = ("model.", "loss.", "teacher.", "optim.no_decay ", "freeze ")
 
 
 def _changes_since_start(cfg: TrainConfig, checkpoint: Path) -> tuple[Path, list[str]]:
@@ -860,7 +880,6 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
     saved = _read_state(checkpoint)
     # Again with this run's process count (check_inputs took the launcher's, which not every launcher sets).
     check_resume_length(cfg, checkpoint, saved.global_step, plan.steps_per_epoch)
-    check_resume_plan(checkpoint, saved, plan)
     try:
         accelerator.load_state(str(checkpoint))
     except (OSError, RuntimeError, KeyError, ValueError) as e:  # a missing or cut file, another model's weights
@@ -869,6 +888,9 @@ def _resume(accelerator, cfg: TrainConfig, checkpoint: Path, plan, total_steps: 
         first = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
         first = first if len(first) <= 200 else first[:197] + "..."
         started_file, changes = _changes_since_start(cfg, checkpoint)
+        # Only settings that decide what the state holds explain a failed load: a cut file of a run resumed with
+        # more steps was blamed on schedule.max_steps, and the fix named (the saved settings) could not load it.
+        changes = [change for change in changes if change.startswith(_STATE_SETTINGS)]
         if changes:  # another model, loss set or freeze list than the run had: the way out is the settings
             raise VmmError(f"train.resume: cannot load {checkpoint} ({first}) with this command's settings: "
                            f"{_differ(started_file, changes)}; resume with the settings it was saved with") from None
@@ -938,6 +960,10 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
+    plan = data_mod.training_plan(inputs.corpora, cfg.data.caption_sampling, cfg.data.batch_size, world,
+                                  cfg.train.seed, cfg.train.grad_accum)
+    if inputs.resume_dir is not None:  # with this run's process count, before the model and teachers are built
+        check_resume_plan(inputs.resume_dir, _read_state(inputs.resume_dir), plan)
 
     # Model, teachers and heads start from the base seed on every process (same weights everywhere).
     set_seed(cfg.train.seed)
@@ -966,8 +992,6 @@ def _train(cfg: TrainConfig, inputs: Inputs, out: Path) -> dict:
     dataset = data_mod.PretrainDataset(inputs.corpora, vcfg.num_frames,
                                        TrainTransform(vcfg.img_size, flip_p=cfg.data.hflip),
                                        cfg.train.seed, cfg.data.caption_sampling, cfg.data.max_retries)
-    plan = data_mod.training_plan(inputs.corpora, cfg.data.caption_sampling, cfg.data.batch_size, world,
-                                  cfg.train.seed, cfg.train.grad_accum)
     collate = data_mod.Collate(tokenizer, max_text_len)
     spe = plan.steps_per_epoch
     total_steps = planned_steps(cfg, spe)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -139,6 +138,7 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
     common += ["--cpu"] if args.cpu else []
     common += ["--grad-checkpointing"] if args.grad_checkpointing else []
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from vmm.training.launch import reserved_port
     with reserved_port() as held:
         if processes == 1:
             cmd = [sys.executable] + common
@@ -162,21 +162,6 @@ def launch(args, model: str, stage: int, processes: int, result: Path) -> dict:
         error = (lines[-1] if lines else f"exit status {run.returncode}, no output")[:300]
         return {"model": model, "stage": stage, "processes": processes, "error": f"{error} (whole output: {log})"}
     return json.loads(result.read_text())
-
-
-def reserved_port() -> socket.socket:
-    """A socket bound, not listening, to a free localhost port, held while a job runs: no other socket is given the
-    port (one found free and let go at once could be taken before rank 0 listened), and torch's store, which binds
-    with SO_REUSEADDR too, still listens on it.
-
-    >>> with reserved_port() as held:
-    ...     1024 <= held.getsockname()[1] < 65536
-    True
-    """
-    held = socket.socket()
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    held.bind(("127.0.0.1", 0))
-    return held
 
 
 def main(argv=None) -> int:

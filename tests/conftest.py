@@ -78,25 +78,6 @@ def terminal_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def reserved_port():
-    """A socket bound, not listening, to a free localhost TCP port: the MASTER_PORT of rank processes, kept until
-    they have started (pass its fd to them, or hold it while they run). A port found free and let go at once went
-    back to the kernel's pool of ephemeral ports: any connection opened before rank 0 listened on it (gloo's own
-    between ranks, another job's on a shared host) could take it, and rank 0 failed with "address already in use".
-    Bound with SO_REUSEADDR it is handed to no other socket, while torch's store, which binds with SO_REUSEADDR
-    too, can still listen on it.
-
-    >>> with reserved_port() as held:
-    ...     1024 <= held.getsockname()[1] < 65536
-    True
-    """
-    import socket
-    held = socket.socket()
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    held.bind(("127.0.0.1", 0))
-    return held
-
-
 @contextlib.contextmanager
 def file_size_limit(nbytes: int):
     """Within the block, writes that would grow a file past ``nbytes`` fail with EFBIG, as on a full disk or over

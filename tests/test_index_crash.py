@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests import videos
-from tests.conftest import reserved_port
+from vmm.training.launch import reserved_port
 from index.decode import plan_windows
 from index.encoder import ColorHistogramEncoder
 from index.ingest import build_library

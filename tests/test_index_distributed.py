@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests import videos
-from tests.conftest import reserved_port
+from vmm.training.launch import reserved_port
 from index import distributed
 from index.distributed import assign_shards, build_library_distributed, launch_info
 from index.encoder import ColorHistogramEncoder

@@ -21,7 +21,7 @@ from vmm.training import losses
 from vmm.training.config import LossSection
 from vmm.training.objective import PretrainObjective
 from vmm.training.optim import freeze, lr_factor, no_weight_decay_names, param_groups
-from tests.conftest import reserved_port
+from vmm.training.launch import reserved_port
 
 TEXT = dict(init_from=None, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             fusion_layer=1, max_position_embeddings=64, mlm_head=True)

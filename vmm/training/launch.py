@@ -7,6 +7,7 @@ only process 0 prints warnings and probes the output folder, and the epoch plan 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Mapping, Optional
 
 # accelerate's own lists and order (accelerate.utils.environment.get_cpu_distributed_information): a variable it
@@ -41,3 +42,21 @@ def launch_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
     (16, 4, 1)
     """
     return _first_set(_SIZE_VARS, os.environ if environ is None else environ, 1)
+
+
+def reserved_port() -> socket.socket:
+    """A socket bound, not listening, to a free localhost TCP port: a ``--main_process_port`` (MASTER_PORT) for a
+    launch of your own, held until its processes have started (or while they run). A port found free and let go at
+    once goes back to the kernel's pool: a connection opened meanwhile (the ranks' own, another job's on the host)
+    could take it, and rank 0 failed with "address already in use". Bound with SO_REUSEADDR it is given to no other
+    socket, while torch's store, which binds with SO_REUSEADDR too, can still listen on it. (accelerate 1.7 and newer
+    also take ``--main_process_port 0``; older ones hang on it.)
+
+    >>> with reserved_port() as held:
+    ...     1024 <= held.getsockname()[1] < 65536
+    True
+    """
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    return held

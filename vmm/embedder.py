@@ -21,7 +21,7 @@ import torch
 
 from vmm._cuda_graph import GraphedVideoForward, HostSyncError
 from vmm.errors import VmmError
-from vmm.tokenizer import as_texts, check_max_length
+from vmm.tokenizer import Tokenizer, as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, as_uint8_frames, decode_hint
 
 _PREP_CHUNK_BYTES = 1 << 28  # uint8 frames prepared at once (256 MB: five 1080p clips of 8 frames)
@@ -142,9 +142,13 @@ class VideoTextEncoder:
         self.transform = EvalTransform(self.img_size)
         # Frames encoded one by one as images take any count; a joint scan has a temporal embedding per frame.
         self._clip_frames = None if cfg.vision.frame_mode == "per_frame" else self.num_frames
-        if tokenizer is None:
-            from vmm.tokenizer import Tokenizer
-            tokenizer = Tokenizer(cfg.tokenizer, max_length=self.max_text_len)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):  # a vocabulary, as the config names one
+            tokenizer = Tokenizer(cfg.tokenizer if tokenizer is None else tokenizer, max_length=self.max_text_len)
+        elif not isinstance(tokenizer, Tokenizer):
+            # A transformers tokenizer failed at the first text ("too many values to unpack"), and would have
+            # skipped the official caption cleaning.
+            raise VmmError(f"tokenizer={type(tokenizer).__name__} is not a vmm tokenizer; pass vmm.get_tokenizer(name) "
+                           "of the model, or a folder with its vocab.txt")
         self.tokenizer = tokenizer
         self.preprocessing = {"resize": self.img_size, "interp": "bicubic-squash", "antialias": False,
                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "sampling": "middle",
@@ -301,9 +305,12 @@ class VideoTextEncoder:
         words = mask.bool() & ~torch.isin(ids, torch.tensor([t for t in special if t is not None], dtype=ids.dtype))
         for i, (text, has_words) in enumerate(zip(texts, words.any(1).tolist())):
             if not has_words:
-                raise _text_error(f"query {text!r}{f' (texts[{i}])' if len(texts) > 1 else ''} has no words "
-                                  "(punctuation and invisible characters are dropped, and emoji and symbols are "
-                                  "unknown to the model); give some words to search for", i)
+                # at most 60 characters of it: a line of 5000 "!" was a 5000-character error
+                shown = f"{text[:60]!r}{'...' if len(text) > 60 else ''}"
+                raise _text_error(f"query {shown}{f' (texts[{i}])' if len(texts) > 1 else ''} has no words "
+                                  "(punctuation and invisible characters are dropped; emoji, symbols and characters "
+                                  "missing from the model's English vocabulary are unknown to it); give some words to "
+                                  "search for", i)
         out, hiddens = [], []
         for s in range(0, max(1, len(texts)), _TEXT_BATCH):  # (max 1: no texts are one empty forward, (0, dim))
             with self._autocast():

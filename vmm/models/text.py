@@ -79,8 +79,10 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         L = input_ids.shape[1]
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids[:, :L])
-             + self.token_type_embeddings.weight[0])
+        # Summed in the official order (word + token type, then position): in bf16, the official eval precision,
+        # the other order rounded a third of the values differently.
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+             + self.position_embeddings(self.position_ids[:, :L]))
         return self.dropout(self.LayerNorm(x))
 
 
@@ -233,6 +235,8 @@ class TextEncoder(nn.Module):
         if input_ids.shape[1] > positions:
             raise VmmError(f"input_ids have {input_ids.shape[1]} tokens but the text tower has {positions} "
                            f"positions; tokenize with max_length <= {positions}")
+        if input_ids.shape[1] == 0:  # no [CLS] to embed: an IndexError at hidden[:, 0]
+            raise VmmError("input_ids have no tokens, not even [CLS] and [SEP]; tokenize with max_length >= 2")
         # Only on the CPU, where it is free: on a GPU it would wait for the device at every text forward.
         if input_ids.device.type == "cpu" and input_ids.numel():
             low, high = (int(v) for v in torch.aminmax(input_ids))
@@ -240,6 +244,13 @@ class TextEncoder(nn.Module):
                 raise VmmError(f"input_ids hold token id {low if low < 0 else high}, outside the text tower's "
                                f"vocabulary of {self.config.vocab_size}; tokenize with vmm.get_tokenizer(name) of "
                                "this model")
+            # A mask of other values is no mask: with the ids and mask swapped (encode_text(mask, ids)) the 0/1 "ids"
+            # are valid tokens and the ids' additive mask (1 - id) * -10000 is huge and positive, so vectors came
+            # back without a word.
+            odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+            if odd.numel():
+                raise VmmError(f"attention_mask holds {odd[0].item()!r}, not only 0 and 1; pass the ids and the mask "
+                               "a vmm tokenizer returns, in that order: model.encode_text(ids, mask)")
         return input_ids if input_ids.dtype in (torch.int64, torch.int32) else input_ids.long()
 
     def forward_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -203,8 +203,8 @@ def plan_windows(duration: float, window: float, stride: float) -> list[tuple[fl
     for name, value in (("duration", duration), ("window", window), ("stride", stride)):
         if not _is_number(value, numbers.Real):  # None failed in a bare comparison
             raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    if not duration > 0:
-        raise ValueError(f"duration must be > 0, got {duration}")
+    if not 0 < duration < math.inf:  # inf planned windows without end, until memory ran out
+        raise ValueError(f"duration must be a finite number of seconds > 0, got {duration}")
     if not 0 < stride <= window:
         raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
     if duration <= window + _EPS:

@@ -3,9 +3,10 @@ with a video-text model (vmm_nano, videomamba_m16_25m, a ``vmm train`` folder), 
 
 Zero-shot: each class name fills prompt templates (``"a video of {}."``); a class's text embedding is the
 normalised mean of its prompts' embeddings (CLIP's prompt ensembling), and a view's logits are the cosines of
-its video embedding (the vector ``vmm index`` stores) with those, divided by the model's learned ``temp``. The
-views are sampled as below; one crop is the whole frame resized as the model's own transform does (bicubic to
-S x S, as ``vmm index``), several are the squares below, each then seen whole.
+its video embedding (made as ``vmm index`` makes a clip's vector) with those, divided by the model's learned
+``temp``. The views are sampled as below (the K400 frames, not the "middle" ones of ``vmm index``); one crop is the
+whole frame resized as the model's own transform does (bicubic to S x S, as ``vmm index``), several are the squares
+below, each then seen whole.
 
 The official K400 evaluation (``video_sm``, dataset ``Kinetics_sparse``, mode ``test``; scripts pass
 ``--short_side_size 224 --test_num_segment 4 --test_num_crop 3``) scores ``clips x crops`` views of a video:
@@ -47,7 +48,7 @@ from torch import Tensor
 from vmm.errors import VmmError, error_text, is_whole_number, one_line
 from vmm.labels import load_labels
 from vmm.progress import ProgressBars
-from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vmm.transforms import _normalise, _resize_uint8
 
 DEFAULT_LABELS = "kinetics400"
 # Zero-shot prompts, averaged per class: "a video of" as CLIP's video prompts, the rest of its Kinetics ones
@@ -139,13 +140,10 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     >>> make_views([np.zeros((8, 48, 64, 3), np.uint8)] * 4, 32, 3).shape
     torch.Size([12, 3, 8, 32, 32])
     """
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     views = []
     for frames in clips:
         x = resize_short_side(frames, size)
-        for rows, cols in _crop_boxes(*x.shape[-2:], size, num_crops):
-            views.append(((x[:, :, rows, cols] / 255.0 - mean) / std).permute(1, 0, 2, 3))
+        views.extend(_normalise(x[:, :, rows, cols]) for rows, cols in _crop_boxes(*x.shape[-2:], size, num_crops))
     return torch.stack(views)
 
 
@@ -168,7 +166,6 @@ def _squashed_uint8(size: int) -> Callable[[np.ndarray], np.ndarray]:
     """One frame (H, W, 3) -> (size, size, 3) uint8, the resize of :class:`vmm.transforms.EvalTransform`: the
     encoder's own transform then finds it at its size and leaves it as it is, so the vector is that of the
     full-size frames (as `vmm index` embeds them) while only small frames are held."""
-    from vmm.transforms import _resize_uint8
     size = _check_size(size)
 
     def squash(frame: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ def _stacked(frames: Sequence, name: str) -> np.ndarray:
     arrays = []
     for i, frame in enumerate(frames):
         array = (frame.numpy(force=True) if isinstance(frame, Tensor)
-                 else np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame))
+                 else _pil_rgb(frame, f"frame {i} of {name}") if hasattr(frame, "convert") else np.asarray(frame))
         if array.dtype.kind not in "biuf":  # None, a file name: numpy's "object" or "<U5" named no fix
             raise FramesError(f"frame {i} of {name} is {type(frame).__name__}, not an image; give frames as "
                               f"(height, width, 3) uint8 arrays or PIL images")
@@ -57,6 +57,34 @@ def _stacked(frames: Sequence, name: str) -> np.ndarray:
                               f"resize the frames to one size, e.g. with PIL: image.resize(({w0}, {h0}))")
         arrays.append(array)
     return np.stack(arrays)
+
+
+def _pil_rgb(image, what: str) -> np.ndarray:
+    """A PIL image as an (H, W, 3) array, as convert("RGB") makes it; FramesError for one whose file is closed, or
+    whose samples are wider than 8 bits."""
+    try:
+        image.load()
+    except (AssertionError, ValueError) as error:
+        # `with Image.open(path) as image: frames.append(image)` closes the file before PIL reads the pixels, which it
+        # reads only when they are first used: a bare AssertionError, or "Operation on closed image" after close()
+        if not (isinstance(error, AssertionError) or "closed" in str(error)):
+            raise
+        raise FramesError(f"{what} is a closed PIL image: its file was closed before the pixels were read, or "
+                          "close() dropped them; read them with image.load() inside `with Image.open(path) as image:`, "
+                          "and do not call image.close() before use") from None
+    if _is_wide_pil(image):
+        # convert("RGB") clips such samples to 0-255 rather than scaling them: a 16-bit PNG (mode "I;16") came out a
+        # white clip, a float TIFF in 0-1 (mode "F") a black one, without a word
+        fix = _dtype_fix(np.asarray(image), "np.asarray(image)", False)
+        raise FramesError(f"{what} is a PIL image of mode {image.mode!r}, more than 8 bits a sample, which "
+                          f"convert('RGB') clips; pass Image.fromarray(x) of 8-bit x: {fix}")
+    return np.asarray(image.convert("RGB"))
+
+
+def _is_wide_pil(image) -> bool:
+    """Whether a PIL image holds samples wider than 8 bits: 32-bit integers ("I"), 16-bit ("I;16", "I;16B", ...) or
+    floats ("F")."""
+    return image.mode in ("I", "F") or image.mode.startswith("I;")
 
 
 def _shape_fix(shape: tuple, var: str, tensor: bool) -> str:
@@ -73,6 +101,8 @@ def _shape_fix(shape: tuple, var: str, tensor: bool) -> str:
     if len(shape) == 3:
         grey = f"{var}[..., None].repeat(1, 1, 1, 3)" if tensor else f"np.repeat({var}[..., None], 3, axis=-1)"
         return f"for grey frames, repeat them as RGB: {grey}"
+    if len(shape) == 5 and shape[-1] == 3:  # (N, T, H, W, 3), as a DataLoader batches clips
+        return f"that is a batch of {shape[0]} clips: give one clip at a time, e.g. {var}[0]"
     return "give decoded RGB frames"
 
 
@@ -199,6 +229,18 @@ class EvalTransform:
         return _normalise(_resize_uint8(_as_tchw_uint8(frames), (self.size, self.size)))
 
 
+def _checked_rng(rng):
+    """``rng`` (a random.Random), or the random module for None. Checked: rng=0 (falsy) was taken for None, so a
+    seeded call drew other crops every time, and a NumPy Generator or another seed failed with an AttributeError
+    (no ``randint`` / ``uniform``)."""
+    if rng is None:
+        return random
+    if not isinstance(rng, random.Random) and rng is not random:
+        raise ValueError(f"TrainTransform rng={rng!r}: must be a random.Random, e.g. rng=random.Random(0), or None "
+                         "for the random module's own generator")
+    return rng
+
+
 @dataclass
 class TrainTransform:
     """Official training transform: RandomResizedCrop(size, scale=(0.5, 1), bicubic) + horizontal flip, one draw
@@ -218,6 +260,7 @@ class TrainTransform:
         self.size = _checked_size(self)
 
     def crop_box(self, h: int, w: int, rng: random.Random) -> tuple[int, int, int, int]:
+        rng = _checked_rng(rng)
         area = h * w
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
@@ -237,7 +280,7 @@ class TrainTransform:
         return (h - ch) // 2, (w - cw) // 2, ch, cw
 
     def __call__(self, frames, rng: random.Random | None = None) -> Tensor:
-        rng = rng or random
+        rng = _checked_rng(rng)
         x = _as_tchw_uint8(frames)
         top, left, ch, cw = self.crop_box(x.shape[2], x.shape[3], rng)
         x = _resize_uint8(x[:, :, top:top + ch, left:left + cw], (self.size, self.size))

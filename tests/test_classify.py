@@ -681,3 +681,20 @@ def test_an_empty_video_path_is_named(video, checkpoint, capsys):
     code, out, err = run_cli(["", str(video[0]), *TINY_ARGS, "--checkpoint", str(checkpoint)], capsys)
     assert_one_line_error(code, err, "a VIDEO is an empty path ('')")
     assert out == ""
+
+
+def test_a_classifiers_eval_transform_is_the_k400_centre_crop_not_the_retrieval_squash():
+    """create_model_and_transforms gave classifiers the retrieval models' whole-frame bicubic squash, while vmm classify
+    (and the official K400 validation transform) resize the short side and take the centre square."""
+    import vmm
+    from vmm.classify import K400EvalTransform
+    from vmm.transforms import EvalTransform
+    frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    _, _, classifier_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=1, num_frames=2, img_size=32)
+    assert isinstance(classifier_tf, K400EvalTransform)
+    assert torch.equal(classifier_tf(frames), make_views([frames], 32, 1)[0])
+    assert torch.equal(classifier_tf(list(frames)), classifier_tf(torch.from_numpy(frames)))
+    _, _, encoder_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=1, num_frames=2, img_size=32,
+                                                       num_classes=0)
+    assert isinstance(encoder_tf, EvalTransform)
+    assert not torch.allclose(encoder_tf(frames), classifier_tf(frames))

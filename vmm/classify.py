@@ -147,6 +147,30 @@ def make_views(clips: Sequence[np.ndarray], size: int, num_crops: int) -> Tensor
     return torch.stack(views)
 
 
+@dataclass
+class K400EvalTransform:
+    """The official Kinetics-400 single-view test transform (``Kinetics_sparse`` in mode ``validation``): the short
+    side resized to ``size`` (bilinear), then the centre ``size x size`` square; frames as
+    :class:`vmm.transforms.EvalTransform` takes them -> (3, T, size, size) float32. What
+    ``create_model_and_transforms`` returns for a classifier, and the view ``vmm classify`` scores with one clip and
+    one crop (``EvalTransform``'s whole-frame squash is the retrieval models' transform, not the classifiers').
+
+    >>> K400EvalTransform(32)(np.zeros((2, 48, 64, 3), np.uint8)).shape
+    torch.Size([3, 2, 32, 32])
+    """
+
+    size: int = 224
+
+    def __post_init__(self):
+        self.size = _check_size(self.size)
+
+    def __call__(self, frames) -> Tensor:
+        from vmm.transforms import as_uint8_frames
+        frames = as_uint8_frames(frames)
+        frames = frames.numpy(force=True) if isinstance(frames, Tensor) else frames
+        return make_views([frames], self.size, 1)[0]
+
+
 def _crop_boxes(height: int, width: int, size: int, num_crops: int) -> list[tuple[slice, slice]]:
     """(rows, columns) of the :func:`crop_starts` squares of frames ``height x width`` whose short side is ``size``."""
     starts = crop_starts(max(height, width), size, num_crops)

@@ -475,7 +475,9 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
                                 precision: Union[str, torch.dtype] = "fp32", **overrides: Any):
     """:func:`create_model`, returning ``(model, train_transform, eval_transform)``.
 
-    The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats.
+    The transforms take uint8 frames (T, H, W, 3) and return (3, T, S, S) floats. The eval transform is the
+    model's official one: the whole frame resized to S x S (bicubic) for video-text models, the short side resized to
+    S and the centre square (:class:`vmm.classify.K400EvalTransform`) for a classifier.
 
     >>> import vmm
     >>> model, train_tf, eval_tf = vmm.create_model_and_transforms("videomamba_tiny", depth=2, num_frames=2, img_size=32)
@@ -489,6 +491,11 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     if not isinstance(size, int):  # a registered model of the user's own
         raise VmmError(f"model {name} has no cfg.img_size to size its transforms; use vmm.create_model and "
                        "vmm.transforms.EvalTransform(size) / TrainTransform(size)")
+    from vmm.models.videomamba import VideoMamba
+    if isinstance(model, VideoMamba) and isinstance(getattr(model, "head", None), torch.nn.Linear):
+        # A classifier is tested on the centre square (official K400 validation view), not on the squashed frame
+        from vmm.classify import K400EvalTransform
+        return model, TrainTransform(size), K400EvalTransform(size)
     return model, TrainTransform(size), EvalTransform(size)
 
 

@@ -347,8 +347,10 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
             declared -= max(0.0, float(stream.start_time * stream.time_base))
         width, height = int(context.width or 0), int(context.height or 0)
         if width * height > max_pixels:  # refused before a frame is decoded
-            raise DecodeFailure(f"resolution {width}x{height} is above max_pixels={max_pixels:,}; "
-                                "pass a larger max_pixels to index it")
+            # (max_pixels is the Python API's; no command has it, so the fix a command's user can apply comes first)
+            raise DecodeFailure(f"resolution {width}x{height} is above max_pixels={max_pixels:,}; downscale the video "
+                                "(e.g. ffmpeg -i IN -vf scale=-2:2160 OUT.mp4), or from Python pass a larger "
+                                "max_pixels")
         return _Header(width, height, context.name or "?", declared, *_display_orientation(container, stream))
 
 

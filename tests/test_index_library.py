@@ -263,8 +263,8 @@ def test_oversized_frames_are_recorded_as_failed(tmp_path):
     videos.write_solid(str(root / "small.mp4"), videos.GREEN, width=32, height=24)
     summary = build_library([str(root)], str(tmp_path / "lib"), ENCODER, workers=1, progress=False, max_pixels=5000)
     assert (summary.indexed, summary.failed) == (1, 1)
-    assert summary.failures == [(big, "resolution 128x96 is above max_pixels=5,000; pass a larger max_pixels to "
-                                      "index it")]
+    assert summary.failures == [(big, "resolution 128x96 is above max_pixels=5,000; downscale the video (e.g. ffmpeg "
+                                      "-i IN -vf scale=-2:2160 OUT.mp4), or from Python pass a larger max_pixels")]
 
 
 def test_remove_paths_and_scoped_runs(tmp_path):

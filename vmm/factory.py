@@ -15,8 +15,8 @@ from vmm.errors import CheckpointError, VmmError, is_whole_number
 from vmm.models import registry
 from vmm.models.checkpoint import load_checkpoint, not_a_file
 from vmm.models.config import MAX_FRAMES
-from vmm.models.persistence import (folder_weights_file, from_pretrained, is_pretrained_dir, precision_dtype,
-                                    read_config, saved_model_kwargs, user_path)
+from vmm.models.persistence import (file_shapes, first_mismatch, folder_weights_file, from_pretrained,
+                                    is_pretrained_dir, precision_dtype, read_config, user_path)
 from vmm.models.registry import get_model_config
 from vmm.tokenizer import Tokenizer
 from vmm.transforms import EvalTransform, TrainTransform
@@ -141,50 +141,13 @@ def _frames_error(wanted: int, saved: int, weights: Union[str, Path]) -> VmmErro
                     f"frames; pass --frames {saved} ({arg.format(saved)}), or leave it out")
 
 
-def _first_mismatch(own: dict, theirs: dict) -> Optional[str]:
-    """The first key (in model order) that is missing, unexpected or shaped differently, described; None if
-    every key fits."""
-    for key, shape in own.items():
-        if key not in theirs:
-            return f"{key} is missing from the file"
-        if tuple(theirs[key]) != tuple(shape):
-            return f"{key} has shape {tuple(theirs[key])} in the file but {tuple(shape)} in the model"
-    extra = next((k for k in theirs if k not in own), None)
-    return None if extra is None else f"the file has {extra}, which the model lacks"
-
-
-def _file_shapes(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-
-
 def _from_folder(directory: Union[str, Path], overrides: dict) -> nn.Module:
-    """``from_pretrained`` that explains a frame count or other override the folder's weights cannot take."""
-    weights = folder_weights_file(directory)
+    """``from_pretrained`` that explains a frame count the folder's weights cannot take in the commands' terms."""
     wanted = _requested_frames(overrides)
     saved = saved_frames(directory)
     if wanted is not None and saved is not None and wanted != saved:
         raise _frames_error(wanted, saved, directory)
-    try:
-        return from_pretrained(directory, **overrides)
-    except VmmError as e:
-        if not overrides or "does not fit its config" not in str(e):
-            raise
-    detail = None
-    try:  # only on failure: rebuild the model to name the key the overrides broke
-        cfg = _saved_config(directory)
-        model = registry.create_model(cfg["architecture"], **saved_model_kwargs(cfg["model"], overrides))
-        info = cfg.get("trainable_only")
-        frozen = set(info.get("frozen", [])) if isinstance(info, dict) else set()  # not in a trainable-only file
-        own = {k: tuple(t.shape) for k, t in model.state_dict().items() if k not in frozen}
-        detail = _first_mismatch(own, _file_shapes(weights))
-    except Exception:
-        pass
-    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    raise VmmError(f"the weights in {weights} do not fit model {directory} with {changed}"
-                   + (f" ({detail})" if detail else "") + "; drop those overrides: a model folder keeps the "
-                   "shapes it was saved with") from None
+    return from_pretrained(directory, **overrides)
 
 
 def _with_folder_weights(name: str, folder: Union[str, Path], overrides: dict) -> nn.Module:
@@ -224,7 +187,7 @@ def _load_folder_weights(model: nn.Module, source: nn.Module, folder: Union[str,
         if own[key] != theirs[key]:
             tubelet = getattr(getattr(model.cfg, "vision", model.cfg), "tubelet_size", 1)
             raise _frames_error(own[key][1] * tubelet, theirs[key][1] * tubelet, folder)
-    detail = _first_mismatch(own, theirs)
+    detail = first_mismatch(own, theirs)
     if detail:
         raise VmmError(f"the weights in {folder_weights_file(folder)} do not fit model {name}: {detail}; load the "
                        f"folder as the model instead (create_model_and_transforms({str(folder)!r}) without "
@@ -267,7 +230,7 @@ def _tensor_shapes(path: Path, kind: Optional[str] = None) -> dict:
     if kind == "zip":
         return unwrap_state_dict(load_tensors(path, mmap=True), str(path))
     if kind == "safetensors":
-        return {k: torch.empty(shape, device="meta") for k, shape in _file_shapes(path).items()}
+        return {k: torch.empty(shape, device="meta") for k, shape in file_shapes(path).items()}
     return read_checkpoint(path)  # a legacy pickle: read whole
 
 

@@ -530,6 +530,20 @@ def _text_fit_hint(mine: Optional[tuple[int, int]], theirs: Optional[tuple[int, 
             f"fusion_layer={theirs[1]})")
 
 
+_HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def _head_hint(own: StateDict, sd: StateDict, other_head: list, mismatched: list) -> Optional[str]:
+    """The fix for a classifier file whose only misfit is a head of another class count (a K400 file for an SSv2
+    model): "check --model" gave no way to start a fine-tune from it."""
+    if len(other_head) != len(_HEAD_KEYS) or len(mismatched) != len(_HEAD_KEYS):  # a head, whole, and nothing else
+        return None
+    theirs, mine = sd["head.weight"].shape[0], own["head.weight"].shape[0]
+    return (f"the file's head has {theirs} classes and the model's {mine}; build the model with "
+            f"num_classes={theirs}, or start a fine-tune from the file with the model's own head, as the official "
+            "fine-tuning does: vmm.load_checkpoint(model, path, strict=False)")
+
+
 def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], strict: bool = True) -> nn.Module:
     """Load an official or vmm checkpoint into ``model`` and return it.
 
@@ -538,11 +552,16 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     ``vision_encoder.`` part for a bare video encoder), bf16 tensors (cast to the model's dtype), and
     different frame counts or resolutions (linear / bicubic interpolation of the position tables).
     Strict: after the documented ignorable keys (``clip_teacher.*``, ``text_encoder.cls.*``), any missing,
-    unexpected or mis-shaped key raises :class:`CheckpointError` naming them.
+    unexpected or mis-shaped key raises :class:`CheckpointError` naming them. ``strict=False`` lets keys be missing
+    or unexpected and, as the official fine-tuning does, keeps the model's own ``head`` where the file's has
+    another class count; any other mis-shaped key still raises.
 
     >>> import torch, vmm
     >>> m = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=5)
     >>> _ = vmm.load_checkpoint(m, m.state_dict())
+    >>> ssv2 = vmm.create_model("videomamba_tiny", depth=2, num_frames=2, img_size=32, num_classes=7)
+    >>> torch.equal(vmm.load_checkpoint(ssv2, m.state_dict(), strict=False).cls_token, m.cls_token)  # head: its own
+    True
     """
     if isinstance(checkpoint, (str, Path)):
         checkpoint = Path(checkpoint).expanduser()
@@ -561,6 +580,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
     # re-saved by it lacked a key whose value the model already holds.
     missing = [k for k in missing if not k.endswith("embeddings.position_ids")]
     unexpected = [k for k in sd if k not in own]
+    other_head = [k for k in _HEAD_KEYS if k in sd and k in own and sd[k].shape != own[k].shape]
+    if not strict:  # the official fine-tune loader drops a head of other classes (K400 -> SSv2): the model keeps its own
+        sd = {k: v for k, v in sd.items() if k not in other_head}
     mismatched = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in sd and sd[k].shape != own[k].shape]
     problems = []
@@ -572,7 +594,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, StateDict], s
         problems.append(f"unexpected keys: {_short(unexpected)}")
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        fix = _fit_hint(model, raw) or "check --model / the model config matches the checkpoint"
+        fix = _fit_hint(model, raw) or _head_hint(own, sd, other_head, mismatched) or (
+            "check --model / the model config matches the checkpoint")
         raise CheckpointError(f"{source} does not fit model {name}: " + "; ".join(problems) + f" ({fix})")
     with torch.no_grad():
         for k, v in sd.items():

@@ -1,12 +1,13 @@
 """``save_pretrained`` / ``from_pretrained``: a folder with ``config.json`` and ``model.safetensors``."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -155,6 +156,27 @@ def _new_temp_file(directory: Path, name: str) -> str:
             continue
 
 
+@contextlib.contextmanager
+def _folder_lock(directory: Path):
+    """An exclusive lock on ``directory`` while a writer renames its files into place: two saves into one folder at
+    once (two runs exporting to the same path) interleaved their renames and left one model's config.json beside
+    the other's weights. Unlocked where the platform or file system has no flock (Windows, some network mounts)."""
+    try:
+        import fcntl
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK on a file system without locks: rename unlocked, as before
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _atomic_write_all(directory: Path, writers: dict) -> None:
     """Write each file (``{name: write(tmp_path)}``) under a temporary name in ``directory`` and rename them into
     place only once all are written: a write that fails (a full disk, a folder made read-only) leaves the folder
@@ -171,9 +193,10 @@ def _atomic_write_all(directory: Path, writers: dict) -> None:
             os.chmod(temps[name], mode)  # safetensors' writer makes its file anew, 0600
             with open(temps[name], "rb+") as f:
                 os.fsync(f.fileno())
-        for name, tmp in temps.items():
-            os.replace(tmp, directory / name)
-            replaced = True
+        with _folder_lock(directory):
+            for name, tmp in temps.items():
+                os.replace(tmp, directory / name)
+                replaced = True
     except (OSError, SafetensorError) as e:  # safetensors' own writer says SafetensorError, not OSError
         kept = "some files were replaced, save again" if replaced else "the folder keeps what it had"
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
@@ -328,7 +351,7 @@ def _not_a_folder(directory: Path) -> str:
 
 def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     from safetensors.torch import load_model
-    from vmm.models.registry import create_model
+    from vmm.models.registry import config_fails, create_model
     from vmm.training.export import is_trainable_export, load_trainable_export
     if _trainable_only_entry(directory) is not None or (is_trainable_export(directory)
                                                         and not (directory / WEIGHTS_NAME).is_file()):
@@ -338,9 +361,8 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
                 dataclasses.asdict(model.cfg), overrides))
             try:
                 model.load_state_dict(loaded.state_dict(), strict=True)
-            except RuntimeError as e:
-                raise VmmError(f"{directory} does not fit its config with {', '.join(overrides)} changed "
-                               f"({type(e).__name__}: {error_text(e)})") from None
+            except RuntimeError:
+                raise _overrides_misfit(directory, model, overrides) from None
             model.model_name, model.model_meta = loaded.model_name, loaded.model_meta
             model.weights_from = loaded.weights_from
         model.pretrained_source = str(directory)
@@ -353,12 +375,15 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
         model = create_model(arch, **saved_model_kwargs(saved, overrides))
     except VmmError as e:  # a field edited by hand: name the file it is in
         changed = f" with {', '.join(overrides)}" if overrides else ""
-        raise VmmError(f"{directory / CONFIG_NAME}{changed}: {e}") from None
+        hint = _newer_config_hint() if not overrides or config_fails(arch, saved) else ""
+        raise VmmError(f"{directory / CONFIG_NAME}{changed}: {e}{hint}") from None
     from vmm.models.checkpoint import check_weights_file
     check_weights_file(directory / WEIGHTS_NAME)  # else a copy cut short was weights that "do not fit its config"
     try:
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)  # strict: a key that does not fit raises
     except Exception as e:
+        if overrides:
+            raise _overrides_misfit(directory, model, overrides) from None
         lacking = _absent_fields(dataclasses.asdict(model.cfg), saved)
         why = f"; {CONFIG_NAME} lacks {', '.join(lacking)}, so the default was used" if lacking else ""
         raise VmmError(f"{directory / WEIGHTS_NAME} does not fit its config ({type(e).__name__}: "
@@ -368,6 +393,55 @@ def _load_folder(directory: Path, overrides: dict) -> nn.Module:
     model.weights_from = recorded_source(cfg)
     model.pretrained_source = str(directory)
     return model
+
+
+def _newer_config_hint() -> str:
+    """Why a folder's own config does not build: a field or value this vmm does not know came from a newer vmm or
+    a hand edit. The bare "unknown model option(s) x" left the user to guess which, and what to do about it."""
+    import vmm
+    return (f" (the folder was saved by a newer vmm than this one, {vmm.__version__}, or the file was edited; "
+            f"upgrade vmm, or fix that field of {CONFIG_NAME})")
+
+
+def file_shapes(path: Union[str, Path]) -> dict:
+    """The shape of every tensor in safetensors file ``path``, read from its header alone."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def first_mismatch(own: dict, theirs: dict) -> Optional[str]:
+    """The first key (in model order) that is missing, unexpected or shaped differently, described; None if
+    every key fits.
+
+    >>> first_mismatch({"a": (2,), "b": (3,)}, {"a": (2,), "b": (4,)})
+    'b has shape (4,) in the file but (3,) in the model'
+    """
+    for key, shape in own.items():
+        if key not in theirs:
+            return f"{key} is missing from the file"
+        if tuple(theirs[key]) != tuple(shape):
+            return f"{key} has shape {tuple(theirs[key])} in the file but {tuple(shape)} in the model"
+    extra = next((k for k in theirs if k not in own), None)
+    return None if extra is None else f"the file has {extra}, which the model lacks"
+
+
+def _overrides_misfit(directory: Path, model: nn.Module, overrides: dict) -> VmmError:
+    """The error for ``overrides`` that change the shapes of a folder's weights (``model``: the folder's model
+    built with them), naming the first key they broke. torch's own report, cut to one line, ended mid-shape
+    ("the shape in current model is torch.Size([1") and said nothing of the fix."""
+    weights = folder_weights_file(directory)
+    info = _trainable_only_entry(directory)
+    frozen = set(info.get("frozen", [])) if isinstance(info, dict) else set()  # not in a trainable-only file
+    own = {k: tuple(t.shape) for k, t in model.state_dict().items() if k not in frozen}
+    try:
+        detail = first_mismatch(own, file_shapes(weights))
+    except Exception:  # noqa: BLE001 - the file was read once already; the message does without the detail
+        detail = None
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return VmmError(f"the weights in {weights} do not fit model {directory} with {changed}"
+                    + (f" ({detail})" if detail else "") + "; drop those overrides: a model folder keeps the "
+                    "shapes it was saved with")
 
 
 def _absent_fields(built: dict, saved: dict, prefix: str = "") -> list:

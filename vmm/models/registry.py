@@ -204,6 +204,27 @@ def merge_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
+def config_fails(architecture: str, options: dict) -> bool:
+    """Whether entrypoint ``architecture`` refuses config ``options`` alone (a JSON model config's or a model
+    folder's ``"model"``): its checks run on the "meta" device, where nothing is allocated, initialised or read
+    (no text weights are loaded). A message then names the file the bad field is in, not the caller's overrides.
+
+    >>> config_fails("videomamba_tiny", {"num_frame": 8}), config_fails("videomamba_tiny", {"depth": 1})
+    (True, False)
+    """
+    import torch
+
+    from vmm.models.persistence import saved_model_kwargs
+    try:
+        with torch.device("meta"):
+            _ENTRYPOINTS[architecture](**saved_model_kwargs(options, {}))
+    except VmmError:
+        return True
+    except Exception:  # noqa: BLE001 - a model of the user's own that cannot be built on "meta": not the config's fault
+        return False
+    return False
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a model by registered name; keyword overrides replace config fields (nested dicts merge).
 
@@ -214,7 +235,12 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     """
     cfg = get_model_config(name)
     if cfg is not None:
-        model = _ENTRYPOINTS[cfg["architecture"]](**merge_overrides(cfg.get("model", {}), overrides))
+        try:
+            model = _ENTRYPOINTS[cfg["architecture"]](**merge_overrides(cfg.get("model", {}), overrides))
+        except VmmError as e:
+            if not overrides or config_fails(cfg["architecture"], cfg.get("model", {})):  # the file's fault
+                raise VmmError(f"model config {_config_files()[name]}: {e} (fix it in that file)") from None
+            raise
         model.architecture = cfg["architecture"]
         model.model_name = name
         model.model_meta = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}

@@ -16,7 +16,7 @@ import math
 import os
 import shlex
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -469,7 +469,6 @@ class _FrameCache(dict):
 
 
 def _with_score(hit, score: float):
-    from dataclasses import replace
     return replace(hit, score=score)
 
 
@@ -484,12 +483,28 @@ def _path_list(paths, what: str) -> list[str]:
 
 
 def _as_filter(where):
-    from index.reader import as_clip_filter
+    from index.reader import ClipFilter, as_clip_filter
     if isinstance(where, Where):
         where = asdict(where)
     if isinstance(where, dict) and where.get("path_glob") is not None:
         where = {**where, "path_glob": absolute_path_glob(where["path_glob"])}
-    return as_clip_filter(where)
+    where = as_clip_filter(where)
+    if not isinstance(where, ClipFilter) or where.path_glob is None:
+        return where
+    clip_filter, real_folders = where, {}
+
+    def accepts(record) -> bool:
+        # A library indexed through a symlinked folder (~/videos -> /mnt/nas/videos) holds the link's paths:
+        # --path /mnt/nas/videos/2019 matched none of them. Folders are resolved once each: a realpath per file
+        # cost seconds over a large library at every search.
+        if clip_filter.accepts(record):
+            return True
+        folder, name = os.path.split(record.path)
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        real = real_folders[folder]
+        return real != folder and clip_filter.accepts(replace(record, path=os.path.join(real, name)))
+    return accepts
 
 
 def absolute_path_glob(pattern):

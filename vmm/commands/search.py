@@ -95,6 +95,10 @@ def _check_options(args: argparse.Namespace) -> None:
         # Else "library QUERY does not exist; create it with `vmm index`", for a library that is right there.
         raise VmmError(f"the arguments look swapped: {args.text!r} is a library and {args.library!r} is no folder; "
                        f"give the library first: vmm search {shlex.quote(args.text)} {shlex.quote(args.library)}")
+    if args.text is not None and _is_video_file(args.text):
+        # Else the file's name was searched as words, and its ranking looked like an answer.
+        raise VmmError(f"the query {args.text!r} is a video file; search by it with --video "
+                       f"{shlex.quote(args.text)}, or write the words to search for")
     if not check_library_readable(args.library):
         return  # missing or not a folder: opening the library names it
     given = [f"--{name}" for name in ("model", "checkpoint") if getattr(args, name) not in (None, COLOR_HISTOGRAM)]
@@ -102,6 +106,15 @@ def _check_options(args: argparse.Namespace) -> None:
     if recorded == COLOR_HISTOGRAM and given:  # else the override loads the default video-text model's weights
         raise VmmError(f"library {args.library} was indexed with {COLOR_HISTOGRAM}, which has no weights: drop "
                        f"{' and '.join(given)}")
+
+
+def _is_video_file(text: str) -> bool:
+    """Whether a text query names a video file that exists: `vmm search LIB clip.mp4`, meant as --video. Both tests,
+    so that words that happen to name a file ("dog", "notes.txt") are still searched as words."""
+    from pathlib import Path
+
+    from index.discovery import VIDEO_EXTENSIONS
+    return Path(text).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.expanduser(text))
 
 
 def _read_queries(source: str) -> list[tuple[str, int, str]]:

@@ -6,17 +6,10 @@ import pytest
 import torch
 
 import vmm
-from vmm.errors import VmmError
 from vmm.models import registry
+from tests.test_factory_review import refused
 
 SMALL = dict(depth=1, num_frames=4, img_size=32, num_classes=3)
-
-
-def refused(needle, fn, *args, **kwargs):
-    with pytest.raises(VmmError, match=needle) as e:
-        fn(*args, **kwargs)
-    assert "\n" not in str(e.value)
-    return str(e.value)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from index.catalog import Catalog, FileRecord, FileResult, LibraryManifest
-from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions
+from index.decode import DEFAULT_MAX_PIXELS, DEFAULT_STRIDE, DEFAULT_WINDOW, DecodeOptions, _is_number
 from index.discovery import Candidate, Discovery, _path_args, check_root, discover
 from index.library import CATALOG_FILE, LibraryWriter, _catalog_writes, _factory_setting, _sync, library_folder
 from index.pool import DecodePool, FileStamp
@@ -647,7 +647,7 @@ def _check_numbers(**values) -> None:
     """A string or None where a number belongs is named here, not left to fail inside a comparison later."""
     for name, value in values.items():
         whole = name in _WHOLE_NUMBERS
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+        if not _is_number(value, numbers.Integral if whole else numbers.Real):
             raise VmmError(f"{name} must be {'a whole number' if whole else 'a number of seconds'}, got "
                            f"{reprlib.repr(value)}; fix the option")
 

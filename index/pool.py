@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from index.decode import DecodeFailure, DecodeOptions, DecodeStart, iter_decode
+from index.decode import DecodeFailure, DecodeOptions, DecodeStart, _is_number, iter_decode
 from index.discovery import fingerprint_file, storable_mtime
 
 Event = tuple  # (kind, key, payload)
@@ -243,7 +243,7 @@ def _check_limits(workers, timeout) -> None:
     from vmm.errors import VmmError, is_whole_number
     if not (is_whole_number(workers) and workers >= 0):
         raise VmmError(f"workers must be a whole number >= 0 (0 decodes in this process), got {workers!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+    if not _is_number(timeout, numbers.Real) or not timeout > 0:
         raise VmmError(f"timeout must be a number of seconds > 0, got {timeout!r}")
 
 

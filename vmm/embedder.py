@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import numbers
 import os
 import sys
 import threading
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from vmm._cuda_graph import GraphedVideoForward, HostSyncError
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 from vmm.tokenizer import Tokenizer, as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, as_uint8_frames, decode_hint
 
@@ -122,7 +121,7 @@ class VideoTextEncoder:
         if not hasattr(model, "encode_video") or not hasattr(model, "encode_text"):
             raise VmmError(f"model {getattr(model, 'model_name', type(model).__name__)} is not a video-text model; "
                            f"use a multimodal model such as vmm_nano or videomamba_m16_25m")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not is_whole_number(batch_size) or batch_size < 1:
             # 0 failed deep in range(); a negative count returned no vectors at all, without a word
             raise VmmError(f"batch_size must be a whole number >= 1, got {batch_size!r}; e.g. batch_size=8")
         from vmm.factory import resolve_device

@@ -7,13 +7,12 @@ Face cache, e.g. ``google-bert/bert-base-uncased``); the PyPI package
 """
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Iterable, Optional, Union
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 
 def as_texts(texts: Union[str, Iterable[str]]) -> list[str]:
@@ -61,7 +60,7 @@ def refuse_unordered_texts(texts, name: str = "texts", mappings: bool = True) ->
 def check_max_length(max_length: Any, option: str = "max_length") -> int:
     """``max_length`` as a token count, or VmmError: WordPiece ignores a length that cannot hold [CLS] and
     [SEP] and returns the text untruncated."""
-    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
+    if not is_whole_number(max_length) or max_length < 2:
         raise VmmError(f"{option}={max_length!r}: must be a whole number >= 2 (room for [CLS] and [SEP]), "
                        f"e.g. {option}=32")
     return int(max_length)

@@ -13,12 +13,11 @@ first), and so do the official quirks kept here on purpose:
 """
 from __future__ import annotations
 
-import numbers
 import re
 import string
 import unicodedata
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 
 # Punctuation deleted outright by the official code: , . ' ! ? " ( ) * # : ; ~
 _DELETED = ",.'!?\"()*#:;~"
@@ -46,8 +45,7 @@ def clean_caption(text: str, max_words: int | None = None) -> str:
     text = _WHITESPACE_RUN.sub(" ", text)
     text = text.rstrip("\n").strip(" ")
     # Checked here, not left to the slice: max_words=-1 ("no limit" elsewhere) silently dropped the last word.
-    if max_words is not None and (isinstance(max_words, bool) or not isinstance(max_words, numbers.Integral)
-                                  or max_words < 0):
+    if max_words is not None and (not is_whole_number(max_words) or max_words < 0):
         raise VmmError(f"max_words={max_words!r}: must be a whole number of words >= 1, or None (or 0) for no limit")
     if max_words:
         words = text.split(" ")

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Optional, get_args, get_type_hints
 
-from vmm.errors import VmmError
+from vmm.errors import VmmError, is_whole_number
 from vmm.models.registry import close_match
 
 # More frames than any released model uses (64) by far; beyond this a clip's tokens exhaust memory instead of
@@ -125,8 +125,7 @@ def _field_problem(name: str, value: Any, hint: Any) -> Optional[str]:
         hint = next(a for a in get_args(hint) if a is not type(None))
     if hint is int:
         low, high = INT_RANGES.get(name, (1, None))
-        if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
-                or (high is not None and value > high)):
+        if not is_whole_number(value) or value < low or (high is not None and value > high):
             return f"{name} must be a whole number " + (f">= {low}" if high is None else f"from {low} to {high}")
     elif hint is float:
         # Drop rates and probabilities are fractions; eps and the temperature sit under a division.

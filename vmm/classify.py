@@ -470,13 +470,19 @@ def _model_name(model) -> str:
     return getattr(model, "model_name", None) or type(model).__name__
 
 
+def is_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` is a VideoMamba classifier: a VideoMamba with a linear classification head (built with
+    ``num_classes`` > 0)."""
+    from vmm.models.videomamba import VideoMamba
+    return isinstance(model, VideoMamba) and isinstance(getattr(model, "head", None), nn.Linear)
+
+
 def _classifier_head(model: nn.Module) -> nn.Linear:
     """The linear classification head of a VideoMamba classifier; VmmError for any other model."""
     from vmm.models.videomamba import VideoMamba
 
-    head = getattr(model, "head", None)
-    if isinstance(model, VideoMamba) and isinstance(head, nn.Linear):
-        return head
+    if is_classifier(model):
+        return model.head
     if is_video_text_model(model):
         what = "it is a video-text model: classify_video and classify_videos score it zero-shot"
     elif isinstance(model, VideoMamba):

@@ -454,10 +454,8 @@ def create_model_and_transforms(name: Union[str, Path], pretrained: Optional[Uni
     if not isinstance(size, int):  # a registered model of the user's own
         raise VmmError(f"model {name} has no cfg.img_size to size its transforms; use vmm.create_model and "
                        "vmm.transforms.EvalTransform(size) / TrainTransform(size)")
-    from vmm.models.videomamba import VideoMamba
-    if isinstance(model, VideoMamba) and isinstance(getattr(model, "head", None), torch.nn.Linear):
-        # A classifier is tested on the centre square (official K400 validation view), not on the squashed frame
-        from vmm.classify import K400EvalTransform
+    from vmm.classify import K400EvalTransform, is_classifier
+    if is_classifier(model):  # tested on the centre square (official K400 validation view), not the squashed frame
         return model, TrainTransform(size), K400EvalTransform(size)
     return model, TrainTransform(size), EvalTransform(size)
 

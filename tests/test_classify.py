@@ -698,3 +698,17 @@ def test_a_classifiers_eval_transform_is_the_k400_centre_crop_not_the_retrieval_
                                                        num_classes=0)
     assert isinstance(encoder_tf, EvalTransform)
     assert not torch.allclose(encoder_tf(frames), classifier_tf(frames))
+
+
+@pytest.mark.parametrize("size", [0, 2.5, True])
+def test_k400_eval_transform_refuses_a_size_that_is_no_pixel_count(size):
+    from vmm.classify import K400EvalTransform
+    with pytest.raises(VmmError, match=rf"^size={size!r}: must be a whole number of pixels >= 1, e\.g\. size=224$"):
+        K400EvalTransform(size)
+
+
+def test_k400_eval_transform_refuses_a_file_name_for_frames_in_one_line():
+    from vmm.classify import K400EvalTransform
+    from vmm.transforms import FramesError
+    with pytest.raises(FramesError, match=r"^frames are a file name \('clip\.mp4'\), not decoded frames; decode the "):
+        K400EvalTransform(32)("clip.mp4")

@@ -20,6 +20,7 @@ import torch
 
 from vmm._cuda_graph import GraphedVideoForward, HostSyncError
 from vmm.errors import VmmError, is_whole_number
+from vmm.models.layers import BiMambaMixer
 from vmm.tokenizer import Tokenizer, as_texts, check_max_length
 from vmm.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, as_uint8_frames, decode_hint
 
@@ -126,6 +127,10 @@ class VideoTextEncoder:
             raise VmmError(f"batch_size must be a whole number >= 1, got {batch_size!r}; e.g. batch_size=8")
         from vmm.factory import resolve_device
         self.device = resolve_device(device, "device= / --device")
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" is the GPU current now, which is per thread: a search from another thread (a server's worker,
+            # whose current GPU is cuda:0) sent its clips and texts to cuda:0 while the model sat on cuda:1.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.model = model.to(self.device).eval()
         cfg = model.cfg
         self.name = getattr(model, "model_name", None) or "videomamba_m16_mm"
@@ -225,7 +230,10 @@ class VideoTextEncoder:
         # The graph reads weights by address: a replaced parameter (model.half(), a new tensor assigned) or a
         # switch to training mode means a new key and a new capture; updates in place need none.
         weights = tuple(t.data_ptr() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
-        key = (tuple(x.shape), x.dtype, x.device, self.model.training, weights)
+        # The layers' scan backends too: after set_scan_backend("reference") the graph replayed the fused kernels,
+        # so the vectors of one backend were taken for the other's.
+        backends = tuple(m.scan_backend for m in self.model.modules() if isinstance(m, BiMambaMixer))
+        key = (tuple(x.shape), x.dtype, x.device, self.model.training, weights, backends)
         if key != self._graph_key:
             self._graph, self._graph_key = None, None
             if key != self._graph_candidate:  # one call of a shape (`vmm encode`, a search) is not worth a capture

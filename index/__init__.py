@@ -2,12 +2,13 @@
 
 Public API (imported lazily, so decoder worker processes load only what they use):
 
-* :func:`build_library`, :class:`IngestSummary` (index.ingest); :func:`remove_paths`, :func:`sync_index` (index.library)
+* :func:`build_library`, :class:`IngestSummary` (index.ingest); :func:`remove_paths`, :func:`sync_index` (index.library);
+  :func:`build_library_distributed` (index.distributed); :class:`ProgressUpdate` (index.progress)
 * :func:`open_library`, :class:`LibraryReader`, :class:`ClipFilter`, :class:`Hit` (index.reader)
 * :class:`ClipEncoder`, :class:`ColorHistogramEncoder` (index.encoder)
 * :class:`VectorStore` (index.store), :class:`Catalog`, :class:`LibraryManifest` (index.catalog)
 * :func:`discover`, :func:`probe_video`, :func:`decode_video`, :func:`sample_middle_indices`,
-  :func:`plan_windows` (index.discovery, index.decode)
+  :func:`plan_windows`, :class:`DecodeOptions` (index.discovery, index.decode)
 
 >>> import index
 >>> index.sample_middle_indices(8, 4).tolist()
@@ -48,4 +49,9 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'index' has no attribute {name!r}")
+
+
+def __dir__():
+    # The exports load on first use, so without this a notebook's tab completion offered none of them.
+    return sorted(set(globals()) | set(__all__))
 

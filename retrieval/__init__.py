@@ -12,3 +12,8 @@ def __getattr__(name: str):
         import importlib
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+
+
+def __dir__():
+    # The exports load on first use, so without this a notebook's tab completion offered none of them.
+    return sorted(set(globals()) | set(__all__))

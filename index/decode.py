@@ -249,8 +249,13 @@ def plan_clips(info: VideoInfo, options: DecodeOptions, times: np.ndarray | None
         # first seconds, and a screen recording (30 fps, then a frame every 2 s) was planned past its last frame.
         if options.max_seconds is not None and vlen / info.fps > options.max_seconds:
             vlen = max(1, int(options.max_seconds * info.fps))
-        # A whole variable-rate video's clip ends where the video does (vlen / average fps was 4 s of 63 there).
-        duration = info.duration if times is not None and vlen == info.num_frames else vlen / info.fps
+        # A whole variable-rate video's clip ends where the video does (vlen / average fps was 4 s of 63 there), a
+        # trimmed one where its first frame left out starts (a phone video at 30 fps, then 5 fps, kept 8.8 s for
+        # max_seconds=15, and its clip said 0-15 s).
+        if times is None:
+            duration = vlen / info.fps
+        else:
+            duration = float(times[vlen]) if vlen < min(info.num_frames, len(times)) else info.duration
     else:
         def frame_at(t: float) -> int:
             return max(0, int(np.searchsorted(times, t + _EPS, side="right")) - 1)
@@ -284,7 +289,8 @@ def _variable_rate_times(times: np.ndarray | None, fps: float) -> np.ndarray | N
 def _error_text(error: BaseException, path: str | None = None) -> str:
     # FFmpeg errors carry "[Errno N] message: 'path'"; the message alone reads better. decord's carry its log line's
     # "[14:58:43] /github/workspace/src/video/video_reader.cc:270: [PATH] ": a clock time and a build machine's
-    # source file, and the path the message already starts with.
+    # source file, and the path the message already starts with. A failure inside decord's decoding thread carries
+    # two ("threaded_decoder.cc:292: [14:58:43] ...threaded_decoder.cc:218: Check failed ...").
     text = getattr(error, "strerror", None) or str(error)
     text = " ".join(str(text).split()) or type(error).__name__
     text = _DECORD_LOG_PREFIX.sub("", text)
@@ -293,7 +299,7 @@ def _error_text(error: BaseException, path: str | None = None) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-_DECORD_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+_DECORD_LOG_PREFIX = re.compile(r"^(\[\d\d:\d\d:\d\d\] \S+:\d+: )+")
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,9 @@ def test_variable_frame_rate_windows_take_the_frames_shown_during_them():
     # One clip per video, the evaluation protocol: the official trimmed30 rule by index whatever the timestamps,
     # the first int(1.5 s * 2.5 fps) = 3 frames (the shown-by-1.5 s rule took 4, and DiDeMo's frames differed).
     (trimmed,) = plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5), times)
-    assert (trimmed.start, trimmed.end) == (0.0, 1.2)  # 3 frames at 2.5 fps, as a constant-rate video
+    # Its clip ends where those 3 frames do, when frame 3 comes at 1.0 s (3 / 2.5 fps = 1.2 s is a time no frame
+    # of it has: a phone video kept 8.8 s for max_seconds=15 said 0-15 s).
+    assert (trimmed.start, trimmed.end) == (0.0, 1.0)
     assert trimmed.frames == plan_clips(info, DecodeOptions(num_frames=4, window=math.inf, max_seconds=1.5))[0].frames
     assert max(trimmed.frames) == 2
     # Jitter within a frame keeps the constant-rate plan (frame index / fps), and so the official frames.

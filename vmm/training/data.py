@@ -370,8 +370,8 @@ def rand_segment_indices(vlen: int, num_frames: int, rng: random.Random) -> list
 
 def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray:
     """Decode N 'rand'-sampled frames -> (N, H, W, 3) uint8: with decord, as the official loader does, except a
-    file whose frames decord cannot fetch accurately (see :func:`_decord_miscounts`) or that it cannot open (an
-    animated GIF), which PyAV decodes."""
+    file whose frames decord cannot fetch accurately or turn upright (see :func:`_pyav_reading`) or that it cannot
+    open (an animated GIF), which PyAV decodes."""
     import decord
     if isinstance(source, str) and not os.path.exists(source):
         # decord would print its own C++ "ERROR opening" line to stderr before raising, once per draw of a file
@@ -381,8 +381,8 @@ def read_video_frames(source, num_frames: int, rng: random.Random) -> np.ndarray
     if isinstance(source, str):
         from index.decode import _ffmpeg_path
         source = _ffmpeg_path(source)  # a bare "12:30 clip.mp4" is a file, not an FFmpeg protocol
-    if isinstance(source, str) and _decord_miscounts(source):
-        return _read_frames_in_order(source, num_frames, rng)
+    if isinstance(source, str) and (orientation := _pyav_reading(source)) is not None:
+        return _read_frames_in_order(source, num_frames, rng, *orientation)
     try:
         reader = decord.VideoReader(source, num_threads=1, ctx=decord.cpu(0))
     except decord.DECORDError:
@@ -420,25 +420,39 @@ def _as_path(source):
         yield f.name
 
 
-def _decord_miscounts(path: str) -> bool:
-    """Whether decord returns other frames than asked for from this file, with no error (MPEG program and transport
-    streams, open GOPs, B-frames in AVI, MP4 edit lists: index.decode's check, about 1.5-5 ms); remembered per
-    file version, as a corpus draws its files again every epoch."""
+def _pyav_reading(path: str) -> Optional[tuple[int, bool]]:
+    """None when decord reads this file as it is; else the (rotation, mirrored) with which PyAV reads it: a file
+    from which decord returns other frames than asked for, with no error (MPEG program and transport streams, open
+    GOPs, B-frames in AVI, MP4 edit lists: index.decode's check, about 1.5-5 ms), or a phone video's display matrix,
+    which decord applied in MP4 and MOV, not in Matroska, and not where it failed (64x48) and PyAV took over: the
+    same portrait video came out upright or sideways by its container and size. Remembered per file version, as a
+    corpus draws its files again every epoch."""
     st = os.stat(path)
-    return _decord_miscounts_version(path, st.st_size, st.st_mtime_ns)
+    return _pyav_reading_version(path, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=65536)
-def _decord_miscounts_version(path: str, size: int, mtime_ns: int) -> bool:
-    from index.decode import _decord_seek_problem
-    return _decord_seek_problem(path) is not None
+def _pyav_reading_version(path: str, size: int, mtime_ns: int) -> Optional[tuple[int, bool]]:
+    import av
+
+    from index.decode import _decord_seek_problem, _display_orientation
+    orientation = (0, False)
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            if stream is not None:
+                orientation = _display_orientation(container, stream)
+    except av.error.FFmpegError:
+        pass  # a damaged file: the decoders report it
+    return orientation if orientation != (0, False) or _decord_seek_problem(path) is not None else None
 
 
-def _read_frames_in_order(path: str, num_frames: int, rng: random.Random) -> np.ndarray:
+def _read_frames_in_order(path: str, num_frames: int, rng: random.Random, rotation: int = 0,
+                          mirrored: bool = False) -> np.ndarray:
     """The same draw as :func:`read_video_frames`, decoded by PyAV, which finds each frame by its timestamp (exact,
-    where decord's seeking is not for these files)."""
+    where decord's seeking is not for these files), turned by ``rotation`` and ``mirrored`` (the display matrix)."""
     from index.decode import ClipSpan, _PyAVReader
-    reader = _PyAVReader(path, threads=1)
+    reader = _PyAVReader(path, threads=1, rotation=rotation, mirrored=mirrored)
     if reader.num_frames < 1:
         raise ValueError("video has no frames")
     indices = tuple(rand_segment_indices(reader.num_frames, num_frames, rng))

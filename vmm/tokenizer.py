@@ -8,6 +8,7 @@ Face cache, e.g. ``google-bert/bert-base-uncased``); the PyPI package
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Iterable, Optional, Union
@@ -107,6 +108,17 @@ def _python_wordpiece_class():
 
 
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_SPECIAL_OR_CHAR = re.compile("(" + "|".join(map(re.escape, _SPECIAL_TOKENS)) + ")|(.)", re.S)
+
+
+def _lower_like_official(text: str) -> str:
+    """``text`` lower-cased as the official tokenizer (transformers 4.36) does before splitting it: one character at
+    a time, special tokens ("[CLS]") as typed. transformers 5 lower-cases whole words, where Python makes a
+    word-final capital sigma "ς", not "σ": "ΣΟΦΟΣ" passed with clean=False got other ids than the official ones.
+    The final sigma is the only character whose lower case depends on its neighbours, so other texts are left."""
+    if "\u03a3" not in text:
+        return text
+    return _SPECIAL_OR_CHAR.sub(lambda m: m.group(1) or m.group(2).lower(), text)
 
 
 def _build_wordpiece(cls, vocab_file: Path):
@@ -165,6 +177,7 @@ class Tokenizer:
         if self.clean if clean is None else clean:
             from vmm.data.text import clean_caption
             texts = [clean_caption(t) for t in texts]
+        texts = [_lower_like_official(t) for t in texts]
         out = self._tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         return out["input_ids"], out["attention_mask"]
 

@@ -117,7 +117,7 @@ def test_remove_refuses_quiet_which_it_would_ignore(tmp_path, capsys):
     capsys.readouterr()
     assert main(["index", red, "--library", library, "--remove", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --remove takes only PATHs and --library; --quiet would be ignored, drop it")
+    assert err.startswith("error: --remove takes only PATHs, --library and --json; --quiet would be ignored, drop it")
     assert err.count("\n") == 1, err
     assert main(["index", red, "--library", library, "--remove"]) == 0  # still there: the refusal removed nothing
     assert capsys.readouterr().out == f"removed 1 file(s) from {library}\n"

@@ -320,7 +320,7 @@ def test_remove_names_paths_that_matched_nothing_and_refuses_indexing_options(tm
     assert "removed 1 file(s)" in out and "1 of the PATHs matched nothing" in out
     assert f"not in the library: {tmp_path / 'nonexist'}" in err
     assert main(["index", str(vids), "--library", lib, "--remove", "--window", "4", "--model", "x"]) == 2
-    assert "--remove takes only PATHs and --library; --model, --window would be ignored" in capsys.readouterr().err
+    assert "--remove takes only PATHs, --library and --json; --model, --window would be ignored" in capsys.readouterr().err
     assert indexed_paths(lib) == [str(vids / "green.mp4")]
     not_found = []
     assert remove_paths(lib, [str(tmp_path / "nonexist")], not_found=not_found) == 0

@@ -246,7 +246,7 @@ def _remove(args: argparse.Namespace, library: str, rank: int) -> int:
     from vmm.errors import VmmError, one_line
     given = [f"--{name.replace('_', '-')}" for name, default in _INDEXING_OPTIONS if getattr(args, name) != default]
     if given:
-        raise VmmError(f"--remove takes only PATHs and --library; {', '.join(given)} would be ignored, drop "
+        raise VmmError(f"--remove takes only PATHs, --library and --json; {', '.join(given)} would be ignored, drop "
                        f"{'it' if len(given) == 1 else 'them'}")
     if rank != 0:
         # Under torchrun / accelerate every rank runs this command: one removal is the job, and the other ranks

@@ -5,7 +5,7 @@ Index types come from a FAISS factory string, or ``"auto"``:
 * fewer than ``AUTO_FLAT_MAX`` (1,000,000) vectors: ``IDMap2,Flat``, exact search;
 * more: ``IVF{nlist},Flat`` with ``nlist`` the power of two nearest ``4 * sqrt(n)``,
   trained on (a sample of) the library's own vectors, searched with
-  ``nprobe = clamp(nlist // 32, 16, 256)`` unless the caller asks for another.
+  ``nprobe = clamp(nlist // 32, 16, 256)`` (at most ``nlist``) unless the caller asks for another.
 
 Flat codes are kept (no PQ) because video vectors are searched with text queries,
 where quantisation hurts most. Index types without their own id support
@@ -165,12 +165,13 @@ def auto_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists visited per query unless the caller says otherwise: about 3% of them.
+    """Lists visited per query unless the caller says otherwise: about 3% of them, from 16 to 256, and never more
+    than there are. A library's search and the ``index`` row of an evaluation both probe this many.
 
-    >>> default_nprobe(4096), default_nprobe(256)
-    (128, 16)
+    >>> default_nprobe(4096), default_nprobe(256), default_nprobe(8)
+    (128, 16, 8)
     """
-    return int(min(256, max(16, nlist // 32)))
+    return int(min(nlist, 256, max(16, nlist // 32)))
 
 
 def _fsync_dir(path: str) -> None:

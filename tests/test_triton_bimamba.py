@@ -115,6 +115,7 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, sys.argv[1] + "/tests")
     from vmm.ops import triton_bimamba, triton_conv, triton_norm
+    from vmm.ops.norm import add_rmsnorm_ref
     from test_triton_bimamba import make_layer, check_against_reference, rel
     triton_bimamba.BWD_CK = 4  # several checkpoint chunks even on short sequences
     triton_conv.CONV_BLOCK_L = 4  # several conv programs along L, each walking two row tiles in the backward
@@ -142,13 +143,13 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     errs = {}
     for with_res in (True, False):
         h, r, w = (torch.randn(*s, dtype=torch.float64).requires_grad_() for s in ((3, 5, 48), (3, 5, 48), (48,)))
-        y, r2 = triton_norm.add_rmsnorm(h.float(), r.float() if with_res else None, w.float())
-        rr = h + r if with_res else h
-        yr = rr * torch.rsqrt(rr.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+        args = (h.float(), r.float() if with_res else None, w.float())
+        y, r2 = triton_norm.add_rmsnorm(*args)
+        yr, rr = add_rmsnorm_ref(*args)
         gy, gr = torch.randn(3, 5, 48, dtype=torch.float64), torch.randn(3, 5, 48, dtype=torch.float64)
         leaves = [h, w] + ([r] if with_res else [])
         got = torch.autograd.grad((y.double() * gy).sum() + (r2.double() * gr).sum(), leaves)
-        want = torch.autograd.grad((yr * gy).sum() + (rr * gr).sum(), leaves)
+        want = torch.autograd.grad((yr.double() * gy).sum() + (rr.double() * gr).sum(), leaves)
         tag = "res" if with_res else "nores"
         errs.update({f"out_{tag}": rel(y, yr), f"residual_{tag}": rel(r2, rr)})
         errs.update({f"grad{i}_{tag}": rel(a, b) for i, (a, b) in enumerate(zip(got, want))})
@@ -287,8 +288,8 @@ def test_docstring_examples_run():
     import doctest
     result = doctest.testmod(triton_bimamba)
     assert result.failed == 0 and result.attempted >= 5
-    from vmm.ops import _triton, triton_norm
-    for module in (_triton, triton_conv, triton_norm):
+    from vmm.ops import _checks, _triton, norm, triton_norm
+    for module in (_checks, _triton, norm, triton_conv, triton_norm):
         assert doctest.testmod(module).failed == 0
 
 
@@ -399,7 +400,7 @@ def test_fused_wrappers_on_cpu_without_the_interpreter_are_one_line_errors(monke
              # these two still failed that way
              "conv1d_bidir_silu_ref": lambda: triton_conv.conv1d_bidir_silu(torch.randn(2, 7, 64),
                                                                             torch.randn(2, 64, 4), None),
-             "RMSNorm.add_forward": lambda: triton_norm.add_rmsnorm(torch.randn(2, 5, 64), None, torch.ones(64))}
+             "add_rmsnorm_ref": lambda: triton_norm.add_rmsnorm(torch.randn(2, 5, 64), None, torch.ones(64))}
     for fix, call in calls.items():
         with pytest.raises(VmmError, match="cannot run on cpu .*TRITON_INTERPRET=1") as err:
             call()

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default="flat", choices=("flat", "ivf"),
                    help="FAISS index of the 'index' row: exact flat or IVF (ANN) [flat]")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists [about 4*sqrt(N)]")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query [nlist/8]")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists probed per query [as a library: nlist/32, 16 to 256, at most nlist]")
     p.add_argument("--sim-chunk", type=int, default=None, help="videos per ITC block [automatic, ~128 MiB]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

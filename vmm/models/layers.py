@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from vmm.ops.bimamba import DirectionWeights, bimamba_inner_xz, use_triton
+from vmm.ops.norm import _rms_norm, add_rmsnorm_ref
 
 
 class RMSNorm(nn.Module):
@@ -23,9 +24,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(out_dtype or x.dtype)
+        return _rms_norm(x, self.weight, self.eps, out_dtype)
 
     def add_forward(self, hidden: Tensor, residual: Optional[Tensor],
                     backend: Optional[str] = "reference") -> tuple[Tensor, Tensor]:
@@ -34,7 +33,7 @@ class RMSNorm(nn.Module):
 
         ``backend`` is the model's scan backend: where the fused Triton kernels run for it
         (:func:`vmm.ops.bimamba.use_triton`), this is one Triton kernel, forward and backward; otherwise, and on
-        CPU, PyTorch::
+        CPU, its PyTorch twin :func:`vmm.ops.norm.add_rmsnorm_ref`::
 
             >>> norm = RMSNorm(8)
             >>> normed, residual = norm.add_forward(torch.randn(2, 3, 8), None)
@@ -44,8 +43,7 @@ class RMSNorm(nn.Module):
         if use_triton(hidden, backend):
             from vmm.ops import triton_norm
             return triton_norm.add_rmsnorm(hidden, residual, self.weight, self.eps)
-        residual = hidden.float() if residual is None else residual + hidden.float()
-        return self(residual, out_dtype=hidden.dtype), residual
+        return add_rmsnorm_ref(hidden, residual, self.weight, self.eps)
 
 
 class DropPath(nn.Module):

@@ -130,12 +130,12 @@ def get_model_config(name: str) -> Optional[dict[str, Any]]:
     return cfg
 
 
-_BUILTIN_MODULES = ("vmm.models.factory", "vmm.models.multimodal")
+_BUILTIN_MODULES = ("vmm.models.variants", "vmm.models.multimodal")
 
 
 def _import_builtin_models() -> None:
     # Importing the model modules registers their entrypoints (deferred so `import vmm` stays light).
-    import vmm.models.factory  # noqa: F401
+    import vmm.models.variants  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -30,8 +30,9 @@ class DirectionWeights(NamedTuple):
 
 
 def mamba_direction_ref(x: Tensor, z: Optional[Tensor], w: DirectionWeights, reverse: bool,
-                        scan_backend: Optional[str] = None) -> Tensor:
-    """One direction of the official ``mamba_inner_fn_no_out_proj``: conv, x_proj, dt_proj, scan, gate."""
+                        backend: Optional[str] = None) -> Tensor:
+    """One direction of the official ``mamba_inner_fn_no_out_proj``: conv, x_proj, dt_proj, scan, gate;
+    ``backend`` is the scan's (:func:`vmm.ops.selective_scan`)."""
     N = w.A_log.shape[1]
     R = w.dt_proj_weight.shape[1]
     xc = causal_conv1d(x, w.conv_weight, w.conv_bias, activation="silu", reverse=reverse)  # (B, E, L)
@@ -41,7 +42,7 @@ def mamba_direction_ref(x: Tensor, z: Optional[Tensor], w: DirectionWeights, rev
     A = -torch.exp(_at_least_fp32(w.A_log))
     return selective_scan(
         xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D=_at_least_fp32(w.D), z=z,
-        delta_bias=_at_least_fp32(w.dt_proj_bias), delta_softplus=True, reverse=reverse, backend=scan_backend,
+        delta_bias=_at_least_fp32(w.dt_proj_bias), delta_softplus=True, reverse=reverse, backend=backend,
     )
 
 
@@ -52,14 +53,16 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 
 
 def bimamba_inner_ref(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWeights,
-                      scan_backend: Optional[str] = None) -> Tensor:
+                      backend: Optional[str] = None) -> Tensor:
     """``SiLU(z) * scan_fwd(x) + SiLU(z) * scan_bwd(x)`` for x, z of shape (B, E, L); returns (B, E, L).
 
     Each direction is gated on its own and then summed (no halving), the same order of operations as the
-    official code, so fp32 results match it to rounding.
+    official code, so fp32 results match it to rounding. ``backend`` names the scan backend of
+    :func:`vmm.ops.selective_scan` (None: the best for the device); the same arguments as :func:`bimamba_inner`,
+    whose fused ``"triton"`` this reference does not run.
     """
-    y_f = mamba_direction_ref(x, z, fwd, reverse=False, scan_backend=scan_backend)
-    y_b = mamba_direction_ref(x, z, bwd, reverse=True, scan_backend=scan_backend)
+    y_f = mamba_direction_ref(x, z, fwd, reverse=False, backend=backend)
+    y_b = mamba_direction_ref(x, z, bwd, reverse=True, backend=backend)
     return y_f + y_b
 
 
@@ -120,7 +123,7 @@ def bimamba_inner(x: Tensor, z: Tensor, fwd: DirectionWeights, bwd: DirectionWei
                        f"backend='reference' (a model's scan_backend='reference'), or None for automatic choice")
     if backend is None and x.is_cuda:
         _warn_reference_on_gpu(x, why_not)
-    return bimamba_inner_ref(x, z, fwd, bwd, scan_backend=backend)
+    return bimamba_inner_ref(x, z, fwd, bwd, backend=backend)
 
 
 def _check_weights(fwd: DirectionWeights, bwd: DirectionWeights) -> None:

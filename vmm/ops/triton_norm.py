@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from vmm.ops._triton import (HAS_TRITON, check_float_tensors, check_runs_here, check_shapes, is_available,
-                             on_device_of, tl, triton)
+from vmm.ops._triton import HAS_TRITON, check_runs_here, is_available, on_device_of, tl, triton
+from vmm.ops.norm import _check_add_rmsnorm_args
 
 __all__ = ["add_rmsnorm", "is_available"]
 
@@ -107,21 +107,16 @@ def add_rmsnorm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps:
     """Fused ``residual = residual + hidden`` (fp32) and ``RMSNorm(residual) * weight`` (hidden's dtype).
 
     The official block's "fused_add_norm" with ``residual_in_fp32``; ``residual=None`` starts the stream.
-    Returns ``(normed, residual)``; contiguous (..., D) inputs. Example (needs a CUDA GPU)::
+    Returns ``(normed, residual)``; contiguous (..., D) inputs. :func:`vmm.ops.norm.add_rmsnorm_ref` is its
+    PyTorch twin (same arguments, same checks). Example (needs a CUDA GPU)::
 
         >>> if is_available():
         ...     h = torch.randn(2, 5, 64, device="cuda", dtype=torch.bfloat16)
         ...     y, r = add_rmsnorm(h, None, torch.ones(64, device="cuda"))
         ...     assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
     """
-    check_float_tensors("add_rmsnorm", {"hidden": hidden, "residual": residual, "weight": weight},
-                        optional=("residual",))
-    # The kernel reads residual row by row and weight as D contiguous values: a residual that would broadcast
-    # or a strided weight gave wrong numbers without an error.
-    check_shapes("add_rmsnorm", f"for hidden of shape {tuple(hidden.shape)}",
-                 {"hidden": (hidden, hidden.shape), "residual": (residual, hidden.shape),
-                  "weight": (weight, hidden.shape[-1:])})
-    check_runs_here("add_rmsnorm", hidden, "vmm.models.layers.RMSNorm.add_forward(..., backend='reference')")
+    _check_add_rmsnorm_args("add_rmsnorm", hidden, residual, weight)
+    check_runs_here("add_rmsnorm", hidden, "vmm.ops.norm.add_rmsnorm_ref")
     with on_device_of(hidden):
         return _AddRMSNormFn.apply(hidden.contiguous(), None if residual is None else residual.contiguous(),
                                    weight.contiguous(), eps)

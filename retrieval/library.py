@@ -181,17 +181,47 @@ class VideoLibrary:
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Union[str, Path], model: Optional[str] = None, checkpoint: Optional[str] = None,
-               device: Optional[str] = None, frames: Optional[int] = None) -> "VideoLibrary":
-        """A new (or existing) library folder bound to a model; add videos with :meth:`add`."""
-        path, model, checkpoint = _check_arguments(path, model, checkpoint, device)
+               device: Optional[str] = None, frames: Optional[int] = None, batch_size: int = 8) -> "VideoLibrary":
+        """A new (or existing) library folder bound to a model, as ``vmm index`` binds it; add videos with
+        :meth:`add`. An existing library's recorded model and frames are the defaults: without ``model`` and
+        ``checkpoint`` its model, and a ``checkpoint`` given alone is loaded into it. ``batch_size``: clips per
+        encoder call."""
+        path, model, checkpoint = _check_arguments(path, model, checkpoint, None)
         if frames is not None and not is_whole_number(frames):
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
         frames = None if frames is None else int(frames)  # a NumPy integer failed in model.json's json.dump
+        is_library = _is_library(path)
+        saved = _read_model_file(path, given=model is not None or checkpoint is not None) if is_library else {}
+        if device is not None and not (checkpoint is None and (model or saved.get("model")) == COLOR_HISTOGRAM):
+            # Before the model loads, so that a bad device is not reported as model.json failing to load; the
+            # colour histogram runs on no device, so any is moot there.
+            from vmm.factory import resolve_device
+            resolve_device(device)
         # An existing library's model for a weights file given alone, as `vmm index --checkpoint` takes it
-        model = _model_for(_read_model_file(path, given=True) if _is_library(path) else {}, model, checkpoint)
-        encoder = load_encoder(model, checkpoint, device, _library_frames(path, frames, checkpoint))
+        model = _model_for(saved, model, checkpoint)
+        # Its frames for its own model too: at the model's count, an existing library built with other frames
+        # refused the same model as "built with color-histogram but this run uses color-histogram".
+        recorded = frames if frames is not None else saved.get("frames")
+        if model is None and checkpoint is None:
+            if not saved:
+                raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
+                               + (f" (library {path} records none{built_with(path)})" if is_library else ""))
+            model, checkpoint = saved.get("model"), saved.get("checkpoint")
+            encoder = _load_recorded_encoder(path, saved, device, recorded, batch_size=batch_size)
+        else:
+            try:
+                encoder = load_encoder(model, checkpoint, device, _library_frames(path, recorded, checkpoint),
+                                       batch_size=batch_size)
+            except VmmError:
+                if frames is not None or recorded is None:
+                    raise
+                # The frames came from model.json, recorded for the library's model: another model may not run at
+                # them, and its error blamed frames never asked for. At its own count it loads, and the library's
+                # check names the real difference (another model).
+                encoder = load_encoder(model, checkpoint, device, _library_frames(path, None, checkpoint),
+                                       batch_size=batch_size)
         lib = cls(path, encoder=encoder, reader=None)
-        lib._model_source = (model, checkpoint, frames)  # recorded beside the catalog by the first add()
+        lib._model_source = (model, checkpoint, recorded)  # recorded beside the catalog by the first add()
         return lib
 
     @classmethod
@@ -262,12 +292,20 @@ class VideoLibrary:
                            f"are {', '.join(accepted)} (see index.build_library)")
         options.setdefault("progress", False)
         if self._model_source is not None:
-            source = self._model_source
-            options.setdefault("on_open", lambda library: _write_model_file(library, *source))
+            options.setdefault("on_open", self.record_model)
         summary = build_library(paths, self.path, self.encoder, **options)
         self._model_source = None
         self.refresh()
         return summary
+
+    def record_model(self, folder: Union[str, Path, None] = None) -> None:
+        """Write the model :meth:`create` was given into ``model.json`` in ``folder`` (default: the library's), so
+        that :meth:`open` and ``vmm search`` load it; :meth:`add` does this at its first run. Pass it as
+        ``on_open=`` when indexing with ``index.build_library`` or ``build_library_distributed`` instead (it then
+        runs with the library locked and checked, before the first commit). Nothing for a library from
+        :meth:`open`, which has its model recorded."""
+        if self._model_source is not None:
+            _write_model_file(self.path if folder is None else os.fspath(folder), *self._model_source)
 
     def remove(self, paths: Union[str, Path, Sequence[Union[str, Path]]]) -> int:
         """Drop videos (files or folders, one path or a list) from the library; the files on disk are untouched."""

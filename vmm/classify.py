@@ -521,6 +521,234 @@ def _label_source(labels: Labels) -> str:
     return str(labels) if isinstance(labels, (str, Path)) else "the given label list"
 
 
+def load_classifier(model: Union[str, Path] = "videomamba_m16_k400", checkpoint: Union[str, Path, None] = None, *,
+                    frames: Optional[int] = None, model_args: Optional[dict] = None, device=None,
+                    defer_weights: bool = False):
+    """The model ``vmm classify`` uses, with its weights, for :func:`classify_video` and :func:`classify_videos`.
+
+    ``model``: a classifier name (``videomamba_m16_k400``) with ``checkpoint`` (a .pth/.safetensors file, a
+    ``save_pretrained`` folder, ``hf-hub:OpenGVLab/VideoMamba/<file>`` or ``"default"``, the config's official
+    file), required: random weights give meaningless labels; a video-text model name (``vmm_nano``), whose
+    ``checkpoint`` defaults to its released weights; or a ``save_pretrained`` / ``vmm train`` folder, which holds
+    its own weights and takes no ``checkpoint``. A local checkpoint sets the frames, resolution and number of
+    classes (an SSv2 file's head has 174), except those that ``frames`` or ``model_args`` (config overrides, dotted
+    keys nested as dicts: ``{"vision": {"depth": 2}}``) choose; ``device``: as ``vmm classify --device`` (None:
+    cuda when available).
+
+    Everything that can be checked without the weights is checked first (VmmError naming it): an unknown model,
+    a missing checkpoint, one of the other kind, a head with no classes. ``defer_weights=True`` returns
+    ``(model, load)`` instead: the model built at its final sizes with random weights, and ``load()``, which loads
+    the weights, moves the model to ``device`` and returns it (``vmm classify`` decodes the first video between
+    the two, so that a bad video is named before a large checkpoint loads).
+    """
+    from vmm.factory import resolve_device
+    from vmm.models.persistence import user_path
+
+    spec = _ClassifierSpec(user_path(os.fspath(model)), None if checkpoint is None else user_path(os.fspath(checkpoint)),
+                           frames, dict(model_args or {}))
+    device = resolve_device(device)
+    net = _build_classifier(spec)
+    sizes = None
+    if not is_video_text_model(net):
+        _classifier_head(net)  # a video-text model has no classifier config to compare the checkpoint with
+        sizes = _checkpoint_sizes(spec, net)
+        if sizes:  # the file's own frame count, resolution and classes (a ..._f16_res224to384.pth: 16 frames at 384 px)
+            net = _build_classifier(spec, sizes)
+
+    def load():
+        return _with_weights(spec, net, sizes).to(device)
+    return (net, load) if defer_weights else load()
+
+
+def list_classifiers() -> list[str]:
+    """The registered model configs with a classification head (``num_classes`` > 0), which take a checkpoint
+    of such a head; the architectures without a config (``videomamba_tiny``) are left out.
+
+    >>> list_classifiers()
+    ['videomamba_m16_k400', 'videomamba_s16_k400', 'videomamba_t16_k400']
+    """
+    from vmm.models.registry import get_model_config, list_models
+    found = []
+    for name in list_models():
+        settings = (get_model_config(name) or {}).get("model") or {}
+        if "vision" not in settings and is_whole_number(settings.get("num_classes")) and settings["num_classes"] > 0:
+            found.append(name)
+    return found
+
+
+@dataclass(frozen=True)
+class _ClassifierSpec:
+    """What :func:`load_classifier` was asked for: the model, the checkpoint, the frames and the config
+    overrides chosen."""
+
+    model: str
+    checkpoint: Optional[str]
+    frames: Optional[int]
+    model_args: dict
+
+
+def _checkpoint_path(model, checkpoint: str) -> Path:
+    from vmm.factory import HF_PREFIX, HF_REPO, resolve_pretrained
+    from vmm.models.persistence import WEIGHTS_NAME, is_pretrained_dir
+
+    if checkpoint == "default":
+        hf_file = (model.model_meta.get("pretrained") or {}).get("hf_file")
+        if not hf_file:
+            raise VmmError(f"model {model.model_name} names no default checkpoint; pass --checkpoint PATH")
+        checkpoint = f"{HF_PREFIX}{HF_REPO}/{hf_file}"
+    if is_pretrained_dir(checkpoint):
+        return Path(checkpoint) / WEIGHTS_NAME
+    return resolve_pretrained(checkpoint)
+
+
+def _overrides(spec: _ClassifierSpec, sizes: Optional[dict] = None) -> dict:
+    """The config overrides asked for, over the checkpoint's own ``sizes``."""
+    from vmm.factory import _is_multimodal, frames_override
+    from vmm.models.persistence import is_pretrained_dir
+    from vmm.models.registry import merge_overrides
+
+    # A video-text model's frame count is under vision: a top-level num_frames was refused as unknown. Its
+    # weights' own count is the default, as in vmm index: a model folder's too (a folder of 4 frames with the
+    # name's 8 failed as "--frames 8 ... or leave it out", --frames left out).
+    video_text = _is_multimodal(spec.model) and not is_pretrained_dir(spec.model)
+    found = _own_frames(_video_text_checkpoint(spec)) if video_text else None
+    overrides = merge_overrides(merge_overrides(frames_override(spec.model, found), sizes or {}), spec.model_args)
+    return merge_overrides(overrides, frames_override(spec.model, spec.frames))
+
+
+def _own_frames(checkpoint: str) -> Optional[int]:
+    """The frame count a checkpoint file or model folder was made for; None when it does not tell (a hub name)."""
+    from vmm.factory import checkpoint_frames, saved_frames
+    from vmm.models.persistence import is_pretrained_dir
+    return saved_frames(checkpoint) if is_pretrained_dir(checkpoint) else checkpoint_frames(checkpoint)
+
+
+def _build_classifier(spec: _ClassifierSpec, sizes: Optional[dict] = None):
+    """The model asked for: a folder with its weights, a name without them (loaded by :func:`_with_weights`)."""
+    import vmm
+    from vmm.factory import _frames_error, _is_multimodal
+    from vmm.models.persistence import is_pretrained_dir
+
+    video_text = _is_multimodal(spec.model)
+    overrides = _overrides(spec, sizes)
+    if is_pretrained_dir(spec.model):
+        if spec.checkpoint:  # it silently replaced the folder's own weights; vmm encode and search refuse it too
+            raise VmmError(f"--model {spec.model} is a model folder with its own weights; drop --checkpoint "
+                           f"({spec.checkpoint}), or pass a classifier name (e.g. videomamba_m16_k400) with it")
+        model, _, _ = vmm.create_model_and_transforms(spec.model, **overrides)
+        return model
+    if spec.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
+        raise VmmError(f"--model {spec.model}: unknown model; {_close_names(spec.model, vmm.list_models())}")
+    if video_text:
+        checkpoint = _video_text_checkpoint(spec)  # named now, not once a video has decoded
+        if _checkpoint_kind(checkpoint) == "classifier":
+            raise VmmError(f"checkpoint {checkpoint} is a video classifier's, not a video-text model's; pass it with "
+                           "the classifier --model it was trained as (e.g. videomamba_m16_k400) to use its head, or "
+                           f"video-text weights for zero-shot labels with {spec.model}")
+        # A model folder is loaded exactly (vmm_nano's shipped one too): another frame count failed only once the
+        # first video had been decoded at that count.
+        saved = _own_frames(checkpoint) if is_pretrained_dir(checkpoint) else None
+        if spec.frames is not None and saved is not None and spec.frames != saved:
+            raise _frames_error(spec.frames, saved, checkpoint)
+    elif not spec.checkpoint:
+        raise VmmError(f"--checkpoint is required for {spec.model} (random weights give meaningless labels); pass "
+                       "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
+    model, _, _ = vmm.create_model_and_transforms(spec.model, **overrides)
+    return model
+
+
+def _video_text_checkpoint(spec: _ClassifierSpec) -> str:
+    """The weights of a video-text model name: the checkpoint asked for, else (or for 'default') its released
+    ones."""
+    from vmm.factory import default_pretrained
+
+    checkpoint = (spec.checkpoint if spec.checkpoint not in (None, "default")
+                  else default_pretrained(spec.model))
+    if checkpoint is None:
+        raise VmmError(f"--model {spec.model} has no released weights and random ones give meaningless labels; pass "
+                       "--checkpoint PATH, or a trained model folder (vmm train's final/) as --model")
+    return checkpoint
+
+
+def _with_weights(spec: _ClassifierSpec, model, sizes: Optional[dict]):
+    """``model`` with the weights of the checkpoint (a video-text model name: its default without one); a model
+    folder as it is."""
+    import vmm
+    from vmm.factory import load_weights
+    from vmm.models.persistence import is_pretrained_dir
+
+    if is_pretrained_dir(spec.model):
+        return model
+    if not is_video_text_model(model):
+        return load_weights(model, _checkpoint_path(model, spec.checkpoint))
+    checkpoint = _video_text_checkpoint(spec)
+    if is_pretrained_dir(checkpoint):  # vmm_nano's shipped folder, a trainable-only export: only a build loads them
+        return vmm.create_model(spec.model, pretrained=checkpoint, **_overrides(spec, sizes))
+    return load_weights(model, _checkpoint_path(model, checkpoint))
+
+
+def _checkpoint_sizes(spec: _ClassifierSpec, model) -> Optional[dict]:
+    """The checkpoint's frame count, resolution and number of classes, each where the caller did not choose it
+    and it differs from the model config's (a chosen size gets the position tables interpolated to it, as
+    before): an SSv2 file run as videomamba_m16_k400 has a head of 174 classes, not the config's 400."""
+    from vmm.factory import HF_PREFIX, checkpoint_vision_settings
+    from vmm.models.persistence import is_pretrained_dir
+    chosen = dict(spec.model_args)
+    if spec.frames is not None:
+        chosen["num_frames"] = spec.frames
+    # Local files and folders only, as vmm eval, index and encode: 'default' and hf-hub: names would be fetched
+    # here, before the video is checked (a config's "default" file is of the config's own size).
+    if not spec.checkpoint or spec.checkpoint == "default" or spec.checkpoint.startswith(HF_PREFIX):
+        return None
+    kind = _checkpoint_kind(spec.checkpoint)
+    if kind == "multimodal":  # loading it failed only once a video had decoded, and named the file's size as the fix
+        fix = (f"as --model {spec.checkpoint}" if is_pretrained_dir(spec.checkpoint)
+               else "with a video-text --model (e.g. videomamba_m16_25m, or the one it was trained as)")
+        raise VmmError(f"checkpoint {spec.checkpoint} is a video-text model's, not a classifier's; pass it {fix} for "
+                       "zero-shot labels, or a classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
+    # Resolved and sniffed now so that a mistyped path or a damaged file is named before the video is decoded
+    # (minutes for a long phone video).
+    path = _checkpoint_path(model, spec.checkpoint)
+    if not path.is_file():
+        return None  # loading it names what is there instead
+    found = checkpoint_vision_settings(path)
+    if (found.get("num_classes") == 0 or kind == "vision") and "num_classes" not in chosen:
+        raise VmmError(f"checkpoint {spec.checkpoint} has no classification head (it holds features only); pass a "
+                       "classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
+    cfg = model.cfg
+    sizes = {key: found[key] for key in ("num_frames", "img_size", "num_classes")
+             if key in found and key not in chosen and found[key] != getattr(cfg, key)}
+    return sizes or None
+
+
+def _checkpoint_kind(checkpoint: Optional[str]) -> Optional[str]:
+    """What a local checkpoint file or model folder holds, in vmm.models.checkpoint's words: "multimodal" (a
+    video-text model), "classifier" or "vision"; None for a hub name, 'default', or weights whose keys do not tell.
+    VmmError for a damaged file."""
+    from vmm.factory import HF_PREFIX, _is_multimodal, _tensor_shapes, checkpoint_vision_settings
+    from vmm.models.checkpoint import _kind
+    from vmm.models.persistence import is_pretrained_dir
+
+    if not checkpoint or checkpoint == "default" or checkpoint.startswith(HF_PREFIX):
+        return None
+    if is_pretrained_dir(checkpoint):  # a trainable-only export lacks the frozen weights: its config tells
+        return "multimodal" if _is_multimodal(checkpoint) else None
+    if not Path(checkpoint).is_file():
+        return None  # loading it names what is there instead
+    checkpoint_vision_settings(checkpoint)  # names a file that is no checkpoint, or a damaged one
+    return _kind(_tensor_shapes(Path(checkpoint)))
+
+
+def _close_names(typed: str, names: list[str]) -> str:
+    """Names resembling ``typed``, whole or one '_' part ('tinycls' -> videomamba_tiny), else the classifiers."""
+    from difflib import SequenceMatcher
+    score = {n: max(SequenceMatcher(None, typed.lower(), p).ratio() for p in [n, *n.split("_")]) for n in names}
+    close = sorted((n for n in names if score[n] >= 0.6), key=lambda n: -score[n])[:4]
+    if close:
+        return f"did you mean {', '.join(close)}?"
+    return f"classifiers: {', '.join(list_classifiers())} (or a save_pretrained folder)"
+
+
 @torch.inference_mode()
 def view_probabilities(model: nn.Module, views: Tensor, batch_size: int = 4) -> Tensor:
     """Softmax of the logits of each view: (V, 3, T, S, S) -> (V, num_classes) float32."""

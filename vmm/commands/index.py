@@ -59,10 +59,9 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import DEFAULT_WINDOW, MIN_STRIDE
     from index.library import CATALOG_FILE
-    from retrieval.library import (COLOR_HISTOGRAM, _library_frames, _load_recorded_encoder, _model_for,
-                                   _read_model_file, _write_model_file, built_with, load_encoder)
+    from retrieval.library import VideoLibrary
     from vmm.commands import check_library_readable
-    from vmm.factory import check_frames, resolve_device
+    from vmm.factory import check_frames
     # Checked before the model loads: a bad value costs nothing and names the option.
     if args.window is not None and not (args.window == 0 or args.window >= MIN_STRIDE):
         raise VmmError(f"--window must be 0 (one clip per video) or >= {MIN_STRIDE} seconds, got {args.window}")
@@ -92,51 +91,25 @@ def run(args: argparse.Namespace) -> int:
             raise VmmError(f"--stride {args.stride:g} is longer than the window ({new_window:g} s"
                            f"{'' if args.window is not None else ', the default'}); pass a --stride of at most "
                            f"{new_window:g} seconds, or a longer --window")
-    given = args.model is not None or args.checkpoint is not None
-    saved = _read_model_file(library, given=given) if is_library else {}
-    histogram = args.checkpoint is None and (args.model or saved.get("model")) == COLOR_HISTOGRAM
-    if args.device is not None and not histogram:
-        # Else a bad device failed inside loading the library's recorded model, and the message blamed model.json.
-        # The colour histogram runs on no device, so --device is moot there.
-        resolve_device(args.device)
     if is_library and args.frames is not None:
         _check_library_frames(library, args.frames)
-    model, checkpoint = _model_for(saved, args.model, args.checkpoint), args.checkpoint
-    frames = args.frames or saved.get("frames")
     device = args.device
     distributed = launch is not None
     if distributed and device is None:
         device = _rank_device(launch)
-    if model is None and checkpoint is None:
-        if not saved:
-            raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
-                           + (f" (library {library} records none{built_with(library)})" if is_library else ""))
-        model, checkpoint = saved.get("model"), saved.get("checkpoint")
-        encoder = _load_recorded_encoder(library, saved, device, frames, batch_size=args.batch_size)
-    else:
-        try:
-            encoder = load_encoder(model, checkpoint, device, _library_frames(library, frames, checkpoint),
-                                   batch_size=args.batch_size)
-        except VmmError:
-            if args.frames is not None or frames is None:
-                raise
-            # The frames came from model.json, recorded for the library's model: another model may not run at them,
-            # and its error blamed a --frames never given. At its own count it loads, and the library's check
-            # names the real difference (another model).
-            encoder = load_encoder(model, checkpoint, device, _library_frames(library, None, checkpoint),
-                                   batch_size=args.batch_size)
+    # The model given, else the library's recorded one, at the library's frames; a bad --device is named first
+    lib = VideoLibrary.create(library, args.model, args.checkpoint, device, args.frames, batch_size=args.batch_size)
     window = math.inf if args.window == 0 else args.window
     kwargs = dict(window=window, stride=args.stride if window != math.inf else None, max_seconds=args.max_seconds,
                   batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
                   retry_failed=args.retry_failed, factory=args.factory,
-                  progress=_progress(args.quiet, launch),
-                  on_open=lambda folder: _write_model_file(folder, model, checkpoint, frames))
+                  progress=_progress(args.quiet, launch), on_open=lib.record_model)
     if distributed:
         from index.distributed import build_library_distributed
-        summary = build_library_distributed(args.paths, library, encoder, **kwargs)
+        summary = build_library_distributed(args.paths, library, lib.encoder, **kwargs)
     else:
         from index.ingest import build_library
-        summary = build_library(args.paths, library, encoder, **kwargs)
+        summary = build_library(args.paths, library, lib.encoder, **kwargs)
     if summary is not None:  # non-zero ranks of a distributed run return None
         _print_problems("failed", summary.failures, "failures (listed in the catalog)")
         _print_problems("unreadable", summary.unreadable, "unreadable paths")

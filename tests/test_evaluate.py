@@ -24,6 +24,7 @@ from vmm.cli import main
 from vmm.transforms import EvalTransform
 
 REPO = Path(__file__).resolve().parents[1]
+PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # keep the caller's too
 TINY = dict(vision=dict(embed_dim=192, depth=2, img_size=32, num_frames=8),
             text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                       fusion_layer=1, max_position_embeddings=160), embed_dim=32)
@@ -291,7 +292,7 @@ def test_two_processes_give_the_same_report_as_one(data, tmp_path):
     """torchrun with 2 CPU (gloo) ranks: strided shards, gathered on rank 0, identical numbers."""
     single, single_scores = run_eval(data, "msvd", tmp_path, "--allow-missing", annotations=data["both"], name="one")
     out = tmp_path / "two.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vmm.cli",
          "eval", "msvd", "--annotations", str(data["both"]), "--videos", str(data["videos"]),

@@ -23,6 +23,10 @@ import pytest
 
 from tests.test_train_loop import REPO, TINY, ctrl_c_a_run, metrics
 
+# The repo first, then what the caller had: a PYTHONPATH holding the packages themselves (decord on a machine
+# where they live outside the interpreter) was dropped, and the launched run could not import them.
+PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
 # the launcher beside this Python (a virtual environment), else the one on PATH (a system Python)
 _BESIDE = Path(sys.executable).with_name("accelerate")
 ACCELERATE = str(_BESIDE) if _BESIDE.is_file() else shutil.which("accelerate") or "accelerate"
@@ -124,7 +128,7 @@ def signal_a_launched_run(corpus: Path, out: Path, sig: int, ready, *extra: str)
     if the run has not exited 25 s after the signal (the launcher itself gives up after 30 s and kills its
     processes)."""
     from vmm.training.loop import find_latest_checkpoint
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     stderr_file = out.with_name(out.name + ".stderr")
     with open(stderr_file, "w") as stderr:
         proc = subprocess.Popen(launch(corpus, out, "schedule.max_steps=100000", "data.num_workers=1",
@@ -185,7 +189,7 @@ def test_ctrl_c_stops_two_processes_at_once_with_a_decoder_stuck_in_a_read(corpu
     checkpoint = find_latest_checkpoint(out)
     step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     resumed = subprocess.run(launch(corpus, out, "train.resume=auto", f"schedule.max_steps={step + 1}"), cwd=REPO,
-                             env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), capture_output=True,
+                             env=dict(os.environ, PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1"), capture_output=True,
                              text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {checkpoint} at step {step}" in resumed.stdout
@@ -255,7 +259,7 @@ def test_a_stop_inside_a_folder_swap_waits_for_its_end(tmp_path):
               f"        open({str(marker)!r}, 'w').write('done')\n"
               f"    print('not reached')\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ, PYTHONPATH=PYTHONPATH))
     assert (proc.returncode, proc.stdout, proc.stderr) == (128 + signal.SIGTERM, "", "stopped by signal 15\n")
     assert marker.read_text() == "done"
 
@@ -289,7 +293,7 @@ def run_under_on_signals(body: str, sig: int, wait: float) -> tuple[int, str, st
               "with stop.on_signals(lambda s: f'stopped by signal {s}'):\n"
               + textwrap.indent(textwrap.dedent(body), "    "))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"))
+                            text=True, env=dict(os.environ, PYTHONPATH=PYTHONPATH, PYTHONUNBUFFERED="1"))
     try:
         assert proc.stdout.readline() == "ready\n", proc.stderr.read()
         start = time.monotonic()
@@ -380,7 +384,7 @@ def test_a_workers_sigchld_inside_the_stop_handler_is_not_reported_as_a_crash():
             os._exit(0)
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=dict(os.environ, PYTHONPATH=PYTHONPATH))
     assert done.returncode == 0, done.stderr[-3000:]
     inside, elsewhere = done.stdout.splitlines()
     assert inside == "None"

@@ -373,6 +373,21 @@ def read_manifest_copy(library: str) -> LibraryManifest | None:
         return None
 
 
+def check_library_frames(library: str, frames: int, option: str = "--frames") -> None:
+    """VmmError when the library holds clips of other than ``frames`` frames, naming ``option`` ("--frames" for
+    vmm index, "frames=" for VideoLibrary.create). Checked before a model loads at that count: the catalog's own
+    check blamed the model ("built with color-histogram but this run uses color-histogram"), and a recorded model
+    loaded at it was reported as model.json failing to load. Without a readable manifest copy the catalog checks.
+
+    >>> check_library_frames("/nonexistent-library", 8)
+    """
+    manifest = read_manifest_copy(library)
+    if manifest is not None and manifest.num_frames != frames:
+        asked = f"{option}{frames}" if option.endswith("=") else f"{option} {frames}"
+        raise VmmError(f"library {library} uses {manifest.num_frames} frames per clip but {asked} was asked for; "
+                       f"drop {option} to use the library's value or index into a new folder")
+
+
 def read_state(library: str) -> IndexState | None:
     try:
         with open(os.path.join(library, STATE_FILE)) as f:
@@ -495,6 +510,7 @@ def _delete_leftovers(library: str, keep: str) -> None:
     leftovers = glob.glob(os.path.join(folder, "vectors.g*.faiss*"))
     leftovers += glob.glob(os.path.join(folder, STATE_FILE + ".tmp.*"))
     leftovers += glob.glob(os.path.join(folder, MANIFEST_FILE + ".tmp.*"))
+    leftovers += glob.glob(os.path.join(folder, "model.json.tmp.*"))  # retrieval.library.MODEL_FILE's (vmm.atomic)
     for old in leftovers:
         if os.path.basename(old) != keep:
             os.remove(old)

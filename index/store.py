@@ -36,6 +36,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+# atomic_write_bytes: index.library and index.distributed import it from here
+from vmm.atomic import atomic_write_bytes, atomic_write_file  # noqa: F401
+
 AUTO_FLAT_MAX = 1_000_000
 _EXACT_SUBSET_MAX = 20_000  # filtered searches over at most this many ids are scored exactly
 _EXACT_SCORES_MAX = 1 << 22  # scores (query, vector) an exact search holds at once: 32 MB, and its sort's indices
@@ -174,43 +177,7 @@ def default_nprobe(nlist: int) -> int:
     return int(min(nlist, 256, max(16, nlist // 32)))
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, whole.
-
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
-    >>> atomic_write_bytes(path, b"{}"); open(path).read()
-    '{}'
-    """
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        _remove_quietly(tmp)  # a half-written file on a full disk would only keep the space taken
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
 _ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -450,20 +417,10 @@ class VectorStore:
 
     # -- files ---------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Write atomically: temp file, fsync, rename, fsync of the folder."""
-        tmp = f"{path}.tmp.{os.getpid()}"
+        """Write atomically (vmm.atomic: temp file, fsync, rename, fsync of the folder)."""
         try:
-            faiss.write_index(self.index, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except (RuntimeError, OSError) as error:
-            _remove_quietly(tmp)
-            if isinstance(error, OSError):
-                raise
+            atomic_write_file(path, lambda tmp: faiss.write_index(self.index, tmp))
+        except RuntimeError as error:
             # FAISS says "Error in ... at index_write.cpp:362: Error: 'ret == (size)' failed: write error in PATH:
             # 49728 != 77824 (No space left on device)", or "... could not open PATH for writing: No space left on
             # device" where the file cannot be made (no free inode, a quota on files): the reason ends the text.
@@ -471,7 +428,6 @@ class VectorStore:
             reason = re.search(r"\(([^()]+)\)\s*$|for writing: ([^:]+)$", str(error))
             text = next(filter(None, reason.groups())) if reason else str(error)
             raise OSError(_ERRNO_BY_TEXT.get(text, errno.EIO), text, path) from None
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     @classmethod
     def load(cls, path: str, factory: str, *, mmap: bool = True) -> "VectorStore":

@@ -10,7 +10,6 @@ checks its weights against the manifest, so vectors and queries always come from
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from vmm.atomic import atomic_write_text
 from vmm.errors import VmmError, is_whole_number
 
 MODEL_FILE = "model.json"
@@ -191,6 +191,9 @@ class VideoLibrary:
             raise VmmError(f"frames must be a whole number of frames per clip, got {frames!r}")
         frames = None if frames is None else int(frames)  # a NumPy integer failed in model.json's json.dump
         is_library = _is_library(path)
+        if is_library and frames is not None:
+            from index.library import check_library_frames
+            check_library_frames(path, frames, "frames=")
         saved = _read_model_file(path, given=model is not None or checkpoint is not None) if is_library else {}
         if device is not None and not (checkpoint is None and (model or saved.get("model")) == COLOR_HISTOGRAM):
             # Before the model loads, so that a bad device is not reported as model.json failing to load; the
@@ -703,7 +706,7 @@ def _write_model_file(path: str, model, checkpoint, frames) -> None:
         # "absolute" it became a file under the working folder, and every later search failed to load it.
         checkpoint = os.path.abspath(checkpoint)
     data = {"model": model, "checkpoint": checkpoint or None, "frames": frames}
-    tmp, target = os.path.join(path, f".{MODEL_FILE}.tmp"), os.path.join(path, MODEL_FILE)
+    target = os.path.join(path, MODEL_FILE)
     try:
         with open(target) as f:
             if json.load(f) == data:
@@ -711,14 +714,10 @@ def _write_model_file(path: str, model, checkpoint, frames) -> None:
     except (OSError, ValueError):
         pass
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        # The folder is flushed too: written before the catalog's first commit, a model.json whose rename was lost
+        # to a power cut left a library whose every search asked for --model.
+        atomic_write_text(target, json.dumps(data, indent=2))
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # else a half-written temporary file stayed in the library folder
         raise VmmError(f"cannot write {target} ({error.strerror}); check free space and permissions of the library "
                        "folder") from None
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from retrieval.annotations import DATASETS, load_retrieval_dataset, other_split_of
 from retrieval.metrics import to_official_keys
 from retrieval.paper_numbers import OFFICIAL_TEST_TEXTS, OFFICIAL_TEST_VIDEOS, paper_delta, paper_row
+from vmm.atomic import atomic_write_file
 from vmm.errors import VmmError
 
 if TYPE_CHECKING:  # retrieval.evaluate imports this module
@@ -201,10 +201,10 @@ def format_markdown(report: dict) -> str:
 
 
 def atomic_write(path: Path, write, binary: bool = False, fix: str = "choose a writable path") -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written report. A symlink's
-    target is what is replaced (the rename replaced the link and left its target stale), and a file replaced keeps
-    its permissions; a FIFO, a terminal or ``/dev/stdout`` is written in place (the rename replaced the node itself,
-    as root even ``/dev/full``). A write that fails is a VmmError ending in ``fix``."""
+    """Write through a temporary file in the same folder, flushed, then rename (vmm.atomic): never a half-written
+    report. A symlink's target is what is replaced (the rename replaced the link and left its target stale), and a
+    file replaced keeps its permissions; a FIFO, a terminal or ``/dev/stdout`` is written in place (the rename
+    replaced the node itself, as root even ``/dev/full``). A write that fails is a VmmError ending in ``fix``."""
     given, path = path, Path(os.path.realpath(path))
     mode, encoding = ("wb", {}) if binary else ("w", {"encoding": "utf-8"})
     if path.exists() and not path.is_file():
@@ -218,18 +218,16 @@ def atomic_write(path: Path, write, binary: bool = False, fix: str = "choose a w
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VmmError(f"cannot create {path.parent} ({e.strerror}); choose a writable folder") from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+
+    def write_to(tmp: str) -> None:
         with open(tmp, mode, **encoding) as f:
             write(f)
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
+    try:
+        # Flushed to the disk before the rename (the report, the scores of an hour's run): renamed unflushed, a
+        # power cut after "wrote report.json" could leave it empty.
+        atomic_write_file(str(path), write_to)
     except OSError as e:
         raise VmmError(f"cannot write {given} ({e.strerror or e}); {fix}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return given
 
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.remove:
         return _remove(args, library, 0 if launch is None else launch.rank)
     from index.decode import DEFAULT_WINDOW, MIN_STRIDE
-    from index.library import CATALOG_FILE
+    from index.library import CATALOG_FILE, check_library_frames
     from retrieval.library import VideoLibrary
     from vmm.commands import check_library_readable
     from vmm.factory import check_frames
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                            f"{'' if args.window is not None else ', the default'}); pass a --stride of at most "
                            f"{new_window:g} seconds, or a longer --window")
     if is_library and args.frames is not None:
-        _check_library_frames(library, args.frames)
+        check_library_frames(library, args.frames)  # before the recorded model loads at them
     device = args.device
     distributed = launch is not None
     if distributed and device is None:
@@ -190,20 +190,6 @@ def _refuse_stray_space(library: str) -> None:
     if meant != library and os.path.isfile(os.path.join(meant, CATALOG_FILE)):
         raise VmmError(f"--library {shlex.quote(library)} has a space at an end of its name, and {shlex.quote(meant)} "
                        "is a library; drop the space (or index into a folder of another name)")
-
-
-def _check_library_frames(library: str, frames: int) -> None:
-    """The library pins its frames per clip: another --frames is refused here, before the recorded model loads with
-    it, which failed as "the model recorded in model.json cannot be loaded" and advised another --model."""
-    from index.library import read_manifest_copy
-    from vmm.errors import VmmError
-    manifest = read_manifest_copy(library)
-    if manifest is None:
-        return  # no readable copy of the manifest: the run compares with the catalog's own
-    have = manifest.num_frames
-    if have != frames:
-        raise VmmError(f"library {library} uses {have} frames per clip but --frames {frames} was asked for; drop "
-                       "--frames to use the library's value or index into a new folder")
 
 
 def _print_problems(label: str, problems: list, more: str) -> None:

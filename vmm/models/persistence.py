@@ -5,13 +5,13 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
+from vmm.atomic import fsync_folder, write_temp
 from vmm.errors import VmmError, error_text
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -144,18 +144,6 @@ def recorded_source(config: dict) -> dict:
         "source": "unknown"}
 
 
-def _new_temp_file(directory: Path, name: str) -> str:
-    """A new empty file ``.{name}.XXXXXXXX.tmp`` in ``directory``, with the mode the umask gives any new file:
-    tempfile.mkstemp makes it 0600, and a model saved for a shared cluster's group could be loaded by no one else."""
-    while True:
-        path = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return str(path)
-        except FileExistsError:  # another writer's temporary file, by a 1 in 4 billion chance
-            continue
-
-
 @contextlib.contextmanager
 def _folder_lock(directory: Path):
     """An exclusive lock on ``directory`` while a writer renames its files into place: two saves into one folder at
@@ -187,16 +175,15 @@ def _atomic_write_all(directory: Path, writers: dict) -> None:
     replaced = False
     try:
         for name, write in writers.items():
-            temps[name] = _new_temp_file(directory, name)
-            mode = os.stat(temps[name]).st_mode & 0o777
-            write(temps[name])
-            os.chmod(temps[name], mode)  # safetensors' writer makes its file anew, 0600
-            with open(temps[name], "rb+") as f:
-                os.fsync(f.fileno())
+            # vmm.atomic: the umask's mode (or the replaced file's), whatever mode the writer gave, and flushed
+            # before any rename, so a power cut leaves each file old or new, never empty.
+            temps[name] = write_temp(str(directory / name), write)
         with _folder_lock(directory):
             for name, tmp in temps.items():
-                os.replace(tmp, directory / name)
+                os.replace(tmp, os.path.realpath(directory / name))
                 replaced = True
+        for folder in {os.path.dirname(tmp) for tmp in temps.values()}:
+            fsync_folder(folder)  # else the renames themselves could be lost, new weights beside an old config
     except (OSError, SafetensorError) as e:  # safetensors' own writer says SafetensorError, not OSError
         kept = "some files were replaced, save again" if replaced else "the folder keeps what it had"
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -25,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from vmm.atomic import atomic_write_text
 from vmm.errors import CheckpointError, RunFinished, VmmError
 from vmm.tokenizer import Tokenizer
 from vmm.training.config import TrainConfig, unused_options
@@ -159,7 +161,7 @@ def check_output_dir(cfg: TrainConfig, steps_per_epoch: int) -> Optional[Path]:
         if held:
             shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
             found = " and train.resume=auto found no checkpoint there" if cfg.train.resume == "auto" else ""
-            if set(held) <= {*_RUN_FILES, *(f".{name}.tmp" for name in _RUN_FILES), "tensorboard", CHECKPOINTS}:
+            if all(_is_run_start_file(name) for name in held):
                 # What a run writes as it starts: one that failed before its first checkpoint (out of memory at
                 # step 1) left only this, and the corrected command was refused with no word of why.
                 raise VmmError(f"train.output_dir {out} holds the start of a run that saved no checkpoint ({shown}){found}; "
@@ -169,7 +171,15 @@ def check_output_dir(cfg: TrainConfig, steps_per_epoch: int) -> Optional[Path]:
     return resume_dir
 
 
-_RUN_FILES = ("train_config.yaml", "metrics.jsonl")  # (rewritten through a hidden .NAME.tmp: _write_text_atomic)
+_RUN_FILES = ("train_config.yaml", "metrics.jsonl")
+
+
+def _is_run_start_file(name: str) -> bool:
+    """What a run writes before its first checkpoint: its files, a stopped rewrite's temporary (NAME.tmp.PID from
+    vmm.atomic; .NAME.tmp from earlier versions), tensorboard/ and the checkpoints folder."""
+    return (name in {*_RUN_FILES, "tensorboard", CHECKPOINTS}
+            or any(name == f".{run_file}.tmp" or re.fullmatch(re.escape(run_file) + r"\.tmp\.\d+", name)
+                   for run_file in _RUN_FILES))
 
 
 def check_model_parts(cfg: TrainConfig, model_cfg) -> None:
@@ -543,15 +553,9 @@ def _flat_hparams(cfg: TrainConfig) -> dict:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     # A run stopped by Ctrl-C or SIGTERM exits on the spot (vmm.training.stop): a file rewritten in place could be
-    # left empty or cut, so it is written beside and renamed over.
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-    except OSError:
-        with contextlib.suppress(OSError):  # a cut copy left there made the next run refuse the folder
-            tmp.unlink()
-        raise
-    os.replace(tmp, path)
+    # left empty or cut, so it is written beside, flushed and renamed over. Renamed unflushed, the metrics.jsonl cut
+    # at a resume could be empty after a power cut: every earlier step's metrics lost.
+    atomic_write_text(str(path), text)
 
 
 def _metrics_step(row: str) -> Optional[int]:

@@ -724,6 +724,16 @@ def default_frames(model: str | Path, checkpoint: Optional[str | Path], protocol
     return checkpoint_frames(weights) or protocol_frames
 
 
+def _default_workers() -> int:
+    """Decoder processes per rank when ``--workers`` is not given: the CPUs this process may use, as ``vmm index``
+    counts them (its affinity mask and a container's CPU quota) and shares them among a node's ranks, at most 8.
+    os.cpu_count() is the host's: a container limited to 2 cores of a 64-core host started 8 decoders, and each of
+    8 ranks on a 16-core node 8 more."""
+    from index.distributed import launch_info
+    from index.ingest import usable_cpus
+    return max(1, min(8, usable_cpus() // launch_info().local_world_size))
+
+
 def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
     """Command line of ``benchmarks/retrieval_<dataset>.py``: reproduce a published row and print the table.
 
@@ -746,7 +756,9 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
                    help="registered model name or save_pretrained folder [the one matching --checkpoint, "
                         "else videomamba_m16_25m]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoder processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoder processes per rank [the CPUs this process may use, shared among a node's ranks, "
+                        "at most 8]")
     p.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
     # the other sizes an out-of-memory error may name (they change speed and memory only, never a score)
     p.add_argument("--text-batch-size", type=int, default=256, help="texts per encoder batch [256]")
@@ -767,7 +779,8 @@ def benchmark_main(dataset: str, argv: Optional[list[str]] = None) -> int:
         config = EvalConfig(dataset, args.annotations, args.videos, model=model, checkpoint=args.checkpoint,
                             frames=default_frames(model, args.checkpoint), batch_size=args.batch_size,
                             text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size,
-                            allow_missing=args.allow_missing, device=args.device, workers=args.workers,
+                            allow_missing=args.allow_missing, device=args.device,
+                            workers=_default_workers() if args.workers is None else args.workers,
                             progress=sys.stderr.isatty())
         config.check()
         check_outputs({"--json": args.json, "--markdown": args.markdown}, config)

@@ -256,16 +256,17 @@ def _read_pyav(path: str, indices: list[int], info, prepare: Callable[[np.ndarra
 _FRAME_READERS = {"decord": _read_decord, "pyav": _read_pyav}
 
 
-def _file_problem(path: str) -> Optional[str]:
-    """Why ``path``, named as a video file, cannot be one: a line that names it and the fix; None when it may be."""
+def _file_problem(path: str, fix: str = "pass the path of a video file") -> Optional[str]:
+    """Why ``path``, named as a video file, cannot be one: a line that names it and ``fix``; None when it may be."""
     from index.discovery import named_video_problem
 
     if not path:  # Path("") is the working folder, reported as " is not a file"
-        return "the video path is empty (''); pass the path of a video file"
+        return f"the video path is empty (''); {fix}"
     if not os.path.exists(path):
-        return f"video {path} does not exist; pass the path of a video file"
+        what = "folder" if path.endswith(("/", os.sep)) else "video"  # 'holiday/' was "video holiday/"
+        return f"{what} {path} does not exist; {fix}"
     if not os.path.isfile(path):
-        return f"{path} is not a file; pass the path of a video file"
+        return f"{path} is not a file; {fix}"
     # The indexer's test for text and empty files: FFmpeg opened a JSON file as subtitles ("no video stream in the
     # container (it holds subtitle)") and a text .mp4 as a corrupt container.
     problem = named_video_problem(path)
@@ -544,6 +545,15 @@ def load_classifier(model: Union[str, Path] = "videomamba_m16_k400", checkpoint:
     from vmm.factory import resolve_device
     from vmm.models.persistence import user_path
 
+    # Else os.fspath's and dict's own errors: load_classifier(None), or model_args=["depth=2"] as --model-arg
+    # takes it, ended in a TypeError or "dictionary update sequence element #0 has length 7".
+    for name, value in (("model", model), ("checkpoint", checkpoint)):
+        if not isinstance(value, (str, os.PathLike)) and (value is not None or name == "model"):
+            what = "a model name or folder" if name == "model" else "a weights file or folder"
+            raise VmmError(f"{name} must be {what} as a str or pathlib.Path, got {type(value).__name__}")
+    if model_args is not None and not isinstance(model_args, dict):
+        raise VmmError(f"model_args must be a dict of config overrides, e.g. {{'depth': 2}} or {{'vision': "
+                       f"{{'depth': 2}}}} for a video-text model, got {type(model_args).__name__}")
     spec = _ClassifierSpec(user_path(os.fspath(model)), None if checkpoint is None else user_path(os.fspath(checkpoint)),
                            frames, dict(model_args or {}))
     device = resolve_device(device)
@@ -740,13 +750,18 @@ def _checkpoint_kind(checkpoint: Optional[str]) -> Optional[str]:
 
 
 def _close_names(typed: str, names: list[str]) -> str:
-    """Names resembling ``typed``, whole or one '_' part ('tinycls' -> videomamba_tiny), else the classifiers."""
+    """Names resembling ``typed``, whole or one '_' part ('tinycls' -> videomamba_tiny), else the models that
+    classify: the classifiers and the video-text models with released weights (zero-shot)."""
     from difflib import SequenceMatcher
+    from vmm.factory import _is_multimodal, default_pretrained
     score = {n: max(SequenceMatcher(None, typed.lower(), p).ratio() for p in [n, *n.split("_")]) for n in names}
     close = sorted((n for n in names if score[n] >= 0.6), key=lambda n: -score[n])[:4]
     if close:
         return f"did you mean {', '.join(close)}?"
-    return f"classifiers: {', '.join(list_classifiers())} (or a save_pretrained folder)"
+    # Naming only the K400 heads hid the zero-shot mode, the one that needs no downloaded checkpoint
+    zero_shot = [n for n in names if _is_multimodal(n) and default_pretrained(n)]
+    return (f"classifiers (with --checkpoint): {', '.join(list_classifiers())}; video-text models (zero-shot, any "
+            f"--labels): {', '.join(zero_shot)}; or a save_pretrained / vmm train folder")
 
 
 @torch.inference_mode()
@@ -867,8 +882,8 @@ def find_videos(inputs: Union[str, Path, Iterable[Union[str, Path]]]) -> tuple[l
     ...                    ("notes.txt", b"a list of clips")):
     ...     _ = open(os.path.join(root, name), "wb").write(data)
     >>> videos, problems = find_videos([root, os.path.join(root, "b.mkv"), os.path.join(root, "gone.mp4")])
-    >>> [os.path.basename(v) for v in videos], [message.endswith("does not exist; pass the path of a video file")
-    ...                                          for _, message in problems]
+    >>> [os.path.basename(v) for v in videos], [message.endswith("does not exist; pass a video file, a folder of "
+    ...                                                          "videos or a quoted glob") for _, message in problems]
     (['a.mp4', 'b.mkv'], [True])
     """
     from index.discovery import _path_args, discover
@@ -878,7 +893,9 @@ def find_videos(inputs: Union[str, Path, Iterable[Union[str, Path]]]) -> tuple[l
     seen: set[tuple[int, int]] = set()
 
     def add_file(path: str, checked: bool = False) -> None:
-        problem = None if checked else _file_problem(path)
+        # find_videos takes folders and globs too: "pass the path of a video file" sent a mistyped folder's user
+        # looking for a file
+        problem = None if checked else _file_problem(path, "pass a video file, a folder of videos or a quoted glob")
         if problem is not None:
             problems.append((path, problem))
             return

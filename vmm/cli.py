@@ -203,10 +203,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if what is None:
                 raise
             # Sizes too big for this machine (or a GPU another job fills) are no bug of vmm: one line, as a user
-            # error, where a traceback ended with status 1.
-            _say_error(f"out of memory ({what}); a run needs less memory with fewer --frames, a smaller --batch-size "
-                       "or a smaller model, or free memory (other programs, another job on the GPU)")
+            # error, where a traceback ended with status 1. A command's own run names its options (_memory_fix).
+            _say_error(f"out of memory ({what}); free memory (other programs, another job on the GPU)")
             return 2
+
+
+def _memory_fix(args: argparse.Namespace) -> str:
+    """How a run of the command ``args`` holds needs less memory, naming only options that command has: vmm search,
+    which has neither --frames nor --batch-size and whose library fixes the model, was told to pass them."""
+    smaller = [text for dest, text in (("frames", "fewer --frames"), ("batch_size", "a smaller --batch-size"))
+               if hasattr(args, dest)]
+    if args.command == "search":
+        smaller += ["a smaller --rerank"] if args.rerank > 0 else []
+    elif hasattr(args, "model"):
+        smaller.append("a smaller model")
+    ways = ", ".join(smaller[:-1]) + " or " * (len(smaller) > 1) + "".join(smaller[-1:])
+    return (f"a run needs less memory with {ways}, or " if ways else "") + \
+        "free memory (other programs, another job on the GPU)"
 
 
 @contextlib.contextmanager
@@ -346,7 +359,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 2
     _check_parallelism(args)
     _check_current_folder()
-    code = int(args._run(args) or 0)
+    try:
+        code = int(args._run(args) or 0)
+    except (MemoryError, RuntimeError) as e:
+        what = out_of_memory(e)
+        if what is None:
+            raise
+        raise VmmError(f"out of memory ({what}); {_memory_fix(args)}") from None
     sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed pipe shows here, not at exit
     return code
 

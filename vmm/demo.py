@@ -84,6 +84,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise VmmError(f"--model {model} (model=) is a weights file, not a model name or folder, and the demo takes no "
                        f"--checkpoint; save it as a model folder once, vmm.create_model(NAME, pretrained="
                        f"{model!r}).save_pretrained(DIR) for the NAME it was trained as, and pass --model DIR")
+    if model.strip() and os.sep not in model and not Path(model).exists():
+        _check_model_name(model)
     if cfg.model is None and not SHIPPED_NANO.is_dir():
         raise VmmError(f"the shipped vmm_nano checkpoint is missing at {SHIPPED_NANO}; train it with `{TRAIN_COMMAND}` "
                        "or pass --model DIR")
@@ -100,6 +102,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     finally:
         for lock in locks:
             lock.release()
+
+
+def _check_model_name(name: str) -> None:
+    """Refuse a --model name the demo cannot run, naming those it can. load_encoder's own messages listed every
+    registered model (classifiers too) and asked for a --checkpoint, which the demo does not take, and a classifier
+    name had its weights downloaded before it was refused as no video-text model."""
+    import vmm
+    from vmm.factory import _is_multimodal, default_pretrained
+    usable = [n for n in vmm.list_models() if _is_multimodal(n) and default_pretrained(n)]
+    if name in usable:
+        return
+    what = (f"unknown model {name!r}" if name not in vmm.list_models() else
+            f"model {name} is not a video-text model" if not _is_multimodal(name) else
+            f"model {name} has no released weights")
+    raise VmmError(f"{what}; pass as --model (model=) a save_pretrained / vmm train folder, or one of "
+                   f"{', '.join(usable)}")
 
 
 def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:

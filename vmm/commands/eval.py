@@ -36,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 weights and autocast on CUDA (as the official eval), fp32 on CPU [auto]")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="decoder processes per rank; 0 decodes in the main process [min(8, CPUs)]")
+    # None: counted at run time as vmm index counts them (asking here imported FAISS for every `vmm --help`)
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoder processes per rank; 0 decodes in the main process [the CPUs this process may "
+                        "use, shared among a node's ranks, at most 8]")
     p.add_argument("--decode-timeout", type=float, default=120.0, help="seconds before a hung decoder is killed [120]")
     p.add_argument("--index", default="flat", choices=("flat", "ivf"),
                    help="FAISS index of the 'index' row: exact flat or IVF (ANN) [flat]")
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import EvalConfig, default_frames, default_model_for, evaluate
+    from retrieval.evaluate import EvalConfig, _default_workers, default_frames, default_model_for, evaluate
     from retrieval.report import check_outputs, write_json, write_markdown
     from vmm.commands import refuse_blank
     for option in ("json", "markdown", "save_scores"):
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, annotations=args.annotations, videos=args.videos, model=model,
         checkpoint=args.checkpoint, frames=frames, rerank_k=args.rerank_k, batch_size=args.batch_size,
         text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size, allow_missing=args.allow_missing,
-        device=args.device, precision=args.precision, workers=args.workers, decode_timeout=args.decode_timeout,
+        device=args.device, precision=args.precision,
+        workers=_default_workers() if args.workers is None else args.workers, decode_timeout=args.decode_timeout,
         index=args.index, nlist=args.nlist, nprobe=args.nprobe, sim_chunk=args.sim_chunk,
         progress=not args.no_progress and sys.stderr.isatty(),
     )

@@ -422,7 +422,10 @@ def generate_corpus(out_dir: str | os.PathLike, num_videos: int = 300, seed: int
                 "meta": {"format": "vmm.synthetic", "version": CORPUS_FORMAT_VERSION, "config": meta_config,
                          "videos": meta_videos}}
     jobs = [(clip.spec.to_dict(), str(out / name), codec_name) for clip, name in zip(clips, names)]
-    workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, int(workers))
+    if workers is None:  # the CPUs this process may use, as vmm index counts them: cpu_count() is the host's
+        from index.ingest import usable_cpus
+        workers = min(usable_cpus(), 4)
+    workers = max(1, int(workers))
 
     created = not out.exists()
     try:

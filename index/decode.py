@@ -382,39 +382,54 @@ def _decord_seek_problem(path: str, progress: Progress = _no_progress) -> str | 
 
     try:
         with av.open(path, metadata_errors="ignore") as container:
-            formats = set(container.format.name.split(","))
-            if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
-                return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
             stream = container.streams.best("video")
-            first = None if stream is None else next((p for p in container.demux(stream) if p.size), None)
-            if first is not None and not first.is_keyframe and not first.is_discard:
-                # Decoders skip the frames before the first keyframe; decord counts them, so each frame it
-                # returned was one a few packets later.
-                return "it starts between keyframes (a recording cut mid-GOP), so its first frames cannot be decoded"
-            if stream is not None and _edit_list_hides_frames(container, stream, first):
-                return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
-            if stream is None or not stream.codec_context.has_b_frames:
-                return None  # frames are shown in the order they are decoded
-            container.seek(stream.start_time or 0, stream=stream)  # back from the edit-list check's seek
-            if "avi" in formats:
-                return "it holds B-frames in AVI"
-            keyframe_pts, keyframes, since = None, 0, 0
-            for packet in _demux(container, stream, progress):  # a file with one keyframe is read to its end
-                if not packet.size or packet.is_discard:
-                    continue
-                if packet.pts is None:
-                    return "its B-frames carry no presentation times"
-                if packet.is_keyframe:
-                    keyframes += 1
-                    # Nothing is shown before the first keyframe; the second one's GOP tells, as an encoder builds
-                    # every GOP alike.
-                    keyframe_pts, since = (packet.pts if keyframes > 1 else None), 0
-                elif keyframe_pts is not None:
-                    if packet.pts < keyframe_pts:
-                        return "it has open GOPs (frames decoded after a keyframe are shown before it)"
-                    since += 1
-                    if since > 32:  # leading frames follow their keyframe at once: this file's run is done
-                        return None
+            packets = None if stream is None else container.demux(stream)
+            return _container_seek_problem(container, stream, packets, progress=progress)
+    except av.error.FFmpegError:
+        pass  # a damaged file: the readers report it
+    return None
+
+
+def _container_seek_problem(container, stream, packets, has_b_frames: bool | None = None,
+                            progress: Progress = _no_progress) -> str | None:
+    """:func:`_decord_seek_problem` of an open ``container``: ``packets`` yields the packets of ``stream`` from its
+    start (of which this reads up to the first with data before it seeks); ``has_b_frames``, where given, is the
+    stream's flag as the file was opened (decoding a frame may raise it)."""
+    import av
+
+    try:
+        formats = set(container.format.name.split(","))
+        if formats & {"mpeg", "vob", "mpegts", "mpegtsraw", "mpegvideo", "mpeg1video", "mpeg2video"}:
+            return "it is an MPEG program or transport stream (.mpg, .vob, .ts, .m2ts)"
+        first = None if stream is None else next((p for p in packets if p.size), None)
+        if first is not None and not first.is_keyframe and not first.is_discard:
+            # Decoders skip the frames before the first keyframe; decord counts them, so each frame it
+            # returned was one a few packets later.
+            return "it starts between keyframes (a recording cut mid-GOP), so its first frames cannot be decoded"
+        if stream is not None and _edit_list_hides_frames(container, stream, first):
+            return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
+        if stream is None or not (stream.codec_context.has_b_frames if has_b_frames is None else has_b_frames):
+            return None  # frames are shown in the order they are decoded
+        container.seek(stream.start_time or 0, stream=stream)  # back from the edit-list check's seek
+        if "avi" in formats:
+            return "it holds B-frames in AVI"
+        keyframe_pts, keyframes, since = None, 0, 0
+        for packet in _demux(container, stream, progress):  # a file with one keyframe is read to its end
+            if not packet.size or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return "its B-frames carry no presentation times"
+            if packet.is_keyframe:
+                keyframes += 1
+                # Nothing is shown before the first keyframe; the second one's GOP tells, as an encoder builds
+                # every GOP alike.
+                keyframe_pts, since = (packet.pts if keyframes > 1 else None), 0
+            elif keyframe_pts is not None:
+                if packet.pts < keyframe_pts:
+                    return "it has open GOPs (frames decoded after a keyframe are shown before it)"
+                since += 1
+                if since > 32:  # leading frames follow their keyframe at once: this file's run is done
+                    return None
     except av.error.FFmpegError:
         pass  # a damaged file: the readers report it
     return None
@@ -443,21 +458,67 @@ def _edit_list_hides_frames(container, stream, first) -> bool:
         return False  # a damaged file: the readers report it
 
 
-def _display_orientation(container, stream) -> tuple[int, bool]:
+def _display_orientation(container, stream, packets=None) -> tuple[int, bool]:
     """(rotation, mirrored) of the display matrix (phones store portrait video sideways and set it), from the
     first frame: PyAV exposes the matrix only on decoded frames. An undecodable first frame is left to the
-    readers to report."""
+    readers to report. ``packets``: those of ``stream`` from its start, where the caller demuxes them (by default
+    this does); ``stream``'s decoder is left set up for this one frame, to be used for no other."""
     import av
 
+    # Only the frame's side data is read: one thread (a pool of one per core was started for each file) and no
+    # pixel reconstruction; the frame that comes out, and its side data, are the same.
+    if stream.codec_context is not None:  # (None where FFmpeg has no decoder for the codec: decoding fails)
+        stream.codec_context.thread_count = 1
+        stream.codec_context.options = {**stream.codec_context.options, "skip_loop_filter": "all",
+                                        "skip_idct": "all"}
     try:
-        for frame in container.decode(stream):
-            for side_data in frame.side_data:
-                if side_data.type.name == "DISPLAYMATRIX" and len(bytes(side_data)) == 36:
-                    return _orientation_from_display_matrix(np.frombuffer(bytes(side_data), "<i4").tolist())
-            return round(frame.rotation / 90) % 4 * 90, False
+        for packet in container.demux(stream) if packets is None else packets:
+            for frame in packet.decode():
+                for side_data in frame.side_data:
+                    if side_data.type.name == "DISPLAYMATRIX" and len(bytes(side_data)) == 36:
+                        return _orientation_from_display_matrix(np.frombuffer(bytes(side_data), "<i4").tolist())
+                return round(frame.rotation / 90) % 4 * 90, False
     except av.error.FFmpegError:
         pass
     return 0, False
+
+
+def _orientation_and_seek_problem(path: str) -> tuple[tuple[int, bool], str | None]:
+    """:func:`_display_orientation` of the file and, where that is (0, False), its :func:`_decord_seek_problem`
+    (else None), from one open: the training reader asks for both for each sample. The seek check gets the packets
+    the first frame was decoded from, then the rest, as from a fresh open, and a failure to read them again."""
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError:
+        return (0, False), None  # a damaged file: the readers report it
+    with container:
+        stream = container.streams.best("video")
+        if stream is None:
+            return (0, False), _container_seek_problem(container, None, None)
+        has_b_frames = None if stream.codec_context is None else stream.codec_context.has_b_frames
+        demuxed, read, failure = container.demux(stream), [], []
+
+        def packets():  # as a fresh open reads them, up to the first with data (all that the seek check reads)
+            yield from read
+            if failure:
+                raise failure[0]
+            if read and read[-1].size:
+                return
+            try:
+                for packet in demuxed:
+                    if not (read and read[-1].size):
+                        read.append(packet)
+                    yield packet
+            except av.error.FFmpegError as error:
+                failure.append(error)
+                raise
+
+        orientation = _display_orientation(container, stream, packets())
+        if orientation != (0, False):
+            return orientation, None
+        return orientation, _container_seek_problem(container, stream, packets(), has_b_frames)
 
 
 def _orientation_from_display_matrix(matrix: list[int]) -> tuple[int, bool]:

@@ -199,7 +199,7 @@ class VideoLibrary:
             # Before the model loads, so that a bad device is not reported as model.json failing to load; the
             # colour histogram runs on no device, so any is moot there.
             from vmm.factory import resolve_device
-            resolve_device(device)
+            resolve_device(device, "device= (--device)")
         # An existing library's model for a weights file given alone, as `vmm index --checkpoint` takes it
         model = _model_for(saved, model, checkpoint)
         # Its frames for its own model too: at the model's count, an existing library built with other frames
@@ -207,7 +207,8 @@ class VideoLibrary:
         recorded = frames if frames is not None else saved.get("frames")
         if model is None and checkpoint is None:
             if not saved:
-                raise VmmError("no model given; pass --model NAME (e.g. vmm_nano) or --checkpoint PATH"
+                raise VmmError("no model given; pass model= (--model) a name such as vmm_nano, or checkpoint= "
+                               "(--checkpoint) a weights file"
                                + (f" (library {path} records none{built_with(path)})" if is_library else ""))
             model, checkpoint = saved.get("model"), saved.get("checkpoint")
             encoder = _load_recorded_encoder(path, saved, device, recorded, batch_size=batch_size)

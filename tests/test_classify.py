@@ -360,7 +360,7 @@ def test_bad_options(video, checkpoint, capsys):
         code, _, err = run_cli([str(path), *TINY_ARGS, "--checkpoint", str(checkpoint), option, "0"], capsys)
         assert_one_line_error(code, err, f"{option} 0 ({name}=0): must be a whole number >= 1")
     code, _, err = run_cli([str(path), *TINY_ARGS], capsys)
-    assert_one_line_error(code, err, "--checkpoint is required")
+    assert_one_line_error(code, err, "checkpoint= (--checkpoint) is required")
     code, _, err = run_cli([str(path), *TINY_ARGS, "--model-arg", "depth"], capsys)
     assert_one_line_error(code, err, "--model-arg expects KEY=VALUE")
     with pytest.raises(VmmError, match="backend='opencv'.*must be 'auto'"):
@@ -670,7 +670,8 @@ def test_model_folder_with_a_checkpoint_is_refused(video, checkpoint, model, tmp
     it); the folder alone classifies with its weights."""
     folder = vmm.save_pretrained(model, tmp_path / "classifier")
     code, _, err = run_cli([str(video[0]), "--model", str(folder), "--checkpoint", str(checkpoint)], capsys)
-    assert_one_line_error(code, err, f"--model {folder} is a model folder with its own weights", "drop --checkpoint")
+    assert_one_line_error(code, err, f"model= (--model) {folder} is a model folder with its own weights",
+                          "drop checkpoint= (--checkpoint)")
     code, out, _ = run_cli([str(video[0]), "--model", str(folder), "--json"], capsys)
     indices, _ = expected_top(model, video[0])
     assert code == 0 and [r["index"] for r in json.loads(out)["top"]] == indices

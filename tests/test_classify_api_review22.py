@@ -49,9 +49,9 @@ def test_deferred_weights_load_on_request_and_checks_come_first(setup):
                                   device="cpu", defer_weights=True)
     assert model.head.out_features == 5 and not torch.equal(model.head.weight, saved.head.weight)
     assert load() is model and torch.equal(model.head.weight, saved.head.weight)
-    with pytest.raises(VmmError, match=r"^--checkpoint is required for videomamba_tiny \(random weights"):
+    with pytest.raises(VmmError, match=r"^checkpoint= \(--checkpoint\) is required for videomamba_tiny \(random"):
         load_classifier("videomamba_tiny")
-    with pytest.raises(VmmError, match=r"^--model videomamba_tinyy: unknown model; did you mean videomamba_tiny"):
+    with pytest.raises(VmmError, match=r"^model= \(--model\) videomamba_tinyy: unknown model; did you mean videomamba_tiny"):
         load_classifier("videomamba_tinyy", root / "tiny5.pth")
     features = vmm.create_model("videomamba_tiny", depth=2, num_frames=4, img_size=32, num_classes=0)
     torch.save(features.state_dict(), root / "features.pth")

@@ -173,7 +173,8 @@ def test_cli_bad_input(noise_video, tmp_path, capsys):
     assert_one_line_error(code, err, "--template 'a video' (templates): has no {} where the class name goes")
     for default in ([], ["--checkpoint", "default"]):
         code, _, err = run_cli([str(noise_video), "--model", "vmm_nano_framemean", *default], capsys)
-        assert_one_line_error(code, err, "--model vmm_nano_framemean has no released weights", "--checkpoint PATH")
+        assert_one_line_error(code, err, "model= (--model) vmm_nano_framemean has no released weights",
+                              "checkpoint= (--checkpoint) a weights file")
     classifier = vmm.create_model("videomamba_tiny", depth=2, num_frames=T, img_size=32, num_classes=400)
     checkpoint = tmp_path / "tiny.pth"
     torch.save(classifier.state_dict(), checkpoint)
@@ -232,9 +233,9 @@ def test_a_checkpoint_of_the_other_kind_is_named_before_decoding(noise_video, ti
     classifier = ["--model", "videomamba_tiny", "--model-arg", "depth=1", "--model-arg", "img_size=32"]
     code, _, err = run_cli([str(noise_video), *classifier, "--checkpoint", str(video_text_file)], capsys)
     assert_one_line_error(code, err, f"checkpoint {video_text_file} is a video-text model's, not a classifier's",
-                          "with a video-text --model (e.g. videomamba_m16_25m")
+                          "with a video-text model= (--model) (e.g. videomamba_m16_25m")
     code, _, err = run_cli([str(noise_video), *classifier, "--checkpoint", str(video_text_folder)], capsys)
-    assert_one_line_error(code, err, f"pass it as --model {video_text_folder} for zero-shot labels")
+    assert_one_line_error(code, err, f"pass it as model= (--model) {video_text_folder} for zero-shot labels")
     code, _, err = run_cli([str(noise_video), *TINY_MM_ARGS, "--checkpoint", str(classifier_file)], capsys)
     assert_one_line_error(code, err, f"checkpoint {classifier_file} is a video classifier's, not a video-text model's")
 

@@ -25,7 +25,7 @@ def test_an_unknown_classify_model_names_the_zero_shot_models_too(tmp_path, caps
     video = videos.write_solid(str(tmp_path / "red.mp4"), videos.RED, 1.0)
     assert main(["classify", video, "--model", "color-histogram"]) == 2
     line = _one_error_line(capsys)
-    assert line.startswith("error: --model color-histogram: unknown model; classifiers (with --checkpoint): "
+    assert line.startswith("error: model= (--model) color-histogram: unknown model; classifiers (with --checkpoint): "
                            "videomamba_m16_k400, ")
     zero_shot = line.split("video-text models (zero-shot, any --labels): ")[1].split(";")[0].split(", ")
     assert {"vmm_nano", "videomamba_m16_25m"} <= set(zero_shot)

@@ -41,7 +41,8 @@ def test_create_without_a_model_takes_the_recorded_one(histogram_library):
     lib = VideoLibrary.create(library)
     assert (lib.encoder.name, lib.encoder.num_frames) == ("color-histogram", 4)
     assert lib.add(more, workers=0).indexed == 1
-    with pytest.raises(VmmError, match=r"^no model given; pass --model NAME \(e.g. vmm_nano\) or --checkpoint PATH$"):
+    with pytest.raises(VmmError, match=r"^no model given; pass model= \(--model\) a name such as vmm_nano, or "
+                       r"checkpoint= \(--checkpoint\) a weights file$"):
         VideoLibrary.create(library.parent / "new")
 
 

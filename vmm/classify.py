@@ -556,7 +556,7 @@ def load_classifier(model: Union[str, Path] = "videomamba_m16_k400", checkpoint:
                        f"{{'depth': 2}}}} for a video-text model, got {type(model_args).__name__}")
     spec = _ClassifierSpec(user_path(os.fspath(model)), None if checkpoint is None else user_path(os.fspath(checkpoint)),
                            frames, dict(model_args or {}))
-    device = resolve_device(device)
+    device = resolve_device(device, "device= (--device)")
     net = _build_classifier(spec)
     sizes = None
     if not is_video_text_model(net):
@@ -604,7 +604,8 @@ def _checkpoint_path(model, checkpoint: str) -> Path:
     if checkpoint == "default":
         hf_file = (model.model_meta.get("pretrained") or {}).get("hf_file")
         if not hf_file:
-            raise VmmError(f"model {model.model_name} names no default checkpoint; pass --checkpoint PATH")
+            raise VmmError(f"model {model.model_name} names no default checkpoint; pass checkpoint= (--checkpoint) "
+                           "a weights file")
         checkpoint = f"{HF_PREFIX}{HF_REPO}/{hf_file}"
     if is_pretrained_dir(checkpoint):
         return Path(checkpoint) / WEIGHTS_NAME
@@ -643,17 +644,20 @@ def _build_classifier(spec: _ClassifierSpec, sizes: Optional[dict] = None):
     overrides = _overrides(spec, sizes)
     if is_pretrained_dir(spec.model):
         if spec.checkpoint:  # it silently replaced the folder's own weights; vmm encode and search refuse it too
-            raise VmmError(f"--model {spec.model} is a model folder with its own weights; drop --checkpoint "
-                           f"({spec.checkpoint}), or pass a classifier name (e.g. videomamba_m16_k400) with it")
+            raise VmmError(f"model= (--model) {spec.model} is a model folder with its own weights; drop checkpoint= "
+                           f"(--checkpoint) {spec.checkpoint}, or pass a classifier name (e.g. videomamba_m16_k400) "
+                           "as the model with it")
         model, _, _ = vmm.create_model_and_transforms(spec.model, **overrides)
         return model
     if spec.model not in vmm.list_models():  # a typo, not a model that lacks --checkpoint
-        raise VmmError(f"--model {spec.model}: unknown model; {_close_names(spec.model, vmm.list_models())}")
+        raise VmmError(f"model= (--model) {spec.model}: unknown model; "
+                       f"{_close_names(spec.model, vmm.list_models())}")
     if video_text:
         checkpoint = _video_text_checkpoint(spec)  # named now, not once a video has decoded
         if _checkpoint_kind(checkpoint) == "classifier":
             raise VmmError(f"checkpoint {checkpoint} is a video classifier's, not a video-text model's; pass it with "
-                           "the classifier --model it was trained as (e.g. videomamba_m16_k400) to use its head, or "
+                           "the classifier model= (--model) it was trained as (e.g. videomamba_m16_k400) to use its "
+                           "head, or "
                            f"video-text weights for zero-shot labels with {spec.model}")
         # A model folder is loaded exactly (vmm_nano's shipped one too): another frame count failed only once the
         # first video had been decoded at that count.
@@ -661,8 +665,8 @@ def _build_classifier(spec: _ClassifierSpec, sizes: Optional[dict] = None):
         if spec.frames is not None and saved is not None and spec.frames != saved:
             raise _frames_error(spec.frames, saved, checkpoint)
     elif not spec.checkpoint:
-        raise VmmError(f"--checkpoint is required for {spec.model} (random weights give meaningless labels); pass "
-                       "the downloaded K400 file, e.g. --checkpoint videomamba_m16_k400_f8_res224.pth, or 'default'")
+        raise VmmError(f"checkpoint= (--checkpoint) is required for {spec.model} (random weights give meaningless "
+                       "labels); pass the downloaded K400 file, e.g. videomamba_m16_k400_f8_res224.pth, or 'default'")
     model, _, _ = vmm.create_model_and_transforms(spec.model, **overrides)
     return model
 
@@ -675,8 +679,9 @@ def _video_text_checkpoint(spec: _ClassifierSpec) -> str:
     checkpoint = (spec.checkpoint if spec.checkpoint not in (None, "default")
                   else default_pretrained(spec.model))
     if checkpoint is None:
-        raise VmmError(f"--model {spec.model} has no released weights and random ones give meaningless labels; pass "
-                       "--checkpoint PATH, or a trained model folder (vmm train's final/) as --model")
+        raise VmmError(f"model= (--model) {spec.model} has no released weights and random ones give meaningless "
+                       "labels; pass checkpoint= (--checkpoint) a weights file, or a trained model folder (vmm train's "
+                       "final/) as the model")
     return checkpoint
 
 
@@ -712,8 +717,8 @@ def _checkpoint_sizes(spec: _ClassifierSpec, model) -> Optional[dict]:
         return None
     kind = _checkpoint_kind(spec.checkpoint)
     if kind == "multimodal":  # loading it failed only once a video had decoded, and named the file's size as the fix
-        fix = (f"as --model {spec.checkpoint}" if is_pretrained_dir(spec.checkpoint)
-               else "with a video-text --model (e.g. videomamba_m16_25m, or the one it was trained as)")
+        fix = (f"as model= (--model) {spec.checkpoint}" if is_pretrained_dir(spec.checkpoint)
+               else "with a video-text model= (--model) (e.g. videomamba_m16_25m, or the one it was trained as)")
         raise VmmError(f"checkpoint {spec.checkpoint} is a video-text model's, not a classifier's; pass it {fix} for "
                        "zero-shot labels, or a classifier checkpoint such as videomamba_m16_k400_f8_res224.pth")
     # Resolved and sniffed now so that a mistyped path or a damaged file is named before the video is decoded
@@ -947,13 +952,19 @@ class VideoLabels:
 
 def classify_videos(videos: Union[str, Path, Iterable[Union[str, Path]]], model: nn.Module, *, clips: int = 1,
                     crops: int = 1, top_k: int = 5, labels: Labels = None, batch_size: int = 4,
-                    backend: str = "auto", templates: Optional[Sequence[str]] = None) -> Iterator[VideoLabels]:
+                    backend: str = "auto", templates: Optional[Sequence[str]] = None,
+                    load: Optional[Callable[[], nn.Module]] = None, progress: bool = False) -> Iterator[VideoLabels]:
     """:func:`classify_video` for many videos with one model: a :class:`VideoLabels` for each, as it is done.
 
     ``videos``: files, folders and globs (see :func:`find_videos`). A video that cannot be read gives a result with
     ``error`` set instead of an exception, so the others are still classified; inputs that name no video come
     first. The options, the labels and the model's head are checked here, before any video is read, and a video-text
     model's prompts are encoded here, once for all the videos.
+
+    ``load``: the second item of ``load_classifier(..., defer_weights=True)``, with ``model`` its first (the model
+    without its weights). It is called once the first video has been read, as ``vmm classify`` does, so that a bad
+    video is named before a large checkpoint loads; the prompts are encoded then too, and the errors of both are
+    raised by the iteration. ``progress``: a bar on stderr while the prompts encode (see :func:`class_embeddings`).
 
     >>> import av, numpy as np, tempfile, os, vmm
     >>> folder = tempfile.mkdtemp()
@@ -976,19 +987,31 @@ def classify_videos(videos: Union[str, Path, Iterable[Union[str, Path]]], model:
     options.check()
     names = resolve_labels(model, labels)
     templates = _templates_for(model, templates)
+    if load is not None and not callable(load):
+        raise VmmError(f"load must be the function load_classifier(..., defer_weights=True) returns with the model, "
+                       f"got {type(load).__name__}")
     found, problems = find_videos(videos)
-    return _classified(found, problems, model, names, _scorer(model, names, templates, options), options)
+    if load is None:
+        score = _scorer(model, names, templates, options, progress)
+        return _classified(found, problems, model, names, lambda: score, options)
+    return _classified(found, problems, model, names, lambda: _scorer(load(), names, templates, options, progress),
+                       options)
 
 
 def _classified(videos: list[str], problems: list[tuple[str, str]], model, names: list[str],
-                score: Callable[[Union[Tensor, list[np.ndarray]]], Tensor], options: ClassifyOptions
+                scorer: Callable[[], Callable[[Union[Tensor, list[np.ndarray]]], Tensor]], options: ClassifyOptions
                 ) -> Iterator[VideoLabels]:
+    """The results of :func:`classify_videos`; ``scorer()`` gives the scoring function, asked for once the first
+    video has been read."""
     for video, error in problems:
         yield VideoLabels(video, [], error)
+    score = None
     for video, views, error in _views_or_errors(videos, _view_reader(model, options)):
         if error is not None:
             yield VideoLabels(video, [], error)
             continue
+        if score is None:
+            score = scorer()
         probabilities, seconds = _mean_probabilities(score, views)
         yield VideoLabels(video, top_labels(probabilities, names, options.top_k), seconds=seconds)
 

@@ -109,8 +109,8 @@ def _check_model_name(name: str) -> None:
     registered model (classifiers too) and asked for a --checkpoint, which the demo does not take, and a classifier
     name had its weights downloaded before it was refused as no video-text model."""
     import vmm
-    from vmm.factory import _is_multimodal, default_pretrained
-    usable = [n for n in vmm.list_models() if _is_multimodal(n) and default_pretrained(n)]
+    from vmm.factory import _is_multimodal
+    usable = _usable_names()
     if name in usable:
         return
     what = (f"unknown model {name!r}" if name not in vmm.list_models() else
@@ -118,6 +118,26 @@ def _check_model_name(name: str) -> None:
             f"model {name} has no released weights")
     raise VmmError(f"{what}; pass as --model (model=) a save_pretrained / vmm train folder, or one of "
                    f"{', '.join(usable)}")
+
+
+def _usable_names() -> list[str]:
+    """The model names the demo runs: video-text models with released weights."""
+    import vmm
+    from vmm.factory import _is_multimodal, default_pretrained
+    return [n for n in vmm.list_models() if _is_multimodal(n) and default_pretrained(n)]
+
+
+def _fetch_weights(name: str) -> None:
+    """Find (or download) a model name's released weights, as load_encoder would next. Not found offline, its
+    message said to pass --checkpoint, which the demo does not take."""
+    from vmm.factory import HF_PREFIX, default_pretrained, resolve_pretrained
+    source = default_pretrained(name)
+    if not source.startswith(HF_PREFIX):  # a shipped checkpoint, in the repository
+        return
+    file = source.rsplit("/", 1)[-1]
+    resolve_pretrained(source, fix=f"save it as a model folder once, vmm.create_model({name!r}, pretrained="
+                                   f"'/path/to/{file}').save_pretrained(DIR), and pass --model DIR (model=DIR); or "
+                                   "leave --model out for the shipped vmm_nano")
 
 
 def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:
@@ -128,6 +148,8 @@ def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:
 
     t0 = time.perf_counter()
     # Loaded first, so a model that does not load (or a bad batch_size) is refused before anything is written.
+    if not Path(model).exists() and model in _usable_names():  # a name, not a folder named like one
+        _fetch_weights(model)
     encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
     _check_library_model(out / "library", encoder, cfg.out_dir)
     try:

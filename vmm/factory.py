@@ -25,11 +25,12 @@ HF_PREFIX = "hf-hub:"
 HF_REPO = "OpenGVLab/VideoMamba"
 
 
-def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
+def resolve_pretrained(pretrained: Union[str, Path], *, fix: Optional[str] = None) -> Path:
     """A local file or folder, or ``hf-hub:<repo>/<file>`` found in the local Hugging Face cache.
 
     Downloads only when the hub is reachable and ``HF_HUB_OFFLINE`` is not set; otherwise a one-line error
-    names the file, where to get it and the ``--checkpoint PATH`` alternative.
+    names the file, where to get it and what to do with the download: ``fix``, else pass it as ``--checkpoint
+    PATH`` (a caller without that option names its own way).
     """
     text = str(pretrained)
     if not text.startswith(HF_PREFIX):
@@ -54,10 +55,10 @@ def resolve_pretrained(pretrained: Union[str, Path]) -> Path:
             raise ConnectionError("the Hugging Face hub is not reachable")
         return Path(hf_hub_download(repo, filename))
     except Exception as e:
+        name = Path(filename).name
+        fix = fix or f"pass --checkpoint /path/to/{name} (or pretrained='/path/to/{name}')"
         raise VmmError(f"{filename} is not in the local Hugging Face cache and could not be downloaded "
-                       f"({type(e).__name__}); download it from https://huggingface.co/{repo} and pass "
-                       f"--checkpoint /path/to/{Path(filename).name} (or pretrained='/path/to/{Path(filename).name}')"
-                       ) from None
+                       f"({type(e).__name__}); download it from https://huggingface.co/{repo} and {fix}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -76,8 +76,8 @@ def parse_model_args(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmm.classify import (ClassifyOptions, _mean_probabilities, _scorer, _templates_for, _view_reader,
-                              _views_or_errors, find_videos, load_classifier, resolve_labels, top_labels)
+    from vmm.classify import (ClassifyOptions, check_templates, classify_videos, find_videos, is_video_text_model,
+                              load_classifier, resolve_labels)
     from vmm.commands import refuse_blank, set_threads
     from vmm.errors import VmmError, one_line
     from vmm.factory import resolve_device
@@ -108,43 +108,45 @@ def run(args: argparse.Namespace) -> int:
                                           model_args=parse_model_args(args.model_arg), device=device,
                                           defer_weights=True)
     names = resolve_labels(model, args.labels)
-    templates = _templates_for(model, args.template)
+    templates = check_templates(args.template) if is_video_text_model(model) else None
     index = {name: i for i, name in enumerate(names)}
     cfg = getattr(model.cfg, "vision", model.cfg)
+    model_name = getattr(model, "model_name", args.model)
     mode = {"mode": "head"} if templates is None else {"mode": "zero-shot", "templates": templates}
-    classified, failed, score = 0, bool(problems), None
-    for video, views, error in _views_or_errors(videos, _view_reader(model, options)):
-        if error is not None:
-            _report_failure(video, error, args.json)
-            failed = True
-            continue
-        if score is None:  # after the first video decodes: a bad lone video is named before a large checkpoint loads
-            model = load_weights()
-            with warnings.catch_warnings():  # labels that tie: one "warning:" line, as the CLI's others
-                warnings.showwarning = _print_warning
-                # a video-text model encodes the prompts here; the bar, as vmm index's, only on a terminal
-                score = _scorer(model, names, templates, options, progress=not args.json and sys.stderr.isatty())
-        classified += 1
-        probabilities, seconds = _mean_probabilities(score, views)
-        top = [{"rank": r + 1, "index": index[label], "label": label, "probability": p}
-               for r, (label, p) in enumerate(top_labels(probabilities, names, options.top_k))]
-        model_name = getattr(model, "model_name", args.model)
-        if args.json:
-            print(json.dumps({"video": video, "model": model_name, **mode, "clips": options.clips,
-                              "crops": options.crops, "frames": cfg.num_frames, "img_size": cfg.img_size,
-                              "num_classes": len(names), "top": top, "seconds": round(seconds, 3)}), flush=True)
-            continue
-        views_text = (f"{options.clips} clip{'s' * (options.clips > 1)} x "
-                      f"{options.crops} crop{'s' * (options.crops > 1)}")
-        how = "" if templates is None else (f" zero-shot ({len(names)} labels x {len(templates)} "
-                                            f"template{'s' * (len(templates) > 1)})")
-        if classified > 1:
-            print()
-        print(f"{one_line(video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, {model_name}{how}, "
-              f"{seconds:.2f} s on {device}")
-        for row in top:
-            print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
-        sys.stdout.flush()  # a long run piped to a file or `tee` shows each video as it is done
+    # The weights load, and a video-text model's prompts encode, once the first video has decoded: a bad lone video
+    # is named before a large checkpoint loads. The bar, as vmm index's, only on a terminal.
+    results = classify_videos(videos, model, clips=options.clips, crops=options.crops, top_k=options.top_k,
+                              labels=names, batch_size=options.batch_size, backend=options.backend,
+                              templates=args.template, load=load_weights,
+                              progress=not args.json and sys.stderr.isatty())
+    classified, failed = 0, bool(problems)
+    with warnings.catch_warnings():  # labels that tie: one "warning:" line, as the CLI's others
+        warnings.showwarning = _print_warning
+        for result in results:
+            if result.error is not None:
+                _report_failure(result.video, result.error, args.json)
+                failed = True
+                continue
+            classified += 1
+            top = [{"rank": r + 1, "index": index[label], "label": label, "probability": p}
+                   for r, (label, p) in enumerate(result.top)]
+            if args.json:
+                print(json.dumps({"video": result.video, "model": model_name, **mode, "clips": options.clips,
+                                  "crops": options.crops, "frames": cfg.num_frames, "img_size": cfg.img_size,
+                                  "num_classes": len(names), "top": top, "seconds": round(result.seconds, 3)}),
+                      flush=True)
+                continue
+            views_text = (f"{options.clips} clip{'s' * (options.clips > 1)} x "
+                          f"{options.crops} crop{'s' * (options.crops > 1)}")
+            how = "" if templates is None else (f" zero-shot ({len(names)} labels x {len(templates)} "
+                                                f"template{'s' * (len(templates) > 1)})")
+            if classified > 1:
+                print()
+            print(f"{one_line(result.video)}: {views_text} of {cfg.num_frames} frames at {cfg.img_size} px, "
+                  f"{model_name}{how}, {result.seconds:.2f} s on {device}")
+            for row in top:
+                print(f"{row['rank']:>3}  {row['probability']:.4f}  {row['label']}")
+            sys.stdout.flush()  # a long run piped to a file or `tee` shows each video as it is done
     return 2 if failed else 0
 
 

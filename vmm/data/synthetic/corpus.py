@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vmm import folder_lock
+from vmm.atomic import fsync_folder, fsync_path
 from vmm.data.synthetic.captions import Description, describe, signature
 from vmm.data.synthetic.scene import VideoSpec, iter_frames, reverse_spec, sample_spec
 from vmm.data.synthetic.video import pick_codec, write_video
@@ -306,7 +307,11 @@ def _is_own_video_name(name: str) -> bool:
 def _write_json(path: Path, data: Any) -> None:
     partial = path.with_name("." + path.name + ".partial")
     partial.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # As vmm.atomic (whose NAME.tmp.PID would read as a foreign file here): an unflushed meta.json could be empty
+    # after a power cut, and the folder then held "files this generator did not write" to every later run.
+    fsync_path(str(partial))
     os.replace(partial, path)
+    fsync_folder(str(path.parent))
 
 
 def _is_kind(value, kind: str) -> bool:
@@ -462,6 +467,7 @@ def _write_corpus(out: Path, jobs: list[tuple], workers: int, contents: dict[str
             # (the executor would first finish every queued clip).
             with multiprocessing.get_context(method).Pool(workers, initializer=_worker_signals) as pool:
                 pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+        fsync_folder(str(out / "videos"))  # the videos' renames, before meta.json vouches for them
         files = {}
         for key, data in contents.items():
             files[key] = out / f"{key}.json"

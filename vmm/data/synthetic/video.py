@@ -10,6 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vmm.atomic import fsync_path
 from vmm.errors import VmmError, is_whole_number
 
 
@@ -36,7 +37,8 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
 
     ``fps`` may be a fraction (``Fraction(30000, 1001)``, NTSC's 29.97). Encoding runs on one thread so the bytes
     are identical from run to run. The file is written under a hidden ``.NAME.partial`` name and renamed when
-    complete, so a failed write leaves ``path`` as it was.
+    complete (its data flushed to the disk first), so a failed write or a power cut leaves ``path`` as it was or
+    whole.
 
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "clip.mp4")
@@ -70,6 +72,9 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     partial = os.path.join(folder, f".{name}.partial")
     try:
         _encode(itertools.chain([first], frames), first.shape, partial, rate, codec)
+        # Flushed before the rename: after a power cut, a rename of unflushed data can leave an empty or cut file
+        # under the final name, which a corpus's meta.json (written after its videos) then vouched for.
+        fsync_path(partial)
         os.replace(partial, path)
     except BaseException:
         # Half an mp4 has no index and reads as a corrupt video: leave no file rather than that one.

@@ -320,6 +320,10 @@ def _parse_hms(text: str) -> float | None:
         return None
 
 
+_NO_DECODER = ("this FFmpeg has no decoder for its video codec (an unknown or damaged codec tag); re-encode it, "
+               "e.g. ffmpeg -i IN -c:v libx264 OUT.mp4, or check that the file is whole")
+
+
 def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
     import av
 
@@ -340,6 +344,8 @@ def _read_header(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Header:
             kinds += ["a cover picture"] if stream is not None else []
             raise DecodeFailure(f"no video stream in the container (it holds {', '.join(kinds or ['no streams'])})")
         context = stream.codec_context
+        if context is None:  # PyAV gives no decoder context: the index reported "unexpected AttributeError"
+            raise DecodeFailure(_NO_DECODER)
         declared = None
         if stream.duration and stream.time_base:
             declared = float(stream.duration * stream.time_base)
@@ -408,7 +414,9 @@ def _container_seek_problem(container, stream, packets, has_b_frames: bool | Non
             return "it starts between keyframes (a recording cut mid-GOP), so its first frames cannot be decoded"
         if stream is not None and _edit_list_hides_frames(container, stream, first):
             return "an edit list hides some of its frames (a copy trimmed without re-encoding)"
-        if stream is None or not (stream.codec_context.has_b_frames if has_b_frames is None else has_b_frames):
+        if stream is None or stream.codec_context is None:  # no decoder: nothing decodes it, the readers say so
+            return None
+        if not (stream.codec_context.has_b_frames if has_b_frames is None else has_b_frames):
             return None  # frames are shown in the order they are decoded
         container.seek(stream.start_time or 0, stream=stream)  # back from the edit-list check's seek
         if "avi" in formats:
@@ -713,6 +721,8 @@ class _PyAVReader:
                 stream = container.streams.best("video")
                 if stream is None:  # probe_video says so first when indexing; the training reader comes here directly
                     raise DecodeFailure("no video stream in the container")
+                if stream.codec_context is None:
+                    raise DecodeFailure(_NO_DECODER)
                 # upright_rgb's arguments; every frame comes out at the stream's size, as decord's do
                 self._upright = (rotation, mirrored, (stream.codec_context.width, stream.codec_context.height))
                 rate = stream.average_rate or stream.guessed_rate

@@ -64,3 +64,22 @@ def test_a_failure_inside_decords_decoding_thread_is_one_clean_line():
     path = "/videos/[12:00:00] clip.mp4:3: x.mp4"  # a path that looks like a prefix stays, as decord's open gives it
     assert _error_text(RuntimeError(f"[01:37:19] /src/video_reader.cc:270: [{path}] Invalid data"), path) \
         == "Invalid data"
+
+
+def test_a_video_whose_codec_has_no_decoder_is_one_clear_failure(tmp_path):
+    """A codec tag FFmpeg has no decoder for (an unknown fourcc, or one damaged on disk) gave PyAV no decoder
+    context: the index reported "unexpected AttributeError ... 'NoneType' object has no attribute 'width'", and
+    training skipped it with the same AttributeError."""
+    good = videos.write_solid(str(tmp_path / "good.mp4"), (200, 30, 30), seconds=1.0)
+    data = open(good, "rb").read()
+    assert data.count(b"avc1") >= 1
+    bad = tmp_path / "videos" / "unknown_codec.mp4"
+    bad.parent.mkdir()
+    bad.write_bytes(data.replace(b"avc1", b"zzzz"))
+    summary = build_library([str(bad.parent)], str(tmp_path / "lib"), ColorHistogramEncoder(), workers=0,
+                            progress=False)
+    ((path, reason),) = summary.failures
+    assert path == str(bad) and reason.startswith("this FFmpeg has no decoder for its video codec"), reason
+    with pytest.raises(Exception, match="no decoder for its video codec") as caught:
+        read_video_frames(str(bad), 4, random.Random(0))
+    assert not isinstance(caught.value, AttributeError)

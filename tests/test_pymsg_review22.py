@@ -11,6 +11,7 @@ import pytest
 from retrieval import VideoLibrary
 from vmm.classify import load_classifier
 from vmm.errors import VmmError
+from tests.test_atomic_review22 import disk  # noqa: F401 - the fixture recording fsyncs and renames
 
 
 def test_create_names_its_arguments(tmp_path):
@@ -55,23 +56,12 @@ def test_demo_offline_names_a_fix_the_demo_takes_and_index_keeps_its_checkpoint(
         "pretrained='/path/to/videomamba_m16_25M_f8_res224.pth')")
 
 
-def test_a_corpus_is_flushed_before_meta_json_vouches_for_it(tmp_path, monkeypatch):
+def test_a_corpus_is_flushed_before_meta_json_vouches_for_it(tmp_path, disk):
     """A power cut after unflushed renames can leave empty or cut videos under their final names, and an empty
     meta.json: the generator then took the folder for someone else's files on every later run (vmm demo included),
     or, with a whole meta.json, a corpus of broken videos for a finished one."""
     from vmm.data.synthetic import generate_corpus
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src, dst, **kwargs):
-        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
-        real_replace(src, dst, **kwargs)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = disk  # the fsyncs and renames, in order
     out = tmp_path / "corpus"
     generate_corpus(out, num_videos=4, seed=0, workers=1)  # in this process, where the patches apply
     out = os.path.realpath(out)

@@ -758,13 +758,13 @@ def _close_names(typed: str, names: list[str]) -> str:
     """Names resembling ``typed``, whole or one '_' part ('tinycls' -> videomamba_tiny), else the models that
     classify: the classifiers and the video-text models with released weights (zero-shot)."""
     from difflib import SequenceMatcher
-    from vmm.factory import _is_multimodal, default_pretrained
+    from vmm.factory import released_video_text_models
     score = {n: max(SequenceMatcher(None, typed.lower(), p).ratio() for p in [n, *n.split("_")]) for n in names}
     close = sorted((n for n in names if score[n] >= 0.6), key=lambda n: -score[n])[:4]
     if close:
         return f"did you mean {', '.join(close)}?"
     # Naming only the K400 heads hid the zero-shot mode, the one that needs no downloaded checkpoint
-    zero_shot = [n for n in names if _is_multimodal(n) and default_pretrained(n)]
+    zero_shot = released_video_text_models()
     return (f"classifiers (with --checkpoint): {', '.join(list_classifiers())}; video-text models (zero-shot, any "
             f"--labels): {', '.join(zero_shot)}; or a save_pretrained / vmm train folder")
 

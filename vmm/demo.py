@@ -109,8 +109,8 @@ def _check_model_name(name: str) -> None:
     registered model (classifiers too) and asked for a --checkpoint, which the demo does not take, and a classifier
     name had its weights downloaded before it was refused as no video-text model."""
     import vmm
-    from vmm.factory import _is_multimodal
-    usable = _usable_names()
+    from vmm.factory import _is_multimodal, released_video_text_models
+    usable = released_video_text_models()
     if name in usable:
         return
     what = (f"unknown model {name!r}" if name not in vmm.list_models() else
@@ -118,13 +118,6 @@ def _check_model_name(name: str) -> None:
             f"model {name} has no released weights")
     raise VmmError(f"{what}; pass as --model (model=) a save_pretrained / vmm train folder, or one of "
                    f"{', '.join(usable)}")
-
-
-def _usable_names() -> list[str]:
-    """The model names the demo runs: video-text models with released weights."""
-    import vmm
-    from vmm.factory import _is_multimodal, default_pretrained
-    return [n for n in vmm.list_models() if _is_multimodal(n) and default_pretrained(n)]
 
 
 def _fetch_weights(name: str) -> None:
@@ -145,10 +138,11 @@ def _run_locked(cfg: DemoConfig, out: Path, model: str, locks: list) -> dict:
     from retrieval.evaluate import EvalConfig, evaluate
     from retrieval.library import VideoLibrary, _write_model_file, load_encoder
     from vmm.data.synthetic import generate_corpus
+    from vmm.factory import released_video_text_models
 
     t0 = time.perf_counter()
     # Loaded first, so a model that does not load (or a bad batch_size) is refused before anything is written.
-    if not Path(model).exists() and model in _usable_names():  # a name, not a folder named like one
+    if not Path(model).exists() and model in released_video_text_models():  # a name, not a folder named like one
         _fetch_weights(model)
     encoder = load_encoder(model, None, cfg.device, batch_size=cfg.batch_size)
     _check_library_model(out / "library", encoder, cfg.out_dir)

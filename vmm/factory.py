@@ -84,6 +84,12 @@ def default_pretrained(name: str) -> Optional[str]:
     return None
 
 
+def released_video_text_models() -> list[str]:
+    """The registered video-text model names with released weights: those that run with no checkpoint given
+    (``vmm demo --model``, zero-shot ``vmm classify``)."""
+    return [n for n in registry.list_models() if _is_multimodal(n) and default_pretrained(n)]
+
+
 def _load_pretrained(model: nn.Module, pretrained: Union[str, Path]) -> nn.Module:
     path = resolve_pretrained(pretrained)
     load_weights(model, path)
